@@ -1,0 +1,4 @@
+//! ONE microdata: recipes, serialization, parsing, hashes (objects.md §1-§3).
+
+mod value;
+pub use value::Value;

@@ -1,0 +1,1 @@
+//! LMDB object store (objects.md §5, docs/store-format.md).
