@@ -1,5 +1,11 @@
-//! pyo3 bindings: converts types and errors, releases the GIL around real work.
+//! pyo3 bindings of lama-core: the native module `lama._lama`.
+//!
+//! Only conversions live here: Python values <-> `lama_core` values, core errors -> the
+//! classes of `lama.errors`, and releasing the GIL around real work. Each layer has its own
+//! file; `register_*` adds its functions and classes to the module.
 use pyo3::prelude::*;
+
+mod errors;
 
 #[pymodule(gil_used = false)]
 fn _lama(m: &Bound<'_, PyModule>) -> PyResult<()> {
