@@ -1,0 +1,43 @@
+"""The pure-Python core of lama: the same interface as the native module ``lama._lama``.
+
+See docs/core-interface.md.  Microdata, recipes and hashes: objects.md §1-§3
+(:mod:`.recipes`, :mod:`.microdata`, :mod:`.jsnum`, :mod:`.jsonstar`).
+Everything above the core imports it through ``lama._core``, never directly.
+"""
+
+from __future__ import annotations
+
+from .microdata import (
+    id_hash,
+    id_microdata,
+    id_microdata_of,
+    object_hash,
+    parse,
+    references,
+    serialize,
+    serialize_many,
+    sha256_hex,
+    type_of,
+)
+from .recipes import is_versioned, recipe_json, recipe_names, register_recipe
+
+CORE_NAME = "pure"
+
+__all__ = [
+    "CORE_NAME",
+    "register_recipe",
+    "recipe_names",
+    "recipe_json",
+    "is_versioned",
+    "serialize",
+    "parse",
+    "object_hash",
+    "id_microdata",
+    "id_hash",
+    "id_microdata_of",
+    "type_of",
+    "serialize_many",
+    "references",
+    "sha256_hex",
+]
+from .store import Store, BlobWriter  # noqa: E402
