@@ -75,7 +75,8 @@ def derive_key(secret: str, salt: bytes) -> bytes:
     if not isinstance(secret, str):
         raise TypeError(f"the keychain secret must be a str, not {type(secret).__name__}")
     password = unicodedata.normalize("NFKC", secret).encode("utf-8")
-    return core.scrypt(password, salt, SCRYPT_N, SCRYPT_R, SCRYPT_P, SCRYPT_DKLEN)
+    key: bytes = core.scrypt(password, salt, SCRYPT_N, SCRYPT_R, SCRYPT_P, SCRYPT_DKLEN)
+    return key
 
 
 @dataclass(frozen=True, repr=False, eq=False)
@@ -109,7 +110,8 @@ class SecretKeys:
     @property
     def public_key(self) -> bytes:
         """The X25519 public key (``Keys.publicKey``)."""
-        return core.box_public_from_secret(self.encryption_secret)
+        public: bytes = core.box_public_from_secret(self.encryption_secret)
+        return public
 
     @property
     def public_sign_key(self) -> bytes:
@@ -285,7 +287,7 @@ class Keychain:
 
     def _try_open(self, secret: str, salt: bytes, sealed: bytes) -> bytes | None:
         try:
-            master = core.secretbox_open_embedded(sealed, derive_key(secret, salt))
+            master: bytes = core.secretbox_open_embedded(sealed, derive_key(secret, salt))
         except DecryptionError:
             return None
         if len(master) != MASTER_KEY_LEN:

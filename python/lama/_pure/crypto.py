@@ -89,7 +89,7 @@ def _nonce(value: object, name: str = "nonce") -> bytes:
 def _int(value: object, name: str) -> int:
     if isinstance(value, float):
         raise TypeError(f"argument '{name}': 'float' object cannot be interpreted as an integer")
-    return operator.index(value)  # type: ignore[call-overload]
+    return operator.index(value)  # type: ignore[arg-type]
 
 
 def _decryption_failed() -> DecryptionError:

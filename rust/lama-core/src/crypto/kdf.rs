@@ -21,7 +21,7 @@ pub const RANDOM_MAX: usize = 1 << 30;
 /// scrypt (RFC 7914) of `password` and `salt`; `dklen` bytes.
 pub fn scrypt(password: &[u8], salt: &[u8], n: u64, r: u32, p: u32, dklen: usize) -> Result<Vec<u8>> {
     let bad = |what: &str| Error::crypto("LAMA-SCRYPT", format!("invalid scrypt parameters: {what}"));
-    if n < 2 || n > SCRYPT_MAX_N || !n.is_power_of_two() {
+    if !(2..=SCRYPT_MAX_N).contains(&n) || !n.is_power_of_two() {
         return Err(bad("n must be a power of two in 2..=1048576"));
     }
     if r == 0 || r > SCRYPT_MAX_RP || p == 0 || p > SCRYPT_MAX_RP {
