@@ -20,6 +20,9 @@ from .microdata import (
     type_of,
 )
 from .recipes import is_versioned, recipe_json, recipe_names, register_recipe
+from .store import BlobWriter, Store
+from .crypto import *  # noqa: F401,F403  (crypto primitives, listed in crypto.__all__)
+from . import crypto as _crypto
 
 CORE_NAME = "pure"
 
@@ -39,5 +42,7 @@ __all__ = [
     "serialize_many",
     "references",
     "sha256_hex",
+    "Store",
+    "BlobWriter",
+    *_crypto.__all__,
 ]
-from .store import Store, BlobWriter  # noqa: E402

@@ -5,10 +5,12 @@
 //! file; `register_*` adds its functions and classes to the module.
 use pyo3::prelude::*;
 
+mod crypto;
 mod errors;
 
 #[pymodule(gil_used = false)]
 fn _lama(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("CORE_NAME", "rust")?;
+    crypto::register(m)?;
     Ok(())
 }
