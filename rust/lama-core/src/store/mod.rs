@@ -16,12 +16,12 @@
 
 mod blob;
 mod keys;
-//TMP mod objects;
+mod objects;
 mod rmaps;
-//TMP mod verify;
+mod verify;
 
 pub use blob::BlobWriter;
-//TMP pub use objects::PutResult;
+pub use objects::PutResult;
 pub use rmaps::Props;
 
 use std::collections::HashMap;

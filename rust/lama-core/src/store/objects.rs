@@ -127,8 +127,9 @@ impl Store {
                 }
             }
             let (type_name, is_id) = microdata::type_of(text)?;
-            microdata::parse(text)?;
+            // Both calls parse (validate) the whole text with the registered recipe.
             let id = if is_id {
+                microdata::parse(text)?;
                 None
             } else {
                 microdata::id_microdata_of(text)?.map(|t| {
