@@ -89,19 +89,31 @@ impl Store {
     /// Store prepared objects (and their ID objects) inside `txn`.
     fn store_prepared(&self, txn: &mut RwTxn, items: &[Prepared]) -> Result<Vec<PutResult>> {
         let cfg = self.rmap_config(txn)?;
-        let mut out = Vec::with_capacity(items.len());
-        for p in items {
-            let status = self.store_text(txn, &cfg, p.kind, &p.type_name, &p.hash, &p.text)?;
-            let id_hash = match &p.id {
-                Some((id_text, id_h)) => {
-                    self.store_text(txn, &cfg, K_ID, &p.type_name, id_h, id_text)?;
-                    Some(hex::encode(id_h))
-                }
-                None => None,
-            };
-            out.push(PutResult { hash: hex::encode(p.hash), status, id_hash });
+        // Insert in key order: neighbouring inserts then touch the same B-tree pages, which
+        // makes large batches markedly faster. Results keep the input order; the sort is stable
+        // so of duplicates within a batch the first one is `new`.
+        let mut order: Vec<usize> = (0..items.len()).collect();
+        order.sort_by(|&a, &b| items[a].hash.cmp(&items[b].hash));
+        let mut statuses = vec![Status::Exists; items.len()];
+        for &i in &order {
+            let p = &items[i];
+            statuses[i] = self.store_text(txn, &cfg, p.kind, &p.type_name, &p.hash, &p.text)?;
         }
-        Ok(out)
+        let mut ids: Vec<(usize, &(String, [u8; 32]))> =
+            items.iter().enumerate().filter_map(|(i, p)| p.id.as_ref().map(|id| (i, id))).collect();
+        ids.sort_unstable_by(|a, b| a.1 .1.cmp(&b.1 .1));
+        for (i, (id_text, id_h)) in ids {
+            self.store_text(txn, &cfg, K_ID, &items[i].type_name, id_h, id_text)?;
+        }
+        Ok(items
+            .iter()
+            .zip(statuses)
+            .map(|(p, status)| PutResult {
+                hash: hex::encode(p.hash),
+                status,
+                id_hash: p.id.as_ref().map(|(_, h)| hex::encode(h)),
+            })
+            .collect())
     }
 
     /// Serialize, hash and store `objs`; for a versioned type also its ID object. One
