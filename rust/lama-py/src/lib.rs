@@ -6,9 +6,11 @@
 use pyo3::prelude::*;
 
 mod errors;
+mod microdata;
 
 #[pymodule(gil_used = false)]
 fn _lama(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("CORE_NAME", "rust")?;
+    microdata::register(m)?;
     Ok(())
 }

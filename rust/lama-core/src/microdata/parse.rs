@@ -103,12 +103,16 @@ pub(crate) fn parse(reg: &Registry, text: &str, collect_refs: bool) -> Result<Pa
 }
 
 /// ID microdata of a concrete object's microdata by copying the ID properties' tags (§2.2).
+/// Unversioned types give `None` without parsing the body; versioned ones are parsed fully.
 pub(crate) fn id_microdata_of(reg: &Registry, text: &str) -> Result<Option<String>> {
-    let parsed = parse(reg, text, false)?;
-    let recipe = reg.recipe(&parsed.type_name)?;
+    let (tname, _, _) = header(text)?;
+    let recipe = reg
+        .get(tname)
+        .ok_or_else(|| Error::recipe("OR-ET1", format!("Type \"{tname}\" not found in recipes")))?;
     if !recipe.versioned() {
         return Ok(None);
     }
+    let parsed = parse(reg, text, false)?;
     if parsed.is_id {
         return Ok(Some(text.to_owned()));
     }
