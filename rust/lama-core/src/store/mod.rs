@@ -298,8 +298,10 @@ impl From<Error> for OpenError {
 /// Open the environment, create the named databases, check/write `meta.format` and delete
 /// stale staged chunks (docs/store-format.md "Write rules").
 fn open_env(dir: &Path, map_size: usize) -> std::result::Result<Shared, OpenError> {
-    let page = 4096usize.max(page_size());
-    let map_size = map_size.max(page).div_ceil(page) * page;
+    // LMDB wants a multiple of the OS page size; 64 KiB covers every page size in use
+    // (4, 16 and 64 KiB) and costs nothing for a sparse map.
+    const PAGE: usize = 65536;
+    let map_size = map_size.max(PAGE).div_ceil(PAGE) * PAGE;
     let env = unsafe {
         EnvOpenOptions::new()
             .read_txn_without_tls()
@@ -346,10 +348,4 @@ fn open_env(dir: &Path, map_size: usize) -> std::result::Result<Shared, OpenErro
     }
     txn.commit()?;
     Ok(Shared { env, dbs })
-}
-
-fn page_size() -> usize {
-    // LMDB requires the map size to be a multiple of the OS page size; 64 KiB covers every
-    // page size in use (4 KiB, 16 KiB, 64 KiB) and costs nothing for a sparse map.
-    65536
 }
