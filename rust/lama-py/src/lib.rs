@@ -7,10 +7,14 @@ use pyo3::prelude::*;
 
 mod crypto;
 mod errors;
+mod microdata;
+mod store;
 
 #[pymodule(gil_used = false)]
 fn _lama(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("CORE_NAME", "rust")?;
+    microdata::register(m)?;
+    store::register(m)?;
     crypto::register(m)?;
     Ok(())
 }

@@ -1,1 +1,351 @@
 //! LMDB object store (objects.md §5, docs/store-format.md).
+//!
+//! One [`Store`] per instance directory: an LMDB environment with the named databases
+//! `meta`, `objects`, `chunks`, `vheads`, `rmaps` and `tmp`, laid out byte for byte as
+//! docs/store-format.md describes (the pure-Python core writes the very same bytes).
+//!
+//! Semantics (objects.md §5): objects, ID objects, BLOBs and CLOBs are content-addressed and
+//! write-once (§2.4 statuses `new`/`exists`); version heads (§4.1) are changed only by
+//! [`Store::write_batch`] with compare-and-set; reverse maps (§5.3) are written in the same
+//! transaction as a *new* object. Every batch call is one write transaction: an error anywhere
+//! aborts it, so a store is never half-written.
+//!
+//! The environment of a directory is opened once per process and shared by every `Store`
+//! handle on it (LMDB forbids opening one environment twice in a process); it is closed when
+//! the last handle is dropped.
+
+mod blob;
+mod keys;
+mod objects;
+mod rmaps;
+mod verify;
+
+pub use blob::BlobWriter;
+pub use objects::PutResult;
+pub use rmaps::Props;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use heed::types::Bytes;
+use heed::{Database, Env, EnvOpenOptions, RoTxn, RwTxn, WithoutTls};
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::hash::hash_bytes;
+
+/// The value of `meta["format"]`.
+pub const FORMAT: &str = "lama-store-1";
+/// Largest BLOB/CLOB stored inline; larger ones are cut into chunks of exactly this size.
+pub const CHUNK: usize = 1_048_576;
+/// Default LMDB map size (64 GiB, sparse).
+pub const DEFAULT_MAP_SIZE: usize = 1 << 36;
+/// `max_dbs` of the environment.
+pub const MAX_DBS: u32 = 16;
+/// Staged BLOB/CLOB chunks older than this are deleted when a store is opened.
+pub const TMP_MAX_AGE_MS: u64 = 3_600_000;
+
+/// Kind bytes of `objects` values (docs/store-format.md "objects values").
+pub(crate) const K_OBJECT: u8 = b'O';
+pub(crate) const K_ID: u8 = b'I';
+pub(crate) const K_CLOB: u8 = b'C';
+pub(crate) const K_BLOB: u8 = b'B';
+pub(crate) const K_CLOB_CHUNKED: u8 = b'c';
+pub(crate) const K_BLOB_CHUNKED: u8 = b'b';
+
+type Db = Database<Bytes, Bytes>;
+
+/// Write status of a content-addressed entry (objects.md §2.4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    New,
+    Exists,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::New => "new",
+            Status::Exists => "exists",
+        }
+    }
+}
+
+/// What an `objects` entry holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EntryKind {
+    Object,
+    Id,
+    Clob,
+    Blob,
+}
+
+impl EntryKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EntryKind::Object => "object",
+            EntryKind::Id => "id",
+            EntryKind::Clob => "clob",
+            EntryKind::Blob => "blob",
+        }
+    }
+
+    pub(crate) fn from_byte(b: u8) -> Option<EntryKind> {
+        match b {
+            K_OBJECT => Some(EntryKind::Object),
+            K_ID => Some(EntryKind::Id),
+            K_CLOB | K_CLOB_CHUNKED => Some(EntryKind::Clob),
+            K_BLOB | K_BLOB_CHUNKED => Some(EntryKind::Blob),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+pub(crate) struct Dbs {
+    pub meta: Db,
+    pub objects: Db,
+    pub chunks: Db,
+    pub vheads: Db,
+    pub rmaps: Db,
+    pub tmp: Db,
+}
+
+struct Shared {
+    env: Env<WithoutTls>,
+    dbs: Dbs,
+}
+
+/// Open environments of this process, by canonical directory.
+fn registry() -> &'static Mutex<HashMap<PathBuf, Weak<Shared>>> {
+    static REG: OnceLock<Mutex<HashMap<PathBuf, Weak<Shared>>>> = OnceLock::new();
+    REG.get_or_init(|| Mutex::new(HashMap::new()))
+}
+
+/// A handle on the store of one directory. Cheap to clone; `Send + Sync`.
+#[derive(Clone)]
+pub struct Store {
+    shared: Arc<Shared>,
+    path: PathBuf,
+}
+
+/// Error for a malformed hash argument (not 64 lowercase hex characters, objects.md §2.1).
+pub(crate) fn bad_hash(what: &str, s: &str) -> Error {
+    Error::new(
+        ErrorKind::Microdata,
+        "LAMA-BADHASH",
+        format!("{what} is not a hash (64 lowercase hex characters): {s:?}"),
+    )
+}
+
+/// Parse a hash argument into its 32 raw bytes.
+pub(crate) fn parse_hash(what: &str, s: &str) -> Result<[u8; 32]> {
+    hash_bytes(s).ok_or_else(|| bad_hash(what, s))
+}
+
+pub(crate) fn not_found(hash: &str, what: &str) -> Error {
+    Error::not_found("SB-READ2", format!("{what} {hash} not found in the store"))
+}
+
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+impl Store {
+    /// Open (creating the directory and the LMDB environment if missing) the store at `path`.
+    /// `map_size` defaults to [`DEFAULT_MAP_SIZE`]; it is rounded up to a page multiple. If the
+    /// environment is already open in this process the existing one is shared.
+    pub fn open(path: impl AsRef<Path>, map_size: Option<usize>) -> Result<Store> {
+        let path = path.as_ref();
+        std::fs::create_dir_all(path)?;
+        let canon = std::fs::canonicalize(path)?;
+        let mut tries = 0u32;
+        loop {
+            {
+                let mut reg = registry().lock().unwrap_or_else(|e| e.into_inner());
+                if let Some(shared) = reg.get(&canon).and_then(Weak::upgrade) {
+                    return Ok(Store { shared, path: path.to_path_buf() });
+                }
+                match open_env(&canon, map_size.unwrap_or(DEFAULT_MAP_SIZE)) {
+                    Ok(shared) => {
+                        let shared = Arc::new(shared);
+                        reg.retain(|_, w| w.strong_count() > 0);
+                        reg.insert(canon.clone(), Arc::downgrade(&shared));
+                        return Ok(Store { shared, path: path.to_path_buf() });
+                    }
+                    // The last handle of this directory is being closed by another thread.
+                    Err(OpenError::Busy) if tries < 5000 => {}
+                    Err(OpenError::Busy) => {
+                        return Err(Error::store(
+                            "LAMA-LMDB",
+                            format!("environment {} is still being closed", canon.display()),
+                        ))
+                    }
+                    Err(OpenError::Other(e)) => return Err(e),
+                }
+            }
+            tries += 1;
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// The directory this store was opened with.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub(crate) fn dbs(&self) -> Dbs {
+        self.shared.dbs
+    }
+
+    pub(crate) fn read_txn(&self) -> Result<RoTxn<'_, WithoutTls>> {
+        Ok(self.shared.env.read_txn()?)
+    }
+
+    pub(crate) fn write_txn(&self) -> Result<RwTxn<'_>> {
+        Ok(self.shared.env.write_txn()?)
+    }
+
+    /// The raw `objects` value stored under `h`, if any.
+    pub(crate) fn entry<'t>(&self, txn: &'t RoTxn, h: &[u8; 32]) -> Result<Option<&'t [u8]>> {
+        Ok(self.shared.dbs.objects.get(txn, h)?)
+    }
+
+    /// Microdata of an object or ID object (`SB-READ2` if missing or a BLOB/CLOB).
+    pub fn get(&self, hash: &str) -> Result<String> {
+        let h = parse_hash("hash", hash)?;
+        let txn = self.read_txn()?;
+        match self.entry(&txn, &h)? {
+            Some([k, rest @ ..]) if *k == K_OBJECT || *k == K_ID => String::from_utf8(rest.to_vec())
+                .map_err(|_| Error::store("LAMA-CORRUPT", format!("object {hash} is not UTF-8"))),
+            Some(v) => Err(Error::not_found(
+                "SB-READ2",
+                format!(
+                    "{hash} is a {}, not an object",
+                    v.first().and_then(|b| EntryKind::from_byte(*b)).map_or("corrupt entry", |k| k.as_str())
+                ),
+            )),
+            None => Err(not_found(hash, "object")),
+        }
+    }
+
+    /// True if anything (object, ID object, BLOB, CLOB) is stored under `hash`.
+    pub fn has(&self, hash: &str) -> Result<bool> {
+        let h = parse_hash("hash", hash)?;
+        let txn = self.read_txn()?;
+        Ok(self.entry(&txn, &h)?.is_some())
+    }
+
+    /// What is stored under `hash`, if anything.
+    pub fn kind(&self, hash: &str) -> Result<Option<EntryKind>> {
+        let h = parse_hash("hash", hash)?;
+        let txn = self.read_txn()?;
+        match self.entry(&txn, &h)? {
+            None => Ok(None),
+            Some(v) => match v.first().and_then(|b| EntryKind::from_byte(*b)) {
+                Some(k) => Ok(Some(k)),
+                None => Err(Error::store("LAMA-CORRUPT", format!("entry {hash} has an unknown kind byte"))),
+            },
+        }
+    }
+
+    /// Number of entries in `objects` (objects, ID objects, BLOBs, CLOBs).
+    pub fn count(&self) -> Result<u64> {
+        let txn = self.read_txn()?;
+        Ok(self.shared.dbs.objects.len(&txn)?)
+    }
+
+    /// All hashes in `objects`, in key order.
+    pub fn hashes(&self) -> Result<Vec<String>> {
+        let txn = self.read_txn()?;
+        let mut out = Vec::new();
+        for item in self.shared.dbs.objects.iter(&txn)? {
+            let (k, _) = item?;
+            out.push(hex::encode(k));
+        }
+        Ok(out)
+    }
+
+    /// Current head version node of `id_hash` (objects.md §4.1), if any.
+    pub fn get_head(&self, id_hash: &str) -> Result<Option<String>> {
+        let h = parse_hash("ID hash", id_hash)?;
+        let txn = self.read_txn()?;
+        Ok(self.shared.dbs.vheads.get(&txn, &h)?.map(hex::encode))
+    }
+}
+
+enum OpenError {
+    Busy,
+    Other(Error),
+}
+
+impl From<heed::Error> for OpenError {
+    fn from(e: heed::Error) -> Self {
+        match e {
+            heed::Error::EnvAlreadyOpened => OpenError::Busy,
+            e => OpenError::Other(e.into()),
+        }
+    }
+}
+
+impl From<Error> for OpenError {
+    fn from(e: Error) -> Self {
+        OpenError::Other(e)
+    }
+}
+
+/// Open the environment, create the named databases, check/write `meta.format` and delete
+/// stale staged chunks (docs/store-format.md "Write rules").
+fn open_env(dir: &Path, map_size: usize) -> std::result::Result<Shared, OpenError> {
+    // LMDB wants a multiple of the OS page size; 64 KiB covers every page size in use
+    // (4, 16 and 64 KiB) and costs nothing for a sparse map.
+    const PAGE: usize = 65536;
+    let map_size = map_size.max(PAGE).div_ceil(PAGE) * PAGE;
+    let env = unsafe {
+        EnvOpenOptions::new()
+            .read_txn_without_tls()
+            .map_size(map_size)
+            .max_dbs(MAX_DBS)
+            .open(dir)?
+    };
+    let mut txn = env.write_txn()?;
+    let dbs = Dbs {
+        meta: env.create_database(&mut txn, Some("meta"))?,
+        objects: env.create_database(&mut txn, Some("objects"))?,
+        chunks: env.create_database(&mut txn, Some("chunks"))?,
+        vheads: env.create_database(&mut txn, Some("vheads"))?,
+        rmaps: env.create_database(&mut txn, Some("rmaps"))?,
+        tmp: env.create_database(&mut txn, Some("tmp"))?,
+    };
+    match dbs.meta.get(&txn, b"format")? {
+        None => dbs.meta.put(&mut txn, b"format", FORMAT.as_bytes())?,
+        Some(v) if v == FORMAT.as_bytes() => {}
+        Some(v) => {
+            return Err(OpenError::Other(Error::store(
+                "LAMA-FORMAT",
+                format!(
+                    "{} is a store of format {:?}, expected {FORMAT:?}",
+                    dir.display(),
+                    String::from_utf8_lossy(v)
+                ),
+            )))
+        }
+    }
+    // Staged chunks are keyed by their creation time first, so the stale ones come first.
+    let cutoff = now_ms().saturating_sub(TMP_MAX_AGE_MS);
+    let mut stale = Vec::new();
+    for item in dbs.tmp.iter(&txn)? {
+        let (k, _) = item?;
+        let created = k.get(..8).map_or(0, |b| u64::from_be_bytes(b.try_into().unwrap()));
+        if created >= cutoff {
+            break;
+        }
+        stale.push(k.to_vec());
+    }
+    for k in stale {
+        dbs.tmp.delete(&mut txn, &k)?;
+    }
+    txn.commit()?;
+    Ok(Shared { env, dbs })
+}

@@ -1,0 +1,520 @@
+//! Tests of the LMDB store (docs/store-format.md, objects.md §2.3-§2.4, §4.1, §5).
+
+use heed::types::Bytes;
+use heed::{Database, EnvOpenOptions};
+use lama_core::hash::sha256_hex;
+use lama_core::store::{EntryKind, Status, Store, CHUNK};
+use lama_core::ErrorKind;
+
+fn tmp() -> tempfile::TempDir {
+    tempfile::tempdir().unwrap()
+}
+
+/// Deterministic pseudo-random bytes.
+fn bytes(n: usize, seed: u32) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(2654435761).wrapping_add(1);
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x as u8
+        })
+        .collect()
+}
+
+/// Open the raw LMDB environment of a (closed) store to inspect or corrupt it.
+fn with_raw_db<R>(dir: &std::path::Path, name: &str, f: impl FnOnce(&heed::Env, Database<Bytes, Bytes>) -> R) -> R {
+    let env = unsafe { EnvOpenOptions::new().map_size(1 << 30).max_dbs(16).open(dir).unwrap() };
+    let txn = env.read_txn().unwrap();
+    let db: Database<Bytes, Bytes> = env.open_database(&txn, Some(name)).unwrap().unwrap();
+    txn.commit().unwrap(); // keeps the database handle open
+    f(&env, db)
+}
+
+#[test]
+fn format_is_written_and_checked() {
+    let d = tmp();
+    drop(Store::open(d.path(), None).unwrap());
+    with_raw_db(d.path(), "meta", |env, db| {
+        let txn = env.read_txn().unwrap();
+        assert_eq!(db.get(&txn, b"format").unwrap(), Some(&b"lama-store-1"[..]));
+        drop(txn);
+        let mut w = env.write_txn().unwrap();
+        db.put(&mut w, b"format", b"lama-store-0").unwrap();
+        w.commit().unwrap();
+    });
+    let err = Store::open(d.path(), None).err().unwrap();
+    assert_eq!(err.kind, ErrorKind::Store);
+    assert_eq!(err.code, "LAMA-FORMAT");
+}
+
+#[test]
+fn blob_and_clob_round_trip() {
+    let d = tmp();
+    let s = Store::open(d.path(), None).unwrap();
+    let (h, st) = s.put_blob(&[1, 2, 3]).unwrap();
+    assert_eq!(h, "039058c6f2c0cb492c533b0a4d14ef77cc0f78abccced5287d84a1a2011cfb81");
+    assert_eq!(st, Status::New);
+    assert_eq!(s.put_blob(&[1, 2, 3]).unwrap().1, Status::Exists);
+    let (hc, st) = s.put_clob("hello world").unwrap();
+    assert_eq!(hc, "b94d27b9934d3e08a52e52d7da7dabfac484efe37a5380ee9088f7ace2efcde9");
+    assert_eq!(st, Status::New);
+    assert_eq!(s.read_blob(&h).unwrap(), vec![1, 2, 3]);
+    assert_eq!(s.read_blob(&hc).unwrap(), b"hello world");
+    assert_eq!(s.blob_size(&hc).unwrap(), 11);
+    assert_eq!(s.kind(&h).unwrap(), Some(EntryKind::Blob));
+    assert_eq!(s.kind(&hc).unwrap(), Some(EntryKind::Clob));
+    assert!(s.has(&h).unwrap());
+    assert_eq!(s.count().unwrap(), 2);
+    let mut all = vec![h.clone(), hc.clone()];
+    all.sort();
+    assert_eq!(s.hashes().unwrap(), all);
+    // a BLOB is not an object
+    assert_eq!(s.get(&h).unwrap_err().code, "SB-READ2");
+    let missing = sha256_hex(b"nothing");
+    assert!(!s.has(&missing).unwrap());
+    assert_eq!(s.kind(&missing).unwrap(), None);
+    let e = s.read_blob(&missing).unwrap_err();
+    assert_eq!((e.kind, e.code.as_str()), (ErrorKind::NotFound, "SB-READ2"));
+    let e = s.put_clob("").unwrap_err();
+    assert_eq!((e.kind, e.code.as_str()), (ErrorKind::Store, "SB-STORE"));
+    assert_eq!(s.has("ABC").unwrap_err().kind, ErrorKind::Microdata);
+    assert!(s.verify().unwrap().is_empty());
+}
+
+#[test]
+fn inline_blob_layout_is_kind_byte_plus_bytes() {
+    let d = tmp();
+    let s = Store::open(d.path(), None).unwrap();
+    let (h, _) = s.put_blob(&[9, 8, 7]).unwrap();
+    let (hc, _) = s.put_clob("text").unwrap();
+    drop(s);
+    with_raw_db(d.path(), "objects", |env, db| {
+        let txn = env.read_txn().unwrap();
+        let k = hex::decode(&h).unwrap();
+        assert_eq!(db.get(&txn, &k).unwrap(), Some(&[b'B', 9, 8, 7][..]));
+        let k = hex::decode(&hc).unwrap();
+        assert_eq!(db.get(&txn, &k).unwrap(), Some(&b"Ctext"[..]));
+    });
+}
+
+#[test]
+fn chunked_blobs() {
+    let d = tmp();
+    let s = Store::open(d.path(), None).unwrap();
+    let exact = bytes(CHUNK, 1);
+    let big = bytes(2 * CHUNK + 12345, 2);
+    let (he, _) = s.put_blob(&exact).unwrap();
+    assert_eq!(s.read_blob_chunks(&he).unwrap().len(), 1, "exactly CHUNK bytes stay inline");
+    let (hb, st) = s.put_blob(&big).unwrap();
+    assert_eq!(st, Status::New);
+    assert_eq!(hb, sha256_hex(&big));
+    assert_eq!(s.read_blob(&hb).unwrap(), big);
+    assert_eq!(s.blob_size(&hb).unwrap(), big.len() as u64);
+    let chunks = s.read_blob_chunks(&hb).unwrap();
+    assert_eq!(chunks.iter().map(Vec::len).collect::<Vec<_>>(), vec![CHUNK, CHUNK, 12345]);
+    assert_eq!(s.put_blob(&big).unwrap().1, Status::Exists);
+    assert!(s.verify().unwrap().is_empty());
+    drop(s);
+    with_raw_db(d.path(), "objects", |env, db| {
+        let txn = env.read_txn().unwrap();
+        let v = db.get(&txn, &hex::decode(&hb).unwrap()).unwrap().unwrap();
+        let mut want = vec![b'b'];
+        want.extend_from_slice(&(big.len() as u64).to_be_bytes());
+        want.extend_from_slice(&3u32.to_be_bytes());
+        assert_eq!(v, &want[..]);
+    });
+    with_raw_db(d.path(), "chunks", |env, db| {
+        let txn = env.read_txn().unwrap();
+        let mut k = hex::decode(&hb).unwrap();
+        k.extend_from_slice(&2u32.to_be_bytes());
+        assert_eq!(db.get(&txn, &k).unwrap().unwrap(), &big[2 * CHUNK..]);
+    });
+}
+
+#[test]
+fn staged_writer() {
+    let d = tmp();
+    let s = Store::open(d.path(), None).unwrap();
+    let big = bytes(3 * CHUNK + 7, 3);
+    let mut w = s.blob_writer(false);
+    for part in big.chunks(300_001) {
+        w.write(part).unwrap();
+    }
+    let (h, st) = w.finish(Some(&sha256_hex(&big))).unwrap();
+    assert_eq!((h.as_str(), st), (sha256_hex(&big).as_str(), Status::New));
+    assert_eq!(s.read_blob(&h).unwrap(), big);
+    assert_eq!(s.read_blob_chunks(&h).unwrap().len(), 4);
+    assert!(w.write(b"more").is_err(), "a finished writer refuses writes");
+
+    // same content again: exists, staged chunks removed
+    let mut w = s.blob_writer(false);
+    w.write(&big).unwrap();
+    assert_eq!(w.finish(None).unwrap().1, Status::Exists);
+
+    // small CLOB through the writer is inline and equals put_clob
+    let mut w = s.blob_writer(true);
+    w.write("héllo ".as_bytes()).unwrap();
+    let e = "é".as_bytes();
+    w.write(&e[..1]).unwrap(); // split inside a character
+    w.write(&e[1..]).unwrap();
+    let (hc, _) = w.finish(None).unwrap();
+    assert_eq!(s.put_clob("héllo é").unwrap(), (hc.clone(), Status::Exists));
+    assert_eq!(s.kind(&hc).unwrap(), Some(EntryKind::Clob));
+
+    // empty CLOB and invalid UTF-8 are refused
+    assert_eq!(s.blob_writer(true).finish(None).unwrap_err().code, "SB-STORE");
+    let mut w = s.blob_writer(true);
+    assert_eq!(w.write(&[0xff, 0xfe]).unwrap_err().kind, ErrorKind::Store);
+
+    // abort after staging: nothing visible, tmp empty
+    let before = s.count().unwrap();
+    let mut w = s.blob_writer(false);
+    w.write(&bytes(2 * CHUNK + 1, 4)).unwrap();
+    w.abort().unwrap();
+    assert_eq!(s.count().unwrap(), before);
+
+    // expected-hash mismatch: error, nothing stored
+    let mut w = s.blob_writer(false);
+    let other = bytes(CHUNK + 5, 5);
+    w.write(&other).unwrap();
+    let e = w.finish(Some(&sha256_hex(b"something else"))).unwrap_err();
+    assert_eq!((e.kind, e.code.as_str()), (ErrorKind::HashMismatch, "LAMA-HASH"));
+    assert!(!s.has(&sha256_hex(&other)).unwrap());
+    assert_eq!(s.count().unwrap(), before);
+
+    // a writer dropped mid-stream leaves nothing staged
+    let mut w = s.blob_writer(false);
+    w.write(&bytes(CHUNK + 5, 6)).unwrap();
+    drop(w);
+    assert!(s.verify().unwrap().is_empty());
+    drop(s);
+    with_raw_db(d.path(), "tmp", |env, db| {
+        let txn = env.read_txn().unwrap();
+        assert_eq!(db.len(&txn).unwrap(), 0);
+    });
+}
+
+#[test]
+fn stale_staged_chunks_are_removed_on_open() {
+    let d = tmp();
+    drop(Store::open(d.path(), None).unwrap());
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+    with_raw_db(d.path(), "tmp", |env, db| {
+        let mut w = env.write_txn().unwrap();
+        for (ts, i) in [(now - 2 * 3_600_000, 0u32), (now - 2 * 3_600_000, 1), (now, 0)] {
+            let mut k = ts.to_be_bytes().to_vec();
+            k.extend_from_slice(&[7; 8]);
+            k.extend_from_slice(&i.to_be_bytes());
+            db.put(&mut w, &k, b"x").unwrap();
+        }
+        w.commit().unwrap();
+    });
+    drop(Store::open(d.path(), None).unwrap());
+    with_raw_db(d.path(), "tmp", |env, db| {
+        let txn = env.read_txn().unwrap();
+        assert_eq!(db.len(&txn).unwrap(), 1, "only the fresh staged chunk survives");
+    });
+}
+
+#[test]
+fn same_directory_shares_one_environment() {
+    let d = tmp();
+    let a = Store::open(d.path(), None).unwrap();
+    let b = Store::open(d.path(), None).unwrap();
+    let (h, _) = a.put_blob(b"shared").unwrap();
+    assert!(b.has(&h).unwrap());
+    drop(a);
+    drop(b);
+    let c = Store::open(d.path(), None).unwrap();
+    assert!(c.has(&h).unwrap());
+}
+
+#[test]
+fn verify_detects_corrupted_blob_and_missing_chunk() {
+    let d = tmp();
+    let s = Store::open(d.path(), None).unwrap();
+    let (h, _) = s.put_blob(b"original").unwrap();
+    let big = bytes(CHUNK + 10, 8);
+    let (hb, _) = s.put_blob(&big).unwrap();
+    assert!(s.verify().unwrap().is_empty());
+    drop(s);
+    with_raw_db(d.path(), "objects", |env, db| {
+        let mut w = env.write_txn().unwrap();
+        db.put(&mut w, &hex::decode(&h).unwrap(), b"Btampered").unwrap();
+        w.commit().unwrap();
+    });
+    with_raw_db(d.path(), "chunks", |env, db| {
+        let mut w = env.write_txn().unwrap();
+        let mut k = hex::decode(&hb).unwrap();
+        k.extend_from_slice(&1u32.to_be_bytes());
+        assert!(db.delete(&mut w, &k).unwrap());
+        w.commit().unwrap();
+    });
+    let s = Store::open(d.path(), None).unwrap();
+    let problems = s.verify().unwrap();
+    assert_eq!(problems.len(), 2, "{problems:?}");
+    assert!(problems.iter().any(|p| p.contains(&h) && p.contains("hashes to")));
+    assert!(problems.iter().any(|p| p.contains(&hb) && p.contains("missing")));
+}
+
+// ---------------------------------------------------------------- objects, heads, rmaps
+
+use lama_core::microdata::{self, Value};
+
+fn s(v: &str) -> Value {
+    Value::Str(v.to_string())
+}
+
+fn obj(ty: &str, props: Vec<(&str, Value)>) -> Value {
+    let mut entries = vec![(s("$type$"), s(ty))];
+    entries.extend(props.into_iter().map(|(k, v)| (s(k), v)));
+    Value::Dict(entries)
+}
+
+fn person(email: &str, name: &str) -> Value {
+    obj("Person", vec![("email", s(email)), ("name", s(name))])
+}
+
+fn edge(data: &str, time: i64) -> Value {
+    obj("VersionNodeEdge", vec![("data", s(data)), ("depth", Value::Int(0)), ("creationTime", Value::Int(time))])
+}
+
+fn hash_of(v: &Value) -> String {
+    sha256_hex(microdata::serialize(v).unwrap().as_bytes())
+}
+
+#[test]
+fn objects_round_trip_and_status() {
+    let d = tmp();
+    let st = Store::open(d.path(), None).unwrap();
+    let alice = person("alice@example.com", "Alice");
+    let r = st.put_objects(&[alice.clone()]).unwrap();
+    assert_eq!(r.len(), 1);
+    let text = microdata::serialize(&alice).unwrap();
+    let id_text = microdata::id_microdata(&alice).unwrap();
+    assert_eq!(r[0].hash, sha256_hex(text.as_bytes()));
+    assert_eq!(r[0].status, Status::New);
+    assert_eq!(r[0].id_hash.as_deref(), Some(sha256_hex(id_text.as_bytes()).as_str()));
+    let id = r[0].id_hash.clone().unwrap();
+    assert_eq!(st.put_objects(&[alice.clone()]).unwrap()[0].status, Status::Exists);
+    assert_eq!(st.get(&r[0].hash).unwrap(), text);
+    assert_eq!(st.get(&id).unwrap(), id_text);
+    assert_eq!(st.kind(&r[0].hash).unwrap(), Some(EntryKind::Object));
+    assert_eq!(st.kind(&id).unwrap(), Some(EntryKind::Id));
+    assert_eq!(st.get_object(&r[0].hash).unwrap(), microdata::parse(&text).unwrap());
+    assert_eq!(st.count().unwrap(), 2);
+
+    // unversioned: no ID hash
+    let e = edge(&r[0].hash, 5);
+    let r2 = st.put_objects(&[e.clone()]).unwrap();
+    assert_eq!((r2[0].status, r2[0].id_hash.clone()), (Status::New, None));
+
+    // duplicates inside one batch: the second one exists
+    let bob = person("bob@example.com", "Bob");
+    let r3 = st.put_objects(&[bob.clone(), bob.clone()]).unwrap();
+    assert_eq!((r3[0].status, r3[1].status), (Status::New, Status::Exists));
+
+    let missing = sha256_hex(b"missing");
+    let err = st.get(&missing).unwrap_err();
+    assert_eq!((err.kind, err.code.as_str()), (ErrorKind::NotFound, "SB-READ2"));
+    assert!(st.verify().unwrap().is_empty());
+}
+
+#[test]
+fn bad_object_aborts_the_whole_batch() {
+    let d = tmp();
+    let st = Store::open(d.path(), None).unwrap();
+    let good = person("carol@example.com", "Carol");
+    let bad = obj("Person", vec![("email", Value::Int(3))]);
+    assert!(st.put_objects(&[good.clone(), bad]).is_err());
+    assert_eq!(st.count().unwrap(), 0);
+    assert!(!st.has(&hash_of(&good)).unwrap());
+}
+
+#[test]
+fn put_microdata_verifies_and_stores_verbatim() {
+    let d = tmp();
+    let st = Store::open(d.path(), None).unwrap();
+    let dave = person("dave@example.com", "Dave");
+    let text = microdata::serialize(&dave).unwrap();
+    let h = sha256_hex(text.as_bytes());
+    let id_text = microdata::id_microdata(&dave).unwrap();
+    let idh = sha256_hex(id_text.as_bytes());
+
+    // wrong expected hash: nothing written, not even the good first item
+    let eve = microdata::serialize(&person("eve@example.com", "Eve")).unwrap();
+    let err = st.put_microdata(&[(eve.clone(), None), (text.clone(), Some(sha256_hex(b"x")))]).unwrap_err();
+    assert_eq!((err.kind, err.code.as_str()), (ErrorKind::HashMismatch, "LAMA-HASH"));
+    assert_eq!(st.count().unwrap(), 0);
+
+    // malformed microdata is refused before anything is written
+    let broken = text.replace("</div>", "");
+    assert!(st.put_microdata(&[(eve.clone(), None), (broken, None)]).is_err());
+    assert_eq!(st.count().unwrap(), 0);
+
+    let r = st.put_microdata(&[(text.clone(), Some(h.clone()))]).unwrap();
+    assert_eq!((r[0].hash.as_str(), r[0].status, r[0].id_hash.as_deref()), (h.as_str(), Status::New, Some(idh.as_str())));
+    assert_eq!(st.get(&idh).unwrap(), id_text, "the ID object is derived and stored");
+    // an ID object text is stored as an ID object
+    let frank = person("frank@example.com", "Frank");
+    let fid = microdata::id_microdata(&frank).unwrap();
+    let r = st.put_microdata(&[(fid.clone(), None)]).unwrap();
+    assert_eq!(r[0].status, Status::New);
+    assert_eq!(st.kind(&r[0].hash).unwrap(), Some(EntryKind::Id));
+    // the same object via put_objects now exists
+    assert_eq!(st.put_objects(&[dave]).unwrap()[0].status, Status::Exists);
+    assert!(st.verify().unwrap().is_empty());
+}
+
+#[test]
+fn write_batch_compare_and_set() {
+    let d = tmp();
+    let st = Store::open(d.path(), None).unwrap();
+    let v1 = person("gina@example.com", "Gina");
+    let h1 = hash_of(&v1);
+    let n1 = edge(&h1, 1);
+    let n1h = hash_of(&n1);
+    let id = sha256_hex(microdata::id_microdata(&v1).unwrap().as_bytes());
+    assert_eq!(st.get_head(&id).unwrap(), None);
+    let r = st.write_batch(&[v1, n1], &[(id.clone(), None, n1h.clone())]).unwrap();
+    assert_eq!(r.len(), 2);
+    assert_eq!(st.get_head(&id).unwrap(), Some(n1h.clone()));
+
+    // a writer that still expects "no head" loses; nothing of its batch is written
+    let v2 = person("gina@example.com", "Gina B.");
+    let h2 = hash_of(&v2);
+    let n2 = edge(&h2, 2);
+    let n2h = hash_of(&n2);
+    let before = st.count().unwrap();
+    let err = st.write_batch(&[v2.clone(), n2.clone()], &[(id.clone(), None, n2h.clone())]).unwrap_err();
+    assert_eq!((err.kind, err.code.as_str()), (ErrorKind::Conflict, "LAMA-CONFLICT"));
+    assert_eq!(st.count().unwrap(), before);
+    assert!(!st.has(&h2).unwrap());
+    assert_eq!(st.get_head(&id).unwrap(), Some(n1h.clone()));
+
+    // a head pointing at nothing stored is refused
+    let err = st.write_batch(&[v2.clone()], &[(id.clone(), Some(n1h.clone()), n2h.clone())]).unwrap_err();
+    assert_eq!(err.kind, ErrorKind::NotFound);
+    assert!(!st.has(&h2).unwrap());
+
+    // with the right expectation it succeeds
+    st.write_batch(&[v2, n2], &[(id.clone(), Some(n1h), n2h.clone())]).unwrap();
+    assert_eq!(st.get_head(&id).unwrap(), Some(n2h));
+    assert!(st.verify().unwrap().is_empty());
+}
+
+#[test]
+fn builtin_reverse_maps_for_access_and_keys() {
+    let d = tmp();
+    let st = Store::open(d.path(), None).unwrap();
+    let p = person("hank@example.com", "Hank");
+    let pr = st.put_objects(&[p]).unwrap().remove(0);
+    let pid = pr.id_hash.unwrap();
+    let (clob, _) = st.put_clob("shared text").unwrap();
+
+    let keys = obj("Keys", vec![("owner", s(&pid)), ("publicKey", s(&"a".repeat(64))), ("publicSignKey", s(&"b".repeat(64)))]);
+    let access = obj(
+        "Access",
+        vec![("object", s(&clob)), ("person", Value::List(vec![s(&pid)])), ("group", Value::List(vec![]))],
+    );
+    let r = st.put_objects(&[keys, access]).unwrap();
+    let (kh, ah, aid) = (r[0].hash.clone(), r[1].hash.clone(), r[1].id_hash.clone().unwrap());
+    assert_eq!(st.referencing(&pid, "Keys", false).unwrap(), vec![kh]);
+    assert_eq!(st.referencing(&pid, "Access", false).unwrap(), vec![ah.clone()]);
+    assert_eq!(st.referencing(&clob, "Access", false).unwrap(), vec![ah]);
+    // ID map: only the ID property (object) of Access
+    assert_eq!(st.referencing(&clob, "Access", true).unwrap(), vec![aid]);
+    assert!(st.referencing(&pid, "Access", true).unwrap().is_empty());
+    // Person is not an rmap type; unrelated target/type give nothing
+    assert!(st.referencing(&pr.hash, "Person", false).unwrap().is_empty());
+    assert!(st.referencing(&pid, "Group", false).unwrap().is_empty());
+    assert!(st.verify().unwrap().is_empty());
+}
+
+#[test]
+fn enabled_reverse_maps_persist_across_reopen() {
+    let d = tmp();
+    let p = person("ida@example.com", "Ida");
+    let ph = hash_of(&p);
+    let old = edge(&ph, 1);
+    {
+        let st = Store::open(d.path(), None).unwrap();
+        st.put_objects(&[p.clone(), old.clone()]).unwrap();
+        st.enable_reverse_maps("VersionNodeEdge", None, false).unwrap();
+        st.enable_reverse_maps("VersionNodeChange", Some(&["prev".to_string()]), false).unwrap();
+    }
+    let st = Store::open(d.path(), None).unwrap();
+    let e2 = edge(&ph, 2);
+    let change = obj(
+        "VersionNodeChange",
+        vec![("prev", s(&hash_of(&e2))), ("data", s(&ph)), ("depth", Value::Int(1)), ("creationTime", Value::Int(3))],
+    );
+    // `old` already existed: write-once, no reverse map added for it
+    let r = st.put_objects(&[old.clone(), e2.clone(), change.clone()]).unwrap();
+    assert_eq!(r[0].status, Status::Exists);
+    assert_eq!(st.referencing(&ph, "VersionNodeEdge", false).unwrap(), vec![hash_of(&e2)]);
+    // only the enabled itemprop `prev` of VersionNodeChange is mapped
+    assert_eq!(st.referencing(&hash_of(&e2), "VersionNodeChange", false).unwrap(), vec![hash_of(&change)]);
+    assert!(st.referencing(&ph, "VersionNodeChange", false).unwrap().is_empty());
+    // enabling more props merges
+    st.enable_reverse_maps("VersionNodeChange", Some(&["data".to_string()]), false).unwrap();
+    drop(st);
+    with_raw_db(d.path(), "meta", |env, db| {
+        let txn = env.read_txn().unwrap();
+        let v = db.get(&txn, b"rmap.O.VersionNodeChange").unwrap().unwrap();
+        let props: Vec<String> = serde_json::from_slice(v).unwrap();
+        assert_eq!(props, vec!["prev", "data"]);
+        let v = db.get(&txn, b"rmap.O.VersionNodeEdge").unwrap().unwrap();
+        assert_eq!(serde_json::from_slice::<Vec<String>>(v).unwrap(), vec!["*"]);
+        assert!(db.get(&txn, b"rmap.O.Keys").unwrap().is_none(), "built-ins are not stored");
+    });
+}
+
+#[test]
+fn rmaps_key_layout() {
+    let d = tmp();
+    let st = Store::open(d.path(), None).unwrap();
+    let pid = sha256_hex(microdata::id_microdata(&person("jo@example.com", "Jo")).unwrap().as_bytes());
+    let keys = obj("Keys", vec![("owner", s(&pid)), ("publicKey", s(&"c".repeat(64))), ("publicSignKey", s(&"d".repeat(64)))]);
+    let kh = st.put_objects(&[keys]).unwrap().remove(0).hash;
+    drop(st);
+    with_raw_db(d.path(), "rmaps", |env, db| {
+        let txn = env.read_txn().unwrap();
+        let mut want = hex::decode(&pid).unwrap();
+        want.push(b'O');
+        want.extend_from_slice(b"Keys\0");
+        want.extend_from_slice(&hex::decode(&kh).unwrap());
+        let all: Vec<(Vec<u8>, Vec<u8>)> =
+            db.iter(&txn).unwrap().map(|r| r.unwrap()).map(|(k, v)| (k.to_vec(), v.to_vec())).collect();
+        assert_eq!(all, vec![(want, vec![])]);
+    });
+}
+
+#[test]
+fn verify_detects_corrupted_objects() {
+    let d = tmp();
+    let st = Store::open(d.path(), None).unwrap();
+    let k = person("kim@example.com", "Kim");
+    let r = st.put_objects(&[k]).unwrap().remove(0);
+    let other = microdata::serialize(&person("lee@example.com", "Lee")).unwrap();
+    assert!(st.verify().unwrap().is_empty());
+    drop(st);
+    let bogus = sha256_hex(b"not microdata");
+    with_raw_db(d.path(), "objects", |env, db| {
+        let mut w = env.write_txn().unwrap();
+        // valid microdata under the wrong key
+        let mut v = vec![b'O'];
+        v.extend_from_slice(other.as_bytes());
+        db.put(&mut w, &hex::decode(&r.hash).unwrap(), &v).unwrap();
+        // correct hash but not ONE microdata
+        db.put(&mut w, &hex::decode(&bogus).unwrap(), b"Onot microdata").unwrap();
+        w.commit().unwrap();
+    });
+    let st = Store::open(d.path(), None).unwrap();
+    let problems = st.verify().unwrap();
+    assert_eq!(problems.len(), 2, "{problems:?}");
+    assert!(problems.iter().any(|p| p.contains(&r.hash) && p.contains("hashes to")));
+    assert!(problems.iter().any(|p| p.contains(&bogus) && p.contains("microdata")));
+}

@@ -1,0 +1,282 @@
+//! Python bindings of the LMDB store (docs/core-interface.md "Store", docs/store-format.md).
+//!
+//! `Store` and `BlobWriter` are frozen pyclasses with interior locks, usable from several
+//! threads. Python values are converted while holding the GIL; all LMDB work, serialization
+//! and hashing run with the GIL released (`py.detach`). After `close()` every method raises
+//! `StoreError LAMA-CLOSED`.
+use std::sync::{Mutex, RwLock};
+
+use lama_core::microdata::Value;
+use lama_core::store::{BlobWriter, PutResult, Store};
+use lama_core::Error;
+use pyo3::buffer::PyBuffer;
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyList};
+
+use crate::errors::IntoPyResult;
+use crate::microdata::py_to_value;
+
+type PutRow = (String, &'static str, Option<String>);
+
+fn rows(results: Vec<PutResult>) -> Vec<PutRow> {
+    results.into_iter().map(|r| (r.hash, r.status.as_str(), r.id_hash)).collect()
+}
+
+fn closed() -> PyErr {
+    crate::errors::to_py(Error::store("LAMA-CLOSED", "the store is closed"))
+}
+
+/// Convert a Python sequence of dicts into core values (GIL held).
+fn values(objs: &Bound<'_, PyAny>) -> PyResult<Vec<Value>> {
+    let mut out = Vec::with_capacity(objs.len().unwrap_or(0));
+    for item in objs.try_iter()? {
+        out.push(py_to_value(&item?)?);
+    }
+    Ok(out)
+}
+
+/// Run `f` on the bytes of a `bytes`, `bytearray` or buffer object with the GIL released.
+fn with_bytes<R: Send>(
+    py: Python<'_>,
+    data: &Bound<'_, PyAny>,
+    f: impl FnOnce(&[u8]) -> R + Send,
+) -> PyResult<R> {
+    if let Ok(b) = data.cast::<PyBytes>() {
+        let slice = b.as_bytes();
+        return Ok(py.detach(|| f(slice)));
+    }
+    let buf: PyBuffer<u8> = PyBuffer::get(data)?;
+    let owned = buf.to_vec(py)?;
+    Ok(py.detach(|| f(&owned)))
+}
+
+/// The lama LMDB store of one directory.
+#[pyclass(frozen, name = "Store", module = "lama._lama")]
+pub struct PyStore {
+    inner: RwLock<Option<Store>>,
+    path: String,
+}
+
+impl PyStore {
+    fn store(&self) -> PyResult<Store> {
+        self.inner.read().unwrap_or_else(|e| e.into_inner()).clone().ok_or_else(closed)
+    }
+}
+
+#[pymethods]
+impl PyStore {
+    #[new]
+    #[pyo3(signature = (path, map_size = 1usize << 36))]
+    fn new(py: Python<'_>, path: std::path::PathBuf, map_size: usize) -> PyResult<Self> {
+        let store = py.detach(|| Store::open(&path, Some(map_size))).py()?;
+        Ok(PyStore { inner: RwLock::new(Some(store)), path: path.to_string_lossy().into_owned() })
+    }
+
+    #[getter]
+    fn path(&self) -> String {
+        self.path.clone()
+    }
+
+    /// True once `close()` was called.
+    #[getter]
+    fn closed(&self) -> bool {
+        self.inner.read().unwrap_or_else(|e| e.into_inner()).is_none()
+    }
+
+    /// Release this handle; the environment closes when no handle or writer uses it.
+    fn close(&self, py: Python<'_>) {
+        let store = self.inner.write().unwrap_or_else(|e| e.into_inner()).take();
+        py.detach(|| drop(store));
+    }
+
+    fn __enter__(slf: Py<Self>) -> PyResult<Py<Self>> {
+        slf.get().store()?;
+        Ok(slf)
+    }
+
+    #[pyo3(signature = (*_args))]
+    fn __exit__(&self, py: Python<'_>, _args: &Bound<'_, pyo3::types::PyTuple>) -> bool {
+        self.close(py);
+        false
+    }
+
+    fn __repr__(&self) -> String {
+        format!("<lama._lama.Store {:?}{}>", self.path, if self.closed() { " (closed)" } else { "" })
+    }
+
+    fn put_objects(&self, py: Python<'_>, objs: &Bound<'_, PyAny>) -> PyResult<Vec<PutRow>> {
+        let store = self.store()?;
+        let vals = values(objs)?;
+        py.detach(|| store.put_objects(&vals)).py().map(rows)
+    }
+
+    fn put_microdata(&self, py: Python<'_>, items: Vec<(String, Option<String>)>) -> PyResult<Vec<PutRow>> {
+        let store = self.store()?;
+        py.detach(|| store.put_microdata(&items)).py().map(rows)
+    }
+
+    fn get(&self, py: Python<'_>, hash: &str) -> PyResult<String> {
+        let store = self.store()?;
+        py.detach(|| store.get(hash)).py()
+    }
+
+    fn get_object<'py>(&self, py: Python<'py>, hash: &str) -> PyResult<Bound<'py, PyAny>> {
+        let store = self.store()?;
+        let value = py.detach(|| store.get_object(hash)).py()?;
+        crate::microdata::value_to_py(py, &value)
+    }
+
+    fn has(&self, py: Python<'_>, hash: &str) -> PyResult<bool> {
+        let store = self.store()?;
+        py.detach(|| store.has(hash)).py()
+    }
+
+    fn kind(&self, py: Python<'_>, hash: &str) -> PyResult<Option<&'static str>> {
+        let store = self.store()?;
+        py.detach(|| store.kind(hash)).py().map(|k| k.map(|k| k.as_str()))
+    }
+
+    fn put_blob(&self, py: Python<'_>, data: &Bound<'_, PyAny>) -> PyResult<(String, &'static str)> {
+        let store = self.store()?;
+        with_bytes(py, data, |b| store.put_blob(b))?.py().map(|(h, s)| (h, s.as_str()))
+    }
+
+    fn put_clob(&self, py: Python<'_>, text: &str) -> PyResult<(String, &'static str)> {
+        let store = self.store()?;
+        py.detach(|| store.put_clob(text)).py().map(|(h, s)| (h, s.as_str()))
+    }
+
+    #[pyo3(signature = (clob = false))]
+    fn blob_writer(slf: Py<Self>, clob: bool) -> PyResult<PyBlobWriter> {
+        let writer = slf.get().store()?.blob_writer(clob);
+        Ok(PyBlobWriter { store: slf, inner: Mutex::new(Some(writer)) })
+    }
+
+    fn read_blob<'py>(&self, py: Python<'py>, hash: &str) -> PyResult<Bound<'py, PyBytes>> {
+        let store = self.store()?;
+        let data = py.detach(|| store.read_blob(hash)).py()?;
+        Ok(PyBytes::new(py, &data))
+    }
+
+    fn blob_size(&self, py: Python<'_>, hash: &str) -> PyResult<u64> {
+        let store = self.store()?;
+        py.detach(|| store.blob_size(hash)).py()
+    }
+
+    fn read_blob_chunks<'py>(&self, py: Python<'py>, hash: &str) -> PyResult<Bound<'py, PyList>> {
+        let store = self.store()?;
+        let chunks = py.detach(|| store.read_blob_chunks(hash)).py()?;
+        PyList::new(py, chunks.iter().map(|c| PyBytes::new(py, c)))
+    }
+
+    fn get_head(&self, py: Python<'_>, id_hash: &str) -> PyResult<Option<String>> {
+        let store = self.store()?;
+        py.detach(|| store.get_head(id_hash)).py()
+    }
+
+    fn write_batch(
+        &self,
+        py: Python<'_>,
+        objs: &Bound<'_, PyAny>,
+        heads: Vec<(String, Option<String>, String)>,
+    ) -> PyResult<Vec<PutRow>> {
+        let store = self.store()?;
+        let vals = values(objs)?;
+        py.detach(|| store.write_batch(&vals, &heads)).py().map(rows)
+    }
+
+    #[pyo3(signature = (type_name, props = None, id_objects = false))]
+    fn enable_reverse_maps(
+        &self,
+        py: Python<'_>,
+        type_name: &str,
+        props: Option<Vec<String>>,
+        id_objects: bool,
+    ) -> PyResult<()> {
+        let store = self.store()?;
+        py.detach(|| store.enable_reverse_maps(type_name, props.as_deref(), id_objects)).py()
+    }
+
+    #[pyo3(signature = (target, type_name, id_objects = false))]
+    fn referencing(&self, py: Python<'_>, target: &str, type_name: &str, id_objects: bool) -> PyResult<Vec<String>> {
+        let store = self.store()?;
+        py.detach(|| store.referencing(target, type_name, id_objects)).py()
+    }
+
+    fn count(&self, py: Python<'_>) -> PyResult<u64> {
+        let store = self.store()?;
+        py.detach(|| store.count()).py()
+    }
+
+    fn hashes(&self, py: Python<'_>) -> PyResult<Vec<String>> {
+        let store = self.store()?;
+        py.detach(|| store.hashes()).py()
+    }
+
+    fn verify(&self, py: Python<'_>) -> PyResult<Vec<String>> {
+        let store = self.store()?;
+        py.detach(|| store.verify()).py()
+    }
+}
+
+/// Streams a BLOB/CLOB into a store (docs/store-format.md "Write rules").
+#[pyclass(frozen, name = "BlobWriter", module = "lama._lama")]
+pub struct PyBlobWriter {
+    store: Py<PyStore>,
+    inner: Mutex<Option<BlobWriter>>,
+}
+
+impl PyBlobWriter {
+    /// Run `f` on the writer with the GIL released; `StoreError` if the store was closed.
+    fn with<R: Send>(
+        &self,
+        py: Python<'_>,
+        f: impl FnOnce(&mut BlobWriter) -> lama_core::Result<R> + Send,
+    ) -> PyResult<R> {
+        if self.store.get().closed() {
+            return Err(closed());
+        }
+        py.detach(|| {
+            let mut guard = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+            match guard.as_mut() {
+                Some(w) => f(w),
+                None => Err(Error::store("LAMA-WRITER", "the BLOB writer is already finished or aborted")),
+            }
+        })
+        .py()
+    }
+}
+
+#[pymethods]
+impl PyBlobWriter {
+    fn write(&self, py: Python<'_>, chunk: &Bound<'_, PyAny>) -> PyResult<()> {
+        if let Ok(b) = chunk.cast::<PyBytes>() {
+            let slice = b.as_bytes();
+            return self.with(py, |w| w.write(slice));
+        }
+        let owned = PyBuffer::<u8>::get(chunk)?.to_vec(py)?;
+        self.with(py, |w| w.write(&owned))
+    }
+
+    #[pyo3(signature = (expected_hash = None))]
+    fn finish(&self, py: Python<'_>, expected_hash: Option<String>) -> PyResult<(String, &'static str)> {
+        self.with(py, |w| w.finish(expected_hash.as_deref())).map(|(h, s)| (h, s.as_str()))
+    }
+
+    /// Discard everything written; a no-op after `finish` or `abort`.
+    fn abort(&self, py: Python<'_>) -> PyResult<()> {
+        let writer = self.inner.lock().unwrap_or_else(|e| e.into_inner()).take();
+        py.detach(|| match writer {
+            Some(mut w) => w.abort(),
+            None => Ok(()),
+        })
+        .py()
+    }
+}
+
+/// Add `Store` and `BlobWriter` to the module.
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<PyStore>()?;
+    m.add_class::<PyBlobWriter>()?;
+    Ok(())
+}
