@@ -412,3 +412,37 @@ fn serialize_rules() {
     assert!(microdata::serialize(&cr(Value::Float(5.0))).unwrap().contains("<span itemprop=\"n\">5</span>"));
     assert_eq!(microdata::serialize(&cr(Value::Float(5.5))).unwrap_err().code, "O2M-RTYC1");
 }
+
+#[test]
+fn recursive_recipe_and_depth_limit() {
+    setup();
+    microdata::register_recipe_json(
+        r#"{"$type$":"Recipe","name":"Tree","rule":[
+            {"itemprop":"node","itemtype":{"type":"array","item":{"type":"object","rules":[
+                {"itemprop":"v"},{"itemprop":"node","inheritFrom":"Tree.node","optional":true}]}}}]}"#,
+    )
+    .unwrap();
+    let leaf = |v: &str| Value::Dict(vec![(Value::Str("v".into()), Value::Str(v.into()))]);
+    let obj = Value::Dict(vec![
+        (Value::Str("$type$".into()), Value::Str("Tree".into())),
+        (
+            Value::Str("node".into()),
+            Value::List(vec![Value::Dict(vec![
+                (Value::Str("v".into()), Value::Str("root".into())),
+                (Value::Str("node".into()), Value::List(vec![leaf("a"), leaf("b")])),
+            ])]),
+        ),
+    ]);
+    let md = microdata::serialize(&obj).unwrap();
+    assert_eq!(
+        md,
+        "<div itemscope itemtype=\"//refin.io/Tree\"><ol itemprop=\"node\"><li><div><span itemprop=\"v\">root</span><ol itemprop=\"node\"><li><div><span itemprop=\"v\">a</span></div></li><li><div><span itemprop=\"v\">b</span></div></li></ol></div></li></ol></div>"
+    );
+    assert_eq!(microdata::parse(&md).unwrap(), obj);
+    // adversarially deep microdata is an error, not a stack overflow
+    let mut deep = String::from("<div itemscope itemtype=\"//refin.io/Tree\"><ol itemprop=\"node\">");
+    for _ in 0..5000 {
+        deep.push_str("<li><div><span itemprop=\"v\">x</span><ol itemprop=\"node\">");
+    }
+    assert_eq!(microdata::parse(&deep).unwrap_err().code, "M2O-PD1");
+}

@@ -116,10 +116,15 @@ fn to_py_value<'py>(py: Python<'py>, v: &Value, hashable: bool) -> PyResult<Boun
             for x in items {
                 conv.push(to_py_value(py, x, true)?);
             }
-            if hashable {
-                PyFrozenSet::new(py, &conv)?.into_any()
+            let set = if hashable {
+                PyFrozenSet::new(py, &conv).map(Bound::into_any)
             } else {
-                PySet::new(py, &conv)?.into_any()
+                PySet::new(py, &conv).map(Bound::into_any)
+            };
+            match set {
+                Ok(s) => s,
+                // items Python cannot hash (e.g. dicts of a set<stringifiable>): a list
+                Err(_) => PyList::new(py, conv)?.into_any(),
             }
         }
         Value::Dict(entries) => {

@@ -60,7 +60,7 @@ pub(crate) fn parse(reg: &Registry, text: &str, collect_refs: bool) -> Result<Pa
     if is_id && !recipe.versioned() {
         return Err(Error::microdata("M2O-PH2", format!("ID object of unversioned type \"{tname}\"")));
     }
-    let mut p = Parser { s: text, pos: start, reg, collect: collect_refs, refs: Vec::new(), path: String::new() };
+    let mut p = Parser { s: text, pos: start, reg, collect: collect_refs, refs: Vec::new(), path: String::new(), depth: 0 };
     let mut entries = Vec::with_capacity(recipe.rules.len() + 1);
     entries.push((Value::Str("$type$".into()), Value::Str(tname.to_owned())));
     let mut spans = vec![None; recipe.rules.len()];
@@ -144,7 +144,12 @@ struct Parser<'a> {
     collect: bool,
     refs: Vec<Reference>,
     path: String,
+    /// Current container nesting (bounded: recursive recipes could otherwise exhaust the stack).
+    depth: usize,
 }
+
+/// Deepest container nesting the parser accepts.
+const MAX_DEPTH: usize = 200;
 
 impl<'a> Parser<'a> {
     fn rest(&self) -> &'a str {
@@ -333,6 +338,16 @@ impl<'a> Parser<'a> {
     }
 
     fn container_body(&mut self, t: TyId, p: &str) -> Result<Value> {
+        if self.depth >= MAX_DEPTH {
+            return Err(Error::microdata("M2O-PD1", format!("Microdata nested deeper than {MAX_DEPTH} levels")));
+        }
+        self.depth += 1;
+        let r = self.container_body_inner(t, p);
+        self.depth -= 1;
+        r
+    }
+
+    fn container_body_inner(&mut self, t: TyId, p: &str) -> Result<Value> {
         let reg = self.reg;
         match reg.ty(t) {
             Ty::Array(item) | Ty::Bag(item) | Ty::Set(item) => {
