@@ -327,6 +327,7 @@ fn recipe_registry() {
         r#"{"$type$":"Recipe","name":"Bad6","rule":[{"itemprop":"a","inheritFrom":"Bad6.a"}]}"#,
         r#"{"$type$":"Recipe","name":"Bad7","rule":[{"itemprop":"a","itemtype":{"type":"string","regexp":{"$regexp":"(","flags":""}}}]}"#,
         r#"{"$type$":"Recipe","name":"Bad8","rule":"x"}"#,
+        r#"{"$type$":"Recipe","name":"Bad9","rule":[{"itemprop":"$type$"}]}"#,
         r#"not json"#,
     ] {
         let e = microdata::register_recipe_json(bad).unwrap_err();

@@ -177,6 +177,9 @@ impl Registry {
             .clone();
         let mut c = Compiler { reg: self, name: &name, raw_rules: &raw_rules, memo: HashMap::new() };
         check_rule_list(&raw_rules, &name)?;
+        if let Some(r) = raw_rules.iter().find(|r| matches!(r["itemprop"].as_str(), Some("$type$" | "$versionHash$"))) {
+            return Err(bad(&name, format!("reserved itemprop {}", r["itemprop"])));
+        }
         let mut rules = Vec::with_capacity(raw_rules.len());
         for r in &raw_rules {
             let prop = r.get("itemprop").and_then(J::as_str).unwrap_or_default();
