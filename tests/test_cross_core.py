@@ -11,7 +11,6 @@ from __future__ import annotations
 import itertools
 import json
 import math
-from collections import Counter
 from types import ModuleType
 from typing import Any
 
@@ -27,7 +26,10 @@ HEX = st.binary(min_size=32, max_size=32).map(bytes.hex)
 SAFE_INT = st.integers(min_value=-(2**53), max_value=2**53)
 FINITE = st.floats(allow_nan=False, allow_infinity=False)
 TEXT = st.text(max_size=12)
-PROP = st.text(alphabet="abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ_$0123456789", min_size=1, max_size=8)
+PROP = st.text(alphabet="abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ_$0123456789", min_size=1,
+               max_size=8).filter(lambda p: p not in ("$type$", "$versionHash$"))
+# JSON numbers beyond 2**53 do not survive a JS round trip exactly; the reference has the same limit
+JSON_FLOAT = st.floats(min_value=-(2.0**53), max_value=2.0**53, allow_nan=False)
 
 LEAF_TYPES = ["string", "integer", "number", "boolean", "stringifiable",
               "referenceToObj", "referenceToId", "referenceToClob", "referenceToBlob"]
@@ -48,7 +50,7 @@ def _rules(children: st.SearchStrategy[dict[str, Any]], allow_id: bool) -> st.Se
             r: dict[str, Any] = {"itemprop": p, "itemtype": t}
             if opt:
                 r["optional"] = True
-            if is_id and allow_id:
+            if is_id and allow_id and t["type"] != "object":  # objects.md §3: no isId on nested rules
                 r["isId"] = True
             out.append(r)
         return out
@@ -81,7 +83,7 @@ def _itemtype() -> st.SearchStrategy[dict[str, Any]]:
 
 JSON_KEY = st.text(alphabet=st.characters(blacklist_categories=("Cs", "Cc"), blacklist_characters='"\\'), max_size=6)
 JSONISH = st.recursive(
-    st.one_of(st.none(), st.booleans(), SAFE_INT, FINITE, TEXT),
+    st.one_of(st.none(), st.booleans(), SAFE_INT, JSON_FLOAT, TEXT),
     lambda c: st.one_of(st.lists(c, max_size=3), st.dictionaries(JSON_KEY, c, max_size=3)),
     max_leaves=8,
 )
@@ -137,14 +139,15 @@ def recipe_and_object(draw: st.DrawFn) -> tuple[str, dict[str, Any]]:
 
 
 def _canon(v: Any, t: dict[str, Any]) -> Any:
-    """A comparable form: bags compare as multisets, numbers by value."""
+    """A JSON-able comparable form: bags and sets as sorted lists of their items' JSON, numbers
+    by value."""
     kind = t["type"]
     if kind == "bag":
-        return Counter(json.dumps(_canon(x, t["item"]), sort_keys=True, default=str) for x in v)
+        return sorted(json.dumps(_canon(x, t["item"]), sort_keys=True) for x in v)
     if kind == "array":
         return [_canon(x, t["item"]) for x in v]
     if kind == "set":
-        return {json.dumps(_canon(x, t["item"]), sort_keys=True, default=str) for x in v}
+        return sorted({json.dumps(_canon(x, t["item"]), sort_keys=True) for x in v})
     if kind == "map":
         return [(_canon(k, t["key"]), _canon(x, t["value"])) for k, x in v.items()]
     if kind == "object":
@@ -154,7 +157,7 @@ def _canon(v: Any, t: dict[str, Any]) -> Any:
     return v
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(recipe_and_object())
 def test_both_cores_identical_bytes(rust_core: ModuleType, pure_core: ModuleType, case: tuple[str, dict[str, Any]]) -> None:
     recipe_json, obj = case
