@@ -100,7 +100,7 @@ def _value(t: dict[str, Any]) -> st.SearchStrategy[Any]:
     if kind == "boolean":
         return st.booleans()
     if kind == "stringifiable":
-        return JSONISH
+        return JSONISH.filter(lambda v: v is not None)  # None means "absent" for a property
     if kind.startswith("reference"):
         return HEX
     if kind in ("array", "bag"):
@@ -154,6 +154,19 @@ def _canon(v: Any, t: dict[str, Any]) -> Any:
         return {r["itemprop"]: _canon(v[r["itemprop"]], r["itemtype"]) for r in t["rules"] if r["itemprop"] in v}
     if kind in ("integer", "number"):
         return None if math.isnan(v) else float(v)
+    if kind == "stringifiable":
+        return _canon_json(v)
+    return v
+
+
+def _canon_json(v: Any) -> Any:
+    """JSON values compare by value: 0.0 and 0 are the same JS number."""
+    if isinstance(v, float) and v.is_integer():
+        return int(v)
+    if isinstance(v, list):
+        return [_canon_json(x) for x in v]
+    if isinstance(v, dict):
+        return {k: _canon_json(x) for k, x in v.items()}
     return v
 
 

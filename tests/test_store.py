@@ -23,6 +23,7 @@ from lama.errors import (
     ConflictError,
     HashMismatchError,
     LamaError,
+    MicrodataError,
     NotFoundError,
     StoreError,
 )
@@ -147,9 +148,14 @@ def test_missing_objects(store: Any) -> None:
         assert e.value.code == "SB-READ2"
     assert not store.has(missing) and store.kind(missing) is None
     assert store.get_head(missing) is None
-    with pytest.raises(NotFoundError):
-        store.get("not a hash")
-    assert not store.has("AB" * 32)
+    # a malformed hash is bad input (a ValueError), not a missing object
+    for call in (store.get, store.has, store.kind, store.get_head, store.read_blob):
+        for bad in ("not a hash", "AB" * 32, "ab" * 31):
+            with pytest.raises(MicrodataError) as e:
+                call(bad)
+            assert e.value.code == "LAMA-BADHASH" and isinstance(e.value, ValueError)
+    with pytest.raises(MicrodataError):
+        store.referencing("not a hash", "Access")
 
 
 def test_bad_object_writes_nothing(store: Any) -> None:
@@ -373,10 +379,10 @@ def test_write_batch_moves_heads_with_compare_and_set(store: Any) -> None:
 
 
 def test_write_batch_refuses_a_head_that_is_not_a_version_node(store: Any) -> None:
-    with pytest.raises(LamaError):
-        store.write_batch([BOB], [(BOB_ID, None, core.object_hash(BOB))])
-    with pytest.raises(LamaError):
-        store.write_batch([BOB], [(BOB_ID, None, "cd" * 32)])
+    for head in (core.object_hash(BOB), "cd" * 32):  # a stored non-node, nothing stored
+        with pytest.raises(StoreError) as e:
+            store.write_batch([BOB], [(BOB_ID, None, head)])
+        assert e.value.code == "LAMA-HEAD"
     assert store.count() == 0 and store.get_head(BOB_ID) is None
 
 

@@ -24,12 +24,17 @@ import hashlib
 import json
 import math
 import re
+import threading
 from typing import Any, Callable
 
 from ..errors import LamaError, MicrodataError, RecipeError
 from .jsnum import format_number, js_number
 from .jsonstar import json_string, stringify, utf16_key
 from .recipes import Recipe, Rule, ValueType, find_recipe, get_recipe
+
+# Nesting limits, the same as the Rust core's: microdata from the network may be adversarial.
+MAX_PARSE_DEPTH = 200
+MAX_VALUE_DEPTH = 512
 
 __all__ = [
     "MICRODATA_START",
@@ -247,6 +252,28 @@ def _ser_object(v: Any, t: ValueType, prop: str) -> str:
     return "".join(parts)
 
 
+_ser_depth = threading.local()
+
+
+def _ser_nested(f: _Ser) -> _Ser:
+    """Count container nesting while serializing (the parser's limit, MAX_PARSE_DEPTH: never
+    write what cannot be read back)."""
+
+    def body(v: Any, t: ValueType, prop: str) -> str:
+        d = getattr(_ser_depth, "d", 0)
+        if d >= MAX_PARSE_DEPTH:
+            raise MicrodataError(
+                f"O2M-RTYC1: Value nested deeper than {MAX_PARSE_DEPTH} levels", "O2M-RTYC1"
+            )
+        _ser_depth.d = d + 1
+        try:
+            return f(v, t, prop)
+        finally:
+            _ser_depth.d = d
+
+    return body
+
+
 _SER: dict[str, _Ser] = {
     "string": _ser_string,
     "integer": _ser_integer,
@@ -257,11 +284,11 @@ _SER: dict[str, _Ser] = {
     "referenceToId": _ser_reference,
     "referenceToClob": _ser_reference,
     "referenceToBlob": _ser_reference,
-    "array": _ser_array,
-    "bag": _ser_bag,
-    "set": _ser_set,
-    "map": _ser_map,
-    "object": _ser_object,
+    "array": _ser_nested(_ser_array),
+    "bag": _ser_nested(_ser_bag),
+    "set": _ser_nested(_ser_set),
+    "map": _ser_nested(_ser_map),
+    "object": _ser_nested(_ser_object),
 }
 
 
@@ -278,6 +305,13 @@ def _recipe_of(obj: Any) -> Recipe:
 
 
 def _serialize(obj: Any, id_only: bool) -> str:
+    try:
+        return _serialize_inner(obj, id_only)
+    except RecursionError:
+        raise _too_deep() from None
+
+
+def _serialize_inner(obj: Any, id_only: bool) -> str:
     rec = _recipe_of(obj)
     if id_only:
         rules = rec.id_rules
@@ -317,6 +351,10 @@ def serialize(obj: dict[str, Any]) -> str:
     return _serialize(obj, False)
 
 
+def _too_deep() -> MicrodataError:
+    return MicrodataError(f"O2M-RTYC1: Value nested deeper than {MAX_VALUE_DEPTH} levels", "O2M-RTYC1")
+
+
 def object_hash(obj: dict[str, Any]) -> str:
     """SHA-256 of the object's microdata (§2.1)."""
     return sha256_hex(_serialize(obj, False))
@@ -347,11 +385,12 @@ def serialize_many(objs: list[dict[str, Any]]) -> list[tuple[str, str]]:
 
 
 class _Parser:
-    __slots__ = ("s", "refs")
+    __slots__ = ("s", "refs", "depth")
 
     def __init__(self, s: str, refs: list[tuple[str, str, str]] | None) -> None:
         self.s = s
         self.refs = refs
+        self.depth = 0
 
     def fail(self, code: str, msg: str, i: int) -> MicrodataError:
         near = self.s[i : i + 40]
@@ -412,7 +451,7 @@ def _p_stringifiable(p: _Parser, i: int, t: ValueType, path: str) -> tuple[Any, 
         return "", j
     try:
         return json.loads(_unesc(raw), parse_constant=_reject_constant), j
-    except ValueError as e:
+    except (ValueError, RecursionError) as e:
         raise p.fail("M2O-PV2", f"Stringifiable value of {path} is not valid JSON: {e}", i) from None
 
 
@@ -497,6 +536,23 @@ def _p_object(p: _Parser, i: int, t: ValueType, path: str) -> tuple[Any, int]:
     return out, i
 
 
+def _nested(f: _Parse) -> _Parse:
+    """Count container nesting while parsing ``f``'s body (limit MAX_PARSE_DEPTH)."""
+
+    def body(p: _Parser, i: int, t: ValueType, path: str) -> tuple[Any, int]:
+        if p.depth >= MAX_PARSE_DEPTH:
+            raise MicrodataError(
+                f"M2O-PD1: Microdata nested deeper than {MAX_PARSE_DEPTH} levels", "M2O-PD1"
+            )
+        p.depth += 1
+        try:
+            return f(p, i, t, path)
+        finally:
+            p.depth -= 1
+
+    return body
+
+
 _PARSE: dict[str, _Parse] = {
     "string": _p_string,
     "integer": _p_number,
@@ -507,11 +563,11 @@ _PARSE: dict[str, _Parse] = {
     "referenceToId": _p_reference,
     "referenceToClob": _p_reference,
     "referenceToBlob": _p_reference,
-    "array": _p_list,
-    "bag": _p_list,
-    "set": _p_set,
-    "map": _p_map,
-    "object": _p_object,
+    "array": _nested(_p_list),
+    "bag": _nested(_p_list),
+    "set": _nested(_p_set),
+    "map": _nested(_p_map),
+    "object": _nested(_p_object),
 }
 
 

@@ -41,6 +41,7 @@ from ..errors import (
     ConflictError,
     HashMismatchError,
     LamaError,
+    MicrodataError,
     NotFoundError,
     StoreError,
 )
@@ -103,9 +104,12 @@ def _is_hash(h: object) -> bool:
 
 
 def _raw(h: object, what: str = "hash") -> bytes:
-    """The 32 raw bytes of a lowercase hex hash (objects.md §2.1); StoreError if malformed."""
+    """The 32 raw bytes of a lowercase hex hash (objects.md §2.1); MicrodataError
+    ``LAMA-BADHASH`` (a ValueError) if malformed, as in the Rust core."""
     if not _is_hash(h):
-        raise StoreError(f"{what} must be 64 lowercase hex characters, got {h!r}", "LAMA-BADHASH")
+        raise MicrodataError(
+            f"LAMA-BADHASH: {what} is not a hash (64 lowercase hex characters): {h!r}", "LAMA-BADHASH"
+        )
     return bytes.fromhex(h)  # type: ignore[arg-type]
 
 
@@ -426,11 +430,10 @@ class Store:
             return self._write_prepared(shared, txn, prepared)
 
     def _get_entry(self, h: str) -> bytes | None:
-        if not _is_hash(h):
-            return None
+        raw = _raw(h)
         shared = self._s()
         with shared.env.begin() as txn:
-            return txn.get(bytes.fromhex(h), db=shared.objects)
+            return txn.get(raw, db=shared.objects)
 
     @_lmdb_errors
     def get(self, hash: str) -> str:
@@ -498,7 +501,7 @@ class Store:
         return BlobWriter(self, bool(clob))
 
     def _content_entry(self, txn: lmdb.Transaction, shared: _Shared, h: str) -> bytes:
-        v = txn.get(bytes.fromhex(h), db=shared.objects) if _is_hash(h) else None
+        v = txn.get(_raw(h), db=shared.objects)
         if v is None:
             raise NotFoundError(f"BLOB/CLOB {h!r} not found", "SB-READ2")
         if v[0] not in (K_BLOB, K_CLOB, K_BLOB_CHUNKED, K_CLOB_CHUNKED):
@@ -547,11 +550,10 @@ class Store:
     @_lmdb_errors
     def get_head(self, id_hash: str) -> str | None:
         """The hash of the head version node of ``id_hash`` (objects.md §4.1), or None."""
-        if not _is_hash(id_hash):
-            return None
+        raw = _raw(id_hash, "ID hash")
         shared = self._s()
         with shared.env.begin() as txn:
-            v = txn.get(bytes.fromhex(id_hash), db=shared.vheads)
+            v = txn.get(raw, db=shared.vheads)
         return None if v is None else v.hex()
 
     @_lmdb_errors
@@ -642,9 +644,9 @@ class Store:
         """Hashes of the ``type_name`` objects (ID objects with ``id_objects=True``) whose
         reverse map entries reference ``target`` (objects.md §5.3)."""
         shared = self._s()
-        if not _is_hash(target) or not isinstance(type_name, str):
-            return []
-        prefix = (bytes.fromhex(target) + (b"I" if id_objects else b"O")
+        if not isinstance(type_name, str):
+            raise StoreError(f"type name must be a str, not {type(type_name).__name__}", "LAMA-ARG")
+        prefix = (_raw(target, "target") + (b"I" if id_objects else b"O")
                   + type_name.encode("utf-8") + b"\x00")
         out: list[str] = []
         with shared.env.begin() as txn:

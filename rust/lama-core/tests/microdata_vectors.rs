@@ -378,7 +378,7 @@ fn parse_errors() {
     );
     assert_eq!(
         code("<div itemscope itemtype=\"//refin.io/Person\"><span itemprop=\"email\">a</span><span itemprop=\"nick\">b</span></div>"),
-        "M2O-PD1"
+        "M2O-PCONV1"
     );
     assert_eq!(microdata::type_of("<p>").unwrap_err().code, "M2O-PH1");
     // empty primitive text -> "" for every primitive type; numbers typed like Python

@@ -396,7 +396,7 @@ fn write_batch_compare_and_set() {
 
     // a head pointing at nothing stored is refused
     let err = st.write_batch(&[v2.clone()], &[(id.clone(), Some(n1h.clone()), n2h.clone())]).unwrap_err();
-    assert_eq!(err.kind, ErrorKind::NotFound);
+    assert_eq!((err.kind, err.code.as_str()), (ErrorKind::Store, "LAMA-HEAD"));
     assert!(!st.has(&h2).unwrap());
 
     // with the right expectation it succeeds

@@ -15,7 +15,8 @@ use pyo3::types::{
 use crate::errors::{to_py, IntoPyResult};
 
 /// Deepest nesting accepted from Python (guards the native stack).
-const MAX_DEPTH: usize = 256;
+/// Python nesting accepted on conversion (stack safety; microdata itself allows 200 containers).
+const MAX_DEPTH: usize = 512;
 
 fn conv_err(msg: String) -> PyErr {
     to_py(Error::microdata("O2M-RTYC1", msg))

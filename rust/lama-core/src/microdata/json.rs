@@ -164,7 +164,7 @@ fn render_into(out: &mut String, v: &Value) {
 /// become `Int` (or `BigInt` beyond i64), other numbers `Float`.
 pub(crate) fn parse_json(text: &str) -> Result<Value> {
     let v: serde_json::Value = serde_json::from_str(text).map_err(|e| {
-        Error::microdata("M2O-PJSON1", format!("Invalid JSON in stringifiable value: {e}; text: {text}"))
+        Error::microdata("M2O-PV2", format!("Invalid JSON in stringifiable value: {e}; text: {text}"))
     })?;
     Ok(from_serde(v))
 }

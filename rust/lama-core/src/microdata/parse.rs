@@ -58,7 +58,7 @@ pub(crate) fn parse(reg: &Registry, text: &str, collect_refs: bool) -> Result<Pa
         .get(tname)
         .ok_or_else(|| Error::recipe("OR-ET1", format!("Type \"{tname}\" not found in recipes")))?;
     if is_id && !recipe.versioned() {
-        return Err(Error::microdata("M2O-PH2", format!("ID object of unversioned type \"{tname}\"")));
+        return Err(Error::microdata("M2O-PH1", format!("ID object of unversioned type \"{tname}\"")));
     }
     let mut p = Parser { s: text, pos: start, reg, collect: collect_refs, refs: Vec::new(), path: String::new(), depth: 0 };
     let mut entries = Vec::with_capacity(recipe.rules.len() + 1);
@@ -89,7 +89,7 @@ pub(crate) fn parse(reg: &Registry, text: &str, collect_refs: bool) -> Result<Pa
     }
     if !p.eat("</div>") {
         return Err(Error::microdata(
-            "M2O-PD1",
+            "M2O-PCONV1",
             format!("Unexpected content in \"{tname}\" microdata at position {}: {}", p.pos, p.here()),
         ));
     }
@@ -149,7 +149,8 @@ struct Parser<'a> {
 }
 
 /// Deepest container nesting the parser accepts.
-const MAX_DEPTH: usize = 200;
+/// Deepest container nesting the parser (and so the serializer) accepts.
+pub(crate) const MAX_DEPTH: usize = 200;
 
 impl<'a> Parser<'a> {
     fn rest(&self) -> &'a str {
@@ -190,7 +191,7 @@ impl<'a> Parser<'a> {
             Ok(())
         } else {
             Err(Error::microdata(
-                "M2O-PD1",
+                "M2O-PCONV1",
                 format!("Expected \"{lit}\" at position {} (property \"{}\"), found: {}", self.pos, self.path, self.here()),
             ))
         }
@@ -248,7 +249,7 @@ impl<'a> Parser<'a> {
             Ok(())
         } else {
             Err(Error::microdata(
-                "M2O-PD1",
+                "M2O-PCONV1",
                 format!("Expected \"</{tag}>\" at position {} (property \"{}\"), found: {}", self.pos, self.path, self.here()),
             ))
         }
@@ -359,7 +360,11 @@ impl<'a> Parser<'a> {
                     self.expect("</li>")?;
                 }
                 Ok(match reg.ty(t) {
-                    Ty::Set(item) if !unhashable(reg.ty(*item)) => Value::Set(items),
+                    // sets of sets parse as sets of frozensets; items Python cannot hash
+                    // (objects, maps, arrays, bags) as a list (docs/core-interface.md)
+                    Ty::Set(item) if matches!(reg.ty(*item), Ty::Set(_)) || !unhashable(reg.ty(*item)) => {
+                        Value::Set(items)
+                    }
                     _ => Value::List(items),
                 })
             }

@@ -69,7 +69,7 @@ pub(crate) fn serialize(reg: &Registry, obj: &Value, mode: Mode) -> Result<(Stri
         id.push_str("\">");
     }
     let mut matched = 0usize;
-    let mut w = Writer { reg };
+    let mut w = Writer { reg, depth: 0 };
     for rule in &recipe.rules {
         let v = lookup(entries, &rule.itemprop);
         if v.is_some() {
@@ -157,6 +157,8 @@ fn rtyc1(prop: &str, tyname: &str, v: &Value) -> Error {
 
 struct Writer<'r> {
     reg: &'r Registry,
+    /// Container nesting, limited like the parser's (never write what cannot be read back).
+    depth: usize,
 }
 
 impl Writer<'_> {
@@ -273,6 +275,19 @@ impl Writer<'_> {
 
     /// The inside of `<ol>`, `<ul>`, `<dl>` or `<div>` for a collection/map/object value.
     fn container_body(&mut self, out: &mut String, t: TyId, v: &Value, p: &str) -> Result<()> {
+        if self.depth >= super::parse::MAX_DEPTH {
+            return Err(Error::microdata(
+                "O2M-RTYC1",
+                format!("Value nested deeper than {} levels", super::parse::MAX_DEPTH),
+            ));
+        }
+        self.depth += 1;
+        let r = self.container_body_inner(out, t, v, p);
+        self.depth -= 1;
+        r
+    }
+
+    fn container_body_inner(&mut self, out: &mut String, t: TyId, v: &Value, p: &str) -> Result<()> {
         let reg = self.reg;
         match reg.ty(t) {
             Ty::Array(item) => {

@@ -49,6 +49,9 @@ fn prepare_values(objs: &[Value]) -> Result<Vec<Prepared>> {
         .collect()
 }
 
+/// The types a version head may point at.
+const VERSION_NODE_TYPES: [&str; 3] = ["VersionNodeEdge", "VersionNodeChange", "VersionNodeMerge"];
+
 impl Store {
     /// Write one object or ID object text under `h` unless present; reverse maps for a new
     /// entry of a type with enabled maps (objects.md §5.3).
@@ -200,9 +203,19 @@ impl Store {
                     format!("head of {id_s} is {}, expected {}", show(current), show(*exp)),
                 ));
             }
-            match dbs.objects.get(&txn, new)? {
-                Some([k, ..]) if *k == K_OBJECT => {}
-                _ => return Err(not_found(new_s, "version node")),
+            // A head must be a stored version node (objects.md §4.1), or verify() would flag it.
+            let is_node = match dbs.objects.get(&txn, new)? {
+                Some([k, md @ ..]) if *k == K_OBJECT => std::str::from_utf8(md)
+                    .ok()
+                    .and_then(|t| crate::microdata::type_of(t).ok())
+                    .is_some_and(|(t, is_id)| !is_id && VERSION_NODE_TYPES.contains(&t.as_str())),
+                _ => false,
+            };
+            if !is_node {
+                return Err(Error::store(
+                    "LAMA-HEAD",
+                    format!("new head {new_s} of {id_s} is not a stored version node"),
+                ));
             }
             dbs.vheads.put(&mut txn, id, new)?;
         }
