@@ -1,0 +1,172 @@
+"""The ``lama`` command line (console script ``lama = lama.cli:main``).
+
+Commands:
+
+* ``lama init --dir D --name N --email E [--instance-name I]`` creates an instance
+  (objects.md §7.3) in ``D/<instanceIdHash>/``: Person ``{email: E, name: N}``, Instance
+  ``I`` (default: the host name), random person and instance keys, the keychain protected by
+  the secret. Prints the identity as ``whoami`` does.
+* ``lama whoami --dir D [--email E --instance-name I] [--json] [--check-secret]`` prints the
+  person ID, instance ID, email, names, Keys hashes and public keys. It reads only public data
+  (``instance.json`` and the Keys objects in the store), so it needs **no secret**; with
+  ``--check-secret`` it also unlocks the keychain and checks that the secret keys match the
+  public keys (secret needed then).
+
+The secret comes from the environment variable ``LAMA_SECRET`` or, if that is unset and stdin
+is a terminal, from a hidden prompt (asked twice for ``init``). It is never a command-line
+argument (arguments are visible to other users in the process list). Without either, the
+command fails at once with exit status 2 instead of waiting for input.
+
+Exit status: 0 on success, 1 for a lama error (printed as ``error: CODE: message`` on stderr),
+2 for a usage error. Typer is imported inside :func:`main`, so ``import lama`` stays free of
+dependencies (``pip install lama[cli]``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+from typing import Any, NoReturn
+
+from lama.errors import LamaError
+
+__all__ = ["main", "SECRET_ENV"]
+
+SECRET_ENV = "LAMA_SECRET"
+
+
+class _SecretUnavailable(Exception):
+    pass
+
+
+def read_secret(confirm: bool = False) -> str:
+    """The secret from ``$LAMA_SECRET`` or a hidden prompt on a terminal (never echoed)."""
+    secret = os.environ.get(SECRET_ENV)
+    if secret is not None:
+        if not secret:
+            raise _SecretUnavailable(f"{SECRET_ENV} is set but empty")
+        return secret
+    if not sys.stdin.isatty():
+        raise _SecretUnavailable(
+            f"no secret: set the environment variable {SECRET_ENV} or run in a terminal to be "
+            "prompted"
+        )
+    import getpass
+
+    secret = getpass.getpass("Instance secret: ")
+    if not secret:
+        raise _SecretUnavailable("the secret must not be empty")
+    if confirm and getpass.getpass("Repeat the secret: ") != secret:
+        raise _SecretUnavailable("the secrets do not match")
+    return secret
+
+
+def _identity_lines(info: Any) -> list[str]:
+    d = info.as_dict()
+    return [
+        f"person id:                {d['person_id']}",
+        f"instance id:              {d['instance_id']}",
+        f"email:                    {d['email']}",
+        f"person name:              {d['person_name'] or ''}",
+        f"instance name:            {d['instance_name']}",
+        f"person keys:              {d['person_keys']}",
+        f"person public key:        {d['person_public_key']}",
+        f"person public sign key:   {d['person_public_sign_key']}",
+        f"instance keys:            {d['instance_keys']}",
+        f"instance public key:      {d['instance_public_key']}",
+        f"instance public sign key: {d['instance_public_sign_key']}",
+        f"directory:                {d['path']}",
+    ]
+
+
+def _print_identity(info: Any, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(info.as_dict(), indent=2, sort_keys=True))
+    else:
+        print("\n".join(_identity_lines(info)))
+
+
+def _fail(message: str, status: int) -> NoReturn:
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(status)
+
+
+def _build_app() -> Any:
+    import typer
+
+    app = typer.Typer(
+        add_completion=False,
+        no_args_is_help=True,
+        pretty_exceptions_enable=False,
+        help="lama: ONE instances - identity, keys and store.",
+    )
+
+    @app.command()
+    def init(
+        dir: str = typer.Option(..., "--dir", help="Base directory of the instance(s)."),
+        name: str = typer.Option(..., "--name", help="Person name."),
+        email: str = typer.Option(..., "--email", help="Person email (the person's identity)."),
+        instance_name: str = typer.Option(
+            None, "--instance-name", help="Instance name (default: the host name)."
+        ),
+        as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+    ) -> None:
+        """Create a new instance. Secret: $LAMA_SECRET or a hidden prompt."""
+        from lama.instance import Instance
+
+        secret = read_secret(confirm=True)
+        inst = Instance.create_sync(
+            dir,
+            email=email,
+            person_name=name,
+            instance_name=instance_name or socket.gethostname() or "lama",
+            secret=secret,
+        )
+        with inst:
+            _print_identity(inst.info, as_json)
+
+    @app.command()
+    def whoami(
+        dir: str = typer.Option(..., "--dir", help="Instance or base directory."),
+        email: str = typer.Option(None, "--email", help="Choose the instance by email ..."),
+        instance_name: str = typer.Option(None, "--instance-name", help="... and name."),
+        as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+        check_secret: bool = typer.Option(
+            False, "--check-secret", help="Also unlock the keychain and check the secret keys."
+        ),
+    ) -> None:
+        """Print the identity of an instance (public data; no secret needed)."""
+        from lama.instance import Instance, read_info
+
+        if check_secret:
+            with Instance.open_sync(
+                dir, read_secret(), email=email, instance_name=instance_name
+            ) as inst:
+                _print_identity(inst.info, as_json)
+        else:
+            _print_identity(read_info(dir, email=email, instance_name=instance_name), as_json)
+
+    return app
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the ``lama`` console script."""
+    try:
+        import typer  # noqa: F401
+    except ImportError:
+        _fail("the lama CLI needs Typer: pip install 'lama[cli]'", 1)
+    app = _build_app()
+    try:
+        # standalone mode: Typer/Click print usage errors themselves and exit with status 2
+        app(args=argv, prog_name="lama")
+    except _SecretUnavailable as e:
+        _fail(str(e), 2)
+    except LamaError as e:
+        _fail(str(e), 1)
+    except KeyboardInterrupt:
+        _fail("interrupted", 130)
+
+if __name__ == "__main__":
+    main()
