@@ -263,6 +263,17 @@ impl PyBlobWriter {
         self.with(py, |w| w.finish(expected_hash.as_deref())).map(|(h, s)| (h, s.as_str()))
     }
 
+    fn __enter__(slf: Py<Self>) -> Py<Self> {
+        slf
+    }
+
+    /// Leaving the `with` block without `finish` discards what was written.
+    #[pyo3(signature = (*_args))]
+    fn __exit__(&self, py: Python<'_>, _args: &Bound<'_, pyo3::types::PyTuple>) -> PyResult<bool> {
+        self.abort(py)?;
+        Ok(false)
+    }
+
     /// Discard everything written; a no-op after `finish` or `abort`.
     fn abort(&self, py: Python<'_>) -> PyResult<()> {
         let writer = self.inner.lock().unwrap_or_else(|e| e.into_inner()).take();
