@@ -10,7 +10,7 @@ use heed::RwTxn;
 use super::blob::hash_mismatch;
 use super::keys::rmap_key;
 use super::rmaps::{RmapConfig, MAP_ID, MAP_OBJECT};
-use super::{not_found, parse_hash, Status, Store, K_ID, K_OBJECT};
+use super::{parse_hash, Status, Store, K_ID, K_OBJECT};
 use crate::error::{Error, ErrorKind, Result};
 use crate::hash::{hash_bytes, sha256};
 use crate::microdata::{self, Value};
