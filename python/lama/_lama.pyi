@@ -9,6 +9,43 @@ import types
 from typing import Any, final
 
 CORE_NAME: str
+__all__ = [
+    "BlobWriter",
+    "CORE_NAME",
+    "Store",
+    "box_before",
+    "box_keypair",
+    "box_open_embedded",
+    "box_public_from_secret",
+    "box_seal_embedded",
+    "frame_pad",
+    "frame_unpad",
+    "id_hash",
+    "id_microdata",
+    "id_microdata_of",
+    "is_versioned",
+    "object_hash",
+    "parse",
+    "random_bytes",
+    "recipe_json",
+    "recipe_names",
+    "references",
+    "register_recipe",
+    "scrypt",
+    "secretbox_open",
+    "secretbox_open_embedded",
+    "secretbox_seal",
+    "secretbox_seal_embedded",
+    "serialize",
+    "serialize_many",
+    "session_nonce",
+    "sha256_hex",
+    "sign_detached",
+    "sign_keypair",
+    "sign_keypair_from_seed",
+    "sign_verify_detached",
+    "type_of",
+]
 
 # -- recipes (objects.md §3) --------------------------------------------------------------
 def register_recipe(recipe_json: str) -> None: ...
@@ -53,7 +90,7 @@ def frame_unpad(padded: bytes) -> tuple[int, bytes]: ...
 # -- store (objects.md §5, docs/store-format.md) ------------------------------------------
 @final
 class Store:
-    def __init__(self, path: str | os.PathLike[str], map_size: int = ...) -> None: ...
+    def __new__(cls, path: str | os.PathLike[str], map_size: int = ...) -> Store: ...
     @property
     def path(self) -> str: ...
     @property
