@@ -10,6 +10,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -557,3 +560,81 @@ def test_concurrent_writers_and_readers(store: Any) -> None:
     assert errors == []
     assert store.count() == 400
     assert len(store.referencing(BOB_ID, "Keys")) == 200
+
+
+# -- durability (docs/store-format.md "Durability") --------------------------------------
+
+
+def test_store_is_durable_by_default(store: Any) -> None:
+    assert store.durable is True
+    store.put_objects([ALICE])
+    store.sync()  # harmless on a durable store
+
+
+def test_non_durable_store_round_trip_sync_and_reopen(store_path: Path) -> None:
+    s = core.Store(str(store_path), durable=False)
+    assert s.durable is False
+    res = s.put_objects([ALICE, BOB, keys_obj(ALICE_ID)])
+    assert [st for _, st, _ in res] == ["new"] * 3
+    assert s.put_objects([ALICE])[0][1] == "exists"
+    assert s.get(ALICE_HASH) == ALICE_MD
+    s.sync()
+    h_blob, _ = s.put_blob(b"123")
+    s.close()  # flushes
+    s.close()  # harmless
+    with pytest.raises(StoreError) as e:
+        s.sync()
+    assert e.value.code == "LAMA-CLOSED"
+    # the same bytes on disk: a durable handle (either core) reads it all back
+    with core.Store(str(store_path)) as again:
+        assert again.durable is True
+        assert again.get(ALICE_HASH) == ALICE_MD
+        assert again.get(ALICE_ID) == ALICE_ID_MD
+        assert again.read_blob(h_blob) == b"123"
+        assert again.referencing(ALICE_ID, "Keys") == [res[2][0]]
+        assert again.verify() == []
+    with RawEnv(store_path) as raw:
+        assert raw.get("objects", bytes.fromhex(ALICE_HASH)) == b"O" + ALICE_MD.encode()
+
+
+def test_durability_of_an_open_environment_cannot_change(store_path: Path) -> None:
+    with core.Store(str(store_path), durable=False) as s:
+        with pytest.raises(StoreError) as e:
+            core.Store(str(store_path))
+        assert e.value.code == "LAMA-DURABLE"
+        with core.Store(str(store_path), durable=False) as second:  # same durability: shared
+            assert second.has(ALICE_HASH) is False
+            s.put_objects([ALICE])
+            assert second.has(ALICE_HASH) is True
+    with core.Store(str(store_path)) as durable:  # closed: may reopen either way
+        assert durable.has(ALICE_HASH)
+
+
+@pytest.mark.parametrize("bad", [1, "yes", None])
+def test_durable_must_be_a_bool(store_path: Path, bad: Any) -> None:
+    with pytest.raises(TypeError):
+        core.Store(str(store_path), durable=bad)
+
+
+def test_non_durable_commits_survive_a_killed_process(store_path: Path) -> None:
+    """NOSYNC skips only the fsync: the OS keeps the committed pages of a process killed
+    without close() or sync(), and every batch is whole."""
+    script = (
+        "import os, signal, sys\n"
+        "from lama._core import core\n"
+        "s = core.Store(sys.argv[1], durable=False)\n"
+        "for b in range(5):\n"
+        "    s.put_objects([{'$type$': 'Keys', 'owner': sys.argv[2], 'publicKey': f'{b * 1000 + i:064x}',\n"
+        "                    'publicSignKey': f'{i:064x}'} for i in range(1000)])\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    env = dict(os.environ, LAMA_CORE=core.CORE_NAME,
+               PYTHONPATH=str(Path(__file__).resolve().parent.parent / "python"))
+    proc = subprocess.run([sys.executable, "-c", script, str(store_path), ALICE_ID],
+                          env=env, stdin=subprocess.DEVNULL, capture_output=True, timeout=120)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    with core.Store(str(store_path)) as s:
+        assert s.count() == 5000
+        assert len(s.referencing(ALICE_ID, "Keys")) == 5000
+        assert s.get_object(core.object_hash(keys_obj(ALICE_ID, 4999) | {"publicSignKey": f"{999:064x}"}))
+        assert s.verify() == []

@@ -138,9 +138,10 @@ def _prop_filter(props: frozenset[str] | None, path: str) -> bool:
 class _Shared:
     """One open LMDB environment and the state every Store on it shares."""
 
-    def __init__(self, key: str, env: lmdb.Environment, dbs: dict[bytes, Any]) -> None:
+    def __init__(self, key: str, env: lmdb.Environment, dbs: dict[bytes, Any], durable: bool) -> None:
         self.key = key
         self.env = env
+        self.durable = durable
         self.meta = dbs[b"meta"]
         self.objects = dbs[b"objects"]
         self.chunks = dbs[b"chunks"]
@@ -159,24 +160,30 @@ _registry: dict[str, _Shared] = {}
 _registry_lock = threading.Lock()
 
 
-def _open_shared(path: str, map_size: int) -> _Shared:
+def _open_shared(path: str, map_size: int, durable: bool) -> _Shared:
     key = os.path.realpath(path)
     with _registry_lock:
         shared = _registry.get(key)
         if shared is None:
-            shared = _create_shared(path, key, map_size)
+            shared = _create_shared(path, key, map_size, durable)
             _registry[key] = shared
+        elif shared.durable != durable:
+            raise StoreError(
+                f"{key} is already open in this process with durable={shared.durable}", "LAMA-DURABLE"
+            )
         shared.refs += 1
         return shared
 
 
-def _create_shared(path: str, key: str, map_size: int) -> _Shared:
+def _create_shared(path: str, key: str, map_size: int, durable: bool) -> _Shared:
     try:
         os.makedirs(path, exist_ok=True)
     except OSError as e:
         raise StoreError(f"cannot create the store directory {path!r}: {e}", "LAMA-OPEN") from e
     try:
-        env = lmdb.open(path, max_dbs=16, map_size=map_size, subdir=True)
+        # durable=False is LMDB's MDB_NOSYNC: no fsync at commit, still atomic and consistent
+        # (docs/store-format.md "Durability").
+        env = lmdb.open(path, max_dbs=16, map_size=map_size, subdir=True, sync=durable)
     except lmdb.Error as e:
         raise StoreError(f"cannot open the store at {path!r}: {e}", "LAMA-OPEN") from e
     try:
@@ -191,7 +198,7 @@ def _create_shared(path: str, key: str, map_size: int) -> _Shared:
                     "LAMA-FORMAT",
                 )
             _delete_stale_tmp(txn, dbs[b"tmp"])
-        shared = _Shared(key, env, dbs)
+        shared = _Shared(key, env, dbs, durable)
         _load_rmap_config(shared)
         return shared
     except BaseException as e:
@@ -265,12 +272,17 @@ class _Prepared:
 class Store:
     """A lama store (docs/core-interface.md "Store", docs/store-format.md)."""
 
-    def __init__(self, path: str | os.PathLike[str], map_size: int = DEFAULT_MAP_SIZE) -> None:
+    def __init__(
+        self, path: str | os.PathLike[str], map_size: int = DEFAULT_MAP_SIZE, durable: bool = True
+    ) -> None:
         self._path = os.fspath(path)
         if not isinstance(map_size, int) or isinstance(map_size, bool) or map_size <= 0:
             raise StoreError(f"map_size must be a positive int, got {map_size!r}", "LAMA-OPEN")
+        if not isinstance(durable, bool):
+            raise TypeError(f"durable must be a bool, got {type(durable).__name__}")
+        self._durable = durable
         self._lock = threading.Lock()
-        self._shared: _Shared | None = _open_shared(self._path, map_size)
+        self._shared: _Shared | None = _open_shared(self._path, map_size, durable)
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -282,17 +294,34 @@ class Store:
     def closed(self) -> bool:
         return self._shared is None
 
+    @property
+    def durable(self) -> bool:
+        """False if opened with ``durable=False`` (LMDB NOSYNC)."""
+        return self._durable
+
+    @_lmdb_errors
+    def sync(self) -> None:
+        """Flush every committed transaction to disk (fsync)."""
+        self._s().env.sync(True)
+
     def close(self) -> None:
-        """Close the store; closing twice is harmless.  Later calls raise StoreError."""
+        """Close the store (flushing a non-durable one first); closing twice is harmless.
+        Later calls raise StoreError."""
         with self._lock:
             shared, self._shared = self._shared, None
         if shared is None:
             return
         with _registry_lock:
-            shared.refs -= 1
-            if shared.refs == 0:
-                _registry.pop(shared.key, None)
-                shared.env.close()
+            try:
+                if not shared.durable:
+                    shared.env.sync(True)
+            except lmdb.Error as e:
+                raise StoreError(f"cannot flush the store {self._path!r}: {e}", "LAMA-LMDB") from e
+            finally:
+                shared.refs -= 1
+                if shared.refs == 0:
+                    _registry.pop(shared.key, None)
+                    shared.env.close()
 
     def __enter__(self) -> Store:
         self._s()

@@ -518,3 +518,23 @@ fn verify_detects_corrupted_objects() {
     assert!(problems.iter().any(|p| p.contains(&r.hash) && p.contains("hashes to")));
     assert!(problems.iter().any(|p| p.contains(&bogus) && p.contains("microdata")));
 }
+
+#[test]
+fn non_durable_store_commits_syncs_and_refuses_mixed_durability() {
+    let d = tmp();
+    let alice = person("alice@example.com", "Alice");
+    {
+        let st = Store::open_with(d.path(), None, false).unwrap();
+        assert!(!st.durable());
+        assert_eq!(st.put_objects(&[alice.clone()]).unwrap()[0].status, Status::New);
+        st.sync().unwrap();
+        let err = Store::open(d.path(), None).err().unwrap();
+        assert_eq!((err.kind, err.code.as_str()), (ErrorKind::Store, "LAMA-DURABLE"));
+        let second = Store::open_with(d.path(), None, false).unwrap();
+        assert!(second.has(&hash_of(&alice)).unwrap());
+    }
+    let st = Store::open(d.path(), None).unwrap();
+    assert!(st.durable());
+    assert_eq!(st.get(&hash_of(&alice)).unwrap(), microdata::serialize(&alice).unwrap());
+    st.sync().unwrap();
+}

@@ -55,6 +55,7 @@ fn with_bytes<R: Send>(
 pub struct PyStore {
     inner: RwLock<Option<Store>>,
     path: String,
+    durable: bool,
 }
 
 impl PyStore {
@@ -66,10 +67,10 @@ impl PyStore {
 #[pymethods]
 impl PyStore {
     #[new]
-    #[pyo3(signature = (path, map_size = 1usize << 36))]
-    fn new(py: Python<'_>, path: std::path::PathBuf, map_size: usize) -> PyResult<Self> {
-        let store = py.detach(|| Store::open(&path, Some(map_size))).py()?;
-        Ok(PyStore { inner: RwLock::new(Some(store)), path: path.to_string_lossy().into_owned() })
+    #[pyo3(signature = (path, map_size = 1usize << 36, durable = true))]
+    fn new(py: Python<'_>, path: std::path::PathBuf, map_size: usize, durable: bool) -> PyResult<Self> {
+        let store = py.detach(|| Store::open_with(&path, Some(map_size), durable)).py()?;
+        Ok(PyStore { inner: RwLock::new(Some(store)), path: path.to_string_lossy().into_owned(), durable })
     }
 
     #[getter]
@@ -83,10 +84,27 @@ impl PyStore {
         self.inner.read().unwrap_or_else(|e| e.into_inner()).is_none()
     }
 
-    /// Release this handle; the environment closes when no handle or writer uses it.
-    fn close(&self, py: Python<'_>) {
+    /// False if opened with `durable=False` (LMDB NO_SYNC; docs/store-format.md "Durability").
+    #[getter]
+    fn durable(&self) -> bool {
+        self.durable
+    }
+
+    /// Flush every committed transaction to disk (fsync).
+    fn sync(&self, py: Python<'_>) -> PyResult<()> {
+        let store = self.store()?;
+        py.detach(|| store.sync()).py()
+    }
+
+    /// Release this handle (flushing a non-durable store first); the environment closes when
+    /// no handle or writer uses it. Closing twice is harmless.
+    fn close(&self, py: Python<'_>) -> PyResult<()> {
         let store = self.inner.write().unwrap_or_else(|e| e.into_inner()).take();
-        py.detach(|| drop(store));
+        py.detach(|| match store {
+            Some(s) if !s.durable() => s.sync(),
+            _ => Ok(()),
+        })
+        .py()
     }
 
     fn __enter__(slf: Py<Self>) -> PyResult<Py<Self>> {
@@ -95,9 +113,9 @@ impl PyStore {
     }
 
     #[pyo3(signature = (*_args))]
-    fn __exit__(&self, py: Python<'_>, _args: &Bound<'_, pyo3::types::PyTuple>) -> bool {
-        self.close(py);
-        false
+    fn __exit__(&self, py: Python<'_>, _args: &Bound<'_, pyo3::types::PyTuple>) -> PyResult<bool> {
+        self.close(py)?;
+        Ok(false)
     }
 
     fn __repr__(&self) -> String {

@@ -30,7 +30,7 @@ use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use heed::types::Bytes;
-use heed::{Database, Env, EnvOpenOptions, RoTxn, RwTxn, WithoutTls};
+use heed::{Database, Env, EnvFlags, EnvOpenOptions, RoTxn, RwTxn, WithoutTls};
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::hash::hash_bytes;
@@ -115,6 +115,18 @@ pub(crate) struct Dbs {
 struct Shared {
     env: Env<WithoutTls>,
     dbs: Dbs,
+    /// False if the environment was opened with `NO_SYNC` (see [`Store::open_with`]).
+    durable: bool,
+}
+
+impl Drop for Shared {
+    /// The last handle is gone: flush a non-durable environment before LMDB closes it
+    /// (closing does not sync by itself).
+    fn drop(&mut self) {
+        if !self.durable {
+            let _ = self.env.force_sync();
+        }
+    }
 }
 
 /// Open environments of this process, by canonical directory.
@@ -157,6 +169,18 @@ impl Store {
     /// `map_size` defaults to [`DEFAULT_MAP_SIZE`]; it is rounded up to a page multiple. If the
     /// environment is already open in this process the existing one is shared.
     pub fn open(path: impl AsRef<Path>, map_size: Option<usize>) -> Result<Store> {
+        Store::open_with(path, map_size, true)
+    }
+
+    /// [`open`](Self::open) with an explicit durability (docs/store-format.md "Durability").
+    ///
+    /// `durable = true` (the default of [`open`](Self::open)): LMDB syncs on every commit, so a
+    /// committed batch is on disk. `durable = false`: the environment is opened with `NO_SYNC`;
+    /// commits stay atomic and consistent and survive a killed process (the OS has the pages),
+    /// but the last commits may be lost on a power failure or OS crash until [`sync`](Self::sync)
+    /// runs (the last handle's drop syncs too). The environment of a directory is shared within
+    /// the process, so opening it again with the other durability is `StoreError LAMA-DURABLE`.
+    pub fn open_with(path: impl AsRef<Path>, map_size: Option<usize>, durable: bool) -> Result<Store> {
         let path = path.as_ref();
         std::fs::create_dir_all(path)?;
         let canon = std::fs::canonicalize(path)?;
@@ -165,9 +189,19 @@ impl Store {
             {
                 let mut reg = registry().lock().unwrap_or_else(|e| e.into_inner());
                 if let Some(shared) = reg.get(&canon).and_then(Weak::upgrade) {
+                    if shared.durable != durable {
+                        return Err(Error::store(
+                            "LAMA-DURABLE",
+                            format!(
+                                "{} is already open in this process with durable={}",
+                                canon.display(),
+                                if shared.durable { "True" } else { "False" }
+                            ),
+                        ));
+                    }
                     return Ok(Store { shared, path: path.to_path_buf() });
                 }
-                match open_env(&canon, map_size.unwrap_or(DEFAULT_MAP_SIZE)) {
+                match open_env(&canon, map_size.unwrap_or(DEFAULT_MAP_SIZE), durable) {
                     Ok(shared) => {
                         let shared = Arc::new(shared);
                         reg.retain(|_, w| w.strong_count() > 0);
@@ -193,6 +227,17 @@ impl Store {
     /// The directory this store was opened with.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// True unless the store was opened with `durable = false`.
+    pub fn durable(&self) -> bool {
+        self.shared.durable
+    }
+
+    /// Flush everything committed so far to disk (`mdb_env_sync` with force). Needed only for
+    /// a non-durable store; harmless (one fsync) for a durable one.
+    pub fn sync(&self) -> Result<()> {
+        Ok(self.shared.env.force_sync()?)
     }
 
     pub(crate) fn dbs(&self) -> Dbs {
@@ -297,18 +342,27 @@ impl From<Error> for OpenError {
 
 /// Open the environment, create the named databases, check/write `meta.format` and delete
 /// stale staged chunks (docs/store-format.md "Write rules").
-fn open_env(dir: &Path, map_size: usize) -> std::result::Result<Shared, OpenError> {
+fn open_env(dir: &Path, map_size: usize, durable: bool) -> std::result::Result<Shared, OpenError> {
     // LMDB wants a multiple of the OS page size; 64 KiB covers every page size in use
     // (4, 16 and 64 KiB) and costs nothing for a sparse map.
     const PAGE: usize = 65536;
     let map_size = map_size.max(PAGE).div_ceil(PAGE) * PAGE;
-    let env = unsafe {
-        EnvOpenOptions::new()
-            .read_txn_without_tls()
-            .map_size(map_size)
-            .max_dbs(MAX_DBS)
-            .open(dir)?
-    };
+    let mut opts = EnvOpenOptions::new().read_txn_without_tls();
+    opts.map_size(map_size).max_dbs(MAX_DBS);
+    if !durable {
+        // SAFETY (of the flag; heed marks it unsafe): NO_SYNC only skips the fsync at commit.
+        // LMDB still writes every commit in copy-on-write order with the meta page last, so
+        // a committed transaction is atomic and visible to every reader, and the OS keeps the
+        // dirty pages if this process dies; only an OS crash or power failure can lose the
+        // last commits (or, on file systems that reorder writes, damage the last one). That is
+        // exactly the documented contract of `durable = false`; `sync()` and the last handle's
+        // drop flush explicitly.
+        unsafe {
+            opts.flags(EnvFlags::NO_SYNC);
+        }
+    }
+    // SAFETY: the environment of a directory is opened once per process (the registry above).
+    let env = unsafe { opts.open(dir)? };
     let mut txn = env.write_txn()?;
     let dbs = Dbs {
         meta: env.create_database(&mut txn, Some("meta"))?,
@@ -347,5 +401,5 @@ fn open_env(dir: &Path, map_size: usize) -> std::result::Result<Shared, OpenErro
         dbs.tmp.delete(&mut txn, &k)?;
     }
     txn.commit()?;
-    Ok(Shared { env, dbs })
+    Ok(Shared { env, dbs, durable })
 }
