@@ -4,7 +4,7 @@
 //! docs/core-interface.md: `bool` is never an `int`, a Python `int` beyond i64 becomes the
 //! nearest double, sets come back as `set` (nested ones as `frozenset`). The conversion
 //! helpers are `pub(crate)` so the store bindings reuse them.
-use lama_core::hash::sha256_hex as core_sha256_hex;
+use lama_core::hash::{hash_hex_bytes, hex_str, sha256, sha256_hex as core_sha256_hex};
 use lama_core::microdata::{self, Value};
 use lama_core::Error;
 use pyo3::prelude::*;
@@ -207,24 +207,46 @@ fn type_of(text: &str) -> PyResult<(String, bool)> {
     microdata::type_of(text).py()
 }
 
-/// [(microdata, hash)] for many objects: converted with the GIL, serialized and hashed without.
+/// Objects converted per GIL release in [`serialize_many`]: large enough that releasing and
+/// re-taking the GIL is noise, small enough that the converted values, their microdata and
+/// the result strings of one chunk stay in the CPU caches.
+const CHUNK: usize = 256;
+
+/// [(microdata, hash)] for many objects. Works in chunks: convert (GIL held), serialize and
+/// hash (GIL released), build the result tuples (GIL held) straight from the stack hex.
 #[pyfunction]
-fn serialize_many(py: Python<'_>, objs: &Bound<'_, PyAny>) -> PyResult<Vec<(String, String)>> {
-    let mut values = Vec::new();
-    for o in objs.try_iter()? {
-        values.push(py_to_value(&o?)?);
-    }
-    py.detach(|| {
-        values
-            .iter()
-            .map(|v| {
+fn serialize_many<'py>(py: Python<'py>, objs: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyList>> {
+    let out = PyList::empty(py);
+    let mut values: Vec<Value> = Vec::with_capacity(CHUNK);
+    let mut done: Vec<(String, [u8; 32])> = Vec::with_capacity(CHUNK);
+    let mut iter = objs.try_iter()?;
+    loop {
+        values.clear();
+        for o in iter.by_ref() {
+            values.push(py_to_value(&o?)?);
+            if values.len() == CHUNK {
+                break;
+            }
+        }
+        if values.is_empty() {
+            return Ok(out);
+        }
+        done.clear();
+        py.detach(|| {
+            for v in &values {
                 let md = microdata::serialize(v)?;
-                let h = core_sha256_hex(md.as_bytes());
-                Ok((md, h))
-            })
-            .collect::<lama_core::Result<Vec<_>>>()
-    })
-    .py()
+                let h = sha256(md.as_bytes());
+                done.push((md, h));
+            }
+            Ok::<_, Error>(())
+        })
+        .py()?;
+        for (md, h) in &done {
+            let hex = hash_hex_bytes(h);
+            let row = PyTuple::new(py, [PyString::new(py, md), PyString::new(py, hex_str(&hex))])?;
+            out.append(row)?;
+        }
+    }
 }
 
 /// Every reference of an object: [(path, kind, hash)], kind in "obj", "id", "clob", "blob".

@@ -56,7 +56,7 @@ pub(crate) fn serialize(reg: &Registry, obj: &Value, mode: Mode) -> Result<(Stri
     let want_obj = mode != Mode::IdOnly;
     let want_id = versioned && mode != Mode::Object;
 
-    let mut out = String::with_capacity(if want_obj { 96 + 48 * recipe.rules.len() } else { 0 });
+    let mut out = String::with_capacity(if want_obj { capacity_hint(tname, entries) } else { 0 });
     let mut id = String::with_capacity(if want_id { 128 } else { 0 });
     if want_obj {
         out.push_str(MICRODATA_START);
@@ -107,6 +107,29 @@ pub(crate) fn serialize(reg: &Registry, obj: &Value, mode: Mode) -> Result<(Stri
     } else {
         Ok((out, None))
     }
+}
+
+/// Expected length of an object's microdata: the header plus, per property, its tags and the
+/// text of a string value, so that the common object is written without reallocating.
+fn capacity_hint(tname: &str, entries: &[(Value, Value)]) -> usize {
+    let props: usize = entries
+        .iter()
+        .map(|(k, v)| {
+            let k = match k {
+                Value::Str(s) => s.len(),
+                _ => 8,
+            };
+            let v = match v {
+                Value::Str(s) => s.len() + s.len() / 16,
+                Value::List(items) | Value::Set(items) => 24 * items.len(),
+                Value::Dict(items) => 48 * items.len(),
+                _ => 24,
+            };
+            // `<span itemprop="` + k + `">` + v + `</span>` and the like
+            32 + 2 * k + v
+        })
+        .sum();
+    ID_MICRODATA_START.len() + tname.len() + 8 + props
 }
 
 #[inline]

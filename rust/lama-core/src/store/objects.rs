@@ -5,14 +5,16 @@
 //! holding the LMDB write lock, then one write transaction stores them. Any error aborts that
 //! transaction, so a batch is written whole or not at all.
 
-use heed::RwTxn;
+use std::borrow::Cow;
+
+use heed::{MdbError, PutFlags, RwTxn};
 
 use super::blob::hash_mismatch;
 use super::keys::rmap_key;
 use super::rmaps::{RmapConfig, MAP_ID, MAP_OBJECT};
 use super::{parse_hash, Status, Store, K_ID, K_OBJECT};
 use crate::error::{Error, ErrorKind, Result};
-use crate::hash::{hash_bytes, sha256};
+use crate::hash::{hash_bytes, hash_hex, sha256};
 use crate::microdata::{self, Value};
 
 /// Result of storing one object: `(hash, status, id hash of a versioned object)`.
@@ -24,27 +26,28 @@ pub struct PutResult {
 }
 
 /// One object ready to be written: its microdata, hash, type, and optionally its ID object.
-struct Prepared {
+/// Type name and text borrow from the input where they can (no copies on the put path).
+struct Prepared<'a> {
     kind: u8,
-    type_name: String,
-    text: String,
+    type_name: Cow<'a, str>,
+    text: Cow<'a, str>,
     hash: [u8; 32],
     id: Option<(String, [u8; 32])>,
 }
 
 /// Serialize and hash `objs` (objects.md §2.1, §2.2).
-fn prepare_values(objs: &[Value]) -> Result<Vec<Prepared>> {
+fn prepare_values(objs: &[Value]) -> Result<Vec<Prepared<'_>>> {
     objs.iter()
         .map(|obj| {
             let (text, id_text) = microdata::serialize_with_id(obj)?;
             // serialize succeeded, so the value is a dict with a string `$type$`.
-            let type_name = obj.get("$type$").and_then(Value::as_str).unwrap_or_default().to_string();
+            let type_name = Cow::Borrowed(obj.get("$type$").and_then(Value::as_str).unwrap_or_default());
             let hash = sha256(text.as_bytes());
             let id = id_text.map(|t| {
                 let h = sha256(t.as_bytes());
                 (t, h)
             });
-            Ok(Prepared { kind: K_OBJECT, type_name, text, hash, id })
+            Ok(Prepared { kind: K_OBJECT, type_name, text: Cow::Owned(text), hash, id })
         })
         .collect()
 }
@@ -65,15 +68,16 @@ impl Store {
         text: &str,
     ) -> Result<Status> {
         let dbs = self.dbs();
-        if dbs.objects.get(txn, h)?.is_some() {
-            return Ok(Status::Exists);
+        // One B-tree descent: NO_OVERWRITE fails with KEYEXIST for a present entry (write-once,
+        // docs/store-format.md "Write rules") instead of a lookup followed by a put.
+        let mut value = Vec::with_capacity(text.len() + 1);
+        value.push(kind);
+        value.extend_from_slice(text.as_bytes());
+        match dbs.objects.put_with_flags(txn, PutFlags::NO_OVERWRITE, h, &value) {
+            Ok(()) => {}
+            Err(heed::Error::Mdb(MdbError::KeyExist)) => return Ok(Status::Exists),
+            Err(e) => return Err(e.into()),
         }
-        let bytes = text.as_bytes();
-        dbs.objects.put_reserved(txn, h, bytes.len() + 1, |out| {
-            use std::io::Write;
-            out.write_all(&[kind])?;
-            out.write_all(bytes)
-        })?;
         let map_kind = if kind == K_ID { MAP_ID } else { MAP_OBJECT };
         if let Some(props) = cfg.props(map_kind, type_name) {
             for r in microdata::references(text)? {
@@ -112,9 +116,9 @@ impl Store {
             .iter()
             .zip(statuses)
             .map(|(p, status)| PutResult {
-                hash: hex::encode(p.hash),
+                hash: hash_hex(&p.hash),
                 status,
-                id_hash: p.id.as_ref().map(|(_, h)| hex::encode(h)),
+                id_hash: p.id.as_ref().map(|(_, h)| hash_hex(h)),
             })
             .collect())
     }
@@ -154,8 +158,8 @@ impl Store {
             };
             prepared.push(Prepared {
                 kind: if is_id { K_ID } else { K_OBJECT },
-                type_name,
-                text: text.clone(),
+                type_name: Cow::Owned(type_name),
+                text: Cow::Borrowed(text.as_str()),
                 hash,
                 id,
             });
