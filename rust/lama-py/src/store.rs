@@ -27,10 +27,18 @@ fn closed() -> PyErr {
 }
 
 /// Convert a Python sequence of dicts into core values (GIL held).
+/// Objects converted per GIL hold: between chunks the GIL is released for a moment, so a large
+/// batch never blocks other Python threads for long while it is converted.
+const CONVERT_CHUNK: usize = 1024;
+
 fn values(objs: &Bound<'_, PyAny>) -> PyResult<Vec<Value>> {
+    let py = objs.py();
     let mut out = Vec::with_capacity(objs.len().unwrap_or(0));
     for item in objs.try_iter()? {
         out.push(py_to_value(&item?)?);
+        if out.len() % CONVERT_CHUNK == 0 {
+            py.detach(std::thread::yield_now);
+        }
     }
     Ok(out)
 }
