@@ -1,6 +1,6 @@
 """The LMDB object store (objects.md §5, docs/store-format.md).
 
-``Store(path)`` opens (or creates) the store of one instance directory.  Both cores read and
+``Store(path, durable=True)`` opens (or creates) the store of one instance directory.  Both cores read and
 write the same on-disk format.  See docs/core-interface.md for every method; in short:
 ``put_objects`` (serialize, hash and store many objects in one transaction), ``put_microdata``
 (store received microdata verbatim after verifying its hash), ``get``/``get_object``/``has``,
@@ -17,9 +17,4 @@ Store = core.Store
 BlobWriter = core.BlobWriter
 
 
-def open_store(path: str, map_size: int | None = None) -> "Store":
-    """Open or create the store at ``path`` (a directory)."""
-    return core.Store(path) if map_size is None else core.Store(path, map_size)
-
-
-__all__ = ["Store", "BlobWriter", "open_store"]
+__all__ = ["Store", "BlobWriter"]
