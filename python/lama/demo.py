@@ -1,20 +1,25 @@
-"""The lama demo (issue 2 stage): store a small 1-to-1 chat as ONE objects and print them.
+"""The lama demo (single-device stage): Alice's instance stores a small 1-to-1 chat.
 
-It creates a store in a fresh directory (or ``--dir``), stores Alice and Bob, a chat message with
-its CreationTime and LinkedListEntry, versions the ownerless 1-to-1 ChannelInfo twice, grants
-Bob access, then prints every object with its hash, the channel's history and the result of the
-store's integrity check.  Run it with ``./dev demo`` (``LAMA_CORE=pure ./dev demo`` for the
-pure-Python core).
+It creates Alice's instance in a fresh directory (or ``--dir``): her Person, Instance and Keys,
+with the secret keys in an encrypted keychain.  She then posts two signed messages to the
+ownerless 1-to-1 channel with Bob the way a ONE app does (app-layer.md §2.4, objects.md §8):
+ChatMessage, CreationTime, an AffirmationCertificate with her Signature listed in the
+LinkedListEntry's metadata, and a new version of the ChannelInfo; finally she grants Bob access
+to the Topic.  Every object is printed with its microdata and hash, then the channel's history,
+the signature check and the store's integrity check.  Run it with ``./dev demo``
+(``LAMA_CORE=pure ./dev demo`` for the pure-Python core).
 """
 
 from __future__ import annotations
 
 import argparse
+import secrets
 import tempfile
 import time
 
-from lama import microdata, versions
+from lama import certificates, microdata, versions
 from lama._core import CORE_NAME
+from lama.instance import Instance
 from lama.store import Store
 
 
@@ -30,18 +35,26 @@ def main(argv: list[str] | None = None) -> int:
     path = args.dir or tempfile.mkdtemp(prefix="lama-demo-")
     print(f"lama demo — core: {CORE_NAME}, store: {path}\n")
 
-    with Store(path) as store:
-        alice = versions.store_versioned(store, {"$type$": "Person", "email": "alice@example.com", "name": "Alice"})
+    # a throwaway secret: this instance only lives for the demo
+    with Instance.create_sync(path, email="alice@example.com", person_name="Alice",
+                              instance_name="alice-laptop", secret=secrets.token_hex(16)) as alice:
+        store: Store = alice.store
+        print(f"Alice's instance {alice.instance_id}")
+        print(f"  person ID {alice.person_id}, person Keys {alice.person_keys}")
+        print(f"  public sign key {alice.person_public_sign_key.hex()}\n")
         bob = versions.store_versioned(store, {"$type$": "Person", "email": "bob@example.com", "name": "Bob"})
-        a, b = alice.id_hash, bob.id_hash
+        a, b = alice.person_id, bob.id_hash
         topic_id = "<->".join(sorted([a, b]))  # app-layer: the 1-to-1 topic id
 
         head = None
+        signatures = []
         for n, text in enumerate(["Hi Bob <3", "Are you there? 👋"]):
             now = int(time.time() * 1000)
             (msg, _, _), = store.put_objects([{"$type$": "ChatMessage", "text": text, "sender": a}])
             (ct, _, _), = store.put_objects([{"$type$": "CreationTime", "timestamp": now, "data": msg}])
-            entry = {"$type$": "LinkedListEntry", "data": ct}
+            signed = alice.affirm(ct)  # License + AffirmationCertificate + Signature
+            signatures.append(signed.signature)
+            entry = {"$type$": "LinkedListEntry", "data": ct, "metadata": [signed.signature]}
             if head:
                 entry["previous"] = head
             (head, _, _), = store.put_objects([entry])
@@ -49,6 +62,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"message {n + 1}:")
             _show(store, "ChatMessage", msg)
             _show(store, "CreationTime", ct)
+            _show(store, "Affirmation", signed.certificate)
+            _show(store, "Signature", signed.signature)
             _show(store, "LinkedListEntry", head)
             _show(store, "ChannelInfo", channel.hash)
             print()
@@ -57,7 +72,6 @@ def main(argv: list[str] | None = None) -> int:
         (topic_hash, _, _), = store.put_objects([topic])
         (access, _, _), = store.put_objects([{"$type$": "Access", "object": topic_hash, "person": [a, b], "group": []}])
         print("people, topic and access:")
-        _show(store, "Person Alice", alice.hash)
         _show(store, "Person ID Alice", a)
         _show(store, "Person Bob", bob.hash)
         _show(store, "Topic", topic_hash)
@@ -69,6 +83,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {v.timestamp}  {v.hash}")
         current = versions.current(store, channel.id_hash)
         assert microdata.object_hash(current) == channel.hash
+        for sig in signatures:
+            checked = certificates.verify_signature(store, sig)
+            print(f"signature {sig[:16]}… verifies with {checked.issuer[:16]}…'s sign key")
         problems = store.verify()
         print(f"\nstore: {store.count()} entries, verify(): {'clean' if not problems else problems}")
         return 0 if not problems else 1
