@@ -53,3 +53,10 @@ def test_native_module_matches_stub() -> None:
                           str(ROOT / "pyproject.toml")], cwd=ROOT, env=env, capture_output=True,
                          text=True, timeout=600)
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_package_type_checks() -> None:
+    """The public package type-checks with mypy (configuration in pyproject.toml)."""
+    out = subprocess.run([sys.executable, "-m", "mypy", "--config-file", str(ROOT / "pyproject.toml")],
+                         cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout + out.stderr
