@@ -16,10 +16,17 @@ use pyo3::types::{PyBytes, PyList};
 use crate::errors::IntoPyResult;
 use crate::microdata::py_to_value;
 
-type PutRow = (String, &'static str, Option<String>);
-
-fn rows(results: Vec<PutResult>) -> Vec<PutRow> {
-    results.into_iter().map(|r| (r.hash, r.status.as_str(), r.id_hash)).collect()
+/// The Python list `[(hash, status, id_hash or None)]` of a batch write, built with a short
+/// GIL release every CONVERT_CHUNK rows so a large batch does not block other threads.
+fn rows<'py>(py: Python<'py>, results: Vec<PutResult>) -> PyResult<Bound<'py, PyList>> {
+    let out = PyList::empty(py);
+    for (i, r) in results.into_iter().enumerate() {
+        out.append((r.hash, r.status.as_str(), r.id_hash))?;
+        if (i + 1) % CONVERT_CHUNK == 0 {
+            py.detach(std::thread::yield_now);
+        }
+    }
+    Ok(out)
 }
 
 fn closed() -> PyErr {
@@ -130,15 +137,20 @@ impl PyStore {
         format!("<lama._lama.Store {:?}{}>", self.path, if self.closed() { " (closed)" } else { "" })
     }
 
-    fn put_objects(&self, py: Python<'_>, objs: &Bound<'_, PyAny>) -> PyResult<Vec<PutRow>> {
+    fn put_objects<'py>(&self, py: Python<'py>, objs: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyList>> {
         let store = self.store()?;
         let vals = values(objs)?;
-        py.detach(|| store.put_objects(&vals)).py().map(rows)
+        // the values are dropped without the GIL too: freeing a large batch takes a while
+        rows(py, py.detach(move || store.put_objects(&vals)).py()?)
     }
 
-    fn put_microdata(&self, py: Python<'_>, items: Vec<(String, Option<String>)>) -> PyResult<Vec<PutRow>> {
+    fn put_microdata<'py>(
+        &self,
+        py: Python<'py>,
+        items: Vec<(String, Option<String>)>,
+    ) -> PyResult<Bound<'py, PyList>> {
         let store = self.store()?;
-        py.detach(|| store.put_microdata(&items)).py().map(rows)
+        rows(py, py.detach(|| store.put_microdata(&items)).py()?)
     }
 
     fn get(&self, py: Python<'_>, hash: &str) -> PyResult<String> {
@@ -200,15 +212,15 @@ impl PyStore {
         py.detach(|| store.get_head(id_hash)).py()
     }
 
-    fn write_batch(
+    fn write_batch<'py>(
         &self,
-        py: Python<'_>,
-        objs: &Bound<'_, PyAny>,
+        py: Python<'py>,
+        objs: &Bound<'py, PyAny>,
         heads: Vec<(String, Option<String>, String)>,
-    ) -> PyResult<Vec<PutRow>> {
+    ) -> PyResult<Bound<'py, PyList>> {
         let store = self.store()?;
         let vals = values(objs)?;
-        py.detach(|| store.write_batch(&vals, &heads)).py().map(rows)
+        rows(py, py.detach(move || store.write_batch(&vals, &heads)).py()?)
     }
 
     #[pyo3(signature = (type_name, props = None, id_objects = false))]
