@@ -39,6 +39,18 @@ def load_vectors(name: str) -> Any:
     return json.loads((VECTORS / name).read_text(encoding="utf-8"))
 
 
+def peer_keys(peer: dict[str, Any], who: str) -> Any:
+    """The recorded secret key pairs of a peer of crypto-and-frames.json (``who`` is
+    ``"person"`` or ``"instance"``) as :class:`lama.keychain.SecretKeys`."""
+    from lama.keychain import SecretKeys
+
+    kp = peer["keypairs"]
+    return SecretKeys(
+        bytes.fromhex(kp[f"{who}EncryptionKeyPair"]["secretKey"]),
+        bytes.fromhex(kp[f"{who}SignKeyPair"]["secretKey"]),
+    )
+
+
 @pytest.fixture(scope="session")
 def rust_core() -> ModuleType:
     from lama import _lama  # type: ignore[attr-defined]

@@ -14,12 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import peer_keys
 
 from lama import certificates as certs
 from lama._core import core
 from lama.errors import LamaError, MicrodataError, NotFoundError, SignatureError
 from lama.instance import Instance
-from lama.keychain import SecretKeys
 
 VECTORS = json.loads(
     (Path(__file__).parent / "vectors" / "crypto-and-frames.json").read_text(encoding="utf-8")
@@ -68,12 +68,7 @@ REC_SIGNATURE_HASH = "f846aafab7ed485a5d3741ea7c05411402c2ce39a0ef928d3a31d0c57e
 SECRET = "s3cret"
 
 
-def keys(peer: dict[str, Any], who: str) -> SecretKeys:
-    kp = peer["keypairs"]
-    return SecretKeys(
-        bytes.fromhex(kp[f"{who}EncryptionKeyPair"]["secretKey"]),
-        bytes.fromhex(kp[f"{who}SignKeyPair"]["secretKey"]),
-    )
+keys = peer_keys
 
 
 @pytest.fixture

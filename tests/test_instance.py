@@ -15,13 +15,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import peer_keys
 
 from lama import instance as instance_mod
 from lama import versions
 from lama._core import core
 from lama.errors import DecryptionError, KeychainError, LamaError, NotFoundError, SignatureError, StoreError
 from lama.instance import Instance, calculate_instance_id_hash, read_info
-from lama.keychain import Keychain, SecretKeys
+from lama.keychain import Keychain
 
 VECTORS = json.loads(
     (Path(__file__).parent / "vectors" / "crypto-and-frames.json").read_text(encoding="utf-8")
@@ -35,12 +36,7 @@ EMAIL_B = "bob@peer-b.example"
 SECRET = "correct horse battery staple"
 
 
-def keys(peer: dict[str, Any], who: str) -> SecretKeys:
-    kp = peer["keypairs"]
-    return SecretKeys(
-        bytes.fromhex(kp[f"{who}EncryptionKeyPair"]["secretKey"]),
-        bytes.fromhex(kp[f"{who}SignKeyPair"]["secretKey"]),
-    )
+keys = peer_keys
 
 
 def create_a(base: Path, secret: str = SECRET) -> Instance:
