@@ -41,8 +41,8 @@ def load_vectors(name: str) -> Any:
 
 def peer_keys(peer: dict[str, Any], who: str) -> Any:
     """The recorded secret key pairs of a peer of crypto-and-frames.json (``who`` is
-    ``"person"`` or ``"instance"``) as :class:`lama.keychain.SecretKeys`."""
-    from lama.keychain import SecretKeys
+    ``"person"`` or ``"instance"``) as :class:`lama.identity.keychain.SecretKeys`."""
+    from lama.identity.keychain import SecretKeys
 
     kp = peer["keypairs"]
     return SecretKeys(

@@ -16,10 +16,10 @@ from typing import Any
 import pytest
 from conftest import peer_keys
 
-from lama import certificates as certs
+from lama.identity import certificates as certs
 from lama._core import core
 from lama.errors import LamaError, MicrodataError, NotFoundError, SignatureError
-from lama.instance import Instance
+from lama.identity.instance import Instance
 
 VECTORS = json.loads(
     (Path(__file__).parent / "vectors" / "crypto-and-frames.json").read_text(encoding="utf-8")
@@ -81,7 +81,7 @@ def store(tmp_path: Path) -> Any:
 
 @pytest.fixture
 def alice(tmp_path: Path) -> Any:
-    inst = Instance.create_sync(
+    inst = Instance.create(
         tmp_path / "a", email="alice@peer-a.example", instance_name="peer-A", secret=SECRET,
         person_keys=keys(PEER_A, "person"), instance_keys=keys(PEER_A, "instance"),
     )
@@ -91,7 +91,7 @@ def alice(tmp_path: Path) -> Any:
 
 @pytest.fixture
 def bob(tmp_path: Path) -> Any:
-    inst = Instance.create_sync(
+    inst = Instance.create(
         tmp_path / "b", email="bob@peer-b.example", instance_name="peer-B", secret=SECRET,
         person_keys=keys(PEER_B, "person"), instance_keys=keys(PEER_B, "instance"),
     )

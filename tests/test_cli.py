@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from lama._core import core
-from lama.instance import Instance, calculate_instance_id_hash
+from lama.identity.instance import Instance, calculate_instance_id_hash
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = "cli-secret-7f3a"
@@ -66,7 +66,7 @@ def test_init_and_whoami(tmp_path: Path) -> None:
     data = json.loads(j.stdout)
     assert data["person_id"] == person_id and data["instance_id"] == instance_id
     # the printed keys are the instance's keys
-    with Instance.open_sync(tmp_path, SECRET) as inst:
+    with Instance.open(tmp_path, SECRET) as inst:
         assert data["person_public_sign_key"] == inst.person_public_sign_key.hex()
         assert data["instance_public_key"] == inst.instance_public_key.hex()
         assert data["person_keys"] == inst.person_keys

@@ -17,12 +17,12 @@ from typing import Any
 import pytest
 from conftest import peer_keys
 
-from lama import instance as instance_mod
-from lama import versions
+from lama.identity import instance as instance_mod
+from lama.objects import versions
 from lama._core import core
 from lama.errors import DecryptionError, KeychainError, LamaError, NotFoundError, SignatureError, StoreError
-from lama.instance import Instance, calculate_instance_id_hash, read_info
-from lama.keychain import Keychain
+from lama.identity.instance import Instance, calculate_instance_id_hash, read_info
+from lama.identity.keychain import Keychain
 
 VECTORS = json.loads(
     (Path(__file__).parent / "vectors" / "crypto-and-frames.json").read_text(encoding="utf-8")
@@ -40,7 +40,7 @@ keys = peer_keys
 
 
 def create_a(base: Path, secret: str = SECRET) -> Instance:
-    return Instance.create_sync(
+    return Instance.create(
         base,
         email=EMAIL_A,
         instance_name=NAME_A,
@@ -117,7 +117,7 @@ def test_fresh_instance_contents(tmp_path: Path) -> None:
 
 def test_spec_example_alice_laptop(tmp_path: Path) -> None:
     """objects.md §1.10: Person alice (04cf557f…), Instance alice-laptop (755568aa…, ID 53480c06…)."""
-    with Instance.create_sync(
+    with Instance.create(
         tmp_path, email="alice@example.com", person_name="Alice",
         instance_name="alice-laptop", secret=SECRET,
     ) as inst:
@@ -139,7 +139,7 @@ def test_instance_dir_quirk_without_html_escaping(tmp_path: Path) -> None:
     """objects.md §2.2: the directory name is built without escaping; for '&' it differs from
     the true Instance ID hash, and the instance still opens."""
     email, name = "a&b@example.com", "laptop <1>"
-    with Instance.create_sync(tmp_path, email=email, instance_name=name, secret=SECRET) as inst:
+    with Instance.create(tmp_path, email=email, instance_name=name, secret=SECRET) as inst:
         true_id = core.id_hash({"$type$": "Instance", "name": name, "owner": inst.person_id})
         assert inst.instance_id == true_id
         assert inst.person_id == core.id_hash({"$type$": "Person", "email": email})
@@ -147,7 +147,7 @@ def test_instance_dir_quirk_without_html_escaping(tmp_path: Path) -> None:
         assert dir_name != true_id
         assert Path(inst.path) == tmp_path / dir_name
         pid = inst.person_id
-    with Instance.open_sync(tmp_path, SECRET, email=email, instance_name=name) as again:
+    with Instance.open(tmp_path, SECRET, email=email, instance_name=name) as again:
         assert again.instance_id == true_id and again.person_id == pid
 
 
@@ -157,7 +157,7 @@ def test_instance_dir_quirk_without_html_escaping(tmp_path: Path) -> None:
 def test_open_gives_the_same_identity_and_keys(tmp_path: Path) -> None:
     create_a(tmp_path).close()
     for where in (tmp_path, tmp_path / PEER_A["instance_id_hash"]):
-        with Instance.open_sync(where, SECRET) as inst:
+        with Instance.open(where, SECRET) as inst:
             assert inst.person_id == PEER_A["person_id_hash"]
             assert inst.instance_keys == KC["instance_keys"]["keys_object_hash"]
             assert inst.person_name == "Alice" and inst.email == EMAIL_A
@@ -175,11 +175,11 @@ def test_wrong_secret_raises_and_changes_nothing(tmp_path: Path) -> None:
     before = snapshot(tmp_path)
     wrong = "not-the-secret-42"
     with pytest.raises(KeychainError) as e:
-        Instance.open_sync(tmp_path, wrong)
+        Instance.open(tmp_path, wrong)
     assert e.value.code == "CYENC-SYMDEC"
     assert wrong not in str(e.value) and SECRET not in str(e.value)
     assert snapshot(tmp_path) == before
-    with Instance.open_sync(tmp_path, SECRET) as inst:  # still opens with the right one
+    with Instance.open(tmp_path, SECRET) as inst:  # still opens with the right one
         assert inst.person_id == PEER_A["person_id_hash"]
 
 
@@ -194,33 +194,33 @@ def test_create_into_existing_instance_fails_and_changes_nothing(tmp_path: Path)
     # an existing but empty instance directory is fine
     empty = tmp_path / "b" / calculate_instance_id_hash("peer-B", EMAIL_B)
     empty.mkdir(parents=True)
-    Instance.create_sync(tmp_path / "b", email=EMAIL_B, instance_name="peer-B", secret=SECRET).close()
+    Instance.create(tmp_path / "b", email=EMAIL_B, instance_name="peer-B", secret=SECRET).close()
     assert (empty / "instance.json").is_file()
 
 
 def test_bad_arguments(tmp_path: Path) -> None:
     with pytest.raises(KeychainError) as e:
-        Instance.create_sync(tmp_path, email=EMAIL_A, instance_name=NAME_A, secret="")
+        Instance.create(tmp_path, email=EMAIL_A, instance_name=NAME_A, secret="")
     assert e.value.code == "LAMA-SECRET"
     with pytest.raises(LamaError) as e2:
-        Instance.create_sync(tmp_path, email="", instance_name=NAME_A, secret=SECRET)
+        Instance.create(tmp_path, email="", instance_name=NAME_A, secret=SECRET)
     assert e2.value.code == "LAMA-ARG"
     with pytest.raises(TypeError):
-        Instance.create_sync(tmp_path, email=EMAIL_A, instance_name=NAME_A, secret=SECRET,
+        Instance.create(tmp_path, email=EMAIL_A, instance_name=NAME_A, secret=SECRET,
                              person_keys=b"x" * 32)  # type: ignore[arg-type]
     assert list(tmp_path.iterdir()) == []
     with pytest.raises(NotFoundError) as e3:
-        Instance.open_sync(tmp_path, SECRET)
+        Instance.open(tmp_path, SECRET)
     assert e3.value.code == "LAMA-NOINSTANCE"
 
 
 def test_several_instances_in_one_base_directory(tmp_path: Path) -> None:
     create_a(tmp_path).close()
-    Instance.create_sync(tmp_path, email=EMAIL_A, instance_name="peer-A2", secret="s2").close()
+    Instance.create(tmp_path, email=EMAIL_A, instance_name="peer-A2", secret="s2").close()
     with pytest.raises(LamaError) as e:
-        Instance.open_sync(tmp_path, SECRET)
+        Instance.open(tmp_path, SECRET)
     assert e.value.code == "LAMA-AMBIGUOUS"
-    with Instance.open_sync(tmp_path, "s2", email=EMAIL_A, instance_name="peer-A2") as inst:
+    with Instance.open(tmp_path, "s2", email=EMAIL_A, instance_name="peer-A2") as inst:
         assert inst.person_id == PEER_A["person_id_hash"]  # same person, another instance
         assert inst.instance_id != PEER_A["instance_id_hash"]
         assert inst.person_keys != KC["person_keys"]["keys_object_hash"]  # its own random keys
@@ -277,7 +277,7 @@ def test_sign_and_verify(tmp_path: Path) -> None:
 
 def test_encrypt_decrypt_between_peers(tmp_path: Path) -> None:
     a = create_a(tmp_path / "a")
-    b = Instance.create_sync(
+    b = Instance.create(
         tmp_path / "b", email=EMAIL_B, instance_name="peer-B", secret=SECRET,
         person_keys=keys(PEER_B, "person"), instance_keys=keys(PEER_B, "instance"),
     )
@@ -313,13 +313,13 @@ def test_async_api(tmp_path: Path) -> None:
 
     async def main() -> None:
         loop_threads.append(threading.get_ident())
-        async with await Instance.create(
+        async with await Instance.create_async(
             tmp_path, email=EMAIL_A, instance_name=NAME_A, secret=SECRET,
             person_keys=keys(PEER_A, "person"), instance_keys=keys(PEER_A, "instance"),
         ) as inst:
             assert inst.person_id == PEER_A["person_id_hash"]
         assert inst.closed
-        async with await Instance.open(tmp_path, SECRET) as inst:
+        async with await Instance.open_async(tmp_path, SECRET) as inst:
             big = bytes(range(256)) * 1024  # 256 KiB: processed in a worker thread
             sig = await inst.sign_async(big)
             assert sig == inst.sign(big)
@@ -332,8 +332,8 @@ def test_async_api(tmp_path: Path) -> None:
             assert await inst.decrypt_async(small, inst.instance_public_key) == b"hi"
             await inst.change_secret_async(SECRET, "new secret")
         with pytest.raises(KeychainError):
-            await Instance.open(tmp_path, SECRET)
-        (await Instance.open(tmp_path, "new secret")).close()
+            await Instance.open_async(tmp_path, SECRET)
+        (await Instance.open_async(tmp_path, "new secret")).close()
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(instance_mod.Keychain, "unlock", spy)

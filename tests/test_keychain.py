@@ -17,10 +17,10 @@ import pytest
 
 import lama._lama as rust_core
 import lama._pure.crypto as pure_core
-from lama import keychain as kc
+from lama.identity import keychain as kc
 from lama._core import core
 from lama.errors import CryptoError, KeychainError, StoreError
-from lama.keychain import Keychain, SecretKeys
+from lama.identity.keychain import Keychain, SecretKeys
 
 VECTORS = json.loads(
     (Path(__file__).parent / "vectors" / "crypto-and-frames.json").read_text(encoding="utf-8")

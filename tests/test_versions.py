@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from lama import crdt, versions
+from lama.objects import crdt, versions
 from lama._core import core
 from lama.errors import ConflictError, LamaError, MicrodataError, NotFoundError, RecipeError
 

@@ -2,12 +2,23 @@
 
 A fast re-implementation of the connection and sync layer of REFINIO's ONE platform, with a
 Rust core (``lama._lama``) and a pure-Python core (``lama._pure``, ``LAMA_CORE=pure``) behind
-one interface.  Public modules:
+one interface.  The package has one subpackage per layer (../shared/ARCHITECTURE.md), each
+using only the layers below it:
 
-- :mod:`lama.microdata` - ONE microdata serialization, parsing, object and ID hashes
-- :mod:`lama.recipes` - built-in and user recipes
-- :mod:`lama.store` - the LMDB object store
-- :mod:`lama.versions` - versioned objects: version nodes, history, CRDT merges
+- :mod:`lama.objects` - ``microdata`` (serialization, parsing, object and ID hashes),
+  ``recipes`` (built-in and user recipes), ``versions`` and ``crdt`` (versioned objects, merges)
+- :mod:`lama.store` - the LMDB object store (``Store``, ``BlobWriter``)
+- :mod:`lama.identity` - ``keychain``, ``instance`` (``Instance``), ``certificates``
+- :mod:`lama.cli` - the ``lama`` command
+
+The modules and the main classes are re-exported here: ``from lama import microdata, Store,
+Instance``.
+
+Naming rule for blocking and asynchronous variants: an operation offered both ways has the
+blocking form under the plain name and the coroutine under the same name with ``_async``
+(``Instance.create`` / ``Instance.create_async``, ``sign`` / ``sign_async``,
+``close`` / ``close_async``); an operation that only exists as a coroutine (network I/O) has
+the plain name.
 """
 
 from __future__ import annotations
@@ -28,6 +39,11 @@ from lama.errors import (
     TransportError,
 )
 
+from lama.identity import certificates, instance, keychain
+from lama.identity.instance import Instance
+from lama.objects import crdt, microdata, recipes, versions
+from lama.store import BlobWriter, Store
+
 __version__ = "0.1.0"
 
 
@@ -39,6 +55,16 @@ def core_name() -> str:
 
 
 __all__ = [
+    "BlobWriter",
+    "Instance",
+    "Store",
+    "certificates",
+    "crdt",
+    "instance",
+    "keychain",
+    "microdata",
+    "recipes",
+    "versions",
     "AccessDeniedError",
     "ConflictError",
     "CryptoError",

@@ -3,12 +3,17 @@
 ``LAMA_CORE=pure`` selects the pure core, ``LAMA_CORE=rust`` insists on the native one (and
 fails loudly if it is missing); unset, the native core is used when it is importable.
 Everything in lama imports the core from here, never from ``_lama`` or ``_pure`` directly.
+
+To a type checker ``core`` *is* the native module as its stub (``_lama.pyi``) describes it, so
+``core.Store`` is a real class and not ``Any`` (as pydantic-core re-exports its native module).
+The pure core implements the same stub; tests/test_core_interface.py holds it to that.
 """
 
 from __future__ import annotations
 
 import os
 from types import ModuleType
+from typing import TYPE_CHECKING
 
 
 def _select() -> ModuleType:
@@ -20,7 +25,7 @@ def _select() -> ModuleType:
 
         return _pure
     try:
-        from lama import _lama  # type: ignore[attr-defined]
+        from lama import _lama
     except ImportError:
         if wanted == "rust":
             raise
@@ -30,5 +35,15 @@ def _select() -> ModuleType:
     return _lama
 
 
-core: ModuleType = _select()
+if TYPE_CHECKING:
+    from lama import _lama as core
+else:
+    core = _select()
+
 CORE_NAME: str = core.CORE_NAME
+
+# The core's classes under their stub types, for annotations everywhere above the core.
+Store = core.Store
+BlobWriter = core.BlobWriter
+
+__all__ = ["CORE_NAME", "BlobWriter", "Store", "core"]

@@ -114,10 +114,10 @@ def _build_app() -> Any:
         as_json: bool = typer.Option(False, "--json", help="Print JSON."),
     ) -> None:
         """Create a new instance. Secret: $LAMA_SECRET or a hidden prompt."""
-        from lama.instance import Instance
+        from lama.identity.instance import Instance
 
         secret = read_secret(confirm=True)
-        inst = Instance.create_sync(
+        inst = Instance.create(
             dir,
             email=email,
             person_name=name,
@@ -138,10 +138,10 @@ def _build_app() -> Any:
         ),
     ) -> None:
         """Print the identity of an instance (public data; no secret needed)."""
-        from lama.instance import Instance, read_info
+        from lama.identity.instance import Instance, read_info
 
         if check_secret:
-            with Instance.open_sync(
+            with Instance.open(
                 dir, read_secret(), email=email, instance_name=instance_name
             ) as inst:
                 _print_identity(inst.info, as_json)

@@ -17,9 +17,10 @@ import secrets
 import tempfile
 import time
 
-from lama import certificates, microdata, versions
+from lama.identity import certificates
+from lama.objects import microdata, versions
 from lama._core import CORE_NAME
-from lama.instance import Instance
+from lama.identity.instance import Instance
 from lama.store import Store
 
 
@@ -36,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"lama demo — core: {CORE_NAME}, store: {path}\n")
 
     # a throwaway secret: this instance only lives for the demo
-    with Instance.create_sync(path, email="alice@example.com", person_name="Alice",
+    with Instance.create(path, email="alice@example.com", person_name="Alice",
                               instance_name="alice-laptop", secret=secrets.token_hex(16)) as alice:
         store: Store = alice.store
         print(f"Alice's instance {alice.instance_id}")

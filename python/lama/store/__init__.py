@@ -7,14 +7,13 @@ write the same on-disk format.  See docs/core-interface.md for every method; in 
 BLOBs and CLOBs (``put_blob``, ``put_clob``, ``blob_writer``, ``read_blob``), version heads
 (``get_head``, ``write_batch`` with compare-and-set), reverse maps (``referencing``,
 ``enable_reverse_maps``) and ``verify()``.
+
+``Store`` and ``BlobWriter`` are the selected core's classes; to a type checker they are the
+classes of the native module's stub.
 """
 
 from __future__ import annotations
 
-from lama._core import core
-
-Store = core.Store
-BlobWriter = core.BlobWriter
-
+from lama._core import BlobWriter, Store
 
 __all__ = ["Store", "BlobWriter"]

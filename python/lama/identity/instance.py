@@ -33,7 +33,7 @@ Which key is used for what (connections.md §1.1): ``sign``/``verify`` and certi
 person-key proof); ``key="instance"`` selects the instance key pair (comm server, routing).
 
 Secrets: the instance secret is used to unlock the keychain and then dropped; it never appears
-in a repr, a log line or an exception. Secret keys are held as :class:`lama.keychain.SecretKeys`
+in a repr, a log line or an exception. Secret keys are held as :class:`lama.identity.keychain.SecretKeys`
 (whose repr shows only public keys). The ``*_async`` helpers and ``create``/``open`` run scrypt,
 LMDB I/O and bulk crypto in a worker thread (``asyncio.to_thread``) so the event loop never
 blocks; small payloads (< :data:`INLINE_LIMIT` bytes) are processed inline.
@@ -42,19 +42,31 @@ blocks; small payloads (< :data:`INLINE_LIMIT` bytes) are processed inline.
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import json
 import os
 import shutil
 import threading
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from lama import versions
-from lama._core import core
-from lama.errors import KeychainError, LamaError, NotFoundError, StoreError
-from lama.keychain import Keychain, SecretKeys
+from lama._core import Store, core
+from lama.errors import KeychainError, LamaError, StoreError
+from lama.identity.keychain import Keychain, SecretKeys
+from lama.identity.layout import (
+    INFO_FILE,
+    INFO_FORMAT,
+    PRIVATE_DIR,
+    STORE_DIR,
+    InstanceInfo,
+    _check_str,
+    _info_from,
+    _read_json,
+    _write_info,
+    calculate_instance_id_hash,
+    calculate_person_id_hash,
+    find_instance_dir,
+    read_info,
+)
+from lama.objects import versions
 
 __all__ = [
     "INFO_FILE",
@@ -67,90 +79,11 @@ __all__ = [
     "read_info",
 ]
 
-INFO_FILE = "instance.json"
-STORE_DIR = "store"
-PRIVATE_DIR = "private"
-INFO_FORMAT = "lama-instance/1"
 INLINE_LIMIT = 64 * 1024
 """Payloads up to this size are signed/encrypted inline by the async helpers (a thread hop
 costs more than the work); larger ones go to a worker thread."""
 
 KeyOwner = Literal["person", "instance"]
-
-
-# --------------------------------------------------------------------------------------------
-# Instance ID hash as the reference computes the directory name (objects.md §2.2 quirk)
-
-
-def calculate_person_id_hash(email: str) -> str:
-    """The Person ID hash built by plain string interpolation (no HTML escaping).
-
-    Equal to the true Person ID hash unless ``email`` contains ``& < >``."""
-    md = (
-        '<div data-id-object="true" itemscope itemtype="//refin.io/Person">'
-        f'<span itemprop="email">{email}</span></div>'
-    )
-    return hashlib.sha256(md.encode("utf-8")).hexdigest()
-
-
-def calculate_instance_id_hash(instance_name: str, email: str) -> str:
-    """``calculateInstanceIdHash(name, email)`` (objects.md §2.2): the Instance ID hash built by
-    plain string interpolation, without HTML escaping, from the (equally unescaped) Person ID
-    hash. It names the instance directory. For names/emails containing ``& < >`` it differs
-    from the true Instance ID hash (:attr:`Instance.instance_id`); kept for compatibility."""
-    md = (
-        '<div data-id-object="true" itemscope itemtype="//refin.io/Instance">'
-        f'<span itemprop="name">{instance_name}</span>'
-        f'<a itemprop="owner" data-type="id">{calculate_person_id_hash(email)}</a></div>'
-    )
-    return hashlib.sha256(md.encode("utf-8")).hexdigest()
-
-
-# --------------------------------------------------------------------------------------------
-# Public data (instance.json)
-
-
-@dataclass(frozen=True)
-class InstanceInfo:
-    """The public data of an instance, as recorded in ``instance.json`` and the store."""
-
-    path: str
-    email: str
-    person_name: str | None
-    instance_name: str
-    person_id: str
-    instance_id: str
-    person_keys: str
-    instance_keys: str
-    person_public_key: bytes
-    person_public_sign_key: bytes
-    instance_public_key: bytes
-    instance_public_sign_key: bytes
-
-    def as_dict(self) -> dict[str, Any]:
-        """JSON-friendly form (keys as lowercase hex)."""
-        return {
-            "path": self.path,
-            "email": self.email,
-            "person_name": self.person_name,
-            "instance_name": self.instance_name,
-            "person_id": self.person_id,
-            "instance_id": self.instance_id,
-            "person_keys": self.person_keys,
-            "instance_keys": self.instance_keys,
-            "person_public_key": self.person_public_key.hex(),
-            "person_public_sign_key": self.person_public_sign_key.hex(),
-            "instance_public_key": self.instance_public_key.hex(),
-            "instance_public_sign_key": self.instance_public_sign_key.hex(),
-        }
-
-
-def _check_str(value: Any, what: str, *, optional: bool = False) -> str | None:
-    if value is None and optional:
-        return None
-    if not isinstance(value, str) or not value:
-        raise LamaError(f"{what} must be a non-empty str", code="LAMA-ARG")
-    return value
 
 
 def _check_secret(secret: Any) -> str:
@@ -159,99 +92,6 @@ def _check_secret(secret: Any) -> str:
     if not secret:
         raise KeychainError("LAMA-SECRET: the instance secret must not be empty")
     return secret
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise NotFoundError(f"LAMA-NOINSTANCE: no lama instance at {path.parent}") from None
-    except (OSError, ValueError) as e:
-        raise StoreError(f"LAMA-INSTANCE-CORRUPT: cannot read {path}: {e}") from None
-    if not isinstance(data, dict) or data.get("format") != INFO_FORMAT:
-        raise StoreError(f"LAMA-INSTANCE-CORRUPT: {path} is not a lama instance file")
-    return data
-
-
-def find_instance_dir(
-    directory: str | os.PathLike[str],
-    *,
-    email: str | None = None,
-    instance_name: str | None = None,
-) -> Path:
-    """The instance directory for ``directory``.
-
-    ``directory`` is either an instance directory (it holds ``instance.json``) or a base
-    directory holding instance directories ``<instanceIdHash>/``. With ``email`` and
-    ``instance_name`` the instance is chosen by its ID hash; otherwise the base directory must
-    hold exactly one instance. ``NotFoundError LAMA-NOINSTANCE`` if there is none,
-    ``LamaError LAMA-AMBIGUOUS`` if several match.
-    """
-    base = Path(directory)
-    if (base / INFO_FILE).is_file():
-        return base
-    if email is not None and instance_name is not None:
-        candidate = base / calculate_instance_id_hash(instance_name, email)
-        if (candidate / INFO_FILE).is_file():
-            return candidate
-        raise NotFoundError(
-            f"LAMA-NOINSTANCE: no lama instance {instance_name!r} of {email!r} in {base}"
-        )
-    found = sorted(p.parent for p in base.glob(f"*/{INFO_FILE}")) if base.is_dir() else []
-    if not found:
-        raise NotFoundError(f"LAMA-NOINSTANCE: no lama instance in {base}")
-    if len(found) > 1:
-        raise LamaError(
-            f"LAMA-AMBIGUOUS: {len(found)} instances in {base}; give the email and instance name"
-        )
-    return found[0]
-
-
-def _keys_of(store: Any, owner: str, keys_hash: str) -> tuple[bytes, bytes]:
-    obj = store.get_object(keys_hash)
-    if obj.get("$type$") != "Keys" or obj.get("owner") != owner:
-        raise StoreError(f"LAMA-INSTANCE-CORRUPT: {keys_hash} is not a Keys object of {owner}")
-    return bytes.fromhex(obj["publicKey"]), bytes.fromhex(obj["publicSignKey"])
-
-
-def _info_from(path: Path, data: dict[str, Any], store: Any) -> InstanceInfo:
-    try:
-        pk, psk = _keys_of(store, data["person_id"], data["person_keys"])
-        ik, isk = _keys_of(store, data["instance_id"], data["instance_keys"])
-        return InstanceInfo(
-            path=str(path),
-            email=data["email"],
-            person_name=data.get("person_name"),
-            instance_name=data["instance_name"],
-            person_id=data["person_id"],
-            instance_id=data["instance_id"],
-            person_keys=data["person_keys"],
-            instance_keys=data["instance_keys"],
-            person_public_key=pk,
-            person_public_sign_key=psk,
-            instance_public_key=ik,
-            instance_public_sign_key=isk,
-        )
-    except (KeyError, TypeError, ValueError) as e:
-        raise StoreError(f"LAMA-INSTANCE-CORRUPT: {path / INFO_FILE}: {e!r}") from None
-
-
-def read_info(
-    directory: str | os.PathLike[str],
-    *,
-    email: str | None = None,
-    instance_name: str | None = None,
-) -> InstanceInfo:
-    """The public data of an instance without its secret (``lama whoami``): ``instance.json``
-    plus the public Keys objects from the store. Nothing secret is read or needed."""
-    path = find_instance_dir(directory, email=email, instance_name=instance_name)
-    data = _read_json(path / INFO_FILE)
-    store = core.Store(str(path / STORE_DIR))
-    try:
-        return _info_from(path, data, store)
-    finally:
-        store.close()
-
 
 # --------------------------------------------------------------------------------------------
 # Helpers
@@ -281,7 +121,7 @@ def _as_key(key: bytes | str, what: str) -> bytes:
     return key
 
 
-def _default_keys_hash(store: Any, keychain: Keychain, owner: str) -> str:
+def _default_keys_hash(store: Store, keychain: Keychain, owner: str) -> str:
     """The owner's default Keys object: the one (found through the reverse map owner -> Keys,
     objects.md §7.2) whose secret files exist in the keychain."""
     complete: list[str] = [h for h in store.referencing(owner, "Keys") if keychain.has_keys(h)]
@@ -290,16 +130,6 @@ def _default_keys_hash(store: Any, keychain: Keychain, owner: str) -> str:
             f"KEYCH-NODEFKEYS: {len(complete)} complete Keys objects for {owner} (expected 1)"
         )
     return complete[0]
-
-
-def _write_info(path: Path, data: dict[str, Any]) -> None:
-    tmp = path / (INFO_FILE + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2, sort_keys=True)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path / INFO_FILE)
 
 
 # --------------------------------------------------------------------------------------------
@@ -320,7 +150,7 @@ class Instance:
         self,
         path: Path,
         info: InstanceInfo,
-        store: Any,
+        store: Store,
         keychain: Keychain,
         person_secret: SecretKeys,
         instance_secret: SecretKeys,
@@ -393,7 +223,7 @@ class Instance:
     # --- create / open -------------------------------------------------------------------
 
     @classmethod
-    def create_sync(
+    def create(
         cls,
         directory: str | os.PathLike[str],
         *,
@@ -479,13 +309,13 @@ class Instance:
         return cls(path, info, store, keychain, p_secret, i_secret)
 
     @staticmethod
-    def _store_default_keys(store: Any, keychain: Keychain, owner: str, keys: SecretKeys) -> str:
+    def _store_default_keys(store: Store, keychain: Keychain, owner: str, keys: SecretKeys) -> str:
         [(keys_hash, _, _)] = store.put_objects([keys.keys_object(owner)])
         keychain.store_keys(keys_hash, keys)
         return str(keys_hash)
 
     @classmethod
-    def open_sync(
+    def open(
         cls,
         directory: str | os.PathLike[str],
         secret: str,
@@ -531,7 +361,7 @@ class Instance:
         return cls(path, info, store, keychain, p_secret, i_secret)
 
     @classmethod
-    async def create(
+    async def create_async(
         cls,
         directory: str | os.PathLike[str],
         *,
@@ -542,9 +372,9 @@ class Instance:
         person_keys: SecretKeys | None = None,
         instance_keys: SecretKeys | None = None,
     ) -> Instance:
-        """Async :meth:`create_sync` (scrypt and I/O in a worker thread)."""
+        """Async :meth:`create` (scrypt and I/O in a worker thread)."""
         return await asyncio.to_thread(
-            lambda: cls.create_sync(
+            lambda: cls.create(
                 directory,
                 email=email,
                 instance_name=instance_name,
@@ -556,7 +386,7 @@ class Instance:
         )
 
     @classmethod
-    async def open(
+    async def open_async(
         cls,
         directory: str | os.PathLike[str],
         secret: str,
@@ -564,9 +394,9 @@ class Instance:
         email: str | None = None,
         instance_name: str | None = None,
     ) -> Instance:
-        """Async :meth:`open_sync` (scrypt and I/O in a worker thread)."""
+        """Async :meth:`open` (scrypt and I/O in a worker thread)."""
         return await asyncio.to_thread(
-            lambda: cls.open_sync(directory, secret, email=email, instance_name=instance_name)
+            lambda: cls.open(directory, secret, email=email, instance_name=instance_name)
         )
 
     # --- close ---------------------------------------------------------------------------
@@ -581,7 +411,7 @@ class Instance:
             self._secrets.clear()
             self.store.close()
 
-    async def aclose(self) -> None:
+    async def close_async(self) -> None:
         self.close()
 
     def __enter__(self) -> Instance:
@@ -708,12 +538,12 @@ class Instance:
             return self.decrypt(data, their_public_key, key=key)
         return await asyncio.to_thread(self.decrypt, data, their_public_key, key=key)
 
-    # --- certificates (app-layer.md §1.7; see lama.certificates) -------------------------
+    # --- certificates (app-layer.md §1.7; see lama.identity.certificates) -------------------------
 
     def sign_hash(self, data_hash: str) -> Any:
         """Store a ``Signature{issuer: my person, data: data_hash, signature}``; returns the
-        :class:`lama.certificates.SignatureResult`."""
-        from lama import certificates
+        :class:`lama.identity.certificates.SignatureResult`."""
+        from lama.identity import certificates
 
         return certificates.create_signature(
             self.store, self.person_id, data_hash, self.secret_keys("person")
@@ -721,8 +551,8 @@ class Instance:
 
     def certify(self, cert_type: str, **fields: Any) -> Any:
         """Store License, certificate and Signature (issuer = my person); returns the
-        :class:`lama.certificates.CertifyResult`."""
-        from lama import certificates
+        :class:`lama.identity.certificates.CertifyResult`."""
+        from lama.identity import certificates
 
         return certificates.certify(
             self.store, cert_type, fields, self.person_id, self.secret_keys("person")
@@ -737,7 +567,7 @@ class Instance:
         return self.certify("TrustKeysCertificate", profile=profile_hash)
 
 
-def _enable_certificate_maps(store: Any) -> None:
-    from lama import certificates
+def _enable_certificate_maps(store: Store) -> None:
+    from lama.identity import certificates
 
     certificates.enable_reverse_maps(store)

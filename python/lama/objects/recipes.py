@@ -54,7 +54,7 @@ def normalize(recipe: dict[str, Any]) -> dict[str, Any]:
     crdt = recipe.get("crdtConfig")
     if isinstance(crdt, dict) and "$map" not in crdt:
         out["crdtConfig"] = {"$map": [[k, v] for k, v in crdt.items()]}
-    return out  # type: ignore[no-any-return]
+    return out
 
 
 def register(recipe: dict[str, Any]) -> None:
@@ -68,17 +68,17 @@ def register(recipe: dict[str, Any]) -> None:
 
 def names() -> list[str]:
     """Names of all registered recipes, built-in ones first."""
-    return core.recipe_names()  # type: ignore[no-any-return]
+    return core.recipe_names()
 
 
 def get(name: str) -> dict[str, Any]:
     """The recipe registered under ``name`` in its JSON form (``OR-GR1`` if unknown)."""
-    return json.loads(core.recipe_json(name))  # type: ignore[no-any-return]
+    return json.loads(core.recipe_json(name))
 
 
 def is_versioned(name: str) -> bool:
     """True if the type has at least one top-level ``isId`` rule."""
-    return core.is_versioned(name)  # type: ignore[no-any-return]
+    return core.is_versioned(name)
 
 
 __all__ = ["register", "names", "get", "is_versioned", "normalize"]

@@ -1,7 +1,7 @@
 """The CRDT engine that merges concurrent versions of a versioned object (objects.md §4.4).
 
 When two version nodes of one ID hash are concurrent (neither is an ancestor of the other),
-:mod:`lama.versions` builds the version graph down to their common history and asks this
+:mod:`lama.objects.versions` builds the version graph down to their common history and asks this
 module for the merged object.  The merge walks the object by *path* (``prop``, ``prop.sub``,
 a map key appended as ``.key``) and picks an *algorithm* per path:
 
@@ -56,10 +56,18 @@ import json
 import math
 import threading
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Protocol, Sequence
 
 from lama._core import core
 from lama.errors import LamaError, NotFoundError, RecipeError
+
+
+class ObjectSource(Protocol):
+    """What a merge reads: objects by hash (a :class:`lama.store.Store`, or a store seen
+    together with the objects of a batch not written yet)."""
+
+    def get_object(self, hash: str) -> dict[str, Any]: ...
+
 
 __all__ = [
     "ABSENT",
@@ -369,7 +377,7 @@ def _rule_itemtype(rule: dict[str, Any]) -> dict[str, Any]:
     t = _resolve_inherit(rule).get("itemtype") or {"type": "string"}
     if isinstance(t, dict) and "inheritFrom" in t:
         t = _resolve_inherit({"itemprop": "", **t}).get("itemtype") or {"type": "string"}
-    return t  # type: ignore[no-any-return]
+    return t
 
 
 def object_itemtype(type_name: str) -> dict[str, Any]:
@@ -416,7 +424,7 @@ def canon(v: Any) -> str:
 class MergeContext:
     """State of one merge: the store, the history and the objects the merge creates."""
 
-    store: Any
+    store: ObjectSource
     history: MergeHistory
     type_name: str
     new_objects: list[dict[str, Any]] = field(default_factory=list)
@@ -430,7 +438,7 @@ class MergeContext:
     def load(self, hash_: str) -> dict[str, Any] | None:
         """The object stored (or created by this merge) under ``hash_``; ``None`` if missing."""
         if hash_ in self.objects:
-            return self.objects[hash_]  # type: ignore[no-any-return]
+            return self.objects[hash_]
         try:
             obj = self.store.get_object(hash_)
         except NotFoundError:
@@ -562,7 +570,7 @@ class MergeContext:
         p = tuple(path)
         self._scopes.append((p, _crdt_config(type_name)))
         try:
-            return _not_available(self, p, object_itemtype(type_name), base, left, right)  # type: ignore[no-any-return]
+            return _not_available(self, p, object_itemtype(type_name), base, left, right)
         finally:
             self._scopes.pop()
 
@@ -740,7 +748,7 @@ for _id, _fn in (
 # Entry point
 
 
-def merge_objects(store: Any, history: MergeHistory, type_name: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+def merge_objects(store: ObjectSource, history: MergeHistory, type_name: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Merge the data of ``history.left_head`` and ``history.right_head``.
 
     Returns ``(merged object, further objects to store with it)``; nothing is written.

@@ -39,9 +39,9 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from lama._core import core
+from lama._core import Store, core
 from lama.errors import CryptoError, LamaError, MicrodataError, SignatureError
-from lama.keychain import SecretKeys
+from lama.identity.keychain import SecretKeys
 
 __all__ = [
     "CERTIFICATE_TYPES",
@@ -176,7 +176,7 @@ def _check_hash(value: Any, what: str) -> str:
     return value
 
 
-def enable_reverse_maps(store: Any) -> None:
+def enable_reverse_maps(store: Store) -> None:
     """Enable the reverse maps for Signature (issuer, data) and the certificate types in
     ``store`` (persisted; applies to objects written from now on)."""
     for type_name, props in _REVERSE_MAPS.items():
@@ -221,7 +221,7 @@ def _signature_object(issuer: str, data_hash: str, keys: SecretKeys | bytes) -> 
 
 
 def create_signature(
-    store: Any, issuer: str, data_hash: str, keys: SecretKeys | bytes
+    store: Store, issuer: str, data_hash: str, keys: SecretKeys | bytes
 ) -> SignatureResult:
     """Sign ``data_hash`` as ``issuer`` (a Person ID hash) and store the Signature."""
     obj = _signature_object(issuer, data_hash, keys)
@@ -230,7 +230,7 @@ def create_signature(
 
 
 def certify(
-    store: Any,
+    store: Store,
     cert_type: str,
     fields: dict[str, Any],
     issuer: str,
@@ -256,14 +256,14 @@ def certify(
     )
 
 
-def affirm(store: Any, data_hash: str, issuer: str, keys: SecretKeys | bytes) -> CertifyResult:
+def affirm(store: Store, data_hash: str, issuer: str, keys: SecretKeys | bytes) -> CertifyResult:
     """``certify(AffirmationCertificate, {data: data_hash})`` (a signed chat post's metadata)."""
     return certify(store, "AffirmationCertificate", {"data": _check_hash(data_hash, "data")},
                    issuer, keys)
 
 
 def trust_keys(
-    store: Any, profile_hash: str, issuer: str, keys: SecretKeys | bytes
+    store: Store, profile_hash: str, issuer: str, keys: SecretKeys | bytes
 ) -> CertifyResult:
     """``certify(TrustKeysCertificate, {profile: profile_hash})`` (pairing, connections.md
     §6.4 step 8)."""
@@ -275,7 +275,7 @@ def trust_keys(
 # Verification
 
 
-def issuer_sign_keys(store: Any, issuer: str) -> list[bytes]:
+def issuer_sign_keys(store: Store, issuer: str) -> list[bytes]:
     """The public sign keys of every Keys object of ``issuer`` in the store (reverse map
     ``issuer -> Keys``), in a stable order; malformed Keys objects are skipped."""
     out: list[bytes] = []
@@ -293,7 +293,7 @@ def issuer_sign_keys(store: Any, issuer: str) -> list[bytes]:
 
 
 def verify_signature_object(
-    store: Any, sig: dict[str, Any], keys: list[bytes] | None = None, sig_hash: str | None = None
+    store: Store, sig: dict[str, Any], keys: list[bytes] | None = None, sig_hash: str | None = None
 ) -> VerifiedSignature:
     """Verify a Signature object against ``keys`` (default: all sign keys of its issuer in the
     store). ``SignatureError LAMA-SIGNATURE`` if no key verifies it or the issuer has no
@@ -328,7 +328,7 @@ def verify_signature_object(
 
 
 def verify_signature(
-    store: Any, sig_hash: str, keys: list[bytes] | None = None
+    store: Store, sig_hash: str, keys: list[bytes] | None = None
 ) -> VerifiedSignature:
     """Verify the stored Signature ``sig_hash`` (see :func:`verify_signature_object`)."""
     _check_hash(sig_hash, "the Signature hash")
@@ -336,7 +336,7 @@ def verify_signature(
 
 
 def verify_certificate(
-    store: Any,
+    store: Store,
     sig_hash: str,
     cert_type: str | None = None,
     keys: list[bytes] | None = None,
@@ -372,13 +372,13 @@ def verify_certificate(
     return VerifiedCertificate(verified, actual, verified.data, cert, lic_hash, lic)
 
 
-def signatures_for(store: Any, data_hash: str) -> list[str]:
+def signatures_for(store: Store, data_hash: str) -> list[str]:
     """Hashes of the stored Signatures over ``data_hash`` (reverse map, needs
     :func:`enable_reverse_maps` before they were written)."""
     return sorted(store.referencing(_check_hash(data_hash, "data"), "Signature"))
 
 
-def certificates_for(store: Any, target: str, cert_type: str) -> list[str]:
+def certificates_for(store: Store, target: str, cert_type: str) -> list[str]:
     """Hashes of the stored ``cert_type`` certificates that reference ``target`` (e.g. the
     AffirmationCertificates of a CreationTime, the TrustKeysCertificates of a Profile)."""
     license_object(cert_type)  # validates the type

@@ -11,7 +11,7 @@ The store's version head (``vheads``) names the head node; the current version i
   local edit, the default) appends a ``VersionNodeChange`` to the head; mode ``"merge"``
   (remote or concurrent data) stores a ``VersionNodeEdge`` for the data and merges it with
   the head (§4.3): if one contains the other the head stays or fast-forwards, otherwise the
-  CRDT engine (:mod:`lama.crdt`, §4.4) computes the merged object, which is stored (no node of
+  CRDT engine (:mod:`lama.objects.crdt`, §4.4) computes the merged object, which is stored (no node of
   its own) and referenced by a ``VersionNodeMerge{nodes: {head, edge}, depth: max+1,
   creationTime: max}`` that becomes the head (§9 quirk 18).
 * :func:`merge_remote_version` is the import path (§6.6, §9 quirk 17): a version received
@@ -42,9 +42,9 @@ import time
 from dataclasses import dataclass
 from typing import Any, Iterator
 
-from lama import crdt
-from lama._core import core
-from lama.crdt import ABSENT, MergeHistory, VersionNode
+from lama.objects import crdt
+from lama._core import Store, core
+from lama.objects.crdt import ABSENT, MergeHistory, VersionNode
 from lama.errors import ConflictError, LamaError, MicrodataError, NotFoundError
 
 __all__ = [
@@ -115,7 +115,7 @@ _LOCKS: dict[tuple[str, str], threading.Lock] = {}
 _LOCKS_GUARD = threading.Lock()
 
 
-def _id_lock(store: Any, id_hash: str) -> threading.Lock:
+def _id_lock(store: Store, id_hash: str) -> threading.Lock:
     key = (os.path.realpath(str(store.path)), id_hash)
     with _LOCKS_GUARD:
         lock = _LOCKS.get(key)
@@ -163,7 +163,7 @@ def node_from_object(node_hash: str, obj: dict[str, Any]) -> VersionNode:
     )
 
 
-def load_node(store: Any, node_hash: str) -> VersionNode:
+def load_node(store: Store, node_hash: str) -> VersionNode:
     """Load and parse the version node ``node_hash`` (NotFoundError if missing)."""
     return node_from_object(node_hash, store.get_object(_check_hash(node_hash, "a version node hash")))
 
@@ -180,19 +180,19 @@ def _make_node(kind: str, data: str, depth: int | float, creation_time: int | fl
 # Reading versions
 
 
-def head_node(store: Any, id_hash: str) -> VersionNode | None:
+def head_node(store: Store, id_hash: str) -> VersionNode | None:
     """The head version node of ``id_hash``, or ``None`` if it has no version."""
     head = store.get_head(_check_hash(id_hash, "an ID hash"))
     return None if head is None else load_node(store, head)
 
 
-def current_hash(store: Any, id_hash: str) -> str | None:
+def current_hash(store: Store, id_hash: str) -> str | None:
     """Hash of the current version of ``id_hash`` (the head node's ``data``), or ``None``."""
     node = head_node(store, id_hash)
     return None if node is None else node.data
 
 
-def current_version(store: Any, id_hash: str) -> Version | None:
+def current_version(store: Store, id_hash: str) -> Version | None:
     """The current version with its node and timestamp (``creationTime``), or ``None``."""
     node = head_node(store, id_hash)
     if node is None:
@@ -200,15 +200,15 @@ def current_version(store: Any, id_hash: str) -> Version | None:
     return Version(hash=node.data, node_hash=node.hash, kind=node.kind, depth=node.depth, timestamp=node.creation_time)
 
 
-def current(store: Any, id_hash: str) -> dict[str, Any]:
+def current(store: Store, id_hash: str) -> dict[str, Any]:
     """The current version of ``id_hash`` as an object (NotFoundError ``SB-READ2`` if none)."""
     h = current_hash(store, id_hash)
     if h is None:
         raise NotFoundError(f"no version of ID hash {id_hash} is stored", code="SB-READ2")
-    return store.get_object(h)  # type: ignore[no-any-return]
+    return store.get_object(h)
 
 
-def _walk_versions(store: Any, start: str) -> Iterator[VersionNode]:
+def _walk_versions(store: Store, start: str) -> Iterator[VersionNode]:
     """objects.md §4.1 walk from ``start``: Edge -> itself; Change -> itself then prev...;
     Merge -> the walks of its members (sorted), not itself.  Nodes met again are skipped."""
     stack = [start]
@@ -225,7 +225,7 @@ def _walk_versions(store: Any, start: str) -> Iterator[VersionNode]:
             h = node.parents[0] if node.parents else None  # type: ignore[assignment]
 
 
-def history(store: Any, id_hash: str) -> list[Version]:
+def history(store: Store, id_hash: str) -> list[Version]:
     """All versions of ``id_hash``, oldest first, merge nodes excluded (objects.md §4.1)."""
     head = store.get_head(_check_hash(id_hash, "an ID hash"))
     if head is None:
@@ -252,7 +252,7 @@ class _Graph:
     paint is final when it is popped; the walk stops once only common nodes are queued.
     """
 
-    def __init__(self, store: Any, pending: dict[str, VersionNode]):
+    def __init__(self, store: Store, pending: dict[str, VersionNode]):
         self.store = store
         self.nodes: dict[str, VersionNode] = dict(pending)
 
@@ -306,7 +306,7 @@ def _neg_rank(n: VersionNode) -> tuple[Any, str]:
     return (-n.creation_time, "".join(chr(0x7F - ord(c)) for c in n.hash))
 
 
-def _base_object(store: Any, graph: _Graph, bases: list[str], type_name: str, depth: int, extra: list[dict[str, Any]]) -> Any:
+def _base_object(store: Store, graph: _Graph, bases: list[str], type_name: str, depth: int, extra: list[dict[str, Any]]) -> Any:
     """The object of the common history: none -> ABSENT; one base -> its data; several
     (criss-cross merges) -> the CRDT merge of the two deepest ones, a virtual base that is
     not a version of its own (further bases are ignored; nesting is bounded)."""
@@ -322,7 +322,7 @@ def _base_object(store: Any, graph: _Graph, bases: list[str], type_name: str, de
 
 
 def _history(
-    store: Any,
+    store: Store,
     graph: _Graph,
     left: VersionNode,
     right: VersionNode,
@@ -350,7 +350,7 @@ class _Plan:
     merged: str
 
 
-def _plan_merge(store: Any, type_name: str, head: VersionNode, new: VersionNode, pending: dict[str, VersionNode], data_objects: dict[str, dict[str, Any]]) -> _Plan:
+def _plan_merge(store: Store, type_name: str, head: VersionNode, new: VersionNode, pending: dict[str, VersionNode], data_objects: dict[str, dict[str, Any]]) -> _Plan:
     """objects.md §4.3: merge node ``new`` (not yet stored) into ``head``."""
     if head.hash == new.hash:
         return _Plan([], head.hash, head.data)
@@ -379,26 +379,22 @@ def _plan_merge(store: Any, type_name: str, head: VersionNode, new: VersionNode,
 class _OverlayStore:
     """Read access to a store plus objects of the current batch that are not written yet."""
 
-    def __init__(self, store: Any, objects: dict[str, dict[str, Any]]):
+    def __init__(self, store: Store, objects: dict[str, dict[str, Any]]):
         self._store = store
         self._objects = objects
-        self.path = store.path
 
-    def get_object(self, h: str) -> dict[str, Any]:
-        obj = self._objects.get(h)
+    def get_object(self, hash: str) -> dict[str, Any]:
+        obj = self._objects.get(hash)
         if obj is not None:
             return obj
-        return self._store.get_object(h)  # type: ignore[no-any-return]
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._store, name)
+        return self._store.get_object(hash)
 
 
 # --------------------------------------------------------------------------------------------
 # Writing versions
 
 
-def store_versioned(store: Any, obj: dict[str, Any], *, mode: str = "change", timestamp_ms: int | float | None = None) -> VersionResult:
+def store_versioned(store: Store, obj: dict[str, Any], *, mode: str = "change", timestamp_ms: int | float | None = None) -> VersionResult:
     """Store ``obj`` (a versioned object) as a new version (objects.md §4.2).
 
     ``mode`` is ``"change"`` (local edit: a ``VersionNodeChange`` on the head) or ``"merge"``
@@ -416,7 +412,7 @@ def store_versioned(store: Any, obj: dict[str, Any], *, mode: str = "change", ti
     return _store_data(store, str(obj["$type$"]), h, id_hash, obj, mode, ts)
 
 
-def merge_remote_version(store: Any, obj_or_hash: dict[str, Any] | str, creation_time: int | float) -> VersionResult:
+def merge_remote_version(store: Store, obj_or_hash: dict[str, Any] | str, creation_time: int | float) -> VersionResult:
     """Merge a version received from a peer (objects.md §6.6, §9 quirk 17).
 
     ``obj_or_hash`` is the object, or the hash of an object already stored (e.g. with
@@ -436,7 +432,7 @@ def merge_remote_version(store: Any, obj_or_hash: dict[str, Any] | str, creation
     return _store_data(store, type_name, h, core.sha256_hex(id_md), None, "merge", ct)
 
 
-def merge_node(store: Any, node_hash: str) -> VersionResult:
+def merge_node(store: Store, node_hash: str) -> VersionResult:
     """Merge an already stored version node (e.g. the head of another branch) into the head
     of its ID hash (objects.md §4.3): nothing if the head contains it, fast-forward if it
     contains the head, otherwise a CRDT merge recorded in a ``VersionNodeMerge``."""
@@ -470,7 +466,7 @@ def merge_node(store: Any, node_hash: str) -> VersionResult:
     )
 
 
-def _store_data(store: Any, type_name: str, h: str, id_hash: str, obj: dict[str, Any] | None, mode: str, ts: int | float | None) -> VersionResult:
+def _store_data(store: Store, type_name: str, h: str, id_hash: str, obj: dict[str, Any] | None, mode: str, ts: int | float | None) -> VersionResult:
     objs = [obj] if obj is not None else []
     with _id_lock(store, id_hash):
         for _attempt in range(MAX_ATTEMPTS):
