@@ -33,6 +33,7 @@ import json
 import os
 import threading
 import time
+import types
 from typing import Any, Callable, Iterable, TypeVar, cast
 
 import lmdb
@@ -272,9 +273,11 @@ class _Prepared:
 class Store:
     """A lama store (docs/core-interface.md "Store", docs/store-format.md)."""
 
-    def __init__(
-        self, path: str | os.PathLike[str], map_size: int = DEFAULT_MAP_SIZE, durable: bool = True
-    ) -> None:
+    # ``__new__`` rather than ``__init__``: the constructor as the stub (a pyclass) has it.
+    def __new__(
+        cls, path: str | os.PathLike[str], map_size: int = DEFAULT_MAP_SIZE, durable: bool = True
+    ) -> Store:
+        self = super().__new__(cls)
         self._path = os.fspath(path)
         if not isinstance(map_size, int) or isinstance(map_size, bool) or map_size <= 0:
             raise StoreError(f"map_size must be a positive int, got {map_size!r}", "LAMA-OPEN")
@@ -283,6 +286,7 @@ class Store:
         self._durable = durable
         self._lock = threading.Lock()
         self._shared: _Shared | None = _open_shared(self._path, map_size, durable)
+        return self
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -327,8 +331,14 @@ class Store:
         self._s()
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None = None,
+        exc: BaseException | None = None,
+        tb: types.TracebackType | None = None,
+    ) -> bool:
         self.close()
+        return False
 
     def __repr__(self) -> str:
         state = "closed" if self._shared is None else "open"
@@ -527,7 +537,7 @@ class Store:
 
     def blob_writer(self, clob: bool = False) -> BlobWriter:
         """A streaming writer for a BLOB (or a CLOB with ``clob=True``)."""
-        return BlobWriter(self, bool(clob))
+        return BlobWriter._create(self, bool(clob))
 
     def _content_entry(self, txn: lmdb.Transaction, shared: _Shared, h: str) -> bytes:
         v = txn.get(_raw(h), db=shared.objects)
@@ -812,8 +822,11 @@ class BlobWriter:
     :meth:`abort` just drops the staging.  Nothing is visible before ``finish``.
     """
 
-    def __init__(self, store: Store, clob: bool = False) -> None:
+    # Made by Store.blob_writer() only, as the native BlobWriter (no public constructor).
+    @classmethod
+    def _create(cls, store: Store, clob: bool = False) -> BlobWriter:
         store._s()
+        self = cls.__new__(cls)
         self._store = store
         self._clob = clob
         self._lock = threading.Lock()
@@ -824,13 +837,20 @@ class BlobWriter:
         self._prefix = int(time.time() * 1000).to_bytes(8, "big") + os.urandom(8)
         self._done = False
         self._utf8 = codecs.getincrementaldecoder("utf-8")() if clob else None
+        return self
 
     def __enter__(self) -> BlobWriter:
         return self
 
-    def __exit__(self, exc_type: object, *exc: object) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None = None,
+        exc: BaseException | None = None,
+        tb: types.TracebackType | None = None,
+    ) -> bool:
         if not self._done:
             self.abort()
+        return False
 
     def _tmp_key(self, i: int) -> bytes:
         return self._prefix + i.to_bytes(4, "big")

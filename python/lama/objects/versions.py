@@ -39,6 +39,7 @@ import os
 import re
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Iterator
 
@@ -111,17 +112,43 @@ def now_ms() -> int:
 # --------------------------------------------------------------------------------------------
 # Per-ID locks
 
-_LOCKS: dict[tuple[str, str], threading.Lock] = {}
-_LOCKS_GUARD = threading.Lock()
+class _IdLocks:
+    """One lock per (store, ID hash) while someone writes that ID, dropped after the last one.
+
+    The compare-and-set on the version head (``write_batch``) is what keeps concurrent writers
+    correct; the lock only spares them merges that would lose the race.  Entries live while
+    they are held (a sync server touches millions of IDs over its life: nothing may grow
+    without bound).  Keyed by the store's real path because every ``Store`` handle of one path
+    in a process shares one LMDB environment, and so one head.
+    """
+
+    def __init__(self) -> None:
+        self._guard = threading.Lock()
+        self._held: dict[tuple[str, str], list[Any]] = {}  # key -> [lock, users]
+
+    @contextmanager
+    def hold(self, store: Store, id_hash: str) -> Iterator[None]:
+        key = (os.path.realpath(store.path), id_hash)
+        with self._guard:
+            entry = self._held.get(key)
+            if entry is None:
+                entry = self._held[key] = [threading.Lock(), 0]
+            entry[1] += 1
+        try:
+            with entry[0]:
+                yield
+        finally:
+            with self._guard:
+                entry[1] -= 1
+                if entry[1] == 0:
+                    del self._held[key]
+
+    def __len__(self) -> int:
+        with self._guard:
+            return len(self._held)
 
 
-def _id_lock(store: Store, id_hash: str) -> threading.Lock:
-    key = (os.path.realpath(str(store.path)), id_hash)
-    with _LOCKS_GUARD:
-        lock = _LOCKS.get(key)
-        if lock is None:
-            lock = _LOCKS[key] = threading.Lock()
-        return lock
+_ID_LOCKS = _IdLocks()
 
 
 # --------------------------------------------------------------------------------------------
@@ -443,7 +470,7 @@ def merge_node(store: Store, node_hash: str) -> VersionResult:
     if id_md is None:
         raise MicrodataError(f"{node.data} is a {type_name}, which is not a versioned type", code="O2M-COBJ1")
     id_hash: str = core.sha256_hex(id_md)
-    with _id_lock(store, id_hash):
+    with _ID_LOCKS.hold(store, id_hash):
         for _attempt in range(MAX_ATTEMPTS):
             head_hash = store.get_head(id_hash)
             if head_hash is None:
@@ -468,7 +495,7 @@ def merge_node(store: Store, node_hash: str) -> VersionResult:
 
 def _store_data(store: Store, type_name: str, h: str, id_hash: str, obj: dict[str, Any] | None, mode: str, ts: int | float | None) -> VersionResult:
     objs = [obj] if obj is not None else []
-    with _id_lock(store, id_hash):
+    with _ID_LOCKS.hold(store, id_hash):
         for _attempt in range(MAX_ATTEMPTS):
             head_hash = store.get_head(id_hash)
             head = None if head_hash is None else load_node(store, head_hash)
