@@ -33,11 +33,15 @@ fn closed() -> PyErr {
     crate::errors::to_py(Error::store("LAMA-CLOSED", "the store is closed"))
 }
 
-/// Convert a Python sequence of dicts into core values (GIL held).
-/// Objects converted per GIL hold: between chunks the GIL is released for a moment, so a large
-/// batch never blocks other Python threads for long while it is converted.
+/// Rows converted between two GIL hand-overs. Converting needs the GIL; after each chunk
+/// `py.detach(yield_now)` releases and re-takes it. That only lets another thread run if one
+/// is waiting: a waiting thread asks for the GIL after CPython's switch interval (5 ms), and
+/// the release then hands it over (forced switching). So another thread waits at most about
+/// one chunk's conversion time, not the whole batch.
 const CONVERT_CHUNK: usize = 1024;
 
+/// Convert a Python sequence of dicts into core values (GIL held, handed over every
+/// [`CONVERT_CHUNK`] objects).
 fn values(objs: &Bound<'_, PyAny>) -> PyResult<Vec<Value>> {
     let py = objs.py();
     let mut out = Vec::with_capacity(objs.len().unwrap_or(0));
