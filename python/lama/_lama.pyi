@@ -6,7 +6,7 @@ every function.  Checked against the built module by ``mypy.stubtest`` (tests/te
 
 import os
 import types
-from typing import Any, final
+from typing import Any, Literal, final
 
 CORE_NAME: str
 __all__ = [
@@ -107,7 +107,7 @@ class Store:
         exc_type: type[BaseException] | None = ...,
         exc: BaseException | None = ...,
         tb: types.TracebackType | None = ...,
-    ) -> bool: ...
+    ) -> Literal[False]: ...
     def put_objects(self, objs: list[dict[str, Any]]) -> list[tuple[str, str, str | None]]: ...
     def put_microdata(
         self, items: list[tuple[str, str | None]]
@@ -145,4 +145,4 @@ class BlobWriter:
         exc_type: type[BaseException] | None = ...,
         exc: BaseException | None = ...,
         tb: types.TracebackType | None = ...,
-    ) -> bool: ...
+    ) -> Literal[False]: ...

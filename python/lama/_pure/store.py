@@ -34,7 +34,7 @@ import os
 import threading
 import time
 import types
-from typing import Any, Callable, Iterable, TypeVar, cast
+from typing import Any, Callable, Iterable, Literal, TypeVar, cast
 
 import lmdb
 
@@ -273,6 +273,11 @@ class _Prepared:
 class Store:
     """A lama store (docs/core-interface.md "Store", docs/store-format.md)."""
 
+    _path: str
+    _durable: bool
+    _lock: threading.Lock
+    _shared: _Shared | None
+
     # ``__new__`` rather than ``__init__``: the constructor as the stub (a pyclass) has it.
     def __new__(
         cls, path: str | os.PathLike[str], map_size: int = DEFAULT_MAP_SIZE, durable: bool = True
@@ -285,7 +290,7 @@ class Store:
             raise TypeError(f"durable must be a bool, got {type(durable).__name__}")
         self._durable = durable
         self._lock = threading.Lock()
-        self._shared: _Shared | None = _open_shared(self._path, map_size, durable)
+        self._shared = _open_shared(self._path, map_size, durable)
         return self
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -336,7 +341,7 @@ class Store:
         exc_type: type[BaseException] | None = None,
         exc: BaseException | None = None,
         tb: types.TracebackType | None = None,
-    ) -> bool:
+    ) -> Literal[False]:
         self.close()
         return False
 
@@ -822,6 +827,17 @@ class BlobWriter:
     :meth:`abort` just drops the staging.  Nothing is visible before ``finish``.
     """
 
+    _store: Store
+    _clob: bool
+    _lock: threading.Lock
+    _hash: Any  # hashlib's sha256 object
+    _buf: bytearray
+    _size: int
+    _staged: int  # number of chunks in tmp
+    _prefix: bytes
+    _done: bool
+    _utf8: codecs.IncrementalDecoder | None
+
     # Made by Store.blob_writer() only, as the native BlobWriter (no public constructor).
     @classmethod
     def _create(cls, store: Store, clob: bool = False) -> BlobWriter:
@@ -847,7 +863,7 @@ class BlobWriter:
         exc_type: type[BaseException] | None = None,
         exc: BaseException | None = None,
         tb: types.TracebackType | None = None,
-    ) -> bool:
+    ) -> Literal[False]:
         if not self._done:
             self.abort()
         return False

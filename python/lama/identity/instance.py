@@ -50,6 +50,7 @@ from typing import Any, Literal
 
 from lama._core import Store, core
 from lama.errors import KeychainError, LamaError, StoreError
+from lama.identity import certificates
 from lama.identity.keychain import Keychain, SecretKeys
 from lama.identity.layout import (
     INFO_FILE,
@@ -540,34 +541,28 @@ class Instance:
 
     # --- certificates (app-layer.md §1.7; see lama.identity.certificates) -------------------------
 
-    def sign_hash(self, data_hash: str) -> Any:
+    def sign_hash(self, data_hash: str) -> certificates.SignatureResult:
         """Store a ``Signature{issuer: my person, data: data_hash, signature}``; returns the
         :class:`lama.identity.certificates.SignatureResult`."""
-        from lama.identity import certificates
-
         return certificates.create_signature(
             self.store, self.person_id, data_hash, self.secret_keys("person")
         )
 
-    def certify(self, cert_type: str, **fields: Any) -> Any:
+    def certify(self, cert_type: str, **fields: Any) -> certificates.CertifyResult:
         """Store License, certificate and Signature (issuer = my person); returns the
         :class:`lama.identity.certificates.CertifyResult`."""
-        from lama.identity import certificates
-
         return certificates.certify(
             self.store, cert_type, fields, self.person_id, self.secret_keys("person")
         )
 
-    def affirm(self, data_hash: str) -> Any:
+    def affirm(self, data_hash: str) -> certificates.CertifyResult:
         """``certify("AffirmationCertificate", data=data_hash)``."""
         return self.certify("AffirmationCertificate", data=data_hash)
 
-    def trust_keys(self, profile_hash: str) -> Any:
+    def trust_keys(self, profile_hash: str) -> certificates.CertifyResult:
         """``certify("TrustKeysCertificate", profile=profile_hash)``."""
         return self.certify("TrustKeysCertificate", profile=profile_hash)
 
 
 def _enable_certificate_maps(store: Store) -> None:
-    from lama.identity import certificates
-
     certificates.enable_reverse_maps(store)
