@@ -26,12 +26,12 @@ non-blank line without control characters. ``--dir`` must be (or be creatable as
 A broken rule is a one-line error and nothing is created on disk.
 
 Output: ``whoami`` and ``init`` print stored values with control, format and line-separator
-characters (and backslashes) escaped as ``\n``, ``\x1b``, ``\u202e``, ``\\``, so a stored
+characters (and backslashes) escaped as ``\\n``, ``\\x1b``, ``\\u202e``, ``\\\\``, so a stored
 value can never add or disguise a line; ``--json`` output is plain JSON (ASCII-escaped).
 
 Exit status: 0 on success, 1 for a lama error or an I/O error (printed as one line
-``error: CODE: message`` on stderr), 2 for a usage error. Typer is imported inside :func:`main`, so ``import lama`` stays free of
-dependencies (``pip install lama[cli]``).
+``error: CODE: message`` on stderr), 2 for a usage error. Typer is imported inside
+:func:`main`, so ``import lama`` stays free of dependencies (``pip install lama[cli]``).
 """
 
 from __future__ import annotations
@@ -152,8 +152,9 @@ def _build_app() -> Any:
             "--email",
             help=(
                 "Person email (the person's identity): local@domain, one line, at most 254 "
-                "characters, no whitespace or control characters; local part: letters, digits, "
-                "non-ASCII and !#$%&'*+-/=?^_`{|}~ with dots only between them; domain: "
+                "characters, no whitespace or control characters; local part (at most 64): "
+                "letters, digits, non-ASCII and !#$%&'*+-/=?^_`{|}~ with dots only between "
+                "them; domain: "
                 "dot-separated labels of letters, digits and inner hyphens (a dot is optional)."
             ),
         ),
