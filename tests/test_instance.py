@@ -20,8 +20,16 @@ from conftest import peer_keys
 from lama.identity import instance as instance_mod
 from lama.objects import versions
 from lama._core import core
-from lama.errors import DecryptionError, KeychainError, LamaError, NotFoundError, SignatureError, StoreError
-from lama.identity.instance import Instance, calculate_instance_id_hash, read_info
+from lama.errors import (
+    DecryptionError,
+    InvalidArgumentError,
+    KeychainError,
+    LamaError,
+    NotFoundError,
+    SignatureError,
+    StoreError,
+)
+from lama.identity.instance import Instance, calculate_instance_id_hash, check_email, check_name, read_info
 from lama.identity.keychain import Keychain
 
 VECTORS = json.loads(
@@ -202,9 +210,9 @@ def test_bad_arguments(tmp_path: Path) -> None:
     with pytest.raises(KeychainError) as e:
         Instance.create(tmp_path, email=EMAIL_A, instance_name=NAME_A, secret="")
     assert e.value.code == "LAMA-SECRET"
-    with pytest.raises(LamaError) as e2:
+    with pytest.raises(InvalidArgumentError) as e2:
         Instance.create(tmp_path, email="", instance_name=NAME_A, secret=SECRET)
-    assert e2.value.code == "LAMA-ARG"
+    assert e2.value.code == "LAMA-EMAIL" and isinstance(e2.value, ValueError)
     with pytest.raises(TypeError):
         Instance.create(tmp_path, email=EMAIL_A, instance_name=NAME_A, secret=SECRET,
                              person_keys=b"x" * 32)  # type: ignore[arg-type]
@@ -212,6 +220,67 @@ def test_bad_arguments(tmp_path: Path) -> None:
     with pytest.raises(NotFoundError) as e3:
         Instance.open(tmp_path, SECRET)
     assert e3.value.code == "LAMA-NOINSTANCE"
+
+
+@pytest.mark.parametrize(
+    "email",
+    ["not an email", "   ", "a@b\nc", "a b@c", "a@b@c", "@c", "a@", ".a@c", "a.@c", "a..b@c",
+     "a@c..d", "a@.c", "a@c.", "a@-c", "a@c-", "a@c_d", "a<b@c", "a\\b@c", 'a"b@c', "a,b@c",
+     "a@\u202ec", "a\u200b@c", "x" * 65 + "@c", "a@" + "d" * 64, "a@" + ".".join(["d" * 63] * 4),
+     "x" * 64 + "@" + "d" * 63 + "." + "d" * 63 + "." + "d" * 62, b"a@c", None],
+)
+def test_email_rule_rejects(tmp_path: Path, email: Any) -> None:
+    with pytest.raises(InvalidArgumentError) as e:
+        check_email(email)
+    assert e.value.code == "LAMA-EMAIL" and isinstance(e.value, ValueError)
+    assert "\n" not in str(e.value)  # shown escaped, on one line
+    with pytest.raises(InvalidArgumentError) as e2:
+        Instance.create(tmp_path / "base", email=email, instance_name=NAME_A, secret=SECRET)
+    assert e2.value.code == "LAMA-EMAIL"
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "email",
+    ["alice@localhost", "a&b@example.com", "jürgen.ß@exämple.de", "x+tag@a-b.c-d.example",
+     "!#$%&'*+-/=?^_`{|}~@x", "a.b.c@d", "x" * 64 + "@" + "d" * 63 + "." + "d" * 63 + "." + "d" * 61],
+)
+def test_email_rule_accepts(email: str) -> None:
+    assert check_email(email) == email
+
+
+@pytest.mark.parametrize("name", ["", "   ", "a\nb", "a\rb", "a\x00b", "a\u2028b", "x" * 1025, 5])
+def test_name_rule_rejects(tmp_path: Path, name: Any) -> None:
+    with pytest.raises(InvalidArgumentError) as e:
+        check_name(name, "instance_name")
+    assert e.value.code == "LAMA-ARG"
+    for kwargs in ({"instance_name": name}, {"instance_name": NAME_A, "person_name": name}):
+        with pytest.raises(InvalidArgumentError):
+            Instance.create(tmp_path / "base", email=EMAIL_A, secret=SECRET, **kwargs)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_name_rule_accepts() -> None:
+    for name in ("laptop <1>", " spaced ", "emoji \U0001f469\u200d\U0001f4bb", "x" * 1024):
+        assert check_name(name, "n") == name
+    assert check_name(None, "n", optional=True) is None
+
+
+def test_base_directory_that_is_a_file(tmp_path: Path) -> None:
+    f = tmp_path / "file"
+    f.write_bytes(b"keep")
+    for base in (f, f / "below", f / "below" / "deeper"):
+        with pytest.raises(StoreError) as e:
+            Instance.create(base, email=EMAIL_A, instance_name=NAME_A, secret=SECRET)
+        assert e.value.code == "LAMA-NOTDIR" and str(f) in str(e.value)
+    assert [p.name for p in tmp_path.rglob("*")] == ["file"] and f.read_bytes() == b"keep"
+
+
+def test_instance_path_that_is_a_file(tmp_path: Path) -> None:
+    (tmp_path / calculate_instance_id_hash(NAME_A, EMAIL_A)).write_bytes(b"")
+    with pytest.raises(StoreError) as e:
+        create_a(tmp_path)
+    assert e.value.code == "LAMA-INSTANCE-EXISTS"
 
 
 def test_several_instances_in_one_base_directory(tmp_path: Path) -> None:

@@ -346,6 +346,106 @@ def test_interrupted_change_with_old_secret_is_discarded(reference_dir: Path):
     Keychain(reference_dir).unlock(K["secret"])
 
 
+# --- damaged keychain files ------------------------------------------------------------------
+
+
+def _replace_with_dir(path: Path) -> None:
+    path.unlink()
+    path.mkdir()
+    (path / "inside").write_bytes(b"x")
+
+
+def snapshot_tree(directory: Path) -> dict[str, tuple[bytes, int]]:
+    return {
+        str(p.relative_to(directory)): (p.read_bytes(), p.stat().st_mtime_ns)
+        for p in sorted(directory.rglob("*"))
+        if p.is_file()
+    }
+
+
+@pytest.mark.parametrize("name", [kc.SALT_FILE, kc.MASTERKEY_FILE])
+def test_keychain_file_that_is_a_directory(reference_dir: Path, name: str):
+    """A keychain file replaced by a directory is a KeychainError, not IsADirectoryError."""
+    _replace_with_dir(reference_dir / name)
+    before = snapshot_tree(reference_dir)
+    chain = Keychain(reference_dir)
+    for call in (chain.unlock, chain.open):
+        with pytest.raises(KeychainError) as e:
+            call(K["secret"])
+        assert e.value.code == "LAMA-KEYCHAIN-CORRUPT"
+        assert "is a directory" in str(e.value) and name in str(e.value)
+    with pytest.raises(KeychainError) as e:
+        chain.change_secret(K["secret"], "new")
+    assert e.value.code == "LAMA-KEYCHAIN-CORRUPT"
+    assert not chain.unlocked and snapshot_tree(reference_dir) == before
+
+
+@pytest.mark.parametrize("suffix", [".encrypt", ".sign"])
+def test_key_file_that_is_a_directory(reference_dir: Path, suffix: str):
+    keys_hash = K["person_keys"]["keys_object_hash"]
+    _replace_with_dir(reference_dir / f"{keys_hash}{suffix}")
+    chain = Keychain(reference_dir)
+    chain.unlock(K["secret"])
+    assert not chain.has_keys(keys_hash)
+    with pytest.raises(KeychainError) as e:
+        chain.load_keys(keys_hash)
+    assert e.value.code == "LAMA-KEYCHAIN-CORRUPT" and "is a directory" in str(e.value)
+    # the other key set is unaffected
+    chain.load_keys(K["instance_keys"]["keys_object_hash"])
+
+
+@pytest.mark.parametrize(
+    "name,size",
+    [(kc.SALT_FILE, 16), (kc.MASTERKEY_FILE, 72), ("person.encrypt", 72), ("person.sign", 104)],
+)
+@pytest.mark.parametrize("delta", [-1, +1, "empty"])
+def test_keychain_file_of_wrong_size(reference_dir: Path, name: str, size: int, delta):
+    """A truncated, empty or extended file is reported as corrupt (with its size) instead of
+    as a wrong secret or a bare CryptoError."""
+    if name.startswith("person"):
+        name = K["person_keys"]["keys_object_hash"] + name[len("person"):]
+    path = reference_dir / name
+    data = path.read_bytes()
+    assert len(data) == size
+    path.write_bytes(b"" if delta == "empty" else (data[:-1] if delta == -1 else data + b"\0"))
+    before = snapshot(reference_dir)
+    chain = Keychain(reference_dir)
+    with pytest.raises(KeychainError) as e:
+        chain.unlock(K["secret"])
+        chain.load_keys(K["person_keys"]["keys_object_hash"])
+    assert e.value.code == "LAMA-KEYCHAIN-CORRUPT"
+    assert f"expected {size}" in str(e.value) and K["secret"] not in str(e.value)
+    assert snapshot(reference_dir) == before
+
+
+def test_unreadable_keychain_file(reference_dir: Path):
+    """Any other I/O error (here a symlink loop, which even root cannot read) is a
+    KeychainError naming the file."""
+    (reference_dir / kc.MASTERKEY_FILE).unlink()
+    os.symlink(kc.MASTERKEY_FILE, reference_dir / kc.MASTERKEY_FILE)
+    with pytest.raises(KeychainError) as e:
+        Keychain(reference_dir).unlock(K["secret"])
+    assert e.value.code == "LAMA-KEYCHAIN-UNREADABLE" and kc.MASTERKEY_FILE in str(e.value)
+    # the keychain directory itself is a file
+    private = reference_dir.parent / "file"
+    private.write_bytes(b"")
+    with pytest.raises(KeychainError) as e:
+        Keychain(private).unlock(K["secret"])
+    assert e.value.code == "LAMA-KEYCHAIN-UNREADABLE"
+
+
+def test_truncated_staged_change_is_not_a_corrupt_keychain(reference_dir: Path):
+    """A crash while change_secret wrote its staged master key leaves a short ``.new`` file;
+    the change never took effect: a wrong secret is still CYENC-SYMDEC, the old one opens."""
+    (reference_dir / (kc.SALT_FILE + ".new")).write_bytes(bytes(16))
+    (reference_dir / (kc.MASTERKEY_FILE + ".new")).write_bytes(bytes(30))
+    with pytest.raises(KeychainError) as e:
+        Keychain(reference_dir).unlock("not the secret")
+    assert e.value.code == "CYENC-SYMDEC"
+    Keychain(reference_dir).unlock(K["secret"])
+    assert not [p for p in reference_dir.iterdir() if p.name.endswith(".new")]
+
+
 # --- async -----------------------------------------------------------------------------------
 
 

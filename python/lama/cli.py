@@ -17,9 +17,21 @@ is a terminal, from a hidden prompt (asked twice for ``init``). It is never a co
 argument (arguments are visible to other users in the process list). Without either, the
 command fails at once with exit status 2 instead of waiting for input.
 
-Exit status: 0 on success, 1 for a lama error (printed as ``error: CODE: message`` on stderr),
-2 for a usage error. Typer is imported inside :func:`main`, so ``import lama`` stays free of
-dependencies (``pip install lama[cli]``).
+Input rules (checked by the library, ``lama.identity.layout.check_email`` / ``check_name``, before
+anything is written): the email is ``local@domain`` in one line of at most 254 characters
+without whitespace or control characters - ``local`` 1-64 letters, digits, non-ASCII characters
+or ``!#$%&'*+-/=?^_`{|}~`` with dots only between them, ``domain`` one or more dot-separated
+labels of letters, digits and inner hyphens (``alice@localhost`` is fine); names are one
+non-blank line without control characters. ``--dir`` must be (or be creatable as) a directory.
+A broken rule is a one-line error and nothing is created on disk.
+
+Output: ``whoami`` and ``init`` print stored values with control, format and line-separator
+characters (and backslashes) escaped as ``\\n``, ``\\x1b``, ``\\u202e``, ``\\\\``, so a stored
+value can never add or disguise a line; ``--json`` output is plain JSON (ASCII-escaped).
+
+Exit status: 0 on success, 1 for a lama error or an I/O error (printed as one line
+``error: CODE: message`` on stderr), 2 for a usage error. Typer is imported inside
+:func:`main`, so ``import lama`` stays free of dependencies (``pip install lama[cli]``).
 """
 
 from __future__ import annotations
@@ -28,6 +40,7 @@ import json
 import os
 import socket
 import sys
+import unicodedata
 from typing import Any, NoReturn
 
 from lama.errors import LamaError
@@ -63,22 +76,48 @@ def read_secret(confirm: bool = False) -> str:
     return secret
 
 
+_UNSAFE_CATEGORIES = ("Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp")
+
+
+def escape(value: Any, *, backslash: bool = True) -> str:
+    """``str(value)`` safe to print as part of one terminal line: control characters (newline,
+    escape sequences), format characters (bidi overrides, zero-width), surrogates, private-use
+    and unassigned code points and line/paragraph separators become ``\\n``, ``\\t``,
+    ``\\xNN``, ``\\uNNNN`` or ``\\UNNNNNNNN``; with ``backslash`` a backslash is doubled so
+    the escaped text is unambiguous. Values in instance.json may have been written by anything,
+    so every printed value goes through here."""
+    text = str(value)
+    out = []
+    for c in text:
+        if c == "\\" and backslash:
+            out.append("\\\\")
+        elif c in "\n\r\t":
+            out.append({"\n": "\\n", "\r": "\\r", "\t": "\\t"}[c])
+        elif unicodedata.category(c) in _UNSAFE_CATEGORIES:
+            n = ord(c)
+            out.append(f"\\x{n:02x}" if n < 0x100 else f"\\u{n:04x}" if n < 0x10000 else f"\\U{n:08x}")
+        else:
+            out.append(c)
+    return "".join(out)
+
+
 def _identity_lines(info: Any) -> list[str]:
     d = info.as_dict()
-    return [
-        f"person id:                {d['person_id']}",
-        f"instance id:              {d['instance_id']}",
-        f"email:                    {d['email']}",
-        f"person name:              {d['person_name'] or ''}",
-        f"instance name:            {d['instance_name']}",
-        f"person keys:              {d['person_keys']}",
-        f"person public key:        {d['person_public_key']}",
-        f"person public sign key:   {d['person_public_sign_key']}",
-        f"instance keys:            {d['instance_keys']}",
-        f"instance public key:      {d['instance_public_key']}",
-        f"instance public sign key: {d['instance_public_sign_key']}",
-        f"directory:                {d['path']}",
+    rows = [
+        ("person id", d["person_id"]),
+        ("instance id", d["instance_id"]),
+        ("email", d["email"]),
+        ("person name", d["person_name"] or ""),
+        ("instance name", d["instance_name"]),
+        ("person keys", d["person_keys"]),
+        ("person public key", d["person_public_key"]),
+        ("person public sign key", d["person_public_sign_key"]),
+        ("instance keys", d["instance_keys"]),
+        ("instance public key", d["instance_public_key"]),
+        ("instance public sign key", d["instance_public_sign_key"]),
+        ("directory", d["path"]),
     ]
+    return [f"{label + ':':<26}{escape(value)}" for label, value in rows]
 
 
 def _print_identity(info: Any, as_json: bool) -> None:
@@ -89,7 +128,8 @@ def _print_identity(info: Any, as_json: bool) -> None:
 
 
 def _fail(message: str, status: int) -> NoReturn:
-    print(f"error: {message}", file=sys.stderr)
+    # one line whatever the message holds (paths and values come from the user or the disk)
+    print(f"error: {escape(message, backslash=False)}", file=sys.stderr)
     raise SystemExit(status)
 
 
@@ -106,23 +146,38 @@ def _build_app() -> Any:
     @app.command()
     def init(
         dir: str = typer.Option(..., "--dir", help="Base directory of the instance(s)."),
-        name: str = typer.Option(..., "--name", help="Person name."),
-        email: str = typer.Option(..., "--email", help="Person email (the person's identity)."),
+        name: str = typer.Option(..., "--name", help="Person name, one non-blank line."),
+        email: str = typer.Option(
+            ...,
+            "--email",
+            help=(
+                "Person email (the person's identity): local@domain, one line, at most 254 "
+                "characters, no whitespace or control characters; local part (at most 64): "
+                "letters, digits, non-ASCII and !#$%&'*+-/=?^_`{|}~ with dots only between "
+                "them; domain: "
+                "dot-separated labels of letters, digits and inner hyphens (a dot is optional)."
+            ),
+        ),
         instance_name: str = typer.Option(
-            None, "--instance-name", help="Instance name (default: the host name)."
+            None,
+            "--instance-name",
+            help="Instance name, one non-blank line (default: the host name).",
         ),
         as_json: bool = typer.Option(False, "--json", help="Print JSON."),
     ) -> None:
         """Create a new instance. Secret: $LAMA_SECRET or a hidden prompt."""
-        from lama.identity.instance import Instance
+        from lama.identity.instance import Instance, check_base_dir, check_email, check_name
 
+        if instance_name is None:  # only a missing option defaults; "" is an error
+            instance_name = socket.gethostname() or "lama"
+        # check the arguments before asking for the secret (Instance.create checks them again)
+        check_email(email)
+        check_name(name, "person name (--name)")
+        check_name(instance_name, "instance name (--instance-name)")
+        check_base_dir(dir)
         secret = read_secret(confirm=True)
         inst = Instance.create(
-            dir,
-            email=email,
-            person_name=name,
-            instance_name=instance_name or socket.gethostname() or "lama",
-            secret=secret,
+            dir, email=email, person_name=name, instance_name=instance_name, secret=secret
         )
         with inst:
             _print_identity(inst.info, as_json)
@@ -165,6 +220,9 @@ def main(argv: list[str] | None = None) -> None:
         _fail(str(e), 2)
     except LamaError as e:
         _fail(str(e), 1)
+    except OSError as e:
+        # an I/O failure below lama (disk full, permissions): one line, no traceback
+        _fail(f"{e.strerror or e}" + (f": {e.filename}" if e.filename else ""), 1)
     except KeyboardInterrupt:
         _fail("interrupted", 130)
 

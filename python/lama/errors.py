@@ -80,6 +80,10 @@ class TransportError(LamaError, ConnectionError):
     """A connection failed or was closed."""
 
 
+class InvalidArgumentError(LamaError, ValueError):
+    """An argument of a lama call is malformed (``LAMA-ARG``, ``LAMA-EMAIL``, ...)."""
+
+
 __all__ = [
     "LamaError",
     "MicrodataError",
@@ -94,4 +98,5 @@ __all__ = [
     "KeychainError",
     "AccessDeniedError",
     "TransportError",
+    "InvalidArgumentError",
 ]

@@ -49,7 +49,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from lama._core import Store, core
-from lama.errors import KeychainError, LamaError, StoreError
+from lama.errors import InvalidArgumentError, KeychainError, LamaError, StoreError
 from lama.identity import certificates
 from lama.identity.keychain import Keychain, SecretKeys
 from lama.identity.layout import (
@@ -58,12 +58,15 @@ from lama.identity.layout import (
     PRIVATE_DIR,
     STORE_DIR,
     InstanceInfo,
-    _check_str,
+    _make_base_dir,
     _info_from,
     _read_json,
     _write_info,
     calculate_instance_id_hash,
     calculate_person_id_hash,
+    check_base_dir,
+    check_email,
+    check_name,
     find_instance_dir,
     read_info,
 )
@@ -76,6 +79,9 @@ __all__ = [
     "InstanceInfo",
     "calculate_instance_id_hash",
     "calculate_person_id_hash",
+    "check_base_dir",
+    "check_email",
+    "check_name",
     "find_instance_dir",
     "read_info",
 ]
@@ -241,9 +247,9 @@ class Instance:
         ``StoreError LAMA-INSTANCE-EXISTS`` if the instance directory exists and is not empty
         (nothing is changed). If creation fails, the new instance directory is removed.
         """
-        _check_str(email, "email")
-        _check_str(instance_name, "instance_name")
-        _check_str(person_name, "person_name", optional=True)
+        check_email(email)
+        check_name(instance_name, "instance_name")
+        check_name(person_name, "person_name", optional=True)
         secret = _check_secret(secret)
         for k, what in ((person_keys, "person_keys"), (instance_keys, "instance_keys")):
             if k is not None and not isinstance(k, SecretKeys):
@@ -258,11 +264,13 @@ class Instance:
                 f"LAMA-INSTANCE-EXISTS: the instance {instance_name!r} of {email!r} exists "
                 f"already in {path}{incomplete}"
             )
-        base.mkdir(parents=True, exist_ok=True)
+        _make_base_dir(base)
         try:
             path.mkdir(exist_ok=True)
         except FileExistsError:
             raise StoreError(f"LAMA-INSTANCE-EXISTS: {path} exists and is not a directory") from None
+        except OSError as e:
+            raise StoreError(f"LAMA-DIR: cannot create {path}: {e.strerror}") from None
         store = None
         try:
             keychain = Keychain(path / PRIVATE_DIR)
@@ -448,7 +456,9 @@ class Instance:
         try:
             return self._secrets[key]
         except KeyError:
-            raise LamaError(f"key must be 'person' or 'instance', not {key!r}", code="LAMA-ARG") from None
+            raise InvalidArgumentError(
+                f"key must be 'person' or 'instance', not {key!r}", code="LAMA-ARG"
+            ) from None
 
     def public_keys(self, key: KeyOwner = "person") -> tuple[bytes, bytes]:
         """``(publicKey, publicSignKey)`` of the person or the instance."""
@@ -456,7 +466,9 @@ class Instance:
             return self.person_public_key, self.person_public_sign_key
         if key == "instance":
             return self.instance_public_key, self.instance_public_sign_key
-        raise LamaError(f"key must be 'person' or 'instance', not {key!r}", code="LAMA-ARG")
+        raise InvalidArgumentError(
+            f"key must be 'person' or 'instance', not {key!r}", code="LAMA-ARG"
+        )
 
     # --- sign / verify -------------------------------------------------------------------
 

@@ -66,6 +66,12 @@ SCRYPT_R = 8
 SCRYPT_P = 1
 SCRYPT_DKLEN = 32
 
+# sizes of the sealed files: nonce (24) || secretbox (16-byte tag + plaintext), objects.md §7.4
+_SEALED_OVERHEAD = 24 + 16
+_SEALED_MASTER_LEN = _SEALED_OVERHEAD + MASTER_KEY_LEN  # 72
+_SEALED_ENC_LEN = _SEALED_OVERHEAD + 32  # 72
+_SEALED_SIGN_LEN = _SEALED_OVERHEAD + 64  # 104
+
 _PENDING = ".new"
 _HASH_RE = re.compile(r"^[0-9a-f]{64}$")
 
@@ -242,7 +248,8 @@ class Keychain:
     def open(self, secret: str) -> None:
         """Unlock the keychain, creating it first if the directory has none (as initInstance)."""
         with self._lock:
-            if self.exists():
+            # a master key entry of any kind (even a damaged one) means: unlock, never create
+            if os.path.lexists(self._dir / MASTERKEY_FILE):
                 self.unlock(secret)
             else:
                 self.create(secret)
@@ -279,11 +286,44 @@ class Keychain:
         for name in (SALT_FILE, MASTERKEY_FILE):
             (self._dir / (name + _PENDING)).unlink(missing_ok=True)
 
-    def _read(self, name: str) -> bytes:
+    def _read(self, name: str, size: int, missing: str | None = None) -> bytes:
+        """The private file ``name``, which must hold exactly ``size`` bytes.
+
+        ``KeychainError``: ``missing`` (default ``LAMA-NOKEYCHAIN``) if it does not exist,
+        ``LAMA-KEYCHAIN-CORRUPT`` if it is a directory or has another size,
+        ``LAMA-KEYCHAIN-UNREADABLE`` for any other I/O error (permissions, a symlink loop, a
+        file where the keychain directory should be). Never reads more than ``size + 1``
+        bytes, so a huge file costs nothing."""
+        path = self._dir / name
         try:
-            return (self._dir / name).read_bytes()
+            with open(path, "rb") as f:
+                data = f.read(size + 1)
         except FileNotFoundError:
-            raise KeychainError(f"LAMA-NOKEYCHAIN: no keychain in {self._dir}") from None
+            raise KeychainError(
+                missing or f"LAMA-NOKEYCHAIN: no keychain in {self._dir}"
+            ) from None
+        except IsADirectoryError:
+            raise KeychainError(
+                f"LAMA-KEYCHAIN-CORRUPT: {path} is a directory, not a keychain file"
+            ) from None
+        except OSError as e:
+            raise KeychainError(
+                f"LAMA-KEYCHAIN-UNREADABLE: cannot read {path}: {e.strerror or e}"
+            ) from None
+        if len(data) != size:
+            got = f"more than {size}" if len(data) > size else str(len(data))
+            raise KeychainError(
+                f"LAMA-KEYCHAIN-CORRUPT: {path} has {got} bytes, expected {size}"
+            )
+        return data
+
+    def _read_staged(self, name: str, size: int) -> bytes | None:
+        """A staged ``*.new`` file, or None if it has the wrong size: a crash while it was
+        being written leaves it short, and such a change never took effect."""
+        path = self._dir / name
+        if path.is_file() and path.stat().st_size != size:
+            return None
+        return self._read(name, size)
 
     def _try_open(self, secret: str, salt: bytes, sealed: bytes) -> bytes | None:
         try:
@@ -296,8 +336,8 @@ class Keychain:
 
     def _open_master(self, secret: str) -> bytes:
         """The master key, after finishing or discarding an interrupted secret change."""
-        salt = self._read(SALT_FILE)
-        sealed = self._read(MASTERKEY_FILE)
+        salt = self._read(SALT_FILE, SALT_LEN)
+        sealed = self._read(MASTERKEY_FILE, _SEALED_MASTER_LEN)
         pending_mk = self._dir / (MASTERKEY_FILE + _PENDING)
         pending_salt = self._dir / (SALT_FILE + _PENDING)
         master = self._try_open(secret, salt, sealed)
@@ -310,8 +350,13 @@ class Keychain:
         if pending_mk.exists():
             # a change interrupted between writing and replacing: if the secret opens the
             # staged master key (with the staged or the already replaced salt), finish it
-            staged_salt = pending_salt.read_bytes() if pending_salt.exists() else salt
-            master = self._try_open(secret, staged_salt, pending_mk.read_bytes())
+            staged_salt = (
+                self._read_staged(pending_salt.name, SALT_LEN) if pending_salt.exists() else salt
+            )
+            staged_mk = self._read_staged(pending_mk.name, _SEALED_MASTER_LEN)
+            master = None
+            if staged_salt is not None and staged_mk is not None:
+                master = self._try_open(secret, staged_salt, staged_mk)
             if master is not None:
                 self._commit_pending()
                 return master
@@ -386,13 +431,9 @@ class Keychain:
         h = _check_hash(keys_hash)
         with self._lock:
             master = self._require_master()
-            try:
-                enc_file = (self._dir / f"{h}.encrypt").read_bytes()
-                sign_file = (self._dir / f"{h}.sign").read_bytes()
-            except FileNotFoundError:
-                raise KeychainError(
-                    f"KEYCH-NODEFKEYS: no secret keys for the Keys object {h}"
-                ) from None
+            missing = f"KEYCH-NODEFKEYS: no secret keys for the Keys object {h}"
+            enc_file = self._read(f"{h}.encrypt", _SEALED_ENC_LEN, missing)
+            sign_file = self._read(f"{h}.sign", _SEALED_SIGN_LEN, missing)
         try:
             enc = core.secretbox_open_embedded(enc_file, master)
             sign = core.secretbox_open_embedded(sign_file, master)

@@ -11,18 +11,22 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from lama._core import Store, core
-from lama.errors import LamaError, NotFoundError, StoreError
+from lama.errors import InvalidArgumentError, LamaError, NotFoundError, StoreError
 
 __all__ = [
     "INFO_FILE",
     "InstanceInfo",
     "calculate_instance_id_hash",
     "calculate_person_id_hash",
+    "check_base_dir",
+    "check_email",
+    "check_name",
     "find_instance_dir",
     "read_info",
 ]
@@ -101,13 +105,99 @@ class InstanceInfo:
         }
 
 
-def _check_str(value: Any, what: str, *, optional: bool = False) -> str | None:
+EMAIL_MAX_LEN = 254
+"""Longest accepted email (RFC 5321 §4.5.3.1.3: a path is at most 256 octets with its angle
+brackets)."""
+NAME_MAX_LEN = 1024
+
+# RFC 5322 §3.2.3 atext (plus non-ASCII, RFC 6531): what a dot-atom local part may hold
+_ATEXT_SPECIALS = frozenset("!#$%&'*+-/=?^_`{|}~")
+
+
+def _bad_char(c: str) -> bool:
+    """Whitespace, control, format (bidi overrides, zero-width), surrogate or line/paragraph
+    separator characters: anything that breaks a one-line display or hides text."""
+    return c.isspace() or unicodedata.category(c) in ("Cc", "Cf", "Cs", "Zl", "Zp", "Zs")
+
+
+def check_email(email: Any) -> str:
+    """The email rule for a new local identity (``Instance.create``, ``lama init``).
+
+    ``local@domain`` in one line, at most :data:`EMAIL_MAX_LEN` characters, no whitespace,
+    control or format characters:
+
+    * ``local``: 1-64 characters; letters, digits, non-ASCII characters and
+      ``!#$%&'*+-/=?^_`{|}~``; dots only between other characters (RFC 5322 dot-atom, no
+      quoted local parts);
+    * ``domain``: one or more labels separated by single dots (``alice@localhost`` is
+      accepted), each 1-63 letters, digits, non-ASCII letters or hyphens, not starting or
+      ending with a hyphen.
+
+    The address is not checked for deliverability: the email only names the person (its
+    Person ID is the ID hash of ``{Person, email}``, objects.md §7.3). Emails of *other*
+    persons received from peers are not subject to this rule.
+    ``InvalidArgumentError LAMA-EMAIL`` (a ``ValueError``) names the broken rule; the message
+    shows the email with control characters escaped.
+    """
+    if not isinstance(email, str):
+        raise InvalidArgumentError(
+            f"the email must be a str, not {type(email).__name__}", code="LAMA-EMAIL"
+        )
+
+    def bad(why: str) -> InvalidArgumentError:
+        return InvalidArgumentError(f"invalid email {email!r}: {why}", code="LAMA-EMAIL")
+
+    if not email:
+        raise bad("it is empty")
+    if len(email) > EMAIL_MAX_LEN:
+        raise bad(f"longer than {EMAIL_MAX_LEN} characters")
+    if any(_bad_char(c) for c in email):
+        raise bad("it must be one line without whitespace, control or format characters")
+    local, at, domain = email.rpartition("@")
+    if not at:
+        raise bad("it must have the form local@domain")
+    if "@" in local:
+        raise bad("more than one '@'")
+    if not local or not domain:
+        raise bad("the part before and the part after '@' must not be empty")
+    if len(local) > 64:
+        raise bad("the part before '@' is longer than 64 characters")
+    atoms = local.split(".")
+    if any(not a for a in atoms):
+        raise bad("dots in the part before '@' must stand between other characters")
+    if any(not (c.isalnum() or c in _ATEXT_SPECIALS or ord(c) > 127) for a in atoms for c in a):
+        raise bad("the part before '@' may hold letters, digits and !#$%&'*+-/=?^_`{|}~ only")
+    for label in domain.split("."):
+        if not label:
+            raise bad("the domain must be labels separated by single dots")
+        if len(label) > 63:
+            raise bad("a domain label is longer than 63 characters")
+        if not all(c.isalnum() or c == "-" for c in label) or label[0] == "-" or label[-1] == "-":
+            raise bad("domain labels may hold letters, digits and inner hyphens only")
+    return email
+
+
+def check_name(value: Any, what: str, *, optional: bool = False) -> str | None:
+    """A person or instance name: a non-blank str of at most :data:`NAME_MAX_LEN` characters in
+    one line (no control characters or line/paragraph separators; spaces and other printable
+    characters are fine). ``InvalidArgumentError LAMA-ARG`` otherwise."""
     if value is None and optional:
         return None
-    if not isinstance(value, str) or not value:
-        raise LamaError(f"{what} must be a non-empty str", code="LAMA-ARG")
+    if not isinstance(value, str):
+        raise InvalidArgumentError(
+            f"{what} must be a str, not {type(value).__name__}", code="LAMA-ARG"
+        )
+    if not value.strip():
+        raise InvalidArgumentError(f"{what} must not be empty or blank", code="LAMA-ARG")
+    if len(value) > NAME_MAX_LEN:
+        raise InvalidArgumentError(
+            f"{what} is longer than {NAME_MAX_LEN} characters", code="LAMA-ARG"
+        )
+    if any(unicodedata.category(c) in ("Cc", "Cs", "Zl", "Zp") for c in value):
+        raise InvalidArgumentError(
+            f"{what} {value!r} must be one line without control characters", code="LAMA-ARG"
+        )
     return value
-
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -200,6 +290,31 @@ def read_info(
         return _info_from(path, data, store)
     finally:
         store.close()
+
+
+def check_base_dir(directory: str | os.PathLike[str]) -> Path:
+    """``StoreError LAMA-NOTDIR`` if ``directory`` or its nearest existing ancestor is not a
+    directory (so no instance could be created in it); nothing is created."""
+    base = Path(directory)
+    probe = base
+    while not probe.exists() and probe.parent != probe:
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        where = "exists and is not a directory" if probe == base else f"is below the file {probe}"
+        raise StoreError(f"LAMA-NOTDIR: {base} {where}")
+    return base
+
+
+def _make_base_dir(base: Path) -> None:
+    """Create the base directory (and its parents) for a new instance; a lama error, not a raw
+    OSError, if that is impossible (a path component is a file, no permission, ...)."""
+    check_base_dir(base)
+    try:
+        base.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise StoreError(f"LAMA-NOTDIR: a component of {base} is not a directory") from None
+    except OSError as e:
+        raise StoreError(f"LAMA-DIR: cannot create {base}: {e.strerror}") from None
 
 
 def _write_info(path: Path, data: dict[str, Any]) -> None:
