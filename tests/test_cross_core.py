@@ -215,3 +215,68 @@ def test_both_cores_same_errors(rust_core: ModuleType, pure_core: ModuleType) ->
                 core.serialize(obj)
             codes.append(getattr(info.value, "code", None))
         assert codes[0] == codes[1] and codes[0], (obj, codes)
+
+
+# --------------------------------------------------------------------------------------------
+# recipes: the same error code for the same invalid recipe, the same resolved recipes
+
+
+def test_both_cores_same_recipe_error_codes(rust_core: ModuleType, pure_core: ModuleType) -> None:
+    from test_microdata import INVALID_RECIPES  # the table of invalid recipes and their codes
+
+    from lama.errors import RecipeError
+
+    cases = [json.dumps(r) for r, _ in INVALID_RECIPES] + ["{not json", "[]", "null"]
+    for text in cases:
+        codes = []
+        for core in (rust_core, pure_core):
+            with pytest.raises(RecipeError) as info:
+                core.register_recipe(text)
+            codes.append(info.value.code)
+        assert codes[0] == codes[1], (text, codes)
+
+
+def test_both_cores_same_resolved_recipes(rust_core: ModuleType, pure_core: ModuleType) -> None:
+    for name in rust_core.recipe_names():
+        if name in pure_core.recipe_names():
+            assert json.loads(rust_core.resolved_recipe(name)) == json.loads(
+                pure_core.resolved_recipe(name)
+            ), name
+
+
+# Patterns exercising what differs between JavaScript and other engines: UTF-16 units, line
+# terminators, ASCII classes, Annex B, surrogate ranges, case folding, sticky.
+REGEXPS = [
+    ("^.$", ""), ("^..$", ""), ("^.$", "u"), ("^.+$", "s"), ("^[^a]$", ""), ("^[^a]{2}$", ""),
+    ("^\\w+$", ""), ("^\\d+$", ""), ("\\bx", ""), ("^\\s*$", ""), ("\\uD83D", ""),
+    ("[\\uD800-\\uDFFF]", ""), ("^[\\u0000-\\uFFFF]*$", ""), ("[\\uDC00-\\uE000]", ""),
+    ("^[😀-😎]$", "u"), ("😀+", ""), ("^x{,2}$", ""), ("^(a|b)\\1$", ""), ("É", "i"), ("ſ", "i"),
+    ("^\\p{L}+$", "u"), ("^\\P{L}$", "u"), ("k", "iu"), ("a$", "m"), ("^a", "y"), ("[\\s\\S]", ""),
+    ("^[\\d-z]+$", ""), ("\\0", ""), ("[\\101-\\132]", ""), ("\\cA", ""),
+]
+VALUES = st.text(
+    alphabet=st.sampled_from(list("aAbxzé1-_ \n\r\u2028\u2029\x00\x01ſkKÉ\ufeff") + ["😀", "😃", "\U0001F60F", "\uffff", "\ue000"]),
+    max_size=6,
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
+@given(st.sampled_from(REGEXPS), VALUES)
+def test_both_cores_same_regexp_answers(rust_core: ModuleType, pure_core: ModuleType,
+                                        pattern: tuple[str, str], value: str) -> None:
+    from lama.errors import MicrodataError
+
+    src, flags = pattern
+    name = "TestCrossRegexp" + str(REGEXPS.index(pattern))
+    recipe = json.dumps({"$type$": "Recipe", "name": name, "rule": [
+        {"itemprop": "s", "itemtype": {"type": "string", "regexp": {"$regexp": src, "flags": flags}}}]})
+    answers = []
+    for core in (rust_core, pure_core):
+        core.register_recipe(recipe)
+        try:
+            core.serialize({"$type$": name, "s": value})
+            answers.append(True)
+        except MicrodataError as e:
+            assert e.code == "O2M-RTYC3"
+            answers.append(False)
+    assert answers[0] == answers[1], (src, flags, value, answers)

@@ -487,32 +487,94 @@ def test_register_recipe_conflicts() -> None:
     assert ei.value.code == "OR-GR1"
 
 
-@pytest.mark.parametrize(
-    "rules",
-    [
-        [{"itemprop": "a b"}],
-        [{"itemprop": "a.b"}],
-        [{"itemprop": "<a"}],
-        [{"itemprop": ""}],
-        [{"itemprop": "a"}, {"itemprop": "a"}],
-        [{"itemprop": "a", "itemtype": {"type": "nope"}}],
-        [{"itemprop": "a", "itemtype": {"type": "object", "rules": [{"itemprop": "x", "isId": True}]}}],
-        [{"itemprop": "a", "isId": True, "itemtype": {"type": "object", "rules": []}}],
-        [{"itemprop": "a", "itemtype": {"type": "map", "key": {"type": "array", "item": {"type": "string"}}, "value": {"type": "string"}}}],
-        [{"itemprop": "a", "itemtype": {"type": "string", "regexp": {"$regexp": "(", "flags": ""}}}],
-        [{"itemprop": "a", "inheritFrom": "NoSuchType.x"}],
-        [{"itemprop": "a", "itemtype": {"type": "array"}}],
-    ],
-)
-def test_invalid_recipes(rules: list[dict[str, Any]]) -> None:
-    recipe = {"$type$": "Recipe", "name": "TestInvalid", "rule": rules}
+# Recipe errors and their codes (docs/core-interface.md "Recipe errors"): the same in both cores.
+INVALID_RULES = [
+    ([{"itemprop": "a b"}], "URC-EITP1"),
+    ([{"itemprop": "a.b"}], "URC-EITP1"),
+    ([{"itemprop": "<a"}], "URC-EITP1"),
+    ([{"itemprop": 'a"b'}], "URC-EITP1"),
+    ([{"itemprop": "a\u2028b"}], "URC-EITP1"),
+    ([{"itemprop": ""}], "URC-EITP1"),
+    ([{"itemprop": 5}], "URC-EITP1"),
+    ([{"itemprop": "$type$"}], "URC-EITP1"),
+    ([{"itemprop": "a"}, {"itemprop": "a"}], "URC-EITP2"),
+    ([{"itemprop": "a", "itemtype": {"type": "nope"}}], "URC-ETYPE1"),
+    ([{"itemprop": "a", "itemtype": "string"}], "URC-ETYPE1"),
+    ([{"itemprop": "a", "itemtype": {"type": "string", "min": 1}}], "URC-ETYPE1"),
+    ([{"itemprop": "a", "itemtype": {"type": "referenceToObj", "allowedTypes": ["*"]}}], "URC-ETYPE1"),
+    ([{"itemprop": "a", "itemtype": {"type": "array"}}], "URC-ETYPE1"),
+    ([{"itemprop": "a", "itemtype": {"type": "map", "key": {"type": "string"}}}], "URC-ETYPE1"),
+    ([{"itemprop": "a", "itemtype": {"type": "object", "rules": [{"itemprop": "x", "isId": True}]}}], "URC-ERECI2"),
+    ([{"itemprop": "a", "isId": True, "itemtype": {"type": "object", "rules": []}}], "URC-ERECI1"),
+    ([{"itemprop": "a", "itemtype": {"type": "map", "key": {"type": "array", "item": {"type": "string"}}, "value": {"type": "string"}}}], "URC-EMAPK1"),
+    ([{"itemprop": "a", "itemtype": {"type": "string", "regexp": {"$regexp": "(", "flags": ""}}}], "URC-EREGEX1"),
+    ([{"itemprop": "a", "itemtype": {"type": "string", "regexp": {"$regexp": "a", "flags": 5}}}], "URC-EREGEX1"),
+    ([{"itemprop": "a", "inheritFrom": "NoSuchType.x"}], "URC-EINH1"),
+    ([{"itemprop": "a", "inheritFrom": "Person.nope"}], "URC-EINH1"),
+    ([{"itemprop": "a", "inheritFrom": "nodot"}], "URC-EINH1"),
+    ([{"itemprop": "a", "inheritFrom": 5}], "URC-EINH1"),
+    ([{"itemprop": "a", "inheritFrom": {"rule": "Person.email", "extract": "CollectionItemType"}}], "URC-EINH1"),
+    ([{"itemprop": "a", "inheritFrom": {"rule": "Person.email", "extract": "MapItemType"}}], "URC-EINH1"),
+    ([{"itemprop": "a", "inheritFrom": {"rule": "Person.email", "extract": "Other"}}], "URC-EINH1"),
+    ([{"itemprop": "a", "optional": "yes"}], "URC-ERULES1"),
+    ([{"itemprop": "a", "unknown": 1}], "URC-ERULES1"),
+    (["a"], "URC-ERULES1"),
+    ("a", "URC-ERULES1"),
+    ([{"itemprop": "a", "itemtype": {"type": "object"}}], "URC-ERULES1"),
+]
+
+INVALID_RECIPES = [
+    ({"$type$": "Recipe", "name": "TestInvalid", "rule": rules}, code) for rules, code in INVALID_RULES
+] + [
+    ({"$type$": "Recipe", "name": "", "rule": []}, "URC-ENAME1"),
+    ({"$type$": "Recipe", "rule": []}, "URC-ENAME1"),
+    ({"$type$": "Recipe", "name": 5, "rule": []}, "URC-ENAME1"),
+    ({"$type$": "Recipe", "name": 'Test"Invalid', "rule": []}, "URC-ENAME1"),
+    ({"$type$": "Recipe", "name": "Test>Invalid", "rule": []}, "URC-ENAME1"),
+    ({"$type$": "Recipe", "name": "Test<Invalid", "rule": []}, "URC-ENAME1"),
+    ({"$type$": "Recipe", "name": "Test Invalid", "rule": []}, "URC-ENAME1"),
+    ({"$type$": "Recipe", "name": "Test\u2028Invalid", "rule": []}, "URC-ENAME1"),
+    ({"$type$": "Recipe", "name": "Test\ufeffInvalid", "rule": []}, "URC-ENAME1"),
+    ({"$type$": "Other", "name": "TestInvalid", "rule": []}, "URC-ERECIPE1"),
+    ({"$type$": "Recipe", "name": "TestInvalid", "rule": [], "extra": 1}, "URC-ERECIPE1"),
+    ({"$type$": "Recipe", "name": "TestInvalid", "rule": [], "crdtConfig": {"a": "b"}}, "URC-ECRDT1"),
+    ({"$type$": "Recipe", "name": "TestInvalid"}, "URC-ERULES1"),
+    ([], "URC-ERECIPE1"),
+]
+
+
+@pytest.mark.parametrize(("recipe", "code"), INVALID_RECIPES)
+def test_invalid_recipes(recipe: Any, code: str) -> None:
     with pytest.raises(RecipeError) as ei:
         core.register_recipe(json.dumps(recipe))
-    assert ei.value.code.startswith(("URC-", "OR-"))
-    assert "TestInvalid" not in core.recipe_names()
+    assert ei.value.code == code
+    assert str(ei.value).startswith(f"{code}: ")
+    assert not any(n.startswith("Test") and ("Invalid" in n) for n in core.recipe_names())
+
+
+def test_invalid_recipe_json() -> None:
+    with pytest.raises(RecipeError) as ei:
+        core.register_recipe("{not json")
+    assert ei.value.code == "URC-ERECIPE1"
+
+
+def test_recipe_name_rule() -> None:
+    """objects.md §1.1: names go raw into itemtype="//refin.io/NAME"; anything that would end
+    the attribute or the header is refused, other characters round-trip."""
+    name = "Test.Name_ü😀-1"
+    core.register_recipe(json.dumps({"$type$": "Recipe", "name": name, "rule": [{"itemprop": "a"}]}))
+    md = core.serialize({"$type$": name, "a": "x"})
+    assert core.type_of(md) == (name, False)
+    assert core.parse(md) == {"$type$": name, "a": "x"}
+
+
+def _resolved(name: str) -> dict[str, Any]:
+    return {r["itemprop"]: r for r in json.loads(core.resolved_recipe(name))["rule"]}
 
 
 def test_rule_inheritance() -> None:
+    """objects.md §1.9 with its correction: one level, CollectionItemType applied, MapItemType
+    never applied, isId not inherited, optional inherited unless the rule sets it."""
     core.register_recipe(json.dumps({
         "$type$": "Recipe", "name": "TestInheritBase",
         "rule": [
@@ -531,42 +593,260 @@ def test_rule_inheritance() -> None:
             {"itemprop": "entry", "inheritFrom": {"rule": "TestInheritBase.m",
                                                   "extract": "MapItemType"}},
             {"itemprop": "k", "inheritFrom": "TestInheritBase.k"},
-            {"itemprop": "self", "inheritFrom": "TestInherit.t", "optional": True},
+            {"itemprop": "self", "inheritFrom": "TestInherit.one", "optional": True},
         ],
     }))
     assert not core.is_versioned("TestInherit")  # isId is not inherited
-    obj = {"$type$": "TestInherit", "t": [2, 1], "one": 5, "entry": {"key": "x", "value": H1}}
+    obj = {"$type$": "TestInherit", "t": [2, 1], "one": 5, "entry": {"x": H1}}
     md = core.serialize(obj)
     assert md == (
         '<div itemscope itemtype="//refin.io/TestInherit"><ul itemprop="t"><li>1</li><li>2</li>'
-        '</ul><span itemprop="one">5</span><div itemprop="entry"><span itemprop="key">x</span>'
-        f'<a itemprop="value" data-type="obj">{H1}</a></div></div>'
+        '</ul><span itemprop="one">5</span><dl itemprop="entry"><dt>x</dt>'
+        f'<dd><a data-type="obj">{H1}</a></dd></dl></div>'
     )
-    assert core.parse(md) == {"$type$": "TestInherit", "t": [1, 2], "one": 5,
-                              "entry": {"key": "x", "value": H1}}
+    assert core.parse(md) == {"$type$": "TestInherit", "t": [1, 2], "one": 5, "entry": {"x": H1}}
+    with pytest.raises(MicrodataError) as ei:  # the MapItemType shape is not what ONE writes
+        core.serialize({**obj, "entry": {"key": "x", "value": H1}})
+    assert ei.value.code == "O2M-RTYC4"
+    r = _resolved("TestInherit")
+    assert r["entry"]["itemtype"]["type"] == "map"
+    assert r["one"]["itemtype"] == {"type": "integer"}
+    assert r["k"] == {"itemprop": "k", "itemtype": {"type": "string"}, "optional": True, "isId": False}
+    assert r["self"]["optional"] is True
+
+
+def test_inheritance_chains_resolve_one_level() -> None:
+    """A rule inheriting from a rule that itself inherits gets that rule's *unresolved* form
+    (objects.md §1.9 correction): no itemtype, so a plain string -- over 2 and 3 levels, within
+    one recipe and across recipes."""
+    core.register_recipe(json.dumps({
+        "$type$": "Recipe", "name": "TestChainA",
+        "rule": [
+            {"itemprop": "n", "itemtype": {"type": "integer"}},
+            {"itemprop": "l", "itemtype": {"type": "array", "item": {"type": "integer"}}},
+        ],
+    }))
+    core.register_recipe(json.dumps({
+        "$type$": "Recipe", "name": "TestChainB",
+        "rule": [
+            {"itemprop": "n1", "inheritFrom": "TestChainA.n"},            # one level: integer
+            {"itemprop": "n2", "inheritFrom": "TestChainB.n1"},           # two levels: string
+            {"itemprop": "n3", "inheritFrom": "TestChainB.n2", "optional": True},  # three: string
+            {"itemprop": "l1", "inheritFrom": "TestChainA.l", "optional": True},
+        ],
+    }))
+    core.register_recipe(json.dumps({
+        "$type$": "Recipe", "name": "TestChainC",
+        "rule": [
+            {"itemprop": "c1", "inheritFrom": "TestChainB.n1"},           # across recipes too
+            {"itemprop": "c2", "inheritFrom": {"rule": "TestChainA.l",
+                                               "extract": "CollectionItemType"}, "optional": True},
+        ],
+    }))
+    # TestChainB.l1 is written without an itemtype: no collection to extract an item from
+    with pytest.raises(RecipeError) as ei:
+        core.register_recipe(json.dumps({"$type$": "Recipe", "name": "TestChainD", "rule": [
+            {"itemprop": "d", "inheritFrom": {"rule": "TestChainB.l1",
+                                              "extract": "CollectionItemType"}}]}))
+    assert ei.value.code == "URC-EINH1"
+    r = _resolved("TestChainB")
+    assert r["n1"]["itemtype"] == {"type": "integer"}
+    assert r["n2"]["itemtype"] == {"type": "string"}
+    assert r["n3"]["itemtype"] == {"type": "string"}
+    assert (r["n3"]["optional"], r["n2"]["optional"]) == (True, False)
+    md = core.serialize({"$type$": "TestChainB", "n1": 1, "n2": "two", "n3": "three"})
+    assert md == (
+        '<div itemscope itemtype="//refin.io/TestChainB"><span itemprop="n1">1</span>'
+        '<span itemprop="n2">two</span><span itemprop="n3">three</span></div>'
+    )
+    with pytest.raises(MicrodataError) as ei:
+        core.serialize({"$type$": "TestChainB", "n1": 1, "n2": 2})
+    assert ei.value.code == "O2M-RTYC1"
+    c = _resolved("TestChainC")
+    assert c["c1"]["itemtype"] == {"type": "string"}
+    assert c["c2"]["itemtype"] == {"type": "integer"}
 
 
 def test_recursive_inheritance_questionnaire() -> None:
+    """Questionnaire.item contains items inheriting from Questionnaire.item: one level is
+    resolved, the item below the second level is a plain string (objects.md §1.9)."""
     item = {"linkId": "1", "type": "group",
-            "item": [{"linkId": "1.1", "type": "string", "item": [{"linkId": "1.1.1", "type": "display"}]}]}
+            "item": [{"linkId": "1.1", "type": "string", "item": "1.1.1"}]}
     obj = {"$type$": "Questionnaire_2_0_0", "resourceType": "Questionnaire", "status": "active",
            "item": [item]}
     md = core.serialize(obj)
-    assert md.count('<ol itemprop="item">') == 3
+    assert md.count('<ol itemprop="item">') == 2
+    assert '<span itemprop="item">1.1.1</span>' in md
     assert core.parse(md) == obj
-
-
-def test_js_regexp_semantics() -> None:
-    base = {"$type$": "ChannelRegistry", "channels": set()}
-    core.serialize({**base, "id": "ChannelRegistry"})
-    # JS '$' matches only at the very end (Python's would also match before a final newline)
+    deeper = {**obj, "item": [{**item, "item": [{"linkId": "1.1", "type": "string",
+                                                  "item": [{"linkId": "1.1.1", "type": "display"}]}]}]}
     with pytest.raises(MicrodataError) as ei:
-        core.serialize({**base, "id": "ChannelRegistry\n"})
+        core.serialize(deeper)
+    assert ei.value.code == "O2M-RTYC1"
+    q = _resolved("Questionnaire_2_0_0")["item"]["itemtype"]["item"]["rules"]
+    level2 = next(r for r in q if r["itemprop"] == "item")["itemtype"]["item"]["rules"]
+    assert next(r for r in level2 if r["itemprop"] == "item")["itemtype"] == {"type": "string"}
+
+
+def _assert_normalized(rules: list[dict[str, Any]]) -> None:
+    for rule in rules:
+        assert sorted(rule) == ["isId", "itemprop", "itemtype", "optional"]
+        t = rule["itemtype"]
+        while t["type"] in ("array", "bag", "set"):
+            t = t["item"]
+        if t["type"] == "object":
+            _assert_normalized(t["rules"])
+
+
+def test_resolved_recipe() -> None:
+    person = json.loads(core.resolved_recipe("Person"))
+    assert person == {"name": "Person", "rule": [
+        {"itemprop": "email", "itemtype": {"type": "string"}, "optional": False, "isId": True},
+        {"itemprop": "name", "itemtype": {"type": "string"}, "optional": True, "isId": False},
+    ]}
+    keys = json.loads(core.resolved_recipe("Keys"))["rule"]
+    assert keys[1]["itemtype"] == {"type": "string",
+                                   "regexp": {"$regexp": "^[A-Za-z0-9+/]{64}$", "flags": ""}}
+    for e in RECIPES:  # every rule of every recipe resolved, no inheritFrom left
+        r = json.loads(core.resolved_recipe(e["recipe"]["name"]))
+        _assert_normalized(r["rule"])
+        assert r["name"] == e["recipe"]["name"]
+        assert [x["itemprop"] for x in r["rule"]] == [x["itemprop"] for x in e["recipe"]["rule"]]
+        assert r.get("crdtConfig") == e["recipe"].get("crdtConfig")
+    with pytest.raises(RecipeError) as ei:
+        core.resolved_recipe("NoSuchRecipe")
+    assert ei.value.code == "OR-GR1"
+
+
+def test_js_regexp_reference_rejections() -> None:
+    """Values the reference refuses with O2M-RTYC3 (its RegExps are JavaScript's: UTF-16 code
+    units, '.' matching no line terminator)."""
+    leute = {"$type$": "Leute", "me": H1, "other": [], "group": []}
+    core.serialize({**leute, "appId": "one.leute"})
+    core.serialize({**leute, "appId": "one\u00e9leute"})
+    for app_id in ("one\U0001F600leute", "one\rleute", "one\nleute", "one\u2029leute"):
+        with pytest.raises(MicrodataError) as ei:
+            core.serialize({**leute, "appId": app_id})
+        assert ei.value.code == "O2M-RTYC3", app_id
+    iom = {"$type$": "IoMRequestsRegistry", "requests": set()}
+    core.serialize({**iom, "appId": "one.iom"})
+    with pytest.raises(MicrodataError) as ei:
+        core.serialize({**iom, "appId": "one\u2028iom"})
     assert ei.value.code == "O2M-RTYC3"
-    # unanchored patterns are searched, like RegExp.prototype.test
-    q = {"$type$": "Questionnaire_2_0_0", "resourceType": "xxQuestionnairexx", "status": "draft",
-         "item": []}
-    core.serialize(q)
+    # parsing checks the same RegExp (M2O-PV3)
+    md = core.serialize({**iom, "appId": "one.iom"}).replace("one.iom", "one\u2028iom")
+    with pytest.raises(MicrodataError) as ei:
+        core.parse(md)
+    assert ei.value.code == "M2O-PV3"
+
+
+_regexp_names = iter(range(10**6))
+
+
+def _regexp_type(src: str, flags: str = "") -> str:
+    name = f"TestRegexp{next(_regexp_names)}"
+    core.register_recipe(json.dumps({"$type$": "Recipe", "name": name, "rule": [
+        {"itemprop": "s", "itemtype": {"type": "string", "regexp": {"$regexp": src, "flags": flags}}}]}))
+    return name
+
+
+def _matches(type_name: str, value: str) -> bool:
+    try:
+        core.serialize({"$type$": type_name, "s": value})
+        return True
+    except MicrodataError as e:
+        assert e.code == "O2M-RTYC3"
+        return False
+
+
+# (source, flags, value, RegExp.prototype.test in JavaScript)
+JS_REGEXP_CASES = [
+    ("^one.leute$", "", "one\U0001F600leute", False),   # '.' is one UTF-16 unit
+    ("^one..leute$", "", "one\U0001F600leute", True),
+    ("^one.leute$", "u", "one\U0001F600leute", True),   # with u: one code point
+    ("\U0001F600", "", "\U0001F600", True),
+    ("^[\U0001F600]$", "", "\U0001F600", False),         # a class of two units
+    ("^[\U0001F600]{2}$", "", "\U0001F600", True),
+    ("^\\uD83D\\uDE00$", "", "\U0001F600", True),
+    ("^\\uD83D", "", "\U0001F600", True),
+    ("^[\\uD800-\\uDBFF][\\uDC00-\\uDFFF]$", "", "\U0001F601", True),
+    ("^[\\u0000-\\uFFFF]{2}$", "", "\U0001F600", True),
+    ("^\\u{1F600}$", "u", "\U0001F600", True),
+    ("^\\S+$", "", "\U0001F600", True),
+    ("^.$", "", "\n", False),
+    ("^.$", "", "\r", False),
+    ("^.$", "", "\u2028", False),
+    ("^.$", "", "\u2029", False),
+    ("^.$", "s", "\u2028", True),
+    ("^\\d$", "", "\u0663", False),                      # ASCII \d, \w, \b
+    ("^\\w$", "", "\u00e9", False),
+    ("\\b\u00e9", "", "\u00e9", False),
+    ("^\\s$", "", "\ufeff", True),
+    ("^(?=a)a$", "", "a", True),
+    ("^(a)\\1$", "", "aa", True),
+    ("^(?<x>a)\\k<x>$", "", "aa", True),
+    ("(?<=a)b", "", "ab", True),
+    ("[^]", "", "\n", True),
+    ("^\\cJ$", "", "\n", True),
+    ("^\\0$", "", "\x00", True),
+    ("^a{,2}$", "", "a{,2}", True),                      # Annex B: a literal
+    ("^a{,2}$", "", "aa", False),
+    ("^]$", "", "]", True),
+    ("^\\p{L}$", "u", "\u00e9", True),
+    ("^\\p{L}$", "", "p{L}", True),                     # without u: \p is 'p'
+    ("^[a-\\d]+$", "", "a-1", True),
+    ("^\u00e9$", "i", "\u00c9", True),
+    ("ChannelRegistry$", "", "ChannelRegistry\n", False),  # '$' is the very end
+    ("Questionnaire", "", "xxQuestionnairexx", True),    # test() searches
+    ("a", "y", "ba", False),                             # sticky: at index 0 only
+    ("a", "y", "ab", True),
+    ("a", "g", "ba", True),
+]
+
+
+@pytest.mark.parametrize(("src", "flags", "value", "expected"), JS_REGEXP_CASES)
+def test_js_regexp_semantics(src: str, flags: str, value: str, expected: bool) -> None:
+    assert _matches(_regexp_type(src, flags), value) is expected
+
+
+@pytest.mark.parametrize(("src", "flags"), [
+    ("(", ""), ("a**", ""), ("[b-a]", ""), ("[\U0001F600-\U0001F60E]", ""), ("x{2,1}", ""),
+    ("\\", ""), ("\\-", "u"), ("\\p{Nope}", "u"), ("a", "gg"), ("a", "uv"), ("a", "x"),
+    ("(?<n>a)(?<n>b)", ""),
+])
+def test_invalid_js_regexps(src: str, flags: str) -> None:
+    with pytest.raises(RecipeError) as ei:
+        _regexp_type(src, flags)
+    assert ei.value.code == "URC-EREGEX1"
+
+
+@pytest.mark.timeout(20)
+@pytest.mark.parametrize("src", ["^(a+)+$", "^(a|aa)*$", "^((a+))*$", "^([a-z]|_)*$"])
+def test_regexp_backtracking_fails_closed(src: str) -> None:
+    """Patterns that can backtrack exponentially are not evaluated: a clear error instead of
+    a hang (docs/core-interface.md, LAMA-REGEXP-UNSAFE), in serialize and in parse."""
+    t = _regexp_type(src)
+    with pytest.raises(MicrodataError) as ei:
+        core.serialize({"$type$": t, "s": "a" * 34 + "b"})
+    assert ei.value.code == "LAMA-REGEXP-UNSAFE"
+    md = f'<div itemscope itemtype="//refin.io/{t}"><span itemprop="s">{"a" * 34}b</span></div>'
+    with pytest.raises(MicrodataError) as ei:
+        core.parse(md)
+    assert ei.value.code == "LAMA-REGEXP-UNSAFE"
+
+
+@pytest.mark.timeout(20)
+def test_builtin_regexps_are_evaluated() -> None:
+    """The built-in patterns (nested but unambiguous groups included) are all evaluated."""
+    for src, good, bad in [
+        ("^([0-9a-fA-F]{2})*$", "ab" * 40, "ab" * 40 + "a"),
+        ("\\s*(\\S|\\s)*", " x" * 40, None),
+        ("^-?(0|[1-9][0-9]*)(\\.[0-9]+)?([eE][+-]?[0-9]+)?$", "-12.5e+3", "1" * 40 + "x"),
+    ]:
+        t = _regexp_type(src)
+        assert _matches(t, good)
+        if bad is not None:
+            assert not _matches(t, bad)
 
 
 def test_sets_of_unhashable_items() -> None:

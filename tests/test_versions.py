@@ -558,3 +558,25 @@ def test_conflict_error_surfaces_when_the_race_never_ends(store: Any) -> None:
     assert racing.raced == versions.MAX_ATTEMPTS
     titles = [store.get_object(v.hash)["title"] for v in versions.history(store, core.id_hash(note()))]
     assert "mine" not in titles and len(titles) == 1 + versions.MAX_ATTEMPTS
+
+
+def test_merge_uses_the_cores_resolved_inheritance(store: Any) -> None:
+    """crdt takes rule types from core.resolved_recipe: a rule inheriting a set merges as a set;
+    a rule inheriting from that rule is a plain string in ONE (objects.md §1.9, one level) and
+    merges as a register."""
+    name = "TestInheritNote"
+    core.register_recipe(json.dumps({"$type$": "Recipe", "name": name, "rule": [
+        {"itemprop": "id", "isId": True},
+        {"itemprop": "labels", "inheritFrom": f"{NOTE}.tags"},
+        {"itemprop": "plain", "inheritFrom": f"{name}.labels", "optional": True},
+    ]}))
+
+    def obj(**kw: Any) -> dict[str, Any]:
+        return {"$type$": name, "id": "i1", **kw}
+
+    e0 = versions.store_versioned(store, obj(labels={"x", "y"}, plain="a"), timestamp_ms=T0)
+    versions.store_versioned(store, obj(labels={"y"}, plain="b"), timestamp_ms=T0 + 5)
+    branch = fork(store, e0.node_hash, obj(labels={"x", "y", "z"}, plain="c"), T0 + 9)
+    versions.merge_node(store, branch)
+    assert versions.current(store, e0.id_hash) == {
+        "$type$": name, "id": "i1", "labels": {"y", "z"}, "plain": "c"}

@@ -19,7 +19,7 @@ from .microdata import (
     sha256_hex,
     type_of,
 )
-from .recipes import is_versioned, recipe_json, recipe_names, register_recipe
+from .recipes import is_versioned, recipe_json, recipe_names, register_recipe, resolved_recipe
 from .store import BlobWriter, Store
 from .crypto import *  # noqa: F401,F403  (crypto primitives, listed in crypto.__all__)
 from . import crypto as _crypto
@@ -31,6 +31,7 @@ __all__ = [
     "register_recipe",
     "recipe_names",
     "recipe_json",
+    "resolved_recipe",
     "is_versioned",
     "serialize",
     "parse",

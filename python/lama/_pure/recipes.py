@@ -7,10 +7,10 @@ where a set is ``{"$set": [...]}`` (``allowedTypes``) and a RegExp is
 
 At registration a recipe is validated (§3 "Recipe validity checks") and compiled once into
 :class:`Rule` / :class:`ValueType` objects: rule inheritance (``inheritFrom``, §1.9) is
-resolved, regular expressions are translated from JavaScript syntax and compiled, and the
+resolved, regular expressions are compiled with JavaScript semantics (``jsregex``), and the
 exact opening/closing tags of every rule are precomputed, so that serializing and parsing never
-look at the recipe JSON again.  Inheritance may be recursive (``Questionnaire.item`` contains
-items that inherit from ``Questionnaire.item``): the compiled value types then form a cycle.
+look at the recipe JSON again.  Inheritance is resolved one level deep, as the reference does
+(objects.md §1.9 "Correction"), so compiled types are always a finite tree.
 
 The module-level registry is pre-loaded with the built-in recipes of
 ``lama/data/builtin_recipes.json`` (one.core's ``CORE_RECIPES`` and the one.models recipes).
@@ -26,6 +26,7 @@ from typing import Any
 
 from ..errors import RecipeError
 from .jsonstar import stringify
+from .jsregex import JsRegex, JsRegexError
 
 __all__ = [
     "ValueType",
@@ -34,10 +35,10 @@ __all__ = [
     "register_recipe",
     "recipe_names",
     "recipe_json",
+    "resolved_recipe",
     "is_versioned",
     "get_recipe",
     "find_recipe",
-    "js_regex",
 ]
 
 PRIMITIVE_KINDS = frozenset({"string", "integer", "number", "boolean", "stringifiable"})
@@ -52,14 +53,39 @@ ALL_KINDS = PRIMITIVE_KINDS | set(REFERENCE_KINDS) | set(COLLECTION_KINDS) | {"m
 #: Item kinds whose Python values are unhashable: a ``set`` of those is a ``list`` in Python.
 UNHASHABLE_KINDS = frozenset({"object", "map", "array", "bag"})
 
-_ITEMPROP_BAD = re.compile(r"[<>.\s]")
-_NAME_OK = re.compile(r'[^"<>\s]+\Z')
+#: JavaScript ``\s`` (WhiteSpace and LineTerminator): the white space recipe checks forbid.
+_JS_SPACE = "\t\n\v\f\r \u00a0\u1680" + "".join(map(chr, range(0x2000, 0x200B))) + (
+    "\u2028\u2029\u202f\u205f\u3000\ufeff"
+)
+#: objects.md §3: no ``<``, ``>``, ``.`` or white space; ``"`` would end the itemprop attribute.
+_ITEMPROP_BAD = re.compile("[<>.\"" + re.escape(_JS_SPACE) + "]")
+#: objects.md §1.1: the name is written raw into ``itemtype="//refin.io/NAME"`` and read back up
+#: to the first ``">``: non-empty, no ``"``, ``<``, ``>`` or white space (URC-ENAME1).
+_NAME_BAD = re.compile("[\"<>" + re.escape(_JS_SPACE) + "]")
+_RECIPE_KEYS = frozenset({"$type$", "name", "rule", "crdtConfig"})
+_RULE_KEYS = frozenset({"itemprop", "itemtype", "inheritFrom", "optional", "isId"})
+_TYPE_KEYS = {
+    "string": {"type", "regexp"},
+    "integer": {"type", "min", "max"},
+    "number": {"type", "min", "max"},
+    "boolean": {"type"},
+    "stringifiable": {"type"},
+    "referenceToClob": {"type"},
+    "referenceToBlob": {"type"},
+    "referenceToObj": {"type", "allowedTypes"},
+    "referenceToId": {"type", "allowedTypes"},
+    "array": {"type", "item"},
+    "bag": {"type", "item"},
+    "set": {"type", "item"},
+    "map": {"type", "key", "value"},
+    "object": {"type", "rules"},
+}
 
 
 class ValueType:
     """A compiled ``itemtype``.
 
-    ``kind`` is the ONE type name; ``regex`` (strings) is a compiled Python pattern and
+    ``kind`` is the ONE type name; ``regex`` (strings) is a compiled JavaScript RegExp and
     ``regex_src`` its JavaScript source; ``item`` (array/bag/set), ``key``/``value`` (map) and
     ``rules`` (object) describe the contents; ``ref`` is the ``data-type`` of references.
     ``nopen``/``nclose`` are the tags of the nested (itemprop-less) form, empty for primitives.
@@ -72,7 +98,7 @@ class ValueType:
 
     def __init__(self, kind: str) -> None:
         self.kind = kind
-        self.regex: re.Pattern[str] | None = None
+        self.regex: JsRegex | None = None
         self.regex_src: str | None = None
         self.item: ValueType | None = None
         self.key: ValueType | None = None
@@ -101,7 +127,7 @@ class Rule:
     error messages.
     """
 
-    __slots__ = ("itemprop", "itemtype", "optional", "is_id", "raw", "open", "close", "_inherit")
+    __slots__ = ("itemprop", "itemtype", "optional", "is_id", "raw", "open", "close")
 
     def __init__(self, raw: dict[str, Any]) -> None:
         self.raw = raw
@@ -110,7 +136,6 @@ class Rule:
         self.optional = raw.get("optional") is True
         self.is_id = raw.get("isId") is True
         self.open = self.close = ""
-        self._inherit: Any = raw.get("inheritFrom")
 
     def finalize(self) -> None:
         """Compute the top-level tags once the item type is known."""
@@ -147,66 +172,6 @@ class Recipe:
         self.versioned = bool(self.id_rules)
         self.json_text = json.dumps(raw, ensure_ascii=False, separators=(",", ":"))
         self.rule_by_prop = {r.itemprop: r for r in rules}
-
-
-# --------------------------------------------------------------------------------------------
-# JavaScript regular expressions
-
-
-def js_regex(src: str, flags: str = "") -> re.Pattern[str]:
-    """Compile a JavaScript RegExp source for use with ``search`` (``RegExp.prototype.test``).
-
-    Translates the differences that matter for recipe patterns: ``$`` (end of input unless
-    ``m``), ``\\d``/``\\w`` (ASCII only in JS), named groups ``(?<n>``; flags ``i``, ``m``, ``s``.
-    """
-    out: list[str] = []
-    in_class = False
-    multiline = "m" in flags
-    i, n = 0, len(src)
-    while i < n:
-        c = src[i]
-        if c == "\\" and i + 1 < n:
-            e = src[i + 1]
-            if e == "d":
-                out.append("0-9" if in_class else "[0-9]")
-            elif e == "w":
-                out.append("A-Za-z0-9_" if in_class else "[A-Za-z0-9_]")
-            elif e == "D" and not in_class:
-                out.append("[^0-9]")
-            elif e == "W" and not in_class:
-                out.append("[^A-Za-z0-9_]")
-            elif e == "/":
-                out.append("/")
-            else:
-                out.append(c + e)
-            i += 2
-            continue
-        if in_class:
-            if c == "]":
-                in_class = False
-            out.append(c)
-        elif c == "[":
-            in_class = True
-            out.append(c)
-            if src.startswith("^]", i + 1) or src.startswith("]", i + 1):
-                raise re.error("empty or negated-empty character class is not supported")
-        elif c == "$" and not multiline:
-            out.append(r"\Z")
-        elif c == "(" and src.startswith("(?<", i) and not src.startswith(("(?<=", "(?<!"), i):
-            out.append("(?P<")
-            i += 3
-            continue
-        else:
-            out.append(c)
-        i += 1
-    pyflags = 0
-    if "i" in flags:
-        pyflags |= re.IGNORECASE
-    if multiline:
-        pyflags |= re.MULTILINE
-    if "s" in flags:
-        pyflags |= re.DOTALL
-    return re.compile("".join(out), pyflags)
 
 
 # --------------------------------------------------------------------------------------------
@@ -253,8 +218,6 @@ class _Compiler:
         self.registry = registry
         self.name = name
         self.all_rules: list[Rule] = []
-        self.top: dict[str, Rule] = {}
-        self.resolving: set[int] = set()
 
     def fail(self, code: str, msg: str) -> RecipeError:
         return RecipeError(f"{code}: Recipe {self.name!r}: {msg}", code)
@@ -279,20 +242,17 @@ class _Compiler:
             for flag in ("optional", "isId"):
                 if flag in raw and not isinstance(raw[flag], bool):
                     raise self.fail("URC-ERULES1", f"{flag} of {prop!r} must be a boolean")
+            unknown = sorted(set(raw) - _RULE_KEYS)
+            if unknown:
+                raise self.fail("URC-ERULES1", f"unknown key {unknown[0]!r} in rule {prop!r}")
             if nested and raw.get("isId") is True:
                 raise self.fail("URC-ERECI2", f"nested rule {prop!r} cannot have isId")
             rule = Rule(raw)
             self.all_rules.append(rule)
             if "itemtype" in raw:
                 rule.itemtype = self.compile_type(raw["itemtype"], prop)
-            elif rule._inherit is None:
+            else:
                 rule.itemtype = ValueType("string")
-            inh = rule._inherit
-            if inh is not None and not (
-                isinstance(inh, str)
-                or (isinstance(inh, dict) and isinstance(inh.get("rule"), str))
-            ):
-                raise self.fail("URC-EINH1", f"invalid inheritFrom of {prop!r}: {inh!r}")
             rules.append(rule)
         return rules
 
@@ -302,6 +262,18 @@ class _Compiler:
         kind = raw["type"]
         if kind not in ALL_KINDS:
             raise self.fail("URC-ETYPE1", f"unknown type {kind!r} of {prop!r}")
+        unknown = sorted(set(raw) - _TYPE_KEYS[kind])
+        if unknown:
+            raise self.fail("URC-ETYPE1", f"unexpected key {unknown[0]!r} in itemtype of {prop!r}")
+        allowed = raw.get("allowedTypes")
+        if allowed is not None and not (
+            isinstance(allowed, dict)
+            and isinstance(allowed.get("$set"), list)
+            and all(isinstance(x, str) for x in allowed["$set"])
+        ):
+            raise self.fail(
+                "URC-ETYPE1", f"allowedTypes of {prop!r} must be {{\"$set\": [string, ...]}}"
+            )
         t = ValueType(kind)
         if kind == "string" and raw.get("regexp") is not None:
             rx = raw["regexp"]
@@ -311,9 +283,11 @@ class _Compiler:
                 src, flags = rx, ""
             else:
                 raise self.fail("URC-EREGEX1", f"invalid regexp of {prop!r}: {rx!r}")
+            if not isinstance(flags, str):
+                raise self.fail("URC-EREGEX1", f"invalid regexp flags of {prop!r}: {flags!r}")
             try:
-                t.regex = js_regex(src, flags)
-            except (re.error, TypeError) as e:
+                t.regex = JsRegex(src, flags)
+            except JsRegexError as e:
                 raise self.fail("URC-EREGEX1", f"invalid regexp {src!r} of {prop!r}: {e}") from None
             t.regex_src = src
         elif kind in COLLECTION_KINDS:
@@ -335,68 +309,132 @@ class _Compiler:
             t.rules = self.compile_rules(raw.get("rules"), nested=True)
         return t
 
-    # inheritance (§1.9)
-
-    def resolve_all(self) -> None:
-        i = 0
-        while i < len(self.all_rules):  # MapItemType extraction may append rules
-            self.resolve(self.all_rules[i])
-            i += 1
+    def finalize_all(self) -> None:
         for r in self.all_rules:
             r.finalize()
 
-    def resolve(self, rule: Rule) -> None:
-        inh = rule._inherit
+
+# --------------------------------------------------------------------------------------------
+# inheritance (objects.md §1.9, with its correction: one level, no MapItemType)
+
+
+class _Inheritance:
+    """Resolves ``inheritFrom`` the way the reference does (objects.md §1.9 "Correction"):
+    every rule of the recipe's own tree that has ``inheritFrom`` is replaced by the *unresolved*
+    target rule (as written in its recipe) overlaid with the rule's own fields; ``inheritFrom``
+    and ``isId`` of the target are dropped, and rules below the copied target keep no
+    ``inheritFrom`` (so they are plain strings unless they have an itemtype: the Questionnaire
+    ``item`` below the second level).  ``extract: 'CollectionItemType'`` takes the target's
+    ``item``; ``extract: 'MapItemType'`` is checked but never applied (the rule stays a map).
+    The result has no ``inheritFrom`` left, so compiled types form a finite tree."""
+
+    def __init__(self, registry: dict[str, Recipe], name: str, top: list[Any]) -> None:
+        self.registry = registry
+        self.name = name
+        self.top = top
+
+    def fail(self, msg: str) -> RecipeError:
+        return RecipeError(f"URC-EINH1: Recipe {self.name!r}: {msg}", "URC-EINH1")
+
+    def rules(self, rules: list[Any]) -> list[Any]:
+        return [self.rule(r) if isinstance(r, dict) else r for r in rules]
+
+    def itemtype(self, t: Any) -> Any:
+        if not isinstance(t, dict):
+            return t
+        out = dict(t)
+        if isinstance(out.get("rules"), list):
+            out["rules"] = self.rules(out["rules"])
+        for k in ("item", "key", "value"):
+            if k in out:
+                out[k] = self.itemtype(out[k])
+        return out
+
+    def rule(self, raw: dict[str, Any]) -> dict[str, Any]:
+        own = {k: v for k, v in raw.items() if k != "inheritFrom"}
+        if "itemtype" in own:
+            own["itemtype"] = self.itemtype(own["itemtype"])
+        inh = raw.get("inheritFrom")
         if inh is None:
-            return
-        if id(rule) in self.resolving:
-            raise self.fail("URC-EINH1", f"circular inheritFrom at {rule.itemprop!r}")
-        self.resolving.add(id(rule))
-        target_path = inh if isinstance(inh, str) else inh["rule"]
-        extract = None if isinstance(inh, str) else inh.get("extract")
-        tname, _, tprop = target_path.rpartition(".")
+            return own
+        if isinstance(inh, str):
+            path, extract = inh, None
+        elif isinstance(inh, dict) and isinstance(inh.get("rule"), str):
+            path, extract = inh["rule"], inh.get("extract")
+        else:
+            raise self.fail(f"invalid inheritFrom {inh!r}")
+        tname, dot, tprop = path.rpartition(".")
+        if not dot:
+            raise self.fail(f"inheritFrom {path!r} is not 'Type.itemprop'")
         if tname == self.name:
-            target = self.top.get(tprop)
+            candidates = self.top
         else:
             rec = self.registry.get(tname)
-            target = rec.rule_by_prop.get(tprop) if rec is not None else None
+            if rec is None:
+                raise self.fail(f"inheritFrom type {tname!r} not found")
+            candidates = rec.raw.get("rule", [])
+        target = next(
+            (r for r in candidates if isinstance(r, dict) and r.get("itemprop") == tprop), None
+        )
         if target is None:
-            raise self.fail("URC-EINH1", f"inheritFrom target {target_path!r} not found")
-        self.resolve(target)
-        ttype = target.itemtype
-        assert ttype is not None
+            raise self.fail(f"inheritFrom target {path!r} not found")
+        eff = {k: v for k, v in target.items() if k not in ("inheritFrom", "isId")}
+        if "itemtype" in eff:
+            eff["itemtype"] = _strip_inherit(eff["itemtype"])
+        ttype = eff.get("itemtype", {"type": "string"})
+        kind = ttype.get("type") if isinstance(ttype, dict) else None
         if extract == "CollectionItemType":
-            if ttype.kind not in COLLECTION_KINDS:
-                raise self.fail("URC-EINH1", f"{target_path!r} is not a collection")
-            ttype = ttype.item
+            if kind not in COLLECTION_KINDS or "item" not in ttype:
+                raise self.fail(f"CollectionItemType of non-collection {path!r}")
+            eff["itemtype"] = ttype["item"]
         elif extract == "MapItemType":
-            if ttype.kind != "map":
-                raise self.fail("URC-EINH1", f"{target_path!r} is not a map")
-            obj = ValueType("object")
-            for prop, sub in (("key", ttype.key), ("value", ttype.value)):
-                r = Rule({"itemprop": prop})
-                r.itemtype = sub
-                obj.rules.append(r)
-                self.all_rules.append(r)
-            ttype = obj
+            if kind != "map":
+                raise self.fail(f"MapItemType of non-map {path!r}")
         elif extract is not None:
-            raise self.fail("URC-EINH1", f"unknown extract {extract!r}")
-        if rule.itemtype is None:  # the rule's own itemtype overrides the inherited one
-            rule.itemtype = ttype
-        if "optional" not in rule.raw:
-            rule.optional = target.optional
-        rule._inherit = None
-        self.resolving.discard(id(rule))
+            raise self.fail(f"unknown extract {extract!r}")
+        eff.update(own)
+        return eff
+
+
+def _strip_inherit(t: Any) -> Any:
+    """A copied target itemtype: rules below it keep their fields but lose ``inheritFrom``."""
+    if not isinstance(t, dict):
+        return t
+    out = dict(t)
+    if isinstance(out.get("rules"), list):
+        out["rules"] = [
+            _strip_inherit_rule(r) if isinstance(r, dict) else r for r in out["rules"]
+        ]
+    for k in ("item", "key", "value"):
+        if k in out:
+            out[k] = _strip_inherit(out[k])
+    return out
+
+
+def _strip_inherit_rule(r: dict[str, Any]) -> dict[str, Any]:
+    out = {k: v for k, v in r.items() if k != "inheritFrom"}
+    if "itemtype" in out:
+        out["itemtype"] = _strip_inherit(out["itemtype"])
+    return out
 
 
 def _compile(registry: dict[str, Recipe], raw: Any) -> Recipe:
     if not isinstance(raw, dict):
         raise RecipeError("URC-ERECIPE1: A recipe must be a JSON object", "URC-ERECIPE1")
     name = raw.get("name")
-    if not isinstance(name, str) or not _NAME_OK.match(name):
-        raise RecipeError(f"URC-ENAME1: Invalid recipe name {name!r}", "URC-ENAME1")
-    if raw.get("$type$", "Recipe") != "Recipe":
+    if not isinstance(name, str) or not name or _NAME_BAD.search(name):
+        raise RecipeError(
+            f"URC-ENAME1: Invalid recipe name {name!r} (non-empty, no '\"', '<', '>' or white "
+            "space)",
+            "URC-ENAME1",
+        )
+    if "$type$" in raw and raw["$type$"] != "Recipe":
         raise RecipeError(f"URC-ERECIPE1: Recipe {name!r}: $type$ must be 'Recipe'", "URC-ERECIPE1")
+    unknown = sorted(set(raw) - _RECIPE_KEYS)
+    if unknown:
+        raise RecipeError(
+            f"URC-ERECIPE1: Unknown recipe key {unknown[0]!r} in recipe {name!r}", "URC-ERECIPE1"
+        )
     crdt = raw.get("crdtConfig")
     if crdt is not None and not (
         isinstance(crdt, dict)
@@ -411,9 +449,14 @@ def _compile(registry: dict[str, Recipe], raw: Any) -> Recipe:
             "URC-ECRDT1",
         )
     c = _Compiler(registry, name)
-    rules = c.compile_rules(raw.get("rule"), nested=False)
-    c.top = {r.itemprop: r for r in rules}
-    c.resolve_all()
+    raw_rules = raw.get("rule")
+    if isinstance(raw_rules, list):
+        raw_rules = _Inheritance(registry, name, raw_rules).rules(raw_rules)
+    rules = c.compile_rules(raw_rules, nested=False)
+    for r in rules:  # the object's own keys (objects.md §1.2), never properties
+        if r.itemprop in ("$type$", "$versionHash$"):
+            raise c.fail("URC-EITP1", f"reserved itemprop {r.itemprop!r}")
+    c.finalize_all()
     for r in rules:
         if r.is_id and r.itemtype is not None and r.itemtype.kind == "object":
             raise c.fail("URC-ERECI1", f"isId rule {r.itemprop!r} cannot have nested rules")
@@ -470,6 +513,41 @@ def get_recipe(name: str) -> Recipe:
 
 def find_recipe(name: str) -> Recipe | None:
     return _registry.get(name)
+
+
+def _normalized_rule(rule: Rule) -> dict[str, Any]:
+    t = rule.itemtype
+    assert t is not None
+    return {
+        "itemprop": rule.itemprop,
+        "itemtype": _normalized_type(t, rule.raw.get("itemtype")),
+        "optional": rule.optional,
+        "isId": rule.is_id,
+    }
+
+
+def _normalized_type(t: ValueType, raw: Any) -> dict[str, Any]:
+    if t.kind == "object":
+        return {"type": "object", "rules": [_normalized_rule(r) for r in t.rules]}
+    out = dict(raw) if isinstance(raw, dict) else {"type": t.kind}
+    if t.item is not None:
+        out["item"] = _normalized_type(t.item, out.get("item"))
+    if t.key is not None and t.value is not None:
+        out["key"] = _normalized_type(t.key, out.get("key"))
+        out["value"] = _normalized_type(t.value, out.get("value"))
+    return out
+
+
+def resolved_recipe(name: str) -> str:
+    """The recipe with inheritance applied (objects.md §1.9), as JSON text:
+    ``{"name", "rule": [{"itemprop", "itemtype", "optional", "isId"}, ...], "crdtConfig"?}``;
+    every rule (nested ones too) has all four keys, ``itemtype`` in the recipe JSON form
+    (default ``{"type": "string"}``).  ``OR-GR1`` if unknown."""
+    rec = get_recipe(name)
+    out: dict[str, Any] = {"name": rec.name, "rule": [_normalized_rule(r) for r in rec.rules]}
+    if rec.raw.get("crdtConfig") is not None:
+        out["crdtConfig"] = rec.raw["crdtConfig"]
+    return json.dumps(out, ensure_ascii=False, separators=(",", ":"))
 
 
 def recipe_json(name: str) -> str:

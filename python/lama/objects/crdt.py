@@ -304,15 +304,18 @@ def resolve_algorithm_id(
 
 
 # --------------------------------------------------------------------------------------------
-# Recipes: rules with inheritance resolved
+# Recipes: rules with inheritance resolved -- by the core (``resolved_recipe``, objects.md §1.9),
+# so the merge sees exactly the types the serializer uses.
 
 _RECIPES: dict[str, dict[str, Any]] = {}
 
 
 def _recipe(type_name: str) -> dict[str, Any]:
+    """The resolved recipe: every rule (nested too) with itemprop, itemtype, optional, isId.
+    Cached: a registered recipe never changes (a different one under its name is OR-ADDR1)."""
     r = _RECIPES.get(type_name)
     if r is None:
-        r = json.loads(core.recipe_json(type_name))
+        r = json.loads(core.resolved_recipe(type_name))
         _RECIPES[type_name] = r
     return r
 
@@ -321,63 +324,11 @@ def _crdt_config(type_name: str) -> list[tuple[str, str]]:
     cfg = _recipe(type_name).get("crdtConfig")
     if not cfg:
         return []
-    if isinstance(cfg, dict) and "$map" in cfg:
-        return [(str(k), str(v)) for k, v in cfg["$map"]]
-    if isinstance(cfg, dict):
-        return [(str(k), str(v)) for k, v in cfg.items()]
-    return [(str(k), str(v)) for k, v in cfg]
-
-
-def _find_rule(type_name: str, prop_path: str) -> dict[str, Any]:
-    rules: list[dict[str, Any]] = _recipe(type_name)["rule"]
-    parts = prop_path.split(".")
-    rule: dict[str, Any] | None = None
-    for i, part in enumerate(parts):
-        rule = next((r for r in rules if r.get("itemprop") == part), None)
-        if rule is None:
-            raise RecipeError(f"inheritFrom target {type_name}.{prop_path} not found", code="OR-GR1")
-        if i + 1 < len(parts):
-            t = _resolve_inherit(rule).get("itemtype", {})
-            while t.get("type") in ("array", "bag", "set"):
-                t = t.get("item", {})
-            rules = t.get("rules", [])
-    assert rule is not None
-    return rule
-
-
-def _resolve_inherit(rule: dict[str, Any]) -> dict[str, Any]:
-    """A rule with ``inheritFrom`` resolved (objects.md §1.9)."""
-    inh = rule.get("inheritFrom")
-    if inh is None:
-        return rule
-    if isinstance(inh, dict):
-        ref, extract = inh.get("rule", ""), inh.get("extract")
-    else:
-        ref, extract = inh, None
-    type_name, _, prop_path = str(ref).partition(".")
-    target = _resolve_inherit(_find_rule(type_name, prop_path))
-    eff = {k: v for k, v in target.items() if k not in ("inheritFrom", "isId")}
-    eff.update({k: v for k, v in rule.items() if k != "inheritFrom"})
-    t = target.get("itemtype", {"type": "string"})
-    if "itemtype" not in rule:
-        if extract == "CollectionItemType":
-            eff["itemtype"] = t.get("item", {"type": "string"})
-        elif extract == "MapItemType":
-            eff["itemtype"] = {
-                "type": "object",
-                "rules": [
-                    {"itemprop": "key", "itemtype": t.get("key", {"type": "string"})},
-                    {"itemprop": "value", "itemtype": t.get("value", {"type": "string"})},
-                ],
-            }
-    return eff
+    return [(str(k), str(v)) for k, v in cfg["$map"]]
 
 
 def _rule_itemtype(rule: dict[str, Any]) -> dict[str, Any]:
-    t = _resolve_inherit(rule).get("itemtype") or {"type": "string"}
-    if isinstance(t, dict) and "inheritFrom" in t:
-        t = _resolve_inherit({"itemprop": "", **t}).get("itemtype") or {"type": "string"}
-    return t
+    return rule["itemtype"]
 
 
 def object_itemtype(type_name: str) -> dict[str, Any]:

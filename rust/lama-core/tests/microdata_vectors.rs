@@ -324,7 +324,7 @@ fn recipe_registry() {
         r#"{"$type$":"Recipe","name":"Bad3","rule":[{"itemprop":"a","itemtype":{"type":"object","rules":[{"itemprop":"x","isId":true}]}}]}"#,
         r#"{"$type$":"Recipe","name":"Bad4","rule":[{"itemprop":"a","itemtype":{"type":"map","key":{"type":"array","item":{"type":"string"}},"value":{"type":"string"}}}]}"#,
         r#"{"$type$":"Recipe","name":"Bad5","rule":[{"itemprop":"a","itemtype":{"type":"nope"}}]}"#,
-        r#"{"$type$":"Recipe","name":"Bad6","rule":[{"itemprop":"a","inheritFrom":"Bad6.a"}]}"#,
+        r#"{"$type$":"Recipe","name":"Bad6","rule":[{"itemprop":"a","inheritFrom":"Bad6.nope"}]}"#,
         r#"{"$type$":"Recipe","name":"Bad7","rule":[{"itemprop":"a","itemtype":{"type":"string","regexp":{"$regexp":"(","flags":""}}}]}"#,
         r#"{"$type$":"Recipe","name":"Bad8","rule":"x"}"#,
         r#"{"$type$":"Recipe","name":"Bad9","rule":[{"itemprop":"$type$"}]}"#,
@@ -349,14 +349,15 @@ fn recipe_registry() {
         (Value::Str("$type$".into()), Value::Str("InhTest".into())),
         (Value::Str("m".into()), Value::Dict(vec![])),
         (Value::Str("l".into()), Value::List(vec![])),
-        (Value::Str("e".into()), Value::Dict(vec![(Value::Str("key".into()), Value::Str("k".into())), (Value::Str("value".into()), Value::Int(3))])),
+        // objects.md §1.9 "Correction": MapItemType is never applied, `e` stays a map
+        (Value::Str("e".into()), Value::Dict(vec![(Value::Str("k".into()), Value::Int(3))])),
         (Value::Str("i".into()), Value::Str(h.clone())),
         (Value::Str("p".into()), Value::Str("x@y".into())),
     ]);
     let md = microdata::serialize(&obj).unwrap();
     assert_eq!(
         md,
-        format!("<div itemscope itemtype=\"//refin.io/InhTest\"><dl itemprop=\"m\"></dl><ul itemprop=\"l\"></ul><div itemprop=\"e\"><span itemprop=\"key\">k</span><span itemprop=\"value\">3</span></div><a itemprop=\"i\" data-type=\"obj\">{h}</a><span itemprop=\"p\">x@y</span></div>")
+        format!("<div itemscope itemtype=\"//refin.io/InhTest\"><dl itemprop=\"m\"></dl><ul itemprop=\"l\"></ul><dl itemprop=\"e\"><dt>k</dt><dd>3</dd></dl><a itemprop=\"i\" data-type=\"obj\">{h}</a><span itemprop=\"p\">x@y</span></div>")
     );
     assert!(!microdata::is_versioned("InhTest").unwrap(), "isId is not inherited");
     assert_eq!(microdata::parse(&md).unwrap(), obj);
@@ -440,10 +441,31 @@ fn recursive_recipe_and_depth_limit() {
         "<div itemscope itemtype=\"//refin.io/Tree\"><ol itemprop=\"node\"><li><div><span itemprop=\"v\">root</span><ol itemprop=\"node\"><li><div><span itemprop=\"v\">a</span></div></li><li><div><span itemprop=\"v\">b</span></div></li></ol></div></li></ol></div>"
     );
     assert_eq!(microdata::parse(&md).unwrap(), obj);
+    // objects.md §1.9 "Correction": inheritance resolves one level, so the `node` of a second
+    // level node is a plain string (as the Questionnaire `item` below the second level)
+    let third = Value::Dict(vec![
+        (Value::Str("$type$".into()), Value::Str("Tree".into())),
+        (
+            Value::Str("node".into()),
+            Value::List(vec![Value::Dict(vec![
+                (Value::Str("v".into()), Value::Str("root".into())),
+                (
+                    Value::Str("node".into()),
+                    Value::List(vec![Value::Dict(vec![
+                        (Value::Str("v".into()), Value::Str("a".into())),
+                        (Value::Str("node".into()), Value::Str("deeper".into())),
+                    ])]),
+                ),
+            ])]),
+        ),
+    ]);
+    let md3 = microdata::serialize(&third).unwrap();
+    assert!(md3.contains("<span itemprop=\"v\">a</span><span itemprop=\"node\">deeper</span>"), "{md3}");
+    assert_eq!(microdata::parse(&md3).unwrap(), third);
     // adversarially deep microdata is an error, not a stack overflow
     let mut deep = String::from("<div itemscope itemtype=\"//refin.io/Tree\"><ol itemprop=\"node\">");
     for _ in 0..5000 {
         deep.push_str("<li><div><span itemprop=\"v\">x</span><ol itemprop=\"node\">");
     }
-    assert_eq!(microdata::parse(&deep).unwrap_err().code, "M2O-PD1");
+    assert_eq!(microdata::parse(&deep).unwrap_err().kind, lama_core::ErrorKind::Microdata);
 }

@@ -156,6 +156,12 @@ fn recipe_json(name: &str) -> PyResult<String> {
     microdata::recipe_json(name).py()
 }
 
+/// The recipe with inheritance applied, normalized, as JSON (RecipeError OR-GR1 if unknown).
+#[pyfunction]
+fn resolved_recipe(name: &str) -> PyResult<String> {
+    microdata::resolved_recipe(name).py()
+}
+
 /// True if the type has a top-level isId rule.
 #[pyfunction]
 fn is_versioned(name: &str) -> PyResult<bool> {
@@ -282,6 +288,7 @@ pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(register_recipe, m)?)?;
     m.add_function(wrap_pyfunction!(recipe_names, m)?)?;
     m.add_function(wrap_pyfunction!(recipe_json, m)?)?;
+    m.add_function(wrap_pyfunction!(resolved_recipe, m)?)?;
     m.add_function(wrap_pyfunction!(is_versioned, m)?)?;
     m.add_function(wrap_pyfunction!(serialize, m)?)?;
     m.add_function(wrap_pyfunction!(parse, m)?)?;

@@ -10,6 +10,7 @@
 //! Values are Python-shaped [`Value`]s; see docs/core-interface.md for the mapping.
 
 mod json;
+mod jsregex;
 mod number;
 mod parse;
 mod recipe;
@@ -67,6 +68,13 @@ pub fn recipe_names() -> Vec<String> {
 /// The JSON of a registered recipe (`OR-GR1` if unknown).
 pub fn recipe_json(name: &str) -> Result<String> {
     Ok(recipe::snapshot().recipe(name)?.json.clone())
+}
+
+/// The recipe with inheritance applied (§1.9), as JSON text: `{"name", "rule": [{"itemprop",
+/// "itemtype", "optional", "isId"}, ...], "crdtConfig"?}`, every rule normalized (nested ones
+/// too; itemtype in the recipe JSON form, default `{"type":"string"}`). `OR-GR1` if unknown.
+pub fn resolved_recipe(name: &str) -> Result<String> {
+    Ok(recipe::snapshot().recipe(name)?.resolved.clone())
 }
 
 /// True if the type has a top-level `isId` rule (§2.2); `OR-GR1` if unknown.

@@ -278,7 +278,7 @@ impl<'a> Parser<'a> {
         Ok(match ty {
             Ty::Str(re) => {
                 if let Some((re, src)) = re {
-                    if !re.is_match(&text) {
+                    if !re.is_match(&text)? {
                         return Err(Error::microdata(
                             "M2O-PV3",
                             format!("Property \"{p}\" value \"{text}\" does not match RegExp \"{src}\""),

@@ -12,7 +12,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock, RwLock};
 
-use regex::Regex;
+use super::jsregex::JsRegex;
 use serde_json::Value as J;
 
 use super::RefKind;
@@ -24,8 +24,8 @@ pub(crate) type TyId = u32;
 /// A resolved value type (objects.md §1.3).
 #[derive(Clone, Debug)]
 pub(crate) enum Ty {
-    /// `string`, with an optional regexp (compiled, plus its source for messages).
-    Str(Option<(Regex, String)>),
+    /// `string`, with an optional JavaScript regexp (compiled, plus its source for messages).
+    Str(Option<(JsRegex, String)>),
     Integer,
     Number,
     Boolean,
@@ -36,8 +36,6 @@ pub(crate) enum Ty {
     Set(TyId),
     Map(TyId, TyId),
     Object(Vec<Rule>),
-    /// Only during compilation (target of a recursive inheritance being compiled).
-    Pending,
 }
 
 impl Ty {
@@ -57,7 +55,6 @@ impl Ty {
             Ty::Set(_) => "set",
             Ty::Map(..) => "map",
             Ty::Object(_) => "object",
-            Ty::Pending => "pending",
         }
     }
 }
@@ -82,6 +79,8 @@ pub(crate) struct Recipe {
     pub id_rules: Vec<usize>,
     /// The recipe JSON as registered (canonical text).
     pub json: String,
+    /// The recipe with inheritance applied, normalized (`resolved_recipe`).
+    pub resolved: String,
     pub raw: J,
 }
 
@@ -124,20 +123,16 @@ impl Registry {
     fn add(&mut self, raw: J) -> Result<()> {
         let obj = raw
             .as_object()
-            .ok_or_else(|| Error::recipe("OR-ADDR2", "A recipe must be a JSON object"))?;
+            .ok_or_else(|| Error::recipe("URC-ERECIPE1", "A recipe must be a JSON object"))?;
+        let name = obj.get("name").and_then(J::as_str).unwrap_or_default().to_owned();
+        check_name(&name)?;
         if let Some(t) = obj.get("$type$") {
             if t.as_str() != Some("Recipe") {
-                return Err(Error::recipe("OR-ADDR2", format!("Recipe $type$ must be \"Recipe\", got {t}")));
+                return Err(Error::recipe(
+                    "URC-ERECIPE1",
+                    format!("Recipe \"{name}\": $type$ must be \"Recipe\", got {t}"),
+                ));
             }
-        }
-        let name = obj
-            .get("name")
-            .and_then(J::as_str)
-            .filter(|n| !n.is_empty())
-            .ok_or_else(|| Error::recipe("OR-ADDR2", "A recipe needs a non-empty string \"name\""))?
-            .to_owned();
-        if name.contains("\">") || name.contains('<') || name.chars().any(char::is_whitespace) {
-            return Err(Error::recipe("OR-ADDR2", format!("Invalid recipe name {name:?}")));
         }
         if let Some(existing) = self.get(&name) {
             if existing.raw == raw {
@@ -150,7 +145,7 @@ impl Registry {
         }
         for k in obj.keys() {
             if !matches!(k.as_str(), "$type$" | "name" | "rule" | "crdtConfig") {
-                return Err(Error::recipe("OR-ADDR2", format!("Unknown recipe key \"{k}\" in recipe \"{name}\"")));
+                return Err(Error::recipe("URC-ERECIPE1", format!("Unknown recipe key \"{k}\" in recipe \"{name}\"")));
             }
         }
         if let Some(c) = obj.get("crdtConfig") {
@@ -165,7 +160,7 @@ impl Registry {
                 .unwrap_or(false);
             if !ok {
                 return Err(Error::recipe(
-                    "OR-ADDR2",
+                    "URC-ECRDT1",
                     format!("crdtConfig of recipe \"{name}\" must be {{\"$map\": [[string, string], ...]}}"),
                 ));
             }
@@ -173,30 +168,60 @@ impl Registry {
         let raw_rules = obj
             .get("rule")
             .and_then(J::as_array)
-            .ok_or_else(|| Error::recipe("OR-ADDR2", format!("Recipe \"{name}\" needs a \"rule\" array")))?
+            .ok_or_else(|| Error::recipe("URC-ERULES1", format!("Recipe \"{name}\" needs a \"rule\" array")))?
             .clone();
-        let mut c = Compiler { reg: self, name: &name, raw_rules: &raw_rules, memo: HashMap::new() };
+        let raw_rules = Inheritance { reg: self, name: &name, top: &raw_rules }.rules(&raw_rules)?;
+        let resolved = normalized_rules(&raw_rules);
+        let mut c = Compiler { reg: self, name: &name };
         check_rule_list(&raw_rules, &name)?;
         if let Some(r) = raw_rules.iter().find(|r| matches!(r["itemprop"].as_str(), Some("$type$" | "$versionHash$"))) {
-            return Err(bad(&name, format!("reserved itemprop {}", r["itemprop"])));
+            return Err(bad("URC-EITP1", &name, format!("reserved itemprop {}", r["itemprop"])));
         }
         let mut rules = Vec::with_capacity(raw_rules.len());
         for r in &raw_rules {
-            let prop = r.get("itemprop").and_then(J::as_str).unwrap_or_default();
-            let (ty, inherited_optional) = c.top_rule(prop)?;
-            rules.push(c.finish_rule(r, ty, inherited_optional, true)?);
+            let (ty, optional) = c.rule_type(r)?;
+            rules.push(c.finish_rule(r, ty, optional, true)?);
         }
         let id_rules = rules.iter().enumerate().filter(|(_, r)| r.is_id).map(|(i, _)| i).collect();
         let json = serde_json::to_string(&raw).unwrap_or_default();
-        let recipe = Recipe { name: name.clone(), rules, id_rules, json, raw };
+        let mut resolved_json = serde_json::json!({"name": name, "rule": resolved});
+        if let Some(c) = obj.get("crdtConfig") {
+            resolved_json["crdtConfig"] = c.clone();
+        }
+        let resolved = serde_json::to_string(&resolved_json).unwrap_or_default();
+        let recipe = Recipe { name: name.clone(), rules, id_rules, json, resolved, raw };
         self.recipes.push(Arc::new(recipe));
         self.by_name.insert(name, self.recipes.len() - 1);
         Ok(())
     }
 }
 
-fn bad(name: &str, msg: impl std::fmt::Display) -> Error {
-    Error::recipe("URC-ERECI1", format!("Invalid recipe \"{name}\": {msg}"))
+/// A recipe error with one of the codes of docs/core-interface.md "Recipe errors" (the same
+/// codes as the pure core: the situation decides the code, not the core).
+fn bad(code: &str, name: &str, msg: impl std::fmt::Display) -> Error {
+    Error::recipe(code, format!("Invalid recipe \"{name}\": {msg}"))
+}
+
+/// JavaScript `\s` (WhiteSpace and LineTerminator): the white space the recipe checks forbid.
+pub(crate) fn is_js_space(c: char) -> bool {
+    matches!(
+        c,
+        '\t' | '\n' | '\u{b}' | '\u{c}' | '\r' | ' ' | '\u{a0}' | '\u{1680}' | '\u{2000}'..='\u{200a}'
+            | '\u{2028}' | '\u{2029}' | '\u{202f}' | '\u{205f}' | '\u{3000}' | '\u{feff}'
+    )
+}
+
+/// Recipe names (objects.md §1.1): the type name is written raw into
+/// `itemtype="//refin.io/NAME"` and read back up to the first `">`, so it must be non-empty and
+/// free of `"`, `<`, `>` and white space (the same rule as the pure core; URC-ENAME1).
+fn check_name(name: &str) -> Result<()> {
+    if name.is_empty() || name.chars().any(|c| matches!(c, '"' | '<' | '>') || is_js_space(c)) {
+        return Err(Error::recipe(
+            "URC-ENAME1",
+            format!("Invalid recipe name {name:?} (non-empty, no '\"', '<', '>' or white space)"),
+        ));
+    }
+    Ok(())
 }
 
 /// Validity checks of one rule list (§3): objects with a string itemprop, unique, no `<`, `>`,
@@ -204,131 +229,205 @@ fn bad(name: &str, msg: impl std::fmt::Display) -> Error {
 fn check_rule_list(rules: &[J], name: &str) -> Result<()> {
     let mut seen = std::collections::HashSet::new();
     for r in rules {
-        let o = r.as_object().ok_or_else(|| bad(name, format!("rule {r} is not an object")))?;
+        let o = r.as_object().ok_or_else(|| bad("URC-ERULES1", name, format!("rule {r} is not an object")))?;
         let p = o
             .get("itemprop")
             .and_then(J::as_str)
-            .ok_or_else(|| bad(name, format!("rule {r} has no string itemprop")))?;
-        if p.is_empty() || p.chars().any(|c| c == '<' || c == '>' || c == '.' || c == '"' || c.is_whitespace()) {
-            return Err(bad(name, format!("invalid itemprop {p:?}")));
+            .ok_or_else(|| bad("URC-EITP1", name, format!("rule {r} has no string itemprop")))?;
+        // objects.md §3: no `<`, `>`, `.` or white space; `"` would end the itemprop attribute
+        if p.is_empty() || p.chars().any(|c| matches!(c, '<' | '>' | '.' | '"') || is_js_space(c)) {
+            return Err(bad("URC-EITP1", name, format!("invalid itemprop {p:?}")));
         }
         if !seen.insert(p) {
-            return Err(bad(name, format!("duplicate itemprop \"{p}\"")));
+            return Err(bad("URC-EITP2", name, format!("duplicate itemprop \"{p}\"")));
         }
         for (k, v) in o {
             match k.as_str() {
                 "itemprop" | "itemtype" | "inheritFrom" => {}
                 "optional" | "isId" => {
                     if !v.is_boolean() {
-                        return Err(bad(name, format!("\"{k}\" of rule \"{p}\" must be a boolean")));
+                        return Err(bad("URC-ERULES1", name, format!("\"{k}\" of rule \"{p}\" must be a boolean")));
                     }
                 }
-                _ => return Err(bad(name, format!("unknown key \"{k}\" in rule \"{p}\""))),
+                _ => return Err(bad("URC-ERULES1", name, format!("unknown key \"{k}\" in rule \"{p}\""))),
             }
         }
     }
     Ok(())
 }
 
+/// Inheritance (objects.md §1.9 with its "Correction": the reference resolves one level and
+/// never applies `MapItemType`). Every rule of the recipe's own tree with `inheritFrom` becomes
+/// the *unresolved* target rule (as written in its recipe) overlaid with the rule's own fields;
+/// the target's `inheritFrom` and `isId` are dropped and rules below the copied target lose
+/// `inheritFrom` (plain strings unless they have an itemtype: the Questionnaire `item` below
+/// the second level). `CollectionItemType` takes the target's `item`; `MapItemType` is checked
+/// but not applied. The result has no `inheritFrom` left: compiled types form a finite tree.
+/// Same algorithm as the pure core's `_Inheritance`.
+struct Inheritance<'a> {
+    reg: &'a Registry,
+    name: &'a str,
+    top: &'a [J],
+}
+
+impl Inheritance<'_> {
+    fn fail(&self, msg: impl std::fmt::Display) -> Error {
+        bad("URC-EINH1", self.name, msg)
+    }
+
+    fn rules(&self, rules: &[J]) -> Result<Vec<J>> {
+        rules.iter().map(|r| if r.is_object() { self.rule(r) } else { Ok(r.clone()) }).collect()
+    }
+
+    fn itemtype(&self, t: &J) -> Result<J> {
+        let Some(o) = t.as_object() else { return Ok(t.clone()) };
+        let mut out = o.clone();
+        if let Some(J::Array(rules)) = o.get("rules") {
+            out.insert("rules".into(), J::Array(self.rules(rules)?));
+        }
+        for k in ["item", "key", "value"] {
+            if let Some(v) = o.get(k) {
+                out.insert(k.into(), self.itemtype(v)?);
+            }
+        }
+        Ok(J::Object(out))
+    }
+
+    fn rule(&self, raw: &J) -> Result<J> {
+        let o = raw.as_object().expect("rule objects only");
+        let mut own = o.clone();
+        own.remove("inheritFrom");
+        if let Some(t) = o.get("itemtype") {
+            own.insert("itemtype".into(), self.itemtype(t)?);
+        }
+        let Some(inh) = o.get("inheritFrom") else { return Ok(J::Object(own)) };
+        let (path, extract) = match inh {
+            J::String(s) => (s.as_str(), None),
+            J::Object(io) if io.get("rule").is_some_and(J::is_string) => {
+                (io["rule"].as_str().unwrap_or_default(), io.get("extract"))
+            }
+            _ => return Err(self.fail(format!("invalid inheritFrom {inh}"))),
+        };
+        let (tname, tprop) =
+            path.rsplit_once('.').ok_or_else(|| self.fail(format!("inheritFrom \"{path}\" is not \"Type.itemprop\"")))?;
+        let candidates: &[J] = if tname == self.name {
+            self.top
+        } else {
+            let r = self.reg.get(tname).ok_or_else(|| self.fail(format!("inheritFrom type \"{tname}\" not found")))?;
+            r.raw.get("rule").and_then(J::as_array).map(Vec::as_slice).unwrap_or_default()
+        };
+        let target = candidates
+            .iter()
+            .filter_map(J::as_object)
+            .find(|r| r.get("itemprop").and_then(J::as_str) == Some(tprop))
+            .ok_or_else(|| self.fail(format!("inheritFrom target \"{path}\" not found")))?;
+        let mut eff: serde_json::Map<String, J> =
+            target.iter().filter(|(k, _)| *k != "inheritFrom" && *k != "isId").map(|(k, v)| (k.clone(), v.clone())).collect();
+        if let Some(t) = eff.get("itemtype") {
+            let stripped = strip_inherit(t);
+            eff.insert("itemtype".into(), stripped);
+        }
+        let kind = eff.get("itemtype").map_or(Some("string"), |t| t.get("type").and_then(J::as_str));
+        match extract {
+            None => {}
+            Some(J::String(e)) if e == "CollectionItemType" => {
+                let item = eff.get("itemtype").and_then(|t| t.get("item")).cloned();
+                match (kind, item) {
+                    (Some("array" | "bag" | "set"), Some(item)) => {
+                        eff.insert("itemtype".into(), item);
+                    }
+                    _ => return Err(self.fail(format!("CollectionItemType of non-collection \"{path}\""))),
+                }
+            }
+            // checked, never applied (objects.md §1.9 correction)
+            Some(J::String(e)) if e == "MapItemType" && kind == Some("map") => {}
+            Some(J::String(e)) if e == "MapItemType" => {
+                return Err(self.fail(format!("MapItemType of non-map \"{path}\"")));
+            }
+            Some(other) => return Err(self.fail(format!("unknown extract {other}"))),
+        }
+        for (k, v) in own {
+            eff.insert(k, v);
+        }
+        Ok(J::Object(eff))
+    }
+}
+
+/// A copied target itemtype: rules below it keep their fields but lose `inheritFrom`.
+fn strip_inherit(t: &J) -> J {
+    let Some(o) = t.as_object() else { return t.clone() };
+    let mut out = o.clone();
+    if let Some(J::Array(rules)) = o.get("rules") {
+        let rules = rules
+            .iter()
+            .map(|r| match r.as_object() {
+                Some(ro) => {
+                    let mut ro = ro.clone();
+                    ro.remove("inheritFrom");
+                    if let Some(it) = ro.get("itemtype").map(strip_inherit) {
+                        ro.insert("itemtype".into(), it);
+                    }
+                    J::Object(ro)
+                }
+                None => r.clone(),
+            })
+            .collect();
+        out.insert("rules".into(), J::Array(rules));
+    }
+    for k in ["item", "key", "value"] {
+        if let Some(v) = o.get(k) {
+            out.insert(k.into(), strip_inherit(v));
+        }
+    }
+    J::Object(out)
+}
+
+/// The normalized form of resolved rules for `resolved_recipe` (docs/core-interface.md): every
+/// rule has itemprop, itemtype (default string), optional and isId.
+fn normalized_rules(rules: &[J]) -> J {
+    J::Array(
+        rules
+            .iter()
+            .map(|r| {
+                let t = r.get("itemtype").cloned().unwrap_or_else(|| serde_json::json!({"type": "string"}));
+                serde_json::json!({
+                    "itemprop": r.get("itemprop").cloned().unwrap_or(J::Null),
+                    "itemtype": normalized_type(&t),
+                    "optional": r.get("optional").and_then(J::as_bool).unwrap_or(false),
+                    "isId": r.get("isId").and_then(J::as_bool).unwrap_or(false),
+                })
+            })
+            .collect(),
+    )
+}
+
+fn normalized_type(t: &J) -> J {
+    if t.get("type").and_then(J::as_str) == Some("object") {
+        let rules = t.get("rules").and_then(J::as_array).map(Vec::as_slice).unwrap_or_default();
+        return serde_json::json!({"type": "object", "rules": normalized_rules(rules)});
+    }
+    let mut out = t.as_object().cloned().unwrap_or_default();
+    for k in ["item", "key", "value"] {
+        if let Some(v) = t.get(k) {
+            out.insert(k.into(), normalized_type(v));
+        }
+    }
+    J::Object(out)
+}
+
 struct Compiler<'a> {
     reg: &'a mut Registry,
     name: &'a str,
-    raw_rules: &'a [J],
-    /// Top-level rules of the recipe being compiled: itemprop -> (type, optional).
-    memo: HashMap<String, (TyId, bool)>,
 }
 
 impl Compiler<'_> {
-    /// Resolved type and optional flag of a top-level rule of the recipe being compiled.
-    fn top_rule(&mut self, prop: &str) -> Result<(TyId, bool)> {
-        if let Some(&r) = self.memo.get(prop) {
-            return Ok(r);
-        }
-        let raw = self
-            .raw_rules
-            .iter()
-            .find(|r| r.get("itemprop").and_then(J::as_str) == Some(prop))
-            .ok_or_else(|| bad(self.name, format!("inheritFrom target \"{}.{prop}\" not found", self.name)))?
-            .clone();
-        let slot = self.reg.push(Ty::Pending);
-        let own_optional = raw.get("optional").and_then(J::as_bool);
-        self.memo.insert(prop.to_owned(), (slot, own_optional.unwrap_or(false)));
-        let (ty, optional) = self.rule_type(&raw)?;
-        let resolved = self.reg.types[ty as usize].clone();
-        if matches!(resolved, Ty::Pending) {
-            return Err(bad(self.name, format!("rule \"{prop}\" inherits from itself")));
-        }
-        self.reg.types[slot as usize] = resolved;
-        self.memo.insert(prop.to_owned(), (slot, optional));
-        Ok((slot, optional))
-    }
-
-    /// Effective (type, optional) of a raw rule, inheritance applied (§1.9).
+    /// (type, optional) of a rule whose inheritance is already resolved.
     fn rule_type(&mut self, raw: &J) -> Result<(TyId, bool)> {
-        let own_optional = raw.get("optional").and_then(J::as_bool);
-        let inherited = match raw.get("inheritFrom") {
-            None => None,
-            Some(inh) => Some(self.inherit(inh)?),
-        };
         let ty = match raw.get("itemtype") {
             Some(t) => self.compile_type(t)?,
-            None => match inherited {
-                Some((t, _)) => t,
-                None => self.reg.push(Ty::Str(None)),
-            },
+            None => self.reg.push(Ty::Str(None)),
         };
-        let optional = own_optional.unwrap_or(inherited.map(|(_, o)| o).unwrap_or(false));
-        Ok((ty, optional))
-    }
-
-    /// Resolve an `inheritFrom` value to (type, optional).
-    fn inherit(&mut self, inh: &J) -> Result<(TyId, bool)> {
-        let (target, extract) = match inh {
-            J::String(s) => (s.as_str(), None),
-            J::Object(o) => (
-                o.get("rule").and_then(J::as_str).ok_or_else(|| bad(self.name, format!("bad inheritFrom {inh}")))?,
-                match o.get("extract") {
-                    None => None,
-                    Some(J::String(e)) => Some(e.as_str()),
-                    Some(other) => return Err(bad(self.name, format!("bad extract {other}"))),
-                },
-            ),
-            _ => return Err(bad(self.name, format!("bad inheritFrom {inh}"))),
-        };
-        let (tname, prop) = target
-            .rsplit_once('.')
-            .ok_or_else(|| bad(self.name, format!("inheritFrom \"{target}\" is not \"Type.itemprop\"")))?;
-        let (ty, optional) = if tname == self.name {
-            self.top_rule(prop)?
-        } else {
-            let r = self.reg.get(tname).ok_or_else(|| {
-                Error::recipe("OR-ET1", format!("inheritFrom of recipe \"{}\": type \"{tname}\" not found", self.name))
-            })?;
-            let rule = r.rules.iter().find(|r| r.itemprop == prop).ok_or_else(|| {
-                bad(self.name, format!("inheritFrom target \"{target}\" not found"))
-            })?;
-            (rule.ty, rule.optional)
-        };
-        let ty = match extract {
-            None => ty,
-            Some("CollectionItemType") => match self.reg.ty(ty) {
-                Ty::Array(i) | Ty::Bag(i) | Ty::Set(i) => *i,
-                _ => return Err(bad(self.name, format!("CollectionItemType of non-collection \"{target}\""))),
-            },
-            Some("MapItemType") => match self.reg.ty(ty) {
-                Ty::Map(k, v) => {
-                    let (k, v) = (*k, *v);
-                    let rules = vec![
-                        Rule { itemprop: "key".into(), ty: k, optional: false, is_id: false, rule_json: "{\"itemprop\":\"key\"}".into() },
-                        Rule { itemprop: "value".into(), ty: v, optional: false, is_id: false, rule_json: "{\"itemprop\":\"value\"}".into() },
-                    ];
-                    self.reg.push(Ty::Object(rules))
-                }
-                _ => return Err(bad(self.name, format!("MapItemType of non-map \"{target}\""))),
-            },
-            Some(other) => return Err(bad(self.name, format!("unknown extract \"{other}\""))),
-        };
-        Ok((ty, optional))
+        Ok((ty, raw.get("optional").and_then(J::as_bool).unwrap_or(false)))
     }
 
     fn finish_rule(&mut self, raw: &J, ty: TyId, optional: bool, top: bool) -> Result<Rule> {
@@ -341,18 +440,18 @@ impl Compiler<'_> {
             ));
         }
         if is_id && matches!(self.reg.ty(ty), Ty::Object(_)) {
-            return Err(bad(self.name, format!("rule \"{itemprop}\" with nested rules cannot be isId")));
+            return Err(bad("URC-ERECI1", self.name, format!("rule \"{itemprop}\" with nested rules cannot be isId")));
         }
         let rule_json = super::json_star_of_json(raw);
         Ok(Rule { itemprop, ty, optional, is_id, rule_json })
     }
 
     fn compile_type(&mut self, t: &J) -> Result<TyId> {
-        let o = t.as_object().ok_or_else(|| bad(self.name, format!("itemtype {t} is not an object")))?;
+        let o = t.as_object().ok_or_else(|| bad("URC-ETYPE1", self.name, format!("itemtype {t} is not an object")))?;
         let tname = o
             .get("type")
             .and_then(J::as_str)
-            .ok_or_else(|| bad(self.name, format!("itemtype {t} has no type")))?;
+            .ok_or_else(|| bad("URC-ETYPE1", self.name, format!("itemtype {t} has no type")))?;
         let allowed: &[&str] = match tname {
             "string" => &["type", "regexp"],
             "integer" | "number" => &["type", "min", "max"],
@@ -361,10 +460,10 @@ impl Compiler<'_> {
             "array" | "bag" | "set" => &["type", "item"],
             "map" => &["type", "key", "value"],
             "object" => &["type", "rules"],
-            other => return Err(bad(self.name, format!("unknown value type \"{other}\""))),
+            other => return Err(bad("URC-ETYPE1", self.name, format!("unknown value type \"{other}\""))),
         };
         if let Some(k) = o.keys().find(|k| !allowed.contains(&k.as_str())) {
-            return Err(bad(self.name, format!("unexpected key \"{k}\" in itemtype {t}")));
+            return Err(bad("URC-ETYPE1", self.name, format!("unexpected key \"{k}\" in itemtype {t}")));
         }
         let ty = match tname {
             "string" => match o.get("regexp") {
@@ -382,7 +481,7 @@ impl Compiler<'_> {
                         .and_then(J::as_array)
                         .is_some_and(|v| v.iter().all(J::is_string));
                     if !ok {
-                        return Err(bad(self.name, format!("allowedTypes must be {{\"$set\": [string, ...]}}, got {a}")));
+                        return Err(bad("URC-ETYPE1", self.name, format!("allowedTypes must be {{\"$set\": [string, ...]}}, got {a}")));
                     }
                 }
                 Ty::Ref(if tname == "referenceToObj" { RefKind::Obj } else { RefKind::Id })
@@ -390,7 +489,7 @@ impl Compiler<'_> {
             "referenceToClob" => Ty::Ref(RefKind::Clob),
             "referenceToBlob" => Ty::Ref(RefKind::Blob),
             "array" | "bag" | "set" => {
-                let item = o.get("item").ok_or_else(|| bad(self.name, format!("{tname} without item")))?;
+                let item = o.get("item").ok_or_else(|| bad("URC-ETYPE1", self.name, format!("{tname} without item")))?;
                 let i = self.compile_type(item)?;
                 match tname {
                     "array" => Ty::Array(i),
@@ -399,13 +498,13 @@ impl Compiler<'_> {
                 }
             }
             "map" => {
-                let k = o.get("key").ok_or_else(|| bad(self.name, "map without key"))?;
-                let v = o.get("value").ok_or_else(|| bad(self.name, "map without value"))?;
+                let k = o.get("key").ok_or_else(|| bad("URC-ETYPE1", self.name, "map without key"))?;
+                let v = o.get("value").ok_or_else(|| bad("URC-ETYPE1", self.name, "map without value"))?;
                 let k = self.compile_type(k)?;
                 match self.reg.ty(k) {
                     Ty::Str(_) | Ty::Integer | Ty::Number | Ty::Boolean | Ty::Ref(_) => {}
                     other => {
-                        return Err(bad(self.name, format!("map keys must be primitive or reference types, not {}", other.name())))
+                        return Err(bad("URC-EMAPK1", self.name, format!("map keys must be primitive or reference types, not {}", other.name())))
                     }
                 }
                 let v = self.compile_type(v)?;
@@ -415,7 +514,7 @@ impl Compiler<'_> {
                 let raw = o
                     .get("rules")
                     .and_then(J::as_array)
-                    .ok_or_else(|| bad(self.name, "object itemtype without rules"))?;
+                    .ok_or_else(|| bad("URC-ERULES1", self.name, "object itemtype without rules"))?;
                 check_rule_list(raw, self.name)?;
                 let mut rules = Vec::with_capacity(raw.len());
                 for r in raw {
@@ -428,23 +527,23 @@ impl Compiler<'_> {
         Ok(self.reg.push(ty))
     }
 
-    fn regexp(&self, re: &J) -> Result<(Regex, String)> {
+    fn regexp(&self, re: &J) -> Result<(JsRegex, String)> {
+        // the JSON form is {"$regexp": src, "flags": f}; a bare string is a flag-less source
         let src = re
-            .get("$regexp")
-            .and_then(J::as_str)
-            .ok_or_else(|| bad(self.name, format!("regexp must be {{\"$regexp\": src, \"flags\": f}}, got {re}")))?;
-        let flags = re.get("flags").and_then(J::as_str).unwrap_or("");
-        let mut prefix = String::new();
-        for f in flags.chars() {
-            match f {
-                'i' | 'm' | 's' => prefix.push(f),
-                'g' | 'y' | 'u' | 'd' | 'v' => {}
-                other => return Err(bad(self.name, format!("unknown regexp flag '{other}'"))),
+            .as_str()
+            .or_else(|| re.get("$regexp").and_then(J::as_str))
+            .ok_or_else(|| Error::recipe("URC-EREGEX1", format!("Invalid recipe \"{}\": regexp must be {{\"$regexp\": src, \"flags\": f}}, got {re}", self.name)))?;
+        let flags = match re.get("flags").filter(|_| re.is_object()) {
+            None | Some(J::Null) => "",
+            Some(J::String(f)) => f.as_str(),
+            Some(other) => {
+                return Err(Error::recipe("URC-EREGEX1", format!("Invalid recipe \"{}\": invalid regexp flags {other}", self.name)))
             }
-        }
-        let pattern = if prefix.is_empty() { src.to_owned() } else { format!("(?{prefix}){src}") };
-        let compiled = Regex::new(&pattern)
-            .map_err(|e| bad(self.name, format!("regexp /{src}/ does not compile: {e}")))?;
+        };
+        // objects.md §1.3: a JavaScript RegExp, compiled with ECMAScript semantics (jsregex)
+        let compiled = JsRegex::new(src, flags).map_err(|e| {
+            Error::recipe("URC-EREGEX1", format!("Invalid recipe \"{}\": invalid regexp /{src}/{flags}: {e}", self.name))
+        })?;
         Ok((compiled, src.to_owned()))
     }
 }
@@ -476,7 +575,7 @@ pub(crate) fn snapshot() -> Arc<Registry> {
 /// Register a recipe given as JSON text.
 pub(crate) fn register_json(json: &str) -> Result<()> {
     let raw: J = serde_json::from_str(json)
-        .map_err(|e| Error::recipe("OR-ADDR2", format!("Recipe is not valid JSON: {e}")))?;
+        .map_err(|e| Error::recipe("URC-ERECIPE1", format!("Recipe is not valid JSON: {e}")))?;
     let mut lock = global().write().unwrap_or_else(|p| p.into_inner());
     if let Some(name) = raw.get("name").and_then(J::as_str) {
         if let Some(existing) = lock.get(name) {

@@ -258,7 +258,7 @@ impl Writer<'_> {
                     _ => return Err(rtyc1(p, "string", v)),
                 };
                 if let Some((re, src)) = re {
-                    if !re.is_match(s) {
+                    if !re.is_match(s)? {
                         return Err(Error::microdata(
                             "O2M-RTYC3",
                             format!("Property \"{p}\" value \"{s}\" does not match RegExp \"{src}\""),
