@@ -381,11 +381,12 @@ class Store:
         put = txn.put
         results: list[tuple[str, str, str | None]] = []
         append = results.append
+        event = feed.pending.append  # feed order: input order, object then its ID object
         for p in items:
             new = put(p.raw, p.data, overwrite=False, db=objects_db)
             t = p.type_name
             if new:
-                feed.push(txn, p.raw, p.kind)
+                event(p.raw + p.kind)
                 maps = id_maps if p.kind == b"I" else obj_maps
                 if t in maps:
                     self._put_rmaps(txn, rmaps_db, p.text, t, maps[t], p.kind, p.raw)
@@ -394,7 +395,7 @@ class Store:
                 id_hex = p.id_raw.hex()
                 id_new = put(p.id_raw, cast(bytes, p.id_data), overwrite=False, db=objects_db)
                 if id_new:
-                    feed.push(txn, p.id_raw, b"I")
+                    event(p.id_raw + b"I")
                 if id_new and t in id_maps:
                     self._put_rmaps(txn, rmaps_db, p.id_text, t, id_maps[t], b"I", p.id_raw)
             append((p.raw.hex(), "new" if new else "exists", id_hex))
@@ -426,6 +427,7 @@ class Store:
         feed = _Feed(shared)
         with shared.env.begin(write=True) as txn:
             results = self._write_prepared(shared, txn, items, feed)
+            feed.flush(txn)
         feed.publish()
         return results
 
@@ -474,6 +476,7 @@ class Store:
         feed = _Feed(shared)
         with shared.env.begin(write=True) as txn:
             results = self._write_prepared(shared, txn, prepared, feed)
+            feed.flush(txn)
         feed.publish()
         return results
 
@@ -534,7 +537,7 @@ class Store:
         with shared.env.begin(write=True) as txn:
             if txn.get(raw, db=shared.objects) is not None:
                 return raw.hex(), "exists"
-            feed.push(txn, raw, b"C" if clob else b"B")
+            feed.push(raw, b"C" if clob else b"B")
             if len(data) <= CHUNK:
                 txn.put(raw, (b"C" if clob else b"B") + data, db=shared.objects)
             else:
@@ -544,6 +547,7 @@ class Store:
                     txn.put(raw + n.to_bytes(4, "big"), mv[off:off + CHUNK], db=shared.chunks)
                     n += 1
                 txn.put(raw, _chunked_header(clob, len(data), n), db=shared.objects)
+            feed.flush(txn)
         feed.publish()
         return raw.hex(), "new"
 
@@ -650,7 +654,8 @@ class Store:
                                      "version node", "LAMA-HEAD")
                 if current != new_raw:
                     txn.put(id_raw, new_raw, db=shared.vheads)
-                    feed.push(txn, id_raw, b"H")
+                    feed.push(id_raw, b"H")
+            feed.flush(txn)
         feed.publish()
         return results
 
@@ -990,7 +995,8 @@ class BlobWriter:
                     txn.put(raw, _chunked_header(self._clob, self._size, n), db=shared.objects)
                     status = "new"
                 if status == "new":
-                    feed.push(txn, raw, b"C" if self._clob else b"B")
+                    feed.push(raw, b"C" if self._clob else b"B")
+                feed.flush(txn)
             feed.publish()
             self._done = True
             self._buf = bytearray()
@@ -1058,21 +1064,31 @@ _META_EVENTS = b"events"
 
 class _Feed:
     """The events one write transaction appends, in that transaction (so the feed shows every
-    committed write and nothing else, even after a crash).  The next sequence number is looked
-    up at the first append only; keys grow, so every put is an ``MDB_APPEND``."""
+    committed write and nothing else, even after a crash).  :meth:`push` collects them and
+    :meth:`flush`, the last step inside the transaction, numbers them from the largest key + 1
+    and writes them with one ``putmulti(append=True)`` (``MDB_APPEND``: keys only grow), which
+    keeps the per-object cost on the batch path to a list append."""
 
-    __slots__ = ("shared", "next", "last")
+    __slots__ = ("shared", "pending", "last")
 
     def __init__(self, shared: _Shared) -> None:
         self.shared = shared
-        self.next = 0
+        self.pending: list[bytes] = []
         self.last = 0
 
-    def push(self, txn: lmdb.Transaction, raw: bytes, kind: bytes) -> None:
-        n = self.next or _last_seq(txn, self.shared.events) + 1
-        txn.put(n.to_bytes(8, "big"), raw + kind, append=True, db=self.shared.events)
-        self.next = n + 1
-        self.last = n
+    def push(self, raw: bytes, kind: bytes) -> None:
+        self.pending.append(raw + kind)
+
+    def flush(self, txn: lmdb.Transaction) -> None:
+        pending = self.pending
+        if not pending:
+            return
+        first = _last_seq(txn, self.shared.events) + 1
+        cur = txn.cursor(db=self.shared.events)
+        cur.putmulti(zip((n.to_bytes(8, "big") for n in range(first, first + len(pending))),
+                         pending), append=True)
+        self.last = first + len(pending) - 1
+        self.pending = []
 
     def publish(self) -> None:
         """After the commit: wake this process's subscriptions."""
@@ -1414,13 +1430,13 @@ class Subscription:
         return self._shared is None
 
     @_lmdb_errors
-    def wait(self, timeout: float, limit: int = 1000) -> list[tuple[int, str, str]]:
-        """The next events (at most ``limit``), waiting up to ``timeout`` seconds for one;
-        ``[]`` after the timeout."""
+    def wait(self, timeout: float, limit: int | None = None) -> list[tuple[int, str, str]]:
+        """The next events (at most ``limit``, default 1000), waiting up to ``timeout`` seconds
+        for one; ``[]`` after the timeout."""
         if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout >= 0:
             raise StoreError(f"timeout must be a number of seconds >= 0, got {timeout!r}",
                              "LAMA-ARG")
-        limit = _count_arg(limit, "limit")
+        limit = 1000 if limit is None else _count_arg(limit, "limit")
         deadline = time.monotonic() + timeout
         with self._lock:
             while True:
