@@ -20,7 +20,7 @@ from .microdata import (
     type_of,
 )
 from .recipes import is_versioned, recipe_json, recipe_names, register_recipe, resolved_recipe
-from .store import BlobWriter, Store
+from .store import BlobWriter, Snapshot, Store, Subscription, check_hash
 from .crypto import *  # noqa: F401,F403  (crypto primitives, listed in crypto.__all__)
 from . import crypto as _crypto
 
@@ -43,7 +43,10 @@ __all__ = [
     "serialize_many",
     "references",
     "sha256_hex",
+    "check_hash",
     "Store",
     "BlobWriter",
+    "Snapshot",
+    "Subscription",
     *_crypto.__all__,
 ]

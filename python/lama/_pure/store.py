@@ -56,7 +56,7 @@ from .microdata import (
 )
 from .recipes import is_versioned
 
-__all__ = ["Store", "BlobWriter", "CHUNK", "FORMAT"]
+__all__ = ["Store", "BlobWriter", "Snapshot", "Subscription", "check_hash", "CHUNK", "FORMAT"]
 
 FORMAT = b"lama-store-1"
 CHUNK = 1 << 20  # BLOB/CLOB chunk size; content of at most CHUNK bytes is stored inline
@@ -85,9 +85,10 @@ BUILTIN_ID_MAPS = frozenset({"Access", "IdAccess", "Instance"})
 VERSION_NODE_TYPES = frozenset({"VersionNodeEdge", "VersionNodeChange", "VersionNodeMerge"})
 
 _HEX = frozenset("0123456789abcdef")
-_DB_NAMES = (b"meta", b"objects", b"chunks", b"vheads", b"rmaps", b"tmp")
+_DB_NAMES = (b"meta", b"objects", b"chunks", b"vheads", b"rmaps", b"tmp", b"events")
 
 _F = TypeVar("_F", bound=Callable[..., Any])
+_T = TypeVar("_T")
 
 # type name -> is_versioned; a registered recipe never changes (OR-ADDR1), so caching is safe.
 _versioned_cache: dict[str, bool] = {}
@@ -149,6 +150,11 @@ class _Shared:
         self.vheads = dbs[b"vheads"]
         self.rmaps = dbs[b"rmaps"]
         self.tmp = dbs[b"tmp"]
+        self.events = dbs[b"events"]  # the post-commit event feed (_Feed below)
+        # Highest event sequence number committed in this process; subscriptions wait on
+        # `cond` for it to grow (docs/core-interface.md "Event feed").
+        self.cond = threading.Condition()
+        self.committed = 0
         self.refs = 0
         self.lock = threading.Lock()
         # Enabled reverse maps beyond the built-ins: type -> itemprops (None = all, "*").
@@ -199,7 +205,11 @@ def _create_shared(path: str, key: str, map_size: int, durable: bool) -> _Shared
                     "LAMA-FORMAT",
                 )
             _delete_stale_tmp(txn, dbs[b"tmp"])
+            # a store created before the event feed gets sequence numbers for what it holds
+            _upgrade_feed(txn, dbs)
+            last = _last_seq(txn, dbs[b"events"])
         shared = _Shared(key, env, dbs, durable)
+        shared.committed = last
         _load_rmap_config(shared)
         return shared
     except BaseException as e:
@@ -377,7 +387,7 @@ class Store:
         return out
 
     def _write_prepared(
-        self, shared: _Shared, txn: lmdb.Transaction, items: list[_Prepared]
+        self, shared: _Shared, txn: lmdb.Transaction, items: list[_Prepared], feed: _Feed
     ) -> list[tuple[str, str, str | None]]:
         objects_db = shared.objects
         rmaps_db = shared.rmaps
@@ -386,10 +396,12 @@ class Store:
         put = txn.put
         results: list[tuple[str, str, str | None]] = []
         append = results.append
+        event = feed.pending.append  # feed order: input order, object then its ID object
         for p in items:
             new = put(p.raw, p.data, overwrite=False, db=objects_db)
             t = p.type_name
             if new:
+                event(p.raw + p.kind)
                 maps = id_maps if p.kind == b"I" else obj_maps
                 if t in maps:
                     self._put_rmaps(txn, rmaps_db, p.text, t, maps[t], p.kind, p.raw)
@@ -397,6 +409,8 @@ class Store:
             if p.id_raw is not None:
                 id_hex = p.id_raw.hex()
                 id_new = put(p.id_raw, cast(bytes, p.id_data), overwrite=False, db=objects_db)
+                if id_new:
+                    event(p.id_raw + b"I")
                 if id_new and t in id_maps:
                     self._put_rmaps(txn, rmaps_db, p.id_text, t, id_maps[t], b"I", p.id_raw)
             append((p.raw.hex(), "new" if new else "exists", id_hex))
@@ -425,8 +439,12 @@ class Store:
         transaction; reverse maps for new objects.  Returns ``[(hash, status, id_hash)]``."""
         shared = self._s()
         items = self._prepare_objects(objs)
+        feed = _Feed(shared)
         with shared.env.begin(write=True) as txn:
-            return self._write_prepared(shared, txn, items)
+            results = self._write_prepared(shared, txn, items, feed)
+            feed.flush(txn)
+        feed.publish()
+        return results
 
     @_lmdb_errors
     def put_microdata(
@@ -470,8 +488,12 @@ class Store:
                 id_data = id_text.encode("utf-8")
                 prepared.append(_Prepared(raw, b"O" + data, b"O", type_name, text,
                                           sha(id_data).digest(), b"I" + id_data, id_text))
+        feed = _Feed(shared)
         with shared.env.begin(write=True) as txn:
-            return self._write_prepared(shared, txn, prepared)
+            results = self._write_prepared(shared, txn, prepared, feed)
+            feed.flush(txn)
+        feed.publish()
+        return results
 
     def _get_entry(self, h: str) -> bytes | None:
         raw = _raw(h)
@@ -526,9 +548,11 @@ class Store:
     def _put_content(self, data: bytes, clob: bool) -> tuple[str, str]:
         shared = self._s()
         raw = hashlib.sha256(data).digest()
+        feed = _Feed(shared)
         with shared.env.begin(write=True) as txn:
             if txn.get(raw, db=shared.objects) is not None:
                 return raw.hex(), "exists"
+            feed.push(raw, b"C" if clob else b"B")
             if len(data) <= CHUNK:
                 txn.put(raw, (b"C" if clob else b"B") + data, db=shared.objects)
             else:
@@ -538,6 +562,8 @@ class Store:
                     txn.put(raw + n.to_bytes(4, "big"), mv[off:off + CHUNK], db=shared.chunks)
                     n += 1
                 txn.put(raw, _chunked_header(clob, len(data), n), db=shared.objects)
+            feed.flush(txn)
+        feed.publish()
         return raw.hex(), "new"
 
     def blob_writer(self, clob: bool = False) -> BlobWriter:
@@ -625,8 +651,9 @@ class Store:
                 None if expected is None else _raw(expected, "expected head"),
                 _raw(new_head, "new head"),
             ))
+        feed = _Feed(shared)
         with shared.env.begin(write=True) as txn:
-            results = self._write_prepared(shared, txn, items)
+            results = self._write_prepared(shared, txn, items, feed)
             for id_hash, id_raw, expected_raw, new_raw in checked:
                 current = txn.get(id_raw, db=shared.vheads)
                 if current != expected_raw:
@@ -640,7 +667,11 @@ class Store:
                         type_of(node[1:].decode("utf-8"))[0] not in VERSION_NODE_TYPES:
                     raise StoreError(f"new head {new_raw.hex()} of {id_hash} is not a stored "
                                      "version node", "LAMA-HEAD")
-                txn.put(id_raw, new_raw, db=shared.vheads)
+                if current != new_raw:
+                    txn.put(id_raw, new_raw, db=shared.vheads)
+                    feed.push(id_raw, b"H")
+            feed.flush(txn)
+        feed.publish()
         return results
 
     # -- reverse maps ---------------------------------------------------------------------
@@ -702,6 +733,57 @@ class Store:
                     if len(k) == len(prefix) + 32:
                         out.append(k[len(prefix):].hex())
         return out
+
+    # -- reads for the sync layer and the event feed (project issue 6) --------------------
+
+    def snapshot(self) -> Snapshot:
+        """A consistent read view as of now (docs/core-interface.md "Snapshot")."""
+        return Snapshot(self._s())
+
+    @_lmdb_errors
+    def missing(self, hashes: list[str]) -> list[str]:
+        """The hashes of ``hashes`` that are not stored (objects, ID objects, BLOBs, CLOBs), in
+        input order, duplicates kept; one read transaction."""
+        raws = _hash_list(hashes)
+        shared = self._s()
+        with shared.env.begin() as txn:
+            return _missing(shared, txn, raws)
+
+    @_lmdb_errors
+    def children(self, hash: str) -> list[str]:
+        """chum.md §5.3 children of an object or ID object (see :func:`_children`)."""
+        raw = _raw(hash)
+        shared = self._s()
+        with shared.env.begin() as txn:
+            return _children(shared, txn, raw)
+
+    @_lmdb_errors
+    def version_nodes(self, id_hash: str) -> list[str]:
+        """The version nodes of ``id_hash``, newest first (see :func:`_version_nodes`)."""
+        raw = _raw(id_hash, "ID hash")
+        shared = self._s()
+        with shared.env.begin() as txn:
+            return _version_nodes(shared, txn, raw)
+
+    @_lmdb_errors
+    def last_seq(self) -> int:
+        """Sequence number of the last committed event (0 if none)."""
+        shared = self._s()
+        with shared.env.begin() as txn:
+            return _last_seq(txn, shared.events)
+
+    @_lmdb_errors
+    def changes(self, since: int, limit: int) -> list[tuple[int, str, str]]:
+        """Up to ``limit`` events ``(seq, hash, kind)`` with ``seq > since``, in commit order."""
+        since = _count_arg(since, "since")
+        limit = _count_arg(limit, "limit")
+        shared = self._s()
+        with shared.env.begin() as txn:
+            return _changes(txn, shared.events, since, limit)
+
+    def subscribe(self) -> Subscription:
+        """Events committed from now on, by any handle of this directory in this process."""
+        return Subscription(self._s())
 
     # -- inventory and verification -------------------------------------------------------
 
@@ -927,6 +1009,7 @@ class BlobWriter:
                 if self._size == 0:
                     self._abort_locked(shared)
                     raise StoreError("an empty CLOB cannot be stored", "SB-STORE")
+            feed = _Feed(shared)
             with shared.env.begin(write=True) as txn:
                 staged = [txn.pop(self._tmp_key(i), db=shared.tmp) for i in range(self._staged)]
                 if any(c is None for c in staged):
@@ -947,6 +1030,10 @@ class BlobWriter:
                         n += 1
                     txn.put(raw, _chunked_header(self._clob, self._size, n), db=shared.objects)
                     status = "new"
+                if status == "new":
+                    feed.push(raw, b"C" if self._clob else b"B")
+                feed.flush(txn)
+            feed.publish()
             self._done = True
             self._buf = bytearray()
             return raw.hex(), status
@@ -971,3 +1058,458 @@ class BlobWriter:
             with shared.env.begin(write=True) as txn:
                 for i in range(self._staged):
                     txn.delete(self._tmp_key(i), db=shared.tmp)
+
+
+# -- hash validation ------------------------------------------------------------------------
+
+
+def check_hash(value: object, what: str = "hash") -> str:
+    """``value`` if it is a ``str`` of exactly 64 lowercase hex characters (objects.md §2.1),
+    else MicrodataError ``LAMA-BADHASH`` naming ``what`` (docs/core-interface.md).  Nothing
+    else passes: no trailing newline (which a ``^...$`` regexp lets through), no uppercase, no
+    whitespace, no non-``str``."""
+    if not _is_hash(value):
+        raise MicrodataError(
+            f"LAMA-BADHASH: {what} is not a hash (64 lowercase hex characters): {value!r}",
+            "LAMA-BADHASH",
+        )
+    return cast(str, value)
+
+
+def _hash_list(values: object) -> list[bytes]:
+    if not isinstance(values, (list, tuple)):
+        raise StoreError(f"expected a list of hashes, got {type(values).__name__}", "LAMA-ARG")
+    return [_raw(v) for v in values]
+
+
+def _count_arg(value: object, what: str) -> int:
+    """A non-negative ``int`` (not ``bool``), else StoreError LAMA-ARG (as the Rust core)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0 or value >= 1 << 64:
+        raise StoreError(f"{what} must be an int >= 0, got {value!r}", "LAMA-ARG")
+    return value
+
+
+# -- the event feed (docs/store-format.md "events") -----------------------------------------
+
+_FEED_KINDS = {ord("O"): "object", ord("I"): "id", ord("C"): "clob", ord("B"): "blob",
+               ord("H"): "head"}
+_FEED_KIND_OF_ENTRY = {K_OBJECT: b"O", K_ID: b"I", K_CLOB: b"C", K_BLOB: b"B",
+                       K_CLOB_CHUNKED: b"C", K_BLOB_CHUNKED: b"B"}
+_META_EVENTS = b"events"
+
+
+class _Feed:
+    """The events one write transaction appends, in that transaction (so the feed shows every
+    committed write and nothing else, even after a crash).  :meth:`push` collects them and
+    :meth:`flush`, the last step inside the transaction, numbers them from the largest key + 1
+    and writes them with one ``putmulti(append=True)`` (``MDB_APPEND``: keys only grow), which
+    keeps the per-object cost on the batch path to a list append."""
+
+    __slots__ = ("shared", "pending", "last")
+
+    def __init__(self, shared: _Shared) -> None:
+        self.shared = shared
+        self.pending: list[bytes] = []
+        self.last = 0
+
+    def push(self, raw: bytes, kind: bytes) -> None:
+        self.pending.append(raw + kind)
+
+    def flush(self, txn: lmdb.Transaction) -> None:
+        pending = self.pending
+        if not pending:
+            return
+        first = _last_seq(txn, self.shared.events) + 1
+        cur = txn.cursor(db=self.shared.events)
+        cur.putmulti(zip((n.to_bytes(8, "big") for n in range(first, first + len(pending))),
+                         pending), append=True)
+        self.last = first + len(pending) - 1
+        self.pending = []
+
+    def publish(self) -> None:
+        """After the commit: wake this process's subscriptions."""
+        if self.last:
+            shared = self.shared
+            with shared.cond:
+                if self.last > shared.committed:
+                    shared.committed = self.last
+                shared.cond.notify_all()
+
+
+def _last_seq(txn: lmdb.Transaction, events_db: Any) -> int:
+    cur = txn.cursor(db=events_db)
+    if not cur.last():
+        return 0
+    k = cur.key()
+    if len(k) != 8:
+        raise StoreError(f"malformed events key {bytes(k).hex()}", "LAMA-CORRUPT")
+    return int.from_bytes(k, "big")
+
+
+def _changes(txn: lmdb.Transaction, events_db: Any, since: int, limit: int) -> list[tuple[int, str, str]]:
+    out: list[tuple[int, str, str]] = []
+    if limit == 0 or since + 1 >= 1 << 64:
+        return out
+    cur = txn.cursor(db=events_db)
+    if not cur.set_range((since + 1).to_bytes(8, "big")):
+        return out
+    for k, v in cur:
+        kind = _FEED_KINDS.get(v[32]) if len(v) == 33 and len(k) == 8 else None
+        if kind is None:
+            raise StoreError(f"malformed events entry {bytes(k).hex()}", "LAMA-CORRUPT")
+        out.append((int.from_bytes(k, "big"), bytes(v[:32]).hex(), kind))
+        if len(out) >= limit:
+            break
+    return out
+
+
+def _upgrade_feed(txn: lmdb.Transaction, dbs: dict[bytes, Any]) -> None:
+    """Give a store created before the feed its events, once: every ``objects`` entry in key
+    order, then every version head in key order (docs/store-format.md "events")."""
+    if txn.get(_META_EVENTS, db=dbs[b"meta"]) is not None:
+        return
+    found: list[tuple[bytes, bytes]] = []
+    for k, v in txn.cursor(db=dbs[b"objects"]):
+        if len(k) == 32 and v and v[0] in _FEED_KIND_OF_ENTRY:
+            found.append((bytes(k), _FEED_KIND_OF_ENTRY[v[0]]))
+    for k in txn.cursor(db=dbs[b"vheads"]).iternext(values=False):
+        if len(k) == 32:
+            found.append((bytes(k), b"H"))
+    n = _last_seq(txn, dbs[b"events"])
+    for raw, kind in found:
+        n += 1
+        txn.put(n.to_bytes(8, "big"), raw + kind, append=True, db=dbs[b"events"])
+    txn.put(_META_EVENTS, b"1", db=dbs[b"meta"])
+
+
+# -- reads inside one transaction (Store: a short one per call; Snapshot: one held open) -----
+
+
+def _retain(shared: _Shared) -> None:
+    with _registry_lock:
+        if shared.refs <= 0:
+            raise StoreError("the store is closed", "LAMA-CLOSED")
+        shared.refs += 1
+
+
+def _release(shared: _Shared) -> None:
+    with _registry_lock:
+        shared.refs -= 1
+        if shared.refs == 0:
+            _registry.pop(shared.key, None)
+            try:
+                if not shared.durable:
+                    shared.env.sync(True)
+            finally:
+                shared.env.close()
+
+
+def _text(shared: _Shared, txn: lmdb.Transaction, raw: bytes, kind: int) -> str:
+    """Microdata stored under ``raw`` as ``kind`` (K_OBJECT or K_ID); SB-READ2 otherwise."""
+    v = txn.get(raw, db=shared.objects)
+    if v is None or v[0] != kind:
+        what = "ID object" if kind == K_ID else "object"
+        raise NotFoundError(f"{what} {raw.hex()} not found in the store", "SB-READ2")
+    try:
+        return bytes(v[1:]).decode("utf-8")
+    except UnicodeDecodeError:
+        raise StoreError(f"entry {raw.hex()} is not UTF-8", "LAMA-CORRUPT") from None
+
+
+def _read_blob(shared: _Shared, txn: lmdb.Transaction, raw: bytes) -> bytes:
+    """The bytes of the BLOB/CLOB stored under ``raw`` (NotFoundError SB-READ2 otherwise)."""
+    v = txn.get(raw, db=shared.objects)
+    if v is None:
+        raise NotFoundError(f"BLOB/CLOB {raw.hex()!r} not found", "SB-READ2")
+    if v[0] in (K_BLOB, K_CLOB):
+        return bytes(v[1:])
+    if v[0] not in (K_BLOB_CHUNKED, K_CLOB_CHUNKED):
+        raise NotFoundError(f"{raw.hex()} is a {_KIND_NAMES.get(v[0], 'unknown entry')}, "
+                            "not a BLOB or CLOB", "SB-READ2")
+    size, count = _parse_chunked_header(bytes(v))
+    parts = []
+    for i in range(count):
+        c = txn.get(raw + i.to_bytes(4, "big"), db=shared.chunks)
+        if c is None:
+            raise StoreError(f"chunk {i} of {raw.hex()} is missing", "LAMA-CORRUPT")
+        parts.append(bytes(c))
+    data = b"".join(parts)
+    if len(data) != size:
+        raise StoreError(f"the chunks of {raw.hex()} do not add up to {size} bytes", "LAMA-CORRUPT")
+    return data
+
+
+def _missing(shared: _Shared, txn: lmdb.Transaction, raws: list[bytes]) -> list[str]:
+    objects = shared.objects
+    return [r.hex() for r in raws if txn.get(r, db=objects) is None]
+
+
+def _children(shared: _Shared, txn: lmdb.Transaction, root: bytes) -> list[str]:
+    """chum.md §5.3: the transitive closure of what ``root`` references, without ``root``, each
+    hash once; an object or ID object is recorded after its own sub-walk (post-order,
+    "dependencies first"), a BLOB/CLOB when first met (a leaf, not loaded).  References are
+    visited in microdata order = recipe rule order, collections in order (objects.md §1.2,
+    §1.7).  ``referenceToObj`` descends into the object, ``referenceToId`` into the ID object
+    (its ID properties, never its versions).  A BLOB/CLOB root has no children; an unstored
+    referenced object or ID object fails the call (NotFoundError SB-READ2, chum.md §4.3)."""
+    v = txn.get(root, db=shared.objects)
+    if v is None:
+        raise NotFoundError(f"object {root.hex()} not found in the store", "SB-READ2")
+    if v[0] not in (K_OBJECT, K_ID):
+        if v[0] in _KIND_NAMES:
+            return []
+        raise StoreError(f"entry {root.hex()} has an unknown kind byte", "LAMA-CORRUPT")
+    seen = {root.hex()}
+    out: list[str] = []
+    # explicit stack, not recursion: version chains are arbitrarily long
+    stack: list[tuple[str | None, list[tuple[str, str, str]], int]] = [
+        (None, references(_text(shared, txn, root, v[0])), 0)
+    ]
+    while stack:
+        done, refs, i = stack[-1]
+        if i == len(refs):
+            stack.pop()
+            if done is not None:
+                out.append(done)
+            continue
+        stack[-1] = (done, refs, i + 1)
+        _path, kind, h = refs[i]
+        if h in seen:
+            continue
+        seen.add(h)
+        if kind in ("blob", "clob"):
+            out.append(h)
+        else:
+            text = _text(shared, txn, bytes.fromhex(h), K_ID if kind == "id" else K_OBJECT)
+            stack.append((h, references(text), 0))
+    return out
+
+
+def _version_nodes(shared: _Shared, txn: lmdb.Transaction, id_raw: bytes) -> list[str]:
+    """objects.md §4.1: walk back from the head along the parent links (``prev`` of a Change,
+    ``nodes`` of a Merge in stored order), depth-first, each node once at its first visit:
+    newest first.  Merge nodes are listed too.  ``[]`` if the ID has no head."""
+    head = txn.get(id_raw, db=shared.vheads)
+    if head is None:
+        return []
+    out: list[str] = []
+    seen: set[bytes] = set()
+    stack = [bytes(head)]
+    while stack:
+        n = stack.pop()
+        if n in seen:
+            continue
+        seen.add(n)
+        out.append(n.hex())
+        text = _text(shared, txn, n, K_OBJECT)
+        type_name = type_of(text)[0]
+        if type_name not in VERSION_NODE_TYPES:
+            raise StoreError(f"entry {n.hex()} is a {type_name}, not a version node",
+                             "LAMA-CORRUPT")
+        parents = [bytes.fromhex(h) for path, kind, h in references(text)
+                   if kind == "obj" and (path == "prev" or path.startswith("nodes."))]
+        stack.extend(reversed(parents))
+    return out
+
+
+class Snapshot:
+    """A consistent read view: one LMDB read transaction held open, so every read sees the
+    store as committed when the snapshot was taken (docs/core-interface.md "Snapshot").
+
+    py-lmdb opens environments with ``MDB_NOTLS``, so the transaction may be used from any
+    thread, one at a time (a lock here).  It holds an LMDB reader slot and pins the pages of its
+    state until :meth:`close` (or the end of a ``with`` block); it keeps the environment open.
+    """
+
+    def __init__(self, shared: _Shared) -> None:
+        _retain(shared)
+        try:
+            self._txn: lmdb.Transaction | None = shared.env.begin()
+        except lmdb.Error as e:
+            _release(shared)
+            raise StoreError(f"LMDB error: {e}", "LAMA-LMDB") from e
+        self._shared = shared
+        self._lock = threading.Lock()
+
+    @property
+    def closed(self) -> bool:
+        return self._txn is None
+
+    def close(self) -> None:
+        """End the read transaction (frees its reader slot); closing twice is harmless."""
+        with self._lock:
+            txn, self._txn = self._txn, None
+            if txn is None:
+                return
+            try:
+                txn.abort()
+            finally:
+                _release(self._shared)
+
+    def __enter__(self) -> Snapshot:
+        if self._txn is None:
+            raise StoreError("the snapshot is closed", "LAMA-CLOSED")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    def _run(self, fn: Callable[[lmdb.Transaction], _T]) -> _T:
+        with self._lock:
+            if self._txn is None:
+                raise StoreError("the snapshot is closed", "LAMA-CLOSED")
+            try:
+                return fn(self._txn)
+            except lmdb.Error as e:
+                raise StoreError(f"LMDB error: {e}", "LAMA-LMDB") from e
+
+    def get(self, hash: str) -> str:
+        raw = _raw(hash)
+
+        def fn(txn: lmdb.Transaction) -> str:
+            v = txn.get(raw, db=self._shared.objects)
+            if v is None:
+                raise NotFoundError(f"object {hash!r} not found", "SB-READ2")
+            if v[0] not in (K_OBJECT, K_ID):
+                raise NotFoundError(
+                    f"{hash} is a {_KIND_NAMES.get(v[0], 'unknown entry')}, not a ONE object",
+                    "SB-READ2",
+                )
+            return bytes(v[1:]).decode("utf-8")
+
+        return self._run(fn)
+
+    def get_object(self, hash: str) -> dict[str, Any]:
+        return parse(self.get(hash))
+
+    def has(self, hash: str) -> bool:
+        raw = _raw(hash)
+        return self._run(lambda txn: txn.get(raw, db=self._shared.objects) is not None)
+
+    def kind(self, hash: str) -> str | None:
+        raw = _raw(hash)
+
+        def fn(txn: lmdb.Transaction) -> str | None:
+            v = txn.get(raw, db=self._shared.objects)
+            return None if v is None else _KIND_NAMES.get(v[0])
+
+        return self._run(fn)
+
+    def get_head(self, id_hash: str) -> str | None:
+        raw = _raw(id_hash, "ID hash")
+
+        def fn(txn: lmdb.Transaction) -> str | None:
+            v = txn.get(raw, db=self._shared.vheads)
+            return None if v is None else bytes(v).hex()
+
+        return self._run(fn)
+
+    def read_blob(self, hash: str) -> bytes:
+        raw = _raw(hash)
+        return self._run(lambda txn: _read_blob(self._shared, txn, raw))
+
+    def missing(self, hashes: list[str]) -> list[str]:
+        raws = _hash_list(hashes)
+        return self._run(lambda txn: _missing(self._shared, txn, raws))
+
+    def children(self, hash: str) -> list[str]:
+        raw = _raw(hash)
+        return self._run(lambda txn: _children(self._shared, txn, raw))
+
+    def version_nodes(self, id_hash: str) -> list[str]:
+        raw = _raw(id_hash, "ID hash")
+        return self._run(lambda txn: _version_nodes(self._shared, txn, raw))
+
+    def last_seq(self) -> int:
+        return self._run(lambda txn: _last_seq(txn, self._shared.events))
+
+    def changes(self, since: int, limit: int) -> list[tuple[int, str, str]]:
+        since = _count_arg(since, "since")
+        limit = _count_arg(limit, "limit")
+        return self._run(lambda txn: _changes(txn, self._shared.events, since, limit))
+
+
+_WAIT_SLICE = 1.0  # longest single Condition.wait (below threading.TIMEOUT_MAX, any timeout)
+
+
+class Subscription:
+    """Events committed after :meth:`Store.subscribe` (docs/core-interface.md "Event feed"),
+    by any ``Store`` of the same directory in this process.  Keeps the environment open until
+    :meth:`close`."""
+
+    def __init__(self, shared: _Shared) -> None:
+        _retain(shared)
+        self._shared: _Shared | None = shared
+        self._lock = threading.Lock()
+        try:
+            with shared.env.begin() as txn:
+                self._pos = _last_seq(txn, shared.events)
+        except BaseException:
+            self.close()
+            raise
+
+    @property
+    def position(self) -> int:
+        """Sequence number of the last event returned (the feed's end when subscribed)."""
+        if self._shared is None:
+            raise StoreError("the subscription is closed", "LAMA-CLOSED")
+        return self._pos
+
+    @property
+    def closed(self) -> bool:
+        return self._shared is None
+
+    @_lmdb_errors
+    def wait(self, timeout: float, limit: int | None = None) -> list[tuple[int, str, str]]:
+        """The next events (at most ``limit``, default 1000), waiting up to ``timeout`` seconds
+        for one; ``[]`` after the timeout."""
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout >= 0:
+            raise StoreError(f"timeout must be a number of seconds >= 0, got {timeout!r}",
+                             "LAMA-ARG")
+        limit = 1000 if limit is None else _count_arg(limit, "limit")
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            while True:
+                shared = self._shared
+                if shared is None:
+                    raise StoreError("the subscription is closed", "LAMA-CLOSED")
+                with shared.env.begin() as txn:
+                    events = _changes(txn, shared.events, self._pos, limit)
+                if events or limit == 0:
+                    if events:
+                        self._pos = events[-1][0]
+                    return events
+                with shared.cond:
+                    # a writer bumps `committed` after its commit, under this condition's
+                    # lock: either we see the bump and read again, or we are waiting when the
+                    # notification comes; nothing committed in between is missed
+                    if shared.committed > self._pos:
+                        continue
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        return []
+                    shared.cond.wait(min(remaining, _WAIT_SLICE))
+
+    def close(self) -> None:
+        """Stop the subscription; closing twice is harmless."""
+        shared, self._shared = self._shared, None
+        if shared is not None:
+            _release(shared)
+
+    def __enter__(self) -> Subscription:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass

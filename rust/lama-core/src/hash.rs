@@ -52,6 +52,101 @@ pub fn hash_bytes(s: &str) -> Option<[u8; 32]> {
     Some(out)
 }
 
+/// A 32-byte SHA-256 hash (objects.md §2.1). Inside the core hashes travel as this type; hex
+/// strings exist only at the boundaries (Python, microdata text, error messages).
+///
+/// `Ord` is the byte order, which is also the order of LMDB keys and of the lowercase hex
+/// strings, so sorting either gives the same sequence.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Hash(pub [u8; 32]);
+
+impl Hash {
+    /// Parse exactly 64 lowercase hex characters (`[0-9a-f]{64}`, nothing before or after:
+    /// no trailing newline, no uppercase, no whitespace); `None` otherwise.
+    pub fn parse(s: &str) -> Option<Hash> {
+        hash_bytes(s).map(Hash)
+    }
+
+    /// SHA-256 of `data`.
+    pub fn of(data: &[u8]) -> Hash {
+        Hash(sha256(data))
+    }
+
+    /// From a raw 32-byte slice (an LMDB key or value); `None` for another length.
+    pub fn from_slice(b: &[u8]) -> Option<Hash> {
+        b.try_into().ok().map(Hash)
+    }
+
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+
+    /// Lowercase hex.
+    pub fn to_hex(&self) -> String {
+        hash_hex(&self.0)
+    }
+}
+
+impl std::ops::Deref for Hash {
+    type Target = [u8; 32];
+    fn deref(&self) -> &[u8; 32] {
+        &self.0
+    }
+}
+
+impl AsRef<[u8]> for Hash {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl PartialEq<[u8; 32]> for Hash {
+    fn eq(&self, other: &[u8; 32]) -> bool {
+        &self.0 == other
+    }
+}
+
+impl From<[u8; 32]> for Hash {
+    fn from(b: [u8; 32]) -> Hash {
+        Hash(b)
+    }
+}
+
+impl std::fmt::Display for Hash {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(hex_str(&hash_hex_bytes(&self.0)))
+    }
+}
+
+impl std::fmt::Debug for Hash {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Hash({self})")
+    }
+}
+
+/// The error for a value that is not a hash: `MicrodataError LAMA-BADHASH` (one code for every
+/// malformed hash argument, in both cores; docs/core-interface.md `check_hash`).
+pub fn bad_hash(what: &str, shown: &str) -> crate::error::Error {
+    crate::error::Error::new(
+        crate::error::ErrorKind::Microdata,
+        "LAMA-BADHASH",
+        format!("{what} is not a hash (64 lowercase hex characters): {shown}"),
+    )
+}
+
+/// Validate a hash string: `Ok(Hash)` for exactly 64 lowercase hex characters, else
+/// [`bad_hash`] (`what` names the argument in the message).
+pub fn check_hash(s: &str, what: &str) -> crate::error::Result<Hash> {
+    Hash::parse(s).ok_or_else(|| bad_hash(what, &format!("{s:?}")))
+}
+
+impl std::str::FromStr for Hash {
+    type Err = crate::error::Error;
+    fn from_str(s: &str) -> crate::error::Result<Hash> {
+        check_hash(s, "hash")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -68,5 +163,39 @@ mod tests {
         assert_eq!(hash_hex(&h), hex::encode(h));
         assert_eq!(hash_hex(&[0xff; 32]), "f".repeat(64));
         assert_eq!(hash_hex(&[0x0a; 32]), "0a".repeat(32));
+    }
+
+    #[test]
+    fn hash_newtype() {
+        let hex = "b94d27b9934d3e08a52e52d7da7dabfac484efe37a5380ee9088f7ace2efcde9";
+        let h = Hash::parse(hex).unwrap();
+        assert_eq!(h, Hash::of(b"hello world"));
+        assert_eq!(h.to_string(), hex);
+        assert_eq!(format!("{h:?}"), format!("Hash({hex})"));
+        assert_eq!(hex.parse::<Hash>().unwrap(), h);
+        // exactly 64 lowercase hex digits, nothing else (a `^...$` regexp would let "\n" pass)
+        for bad in [
+            format!("{hex}\n"),
+            format!("\n{hex}"),
+            format!(" {hex}"),
+            hex.to_uppercase(),
+            hex[..63].to_string(),
+            format!("{hex}0"),
+            String::new(),
+            "g".repeat(64),
+            "é".repeat(32),
+        ] {
+            assert!(Hash::parse(&bad).is_none(), "{bad:?}");
+            let e = check_hash(&bad, "thing").unwrap_err();
+            assert_eq!(e.code, "LAMA-BADHASH");
+        }
+        let a = Hash([0; 32]);
+        let mut b = [0u8; 32];
+        b[31] = 1;
+        assert!(a < Hash(b));
+        assert_eq!(Hash::from_slice(&b), Some(Hash(b)));
+        assert_eq!(Hash::from_slice(&b[1..]), None);
+        let copy = h;
+        assert_eq!(copy, h);
     }
 }

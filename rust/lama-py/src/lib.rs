@@ -15,12 +15,14 @@ mod crypto;
 mod errors;
 mod microdata;
 mod store;
+mod store_api;
 
 #[pymodule(gil_used = false)]
 fn _lama(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("CORE_NAME", "rust")?;
     microdata::register(m)?;
     store::register(m)?;
+    store_api::register(m)?;
     crypto::register(m)?;
     Ok(())
 }

@@ -259,6 +259,49 @@ impl PyStore {
         let store = self.store()?;
         py.detach(|| store.verify()).py()
     }
+
+    // ---- reads for the sync layer and the event feed (store_api.rs; project issue 6)
+
+    /// A consistent read view as of now (docs/core-interface.md "Snapshot").
+    fn snapshot(&self, py: Python<'_>) -> PyResult<crate::store_api::PySnapshot> {
+        crate::store_api::snapshot(py, self.store()?)
+    }
+
+    /// The hashes of `hashes` that are not stored, in input order (one read transaction).
+    fn missing(&self, py: Python<'_>, hashes: &Bound<'_, PyAny>) -> PyResult<Vec<String>> {
+        crate::store_api::missing(py, self.store()?, hashes)
+    }
+
+    /// chum.md §5.3 children of an object or ID object, dependencies first.
+    fn children(&self, py: Python<'_>, hash: &Bound<'_, PyAny>) -> PyResult<Vec<String>> {
+        crate::store_api::children(py, self.store()?, hash)
+    }
+
+    /// The version nodes of an ID hash, newest first (objects.md §4.1).
+    fn version_nodes(&self, py: Python<'_>, id_hash: &Bound<'_, PyAny>) -> PyResult<Vec<String>> {
+        crate::store_api::version_nodes(py, self.store()?, id_hash)
+    }
+
+    /// Sequence number of the last committed event (0 if none).
+    fn last_seq(&self, py: Python<'_>) -> PyResult<u64> {
+        let store = self.store()?;
+        py.detach(|| store.last_seq()).py()
+    }
+
+    /// Up to `limit` events `(seq, hash, kind)` with `seq > since`, in commit order.
+    fn changes(
+        &self,
+        py: Python<'_>,
+        since: &Bound<'_, PyAny>,
+        limit: &Bound<'_, PyAny>,
+    ) -> PyResult<Vec<(u64, String, &'static str)>> {
+        crate::store_api::changes(py, self.store()?, since, limit)
+    }
+
+    /// Events committed from now on, by any handle of this directory in this process.
+    fn subscribe(&self, py: Python<'_>) -> PyResult<crate::store_api::PySubscription> {
+        crate::store_api::subscribe(py, self.store()?)
+    }
 }
 
 /// Streams a BLOB/CLOB into a store (docs/store-format.md "Write rules").

@@ -10,6 +10,7 @@
 use heed::RwTxn;
 use sha2::{Digest, Sha256};
 
+use super::feed::FeedTxn;
 use super::keys::{chunk_key, chunked_value, parse_chunked, tmp_key, tmp_prefix};
 use super::{
     not_found, parse_hash, Status, Store, CHUNK, K_BLOB, K_BLOB_CHUNKED, K_CLOB, K_CLOB_CHUNKED,
@@ -67,7 +68,12 @@ impl Store {
         let h: [u8; 32] = Sha256::digest(data).into();
         let mut txn = self.write_txn()?;
         let status = self.write_content(&mut txn, &h, clob, data)?;
+        let mut feed = FeedTxn::new();
+        if status == Status::New {
+            feed.push(&self.dbs(), &mut txn, &h, if clob { K_CLOB } else { K_BLOB })?;
+        }
         txn.commit()?;
+        self.published(&feed);
         Ok((hex::encode(h), status))
     }
 
@@ -321,7 +327,12 @@ impl BlobWriter {
             Status::New
         };
         self.delete_staged(&store, &mut txn)?;
+        let mut feed = FeedTxn::new();
+        if status == Status::New {
+            feed.push(&dbs, &mut txn, &h, if self.clob { K_CLOB } else { K_BLOB })?;
+        }
         txn.commit()?;
+        store.published(&feed);
         self.done = true;
         self.buf = Vec::new();
         self.store = None;

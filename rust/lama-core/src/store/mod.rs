@@ -15,13 +15,17 @@
 //! the last handle is dropped.
 
 mod blob;
+mod feed;
 mod keys;
 mod objects;
+mod read;
 mod rmaps;
 mod verify;
 
 pub use blob::BlobWriter;
+pub use feed::{Event, Subscription};
 pub use objects::PutResult;
+pub use read::Snapshot;
 pub use rmaps::Props;
 
 use std::collections::HashMap;
@@ -32,8 +36,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use heed::types::Bytes;
 use heed::{Database, Env, EnvFlags, EnvOpenOptions, RoTxn, RwTxn, WithoutTls};
 
-use crate::error::{Error, ErrorKind, Result};
-use crate::hash::hash_bytes;
+use crate::error::{Error, Result};
+use crate::hash::Hash;
 
 /// The value of `meta["format"]`.
 pub const FORMAT: &str = "lama-store-1";
@@ -110,6 +114,8 @@ pub(crate) struct Dbs {
     pub vheads: Db,
     pub rmaps: Db,
     pub tmp: Db,
+    /// The post-commit event feed (feed.rs).
+    pub events: Db,
 }
 
 struct Shared {
@@ -117,6 +123,8 @@ struct Shared {
     dbs: Dbs,
     /// False if the environment was opened with `NO_SYNC` (see [`Store::open_with`]).
     durable: bool,
+    /// Wakes subscriptions after commits that appended events (feed.rs).
+    feed: feed::Notifier,
 }
 
 impl Drop for Shared {
@@ -142,18 +150,9 @@ pub struct Store {
     path: PathBuf,
 }
 
-/// Error for a malformed hash argument (not 64 lowercase hex characters, objects.md §2.1).
-pub(crate) fn bad_hash(what: &str, s: &str) -> Error {
-    Error::new(
-        ErrorKind::Microdata,
-        "LAMA-BADHASH",
-        format!("{what} is not a hash (64 lowercase hex characters): {s:?}"),
-    )
-}
-
-/// Parse a hash argument into its 32 raw bytes.
-pub(crate) fn parse_hash(what: &str, s: &str) -> Result<[u8; 32]> {
-    hash_bytes(s).ok_or_else(|| bad_hash(what, s))
+/// Parse a hash argument (`MicrodataError LAMA-BADHASH` unless 64 lowercase hex characters).
+pub(crate) fn parse_hash(what: &str, s: &str) -> Result<Hash> {
+    crate::hash::check_hash(s, what)
 }
 
 pub(crate) fn not_found(hash: &str, what: &str) -> Error {
@@ -316,7 +315,7 @@ impl Store {
     pub fn get_head(&self, id_hash: &str) -> Result<Option<String>> {
         let h = parse_hash("ID hash", id_hash)?;
         let txn = self.read_txn()?;
-        Ok(self.shared.dbs.vheads.get(&txn, &h)?.map(hex::encode))
+        Ok(self.shared.dbs.vheads.get(&txn, &h[..])?.map(hex::encode))
     }
 }
 
@@ -371,6 +370,7 @@ fn open_env(dir: &Path, map_size: usize, durable: bool) -> std::result::Result<S
         vheads: env.create_database(&mut txn, Some("vheads"))?,
         rmaps: env.create_database(&mut txn, Some("rmaps"))?,
         tmp: env.create_database(&mut txn, Some("tmp"))?,
+        events: env.create_database(&mut txn, Some("events"))?,
     };
     match dbs.meta.get(&txn, b"format")? {
         None => dbs.meta.put(&mut txn, b"format", FORMAT.as_bytes())?,
@@ -400,6 +400,9 @@ fn open_env(dir: &Path, map_size: usize, durable: bool) -> std::result::Result<S
     for k in stale {
         dbs.tmp.delete(&mut txn, &k)?;
     }
+    // A store created before the event feed gets sequence numbers for what it holds.
+    feed::upgrade(&dbs, &mut txn)?;
+    let last = feed::last_seq_in(&dbs, &txn)?;
     txn.commit()?;
-    Ok(Shared { env, dbs, durable })
+    Ok(Shared { env, dbs, durable, feed: feed::Notifier::new(last) })
 }

@@ -10,6 +10,7 @@ use std::borrow::Cow;
 use heed::{MdbError, PutFlags, RwTxn};
 
 use super::blob::hash_mismatch;
+use super::feed::{FeedTxn, K_HEAD};
 use super::keys::rmap_key;
 use super::rmaps::{RmapConfig, MAP_ID, MAP_OBJECT};
 use super::{parse_hash, Status, Store, K_ID, K_OBJECT};
@@ -93,8 +94,9 @@ impl Store {
         Ok(Status::New)
     }
 
-    /// Store prepared objects (and their ID objects) inside `txn`.
-    fn store_prepared(&self, txn: &mut RwTxn, items: &[Prepared]) -> Result<Vec<PutResult>> {
+    /// Store prepared objects (and their ID objects) inside `txn`; every new entry is appended
+    /// to the event feed in the same transaction (feed.rs).
+    fn store_prepared(&self, txn: &mut RwTxn, feed: &mut FeedTxn, items: &[Prepared]) -> Result<Vec<PutResult>> {
         let cfg = self.rmap_config(txn)?;
         // Insert in key order: neighbouring inserts then touch the same B-tree pages, which
         // makes large batches markedly faster. Results keep the input order; the sort is stable
@@ -108,9 +110,22 @@ impl Store {
         }
         let mut ids: Vec<(usize, &(String, [u8; 32]))> =
             items.iter().enumerate().filter_map(|(i, p)| p.id.as_ref().map(|id| (i, id))).collect();
-        ids.sort_unstable_by(|a, b| a.1 .1.cmp(&b.1 .1));
+        // stable: of equal ID hashes the first in input order is the `new` one (feed order)
+        ids.sort_by(|a, b| a.1 .1.cmp(&b.1 .1));
+        let mut id_new = vec![false; items.len()];
         for (i, (id_text, id_h)) in ids {
-            self.store_text(txn, &cfg, K_ID, &items[i].type_name, id_h, id_text)?;
+            id_new[i] = self.store_text(txn, &cfg, K_ID, &items[i].type_name, id_h, id_text)? == Status::New;
+        }
+        // Feed order is input order, each object before its ID object (docs/store-format.md
+        // "events"), whatever order the puts above used; the pure core writes the same order.
+        let dbs = self.dbs();
+        for (i, p) in items.iter().enumerate() {
+            if statuses[i] == Status::New {
+                feed.push(&dbs, txn, &p.hash, p.kind)?;
+            }
+            if let (true, Some((_, id_h))) = (id_new[i], &p.id) {
+                feed.push(&dbs, txn, id_h, K_ID)?;
+            }
         }
         Ok(items
             .iter()
@@ -128,8 +143,10 @@ impl Store {
     pub fn put_objects(&self, objs: &[Value]) -> Result<Vec<PutResult>> {
         let items = prepare_values(objs)?;
         let mut txn = self.write_txn()?;
-        let out = self.store_prepared(&mut txn, &items)?;
+        let mut feed = FeedTxn::new();
+        let out = self.store_prepared(&mut txn, &mut feed, &items)?;
         txn.commit()?;
+        self.published(&feed);
         Ok(out)
     }
 
@@ -165,8 +182,10 @@ impl Store {
             });
         }
         let mut txn = self.write_txn()?;
-        let out = self.store_prepared(&mut txn, &prepared)?;
+        let mut feed = FeedTxn::new();
+        let out = self.store_prepared(&mut txn, &mut feed, &prepared)?;
         txn.commit()?;
+        self.published(&feed);
         Ok(out)
     }
 
@@ -188,17 +207,18 @@ impl Store {
         let mut parsed = Vec::with_capacity(heads.len());
         for (id, expected, new_head) in heads {
             let exp = match expected {
-                Some(e) => Some(parse_hash("expected head", e)?),
+                Some(e) => Some(parse_hash("expected head", e)?.0),
                 None => None,
             };
             parsed.push((parse_hash("ID hash", id)?, exp, parse_hash("new head", new_head)?));
         }
         let dbs = self.dbs();
         let mut txn = self.write_txn()?;
-        let out = self.store_prepared(&mut txn, &items)?;
+        let mut feed = FeedTxn::new();
+        let out = self.store_prepared(&mut txn, &mut feed, &items)?;
         for ((id, exp, new), (id_s, _, new_s)) in parsed.iter().zip(heads) {
             let current: Option<[u8; 32]> =
-                dbs.vheads.get(&txn, id)?.and_then(|v| v.try_into().ok());
+                dbs.vheads.get(&txn, &id[..])?.and_then(|v| v.try_into().ok());
             if current != *exp {
                 let show = |h: Option<[u8; 32]>| h.map_or("none".to_string(), hex::encode);
                 return Err(Error::new(
@@ -208,7 +228,7 @@ impl Store {
                 ));
             }
             // A head must be a stored version node (objects.md §4.1), or verify() would flag it.
-            let is_node = match dbs.objects.get(&txn, new)? {
+            let is_node = match dbs.objects.get(&txn, &new[..])? {
                 Some([k, md @ ..]) if *k == K_OBJECT => std::str::from_utf8(md)
                     .ok()
                     .and_then(|t| crate::microdata::type_of(t).ok())
@@ -221,9 +241,13 @@ impl Store {
                     format!("new head {new_s} of {id_s} is not a stored version node"),
                 ));
             }
-            dbs.vheads.put(&mut txn, id, new)?;
+            if current != Some(new.0) {
+                dbs.vheads.put(&mut txn, &id[..], &new[..])?;
+                feed.push(&dbs, &mut txn, id, K_HEAD)?;
+            }
         }
         txn.commit()?;
+        self.published(&feed);
         Ok(out)
     }
 }

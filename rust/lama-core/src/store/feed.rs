@@ -1,0 +1,254 @@
+//! The post-commit event feed (docs/store-format.md "events"; project issue 6).
+//!
+//! Every committed write of a new `objects` entry (object, ID object, BLOB, CLOB) and every
+//! head change gets the next per-store sequence number, appended to the `events` table in the
+//! SAME write transaction as the write itself: the feed can never show an uncommitted write or
+//! miss a committed one, even after a crash. Keys are `u64` big-endian sequence numbers (1, 2,
+//! ...), so LMDB keeps them in commit order and the append goes to the right-most page
+//! (`MDB_APPEND`, no B-tree search). Values: `hash (32) ‖ kind byte` with the kind bytes of
+//! `objects` (`O`, `I`, `C`, `B`; chunked entries are reported as `C`/`B`) plus `H` for a
+//! version-head change (hash = the ID hash).
+//!
+//! In-process notification: after a commit that appended events the writer bumps the
+//! environment's [`Notifier`] and wakes every [`Subscription`] of that directory, whichever
+//! `Store` handle wrote. Writes by other processes land in the table too (a waiting
+//! subscription sees them at its next wake-up or call), but do not wake it.
+
+use std::sync::{Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use heed::{PutFlags, RoTxn, RwTxn};
+
+use super::{Dbs, Store, K_BLOB, K_BLOB_CHUNKED, K_CLOB, K_CLOB_CHUNKED, K_ID, K_OBJECT};
+use crate::error::{Error, Result};
+use crate::hash::Hash;
+
+/// Kind byte of a version-head change in `events`.
+pub(crate) const K_HEAD: u8 = b'H';
+/// `meta` key marking a store whose `events` table is maintained (value `1`).
+pub(crate) const META_EVENTS: &[u8] = b"events";
+
+/// One feed entry: `(seq, hash, kind)` with kind `object|id|clob|blob|head`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    pub seq: u64,
+    pub hash: Hash,
+    pub kind: &'static str,
+}
+
+fn kind_name(b: u8) -> Option<&'static str> {
+    match b {
+        K_OBJECT => Some("object"),
+        K_ID => Some("id"),
+        K_CLOB | K_CLOB_CHUNKED => Some("clob"),
+        K_BLOB | K_BLOB_CHUNKED => Some("blob"),
+        K_HEAD => Some("head"),
+        _ => None,
+    }
+}
+
+/// The kind byte an `objects` value is recorded under (chunked entries as `C`/`B`).
+fn feed_kind(objects_kind: u8) -> u8 {
+    match objects_kind {
+        K_CLOB_CHUNKED => K_CLOB,
+        K_BLOB_CHUNKED => K_BLOB,
+        k => k,
+    }
+}
+
+fn decode(k: &[u8], v: &[u8]) -> Result<Event> {
+    let corrupt = || Error::store("LAMA-CORRUPT", format!("malformed events entry {}", hex::encode(k)));
+    let seq = u64::from_be_bytes(k.try_into().map_err(|_| corrupt())?);
+    if v.len() != 33 {
+        return Err(corrupt());
+    }
+    let hash = Hash::from_slice(&v[..32]).ok_or_else(corrupt)?;
+    let kind = kind_name(v[32]).ok_or_else(corrupt)?;
+    Ok(Event { seq, hash, kind })
+}
+
+/// Highest sequence number in `events` (0 for none).
+pub(crate) fn last_seq_in(dbs: &Dbs, txn: &RoTxn) -> Result<u64> {
+    match dbs.events.last(txn)? {
+        None => Ok(0),
+        Some((k, _)) => Ok(u64::from_be_bytes(k.try_into().map_err(|_| {
+            Error::store("LAMA-CORRUPT", format!("malformed events key {}", hex::encode(k)))
+        })?)),
+    }
+}
+
+/// Events with `seq > since`, at most `limit`, in sequence order.
+pub(crate) fn changes_in(dbs: &Dbs, txn: &RoTxn, since: u64, limit: usize) -> Result<Vec<Event>> {
+    let mut out = Vec::new();
+    if limit == 0 {
+        return Ok(out);
+    }
+    let start = since.saturating_add(1).to_be_bytes();
+    let range = (std::ops::Bound::Included(&start[..]), std::ops::Bound::Unbounded);
+    for item in dbs.events.range(txn, &range)? {
+        let (k, v) = item?;
+        out.push(decode(k, v)?);
+        if out.len() >= limit {
+            break;
+        }
+    }
+    Ok(out)
+}
+
+/// The events appended by one write transaction. The next sequence number is read lazily at
+/// the first append (one lookup of the right-most key), so a transaction that writes nothing
+/// new costs nothing.
+#[derive(Default)]
+pub(crate) struct FeedTxn {
+    next: Option<u64>,
+    appended: u64,
+}
+
+impl FeedTxn {
+    pub(crate) fn new() -> FeedTxn {
+        FeedTxn::default()
+    }
+
+    /// Append `(hash, kind)` inside `txn` (`kind` = the `objects` kind byte or [`K_HEAD`]).
+    pub(crate) fn push(&mut self, dbs: &Dbs, txn: &mut RwTxn, hash: &[u8; 32], kind: u8) -> Result<()> {
+        let seq = match self.next {
+            Some(s) => s,
+            None => last_seq_in(dbs, txn)? + 1,
+        };
+        let mut value = [0u8; 33];
+        value[..32].copy_from_slice(hash);
+        value[32] = feed_kind(kind);
+        dbs.events.put_with_flags(txn, PutFlags::APPEND, &seq.to_be_bytes(), &value)?;
+        self.next = Some(seq + 1);
+        self.appended += 1;
+        Ok(())
+    }
+
+    /// The last sequence number appended, if any.
+    fn last(&self) -> Option<u64> {
+        self.next.filter(|_| self.appended > 0).map(|n| n - 1)
+    }
+}
+
+/// Highest sequence number committed in this process (per environment), with a condition
+/// variable that subscriptions wait on.
+pub(crate) struct Notifier {
+    committed: Mutex<u64>,
+    cond: Condvar,
+}
+
+impl Notifier {
+    pub(crate) fn new(last: u64) -> Notifier {
+        Notifier { committed: Mutex::new(last), cond: Condvar::new() }
+    }
+}
+
+/// Assign sequence numbers to everything already stored in a store created before the feed
+/// existed (docs/store-format.md "events"): every `objects` entry in key order, then every
+/// version head in key order, then mark the store. Runs in the open transaction, once.
+pub(crate) fn upgrade(dbs: &Dbs, txn: &mut RwTxn) -> Result<()> {
+    if dbs.meta.get(txn, META_EVENTS)?.is_some() {
+        return Ok(());
+    }
+    let mut found: Vec<([u8; 32], u8)> = Vec::new();
+    for item in dbs.objects.iter(txn)? {
+        let (k, v) = item?;
+        if let (Ok(h), Some(&kind)) = (<[u8; 32]>::try_from(k), v.first()) {
+            found.push((h, kind));
+        }
+    }
+    for item in dbs.vheads.iter(txn)? {
+        let (k, _) = item?;
+        if let Ok(h) = <[u8; 32]>::try_from(k) {
+            found.push((h, K_HEAD));
+        }
+    }
+    let mut feed = FeedTxn::new();
+    for (h, kind) in found {
+        feed.push(dbs, txn, &h, kind)?;
+    }
+    dbs.meta.put(txn, META_EVENTS, b"1")?;
+    Ok(())
+}
+
+impl Store {
+    /// Tell this process's subscriptions about the events of a committed transaction.
+    pub(crate) fn published(&self, feed: &FeedTxn) {
+        if let Some(last) = feed.last() {
+            let n = &self.shared.feed;
+            let mut c = n.committed.lock().unwrap_or_else(|e| e.into_inner());
+            if last > *c {
+                *c = last;
+            }
+            n.cond.notify_all();
+        }
+    }
+
+    /// The sequence number of the last committed event (0 if none).
+    pub fn last_seq(&self) -> Result<u64> {
+        let txn = self.read_txn()?;
+        last_seq_in(&self.shared.dbs, &txn)
+    }
+
+    /// Up to `limit` events with a sequence number above `since`, in commit order.
+    pub fn changes(&self, since: u64, limit: usize) -> Result<Vec<Event>> {
+        let txn = self.read_txn()?;
+        changes_in(&self.shared.dbs, &txn, since, limit)
+    }
+
+    /// A subscription to the events committed from now on.
+    pub fn subscribe(&self) -> Result<Subscription> {
+        Ok(Subscription { store: self.clone(), pos: self.last_seq()? })
+    }
+}
+
+/// Events committed after the subscription was made (see [`Store::subscribe`]). Holds its store
+/// open. `Send`; one thread waits on it at a time (`&mut self`).
+pub struct Subscription {
+    store: Store,
+    pos: u64,
+}
+
+impl Subscription {
+    /// The sequence number of the last event returned (or of the feed's end when subscribed).
+    pub fn position(&self) -> u64 {
+        self.pos
+    }
+
+    /// Events after [`position`](Self::position), at most `limit`; waits up to `timeout` for
+    /// one if there is none yet. Empty after a timeout.
+    pub fn wait(&mut self, timeout: Duration, limit: usize) -> Result<Vec<Event>> {
+        let deadline = Instant::now() + timeout;
+        let n = &self.store.shared.feed;
+        loop {
+            let events = self.store.changes(self.pos, limit)?;
+            if let Some(e) = events.last() {
+                self.pos = e.seq;
+                return Ok(events);
+            }
+            if limit == 0 {
+                return Ok(events);
+            }
+            // Writers bump `committed` after their commit, under the lock: either the bump
+            // happened before we look (then we read again), or it happens after we are waiting
+            // (then we are woken). No event is missed between the read and the wait.
+            let guard = n.committed.lock().unwrap_or_else(|e| e.into_inner());
+            if *guard > self.pos {
+                continue;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Ok(Vec::new());
+            }
+            let (_guard, _) = n.cond.wait_timeout(guard, deadline - now).unwrap_or_else(|e| e.into_inner());
+            if Instant::now() >= deadline {
+                // one last look: a commit of another process does not notify
+                let events = self.store.changes(self.pos, limit)?;
+                if let Some(e) = events.last() {
+                    self.pos = e.seq;
+                }
+                return Ok(events);
+            }
+        }
+    }
+}

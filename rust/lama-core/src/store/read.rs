@@ -1,0 +1,296 @@
+//! Reads for the sync layer (project issue 6): read snapshots, `missing`, `children` (chum.md
+//! §5.3, objects.md §6.4) and `version_nodes` (objects.md §4.1).
+//!
+//! Every function here works inside one read transaction, given as a `&RoTxn`: a [`Store`]
+//! method opens a short one per call, a [`Snapshot`] keeps one open across calls, so the
+//! snapshot's answers all come from the same committed state.
+
+use std::collections::HashSet;
+
+use heed::{RoTxn, WithoutTls};
+
+use super::feed::{changes_in, last_seq_in, Event};
+use super::keys::{chunk_key, parse_chunked};
+use super::{
+    not_found, parse_hash, EntryKind, Store, K_BLOB, K_BLOB_CHUNKED, K_CLOB, K_CLOB_CHUNKED, K_ID, K_OBJECT,
+};
+use crate::error::{Error, Result};
+use crate::hash::Hash;
+use crate::microdata::{self, RefKind, Value};
+
+/// The version-node types (objects.md §3 items 9-11).
+const VERSION_NODE_TYPES: [&str; 3] = ["VersionNodeEdge", "VersionNodeChange", "VersionNodeMerge"];
+
+fn corrupt(h: &Hash, what: &str) -> Error {
+    Error::store("LAMA-CORRUPT", format!("entry {h} {what}"))
+}
+
+impl Store {
+    /// Microdata stored under `h` if it is an object (`K_OBJECT`) or ID object (`K_ID`), as
+    /// `want` says; `SB-READ2` if absent or of another kind.
+    fn text_in<'t>(&self, txn: &'t RoTxn, h: &Hash, want: u8) -> Result<&'t str> {
+        match self.entry(txn, h)? {
+            Some([k, rest @ ..]) if *k == want => {
+                std::str::from_utf8(rest).map_err(|_| corrupt(h, "is not UTF-8"))
+            }
+            Some(_) | None => Err(not_found(
+                &h.to_string(),
+                if want == K_ID { "ID object" } else { "object" },
+            )),
+        }
+    }
+
+    pub(crate) fn get_in(&self, txn: &RoTxn, hash: &str) -> Result<String> {
+        let h = parse_hash("hash", hash)?;
+        match self.entry(txn, &h)? {
+            Some([k, rest @ ..]) if *k == K_OBJECT || *k == K_ID => {
+                String::from_utf8(rest.to_vec()).map_err(|_| corrupt(&h, "is not UTF-8"))
+            }
+            Some(v) => Err(Error::not_found(
+                "SB-READ2",
+                format!(
+                    "{hash} is a {}, not an object",
+                    v.first().and_then(|b| EntryKind::from_byte(*b)).map_or("corrupt entry", |k| k.as_str())
+                ),
+            )),
+            None => Err(not_found(hash, "object")),
+        }
+    }
+
+    pub(crate) fn kind_in(&self, txn: &RoTxn, hash: &str) -> Result<Option<EntryKind>> {
+        let h = parse_hash("hash", hash)?;
+        match self.entry(txn, &h)? {
+            None => Ok(None),
+            Some(v) => match v.first().and_then(|b| EntryKind::from_byte(*b)) {
+                Some(k) => Ok(Some(k)),
+                None => Err(corrupt(&h, "has an unknown kind byte")),
+            },
+        }
+    }
+
+    pub(crate) fn get_head_in(&self, txn: &RoTxn, id_hash: &str) -> Result<Option<Hash>> {
+        let h = parse_hash("ID hash", id_hash)?;
+        match self.dbs().vheads.get(txn, &h[..])? {
+            None => Ok(None),
+            Some(v) => Hash::from_slice(v).map(Some).ok_or_else(|| corrupt(&h, "has a malformed head")),
+        }
+    }
+
+    pub(crate) fn read_blob_in(&self, txn: &RoTxn, hash: &str) -> Result<Vec<u8>> {
+        let h = parse_hash("hash", hash)?;
+        match self.entry(txn, &h)? {
+            None => Err(not_found(hash, "BLOB/CLOB")),
+            Some([k, rest @ ..]) if *k == K_BLOB || *k == K_CLOB => Ok(rest.to_vec()),
+            Some([k, rest @ ..]) if *k == K_BLOB_CHUNKED || *k == K_CLOB_CHUNKED => {
+                let (size, count) = parse_chunked(rest).ok_or_else(|| corrupt(&h, "has a bad chunked header"))?;
+                let mut out = Vec::with_capacity(size as usize);
+                for i in 0..count {
+                    let c = self
+                        .dbs()
+                        .chunks
+                        .get(txn, &chunk_key(&h, i))?
+                        .ok_or_else(|| corrupt(&h, &format!("misses chunk {i}")))?;
+                    out.extend_from_slice(c);
+                }
+                Ok(out)
+            }
+            Some(_) => Err(Error::not_found("SB-READ2", format!("{hash} is not a BLOB or CLOB"))),
+        }
+    }
+
+    /// The hashes of `hashes` with no `objects` entry, in input order (duplicates kept).
+    pub(crate) fn missing_in(&self, txn: &RoTxn, hashes: &[Hash]) -> Result<Vec<Hash>> {
+        let objects = self.dbs().objects;
+        let mut out = Vec::new();
+        for h in hashes {
+            if objects.get(txn, &h[..])?.is_none() {
+                out.push(*h);
+            }
+        }
+        Ok(out)
+    }
+
+    /// chum.md §5.3: the transitive closure of everything `root` references, without `root`,
+    /// each hash once, objects and ID objects recorded after their own sub-walk (post-order,
+    /// "dependencies first"), BLOBs/CLOBs when first met. References are visited in microdata
+    /// order, which is recipe rule order with collections in order (objects.md §1.2, §1.7).
+    /// `referenceToObj` descends into the object, `referenceToId` into the ID object (its ID
+    /// properties only, never its versions); BLOB/CLOB are leaves and are not loaded. A BLOB or
+    /// CLOB root has no children. A referenced object or ID object that is not stored fails the
+    /// whole call with `NotFoundError SB-READ2`, as the reference exporter does (chum.md §4.3).
+    pub(crate) fn children_in(&self, txn: &RoTxn, root: &Hash) -> Result<Vec<Hash>> {
+        let text = match self.entry(txn, root)? {
+            None => return Err(not_found(&root.to_string(), "object")),
+            Some([k, rest @ ..]) if *k == K_OBJECT || *k == K_ID => {
+                std::str::from_utf8(rest).map_err(|_| corrupt(root, "is not UTF-8"))?
+            }
+            Some([k, ..]) if EntryKind::from_byte(*k).is_some() => return Ok(Vec::new()),
+            Some(_) => return Err(corrupt(root, "has an unknown kind byte")),
+        };
+        let mut seen: HashSet<Hash> = HashSet::new();
+        seen.insert(*root);
+        let mut out = Vec::new();
+        // Explicit stack instead of recursion: version chains are arbitrarily long.
+        // Frame: (hash recorded when the frame is done (None for the root), its references, next index).
+        let mut stack: Vec<(Option<Hash>, Vec<(RefKind, Hash)>, usize)> = vec![(None, refs_of(root, text)?, 0)];
+        while let Some(frame) = stack.last_mut() {
+            if frame.2 == frame.1.len() {
+                let done = frame.0;
+                stack.pop();
+                if let Some(h) = done {
+                    out.push(h);
+                }
+                continue;
+            }
+            let (kind, h) = frame.1[frame.2];
+            frame.2 += 1;
+            if !seen.insert(h) {
+                continue;
+            }
+            match kind {
+                RefKind::Blob | RefKind::Clob => out.push(h),
+                RefKind::Obj | RefKind::Id => {
+                    let text = self.text_in(txn, &h, if kind == RefKind::Id { K_ID } else { K_OBJECT })?;
+                    stack.push((Some(h), refs_of(&h, text)?, 0));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// objects.md §4.1: the version nodes of `id_hash`, walking back from the head along the
+    /// parent links (`prev` of a Change, `nodes` of a Merge in their stored order), depth-first,
+    /// each node listed once at its first visit: newest first. Merge nodes are included (unlike
+    /// the reference's `getVersionsNodeHashes`). Empty if the ID has no head.
+    pub(crate) fn version_nodes_in(&self, txn: &RoTxn, id_hash: &str) -> Result<Vec<Hash>> {
+        let Some(head) = self.get_head_in(txn, id_hash)? else {
+            return Ok(Vec::new());
+        };
+        let mut out = Vec::new();
+        let mut seen: HashSet<Hash> = HashSet::new();
+        let mut stack = vec![head];
+        while let Some(n) = stack.pop() {
+            if !seen.insert(n) {
+                continue;
+            }
+            out.push(n);
+            let text = self.text_in(txn, &n, K_OBJECT)?;
+            let (type_name, _) = microdata::type_of(text)?;
+            if !VERSION_NODE_TYPES.contains(&type_name.as_str()) {
+                return Err(corrupt(&n, &format!("is a {type_name}, not a version node")));
+            }
+            let parents: Vec<Hash> = microdata::references(text)?
+                .into_iter()
+                .filter(|r| r.kind == RefKind::Obj && (r.path == "prev" || r.path.starts_with("nodes.")))
+                .map(|r| Hash::parse(&r.hash).ok_or_else(|| corrupt(&n, "has a malformed reference")))
+                .collect::<Result<_>>()?;
+            // pushed in reverse so the first parent is walked first
+            stack.extend(parents.into_iter().rev());
+        }
+        Ok(out)
+    }
+
+    /// A consistent read view of the store as committed now (see [`Snapshot`]).
+    pub fn snapshot(&self) -> Result<Snapshot> {
+        // `static_read_txn` owns a clone of the environment, so the transaction stays valid
+        // however long the snapshot lives; `store` keeps the directory's shared state alive.
+        let txn = self.shared.env.clone().static_read_txn()?;
+        Ok(Snapshot { txn, store: self.clone() })
+    }
+
+    /// The hashes of `hashes` not stored (objects, ID objects, BLOBs, CLOBs), in input order.
+    /// One read transaction.
+    pub fn missing(&self, hashes: &[Hash]) -> Result<Vec<Hash>> {
+        let txn = self.read_txn()?;
+        self.missing_in(&txn, hashes)
+    }
+
+    /// The children of an object or ID object (chum.md §5.3; see `children_in`).
+    pub fn children(&self, hash: &str) -> Result<Vec<Hash>> {
+        let h = parse_hash("hash", hash)?;
+        let txn = self.read_txn()?;
+        self.children_in(&txn, &h)
+    }
+
+    /// The version nodes of `id_hash`, newest first (objects.md §4.1; see `version_nodes_in`).
+    pub fn version_nodes(&self, id_hash: &str) -> Result<Vec<Hash>> {
+        let txn = self.read_txn()?;
+        self.version_nodes_in(&txn, id_hash)
+    }
+}
+
+/// `(kind, hash)` of every reference of the microdata stored under `h`, in microdata order.
+fn refs_of(h: &Hash, text: &str) -> Result<Vec<(RefKind, Hash)>> {
+    microdata::references(text)?
+        .into_iter()
+        .map(|r| {
+            Hash::parse(&r.hash).map(|x| (r.kind, x)).ok_or_else(|| corrupt(h, "has a malformed reference"))
+        })
+        .collect()
+}
+
+/// A read snapshot: one LMDB read transaction held open, so every read through it sees the
+/// store as it was committed when the snapshot was taken, whatever is written afterwards.
+///
+/// Why this is sound: the environment is opened with `MDB_NOTLS` (heed `WithoutTls`), so a
+/// read transaction is tied to its `MDB_txn` object, not to the thread that began it, and may
+/// be used from any thread, one thread at a time (LMDB's rule); `RoTxn<'static, WithoutTls>` is
+/// therefore `Send` but not `Sync`, and callers that share a snapshot between threads must
+/// serialise access (the Python binding keeps it in a mutex). Each open snapshot holds one of
+/// the environment's reader slots (126 by default, shared by all processes) and pins the pages
+/// of its state, so LMDB cannot reuse pages freed by later writes while it lives: snapshots are
+/// meant to be short-lived and closed explicitly (dropping it aborts the transaction).
+pub struct Snapshot {
+    txn: RoTxn<'static, WithoutTls>,
+    store: Store,
+}
+
+impl Snapshot {
+    pub fn get(&self, hash: &str) -> Result<String> {
+        self.store.get_in(&self.txn, hash)
+    }
+
+    pub fn get_object(&self, hash: &str) -> Result<Value> {
+        microdata::parse(&self.get(hash)?)
+    }
+
+    pub fn has(&self, hash: &str) -> Result<bool> {
+        let h = parse_hash("hash", hash)?;
+        Ok(self.store.entry(&self.txn, &h)?.is_some())
+    }
+
+    pub fn kind(&self, hash: &str) -> Result<Option<EntryKind>> {
+        self.store.kind_in(&self.txn, hash)
+    }
+
+    pub fn get_head(&self, id_hash: &str) -> Result<Option<Hash>> {
+        self.store.get_head_in(&self.txn, id_hash)
+    }
+
+    pub fn read_blob(&self, hash: &str) -> Result<Vec<u8>> {
+        self.store.read_blob_in(&self.txn, hash)
+    }
+
+    pub fn missing(&self, hashes: &[Hash]) -> Result<Vec<Hash>> {
+        self.store.missing_in(&self.txn, hashes)
+    }
+
+    pub fn children(&self, hash: &str) -> Result<Vec<Hash>> {
+        let h = parse_hash("hash", hash)?;
+        self.store.children_in(&self.txn, &h)
+    }
+
+    pub fn version_nodes(&self, id_hash: &str) -> Result<Vec<Hash>> {
+        self.store.version_nodes_in(&self.txn, id_hash)
+    }
+
+    /// The last event sequence number visible in this snapshot.
+    pub fn last_seq(&self) -> Result<u64> {
+        last_seq_in(&self.store.dbs(), &self.txn)
+    }
+
+    /// Events of this snapshot with `seq > since`, at most `limit`.
+    pub fn changes(&self, since: u64, limit: usize) -> Result<Vec<Event>> {
+        changes_in(&self.store.dbs(), &self.txn, since, limit)
+    }
+}

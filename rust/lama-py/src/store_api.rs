@@ -1,0 +1,333 @@
+//! Bindings of the store API for the sync layer (project issue 6; docs/core-interface.md
+//! "Store: reads for sync", "Event feed"): `check_hash`, `Snapshot`, `Subscription` and the
+//! helpers behind `Store.missing/children/version_nodes/last_seq/changes/subscribe`.
+//!
+//! Hashes are hex `str` only at this boundary; inside the core they are `lama_core::hash::Hash`.
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use lama_core::hash::{bad_hash, check_hash as core_check_hash, Hash};
+use lama_core::store::{Event, Snapshot, Store, Subscription};
+use lama_core::Error;
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyList, PyString};
+
+use crate::errors::{to_py, IntoPyResult};
+
+/// `MicrodataError LAMA-BADHASH` unless `value` is a `str` of exactly 64 lowercase hex
+/// characters (objects.md §2.1). A non-`str` is the same error, not a `TypeError`, so callers
+/// validating untrusted input (received JSON) need one `except`.
+pub fn hash_arg(value: &Bound<'_, PyAny>, what: &str) -> PyResult<Hash> {
+    match value.cast::<PyString>() {
+        Ok(s) => match s.to_cow() {
+            Ok(text) => core_check_hash(&text, what).py(),
+            // a str with lone surrogates is not UTF-8, so certainly not a hash
+            Err(_) => Err(to_py(bad_hash(what, "a str that is not valid Unicode"))),
+        },
+        Err(_) => {
+            let shown = value.repr().map(|r| r.to_string()).unwrap_or_else(|_| "?".into());
+            Err(to_py(bad_hash(what, &format!("{shown} (a {})", value.get_type().name()?))))
+        }
+    }
+}
+
+/// A list of hash arguments (a `list` or `tuple`; anything else is `StoreError LAMA-ARG`).
+fn hash_list(values: &Bound<'_, PyAny>) -> PyResult<Vec<Hash>> {
+    if !(values.is_instance_of::<PyList>() || values.is_instance_of::<pyo3::types::PyTuple>()) {
+        return Err(arg_error(format!(
+            "expected a list of hashes, got {}",
+            values.get_type().name()?
+        )));
+    }
+    values.try_iter()?.map(|v| hash_arg(&v?, "hash")).collect()
+}
+
+fn arg_error(msg: String) -> PyErr {
+    to_py(Error::store("LAMA-ARG", msg))
+}
+
+/// A non-negative `int` (not `bool`), else `StoreError LAMA-ARG` (both cores).
+fn count_arg(value: &Bound<'_, PyAny>, what: &str) -> PyResult<u64> {
+    if value.is_instance_of::<pyo3::types::PyBool>() || !value.is_instance_of::<pyo3::types::PyInt>() {
+        return Err(arg_error(format!("{what} must be an int >= 0, got {}", value.get_type().name()?)));
+    }
+    value.extract::<u64>().map_err(|_| arg_error(format!("{what} must be an int >= 0, got {value}")))
+}
+
+/// `timeout` in seconds: an `int` or `float` >= 0 (not `bool`, not NaN), else `LAMA-ARG`.
+fn timeout_arg(value: &Bound<'_, PyAny>) -> PyResult<Duration> {
+    let bad = || arg_error(format!("timeout must be a number of seconds >= 0, got {value}"));
+    if value.is_instance_of::<pyo3::types::PyBool>() {
+        return Err(bad());
+    }
+    let secs: f64 = value.extract().map_err(|_| bad())?;
+    if !(secs >= 0.0) {
+        return Err(bad());
+    }
+    Ok(Duration::try_from_secs_f64(secs).unwrap_or(Duration::MAX))
+}
+
+fn hex_list(hashes: Vec<Hash>) -> Vec<String> {
+    hashes.into_iter().map(|h| h.to_hex()).collect()
+}
+
+fn event_rows(events: Vec<Event>) -> Vec<(u64, String, &'static str)> {
+    events.into_iter().map(|e| (e.seq, e.hash.to_hex(), e.kind)).collect()
+}
+
+// ---------------------------------------------------------------- Store methods (store.rs)
+
+pub fn missing(py: Python<'_>, store: Store, hashes: &Bound<'_, PyAny>) -> PyResult<Vec<String>> {
+    let hs = hash_list(hashes)?;
+    py.detach(|| store.missing(&hs)).py().map(hex_list)
+}
+
+pub fn children(py: Python<'_>, store: Store, hash: &Bound<'_, PyAny>) -> PyResult<Vec<String>> {
+    let h = hash_arg(hash, "hash")?.to_hex();
+    py.detach(|| store.children(&h)).py().map(hex_list)
+}
+
+pub fn version_nodes(py: Python<'_>, store: Store, id_hash: &Bound<'_, PyAny>) -> PyResult<Vec<String>> {
+    let h = hash_arg(id_hash, "ID hash")?.to_hex();
+    py.detach(|| store.version_nodes(&h)).py().map(hex_list)
+}
+
+pub fn changes(
+    py: Python<'_>,
+    store: Store,
+    since: &Bound<'_, PyAny>,
+    limit: &Bound<'_, PyAny>,
+) -> PyResult<Vec<(u64, String, &'static str)>> {
+    let since = count_arg(since, "since")?;
+    let limit = usize::try_from(count_arg(limit, "limit")?).unwrap_or(usize::MAX);
+    py.detach(|| store.changes(since, limit)).py().map(event_rows)
+}
+
+pub fn snapshot(py: Python<'_>, store: Store) -> PyResult<PySnapshot> {
+    let snap = py.detach(|| store.snapshot()).py()?;
+    Ok(PySnapshot { inner: Mutex::new(Some(snap)) })
+}
+
+pub fn subscribe(py: Python<'_>, store: Store) -> PyResult<PySubscription> {
+    let sub = py.detach(|| store.subscribe()).py()?;
+    Ok(PySubscription { inner: Mutex::new(Some(sub)) })
+}
+
+// ---------------------------------------------------------------- Snapshot
+
+/// A consistent read view of a store (docs/core-interface.md "Snapshot"). The LMDB read
+/// transaction lives in a mutex: LMDB lets a `MDB_NOTLS` read transaction move between threads
+/// but not be used by two at once (see `lama_core::store::Snapshot`).
+#[pyclass(frozen, name = "Snapshot", module = "lama._lama")]
+pub struct PySnapshot {
+    inner: Mutex<Option<Snapshot>>,
+}
+
+impl PySnapshot {
+    fn with<R: Send>(
+        &self,
+        py: Python<'_>,
+        f: impl FnOnce(&Snapshot) -> lama_core::Result<R> + Send,
+    ) -> PyResult<R> {
+        py.detach(|| {
+            let guard = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+            match guard.as_ref() {
+                Some(s) => f(s),
+                None => Err(Error::store("LAMA-CLOSED", "the snapshot is closed")),
+            }
+        })
+        .py()
+    }
+}
+
+#[pymethods]
+impl PySnapshot {
+    /// True once `close()` was called.
+    #[getter]
+    fn closed(&self) -> bool {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner()).is_none()
+    }
+
+    /// End the read transaction (frees its LMDB reader slot); closing twice is harmless.
+    fn close(&self, py: Python<'_>) {
+        let snap = self.inner.lock().unwrap_or_else(|e| e.into_inner()).take();
+        py.detach(move || drop(snap));
+    }
+
+    fn __enter__(slf: Py<Self>) -> PyResult<Py<Self>> {
+        if slf.get().closed() {
+            return Err(to_py(Error::store("LAMA-CLOSED", "the snapshot is closed")));
+        }
+        Ok(slf)
+    }
+
+    #[pyo3(signature = (*_args))]
+    fn __exit__(&self, py: Python<'_>, _args: &Bound<'_, pyo3::types::PyTuple>) -> bool {
+        self.close(py);
+        false
+    }
+
+    fn get(&self, py: Python<'_>, hash: &Bound<'_, PyAny>) -> PyResult<String> {
+        let h = hash_arg(hash, "hash")?.to_hex();
+        self.with(py, |s| s.get(&h))
+    }
+
+    fn get_object<'py>(&self, py: Python<'py>, hash: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+        let h = hash_arg(hash, "hash")?.to_hex();
+        let value = self.with(py, |s| s.get_object(&h))?;
+        crate::microdata::value_to_py(py, &value)
+    }
+
+    fn has(&self, py: Python<'_>, hash: &Bound<'_, PyAny>) -> PyResult<bool> {
+        let h = hash_arg(hash, "hash")?.to_hex();
+        self.with(py, |s| s.has(&h))
+    }
+
+    fn kind(&self, py: Python<'_>, hash: &Bound<'_, PyAny>) -> PyResult<Option<&'static str>> {
+        let h = hash_arg(hash, "hash")?.to_hex();
+        self.with(py, |s| s.kind(&h)).map(|k| k.map(|k| k.as_str()))
+    }
+
+    fn get_head(&self, py: Python<'_>, id_hash: &Bound<'_, PyAny>) -> PyResult<Option<String>> {
+        let h = hash_arg(id_hash, "ID hash")?.to_hex();
+        self.with(py, |s| s.get_head(&h)).map(|o| o.map(|h| h.to_hex()))
+    }
+
+    fn read_blob<'py>(&self, py: Python<'py>, hash: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyBytes>> {
+        let h = hash_arg(hash, "hash")?.to_hex();
+        let data = self.with(py, |s| s.read_blob(&h))?;
+        Ok(PyBytes::new(py, &data))
+    }
+
+    fn missing(&self, py: Python<'_>, hashes: &Bound<'_, PyAny>) -> PyResult<Vec<String>> {
+        let hs = hash_list(hashes)?;
+        self.with(py, |s| s.missing(&hs)).map(hex_list)
+    }
+
+    fn children(&self, py: Python<'_>, hash: &Bound<'_, PyAny>) -> PyResult<Vec<String>> {
+        let h = hash_arg(hash, "hash")?.to_hex();
+        self.with(py, |s| s.children(&h)).map(hex_list)
+    }
+
+    fn version_nodes(&self, py: Python<'_>, id_hash: &Bound<'_, PyAny>) -> PyResult<Vec<String>> {
+        let h = hash_arg(id_hash, "ID hash")?.to_hex();
+        self.with(py, |s| s.version_nodes(&h)).map(hex_list)
+    }
+
+    fn last_seq(&self, py: Python<'_>) -> PyResult<u64> {
+        self.with(py, |s| s.last_seq())
+    }
+
+    fn changes(
+        &self,
+        py: Python<'_>,
+        since: &Bound<'_, PyAny>,
+        limit: &Bound<'_, PyAny>,
+    ) -> PyResult<Vec<(u64, String, &'static str)>> {
+        let since = count_arg(since, "since")?;
+        let limit = usize::try_from(count_arg(limit, "limit")?).unwrap_or(usize::MAX);
+        self.with(py, |s| s.changes(since, limit)).map(event_rows)
+    }
+}
+
+// ---------------------------------------------------------------- Subscription
+
+/// Longest stretch `wait` spends without the GIL before it looks at Python signals, so Ctrl-C
+/// interrupts a long wait.
+const WAIT_SLICE: Duration = Duration::from_millis(100);
+/// Default most events one `wait` returns (the rest come with the next call, at once).
+const WAIT_LIMIT: usize = 1000;
+
+/// Events committed after `Store.subscribe()` (docs/core-interface.md "Event feed").
+#[pyclass(frozen, name = "Subscription", module = "lama._lama")]
+pub struct PySubscription {
+    inner: Mutex<Option<Subscription>>,
+}
+
+#[pymethods]
+impl PySubscription {
+    /// Sequence number of the last event returned (the feed's end when subscribed).
+    #[getter]
+    fn position(&self) -> PyResult<u64> {
+        match self.inner.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+            Some(s) => Ok(s.position()),
+            None => Err(to_py(Error::store("LAMA-CLOSED", "the subscription is closed"))),
+        }
+    }
+
+    #[getter]
+    fn closed(&self) -> bool {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner()).is_none()
+    }
+
+    /// The next events (at most `limit`), waiting up to `timeout` seconds for one; `[]` after
+    /// the timeout. The GIL is released while waiting.
+    #[pyo3(signature = (timeout, limit = None))]
+    fn wait(
+        &self,
+        py: Python<'_>,
+        timeout: &Bound<'_, PyAny>,
+        limit: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Vec<(u64, String, &'static str)>> {
+        let timeout = timeout_arg(timeout)?;
+        let limit = match limit {
+            Some(l) => usize::try_from(count_arg(l, "limit")?).unwrap_or(usize::MAX),
+            None => WAIT_LIMIT,
+        };
+        let deadline = Instant::now().checked_add(timeout);
+        loop {
+            let slice = match deadline {
+                Some(d) => d.saturating_duration_since(Instant::now()).min(WAIT_SLICE),
+                None => WAIT_SLICE,
+            };
+            let events = py
+                .detach(|| {
+                    let mut guard = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+                    match guard.as_mut() {
+                        Some(s) => s.wait(slice, limit),
+                        None => Err(Error::store("LAMA-CLOSED", "the subscription is closed")),
+                    }
+                })
+                .py()?;
+            if !events.is_empty() || deadline.is_some_and(|d| Instant::now() >= d) || limit == 0 {
+                return Ok(event_rows(events));
+            }
+            py.check_signals()?;
+        }
+    }
+
+    /// Stop the subscription (it no longer keeps its store open); closing twice is harmless.
+    fn close(&self, py: Python<'_>) {
+        let sub = self.inner.lock().unwrap_or_else(|e| e.into_inner()).take();
+        py.detach(move || drop(sub));
+    }
+
+    fn __enter__(slf: Py<Self>) -> Py<Self> {
+        slf
+    }
+
+    #[pyo3(signature = (*_args))]
+    fn __exit__(&self, py: Python<'_>, _args: &Bound<'_, pyo3::types::PyTuple>) -> bool {
+        self.close(py);
+        false
+    }
+}
+
+// ---------------------------------------------------------------- check_hash
+
+/// `value` if it is exactly 64 lowercase hex characters, else `MicrodataError LAMA-BADHASH`
+/// naming `what` (docs/core-interface.md `check_hash`).
+#[pyfunction]
+#[pyo3(signature = (value, what = "hash"))]
+fn check_hash<'py>(value: &Bound<'py, PyAny>, what: &str) -> PyResult<Bound<'py, PyAny>> {
+    hash_arg(value, what)?;
+    Ok(value.clone())
+}
+
+/// Add `check_hash`, `Snapshot` and `Subscription` to the module.
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(check_hash, m)?)?;
+    m.add_class::<PySnapshot>()?;
+    m.add_class::<PySubscription>()?;
+    Ok(())
+}
