@@ -738,7 +738,7 @@ class Store:
 
     def snapshot(self) -> Snapshot:
         """A consistent read view as of now (docs/core-interface.md "Snapshot")."""
-        return Snapshot(self._s())
+        return Snapshot._create(self._s())
 
     @_lmdb_errors
     def missing(self, hashes: list[str]) -> list[str]:
@@ -783,7 +783,7 @@ class Store:
 
     def subscribe(self) -> Subscription:
         """Events committed from now on, by any handle of this directory in this process."""
-        return Subscription(self._s())
+        return Subscription._create(self._s())
 
     # -- inventory and verification -------------------------------------------------------
 
@@ -1321,7 +1321,14 @@ class Snapshot:
     state until :meth:`close` (or the end of a ``with`` block); it keeps the environment open.
     """
 
-    def __init__(self, shared: _Shared) -> None:
+    # Made by Store.snapshot() only (no public constructor, as the native class).
+    @classmethod
+    def _create(cls, shared: _Shared) -> Snapshot:
+        self = cls.__new__(cls)
+        self._init(shared)
+        return self
+
+    def _init(self, shared: _Shared) -> None:
         _retain(shared)
         try:
             self._txn: lmdb.Transaction | None = shared.env.begin()
@@ -1443,7 +1450,14 @@ class Subscription:
     by any ``Store`` of the same directory in this process.  Keeps the environment open until
     :meth:`close`."""
 
-    def __init__(self, shared: _Shared) -> None:
+    # Made by Store.subscribe() only (no public constructor, as the native class).
+    @classmethod
+    def _create(cls, shared: _Shared) -> Subscription:
+        self = cls.__new__(cls)
+        self._init(shared)
+        return self
+
+    def _init(self, shared: _Shared) -> None:
         _retain(shared)
         self._shared: _Shared | None = shared
         self._lock = threading.Lock()

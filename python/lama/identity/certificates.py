@@ -65,7 +65,6 @@ __all__ = [
     "verify_signature_object",
 ]
 
-_HASH_RE = re.compile(r"^[0-9a-f]{64}$")
 _SIG_RE = re.compile(r"^[0-9a-f]{128}$")
 
 # certificate type -> (License name, License description)
@@ -168,14 +167,6 @@ class VerifiedCertificate:
         return self.signature.issuer
 
 
-def _check_hash(value: Any, what: str) -> str:
-    if not isinstance(value, str) or not _HASH_RE.match(value):
-        raise MicrodataError(
-            f"{what} must be 64 lowercase hex characters, got {value!r}", code="O2M-RTYC4"
-        )
-    return value
-
-
 def enable_reverse_maps(store: Store) -> None:
     """Enable the reverse maps for Signature (issuer, data) and the certificate types in
     ``store`` (persisted; applies to objects written from now on)."""
@@ -205,13 +196,13 @@ def _sign_secret(keys: SecretKeys | bytes) -> bytes:
 
 def sign_hash(data_hash: str, keys: SecretKeys | bytes) -> str:
     """The hex signature of a hash: Ed25519 detached over the UTF-8 bytes of the hex string."""
-    _check_hash(data_hash, "the signed hash")
+    core.check_hash(data_hash, "the signed hash")
     sig: bytes = core.sign_detached(data_hash.encode("utf-8"), _sign_secret(keys))
     return sig.hex()
 
 
 def _signature_object(issuer: str, data_hash: str, keys: SecretKeys | bytes) -> dict[str, Any]:
-    _check_hash(issuer, "the issuer")
+    core.check_hash(issuer, "the issuer")
     return {
         "$type$": "Signature",
         "issuer": issuer,
@@ -258,7 +249,7 @@ def certify(
 
 def affirm(store: Store, data_hash: str, issuer: str, keys: SecretKeys | bytes) -> CertifyResult:
     """``certify(AffirmationCertificate, {data: data_hash})`` (a signed chat post's metadata)."""
-    return certify(store, "AffirmationCertificate", {"data": _check_hash(data_hash, "data")},
+    return certify(store, "AffirmationCertificate", {"data": core.check_hash(data_hash, "data")},
                    issuer, keys)
 
 
@@ -268,7 +259,7 @@ def trust_keys(
     """``certify(TrustKeysCertificate, {profile: profile_hash})`` (pairing, connections.md
     §6.4 step 8)."""
     return certify(store, "TrustKeysCertificate",
-                   {"profile": _check_hash(profile_hash, "profile")}, issuer, keys)
+                   {"profile": core.check_hash(profile_hash, "profile")}, issuer, keys)
 
 
 # --------------------------------------------------------------------------------------------
@@ -279,7 +270,7 @@ def issuer_sign_keys(store: Store, issuer: str) -> list[bytes]:
     """The public sign keys of every Keys object of ``issuer`` in the store (reverse map
     ``issuer -> Keys``), in a stable order; malformed Keys objects are skipped."""
     out: list[bytes] = []
-    for h in sorted(store.referencing(_check_hash(issuer, "the issuer"), "Keys")):
+    for h in sorted(store.referencing(core.check_hash(issuer, "the issuer"), "Keys")):
         obj = store.get_object(h)
         if obj.get("$type$") != "Keys" or obj.get("owner") != issuer:
             continue
@@ -300,8 +291,8 @@ def verify_signature_object(
     keys; ``MicrodataError`` if it is not a well-formed Signature."""
     if not isinstance(sig, dict) or sig.get("$type$") != "Signature":
         raise MicrodataError(f"LAMA-NOTSIGNATURE: {sig_hash or 'the object'} is not a Signature")
-    issuer = _check_hash(sig.get("issuer"), "Signature.issuer")
-    data = _check_hash(sig.get("data"), "Signature.data")
+    issuer = core.check_hash(sig.get("issuer"), "Signature.issuer")
+    data = core.check_hash(sig.get("data"), "Signature.data")
     text = sig.get("signature")
     if not isinstance(text, str) or not _SIG_RE.match(text.lower()):
         raise SignatureError(
@@ -331,7 +322,7 @@ def verify_signature(
     store: Store, sig_hash: str, keys: list[bytes] | None = None
 ) -> VerifiedSignature:
     """Verify the stored Signature ``sig_hash`` (see :func:`verify_signature_object`)."""
-    _check_hash(sig_hash, "the Signature hash")
+    core.check_hash(sig_hash, "the Signature hash")
     return verify_signature_object(store, store.get_object(sig_hash), keys, sig_hash)
 
 
@@ -358,7 +349,7 @@ def verify_certificate(
         raise LamaError(
             f"LAMA-NOTCERTIFICATE: {sig_hash} signs a {actual}, not a {cert_type}"
         )
-    lic_hash = _check_hash(cert.get("license"), "certificate license")
+    lic_hash = core.check_hash(cert.get("license"), "certificate license")
     lic = store.get_object(lic_hash) if store.has(lic_hash) else None
     if lic is not None:
         expected_name = LICENSES[actual][0]
@@ -375,11 +366,11 @@ def verify_certificate(
 def signatures_for(store: Store, data_hash: str) -> list[str]:
     """Hashes of the stored Signatures over ``data_hash`` (reverse map, needs
     :func:`enable_reverse_maps` before they were written)."""
-    return sorted(store.referencing(_check_hash(data_hash, "data"), "Signature"))
+    return sorted(store.referencing(core.check_hash(data_hash, "data"), "Signature"))
 
 
 def certificates_for(store: Store, target: str, cert_type: str) -> list[str]:
     """Hashes of the stored ``cert_type`` certificates that reference ``target`` (e.g. the
     AffirmationCertificates of a CreationTime, the TrustKeysCertificates of a Profile)."""
     license_object(cert_type)  # validates the type
-    return sorted(store.referencing(_check_hash(target, "target"), cert_type))
+    return sorted(store.referencing(core.check_hash(target, "target"), cert_type))

@@ -35,7 +35,6 @@ from __future__ import annotations
 import asyncio
 import hmac
 import os
-import re
 import threading
 import unicodedata
 from dataclasses import dataclass
@@ -73,7 +72,6 @@ _SEALED_ENC_LEN = _SEALED_OVERHEAD + 32  # 72
 _SEALED_SIGN_LEN = _SEALED_OVERHEAD + 64  # 104
 
 _PENDING = ".new"
-_HASH_RE = re.compile(r"^[0-9a-f]{64}$")
 
 
 def derive_key(secret: str, salt: bytes) -> bytes:
@@ -148,15 +146,6 @@ class SecretKeys:
             f"SecretKeys(public_key={self.public_key.hex()}, "
             f"public_sign_key={self.public_sign_key.hex()})"
         )
-
-
-def _check_hash(keys_hash: str) -> str:
-    if not isinstance(keys_hash, str) or not _HASH_RE.match(keys_hash):
-        raise CryptoError(
-            f"LAMA-KEYSHASH: a Keys object hash must be 64 lowercase hex characters, "
-            f"got {keys_hash!r}"
-        )
-    return keys_hash
 
 
 def _fsync_dir(path: Path) -> None:
@@ -393,14 +382,14 @@ class Keychain:
 
     def has_keys(self, keys_hash: str) -> bool:
         """True if both secret files of the Keys object exist (a "complete" key set)."""
-        h = _check_hash(keys_hash)
+        h = core.check_hash(keys_hash, "a Keys object hash")
         return (self._dir / f"{h}.encrypt").is_file() and (self._dir / f"{h}.sign").is_file()
 
     def store_keys(self, keys_hash: str, keys: SecretKeys) -> None:
         """Write ``<keys_hash>.encrypt`` and ``<keys_hash>.sign`` (write-once, fresh nonces).
 
         ``StoreError SB-WPBR3`` if either exists (then nothing is written)."""
-        h = _check_hash(keys_hash)
+        h = core.check_hash(keys_hash, "a Keys object hash")
         if not isinstance(keys, SecretKeys):
             raise TypeError(f"keys must be SecretKeys, not {type(keys).__name__}")
         with self._lock:
@@ -428,7 +417,7 @@ class Keychain:
         CYENC-SYMDEC`` if they do not decrypt with the master key. If the public keys are
         given (from the Keys object), the secrets must match them (``KeychainError
         LAMA-KEYMISMATCH``)."""
-        h = _check_hash(keys_hash)
+        h = core.check_hash(keys_hash, "a Keys object hash")
         with self._lock:
             master = self._require_master()
             missing = f"KEYCH-NODEFKEYS: no secret keys for the Keys object {h}"

@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import heapq
 import os
-import re
 import threading
 import time
 from contextlib import contextmanager
@@ -68,7 +67,6 @@ __all__ = [
 MAX_ATTEMPTS = 32
 """How often a write re-reads the head and retries after losing a compare-and-set race."""
 
-_HASH_RE = re.compile(r"^[0-9a-f]{64}$")
 _NODE_KINDS = {"VersionNodeEdge": "edge", "VersionNodeChange": "change", "VersionNodeMerge": "merge"}
 
 
@@ -155,12 +153,6 @@ _ID_LOCKS = _IdLocks()
 # Reading nodes
 
 
-def _check_hash(value: Any, what: str) -> str:
-    if not isinstance(value, str) or not _HASH_RE.match(value):
-        raise MicrodataError(f"{what} must be 64 lowercase hex characters, got {value!r}", code="O2M-RTYC4")
-    return value
-
-
 def _check_time(value: Any, what: str) -> int | float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
         raise MicrodataError(f"{what} must be a number of milliseconds, got {value!r}", code="O2M-RTYC1")
@@ -192,7 +184,7 @@ def node_from_object(node_hash: str, obj: dict[str, Any]) -> VersionNode:
 
 def load_node(store: Store, node_hash: str) -> VersionNode:
     """Load and parse the version node ``node_hash`` (NotFoundError if missing)."""
-    return node_from_object(node_hash, store.get_object(_check_hash(node_hash, "a version node hash")))
+    return node_from_object(node_hash, store.get_object(core.check_hash(node_hash, "a version node hash")))
 
 
 def _make_node(kind: str, data: str, depth: int | float, creation_time: int | float, parents: tuple[str, ...] = ()) -> VersionNode:
@@ -209,7 +201,7 @@ def _make_node(kind: str, data: str, depth: int | float, creation_time: int | fl
 
 def head_node(store: Store, id_hash: str) -> VersionNode | None:
     """The head version node of ``id_hash``, or ``None`` if it has no version."""
-    head = store.get_head(_check_hash(id_hash, "an ID hash"))
+    head = store.get_head(core.check_hash(id_hash, "an ID hash"))
     return None if head is None else load_node(store, head)
 
 
@@ -254,7 +246,7 @@ def _walk_versions(store: Store, start: str) -> Iterator[VersionNode]:
 
 def history(store: Store, id_hash: str) -> list[Version]:
     """All versions of ``id_hash``, oldest first, merge nodes excluded (objects.md §4.1)."""
-    head = store.get_head(_check_hash(id_hash, "an ID hash"))
+    head = store.get_head(core.check_hash(id_hash, "an ID hash"))
     if head is None:
         return []
     nodes = list(_walk_versions(store, head))
@@ -449,7 +441,7 @@ def merge_remote_version(store: Store, obj_or_hash: dict[str, Any] | str, creati
     ct = _check_time(creation_time, "creation_time")
     if isinstance(obj_or_hash, dict):
         return store_versioned(store, obj_or_hash, mode="merge", timestamp_ms=ct)
-    h = _check_hash(obj_or_hash, "a version hash")
+    h = core.check_hash(obj_or_hash, "a version hash")
     microdata = store.get(h)
     id_md = core.id_microdata_of(microdata)
     if id_md is None:
