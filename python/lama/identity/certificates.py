@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from lama._core import Store, core
-from lama.errors import CryptoError, LamaError, MicrodataError, SignatureError
+from lama.errors import CryptoError, InvalidArgumentError, LamaError, MicrodataError, SignatureError
 from lama.identity.keychain import SecretKeys
 
 __all__ = [
@@ -232,7 +232,7 @@ def certify(
     hash, in one transaction."""
     lic = license_object(cert_type)
     if "license" in fields or "$type$" in fields:
-        raise LamaError("LAMA-ARG: certificate fields must not contain 'license' or '$type$'")
+        raise InvalidArgumentError("LAMA-ARG: certificate fields must not contain 'license' or '$type$'")
     lic_hash: str = core.object_hash(lic)
     cert = {"$type$": cert_type, **fields, "license": lic_hash}
     cert_hash: str = core.object_hash(cert)  # validates the fields against the recipe

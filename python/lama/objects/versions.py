@@ -45,7 +45,7 @@ from typing import Any, Iterator
 from lama.objects import crdt
 from lama._core import Store, core
 from lama.objects.crdt import ABSENT, MergeHistory, VersionNode
-from lama.errors import ConflictError, LamaError, MicrodataError, NotFoundError
+from lama.errors import ConflictError, InvalidArgumentError, MicrodataError, NotFoundError
 
 __all__ = [
     "MAX_ATTEMPTS",
@@ -422,7 +422,7 @@ def store_versioned(store: Store, obj: dict[str, Any], *, mode: str = "change", 
     ``MicrodataError O2M-COBJ1`` for an unversioned type.
     """
     if mode not in ("change", "merge"):
-        raise LamaError(f"mode must be 'change' or 'merge', not {mode!r}", code="LAMA-ARG")
+        raise InvalidArgumentError(f"mode must be 'change' or 'merge', not {mode!r}", code="LAMA-ARG")
     ts = None if timestamp_ms is None else _check_time(timestamp_ms, "timestamp_ms")
     if not isinstance(obj, dict):
         raise MicrodataError(f"a versioned object must be a dict, not {type(obj).__name__}", code="O2M-CONV")
