@@ -76,7 +76,14 @@ impl std::error::Error for Error {}
 
 impl From<heed::Error> for Error {
     fn from(e: heed::Error) -> Self {
-        Error::store("LAMA-LMDB", e.to_string())
+        use heed::MdbError;
+        match e {
+            // LMDB found a damaged page or meta (docs/store-format.md "Damaged files").
+            heed::Error::Mdb(MdbError::Corrupted | MdbError::PageNotFound | MdbError::Invalid) => {
+                Error::store("LAMA-CORRUPT", format!("the store is damaged: {e}"))
+            }
+            e => Error::store("LAMA-LMDB", e.to_string()),
+        }
     }
 }
 
