@@ -247,6 +247,31 @@ class _Walker:
             counts[1] += 1
         offsets = struct.unpack_from(f"<{n}H", page, PAGEHDRSZ)
         node = _NODE.unpack_from
+        if kind == PLAIN and not branch:
+            # The bulk of every store: the same checks as the general loop below, in the same
+            # order, without what only the main database and the free list need.
+            for i, off in enumerate(offsets):
+                if off < upper or off + 8 > psize:
+                    raise Problem(f"lmdb: {db} page {p}: node {i} at offset {off} is outside "
+                                  f"{upper}..{psize}")
+                lo, hi, nflags, ksize = node(page, off)
+                data_off = off + 8 + ksize
+                if ksize > MAX_KEY or data_off > psize:
+                    raise Problem(f"lmdb: {db} page {p}: node {i} has a key of {ksize} bytes")
+                dsize = lo | (hi << 16)
+                if nflags == 0:
+                    if data_off + dsize > psize:
+                        raise Problem(f"lmdb: {db} page {p}: node {i}: data of {dsize} bytes "
+                                      "outside the page")
+                elif nflags == F_BIGDATA:
+                    if data_off + 8 > psize:
+                        raise Problem(f"lmdb: {db} page {p}: node {i}: data outside the page")
+                    counts[2] += self.overflow(db, p, i, _U64.unpack_from(page, data_off)[0],
+                                               dsize)
+                else:
+                    raise Problem(f"lmdb: {db} page {p}: node {i} has flags 0x{nflags:x}")
+            counts[3] += n
+            return
         for i, off in enumerate(offsets):
             if off < upper or off + 8 > psize:
                 raise Problem(f"lmdb: {db} page {p}: node {i} at offset {off} is outside "

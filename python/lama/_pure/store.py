@@ -605,7 +605,7 @@ class Store:
         return BlobWriter(self, bool(clob))
 
     def _content_entry(self, txn: lmdb.Transaction, shared: _Shared, h: str) -> bytes:
-        v = txn.get(_raw(h), db=shared.objects)
+        v = cast("bytes | None", txn.get(_raw(h), db=shared.objects))
         if v is None:
             raise NotFoundError(f"BLOB/CLOB {h!r} not found", "SB-READ2")
         if v[0:1] not in (b"B", b"C", b"b", b"c"):
@@ -884,7 +884,7 @@ def _check_objects(shared: _Shared, txn: lmdb.Transaction, problems: list[str]) 
         if len(k) != 32:
             problems.append(f"objects/{k.hex()}: key is not a 32-byte hash")
             continue
-        p = _check_entry(shared, txn, k, v)
+        p = _check_entry(shared, txn, cast(bytes, k), cast(bytes, v))
         if p is not None:
             problems.append(f"objects/{k.hex()}: {p}")
 
@@ -917,7 +917,7 @@ def _check_vheads(shared: _Shared, txn: lmdb.Transaction, problems: list[str]) -
     for k, v in txn.cursor(db=shared.vheads):
         if len(k) != 32 or len(v) != 32:
             problems.append(f"vheads/{k.hex()}: malformed entry")
-        elif not _is_version_node(txn.get(v, db=shared.objects)):
+        elif not _is_version_node(cast("bytes | None", txn.get(v, db=shared.objects))):
             problems.append(f"vheads/{k.hex()}: head {v.hex()} is not a stored version node")
 
 
@@ -928,7 +928,7 @@ def _check_rmaps(shared: _Shared, txn: lmdb.Transaction, problems: list[str]) ->
         well_formed = n >= 32 + 1 + 1 + 1 + 32 and k[32] in (K_OBJECT, K_ID) and k[n - 33] == 0
         if well_formed:
             try:
-                well_formed = "\x00" not in k[33:n - 33].decode("utf-8")
+                well_formed = "\x00" not in bytes(k[33:n - 33]).decode("utf-8")
             except UnicodeDecodeError:
                 well_formed = False
         if not well_formed:

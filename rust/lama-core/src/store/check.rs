@@ -25,7 +25,7 @@
 //! damaged page cannot be trusted.
 
 use std::fs::File;
-use std::os::unix::fs::FileExt;
+use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
 
 const PAGEHDRSZ: usize = 16;
@@ -102,8 +102,12 @@ fn u64le(b: &[u8], o: usize) -> u64 {
     u64::from_le_bytes(b[o..o + 8].try_into().unwrap())
 }
 
-fn read_at(f: &File, buf: &mut [u8], off: u64) -> Result<(), String> {
-    f.read_exact_at(buf, off).map_err(|e| format!("lmdb: cannot read data.mdb at offset {off}: {e}"))
+/// Read `buf.len()` bytes at `off` (a plain read of the file, not through LMDB's map; the
+/// `File` is private to one check, so seeking it is safe).
+fn read_at(mut f: &File, buf: &mut [u8], off: u64) -> Result<(), String> {
+    f.seek(SeekFrom::Start(off))
+        .and_then(|_| f.read_exact(buf))
+        .map_err(|e| format!("lmdb: cannot read data.mdb at offset {off}: {e}"))
 }
 
 /// Parse meta page `i` (`buf` = its first `META_SIZE` bytes); the page size comes from meta 0.
