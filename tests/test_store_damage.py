@@ -315,3 +315,20 @@ def test_open_time_check_cost_is_recorded(tmp_path: Path) -> None:
     t = time.monotonic()
     core.Store(str(d)).close()
     assert time.monotonic() - t < 1.0
+
+
+@pytest.mark.parametrize("name", ["CorruptedError", "PageNotFoundError", "InvalidError"])
+def test_pure_core_maps_lmdb_damage_errors_to_store_error(name: str) -> None:
+    """LMDB's own damage reports (MDB_CORRUPTED, MDB_PAGE_NOTFOUND, MDB_INVALID) from any store
+    call of the pure core are StoreError LAMA-CORRUPT (the Rust core: error.rs unit test)."""
+    import lmdb
+
+    from lama._pure.store import _lmdb_errors
+
+    @_lmdb_errors
+    def call() -> None:
+        raise getattr(lmdb, name)("damaged")
+
+    with pytest.raises(StoreError) as e:
+        call()
+    assert e.value.code == "LAMA-CORRUPT"

@@ -92,3 +92,18 @@ impl From<std::io::Error> for Error {
         Error::store("LAMA-IO", e.to_string())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lmdb_damage_errors_are_lama_corrupt() {
+        use heed::MdbError;
+        for e in [MdbError::Corrupted, MdbError::PageNotFound, MdbError::Invalid] {
+            let err = Error::from(heed::Error::Mdb(e));
+            assert_eq!((err.kind, err.code.as_str()), (ErrorKind::Store, "LAMA-CORRUPT"));
+        }
+        assert_eq!(Error::from(heed::Error::Mdb(MdbError::MapFull)).code, "LAMA-LMDB");
+    }
+}
