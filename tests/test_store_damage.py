@@ -299,8 +299,13 @@ def test_damaged_reverse_map_setting_is_store_error(tmp_path: Path) -> None:
         s.enable_reverse_maps("ChatMessage", ["sender"])
     _raw_put(d, "meta", b"rmap.O.ChatMessage", b"\xff[not json")
     with pytest.raises(StoreError) as e:
-        with core.Store(str(d)) as s:
-            s.put_objects([{"$type$": "ChatMessage", "text": "x", "sender": ALICE_ID}])
+        core.Store(str(d))
+    assert e.value.code == "LAMA-CORRUPT"
+    d2 = tmp_path / "store2"
+    core.Store(str(d2)).close()
+    _raw_put(d2, "meta", b"rmap.X.ChatMessage", b'["*"]')  # unknown map kind
+    with pytest.raises(StoreError) as e:
+        core.Store(str(d2))
     assert e.value.code == "LAMA-CORRUPT"
 
 

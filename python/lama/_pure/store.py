@@ -304,7 +304,9 @@ def _load_rmap_config(shared: _Shared) -> None:
                                      "LAMA-CORRUPT") from None
                 kind, _, type_name = name[len("rmap."):].partition(".")
                 target = obj_maps if kind == "O" else id_maps if kind == "I" else None
-                if target is None or not type_name or type_name in target and target[type_name] is None:
+                if target is None:
+                    raise StoreError(f"bad reverse-map setting {name!r} in meta", "LAMA-CORRUPT")
+                if not type_name or type_name in target and target[type_name] is None:
                     continue
                 try:
                     props = json.loads(v.decode("utf-8"))

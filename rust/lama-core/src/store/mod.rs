@@ -489,6 +489,8 @@ fn open_env(dir: &Path, map_size: usize, durable: bool) -> std::result::Result<S
             )))
         }
     }
+    // A damaged reverse-map setting is found now, not at some later write (as the pure core).
+    rmaps::read_rmap_config(&dbs, &txn)?;
     // Staged chunks are keyed by their creation time first, so the stale ones come first.
     let cutoff = now_ms().saturating_sub(TMP_MAX_AGE_MS);
     let mut stale = Vec::new();
