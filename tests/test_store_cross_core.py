@@ -64,3 +64,141 @@ def test_store_written_by_one_core_is_read_by_the_other(
     w = cores[writer].Store(str(tmp_path / "store"))
     assert w.verify() == []
     w.close()
+
+
+# -- verify(): the same checks and the same messages in both cores ------------------------------
+
+CHUNK = 1 << 20
+
+
+def _sha(b: bytes) -> bytes:
+    import hashlib
+
+    return hashlib.sha256(b).digest()
+
+
+def _damage(path: Path, h: dict[str, str]) -> None:
+    """Damage a closed store in many ways with direct LMDB writes (docs/store-format.md)."""
+    import lmdb
+
+    env = lmdb.open(str(path), max_dbs=16)
+    dbs = {n: env.open_db(n.encode()) for n in ("objects", "chunks", "vheads", "rmaps")}
+    with env.begin(write=True) as txn:
+        def put(db: str, k: bytes, v: bytes) -> None:
+            txn.put(k, v, db=dbs[db])
+
+        raw = bytes.fromhex
+        put("objects", raw(h["msg"]), b"O<div>changed</div>")  # content hashes elsewhere
+        person = txn.get(raw(h["person"]), db=dbs["objects"])
+        put("objects", raw(h["person"]), b"I" + person[1:])  # an object stored as ID object
+        bad_md = b'<div itemscope itemtype="//refin.io/Nope"></div>'
+        put("objects", _sha(bad_md), b"O" + bad_md)  # hash fine, not ONE microdata
+        put("objects", _sha(b""), b"C")  # empty CLOB
+        big = b"\x01" * (CHUNK + 1)
+        put("objects", _sha(big), b"B" + big)  # inline content larger than CHUNK
+        put("objects", _sha(b"\xff"), b"C\xff")  # CLOB not UTF-8
+        put("objects", b"\x07" * 32, b"Qjunk")  # unknown kind byte
+        put("objects", b"\x08" * 32, b"")  # empty value
+        put("objects", b"\x09" * 31, b"Bx")  # key too short
+        put("objects", b"\x0a" * 32, b"b\x00\x00")  # bad chunked header
+        put("objects", b"\x0b" * 32, b"b" + (5).to_bytes(8, "big") + (1).to_bytes(4, "big"))
+        put("objects", b"\x0c" * 32, b"b" + (CHUNK + 5).to_bytes(8, "big") + (3).to_bytes(4, "big"))
+        blob = raw(h["blob"])
+        txn.put(blob + (1).to_bytes(4, "big"), b"short", db=dbs["chunks"])  # wrong chunk size
+        put("chunks", b"\x0d" * 32 + (0).to_bytes(4, "big"), b"orphan")
+        put("chunks", b"\x0e" * 3, b"bad key")
+        bad_clob = b"\xff" * (CHUNK + 3)  # chunked CLOB whose bytes are not UTF-8
+        put("objects", _sha(bad_clob), b"c" + len(bad_clob).to_bytes(8, "big") + (2).to_bytes(4, "big"))
+        put("chunks", _sha(bad_clob) + (0).to_bytes(4, "big"), bad_clob[:CHUNK])
+        put("chunks", _sha(bad_clob) + (1).to_bytes(4, "big"), bad_clob[CHUNK:])
+        lost = b"\x01\x02" * (CHUNK // 2 + 10)  # a chunked BLOB that lost its last chunk
+        put("objects", _sha(lost), b"b" + len(lost).to_bytes(8, "big") + (2).to_bytes(4, "big"))
+        put("chunks", _sha(lost) + (0).to_bytes(4, "big"), lost[:CHUNK])
+        put("vheads", raw(ALICE_ID), raw(h["person"]))  # head is not a version node
+        put("vheads", b"\x10" * 32, b"\x11" * 5)  # malformed head
+        put("vheads", b"\x12" * 32, b"\x13" * 32)  # head not stored
+        put("rmaps", raw(ALICE_ID) + b"OKeys\x00" + b"\x14" * 32, b"")  # referrer not stored
+        put("rmaps", b"\x15" * 40, b"")  # malformed key
+        put("rmaps", raw(ALICE_ID) + b"X" + b"T\x00" + b"\x16" * 32, b"")  # bad map kind
+    env.close()
+
+
+@pytest.mark.parametrize("writer", ["rust", "pure"])
+def test_verify_reports_the_same_problems_in_both_cores(
+    tmp_path: Path, rust_core: ModuleType, pure_core: ModuleType, writer: str
+) -> None:
+    cores = {"rust": rust_core, "pure": pure_core}
+    h = _fill(cores[writer], tmp_path / "store")
+    _damage(tmp_path / "store", h)
+    lists = {}
+    for name, core in cores.items():
+        with core.Store(str(tmp_path / "store")) as s:
+            lists[name] = s.verify()
+    assert lists["rust"] == lists["pure"]
+    problems = lists["rust"]
+    for table in ("objects/", "chunks/", "vheads/", "rmaps/"):  # one check per table, in order
+        assert any(p.startswith(table) for p in problems), table
+    order = [p.split("/")[0] for p in problems]
+    assert order == sorted(order, key=["objects", "chunks", "vheads", "rmaps"].index)
+    expected_fragments = [
+        "content hashes to", "stored as an ID object but the microdata is an object",
+        "not ONE microdata (", "empty CLOB", f"inline content of {CHUNK + 1} bytes",
+        "text is not UTF-8", "unknown kind byte 0x51", "empty value",
+        "key is not a 32-byte hash", "bad chunked header", "chunked header says 5 bytes in 1",
+        f"chunked header says {CHUNK + 5} bytes in 3", "chunk 1 has 5 bytes, expected",
+        "chunk of no chunked BLOB/CLOB", "chunk 1 of 2 is missing",
+        "is not a stored version node", "malformed entry", "referencing", "malformed key",
+    ]
+    for frag in expected_fragments:
+        assert any(frag in p for p in problems), (frag, problems)
+    assert sum("text is not UTF-8" in p for p in problems) == 2  # inline and chunked CLOB
+
+
+def _page_of(data: bytes, psize: int, last_pg: int, flags: int) -> int:
+    """The highest-numbered page with these flags (a page LMDB reaches in the newest tree)."""
+    import struct
+
+    return max(p for p in range(2, last_pg + 1)
+               if struct.unpack_from("<QHH", data, p * psize) [0] == p
+               and struct.unpack_from("<H", data, p * psize + 10)[0] == flags)
+
+
+@pytest.mark.parametrize("damage", ["truncate", "pgno", "bounds", "node", "last_pg", "magic"])
+def test_structural_damage_is_reported_the_same_way(
+    tmp_path: Path, rust_core: ModuleType, pure_core: ModuleType, damage: str
+) -> None:
+    """The structural check (docs/store-format.md "Damaged files") finds the same first problem
+    in both cores, which refuse to open the store with it."""
+    import struct
+
+    from lama.errors import StoreError
+
+    _fill(rust_core, tmp_path / "store")
+    path = tmp_path / "store" / "data.mdb"
+    data = bytearray(path.read_bytes())
+    psize = struct.unpack_from("<I", data, 40)[0]
+    metas = [struct.unpack_from("<QQ", data, off + 136) for off in (0, psize)]
+    newest = 0 if metas[0][1] >= metas[1][1] else 1
+    last_pg = metas[newest][0]
+    leaf = _page_of(bytes(data), psize, last_pg, 0x02)
+    if damage == "truncate":
+        del data[len(data) * 2 // 3:]
+    elif damage == "pgno":
+        struct.pack_into("<Q", data, leaf * psize, leaf + 7)
+    elif damage == "bounds":
+        struct.pack_into("<HH", data, leaf * psize + 12, 40, 30)
+    elif damage == "node":
+        struct.pack_into("<H", data, leaf * psize + 16, psize - 2)
+    elif damage == "last_pg":
+        struct.pack_into("<Q", data, newest * psize + 136, last_pg + 100)
+    else:
+        struct.pack_into("<I", data, psize + 16, 0x12345678)
+    path.write_bytes(bytes(data))
+    messages = {}
+    for name, core in (("rust", rust_core), ("pure", pure_core)):
+        with pytest.raises(StoreError) as e:
+            core.Store(str(tmp_path / "store"))
+        assert e.value.code == "LAMA-CORRUPT", (name, e.value)
+        messages[name] = str(e.value).split("is damaged: ", 1)[1]
+    assert messages["rust"] == messages["pure"]
+    assert messages["rust"].startswith("lmdb: ")

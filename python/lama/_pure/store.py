@@ -54,6 +54,7 @@ from .microdata import (
     serialize,
     type_of,
 )
+from . import lmdbcheck
 from .recipes import is_versioned
 
 __all__ = ["Store", "BlobWriter", "Snapshot", "Subscription", "check_hash", "CHUNK", "FORMAT"]
@@ -124,6 +125,8 @@ def _lmdb_errors(fn: _F) -> _F:
             return fn(*args, **kwargs)
         except lmdb.MapFullError as e:
             raise StoreError(f"the store is full (map_size too small): {e}", "LAMA-STOREFULL") from e
+        except (lmdb.CorruptedError, lmdb.PageNotFoundError, lmdb.InvalidError) as e:
+            raise StoreError(f"the store is damaged: {e}", "LAMA-CORRUPT") from e
         except lmdb.Error as e:
             raise StoreError(f"LMDB error: {e}", "LAMA-LMDB") from e
 
@@ -182,23 +185,83 @@ def _open_shared(path: str, map_size: int, durable: bool) -> _Shared:
         return shared
 
 
+def _damaged(path: str, problem: str) -> StoreError:
+    return StoreError(f"the store at {path} is damaged: {problem}", "LAMA-CORRUPT")
+
+
+def _preflight(path: str) -> bool:
+    """Look at ``data.mdb`` before LMDB maps it (store-format.md "Damaged files").  True if
+    the store may be created: no ``data.mdb`` yet or nothing ever committed to it
+    (transaction 0), so a missing format record means a store being born, not a lost one."""
+    for _ in range(21):
+        try:
+            header = lmdbcheck.inspect(path)
+        except lmdbcheck.Problem as e:
+            raise _damaged(path, str(e)) from None
+        if header == lmdbcheck.MISSING:
+            return True
+        if isinstance(header, lmdbcheck.Meta):
+            return header.txnid == 0
+        # EMPTY: LMDB creates the file and writes its meta pages right after, under its
+        # lock; give a process creating the store that moment.
+        time.sleep(0.005)
+    raise StoreError(
+        f"the store at {path} has an empty data.mdb: it has lost its format record (and "
+        "everything else); refusing to start a new store over it", "LAMA-FORMAT")
+
+
+def _checked_txn(env: lmdb.Environment, path: str) -> lmdb.Transaction:
+    """A read transaction whose snapshot passed the structural check of the file (done with
+    plain reads before LMDB follows any page of it); lmdbcheck.Problem if damaged.  Retried
+    when commits of other processes overwrote the snapshot's meta page meanwhile (its pages
+    stay protected by the read transaction)."""
+    for _ in range(1000):
+        txn = env.begin()
+        try:
+            if lmdbcheck.check_snapshot(path, txn.id()):
+                return txn
+        except BaseException:
+            txn.abort()
+            raise
+        txn.abort()
+    raise StoreError("the store changes too fast to check a snapshot", "LAMA-LMDB")
+
+
 def _create_shared(path: str, key: str, map_size: int, durable: bool) -> _Shared:
     try:
         os.makedirs(path, exist_ok=True)
     except OSError as e:
         raise StoreError(f"cannot create the store directory {path!r}: {e}", "LAMA-OPEN") from e
+    creatable = _preflight(key)
     try:
         # durable=False is LMDB's MDB_NOSYNC: no fsync at commit, still atomic and consistent
         # (docs/store-format.md "Durability").
         env = lmdb.open(path, max_dbs=16, map_size=map_size, subdir=True, sync=durable)
+    except lmdb.VersionMismatchError as e:
+        # The data file's version was checked by _preflight, so this is the lock file: it is
+        # in use by the other core's LMDB build (store-format.md "Both cores").
+        raise StoreError(
+            f"the store at {key} is open in another process that uses the other lama core "
+            "(the Rust and the pure core bundle LMDB builds whose lock files differ); close it "
+            "there or use the same core", "LAMA-OTHERCORE") from e
+    except (lmdb.CorruptedError, lmdb.PageNotFoundError, lmdb.InvalidError) as e:
+        raise _damaged(key, str(e)) from e
     except lmdb.Error as e:
         raise StoreError(f"cannot open the store at {path!r}: {e}", "LAMA-OPEN") from e
     try:
+        try:
+            _checked_txn(env, key).abort()
+        except lmdbcheck.Problem as e:
+            raise _damaged(key, str(e)) from None
         with env.begin(write=True) as txn:
             dbs = {name: env.open_db(name, txn=txn) for name in _DB_NAMES}
             fmt = txn.get(b"format", db=dbs[b"meta"])
-            if fmt is None:
+            if fmt is None and creatable:
                 txn.put(b"format", FORMAT, db=dbs[b"meta"])
+            elif fmt is None:
+                raise StoreError(
+                    f"the store at {key} has data but no format record (meta \"format\"): it is "
+                    "not a lama store or it lost its format record", "LAMA-FORMAT")
             elif fmt != FORMAT:
                 raise StoreError(
                     f"{path!r} is a store of format {fmt!r}, expected {FORMAT.decode()!r}",
@@ -214,6 +277,8 @@ def _create_shared(path: str, key: str, map_size: int, durable: bool) -> _Shared
         return shared
     except BaseException as e:
         env.close()
+        if isinstance(e, (lmdb.CorruptedError, lmdb.PageNotFoundError, lmdb.InvalidError)):
+            raise _damaged(key, str(e)) from e
         if isinstance(e, lmdb.Error):
             raise StoreError(f"cannot open the store at {path!r}: {e}", "LAMA-OPEN") from e
         raise
@@ -243,12 +308,24 @@ def _load_rmap_config(shared: _Shared) -> None:
             for k, v in cur:
                 if not k.startswith(prefix):
                     break
-                name = k.decode("utf-8")
+                try:
+                    name = k.decode("utf-8")
+                except UnicodeDecodeError:
+                    raise StoreError(f"bad reverse-map setting {k!r} in meta",
+                                     "LAMA-CORRUPT") from None
                 kind, _, type_name = name[len("rmap."):].partition(".")
                 target = obj_maps if kind == "O" else id_maps if kind == "I" else None
-                if target is None or not type_name or type_name in target and target[type_name] is None:
+                if target is None:
+                    raise StoreError(f"bad reverse-map setting {name!r} in meta", "LAMA-CORRUPT")
+                if not type_name or type_name in target and target[type_name] is None:
                     continue
-                props = json.loads(v.decode("utf-8"))
+                try:
+                    props = json.loads(v.decode("utf-8"))
+                    if not isinstance(props, list) or not all(isinstance(p, str) for p in props):
+                        raise ValueError(props)
+                except ValueError:  # also UnicodeDecodeError, json.JSONDecodeError
+                    raise StoreError(f"bad reverse-map setting {name!r} in meta",
+                                     "LAMA-CORRUPT") from None
                 target[type_name] = None if "*" in props else frozenset(props)
     shared.obj_maps = obj_maps
     shared.id_maps = id_maps
@@ -507,12 +584,12 @@ class Store:
         v = self._get_entry(hash)
         if v is None:
             raise NotFoundError(f"object {hash!r} not found", "SB-READ2")
-        if v[0] not in (K_OBJECT, K_ID):
-            raise NotFoundError(
-                f"{hash} is a {_KIND_NAMES.get(v[0], 'unknown entry')}, not a ONE object",
-                "SB-READ2",
-            )
-        return v[1:].decode("utf-8")
+        if v[0:1] not in (b"O", b"I"):
+            raise NotFoundError(f"{hash} is a {_kind_name(hash, v)}, not a ONE object", "SB-READ2")
+        try:
+            return v[1:].decode("utf-8")
+        except UnicodeDecodeError:
+            raise StoreError(f"object {hash} is not UTF-8", "LAMA-CORRUPT") from None
 
     def get_object(self, hash: str) -> dict[str, Any]:
         return parse(self.get(hash))
@@ -525,7 +602,7 @@ class Store:
     def kind(self, hash: str) -> str | None:
         """``"object" | "id" | "clob" | "blob"``, or None if not stored."""
         v = self._get_entry(hash)
-        return None if v is None else _KIND_NAMES.get(v[0])
+        return None if v is None else _kind_name(hash, v)
 
     # -- BLOB / CLOB ------------------------------------------------------------------------
 
@@ -571,18 +648,19 @@ class Store:
         return BlobWriter._create(self, bool(clob))
 
     def _content_entry(self, txn: lmdb.Transaction, shared: _Shared, h: str) -> bytes:
-        v = txn.get(_raw(h), db=shared.objects)
+        v = cast("bytes | None", txn.get(_raw(h), db=shared.objects))
         if v is None:
             raise NotFoundError(f"BLOB/CLOB {h!r} not found", "SB-READ2")
-        if v[0] not in (K_BLOB, K_CLOB, K_BLOB_CHUNKED, K_CLOB_CHUNKED):
-            raise NotFoundError(f"{h} is a {_KIND_NAMES.get(v[0], 'unknown entry')}, "
-                                "not a BLOB or CLOB", "SB-READ2")
+        if v[0:1] not in (b"B", b"C", b"b", b"c"):
+            raise NotFoundError(f"{h} is a {_kind_name(h, v)}, not a BLOB or CLOB", "SB-READ2")
+        if v[0] in (K_BLOB_CHUNKED, K_CLOB_CHUNKED):
+            _parse_chunked_header(h, v)
         return cast(bytes, v)
 
     def _chunks(self, txn: lmdb.Transaction, shared: _Shared, h: str, v: bytes) -> list[bytes]:
         if v[0] in (K_BLOB, K_CLOB):
             return [v[1:]]
-        size, count = _parse_chunked_header(v)
+        size, count = _parse_chunked_header(h, v)
         raw = bytes.fromhex(h)
         out = []
         for i in range(count):
@@ -591,7 +669,8 @@ class Store:
                 raise StoreError(f"chunk {i} of {h} is missing", "LAMA-CORRUPT")
             out.append(cast(bytes, c))
         if sum(map(len, out)) != size:
-            raise StoreError(f"the chunks of {h} do not add up to {size} bytes", "LAMA-CORRUPT")
+            raise StoreError(f"the chunks of {h} hold {sum(map(len, out))} bytes, its header "
+                             f"says {size}", "LAMA-CORRUPT")
         return out
 
     @_lmdb_errors
@@ -613,7 +692,7 @@ class Store:
             v = self._content_entry(txn, shared, hash)
         if v[0] in (K_BLOB, K_CLOB):
             return len(v) - 1
-        return _parse_chunked_header(v)[0]
+        return _parse_chunked_header(hash, v)[0]
 
     # -- version heads + atomic batch -----------------------------------------------------
 
@@ -624,6 +703,8 @@ class Store:
         shared = self._s()
         with shared.env.begin() as txn:
             v = txn.get(raw, db=shared.vheads)
+        if v is not None and len(v) != 32:
+            raise StoreError(f"the head of {id_hash} is malformed", "LAMA-CORRUPT")
         return None if v is None else v.hex()
 
     @_lmdb_errors
@@ -662,9 +743,7 @@ class Store:
                         f"expected {expected_raw.hex() if expected_raw else None}",
                         "LAMA-CONFLICT",
                     )
-                node = txn.get(new_raw, db=shared.objects)
-                if node is None or node[0] != K_OBJECT or \
-                        type_of(node[1:].decode("utf-8"))[0] not in VERSION_NODE_TYPES:
+                if not _is_version_node(txn.get(new_raw, db=shared.objects)):
                     raise StoreError(f"new head {new_raw.hex()} of {id_hash} is not a stored "
                                      "version node", "LAMA-HEAD")
                 if current != new_raw:
@@ -802,103 +881,178 @@ class Store:
 
     @_lmdb_errors
     def verify(self) -> list[str]:
-        """Re-read and re-hash everything (store-format.md "verify()"); the problems found."""
-        shared = self._s()
-        problems: list[str] = []
-        with shared.env.begin() as txn:
-            chunked: set[bytes] = set()
-            for k, v in txn.cursor(db=shared.objects):
-                problems.extend(self._verify_entry(txn, shared, k, v, chunked))
-            for k in txn.cursor(db=shared.chunks).iternext(values=False):
-                if len(k) != 36 or k[:32] not in chunked:
-                    problems.append(f"chunks/{k.hex()}: chunk of no chunked BLOB/CLOB")
-            for k, v in txn.cursor(db=shared.vheads):
-                if len(k) != 32 or len(v) != 32:
-                    problems.append(f"vheads/{k.hex()}: malformed entry")
-                    continue
-                node = txn.get(v, db=shared.objects)
-                ok = False
-                if node is not None and node[0] == K_OBJECT:
-                    try:
-                        ok = type_of(node[1:].decode("utf-8"))[0] in VERSION_NODE_TYPES
-                    except (LamaError, UnicodeDecodeError):
-                        ok = False
-                if not ok:
-                    problems.append(f"vheads/{k.hex()}: head {v.hex()} is not a stored "
-                                    "version node")
-            for k in txn.cursor(db=shared.rmaps).iternext(values=False):
-                if len(k) < 32 + 1 + 1 + 32 or k[32] not in (K_OBJECT, K_ID) or k[-33] != 0:
-                    problems.append(f"rmaps/{k.hex()}: malformed key")
-                elif txn.get(k[-32:], db=shared.objects) is None:
-                    problems.append(f"rmaps/{k.hex()}: referencing {k[-32:].hex()} is not stored")
-        return problems
+        """Re-read and re-hash everything (store-format.md "verify()"); the problems found.
 
-    def _verify_entry(
-        self, txn: lmdb.Transaction, shared: _Shared, k: bytes, v: bytes, chunked: set[bytes]
-    ) -> list[str]:
-        name = f"objects/{k.hex()}"
-        if len(k) != 32 or not v:
-            return [f"{name}: malformed entry"]
-        kind = v[0]
-        if kind in (K_BLOB_CHUNKED, K_CLOB_CHUNKED):
-            chunked.add(k)
-            if len(v) != 13:
-                return [f"{name}: malformed chunked header"]
-            size, count = _parse_chunked_header(v)
-            h = hashlib.sha256()
-            total = 0
-            for i in range(count):
-                c = txn.get(k + i.to_bytes(4, "big"), db=shared.chunks)
-                if c is None:
-                    return [f"{name}: chunk {i} of {count} is missing"]
-                h.update(c)
-                total += len(c)
-            if total != size:
-                return [f"{name}: chunks hold {total} bytes, header says {size}"]
-            if h.digest() != k:
-                return [f"{name}: content hashes to {h.hexdigest()}"]
-            if kind == K_CLOB_CHUNKED:
-                try:
-                    dec = codecs.getincrementaldecoder("utf-8")()
-                    for i in range(count):
-                        dec.decode(cast(bytes, txn.get(k + i.to_bytes(4, "big"), db=shared.chunks)))
-                    dec.decode(b"", final=True)
-                except UnicodeDecodeError:
-                    return [f"{name}: CLOB is not valid UTF-8"]
-            return []
-        if kind not in _KIND_NAMES:
-            return [f"{name}: unknown kind byte {kind:#04x}"]
-        payload = v[1:]
+        One check per table, in this order, each in key order: the structural check of the
+        LMDB file (lmdbcheck; if it finds damage nothing else is read, since LMDB could crash
+        on it), then ``objects``, ``chunks``, ``vheads``, ``rmaps``.  The messages are the Rust
+        core's word for word (store/verify.rs)."""
+        shared = self._s()
+        try:
+            txn = _checked_txn(shared.env, shared.key)
+        except lmdbcheck.Problem as e:
+            return [str(e)]
+        try:
+            problems: list[str] = []
+            _check_objects(shared, txn, problems)
+            _check_chunks(shared, txn, problems)
+            _check_vheads(shared, txn, problems)
+            _check_rmaps(shared, txn, problems)
+            return problems
+        finally:
+            txn.abort()
+
+
+def _check_microdata(text: str, kind: int) -> str | None:
+    """The microdata check of an ``O``/``I`` entry: None if fine."""
+    try:
+        _type_name, is_id = type_of(text)
+    except LamaError as e:
+        return f"not ONE microdata ({e.code})"
+    if is_id != (kind == K_ID):
+        stored = "an ID object" if kind == K_ID else "an object"
+        actual = "an ID object" if is_id else "an object"
+        return f"stored as {stored} but the microdata is {actual}"
+    try:
+        parse(text)
+    except LamaError as e:
+        return f"not ONE microdata ({e.code})"
+    return None
+
+
+def _check_entry(shared: _Shared, txn: lmdb.Transaction, h: bytes, v: bytes) -> str | None:
+    """The problem of one ``objects`` entry, if any."""
+    if not v:
+        return "empty value"
+    kind = v[0]
+    payload = v[1:]
+    if kind in (K_OBJECT, K_ID, K_CLOB, K_BLOB):
         digest = hashlib.sha256(payload).digest()
-        if digest != k:
-            return [f"{name}: content hashes to {digest.hex()}"]
+        if digest != h:
+            return f"content hashes to {digest.hex()}"
+        if kind in (K_CLOB, K_BLOB) and len(payload) > CHUNK:
+            return f"inline content of {len(payload)} bytes (more than {CHUNK})"
         if kind == K_BLOB:
-            return []
+            return None
         try:
             text = payload.decode("utf-8")
         except UnicodeDecodeError:
-            return [f"{name}: not valid UTF-8"]
+            return "text is not UTF-8"
         if kind == K_CLOB:
-            return []
-        try:
-            type_name, is_id = type_of(text)
-            parse(text)
-        except LamaError as e:
-            return [f"{name}: does not parse: {e}"]
-        if is_id != (kind == K_ID):
-            what = "an ID object" if is_id else "an object"
-            return [f"{name}: stored as {_KIND_NAMES[kind]} but is {what} of type {type_name}"]
-        return []
+            return "empty CLOB" if not text else None
+        return _check_microdata(text, kind)
+    if kind in (K_CLOB_CHUNKED, K_BLOB_CHUNKED):
+        if len(v) != 13:
+            return "bad chunked header"
+        size, count = int.from_bytes(v[1:9], "big"), int.from_bytes(v[9:13], "big")
+        if size <= CHUNK or -(-size // CHUNK) != count:
+            return f"chunked header says {size} bytes in {count} chunks"
+        hasher = hashlib.sha256()
+        dec = codecs.getincrementaldecoder("utf-8")()
+        utf8_ok = True
+        for i in range(count):
+            c = txn.get(h + i.to_bytes(4, "big"), db=shared.chunks)
+            if c is None:
+                return f"chunk {i} of {count} is missing"
+            expected = CHUNK if i + 1 < count else size - (count - 1) * CHUNK
+            if len(c) != expected:
+                return f"chunk {i} has {len(c)} bytes, expected {expected}"
+            hasher.update(c)
+            if kind == K_CLOB_CHUNKED and utf8_ok:
+                try:
+                    dec.decode(c)
+                except UnicodeDecodeError:
+                    utf8_ok = False
+        if hasher.digest() != h:
+            return f"content hashes to {hasher.hexdigest()}"
+        if kind == K_CLOB_CHUNKED:
+            if utf8_ok:
+                try:
+                    dec.decode(b"", final=True)
+                except UnicodeDecodeError:
+                    utf8_ok = False
+            if not utf8_ok:
+                return "text is not UTF-8"
+        return None
+    return f"unknown kind byte 0x{kind:02x}"
+
+
+def _check_objects(shared: _Shared, txn: lmdb.Transaction, problems: list[str]) -> None:
+    """``objects``: each value hashes to its key and is well formed for its kind."""
+    for k, v in txn.cursor(db=shared.objects):
+        if len(k) != 32:
+            problems.append(f"objects/{k.hex()}: key is not a 32-byte hash")
+            continue
+        p = _check_entry(shared, txn, cast(bytes, k), cast(bytes, v))
+        if p is not None:
+            problems.append(f"objects/{k.hex()}: {p}")
+
+
+def _check_chunks(shared: _Shared, txn: lmdb.Transaction, problems: list[str]) -> None:
+    """``chunks``: each chunk belongs to a chunked ``objects`` entry (index below its count)."""
+    for k in txn.cursor(db=shared.chunks).iternext(values=False):
+        owned = False
+        if len(k) == 36:
+            v = txn.get(k[:32], db=shared.objects)
+            owned = (v is not None and len(v) == 13 and v[0] in (K_BLOB_CHUNKED, K_CLOB_CHUNKED)
+                     and int.from_bytes(k[32:], "big") < int.from_bytes(v[9:13], "big"))
+        if not owned:
+            problems.append(f"chunks/{k.hex()}: chunk of no chunked BLOB/CLOB")
+
+
+def _is_version_node(node: bytes | None) -> bool:
+    """True if ``node`` (an ``objects`` value) is a version node (objects.md §4.1)."""
+    if not node or node[0] != K_OBJECT:
+        return False
+    try:
+        type_name, is_id = type_of(node[1:].decode("utf-8"))
+    except (LamaError, UnicodeDecodeError):
+        return False
+    return not is_id and type_name in VERSION_NODE_TYPES
+
+
+def _check_vheads(shared: _Shared, txn: lmdb.Transaction, problems: list[str]) -> None:
+    """``vheads``: each value is a stored version node (objects.md §4.1)."""
+    for k, v in txn.cursor(db=shared.vheads):
+        if len(k) != 32 or len(v) != 32:
+            problems.append(f"vheads/{k.hex()}: malformed entry")
+        elif not _is_version_node(cast("bytes | None", txn.get(v, db=shared.objects))):
+            problems.append(f"vheads/{k.hex()}: head {v.hex()} is not a stored version node")
+
+
+def _check_rmaps(shared: _Shared, txn: lmdb.Transaction, problems: list[str]) -> None:
+    """``rmaps``: each key is ``target ‖ O|I ‖ type ‖ 0 ‖ referrer``, the referrer stored."""
+    for k in txn.cursor(db=shared.rmaps).iternext(values=False):
+        n = len(k)
+        well_formed = n >= 32 + 1 + 1 + 1 + 32 and k[32] in (K_OBJECT, K_ID) and k[n - 33] == 0
+        if well_formed:
+            try:
+                well_formed = "\x00" not in bytes(k[33:n - 33]).decode("utf-8")
+            except UnicodeDecodeError:
+                well_formed = False
+        if not well_formed:
+            problems.append(f"rmaps/{k.hex()}: malformed key")
+        elif txn.get(k[-32:], db=shared.objects) is None:
+            problems.append(f"rmaps/{k.hex()}: referencing {k[-32:].hex()} is not stored")
 
 
 def _chunked_header(clob: bool, size: int, count: int) -> bytes:
     return (b"c" if clob else b"b") + size.to_bytes(8, "big") + count.to_bytes(4, "big")
 
 
-def _parse_chunked_header(v: bytes) -> tuple[int, int]:
+def _parse_chunked_header(h: str, v: bytes) -> tuple[int, int]:
     if len(v) != 13:
-        raise StoreError("malformed chunked BLOB/CLOB header", "LAMA-CORRUPT")
+        raise StoreError(f"chunked entry {h} has a bad header", "LAMA-CORRUPT")
     return int.from_bytes(v[1:9], "big"), int.from_bytes(v[9:13], "big")
+
+
+def _kind_name(h: str, v: bytes) -> str:
+    """The kind of an ``objects`` value; StoreError LAMA-CORRUPT for a damaged one (the kind
+    byte is not one of store-format.md "objects values")."""
+    name = _KIND_NAMES.get(v[0]) if v else None
+    if name is None:
+        raise StoreError(f"entry {h} has an unknown kind byte", "LAMA-CORRUPT")
+    return name
 
 
 class BlobWriter:

@@ -76,12 +76,34 @@ impl std::error::Error for Error {}
 
 impl From<heed::Error> for Error {
     fn from(e: heed::Error) -> Self {
-        Error::store("LAMA-LMDB", e.to_string())
+        use heed::MdbError;
+        match e {
+            // LMDB found a damaged page or meta (docs/store-format.md "Damaged files").
+            heed::Error::Mdb(MdbError::Corrupted | MdbError::PageNotFound | MdbError::Invalid) => {
+                Error::store("LAMA-CORRUPT", format!("the store is damaged: {e}"))
+            }
+            e => Error::store("LAMA-LMDB", e.to_string()),
+        }
     }
 }
 
 impl From<std::io::Error> for Error {
     fn from(e: std::io::Error) -> Self {
         Error::store("LAMA-IO", e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lmdb_damage_errors_are_lama_corrupt() {
+        use heed::MdbError;
+        for e in [MdbError::Corrupted, MdbError::PageNotFound, MdbError::Invalid] {
+            let err = Error::from(heed::Error::Mdb(e));
+            assert_eq!((err.kind, err.code.as_str()), (ErrorKind::Store, "LAMA-CORRUPT"));
+        }
+        assert_eq!(Error::from(heed::Error::Mdb(MdbError::MapFull)).code, "LAMA-LMDB");
     }
 }

@@ -538,3 +538,82 @@ fn non_durable_store_commits_syncs_and_refuses_mixed_durability() {
     assert_eq!(st.get(&hash_of(&alice)).unwrap(), microdata::serialize(&alice).unwrap());
     st.sync().unwrap();
 }
+
+/// A store with some content, closed; returns the bytes of its `data.mdb`.
+fn filled_store(dir: &std::path::Path) -> Vec<u8> {
+    let st = Store::open(dir, None).unwrap();
+    for i in 0..300 {
+        st.put_objects(&[person(&format!("p{i}@example.com"), "P")]).unwrap();
+    }
+    st.put_blob(&bytes(CHUNK + 10, 3)).unwrap();
+    drop(st);
+    std::fs::read(dir.join("data.mdb")).unwrap()
+}
+
+fn open_err(dir: &std::path::Path) -> lama_core::Error {
+    match Store::open(dir, None) {
+        Ok(_) => panic!("opened a damaged store"),
+        Err(e) => e,
+    }
+}
+
+#[test]
+fn truncated_data_file_is_refused_not_mapped() {
+    let d = tmp();
+    let data = filled_store(d.path());
+    for frac in [0.01, 0.3, 0.5, 0.9, 0.999] {
+        let cut = tmp();
+        std::fs::write(cut.path().join("data.mdb"), &data[..(data.len() as f64 * frac) as usize]).unwrap();
+        let e = open_err(cut.path());
+        assert_eq!((e.kind, e.code.as_str()), (ErrorKind::Store, "LAMA-CORRUPT"), "{e}");
+        assert!(e.message.contains("truncated"), "{e}");
+    }
+}
+
+#[test]
+fn damaged_page_is_refused_and_reported_by_verify() {
+    let d = tmp();
+    let data = filled_store(d.path());
+    let psize = u32::from_le_bytes(data[40..44].try_into().unwrap()) as usize;
+    // the last leaf page: give it a wrong page number in its header
+    let leaf = (2..data.len() / psize)
+        .rev()
+        .find(|&p| u16::from_le_bytes([data[p * psize + 10], data[p * psize + 11]]) == 0x02)
+        .unwrap();
+    let mut bad = data.clone();
+    bad[leaf * psize] ^= 0x40;
+    std::fs::write(d.path().join("data.mdb"), &bad).unwrap();
+    let e = open_err(d.path());
+    assert_eq!(e.code, "LAMA-CORRUPT");
+    assert!(e.message.contains(&format!("page {leaf}: header says page")), "{e}");
+    // damage done while a store is open is found by verify(), as its only problem
+    std::fs::write(d.path().join("data.mdb"), &data).unwrap();
+    let st = Store::open(d.path(), None).unwrap();
+    assert!(st.verify().unwrap().is_empty());
+    let f = std::fs::OpenOptions::new().write(true).open(d.path().join("data.mdb")).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, &bad[leaf * psize..leaf * psize + 8], (leaf * psize) as u64).unwrap();
+    let problems = st.verify().unwrap();
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert!(problems[0].starts_with("lmdb: ") && problems[0].contains("header says page"), "{problems:?}");
+}
+
+#[test]
+fn empty_data_file_and_lost_format_are_refused() {
+    let d = tmp();
+    filled_store(d.path());
+    std::fs::write(d.path().join("data.mdb"), b"").unwrap();
+    let e = open_err(d.path());
+    assert_eq!(e.code, "LAMA-FORMAT", "{e}");
+    assert_eq!(std::fs::metadata(d.path().join("data.mdb")).unwrap().len(), 0);
+
+    let d = tmp();
+    filled_store(d.path());
+    with_raw_db(d.path(), "meta", |env, db| {
+        let mut w = env.write_txn().unwrap();
+        assert!(db.delete(&mut w, b"format").unwrap());
+        w.commit().unwrap();
+    });
+    let e = open_err(d.path());
+    assert_eq!(e.code, "LAMA-FORMAT", "{e}");
+    assert!(e.message.contains("no format record"), "{e}");
+}

@@ -115,7 +115,10 @@ impl Store {
                 })?;
                 Ok(Content::Chunked { size, count })
             }
-            Some(_) => Err(Error::not_found("SB-READ2", format!("{hash} is not a BLOB or CLOB"))),
+            Some(v) => Err(Error::not_found(
+                "SB-READ2",
+                format!("{hash} is a {}, not a BLOB or CLOB", super::entry_kind(hash, v)?.as_str()),
+            )),
         }
     }
 
@@ -132,10 +135,12 @@ impl Store {
         match self.content(&txn, &h, hash)? {
             Content::Inline(b) => Ok(b.to_vec()),
             Content::Chunked { size, count } => {
-                let mut out = Vec::with_capacity(size as usize);
+                // A damaged header must not make us reserve its size up front.
+                let mut out = Vec::with_capacity((size as usize).min(64 * CHUNK));
                 for i in 0..count {
                     out.extend_from_slice(self.chunk(&txn, &h, i, hash)?);
                 }
+                check_total(hash, out.len() as u64, size)?;
                 Ok(out)
             }
         }
@@ -157,11 +162,26 @@ impl Store {
         let txn = self.read_txn()?;
         match self.content(&txn, &h, hash)? {
             Content::Inline(b) => Ok(vec![b.to_vec()]),
-            Content::Chunked { count, .. } => {
-                (0..count).map(|i| self.chunk(&txn, &h, i, hash).map(<[u8]>::to_vec)).collect()
+            Content::Chunked { size, count } => {
+                let chunks = (0..count)
+                    .map(|i| self.chunk(&txn, &h, i, hash).map(<[u8]>::to_vec))
+                    .collect::<Result<Vec<_>>>()?;
+                check_total(hash, chunks.iter().map(|c| c.len() as u64).sum(), size)?;
+                Ok(chunks)
             }
         }
     }
+}
+
+/// The chunks of a chunked entry must add up to the size in its header.
+fn check_total(hash: &str, total: u64, size: u64) -> Result<()> {
+    if total != size {
+        return Err(Error::store(
+            "LAMA-CORRUPT",
+            format!("the chunks of {hash} hold {total} bytes, its header says {size}"),
+        ));
+    }
+    Ok(())
 }
 
 /// `io::Write::write_all` under a name that does not need the trait in scope at call sites.

@@ -15,6 +15,7 @@
 //! the last handle is dropped.
 
 mod blob;
+mod check;
 mod feed;
 mod keys;
 mod objects;
@@ -34,7 +35,7 @@ use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use heed::types::Bytes;
-use heed::{Database, Env, EnvFlags, EnvOpenOptions, RoTxn, RwTxn, WithoutTls};
+use heed::{Database, Env, EnvFlags, EnvOpenOptions, MdbError, RoTxn, RwTxn, WithoutTls};
 
 use crate::error::{Error, Result};
 use crate::hash::Hash;
@@ -120,6 +121,8 @@ pub(crate) struct Dbs {
 
 struct Shared {
     env: Env<WithoutTls>,
+    /// The canonical directory (for the structural check, which reads `data.mdb` itself).
+    dir: PathBuf,
     dbs: Dbs,
     /// False if the environment was opened with `NO_SYNC` (see [`Store::open_with`]).
     durable: bool,
@@ -157,6 +160,14 @@ pub(crate) fn parse_hash(what: &str, s: &str) -> Result<Hash> {
 
 pub(crate) fn not_found(hash: &str, what: &str) -> Error {
     Error::not_found("SB-READ2", format!("{what} {hash} not found in the store"))
+}
+
+/// The kind of an `objects` value; `StoreError LAMA-CORRUPT` for a damaged one (its kind byte
+/// is not one of docs/store-format.md "objects values").
+pub(crate) fn entry_kind(hash: &str, v: &[u8]) -> Result<EntryKind> {
+    v.first()
+        .and_then(|b| EntryKind::from_byte(*b))
+        .ok_or_else(|| Error::store("LAMA-CORRUPT", format!("entry {hash} has an unknown kind byte")))
 }
 
 pub(crate) fn now_ms() -> u64 {
@@ -247,6 +258,12 @@ impl Store {
         Ok(self.shared.env.read_txn()?)
     }
 
+    /// A read transaction whose snapshot passed the structural check of the file, or the
+    /// first structural problem found (docs/store-format.md "Damaged files").
+    pub(crate) fn checked_read_txn(&self) -> Result<std::result::Result<RoTxn<'_, WithoutTls>, String>> {
+        checked_snapshot(&self.shared.env, &self.shared.dir)
+    }
+
     pub(crate) fn write_txn(&self) -> Result<RwTxn<'_>> {
         Ok(self.shared.env.write_txn()?)
     }
@@ -265,10 +282,7 @@ impl Store {
                 .map_err(|_| Error::store("LAMA-CORRUPT", format!("object {hash} is not UTF-8"))),
             Some(v) => Err(Error::not_found(
                 "SB-READ2",
-                format!(
-                    "{hash} is a {}, not an object",
-                    v.first().and_then(|b| EntryKind::from_byte(*b)).map_or("corrupt entry", |k| k.as_str())
-                ),
+                format!("{hash} is a {}, not an object", entry_kind(hash, v)?.as_str()),
             )),
             None => Err(not_found(hash, "object")),
         }
@@ -287,10 +301,7 @@ impl Store {
         let txn = self.read_txn()?;
         match self.entry(&txn, &h)? {
             None => Ok(None),
-            Some(v) => match v.first().and_then(|b| EntryKind::from_byte(*b)) {
-                Some(k) => Ok(Some(k)),
-                None => Err(Error::store("LAMA-CORRUPT", format!("entry {hash} has an unknown kind byte"))),
-            },
+            Some(v) => Ok(Some(entry_kind(hash, v)?)),
         }
     }
 
@@ -315,7 +326,68 @@ impl Store {
     pub fn get_head(&self, id_hash: &str) -> Result<Option<String>> {
         let h = parse_hash("ID hash", id_hash)?;
         let txn = self.read_txn()?;
-        Ok(self.shared.dbs.vheads.get(&txn, &h[..])?.map(hex::encode))
+        match self.shared.dbs.vheads.get(&txn, &h[..])? {
+            None => Ok(None),
+            Some(v) if v.len() == 32 => Ok(Some(hex::encode(v))),
+            Some(_) => Err(Error::store("LAMA-CORRUPT", format!("the head of {id_hash} is malformed"))),
+        }
+    }
+}
+
+/// `StoreError LAMA-CORRUPT` for a store whose file failed the structural check.
+fn damaged(dir: &Path, problem: &str) -> Error {
+    Error::store("LAMA-CORRUPT", format!("the store at {} is damaged: {problem}", dir.display()))
+}
+
+/// Begin a read transaction and check its snapshot with plain reads of `data.mdb` before
+/// LMDB follows any page of it; retried when commits of other processes overwrote the meta
+/// page of the snapshot meanwhile (its pages stay protected by the read transaction).
+fn checked_snapshot<'e>(
+    env: &'e Env<WithoutTls>,
+    dir: &Path,
+) -> Result<std::result::Result<RoTxn<'e, WithoutTls>, String>> {
+    let mut tries = 0;
+    loop {
+        let txn = env.read_txn()?;
+        match check::check_snapshot(dir, txn.id() as u64) {
+            Ok(true) => return Ok(Ok(txn)),
+            Ok(false) if tries < 1000 => tries += 1,
+            Ok(false) => {
+                return Err(Error::store("LAMA-LMDB", "the store changes too fast to check a snapshot"))
+            }
+            Err(problem) => return Ok(Err(problem)),
+        }
+    }
+}
+
+/// Look at `data.mdb` before LMDB maps it (docs/store-format.md "Damaged files"). Returns
+/// true if the store may be created: there is no `data.mdb` yet or nothing was ever committed
+/// to it (transaction 0), so a missing format record means a store being born, not one that
+/// lost it.
+fn preflight(dir: &Path) -> Result<bool> {
+    let mut tries = 0;
+    loop {
+        match check::inspect(dir) {
+            Ok(check::Header::Missing) => return Ok(true),
+            Ok(check::Header::Meta(m)) => return Ok(m.txnid == 0),
+            // LMDB creates the file and writes its meta pages right after, under its lock:
+            // give a process creating the store that moment before calling the file empty.
+            Ok(check::Header::Empty) if tries < 20 => {
+                tries += 1;
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Ok(check::Header::Empty) => {
+                return Err(Error::store(
+                    "LAMA-FORMAT",
+                    format!(
+                        "the store at {} has an empty data.mdb: it has lost its format record \
+                         (and everything else); refusing to start a new store over it",
+                        dir.display()
+                    ),
+                ))
+            }
+            Err(problem) => return Err(damaged(dir, &problem)),
+        }
     }
 }
 
@@ -360,8 +432,29 @@ fn open_env(dir: &Path, map_size: usize, durable: bool) -> std::result::Result<S
             opts.flags(EnvFlags::NO_SYNC);
         }
     }
+    let creatable = preflight(dir)?;
     // SAFETY: the environment of a directory is opened once per process (the registry above).
-    let env = unsafe { opts.open(dir)? };
+    let env = match unsafe { opts.open(dir) } {
+        Ok(env) => env,
+        // The data file's version was checked by `preflight`, so this is the lock file: it is
+        // in use by the LMDB build of the other core (docs/store-format.md "Both cores").
+        Err(heed::Error::Mdb(MdbError::VersionMismatch)) => {
+            return Err(OpenError::Other(Error::store(
+                "LAMA-OTHERCORE",
+                format!(
+                    "the store at {} is open in another process that uses the other lama core \
+                     (the Rust and the pure core bundle LMDB builds whose lock files differ); \
+                     close it there or use the same core",
+                    dir.display()
+                ),
+            )))
+        }
+        Err(e) => return Err(e.into()),
+    };
+    // Nothing of the snapshot is read through the map before it passed the structural check.
+    if let Err(problem) = checked_snapshot(&env, dir)? {
+        return Err(OpenError::Other(damaged(dir, &problem)));
+    }
     let mut txn = env.write_txn()?;
     let dbs = Dbs {
         meta: env.create_database(&mut txn, Some("meta"))?,
@@ -373,7 +466,17 @@ fn open_env(dir: &Path, map_size: usize, durable: bool) -> std::result::Result<S
         events: env.create_database(&mut txn, Some("events"))?,
     };
     match dbs.meta.get(&txn, b"format")? {
-        None => dbs.meta.put(&mut txn, b"format", FORMAT.as_bytes())?,
+        None if creatable => dbs.meta.put(&mut txn, b"format", FORMAT.as_bytes())?,
+        None => {
+            return Err(OpenError::Other(Error::store(
+                "LAMA-FORMAT",
+                format!(
+                    "the store at {} has data but no format record (meta \"format\"): it is \
+                     not a lama store or it lost its format record",
+                    dir.display()
+                ),
+            )))
+        }
         Some(v) if v == FORMAT.as_bytes() => {}
         Some(v) => {
             return Err(OpenError::Other(Error::store(
@@ -386,6 +489,8 @@ fn open_env(dir: &Path, map_size: usize, durable: bool) -> std::result::Result<S
             )))
         }
     }
+    // A damaged reverse-map setting is found now, not at some later write (as the pure core).
+    rmaps::read_rmap_config(&dbs, &txn)?;
     // Staged chunks are keyed by their creation time first, so the stale ones come first.
     let cutoff = now_ms().saturating_sub(TMP_MAX_AGE_MS);
     let mut stale = Vec::new();
@@ -404,5 +509,5 @@ fn open_env(dir: &Path, map_size: usize, durable: bool) -> std::result::Result<S
     feed::upgrade(&dbs, &mut txn)?;
     let last = feed::last_seq_in(&dbs, &txn)?;
     txn.commit()?;
-    Ok(Shared { env, dbs, durable, feed: feed::Notifier::new(last) })
+    Ok(Shared { env, dir: dir.to_path_buf(), dbs, durable, feed: feed::Notifier::new(last) })
 }

@@ -97,20 +97,7 @@ impl RmapConfig {
 impl Store {
     /// Read the persisted reverse-map configuration (plus the built-ins) inside `txn`.
     pub(crate) fn rmap_config(&self, txn: &RoTxn) -> Result<RmapConfig> {
-        let mut cfg = RmapConfig::default();
-        for item in self.dbs().meta.prefix_iter(txn, b"rmap.")? {
-            let (k, v) = item?;
-            let key = std::str::from_utf8(k).map_err(|_| corrupt_meta(k))?;
-            let (map_kind, type_name) = match key.as_bytes().get(5..7) {
-                Some([b'O', b'.']) => (MAP_OBJECT, &key[7..]),
-                Some([b'I', b'.']) => (MAP_ID, &key[7..]),
-                _ => return Err(corrupt_meta(k)),
-            };
-            let props = Props::from_json(v).ok_or_else(|| corrupt_meta(k))?;
-            let map = if map_kind == MAP_ID { &mut cfg.id } else { &mut cfg.object };
-            map.insert(type_name.to_string(), props);
-        }
-        Ok(cfg)
+        read_rmap_config(&self.dbs(), txn)
     }
 
     /// Enable reverse maps for `type_name` (object maps, or ID-object maps with `id_objects`)
@@ -154,6 +141,25 @@ impl Store {
         }
         Ok(out)
     }
+}
+
+/// The persisted reverse-map configuration (plus the built-ins) inside `txn`; a damaged
+/// setting is `StoreError LAMA-CORRUPT` (also checked when the store is opened).
+pub(crate) fn read_rmap_config(dbs: &super::Dbs, txn: &RoTxn) -> Result<RmapConfig> {
+    let mut cfg = RmapConfig::default();
+    for item in dbs.meta.prefix_iter(txn, b"rmap.")? {
+        let (k, v) = item?;
+        let key = std::str::from_utf8(k).map_err(|_| corrupt_meta(k))?;
+        let (map_kind, type_name) = match key.as_bytes().get(5..7) {
+            Some([b'O', b'.']) => (MAP_OBJECT, &key[7..]),
+            Some([b'I', b'.']) => (MAP_ID, &key[7..]),
+            _ => return Err(corrupt_meta(k)),
+        };
+        let props = Props::from_json(v).ok_or_else(|| corrupt_meta(k))?;
+        let map = if map_kind == MAP_ID { &mut cfg.id } else { &mut cfg.object };
+        map.insert(type_name.to_string(), props);
+    }
+    Ok(cfg)
 }
 
 fn corrupt_meta(key: &[u8]) -> Error {

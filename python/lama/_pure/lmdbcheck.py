@@ -1,0 +1,334 @@
+"""Structural check of the LMDB file with plain reads (docs/store-format.md "Damaged files").
+
+LMDB keeps no checksums and follows the page numbers and node offsets it finds in its memory
+map: a truncated ``data.mdb`` makes it touch pages past the end of the file (SIGBUS) and a
+damaged page makes it read out of bounds (SIGSEGV), which no Python code can catch.  So before
+LMDB reads anything of a snapshot, this module checks with ``os.pread`` (never the map) all it
+could reach: the meta pages, then every page of the main database, of each named database and
+of the free list (page header, page number, bounds, node offsets and sizes, key sizes, child
+and overflow page numbers inside the file, depth, no page reached twice, the counts recorded
+in the database records, free-list entries).
+
+The same check, with the same messages in the same order, is ``store/check.rs`` of the Rust
+core; the page layout is described there.  The check stops at the first problem.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+
+PAGEHDRSZ = 16
+META_SIZE = PAGEHDRSZ + 152
+MAGIC = 0xBEEFC0DE
+DATA_VERSION = 1
+P_BRANCH = 0x01
+P_LEAF = 0x02
+P_OVERFLOW = 0x04
+P_META = 0x08
+F_BIGDATA = 0x01
+F_SUBDATA = 0x02
+INTEGERKEY = 0x08
+P_INVALID = (1 << 64) - 1
+MAX_KEY = 511
+MAX_DEPTH = 32
+DB_REC = 48
+
+_DB = struct.Struct("<IHHQQQQQ")  # pad, flags, depth, branch, leaf, overflow, entries, root
+_HDR = struct.Struct("<QHHHH")  # pgno, pad, flags, lower, upper
+_OVHDR = struct.Struct("<QHHI")  # pgno, pad, flags, pages
+_NODE = struct.Struct("<HHHH")  # lo, hi, flags, ksize
+_U64 = struct.Struct("<Q")
+
+MISSING = "missing"
+EMPTY = "empty"
+
+MAIN, FREE, PLAIN = 0, 1, 2
+
+
+class Problem(Exception):
+    """The first structural problem found (its message is the problem)."""
+
+
+class Meta:
+    __slots__ = ("psize", "last_pg", "txnid", "free", "main")
+
+    def __init__(self, psize: int, last_pg: int, txnid: int, free: tuple[int, ...],
+                 main: tuple[int, ...]) -> None:
+        self.psize = psize
+        self.last_pg = last_pg
+        self.txnid = txnid
+        self.free = free
+        self.main = main
+
+
+def _read(fd: int, n: int, off: int) -> bytes:
+    try:
+        b = os.pread(fd, n, off)
+    except OSError as e:
+        raise Problem(f"lmdb: cannot read data.mdb at offset {off}: {e}") from None
+    if len(b) != n:
+        raise Problem(f"lmdb: cannot read data.mdb at offset {off}: failed to fill whole buffer")
+    return b
+
+
+def _parse_meta(i: int, buf: bytes) -> Meta:
+    if not struct.unpack_from("<H", buf, 10)[0] & P_META:
+        raise Problem(f"lmdb: page {i} is not a meta page")
+    magic, version = struct.unpack_from("<II", buf, 16)
+    if magic != MAGIC:
+        raise Problem(f"lmdb: meta page {i} has a bad magic number")
+    if version != DATA_VERSION:
+        raise Problem(f"lmdb: meta page {i} has data version {version}, expected {DATA_VERSION}")
+    free = _DB.unpack_from(buf, 40)
+    main = _DB.unpack_from(buf, 88)
+    last_pg, txnid = struct.unpack_from("<QQ", buf, 136)
+    return Meta(free[0], last_pg, txnid, free, main)
+
+
+def _read_metas(fd: int, length: int, txnid: int | None) -> Meta | None:
+    truncated = (f"lmdb: data.mdb is {length} bytes, too short for its meta pages: "
+                 "the file is truncated")
+    if length < META_SIZE:
+        raise Problem(truncated)
+    m0 = _parse_meta(0, _read(fd, META_SIZE, 0))
+    psize = m0.psize
+    if psize & (psize - 1) or not 512 <= psize <= 32768:
+        raise Problem(f"lmdb: meta page 0 has page size {psize}")
+    if length < psize + META_SIZE:
+        raise Problem(truncated)
+    m1 = _parse_meta(1, _read(fd, META_SIZE, psize))
+    for i, m in ((0, m0), (1, m1)):
+        if m.psize != psize:
+            raise Problem(f"lmdb: meta page {i} has page size {m.psize}, meta page 0 {psize}")
+    if txnid is None:
+        m = m1 if m1.txnid > m0.txnid else m0
+    else:
+        found = [x for x in (m0, m1) if x.txnid == txnid]
+        if not found:
+            return None
+        m = found[0]
+    if m.last_pg < 1 or m.last_pg >= 1 << 48:
+        raise Problem(f"lmdb: meta of transaction {m.txnid} has last page {m.last_pg}")
+    need = (m.last_pg + 1) * psize
+    if length < need:
+        raise Problem(f"lmdb: data.mdb is {length} bytes but its last page {m.last_pg} ends at "
+                      f"byte {need}: the file is truncated")
+    if m.free[1] != INTEGERKEY or m.main[1] != 0:
+        raise Problem(f"lmdb: meta of transaction {m.txnid} has database flags "
+                      f"0x{m.free[1]:x}/0x{m.main[1]:x}, expected 0x8/0x0")
+    return m
+
+
+def inspect(directory: str) -> str | Meta:
+    """Look at ``data.mdb`` before LMDB opens it: ``MISSING``, ``EMPTY`` or the meta LMDB will
+    use; Problem if damaged."""
+    path = os.path.join(directory, "data.mdb")
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return MISSING
+    except OSError as e:
+        raise Problem(f"lmdb: cannot open {path}: {e}") from None
+    try:
+        length = os.fstat(fd).st_size
+        if length == 0:
+            return EMPTY
+        m = _read_metas(fd, length, None)
+        assert m is not None
+        return m
+    finally:
+        os.close(fd)
+
+
+def check_snapshot(directory: str, txnid: int) -> bool:
+    """Check everything reachable in the snapshot of transaction ``txnid`` (the caller holds a
+    read transaction on it).  False: its meta page was overwritten by newer commits (retry
+    with a new read transaction).  Problem at the first damage found."""
+    path = os.path.join(directory, "data.mdb")
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError as e:
+        raise Problem(f"lmdb: cannot open {path}: {e}") from None
+    try:
+        meta = _read_metas(fd, os.fstat(fd).st_size, txnid)
+        if meta is None:
+            return False
+        w = _Walker(fd, meta.psize, meta.last_pg)
+        named: list[tuple[bytes, bytes]] = []
+        w.tree("main", meta.main, MAIN, named)
+        for name, rec_bytes in named:
+            rec = _DB.unpack(rec_bytes)
+            label = "db " + name.decode("utf-8", "replace")
+            if rec[1] != 0:
+                raise Problem(f"lmdb: {label} has flags 0x{rec[1]:x}, expected 0")
+            w.tree(label, rec, PLAIN, None)
+        free: list[tuple[int, list[int]]] = []
+        w.tree("free list", meta.free, FREE, free)
+        # A page listed as free must be unreachable and listed once: LMDB hands it out for new
+        # data, so a live page here would be overwritten (silent loss).
+        listed: set[int] = set()
+        seen = w.seen
+        last = w.last_pg
+        for txn, pages in free:
+            for p in pages:
+                if p < 2 or p > last:
+                    raise Problem(f"lmdb: free list of transaction {txn}: page {p} is outside "
+                                  f"the data pages 2..={last}")
+                if seen[p]:
+                    raise Problem(f"lmdb: free list of transaction {txn}: page {p} is in use")
+                if p in listed:
+                    raise Problem(f"lmdb: free list of transaction {txn}: page {p} is listed "
+                                  "twice")
+                listed.add(p)
+        return True
+    finally:
+        os.close(fd)
+
+
+class _Walker:
+    def __init__(self, fd: int, psize: int, last_pg: int) -> None:
+        self.fd = fd
+        self.psize = psize
+        self.last_pg = last_pg
+        self.seen = bytearray(last_pg + 1)
+        # counts of the tree being walked: branch, leaf, overflow, entries
+        self.counts = [0, 0, 0, 0]
+
+    def claim(self, db: str, p: int) -> None:
+        if p < 2 or p > self.last_pg:
+            raise Problem(f"lmdb: {db}: page reference {p} is outside the data pages "
+                          f"2..={self.last_pg}")
+        if self.seen[p]:
+            raise Problem(f"lmdb: {db}: page {p} is reached twice")
+        self.seen[p] = 1
+
+    def tree(self, db: str, rec: tuple[int, ...], kind: int, out: list | None) -> None:  # type: ignore[type-arg]
+        _pad, _flags, depth, branch, leaf, overflow, entries, root = rec
+        if root == P_INVALID:
+            if depth or entries or branch or leaf or overflow:
+                raise Problem(f"lmdb: {db}: empty database with non-zero counts")
+            return
+        if depth == 0 or depth > MAX_DEPTH:
+            raise Problem(f"lmdb: {db}: depth {depth} is outside 1..={MAX_DEPTH}")
+        self.counts = [0, 0, 0, 0]
+        self.visit(db, root, 1, depth, kind, out)
+        found = tuple(self.counts)
+        recorded = (branch, leaf, overflow, entries)
+        if recorded != found:
+            raise Problem(
+                f"lmdb: {db}: records {recorded[0]}/{recorded[1]}/{recorded[2]} "
+                f"branch/leaf/overflow pages and {recorded[3]} entries, the tree holds "
+                f"{found[0]}/{found[1]}/{found[2]} and {found[3]}")
+
+    def visit(self, db: str, p: int, depth: int, max_depth: int, kind: int,
+              out: list | None) -> None:  # type: ignore[type-arg]
+        self.claim(db, p)
+        psize = self.psize
+        page = _read(self.fd, psize, p * psize)
+        pgno, _pad, flags, lower, upper = _HDR.unpack_from(page, 0)
+        if pgno != p:
+            raise Problem(f"lmdb: {db} page {p}: header says page {pgno}")
+        branch = depth < max_depth
+        want = P_BRANCH if branch else P_LEAF
+        if flags != want:
+            raise Problem(f"lmdb: {db} page {p}: flags 0x{flags:x}, expected a "
+                          f"{'branch' if branch else 'leaf'} page (0x{want:x}) at depth {depth} "
+                          f"of {max_depth}")
+        if lower < PAGEHDRSZ or lower % 2 or lower > upper or upper > psize:
+            raise Problem(f"lmdb: {db} page {p}: bad bounds lower={lower} upper={upper}")
+        n = (lower - PAGEHDRSZ) // 2
+        counts = self.counts
+        if branch:
+            counts[0] += 1
+            if n == 0:
+                raise Problem(f"lmdb: {db} page {p}: branch page without nodes")
+        else:
+            counts[1] += 1
+        offsets = struct.unpack_from(f"<{n}H", page, PAGEHDRSZ)
+        node = _NODE.unpack_from
+        if kind == PLAIN and not branch:
+            # The bulk of every store: the same checks as the general loop below, in the same
+            # order, without what only the main database and the free list need.
+            for i, off in enumerate(offsets):
+                if off < upper or off + 8 > psize:
+                    raise Problem(f"lmdb: {db} page {p}: node {i} at offset {off} is outside "
+                                  f"{upper}..{psize}")
+                lo, hi, nflags, ksize = node(page, off)
+                data_off = off + 8 + ksize
+                if ksize > MAX_KEY or data_off > psize:
+                    raise Problem(f"lmdb: {db} page {p}: node {i} has a key of {ksize} bytes")
+                dsize = lo | (hi << 16)
+                if nflags == 0:
+                    if data_off + dsize > psize:
+                        raise Problem(f"lmdb: {db} page {p}: node {i}: data of {dsize} bytes "
+                                      "outside the page")
+                elif nflags == F_BIGDATA:
+                    if data_off + 8 > psize:
+                        raise Problem(f"lmdb: {db} page {p}: node {i}: data outside the page")
+                    counts[2] += self.overflow(db, p, i, _U64.unpack_from(page, data_off)[0],
+                                               dsize)
+                else:
+                    raise Problem(f"lmdb: {db} page {p}: node {i} has flags 0x{nflags:x}")
+            counts[3] += n
+            return
+        for i, off in enumerate(offsets):
+            if off < upper or off + 8 > psize:
+                raise Problem(f"lmdb: {db} page {p}: node {i} at offset {off} is outside "
+                              f"{upper}..{psize}")
+            lo, hi, nflags, ksize = node(page, off)
+            if ksize > MAX_KEY or off + 8 + ksize > psize:
+                raise Problem(f"lmdb: {db} page {p}: node {i} has a key of {ksize} bytes")
+            if branch:
+                self.visit(db, lo | (hi << 16) | (nflags << 32), depth + 1, max_depth, kind, out)
+                continue
+            counts[3] += 1
+            dsize = lo | (hi << 16)
+            data_off = off + 8 + ksize
+            if kind == MAIN:
+                allowed = nflags == F_SUBDATA
+            else:
+                allowed = nflags == 0 or nflags == F_BIGDATA
+            if not allowed:
+                raise Problem(f"lmdb: {db} page {p}: node {i} has flags 0x{nflags:x}")
+            if kind == FREE and ksize != 8:
+                raise Problem(f"lmdb: {db} page {p}: node {i} has a key of {ksize} bytes")
+            if nflags == F_BIGDATA:
+                if data_off + 8 > psize:
+                    raise Problem(f"lmdb: {db} page {p}: node {i}: data outside the page")
+                ov = _U64.unpack_from(page, data_off)[0]
+                counts[2] += self.overflow(db, p, i, ov, dsize)
+                data = _read(self.fd, dsize, ov * psize + PAGEHDRSZ) if kind == FREE else b""
+            else:
+                if data_off + dsize > psize:
+                    raise Problem(f"lmdb: {db} page {p}: node {i}: data of {dsize} bytes "
+                                  "outside the page")
+                data = page[data_off:data_off + dsize] if kind != PLAIN else b""
+            if kind == MAIN:
+                if dsize != DB_REC:
+                    raise Problem(f"lmdb: {db} page {p}: node {i}: database record of "
+                                  f"{dsize} bytes")
+                assert out is not None
+                out.append((page[off + 8:off + 8 + ksize], data))
+            elif kind == FREE:
+                txn = _U64.unpack_from(page, off + 8)[0]
+                count = _U64.unpack_from(data, 0)[0] if len(data) >= 8 else None
+                if len(data) % 8 or count is None or (count + 1) * 8 != len(data):
+                    raise Problem(f"lmdb: free list of transaction {txn}: a list of "
+                                  f"{len(data)} bytes")
+                assert out is not None
+                out.append((txn, list(struct.unpack_from(f"<{count}Q", data, 8))))
+
+    def overflow(self, db: str, p: int, i: int, ov: int, dsize: int) -> int:
+        at = f"lmdb: {db} page {p}: node {i}: "
+        if ov < 2 or ov > self.last_pg:
+            raise Problem(f"{at}overflow page {ov} is outside the data pages 2..={self.last_pg}")
+        pgno, _pad, flags, pages = _OVHDR.unpack(_read(self.fd, PAGEHDRSZ, ov * self.psize))
+        if pgno != ov or flags != P_OVERFLOW:
+            raise Problem(f"{at}page {ov} is not an overflow page")
+        need = (PAGEHDRSZ - 1 + dsize) // self.psize + 1
+        if pages < need or ov + pages - 1 > self.last_pg:
+            raise Problem(f"{at}overflow run of {pages} pages at {ov} cannot hold {dsize} bytes")
+        for q in range(ov, ov + pages):
+            self.claim(db, q)
+        return pages
