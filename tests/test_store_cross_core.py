@@ -154,13 +154,17 @@ def test_verify_reports_the_same_problems_in_both_cores(
     assert sum("text is not UTF-8" in p for p in problems) == 2  # inline and chunked CLOB
 
 
-def _page_of(data: bytes, psize: int, last_pg: int, flags: int) -> int:
-    """The highest-numbered page with these flags (a page LMDB reaches in the newest tree)."""
+def _main_root_leaf(data: bytes, psize: int, meta: int) -> int:
+    """The root page of the main database in the newest tree: a leaf page (it only lists the
+    handful of named databases) that LMDB surely reaches. The meta page holds two 48-byte
+    database records from offset 40 (free list, then main); the root page number is the last
+    field of a record."""
     import struct
 
-    return max(p for p in range(2, last_pg + 1)
-               if struct.unpack_from("<QHH", data, p * psize) [0] == p
-               and struct.unpack_from("<H", data, p * psize + 10)[0] == flags)
+    root: int = struct.unpack_from("<Q", data, meta * psize + 88 + 40)[0]
+    assert struct.unpack_from("<Q", data, root * psize)[0] == root
+    assert struct.unpack_from("<H", data, root * psize + 10)[0] == 0x02, "main root is a leaf"
+    return root
 
 
 @pytest.mark.parametrize("damage", ["truncate", "pgno", "bounds", "node", "last_pg", "magic"])
@@ -180,7 +184,7 @@ def test_structural_damage_is_reported_the_same_way(
     metas = [struct.unpack_from("<QQ", data, off + 136) for off in (0, psize)]
     newest = 0 if metas[0][1] >= metas[1][1] else 1
     last_pg = metas[newest][0]
-    leaf = _page_of(bytes(data), psize, last_pg, 0x02)
+    leaf = _main_root_leaf(bytes(data), psize, newest)
     if damage == "truncate":
         del data[len(data) * 2 // 3:]
     elif damage == "pgno":
