@@ -82,7 +82,7 @@ def _damage(path: Path, h: dict[str, str]) -> None:
     import lmdb
 
     env = lmdb.open(str(path), max_dbs=16)
-    dbs = {n: env.open_db(n.encode()) for n in ("objects", "chunks", "vheads", "rmaps")}
+    dbs = {n: env.open_db(n.encode()) for n in ("objects", "chunks", "vheads", "rmaps", "events")}
     with env.begin(write=True) as txn:
         def put(db: str, k: bytes, v: bytes) -> None:
             txn.put(k, v, db=dbs[db])
@@ -120,6 +120,14 @@ def _damage(path: Path, h: dict[str, str]) -> None:
         put("rmaps", raw(ALICE_ID) + b"OKeys\x00" + b"\x14" * 32, b"")  # referrer not stored
         put("rmaps", b"\x15" * 40, b"")  # malformed key
         put("rmaps", raw(ALICE_ID) + b"X" + b"T\x00" + b"\x16" * 32, b"")  # bad map kind
+        with txn.cursor(db=dbs["events"]) as cur:
+            last = int.from_bytes(cur.key(), "big") if cur.last() else 0
+        seq = lambda n: (last + n).to_bytes(8, "big")  # noqa: E731
+        put("events", seq(1), b"\x17" * 32 + b"O")  # an object that is not stored
+        put("events", seq(2), b"\x18" * 32 + b"H")  # a head that does not exist
+        put("events", seq(3), b"\x19" * 32 + b"Z")  # unknown kind
+        put("events", seq(4), b"short")  # malformed value
+        put("events", seq(9), raw(h["msg"]) + b"O")  # a gap before it
     env.close()
 
 
@@ -136,10 +144,10 @@ def test_verify_reports_the_same_problems_in_both_cores(
             lists[name] = s.verify()
     assert lists["rust"] == lists["pure"]
     problems = lists["rust"]
-    for table in ("objects/", "chunks/", "vheads/", "rmaps/"):  # one check per table, in order
+    for table in ("objects/", "chunks/", "vheads/", "rmaps/", "events/"):  # one check per table, in order
         assert any(p.startswith(table) for p in problems), table
     order = [p.split("/")[0] for p in problems]
-    assert order == sorted(order, key=["objects", "chunks", "vheads", "rmaps"].index)
+    assert order == sorted(order, key=["objects", "chunks", "vheads", "rmaps", "events"].index)
     expected_fragments = [
         "content hashes to", "stored as an ID object but the microdata is an object",
         "not ONE microdata (", "empty CLOB", f"inline content of {CHUNK + 1} bytes",
@@ -148,6 +156,7 @@ def test_verify_reports_the_same_problems_in_both_cores(
         f"chunked header says {CHUNK + 5} bytes in 3", "chunk 1 has 5 bytes, expected",
         "chunk of no chunked BLOB/CLOB", "chunk 1 of 2 is missing",
         "is not a stored version node", "malformed entry", "referencing", "malformed key",
+        "is not stored", "has no head", "was expected",
     ]
     for frag in expected_fragments:
         assert any(frag in p for p in problems), (frag, problems)

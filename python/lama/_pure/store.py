@@ -71,6 +71,8 @@ K_CLOB = 0x43  # 'C'
 K_BLOB = 0x42  # 'B'
 K_CLOB_CHUNKED = 0x63  # 'c'
 K_BLOB_CHUNKED = 0x62  # 'b'
+_K_HEAD = 0x48  # 'H': a version-head change in `events`
+_EVENT_KINDS = frozenset((K_OBJECT, K_ID, K_CLOB, K_BLOB, _K_HEAD))
 _KIND_NAMES = {
     K_OBJECT: "object",
     K_ID: "id",
@@ -898,6 +900,7 @@ class Store:
             _check_chunks(shared, txn, problems)
             _check_vheads(shared, txn, problems)
             _check_rmaps(shared, txn, problems)
+            _check_events(shared, txn, problems)
             return problems
         finally:
             txn.abort()
@@ -1034,6 +1037,30 @@ def _check_rmaps(shared: _Shared, txn: lmdb.Transaction, problems: list[str]) ->
             problems.append(f"rmaps/{k.hex()}: malformed key")
         elif txn.get(k[-32:], db=shared.objects) is None:
             problems.append(f"rmaps/{k.hex()}: referencing {k[-32:].hex()} is not stored")
+
+
+def _check_events(shared: _Shared, txn: lmdb.Transaction, problems: list[str]) -> None:
+    """``events``: sequence numbers 1, 2, 3, ... without a gap, each value ``hash ‖ kind`` with a
+    known kind, naming a stored entry (object kinds) or an ID that has a head (``H``)."""
+    expected = 1
+    for k, v in txn.cursor(db=shared.events):
+        kx = bytes(k).hex()
+        if len(k) != 8:
+            problems.append(f"events/{kx}: malformed entry")
+            continue
+        seq = int.from_bytes(k, "big")
+        if seq != expected:
+            problems.append(f"events/{kx}: sequence number {seq} where {expected} was expected")
+        expected = seq + 1
+        if len(v) != 33 or v[32] not in _EVENT_KINDS:
+            problems.append(f"events/{kx}: malformed entry")
+            continue
+        h, kind = bytes(v[:32]), v[32]
+        if kind == _K_HEAD:
+            if txn.get(h, db=shared.vheads) is None:
+                problems.append(f"events/{kx}: {h.hex()} has no head")
+        elif txn.get(h, db=shared.objects) is None:
+            problems.append(f"events/{kx}: {h.hex()} is not stored")
 
 
 def _chunked_header(clob: bool, size: int, count: int) -> bytes:

@@ -31,6 +31,7 @@ impl Store {
         check_chunks(&dbs, &txn, &mut problems)?;
         check_vheads(&dbs, &txn, &mut problems)?;
         check_rmaps(&dbs, &txn, &mut problems)?;
+        check_events(&dbs, &txn, &mut problems)?;
         Ok(problems)
     }
 }
@@ -183,6 +184,44 @@ fn check_rmaps(dbs: &Dbs, txn: &Txn, problems: &mut Vec<String>) -> Result<()> {
                 hex::encode(key),
                 hex::encode(referrer)
             ));
+        }
+    }
+    Ok(())
+}
+
+/// `events` (docs/store-format.md "events"): keys are the sequence numbers 1, 2, 3, ... without
+/// a gap (each is written in the transaction of the write it records, so a crash cannot leave
+/// one); each value is `hash ‖ kind` with a known kind; an object event names a stored entry and
+/// a head event an ID that has a head (nothing is ever deleted).
+fn check_events(dbs: &Dbs, txn: &Txn, problems: &mut Vec<String>) -> Result<()> {
+    let mut expected: u64 = 1;
+    for item in dbs.events.iter(txn)? {
+        let (key, value) = item?;
+        let k = hex::encode(key);
+        let Ok(seq) = <[u8; 8]>::try_from(key).map(u64::from_be_bytes) else {
+            problems.push(format!("events/{k}: malformed entry"));
+            continue;
+        };
+        if seq != expected {
+            problems.push(format!("events/{k}: sequence number {seq} where {expected} was expected"));
+        }
+        expected = seq.saturating_add(1);
+        if value.len() != 33 {
+            problems.push(format!("events/{k}: malformed entry"));
+            continue;
+        }
+        let (h, kind) = (&value[..32], value[32]);
+        let present = match kind {
+            K_OBJECT | K_ID | K_CLOB | K_BLOB => dbs.objects.get(txn, h)?.is_some(),
+            super::feed::K_HEAD => dbs.vheads.get(txn, h)?.is_some(),
+            _ => {
+                problems.push(format!("events/{k}: malformed entry"));
+                continue;
+            }
+        };
+        if !present {
+            let what = if kind == super::feed::K_HEAD { "has no head" } else { "is not stored" };
+            problems.push(format!("events/{k}: {} {what}", hex::encode(h)));
         }
     }
     Ok(())
