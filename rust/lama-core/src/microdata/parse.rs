@@ -103,7 +103,9 @@ pub(crate) fn parse(reg: &Registry, text: &str, collect_refs: bool) -> Result<Pa
 }
 
 /// ID microdata of a concrete object's microdata by copying the ID properties' tags (§2.2).
-/// Unversioned types give `None` without parsing the body; versioned ones are parsed fully.
+/// Unversioned types give `None` from the header alone (docs/core-interface.md; the pure core
+/// does the same), so this is no validator for them: `Store::put_microdata` parses those;
+/// versioned ones are parsed fully.
 pub(crate) fn id_microdata_of(reg: &Registry, text: &str) -> Result<Option<String>> {
     let (tname, _, _) = header(text)?;
     let recipe = reg
@@ -148,9 +150,7 @@ struct Parser<'a> {
     depth: usize,
 }
 
-/// Deepest container nesting the parser accepts.
-/// Deepest container nesting the parser (and so the serializer) accepts.
-pub(crate) const MAX_DEPTH: usize = 200;
+use super::MAX_DEPTH;
 
 impl<'a> Parser<'a> {
     fn rest(&self) -> &'a str {
@@ -278,7 +278,8 @@ impl<'a> Parser<'a> {
         Ok(match ty {
             Ty::Str(re) => {
                 if let Some((re, src)) = re {
-                    if !re.is_match(&text) {
+                    // lone surrogates are matched as U+FFFD (text.rs)
+                    if !re.is_match(&super::text::js_utf8(&text)) {
                         return Err(Error::microdata(
                             "M2O-PV3",
                             format!("Property \"{p}\" value \"{text}\" does not match RegExp \"{src}\""),
