@@ -219,14 +219,10 @@ impl<'a> Parser<'a> {
                 Ok(Some(v))
             }
             Ty::Ref(k) => {
-                if !self.eat_seq(&["<a itemprop=\"", p, "\" data-type=\""]) {
+                // the whole opening tag is the rule's tag: with another data-type it is not
+                // this rule's (an optional rule is skipped), as in the pure core
+                if !self.eat_seq(&["<a itemprop=\"", p, "\" data-type=\"", k.as_str(), "\">"]) {
                     return Ok(None);
-                }
-                if !self.eat_seq(&[k.as_str(), "\">"]) {
-                    return Err(Error::microdata(
-                        "M2O-PD1",
-                        format!("Property \"{p}\" should be a reference of data-type \"{}\": {}", k.as_str(), self.here()),
-                    ));
                 }
                 let v = self.hash(*k)?;
                 self.expect("</a>")?;
@@ -303,7 +299,7 @@ impl<'a> Parser<'a> {
             Ty::Ref(k) => {
                 if !self.eat_seq(&["<a data-type=\"", k.as_str(), "\">"]) {
                     return Err(Error::microdata(
-                        "M2O-PD1",
+                        "M2O-PCONV1",
                         format!("Expected a reference of data-type \"{}\" at \"{}\": {}", k.as_str(), self.path, self.here()),
                     ));
                 }
