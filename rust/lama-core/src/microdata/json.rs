@@ -392,6 +392,38 @@ mod tests {
         assert_eq!(s, "{\"a\":[3,1],\"st\":[\"a\",\"b\"],\"str\":\"é\\n\\\"<&>\\u0001\",\"z\":1}");
     }
     #[test]
+    fn json_lone_surrogates_and_depth() {
+        use crate::microdata::text::{from_generalized_utf8, to_generalized_utf8};
+        // JSON.parse keeps a lone surrogate escape; a pair is its character
+        let v = parse_json(r#"["x\ud800", "\ud83d\ude00", "\\ud800", "\udbff\udfff"]"#).unwrap();
+        let items = match v {
+            Value::List(items) => items,
+            other => panic!("{other:?}"),
+        };
+        let s = |v: &Value| match v {
+            Value::Str(s) => to_generalized_utf8(s).unwrap_or_else(|| s.as_bytes().to_vec()),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(s(&items[0]), b"x\xed\xa0\x80");
+        assert_eq!(s(&items[1]), "\u{1F600}".as_bytes());
+        assert_eq!(s(&items[2]), b"\\ud800");
+        assert_eq!(s(&items[3]), "\u{10FFFF}".as_bytes());
+        // and JSON* writes the lone one back as an escape
+        let mut out = String::new();
+        write_json_star(&mut out, &Value::Str(from_generalized_utf8(b"x\xed\xa0\x80")), "p").unwrap();
+        assert_eq!(out, r#""x\ud800""#);
+        // MAX_JSON_DEPTH on read and write
+        let deep = |n: usize| "[".repeat(n) + &"]".repeat(n);
+        assert!(parse_json(&deep(MAX_JSON_DEPTH)).is_ok());
+        assert_eq!(parse_json(&deep(MAX_JSON_DEPTH + 1)).unwrap_err().code, "M2O-PV2");
+        let mut v = Value::Int(1);
+        for _ in 0..=MAX_JSON_DEPTH {
+            v = Value::List(vec![v]);
+        }
+        assert_eq!(write_json_star(&mut String::new(), &v, "p").unwrap_err().code, "USS-STR1");
+    }
+
+    #[test]
     fn json_parse_types() {
         let v = parse_json("[1, 1.0, 1e2, -0, 123456789012345678901234]").unwrap();
         assert_eq!(
