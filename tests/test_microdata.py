@@ -855,6 +855,10 @@ def test_cores_answer_alike(probe: str) -> None:
     # Number("\u0663") is NaN in JS: only ASCII digits are digits
     for text in ("\u0663", "\uff11", "1\u0663", "0x\u0663"):
         assert math.isnan(core.parse(_P + f'<span itemprop="n">{text}</span></div>')["n"])
+    # Number("0x…") is the exact value rounded once: (2**53 + 1) * 16 + 8 -> 2**57 + 32
+    for text, value in (("0x200000000000018", 2**57 + 32), ("0b" + "1" * 54 + "0" * 3, float(int("1" * 54 + "000", 2))),
+                        ("0x" + "f" * 300, math.inf)):
+        assert core.parse(_P + f'<span itemprop="n">{text}</span></div>')["n"] == value
     # empty text is "" for every primitive type, before any check (objects.md §1.11)
     assert core.parse(_P + '<span itemprop="re"></span></div>') == {"$type$": probe, "re": ""}
     assert _code(core.parse, _P + '<span itemprop="re">b</span></div>') == "M2O-PV3"
