@@ -316,14 +316,20 @@ def test_both_cores_same_errors_generated(rust_core: ModuleType, pure_core: Modu
 
 
 def _same(a: Any, b: Any) -> bool:
-    """Equality with NaN equal to itself."""
-    if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
-        return True
-    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
-        return type(a) is type(b) and len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
-    if isinstance(a, dict) and isinstance(b, dict):
-        return list(a) == list(b) and all(_same(a[k], b[k]) for k in a)
-    return bool(a == b) and type(a) is type(b)
+    """Equality of results, with types, NaN equal to itself (also inside sets)."""
+    return _key(a) == _key(b)
+
+
+def _key(v: Any) -> str:
+    if isinstance(v, float) and math.isnan(v):
+        return "float:nan"
+    if isinstance(v, (set, frozenset)):
+        return type(v).__name__ + "{" + ",".join(sorted(_key(x) for x in v)) + "}"
+    if isinstance(v, (list, tuple)):
+        return type(v).__name__ + "[" + ",".join(_key(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "dict{" + ",".join(_key(k) + ":" + _key(x) for k, x in v.items()) + "}"
+    return type(v).__name__ + ":" + ascii(v)
 
 
 def _mutations(md: str) -> st.SearchStrategy[str]:
