@@ -24,8 +24,9 @@ pub const SURROGATE_BASE: u32 = 0x10F800;
 /// True if `s` may contain encoded characters (all start with the bytes F4 8F).
 #[inline]
 pub fn has_encoded(s: &str) -> bool {
+    // on every string crossing the boundary and every hashed text: a memchr scan
     let b = s.as_bytes();
-    b.windows(2).any(|w| w[0] == 0xF4 && w[1] == 0x8F)
+    memchr::memchr_iter(0xF4, b).any(|i| b.get(i + 1) == Some(&0x8F))
 }
 
 /// A unit of an encoded string: a character, or a surrogate code unit.
