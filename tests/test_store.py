@@ -234,6 +234,21 @@ def test_lone_surrogates_are_stored_as_node_writes_them(store: Any) -> None:
     assert store.verify() == []
 
 
+def test_what_is_written_is_readable(store: Any) -> None:
+    """One nesting limit, enforced on write (objects.md §1.6 JSON* values: 100 levels): what
+    the store accepts, get_object and verify() read back; more is refused, nothing written."""
+    core.register_recipe(json.dumps({"$type$": "Recipe", "name": "TestStoreDeepJson",
+                                     "rule": [{"itemprop": "j", "itemtype": {"type": "stringifiable"}}]}))
+    deep: Any = 1
+    for _ in range(100):
+        deep = [deep]
+    (h, _, _), = store.put_objects([{"$type$": "TestStoreDeepJson", "j": deep}])
+    assert store.get_object(h)["j"] == deep and store.verify() == []
+    with pytest.raises(MicrodataError) as ei:
+        store.put_objects([{"$type$": "TestStoreDeepJson", "j": [deep]}])
+    assert ei.value.code == "USS-STR1" and store.count() == 1
+
+
 # -- BLOB / CLOB --------------------------------------------------------------------------
 
 
