@@ -721,6 +721,8 @@ _PROBE = {
          "itemtype": {"type": "string", "regexp": {"$regexp": "^a+$", "flags": ""}}},
         {"itemprop": "ar", "optional": True, "itemtype": {"type": "array", "item": {"type": "string"}}},
         {"itemprop": "bg", "optional": True, "itemtype": {"type": "bag", "item": {"type": "string"}}},
+        {"itemprop": "sn", "optional": True,
+         "itemtype": {"type": "set", "item": {"type": "set", "item": {"type": "number"}}}},
     ],
 }
 _P = '<div itemscope itemtype="//refin.io/TestIssue7">'
@@ -859,6 +861,11 @@ def test_cores_answer_alike(probe: str) -> None:
     for text, value in (("0x200000000000018", 2**57 + 32), ("0b" + "1" * 54 + "0" * 3, float(int("1" * 54 + "000", 2))),
                         ("0x" + "f" * 300, math.inf)):
         assert core.parse(_P + f'<span itemprop="n">{text}</span></div>')["n"] == value
+    # NaN ("null", or text Number() cannot read) is one value in a set, as in a JS Set
+    # (SameValueZero): every parsed NaN is the one object math.nan
+    md = _P + '<ul itemprop="sn"><li><ul><li>null</li><li>x</li></ul></li><li><ul><li>y</li></ul></li></ul></div>'
+    sn = core.parse(md)["sn"]
+    assert len(sn) == 1 and all(x is math.nan for inner in sn for x in inner)
     # empty text is "" for every primitive type, before any check (objects.md §1.11)
     assert core.parse(_P + '<span itemprop="re"></span></div>') == {"$type$": probe, "re": ""}
     assert _code(core.parse, _P + '<span itemprop="re">b</span></div>') == "M2O-PV3"

@@ -162,6 +162,9 @@ fn to_py_value<'py>(py: Python<'py>, v: &Value, hashable: bool) -> PyResult<Boun
             Err(_) => PyFloat::new(py, s.parse::<f64>().unwrap_or(f64::NAN)).into_any(),
         },
         Value::Unsupported(d) => return Err(conv_err(format!("Cannot convert {d}"))),
+        // every NaN is `math.nan`, one object, as in the pure core: a JS Set holds one NaN
+        // (SameValueZero), and Python sets compare NaNs by identity
+        Value::Float(f) if f.is_nan() => py.import("math")?.getattr("nan")?,
         Value::Float(f) => PyFloat::new(py, *f).into_any(),
         Value::Str(s) => str_to_py(py, s)?.into_any(),
         Value::List(items) => {
