@@ -18,6 +18,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from lama.errors import LamaError
+
 pytestmark = pytest.mark.cross_core
 
 _names = itertools.count()
@@ -25,7 +27,11 @@ _names = itertools.count()
 HEX = st.binary(min_size=32, max_size=32).map(bytes.hex)
 SAFE_INT = st.integers(min_value=-(2**53), max_value=2**53)
 FINITE = st.floats(allow_nan=False, allow_infinity=False)
-TEXT = st.text(max_size=12)
+# lone surrogates (JS strings are UTF-16) and the private-use characters the Rust core uses to
+# carry them (rust/lama-core/src/microdata/text.rs) are ordinary text
+SPECIAL_CHARS = st.sampled_from(["\ud800", "\udbff", "\udc00", "\udfff", "\U0010f7ff", "\U0010f800",
+                                 "\U0010ffff", "\U0001f600", "\ufffd", "\ue000", "<", "&", ">", '"', "\\"])
+TEXT = st.text(st.one_of(st.characters(exclude_categories=()), SPECIAL_CHARS), max_size=12)
 PROP = st.text(alphabet="abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ_$0123456789", min_size=1,
                max_size=8).filter(lambda p: p not in ("$type$", "$versionHash$"))
 # JSON numbers beyond 2**53 do not survive a JS round trip exactly; the reference has the same limit
@@ -33,7 +39,7 @@ JSON_FLOAT = st.floats(min_value=-(2.0**53), max_value=2.0**53, allow_nan=False)
 
 LEAF_TYPES = ["string", "integer", "number", "boolean", "stringifiable",
               "referenceToObj", "referenceToId", "referenceToClob", "referenceToBlob"]
-SET_ITEM_TYPES = ["string", "integer", "referenceToObj", "referenceToId", "boolean"]
+SET_ITEM_TYPES = ["string", "integer", "referenceToObj", "referenceToId", "boolean", "stringifiable"]
 KEY_TYPES = ["string", "integer", "referenceToObj", "referenceToId"]
 
 
@@ -73,6 +79,7 @@ def _itemtype() -> st.SearchStrategy[dict[str, Any]]:
             children.map(lambda c: {"type": "array", "item": c}),
             children.map(lambda c: {"type": "bag", "item": c}),
             st.sampled_from(SET_ITEM_TYPES).map(lambda t: {"type": "set", "item": _leaf(t)}),
+            children.map(lambda c: {"type": "set", "item": {"type": "set", "item": c}}),
             st.tuples(st.sampled_from(KEY_TYPES), children).map(
                 lambda kv: {"type": "map", "key": _leaf(kv[0]), "value": kv[1]}),
             _rules(children, allow_id=False).map(lambda rs: {"type": "object", "rules": rs}),
@@ -81,7 +88,8 @@ def _itemtype() -> st.SearchStrategy[dict[str, Any]]:
     return st.recursive(leaves, extend, max_leaves=6)
 
 
-JSON_KEY = st.text(alphabet=st.characters(blacklist_categories=("Cs", "Cc"), blacklist_characters='"\\'), max_size=6)
+JSON_KEY = st.text(alphabet=st.one_of(st.characters(blacklist_categories=("Cc",), blacklist_characters='"\\'),
+                                      st.sampled_from(["\ud800", "\udc00", "\U0010ffff"])), max_size=6)
 JSONISH = st.recursive(
     st.one_of(st.none(), st.booleans(), SAFE_INT, JSON_FLOAT, TEXT),
     lambda c: st.one_of(st.lists(c, max_size=3), st.dictionaries(JSON_KEY, c, max_size=3)),
@@ -89,7 +97,47 @@ JSONISH = st.recursive(
 )
 
 
-def _value(t: dict[str, Any]) -> st.SearchStrategy[Any]:
+def _deep(n: int) -> Any:
+    v: Any = "x"
+    for _ in range(n):
+        v = [v]
+    return v
+
+
+class _Opaque:
+    """A Python value with no ONE form."""
+
+    def __repr__(self) -> str:
+        return "<opaque>"
+
+
+# values that are wrong somewhere: each type rejects most of them (objects.md §1.3, §10)
+BAD = st.one_of(
+    st.sampled_from([None, b"x", "x", "a" * 64, "A" * 64, 1.5, -0.0, True, 0, 10**400, 2**70,
+                     float("nan"), [], (), set(), frozenset(), {}, {1: 2}, {None: 1}, {"k": b"v"},
+                     _Opaque(), [None], [b"x"], {"x": None}]),
+    st.integers(min_value=97, max_value=103).map(_deep),  # around the JSON depth limit
+    HEX, TEXT, st.lists(TEXT, max_size=2), st.sets(TEXT, max_size=2),
+    st.dictionaries(st.one_of(TEXT, st.integers(), st.booleans()), st.one_of(TEXT, st.none()), max_size=2),
+)
+
+
+# wrong values that can be set items or dict keys
+BAD_HASHABLE = st.sampled_from([None, b"x", "x", "a" * 64, 1.5, True, 0, 10**400, frozenset(), ("x",),
+                                _Opaque()])
+
+
+def _hashable(t: dict[str, Any], bad: bool) -> st.SearchStrategy[Any]:
+    good = _good_value(t, False)
+    return st.one_of(good, good, BAD_HASHABLE) if bad else good
+
+
+def _value(t: dict[str, Any], bad: bool = False) -> st.SearchStrategy[Any]:
+    good = _good_value(t, bad)
+    return st.one_of(good, good, BAD) if bad else good
+
+
+def _good_value(t: dict[str, Any], bad: bool) -> st.SearchStrategy[Any]:
     kind = t["type"]
     if kind == "string":
         return TEXT
@@ -104,37 +152,52 @@ def _value(t: dict[str, Any]) -> st.SearchStrategy[Any]:
     if kind.startswith("reference"):
         return HEX
     if kind in ("array", "bag"):
-        return st.lists(_value(t["item"]), max_size=4)
+        return st.lists(_value(t["item"], bad), max_size=4)
     if kind == "set":
-        return st.sets(_value(t["item"]), max_size=4)
+        if t["item"]["type"] in ("set", "stringifiable", "object", "map", "array", "bag"):
+            # unhashable (or possibly unhashable) items: a list, with equal items repeated
+            return st.lists(_value(t["item"], bad), max_size=3).map(lambda xs: xs + xs[:1])
+        return st.sets(_hashable(t["item"], bad), max_size=4)
     if kind == "map":
-        return st.dictionaries(_value(t["key"]), _value(t["value"]), max_size=3)
+        return st.dictionaries(_hashable(t["key"], bad), _value(t["value"], bad), max_size=3)
     if kind == "object":
-        return _object(t["rules"], None)
+        return _object(t["rules"], None, bad)
     raise AssertionError(kind)
 
 
-def _object(rules: list[dict[str, Any]], type_name: str | None) -> st.SearchStrategy[dict[str, Any]]:
-    def build(values: list[Any], present: list[bool]) -> dict[str, Any]:
-        out: dict[str, Any] = {} if type_name is None else {"$type$": type_name}
+def _object(rules: list[dict[str, Any]], type_name: str | None,
+            bad: bool = False) -> st.SearchStrategy[dict[str, Any]]:
+    def build(values: list[Any], present: list[bool], extra: dict[Any, Any]) -> dict[str, Any]:
+        out: dict[Any, Any] = {} if type_name is None else {"$type$": type_name}
         for r, v, p in zip(rules, values, present):
             if p or not r.get("optional"):
                 out[r["itemprop"]] = v
+        if bad:  # unknown keys (an error at the top level, ignored in nested objects) and
+            # missing mandatory properties
+            for k, x in extra.items():
+                if x is None:
+                    out.pop(k, None)
+                else:
+                    out[k] = x
         return out
 
+    n = len(rules)
+    extra = (st.dictionaries(st.one_of(st.sampled_from([r["itemprop"] for r in rules]), PROP, st.integers()),
+                             st.one_of(st.none(), BAD), max_size=2) if bad else st.just({}))
     return st.builds(
         build,
-        st.tuples(*[_value(r["itemtype"]) for r in rules]).map(list),
-        st.lists(st.booleans(), min_size=len(rules), max_size=len(rules)),
+        st.tuples(*[_value(r["itemtype"], bad) for r in rules]).map(list),
+        st.lists(st.booleans(), min_size=n, max_size=n),
+        extra,
     )
 
 
 @st.composite
-def recipe_and_object(draw: st.DrawFn) -> tuple[str, dict[str, Any]]:
+def recipe_and_object(draw: st.DrawFn, bad: bool = False) -> tuple[str, dict[str, Any]]:
     rules = draw(_rules(_itemtype(), allow_id=True))
     name = f"Rand{next(_names)}"
     recipe = {"$type$": "Recipe", "name": name, "rule": rules}
-    obj = draw(_object(rules, name))
+    obj = draw(_object(rules, name, bad))
     return json.dumps(recipe), obj
 
 
@@ -153,7 +216,8 @@ def _canon(v: Any, t: dict[str, Any]) -> Any:
     if kind == "object":
         return {r["itemprop"]: _canon(v[r["itemprop"]], r["itemtype"]) for r in t["rules"] if r["itemprop"] in v}
     if kind in ("integer", "number"):
-        return None if math.isnan(v) else float(v)
+        # -0 is written "0" (JS number formatting), so it reads back as 0
+        return None if math.isnan(v) else float(v) + 0.0
     if kind == "stringifiable":
         return _canon_json(v)
     return v
@@ -255,7 +319,8 @@ REGEXPS = [
     ("^[\\d-z]+$", ""), ("\\0", ""), ("[\\101-\\132]", ""), ("\\cA", ""),
 ]
 VALUES = st.text(
-    alphabet=st.sampled_from(list("aAbxzé1-_ \n\r\u2028\u2029\x00\x01ſkKÉ\ufeff") + ["😀", "😃", "\U0001F60F", "\uffff", "\ue000"]),
+    alphabet=st.sampled_from(list("aAbxzé1-_ \n\r\u2028\u2029\x00\x01ſkKÉ\ufeff") + ["😀", "😃", "\U0001F60F", "\uffff", "\ue000",
+                                                                           "\ud83d", "\ude00", "\udfff"]),
     max_size=6,
 )
 
@@ -280,3 +345,88 @@ def test_both_cores_same_regexp_answers(rust_core: ModuleType, pure_core: Module
             assert e.code == "O2M-RTYC3"
             answers.append(False)
     assert answers[0] == answers[1], (src, flags, value, answers)
+
+
+def _outcome(f: Any, *args: Any) -> tuple[Any, ...]:
+    """("ok", result) or ("error", class name, code); anything but a lama error fails."""
+    try:
+        return ("ok", f(*args))
+    except LamaError as e:
+        return ("error", type(e).__name__, e.code)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(recipe_and_object(bad=True))
+def test_both_cores_same_errors_generated(rust_core: ModuleType, pure_core: ModuleType,
+                                          case: tuple[str, dict[str, Any]]) -> None:
+    """Objects with wrong values anywhere (wrong types, None, unsupported Python values,
+    unknown and missing keys, values around the depth limit, non-string JSON keys): both cores
+    give the same microdata or the same error class and code, i.e. they check in the same
+    order (objects.md §1.2-§1.3)."""
+    recipe_json, obj = case
+    rust_core.register_recipe(recipe_json)
+    pure_core.register_recipe(recipe_json)
+    fns = ["serialize", "object_hash", "serialize_many"]
+    if rust_core.is_versioned(obj["$type$"]):
+        fns += ["id_microdata", "id_hash"]
+    for fn in fns:
+        arg = [obj] if fn == "serialize_many" else obj
+        r, p = _outcome(getattr(rust_core, fn), arg), _outcome(getattr(pure_core, fn), arg)
+        assert r == p, (fn, r, p)
+    out = _outcome(rust_core.serialize, obj)
+    if out[0] == "ok":  # whatever is written is read back alike by both cores
+        md = out[1]
+        back = _outcome(rust_core.parse, md)
+        assert back[0] == "ok"
+        assert _same(back, _outcome(pure_core.parse, md))
+        assert rust_core.serialize(back[1]) == pure_core.serialize(back[1]) == md
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equality of results, with types, NaN equal to itself (also inside sets)."""
+    return _key(a) == _key(b)
+
+
+def _key(v: Any) -> str:
+    if isinstance(v, float) and math.isnan(v):
+        return "float:nan"
+    if isinstance(v, (set, frozenset)):
+        return type(v).__name__ + "{" + ",".join(sorted(_key(x) for x in v)) + "}"
+    if isinstance(v, (list, tuple)):
+        return type(v).__name__ + "[" + ",".join(_key(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "dict{" + ",".join(_key(k) + ":" + _key(x) for k, x in v.items()) + "}"
+    return type(v).__name__ + ":" + ascii(v)
+
+
+def _mutations(md: str) -> st.SearchStrategy[str]:
+    """Microdata damaged the way a hostile or broken peer might: characters cut, inserted or
+    replaced (tags, entities, lone surrogates, deep JSON, digits of other scripts)."""
+    pieces = st.sampled_from(["<", ">", "</li>", "<li>", "</span>", "&amp;", "&", "\ud800", "\udfff",
+                              "\U0010f800", '"', "[" * 101, "1" * 4400, "\u0663", "", "</div>", "null",
+                              "<ul>", "<dl><dt>", '<span itemprop="x">', "\n"])
+
+    def mutate(ops: list[tuple[int, int, str]]) -> str:
+        s = md
+        for pos, cut, ins in ops:
+            pos %= len(s) + 1
+            s = s[:pos] + ins + s[pos + cut:]
+        return s
+
+    return st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 3), pieces), min_size=1,
+                    max_size=3).map(mutate)
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(st.data())
+def test_both_cores_parse_damaged_microdata_alike(rust_core: ModuleType, pure_core: ModuleType,
+                                                  data: st.DataObject) -> None:
+    """Parsing (and the other readers) of damaged microdata: the same value or the same lama
+    error in both cores, never a plain Python error."""
+    recipe_json, obj = data.draw(recipe_and_object())
+    rust_core.register_recipe(recipe_json)
+    pure_core.register_recipe(recipe_json)
+    text = data.draw(_mutations(rust_core.serialize(obj)))
+    for fn in ("parse", "type_of", "id_microdata_of", "references"):
+        r, p = _outcome(getattr(rust_core, fn), text), _outcome(getattr(pure_core, fn), text)
+        assert _same(r, p), (fn, text, r, p)

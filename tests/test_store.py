@@ -205,12 +205,48 @@ def test_put_microdata_stores_id_object_texts_as_id_objects(store: Any) -> None:
     '<div itemscope itemtype="//refin.io/Person"><span itemprop="name">no email</span></div>',
     ALICE_MD[:-6],  # truncated
     ALICE_MD + "trailing",
+    # unversioned types are parsed too (the Rust core once stored these unchecked)
+    '<div itemscope itemtype="//refin.io/ChatMessage">garbage</div>',
+    '<div itemscope itemtype="//refin.io/Keys"></div>',
+    '<div data-id-object="true" itemscope itemtype="//refin.io/Keys"></div>',
 ])
 def test_put_microdata_refuses_malformed_text_without_writing(store: Any, text: str) -> None:
     before = store.count()
     with pytest.raises(LamaError):
         store.put_microdata([(core.serialize(BOB), None), (text, None)])
     assert store.count() == before == 0
+
+
+def test_lone_surrogates_are_stored_as_node_writes_them(store: Any) -> None:
+    """A JS string may hold a lone surrogate; Node.js hashes and writes it as U+FFFD
+    (objects.md §2.1), so the stored text is that UTF-8 and verify() finds it clean."""
+    obj = {"$type$": "Person", "email": "x\ud800y"}
+    (h, status, id_h), = store.put_objects([obj])
+    assert (h, status) == (core.object_hash(obj), "new") and id_h == core.id_hash(obj)
+    assert h == hashlib.sha256(
+        '<div itemscope itemtype="//refin.io/Person"><span itemprop="email">x\ufffdy</span></div>'
+        .encode()).hexdigest()
+    assert store.get(h) == core.serialize(obj).replace("\ud800", "\ufffd")
+    assert store.get_object(h) == {"$type$": "Person", "email": "x\ufffdy"}
+    md = '<div itemscope itemtype="//refin.io/Person"><span itemprop="email">q\udc00</span></div>'
+    (h2, _, _), = store.put_microdata([(md, core.sha256_hex(md))])
+    assert h2 == core.sha256_hex(md) and store.get(h2) == md.replace("\udc00", "\ufffd")
+    assert store.verify() == []
+
+
+def test_what_is_written_is_readable(store: Any) -> None:
+    """One nesting limit, enforced on write (objects.md §1.6 JSON* values: 100 levels): what
+    the store accepts, get_object and verify() read back; more is refused, nothing written."""
+    core.register_recipe(json.dumps({"$type$": "Recipe", "name": "TestStoreDeepJson",
+                                     "rule": [{"itemprop": "j", "itemtype": {"type": "stringifiable"}}]}))
+    deep: Any = 1
+    for _ in range(100):
+        deep = [deep]
+    (h, _, _), = store.put_objects([{"$type$": "TestStoreDeepJson", "j": deep}])
+    assert store.get_object(h)["j"] == deep and store.verify() == []
+    with pytest.raises(MicrodataError) as ei:
+        store.put_objects([{"$type$": "TestStoreDeepJson", "j": [deep]}])
+    assert ei.value.code == "USS-STR1" and store.count() == 1
 
 
 # -- BLOB / CLOB --------------------------------------------------------------------------

@@ -64,7 +64,9 @@ def format_number(x: int | float) -> str:
     return "-" + s if neg else s
 
 
-_DEC_RE = re.compile(r"[+-]?(?:\d+\.?\d*(?:[eE][+-]?\d+)?|\.\d+(?:[eE][+-]?\d+)?)\Z")
+# ASCII digits only: JS Number("\u0663") is NaN, while Python's \d and float() accept any
+# Unicode decimal digit
+_DEC_RE = re.compile(r"[+-]?(?:\d+\.?\d*(?:[eE][+-]?\d+)?|\.\d+(?:[eE][+-]?\d+)?)\Z", re.ASCII)
 _RADIX_DIGITS = {
     16: re.compile(r"[0-9a-fA-F]+\Z"),
     8: re.compile(r"[0-7]+\Z"),

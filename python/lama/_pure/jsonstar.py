@@ -18,10 +18,20 @@ import re
 from ..errors import MicrodataError
 from .jsnum import format_number
 
-__all__ = ["stringify", "utf16_key", "json_string"]
+__all__ = ["stringify", "utf16_key", "json_string", "json_depth_ok", "MAX_DEPTH", "MAX_JSON_DEPTH"]
+
+# Nesting limits shared with the Rust core (rust/lama-core/src/microdata/mod.rs): MAX_DEPTH
+# containers (<ol>/<ul>/<dl>/<div>) in one object, MAX_JSON_DEPTH nested JSON arrays/objects in
+# one stringifiable value. Enforced on write and on read, so whatever one core writes both read.
+MAX_DEPTH = 200
+MAX_JSON_DEPTH = 100
 
 _json_str = json.encoder.encode_basestring  # escapes " \\ and C0 controls like JSON.stringify
-_SURROGATE = re.compile("[\ud800-\udfff]")
+# a surrogate code point that is not half of a high+low pair: JSON.stringify writes it as \udxxx
+_LONE_SURROGATE = re.compile(
+    "[\ud800-\udbff](?![\udc00-\udfff])|(?<![\ud800-\udbff])[\udc00-\udfff]"
+)
+_JSON_TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"|[\[{]|[\]}]', re.DOTALL)
 
 
 def utf16_key(s: str) -> bytes:
@@ -33,9 +43,25 @@ def json_string(s: str) -> str:
     """``JSON.stringify`` of a string: quotes, ``\\"``, ``\\\\``, ``\\b\\f\\n\\r\\t``, other C0
     as lowercase ``\\u00xx``, lone surrogates as ``\\udxxx``; everything else raw."""
     out = _json_str(s)
-    if _SURROGATE.search(out):
-        out = _SURROGATE.sub(lambda m: "\\u%04x" % ord(m.group()), out)
+    if not out.isascii() and _LONE_SURROGATE.search(out):
+        out = _LONE_SURROGATE.sub(lambda m: "\\u%04x" % ord(m.group()), out)
     return out
+
+
+def json_depth_ok(text: str) -> bool:
+    """True if the JSON text nests at most MAX_JSON_DEPTH arrays/objects (strings skipped)."""
+    if text.count("[") + text.count("{") <= MAX_JSON_DEPTH:
+        return True
+    depth = 0
+    for m in _JSON_TOKEN.finditer(text):
+        c = m.group()
+        if c in "[{":
+            depth += 1
+            if depth > MAX_JSON_DEPTH:
+                return False
+        elif c in "]}":
+            depth -= 1
+    return True
 
 
 def stringify(value: object) -> str:
@@ -53,9 +79,15 @@ def _number(v: int | float) -> str:
         ) from None
 
 
+def _too_deep() -> MicrodataError:
+    # the reference's code for a circular structure; a deeper one could not be read back
+    return MicrodataError(
+        f"USS-STR1: Structure nested deeper than {MAX_JSON_DEPTH} levels or circular", "USS-STR1"
+    )
+
+
 def _stringify(v: object, depth: int) -> str:
-    if depth > 500:
-        raise MicrodataError("USS-STR1: Structure too deep or circular", "USS-STR1")
+    """``depth`` = number of arrays/objects around ``v``."""
     t = type(v)
     if t is str:
         return json_string(v)  # type: ignore[arg-type]
@@ -66,27 +98,27 @@ def _stringify(v: object, depth: int) -> str:
     if v is None:
         return "null"
     if isinstance(v, dict):
+        if depth >= MAX_JSON_DEPTH:
+            raise _too_deep()
         items = []
         for k, x in v.items():
-            if isinstance(k, str):
-                ks = k
-            elif isinstance(k, bool):
-                ks = "true" if k else "false"
-            elif isinstance(k, (int, float)):
-                ks = _number(k)
-            elif k is None:
-                ks = "null"
-            else:
+            if not isinstance(k, str):
+                # docs/core-interface.md: a stringifiable dict has str keys
                 raise MicrodataError(
-                    f"O2M-RTYC1: Value of type {type(k).__name__} cannot be a JSON object key",
+                    f"O2M-RTYC1: Value of type stringifiable has a {type(k).__name__} object "
+                    f"key: {k!r} (object keys must be strings)",
                     "O2M-RTYC1",
                 )
-            items.append((utf16_key(ks), ks, x))
+            items.append((utf16_key(k), k, x))
         items.sort(key=lambda e: e[0])
         return "{" + ",".join('"' + ks + '":' + _stringify(x, depth + 1) for _, ks, x in items) + "}"
     if isinstance(v, (list, tuple)):
+        if depth >= MAX_JSON_DEPTH:
+            raise _too_deep()
         return "[" + ",".join(_stringify(x, depth + 1) for x in v) + "]"
     if isinstance(v, (set, frozenset)):
+        if depth >= MAX_JSON_DEPTH:
+            raise _too_deep()
         parts = [_stringify(x, depth + 1) for x in v]
         parts.sort(key=utf16_key)
         return "[" + ",".join(parts) + "]"

@@ -383,15 +383,16 @@ def pattern_slice(units: list[int], i: int, j: int) -> str:
 
 
 def map_value(s: str, unicode: bool) -> str:
-    """The value as regress sees it: one code point per UTF-16 unit (non-u), lone surrogates
-    as U+FFFD."""
+    """The value as regress sees it: one code point per UTF-16 unit without ``u`` (a lone
+    surrogate is a unit like the halves of a pair, as in JavaScript); with ``u`` a lone
+    surrogate, which regress cannot take, is matched as U+FFFD (what is hashed)."""
     if s.isascii():
         return s
     out = []
     for ch in s:
         c = ord(ch)
         if 0xD800 <= c <= 0xDFFF:
-            out.append("\ufffd")
+            out.append("\ufffd" if unicode else _m(c))
         elif c >= 0x10000 and not unicode:
             c -= 0x10000
             out.append(_m(0xD800 + (c >> 10)))

@@ -29,12 +29,13 @@ from typing import Any, Callable
 
 from ..errors import LamaError, MicrodataError, RecipeError
 from .jsnum import format_number, js_number
-from .jsonstar import json_string, stringify, utf16_key
+from .jsonstar import MAX_DEPTH, MAX_JSON_DEPTH, json_depth_ok, json_string, stringify, utf16_key
 from .recipes import Recipe, Rule, ValueType, find_recipe, get_recipe
 
-# Nesting limits, the same as the Rust core's: microdata from the network may be adversarial.
-MAX_PARSE_DEPTH = 200
-MAX_VALUE_DEPTH = 512
+# Nesting limits, the same in both cores (rust/lama-core/src/microdata/mod.rs MAX_DEPTH and
+# MAX_JSON_DEPTH): microdata from the network may be adversarial, and the serializer enforces
+# the same limits so that whatever is written can be read back by both cores.
+MAX_PARSE_DEPTH = MAX_DEPTH  # containers (<ol>/<ul>/<dl>/<div>) inside one object
 
 __all__ = [
     "MICRODATA_START",
@@ -49,30 +50,39 @@ __all__ = [
     "serialize_many",
     "references",
     "sha256_hex",
+    "js_utf8",
 ]
 
 MICRODATA_START = '<div itemscope itemtype="//refin.io/'
 ID_OBJ_MICRODATA_START = '<div data-id-object="true" itemscope itemtype="//refin.io/'
 
 _HASH_RE = re.compile(r"[0-9a-f]{64}\Z")
-_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 _SAFE = 2**53
 _IGNORED_KEYS = frozenset({"$type$", "$versionHash$"})
-_LIST_SET_KINDS = frozenset({"object", "map", "array", "bag", "set"})
+# set item types whose Python values may be unhashable: a set of them may be given (and is
+# parsed) as a list (docs/core-interface.md)
+_LIST_SET_KINDS = frozenset({"object", "map", "array", "bag", "set", "stringifiable"})
 
 
 # --------------------------------------------------------------------------------------------
 # helpers
 
 
+def js_utf8(s: str) -> bytes:
+    """UTF-8 bytes of ``s`` read as a JavaScript (UTF-16) string, as Node.js writes and hashes
+    it (objects.md §2.1): a high+low surrogate pair is one character, a lone surrogate becomes
+    U+FFFD.  Microdata with lone surrogates is hashed and stored in this form."""
+    try:
+        return s.encode("utf-8")
+    except UnicodeEncodeError:
+        return s.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace").encode("utf-8")
+
+
 def sha256_hex(data: bytes | bytearray | memoryview | str) -> str:
     """Lowercase hex SHA-256; a ``str`` is hashed as UTF-8 (a lone surrogate as U+FFFD, like
-    Node.js)."""
+    Node.js: :func:`js_utf8`)."""
     if isinstance(data, str):
-        try:
-            return hashlib.sha256(data.encode("utf-8")).hexdigest()
-        except UnicodeEncodeError:
-            return hashlib.sha256(_LONE_SURROGATE.sub("\ufffd", data).encode("utf-8")).hexdigest()
+        return hashlib.sha256(js_utf8(data)).hexdigest()
     return hashlib.sha256(data).hexdigest()
 
 
@@ -189,25 +199,36 @@ def _items(v: Any, t: ValueType, prop: str) -> list[str]:
     return [o + f(x, item, prop) + c for x in v]
 
 
-def _sorted_join(lis: list[str]) -> str:
+def _sorted_join(lis: list[str], unique: bool = False) -> str:
     """Join ``<li>`` strings sorted by UTF-16 code units (§1.7). Code-point order is the same
-    unless astral characters occur, so ASCII-only lists take the fast path."""
+    unless astral characters occur, so ASCII-only lists take the fast path.  With ``unique``
+    (sets) equal items are written once: a Set holds no duplicates (§9.24), and parsing gives
+    one item for them, so this keeps parse(serialize(x)) hashing like x."""
     if all(s.isascii() for s in lis):
         lis.sort()
     else:
         lis.sort(key=utf16_key)
+    if unique and len(lis) > 1:
+        lis = [x for k, x in enumerate(lis) if k == 0 or x != lis[k - 1]]
     return "".join(lis)
+
+
+def _not_an_array(prop: str, v: Any) -> MicrodataError:
+    return MicrodataError(
+        f'O2M-CVAL4: Value for array/bag itemprop "{prop}" is not an array, Value: {_show(v)}',
+        "O2M-CVAL4",
+    )
 
 
 def _ser_array(v: Any, t: ValueType, prop: str) -> str:
     if not isinstance(v, (list, tuple)):
-        raise _type_error(prop, "array", v)
+        raise _not_an_array(prop, v)
     return "".join(_items(v, t, prop))
 
 
 def _ser_bag(v: Any, t: ValueType, prop: str) -> str:
     if not isinstance(v, (list, tuple)):
-        raise _type_error(prop, "bag", v)
+        raise _not_an_array(prop, v)
     return _sorted_join(_items(v, t, prop))
 
 
@@ -219,7 +240,7 @@ def _ser_set(v: Any, t: ValueType, prop: str) -> str:
         or (isinstance(v, (list, tuple)) and t.item is not None and t.item.kind in _LIST_SET_KINDS)
     ):
         raise _type_error(prop, "set", v)
-    return _sorted_join(_items(v, t, prop))
+    return _sorted_join(_items(v, t, prop), unique=True)
 
 
 def _ser_map(v: Any, t: ValueType, prop: str) -> str:
@@ -235,6 +256,14 @@ def _ser_map(v: Any, t: ValueType, prop: str) -> str:
 
 def _ser_object(v: Any, t: ValueType, prop: str) -> str:
     if not isinstance(v, dict):
+        if isinstance(v, (list, tuple, set, frozenset)):
+            # the reference accepts any JS object here, and an array or Set has none of the
+            # nested properties (objects.md §1.3 "object must be a non-null object")
+            raise MicrodataError(
+                f'O2M-RTYC2: Value for nested object itemprop "{prop}" is an array or set, '
+                f"Value: {_show(v)}",
+                "O2M-RTYC2",
+            )
         raise _type_error(prop, "object", v)
     parts = []
     for r in t.rules:
@@ -246,7 +275,9 @@ def _ser_object(v: Any, t: ValueType, prop: str) -> str:
         x = v[p]
         rt = r.itemtype
         assert rt is not None
-        if x is None:
+        # inside a nested object None is a value, not "absent" (objects.md §9.2): the type
+        # check of the rule rejects it with its own code; JSON* would write it as null
+        if x is None and rt.kind == "stringifiable":
             raise _type_error(p, rt.kind, x)
         parts.append(r.open + _SER[rt.kind](x, rt, p) + r.close)
     return "".join(parts)
@@ -352,7 +383,7 @@ def serialize(obj: dict[str, Any]) -> str:
 
 
 def _too_deep() -> MicrodataError:
-    return MicrodataError(f"O2M-RTYC1: Value nested deeper than {MAX_VALUE_DEPTH} levels", "O2M-RTYC1")
+    return MicrodataError(f"O2M-RTYC1: Value nested deeper than {MAX_DEPTH} levels", "O2M-RTYC1")
 
 
 def object_hash(obj: dict[str, Any]) -> str:
@@ -419,6 +450,10 @@ def _to_py_number(d: float) -> int | float:
 
 def _p_string(p: _Parser, i: int, t: ValueType, path: str) -> tuple[Any, int]:
     raw, j = p.text(i)
+    if not raw:
+        # an empty text is "" for every primitive type, before any conversion or check
+        # (objects.md §1.11), so an empty string passes a regexp rule on read
+        return "", j
     v = _unesc(raw)
     if t.regex is not None and t.regex.search(v) is None:
         raise p.fail(
@@ -449,10 +484,24 @@ def _p_stringifiable(p: _Parser, i: int, t: ValueType, path: str) -> tuple[Any, 
     raw, j = p.text(i)
     if not raw:
         return "", j
+    text = _unesc(raw)
+    if not json_depth_ok(text):
+        raise p.fail(
+            "M2O-PV2", f"Stringifiable value of {path} nested deeper than {MAX_JSON_DEPTH}", i
+        )
     try:
-        return json.loads(_unesc(raw), parse_constant=_reject_constant), j
+        return json.loads(text, parse_constant=_reject_constant, parse_int=_json_int), j
     except (ValueError, RecursionError) as e:
         raise p.fail("M2O-PV2", f"Stringifiable value of {path} is not valid JSON: {e}", i) from None
+
+
+def _json_int(lit: str) -> int | float:
+    """A JSON integer literal as ``int``; one with more digits than Python converts
+    (``sys.get_int_max_str_digits``) as the double JavaScript reads (``inf`` when huge)."""
+    try:
+        return int(lit)
+    except ValueError:
+        return float(lit)
 
 
 def _p_reference(p: _Parser, i: int, t: ValueType, path: str) -> tuple[Any, int]:
@@ -491,9 +540,12 @@ def _p_set(p: _Parser, i: int, t: ValueType, path: str) -> tuple[Any, int]:
     if not t.hashable_items:
         return out, i
     assert t.item is not None
-    if t.item.kind == "set":
-        return {frozenset(x) for x in out}, i
-    return set(out), i
+    if t.item.kind == "set":  # inner sets as frozensets, or lists if their items are unhashable
+        out = [frozenset(x) if isinstance(x, set) else x for x in out]
+    try:
+        return set(out), i
+    except TypeError:  # unhashable items (JSON arrays/objects, lists of maps): a list
+        return out, i
 
 
 def _p_map(p: _Parser, i: int, t: ValueType, path: str) -> tuple[Any, int]:
@@ -587,7 +639,7 @@ def _header(text: str) -> tuple[str, bool, int]:
         )
     j = text.find('">', i)
     name = text[i:j]
-    if j < 0 or not name or any(c in name for c in '"<> '):
+    if j < 0 or not name or any(c in name for c in '"<>'):
         raise MicrodataError(f"M2O-PH1: Bad type name in header: {text[:80]!r}", "M2O-PH1")
     return name, is_id, j + 2
 
@@ -644,8 +696,16 @@ def type_of(text: str) -> tuple[str, bool]:
 
 def id_microdata_of(microdata: str) -> str | None:
     """ID microdata derived from concrete microdata by copying the ID properties' tags
-    (§2.2 "alternative computation"); ``None`` for unversioned types.  The text is fully
-    parsed (validated) first; an ID object is returned unchanged."""
+    (§2.2 "alternative computation"); ``None`` for unversioned types, from the header alone
+    (docs/core-interface.md, as the Rust core; this does not validate their body).  A
+    versioned type's text is fully parsed (validated) first; an ID object is returned
+    unchanged."""
+    name, _, _ = _header(microdata)
+    rec = find_recipe(name)
+    if rec is None:
+        raise RecipeError(f'OR-ET1: Type "{name}" not found in recipes', "OR-ET1")
+    if not rec.versioned:
+        return None
     spans: list[tuple[Rule, int, int]] = []
     _, rec, is_id = _parse(microdata, spans=spans)
     if not rec.versioned:

@@ -49,6 +49,7 @@ from ..errors import (
 from .microdata import (
     id_microdata,
     id_microdata_of,
+    js_utf8,
     parse,
     references,
     serialize,
@@ -454,11 +455,11 @@ class Store:
         append = out.append
         for obj in objs:
             text = serialize(obj)  # MicrodataError / RecipeError for a bad object
-            data = text.encode("utf-8")
+            data = js_utf8(text)  # lone surrogates as U+FFFD, like Node (objects.md §2.1)
             type_name = obj["$type$"]
             if _versioned(type_name):
                 id_text = id_microdata(obj)
-                id_data = id_text.encode("utf-8")
+                id_data = js_utf8(id_text)
                 append(_Prepared(sha(data).digest(), b"O" + data, b"O", type_name, text,
                                  sha(id_data).digest(), b"I" + id_data, id_text))
             else:
@@ -546,7 +547,7 @@ class Store:
                 raise StoreError(f"expected a (text, hash) pair, got {item!r}", "LAMA-ARG") from None
             if not isinstance(text, str):
                 raise StoreError(f"microdata must be a str, got {type(text).__name__}", "LAMA-ARG")
-            data = text.encode("utf-8")
+            data = js_utf8(text)  # lone surrogates as U+FFFD, like Node (objects.md §2.1)
             raw = sha(data).digest()
             if expected is not None and expected != raw.hex():
                 raise HashMismatchError(
@@ -564,7 +565,7 @@ class Store:
             if id_text is None:
                 prepared.append(_Prepared(raw, b"O" + data, b"O", type_name, text))
             else:
-                id_data = id_text.encode("utf-8")
+                id_data = js_utf8(id_text)
                 prepared.append(_Prepared(raw, b"O" + data, b"O", type_name, text,
                                           sha(id_data).digest(), b"I" + id_data, id_text))
         feed = _Feed(shared)

@@ -19,7 +19,10 @@ pyo3::import_exception!(lama.errors, TransportError);
 
 /// Convert a core error into the matching Python exception (`str(e) == "CODE: message"`).
 pub fn to_py(e: Error) -> PyErr {
+    // messages may quote values with lone surrogates in the core's string encoding
+    // (lama_core microdata/text.rs): show them as U+FFFD
     let text = e.to_string();
+    let text = lama_core::microdata::js_utf8(&text).into_owned();
     match e.kind {
         ErrorKind::Microdata => MicrodataError::new_err(text),
         ErrorKind::Recipe => RecipeError::new_err(text),

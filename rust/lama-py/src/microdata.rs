@@ -14,28 +14,82 @@ use pyo3::types::{
 
 use crate::errors::{to_py, IntoPyResult};
 
-/// Deepest nesting accepted from Python (guards the native stack).
-/// Python nesting accepted on conversion (stack safety; microdata itself allows 200 containers).
-const MAX_DEPTH: usize = 512;
+/// Python nesting converted (a stack guard). The serializer's limits (microdata::MAX_DEPTH
+/// containers, MAX_JSON_DEPTH JSON levels, the same in the pure core) are what reject deep
+/// values, at the point where they are read; anything deeper than this converts to
+/// [`Value::Unsupported`], which is only seen where nothing reads it.
+const CONVERT_DEPTH: usize = microdata::MAX_DEPTH + microdata::MAX_JSON_DEPTH + 16;
+
+/// After this many cut-off values the conversion gives up (a self-referencing or widely shared
+/// deep structure would otherwise be walked along every path).
+const MAX_CUTOFFS: usize = 64;
 
 fn conv_err(msg: String) -> PyErr {
     to_py(Error::microdata("O2M-RTYC1", msg))
 }
 
-/// Convert a Python value to a core [`Value`] (`MicrodataError` O2M-RTYC1 for other types).
-pub(crate) fn py_to_value(obj: &Bound<'_, PyAny>) -> PyResult<Value> {
-    to_value(obj, 0)
+/// A Python `str` in the core's string encoding (lone surrogates kept, lama_core
+/// microdata/text.rs).
+pub(crate) fn py_str(s: &Bound<'_, PyString>) -> PyResult<String> {
+    match s.to_str() {
+        Ok(t) => Ok(microdata::encode_str(t).into_owned()),
+        Err(_) => {
+            let b = s.call_method1("encode", ("utf-8", "surrogatepass"))?;
+            Ok(microdata::from_generalized_utf8(b.cast::<PyBytes>()?.as_bytes()))
+        }
+    }
 }
 
-fn to_value(obj: &Bound<'_, PyAny>, depth: usize) -> PyResult<Value> {
-    if depth > MAX_DEPTH {
-        return Err(conv_err(format!("Value nested deeper than {MAX_DEPTH} levels")));
+/// A core string back to a Python `str` (lone surrogates restored).
+pub(crate) fn str_to_py<'py>(py: Python<'py>, s: &str) -> PyResult<Bound<'py, PyString>> {
+    match microdata::to_generalized_utf8(s) {
+        None => Ok(PyString::new(py, s)),
+        Some(b) => PyString::from_encoded_object(&PyBytes::new(py, &b), Some(c"utf-8"), Some(c"surrogatepass")),
+    }
+}
+
+/// A microdata text argument: `MicrodataError M2O-PH1` if it is not a `str` (as the pure core).
+fn text_arg(obj: &Bound<'_, PyAny>) -> PyResult<String> {
+    match obj.cast::<PyString>() {
+        Ok(s) => py_str(s),
+        Err(_) => {
+            let tname = obj.get_type().name().map(|n| n.to_string()).unwrap_or_else(|_| "?".into());
+            Err(to_py(Error::microdata("M2O-PH1", format!("Microdata must be a str, got {tname}"))))
+        }
+    }
+}
+
+/// Convert a Python value to a core [`Value`]. A value with no ONE form becomes
+/// [`Value::Unsupported`], rejected by the serializer where a rule reads it (as the pure core
+/// does), so errors come in the same order in both cores.
+pub(crate) fn py_to_value(obj: &Bound<'_, PyAny>) -> PyResult<Value> {
+    let mut cutoffs = 0;
+    to_value(obj, 0, &mut cutoffs)
+}
+
+fn describe(obj: &Bound<'_, PyAny>) -> String {
+    let tname = obj.get_type().name().map(|n| n.to_string()).unwrap_or_else(|_| "?".into());
+    let repr = obj.repr().map(|r| r.to_string()).unwrap_or_default();
+    let mut repr: String = repr.chars().take(80).collect();
+    if repr.is_empty() {
+        repr.push('?');
+    }
+    format!("unsupported Python value of type \"{tname}\": {repr}")
+}
+
+fn to_value(obj: &Bound<'_, PyAny>, depth: usize, cutoffs: &mut usize) -> PyResult<Value> {
+    if depth > CONVERT_DEPTH {
+        *cutoffs += 1;
+        if *cutoffs > MAX_CUTOFFS {
+            return Err(conv_err(format!("Value nested deeper than {} levels", microdata::MAX_DEPTH)));
+        }
+        return Ok(Value::Unsupported(format!("a value nested deeper than {CONVERT_DEPTH} levels")));
     }
     if obj.is_none() {
         return Ok(Value::Null);
     }
     if let Ok(s) = obj.cast::<PyString>() {
-        return Ok(Value::Str(s.to_str()?.to_owned()));
+        return Ok(Value::Str(py_str(s)?));
     }
     if let Ok(b) = obj.cast::<PyBool>() {
         return Ok(Value::Bool(b.is_true()));
@@ -43,10 +97,11 @@ fn to_value(obj: &Bound<'_, PyAny>, depth: usize) -> PyResult<Value> {
     if let Ok(i) = obj.cast::<PyInt>() {
         return Ok(match i.extract::<i64>() {
             Ok(v) => Value::Int(v),
-            Err(_) => {
-                let f: f64 = i.extract().map_err(|e| conv_err(format!("Integer too large for a JS number: {e}")))?;
-                Value::Float(f)
-            }
+            Err(_) => match i.extract::<f64>() {
+                Ok(f) => Value::Float(f),
+                // beyond the doubles: rejected where a rule reads it, like the pure core
+                Err(_) => Value::Unsupported("an integer too large for a JavaScript number".into()),
+            },
         });
     }
     if let Ok(f) = obj.cast::<PyFloat>() {
@@ -55,41 +110,39 @@ fn to_value(obj: &Bound<'_, PyAny>, depth: usize) -> PyResult<Value> {
     if let Ok(d) = obj.cast::<PyDict>() {
         let mut entries = Vec::with_capacity(d.len());
         for (k, v) in d.iter() {
-            entries.push((to_value(&k, depth + 1)?, to_value(&v, depth + 1)?));
+            entries.push((to_value(&k, depth + 1, cutoffs)?, to_value(&v, depth + 1, cutoffs)?));
         }
         return Ok(Value::Dict(entries));
     }
     if let Ok(l) = obj.cast::<PyList>() {
         let mut items = Vec::with_capacity(l.len());
         for x in l.iter() {
-            items.push(to_value(&x, depth + 1)?);
+            items.push(to_value(&x, depth + 1, cutoffs)?);
         }
         return Ok(Value::List(items));
     }
     if let Ok(t) = obj.cast::<PyTuple>() {
         let mut items = Vec::with_capacity(t.len());
         for x in t.iter() {
-            items.push(to_value(&x, depth + 1)?);
+            items.push(to_value(&x, depth + 1, cutoffs)?);
         }
         return Ok(Value::List(items));
     }
     if let Ok(s) = obj.cast::<PySet>() {
         let mut items = Vec::with_capacity(s.len());
         for x in s.iter() {
-            items.push(to_value(&x, depth + 1)?);
+            items.push(to_value(&x, depth + 1, cutoffs)?);
         }
         return Ok(Value::Set(items));
     }
     if let Ok(s) = obj.cast::<PyFrozenSet>() {
         let mut items = Vec::with_capacity(s.len());
         for x in s.iter() {
-            items.push(to_value(&x, depth + 1)?);
+            items.push(to_value(&x, depth + 1, cutoffs)?);
         }
         return Ok(Value::Set(items));
     }
-    let tname = obj.get_type().name().map(|n| n.to_string()).unwrap_or_else(|_| "?".into());
-    let repr = obj.repr().map(|r| r.to_string()).unwrap_or_default();
-    Err(conv_err(format!("Unsupported Python value of type \"{tname}\": {repr}")))
+    Ok(Value::Unsupported(describe(obj)))
 }
 
 /// Convert a core [`Value`] to a Python value (sets inside sets/dict keys become frozensets).
@@ -102,9 +155,18 @@ fn to_py_value<'py>(py: Python<'py>, v: &Value, hashable: bool) -> PyResult<Boun
         Value::Null => py.None().into_bound(py),
         Value::Bool(b) => PyBool::new(py, *b).to_owned().into_any(),
         Value::Int(i) => i.into_pyobject(py)?.into_any(),
-        Value::BigInt(s) => py.get_type::<PyInt>().call1((s.as_str(),))?,
+        // an integer literal with more digits than Python converts (int_max_str_digits): the
+        // double JavaScript reads, as the pure core does
+        Value::BigInt(s) => match py.get_type::<PyInt>().call1((s.as_str(),)) {
+            Ok(i) => i,
+            Err(_) => PyFloat::new(py, s.parse::<f64>().unwrap_or(f64::NAN)).into_any(),
+        },
+        Value::Unsupported(d) => return Err(conv_err(format!("Cannot convert {d}"))),
+        // every NaN is `math.nan`, one object, as in the pure core: a JS Set holds one NaN
+        // (SameValueZero), and Python sets compare NaNs by identity
+        Value::Float(f) if f.is_nan() => py.import("math")?.getattr("nan")?,
         Value::Float(f) => PyFloat::new(py, *f).into_any(),
-        Value::Str(s) => PyString::new(py, s).into_any(),
+        Value::Str(s) => str_to_py(py, s)?.into_any(),
         Value::List(items) => {
             let out = PyList::empty(py);
             for x in items {
@@ -170,47 +232,52 @@ fn is_versioned(name: &str) -> PyResult<bool> {
 
 /// The microdata of a ONE object (a dict with "$type$").
 #[pyfunction]
-fn serialize(obj: &Bound<'_, PyAny>) -> PyResult<String> {
-    microdata::serialize(&py_to_value(obj)?).py()
+fn serialize<'py>(py: Python<'py>, obj: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyString>> {
+    str_to_py(py, &microdata::serialize(&py_to_value(obj)?).py()?)
 }
 
 /// Parse microdata (object or ID object) into a dict.
 #[pyfunction]
-fn parse<'py>(py: Python<'py>, text: &str) -> PyResult<Bound<'py, PyAny>> {
-    let v = microdata::parse(text).py()?;
+fn parse<'py>(py: Python<'py>, text: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+    let v = microdata::parse(&text_arg(text)?).py()?;
     value_to_py(py, &v)
 }
 
-/// SHA-256 hex of the object's microdata.
+/// SHA-256 hex of the object's microdata (its UTF-8 as Node.js writes it: lone surrogates as
+/// U+FFFD, objects.md §2.1).
 #[pyfunction]
 fn object_hash(obj: &Bound<'_, PyAny>) -> PyResult<String> {
     let md = microdata::serialize(&py_to_value(obj)?).py()?;
-    Ok(core_sha256_hex(md.as_bytes()))
+    Ok(core_sha256_hex(microdata::js_utf8(&md).as_bytes()))
 }
 
 /// The ID microdata of an object of a versioned type (MicrodataError O2M-COBJ1 otherwise).
 #[pyfunction]
-fn id_microdata(obj: &Bound<'_, PyAny>) -> PyResult<String> {
-    microdata::id_microdata(&py_to_value(obj)?).py()
+fn id_microdata<'py>(py: Python<'py>, obj: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyString>> {
+    str_to_py(py, &microdata::id_microdata(&py_to_value(obj)?).py()?)
 }
 
 /// SHA-256 hex of the object's ID microdata.
 #[pyfunction]
 fn id_hash(obj: &Bound<'_, PyAny>) -> PyResult<String> {
     let md = microdata::id_microdata(&py_to_value(obj)?).py()?;
-    Ok(core_sha256_hex(md.as_bytes()))
+    Ok(core_sha256_hex(microdata::js_utf8(&md).as_bytes()))
 }
 
 /// ID microdata derived from concrete microdata; None for unversioned types.
 #[pyfunction]
-fn id_microdata_of(microdata: &str) -> PyResult<Option<String>> {
-    microdata::id_microdata_of(microdata).py()
+fn id_microdata_of<'py>(py: Python<'py>, microdata: &Bound<'py, PyAny>) -> PyResult<Option<Bound<'py, PyString>>> {
+    match microdata::id_microdata_of(&text_arg(microdata)?).py()? {
+        Some(t) => Ok(Some(str_to_py(py, &t)?)),
+        None => Ok(None),
+    }
 }
 
 /// (type name, is ID object) of a microdata text (MicrodataError M2O-PH1 if not microdata).
 #[pyfunction]
-fn type_of(text: &str) -> PyResult<(String, bool)> {
-    microdata::type_of(text).py()
+fn type_of<'py>(py: Python<'py>, text: &Bound<'py, PyAny>) -> PyResult<(Bound<'py, PyString>, bool)> {
+    let (t, is_id) = microdata::type_of(&text_arg(text)?).py()?;
+    Ok((str_to_py(py, &t)?, is_id))
 }
 
 /// Objects converted per GIL release in [`serialize_many`]: large enough that releasing and
@@ -241,7 +308,7 @@ fn serialize_many<'py>(py: Python<'py>, objs: &Bound<'py, PyAny>) -> PyResult<Bo
         py.detach(|| {
             for v in &values {
                 let md = microdata::serialize(v)?;
-                let h = sha256(md.as_bytes());
+                let h = sha256(microdata::js_utf8(&md).as_bytes());
                 done.push((md, h));
             }
             Ok::<_, Error>(())
@@ -249,7 +316,7 @@ fn serialize_many<'py>(py: Python<'py>, objs: &Bound<'py, PyAny>) -> PyResult<Bo
         .py()?;
         for (md, h) in &done {
             let hex = hash_hex_bytes(h);
-            let row = PyTuple::new(py, [PyString::new(py, md), PyString::new(py, hex_str(&hex))])?;
+            let row = PyTuple::new(py, [str_to_py(py, md)?, PyString::new(py, hex_str(&hex))])?;
             out.append(row)?;
         }
     }
@@ -257,8 +324,8 @@ fn serialize_many<'py>(py: Python<'py>, objs: &Bound<'py, PyAny>) -> PyResult<Bo
 
 /// Every reference of an object: [(path, kind, hash)], kind in "obj", "id", "clob", "blob".
 #[pyfunction]
-fn references(microdata: &str) -> PyResult<Vec<(String, &'static str, String)>> {
-    Ok(microdata::references(microdata)
+fn references(microdata: &Bound<'_, PyAny>) -> PyResult<Vec<(String, &'static str, String)>> {
+    Ok(microdata::references(&text_arg(microdata)?)
         .py()?
         .into_iter()
         .map(|r| (r.path, r.kind.as_str(), r.hash))
@@ -272,7 +339,11 @@ fn sha256_hex(data: &Bound<'_, PyAny>) -> PyResult<String> {
         return Ok(core_sha256_hex(b.as_bytes()));
     }
     if let Ok(s) = data.cast::<PyString>() {
-        return Ok(core_sha256_hex(s.to_str()?.as_bytes()));
+        // Node.js hashes a JS string's UTF-8 with lone surrogates as U+FFFD (objects.md §2.1)
+        if let Ok(t) = s.to_str() {
+            return Ok(core_sha256_hex(t.as_bytes()));
+        }
+        return Ok(core_sha256_hex(microdata::js_utf8(&py_str(s)?).as_bytes()));
     }
     if let Ok(b) = data.cast::<PyByteArray>() {
         return Ok(core_sha256_hex(&b.to_vec()));

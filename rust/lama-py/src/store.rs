@@ -151,9 +151,14 @@ impl PyStore {
     fn put_microdata<'py>(
         &self,
         py: Python<'py>,
-        items: Vec<(String, Option<String>)>,
+        items: Vec<(Bound<'py, pyo3::types::PyString>, Option<String>)>,
     ) -> PyResult<Bound<'py, PyList>> {
         let store = self.store()?;
+        // texts in the core's string encoding (lone surrogates kept; stored as Node writes them)
+        let items = items
+            .iter()
+            .map(|(t, h)| Ok((crate::microdata::py_str(t)?, h.clone())))
+            .collect::<PyResult<Vec<_>>>()?;
         rows(py, py.detach(|| store.put_microdata(&items)).py()?)
     }
 

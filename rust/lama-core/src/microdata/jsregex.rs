@@ -451,20 +451,25 @@ pub(crate) fn scan(pattern: &str, unicode: bool, icase: bool) -> std::result::Re
     Ok((if unicode { pattern.to_owned() } else { out }, unsafe_))
 }
 
-/// The value as regress sees it: one code point per UTF-16 unit without `u`.
+/// The value as regress sees it. `value` is in the core's string encoding (text.rs: a lone
+/// surrogate unit is carried as a plane-16 character). Without `u` each UTF-16 unit becomes one
+/// code point: astral characters are split into their two units and a lone surrogate is a unit
+/// like them, as in JavaScript. With `u` a lone surrogate, which regress cannot take, is
+/// matched as U+FFFD (what is hashed); the pure core does the same.
 fn map_value(s: &str, unicode: bool) -> std::borrow::Cow<'_, str> {
-    if unicode || s.chars().all(|c| (c as u32) < 0x10000) {
+    if s.chars().all(|c| (c as u32) < 0x10000) {
         return std::borrow::Cow::Borrowed(s);
     }
     let mut out = String::with_capacity(s.len() + 8);
-    for c in s.chars() {
-        let cp = c as u32;
-        if cp >= 0x10000 {
-            let v = cp - 0x10000;
-            out.push(mapped(0xD800 + (v >> 10)));
-            out.push(mapped(0xDC00 + (v & 0x3FF)));
-        } else {
-            out.push(c);
+    for u in super::text::units(s) {
+        match u {
+            super::text::Unit::Surrogate(x) => out.push(if unicode { '\u{FFFD}' } else { mapped(x as u32) }),
+            super::text::Unit::Char(c) if !unicode && (c as u32) >= 0x10000 => {
+                let v = c as u32 - 0x10000;
+                out.push(mapped(0xD800 + (v >> 10)));
+                out.push(mapped(0xDC00 + (v & 0x3FF)));
+            }
+            super::text::Unit::Char(c) => out.push(c),
         }
     }
     std::borrow::Cow::Owned(out)

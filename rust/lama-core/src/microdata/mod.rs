@@ -18,7 +18,18 @@ mod serialize;
 mod text;
 mod value;
 
+pub use text::{encode_str, from_generalized_utf8, js_utf8, to_generalized_utf8};
 pub use value::Value;
+
+/// Deepest container nesting (`<ol>`/`<ul>`/`<dl>`/`<div>` inside one another) of an object.
+/// The serializer refuses to write more (`O2M-RTYC1`) and the parser to read more (`M2O-PD1`),
+/// so whatever one core writes both cores read; the pure core has the same limits
+/// (python/lama/_pure/jsonstar.py). It also bounds the native stack on adversarial input.
+pub const MAX_DEPTH: usize = 200;
+
+/// Deepest nesting of JSON arrays/objects in one `stringifiable` value: more is `USS-STR1` on
+/// write (the reference's code for a circular structure) and `M2O-PV2` on read.
+pub const MAX_JSON_DEPTH: usize = 100;
 
 use crate::Result;
 use serialize::Mode;
@@ -104,7 +115,8 @@ pub fn parse(text: &str) -> Result<Value> {
 }
 
 /// ID microdata computed from a concrete object's microdata (§2.2); `None` for unversioned
-/// types. The text is fully parsed (validated) first.
+/// types (from the header alone: this does not validate their body). A versioned type's text
+/// is fully parsed (validated) first.
 pub fn id_microdata_of(microdata: &str) -> Result<Option<String>> {
     parse::id_microdata_of(&recipe::snapshot(), microdata)
 }

@@ -87,11 +87,7 @@ pub(crate) fn js_number(text: &str) -> f64 {
             if !digits.chars().all(|c| c.is_digit(radix)) {
                 return f64::NAN;
             }
-            let mut v = 0f64;
-            for c in digits.chars() {
-                v = v * radix as f64 + c.to_digit(radix).unwrap_or(0) as f64;
-            }
-            return v;
+            return radix_value(digits, radix);
         }
     }
     if is_decimal_literal(b) {
@@ -99,6 +95,38 @@ pub(crate) fn js_number(text: &str) -> f64 {
     } else {
         f64::NAN
     }
+}
+
+/// The double nearest to the integer `digits` in base 2, 8 or 16 (ties to even), as JS
+/// `Number("0x…")` gives: the exact value rounded once (a digit-by-digit double accumulation
+/// would round several times). Beyond the doubles: infinity.
+fn radix_value(digits: &str, radix: u32) -> f64 {
+    let bits_per_digit = radix.trailing_zeros();
+    // the value's bits, most significant first, without leading zeros
+    let mut bits = Vec::with_capacity(digits.len() * bits_per_digit as usize);
+    for c in digits.chars() {
+        let d = c.to_digit(radix).unwrap_or(0);
+        for k in (0..bits_per_digit).rev() {
+            let b = (d >> k) & 1 == 1;
+            if b || !bits.is_empty() {
+                bits.push(b);
+            }
+        }
+    }
+    if bits.len() <= 53 {
+        return bits.iter().fold(0u64, |m, &b| (m << 1) | b as u64) as f64;
+    }
+    let mut m = bits[..53].iter().fold(0u64, |m, &b| (m << 1) | b as u64);
+    let round = bits[53];
+    let sticky = bits[54..].iter().any(|&b| b);
+    if round && (sticky || m & 1 == 1) {
+        m += 1;
+    }
+    let exp = bits.len() - 53;
+    if exp > 1100 {
+        return f64::INFINITY;
+    }
+    m as f64 * 2f64.powi(exp as i32)
 }
 
 /// `[+-]? (digits [. digits?] | . digits) ([eE] [+-]? digits)?`
@@ -175,6 +203,17 @@ mod tests {
         write_i64(&mut s, i64::MIN);
         assert_eq!(s, "-9223372036854776000");
     }
+    #[test]
+    fn radix_literals_round_once() {
+        // 0x200000000000018 = (2^53 + 1) * 16 + 8: exactly 2^57 + 24, nearest double 2^57 + 32
+        assert_eq!(js_number("0x200000000000018"), 144115188075855904.0);
+        assert_eq!(js_number("0x20000000000001"), 9007199254740992.0);
+        assert_eq!(js_number("0x20000000000003"), 9007199254740996.0);
+        assert_eq!(js_number(&format!("0x{}", "f".repeat(300))), f64::INFINITY);
+        assert_eq!(js_number("0b101"), 5.0);
+        assert_eq!(js_number("0o17"), 15.0);
+    }
+
     #[test]
     fn number_parsing() {
         assert_eq!(js_number("1.5"), 1.5);

@@ -7,7 +7,7 @@ use super::json::{render, render_value, write_json_star};
 use super::number::{write_f64, write_i64};
 use super::recipe::{Recipe, Registry, Rule, Ty, TyId};
 use super::text::{utf16_cmp, write_escaped};
-use super::Value;
+use super::{Value, MAX_DEPTH};
 use crate::hash::is_hash;
 use crate::{Error, Result};
 
@@ -171,6 +171,13 @@ fn check_unknown(entries: &[(Value, Value)], recipe: &Recipe, matched: usize, ob
     ))
 }
 
+fn not_an_array(prop: &str, v: &Value) -> Error {
+    Error::microdata(
+        "O2M-CVAL4",
+        format!("Value for array/bag itemprop \"{prop}\" is not an array, Value: {}", render_value(v)),
+    )
+}
+
 fn rtyc1(prop: &str, tyname: &str, v: &Value) -> Error {
     Error::microdata(
         "O2M-RTYC1",
@@ -279,7 +286,10 @@ impl Writer<'_> {
             Ty::Number => match v {
                 Value::Int(i) => write_i64(out, *i),
                 Value::Float(f) => write_f64(out, *f),
-                Value::BigInt(s) => write_f64(out, s.parse::<f64>().unwrap_or(f64::NAN)),
+                Value::BigInt(s) => match s.parse::<f64>() {
+                    Ok(f) if f.is_finite() => write_f64(out, f),
+                    _ => return Err(rtyc1(p, "number", v)),
+                },
                 _ => return Err(rtyc1(p, "number", v)),
             },
             Ty::Boolean => match v {
@@ -298,11 +308,8 @@ impl Writer<'_> {
 
     /// The inside of `<ol>`, `<ul>`, `<dl>` or `<div>` for a collection/map/object value.
     fn container_body(&mut self, out: &mut String, t: TyId, v: &Value, p: &str) -> Result<()> {
-        if self.depth >= super::parse::MAX_DEPTH {
-            return Err(Error::microdata(
-                "O2M-RTYC1",
-                format!("Value nested deeper than {} levels", super::parse::MAX_DEPTH),
-            ));
+        if self.depth >= MAX_DEPTH {
+            return Err(Error::microdata("O2M-RTYC1", format!("Value nested deeper than {MAX_DEPTH} levels")));
         }
         self.depth += 1;
         let r = self.container_body_inner(out, t, v, p);
@@ -316,7 +323,7 @@ impl Writer<'_> {
             Ty::Array(item) => {
                 let items = match v {
                     Value::List(items) => items,
-                    _ => return Err(rtyc1(p, "array", v)),
+                    _ => return Err(not_an_array(p, v)),
                 };
                 for x in items {
                     out.push_str("<li>");
@@ -327,11 +334,12 @@ impl Writer<'_> {
             Ty::Bag(item) | Ty::Set(item) => {
                 let is_set = matches!(reg.ty(t), Ty::Set(_));
                 let items = match v {
-                    Value::List(items) if !is_set || unhashable(reg.ty(*item)) => items,
+                    Value::List(items) if !is_set || list_for_set(reg.ty(*item)) => items,
                     Value::Set(items) if is_set => items,
-                    _ => return Err(rtyc1(p, if is_set { "set" } else { "bag" }, v)),
+                    _ if !is_set => return Err(not_an_array(p, v)),
+                    _ => return Err(rtyc1(p, "set", v)),
                 };
-                self.sorted_items(out, *item, items, p)?;
+                self.sorted_items(out, *item, items, p, is_set)?;
             }
             Ty::Map(k, val) => {
                 let entries = match v {
@@ -349,6 +357,14 @@ impl Writer<'_> {
             Ty::Object(rules) => {
                 let entries = match v {
                     Value::Dict(e) => e,
+                    // the reference accepts any JS object, and an array or Set has none of the
+                    // nested properties (objects.md §1.3 "object must be a non-null object")
+                    Value::List(_) | Value::Set(_) => {
+                        return Err(Error::microdata(
+                            "O2M-RTYC2",
+                            format!("Value for nested object itemprop \"{p}\" is an array or set, Value: {}", render_value(v)),
+                        ))
+                    }
                     _ => return Err(rtyc1(p, "object", v)),
                 };
                 for rule in rules {
@@ -358,7 +374,12 @@ impl Writer<'_> {
                                 return Err(missing(rule));
                             }
                         }
-                        Some(Value::Null) => return Err(rtyc1(&rule.itemprop, self.reg.ty(rule.ty).name(), &Value::Null)),
+                        // inside a nested object null is a value, not "absent" (objects.md
+                        // §9.2): the rule's type check rejects it with its own code; JSON*
+                        // would write it as `null`
+                        Some(Value::Null) if matches!(self.reg.ty(rule.ty), Ty::Stringifiable) => {
+                            return Err(rtyc1(&rule.itemprop, "stringifiable", &Value::Null))
+                        }
                         Some(x) => self.top(out, rule, x)?,
                     }
                 }
@@ -368,8 +389,10 @@ impl Writer<'_> {
         Ok(())
     }
 
-    /// `<li>…</li>` items sorted by the UTF-16 order of their full text (§1.7).
-    fn sorted_items(&mut self, out: &mut String, item: TyId, items: &[Value], p: &str) -> Result<()> {
+    /// `<li>…</li>` items sorted by the UTF-16 order of their full text (§1.7). With `unique`
+    /// (sets) equal items are written once: a Set holds no duplicates (§9.24) and parsing gives
+    /// one item for them, so parse(serialize(x)) hashes like x.
+    fn sorted_items(&mut self, out: &mut String, item: TyId, items: &[Value], p: &str, unique: bool) -> Result<()> {
         if items.len() <= 1 {
             for x in items {
                 out.push_str("<li>");
@@ -389,11 +412,23 @@ impl Writer<'_> {
         }
         let region = out.split_off(base);
         ranges.sort_by(|a, b| utf16_cmp(&region[a.0..a.1], &region[b.0..b.1]));
+        let mut last: Option<&str> = None;
         for (s, e) in ranges {
-            out.push_str(&region[s..e]);
+            let li = &region[s..e];
+            if unique && last == Some(li) {
+                continue;
+            }
+            out.push_str(li);
+            last = Some(li);
         }
         Ok(())
     }
+}
+
+/// Set item types for which a Python list/tuple is accepted as the set (docs/core-interface.md):
+/// those whose values may be unhashable in Python (a stringifiable may be a dict or list).
+fn list_for_set(t: &Ty) -> bool {
+    unhashable(t) || matches!(t, Ty::Stringifiable)
 }
 
 /// Item types whose Python values are unhashable: a set of them arrives as a list.

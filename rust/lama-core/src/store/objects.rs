@@ -41,16 +41,27 @@ fn prepare_values(objs: &[Value]) -> Result<Vec<Prepared<'_>>> {
     objs.iter()
         .map(|obj| {
             let (text, id_text) = microdata::serialize_with_id(obj)?;
+            // lone surrogates are stored and hashed as U+FFFD, like Node.js (objects.md §2.1)
+            let text = utf8_owned(text);
             // serialize succeeded, so the value is a dict with a string `$type$`.
             let type_name = Cow::Borrowed(obj.get("$type$").and_then(Value::as_str).unwrap_or_default());
             let hash = sha256(text.as_bytes());
             let id = id_text.map(|t| {
+                let t = utf8_owned(t);
                 let h = sha256(t.as_bytes());
                 (t, h)
             });
             Ok(Prepared { kind: K_OBJECT, type_name, text: Cow::Owned(text), hash, id })
         })
         .collect()
+}
+
+/// The UTF-8 Node.js writes for a core string (lone surrogates as U+FFFD; microdata/text.rs).
+fn utf8_owned(s: String) -> String {
+    match microdata::js_utf8(&s) {
+        Cow::Borrowed(_) => s,
+        Cow::Owned(t) => t,
+    }
 }
 
 /// The types a version head may point at.
@@ -156,27 +167,38 @@ impl Store {
     pub fn put_microdata(&self, items: &[(String, Option<String>)]) -> Result<Vec<PutResult>> {
         let mut prepared = Vec::with_capacity(items.len());
         for (text, expected) in items {
-            let hash = sha256(text.as_bytes());
+            // stored and hashed as Node.js writes it (lone surrogates as U+FFFD, objects.md §2.1)
+            let stored = microdata::js_utf8(text);
+            let hash = sha256(stored.as_bytes());
             if let Some(e) = expected {
                 if parse_hash("expected hash", e)? != hash {
                     return Err(hash_mismatch(e, &hex::encode(hash)));
                 }
             }
             let (type_name, is_id) = microdata::type_of(text)?;
-            // Both calls parse (validate) the whole text with the registered recipe.
+            // Both calls parse (validate) the whole text with the registered recipe, whatever
+            // its type (received microdata is never stored unchecked, objects.md §9.23).
             let id = if is_id {
                 microdata::parse(text)?;
                 None
             } else {
-                microdata::id_microdata_of(text)?.map(|t| {
-                    let h = sha256(t.as_bytes());
-                    (t, h)
-                })
+                match microdata::id_microdata_of(text)? {
+                    Some(t) => {
+                        let t = utf8_owned(t);
+                        let h = sha256(t.as_bytes());
+                        Some((t, h))
+                    }
+                    // an unversioned type: id_microdata_of read the header only
+                    None => {
+                        microdata::parse(text)?;
+                        None
+                    }
+                }
             };
             prepared.push(Prepared {
                 kind: if is_id { K_ID } else { K_OBJECT },
                 type_name: Cow::Owned(type_name),
-                text: Cow::Borrowed(text.as_str()),
+                text: stored,
                 hash,
                 id,
             });
