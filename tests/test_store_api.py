@@ -250,6 +250,17 @@ def test_snapshot_does_not_see_later_writes(tmp_path: Path) -> None:
         snap.close()  # twice: harmless
 
 
+def test_snapshot_reads_chunked_blobs_and_clobs_as_the_store_does(tmp_path: Path) -> None:
+    big = bytes(range(256)) * (5 * 4096 + 3)  # > 5 MiB: stored in chunks
+    text = "é" * (600 * 1024)  # a chunked CLOB
+    with _store(tmp_path) as s:
+        b, _ = s.put_blob(big)
+        c, _ = s.put_clob(text)
+        with s.snapshot() as snap:
+            assert snap.read_blob(b) == s.read_blob(b) == big
+            assert snap.read_blob(c) == text.encode()
+
+
 def test_snapshot_from_another_thread_and_after_store_close(tmp_path: Path) -> None:
     s = _store(tmp_path)
     (p, _, _), = s.put_objects([ALICE])

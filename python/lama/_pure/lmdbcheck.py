@@ -203,7 +203,7 @@ class _Walker:
             raise Problem(f"lmdb: {db}: page {p} is reached twice")
         self.seen[p] = 1
 
-    def tree(self, db: str, rec: tuple[int, ...], kind: int, out: list | None) -> None:  # type: ignore[type-arg]
+    def tree(self, db: str, rec: tuple[int, ...], kind: int, out: list | None) -> None:
         _pad, _flags, depth, branch, leaf, overflow, entries, root = rec
         if root == P_INVALID:
             if depth or entries or branch or leaf or overflow:
@@ -222,7 +222,7 @@ class _Walker:
                 f"{found[0]}/{found[1]}/{found[2]} and {found[3]}")
 
     def visit(self, db: str, p: int, depth: int, max_depth: int, kind: int,
-              out: list | None) -> None:  # type: ignore[type-arg]
+              out: list | None) -> None:
         self.claim(db, p)
         psize = self.psize
         page = _read(self.fd, psize, p * psize)

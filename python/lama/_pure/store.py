@@ -650,7 +650,8 @@ class Store:
         """A streaming writer for a BLOB (or a CLOB with ``clob=True``)."""
         return BlobWriter._create(self, bool(clob))
 
-    def _content_entry(self, txn: lmdb.Transaction, shared: _Shared, h: str) -> bytes:
+    @staticmethod
+    def _content_entry(txn: lmdb.Transaction, shared: _Shared, h: str) -> bytes:
         v = cast("bytes | None", txn.get(_raw(h), db=shared.objects))
         if v is None:
             raise NotFoundError(f"BLOB/CLOB {h!r} not found", "SB-READ2")
@@ -660,7 +661,8 @@ class Store:
             _parse_chunked_header(h, v)
         return cast(bytes, v)
 
-    def _chunks(self, txn: lmdb.Transaction, shared: _Shared, h: str, v: bytes) -> list[bytes]:
+    @staticmethod
+    def _chunks(txn: lmdb.Transaction, shared: _Shared, h: str, v: bytes) -> list[bytes]:
         if v[0] in (K_BLOB, K_CLOB):
             return [v[1:]]
         size, count = _parse_chunked_header(h, v)
@@ -1399,26 +1401,10 @@ def _text(shared: _Shared, txn: lmdb.Transaction, raw: bytes, kind: int) -> str:
 
 
 def _read_blob(shared: _Shared, txn: lmdb.Transaction, raw: bytes) -> bytes:
-    """The bytes of the BLOB/CLOB stored under ``raw`` (NotFoundError SB-READ2 otherwise)."""
-    v = txn.get(raw, db=shared.objects)
-    if v is None:
-        raise NotFoundError(f"BLOB/CLOB {raw.hex()!r} not found", "SB-READ2")
-    if v[0] in (K_BLOB, K_CLOB):
-        return bytes(v[1:])
-    if v[0] not in (K_BLOB_CHUNKED, K_CLOB_CHUNKED):
-        raise NotFoundError(f"{raw.hex()} is a {_KIND_NAMES.get(v[0], 'unknown entry')}, "
-                            "not a BLOB or CLOB", "SB-READ2")
-    size, count = _parse_chunked_header(bytes(v))
-    parts = []
-    for i in range(count):
-        c = txn.get(raw + i.to_bytes(4, "big"), db=shared.chunks)
-        if c is None:
-            raise StoreError(f"chunk {i} of {raw.hex()} is missing", "LAMA-CORRUPT")
-        parts.append(bytes(c))
-    data = b"".join(parts)
-    if len(data) != size:
-        raise StoreError(f"the chunks of {raw.hex()} do not add up to {size} bytes", "LAMA-CORRUPT")
-    return data
+    """The bytes of the BLOB/CLOB stored under ``raw`` (NotFoundError SB-READ2 otherwise), read
+    as Store.read_blob reads it (the same checks of damaged entries)."""
+    h = raw.hex()
+    return b"".join(Store._chunks(txn, shared, h, Store._content_entry(txn, shared, h)))
 
 
 def _missing(shared: _Shared, txn: lmdb.Transaction, raws: list[bytes]) -> list[str]:
