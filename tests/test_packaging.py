@@ -161,7 +161,7 @@ def test_wheel_installs_into_fresh_venv(tmp_path: Path) -> None:
                     "--only-binary", ":all:", str(wheels[0])],
                    env=clean_env, check=True, timeout=600)
     code = (
-        "import lama, lama.microdata as m, lama._core as c, sys;"
+        "import lama, lama.objects.microdata as m, lama._core as c, sys;"
         "assert c.CORE_NAME == 'rust', c.CORE_NAME;"
         "assert 'site-packages' in lama.__file__, lama.__file__;"
         "print(m.object_hash({'$type$': 'Person', 'email': 'alice@example.com', 'name': 'Alice'}))"
