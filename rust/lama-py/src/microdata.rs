@@ -31,9 +31,22 @@ fn conv_err(msg: String) -> PyErr {
 /// A Python `str` in the core's string encoding (lone surrogates kept, lama_core
 /// microdata/text.rs).
 pub(crate) fn py_str(s: &Bound<'_, PyString>) -> PyResult<String> {
+    py_str_flagged(s, &mut false)
+}
+
+/// [`py_str`], setting `encoded` if the result holds encoded characters (only then can text
+/// built from it need decoding on the way out).
+fn py_str_flagged(s: &Bound<'_, PyString>, encoded: &mut bool) -> PyResult<String> {
     match s.to_str() {
-        Ok(t) => Ok(microdata::encode_str(t).into_owned()),
+        Ok(t) => match microdata::encode_str(t) {
+            std::borrow::Cow::Borrowed(t) => Ok(t.to_owned()),
+            std::borrow::Cow::Owned(t) => {
+                *encoded = true;
+                Ok(t)
+            }
+        },
         Err(_) => {
+            *encoded = true;
             let b = s.call_method1("encode", ("utf-8", "surrogatepass"))?;
             Ok(microdata::from_generalized_utf8(b.cast::<PyBytes>()?.as_bytes()))
         }
@@ -63,8 +76,25 @@ fn text_arg(obj: &Bound<'_, PyAny>) -> PyResult<String> {
 /// [`Value::Unsupported`], rejected by the serializer where a rule reads it (as the pure core
 /// does), so errors come in the same order in both cores.
 pub(crate) fn py_to_value(obj: &Bound<'_, PyAny>) -> PyResult<Value> {
-    let mut cutoffs = 0;
-    to_value(obj, 0, &mut cutoffs)
+    Ok(py_to_value_flagged(obj)?.0)
+}
+
+/// [`py_to_value`], and whether any string of the value holds encoded characters (a lone
+/// surrogate, or a character the encoding escapes). When none does, nothing serialized from
+/// the value does either: its microdata is its own UTF-8 for hashing and for Python, and the
+/// two decoding scans can be skipped (the batch hot path).
+fn py_to_value_flagged(obj: &Bound<'_, PyAny>) -> PyResult<(Value, bool)> {
+    let mut conv = Conv { cutoffs: 0, encoded: false };
+    let v = to_value(obj, 0, &mut conv)?;
+    Ok((v, conv.encoded))
+}
+
+/// State of one conversion.
+struct Conv {
+    /// Values cut off at [`CONVERT_DEPTH`] so far.
+    cutoffs: usize,
+    /// A string with encoded characters was converted.
+    encoded: bool,
 }
 
 fn describe(obj: &Bound<'_, PyAny>) -> String {
@@ -77,10 +107,10 @@ fn describe(obj: &Bound<'_, PyAny>) -> String {
     format!("unsupported Python value of type \"{tname}\": {repr}")
 }
 
-fn to_value(obj: &Bound<'_, PyAny>, depth: usize, cutoffs: &mut usize) -> PyResult<Value> {
+fn to_value(obj: &Bound<'_, PyAny>, depth: usize, conv: &mut Conv) -> PyResult<Value> {
     if depth > CONVERT_DEPTH {
-        *cutoffs += 1;
-        if *cutoffs > MAX_CUTOFFS {
+        conv.cutoffs += 1;
+        if conv.cutoffs > MAX_CUTOFFS {
             return Err(conv_err(format!("Value nested deeper than {} levels", microdata::MAX_DEPTH)));
         }
         return Ok(Value::Unsupported(format!("a value nested deeper than {CONVERT_DEPTH} levels")));
@@ -89,7 +119,7 @@ fn to_value(obj: &Bound<'_, PyAny>, depth: usize, cutoffs: &mut usize) -> PyResu
         return Ok(Value::Null);
     }
     if let Ok(s) = obj.cast::<PyString>() {
-        return Ok(Value::Str(py_str(s)?));
+        return Ok(Value::Str(py_str_flagged(s, &mut conv.encoded)?));
     }
     if let Ok(b) = obj.cast::<PyBool>() {
         return Ok(Value::Bool(b.is_true()));
@@ -110,35 +140,35 @@ fn to_value(obj: &Bound<'_, PyAny>, depth: usize, cutoffs: &mut usize) -> PyResu
     if let Ok(d) = obj.cast::<PyDict>() {
         let mut entries = Vec::with_capacity(d.len());
         for (k, v) in d.iter() {
-            entries.push((to_value(&k, depth + 1, cutoffs)?, to_value(&v, depth + 1, cutoffs)?));
+            entries.push((to_value(&k, depth + 1, conv)?, to_value(&v, depth + 1, conv)?));
         }
         return Ok(Value::Dict(entries));
     }
     if let Ok(l) = obj.cast::<PyList>() {
         let mut items = Vec::with_capacity(l.len());
         for x in l.iter() {
-            items.push(to_value(&x, depth + 1, cutoffs)?);
+            items.push(to_value(&x, depth + 1, conv)?);
         }
         return Ok(Value::List(items));
     }
     if let Ok(t) = obj.cast::<PyTuple>() {
         let mut items = Vec::with_capacity(t.len());
         for x in t.iter() {
-            items.push(to_value(&x, depth + 1, cutoffs)?);
+            items.push(to_value(&x, depth + 1, conv)?);
         }
         return Ok(Value::List(items));
     }
     if let Ok(s) = obj.cast::<PySet>() {
         let mut items = Vec::with_capacity(s.len());
         for x in s.iter() {
-            items.push(to_value(&x, depth + 1, cutoffs)?);
+            items.push(to_value(&x, depth + 1, conv)?);
         }
         return Ok(Value::Set(items));
     }
     if let Ok(s) = obj.cast::<PyFrozenSet>() {
         let mut items = Vec::with_capacity(s.len());
         for x in s.iter() {
-            items.push(to_value(&x, depth + 1, cutoffs)?);
+            items.push(to_value(&x, depth + 1, conv)?);
         }
         return Ok(Value::Set(items));
     }
@@ -290,13 +320,13 @@ const CHUNK: usize = 256;
 #[pyfunction]
 fn serialize_many<'py>(py: Python<'py>, objs: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyList>> {
     let out = PyList::empty(py);
-    let mut values: Vec<Value> = Vec::with_capacity(CHUNK);
-    let mut done: Vec<(String, [u8; 32])> = Vec::with_capacity(CHUNK);
+    let mut values: Vec<(Value, bool)> = Vec::with_capacity(CHUNK);
+    let mut done: Vec<(String, [u8; 32], bool)> = Vec::with_capacity(CHUNK);
     let mut iter = objs.try_iter()?;
     loop {
         values.clear();
         for o in iter.by_ref() {
-            values.push(py_to_value(&o?)?);
+            values.push(py_to_value_flagged(&o?)?);
             if values.len() == CHUNK {
                 break;
             }
@@ -306,17 +336,18 @@ fn serialize_many<'py>(py: Python<'py>, objs: &Bound<'py, PyAny>) -> PyResult<Bo
         }
         done.clear();
         py.detach(|| {
-            for v in &values {
+            for (v, encoded) in &values {
                 let md = microdata::serialize(v)?;
-                let h = sha256(microdata::js_utf8(&md).as_bytes());
-                done.push((md, h));
+                let h = if *encoded { sha256(microdata::js_utf8(&md).as_bytes()) } else { sha256(md.as_bytes()) };
+                done.push((md, h, *encoded));
             }
             Ok::<_, Error>(())
         })
         .py()?;
-        for (md, h) in &done {
+        for (md, h, encoded) in &done {
             let hex = hash_hex_bytes(h);
-            let row = PyTuple::new(py, [str_to_py(py, md)?, PyString::new(py, hex_str(&hex))])?;
+            let md = if *encoded { str_to_py(py, md)? } else { PyString::new(py, md) };
+            let row = PyTuple::new(py, [md, PyString::new(py, hex_str(&hex))])?;
             out.append(row)?;
         }
     }
