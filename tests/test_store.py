@@ -674,3 +674,15 @@ def test_non_durable_commits_survive_a_killed_process(store_path: Path) -> None:
         assert len(s.referencing(ALICE_ID, "Keys")) == 5000
         assert s.get_object(core.object_hash(keys_obj(ALICE_ID, 4999) | {"publicSignKey": f"{999:064x}"}))
         assert s.verify() == []
+
+
+def test_clob_with_a_lone_surrogate_is_stored_as_node_writes_it(store: Any) -> None:
+    """A CLOB is a JavaScript string: a lone surrogate is written as U+FFFD (objects.md §2.1),
+    not refused with a UnicodeEncodeError; a pair is its character."""
+    import hashlib
+
+    h, status = store.put_clob("note \ud800 and \ud83d\ude00")
+    expected = "note \ufffd and \U0001f600".encode()
+    assert status == "new" and h == hashlib.sha256(expected).hexdigest()
+    assert store.read_blob(h) == expected
+    assert store.verify() == []

@@ -623,7 +623,8 @@ class Store:
             raise StoreError(f"a CLOB must be a str, got {type(text).__name__}", "LAMA-ARG")
         if not text:
             raise StoreError("an empty CLOB cannot be stored", "SB-STORE")
-        return self._put_content(text.encode("utf-8"), clob=True)
+        # a JavaScript string: a lone surrogate is stored as Node writes it (U+FFFD)
+        return self._put_content(js_utf8(text), clob=True)
 
     def _put_content(self, data: bytes, clob: bool) -> tuple[str, str]:
         shared = self._s()

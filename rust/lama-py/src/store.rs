@@ -188,9 +188,12 @@ impl PyStore {
         with_bytes(py, data, |b| store.put_blob(b))?.py().map(|(h, s)| (h, s.as_str()))
     }
 
-    fn put_clob(&self, py: Python<'_>, text: &str) -> PyResult<(String, &'static str)> {
+    fn put_clob(&self, py: Python<'_>, text: &Bound<'_, pyo3::types::PyString>) -> PyResult<(String, &'static str)> {
         let store = self.store()?;
-        py.detach(|| store.put_clob(text)).py().map(|(h, s)| (h, s.as_str()))
+        // a JavaScript string: a lone surrogate is stored as Node writes it (U+FFFD)
+        let text = crate::microdata::py_str(text)?;
+        let text = lama_core::microdata::js_utf8(&text);
+        py.detach(|| store.put_clob(&text)).py().map(|(h, s)| (h, s.as_str()))
     }
 
     #[pyo3(signature = (clob = false))]
