@@ -1165,3 +1165,15 @@ def test_sets_are_written_without_duplicates(probe: str) -> None:
     # bags keep their duplicates
     md = core.serialize({"$type$": probe, "bg": ["b", "a", "b"]})
     assert md == _P + '<ul itemprop="bg"><li>a</li><li>b</li><li>b</li></ul></div>'
+
+
+def test_register_recipe_refuses_lone_surrogates_and_non_str() -> None:
+    """A recipe is text written into microdata: a lone surrogate anywhere in it, or a non-str
+    argument, is RecipeError URC-ERECIPE1 in both cores (not UnicodeEncodeError/TypeError)."""
+    from lama.errors import RecipeError
+
+    raw = {"$type$": "Recipe", "name": "Sur\ud800", "rule": []}
+    for bad in (json.dumps(raw, ensure_ascii=False), json.dumps(raw), b"{}", None):
+        with pytest.raises(RecipeError) as e:
+            core.register_recipe(bad)  # type: ignore[arg-type]
+        assert e.value.code == "URC-ERECIPE1"

@@ -486,14 +486,23 @@ def _add(raw: Any) -> None:
 def register_recipe(recipe_json: str) -> None:
     """Register a recipe given as JSON text (objects.md §3). Identical re-registration is a
     no-op; a *different* recipe under an existing name raises ``OR-ADDR1``."""
-    if isinstance(recipe_json, (bytes, bytearray)):
-        recipe_json = recipe_json.decode("utf-8")
     if not isinstance(recipe_json, str):
         raise RecipeError("URC-ERECIPE1: recipe_json must be a JSON string", "URC-ERECIPE1")
+    try:
+        recipe_json.encode("utf-8")
+    except UnicodeEncodeError:
+        # names, itemprops and regexps are written into microdata and compared as text: a
+        # recipe is refused whole rather than half-encoded (the Rust core cannot hold it)
+        raise RecipeError("URC-ERECIPE1: recipe_json contains a lone surrogate", "URC-ERECIPE1") from None
     try:
         raw = json.loads(recipe_json)
     except ValueError as e:
         raise RecipeError(f"URC-ERECIPE1: Recipe is not valid JSON: {e}", "URC-ERECIPE1") from None
+    try:  # an escaped lone surrogate (\ud800) is refused too, as the Rust core's JSON reader does
+        json.dumps(raw, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise RecipeError("URC-ERECIPE1: Recipe is not valid JSON: a lone surrogate escape",
+                          "URC-ERECIPE1") from None
     with _lock:
         _add(raw)
 

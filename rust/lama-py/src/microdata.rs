@@ -232,8 +232,15 @@ fn to_py_value<'py>(py: Python<'py>, v: &Value, hashable: bool) -> PyResult<Boun
 
 /// Register a recipe given as JSON (RecipeError OR-ADDR1 if a different one of that name exists).
 #[pyfunction]
-fn register_recipe(recipe_json: &str) -> PyResult<()> {
-    microdata::register_recipe_json(recipe_json).py()
+fn register_recipe(recipe_json: &Bound<'_, PyAny>) -> PyResult<()> {
+    let bad = |msg: &str| to_py(Error::recipe("URC-ERECIPE1", msg.to_string()));
+    let Ok(s) = recipe_json.cast::<PyString>() else {
+        return Err(bad("recipe_json must be a JSON string"));
+    };
+    // names, itemprops and regexps are written into microdata and compared as text: a recipe
+    // with a lone surrogate is refused whole (as in the pure core)
+    let text = s.to_str().map_err(|_| bad("recipe_json contains a lone surrogate"))?;
+    microdata::register_recipe_json(text).py()
 }
 
 /// Names of the registered recipes (built-in first, then registration order).
