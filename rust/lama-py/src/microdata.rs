@@ -38,13 +38,13 @@ pub(crate) fn py_str(s: &Bound<'_, PyString>) -> PyResult<String> {
 /// built from it need decoding on the way out).
 fn py_str_flagged(s: &Bound<'_, PyString>, encoded: &mut bool) -> PyResult<String> {
     match s.to_str() {
-        Ok(t) => match microdata::encode_str(t) {
-            std::borrow::Cow::Borrowed(t) => Ok(t.to_owned()),
-            std::borrow::Cow::Owned(t) => {
-                *encoded = true;
-                Ok(t)
-            }
-        },
+        // (a test and a plain copy: matching on encode_str's Cow made the compiler move the
+        // String through misaligned stack slots, a store-forwarding stall on every string)
+        Ok(t) if !microdata::has_encoded(t) => Ok(t.to_owned()),
+        Ok(t) => {
+            *encoded = true;
+            Ok(microdata::encode_str(t).into_owned())
+        }
         Err(_) => {
             *encoded = true;
             let b = s.call_method1("encode", ("utf-8", "surrogatepass"))?;

@@ -18,7 +18,7 @@ mod serialize;
 mod text;
 mod value;
 
-pub use text::{encode_str, from_generalized_utf8, js_utf8, to_generalized_utf8};
+pub use text::{encode_str, from_generalized_utf8, has_encoded, js_utf8, to_generalized_utf8};
 pub use value::Value;
 
 /// Deepest container nesting (`<ol>`/`<ul>`/`<dl>`/`<div>` inside one another) of an object.
