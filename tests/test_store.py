@@ -686,3 +686,24 @@ def test_clob_with_a_lone_surrogate_is_stored_as_node_writes_it(store: Any) -> N
     assert status == "new" and h == hashlib.sha256(expected).hexdigest()
     assert store.read_blob(h) == expected
     assert store.verify() == []
+
+
+@pytest.mark.parametrize("call", [
+    lambda s: s.enable_reverse_maps("Ke\ud800ys"),
+    lambda s: s.enable_reverse_maps("Keys", "owner"),
+    lambda s: s.enable_reverse_maps("Keys", ["ow\udc00ner"]),
+    lambda s: s.referencing("a" * 64, "Ke\ud800ys"),
+    lambda s: s.referencing("a" * 64, 5),
+    lambda s: s.put_microdata("not a list"),
+    lambda s: s.put_microdata([("only one",)]),
+    lambda s: s.put_microdata([(5, None)]),
+    lambda s: s.put_microdata([('<div itemscope itemtype="//refin.io/Person"></div>', 5)]),
+], ids=["surrogate-type", "props-str", "surrogate-prop", "referencing-surrogate", "referencing-int",
+        "items-str", "item-short", "text-int", "expected-int"])
+def test_malformed_store_arguments_are_lama_errors(store: Any, call: Any) -> None:
+    """Bad arguments are StoreError LAMA-ARG (a lama error) in both cores, never a TypeError or
+    a UnicodeEncodeError from the bindings; nothing is written."""
+    with pytest.raises(StoreError) as e:
+        call(store)
+    assert e.value.code == "LAMA-ARG"
+    assert store.count() == 0

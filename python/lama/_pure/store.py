@@ -547,6 +547,9 @@ class Store:
                 raise StoreError(f"expected a (text, hash) pair, got {item!r}", "LAMA-ARG") from None
             if not isinstance(text, str):
                 raise StoreError(f"microdata must be a str, got {type(text).__name__}", "LAMA-ARG")
+            if expected is not None and not isinstance(expected, str):
+                raise StoreError(f"an expected hash must be a str or None, got {expected!r}",
+                                 "LAMA-ARG")
             data = js_utf8(text)  # lone surrogates as U+FFFD, like Node (objects.md §2.1)
             raw = sha(data).digest()
             if expected is not None and expected != raw.hex():
@@ -769,10 +772,10 @@ class Store:
         objects or (``id_objects=True``) ID objects; persisted in ``meta`` and added to what is
         already enabled.  Applies to objects written from now on (objects.md §5.3)."""
         shared = self._s()
-        if not isinstance(type_name, str) or not type_name or "\x00" in type_name:
+        if not _is_text(type_name) or not type_name or "\x00" in type_name:
             raise StoreError(f"invalid type name {type_name!r}", "LAMA-ARG")
         if props is not None:
-            if isinstance(props, str) or not all(isinstance(p, str) for p in props):
+            if isinstance(props, str) or not all(_is_text(p) for p in props):
                 raise StoreError(f"props must be a list of str or None, got {props!r}", "LAMA-ARG")
             wanted: frozenset[str] | None = None if "*" in props else frozenset(props)
         else:
@@ -804,8 +807,8 @@ class Store:
         """Hashes of the ``type_name`` objects (ID objects with ``id_objects=True``) whose
         reverse map entries reference ``target`` (objects.md §5.3)."""
         shared = self._s()
-        if not isinstance(type_name, str):
-            raise StoreError(f"type name must be a str, not {type(type_name).__name__}", "LAMA-ARG")
+        if not _is_text(type_name):
+            raise StoreError(f"invalid type name {type_name!r}", "LAMA-ARG")
         prefix = (_raw(target, "target") + (b"I" if id_objects else b"O")
                   + type_name.encode("utf-8") + b"\x00")
         out: list[str] = []
@@ -1065,6 +1068,18 @@ def _check_events(shared: _Shared, txn: lmdb.Transaction, problems: list[str]) -
                 problems.append(f"events/{kx}: {h.hex()} has no head")
         elif txn.get(h, db=shared.objects) is None:
             problems.append(f"events/{kx}: {h.hex()} is not stored")
+
+
+def _is_text(v: object) -> bool:
+    """A ``str`` that is text: type names and properties are names, so a lone surrogate in one
+    is a bad argument (LAMA-ARG), not a UnicodeEncodeError from deep inside."""
+    if not isinstance(v, str):
+        return False
+    try:
+        v.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _chunked_header(clob: bool, size: int, count: int) -> bytes:

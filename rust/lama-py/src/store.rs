@@ -29,6 +29,42 @@ fn rows<'py>(py: Python<'py>, results: Vec<PutResult>) -> PyResult<Bound<'py, Py
     Ok(out)
 }
 
+fn bad_arg(msg: String) -> PyErr {
+    crate::errors::to_py(Error::store("LAMA-ARG", msg))
+}
+
+/// A type or property name argument: a `str` that is text (a lone surrogate in a name is a bad
+/// argument, StoreError LAMA-ARG as in the pure core, not a UnicodeEncodeError).
+fn name_arg(obj: &Bound<'_, PyAny>) -> PyResult<String> {
+    match obj.cast::<pyo3::types::PyString>().ok().and_then(|s| s.to_str().ok()) {
+        Some(t) => Ok(t.to_owned()),
+        None => Err(bad_arg(format!("invalid type name {}", obj.repr().map(|r| r.to_string()).unwrap_or_default()))),
+    }
+}
+
+/// The `[(text, expected hash or None)]` of `put_microdata`, texts in the core's encoding.
+fn microdata_items(items: &Bound<'_, PyAny>) -> PyResult<Vec<(String, Option<String>)>> {
+    if items.cast::<PyList>().is_err() && items.cast::<pyo3::types::PyTuple>().is_err() {
+        return Err(bad_arg(format!("expected a list of (text, hash), got {}", items.get_type().name()?)));
+    }
+    let mut out = Vec::new();
+    for item in items.try_iter()? {
+        let item = item?;
+        let pair: (Bound<'_, PyAny>, Bound<'_, PyAny>) =
+            item.extract().map_err(|_| bad_arg(format!("expected a (text, hash) pair, got {item}")))?;
+        let text = pair.0.cast::<pyo3::types::PyString>().map_err(|_| {
+            bad_arg(format!("microdata must be a str, got {}", pair.0.get_type().name().map(|n| n.to_string()).unwrap_or_default()))
+        })?;
+        let expected = if pair.1.is_none() {
+            None
+        } else {
+            Some(pair.1.extract::<String>().map_err(|_| bad_arg(format!("an expected hash must be a str or None, got {}", pair.1)))?)
+        };
+        out.push((crate::microdata::py_str(text)?, expected));
+    }
+    Ok(out)
+}
+
 fn closed() -> PyErr {
     crate::errors::to_py(Error::store("LAMA-CLOSED", "the store is closed"))
 }
@@ -148,17 +184,11 @@ impl PyStore {
         rows(py, py.detach(move || store.put_objects(&vals)).py()?)
     }
 
-    fn put_microdata<'py>(
-        &self,
-        py: Python<'py>,
-        items: Vec<(Bound<'py, pyo3::types::PyString>, Option<String>)>,
-    ) -> PyResult<Bound<'py, PyList>> {
+    fn put_microdata<'py>(&self, py: Python<'py>, items: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyList>> {
         let store = self.store()?;
-        // texts in the core's string encoding (lone surrogates kept; stored as Node writes them)
-        let items = items
-            .iter()
-            .map(|(t, h)| Ok((crate::microdata::py_str(t)?, h.clone())))
-            .collect::<PyResult<Vec<_>>>()?;
+        // texts in the core's string encoding (lone surrogates kept; stored as Node writes them);
+        // malformed arguments are StoreError LAMA-ARG, as in the pure core
+        let items = microdata_items(items)?;
         rows(py, py.detach(|| store.put_microdata(&items)).py()?)
     }
 
@@ -239,18 +269,25 @@ impl PyStore {
     fn enable_reverse_maps(
         &self,
         py: Python<'_>,
-        type_name: &str,
-        props: Option<Vec<String>>,
+        type_name: &Bound<'_, PyAny>,
+        props: Option<&Bound<'_, PyAny>>,
         id_objects: bool,
     ) -> PyResult<()> {
         let store = self.store()?;
-        py.detach(|| store.enable_reverse_maps(type_name, props.as_deref(), id_objects)).py()
+        let type_name = name_arg(type_name)?;
+        let props = match props {
+            None => None,
+            Some(p) if p.cast::<pyo3::types::PyString>().is_ok() => return Err(bad_arg(format!("props must be a list of str or None, got {p}"))),
+            Some(p) => Some(p.try_iter().map_err(|_| bad_arg(format!("props must be a list of str or None, got {p}")))?.map(|x| name_arg(&x?)).collect::<PyResult<Vec<String>>>()?),
+        };
+        py.detach(|| store.enable_reverse_maps(&type_name, props.as_deref(), id_objects)).py()
     }
 
     #[pyo3(signature = (target, type_name, id_objects = false))]
-    fn referencing(&self, py: Python<'_>, target: &str, type_name: &str, id_objects: bool) -> PyResult<Vec<String>> {
+    fn referencing(&self, py: Python<'_>, target: &str, type_name: &Bound<'_, PyAny>, id_objects: bool) -> PyResult<Vec<String>> {
         let store = self.store()?;
-        py.detach(|| store.referencing(target, type_name, id_objects)).py()
+        let type_name = name_arg(type_name)?;
+        py.detach(|| store.referencing(target, &type_name, id_objects)).py()
     }
 
     fn count(&self, py: Python<'_>) -> PyResult<u64> {
