@@ -698,8 +698,9 @@ def test_clob_with_a_lone_surrogate_is_stored_as_node_writes_it(store: Any) -> N
     lambda s: s.put_microdata([("only one",)]),
     lambda s: s.put_microdata([(5, None)]),
     lambda s: s.put_microdata([('<div itemscope itemtype="//refin.io/Person"></div>', 5)]),
+    lambda s: s.put_clob(b"bytes are not a CLOB"),
 ], ids=["surrogate-type", "props-str", "surrogate-prop", "referencing-surrogate", "referencing-int",
-        "items-str", "item-short", "text-int", "expected-int"])
+        "items-str", "item-short", "text-int", "expected-int", "clob-bytes"])
 def test_malformed_store_arguments_are_lama_errors(store: Any, call: Any) -> None:
     """Bad arguments are StoreError LAMA-ARG (a lama error) in both cores, never a TypeError or
     a UnicodeEncodeError from the bindings; nothing is written."""

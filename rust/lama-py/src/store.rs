@@ -218,8 +218,11 @@ impl PyStore {
         with_bytes(py, data, |b| store.put_blob(b))?.py().map(|(h, s)| (h, s.as_str()))
     }
 
-    fn put_clob(&self, py: Python<'_>, text: &Bound<'_, pyo3::types::PyString>) -> PyResult<(String, &'static str)> {
+    fn put_clob(&self, py: Python<'_>, text: &Bound<'_, PyAny>) -> PyResult<(String, &'static str)> {
         let store = self.store()?;
+        let text = text.cast::<pyo3::types::PyString>().map_err(|_| {
+            bad_arg(format!("a CLOB must be a str, got {}", text.get_type().name().map(|n| n.to_string()).unwrap_or_default()))
+        })?;
         // a JavaScript string: a lone surrogate is stored as Node writes it (U+FFFD)
         let text = crate::microdata::py_str(text)?;
         let text = lama_core::microdata::js_utf8(&text);
