@@ -456,7 +456,10 @@ class Store:
         append = out.append
         for obj in objs:
             text = serialize(obj)  # MicrodataError / RecipeError for a bad object
-            data = js_utf8(text)  # lone surrogates as U+FFFD, like Node (objects.md §2.1)
+            try:
+                data = text.encode()  # (js_utf8's common case, without a call per object)
+            except UnicodeEncodeError:
+                data = js_utf8(text)  # lone surrogates as U+FFFD, like Node (objects.md §2.1)
             type_name = obj["$type$"]
             if _versioned(type_name):
                 id_text = id_microdata(obj)
