@@ -39,9 +39,11 @@ out = {}
 def timed(f):
     w, c = time.perf_counter(), time.process_time(); f()
     return [time.perf_counter() - w, time.process_time() - c]
+def best(f, n):  # [wall, cpu], each the least of n runs
+    return [min(x) for x in zip(*(timed(f) for _ in range(n)))]
 if "ser" in only:
     _lama.serialize_many(OBJECTS[:3000])
-    out["serialize_many rust"] = [min(x) for x in zip(*(timed(lambda: _lama.serialize_many(OBJECTS)) for _ in range(2)))]
+    out["serialize_many rust"] = best(lambda: _lama.serialize_many(OBJECTS), 2)
 if "ingest" in only:
     for name, core in cores.items():
         d = tempfile.mkdtemp(prefix="lama-ab-")
@@ -62,7 +64,7 @@ if "open" in only:
         s.close()
     for name, core in cores.items():
         core.Store(store_dir).close()  # warm-up (page cache)
-        out[f"open 100k store {name}"] = [min(x) for x in zip(*(timed(lambda: core.Store(store_dir).close()) for _ in range(3)))]
+        out[f"open 100k store {name}"] = best(lambda: core.Store(store_dir).close(), 3)
 print(json.dumps(out))
 '''
 
@@ -83,8 +85,9 @@ def main() -> None:
             os.makedirs(store_dir, exist_ok=True)
             env = dict(os.environ, PYTHONHASHSEED="0")
             env.pop("LAMA_CORE", None)
-            res = subprocess.run([os.path.join(root, ".venv/bin/python"), "-c", CHILD, root, store_dir,
-                                  a.only], env=env, capture_output=True, text=True, cwd=root)
+            res = subprocess.run([os.path.join(root, ".venv/bin/python"), "-c", CHILD, root,
+                                  store_dir, a.only], env=env, capture_output=True, text=True,
+                                 cwd=root)
             if res.returncode != 0:
                 sys.exit(f"{b} failed:\n{res.stderr}")
             for k, (wall, cpu) in json.loads(res.stdout).items():

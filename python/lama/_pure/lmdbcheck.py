@@ -1,14 +1,15 @@
-"""Structural check of the LMDB file with bounds-checked reads (docs/store-format.md "Damaged files").
+"""Structural check of the LMDB file with bounds-checked reads (docs/store-format.md "Damaged
+files").
 
 LMDB keeps no checksums and follows the page numbers and node offsets it finds in its memory
 map: a truncated ``data.mdb`` makes it touch pages past the end of the file (SIGBUS) and a
 damaged page makes it read out of bounds (SIGSEGV), which no Python code can catch.  So before
 LMDB reads anything of a snapshot, this module checks all it could reach, reading the file
 through bounds-checked slices of one read-only map of its length (never past the end, never
-following an offset unchecked): the meta pages, then every page of the main database, of each named database and
-of the free list (page header, page number, bounds, node offsets and sizes, key sizes, child
-and overflow page numbers inside the file, depth, no page reached twice, the counts recorded
-in the database records, free-list entries).
+following an offset unchecked): the meta pages, then every page of the main database, of each
+named database and of the free list (page header, page number, bounds, node offsets and sizes,
+key sizes, child and overflow page numbers inside the file, depth, no page reached twice, the
+counts recorded in the database records, free-list entries).
 
 The same check, with the same messages in the same order, is ``store/check.rs`` of the Rust
 core; the page layout is described there.  The check stops at the first problem.
