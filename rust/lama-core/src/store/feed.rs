@@ -141,8 +141,10 @@ impl FeedTxn {
         for &(hash, kind) in events {
             value[..32].copy_from_slice(hash);
             value[32] = feed_kind(kind);
-            // SAFETY: nothing borrowed from the database is alive while the cursor writes
-            // (key and value are local buffers).
+            // SAFETY: nothing borrowed from the database is alive while the cursor writes (key
+            // and value are local buffers). With APPEND (not CURRENT) this is a plain cursor
+            // put: LMDB goes to the last key itself and refuses a key that does not sort after
+            // it (MDB_KEYEXIST, an error here), so the cursor's position does not matter.
             unsafe { cursor.put_current_with_options::<heed::types::Bytes>(PutFlags::APPEND, &seq.to_be_bytes(), &value)? };
             seq += 1;
         }
