@@ -2,7 +2,8 @@
 
 Opening a directory that no ``Store`` of the process has open maps the LMDB file and first
 runs the structural check of docs/store-format.md "Damaged files" (every branch and leaf page
-read with plain reads, so a damaged file is refused instead of crashing the process). The
+read through bounds-checked slices of a map of the file, so a damaged file is refused instead
+of crashing the process). The
 check is paid once per process and directory; this measures it: each round closes the store,
 so the next open checks again. The event feed (``changes``) is what an upper layer reads to
 learn what was written."""

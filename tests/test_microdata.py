@@ -1177,3 +1177,21 @@ def test_register_recipe_refuses_lone_surrogates_and_non_str() -> None:
         with pytest.raises(RecipeError) as e:
             core.register_recipe(bad)  # type: ignore[arg-type]
         assert e.value.code == "URC-ERECIPE1"
+
+
+@pytest.mark.parametrize("extra", [
+    {"zzz": 1},  # an unknown key
+    {"previous": None, "zzz": 1},  # an optional property given as None, and an unknown key
+    {"$versionHash$": "x", "zzz": 1},  # an ignored key, and an unknown key
+])
+def test_unknown_properties_are_refused(extra: dict[str, Any]) -> None:
+    """O2M-COBJ2 for any key that is neither a rule's itemprop nor "$type$"/"$versionHash$",
+    whatever else the object holds (the pure serializer counts the keys it found to skip the
+    search for unknown ones; None values and ignored keys must not hide an unknown key)."""
+    obj = {"$type$": "LinkedListEntry", "data": "a" * 64, **extra}
+    with pytest.raises(MicrodataError) as e:
+        core.serialize(obj)
+    assert e.value.code == "O2M-COBJ2"
+    assert "zzz" in str(e.value)
+    # without the unknown key the same object serializes
+    core.serialize({k: v for k, v in obj.items() if k != "zzz"})

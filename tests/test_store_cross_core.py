@@ -215,3 +215,86 @@ def test_structural_damage_is_reported_the_same_way(
         messages[name] = str(e.value).split("is damaged: ", 1)[1]
     assert messages["rust"] == messages["pure"]
     assert messages["rust"].startswith("lmdb: ")
+
+
+def _leaf_of_db(data: bytes, psize: int, meta: int, name: bytes) -> int:
+    """A leaf page of the named database ``name`` in the newest tree: its record in the main
+    database's root leaf gives its root; descend through the first child of branch pages."""
+    import struct
+
+    main = _main_root_leaf(data, psize, meta)
+    base = main * psize
+    lower = struct.unpack_from("<H", data, base + 12)[0]
+    for i in range((lower - 16) // 2):
+        off = struct.unpack_from("<H", data, base + 16 + 2 * i)[0]
+        ksize = struct.unpack_from("<H", data, base + off + 6)[0]
+        if data[base + off + 8:base + off + 8 + ksize] == name:
+            page: int = struct.unpack_from("<Q", data, base + off + 8 + ksize + 40)[0]
+            break
+    else:
+        raise AssertionError(f"no database {name!r}")
+    while struct.unpack_from("<H", data, page * psize + 10)[0] == 0x01:  # a branch page
+        off = struct.unpack_from("<H", data, page * psize + 16)[0]
+        lo, hi, flags = struct.unpack_from("<HHH", data, page * psize + off)
+        page = lo | hi << 16 | flags << 32
+    assert struct.unpack_from("<H", data, page * psize + 10)[0] == 0x02
+    return page
+
+
+@pytest.mark.parametrize("table", ["objects", "events"])
+@pytest.mark.parametrize("node", ["first", "last"])
+@pytest.mark.parametrize("damage", ["below_upper", "past_end", "odd", "key_size", "data_size",
+                                    "flags", "big_size"])
+def test_damaged_node_of_a_lama_table_is_reported_the_same_way(
+    tmp_path: Path, rust_core: ModuleType, pure_core: ModuleType, damage: str, node: str,
+    table: str
+) -> None:
+    """A damaged node on a leaf page of a lama table: the pure core first checks such pages a
+    page at a time (``events``: nodes of one size tiling the page) or with one combined test
+    per node (``objects``), and only words the problem in the node-by-node loop, the Rust core
+    node by node; both refuse the store with the same first problem, naming the page and the
+    node."""
+    import struct
+
+    from lama.errors import StoreError
+
+    _fill(rust_core, tmp_path / "store")
+    path = tmp_path / "store" / "data.mdb"
+    data = bytearray(path.read_bytes())
+    psize = struct.unpack_from("<I", data, 40)[0]
+    metas = [struct.unpack_from("<QQ", data, off + 136) for off in (0, psize)]
+    newest = 0 if metas[0][1] >= metas[1][1] else 1
+    leaf = _leaf_of_db(bytes(data), psize, newest, table.encode())
+    base = leaf * psize
+    lower, upper = struct.unpack_from("<HH", data, base + 12)
+    n = (lower - 16) // 2
+    assert n > 8  # (the pure core's page-at-a-time test needs more than 8 nodes)
+    i = 0 if node == "first" else n - 1
+    slot = base + 16 + 2 * i
+    off = struct.unpack_from("<H", data, slot)[0]
+    if damage == "below_upper":
+        struct.pack_into("<H", data, slot, upper - 2)
+    elif damage == "past_end":
+        struct.pack_into("<H", data, slot, psize - 6)
+    elif damage == "odd":  # LMDB writes even offsets; an odd one points into another node
+        struct.pack_into("<H", data, slot, off + 1)
+    elif damage == "key_size":
+        struct.pack_into("<H", data, base + off + 6, 600)
+    elif damage == "data_size":
+        struct.pack_into("<H", data, base + off, psize)
+    elif damage == "flags":
+        struct.pack_into("<H", data, base + off + 4, 0x40)
+    else:  # a data size of 64 KiB and more in the high half
+        struct.pack_into("<H", data, base + off + 2, 1)
+    path.write_bytes(bytes(data))
+    messages = {}
+    for name, core in (("rust", rust_core), ("pure", pure_core)):
+        try:
+            core.Store(str(tmp_path / "store")).close()
+            messages[name] = "opened"
+        except StoreError as e:
+            assert e.code == "LAMA-CORRUPT", (name, e)
+            messages[name] = str(e).split("is damaged: ", 1)[1]
+    assert messages["rust"] == messages["pure"], messages
+    if damage != "odd":  # (an odd offset may land on bytes that pass every check)
+        assert messages["rust"].startswith(f"lmdb: db {table} page {leaf}: node {i}"), messages

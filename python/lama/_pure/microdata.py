@@ -355,6 +355,7 @@ def _serialize_inner(obj: Any, id_only: bool) -> str:
     else:
         rules = rec.rules
         parts = [MICRODATA_START, rec.name, '">']
+    found = 1  # "$type$", which _recipe_of found
     for r in rules:
         p = r.itemprop
         x = obj.get(p)
@@ -362,10 +363,14 @@ def _serialize_inner(obj: Any, id_only: bool) -> str:
             if r.optional:
                 continue
             raise _missing(r)
+        found += 1
         t = r.itemtype
         assert t is not None
         parts.append(r.open + _SER[t.kind](x, t, p) + r.close)
-    if not id_only:
+    # Top-level itemprops are distinct and never "$type$" (recipes.py URC-EITP2, URC-EITP1), so
+    # when the keys found equal the dict's size every key is known: the search for unknown
+    # keys (a list comprehension per object) is only made otherwise.
+    if not id_only and found != len(obj):
         known = rec.rule_by_prop
         unknown = [k for k in obj if k not in known and k not in _IGNORED_KEYS]
         if unknown:

@@ -31,6 +31,7 @@ import functools
 import hashlib
 import json
 import os
+import struct
 import threading
 import time
 import types
@@ -455,7 +456,10 @@ class Store:
         append = out.append
         for obj in objs:
             text = serialize(obj)  # MicrodataError / RecipeError for a bad object
-            data = js_utf8(text)  # lone surrogates as U+FFFD, like Node (objects.md §2.1)
+            try:
+                data = text.encode()  # (js_utf8's common case, without a call per object)
+            except UnicodeEncodeError:
+                data = js_utf8(text)  # lone surrogates as U+FFFD, like Node (objects.md §2.1)
             type_name = obj["$type$"]
             if _versioned(type_name):
                 id_text = id_microdata(obj)
@@ -1296,6 +1300,7 @@ _FEED_KINDS = {ord("O"): "object", ord("I"): "id", ord("C"): "clob", ord("B"): "
 _FEED_KIND_OF_ENTRY = {K_OBJECT: b"O", K_ID: b"I", K_CLOB: b"C", K_BLOB: b"B",
                        K_CLOB_CHUNKED: b"C", K_BLOB_CHUNKED: b"B"}
 _META_EVENTS = b"events"
+_SEQ_KEY = struct.Struct(">Q").pack  # an events key: u64 big-endian sequence number
 
 
 class _Feed:
@@ -1321,8 +1326,10 @@ class _Feed:
             return
         first = _last_seq(txn, self.shared.events) + 1
         cur = txn.cursor(db=self.shared.events)
-        cur.putmulti(zip((n.to_bytes(8, "big") for n in range(first, first + len(pending))),
-                         pending), append=True)
+        # keys packed by map() in C: a generator of int.to_bytes calls cost as much per event
+        # as LMDB's append itself
+        cur.putmulti(zip(map(_SEQ_KEY, range(first, first + len(pending))), pending),
+                     append=True)
         self.last = first + len(pending) - 1
         self.pending = []
 

@@ -129,15 +129,16 @@ impl Store {
         }
         // Feed order is input order, each object before its ID object (docs/store-format.md
         // "events"), whatever order the puts above used; the pure core writes the same order.
-        let dbs = self.dbs();
+        let mut events = Vec::with_capacity(items.len());
         for (i, p) in items.iter().enumerate() {
             if statuses[i] == Status::New {
-                feed.push(&dbs, txn, &p.hash, p.kind)?;
+                events.push((&p.hash, p.kind));
             }
             if let (true, Some((_, id_h))) = (id_new[i], &p.id) {
-                feed.push(&dbs, txn, id_h, K_ID)?;
+                events.push((id_h, K_ID));
             }
         }
+        feed.push_all(&self.dbs(), txn, &events)?;
         Ok(items
             .iter()
             .zip(statuses)
