@@ -508,3 +508,19 @@ def test_both_cores_report_the_same_index_problems(tmp_path: Path, rust_core: Mo
         s.close()
     assert reports[0] == reports[1]
     assert len(reports[0]) >= 5
+
+
+def test_concurrent_add_grants_all_get_in(store: Any) -> None:
+    import threading
+
+    k = put_keys(store, 1)
+    people = [f"{i:064x}" for i in range(1, 17)]
+    threads = [threading.Thread(target=access.grant, args=(store,), kwargs={"object": k, "persons": [p]})
+               for p in people]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(access.grants(store, object=k)[0]) == people
+    assert all(hashes(store.accessible_roots(p)[1]) == [k] for p in people)
+    assert store.verify() == []

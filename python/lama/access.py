@@ -19,6 +19,7 @@ transaction as the grant's version head.
 
 from __future__ import annotations
 
+import threading
 from typing import Iterable, Literal, NamedTuple
 
 from lama._core import Store, core
@@ -39,6 +40,11 @@ __all__ = [
 ]
 
 Mode = Literal["add", "set"]
+
+# "add" and revoke read the current grant and write the next version: one at a time in this
+# process, so two threads adding to the same grant both get in (the head's compare-and-set in
+# write_batch keeps the store consistent in any case; another process could still interleave).
+_RMW_LOCK = threading.RLock()
 
 
 class Root(NamedTuple):
@@ -115,11 +121,12 @@ def grant(
     type_name, prop, h = _target(object, id)
     ps = _hashes(persons, "persons")
     gs = _hashes(groups, "groups")
-    if mode == "add":
-        old_ps, old_gs = grants(store, object=object, id=id)
-        ps = _hashes([*old_ps, *ps], "persons")
-        gs = _hashes([*old_gs, *gs], "groups")
-    return versions.store_versioned(store, {"$type$": type_name, prop: h, "person": ps, "group": gs})
+    with _RMW_LOCK:
+        if mode == "add":
+            old_ps, old_gs = grants(store, object=object, id=id)
+            ps = _hashes([*old_ps, *ps], "persons")
+            gs = _hashes([*old_gs, *gs], "groups")
+        return versions.store_versioned(store, {"$type$": type_name, prop: h, "person": ps, "group": gs})
 
 
 def revoke(
@@ -135,18 +142,19 @@ def revoke(
     grant of that target.  What a peer already fetched stays with it (app-layer.md §4.4)."""
     _target(object, id)
     gid = grant_id(object=object, id=id)
-    if versions.current_hash(store, gid) is None:
-        return None
-    old_ps, old_gs = grants(store, object=object, id=id)
-    if persons is None and groups is None:
-        ps: list[str] = []
-        gs: list[str] = []
-    else:
-        drop_ps = set(_hashes(persons, "persons"))
-        drop_gs = set(_hashes(groups, "groups"))
-        ps = [p for p in old_ps if p not in drop_ps]
-        gs = [g for g in old_gs if g not in drop_gs]
-    return grant(store, object=object, id=id, persons=ps, groups=gs, mode="set")
+    drop_ps = set(_hashes(persons, "persons"))
+    drop_gs = set(_hashes(groups, "groups"))
+    with _RMW_LOCK:
+        if versions.current_hash(store, gid) is None:
+            return None
+        old_ps, old_gs = grants(store, object=object, id=id)
+        if persons is None and groups is None:
+            ps: list[str] = []
+            gs: list[str] = []
+        else:
+            ps = [p for p in old_ps if p not in drop_ps]
+            gs = [g for g in old_gs if g not in drop_gs]
+        return grant(store, object=object, id=id, persons=ps, groups=gs, mode="set")
 
 
 def group_id(name: str) -> str:
