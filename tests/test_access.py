@@ -135,6 +135,10 @@ def test_idaccess_gives_id_and_version_nodes_oldest_first(store: Any) -> None:
     assert delta == [("version_node", p3.node_hash, p1.id_hash, "Person")]
     assert store.accessible_roots(BOB, mark2) == (mark2, [])
     assert hashes(store.accessible_roots(BOB)[1])[1:] == non_merge_nodes_oldest_first(store, p1.id_hash)
+    # exactly the sequence number of the head event of that write (docs/store-format.md)
+    (h_seq,) = [seq for seq, h, kind in store.changes(mark, 100) if kind == "head" and h == p1.id_hash]
+    assert hashes(store.accessible_roots(BOB, h_seq - 1)[1]) == [p3.node_hash]
+    assert store.accessible_roots(BOB, h_seq)[1] == []
     assert store.verify() == []
 
 
