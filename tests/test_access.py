@@ -337,7 +337,7 @@ def test_peer_marks_persist(tmp_path: Path) -> None:
     s.set_peer_mark(f"{BOB}/{CAROL}", 42)
     s.set_peer_mark("other", 7)
     s.set_peer_mark("other", 3)
-    bad_peers: list[Any] = ["", "x" * 401, 5]
+    bad_peers: list[Any] = ["", "x" * 401, 5, "\ud800", None]
     for bad_peer in bad_peers:
         with pytest.raises(StoreError) as e:
             s.peer_mark(bad_peer)
