@@ -30,6 +30,9 @@ const VERSION_NODE_TYPES: [&str; 3] = ["VersionNodeEdge", "VersionNodeChange", "
 /// Objects per store transaction.
 const COMMIT_BATCH: usize = 1000;
 
+/// docs/chum-fastpath.md: the lama extension probe.
+const LAMA_PROBE: u32 = 100;
+
 pub const TIMEOUT: &str = "LAMA-CHUM-TIMEOUT";
 
 /// A request of the importer; `stream` is `Some(clob)` for GET_BLOB.
@@ -133,6 +136,9 @@ enum Stage {
     Start,
     Version(u32),
     VersionSleep(u32),
+    /// The lama extension probe (docs/chum-fastpath.md, service 100) is out; the remote's
+    /// protocol version is kept for the `version` event.
+    Probe(i64),
     Roots,
     Children(Box<Pass>),
     Fetch(Box<Pass>),
@@ -143,6 +149,7 @@ enum Stage {
 
 pub struct Importer {
     store: Store,
+    fast_path: bool,
     keep_running: bool,
     poll_interval: Duration,
     stage: Stage,
@@ -161,8 +168,8 @@ fn req(service: u32, args: Vec<Data>) -> Req {
 }
 
 impl Importer {
-    pub fn new(store: Store, keep_running: bool, poll_interval: Duration) -> Importer {
-        Importer { store, keep_running, poll_interval, stage: Stage::Start, full_sync: false, pending: HashMap::new() }
+    pub fn new(store: Store, keep_running: bool, poll_interval: Duration, fast_path: bool) -> Importer {
+        Importer { store, fast_path, keep_running, poll_interval, stage: Stage::Start, full_sync: false, pending: HashMap::new() }
     }
 
     /// Continue with the answers of the last call (empty after a sleep or at the start).
@@ -197,6 +204,11 @@ impl Importer {
                 };
                 match n {
                     Some(n) if ACCEPTED_VERSIONS.contains(&n) => {
+                        if self.fast_path {
+                            // chum.md §10.3: probed only after the version check succeeded
+                            self.stage = Stage::Probe(n);
+                            return Ok(Step::Call(vec![req(LAMA_PROBE, vec![])]));
+                        }
                         cx.events.push_back(Event::Version { remote: n, mode: "v8".into() });
                         self.roots()
                     }
@@ -205,6 +217,12 @@ impl Importer {
                         Err(fatal("CS-MISMATCH", format!("remote protocol version {shown}, expected 8")))
                     }
                 }
+            }
+            Stage::Probe(n) => {
+                // The fast-path services are not implemented in this core yet: whatever the
+                // answer (UNKNOWN-SERVICE from a ONE peer, a lama probe answer), plain v8 runs.
+                cx.events.push_back(Event::Version { remote: n, mode: "v8".into() });
+                self.roots()
             }
             Stage::PollSleep => self.roots(),
             Stage::Roots => {

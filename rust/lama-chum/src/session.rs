@@ -115,7 +115,7 @@ impl Session {
             self.exporter_done = true;
         }
         if self.config.importer {
-            self.importer = Some(Importer::new(self.store.clone(), self.config.keep_running, self.config.poll_interval));
+            self.importer = Some(Importer::new(self.store.clone(), self.config.keep_running, self.config.poll_interval, self.config.fast_path));
             self.advance(Vec::new(), now);
         } else {
             self.importer_done = true;
@@ -419,6 +419,12 @@ impl Session {
             }
         }
         self.check_done();
+    }
+
+    /// Record an error found outside the session (a binding given a frame of the wrong type):
+    /// a non-fatal `error` event.
+    pub fn record_error(&mut self, code: &str, message: &str) {
+        self.cx.error(code, message, false);
     }
 
     /// The driver saw new store events. v8 has no push (chum.md §8): the remote importer

@@ -11,6 +11,7 @@ use pyo3::prelude::*;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+mod chum;
 mod crypto;
 mod errors;
 mod microdata;
@@ -24,5 +25,6 @@ fn _lama(m: &Bound<'_, PyModule>) -> PyResult<()> {
     store::register(m)?;
     store_api::register(m)?;
     crypto::register(m)?;
+    chum::register(m)?;
     Ok(())
 }
