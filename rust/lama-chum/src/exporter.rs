@@ -33,9 +33,9 @@ pub const BLOB_PAYLOAD: usize = 65_528;
 /// one.models (chum.md §1) even when every character is a surrogate pair, escaped twice.
 pub const CLOB_CHUNK: usize = 4_096;
 
-/// An error answer `{name, message, code}` (chum.md §2.4); `fatal` ends the session (a
-/// request for a hash that was never unlocked is hostile: a reference importer never sends
-/// one, §5.2).
+/// An error answer `{name, message, code}` (chum.md §2.4); `fatal` (a misnomer kept short:
+/// "recorded") marks a refused fetch of a hash never unlocked, which the session also reports
+/// as an `error` event (a reference importer never sends one, §5.2).
 pub struct ServiceError {
     pub code: String,
     pub message: String,
@@ -75,7 +75,11 @@ fn wire_root(kind: &str, h: &str, id_hash: Option<&str>, type_name: &str) -> Val
 fn arg_hash<'a>(args: &'a [Data], code: &str, what: &str) -> Result<&'a str, ServiceError> {
     match args.first() {
         Some(Some(Value::String(s))) if lama_core::hash::is_hash(s) => Ok(s),
-        a => Err(err(code, format!("Not a valid {what}: {}", a.as_ref().and_then(|x| x.as_ref()).map_or("undefined".into(), |v| v.to_string())))),
+        a => {
+            let shown = a.as_ref().and_then(|x| x.as_ref()).map_or("undefined".into(), |v| v.to_string());
+            let shown: String = shown.chars().take(100).collect();
+            Err(err(code, format!("Not a valid {what}: {shown}")))
+        }
     }
 }
 

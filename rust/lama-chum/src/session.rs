@@ -135,8 +135,9 @@ impl Session {
     }
 
     fn receive_text(&mut self, text: String, now: Instant) {
-        self.cx.stats.bytes_received += text.len() as u64;
+        // characters for text frames (docs/chum-session.md §2.1 stats)
         let chars = text.chars().count();
+        self.cx.stats.bytes_received += chars as u64;
         if text.len() > self.config.max_message && chars > self.config.max_message {
             self.fatal("LAMA-CHUM-FRAME", format!("a text message of {chars} characters exceeds the limit of {}", self.config.max_message));
             return;
@@ -317,8 +318,9 @@ impl Session {
                         self.exporter_done = true;
                     }
                     if let Some(e) = err {
+                        // a refused fetch of a hash never unlocked is recorded (docs/chum-session.md §2.1)
                         if e.fatal {
-                            self.fatal(&e.code, format!("{} (requested by {})", e.message, self.config.remote_person));
+                            self.cx.error(&e.code, &e.message, false);
                         }
                     }
                     return;
@@ -335,7 +337,7 @@ impl Session {
 
     fn send(&mut self, m: Message) {
         self.cx.stats.bytes_sent += match &m {
-            Message::Text(t) => t.len(),
+            Message::Text(t) => t.chars().count(),
             Message::Binary(b) => b.len(),
         } as u64;
         self.out.push_back(m);

@@ -275,13 +275,25 @@ fn object_never_unlocked_is_refused_ces_go1() {
     let ans: Value = serde_json::from_str(&ans).unwrap();
     assert_eq!(ans["error"]["code"], "CES-GO1");
     assert_eq!(ans["error"]["message"], format!("CES-GO1: Unauthorized, obj {TOPIC}"));
-    assert!(s.is_finished() && s.close_reason().unwrap().starts_with("CES-GO1"));
-    // nothing was sent: the log is empty
+    // recorded, not fatal (docs/chum-session.md §2.1); nothing was sent
+    assert!(!s.is_finished());
+    let mut codes = Vec::new();
+    while let Some(e) = s.poll_event() {
+        if let lama_chum::Event::Error { code, fatal, .. } = e {
+            assert!(!fatal);
+            codes.push(code);
+        }
+    }
+    assert_eq!(codes, vec!["CES-GO1"]);
+    assert_eq!(s.stats().objects_sent, 0);
+    s.connection_closed("test over", t);
     let mut log = None;
     while let Some(e) = s.poll_event() {
         if let lama_chum::Event::Finished { log: l, .. } = e {
             log = Some(l);
         }
     }
-    assert!(log.unwrap().a_to_b_objects.is_empty());
+    let log = log.unwrap();
+    assert!(log.a_to_b_objects.is_empty());
+    assert_eq!(log.errors, vec![format!("CES-GO1: Unauthorized, obj {TOPIC}")]);
 }
