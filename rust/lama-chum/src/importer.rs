@@ -62,7 +62,7 @@ pub enum Step {
 /// A fatal importer error `(code, message)`: it ends the session.
 pub type Fatal = (String, String);
 
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
 enum Kind {
     Object,
     Id,
@@ -141,7 +141,10 @@ enum Stage {
     Probe(i64),
     Roots,
     Children(Box<Pass>),
+    /// Objects and ID objects are out.
     Fetch(Box<Pass>),
+    /// Then the BLOBs/CLOBs that verified objects reference as such.
+    Streams(Box<Pass>),
     Fin,
     PollSleep,
     Done,
@@ -272,42 +275,83 @@ impl Importer {
             }
             Stage::Fetch(mut pass) => {
                 let fetch = std::mem::take(&mut pass.fetch);
+                for (h, res) in fetch.iter().zip(results) {
+                    self.verify(&mut pass, h, res, cx)?;
+                }
+                let mut wanted: HashSet<(Kind, &str)> = HashSet::new();
+                for h in &fetch {
+                    let it = &pass.items[h];
+                    if it.ok {
+                        for (_, k, r) in &it.refs {
+                            wanted.insert((ref_kind(*k), r.as_str()));
+                        }
+                    }
+                }
+                let mut streams = Vec::new();
+                let mut refused = Vec::new();
+                for h in &pass.order {
+                    let it = &pass.items[h];
+                    if !matches!(it.kind, Kind::Blob | Kind::Clob) || it.stored {
+                        continue;
+                    }
+                    if wanted.contains(&(it.kind, h.as_str())) {
+                        streams.push(h.clone());
+                    } else {
+                        refused.push((h.clone(), it.kind));
+                    }
+                }
+                for (h, k) in refused {
+                    cx.error("LAMA-CHUM-NOTREACHABLE", &format!("{h} was listed as a {} that no received object references as one; not fetched", k.as_str()), false);
+                }
+                let reqs: Vec<Req> = streams
+                    .iter()
+                    .map(|h| {
+                        let a = Some(Value::String(h.clone()));
+                        if pass.items[h].kind == Kind::Blob {
+                            Req { service: GET_BLOB, args: vec![a, None], stream: Some(false) }
+                        } else {
+                            Req { service: GET_BLOB, args: vec![a, Some("utf8".into())], stream: Some(true) }
+                        }
+                    })
+                    .collect();
+                pass.fetch = streams;
+                self.stage = Stage::Streams(pass);
+                Ok(Step::Call(reqs))
+            }
+            Stage::Streams(mut pass) => {
+                let fetch = std::mem::take(&mut pass.fetch);
                 let mut new_blobs = Vec::new();
                 let mut new_clobs = Vec::new();
                 for (h, res) in fetch.into_iter().zip(results) {
                     let kind = pass.items[&h].kind;
-                    if matches!(kind, Kind::Blob | Kind::Clob) {
-                        let clob = kind == Kind::Clob;
-                        match res {
-                            Outcome::Stored(_) => {
-                                let it = pass.items.get_mut(&h).unwrap();
-                                it.ok = true;
-                                it.stored = true;
-                                self.pending.remove(&h);
-                                if clob {
-                                    cx.log.b_to_a_clob.push(h.clone());
-                                    cx.stats.clobs_received += 1;
-                                    new_clobs.push(h);
-                                } else {
-                                    cx.log.b_to_a_blob.push(h.clone());
-                                    cx.stats.blobs_received += 1;
-                                    new_blobs.push(h);
-                                }
-                            }
-                            Outcome::Err { code, message } => {
-                                let reason = if code.is_empty() || message.starts_with(&code) { message } else { format!("{code}: {message}") };
-                                self.pending.insert(h.clone(), reason.clone());
-                                cx.events.push_back(Event::Pending { hash: h, kind: kind.as_str().into(), reason });
-                            }
-                            Outcome::Ok(_) => {
-                                let reason = "CIEC-FBL1: the answer is not a stream".to_string();
-                                self.pending.insert(h.clone(), reason.clone());
-                                cx.events.push_back(Event::Pending { hash: h, kind: kind.as_str().into(), reason });
+                    let clob = kind == Kind::Clob;
+                    match res {
+                        Outcome::Stored(_) => {
+                            let it = pass.items.get_mut(&h).unwrap();
+                            it.ok = true;
+                            it.stored = true;
+                            self.pending.remove(&h);
+                            if clob {
+                                cx.log.b_to_a_clob.push(h.clone());
+                                cx.stats.clobs_received += 1;
+                                new_clobs.push(h);
+                            } else {
+                                cx.log.b_to_a_blob.push(h.clone());
+                                cx.stats.blobs_received += 1;
+                                new_blobs.push(h);
                             }
                         }
-                        continue;
+                        Outcome::Err { code, message } => {
+                            let reason = if code.is_empty() || message.starts_with(&code) { message } else { format!("{code}: {message}") };
+                            self.pending.insert(h.clone(), reason.clone());
+                            cx.events.push_back(Event::Pending { hash: h, kind: kind.as_str().into(), reason });
+                        }
+                        Outcome::Ok(_) => {
+                            let reason = "CIEC-FBL1: the answer is not a stream".to_string();
+                            self.pending.insert(h.clone(), reason.clone());
+                            cx.events.push_back(Event::Pending { hash: h, kind: kind.as_str().into(), reason });
+                        }
                     }
-                    self.verify(&mut pass, &h, res, cx)?;
                 }
                 self.check_version_nodes(&mut pass, cx);
                 check_reachable(&mut pass, cx);
@@ -536,16 +580,15 @@ impl Importer {
                 fetch.push(h.clone());
             }
         }
+        // Objects first, then only the BLOBs/CLOBs that a verified object references as such:
+        // a stream is stored as soon as it ends (before the objects are committed), so a hash
+        // listed as "blob" that is really an object must never be fetched as one.
+        let fetch: Vec<String> = fetch.into_iter().filter(|h| matches!(pass.items[h].kind, Kind::Object | Kind::Id)).collect();
         let reqs: Vec<Req> = fetch
             .iter()
             .map(|h| {
                 let a = Some(Value::String(h.clone()));
-                match pass.items[h].kind {
-                    Kind::Object => req(GET_OBJECT, vec![a]),
-                    Kind::Id => req(GET_ID_OBJECT, vec![a]),
-                    Kind::Blob => Req { service: GET_BLOB, args: vec![a, None], stream: Some(false) },
-                    Kind::Clob => Req { service: GET_BLOB, args: vec![a, Some("utf8".into())], stream: Some(true) },
-                }
+                if pass.items[h].kind == Kind::Id { req(GET_ID_OBJECT, vec![a]) } else { req(GET_OBJECT, vec![a]) }
             })
             .collect();
         pass.fetch = fetch;
@@ -729,10 +772,15 @@ impl Importer {
                     continue;
                 }
                 let mut good = true;
-                for (_, _, r) in &it.refs {
-                    if items.contains_key(r) {
+                for (_, k, r) in &it.refs {
+                    if let Some(target) = items.get(r) {
                         if !state.get(r).copied().unwrap_or(false) {
                             good = false;
+                        } else if target.kind != ref_kind(*k) && !target.stored {
+                            // listed as another kind than it is referenced as: the reference
+                            // would point at the wrong thing
+                            good = false;
+                            cx.error("CI-ACO", &format!("{h} references {r} as {}, but it was listed as {}", k.as_str(), target.kind.as_str()), false);
                         }
                     } else if absent.contains(r) {
                         good = false;
@@ -835,6 +883,15 @@ fn check_reachable(pass: &mut Pass, cx: &mut Cx) {
     for h in bad {
         pass.items.get_mut(&h).unwrap().ok = false;
         cx.error("LAMA-CHUM-NOTREACHABLE", &format!("{h} was listed but is not reachable from the root it was listed for"), false);
+    }
+}
+
+fn ref_kind(k: RefKind) -> Kind {
+    match k {
+        RefKind::Obj => Kind::Object,
+        RefKind::Id => Kind::Id,
+        RefKind::Blob => Kind::Blob,
+        RefKind::Clob => Kind::Clob,
     }
 }
 
