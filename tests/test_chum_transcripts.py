@@ -5,6 +5,7 @@ requests.  Sessions run sans-I/O through tests/chum_pump.py."""
 from __future__ import annotations
 
 import json
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -182,3 +183,138 @@ def test_import_recorded_broken_blob_keeps_only_the_attachment_pending(tmp_path:
     assert "LAMA-CHUM-FRAME" in errors  # the 0-byte binary messages, dropped with a warning
     assert all(not e["fatal"] for e in result.errors)
     assert result.log["BtoABlob"] == []
+
+
+def recorded_exchange(events: list[dict[str, Any]], conn: str, importer: str) -> list[tuple[dict[str, Any], list[Any]]]:
+    """The importer's requests on ``conn`` with the answers it got, in order."""
+    other = "B" if importer == "A" else "A"
+    reqs: list[tuple[dict[str, Any], list[Any]]] = []
+    by_id: dict[int, list[Any]] = {}
+    for e in events:
+        m = e.get("message")
+        if e.get("conn") != conn or e.get("layer") != "encrypted/chum" or not isinstance(m, dict):
+            continue
+        if e["direction"] == f"{importer}→{other}" and m.get("type") == "request":
+            answers: list[Any] = []
+            by_id[m["requestId"]] = answers
+            reqs.append((m, answers))
+        elif e["direction"] == f"{importer}←{other}" and "responseId" in m and m["responseId"] in by_id:
+            by_id[m["responseId"]].append(m)
+    return reqs
+
+
+def exporter_store_from_recording(tmp_path: Path, answers: list[tuple[dict[str, Any], list[Any]]]) -> Any:
+    """A's store as the recording shows it: every object A served, the channel's version head
+    at the newest node, and A's grants (Access for the Topic, IdAccess for the channel, chum.md
+    §9)."""
+    from chum_graph import grant_id, grant_object
+
+    store = new_store(tmp_path, "a")
+    texts = [a[0]["data"] for m, a in answers if m["serviceId"] in (6, 7) and a and a[0]["type"] == "data"]
+    store.put_microdata([(t, None) for t in texts])
+    nodes = [r["node"] for r in json.loads(answers[1][1][0]["data"]) if r["type"] == "version_node"]
+    store.write_batch([], [(CI, None, nodes[-1])])
+    grant_object(store, TOPIC, [PA, PB])
+    grant_id(store, CI, [PA, PB])
+    return store
+
+
+def test_export_answers_recorded_importer_requests(tmp_path: Path) -> None:
+    """lama as A's exporter answers every request B's reference importer sent (chum.md §9)
+    with the answer A's reference exporter gave: the roots list, the children lists in
+    reversed post-order (§5.3), and the microdata, field for field."""
+    events = load_vectors("transcript-pairing-and-chat.json")
+    exchange = recorded_exchange(events, "B#5", "B")
+    assert [m["serviceId"] for m, _ in exchange[:2]] == [1, 2]
+    store = exporter_store_from_recording(tmp_path, exchange)
+    session = core.ChumSession(store, PA, PB, importer=False, keep_running=True)
+    session.start(0.0)
+    compared = 0
+    for m, answer in exchange:
+        if not answer:
+            continue
+        session.receive_text(json.dumps(m), 1.0)
+        out = [json.loads(f) for f in session.poll_transmit()]
+        assert out == answer, m
+        compared += 1
+    assert compared == 17  # B's requests 0-16 of chum.md §9, every one answered identically
+    assert not session.finished
+    session.connection_closed("test over", 2.0)
+    (finished,) = [d for k, d in session.poll_events() if k == "finished"]
+    # chum.md §9: A's exporter logs T, CI1, N1, M, C, Lic, AC, S, L, CI2, N2 and CI
+    assert len(finished["log"]["AtoBObjects"]) == 11
+    assert finished["log"]["AtoBIdObjects"] == [CI]
+
+
+def test_export_blob_framing_as_the_patched_recording(tmp_path: Path) -> None:
+    """chum.md §2.6: lama streams a BLOB as binary frames [f64-LE request id][<= 65,528 bytes]
+    (never fragmented), then the recorded `stream-end`; the patched recording shows a reference
+    importer accepting exactly this framing (its chunks carry the same 8-byte header)."""
+    events = load_vectors("transcript-initial-sync-with-blob.PATCHED-comparison.json")
+    req = next(e["message"] for e in events if e.get("conn") == "A#4" and isinstance(e.get("message"), dict)
+               and e["message"].get("serviceId") == 8 and e["direction"] == "A←B")
+    recorded = [e["message"] for e in events if e.get("conn") == "A#4" and e["direction"] == "A→B"
+                and e["layer"] == "encrypted/chum" and isinstance(e["message"], dict)
+                and (e["message"].get("binary") or e["message"].get("responseId") == req["requestId"])]
+    assert recorded[-1] == {"responseId": req["requestId"], "type": "stream-end"}
+    header = recorded[0]["first_64_bytes_hex"][:16]
+    from chum_graph import deterministic_bytes, grant_object
+
+    store = new_store(tmp_path, "a")
+    data = deterministic_bytes(150_000)
+    blob, _ = store.put_blob(data)
+    desc = {"$type$": "BlobDescriptor", "data": blob, "lastModified": 1767225600000, "name": "vector-blob.bin",
+            "size": len(data), "type": "application/octet-stream"}
+    (d,) = [h for h, _s, _i in store.put_objects([desc])]
+    grant_object(store, d, [PB])
+    session = core.ChumSession(store, PA, PB, importer=False)
+    session.start(0.0)
+    session.receive_text('{"requestId":0,"type":"request","serviceId":2,"args":[]}', 0.0)
+    session.receive_text(json.dumps({"requestId": 1, "type": "request", "serviceId": 4, "args": [d]}), 0.0)
+    session.poll_transmit()
+    session.receive_text(json.dumps({**req, "args": [blob, "$__undefined$"]}), 0.0)
+    frames = session.poll_transmit()
+    binary = [f for f in frames if isinstance(f, bytes)]
+    assert [len(f) for f in binary] == [65_536, 65_536, 150_000 - 2 * 65_528 + 8]
+    assert all(f[:8].hex() == header for f in binary)  # the request id as f64 LE, as recorded
+    assert b"".join(f[8:] for f in binary) == data
+    assert json.loads(frames[-1]) == recorded[-1]
+    assert frames[-1] == '{"responseId":%d,"type":"stream-end"}' % req["requestId"]
+
+
+def test_import_accepts_reference_sized_chunks(tmp_path: Path) -> None:
+    """The reference (Node) sends 65,536-byte payloads (65,544-byte messages, as in the patched
+    recording), the browser build one chunk: lama's importer accepts any chunk size and checks
+    the hash before the BLOB becomes visible."""
+    from chum_graph import deterministic_bytes
+
+    store = new_store(tmp_path, "b")
+    data = deterministic_bytes(150_000)
+    h = core.sha256_hex(data)
+    session = core.ChumSession(store, PB, PA, exporter=False)
+    session.start(0.0)
+    # version, roots with one BlobDescriptor
+    session.poll_transmit()
+    session.receive_text('{"responseId":0,"type":"data","data":8}', 0.0)
+    desc = {"$type$": "BlobDescriptor", "data": h, "lastModified": 1, "name": "x", "size": len(data), "type": "t"}
+    d = core.object_hash(desc)
+    session.receive_text(json.dumps({"responseId": 1, "type": "data", "data": json.dumps(
+        [{"type": "unversioned", "hash": d, "oneType": "BlobDescriptor"}])}), 0.0)
+    session.receive_text(json.dumps({"responseId": 2, "type": "data", "data": json.dumps(
+        [{"type": "blob", "hash": h}])}), 0.0)
+    reqs = [json.loads(f) for f in session.poll_transmit()]
+    blob_req = next(r for r in reqs if r["serviceId"] == 8)
+    obj_req = next(r for r in reqs if r["serviceId"] == 6)
+    assert blob_req["args"] == [h, "$__undefined$"]
+    rid = blob_req["requestId"]
+    for off in range(0, len(data), 65_536):
+        session.receive_binary(struct.pack("<d", rid) + data[off:off + 65_536], 0.0)
+        assert not store.has(h)  # nothing visible before the end and the hash check
+    session.receive_text(json.dumps({"responseId": rid, "type": "stream-end"}), 0.0)
+    session.receive_text(json.dumps({"responseId": obj_req["requestId"], "type": "data",
+                                     "data": core.serialize(desc)}), 0.0)
+    assert store.read_blob(h) == data and store.has(d)
+    (fin,) = [json.loads(f) for f in session.poll_transmit()]
+    assert fin["serviceId"] == 10 and fin["args"] == []
+    session.receive_text('{"responseId":%d,"type":"data","data":"$__undefined$"}' % fin["requestId"], 0.0)
+    assert session.finished and session.close_reason == "chum finished"
