@@ -166,9 +166,9 @@ class Importer:
         group_missing: dict[str, list[str]] = {}
         for id_hash, nodes in groups.items():
             ms = []
-            for n in nodes:
-                if n["node"] in missing and n["node"] not in ms:
-                    ms.append(n["node"])
+            for root in nodes:
+                if root["node"] in missing and root["node"] not in ms:
+                    ms.append(root["node"])
             if ms:
                 group_missing[id_hash] = ms
 
@@ -274,10 +274,10 @@ class Importer:
         for id_hash, ms in group_missing.items():
             best: tuple[float, str] | None = None
             for n in ms:
-                it = items.get(n)
-                if it is None or not it.stored or it.text is None:
+                node = items.get(n)
+                if node is None or not node.stored or node.text is None:
                     continue
-                depth = _node_depth(it.text)
+                depth = _node_depth(node.text)
                 if best is None or depth > best[0]:
                     best = (depth, n)
             if best is not None and best[1] in stored:

@@ -53,6 +53,39 @@ def _check_number(name: str, v: Any, minimum: float, integer: bool = False) -> A
 class ChumSession:
     """See docs/chum-session.md §2 for the contract (constructor, methods, events, codes)."""
 
+    _store: Any
+    _local: str
+    _remote: str
+    _keep_running: bool
+    _poll_interval: float
+    _fast_path: bool
+    _request_timeout: float
+    _max_retries: int
+    _window: int
+    _max_message: int
+    _out: list[str | bytes]
+    _events: list[tuple[str, dict[str, Any]]]
+    _log: dict[str, list[str]]
+    _errors: list[str]
+    _stats: dict[str, int]
+    _next_id: int
+    _pending: dict[int, _Pending]
+    _queue: deque[_Pending]
+    _call_results: list[Outcome | None]
+    _call_left: int
+    _sleep_until: float | None
+    _now: float
+    _started: bool
+    _finished: bool
+    _close_reason: str | None
+    _exporter: Exporter | None
+    _exporter_on: bool
+    _importer_on: bool
+    _exporter_done: bool
+    _importer_done: bool
+    _imp: Importer | None
+    _task: Generator[Call | Sleep, Any, None] | None
+
     def __new__(cls, store: Any, local_person: str, remote_person: str, *,
                 keep_running: bool = False, poll_interval: float = 5.0, fast_path: bool = True,
                 exporter: bool = True, importer: bool = True, request_timeout: float = 30.0,
@@ -72,28 +105,28 @@ class ChumSession:
         self._max_retries = _check_number("max_retries", max_retries, 0, integer=True)
         self._window = _check_number("window", window, 1, integer=True)
         self._max_message = _check_number("max_message", max_message, 1024, integer=True)
-        self._out: list[str | bytes] = []
-        self._events: list[tuple[str, dict[str, Any]]] = []
-        self._log: dict[str, list[str]] = {k: [] for k in LOG_FIELDS}
-        self._errors: list[str] = []
-        self._stats: dict[str, int] = {k: 0 for k in STAT_FIELDS}
+        self._out = []
+        self._events = []
+        self._log = {k: [] for k in LOG_FIELDS}
+        self._errors = []
+        self._stats = {k: 0 for k in STAT_FIELDS}
         self._next_id = 0
-        self._pending: dict[int, _Pending] = {}
-        self._queue: deque[_Pending] = deque()
-        self._call_results: list[Outcome | None] = []
+        self._pending = {}
+        self._queue = deque()
+        self._call_results = []
         self._call_left = 0
-        self._sleep_until: float | None = None
+        self._sleep_until = None
         self._now = 0.0
         self._started = False
         self._finished = False
-        self._close_reason: str | None = None
-        self._exporter: Exporter | None = None
+        self._close_reason = None
+        self._exporter = None
         self._exporter_on = bool(exporter)
         self._importer_on = bool(importer)
         self._exporter_done = not exporter
         self._importer_done = not importer
-        self._imp: Importer | None = None
-        self._task: Generator[Call | Sleep, Any, None] | None = None
+        self._imp = None
+        self._task = None
         return self
 
     # -- driver API ------------------------------------------------------------------------
@@ -337,8 +370,9 @@ class ChumSession:
             err = m.get("error")
             if not isinstance(err, dict):
                 err = {"message": str(err)}
-            code = err.get("code") if isinstance(err.get("code"), str) else "WSRQ-JRMH1"
-            message = err.get("message") if isinstance(err.get("message"), str) else repr(err)[:300]
+            c, t2 = err.get("code"), err.get("message")
+            code = c if isinstance(c, str) else "WSRQ-JRMH1"
+            message = t2 if isinstance(t2, str) else repr(err)[:300]
             self._fail(p, code, message)
         elif t == "stream":
             if p.req.stream is None:
