@@ -146,3 +146,58 @@ def test_object_not_granted_is_never_sent(tmp_path: Path) -> None:
     assert all(m.get("data") != secret_md for m in out)
     events = session.poll_events()
     assert [e[1]["code"] for e in events if e[0] == "error"] == ["CES-GO1", "CES-GO1"]
+
+
+def test_keep_running_polls_and_a_new_grant_arrives_in_the_same_session(tmp_path: Path) -> None:
+    """chum.md §6.1 keepRunning: no FIN, a roots poll every poll_interval; something granted
+    during the session reaches the peer at the next poll."""
+    a, b, pa, pb = open_pair(tmp_path)
+    chat = Chat(a, pa, pb)
+    chat.share([pa, pb])
+    chat.post("first")
+    opts = {"keep_running": True, "poll_interval": 5.0}
+    sa = core.ChumSession(a, pa, pb, **opts)
+    sb = core.ChumSession(b, pb, pa, **opts)
+    rb = SyncResult()
+    pump = Pump(sa, sb, on_event=lambda side, k, d: handle_event(b, k, d, rb) if side == 1 else None)
+    sa.start(pump.now)
+    sb.start(pump.now)
+    pump.run(max_time=1.0)
+    assert rb.full_sync and b.has(chat.topic)
+    assert not sa.finished and not sb.finished
+    assert sb.poll_timeout() == pytest.approx(pump.now + 5.0, abs=1.0)
+    (note,) = [h for h, _s, _i in a.put_objects([{"$type$": "ChatMessage", "text": "later", "sender": pa}])]
+    grant_object(a, note, [pb])
+    pump.run(max_time=6.0)
+    assert b.has(note)
+    fin = [m for m in pump.sent[1] if isinstance(m, str) and '"serviceId":10' in m]
+    assert fin == []  # keep-running sessions never send FIN (chum.md §4.7)
+    sa.connection_closed("bye", pump.now)
+    pump.step()
+    assert sa.finished and sb.finished and sb.close_reason == "bye"
+    assert rb.reason == "bye" and rb.log["BtoAObjects"]
+
+
+def test_chum_log_object_is_shared_by_both_sides(tmp_path: Path) -> None:
+    """chum.md §7: instances sorted, persons in that order, so both sides write versions of
+    one ID; "A" is always the writer."""
+    a, b, pa, pb = open_pair(tmp_path)
+    chat = Chat(a, pa, pb)
+    chat.share([pa, pb])
+    chat.post("hi")
+    ra, rb, _ = sync_pair(a, b, pa, pb)
+    ha = write_chum_log(a, ra.log, local_person=pa, remote_person=pb, local_instance="zeta",
+                        remote_instance="alpha")
+    hb = write_chum_log(b, rb.log, local_person=pb, remote_person=pa, local_instance="alpha",
+                        remote_instance="zeta")
+    assert ha and hb
+    oa, ob = a.get_object(ha), b.get_object(hb)
+    assert oa["instance"] == ob["instance"] == ["alpha", "zeta"]
+    assert oa["person"] == ob["person"] == [pb, pa]
+    assert core.id_hash(oa) == core.id_hash(ob)
+    assert sorted(oa["AtoBObjects"]) == sorted(ob["BtoAObjects"]) and oa["BtoAObjects"] == []
+    assert oa["highestRemoteTimestamp"] == 0 and oa["BtoAExists"] == 0
+    assert oa["statistics"]["requestsReceivedTotal"] == ob["statistics"]["requestsSentTotal"]
+    # a failed session that moved nothing writes no log (chum.md §3.2 item 5)
+    assert write_chum_log(a, {"errors": ["CS-MISMATCH: x"]}, local_person=pa, remote_person=pb,
+                          local_instance="zeta", remote_instance="alpha") is None

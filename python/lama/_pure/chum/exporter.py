@@ -3,6 +3,7 @@ and 10 for one remote person, authorised by the session's accessible set (§5.2)
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any, Callable
 
@@ -119,7 +120,8 @@ class Exporter:
     def _arg_hash(self, args: list[Any], code: str, what: str) -> str:
         h = args[0] if args else None
         if not isinstance(h, str) or not _HASH.match(h):
-            raise ServiceError(code, f"Not a valid {what}: {h!r}")
+            # the value as JSON, cut to 100 characters (language-neutral: both cores agree)
+            raise ServiceError(code, f"Not a valid {what}: {json.dumps(h, ensure_ascii=False, separators=(',', ':'))[:100]}")
         return h
 
     def children_list(self, h: str) -> list[dict[str, str]]:
