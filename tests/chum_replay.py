@@ -77,6 +77,12 @@ class RecordedExporter:
         key = (m["serviceId"], json.dumps(m["args"]))
         rid = m["requestId"]
         recorded = self.answers.get(key)
+        if m["serviceId"] not in (1, 2, 3, 4, 5, 6, 7, 8, 10):
+            # chum.md §2.4: what the reference answers for a service it did not register
+            self._out.append(json.dumps({"responseId": rid, "type": "error", "error": {
+                "name": "TypeError", "message": f"Not a function: Servcie ID {m['serviceId']} [number]",
+                "code": "UNKNOWN-SERVICE"}}, separators=(",", ":")))
+            return
         if recorded is None:
             if m["serviceId"] == 10:
                 # chum.md §4.7: FIN answers undefined (the recordings keep running, no FIN)

@@ -62,6 +62,7 @@ def setup(tmp_path: Path) -> tuple[Any, Any, str, str, Chat]:
 
 def run(a: Any, b: Any, pa: str, pb: str, hostile: Hostile | None, **b_options: Any) -> tuple[Any, SyncResult, Pump]:
     sa = core.ChumSession(a, pa, pb, importer=False)
+    b_options.setdefault("fast_path", False)  # the rewrites below speak v8 services
     sb = core.ChumSession(b, pb, pa, exporter=False, **b_options)
     rb = SyncResult()
     pump = Pump(sa, sb, on_event=lambda side, k, d: handle_event(b, k, d, rb) if side == 1 else None)

@@ -63,8 +63,13 @@ def moved(r: SyncResult) -> int:
     return sum(len(r.log[k]) for k in ("BtoAObjects", "BtoAIdObjects", "BtoABlob", "BtoAClob"))
 
 
-def test_chat_graph_both_ways_then_nothing(tmp_path: Path) -> None:
+@pytest.mark.parametrize("fast", [False, True])
+def test_chat_graph_both_ways_then_nothing(tmp_path: Path, fast: bool) -> None:
+    """The issue's graph: a versioned channel with a history, unversioned signed entries, a
+    5 MiB BLOB and a CLOB, then concurrent versions of a document edited on both sides; v8 and
+    the fast path; both stores verify clean and a further sync moves nothing."""
     a, b, pa, pb = open_pair(tmp_path)
+    opts = {"fast_path": fast}
     chat_a = Chat(a, pa, pb)
     chat_a.share([pa, pb])
     chat_a.post("hello from a")
@@ -73,7 +78,17 @@ def test_chat_graph_both_ways_then_nothing(tmp_path: Path) -> None:
     chat_a.post("a note", attachments=[chat_a.attach_clob("ünïcode CLOB text " * 1000)])
     chat_a.post("last from a")
 
-    ra, rb, pump = sync_pair(a, b, pa, pb)
+    ra, rb, pump = sync_pair(a, b, pa, pb, options_a=opts, options_b=opts)
+    mode = "fast" if fast else "v8"
+    assert ("version", {"remote": 8, "mode": mode}) in pump.events[0]
+    assert ("version", {"remote": 8, "mode": mode}) in pump.events[1]
+    requests = [json.loads(f) for f in pump.sent[1] if isinstance(f, str) and '"type":"request"' in f]
+    if fast:
+        # objects come in batches of up to 256 instead of one request each
+        assert not [m for m in requests if m["serviceId"] == 6]
+        assert 1 <= len([m for m in requests if m["serviceId"] == 101]) <= 2
+    else:
+        assert len([m for m in requests if m["serviceId"] == 6]) == len(rb.log["BtoAObjects"])
     for r in (ra, rb):
         assert r.reason == "chum finished", r
         assert [e for e in r.errors if e["fatal"]] == []
@@ -93,7 +108,7 @@ def test_chat_graph_both_ways_then_nothing(tmp_path: Path) -> None:
     doc = {"$type$": "LamaChumTestDoc", "name": "plan", "title": "v1", "tags": {"x"}}
     d1 = versions.store_versioned(a, doc, timestamp_ms=1)
     grant_id(a, d1.id_hash, [pa, pb])
-    ra, rb, _ = sync_pair(a, b, pa, pb)
+    ra, rb, _ = sync_pair(a, b, pa, pb, options_a=opts, options_b=opts)
     assert [e for e in ra.errors + rb.errors if e["fatal"]] == []
     assert versions.current(b, d1.id_hash)["title"] == "v1"
     grant_id(b, d1.id_hash, [pa, pb])
@@ -101,11 +116,11 @@ def test_chat_graph_both_ways_then_nothing(tmp_path: Path) -> None:
     versions.store_versioned(b, {**doc, "tags": {"x", "b"}}, timestamp_ms=20)
     # (no second round of channel posts: merging a remote ChannelInfo into a local head needs
     # one.models' LinkedListCrdtAlgorithm, which comes with the chat layer)
-    ra, rb, _ = sync_pair(a, b, pa, pb)
+    ra, rb, _ = sync_pair(a, b, pa, pb, options_a=opts, options_b=opts)
     assert [e for e in ra.errors + rb.errors if e["fatal"]] == []
     # converge: version nodes are local (objects.md §9.17), the merges settle in a few rounds
     for _ in range(3):
-        ra, rb, _ = sync_pair(a, b, pa, pb)
+        ra, rb, _ = sync_pair(a, b, pa, pb, options_a=opts, options_b=opts)
         if moved(ra) == 0 and moved(rb) == 0:
             break
     assert moved(ra) == 0 and moved(rb) == 0
@@ -148,14 +163,16 @@ def test_object_not_granted_is_never_sent(tmp_path: Path) -> None:
     assert [e[1]["code"] for e in events if e[0] == "error"] == ["CES-GO1", "CES-GO1"]
 
 
-def test_keep_running_polls_and_a_new_grant_arrives_in_the_same_session(tmp_path: Path) -> None:
+@pytest.mark.parametrize("fast", [False, True])
+def test_keep_running_a_new_grant_arrives_in_the_same_session(tmp_path: Path, fast: bool) -> None:
     """chum.md §6.1 keepRunning: no FIN, a roots poll every poll_interval; something granted
-    during the session reaches the peer at the next poll."""
+    during the session reaches the peer at the next poll (v8), or at once when the exporter's
+    driver reports the write and the peer subscribed (fast path: NOTIFY, no polling)."""
     a, b, pa, pb = open_pair(tmp_path)
     chat = Chat(a, pa, pb)
     chat.share([pa, pb])
     chat.post("first")
-    opts = {"keep_running": True, "poll_interval": 5.0}
+    opts = {"keep_running": True, "poll_interval": 5.0, "fast_path": fast}
     sa = core.ChumSession(a, pa, pb, **opts)
     sb = core.ChumSession(b, pb, pa, **opts)
     rb = SyncResult()
@@ -165,12 +182,18 @@ def test_keep_running_polls_and_a_new_grant_arrives_in_the_same_session(tmp_path
     pump.run(max_time=1.0)
     assert rb.full_sync and b.has(chat.topic)
     assert not sa.finished and not sb.finished
-    assert sb.poll_timeout() == pytest.approx(pump.now + 5.0, abs=1.0)
+    assert sb.poll_timeout() == pytest.approx(pump.now + (50.0 if fast else 5.0), abs=1.0)
     (note,) = [h for h, _s, _i in a.put_objects([{"$type$": "ChatMessage", "text": "later", "sender": pa}])]
     grant_object(a, note, [pb])
-    pump.run(max_time=6.0)
+    if fast:
+        t0 = pump.now
+        sa.store_changed(pump.now)  # what the driver does on the store's event feed
+        pump.run(max_time=0.5)
+        assert b.has(note) and pump.now - t0 < 0.5
+    else:
+        pump.run(max_time=6.0)
     assert b.has(note)
-    fin = [m for m in pump.sent[1] if isinstance(m, str) and '"serviceId":10' in m]
+    fin = [m for m in pump.sent[1] if isinstance(m, str) and '"serviceId":10,' in m]
     assert fin == []  # keep-running sessions never send FIN (chum.md §4.7)
     sa.connection_closed("bye", pump.now)
     pump.step()

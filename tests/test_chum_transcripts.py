@@ -76,6 +76,10 @@ def test_import_from_recorded_exporter_pairing_and_chat(tmp_path: Path) -> None:
     session, peer, result, _pump = run_importer(store, answers)
     assert session.finished and session.close_reason == "chum finished"
     assert peer.unrecorded == []  # every request lama sent has a recorded twin
+    # the lama extension probe (docs/chum-fastpath.md) got UNKNOWN-SERVICE: plain v8
+    probes = [m for m in peer.requests if m["serviceId"] == 100]
+    assert len(probes) == 1 and probes[0]["requestId"] == 1
+    assert ("version", {"remote": 8, "mode": "v8"}) in _pump.events[0]
     fatal = [e for e in result.errors if e["fatal"]]
     assert fatal == [] and result.errors == []
     assert result.full_sync
@@ -83,6 +87,7 @@ def test_import_from_recorded_exporter_pairing_and_chat(tmp_path: Path) -> None:
     for m in peer.requests:
         assert list(m) == ["requestId", "type", "serviceId", "args"]
     assert [m["requestId"] for m in peer.requests] == list(range(len(peer.requests)))
+    peer.requests = [m for m in peer.requests if m["serviceId"] != 100]
     # everything the reference B fetched, lama fetched and stored too
     fetched = {m["args"][0] for m in peer.requests if m["serviceId"] in (6, 7)}
     recorded = {json.loads(k[1])[0] for k in answers if k[0] in (6, 7)}
@@ -96,7 +101,7 @@ def test_import_from_recorded_exporter_pairing_and_chat(tmp_path: Path) -> None:
     assert sorted(log["BtoAObjects"]) == sorted(h for h in fetched if store.kind(h) == "object")
     assert log["BtoAIdObjects"] == [CI]
     assert log["AtoBObjects"] == []
-    assert log["statistics"]["requestsSentTotal"] == len(peer.requests)
+    assert log["statistics"]["requestsSentTotal"] == len(peer.requests) + 1
 
 
 def test_import_is_pipelined_and_version_nodes_need_one_children_call(tmp_path: Path) -> None:
@@ -105,7 +110,7 @@ def test_import_is_pipelined_and_version_nodes_need_one_children_call(tmp_path: 
     events = load_vectors("transcript-pairing-and-chat.json")
     answers = recorded_answers([e for e in events if e.get("conn") == "B#5"], "B")
     store = new_store(tmp_path, "b")
-    _s, peer, _r, pump = run_importer(store, answers)
+    _s, peer, _r, pump = run_importer(store, answers, fast_path=False)
     children = [m for m in peer.requests if m["serviceId"] == 4]
     roots = json.loads(answers[(2, "[]")][0][0]["data"])
     nodes = [r["node"] for r in roots if r["type"] == "version_node"]
@@ -125,7 +130,7 @@ def test_import_retries_version_check_on_unknown_service(tmp_path: Path) -> None
     assert answers[(1, "[]")][0][0]["error"]["code"] == "UNKNOWN-SERVICE"
     store = core.Store(str(tmp_path / "a"))
     store.put_microdata([(person_id("alice@peer-a.example"), PA), (person_id("bob@peer-b.example"), PB)])
-    session = core.ChumSession(store, PA, PB, exporter=False)
+    session = core.ChumSession(store, PA, PB, exporter=False, fast_path=False)
     peer = RecordedExporter(answers)
     pump = Pump(session, peer)
     t0 = pump.now
@@ -149,7 +154,8 @@ def test_import_recorded_broken_blob_keeps_only_the_attachment_pending(tmp_path:
     store = new_store(tmp_path, "b")
     b_events = [e for e in events if e.get("conn", "").startswith("B#") and e.get("conn") != "B#2"]
     answers = recorded_answers(b_events, "B")
-    session, peer, result, pump = run_importer(store, answers, request_timeout=5.0, max_retries=2)
+    session, peer, result, pump = run_importer(store, answers, request_timeout=5.0, max_retries=2,
+                                               fast_path=False)
     assert session.finished and session.close_reason == "chum finished"
     assert list(result.pending) == [BLOB]
     assert not store.has(BLOB)
@@ -291,7 +297,7 @@ def test_import_accepts_reference_sized_chunks(tmp_path: Path) -> None:
     store = new_store(tmp_path, "b")
     data = deterministic_bytes(150_000)
     h = core.sha256_hex(data)
-    session = core.ChumSession(store, PB, PA, exporter=False)
+    session = core.ChumSession(store, PB, PA, exporter=False, fast_path=False)
     session.start(0.0)
     # version, roots with one BlobDescriptor
     session.poll_transmit()

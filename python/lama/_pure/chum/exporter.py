@@ -23,7 +23,16 @@ GET_ID_OBJECT = 7
 GET_BLOB = 8
 FIN = 10
 
-EXPORTER_SERVICES = frozenset({1, 2, 4, 5, 6, 7, 8, 10})
+# lama extensions (docs/chum-fastpath.md), probed by a lama importer after the version check
+LAMA_PROBE = 100
+GET_OBJECTS_BATCH = 101
+GET_ROOTS_SINCE = 102
+SUBSCRIBE = 103
+NOTIFY = 104  # served by the importer
+BATCH_MAX = 256
+FASTPATH_VERSION = 1
+
+EXPORTER_SERVICES = frozenset({1, 2, 4, 5, 6, 7, 8, 10, 100, 101, 102, 103})
 
 BLOB_PAYLOAD = 65_528
 """chum.md §2.6/§10.2: 8-byte id + payload ≤ 65,536, so the fragmentation layer never splits a
@@ -73,6 +82,8 @@ class Exporter:
         self.on_error = on_error
         self.done = False  # FIN received (§4.7)
         self.roots_mark = 0  # write sequence of the last roots answer (fast path bookkeeping)
+        self.subscribed = False  # the peer asked for NOTIFY pushes (SUBSCRIBE)
+        self.notify_mark = 0  # roots up to this write sequence are known to the peer
 
     # -- dispatch ------------------------------------------------------------------------
 
@@ -95,6 +106,16 @@ class Exporter:
             if service == FIN:
                 self.done = True
                 return [rpc.data_response(rid, rpc.UNDEF)]
+            if service == LAMA_PROBE:
+                return [rpc.data_response(rid, self._probe())]
+            if service == GET_OBJECTS_BATCH:
+                return [rpc.data_response(rid, self._batch(args))]
+            if service == GET_ROOTS_SINCE and self.roots_since_supported():
+                return [rpc.data_response(rid, self._roots_since(args))]
+            if service == SUBSCRIBE:
+                self.subscribed = True
+                self.notify_mark = max(self.notify_mark, self.roots_mark)
+                return [rpc.data_response(rid, rpc.UNDEF)]
         except ServiceError as e:
             return [rpc.error_response(rid, e.name, e.text, e.code)]
         except LamaError as e:
@@ -105,9 +126,13 @@ class Exporter:
 
     # -- services ------------------------------------------------------------------------
 
-    def _roots(self) -> str:
-        mark, roots = self.store.accessible_roots(self.remote_person)
-        self.roots_mark = mark
+    def _roots(self, since: int = 0) -> str:
+        return rpc.list_json(self._unlock_roots(since))
+
+    def _unlock_roots(self, since: int) -> list[dict[str, Any]]:
+        mark, roots = (self.store.accessible_roots(self.remote_person, since) if since
+                       else self.store.accessible_roots(self.remote_person))
+        self.roots_mark = max(self.roots_mark, mark)
         out = []
         for kind, h, id_hash, type_name in roots:
             out.append(_wire_root(kind, h, id_hash, type_name))
@@ -115,7 +140,63 @@ class Exporter:
             self.accessible.add(h)
             if kind == "versioned" and id_hash:
                 self.accessible.add(id_hash)
-        return rpc.list_json(out)
+        return out
+
+    # -- lama extensions (docs/chum-fastpath.md) ------------------------------------------------
+
+    def roots_since_supported(self) -> bool:
+        return hasattr(self.store, "peer_mark")
+
+    def epoch(self) -> str:
+        """Names this store's write-sequence space, so a peer keeps one high-water mark per
+        exporter store: the hash of the store's first change-feed event."""
+        first = self.store.changes(0, 1)
+        return first[0][1] if first else ""
+
+    def _probe(self) -> dict[str, Any]:
+        features = ["batch", "push"] + (["roots-since"] if self.roots_since_supported() else [])
+        return {"lama": FASTPATH_VERSION, "features": features, "epoch": self.epoch()}
+
+    def _batch(self, args: list[Any]) -> str:
+        hashes = args[0] if args else None
+        if not isinstance(hashes, list) or len(hashes) > BATCH_MAX:
+            raise ServiceError("LAMA-CHUM-BATCH", f"expected a list of at most {BATCH_MAX} hashes")
+        out: list[str | None] = []
+        for h in hashes:
+            if not isinstance(h, str) or not _HASH.match(h) or h not in self.accessible:
+                if isinstance(h, str) and _HASH.match(h):
+                    self.on_error("CES-GO1", f"refused {h}: not accessible to {self.remote_person}")
+                out.append(None)
+                continue
+            kind = self.store.kind(h)
+            if kind == "object":
+                self.log["AtoBObjects"].append(h)
+                self.stats["objects_sent"] += 1
+            elif kind == "id":
+                self.log["AtoBIdObjects"].append(h)
+                self.stats["id_objects_sent"] += 1
+            else:
+                out.append(None)
+                continue
+            out.append(self.store.get(h))
+        return json.dumps(out, ensure_ascii=False, separators=(",", ":"))
+
+    def _roots_since(self, args: list[Any]) -> str:
+        since = args[0] if args else 0
+        if isinstance(since, bool) or not isinstance(since, int) or since < 0:
+            raise ServiceError("LAMA-CHUM-BATCH", f"expected a write sequence, got {since!r}")
+        roots = self._unlock_roots(since)
+        return json.dumps({"mark": self.roots_mark, "roots": roots}, ensure_ascii=False,
+                          separators=(",", ":"))
+
+    def changed_roots(self) -> bool:
+        """After a local write: whether roots became accessible to the peer since the last
+        notification (only when it subscribed)."""
+        if not self.subscribed or self.done:
+            return False
+        mark, roots = self.store.accessible_roots(self.remote_person, self.notify_mark)
+        self.notify_mark = max(self.notify_mark, mark)
+        return bool(roots)
 
     def _arg_hash(self, args: list[Any], code: str, what: str) -> str:
         h = args[0] if args else None

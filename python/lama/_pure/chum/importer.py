@@ -12,8 +12,10 @@ from typing import Any, Callable, Generator
 from ...errors import LamaError
 from ..microdata import id_microdata_of, parse, references, sha256_hex, type_of
 from . import rpc
-from .exporter import (FIN, GET_ACCESSIBLE_ROOTS, GET_BLOB, GET_ID_OBJECT, GET_ID_OBJECT_CHILDREN,
-                       GET_OBJECT, GET_OBJECT_CHILDREN, GET_PROTOCOL_VERSION)
+from .exporter import (BATCH_MAX, FASTPATH_VERSION, FIN, GET_ACCESSIBLE_ROOTS, GET_BLOB,
+                       GET_ID_OBJECT, GET_ID_OBJECT_CHILDREN, GET_OBJECT, GET_OBJECT_CHILDREN,
+                       GET_OBJECTS_BATCH, GET_PROTOCOL_VERSION, GET_ROOTS_SINCE, LAMA_PROBE,
+                       SUBSCRIBE)
 
 _HASH = re.compile(r"^[0-9a-f]{64}$")
 
@@ -82,17 +84,30 @@ class Importer:
     def __init__(self, store: Any, keep_running: bool, poll_interval: float,
                  emit: Callable[[str, dict[str, Any]], None],
                  error: Callable[[str, str, bool], None],
-                 log: dict[str, list[str]], stats: dict[str, int]):
+                 log: dict[str, list[str]], stats: dict[str, int],
+                 fast_path: bool = False, remote_person: str = ""):
         self.store = store
+        self.fast_path = fast_path
+        self.remote_person = remote_person
+        self.mode = "v8"
+        self.features: set[str] = set()
+        self.peer_key: str | None = None  # store.peer_mark key of the remote exporter
+        self.since = 0  # its write sequence up to which every root was imported
+        self.subscribed = False
         self.keep_running = keep_running
         self.poll_interval = poll_interval
         self.emit = emit
         self.error = error
+        self.pass_errors = 0
         self.log = log
         self.stats = stats
         self.full_sync = False
         self.pending: dict[str, str] = {}  # BLOB/CLOB hash -> reason (chum.md §2.6)
         self.remote_version: int | None = None
+
+    def _err(self, code: str, message: str, fatal: bool) -> None:
+        self.pass_errors += 1
+        self.error(code, message, fatal)
 
     # -- main loop (chum.md §6.1) -------------------------------------------------------------
 
@@ -108,7 +123,12 @@ class Importer:
                 if not fin.ok and fin.code == "LAMA-CHUM-TIMEOUT":
                     raise Fatal(fin.code, fin.message)
                 return
-            yield Sleep(self.poll_interval)
+            if "push" in self.features and not self.subscribed:
+                # docs/chum-fastpath.md: the exporter calls our NOTIFY when roots appear
+                (sub,) = yield Call([Req(SUBSCRIBE, [])])
+                self.subscribed = sub.ok
+            # with pushes, polling is only the fallback (the uvc note: 10 x pollInterval)
+            yield Sleep(self.poll_interval * (10 if self.subscribed else 1))
 
     def _version_check(self) -> Generator[Call | Sleep, Any, None]:
         for attempt in range(VERSION_RETRIES + 1):
@@ -123,20 +143,59 @@ class Importer:
         if isinstance(v, bool) or not isinstance(v, (int, float)) or v not in ACCEPTED_VERSIONS:
             raise Fatal("CS-MISMATCH", f"remote protocol version {v!r}, expected 8")
         self.remote_version = int(v)
-        self.emit("version", {"remote": int(v), "mode": "v8"})
+        if self.fast_path:
+            # chum.md §10.3: probe only after the version check; a ONE peer answers
+            # UNKNOWN-SERVICE and the session stays plain v8
+            (p,) = yield Call([Req(LAMA_PROBE, [])])
+            if p.ok and isinstance(p.value, dict) and p.value.get("lama") == FASTPATH_VERSION:
+                feats = p.value.get("features")
+                self.features = {f for f in feats if isinstance(f, str)} if isinstance(feats, list) else set()
+                self.mode = "fast"
+                epoch = p.value.get("epoch")
+                if "roots-since" in self.features and hasattr(self.store, "peer_mark") and isinstance(epoch, str):
+                    self.peer_key = f"{self.remote_person}/{epoch}"
+                    self.since = int(self.store.peer_mark(self.peer_key))
+        self.emit("version", {"remote": int(v), "mode": self.mode})
 
     # -- one pass ------------------------------------------------------------------------------
 
     def _pass(self) -> Generator[Call | Sleep, Any, None]:
-        (r,) = yield Call([Req(GET_ACCESSIBLE_ROOTS, [])])
+        self.pass_errors = 0
+        pending_before = len(self.pending)
+        mark = None
+        if self.peer_key is not None:
+            (r,) = yield Call([Req(GET_ROOTS_SINCE, [self.since])])
+            value = r.value
+            if r.ok:
+                if not isinstance(value, str):
+                    value = None
+                else:
+                    try:
+                        d = json.loads(value)
+                        mark, value = d["mark"], json.dumps(d["roots"])
+                        if isinstance(mark, bool) or not isinstance(mark, int):
+                            raise TypeError
+                    except (ValueError, KeyError, TypeError):
+                        mark = value = None
+        else:
+            (r,) = yield Call([Req(GET_ACCESSIBLE_ROOTS, [])])
+            value = r.value
         if not r.ok:
             if r.code == "LAMA-CHUM-TIMEOUT":
                 raise Fatal(r.code, r.message)
-            self.error(r.code, f"roots request failed: {r.message}", False)
+            self._err(r.code, f"roots request failed: {r.message}", False)
             return
-        roots = self._parse_roots(r.value)
+        roots = self._parse_roots(value)
         if roots is None:
             return
+        yield from self._import_roots(roots)
+        # the high-water mark moves only after a pass that imported everything it listed
+        if mark is not None and self.pass_errors == 0 and len(self.pending) == 0 and pending_before == 0:
+            self.since = mark
+            if self.peer_key is not None:
+                self.store.set_peer_mark(self.peer_key, mark)
+
+    def _import_roots(self, roots: list[dict[str, Any]]) -> Generator[Call | Sleep, Any, None]:
 
         # chum.md §6.2: what is missing decides what is asked for (one read for all)
         cand: list[str] = []
@@ -214,8 +273,8 @@ class Importer:
             if not calls:
                 break
             batch *= 2
-            results = yield Call([Req(s, [h]) for s, h, _, _ in calls])
-            for (s, h, kind, expected), res in zip(calls, results):
+            answers = yield Call([Req(s, [h]) for s, h, _, _ in calls])
+            for (s, h, kind, expected), res in zip(calls, answers):
                 children = self._children_result(h, res)
                 if children is None:
                     continue
@@ -241,16 +300,32 @@ class Importer:
                 items[h].ok = True
                 items[h].stored = True  # already local
         reqs = []
-        for it in fetch:
-            if it.kind == "object":
-                reqs.append(Req(GET_OBJECT, [it.hash]))
-            elif it.kind == "id":
-                reqs.append(Req(GET_ID_OBJECT, [it.hash]))
-            elif it.kind == "blob":
+        texts = [it for it in fetch if it.kind in ("object", "id")]
+        streams = [it for it in fetch if it.kind in ("blob", "clob")]
+        batched = "batch" in self.features
+        if batched:
+            # docs/chum-fastpath.md: up to BATCH_MAX microdata per request
+            for off in range(0, len(texts), BATCH_MAX):
+                reqs.append(Req(GET_OBJECTS_BATCH, [[it.hash for it in texts[off:off + BATCH_MAX]]]))
+        else:
+            for it in texts:
+                reqs.append(Req(GET_OBJECT if it.kind == "object" else GET_ID_OBJECT, [it.hash]))
+        for it in streams:
+            if it.kind == "blob":
                 reqs.append(Req(GET_BLOB, [it.hash, rpc.UNDEF], "blob"))
             else:
                 reqs.append(Req(GET_BLOB, [it.hash, "utf8"], "clob"))
-        results = yield Call(reqs) if reqs else Call([])
+        raw_results = yield Call(reqs) if reqs else Call([])
+        n_text = len(reqs) - len(streams)
+        results: list[Outcome] = []
+        if batched:
+            for k, res in enumerate(raw_results[:n_text]):
+                chunk = texts[k * BATCH_MAX:(k + 1) * BATCH_MAX]
+                results.extend(self._batch_result(chunk, res))
+        else:
+            results.extend(raw_results[:n_text])
+        results.extend(raw_results[n_text:])
+        fetch = texts + streams
         new_blobs: list[str] = []
         new_clobs: list[str] = []
         for it, res in zip(fetch, results):
@@ -286,29 +361,44 @@ class Importer:
 
     # -- parsing answers ------------------------------------------------------------------------
 
+    def _batch_result(self, chunk: list[_Item], res: Outcome) -> list[Outcome]:
+        if not res.ok:
+            if res.code == "LAMA-CHUM-TIMEOUT":
+                raise Fatal(res.code, res.message)
+            return [res] * len(chunk)
+        try:
+            texts = json.loads(res.value) if isinstance(res.value, str) else None
+        except ValueError:
+            texts = None
+        if not isinstance(texts, list) or len(texts) != len(chunk):
+            bad = Outcome(False, code="LAMA-CHUM-BATCH", message="malformed batch answer")
+            return [bad] * len(chunk)
+        return [Outcome(True, t) if t is not None else
+                Outcome(False, code="CES-GO1", message="not served by the exporter") for t in texts]
+
     def _parse_roots(self, data: Any) -> list[dict[str, Any]] | None:
         if not isinstance(data, str):
-            self.error("DAH-PAO1", "roots answer is not a string", False)
+            self._err("DAH-PAO1", "roots answer is not a string", False)
             return None
         try:
             raw = json.loads(data)
         except ValueError:
-            self.error("DAH-PAO1", "roots answer is not JSON", False)
+            self._err("DAH-PAO1", "roots answer is not JSON", False)
             return None
         if not isinstance(raw, list):
-            self.error("DAH-PAO1", "roots answer is not a list", False)
+            self._err("DAH-PAO1", "roots answer is not a list", False)
             return None
         need = {"unversioned": ("hash", "oneType"), "versioned": ("hash", "idHash", "oneType"),
                 "id": ("idHash", "oneType"), "version_node": ("node", "dataIdHash", "dataType")}
         out = []
         for r in raw:
             if not isinstance(r, dict) or r.get("type") not in need:
-                self.error("DAH-PAO3", f"unknown accessible object {r!r}"[:300], False)
+                self._err("DAH-PAO3", f"unknown accessible object {r!r}"[:300], False)
                 continue
             fields = need[r["type"]]
             if not all(isinstance(r.get(f), str) for f in fields) or not all(
                     _HASH.match(r[f]) for f in fields if f in ("hash", "idHash", "node", "dataIdHash")):
-                self.error("DAH-PAO3", f"malformed accessible object {r!r}"[:300], False)
+                self._err("DAH-PAO3", f"malformed accessible object {r!r}"[:300], False)
                 continue
             out.append(r)
         return out
@@ -317,26 +407,26 @@ class Importer:
         if not res.ok:
             if res.code == "LAMA-CHUM-TIMEOUT":
                 raise Fatal(res.code, res.message)
-            self.error(res.code or "CIEC-CH", f"children of {h}: {res.message}", False)
+            self._err(res.code or "CIEC-CH", f"children of {h}: {res.message}", False)
             return None
         if not isinstance(res.value, str):
-            self.error("DC-PC1", f"children of {h}: answer is not a string", False)
+            self._err("DC-PC1", f"children of {h}: answer is not a string", False)
             return None
         try:
             raw = json.loads(res.value)
         except ValueError:
-            self.error("DC-PC1", f"children of {h}: answer is not JSON", False)
+            self._err("DC-PC1", f"children of {h}: answer is not JSON", False)
             return None
         if not isinstance(raw, list):
-            self.error("DC-PC1", f"children of {h}: answer is not a list", False)
+            self._err("DC-PC1", f"children of {h}: answer is not a list", False)
             return None
         out = []
         for c in raw:
             if not isinstance(c, dict) or c.get("type") not in ("object", "id", "blob", "clob"):
-                self.error("DC-PC3", f"children of {h}: bad entry {c!r}"[:300], False)
+                self._err("DC-PC3", f"children of {h}: bad entry {c!r}"[:300], False)
                 return None
             if not isinstance(c.get("hash"), str) or not _HASH.match(c["hash"]):
-                self.error("DC-PC4", f"children of {h}: bad hash in {c!r}"[:300], False)
+                self._err("DC-PC4", f"children of {h}: bad hash in {c!r}"[:300], False)
                 return None
             out.append((c["type"], c["hash"]))
         out.reverse()  # chum.md §5.3: the wire is parents first; dependencies first now
@@ -349,14 +439,14 @@ class Importer:
         if not res.ok:
             if res.code == "LAMA-CHUM-TIMEOUT":
                 raise Fatal(res.code, res.message)
-            self.error(res.code or pre + "1", f"fetching {it.hash}: {res.message}", False)
+            self._err(res.code or pre + "1", f"fetching {it.hash}: {res.message}", False)
             return
         text = res.value
         if not isinstance(text, str):
-            self.error(pre + "1", f"{it.hash}: the answer is not a microdata string", False)
+            self._err(pre + "1", f"{it.hash}: the answer is not a microdata string", False)
             return
         if sha256_hex(text) != it.hash:
-            self.error(pre + "2", f"{it.hash}: the received microdata hashes to {sha256_hex(text)}",
+            self._err(pre + "2", f"{it.hash}: the received microdata hashes to {sha256_hex(text)}",
                        False)
             return
         try:
@@ -365,17 +455,17 @@ class Importer:
             if not is_id and id_microdata_of(text) is not None:
                 pass  # a versioned object: its ID object is derived and stored with it
         except LamaError as e:
-            self.error(e.code, f"{it.hash}: {e}", False)
+            self._err(e.code, f"{it.hash}: {e}", False)
             return
         if got_id != is_id:
-            self.error(pre + "2", f"{it.hash}: expected {'an ID object' if is_id else 'an object'}",
+            self._err(pre + "2", f"{it.hash}: expected {'an ID object' if is_id else 'an object'}",
                        False)
             return
         if type_name in REFUSED_TYPES:
-            self.error(pre + "3", f"{it.hash}: refusing a remote {type_name} object", False)
+            self._err(pre + "3", f"{it.hash}: refusing a remote {type_name} object", False)
             return
         if it.expected_type is not None and type_name != it.expected_type:
-            self.error(("CIEC-FIDOWT1" if is_id else "CIEC-FOWT1"),
+            self._err(("CIEC-FIDOWT1" if is_id else "CIEC-FOWT1"),
                        f"{it.hash}: expected a {it.expected_type}, got a {type_name}", False)
             return
         it.text, it.type_name, it.refs, it.ok = text, type_name, refs, True
@@ -392,7 +482,7 @@ class Importer:
                     continue
                 if it.type_name not in VERSION_NODE_TYPES:
                     it.ok = False
-                    self.error("CI-CCI1", f"{n} is a {it.type_name}, not a version node", False)
+                    self._err("CI-CCI1", f"{n} is a {it.type_name}, not a version node", False)
                     continue
                 data = next((h for p, k, h in it.refs if p == "data"), None)
                 text = None
@@ -407,17 +497,17 @@ class Importer:
                             text = None
                 if text is None:
                     it.ok = False
-                    self.error("CI-CCI1", f"version node {n}: its data is not available", False)
+                    self._err("CI-CCI1", f"version node {n}: its data is not available", False)
                     continue
                 id_md = id_microdata_of(text)
                 if id_md is None or sha256_hex(id_md) != id_hash:
                     it.ok = False
-                    self.error("CI-CCI1", f"version node {n}: data {data} does not have ID hash "
+                    self._err("CI-CCI1", f"version node {n}: data {data} does not have ID hash "
                                f"{id_hash}", False)
                     continue
                 if type_of(text)[0] != types.get(n):
                     it.ok = False
-                    self.error("CI-CCI2", f"version node {n}: data {data} is a "
+                    self._err("CI-CCI2", f"version node {n}: data {data} is a "
                                f"{type_of(text)[0]}, not a {types.get(n)}", False)
 
     def _check_reachable(self, items: dict[str, _Item], start: list[str]) -> None:
@@ -439,7 +529,7 @@ class Importer:
         for h, it in items.items():
             if it.ok and not it.stored and h not in reached:
                 it.ok = False
-                self.error("LAMA-CHUM-NOTREACHABLE",
+                self._err("LAMA-CHUM-NOTREACHABLE",
                            f"{h} was listed but is not reachable from the root it was listed for",
                            False)
 
@@ -487,7 +577,7 @@ class Importer:
                             good = False
                     elif r in absent:
                         good = False
-                        self.error("CI-ACO", f"{h} references {r}, which is neither stored "
+                        self._err("CI-ACO", f"{h} references {r}, which is neither stored "
                                    "nor listed among the children", False)
                 state[h] = good
                 if good:
@@ -526,7 +616,7 @@ class Importer:
                     self.store.put_microdata([(items[h].text, h)])
                     done.append(h)
                 except LamaError as e:
-                    self.error(e.code, f"storing {h}: {e}", False)
+                    self._err(e.code, f"storing {h}: {e}", False)
                     continue
                 items[h].stored = True
         for h in done:

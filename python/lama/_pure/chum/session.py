@@ -13,7 +13,7 @@ from typing import Any, Generator
 
 from ...errors import HashMismatchError, InvalidArgumentError, LamaError
 from . import rpc
-from .exporter import EXPORTER_SERVICES, NEW_ACCESSIBLE_ROOT_EVENT, Exporter
+from .exporter import EXPORTER_SERVICES, NEW_ACCESSIBLE_ROOT_EVENT, NOTIFY, Exporter
 from .importer import Call, Fatal, Importer, Outcome, Req, Sleep
 
 _HASH = re.compile(r"^[0-9a-f]{64}$")
@@ -85,6 +85,7 @@ class ChumSession:
     _importer_done: bool
     _imp: Importer | None
     _task: Generator[Call | Sleep, Any, None] | None
+    _notify_ids: set[int]
 
     def __new__(cls, store: Any, local_person: str, remote_person: str, *,
                 keep_running: bool = False, poll_interval: float = 5.0, fast_path: bool = True,
@@ -127,6 +128,7 @@ class ChumSession:
         self._importer_done = not importer
         self._imp = None
         self._task = None
+        self._notify_ids = set()
         return self
 
     # -- driver API ------------------------------------------------------------------------
@@ -142,7 +144,8 @@ class ChumSession:
                                       self._exporter_error)
         if self._importer_on:
             self._imp = Importer(self._store, self._keep_running, self._poll_interval,
-                                 self._emit, self._error, self._log, self._stats)
+                                 self._emit, self._error, self._log, self._stats,
+                                 fast_path=self._fast_path, remote_person=self._remote)
             self._task = self._imp.run()
             self._advance(None)
         self._check_done()
@@ -233,8 +236,22 @@ class ChumSession:
         self._check_done()
 
     def store_changed(self, now: float) -> None:
-        # v8 has no push (chum.md §8): the remote importer polls; nothing to do here
+        # v8 has no push (chum.md §8): a ONE importer polls.  A lama importer that subscribed
+        # (docs/chum-fastpath.md) gets a NOTIFY request when roots became accessible to it.
         self._now = now
+        if self._finished or self._exporter is None or self._exporter_done:
+            return
+        try:
+            fresh = self._exporter.changed_roots()
+        except LamaError as e:
+            self._error(e.code, f"computing new roots: {e}", False)
+            return
+        if fresh:
+            rid = self._next_id
+            self._next_id += 1
+            self._stats["requests_sent"] += 1
+            self._notify_ids.add(rid)
+            self._emit_frame(rpc.request(rid, NOTIFY, []))
 
     def connection_closed(self, reason: str, now: float) -> None:
         self._now = now
@@ -287,6 +304,11 @@ class ChumSession:
                 self._exporter_done = True
         elif service == NEW_ACCESSIBLE_ROOT_EVENT and self._imp is not None and not self._importer_done:
             self._emit_frame(rpc.data_response(rid, rpc.UNDEF))  # chum.md §4.8: only logged
+        elif service == NOTIFY and self._imp is not None and not self._importer_done:
+            self._emit_frame(rpc.data_response(rid, rpc.UNDEF))
+            if self._sleep_until is not None:  # poll now instead of at the next interval
+                self._sleep_until = None
+                self._advance(None)
         else:
             self._emit_frame(rpc.unknown_service(rid, service))
 
@@ -355,6 +377,9 @@ class ChumSession:
     def _response(self, m: dict[str, Any]) -> None:
         rid = m["responseId"]
         p = self._pending.get(rid)
+        if p is None and rid in self._notify_ids:
+            self._notify_ids.discard(rid)  # the answer to our NOTIFY carries nothing
+            return
         if p is None:
             # chum.md §2.1: logged and dropped (also a late answer to a retried request)
             self._error("LAMA-CHUM-FRAME", f"dropped a {m['type']} response for unknown "
