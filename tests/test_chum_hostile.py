@@ -219,3 +219,28 @@ def test_peer_that_stops_answering_times_out(tmp_path: Path) -> None:
     assert pump.now <= 1000.0 + 3 * 10.0 + 1
     assert b.verify() == [] and a.verify() == []
     assert rb.log["BtoAObjects"] == []
+
+
+def test_wrong_bytes_in_a_batch_answer(tmp_path: Path) -> None:
+    """The fast path's GET_OBJECTS_BATCH (docs/chum-fastpath.md) is verified like GET_OBJECT:
+    a forged entry is refused, the rest of the batch is stored."""
+    a, b, pa, pb, chat = setup(tmp_path)
+    target = next(h for h in a.children(chat.head) if a.kind(h) == "object" and
+                  a.get_object(h)["$type$"] == "ChatMessage")
+    forged = a.get(target).replace('itemprop="text">', 'itemprop="text">forged ')
+    batches = []
+
+    def rewrite(req: dict[str, Any], f: str | bytes) -> str | bytes | None:
+        if req.get("serviceId") == 101 and target in req["args"][0]:
+            texts = json.loads(data_of(f))
+            texts[req["args"][0].index(target)] = forged
+            batches.append(len(texts))
+            return with_data(f, json.dumps(texts))
+        return f
+
+    sb, rb, pump = run(a, b, pa, pb, Hostile(rewrite), fast_path=True)
+    assert batches and sb.close_reason == "chum finished"
+    assert ("version", {"remote": 8, "mode": "fast"}) in pump.events[1]
+    assert "CIEC-FO2" in codes(rb)
+    assert not b.has(target) and not b.has(core.sha256_hex(forged))
+    assert b.has(chat.topic) and b.verify() == []
