@@ -299,9 +299,12 @@ class Importer:
             if h not in need:
                 items[h].ok = True
                 items[h].stored = True  # already local
-        reqs = []
+        # BLOBs/CLOBs first: they are leaves and the largest transfers, stored as their stream
+        # ends, so an interrupted pass does not lose them
         texts = [it for it in fetch if it.kind in ("object", "id")]
         streams = [it for it in fetch if it.kind in ("blob", "clob")]
+        reqs = [Req(GET_BLOB, [it.hash, rpc.UNDEF], "blob") if it.kind == "blob"
+                else Req(GET_BLOB, [it.hash, "utf8"], "clob") for it in streams]
         batched = "batch" in self.features
         if batched:
             # docs/chum-fastpath.md: up to BATCH_MAX microdata per request
@@ -310,22 +313,15 @@ class Importer:
         else:
             for it in texts:
                 reqs.append(Req(GET_OBJECT if it.kind == "object" else GET_ID_OBJECT, [it.hash]))
-        for it in streams:
-            if it.kind == "blob":
-                reqs.append(Req(GET_BLOB, [it.hash, rpc.UNDEF], "blob"))
-            else:
-                reqs.append(Req(GET_BLOB, [it.hash, "utf8"], "clob"))
         raw_results = yield Call(reqs) if reqs else Call([])
-        n_text = len(reqs) - len(streams)
-        results: list[Outcome] = []
+        results: list[Outcome] = list(raw_results[:len(streams)])
         if batched:
-            for k, res in enumerate(raw_results[:n_text]):
+            for k, res in enumerate(raw_results[len(streams):]):
                 chunk = texts[k * BATCH_MAX:(k + 1) * BATCH_MAX]
                 results.extend(self._batch_result(chunk, res))
         else:
-            results.extend(raw_results[:n_text])
-        results.extend(raw_results[n_text:])
-        fetch = texts + streams
+            results.extend(raw_results[len(streams):])
+        fetch = streams + texts
         new_blobs: list[str] = []
         new_clobs: list[str] = []
         for it, res in zip(fetch, results):
