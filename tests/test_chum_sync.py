@@ -150,6 +150,9 @@ def test_object_not_granted_is_never_sent(tmp_path: Path) -> None:
     session.receive_text(json.dumps({"requestId": 2, "type": "request", "serviceId": 6, "args": [secret]}), 0.0)
     session.receive_text(json.dumps({"requestId": 3, "type": "request", "serviceId": 4, "args": [secret]}), 0.0)
     session.receive_text(json.dumps({"requestId": 4, "type": "request", "serviceId": 6, "args": [chat.topic]}), 0.0)
+    # the fast path's batch fetch obeys the same rule (docs/chum-fastpath.md)
+    session.receive_text(json.dumps({"requestId": 5, "type": "request", "serviceId": 101,
+                                     "args": [[secret, chat.topic]]}), 0.0)
     out = [json.loads(f) for f in session.poll_transmit()]
     assert out[0] == {"responseId": 0, "type": "error", "error": {
         "name": "Error", "message": f"CES-GO1: Unauthorized, obj {secret}", "code": "CES-GO1"}}
@@ -157,10 +160,12 @@ def test_object_not_granted_is_never_sent(tmp_path: Path) -> None:
     assert out[2]["error"]["code"] == "CES-GO1"
     assert out[3]["error"]["code"] == "CES-GOC1"
     assert out[4]["type"] == "data" and "Topic" in out[4]["data"]
+    batch = json.loads(out[5]["data"])
+    assert batch[0] is None and "Topic" in batch[1]
     secret_md = a.get(secret)
     assert all(m.get("data") != secret_md for m in out)
     events = session.poll_events()
-    assert [e[1]["code"] for e in events if e[0] == "error"] == ["CES-GO1", "CES-GO1"]
+    assert [e[1]["code"] for e in events if e[0] == "error"] == ["CES-GO1", "CES-GO1", "CES-GO1"]
 
 
 @pytest.mark.parametrize("fast", [False, True])
