@@ -244,3 +244,28 @@ def test_wrong_bytes_in_a_batch_answer(tmp_path: Path) -> None:
     assert "CIEC-FO2" in codes(rb)
     assert not b.has(target) and not b.has(core.sha256_hex(forged))
     assert b.has(chat.topic) and b.verify() == []
+
+
+def test_object_listed_as_a_blob_is_not_fetched_as_one(tmp_path: Path) -> None:
+    """A children list that tags an object as "blob" must not make the importer store the
+    object's bytes as a BLOB (the wrong kind under the right hash would block the object for
+    good): streams are only fetched for hashes a verified object references as such."""
+    a, b, pa, pb, chat = setup(tmp_path)
+    target = next(h for h in a.children(chat.head) if a.kind(h) == "object" and
+                  a.get_object(h)["$type$"] == "ChatMessage")
+
+    def rewrite(req: dict[str, Any], f: str | bytes) -> str | bytes | None:
+        if req.get("serviceId") == 4 and isinstance(f, str) and target in f:
+            children = json.loads(data_of(f))
+            for c in children:
+                if c["hash"] == target:
+                    c["type"] = "blob"
+            return with_data(f, json.dumps(children))
+        return f
+
+    sb, rb, pump = run(a, b, pa, pb, Hostile(rewrite))
+    assert sb.close_reason == "chum finished"
+    assert "LAMA-CHUM-NOTREACHABLE" in codes(rb)
+    assert not any('"serviceId":8,' in f for f in pump.sent[1] if isinstance(f, str))
+    assert not b.has(target) and b.kind(target) is None
+    assert b.has(chat.topic) and b.verify() == []

@@ -29,6 +29,9 @@ ACCEPTED_VERSIONS = (8, 9)
 REFUSED_TYPES = frozenset({"Access", "IdAccess", "Group"})
 """chum.md §6.4: remote peers must not alter local access rights."""
 
+_REF_KINDS = {"obj": "object", "id": "id", "blob": "blob", "clob": "clob"}
+"""The kind of a reference (microdata ``data-type``) -> the children-list tag it must have."""
+
 VERSION_NODE_TYPES = frozenset({"VersionNodeEdge", "VersionNodeChange", "VersionNodeMerge"})
 
 COMMIT_BATCH = 1000
@@ -299,12 +302,13 @@ class Importer:
             if h not in need:
                 items[h].ok = True
                 items[h].stored = True  # already local
-        # BLOBs/CLOBs first: they are leaves and the largest transfers, stored as their stream
-        # ends, so an interrupted pass does not lose them
+        # Objects first, then only the BLOBs/CLOBs that a verified object references as such:
+        # a stream is stored as soon as it ends (before the objects are committed), so a hash
+        # listed as "blob" that is really an object must never be fetched as one, or the store
+        # would hold the right bytes under the wrong kind for good.
         texts = [it for it in fetch if it.kind in ("object", "id")]
         streams = [it for it in fetch if it.kind in ("blob", "clob")]
-        reqs = [Req(GET_BLOB, [it.hash, rpc.UNDEF], "blob") if it.kind == "blob"
-                else Req(GET_BLOB, [it.hash, "utf8"], "clob") for it in streams]
+        reqs: list[Req] = []
         batched = "batch" in self.features
         if batched:
             # docs/chum-fastpath.md: up to BATCH_MAX microdata per request
@@ -314,30 +318,40 @@ class Importer:
             for it in texts:
                 reqs.append(Req(GET_OBJECT if it.kind == "object" else GET_ID_OBJECT, [it.hash]))
         raw_results = yield Call(reqs) if reqs else Call([])
-        results: list[Outcome] = list(raw_results[:len(streams)])
+        results: list[Outcome] = []
         if batched:
-            for k, res in enumerate(raw_results[len(streams):]):
+            for k, res in enumerate(raw_results):
                 chunk = texts[k * BATCH_MAX:(k + 1) * BATCH_MAX]
                 results.extend(self._batch_result(chunk, res))
         else:
-            results.extend(raw_results[len(streams):])
-        fetch = streams + texts
+            results.extend(raw_results)
+        for it, res in zip(texts, results):
+            self._verify(it, res)
+        wanted: set[tuple[str, str]] = {(_REF_KINDS.get(k, k), r) for it in texts if it.ok
+                                        for _p, k, r in it.refs}
+        streams_ok = []
+        for it in streams:
+            if (it.kind, it.hash) in wanted:
+                streams_ok.append(it)
+            else:
+                self._err("LAMA-CHUM-NOTREACHABLE", f"{it.hash} was listed as a {it.kind} that no "
+                          "received object references as one; not fetched", False)
+        reqs = [Req(GET_BLOB, [it.hash, rpc.UNDEF], "blob") if it.kind == "blob"
+                else Req(GET_BLOB, [it.hash, "utf8"], "clob") for it in streams_ok]
+        results = yield Call(reqs) if reqs else Call([])
         new_blobs: list[str] = []
         new_clobs: list[str] = []
-        for it, res in zip(fetch, results):
-            if it.kind in ("blob", "clob"):
-                if res.ok:
-                    it.ok = it.stored = True
-                    self.pending.pop(it.hash, None)
-                    (new_clobs if it.kind == "clob" else new_blobs).append(it.hash)
-                    self.log["BtoAClob" if it.kind == "clob" else "BtoABlob"].append(it.hash)
-                    self.stats["clobs_received" if it.kind == "clob" else "blobs_received"] += 1
-                else:
-                    reason = f"{res.code}: {res.message}" if res.code else res.message
-                    self.pending[it.hash] = reason
-                    self.emit("pending", {"hash": it.hash, "kind": it.kind, "reason": reason})
-                continue
-            self._verify(it, res)
+        for it, res in zip(streams_ok, results):
+            if res.ok:
+                it.ok = it.stored = True
+                self.pending.pop(it.hash, None)
+                (new_clobs if it.kind == "clob" else new_blobs).append(it.hash)
+                self.log["BtoAClob" if it.kind == "clob" else "BtoABlob"].append(it.hash)
+                self.stats["clobs_received" if it.kind == "clob" else "blobs_received"] += 1
+            else:
+                reason = f"{res.code}: {res.message}" if res.code else res.message
+                self.pending[it.hash] = reason
+                self.emit("pending", {"hash": it.hash, "kind": it.kind, "reason": reason})
 
         self._check_version_nodes(items, groups, group_missing)
         self._check_reachable(items, start)
@@ -567,10 +581,16 @@ class Importer:
                         stack.append((r, 0))
                     continue
                 good = True
-                for _p, _k, r in it.refs:
+                for _p, k, r in it.refs:
                     if r in items:
                         if not state.get(r, False):
                             good = False
+                        elif items[r].kind != _REF_KINDS.get(k, k) and not items[r].stored:
+                            # listed as another kind than it is referenced as (e.g. an object
+                            # fetched as a BLOB): the reference would point at the wrong thing
+                            good = False
+                            self._err("CI-ACO", f"{h} references {r} as {k}, but it was listed "
+                                      f"as {items[r].kind}", False)
                     elif r in absent:
                         good = False
                         self._err("CI-ACO", f"{h} references {r}, which is neither stored "
