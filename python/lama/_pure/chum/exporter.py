@@ -29,10 +29,11 @@ GET_OBJECTS_BATCH = 101
 GET_ROOTS_SINCE = 102
 SUBSCRIBE = 103
 NOTIFY = 104  # served by the importer
+GET_CHILDREN_BATCH = 105
 BATCH_MAX = 256
 FASTPATH_VERSION = 1
 
-EXPORTER_SERVICES = frozenset({1, 2, 4, 5, 6, 7, 8, 10, 100, 101, 102, 103})
+EXPORTER_SERVICES = frozenset({1, 2, 4, 5, 6, 7, 8, 10, 100, 101, 102, 103, 105})
 
 BLOB_PAYLOAD = 65_528
 """chum.md §2.6/§10.2: 8-byte id + payload ≤ 65,536, so the fragmentation layer never splits a
@@ -110,6 +111,8 @@ class Exporter:
                 return [rpc.data_response(rid, self._probe())]
             if service == GET_OBJECTS_BATCH:
                 return [rpc.data_response(rid, self._batch(args))]
+            if service == GET_CHILDREN_BATCH:
+                return [rpc.data_response(rid, self._children_batch(args))]
             if service == GET_ROOTS_SINCE and self.roots_since_supported():
                 return [rpc.data_response(rid, self._roots_since(args))]
             if service == SUBSCRIBE:
@@ -154,7 +157,7 @@ class Exporter:
         return first[0][1] if first else ""
 
     def _probe(self) -> dict[str, Any]:
-        features = ["batch", "push"] + (["roots-since"] if self.roots_since_supported() else [])
+        features = ["batch", "children-batch", "push"] + (["roots-since"] if self.roots_since_supported() else [])
         return {"lama": FASTPATH_VERSION, "features": features, "epoch": self.epoch()}
 
     def _batch(self, args: list[Any]) -> str:
@@ -179,6 +182,25 @@ class Exporter:
                 out.append(None)
                 continue
             out.append(self.store.get(h))
+        return json.dumps(out, ensure_ascii=False, separators=(",", ":"))
+
+    def _children_batch(self, args: list[Any]) -> str:
+        """GET_CHILDREN_BATCH: ``[[h, ...]]`` (objects and ID objects alike) -> JSON string of
+        ``[children list | null, ...]``; each list as service 4/5 would send it, unlocked the
+        same way; ``null`` for a hash not unlocked, malformed or not stored."""
+        hashes = args[0] if args else None
+        if not isinstance(hashes, list) or len(hashes) > BATCH_MAX:
+            raise ServiceError("LAMA-CHUM-BATCH", f"expected a list of at most {BATCH_MAX} hashes")
+        out: list[list[dict[str, str]] | None] = []
+        for h in hashes:
+            if not isinstance(h, str) or not _HASH.match(h) or h not in self.accessible \
+                    or self.store.kind(h) not in ("object", "id"):
+                out.append(None)
+                continue
+            children = self.children_list(h)
+            for c in children:
+                self.accessible.add(c["hash"])
+            out.append(children)
         return json.dumps(out, ensure_ascii=False, separators=(",", ":"))
 
     def _roots_since(self, args: list[Any]) -> str:

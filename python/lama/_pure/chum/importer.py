@@ -14,8 +14,8 @@ from ..microdata import id_microdata_of, parse, references, sha256_hex, type_of
 from . import rpc
 from .exporter import (BATCH_MAX, FASTPATH_VERSION, FIN, GET_ACCESSIBLE_ROOTS, GET_BLOB,
                        GET_ID_OBJECT, GET_ID_OBJECT_CHILDREN, GET_OBJECT, GET_OBJECT_CHILDREN,
-                       GET_OBJECTS_BATCH, GET_PROTOCOL_VERSION, GET_ROOTS_SINCE, LAMA_PROBE,
-                       SUBSCRIBE)
+                       GET_CHILDREN_BATCH, GET_OBJECTS_BATCH, GET_PROTOCOL_VERSION,
+                       GET_ROOTS_SINCE, LAMA_PROBE, SUBSCRIBE)
 
 _HASH = re.compile(r"^[0-9a-f]{64}$")
 
@@ -276,7 +276,15 @@ class Importer:
             if not calls:
                 break
             batch *= 2
-            answers = yield Call([Req(s, [h]) for s, h, _, _ in calls])
+            if "children-batch" in self.features:
+                # docs/chum-fastpath.md: one request per BATCH_MAX children lists
+                batch_answers = yield Call([Req(GET_CHILDREN_BATCH, [[h for _s, h, _k, _e in calls[o:o + BATCH_MAX]]])
+                                            for o in range(0, len(calls), BATCH_MAX)])
+                answers = []
+                for k, res in enumerate(batch_answers):
+                    answers.extend(self._children_batch_result(len(calls[k * BATCH_MAX:(k + 1) * BATCH_MAX]), res))
+            else:
+                answers = yield Call([Req(s, [h]) for s, h, _, _ in calls])
             for (s, h, kind, expected), res in zip(calls, answers):
                 children = self._children_result(h, res)
                 if children is None:
@@ -370,6 +378,22 @@ class Importer:
                 self.emit("merge", {"id_hash": id_hash, "node": best[1], "data_type": data_type})
 
     # -- parsing answers ------------------------------------------------------------------------
+
+    def _children_batch_result(self, n: int, res: Outcome) -> list[Outcome]:
+        """Split a GET_CHILDREN_BATCH answer into per-hash outcomes shaped like service 4's."""
+        if not res.ok:
+            if res.code == "LAMA-CHUM-TIMEOUT":
+                raise Fatal(res.code, res.message)
+            return [res] * n
+        try:
+            lists = json.loads(res.value) if isinstance(res.value, str) else None
+        except ValueError:
+            lists = None
+        if not isinstance(lists, list) or len(lists) != n:
+            return [Outcome(False, code="LAMA-CHUM-BATCH", message="malformed children batch answer")] * n
+        return [Outcome(True, json.dumps(c)) if c is not None else
+                Outcome(False, code="CES-GOC1", message="children not served by the exporter")
+                for c in lists]
 
     def _batch_result(self, chunk: list[_Item], res: Outcome) -> list[Outcome]:
         if not res.ok:
