@@ -23,6 +23,7 @@ from .recipes import is_versioned, recipe_json, recipe_names, register_recipe, r
 from .store import BlobWriter, Snapshot, Store, Subscription, check_hash
 from .crypto import *  # noqa: F401,F403  (crypto primitives, listed in crypto.__all__)
 from . import crypto as _crypto
+from .chum import ChumSession
 
 CORE_NAME = "pure"
 
@@ -48,5 +49,6 @@ __all__ = [
     "BlobWriter",
     "Snapshot",
     "Subscription",
+    "ChumSession",
     *_crypto.__all__,
 ]
