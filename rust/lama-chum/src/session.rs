@@ -48,10 +48,15 @@ struct Pending {
     mode: Option<StreamMode>,
 }
 
-/// The roots accessible to `person` as `(kind, hash, id_hash, type_name)` (docs/chum-session.md §1).
+/// The roots accessible to `person` now, as `(kind, hash, id_hash, type_name)`, from the
+/// store's access index (docs/chum-session.md §1, chum.md §5.1).
 pub(crate) fn accessible_roots(store: &Store, person: &str) -> lama_core::Result<Vec<(String, String, Option<String>, String)>> {
-    let _ = (store, person);
-    Err(lama_core::Error::store("LAMA-CHUM-NOACCESS", "the access index is not merged yet"))
+    let p = lama_core::hash::check_hash(person, "person")?;
+    let (_mark, roots) = store.accessible_roots(&p, 0)?;
+    Ok(roots
+        .into_iter()
+        .map(|r| (r.kind.as_str().to_string(), r.hash.to_hex(), r.id_hash.map(|h| h.to_hex()), r.type_name))
+        .collect())
 }
 
 /// One CHUM session over one connection (docs/chum-session.md §2). See the crate docs.
