@@ -68,6 +68,21 @@ fn import_from_recorded_exporter_pairing_and_chat() {
 }
 
 #[test]
+fn pipelining_never_exceeds_the_window() {
+    let dir = tempfile::tempdir().unwrap();
+    let events: Vec<Value> = vectors("transcript-pairing-and-chat.json").into_iter().filter(|e| e["conn"] == "B#5").collect();
+    let mut peer = Recorded::new(&events, "B");
+    let store = new_store(dir.path(), "b");
+    let mut s = importer(&store, |c| c.window = 3);
+    let (run, _) = pump(&mut s, &mut peer, Instant::now(), Duration::from_secs(60));
+    assert_eq!(s.close_reason(), Some("chum finished"));
+    assert_eq!(run.max_batch, 3);
+    assert!(run.rounds > 6);
+    assert_eq!(run.merges().len(), 1);
+    assert_eq!(store.verify().unwrap(), Vec::<String>::new());
+}
+
+#[test]
 fn import_retries_version_check_on_unknown_service() {
     let dir = tempfile::tempdir().unwrap();
     let events: Vec<Value> = vectors("transcript-pairing-and-chat.json").into_iter().filter(|e| e["conn"] == "A#4").collect();

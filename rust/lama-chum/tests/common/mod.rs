@@ -36,6 +36,8 @@ pub trait Peer {
 pub struct Run {
     pub events: Vec<Event>,
     pub rounds: usize,
+    /// Most requests sent in one round (in flight at once).
+    pub max_batch: usize,
 }
 
 impl Run {
@@ -75,6 +77,7 @@ pub fn pump(s: &mut Session, peer: &mut dyn Peer, t0: Instant, max_time: Duratio
         }
         if !out.is_empty() {
             run.rounds += 1;
+            run.max_batch = run.max_batch.max(out.len());
             let mut answers = Vec::new();
             for m in out {
                 answers.extend(peer.receive(m));
