@@ -29,7 +29,7 @@ pub const NOTIFY: u32 = 104;
 pub const GET_CHILDREN_BATCH: u32 = 105;
 /// docs/chum-fastpath.md: hashes per batch request.
 pub const BATCH_MAX: usize = 256;
-const FASTPATH_VERSION: i64 = 1;
+pub const FASTPATH_VERSION: i64 = 1;
 
 /// chum.md §3.1 plus the lama extensions (docs/chum-fastpath.md).
 pub const SERVICES: &[u32] = &[1, 2, 4, 5, 6, 7, 8, 10, 100, 101, 102, 103, 105];

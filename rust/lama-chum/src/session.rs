@@ -81,6 +81,8 @@ pub struct Session {
     sleep_until: Option<Instant>,
     /// Ids of our NOTIFY requests (their answers are ignored).
     notify_ids: std::collections::HashSet<u64>,
+    /// A NOTIFY asked the sleeping importer to run its next pass now.
+    wake: bool,
 }
 
 impl Session {
@@ -106,6 +108,7 @@ impl Session {
             outstanding: 0,
             sleep_until: None,
             notify_ids: Default::default(),
+            wake: false,
         }
     }
 
@@ -122,7 +125,7 @@ impl Session {
             self.exporter_done = true;
         }
         if self.config.importer {
-            self.importer = Some(Importer::new(self.store.clone(), self.config.keep_running, self.config.poll_interval, self.config.fast_path));
+            self.importer = Some(Importer::new(self.store.clone(), self.config.keep_running, self.config.poll_interval, self.config.fast_path, self.config.remote_person.clone()));
             self.advance(Vec::new(), now);
         } else {
             self.importer_done = true;
@@ -163,6 +166,10 @@ impl Session {
             Incoming::Request { id, service, args } => {
                 self.cx.stats.requests_received += 1;
                 self.serve(id, service, args);
+                if std::mem::take(&mut self.wake) {
+                    self.sleep_until = None;
+                    self.advance(Vec::new(), now);
+                }
             }
             Incoming::WriteStreamError { id } => {
                 // our stream was sent whole already; the peer drops the rest of it
@@ -342,6 +349,14 @@ impl Session {
             if s == NEW_ACCESSIBLE_ROOT_EVENT && self.importer.is_some() && !self.importer_done {
                 // chum.md §4.8: only logged
                 self.send(Message::Text(rpc::data_response(id, &None)));
+                return;
+            }
+            if s == NOTIFY && self.importer.is_some() && !self.importer_done {
+                // docs/chum-fastpath.md: run the next pass now instead of at the next poll
+                self.send(Message::Text(rpc::data_response(id, &None)));
+                if self.sleep_until.is_some() {
+                    self.wake = true;
+                }
                 return;
             }
         }
