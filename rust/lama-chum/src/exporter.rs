@@ -183,7 +183,7 @@ impl Exporter {
         json!({"lama": FASTPATH_VERSION, "features": ["batch", "children-batch", "push", "roots-since"], "epoch": self.epoch()})
     }
 
-    fn batch_arg<'a>(args: &'a [Data]) -> Result<&'a Vec<Value>, ServiceError> {
+    fn batch_arg(args: &[Data]) -> Result<&Vec<Value>, ServiceError> {
         match args.first() {
             Some(Some(Value::Array(l))) if l.len() <= BATCH_MAX => Ok(l),
             _ => Err(err("LAMA-CHUM-BATCH", format!("expected a list of at most {BATCH_MAX} hashes"))),
