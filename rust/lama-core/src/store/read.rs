@@ -289,6 +289,17 @@ impl Snapshot {
         last_seq_in(&self.store.dbs(), &self.txn)
     }
 
+    /// [`Store::accessible_roots`] as of this snapshot.
+    pub fn accessible_roots(&self, person: &Hash, since: u64) -> Result<(u64, Vec<super::Root>)> {
+        super::access::accessible_roots_in(&self.store.dbs(), &self.txn, person, since)
+    }
+
+    /// [`Store::peer_mark`] as of this snapshot.
+    pub fn peer_mark(&self, peer: &str) -> Result<u64> {
+        super::access::check_peer(peer)?;
+        super::access::peer_mark_in(&self.store.dbs(), &self.txn, peer)
+    }
+
     /// Events of this snapshot with `seq > since`, at most `limit`.
     pub fn changes(&self, since: u64, limit: usize) -> Result<Vec<Event>> {
         changes_in(&self.store.dbs(), &self.txn, since, limit)
