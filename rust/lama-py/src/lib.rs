@@ -14,6 +14,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 mod crypto;
 mod errors;
 mod microdata;
+mod net;
 mod store;
 mod store_api;
 
@@ -24,5 +25,6 @@ fn _lama(m: &Bound<'_, PyModule>) -> PyResult<()> {
     store::register(m)?;
     store_api::register(m)?;
     crypto::register(m)?;
+    net::register(m)?;
     Ok(())
 }
