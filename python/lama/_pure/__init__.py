@@ -24,6 +24,7 @@ from .store import BlobWriter, Snapshot, Store, Subscription, check_hash
 from .net import Listener, SessionTask, Transport, memory_pair, spawn_session, ws_connect, ws_listen
 from .crypto import *  # noqa: F401,F403  (crypto primitives, listed in crypto.__all__)
 from . import crypto as _crypto
+from .chum import ChumSession
 
 CORE_NAME = "pure"
 
@@ -56,5 +57,6 @@ __all__ = [
     "Listener",
     "spawn_session",
     "SessionTask",
+    "ChumSession",
     *_crypto.__all__,
 ]

@@ -55,6 +55,7 @@ from .microdata import (
     serialize,
     type_of,
 )
+from . import access as _access
 from . import lmdbcheck
 from .recipes import is_versioned
 
@@ -89,7 +90,9 @@ BUILTIN_ID_MAPS = frozenset({"Access", "IdAccess", "Instance"})
 VERSION_NODE_TYPES = frozenset({"VersionNodeEdge", "VersionNodeChange", "VersionNodeMerge"})
 
 _HEX = frozenset("0123456789abcdef")
-_DB_NAMES = (b"meta", b"objects", b"chunks", b"vheads", b"rmaps", b"tmp", b"events")
+_DB_NAMES = (b"meta", b"objects", b"chunks", b"vheads", b"rmaps", b"tmp", b"events",
+             # the access index (access.py; docs/store-format.md "access index")
+             b"agrants", b"amembers", b"anodes", b"aroots", b"arefs", b"peers")
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 _T = TypeVar("_T")
@@ -157,6 +160,12 @@ class _Shared:
         self.rmaps = dbs[b"rmaps"]
         self.tmp = dbs[b"tmp"]
         self.events = dbs[b"events"]  # the post-commit event feed (_Feed below)
+        self.agrants = dbs[b"agrants"]
+        self.amembers = dbs[b"amembers"]
+        self.anodes = dbs[b"anodes"]
+        self.aroots = dbs[b"aroots"]
+        self.arefs = dbs[b"arefs"]
+        self.peers = dbs[b"peers"]
         # Highest event sequence number committed in this process; subscriptions wait on
         # `cond` for it to grow (docs/core-interface.md "Event feed").
         self.cond = threading.Condition()
@@ -274,7 +283,9 @@ def _create_shared(path: str, key: str, map_size: int, durable: bool) -> _Shared
             # a store created before the event feed gets sequence numbers for what it holds
             _upgrade_feed(txn, dbs)
             last = _last_seq(txn, dbs[b"events"])
-        shared = _Shared(key, env, dbs, durable)
+            # a store created before the access index gets it built from its grants
+            shared = _Shared(key, env, dbs, durable)
+            _access.upgrade(shared, txn, last)
         shared.committed = last
         _load_rmap_config(shared)
         return shared
@@ -744,6 +755,7 @@ class Store:
         feed = _Feed(shared)
         with shared.env.begin(write=True) as txn:
             results = self._write_prepared(shared, txn, items, feed)
+            base: int | None = None  # the last sequence number before this transaction
             for id_hash, id_raw, expected_raw, new_raw in checked:
                 current = txn.get(id_raw, db=shared.vheads)
                 if current != expected_raw:
@@ -758,6 +770,11 @@ class Store:
                 if current != new_raw:
                     txn.put(id_raw, new_raw, db=shared.vheads)
                     feed.push(id_raw, b"H")
+                    # the access index follows grant heads and granted IDs (access.py), under
+                    # the sequence number the feed gives this head event at flush
+                    if base is None:
+                        base = _last_seq(txn, shared.events)
+                    _access.head_moved(shared, txn, id_raw, new_raw, base + len(feed.pending))
             feed.flush(txn)
         feed.publish()
         return results
@@ -873,6 +890,39 @@ class Store:
         """Events committed from now on, by any handle of this directory in this process."""
         return Subscription._create(self._s())
 
+    # -- access index (docs/chum-session.md §1; access.py) ---------------------------------
+
+    @_lmdb_errors
+    def accessible_roots(
+        self, person: str, since: int = 0
+    ) -> tuple[int, list[tuple[str, str, str | None, str]]]:
+        """``(mark, roots)``: the write sequence at the read, and the roots accessible to
+        ``person`` now that became accessible after sequence ``since`` (0: all), each
+        ``(kind, hash, id_hash, type_name)``, deduplicated by hash, in the order they became
+        accessible (docs/chum-session.md §1)."""
+        raw = _raw(person, "person")
+        since = _count_arg(since, "since")
+        shared = self._s()
+        with shared.env.begin() as txn:
+            return _access.accessible_roots(shared, txn, raw, since, _last_seq(txn, shared.events))
+
+    @_lmdb_errors
+    def peer_mark(self, peer: str) -> int:
+        """The high-water mark stored for ``peer`` (0 if never set)."""
+        raw = _access.check_peer(peer)
+        shared = self._s()
+        with shared.env.begin() as txn:
+            return _access.peer_mark(shared, txn, raw)
+
+    @_lmdb_errors
+    def set_peer_mark(self, peer: str, mark: int) -> None:
+        """Store the high-water mark of ``peer`` (one write transaction)."""
+        raw = _access.check_peer(peer)
+        mark = _count_arg(mark, "mark")
+        shared = self._s()
+        with shared.env.begin(write=True) as txn:
+            txn.put(raw, mark.to_bytes(8, "big"), db=shared.peers)
+
     # -- inventory and verification -------------------------------------------------------
 
     @_lmdb_errors
@@ -908,6 +958,7 @@ class Store:
             _check_vheads(shared, txn, problems)
             _check_rmaps(shared, txn, problems)
             _check_events(shared, txn, problems)
+            _access.check_index(shared, txn, _last_seq(txn, shared.events), problems)
             return problems
         finally:
             txn.abort()
@@ -1624,6 +1675,16 @@ class Snapshot:
         since = _count_arg(since, "since")
         limit = _count_arg(limit, "limit")
         return self._run(lambda txn: _changes(txn, self._shared.events, since, limit))
+
+    def accessible_roots(
+        self, person: str, since: int = 0
+    ) -> tuple[int, list[tuple[str, str, str | None, str]]]:
+        """Store.accessible_roots as of this snapshot."""
+        raw = _raw(person, "person")
+        since = _count_arg(since, "since")
+        shared = self._shared
+        return self._run(lambda txn: _access.accessible_roots(
+            shared, txn, raw, since, _last_seq(txn, shared.events)))
 
 
 _WAIT_SLICE = 1.0  # longest single Condition.wait (below threading.TIMEOUT_MAX, any timeout)

@@ -11,6 +11,7 @@ use pyo3::prelude::*;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+mod chum;
 mod crypto;
 mod errors;
 mod microdata;
@@ -26,5 +27,6 @@ fn _lama(m: &Bound<'_, PyModule>) -> PyResult<()> {
     store_api::register(m)?;
     crypto::register(m)?;
     net::register(m)?;
+    chum::register(m)?;
     Ok(())
 }

@@ -350,6 +350,30 @@ impl PyStore {
     fn subscribe(&self, py: Python<'_>) -> PyResult<crate::store_api::PySubscription> {
         crate::store_api::subscribe(py, self.store()?)
     }
+
+    // ---- access index (docs/chum-session.md §1; store_api.rs)
+
+    /// `(mark, roots)`: the roots accessible to `person` that became accessible after `since`.
+    #[pyo3(signature = (person, since = None), text_signature = "($self, person, since=0)")]
+    fn accessible_roots(
+        &self,
+        py: Python<'_>,
+        person: &Bound<'_, PyAny>,
+        since: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<(u64, Vec<crate::store_api::RootRow>)> {
+        let zero = 0u64.into_pyobject(py)?.into_any();
+        crate::store_api::accessible_roots(py, self.store()?, person, since.unwrap_or(&zero))
+    }
+
+    /// The high-water mark stored for `peer` (0 if never set).
+    fn peer_mark(&self, py: Python<'_>, peer: &Bound<'_, PyAny>) -> PyResult<u64> {
+        crate::store_api::peer_mark(py, self.store()?, peer)
+    }
+
+    /// Store the high-water mark of `peer`.
+    fn set_peer_mark(&self, py: Python<'_>, peer: &Bound<'_, PyAny>, mark: &Bound<'_, PyAny>) -> PyResult<()> {
+        crate::store_api::set_peer_mark(py, self.store()?, peer, mark)
+    }
 }
 
 /// Streams a BLOB/CLOB into a store (docs/store-format.md "Write rules").

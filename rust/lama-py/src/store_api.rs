@@ -7,7 +7,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use lama_core::hash::{bad_hash, check_hash as core_check_hash, Hash};
-use lama_core::store::{Event, Snapshot, Store, Subscription};
+use lama_core::store::{Event, Root, Snapshot, Store, Subscription};
 use lama_core::Error;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList, PyString};
@@ -101,6 +101,43 @@ pub fn changes(
     let since = count_arg(since, "since")?;
     let limit = usize::try_from(count_arg(limit, "limit")?).unwrap_or(usize::MAX);
     py.detach(|| store.changes(since, limit)).py().map(event_rows)
+}
+
+/// A root as the Python API shows it: `(kind, hash, id_hash, type_name)`, hex hashes.
+pub type RootRow = (&'static str, String, Option<String>, String);
+
+fn root_rows((mark, roots): (u64, Vec<Root>)) -> (u64, Vec<RootRow>) {
+    (mark, roots.into_iter().map(|r| (r.kind.as_str(), r.hash.to_hex(), r.id_hash.map(|h| h.to_hex()), r.type_name)).collect())
+}
+
+/// A peer key: a `str` (valid Unicode), else `StoreError LAMA-ARG` (the core checks its length).
+pub fn peer_arg(value: &Bound<'_, PyAny>) -> PyResult<String> {
+    match value.cast::<PyString>() {
+        Ok(s) => s.to_cow().map(|c| c.into_owned()).map_err(|_| arg_error("a peer key must be valid Unicode".into())),
+        Err(_) => Err(arg_error(format!("a peer key must be a str, got {}", value.get_type().name()?))),
+    }
+}
+
+pub fn accessible_roots(
+    py: Python<'_>,
+    store: Store,
+    person: &Bound<'_, PyAny>,
+    since: &Bound<'_, PyAny>,
+) -> PyResult<(u64, Vec<RootRow>)> {
+    let p = hash_arg(person, "person")?;
+    let since = count_arg(since, "since")?;
+    py.detach(|| store.accessible_roots(&p, since)).py().map(root_rows)
+}
+
+pub fn peer_mark(py: Python<'_>, store: Store, peer: &Bound<'_, PyAny>) -> PyResult<u64> {
+    let peer = peer_arg(peer)?;
+    py.detach(|| store.peer_mark(&peer)).py()
+}
+
+pub fn set_peer_mark(py: Python<'_>, store: Store, peer: &Bound<'_, PyAny>, mark: &Bound<'_, PyAny>) -> PyResult<()> {
+    let peer = peer_arg(peer)?;
+    let mark = count_arg(mark, "mark")?;
+    py.detach(|| store.set_peer_mark(&peer, mark)).py()
 }
 
 pub fn snapshot(py: Python<'_>, store: Store) -> PyResult<PySnapshot> {
@@ -216,6 +253,22 @@ impl PySnapshot {
 
     fn last_seq(&self, py: Python<'_>) -> PyResult<u64> {
         self.with(py, |s| s.last_seq())
+    }
+
+    /// `Store.accessible_roots` as of this snapshot.
+    #[pyo3(signature = (person, since = None), text_signature = "($self, person, since=0)")]
+    fn accessible_roots(
+        &self,
+        py: Python<'_>,
+        person: &Bound<'_, PyAny>,
+        since: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<(u64, Vec<RootRow>)> {
+        let p = hash_arg(person, "person")?;
+        let since = match since {
+            Some(s) => count_arg(s, "since")?,
+            None => 0,
+        };
+        self.with(py, |s| s.accessible_roots(&p, since)).map(root_rows)
     }
 
     fn changes(

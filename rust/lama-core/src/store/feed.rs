@@ -124,8 +124,9 @@ impl FeedTxn {
         Ok(())
     }
 
-    /// The last sequence number appended, if any.
-    fn last(&self) -> Option<u64> {
+    /// The last sequence number appended, if any (the access index records a head move
+    /// under the sequence number of its event).
+    pub(crate) fn last(&self) -> Option<u64> {
         self.next.filter(|_| self.appended > 0).map(|n| n - 1)
     }
 }

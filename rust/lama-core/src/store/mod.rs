@@ -14,6 +14,7 @@
 //! handle on it (LMDB forbids opening one environment twice in a process); it is closed when
 //! the last handle is dropped.
 
+mod access;
 mod blob;
 mod check;
 mod feed;
@@ -23,6 +24,7 @@ mod read;
 mod rmaps;
 mod verify;
 
+pub use access::{Root, RootKind};
 pub use blob::BlobWriter;
 pub use feed::{Event, Subscription};
 pub use objects::PutResult;
@@ -117,6 +119,14 @@ pub(crate) struct Dbs {
     pub tmp: Db,
     /// The post-commit event feed (feed.rs).
     pub events: Db,
+    /// The access index (access.rs; docs/store-format.md "access index").
+    pub agrants: Db,
+    pub amembers: Db,
+    pub anodes: Db,
+    pub aroots: Db,
+    pub arefs: Db,
+    /// Per-peer high-water marks (`Store::peer_mark`).
+    pub peers: Db,
 }
 
 struct Shared {
@@ -464,6 +474,12 @@ fn open_env(dir: &Path, map_size: usize, durable: bool) -> std::result::Result<S
         rmaps: env.create_database(&mut txn, Some("rmaps"))?,
         tmp: env.create_database(&mut txn, Some("tmp"))?,
         events: env.create_database(&mut txn, Some("events"))?,
+        agrants: env.create_database(&mut txn, Some("agrants"))?,
+        amembers: env.create_database(&mut txn, Some("amembers"))?,
+        anodes: env.create_database(&mut txn, Some("anodes"))?,
+        aroots: env.create_database(&mut txn, Some("aroots"))?,
+        arefs: env.create_database(&mut txn, Some("arefs"))?,
+        peers: env.create_database(&mut txn, Some("peers"))?,
     };
     match dbs.meta.get(&txn, b"format")? {
         None if creatable => dbs.meta.put(&mut txn, b"format", FORMAT.as_bytes())?,
@@ -507,6 +523,8 @@ fn open_env(dir: &Path, map_size: usize, durable: bool) -> std::result::Result<S
     }
     // A store created before the event feed gets sequence numbers for what it holds.
     feed::upgrade(&dbs, &mut txn)?;
+    // A store created before the access index gets it built from its current grants.
+    access::upgrade(&dbs, &mut txn)?;
     let last = feed::last_seq_in(&dbs, &txn)?;
     txn.commit()?;
     Ok(Shared { env, dir: dir.to_path_buf(), dbs, durable, feed: feed::Notifier::new(last) })

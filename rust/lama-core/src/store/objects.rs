@@ -266,6 +266,9 @@ impl Store {
             if current != Some(new.0) {
                 dbs.vheads.put(&mut txn, &id[..], &new[..])?;
                 feed.push(&dbs, &mut txn, id, K_HEAD)?;
+                // the access index follows grant heads and granted IDs (access.rs)
+                let seq = feed.last().expect("a head event was just appended");
+                super::access::head_moved(&dbs, &mut txn, id, new, seq)?;
             }
         }
         txn.commit()?;

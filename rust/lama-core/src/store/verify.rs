@@ -32,6 +32,7 @@ impl Store {
         check_vheads(&dbs, &txn, &mut problems)?;
         check_rmaps(&dbs, &txn, &mut problems)?;
         check_events(&dbs, &txn, &mut problems)?;
+        super::access::check_index(&dbs, &txn, &mut problems)?;
         Ok(problems)
     }
 }
