@@ -123,3 +123,57 @@ def test_sessions_sync_between_rust_and_pure_drivers(tmp_path: Path, rust_core: 
                                                      pure_core: ModuleType, rust_side: int) -> None:
     drivers = (rust_core, pure_core) if rust_side == 0 else (pure_core, rust_core)
     check(tmp_path, "ws", drivers, fast=True)
+
+
+class Proxy:
+    """Hides a session's class: the driver sees only an object with the ChumSession methods
+    (in the Rust core: the GIL-taking path instead of the native one)."""
+
+    def __init__(self, session: Any) -> None:
+        self._session = session
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._session, name)
+
+
+@pytest.mark.parametrize("kind", ["memory", "ws"])
+def test_the_core_session_runs_the_same_native_or_proxied(tmp_path: Path, kind: str) -> None:
+    """The core's own ChumSession (in the Rust core: driven natively, without the GIL) and the
+    same session behind a plain Python object give the same events, stats and close reasons."""
+
+    def once(name: str, wrap: Any) -> Any:
+        a = core.Store(str(tmp_path / name / "a"))
+        b = core.Store(str(tmp_path / name / "b"))
+        pa, pb = person_id(a, "alice@a.example"), person_id(a, "bob@b.example")
+        person_id(b, "alice@a.example")
+        person_id(b, "bob@b.example")
+        chat = Chat(a, pa, pb)
+        chat.share([pa, pb])
+        chat.post("one")
+
+        async def side(store: Any, t: Any, me: str, peer: str) -> Any:
+            task = core.spawn_session(wrap(core.ChumSession(store, me, peer)), t, store=store)
+            events = []
+            for _ in range(100_000):
+                batch = await task.events()
+                if batch is None:
+                    break
+                events.extend(batch)
+            return events, await task.wait(), t.close_reason
+
+        async def main() -> Any:
+            ta, tb = await connect(kind, (core, core))
+            return await asyncio.wait_for(asyncio.gather(side(a, ta, pa, pb), side(b, tb, pb, pa)), 60)
+
+        out = asyncio.run(main())
+        a.close()
+        b.close()
+        return out
+
+    native = once("native", lambda s: s)
+    proxied = once("proxied", Proxy)
+    assert native == proxied
+    for events, stats, reason in native:
+        assert events[0][0] == "version" and events[-1][0] == "finished"
+        assert reason == events[-1][1]["reason"]
+        assert stats["requests_sent"] > 0

@@ -17,6 +17,7 @@ use pyo3::types::{PyBool, PyByteArray, PyBytes, PyDict, PyInt, PyList, PyMemoryV
 use pyo3_async_runtimes::tokio::future_into_py;
 use tokio::sync::{mpsc, watch};
 
+use crate::chum::{json_to_py, PyChumSession};
 use crate::errors::{to_py, LamaError};
 use crate::store::PyStore;
 
@@ -273,7 +274,6 @@ fn ws_listen<'py>(
 /// native event converted when Python takes it.
 pub(crate) enum SessionEvent {
     Py(Py<PyAny>),
-    #[allow(dead_code)] // used by native sessions (see `NativeSession`)
     Native(Box<dyn FnOnce(Python<'_>) -> PyResult<Py<PyAny>> + Send>),
 }
 
@@ -299,7 +299,6 @@ impl<'py> IntoPyObject<'py> for EventBatch {
 /// The statistics of a finished session.
 enum Stats {
     Py(Py<PyAny>),
-    #[allow(dead_code)] // native sessions
     Native(Vec<(String, i64)>),
 }
 
@@ -398,11 +397,9 @@ fn spawn<P: Session>(protocol: P, transport: Arc<Transport>, store: Option<Store
 
 /// Drive `session` over `transport` in a tokio task.
 ///
-/// `session` is any object with the `ChumSession` methods (docs/chum-session.md §2): its calls
-/// take the GIL briefly from the driver. HOOK(rustchum): the Rust core's `ChumSession` pyclass
-/// (`lama_chum::Session`) is to be recognised here, taken out of its pyclass and run through
-/// [`NativeSession`] without the GIL (`impl Protocol for lama_chum::Session` plus
-/// `impl NativeSession`).
+/// The Rust core's `ChumSession` runs natively, without the GIL ([`ChumNative`]); any other
+/// object with the `ChumSession` methods (docs/chum-session.md §2) is called with the GIL
+/// taken briefly from the driver ([`PyProtocol`]).
 #[pyfunction]
 #[pyo3(signature = (session, transport, *, store = None))]
 fn spawn_session(
@@ -430,8 +427,95 @@ fn spawn_session(
                 .store()?,
         ),
     };
+    // the Rust core's own ChumSession runs natively: its calls never take the GIL
+    if let Ok(chum) = session.cast::<PyChumSession>() {
+        return spawn(Native(ChumNative::new(chum.clone().unbind())), transport, store);
+    }
     let protocol = PyProtocol::new(py, session)?;
     spawn(protocol, transport, store)
+}
+
+// -- the Rust core's ChumSession ----------------------------------------------------------------
+
+/// Drives the `lama_chum::Session` inside a `ChumSession` pyclass without the GIL: the pyclass
+/// is frozen and keeps the session behind its own mutex, so `Py::get` reaches it from any
+/// thread. The driver's `Instant`s go to the session as they are (no float seconds).
+struct ChumNative {
+    obj: Py<PyChumSession>,
+    finished: bool,
+    reason: Option<String>,
+}
+
+impl ChumNative {
+    fn new(obj: Py<PyChumSession>) -> ChumNative {
+        let mut n = ChumNative { obj, finished: false, reason: None };
+        n.with(|_| {});
+        n
+    }
+
+    /// Run `f` on the session, then refresh what the driver reads through `&self`.
+    fn with<T>(&mut self, f: impl FnOnce(&mut lama_chum::Session) -> T) -> T {
+        let mut g = self.obj.get().lock();
+        let out = f(&mut g.session);
+        self.finished = g.session.is_finished();
+        self.reason = g.session.close_reason().map(str::to_string);
+        out
+    }
+}
+
+fn chum_message(m: Message) -> lama_chum::Message {
+    match m {
+        Message::Text(t) => lama_chum::Message::Text(t),
+        Message::Binary(b) => lama_chum::Message::Binary(b),
+    }
+}
+
+impl Protocol for ChumNative {
+    type Event = lama_chum::Event;
+    fn start(&mut self, now: Instant) {
+        self.with(|s| s.start(now))
+    }
+    fn handle_message(&mut self, msg: Message, now: Instant) {
+        self.with(|s| s.handle_message(chum_message(msg), now))
+    }
+    fn handle_timeout(&mut self, now: Instant) {
+        self.with(|s| s.handle_timeout(now))
+    }
+    fn store_changed(&mut self, now: Instant) {
+        self.with(|s| s.store_changed(now))
+    }
+    fn connection_closed(&mut self, reason: &str, now: Instant) {
+        self.with(|s| s.connection_closed(reason, now))
+    }
+    fn poll_timeout(&self) -> Option<Instant> {
+        self.obj.get().lock().session.poll_timeout()
+    }
+    fn poll_transmit(&mut self) -> Option<Message> {
+        self.with(|s| s.poll_transmit()).map(|m| match m {
+            lama_chum::Message::Text(t) => Message::Text(t),
+            lama_chum::Message::Binary(b) => Message::Binary(b),
+        })
+    }
+    fn poll_event(&mut self) -> Option<lama_chum::Event> {
+        self.with(|s| s.poll_event())
+    }
+    fn is_finished(&self) -> bool {
+        self.finished
+    }
+    fn close_reason(&self) -> Option<&str> {
+        self.reason.as_deref()
+    }
+}
+
+impl NativeSession for ChumNative {
+    fn event_to_py(ev: lama_chum::Event, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        let data = json_to_py(py, &ev.data())?;
+        Ok(pyo3::types::PyTuple::new(py, [PyString::new(py, ev.kind()).into_any(), data])?.into_any().unbind())
+    }
+    fn stats(&self) -> Vec<(String, i64)> {
+        let s = self.obj.get().lock().session.stats();
+        s.fields().iter().map(|(k, v)| (k.to_string(), i64::try_from(*v).unwrap_or(i64::MAX))).collect()
+    }
 }
 
 // -- a session written in Python -----------------------------------------------------------------
@@ -595,13 +679,11 @@ impl Session for PyProtocol {
 
 /// A Rust session (the Rust core's `ChumSession`, `lama_chum::Session`) as the binding runs it:
 /// its events become Python objects only when Python takes them; it never takes the GIL.
-#[allow(dead_code)] // implemented for lama_chum::Session when that crate is merged
 pub(crate) trait NativeSession: Protocol {
     fn event_to_py(ev: Self::Event, py: Python<'_>) -> PyResult<Py<PyAny>>;
     fn stats(&self) -> Vec<(String, i64)>;
 }
 
-#[allow(dead_code)]
 struct Native<S>(S);
 
 impl<S: NativeSession> Protocol for Native<S> {
@@ -643,12 +725,6 @@ impl<S: NativeSession> Session for Native<S> {
     fn outcome(self) -> Outcome {
         Outcome::Stats(Stats::Native(self.0.stats()))
     }
-}
-
-/// Run a native session over a transport (the hook for the Rust core's `ChumSession`).
-#[allow(dead_code)]
-pub(crate) fn spawn_native<S: NativeSession>(session: S, transport: &PyTransport, store: Option<Store>) -> PyResult<PySessionTask> {
-    spawn(Native(session), transport.inner.clone(), store)
 }
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
