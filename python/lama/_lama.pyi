@@ -13,9 +13,12 @@ __all__ = [
     "BlobWriter",
     "CORE_NAME",
     "ChumSession",
+    "Listener",
+    "SessionTask",
     "Snapshot",
     "Store",
     "Subscription",
+    "Transport",
     "box_before",
     "box_keypair",
     "box_open_embedded",
@@ -28,6 +31,7 @@ __all__ = [
     "id_microdata",
     "id_microdata_of",
     "is_versioned",
+    "memory_pair",
     "object_hash",
     "parse",
     "random_bytes",
@@ -49,7 +53,10 @@ __all__ = [
     "sign_keypair",
     "sign_keypair_from_seed",
     "sign_verify_detached",
+    "spawn_session",
     "type_of",
+    "ws_connect",
+    "ws_listen",
 ]
 
 # -- recipes (objects.md §3) --------------------------------------------------------------
@@ -209,6 +216,32 @@ class BlobWriter:
         exc: BaseException | None = ...,
         tb: types.TracebackType | None = ...,
     ) -> Literal[False]: ...
+
+# -- transports and the session driver (docs/chum-session.md §3) ---------------------------
+@final
+class Transport:
+    async def send(self, msg: str | bytes) -> None: ...
+    async def recv(self) -> str | bytes | None: ...
+    async def close(self, reason: str = ...) -> None: ...
+    @property
+    def close_reason(self) -> str | None: ...
+
+def memory_pair(*, max_message: int = ...) -> tuple[Transport, Transport]: ...
+async def ws_connect(url: str, *, max_message: int = ...) -> Transport: ...
+async def ws_listen(host: str, port: int, *, max_message: int = ...) -> Listener: ...
+@final
+class Listener:
+    @property
+    def port(self) -> int: ...
+    async def accept(self) -> Transport: ...
+    async def close(self) -> None: ...
+
+def spawn_session(session: Any, transport: Transport, *, store: Store | None = None) -> SessionTask: ...
+@final
+class SessionTask:
+    async def events(self) -> list[tuple[str, dict[str, Any]]] | None: ...
+    async def wait(self) -> dict[str, int]: ...
+    def cancel(self) -> None: ...
 
 @final
 class ChumSession:

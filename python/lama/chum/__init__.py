@@ -118,7 +118,8 @@ async def sync(store: Store, transport: Any, local_person: str, remote_person: s
     ``on_event`` sees every event after this layer handled it.
     """
     session = core.ChumSession(store, local_person, remote_person, **options)
-    task = core.spawn_session(session, transport)  # type: ignore[attr-defined]
+    # the driver watches the store's event feed: new grants reach a keep-running peer at once
+    task = core.spawn_session(session, transport, store=store)
     result = SyncResult()
     try:
         while True:

@@ -18,8 +18,8 @@ fn bad_arg(msg: String) -> PyErr {
     InvalidArgumentError::new_err((msg, "LAMA-ARG"))
 }
 
-struct Inner {
-    session: Session,
+pub(crate) struct Inner {
+    pub(crate) session: Session,
     base: Instant,
     base_f: Option<f64>,
 }
@@ -80,7 +80,7 @@ fn now_arg(v: &Bound<'_, PyAny>) -> PyResult<f64> {
     }
 }
 
-fn json_to_py<'py>(py: Python<'py>, v: &serde_json::Value) -> PyResult<Bound<'py, PyAny>> {
+pub(crate) fn json_to_py<'py>(py: Python<'py>, v: &serde_json::Value) -> PyResult<Bound<'py, PyAny>> {
     use serde_json::Value;
     Ok(match v {
         Value::Null => py.None().into_bound(py),
@@ -108,7 +108,7 @@ fn json_to_py<'py>(py: Python<'py>, v: &serde_json::Value) -> PyResult<Bound<'py
 }
 
 impl PyChumSession {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+    pub(crate) fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 }

@@ -15,6 +15,7 @@ mod chum;
 mod crypto;
 mod errors;
 mod microdata;
+mod net;
 mod store;
 mod store_api;
 
@@ -25,6 +26,7 @@ fn _lama(m: &Bound<'_, PyModule>) -> PyResult<()> {
     store::register(m)?;
     store_api::register(m)?;
     crypto::register(m)?;
+    net::register(m)?;
     chum::register(m)?;
     Ok(())
 }
