@@ -19,7 +19,8 @@ import pytest
 pytestmark = pytest.mark.cross_core
 
 ROOT = Path(__file__).resolve().parent.parent
-PURE_SUBMODULES = sorted(p.stem for p in (ROOT / "python/lama/_pure").glob("*.py") if p.stem != "__init__")
+PURE_SUBMODULES = sorted(p.stem for p in (ROOT / "python/lama/_pure").glob("*.py") if p.stem != "__init__") + sorted(
+    p.parent.name for p in (ROOT / "python/lama/_pure").glob("*/__init__.py"))
 
 
 def test_pure_core_matches_the_stub(tmp_path: Path) -> None:

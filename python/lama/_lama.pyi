@@ -12,9 +12,13 @@ CORE_NAME: str
 __all__ = [
     "BlobWriter",
     "CORE_NAME",
+    "ChumSession",
+    "Listener",
+    "SessionTask",
     "Snapshot",
     "Store",
     "Subscription",
+    "Transport",
     "box_before",
     "box_keypair",
     "box_open_embedded",
@@ -27,6 +31,7 @@ __all__ = [
     "id_microdata",
     "id_microdata_of",
     "is_versioned",
+    "memory_pair",
     "object_hash",
     "parse",
     "random_bytes",
@@ -48,7 +53,10 @@ __all__ = [
     "sign_keypair",
     "sign_keypair_from_seed",
     "sign_verify_detached",
+    "spawn_session",
     "type_of",
+    "ws_connect",
+    "ws_listen",
 ]
 
 # -- recipes (objects.md §3) --------------------------------------------------------------
@@ -208,3 +216,62 @@ class BlobWriter:
         exc: BaseException | None = ...,
         tb: types.TracebackType | None = ...,
     ) -> Literal[False]: ...
+
+# -- transports and the session driver (docs/chum-session.md §3) ---------------------------
+@final
+class Transport:
+    async def send(self, msg: str | bytes) -> None: ...
+    async def recv(self) -> str | bytes | None: ...
+    async def close(self, reason: str = ...) -> None: ...
+    @property
+    def close_reason(self) -> str | None: ...
+
+def memory_pair(*, max_message: int = ...) -> tuple[Transport, Transport]: ...
+async def ws_connect(url: str, *, max_message: int = ...) -> Transport: ...
+async def ws_listen(host: str, port: int, *, max_message: int = ...) -> Listener: ...
+@final
+class Listener:
+    @property
+    def port(self) -> int: ...
+    async def accept(self) -> Transport: ...
+    async def close(self) -> None: ...
+
+def spawn_session(session: Any, transport: Transport, *, store: Store | None = None) -> SessionTask: ...
+@final
+class SessionTask:
+    async def events(self) -> list[tuple[str, dict[str, Any]]] | None: ...
+    async def wait(self) -> dict[str, int]: ...
+    def cancel(self) -> None: ...
+
+@final
+class ChumSession:
+    def __new__(
+        cls,
+        store: Store,
+        local_person: str,
+        remote_person: str,
+        *,
+        keep_running: bool = False,
+        poll_interval: float = 5.0,
+        fast_path: bool = True,
+        exporter: bool = True,
+        importer: bool = True,
+        request_timeout: float = 30.0,
+        max_retries: int = 3,
+        window: int = 64,
+        max_message: int = 67108864,
+    ) -> ChumSession: ...
+    def start(self, now: float) -> None: ...
+    def receive_text(self, text: str, now: float) -> None: ...
+    def receive_binary(self, data: bytes, now: float) -> None: ...
+    def handle_timeout(self, now: float) -> None: ...
+    def store_changed(self, now: float) -> None: ...
+    def connection_closed(self, reason: str, now: float) -> None: ...
+    def poll_timeout(self) -> float | None: ...
+    def poll_transmit(self) -> list[str | bytes]: ...
+    def poll_events(self) -> list[tuple[str, dict[str, Any]]]: ...
+    @property
+    def finished(self) -> bool: ...
+    @property
+    def close_reason(self) -> str | None: ...
+    def stats(self) -> dict[str, int]: ...

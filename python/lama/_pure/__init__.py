@@ -21,8 +21,10 @@ from .microdata import (
 )
 from .recipes import is_versioned, recipe_json, recipe_names, register_recipe, resolved_recipe
 from .store import BlobWriter, Snapshot, Store, Subscription, check_hash
+from .net import Listener, SessionTask, Transport, memory_pair, spawn_session, ws_connect, ws_listen
 from .crypto import *  # noqa: F401,F403  (crypto primitives, listed in crypto.__all__)
 from . import crypto as _crypto
+from .chum import ChumSession
 
 CORE_NAME = "pure"
 
@@ -48,5 +50,13 @@ __all__ = [
     "BlobWriter",
     "Snapshot",
     "Subscription",
+    "Transport",
+    "memory_pair",
+    "ws_connect",
+    "ws_listen",
+    "Listener",
+    "spawn_session",
+    "SessionTask",
+    "ChumSession",
     *_crypto.__all__,
 ]

@@ -11,9 +11,11 @@ use pyo3::prelude::*;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+mod chum;
 mod crypto;
 mod errors;
 mod microdata;
+mod net;
 mod store;
 mod store_api;
 
@@ -24,5 +26,7 @@ fn _lama(m: &Bound<'_, PyModule>) -> PyResult<()> {
     store::register(m)?;
     store_api::register(m)?;
     crypto::register(m)?;
+    net::register(m)?;
+    chum::register(m)?;
     Ok(())
 }

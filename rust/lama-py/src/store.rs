@@ -114,7 +114,7 @@ pub struct PyStore {
 }
 
 impl PyStore {
-    fn store(&self) -> PyResult<Store> {
+    pub(crate) fn store(&self) -> PyResult<Store> {
         self.inner.read().unwrap_or_else(|e| e.into_inner()).clone().ok_or_else(closed)
     }
 }

@@ -119,6 +119,13 @@ impl Store {
     /// CLOB root has no children. A referenced object or ID object that is not stored fails the
     /// whole call with `NotFoundError SB-READ2`, as the reference exporter does (chum.md §4.3).
     pub(crate) fn children_in(&self, txn: &RoTxn, root: &Hash) -> Result<Vec<Hash>> {
+        Ok(self.children_tagged_in(txn, root)?.into_iter().map(|(_, h)| h).collect())
+    }
+
+    /// [`children_in`](Self::children_in) with the kind of reference each child was first met
+    /// through: the CHUM exporter needs the `object`/`id`/`blob`/`clob` tag of every entry
+    /// (chum.md §4.3), and a BLOB/CLOB child need not be stored to be listed.
+    pub(crate) fn children_tagged_in(&self, txn: &RoTxn, root: &Hash) -> Result<Vec<(RefKind, Hash)>> {
         let text = match self.entry(txn, root)? {
             None => return Err(not_found(&root.to_string(), "object")),
             Some([k, rest @ ..]) if *k == K_OBJECT || *k == K_ID => {
@@ -132,7 +139,8 @@ impl Store {
         let mut out = Vec::new();
         // Explicit stack instead of recursion: version chains are arbitrarily long.
         // Frame: (hash recorded when the frame is done (None for the root), its references, next index).
-        let mut stack: Vec<(Option<Hash>, Vec<(RefKind, Hash)>, usize)> = vec![(None, refs_of(root, text)?, 0)];
+        type Frame = (Option<(RefKind, Hash)>, Vec<(RefKind, Hash)>, usize);
+        let mut stack: Vec<Frame> = vec![(None, refs_of(root, text)?, 0)];
         while let Some(frame) = stack.last_mut() {
             if frame.2 == frame.1.len() {
                 let done = frame.0;
@@ -148,10 +156,10 @@ impl Store {
                 continue;
             }
             match kind {
-                RefKind::Blob | RefKind::Clob => out.push(h),
+                RefKind::Blob | RefKind::Clob => out.push((kind, h)),
                 RefKind::Obj | RefKind::Id => {
                     let text = self.text_in(txn, &h, if kind == RefKind::Id { K_ID } else { K_OBJECT })?;
-                    stack.push((Some(h), refs_of(&h, text)?, 0));
+                    stack.push((Some((kind, h)), refs_of(&h, text)?, 0));
                 }
             }
         }
@@ -210,6 +218,14 @@ impl Store {
         let h = parse_hash("hash", hash)?;
         let txn = self.read_txn()?;
         self.children_in(&txn, &h)
+    }
+
+    /// The children of an object or ID object with their reference kinds (chum.md §4.3; see
+    /// `children_tagged_in`).
+    pub fn children_tagged(&self, hash: &str) -> Result<Vec<(RefKind, Hash)>> {
+        let h = parse_hash("hash", hash)?;
+        let txn = self.read_txn()?;
+        self.children_tagged_in(&txn, &h)
     }
 
     /// The version nodes of `id_hash`, newest first (objects.md §4.1; see `version_nodes_in`).
@@ -278,6 +294,11 @@ impl Snapshot {
     pub fn children(&self, hash: &str) -> Result<Vec<Hash>> {
         let h = parse_hash("hash", hash)?;
         self.store.children_in(&self.txn, &h)
+    }
+
+    pub fn children_tagged(&self, hash: &str) -> Result<Vec<(RefKind, Hash)>> {
+        let h = parse_hash("hash", hash)?;
+        self.store.children_tagged_in(&self.txn, &h)
     }
 
     pub fn version_nodes(&self, id_hash: &str) -> Result<Vec<Hash>> {

@@ -1,0 +1,314 @@
+"""The exporter half of a CHUM session (chum.md §4, §5): answers services 1, 2, 4, 5, 6, 7, 8
+and 10 for one remote person, authorised by the session's accessible set (§5.2)."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any, Callable
+
+from ...errors import LamaError
+from . import rpc
+
+PROTOCOL_VERSION = 8
+
+# chum.md §3.1 service ids
+GET_PROTOCOL_VERSION = 1
+GET_ACCESSIBLE_ROOTS = 2
+NEW_ACCESSIBLE_ROOT_EVENT = 3
+GET_OBJECT_CHILDREN = 4
+GET_ID_OBJECT_CHILDREN = 5
+GET_OBJECT = 6
+GET_ID_OBJECT = 7
+GET_BLOB = 8
+FIN = 10
+
+# lama extensions (docs/chum-fastpath.md), probed by a lama importer after the version check
+LAMA_PROBE = 100
+GET_OBJECTS_BATCH = 101
+GET_ROOTS_SINCE = 102
+SUBSCRIBE = 103
+NOTIFY = 104  # served by the importer
+GET_CHILDREN_BATCH = 105
+BATCH_MAX = 256
+FASTPATH_VERSION = 1
+
+EXPORTER_SERVICES = frozenset({1, 2, 4, 5, 6, 7, 8, 10, 100, 101, 102, 103, 105})
+
+BLOB_PAYLOAD = 65_528
+"""chum.md §2.6/§10.2: 8-byte id + payload ≤ 65,536, so the fragmentation layer never splits a
+chunk (the reference's 65,536-byte reads become 4 messages each)."""
+
+CLOB_CHUNK = 4_096
+"""Characters per CLOB text chunk: small enough that a chunk message stays below the
+fragmentation threshold of 16,384 UTF-16 units (chum.md §1): 4,096 code points are at most
+8,192 UTF-16 units, twice that escaped."""
+
+_HASH = re.compile(r"^[0-9a-f]{64}$")
+
+
+class ServiceError(Exception):
+    """An error answer: ``{name, message, code}`` on the wire (chum.md §2.4)."""
+
+    def __init__(self, code: str, text: str, name: str = "Error"):
+        super().__init__(f"{code}: {text}")
+        self.code = code
+        self.text = f"{code}: {text}"
+        self.name = name
+
+
+def _wire_root(kind: str, h: str, id_hash: str | None, type_name: str) -> dict[str, Any]:
+    """chum.md §4.2 AccessibleObject, fields in the reference's order."""
+    if kind == "unversioned":
+        return {"type": "unversioned", "hash": h, "oneType": type_name}
+    if kind == "versioned":
+        return {"type": "versioned", "hash": h, "idHash": id_hash, "oneType": type_name}
+    if kind == "id":
+        return {"type": "id", "idHash": h, "oneType": type_name}
+    if kind == "version_node":
+        return {"type": "version_node", "node": h, "dataIdHash": id_hash, "dataType": type_name}
+    raise ValueError(f"unknown root kind {kind!r}")
+
+
+class Exporter:
+    """Serves one connection.  ``handle`` returns the frames to send for one request."""
+
+    def __init__(self, store: Any, remote_person: str, log: dict[str, list[str]],
+                 stats: dict[str, int], on_error: Callable[[str, str], None]):
+        self.store = store
+        self.remote_person = remote_person
+        self.accessible: set[str] = set()  # chum.md §5.2: never shrinks in a session
+        self.log = log
+        self.stats = stats
+        self.on_error = on_error
+        self.done = False  # FIN received (§4.7)
+        self.roots_mark = 0  # write sequence of the last roots answer (fast path bookkeeping)
+        self.subscribed = False  # the peer asked for NOTIFY pushes (SUBSCRIBE)
+        self.notify_mark = 0  # roots up to this write sequence are known to the peer
+
+    # -- dispatch ------------------------------------------------------------------------
+
+    def handle(self, rid: int, service: int, args: list[Any]) -> list[str | bytes]:
+        try:
+            if service == GET_PROTOCOL_VERSION:
+                return [rpc.data_response(rid, PROTOCOL_VERSION)]
+            if service == GET_ACCESSIBLE_ROOTS:
+                return [rpc.data_response(rid, self._roots())]
+            if service == GET_OBJECT_CHILDREN:
+                return [rpc.data_response(rid, self._children(args, id_object=False))]
+            if service == GET_ID_OBJECT_CHILDREN:
+                return [rpc.data_response(rid, self._children(args, id_object=True))]
+            if service == GET_OBJECT:
+                return [rpc.data_response(rid, self._object(args, id_object=False))]
+            if service == GET_ID_OBJECT:
+                return [rpc.data_response(rid, self._object(args, id_object=True))]
+            if service == GET_BLOB:
+                return self._blob(rid, args)
+            if service == FIN:
+                self.done = True
+                return [rpc.data_response(rid, rpc.UNDEF)]
+            if service == LAMA_PROBE:
+                return [rpc.data_response(rid, self._probe())]
+            if service == GET_OBJECTS_BATCH:
+                return [rpc.data_response(rid, self._batch(args))]
+            if service == GET_CHILDREN_BATCH:
+                return [rpc.data_response(rid, self._children_batch(args))]
+            if service == GET_ROOTS_SINCE and self.roots_since_supported():
+                return [rpc.data_response(rid, self._roots_since(args))]
+            if service == SUBSCRIBE:
+                self.subscribed = True
+                self.notify_mark = max(self.notify_mark, self.roots_mark)
+                return [rpc.data_response(rid, rpc.UNDEF)]
+        except ServiceError as e:
+            return [rpc.error_response(rid, e.name, e.text, e.code)]
+        except LamaError as e:
+            # a storage error during the walk fails the whole call (chum.md §4.3, SB-READ2)
+            self.on_error(e.code, str(e))
+            return [rpc.error_response(rid, "Error", str(e), e.code)]
+        return [rpc.unknown_service(rid, service)]
+
+    # -- services ------------------------------------------------------------------------
+
+    def _roots(self, since: int = 0) -> str:
+        return rpc.list_json(self._unlock_roots(since))
+
+    def _unlock_roots(self, since: int) -> list[dict[str, Any]]:
+        mark, roots = (self.store.accessible_roots(self.remote_person, since) if since
+                       else self.store.accessible_roots(self.remote_person))
+        self.roots_mark = max(self.roots_mark, mark)
+        out = []
+        for kind, h, id_hash, type_name in roots:
+            out.append(_wire_root(kind, h, id_hash, type_name))
+            # chum.md §4.2 "unlocks"
+            self.accessible.add(h)
+            if kind == "versioned" and id_hash:
+                self.accessible.add(id_hash)
+        return out
+
+    # -- lama extensions (docs/chum-fastpath.md) ------------------------------------------------
+
+    def roots_since_supported(self) -> bool:
+        return hasattr(self.store, "peer_mark")
+
+    def epoch(self) -> str:
+        """Names this store's write-sequence space, so a peer keeps one high-water mark per
+        exporter store: the hash of the store's first change-feed event."""
+        first = self.store.changes(0, 1)
+        return first[0][1] if first else ""
+
+    def _probe(self) -> dict[str, Any]:
+        features = ["batch", "children-batch", "push"] + (["roots-since"] if self.roots_since_supported() else [])
+        return {"lama": FASTPATH_VERSION, "features": features, "epoch": self.epoch()}
+
+    def _batch(self, args: list[Any]) -> str:
+        hashes = args[0] if args else None
+        if not isinstance(hashes, list) or len(hashes) > BATCH_MAX:
+            raise ServiceError("LAMA-CHUM-BATCH", f"expected a list of at most {BATCH_MAX} hashes")
+        out: list[str | None] = []
+        for h in hashes:
+            if not isinstance(h, str) or not _HASH.match(h) or h not in self.accessible:
+                if isinstance(h, str) and _HASH.match(h):
+                    self.on_error("CES-GO1", f"refused {h}: not accessible to {self.remote_person}")
+                out.append(None)
+                continue
+            kind = self.store.kind(h)
+            if kind == "object":
+                self.log["AtoBObjects"].append(h)
+                self.stats["objects_sent"] += 1
+            elif kind == "id":
+                self.log["AtoBIdObjects"].append(h)
+                self.stats["id_objects_sent"] += 1
+            else:
+                out.append(None)
+                continue
+            out.append(self.store.get(h))
+        return json.dumps(out, ensure_ascii=False, separators=(",", ":"))
+
+    def _children_batch(self, args: list[Any]) -> str:
+        """GET_CHILDREN_BATCH: ``[[h, ...]]`` (objects and ID objects alike) -> JSON string of
+        ``[children list | null, ...]``; each list as service 4/5 would send it, unlocked the
+        same way; ``null`` for a hash not unlocked, malformed or not stored."""
+        hashes = args[0] if args else None
+        if not isinstance(hashes, list) or len(hashes) > BATCH_MAX:
+            raise ServiceError("LAMA-CHUM-BATCH", f"expected a list of at most {BATCH_MAX} hashes")
+        out: list[list[dict[str, str]] | None] = []
+        for h in hashes:
+            if not isinstance(h, str) or not _HASH.match(h) or h not in self.accessible \
+                    or self.store.kind(h) not in ("object", "id"):
+                out.append(None)
+                continue
+            children = self.children_list(h)
+            for c in children:
+                self.accessible.add(c["hash"])
+            out.append(children)
+        return json.dumps(out, ensure_ascii=False, separators=(",", ":"))
+
+    def _roots_since(self, args: list[Any]) -> str:
+        since = args[0] if args else 0
+        if isinstance(since, bool) or not isinstance(since, int) or since < 0:
+            raise ServiceError("LAMA-CHUM-BATCH", f"expected a write sequence, got {since!r}")
+        roots = self._unlock_roots(since)
+        return json.dumps({"mark": self.roots_mark, "roots": roots}, ensure_ascii=False,
+                          separators=(",", ":"))
+
+    def changed_roots(self) -> bool:
+        """After a local write: whether roots became accessible to the peer since the last
+        notification (only when it subscribed)."""
+        if not self.subscribed or self.done:
+            return False
+        mark, roots = self.store.accessible_roots(self.remote_person, self.notify_mark)
+        self.notify_mark = max(self.notify_mark, mark)
+        return bool(roots)
+
+    def _arg_hash(self, args: list[Any], code: str, what: str) -> str:
+        h = args[0] if args else None
+        if not isinstance(h, str) or not _HASH.match(h):
+            # the value as JSON, cut to 100 characters (language-neutral: both cores agree)
+            raise ServiceError(code, f"Not a valid {what}: {json.dumps(h, ensure_ascii=False, separators=(',', ':'))[:100]}")
+        return h
+
+    def children_list(self, h: str) -> list[dict[str, str]]:
+        """The wire children of ``h``: the store's §5.3 post-order walk reversed (parents first
+        on the wire), each tagged with the kind of its stored entry."""
+        with self.store.snapshot() as snap:
+            post = snap.children(h)
+            out = []
+            for c in reversed(post):
+                kind = snap.kind(c)
+                if kind is None:  # cannot happen: the walk loaded it or it is a leaf
+                    kind = "blob"
+                out.append({"type": kind, "hash": c})
+        return out
+
+    def _children(self, args: list[Any], id_object: bool) -> str:
+        if id_object:
+            h = self._arg_hash(args, "UTC-EIDHASH", "ID hash")
+            if h not in self.accessible:
+                raise ServiceError("CES-GIDOC1", f"Unauthorized, id obj children for {h}")
+        else:
+            h = self._arg_hash(args, "UTC-EHASH", "hash")
+            if h not in self.accessible:
+                raise ServiceError("CES-GOC1", f"Unauthorized, obj children for {h}")
+        children = self.children_list(h)
+        for c in children:
+            self.accessible.add(c["hash"])
+        return rpc.list_json(children)
+
+    def _object(self, args: list[Any], id_object: bool) -> str:
+        h = self._arg_hash(args, "UTC-EIDHASH" if id_object else "UTC-EHASH",
+                           "ID hash" if id_object else "hash")
+        if h not in self.accessible:
+            self.on_error("CES-GIDO1" if id_object else "CES-GO1",
+                          f"refused {h}: not accessible to {self.remote_person}")
+            if id_object:
+                raise ServiceError("CES-GIDO1", f"Unauthorized, id obj {h}")
+            raise ServiceError("CES-GO1", f"Unauthorized, obj {h}")
+        kind = self.store.kind(h)
+        if id_object and kind != "id":
+            raise ServiceError("CES-GIDO2", f"Not an ID object: {h}")
+        if not id_object and kind != "object":
+            raise ServiceError("CES-GO2", f"Not an object: {h}")
+        text: str = self.store.get(h)
+        if id_object:
+            self.log["AtoBIdObjects"].append(h)
+            self.stats["id_objects_sent"] += 1
+        else:
+            self.log["AtoBObjects"].append(h)
+            self.stats["objects_sent"] += 1
+        return text
+
+    def _blob(self, rid: int, args: list[Any]) -> list[str | bytes]:
+        h = self._arg_hash(args, "UTC-EHASH", "hash")
+        encoding = args[1] if len(args) > 1 else None
+        if encoding not in (None, "utf8"):
+            raise ServiceError("CES-GBL2", f"Unsupported encoding {encoding!r}")
+        if h not in self.accessible:
+            self.on_error("CES-GBL1", f"refused BLOB {h}: not accessible to {self.remote_person}")
+            raise ServiceError("CES-GBL1", f"Unauthorized, BLOB {h}")
+        kind = self.store.kind(h)
+        if kind not in ("blob", "clob"):
+            # the reference fails while reading the file: a stream error, not an error answer
+            return [rpc.stream_error(rid)]
+        chunks: list[bytes] = self.store.read_blob_chunks(h)
+        out: list[str | bytes] = []
+        if encoding is None:
+            # chum.md §2.6: binary frames of at most BLOB_PAYLOAD bytes each
+            for c in chunks:
+                mv = memoryview(c)
+                for off in range(0, len(c), BLOB_PAYLOAD):
+                    out.append(rpc.binary_frame(rid, mv[off:off + BLOB_PAYLOAD]))
+        else:
+            try:
+                text = b"".join(chunks).decode("utf-8")
+            except UnicodeDecodeError:
+                return [rpc.stream_error(rid)]
+            for i, off in enumerate(range(0, len(text), CLOB_CHUNK)):
+                out.append(rpc.stream_chunk(rid, text[off:off + CLOB_CHUNK], "utf8" if i == 0 else None))
+        out.append(rpc.stream_end(rid))
+        if kind == "clob":
+            self.log["AtoBClob"].append(h)
+            self.stats["clobs_sent"] += 1
+        else:
+            self.log["AtoBBlob"].append(h)
+            self.stats["blobs_sent"] += 1
+        return out

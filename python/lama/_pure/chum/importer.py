@@ -1,0 +1,679 @@
+"""The importer half of a CHUM session (chum.md §6), written as a generator: it yields
+:class:`Call` (requests to send, pipelined) and :class:`Sleep`, and the session resumes it with
+the outcomes.  No I/O and no clock here; the session owns both."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any, Callable, Generator
+
+from ...errors import LamaError
+from ..microdata import id_microdata_of, parse, references, sha256_hex, type_of
+from . import rpc
+from .exporter import (BATCH_MAX, FASTPATH_VERSION, FIN, GET_ACCESSIBLE_ROOTS, GET_BLOB,
+                       GET_ID_OBJECT, GET_ID_OBJECT_CHILDREN, GET_OBJECT, GET_OBJECT_CHILDREN,
+                       GET_CHILDREN_BATCH, GET_OBJECTS_BATCH, GET_PROTOCOL_VERSION,
+                       GET_ROOTS_SINCE, LAMA_PROBE, SUBSCRIBE)
+
+_HASH = re.compile(r"^[0-9a-f]{64}$")
+
+VERSION_RETRY_DELAY = 0.3
+VERSION_RETRIES = 15
+"""chum.md §3.3: service 1 is retried every 300 ms, 15 times, on UNKNOWN-SERVICE only."""
+
+ACCEPTED_VERSIONS = (8, 9)
+"""chum.md §10.3: accept 8, and 9 as "v8 + maybe extensions"."""
+
+REFUSED_TYPES = frozenset({"Access", "IdAccess", "Group"})
+"""chum.md §6.4: remote peers must not alter local access rights."""
+
+_REF_KINDS = {"obj": "object", "id": "id", "blob": "blob", "clob": "clob"}
+"""The kind of a reference (microdata ``data-type``) -> the children-list tag it must have."""
+
+VERSION_NODE_TYPES = frozenset({"VersionNodeEdge", "VersionNodeChange", "VersionNodeMerge"})
+
+COMMIT_BATCH = 1000
+"""Objects per store transaction when committing a pass."""
+
+
+@dataclass
+class Req:
+    service: int
+    args: list[Any]
+    stream: str | None = None  # "blob" / "clob": a GET_BLOB stream answer is expected
+
+
+@dataclass
+class Outcome:
+    ok: bool
+    value: Any = None
+    code: str = ""
+    message: str = ""
+
+
+@dataclass
+class Call:
+    reqs: list[Req]
+
+
+@dataclass
+class Sleep:
+    seconds: float
+
+
+class Fatal(Exception):
+    def __init__(self, code: str, message: str):
+        super().__init__(message if message.startswith(code) else f"{code}: {message}")
+        self.code = code
+
+
+@dataclass
+class _Item:
+    """One hash to fetch in a pass."""
+
+    hash: str
+    kind: str  # object / id / blob / clob
+    expected_type: str | None = None
+    text: str | None = None
+    type_name: str = ""
+    refs: list[tuple[str, str, str]] = field(default_factory=list)
+    ok: bool = False
+    stored: bool = False
+
+
+class Importer:
+    def __init__(self, store: Any, keep_running: bool, poll_interval: float,
+                 emit: Callable[[str, dict[str, Any]], None],
+                 error: Callable[[str, str, bool], None],
+                 log: dict[str, list[str]], stats: dict[str, int],
+                 fast_path: bool = False, remote_person: str = ""):
+        self.store = store
+        self.fast_path = fast_path
+        self.remote_person = remote_person
+        self.mode = "v8"
+        self.features: set[str] = set()
+        self.peer_key: str | None = None  # store.peer_mark key of the remote exporter
+        self.since = 0  # its write sequence up to which every root was imported
+        self.subscribed = False
+        self.keep_running = keep_running
+        self.poll_interval = poll_interval
+        self.emit = emit
+        self.error = error
+        self.pass_errors = 0
+        self.log = log
+        self.stats = stats
+        self.full_sync = False
+        self.pending: dict[str, str] = {}  # BLOB/CLOB hash -> reason (chum.md §2.6)
+        self.remote_version: int | None = None
+
+    def _err(self, code: str, message: str, fatal: bool) -> None:
+        self.pass_errors += 1
+        self.error(code, message, fatal)
+
+    # -- main loop (chum.md §6.1) -------------------------------------------------------------
+
+    def run(self) -> Generator[Call | Sleep, Any, None]:
+        yield from self._version_check()
+        while True:
+            yield from self._pass()
+            if not self.full_sync:
+                self.full_sync = True
+                self.emit("full_sync", {})
+            if not self.keep_running:
+                (fin,) = yield Call([Req(FIN, [])])
+                if not fin.ok and fin.code == "LAMA-CHUM-TIMEOUT":
+                    raise Fatal(fin.code, fin.message)
+                return
+            if "push" in self.features and not self.subscribed:
+                # docs/chum-fastpath.md: the exporter calls our NOTIFY when roots appear
+                (sub,) = yield Call([Req(SUBSCRIBE, [])])
+                self.subscribed = sub.ok
+            # with pushes, polling is only the fallback (the uvc note: 10 x pollInterval)
+            yield Sleep(self.poll_interval * (10 if self.subscribed else 1))
+
+    def _version_check(self) -> Generator[Call | Sleep, Any, None]:
+        for attempt in range(VERSION_RETRIES + 1):
+            (r,) = yield Call([Req(GET_PROTOCOL_VERSION, [])])
+            if r.ok:
+                break
+            if r.code == "UNKNOWN-SERVICE" and attempt < VERSION_RETRIES:
+                yield Sleep(VERSION_RETRY_DELAY)
+                continue
+            raise Fatal(r.code or "CS-MISMATCH", f"version check failed: {r.message}")
+        v = r.value
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or v not in ACCEPTED_VERSIONS:
+            raise Fatal("CS-MISMATCH", f"remote protocol version {v!r}, expected 8")
+        self.remote_version = int(v)
+        if self.fast_path:
+            # chum.md §10.3: probe only after the version check; a ONE peer answers
+            # UNKNOWN-SERVICE and the session stays plain v8
+            (p,) = yield Call([Req(LAMA_PROBE, [])])
+            if p.ok and isinstance(p.value, dict) and p.value.get("lama") == FASTPATH_VERSION:
+                feats = p.value.get("features")
+                self.features = {f for f in feats if isinstance(f, str)} if isinstance(feats, list) else set()
+                self.mode = "fast"
+                epoch = p.value.get("epoch")
+                if "roots-since" in self.features and hasattr(self.store, "peer_mark") and isinstance(epoch, str):
+                    self.peer_key = f"{self.remote_person}/{epoch}"
+                    self.since = int(self.store.peer_mark(self.peer_key))
+        self.emit("version", {"remote": int(v), "mode": self.mode})
+
+    # -- one pass ------------------------------------------------------------------------------
+
+    def _pass(self) -> Generator[Call | Sleep, Any, None]:
+        self.pass_errors = 0
+        pending_before = len(self.pending)
+        mark = None
+        if self.peer_key is not None:
+            (r,) = yield Call([Req(GET_ROOTS_SINCE, [self.since])])
+            value = r.value
+            if r.ok:
+                if not isinstance(value, str):
+                    value = None
+                else:
+                    try:
+                        d = json.loads(value)
+                        mark, value = d["mark"], json.dumps(d["roots"])
+                        if isinstance(mark, bool) or not isinstance(mark, int):
+                            raise TypeError
+                    except (ValueError, KeyError, TypeError):
+                        mark = value = None
+        else:
+            (r,) = yield Call([Req(GET_ACCESSIBLE_ROOTS, [])])
+            value = r.value
+        if not r.ok:
+            if r.code == "LAMA-CHUM-TIMEOUT":
+                raise Fatal(r.code, r.message)
+            self._err(r.code, f"roots request failed: {r.message}", False)
+            return
+        roots = self._parse_roots(value)
+        if roots is None:
+            return
+        yield from self._import_roots(roots)
+        # the high-water mark moves only after a pass that imported everything it listed
+        if mark is not None and self.pass_errors == 0 and len(self.pending) == 0 and pending_before == 0:
+            self.since = mark
+            if self.peer_key is not None:
+                self.store.set_peer_mark(self.peer_key, mark)
+
+    def _import_roots(self, roots: list[dict[str, Any]]) -> Generator[Call | Sleep, Any, None]:
+
+        # chum.md §6.2: what is missing decides what is asked for (one read for all)
+        cand: list[str] = []
+        for root in roots:
+            cand.extend(h for h in (root.get("hash"), root.get("idHash"), root.get("node")) if h)
+        missing = set(self.store.missing(cand)) if cand else set()
+
+        # jobs: (children service, hash, fetch kind, expected type)
+        jobs: list[tuple[int, str, str, str | None]] = []
+        groups: dict[str, list[dict[str, Any]]] = {}
+        for root in roots:
+            t = root["type"]
+            if t == "unversioned":
+                if root["hash"] in missing:
+                    jobs.append((GET_OBJECT_CHILDREN, root["hash"], "object", root.get("oneType")))
+            elif t == "versioned":
+                if root["idHash"] in missing:
+                    jobs.append((GET_ID_OBJECT_CHILDREN, root["idHash"], "id", root.get("oneType")))
+                if root["hash"] in missing:
+                    jobs.append((GET_OBJECT_CHILDREN, root["hash"], "object", root.get("oneType")))
+            elif t == "id":
+                if root["idHash"] in missing:
+                    jobs.append((GET_ID_OBJECT_CHILDREN, root["idHash"], "id", root.get("oneType")))
+            else:
+                groups.setdefault(root["dataIdHash"], []).append(root)
+
+        group_missing: dict[str, list[str]] = {}
+        for id_hash, nodes in groups.items():
+            ms = []
+            for root in nodes:
+                if root["node"] in missing and root["node"] not in ms:
+                    ms.append(root["node"])
+            if ms:
+                group_missing[id_hash] = ms
+
+        items: dict[str, _Item] = {}
+        order: list[str] = []  # dependencies first, over all children lists
+        start: list[str] = []  # hashes whose children were asked for (reachability roots)
+        seen_jobs: set[tuple[int, str]] = set()
+
+        # Children calls go out in rounds.  A root that an earlier answer listed as a child
+        # needs no call of its own (it is fetched as a child, chum.md §8: the reference skips
+        # roots that exist by the time it reaches them), so rounds start small and double:
+        # one call when one root's closure covers the rest (a chat's newest entry lists the
+        # older ones), log2(n) rounds when the roots are independent.  Of the version nodes of
+        # an ID only the newest missing one is asked first: its closure holds the older ones
+        # (§10.2); any node it does not cover is asked next round.  ID roots come after the
+        # object roots: a Topic's closure holds its channel's ID object.
+        queue = [j for j in jobs if j[0] == GET_OBJECT_CHILDREN] + [
+            j for j in jobs if j[0] == GET_ID_OBJECT_CHILDREN]
+        covered: set[str] = set()
+        batch = 1
+        while True:
+            calls: list[tuple[int, str, str, str | None]] = []
+            rest = []
+            for j in queue:
+                if (j[0], j[1]) in seen_jobs:
+                    continue
+                if j[1] in covered:
+                    if j[3] is not None and j[1] in items:
+                        items[j[1]].expected_type = j[3]
+                    continue
+                if len(calls) < batch:
+                    seen_jobs.add((j[0], j[1]))
+                    calls.append(j)
+                else:
+                    rest.append(j)
+            queue = rest
+            for ms in group_missing.values():
+                for n in reversed(ms):
+                    if n not in covered and (GET_OBJECT_CHILDREN, n) not in seen_jobs:
+                        seen_jobs.add((GET_OBJECT_CHILDREN, n))
+                        calls.append((GET_OBJECT_CHILDREN, n, "object", None))
+                        break
+            if not calls:
+                break
+            batch *= 2
+            if "children-batch" in self.features:
+                # docs/chum-fastpath.md: one request per BATCH_MAX children lists
+                batch_answers = yield Call([Req(GET_CHILDREN_BATCH, [[h for _s, h, _k, _e in calls[o:o + BATCH_MAX]]])
+                                            for o in range(0, len(calls), BATCH_MAX)])
+                answers = []
+                for k, res in enumerate(batch_answers):
+                    answers.extend(self._children_batch_result(len(calls[k * BATCH_MAX:(k + 1) * BATCH_MAX]), res))
+            else:
+                answers = yield Call([Req(s, [h]) for s, h, _, _ in calls])
+            for (s, h, kind, expected), res in zip(calls, answers):
+                children = self._children_result(h, res)
+                if children is None:
+                    continue
+                start.append(h)
+                for ckind, ch in children:
+                    covered.add(ch)
+                    if ch not in items:
+                        items[ch] = _Item(ch, ckind)
+                        order.append(ch)
+                if h not in items:
+                    items[h] = _Item(h, kind, expected)
+                    order.append(h)
+                elif expected is not None:
+                    items[h].expected_type = expected
+                covered.add(h)
+
+        if not items:
+            return
+        need = set(self.store.missing(order))
+        fetch = [items[h] for h in order if h in need]
+        for h in order:
+            if h not in need:
+                items[h].ok = True
+                items[h].stored = True  # already local
+        # Objects first, then only the BLOBs/CLOBs that a verified object references as such:
+        # a stream is stored as soon as it ends (before the objects are committed), so a hash
+        # listed as "blob" that is really an object must never be fetched as one, or the store
+        # would hold the right bytes under the wrong kind for good.
+        texts = [it for it in fetch if it.kind in ("object", "id")]
+        streams = [it for it in fetch if it.kind in ("blob", "clob")]
+        reqs: list[Req] = []
+        batched = "batch" in self.features
+        if batched:
+            # docs/chum-fastpath.md: up to BATCH_MAX microdata per request
+            for off in range(0, len(texts), BATCH_MAX):
+                reqs.append(Req(GET_OBJECTS_BATCH, [[it.hash for it in texts[off:off + BATCH_MAX]]]))
+        else:
+            for it in texts:
+                reqs.append(Req(GET_OBJECT if it.kind == "object" else GET_ID_OBJECT, [it.hash]))
+        raw_results = yield Call(reqs) if reqs else Call([])
+        results: list[Outcome] = []
+        if batched:
+            for k, res in enumerate(raw_results):
+                chunk = texts[k * BATCH_MAX:(k + 1) * BATCH_MAX]
+                results.extend(self._batch_result(chunk, res))
+        else:
+            results.extend(raw_results)
+        for it, res in zip(texts, results):
+            self._verify(it, res)
+        wanted: set[tuple[str, str]] = {(_REF_KINDS.get(k, k), r) for it in texts if it.ok
+                                        for _p, k, r in it.refs}
+        streams_ok = []
+        for it in streams:
+            if (it.kind, it.hash) in wanted:
+                streams_ok.append(it)
+            else:
+                self._err("LAMA-CHUM-NOTREACHABLE", f"{it.hash} was listed as a {it.kind} that no "
+                          "received object references as one; not fetched", False)
+        reqs = [Req(GET_BLOB, [it.hash, rpc.UNDEF], "blob") if it.kind == "blob"
+                else Req(GET_BLOB, [it.hash, "utf8"], "clob") for it in streams_ok]
+        results = yield Call(reqs) if reqs else Call([])
+        new_blobs: list[str] = []
+        new_clobs: list[str] = []
+        for it, res in zip(streams_ok, results):
+            if res.ok:
+                it.ok = it.stored = True
+                self.pending.pop(it.hash, None)
+                (new_clobs if it.kind == "clob" else new_blobs).append(it.hash)
+                self.log["BtoAClob" if it.kind == "clob" else "BtoABlob"].append(it.hash)
+                self.stats["clobs_received" if it.kind == "clob" else "blobs_received"] += 1
+            else:
+                reason = f"{res.code}: {res.message}" if res.code else res.message
+                self.pending[it.hash] = reason
+                self.emit("pending", {"hash": it.hash, "kind": it.kind, "reason": reason})
+
+        self._check_version_nodes(items, groups, group_missing)
+        self._check_reachable(items, start)
+        stored = self._commit(items, order, new_blobs, new_clobs)
+        for id_hash, ms in group_missing.items():
+            best: tuple[float, str] | None = None
+            for n in ms:
+                node = items.get(n)
+                if node is None or not node.stored or node.text is None:
+                    continue
+                depth = _node_depth(node.text)
+                if best is None or depth > best[0]:
+                    best = (depth, n)
+            if best is not None and best[1] in stored:
+                data_type = next(g["dataType"] for g in groups[id_hash] if g["node"] == best[1])
+                self.emit("merge", {"id_hash": id_hash, "node": best[1], "data_type": data_type})
+
+    # -- parsing answers ------------------------------------------------------------------------
+
+    def _children_batch_result(self, n: int, res: Outcome) -> list[Outcome]:
+        """Split a GET_CHILDREN_BATCH answer into per-hash outcomes shaped like service 4's."""
+        if not res.ok:
+            if res.code == "LAMA-CHUM-TIMEOUT":
+                raise Fatal(res.code, res.message)
+            return [res] * n
+        try:
+            lists = json.loads(res.value) if isinstance(res.value, str) else None
+        except ValueError:
+            lists = None
+        if not isinstance(lists, list) or len(lists) != n:
+            return [Outcome(False, code="LAMA-CHUM-BATCH", message="malformed children batch answer")] * n
+        return [Outcome(True, json.dumps(c)) if c is not None else
+                Outcome(False, code="CES-GOC1", message="children not served by the exporter")
+                for c in lists]
+
+    def _batch_result(self, chunk: list[_Item], res: Outcome) -> list[Outcome]:
+        if not res.ok:
+            if res.code == "LAMA-CHUM-TIMEOUT":
+                raise Fatal(res.code, res.message)
+            return [res] * len(chunk)
+        try:
+            texts = json.loads(res.value) if isinstance(res.value, str) else None
+        except ValueError:
+            texts = None
+        if not isinstance(texts, list) or len(texts) != len(chunk):
+            bad = Outcome(False, code="LAMA-CHUM-BATCH", message="malformed batch answer")
+            return [bad] * len(chunk)
+        return [Outcome(True, t) if t is not None else
+                Outcome(False, code="CES-GO1", message="not served by the exporter") for t in texts]
+
+    def _parse_roots(self, data: Any) -> list[dict[str, Any]] | None:
+        if not isinstance(data, str):
+            self._err("DAH-PAO1", "roots answer is not a string", False)
+            return None
+        try:
+            raw = json.loads(data)
+        except ValueError:
+            self._err("DAH-PAO1", "roots answer is not JSON", False)
+            return None
+        if not isinstance(raw, list):
+            self._err("DAH-PAO1", "roots answer is not a list", False)
+            return None
+        need = {"unversioned": ("hash", "oneType"), "versioned": ("hash", "idHash", "oneType"),
+                "id": ("idHash", "oneType"), "version_node": ("node", "dataIdHash", "dataType")}
+        out = []
+        for r in raw:
+            if not isinstance(r, dict) or r.get("type") not in need:
+                self._err("DAH-PAO3", f"unknown accessible object {r!r}"[:300], False)
+                continue
+            fields = need[r["type"]]
+            if not all(isinstance(r.get(f), str) for f in fields) or not all(
+                    _HASH.match(r[f]) for f in fields if f in ("hash", "idHash", "node", "dataIdHash")):
+                self._err("DAH-PAO3", f"malformed accessible object {r!r}"[:300], False)
+                continue
+            out.append(r)
+        return out
+
+    def _children_result(self, h: str, res: Outcome) -> list[tuple[str, str]] | None:
+        if not res.ok:
+            if res.code == "LAMA-CHUM-TIMEOUT":
+                raise Fatal(res.code, res.message)
+            self._err(res.code or "CIEC-CH", f"children of {h}: {res.message}", False)
+            return None
+        if not isinstance(res.value, str):
+            self._err("DC-PC1", f"children of {h}: answer is not a string", False)
+            return None
+        try:
+            raw = json.loads(res.value)
+        except ValueError:
+            self._err("DC-PC1", f"children of {h}: answer is not JSON", False)
+            return None
+        if not isinstance(raw, list):
+            self._err("DC-PC1", f"children of {h}: answer is not a list", False)
+            return None
+        out = []
+        for c in raw:
+            if not isinstance(c, dict) or c.get("type") not in ("object", "id", "blob", "clob"):
+                self._err("DC-PC3", f"children of {h}: bad entry {c!r}"[:300], False)
+                return None
+            if not isinstance(c.get("hash"), str) or not _HASH.match(c["hash"]):
+                self._err("DC-PC4", f"children of {h}: bad hash in {c!r}"[:300], False)
+                return None
+            out.append((c["type"], c["hash"]))
+        out.reverse()  # chum.md §5.3: the wire is parents first; dependencies first now
+        return out
+
+    def _verify(self, it: _Item, res: Outcome) -> None:
+        """chum.md §6.4 for one GET_OBJECT / GET_ID_OBJECT answer."""
+        is_id = it.kind == "id"
+        pre = "CIEC-FIDO" if is_id else "CIEC-FO"
+        if not res.ok:
+            if res.code == "LAMA-CHUM-TIMEOUT":
+                raise Fatal(res.code, res.message)
+            self._err(res.code or pre + "1", f"fetching {it.hash}: {res.message}", False)
+            return
+        text = res.value
+        if not isinstance(text, str):
+            self._err(pre + "1", f"{it.hash}: the answer is not a microdata string", False)
+            return
+        if sha256_hex(text) != it.hash:
+            self._err(pre + "2", f"{it.hash}: the received microdata hashes to {sha256_hex(text)}",
+                       False)
+            return
+        try:
+            type_name, got_id = type_of(text)
+            refs = references(text)  # parses the whole text
+            if not is_id:
+                id_microdata_of(text)  # a versioned object's ID object must derive too
+        except LamaError as e:
+            self._err(e.code, f"{it.hash}: {e}", False)
+            return
+        if got_id != is_id:
+            self._err(pre + "2", f"{it.hash}: expected {'an ID object' if is_id else 'an object'}",
+                       False)
+            return
+        if type_name in REFUSED_TYPES:
+            self._err(pre + "3", f"{it.hash}: refusing a remote {type_name} object", False)
+            return
+        if it.expected_type is not None and type_name != it.expected_type:
+            self._err(("CIEC-FIDOWT1" if is_id else "CIEC-FOWT1"),
+                       f"{it.hash}: expected a {it.expected_type}, got a {type_name}", False)
+            return
+        it.text, it.type_name, it.refs, it.ok = text, type_name, refs, True
+
+    def _check_version_nodes(self, items: dict[str, _Item], groups: dict[str, list[dict[str, Any]]],
+                             group_missing: dict[str, list[str]]) -> None:
+        """chum.md §6.2: a fetched listed node's data must have ID hash ``dataIdHash``
+        (CI-CCI1) and type ``dataType`` (CI-CCI2)."""
+        for id_hash, ms in group_missing.items():
+            types = {g["node"]: g["dataType"] for g in groups[id_hash]}
+            for n in ms:
+                it = items.get(n)
+                if it is None or not it.ok or it.stored:
+                    continue
+                if it.type_name not in VERSION_NODE_TYPES:
+                    it.ok = False
+                    self._err("CI-CCI1", f"{n} is a {it.type_name}, not a version node", False)
+                    continue
+                data = next((h for p, k, h in it.refs if p == "data"), None)
+                text = None
+                if data is not None:
+                    d = items.get(data)
+                    if d is not None and d.ok and d.text is not None:
+                        text = d.text
+                    elif d is None or d.stored:
+                        try:
+                            text = self.store.get(data)
+                        except LamaError:
+                            text = None
+                if text is None:
+                    it.ok = False
+                    self._err("CI-CCI1", f"version node {n}: its data is not available", False)
+                    continue
+                id_md = id_microdata_of(text)
+                if id_md is None or sha256_hex(id_md) != id_hash:
+                    it.ok = False
+                    self._err("CI-CCI1", f"version node {n}: data {data} does not have ID hash "
+                               f"{id_hash}", False)
+                    continue
+                if type_of(text)[0] != types.get(n):
+                    it.ok = False
+                    self._err("CI-CCI2", f"version node {n}: data {data} is a "
+                               f"{type_of(text)[0]}, not a {types.get(n)}", False)
+
+    def _check_reachable(self, items: dict[str, _Item], start: list[str]) -> None:
+        """Every listed child must be reachable from the root it was listed for over the
+        references of what was received (an exporter must not slip in unrelated objects)."""
+        reached: set[str] = set()
+        stack = [h for h in start]
+        for h in start:
+            reached.add(h)
+        while stack:
+            h = stack.pop()
+            it = items.get(h)
+            if it is None or it.stored or not it.ok:
+                continue
+            for _p, _k, r in it.refs:
+                if r in items and r not in reached:
+                    reached.add(r)
+                    stack.append(r)
+        for h, it in items.items():
+            if it.ok and not it.stored and h not in reached:
+                it.ok = False
+                self._err("LAMA-CHUM-NOTREACHABLE",
+                           f"{h} was listed but is not reachable from the root it was listed for",
+                           False)
+
+    # -- storing ---------------------------------------------------------------------------
+
+    def _commit(self, items: dict[str, _Item], order: list[str], new_blobs: list[str],
+                new_clobs: list[str]) -> set[str]:
+        """Store every verified item whose references are all present, dependencies first, in
+        batches of one transaction each; an item that depends on a failed or pending one is
+        left out (the "no holes" invariant, chum.md §5.3)."""
+        outside = sorted({r for it in items.values() if it.ok and not it.stored
+                          for _p, _k, r in it.refs if r not in items})
+        absent = set(self.store.missing(outside)) if outside else set()
+        state: dict[str, bool] = {}  # hash -> storable
+        topo: list[str] = []
+        for h0 in order:
+            if h0 in state:
+                continue
+            stack: list[tuple[str, int]] = [(h0, 0)]
+            visiting = {h0}
+            while stack:
+                h, i = stack[-1]
+                it = items[h]
+                if it.stored:
+                    state[h] = True
+                    stack.pop()
+                    visiting.discard(h)
+                    continue
+                if not it.ok:
+                    state[h] = False
+                    stack.pop()
+                    visiting.discard(h)
+                    continue
+                if i < len(it.refs):
+                    stack[-1] = (h, i + 1)
+                    r = it.refs[i][2]
+                    if r in items and r not in state and r not in visiting:
+                        visiting.add(r)
+                        stack.append((r, 0))
+                    continue
+                good = True
+                for _p, k, r in it.refs:
+                    if r in items:
+                        if not state.get(r, False):
+                            good = False
+                        elif items[r].kind != _REF_KINDS.get(k, k) and not items[r].stored:
+                            # listed as another kind than it is referenced as (e.g. an object
+                            # fetched as a BLOB): the reference would point at the wrong thing
+                            good = False
+                            self._err("CI-ACO", f"{h} references {r} as {k}, but it was listed "
+                                      f"as {items[r].kind}", False)
+                    elif r in absent:
+                        good = False
+                        self._err("CI-ACO", f"{h} references {r}, which is neither stored "
+                                   "nor listed among the children", False)
+                state[h] = good
+                if good:
+                    topo.append(h)
+                stack.pop()
+                visiting.discard(h)
+        stored: set[str] = set()
+        first = True
+        for off in range(0, max(len(topo), 1), COMMIT_BATCH):
+            batch = topo[off:off + COMMIT_BATCH]
+            if not batch and not (first and (new_blobs or new_clobs)):
+                break
+            done = self._put(items, batch)
+            objs = [h for h in done if items[h].kind == "object"]
+            ids = [h for h in done if items[h].kind == "id"]
+            stored.update(done)
+            self.emit("imported", {"objects": objs, "id_objects": ids,
+                                   "blobs": new_blobs if first else [],
+                                   "clobs": new_clobs if first else []})
+            first = False
+        return stored
+
+    def _put(self, items: dict[str, _Item], batch: list[str]) -> list[str]:
+        if not batch:
+            return []
+        try:
+            self.store.put_microdata([(items[h].text, h) for h in batch])
+            done = batch
+        except LamaError:
+            # pre-verified, so this is rare: isolate the item the store refuses
+            done = []
+            for h in batch:
+                if any(r in items and not items[r].stored for _p, _k, r in items[h].refs):
+                    continue
+                try:
+                    self.store.put_microdata([(items[h].text, h)])
+                    done.append(h)
+                except LamaError as e:
+                    self._err(e.code, f"storing {h}: {e}", False)
+                    continue
+                items[h].stored = True
+        for h in done:
+            it = items[h]
+            it.stored = True
+            if it.kind == "id":
+                self.log["BtoAIdObjects"].append(h)
+                self.stats["id_objects_received"] += 1
+            else:
+                self.log["BtoAObjects"].append(h)
+                self.stats["objects_received"] += 1
+        return done
+
+
+def _node_depth(text: str) -> float:
+    try:
+        d = parse(text).get("depth", 0)
+    except LamaError:
+        return 0.0
+    return float(d) if isinstance(d, (int, float)) else 0.0

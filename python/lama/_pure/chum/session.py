@@ -1,0 +1,521 @@
+"""The sans-I/O CHUM session (docs/chum-session.md §2): one object per connection running the
+local exporter and importer over one RPC layer (chum.md §2-§7).  Bytes and time go in, frames
+and events come out; nothing here touches a socket or reads a clock."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import math
+import re
+from collections import deque
+from typing import Any, Generator
+
+from ...errors import HashMismatchError, InvalidArgumentError, LamaError
+from . import rpc
+from .exporter import EXPORTER_SERVICES, NEW_ACCESSIBLE_ROOT_EVENT, NOTIFY, Exporter
+from .importer import Call, Fatal, Importer, Outcome, Req, Sleep
+
+_HASH = re.compile(r"^[0-9a-f]{64}$")
+
+LOG_FIELDS = ("AtoBObjects", "AtoBIdObjects", "AtoBBlob", "AtoBClob",
+              "BtoAObjects", "BtoAIdObjects", "BtoABlob", "BtoAClob")
+
+STAT_FIELDS = ("requests_sent", "requests_received", "requests_invalid", "responses_received",
+               "objects_sent", "id_objects_sent", "blobs_sent", "clobs_sent",
+               "objects_received", "id_objects_received", "blobs_received", "clobs_received",
+               "bytes_sent", "bytes_received", "retries", "errors")
+
+
+class _Pending:
+    __slots__ = ("req", "slot", "rid", "deadline", "attempts", "writer", "mode", "encoding")
+
+    def __init__(self, req: Req, slot: int):
+        self.req = req
+        self.slot = slot
+        self.rid = -1
+        self.deadline = 0.0
+        self.attempts = 0
+        self.writer: Any = None
+        self.mode: str | None = None  # "binary" / "text" once the first chunk arrived
+        self.encoding: str | None = None
+
+
+def _check_number(name: str, v: Any, minimum: float, integer: bool = False) -> Any:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or (integer and not isinstance(v, int)):
+        raise InvalidArgumentError(f"{name} must be a{'n integer' if integer else ' number'}, "
+                                   f"not {v!r}", "LAMA-ARG")
+    if isinstance(v, float) and not math.isfinite(v) or v < minimum:
+        raise InvalidArgumentError(f"{name} must be at least {minimum}, not {v!r}", "LAMA-ARG")
+    return v
+
+
+class ChumSession:
+    """See docs/chum-session.md §2 for the contract (constructor, methods, events, codes)."""
+
+    _store: Any
+    _local: str
+    _remote: str
+    _keep_running: bool
+    _poll_interval: float
+    _fast_path: bool
+    _request_timeout: float
+    _max_retries: int
+    _window: int
+    _max_message: int
+    _out: list[str | bytes]
+    _events: list[tuple[str, dict[str, Any]]]
+    _log: dict[str, list[str]]
+    _errors: list[str]
+    _stats: dict[str, int]
+    _next_id: int
+    _pending: dict[int, _Pending]
+    _queue: deque[_Pending]
+    _call_results: list[Outcome | None]
+    _call_left: int
+    _sleep_until: float | None
+    _now: float
+    _started: bool
+    _finished: bool
+    _close_reason: str | None
+    _exporter: Exporter | None
+    _exporter_on: bool
+    _importer_on: bool
+    _exporter_done: bool
+    _importer_done: bool
+    _imp: Importer | None
+    _task: Generator[Call | Sleep, Any, None] | None
+    _notify_ids: set[int]
+
+    def __new__(cls, store: Any, local_person: str, remote_person: str, *,
+                keep_running: bool = False, poll_interval: float = 5.0, fast_path: bool = True,
+                exporter: bool = True, importer: bool = True, request_timeout: float = 30.0,
+                max_retries: int = 3, window: int = 64,
+                max_message: int = 64 * 1024 * 1024) -> ChumSession:
+        self = super().__new__(cls)
+        for name, v in (("local_person", local_person), ("remote_person", remote_person)):
+            if not isinstance(v, str) or not _HASH.match(v):
+                raise InvalidArgumentError(f"{name} must be a person ID hash, not {v!r}", "LAMA-ARG")
+        self._store = store
+        self._local = local_person
+        self._remote = remote_person
+        self._keep_running = bool(keep_running)
+        self._poll_interval = float(_check_number("poll_interval", poll_interval, 0))
+        self._fast_path = bool(fast_path)
+        self._request_timeout = float(_check_number("request_timeout", request_timeout, 0))
+        self._max_retries = _check_number("max_retries", max_retries, 0, integer=True)
+        self._window = _check_number("window", window, 1, integer=True)
+        self._max_message = _check_number("max_message", max_message, 1024, integer=True)
+        self._out = []
+        self._events = []
+        self._log = {k: [] for k in LOG_FIELDS}
+        self._errors = []
+        self._stats = {k: 0 for k in STAT_FIELDS}
+        self._next_id = 0
+        self._pending = {}
+        self._queue = deque()
+        self._call_results = []
+        self._call_left = 0
+        self._sleep_until = None
+        self._now = 0.0
+        self._started = False
+        self._finished = False
+        self._close_reason = None
+        self._exporter = None
+        self._exporter_on = bool(exporter)
+        self._importer_on = bool(importer)
+        self._exporter_done = not exporter
+        self._importer_done = not importer
+        self._imp = None
+        self._task = None
+        self._notify_ids = set()
+        return self
+
+    # -- driver API ------------------------------------------------------------------------
+
+    def start(self, now: float) -> None:
+        if self._started or self._finished:
+            return
+        self._started = True
+        self._now = now
+        # chum.md §3.2/§11.4: services are registered before the first request goes out
+        if self._exporter_on:
+            self._exporter = Exporter(self._store, self._remote, self._log, self._stats,
+                                      self._exporter_error)
+        if self._importer_on:
+            self._imp = Importer(self._store, self._keep_running, self._poll_interval,
+                                 self._emit, self._error, self._log, self._stats,
+                                 fast_path=self._fast_path, remote_person=self._remote)
+            self._task = self._imp.run()
+            self._advance(None)
+        self._check_done()
+
+    def receive_text(self, text: str, now: float) -> None:
+        self._now = now
+        if self._finished:
+            return
+        if not isinstance(text, str):
+            self._error("LAMA-CHUM-FRAME", f"a text frame must be a str, got {type(text).__name__}",
+                        False)
+            return
+        self._stats["bytes_received"] += len(text)
+        if len(text) > self._max_message:
+            self._fatal("LAMA-CHUM-FRAME", f"a text message of {len(text)} characters exceeds "
+                        f"the limit of {self._max_message}")
+            return
+        if text == "synchronisation":
+            return  # one.models' start handshake (chum.md §1), harmless if it reaches us
+        msg = rpc.classify(text)
+        if msg is None:
+            # chum.md §2.1: ignored and counted, no answer
+            self._stats["requests_invalid"] += 1
+            self._error("LAMA-CHUM-FRAME", f"ignored a malformed message: {text[:200]!r}", False)
+            return
+        kind, m = msg
+        if kind == "request":
+            self._stats["requests_received"] += 1
+            self._serve(m["requestId"], m["serviceId"], m.get("args"))
+        elif kind == "write-stream-error":
+            # our stream was sent whole already; the peer will drop the rest of it
+            self._error("LAMA-CHUM-STREAM", f"the peer failed to store our stream for request "
+                        f"{m['requestId']}", False)
+        else:
+            self._stats["responses_received"] += 1
+            self._response(m)
+        self._check_done()
+
+    def receive_binary(self, data: bytes, now: float) -> None:
+        self._now = now
+        if self._finished:
+            return
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            self._error("LAMA-CHUM-FRAME", "a binary frame must be bytes", False)
+            return
+        self._stats["bytes_received"] += len(data)
+        if len(data) > self._max_message:
+            self._fatal("LAMA-CHUM-FRAME", f"a binary message of {len(data)} bytes exceeds the "
+                        f"limit of {self._max_message}")
+            return
+        rid = rpc.binary_id(bytes(data[:8]))
+        p = None if rid is None else self._pending.get(rid)
+        if p is None or p.req.stream is None:
+            # chum.md §2.6: a short frame or one for no stream of ours is dropped, never fatal
+            self._error("LAMA-CHUM-FRAME", f"dropped a binary message of {len(data)} bytes "
+                        f"for {'no request' if rid is None else f'request {rid}'}", False)
+            return
+        if p.mode == "text":
+            self._stream_write_failed(p, "binary chunk in a text stream")
+            return
+        p.mode = "binary"
+        self._write(p, bytes(data[8:]))
+        self._check_done()
+
+    def handle_timeout(self, now: float) -> None:
+        self._now = now
+        if self._finished:
+            return
+        for p in [p for p in self._pending.values() if p.deadline <= now]:
+            if p.rid not in self._pending:
+                continue
+            del self._pending[p.rid]
+            self._abort_writer(p)
+            if p.attempts < self._max_retries:
+                p.attempts += 1
+                self._stats["retries"] += 1
+                self._send(p)  # a fresh id: a late answer to the old one is dropped
+            else:
+                self._deliver(p, Outcome(False, code="LAMA-CHUM-TIMEOUT",
+                                         message=f"no answer to service {p.req.service} "
+                                         f"{p.req.args[:1]} after {p.attempts + 1} attempts"))
+                self._dispatch()
+        if self._finished:
+            return
+        if self._sleep_until is not None and now >= self._sleep_until:
+            self._sleep_until = None
+            self._advance(None)
+        self._check_done()
+
+    def store_changed(self, now: float) -> None:
+        # v8 has no push (chum.md §8): a ONE importer polls.  A lama importer that subscribed
+        # (docs/chum-fastpath.md) gets a NOTIFY request when roots became accessible to it.
+        self._now = now
+        if self._finished or self._exporter is None or self._exporter_done:
+            return
+        try:
+            fresh = self._exporter.changed_roots()
+        except LamaError as e:
+            self._error(e.code, f"computing new roots: {e}", False)
+            return
+        if fresh:
+            rid = self._next_id
+            self._next_id += 1
+            self._stats["requests_sent"] += 1
+            self._notify_ids.add(rid)
+            self._emit_frame(rpc.request(rid, NOTIFY, []))
+
+    def connection_closed(self, reason: str, now: float) -> None:
+        self._now = now
+        if self._finished:
+            return
+        # chum.md §2.7: pending requests are rejected (WSP-ONCL0, not logged)
+        for p in list(self._pending.values()):
+            self._abort_writer(p)
+        self._pending.clear()
+        self._queue.clear()
+        self._task = None
+        self._finish(str(reason) if reason else "connection closed")
+
+    def poll_timeout(self) -> float | None:
+        if self._finished:
+            return None
+        ts = [p.deadline for p in self._pending.values()]
+        if self._sleep_until is not None:
+            ts.append(self._sleep_until)
+        return min(ts) if ts else None
+
+    def poll_transmit(self) -> list[str | bytes]:
+        out, self._out = self._out, []
+        return out
+
+    def poll_events(self) -> list[tuple[str, dict[str, Any]]]:
+        ev, self._events = self._events, []
+        return ev
+
+    @property
+    def finished(self) -> bool:
+        return self._finished
+
+    @property
+    def close_reason(self) -> str | None:
+        return self._close_reason
+
+    def stats(self) -> dict[str, int]:
+        return dict(self._stats)
+
+    # -- serving -------------------------------------------------------------------------
+
+    def _serve(self, rid: int, service: int, args: Any) -> None:
+        if not isinstance(args, list):
+            args = []
+        if service in EXPORTER_SERVICES and self._exporter is not None and not self._exporter_done:
+            for f in self._exporter.handle(rid, service, args):
+                self._emit_frame(f)
+            if self._exporter.done:
+                self._exporter_done = True
+        elif service == NEW_ACCESSIBLE_ROOT_EVENT and self._imp is not None and not self._importer_done:
+            self._emit_frame(rpc.data_response(rid, rpc.UNDEF))  # chum.md §4.8: only logged
+        elif service == NOTIFY and self._imp is not None and not self._importer_done:
+            self._emit_frame(rpc.data_response(rid, rpc.UNDEF))
+            if self._sleep_until is not None:  # poll now instead of at the next interval
+                self._sleep_until = None
+                self._advance(None)
+        else:
+            self._emit_frame(rpc.unknown_service(rid, service))
+
+    def _exporter_error(self, code: str, message: str) -> None:
+        self._error(code, message, False)
+
+    # -- requests --------------------------------------------------------------------------
+
+    def _emit_frame(self, f: str | bytes) -> None:
+        self._stats["bytes_sent"] += len(f)
+        self._out.append(f)
+
+    def _send(self, p: _Pending) -> None:
+        p.rid = self._next_id
+        self._next_id += 1
+        p.deadline = self._now + self._request_timeout
+        p.mode = None
+        p.encoding = None
+        self._pending[p.rid] = p
+        self._stats["requests_sent"] += 1
+        self._emit_frame(rpc.request(p.rid, p.req.service, p.req.args))
+
+    def _dispatch(self) -> None:
+        while self._queue and len(self._pending) < self._window:
+            self._send(self._queue.popleft())
+
+    def _deliver(self, p: _Pending, outcome: Outcome) -> None:
+        if p.slot >= len(self._call_results) or self._call_results[p.slot] is not None:
+            return
+        self._call_results[p.slot] = outcome
+        self._call_left -= 1
+        if self._call_left == 0:
+            results, self._call_results = self._call_results, []
+            self._advance(results)
+
+    def _advance(self, value: Any) -> None:
+        """Run the importer until it waits for answers or time."""
+        while self._task is not None and not self._finished:
+            try:
+                op = self._task.send(value)
+            except StopIteration:
+                self._task = None
+                self._importer_done = True
+                break
+            except Fatal as e:
+                self._task = None
+                self._importer_done = True
+                self._fatal(e.code, str(e))
+                return
+            if isinstance(op, Sleep):
+                self._sleep_until = self._now + op.seconds
+                return
+            if not op.reqs:
+                value = []
+                continue
+            self._call_results = [None] * len(op.reqs)
+            self._call_left = len(op.reqs)
+            for i, req in enumerate(op.reqs):
+                self._queue.append(_Pending(req, i))
+            self._dispatch()
+            return
+        self._check_done()
+
+    # -- responses ---------------------------------------------------------------------------
+
+    def _response(self, m: dict[str, Any]) -> None:
+        rid = m["responseId"]
+        p = self._pending.get(rid)
+        if p is None and rid in self._notify_ids:
+            self._notify_ids.discard(rid)  # the answer to our NOTIFY carries nothing
+            return
+        if p is None:
+            # chum.md §2.1: logged and dropped (also a late answer to a retried request)
+            self._error("LAMA-CHUM-FRAME", f"dropped a {m['type']} response for unknown "
+                        f"request {rid}", False)
+            return
+        t = m["type"]
+        if t == "data":
+            if p.req.stream is not None:
+                self._fail(p, "CIEC-FBL1", "a BLOB request was answered without a stream")
+            else:
+                self._done(p, Outcome(True, m.get("data")))
+        elif t == "error":
+            err = m.get("error")
+            if not isinstance(err, dict):
+                err = {"message": str(err)}
+            c, t2 = err.get("code"), err.get("message")
+            code = c if isinstance(c, str) else "WSRQ-JRMH1"
+            message = t2 if isinstance(t2, str) else repr(err)[:300]
+            self._fail(p, code, message)
+        elif t == "stream":
+            if p.req.stream is None:
+                self._fail(p, "LAMA-CHUM-FRAME", "a stream answer to a request for data")
+                return
+            if p.mode == "binary":
+                self._stream_write_failed(p, "text chunk in a binary stream")
+                return
+            if p.mode is None:
+                p.mode = "text"
+                p.encoding = m.get("encoding")  # chum.md §2.6: from the first chunk only
+            chunk = m.get("chunk")
+            if not isinstance(chunk, str):
+                self._stream_write_failed(p, "a stream chunk without text")
+                return
+            if p.encoding == "utf8":
+                data = chunk.encode("utf-8", "surrogatepass")
+            elif p.encoding == "base64":
+                try:
+                    data = base64.b64decode(chunk, validate=True)
+                except (binascii.Error, ValueError):
+                    self._stream_write_failed(p, "a base64 chunk that does not decode")
+                    return
+            else:
+                self._stream_write_failed(p, f"unknown stream encoding {p.encoding!r}")
+                return
+            self._write(p, data)
+        elif t == "stream-end":
+            if p.req.stream is None:
+                self._fail(p, "LAMA-CHUM-FRAME", "a stream end for a request for data")
+                return
+            self._finish_stream(p)
+        elif t == "stream-error":
+            self._fail(p, "WSRQ-SEH1", f"the sender failed while streaming: {m.get('error')}")
+
+    def _writer(self, p: _Pending) -> Any:
+        if p.writer is None:
+            p.writer = self._store.blob_writer(clob=p.req.stream == "clob")
+        return p.writer
+
+    def _write(self, p: _Pending, data: bytes) -> None:
+        p.deadline = self._now + self._request_timeout  # a stream that progresses is alive
+        try:
+            self._writer(p).write(data)
+        except LamaError as e:
+            self._stream_write_failed(p, str(e))
+
+    def _stream_write_failed(self, p: _Pending, why: str) -> None:
+        # chum.md §2.6 receiver-side failure: tell the sender, drop the rest, fail locally
+        self._emit_frame(rpc.write_stream_error(p.rid))
+        self._fail(p, "LAMA-CHUM-STREAM", f"stream of {p.req.args[0]} refused: {why}")
+
+    def _finish_stream(self, p: _Pending) -> None:
+        expected = p.req.args[0]
+        try:
+            h, status = self._writer(p).finish(expected)
+        except HashMismatchError as e:
+            p.writer = None
+            self._fail(p, "CIEC-FBL2", f"the stream for {expected} does not hash to it ({e})")
+            return
+        except LamaError as e:
+            p.writer = None
+            self._fail(p, e.code, f"the stream for {expected} could not be stored: {e}")
+            return
+        p.writer = None
+        self._done(p, Outcome(True, {"hash": h, "status": status}))
+
+    def _abort_writer(self, p: _Pending) -> None:
+        if p.writer is not None:
+            try:
+                p.writer.abort()
+            except LamaError:
+                pass
+            p.writer = None
+
+    def _done(self, p: _Pending, outcome: Outcome) -> None:
+        self._pending.pop(p.rid, None)
+        self._deliver(p, outcome)
+        self._dispatch()
+
+    def _fail(self, p: _Pending, code: str, message: str) -> None:
+        self._abort_writer(p)
+        self._done(p, Outcome(False, code=code, message=message))
+
+    # -- events, errors, end ---------------------------------------------------------------
+
+    def _emit(self, kind: str, data: dict[str, Any]) -> None:
+        self._events.append((kind, data))
+
+    def _error(self, code: str, message: str, fatal: bool) -> None:
+        text = message if message.startswith(code + ":") else f"{code}: {message}"
+        self._stats["errors"] += 1
+        if not code.startswith("WSP-ONCL"):  # chum.md §6.5: not put into the Chum log
+            self._errors.append(text)
+        self._emit("error", {"code": code, "message": text, "fatal": fatal})
+
+    def _fatal(self, code: str, message: str) -> None:
+        self._error(code, message, True)
+        self._task = None
+        for p in list(self._pending.values()):
+            self._abort_writer(p)
+        self._pending.clear()
+        self._queue.clear()
+        self._finish(message if message.startswith(code) else f"{code}: {message}")
+
+    def _check_done(self) -> None:
+        if not self._finished and self._started and self._importer_done and self._exporter_done:
+            self._finish("chum finished")
+
+    def _finish(self, reason: str) -> None:
+        if self._finished:
+            return
+        self._finished = True
+        self._close_reason = reason
+        self._sleep_until = None
+        log: dict[str, Any] = {k: list(v) for k, v in self._log.items()}
+        log["errors"] = list(self._errors)
+        log["statistics"] = {"requestsSentTotal": self._stats["requests_sent"],
+                             "requestsReceivedTotal": self._stats["requests_received"],
+                             "requestsReceivedInvalid": self._stats["requests_invalid"]}
+        self._emit("finished", {"reason": reason, "log": log})

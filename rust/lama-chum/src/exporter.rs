@@ -1,0 +1,382 @@
+//! The exporter half (chum.md §4, §5): serves services 1, 2, 4, 5, 6, 7, 8 and 10 to one
+//! remote person, authorised by the session's accessible set (§5.2).
+
+use std::collections::HashSet;
+
+use lama_core::microdata::RefKind;
+use lama_core::store::{EntryKind, Store};
+use serde_json::{json, Value};
+
+use crate::rpc::{self, Data};
+use crate::{ChumLog, Message, Stats};
+
+pub const GET_PROTOCOL_VERSION: u32 = 1;
+pub const GET_ACCESSIBLE_ROOTS: u32 = 2;
+pub const NEW_ACCESSIBLE_ROOT_EVENT: u32 = 3;
+pub const GET_OBJECT_CHILDREN: u32 = 4;
+pub const GET_ID_OBJECT_CHILDREN: u32 = 5;
+pub const GET_OBJECT: u32 = 6;
+pub const GET_ID_OBJECT: u32 = 7;
+pub const GET_BLOB: u32 = 8;
+pub const FIN: u32 = 10;
+
+// lama extensions (docs/chum-fastpath.md); served whatever the local `fast_path` says
+pub const LAMA_PROBE: u32 = 100;
+pub const GET_OBJECTS_BATCH: u32 = 101;
+pub const GET_ROOTS_SINCE: u32 = 102;
+pub const SUBSCRIBE: u32 = 103;
+pub const NOTIFY: u32 = 104;
+pub const GET_CHILDREN_BATCH: u32 = 105;
+/// docs/chum-fastpath.md: hashes per batch request.
+pub const BATCH_MAX: usize = 256;
+pub const FASTPATH_VERSION: i64 = 1;
+
+/// chum.md §3.1 plus the lama extensions (docs/chum-fastpath.md).
+pub const SERVICES: &[u32] = &[1, 2, 4, 5, 6, 7, 8, 10, 100, 101, 102, 103, 105];
+
+/// chum.md §4.1: always 8, whatever extensions exist (§10.3).
+pub const PROTOCOL_VERSION: i64 = 8;
+
+/// chum.md §2.6/§10.2: 8-byte id + payload ≤ 65,536, so no fragmentation is ever needed.
+pub const BLOB_PAYLOAD: usize = 65_528;
+
+/// Characters per CLOB text chunk: below the 16,384-UTF-16-unit fragmentation threshold of
+/// one.models (chum.md §1) even when every character is a surrogate pair, escaped twice.
+pub const CLOB_CHUNK: usize = 4_096;
+
+/// An error answer `{name, message, code}` (chum.md §2.4); `fatal` (a misnomer kept short:
+/// "recorded") marks a refused fetch of a hash never unlocked, which the session also reports
+/// as an `error` event (a reference importer never sends one, §5.2).
+pub struct ServiceError {
+    pub code: String,
+    pub message: String,
+    pub fatal: bool,
+}
+
+fn err(code: &str, text: String) -> ServiceError {
+    ServiceError { code: code.into(), message: format!("{code}: {text}"), fatal: false }
+}
+
+fn refused(code: &str, text: String) -> ServiceError {
+    ServiceError { code: code.into(), message: format!("{code}: {text}"), fatal: true }
+}
+
+/// A storage error (e.g. `SB-READ2` during a children walk, chum.md §4.3): answered with its
+/// own code and recorded.
+fn store_err(e: lama_core::Error) -> ServiceError {
+    ServiceError { code: e.code.clone(), message: e.to_string(), fatal: true }
+}
+
+pub struct Exporter {
+    store: Store,
+    remote_person: String,
+    /// chum.md §5.2: filled by roots and children answers, never shrinks.
+    accessible: HashSet<String>,
+    pub done: bool,
+    /// Highest write sequence of a roots answer (docs/chum-fastpath.md).
+    roots_mark: u64,
+    /// The peer asked for NOTIFY pushes (service 103), and the mark up to which it was told.
+    subscribed: bool,
+    notify_mark: u64,
+    /// `CES-GO1` refusals inside a batch answer (recorded by the session).
+    pub refused: Vec<(String, String)>,
+}
+
+/// The wire form of one accessible root (chum.md §4.2, fields in the reference's order).
+fn wire_root(kind: &str, h: &str, id_hash: Option<&str>, type_name: &str) -> Value {
+    match kind {
+        "unversioned" => json!({"type": "unversioned", "hash": h, "oneType": type_name}),
+        "versioned" => json!({"type": "versioned", "hash": h, "idHash": id_hash, "oneType": type_name}),
+        "id" => json!({"type": "id", "idHash": h, "oneType": type_name}),
+        _ => json!({"type": "version_node", "node": h, "dataIdHash": id_hash, "dataType": type_name}),
+    }
+}
+
+fn arg_hash<'a>(args: &'a [Data], code: &str, what: &str) -> Result<&'a str, ServiceError> {
+    match args.first() {
+        Some(Some(Value::String(s))) if lama_core::hash::is_hash(s) => Ok(s),
+        a => {
+            let shown = a.as_ref().and_then(|x| x.as_ref()).map_or("undefined".into(), |v| v.to_string());
+            let shown: String = shown.chars().take(100).collect();
+            Err(err(code, format!("Not a valid {what}: {shown}")))
+        }
+    }
+}
+
+impl Exporter {
+    pub fn new(store: Store, remote_person: String) -> Exporter {
+        Exporter {
+            store,
+            remote_person,
+            accessible: HashSet::new(),
+            done: false,
+            roots_mark: 0,
+            subscribed: false,
+            notify_mark: 0,
+            refused: Vec::new(),
+        }
+    }
+
+    /// Answer one request: the frames to send, and an error if the request was refused.
+    pub fn handle(&mut self, id: u64, service: u32, args: &[Data], log: &mut ChumLog, stats: &mut Stats) -> (Vec<Message>, Option<ServiceError>) {
+        let r = match service {
+            GET_PROTOCOL_VERSION => Ok(vec![Message::Text(rpc::data_response(id, &Some(PROTOCOL_VERSION.into())))]),
+            GET_ACCESSIBLE_ROOTS => self.roots().map(|s| vec![Message::Text(rpc::data_response(id, &Some(s.into())))]),
+            GET_OBJECT_CHILDREN | GET_ID_OBJECT_CHILDREN => self
+                .children(args, service == GET_ID_OBJECT_CHILDREN)
+                .map(|s| vec![Message::Text(rpc::data_response(id, &Some(s.into())))]),
+            GET_OBJECT | GET_ID_OBJECT => self
+                .object(args, service == GET_ID_OBJECT, log, stats)
+                .map(|s| vec![Message::Text(rpc::data_response(id, &Some(s.into())))]),
+            GET_BLOB => self.blob(id, args, log, stats),
+            FIN => {
+                self.done = true;
+                Ok(vec![Message::Text(rpc::data_response(id, &None))])
+            }
+            LAMA_PROBE => Ok(vec![Message::Text(rpc::data_response(id, &Some(self.probe())))]),
+            GET_OBJECTS_BATCH => self.batch(args, log, stats).map(|s| vec![Message::Text(rpc::data_response(id, &Some(s.into())))]),
+            GET_CHILDREN_BATCH => self.children_batch(args).map(|s| vec![Message::Text(rpc::data_response(id, &Some(s.into())))]),
+            GET_ROOTS_SINCE => self.roots_since(args).map(|s| vec![Message::Text(rpc::data_response(id, &Some(s.into())))]),
+            SUBSCRIBE => {
+                self.subscribed = true;
+                self.notify_mark = self.notify_mark.max(self.roots_mark);
+                Ok(vec![Message::Text(rpc::data_response(id, &None))])
+            }
+            s => Ok(vec![Message::Text(rpc::unknown_service(id, &Value::from(s)))]),
+        };
+        match r {
+            Ok(frames) => (frames, None),
+            Err(e) => (vec![Message::Text(rpc::error_response(id, "Error", &e.message, Some(&e.code)))], Some(e)),
+        }
+    }
+
+    fn roots(&mut self) -> Result<String, ServiceError> {
+        // chum.md §2.5: double-encoded
+        Ok(Value::Array(self.unlock_roots(0)?).to_string())
+    }
+
+    /// The roots accessible to the remote person that became so after `since` (0: all),
+    /// unlocked (chum.md §4.2 "unlocks").
+    fn unlock_roots(&mut self, since: u64) -> Result<Vec<Value>, ServiceError> {
+        let (mark, roots) = crate::session::accessible_roots(&self.store, &self.remote_person, since).map_err(store_err)?;
+        self.roots_mark = self.roots_mark.max(mark);
+        let mut out = Vec::with_capacity(roots.len());
+        for (kind, h, id_hash, type_name) in roots {
+            out.push(wire_root(&kind, &h, id_hash.as_deref(), &type_name));
+            if kind == "versioned" {
+                if let Some(i) = &id_hash {
+                    self.accessible.insert(i.clone());
+                }
+            }
+            self.accessible.insert(h);
+        }
+        Ok(out)
+    }
+
+    /// Names this store's write-sequence space (the hash of its first change-feed event), so a
+    /// peer keeps one mark per exporter store (docs/chum-fastpath.md).
+    fn epoch(&self) -> String {
+        self.store.changes(0, 1).ok().and_then(|e| e.first().map(|e| e.hash.to_hex())).unwrap_or_default()
+    }
+
+    fn probe(&self) -> Value {
+        json!({"lama": FASTPATH_VERSION, "features": ["batch", "children-batch", "push", "roots-since"], "epoch": self.epoch()})
+    }
+
+    fn batch_arg(args: &[Data]) -> Result<&Vec<Value>, ServiceError> {
+        match args.first() {
+            Some(Some(Value::Array(l))) if l.len() <= BATCH_MAX => Ok(l),
+            _ => Err(err("LAMA-CHUM-BATCH", format!("expected a list of at most {BATCH_MAX} hashes"))),
+        }
+    }
+
+    fn batch(&mut self, args: &[Data], log: &mut ChumLog, stats: &mut Stats) -> Result<String, ServiceError> {
+        let hashes = Self::batch_arg(args)?;
+        let mut out = Vec::with_capacity(hashes.len());
+        for h in hashes {
+            let Some(h) = h.as_str().filter(|h| lama_core::hash::is_hash(h)) else {
+                out.push(Value::Null);
+                continue;
+            };
+            if !self.accessible.contains(h) {
+                self.refused.push(("CES-GO1".into(), format!("CES-GO1: Unauthorized, obj {h}")));
+                out.push(Value::Null);
+                continue;
+            }
+            match self.store.kind(h).map_err(store_err)? {
+                Some(EntryKind::Object) => {
+                    log.a_to_b_objects.push(h.to_string());
+                    stats.objects_sent += 1;
+                }
+                Some(EntryKind::Id) => {
+                    log.a_to_b_id_objects.push(h.to_string());
+                    stats.id_objects_sent += 1;
+                }
+                _ => {
+                    out.push(Value::Null);
+                    continue;
+                }
+            }
+            out.push(Value::String(self.store.get(h).map_err(store_err)?));
+        }
+        Ok(Value::Array(out).to_string())
+    }
+
+    fn children_batch(&mut self, args: &[Data]) -> Result<String, ServiceError> {
+        let hashes = Self::batch_arg(args)?.clone();
+        let mut out = Vec::with_capacity(hashes.len());
+        for h in &hashes {
+            let Some(h) = h.as_str().filter(|h| lama_core::hash::is_hash(h)) else {
+                out.push(Value::Null);
+                continue;
+            };
+            if !self.accessible.contains(h) || !matches!(self.store.kind(h).map_err(store_err)?, Some(EntryKind::Object | EntryKind::Id)) {
+                out.push(Value::Null);
+                continue;
+            }
+            out.push(Value::Array(self.children_list(h)?));
+        }
+        Ok(Value::Array(out).to_string())
+    }
+
+    fn roots_since(&mut self, args: &[Data]) -> Result<String, ServiceError> {
+        let since = match args.first() {
+            None | Some(None) => Some(0),
+            Some(Some(Value::Number(n))) => n.as_u64(),
+            _ => None,
+        };
+        let Some(since) = since else {
+            let shown = args.first().cloned().flatten().map_or("undefined".into(), |v| v.to_string());
+            return Err(err("LAMA-CHUM-BATCH", format!("expected a write sequence, got {shown}")));
+        };
+        let roots = self.unlock_roots(since)?;
+        Ok(json!({"mark": self.roots_mark, "roots": roots}).to_string())
+    }
+
+    /// After a local write: whether roots became accessible to the peer since the last
+    /// notification (only when it subscribed).
+    pub fn changed_roots(&mut self) -> lama_core::Result<bool> {
+        if !self.subscribed || self.done {
+            return Ok(false);
+        }
+        let (mark, roots) = crate::session::accessible_roots(&self.store, &self.remote_person, self.notify_mark)?;
+        self.notify_mark = self.notify_mark.max(mark);
+        Ok(!roots.is_empty())
+    }
+
+    fn children(&mut self, args: &[Data], id_object: bool) -> Result<String, ServiceError> {
+        let h = if id_object {
+            let h = arg_hash(args, "UTC-EIDHASH", "ID hash")?;
+            if !self.accessible.contains(h) {
+                return Err(err("CES-GIDOC1", format!("Unauthorized, id obj children for {h}")));
+            }
+            h
+        } else {
+            let h = arg_hash(args, "UTC-EHASH", "hash")?;
+            if !self.accessible.contains(h) {
+                return Err(err("CES-GOC1", format!("Unauthorized, obj children for {h}")));
+            }
+            h
+        };
+        Ok(Value::Array(self.children_list(h)?).to_string())
+    }
+
+    /// chum.md §5.3: the post-order walk reversed on the wire (parents first); unlocks every
+    /// listed hash.
+    fn children_list(&mut self, h: &str) -> Result<Vec<Value>, ServiceError> {
+        let walk = self.store.children_tagged(h).map_err(store_err)?;
+        let mut out = Vec::with_capacity(walk.len());
+        for (kind, c) in walk.into_iter().rev() {
+            let tag = match kind {
+                RefKind::Obj => "object",
+                RefKind::Id => "id",
+                RefKind::Blob => "blob",
+                RefKind::Clob => "clob",
+            };
+            let c = c.to_hex();
+            out.push(json!({"type": tag, "hash": c}));
+            self.accessible.insert(c);
+        }
+        Ok(out)
+    }
+
+    fn object(&mut self, args: &[Data], id_object: bool, log: &mut ChumLog, stats: &mut Stats) -> Result<String, ServiceError> {
+        let h = arg_hash(args, if id_object { "UTC-EIDHASH" } else { "UTC-EHASH" }, if id_object { "ID hash" } else { "hash" })?;
+        if !self.accessible.contains(h) {
+            return Err(if id_object {
+                refused("CES-GIDO1", format!("Unauthorized, id obj {h}"))
+            } else {
+                refused("CES-GO1", format!("Unauthorized, obj {h}"))
+            });
+        }
+        let kind = self.store.kind(h).map_err(store_err)?;
+        if id_object && kind != Some(EntryKind::Id) {
+            return Err(err("CES-GIDO2", format!("Not an ID object: {h}")));
+        }
+        if !id_object && kind != Some(EntryKind::Object) {
+            return Err(err("CES-GO2", format!("Not an object: {h}")));
+        }
+        let text = self.store.get(h).map_err(store_err)?;
+        if id_object {
+            log.a_to_b_id_objects.push(h.to_string());
+            stats.id_objects_sent += 1;
+        } else {
+            log.a_to_b_objects.push(h.to_string());
+            stats.objects_sent += 1;
+        }
+        Ok(text)
+    }
+
+    fn blob(&mut self, id: u64, args: &[Data], log: &mut ChumLog, stats: &mut Stats) -> Result<Vec<Message>, ServiceError> {
+        let h = arg_hash(args, "UTC-EHASH", "hash")?;
+        let encoding = match args.get(1) {
+            None | Some(None) => None,
+            Some(Some(Value::String(s))) if s == "utf8" => Some("utf8"),
+            Some(Some(v)) => return Err(err("CES-GBL2", format!("Unsupported encoding {v}"))),
+        };
+        if !self.accessible.contains(h) {
+            return Err(refused("CES-GBL1", format!("Unauthorized, BLOB {h}")));
+        }
+        let kind = self.store.kind(h).map_err(store_err)?;
+        if !matches!(kind, Some(EntryKind::Blob) | Some(EntryKind::Clob)) {
+            // the reference fails while reading the file: a stream error, not an error answer
+            return Ok(vec![Message::Text(rpc::stream_error(id))]);
+        }
+        let chunks = match self.store.read_blob_chunks(h) {
+            Ok(c) => c,
+            Err(_) => return Ok(vec![Message::Text(rpc::stream_error(id))]),
+        };
+        let mut out = Vec::new();
+        match encoding {
+            None => {
+                for c in &chunks {
+                    for p in c.chunks(BLOB_PAYLOAD) {
+                        out.push(Message::Binary(rpc::binary_frame(id, p)));
+                    }
+                }
+            }
+            Some(enc) => {
+                let Ok(text) = String::from_utf8(chunks.concat()) else {
+                    return Ok(vec![Message::Text(rpc::stream_error(id))]);
+                };
+                let mut first = true;
+                let mut rest = text.as_str();
+                while !rest.is_empty() {
+                    let cut = rest.char_indices().nth(CLOB_CHUNK).map_or(rest.len(), |(i, _)| i);
+                    out.push(Message::Text(rpc::stream_chunk(id, &rest[..cut], first.then_some(enc))));
+                    first = false;
+                    rest = &rest[cut..];
+                }
+            }
+        }
+        out.push(Message::Text(rpc::stream_end(id)));
+        if kind == Some(EntryKind::Clob) {
+            log.a_to_b_clob.push(h.to_string());
+            stats.clobs_sent += 1;
+        } else {
+            log.a_to_b_blob.push(h.to_string());
+            stats.blobs_sent += 1;
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,1029 @@
+//! The importer half (chum.md §6), as a resumable state machine: every step returns the
+//! requests to send ([`Step::Call`], answered all together through [`Importer::resume`]), a
+//! sleep, or the end. The session runs the calls with pipelining (chum.md §10.2).
+//!
+//! One pass: roots (§4.2) → children calls in rounds → every missing item fetched (in
+//! parallel, within the window) → verification (§6.4) → version-node checks (§6.2) →
+//! reachability → one store transaction per batch, dependencies first → `merge` events.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use lama_core::hash::{is_hash, sha256_hex};
+use lama_core::microdata::{self, RefKind, Value as MdValue};
+use lama_core::store::Store;
+use serde_json::Value;
+
+use crate::exporter::{BATCH_MAX, FASTPATH_VERSION, GET_CHILDREN_BATCH, GET_OBJECTS_BATCH, GET_ROOTS_SINCE, LAMA_PROBE, SUBSCRIBE, FIN, GET_ACCESSIBLE_ROOTS, GET_BLOB, GET_ID_OBJECT, GET_ID_OBJECT_CHILDREN, GET_OBJECT, GET_OBJECT_CHILDREN, GET_PROTOCOL_VERSION};
+use crate::rpc::Data;
+use crate::session::Cx;
+use crate::Event;
+
+/// chum.md §3.3: UNKNOWN-SERVICE on service 1 means "exporter not ready": retry.
+pub const VERSION_RETRY_DELAY: Duration = Duration::from_millis(300);
+pub const VERSION_RETRIES: u32 = 15;
+/// chum.md §10.3: 8, and 9 should a v9-note peer ever appear.
+const ACCEPTED_VERSIONS: [i64; 2] = [8, 9];
+/// chum.md §6.4: remote peers must not alter local access rights.
+const REFUSED_TYPES: [&str; 3] = ["Access", "IdAccess", "Group"];
+const VERSION_NODE_TYPES: [&str; 3] = ["VersionNodeEdge", "VersionNodeChange", "VersionNodeMerge"];
+/// Objects per store transaction.
+const COMMIT_BATCH: usize = 1000;
+
+
+pub const TIMEOUT: &str = "LAMA-CHUM-TIMEOUT";
+
+/// A request of the importer; `stream` is `Some(clob)` for GET_BLOB.
+#[derive(Debug, Clone)]
+pub struct Req {
+    pub service: u32,
+    pub args: Vec<Data>,
+    pub stream: Option<bool>,
+}
+
+/// The answer to a [`Req`].
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    Ok(Data),
+    /// A stream stored under this hash (already checked against the requested one).
+    #[allow(dead_code)]
+    Stored(String),
+    Err { code: String, message: String },
+}
+
+pub enum Step {
+    Call(Vec<Req>),
+    Sleep(Duration),
+    Done,
+}
+
+/// A fatal importer error `(code, message)`: it ends the session.
+pub type Fatal = (String, String);
+
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+enum Kind {
+    Object,
+    Id,
+    Blob,
+    Clob,
+}
+
+impl Kind {
+    fn parse(s: &str) -> Option<Kind> {
+        Some(match s {
+            "object" => Kind::Object,
+            "id" => Kind::Id,
+            "blob" => Kind::Blob,
+            "clob" => Kind::Clob,
+            _ => return None,
+        })
+    }
+    fn as_str(self) -> &'static str {
+        match self {
+            Kind::Object => "object",
+            Kind::Id => "id",
+            Kind::Blob => "blob",
+            Kind::Clob => "clob",
+        }
+    }
+}
+
+struct Item {
+    kind: Kind,
+    expected_type: Option<String>,
+    text: Option<String>,
+    type_name: String,
+    refs: Vec<(String, RefKind, String)>,
+    ok: bool,
+    stored: bool,
+}
+
+impl Item {
+    fn new(kind: Kind, expected_type: Option<String>) -> Item {
+        Item { kind, expected_type, text: None, type_name: String::new(), refs: Vec::new(), ok: false, stored: false }
+    }
+}
+
+#[derive(Clone)]
+struct Job {
+    service: u32,
+    hash: String,
+    kind: Kind,
+    expected: Option<String>,
+}
+
+#[derive(Default)]
+struct Pass {
+    /// dataIdHash -> [(node, dataType)], in first-seen order.
+    groups: Vec<(String, Vec<(String, String)>)>,
+    group_missing: Vec<(String, Vec<String>)>,
+    queue: Vec<Job>,
+    covered: HashSet<String>,
+    seen_jobs: HashSet<(u32, String)>,
+    batch: usize,
+    items: HashMap<String, Item>,
+    /// Dependencies first, over all children lists.
+    order: Vec<String>,
+    /// Hashes whose children were asked for (reachability starts).
+    start: Vec<String>,
+    calls: Vec<Job>,
+    fetch: Vec<String>,
+}
+
+enum Stage {
+    Start,
+    Version(u32),
+    VersionSleep(u32),
+    /// The lama extension probe (docs/chum-fastpath.md, service 100) is out; the remote's
+    /// protocol version is kept for the `version` event.
+    Probe(i64),
+    Roots,
+    Children(Box<Pass>),
+    /// Objects and ID objects are out.
+    Fetch(Box<Pass>),
+    /// Then the BLOBs/CLOBs that verified objects reference as such.
+    Streams(Box<Pass>),
+    Fin,
+    PollSleep,
+    /// SUBSCRIBE (103) is out (docs/chum-fastpath.md "Push").
+    Subscribe,
+    Done,
+}
+
+pub struct Importer {
+    store: Store,
+    fast_path: bool,
+    remote_person: String,
+    /// Features of a lama exporter that answered the probe (docs/chum-fastpath.md).
+    features: HashSet<String>,
+    /// `"<remote person>/<epoch>"` when the exporter serves roots since a mark.
+    peer_key: Option<String>,
+    since: u64,
+    /// The mark of the current roots-since answer, and what the pass started with.
+    pass_mark: Option<u64>,
+    errors_before: u64,
+    pending_before: usize,
+    subscribed: bool,
+    keep_running: bool,
+    poll_interval: Duration,
+    stage: Stage,
+    full_sync: bool,
+    /// BLOB/CLOB hash -> reason (chum.md §2.6: retried at the next pass).
+    pub pending: HashMap<String, String>,
+}
+
+fn fatal(code: &str, message: String) -> Fatal {
+    let m = if message.starts_with(code) { message } else { format!("{code}: {message}") };
+    (code.to_string(), m)
+}
+
+fn req(service: u32, args: Vec<Data>) -> Req {
+    Req { service, args, stream: None }
+}
+
+impl Importer {
+    pub fn new(store: Store, keep_running: bool, poll_interval: Duration, fast_path: bool, remote_person: String) -> Importer {
+        Importer {
+            store,
+            fast_path,
+            remote_person,
+            features: HashSet::new(),
+            peer_key: None,
+            since: 0,
+            pass_mark: None,
+            errors_before: 0,
+            pending_before: 0,
+            subscribed: false,
+            keep_running, poll_interval, stage: Stage::Start, full_sync: false, pending: HashMap::new() }
+    }
+
+    /// Continue with the answers of the last call (empty after a sleep or at the start).
+    pub fn resume(&mut self, results: Vec<Outcome>, cx: &mut Cx) -> Result<Step, Fatal> {
+        let stage = std::mem::replace(&mut self.stage, Stage::Done);
+        match stage {
+            Stage::Start => {
+                self.stage = Stage::Version(0);
+                Ok(Step::Call(vec![req(GET_PROTOCOL_VERSION, vec![])]))
+            }
+            Stage::VersionSleep(attempt) => {
+                self.stage = Stage::Version(attempt);
+                Ok(Step::Call(vec![req(GET_PROTOCOL_VERSION, vec![])]))
+            }
+            Stage::Version(attempt) => {
+                let r = results.into_iter().next().unwrap_or(Outcome::Err { code: TIMEOUT.into(), message: "no answer".into() });
+                let v = match r {
+                    Outcome::Ok(v) => v,
+                    Outcome::Err { code, .. } if code == "UNKNOWN-SERVICE" && attempt < VERSION_RETRIES => {
+                        self.stage = Stage::VersionSleep(attempt + 1);
+                        return Ok(Step::Sleep(VERSION_RETRY_DELAY));
+                    }
+                    Outcome::Err { code, message } => {
+                        let c = if code.is_empty() { "CS-MISMATCH".to_string() } else { code };
+                        return Err(fatal(&c, format!("version check failed: {message}")));
+                    }
+                    Outcome::Stored(_) => None,
+                };
+                let n = match &v {
+                    Some(Value::Number(n)) => n.as_i64().or_else(|| n.as_f64().filter(|f| f.fract() == 0.0).map(|f| f as i64)),
+                    _ => None,
+                };
+                match n {
+                    Some(n) if ACCEPTED_VERSIONS.contains(&n) => {
+                        if self.fast_path {
+                            // chum.md §10.3: probed only after the version check succeeded
+                            self.stage = Stage::Probe(n);
+                            return Ok(Step::Call(vec![req(LAMA_PROBE, vec![])]));
+                        }
+                        cx.events.push_back(Event::Version { remote: n, mode: "v8".into() });
+                        self.roots()
+                    }
+                    _ => {
+                        let shown = v.map_or("undefined".to_string(), |v| v.to_string());
+                        Err(fatal("CS-MISMATCH", format!("remote protocol version {shown}, expected 8")))
+                    }
+                }
+            }
+            Stage::Probe(n) => {
+                // A ONE peer answers UNKNOWN-SERVICE: plain v8 (chum.md §10.3)
+                let mut mode = "v8";
+                if let Some(Outcome::Ok(Some(Value::Object(m)))) = results.first() {
+                    if m.get("lama").and_then(Value::as_i64) == Some(FASTPATH_VERSION) {
+                        mode = "fast";
+                        if let Some(Value::Array(f)) = m.get("features") {
+                            self.features = f.iter().filter_map(|x| x.as_str().map(str::to_string)).collect();
+                        }
+                        if let (true, Some(epoch)) = (self.features.contains("roots-since"), m.get("epoch").and_then(Value::as_str)) {
+                            let key = format!("{}/{epoch}", self.remote_person);
+                            self.since = self.store.peer_mark(&key).unwrap_or(0);
+                            self.peer_key = Some(key);
+                        }
+                    }
+                }
+                cx.events.push_back(Event::Version { remote: n, mode: mode.into() });
+                self.roots()
+            }
+            Stage::Subscribe => {
+                self.subscribed = matches!(results.first(), Some(Outcome::Ok(_)));
+                self.stage = Stage::PollSleep;
+                Ok(Step::Sleep(self.poll_interval * if self.subscribed { 10 } else { 1 }))
+            }
+            Stage::PollSleep => self.roots(),
+            Stage::Roots => {
+                self.errors_before = cx.stats.errors;
+                self.pending_before = self.pending.len();
+                let mut r = results.into_iter().next().unwrap_or(Outcome::Err { code: TIMEOUT.into(), message: "no answer".into() });
+                if self.peer_key.is_some() {
+                    // docs/chum-fastpath.md 102: a JSON string of {"mark", "roots"}
+                    if let Outcome::Ok(v) = &r {
+                        let parsed = v.as_ref().and_then(Value::as_str).and_then(|s| serde_json::from_str::<Value>(s).ok());
+                        let mark = parsed.as_ref().and_then(|d| d.get("mark")).and_then(Value::as_u64);
+                        let roots = parsed.as_ref().and_then(|d| d.get("roots")).filter(|x| x.is_array());
+                        match (mark, roots) {
+                            (Some(m), Some(list)) => {
+                                self.pass_mark = Some(m);
+                                r = Outcome::Ok(Some(Value::String(list.to_string())));
+                            }
+                            _ => r = Outcome::Ok(None),
+                        }
+                    }
+                }
+                match r {
+                    Outcome::Ok(v) => match self.parse_roots(v, cx) {
+                        Some(roots) => self.start_pass(roots, cx),
+                        None => self.end_pass(cx),
+                    },
+                    Outcome::Err { code, message } if code == TIMEOUT => Err(fatal(&code, message)),
+                    Outcome::Err { code, message } => {
+                        cx.error(&code, &format!("roots request failed: {message}"), false);
+                        self.end_pass(cx)
+                    }
+                    Outcome::Stored(_) => {
+                        cx.error("DAH-PAO1", "roots answer is a stream", false);
+                        self.end_pass(cx)
+                    }
+                }
+            }
+            Stage::Children(mut pass) => {
+                let calls = std::mem::take(&mut pass.calls);
+                let results = if self.features.contains("children-batch") {
+                    split_batch(&calls.chunks(BATCH_MAX).map(|c| c.len()).collect::<Vec<_>>(), results, "CES-GOC1", |c| Value::String(c.to_string()))?
+                } else {
+                    results
+                };
+                for (job, res) in calls.into_iter().zip(results) {
+                    let Some(children) = self.children_result(&job.hash, res, cx)? else { continue };
+                    pass.start.push(job.hash.clone());
+                    for (ckind, ch) in children {
+                        pass.covered.insert(ch.clone());
+                        if !pass.items.contains_key(&ch) {
+                            pass.items.insert(ch.clone(), Item::new(ckind, None));
+                            pass.order.push(ch);
+                        }
+                    }
+                    match pass.items.get_mut(&job.hash) {
+                        None => {
+                            pass.items.insert(job.hash.clone(), Item::new(job.kind, job.expected.clone()));
+                            pass.order.push(job.hash.clone());
+                        }
+                        Some(it) => {
+                            if job.expected.is_some() {
+                                it.expected_type = job.expected.clone();
+                            }
+                        }
+                    }
+                    pass.covered.insert(job.hash);
+                }
+                self.children_round(pass, cx)
+            }
+            Stage::Fetch(mut pass) => {
+                let fetch = std::mem::take(&mut pass.fetch);
+                let results = if self.features.contains("batch") {
+                    split_batch(&fetch.chunks(BATCH_MAX).map(|c| c.len()).collect::<Vec<_>>(), results, "CES-GO1", |c| c.clone())?
+                } else {
+                    results
+                };
+                for (h, res) in fetch.iter().zip(results) {
+                    self.verify(&mut pass, h, res, cx)?;
+                }
+                let mut wanted: HashSet<(Kind, &str)> = HashSet::new();
+                for h in &fetch {
+                    let it = &pass.items[h];
+                    if it.ok {
+                        for (_, k, r) in &it.refs {
+                            wanted.insert((ref_kind(*k), r.as_str()));
+                        }
+                    }
+                }
+                let mut streams = Vec::new();
+                let mut refused = Vec::new();
+                for h in &pass.order {
+                    let it = &pass.items[h];
+                    if !matches!(it.kind, Kind::Blob | Kind::Clob) || it.stored {
+                        continue;
+                    }
+                    if wanted.contains(&(it.kind, h.as_str())) {
+                        streams.push(h.clone());
+                    } else {
+                        refused.push((h.clone(), it.kind));
+                    }
+                }
+                for (h, k) in refused {
+                    cx.error("LAMA-CHUM-NOTREACHABLE", &format!("{h} was listed as a {} that no received object references as one; not fetched", k.as_str()), false);
+                }
+                let reqs: Vec<Req> = streams
+                    .iter()
+                    .map(|h| {
+                        let a = Some(Value::String(h.clone()));
+                        if pass.items[h].kind == Kind::Blob {
+                            Req { service: GET_BLOB, args: vec![a, None], stream: Some(false) }
+                        } else {
+                            Req { service: GET_BLOB, args: vec![a, Some("utf8".into())], stream: Some(true) }
+                        }
+                    })
+                    .collect();
+                pass.fetch = streams;
+                self.stage = Stage::Streams(pass);
+                Ok(Step::Call(reqs))
+            }
+            Stage::Streams(mut pass) => {
+                let fetch = std::mem::take(&mut pass.fetch);
+                let mut new_blobs = Vec::new();
+                let mut new_clobs = Vec::new();
+                for (h, res) in fetch.into_iter().zip(results) {
+                    let kind = pass.items[&h].kind;
+                    let clob = kind == Kind::Clob;
+                    match res {
+                        Outcome::Stored(_) => {
+                            let it = pass.items.get_mut(&h).unwrap();
+                            it.ok = true;
+                            it.stored = true;
+                            self.pending.remove(&h);
+                            if clob {
+                                cx.log.b_to_a_clob.push(h.clone());
+                                cx.stats.clobs_received += 1;
+                                new_clobs.push(h);
+                            } else {
+                                cx.log.b_to_a_blob.push(h.clone());
+                                cx.stats.blobs_received += 1;
+                                new_blobs.push(h);
+                            }
+                        }
+                        Outcome::Err { code, message } => {
+                            let reason = if code.is_empty() || message.starts_with(&code) { message } else { format!("{code}: {message}") };
+                            self.pending.insert(h.clone(), reason.clone());
+                            cx.events.push_back(Event::Pending { hash: h, kind: kind.as_str().into(), reason });
+                        }
+                        Outcome::Ok(_) => {
+                            let reason = "CIEC-FBL1: the answer is not a stream".to_string();
+                            self.pending.insert(h.clone(), reason.clone());
+                            cx.events.push_back(Event::Pending { hash: h, kind: kind.as_str().into(), reason });
+                        }
+                    }
+                }
+                self.check_version_nodes(&mut pass, cx);
+                check_reachable(&mut pass, cx);
+                let stored = self.commit(&mut pass, new_blobs, new_clobs, cx);
+                for (id_hash, ms) in &pass.group_missing {
+                    let mut best: Option<(f64, &String)> = None;
+                    for n in ms {
+                        let Some(it) = pass.items.get(n) else { continue };
+                        let Some(text) = &it.text else { continue };
+                        if !it.stored {
+                            continue;
+                        }
+                        let d = node_depth(text);
+                        if best.is_none_or(|b| d > b.0) {
+                            best = Some((d, n));
+                        }
+                    }
+                    if let Some((_, n)) = best {
+                        if stored.contains(n) {
+                            let data_type = pass
+                                .groups
+                                .iter()
+                                .find(|g| &g.0 == id_hash)
+                                .and_then(|g| g.1.iter().find(|x| &x.0 == n))
+                                .map(|x| x.1.clone())
+                                .unwrap_or_default();
+                            cx.events.push_back(Event::Merge { id_hash: id_hash.clone(), node: n.clone(), data_type });
+                        }
+                    }
+                }
+                self.end_pass(cx)
+            }
+            Stage::Fin => {
+                if let Some(Outcome::Err { code, message }) = results.into_iter().next() {
+                    if code == TIMEOUT {
+                        return Err(fatal(&code, message));
+                    }
+                }
+                Ok(Step::Done)
+            }
+            Stage::Done => Ok(Step::Done),
+        }
+    }
+
+    fn roots(&mut self) -> Result<Step, Fatal> {
+        self.stage = Stage::Roots;
+        self.pass_mark = None;
+        if self.peer_key.is_some() {
+            return Ok(Step::Call(vec![req(GET_ROOTS_SINCE, vec![Some(self.since.into())])]));
+        }
+        Ok(Step::Call(vec![req(GET_ACCESSIBLE_ROOTS, vec![])]))
+    }
+
+    fn end_pass(&mut self, cx: &mut Cx) -> Result<Step, Fatal> {
+        // the high-water mark moves only after a pass that imported everything it listed
+        if let (Some(m), Some(key)) = (self.pass_mark.take(), &self.peer_key) {
+            if cx.stats.errors == self.errors_before && self.pending.is_empty() && self.pending_before == 0 {
+                self.since = m;
+                if let Err(e) = self.store.set_peer_mark(key, m) {
+                    cx.error(&e.code, &format!("storing the peer mark: {e}"), false);
+                }
+            }
+        }
+        if !self.full_sync {
+            self.full_sync = true;
+            cx.events.push_back(Event::FullSync);
+        }
+        if self.keep_running {
+            if self.features.contains("push") && !self.subscribed {
+                // docs/chum-fastpath.md: the exporter calls our NOTIFY when roots appear
+                self.stage = Stage::Subscribe;
+                return Ok(Step::Call(vec![req(SUBSCRIBE, vec![])]));
+            }
+            self.stage = Stage::PollSleep;
+            // with pushes, polling is only the fallback (the uvc note: 10 x pollInterval)
+            Ok(Step::Sleep(self.poll_interval * if self.subscribed { 10 } else { 1 }))
+        } else {
+            self.stage = Stage::Fin;
+            Ok(Step::Call(vec![req(FIN, vec![])]))
+        }
+    }
+
+    /// chum.md §4.2: a string holding a JSON array of AccessibleObject.
+    fn parse_roots(&self, data: Data, cx: &mut Cx) -> Option<Vec<serde_json::Map<String, Value>>> {
+        let Some(Value::String(s)) = data else {
+            cx.error("DAH-PAO1", "roots answer is not a string", false);
+            return None;
+        };
+        let Ok(v) = serde_json::from_str::<Value>(&s) else {
+            cx.error("DAH-PAO1", "roots answer is not JSON", false);
+            return None;
+        };
+        let Value::Array(list) = v else {
+            cx.error("DAH-PAO1", "roots answer is not a list", false);
+            return None;
+        };
+        let mut out = Vec::new();
+        for r in list {
+            let shown: String = r.to_string().chars().take(300).collect();
+            let Value::Object(m) = r else {
+                cx.error("DAH-PAO3", &format!("malformed accessible object {shown}"), false);
+                continue;
+            };
+            let need: &[&str] = match m.get("type").and_then(Value::as_str) {
+                Some("unversioned") => &["hash", "oneType"],
+                Some("versioned") => &["hash", "idHash", "oneType"],
+                Some("id") => &["idHash", "oneType"],
+                Some("version_node") => &["node", "dataIdHash", "dataType"],
+                _ => {
+                    cx.error("DAH-PAO3", &format!("unknown accessible object {shown}"), false);
+                    continue;
+                }
+            };
+            // hashes must be hashes here: they become store keys
+            let good = need.iter().all(|k| match m.get(*k).and_then(Value::as_str) {
+                Some(v) => *k == "oneType" || *k == "dataType" || is_hash(v),
+                None => false,
+            });
+            if !good {
+                cx.error("DAH-PAO3", &format!("malformed accessible object {shown}"), false);
+                continue;
+            }
+            out.push(m);
+        }
+        Some(out)
+    }
+
+    fn start_pass(&mut self, roots: Vec<serde_json::Map<String, Value>>, cx: &mut Cx) -> Result<Step, Fatal> {
+        let s = |m: &serde_json::Map<String, Value>, k: &str| m.get(k).and_then(Value::as_str).unwrap_or_default().to_string();
+        // chum.md §6.2: what is missing decides what is asked for
+        let mut missing = HashSet::new();
+        for r in &roots {
+            for k in ["hash", "idHash", "node"] {
+                if let Some(h) = r.get(k).and_then(Value::as_str) {
+                    if !self.store.has(h).unwrap_or(true) {
+                        missing.insert(h.to_string());
+                    }
+                }
+            }
+        }
+        let mut pass = Pass { batch: 1, ..Default::default() };
+        let mut jobs = Vec::new();
+        for r in &roots {
+            let one = Some(s(r, "oneType"));
+            match r.get("type").and_then(Value::as_str).unwrap_or_default() {
+                "unversioned" => {
+                    if missing.contains(&s(r, "hash")) {
+                        jobs.push(Job { service: GET_OBJECT_CHILDREN, hash: s(r, "hash"), kind: Kind::Object, expected: one });
+                    }
+                }
+                "versioned" => {
+                    if missing.contains(&s(r, "idHash")) {
+                        jobs.push(Job { service: GET_ID_OBJECT_CHILDREN, hash: s(r, "idHash"), kind: Kind::Id, expected: one.clone() });
+                    }
+                    if missing.contains(&s(r, "hash")) {
+                        jobs.push(Job { service: GET_OBJECT_CHILDREN, hash: s(r, "hash"), kind: Kind::Object, expected: one });
+                    }
+                }
+                "id" => {
+                    if missing.contains(&s(r, "idHash")) {
+                        jobs.push(Job { service: GET_ID_OBJECT_CHILDREN, hash: s(r, "idHash"), kind: Kind::Id, expected: one });
+                    }
+                }
+                _ => {
+                    let id = s(r, "dataIdHash");
+                    let entry = (s(r, "node"), s(r, "dataType"));
+                    match pass.groups.iter_mut().find(|g| g.0 == id) {
+                        Some(g) => g.1.push(entry),
+                        None => pass.groups.push((id, vec![entry])),
+                    }
+                }
+            }
+        }
+        for (id, nodes) in &pass.groups {
+            let mut ms: Vec<String> = Vec::new();
+            for (n, _) in nodes {
+                if missing.contains(n) && !ms.contains(n) {
+                    ms.push(n.clone());
+                }
+            }
+            if !ms.is_empty() {
+                pass.group_missing.push((id.clone(), ms));
+            }
+        }
+        // Object roots first: a Topic's closure holds its channel's ID object.
+        pass.queue = jobs.iter().filter(|j| j.service == GET_OBJECT_CHILDREN).cloned().collect();
+        pass.queue.extend(jobs.iter().filter(|j| j.service == GET_ID_OBJECT_CHILDREN).cloned());
+        self.children_round(Box::new(pass), cx)
+    }
+
+    /// Children calls go out in rounds that start with one call and double: a root that an
+    /// earlier answer listed as a child needs no call of its own (it is fetched as a child),
+    /// so one call suffices when one root's closure covers the rest, and independent roots
+    /// take log2(n) rounds. Of the version nodes of an ID only the newest missing one is
+    /// asked first: its closure holds the older ones (chum.md §10.2).
+    fn children_round(&mut self, mut pass: Box<Pass>, cx: &mut Cx) -> Result<Step, Fatal> {
+        let mut calls: Vec<Job> = Vec::new();
+        let mut rest = Vec::new();
+        for j in std::mem::take(&mut pass.queue) {
+            if pass.seen_jobs.contains(&(j.service, j.hash.clone())) {
+                continue;
+            }
+            if pass.covered.contains(&j.hash) {
+                if let (Some(e), Some(it)) = (&j.expected, pass.items.get_mut(&j.hash)) {
+                    it.expected_type = Some(e.clone());
+                }
+                continue;
+            }
+            if calls.len() < pass.batch {
+                pass.seen_jobs.insert((j.service, j.hash.clone()));
+                calls.push(j);
+            } else {
+                rest.push(j);
+            }
+        }
+        pass.queue = rest;
+        for (_, ms) in &pass.group_missing {
+            for n in ms.iter().rev() {
+                if !pass.covered.contains(n) && !pass.seen_jobs.contains(&(GET_OBJECT_CHILDREN, n.clone())) {
+                    pass.seen_jobs.insert((GET_OBJECT_CHILDREN, n.clone()));
+                    calls.push(Job { service: GET_OBJECT_CHILDREN, hash: n.clone(), kind: Kind::Object, expected: None });
+                    break;
+                }
+            }
+        }
+        if !calls.is_empty() {
+            pass.batch *= 2;
+            let reqs = if self.features.contains("children-batch") {
+                // docs/chum-fastpath.md: one request per BATCH_MAX children lists
+                calls.chunks(BATCH_MAX).map(|c| req(GET_CHILDREN_BATCH, vec![Some(Value::Array(c.iter().map(|j| Value::String(j.hash.clone())).collect()))])).collect()
+            } else {
+                calls.iter().map(|j| req(j.service, vec![Some(Value::String(j.hash.clone()))])).collect()
+            };
+            pass.calls = calls;
+            self.stage = Stage::Children(pass);
+            return Ok(Step::Call(reqs));
+        }
+        if pass.items.is_empty() {
+            return self.end_pass(cx);
+        }
+        // fetch everything that is missing, in dependency order
+        let mut fetch = Vec::new();
+        for h in &pass.order {
+            let have = self.store.has(h).unwrap_or(false);
+            let it = pass.items.get_mut(h).unwrap();
+            if have {
+                it.ok = true;
+                it.stored = true;
+            } else {
+                fetch.push(h.clone());
+            }
+        }
+        // Objects first, then only the BLOBs/CLOBs that a verified object references as such:
+        // a stream is stored as soon as it ends (before the objects are committed), so a hash
+        // listed as "blob" that is really an object must never be fetched as one.
+        let fetch: Vec<String> = fetch.into_iter().filter(|h| matches!(pass.items[h].kind, Kind::Object | Kind::Id)).collect();
+        let reqs: Vec<Req> = if self.features.contains("batch") {
+            // docs/chum-fastpath.md: up to BATCH_MAX microdata per request
+            fetch.chunks(BATCH_MAX).map(|c| req(GET_OBJECTS_BATCH, vec![Some(Value::Array(c.iter().map(|h| Value::String(h.clone())).collect()))])).collect()
+        } else {
+            fetch
+                .iter()
+                .map(|h| {
+                    let a = Some(Value::String(h.clone()));
+                    if pass.items[h].kind == Kind::Id { req(GET_ID_OBJECT, vec![a]) } else { req(GET_OBJECT, vec![a]) }
+                })
+                .collect()
+        };
+        pass.fetch = fetch;
+        self.stage = Stage::Fetch(pass);
+        Ok(Step::Call(reqs))
+    }
+
+    /// chum.md §4.3: a string holding a JSON array of `{type, hash}`; returned reversed
+    /// (dependencies first). `None` after a recorded error.
+    fn children_result(&self, h: &str, res: Outcome, cx: &mut Cx) -> Result<Option<Vec<(Kind, String)>>, Fatal> {
+        let data = match res {
+            Outcome::Ok(d) => d,
+            Outcome::Err { code, message } if code == TIMEOUT => return Err(fatal(&code, message)),
+            Outcome::Err { code, message } => {
+                let c = if code.is_empty() { "CIEC-CH".to_string() } else { code };
+                cx.error(&c, &format!("children of {h}: {message}"), false);
+                return Ok(None);
+            }
+            Outcome::Stored(_) => None,
+        };
+        let Some(Value::String(s)) = data else {
+            cx.error("DC-PC1", &format!("children of {h}: answer is not a string"), false);
+            return Ok(None);
+        };
+        let Ok(Value::Array(list)) = serde_json::from_str::<Value>(&s) else {
+            cx.error("DC-PC1", &format!("children of {h}: answer is not a JSON list"), false);
+            return Ok(None);
+        };
+        let mut out = Vec::with_capacity(list.len());
+        for c in list {
+            let shown: String = c.to_string().chars().take(300).collect();
+            let Some(kind) = c.get("type").and_then(Value::as_str).and_then(Kind::parse) else {
+                cx.error("DC-PC3", &format!("children of {h}: bad entry {shown}"), false);
+                return Ok(None);
+            };
+            let Some(ch) = c.get("hash").and_then(Value::as_str).filter(|x| is_hash(x)) else {
+                cx.error("DC-PC4", &format!("children of {h}: bad hash in {shown}"), false);
+                return Ok(None);
+            };
+            out.push((kind, ch.to_string()));
+        }
+        out.reverse();
+        Ok(Some(out))
+    }
+
+    /// chum.md §6.4 for one GET_OBJECT / GET_ID_OBJECT answer.
+    fn verify(&self, pass: &mut Pass, h: &str, res: Outcome, cx: &mut Cx) -> Result<(), Fatal> {
+        let it = pass.items.get_mut(h).unwrap();
+        let is_id = it.kind == Kind::Id;
+        let pre = if is_id { "CIEC-FIDO" } else { "CIEC-FO" };
+        let text = match res {
+            Outcome::Err { code, message } if code == TIMEOUT => return Err(fatal(&code, message)),
+            Outcome::Err { code, message } => {
+                let c = if code.is_empty() { format!("{pre}1") } else { code };
+                cx.error(&c, &format!("fetching {h}: {message}"), false);
+                return Ok(());
+            }
+            Outcome::Ok(Some(Value::String(s))) => s,
+            _ => {
+                cx.error(&format!("{pre}1"), &format!("{h}: the answer is not a microdata string"), false);
+                return Ok(());
+            }
+        };
+        // objects.md §2.1: hashed as Node.js writes it (lone surrogates cannot occur in Rust)
+        let got = sha256_hex(text.as_bytes());
+        if got != h {
+            cx.error(&format!("{pre}2"), &format!("{h}: the received microdata hashes to {got}"), false);
+            return Ok(());
+        }
+        let parsed = microdata::type_of(&text).and_then(|t| microdata::references(&text).map(|r| (t, r)));
+        let ((type_name, got_id), refs) = match parsed {
+            Ok(x) => x,
+            Err(e) => {
+                cx.error(&e.code, &format!("{h}: {e}"), false);
+                return Ok(());
+            }
+        };
+        if got_id != is_id {
+            cx.error(&format!("{pre}2"), &format!("{h}: expected {}", if is_id { "an ID object" } else { "an object" }), false);
+            return Ok(());
+        }
+        if REFUSED_TYPES.contains(&type_name.as_str()) {
+            cx.error(&format!("{pre}3"), &format!("{h}: refusing a remote {type_name} object"), false);
+            return Ok(());
+        }
+        if let Some(e) = &it.expected_type {
+            if *e != type_name {
+                let c = if is_id { "CIEC-FIDOWT1" } else { "CIEC-FOWT1" };
+                cx.error(c, &format!("{h}: expected a {e}, got a {type_name}"), false);
+                return Ok(());
+            }
+        }
+        it.refs = refs.into_iter().map(|r| (r.path, r.kind, r.hash)).collect();
+        it.type_name = type_name;
+        it.text = Some(text);
+        it.ok = true;
+        Ok(())
+    }
+
+    /// chum.md §6.2: a fetched listed node's data must have ID hash `dataIdHash` (CI-CCI1)
+    /// and type `dataType` (CI-CCI2).
+    fn check_version_nodes(&self, pass: &mut Pass, cx: &mut Cx) {
+        for (id_hash, ms) in &pass.group_missing {
+            let types: HashMap<&str, &str> =
+                pass.groups.iter().find(|g| &g.0 == id_hash).map(|g| g.1.iter().map(|(n, t)| (n.as_str(), t.as_str())).collect()).unwrap_or_default();
+            for n in ms {
+                let Some(it) = pass.items.get(n) else { continue };
+                if !it.ok || it.stored {
+                    continue;
+                }
+                let problem: Option<(&str, String)> = if !VERSION_NODE_TYPES.contains(&it.type_name.as_str()) {
+                    Some(("CI-CCI1", format!("{n} is a {}, not a version node", it.type_name)))
+                } else {
+                    let data = it.refs.iter().find(|r| r.0 == "data").map(|r| r.2.clone());
+                    let text = data.as_ref().and_then(|d| match pass.items.get(d) {
+                        Some(x) if x.ok && x.text.is_some() => x.text.clone(),
+                        Some(x) if !x.stored => None,
+                        _ => self.store.get(d).ok(),
+                    });
+                    match text {
+                        None => Some(("CI-CCI1", format!("version node {n}: its data is not available"))),
+                        Some(t) => {
+                            let idh = microdata::id_microdata_of(&t).ok().flatten().map(|m| sha256_hex(m.as_bytes()));
+                            let ty = microdata::type_of(&t).map(|x| x.0).unwrap_or_default();
+                            let want = types.get(n.as_str()).copied().unwrap_or_default();
+                            if idh.as_deref() != Some(id_hash.as_str()) {
+                                Some(("CI-CCI1", format!("version node {n}: data {} does not have ID hash {id_hash}", data.unwrap_or_default())))
+                            } else if ty != want {
+                                Some(("CI-CCI2", format!("version node {n}: data {} is a {ty}, not a {want}", data.unwrap_or_default())))
+                            } else {
+                                None
+                            }
+                        }
+                    }
+                };
+                if let Some((code, msg)) = problem {
+                    pass.items.get_mut(n).unwrap().ok = false;
+                    cx.error(code, &msg, false);
+                }
+            }
+        }
+    }
+
+    /// Store every verified item whose references are all present, dependencies first, in
+    /// batches of one transaction each; an item that depends on a failed or pending one is
+    /// left out (the "no holes" invariant, chum.md §5.3). Returns what was stored.
+    fn commit(&self, pass: &mut Pass, new_blobs: Vec<String>, new_clobs: Vec<String>, cx: &mut Cx) -> HashSet<String> {
+        let items = &pass.items;
+        let mut outside: Vec<String> = items
+            .values()
+            .filter(|it| it.ok && !it.stored)
+            .flat_map(|it| it.refs.iter().map(|r| r.2.clone()))
+            .filter(|r| !items.contains_key(r))
+            .collect();
+        outside.sort();
+        outside.dedup();
+        let absent: HashSet<String> = outside.into_iter().filter(|h| !self.store.has(h).unwrap_or(false)).collect();
+        let mut state: HashMap<String, bool> = HashMap::new();
+        let mut topo: Vec<String> = Vec::new();
+        for h0 in &pass.order {
+            if state.contains_key(h0) {
+                continue;
+            }
+            let mut stack: Vec<(String, usize)> = vec![(h0.clone(), 0)];
+            let mut visiting: HashSet<String> = HashSet::from([h0.clone()]);
+            while let Some((h, i)) = stack.last().cloned() {
+                let it = &items[&h];
+                if it.stored || !it.ok {
+                    state.insert(h.clone(), it.stored);
+                    stack.pop();
+                    visiting.remove(&h);
+                    continue;
+                }
+                if i < it.refs.len() {
+                    stack.last_mut().unwrap().1 += 1;
+                    let r = &it.refs[i].2;
+                    if items.contains_key(r) && !state.contains_key(r) && !visiting.contains(r) {
+                        visiting.insert(r.clone());
+                        stack.push((r.clone(), 0));
+                    }
+                    continue;
+                }
+                let mut good = true;
+                for (_, k, r) in &it.refs {
+                    if let Some(target) = items.get(r) {
+                        if !state.get(r).copied().unwrap_or(false) {
+                            good = false;
+                        } else if target.kind != ref_kind(*k) && !target.stored {
+                            // listed as another kind than it is referenced as: the reference
+                            // would point at the wrong thing
+                            good = false;
+                            cx.error("CI-ACO", &format!("{h} references {r} as {}, but it was listed as {}", k.as_str(), target.kind.as_str()), false);
+                        }
+                    } else if absent.contains(r) {
+                        good = false;
+                        cx.error("CI-ACO", &format!("{h} references {r}, which is neither stored nor listed among the children"), false);
+                    }
+                }
+                state.insert(h.clone(), good);
+                if good {
+                    topo.push(h.clone());
+                }
+                stack.pop();
+                visiting.remove(&h);
+            }
+        }
+        let mut stored = HashSet::new();
+        let mut first = true;
+        let mut off = 0;
+        loop {
+            let batch: Vec<String> = topo[off.min(topo.len())..(off + COMMIT_BATCH).min(topo.len())].to_vec();
+            if batch.is_empty() && !(first && (!new_blobs.is_empty() || !new_clobs.is_empty())) {
+                break;
+            }
+            let done = self.put(pass, &batch, cx);
+            let objects: Vec<String> = done.iter().filter(|h| pass.items[*h].kind != Kind::Id).cloned().collect();
+            let id_objects: Vec<String> = done.iter().filter(|h| pass.items[*h].kind == Kind::Id).cloned().collect();
+            stored.extend(done);
+            cx.events.push_back(Event::Imported {
+                objects,
+                id_objects,
+                blobs: if first { new_blobs.clone() } else { Vec::new() },
+                clobs: if first { new_clobs.clone() } else { Vec::new() },
+            });
+            first = false;
+            off += COMMIT_BATCH;
+            if off >= topo.len() {
+                break;
+            }
+        }
+        stored
+    }
+
+    fn put(&self, pass: &mut Pass, batch: &[String], cx: &mut Cx) -> Vec<String> {
+        if batch.is_empty() {
+            return Vec::new();
+        }
+        let texts: Vec<(String, Option<String>)> = batch.iter().map(|h| (pass.items[h].text.clone().unwrap_or_default(), Some(h.clone()))).collect();
+        let done: Vec<String> = match self.store.put_microdata(&texts) {
+            Ok(_) => batch.to_vec(),
+            Err(_) => {
+                // pre-verified, so this is rare: isolate the item the store refuses
+                let mut done = Vec::new();
+                for (h, t) in batch.iter().zip(texts) {
+                    if pass.items[h].refs.iter().any(|r| pass.items.get(&r.2).is_some_and(|x| !x.stored)) {
+                        continue;
+                    }
+                    match self.store.put_microdata(&[t]) {
+                        Ok(_) => {
+                            pass.items.get_mut(h).unwrap().stored = true;
+                            done.push(h.clone());
+                        }
+                        Err(e) => cx.error(&e.code, &format!("storing {h}: {e}"), false),
+                    }
+                }
+                done
+            }
+        };
+        for h in &done {
+            let it = pass.items.get_mut(h).unwrap();
+            it.stored = true;
+            if it.kind == Kind::Id {
+                cx.log.b_to_a_id_objects.push(h.clone());
+                cx.stats.id_objects_received += 1;
+            } else {
+                cx.log.b_to_a_objects.push(h.clone());
+                cx.stats.objects_received += 1;
+            }
+        }
+        done
+    }
+}
+
+/// Every listed child must be reachable from the root it was listed for over the references
+/// of what was received: an exporter must not slip unrelated objects in.
+fn check_reachable(pass: &mut Pass, cx: &mut Cx) {
+    let mut reached: HashSet<String> = pass.start.iter().cloned().collect();
+    let mut stack: Vec<String> = pass.start.clone();
+    while let Some(h) = stack.pop() {
+        let Some(it) = pass.items.get(&h) else { continue };
+        if it.stored || !it.ok {
+            continue;
+        }
+        for (_, _, r) in &it.refs {
+            if pass.items.contains_key(r) && reached.insert(r.clone()) {
+                stack.push(r.clone());
+            }
+        }
+    }
+    let mut bad: Vec<String> = pass.order.iter().filter(|h| !reached.contains(*h) && pass.items[*h].ok && !pass.items[*h].stored).cloned().collect();
+    bad.dedup();
+    for h in bad {
+        pass.items.get_mut(&h).unwrap().ok = false;
+        cx.error("LAMA-CHUM-NOTREACHABLE", &format!("{h} was listed but is not reachable from the root it was listed for"), false);
+    }
+}
+
+/// Split batch answers (JSON strings of lists, docs/chum-fastpath.md 101/105) into one outcome
+/// per hash, shaped like the single-hash service's answer; `null` entries fail with `refused`.
+fn split_batch(sizes: &[usize], results: Vec<Outcome>, refused: &str, wrap: impl Fn(&Value) -> Value) -> Result<Vec<Outcome>, Fatal> {
+    let mut out = Vec::new();
+    for (&n, res) in sizes.iter().zip(results) {
+        match res {
+            Outcome::Err { code, message } if code == TIMEOUT => return Err(fatal(&code, message)),
+            Outcome::Ok(Some(Value::String(s))) => match serde_json::from_str::<Value>(&s) {
+                Ok(Value::Array(list)) if list.len() == n => {
+                    for v in list {
+                        out.push(if v.is_null() {
+                            Outcome::Err { code: refused.into(), message: "not served by the exporter".into() }
+                        } else {
+                            Outcome::Ok(Some(wrap(&v)))
+                        });
+                    }
+                }
+                _ => out.extend((0..n).map(|_| Outcome::Err { code: "LAMA-CHUM-BATCH".into(), message: "malformed batch answer".into() })),
+            },
+            Outcome::Err { code, message } => out.extend((0..n).map(|_| Outcome::Err { code: code.clone(), message: message.clone() })),
+            _ => out.extend((0..n).map(|_| Outcome::Err { code: "LAMA-CHUM-BATCH".into(), message: "malformed batch answer".into() })),
+        }
+    }
+    Ok(out)
+}
+
+fn ref_kind(k: RefKind) -> Kind {
+    match k {
+        RefKind::Obj => Kind::Object,
+        RefKind::Id => Kind::Id,
+        RefKind::Blob => Kind::Blob,
+        RefKind::Clob => Kind::Clob,
+    }
+}
+
+fn node_depth(text: &str) -> f64 {
+    match microdata::parse(text) {
+        Ok(v) => match v.get("depth") {
+            Some(MdValue::Int(i)) => *i as f64,
+            Some(MdValue::Float(f)) => *f,
+            _ => 0.0,
+        },
+        Err(_) => 0.0,
+    }
+}

@@ -1,0 +1,223 @@
+//! The driver: moves messages between a [`Transport`] and a sans-I/O [`Protocol`] (the CHUM
+//! session, docs/chum-session.md §2–§3), on tokio.
+//!
+//! The protocol never sees a socket or a clock: the driver passes `now` into every call,
+//! sleeps until `poll_timeout`, sends what `poll_transmit` gives (waiting on the transport is
+//! the back-pressure), forwards `poll_event`s, tells it when the store's event feed moved, and
+//! closes the transport with `close_reason` once the protocol is finished.
+//!
+//! While a send waits for the peer, the driver keeps receiving: two sessions sending to each
+//! other through full buffers must not deadlock. What the protocol produces meanwhile stays
+//! queued in the protocol (bounded there by its request window).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use lama_core::store::Store;
+use tokio::sync::{mpsc, watch};
+
+use crate::transport::{Message, Transport};
+use crate::REASON_LOST;
+
+/// A sans-I/O session as the driver sees it (implemented by `lama_chum::Session`).
+pub trait Protocol: Send + 'static {
+    type Event: Send + 'static;
+    /// Begin (register services, send the first requests).
+    fn start(&mut self, now: Instant);
+    /// A message arrived from the peer.
+    fn handle_message(&mut self, msg: Message, now: Instant);
+    /// The deadline given by `poll_timeout` passed.
+    fn handle_timeout(&mut self, now: Instant);
+    /// The store's event feed moved (new objects or heads, by anyone in this process).
+    fn store_changed(&mut self, now: Instant);
+    /// The transport closed (by the peer, or the connection was lost).
+    fn connection_closed(&mut self, reason: &str, now: Instant);
+    /// The next time `handle_timeout` is due, if any.
+    fn poll_timeout(&self) -> Option<Instant>;
+    /// The next message to send.
+    fn poll_transmit(&mut self) -> Option<Message>;
+    /// The next event for the application.
+    fn poll_event(&mut self) -> Option<Self::Event>;
+    /// Done: the driver sends what is left and closes the transport.
+    fn is_finished(&self) -> bool;
+    /// The reason to close the transport with when finished.
+    fn close_reason(&self) -> Option<&str>;
+}
+
+/// Watches a store's event feed without blocking a tokio worker: one blocking-pool thread
+/// waits on a [`lama_core::store::Subscription`] (which wakes at every commit in this process)
+/// and bumps a watch channel; the driver awaits the channel. The thread ends (within its wait
+/// slice) once the watch is dropped.
+pub struct StoreWatch {
+    rx: watch::Receiver<u64>,
+}
+
+/// How long the watching thread waits in one call before checking that it is still wanted.
+const WATCH_SLICE: Duration = Duration::from_millis(200);
+/// Events read per wake-up: the thread follows the feed, it does not need each event.
+const WATCH_BATCH: usize = 4096;
+
+impl StoreWatch {
+    /// Start watching `store` from its current end. Needs a tokio runtime context.
+    pub fn new(store: &Store) -> lama_core::Result<StoreWatch> {
+        let mut sub = store.subscribe()?;
+        let (tx, rx) = watch::channel(sub.position());
+        tokio::task::spawn_blocking(move || {
+            while !tx.is_closed() {
+                match sub.wait(WATCH_SLICE, WATCH_BATCH) {
+                    Ok(events) => {
+                        if let Some(e) = events.last() {
+                            tx.send_replace(e.seq);
+                        }
+                    }
+                    Err(_) => return, // the store is gone or broken: nothing more to watch
+                }
+            }
+        });
+        Ok(StoreWatch { rx })
+    }
+
+    /// Wait until the feed moved past what was seen. `false` if the watch ended.
+    pub async fn changed(&mut self) -> bool {
+        self.rx.changed().await.is_ok()
+    }
+}
+
+/// Run `protocol` over `transport` until it is finished; returns it (for its statistics).
+pub async fn run<P: Protocol>(
+    protocol: P,
+    transport: Arc<Transport>,
+    events: mpsc::UnboundedSender<P::Event>,
+    store_watch: Option<StoreWatch>,
+) -> P {
+    let (_never, cancel) = watch::channel(false);
+    run_until_cancelled(protocol, transport, events, store_watch, cancel).await
+}
+
+/// How long a finished session waits for its last messages to be taken by the transport.
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The close reason of a session cancelled by its owner.
+pub const REASON_CANCELLED: &str = "cancelled";
+
+type SendFuture = Pin<Box<dyn Future<Output = lama_core::Result<()>> + Send>>;
+
+fn send_owned(t: &Arc<Transport>, m: Message) -> SendFuture {
+    let t = t.clone();
+    Box::pin(async move { t.send(m).await })
+}
+
+/// [`run`], ending early when `cancel` becomes true: the transport is closed with
+/// [`REASON_CANCELLED`] and the protocol is told the connection closed.
+pub async fn run_until_cancelled<P: Protocol>(
+    mut p: P,
+    t: Arc<Transport>,
+    events: mpsc::UnboundedSender<P::Event>,
+    mut store_watch: Option<StoreWatch>,
+    mut cancel: watch::Receiver<bool>,
+) -> P {
+    let lost = |t: &Transport| t.close_reason().unwrap_or_else(|| REASON_LOST.to_string());
+    p.start(Instant::now());
+    // a send waiting for the peer's buffer (the protocol's next transmits wait behind it)
+    let mut pending: Option<SendFuture> = None;
+    // the transport can still carry messages
+    let mut open = true;
+    // the owner can still cancel (false once cancelled or once it dropped its handle)
+    let mut cancellable = true;
+    let mut due_in_a_row = 0u32;
+    loop {
+        // hand the protocol's messages to the transport while it takes them without waiting
+        while pending.is_none() {
+            let Some(m) = p.poll_transmit() else { break };
+            if !open {
+                continue; // nobody to send to: the protocol was told
+            }
+            match t.try_send(m).await {
+                Ok(None) => {}
+                Ok(Some(m)) => pending = Some(send_owned(&t, m)),
+                Err(_) => {
+                    open = false;
+                    p.connection_closed(&lost(&t), Instant::now());
+                }
+            }
+        }
+        while let Some(ev) = p.poll_event() {
+            let _ = events.send(ev);
+        }
+        if p.is_finished() {
+            break;
+        }
+        let deadline = p.poll_timeout();
+        if let Some(d) = deadline {
+            // tokio's timer has a 1 ms grain: a deadline already due is handled now (but a
+            // protocol that keeps giving past deadlines still lets the transport in)
+            let now = Instant::now();
+            if d <= now && due_in_a_row < 64 {
+                due_in_a_row += 1;
+                p.handle_timeout(now);
+                continue;
+            }
+        }
+        due_in_a_row = 0;
+        if !open && pending.is_none() && deadline.is_none() {
+            // closed and no deadline: nothing can wake the protocol again
+            break;
+        }
+        tokio::select! {
+            r = async { pending.as_mut().expect("guarded").await }, if pending.is_some() => {
+                pending = None;
+                if r.is_err() && open {
+                    open = false;
+                    p.connection_closed(&lost(&t), Instant::now());
+                }
+            }
+            m = t.recv(), if open => match m {
+                Some(m) => p.handle_message(m, Instant::now()),
+                None => {
+                    open = false;
+                    p.connection_closed(&lost(&t), Instant::now());
+                }
+            },
+            _ = tokio::time::sleep_until(deadline.map(tokio::time::Instant::from_std).unwrap_or_else(tokio::time::Instant::now)), if deadline.is_some() => {
+                p.handle_timeout(Instant::now());
+            }
+            alive = async { store_watch.as_mut().expect("guarded").changed().await }, if store_watch.is_some() => {
+                if alive {
+                    p.store_changed(Instant::now());
+                } else {
+                    store_watch = None;
+                }
+            }
+            asked = async { cancel.wait_for(|c| *c).await.is_ok() }, if cancellable => {
+                cancellable = false;
+                if asked {
+                    t.close(REASON_CANCELLED).await;
+                    if open {
+                        open = false;
+                        p.connection_closed(REASON_CANCELLED, Instant::now());
+                    }
+                }
+            }
+        }
+    }
+    // the last messages (a FIN answer, an error), then the close
+    let flush_deadline = tokio::time::Instant::now() + FLUSH_TIMEOUT;
+    if let Some(f) = pending.take() {
+        if !matches!(tokio::time::timeout_at(flush_deadline, f).await, Ok(Ok(()))) {
+            open = false;
+        }
+    }
+    while let Some(m) = p.poll_transmit() {
+        if open && !matches!(tokio::time::timeout_at(flush_deadline, t.send(m)).await, Ok(Ok(()))) {
+            open = false;
+        }
+    }
+    while let Some(ev) = p.poll_event() {
+        let _ = events.send(ev);
+    }
+    let reason = p.close_reason().unwrap_or("").to_string();
+    t.close(&reason).await;
+    p
+}

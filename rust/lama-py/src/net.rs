@@ -1,0 +1,739 @@
+//! Bindings of `lama-net` (docs/chum-session.md §3): `Transport`, `memory_pair`, `ws_connect`,
+//! `ws_listen` / `Listener`, `spawn_session` / `SessionTask`.
+//!
+//! The extension owns one tokio multi-thread runtime (created at first use, two workers);
+//! Python awaits its futures through pyo3-async-runtimes. The GIL is held only to convert a
+//! message between Python and Rust at the boundary; moving bytes, waiting and the session
+//! driver run on tokio without it.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use lama_core::store::Store;
+use lama_net::{Message, Protocol, StoreWatch, Transport, DEFAULT_MAX_MESSAGE};
+use pyo3::prelude::*;
+use pyo3::types::{PyBool, PyByteArray, PyBytes, PyDict, PyInt, PyList, PyMemoryView, PyString};
+use pyo3_async_runtimes::tokio::future_into_py;
+use tokio::sync::{mpsc, watch};
+
+use crate::chum::{json_to_py, PyChumSession};
+use crate::errors::{to_py, LamaError};
+use crate::store::PyStore;
+
+pyo3::import_exception!(lama.errors, InvalidArgumentError);
+
+/// The close reason of a session whose object raised (the error is re-raised by `wait`).
+const REASON_FAILED: &str = "session failed";
+
+static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+
+/// The extension's tokio runtime, created at first use and handed to pyo3-async-runtimes.
+fn runtime() -> &'static tokio::runtime::Runtime {
+    let rt = RUNTIME.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("lama-net")
+            .enable_io()
+            .enable_time()
+            .build()
+            .expect("cannot start the tokio runtime")
+    });
+    // the first caller registers it; later calls find it registered
+    let _ = pyo3_async_runtimes::tokio::init_with_runtime(rt);
+    rt
+}
+
+fn arg_error(message: impl Into<String>) -> PyErr {
+    InvalidArgumentError::new_err(format!("LAMA-ARG: {}", message.into()))
+}
+
+/// Core errors of the net layer; `LAMA-ARG` (a bad URL or host) is an argument error.
+fn net_err(e: lama_core::Error) -> PyErr {
+    if e.code == "LAMA-ARG" {
+        arg_error(e.message)
+    } else {
+        to_py(e)
+    }
+}
+
+fn type_name(obj: &Bound<'_, PyAny>) -> String {
+    obj.get_type().name().map(|n| n.to_string()).unwrap_or_else(|_| "?".into())
+}
+
+/// A Python message (`str` = text, bytes-like = binary) as a [`Message`].
+fn message_arg(py: Python<'_>, msg: &Bound<'_, PyAny>) -> PyResult<Message> {
+    if let Ok(s) = msg.cast::<PyString>() {
+        let text = s.to_str().map_err(|_| arg_error("a text message must be valid Unicode (no lone surrogates)"))?;
+        return Ok(Message::Text(py.detach(|| text.to_owned())));
+    }
+    if let Ok(b) = msg.cast::<PyBytes>() {
+        let data = b.as_bytes();
+        return Ok(Message::Binary(py.detach(|| data.to_vec())));
+    }
+    if let Ok(b) = msg.cast::<PyByteArray>() {
+        return Ok(Message::Binary(b.to_vec()));
+    }
+    if msg.cast::<PyMemoryView>().is_ok() {
+        let b = py.import("builtins")?.getattr("bytes")?.call1((msg,))?;
+        return Ok(Message::Binary(b.cast::<PyBytes>()?.as_bytes().to_vec()));
+    }
+    Err(arg_error(format!("a message is str or bytes, got {}", type_name(msg))))
+}
+
+/// A close reason argument (default `""`), cut to `MAX_REASON` bytes; anything but a valid
+/// `str` is `LAMA-ARG` (extraction errors that are not TypeErrors reach Python unchanged).
+struct Reason(String);
+
+impl<'a, 'py> FromPyObject<'a, 'py> for Reason {
+    type Error = PyErr;
+
+    fn extract(obj: Borrowed<'a, 'py, PyAny>) -> PyResult<Reason> {
+        let s = obj
+            .cast::<PyString>()
+            .map_err(|_| arg_error(format!("a close reason is a str, got {}", type_name(&obj))))?;
+        let s = s.to_str().map_err(|_| arg_error("a close reason must be valid Unicode (no lone surrogates)"))?;
+        Ok(Reason(lama_net::truncate_reason(s)))
+    }
+}
+
+/// The `max_message` argument: a positive int (default 64 MiB), else `LAMA-ARG`.
+struct MaxMessage(usize);
+
+impl Default for MaxMessage {
+    fn default() -> Self {
+        MaxMessage(DEFAULT_MAX_MESSAGE)
+    }
+}
+
+impl<'a, 'py> FromPyObject<'a, 'py> for MaxMessage {
+    type Error = PyErr;
+
+    fn extract(v: Borrowed<'a, 'py, PyAny>) -> PyResult<MaxMessage> {
+        let bad = || arg_error(format!("max_message must be a positive int, got {}", v.repr().map(|r| r.to_string()).unwrap_or_default()));
+        if v.cast::<PyBool>().is_ok() || v.cast::<PyInt>().is_err() {
+            return Err(bad());
+        }
+        match v.extract::<i128>() {
+            Ok(n) if n >= 1 => Ok(MaxMessage(usize::try_from(n).unwrap_or(usize::MAX))),
+            _ => Err(bad()),
+        }
+    }
+}
+
+/// A received message for Python: `str` or `bytes`.
+struct PyMessage(Message);
+
+impl<'py> IntoPyObject<'py> for PyMessage {
+    type Target = PyAny;
+    type Output = Bound<'py, PyAny>;
+    type Error = PyErr;
+
+    fn into_pyobject(self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        Ok(match self.0 {
+            Message::Text(t) => PyString::new(py, &t).into_any(),
+            Message::Binary(b) => PyBytes::new(py, &b).into_any(),
+        })
+    }
+}
+
+/// A message transport (docs/chum-session.md §3). Made by `memory_pair`, `ws_connect` and
+/// `Listener.accept`.
+#[pyclass(frozen, name = "Transport", module = "lama._lama")]
+pub struct PyTransport {
+    inner: Arc<Transport>,
+}
+
+#[pymethods]
+impl PyTransport {
+    /// Send one message (`str`: text, `bytes`: binary), waiting while the peer is behind.
+    fn send<'py>(&self, py: Python<'py>, msg: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+        let m = message_arg(py, msg)?;
+        let t = self.inner.clone();
+        runtime();
+        future_into_py(py, async move { t.send(m).await.map_err(net_err) })
+    }
+
+    /// The next message, or `None` once closed.
+    fn recv<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let t = self.inner.clone();
+        runtime();
+        future_into_py(py, async move { Ok(t.recv().await.map(PyMessage)) })
+    }
+
+    /// Close with a reason (idempotent); the peer sees the reason.
+    #[pyo3(signature = (reason = Reason(String::new())))]
+    fn close<'py>(&self, py: Python<'py>, reason: Reason) -> PyResult<Bound<'py, PyAny>> {
+        let reason = reason.0;
+        let t = self.inner.clone();
+        runtime();
+        future_into_py(py, async move {
+            t.close(&reason).await;
+            Ok(())
+        })
+    }
+
+    /// The close reason once closed (by either side), else `None`.
+    #[getter]
+    fn close_reason(&self) -> Option<String> {
+        self.inner.close_reason()
+    }
+}
+
+/// Two connected in-memory transports with bounded buffers.
+#[pyfunction]
+#[pyo3(signature = (*, max_message = MaxMessage::default()))]
+fn memory_pair(max_message: MaxMessage) -> PyResult<(PyTransport, PyTransport)> {
+    let (a, b) = lama_net::memory_pair(Some(max_message.0));
+    Ok((PyTransport { inner: Arc::new(a) }, PyTransport { inner: Arc::new(b) }))
+}
+
+/// Connect to a `ws://` URL.
+#[pyfunction]
+#[pyo3(signature = (url, *, max_message = MaxMessage::default()))]
+fn ws_connect<'py>(py: Python<'py>, url: &Bound<'py, PyAny>, max_message: MaxMessage) -> PyResult<Bound<'py, PyAny>> {
+    let max = max_message.0;
+    let url = url
+        .cast::<PyString>()
+        .map_err(|_| arg_error(format!("a URL is a str, got {}", type_name(url))))?
+        .to_str()
+        .map_err(|_| arg_error("a URL must be valid Unicode"))?
+        .to_owned();
+    runtime();
+    future_into_py(py, async move {
+        let t = lama_net::ws_connect(&url, Some(max)).await.map_err(net_err)?;
+        Ok(PyTransport { inner: Arc::new(t) })
+    })
+}
+
+/// A WebSocket listener (made by `ws_listen`).
+#[pyclass(frozen, name = "Listener", module = "lama._lama")]
+pub struct PyListener {
+    inner: Arc<lama_net::Listener>,
+}
+
+#[pymethods]
+impl PyListener {
+    #[getter]
+    fn port(&self) -> u16 {
+        self.inner.port()
+    }
+
+    /// The next connection (its WebSocket handshake done).
+    fn accept<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let l = self.inner.clone();
+        runtime();
+        future_into_py(py, async move {
+            let t = l.accept().await.map_err(net_err)?;
+            Ok(PyTransport { inner: Arc::new(t) })
+        })
+    }
+
+    /// Stop listening; accepted connections stay open.
+    fn close<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let l = self.inner.clone();
+        runtime();
+        future_into_py(py, async move {
+            l.close().await;
+            Ok(())
+        })
+    }
+}
+
+/// Listen on exactly `host` and `port` (0: any free port).
+#[pyfunction]
+#[pyo3(signature = (host, port, *, max_message = MaxMessage::default()))]
+fn ws_listen<'py>(
+    py: Python<'py>,
+    host: &Bound<'py, PyAny>,
+    port: &Bound<'py, PyAny>,
+    max_message: MaxMessage,
+) -> PyResult<Bound<'py, PyAny>> {
+    let max = max_message.0;
+    let host = host
+        .cast::<PyString>()
+        .map_err(|_| arg_error(format!("a host is a str, got {}", type_name(host))))?
+        .to_str()
+        .map_err(|_| arg_error("a host must be valid Unicode"))?
+        .to_owned();
+    let bad_port = || arg_error(format!("a port is an int in 0..65535, got {}", port.repr().map(|r| r.to_string()).unwrap_or_default()));
+    if port.cast::<PyBool>().is_ok() || port.cast::<PyInt>().is_err() {
+        return Err(bad_port());
+    }
+    let port: u16 = port.extract().map_err(|_| bad_port())?;
+    runtime();
+    future_into_py(py, async move {
+        let l = lama_net::ws_listen(&host, port, Some(max)).await.map_err(net_err)?;
+        Ok(PyListener { inner: Arc::new(l) })
+    })
+}
+
+// -- sessions ----------------------------------------------------------------------------------
+
+/// One session event on its way to Python: already a Python object (a Python session), or a
+/// native event converted when Python takes it.
+pub(crate) enum SessionEvent {
+    Py(Py<PyAny>),
+    Native(Box<dyn FnOnce(Python<'_>) -> PyResult<Py<PyAny>> + Send>),
+}
+
+struct EventBatch(Vec<SessionEvent>);
+
+impl<'py> IntoPyObject<'py> for EventBatch {
+    type Target = PyList;
+    type Output = Bound<'py, PyList>;
+    type Error = PyErr;
+
+    fn into_pyobject(self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        let list = PyList::empty(py);
+        for ev in self.0 {
+            match ev {
+                SessionEvent::Py(o) => list.append(o)?,
+                SessionEvent::Native(f) => list.append(f(py)?)?,
+            }
+        }
+        Ok(list)
+    }
+}
+
+/// The statistics of a finished session.
+enum Stats {
+    Py(Py<PyAny>),
+    Native(Vec<(String, i64)>),
+}
+
+impl<'py> IntoPyObject<'py> for Stats {
+    type Target = PyAny;
+    type Output = Bound<'py, PyAny>;
+    type Error = PyErr;
+
+    fn into_pyobject(self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        match self {
+            Stats::Py(o) => Ok(o.into_bound(py)),
+            Stats::Native(v) => {
+                let d = PyDict::new(py);
+                for (k, n) in v {
+                    d.set_item(k, n)?;
+                }
+                Ok(d.into_any())
+            }
+        }
+    }
+}
+
+enum Outcome {
+    Stats(Stats),
+    Failed(PyErr),
+}
+
+/// What the binding needs from a protocol beyond [`Protocol`].
+trait Session: Protocol<Event = SessionEvent> {
+    /// At the end: the statistics, or the error that ended it.
+    fn outcome(self) -> Outcome;
+}
+
+/// A running session (made by `spawn_session`).
+#[pyclass(frozen, name = "SessionTask", module = "lama._lama")]
+pub struct PySessionTask {
+    events: Arc<tokio::sync::Mutex<mpsc::UnboundedReceiver<SessionEvent>>>,
+    outcome: watch::Receiver<Option<Arc<Outcome>>>,
+    cancel: watch::Sender<bool>,
+}
+
+#[pymethods]
+impl PySessionTask {
+    /// The events since the last call (waits for one); `None` once the session ended and every
+    /// event was returned.
+    fn events<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let events = self.events.clone();
+        runtime();
+        future_into_py(py, async move {
+            let mut rx = events.lock().await;
+            let Some(first) = rx.recv().await else { return Ok(None) };
+            let mut batch = vec![first];
+            while let Ok(ev) = rx.try_recv() {
+                batch.push(ev);
+            }
+            Ok(Some(EventBatch(batch)))
+        })
+    }
+
+    /// Wait for the end of the session; its statistics.
+    fn wait<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let mut outcome = self.outcome.clone();
+        runtime();
+        future_into_py(py, async move {
+            let done = match outcome.wait_for(|o| o.is_some()).await {
+                Ok(o) => o.clone().expect("waited for it"),
+                Err(_) => return Err(LamaError::new_err("LAMA-INTERNAL: the session task ended abnormally")),
+            };
+            match &*done {
+                Outcome::Stats(Stats::Py(o)) => Python::attach(|py| Ok(Stats::Py(o.clone_ref(py)))),
+                Outcome::Stats(Stats::Native(v)) => Ok(Stats::Native(v.clone())),
+                Outcome::Failed(e) => Python::attach(|py| Err(e.clone_ref(py))),
+            }
+        })
+    }
+
+    /// End the session: the transport closes with "cancelled".
+    fn cancel(&self) {
+        self.cancel.send_replace(true);
+    }
+}
+
+fn spawn<P: Session>(protocol: P, transport: Arc<Transport>, store: Option<Store>) -> PyResult<PySessionTask> {
+    let rt = runtime();
+    let _ctx = rt.enter();
+    let store_watch = store.map(|s| StoreWatch::new(&s)).transpose().map_err(to_py)?;
+    let (events_tx, events_rx) = mpsc::unbounded_channel();
+    let (outcome_tx, outcome_rx) = watch::channel(None);
+    let (cancel_tx, cancel_rx) = watch::channel(false);
+    rt.spawn(async move {
+        let p = lama_net::run_until_cancelled(protocol, transport, events_tx, store_watch, cancel_rx).await;
+        outcome_tx.send_replace(Some(Arc::new(p.outcome())));
+    });
+    Ok(PySessionTask { events: Arc::new(tokio::sync::Mutex::new(events_rx)), outcome: outcome_rx, cancel: cancel_tx })
+}
+
+/// Drive `session` over `transport` in a tokio task.
+///
+/// The Rust core's `ChumSession` runs natively, without the GIL ([`ChumNative`]); any other
+/// object with the `ChumSession` methods (docs/chum-session.md §2) is called with the GIL
+/// taken briefly from the driver ([`PyProtocol`]).
+#[pyfunction]
+#[pyo3(signature = (session, transport, *, store = None))]
+fn spawn_session(
+    py: Python<'_>,
+    session: &Bound<'_, PyAny>,
+    transport: &Bound<'_, PyAny>,
+    store: Option<&Bound<'_, PyAny>>,
+) -> PyResult<PySessionTask> {
+    let transport = transport
+        .cast::<PyTransport>()
+        .map_err(|_| arg_error(format!("spawn_session needs a Transport, got {}", type_name(transport))))?
+        .get()
+        .inner
+        .clone();
+    let store = match store {
+        Some(s) if !s.is_none() => Some(s.clone()),
+        _ => session.getattr_opt("store")?.filter(|s| !s.is_none()),
+    };
+    let store = match store {
+        None => None,
+        Some(s) => Some(
+            s.cast::<PyStore>()
+                .map_err(|_| arg_error(format!("store must be a Store, got {}", type_name(&s))))?
+                .get()
+                .store()?,
+        ),
+    };
+    // the Rust core's own ChumSession runs natively: its calls never take the GIL
+    if let Ok(chum) = session.cast::<PyChumSession>() {
+        return spawn(Native(ChumNative::new(chum.clone().unbind())), transport, store);
+    }
+    let protocol = PyProtocol::new(py, session)?;
+    spawn(protocol, transport, store)
+}
+
+// -- the Rust core's ChumSession ----------------------------------------------------------------
+
+/// Drives the `lama_chum::Session` inside a `ChumSession` pyclass without the GIL: the pyclass
+/// is frozen and keeps the session behind its own mutex, so `Py::get` reaches it from any
+/// thread. The driver's `Instant`s go to the session as they are (no float seconds).
+struct ChumNative {
+    obj: Py<PyChumSession>,
+    finished: bool,
+    reason: Option<String>,
+}
+
+impl ChumNative {
+    fn new(obj: Py<PyChumSession>) -> ChumNative {
+        let mut n = ChumNative { obj, finished: false, reason: None };
+        n.with(|_| {});
+        n
+    }
+
+    /// Run `f` on the session, then refresh what the driver reads through `&self`.
+    fn with<T>(&mut self, f: impl FnOnce(&mut lama_chum::Session) -> T) -> T {
+        let mut g = self.obj.get().lock();
+        let out = f(&mut g.session);
+        self.finished = g.session.is_finished();
+        self.reason = g.session.close_reason().map(str::to_string);
+        out
+    }
+}
+
+fn chum_message(m: Message) -> lama_chum::Message {
+    match m {
+        Message::Text(t) => lama_chum::Message::Text(t),
+        Message::Binary(b) => lama_chum::Message::Binary(b),
+    }
+}
+
+impl Protocol for ChumNative {
+    type Event = lama_chum::Event;
+    fn start(&mut self, now: Instant) {
+        self.with(|s| s.start(now))
+    }
+    fn handle_message(&mut self, msg: Message, now: Instant) {
+        self.with(|s| s.handle_message(chum_message(msg), now))
+    }
+    fn handle_timeout(&mut self, now: Instant) {
+        self.with(|s| s.handle_timeout(now))
+    }
+    fn store_changed(&mut self, now: Instant) {
+        self.with(|s| s.store_changed(now))
+    }
+    fn connection_closed(&mut self, reason: &str, now: Instant) {
+        self.with(|s| s.connection_closed(reason, now))
+    }
+    fn poll_timeout(&self) -> Option<Instant> {
+        self.obj.get().lock().session.poll_timeout()
+    }
+    fn poll_transmit(&mut self) -> Option<Message> {
+        self.with(|s| s.poll_transmit()).map(|m| match m {
+            lama_chum::Message::Text(t) => Message::Text(t),
+            lama_chum::Message::Binary(b) => Message::Binary(b),
+        })
+    }
+    fn poll_event(&mut self) -> Option<lama_chum::Event> {
+        self.with(|s| s.poll_event())
+    }
+    fn is_finished(&self) -> bool {
+        self.finished
+    }
+    fn close_reason(&self) -> Option<&str> {
+        self.reason.as_deref()
+    }
+}
+
+impl NativeSession for ChumNative {
+    fn event_to_py(ev: lama_chum::Event, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        let data = json_to_py(py, &ev.data())?;
+        Ok(pyo3::types::PyTuple::new(py, [PyString::new(py, ev.kind()).into_any(), data])?.into_any().unbind())
+    }
+    fn stats(&self) -> Vec<(String, i64)> {
+        let s = self.obj.get().lock().session.stats();
+        s.fields().iter().map(|(k, v)| (k.to_string(), i64::try_from(*v).unwrap_or(i64::MAX))).collect()
+    }
+}
+
+// -- a session written in Python -----------------------------------------------------------------
+
+/// Runs an object with the `ChumSession` methods: every call takes the GIL, and refreshes the
+/// driver's view (transmits, events, deadline, finished, close reason) in the same visit.
+struct PyProtocol {
+    obj: Py<PyAny>,
+    /// `time.monotonic()` at `t0`: both are CLOCK_MONOTONIC, the session sees float seconds.
+    t0: Instant,
+    m0: f64,
+    out: VecDeque<Message>,
+    events: VecDeque<SessionEvent>,
+    deadline: Option<Instant>,
+    finished: bool,
+    reason: Option<String>,
+    error: Option<PyErr>,
+}
+
+impl PyProtocol {
+    fn new(py: Python<'_>, obj: &Bound<'_, PyAny>) -> PyResult<PyProtocol> {
+        let m0: f64 = py.import("time")?.call_method0("monotonic")?.extract()?;
+        Ok(PyProtocol {
+            obj: obj.clone().unbind(),
+            t0: Instant::now(),
+            m0,
+            out: VecDeque::new(),
+            events: VecDeque::new(),
+            deadline: None,
+            finished: false,
+            reason: None,
+            error: None,
+        })
+    }
+
+    fn secs(&self, now: Instant) -> f64 {
+        self.m0 + now.saturating_duration_since(self.t0).as_secs_f64()
+    }
+
+    fn instant(&self, t: f64) -> Option<Instant> {
+        if t.is_nan() || t == f64::INFINITY {
+            return None;
+        }
+        // rounded up (plus a microsecond): at the Instant given back, `secs(now) >= t` holds,
+        // so a session comparing `now >= deadline` sees its deadline as due
+        let after = ((t - self.m0).max(0.0) * 1e9).ceil() + 1e3;
+        if after >= u64::MAX as f64 {
+            return None;
+        }
+        self.t0.checked_add(Duration::from_nanos(after as u64))
+    }
+
+    /// Call into the session, then refresh the driver's view of it.
+    fn call(&mut self, f: impl FnOnce(Python<'_>, &Bound<'_, PyAny>) -> PyResult<()>) {
+        if self.error.is_some() {
+            return;
+        }
+        Python::attach(|py| {
+            let obj = self.obj.clone_ref(py).into_bound(py);
+            if let Err(e) = f(py, &obj).and_then(|_| self.refresh(py, &obj)) {
+                self.error = Some(e);
+                self.finished = true;
+                self.reason = Some(REASON_FAILED.to_string());
+                self.out.clear();
+                self.deadline = None;
+            }
+        })
+    }
+
+    fn refresh(&mut self, py: Python<'_>, obj: &Bound<'_, PyAny>) -> PyResult<()> {
+        for m in obj.call_method0("poll_transmit")?.try_iter()? {
+            self.out.push_back(message_arg(py, &m?)?);
+        }
+        for e in obj.call_method0("poll_events")?.try_iter()? {
+            self.events.push_back(SessionEvent::Py(e?.unbind()));
+        }
+        let t = obj.call_method0("poll_timeout")?;
+        self.deadline = if t.is_none() { None } else { self.instant(t.extract::<f64>()?) };
+        self.finished = obj.getattr("finished")?.is_truthy()?;
+        self.reason = obj.getattr("close_reason")?.extract::<Option<String>>()?;
+        Ok(())
+    }
+}
+
+impl Protocol for PyProtocol {
+    type Event = SessionEvent;
+
+    fn start(&mut self, now: Instant) {
+        let t = self.secs(now);
+        self.call(|_, o| o.call_method1("start", (t,)).map(drop));
+    }
+
+    fn handle_message(&mut self, msg: Message, now: Instant) {
+        let t = self.secs(now);
+        self.call(|py, o| match msg {
+            Message::Text(s) => o.call_method1("receive_text", (s, t)).map(drop),
+            Message::Binary(b) => o.call_method1("receive_binary", (PyBytes::new(py, &b), t)).map(drop),
+        });
+    }
+
+    fn handle_timeout(&mut self, now: Instant) {
+        let t = self.secs(now);
+        self.call(|_, o| o.call_method1("handle_timeout", (t,)).map(drop));
+    }
+
+    fn store_changed(&mut self, now: Instant) {
+        let t = self.secs(now);
+        self.call(|_, o| o.call_method1("store_changed", (t,)).map(drop));
+    }
+
+    fn connection_closed(&mut self, reason: &str, now: Instant) {
+        let t = self.secs(now);
+        self.call(|_, o| o.call_method1("connection_closed", (reason, t)).map(drop));
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        self.deadline
+    }
+
+    fn poll_transmit(&mut self) -> Option<Message> {
+        self.out.pop_front()
+    }
+
+    fn poll_event(&mut self) -> Option<SessionEvent> {
+        self.events.pop_front()
+    }
+
+    fn is_finished(&self) -> bool {
+        self.finished
+    }
+
+    fn close_reason(&self) -> Option<&str> {
+        self.reason.as_deref()
+    }
+}
+
+impl Session for PyProtocol {
+    fn outcome(self) -> Outcome {
+        if let Some(e) = self.error {
+            return Outcome::Failed(e);
+        }
+        Python::attach(|py| {
+            // dict(session.stats()) if it has stats(), else {} (as the pure core)
+            let stats = || -> PyResult<Py<PyAny>> {
+                let obj = self.obj.bind(py);
+                let dict = py.import("builtins")?.getattr("dict")?;
+                match obj.getattr_opt("stats")? {
+                    Some(f) if f.is_callable() => Ok(dict.call1((f.call0()?,))?.unbind()),
+                    _ => Ok(dict.call0()?.unbind()),
+                }
+            };
+            match stats() {
+                Ok(d) => Outcome::Stats(Stats::Py(d)),
+                Err(e) => Outcome::Failed(e),
+            }
+        })
+    }
+}
+
+// -- a session written in Rust -------------------------------------------------------------------
+
+/// A Rust session (the Rust core's `ChumSession`, `lama_chum::Session`) as the binding runs it:
+/// its events become Python objects only when Python takes them; it never takes the GIL.
+pub(crate) trait NativeSession: Protocol {
+    fn event_to_py(ev: Self::Event, py: Python<'_>) -> PyResult<Py<PyAny>>;
+    fn stats(&self) -> Vec<(String, i64)>;
+}
+
+struct Native<S>(S);
+
+impl<S: NativeSession> Protocol for Native<S> {
+    type Event = SessionEvent;
+    fn start(&mut self, now: Instant) {
+        self.0.start(now)
+    }
+    fn handle_message(&mut self, msg: Message, now: Instant) {
+        self.0.handle_message(msg, now)
+    }
+    fn handle_timeout(&mut self, now: Instant) {
+        self.0.handle_timeout(now)
+    }
+    fn store_changed(&mut self, now: Instant) {
+        self.0.store_changed(now)
+    }
+    fn connection_closed(&mut self, reason: &str, now: Instant) {
+        self.0.connection_closed(reason, now)
+    }
+    fn poll_timeout(&self) -> Option<Instant> {
+        self.0.poll_timeout()
+    }
+    fn poll_transmit(&mut self) -> Option<Message> {
+        self.0.poll_transmit()
+    }
+    fn poll_event(&mut self) -> Option<SessionEvent> {
+        let ev = self.0.poll_event()?;
+        Some(SessionEvent::Native(Box::new(move |py| S::event_to_py(ev, py))))
+    }
+    fn is_finished(&self) -> bool {
+        self.0.is_finished()
+    }
+    fn close_reason(&self) -> Option<&str> {
+        self.0.close_reason()
+    }
+}
+
+impl<S: NativeSession> Session for Native<S> {
+    fn outcome(self) -> Outcome {
+        Outcome::Stats(Stats::Native(self.0.stats()))
+    }
+}
+
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<PyTransport>()?;
+    m.add_class::<PyListener>()?;
+    m.add_class::<PySessionTask>()?;
+    m.add_function(wrap_pyfunction!(memory_pair, m)?)?;
+    m.add_function(wrap_pyfunction!(ws_connect, m)?)?;
+    m.add_function(wrap_pyfunction!(ws_listen, m)?)?;
+    m.add_function(wrap_pyfunction!(spawn_session, m)?)?;
+    Ok(())
+}
