@@ -20,8 +20,19 @@ pub const GET_ID_OBJECT: u32 = 7;
 pub const GET_BLOB: u32 = 8;
 pub const FIN: u32 = 10;
 
-/// chum.md §3.1: what this exporter registers. Extensions (§10.3) get their ids added here.
-pub const SERVICES: &[u32] = &[1, 2, 4, 5, 6, 7, 8, 10];
+// lama extensions (docs/chum-fastpath.md); served whatever the local `fast_path` says
+pub const LAMA_PROBE: u32 = 100;
+pub const GET_OBJECTS_BATCH: u32 = 101;
+pub const GET_ROOTS_SINCE: u32 = 102;
+pub const SUBSCRIBE: u32 = 103;
+pub const NOTIFY: u32 = 104;
+pub const GET_CHILDREN_BATCH: u32 = 105;
+/// docs/chum-fastpath.md: hashes per batch request.
+pub const BATCH_MAX: usize = 256;
+pub const FASTPATH_VERSION: i64 = 1;
+
+/// chum.md §3.1 plus the lama extensions (docs/chum-fastpath.md).
+pub const SERVICES: &[u32] = &[1, 2, 4, 5, 6, 7, 8, 10, 100, 101, 102, 103, 105];
 
 /// chum.md §4.1: always 8, whatever extensions exist (§10.3).
 pub const PROTOCOL_VERSION: i64 = 8;
@@ -50,8 +61,10 @@ fn refused(code: &str, text: String) -> ServiceError {
     ServiceError { code: code.into(), message: format!("{code}: {text}"), fatal: true }
 }
 
+/// A storage error (e.g. `SB-READ2` during a children walk, chum.md §4.3): answered with its
+/// own code and recorded.
 fn store_err(e: lama_core::Error) -> ServiceError {
-    ServiceError { code: e.code.clone(), message: e.to_string(), fatal: false }
+    ServiceError { code: e.code.clone(), message: e.to_string(), fatal: true }
 }
 
 pub struct Exporter {
@@ -60,6 +73,13 @@ pub struct Exporter {
     /// chum.md §5.2: filled by roots and children answers, never shrinks.
     accessible: HashSet<String>,
     pub done: bool,
+    /// Highest write sequence of a roots answer (docs/chum-fastpath.md).
+    roots_mark: u64,
+    /// The peer asked for NOTIFY pushes (service 103), and the mark up to which it was told.
+    subscribed: bool,
+    notify_mark: u64,
+    /// `CES-GO1` refusals inside a batch answer (recorded by the session).
+    pub refused: Vec<(String, String)>,
 }
 
 /// The wire form of one accessible root (chum.md §4.2, fields in the reference's order).
@@ -85,7 +105,16 @@ fn arg_hash<'a>(args: &'a [Data], code: &str, what: &str) -> Result<&'a str, Ser
 
 impl Exporter {
     pub fn new(store: Store, remote_person: String) -> Exporter {
-        Exporter { store, remote_person, accessible: HashSet::new(), done: false }
+        Exporter {
+            store,
+            remote_person,
+            accessible: HashSet::new(),
+            done: false,
+            roots_mark: 0,
+            subscribed: false,
+            notify_mark: 0,
+            refused: Vec::new(),
+        }
     }
 
     /// Answer one request: the frames to send, and an error if the request was refused.
@@ -104,6 +133,15 @@ impl Exporter {
                 self.done = true;
                 Ok(vec![Message::Text(rpc::data_response(id, &None))])
             }
+            LAMA_PROBE => Ok(vec![Message::Text(rpc::data_response(id, &Some(self.probe())))]),
+            GET_OBJECTS_BATCH => self.batch(args, log, stats).map(|s| vec![Message::Text(rpc::data_response(id, &Some(s.into())))]),
+            GET_CHILDREN_BATCH => self.children_batch(args).map(|s| vec![Message::Text(rpc::data_response(id, &Some(s.into())))]),
+            GET_ROOTS_SINCE => self.roots_since(args).map(|s| vec![Message::Text(rpc::data_response(id, &Some(s.into())))]),
+            SUBSCRIBE => {
+                self.subscribed = true;
+                self.notify_mark = self.notify_mark.max(self.roots_mark);
+                Ok(vec![Message::Text(rpc::data_response(id, &None))])
+            }
             s => Ok(vec![Message::Text(rpc::unknown_service(id, &Value::from(s)))]),
         };
         match r {
@@ -113,11 +151,18 @@ impl Exporter {
     }
 
     fn roots(&mut self) -> Result<String, ServiceError> {
-        let roots = crate::session::accessible_roots(&self.store, &self.remote_person).map_err(store_err)?;
+        // chum.md §2.5: double-encoded
+        Ok(Value::Array(self.unlock_roots(0)?).to_string())
+    }
+
+    /// The roots accessible to the remote person that became so after `since` (0: all),
+    /// unlocked (chum.md §4.2 "unlocks").
+    fn unlock_roots(&mut self, since: u64) -> Result<Vec<Value>, ServiceError> {
+        let (mark, roots) = crate::session::accessible_roots(&self.store, &self.remote_person, since).map_err(store_err)?;
+        self.roots_mark = self.roots_mark.max(mark);
         let mut out = Vec::with_capacity(roots.len());
         for (kind, h, id_hash, type_name) in roots {
             out.push(wire_root(&kind, &h, id_hash.as_deref(), &type_name));
-            // chum.md §4.2 "unlocks"
             if kind == "versioned" {
                 if let Some(i) = &id_hash {
                     self.accessible.insert(i.clone());
@@ -125,8 +170,98 @@ impl Exporter {
             }
             self.accessible.insert(h);
         }
-        // chum.md §2.5: double-encoded
+        Ok(out)
+    }
+
+    /// Names this store's write-sequence space (the hash of its first change-feed event), so a
+    /// peer keeps one mark per exporter store (docs/chum-fastpath.md).
+    fn epoch(&self) -> String {
+        self.store.changes(0, 1).ok().and_then(|e| e.first().map(|e| e.hash.to_hex())).unwrap_or_default()
+    }
+
+    fn probe(&self) -> Value {
+        json!({"lama": FASTPATH_VERSION, "features": ["batch", "children-batch", "push", "roots-since"], "epoch": self.epoch()})
+    }
+
+    fn batch_arg(args: &[Data]) -> Result<&Vec<Value>, ServiceError> {
+        match args.first() {
+            Some(Some(Value::Array(l))) if l.len() <= BATCH_MAX => Ok(l),
+            _ => Err(err("LAMA-CHUM-BATCH", format!("expected a list of at most {BATCH_MAX} hashes"))),
+        }
+    }
+
+    fn batch(&mut self, args: &[Data], log: &mut ChumLog, stats: &mut Stats) -> Result<String, ServiceError> {
+        let hashes = Self::batch_arg(args)?;
+        let mut out = Vec::with_capacity(hashes.len());
+        for h in hashes {
+            let Some(h) = h.as_str().filter(|h| lama_core::hash::is_hash(h)) else {
+                out.push(Value::Null);
+                continue;
+            };
+            if !self.accessible.contains(h) {
+                self.refused.push(("CES-GO1".into(), format!("CES-GO1: Unauthorized, obj {h}")));
+                out.push(Value::Null);
+                continue;
+            }
+            match self.store.kind(h).map_err(store_err)? {
+                Some(EntryKind::Object) => {
+                    log.a_to_b_objects.push(h.to_string());
+                    stats.objects_sent += 1;
+                }
+                Some(EntryKind::Id) => {
+                    log.a_to_b_id_objects.push(h.to_string());
+                    stats.id_objects_sent += 1;
+                }
+                _ => {
+                    out.push(Value::Null);
+                    continue;
+                }
+            }
+            out.push(Value::String(self.store.get(h).map_err(store_err)?));
+        }
         Ok(Value::Array(out).to_string())
+    }
+
+    fn children_batch(&mut self, args: &[Data]) -> Result<String, ServiceError> {
+        let hashes = Self::batch_arg(args)?.clone();
+        let mut out = Vec::with_capacity(hashes.len());
+        for h in &hashes {
+            let Some(h) = h.as_str().filter(|h| lama_core::hash::is_hash(h)) else {
+                out.push(Value::Null);
+                continue;
+            };
+            if !self.accessible.contains(h) || !matches!(self.store.kind(h).map_err(store_err)?, Some(EntryKind::Object | EntryKind::Id)) {
+                out.push(Value::Null);
+                continue;
+            }
+            out.push(Value::Array(self.children_list(h)?));
+        }
+        Ok(Value::Array(out).to_string())
+    }
+
+    fn roots_since(&mut self, args: &[Data]) -> Result<String, ServiceError> {
+        let since = match args.first() {
+            None | Some(None) => Some(0),
+            Some(Some(Value::Number(n))) => n.as_u64(),
+            _ => None,
+        };
+        let Some(since) = since else {
+            let shown = args.first().cloned().flatten().map_or("undefined".into(), |v| v.to_string());
+            return Err(err("LAMA-CHUM-BATCH", format!("expected a write sequence, got {shown}")));
+        };
+        let roots = self.unlock_roots(since)?;
+        Ok(json!({"mark": self.roots_mark, "roots": roots}).to_string())
+    }
+
+    /// After a local write: whether roots became accessible to the peer since the last
+    /// notification (only when it subscribed).
+    pub fn changed_roots(&mut self) -> lama_core::Result<bool> {
+        if !self.subscribed || self.done {
+            return Ok(false);
+        }
+        let (mark, roots) = crate::session::accessible_roots(&self.store, &self.remote_person, self.notify_mark)?;
+        self.notify_mark = self.notify_mark.max(mark);
+        Ok(!roots.is_empty())
     }
 
     fn children(&mut self, args: &[Data], id_object: bool) -> Result<String, ServiceError> {
@@ -143,7 +278,12 @@ impl Exporter {
             }
             h
         };
-        // chum.md §5.3: post-order walk, reversed on the wire (parents first)
+        Ok(Value::Array(self.children_list(h)?).to_string())
+    }
+
+    /// chum.md §5.3: the post-order walk reversed on the wire (parents first); unlocks every
+    /// listed hash.
+    fn children_list(&mut self, h: &str) -> Result<Vec<Value>, ServiceError> {
         let walk = self.store.children_tagged(h).map_err(store_err)?;
         let mut out = Vec::with_capacity(walk.len());
         for (kind, c) in walk.into_iter().rev() {
@@ -157,7 +297,7 @@ impl Exporter {
             out.push(json!({"type": tag, "hash": c}));
             self.accessible.insert(c);
         }
-        Ok(Value::Array(out).to_string())
+        Ok(out)
     }
 
     fn object(&mut self, args: &[Data], id_object: bool, log: &mut ChumLog, stats: &mut Stats) -> Result<String, ServiceError> {

@@ -14,7 +14,7 @@ use lama_core::microdata::{self, RefKind, Value as MdValue};
 use lama_core::store::Store;
 use serde_json::Value;
 
-use crate::exporter::{FIN, GET_ACCESSIBLE_ROOTS, GET_BLOB, GET_ID_OBJECT, GET_ID_OBJECT_CHILDREN, GET_OBJECT, GET_OBJECT_CHILDREN, GET_PROTOCOL_VERSION};
+use crate::exporter::{BATCH_MAX, FASTPATH_VERSION, GET_CHILDREN_BATCH, GET_OBJECTS_BATCH, GET_ROOTS_SINCE, LAMA_PROBE, SUBSCRIBE, FIN, GET_ACCESSIBLE_ROOTS, GET_BLOB, GET_ID_OBJECT, GET_ID_OBJECT_CHILDREN, GET_OBJECT, GET_OBJECT_CHILDREN, GET_PROTOCOL_VERSION};
 use crate::rpc::Data;
 use crate::session::Cx;
 use crate::Event;
@@ -30,8 +30,6 @@ const VERSION_NODE_TYPES: [&str; 3] = ["VersionNodeEdge", "VersionNodeChange", "
 /// Objects per store transaction.
 const COMMIT_BATCH: usize = 1000;
 
-/// docs/chum-fastpath.md: the lama extension probe.
-const LAMA_PROBE: u32 = 100;
 
 pub const TIMEOUT: &str = "LAMA-CHUM-TIMEOUT";
 
@@ -147,12 +145,25 @@ enum Stage {
     Streams(Box<Pass>),
     Fin,
     PollSleep,
+    /// SUBSCRIBE (103) is out (docs/chum-fastpath.md "Push").
+    Subscribe,
     Done,
 }
 
 pub struct Importer {
     store: Store,
     fast_path: bool,
+    remote_person: String,
+    /// Features of a lama exporter that answered the probe (docs/chum-fastpath.md).
+    features: HashSet<String>,
+    /// `"<remote person>/<epoch>"` when the exporter serves roots since a mark.
+    peer_key: Option<String>,
+    since: u64,
+    /// The mark of the current roots-since answer, and what the pass started with.
+    pass_mark: Option<u64>,
+    errors_before: u64,
+    pending_before: usize,
+    subscribed: bool,
     keep_running: bool,
     poll_interval: Duration,
     stage: Stage,
@@ -171,8 +182,19 @@ fn req(service: u32, args: Vec<Data>) -> Req {
 }
 
 impl Importer {
-    pub fn new(store: Store, keep_running: bool, poll_interval: Duration, fast_path: bool) -> Importer {
-        Importer { store, fast_path, keep_running, poll_interval, stage: Stage::Start, full_sync: false, pending: HashMap::new() }
+    pub fn new(store: Store, keep_running: bool, poll_interval: Duration, fast_path: bool, remote_person: String) -> Importer {
+        Importer {
+            store,
+            fast_path,
+            remote_person,
+            features: HashSet::new(),
+            peer_key: None,
+            since: 0,
+            pass_mark: None,
+            errors_before: 0,
+            pending_before: 0,
+            subscribed: false,
+            keep_running, poll_interval, stage: Stage::Start, full_sync: false, pending: HashMap::new() }
     }
 
     /// Continue with the answers of the last call (empty after a sleep or at the start).
@@ -222,14 +244,49 @@ impl Importer {
                 }
             }
             Stage::Probe(n) => {
-                // The fast-path services are not implemented in this core yet: whatever the
-                // answer (UNKNOWN-SERVICE from a ONE peer, a lama probe answer), plain v8 runs.
-                cx.events.push_back(Event::Version { remote: n, mode: "v8".into() });
+                // A ONE peer answers UNKNOWN-SERVICE: plain v8 (chum.md §10.3)
+                let mut mode = "v8";
+                if let Some(Outcome::Ok(Some(Value::Object(m)))) = results.first() {
+                    if m.get("lama").and_then(Value::as_i64) == Some(FASTPATH_VERSION) {
+                        mode = "fast";
+                        if let Some(Value::Array(f)) = m.get("features") {
+                            self.features = f.iter().filter_map(|x| x.as_str().map(str::to_string)).collect();
+                        }
+                        if let (true, Some(epoch)) = (self.features.contains("roots-since"), m.get("epoch").and_then(Value::as_str)) {
+                            let key = format!("{}/{epoch}", self.remote_person);
+                            self.since = self.store.peer_mark(&key).unwrap_or(0);
+                            self.peer_key = Some(key);
+                        }
+                    }
+                }
+                cx.events.push_back(Event::Version { remote: n, mode: mode.into() });
                 self.roots()
+            }
+            Stage::Subscribe => {
+                self.subscribed = matches!(results.first(), Some(Outcome::Ok(_)));
+                self.stage = Stage::PollSleep;
+                Ok(Step::Sleep(self.poll_interval * if self.subscribed { 10 } else { 1 }))
             }
             Stage::PollSleep => self.roots(),
             Stage::Roots => {
-                let r = results.into_iter().next().unwrap_or(Outcome::Err { code: TIMEOUT.into(), message: "no answer".into() });
+                self.errors_before = cx.stats.errors;
+                self.pending_before = self.pending.len();
+                let mut r = results.into_iter().next().unwrap_or(Outcome::Err { code: TIMEOUT.into(), message: "no answer".into() });
+                if self.peer_key.is_some() {
+                    // docs/chum-fastpath.md 102: a JSON string of {"mark", "roots"}
+                    if let Outcome::Ok(v) = &r {
+                        let parsed = v.as_ref().and_then(Value::as_str).and_then(|s| serde_json::from_str::<Value>(s).ok());
+                        let mark = parsed.as_ref().and_then(|d| d.get("mark")).and_then(Value::as_u64);
+                        let roots = parsed.as_ref().and_then(|d| d.get("roots")).filter(|x| x.is_array());
+                        match (mark, roots) {
+                            (Some(m), Some(list)) => {
+                                self.pass_mark = Some(m);
+                                r = Outcome::Ok(Some(Value::String(list.to_string())));
+                            }
+                            _ => r = Outcome::Ok(None),
+                        }
+                    }
+                }
                 match r {
                     Outcome::Ok(v) => match self.parse_roots(v, cx) {
                         Some(roots) => self.start_pass(roots, cx),
@@ -248,6 +305,11 @@ impl Importer {
             }
             Stage::Children(mut pass) => {
                 let calls = std::mem::take(&mut pass.calls);
+                let results = if self.features.contains("children-batch") {
+                    split_batch(&calls.chunks(BATCH_MAX).map(|c| c.len()).collect::<Vec<_>>(), results, "CES-GOC1", |c| Value::String(c.to_string()))?
+                } else {
+                    results
+                };
                 for (job, res) in calls.into_iter().zip(results) {
                     let Some(children) = self.children_result(&job.hash, res, cx)? else { continue };
                     pass.start.push(job.hash.clone());
@@ -275,6 +337,11 @@ impl Importer {
             }
             Stage::Fetch(mut pass) => {
                 let fetch = std::mem::take(&mut pass.fetch);
+                let results = if self.features.contains("batch") {
+                    split_batch(&fetch.chunks(BATCH_MAX).map(|c| c.len()).collect::<Vec<_>>(), results, "CES-GO1", |c| c.clone())?
+                } else {
+                    results
+                };
                 for (h, res) in fetch.iter().zip(results) {
                     self.verify(&mut pass, h, res, cx)?;
                 }
@@ -398,17 +465,36 @@ impl Importer {
 
     fn roots(&mut self) -> Result<Step, Fatal> {
         self.stage = Stage::Roots;
+        self.pass_mark = None;
+        if self.peer_key.is_some() {
+            return Ok(Step::Call(vec![req(GET_ROOTS_SINCE, vec![Some(self.since.into())])]));
+        }
         Ok(Step::Call(vec![req(GET_ACCESSIBLE_ROOTS, vec![])]))
     }
 
     fn end_pass(&mut self, cx: &mut Cx) -> Result<Step, Fatal> {
+        // the high-water mark moves only after a pass that imported everything it listed
+        if let (Some(m), Some(key)) = (self.pass_mark.take(), &self.peer_key) {
+            if cx.stats.errors == self.errors_before && self.pending.is_empty() && self.pending_before == 0 {
+                self.since = m;
+                if let Err(e) = self.store.set_peer_mark(key, m) {
+                    cx.error(&e.code, &format!("storing the peer mark: {e}"), false);
+                }
+            }
+        }
         if !self.full_sync {
             self.full_sync = true;
             cx.events.push_back(Event::FullSync);
         }
         if self.keep_running {
+            if self.features.contains("push") && !self.subscribed {
+                // docs/chum-fastpath.md: the exporter calls our NOTIFY when roots appear
+                self.stage = Stage::Subscribe;
+                return Ok(Step::Call(vec![req(SUBSCRIBE, vec![])]));
+            }
             self.stage = Stage::PollSleep;
-            Ok(Step::Sleep(self.poll_interval))
+            // with pushes, polling is only the fallback (the uvc note: 10 x pollInterval)
+            Ok(Step::Sleep(self.poll_interval * if self.subscribed { 10 } else { 1 }))
         } else {
             self.stage = Stage::Fin;
             Ok(Step::Call(vec![req(FIN, vec![])]))
@@ -560,7 +646,12 @@ impl Importer {
         }
         if !calls.is_empty() {
             pass.batch *= 2;
-            let reqs = calls.iter().map(|j| req(j.service, vec![Some(Value::String(j.hash.clone()))])).collect();
+            let reqs = if self.features.contains("children-batch") {
+                // docs/chum-fastpath.md: one request per BATCH_MAX children lists
+                calls.chunks(BATCH_MAX).map(|c| req(GET_CHILDREN_BATCH, vec![Some(Value::Array(c.iter().map(|j| Value::String(j.hash.clone())).collect()))])).collect()
+            } else {
+                calls.iter().map(|j| req(j.service, vec![Some(Value::String(j.hash.clone()))])).collect()
+            };
             pass.calls = calls;
             self.stage = Stage::Children(pass);
             return Ok(Step::Call(reqs));
@@ -584,13 +675,18 @@ impl Importer {
         // a stream is stored as soon as it ends (before the objects are committed), so a hash
         // listed as "blob" that is really an object must never be fetched as one.
         let fetch: Vec<String> = fetch.into_iter().filter(|h| matches!(pass.items[h].kind, Kind::Object | Kind::Id)).collect();
-        let reqs: Vec<Req> = fetch
-            .iter()
-            .map(|h| {
-                let a = Some(Value::String(h.clone()));
-                if pass.items[h].kind == Kind::Id { req(GET_ID_OBJECT, vec![a]) } else { req(GET_OBJECT, vec![a]) }
-            })
-            .collect();
+        let reqs: Vec<Req> = if self.features.contains("batch") {
+            // docs/chum-fastpath.md: up to BATCH_MAX microdata per request
+            fetch.chunks(BATCH_MAX).map(|c| req(GET_OBJECTS_BATCH, vec![Some(Value::Array(c.iter().map(|h| Value::String(h.clone())).collect()))])).collect()
+        } else {
+            fetch
+                .iter()
+                .map(|h| {
+                    let a = Some(Value::String(h.clone()));
+                    if pass.items[h].kind == Kind::Id { req(GET_ID_OBJECT, vec![a]) } else { req(GET_OBJECT, vec![a]) }
+                })
+                .collect()
+        };
         pass.fetch = fetch;
         self.stage = Stage::Fetch(pass);
         Ok(Step::Call(reqs))
@@ -884,6 +980,32 @@ fn check_reachable(pass: &mut Pass, cx: &mut Cx) {
         pass.items.get_mut(&h).unwrap().ok = false;
         cx.error("LAMA-CHUM-NOTREACHABLE", &format!("{h} was listed but is not reachable from the root it was listed for"), false);
     }
+}
+
+/// Split batch answers (JSON strings of lists, docs/chum-fastpath.md 101/105) into one outcome
+/// per hash, shaped like the single-hash service's answer; `null` entries fail with `refused`.
+fn split_batch(sizes: &[usize], results: Vec<Outcome>, refused: &str, wrap: impl Fn(&Value) -> Value) -> Result<Vec<Outcome>, Fatal> {
+    let mut out = Vec::new();
+    for (&n, res) in sizes.iter().zip(results) {
+        match res {
+            Outcome::Err { code, message } if code == TIMEOUT => return Err(fatal(&code, message)),
+            Outcome::Ok(Some(Value::String(s))) => match serde_json::from_str::<Value>(&s) {
+                Ok(Value::Array(list)) if list.len() == n => {
+                    for v in list {
+                        out.push(if v.is_null() {
+                            Outcome::Err { code: refused.into(), message: "not served by the exporter".into() }
+                        } else {
+                            Outcome::Ok(Some(wrap(&v)))
+                        });
+                    }
+                }
+                _ => out.extend((0..n).map(|_| Outcome::Err { code: "LAMA-CHUM-BATCH".into(), message: "malformed batch answer".into() })),
+            },
+            Outcome::Err { code, message } => out.extend((0..n).map(|_| Outcome::Err { code: code.clone(), message: message.clone() })),
+            _ => out.extend((0..n).map(|_| Outcome::Err { code: "LAMA-CHUM-BATCH".into(), message: "malformed batch answer".into() })),
+        }
+    }
+    Ok(out)
 }
 
 fn ref_kind(k: RefKind) -> Kind {

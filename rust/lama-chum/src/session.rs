@@ -7,7 +7,7 @@ use std::time::Instant;
 use lama_core::store::{BlobWriter, Store};
 use serde_json::Value;
 
-use crate::exporter::{Exporter, NEW_ACCESSIBLE_ROOT_EVENT, SERVICES};
+use crate::exporter::{Exporter, NEW_ACCESSIBLE_ROOT_EVENT, NOTIFY, SERVICES};
 use crate::importer::{Importer, Outcome, Req, Step, TIMEOUT};
 use crate::rpc::{self, Incoming};
 use crate::{ChumLog, Config, Event, Message, Stats};
@@ -48,10 +48,14 @@ struct Pending {
     mode: Option<StreamMode>,
 }
 
-/// The roots accessible to `person` as `(kind, hash, id_hash, type_name)` (docs/chum-session.md §1).
-pub(crate) fn accessible_roots(store: &Store, person: &str) -> lama_core::Result<Vec<(String, String, Option<String>, String)>> {
-    let _ = (store, person);
-    Err(lama_core::Error::store("LAMA-CHUM-NOACCESS", "the access index is not merged yet"))
+/// The roots accessible to `person` now, as `(kind, hash, id_hash, type_name)`, from the
+/// store's access index (docs/chum-session.md §1, chum.md §5.1).
+pub(crate) type RootRow = (String, String, Option<String>, String);
+
+pub(crate) fn accessible_roots(store: &Store, person: &str, since: u64) -> lama_core::Result<(u64, Vec<RootRow>)> {
+    let p = lama_core::hash::check_hash(person, "person")?;
+    let (mark, roots) = store.accessible_roots(&p, since)?;
+    Ok((mark, roots.into_iter().map(|r| (r.kind.as_str().to_string(), r.hash.to_hex(), r.id_hash.map(|h| h.to_hex()), r.type_name)).collect()))
 }
 
 /// One CHUM session over one connection (docs/chum-session.md §2). See the crate docs.
@@ -75,6 +79,10 @@ pub struct Session {
     results: Vec<Option<Outcome>>,
     outstanding: usize,
     sleep_until: Option<Instant>,
+    /// Ids of our NOTIFY requests (their answers are ignored).
+    notify_ids: std::collections::HashSet<u64>,
+    /// A NOTIFY asked the sleeping importer to run its next pass now.
+    wake: bool,
 }
 
 impl Session {
@@ -99,6 +107,8 @@ impl Session {
             results: Vec::new(),
             outstanding: 0,
             sleep_until: None,
+            notify_ids: Default::default(),
+            wake: false,
         }
     }
 
@@ -115,7 +125,7 @@ impl Session {
             self.exporter_done = true;
         }
         if self.config.importer {
-            self.importer = Some(Importer::new(self.store.clone(), self.config.keep_running, self.config.poll_interval, self.config.fast_path));
+            self.importer = Some(Importer::new(self.store.clone(), self.config.keep_running, self.config.poll_interval, self.config.fast_path, self.config.remote_person.clone()));
             self.advance(Vec::new(), now);
         } else {
             self.importer_done = true;
@@ -156,6 +166,10 @@ impl Session {
             Incoming::Request { id, service, args } => {
                 self.cx.stats.requests_received += 1;
                 self.serve(id, service, args);
+                if std::mem::take(&mut self.wake) {
+                    self.sleep_until = None;
+                    self.advance(Vec::new(), now);
+                }
             }
             Incoming::WriteStreamError { id } => {
                 // our stream was sent whole already; the peer drops the rest of it
@@ -226,6 +240,9 @@ impl Session {
             Incoming::Data { id, .. } | Incoming::Error { id, .. } | Incoming::Stream { id, .. } | Incoming::StreamEnd { id } | Incoming::StreamError { id, .. } => *id,
             _ => return,
         };
+        if !self.pending.contains_key(&id) && self.notify_ids.remove(&id) {
+            return; // the answer to our NOTIFY carries nothing
+        }
         let Some(p) = self.pending.get_mut(&id) else {
             // chum.md §2.1: logged and dropped, before any stream data is written
             self.cx.error("LAMA-CHUM-FRAME", &format!("dropped a response for unknown request {id}"), false);
@@ -311,6 +328,9 @@ impl Session {
                 if let Some(ex) = self.exporter.as_mut() {
                     let (frames, err) = ex.handle(id, s, &args, &mut self.cx.log, &mut self.cx.stats);
                     let done = ex.done;
+                    for (code, msg) in std::mem::take(&mut ex.refused) {
+                        self.cx.error(&code, &msg, false);
+                    }
                     for f in frames {
                         self.send(f);
                     }
@@ -329,6 +349,14 @@ impl Session {
             if s == NEW_ACCESSIBLE_ROOT_EVENT && self.importer.is_some() && !self.importer_done {
                 // chum.md §4.8: only logged
                 self.send(Message::Text(rpc::data_response(id, &None)));
+                return;
+            }
+            if s == NOTIFY && self.importer.is_some() && !self.importer_done {
+                // docs/chum-fastpath.md: run the next pass now instead of at the next poll
+                self.send(Message::Text(rpc::data_response(id, &None)));
+                if self.sleep_until.is_some() {
+                    self.wake = true;
+                }
                 return;
             }
         }
@@ -429,9 +457,26 @@ impl Session {
         self.cx.error(code, message, false);
     }
 
-    /// The driver saw new store events. v8 has no push (chum.md §8): the remote importer
-    /// polls, so nothing changes here.
-    pub fn store_changed(&mut self, _now: Instant) {}
+    /// The driver saw new store events. v8 has no push (chum.md §8): a ONE importer polls. A
+    /// lama importer that subscribed (service 103, docs/chum-fastpath.md) gets a NOTIFY request
+    /// when roots became accessible to it.
+    pub fn store_changed(&mut self, _now: Instant) {
+        if self.finished || self.exporter_done {
+            return;
+        }
+        let Some(ex) = self.exporter.as_mut() else { return };
+        match ex.changed_roots() {
+            Ok(true) => {
+                let id = self.next_id;
+                self.next_id += 1;
+                self.cx.stats.requests_sent += 1;
+                self.notify_ids.insert(id);
+                self.send(Message::Text(rpc::request(id, NOTIFY, &[])));
+            }
+            Ok(false) => {}
+            Err(e) => self.cx.error(&e.code, &format!("computing new roots: {e}"), false),
+        }
+    }
 
     /// chum.md §2.7: pending requests are rejected (`WSP-ONCL0`, not logged) and the session ends.
     pub fn connection_closed(&mut self, reason: &str, _now: Instant) {

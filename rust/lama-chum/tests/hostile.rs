@@ -33,11 +33,13 @@ fn store_a(dir: &std::path::Path) -> (Store, String) {
     (s, roots)
 }
 
+type Tamper<'a> = Box<dyn FnMut(u64, &Value, Value) -> Option<Value> + 'a>;
+
 /// An exporter built on a store with a fixed roots answer, and a hook to tamper with answers.
 struct StorePeer<'a> {
     store: Store,
     roots: String,
-    tamper: Box<dyn FnMut(u64, &Value, Value) -> Option<Value> + 'a>,
+    tamper: Tamper<'a>,
     requests: Vec<Value>,
 }
 

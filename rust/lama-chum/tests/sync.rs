@@ -7,42 +7,8 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use lama_chum::{Config, Event, Session};
-use lama_core::hash::sha256_hex;
 use lama_core::microdata::{self, Value as V};
 use lama_core::store::Store;
-
-fn s(x: &str) -> V {
-    V::Str(x.to_string())
-}
-
-fn obj(pairs: Vec<(&str, V)>) -> V {
-    V::Dict(pairs.into_iter().map(|(k, v)| (s(k), v)).collect())
-}
-
-fn hash_of(o: &V) -> String {
-    sha256_hex(microdata::serialize(o).unwrap().as_bytes())
-}
-
-/// Store `o` as the next version of its ID (objects.md §4.1): a VersionNodeEdge for the
-/// first version, a VersionNodeChange after the current head otherwise. Returns the node.
-fn store_versioned(st: &Store, o: V, t: i64) -> (String, String) {
-    let h = hash_of(&o);
-    let id = sha256_hex(microdata::id_microdata(&o).unwrap().as_bytes());
-    let head = st.get_head(&id).unwrap();
-    let node = match &head {
-        None => obj(vec![("$type$", s("VersionNodeEdge")), ("data", s(&h)), ("depth", V::Int(0)), ("creationTime", V::Int(t))]),
-        Some(prev) => {
-            let depth = match st.get_object(prev).unwrap().get("depth") {
-                Some(V::Int(d)) => *d,
-                _ => 0,
-            };
-            obj(vec![("$type$", s("VersionNodeChange")), ("prev", s(prev)), ("data", s(&h)), ("depth", V::Int(depth + 1)), ("creationTime", V::Int(t))])
-        }
-    };
-    let n = hash_of(&node);
-    st.write_batch(&[o, node], &[(id.clone(), head, n.clone())]).unwrap();
-    (n, id)
-}
 
 fn bytes(n: usize) -> Vec<u8> {
     let mut out = Vec::with_capacity(n);
@@ -114,24 +80,36 @@ fn build(a: &Store) -> Graph {
     Graph { topic: topic_h, ci, head_node: node, blob, clob, note: note_h }
 }
 
-fn session(st: &Store, me: &str, other: &str) -> Session {
+fn session(st: &Store, me: &str, other: &str, fast: bool) -> Session {
     let mut c = Config::new(me, other);
     c.window = 8;
+    c.fast_path = fast;
     Session::new(st.clone(), c)
 }
 
 #[test]
-fn two_stores_sync_and_a_second_sync_transfers_nothing() {
+fn two_stores_sync_and_a_second_sync_transfers_nothing_v8() {
+    two_stores(false);
+}
+
+#[test]
+fn two_stores_sync_and_a_second_sync_transfers_nothing_fast() {
+    two_stores(true);
+}
+
+fn two_stores(fast: bool) {
     let dir = tempfile::tempdir().unwrap();
     let a = new_store(dir.path(), "a");
     let b = new_store(dir.path(), "b");
     let g = build(&a);
-    let (mut sa, mut sb) = (session(&a, PA, PB), session(&b, PB, PA));
+    let (mut sa, mut sb) = (session(&a, PA, PB, fast), session(&b, PB, PA, fast));
     let (ra, rb, _) = pump_pair(&mut sa, &mut sb, Instant::now(), Duration::from_secs(600));
     assert_eq!(sa.close_reason(), Some("chum finished"));
     assert_eq!(sb.close_reason(), Some("chum finished"));
     assert_eq!(ra.codes(), Vec::<String>::new());
     assert_eq!(rb.codes(), Vec::<String>::new());
+    let mode = if fast { "fast" } else { "v8" };
+    assert!(rb.events.contains(&Event::Version { remote: 8, mode: mode.into() }));
     for h in [&g.topic, &g.ci, &g.head_node, &g.blob, &g.clob, &g.note] {
         assert!(b.has(h).unwrap(), "{h}");
     }
@@ -161,7 +139,7 @@ fn two_stores_sync_and_a_second_sync_transfers_nothing() {
     assert!(sa.stats().blobs_sent == 1 && sb.stats().blobs_received == 1);
 
     // again: everything exists, nothing is fetched
-    let (mut sa, mut sb) = (session(&a, PA, PB), session(&b, PB, PA));
+    let (mut sa, mut sb) = (session(&a, PA, PB, fast), session(&b, PB, PA, fast));
     let (_ra, rb, _) = pump_pair(&mut sa, &mut sb, Instant::now(), Duration::from_secs(600));
     assert_eq!(sb.close_reason(), Some("chum finished"));
     let lb = rb.log().unwrap();
@@ -170,29 +148,42 @@ fn two_stores_sync_and_a_second_sync_transfers_nothing() {
     assert_eq!(sb.stats().objects_received, 0);
 }
 
+/// keep_running: in v8 a grant made after the first pass arrives at the next roots poll; in
+/// the fast path the exporter pushes NOTIFY when its driver reports the write, and the
+/// importer (polling only every 10 x poll_interval) runs its pass at once.
 #[test]
-fn keep_running_polls_and_sees_a_later_grant() {
-    let dir = tempfile::tempdir().unwrap();
-    let a = new_store(dir.path(), "a");
-    let b = new_store(dir.path(), "b");
-    let mut ca = Config::new(PA, PB);
-    ca.keep_running = true;
-    ca.importer = false;
-    let mut cb = Config::new(PB, PA);
-    cb.keep_running = true;
-    cb.exporter = false;
-    cb.poll_interval = Duration::from_secs(5);
-    let (mut sa, mut sb) = (Session::new(a.clone(), ca), Session::new(b.clone(), cb));
-    let t0 = Instant::now();
-    let (_ra, _rb, now) = pump_pair(&mut sa, &mut sb, t0, Duration::from_secs(3));
-    assert!(!sa.is_finished() && !sb.is_finished());
-    // a grant after the first pass arrives at the next poll
-    let g = build(&a);
-    let (_ra, rb, _) = pump_pair(&mut sa, &mut sb, now, Duration::from_secs(12));
-    assert!(b.has(&g.topic).unwrap() && b.has(&g.blob).unwrap());
-    assert!(rb.events.iter().any(|e| matches!(e, Event::FullSync)) || b.has(&g.topic).unwrap());
-    sb.connection_closed("test over", now);
-    assert!(sb.is_finished());
-    assert_eq!(sb.close_reason(), Some("test over"));
-    assert_eq!(b.verify().unwrap(), Vec::<String>::new());
+fn keep_running_a_later_grant_arrives_in_the_same_session() {
+    for fast in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let a = new_store(dir.path(), "a");
+        let b = new_store(dir.path(), "b");
+        let mut ca = Config::new(PA, PB);
+        ca.keep_running = true;
+        ca.importer = false;
+        let mut cb = Config::new(PB, PA);
+        cb.keep_running = true;
+        cb.exporter = false;
+        cb.fast_path = fast;
+        cb.poll_interval = Duration::from_secs(5);
+        let (mut sa, mut sb) = (Session::new(a.clone(), ca), Session::new(b.clone(), cb));
+        let t0 = Instant::now();
+        let (_ra, rb, now) = pump_pair(&mut sa, &mut sb, t0, Duration::from_secs(3));
+        assert!(!sa.is_finished() && !sb.is_finished());
+        let mode = if fast { "fast" } else { "v8" };
+        assert!(rb.events.contains(&Event::Version { remote: 8, mode: mode.into() }));
+        let g = build(&a);
+        assert!(!b.has(&g.topic).unwrap());
+        // the driver saw the writes
+        sa.store_changed(now);
+        // fast: at once (no time passes); v8: at the next poll, 5 s later
+        let budget = if fast { Duration::ZERO } else { Duration::from_secs(6) };
+        let (_ra, rb, later) = pump_pair(&mut sa, &mut sb, now, budget);
+        assert!(b.has(&g.topic).unwrap() && b.has(&g.blob).unwrap(), "fast={fast}");
+        assert_eq!(rb.merges(), vec![(g.ci.clone(), g.head_node.clone())]);
+        assert_eq!(later, if fast { now } else { now + Duration::from_secs(5) });
+        sb.connection_closed("test over", later);
+        assert!(sb.is_finished());
+        assert_eq!(sb.close_reason(), Some("test over"));
+        assert_eq!(b.verify().unwrap(), Vec::<String>::new());
+    }
 }

@@ -68,6 +68,21 @@ fn import_from_recorded_exporter_pairing_and_chat() {
 }
 
 #[test]
+fn pipelining_never_exceeds_the_window() {
+    let dir = tempfile::tempdir().unwrap();
+    let events: Vec<Value> = vectors("transcript-pairing-and-chat.json").into_iter().filter(|e| e["conn"] == "B#5").collect();
+    let mut peer = Recorded::new(&events, "B");
+    let store = new_store(dir.path(), "b");
+    let mut s = importer(&store, |c| c.window = 3);
+    let (run, _) = pump(&mut s, &mut peer, Instant::now(), Duration::from_secs(60));
+    assert_eq!(s.close_reason(), Some("chum finished"));
+    assert_eq!(run.max_batch, 3);
+    assert!(run.rounds > 6);
+    assert_eq!(run.merges().len(), 1);
+    assert_eq!(store.verify().unwrap(), Vec::<String>::new());
+}
+
+#[test]
 fn import_retries_version_check_on_unknown_service() {
     let dir = tempfile::tempdir().unwrap();
     let events: Vec<Value> = vectors("transcript-pairing-and-chat.json").into_iter().filter(|e| e["conn"] == "A#4").collect();
@@ -139,4 +154,66 @@ fn import_recorded_broken_blob_keeps_only_the_attachment_pending() {
     let entries: Vec<&str> = roots.iter().filter(|r| r["type"] == "unversioned" && r["oneType"] == "LinkedListEntry").map(|r| r["hash"].as_str().unwrap()).collect();
     assert_eq!(entries.iter().filter(|h| store.has(h).unwrap()).count(), 5);
     assert_eq!(store.verify().unwrap(), Vec::<String>::new());
+}
+
+/// lama as A's exporter answering B's recorded requests (chum.md §9): A's store holds the
+/// recorded objects with the channel's head at N2, shared as in the recording; every answer
+/// has the recorded shape and, for data, the recorded bytes.
+#[test]
+fn export_answers_recorded_importer_requests() {
+    use lama_chum::Message;
+    let dir = tempfile::tempdir().unwrap();
+    let events: Vec<Value> = vectors("transcript-pairing-and-chat.json").into_iter().filter(|e| e["conn"] == "B#5").collect();
+    let a = new_store(dir.path(), "a");
+    let mut items = Vec::new();
+    let mut exchange: Vec<(Value, Value)> = Vec::new();
+    let mut asked: std::collections::HashMap<u64, Value> = std::collections::HashMap::new();
+    for e in &events {
+        let m = &e["message"];
+        if e["direction"] == "B→A" && m["type"] == "request" {
+            asked.insert(m["requestId"].as_u64().unwrap(), m.clone());
+        } else if e["direction"] == "B←A" && m.get("responseId").is_some() {
+            let req = asked[&m["responseId"].as_u64().unwrap()].clone();
+            if let Some(d) = m["data"].as_str() {
+                if d.starts_with("<div") {
+                    items.push((d.to_string(), None));
+                }
+            }
+            exchange.push((req, m.clone()));
+        }
+    }
+    a.put_microdata(&items).unwrap();
+    let n2 = "13741679055d2dc7c1f3a1c86f6cb0934e20609a40442ea8d81da2391e7f5a04";
+    a.write_batch(&[], &[(CI.to_string(), None, n2.to_string())]).unwrap();
+    let persons = lama_core::microdata::Value::List(vec![s(PA), s(PB)]);
+    store_versioned(&a, obj(vec![("$type$", s("Access")), ("object", s(TOPIC)), ("person", persons.clone()), ("group", lama_core::microdata::Value::List(vec![]))]), 1);
+    store_versioned(&a, obj(vec![("$type$", s("IdAccess")), ("id", s(CI)), ("person", persons), ("group", lama_core::microdata::Value::List(vec![]))]), 1);
+    let mut c = Config::new(PA, PB);
+    c.importer = false;
+    let mut sa = Session::new(a.clone(), c);
+    let t = Instant::now();
+    sa.start(t);
+    assert!(exchange.len() >= 17);
+    for (req, recorded) in exchange {
+        sa.handle_message(Message::Text(req.to_string()), t);
+        let Some(Message::Text(got)) = sa.poll_transmit() else { panic!("no answer to {req}") };
+        assert!(sa.poll_transmit().is_none());
+        let got: Value = serde_json::from_str(&got).unwrap();
+        assert_eq!(got, recorded, "answer to {req}");
+        // the very same text on the wire (key order included)
+        let keys: Vec<&String> = got.as_object().unwrap().keys().collect();
+        let rkeys: Vec<&String> = recorded.as_object().unwrap().keys().collect();
+        assert_eq!(keys, rkeys);
+    }
+    let mut log = None;
+    sa.connection_closed("done", t);
+    while let Some(e) = sa.poll_event() {
+        assert!(!matches!(e, Event::Error { .. }), "{e:?}");
+        if let Event::Finished { log: l, .. } = e {
+            log = Some(l);
+        }
+    }
+    let log = log.unwrap();
+    assert_eq!(log.a_to_b_id_objects, vec![CI.to_string()]);
+    assert_eq!(log.a_to_b_objects.len(), 11); // T, CI1, N1, M, C, Lic, AC, S, L, CI2, N2
 }

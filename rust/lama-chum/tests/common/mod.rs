@@ -36,6 +36,8 @@ pub trait Peer {
 pub struct Run {
     pub events: Vec<Event>,
     pub rounds: usize,
+    /// Most requests sent in one round (in flight at once).
+    pub max_batch: usize,
 }
 
 impl Run {
@@ -75,6 +77,7 @@ pub fn pump(s: &mut Session, peer: &mut dyn Peer, t0: Instant, max_time: Duratio
         }
         if !out.is_empty() {
             run.rounds += 1;
+            run.max_batch = run.max_batch.max(out.len());
             let mut answers = Vec::new();
             for m in out {
                 answers.extend(peer.receive(m));
@@ -231,3 +234,43 @@ impl Peer for Recorded {
             .collect()
     }
 }
+
+// --- building objects ---
+
+use lama_core::hash::sha256_hex;
+use lama_core::microdata::{self, Value as V};
+use lama_core::store::Store;
+
+pub fn s(x: &str) -> V {
+    V::Str(x.to_string())
+}
+
+pub fn obj(pairs: Vec<(&str, V)>) -> V {
+    V::Dict(pairs.into_iter().map(|(k, v)| (s(k), v)).collect())
+}
+
+pub fn hash_of(o: &V) -> String {
+    sha256_hex(microdata::serialize(o).unwrap().as_bytes())
+}
+
+/// Store `o` as the next version of its ID (objects.md §4.1): a VersionNodeEdge for the
+/// first version, a VersionNodeChange after the current head otherwise. Returns the node.
+pub fn store_versioned(st: &Store, o: V, t: i64) -> (String, String) {
+    let h = hash_of(&o);
+    let id = sha256_hex(microdata::id_microdata(&o).unwrap().as_bytes());
+    let head = st.get_head(&id).unwrap();
+    let node = match &head {
+        None => obj(vec![("$type$", s("VersionNodeEdge")), ("data", s(&h)), ("depth", V::Int(0)), ("creationTime", V::Int(t))]),
+        Some(prev) => {
+            let depth = match st.get_object(prev).unwrap().get("depth") {
+                Some(V::Int(d)) => *d,
+                _ => 0,
+            };
+            obj(vec![("$type$", s("VersionNodeChange")), ("prev", s(prev)), ("data", s(&h)), ("depth", V::Int(depth + 1)), ("creationTime", V::Int(t))])
+        }
+    };
+    let n = hash_of(&node);
+    st.write_batch(&[o, node], &[(id.clone(), head, n.clone())]).unwrap();
+    (n, id)
+}
+

@@ -139,7 +139,8 @@ impl Store {
         let mut out = Vec::new();
         // Explicit stack instead of recursion: version chains are arbitrarily long.
         // Frame: (hash recorded when the frame is done (None for the root), its references, next index).
-        let mut stack: Vec<(Option<(RefKind, Hash)>, Vec<(RefKind, Hash)>, usize)> = vec![(None, refs_of(root, text)?, 0)];
+        type Frame = (Option<(RefKind, Hash)>, Vec<(RefKind, Hash)>, usize);
+        let mut stack: Vec<Frame> = vec![(None, refs_of(root, text)?, 0)];
         while let Some(frame) = stack.last_mut() {
             if frame.2 == frame.1.len() {
                 let done = frame.0;
