@@ -1,12 +1,7 @@
 """Two stores sync with CHUM sessions over real transports (issue 8): each side's
-``ChumSession`` runs in ``spawn_session`` over the in-memory pair or WebSocket on 127.0.0.1; the
-transports and the driver are those of the core under test, and Rust <-> pure over WebSocket.
-
-The sessions are the pure core's ``ChumSession`` (on pure stores): the Rust core's session
-cannot serve roots yet on this branch ("the access index is not merged yet", rust/lama-chum);
-once it can, ``SESSIONS`` can become the core under test as well. The driver takes any object
-with the ChumSession methods, so this runs real CHUM through the Rust driver already.
-"""
+``ChumSession`` runs in ``spawn_session`` over the in-memory pair or WebSocket on 127.0.0.1, all
+of one core (the core under test), and Rust <-> pure over WebSocket (each side its own core's
+store, session, transport and driver)."""
 
 from __future__ import annotations
 
@@ -18,7 +13,7 @@ from typing import Any
 import pytest
 
 from chum_graph import Chat, deterministic_bytes, person_id, register_recipes, texts
-from lama import _pure as SESSIONS
+from lama import _pure
 from lama._core import core
 from lama.chum import SyncResult, handle_event
 
@@ -28,14 +23,15 @@ MOVED = ("BtoAObjects", "BtoAIdObjects", "BtoABlob", "BtoAClob")
 @pytest.fixture(autouse=True)
 def _recipes() -> None:
     register_recipes()
-    if core is not SESSIONS:
-        from chum_graph import DOC_RECIPE, NOTE_RECIPE
-        from lama.objects.recipes import normalize
+    if core is not _pure:  # the cross-core tests need them in the pure core too
         import json
 
+        from chum_graph import DOC_RECIPE, NOTE_RECIPE
+        from lama.objects.recipes import normalize
+
         for r in (NOTE_RECIPE, DOC_RECIPE):
-            if r["name"] not in SESSIONS.recipe_names():
-                SESSIONS.register_recipe(json.dumps(normalize(r), ensure_ascii=False))
+            if r["name"] not in _pure.recipe_names():
+                _pure.register_recipe(json.dumps(normalize(r), ensure_ascii=False))
 
 
 async def connect(kind: str, cores: tuple[ModuleType, ModuleType]) -> tuple[Any, Any]:
@@ -50,9 +46,9 @@ async def connect(kind: str, cores: tuple[ModuleType, ModuleType]) -> tuple[Any,
     return client, server
 
 
-async def run_side(driver: ModuleType, store: Any, transport: Any, me: str, peer: str, fast: bool) -> SyncResult:
-    session = SESSIONS.ChumSession(store, me, peer, fast_path=fast)
-    task = driver.spawn_session(session, transport)
+async def run_side(side: ModuleType, store: Any, transport: Any, me: str, peer: str, fast: bool) -> SyncResult:
+    session = side.ChumSession(store, me, peer, fast_path=fast)
+    task = side.spawn_session(session, transport, store=store)
     result = SyncResult()
     for _ in range(1_000_000):
         events = await task.events()
@@ -80,8 +76,8 @@ def sync_over(kind: str, a: Any, b: Any, pa: str, pb: str, drivers: tuple[Module
 
 
 def check(tmp_path: Path, kind: str, drivers: tuple[ModuleType, ModuleType], fast: bool) -> None:
-    a = SESSIONS.Store(str(tmp_path / "a"))
-    b = SESSIONS.Store(str(tmp_path / "b"))
+    a = drivers[0].Store(str(tmp_path / "a"))
+    b = drivers[1].Store(str(tmp_path / "b"))
     pa, pb = person_id(a, "alice@a.example"), person_id(a, "bob@b.example")
     person_id(b, "alice@a.example")
     person_id(b, "bob@b.example")
@@ -98,9 +94,9 @@ def check(tmp_path: Path, kind: str, drivers: tuple[ModuleType, ModuleType], fas
         assert [e for e in r.errors if e["fatal"]] == []
         assert r.stats, "wait() returns the session's stats"
     assert texts(b, chat.ci) == ["note", "file", "one"]
-    assert b.read_blob(SESSIONS.sha256_hex(data)) == data
+    assert b.read_blob(_pure.sha256_hex(data)) == data
     assert sorted(ra.log["AtoBObjects"]) == sorted(rb.log["BtoAObjects"])
-    assert rb.log["BtoABlob"] == [SESSIONS.sha256_hex(data)]
+    assert rb.log["BtoABlob"] == [_pure.sha256_hex(data)]
     assert a.verify() == [] and b.verify() == []
     # a second sync over a new connection moves nothing
     ra, rb = sync_over(kind, a, b, pa, pb, drivers, fast)

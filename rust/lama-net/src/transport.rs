@@ -178,6 +178,40 @@ impl Transport {
         }
     }
 
+    /// Send without waiting if the peer's buffer has room now: `Ok(None)` when sent,
+    /// `Ok(Some(msg))` when the caller must `send(msg).await` instead (buffer full, or a
+    /// message over the size limit, whose refusal closes the transport).
+    pub fn send_now(&self, msg: Message) -> Result<Option<Message>> {
+        if self.state.get().is_some() {
+            return Err(self.closed_error());
+        }
+        if msg.len() > self.max_message {
+            return Ok(Some(msg));
+        }
+        match self.out.try_send(msg) {
+            Ok(()) => Ok(None),
+            Err(TrySendError::Full(m)) => Ok(Some(m)),
+            Err(TrySendError::Closed) => Err(self.closed_error()),
+        }
+    }
+
+    /// A message if one is waiting now: `Some(Some(m))`; `Some(None)` once closed; `None` when
+    /// the caller must `recv().await`.
+    pub fn recv_now(&self) -> Option<Option<Message>> {
+        if *self.local_closed.borrow() || self.eof.load(Ordering::Acquire) {
+            return Some(None);
+        }
+        let mut inc = self.inc.try_lock().ok()?;
+        match inc.try_recv()? {
+            Frame::Msg(m, _) => Some(Some(m)),
+            Frame::Close(_, reason) => {
+                self.state.set(&reason);
+                self.eof.store(true, Ordering::Release);
+                Some(None)
+            }
+        }
+    }
+
     /// The next message, or `None` once closed.
     pub async fn recv(&self) -> Option<Message> {
         let mut closed = self.local_closed.subscribe();

@@ -224,3 +224,32 @@ async fn bad_urls_are_argument_errors() {
         assert_eq!(e.code, "LAMA-ARG", "{url}: {e}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_now_and_recv_now_never_wait() {
+    let (a, b) = memory_pair(Some(4 << 20));
+    assert_eq!(b.recv_now(), None); // nothing yet: the caller must wait
+    // the buffer takes about 1 MiB: then send_now gives the message back
+    let mut sent = 0;
+    loop {
+        match a.send_now(Message::Binary(vec![7; 64 * 1024])).unwrap() {
+            None => sent += 1,
+            Some(m) => {
+                assert_eq!(m, Message::Binary(vec![7; 64 * 1024]));
+                break;
+            }
+        }
+        assert!(sent < 100, "send_now never filled the buffer");
+    }
+    assert!((10..=16).contains(&sent), "{sent}");
+    // over the size limit: left to `send`, which refuses it and closes
+    assert!(a.send_now(Message::Binary(vec![0; (4 << 20) + 1])).unwrap().is_some());
+    for _ in 0..sent {
+        assert_eq!(b.recv_now(), Some(Some(Message::Binary(vec![7; 64 * 1024]))));
+    }
+    assert_eq!(b.recv_now(), None);
+    a.close("bye").await;
+    assert_eq!(b.recv_now(), Some(None));
+    assert_eq!(b.close_reason().as_deref(), Some("bye"));
+    assert_eq!(a.send_now(text("x")).unwrap_err().code, "LAMA-NET-CLOSED");
+}

@@ -137,6 +137,38 @@ impl<'py> IntoPyObject<'py> for PyMessage {
     }
 }
 
+/// An awaitable whose result is already known (`await` returns it, or raises the error at
+/// once): what a transport call that did not have to wait returns.
+#[pyclass(module = "lama._lama", name = "_Ready")]
+struct Ready {
+    result: Option<PyResult<Py<PyAny>>>,
+}
+
+impl Ready {
+    fn new(py: Python<'_>, result: PyResult<Py<PyAny>>) -> PyResult<Bound<'_, PyAny>> {
+        Ok(Bound::new(py, Ready { result: Some(result) })?.into_any())
+    }
+}
+
+#[pymethods]
+impl Ready {
+    fn __await__(slf: PyRef<'_, Self>) -> PyRef<'_, Self> {
+        slf
+    }
+
+    fn __iter__(slf: PyRef<'_, Self>) -> PyRef<'_, Self> {
+        slf
+    }
+
+    fn __next__(&mut self) -> PyResult<()> {
+        match self.result.take() {
+            Some(Ok(v)) => Err(pyo3::exceptions::PyStopIteration::new_err((v,))),
+            Some(Err(e)) => Err(e),
+            None => Err(pyo3::exceptions::PyStopIteration::new_err(())),
+        }
+    }
+}
+
 /// A message transport (docs/chum-session.md §3). Made by `memory_pair`, `ws_connect` and
 /// `Listener.accept`.
 #[pyclass(frozen, name = "Transport", module = "lama._lama")]
@@ -149,6 +181,12 @@ impl PyTransport {
     /// Send one message (`str`: text, `bytes`: binary), waiting while the peer is behind.
     fn send<'py>(&self, py: Python<'py>, msg: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
         let m = message_arg(py, msg)?;
+        // room in the buffer: done without a trip through tokio (a thread hand-off each way)
+        let m = match self.inner.send_now(m) {
+            Ok(None) => return Ready::new(py, Ok(py.None())),
+            Err(e) => return Ready::new(py, Err(net_err(e))),
+            Ok(Some(m)) => m,
+        };
         let t = self.inner.clone();
         runtime();
         future_into_py(py, async move { t.send(m).await.map_err(net_err) })
@@ -156,6 +194,10 @@ impl PyTransport {
 
     /// The next message, or `None` once closed.
     fn recv<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        if let Some(m) = self.inner.recv_now() {
+            let v = m.map(PyMessage).into_pyobject(py)?.unbind();
+            return Ready::new(py, Ok(v));
+        }
         let t = self.inner.clone();
         runtime();
         future_into_py(py, async move { Ok(t.recv().await.map(PyMessage)) })
