@@ -186,7 +186,7 @@ class _WriteTxn:
     def __init__(self, shared: _Shared) -> None:
         self.shared = shared
 
-    def __enter__(self) -> lmdb.Transaction:
+    def __enter__(self) -> lmdb.Transaction[bytes]:
         self.txn = self.shared.env.begin(write=True)
         return self.txn
 
@@ -316,14 +316,14 @@ def _checked_open_txn(env: lmdb.Environment, path: str,
                     return now, "mark"
                 break
     for _ in range(1001):
-        txn = _checked_txn(env, path)
+        checked = _checked_txn(env, path)
         try:
-            tid = txn.id()
+            tid = checked.id()
             # The state vouched for at close must be the one checked: taken while the
             # snapshot is held and only if no commit came after it.
             now = lmdbcheck.meta_state(path, tid)
         finally:
-            txn.abort()
+            checked.abort()
         if now is not None and now.newest() == tid:
             return now, "full"
     return None, "full"
