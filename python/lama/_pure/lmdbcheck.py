@@ -17,9 +17,11 @@ core; the page layout is described there.  The check stops at the first problem.
 
 from __future__ import annotations
 
+import hashlib
 import mmap
 import os
 import struct
+from typing import NamedTuple
 
 PAGEHDRSZ = 16
 META_SIZE = PAGEHDRSZ + 152
@@ -392,3 +394,54 @@ def _uniform_leaf_ok(page: bytes, offsets: tuple[int, ...], n: int, upper: int,
     if tile is None:
         tile = _TILES[size] = struct.Struct(f"<Q{size - 8}x")  # the header, as one u64
     return len(set(tile.iter_unpack(page[upper:]))) == 1
+
+
+class FileState(NamedTuple):
+    """The state of ``data.mdb`` a check mark records (docs/store-format.md "Check mark"):
+    what ``fstat`` says of the file and both meta pages as they are on disk."""
+
+    size: int
+    mtime_ns: int
+    ctime_ns: int
+    ino: int
+    dev: int
+    txnid0: int
+    txnid1: int
+    meta_hash: bytes  # SHA-256 of the first META_SIZE bytes of meta page 0, then of meta page 1
+
+    def newest(self) -> int:
+        return max(self.txnid0, self.txnid1)
+
+
+_I64 = range(-(1 << 63), 1 << 63)
+
+
+def meta_state(directory: str, txnid: int | None) -> FileState | None:
+    """The cheap part of the check, for an open that a matching check mark vouches for: stat
+    ``data.mdb`` and check its meta pages as ``_read_metas`` does (for the snapshot of
+    ``txnid``).  None: the meta page of ``txnid`` was overwritten meanwhile (retry) or the
+    file cannot be described (no mark); Problem if damaged.  As ``check.rs::meta_state``."""
+    path = os.path.join(directory, "data.mdb")
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError as e:
+        raise Problem(f"lmdb: cannot open {path}: {e}") from None
+    try:
+        # stat before reading the meta pages: a commit between the two shows as a newer mtime
+        # (or newer meta pages) at the next comparison, never as an old state with new pages.
+        try:
+            st = os.fstat(fd)
+        except OSError as e:
+            raise Problem(f"lmdb: cannot stat data.mdb: {e}") from None
+        length = st.st_size
+        f = _map(fd, length)
+        meta = _read_metas(f, length, txnid)
+        if meta is None or st.st_mtime_ns not in _I64 or st.st_ctime_ns not in _I64:
+            return None
+        m0 = _read(f, META_SIZE, 0)
+        m1 = _read(f, META_SIZE, meta.psize)
+        return FileState(length, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev,
+                         _U64.unpack_from(m0, 144)[0], _U64.unpack_from(m1, 144)[0],
+                         hashlib.sha256(m0 + m1).digest())
+    finally:
+        os.close(fd)

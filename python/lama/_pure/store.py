@@ -57,7 +57,7 @@ from .microdata import (
     type_of,
 )
 from . import access as _access
-from . import lmdbcheck
+from . import checkmark, lmdbcheck
 from .recipes import is_versioned
 
 __all__ = ["Store", "BlobWriter", "Snapshot", "Subscription", "check_hash", "CHUNK", "FORMAT"]
@@ -177,25 +177,90 @@ class _Shared:
         # Replaced (never mutated) under `lock`, so readers need no lock.
         self.obj_maps: dict[str, frozenset[str] | None] = {t: None for t in BUILTIN_OBJECT_MAPS}
         self.id_maps: dict[str, frozenset[str] | None] = {t: None for t in BUILTIN_ID_MAPS}
+        # Check mark (docs/store-format.md "Check mark"): the state of data.mdb checked at
+        # open, the newest transaction this process committed (0: none, see _WriteTxn) and
+        # whether a check here found damage (then the file is never vouched for).
+        self.opened: lmdbcheck.FileState | None = None
+        self.own_txnid = 0
+        self.damaged = False
+
+
+class _WriteTxn:
+    """``env.begin(write=True)`` as a context manager (commit on success, abort on error) that
+    records the id of a commit that advanced the file: the check mark vouches only for
+    transactions this process committed (as ``WriteTxn`` in store/mod.rs)."""
+
+    __slots__ = ("shared", "txn")
+
+    def __init__(self, shared: _Shared) -> None:
+        self.shared = shared
+
+    def __enter__(self) -> lmdb.Transaction[bytes]:
+        self.txn = self.shared.env.begin(write=True)
+        return self.txn
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: types.TracebackType | None) -> Literal[False]:
+        txn = self.txn
+        if exc_type is not None:
+            txn.abort()
+            return False
+        tid = txn.id()
+        txn.commit()
+        # LMDB does not advance the transaction id for a commit that wrote nothing; then the
+        # id is not ours (another process may commit it next).
+        if self.shared.env.info()["last_txnid"] == tid and tid > self.shared.own_txnid:
+            self.shared.own_txnid = tid
+        return False
+
+
+def _close_env(shared: _Shared) -> None:
+    """Close the environment of the last handle (a non-durable one is synced by the caller),
+    then write the check mark if this process can vouch for the file as it is now
+    (docs/store-format.md "Check mark"): it is the state checked at open, or its newest
+    transaction is one this process committed, and no check here found damage."""
+    shared.env.close()
+    try:
+        if shared.damaged:
+            checkmark.remove(shared.key, False)
+            return
+        now = lmdbcheck.meta_state(shared.key, None)
+        if now is not None and (now == shared.opened or
+                                0 != shared.own_txnid == now.newest()):
+            checkmark.write(shared.key, now)
+    except (OSError, lmdbcheck.Problem):
+        pass  # no mark: the next open runs the full check
 
 
 _registry: dict[str, _Shared] = {}
 _registry_lock = threading.Lock()
 
 
-def _open_shared(path: str, map_size: int, durable: bool) -> _Shared:
+def _open_shared(path: str, map_size: int, durable: bool, check: str) -> tuple[_Shared, str]:
+    """The environment of ``path`` and which check its open ran ("full", "mark" or
+    "shared"; docs/store-format.md "Check mark")."""
     key = os.path.realpath(path)
     with _registry_lock:
         shared = _registry.get(key)
         if shared is None:
-            shared = _create_shared(path, key, map_size, durable)
+            shared, open_check = _create_shared(path, key, map_size, durable, check)
             _registry[key] = shared
         elif shared.durable != durable:
             raise StoreError(
                 f"{key} is already open in this process with durable={shared.durable}", "LAMA-DURABLE"
             )
+        elif check == "always":
+            # the full check on the current snapshot, as the Rust core
+            try:
+                _checked_txn(shared.env, key).abort()
+            except lmdbcheck.Problem as e:
+                shared.damaged = True
+                raise _damaged(key, str(e)) from None
+            open_check = "full"
+        else:
+            open_check = "shared"
         shared.refs += 1
-        return shared
+        return shared, open_check
 
 
 def _damaged(path: str, problem: str) -> StoreError:
@@ -240,7 +305,41 @@ def _checked_txn(env: lmdb.Environment, path: str) -> lmdb.Transaction:
     raise StoreError("the store changes too fast to check a snapshot", "LAMA-LMDB")
 
 
-def _create_shared(path: str, key: str, map_size: int, durable: bool) -> _Shared:
+def _checked_open_txn(env: lmdb.Environment, path: str,
+                      check: str) -> tuple[lmdbcheck.FileState | None, str]:
+    """``_checked_txn`` at the open of the environment: with ``check="auto"`` and a check mark
+    that matches the file exactly (stat and both meta pages, the snapshot being the newest
+    transaction), only the meta checks run.  Returns the state checked (for the mark written
+    at close) and which check ran; lmdbcheck.Problem if damaged.  As
+    ``checked_open_snapshot`` in store/mod.rs."""
+    if check == "auto":
+        marked = checkmark.read(path)
+        if marked is not None:
+            for _ in range(1001):
+                with env.begin() as txn:
+                    tid = txn.id()
+                    now = lmdbcheck.meta_state(path, tid)
+                if now is None:
+                    continue
+                if now == marked and now.newest() == tid:
+                    return now, "mark"
+                break
+    for _ in range(1001):
+        checked = _checked_txn(env, path)
+        try:
+            tid = checked.id()
+            # The state vouched for at close must be the one checked: taken while the
+            # snapshot is held and only if no commit came after it.
+            now = lmdbcheck.meta_state(path, tid)
+        finally:
+            checked.abort()
+        if now is not None and now.newest() == tid:
+            return now, "full"
+    return None, "full"
+
+
+def _create_shared(path: str, key: str, map_size: int, durable: bool,
+                   check: str) -> tuple[_Shared, str]:
     try:
         os.makedirs(path, exist_ok=True)
     except OSError as e:
@@ -263,9 +362,23 @@ def _create_shared(path: str, key: str, map_size: int, durable: bool) -> _Shared
         raise StoreError(f"cannot open the store at {path!r}: {e}", "LAMA-OPEN") from e
     try:
         try:
-            _checked_txn(env, key).abort()
+            opened, open_check = _checked_open_txn(env, key, check)
         except lmdbcheck.Problem as e:
+            try:
+                checkmark.remove(key, False)
+            except OSError:
+                pass
             raise _damaged(key, str(e)) from None
+        if not durable:
+            # Commits without fsync may reach the disk in any order, pages before the meta
+            # page and the new mtime (docs/store-format.md "Check mark"): the mark must be gone
+            # for good before the first of them.
+            try:
+                checkmark.remove(key, True)
+            except OSError as e:
+                raise StoreError(f"cannot remove the check mark of {key}: {e}",
+                                 "LAMA-OPEN") from e
+        own = 0
         with env.begin(write=True) as txn:
             dbs = {name: env.open_db(name, txn=txn) for name in _DB_NAMES}
             fmt = txn.get(b"format", db=dbs[b"meta"])
@@ -287,9 +400,13 @@ def _create_shared(path: str, key: str, map_size: int, durable: bool) -> _Shared
             # a store created before the access index gets it built from its grants
             shared = _Shared(key, env, dbs, durable)
             _access.upgrade(shared, txn, last)
+            own = txn.id()
+        # as _WriteTxn: the id is ours only if the commit wrote something
         shared.committed = last
+        shared.opened = opened
+        shared.own_txnid = own if env.info()["last_txnid"] == own else 0
         _load_rmap_config(shared)
-        return shared
+        return shared, open_check
     except BaseException as e:
         env.close()
         if isinstance(e, (lmdb.CorruptedError, lmdb.PageNotFoundError, lmdb.InvalidError)):
@@ -377,12 +494,14 @@ class Store:
 
     _path: str
     _durable: bool
+    _open_check: str
     _lock: threading.Lock
     _shared: _Shared | None
 
     # ``__new__`` rather than ``__init__``: the constructor as the stub (a pyclass) has it.
     def __new__(
-        cls, path: str | os.PathLike[str], map_size: int = DEFAULT_MAP_SIZE, durable: bool = True
+        cls, path: str | os.PathLike[str], map_size: int = DEFAULT_MAP_SIZE, durable: bool = True,
+        check: str = "auto",
     ) -> Store:
         self = super().__new__(cls)
         self._path = os.fspath(path)
@@ -390,9 +509,13 @@ class Store:
             raise StoreError(f"map_size must be a positive int, got {map_size!r}", "LAMA-OPEN")
         if not isinstance(durable, bool):
             raise TypeError(f"durable must be a bool, got {type(durable).__name__}")
+        if not isinstance(check, str):
+            raise TypeError(f"check must be a str, got {type(check).__name__}")
+        if check not in ("auto", "always"):
+            raise StoreError(f'check must be "auto" or "always", got {check!r}', "LAMA-OPEN")
         self._durable = durable
         self._lock = threading.Lock()
-        self._shared = _open_shared(self._path, map_size, durable)
+        self._shared, self._open_check = _open_shared(self._path, map_size, durable, check)
         return self
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -409,6 +532,13 @@ class Store:
     def durable(self) -> bool:
         """False if opened with ``durable=False`` (LMDB NOSYNC)."""
         return self._durable
+
+    @property
+    def open_check(self) -> str:
+        """Which structural check the open of this handle ran: "full" (the page walk),
+        "mark" (a valid check mark matched the file: meta checks only) or "shared" (the
+        environment was already open in this process).  docs/store-format.md "Check mark"."""
+        return self._open_check
 
     @_lmdb_errors
     def sync(self) -> None:
@@ -432,7 +562,7 @@ class Store:
                 shared.refs -= 1
                 if shared.refs == 0:
                     _registry.pop(shared.key, None)
-                    shared.env.close()
+                    _close_env(shared)
 
     def __enter__(self) -> Store:
         self._s()
@@ -535,7 +665,7 @@ class Store:
         shared = self._s()
         items = self._prepare_objects(objs)
         feed = _Feed(shared)
-        with shared.env.begin(write=True) as txn:
+        with _WriteTxn(shared) as txn:
             results = self._write_prepared(shared, txn, items, feed)
             feed.flush(txn)
         feed.publish()
@@ -587,7 +717,7 @@ class Store:
                 prepared.append(_Prepared(raw, b"O" + data, b"O", type_name, text,
                                           sha(id_data).digest(), b"I" + id_data, id_text))
         feed = _Feed(shared)
-        with shared.env.begin(write=True) as txn:
+        with _WriteTxn(shared) as txn:
             results = self._write_prepared(shared, txn, prepared, feed)
             feed.flush(txn)
         feed.publish()
@@ -648,7 +778,7 @@ class Store:
         shared = self._s()
         raw = hashlib.sha256(data).digest()
         feed = _Feed(shared)
-        with shared.env.begin(write=True) as txn:
+        with _WriteTxn(shared) as txn:
             if txn.get(raw, db=shared.objects) is not None:
                 return raw.hex(), "exists"
             feed.push(raw, b"C" if clob else b"B")
@@ -757,7 +887,7 @@ class Store:
                 _raw(new_head, "new head"),
             ))
         feed = _Feed(shared)
-        with shared.env.begin(write=True) as txn:
+        with _WriteTxn(shared) as txn:
             results = self._write_prepared(shared, txn, items, feed)
             base: int | None = None  # the last sequence number before this transaction
             for id_hash, id_raw, expected_raw, new_raw in checked:
@@ -813,7 +943,7 @@ class Store:
                 merged = wanted
             value = ["*"] if merged is None else sorted(merged)
             key = f"rmap.{kind}.{type_name}".encode("utf-8")
-            with shared.env.begin(write=True) as txn:
+            with _WriteTxn(shared) as txn:
                 txn.put(key, json.dumps(value, separators=(",", ":")).encode("utf-8"),
                         db=shared.meta)
             new_maps = dict(maps)
@@ -924,7 +1054,7 @@ class Store:
         raw = _access.check_peer(peer)
         mark = _count_arg(mark, "mark")
         shared = self._s()
-        with shared.env.begin(write=True) as txn:
+        with _WriteTxn(shared) as txn:
             txn.put(raw, mark.to_bytes(8, "big"), db=shared.peers)
 
     # -- inventory and verification -------------------------------------------------------
@@ -954,6 +1084,7 @@ class Store:
         try:
             txn = _checked_txn(shared.env, shared.key)
         except lmdbcheck.Problem as e:
+            shared.damaged = True
             return [str(e)]
         try:
             problems: list[str] = []
@@ -1233,7 +1364,7 @@ class BlobWriter:
             if len(self._buf) >= CHUNK:
                 mv = memoryview(self._buf)
                 n = len(self._buf) // CHUNK
-                with shared.env.begin(write=True) as txn:
+                with _WriteTxn(shared) as txn:
                     for j in range(n):
                         txn.put(self._tmp_key(self._staged + j), mv[j * CHUNK:(j + 1) * CHUNK],
                                 db=shared.tmp)
@@ -1265,7 +1396,7 @@ class BlobWriter:
                     self._abort_locked(shared)
                     raise StoreError("an empty CLOB cannot be stored", "SB-STORE")
             feed = _Feed(shared)
-            with shared.env.begin(write=True) as txn:
+            with _WriteTxn(shared) as txn:
                 staged = [txn.pop(self._tmp_key(i), db=shared.tmp) for i in range(self._staged)]
                 if any(c is None for c in staged):
                     raise StoreError("staged chunks of this BlobWriter vanished", "LAMA-CORRUPT")
@@ -1310,7 +1441,7 @@ class BlobWriter:
         self._done = True
         self._buf = bytearray()
         if self._staged:
-            with shared.env.begin(write=True) as txn:
+            with _WriteTxn(shared) as txn:
                 for i in range(self._staged):
                     txn.delete(self._tmp_key(i), db=shared.tmp)
 
@@ -1459,7 +1590,7 @@ def _release(shared: _Shared) -> None:
                 if not shared.durable:
                     shared.env.sync(True)
             finally:
-                shared.env.close()
+                _close_env(shared)
 
 
 def _text(shared: _Shared, txn: lmdb.Transaction, raw: bytes, kind: int) -> str:

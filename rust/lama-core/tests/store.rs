@@ -617,3 +617,55 @@ fn empty_data_file_and_lost_format_are_refused() {
     assert_eq!(e.code, "LAMA-FORMAT", "{e}");
     assert!(e.message.contains("no format record"), "{e}");
 }
+
+#[test]
+fn check_mark_lets_a_clean_reopen_skip_the_walk() {
+    use lama_core::store::{CheckMode, OpenCheck};
+    let dir = tmp();
+    let s = Store::open(dir.path(), None).unwrap();
+    assert_eq!(s.open_check(), OpenCheck::Full);
+    s.put_blob(b"abc").unwrap();
+    drop(s);
+    let mark = std::fs::read(dir.path().join("check-mark")).unwrap();
+    assert_eq!(mark.len(), 136);
+    assert_eq!(&mark[..8], b"LAMAMARK");
+    let s = Store::open(dir.path(), None).unwrap();
+    assert_eq!(s.open_check(), OpenCheck::Mark);
+    assert_eq!(Store::open(dir.path(), None).unwrap().open_check(), OpenCheck::Shared);
+    let always = Store::open_checked(dir.path(), None, true, CheckMode::Always).unwrap();
+    assert_eq!(always.open_check(), OpenCheck::Full);
+    drop((s, always));
+    assert_eq!(Store::open_checked(dir.path(), None, true, CheckMode::Always).unwrap().open_check(), OpenCheck::Full);
+    // a garbled mark is no mark: the full check runs and the close writes a valid one again
+    std::fs::write(dir.path().join("check-mark"), b"garbage").unwrap();
+    assert_eq!(Store::open(dir.path(), None).unwrap().open_check(), OpenCheck::Full);
+    assert_eq!(mark_of(&dir).len(), 136);
+    assert_eq!(Store::open(dir.path(), None).unwrap().open_check(), OpenCheck::Mark);
+    assert!(CheckMode::parse("sometimes").is_err());
+}
+
+fn mark_of(dir: &tempfile::TempDir) -> Vec<u8> {
+    std::fs::read(dir.path().join("check-mark")).unwrap()
+}
+
+#[test]
+fn check_mark_does_not_vouch_for_a_file_changed_after_close() {
+    let dir = tmp();
+    let s = Store::open(dir.path(), None).unwrap();
+    s.put_blob(&bytes(50_000, 3)).unwrap();
+    drop(s);
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    // flip a bit of the page number of the main database's root (newest meta, record at 88)
+    let path = dir.path().join("data.mdb");
+    let mut data = std::fs::read(&path).unwrap();
+    let psize = u32::from_le_bytes(data[40..44].try_into().unwrap()) as usize;
+    let txn = |off: usize| u64::from_le_bytes(data[off + 144..off + 152].try_into().unwrap());
+    let meta = if txn(psize) > txn(0) { psize } else { 0 };
+    let root = u64::from_le_bytes(data[meta + 128..meta + 136].try_into().unwrap()) as usize;
+    data[root * psize] ^= 0x40;
+    std::fs::write(&path, &data).unwrap();
+    let e = Store::open(dir.path(), None).err().expect("refused");
+    assert_eq!((e.kind, e.code.as_str()), (ErrorKind::Store, "LAMA-CORRUPT"));
+    assert!(e.to_string().contains("header says page"), "{e}");
+    assert!(!dir.path().join("check-mark").exists());
+}

@@ -111,6 +111,7 @@ pub struct PyStore {
     inner: RwLock<Option<Store>>,
     path: String,
     durable: bool,
+    open_check: &'static str,
 }
 
 impl PyStore {
@@ -122,10 +123,25 @@ impl PyStore {
 #[pymethods]
 impl PyStore {
     #[new]
-    #[pyo3(signature = (path, map_size = 1usize << 36, durable = true))]
-    fn new(py: Python<'_>, path: std::path::PathBuf, map_size: usize, durable: bool) -> PyResult<Self> {
-        let store = py.detach(|| Store::open_with(&path, Some(map_size), durable)).py()?;
-        Ok(PyStore { inner: RwLock::new(Some(store)), path: path.to_string_lossy().into_owned(), durable })
+    #[pyo3(signature = (path, map_size = 1usize << 36, durable = true, check = "auto"))]
+    fn new(py: Python<'_>, path: std::path::PathBuf, map_size: usize, durable: bool, check: &str) -> PyResult<Self> {
+        let mode = lama_core::store::CheckMode::parse(check).py()?;
+        let store = py.detach(|| Store::open_checked(&path, Some(map_size), durable, mode)).py()?;
+        let open_check = store.open_check().as_str();
+        Ok(PyStore {
+            inner: RwLock::new(Some(store)),
+            path: path.to_string_lossy().into_owned(),
+            durable,
+            open_check,
+        })
+    }
+
+    /// Which structural check the open of this handle ran: "full" (the page walk), "mark" (a
+    /// valid check mark matched the file: meta checks only) or "shared" (the environment was
+    /// already open in this process). docs/store-format.md "Check mark".
+    #[getter]
+    fn open_check(&self) -> &'static str {
+        self.open_check
     }
 
     #[getter]

@@ -495,3 +495,80 @@ impl<'a> Walker<'a> {
         Ok(pages)
     }
 }
+
+/// The state of `data.mdb` a check mark records (docs/store-format.md "Check mark"): what
+/// `fstat` says of the file and both meta pages as they are on disk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct FileState {
+    pub size: u64,
+    pub mtime_ns: i64,
+    pub ctime_ns: i64,
+    pub ino: u64,
+    pub dev: u64,
+    pub txnid0: u64,
+    pub txnid1: u64,
+    /// SHA-256 of the first `META_SIZE` bytes of meta page 0 followed by those of meta page 1.
+    pub meta_hash: [u8; 32],
+}
+
+impl FileState {
+    /// The transaction LMDB opens (the newer meta page).
+    pub fn newest(&self) -> u64 {
+        self.txnid0.max(self.txnid1)
+    }
+}
+
+/// What `fstat` gives of `f` as a [`FileState`] (meta fields left zero); None where the
+/// platform has no inode numbers or a time does not fit in i64 nanoseconds: no mark then.
+#[cfg(unix)]
+fn stat_state(f: &File) -> Result<Option<FileState>, String> {
+    use std::os::unix::fs::MetadataExt;
+    let m = f.metadata().map_err(|e| format!("lmdb: cannot stat data.mdb: {e}"))?;
+    let ns = |s: i64, n: i64| s.checked_mul(1_000_000_000).and_then(|v| v.checked_add(n));
+    let (Some(mtime_ns), Some(ctime_ns)) = (ns(m.mtime(), m.mtime_nsec()), ns(m.ctime(), m.ctime_nsec())) else {
+        return Ok(None);
+    };
+    Ok(Some(FileState {
+        size: m.len(),
+        mtime_ns,
+        ctime_ns,
+        ino: m.ino(),
+        dev: m.dev(),
+        txnid0: 0,
+        txnid1: 0,
+        meta_hash: [0; 32],
+    }))
+}
+
+#[cfg(not(unix))]
+fn stat_state(_f: &File) -> Result<Option<FileState>, String> {
+    Ok(None)
+}
+
+/// The cheap part of the check, for an open that a matching check mark vouches for: stat
+/// `data.mdb` and check its meta pages as [`read_metas`] does (for the snapshot of `txnid`).
+/// `Ok(None)`: the meta page of `txnid` was overwritten meanwhile (retry) or the platform
+/// cannot describe the file (no mark); otherwise the state to compare with the mark.
+pub(crate) fn meta_state(dir: &Path, txnid: Option<u64>) -> Result<Option<FileState>, String> {
+    use sha2::{Digest, Sha256};
+    let path = dir.join("data.mdb");
+    let f = File::open(&path).map_err(|e| format!("lmdb: cannot open {}: {e}", path.display()))?;
+    // stat before reading the meta pages: a commit between the two shows as a newer mtime
+    // (or newer meta pages) at the next comparison, never as an old state with new pages.
+    let Some(mut st) = stat_state(&f)? else { return Ok(None) };
+    if st.size == 0 {
+        return read_metas(&[], txnid).map(|_| None);
+    }
+    let map = Map::new(&f, st.size)?;
+    let file = map.bytes();
+    let Some(meta) = read_metas(file, txnid)? else { return Ok(None) };
+    let psize = meta.psize;
+    let (m0, m1) = (slice_at(file, 0, META_SIZE)?, slice_at(file, psize, META_SIZE)?);
+    st.txnid0 = u64le(m0, 144);
+    st.txnid1 = u64le(m1, 144);
+    let mut h = Sha256::new();
+    h.update(m0);
+    h.update(m1);
+    st.meta_hash = h.finalize().into();
+    Ok(Some(st))
+}

@@ -19,6 +19,7 @@ mod blob;
 mod check;
 mod feed;
 mod keys;
+mod mark;
 mod objects;
 mod read;
 mod rmaps;
@@ -33,6 +34,7 @@ pub use rmaps::Props;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -138,14 +140,34 @@ struct Shared {
     durable: bool,
     /// Wakes subscriptions after commits that appended events (feed.rs).
     feed: feed::Notifier,
+    /// The state of `data.mdb` this process checked at open (full check or matching mark),
+    /// if it could be described (check mark, docs/store-format.md "Check mark").
+    opened: Option<check::FileState>,
+    /// The newest transaction this process committed (0: none), see [`WriteTxn::commit`].
+    own_txnid: AtomicU64,
+    /// A structural check in this process found damage: never vouch for this file.
+    damaged: AtomicBool,
 }
 
 impl Drop for Shared {
     /// The last handle is gone: flush a non-durable environment before LMDB closes it
     /// (closing does not sync by itself).
+    ///
+    /// Then write the check mark if this process can vouch for the file as it is now
+    /// (docs/store-format.md "Check mark"): it is the state checked at open, or its newest
+    /// transaction is one this process committed, and no check here found damage.
     fn drop(&mut self) {
-        if !self.durable {
-            let _ = self.env.force_sync();
+        if !self.durable && self.env.force_sync().is_err() {
+            return;
+        }
+        if self.damaged.load(Ordering::Acquire) {
+            let _ = mark::remove(&self.dir, false);
+            return;
+        }
+        let Ok(Some(now)) = check::meta_state(&self.dir, None) else { return };
+        let own = self.own_txnid.load(Ordering::Acquire);
+        if self.opened == Some(now) || (own != 0 && now.newest() == own) {
+            let _ = mark::write(&self.dir, &now);
         }
     }
 }
@@ -161,6 +183,81 @@ fn registry() -> &'static Mutex<HashMap<PathBuf, Weak<Shared>>> {
 pub struct Store {
     shared: Arc<Shared>,
     path: PathBuf,
+    open_check: OpenCheck,
+}
+
+/// When the structural check of `data.mdb` runs at open (docs/store-format.md "Check mark").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CheckMode {
+    /// The full check, unless a valid check mark says the file is exactly as lama left it.
+    Auto,
+    /// Always the full check.
+    Always,
+}
+
+impl CheckMode {
+    /// `"auto"` or `"always"`; anything else is `StoreError LAMA-OPEN`.
+    pub fn parse(s: &str) -> Result<CheckMode> {
+        match s {
+            "auto" => Ok(CheckMode::Auto),
+            "always" => Ok(CheckMode::Always),
+            _ => Err(Error::store("LAMA-OPEN", format!("check must be \"auto\" or \"always\", got {s:?}"))),
+        }
+    }
+}
+
+/// Which check the open of a [`Store`] handle ran.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpenCheck {
+    /// The full structural check (page walk).
+    Full,
+    /// The meta checks only: a valid check mark matched the file.
+    Mark,
+    /// None: the environment was already open (and checked) in this process.
+    Shared,
+}
+
+impl OpenCheck {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OpenCheck::Full => "full",
+            OpenCheck::Mark => "mark",
+            OpenCheck::Shared => "shared",
+        }
+    }
+}
+
+/// A write transaction that records its id in the environment when its commit advanced the
+/// file (the check mark vouches only for transactions this process committed).
+pub(crate) struct WriteTxn<'e> {
+    txn: RwTxn<'e>,
+    shared: &'e Shared,
+}
+
+impl<'e> std::ops::Deref for WriteTxn<'e> {
+    type Target = RwTxn<'e>;
+    fn deref(&self) -> &RwTxn<'e> {
+        &self.txn
+    }
+}
+
+impl<'e> std::ops::DerefMut for WriteTxn<'e> {
+    fn deref_mut(&mut self) -> &mut RwTxn<'e> {
+        &mut self.txn
+    }
+}
+
+impl WriteTxn<'_> {
+    pub(crate) fn commit(self) -> heed::Result<()> {
+        let id = self.txn.id() as u64;
+        self.txn.commit()?;
+        // LMDB does not advance the transaction id for a commit that wrote nothing; then the
+        // id is not ours (another process may commit it next).
+        if self.shared.env.info().last_txn_id as u64 == id {
+            self.shared.own_txnid.fetch_max(id, Ordering::AcqRel);
+        }
+        Ok(())
+    }
 }
 
 /// Parse a hash argument (`MicrodataError LAMA-BADHASH` unless 64 lowercase hex characters).
@@ -201,6 +298,18 @@ impl Store {
     /// runs (the last handle's drop syncs too). The environment of a directory is shared within
     /// the process, so opening it again with the other durability is `StoreError LAMA-DURABLE`.
     pub fn open_with(path: impl AsRef<Path>, map_size: Option<usize>, durable: bool) -> Result<Store> {
+        Store::open_checked(path, map_size, durable, CheckMode::Auto)
+    }
+
+    /// [`open_with`](Self::open_with) choosing when the structural check of the file runs
+    /// (docs/store-format.md "Check mark"). With [`CheckMode::Always`] the full check runs even
+    /// if the environment is already open in this process (on its current snapshot).
+    pub fn open_checked(
+        path: impl AsRef<Path>,
+        map_size: Option<usize>,
+        durable: bool,
+        mode: CheckMode,
+    ) -> Result<Store> {
         let path = path.as_ref();
         std::fs::create_dir_all(path)?;
         let canon = std::fs::canonicalize(path)?;
@@ -219,14 +328,22 @@ impl Store {
                             ),
                         ));
                     }
-                    return Ok(Store { shared, path: path.to_path_buf() });
+                    let mut open_check = OpenCheck::Shared;
+                    if mode == CheckMode::Always {
+                        if let Err(problem) = checked_snapshot(&shared.env, &shared.dir)? {
+                            shared.damaged.store(true, Ordering::Release);
+                            return Err(damaged(&canon, &problem));
+                        }
+                        open_check = OpenCheck::Full;
+                    }
+                    return Ok(Store { shared, path: path.to_path_buf(), open_check });
                 }
-                match open_env(&canon, map_size.unwrap_or(DEFAULT_MAP_SIZE), durable) {
-                    Ok(shared) => {
+                match open_env(&canon, map_size.unwrap_or(DEFAULT_MAP_SIZE), durable, mode) {
+                    Ok((shared, open_check)) => {
                         let shared = Arc::new(shared);
                         reg.retain(|_, w| w.strong_count() > 0);
                         reg.insert(canon.clone(), Arc::downgrade(&shared));
-                        return Ok(Store { shared, path: path.to_path_buf() });
+                        return Ok(Store { shared, path: path.to_path_buf(), open_check });
                     }
                     // The last handle of this directory is being closed by another thread.
                     Err(OpenError::Busy) if tries < 5000 => {}
@@ -247,6 +364,11 @@ impl Store {
     /// The directory this store was opened with.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Which structural check the open of this handle ran.
+    pub fn open_check(&self) -> OpenCheck {
+        self.open_check
     }
 
     /// True unless the store was opened with `durable = false`.
@@ -271,11 +393,15 @@ impl Store {
     /// A read transaction whose snapshot passed the structural check of the file, or the
     /// first structural problem found (docs/store-format.md "Damaged files").
     pub(crate) fn checked_read_txn(&self) -> Result<std::result::Result<RoTxn<'_, WithoutTls>, String>> {
-        checked_snapshot(&self.shared.env, &self.shared.dir)
+        let r = checked_snapshot(&self.shared.env, &self.shared.dir)?;
+        if r.is_err() {
+            self.shared.damaged.store(true, Ordering::Release);
+        }
+        Ok(r)
     }
 
-    pub(crate) fn write_txn(&self) -> Result<RwTxn<'_>> {
-        Ok(self.shared.env.write_txn()?)
+    pub(crate) fn write_txn(&self) -> Result<WriteTxn<'_>> {
+        Ok(WriteTxn { txn: self.shared.env.write_txn()?, shared: &self.shared })
     }
 
     /// The raw `objects` value stored under `h`, if any.
@@ -370,6 +496,50 @@ fn checked_snapshot<'e>(
     }
 }
 
+/// [`checked_snapshot`] at the open of the environment: with [`CheckMode::Auto`] and a check
+/// mark that matches the file exactly (stat and both meta pages, the snapshot being the newest
+/// transaction), only the meta checks run. Returns the state checked (for the mark written at
+/// close) and which check ran; the read transaction is released (the open continues with its
+/// write transaction).
+fn checked_open_snapshot(
+    env: &Env<WithoutTls>,
+    dir: &Path,
+    mode: CheckMode,
+) -> Result<std::result::Result<(Option<check::FileState>, OpenCheck), String>> {
+    if mode == CheckMode::Auto {
+        if let Some(marked) = mark::read(dir) {
+            let mut tries = 0;
+            loop {
+                let txn = env.read_txn()?;
+                match check::meta_state(dir, Some(txn.id() as u64)) {
+                    Ok(Some(now)) if now == marked && now.newest() == txn.id() as u64 => {
+                        return Ok(Ok((Some(now), OpenCheck::Mark)))
+                    }
+                    Ok(Some(_)) => break,
+                    Ok(None) if tries < 1000 => tries += 1,
+                    Ok(None) => break,
+                    Err(problem) => return Ok(Err(problem)),
+                }
+            }
+        }
+    }
+    let mut tries = 0;
+    loop {
+        let txn = match checked_snapshot(env, dir)? {
+            Ok(txn) => txn,
+            Err(problem) => return Ok(Err(problem)),
+        };
+        // The state vouched for at close must be the one checked: taken while the snapshot is
+        // held and only if no commit came after it.
+        match check::meta_state(dir, Some(txn.id() as u64)) {
+            Ok(Some(now)) if now.newest() == txn.id() as u64 => return Ok(Ok((Some(now), OpenCheck::Full))),
+            Ok(_) if tries < 1000 => tries += 1,
+            Ok(_) => return Ok(Ok((None, OpenCheck::Full))),
+            Err(problem) => return Ok(Err(problem)),
+        }
+    }
+}
+
 /// Look at `data.mdb` before LMDB maps it (docs/store-format.md "Damaged files"). Returns
 /// true if the store may be created: there is no `data.mdb` yet or nothing was ever committed
 /// to it (transaction 0), so a missing format record means a store being born, not one that
@@ -423,7 +593,12 @@ impl From<Error> for OpenError {
 
 /// Open the environment, create the named databases, check/write `meta.format` and delete
 /// stale staged chunks (docs/store-format.md "Write rules").
-fn open_env(dir: &Path, map_size: usize, durable: bool) -> std::result::Result<Shared, OpenError> {
+fn open_env(
+    dir: &Path,
+    map_size: usize,
+    durable: bool,
+    mode: CheckMode,
+) -> std::result::Result<(Shared, OpenCheck), OpenError> {
     // LMDB wants a multiple of the OS page size; 64 KiB covers every page size in use
     // (4, 16 and 64 KiB) and costs nothing for a sparse map.
     const PAGE: usize = 65536;
@@ -461,9 +636,20 @@ fn open_env(dir: &Path, map_size: usize, durable: bool) -> std::result::Result<S
         }
         Err(e) => return Err(e.into()),
     };
-    // Nothing of the snapshot is read through the map before it passed the structural check.
-    if let Err(problem) = checked_snapshot(&env, dir)? {
-        return Err(OpenError::Other(damaged(dir, &problem)));
+    // Nothing of the snapshot is read through the map before it passed the structural check
+    // (or a check mark vouched for it).
+    let (opened, open_check) = match checked_open_snapshot(&env, dir, mode)? {
+        Ok(r) => r,
+        Err(problem) => {
+            let _ = mark::remove(dir, false);
+            return Err(OpenError::Other(damaged(dir, &problem)));
+        }
+    };
+    if !durable {
+        // Commits without fsync may reach the disk in any order, pages before the meta page
+        // and the new mtime (docs/store-format.md "Check mark"): the mark must be gone for
+        // good before the first of them.
+        mark::remove(dir, true).map_err(Error::from)?;
     }
     let mut txn = env.write_txn()?;
     let dbs = Dbs {
@@ -526,6 +712,19 @@ fn open_env(dir: &Path, map_size: usize, durable: bool) -> std::result::Result<S
     // A store created before the access index gets it built from its current grants.
     access::upgrade(&dbs, &mut txn)?;
     let last = feed::last_seq_in(&dbs, &txn)?;
+    let id = txn.id() as u64;
     txn.commit()?;
-    Ok(Shared { env, dir: dir.to_path_buf(), dbs, durable, feed: feed::Notifier::new(last) })
+    // as WriteTxn::commit: the id is ours only if the commit wrote something
+    let own_txnid = if env.info().last_txn_id as u64 == id { id } else { 0 };
+    let shared = Shared {
+        env,
+        dir: dir.to_path_buf(),
+        dbs,
+        durable,
+        feed: feed::Notifier::new(last),
+        opened,
+        own_txnid: AtomicU64::new(own_txnid),
+        damaged: AtomicBool::new(false),
+    };
+    Ok((shared, open_check))
 }
