@@ -7,6 +7,8 @@
 //! driver run on tokio without it.
 
 use std::collections::VecDeque;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -25,6 +27,8 @@ pyo3::import_exception!(lama.errors, InvalidArgumentError);
 
 /// The close reason of a session whose object raised (the error is re-raised by `wait`).
 const REASON_FAILED: &str = "session failed";
+/// The close reason of a Python session object stopped because the interpreter exits.
+const REASON_CANCELLED_AT_EXIT: &str = "interpreter exiting";
 
 static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
 
@@ -42,6 +46,43 @@ fn runtime() -> &'static tokio::runtime::Runtime {
     // the first caller registers it; later calls find it registered
     let _ = pyo3_async_runtimes::tokio::init_with_runtime(rt);
     rt
+}
+
+/// Set by the `atexit` hook: the interpreter is about to finalize.
+static EXITING: AtomicBool = AtomicBool::new(false);
+
+/// `future_into_py` for every awaitable of this module, guarded against interpreter exit.
+///
+/// pyo3-async-runtimes hands a finished future's result to asyncio from a tokio thread
+/// (`call_soon_threadsafe`). Once the interpreter finalizes, that call touches freed objects:
+/// a process that exited while a transport or a session task was still open died with SIGSEGV
+/// in a tokio thread (benches/chum_side.py, about one exit in four). After the `atexit` hook
+/// ran, a future that completes never resolves: nobody can await it any more.
+fn py_future<'py, F, T>(py: Python<'py>, fut: F) -> PyResult<Bound<'py, PyAny>>
+where
+    F: Future<Output = PyResult<T>> + Send + 'static,
+    T: for<'a> IntoPyObject<'a> + Send + 'static,
+{
+    runtime();
+    future_into_py(py, async move {
+        let r = fut.await;
+        if EXITING.load(Ordering::Acquire) {
+            std::future::pending::<()>().await;
+        }
+        r
+    })
+}
+
+/// The `atexit` hook (registered by [`register`]): from now on no tokio thread hands a result
+/// to Python or calls into a Python session object. The GIL is released for a moment so
+/// that a hand-over already past the check (waiting for the GIL) completes while the
+/// interpreter is still whole.
+#[pyfunction]
+fn at_exit(py: Python<'_>) {
+    EXITING.store(true, Ordering::Release);
+    if RUNTIME.get().is_some() {
+        py.detach(|| std::thread::sleep(Duration::from_millis(50)));
+    }
 }
 
 fn arg_error(message: impl Into<String>) -> PyErr {
@@ -188,8 +229,7 @@ impl PyTransport {
             Ok(Some(m)) => m,
         };
         let t = self.inner.clone();
-        runtime();
-        future_into_py(py, async move { t.send(m).await.map_err(net_err) })
+        py_future(py, async move { t.send(m).await.map_err(net_err) })
     }
 
     /// The next message, or `None` once closed.
@@ -199,8 +239,7 @@ impl PyTransport {
             return Ready::new(py, Ok(v));
         }
         let t = self.inner.clone();
-        runtime();
-        future_into_py(py, async move { Ok(t.recv().await.map(PyMessage)) })
+        py_future(py, async move { Ok(t.recv().await.map(PyMessage)) })
     }
 
     /// Close with a reason (idempotent); the peer sees the reason.
@@ -208,8 +247,7 @@ impl PyTransport {
     fn close<'py>(&self, py: Python<'py>, reason: Reason) -> PyResult<Bound<'py, PyAny>> {
         let reason = reason.0;
         let t = self.inner.clone();
-        runtime();
-        future_into_py(py, async move {
+        py_future(py, async move {
             t.close(&reason).await;
             Ok(())
         })
@@ -241,8 +279,7 @@ fn ws_connect<'py>(py: Python<'py>, url: &Bound<'py, PyAny>, max_message: MaxMes
         .to_str()
         .map_err(|_| arg_error("a URL must be valid Unicode"))?
         .to_owned();
-    runtime();
-    future_into_py(py, async move {
+    py_future(py, async move {
         let t = lama_net::ws_connect(&url, Some(max)).await.map_err(net_err)?;
         Ok(PyTransport { inner: Arc::new(t) })
     })
@@ -264,8 +301,7 @@ impl PyListener {
     /// The next connection (its WebSocket handshake done).
     fn accept<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let l = self.inner.clone();
-        runtime();
-        future_into_py(py, async move {
+        py_future(py, async move {
             let t = l.accept().await.map_err(net_err)?;
             Ok(PyTransport { inner: Arc::new(t) })
         })
@@ -274,8 +310,7 @@ impl PyListener {
     /// Stop listening; accepted connections stay open.
     fn close<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let l = self.inner.clone();
-        runtime();
-        future_into_py(py, async move {
+        py_future(py, async move {
             l.close().await;
             Ok(())
         })
@@ -303,8 +338,7 @@ fn ws_listen<'py>(
         return Err(bad_port());
     }
     let port: u16 = port.extract().map_err(|_| bad_port())?;
-    runtime();
-    future_into_py(py, async move {
+    py_future(py, async move {
         let l = lama_net::ws_listen(&host, port, Some(max)).await.map_err(net_err)?;
         Ok(PyListener { inner: Arc::new(l) })
     })
@@ -388,8 +422,7 @@ impl PySessionTask {
     /// event was returned.
     fn events<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let events = self.events.clone();
-        runtime();
-        future_into_py(py, async move {
+        py_future(py, async move {
             let mut rx = events.lock().await;
             let Some(first) = rx.recv().await else { return Ok(None) };
             let mut batch = vec![first];
@@ -403,12 +436,14 @@ impl PySessionTask {
     /// Wait for the end of the session; its statistics.
     fn wait<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let mut outcome = self.outcome.clone();
-        runtime();
-        future_into_py(py, async move {
+        py_future(py, async move {
             let done = match outcome.wait_for(|o| o.is_some()).await {
                 Ok(o) => o.clone().expect("waited for it"),
                 Err(_) => return Err(LamaError::new_err("LAMA-INTERNAL: the session task ended abnormally")),
             };
+            if EXITING.load(Ordering::Acquire) {
+                std::future::pending::<()>().await // see `py_future`: no GIL any more
+            }
             match &*done {
                 Outcome::Stats(Stats::Py(o)) => Python::attach(|py| Ok(Stats::Py(o.clone_ref(py)))),
                 Outcome::Stats(Stats::Native(v)) => Ok(Stats::Native(v.clone())),
@@ -615,6 +650,14 @@ impl PyProtocol {
         if self.error.is_some() {
             return;
         }
+        if EXITING.load(Ordering::Acquire) {
+            // the interpreter is finalizing (see `py_future`): stop calling into it
+            self.finished = true;
+            self.reason = Some(REASON_CANCELLED_AT_EXIT.to_string());
+            self.out.clear();
+            self.deadline = None;
+            return;
+        }
         Python::attach(|py| {
             let obj = self.obj.clone_ref(py).into_bound(py);
             if let Err(e) = f(py, &obj).and_then(|_| self.refresh(py, &obj)) {
@@ -699,6 +742,10 @@ impl Session for PyProtocol {
         if let Some(e) = self.error {
             return Outcome::Failed(e);
         }
+        if EXITING.load(Ordering::Acquire) {
+            // the interpreter is finalizing (see `py_future`): no stats from the object
+            return Outcome::Stats(Stats::Native(Vec::new()));
+        }
         Python::attach(|py| {
             // dict(session.stats()) if it has stats(), else {} (as the pure core)
             let stats = || -> PyResult<Py<PyAny>> {
@@ -777,5 +824,8 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(ws_connect, m)?)?;
     m.add_function(wrap_pyfunction!(ws_listen, m)?)?;
     m.add_function(wrap_pyfunction!(spawn_session, m)?)?;
+    // not a module attribute: only `atexit` holds it
+    let hook = wrap_pyfunction!(at_exit, m)?;
+    m.py().import("atexit")?.call_method1("register", (hook,))?;
     Ok(())
 }
