@@ -85,3 +85,61 @@ def test_serialize_hash_store_batched(benchmark: Any, core: ModuleType, durable:
             shutil.rmtree(d, ignore_errors=True)
     mode = "durable" if durable else "durable=False"
     record(f"serialize+hash+store ({mode}, batches of {batch})", core.CORE_NAME, N, _median_seconds(benchmark))
+
+
+# -- head moves and the access index (docs/store-format.md "access index") ----------------------
+
+CHAIN = 2_000
+READER = "58c379901b18278fa72f55f57d15f041b524655e2bbe55bef73383e35c2eae0a"
+
+
+def _chain(core: ModuleType, n: int) -> list[tuple[list[dict[str, Any]], list[tuple[str, str | None, str]]]]:
+    """n versions of one Person ID as CHANGE nodes, one write_batch (one head move) each."""
+    out: list[tuple[list[dict[str, Any]], list[tuple[str, str | None, str]]]] = []
+    prev: str | None = None
+    for j in range(n):
+        p = {"$type$": "Person", "email": "channel@example.com", "name": f"v{j}"}
+        h = core.object_hash(p)
+        node: dict[str, Any] = {"$type$": "VersionNodeEdge", "data": h, "depth": 0, "creationTime": 1_700_000_000_000 + j}
+        if prev is not None:
+            node = {"$type$": "VersionNodeChange", "prev": prev, "data": h, "depth": j, "creationTime": 1_700_000_000_000 + j}
+        nh = core.object_hash(node)
+        out.append(([p, node], [(core.id_hash(p), prev, nh)]))
+        prev = nh
+    return out
+
+
+@pytest.mark.parametrize("granted", [False, True], ids=["not-granted", "idaccess-granted"])
+def test_head_moves(benchmark: Any, core: ModuleType, granted: bool) -> None:
+    """The access index's cost on the write path: head moves of an ID nobody is granted (the
+    index only looks up the ID object's header and `anodes`) against head moves of an ID that
+    an IdAccess grants to two persons (each new version node becomes a root of both)."""
+    from lama import access
+
+    batches = _chain(core, CHAIN + 1)
+    dirs: list[str] = []
+
+    def setup() -> tuple[tuple[Any, ...], dict[str, Any]]:
+        d = tempfile.mkdtemp(prefix="lama-bench-")
+        dirs.append(d)
+        store = core.Store(d, durable=False)
+        store.write_batch(*batches[0])
+        if granted:
+            access.grant(store, id=batches[0][1][0][0], persons=[READER, SENDER])
+        return (store,), {}
+
+    def moves(store: Any) -> int:
+        for objs, heads in batches[1:]:
+            store.write_batch(objs, heads)
+        n = len(store.accessible_roots(READER)[1])
+        store.close()
+        return n
+
+    try:
+        n = benchmark.pedantic(moves, setup=setup, rounds=3, iterations=1)
+        assert n == (CHAIN + 2 if granted else 0)
+    finally:
+        for d in dirs:
+            shutil.rmtree(d, ignore_errors=True)
+    what = "IdAccess-granted ID" if granted else "ungranted ID"
+    record(f"head moves, one per batch, {what} (durable=False)", core.CORE_NAME, CHAIN, _median_seconds(benchmark))

@@ -269,3 +269,33 @@ def test_object_listed_as_a_blob_is_not_fetched_as_one(tmp_path: Path) -> None:
     assert not any('"serviceId":8,' in f for f in pump.sent[1] if isinstance(f, str))
     assert not b.has(target) and b.kind(target) is None
     assert b.has(chat.topic) and b.verify() == []
+
+
+def test_pending_blob_keeps_the_fast_path_mark(tmp_path: Path) -> None:
+    """chum.md §2.6 with the fast path: a BLOB whose stream arrives empty (the reference's
+    broken sender) stays pending, the entry that references it is not stored, and the
+    exporter's mark does not move, so the next session asks for those roots again."""
+    from chum_graph import deterministic_bytes, grant_object
+
+    a, b, pa, pb, chat = setup(tmp_path)
+    data = deterministic_bytes(100_000)
+    # a message shared on its own (an unversioned root): no channel merge involved
+    (msg,) = [h for h, _s, _i in a.put_objects([{"$type$": "ChatMessage", "text": "file", "sender": pa,
+                                                 "attachments": [chat.attach_blob(data)]}])]
+    grant_object(a, msg, [pb])
+
+    def rewrite(req: dict[str, Any], f: str | bytes) -> str | bytes | None:
+        return None if isinstance(f, bytes) else f  # chunks lost, stream-end arrives
+
+    sb, rb, pump = run(a, b, pa, pb, Hostile(rewrite), fast_path=True)
+    blob = core.sha256_hex(data)
+    assert sb.close_reason == "chum finished" and list(rb.pending) == [blob]
+    assert rb.pending[blob].startswith("CIEC-FBL2")
+    assert not b.has(blob) and b.verify() == []
+    assert not b.has(msg)
+    epoch = a.changes(0, 1)[0][1]
+    assert b.peer_mark(f"{pa}/{epoch}") == 0
+    sb, rb, pump = run(a, b, pa, pb, None, fast_path=True)
+    assert sb.close_reason == "chum finished" and rb.pending == {} and b.read_blob(blob) == data
+    assert b.has(msg)
+    assert b.peer_mark(f"{pa}/{epoch}") > 0

@@ -268,3 +268,36 @@ def test_interrupted_sync_leaves_nothing_half_written(tmp_path: Path, fast: bool
     assert rb.reason == "chum finished" and rb.errors == []
     assert texts(b, chat.ci) == ["file"] and b.read_blob(blob_hash) == big
     assert a.verify() == [] and b.verify() == []
+
+
+def test_fast_path_reconnect_asks_only_for_roots_since_the_mark(tmp_path: Path) -> None:
+    """docs/chum-fastpath.md: after a clean pass the importer keeps the exporter's mark
+    (Store.peer_mark); the next session asks GET_ROOTS_SINCE with it and gets only the new
+    roots; a pass with a pending BLOB does not move the mark."""
+    a, b, pa, pb = open_pair(tmp_path)
+    chat = Chat(a, pa, pb)
+    chat.share([pa, pb])
+    chat.post("one")
+    opts = {"fast_path": True, "exporter": False}
+    ra, rb, pump = sync_pair(a, b, pa, pb, options_a={"fast_path": True, "importer": False}, options_b=opts)
+    since = [json.loads(f)["args"][0] for f in pump.sent[1] if isinstance(f, str) and '"serviceId":102,' in f]
+    assert since == [0]
+    answer = next(json.loads(json.loads(f)["data"]) for f in pump.sent[0]
+                  if isinstance(f, str) and '"responseId":%d,' % 2 in f)
+    mark = answer["mark"]
+    assert mark > 0 and len(answer["roots"]) >= 3
+    # the next session starts from the persisted mark and finds nothing new
+    ra, rb, pump = sync_pair(a, b, pa, pb, options_a={"fast_path": True, "importer": False}, options_b=opts)
+    since = [json.loads(f)["args"][0] for f in pump.sent[1] if isinstance(f, str) and '"serviceId":102,' in f]
+    assert since == [mark]
+    roots_answers = [json.loads(json.loads(f)["data"]) for f in pump.sent[0]
+                     if isinstance(f, str) and '"data":"{' in f]
+    assert roots_answers[0]["roots"] == [] and moved(rb) == 0
+    # something granted later is in the next delta, and only it
+    (note,) = [h for h, _s, _i in a.put_objects([{"$type$": "ChatMessage", "text": "later", "sender": pa}])]
+    grant_object(a, note, [pb])
+    ra, rb, pump = sync_pair(a, b, pa, pb, options_a={"fast_path": True, "importer": False}, options_b=opts)
+    roots_answers = [json.loads(json.loads(f)["data"]) for f in pump.sent[0]
+                     if isinstance(f, str) and '"data":"{' in f]
+    assert [r["hash"] for r in roots_answers[0]["roots"]] == [note]
+    assert b.has(note) and rb.log["BtoAObjects"] == [note]

@@ -9,6 +9,7 @@ using only the layers below it:
   ``recipes`` (built-in and user recipes), ``versions`` and ``crdt`` (versioned objects, merges)
 - :mod:`lama.store` - the LMDB object store (``Store``, ``BlobWriter``)
 - :mod:`lama.identity` - ``keychain``, ``instance`` (``Instance``), ``certificates``
+- :mod:`lama.access` - grants (Access, IdAccess, Group) and the roots a person may see
 - :mod:`lama.cli` - the ``lama`` command
 
 The modules and the main classes are re-exported here: ``from lama import microdata, Store,
@@ -44,6 +45,7 @@ from lama.identity import certificates, instance, keychain
 from lama.identity.instance import Instance
 from lama.objects import crdt, microdata, recipes, versions
 from lama.store import BlobWriter, Store
+from lama import access
 
 __version__ = "0.1.0"
 
@@ -59,6 +61,7 @@ __all__ = [
     "BlobWriter",
     "Instance",
     "Store",
+    "access",
     "certificates",
     "crdt",
     "instance",

@@ -20,7 +20,7 @@ Group grants are honoured (objects.md §6.2 item 4 describes the reference ignor
 from __future__ import annotations
 
 import hashlib
-from typing import Any, Callable
+from typing import Any, Callable, cast
 
 import lmdb
 
@@ -119,11 +119,23 @@ def _text_of(shared: Any, txn: lmdb.Transaction, h: bytes, want: int) -> str | N
         raise _corrupt(f"entry {h.hex()} is not UTF-8") from None
 
 
+# The start of every ID object's entry (kind byte + microdata, objects.md §1.1, §2.2) up to the
+# type name, and the grant types after it.  A byte comparison, since it runs for every head
+# move: an ID hash is the hash of the canonical ID microdata, so a real grant's starts so.
+_ID_HEADS = tuple(
+    (b'I<div data-id-object="true" itemscope itemtype="//refin.io/' + t.encode() + b'">', k)
+    for t, k in _GRANT_TYPES.items())
+_ID_HEAD = b'I<div data-id-object="true" itemscope itemtype="//refin.io/'
+
+
 def _grant_kind_of(shared: Any, txn: lmdb.Transaction, id_raw: bytes) -> int | None:
-    text = _text_of(shared, txn, id_raw, K_ID)
-    if text is None:
+    v = cast("bytes | None", txn.get(id_raw, db=shared.objects))
+    if v is None or not v.startswith(_ID_HEAD):
         return None
-    return _GRANT_TYPES.get(type_of(text)[0])
+    for head, kind in _ID_HEADS:
+        if v.startswith(head):
+            return kind
+    return None
 
 
 def _id_hash_of(text: str) -> bytes | None:
@@ -192,6 +204,9 @@ def _id_type(shared: Any, txn: lmdb.Transaction, x: bytes) -> str:
     return type_of(text)[0]
 
 
+_PREV_TAG = '<a itemprop="prev" data-type="obj">'
+
+
 def walk_nodes(shared: Any, txn: lmdb.Transaction, head: bytes,
                known: Callable[[bytes], bool]) -> list[tuple[bytes, bool]]:
     """objects.md §4.1 walk from ``head``, pre-order, each node once, not entering known or
@@ -213,8 +228,14 @@ def walk_nodes(shared: Any, txn: lmdb.Transaction, head: bytes,
         if t not in VERSION_NODE_TYPES:
             raise _corrupt(f"entry {n.hex()} is a {t}, not a version node")
         out.append((n, t == "VersionNodeMerge"))
-        parents = [bytes.fromhex(h) for path, kind, h in references(text)
-                   if kind == "obj" and (path == "prev" or path.startswith("nodes."))]
+        if t == "VersionNodeMerge":
+            parents = [bytes.fromhex(h) for path, kind, h in references(text)
+                       if kind == "obj" and path.startswith("nodes.")]
+        else:
+            # Edge/Change: the parser accepts only the canonical tag, so a plain search finds
+            # the optional `prev` (the full parse of every new node dominated a head move)
+            i = text.find(_PREV_TAG)
+            parents = [] if i < 0 else [bytes.fromhex(text[i + len(_PREV_TAG):i + len(_PREV_TAG) + 64])]
         stack.extend(reversed(parents))
     out.reverse()
     return out

@@ -486,8 +486,8 @@ class Importer:
         try:
             type_name, got_id = type_of(text)
             refs = references(text)  # parses the whole text
-            if not is_id and id_microdata_of(text) is not None:
-                pass  # a versioned object: its ID object is derived and stored with it
+            if not is_id:
+                id_microdata_of(text)  # a versioned object's ID object must derive too
         except LamaError as e:
             self._err(e.code, f"{it.hash}: {e}", False)
             return
