@@ -6,7 +6,8 @@ stdout line):
   ``DIR/b`` (only the two Person ID objects, as after the connection setup, chum.md §9).
 * ``sync listen|connect STORE PORT FAST``: one CHUM pass (``keep_running=False``) over WebSocket
   on 127.0.0.1; ``listen`` prints ``PORT <n>`` first.
-* ``live-a STORE PORT POSTS INTERVAL_MS DIR`` / ``live-b STORE PORT DIR``: keep-running fast
+* ``live-a STORE PORT POSTS INTERVAL_MS DIR`` / ``live-b STORE PORT DIR durable|nosync``
+  (B's store with or without LMDB's fsync per commit): keep-running fast
   path sessions; after B's first full pass A posts POSTS messages, INTERVAL_MS apart, and
   records each post's commit time; B records when each object arrives in an ``imported`` event.
   Times are ``time.monotonic_ns()`` (CLOCK_MONOTONIC, one clock for every process of the host).
@@ -48,6 +49,13 @@ def person_id(store: Any, email: str) -> str:
 
 def max_rss_kib() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
+def cpu_seconds() -> float:
+    """User + system CPU time of this process, all threads (the host is shared, so wall time
+    alone mixes in other processes' load)."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
 
 
 class ChatApp:
@@ -134,30 +142,41 @@ async def sync(role: str, path: str, port: int, fast: bool) -> dict[str, Any]:
     store = core.Store(path)
     me, peer = _me(store, role)
     t0 = time.perf_counter()
+    cpu0 = cpu_seconds()
     transport = await _transport(role, port)
     session = core.ChumSession(store, me, peer, fast_path=fast)
     task = core.spawn_session(session, transport, store=store)
     result = SyncResult()
     mode = None
+    # when the phases ended, seconds from t0 (docs/chum-session.md §2: the version check, the
+    # imported batches, finished): where a pass spends its time
+    phases: dict[str, float] = {}
     while True:
         events = await task.events()
         if events is None:
             break
+        t = time.perf_counter() - t0
         for kind, data in events:
             if kind == "version":
                 mode = data["mode"]
+                phases["version"] = t
+            elif kind == "imported":
+                phases.setdefault("first_imported", t)
+                phases["last_imported"] = t
             handle_event(store, kind, data, result)
     stats = await task.wait()
     seconds = time.perf_counter() - t0
+    cpu = cpu_seconds() - cpu0
     errors = [e["message"] for e in result.errors]
     ok = not store.verify() if role == "connect" else True
     store.close()
     return {"seconds": seconds, "stats": stats, "mode": mode, "reason": result.reason,
-            "errors": errors, "merged": len(result.merged), "verified": ok, "max_rss_kib": max_rss_kib()}
+            "errors": errors, "merged": len(result.merged), "verified": ok, "phases": phases, "cpu_seconds": cpu, "max_rss_kib": max_rss_kib()}
 
 
-async def live(role: str, path: str, port: int, posts: int, interval_ms: float, directory: str) -> dict[str, Any]:
-    store = core.Store(path)
+async def live(role: str, path: str, port: int, posts: int, interval_ms: float, directory: str,
+               durable: bool = True) -> dict[str, Any]:
+    store = core.Store(path, durable=durable)
     me, peer = _me(store, role)
     ready = Path(directory, "ready")
     stop = Path(directory, "stop")
@@ -231,7 +250,7 @@ def main(argv: list[str]) -> None:
         if cmd == "live-a":
             out = asyncio.run(live(cmd, argv[1], int(argv[2]), int(argv[3]), float(argv[4]), argv[5]))
         else:
-            out = asyncio.run(live(cmd, argv[1], int(argv[2]), 0, 0.0, argv[3]))
+            out = asyncio.run(live(cmd, argv[1], int(argv[2]), 0, 0.0, argv[3], argv[4] == "durable"))
     else:
         raise SystemExit(f"unknown command {cmd!r}")
     out["core"] = core.CORE_NAME
