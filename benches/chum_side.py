@@ -4,8 +4,9 @@ stdout line):
 
 * ``build DIR N``: stores ``DIR/a`` (N chat posts as an app makes them, shared with B) and
   ``DIR/b`` (only the two Person ID objects, as after the connection setup, chum.md §9).
-* ``sync listen|connect STORE PORT FAST``: one CHUM pass (``keep_running=False``) over WebSocket
-  on 127.0.0.1; ``listen`` prints ``PORT <n>`` first.
+* ``sync listen|connect STORE PORT v8|fast [nosync]``: one CHUM pass (``keep_running=False``)
+  over WebSocket on 127.0.0.1; ``listen`` prints ``PORT <n>`` first; ``nosync``: the store
+  with ``durable=False`` (to tell the disk's fsyncs apart from the rest, benches/RESULTS.md).
 * ``live-a STORE PORT POSTS INTERVAL_MS DIR`` / ``live-b STORE PORT DIR durable|nosync``
   (B's store with or without LMDB's fsync per commit): keep-running fast
   path sessions; after B's first full pass A posts POSTS messages, INTERVAL_MS apart, and
@@ -138,8 +139,8 @@ def _me(store: Any, role: str) -> tuple[str, str]:
     return (pa, pb) if role in ("listen", "live-a") else (pb, pa)
 
 
-async def sync(role: str, path: str, port: int, fast: bool) -> dict[str, Any]:
-    store = core.Store(path)
+async def sync(role: str, path: str, port: int, fast: bool, durable: bool = True) -> dict[str, Any]:
+    store = core.Store(path, durable=durable)
     me, peer = _me(store, role)
     t0 = time.perf_counter()
     cpu0 = cpu_seconds()
@@ -245,7 +246,7 @@ def main(argv: list[str]) -> None:
     if cmd == "build":
         out = build(argv[1], int(argv[2]))
     elif cmd == "sync":
-        out = asyncio.run(sync(argv[1], argv[2], int(argv[3]), argv[4] == "fast"))
+        out = asyncio.run(sync(argv[1], argv[2], int(argv[3]), argv[4] == "fast", argv[5:] != ["nosync"]))
     elif cmd in ("live-a", "live-b"):
         if cmd == "live-a":
             out = asyncio.run(live(cmd, argv[1], int(argv[2]), int(argv[3]), float(argv[4]), argv[5]))
