@@ -19,6 +19,7 @@ if str(ROOT / "python") not in sys.path:
     sys.path.insert(0, str(ROOT / "python"))
 
 RATES: dict[str, dict[str, float]] = defaultdict(dict)
+LINES: list[str] = []
 
 
 def cores() -> dict[str, ModuleType]:
@@ -36,10 +37,19 @@ def record(group: str, core_name: str, n_items: int, seconds: float) -> None:
     RATES[group][core_name] = n_items / seconds
 
 
+def report_line(line: str) -> None:
+    """A free-form line for the summary (benchmarks with more than one figure per case)."""
+    LINES.append(line)
+
+
 def pytest_terminal_summary(terminalreporter: Any) -> None:
+    tr = terminalreporter
+    if LINES:
+        tr.section("lama details")
+        for line in LINES:
+            tr.write_line(line)
     if not RATES:
         return
-    tr = terminalreporter
     tr.section("lama throughput (median round)")
     for group, per_core in RATES.items():
         line = ", ".join(f"{c}: {r:,.0f}/s" for c, r in per_core.items())

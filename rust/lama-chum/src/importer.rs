@@ -593,9 +593,12 @@ impl Importer {
             }
         }
         for (id, nodes) in &pass.groups {
+            // a set beside the list: a channel with n posts lists n nodes, and a linear
+            // `contains` made this n²/2 comparisons (benches/RESULTS.md, CHUM sync)
             let mut ms: Vec<String> = Vec::new();
+            let mut seen: HashSet<&str> = HashSet::new();
             for (n, _) in nodes {
-                if missing.contains(n) && !ms.contains(n) {
+                if missing.contains(n) && seen.insert(n.as_str()) {
                     ms.push(n.clone());
                 }
             }

@@ -83,6 +83,9 @@ pub struct Session {
     notify_ids: std::collections::HashSet<u64>,
     /// A NOTIFY asked the sleeping importer to run its next pass now.
     wake: bool,
+    /// A NOTIFY came while a pass ran: that pass may have read the roots before the write
+    /// it announces, so the next pass starts when this one ends instead of at the next poll.
+    notified: bool,
 }
 
 impl Session {
@@ -109,6 +112,7 @@ impl Session {
             sleep_until: None,
             notify_ids: Default::default(),
             wake: false,
+            notified: false,
         }
     }
 
@@ -356,6 +360,8 @@ impl Session {
                 self.send(Message::Text(rpc::data_response(id, &None)));
                 if self.sleep_until.is_some() {
                     self.wake = true;
+                } else {
+                    self.notified = true;
                 }
                 return;
             }
@@ -377,7 +383,12 @@ impl Session {
         match imp.resume(results, &mut self.cx) {
             Err((code, message)) => self.fatal(&code, message),
             Ok(Step::Done) => self.importer_done = true,
-            Ok(Step::Sleep(d)) => self.sleep_until = Some(now + d),
+            Ok(Step::Sleep(d)) => {
+                if std::mem::take(&mut self.notified) {
+                    return self.advance(Vec::new(), now);
+                }
+                self.sleep_until = Some(now + d)
+            }
             Ok(Step::Call(reqs)) => {
                 if reqs.is_empty() {
                     return self.advance(Vec::new(), now);

@@ -86,6 +86,7 @@ class ChumSession:
     _imp: Importer | None
     _task: Generator[Call | Sleep, Any, None] | None
     _notify_ids: set[int]
+    _notified: bool
 
     def __new__(cls, store: Any, local_person: str, remote_person: str, *,
                 keep_running: bool = False, poll_interval: float = 5.0, fast_path: bool = True,
@@ -129,6 +130,9 @@ class ChumSession:
         self._imp = None
         self._task = None
         self._notify_ids = set()
+        # a NOTIFY that came while a pass ran: that pass may have read the roots before the
+        # write it announces, so the next pass starts when this one ends
+        self._notified = False
         return self
 
     # -- driver API ------------------------------------------------------------------------
@@ -309,6 +313,8 @@ class ChumSession:
             if self._sleep_until is not None:  # poll now instead of at the next interval
                 self._sleep_until = None
                 self._advance(None)
+            else:
+                self._notified = True
         else:
             self._emit_frame(rpc.unknown_service(rid, service))
 
@@ -359,6 +365,10 @@ class ChumSession:
                 self._fatal(e.code, str(e))
                 return
             if isinstance(op, Sleep):
+                if self._notified:
+                    self._notified = False
+                    value = None
+                    continue
                 self._sleep_until = self._now + op.seconds
                 return
             if not op.reqs:

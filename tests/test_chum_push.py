@@ -1,0 +1,52 @@
+"""Fast-path push (docs/chum-fastpath.md, services 103/104) under a steady stream of writes:
+a NOTIFY that arrives while the importer's pass is still running must not be lost (found by
+the live push latency benchmark, benches/RESULTS.md 2026-11-30 "CHUM sync": a post written
+while the previous post's pass ran reached the peer only at the fallback poll, 10 ×
+poll_interval later)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from chum_graph import Chat, person_id, register_recipes
+from chum_pump import Pump
+from lama._core import core
+
+
+def test_notify_during_a_pass_starts_another_pass(tmp_path: Path) -> None:
+    register_recipes()
+    a, b = core.Store(str(tmp_path / "a")), core.Store(str(tmp_path / "b"))
+    pa, pb = person_id(a, "alice@a.example"), person_id(a, "bob@b.example")
+    person_id(b, "alice@a.example")
+    person_id(b, "bob@b.example")
+    chat = Chat(a, pa, pb)
+    chat.share([pa, pb])
+    chat.post("first")
+    opts = {"keep_running": True, "poll_interval": 5.0, "fast_path": True}
+    sa, sb = core.ChumSession(a, pa, pb, **opts), core.ChumSession(b, pb, pa, **opts)
+    pump = Pump(sa, sb)
+    sa.start(pump.now)
+    sb.start(pump.now)
+    pump.run(max_time=1.0)
+    assert ("version", {"remote": 8, "mode": "fast"}) in pump.events[1]
+    assert sb.poll_timeout() is not None and sb.poll_timeout() >= pump.now + 40  # subscribed
+    t0 = pump.now
+
+    second = chat.post("second")
+    sa.store_changed(pump.now)  # A's driver saw the write: NOTIFY
+    pump.step()  # B gets the NOTIFY, starts a pass, A answers its roots request
+    third = chat.post("third")
+    sa.store_changed(pump.now)  # NOTIFY again, behind the roots answer
+    pump.step()  # B reads the roots answer (without `third`), then the NOTIFY mid-pass
+    assert not b.has(second)
+
+    pump.run(max_time=1.0)
+    assert b.has(second)
+    assert b.has(third), "the NOTIFY that arrived during a pass was lost"
+    assert pump.now - t0 < 1.0
+    sa.connection_closed("bye", pump.now)
+    pump.step()
+    assert sa.finished and sb.finished
+    assert a.verify() == [] and b.verify() == []
+    a.close()
+    b.close()
