@@ -125,3 +125,114 @@ def test_dropped_transport_then_only_the_rest(tmp_path: Path, fast: bool) -> Non
     _same_objects(a, b)
     assert_no_holes(b)
     assert a.verify() == [] and b.verify() == []
+
+
+_CHILD = r"""
+import asyncio, json, os, sys
+sys.path.insert(0, sys.argv[1])
+from chum_graph import register_recipes
+from lama._core import core
+from lama.chum import sync
+
+register_recipes()
+store_path, url, me, peer, progress = sys.argv[2:7]
+b = core.Store(store_path)
+
+def on_event(kind, data):
+    if kind == "imported" and data["objects"]:
+        # after the commit: the parent may kill us from now on
+        with open(progress, "a") as f:
+            f.write(json.dumps(len(data["objects"])) + "\n")
+
+async def main():
+    t = await core.ws_connect(url)
+    await sync(b, t, me, peer, fast_path=False, exporter=False, write_log=False,
+               on_event=on_event)
+
+asyncio.run(asyncio.wait_for(main(), 120))
+"""
+
+
+def test_importer_killed_mid_transfer_then_only_the_rest(tmp_path: Path) -> None:
+    """The importer runs in its own process (same core), syncing over WebSocket on 127.0.0.1
+    from an exporter here; once it committed a chunk, it is killed with SIGKILL while the
+    transfer hangs; a fresh sync then fetches only what is missing."""
+    import asyncio
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    a, b, pa, pb, chat = _pair(tmp_path, 150)
+    b_path = b.path
+    before = set(b.hashes())
+    b.close()
+    progress = tmp_path / "progress"
+    asked = [0]
+    stop = 256  # object requests forwarded: the first fetch chunk, then the transfer hangs
+
+    async def pipe(src: Any, dst: Any, count: bool) -> None:
+        for _ in range(1_000_000):
+            f = await src.recv()
+            if f is None:
+                return
+            if count:
+                asked[0] += _requests([f], (6, 7))
+                if asked[0] > stop:
+                    await asyncio.sleep(3600)  # the hang the importer is killed in
+            await dst.send(f)
+
+    async def main() -> subprocess.Popen[bytes]:
+        listener = await core.ws_listen("127.0.0.1", 0)
+        child = subprocess.Popen(
+            [sys.executable, "-c", _CHILD, str(Path(__file__).parent), b_path,
+             f"ws://127.0.0.1:{listener.port}/", pb, pa, str(progress)],
+            env=dict(os.environ))
+        try:
+            ws = await asyncio.wait_for(listener.accept(), 60)
+        finally:
+            await listener.close()
+        mine, theirs = core.memory_pair()
+        task = core.spawn_session(core.ChumSession(a, pa, pb, importer=False), mine, store=a)
+        pumps = [asyncio.ensure_future(pipe(ws, theirs, True)),
+                 asyncio.ensure_future(pipe(theirs, ws, False))]
+        deadline = time.monotonic() + 90
+        while not (progress.exists() and progress.read_text().strip()):
+            assert child.poll() is None, "the importer ended before it was killed"
+            assert time.monotonic() < deadline, "the importer committed nothing in time"
+            await asyncio.sleep(0.05)
+        child.send_signal(signal.SIGKILL)
+        assert child.wait(30) == -signal.SIGKILL
+        for p in pumps:
+            p.cancel()
+        await asyncio.gather(*pumps, return_exceptions=True)
+        await ws.close("killed")
+        await theirs.close("killed")
+        await asyncio.wait_for(task.wait(), 30)
+        return child
+
+    asyncio.run(main())
+    b = core.Store(b_path)
+    kept = set(b.hashes()) - before
+    assert kept and kept <= set(a.hashes())
+    assert sum(int(x) for x in progress.read_text().split()) <= len(kept)
+    assert_no_holes(b)
+    assert b.verify() == []
+
+    sa2 = core.ChumSession(a, pa, pb, fast_path=False)
+    sb2 = core.ChumSession(b, pb, pa, fast_path=False)
+    r = SyncResult()
+    pump2 = Pump(sa2, sb2, on_event=lambda side, k, d: handle_event(b, k, d, r) if side == 1 else None)
+    sa2.start(pump2.now)
+    sb2.start(pump2.now)
+    pump2.run(max_time=3600.0)
+    assert r.reason == "chum finished" and r.errors == []
+    got = set(r.log["BtoAObjects"] + r.log["BtoAIdObjects"])
+    assert got and got.isdisjoint(kept)
+    assert got == (set(b.hashes()) - before - kept) & set(a.hashes())
+    assert _requests(pump2.sent[1], (6, 7)) == len(got)
+    assert texts(b, chat.ci) == texts(a, chat.ci) and len(texts(b, chat.ci)) == 150
+    _same_objects(a, b)
+    assert_no_holes(b)
+    assert a.verify() == [] and b.verify() == []
