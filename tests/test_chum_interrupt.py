@@ -236,3 +236,48 @@ def test_importer_killed_mid_transfer_then_only_the_rest(tmp_path: Path) -> None
     _same_objects(a, b)
     assert_no_holes(b)
     assert a.verify() == [] and b.verify() == []
+
+
+def test_stores_with_the_same_first_object_have_different_epochs(tmp_path: Path) -> None:
+    """docs/chum-fastpath.md: the probe's epoch is the exporter store's random identity
+    (Store.store_id), not its first change-feed event, so two fresh instances of one person
+    (same first write) keep separate marks."""
+    stores = [core.Store(str(tmp_path / n)) for n in ("x", "y")]
+    for s in stores:
+        person_id(s, "alice@a.example")
+    assert stores[0].changes(0, 1)[0][1] == stores[1].changes(0, 1)[0][1]
+    ids = [s.store_id for s in stores]
+    assert ids[0] != ids[1] and all(len(i) == 32 and int(i, 16) >= 0 for i in ids)
+    epochs = []
+    for s in stores:
+        sa = core.ChumSession(s, "a" * 64, "b" * 64, importer=False)
+        sa.start(0.0)
+        sa.receive_text(json.dumps({"requestId": 1, "type": "request", "serviceId": 100, "args": []}), 0.0)
+        (answer,) = [json.loads(f) for f in sa.poll_transmit() if isinstance(f, str) and '"responseId":1,' in f]
+        epochs.append(answer["data"]["epoch"])
+    assert epochs == ids
+    # fixed for good: a reopen keeps it
+    path = stores[0].path
+    stores[0].close()
+    assert core.Store(path).store_id == ids[0]
+
+
+def test_store_from_before_the_identity_gets_one_on_open(tmp_path: Path) -> None:
+    """docs/store-format.md "meta" store_id: a store created before the key existed gets one
+    at its next open, and keeps it."""
+    import lmdb
+
+    path = tmp_path / "s"
+    s = core.Store(str(path))
+    person_id(s, "alice@a.example")
+    old = s.store_id
+    s.close()
+    env = lmdb.open(str(path), max_dbs=16, subdir=True)
+    with env.begin(write=True) as txn:
+        assert txn.delete(b"store_id", db=env.open_db(b"meta", txn=txn))
+    env.close()
+    s = core.Store(str(path))
+    new = s.store_id
+    assert len(new) == 32 and new != old and s.verify() == []
+    s.close()
+    assert core.Store(str(path)).store_id == new
