@@ -363,7 +363,7 @@ class Importer:
                           "received object references as one; not fetched", False)
         reqs = [Req(GET_BLOB, [it.hash, rpc.UNDEF], "blob") if it.kind == "blob"
                 else Req(GET_BLOB, [it.hash, "utf8"], "clob") for it in streams_ok]
-        results = yield Call(reqs) if reqs else Call([])  # type: ignore[assignment]
+        results = yield Call(reqs) if reqs else Call([])
         new_blobs: list[str] = []
         new_clobs: list[str] = []
         for it, res in zip(streams_ok, results):
