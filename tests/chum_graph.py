@@ -135,3 +135,11 @@ def texts(store: Any, ci: str) -> list[str]:
         out.append(store.get_object(ct["data"])["text"])
         entry = lle.get("previous")
     return out
+
+
+def assert_no_holes(store: Any) -> None:
+    """chum.md §5.3 "no holes": everything an object or ID object references is stored
+    (Store.children fails on a reference to something absent)."""
+    for h in store.hashes():
+        if store.kind(h) in ("object", "id"):
+            store.children(h)

@@ -293,7 +293,7 @@ def test_pending_blob_keeps_the_fast_path_mark(tmp_path: Path) -> None:
     assert rb.pending[blob].startswith("CIEC-FBL2")
     assert not b.has(blob) and b.verify() == []
     assert not b.has(msg)
-    epoch = a.changes(0, 1)[0][1]
+    epoch = a.store_id  # the probe's epoch (docs/chum-fastpath.md)
     assert b.peer_mark(f"{pa}/{epoch}") == 0
     sb, rb, pump = run(a, b, pa, pb, None, fast_path=True)
     assert sb.close_reason == "chum finished" and rb.pending == {} and b.read_blob(blob) == data

@@ -394,6 +394,10 @@ def _create_shared(path: str, key: str, map_size: int, durable: bool,
                     "LAMA-FORMAT",
                 )
             _delete_stale_tmp(txn, dbs[b"tmp"])
+            # the store's identity (docs/store-format.md "meta"): 16 random bytes, created at
+            # the first open, also for a store created before it existed
+            if txn.get(b"store_id", db=dbs[b"meta"]) is None:
+                txn.put(b"store_id", os.urandom(16).hex().encode(), db=dbs[b"meta"])
             # a store created before the event feed gets sequence numbers for what it holds
             _upgrade_feed(txn, dbs)
             last = _last_seq(txn, dbs[b"events"])
@@ -1039,6 +1043,15 @@ class Store:
         shared = self._s()
         with shared.env.begin() as txn:
             return _access.accessible_roots(shared, txn, raw, since, _last_seq(txn, shared.events))
+
+    @property
+    @_lmdb_errors
+    def store_id(self) -> str:
+        """This store's identity: 32 hex digits, random, fixed at its first open."""
+        shared = self._s()
+        with shared.env.begin() as txn:
+            raw = txn.get(b"store_id", db=shared.meta)
+        return bytes(raw).decode() if raw is not None else ""
 
     @_lmdb_errors
     def peer_mark(self, peer: str) -> int:

@@ -173,10 +173,11 @@ impl Exporter {
         Ok(out)
     }
 
-    /// Names this store's write-sequence space (the hash of its first change-feed event), so a
-    /// peer keeps one mark per exporter store (docs/chum-fastpath.md).
+    /// Names this store's write-sequence space, so a peer keeps one mark per exporter store
+    /// (docs/chum-fastpath.md): the store's random identity (docs/store-format.md "meta"
+    /// `store_id`), so two stores whose first write is the same object still differ.
     fn epoch(&self) -> String {
-        self.store.changes(0, 1).ok().and_then(|e| e.first().map(|e| e.hash.to_hex())).unwrap_or_default()
+        self.store.store_id().unwrap_or_default()
     }
 
     fn probe(&self) -> Value {

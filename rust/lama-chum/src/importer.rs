@@ -6,7 +6,7 @@
 //! parallel, within the window) → verification (§6.4) → version-node checks (§6.2) →
 //! reachability → one store transaction per batch, dependencies first → `merge` events.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::Duration;
 
 use lama_core::hash::{is_hash, sha256_hex};
@@ -29,6 +29,10 @@ const REFUSED_TYPES: [&str; 3] = ["Access", "IdAccess", "Group"];
 const VERSION_NODE_TYPES: [&str; 3] = ["VersionNodeEdge", "VersionNodeChange", "VersionNodeMerge"];
 /// Objects per store transaction.
 const COMMIT_BATCH: usize = 1000;
+/// Object requests per call (v8; with "batch", `FETCH_CHUNK_BATCHES` requests of `BATCH_MAX`):
+/// after each call what may be stored is committed (issue 8), so an interrupted pass keeps it.
+const FETCH_CHUNK: usize = 256;
+const FETCH_CHUNK_BATCHES: usize = 8;
 
 
 pub const TIMEOUT: &str = "LAMA-CHUM-TIMEOUT";
@@ -96,11 +100,15 @@ struct Item {
     refs: Vec<(String, RefKind, String)>,
     ok: bool,
     stored: bool,
+    /// Its answer was processed (verified or refused).
+    fetched: bool,
+    /// Verified, but refused for a reference (CI-ACO) or by the store.
+    bad: bool,
 }
 
 impl Item {
     fn new(kind: Kind, expected_type: Option<String>) -> Item {
-        Item { kind, expected_type, text: None, type_name: String::new(), refs: Vec::new(), ok: false, stored: false }
+        Item { kind, expected_type, text: None, type_name: String::new(), refs: Vec::new(), ok: false, stored: false, fetched: false, bad: false }
     }
 }
 
@@ -128,6 +136,29 @@ struct Pass {
     start: Vec<String>,
     calls: Vec<Job>,
     fetch: Vec<String>,
+    /// Every object / ID object to fetch, dependencies first, and how many were asked.
+    texts: Vec<String>,
+    next: usize,
+    com: Com,
+}
+
+/// The incremental commit state of a pass (see [`Importer::received`]).
+#[derive(Default)]
+struct Com {
+    /// Listed version node -> (dataIdHash, dataType).
+    nodes: HashMap<String, (String, String)>,
+    /// Listed version nodes whose §6.2 check passed.
+    checked: HashSet<String>,
+    /// Data hash -> nodes whose check waits for it.
+    wait_data: HashMap<String, Vec<String>>,
+    reached: HashSet<String>,
+    /// Verified item -> its listed references not stored yet.
+    blockers: HashMap<String, usize>,
+    /// Listed hash -> verified items referencing it.
+    waiters: HashMap<String, Vec<String>>,
+    queued: HashSet<String>,
+    ready: VecDeque<String>,
+    stored: HashSet<String>,
 }
 
 enum Stage {
@@ -345,45 +376,9 @@ impl Importer {
                 for (h, res) in fetch.iter().zip(results) {
                     self.verify(&mut pass, h, res, cx)?;
                 }
-                let mut wanted: HashSet<(Kind, &str)> = HashSet::new();
-                for h in &fetch {
-                    let it = &pass.items[h];
-                    if it.ok {
-                        for (_, k, r) in &it.refs {
-                            wanted.insert((ref_kind(*k), r.as_str()));
-                        }
-                    }
-                }
-                let mut streams = Vec::new();
-                let mut refused = Vec::new();
-                for h in &pass.order {
-                    let it = &pass.items[h];
-                    if !matches!(it.kind, Kind::Blob | Kind::Clob) || it.stored {
-                        continue;
-                    }
-                    if wanted.contains(&(it.kind, h.as_str())) {
-                        streams.push(h.clone());
-                    } else {
-                        refused.push((h.clone(), it.kind));
-                    }
-                }
-                for (h, k) in refused {
-                    cx.error("LAMA-CHUM-NOTREACHABLE", &format!("{h} was listed as a {} that no received object references as one; not fetched", k.as_str()), false);
-                }
-                let reqs: Vec<Req> = streams
-                    .iter()
-                    .map(|h| {
-                        let a = Some(Value::String(h.clone()));
-                        if pass.items[h].kind == Kind::Blob {
-                            Req { service: GET_BLOB, args: vec![a, None], stream: Some(false) }
-                        } else {
-                            Req { service: GET_BLOB, args: vec![a, Some("utf8".into())], stream: Some(true) }
-                        }
-                    })
-                    .collect();
-                pass.fetch = streams;
-                self.stage = Stage::Streams(pass);
-                Ok(Step::Call(reqs))
+                self.received(&mut pass, &fetch, cx);
+                self.flush(&mut pass, Vec::new(), Vec::new(), false, cx);
+                self.fetch_next(pass, cx)
             }
             Stage::Streams(mut pass) => {
                 let fetch = std::mem::take(&mut pass.fetch);
@@ -397,6 +392,8 @@ impl Importer {
                             let it = pass.items.get_mut(&h).unwrap();
                             it.ok = true;
                             it.stored = true;
+                            it.fetched = true;
+                            release(&mut pass, &h);
                             self.pending.remove(&h);
                             if clob {
                                 cx.log.b_to_a_clob.push(h.clone());
@@ -420,9 +417,9 @@ impl Importer {
                         }
                     }
                 }
-                self.check_version_nodes(&mut pass, cx);
-                check_reachable(&mut pass, cx);
-                let stored = self.commit(&mut pass, new_blobs, new_clobs, cx);
+                self.flush(&mut pass, new_blobs, new_clobs, true, cx);
+                report_unreachable(&mut pass, cx);
+                let stored = std::mem::take(&mut pass.com.stored);
                 for (id_hash, ms) in &pass.group_missing {
                     let mut best: Option<(f64, &String)> = None;
                     for n in ms {
@@ -461,6 +458,73 @@ impl Importer {
             }
             Stage::Done => Ok(Step::Done),
         }
+    }
+
+    /// Ask for the next chunk of objects, or, when all were asked, for the BLOBs/CLOBs.
+    fn fetch_next(&mut self, mut pass: Box<Pass>, cx: &mut Cx) -> Result<Step, Fatal> {
+        let batched = self.features.contains("batch");
+        let chunk = if batched { BATCH_MAX * FETCH_CHUNK_BATCHES } else { FETCH_CHUNK };
+        if pass.next < pass.texts.len() {
+            let end = (pass.next + chunk).min(pass.texts.len());
+            let fetch: Vec<String> = pass.texts[pass.next..end].to_vec();
+            pass.next = end;
+            let reqs: Vec<Req> = if batched {
+                // docs/chum-fastpath.md: up to BATCH_MAX microdata per request
+                fetch.chunks(BATCH_MAX).map(|c| req(GET_OBJECTS_BATCH, vec![Some(Value::Array(c.iter().map(|h| Value::String(h.clone())).collect()))])).collect()
+            } else {
+                fetch
+                    .iter()
+                    .map(|h| {
+                        let a = Some(Value::String(h.clone()));
+                        if pass.items[h].kind == Kind::Id { req(GET_ID_OBJECT, vec![a]) } else { req(GET_OBJECT, vec![a]) }
+                    })
+                    .collect()
+            };
+            pass.fetch = fetch;
+            self.stage = Stage::Fetch(pass);
+            return Ok(Step::Call(reqs));
+        }
+        let _ = &cx;
+                let mut wanted: HashSet<(Kind, &str)> = HashSet::new();
+        for h in &pass.texts {
+            let it = &pass.items[h];
+            if it.ok {
+                for (_, k, r) in &it.refs {
+                    wanted.insert((ref_kind(*k), r.as_str()));
+                }
+            }
+        }
+        let mut streams = Vec::new();
+        let mut refused = Vec::new();
+        for h in &pass.order {
+            let it = &pass.items[h];
+            if !matches!(it.kind, Kind::Blob | Kind::Clob) || it.stored {
+                continue;
+            }
+            if wanted.contains(&(it.kind, h.as_str())) {
+                streams.push(h.clone());
+            } else {
+                refused.push((h.clone(), it.kind));
+            }
+        }
+        for (h, k) in refused {
+            cx.error("LAMA-CHUM-NOTREACHABLE", &format!("{h} was listed as a {} that no received object references as one; not fetched", k.as_str()), false);
+        }
+        let reqs: Vec<Req> = streams
+            .iter()
+            .map(|h| {
+                let a = Some(Value::String(h.clone()));
+                if pass.items[h].kind == Kind::Blob {
+                    Req { service: GET_BLOB, args: vec![a, None], stream: Some(false) }
+                } else {
+                    Req { service: GET_BLOB, args: vec![a, Some("utf8".into())], stream: Some(true) }
+                }
+            })
+            .collect();
+        pass.fetch = streams;
+        self.stage = Stage::Streams(pass);
+        Ok(Step::Call(reqs))
+            
     }
 
     fn roots(&mut self) -> Result<Step, Fatal> {
@@ -677,22 +741,21 @@ impl Importer {
         // Objects first, then only the BLOBs/CLOBs that a verified object references as such:
         // a stream is stored as soon as it ends (before the objects are committed), so a hash
         // listed as "blob" that is really an object must never be fetched as one.
-        let fetch: Vec<String> = fetch.into_iter().filter(|h| matches!(pass.items[h].kind, Kind::Object | Kind::Id)).collect();
-        let reqs: Vec<Req> = if self.features.contains("batch") {
-            // docs/chum-fastpath.md: up to BATCH_MAX microdata per request
-            fetch.chunks(BATCH_MAX).map(|c| req(GET_OBJECTS_BATCH, vec![Some(Value::Array(c.iter().map(|h| Value::String(h.clone())).collect()))])).collect()
-        } else {
-            fetch
-                .iter()
-                .map(|h| {
-                    let a = Some(Value::String(h.clone()));
-                    if pass.items[h].kind == Kind::Id { req(GET_ID_OBJECT, vec![a]) } else { req(GET_OBJECT, vec![a]) }
-                })
-                .collect()
-        };
-        pass.fetch = fetch;
-        self.stage = Stage::Fetch(pass);
-        Ok(Step::Call(reqs))
+        pass.texts = fetch.into_iter().filter(|h| matches!(pass.items[h].kind, Kind::Object | Kind::Id)).collect();
+        for (id_hash, ms) in &pass.group_missing {
+            let types = pass.groups.iter().find(|g| &g.0 == id_hash).map(|g| g.1.clone()).unwrap_or_default();
+            for n in ms {
+                let t = types.iter().find(|x| &x.0 == n).map(|x| x.1.clone()).unwrap_or_default();
+                pass.com.nodes.insert(n.clone(), (id_hash.clone(), t));
+            }
+        }
+        for h in pass.start.clone() {
+            reach(&mut pass, &h);
+        }
+        // Fetched in calls of a bounded size, dependencies first; after each call everything
+        // that may be stored is committed, so an interrupted pass keeps what it stored and the
+        // next session asks only for the rest (issue 8).
+        self.fetch_next(pass, cx)
     }
 
     /// chum.md §4.3: a string holding a JSON array of `{type, hash}`; returned reversed
@@ -787,138 +850,169 @@ impl Importer {
         Ok(())
     }
 
-    /// chum.md §6.2: a fetched listed node's data must have ID hash `dataIdHash` (CI-CCI1)
-    /// and type `dataType` (CI-CCI2).
-    fn check_version_nodes(&self, pass: &mut Pass, cx: &mut Cx) {
-        for (id_hash, ms) in &pass.group_missing {
-            let types: HashMap<&str, &str> =
-                pass.groups.iter().find(|g| &g.0 == id_hash).map(|g| g.1.iter().map(|(n, t)| (n.as_str(), t.as_str())).collect()).unwrap_or_default();
-            for n in ms {
-                let Some(it) = pass.items.get(n) else { continue };
-                if !it.ok || it.stored {
-                    continue;
-                }
-                let problem: Option<(&str, String)> = if !VERSION_NODE_TYPES.contains(&it.type_name.as_str()) {
-                    Some(("CI-CCI1", format!("{n} is a {}, not a version node", it.type_name)))
-                } else {
-                    let data = it.refs.iter().find(|r| r.0 == "data").map(|r| r.2.clone());
-                    let text = data.as_ref().and_then(|d| match pass.items.get(d) {
-                        Some(x) if x.ok && x.text.is_some() => x.text.clone(),
-                        Some(x) if !x.stored => None,
-                        _ => self.store.get(d).ok(),
-                    });
-                    match text {
-                        None => Some(("CI-CCI1", format!("version node {n}: its data is not available"))),
-                        Some(t) => {
-                            let idh = microdata::id_microdata_of(&t).ok().flatten().map(|m| sha256_hex(m.as_bytes()));
-                            let ty = microdata::type_of(&t).map(|x| x.0).unwrap_or_default();
-                            let want = types.get(n.as_str()).copied().unwrap_or_default();
-                            if idh.as_deref() != Some(id_hash.as_str()) {
-                                Some(("CI-CCI1", format!("version node {n}: data {} does not have ID hash {id_hash}", data.unwrap_or_default())))
-                            } else if ty != want {
-                                Some(("CI-CCI2", format!("version node {n}: data {} is a {ty}, not a {want}", data.unwrap_or_default())))
-                            } else {
-                                None
-                            }
-                        }
-                    }
-                };
-                if let Some((code, msg)) = problem {
-                    pass.items.get_mut(n).unwrap().ok = false;
-                    cx.error(code, &msg, false);
-                }
-            }
-        }
-    }
-
-    /// Store every verified item whose references are all present, dependencies first, in
-    /// batches of one transaction each; an item that depends on a failed or pending one is
-    /// left out (the "no holes" invariant, chum.md §5.3). Returns what was stored.
-    fn commit(&self, pass: &mut Pass, new_blobs: Vec<String>, new_clobs: Vec<String>, cx: &mut Cx) -> HashSet<String> {
-        let items = &pass.items;
-        let mut outside: Vec<String> = items
-            .values()
-            .filter(|it| it.ok && !it.stored)
-            .flat_map(|it| it.refs.iter().map(|r| r.2.clone()))
-            .filter(|r| !items.contains_key(r))
+    /// The answers for `part` were verified: record what each verified item waits for, run
+    /// the §6.2 checks of listed version nodes whose data is here, extend reachability.
+    ///
+    /// An item is stored once it is verified, it is a root whose children were asked or a
+    /// verified item of the pass references it (a listed version node only after its check,
+    /// and its references count only then), and every reference it has that this pass lists is stored or earlier in the same
+    /// transaction, while every other reference is already local: dependencies first, never a
+    /// hole (chum.md §5.3). Kahn's algorithm, incremental, so a pass costs linear time however
+    /// many chunks it takes (issue 8).
+    fn received(&self, pass: &mut Pass, part: &[String], cx: &mut Cx) {
+        let mut outside: Vec<String> = part
+            .iter()
+            .filter(|h| pass.items[*h].ok)
+            .flat_map(|h| pass.items[h].refs.iter().map(|r| r.2.clone()))
+            .filter(|r| !pass.items.contains_key(r))
             .collect();
         outside.sort();
         outside.dedup();
         let absent: HashSet<String> = outside.into_iter().filter(|h| !self.store.has(h).unwrap_or(false)).collect();
-        let mut state: HashMap<String, bool> = HashMap::new();
-        let mut topo: Vec<String> = Vec::new();
-        for h0 in &pass.order {
-            if state.contains_key(h0) {
+        for h in part {
+            pass.items.get_mut(h).unwrap().fetched = true;
+        }
+        for h in part {
+            if !pass.items[h].ok {
                 continue;
             }
-            let mut stack: Vec<(String, usize)> = vec![(h0.clone(), 0)];
-            let mut visiting: HashSet<String> = HashSet::from([h0.clone()]);
-            while let Some((h, i)) = stack.last().cloned() {
-                let it = &items[&h];
-                if it.stored || !it.ok {
-                    state.insert(h.clone(), it.stored);
-                    stack.pop();
-                    visiting.remove(&h);
-                    continue;
-                }
-                if i < it.refs.len() {
-                    stack.last_mut().unwrap().1 += 1;
-                    let r = &it.refs[i].2;
-                    if items.contains_key(r) && !state.contains_key(r) && !visiting.contains(r) {
-                        visiting.insert(r.clone());
-                        stack.push((r.clone(), 0));
-                    }
-                    continue;
-                }
-                let mut good = true;
-                for (_, k, r) in &it.refs {
-                    if let Some(target) = items.get(r) {
-                        if !state.get(r).copied().unwrap_or(false) {
-                            good = false;
-                        } else if target.kind != ref_kind(*k) && !target.stored {
-                            // listed as another kind than it is referenced as: the reference
-                            // would point at the wrong thing
-                            good = false;
-                            cx.error("CI-ACO", &format!("{h} references {r} as {}, but it was listed as {}", k.as_str(), target.kind.as_str()), false);
+            let mut block: HashSet<String> = HashSet::new();
+            let mut bad = false;
+            for (_, k, r) in &pass.items[h].refs {
+                match pass.items.get(r) {
+                    None => {
+                        if absent.contains(r) && !bad {
+                            bad = true;
+                            cx.error("CI-ACO", &format!("{h} references {r}, which is neither stored nor listed among the children"), false);
                         }
-                    } else if absent.contains(r) {
-                        good = false;
-                        cx.error("CI-ACO", &format!("{h} references {r}, which is neither stored nor listed among the children"), false);
+                    }
+                    Some(t) if t.kind != ref_kind(*k) && !t.stored => {
+                        // listed as another kind than it is referenced as: the reference
+                        // would point at the wrong thing
+                        if !bad {
+                            bad = true;
+                            cx.error("CI-ACO", &format!("{h} references {r} as {}, but it was listed as {}", k.as_str(), t.kind.as_str()), false);
+                        }
+                    }
+                    Some(t) => {
+                        if !t.stored && block.insert(r.clone()) {
+                            pass.com.waiters.entry(r.clone()).or_default().push(h.clone());
+                        }
                     }
                 }
-                state.insert(h.clone(), good);
-                if good {
-                    topo.push(h.clone());
+            }
+            pass.items.get_mut(h).unwrap().bad = bad;
+            pass.com.blockers.insert(h.clone(), block.len());
+        }
+        for h in part {
+            let ok = pass.items[h].ok;
+            if ok && pass.com.nodes.contains_key(h) {
+                let data = pass.items[h].refs.iter().find(|r| r.0 == "data").map(|r| r.2.clone());
+                match data.as_ref().and_then(|d| pass.items.get(d)) {
+                    Some(d) if !d.fetched && !d.stored => {
+                        pass.com.wait_data.entry(data.unwrap()).or_default().push(h.clone());
+                    }
+                    _ => self.check(pass, h, cx),
                 }
-                stack.pop();
-                visiting.remove(&h);
+            }
+            for n in pass.com.wait_data.remove(h).unwrap_or_default() {
+                self.check(pass, &n, cx);
+            }
+            if ok {
+                expand(pass, h);
+                consider(pass, h);
             }
         }
-        let mut stored = HashSet::new();
-        let mut first = true;
-        let mut off = 0;
-        loop {
-            let batch: Vec<String> = topo[off.min(topo.len())..(off + COMMIT_BATCH).min(topo.len())].to_vec();
-            if batch.is_empty() && !(first && (!new_blobs.is_empty() || !new_clobs.is_empty())) {
-                break;
+    }
+
+    fn check(&self, pass: &mut Pass, n: &str, cx: &mut Cx) {
+        if !pass.items[n].ok {
+            return;
+        }
+        if self.check_node(pass, n, cx) {
+            pass.com.checked.insert(n.to_string());
+            expand(pass, n);
+            consider(pass, n);
+        } else {
+            pass.items.get_mut(n).unwrap().ok = false;
+        }
+    }
+
+    /// chum.md §6.2: a fetched listed node's data must have ID hash `dataIdHash` (CI-CCI1)
+    /// and type `dataType` (CI-CCI2).
+    fn check_node(&self, pass: &Pass, n: &str, cx: &mut Cx) -> bool {
+        let it = &pass.items[n];
+        let (id_hash, want) = pass.com.nodes[n].clone();
+        let problem: Option<(&str, String)> = if !VERSION_NODE_TYPES.contains(&it.type_name.as_str()) {
+            Some(("CI-CCI1", format!("{n} is a {}, not a version node", it.type_name)))
+        } else {
+            let data = it.refs.iter().find(|r| r.0 == "data").map(|r| r.2.clone());
+            let text = data.as_ref().and_then(|d| match pass.items.get(d) {
+                Some(x) if x.ok && x.text.is_some() => x.text.clone(),
+                Some(x) if !x.stored => None,
+                _ => self.store.get(d).ok(),
+            });
+            match text {
+                None => Some(("CI-CCI1", format!("version node {n}: its data is not available"))),
+                Some(t) => {
+                    let idh = microdata::id_microdata_of(&t).ok().flatten().map(|m| sha256_hex(m.as_bytes()));
+                    let ty = microdata::type_of(&t).map(|x| x.0).unwrap_or_default();
+                    if idh.as_deref() != Some(id_hash.as_str()) {
+                        Some(("CI-CCI1", format!("version node {n}: data {} does not have ID hash {id_hash}", data.unwrap_or_default())))
+                    } else if ty != want {
+                        Some(("CI-CCI2", format!("version node {n}: data {} is a {ty}, not a {want}", data.unwrap_or_default())))
+                    } else {
+                        None
+                    }
+                }
+            }
+        };
+        match problem {
+            Some((code, msg)) => {
+                cx.error(code, &msg, false);
+                false
+            }
+            None => true,
+        }
+    }
+
+    /// Commit everything ready, `COMMIT_BATCH` items per transaction, one `imported` event
+    /// each (the final flush reports the pass's BLOBs/CLOBs in its first).
+    fn flush(&self, pass: &mut Pass, new_blobs: Vec<String>, new_clobs: Vec<String>, last: bool, cx: &mut Cx) {
+        let mut first = last;
+        while !pass.com.ready.is_empty() || (first && (!new_blobs.is_empty() || !new_clobs.is_empty())) {
+            let mut batch: Vec<String> = Vec::new();
+            let mut in_batch: HashSet<String> = HashSet::new();
+            while batch.len() < COMMIT_BATCH {
+                let Some(h) = pass.com.ready.pop_front() else { break };
+                // a reference refused by the store in an earlier batch: never a hole
+                if pass.items[&h].refs.iter().any(|r| pass.items.get(&r.2).is_some_and(|x| !x.stored) && !in_batch.contains(&r.2)) {
+                    continue;
+                }
+                in_batch.insert(h.clone());
+                release(pass, &h);
+                batch.push(h);
             }
             let done = self.put(pass, &batch, cx);
-            let objects: Vec<String> = done.iter().filter(|h| pass.items[*h].kind != Kind::Id).cloned().collect();
-            let id_objects: Vec<String> = done.iter().filter(|h| pass.items[*h].kind == Kind::Id).cloned().collect();
-            stored.extend(done);
-            cx.events.push_back(Event::Imported {
-                objects,
-                id_objects,
-                blobs: if first { new_blobs.clone() } else { Vec::new() },
-                clobs: if first { new_clobs.clone() } else { Vec::new() },
-            });
-            first = false;
-            off += COMMIT_BATCH;
-            if off >= topo.len() {
-                break;
+            for h in &batch {
+                let it = pass.items.get_mut(h).unwrap();
+                if !it.stored {
+                    it.bad = true;
+                }
             }
+            if !done.is_empty() || first {
+                let objects: Vec<String> = done.iter().filter(|h| pass.items[*h].kind != Kind::Id).cloned().collect();
+                let id_objects: Vec<String> = done.iter().filter(|h| pass.items[*h].kind == Kind::Id).cloned().collect();
+                cx.events.push_back(Event::Imported {
+                    objects,
+                    id_objects,
+                    blobs: if first { new_blobs.clone() } else { Vec::new() },
+                    clobs: if first { new_clobs.clone() } else { Vec::new() },
+                });
+            }
+            pass.com.stored.extend(done);
+            first = false;
         }
-        stored
     }
 
     fn put(&self, pass: &mut Pass, batch: &[String], cx: &mut Cx) -> Vec<String> {
@@ -961,23 +1055,67 @@ impl Importer {
     }
 }
 
-/// Every listed child must be reachable from the root it was listed for over the references
-/// of what was received: an exporter must not slip unrelated objects in.
-fn check_reachable(pass: &mut Pass, cx: &mut Cx) {
-    let mut reached: HashSet<String> = pass.start.iter().cloned().collect();
-    let mut stack: Vec<String> = pass.start.clone();
-    while let Some(h) = stack.pop() {
-        let Some(it) = pass.items.get(&h) else { continue };
-        if it.stored || !it.ok {
-            continue;
-        }
-        for (_, _, r) in &it.refs {
-            if pass.items.contains_key(r) && reached.insert(r.clone()) {
-                stack.push(r.clone());
-            }
+fn expandable(pass: &Pass, h: &str) -> bool {
+    let it = &pass.items[h];
+    it.ok && !it.stored && (!pass.com.nodes.contains_key(h) || pass.com.checked.contains(h))
+}
+
+/// `h` is a root whose children were asked, or a verified item of the pass references it.
+fn reach(pass: &mut Pass, h: &str) {
+    if pass.items.contains_key(h) && pass.com.reached.insert(h.to_string()) {
+        consider(pass, h);
+    }
+}
+
+/// `h` was verified (a listed version node: its check passed): what it references is reached.
+/// Not transitively from the roots: a chain (a channel's entries) is received oldest first, so
+/// its top is the last to arrive, and the commit must not wait for it.
+fn expand(pass: &mut Pass, h: &str) {
+    if expandable(pass, h) {
+        let refs: Vec<String> = pass.items[h].refs.iter().map(|r| r.2.clone()).collect();
+        for r in refs {
+            reach(pass, &r);
         }
     }
-    let mut bad: Vec<String> = pass.order.iter().filter(|h| !reached.contains(*h) && pass.items[*h].ok && !pass.items[*h].stored).cloned().collect();
+}
+
+fn consider(pass: &mut Pass, h: &str) {
+    let it = &pass.items[h];
+    let c = &pass.com;
+    if c.queued.contains(h)
+        || !it.ok
+        || it.stored
+        || it.bad
+        || !c.reached.contains(h)
+        || c.blockers.get(h).copied().unwrap_or(1) != 0
+        || (c.nodes.contains_key(h) && !c.checked.contains(h))
+    {
+        return;
+    }
+    pass.com.queued.insert(h.to_string());
+    pass.com.ready.push_back(h.to_string());
+}
+
+/// `h` is stored (or in the transaction being built): what waited for it may be ready.
+fn release(pass: &mut Pass, h: &str) {
+    for w in pass.com.waiters.remove(h).unwrap_or_default() {
+        *pass.com.blockers.get_mut(&w).unwrap() -= 1;
+        consider(pass, &w);
+    }
+}
+
+/// Every listed child must be reachable from the root it was listed for over the references
+/// of what was received: an exporter must not slip unrelated objects in.
+fn report_unreachable(pass: &mut Pass, cx: &mut Cx) {
+    let mut bad: Vec<String> = pass
+        .order
+        .iter()
+        .filter(|h| {
+            let it = &pass.items[*h];
+            it.ok && !it.stored && !it.bad && !pass.com.reached.contains(*h)
+        })
+        .cloned()
+        .collect();
     bad.dedup();
     for h in bad {
         pass.items.get_mut(&h).unwrap().ok = false;

@@ -381,6 +381,13 @@ impl PyStore {
         crate::store_api::accessible_roots(py, self.store()?, person, since.unwrap_or(&zero))
     }
 
+    /// This store's identity: 32 hex digits, random, fixed at its first open.
+    #[getter]
+    fn store_id(&self, py: Python<'_>) -> PyResult<String> {
+        let store = self.store()?;
+        py.detach(|| store.store_id()).py()
+    }
+
     /// The high-water mark stored for `peer` (0 if never set).
     fn peer_mark(&self, py: Python<'_>, peer: &Bound<'_, PyAny>) -> PyResult<u64> {
         crate::store_api::peer_mark(py, self.store()?, peer)

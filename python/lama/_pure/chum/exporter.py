@@ -152,9 +152,9 @@ class Exporter:
 
     def epoch(self) -> str:
         """Names this store's write-sequence space, so a peer keeps one high-water mark per
-        exporter store: the hash of the store's first change-feed event."""
-        first = self.store.changes(0, 1)
-        return first[0][1] if first else ""
+        exporter store: the store's random identity (docs/store-format.md "meta" store_id), so
+        two stores whose first write is the same object still differ."""
+        return str(self.store.store_id)
 
     def _probe(self) -> dict[str, Any]:
         features = ["batch", "children-batch", "push"] + (["roots-since"] if self.roots_since_supported() else [])

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Generator
 
@@ -36,6 +37,11 @@ VERSION_NODE_TYPES = frozenset({"VersionNodeEdge", "VersionNodeChange", "Version
 
 COMMIT_BATCH = 1000
 """Objects per store transaction when committing a pass."""
+
+FETCH_CHUNK = 256
+"""Object requests per call (v8; with "batch", FETCH_CHUNK_BATCHES requests of BATCH_MAX): after
+each call what may be stored is committed (issue 8), so an interrupted pass keeps it."""
+FETCH_CHUNK_BATCHES = 8
 
 
 @dataclass
@@ -81,6 +87,8 @@ class _Item:
     refs: list[tuple[str, str, str]] = field(default_factory=list)
     ok: bool = False
     stored: bool = False
+    fetched: bool = False  # its answer was processed (verified or refused)
+    bad: bool = False  # verified, but refused for a reference (CI-ACO) or by the store
 
 
 class Importer:
@@ -315,25 +323,34 @@ class Importer:
         # would hold the right bytes under the wrong kind for good.
         texts = [it for it in fetch if it.kind in ("object", "id")]
         streams = [it for it in fetch if it.kind in ("blob", "clob")]
-        reqs: list[Req] = []
+        node_ids = {n: id_hash for id_hash, ms in group_missing.items() for n in ms}
+        node_types = {g["node"]: g["dataType"] for nodes in groups.values() for g in nodes}
+        com = _Committer(self, items, start, node_ids, node_types)
         batched = "batch" in self.features
-        if batched:
-            # docs/chum-fastpath.md: up to BATCH_MAX microdata per request
-            for off in range(0, len(texts), BATCH_MAX):
-                reqs.append(Req(GET_OBJECTS_BATCH, [[it.hash for it in texts[off:off + BATCH_MAX]]]))
-        else:
-            for it in texts:
-                reqs.append(Req(GET_OBJECT if it.kind == "object" else GET_ID_OBJECT, [it.hash]))
-        raw_results = yield Call(reqs) if reqs else Call([])
-        results: list[Outcome] = []
-        if batched:
-            for k, res in enumerate(raw_results):
-                chunk = texts[k * BATCH_MAX:(k + 1) * BATCH_MAX]
-                results.extend(self._batch_result(chunk, res))
-        else:
-            results.extend(raw_results)
-        for it, res in zip(texts, results):
-            self._verify(it, res)
+        # Fetched in calls of a bounded size (dependencies first, docs/chum-session.md §2.1);
+        # after each call everything that may be stored is committed, so an interrupted pass
+        # keeps what it stored and the next session asks only for the rest (issue 8).
+        chunk = BATCH_MAX * FETCH_CHUNK_BATCHES if batched else FETCH_CHUNK
+        for off in range(0, len(texts), chunk):
+            part = texts[off:off + chunk]
+            if batched:
+                # docs/chum-fastpath.md: up to BATCH_MAX microdata per request
+                reqs = [Req(GET_OBJECTS_BATCH, [[it.hash for it in part[o:o + BATCH_MAX]]])
+                        for o in range(0, len(part), BATCH_MAX)]
+            else:
+                reqs = [Req(GET_OBJECT if it.kind == "object" else GET_ID_OBJECT, [it.hash])
+                        for it in part]
+            raw_results = yield Call(reqs)
+            results: list[Outcome] = []
+            if batched:
+                for k, res in enumerate(raw_results):
+                    results.extend(self._batch_result(part[k * BATCH_MAX:(k + 1) * BATCH_MAX], res))
+            else:
+                results.extend(raw_results)
+            for it, res in zip(part, results):
+                self._verify(it, res)
+            com.received(part)
+            com.flush([], [])
         wanted: set[tuple[str, str]] = {(_REF_KINDS.get(k, k), r) for it in texts if it.ok
                                         for _p, k, r in it.refs}
         streams_ok = []
@@ -350,7 +367,8 @@ class Importer:
         new_clobs: list[str] = []
         for it, res in zip(streams_ok, results):
             if res.ok:
-                it.ok = it.stored = True
+                it.ok = it.stored = it.fetched = True
+                com.stored_elsewhere(it.hash)
                 self.pending.pop(it.hash, None)
                 (new_clobs if it.kind == "clob" else new_blobs).append(it.hash)
                 self.log["BtoAClob" if it.kind == "clob" else "BtoABlob"].append(it.hash)
@@ -360,9 +378,9 @@ class Importer:
                 self.pending[it.hash] = reason
                 self.emit("pending", {"hash": it.hash, "kind": it.kind, "reason": reason})
 
-        self._check_version_nodes(items, groups, group_missing)
-        self._check_reachable(items, start)
-        stored = self._commit(items, order, new_blobs, new_clobs)
+        com.flush(new_blobs, new_clobs, final=True)
+        com.report_unreachable()
+        stored = com.stored
         for id_hash, ms in group_missing.items():
             best: tuple[float, str] | None = None
             for n in ms:
@@ -503,141 +521,37 @@ class Importer:
             return
         it.text, it.type_name, it.refs, it.ok = text, type_name, refs, True
 
-    def _check_version_nodes(self, items: dict[str, _Item], groups: dict[str, list[dict[str, Any]]],
-                             group_missing: dict[str, list[str]]) -> None:
+    def _check_node(self, items: dict[str, _Item], n: str, id_hash: str, data_type: str) -> bool:
         """chum.md §6.2: a fetched listed node's data must have ID hash ``dataIdHash``
         (CI-CCI1) and type ``dataType`` (CI-CCI2)."""
-        for id_hash, ms in group_missing.items():
-            types = {g["node"]: g["dataType"] for g in groups[id_hash]}
-            for n in ms:
-                it = items.get(n)
-                if it is None or not it.ok or it.stored:
-                    continue
-                if it.type_name not in VERSION_NODE_TYPES:
-                    it.ok = False
-                    self._err("CI-CCI1", f"{n} is a {it.type_name}, not a version node", False)
-                    continue
-                data = next((h for p, k, h in it.refs if p == "data"), None)
-                text = None
-                if data is not None:
-                    d = items.get(data)
-                    if d is not None and d.ok and d.text is not None:
-                        text = d.text
-                    elif d is None or d.stored:
-                        try:
-                            text = self.store.get(data)
-                        except LamaError:
-                            text = None
-                if text is None:
-                    it.ok = False
-                    self._err("CI-CCI1", f"version node {n}: its data is not available", False)
-                    continue
-                id_md = id_microdata_of(text)
-                if id_md is None or sha256_hex(id_md) != id_hash:
-                    it.ok = False
-                    self._err("CI-CCI1", f"version node {n}: data {data} does not have ID hash "
-                               f"{id_hash}", False)
-                    continue
-                if type_of(text)[0] != types.get(n):
-                    it.ok = False
-                    self._err("CI-CCI2", f"version node {n}: data {data} is a "
-                               f"{type_of(text)[0]}, not a {types.get(n)}", False)
-
-    def _check_reachable(self, items: dict[str, _Item], start: list[str]) -> None:
-        """Every listed child must be reachable from the root it was listed for over the
-        references of what was received (an exporter must not slip in unrelated objects)."""
-        reached: set[str] = set()
-        stack = [h for h in start]
-        for h in start:
-            reached.add(h)
-        while stack:
-            h = stack.pop()
-            it = items.get(h)
-            if it is None or it.stored or not it.ok:
-                continue
-            for _p, _k, r in it.refs:
-                if r in items and r not in reached:
-                    reached.add(r)
-                    stack.append(r)
-        for h, it in items.items():
-            if it.ok and not it.stored and h not in reached:
-                it.ok = False
-                self._err("LAMA-CHUM-NOTREACHABLE",
-                           f"{h} was listed but is not reachable from the root it was listed for",
-                           False)
-
-    # -- storing ---------------------------------------------------------------------------
-
-    def _commit(self, items: dict[str, _Item], order: list[str], new_blobs: list[str],
-                new_clobs: list[str]) -> set[str]:
-        """Store every verified item whose references are all present, dependencies first, in
-        batches of one transaction each; an item that depends on a failed or pending one is
-        left out (the "no holes" invariant, chum.md §5.3)."""
-        outside = sorted({r for it in items.values() if it.ok and not it.stored
-                          for _p, _k, r in it.refs if r not in items})
-        absent = set(self.store.missing(outside)) if outside else set()
-        state: dict[str, bool] = {}  # hash -> storable
-        topo: list[str] = []
-        for h0 in order:
-            if h0 in state:
-                continue
-            stack: list[tuple[str, int]] = [(h0, 0)]
-            visiting = {h0}
-            while stack:
-                h, i = stack[-1]
-                it = items[h]
-                if it.stored:
-                    state[h] = True
-                    stack.pop()
-                    visiting.discard(h)
-                    continue
-                if not it.ok:
-                    state[h] = False
-                    stack.pop()
-                    visiting.discard(h)
-                    continue
-                if i < len(it.refs):
-                    stack[-1] = (h, i + 1)
-                    r = it.refs[i][2]
-                    if r in items and r not in state and r not in visiting:
-                        visiting.add(r)
-                        stack.append((r, 0))
-                    continue
-                good = True
-                for _p, k, r in it.refs:
-                    if r in items:
-                        if not state.get(r, False):
-                            good = False
-                        elif items[r].kind != _REF_KINDS.get(k, k) and not items[r].stored:
-                            # listed as another kind than it is referenced as (e.g. an object
-                            # fetched as a BLOB): the reference would point at the wrong thing
-                            good = False
-                            self._err("CI-ACO", f"{h} references {r} as {k}, but it was listed "
-                                      f"as {items[r].kind}", False)
-                    elif r in absent:
-                        good = False
-                        self._err("CI-ACO", f"{h} references {r}, which is neither stored "
-                                   "nor listed among the children", False)
-                state[h] = good
-                if good:
-                    topo.append(h)
-                stack.pop()
-                visiting.discard(h)
-        stored: set[str] = set()
-        first = True
-        for off in range(0, max(len(topo), 1), COMMIT_BATCH):
-            batch = topo[off:off + COMMIT_BATCH]
-            if not batch and not (first and (new_blobs or new_clobs)):
-                break
-            done = self._put(items, batch)
-            objs = [h for h in done if items[h].kind == "object"]
-            ids = [h for h in done if items[h].kind == "id"]
-            stored.update(done)
-            self.emit("imported", {"objects": objs, "id_objects": ids,
-                                   "blobs": new_blobs if first else [],
-                                   "clobs": new_clobs if first else []})
-            first = False
-        return stored
+        it = items[n]
+        if it.type_name not in VERSION_NODE_TYPES:
+            self._err("CI-CCI1", f"{n} is a {it.type_name}, not a version node", False)
+            return False
+        data = next((h for p, k, h in it.refs if p == "data"), None)
+        text = None
+        if data is not None:
+            d = items.get(data)
+            if d is not None and d.ok and d.text is not None:
+                text = d.text
+            elif d is None or d.stored:
+                try:
+                    text = self.store.get(data)
+                except LamaError:
+                    text = None
+        if text is None:
+            self._err("CI-CCI1", f"version node {n}: its data is not available", False)
+            return False
+        id_md = id_microdata_of(text)
+        if id_md is None or sha256_hex(id_md) != id_hash:
+            self._err("CI-CCI1", f"version node {n}: data {data} does not have ID hash "
+                      f"{id_hash}", False)
+            return False
+        if type_of(text)[0] != data_type:
+            self._err("CI-CCI2", f"version node {n}: data {data} is a "
+                      f"{type_of(text)[0]}, not a {data_type}", False)
+            return False
+        return True
 
     def _put(self, items: dict[str, _Item], batch: list[str]) -> list[str]:
         if not batch:
@@ -668,6 +582,159 @@ class Importer:
                 self.log["BtoAObjects"].append(h)
                 self.stats["objects_received"] += 1
         return done
+
+
+class _Committer:
+    """Stores a pass's verified items as soon as they may be stored (issue 8), one store
+    transaction per batch: an item is stored once it is verified, it is a root whose children
+    were asked or a verified item of the pass references it (a listed version node only after
+    its §6.2 check, and its references count only then), and every reference it has that this
+    pass lists is stored or earlier in the same transaction, while every other reference is
+    already local -- dependencies first, never a hole (chum.md §5.3).  Kahn's algorithm, incremental: each item and reference is handled
+    a bounded number of times however often it is called."""
+
+    def __init__(self, imp: Importer, items: dict[str, _Item], start: list[str],
+                 node_ids: dict[str, str], node_types: dict[str, str]):
+        self.imp = imp
+        self.items = items
+        self.node_ids = node_ids  # listed version node -> its dataIdHash
+        self.node_types = node_types
+        self.checked: set[str] = set()  # listed version nodes whose §6.2 check passed
+        self.wait_data: dict[str, list[str]] = {}  # data hash -> nodes whose check waits for it
+        self.reached: set[str] = set()
+        self.blockers: dict[str, int] = {}  # verified item -> its listed references not stored
+        self.waiters: dict[str, list[str]] = {}  # listed hash -> verified items referencing it
+        self.queued: set[str] = set()
+        self.ready: deque[str] = deque()
+        self.stored: set[str] = set()
+        for h in start:
+            self._reach(h)
+
+    def _expandable(self, h: str) -> bool:
+        it = self.items[h]
+        return it.ok and not it.stored and (h not in self.node_ids or h in self.checked)
+
+    def _reach(self, h: str) -> None:
+        if h in self.items and h not in self.reached:
+            self.reached.add(h)
+            self._consider(h)
+
+    def _expand(self, h: str) -> None:
+        """``h`` was verified (a listed version node: its check passed): what it references is
+        reached.  Not transitively from the roots: a chain (a channel's entries) is received
+        oldest first, so its top is the last to arrive, and the commit must not wait for it."""
+        if self._expandable(h):
+            for _p, _k, r in self.items[h].refs:
+                self._reach(r)
+
+    def _consider(self, h: str) -> None:
+        it = self.items[h]
+        if (h in self.queued or not it.ok or it.stored or it.bad or h not in self.reached
+                or self.blockers.get(h, 1) != 0 or (h in self.node_ids and h not in self.checked)):
+            return
+        self.queued.add(h)
+        self.ready.append(h)
+
+    def received(self, part: list[_Item]) -> None:
+        """The answers for ``part`` were verified."""
+        items = self.items
+        outside = sorted({r for it in part if it.ok for _p, _k, r in it.refs if r not in items})
+        absent = set(self.imp.store.missing(outside)) if outside else set()
+        for it in part:
+            it.fetched = True
+        for it in part:
+            if not it.ok:
+                continue
+            h = it.hash
+            block: set[str] = set()
+            for _p, k, r in it.refs:
+                t = items.get(r)
+                if t is None:
+                    if r in absent and not it.bad:
+                        it.bad = True
+                        self.imp._err("CI-ACO", f"{h} references {r}, which is neither stored "
+                                      "nor listed among the children", False)
+                elif t.kind != _REF_KINDS.get(k, k) and not t.stored:
+                    # listed as another kind than it is referenced as (e.g. an object fetched
+                    # as a BLOB): the reference would point at the wrong thing
+                    if not it.bad:
+                        it.bad = True
+                        self.imp._err("CI-ACO", f"{h} references {r} as {k}, but it was listed "
+                                      f"as {t.kind}", False)
+                elif not t.stored and r not in block:
+                    block.add(r)
+                    self.waiters.setdefault(r, []).append(h)
+            self.blockers[h] = len(block)
+        for it in part:
+            h = it.hash
+            if it.ok and h in self.node_ids:
+                data = next((r for p, _k, r in it.refs if p == "data"), None)
+                d = items.get(data) if data is not None else None
+                if d is not None and not d.fetched and not d.stored:
+                    self.wait_data.setdefault(data, []).append(h)  # type: ignore[arg-type]
+                else:
+                    self._check(h)
+            for n in self.wait_data.pop(h, []):
+                self._check(n)
+            if it.ok:
+                self._expand(h)
+                self._consider(h)
+
+    def _check(self, n: str) -> None:
+        if not self.items[n].ok:
+            return
+        if self.imp._check_node(self.items, n, self.node_ids[n], self.node_types.get(n, "")):
+            self.checked.add(n)
+            self._expand(n)
+            self._consider(n)
+        else:
+            self.items[n].ok = False
+
+    def stored_elsewhere(self, h: str) -> None:
+        """``h`` (a BLOB/CLOB) was stored when its stream ended."""
+        self._release(h)
+
+    def _release(self, h: str) -> None:
+        for w in self.waiters.pop(h, []):
+            self.blockers[w] -= 1
+            self._consider(w)
+
+    def flush(self, blobs: list[str], clobs: list[str], final: bool = False) -> None:
+        """Commit everything ready, COMMIT_BATCH items per transaction, with one ``imported``
+        event each (the final flush reports the pass's BLOBs/CLOBs in its first)."""
+        items = self.items
+        first = final
+        while self.ready or (first and (blobs or clobs)):
+            batch: list[str] = []
+            in_batch: set[str] = set()
+            while self.ready and len(batch) < COMMIT_BATCH:
+                h = self.ready.popleft()
+                # a reference refused by the store in an earlier batch: never a hole
+                if any(r in items and not items[r].stored and r not in in_batch
+                       for _p, _k, r in items[h].refs):
+                    continue
+                batch.append(h)
+                in_batch.add(h)
+                self._release(h)
+            done = self.imp._put(items, batch)
+            for h in batch:
+                if not items[h].stored:
+                    items[h].bad = True
+            self.stored.update(done)
+            if done or first:
+                self.imp.emit("imported", {
+                    "objects": [h for h in done if items[h].kind == "object"],
+                    "id_objects": [h for h in done if items[h].kind == "id"],
+                    "blobs": blobs if first else [], "clobs": clobs if first else []})
+            first = False
+
+    def report_unreachable(self) -> None:
+        for h, it in self.items.items():
+            if it.ok and not it.stored and not it.bad and h not in self.reached:
+                it.ok = False
+                self.imp._err("LAMA-CHUM-NOTREACHABLE",
+                              f"{h} was listed but is not reachable from the root it was listed for",
+                              False)
 
 
 def _node_depth(text: str) -> float:

@@ -382,6 +382,12 @@ impl Store {
         Ok(self.shared.env.force_sync()?)
     }
 
+    /// This store's identity: 32 hex digits, random, fixed at its first open (meta `store_id`).
+    pub fn store_id(&self) -> Result<String> {
+        let txn = self.read_txn()?;
+        Ok(self.dbs().meta.get(&txn, b"store_id")?.map(|v| String::from_utf8_lossy(v).into_owned()).unwrap_or_default())
+    }
+
     pub(crate) fn dbs(&self) -> Dbs {
         self.shared.dbs
     }
@@ -690,6 +696,14 @@ fn open_env(
                 ),
             )))
         }
+    }
+    // The store's identity (docs/store-format.md "meta"): 16 random bytes as 32 hex digits,
+    // created at the first open, also for a store created before it existed.
+    if dbs.meta.get(&txn, b"store_id")?.is_none() {
+        let mut id = [0u8; 16];
+        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut id);
+        let hex: String = id.iter().map(|b| format!("{b:02x}")).collect();
+        dbs.meta.put(&mut txn, b"store_id", hex.as_bytes())?;
     }
     // A damaged reverse-map setting is found now, not at some later write (as the pure core).
     rmaps::read_rmap_config(&dbs, &txn)?;
