@@ -484,8 +484,7 @@ impl Importer {
             self.stage = Stage::Fetch(pass);
             return Ok(Step::Call(reqs));
         }
-        let _ = &cx;
-                let mut wanted: HashSet<(Kind, &str)> = HashSet::new();
+        let mut wanted: HashSet<(Kind, &str)> = HashSet::new();
         for h in &pass.texts {
             let it = &pass.items[h];
             if it.ok {
