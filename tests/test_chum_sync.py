@@ -115,8 +115,12 @@ def test_chat_graph_both_ways_then_nothing(tmp_path: Path, fast: bool) -> None:
     grant_id(b, d1.id_hash, [pa, pb])
     versions.store_versioned(a, {**doc, "title": "from a", "tags": {"x", "a"}}, timestamp_ms=10)
     versions.store_versioned(b, {**doc, "tags": {"x", "b"}}, timestamp_ms=20)
-    # (no second round of channel posts: merging a remote ChannelInfo into a local head needs
-    # one.models' LinkedListCrdtAlgorithm, which comes with the chat layer)
+    # and a second round of channel posts on both sides: concurrent ChannelInfo versions, merged
+    # by the linked-list CRDT (app-layer.md §2.5) on each side
+    chat_b = Chat.joined(b, pb, chat_a)
+    chat_b.share([pa, pb])
+    chat_a.post("a again")
+    chat_b.post("b replies")
     ra, rb, _ = sync_pair(a, b, pa, pb, options_a=opts, options_b=opts)
     assert [e for e in ra.errors + rb.errors if e["fatal"]] == []
     # converge: version nodes are local (objects.md §9.17), the merges settle in a few rounds
@@ -133,6 +137,8 @@ def test_chat_graph_both_ways_then_nothing(tmp_path: Path, fast: bool) -> None:
     for s in (a, b):
         assert sorted(versions.current(s, d1.id_hash)["tags"]) == ["a", "b", "x"]
     assert texts(b, chat_a.ci) == texts(a, chat_a.ci)
+    assert sorted(texts(a, chat_a.ci)[:2]) == ["a again", "b replies"]
+    assert len(texts(a, chat_a.ci)) == 6
     assert a.verify() == [] and b.verify() == []
 
 

@@ -710,3 +710,8 @@ def merge_objects(store: ObjectSource, history: MergeHistory, type_name: str) ->
     merged = ctx.merge_object((), type_name, history.base, left, right)
     merged = {"$type$": type_name, **{k: v for k, v in merged.items() if k != "$type$"}}
     return merged, ctx.new_objects
+
+
+# The channel list algorithm named by the built-in ChannelInfo recipe's crdtConfig
+# (app-layer.md §2.6) is always available; it registers itself on import.
+from lama.objects import linkedlist as _linkedlist  # noqa: E402,F401
