@@ -377,7 +377,7 @@ class ConnectionManager:
                 except LamaError as e:
                     log.warning("unusable OneInstanceEndpoint %s: %s", h, e)
                     continue
-                if ep is not None and self._add_endpoint(ep):
+                if ep is not None and self._trusted(ep) and self._add_endpoint(ep):
                     new = True
         if new:
             self._emit("connections_changed")
@@ -398,6 +398,25 @@ class ConnectionManager:
         return Endpoint(remote_key=remote_key, person_id=obj["personId"],
                         instance_id=obj["instanceId"], person_public_key=person_pk,
                         url=obj.get("url"), endpoint_hash=h, seq=seq)
+
+    def _trusted(self, ep: Endpoint) -> bool:
+        """Only contacts are dialled: my own other instances (Internet of Me) and peers whose
+        Keys I signed when pairing (conn §6.4 item 5). Endpoints that merely arrived through
+        CHUM (someone else's contacts) are not routed (conn §7.2 routes only "others" and IoM)."""
+        if ep.person_id == self.instance.person_id:
+            return True
+        from ..identity import certificates
+
+        obj = self.store.get_object(ep.endpoint_hash)
+        me = self.instance.person_id
+        for keys in (obj.get("instanceKeys"), obj.get("personKeys")):
+            if not keys:
+                continue
+            for s in certificates.signatures_for(self.store, keys):
+                with contextlib.suppress(LamaError):
+                    if self.store.get_object(s).get("issuer") == me:
+                        return True
+        return False
 
     def _add_endpoint(self, ep: Endpoint) -> bool:
         peer = self._peers.get(ep.remote_key)
