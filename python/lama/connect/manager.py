@@ -212,6 +212,37 @@ class _Peer:
     wake: asyncio.Event = field(default_factory=asyncio.Event)
 
 
+class _RttProbe:
+    """Wraps a connection for the identity steps only: the time from our first message to the
+    first message received after it is one round trip (initiator: ``connection_group`` ->
+    ``sync``; acceptor: ``sync`` -> the initiator's ``person_id_object``, which it sends as
+    soon as it read ``sync``), the latency ``connection_health`` reports."""
+
+    def __init__(self, conn: Any) -> None:
+        self.conn = conn
+        self.sent_at: float | None = None
+        self.rtt: float | None = None
+
+    async def send(self, msg: str | bytes) -> None:
+        if self.sent_at is None:
+            self.sent_at = time.monotonic()
+        await self.conn.send(msg)
+
+    async def recv(self) -> str | bytes | None:
+        msg = await self.conn.recv()
+        if self.rtt is None and self.sent_at is not None:
+            self.rtt = time.monotonic() - self.sent_at
+        return msg
+
+    async def close(self, reason: str = "") -> None:
+        await self.conn.close(reason)
+
+    @property
+    def close_reason(self) -> str | None:
+        reason: str | None = self.conn.close_reason
+        return reason
+
+
 class _Refused(Exception):
     """A connection attempt the peer refused in a way worth a quick retry."""
 
@@ -543,8 +574,10 @@ class ConnectionManager:
             keepalive=cfg.keepalive, dead_after=cfg.dead_after)
         c = _Conn(conn=conn, group="chum", initiator=True, remote_key=ep.remote_key)
         try:
-            ident = await asyncio.wait_for(self._initiate(conn, "chum", ep),
+            probe = _RttProbe(conn)
+            ident = await asyncio.wait_for(self._initiate(probe, "chum", ep),
                                            cfg.protocol_timeout * 4)
+            c.latency = probe.rtt
             c.remote_person, c.remote_instance = ident.person_id, ident.instance_id
             c.remote_instance_name = ident.instance_id_object.get("name")
         except BaseException as e:
@@ -697,9 +730,11 @@ class ConnectionManager:
             return False
 
         try:
+            probe = _RttProbe(c.conn)
             ident = await asyncio.wait_for(
-                protocol.accept(c.conn, self.instance, decide, timeout=cfg.protocol_timeout),
+                protocol.accept(probe, self.instance, decide, timeout=cfg.protocol_timeout),
                 cfg.protocol_timeout * 4)
+            c.latency = probe.rtt
             c.remote_person, c.remote_instance = ident.person_id, ident.instance_id
             c.remote_instance_name = ident.instance_id_object.get("name")
             if c.group == "pairing":
@@ -751,10 +786,7 @@ class ConnectionManager:
         gap so that our first CHUM request is not in the peer's read burst."""
         from . import protocol
 
-        t0 = time.monotonic()
         await protocol.synchronise(c.conn, timeout=self.config.protocol_timeout)
-        if c.latency is None:
-            c.latency = time.monotonic() - t0
         if self.config.sync_start_gap:
             await asyncio.sleep(self.config.sync_start_gap)
 
