@@ -797,6 +797,8 @@ class ConnectionManager:
         reason = "chum ended"
         try:
             await self._start_synchronisation(c)
+            if c.closed or peer.active.get(c.group) is not c:
+                return  # replaced meanwhile (a burst of reconnects): no session for it at all
             self._emit("sync", peer=c.remote_key.hex(), state="started", person=c.remote_person)
 
             def on_event(kind: str, data: dict[str, Any]) -> None:
