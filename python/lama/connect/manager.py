@@ -1011,6 +1011,12 @@ class ConnectionManager:
             self._sample()
 
     def _sample(self) -> None:
+        # online = the comm-server listener is registered (the reference's onlineState; without
+        # a comm-server listener it is always true, conn §7.1)
+        comm = [listener for listener in self._listeners if hasattr(listener, "state")]
+        if comm and not self._closing:
+            with contextlib.suppress(Exception):
+                self._set_online(comm[0].state == "listening")
         for peer in self._peers.values():
             for c in peer.active.values():
                 with contextlib.suppress(Exception):
