@@ -282,11 +282,12 @@ class ConnectionManager:
         self._started = True
         cfg = self.config
         if cfg.accept_incoming and cfg.comm_server_url:
-            listener = await core.comm_listen(
-                cfg.comm_server_url, self._public, self._secret, spares=cfg.spares,
-                reconnect_delay=cfg.listener_reconnect_delay)
-            self._listeners.append(listener)
-            self._spawn(self._accept_loop(listener, "commserver"))
+            try:
+                await self._comm_listen()
+            except (LamaError, OSError) as e:
+                # the comm server may be down now and come back: keep trying in the background
+                log.warning("comm server %s: %s", cfg.comm_server_url, e)
+                self._spawn(self._listen_retry())
         if cfg.accept_incoming and cfg.direct_host is not None:
             listener = await core.ws_listen(cfg.direct_host, int(cfg.direct_port or 0))
             self._listeners.append(listener)
@@ -296,6 +297,27 @@ class ConnectionManager:
         if cfg.health_checks:
             self._spawn(self._health_loop())
         self._set_online(True)
+
+    async def _comm_listen(self) -> None:
+        cfg = self.config
+        assert cfg.comm_server_url is not None
+        listener = await core.comm_listen(
+            cfg.comm_server_url, self._public, self._secret, spares=cfg.spares,
+            reconnect_delay=cfg.listener_reconnect_delay)
+        if self._closing:
+            await listener.close()
+            return
+        self._listeners.append(listener)
+        self._spawn(self._accept_loop(listener, "commserver"))
+
+    async def _listen_retry(self) -> None:
+        while not self._closing:
+            await asyncio.sleep(self.config.listener_reconnect_delay or 1.0)
+            try:
+                await self._comm_listen()
+                return
+            except (LamaError, OSError) as e:
+                self._diag("comm server still unreachable: %s", e)
 
     async def __aenter__(self) -> ConnectionManager:
         await self.start()
