@@ -326,7 +326,6 @@ async def _invite(inst: Any, url: str, lifetime: float, png: str | None, chum_wa
                   as_json: bool) -> None:
     import asyncio
 
-    from lama.connect import pairing
     from lama.connect.manager import ConnectionManager, ManagerConfig
     from lama.errors import PairingError
 
@@ -335,11 +334,12 @@ async def _invite(inst: Any, url: str, lifetime: float, png: str | None, chum_wa
     try:
         await manager.start()
         inv = manager.create_invitation()
-        link = pairing.invitation_link(inv)
+        link = inv.to_link()
         if png:
-            pairing.write_qr_png(link, png)
+            with open(png, "wb") as f:
+                f.write(inv.qr_png())
         print(link)
-        print(pairing.qr_terminal(link))
+        print(inv.qr_text())
         print(f"waiting for the invitation to be accepted (token valid {lifetime:g} s) ...",
               file=sys.stderr)
         sys.stdout.flush()

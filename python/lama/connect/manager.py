@@ -171,7 +171,7 @@ class PairingOutcome:
     details: Any = None
 
 
-@dataclass
+@dataclass(eq=False)
 class _Conn:
     """One established encrypted connection the manager holds."""
 
@@ -196,7 +196,7 @@ class _Conn:
         return self.conn.local_key if self.initiator else self.remote_key
 
 
-@dataclass
+@dataclass(eq=False)
 class _Peer:
     """Manager state for one remote instance key (one route group per group name)."""
 
@@ -886,66 +886,65 @@ class ConnectionManager:
             self._token_registry(), self.instance, url=self.config.comm_server_url,
             lifetime=lifetime)
 
-    async def _serve_pairing(self, c: _Conn) -> None:
-        """Inviter side of conn §6.3 on an incoming ``pairing`` connection."""
+    async def _serve_pairing(self, c: _Conn, ident: Any) -> None:
+        """Inviter side of conn §6.3 on an incoming ``pairing`` connection, after
+        ``protocol.accept`` (the caller keeps it registered as a pairing in progress)."""
         from . import pairing
 
         cfg = self.config
         self._pairing_conns.add(c)
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._pairing_in_progress[c.remote_key] = fut
-        keys: list[Any] = [c.remote_key]
         try:
-            person, inst = await asyncio.wait_for(
-                self._identify(c.conn, initiator=False, expected=None), cfg.protocol_timeout)
-            c.remote_person, c.remote_instance = person, inst
-            self._pairing_in_progress[person] = fut
-            keys.append(person)
-            result = await asyncio.wait_for(
-                pairing.accept_pairing(c.conn, self.instance, self._token_registry(),
-                                       remote_person=person, remote_instance=inst),
-                cfg.protocol_timeout)
+            result = await pairing.accept_pairing(
+                c.conn, self.instance, self._token_registry(), ident,
+                url=cfg.comm_server_url, handshake_key=c.remote_key,
+                send_synchronisation=True, timeout=cfg.protocol_timeout)
             self._after_pairing(result, initiated_locally=False, conn=c)
         finally:
-            for k in keys:
-                if self._pairing_in_progress.get(k) is fut:
-                    del self._pairing_in_progress[k]
-            if not fut.done():
-                fut.set_result(None)
             self._pairing_conns.discard(c)
-        # FORK (conn §5.5/§6.3): the inviter sends `synchronisation` on the pairing connection
-        # and waits; lama sends it, does not block on it, and closes the idle connection.
-        with contextlib.suppress(Exception):
-            await c.conn.send("synchronisation")
+        # FORK (conn §5.5/§6.3): accept_pairing sent the fork's `synchronisation` without
+        # waiting for an answer; the pairing connection carries nothing more: close it.
         await self._close_conn(c, "Close called.")
 
     async def accept_invitation(self, invitation: Any) -> PairingOutcome:
-        """Pair using an invitation (a link, the JSON, a dict or the pairing module's object):
-        conn §6.3 as initiator, then dial the new contact's ``chum`` connection at once."""
-        from . import pairing
+        """Pair using an invitation (a link, its JSON, a dict or a
+        :class:`lama.connect.pairing.Invitation`): conn §6.3 as initiator, source key = the
+        instance key (FORK, as recorded); then the new contact's ``chum`` connection is dialled
+        at once. Refusals raise (``PairingError``, ``ProtocolError``, ``TransportError``) and
+        store nothing."""
+        from . import pairing, protocol
 
         cfg = self.config
-        inv = pairing.parse_invitation(invitation) if not hasattr(invitation, "token") else invitation
-        target = bytes.fromhex(inv.public_key) if isinstance(inv.public_key, str) else inv.public_key
+        inv = pairing.parse_invitation(invitation)
+        target = inv.public_key_bytes
         conn = await core.encrypted_connect(
             inv.url, self._public, self._secret, target, open_timeout=cfg.open_timeout,
             keepalive=cfg.keepalive, dead_after=cfg.dead_after)
         c = _Conn(conn=conn, group="pairing", initiator=True, remote_key=target)
         try:
-            await asyncio.wait_for(self._initiator_group(conn, "pairing"), cfg.protocol_timeout)
-            person, inst = await asyncio.wait_for(
-                self._identify(conn, initiator=True, expected=None), cfg.protocol_timeout)
-            result = await asyncio.wait_for(
-                pairing.connect_pairing(conn, self.instance, inv, remote_person=person,
-                                        remote_instance=inst),
-                cfg.protocol_timeout)
+            ident = await protocol.initiate(conn, self.instance, "pairing",
+                                            timeout=cfg.protocol_timeout)
+            c.remote_person, c.remote_instance = ident.person_id, ident.instance_id
+            result = await pairing.connect_pairing(
+                conn, self.instance, inv, ident, url=cfg.comm_server_url, handshake_key=target,
+                timeout=cfg.protocol_timeout)
         except BaseException as e:
             await self._close_conn(c, _close_text(e))
             raise
-        # upstream closes here; the fork leaves it open idle (conn §10.1). lama closes: the
-        # pairing connection carries nothing more and CHUM gets its own connection.
+        outcome = self._after_pairing(result, initiated_locally=True, conn=c)
+        # The inviter closes the pairing connection after storing us (or idles, the fork);
+        # upstream invitees close at once. Closing only after the inviter's close (bounded)
+        # makes sure our identity is read before a close can overtake it.
+        self._spawn(self._drain_and_close(c, cfg.protocol_timeout))
+        return outcome
+
+    async def _drain_and_close(self, c: _Conn, timeout: float) -> None:
+        with contextlib.suppress(Exception):
+            async def drain() -> None:
+                while await c.conn.recv() is not None:
+                    pass  # the fork's `synchronisation`: ignored, never answered (conn §5.5)
+
+            await asyncio.wait_for(drain(), timeout)
         await self._close_conn(c, "Close called.")
-        return self._after_pairing(result, initiated_locally=True, conn=c)
 
     def _after_pairing(self, result: Any, *, initiated_locally: bool, conn: _Conn) -> PairingOutcome:
         outcome = PairingOutcome(
@@ -953,7 +952,8 @@ class ConnectionManager:
             local_instance=self.instance.instance_id,
             remote_person=conn.remote_person or getattr(result, "remote_person", ZERO_HASH),
             remote_instance=conn.remote_instance or getattr(result, "remote_instance", ZERO_HASH),
-            remote_key=conn.remote_key, token=getattr(result, "token", ""), details=result)
+            remote_key=_identity_key(result, conn.remote_key), token=getattr(result, "token", ""),
+            details=result)
         self.pairings.append(outcome)
         # the new OneInstanceEndpoint is in the store now: route it and dial at once
         self._scan_endpoints()
@@ -1185,3 +1185,13 @@ def _is_refusal(conn: Any, e: BaseException) -> bool:
     reason = getattr(conn, "close_reason", None) or ""
     text = f"{reason} {e}"
     return "unknown" in text or "Duplicate connection" in text or "replaced" in text
+
+
+def _identity_key(result: Any, default: bytes) -> bytes:
+    """The paired instance's key from its (checked) identity, else the handshake key."""
+    ident = getattr(result, "identity", None)
+    if isinstance(ident, dict) and isinstance(ident.get("instanceKeyPublic"), str):
+        with contextlib.suppress(ValueError):
+            return bytes.fromhex(ident["instanceKeyPublic"])
+    return default
+
