@@ -76,6 +76,7 @@ UNKNOWN_PEER = "Error: Unable to start chum because you are unknown"
 SHUTDOWN = "Connection manager shut down"
 
 GROUPS = ("chum", "pairing", "debug")
+QUICK_RETRIES = 3  # refusals retried after refused_retry_delay before the backoff applies
 
 
 @dataclass
@@ -562,8 +563,11 @@ class ConnectionManager:
                     raise
                 except _Refused as e:
                     peer.last_error = str(e)
-                    wait = cfg.refused_retry_delay * (1 + random.random())
                     peer.attempts += 1
+                    # quick retries for a transient refusal, then the normal backoff (a peer
+                    # that keeps refusing us must not be dialled several times a second)
+                    wait = (cfg.refused_retry_delay * (1 + random.random())
+                            if peer.attempts <= QUICK_RETRIES else self._backoff(peer.attempts))
                 except (LamaError, OSError, asyncio.TimeoutError, EOFError) as e:
                     peer.last_error = _reason(e)
                     peer.attempts += 1
