@@ -382,3 +382,32 @@ def test_refused_pairings_and_unknown_person_store_nothing(tmp_path: Path) -> No
     finally:
         for i in (a, b, c):
             i.close()
+
+
+def test_direct_listeners_without_comm_server(two: tuple[Instance, Instance]) -> None:
+    """conn §4.2 direct route: both instances listen on 127.0.0.1 directly, the invitation
+    and the identities carry ws://127.0.0.1:port, pairing and CHUM run without a comm server."""
+    a, b = two
+
+    async def main() -> None:
+        kw = {**FAST, "comm_server_url": None, "direct_host": "127.0.0.1", "direct_port": 0}
+        ma = ConnectionManager(a, ManagerConfig(**kw))
+        mb = ConnectionManager(b, ManagerConfig(**kw))
+        await ma.start()
+        await mb.start()
+        try:
+            assert ma.url == f"ws://127.0.0.1:{ma.direct_port}" and ma.direct_port
+            inv = ma.create_invitation()
+            assert inv.url == ma.url
+            await mb.accept_invitation(inv)
+            await wait_until(lambda: ma.connected(b.person_id) and mb.connected(a.person_id),
+                             10.0, "CHUM over the direct listeners")
+            [ep] = ma.known_endpoints()
+            assert ep.url == mb.url
+            h = note(b, "direct", a)
+            await wait_until(lambda: a.store.has(h), 10.0, "the note")
+        finally:
+            await ma.close()
+            await mb.close()
+
+    run(main)

@@ -336,6 +336,17 @@ class ConnectionManager:
                 return port
         return None
 
+    @property
+    def url(self) -> str | None:
+        """Where peers reach this instance (put into invitations and into our pairing
+        identity): the comm server, else the direct listener's ``ws://host:port``."""
+        if self.config.comm_server_url:
+            return self.config.comm_server_url
+        port = self.direct_port
+        if port is not None and self.config.direct_host is not None:
+            return f"ws://{self.config.direct_host}:{port}"
+        return None
+
     async def close(self) -> None:
         """Clean shutdown: stop dialling and listening, close every connection with a reason,
         invalidate all invitations (conn §6.1), wait for the tasks to end."""
@@ -884,10 +895,11 @@ class ConnectionManager:
         """A fresh invitation ``{token, publicKey, url}`` (conn §6.1) for this instance."""
         from . import pairing
 
-        if not self.config.comm_server_url:
-            raise InvalidArgumentError("LAMA-ARG: an invitation needs comm_server_url")
+        if not self.url:
+            raise InvalidArgumentError(
+                "LAMA-ARG: an invitation needs comm_server_url or a direct listener")
         return pairing.create_invitation(
-            self._token_registry(), self.instance, url=self.config.comm_server_url,
+            self._token_registry(), self.instance, url=self.url,
             lifetime=lifetime)
 
     async def _serve_pairing(self, c: _Conn, ident: Any) -> None:
@@ -900,7 +912,7 @@ class ConnectionManager:
         try:
             result = await pairing.accept_pairing(
                 c.conn, self.instance, self._token_registry(), ident,
-                url=cfg.comm_server_url, handshake_key=c.remote_key,
+                url=self.url, handshake_key=c.remote_key,
                 send_synchronisation=True, timeout=cfg.protocol_timeout)
             self._after_pairing(result, initiated_locally=False, conn=c)
         finally:
@@ -929,7 +941,7 @@ class ConnectionManager:
                                             timeout=cfg.protocol_timeout)
             c.remote_person, c.remote_instance = ident.person_id, ident.instance_id
             result = await pairing.connect_pairing(
-                conn, self.instance, inv, ident, url=cfg.comm_server_url, handshake_key=target,
+                conn, self.instance, inv, ident, url=self.url, handshake_key=target,
                 timeout=cfg.protocol_timeout)
         except BaseException as e:
             await self._close_conn(c, _close_text(e))
