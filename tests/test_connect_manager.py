@@ -411,3 +411,68 @@ def test_direct_listeners_without_comm_server(two: tuple[Instance, Instance]) ->
             await mb.close()
 
     run(main)
+
+
+def test_unknown_person_accepted_when_configured_and_debug_answers_only_grants(
+        tmp_path: Path) -> None:
+    """accept_unknown_persons (conn §7.1): a stranger's chum connection runs CHUM (its ids are
+    stored then); allow_debug_requests: the debug protocol (conn §5.6) lists only what is
+    granted to the proven person, and getData refuses anything else."""
+    import json
+
+    a, c = make(tmp_path, "a"), make(tmp_path, "c")
+
+    async def main() -> None:
+        server = await core.comm_server("127.0.0.1", 0)
+        ma = ConnectionManager(a, config(server.url, accept_unknown_persons=True,
+                                         allow_debug_requests=True))
+        await ma.start()
+        kc = c.secret_keys("instance")
+        try:
+            granted = note(a, "for c", c)
+            [(secret, _, _)] = a.store.put_objects(
+                [{"$type$": "ChatMessage", "text": "not for c", "sender": a.person_id}])
+            # debug: accessible objects
+            conn = await core.encrypted_connect(server.url, c.instance_public_key,
+                                                kc.encryption_secret, a.instance_public_key)
+            await protocol.initiate(conn, c, "debug", timeout=5.0)
+            await conn.send(json.dumps({"type": "start_protocol",
+                                        "protocol": "getAccessibleObjects", "version": "1.0"}))
+            reply = json.loads(await conn.recv())
+            assert reply["type"] == "accessible_objects"
+            assert [o["hash"] for o in reply["objects"]] == [granted]
+            assert await conn.recv() is None
+            # debug: getData of something not granted is refused
+            conn = await core.encrypted_connect(server.url, c.instance_public_key,
+                                                kc.encryption_secret, a.instance_public_key)
+            await protocol.initiate(conn, c, "debug", timeout=5.0)
+            await conn.send(json.dumps({"type": "start_protocol", "protocol": "getData",
+                                        "version": "1.0"}))
+            await conn.send(json.dumps({"type": "request_data", "hashType": "object",
+                                        "hash": secret}))
+            assert await conn.recv() is None and "denied" in (conn.close_reason or "")
+            # chum from the stranger: accepted, CHUM runs, the granted note arrives
+            conn = await core.encrypted_connect(server.url, c.instance_public_key,
+                                                kc.encryption_secret, a.instance_public_key)
+            await protocol.initiate(conn, c, "chum", timeout=5.0)
+            assert a.store.has(c.person_id)  # the catch-all stores the peer's ids (conn §5.3)
+            await protocol.synchronise(conn, timeout=5.0)
+            from lama import chum
+
+            task = asyncio.ensure_future(chum.sync(c.store, conn, c.person_id, a.person_id,
+                                                   keep_running=True))
+            await wait_until(lambda: c.store.has(granted), 10.0, "the granted note")
+            assert not c.store.has(secret)
+            [entry] = [e for e in ma.connections_info() if e["isCatchAll"]]
+            assert entry["isConnected"] and entry["remotePersonId"] == "0" * 64
+            await conn.close("done")
+            await asyncio.wait_for(task, 10.0)
+        finally:
+            await ma.close()
+            await server.close()
+
+    try:
+        run(main)
+    finally:
+        a.close()
+        c.close()
