@@ -963,11 +963,11 @@ class ConnectionManager:
         await self._close_conn(c, "Close called.")
 
     def _after_pairing(self, result: Any, *, initiated_locally: bool, conn: _Conn) -> PairingOutcome:
+        # result: lama.connect.pairing.PairingResult (remote ids as proven in conn §5.3-5.4)
         outcome = PairingOutcome(
             initiated_locally=initiated_locally, local_person=self.instance.person_id,
             local_instance=self.instance.instance_id,
-            remote_person=conn.remote_person or getattr(result, "remote_person", ZERO_HASH),
-            remote_instance=conn.remote_instance or getattr(result, "remote_instance", ZERO_HASH),
+            remote_person=str(result.remote_person), remote_instance=str(result.remote_instance),
             remote_key=_identity_key(result, conn.remote_key), token=getattr(result, "token", ""),
             details=result)
         self.pairings.append(outcome)
