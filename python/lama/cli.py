@@ -333,6 +333,9 @@ async def _invite(inst: Any, url: str, lifetime: float, png: str | None, chum_wa
                                                     pairing_token_lifetime=lifetime))
     try:
         await manager.start()
+        if not await manager.wait_online(10.0):
+            print(f"warning: not yet registered at the comm server {url}; the invitation "
+                  "works once it is", file=sys.stderr)
         inv = manager.create_invitation()
         link = inv.to_link()
         if png:

@@ -421,6 +421,22 @@ class ConnectionManager:
     def online(self) -> bool:
         return self._online
 
+    async def wait_online(self, timeout: float) -> bool:
+        """Wait until the comm-server listener is registered (at most ``timeout`` s); True if
+        it is (or there is none: only a direct listener or no listener at all)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            comm = [x for x in self._listeners if hasattr(x, "state")]
+            if self.config.accept_incoming and self.config.comm_server_url:
+                if comm and comm[0].state == "listening":
+                    self._set_online(True)
+                    return True
+            else:
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(0.02)
+
     # ------------------------------------------------------------------ endpoints
 
     def _scan_endpoints(self) -> None:
@@ -921,20 +937,29 @@ class ConnectionManager:
         # waiting for an answer; the pairing connection carries nothing more: close it.
         await self._close_conn(c, "Close called.")
 
-    async def accept_invitation(self, invitation: Any) -> PairingOutcome:
+    async def accept_invitation(self, invitation: Any, *, connect_attempts: int = 3) -> PairingOutcome:
         """Pair using an invitation (a link, its JSON, a dict or a
         :class:`lama.connect.pairing.Invitation`): conn §6.3 as initiator, source key = the
         instance key (FORK, as recorded); then the new contact's ``chum`` connection is dialled
         at once. Refusals raise (``PairingError``, ``ProtocolError``, ``TransportError``) and
-        store nothing."""
+        store nothing; only opening the connection is retried (``connect_attempts``)."""
         from . import pairing, protocol
 
         cfg = self.config
         inv = pairing.parse_invitation(invitation)
         target = inv.public_key_bytes
-        conn = await core.encrypted_connect(
-            inv.url, self._public, self._secret, target, open_timeout=cfg.open_timeout,
-            keepalive=cfg.keepalive, dead_after=cfg.dead_after)
+        for attempt in range(connect_attempts):
+            try:
+                conn = await core.encrypted_connect(
+                    inv.url, self._public, self._secret, target, open_timeout=cfg.open_timeout,
+                    keepalive=cfg.keepalive, dead_after=cfg.dead_after)
+                break
+            except (TransportError, OSError) as e:
+                # the inviter may not be registered at its comm server yet (or a moment away)
+                if attempt + 1 >= connect_attempts:
+                    raise
+                self._diag("pairing connection to %s failed (%s), retrying", inv.url, e)
+                await asyncio.sleep(cfg.retry_delay * (1 + random.random()))
         c = _Conn(conn=conn, group="pairing", initiator=True, remote_key=target)
         try:
             ident = await protocol.initiate(conn, self.instance, "pairing",
