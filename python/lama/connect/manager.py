@@ -297,7 +297,10 @@ class ConnectionManager:
         self._spawn(self._discovery_loop())
         if cfg.health_checks:
             self._spawn(self._health_loop())
-        self._set_online(True)
+        if not (cfg.accept_incoming and cfg.comm_server_url):
+            self._set_online(True)  # no comm server listener: always online (conn §7.1)
+        else:
+            self._sample()
 
     async def _comm_listen(self) -> None:
         cfg = self.config
