@@ -559,7 +559,7 @@ async def accept(
         decision: Decision = group in GROUPS
     else:
         d = decide(group)
-        decision = await d if inspect.isawaitable(d) else d  # type: ignore[assignment]
+        decision = await d if inspect.isawaitable(d) else d
     if decision is True:
         decision = Accept()
     if not isinstance(decision, Accept):
