@@ -207,6 +207,7 @@ class _Peer:
     dial_task: asyncio.Task[Any] | None = None
     attempts: int = 0                       # failed dials since the last success
     last_error: str | None = None
+    errors: list[str] = field(default_factory=list)  # the last 20 failed dials' reasons
     connected_since: float | None = None
     last_sync: float | None = None
     stats_log: list[dict[str, Any]] = field(default_factory=list)
@@ -593,6 +594,7 @@ class ConnectionManager:
                     raise
                 except _Refused as e:
                     peer.last_error = str(e)
+                    peer.errors.append(peer.last_error)
                     peer.attempts += 1
                     # quick retries for a transient refusal, then the normal backoff (a peer
                     # that keeps refusing us must not be dialled several times a second)
@@ -600,8 +602,10 @@ class ConnectionManager:
                             if peer.attempts <= QUICK_RETRIES else self._backoff(peer.attempts))
                 except (LamaError, OSError, asyncio.TimeoutError, EOFError) as e:
                     peer.last_error = _reason(e)
+                    peer.errors.append(peer.last_error)
                     peer.attempts += 1
                     wait = self._backoff(peer.attempts)
+                del peer.errors[:-20]
                 self._diag("dial %s failed (%s), attempt %d, retry in %.2fs",
                            peer.endpoint.remote_key.hex()[:16], peer.last_error, peer.attempts, wait)
                 if cfg.retry_attempts and peer.attempts >= cfg.retry_attempts:
@@ -964,17 +968,26 @@ class ConnectionManager:
                 self._diag("pairing connection to %s failed (%s), retrying", inv.url, e)
                 await asyncio.sleep(cfg.retry_delay * (1 + random.random()))
         c = _Conn(conn=conn, group="pairing", initiator=True, remote_key=target)
+        # the inviter dials our chum connection as soon as it stored us, which can be before
+        # we stored it: such a connection waits for this pairing (conn §6.3 race, mirrored)
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._pairing_in_progress.setdefault(target, fut)
         try:
             ident = await protocol.initiate(conn, self.instance, "pairing",
                                             timeout=cfg.protocol_timeout)
             c.remote_person, c.remote_instance = ident.person_id, ident.instance_id
+            self._pairing_in_progress.setdefault(ident.person_id, fut)
             result = await pairing.connect_pairing(
                 conn, self.instance, inv, ident, url=self.url, handshake_key=target,
                 timeout=cfg.protocol_timeout)
+            outcome = self._after_pairing(result, initiated_locally=True, conn=c)
         except BaseException as e:
             await self._close_conn(c, _close_text(e))
             raise
-        outcome = self._after_pairing(result, initiated_locally=True, conn=c)
+        finally:
+            for k in [k for k, f in self._pairing_in_progress.items() if f is fut]:
+                del self._pairing_in_progress[k]
+            fut.set_result(None)
         # The inviter closes the pairing connection after storing us (or idles, the fork);
         # upstream invitees close at once. Closing only after the inviter's close (bounded)
         # makes sure our identity is read before a close can overtake it.
@@ -1176,6 +1189,7 @@ class ConnectionManager:
                 "last_message": c.last_message if c else None,
                 "reconnect_attempts": peer.attempts,
                 "last_error": peer.last_error,
+                "recent_errors": list(peer.errors),
                 "latency": c.latency if c else None,
                 "last_sync": peer.last_sync,
                 "enabled": peer.enabled,
