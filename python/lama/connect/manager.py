@@ -872,8 +872,9 @@ class ConnectionManager:
 
             result = await chum.sync(
                 self.store, c.conn, self.instance.person_id, c.remote_person or ZERO_HASH,
-                local_instance=self.instance.instance_id,
-                remote_instance=c.remote_instance or ZERO_HASH,
+                # the Chum log names the two instances by their `name` (chum.md §7)
+                local_instance=self.instance.instance_name,
+                remote_instance=c.remote_instance_name or c.remote_instance or ZERO_HASH,
                 on_event=on_event, keep_running=True, fast_path=cfg.fast_path,
                 poll_interval=cfg.sync_interval or 5.0, exporter=not cfg.no_export,
                 importer=not cfg.no_import)
