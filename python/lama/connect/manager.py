@@ -685,9 +685,11 @@ class ConnectionManager:
         peer.connected_since = time.time()
         peer.last_error = None
         peer.attempts = 0
+        # A dial in flight is not cancelled: cancelling it could close the very connection the
+        # peer already kept by the same rule; it finishes and the rule above decides, and a
+        # dial loop that is only waiting exits when it sees the filled slot.
         if peer.dial_task is not None and c.group == "chum" and not c.initiator:
-            peer.dial_task.cancel()  # we are connected: the dial loop has nothing left to do
-            peer.dial_task = None
+            peer.wake.set()
         self._emit("connection_up", peer=c.remote_key.hex(), group=c.group,
                    person=c.remote_person, instance=c.remote_instance, initiator=c.initiator)
         self._emit("connections_changed")
