@@ -77,6 +77,7 @@ SHUTDOWN = "Connection manager shut down"
 
 GROUPS = ("chum", "pairing", "debug")
 QUICK_RETRIES = 3  # refusals retried after refused_retry_delay before the backoff applies
+SHORT_LIVED = 5.0  # s: a connection ending sooner counts towards the backoff
 
 
 @dataclass
@@ -208,6 +209,7 @@ class _Peer:
     attempts: int = 0                       # failed dials since the last success
     last_error: str | None = None
     errors: list[str] = field(default_factory=list)  # the last 20 failed dials' reasons
+    short_lived: int = 0                    # connections in a row that ended within SHORT_LIVED
     connected_since: float | None = None
     last_sync: float | None = None
     stats_log: list[dict[str, Any]] = field(default_factory=list)
@@ -668,7 +670,7 @@ class ConnectionManager:
         """Give ``c`` the (peer, group) slot or refuse it, deterministically (module doc)."""
         now = time.monotonic()
         old = peer.active.get(c.group)
-        if old is not None and not old.closed:
+        if old is not None and not old.closed and old.conn.close_reason is None:
             overlap = now - old.claimed_at < self.config.duplicate_window
             c_pref = c.preferred_initiator_key == min(self._public, c.remote_key)
             old_pref = old.preferred_initiator_key == min(self._public, c.remote_key)
@@ -679,6 +681,7 @@ class ConnectionManager:
                 return False
             self._diag("%s connection to %s replaced", c.group, c.remote_key.hex()[:16])
             old.closed = True  # before the close: its end must not free the new slot
+            peer.stats_log.append(self._conn_stats(old))
             self._spawn(self._close_conn(old, REPLACED, force=True))
         c.claimed_at = now
         peer.active[c.group] = c
@@ -704,7 +707,15 @@ class ConnectionManager:
             self._emit("connection_down", peer=c.remote_key.hex(), group=c.group, reason=reason)
             self._emit("connections_changed")
             if c.group == "chum" and not self._closing and peer.enabled:
-                self._ensure_dialling(peer, self.config.reconnect_delay * (1 + random.random()))
+                # a connection that ends soon after it started (a peer that accepts and drops
+                # us) must not make us redial at the short reconnect delay forever
+                if time.monotonic() - c.claimed_at < SHORT_LIVED:
+                    peer.short_lived += 1
+                else:
+                    peer.short_lived = 0
+                delay = (self._backoff(peer.short_lived) if peer.short_lived > QUICK_RETRIES
+                         else self.config.reconnect_delay * (1 + random.random()))
+                self._ensure_dialling(peer, delay)
 
     async def _close_conn(self, c: _Conn, reason: str, force: bool = False) -> None:
         if c.close_reason is None:
