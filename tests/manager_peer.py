@@ -4,7 +4,7 @@ tests/test_pairing_e2e.py).
     python manager_peer.py --dir D --url WS [--write TEXT --to PERSON]... [--expect HASH]...
                            [--exit-when-done] [--max-time S]
 
-Secret from $LAMA_SECRET. Prints one JSON object per line: ``{"event": "ready"}``,
+Secret from $LAMA_SECRET; SIGTERM closes the manager and exits with status 0. Prints one JSON object per line: ``{"event": "ready"}``,
 ``{"event": "connected", "person": ..., "ms": ...}`` when a CHUM connection comes up,
 ``{"event": "got", "hash": ..., "ms": ...}`` when an expected object is in the store, and
 ``{"event": "done"}`` when everything expected arrived. ``--write`` stores a ChatMessage
@@ -17,6 +17,7 @@ import argparse
 import asyncio
 import json
 import os
+import signal
 import sys
 import time
 
@@ -57,12 +58,14 @@ async def main() -> None:
                 ms=round((time.monotonic() - t0) * 1000))
 
     manager.subscribe(on_event)
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
     await manager.start()
     out(event="ready")
     pending = list(args.expect)
     deadline = t0 + args.max_time
     try:
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and not stop.is_set():
             for h in list(pending):
                 if inst.store.has(h):
                     pending.remove(h)

@@ -24,7 +24,7 @@ from lama.connect.manager import (
     ConnectionManager,
     ManagerConfig,
 )
-from lama.errors import InvalidArgumentError, LamaError
+from lama.errors import InvalidArgumentError, LamaError, TransportError
 from lama.identity.instance import Instance
 
 T = TypeVar("T")
@@ -249,7 +249,7 @@ def test_duplicate_connection_burst_never_crashes(two: tuple[Instance, Instance]
 
     async def main() -> None:
         server = await core.comm_server("127.0.0.1", 0)
-        ma = ConnectionManager(a, config(server.url, duplicate_window=0.0))
+        ma = ConnectionManager(a, config(server.url, duplicate_window=0.0, spares=4))
         mb = ConnectionManager(b, config(server.url))
         await ma.start()
         await mb.start()
@@ -258,8 +258,17 @@ def test_duplicate_connection_burst_never_crashes(two: tuple[Instance, Instance]
             kb = b.secret_keys("instance")
 
             async def rogue(i: int) -> str | None:
-                conn = await core.encrypted_connect(server.url, b.instance_public_key,
-                                                    kb.encryption_secret, a.instance_public_key)
+                for _ in range(100):  # A keeps only a few spare connections at the server
+                    try:
+                        conn = await core.encrypted_connect(
+                            server.url, b.instance_public_key, kb.encryption_secret,
+                            a.instance_public_key)
+                        break
+                    except TransportError as e:
+                        assert e.code == "LAMA-NET-REFUSED", e
+                        await asyncio.sleep(0.05)
+                else:
+                    raise AssertionError("A's listener never came back")
                 try:
                     await protocol.initiate(conn, b, "chum", expected_person=a.person_id,
                                             expected_instance=a.instance_id, timeout=5.0)

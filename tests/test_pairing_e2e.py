@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -54,33 +56,45 @@ def lama(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
 
 
 class Proc:
-    """A child process whose stdout lines are read with a deadline."""
+    """A child process whose stdout lines are read (by a thread) with a deadline."""
 
     def __init__(self, args: list[str]) -> None:
         self.p = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                   stderr=subprocess.PIPE, text=True, env=env())
-        os.set_blocking(self.p.stdout.fileno(), False)  # type: ignore[union-attr]
-        self.buf = ""
+        self.q: queue.Queue[str | None] = queue.Queue()
         self.lines: list[str] = []
+        threading.Thread(target=self._pump, daemon=True).start()
+
+    def _pump(self) -> None:
+        assert self.p.stdout is not None
+        for line in self.p.stdout:
+            self.q.put(line.rstrip("\n"))
+        self.q.put(None)
 
     def readline(self, timeout: float) -> str:
-        deadline = time.monotonic() + timeout
-        while "\n" not in self.buf:
-            if time.monotonic() > deadline:
-                raise AssertionError(f"no output within {timeout}s; stderr: {self.stderr()}")
-            chunk = self.p.stdout.read()  # type: ignore[union-attr]
-            if chunk:
-                self.buf += chunk
-            elif self.p.poll() is not None:
-                chunk = self.p.stdout.read() or ""  # type: ignore[union-attr]
-                self.buf += chunk
-                if "\n" not in self.buf:
-                    raise AssertionError(f"exited {self.p.returncode}: {self.stderr()}")
-            else:
-                time.sleep(0.01)
-        line, self.buf = self.buf.split("\n", 1)
+        try:
+            line = self.q.get(timeout=timeout)
+        except queue.Empty:
+            raise AssertionError(f"no output within {timeout}s; stderr: {self.stderr()}") from None
+        if line is None:
+            self.q.put(None)
+            raise AssertionError(f"exited {self.p.wait()}: {self.stderr()}")
         self.lines.append(line)
         return line
+
+    def rest(self, timeout: float) -> str:
+        """Everything it prints until it exits."""
+        out = []
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                line = self.q.get(timeout=max(0.01, deadline - time.monotonic()))
+            except queue.Empty:
+                raise AssertionError(f"still running after {timeout}s") from None
+            if line is None:
+                self.q.put(None)
+                return "\n".join(out)
+            out.append(line)
 
     def event(self, name: str, timeout: float) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
@@ -153,8 +167,8 @@ def test_invite_accept_then_sync_kill_and_restart(tmp_path: Path) -> None:
         r = lama("accept", link, "--dir", str(tmp_path / "b"), "--comm-server", url, "--json")
         assert r.returncode == 0, r.stderr
         got_b = json.loads(r.stdout)
+        rest = inviter.rest(30)
         assert inviter.p.wait(30) == 0, inviter.stderr()
-        rest = inviter.p.stdout.read()  # type: ignore[union-attr]
         got_a = json.loads(rest[rest.index("{"):])
         print(f"invite -> both CLIs done: {(time.monotonic() - t0) * 1000:.0f} ms; "
               f"CHUM up after pairing: accept side {got_b['chum_connected_after']}, "
@@ -189,18 +203,20 @@ def test_invite_accept_then_sync_kill_and_restart(tmp_path: Path) -> None:
         server = comm_server(port)
         procs.append(server)
         t2 = time.monotonic()
-        pb2 = peer(tmp_path, "b", url, "--write", "b2", "--to", a["person_id"], "--expect", ha1,
-                   "--exit-when-done")
+        pb2 = peer(tmp_path, "b", url, "--write", "b2", "--to", a["person_id"], "--expect", ha1)
         procs.append(pb2)
+        assert pb2.event("done", 30)["endpoints"] == 1  # A's note was there already
         pb2.event("connected", 30)
         got = pa.event("got", 30)
         assert got["hash"] == hb2
         done = pa.event("done", 10)
         print(f"comm server and B killed and restarted: sync resumed after "
               f"{(time.monotonic() - t2) * 1000:.0f} ms")
-        assert done["endpoints"] == 1 and done["connections"] == 1
-        assert pb2.event("done", 10)["endpoints"] == 1
+        assert done["endpoints"] == 1 and done["connections"] == 1  # no duplicate contact
+        pb2.p.terminate()
         assert pb2.p.wait(20) == 0, pb2.stderr()
+        pa.p.terminate()
+        assert pa.p.wait(20) == 0, pa.stderr()
     finally:
         for p in procs:
             p.stop()
