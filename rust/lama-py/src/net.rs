@@ -1082,7 +1082,7 @@ fn str_arg(name: &str, v: &Bound<'_, PyAny>) -> PyResult<String> {
         .to_owned())
 }
 
-fn key_arg(name: &str, v: &Bound<'_, PyAny>) -> PyResult<Vec<u8>> {
+fn comm_key_arg(name: &str, v: &Bound<'_, PyAny>) -> PyResult<Vec<u8>> {
     let b = v.cast::<PyBytes>().map_err(|_| arg_error(format!("{name} is bytes, got {}", type_name(v))))?;
     if b.as_bytes().len() != 32 {
         return Err(arg_error(format!("{name} is 32 bytes, got {}", b.as_bytes().len())));
@@ -1220,8 +1220,8 @@ fn comm_listen<'py>(
     reconnect_delay: Option<&Bound<'py, PyAny>>,
 ) -> PyResult<Bound<'py, PyAny>> {
     let url = str_arg("a URL", url)?;
-    let public = key_arg("public_key", public_key)?;
-    let secret = key_arg("secret_key", secret_key)?;
+    let public = comm_key_arg("public_key", public_key)?;
+    let secret = comm_key_arg("secret_key", secret_key)?;
     let spares = match spares {
         Some(v) => count_arg("spares", v)?,
         None => 2,
