@@ -595,6 +595,8 @@ class ConnectionManager:
                 except asyncio.CancelledError:
                     raise
                 except _Refused as e:
+                    if "chum" in peer.active:
+                        return  # lost to the connection we keep (duplicate rule): no failure
                     peer.last_error = str(e)
                     peer.errors.append(peer.last_error)
                     peer.attempts += 1
