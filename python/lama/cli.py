@@ -15,7 +15,8 @@ Commands:
   listens at the comm server (default ``$LAMA_COMM_SERVER`` or ``ws://localhost:8000``),
   prints an invitation link (conn §6.2) and its QR code, waits for one pairing (at most the
   token lifetime, default 15 minutes; then exit status 1, ``LAMA-PAIR-TIMEOUT``), waits up to
-  ``--chum-wait`` seconds for the CHUM connection with the new contact and reports the
+  ``--chum-wait`` seconds for the CHUM connection with the new contact (and its first full
+  sync pass) and reports the
   contact.
 * ``lama accept LINK --dir D [--comm-server URL] [--chum-wait S]`` pairs using the invitation
   (conn §6.3), waits for the CHUM connection likewise and reports the new contact. A refused
@@ -330,7 +331,8 @@ def _contact_lines(outcome: Any, chum_up: float | None, chum_wait: float) -> lis
         if value:
             rows.append((label, value))
     if chum_wait > 0:
-        rows.append(("chum", "connected after %.0f ms" % (chum_up * 1000) if chum_up is not None
+        rows.append(("chum", "connected %.0f ms after the pairing" % (chum_up * 1000)
+                     if chum_up is not None
                      else f"not connected within {chum_wait:g} s"))
     return [f"{label + ':':<26}{escape(value)}" for label, value in rows]
 
@@ -348,18 +350,50 @@ def _report(outcome: Any, chum_up: float | None, chum_wait: float, as_json: bool
     sys.stdout.flush()
 
 
-async def _wait_chum(manager: Any, outcome: Any, chum_wait: float) -> float | None:
-    import asyncio
-    import time
+class _ChumWatch:
+    """Times the CHUM connection with the new contact from the manager's events: subscribed
+    before the pairing starts, so a connection that comes and goes between two polls is not
+    missed."""
 
-    if chum_wait <= 0:
-        return None
-    t0 = time.monotonic()
-    try:
-        await manager.wait_connected(outcome.remote_person, chum_wait)
-    except asyncio.TimeoutError:
-        return None
-    return time.monotonic() - t0
+    def __init__(self, manager: Any) -> None:
+        import asyncio
+        import time
+
+        self._time = time.monotonic
+        self.paired_at: float | None = None
+        self.up: dict[str, float] = {}
+        self.synced: dict[str, asyncio.Event] = {}
+        manager.subscribe(self._on)
+
+    def _event(self, person: str) -> Any:
+        import asyncio
+
+        return self.synced.setdefault(person, asyncio.Event())
+
+    def _on(self, kind: str, data: dict[str, Any]) -> None:
+        person = data.get("person")
+        if kind == "pairing_success" and self.paired_at is None:
+            self.paired_at = self._time()
+        elif kind == "connection_up" and person and person not in self.up:
+            self.up[person] = self._time()
+        elif kind == "sync" and person and data.get("state") == "full_sync":
+            self._event(person).set()
+
+    async def wait(self, person: str, chum_wait: float) -> float | None:
+        """Seconds from the pairing to the CHUM connection with ``person``, or None. Waits
+        (at most ``chum_wait`` s) until the first full CHUM pass with it is done, so that
+        leaving right after does not cut the peer's first sync short."""
+        import asyncio
+
+        if chum_wait <= 0:
+            return None
+        try:
+            await asyncio.wait_for(self._event(person).wait(), chum_wait)
+        except asyncio.TimeoutError:
+            pass
+        if person not in self.up or self.paired_at is None:
+            return None
+        return max(0.0, self.up[person] - self.paired_at)
 
 
 async def _invite(inst: Any, url: str, lifetime: float, png: str | None, chum_wait: float,
@@ -371,6 +405,7 @@ async def _invite(inst: Any, url: str, lifetime: float, png: str | None, chum_wa
 
     manager = ConnectionManager(inst, ManagerConfig(comm_server_url=url,
                                                     pairing_token_lifetime=lifetime))
+    watch = _ChumWatch(manager)
     try:
         await manager.start()
         if not await manager.wait_online(10.0):
@@ -391,7 +426,7 @@ async def _invite(inst: Any, url: str, lifetime: float, png: str | None, chum_wa
         except asyncio.TimeoutError:
             raise PairingError(f"the invitation expired after {lifetime:g} s without a pairing",
                                code="LAMA-PAIR-TIMEOUT") from None
-        chum_up = await _wait_chum(manager, outcome, chum_wait)
+        chum_up = await watch.wait(outcome.remote_person, chum_wait)
         _report(outcome, chum_up, chum_wait, as_json)
     finally:
         await manager.close()
@@ -401,10 +436,11 @@ async def _accept(inst: Any, url: str, inv: Any, chum_wait: float, as_json: bool
     from lama.connect.manager import ConnectionManager, ManagerConfig
 
     manager = ConnectionManager(inst, ManagerConfig(comm_server_url=url))
+    watch = _ChumWatch(manager)
     try:
         await manager.start()
         outcome = await manager.accept_invitation(inv)
-        chum_up = await _wait_chum(manager, outcome, chum_wait)
+        chum_up = await watch.wait(outcome.remote_person, chum_wait)
         _report(outcome, chum_up, chum_wait, as_json)
     finally:
         await manager.close()
