@@ -46,4 +46,10 @@ CORE_NAME: str = core.CORE_NAME
 Store = core.Store
 BlobWriter = core.BlobWriter
 
-__all__ = ["CORE_NAME", "BlobWriter", "Store", "core"]
+# Comm server and its listener client (docs/connections.md §2).
+comm_server = core.comm_server
+comm_listen = core.comm_listen
+CommServer = core.CommServer
+CommListener = core.CommListener
+
+__all__ = ["CORE_NAME", "BlobWriter", "CommListener", "CommServer", "Store", "comm_listen", "comm_server", "core"]

@@ -57,6 +57,14 @@ __all__ = [
     "type_of",
     "ws_connect",
     "ws_listen",
+    # issue 9: encrypted connections (docs/connections.md §1)
+    "EncryptedConnection",
+    "encrypted_accept",
+    "encrypted_connect",
+    "CommListener",
+    "CommServer",
+    "comm_listen",
+    "comm_server",
 ]
 
 # -- recipes (objects.md §3) --------------------------------------------------------------
@@ -242,6 +250,73 @@ class Listener:
     @property
     def port(self) -> int: ...
     async def accept(self) -> Transport: ...
+    async def close(self) -> None: ...
+
+# -- encrypted connections (docs/connections.md §1, issue 9) --------------------------------
+@final
+class EncryptedConnection(Transport):
+    @property
+    def local_key(self) -> bytes: ...
+    @property
+    def remote_key(self) -> bytes: ...
+    @property
+    def initiator(self) -> bool: ...
+    def stats(self) -> dict[str, Any]: ...
+
+async def encrypted_connect(
+    url: str,
+    public_key: bytes,
+    secret_key: bytes,
+    target_key: bytes,
+    *,
+    open_timeout: float | None = None,
+    timeout: float | None = None,
+    keepalive: float | None = None,
+    dead_after: float | None = None,
+    max_message: int = ...,
+    _ephemeral: tuple[bytes, bytes] | None = None,
+    _padding: list[tuple[int, bytes]] | None = None,
+) -> EncryptedConnection: ...
+async def encrypted_accept(
+    transport: Transport,
+    keys: list[tuple[bytes, bytes]],
+    *,
+    timeout: float | None = None,
+    keepalive: float | None = None,
+    dead_after: float | None = None,
+    max_message: int = ...,
+    _ephemeral: tuple[bytes, bytes] | None = None,
+    _padding: list[tuple[int, bytes]] | None = None,
+) -> EncryptedConnection: ...
+# -- comm server and its listener client (docs/connections.md §2) --------------------------
+async def comm_server(
+    host: str,
+    port: int,
+    *,
+    ping_interval: float = ...,
+    pong_timeout: float = ...,
+    auth_timeout: float = ...,
+    max_message: int = ...,
+    max_spares_per_key: int = ...,
+    max_spares_per_address: int = ...,
+) -> CommServer: ...
+@final
+class CommServer:
+    @property
+    def port(self) -> int: ...
+    @property
+    def url(self) -> str: ...
+    def counters(self) -> dict[str, int]: ...
+    async def close(self) -> None: ...
+
+async def comm_listen(
+    url: str, public_key: bytes, secret_key: bytes, *, spares: int = ..., reconnect_delay: float = ...
+) -> CommListener: ...
+@final
+class CommListener:
+    async def accept(self) -> Transport: ...
+    @property
+    def state(self) -> str: ...
     async def close(self) -> None: ...
 
 def spawn_session(session: Any, transport: Transport, *, store: Store | None = None) -> SessionTask: ...

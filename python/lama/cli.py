@@ -11,6 +11,19 @@ Commands:
   (``instance.json`` and the Keys objects in the store), so it needs **no secret**; with
   ``--check-secret`` it also unlocks the keychain and checks that the secret keys match the
   public keys (secret needed then).
+* ``lama invite --dir D [--comm-server URL] [--lifetime S] [--png FILE] [--chum-wait S]``
+  listens at the comm server (default ``$LAMA_COMM_SERVER`` or ``ws://localhost:8000``),
+  prints an invitation link (conn §6.2) and its QR code, waits for one pairing (at most the
+  token lifetime, default 15 minutes; then exit status 1, ``LAMA-PAIR-TIMEOUT``), waits up to
+  ``--chum-wait`` seconds for the CHUM connection with the new contact (and its first full
+  sync pass) and reports the
+  contact.
+* ``lama accept LINK --dir D [--comm-server URL] [--chum-wait S]`` pairs using the invitation
+  (conn §6.3), waits for the CHUM connection likewise and reports the new contact. A refused
+  pairing (expired, used or wrong token) is exit status 1.
+* ``lama comm-server [--host 127.0.0.1] [--port 8000]`` runs a comm server (docs/connections.md
+  §2): prints its URL, serves until SIGINT or SIGTERM, closes every spare and relayed pair and
+  prints its counters, one ``name value`` line each.
 
 The secret comes from the environment variable ``LAMA_SECRET`` or, if that is unset and stdin
 is a terminal, from a hidden prompt (asked twice for ``init``). It is never a command-line
@@ -133,6 +146,31 @@ def _fail(message: str, status: int) -> NoReturn:
     raise SystemExit(status)
 
 
+async def _run_comm_server(host: str, port: int, ping_interval: float, pong_timeout: float,
+                           auth_timeout: float) -> None:
+    """``lama comm-server``: print the URL, serve until SIGINT/SIGTERM, close cleanly, print the
+    counters (one ``name value`` line each)."""
+    import asyncio
+    import signal
+
+    from lama._core import comm_server
+
+    server = await comm_server(host, port, ping_interval=ping_interval, pong_timeout=pong_timeout,
+                               auth_timeout=auth_timeout)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    print(server.url, flush=True)
+    try:
+        await stop.wait()
+    finally:
+        await server.close()
+        for name, value in server.counters().items():
+            print(f"{name} {value}")
+        sys.stdout.flush()
+
+
 def _build_app() -> Any:
     import typer
 
@@ -203,7 +241,209 @@ def _build_app() -> Any:
         else:
             _print_identity(read_info(dir, email=email, instance_name=instance_name), as_json)
 
+    @app.command()
+    def invite(
+        dir: str = typer.Option(..., "--dir", help="Instance or base directory."),
+        comm_server: str = typer.Option(
+            None, "--comm-server",
+            help=f"Comm server URL (listened at; put into the invitation). Default: "
+                 f"${COMM_SERVER_ENV} or {DEFAULT_COMM_SERVER}."),
+        lifetime: float = typer.Option(
+            900.0, "--lifetime", help="Token lifetime in seconds (default 15 minutes)."),
+        png: str = typer.Option(None, "--png", help="Also write the QR code to this PNG file."),
+        chum_wait: float = typer.Option(
+            10.0, "--chum-wait",
+            help="After pairing, wait up to this many seconds for the CHUM connection (0: no)."),
+        email: str = typer.Option(None, "--email", help="Choose the instance by email ..."),
+        instance_name: str = typer.Option(None, "--instance-name", help="... and name."),
+        as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+    ) -> None:
+        """Create an invitation, print its link and QR code, wait for one pairing (bounded by
+        the token lifetime) and report the new contact. Secret: $LAMA_SECRET or a prompt."""
+        from lama.identity.instance import Instance
+
+        if not lifetime > 0:
+            raise typer.BadParameter("must be > 0", param_hint="--lifetime")
+        url = _comm_server(comm_server)
+        with Instance.open(dir, read_secret(), email=email, instance_name=instance_name) as inst:
+            _run_async(_invite(inst, url, lifetime, png, chum_wait, as_json))
+
+    @app.command()
+    def accept(
+        link: str = typer.Argument(..., help="The invitation link (or its JSON)."),
+        dir: str = typer.Option(..., "--dir", help="Instance or base directory."),
+        comm_server: str = typer.Option(
+            None, "--comm-server",
+            help=f"Own comm server URL (listened at; told to the inviter). Default: "
+                 f"${COMM_SERVER_ENV}, else the invitation's URL."),
+        chum_wait: float = typer.Option(
+            10.0, "--chum-wait",
+            help="After pairing, wait up to this many seconds for the CHUM connection (0: no)."),
+        email: str = typer.Option(None, "--email", help="Choose the instance by email ..."),
+        instance_name: str = typer.Option(None, "--instance-name", help="... and name."),
+        as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+    ) -> None:
+        """Pair with the instance that made the invitation and report the new contact."""
+        from lama.connect import pairing
+        from lama.identity.instance import Instance
+
+        inv = pairing.parse_invitation(link)  # a malformed link fails before the secret
+        url = comm_server or os.environ.get(COMM_SERVER_ENV) or inv.url
+        with Instance.open(dir, read_secret(), email=email, instance_name=instance_name) as inst:
+            _run_async(_accept(inst, url, inv, chum_wait, as_json))
+    @app.command("comm-server")
+    def comm_server_cmd(
+        host: str = typer.Option("127.0.0.1", "--host", help="Address to bind."),
+        port: int = typer.Option(8000, "--port", help="Port to bind (0: any free port)."),
+        ping_interval: float = typer.Option(25.0, "--ping-interval", help="Seconds between pings of a spare."),
+        pong_timeout: float = typer.Option(1.0, "--pong-timeout", help="Seconds a pong may take."),
+        auth_timeout: float = typer.Option(10.0, "--auth-timeout", help="Seconds to authenticate."),
+    ) -> None:
+        """Run a comm server (the reference's relay protocol) until SIGINT or SIGTERM."""
+        import asyncio
+
+        asyncio.run(_run_comm_server(host, port, ping_interval, pong_timeout, auth_timeout))
+
     return app
+
+
+COMM_SERVER_ENV = "LAMA_COMM_SERVER"
+DEFAULT_COMM_SERVER = "ws://localhost:8000"
+
+
+def _comm_server(option: str | None) -> str:
+    return option or os.environ.get(COMM_SERVER_ENV) or DEFAULT_COMM_SERVER
+
+
+def _run_async(coro: Any) -> None:
+    import asyncio
+
+    asyncio.run(coro)
+
+
+def _contact_lines(outcome: Any, chum_up: float | None, chum_wait: float) -> list[str]:
+    rows = [("paired with person", outcome.remote_person),
+            ("instance", outcome.remote_instance),
+            ("instance public key", outcome.remote_key.hex())]
+    details = outcome.details
+    for attr, label in (("remote_email", "email"), ("remote_instance_name", "instance name")):
+        value = getattr(details, attr, None)
+        if value:
+            rows.append((label, value))
+    if chum_wait > 0:
+        rows.append(("chum", "connected %.0f ms after the pairing" % (chum_up * 1000)
+                     if chum_up is not None
+                     else f"not connected within {chum_wait:g} s"))
+    return [f"{label + ':':<26}{escape(value)}" for label, value in rows]
+
+
+def _report(outcome: Any, chum_up: float | None, chum_wait: float, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps({
+            "person_id": outcome.remote_person, "instance_id": outcome.remote_instance,
+            "instance_public_key": outcome.remote_key.hex(),
+            "initiated_locally": outcome.initiated_locally,
+            "chum_connected_after": chum_up,
+        }, indent=2, sort_keys=True))
+    else:
+        print("\n".join(_contact_lines(outcome, chum_up, chum_wait)))
+    sys.stdout.flush()
+
+
+class _ChumWatch:
+    """Times the CHUM connection with the new contact from the manager's events: subscribed
+    before the pairing starts, so a connection that comes and goes between two polls is not
+    missed."""
+
+    def __init__(self, manager: Any) -> None:
+        import asyncio
+        import time
+
+        self._time = time.monotonic
+        self.paired_at: float | None = None
+        self.up: dict[str, float] = {}
+        self.synced: dict[str, asyncio.Event] = {}
+        manager.subscribe(self._on)
+
+    def _event(self, person: str) -> Any:
+        import asyncio
+
+        return self.synced.setdefault(person, asyncio.Event())
+
+    def _on(self, kind: str, data: dict[str, Any]) -> None:
+        person = data.get("person")
+        if kind == "pairing_success" and self.paired_at is None:
+            self.paired_at = self._time()
+        elif kind == "connection_up" and person and person not in self.up:
+            self.up[person] = self._time()
+        elif kind == "sync" and person and data.get("state") == "full_sync":
+            self._event(person).set()
+
+    async def wait(self, person: str, chum_wait: float) -> float | None:
+        """Seconds from the pairing to the CHUM connection with ``person``, or None. Waits
+        (at most ``chum_wait`` s) until the first full CHUM pass with it is done, so that
+        leaving right after does not cut the peer's first sync short."""
+        import asyncio
+
+        if chum_wait <= 0:
+            return None
+        try:
+            await asyncio.wait_for(self._event(person).wait(), chum_wait)
+        except asyncio.TimeoutError:
+            pass
+        if person not in self.up or self.paired_at is None:
+            return None
+        return max(0.0, self.up[person] - self.paired_at)
+
+
+async def _invite(inst: Any, url: str, lifetime: float, png: str | None, chum_wait: float,
+                  as_json: bool) -> None:
+    import asyncio
+
+    from lama.connect.manager import ConnectionManager, ManagerConfig
+    from lama.errors import PairingError
+
+    manager = ConnectionManager(inst, ManagerConfig(comm_server_url=url,
+                                                    pairing_token_lifetime=lifetime))
+    watch = _ChumWatch(manager)
+    try:
+        await manager.start()
+        if not await manager.wait_online(10.0):
+            print(f"warning: not yet registered at the comm server {url}; the invitation "
+                  "works once it is", file=sys.stderr)
+        inv = manager.create_invitation()
+        link = inv.to_link()
+        if png:
+            with open(png, "wb") as f:
+                f.write(inv.qr_png())
+        print(link)
+        print(inv.qr_text())
+        print(f"waiting for the invitation to be accepted (token valid {lifetime:g} s) ...",
+              file=sys.stderr)
+        sys.stdout.flush()
+        try:
+            outcome = await manager.wait_pairing(timeout=lifetime)
+        except asyncio.TimeoutError:
+            raise PairingError(f"the invitation expired after {lifetime:g} s without a pairing",
+                               code="LAMA-PAIR-TIMEOUT") from None
+        chum_up = await watch.wait(outcome.remote_person, chum_wait)
+        _report(outcome, chum_up, chum_wait, as_json)
+    finally:
+        await manager.close()
+
+
+async def _accept(inst: Any, url: str, inv: Any, chum_wait: float, as_json: bool) -> None:
+    from lama.connect.manager import ConnectionManager, ManagerConfig
+
+    manager = ConnectionManager(inst, ManagerConfig(comm_server_url=url))
+    watch = _ChumWatch(manager)
+    try:
+        await manager.start()
+        outcome = await manager.accept_invitation(inv)
+        chum_up = await watch.wait(outcome.remote_person, chum_wait)
+        _report(outcome, chum_up, chum_wait, as_json)
+    finally:
+        await manager.close()
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -84,6 +84,28 @@ class InvalidArgumentError(LamaError, ValueError):
     """An argument of a lama call is malformed (``LAMA-ARG``, ``LAMA-EMAIL``, ...)."""
 
 
+# --- lama.connect (issue 9, docs/connections.md §3) ---------------------------------------
+
+
+class ProtocolError(TransportError):
+    """A peer broke the connection protocols of connections.md §5/§6: an unexpected or
+    malformed message (``LAMA-PROTO``), no answer in time (``LAMA-PROTO-TIMEOUT``), the
+    connection closed mid-protocol (``LAMA-PROTO-CLOSED``) or refused by the acceptor
+    (``LAMA-REFUSED``, e.g. ``I do not want to communicate with you. Go Away!``)."""
+
+
+class AuthenticationError(LamaError, PermissionError):
+    """A peer failed an identity check (connections.md §5.3/§5.4): the person-key proof
+    (``LAMA-AUTH``), the Keys owner (``LAMA-AUTH-KEYS``), an expected person or instance
+    (``LAMA-AUTH-PERSON``, ``LAMA-AUTH-INSTANCE``), the key on record (``EP-KEYMISSMATCH``)."""
+
+
+class PairingError(AuthenticationError):
+    """A pairing was refused (connections.md §6): unknown, expired or used token
+    (``LAMA-PAIR-TOKEN``), an ``identity`` that contradicts what was proven
+    (``LAMA-PAIR-IDENTITY``)."""
+
+
 __all__ = [
     "LamaError",
     "MicrodataError",
@@ -99,4 +121,7 @@ __all__ = [
     "AccessDeniedError",
     "TransportError",
     "InvalidArgumentError",
+    "ProtocolError",
+    "AuthenticationError",
+    "PairingError",
 ]

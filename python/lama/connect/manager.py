@@ -1,0 +1,1271 @@
+"""The connection manager (conn §7, docs/connections.md §3 "Connection manager").
+
+One :class:`ConnectionManager` per open :class:`lama.identity.instance.Instance`.  It
+
+* listens for incoming encrypted connections for the local instance key: through the comm
+  server (a core ``CommListener`` keeping spare connections, conn §3.2/§3.4) and optionally on
+  a direct WebSocket listener (conn §4.2);
+* dispatches each established connection by its connection group (conn §5.1, §7.3): ``chum``
+  for known peers (unknown ones only with ``accept_unknown_persons``), ``pairing`` when
+  ``allow_pairing`` (the token decides, conn §6.3), ``debug`` when ``allow_debug_requests``;
+  anything else is closed with the reference's ``I do not want to communicate with you. Go
+  Away!``;
+* keeps one persistent outgoing ``chum`` connection to every known endpoint (the
+  OneInstanceEndpoint objects stored by pairing, conn §6.4/§7.2), reconnecting with a
+  jittered, bounded exponential backoff (conn §7.4, but faster than the reference's 5-120 s);
+* keeps **exactly one** live connection per (peer, group).  The reference drops the newer of
+  two connections that arrive within 2 s and otherwise replaces the old one, on each side
+  independently, which can close both and flap (conn §7.4, §9.3 item 10), and its replacing
+  crashes under bursts.  lama decides deterministically: of two connections that overlap
+  (the second is verified less than ``duplicate_window`` after the first), the one *initiated
+  by the side with the smaller instance public key* stays; both sides apply the same rule and
+  end on the same connection.  A connection arriving after the window replaces the old one
+  (the peer only dials when it has no live connection, so the old one is dead on its side).
+  Every close of a losing connection is an ordinary close with a reason; nothing raises;
+* runs CHUM (:func:`lama.chum.sync`, keep-running, fast path negotiated) on every established
+  ``chum`` connection.  The ``synchronisation`` exchange of conn §5.5 comes first; the local
+  session is created (its services exist) before the peer's first request is read, and the
+  first local request goes out only after the peer's ``synchronisation`` arrived plus a short
+  gap (``sync_start_gap``), never in the same burst (the reference drops such a request);
+* avoids the refused first CHUM connection after pairing (conn §6.3 "Race after pairing"):
+  as acceptor it looks the peer up *after* the identity exchange and, if a pairing with that
+  peer is still being recorded, waits for it to finish; as pairing initiator it dials only
+  after the pairing exchange completed.  A refused attempt is retried after a short delay
+  (``refused_retry_delay``), not after the full backoff (conn §5.5 "observed").
+
+Events (:meth:`ConnectionManager.subscribe`): ``("connections_changed", {...})``,
+``("connection_up", {...})``, ``("connection_down", {...})``, ``("pairing_success",
+{...})``, ``("online_state", {"online": bool})``, ``("sync", {...})`` (CHUM progress) and
+``("error", {...})``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from .._core import core
+from ..errors import AccessDeniedError, InvalidArgumentError, LamaError, TransportError
+
+__all__ = [
+    "ConnectionManager",
+    "ManagerConfig",
+    "Endpoint",
+    "PairingOutcome",
+    "ZERO_HASH",
+    "GO_AWAY",
+    "DUPLICATE_DROPPED",
+    "REPLACED",
+]
+
+log = logging.getLogger("lama.connect.manager")
+
+ZERO_HASH = "0" * 64
+# close reasons in the reference's words (conn §7.3, §7.5)
+GO_AWAY = "I do not want to communicate with you. Go Away!"
+DUPLICATE_DROPPED = "Duplicate connection - dropped new connection"
+REPLACED = "New connection replaced old one"
+ROUTE_DISABLED = "Route is disabled"
+ROUTE_STOPPED = "Corresponding route was stopped"
+UNKNOWN_PEER = "Error: Unable to start chum because you are unknown"
+SHUTDOWN = "Connection manager shut down"
+
+GROUPS = ("chum", "pairing", "debug")
+QUICK_RETRIES = 3  # refusals retried after refused_retry_delay before the backoff applies
+SHORT_LIVED = 5.0  # s: a connection ending sooner counts towards the backoff
+
+
+@dataclass
+class ManagerConfig:
+    """Options of the connection manager: those of ConnectionsModel (conn §7.1) with the Lama
+    app's values where it differs (token lifetime 15 min), plus lama's own timing knobs.
+
+    Times are seconds (the reference's milliseconds / 1000)."""
+
+    comm_server_url: str | None = "ws://localhost:8000"  # listen here; put into invitations
+    accept_incoming: bool = True          # False: no listener at all (conn §7.1)
+    accept_unknown_instances: bool = False  # only widens the catch-all, as in the reference
+    accept_unknown_persons: bool = False  # allow `chum` with peers that are not contacts
+    allow_pairing: bool = True
+    allow_debug_requests: bool = False    # reference: true; lama only answers what is granted
+    pairing_token_lifetime: float = 15 * 60.0  # one.leute / Lama app (ConnectionsModel: 60 s)
+    establish_outgoing: bool = True       # outgoing `chum` routes to every known endpoint
+    retry_attempts: int = 0               # failed dials per peer before giving up; 0 = forever
+    retry_delay: float = 1.0              # first backoff delay; doubled per failure, jittered
+    retry_max_delay: float = 120.0        # backoff bound (the reference's last step)
+    reconnect_delay: float = 0.5          # after a live connection closed (reference 5-10 s)
+    refused_retry_delay: float = 0.3      # after "unknown"/duplicate refusals (conn §5.5)
+    duplicate_window: float = 2.0         # overlapping connections: deterministic choice
+    health_checks: bool = True            # sample connection statistics periodically
+    health_check_interval: float = 5.0
+    sync_interval: float = 5.0            # CHUM keep-running roots poll (ChumSession.poll_interval)
+    sync_start_gap: float = 0.05          # gap between the peer's `synchronisation` and our
+                                          # first CHUM request (conn §5.5 observed)
+    fast_path: bool = True                # negotiate lama's CHUM extensions (docs/chum-fastpath.md)
+    no_import: bool = False               # chum: disable the importer (conn §7.1 noImport)
+    no_export: bool = False               # chum: disable the exporter (noExport)
+    open_timeout: float = 5.0             # opening the WebSocket of an outgoing connection
+    handshake_timeout: float = 10.0       # encrypted handshake of an incoming connection
+    protocol_timeout: float = 15.0        # group/sync/identity exchange (conn §5.1-5.4)
+    keepalive: float = 20.0               # conn §2.5
+    dead_after: float = 25.0
+    spares: int = 2                       # comm-server spare connections (conn §3.4)
+    listener_reconnect_delay: float = 10.0
+    discovery_interval: float = 2.0       # how often the store is scanned for new endpoints
+    pairing_wait: float = 5.0             # acceptor: wait this long for a pairing in progress
+    direct_host: str | None = None        # optional direct WebSocket listener (conn §4.2)
+    direct_port: int | None = None
+    diagnostics: bool = False             # log every connection step at INFO
+    event_logging: bool = False           # log every emitted event at INFO
+
+    def __post_init__(self) -> None:
+        for name in ("pairing_token_lifetime", "retry_delay", "retry_max_delay",
+                     "reconnect_delay", "refused_retry_delay", "duplicate_window",
+                     "health_check_interval", "sync_interval", "sync_start_gap",
+                     "open_timeout", "handshake_timeout", "protocol_timeout", "keepalive",
+                     "dead_after", "listener_reconnect_delay", "discovery_interval",
+                     "pairing_wait"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0 or v != v:
+                raise InvalidArgumentError(f"LAMA-ARG: {name} must be a number >= 0, not {v!r}")
+        if self.pairing_token_lifetime <= 0:
+            raise InvalidArgumentError("LAMA-ARG: pairing_token_lifetime must be > 0")
+        for name in ("retry_attempts", "spares"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise InvalidArgumentError(f"LAMA-ARG: {name} must be an int >= 0, not {v!r}")
+        if (self.direct_host is None) != (self.direct_port is None):
+            raise InvalidArgumentError(
+                "LAMA-ARG: direct_host and direct_port go together (both or neither)")
+        if self.comm_server_url is not None and not isinstance(self.comm_server_url, str):
+            raise InvalidArgumentError("LAMA-ARG: comm_server_url must be a str or None")
+
+
+@dataclass
+class Endpoint:
+    """A remote instance we know (a OneInstanceEndpoint and its Keys, conn §6.4 item 6)."""
+
+    remote_key: bytes          # the remote instance's public encryption key (route key R)
+    person_id: str
+    instance_id: str
+    person_public_key: bytes | None
+    url: str | None
+    endpoint_hash: str
+    seq: int = 0               # store sequence of the endpoint object (newest url wins)
+
+
+@dataclass
+class PairingOutcome:
+    """What a finished pairing reports (the arguments of the reference's onPairingSuccess)."""
+
+    initiated_locally: bool
+    local_person: str
+    local_instance: str
+    remote_person: str
+    remote_instance: str
+    remote_key: bytes
+    token: str
+    details: Any = None
+
+
+@dataclass(eq=False)
+class _Conn:
+    """One established encrypted connection the manager holds."""
+
+    conn: Any
+    group: str
+    initiator: bool
+    remote_key: bytes
+    opened: float = field(default_factory=time.time)
+    claimed_at: float = 0.0                 # monotonic time it got its slot
+    remote_person: str | None = None
+    remote_instance: str | None = None
+    remote_instance_name: str | None = None
+    latency: float | None = None            # seconds, a measured round trip
+    last_message: float | None = None       # epoch seconds of the last input seen
+    bytes_received: int = 0
+    task: asyncio.Task[Any] | None = None
+    closed: bool = False
+    close_reason: str | None = None
+
+    @property
+    def preferred_initiator_key(self) -> bytes:
+        return self.conn.local_key if self.initiator else self.remote_key
+
+
+@dataclass(eq=False)
+class _Peer:
+    """Manager state for one remote instance key (one route group per group name)."""
+
+    endpoint: Endpoint
+    enabled: bool = True
+    active: dict[str, _Conn] = field(default_factory=dict)
+    dial_task: asyncio.Task[Any] | None = None
+    attempts: int = 0                       # failed dials since the last success
+    last_error: str | None = None
+    errors: list[str] = field(default_factory=list)  # the last 20 failed dials' reasons
+    short_lived: int = 0                    # connections in a row that ended within SHORT_LIVED
+    connected_since: float | None = None
+    last_sync: float | None = None
+    stats_log: list[dict[str, Any]] = field(default_factory=list)
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class _RttProbe:
+    """Wraps a connection for the identity steps only: the time from our first message to the
+    first message received after it is one round trip (initiator: ``connection_group`` ->
+    ``sync``; acceptor: ``sync`` -> the initiator's ``person_id_object``, which it sends as
+    soon as it read ``sync``), the latency ``connection_health`` reports."""
+
+    def __init__(self, conn: Any) -> None:
+        self.conn = conn
+        self.sent_at: float | None = None
+        self.rtt: float | None = None
+
+    async def send(self, msg: str | bytes) -> None:
+        if self.sent_at is None:
+            self.sent_at = time.monotonic()
+        await self.conn.send(msg)
+
+    async def recv(self) -> str | bytes | None:
+        msg = await self.conn.recv()
+        if self.rtt is None and self.sent_at is not None:
+            self.rtt = time.monotonic() - self.sent_at
+        return msg
+
+    async def close(self, reason: str = "") -> None:
+        await self.conn.close(reason)
+
+    @property
+    def close_reason(self) -> str | None:
+        reason: str | None = self.conn.close_reason
+        return reason
+
+
+class _Refused(Exception):
+    """A connection attempt the peer refused in a way worth a quick retry."""
+
+
+class ConnectionManager:
+    """Connections of one local instance (see the module doc)."""
+
+    def __init__(self, instance: Any, config: ManagerConfig | None = None) -> None:
+        self.instance = instance
+        self.config = config or ManagerConfig()
+        self.store = instance.store
+        keys = instance.secret_keys("instance")
+        self._public = bytes(instance.instance_public_key)
+        self._secret = bytes(keys.encryption_secret)
+        self._peers: dict[bytes, _Peer] = {}
+        self._unknown: dict[tuple[bytes, str], _Conn] = {}  # catch-all connections (chum/debug)
+        self._pairing_conns: set[_Conn] = set()
+        self._pairing_in_progress: dict[Any, asyncio.Future[None]] = {}
+        self._disabled_persons: set[str] = set()
+        self._listeners: list[Any] = []
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._subscribers: list[Callable[[str, dict[str, Any]], Any]] = []
+        self._started = False
+        self._closing = False
+        self._scan_seq = 0
+        self._online = False
+        self._registry: Any = None
+        self._pairing_waiters: list[asyncio.Future[PairingOutcome]] = []
+        self.pairings: list[PairingOutcome] = []
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        """Start listening (comm server and/or direct), discover known endpoints and dial them."""
+        if self._started:
+            return
+        self._started = True
+        cfg = self.config
+        if cfg.accept_incoming and cfg.comm_server_url:
+            try:
+                await self._comm_listen()
+            except (LamaError, OSError) as e:
+                # the comm server may be down now and come back: keep trying in the background
+                log.warning("comm server %s: %s", cfg.comm_server_url, e)
+                self._spawn(self._listen_retry())
+        if cfg.accept_incoming and cfg.direct_host is not None:
+            listener = await core.ws_listen(cfg.direct_host, int(cfg.direct_port or 0))
+            self._listeners.append(listener)
+            self._spawn(self._accept_loop(listener, "direct"))
+        self._scan_endpoints()
+        self._spawn(self._discovery_loop())
+        if cfg.health_checks:
+            self._spawn(self._health_loop())
+        if not (cfg.accept_incoming and cfg.comm_server_url):
+            self._set_online(True)  # no comm server listener: always online (conn §7.1)
+        else:
+            self._sample()
+
+    async def _comm_listen(self) -> None:
+        cfg = self.config
+        assert cfg.comm_server_url is not None
+        listener = await core.comm_listen(
+            cfg.comm_server_url, self._public, self._secret, spares=cfg.spares,
+            reconnect_delay=cfg.listener_reconnect_delay)
+        if self._closing:
+            await listener.close()
+            return
+        self._listeners.append(listener)
+        self._spawn(self._accept_loop(listener, "commserver"))
+
+    async def _listen_retry(self) -> None:
+        while not self._closing:
+            await asyncio.sleep(self.config.listener_reconnect_delay or 1.0)
+            try:
+                await self._comm_listen()
+                return
+            except (LamaError, OSError) as e:
+                self._diag("comm server still unreachable: %s", e)
+
+    async def __aenter__(self) -> ConnectionManager:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    @property
+    def direct_port(self) -> int | None:
+        """The bound port of the direct listener (``direct_port=0`` picks one)."""
+        for listener in self._listeners:
+            port = getattr(listener, "port", None)
+            if isinstance(port, int) and not hasattr(listener, "state"):
+                return port
+        return None
+
+    @property
+    def url(self) -> str | None:
+        """Where peers reach this instance (put into invitations and into our pairing
+        identity): the comm server, else the direct listener's ``ws://host:port``."""
+        if self.config.comm_server_url:
+            return self.config.comm_server_url
+        port = self.direct_port
+        if port is not None and self.config.direct_host is not None:
+            return f"ws://{self.config.direct_host}:{port}"
+        return None
+
+    async def close(self) -> None:
+        """Clean shutdown: stop dialling and listening, close every connection with a reason,
+        invalidate all invitations (conn §6.1), wait for the tasks to end."""
+        if self._closing:
+            return
+        self._closing = True
+        if self._registry is not None:
+            with contextlib.suppress(Exception):
+                self._registry.invalidate_all()
+        for peer in self._peers.values():
+            if peer.dial_task is not None:
+                peer.dial_task.cancel()
+        conns = [c for p in self._peers.values() for c in p.active.values()]
+        conns += list(self._unknown.values()) + list(self._pairing_conns)
+        for c in conns:
+            await self._close_conn(c, SHUTDOWN)
+        for listener in self._listeners:
+            with contextlib.suppress(Exception):
+                await listener.close()
+        for t in list(self._tasks):
+            t.cancel()
+        for peer in self._peers.values():
+            if peer.dial_task is not None:
+                self._tasks.add(peer.dial_task)
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=5.0)
+        for w in self._pairing_waiters:
+            if not w.done():
+                w.cancel()
+        self._set_online(False)
+
+    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            # a bug in a handler must not pass silently (every expected failure is caught)
+            log.error("connection manager task failed", exc_info=task.exception())
+
+    # ------------------------------------------------------------------ events
+
+    def subscribe(self, callback: Callable[[str, dict[str, Any]], Any]) -> Callable[[], None]:
+        """Call ``callback(kind, data)`` for every event; returns an unsubscribe function."""
+        self._subscribers.append(callback)
+        return lambda: self._subscribers.remove(callback) if callback in self._subscribers else None
+
+    def _emit(self, kind: str, **data: Any) -> None:
+        if self.config.event_logging:
+            log.info("event %s %s", kind, data)
+        for cb in list(self._subscribers):
+            try:
+                cb(kind, data)
+            except Exception:  # a subscriber's bug must not break a connection
+                log.exception("event subscriber failed")
+
+    def _diag(self, msg: str, *args: Any) -> None:
+        if self.config.diagnostics:
+            log.info(msg, *args)
+        else:
+            log.debug(msg, *args)
+
+    def _set_online(self, online: bool) -> None:
+        if online != self._online:
+            self._online = online
+            self._emit("online_state", online=online)
+
+    @property
+    def online(self) -> bool:
+        return self._online
+
+    async def wait_online(self, timeout: float) -> bool:
+        """Wait until the comm-server listener is registered (at most ``timeout`` s); True if
+        it is (or there is none: only a direct listener or no listener at all)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            comm = [x for x in self._listeners if hasattr(x, "state")]
+            if self.config.accept_incoming and self.config.comm_server_url:
+                if comm and comm[0].state == "listening":
+                    self._set_online(True)
+                    return True
+            else:
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(0.02)
+
+    # ------------------------------------------------------------------ endpoints
+
+    def _scan_endpoints(self) -> None:
+        """Find OneInstanceEndpoint objects committed since the last scan (conn §7.2)."""
+        new = False
+        while True:
+            changes = self.store.changes(self._scan_seq, 1000)
+            if not changes:
+                break
+            for seq, h, kind in changes:
+                self._scan_seq = seq
+                if kind != "object":
+                    continue
+                try:
+                    text = self.store.get(h)
+                    if core.type_of(text)[0] != "OneInstanceEndpoint":
+                        continue
+                    ep = self._load_endpoint(h, seq)
+                except LamaError as e:
+                    log.warning("unusable OneInstanceEndpoint %s: %s", h, e)
+                    continue
+                if ep is not None and self._trusted(ep) and self._add_endpoint(ep):
+                    new = True
+        if new:
+            self._emit("connections_changed")
+
+    def _load_endpoint(self, h: str, seq: int) -> Endpoint | None:
+        obj = self.store.get_object(h)
+        keys_hash = obj.get("instanceKeys")
+        if not keys_hash:
+            return None
+        inst_keys = self.store.get_object(keys_hash)
+        remote_key = bytes.fromhex(inst_keys["publicKey"])
+        if remote_key == self._public:
+            return None  # our own endpoint (conn §7.2: local keys are skipped)
+        person_pk = None
+        if obj.get("personKeys"):
+            with contextlib.suppress(LamaError):
+                person_pk = bytes.fromhex(self.store.get_object(obj["personKeys"])["publicKey"])
+        return Endpoint(remote_key=remote_key, person_id=obj["personId"],
+                        instance_id=obj["instanceId"], person_public_key=person_pk,
+                        url=obj.get("url"), endpoint_hash=h, seq=seq)
+
+    def _trusted(self, ep: Endpoint) -> bool:
+        """Only contacts are dialled: my own other instances (Internet of Me) and peers whose
+        Keys I signed when pairing (conn §6.4 item 5). Endpoints that merely arrived through
+        CHUM (someone else's contacts) are not routed (conn §7.2 routes only "others" and IoM)."""
+        if ep.person_id == self.instance.person_id:
+            return True
+        from ..identity import certificates
+
+        obj = self.store.get_object(ep.endpoint_hash)
+        me = self.instance.person_id
+        for keys in (obj.get("instanceKeys"), obj.get("personKeys")):
+            if not keys:
+                continue
+            for s in certificates.signatures_for(self.store, keys):
+                with contextlib.suppress(LamaError):
+                    if self.store.get_object(s).get("issuer") == me:
+                        return True
+        return False
+
+    def _add_endpoint(self, ep: Endpoint) -> bool:
+        peer = self._peers.get(ep.remote_key)
+        if peer is None:
+            peer = _Peer(endpoint=ep, enabled=ep.person_id not in self._disabled_persons)
+            self._peers[ep.remote_key] = peer
+            self._diag("new endpoint %s person %s url %s", ep.remote_key.hex(), ep.person_id, ep.url)
+            self._ensure_dialling(peer)
+            return True
+        if ep.seq >= peer.endpoint.seq and ep.endpoint_hash != peer.endpoint.endpoint_hash:
+            peer.endpoint = ep  # a newer endpoint (e.g. another url) for the same instance
+        return False
+
+    async def _discovery_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.discovery_interval or 0.5)
+            try:
+                self._scan_endpoints()
+            except LamaError as e:
+                log.warning("endpoint scan failed: %s", e)
+
+    def known_endpoints(self) -> list[Endpoint]:
+        """Every remote endpoint the manager knows (after :meth:`start`)."""
+        self._scan_endpoints()
+        return [p.endpoint for p in self._peers.values()]
+
+    def _peer_by_person(self, person_id: str) -> list[_Peer]:
+        return [p for p in self._peers.values() if p.endpoint.person_id == person_id]
+
+    # ------------------------------------------------------------------ enable / disable
+
+    async def disable_person(self, person_id: str) -> None:
+        """Stop dialling the person's instances and close their connections (conn §7.5);
+        incoming connections from them are refused with ``Route is disabled``."""
+        self._disabled_persons.add(person_id)
+        for peer in self._peer_by_person(person_id):
+            peer.enabled = False
+            if peer.dial_task is not None:
+                peer.dial_task.cancel()
+                peer.dial_task = None
+            for c in list(peer.active.values()):
+                await self._close_conn(c, ROUTE_STOPPED)
+        self._emit("connections_changed")
+
+    async def enable_person(self, person_id: str) -> None:
+        """Undo :meth:`disable_person`: dial the person's instances again at once."""
+        self._disabled_persons.discard(person_id)
+        for peer in self._peer_by_person(person_id):
+            peer.enabled = True
+            peer.attempts = 0
+            self._ensure_dialling(peer)
+        self._emit("connections_changed")
+
+    def is_enabled(self, person_id: str) -> bool:
+        return person_id not in self._disabled_persons
+
+    # ------------------------------------------------------------------ outgoing
+
+    def _ensure_dialling(self, peer: _Peer, delay: float = 0.0) -> None:
+        cfg = self.config
+        if (self._closing or not self._started or not cfg.establish_outgoing or not peer.enabled
+                or not peer.endpoint.url or "chum" in peer.active):
+            return
+        if peer.dial_task is not None and not peer.dial_task.done():
+            if delay == 0.0:
+                peer.wake.set()  # cut a pending backoff short
+            return
+        peer.dial_task = asyncio.ensure_future(self._dial_loop(peer, delay))
+
+    def _backoff(self, attempts: int) -> float:
+        """Jittered exponential backoff: ``retry_delay * 2^(n-1)`` bounded by
+        ``retry_max_delay``, times a random factor in [0.5, 1.0) so that peers do not retry in
+        lock step (conn §7.4 uses a random factor for the same reason)."""
+        cfg = self.config
+        base = min(cfg.retry_max_delay, cfg.retry_delay * (2 ** min(attempts - 1, 30)))
+        return base * (0.5 + random.random() / 2)
+
+    async def _dial_loop(self, peer: _Peer, delay: float) -> None:
+        cfg = self.config
+        try:
+            if delay > 0:
+                await self._sleep_or_wake(peer, delay)
+            while (not self._closing and peer.enabled and "chum" not in peer.active
+                   and cfg.establish_outgoing):
+                try:
+                    await self._dial_once(peer)
+                    peer.attempts = 0
+                    return
+                except asyncio.CancelledError:
+                    raise
+                except _Refused as e:
+                    if "chum" in peer.active:
+                        return  # lost to the connection we keep (duplicate rule): no failure
+                    peer.last_error = str(e)
+                    peer.errors.append(peer.last_error)
+                    peer.attempts += 1
+                    # quick retries for a transient refusal, then the normal backoff (a peer
+                    # that keeps refusing us must not be dialled several times a second)
+                    wait = (cfg.refused_retry_delay * (1 + random.random())
+                            if peer.attempts <= QUICK_RETRIES else self._backoff(peer.attempts))
+                except (LamaError, OSError, asyncio.TimeoutError, EOFError) as e:
+                    peer.last_error = _reason(e)
+                    peer.errors.append(peer.last_error)
+                    peer.attempts += 1
+                    wait = self._backoff(peer.attempts)
+                del peer.errors[:-20]
+                self._diag("dial %s failed (%s), attempt %d, retry in %.2fs",
+                           peer.endpoint.remote_key.hex()[:16], peer.last_error, peer.attempts, wait)
+                if cfg.retry_attempts and peer.attempts >= cfg.retry_attempts:
+                    self._emit("error", peer=peer.endpoint.remote_key.hex(),
+                               message=f"giving up after {peer.attempts} attempts: {peer.last_error}")
+                    return
+                if "chum" in peer.active:
+                    return
+                await self._sleep_or_wake(peer, wait)
+        finally:
+            if peer.dial_task is asyncio.current_task():
+                peer.dial_task = None
+
+    async def _sleep_or_wake(self, peer: _Peer, seconds: float) -> None:
+        peer.wake.clear()
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(peer.wake.wait(), seconds)
+
+    async def _dial_once(self, peer: _Peer) -> None:
+        cfg = self.config
+        ep = peer.endpoint
+        assert ep.url is not None
+        self._diag("dial %s at %s", ep.remote_key.hex()[:16], ep.url)
+        conn = await core.encrypted_connect(
+            ep.url, self._public, self._secret, ep.remote_key, open_timeout=cfg.open_timeout,
+            keepalive=cfg.keepalive, dead_after=cfg.dead_after)
+        c = _Conn(conn=conn, group="chum", initiator=True, remote_key=ep.remote_key)
+        try:
+            probe = _RttProbe(conn)
+            ident = await asyncio.wait_for(self._initiate(probe, "chum", ep),
+                                           cfg.protocol_timeout * 4)
+            c.latency = probe.rtt
+            c.remote_person, c.remote_instance = ident.person_id, ident.instance_id
+            c.remote_instance_name = ident.instance_id_object.get("name")
+        except BaseException as e:
+            await self._close_conn(c, _close_text(e))
+            if isinstance(e, (LamaError, OSError, EOFError)) and _is_refusal(conn, e):
+                raise _Refused(_reason(e)) from e
+            raise
+        if not peer.enabled:
+            await self._close_conn(c, ROUTE_DISABLED)
+            return
+        if not self._claim(peer, c):
+            raise _Refused(DUPLICATE_DROPPED)
+        c.task = self._spawn(self._run_chum(peer, c))
+
+    async def _initiate(self, conn: Any, group: str, expected: Endpoint | None) -> Any:
+        """conn §5.1-5.4 as initiator (lama.connect.protocol), expecting the endpoint's ids."""
+        from . import protocol
+
+        return await protocol.initiate(
+            conn, self.instance, group,
+            expected_person=expected.person_id if expected else None,
+            expected_instance=expected.instance_id if expected else None,
+            timeout=self.config.protocol_timeout)
+
+    # ------------------------------------------------------------------ slots
+
+    def _claim(self, peer: _Peer, c: _Conn) -> bool:
+        """Give ``c`` the (peer, group) slot or refuse it, deterministically (module doc)."""
+        now = time.monotonic()
+        old = peer.active.get(c.group)
+        if old is not None and not old.closed and old.conn.close_reason is None:
+            overlap = now - old.claimed_at < self.config.duplicate_window
+            c_pref = c.preferred_initiator_key == min(self._public, c.remote_key)
+            old_pref = old.preferred_initiator_key == min(self._public, c.remote_key)
+            if overlap and (old_pref or not c_pref):
+                # the one in place is the preferred one (or neither is): the new one goes
+                self._diag("duplicate %s connection to %s dropped", c.group, c.remote_key.hex()[:16])
+                self._spawn(self._close_conn(c, DUPLICATE_DROPPED))
+                return False
+            self._diag("%s connection to %s replaced", c.group, c.remote_key.hex()[:16])
+            old.closed = True  # before the close: its end must not free the new slot
+            peer.stats_log.append(self._conn_stats(old))
+            self._spawn(self._close_conn(old, REPLACED, force=True))
+        c.claimed_at = now
+        peer.active[c.group] = c
+        peer.connected_since = time.time()
+        peer.last_error = None
+        peer.attempts = 0
+        # A dial in flight is not cancelled: cancelling it could close the very connection the
+        # peer already kept by the same rule; it finishes and the rule above decides, and a
+        # dial loop that is only waiting exits when it sees the filled slot.
+        if peer.dial_task is not None and c.group == "chum" and not c.initiator:
+            peer.wake.set()
+        self._emit("connection_up", peer=c.remote_key.hex(), group=c.group,
+                   person=c.remote_person, instance=c.remote_instance, initiator=c.initiator)
+        self._emit("connections_changed")
+        return True
+
+    def _release(self, peer: _Peer | None, c: _Conn, reason: str) -> None:
+        if peer is not None and peer.active.get(c.group) is c:
+            del peer.active[c.group]
+            peer.connected_since = None
+            peer.stats_log.append(self._conn_stats(c))
+            del peer.stats_log[:-20]
+            self._emit("connection_down", peer=c.remote_key.hex(), group=c.group, reason=reason)
+            self._emit("connections_changed")
+            if c.group == "chum" and not self._closing and peer.enabled:
+                # a connection that ends soon after it started (a peer that accepts and drops
+                # us) must not make us redial at the short reconnect delay forever
+                if time.monotonic() - c.claimed_at < SHORT_LIVED:
+                    peer.short_lived += 1
+                else:
+                    peer.short_lived = 0
+                delay = (self._backoff(peer.short_lived) if peer.short_lived > QUICK_RETRIES
+                         else self.config.reconnect_delay * (1 + random.random()))
+                self._ensure_dialling(peer, delay)
+
+    async def _close_conn(self, c: _Conn, reason: str, force: bool = False) -> None:
+        if c.close_reason is None:
+            c.close_reason = reason
+        c.closed = True
+        with contextlib.suppress(Exception):
+            await c.conn.close(reason)
+
+    # ------------------------------------------------------------------ incoming
+
+    async def _accept_loop(self, listener: Any, kind: str) -> None:
+        while not self._closing:
+            try:
+                transport = await listener.accept()
+            except asyncio.CancelledError:
+                raise
+            except (LamaError, OSError) as e:
+                if self._closing:
+                    return
+                log.warning("%s listener: %s", kind, e)
+                await asyncio.sleep(1.0)
+                continue
+            self._spawn(self._handle_incoming(transport))
+
+    async def _handle_incoming(self, transport: Any) -> None:
+        cfg = self.config
+        try:
+            conn = await core.encrypted_accept(
+                transport, [(self._public, self._secret)], timeout=cfg.handshake_timeout,
+                keepalive=cfg.keepalive, dead_after=cfg.dead_after)
+        except (LamaError, OSError, asyncio.TimeoutError) as e:
+            self._diag("incoming handshake failed: %s", e)
+            with contextlib.suppress(Exception):
+                await transport.close(_close_text(e))
+            return
+        remote_key = bytes(conn.remote_key)
+        c = _Conn(conn=conn, group="", initiator=False, remote_key=remote_key)
+        try:
+            await self._dispatch(c)
+        except asyncio.CancelledError:
+            await self._close_conn(c, SHUTDOWN)
+            raise
+        except Exception as e:  # every failure of a peer's connection ends here, never above
+            self._diag("incoming %s connection from %s failed: %s", c.group or "?",
+                       remote_key.hex()[:16], e)
+            await self._close_conn(c, _close_text(e))
+
+    async def _dispatch(self, c: _Conn) -> None:
+        """conn §7.3 for an incoming connection: group, decision, sync, identity, protocol."""
+        from . import protocol
+
+        cfg = self.config
+        pairing_fut: asyncio.Future[None] | None = None
+
+        async def decide(group: str) -> Any:
+            nonlocal pairing_fut
+            c.group = group
+            if group == "pairing":
+                if not cfg.allow_pairing:
+                    return False
+                # a chum connection from this key waits for this pairing (conn §6.3 race)
+                pairing_fut = asyncio.get_running_loop().create_future()
+                self._pairing_in_progress.setdefault(c.remote_key, pairing_fut)
+                return protocol.Accept(store_peer=False)  # pairing stores §6.4 on success only
+            if group not in ("chum", "debug") or (group == "debug" and not cfg.allow_debug_requests):
+                return False
+            peer = self._peers.get(c.remote_key)
+            if peer is None and group == "chum":
+                await self._wait_pairing(c.remote_key)
+                self._scan_endpoints()
+                peer = self._peers.get(c.remote_key)
+            if peer is not None:
+                if not peer.enabled:
+                    await self._close_conn(c, ROUTE_DISABLED)
+                    return False
+                return protocol.Accept(expected_person=peer.endpoint.person_id,
+                                       expected_instance=peer.endpoint.instance_id,
+                                       store_peer=False)
+            if group == "chum" and cfg.accept_unknown_persons:
+                return protocol.Accept()  # catch-all chum: the peer's ids are stored (§5.3)
+            if cfg.allow_pairing or cfg.accept_unknown_instances or group == "debug":
+                # the catch-all (conn §7.3 item 2): identify first, decide after; an upstream
+                # peer pairs with its person key, so its pairing is found by person id only
+                return protocol.Accept(store_peer=False)
+            return False
+
+        try:
+            probe = _RttProbe(c.conn)
+            ident = await asyncio.wait_for(
+                protocol.accept(probe, self.instance, decide, timeout=cfg.protocol_timeout),
+                cfg.protocol_timeout * 4)
+            c.latency = probe.rtt
+            c.remote_person, c.remote_instance = ident.person_id, ident.instance_id
+            c.remote_instance_name = ident.instance_id_object.get("name")
+            if c.group == "pairing":
+                if pairing_fut is not None:
+                    self._pairing_in_progress.setdefault(ident.person_id, pairing_fut)
+                await self._serve_pairing(c, ident)
+                return
+        finally:
+            if pairing_fut is not None:
+                for k in [k for k, f in self._pairing_in_progress.items() if f is pairing_fut]:
+                    del self._pairing_in_progress[k]
+                if not pairing_fut.done():
+                    pairing_fut.set_result(None)
+        if c.group == "debug":
+            await self._serve_debug(c)
+            return
+        peer = self._peers.get(c.remote_key)
+        if peer is None:
+            # catch-all chum: a pairing with this person may still be recording it
+            await self._wait_pairing(c.remote_key, ident.person_id)
+            self._scan_endpoints()
+            peer = self._peers.get(c.remote_key)
+            if peer is not None and (peer.endpoint.person_id != ident.person_id
+                                     or peer.endpoint.instance_id != ident.instance_id):
+                await self._close_conn(c, protocol.PERSON_MISMATCH)
+                return
+        if peer is None:
+            if not cfg.accept_unknown_persons:
+                await self._close_conn(c, UNKNOWN_PEER)
+                return
+            await self._run_unknown_chum(c)
+            return
+        if not peer.enabled:
+            await self._close_conn(c, ROUTE_DISABLED)
+            return
+        if not self._claim(peer, c):
+            return
+        await self._run_chum(peer, c)
+
+    async def _wait_pairing(self, key: bytes, person: str | None = None) -> None:
+        futs = [f for k, f in self._pairing_in_progress.items() if k in (key, person)]
+        if futs:
+            await asyncio.wait(futs, timeout=self.config.pairing_wait)
+
+    # ------------------------------------------------------------------ CHUM
+
+    async def _start_synchronisation(self, c: _Conn) -> None:
+        """conn §5.5: both send ``synchronisation``, both wait for one message; then a short
+        gap so that our first CHUM request is not in the peer's read burst."""
+        from . import protocol
+
+        await protocol.synchronise(c.conn, timeout=self.config.protocol_timeout)
+        if self.config.sync_start_gap:
+            await asyncio.sleep(self.config.sync_start_gap)
+
+    async def _run_chum(self, peer: _Peer, c: _Conn) -> None:
+        from .. import chum
+
+        cfg = self.config
+        reason = "chum ended"
+        try:
+            await self._start_synchronisation(c)
+            if c.closed or peer.active.get(c.group) is not c:
+                return  # replaced meanwhile (a burst of reconnects): no session for it at all
+            self._emit("sync", peer=c.remote_key.hex(), state="started", person=c.remote_person)
+
+            def on_event(kind: str, data: dict[str, Any]) -> None:
+                if kind in ("imported", "full_sync"):
+                    peer.last_sync = time.time()
+                    self._emit("sync", peer=c.remote_key.hex(), state=kind,
+                               person=c.remote_person,
+                               objects=len(data.get("objects", ())) if kind == "imported" else 0)
+                elif kind == "error":
+                    self._emit("error", peer=c.remote_key.hex(), message=data.get("message"))
+
+            result = await chum.sync(
+                self.store, c.conn, self.instance.person_id, c.remote_person or ZERO_HASH,
+                # the Chum log names the two instances by their `name` (chum.md §7)
+                local_instance=self.instance.instance_name,
+                remote_instance=c.remote_instance_name or c.remote_instance or ZERO_HASH,
+                on_event=on_event, keep_running=True, fast_path=cfg.fast_path,
+                poll_interval=cfg.sync_interval or 5.0, exporter=not cfg.no_export,
+                importer=not cfg.no_import)
+            reason = result.reason or reason
+        except asyncio.CancelledError:
+            reason = SHUTDOWN
+            raise
+        except Exception as e:
+            reason = _reason(e)
+            self._diag("chum with %s ended: %s", c.remote_key.hex()[:16], reason)
+        finally:
+            await self._close_conn(c, reason if not c.close_reason else c.close_reason)
+            self._release(peer, c, c.close_reason or reason)
+
+    async def _run_unknown_chum(self, c: _Conn) -> None:
+        """CHUM with a peer that is no contact (``accept_unknown_persons``, a catch-all group;
+        deleted when the connection closes, conn §7.3)."""
+        key = (c.remote_key, "chum")
+        old = self._unknown.get(key)
+        if old is not None:
+            await self._close_conn(old, REPLACED)
+        self._unknown[key] = c
+        fake = _Peer(endpoint=Endpoint(c.remote_key, c.remote_person or ZERO_HASH,
+                                       c.remote_instance or ZERO_HASH, None, None, ""))
+        fake.active["chum"] = c
+        try:
+            await self._run_chum(fake, c)
+        finally:
+            if self._unknown.get(key) is c:
+                del self._unknown[key]
+
+    # ------------------------------------------------------------------ pairing
+
+    def _token_registry(self) -> Any:
+        if self._registry is None:
+            from . import pairing
+
+            self._registry = pairing.TokenRegistry(lifetime=self.config.pairing_token_lifetime)
+        return self._registry
+
+    def create_invitation(self, lifetime: float | None = None) -> Any:
+        """A fresh invitation ``{token, publicKey, url}`` (conn §6.1) for this instance."""
+        from . import pairing
+
+        if not self.url:
+            raise InvalidArgumentError(
+                "LAMA-ARG: an invitation needs comm_server_url or a direct listener")
+        return pairing.create_invitation(
+            self._token_registry(), self.instance, url=self.url,
+            lifetime=lifetime)
+
+    async def _serve_pairing(self, c: _Conn, ident: Any) -> None:
+        """Inviter side of conn §6.3 on an incoming ``pairing`` connection, after
+        ``protocol.accept`` (the caller keeps it registered as a pairing in progress)."""
+        from . import pairing
+
+        cfg = self.config
+        self._pairing_conns.add(c)
+        try:
+            result = await pairing.accept_pairing(
+                c.conn, self.instance, self._token_registry(), ident,
+                url=self.url, handshake_key=c.remote_key,
+                send_synchronisation=True, timeout=cfg.protocol_timeout)
+            self._after_pairing(result, initiated_locally=False, conn=c)
+        finally:
+            self._pairing_conns.discard(c)
+        # FORK (conn §5.5/§6.3): accept_pairing sent the fork's `synchronisation` without
+        # waiting for an answer; the pairing connection carries nothing more: close it.
+        await self._close_conn(c, "Close called.")
+
+    async def accept_invitation(self, invitation: Any, *, connect_attempts: int = 3) -> PairingOutcome:
+        """Pair using an invitation (a link, its JSON, a dict or a
+        :class:`lama.connect.pairing.Invitation`): conn §6.3 as initiator, source key = the
+        instance key (FORK, as recorded); then the new contact's ``chum`` connection is dialled
+        at once. Refusals raise (``PairingError``, ``ProtocolError``, ``TransportError``) and
+        store nothing; only opening the connection is retried (``connect_attempts``)."""
+        from . import pairing, protocol
+
+        cfg = self.config
+        inv = pairing.parse_invitation(invitation)
+        target = inv.public_key_bytes
+        for attempt in range(connect_attempts):
+            try:
+                conn = await core.encrypted_connect(
+                    inv.url, self._public, self._secret, target, open_timeout=cfg.open_timeout,
+                    keepalive=cfg.keepalive, dead_after=cfg.dead_after)
+                break
+            except (TransportError, OSError) as e:
+                # the inviter may not be registered at its comm server yet (or a moment away)
+                if attempt + 1 >= connect_attempts:
+                    raise
+                self._diag("pairing connection to %s failed (%s), retrying", inv.url, e)
+                await asyncio.sleep(cfg.retry_delay * (1 + random.random()))
+        c = _Conn(conn=conn, group="pairing", initiator=True, remote_key=target)
+        # the inviter dials our chum connection as soon as it stored us, which can be before
+        # we stored it: such a connection waits for this pairing (conn §6.3 race, mirrored)
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._pairing_in_progress.setdefault(target, fut)
+        try:
+            ident = await protocol.initiate(conn, self.instance, "pairing",
+                                            timeout=cfg.protocol_timeout)
+            c.remote_person, c.remote_instance = ident.person_id, ident.instance_id
+            self._pairing_in_progress.setdefault(ident.person_id, fut)
+            result = await pairing.connect_pairing(
+                conn, self.instance, inv, ident, url=self.url, handshake_key=target,
+                timeout=cfg.protocol_timeout)
+            outcome = self._after_pairing(result, initiated_locally=True, conn=c)
+        except BaseException as e:
+            await self._close_conn(c, _close_text(e))
+            raise
+        finally:
+            for k in [k for k, f in self._pairing_in_progress.items() if f is fut]:
+                del self._pairing_in_progress[k]
+            fut.set_result(None)
+        # The inviter closes the pairing connection after storing us (or idles, the fork);
+        # upstream invitees close at once. Closing only after the inviter's close (bounded)
+        # makes sure our identity is read before a close can overtake it.
+        self._spawn(self._drain_and_close(c, cfg.protocol_timeout))
+        return outcome
+
+    async def _drain_and_close(self, c: _Conn, timeout: float) -> None:
+        with contextlib.suppress(Exception):
+            async def drain() -> None:
+                while await c.conn.recv() is not None:
+                    pass  # the fork's `synchronisation`: ignored, never answered (conn §5.5)
+
+            await asyncio.wait_for(drain(), timeout)
+        await self._close_conn(c, "Close called.")
+
+    def _after_pairing(self, result: Any, *, initiated_locally: bool, conn: _Conn) -> PairingOutcome:
+        # result: lama.connect.pairing.PairingResult (remote ids as proven in conn §5.3-5.4)
+        outcome = PairingOutcome(
+            initiated_locally=initiated_locally, local_person=self.instance.person_id,
+            local_instance=self.instance.instance_id,
+            remote_person=str(result.remote_person), remote_instance=str(result.remote_instance),
+            remote_key=_identity_key(result, conn.remote_key), token=getattr(result, "token", ""),
+            details=result)
+        self.pairings.append(outcome)
+        # the new OneInstanceEndpoint is in the store now: route it and dial at once
+        self._scan_endpoints()
+        self._emit("pairing_success", initiated_locally=initiated_locally,
+                   local_person=outcome.local_person, local_instance=outcome.local_instance,
+                   remote_person=outcome.remote_person, remote_instance=outcome.remote_instance,
+                   token=outcome.token)
+        for w in self._pairing_waiters:
+            if not w.done():
+                w.set_result(outcome)
+        self._pairing_waiters = [w for w in self._pairing_waiters if not w.done()]
+        return outcome
+
+    async def wait_pairing(self, timeout: float | None = None) -> PairingOutcome:
+        """The next successful pairing (either side); ``asyncio.TimeoutError`` after ``timeout``."""
+        fut: asyncio.Future[PairingOutcome] = asyncio.get_running_loop().create_future()
+        self._pairing_waiters.append(fut)
+        try:
+            return await asyncio.wait_for(fut, timeout)
+        finally:
+            if fut in self._pairing_waiters:
+                self._pairing_waiters.remove(fut)
+
+    # ------------------------------------------------------------------ debug
+
+    async def _serve_debug(self, c: _Conn) -> None:
+        """conn §5.6, answered only with what is granted to the remote person (the reference
+        leaks, §9.3 item 6): ``getAccessibleObjects`` lists the accessible roots, ``getData``
+        returns an object's text only if it is a root or reachable from one."""
+        conn = c.conn
+        person = c.remote_person or ZERO_HASH
+        import json
+
+        msg = await asyncio.wait_for(conn.recv(), self.config.protocol_timeout)
+        req = json.loads(msg) if isinstance(msg, str) else {}
+        if req.get("type") != "start_protocol":
+            raise TransportError("LAMA-CONN-PROTOCOL: expected start_protocol")
+        if req.get("version") != "1.0":
+            await self._close_conn(c, "Protocol version not supported. Only 1.0 is supported")
+            return
+        _, roots = self.store.accessible_roots(person)
+        allowed = {r[1] for r in roots} | {r[2] for r in roots if r[2]}
+        if req.get("protocol") == "getAccessibleObjects":
+            objs = [{"type": r[0], "hash": r[1], "idHash": r[2], "oneType": r[3]} for r in roots]
+            await conn.send(json.dumps({"type": "accessible_objects", "objects": objs},
+                                       separators=(",", ":")))
+            await self._close_conn(c, "Debug protocol getAccessibleObjects finished")
+            return
+        if req.get("protocol") == "getData":
+            msg = await asyncio.wait_for(conn.recv(), self.config.protocol_timeout)
+            rd = json.loads(msg) if isinstance(msg, str) else {}
+            h = rd.get("hash")
+            reachable = set(allowed)
+            if h not in reachable:
+                for root in allowed:
+                    with contextlib.suppress(LamaError):
+                        if h in self.store.children(root):
+                            reachable.add(h)
+                            break
+            if rd.get("type") != "request_data" or h not in reachable:
+                await self._close_conn(c, "Error: access denied")
+                return
+            kind = self.store.kind(h)
+            data = (f"File size: {self.store.blob_size(h)}" if kind == "blob"
+                    else self.store.get(h) if kind in ("object", "id")
+                    else self.store.read_blob(h).decode("utf-8"))
+            await conn.send(json.dumps({"type": "data", "data": data}, separators=(",", ":")))
+            await self._close_conn(c, "Debug protocol getData finished")
+            return
+        await self._close_conn(c, "Error: unknown debug protocol")
+
+    # ------------------------------------------------------------------ health and info
+
+    async def _health_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.health_check_interval or 5.0)
+            self._sample()
+
+    def _sample(self) -> None:
+        # online = the comm-server listener is registered (the reference's onlineState; without
+        # a comm-server listener it is always true, conn §7.1)
+        comm = [listener for listener in self._listeners if hasattr(listener, "state")]
+        if comm and not self._closing:
+            with contextlib.suppress(Exception):
+                self._set_online(comm[0].state == "listening")
+        for peer in self._peers.values():
+            for c in peer.active.values():
+                with contextlib.suppress(Exception):
+                    st = c.conn.stats()
+                    if st.get("bytes_received", 0) != c.bytes_received:
+                        c.bytes_received = st.get("bytes_received", 0)
+                        c.last_message = time.time()
+
+    def _conn_stats(self, c: _Conn) -> dict[str, Any]:
+        st: dict[str, Any] = {}
+        with contextlib.suppress(Exception):
+            st = dict(c.conn.stats())
+        st.setdefault("open_time", int(c.opened * 1000))
+        st["close_reason"] = c.close_reason or st.get("close_reason")
+        st["initiator"] = c.initiator
+        return st
+
+    def connections_info(self) -> list[dict[str, Any]]:
+        """One entry per route group (conn §7.6): ``id``, ``protocolName``, ``isConnected``,
+        ``isInternetOfMe``, ``isCatchAll``, keys and ids (64 zeros when unknown), ``enabled``,
+        ``routes`` and ``connectionStatisticsLog``."""
+        out = []
+        local = self._public.hex()
+        url = self.config.comm_server_url or ""
+        for peer in self._peers.values():
+            ep = peer.endpoint
+            remote = ep.remote_key.hex()
+            peer_id = f"localKey: {local}, remoteKey: {remote}"
+            groups = ["chum"] + (["debug"] if self.config.allow_debug_requests else [])
+            for g in groups:
+                c = peer.active.get(g)
+                routes = []
+                if g == "chum" and ep.url and self.config.establish_outgoing:
+                    routes.append({"name": f"OutgoingWebsocketRoute:{ep.url}",
+                                   "active": bool(c and c.initiator), "enabled": peer.enabled})
+                if self.config.accept_incoming and url:
+                    routes.append({"name": f"IncomingWebsocketRouteCommServer:{url}:{local}",
+                                   "active": bool(c and not c.initiator), "enabled": peer.enabled})
+                log_ = list(peer.stats_log) if g == "chum" else []
+                if c is not None:
+                    log_.append(self._conn_stats(c))
+                out.append({
+                    "id": f"{peer_id}, groupId: {g}",
+                    "protocolName": g,
+                    "isConnected": c is not None,
+                    "isInternetOfMe": ep.person_id == self.instance.person_id,
+                    "isCatchAll": False,
+                    "localPublicKey": local,
+                    "remotePublicKey": remote,
+                    "localInstanceId": self.instance.instance_id,
+                    "localPersonId": self.instance.person_id,
+                    "remoteInstanceId": ep.instance_id,
+                    "remotePersonId": ep.person_id,
+                    "enabled": peer.enabled,
+                    "routes": routes,
+                    "connectionStatisticsLog": log_,
+                })
+        for (key, g), c in list(self._unknown.items()):
+            remote = key.hex()
+            out.append({
+                "id": f"localKey: {local}, remoteKey: {remote}, groupId: {g}",
+                "protocolName": g, "isConnected": not c.closed, "isInternetOfMe": False,
+                "isCatchAll": True, "localPublicKey": local, "remotePublicKey": remote,
+                "localInstanceId": self.instance.instance_id,
+                "localPersonId": self.instance.person_id,
+                "remoteInstanceId": ZERO_HASH, "remotePersonId": ZERO_HASH, "enabled": True,
+                "routes": [], "connectionStatisticsLog": [self._conn_stats(c)],
+            })
+        return out
+
+    def connection_health(self) -> dict[str, Any]:
+        """Health of the known peers: ``total``, ``active``, ``ratio``, ``average_latency``
+        (seconds, mean of the measured round trips of the live connections, None if none),
+        ``last_sync`` (epoch seconds), ``status`` (``"healthy"`` all connected,
+        ``"degraded"`` some, ``"offline"`` none, ``"idle"`` no peers) and ``peers``: per
+        remote instance key ``connected``, ``since``, ``last_message``, ``reconnect_attempts``,
+        ``last_error``, ``latency``, ``last_sync``, ``enabled``, ``person_id``, ``instance_id``."""
+        self._sample()
+        peers = {}
+        lat = []
+        last_sync = None
+        for key, peer in self._peers.items():
+            c = peer.active.get("chum")
+            if c is not None and c.latency is not None:
+                lat.append(c.latency)
+            if peer.last_sync and (last_sync is None or peer.last_sync > last_sync):
+                last_sync = peer.last_sync
+            peers[key.hex()] = {
+                "connected": c is not None,
+                "since": peer.connected_since,
+                "last_message": c.last_message if c else None,
+                "reconnect_attempts": peer.attempts,
+                "last_error": peer.last_error,
+                "recent_errors": list(peer.errors),
+                "latency": c.latency if c else None,
+                "last_sync": peer.last_sync,
+                "enabled": peer.enabled,
+                "person_id": peer.endpoint.person_id,
+                "instance_id": peer.endpoint.instance_id,
+            }
+        total = sum(1 for p in self._peers.values() if p.enabled)
+        active = sum(1 for p in self._peers.values() if p.enabled and "chum" in p.active)
+        status = ("idle" if total == 0 else "healthy" if active == total
+                  else "offline" if active == 0 else "degraded")
+        return {"total": total, "active": active, "ratio": (active / total) if total else 1.0,
+                "average_latency": (sum(lat) / len(lat)) if lat else None,
+                "last_sync": last_sync, "status": status, "online": self._online,
+                "peers": peers}
+
+    def connected(self, person_or_key: str | bytes, group: str = "chum") -> bool:
+        """Whether a live ``group`` connection exists to the instance key / person id."""
+        if isinstance(person_or_key, bytes):
+            peer = self._peers.get(person_or_key)
+            return peer is not None and group in peer.active
+        return any(group in p.active for p in self._peer_by_person(person_or_key))
+
+    async def wait_connected(self, person_or_key: str | bytes, timeout: float,
+                             group: str = "chum") -> None:
+        """Wait until :meth:`connected`; ``asyncio.TimeoutError`` after ``timeout``."""
+        deadline = time.monotonic() + timeout
+        while not self.connected(person_or_key, group):
+            if time.monotonic() > deadline:
+                raise asyncio.TimeoutError(f"no {group} connection after {timeout}s")
+            await asyncio.sleep(0.02)
+
+
+# ---------------------------------------------------------------------- helpers
+
+def _reason(e: BaseException) -> str:
+    return str(e) or type(e).__name__
+
+
+def _close_text(e: BaseException) -> str:
+    """The close reason for a failed protocol step: ``Error: <message>`` (conn §6.3, §7.3)."""
+    if isinstance(e, asyncio.CancelledError):
+        return SHUTDOWN
+    if isinstance(e, asyncio.TimeoutError):
+        return "Error: timeout"
+    return f"Error: {_reason(e)}"
+
+
+def _is_refusal(conn: Any, e: BaseException) -> bool:
+    """A close by the peer that a retry soon can fix (conn §5.5: the first connection after a
+    pairing is refused as unknown; a duplicate is dropped)."""
+    reason = getattr(conn, "close_reason", None) or ""
+    text = f"{reason} {e}"
+    return "unknown" in text or "Duplicate connection" in text or "replaced" in text
+
+
+def _identity_key(result: Any, default: bytes) -> bytes:
+    """The paired instance's key from its (checked) identity, else the handshake key."""
+    ident = getattr(result, "identity", None)
+    if isinstance(ident, dict) and isinstance(ident.get("instanceKeyPublic"), str):
+        with contextlib.suppress(ValueError):
+            return bytes.fromhex(ident["instanceKeyPublic"])
+    return default
+

@@ -1,0 +1,489 @@
+"""The connection manager (conn §7, docs/connections.md §3 "Connection manager"): two (or three)
+instances in one process, a real comm server (core ``comm_server`` on 127.0.0.1, port 0), real
+encrypted connections, CHUM over them.
+
+Pairing by invitation and then a persistent CHUM connection both ways; a restarted peer
+reconnects; both sides dialling at once converge on one connection; a burst of duplicate
+connections; enable/disable per person; refused pairings (expired, reused, wrong token) and an
+unknown person leave nothing behind; connections_info / connection_health."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any, Awaitable, Callable, TypeVar
+
+import pytest
+
+from lama import access
+from lama._core import core
+from lama.connect import protocol
+from lama.connect.manager import (
+    DUPLICATE_DROPPED,
+    ConnectionManager,
+    ManagerConfig,
+)
+from lama.errors import InvalidArgumentError, LamaError, TransportError
+from lama.identity.instance import Instance
+
+T = TypeVar("T")
+SECRET = "manager-test-secret"
+
+# fast timers: every wait in these tests is bounded by a few seconds
+FAST: dict[str, Any] = dict(
+    retry_delay=0.2, retry_max_delay=1.0, reconnect_delay=0.1, refused_retry_delay=0.1,
+    discovery_interval=0.2, health_check_interval=0.2, sync_interval=1.0, protocol_timeout=5.0,
+    open_timeout=3.0, handshake_timeout=5.0, listener_reconnect_delay=0.5,
+)
+
+
+def run(fn: Callable[[], Awaitable[T]], timeout: float = 60.0) -> T:
+    async def main() -> T:
+        return await asyncio.wait_for(fn(), timeout)
+
+    return asyncio.run(main())
+
+
+def make(base: Path, name: str) -> Instance:
+    return Instance.create(base / name, email=f"{name}@example.org", instance_name=f"inst-{name}",
+                           secret=SECRET)
+
+
+def config(url: str, **kw: Any) -> ManagerConfig:
+    return ManagerConfig(comm_server_url=url, **{**FAST, **kw})
+
+
+async def wait_until(pred: Callable[[], bool], timeout: float, what: str) -> float:
+    t0 = time.monotonic()
+    while not pred():
+        if time.monotonic() - t0 > timeout:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(0.01)
+    return time.monotonic() - t0
+
+
+def note(inst: Instance, text: str, to: Instance) -> str:
+    """A ChatMessage on ``inst`` granted to ``to``'s person (what CHUM then carries)."""
+    [(h, _, _)] = inst.store.put_objects(
+        [{"$type$": "ChatMessage", "text": text, "sender": inst.person_id}])
+    access.grant(inst.store, object=h, persons=[to.person_id])
+    return h
+
+
+async def pair(ma: ConnectionManager, mb: ConnectionManager) -> float:
+    """B accepts A's invitation; returns seconds from the pairing's end to CHUM up both ways."""
+    inv = ma.create_invitation()
+    outcome = await mb.accept_invitation(inv)
+    t0 = time.monotonic()
+    assert outcome.remote_person == ma.instance.person_id
+    await wait_until(lambda: ma.connected(mb.instance.person_id)
+                     and mb.connected(ma.instance.person_id), 10.0, "CHUM connection both ways")
+    return time.monotonic() - t0
+
+
+def live_conns(m: ConnectionManager) -> list[Any]:
+    return [c for p in m._peers.values() for c in p.active.values() if not c.closed]
+
+
+@pytest.fixture
+def two(tmp_path: Path) -> tuple[Instance, Instance]:
+    a, b = make(tmp_path, "a"), make(tmp_path, "b")
+    yield a, b
+    a.close()
+    b.close()
+
+
+def test_config_defaults_and_checks() -> None:
+    c = ManagerConfig()
+    # conn §7.1 defaults; token lifetime of the Lama app / one.leute
+    assert c.comm_server_url == "ws://localhost:8000"
+    assert c.accept_incoming and c.allow_pairing and c.establish_outgoing
+    assert not c.accept_unknown_instances and not c.accept_unknown_persons
+    assert c.pairing_token_lifetime == 900.0
+    with pytest.raises(InvalidArgumentError):
+        ManagerConfig(retry_delay=-1)
+    with pytest.raises(InvalidArgumentError):
+        ManagerConfig(retry_attempts=True)
+    with pytest.raises(InvalidArgumentError):
+        ManagerConfig(direct_host="127.0.0.1")
+    with pytest.raises(InvalidArgumentError):
+        ManagerConfig(pairing_token_lifetime=0)
+
+
+def test_pair_then_chum_both_ways(two: tuple[Instance, Instance]) -> None:
+    a, b = two
+
+    async def main() -> None:
+        server = await core.comm_server("127.0.0.1", 0)
+        events: list[tuple[str, str]] = []
+        ma = ConnectionManager(a, config(server.url))
+        mb = ConnectionManager(b, config(server.url))
+        ma.subscribe(lambda k, d: events.append(("a", k)))
+        mb.subscribe(lambda k, d: events.append(("b", k)))
+        try:
+            await ma.start()
+            await mb.start()
+            up = await pair(ma, mb)
+            print(f"pairing -> CHUM up both ways: {up * 1000:.0f} ms")
+            assert up < 3.0
+            assert ("a", "pairing_success") in events and ("b", "pairing_success") in events
+            # exactly one chum connection per side, and the same one
+            [ca], [cb] = live_conns(ma), live_conns(mb)
+            assert ca.initiator != cb.initiator
+            # no refused first attempt (conn §6.3 race) on either side
+            for m in (ma, mb):
+                for peer in m.connection_health()["peers"].values():
+                    assert not [e for e in peer["recent_errors"] if "unknown" in e], peer
+            # an object written on each side arrives at the other
+            ha = note(a, "from a", b)
+            hb = note(b, "from b", a)
+            await wait_until(lambda: b.store.has(ha) and a.store.has(hb), 10.0, "the notes")
+            info = ma.connections_info()
+            [chum] = [e for e in info if e["protocolName"] == "chum"]
+            assert chum["isConnected"] and not chum["isCatchAll"] and chum["enabled"]
+            assert chum["remotePersonId"] == b.person_id
+            assert chum["remoteInstanceId"] == b.instance_id
+            assert chum["localPersonId"] == a.person_id
+            assert chum["localPublicKey"] == a.instance_public_key.hex()
+            assert chum["remotePublicKey"] == b.instance_public_key.hex()
+            assert chum["id"] == (f"localKey: {a.instance_public_key.hex()}, remoteKey: "
+                                  f"{b.instance_public_key.hex()}, groupId: chum")
+            assert any(r["active"] for r in chum["routes"])
+            assert chum["connectionStatisticsLog"]
+            health = ma.connection_health()
+            assert health["total"] == 1 and health["active"] == 1 and health["ratio"] == 1.0
+            assert health["status"] == "healthy"
+            # the import event may follow the commit by a moment (the driver delivers it)
+            await wait_until(lambda: ma.connection_health()["last_sync"] is not None, 5.0,
+                             "the sync event")
+            assert health["average_latency"] is not None and health["average_latency"] < 2.0
+            peer = health["peers"][b.instance_public_key.hex()]
+            assert peer["connected"] and peer["since"] and peer["reconnect_attempts"] == 0
+            assert any(k == "sync" for _, k in events)
+        finally:
+            await ma.close()
+            await mb.close()
+            await server.close()
+        assert not live_conns(ma) and not live_conns(mb)
+        assert ("a", "online_state") in events
+
+    run(main)
+
+
+def test_restarted_peer_reconnects(two: tuple[Instance, Instance]) -> None:
+    a, b = two
+
+    async def main() -> None:
+        server = await core.comm_server("127.0.0.1", 0)
+        ma = ConnectionManager(a, config(server.url))
+        mb = ConnectionManager(b, config(server.url))
+        await ma.start()
+        await mb.start()
+        try:
+            await pair(ma, mb)
+            await mb.close()  # B goes away
+            await wait_until(lambda: not ma.connected(b.person_id), 5.0, "A to notice")
+            h = note(a, "while b was away", b)
+            mb = ConnectionManager(b, config(server.url))
+            t0 = time.monotonic()
+            await mb.start()
+            await wait_until(lambda: ma.connected(b.person_id) and mb.connected(a.person_id),
+                             10.0, "the reconnection")
+            print(f"restart -> reconnected: {(time.monotonic() - t0) * 1000:.0f} ms")
+            await wait_until(lambda: b.store.has(h), 10.0, "the note written meanwhile")
+            assert len(live_conns(ma)) == 1 and len(live_conns(mb)) == 1
+        finally:
+            await ma.close()
+            await mb.close()
+            await server.close()
+
+    run(main)
+
+
+def test_both_dial_at_once_converge_on_one_connection(two: tuple[Instance, Instance]) -> None:
+    """After pairing, both managers restart at the same moment: both dial, both accept; each
+    side ends with exactly one chum connection, the same one (the one initiated by the smaller
+    instance key), and it stays (no flapping)."""
+    a, b = two
+
+    async def main() -> None:
+        server = await core.comm_server("127.0.0.1", 0)
+        ma = ConnectionManager(a, config(server.url))
+        mb = ConnectionManager(b, config(server.url))
+        await ma.start()
+        await mb.start()
+        await pair(ma, mb)
+        await asyncio.gather(ma.close(), mb.close())
+        for round_ in range(3):
+            ups: list[str] = []
+            ma = ConnectionManager(a, config(server.url))
+            mb = ConnectionManager(b, config(server.url))
+            ma.subscribe(lambda k, d: ups.append("a") if k == "connection_up" else None)
+            mb.subscribe(lambda k, d: ups.append("b") if k == "connection_up" else None)
+            try:
+                await asyncio.gather(ma.start(), mb.start())
+                await wait_until(lambda: ma.connected(b.person_id) and mb.connected(a.person_id),
+                                 10.0, "a connection")
+                await asyncio.sleep(1.5)  # longer than any retry delay here: flapping shows
+                [ca], [cb] = live_conns(ma), live_conns(mb)
+                assert ca.initiator != cb.initiator
+                smaller_is_a = a.instance_public_key < b.instance_public_key
+                assert ca.initiator == smaller_is_a
+                stable = len(ups)
+                await asyncio.sleep(1.0)
+                assert len(ups) == stable
+                assert ma.connected(b.person_id) and mb.connected(a.person_id)
+                h = note(a, f"round {round_}", b)
+                await wait_until(lambda: b.store.has(h), 10.0, "a note over the kept connection")
+            finally:
+                await asyncio.gather(ma.close(), mb.close())
+        await server.close()
+
+    run(main, timeout=120.0)
+
+
+def test_duplicate_connection_burst_never_crashes(two: tuple[Instance, Instance]) -> None:
+    """30 extra chum connections from B's key (as a reconnecting or misbehaving peer makes them)
+    while the managed one is live: each is dropped or replaces the old one with a close
+    reason, neither side raises, one connection is left and sync still works."""
+    a, b = two
+
+    async def main() -> None:
+        server = await core.comm_server("127.0.0.1", 0)
+        ma = ConnectionManager(a, config(server.url, duplicate_window=0.0, spares=4))
+        mb = ConnectionManager(b, config(server.url))
+        await ma.start()
+        await mb.start()
+        try:
+            await pair(ma, mb)
+            kb = b.secret_keys("instance")
+
+            async def rogue(i: int) -> str | None:
+                for _ in range(100):  # A keeps only a few spare connections at the server
+                    try:
+                        conn = await core.encrypted_connect(
+                            server.url, b.instance_public_key, kb.encryption_secret,
+                            a.instance_public_key)
+                        break
+                    except TransportError as e:
+                        assert e.code == "LAMA-NET-REFUSED", e
+                        await asyncio.sleep(0.05)
+                else:
+                    raise AssertionError("A's listener never came back")
+                try:
+                    await protocol.initiate(conn, b, "chum", expected_person=a.person_id,
+                                            expected_instance=a.instance_id, timeout=5.0)
+                    await protocol.synchronise(conn, timeout=5.0)
+                    await asyncio.sleep(0.05 * (i % 5))
+                except LamaError:
+                    pass
+                finally:
+                    await conn.close("rogue done")
+                return conn.close_reason
+
+            reasons = await asyncio.gather(*(rogue(i) for i in range(30)))
+            assert all(r is not None for r in reasons)
+            # the managed peers find each other again and end with one connection each
+            await wait_until(lambda: ma.connected(b.person_id) and mb.connected(a.person_id),
+                             10.0, "the managed connection")
+            await asyncio.sleep(0.5)
+            assert len(live_conns(ma)) == 1 and len(live_conns(mb)) == 1
+            h = note(b, "after the storm", a)
+            await wait_until(lambda: a.store.has(h), 10.0, "a note after the storm")
+        finally:
+            await ma.close()
+            await mb.close()
+            await server.close()
+
+    run(main, timeout=90.0)
+
+
+def test_disable_and_enable_a_person(two: tuple[Instance, Instance]) -> None:
+    a, b = two
+
+    async def main() -> None:
+        server = await core.comm_server("127.0.0.1", 0)
+        ma = ConnectionManager(a, config(server.url))
+        mb = ConnectionManager(b, config(server.url))
+        await ma.start()
+        await mb.start()
+        try:
+            await pair(ma, mb)
+            await ma.disable_person(b.person_id)
+            assert not ma.is_enabled(b.person_id)
+            await wait_until(lambda: not ma.connected(b.person_id)
+                             and not mb.connected(a.person_id), 5.0, "the connection to close")
+            h = note(a, "not while disabled", b)
+            await asyncio.sleep(1.5)  # B keeps dialling and is refused; A does not dial
+            assert not ma.connected(b.person_id) and not mb.connected(a.person_id)
+            assert not b.store.has(h)
+            [entry] = [e for e in ma.connections_info() if e["protocolName"] == "chum"]
+            assert not entry["enabled"] and not entry["isConnected"]
+            assert mb.connection_health()["peers"][a.instance_public_key.hex()]["last_error"]
+            await ma.enable_person(b.person_id)
+            await wait_until(lambda: ma.connected(b.person_id) and mb.connected(a.person_id),
+                             10.0, "the connection after enable")
+            await wait_until(lambda: b.store.has(h), 10.0, "the note after enable")
+        finally:
+            await ma.close()
+            await mb.close()
+            await server.close()
+
+    run(main)
+
+
+def test_refused_pairings_and_unknown_person_store_nothing(tmp_path: Path) -> None:
+    a, b, c = make(tmp_path, "a"), make(tmp_path, "b"), make(tmp_path, "c")
+
+    async def main() -> None:
+        server = await core.comm_server("127.0.0.1", 0)
+        ma = ConnectionManager(a, config(server.url))
+        mb = ConnectionManager(b, config(server.url))
+        mc = ConnectionManager(c, config(server.url))
+        for m in (ma, mb, mc):
+            await m.start()
+        try:
+            before = a.store.count()
+            # wrong token
+            inv = ma.create_invitation()
+            bad = type(inv)(**{**vars(inv), "token": "x" * 64}) if hasattr(inv, "__dict__") else None
+            if bad is None:
+                bad = {"token": "x" * 64, "publicKey": a.instance_public_key.hex(), "url": server.url}
+            with pytest.raises(LamaError):
+                await mc.accept_invitation(bad)
+            # expired token
+            short = ma.create_invitation(lifetime=0.2)
+            await asyncio.sleep(0.4)
+            with pytest.raises(LamaError):
+                await mc.accept_invitation(short)
+            assert not a.store.has(c.person_id) and not c.store.has(a.person_id)
+            assert a.store.count() == before
+            # reused token: B pairs, then C tries the same invitation
+            await mb.accept_invitation(inv)
+            c_before = c.store.count()
+            with pytest.raises(LamaError):
+                await mc.accept_invitation(inv)
+            assert not a.store.has(c.person_id) and not c.store.has(a.person_id)
+            assert c.store.count() == c_before
+            # an unknown person dialling chum directly is refused; A stores nothing of it
+            kc = c.secret_keys("instance")
+            conn = await core.encrypted_connect(server.url, c.instance_public_key,
+                                                kc.encryption_secret, a.instance_public_key)
+            with pytest.raises(LamaError):
+                await protocol.initiate(conn, c, "chum", timeout=5.0)
+                await protocol.synchronise(conn, timeout=5.0)
+                await conn.recv()
+                raise AssertionError("the unknown peer got a chum connection")
+            assert "unknown" in (conn.close_reason or "")
+            await asyncio.sleep(0.3)
+            assert not a.store.has(c.person_id)
+            c_instance = core.id_hash({"$type$": "Instance", "name": "inst-c",
+                                       "owner": c.person_id})
+            assert not a.store.has(c_instance)
+            assert [e.person_id for e in ma.known_endpoints()] == [b.person_id]
+            assert ma.connection_health()["total"] == 1
+        finally:
+            for m in (ma, mb, mc):
+                await m.close()
+            await server.close()
+
+    try:
+        run(main)
+    finally:
+        for i in (a, b, c):
+            i.close()
+
+
+def test_direct_listeners_without_comm_server(two: tuple[Instance, Instance]) -> None:
+    """conn §4.2 direct route: both instances listen on 127.0.0.1 directly, the invitation
+    and the identities carry ws://127.0.0.1:port, pairing and CHUM run without a comm server."""
+    a, b = two
+
+    async def main() -> None:
+        kw = {**FAST, "comm_server_url": None, "direct_host": "127.0.0.1", "direct_port": 0}
+        ma = ConnectionManager(a, ManagerConfig(**kw))
+        mb = ConnectionManager(b, ManagerConfig(**kw))
+        await ma.start()
+        await mb.start()
+        try:
+            assert ma.url == f"ws://127.0.0.1:{ma.direct_port}" and ma.direct_port
+            inv = ma.create_invitation()
+            assert inv.url == ma.url
+            await mb.accept_invitation(inv)
+            await wait_until(lambda: ma.connected(b.person_id) and mb.connected(a.person_id),
+                             10.0, "CHUM over the direct listeners")
+            [ep] = ma.known_endpoints()
+            assert ep.url == mb.url
+            h = note(b, "direct", a)
+            await wait_until(lambda: a.store.has(h), 10.0, "the note")
+        finally:
+            await ma.close()
+            await mb.close()
+
+    run(main)
+
+
+def test_unknown_person_accepted_when_configured_and_debug_answers_only_grants(
+        tmp_path: Path) -> None:
+    """accept_unknown_persons (conn §7.1): a stranger's chum connection runs CHUM (its ids are
+    stored then); allow_debug_requests: the debug protocol (conn §5.6) lists only what is
+    granted to the proven person, and getData refuses anything else."""
+    import json
+
+    a, c = make(tmp_path, "a"), make(tmp_path, "c")
+
+    async def main() -> None:
+        server = await core.comm_server("127.0.0.1", 0)
+        ma = ConnectionManager(a, config(server.url, accept_unknown_persons=True,
+                                         allow_debug_requests=True))
+        await ma.start()
+        kc = c.secret_keys("instance")
+        try:
+            granted = note(a, "for c", c)
+            [(secret, _, _)] = a.store.put_objects(
+                [{"$type$": "ChatMessage", "text": "not for c", "sender": a.person_id}])
+            # debug: accessible objects
+            conn = await core.encrypted_connect(server.url, c.instance_public_key,
+                                                kc.encryption_secret, a.instance_public_key)
+            await protocol.initiate(conn, c, "debug", timeout=5.0)
+            await conn.send(json.dumps({"type": "start_protocol",
+                                        "protocol": "getAccessibleObjects", "version": "1.0"}))
+            reply = json.loads(await conn.recv())
+            assert reply["type"] == "accessible_objects"
+            assert [o["hash"] for o in reply["objects"]] == [granted]
+            assert await conn.recv() is None
+            # debug: getData of something not granted is refused
+            conn = await core.encrypted_connect(server.url, c.instance_public_key,
+                                                kc.encryption_secret, a.instance_public_key)
+            await protocol.initiate(conn, c, "debug", timeout=5.0)
+            await conn.send(json.dumps({"type": "start_protocol", "protocol": "getData",
+                                        "version": "1.0"}))
+            await conn.send(json.dumps({"type": "request_data", "hashType": "object",
+                                        "hash": secret}))
+            assert await conn.recv() is None and "denied" in (conn.close_reason or "")
+            # chum from the stranger: accepted, CHUM runs, the granted note arrives
+            conn = await core.encrypted_connect(server.url, c.instance_public_key,
+                                                kc.encryption_secret, a.instance_public_key)
+            await protocol.initiate(conn, c, "chum", timeout=5.0)
+            assert a.store.has(c.person_id)  # the catch-all stores the peer's ids (conn §5.3)
+            await protocol.synchronise(conn, timeout=5.0)
+            from lama import chum
+
+            task = asyncio.ensure_future(chum.sync(c.store, conn, c.person_id, a.person_id,
+                                                   keep_running=True))
+            await wait_until(lambda: c.store.has(granted), 10.0, "the granted note")
+            assert not c.store.has(secret)
+            [entry] = [e for e in ma.connections_info() if e["isCatchAll"]]
+            assert entry["isConnected"] and entry["remotePersonId"] == "0" * 64
+            await conn.close("done")
+            await asyncio.wait_for(task, 10.0)
+        finally:
+            await ma.close()
+            await server.close()
+
+    try:
+        run(main)
+    finally:
+        a.close()
+        c.close()
