@@ -893,7 +893,7 @@ fn secs_arg(v: &Bound<'_, PyAny>, what: &str) -> PyResult<Duration> {
         return Err(bad());
     }
     let x: f64 = v.extract().map_err(|_| bad())?;
-    if !(x > 0.0) {
+    if x.is_nan() || x <= 0.0 {
         return Err(bad());
     }
     Duration::try_from_secs_f64(x).map_err(|_| bad())
