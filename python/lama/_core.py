@@ -46,4 +46,16 @@ CORE_NAME: str = core.CORE_NAME
 Store = core.Store
 BlobWriter = core.BlobWriter
 
-__all__ = ["CORE_NAME", "BlobWriter", "Store", "core"]
+# Comm server and its listener client (docs/connections.md §2).
+comm_server = core.comm_server
+comm_listen = core.comm_listen
+CommServer = core.CommServer
+CommListener = core.CommListener
+
+# Encrypted connections (docs/connections.md §1).
+encrypted_connect = core.encrypted_connect
+encrypted_accept = core.encrypted_accept
+EncryptedConnection = core.EncryptedConnection
+
+__all__ = ["CORE_NAME", "BlobWriter", "CommListener", "CommServer", "EncryptedConnection", "Store", "comm_listen",
+           "comm_server", "core", "encrypted_accept", "encrypted_connect"]

@@ -63,6 +63,10 @@ __all__ = [
     "EncryptedConnection",
     "encrypted_accept",
     "encrypted_connect",
+    "CommListener",
+    "CommServer",
+    "comm_listen",
+    "comm_server",
 ]
 
 # -- recipes (objects.md §3) --------------------------------------------------------------
@@ -286,6 +290,36 @@ async def encrypted_accept(
     _ephemeral: tuple[bytes, bytes] | None = None,
     _padding: list[tuple[int, bytes]] | None = None,
 ) -> EncryptedConnection: ...
+# -- comm server and its listener client (docs/connections.md §2) --------------------------
+async def comm_server(
+    host: str,
+    port: int,
+    *,
+    ping_interval: float = ...,
+    pong_timeout: float = ...,
+    auth_timeout: float = ...,
+    max_message: int = ...,
+    max_spares_per_key: int = ...,
+    max_spares_per_address: int = ...,
+) -> CommServer: ...
+@final
+class CommServer:
+    @property
+    def port(self) -> int: ...
+    @property
+    def url(self) -> str: ...
+    def counters(self) -> dict[str, int]: ...
+    async def close(self) -> None: ...
+
+async def comm_listen(
+    url: str, public_key: bytes, secret_key: bytes, *, spares: int = ..., reconnect_delay: float = ...
+) -> CommListener: ...
+@final
+class CommListener:
+    async def accept(self) -> Transport: ...
+    @property
+    def state(self) -> str: ...
+    async def close(self) -> None: ...
 
 def spawn_session(session: Any, transport: Transport, *, store: Store | None = None) -> SessionTask: ...
 @final

@@ -11,6 +11,9 @@ Commands:
   (``instance.json`` and the Keys objects in the store), so it needs **no secret**; with
   ``--check-secret`` it also unlocks the keychain and checks that the secret keys match the
   public keys (secret needed then).
+* ``lama comm-server [--host 127.0.0.1] [--port 8000]`` runs a comm server (docs/connections.md
+  §2): prints its URL, serves until SIGINT or SIGTERM, closes every spare and relayed pair and
+  prints its counters, one ``name value`` line each.
 
 The secret comes from the environment variable ``LAMA_SECRET`` or, if that is unset and stdin
 is a terminal, from a hidden prompt (asked twice for ``init``). It is never a command-line
@@ -133,6 +136,31 @@ def _fail(message: str, status: int) -> NoReturn:
     raise SystemExit(status)
 
 
+async def _run_comm_server(host: str, port: int, ping_interval: float, pong_timeout: float,
+                           auth_timeout: float) -> None:
+    """``lama comm-server``: print the URL, serve until SIGINT/SIGTERM, close cleanly, print the
+    counters (one ``name value`` line each)."""
+    import asyncio
+    import signal
+
+    from lama._core import comm_server
+
+    server = await comm_server(host, port, ping_interval=ping_interval, pong_timeout=pong_timeout,
+                               auth_timeout=auth_timeout)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    print(server.url, flush=True)
+    try:
+        await stop.wait()
+    finally:
+        await server.close()
+        for name, value in server.counters().items():
+            print(f"{name} {value}")
+        sys.stdout.flush()
+
+
 def _build_app() -> Any:
     import typer
 
@@ -202,6 +230,19 @@ def _build_app() -> Any:
                 _print_identity(inst.info, as_json)
         else:
             _print_identity(read_info(dir, email=email, instance_name=instance_name), as_json)
+
+    @app.command("comm-server")
+    def comm_server_cmd(
+        host: str = typer.Option("127.0.0.1", "--host", help="Address to bind."),
+        port: int = typer.Option(8000, "--port", help="Port to bind (0: any free port)."),
+        ping_interval: float = typer.Option(25.0, "--ping-interval", help="Seconds between pings of a spare."),
+        pong_timeout: float = typer.Option(1.0, "--pong-timeout", help="Seconds a pong may take."),
+        auth_timeout: float = typer.Option(10.0, "--auth-timeout", help="Seconds to authenticate."),
+    ) -> None:
+        """Run a comm server (the reference's relay protocol) until SIGINT or SIGTERM."""
+        import asyncio
+
+        asyncio.run(_run_comm_server(host, port, ping_interval, pong_timeout, auth_timeout))
 
     return app
 

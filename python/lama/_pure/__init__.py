@@ -26,6 +26,7 @@ from .crypto import *  # noqa: F401,F403  (crypto primitives, listed in crypto._
 from . import crypto as _crypto
 from .chum import ChumSession
 from .encrypted import EncryptedConnection, encrypted_accept, encrypted_connect
+from .commserver import CommListener, CommServer, comm_listen, comm_server
 
 CORE_NAME = "pure"
 
@@ -63,5 +64,9 @@ __all__ = [
     "EncryptedConnection",
     "encrypted_accept",
     "encrypted_connect",
+    "CommServer",
+    "CommListener",
+    "comm_server",
+    "comm_listen",
     *_crypto.__all__,
 ]

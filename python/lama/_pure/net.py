@@ -367,9 +367,16 @@ class _WsTransport(Transport):
         self._local_closed = True
         if self.close_reason is None:
             self._reason = reason
-            await self._conn.close(code, reason)
+            close = self._conn.close(code, reason)
         else:
-            await self._conn.close()
+            close = self._conn.close()
+        # websockets writes the close frame after what is queued and waits for the socket to
+        # drain without a time limit: a peer that does not read would hold close() forever.
+        # As the Rust core (transport.rs close_with), give up after the close handshake's time.
+        try:
+            await asyncio.wait_for(close, _CLOSE_TIMEOUT + 1.0)
+        except asyncio.TimeoutError:
+            self._conn.transport.abort()
 
     @property
     def close_reason(self) -> str | None:

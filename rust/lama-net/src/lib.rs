@@ -13,12 +13,16 @@
 //! No pyo3 here: the Python bindings (`rust/lama-py/src/net.rs`) own the tokio runtime and
 //! hand these futures to asyncio.
 
+mod commlisten;
+mod commserver;
 mod driver;
 mod encrypted;
 mod pipe;
 mod transport;
 mod ws;
 
+pub use commlisten::{comm_listen, CommListener, ListenState};
+pub use commserver::{comm_server, CommServer, CommServerOptions};
 pub use driver::{run, run_until_cancelled, Protocol, StoreWatch};
 pub use encrypted::{
     close_text, encrypted_accept, encrypted_connect, terminate_text, EncryptedInfo, EncryptedOptions, EncryptedStats,

@@ -36,7 +36,7 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Handshaken connections waiting for `Listener::accept`.
 const ACCEPT_BACKLOG: usize = 64;
 
-fn config(max_message: usize) -> WebSocketConfig {
+pub(crate) fn config(max_message: usize) -> WebSocketConfig {
     WebSocketConfig::default().max_message_size(Some(max_message)).max_frame_size(Some(max_message))
 }
 

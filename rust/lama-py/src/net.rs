@@ -881,7 +881,7 @@ impl<'py> IntoPyObject<'py> for NewEncrypted {
 }
 
 /// A 32-byte key argument (`bytes`), else `LAMA-ARG`.
-fn key_arg(v: &Bound<'_, PyAny>, what: &str) -> PyResult<[u8; 32]> {
+fn key32_arg(v: &Bound<'_, PyAny>, what: &str) -> PyResult<[u8; 32]> {
     let b = v.cast::<PyBytes>().map_err(|_| arg_error(format!("{what} is 32 bytes, got {}", type_name(v))))?;
     b.as_bytes().try_into().map_err(|_| arg_error(format!("{what} is 32 bytes, got {} bytes", b.as_bytes().len())))
 }
@@ -921,7 +921,7 @@ fn enc_options(
     if let Some(e) = ephemeral.filter(|e| !e.is_none()) {
         let (p, s): (Bound<'_, PyAny>, Bound<'_, PyAny>) =
             e.extract().map_err(|_| arg_error("_ephemeral is a (public, secret) pair of 32-byte keys"))?;
-        o.ephemeral = Some((key_arg(&p, "an ephemeral public key")?, key_arg(&s, "an ephemeral secret key")?));
+        o.ephemeral = Some((key32_arg(&p, "an ephemeral public key")?, key32_arg(&s, "an ephemeral secret key")?));
     }
     if let Some(list) = padding.filter(|p| !p.is_none()) {
         for item in list.try_iter().map_err(|_| arg_error("_padding is a list of (r, filler) pairs"))? {
@@ -962,9 +962,9 @@ fn encrypted_connect<'py>(
         .to_str()
         .map_err(|_| arg_error("a URL must be valid Unicode"))?
         .to_owned();
-    let public = key_arg(public_key, "public_key")?;
-    let secret = key_arg(secret_key, "secret_key")?;
-    let target = key_arg(target_key, "target_key")?;
+    let public = key32_arg(public_key, "public_key")?;
+    let secret = key32_arg(secret_key, "secret_key")?;
+    let target = key32_arg(target_key, "target_key")?;
     let f = |v: Option<&Bound<'py, PyAny>>, d: f64| -> PyResult<Bound<'py, PyAny>> {
         match v {
             Some(v) if !v.is_none() => Ok(v.clone()),
@@ -1014,7 +1014,7 @@ fn encrypted_accept<'py>(
     let mut pairs = Vec::new();
     for item in keys.try_iter().map_err(|_| bad_keys())? {
         let (p, s): (Bound<'py, PyAny>, Bound<'py, PyAny>) = item?.extract().map_err(|_| bad_keys())?;
-        pairs.push((key_arg(&p, "a public key")?, key_arg(&s, "a secret key")?));
+        pairs.push((key32_arg(&p, "a public key")?, key32_arg(&s, "a secret key")?));
     }
     let f = |v: Option<&Bound<'py, PyAny>>, d: f64| -> PyResult<Bound<'py, PyAny>> {
         match v {
@@ -1040,8 +1040,206 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(ws_connect, m)?)?;
     m.add_function(wrap_pyfunction!(ws_listen, m)?)?;
     m.add_function(wrap_pyfunction!(spawn_session, m)?)?;
+    register_comm(m)?;
     // not a module attribute: only `atexit` holds it
     let hook = wrap_pyfunction!(at_exit, m)?;
     m.py().import("atexit")?.call_method1("register", (hook,))?;
+    Ok(())
+}
+
+// -- comm server and its listener client (docs/connections.md §2) ---------------------------------
+
+/// A non-negative, finite number of seconds (int or float, not bool), else `LAMA-ARG`.
+fn seconds_arg(name: &str, v: &Bound<'_, PyAny>) -> PyResult<Duration> {
+    let bad = || arg_error(format!("{name} must be a non-negative number of seconds, got {}", v.repr().map(|r| r.to_string()).unwrap_or_default()));
+    if v.cast::<PyBool>().is_ok() {
+        return Err(bad());
+    }
+    let f: f64 = v.extract().map_err(|_| bad())?;
+    if !f.is_finite() || f < 0.0 || f > 1e9 {
+        return Err(bad());
+    }
+    Ok(Duration::from_secs_f64(f))
+}
+
+/// A positive int (not bool), else `LAMA-ARG`.
+fn count_arg(name: &str, v: &Bound<'_, PyAny>) -> PyResult<usize> {
+    let bad = || arg_error(format!("{name} must be a positive int, got {}", v.repr().map(|r| r.to_string()).unwrap_or_default()));
+    if v.cast::<PyBool>().is_ok() || v.cast::<PyInt>().is_err() {
+        return Err(bad());
+    }
+    match v.extract::<i128>() {
+        Ok(n) if n >= 1 => Ok(usize::try_from(n).unwrap_or(usize::MAX)),
+        _ => Err(bad()),
+    }
+}
+
+fn str_arg(name: &str, v: &Bound<'_, PyAny>) -> PyResult<String> {
+    Ok(v.cast::<PyString>()
+        .map_err(|_| arg_error(format!("{name} is a str, got {}", type_name(v))))?
+        .to_str()
+        .map_err(|_| arg_error(format!("{name} must be valid Unicode")))?
+        .to_owned())
+}
+
+fn key_arg(name: &str, v: &Bound<'_, PyAny>) -> PyResult<Vec<u8>> {
+    let b = v.cast::<PyBytes>().map_err(|_| arg_error(format!("{name} is bytes, got {}", type_name(v))))?;
+    if b.as_bytes().len() != 32 {
+        return Err(arg_error(format!("{name} is 32 bytes, got {}", b.as_bytes().len())));
+    }
+    Ok(b.as_bytes().to_vec())
+}
+
+/// A running comm server (made by `comm_server`).
+#[pyclass(frozen, name = "CommServer", module = "lama._lama")]
+pub struct PyCommServer {
+    inner: Arc<lama_net::CommServer>,
+}
+
+#[pymethods]
+impl PyCommServer {
+    #[getter]
+    fn port(&self) -> u16 {
+        self.inner.port()
+    }
+
+    #[getter]
+    fn url(&self) -> String {
+        self.inner.url().to_string()
+    }
+
+    /// The counters: connections, open, registrations, spares, requests, handovers, relays,
+    /// relayed_frames, relayed_bytes, refused, auth_failures, auth_timeouts, malformed,
+    /// oversized, pings, ping_timeouts.
+    fn counters<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let d = PyDict::new(py);
+        for (k, v) in self.inner.counters() {
+            d.set_item(k, v)?;
+        }
+        Ok(d)
+    }
+
+    /// Stop accepting; close every spare and relayed pair; wait for them.
+    fn close<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let s = self.inner.clone();
+        py_future(py, async move {
+            s.close().await;
+            Ok(())
+        })
+    }
+}
+
+/// Serve the comm-server protocol (conn §3) on `host`:`port` (0: any free port).
+#[pyfunction]
+#[pyo3(signature = (host, port, *, ping_interval = None, pong_timeout = None, auth_timeout = None,
+                    max_message = MaxMessage::default(), max_spares_per_key = None,
+                    max_spares_per_address = None))]
+#[allow(clippy::too_many_arguments)]
+fn comm_server<'py>(
+    py: Python<'py>,
+    host: &Bound<'py, PyAny>,
+    port: &Bound<'py, PyAny>,
+    ping_interval: Option<&Bound<'py, PyAny>>,
+    pong_timeout: Option<&Bound<'py, PyAny>>,
+    auth_timeout: Option<&Bound<'py, PyAny>>,
+    max_message: MaxMessage,
+    max_spares_per_key: Option<&Bound<'py, PyAny>>,
+    max_spares_per_address: Option<&Bound<'py, PyAny>>,
+) -> PyResult<Bound<'py, PyAny>> {
+    let host = str_arg("a host", host)?;
+    let bad_port = || arg_error(format!("a port is an int in 0..65535, got {}", port.repr().map(|r| r.to_string()).unwrap_or_default()));
+    if port.cast::<PyBool>().is_ok() || port.cast::<PyInt>().is_err() {
+        return Err(bad_port());
+    }
+    let port: u16 = port.extract().map_err(|_| bad_port())?;
+    let mut opts = lama_net::CommServerOptions { max_message: max_message.0, ..Default::default() };
+    if let Some(v) = ping_interval {
+        opts.ping_interval = seconds_arg("ping_interval", v)?;
+    }
+    if let Some(v) = pong_timeout {
+        opts.pong_timeout = seconds_arg("pong_timeout", v)?;
+    }
+    if let Some(v) = auth_timeout {
+        opts.auth_timeout = seconds_arg("auth_timeout", v)?;
+    }
+    if let Some(v) = max_spares_per_key {
+        opts.max_spares_per_key = count_arg("max_spares_per_key", v)?;
+    }
+    if let Some(v) = max_spares_per_address {
+        opts.max_spares_per_address = count_arg("max_spares_per_address", v)?;
+    }
+    py_future(py, async move {
+        let s = lama_net::comm_server(&host, port, opts).await.map_err(net_err)?;
+        Ok(PyCommServer { inner: Arc::new(s) })
+    })
+}
+
+/// A comm-server listener client (made by `comm_listen`).
+#[pyclass(frozen, name = "CommListener", module = "lama._lama")]
+pub struct PyCommListener {
+    inner: Arc<lama_net::CommListener>,
+}
+
+#[pymethods]
+impl PyCommListener {
+    /// The next spare after its `connection_handover`: a Transport whose next message is the
+    /// relayed `communication_request`.
+    fn accept<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let l = self.inner.clone();
+        py_future(py, async move {
+            let t = l.accept().await.map_err(net_err)?;
+            Ok(PyTransport { inner: Arc::new(t) })
+        })
+    }
+
+    /// "not_listening" | "connecting" | "listening".
+    #[getter]
+    fn state(&self) -> &'static str {
+        self.inner.state().as_str()
+    }
+
+    /// Close every spare; `accept` raises `LAMA-NET-CLOSED` from now on.
+    fn close<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let l = self.inner.clone();
+        py_future(py, async move {
+            l.close().await;
+            Ok(())
+        })
+    }
+}
+
+/// Keep `spares` spare sockets registered at the comm server `url` (conn §3.2, §3.4).
+#[pyfunction]
+#[pyo3(signature = (url, public_key, secret_key, *, spares = None, reconnect_delay = None))]
+fn comm_listen<'py>(
+    py: Python<'py>,
+    url: &Bound<'py, PyAny>,
+    public_key: &Bound<'py, PyAny>,
+    secret_key: &Bound<'py, PyAny>,
+    spares: Option<&Bound<'py, PyAny>>,
+    reconnect_delay: Option<&Bound<'py, PyAny>>,
+) -> PyResult<Bound<'py, PyAny>> {
+    let url = str_arg("a URL", url)?;
+    let public = key_arg("public_key", public_key)?;
+    let secret = key_arg("secret_key", secret_key)?;
+    let spares = match spares {
+        Some(v) => count_arg("spares", v)?,
+        None => 2,
+    };
+    let delay = match reconnect_delay {
+        Some(v) => seconds_arg("reconnect_delay", v)?,
+        None => Duration::from_secs(10),
+    };
+    py_future(py, async move {
+        let l = lama_net::comm_listen(&url, &public, &secret, spares, delay).await.map_err(net_err)?;
+        Ok(PyCommListener { inner: Arc::new(l) })
+    })
+}
+
+fn register_comm(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<PyCommServer>()?;
+    m.add_class::<PyCommListener>()?;
+    m.add_function(wrap_pyfunction!(comm_server, m)?)?;
+    m.add_function(wrap_pyfunction!(comm_listen, m)?)?;
     Ok(())
 }

@@ -1,0 +1,758 @@
+"""The comm server and its listener client (docs/connections.md §2; spec connections.md §2.8, §3),
+on the core under test, and between the cores (a Rust server with a pure listener and the
+reverse).
+
+Everything listens on 127.0.0.1 only; every wait is bounded in time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from types import ModuleType
+from typing import Any, Awaitable, Callable
+
+import pytest
+
+from conftest import ROOT, load_vectors
+from lama._core import comm_listen, comm_server, core
+from lama.errors import InvalidArgumentError, TransportError
+
+NO_LISTENER = "Close called: No listening connection for the specified publicKey."
+AUTH_FAILED = "Close called: Client authentication failed."
+MALFORMED = "Close called: Received unexpected or malformed message from client."
+NOT_JSON = "Close called: Received message that does not conform to JSON: "
+KEY_LENGTH = "Close called: Error: A public key must be 32 bytes."
+PING_TIMEOUT = "Terminate called: Ping: Connection timed out"
+PONG_TIMEOUT = "Terminate called: Pong: Connection timed out"
+AUTH_TIMEOUT = "Close called: Authentication timed out."
+KEY_LIMIT = "Close called: Too many spare connections for this publicKey."
+ADDRESS_LIMIT = "Close called: Too many spare connections from this address."
+SHUTDOWN = "Close called: Comm server shut down."
+
+
+def run(coro_fn: Callable[[], Awaitable[Any]], timeout: float = 60.0) -> Any:
+    async def main() -> Any:
+        return await asyncio.wait_for(coro_fn(), timeout)
+
+    return asyncio.run(main())
+
+
+def compact(obj: Any) -> str:
+    return json.dumps(obj, separators=(",", ":"))
+
+
+def request(source: bytes, target: bytes) -> str:
+    return compact({"command": "communication_request", "sourcePublicKey": source.hex(),
+                    "targetPublicKey": target.hex()})
+
+
+async def wait_until(cond: Callable[[], bool], timeout: float = 10.0) -> None:
+    end = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > end:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.01)
+
+
+async def raw_register(c: ModuleType, url: str, pk: bytes, sk: bytes, *, key_text: str | None = None,
+                       answer: bool = True) -> tuple[Any, dict[str, Any]]:
+    """Register a spare by hand (conn §3.2); the transport and the authentication_request."""
+    t = await c.ws_connect(url)
+    await t.send(compact({"command": "register", "publicKey": key_text or pk.hex()}))
+    m = await t.recv()
+    assert isinstance(m, str), (m, t.close_reason)
+    req = json.loads(m)
+    if answer:
+        plain = c.box_open_embedded(bytes.fromhex(req["challenge"]), sk, bytes.fromhex(req["publicKey"]))
+        inverted = bytes(b ^ 0xFF for b in plain)
+        resp = c.box_seal_embedded(inverted, sk, bytes.fromhex(req["publicKey"]))
+        await t.send(compact({"command": "authentication_response", "response": resp.hex()}))
+    return t, req
+
+
+async def accept_request(listener: Any) -> tuple[Any, dict[str, Any]]:
+    t = await asyncio.wait_for(listener.accept(), 10)
+    first = await asyncio.wait_for(t.recv(), 10)
+    assert isinstance(first, str)
+    return t, json.loads(first)
+
+
+# -- registration ---------------------------------------------------------------------------------
+
+def test_registration_vector_recomputed() -> None:
+    """commserver-auth of crypto-and-frames.json: the recorded challenge decrypts with the
+    recorded keys, its complement re-encrypted with the recorded nonce is the recorded response,
+    and the server side of it (decrypt, compare with NOT(challenge)) accepts it."""
+    v = load_vectors("crypto-and-frames.json")["commserver-auth"]
+    lpk = bytes.fromhex(v["listener"]["instance_public_key"])
+    lsk = bytes.fromhex(v["listener"]["instance_secret_key"])
+    spk = bytes.fromhex(v["server"]["publicKey"])
+    ssk = bytes.fromhex(v["server"]["secretKey"])
+    wire = [json.loads(w["text"]) for w in v["wire"]]
+    assert [w["command"] for w in wire] == ["register", "authentication_request", "authentication_response",
+                                           "authentication_success"]
+    # the texts as they crossed the wire are the compact JSON in this key order
+    assert [compact(w) for w in wire] == [w["text"] for w in v["wire"]]
+    assert core.box_before(spk, lsk) == core.box_before(lpk, ssk) == bytes.fromhex(v["shared_key"])
+    challenge = bytes.fromhex(wire[1]["challenge"])
+    assert len(challenge) == 104 and wire[1]["publicKey"] == spk.hex() and wire[0]["publicKey"] == lpk.hex()
+    plain = core.box_open_embedded(challenge, lsk, spk)
+    assert plain.hex() == v["challenge_plaintext"]
+    inverted = bytes(b ^ 0xFF for b in plain)
+    assert inverted.hex() == v["inverted_challenge"]
+    resp = core.box_seal_embedded(inverted, lsk, spk, bytes.fromhex(v["response_nonce"]))
+    assert resp.hex() == wire[2]["response"] == v["response_ciphertext_embedded"]
+    # the server's check
+    assert core.box_open_embedded(resp, ssk, lpk) == bytes(b ^ 0xFF for b in bytes.fromhex(v["challenge_plaintext"]))
+    # the fork form of authentication_success (conn §3.1)
+    assert list(wire[3]) == ["command", "pingInterval", "clientIp", "clientPort"]
+
+
+def test_live_registration_with_recorded_key_has_the_recorded_form() -> None:
+    """A hand-made registration with the recorded listener key: the server's frames have the
+    recorded shape (key order, hex lengths, the fork's success form with this client's address)."""
+    v = load_vectors("crypto-and-frames.json")["commserver-auth"]
+    lpk = bytes.fromhex(v["listener"]["instance_public_key"])
+    lsk = bytes.fromhex(v["listener"]["instance_secret_key"])
+    recorded = [json.loads(w["text"]) for w in v["wire"]]
+
+    async def main() -> None:
+        server = await comm_server("127.0.0.1", 0, ping_interval=12.5)
+        try:
+            t, req = await raw_register(core, server.url, lpk, lsk)
+            assert list(req) == list(recorded[1])
+            assert len(req["publicKey"]) == 64 and req["publicKey"] == req["publicKey"].lower()
+            assert len(req["challenge"]) == 208 and req["publicKey"] != recorded[1]["publicKey"]
+            ok = json.loads(await t.recv())
+            assert list(ok) == list(recorded[3])
+            assert ok["command"] == "authentication_success" and ok["pingInterval"] == 12500
+            assert ok["clientIp"] == "127.0.0.1" and isinstance(ok["clientPort"], int) and ok["clientPort"] > 0
+            await wait_until(lambda: server.counters()["spares"] == 1)
+            c = server.counters()
+            assert c["registrations"] == 1 and c["auth_failures"] == 0
+            await t.close()
+        finally:
+            await server.close()
+
+    run(main)
+
+
+def test_server_key_is_fresh_per_server() -> None:
+    async def main() -> None:
+        pk, sk = core.box_keypair()
+        keys = []
+        for _ in range(2):
+            server = await comm_server("127.0.0.1", 0)
+            try:
+                t, req = await raw_register(core, server.url, pk, sk)
+                keys.append(req["publicKey"])
+                await t.close()
+            finally:
+                await server.close()
+        assert keys[0] != keys[1]
+
+    run(main)
+
+
+def test_wrong_authentication_response_is_refused() -> None:
+    async def main() -> None:
+        server = await comm_server("127.0.0.1", 0)
+        try:
+            pk, sk = core.box_keypair()
+            # 1. the challenge echoed back (not inverted, conn §1.3)
+            t, req = await raw_register(core, server.url, pk, sk, answer=False)
+            await t.send(compact({"command": "authentication_response", "response": req["challenge"]}))
+            assert await asyncio.wait_for(t.recv(), 10) is None
+            assert t.close_reason == AUTH_FAILED
+            # 2. the right answer from a different key (no proof of pk's secret)
+            other_pk, other_sk = core.box_keypair()
+            t, req = await raw_register(core, server.url, pk, sk, answer=False)
+            plain = core.box_open_embedded(bytes.fromhex(req["challenge"]), sk, bytes.fromhex(req["publicKey"]))
+            forged = core.box_seal_embedded(bytes(b ^ 0xFF for b in plain), other_sk, bytes.fromhex(req["publicKey"]))
+            await t.send(compact({"command": "authentication_response", "response": forged.hex()}))
+            assert await asyncio.wait_for(t.recv(), 10) is None
+            assert t.close_reason == AUTH_FAILED
+            # 3. not hex
+            t, req = await raw_register(core, server.url, pk, sk, answer=False)
+            await t.send(compact({"command": "authentication_response", "response": "zz"}))
+            assert await asyncio.wait_for(t.recv(), 10) is None
+            assert t.close_reason == AUTH_FAILED
+            c = server.counters()
+            assert c["auth_failures"] == 3 and c["spares"] == 0 and c["registrations"] == 0
+            # nothing was registered: a request for pk is refused
+            i = await core.ws_connect(server.url)
+            await i.send(request(other_pk, pk))
+            assert await asyncio.wait_for(i.recv(), 10) is None
+            assert i.close_reason == NO_LISTENER
+        finally:
+            await server.close()
+
+    run(main)
+
+
+@pytest.mark.parametrize("first,reason", [
+    ("not json", NOT_JSON),
+    (compact({"command": "hello"}), MALFORMED),
+    (compact({"publicKey": "00" * 32}), MALFORMED),
+    (compact([1, 2]), MALFORMED),
+    (compact({"command": "register"}), MALFORMED),
+    (compact({"command": "register", "publicKey": "xyz"}), MALFORMED),
+    (compact({"command": "register", "publicKey": 5}), MALFORMED),
+    (compact({"command": "register", "publicKey": "00" * 31}), KEY_LENGTH),
+    (compact({"command": "communication_request", "sourcePublicKey": "00" * 32}), MALFORMED),
+    (compact({"command": "communication_request", "sourcePublicKey": "00" * 32,
+              "targetPublicKey": "ab" * 33}), KEY_LENGTH),
+    (compact({"command": "authentication_response", "response": "00"}), MALFORMED),
+    (b"\x00binary", MALFORMED),
+])
+def test_malformed_first_message_is_refused(first: str | bytes, reason: str) -> None:
+    async def main() -> None:
+        server = await comm_server("127.0.0.1", 0)
+        try:
+            t = await core.ws_connect(server.url)
+            await t.send(first)
+            assert await asyncio.wait_for(t.recv(), 10) is None
+            assert t.close_reason is not None and t.close_reason.startswith(reason), t.close_reason
+            await wait_until(lambda: server.counters()["open"] == 0)
+            assert server.counters()["malformed"] == 1
+        finally:
+            await server.close()
+
+    run(main)
+
+
+def test_unauthenticated_sockets_time_out() -> None:
+    async def main() -> None:
+        server = await comm_server("127.0.0.1", 0, auth_timeout=0.3)
+        try:
+            pk, sk = core.box_keypair()
+            silent = await core.ws_connect(server.url)
+            t0 = time.monotonic()
+            # 2. registered but never answering the challenge
+            half, _ = await raw_register(core, server.url, pk, sk, answer=False)
+            assert await asyncio.wait_for(silent.recv(), 5) is None
+            assert silent.close_reason == AUTH_TIMEOUT
+            assert await asyncio.wait_for(half.recv(), 5) is None
+            assert half.close_reason == AUTH_TIMEOUT
+            assert time.monotonic() - t0 < 3
+            # 3. a raw TCP socket that never completes the WebSocket handshake is dropped too
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            assert await asyncio.wait_for(reader.read(), 5) == b""
+            writer.close()
+            await wait_until(lambda: server.counters()["auth_timeouts"] == 2)
+            assert server.counters()["open"] == 0
+        finally:
+            await server.close()
+
+    run(main)
+
+
+# -- relay ------------------------------------------------------------------------------------------
+
+def test_relay_text_and_binary_both_ways() -> None:
+    async def main() -> None:
+        server = await comm_server("127.0.0.1", 0)
+        pk, sk = core.box_keypair()
+        listener = await comm_listen(server.url, pk, sk, spares=2, reconnect_delay=0.2)
+        try:
+            assert listener.state == "listening"
+            await wait_until(lambda: server.counters()["spares"] == 2)
+            ipk, _ = core.box_keypair()
+            ini = await core.ws_connect(server.url)
+            # the target in upper case: the server's index is case-insensitive
+            await ini.send(compact({"command": "communication_request", "sourcePublicKey": ipk.hex().upper(),
+                                    "targetPublicKey": pk.hex().upper(), "extra": True}))
+            acc, first = await accept_request(listener)
+            # re-serialised in lowercase hex, without the extra field (conn §3.3)
+            assert compact(first) == request(ipk, pk)
+            await acc.send(compact({"command": "communication_ready"}))
+            assert await ini.recv() == '{"command":"communication_ready"}'
+            big = os.urandom(5 * 1024 * 1024)
+            text = "é" * (700 * 1024)
+            await ini.send(b"\x01\x02")
+            await ini.send("text from the initiator")
+            await ini.send(big)
+            await acc.send(text)
+            await acc.send(b"")
+            await acc.send("")
+            assert await acc.recv() == b"\x01\x02"
+            assert await acc.recv() == "text from the initiator"
+            assert await acc.recv() == big
+            assert await ini.recv() == text
+            assert await ini.recv() == b""
+            assert await ini.recv() == ""
+            # the listener replaced the spare at once
+            await wait_until(lambda: server.counters()["spares"] == 2)
+            c = server.counters()
+            assert c["handovers"] == 1 and c["relays"] == 1 and c["requests"] == 1
+            assert c["relayed_frames"] == 7
+            assert c["relayed_bytes"] == (len('{"command":"communication_ready"}') + 2 + 23 + len(big)
+                                          + len(text.encode()))
+            await ini.close("done")
+            assert await acc.recv() is None
+            assert acc.close_reason == "done"
+            await wait_until(lambda: server.counters()["relays"] == 0)
+        finally:
+            await listener.close()
+            await server.close()
+
+    run(main)
+
+
+def test_spares_are_used_newest_first() -> None:
+    async def main() -> None:
+        server = await comm_server("127.0.0.1", 0)
+        try:
+            pk, sk = core.box_keypair()
+            spares = []
+            for _ in range(3):
+                t, _ = await raw_register(core, server.url, pk, sk)
+                assert json.loads(await t.recv())["command"] == "authentication_success"
+                spares.append(t)
+            await wait_until(lambda: server.counters()["spares"] == 3)
+            for expected in reversed(spares):
+                ini = await core.ws_connect(server.url)
+                await ini.send(request(pk, pk))
+                assert await asyncio.wait_for(expected.recv(), 10) == '{"command":"connection_handover"}'
+                assert await asyncio.wait_for(expected.recv(), 10) == request(pk, pk)
+                await expected.send("hi")
+                assert await ini.recv() == "hi"
+                await ini.close()
+            assert server.counters()["spares"] == 0
+        finally:
+            await server.close()
+
+    run(main)
+
+
+def test_no_listener_is_refused() -> None:
+    async def main() -> None:
+        server = await comm_server("127.0.0.1", 0)
+        try:
+            a, _ = core.box_keypair()
+            b, _ = core.box_keypair()
+            t = await core.ws_connect(server.url)
+            await t.send(request(a, b))
+            assert await asyncio.wait_for(t.recv(), 10) is None
+            assert t.close_reason == NO_LISTENER
+            c = server.counters()
+            assert c["refused"] == 1 and c["requests"] == 1 and c["handovers"] == 0
+        finally:
+            await server.close()
+
+    run(main)
+
+
+@pytest.mark.parametrize("closer", ["initiator", "acceptor"])
+def test_close_propagates_with_the_same_reason(closer: str) -> None:
+    async def main() -> None:
+        server = await comm_server("127.0.0.1", 0)
+        pk, sk = core.box_keypair()
+        listener = await comm_listen(server.url, pk, sk, spares=1)
+        try:
+            ini = await core.ws_connect(server.url)
+            await ini.send(request(pk, pk))
+            acc, _ = await accept_request(listener)
+            first, other = (ini, acc) if closer == "initiator" else (acc, ini)
+            await first.send("last words")
+            await first.close("Close called: Error: something ünusual")
+            if closer == "acceptor":
+                assert await other.recv() == "last words"
+            else:
+                assert await other.recv() == "last words"
+            assert await asyncio.wait_for(other.recv(), 10) is None
+            assert other.close_reason == "Close called: Error: something ünusual"
+            await wait_until(lambda: server.counters()["relays"] == 0)
+        finally:
+            await listener.close()
+            await server.close()
+
+    run(main)
+
+
+def test_oversized_frames_close_the_connection() -> None:
+    async def main() -> None:
+        server = await comm_server("127.0.0.1", 0, max_message=4096)
+        size_reason = "LAMA-NET-SIZE: message exceeds the limit of 4096 bytes"
+        pk, sk = core.box_keypair()
+        listener = await comm_listen(server.url, pk, sk, spares=1)
+        try:
+            # before any protocol
+            t = await core.ws_connect(server.url)
+            await t.send("x" * 5000)
+            assert await asyncio.wait_for(t.recv(), 10) is None
+            assert t.close_reason == size_reason
+            # relayed: the pair closes with the size reason on both sides
+            ini = await core.ws_connect(server.url)
+            await ini.send(request(pk, pk))
+            acc, _ = await accept_request(listener)
+            await ini.send(b"y" * 4096)  # at the limit: relayed
+            assert await acc.recv() == b"y" * 4096
+            await ini.send(b"z" * 4097)
+            assert await asyncio.wait_for(acc.recv(), 10) is None
+            assert acc.close_reason == size_reason
+            assert await asyncio.wait_for(ini.recv(), 10) is None
+            assert ini.close_reason == size_reason
+            await wait_until(lambda: server.counters()["oversized"] == 2)
+        finally:
+            await listener.close()
+            await server.close()
+
+    run(main)
+
+
+def test_spare_limits_per_key_and_per_address() -> None:
+    async def main() -> None:
+        server = await comm_server("127.0.0.1", 0, max_spares_per_key=2, max_spares_per_address=3)
+        try:
+            pk, sk = core.box_keypair()
+            keep = []
+            for _ in range(2):
+                t, _ = await raw_register(core, server.url, pk, sk)
+                assert json.loads(await t.recv())["command"] == "authentication_success"
+                keep.append(t)
+            t = await core.ws_connect(server.url)
+            await t.send(compact({"command": "register", "publicKey": pk.hex()}))
+            assert await asyncio.wait_for(t.recv(), 10) is None
+            assert t.close_reason == KEY_LIMIT
+            pk2, sk2 = core.box_keypair()
+            t, _ = await raw_register(core, server.url, pk2, sk2)
+            assert json.loads(await t.recv())["command"] == "authentication_success"
+            keep.append(t)
+            pk3, _ = core.box_keypair()
+            t = await core.ws_connect(server.url)
+            await t.send(compact({"command": "register", "publicKey": pk3.hex()}))
+            assert await asyncio.wait_for(t.recv(), 10) is None
+            assert t.close_reason == ADDRESS_LIMIT
+            c = server.counters()
+            assert c["refused"] == 2 and c["spares"] == 3
+            # a closed spare frees its place
+            await keep.pop(0).close()
+            await wait_until(lambda: server.counters()["spares"] == 2)
+            t, _ = await raw_register(core, server.url, pk, sk)
+            assert json.loads(await t.recv())["command"] == "authentication_success"
+            keep.append(t)
+            for t in keep:
+                await t.close()
+        finally:
+            await server.close()
+
+    run(main)
+
+
+# -- ping / pong ----------------------------------------------------------------------------------
+
+def test_ping_pong_keeps_answering_spares_and_drops_silent_ones() -> None:
+    async def main() -> None:
+        server = await comm_server("127.0.0.1", 0, ping_interval=0.2, pong_timeout=0.3)
+        pk, sk = core.box_keypair()
+        listener = await comm_listen(server.url, pk, sk, spares=2)
+        try:
+            silent_pk, silent_sk = core.box_keypair()
+            silent, _ = await raw_register(core, server.url, silent_pk, silent_sk)
+            ok = json.loads(await silent.recv())
+            assert ok["pingInterval"] == 200
+            t0 = time.monotonic()
+            assert await asyncio.wait_for(silent.recv(), 5) == '{"command":"ping"}'
+            assert await asyncio.wait_for(silent.recv(), 5) is None
+            assert silent.close_reason == PING_TIMEOUT
+            assert 0.2 < time.monotonic() - t0 < 3
+            # the listener's spares answered every ping meanwhile and are still there
+            await asyncio.sleep(1.0)
+            c = server.counters()
+            assert c["ping_timeouts"] == 1 and c["spares"] == 2 and c["pings"] >= 8
+            assert listener.state == "listening"
+            # a spare with a ping outstanding is handed over after its pong
+            ini = await core.ws_connect(server.url)
+            await ini.send(request(pk, pk))
+            acc, first = await accept_request(listener)
+            assert first["targetPublicKey"] == pk.hex()
+            await ini.close()
+        finally:
+            await listener.close()
+            await server.close()
+
+    run(main)
+
+
+def test_listener_answers_comm_ping_and_drops_a_server_that_stops_pinging() -> None:
+    """conn §2.8, client side, against a scripted server: comm_ping → comm_pong, ping → pong,
+    and no ping within pingInterval + 4 s closes the spare; the listener then re-registers."""
+
+    async def main() -> None:
+        spk, ssk = core.box_keypair()
+        lst = await core.ws_listen("127.0.0.1", 0)
+        pk, sk = core.box_keypair()
+        url = f"ws://127.0.0.1:{lst.port}"
+
+        async def serve_one(ping_interval_ms: int) -> Any:
+            t = await lst.accept()
+            reg = json.loads(await t.recv())
+            assert reg == {"command": "register", "publicKey": pk.hex()}
+            challenge = os.urandom(64)
+            await t.send(compact({"command": "authentication_request", "publicKey": spk.hex(),
+                                  "challenge": core.box_seal_embedded(challenge, ssk, pk).hex()}))
+            resp = json.loads(await t.recv())
+            assert core.box_open_embedded(bytes.fromhex(resp["response"]), ssk, pk) == bytes(b ^ 0xFF for b in challenge)
+            await t.send(compact({"command": "authentication_success", "pingInterval": ping_interval_ms}))
+            return t
+
+        task = asyncio.ensure_future(comm_listen(url, pk, sk, spares=1, reconnect_delay=0.1))
+        t = await serve_one(100)
+        listener = await task
+        try:
+            assert listener.state == "listening"
+            await t.send('{"command":"comm_ping"}')
+            assert await asyncio.wait_for(t.recv(), 5) == '{"command":"comm_pong"}'
+            await t.send('{"command":"ping"}')
+            assert await asyncio.wait_for(t.recv(), 5) == '{"command":"pong"}'
+            t0 = time.monotonic()
+            assert await asyncio.wait_for(t.recv(), 10) is None
+            assert t.close_reason == PONG_TIMEOUT
+            assert 3.5 < time.monotonic() - t0 < 8
+            # a replacement registers after the delay
+            t2 = await asyncio.wait_for(serve_one(25000), 10)
+            await wait_until(lambda: listener.state == "listening")
+            await t2.close()
+        finally:
+            await listener.close()
+            await lst.close()
+
+    run(main, 30)
+
+
+def test_listener_comes_back_after_a_server_restart() -> None:
+    async def main() -> None:
+        server = await comm_server("127.0.0.1", 0)
+        port = server.port
+        pk, sk = core.box_keypair()
+        listener = await comm_listen(server.url, pk, sk, spares=2, reconnect_delay=0.2)
+        try:
+            await wait_until(lambda: server.counters()["spares"] == 2)
+            await server.close()
+            await wait_until(lambda: listener.state == "connecting")
+            server = await comm_server("127.0.0.1", port)
+            await wait_until(lambda: server.counters()["spares"] == 2)
+            assert listener.state == "listening"
+            ini = await core.ws_connect(server.url)
+            await ini.send(request(pk, pk))
+            acc, first = await accept_request(listener)
+            await acc.send("back")
+            assert await ini.recv() == "back"
+            await ini.close()
+        finally:
+            await listener.close()
+            await server.close()
+
+    run(main)
+
+
+def test_listener_unreachable_server_keeps_trying() -> None:
+    async def main() -> None:
+        # a port nobody listens on (bound, then closed)
+        lst = await core.ws_listen("127.0.0.1", 0)
+        port = lst.port
+        await lst.close()
+        pk, sk = core.box_keypair()
+        listener = await comm_listen(f"ws://127.0.0.1:{port}", pk, sk, reconnect_delay=0.1)
+        try:
+            assert listener.state == "connecting"
+            server = await comm_server("127.0.0.1", port)
+            try:
+                await wait_until(lambda: listener.state == "listening")
+                await wait_until(lambda: server.counters()["spares"] == 2)
+            finally:
+                await server.close()
+        finally:
+            await listener.close()
+        assert listener.state == "not_listening"
+        with pytest.raises(TransportError) as e:
+            await listener.accept()
+        assert e.value.code == "LAMA-NET-CLOSED"
+
+    run(main)
+
+
+# -- back-pressure and shutdown -------------------------------------------------------------------
+
+def test_slow_reader_holds_the_sender_back() -> None:
+    """The acceptor reads nothing: the initiator's sends stop completing after a bounded amount
+    (the relay holds at most its bounded buffers), and everything arrives once it reads."""
+
+    async def main() -> None:
+        server = await comm_server("127.0.0.1", 0)
+        pk, sk = core.box_keypair()
+        listener = await comm_listen(server.url, pk, sk, spares=1)
+        try:
+            ini = await core.ws_connect(server.url)
+            await ini.send(request(pk, pk))
+            acc, _ = await accept_request(listener)
+            chunk = 256 * 1024
+            sent = 0
+
+            async def flood() -> None:
+                nonlocal sent
+                for i in range(1024):  # up to 256 MiB
+                    await ini.send(i.to_bytes(4, "big") * (chunk // 4))
+                    sent += 1
+
+            task = asyncio.ensure_future(flood())
+            # wait until the sender is stuck: no progress for 0.5 s
+            last = -1
+            while sent != last:
+                last = sent
+                await asyncio.sleep(0.5)
+            assert not task.done()
+            assert sent * chunk < 64 * 1024 * 1024, f"{sent * chunk} bytes buffered"
+            assert server.counters()["relayed_frames"] < sent
+            # the reader catches up: every frame, in order
+            for i in range(40):
+                assert await asyncio.wait_for(acc.recv(), 10) == i.to_bytes(4, "big") * (chunk // 4)
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            await ini.close()
+        finally:
+            await listener.close()
+            await server.close()
+
+    run(main)
+
+
+def test_close_shuts_down_spares_and_relays() -> None:
+    async def main() -> None:
+        server = await comm_server("127.0.0.1", 0)
+        pk, sk = core.box_keypair()
+        listener = await comm_listen(server.url, pk, sk, spares=2, reconnect_delay=30)
+        raw_pk, raw_sk = core.box_keypair()
+        spare, _ = await raw_register(core, server.url, raw_pk, raw_sk)
+        assert json.loads(await spare.recv())["command"] == "authentication_success"
+        ini = await core.ws_connect(server.url)
+        await ini.send(request(pk, pk))
+        acc, _ = await accept_request(listener)
+        pending = await core.ws_connect(server.url)  # not yet authenticated
+        await wait_until(lambda: server.counters()["spares"] == 3)
+        t0 = time.monotonic()
+        await server.close()
+        assert time.monotonic() - t0 < 5
+        for t in (spare, ini, acc, pending):
+            assert await asyncio.wait_for(t.recv(), 5) is None
+            assert t.close_reason == SHUTDOWN
+        c = server.counters()
+        assert c["open"] == 0 and c["spares"] == 0 and c["relays"] == 0
+        await wait_until(lambda: listener.state == "connecting")
+        with pytest.raises(TransportError):
+            await core.ws_connect(server.url)
+        await server.close()  # idempotent
+        await listener.close()
+        assert listener.state == "not_listening"
+
+    run(main)
+
+
+def test_arguments_are_checked() -> None:
+    async def main() -> None:
+        pk, sk = core.box_keypair()
+        other_pk, _ = core.box_keypair()
+        bad: list[Callable[[], Awaitable[Any]]] = [
+            lambda: comm_server("127.0.0.1", -1),
+            lambda: comm_server("127.0.0.1", "80"),  # type: ignore[arg-type]
+            lambda: comm_server(5, 0),  # type: ignore[arg-type]
+            lambda: comm_server("127.0.0.1", 0, ping_interval=-1),
+            lambda: comm_server("127.0.0.1", 0, auth_timeout=float("nan")),
+            lambda: comm_server("127.0.0.1", 0, max_spares_per_key=0),
+            lambda: comm_server("127.0.0.1", 0, max_message=True),
+            lambda: comm_listen("http://x", pk, sk),
+            lambda: comm_listen("ws://127.0.0.1:1", pk[:31], sk),
+            lambda: comm_listen("ws://127.0.0.1:1", pk, "sk"),  # type: ignore[arg-type]
+            lambda: comm_listen("ws://127.0.0.1:1", other_pk, sk),
+            lambda: comm_listen("ws://127.0.0.1:1", pk, sk, spares=0),
+            lambda: comm_listen("ws://127.0.0.1:1", pk, sk, reconnect_delay=-2),
+        ]
+        for f in bad:
+            with pytest.raises(InvalidArgumentError) as e:
+                await f()
+            assert e.value.code == "LAMA-ARG"
+
+    run(main)
+
+
+# -- between the cores ----------------------------------------------------------------------------
+
+@pytest.mark.cross_core
+@pytest.mark.parametrize("server_side", ["rust", "pure"])
+def test_cross_core_server_and_listener(server_side: str, rust_core: ModuleType, pure_core: ModuleType) -> None:
+    srv_core, cli_core = (rust_core, pure_core) if server_side == "rust" else (pure_core, rust_core)
+
+    async def main() -> None:
+        server = await srv_core.comm_server("127.0.0.1", 0)
+        pk, sk = cli_core.box_keypair()
+        listener = await cli_core.comm_listen(server.url, pk, sk, spares=2)
+        try:
+            assert listener.state == "listening"
+            await wait_until(lambda: server.counters()["spares"] == 2)
+            ini = await cli_core.ws_connect(server.url)
+            await ini.send(request(pk, pk))
+            acc, first = await accept_request(listener)
+            assert compact(first) == request(pk, pk)
+            big = os.urandom(300_000)
+            await ini.send(big)
+            await acc.send("ß" * 70_000)
+            assert await acc.recv() == big
+            assert await ini.recv() == "ß" * 70_000
+            await acc.close("Close called.")
+            assert await ini.recv() is None and ini.close_reason == "Close called."
+            # refusal reads the same from either server
+            x = await cli_core.ws_connect(server.url)
+            await x.send(request(sk, sk))
+            assert await x.recv() is None and x.close_reason == NO_LISTENER
+        finally:
+            await listener.close()
+            await server.close()
+
+    run(main)
+
+
+# -- the CLI --------------------------------------------------------------------------------------
+
+def test_cli_comm_server_runs_until_sigterm() -> None:
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "python"))
+    proc = subprocess.Popen([sys.executable, "-m", "lama.cli", "comm-server", "--host", "127.0.0.1",
+                             "--port", "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env)
+    try:
+        assert proc.stdout is not None
+        url = proc.stdout.readline().strip()
+        assert url.startswith("ws://127.0.0.1:"), (url, proc.stderr.read() if proc.poll() is not None else "")
+
+        async def main() -> None:
+            pk, sk = core.box_keypair()
+            listener = await comm_listen(url, pk, sk, spares=1)
+            try:
+                assert listener.state == "listening"
+                ini = await core.ws_connect(url)
+                await ini.send(request(pk, pk))
+                acc, _ = await accept_request(listener)
+                await ini.send("via the CLI server")
+                assert await acc.recv() == "via the CLI server"
+                proc.send_signal(signal.SIGTERM)
+                assert await asyncio.wait_for(acc.recv(), 10) is None
+                assert acc.close_reason == SHUTDOWN
+            finally:
+                await listener.close()
+
+        run(main, 30)
+        out, err = proc.communicate(timeout=20)
+        assert proc.returncode == 0, err
+        counters = dict(line.split(" ") for line in out.strip().splitlines())
+        assert counters["handovers"] == "1" and counters["relayed_frames"] == "1"
+        assert counters["open"] == "0" and int(counters["registrations"]) >= 1
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
