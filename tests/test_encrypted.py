@@ -741,3 +741,63 @@ def test_chum_session_over_an_encrypted_connection(tmp_path: Any) -> None:
 def test_chum_session_over_an_encrypted_connection_rust_and_pure(tmp_path: Any, rust_core: ModuleType,
                                                                  pure_core: ModuleType, rust_side: int) -> None:
     chum_over_encrypted(tmp_path, (rust_core, pure_core) if rust_side == 0 else (pure_core, rust_core))
+
+
+# -- through a comm server (conn §3.3, §4.2) ----------------------------------------------------
+
+async def through_comm_server(server_core: ModuleType, client_core: ModuleType, listen_core: ModuleType) -> None:
+    server = await server_core.comm_server("127.0.0.1", 0)
+    try:
+        listener = await listen_core.comm_listen(server.url, B[0], B[1], spares=2)
+        try:
+            assert listener.state == "listening"
+
+            async def accept() -> Any:
+                return await listen_core.encrypted_accept(await listener.accept(), [B])
+
+            a, b = await asyncio.gather(client_core.encrypted_connect(server.url, A[0], A[1], B[0]), accept())
+            assert (a.remote_key, b.remote_key) == (B[0], A[0])
+            big = bytes(range(256)) * 1024
+            for m in ["hello", b"bin", big, "keepalive"]:
+                await a.send(m)
+                assert await b.recv() == m
+                await b.send(m)
+                assert await a.recv() == m
+            assert server.counters()["handovers"] == 1
+            await a.close("over")
+            assert await b.recv() is None
+            assert a.close_reason == b.close_reason == "Close called: over"
+            # no spare for a key nobody listens with: the server refuses
+            with pytest.raises(TransportError) as e:
+                await client_core.encrypted_connect(server.url, A[0], A[1], keypair("nobody")[0])
+            assert e.value.code == "LAMA-NET-REFUSED"
+            assert "No listening connection for the specified publicKey." in str(e.value)
+            # a spare whose owner does not have the target key refuses after communication_ready
+            other = keypair("other listener")
+            wrong = await listen_core.comm_listen(server.url, other[0], other[1], spares=1)
+            try:
+                async def accept_wrong() -> Any:
+                    return await listen_core.encrypted_accept(await wrong.accept(), [B])
+
+                res = await asyncio.gather(client_core.encrypted_connect(server.url, A[0], A[1], other[0]),
+                                           accept_wrong(), return_exceptions=True)
+                assert [getattr(r, "code", r) for r in res] == ["LAMA-NET-REFUSED", "LAMA-NET-REFUSED"]
+            finally:
+                await wrong.close()
+        finally:
+            await listener.close()
+    finally:
+        await server.close()
+
+
+def test_through_a_comm_server() -> None:
+    run(lambda: through_comm_server(core, core, core))
+
+
+@pytest.mark.cross_core
+@pytest.mark.parametrize("rust_server", [True, False])
+def test_through_a_comm_server_rust_and_pure(rust_core: ModuleType, pure_core: ModuleType, rust_server: bool) -> None:
+    """Server of one core; initiator and listening acceptor of the other, then the reverse."""
+    s, o = (rust_core, pure_core) if rust_server else (pure_core, rust_core)
+    run(lambda: through_comm_server(s, o, s))
+    run(lambda: through_comm_server(s, s, o))
