@@ -661,6 +661,10 @@ class EncryptedConnection(Transport):
                 elif what == "fail":
                     await self._fail_from_reader(value)
                     return
+        except Exception:  # a raw transport that raised: the connection is lost, recv must end
+            self._set_reason(close_text(REASON_LOST))
+            self._inc.put_close(_CODE_NORMAL, self._reason or "")
+            raise
         finally:
             self._stop_writer()
 
