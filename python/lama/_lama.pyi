@@ -8,6 +8,8 @@ import os
 import types
 from typing import Any, Literal, final
 
+from typing_extensions import disjoint_base
+
 CORE_NAME: str
 __all__ = [
     "BlobWriter",
@@ -234,7 +236,7 @@ class BlobWriter:
     ) -> Literal[False]: ...
 
 # -- transports and the session driver (docs/chum-session.md §3) ---------------------------
-@final
+@disjoint_base  # not final: EncryptedConnection is one (issue 9)
 class Transport:
     async def send(self, msg: str | bytes) -> None: ...
     async def recv(self) -> str | bytes | None: ...

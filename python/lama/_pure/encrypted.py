@@ -111,7 +111,7 @@ def _secs_arg(v: object, what: str, default: float) -> float:
 
 class _Options:
     def __init__(self, open_timeout: object, timeout: object, keepalive: object, dead_after: object,
-                 max_message: object, ephemeral: object, padding: object) -> None:
+                 max_message: object, ephemeral: Any, padding: Any) -> None:
         self.open_timeout = _secs_arg(open_timeout, "open_timeout", 5.0)
         self.timeout = _secs_arg(timeout, "timeout", 10.0)
         self.keepalive = _secs_arg(keepalive, "keepalive", 20.0)
@@ -120,14 +120,14 @@ class _Options:
         self.ephemeral: tuple[bytes, bytes] | None = None
         if ephemeral is not None:
             try:
-                p, s = ephemeral  # type: ignore[misc]
+                p, s = ephemeral
             except (TypeError, ValueError):
                 raise _arg("_ephemeral is a (public, secret) pair of 32-byte keys") from None
             self.ephemeral = (_key_arg(p, "an ephemeral public key"), _key_arg(s, "an ephemeral secret key"))
         self.padding: list[tuple[int, bytes]] = []
         if padding is not None:
             try:
-                items = [(r, f) for r, f in padding]  # type: ignore[attr-defined]
+                items = [(r, f) for r, f in padding]
             except (TypeError, ValueError):
                 raise _arg("_padding is a list of (r, filler) pairs") from None
             for r, f in items:
@@ -360,17 +360,33 @@ class EncryptedConnection(Transport):
     """An encrypted connection (conn §2.4–2.7): a Transport with keys, role and statistics.
     Made by :func:`encrypted_connect` and :func:`encrypted_accept` only."""
 
-    local_key: bytes
-    remote_key: bytes
-    initiator: bool
+    @property
+    def local_key(self) -> bytes:
+        """Our static public key on this connection (the acceptor: the target key it owns)."""
+        return self._local_key
+
+    @property
+    def remote_key(self) -> bytes:
+        """The peer's static public key (proven by the handshake, conn §4.1)."""
+        return self._remote_key
+
+    @property
+    def initiator(self) -> bool:
+        """True on the side that opened the connection (sent ``communication_request``)."""
+        return self._initiator
 
     @classmethod
     def _start(cls, raw: Transport, local_key: bytes, remote_key: bytes, initiator: bool, key: bytes,
                wire: _Wire, open_time: int, opts: _Options) -> EncryptedConnection:
         self = cls.__new__(cls)
-        self.local_key = local_key
-        self.remote_key = remote_key
-        self.initiator = initiator
+        self._init(raw, local_key, remote_key, initiator, key, wire, open_time, opts)
+        return self
+
+    def _init(self, raw: Transport, local_key: bytes, remote_key: bytes, initiator: bool, key: bytes,
+              wire: _Wire, open_time: int, opts: _Options) -> None:
+        self._local_key = local_key
+        self._remote_key = remote_key
+        self._initiator = initiator
         self._raw = raw
         self._key = key
         # conn §2.4: the initiator sends with odd counters from 1, the acceptor with even from 0
@@ -394,7 +410,6 @@ class EncryptedConnection(Transport):
         loop = asyncio.get_running_loop()
         self._writer = loop.create_task(self._write_loop(opts.keepalive))
         self._reader = loop.create_task(self._read_loop(opts.dead_after))
-        return self
 
     # -- the Transport interface --------------------------------------------------------------
 
@@ -646,6 +661,10 @@ class EncryptedConnection(Transport):
                 elif what == "fail":
                     await self._fail_from_reader(value)
                     return
+        except Exception:  # a raw transport that raised: the connection is lost, recv must end
+            self._set_reason(close_text(REASON_LOST))
+            self._inc.put_close(_CODE_NORMAL, self._reason or "")
+            raise
         finally:
             self._stop_writer()
 

@@ -684,3 +684,50 @@ impl Reader {
         stop.send_replace(true);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ws_listen;
+
+    fn pair(seed: u8) -> ([u8; 32], [u8; 32]) {
+        let sk = [seed; 32];
+        (crypto::box_public_from_secret(&sk).unwrap(), sk)
+    }
+
+    /// Handshake over a direct WebSocket, messages both ways (one fragmented), the reference's
+    /// close reason on both sides; a wrong target key is refused on both sides.
+    #[test]
+    fn handshake_messages_close_and_refusal() {
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        rt.block_on(async {
+            let (a, b) = (pair(1), pair(2));
+            let l = ws_listen("127.0.0.1", 0, None).await.unwrap();
+            let url = format!("ws://127.0.0.1:{}", l.port());
+            let (c, s) = tokio::join!(encrypted_connect(&url, &a.0, &a.1, &b.0, EncryptedOptions::default()), async {
+                let raw = Arc::new(l.accept().await.unwrap());
+                encrypted_accept(raw, &[b], EncryptedOptions::default()).await
+            });
+            let (c, s) = (c.unwrap(), s.unwrap());
+            assert_eq!(c.encrypted().unwrap().remote_key, b.0);
+            assert_eq!(s.encrypted().unwrap().remote_key, a.0);
+            let big = vec![7u8; 200_000];
+            for m in [Message::Text("keepalive".into()), Message::Binary(big), Message::Text("fragmentation_end".into())] {
+                c.send(m.clone()).await.unwrap();
+                assert_eq!(s.recv().await, Some(m));
+            }
+            s.close("bye").await;
+            assert_eq!(c.recv().await, None);
+            assert_eq!(c.close_reason().as_deref(), Some("Close called: bye"));
+            assert_eq!(s.close_reason().as_deref(), Some("Close called: bye"));
+
+            let other = pair(3).0;
+            let (c, s) = tokio::join!(encrypted_connect(&url, &a.0, &a.1, &other, EncryptedOptions::default()), async {
+                let raw = Arc::new(l.accept().await.unwrap());
+                encrypted_accept(raw, &[b], EncryptedOptions::default()).await
+            });
+            assert_eq!(c.unwrap_err().code, "LAMA-NET-REFUSED");
+            assert_eq!(s.unwrap_err().code, "LAMA-NET-REFUSED");
+        });
+    }
+}

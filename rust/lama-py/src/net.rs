@@ -881,7 +881,7 @@ impl<'py> IntoPyObject<'py> for NewEncrypted {
 }
 
 /// A 32-byte key argument (`bytes`), else `LAMA-ARG`.
-fn key_arg(v: &Bound<'_, PyAny>, what: &str) -> PyResult<[u8; 32]> {
+fn key32_arg(v: &Bound<'_, PyAny>, what: &str) -> PyResult<[u8; 32]> {
     let b = v.cast::<PyBytes>().map_err(|_| arg_error(format!("{what} is 32 bytes, got {}", type_name(v))))?;
     b.as_bytes().try_into().map_err(|_| arg_error(format!("{what} is 32 bytes, got {} bytes", b.as_bytes().len())))
 }
@@ -893,7 +893,7 @@ fn secs_arg(v: &Bound<'_, PyAny>, what: &str) -> PyResult<Duration> {
         return Err(bad());
     }
     let x: f64 = v.extract().map_err(|_| bad())?;
-    if !(x > 0.0) {
+    if x.is_nan() || x <= 0.0 {
         return Err(bad());
     }
     Duration::try_from_secs_f64(x).map_err(|_| bad())
@@ -921,7 +921,7 @@ fn enc_options(
     if let Some(e) = ephemeral.filter(|e| !e.is_none()) {
         let (p, s): (Bound<'_, PyAny>, Bound<'_, PyAny>) =
             e.extract().map_err(|_| arg_error("_ephemeral is a (public, secret) pair of 32-byte keys"))?;
-        o.ephemeral = Some((key_arg(&p, "an ephemeral public key")?, key_arg(&s, "an ephemeral secret key")?));
+        o.ephemeral = Some((key32_arg(&p, "an ephemeral public key")?, key32_arg(&s, "an ephemeral secret key")?));
     }
     if let Some(list) = padding.filter(|p| !p.is_none()) {
         for item in list.try_iter().map_err(|_| arg_error("_padding is a list of (r, filler) pairs"))? {
@@ -962,9 +962,9 @@ fn encrypted_connect<'py>(
         .to_str()
         .map_err(|_| arg_error("a URL must be valid Unicode"))?
         .to_owned();
-    let public = key_arg(public_key, "public_key")?;
-    let secret = key_arg(secret_key, "secret_key")?;
-    let target = key_arg(target_key, "target_key")?;
+    let public = key32_arg(public_key, "public_key")?;
+    let secret = key32_arg(secret_key, "secret_key")?;
+    let target = key32_arg(target_key, "target_key")?;
     let f = |v: Option<&Bound<'py, PyAny>>, d: f64| -> PyResult<Bound<'py, PyAny>> {
         match v {
             Some(v) if !v.is_none() => Ok(v.clone()),
@@ -1014,7 +1014,7 @@ fn encrypted_accept<'py>(
     let mut pairs = Vec::new();
     for item in keys.try_iter().map_err(|_| bad_keys())? {
         let (p, s): (Bound<'py, PyAny>, Bound<'py, PyAny>) = item?.extract().map_err(|_| bad_keys())?;
-        pairs.push((key_arg(&p, "a public key")?, key_arg(&s, "a secret key")?));
+        pairs.push((key32_arg(&p, "a public key")?, key32_arg(&s, "a secret key")?));
     }
     let f = |v: Option<&Bound<'py, PyAny>>, d: f64| -> PyResult<Bound<'py, PyAny>> {
         match v {
