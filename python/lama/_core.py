@@ -52,4 +52,10 @@ comm_listen = core.comm_listen
 CommServer = core.CommServer
 CommListener = core.CommListener
 
-__all__ = ["CORE_NAME", "BlobWriter", "CommListener", "CommServer", "Store", "comm_listen", "comm_server", "core"]
+# Encrypted connections (docs/connections.md §1).
+encrypted_connect = core.encrypted_connect
+encrypted_accept = core.encrypted_accept
+EncryptedConnection = core.EncryptedConnection
+
+__all__ = ["CORE_NAME", "BlobWriter", "CommListener", "CommServer", "EncryptedConnection", "Store", "comm_listen",
+           "comm_server", "core", "encrypted_accept", "encrypted_connect"]

@@ -8,6 +8,8 @@ import os
 import types
 from typing import Any, Literal, final
 
+from typing_extensions import disjoint_base
+
 CORE_NAME: str
 __all__ = [
     "BlobWriter",
@@ -57,6 +59,10 @@ __all__ = [
     "type_of",
     "ws_connect",
     "ws_listen",
+    # issue 9: encrypted connections (docs/connections.md §1)
+    "EncryptedConnection",
+    "encrypted_accept",
+    "encrypted_connect",
     "CommListener",
     "CommServer",
     "comm_listen",
@@ -230,7 +236,7 @@ class BlobWriter:
     ) -> Literal[False]: ...
 
 # -- transports and the session driver (docs/chum-session.md §3) ---------------------------
-@final
+@disjoint_base  # not final: EncryptedConnection is one (issue 9)
 class Transport:
     async def send(self, msg: str | bytes) -> None: ...
     async def recv(self) -> str | bytes | None: ...
@@ -248,6 +254,42 @@ class Listener:
     async def accept(self) -> Transport: ...
     async def close(self) -> None: ...
 
+# -- encrypted connections (docs/connections.md §1, issue 9) --------------------------------
+@final
+class EncryptedConnection(Transport):
+    @property
+    def local_key(self) -> bytes: ...
+    @property
+    def remote_key(self) -> bytes: ...
+    @property
+    def initiator(self) -> bool: ...
+    def stats(self) -> dict[str, Any]: ...
+
+async def encrypted_connect(
+    url: str,
+    public_key: bytes,
+    secret_key: bytes,
+    target_key: bytes,
+    *,
+    open_timeout: float | None = None,
+    timeout: float | None = None,
+    keepalive: float | None = None,
+    dead_after: float | None = None,
+    max_message: int = ...,
+    _ephemeral: tuple[bytes, bytes] | None = None,
+    _padding: list[tuple[int, bytes]] | None = None,
+) -> EncryptedConnection: ...
+async def encrypted_accept(
+    transport: Transport,
+    keys: list[tuple[bytes, bytes]],
+    *,
+    timeout: float | None = None,
+    keepalive: float | None = None,
+    dead_after: float | None = None,
+    max_message: int = ...,
+    _ephemeral: tuple[bytes, bytes] | None = None,
+    _padding: list[tuple[int, bytes]] | None = None,
+) -> EncryptedConnection: ...
 # -- comm server and its listener client (docs/connections.md §2) --------------------------
 async def comm_server(
     host: str,

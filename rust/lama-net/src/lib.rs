@@ -16,6 +16,7 @@
 mod commlisten;
 mod commserver;
 mod driver;
+mod encrypted;
 mod pipe;
 mod transport;
 mod ws;
@@ -23,6 +24,10 @@ mod ws;
 pub use commlisten::{comm_listen, CommListener, ListenState};
 pub use commserver::{comm_server, CommServer, CommServerOptions};
 pub use driver::{run, run_until_cancelled, Protocol, StoreWatch};
+pub use encrypted::{
+    close_text, encrypted_accept, encrypted_connect, terminate_text, EncryptedInfo, EncryptedOptions, EncryptedStats,
+    REASON_DECRYPTION, REASON_KEEPALIVE, REASON_NOT_ACCEPTED, REASON_STRING,
+};
 pub use transport::{memory_pair, Message, Transport};
 pub use ws::{ws_connect, ws_listen, Listener};
 
