@@ -908,3 +908,55 @@ def test_rust_relay_runs_without_the_gil(rust_core: ModuleType) -> None:
         await server.close()
 
     asyncio.run(stop())
+
+
+# -- end to end: encrypted connections through the relay ------------------------------------------
+
+async def _encrypted_through_relay(srv: ModuleType, ini_core: ModuleType, acc_core: ModuleType) -> None:
+    server = await srv.comm_server("127.0.0.1", 0)
+    apk, ask = acc_core.box_keypair()
+    bpk, bsk = ini_core.box_keypair()
+    listener = await acc_core.comm_listen(server.url, apk, ask, spares=2)
+    try:
+        async def accept() -> Any:
+            t = await listener.accept()
+            return await acc_core.encrypted_accept(t, [(apk, ask)])
+
+        acc_task = asyncio.ensure_future(accept())
+        ini = await ini_core.encrypted_connect(server.url, bpk, bsk, apk)
+        acc = await asyncio.wait_for(acc_task, 10)
+        assert ini.remote_key == apk and acc.remote_key == bpk
+        big = os.urandom(3 * 1024 * 1024)
+        await ini.send("hello through the relay")
+        await ini.send(big)
+        await acc.send("ü" * 100_000)
+        assert await acc.recv() == "hello through the relay"
+        assert await acc.recv() == big
+        assert await ini.recv() == "ü" * 100_000
+        # the relay saw only ciphertext: more bytes than the payloads, in binary frames
+        c = server.counters()
+        assert c["handovers"] == 1 and c["relayed_bytes"] > len(big) + 200_000
+        await ini.close("bye")
+        assert await asyncio.wait_for(acc.recv(), 10) is None
+        assert acc.close_reason == "Close called: bye"
+        # no listener for a key: refused
+        other_pk, _ = ini_core.box_keypair()
+        with pytest.raises(TransportError) as e:
+            await ini_core.encrypted_connect(server.url, bpk, bsk, other_pk)
+        assert e.value.code == "LAMA-NET-REFUSED"
+    finally:
+        await listener.close()
+        await server.close()
+
+
+def test_encrypted_connection_through_the_relay() -> None:
+    run(lambda: _encrypted_through_relay(core, core, core))
+
+
+@pytest.mark.cross_core
+@pytest.mark.parametrize("combo", ["rust-pure-rust", "pure-rust-pure", "rust-rust-pure", "pure-pure-rust"])
+def test_encrypted_connection_through_the_relay_cross_core(combo: str, rust_core: ModuleType,
+                                                           pure_core: ModuleType) -> None:
+    cores = {"rust": rust_core, "pure": pure_core}
+    srv, ini, acc = (cores[n] for n in combo.split("-"))
+    run(lambda: _encrypted_through_relay(srv, ini, acc))
