@@ -241,6 +241,12 @@ def test_messages_match_the_transcript(tmp_path: Path) -> None:
 
 def test_dumps_is_json_stringify() -> None:
     assert protocol.dumps({"b": 1, "a": "é😀<&>"}) == '{"b":1,"a":"é😀<&>"}'
+    # JSON.stringify: control characters escaped, U+2028 not, a lone surrogate as \udXXX,
+    # a surrogate pair given as two code points is the one character
+    assert protocol.dumps(["\n\x01\u2028\"\\/"]) == '["\\n\\u0001\u2028\\"\\\\/"]'
+    assert protocol.dumps(["a\ud800b", "\udfff"]) == '["a\\ud800b","\\udfff"]'
+    assert protocol.dumps(["\ud83d\ude00"]) == '["😀"]'
+    protocol.dumps(["x\ud800"]).encode("utf-8")  # sendable
 
 
 # --------------------------------------------------------------------------------------------

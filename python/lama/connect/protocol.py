@@ -48,6 +48,7 @@ import asyncio
 import hmac
 import inspect
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Protocol, Union
 
@@ -154,9 +155,21 @@ class PeerIdentity:
 # Messages
 
 
+_SURROGATES = re.compile("([\ud800-\udbff][\udc00-\udfff])|[\ud800-\udfff]")
+
+
+def _js_surrogates(m: re.Match[str]) -> str:
+    if m.group(1):  # a high and a low surrogate as two code points: one JS character
+        hi, lo = ord(m.group(1)[0]), ord(m.group(1)[1])
+        return chr(0x10000 + ((hi - 0xD800) << 10) + (lo - 0xDC00))
+    return f"\\u{ord(m.group(0)):04x}"  # a lone surrogate, as JSON.stringify writes it
+
+
 def dumps(obj: Any) -> str:
-    """``JSON.stringify``: no whitespace, keys in insertion order, non-ASCII unescaped."""
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
+    """``JSON.stringify``: no whitespace, keys in insertion order, non-ASCII unescaped, a lone
+    surrogate as ``\\udXXX`` (ES2019 well-formed stringify) so the text is valid UTF-8."""
+    text = json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
+    return _SURROGATES.sub(_js_surrogates, text)
 
 
 async def send(conn: TransportLike, msg: str | bytes) -> None:
