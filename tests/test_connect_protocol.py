@@ -541,3 +541,28 @@ def test_peer_closing_mid_protocol(tmp_path: Path) -> None:
         err = run(main)
         assert isinstance(err, ProtocolError) and err.code == "LAMA-PROTO-CLOSED"
         assert "bye" in str(err)
+
+
+def test_a_failing_decide_or_cancellation_closes_the_connection(tmp_path: Path) -> None:
+    a, b = make(tmp_path, "a"), make(tmp_path, "b")
+    with a, b:
+        def boom(group: str) -> Accept:
+            raise RuntimeError("decide failed")
+
+        ra, rb, ta, tb = _both(a, b, "chum", boom)
+        assert isinstance(ra, RuntimeError)
+        assert ta.close_reason == "Error: decide failed"
+        assert isinstance(rb, ProtocolError) and "decide failed" in str(rb)
+
+        ta, tb = pair()
+
+        async def main() -> None:
+            task = asyncio.ensure_future(protocol.accept(ta, a, timeout=5))
+            await asyncio.sleep(0.05)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            assert await tb.recv() is None  # closed by the cancelled side
+
+        run(main)
+        assert ta.close_reason is not None
