@@ -57,6 +57,10 @@ __all__ = [
     "type_of",
     "ws_connect",
     "ws_listen",
+    # issue 9: encrypted connections (docs/connections.md §1)
+    "EncryptedConnection",
+    "encrypted_accept",
+    "encrypted_connect",
 ]
 
 # -- recipes (objects.md §3) --------------------------------------------------------------
@@ -243,6 +247,43 @@ class Listener:
     def port(self) -> int: ...
     async def accept(self) -> Transport: ...
     async def close(self) -> None: ...
+
+# -- encrypted connections (docs/connections.md §1, issue 9) --------------------------------
+@final
+class EncryptedConnection(Transport):
+    @property
+    def local_key(self) -> bytes: ...
+    @property
+    def remote_key(self) -> bytes: ...
+    @property
+    def initiator(self) -> bool: ...
+    def stats(self) -> dict[str, Any]: ...
+
+async def encrypted_connect(
+    url: str,
+    public_key: bytes,
+    secret_key: bytes,
+    target_key: bytes,
+    *,
+    open_timeout: float | None = None,
+    timeout: float | None = None,
+    keepalive: float | None = None,
+    dead_after: float | None = None,
+    max_message: int = ...,
+    _ephemeral: tuple[bytes, bytes] | None = None,
+    _padding: list[tuple[int, bytes]] | None = None,
+) -> EncryptedConnection: ...
+async def encrypted_accept(
+    transport: Transport,
+    keys: list[tuple[bytes, bytes]],
+    *,
+    timeout: float | None = None,
+    keepalive: float | None = None,
+    dead_after: float | None = None,
+    max_message: int = ...,
+    _ephemeral: tuple[bytes, bytes] | None = None,
+    _padding: list[tuple[int, bytes]] | None = None,
+) -> EncryptedConnection: ...
 
 def spawn_session(session: Any, transport: Transport, *, store: Store | None = None) -> SessionTask: ...
 @final

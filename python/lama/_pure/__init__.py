@@ -25,6 +25,7 @@ from .net import Listener, SessionTask, Transport, memory_pair, spawn_session, w
 from .crypto import *  # noqa: F401,F403  (crypto primitives, listed in crypto.__all__)
 from . import crypto as _crypto
 from .chum import ChumSession
+from .encrypted import EncryptedConnection, encrypted_accept, encrypted_connect
 
 CORE_NAME = "pure"
 
@@ -58,5 +59,9 @@ __all__ = [
     "spawn_session",
     "SessionTask",
     "ChumSession",
+    # issue 9: encrypted connections (docs/connections.md §1)
+    "EncryptedConnection",
+    "encrypted_accept",
+    "encrypted_connect",
     *_crypto.__all__,
 ]

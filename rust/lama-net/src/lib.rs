@@ -14,11 +14,16 @@
 //! hand these futures to asyncio.
 
 mod driver;
+mod encrypted;
 mod pipe;
 mod transport;
 mod ws;
 
 pub use driver::{run, run_until_cancelled, Protocol, StoreWatch};
+pub use encrypted::{
+    close_text, encrypted_accept, encrypted_connect, terminate_text, EncryptedInfo, EncryptedOptions, EncryptedStats,
+    REASON_DECRYPTION, REASON_KEEPALIVE, REASON_NOT_ACCEPTED, REASON_STRING,
+};
 pub use transport::{memory_pair, Message, Transport};
 pub use ws::{ws_connect, ws_listen, Listener};
 

@@ -20,6 +20,7 @@ use lama_core::Result;
 use tokio::sync::{watch, Semaphore};
 use tokio::task::AbortHandle;
 
+use crate::encrypted::{close_text, EncryptedInfo};
 use crate::pipe::{pipe, Frame, PipeRx, PipeTx, TrySendError};
 use crate::{net_error, size_reason, truncate_reason, DEFAULT_MAX_MESSAGE, REASON_LOST};
 
@@ -78,6 +79,9 @@ impl State {
 pub(crate) enum Kind {
     Memory { peer: Arc<State> },
     Ws { done: watch::Receiver<bool>, tasks: Vec<AbortHandle> },
+    /// An encrypted connection over a raw transport (encrypted.rs): its writer task sets
+    /// `done` once the raw transport is closed.
+    Encrypted { info: Arc<EncryptedInfo>, done: watch::Receiver<bool>, tasks: Vec<AbortHandle> },
 }
 
 /// A message transport. All methods take `&self`: one task may wait in `recv` while another
@@ -127,6 +131,14 @@ impl Transport {
     /// The largest message this transport sends or accepts, in bytes.
     pub fn max_message(&self) -> usize {
         self.max_message
+    }
+
+    /// The keys, role and statistics of an encrypted connection; `None` for other kinds.
+    pub fn encrypted(&self) -> Option<&EncryptedInfo> {
+        match &self.kind {
+            Kind::Encrypted { info, .. } => Some(info),
+            _ => None,
+        }
     }
 
     /// The close reason once closed (by either side), else `None`.
@@ -254,13 +266,31 @@ impl Transport {
 
     pub(crate) async fn close_with(&self, code: u16, reason: &str) {
         self.close_now(code, reason);
-        if let Kind::Ws { done, tasks } = &self.kind {
-            let mut done = done.clone();
-            if tokio::time::timeout(CLOSE_TIMEOUT + Duration::from_secs(1), done.wait_for(|d| *d)).await.is_err() {
-                for t in tasks {
-                    t.abort();
+        match &self.kind {
+            Kind::Ws { done, tasks } => {
+                let mut done = done.clone();
+                if tokio::time::timeout(CLOSE_TIMEOUT + Duration::from_secs(1), done.wait_for(|d| *d)).await.is_err() {
+                    for t in tasks {
+                        t.abort();
+                    }
                 }
             }
+            Kind::Encrypted { info, done, tasks } => {
+                // the writer sends what is queued, then closes the raw transport; a writer
+                // stuck behind a peer that reads nothing is stopped, and the raw transport
+                // closed from here
+                let mut done = done.clone();
+                if tokio::time::timeout(CLOSE_TIMEOUT + Duration::from_secs(2), done.wait_for(|d| *d)).await.is_err() {
+                    for t in tasks {
+                        t.abort();
+                    }
+                    let reason = self.state.get().unwrap_or_default();
+                    // the raw transport's own tasks finish its close (not awaited here: an
+                    // async close awaiting a close would be a recursive future)
+                    info.inner().close_now(CODE_NORMAL, &reason);
+                }
+            }
+            Kind::Memory { .. } => {}
         }
     }
 
@@ -269,7 +299,14 @@ impl Transport {
         if self.local_closed.send_replace(true) {
             return; // already closed here
         }
-        let reason = truncate_reason(reason);
+        // an encrypted connection closes in the reference's words (conn §2.3)
+        let reason = match &self.kind {
+            Kind::Encrypted { info, .. } => {
+                info.mark_closed();
+                close_text(reason)
+            }
+            _ => truncate_reason(reason),
+        };
         let initiated = self.state.set(&reason);
         // the peer's sends (memory) or our reader's deliveries (WebSocket) are refused from now
         self.inc_credits.close();
@@ -290,6 +327,7 @@ impl std::fmt::Debug for Transport {
         let kind = match self.kind {
             Kind::Memory { .. } => "memory",
             Kind::Ws { .. } => "ws",
+            Kind::Encrypted { .. } => "encrypted",
         };
         f.debug_struct("Transport").field("kind", &kind).field("close_reason", &self.state.get()).finish()
     }

@@ -212,7 +212,7 @@ impl Ready {
 
 /// A message transport (docs/chum-session.md §3). Made by `memory_pair`, `ws_connect` and
 /// `Listener.accept`.
-#[pyclass(frozen, name = "Transport", module = "lama._lama")]
+#[pyclass(frozen, subclass, name = "Transport", module = "lama._lama")]
 pub struct PyTransport {
     inner: Arc<Transport>,
 }
@@ -816,8 +816,224 @@ impl<S: NativeSession> Session for Native<S> {
     }
 }
 
+// -- encrypted connections (docs/connections.md §1) --------------------------------------------
+
+/// An encrypted connection (conn §2.4–2.7, §4): a `Transport` (so `spawn_session` runs a
+/// session over it) with its keys, role and statistics.
+#[pyclass(frozen, extends = PyTransport, name = "EncryptedConnection", module = "lama._lama")]
+pub struct PyEncryptedConnection {}
+
+fn enc_info(slf: &Bound<'_, PyEncryptedConnection>) -> Arc<Transport> {
+    slf.as_super().get().inner.clone()
+}
+
+#[pymethods]
+impl PyEncryptedConnection {
+    /// Our static public key on this connection (for the acceptor: the target key it owns).
+    #[getter]
+    fn local_key<'py>(slf: &Bound<'py, Self>) -> Bound<'py, PyBytes> {
+        let t = enc_info(slf);
+        PyBytes::new(slf.py(), &t.encrypted().expect("an encrypted transport").local_key)
+    }
+
+    /// The peer's static public key (proven by the handshake, conn §4.1).
+    #[getter]
+    fn remote_key<'py>(slf: &Bound<'py, Self>) -> Bound<'py, PyBytes> {
+        let t = enc_info(slf);
+        PyBytes::new(slf.py(), &t.encrypted().expect("an encrypted transport").remote_key)
+    }
+
+    /// True on the side that opened the connection (sent `communication_request`).
+    #[getter]
+    fn initiator(slf: &Bound<'_, Self>) -> bool {
+        enc_info(slf).encrypted().expect("an encrypted transport").initiator
+    }
+
+    /// conn §2.7: bytes_sent, bytes_received (wire), messages_sent, messages_received,
+    /// open_time, close_time (epoch ms or None), close_reason (or None).
+    fn stats<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyDict>> {
+        let t = enc_info(slf);
+        let s = t.encrypted().expect("an encrypted transport").stats();
+        let d = PyDict::new(slf.py());
+        d.set_item("bytes_sent", s.bytes_sent)?;
+        d.set_item("bytes_received", s.bytes_received)?;
+        d.set_item("messages_sent", s.messages_sent)?;
+        d.set_item("messages_received", s.messages_received)?;
+        d.set_item("open_time", s.open_time)?;
+        d.set_item("close_time", s.close_time)?;
+        d.set_item("close_reason", t.close_reason())?;
+        Ok(d)
+    }
+}
+
+/// A new encrypted connection on its way to Python (made when Python takes it).
+struct NewEncrypted(Transport);
+
+impl<'py> IntoPyObject<'py> for NewEncrypted {
+    type Target = PyEncryptedConnection;
+    type Output = Bound<'py, PyEncryptedConnection>;
+    type Error = PyErr;
+
+    fn into_pyobject(self, py: Python<'py>) -> PyResult<Bound<'py, PyEncryptedConnection>> {
+        let init = PyClassInitializer::from(PyTransport { inner: Arc::new(self.0) }).add_subclass(PyEncryptedConnection {});
+        Bound::new(py, init)
+    }
+}
+
+/// A 32-byte key argument (`bytes`), else `LAMA-ARG`.
+fn key_arg(v: &Bound<'_, PyAny>, what: &str) -> PyResult<[u8; 32]> {
+    let b = v.cast::<PyBytes>().map_err(|_| arg_error(format!("{what} is 32 bytes, got {}", type_name(v))))?;
+    b.as_bytes().try_into().map_err(|_| arg_error(format!("{what} is 32 bytes, got {} bytes", b.as_bytes().len())))
+}
+
+/// A duration argument in seconds: a positive finite number, else `LAMA-ARG`.
+fn secs_arg(v: &Bound<'_, PyAny>, what: &str) -> PyResult<Duration> {
+    let bad = || arg_error(format!("{what} must be a positive number of seconds, got {}", v.repr().map(|r| r.to_string()).unwrap_or_default()));
+    if v.cast::<PyBool>().is_ok() {
+        return Err(bad());
+    }
+    let x: f64 = v.extract().map_err(|_| bad())?;
+    if !(x > 0.0) {
+        return Err(bad());
+    }
+    Duration::try_from_secs_f64(x).map_err(|_| bad())
+}
+
+/// The options shared by connect and accept (tests may fix the ephemeral key and padding).
+#[allow(clippy::too_many_arguments)]
+fn enc_options(
+    open_timeout: Option<&Bound<'_, PyAny>>,
+    timeout: &Bound<'_, PyAny>,
+    keepalive: &Bound<'_, PyAny>,
+    dead_after: &Bound<'_, PyAny>,
+    max_message: MaxMessage,
+    ephemeral: Option<&Bound<'_, PyAny>>,
+    padding: Option<&Bound<'_, PyAny>>,
+) -> PyResult<lama_net::EncryptedOptions> {
+    let mut o = lama_net::EncryptedOptions::default();
+    if let Some(v) = open_timeout {
+        o.open_timeout = secs_arg(v, "open_timeout")?;
+    }
+    o.timeout = secs_arg(timeout, "timeout")?;
+    o.keepalive = secs_arg(keepalive, "keepalive")?;
+    o.dead_after = secs_arg(dead_after, "dead_after")?;
+    o.max_message = max_message.0;
+    if let Some(e) = ephemeral.filter(|e| !e.is_none()) {
+        let (p, s): (Bound<'_, PyAny>, Bound<'_, PyAny>) =
+            e.extract().map_err(|_| arg_error("_ephemeral is a (public, secret) pair of 32-byte keys"))?;
+        o.ephemeral = Some((key_arg(&p, "an ephemeral public key")?, key_arg(&s, "an ephemeral secret key")?));
+    }
+    if let Some(list) = padding.filter(|p| !p.is_none()) {
+        for item in list.try_iter().map_err(|_| arg_error("_padding is a list of (r, filler) pairs"))? {
+            let (r, filler): (u8, Vec<u8>) =
+                item?.extract().map_err(|_| arg_error("_padding is a list of (r, filler) pairs"))?;
+            if filler.len() != usize::from(r.saturating_sub(1)) {
+                return Err(arg_error(format!("_padding: the filler for r = {r} is {} bytes", r.saturating_sub(1))));
+            }
+            o.padding.push((r, filler));
+        }
+    }
+    Ok(o)
+}
+
+/// conn §4.1 as initiator over a new WebSocket to `url` (a comm server or a direct listener).
+#[pyfunction]
+#[pyo3(signature = (url, public_key, secret_key, target_key, *, open_timeout = None, timeout = None,
+                    keepalive = None, dead_after = None, max_message = MaxMessage::default(),
+                    _ephemeral = None, _padding = None))]
+#[allow(clippy::too_many_arguments)]
+fn encrypted_connect<'py>(
+    py: Python<'py>,
+    url: &Bound<'py, PyAny>,
+    public_key: &Bound<'py, PyAny>,
+    secret_key: &Bound<'py, PyAny>,
+    target_key: &Bound<'py, PyAny>,
+    open_timeout: Option<&Bound<'py, PyAny>>,
+    timeout: Option<&Bound<'py, PyAny>>,
+    keepalive: Option<&Bound<'py, PyAny>>,
+    dead_after: Option<&Bound<'py, PyAny>>,
+    max_message: MaxMessage,
+    _ephemeral: Option<&Bound<'py, PyAny>>,
+    _padding: Option<&Bound<'py, PyAny>>,
+) -> PyResult<Bound<'py, PyAny>> {
+    let url = url
+        .cast::<PyString>()
+        .map_err(|_| arg_error(format!("a URL is a str, got {}", type_name(url))))?
+        .to_str()
+        .map_err(|_| arg_error("a URL must be valid Unicode"))?
+        .to_owned();
+    let public = key_arg(public_key, "public_key")?;
+    let secret = key_arg(secret_key, "secret_key")?;
+    let target = key_arg(target_key, "target_key")?;
+    let f = |v: Option<&Bound<'py, PyAny>>, d: f64| -> PyResult<Bound<'py, PyAny>> {
+        match v {
+            Some(v) if !v.is_none() => Ok(v.clone()),
+            _ => Ok(d.into_pyobject(py)?.into_any()),
+        }
+    };
+    let open_timeout = f(open_timeout, 5.0)?;
+    let opts = enc_options(
+        Some(&open_timeout),
+        &f(timeout, 10.0)?,
+        &f(keepalive, 20.0)?,
+        &f(dead_after, 25.0)?,
+        max_message,
+        _ephemeral,
+        _padding,
+    )?;
+    py_future(py, async move {
+        let t = lama_net::encrypted_connect(&url, &public, &secret, &target, opts).await.map_err(net_err)?;
+        Ok(NewEncrypted(t))
+    })
+}
+
+/// conn §4.1/§4.2 as acceptor on `transport`, whose next message is the communication_request;
+/// `keys` are the candidate `(public, secret)` pairs.
+#[pyfunction]
+#[pyo3(signature = (transport, keys, *, timeout = None, keepalive = None, dead_after = None,
+                    max_message = MaxMessage::default(), _ephemeral = None, _padding = None))]
+#[allow(clippy::too_many_arguments)]
+fn encrypted_accept<'py>(
+    py: Python<'py>,
+    transport: &Bound<'py, PyAny>,
+    keys: &Bound<'py, PyAny>,
+    timeout: Option<&Bound<'py, PyAny>>,
+    keepalive: Option<&Bound<'py, PyAny>>,
+    dead_after: Option<&Bound<'py, PyAny>>,
+    max_message: MaxMessage,
+    _ephemeral: Option<&Bound<'py, PyAny>>,
+    _padding: Option<&Bound<'py, PyAny>>,
+) -> PyResult<Bound<'py, PyAny>> {
+    let raw = transport
+        .cast::<PyTransport>()
+        .map_err(|_| arg_error(format!("encrypted_accept needs a Transport, got {}", type_name(transport))))?
+        .get()
+        .inner
+        .clone();
+    let bad_keys = || arg_error("keys is a list of (public, secret) pairs of 32-byte keys");
+    let mut pairs = Vec::new();
+    for item in keys.try_iter().map_err(|_| bad_keys())? {
+        let (p, s): (Bound<'py, PyAny>, Bound<'py, PyAny>) = item?.extract().map_err(|_| bad_keys())?;
+        pairs.push((key_arg(&p, "a public key")?, key_arg(&s, "a secret key")?));
+    }
+    let f = |v: Option<&Bound<'py, PyAny>>, d: f64| -> PyResult<Bound<'py, PyAny>> {
+        match v {
+            Some(v) if !v.is_none() => Ok(v.clone()),
+            _ => Ok(d.into_pyobject(py)?.into_any()),
+        }
+    };
+    let opts = enc_options(None, &f(timeout, 10.0)?, &f(keepalive, 20.0)?, &f(dead_after, 25.0)?, max_message, _ephemeral, _padding)?;
+    py_future(py, async move {
+        let t = lama_net::encrypted_accept(raw, &pairs, opts).await.map_err(net_err)?;
+        Ok(NewEncrypted(t))
+    })
+}
+
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyTransport>()?;
+    m.add_class::<PyEncryptedConnection>()?;
+    m.add_function(wrap_pyfunction!(encrypted_connect, m)?)?;
+    m.add_function(wrap_pyfunction!(encrypted_accept, m)?)?;
     m.add_class::<PyListener>()?;
     m.add_class::<PySessionTask>()?;
     m.add_function(wrap_pyfunction!(memory_pair, m)?)?;

@@ -59,3 +59,62 @@ pub fn frame_unpad(padded: &[u8]) -> Result<(u8, Vec<u8>)> {
     }
     Ok((byte0 >> 4, padded[start as usize..].to_vec()))
 }
+
+/// The wire frame of one message of an encrypted connection (connections.md §2.4):
+/// `secretbox(pad(data), session_nonce(counter), key)` = 16-byte tag || ciphertext, no nonce.
+/// Built in one buffer (padding, data, then encryption in place): a 64 KiB fragment is copied
+/// once, not once per step. `r` and `filler` as in [`frame_pad`].
+pub fn frame_seal(key: &[u8], counter: u64, data: &[u8], flags: u8, r: u8, filler: &[u8]) -> Result<Vec<u8>> {
+    use crypto_secretbox::aead::{AeadInPlace, KeyInit};
+    use salsa20::cipher::generic_array::GenericArray;
+
+    let key = super::check_len::<{ super::KEY_LEN }>(key, "secretbox key", "LAMA-KEYLEN")?;
+    let padded = frame_pad(b"", flags, r, filler)?;
+    let mut out = Vec::with_capacity(super::TAG_LEN + padded.len() + data.len());
+    out.extend_from_slice(&[0u8; super::TAG_LEN]);
+    out.extend_from_slice(&padded);
+    out.extend_from_slice(data);
+    let cipher = crypto_secretbox::XSalsa20Poly1305::new(GenericArray::from_slice(key));
+    let nonce = session_nonce(counter);
+    let tag = cipher
+        .encrypt_in_place_detached(GenericArray::from_slice(&nonce), b"", &mut out[super::TAG_LEN..])
+        .map_err(|_| Error::new(crate::ErrorKind::Internal, "LAMA-INTERNAL", "secretbox encryption failed"))?;
+    out[..super::TAG_LEN].copy_from_slice(&tag);
+    Ok(out)
+}
+
+/// Opens a [`frame_seal`] output in place: `(flags, data)`. A frame that does not
+/// authenticate (wrong key or counter, tampered, truncated) is `DecryptionError CYENC-SYMDEC`;
+/// malformed padding is `CryptoError LAMA-PADDING`.
+pub fn frame_open(key: &[u8], counter: u64, mut wire: Vec<u8>) -> Result<(u8, Vec<u8>)> {
+    use crypto_secretbox::aead::{AeadInPlace, KeyInit};
+    use salsa20::cipher::generic_array::GenericArray;
+
+    let key = super::check_len::<{ super::KEY_LEN }>(key, "secretbox key", "LAMA-KEYLEN")?;
+    if wire.len() < super::TAG_LEN {
+        return Err(super::decryption_failed());
+    }
+    let mut tag = [0u8; super::TAG_LEN];
+    tag.copy_from_slice(&wire[..super::TAG_LEN]);
+    let cipher = crypto_secretbox::XSalsa20Poly1305::new(GenericArray::from_slice(key));
+    let nonce = session_nonce(counter);
+    cipher
+        .decrypt_in_place_detached(GenericArray::from_slice(&nonce), b"", &mut wire[super::TAG_LEN..], GenericArray::from_slice(&tag))
+        .map_err(|_| super::decryption_failed())?;
+    // the padding header, as frame_unpad reads it, then the data moved to the front
+    let padded = &wire[super::TAG_LEN..];
+    let bad = |what: &str| Error::crypto("LAMA-PADDING", format!("malformed frame padding: {what}"));
+    let &byte0 = padded.first().ok_or_else(|| bad("empty plaintext"))?;
+    let n = usize::from(byte0 & 0x0f);
+    if n > 8 {
+        return Err(bad("length header longer than 8 bytes"));
+    }
+    let header = padded.get(1..1 + n).ok_or_else(|| bad("truncated length header"))?;
+    let p = header.iter().fold(0u64, |acc, &b| (acc << 8) | u64::from(b));
+    let start = u64::try_from(1 + n).unwrap_or(u64::MAX).saturating_add(p);
+    if start > padded.len() as u64 {
+        return Err(bad("filler longer than the plaintext"));
+    }
+    wire.drain(..super::TAG_LEN + start as usize);
+    Ok((byte0 >> 4, wire))
+}

@@ -34,7 +34,7 @@ pub use nacl::{
     box_before, box_keypair, box_open_embedded, box_public_from_secret, box_seal_embedded,
     secretbox_open, secretbox_open_embedded, secretbox_seal, secretbox_seal_embedded,
 };
-pub use frame::{frame_pad, frame_unpad, session_nonce};
+pub use frame::{frame_open, frame_pad, frame_seal, frame_unpad, session_nonce};
 pub use sign::{sign_detached, sign_keypair, sign_keypair_from_seed, sign_verify_detached};
 
 /// Length of an X25519 public or secret key, a shared key and a secretbox key.

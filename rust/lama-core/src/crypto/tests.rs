@@ -229,3 +229,41 @@ fn lengths_are_checked() {
     let (spk, ssk) = sign_keypair();
     assert_eq!(&ssk[32..], &spk[..]);
 }
+
+/// Every recorded frame of section `encrypted-connection` opens with the session key and its
+/// counter to the recorded payload, and seals again (recorded `r` and filler) to the recorded
+/// bytes; the wrong counter does not open it (connections.md §2.4).
+#[test]
+fn encrypted_connection_frames_open_and_seal() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/vectors/crypto-and-frames.full-frames.json");
+    let full: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let whole = |f: &Value, name: &str| -> Vec<u8> {
+        match f.get(format!("{name}_full_ref")) {
+            Some(r) => hx(&full["full"][r.as_str().unwrap()]),
+            None => hx(&f[format!("{name}_hex")]),
+        }
+    };
+    let mut n = 0;
+    for conn in vectors()["encrypted-connection"]["connections"].as_array().unwrap() {
+        let key = hx(&conn["handshake"]["session_key"]);
+        for frames in conn["frames"].as_object().unwrap().values() {
+            for f in frames.as_array().unwrap() {
+                let counter = f["counter"].as_u64().unwrap();
+                let wire = whole(f, "frame");
+                // the recorded plaintext is padding || payload (payloads over 4 KiB are only
+                // recorded inside their plaintext)
+                let payload = whole(f, "plaintext")[f["padding"]["padding_total_len"].as_u64().unwrap() as usize..].to_vec();
+                assert_eq!(payload.len() as u64, f["payload_len"].as_u64().unwrap());
+                let flags = f["padding"]["flags"].as_u64().unwrap() as u8;
+                assert_eq!(frame_open(&key, counter, wire.clone()).unwrap(), (flags, payload.clone()));
+                let r = f["padding"]["random_byte_r"].as_u64().unwrap() as u8;
+                let filler = hx(&f["padding"]["random_filler_hex"]);
+                assert_eq!(frame_seal(&key, counter, &payload, flags, r, &filler).unwrap(), wire);
+                let wrong = frame_open(&key, counter + 2, wire).unwrap_err();
+                assert_eq!((wrong.kind, wrong.code.as_str()), (ErrorKind::Decryption, "CYENC-SYMDEC"));
+                n += 1;
+            }
+        }
+    }
+    assert_eq!(n, 20 + 26 + 20);
+}
