@@ -241,6 +241,12 @@ def test_messages_match_the_transcript(tmp_path: Path) -> None:
 
 def test_dumps_is_json_stringify() -> None:
     assert protocol.dumps({"b": 1, "a": "é😀<&>"}) == '{"b":1,"a":"é😀<&>"}'
+    # JSON.stringify: control characters escaped, U+2028 not, a lone surrogate as \udXXX,
+    # a surrogate pair given as two code points is the one character
+    assert protocol.dumps(["\n\x01\u2028\"\\/"]) == '["\\n\\u0001\u2028\\"\\\\/"]'
+    assert protocol.dumps(["a\ud800b", "\udfff"]) == '["a\\ud800b","\\udfff"]'
+    assert protocol.dumps(["\ud83d\ude00"]) == '["😀"]'
+    protocol.dumps(["x\ud800"]).encode("utf-8")  # sendable
 
 
 # --------------------------------------------------------------------------------------------
@@ -535,3 +541,28 @@ def test_peer_closing_mid_protocol(tmp_path: Path) -> None:
         err = run(main)
         assert isinstance(err, ProtocolError) and err.code == "LAMA-PROTO-CLOSED"
         assert "bye" in str(err)
+
+
+def test_a_failing_decide_or_cancellation_closes_the_connection(tmp_path: Path) -> None:
+    a, b = make(tmp_path, "a"), make(tmp_path, "b")
+    with a, b:
+        def boom(group: str) -> Accept:
+            raise RuntimeError("decide failed")
+
+        ra, rb, ta, tb = _both(a, b, "chum", boom)
+        assert isinstance(ra, RuntimeError)
+        assert ta.close_reason == "Error: decide failed"
+        assert isinstance(rb, ProtocolError) and "decide failed" in str(rb)
+
+        ta, tb = pair()
+
+        async def main() -> None:
+            task = asyncio.ensure_future(protocol.accept(ta, a, timeout=5))
+            await asyncio.sleep(0.05)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            assert await tb.recv() is None  # closed by the cancelled side
+
+        run(main)
+        assert ta.close_reason is not None

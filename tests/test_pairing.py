@@ -730,3 +730,84 @@ def test_qr_text_and_png() -> None:
     # the QR holds the link (segno re-encodes the same data to the same matrix)
     again = segno.make_qr(inv.to_link(), error="m")
     assert list(again.matrix) == list(qr.matrix)
+
+
+# --------------------------------------------------------------------------------------------
+# Over a real encrypted WebSocket connection (docs/connections.md §1)
+
+
+def test_pairing_then_chum_over_encrypted_websocket(tmp_path: Path) -> None:
+    """B dials A's direct listener with encrypted_connect (its instance key as source, the
+    invitation's key as target), pairs, and then opens a `chum` connection on which both sides
+    know each other (expected person and instance, keys on record)."""
+    a, b = make_a(tmp_path), make_b(tmp_path)
+    with a, b:
+        reg = TokenRegistry()
+        a_pair = (a.instance_public_key, a.secret_keys("instance").encryption_secret)
+        b_secret = b.secret_keys("instance").encryption_secret
+
+        async def main() -> None:
+            listener = await core.ws_listen("127.0.0.1", 0)
+            url = f"ws://127.0.0.1:{listener.port}"
+            inv = pairing.parse_invitation(pairing.create_invitation(reg, a, url).to_link())
+            try:
+                async def side_a() -> Any:
+                    conn = await core.encrypted_accept(await listener.accept(), [a_pair])
+                    assert conn.remote_key == b.instance_public_key and not conn.initiator
+                    peer = await protocol.accept(
+                        conn, a, lambda g: Accept() if g == "pairing" else None, timeout=5)
+                    res = await pairing.accept_pairing(conn, a, reg, peer, url=url,
+                                                       handshake_key=conn.remote_key, timeout=5)
+                    return res, conn
+
+                async def side_b() -> Any:
+                    conn = await core.encrypted_connect(url, b.instance_public_key, b_secret,
+                                                        inv.public_key_bytes)
+                    assert conn.remote_key == a.instance_public_key and conn.initiator
+                    peer = await protocol.initiate(conn, b, "pairing", timeout=5)
+                    res = await pairing.connect_pairing(conn, b, inv, peer, url="ws://b.invalid",
+                                                        handshake_key=conn.remote_key, timeout=5)
+                    return res, conn
+
+                (ra, ca), (rb, cb) = await asyncio.gather(side_a(), side_b())
+                assert isinstance(ra, pairing.PairingResult)
+                assert isinstance(rb, pairing.PairingResult)
+                assert (ra.remote_person, rb.remote_person) == (b.person_id, a.person_id)
+                assert ca.stats()["messages_received"] >= 6
+                await cb.close("Close called.")
+                await ca.close()
+                _check_contact(a, b, "ws://b.invalid")
+                _check_contact(b, a, url)
+                assert not reg.valid(inv.token)
+
+                # the chum connection: each side expects the other's ids on record
+                [(_, ep_b)] = contacts.endpoints_of_person(a.store, b.person_id)
+                [(_, ep_a)] = contacts.endpoints_of_person(b.store, a.person_id)
+
+                async def chum_a() -> Any:
+                    conn = await core.encrypted_accept(await listener.accept(), [a_pair])
+                    peer = await protocol.accept(conn, a, lambda g: Accept(
+                        expected_person=ep_b["personId"], expected_instance=ep_b["instanceId"]),
+                        timeout=5)
+                    await protocol.synchronise(conn, timeout=5)
+                    return peer, conn
+
+                async def chum_b() -> Any:
+                    ikeys = b.store.get_object(ep_a["instanceKeys"])
+                    conn = await core.encrypted_connect(ep_a["url"], b.instance_public_key,
+                                                        b_secret, bytes.fromhex(ikeys["publicKey"]))
+                    peer = await protocol.initiate(conn, b, "chum", timeout=5,
+                                                   expected_person=ep_a["personId"],
+                                                   expected_instance=ep_a["instanceId"])
+                    await protocol.synchronise(conn, timeout=5)
+                    return peer, conn
+
+                (pa, ca), (pb, cb) = await asyncio.gather(chum_a(), chum_b())
+                assert pa.known and pb.known and pa.stored == pb.stored == ()
+                assert (pa.person_id, pb.person_id) == (b.person_id, a.person_id)
+                await cb.close()
+                await ca.close()
+            finally:
+                await listener.close()
+
+        run(main, timeout=60)

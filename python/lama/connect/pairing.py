@@ -601,6 +601,13 @@ async def connect_pairing(conn: TransportLike, instance: Any, invitation: Invita
     reason, e.g. a refused token: ``LAMA-PROTO-CLOSED``). Leaves the connection open."""
     inv = parse_invitation(invitation)
     peer = _check_peer(peer)
+    return await protocol.closing_on_error(conn, _connect_pairing(
+        conn, instance, inv, peer, url, handshake_key, confirm_timeout, timeout))
+
+
+async def _connect_pairing(conn: TransportLike, instance: Any, inv: Invitation,
+                           peer: PeerIdentity, url: str | None, handshake_key: bytes | None,
+                           confirm_timeout: float, timeout: float) -> PairingResult:
     await protocol.send_json(conn, {"command": "authentication_token", "token": inv.token})
     ident = await _recv_identity(conn, timeout)
     try:
@@ -639,6 +646,13 @@ async def accept_pairing(conn: TransportLike, instance: Any, registry: TokenRegi
     Refusals close the connection with ``Error: <message>`` and write nothing:
     ``PairingError LAMA-PAIR-TOKEN`` / ``LAMA-PAIR-IDENTITY``, ``ProtocolError``."""
     peer = _check_peer(peer)
+    return await protocol.closing_on_error(conn, _accept_pairing(
+        conn, instance, registry, peer, url, handshake_key, send_synchronisation, timeout))
+
+
+async def _accept_pairing(conn: TransportLike, instance: Any, registry: TokenRegistry,
+                          peer: PeerIdentity, url: str | None, handshake_key: bytes | None,
+                          send_synchronisation: bool, timeout: float) -> PairingResult:
     msg = await protocol.recv_command(conn, "authentication_token", timeout)
     try:
         token = registry.claim(msg.get("token"), instance.person_id)

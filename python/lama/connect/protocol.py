@@ -48,8 +48,9 @@ import asyncio
 import hmac
 import inspect
 import json
+import re
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable, Protocol, Union
+from typing import Any, Awaitable, Callable, Protocol, TypeVar, Union
 
 from lama._core import core
 from lama.connect import contacts
@@ -73,6 +74,7 @@ __all__ = [
     "accept",
     "answer_challenge",
     "check_answer",
+    "closing_on_error",
     "dumps",
     "initiate",
     "invert",
@@ -98,6 +100,8 @@ PERSON_MISMATCH = "The person id does not match the one we have on record."
 KEY_MISMATCH = "Key does not match your previous visit"
 INSTANCE_MISMATCH = "The instance id does not match the one we have on record."
 SYNCHRONISATION = "synchronisation"
+
+T = TypeVar("T")
 
 
 class TransportLike(Protocol):
@@ -154,9 +158,21 @@ class PeerIdentity:
 # Messages
 
 
+_SURROGATES = re.compile("([\ud800-\udbff][\udc00-\udfff])|[\ud800-\udfff]")
+
+
+def _js_surrogates(m: re.Match[str]) -> str:
+    if m.group(1):  # a high and a low surrogate as two code points: one JS character
+        hi, lo = ord(m.group(1)[0]), ord(m.group(1)[1])
+        return chr(0x10000 + ((hi - 0xD800) << 10) + (lo - 0xDC00))
+    return f"\\u{ord(m.group(0)):04x}"  # a lone surrogate, as JSON.stringify writes it
+
+
 def dumps(obj: Any) -> str:
-    """``JSON.stringify``: no whitespace, keys in insertion order, non-ASCII unescaped."""
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
+    """``JSON.stringify``: no whitespace, keys in insertion order, non-ASCII unescaped, a lone
+    surrogate as ``\\udXXX`` (ES2019 well-formed stringify) so the text is valid UTF-8."""
+    text = json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
+    return _SURROGATES.sub(_js_surrogates, text)
 
 
 async def send(conn: TransportLike, msg: str | bytes) -> None:
@@ -497,6 +513,22 @@ async def _identify(
         instance_id_object=inst_obj, known=known, stored=tuple(stored1 + stored2))
 
 
+async def closing_on_error(conn: TransportLike, coro: Awaitable[T]) -> T:
+    """Await ``coro``; if it fails in a way that did not close ``conn`` yet (a ``decide``
+    callback or the store raising, cancellation), close it - ``Error: <message>`` - and
+    re-raise. (Closing twice is harmless: the first reason stays.)"""
+    try:
+        return await coro
+    except BaseException as e:
+        if isinstance(e, LamaError):
+            text = str(e)
+            text = text.split(": ", 1)[1] if text.startswith(e.code + ":") else text
+        else:
+            text = str(e) or type(e).__name__
+        await _close(conn, "" if isinstance(e, asyncio.CancelledError) else f"Error: {text}")
+        raise
+
+
 def _check_group(group: Any) -> str:
     if not isinstance(group, str) or not group:
         raise ProtocolError(f"a connection group must be a non-empty str, not {group!r}",
@@ -530,10 +562,14 @@ async def initiate(
     ``LAMA-AUTH``, ``LAMA-AUTH-KEYS``, ``LAMA-AUTH-PERSON``, ``LAMA-AUTH-INSTANCE``,
     ``EP-KEYMISSMATCH``."""
     group = _check_group(group)
-    await send_json(conn, {"command": "connection_group", "connectionGroupName": group})
-    await recv_command(conn, "sync", timeout)
-    return await _identify(conn, instance, group, True, expected_person, expected_instance,
-                           store_peer, check_known_keys, timeout)
+
+    async def run() -> PeerIdentity:
+        await send_json(conn, {"command": "connection_group", "connectionGroupName": group})
+        await recv_command(conn, "sync", timeout)
+        return await _identify(conn, instance, group, True, expected_person, expected_instance,
+                               store_peer, check_known_keys, timeout)
+
+    return await closing_on_error(conn, run())
 
 
 async def accept(
@@ -550,6 +586,12 @@ async def accept(
     ``I do not want to communicate with you. Go Away!`` and ``ProtocolError LAMA-REFUSED`` is
     raised. ``decide=None`` accepts the groups of :data:`GROUPS`. Then ``sync`` and the
     identity steps as in :func:`initiate` (same errors)."""
+    return await closing_on_error(conn, _accept(conn, instance, decide, check_known_keys,
+                                                 timeout))
+
+
+async def _accept(conn: TransportLike, instance: Any, decide: DecideFn | None,
+                  check_known_keys: bool, timeout: float) -> PeerIdentity:
     msg = await recv_command(conn, "connection_group", timeout)
     group = msg.get("connectionGroupName")
     if not isinstance(group, str) or not group:
