@@ -14,7 +14,7 @@ use lama_core::microdata::{self, RefKind, Value as MdValue};
 use lama_core::store::Store;
 use serde_json::Value;
 
-use crate::exporter::{BATCH_MAX, FASTPATH_VERSION, GET_CHILDREN_BATCH, GET_OBJECTS_BATCH, GET_ROOTS_SINCE, LAMA_PROBE, SUBSCRIBE, FIN, GET_ACCESSIBLE_ROOTS, GET_BLOB, GET_ID_OBJECT, GET_ID_OBJECT_CHILDREN, GET_OBJECT, GET_OBJECT_CHILDREN, GET_PROTOCOL_VERSION};
+use crate::exporter::{CLOSURE_HINTS_MAX, GET_CLOSURE, BATCH_MAX, FASTPATH_VERSION, GET_CHILDREN_BATCH, GET_OBJECTS_BATCH, GET_ROOTS_SINCE, LAMA_PROBE, SUBSCRIBE, FIN, GET_ACCESSIBLE_ROOTS, GET_BLOB, GET_ID_OBJECT, GET_ID_OBJECT_CHILDREN, GET_OBJECT, GET_OBJECT_CHILDREN, GET_PROTOCOL_VERSION};
 use crate::rpc::Data;
 use crate::session::Cx;
 use crate::Event;
@@ -140,6 +140,9 @@ struct Pass {
     texts: Vec<String>,
     next: usize,
     com: Com,
+    /// docs/chum-fastpath.md "closure": microdata that came inline with a GET_CLOSURE answer,
+    /// verified like a 101 answer when the fetch starts.
+    prefetched: HashMap<String, String>,
 }
 
 /// The incremental commit state of a pass (see [`Importer::received`]).
@@ -176,6 +179,10 @@ enum Stage {
     Streams(Box<Pass>),
     Fin,
     PollSleep,
+    /// A zero sleep before the peer mark of the pass just ended is written (keep-running
+    /// sessions): the driver hands the pass's `imported` events out first, so a push's
+    /// latency does not include that second commit (docs/chum-fastpath.md "Push").
+    PersistMark(u64),
     /// SUBSCRIBE (103) is out (docs/chum-fastpath.md "Push").
     Subscribe,
     Done,
@@ -201,6 +208,18 @@ pub struct Importer {
     full_sync: bool,
     /// BLOB/CLOB hash -> reason (chum.md §2.6: retried at the next pass).
     pub pending: HashMap<String, String>,
+    /// "notify-roots": `(since, mark, roots)` carried by NOTIFYs not yet used; `notes_bad`
+    /// when one could not be read (the next pass then asks 102).
+    notes: Vec<(u64, u64, Vec<Value>)>,
+    notes_bad: bool,
+    /// "closure" hints: roots of earlier passes of this session that are stored here (so is
+    /// their closure), not yet told to the exporter; the hashes told or queued.
+    hints: Vec<String>,
+    hinted: HashSet<String>,
+    /// The current pass's roots worth a hint (per version-node ID only the newest).
+    pass_hints: Vec<String>,
+    /// The current pass asked 106.
+    pass_closure: bool,
 }
 
 fn fatal(code: &str, message: String) -> Fatal {
@@ -225,7 +244,57 @@ impl Importer {
             errors_before: 0,
             pending_before: 0,
             subscribed: false,
-            keep_running, poll_interval, stage: Stage::Start, full_sync: false, pending: HashMap::new() }
+            keep_running, poll_interval, stage: Stage::Start, full_sync: false, pending: HashMap::new(),
+            notes: Vec::new(),
+            notes_bad: false,
+            hints: Vec::new(),
+            hinted: HashSet::new(),
+            pass_hints: Vec::new(),
+            pass_closure: false,
+        }
+    }
+
+    /// A NOTIFY came (docs/chum-fastpath.md "Push"); with "notify-roots" its argument is
+    /// `{"since", "mark", "roots"}`, kept for the next pass.
+    pub fn notified(&mut self, payload: Option<Value>) {
+        if self.peer_key.is_none() || !self.features.contains("notify-roots") {
+            return;
+        }
+        let parsed = payload.as_ref().and_then(|p| {
+            let since = p.get("since")?.as_u64()?;
+            let mark = p.get("mark")?.as_u64()?;
+            let roots = p.get("roots")?.as_array()?.clone();
+            Some((since, mark, roots))
+        });
+        match parsed {
+            Some(n) => self.notes.push(n),
+            None => self.notes_bad = true,
+        }
+    }
+
+    /// The next pass: from the roots the NOTIFYs carried when they chain onto our mark (every
+    /// root that became accessible after it is among them), else with a roots request.
+    fn poll(&mut self, cx: &mut Cx) -> Result<Step, Fatal> {
+        let notes = std::mem::take(&mut self.notes);
+        if !std::mem::take(&mut self.notes_bad) && !notes.is_empty() && self.peer_key.is_some() {
+            let mut upto = self.since;
+            let mut roots = Vec::new();
+            let mut chained = true;
+            for (since, mark, list) in notes {
+                if since > upto {
+                    chained = false;
+                    break;
+                }
+                upto = upto.max(mark);
+                roots.extend(list);
+            }
+            if chained {
+                self.stage = Stage::Roots;
+                self.pass_mark = Some(upto);
+                return self.roots_received(Outcome::Ok(Some(Value::String(Value::Array(roots).to_string()))), cx);
+            }
+        }
+        self.roots()
     }
 
     /// Continue with the answers of the last call (empty after a sleep or at the start).
@@ -294,14 +363,17 @@ impl Importer {
                 self.roots()
             }
             Stage::Subscribe => {
+                self.notes.clear();
                 self.subscribed = matches!(results.first(), Some(Outcome::Ok(_)));
                 self.stage = Stage::PollSleep;
                 Ok(Step::Sleep(self.poll_interval * if self.subscribed { 10 } else { 1 }))
             }
-            Stage::PollSleep => self.roots(),
+            Stage::PollSleep => self.poll(cx),
+            Stage::PersistMark(m) => {
+                self.persist_mark(m, cx);
+                self.after_pass()
+            }
             Stage::Roots => {
-                self.errors_before = cx.stats.errors;
-                self.pending_before = self.pending.len();
                 let mut r = results.into_iter().next().unwrap_or(Outcome::Err { code: TIMEOUT.into(), message: "no answer".into() });
                 if self.peer_key.is_some() {
                     // docs/chum-fastpath.md 102: a JSON string of {"mark", "roots"}
@@ -318,25 +390,13 @@ impl Importer {
                         }
                     }
                 }
-                match r {
-                    Outcome::Ok(v) => match self.parse_roots(v, cx) {
-                        Some(roots) => self.start_pass(roots, cx),
-                        None => self.end_pass(cx),
-                    },
-                    Outcome::Err { code, message } if code == TIMEOUT => Err(fatal(&code, message)),
-                    Outcome::Err { code, message } => {
-                        cx.error(&code, &format!("roots request failed: {message}"), false);
-                        self.end_pass(cx)
-                    }
-                    Outcome::Stored(_) => {
-                        cx.error("DAH-PAO1", "roots answer is a stream", false);
-                        self.end_pass(cx)
-                    }
-                }
+                self.roots_received(r, cx)
             }
             Stage::Children(mut pass) => {
                 let calls = std::mem::take(&mut pass.calls);
-                let results = if self.features.contains("children-batch") {
+                let results = if self.pass_closure {
+                    self.split_closure(&mut pass, &calls, results)?
+                } else if self.features.contains("children-batch") {
                     split_batch(&calls.chunks(BATCH_MAX).map(|c| c.len()).collect::<Vec<_>>(), results, "CES-GOC1", |c| Value::String(c.to_string()))?
                 } else {
                     results
@@ -460,6 +520,152 @@ impl Importer {
         }
     }
 
+    /// The roots of a pass: a roots answer, or the roots NOTIFYs carried ("notify-roots").
+    fn roots_received(&mut self, r: Outcome, cx: &mut Cx) -> Result<Step, Fatal> {
+        self.errors_before = cx.stats.errors;
+        self.pending_before = self.pending.len();
+        match r {
+        Outcome::Ok(v) => match self.parse_roots(v, cx) {
+            Some(roots) => self.start_pass(roots, cx),
+            None => self.end_pass(cx),
+        },
+        Outcome::Err { code, message } if code == TIMEOUT => Err(fatal(&code, message)),
+        Outcome::Err { code, message } => {
+            cx.error(&code, &format!("roots request failed: {message}"), false);
+            self.end_pass(cx)
+        }
+        Outcome::Stored(_) => {
+            cx.error("DAH-PAO1", "roots answer is a stream", false);
+            self.end_pass(cx)
+        }
+        }
+    }
+
+    /// "closure" (docs/chum-fastpath.md): one 106 request per BATCH_MAX roots; the first
+    /// carries the hints not told yet.
+    fn closure_requests(&mut self, calls: &[Job]) -> Vec<Req> {
+        let mut reqs = Vec::new();
+        for c in calls.chunks(BATCH_MAX) {
+            let n = self.hints.len().min(CLOSURE_HINTS_MAX);
+            let hints: Vec<Value> = self.hints.drain(..n).map(Value::String).collect();
+            let roots = Value::Array(c.iter().map(|j| Value::String(j.hash.clone())).collect());
+            reqs.push(req(GET_CLOSURE, vec![Some(roots), Some(Value::Array(hints))]));
+        }
+        reqs
+    }
+
+    /// Split 106 answers into one outcome per root shaped like a service 4/5 answer (the
+    /// children list as a JSON string); keep the inline microdata (only for a listed hash or
+    /// the root: anything else an exporter slips in is dropped here, and what is kept is
+    /// verified by hash like any fetched object, chum.md §6.4).
+    fn split_closure(&self, pass: &mut Pass, calls: &[Job], results: Vec<Outcome>) -> Result<Vec<Outcome>, Fatal> {
+        let sizes: Vec<usize> = calls.chunks(BATCH_MAX).map(|c| c.len()).collect();
+        let per_root = split_batch(&sizes, results, "CES-GOC1", |c| c.clone())?;
+        let mut out = Vec::with_capacity(per_root.len());
+        for (job, res) in calls.iter().zip(per_root) {
+            let Outcome::Ok(Some(Value::Object(mut m))) = res else {
+                out.push(match res {
+                    Outcome::Ok(_) => Outcome::Err { code: "LAMA-CHUM-BATCH".into(), message: "malformed closure answer".into() },
+                    other => other,
+                });
+                continue;
+            };
+            let Some(Value::Array(children)) = m.remove("children") else {
+                out.push(Outcome::Err { code: "LAMA-CHUM-BATCH".into(), message: "malformed closure answer".into() });
+                continue;
+            };
+            if let Some(Value::String(t)) = m.remove("root") {
+                pass.prefetched.insert(job.hash.clone(), t);
+            }
+            let mut listed = Vec::with_capacity(children.len());
+            for mut c in children {
+                if let Value::Object(e) = &mut c {
+                    if let (Some(Value::String(h)), Some(Value::String(t))) = (e.get("hash").cloned(), e.remove("data")) {
+                        pass.prefetched.insert(h, t);
+                    }
+                }
+                listed.push(c);
+            }
+            out.push(Outcome::Ok(Some(Value::String(Value::Array(listed).to_string()))));
+        }
+        Ok(out)
+    }
+
+    /// Verify what came inline (as if a 101 answer had brought it) before anything is
+    /// fetched: those items go first in the fetch order and are not requested. Only items
+    /// the pass decided to fetch count; other inline data is dropped.
+    fn take_prefetched(&self, pass: &mut Pass, cx: &mut Cx) -> Result<(), Fatal> {
+        if pass.prefetched.is_empty() {
+            return Ok(());
+        }
+        let mut pre: Vec<String> = Vec::new();
+        let mut rest: Vec<String> = Vec::new();
+        for h in std::mem::take(&mut pass.texts) {
+            if pass.prefetched.contains_key(&h) { pre.push(h) } else { rest.push(h) }
+        }
+        for h in &pre {
+            let text = pass.prefetched.remove(h).unwrap_or_default();
+            self.verify(pass, h, Outcome::Ok(Some(Value::String(text))), cx)?;
+        }
+        pass.prefetched.clear();
+        self.received(pass, &pre, cx);
+        self.flush(pass, Vec::new(), Vec::new(), false, cx);
+        pass.next = pre.len();
+        pre.extend(rest);
+        pass.texts = pre;
+        Ok(())
+    }
+
+    /// Remember the roots of this pass worth a hint: per version-node ID the newest listed
+    /// node (its closure holds the older ones), every other root itself.
+    fn note_hint_candidates(&mut self, roots: &[serde_json::Map<String, Value>]) {
+        self.pass_hints.clear();
+        if !self.features.contains("closure") {
+            return;
+        }
+        let mut newest: HashMap<&str, &str> = HashMap::new();
+        let mut order: Vec<&str> = Vec::new();
+        for r in roots {
+            let g = |k: &str| r.get(k).and_then(Value::as_str);
+            match g("type") {
+                Some("version_node") => {
+                    if let (Some(id), Some(n)) = (g("dataIdHash"), g("node")) {
+                        if newest.insert(id, n).is_none() {
+                            order.push(id);
+                        }
+                    }
+                }
+                _ => {
+                    for k in ["hash", "idHash"] {
+                        if let Some(h) = g(k) {
+                            self.pass_hints.push(h.to_string());
+                        }
+                    }
+                }
+            }
+        }
+        for id in order {
+            self.pass_hints.push(newest[id].to_string());
+        }
+    }
+
+    /// At the end of every pass: the pass's hint candidates that are stored here become
+    /// hints; a 106 pass that recorded an error stops using 106 for this session (the
+    /// exporter may have pruned wrongly, or our store lost something: the whole-closure walk
+    /// of 105 fetches whatever is missing).
+    fn closure_pass_ended(&mut self, cx: &mut Cx) {
+        for h in std::mem::take(&mut self.pass_hints) {
+            if !self.hinted.contains(&h) && self.store.has(&h).unwrap_or(false) {
+                // told once: `hinted` also marks the queued ones
+                self.hinted.insert(h.clone());
+                self.hints.push(h);
+            }
+        }
+        if std::mem::take(&mut self.pass_closure) && cx.stats.errors > self.errors_before {
+            self.features.remove("closure");
+        }
+    }
+
     /// Ask for the next chunk of objects, or, when all were asked, for the BLOBs/CLOBs.
     fn fetch_next(&mut self, mut pass: Box<Pass>, cx: &mut Cx) -> Result<Step, Fatal> {
         let batched = self.features.contains("batch");
@@ -536,24 +742,55 @@ impl Importer {
     }
 
     fn end_pass(&mut self, cx: &mut Cx) -> Result<Step, Fatal> {
+        self.closure_pass_ended(cx);
         // the high-water mark moves only after a pass that imported everything it listed
         if let (Some(m), Some(key)) = (self.pass_mark.take(), &self.peer_key) {
             if cx.stats.errors == self.errors_before && self.pending.is_empty() && self.pending_before == 0 {
                 self.since = m;
-                if let Err(e) = self.store.set_peer_mark(key, m) {
-                    cx.error(&e.code, &format!("storing the peer mark: {e}"), false);
+                if self.keep_running && self.subscribed {
+                    // a stale mark on disk is safe (a reconnect re-lists roots it has); it is
+                    // written right after the driver handed out this pass's events
+                    if !self.full_sync {
+                        self.full_sync = true;
+                        cx.events.push_back(Event::FullSync);
+                    }
+                    self.stage = Stage::PersistMark(m);
+                    return Ok(Step::Sleep(Duration::ZERO));
                 }
+                let _ = key;
+                self.persist_mark(m, cx);
             }
         }
         if !self.full_sync {
             self.full_sync = true;
             cx.events.push_back(Event::FullSync);
         }
+        self.after_pass()
+    }
+
+    fn persist_mark(&mut self, m: u64, cx: &mut Cx) {
+        if let Some(key) = &self.peer_key {
+            if let Err(e) = self.store.set_peer_mark(key, m) {
+                cx.error(&e.code, &format!("storing the peer mark: {e}"), false);
+            }
+        }
+    }
+
+    /// A zero sleep is pending before the peer mark is written: a NOTIFY that arrives now
+    /// must not wake the importer out of it (it would skip the pass the NOTIFY asks for).
+    pub fn persisting(&self) -> bool {
+        matches!(self.stage, Stage::PersistMark(_))
+    }
+
+    /// After a pass: subscribe, sleep until the next poll, or FIN.
+    fn after_pass(&mut self) -> Result<Step, Fatal> {
         if self.keep_running {
             if self.features.contains("push") && !self.subscribed {
                 // docs/chum-fastpath.md: the exporter calls our NOTIFY when roots appear
                 self.stage = Stage::Subscribe;
-                return Ok(Step::Call(vec![req(SUBSCRIBE, vec![])]));
+                // "notify-roots": the NOTIFYs carry the new roots (an older lama ignores this)
+                let args = if self.features.contains("notify-roots") { vec![Some(serde_json::json!({"roots": true}))] } else { vec![] };
+                return Ok(Step::Call(vec![req(SUBSCRIBE, args)]));
             }
             self.stage = Stage::PollSleep;
             // with pushes, polling is only the fallback (the uvc note: 10 x pollInterval)
@@ -622,6 +859,7 @@ impl Importer {
                 }
             }
         }
+        self.note_hint_candidates(&roots);
         let mut pass = Pass { batch: 1, ..Default::default() };
         let mut jobs = Vec::new();
         for r in &roots {
@@ -712,7 +950,10 @@ impl Importer {
         }
         if !calls.is_empty() {
             pass.batch *= 2;
-            let reqs = if self.features.contains("children-batch") {
+            self.pass_closure = self.features.contains("closure");
+            let reqs = if self.pass_closure {
+                self.closure_requests(&calls)
+            } else if self.features.contains("children-batch") {
                 // docs/chum-fastpath.md: one request per BATCH_MAX children lists
                 calls.chunks(BATCH_MAX).map(|c| req(GET_CHILDREN_BATCH, vec![Some(Value::Array(c.iter().map(|j| Value::String(j.hash.clone())).collect()))])).collect()
             } else {
@@ -751,6 +992,7 @@ impl Importer {
         for h in pass.start.clone() {
             reach(&mut pass, &h);
         }
+        self.take_prefetched(&mut pass, cx)?;
         // Fetched in calls of a bounded size, dependencies first; after each call everything
         // that may be stored is committed, so an interrupted pass keeps what it stored and the
         // next session asks only for the rest (issue 8).

@@ -358,7 +358,12 @@ impl Session {
             if s == NOTIFY && self.importer.is_some() && !self.importer_done {
                 // docs/chum-fastpath.md: run the next pass now instead of at the next poll
                 self.send(Message::Text(rpc::data_response(id, &None)));
-                if self.sleep_until.is_some() {
+                if let Some(imp) = self.importer.as_mut() {
+                    // "notify-roots": the new roots ride on the NOTIFY
+                    imp.notified(args.first().cloned().flatten());
+                }
+                let persisting = self.importer.as_ref().is_some_and(|i| i.persisting());
+                if self.sleep_until.is_some() && !persisting {
                     self.wake = true;
                 } else {
                     self.notified = true;
@@ -383,6 +388,11 @@ impl Session {
         match imp.resume(results, &mut self.cx) {
             Err((code, message)) => self.fatal(&code, message),
             Ok(Step::Done) => self.importer_done = true,
+            Ok(Step::Sleep(d)) if d.is_zero() => {
+                // a yield to the driver (events out first): woken at once by handle_timeout,
+                // keeping `notified` for the sleep after it
+                self.sleep_until = Some(now);
+            }
             Ok(Step::Sleep(d)) => {
                 if std::mem::take(&mut self.notified) {
                     return self.advance(Vec::new(), now);
@@ -477,14 +487,14 @@ impl Session {
         }
         let Some(ex) = self.exporter.as_mut() else { return };
         match ex.changed_roots() {
-            Ok(true) => {
+            Ok(Some(args)) => {
                 let id = self.next_id;
                 self.next_id += 1;
                 self.cx.stats.requests_sent += 1;
                 self.notify_ids.insert(id);
-                self.send(Message::Text(rpc::request(id, NOTIFY, &[])));
+                self.send(Message::Text(rpc::request(id, NOTIFY, &args)));
             }
-            Ok(false) => {}
+            Ok(None) => {}
             Err(e) => self.cx.error(&e.code, &format!("computing new roots: {e}"), false),
         }
     }

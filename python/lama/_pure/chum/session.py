@@ -250,12 +250,12 @@ class ChumSession:
         except LamaError as e:
             self._error(e.code, f"computing new roots: {e}", False)
             return
-        if fresh:
+        if fresh is not None:
             rid = self._next_id
             self._next_id += 1
             self._stats["requests_sent"] += 1
             self._notify_ids.add(rid)
-            self._emit_frame(rpc.request(rid, NOTIFY, []))
+            self._emit_frame(rpc.request(rid, NOTIFY, fresh))
 
     def connection_closed(self, reason: str, now: float) -> None:
         self._now = now
@@ -310,7 +310,9 @@ class ChumSession:
             self._emit_frame(rpc.data_response(rid, rpc.UNDEF))  # chum.md §4.8: only logged
         elif service == NOTIFY and self._imp is not None and not self._importer_done:
             self._emit_frame(rpc.data_response(rid, rpc.UNDEF))
-            if self._sleep_until is not None:  # poll now instead of at the next interval
+            # "notify-roots": the new roots ride on the NOTIFY
+            self._imp.notified(args[0] if args else None)
+            if self._sleep_until is not None and not self._imp.persisting:  # poll now, not at the next interval
                 self._sleep_until = None
                 self._advance(None)
             else:
@@ -363,6 +365,11 @@ class ChumSession:
                 self._task = None
                 self._importer_done = True
                 self._fatal(e.code, str(e))
+                return
+            if isinstance(op, Sleep) and op.seconds == 0:
+                # a yield to the driver (events out first): woken at once by handle_timeout,
+                # keeping _notified for the sleep after it
+                self._sleep_until = self._now
                 return
             if isinstance(op, Sleep):
                 if self._notified:
