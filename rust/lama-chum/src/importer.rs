@@ -9,9 +9,9 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::Duration;
 
-use lama_core::hash::{is_hash, sha256_hex};
+use lama_core::hash::{hash_bytes, hash_hex, is_hash, sha256, sha256_hex};
 use lama_core::microdata::{self, RefKind, Value as MdValue};
-use lama_core::store::Store;
+use lama_core::store::{Store, Verified};
 use serde_json::Value;
 
 use crate::exporter::{BATCH_MAX, FASTPATH_VERSION, GET_CHILDREN_BATCH, GET_OBJECTS_BATCH, GET_ROOTS_SINCE, LAMA_PROBE, SUBSCRIBE, FIN, GET_ACCESSIBLE_ROOTS, GET_BLOB, GET_ID_OBJECT, GET_ID_OBJECT_CHILDREN, GET_OBJECT, GET_OBJECT_CHILDREN, GET_PROTOCOL_VERSION};
@@ -27,12 +27,17 @@ const ACCEPTED_VERSIONS: [i64; 2] = [8, 9];
 /// chum.md §6.4: remote peers must not alter local access rights.
 const REFUSED_TYPES: [&str; 3] = ["Access", "IdAccess", "Group"];
 const VERSION_NODE_TYPES: [&str; 3] = ["VersionNodeEdge", "VersionNodeChange", "VersionNodeMerge"];
-/// Objects per store transaction.
-const COMMIT_BATCH: usize = 1000;
+/// Objects per store transaction: a fetched chunk is committed in one (issue 8: every LMDB
+/// commit of a durable store costs two fsyncs).
+const COMMIT_BATCH: usize = 4096;
 /// Object requests per call (v8; with "batch", `FETCH_CHUNK_BATCHES` requests of `BATCH_MAX`):
 /// after each call what may be stored is committed (issue 8), so an interrupted pass keeps it.
 const FETCH_CHUNK: usize = 256;
 const FETCH_CHUNK_BATCHES: usize = 8;
+/// Calls of a pass's fetch kept out at once: while the importer verifies and commits one
+/// chunk, the exporter serves the next ones (issue 8). Bounds what is held: at most this
+/// many chunks of answers (about `FETCH_AHEAD` × 2,048 objects with "batch").
+pub const FETCH_AHEAD: usize = 3;
 
 
 pub const TIMEOUT: &str = "LAMA-CHUM-TIMEOUT";
@@ -57,6 +62,9 @@ pub enum Outcome {
 
 pub enum Step {
     Call(Vec<Req>),
+    /// Several calls, each answered (resumed) separately, in order; none at all means: wait
+    /// for the calls already out. Only the fetch of a pass keeps more than one call out.
+    Calls(Vec<Vec<Req>>),
     Sleep(Duration),
     Done,
 }
@@ -98,6 +106,11 @@ struct Item {
     text: Option<String>,
     type_name: String,
     refs: Vec<(String, RefKind, String)>,
+    /// Of a verified object or ID object: its SHA-256, and a versioned object's ID microdata.
+    hash: [u8; 32],
+    id_microdata: Option<String>,
+    /// A listed version node's depth, kept when it is committed (its text is dropped then).
+    depth: Option<f64>,
     ok: bool,
     stored: bool,
     /// Its answer was processed (verified or refused).
@@ -108,7 +121,7 @@ struct Item {
 
 impl Item {
     fn new(kind: Kind, expected_type: Option<String>) -> Item {
-        Item { kind, expected_type, text: None, type_name: String::new(), refs: Vec::new(), ok: false, stored: false, fetched: false, bad: false }
+        Item { kind, expected_type, text: None, type_name: String::new(), refs: Vec::new(), hash: [0; 32], id_microdata: None, depth: None, ok: false, stored: false, fetched: false, bad: false }
     }
 }
 
@@ -136,6 +149,11 @@ struct Pass {
     start: Vec<String>,
     calls: Vec<Job>,
     fetch: Vec<String>,
+    /// BLOBs/CLOBs that verified objects reference as such (chum.md §6.4): only these are
+    /// fetched as streams.
+    streams_wanted: HashSet<(Kind, String)>,
+    /// The fetch calls out, oldest first: the hashes each asked for.
+    inflight: VecDeque<Vec<String>>,
     /// Every object / ID object to fetch, dependencies first, and how many were asked.
     texts: Vec<String>,
     next: usize,
@@ -367,9 +385,9 @@ impl Importer {
                 self.children_round(pass, cx)
             }
             Stage::Fetch(mut pass) => {
-                let fetch = std::mem::take(&mut pass.fetch);
+                let fetch = pass.inflight.pop_front().unwrap_or_default();
                 let results = if self.features.contains("batch") {
-                    split_batch(&fetch.chunks(BATCH_MAX).map(|c| c.len()).collect::<Vec<_>>(), results, "CES-GO1", |c| c.clone())?
+                    split_objects_batch(&fetch.chunks(BATCH_MAX).map(|c| c.len()).collect::<Vec<_>>(), results)?
                 } else {
                     results
                 };
@@ -424,11 +442,10 @@ impl Importer {
                     let mut best: Option<(f64, &String)> = None;
                     for n in ms {
                         let Some(it) = pass.items.get(n) else { continue };
-                        let Some(text) = &it.text else { continue };
+                        let Some(d) = it.depth else { continue };
                         if !it.stored {
                             continue;
                         }
-                        let d = node_depth(text);
                         if best.is_none_or(|b| d > b.0) {
                             best = Some((d, n));
                         }
@@ -460,11 +477,13 @@ impl Importer {
         }
     }
 
-    /// Ask for the next chunk of objects, or, when all were asked, for the BLOBs/CLOBs.
+    /// Keep up to [`FETCH_AHEAD`] chunks of objects asked for; when all were asked and
+    /// answered, ask for the BLOBs/CLOBs.
     fn fetch_next(&mut self, mut pass: Box<Pass>, cx: &mut Cx) -> Result<Step, Fatal> {
         let batched = self.features.contains("batch");
         let chunk = if batched { BATCH_MAX * FETCH_CHUNK_BATCHES } else { FETCH_CHUNK };
-        if pass.next < pass.texts.len() {
+        let mut calls = Vec::new();
+        while pass.inflight.len() < FETCH_AHEAD && pass.next < pass.texts.len() {
             let end = (pass.next + chunk).min(pass.texts.len());
             let fetch: Vec<String> = pass.texts[pass.next..end].to_vec();
             pass.next = end;
@@ -480,19 +499,15 @@ impl Importer {
                     })
                     .collect()
             };
-            pass.fetch = fetch;
+            pass.inflight.push_back(fetch);
+            calls.push(reqs);
+        }
+        if !pass.inflight.is_empty() {
+            // the answers of the oldest call resume Stage::Fetch; an empty list: just wait
             self.stage = Stage::Fetch(pass);
-            return Ok(Step::Call(reqs));
+            return Ok(Step::Calls(calls));
         }
-        let mut wanted: HashSet<(Kind, &str)> = HashSet::new();
-        for h in &pass.texts {
-            let it = &pass.items[h];
-            if it.ok {
-                for (_, k, r) in &it.refs {
-                    wanted.insert((ref_kind(*k), r.as_str()));
-                }
-            }
-        }
+        let wanted = std::mem::take(&mut pass.streams_wanted);
         let mut streams = Vec::new();
         let mut refused = Vec::new();
         for h in &pass.order {
@@ -500,7 +515,7 @@ impl Importer {
             if !matches!(it.kind, Kind::Blob | Kind::Clob) || it.stored {
                 continue;
             }
-            if wanted.contains(&(it.kind, h.as_str())) {
+            if wanted.contains(&(it.kind, h.clone())) {
                 streams.push(h.clone());
             } else {
                 refused.push((h.clone(), it.kind));
@@ -814,13 +829,14 @@ impl Importer {
             }
         };
         // objects.md §2.1: hashed as Node.js writes it (lone surrogates cannot occur in Rust)
-        let got = sha256_hex(text.as_bytes());
-        if got != h {
-            cx.error(&format!("{pre}2"), &format!("{h}: the received microdata hashes to {got}"), false);
+        let got = sha256(text.as_bytes());
+        if hash_bytes(h) != Some(got) {
+            cx.error(&format!("{pre}2"), &format!("{h}: the received microdata hashes to {}", hash_hex(&got)), false);
             return Ok(());
         }
-        let parsed = microdata::type_of(&text).and_then(|t| microdata::references(&text).map(|r| (t, r)));
-        let ((type_name, got_id), refs) = match parsed {
+        // one strict parse gives the type, the references and a versioned object's ID
+        // microdata, which the store then takes as they are (Store::put_verified)
+        let microdata::Inspected { type_name, is_id: got_id, refs, id_microdata } = match microdata::inspect(&text) {
             Ok(x) => x,
             Err(e) => {
                 cx.error(&e.code, &format!("{h}: {e}"), false);
@@ -842,9 +858,17 @@ impl Importer {
                 return Ok(());
             }
         }
+        for r in &refs {
+            if matches!(r.kind, RefKind::Blob | RefKind::Clob) {
+                pass.streams_wanted.insert((ref_kind(r.kind), r.hash.clone()));
+            }
+        }
+        let it = pass.items.get_mut(h).unwrap();
         it.refs = refs.into_iter().map(|r| (r.path, r.kind, r.hash)).collect();
         it.type_name = type_name;
         it.text = Some(text);
+        it.id_microdata = id_microdata;
+        it.hash = got;
         it.ok = true;
         Ok(())
     }
@@ -1018,17 +1042,22 @@ impl Importer {
         if batch.is_empty() {
             return Vec::new();
         }
-        let texts: Vec<(String, Option<String>)> = batch.iter().map(|h| (pass.items[h].text.clone().unwrap_or_default(), Some(h.clone()))).collect();
-        let done: Vec<String> = match self.store.put_microdata(&texts) {
+        // verified (hash and one parse, `verify`): stored as they are, one transaction
+        let result = {
+            let all: Vec<Verified> = batch.iter().map(|h| verified(&pass.items, h)).collect();
+            self.store.put_verified(&all)
+        };
+        let done: Vec<String> = match result {
             Ok(_) => batch.to_vec(),
             Err(_) => {
                 // pre-verified, so this is rare: isolate the item the store refuses
                 let mut done = Vec::new();
-                for (h, t) in batch.iter().zip(texts) {
+                for h in batch {
                     if pass.items[h].refs.iter().any(|r| pass.items.get(&r.2).is_some_and(|x| !x.stored)) {
                         continue;
                     }
-                    match self.store.put_microdata(&[t]) {
+                    let r = self.store.put_verified(&[verified(&pass.items, h)]);
+                    match r {
                         Ok(_) => {
                             pass.items.get_mut(h).unwrap().stored = true;
                             done.push(h.clone());
@@ -1040,8 +1069,17 @@ impl Importer {
             }
         };
         for h in &done {
+            let listed_node = pass.com.nodes.contains_key(h);
             let it = pass.items.get_mut(h).unwrap();
             it.stored = true;
+            // a committed item's text is read from the store from now on: the pass holds only
+            // what is not committed yet (issue 8: B held the whole pass, 270 MiB for 35 MB)
+            let text = it.text.take();
+            if listed_node {
+                it.depth = Some(text.as_deref().map_or(0.0, node_depth));
+            }
+            it.id_microdata = None;
+            it.refs = Vec::new();
             if it.kind == Kind::Id {
                 cx.log.b_to_a_id_objects.push(h.clone());
                 cx.stats.id_objects_received += 1;
@@ -1052,6 +1090,12 @@ impl Importer {
         }
         done
     }
+}
+
+/// What `Store::put_verified` takes of a verified item.
+fn verified<'a>(items: &'a HashMap<String, Item>, h: &str) -> Verified<'a> {
+    let it = &items[h];
+    Verified { text: it.text.as_deref().unwrap_or_default(), hash: it.hash, type_name: &it.type_name, is_id: it.kind == Kind::Id, id_microdata: it.id_microdata.as_deref() }
 }
 
 fn expandable(pass: &Pass, h: &str) -> bool {
@@ -1144,6 +1188,29 @@ fn split_batch(sizes: &[usize], results: Vec<Outcome>, refused: &str, wrap: impl
             Outcome::Err { code, message } => out.extend((0..n).map(|_| Outcome::Err { code: code.clone(), message: message.clone() })),
             _ => out.extend((0..n).map(|_| Outcome::Err { code: "LAMA-CHUM-BATCH".into(), message: "malformed batch answer".into() })),
         }
+    }
+    Ok(out)
+}
+
+/// [`split_batch`] for GET_OBJECTS_BATCH answers (lists of microdata strings or `null`):
+/// parsed straight into strings, without a `serde_json::Value` per entry and its copy (issue
+/// 8: 9 % of the importer's CPU). An answer with other entries takes the general path, so each
+/// such entry fails on its own as before.
+fn split_objects_batch(sizes: &[usize], results: Vec<Outcome>) -> Result<Vec<Outcome>, Fatal> {
+    let mut out = Vec::with_capacity(sizes.iter().sum());
+    for (&n, res) in sizes.iter().zip(results) {
+        if let Outcome::Ok(Some(Value::String(s))) = &res {
+            if let Ok(list) = serde_json::from_str::<Vec<Option<String>>>(s) {
+                if list.len() == n {
+                    out.extend(list.into_iter().map(|v| match v {
+                        None => Outcome::Err { code: "CES-GO1".into(), message: "not served by the exporter".into() },
+                        Some(t) => Outcome::Ok(Some(Value::String(t))),
+                    }));
+                    continue;
+                }
+            }
+        }
+        out.extend(split_batch(&[n], vec![res], "CES-GO1", |c| c.clone())?);
     }
     Ok(out)
 }
