@@ -6,7 +6,12 @@
 //! parallel, within the window) → verification (§6.4) → version-node checks (§6.2) →
 //! reachability → one store transaction per batch, dependencies first → `merge` events.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::VecDeque;
+
+// Keys are hashes (hex) by the ten thousand per pass: SipHash was 8 % of the importer's CPU
+// (issue 8 profile). foldhash is seeded at random per process.
+type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+type HashSet<K> = std::collections::HashSet<K, foldhash::fast::RandomState>;
 use std::time::Duration;
 
 use lama_core::hash::{hash_bytes, hash_hex, is_hash, sha256, sha256_hex};
@@ -236,14 +241,14 @@ impl Importer {
             store,
             fast_path,
             remote_person,
-            features: HashSet::new(),
+            features: HashSet::default(),
             peer_key: None,
             since: 0,
             pass_mark: None,
             errors_before: 0,
             pending_before: 0,
             subscribed: false,
-            keep_running, poll_interval, stage: Stage::Start, full_sync: false, pending: HashMap::new() }
+            keep_running, poll_interval, stage: Stage::Start, full_sync: false, pending: HashMap::default() }
     }
 
     /// Continue with the answers of the last call (empty after a sleep or at the start).
@@ -354,10 +359,10 @@ impl Importer {
             }
             Stage::Children(mut pass) => {
                 let calls = std::mem::take(&mut pass.calls);
-                let results = if self.features.contains("children-batch") {
-                    split_batch(&calls.chunks(BATCH_MAX).map(|c| c.len()).collect::<Vec<_>>(), results, "CES-GOC1", |c| Value::String(c.to_string()))?
+                let results: Vec<Children> = if self.features.contains("children-batch") {
+                    split_children_batch(&calls.chunks(BATCH_MAX).map(|c| c.len()).collect::<Vec<_>>(), results)?
                 } else {
-                    results
+                    results.into_iter().map(Children::Raw).collect()
                 };
                 for (job, res) in calls.into_iter().zip(results) {
                     let Some(children) = self.children_result(&job.hash, res, cx)? else { continue };
@@ -595,8 +600,11 @@ impl Importer {
         };
         let mut out = Vec::new();
         for r in list {
-            let shown: String = r.to_string().chars().take(300).collect();
+            // only for an error message: written out when needed (issue 8 profile: writing
+            // every entry back to JSON was 8 % of the importer's CPU)
+            let shown = |r: &Value| -> String { r.to_string().chars().take(300).collect() };
             let Value::Object(m) = r else {
+                let shown = shown(&r);
                 cx.error("DAH-PAO3", &format!("malformed accessible object {shown}"), false);
                 continue;
             };
@@ -606,6 +614,7 @@ impl Importer {
                 Some("id") => &["idHash", "oneType"],
                 Some("version_node") => &["node", "dataIdHash", "dataType"],
                 _ => {
+                    let shown = shown(&Value::Object(m));
                     cx.error("DAH-PAO3", &format!("unknown accessible object {shown}"), false);
                     continue;
                 }
@@ -616,6 +625,7 @@ impl Importer {
                 None => false,
             });
             if !good {
+                let shown = shown(&Value::Object(m));
                 cx.error("DAH-PAO3", &format!("malformed accessible object {shown}"), false);
                 continue;
             }
@@ -627,7 +637,7 @@ impl Importer {
     fn start_pass(&mut self, roots: Vec<serde_json::Map<String, Value>>, cx: &mut Cx) -> Result<Step, Fatal> {
         let s = |m: &serde_json::Map<String, Value>, k: &str| m.get(k).and_then(Value::as_str).unwrap_or_default().to_string();
         // chum.md §6.2: what is missing decides what is asked for
-        let mut missing = HashSet::new();
+        let mut missing = HashSet::default();
         for r in &roots {
             for k in ["hash", "idHash", "node"] {
                 if let Some(h) = r.get(k).and_then(Value::as_str) {
@@ -674,7 +684,7 @@ impl Importer {
             // a set beside the list: a channel with n posts lists n nodes, and a linear
             // `contains` made this n²/2 comparisons (benches/RESULTS.md, CHUM sync)
             let mut ms: Vec<String> = Vec::new();
-            let mut seen: HashSet<&str> = HashSet::new();
+            let mut seen: HashSet<&str> = HashSet::default();
             for (n, _) in nodes {
                 if missing.contains(n) && seen.insert(n.as_str()) {
                     ms.push(n.clone());
@@ -756,13 +766,23 @@ impl Importer {
         // a stream is stored as soon as it ends (before the objects are committed), so a hash
         // listed as "blob" that is really an object must never be fetched as one.
         pass.texts = fetch.into_iter().filter(|h| matches!(pass.items[h].kind, Kind::Object | Kind::Id)).collect();
-        for (id_hash, ms) in &pass.group_missing {
-            let types = pass.groups.iter().find(|g| &g.0 == id_hash).map(|g| g.1.clone()).unwrap_or_default();
-            for n in ms {
-                let t = types.iter().find(|x| &x.0 == n).map(|x| x.1.clone()).unwrap_or_default();
-                pass.com.nodes.insert(n.clone(), (id_hash.clone(), t));
+        // a map, not a search per node: a 10,000-post channel lists 10,000 nodes of one ID, and
+        // a linear search made this 50 M comparisons (7 % of the importer's CPU, issue 8)
+        let mut types: HashMap<(&str, &str), &str> = HashMap::default();
+        for (id_hash, nodes) in &pass.groups {
+            for (n, t) in nodes {
+                types.entry((id_hash.as_str(), n.as_str())).or_insert(t.as_str());
             }
         }
+        let mut nodes = HashMap::default();
+        for (id_hash, ms) in &pass.group_missing {
+            for n in ms {
+                let t = types.get(&(id_hash.as_str(), n.as_str())).copied().unwrap_or_default();
+                nodes.insert(n.clone(), (id_hash.clone(), t.to_string()));
+            }
+        }
+        drop(types);
+        pass.com.nodes = nodes;
         for h in pass.start.clone() {
             reach(&mut pass, &h);
         }
@@ -774,7 +794,11 @@ impl Importer {
 
     /// chum.md §4.3: a string holding a JSON array of `{type, hash}`; returned reversed
     /// (dependencies first). `None` after a recorded error.
-    fn children_result(&self, h: &str, res: Outcome, cx: &mut Cx) -> Result<Option<Vec<(Kind, String)>>, Fatal> {
+    fn children_result(&self, h: &str, res: Children, cx: &mut Cx) -> Result<Option<Vec<(Kind, String)>>, Fatal> {
+        let res = match res {
+            Children::Parsed(list) => return Ok(Some(list)),
+            Children::Raw(r) => r,
+        };
         let data = match res {
             Outcome::Ok(d) => d,
             Outcome::Err { code, message } if code == TIMEOUT => return Err(fatal(&code, message)),
@@ -789,18 +813,23 @@ impl Importer {
             cx.error("DC-PC1", &format!("children of {h}: answer is not a string"), false);
             return Ok(None);
         };
+        if let Some(list) = typed_children(&s) {
+            return Ok(Some(list));
+        }
         let Ok(Value::Array(list)) = serde_json::from_str::<Value>(&s) else {
             cx.error("DC-PC1", &format!("children of {h}: answer is not a JSON list"), false);
             return Ok(None);
         };
         let mut out = Vec::with_capacity(list.len());
         for c in list {
-            let shown: String = c.to_string().chars().take(300).collect();
+            let shown = || -> String { c.to_string().chars().take(300).collect() };
             let Some(kind) = c.get("type").and_then(Value::as_str).and_then(Kind::parse) else {
+                let shown = shown();
                 cx.error("DC-PC3", &format!("children of {h}: bad entry {shown}"), false);
                 return Ok(None);
             };
             let Some(ch) = c.get("hash").and_then(Value::as_str).filter(|x| is_hash(x)) else {
+                let shown = shown();
                 cx.error("DC-PC4", &format!("children of {h}: bad hash in {shown}"), false);
                 return Ok(None);
             };
@@ -899,7 +928,7 @@ impl Importer {
             if !pass.items[h].ok {
                 continue;
             }
-            let mut block: HashSet<String> = HashSet::new();
+            let mut block: HashSet<String> = HashSet::default();
             let mut bad = false;
             for (_, k, r) in &pass.items[h].refs {
                 match pass.items.get(r) {
@@ -1005,7 +1034,7 @@ impl Importer {
         let mut first = last;
         while !pass.com.ready.is_empty() || (first && (!new_blobs.is_empty() || !new_clobs.is_empty())) {
             let mut batch: Vec<String> = Vec::new();
-            let mut in_batch: HashSet<String> = HashSet::new();
+            let mut in_batch: HashSet<String> = HashSet::default();
             while batch.len() < COMMIT_BATCH {
                 let Some(h) = pass.com.ready.pop_front() else { break };
                 // a reference refused by the store in an earlier batch: never a hole
@@ -1188,6 +1217,62 @@ fn split_batch(sizes: &[usize], results: Vec<Outcome>, refused: &str, wrap: impl
             Outcome::Err { code, message } => out.extend((0..n).map(|_| Outcome::Err { code: code.clone(), message: message.clone() })),
             _ => out.extend((0..n).map(|_| Outcome::Err { code: "LAMA-CHUM-BATCH".into(), message: "malformed batch answer".into() })),
         }
+    }
+    Ok(out)
+}
+
+/// A children answer: checked and parsed already, or as it came.
+enum Children {
+    Parsed(Vec<(Kind, String)>),
+    Raw(Outcome),
+}
+
+/// One entry of a children list (chum.md §4.3), parsed without a `serde_json::Value`.
+#[derive(serde::Deserialize)]
+struct Child {
+    #[serde(rename = "type")]
+    kind: String,
+    hash: String,
+}
+
+/// A children list of good entries, reversed (dependencies first); `None` if an entry is bad
+/// (the general path then reports it as before).
+fn checked_children(list: Vec<Child>) -> Option<Vec<(Kind, String)>> {
+    let mut out = Vec::with_capacity(list.len());
+    for c in list.into_iter().rev() {
+        let kind = Kind::parse(&c.kind)?;
+        if !is_hash(&c.hash) {
+            return None;
+        }
+        out.push((kind, c.hash));
+    }
+    Some(out)
+}
+
+/// chum.md §4.3 answer text into a checked list, when every entry is good.
+fn typed_children(s: &str) -> Option<Vec<(Kind, String)>> {
+    checked_children(serde_json::from_str::<Vec<Child>>(s).ok()?)
+}
+
+/// [`split_batch`] for GET_CHILDREN_BATCH answers: parsed straight into checked lists (issue
+/// 8: a 70,000-entry list went through a `Value`, back to a string and through a `Value`
+/// again); an answer with anything unusual takes the general path.
+fn split_children_batch(sizes: &[usize], results: Vec<Outcome>) -> Result<Vec<Children>, Fatal> {
+    let mut out = Vec::with_capacity(sizes.iter().sum());
+    for (&n, res) in sizes.iter().zip(results) {
+        if let Outcome::Ok(Some(Value::String(s))) = &res {
+            if let Ok(lists) = serde_json::from_str::<Vec<Option<Vec<Child>>>>(s) {
+                if lists.len() == n && lists.iter().all(Option::is_some) {
+                    let checked: Option<Vec<_>> = lists.into_iter().map(|l| checked_children(l.unwrap_or_default())).collect();
+                    if let Some(all) = checked {
+                        out.extend(all.into_iter().map(Children::Parsed));
+                        continue;
+                    }
+                }
+            }
+        }
+        let general = split_batch(&[n], vec![res], "CES-GOC1", |c| Value::String(c.to_string()))?;
+        out.extend(general.into_iter().map(Children::Raw));
     }
     Ok(out)
 }
