@@ -35,13 +35,16 @@ _REF_KINDS = {"obj": "object", "id": "id", "blob": "blob", "clob": "clob"}
 
 VERSION_NODE_TYPES = frozenset({"VersionNodeEdge", "VersionNodeChange", "VersionNodeMerge"})
 
-COMMIT_BATCH = 1000
+COMMIT_BATCH = 4096
 """Objects per store transaction when committing a pass."""
 
 FETCH_CHUNK = 256
 """Object requests per call (v8; with "batch", FETCH_CHUNK_BATCHES requests of BATCH_MAX): after
 each call what may be stored is committed (issue 8), so an interrupted pass keeps it."""
 FETCH_CHUNK_BATCHES = 8
+FETCH_AHEAD = 3
+"""Calls of a pass's fetch kept out at once: while the importer verifies and commits one chunk,
+the exporter serves the next ones (issue 8); bounds what is held to this many chunks of answers."""
 
 
 @dataclass
@@ -62,6 +65,14 @@ class Outcome:
 @dataclass
 class Call:
     reqs: list[Req]
+
+
+@dataclass
+class Calls:
+    """Several calls, each answered (resumed) separately, in order; none at all means: wait
+    for the calls already out. Only the fetch of a pass keeps more than one call out."""
+
+    calls: list[list[Req]]
 
 
 @dataclass
@@ -195,7 +206,7 @@ class Importer:
 
     # -- main loop (chum.md §6.1) -------------------------------------------------------------
 
-    def run(self) -> Generator[Call | Sleep, Any, None]:
+    def run(self) -> Generator[Call | Calls | Sleep, Any, None]:
         yield from self._version_check()
         while True:
             yield from self._pass()
@@ -217,7 +228,7 @@ class Importer:
             # with pushes, polling is only the fallback (the uvc note: 10 x pollInterval)
             yield Sleep(self.poll_interval * (10 if self.subscribed else 1))
 
-    def _version_check(self) -> Generator[Call | Sleep, Any, None]:
+    def _version_check(self) -> Generator[Call | Calls | Sleep, Any, None]:
         for attempt in range(VERSION_RETRIES + 1):
             (r,) = yield Call([Req(GET_PROTOCOL_VERSION, [])])
             if r.ok:
@@ -246,7 +257,7 @@ class Importer:
 
     # -- one pass ------------------------------------------------------------------------------
 
-    def _pass(self) -> Generator[Call | Sleep, Any, None]:
+    def _pass(self) -> Generator[Call | Calls | Sleep, Any, None]:
         self.pass_errors = 0
         pending_before = len(self.pending)
         mark = None
@@ -300,7 +311,7 @@ class Importer:
                         self.persisting = False
                 self.store.set_peer_mark(self.peer_key, mark)
 
-    def _import_roots(self, roots: list[dict[str, Any]]) -> Generator[Call | Sleep, Any, None]:
+    def _import_roots(self, roots: list[dict[str, Any]]) -> Generator[Call | Calls | Sleep, Any, None]:
 
         # chum.md §6.2: what is missing decides what is asked for (one read for all)
         cand: list[str] = []
@@ -438,7 +449,7 @@ class Importer:
         # after each call everything that may be stored is committed, so an interrupted pass
         # keeps what it stored and the next session asks only for the rest (issue 8).
         chunk = BATCH_MAX * FETCH_CHUNK_BATCHES if batched else FETCH_CHUNK
-        start_at = 0
+        offset = 0
         if prefetched:
             # what came inline is verified as if a 101 answer had brought it, before anything
             # is fetched; only items this pass fetches count, other inline data is dropped
@@ -450,18 +461,31 @@ class Importer:
                 com.flush([], [])
                 pre_set = {it.hash for it in pre}
                 texts = pre + [it for it in texts if it.hash not in pre_set]
-                start_at = len(pre)
+                offset = len(pre)
             prefetched.clear()
-        for off in range(start_at, len(texts), chunk):
-            part = texts[off:off + chunk]
-            if batched:
-                # docs/chum-fastpath.md: up to BATCH_MAX microdata per request
-                reqs = [Req(GET_OBJECTS_BATCH, [[it.hash for it in part[o:o + BATCH_MAX]]])
-                        for o in range(0, len(part), BATCH_MAX)]
-            else:
-                reqs = [Req(GET_OBJECT if it.kind == "object" else GET_ID_OBJECT, [it.hash])
-                        for it in part]
-            raw_results = yield Call(reqs)
+        inflight: deque[list[_Item]] = deque()
+
+        def top_up() -> list[list[Req]]:
+            # up to FETCH_AHEAD calls out: the exporter serves them while this one is processed
+            nonlocal offset
+            calls = []
+            while len(inflight) < FETCH_AHEAD and offset < len(texts):
+                part = texts[offset:offset + chunk]
+                offset += chunk
+                if batched:
+                    # docs/chum-fastpath.md: up to BATCH_MAX microdata per request
+                    calls.append([Req(GET_OBJECTS_BATCH, [[it.hash for it in part[o:o + BATCH_MAX]]])
+                                  for o in range(0, len(part), BATCH_MAX)])
+                else:
+                    calls.append([Req(GET_OBJECT if it.kind == "object" else GET_ID_OBJECT, [it.hash])
+                                  for it in part])
+                inflight.append(part)
+            return calls
+
+        first = top_up()
+        raw_results = (yield Calls(first)) if first else []
+        while inflight:
+            part = inflight.popleft()
             results: list[Outcome] = []
             if batched:
                 for k, res in enumerate(raw_results):
@@ -472,6 +496,10 @@ class Importer:
                 self._verify(it, res)
             com.received(part)
             com.flush([], [])
+            more = top_up()
+            if inflight:
+                # resumed with the answers of the oldest call still out
+                raw_results = yield Calls(more)
         wanted: set[tuple[str, str]] = {(_REF_KINDS.get(k, k), r) for it in texts if it.ok
                                         for _p, k, r in it.refs}
         streams_ok = []
