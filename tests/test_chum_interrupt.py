@@ -74,9 +74,8 @@ def _same_objects(a: Any, b: Any) -> None:
 
 @pytest.mark.parametrize("fast", [False, True])
 def test_dropped_transport_then_only_the_rest(tmp_path: Path, fast: bool) -> None:
-    # v8: fetch chunks of 256 objects, ~760 objects; fast path: chunks of 8 x 256, ~3500
-    # (the first 1,024 come inline with the GET_CLOSURE answer, docs/chum-fastpath.md)
-    posts = 700 if fast else 150
+    # v8: fetch chunks of 256 objects, ~760 objects; fast path: chunks of 8 x 256, ~2260
+    posts = 450 if fast else 150
     a, b, pa, pb, chat = _pair(tmp_path, posts)
     before = set(b.hashes())
     opts = {"fast_path": fast}

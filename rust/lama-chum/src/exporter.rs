@@ -351,7 +351,11 @@ impl Exporter {
             self.known.extend(walk.into_iter().map(|(_, h)| h));
             self.known.insert(kh);
         }
-        let mut inline_left = CLOSURE_INLINE_MAX;
+        // inline only once the importer said what it holds: the list is then what it lacks
+        // (a push). Without hints (a first or resumed sync) the list is the whole closure, of
+        // which it may hold most: it fetches only what it lacks with 101.
+        let inline = !self.known.is_empty();
+        let mut inline_left = if inline { CLOSURE_INLINE_MAX } else { 0 };
         let mut chars_left = CLOSURE_INLINE_CHARS;
         let mut out = Vec::with_capacity(roots.len());
         for r in &roots {
@@ -365,15 +369,20 @@ impl Exporter {
                 continue;
             }
             let walk = self.store.children_tagged_except(r, &self.known).map_err(store_err)?;
-            let root_text = self.store.get(r).map_err(store_err)?;
-            if kind == Some(EntryKind::Id) {
-                log.a_to_b_id_objects.push(r.to_string());
-                stats.id_objects_sent += 1;
+            let root_text = if inline {
+                let t = self.store.get(r).map_err(store_err)?;
+                if kind == Some(EntryKind::Id) {
+                    log.a_to_b_id_objects.push(r.to_string());
+                    stats.id_objects_sent += 1;
+                } else {
+                    log.a_to_b_objects.push(r.to_string());
+                    stats.objects_sent += 1;
+                }
+                chars_left = chars_left.saturating_sub(t.len());
+                Value::String(t)
             } else {
-                log.a_to_b_objects.push(r.to_string());
-                stats.objects_sent += 1;
-            }
-            chars_left = chars_left.saturating_sub(root_text.len());
+                Value::Null
+            };
             // inline in dependency order (the walk's), listed parents first (chum.md §5.3)
             let mut entries = Vec::with_capacity(walk.len());
             for (k, c) in &walk {

@@ -306,7 +306,7 @@ class Exporter:
             hints = []
         if not isinstance(hints, list) or len(hints) > CLOSURE_HINTS_MAX:
             raise ServiceError("LAMA-CHUM-BATCH", f"expected a list of at most {CLOSURE_HINTS_MAX} hints")
-        inline_left, chars_left = CLOSURE_INLINE_MAX, CLOSURE_INLINE_CHARS
+        chars_left = CLOSURE_INLINE_CHARS
         out: list[dict[str, Any] | None] = []
         with self.store.snapshot() as snap:
             for k in hints:
@@ -325,15 +325,21 @@ class Exporter:
                     continue
                 self.known.update(c for _t, c in self._walk_except(snap, k))
                 self.known.add(k)
+            # inline only once the importer said what it holds: the list is then what it lacks
+            # (a push).  Without hints (a first or resumed sync) the list is the whole closure,
+            # of which it may hold most: it fetches only what it lacks with 101.
+            inline_left = CLOSURE_INLINE_MAX if self.known else 0
             for r in roots:
                 kind = snap.kind(r) if isinstance(r, str) and _HASH.match(r) else None
                 if kind not in ("object", "id") or r not in self.accessible:
                     out.append(None)
                     continue
                 walk = self._walk_except(snap, r)
-                root_text = snap.get(r)
-                self._log_sent(r, kind)
-                chars_left -= len(root_text)
+                root_text = None
+                if inline_left:
+                    root_text = snap.get(r)
+                    self._log_sent(r, kind)
+                    chars_left -= len(root_text)
                 entries: list[dict[str, str]] = []
                 for tag, c in walk:  # inline in dependency order, listed parents first
                     e = {"type": tag, "hash": c}
