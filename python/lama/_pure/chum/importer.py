@@ -96,6 +96,7 @@ class _Item:
     text: str | None = None
     type_name: str = ""
     refs: list[tuple[str, str, str]] = field(default_factory=list)
+    depth: float | None = None  # a listed version node's, kept when it is committed
     ok: bool = False
     stored: bool = False
     fetched: bool = False  # its answer was processed (verified or refused)
@@ -534,9 +535,9 @@ class Importer:
             best: tuple[float, str] | None = None
             for n in ms:
                 node = items.get(n)
-                if node is None or not node.stored or node.text is None:
+                if node is None or not node.stored or node.depth is None:
                     continue
-                depth = _node_depth(node.text)
+                depth = node.depth
                 if best is None or depth > best[0]:
                     best = (depth, n)
             if best is not None and best[1] in stored:
@@ -907,6 +908,13 @@ class _Committer:
             for h in batch:
                 if not items[h].stored:
                     items[h].bad = True
+            for h in done:
+                # a committed item's text is read from the store from now on: the pass holds
+                # only what is not committed yet (issue 8)
+                it = items[h]
+                if h in self.node_ids and it.text is not None:
+                    it.depth = _node_depth(it.text)
+                it.text = None
             self.stored.update(done)
             if done or first:
                 self.imp.emit("imported", {
