@@ -6,14 +6,31 @@ poll_interval later)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+
+import pytest
 
 from chum_graph import Chat, person_id, register_recipes
 from chum_pump import Pump
 from lama._core import core
 
 
-def test_notify_during_a_pass_starts_another_pass(tmp_path: Path) -> None:
+def _old_probe(f: str | bytes) -> str | bytes:
+    """A lama exporter from before "closure"/"notify-roots" (its probe answer)."""
+    if isinstance(f, str) and '"lama"' in f:
+        m = json.loads(f)
+        if isinstance(m.get("data"), dict) and "features" in m["data"]:
+            m["data"]["features"] = ["batch", "children-batch", "push", "roots-since"]
+            return json.dumps(m)
+    return f
+
+
+@pytest.mark.parametrize("extensions", [False, True])
+def test_notify_during_a_pass_starts_another_pass(tmp_path: Path, extensions: bool) -> None:
+    """``extensions``: with roots in NOTIFY and 106, a push is one request, so the second
+    NOTIFY arrives while the importer yields before writing its peer mark; without them (an
+    older lama exporter) it arrives while the pass waits for the objects."""
     register_recipes()
     a, b = core.Store(str(tmp_path / "a")), core.Store(str(tmp_path / "b"))
     pa, pb = person_id(a, "alice@a.example"), person_id(a, "bob@b.example")
@@ -25,6 +42,8 @@ def test_notify_during_a_pass_starts_another_pass(tmp_path: Path) -> None:
     opts = {"keep_running": True, "poll_interval": 5.0, "fast_path": True}
     sa, sb = core.ChumSession(a, pa, pb, **opts), core.ChumSession(b, pb, pa, **opts)
     pump = Pump(sa, sb)
+    if not extensions:
+        pump.filters[0] = _old_probe
     sa.start(pump.now)
     sb.start(pump.now)
     pump.run(max_time=1.0)
@@ -37,8 +56,9 @@ def test_notify_during_a_pass_starts_another_pass(tmp_path: Path) -> None:
     pump.step()  # B gets the NOTIFY, starts a pass, A answers its roots request
     third = chat.post("third")
     sa.store_changed(pump.now)  # NOTIFY again, behind the roots answer
-    pump.step()  # B reads the roots answer (without `third`), then the NOTIFY mid-pass
-    assert not b.has(second)
+    pump.step()  # B reads the answer (without `third`), then the NOTIFY
+    if not extensions:
+        assert not b.has(second)  # the NOTIFY came in the middle of the pass
 
     pump.run(max_time=1.0)
     assert b.has(second)

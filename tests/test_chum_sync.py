@@ -84,10 +84,11 @@ def test_chat_graph_both_ways_then_nothing(tmp_path: Path, fast: bool) -> None:
     assert ("version", {"remote": 8, "mode": mode}) in pump.events[1]
     requests = [json.loads(f) for f in pump.sent[1] if isinstance(f, str) and '"type":"request"' in f]
     if fast:
-        # objects come in batches of up to 256 instead of one request each
-        assert not [m for m in requests if m["serviceId"] in (4, 5, 6, 7)]
-        assert 1 <= len([m for m in requests if m["serviceId"] == 101]) <= 2
-        assert 1 <= len([m for m in requests if m["serviceId"] == 105]) <= 3
+        # objects come inline with the pruned closures (106, docs/chum-fastpath.md "closure")
+        # or in batches of up to 256, instead of one request each
+        assert not [m for m in requests if m["serviceId"] in (4, 5, 6, 7, 105)]
+        assert len([m for m in requests if m["serviceId"] == 101]) <= 2
+        assert 1 <= len([m for m in requests if m["serviceId"] == 106]) <= 3
     else:
         assert len([m for m in requests if m["serviceId"] == 6]) == len(rb.log["BtoAObjects"])
     for r in (ra, rb):

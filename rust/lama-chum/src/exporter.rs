@@ -1,8 +1,9 @@
 //! The exporter half (chum.md §4, §5): serves services 1, 2, 4, 5, 6, 7, 8 and 10 to one
 //! remote person, authorised by the session's accessible set (§5.2).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
+use lama_core::hash::Hash;
 use lama_core::microdata::RefKind;
 use lama_core::store::{EntryKind, Store};
 use serde_json::{json, Value};
@@ -27,12 +28,24 @@ pub const GET_ROOTS_SINCE: u32 = 102;
 pub const SUBSCRIBE: u32 = 103;
 pub const NOTIFY: u32 = 104;
 pub const GET_CHILDREN_BATCH: u32 = 105;
+/// docs/chum-fastpath.md "closure": children pruned at what the importer holds, with the
+/// microdata inline.
+pub const GET_CLOSURE: u32 = 106;
+/// Hints (hashes the importer holds with their closure) per GET_CLOSURE request.
+pub const CLOSURE_HINTS_MAX: usize = 4096;
+/// Inline microdata per GET_CLOSURE answer: at most this many objects and characters; the rest
+/// is listed without `data` and fetched with 101.
+pub const CLOSURE_INLINE_MAX: usize = 1024;
+pub const CLOSURE_INLINE_CHARS: usize = 4 * 1024 * 1024;
+/// Hashes remembered in sent closures (to extend the known set without a walk) before the
+/// memory is dropped.
+const SENT_MAX: usize = 4_000_000;
 /// docs/chum-fastpath.md: hashes per batch request.
 pub const BATCH_MAX: usize = 256;
 pub const FASTPATH_VERSION: i64 = 1;
 
 /// chum.md §3.1 plus the lama extensions (docs/chum-fastpath.md).
-pub const SERVICES: &[u32] = &[1, 2, 4, 5, 6, 7, 8, 10, 100, 101, 102, 103, 105];
+pub const SERVICES: &[u32] = &[1, 2, 4, 5, 6, 7, 8, 10, 100, 101, 102, 103, 105, 106];
 
 /// chum.md §4.1: always 8, whatever extensions exist (§10.3).
 pub const PROTOCOL_VERSION: i64 = 8;
@@ -78,6 +91,17 @@ pub struct Exporter {
     /// The peer asked for NOTIFY pushes (service 103), and the mark up to which it was told.
     subscribed: bool,
     notify_mark: u64,
+    /// The peer subscribed with `{"roots": true}`: NOTIFY carries the new roots, relative to
+    /// `notify_base` (the mark up to which the peer was told every root).
+    notify_roots: bool,
+    notify_base: u64,
+    /// docs/chum-fastpath.md "closure": hashes the importer holds with their whole closure
+    /// (downward closed: the closure of every member is in it), from its hints this session.
+    known: HashSet<Hash>,
+    /// Root -> the pruned closure sent for it by 106: when the importer later says it holds
+    /// the root, known grows by that list without a walk.
+    sent: HashMap<Hash, Vec<Hash>>,
+    sent_total: usize,
     /// `CES-GO1` refusals inside a batch answer (recorded by the session).
     pub refused: Vec<(String, String)>,
 }
@@ -113,6 +137,11 @@ impl Exporter {
             roots_mark: 0,
             subscribed: false,
             notify_mark: 0,
+            notify_roots: false,
+            notify_base: 0,
+            known: HashSet::new(),
+            sent: HashMap::new(),
+            sent_total: 0,
             refused: Vec::new(),
         }
     }
@@ -136,10 +165,15 @@ impl Exporter {
             LAMA_PROBE => Ok(vec![Message::Text(rpc::data_response(id, &Some(self.probe())))]),
             GET_OBJECTS_BATCH => self.batch(args, log, stats).map(|s| vec![Message::Text(rpc::data_response(id, &Some(s.into())))]),
             GET_CHILDREN_BATCH => self.children_batch(args).map(|s| vec![Message::Text(rpc::data_response(id, &Some(s.into())))]),
+            GET_CLOSURE => self.closure(args, log, stats).map(|s| vec![Message::Text(rpc::data_response(id, &Some(s.into())))]),
             GET_ROOTS_SINCE => self.roots_since(args).map(|s| vec![Message::Text(rpc::data_response(id, &Some(s.into())))]),
             SUBSCRIBE => {
                 self.subscribed = true;
                 self.notify_mark = self.notify_mark.max(self.roots_mark);
+                self.notify_base = self.notify_mark;
+                // docs/chum-fastpath.md "notify-roots": `[{"roots": true}]` asks for the roots in
+                // the NOTIFY itself (an older lama sends `[]`)
+                self.notify_roots = matches!(args.first(), Some(Some(Value::Object(m))) if m.get("roots") == Some(&Value::Bool(true)));
                 Ok(vec![Message::Text(rpc::data_response(id, &None))])
             }
             s => Ok(vec![Message::Text(rpc::unknown_service(id, &Value::from(s)))]),
@@ -160,6 +194,10 @@ impl Exporter {
     fn unlock_roots(&mut self, since: u64) -> Result<Vec<Value>, ServiceError> {
         let (mark, roots) = crate::session::accessible_roots(&self.store, &self.remote_person, since).map_err(store_err)?;
         self.roots_mark = self.roots_mark.max(mark);
+        Ok(self.unlock_rows(roots))
+    }
+
+    fn unlock_rows(&mut self, roots: Vec<crate::session::RootRow>) -> Vec<Value> {
         let mut out = Vec::with_capacity(roots.len());
         for (kind, h, id_hash, type_name) in roots {
             out.push(wire_root(&kind, &h, id_hash.as_deref(), &type_name));
@@ -170,7 +208,7 @@ impl Exporter {
             }
             self.accessible.insert(h);
         }
-        Ok(out)
+        out
     }
 
     /// Names this store's write-sequence space, so a peer keeps one mark per exporter store
@@ -181,7 +219,7 @@ impl Exporter {
     }
 
     fn probe(&self) -> Value {
-        json!({"lama": FASTPATH_VERSION, "features": ["batch", "children-batch", "push", "roots-since"], "epoch": self.epoch()})
+        json!({"lama": FASTPATH_VERSION, "features": ["batch", "children-batch", "push", "roots-since", "closure", "notify-roots"], "epoch": self.epoch()})
     }
 
     fn batch_arg(args: &[Data]) -> Result<&Vec<Value>, ServiceError> {
@@ -254,15 +292,138 @@ impl Exporter {
         Ok(json!({"mark": self.roots_mark, "roots": roots}).to_string())
     }
 
-    /// After a local write: whether roots became accessible to the peer since the last
-    /// notification (only when it subscribed).
-    pub fn changed_roots(&mut self) -> lama_core::Result<bool> {
+    /// After a local write: `Some(NOTIFY args)` if roots became accessible to the peer since
+    /// the last notification (only when it subscribed). With "notify-roots" the args carry
+    /// `{"since", "mark", "roots"}`: the roots that became accessible after `since` up to
+    /// `mark`, unlocked as by a roots answer; `since` is the mark of the previous NOTIFY (or
+    /// of the subscription): a write that made nothing accessible moves no base, so the
+    /// importer can chain them (docs/chum-fastpath.md "Push").
+    pub fn changed_roots(&mut self) -> lama_core::Result<Option<Vec<Data>>> {
         if !self.subscribed || self.done {
-            return Ok(false);
+            return Ok(None);
         }
         let (mark, roots) = crate::session::accessible_roots(&self.store, &self.remote_person, self.notify_mark)?;
         self.notify_mark = self.notify_mark.max(mark);
-        Ok(!roots.is_empty())
+        if roots.is_empty() {
+            return Ok(None);
+        }
+        if !self.notify_roots {
+            return Ok(Some(Vec::new()));
+        }
+        let wire = self.unlock_rows(roots);
+        let payload = json!({"since": self.notify_base, "mark": self.notify_mark, "roots": wire});
+        self.notify_base = self.notify_mark;
+        Ok(Some(vec![Some(payload)]))
+    }
+
+    /// 106 GET_CLOSURE `[[root…], [hint…]]` (docs/chum-fastpath.md "closure"). Hints are
+    /// hashes the importer holds; by its "no holes" invariant it then holds their whole
+    /// closure, so they and their closures join `known` (only hints unlocked in this session
+    /// count: a hint must not tell the peer whether we hold something it may not see). Each
+    /// root's answer is its children list (as 105) without anything in `known`, with the
+    /// microdata of objects and ID objects inline (`data`) within the inline budget, plus the
+    /// root's own microdata. Everything listed is unlocked; inline objects are logged like 101.
+    fn closure(&mut self, args: &[Data], log: &mut ChumLog, stats: &mut Stats) -> Result<String, ServiceError> {
+        let roots = Self::batch_arg(args)?.clone();
+        let hints: Vec<Value> = match args.get(1) {
+            None | Some(None) => Vec::new(),
+            Some(Some(Value::Array(l))) if l.len() <= CLOSURE_HINTS_MAX => l.clone(),
+            _ => return Err(err("LAMA-CHUM-BATCH", format!("expected a list of at most {CLOSURE_HINTS_MAX} hints"))),
+        };
+        for k in &hints {
+            let Some(k) = k.as_str().filter(|k| lama_core::hash::is_hash(k)) else { continue };
+            let Some(kh) = Hash::parse(k) else { continue };
+            if self.known.contains(&kh) || !self.accessible.contains(k) {
+                continue;
+            }
+            if let Some(list) = self.sent.remove(&kh) {
+                // known was downward closed when the list was cut from the closure, so the
+                // list plus known is the whole closure of the hint
+                self.sent_total -= list.len();
+                self.known.extend(list);
+                self.known.insert(kh);
+                continue;
+            }
+            if !matches!(self.store.kind(k).map_err(store_err)?, Some(EntryKind::Object | EntryKind::Id)) {
+                continue;
+            }
+            let walk = self.store.children_tagged_except(k, &self.known).map_err(store_err)?;
+            self.known.extend(walk.into_iter().map(|(_, h)| h));
+            self.known.insert(kh);
+        }
+        // inline only once the importer said what it holds: the list is then what it lacks
+        // (a push). Without hints (a first or resumed sync) the list is the whole closure, of
+        // which it may hold most: it fetches only what it lacks with 101.
+        let inline = !self.known.is_empty();
+        let mut inline_left = if inline { CLOSURE_INLINE_MAX } else { 0 };
+        let mut chars_left = CLOSURE_INLINE_CHARS;
+        let mut out = Vec::with_capacity(roots.len());
+        for r in &roots {
+            let Some(r) = r.as_str().filter(|h| lama_core::hash::is_hash(h)) else {
+                out.push(Value::Null);
+                continue;
+            };
+            let kind = self.store.kind(r).map_err(store_err)?;
+            if !self.accessible.contains(r) || !matches!(kind, Some(EntryKind::Object | EntryKind::Id)) {
+                out.push(Value::Null);
+                continue;
+            }
+            let walk = self.store.children_tagged_except(r, &self.known).map_err(store_err)?;
+            let root_text = if inline {
+                let t = self.store.get(r).map_err(store_err)?;
+                if kind == Some(EntryKind::Id) {
+                    log.a_to_b_id_objects.push(r.to_string());
+                    stats.id_objects_sent += 1;
+                } else {
+                    log.a_to_b_objects.push(r.to_string());
+                    stats.objects_sent += 1;
+                }
+                chars_left = chars_left.saturating_sub(t.len());
+                Value::String(t)
+            } else {
+                Value::Null
+            };
+            // inline in dependency order (the walk's), listed parents first (chum.md §5.3)
+            let mut entries = Vec::with_capacity(walk.len());
+            for (k, c) in &walk {
+                let hex = c.to_hex();
+                let tag = match k {
+                    RefKind::Obj => "object",
+                    RefKind::Id => "id",
+                    RefKind::Blob => "blob",
+                    RefKind::Clob => "clob",
+                };
+                let mut e = serde_json::Map::new();
+                e.insert("type".into(), tag.into());
+                e.insert("hash".into(), hex.clone().into());
+                if matches!(k, RefKind::Obj | RefKind::Id) && inline_left > 0 && chars_left > 0 {
+                    let text = self.store.get(&hex).map_err(store_err)?;
+                    inline_left -= 1;
+                    chars_left = chars_left.saturating_sub(text.len());
+                    if *k == RefKind::Id {
+                        log.a_to_b_id_objects.push(hex.clone());
+                        stats.id_objects_sent += 1;
+                    } else {
+                        log.a_to_b_objects.push(hex.clone());
+                        stats.objects_sent += 1;
+                    }
+                    e.insert("data".into(), text.into());
+                }
+                self.accessible.insert(hex);
+                entries.push(Value::Object(e));
+            }
+            entries.reverse();
+            if self.sent_total + walk.len() > SENT_MAX {
+                self.sent.clear();
+                self.sent_total = 0;
+            }
+            self.sent_total += walk.len();
+            if let Some(old) = self.sent.insert(Hash::parse(r).expect("checked"), walk.into_iter().map(|(_, h)| h).collect()) {
+                self.sent_total -= old.len();
+            }
+            out.push(json!({"root": root_text, "children": entries}));
+        }
+        Ok(Value::Array(out).to_string())
     }
 
     fn children(&mut self, args: &[Data], id_object: bool) -> Result<String, ServiceError> {

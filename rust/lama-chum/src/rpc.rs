@@ -59,7 +59,15 @@ pub fn request(id: u64, service: u32, args: &[Data]) -> String {
 }
 
 pub fn data_response(id: u64, data: &Data) -> String {
-    obj(vec![("responseId", id.into()), ("type", "data".into()), ("data", wire(data))])
+    // written around the borrowed data, the same bytes as `obj` gives: a batch answer (up to
+    // 256 objects' microdata) is not copied into a fresh Value first (issue 8)
+    let mut out = format!(r#"{{"responseId":{id},"type":"data","data":"#).into_bytes();
+    match data {
+        None => out.extend_from_slice(br#""$__undefined$""#),
+        Some(v) => serde_json::to_writer(&mut out, v).expect("writing JSON into memory cannot fail"),
+    }
+    out.push(b'}');
+    String::from_utf8(out).expect("serde_json writes UTF-8")
 }
 
 pub fn error_response(id: u64, name: &str, message: &str, code: Option<&str>) -> String {
@@ -159,9 +167,9 @@ fn int_id(v: Option<&Value>) -> Option<u64> {
 /// Classify a text message; `None` for anything §2.1 says to ignore (and count as invalid).
 pub fn classify(text: &str) -> Option<Incoming> {
     let v: Value = serde_json::from_str(text).ok()?;
-    let Value::Object(m) = v else { return None };
-    let ty = m.get("type").and_then(Value::as_str)?;
-    match ty {
+    let Value::Object(mut m) = v else { return None };
+    let ty = m.get("type").and_then(Value::as_str)?.to_string();
+    match ty.as_str() {
         "request" => {
             let id = int_id(m.get("requestId"))?;
             let service = m.get("serviceId")?.clone();
@@ -179,8 +187,9 @@ pub fn classify(text: &str) -> Option<Incoming> {
                 Some(Value::String(s)) if s != UNDEFINED => Some(s.clone()),
                 _ => None,
             };
-            Some(match ty {
-                "data" => Incoming::Data { id, data: m.get("data").cloned().and_then(unwire) },
+            Some(match ty.as_str() {
+                // taken, not copied: a batch answer's data is the bulk of a sync (issue 8)
+                "data" => Incoming::Data { id, data: m.remove("data").and_then(unwire) },
                 "error" => {
                     let e = m.get("error").cloned().and_then(unwire);
                     let field = |k: &str| e.as_ref().and_then(|e| e.get(k)).and_then(Value::as_str).map(str::to_string);
@@ -247,6 +256,8 @@ mod tests {
             r#"{"requestId":3,"type":"request","serviceId":8,"args":["ab","$__undefined$"]}"#
         );
         assert_eq!(data_response(1, &None), r#"{"responseId":1,"type":"data","data":"$__undefined$"}"#);
+        let v: Data = Some(serde_json::json!({"b": ["x\"y</div>", 1.5, null], "a": "\u{2028}"}));
+        assert_eq!(data_response(7, &v), obj(vec![("responseId", 7.into()), ("type", "data".into()), ("data", wire(&v))]));
         match classify(r#"{"responseId":2,"type":"data","data":{"a":"$__undefined$","b":["$__undefined$",1]}}"#) {
             Some(Incoming::Data { id: 2, data: Some(v) }) => assert_eq!(v.to_string(), r#"{"b":[null,1]}"#),
             o => panic!("{o:?}"),

@@ -39,9 +39,19 @@ enum StreamMode {
     Base64,
 }
 
+/// Where an answer goes: the importer call (by sequence number) and the request's place in it.
+type Slot = (u64, usize);
+
+/// One importer call: its answers by slot, and how many are still missing.
+struct Call {
+    seq: u64,
+    results: Vec<Option<Outcome>>,
+    outstanding: usize,
+}
+
 struct Pending {
     req: Req,
-    slot: usize,
+    slot: Slot,
     deadline: Instant,
     attempts: u32,
     writer: Option<BlobWriter>,
@@ -74,10 +84,13 @@ pub struct Session {
     next_id: u64,
     pending: HashMap<u64, Pending>,
     /// Requests waiting for a place in the window.
-    queue: VecDeque<(usize, Req, u32)>,
-    /// Answers of the importer's current call, by slot.
-    results: Vec<Option<Outcome>>,
-    outstanding: usize,
+    queue: VecDeque<(Slot, Req, u32)>,
+    /// The importer's calls in flight, oldest first. Each is handed back whole and in the
+    /// order they were made (a later call's answers wait for the earlier calls'), so the
+    /// importer can keep the next chunks' requests out while it verifies and commits one
+    /// (issue 8: the exporter serves while the importer works).
+    calls: VecDeque<Call>,
+    next_call: u64,
     sleep_until: Option<Instant>,
     /// Ids of our NOTIFY requests (their answers are ignored).
     notify_ids: std::collections::HashSet<u64>,
@@ -107,8 +120,8 @@ impl Session {
             next_id: 0,
             pending: HashMap::new(),
             queue: VecDeque::new(),
-            results: Vec::new(),
-            outstanding: 0,
+            calls: VecDeque::new(),
+            next_call: 0,
             sleep_until: None,
             notify_ids: Default::default(),
             wake: false,
@@ -358,7 +371,12 @@ impl Session {
             if s == NOTIFY && self.importer.is_some() && !self.importer_done {
                 // docs/chum-fastpath.md: run the next pass now instead of at the next poll
                 self.send(Message::Text(rpc::data_response(id, &None)));
-                if self.sleep_until.is_some() {
+                if let Some(imp) = self.importer.as_mut() {
+                    // "notify-roots": the new roots ride on the NOTIFY
+                    imp.notified(args.first().cloned().flatten());
+                }
+                let persisting = self.importer.as_ref().is_some_and(|i| i.persisting());
+                if self.sleep_until.is_some() && !persisting {
                     self.wake = true;
                 } else {
                     self.notified = true;
@@ -383,6 +401,11 @@ impl Session {
         match imp.resume(results, &mut self.cx) {
             Err((code, message)) => self.fatal(&code, message),
             Ok(Step::Done) => self.importer_done = true,
+            Ok(Step::Sleep(d)) if d.is_zero() => {
+                // a yield to the driver (events out first): woken at once by handle_timeout,
+                // keeping `notified` for the sleep after it
+                self.sleep_until = Some(now);
+            }
             Ok(Step::Sleep(d)) => {
                 if std::mem::take(&mut self.notified) {
                     return self.advance(Vec::new(), now);
@@ -390,16 +413,39 @@ impl Session {
                 self.sleep_until = Some(now + d)
             }
             Ok(Step::Call(reqs)) => {
-                if reqs.is_empty() {
+                if reqs.is_empty() && self.calls.is_empty() {
                     return self.advance(Vec::new(), now);
                 }
-                self.results = vec![None; reqs.len()];
-                self.outstanding = reqs.len();
-                for (slot, r) in reqs.into_iter().enumerate() {
-                    self.queue.push_back((slot, r, 0));
+                self.push_call(reqs);
+                self.dispatch(now);
+                self.deliver_complete(now);
+            }
+            Ok(Step::Calls(calls)) => {
+                for reqs in calls {
+                    self.push_call(reqs);
                 }
                 self.dispatch(now);
+                self.deliver_complete(now);
             }
+        }
+    }
+
+    fn push_call(&mut self, reqs: Vec<Req>) {
+        let seq = self.next_call;
+        self.next_call += 1;
+        self.calls.push_back(Call { seq, results: vec![None; reqs.len()], outstanding: reqs.len() });
+        for (i, r) in reqs.into_iter().enumerate() {
+            self.queue.push_back(((seq, i), r, 0));
+        }
+    }
+
+    /// Hand the oldest call back to the importer once all its answers are in.
+    fn deliver_complete(&mut self, now: Instant) {
+        if self.calls.front().is_some_and(|c| c.outstanding == 0) {
+            let c = self.calls.pop_front().expect("checked");
+            let results: Vec<Outcome> = c.results.into_iter().map(Option::unwrap).collect();
+            // advance delivers the next complete call itself (through its own Step handling)
+            self.advance(results, now);
         }
     }
 
@@ -415,14 +461,15 @@ impl Session {
         }
     }
 
-    fn deliver(&mut self, slot: usize, outcome: Outcome, now: Instant) {
-        if slot < self.results.len() && self.results[slot].is_none() {
-            self.results[slot] = Some(outcome);
-            self.outstanding -= 1;
+    fn deliver(&mut self, (seq, i): Slot, outcome: Outcome, now: Instant) {
+        if let Some(c) = self.calls.iter_mut().find(|c| c.seq == seq) {
+            if i < c.results.len() && c.results[i].is_none() {
+                c.results[i] = Some(outcome);
+                c.outstanding -= 1;
+            }
         }
-        if self.outstanding == 0 && !self.results.is_empty() {
-            let results: Vec<Outcome> = std::mem::take(&mut self.results).into_iter().map(Option::unwrap).collect();
-            self.advance(results, now);
+        if self.calls.front().is_some_and(|c| c.outstanding == 0) {
+            self.deliver_complete(now);
         } else {
             self.dispatch(now);
         }
@@ -477,14 +524,14 @@ impl Session {
         }
         let Some(ex) = self.exporter.as_mut() else { return };
         match ex.changed_roots() {
-            Ok(true) => {
+            Ok(Some(args)) => {
                 let id = self.next_id;
                 self.next_id += 1;
                 self.cx.stats.requests_sent += 1;
                 self.notify_ids.insert(id);
-                self.send(Message::Text(rpc::request(id, NOTIFY, &[])));
+                self.send(Message::Text(rpc::request(id, NOTIFY, &args)));
             }
-            Ok(false) => {}
+            Ok(None) => {}
             Err(e) => self.cx.error(&e.code, &format!("computing new roots: {e}"), false),
         }
     }
@@ -532,8 +579,7 @@ impl Session {
             }
         }
         self.queue.clear();
-        self.results.clear();
-        self.outstanding = 0;
+        self.calls.clear();
         self.importer = None;
         self.sleep_until = None;
     }

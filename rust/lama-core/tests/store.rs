@@ -3,7 +3,7 @@
 use heed::types::Bytes;
 use heed::{Database, EnvOpenOptions};
 use lama_core::hash::sha256_hex;
-use lama_core::store::{EntryKind, Status, Store, CHUNK};
+use lama_core::store::{EntryKind, Status, Store, Verified, CHUNK};
 use lama_core::ErrorKind;
 
 fn tmp() -> tempfile::TempDir {
@@ -366,6 +366,44 @@ fn put_microdata_verifies_and_stores_verbatim() {
     // the same object via put_objects now exists
     assert_eq!(st.put_objects(&[dave]).unwrap()[0].status, Status::Exists);
     assert!(st.verify().unwrap().is_empty());
+}
+
+/// `microdata::inspect` + `Store::put_verified` (the CHUM importer's one-parse path) store
+/// exactly what `put_microdata` stores: the same entries, the versioned object's ID object, the
+/// same feed order; inspect finds the references `references` finds.
+#[test]
+fn put_verified_stores_what_put_microdata_stores() {
+    let (d1, d2) = (tmp(), tmp());
+    let (s1, s2) = (Store::open(d1.path(), None).unwrap(), Store::open(d2.path(), None).unwrap());
+    let dave = microdata::serialize(&person("dave@example.com", "Dave")).unwrap();
+    let frank_id = microdata::id_microdata(&person("frank@example.com", "Frank")).unwrap();
+    let dh = sha256_hex(dave.as_bytes());
+    let cert = format!(
+        r#"<div itemscope itemtype="//refin.io/CreationTime"><span itemprop="timestamp">1</span><a itemprop="data" data-type="obj">{dh}</a></div>"#
+    );
+    let texts = [dave.clone(), frank_id.clone(), cert.clone()];
+    let found: Vec<_> = texts.iter().map(|t| microdata::inspect(t).unwrap()).collect();
+    assert_eq!((found[0].type_name.as_str(), found[0].is_id), ("Person", false));
+    assert_eq!(found[0].id_microdata.as_deref(), Some(microdata::id_microdata(&person("dave@example.com", "Dave")).unwrap().as_str()));
+    assert_eq!((found[1].is_id, found[1].id_microdata.as_deref()), (true, None));
+    assert_eq!(found[2].id_microdata, None);
+    assert_eq!(found[2].refs, microdata::references(&cert).unwrap());
+    assert_eq!(found[2].refs[0].hash, dh);
+    let items: Vec<Verified> = texts
+        .iter()
+        .zip(&found)
+        .map(|(t, f)| Verified { text: t, hash: lama_core::hash::sha256(t.as_bytes()), type_name: &f.type_name, is_id: f.is_id, id_microdata: f.id_microdata.as_deref() })
+        .collect();
+    let r1 = s1.put_microdata(&texts.iter().map(|t| (t.clone(), None)).collect::<Vec<_>>()).unwrap();
+    let r2 = s2.put_verified(&items).unwrap();
+    assert_eq!(r1, r2);
+    assert_eq!(s1.hashes().unwrap(), s2.hashes().unwrap());
+    assert_eq!(s1.count().unwrap(), 4, "three texts and Dave's ID object");
+    let feed = |s: &Store| s.changes(0, 100).unwrap().into_iter().map(|e| (e.seq, e.hash)).collect::<Vec<_>>();
+    assert_eq!(feed(&s1), feed(&s2));
+    assert!(s2.verify().unwrap().is_empty());
+    // a malformed text is refused by inspect (the importer records it; nothing is stored)
+    assert!(microdata::inspect(&dave.replace("</div>", "")).is_err());
 }
 
 #[test]

@@ -8,6 +8,7 @@ import re
 from typing import Any, Callable
 
 from ...errors import LamaError
+from ..microdata import references
 from . import rpc
 
 PROTOCOL_VERSION = 8
@@ -30,10 +31,20 @@ GET_ROOTS_SINCE = 102
 SUBSCRIBE = 103
 NOTIFY = 104  # served by the importer
 GET_CHILDREN_BATCH = 105
+GET_CLOSURE = 106  # docs/chum-fastpath.md "closure"
 BATCH_MAX = 256
+CLOSURE_HINTS_MAX = 4096
+"""Hints (hashes the importer holds with their closure) per GET_CLOSURE request."""
+CLOSURE_INLINE_MAX = 1024
+CLOSURE_INLINE_CHARS = 4 * 1024 * 1024
+"""Inline microdata per GET_CLOSURE answer (objects, characters); the rest is listed without
+``data`` and fetched with 101."""
+_SENT_MAX = 4_000_000
+"""Hashes remembered in sent closures before that memory is dropped."""
+_TAGS = {"obj": "object", "id": "id", "blob": "blob", "clob": "clob"}
 FASTPATH_VERSION = 1
 
-EXPORTER_SERVICES = frozenset({1, 2, 4, 5, 6, 7, 8, 10, 100, 101, 102, 103, 105})
+EXPORTER_SERVICES = frozenset({1, 2, 4, 5, 6, 7, 8, 10, 100, 101, 102, 103, 105, 106})
 
 BLOB_PAYLOAD = 65_528
 """chum.md §2.6/§10.2: 8-byte id + payload ≤ 65,536, so the fragmentation layer never splits a
@@ -85,6 +96,15 @@ class Exporter:
         self.roots_mark = 0  # write sequence of the last roots answer (fast path bookkeeping)
         self.subscribed = False  # the peer asked for NOTIFY pushes (SUBSCRIBE)
         self.notify_mark = 0  # roots up to this write sequence are known to the peer
+        # "notify-roots": NOTIFY carries the roots after notify_base (the mark of the previous
+        # NOTIFY or of the subscription)
+        self.notify_roots = False
+        self.notify_base = 0
+        # "closure": hashes the importer holds with their whole closure (downward closed),
+        # and root -> the pruned closure sent for it (extends `known` without a walk)
+        self.known: set[str] = set()
+        self.sent: dict[str, list[str]] = {}
+        self.sent_total = 0
 
     # -- dispatch ------------------------------------------------------------------------
 
@@ -113,11 +133,17 @@ class Exporter:
                 return [rpc.data_response(rid, self._batch(args))]
             if service == GET_CHILDREN_BATCH:
                 return [rpc.data_response(rid, self._children_batch(args))]
+            if service == GET_CLOSURE:
+                return [rpc.data_response(rid, self._closure(args))]
             if service == GET_ROOTS_SINCE and self.roots_since_supported():
                 return [rpc.data_response(rid, self._roots_since(args))]
             if service == SUBSCRIBE:
                 self.subscribed = True
                 self.notify_mark = max(self.notify_mark, self.roots_mark)
+                self.notify_base = self.notify_mark
+                # "notify-roots": [{"roots": true}] asks for the roots in the NOTIFY itself
+                first = args[0] if args else None
+                self.notify_roots = isinstance(first, dict) and first.get("roots") is True
                 return [rpc.data_response(rid, rpc.UNDEF)]
         except ServiceError as e:
             return [rpc.error_response(rid, e.name, e.text, e.code)]
@@ -136,6 +162,9 @@ class Exporter:
         mark, roots = (self.store.accessible_roots(self.remote_person, since) if since
                        else self.store.accessible_roots(self.remote_person))
         self.roots_mark = max(self.roots_mark, mark)
+        return self._unlock_rows(roots)
+
+    def _unlock_rows(self, roots: list[tuple[str, str, str | None, str]]) -> list[dict[str, Any]]:
         out = []
         for kind, h, id_hash, type_name in roots:
             out.append(_wire_root(kind, h, id_hash, type_name))
@@ -157,7 +186,8 @@ class Exporter:
         return str(self.store.store_id)
 
     def _probe(self) -> dict[str, Any]:
-        features = ["batch", "children-batch", "push"] + (["roots-since"] if self.roots_since_supported() else [])
+        features = ["batch", "children-batch", "push"] + (["roots-since"] if self.roots_since_supported() else []) \
+            + ["closure", "notify-roots"]
         return {"lama": FASTPATH_VERSION, "features": features, "epoch": self.epoch()}
 
     def _batch(self, args: list[Any]) -> str:
@@ -211,14 +241,135 @@ class Exporter:
         return json.dumps({"mark": self.roots_mark, "roots": roots}, ensure_ascii=False,
                           separators=(",", ":"))
 
-    def changed_roots(self) -> bool:
-        """After a local write: whether roots became accessible to the peer since the last
-        notification (only when it subscribed)."""
+    def changed_roots(self) -> list[Any] | None:
+        """After a local write: the NOTIFY args if roots became accessible to the peer since
+        the last notification (only when it subscribed), else None.  With "notify-roots" the
+        args carry ``{"since", "mark", "roots"}``: the roots that became accessible after
+        ``since`` up to ``mark``, unlocked as by a roots answer; ``since`` is the mark of the
+        previous NOTIFY (a write that made nothing accessible moves no base), so the importer
+        can chain them (docs/chum-fastpath.md "Push")."""
         if not self.subscribed or self.done:
-            return False
+            return None
         mark, roots = self.store.accessible_roots(self.remote_person, self.notify_mark)
         self.notify_mark = max(self.notify_mark, mark)
-        return bool(roots)
+        if not roots:
+            return None
+        if not self.notify_roots:
+            return []
+        payload = {"since": self.notify_base, "mark": self.notify_mark,
+                   "roots": self._unlock_rows(roots)}
+        self.notify_base = self.notify_mark
+        return [payload]
+
+    def _walk_except(self, snap: Any, h: str) -> list[tuple[str, str]]:
+        """chum.md §5.3 children of ``h`` as ``(tag, hash)``, dependencies first, pruned at
+        ``known``: a known hash is neither listed nor descended into (as ``known`` is downward
+        closed, this is the closure minus ``known``)."""
+        known = self.known
+        seen = {h}
+        out: list[tuple[str, str]] = []
+        stack: list[tuple[tuple[str, str] | None, list[tuple[str, str, str]], int]] = [
+            (None, references(snap.get(h)), 0)]
+        while stack:
+            done, refs, i = stack[-1]
+            if i == len(refs):
+                stack.pop()
+                if done is not None:
+                    out.append(done)
+                continue
+            stack[-1] = (done, refs, i + 1)
+            _path, kind, c = refs[i]
+            if c in known or c in seen:
+                continue
+            seen.add(c)
+            tag = _TAGS.get(kind, kind)
+            if tag in ("blob", "clob"):
+                out.append((tag, c))
+            else:
+                stack.append(((tag, c), references(snap.get(c)), 0))
+        return out
+
+    def _closure(self, args: list[Any]) -> str:
+        """106 GET_CLOSURE ``[[root, ...], [hint, ...]]`` (docs/chum-fastpath.md "closure").
+        Hints are hashes the importer holds; by its "no holes" invariant it holds their whole
+        closure, so they and their closures join ``known`` (only hints unlocked in this session
+        count: a hint must not tell the peer whether we hold something it may not see).  Each
+        root's answer is its children list (as 105) without anything in ``known``, objects
+        and ID objects with their microdata inline (``data``) within the inline budget, plus
+        the root's own microdata.  Everything listed is unlocked; inline objects are logged
+        like 101."""
+        roots = args[0] if args else None
+        if not isinstance(roots, list) or len(roots) > BATCH_MAX:
+            raise ServiceError("LAMA-CHUM-BATCH", f"expected a list of at most {BATCH_MAX} hashes")
+        hints = args[1] if len(args) > 1 else []
+        if hints is rpc.UNDEF or hints is None:
+            hints = []
+        if not isinstance(hints, list) or len(hints) > CLOSURE_HINTS_MAX:
+            raise ServiceError("LAMA-CHUM-BATCH", f"expected a list of at most {CLOSURE_HINTS_MAX} hints")
+        chars_left = CLOSURE_INLINE_CHARS
+        out: list[dict[str, Any] | None] = []
+        with self.store.snapshot() as snap:
+            for k in hints:
+                if not isinstance(k, str) or not _HASH.match(k) or k in self.known \
+                        or k not in self.accessible:
+                    continue
+                sent = self.sent.pop(k, None)
+                if sent is not None:
+                    # known was downward closed when the list was cut from the closure, so the
+                    # list plus known is the whole closure of the hint
+                    self.sent_total -= len(sent)
+                    self.known.update(sent)
+                    self.known.add(k)
+                    continue
+                if snap.kind(k) not in ("object", "id"):
+                    continue
+                self.known.update(c for _t, c in self._walk_except(snap, k))
+                self.known.add(k)
+            # inline only once the importer said what it holds: the list is then what it lacks
+            # (a push).  Without hints (a first or resumed sync) the list is the whole closure,
+            # of which it may hold most: it fetches only what it lacks with 101.
+            inline_left = CLOSURE_INLINE_MAX if self.known else 0
+            for r in roots:
+                kind = snap.kind(r) if isinstance(r, str) and _HASH.match(r) else None
+                if kind not in ("object", "id") or r not in self.accessible:
+                    out.append(None)
+                    continue
+                walk = self._walk_except(snap, r)
+                root_text = None
+                if inline_left:
+                    root_text = snap.get(r)
+                    self._log_sent(r, kind)
+                    chars_left -= len(root_text)
+                entries: list[dict[str, str]] = []
+                for tag, c in walk:  # inline in dependency order, listed parents first
+                    e = {"type": tag, "hash": c}
+                    if tag in ("object", "id") and inline_left > 0 and chars_left > 0:
+                        text = snap.get(c)
+                        inline_left -= 1
+                        chars_left -= len(text)
+                        self._log_sent(c, tag)
+                        e["data"] = text
+                    self.accessible.add(c)
+                    entries.append(e)
+                entries.reverse()
+                if self.sent_total + len(walk) > _SENT_MAX:
+                    self.sent.clear()
+                    self.sent_total = 0
+                old = self.sent.get(r)
+                if old is not None:
+                    self.sent_total -= len(old)
+                self.sent[r] = [c for _t, c in walk]
+                self.sent_total += len(walk)
+                out.append({"root": root_text, "children": entries})
+        return json.dumps(out, ensure_ascii=False, separators=(",", ":"))
+
+    def _log_sent(self, h: str, kind: str) -> None:
+        if kind == "id":
+            self.log["AtoBIdObjects"].append(h)
+            self.stats["id_objects_sent"] += 1
+        else:
+            self.log["AtoBObjects"].append(h)
+            self.stats["objects_sent"] += 1
 
     def _arg_hash(self, args: list[Any], code: str, what: str) -> str:
         h = args[0] if args else None

@@ -13,7 +13,7 @@ from typing import Any, Callable, Generator
 from ...errors import LamaError
 from ..microdata import id_microdata_of, parse, references, sha256_hex, type_of
 from . import rpc
-from .exporter import (BATCH_MAX, FASTPATH_VERSION, FIN, GET_ACCESSIBLE_ROOTS, GET_BLOB,
+from .exporter import (BATCH_MAX, CLOSURE_HINTS_MAX, FASTPATH_VERSION, GET_CLOSURE, FIN, GET_ACCESSIBLE_ROOTS, GET_BLOB,
                        GET_ID_OBJECT, GET_ID_OBJECT_CHILDREN, GET_OBJECT, GET_OBJECT_CHILDREN,
                        GET_CHILDREN_BATCH, GET_OBJECTS_BATCH, GET_PROTOCOL_VERSION,
                        GET_ROOTS_SINCE, LAMA_PROBE, SUBSCRIBE)
@@ -35,13 +35,16 @@ _REF_KINDS = {"obj": "object", "id": "id", "blob": "blob", "clob": "clob"}
 
 VERSION_NODE_TYPES = frozenset({"VersionNodeEdge", "VersionNodeChange", "VersionNodeMerge"})
 
-COMMIT_BATCH = 1000
+COMMIT_BATCH = 4096
 """Objects per store transaction when committing a pass."""
 
 FETCH_CHUNK = 256
 """Object requests per call (v8; with "batch", FETCH_CHUNK_BATCHES requests of BATCH_MAX): after
 each call what may be stored is committed (issue 8), so an interrupted pass keeps it."""
 FETCH_CHUNK_BATCHES = 8
+FETCH_AHEAD = 3
+"""Calls of a pass's fetch kept out at once: while the importer verifies and commits one chunk,
+the exporter serves the next ones (issue 8); bounds what is held to this many chunks of answers."""
 
 
 @dataclass
@@ -65,6 +68,14 @@ class Call:
 
 
 @dataclass
+class Calls:
+    """Several calls, each answered (resumed) separately, in order; none at all means: wait
+    for the calls already out. Only the fetch of a pass keeps more than one call out."""
+
+    calls: list[list[Req]]
+
+
+@dataclass
 class Sleep:
     seconds: float
 
@@ -85,6 +96,7 @@ class _Item:
     text: str | None = None
     type_name: str = ""
     refs: list[tuple[str, str, str]] = field(default_factory=list)
+    depth: float | None = None  # a listed version node's, kept when it is committed
     ok: bool = False
     stored: bool = False
     fetched: bool = False  # its answer was processed (verified or refused)
@@ -115,6 +127,79 @@ class Importer:
         self.full_sync = False
         self.pending: dict[str, str] = {}  # BLOB/CLOB hash -> reason (chum.md §2.6)
         self.remote_version: int | None = None
+        # "notify-roots": (since, mark, roots) carried by NOTIFYs not used yet; notes_bad when
+        # one could not be read (the next pass then asks 102)
+        self.notes: list[tuple[int, int, list[Any]]] = []
+        self.notes_bad = False
+        # "closure" hints: roots of earlier passes of this session stored here (so is their
+        # closure), not told to the exporter yet; the hashes told or queued
+        self.hints: list[str] = []
+        self.hinted: set[str] = set()
+        self.pass_hints: list[str] = []
+        self.pass_closure = False
+        self.persisting = False  # a zero sleep before the peer mark is written
+
+    def notified(self, payload: Any) -> None:
+        """A NOTIFY came (docs/chum-fastpath.md "Push"); with "notify-roots" its argument is
+        ``{"since", "mark", "roots"}``, kept for the next pass."""
+        if self.peer_key is None or "notify-roots" not in self.features:
+            return
+        ok = isinstance(payload, dict)
+        since = payload.get("since") if ok else None
+        mark = payload.get("mark") if ok else None
+        roots = payload.get("roots") if ok else None
+        if all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in (since, mark)) \
+                and isinstance(roots, list):
+            self.notes.append((since, mark, roots))  # type: ignore[arg-type]
+        else:
+            self.notes_bad = True
+
+    def _take_notes(self) -> tuple[int, list[Any]] | None:
+        """The roots the NOTIFYs carried, with their mark, when they chain onto our mark
+        (every root that became accessible after it is among them); else None."""
+        notes, self.notes = self.notes, []
+        bad, self.notes_bad = self.notes_bad, False
+        if bad or not notes or self.peer_key is None:
+            return None
+        upto = self.since
+        roots: list[Any] = []
+        for since, mark, lst in notes:
+            if since > upto:
+                return None
+            upto = max(upto, mark)
+            roots.extend(lst)
+        return upto, roots
+
+    def _closure_pass_ended(self) -> None:
+        """The pass's hint candidates that are stored here become hints; a 106 pass that
+        recorded an error stops using 106 for this session (the exporter may have pruned
+        wrongly, or our store lost something: 105's whole-closure walk fetches what is
+        missing)."""
+        cand = [h for h in self.pass_hints if h not in self.hinted]
+        self.pass_hints = []
+        if cand:
+            have = set(cand) - set(self.store.missing(cand))
+            for h in cand:
+                if h in have and h not in self.hinted:
+                    self.hinted.add(h)
+                    self.hints.append(h)
+        if self.pass_closure and self.pass_errors:
+            self.features.discard("closure")
+        self.pass_closure = False
+
+    def _note_hint_candidates(self, roots: list[dict[str, Any]]) -> None:
+        """Per version-node ID the newest listed node (its closure holds the older ones),
+        every other root itself."""
+        self.pass_hints = []
+        if "closure" not in self.features:
+            return
+        newest: dict[str, str] = {}
+        for r in roots:
+            if r["type"] == "version_node":
+                newest[r["dataIdHash"]] = r["node"]
+            else:
+                self.pass_hints.extend(r[k] for k in ("hash", "idHash") if k in r)
+        self.pass_hints.extend(newest.values())
 
     def _err(self, code: str, message: str, fatal: bool) -> None:
         self.pass_errors += 1
@@ -122,10 +207,11 @@ class Importer:
 
     # -- main loop (chum.md §6.1) -------------------------------------------------------------
 
-    def run(self) -> Generator[Call | Sleep, Any, None]:
+    def run(self) -> Generator[Call | Calls | Sleep, Any, None]:
         yield from self._version_check()
         while True:
             yield from self._pass()
+            self._closure_pass_ended()
             if not self.full_sync:
                 self.full_sync = True
                 self.emit("full_sync", {})
@@ -136,12 +222,14 @@ class Importer:
                 return
             if "push" in self.features and not self.subscribed:
                 # docs/chum-fastpath.md: the exporter calls our NOTIFY when roots appear
-                (sub,) = yield Call([Req(SUBSCRIBE, [])])
+                # "notify-roots": the NOTIFYs carry the new roots (an older lama ignores this)
+                (sub,) = yield Call([Req(SUBSCRIBE, [{"roots": True}] if "notify-roots" in self.features else [])])
                 self.subscribed = sub.ok
+                self.notes = []
             # with pushes, polling is only the fallback (the uvc note: 10 x pollInterval)
             yield Sleep(self.poll_interval * (10 if self.subscribed else 1))
 
-    def _version_check(self) -> Generator[Call | Sleep, Any, None]:
+    def _version_check(self) -> Generator[Call | Calls | Sleep, Any, None]:
         for attempt in range(VERSION_RETRIES + 1):
             (r,) = yield Call([Req(GET_PROTOCOL_VERSION, [])])
             if r.ok:
@@ -170,11 +258,16 @@ class Importer:
 
     # -- one pass ------------------------------------------------------------------------------
 
-    def _pass(self) -> Generator[Call | Sleep, Any, None]:
+    def _pass(self) -> Generator[Call | Calls | Sleep, Any, None]:
         self.pass_errors = 0
         pending_before = len(self.pending)
         mark = None
-        if self.peer_key is not None:
+        noted = self._take_notes()
+        if noted is not None:
+            mark = noted[0]
+            r = Outcome(True, json.dumps(noted[1]))
+            value = r.value
+        elif self.peer_key is not None:
             (r,) = yield Call([Req(GET_ROOTS_SINCE, [self.since])])
             value = r.value
             if r.ok:
@@ -199,14 +292,27 @@ class Importer:
         roots = self._parse_roots(value)
         if roots is None:
             return
+        self._note_hint_candidates(roots)
         yield from self._import_roots(roots)
         # the high-water mark moves only after a pass that imported everything it listed
         if mark is not None and self.pass_errors == 0 and len(self.pending) == 0 and pending_before == 0:
             self.since = mark
             if self.peer_key is not None:
+                if self.keep_running and self.subscribed:
+                    # a stale mark on disk is safe (a reconnect re-lists roots it has): yield to
+                    # the driver first, so this pass's `imported` events go out before this
+                    # second commit (docs/chum-fastpath.md "Push")
+                    if not self.full_sync:
+                        self.full_sync = True
+                        self.emit("full_sync", {})
+                    self.persisting = True
+                    try:
+                        yield Sleep(0.0)
+                    finally:
+                        self.persisting = False
                 self.store.set_peer_mark(self.peer_key, mark)
 
-    def _import_roots(self, roots: list[dict[str, Any]]) -> Generator[Call | Sleep, Any, None]:
+    def _import_roots(self, roots: list[dict[str, Any]]) -> Generator[Call | Calls | Sleep, Any, None]:
 
         # chum.md §6.2: what is missing decides what is asked for (one read for all)
         cand: list[str] = []
@@ -245,6 +351,7 @@ class Importer:
         order: list[str] = []  # dependencies first, over all children lists
         start: list[str] = []  # hashes whose children were asked for (reachability roots)
         seen_jobs: set[tuple[int, str]] = set()
+        prefetched: dict[str, str] = {}  # "closure": microdata that came inline
 
         # Children calls go out in rounds.  A root that an earlier answer listed as a child
         # needs no call of its own (it is fetched as a child, chum.md §8: the reference skips
@@ -283,7 +390,19 @@ class Importer:
             if not calls:
                 break
             batch *= 2
-            if "children-batch" in self.features:
+            self.pass_closure = "closure" in self.features
+            if self.pass_closure:
+                # docs/chum-fastpath.md "closure": children pruned at what we told the exporter
+                # we hold, microdata inline; the first request carries the new hints
+                reqs = []
+                for o in range(0, len(calls), BATCH_MAX):
+                    hints, self.hints = self.hints[:CLOSURE_HINTS_MAX], self.hints[CLOSURE_HINTS_MAX:]
+                    reqs.append(Req(GET_CLOSURE, [[h for _s, h, _k, _e in calls[o:o + BATCH_MAX]], hints]))
+                closure_answers = yield Call(reqs)
+                answers = []
+                for k, res in enumerate(closure_answers):
+                    answers.extend(self._closure_result(calls[k * BATCH_MAX:(k + 1) * BATCH_MAX], res, prefetched))
+            elif "children-batch" in self.features:
                 # docs/chum-fastpath.md: one request per BATCH_MAX children lists
                 batch_answers = yield Call([Req(GET_CHILDREN_BATCH, [[h for _s, h, _k, _e in calls[o:o + BATCH_MAX]]])
                                             for o in range(0, len(calls), BATCH_MAX)])
@@ -331,16 +450,43 @@ class Importer:
         # after each call everything that may be stored is committed, so an interrupted pass
         # keeps what it stored and the next session asks only for the rest (issue 8).
         chunk = BATCH_MAX * FETCH_CHUNK_BATCHES if batched else FETCH_CHUNK
-        for off in range(0, len(texts), chunk):
-            part = texts[off:off + chunk]
-            if batched:
-                # docs/chum-fastpath.md: up to BATCH_MAX microdata per request
-                reqs = [Req(GET_OBJECTS_BATCH, [[it.hash for it in part[o:o + BATCH_MAX]]])
-                        for o in range(0, len(part), BATCH_MAX)]
-            else:
-                reqs = [Req(GET_OBJECT if it.kind == "object" else GET_ID_OBJECT, [it.hash])
-                        for it in part]
-            raw_results = yield Call(reqs)
+        offset = 0
+        if prefetched:
+            # what came inline is verified as if a 101 answer had brought it, before anything
+            # is fetched; only items this pass fetches count, other inline data is dropped
+            pre = [it for it in texts if it.hash in prefetched]
+            if pre:
+                for it in pre:
+                    self._verify(it, Outcome(True, prefetched[it.hash]))
+                com.received(pre)
+                com.flush([], [])
+                pre_set = {it.hash for it in pre}
+                texts = pre + [it for it in texts if it.hash not in pre_set]
+                offset = len(pre)
+            prefetched.clear()
+        inflight: deque[list[_Item]] = deque()
+
+        def top_up() -> list[list[Req]]:
+            # up to FETCH_AHEAD calls out: the exporter serves them while this one is processed
+            nonlocal offset
+            calls = []
+            while len(inflight) < FETCH_AHEAD and offset < len(texts):
+                part = texts[offset:offset + chunk]
+                offset += chunk
+                if batched:
+                    # docs/chum-fastpath.md: up to BATCH_MAX microdata per request
+                    calls.append([Req(GET_OBJECTS_BATCH, [[it.hash for it in part[o:o + BATCH_MAX]]])
+                                  for o in range(0, len(part), BATCH_MAX)])
+                else:
+                    calls.append([Req(GET_OBJECT if it.kind == "object" else GET_ID_OBJECT, [it.hash])
+                                  for it in part])
+                inflight.append(part)
+            return calls
+
+        first = top_up()
+        raw_results = (yield Calls(first)) if first else []
+        while inflight:
+            part = inflight.popleft()
             results: list[Outcome] = []
             if batched:
                 for k, res in enumerate(raw_results):
@@ -351,6 +497,10 @@ class Importer:
                 self._verify(it, res)
             com.received(part)
             com.flush([], [])
+            more = top_up()
+            if inflight:
+                # resumed with the answers of the oldest call still out
+                raw_results = yield Calls(more)
         wanted: set[tuple[str, str]] = {(_REF_KINDS.get(k, k), r) for it in texts if it.ok
                                         for _p, k, r in it.refs}
         streams_ok = []
@@ -385,9 +535,9 @@ class Importer:
             best: tuple[float, str] | None = None
             for n in ms:
                 node = items.get(n)
-                if node is None or not node.stored or node.text is None:
+                if node is None or not node.stored or node.depth is None:
                     continue
-                depth = _node_depth(node.text)
+                depth = node.depth
                 if best is None or depth > best[0]:
                     best = (depth, n)
             if best is not None and best[1] in stored:
@@ -411,6 +561,44 @@ class Importer:
         return [Outcome(True, json.dumps(c)) if c is not None else
                 Outcome(False, code="CES-GOC1", message="children not served by the exporter")
                 for c in lists]
+
+    def _closure_result(self, calls: list[tuple[int, str, str, str | None]], res: Outcome,
+                        prefetched: dict[str, str]) -> list[Outcome]:
+        """Split a 106 answer into per-root outcomes shaped like service 4's (the children
+        list as a JSON string); keep the inline microdata of the root and of listed hashes
+        (verified by hash later, like any fetched object, chum.md §6.4)."""
+        n = len(calls)
+        if not res.ok:
+            if res.code == "LAMA-CHUM-TIMEOUT":
+                raise Fatal(res.code, res.message)
+            return [res] * n
+        try:
+            lists = json.loads(res.value) if isinstance(res.value, str) else None
+        except ValueError:
+            lists = None
+        if not isinstance(lists, list) or len(lists) != n:
+            return [Outcome(False, code="LAMA-CHUM-BATCH", message="malformed batch answer")] * n
+        out = []
+        for (_s, h, _k, _e), c in zip(calls, lists):
+            if c is None:
+                out.append(Outcome(False, code="CES-GOC1", message="not served by the exporter"))
+                continue
+            children = c.get("children") if isinstance(c, dict) else None
+            if not isinstance(children, list):
+                out.append(Outcome(False, code="LAMA-CHUM-BATCH", message="malformed closure answer"))
+                continue
+            if isinstance(c.get("root"), str):
+                prefetched[h] = c["root"]
+            listed = []
+            for e in children:
+                if isinstance(e, dict) and "data" in e:
+                    e = dict(e)
+                    data = e.pop("data")
+                    if isinstance(data, str) and isinstance(e.get("hash"), str):
+                        prefetched[e["hash"]] = data
+                listed.append(e)
+            out.append(Outcome(True, json.dumps(listed)))
+        return out
 
     def _batch_result(self, chunk: list[_Item], res: Outcome) -> list[Outcome]:
         if not res.ok:
@@ -720,6 +908,13 @@ class _Committer:
             for h in batch:
                 if not items[h].stored:
                     items[h].bad = True
+            for h in done:
+                # a committed item's text is read from the store from now on: the pass holds
+                # only what is not committed yet (issue 8)
+                it = items[h]
+                if h in self.node_ids and it.text is not None:
+                    it.depth = _node_depth(it.text)
+                it.text = None
             self.stored.update(done)
             if done or first:
                 self.imp.emit("imported", {

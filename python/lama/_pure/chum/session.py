@@ -14,7 +14,7 @@ from typing import Any, Generator
 from ...errors import HashMismatchError, InvalidArgumentError, LamaError
 from . import rpc
 from .exporter import EXPORTER_SERVICES, NEW_ACCESSIBLE_ROOT_EVENT, NOTIFY, Exporter
-from .importer import Call, Fatal, Importer, Outcome, Req, Sleep
+from .importer import Call, Calls, Fatal, Importer, Outcome, Req, Sleep
 
 _HASH = re.compile(r"^[0-9a-f]{64}$")
 
@@ -27,12 +27,23 @@ STAT_FIELDS = ("requests_sent", "requests_received", "requests_invalid", "respon
                "bytes_sent", "bytes_received", "retries", "errors")
 
 
+class _CallState:
+    """One importer call: its answers by place, and how many are still missing."""
+
+    __slots__ = ("seq", "results", "left")
+
+    def __init__(self, seq: int, n: int):
+        self.seq = seq
+        self.results: list[Outcome | None] = [None] * n
+        self.left = n
+
+
 class _Pending:
     __slots__ = ("req", "slot", "rid", "deadline", "attempts", "writer", "mode", "encoding")
 
-    def __init__(self, req: Req, slot: int):
+    def __init__(self, req: Req, slot: tuple[int, int]):
         self.req = req
-        self.slot = slot
+        self.slot = slot  # (the importer call's sequence number, the place in it)
         self.rid = -1
         self.deadline = 0.0
         self.attempts = 0
@@ -71,8 +82,11 @@ class ChumSession:
     _next_id: int
     _pending: dict[int, _Pending]
     _queue: deque[_Pending]
-    _call_results: list[Outcome | None]
-    _call_left: int
+    # The importer's calls in flight, oldest first. Each is handed back whole and in the order
+    # they were made, so the importer can keep the next chunks' requests out while it verifies
+    # and commits one (issue 8: the exporter serves while the importer works).
+    _calls: deque[_CallState]
+    _next_call: int
     _sleep_until: float | None
     _now: float
     _started: bool
@@ -84,7 +98,7 @@ class ChumSession:
     _exporter_done: bool
     _importer_done: bool
     _imp: Importer | None
-    _task: Generator[Call | Sleep, Any, None] | None
+    _task: Generator[Call | Calls | Sleep, Any, None] | None
     _notify_ids: set[int]
     _notified: bool
 
@@ -115,8 +129,8 @@ class ChumSession:
         self._next_id = 0
         self._pending = {}
         self._queue = deque()
-        self._call_results = []
-        self._call_left = 0
+        self._calls = deque()
+        self._next_call = 0
         self._sleep_until = None
         self._now = 0.0
         self._started = False
@@ -250,12 +264,12 @@ class ChumSession:
         except LamaError as e:
             self._error(e.code, f"computing new roots: {e}", False)
             return
-        if fresh:
+        if fresh is not None:
             rid = self._next_id
             self._next_id += 1
             self._stats["requests_sent"] += 1
             self._notify_ids.add(rid)
-            self._emit_frame(rpc.request(rid, NOTIFY, []))
+            self._emit_frame(rpc.request(rid, NOTIFY, fresh))
 
     def connection_closed(self, reason: str, now: float) -> None:
         self._now = now
@@ -266,6 +280,7 @@ class ChumSession:
             self._abort_writer(p)
         self._pending.clear()
         self._queue.clear()
+        self._calls.clear()
         self._task = None
         self._finish(str(reason) if reason else "connection closed")
 
@@ -310,7 +325,9 @@ class ChumSession:
             self._emit_frame(rpc.data_response(rid, rpc.UNDEF))  # chum.md §4.8: only logged
         elif service == NOTIFY and self._imp is not None and not self._importer_done:
             self._emit_frame(rpc.data_response(rid, rpc.UNDEF))
-            if self._sleep_until is not None:  # poll now instead of at the next interval
+            # "notify-roots": the new roots ride on the NOTIFY
+            self._imp.notified(args[0] if args else None)
+            if self._sleep_until is not None and not self._imp.persisting:  # poll now, not at the next interval
                 self._sleep_until = None
                 self._advance(None)
             else:
@@ -342,13 +359,14 @@ class ChumSession:
             self._send(self._queue.popleft())
 
     def _deliver(self, p: _Pending, outcome: Outcome) -> None:
-        if p.slot >= len(self._call_results) or self._call_results[p.slot] is not None:
+        seq, i = p.slot
+        call = next((c for c in self._calls if c.seq == seq), None)
+        if call is None or i >= len(call.results) or call.results[i] is not None:
             return
-        self._call_results[p.slot] = outcome
-        self._call_left -= 1
-        if self._call_left == 0:
-            results, self._call_results = self._call_results, []
-            self._advance(results)
+        call.results[i] = outcome
+        call.left -= 1
+        if self._calls[0].left == 0:
+            self._advance(self._calls.popleft().results)
 
     def _advance(self, value: Any) -> None:
         """Run the importer until it waits for answers or time."""
@@ -364,6 +382,11 @@ class ChumSession:
                 self._importer_done = True
                 self._fatal(e.code, str(e))
                 return
+            if isinstance(op, Sleep) and op.seconds == 0:
+                # a yield to the driver (events out first): woken at once by handle_timeout,
+                # keeping _notified for the sleep after it
+                self._sleep_until = self._now
+                return
             if isinstance(op, Sleep):
                 if self._notified:
                     self._notified = False
@@ -371,14 +394,18 @@ class ChumSession:
                     continue
                 self._sleep_until = self._now + op.seconds
                 return
-            if not op.reqs:
-                value = []
-                continue
-            self._call_results = [None] * len(op.reqs)
-            self._call_left = len(op.reqs)
-            for i, req in enumerate(op.reqs):
-                self._queue.append(_Pending(req, i))
+            calls = op.calls if isinstance(op, Calls) else [op.reqs]
+            for reqs in calls:
+                seq = self._next_call
+                self._next_call += 1
+                self._calls.append(_CallState(seq, len(reqs)))
+                for i, req in enumerate(reqs):
+                    self._queue.append(_Pending(req, (seq, i)))
             self._dispatch()
+            if self._calls and self._calls[0].left == 0:
+                # an empty call, with nothing before it: resumed at once
+                value = self._calls.popleft().results
+                continue
             return
         self._check_done()
 
@@ -511,6 +538,7 @@ class ChumSession:
             self._abort_writer(p)
         self._pending.clear()
         self._queue.clear()
+        self._calls.clear()
         self._finish(message if message.startswith(code) else f"{code}: {message}")
 
     def _check_done(self) -> None:

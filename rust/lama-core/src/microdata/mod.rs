@@ -127,6 +127,24 @@ pub fn type_of(text: &str) -> Result<(String, bool)> {
     Ok((t.to_owned(), is_id))
 }
 
+/// What [`inspect`] finds in received microdata with one parse.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Inspected {
+    pub type_name: String,
+    pub is_id: bool,
+    /// Every reference, in microdata order (§6.4).
+    pub refs: Vec<Reference>,
+    /// A versioned object's ID microdata (§2.2); `None` for ID objects and unversioned types.
+    pub id_microdata: Option<String>,
+}
+
+/// Type, ID-ness, references and ID microdata of received microdata from one strict parse
+/// (the importer's check, chum.md §6.4, and what `Store::put_verified` needs): the same errors
+/// as [`parse`].
+pub fn inspect(microdata: &str) -> Result<Inspected> {
+    parse::inspect(&recipe::snapshot(), microdata)
+}
+
 /// Every reference of the object in `microdata` (§6.4), in microdata order.
 pub fn references(microdata: &str) -> Result<Vec<Reference>> {
     Ok(parse::parse(&recipe::snapshot(), microdata, true)?.refs)

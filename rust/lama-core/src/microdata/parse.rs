@@ -115,8 +115,23 @@ pub(crate) fn id_microdata_of(reg: &Registry, text: &str) -> Result<Option<Strin
         return Ok(None);
     }
     let parsed = parse(reg, text, false)?;
+    id_from_spans(recipe, &parsed, text).map(Some)
+}
+
+/// One strict parse of received microdata that yields what a receiver checks and stores
+/// (chum.md §6.4, objects.md §9.23): type, ID-ness, references, and for a versioned object its
+/// ID microdata (§2.2). Unversioned types are parsed fully too (the body is validated).
+pub(crate) fn inspect(reg: &Registry, text: &str) -> Result<super::Inspected> {
+    let parsed = parse(reg, text, true)?;
+    let recipe = reg.get(&parsed.type_name).expect("parse found the recipe");
+    let id_microdata = if recipe.versioned() && !parsed.is_id { Some(id_from_spans(recipe, &parsed, text)?) } else { None };
+    Ok(super::Inspected { id_microdata, type_name: parsed.type_name, is_id: parsed.is_id, refs: parsed.refs })
+}
+
+/// The ID microdata of a parsed versioned object's text: its ID properties' tags copied.
+fn id_from_spans(recipe: &super::recipe::Recipe, parsed: &Parsed, text: &str) -> Result<String> {
     if parsed.is_id {
-        return Ok(Some(text.to_owned()));
+        return Ok(text.to_owned());
     }
     let mut out = String::with_capacity(128);
     out.push_str(ID_MICRODATA_START);
@@ -136,7 +151,7 @@ pub(crate) fn id_microdata_of(reg: &Registry, text: &str) -> Result<Option<Strin
         }
     }
     out.push_str("</div>");
-    Ok(Some(out))
+    Ok(out)
 }
 
 struct Parser<'a> {

@@ -28,7 +28,7 @@ mod verify;
 pub use access::{Root, RootKind};
 pub use blob::BlobWriter;
 pub use feed::{Event, Subscription};
-pub use objects::PutResult;
+pub use objects::{PutResult, Verified};
 pub use read::Snapshot;
 pub use rmaps::Props;
 

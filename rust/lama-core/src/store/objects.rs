@@ -64,6 +64,18 @@ fn utf8_owned(s: String) -> String {
     }
 }
 
+/// One item of [`Store::put_verified`]: received microdata, its SHA-256, and what
+/// [`microdata::inspect`] found in it.
+#[derive(Clone, Copy, Debug)]
+pub struct Verified<'a> {
+    pub text: &'a str,
+    pub hash: [u8; 32],
+    pub type_name: &'a str,
+    pub is_id: bool,
+    /// A versioned object's ID microdata (stored beside it, objects.md §2.2).
+    pub id_microdata: Option<&'a str>,
+}
+
 /// The types a version head may point at.
 const VERSION_NODE_TYPES: [&str; 3] = ["VersionNodeEdge", "VersionNodeChange", "VersionNodeMerge"];
 
@@ -201,6 +213,41 @@ impl Store {
                 type_name: Cow::Owned(type_name),
                 text: stored,
                 hash,
+                id,
+            });
+        }
+        let mut txn = self.write_txn()?;
+        let mut feed = FeedTxn::new();
+        let out = self.store_prepared(&mut txn, &mut feed, &prepared)?;
+        txn.commit()?;
+        self.published(&feed);
+        Ok(out)
+    }
+
+    /// Store microdata that the caller already hash-checked and parsed with
+    /// [`microdata::inspect`] (the CHUM importer's verification, chum.md §6.4): one
+    /// transaction, keys in order, no second parse. Each item is a [`Verified`]. The text is still hashed as Node.js writes it when it holds encoded
+    /// lone surrogates (objects.md §2.1), and a mismatch is `LAMA-HASH`.
+    pub fn put_verified(&self, items: &[Verified<'_>]) -> Result<Vec<PutResult>> {
+        let mut prepared = Vec::with_capacity(items.len());
+        for Verified { text, hash, type_name, is_id, id_microdata } in items {
+            let stored = microdata::js_utf8(text);
+            if let Cow::Owned(t) = &stored {
+                let h = sha256(t.as_bytes());
+                if h != *hash {
+                    return Err(hash_mismatch(&hex::encode(hash), &hex::encode(h)));
+                }
+            }
+            let id = id_microdata.map(|t| {
+                let t = microdata::js_utf8(t);
+                let h = sha256(t.as_bytes());
+                (t.into_owned(), h)
+            });
+            prepared.push(Prepared {
+                kind: if *is_id { K_ID } else { K_OBJECT },
+                type_name: Cow::Borrowed(type_name),
+                text: stored,
+                hash: *hash,
                 id,
             });
         }

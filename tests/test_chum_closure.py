@@ -1,0 +1,298 @@
+"""Fast-path pruned closures and roots in NOTIFY (docs/chum-fastpath.md "closure",
+"notify-roots"; issue 8's live-push latency): a push on a long channel moves only the new
+objects, in one request, and a hostile exporter using service 106 cannot make the importer
+store anything wrong.  Before these extensions every pushed post made the exporter walk and
+send the channel's whole history (chum.md §10.1 items 4, 5) and took three requests."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Callable
+
+from chum_graph import Chat, grant_object, person_id, register_recipes
+from chum_pump import Pump
+from lama._core import core
+
+LONG = 2000
+"""Posts already synced: a whole-history children list for the next post is about 12,000
+entries (~1 MB); the pruned closure is 6 objects."""
+
+PER_POST = 6
+"""New objects per Chat.post: ChatMessage, CreationTime, Signature, LinkedListEntry, the
+ChannelInfo version and its version node."""
+
+OPTS = {"keep_running": True, "poll_interval": 5.0, "fast_path": True}
+
+
+def _stores(tmp_path: Path, name: str = "") -> tuple[Any, Any, str, str]:
+    a = core.Store(str(tmp_path / f"a{name}"), durable=False)
+    b = core.Store(str(tmp_path / f"b{name}"), durable=False)
+    pa, pb = person_id(a, "alice@a.example"), person_id(a, "bob@b.example")
+    person_id(b, "alice@a.example")
+    person_id(b, "bob@b.example")
+    return a, b, pa, pb
+
+
+def _live(a: Any, b: Any, pa: str, pb: str) -> tuple[Any, Any, Pump]:
+    sa, sb = core.ChumSession(a, pa, pb, **OPTS), core.ChumSession(b, pb, pa, **OPTS)
+    pump = Pump(sa, sb)
+    sa.start(pump.now)
+    sb.start(pump.now)
+    pump.run(max_time=1.0)
+    assert ("version", {"remote": 8, "mode": "fast"}) in pump.events[1]
+    assert ("full_sync", {}) in pump.events[1]
+    return sa, sb, pump
+
+
+def _no_holes(store: Any) -> None:
+    """chum.md §5.3 "no holes" in linear time: every reference of every stored object or ID
+    object is stored (chum_graph.assert_no_holes walks each object's whole closure, which on a
+    long channel is quadratic)."""
+    hashes = set(store.hashes())
+    for h in hashes:
+        if store.kind(h) in ("object", "id"):
+            for _path, _kind, r in core.references(store.get(h)):
+                assert r in hashes, f"{h} references {r}, which is not stored"
+
+
+def _requests(frames: list[str | bytes], since: int = 0) -> list[int]:
+    """Service ids of the requests among ``frames[since:]``."""
+    out = []
+    for f in frames[since:]:
+        if isinstance(f, str):
+            m = json.loads(f)
+            if m.get("type") == "request":
+                out.append(m["serviceId"])
+    return out
+
+
+def test_a_push_on_a_long_channel_moves_only_the_new_objects(tmp_path: Path) -> None:
+    register_recipes()
+    a, b, pa, pb = _stores(tmp_path)
+    chat = Chat(a, pa, pb)
+    chat.share([pa, pb])
+    for i in range(LONG):
+        chat.post(f"message {i}")
+    sa, sb, pump = _live(a, b, pa, pb)
+    assert b.has(chat.head)
+
+    for k in range(3):  # the first push, and pushes whose hints extend what A knows for free
+        before_a, before_b = sa.stats(), sb.stats()
+        sent_b = len(pump.sent[1])
+        head = chat.post(f"live {k}")
+        sa.store_changed(pump.now)  # A's driver saw the write
+        pump.run(max_time=1.0)
+        assert b.has(head)
+        after_a, after_b = sa.stats(), sb.stats()
+        # one request for the whole push: GET_CLOSURE (the roots came with the NOTIFY)
+        assert _requests(pump.sent[1], sent_b) == [106], _requests(pump.sent[1], sent_b)
+        assert after_a["objects_sent"] - before_a["objects_sent"] == PER_POST
+        assert after_b["objects_received"] - before_b["objects_received"] == PER_POST
+        # the whole-history list alone would be ~1 MB
+        moved = after_a["bytes_sent"] - before_a["bytes_sent"]
+        assert moved < 8_000, moved
+    assert [e for e in pump.events[1] if e[0] == "error"] == []
+    _no_holes(b)
+    assert b.verify() == []
+    sa.connection_closed("bye", pump.now)
+    pump.step()
+    a.close()
+    b.close()
+
+
+def test_pushes_after_a_reconnect_arrive_complete(tmp_path: Path) -> None:
+    register_recipes()
+    a, b, pa, pb = _stores(tmp_path)
+    chat = Chat(a, pa, pb)
+    chat.share([pa, pb])
+    for i in range(30):
+        chat.post(f"message {i}")
+    sa, sb, pump = _live(a, b, pa, pb)
+    chat.post("live before the drop")
+    sa.store_changed(pump.now)
+    pump.run(max_time=1.0)
+    sa.connection_closed("dropped", pump.now)
+    pump.step()
+    assert sa.finished and sb.finished
+
+    # written while disconnected: the next session's roots-since pass brings them
+    offline = [chat.post(f"offline {i}") for i in range(3)]
+    sa, sb, pump = _live(a, b, pa, pb)
+    assert all(b.has(h) for h in offline)
+    sent_b = len(pump.sent[1])
+    live = []
+    for k in range(3):
+        live.append(chat.post(f"after reconnect {k}"))
+        sa.store_changed(pump.now)
+        pump.run(max_time=1.0)
+        assert b.has(live[-1])
+    # the first push of a session walks nothing A was not told of; each push is one request
+    assert _requests(pump.sent[1], sent_b) == [106, 106, 106]
+    assert [e for e in pump.events[1] if e[0] == "error"] == []
+    # the whole history up to the last post is here
+    assert all(b.has(h) for h in a.children(live[-1]))
+    _no_holes(b)
+    assert b.verify() == []
+    sa.connection_closed("bye", pump.now)
+    pump.step()
+    a.close()
+    b.close()
+
+
+def _rewrite_closure_answers(pump: Pump, rewrite: Callable[[list[Any]], list[Any]]) -> list[int]:
+    """Make A's answers to B's GET_CLOSURE requests pass through ``rewrite`` (a hostile or
+    broken exporter); returns the list of rewritten request ids."""
+    ids: set[int] = set()
+    done: list[int] = []
+
+    def watch_b(f: str | bytes) -> str | bytes:
+        if isinstance(f, str):
+            m = json.loads(f)
+            if m.get("type") == "request" and m.get("serviceId") == 106:
+                ids.add(m["requestId"])
+        return f
+
+    def rewrite_a(f: str | bytes) -> str | bytes:
+        if isinstance(f, str):
+            m = json.loads(f)
+            if m.get("type") == "data" and m.get("responseId") in ids:
+                ids.discard(m["responseId"])
+                done.append(m["responseId"])
+                m["data"] = json.dumps(rewrite(json.loads(m["data"])), separators=(",", ":"))
+                return json.dumps(m, separators=(",", ":"))
+        return f
+
+    pump.filters[1] = watch_b
+    pump.filters[0] = rewrite_a
+    return done
+
+
+def test_an_exporter_that_claims_an_object_is_present_stores_nothing_wrong(tmp_path: Path) -> None:
+    register_recipes()
+    a, b, pa, pb = _stores(tmp_path)
+    chat = Chat(a, pa, pb)
+    chat.share([pa, pb])
+    for i in range(20):
+        chat.post(f"message {i}")
+    sa, sb, pump = _live(a, b, pa, pb)
+    msg_hash: list[str] = []
+
+    def omit_message(answer: list[Any]) -> list[Any]:
+        # drop the new ChatMessage from the list and its data: "B already has it"
+        for entry in answer:
+            keep = []
+            for e in entry["children"]:
+                if e.get("data") and '/ChatMessage"' in e["data"] and not msg_hash:
+                    msg_hash.append(e["hash"])
+                    continue
+                keep.append(e)
+            entry["children"] = keep
+        return answer
+
+    rewritten = _rewrite_closure_answers(pump, omit_message)
+    head = chat.post("the exporter hides my message")
+    sa.store_changed(pump.now)
+    pump.run(max_time=1.0)
+    assert rewritten and msg_hash
+    (m,) = msg_hash
+    assert not b.has(m)
+    # nothing that references the hidden object was stored: no hole
+    errors = [d["code"] for k, d in pump.events[1] if k == "error"]
+    assert "CI-ACO" in errors
+    assert not b.has(head)
+    _no_holes(b)
+    assert b.verify() == []
+
+    # the session stopped trusting pruned closures: the next pass (the fallback poll) walks
+    # the whole closure with 105 and completes the post
+    pump.filters[0] = pump.filters[1] = None
+    sent_b = len(pump.sent[1])
+    pump.run(max_time=60.0)
+    assert 105 in _requests(pump.sent[1], sent_b) and 106 not in _requests(pump.sent[1], sent_b)
+    assert b.has(m) and b.has(head)
+    _no_holes(b)
+    assert b.verify() == []
+    sa.connection_closed("bye", pump.now)
+    pump.step()
+    a.close()
+    b.close()
+
+
+def test_an_exporter_that_slips_objects_into_a_closure_stores_nothing_wrong(tmp_path: Path) -> None:
+    register_recipes()
+    a, b, pa, pb = _stores(tmp_path)
+    chat = Chat(a, pa, pb)
+    chat.share([pa, pb])
+    chat.post("first")
+    # objects B must never get: a private message not granted, and A's Access grant object
+    (secret,) = [h for h, _s, _i in a.put_objects([{"$type$": "ChatMessage", "text": "private", "sender": pa}])]
+    grant = grant_object(a, secret, [pa])
+    sa, sb, pump = _live(a, b, pa, pb)
+    wrong = core.object_hash({"$type$": "ChatMessage", "text": "forged", "sender": pa})
+
+    def slip(answer: list[Any]) -> list[Any]:
+        for entry in answer:
+            entry["children"][:0] = [
+                {"type": "object", "hash": secret, "data": a.get(secret)},  # unreachable
+                {"type": "object", "hash": grant, "data": a.get(grant)},  # an Access object
+                {"type": "object", "hash": wrong, "data": a.get(secret)},  # wrong bytes
+            ]
+            entry["children"].append({"type": "object", "hash": "ab" * 32})  # listed, no data
+        return answer
+
+    rewritten = _rewrite_closure_answers(pump, slip)
+    head = chat.post("second")
+    sa.store_changed(pump.now)
+    pump.run(max_time=1.0)
+    assert rewritten
+    assert b.has(head)  # the real post still arrives
+    assert not b.has(secret) and not b.has(grant) and not b.has(wrong) and not b.has("ab" * 32)
+    codes = {d["code"] for k, d in pump.events[1] if k == "error"}
+    assert "CIEC-FO2" in codes  # wrong bytes for a hash
+    assert "LAMA-CHUM-NOTREACHABLE" in codes or "CIEC-FO3" in codes
+    _no_holes(b)
+    assert b.verify() == []
+    sa.connection_closed("bye", pump.now)
+    pump.step()
+    a.close()
+    b.close()
+
+
+def test_an_older_lama_exporter_without_the_extensions_still_pushes(tmp_path: Path) -> None:
+    """A probe answer without "closure"/"notify-roots" (a lama from before them): the
+    importer uses 102, 105 and 101 as before, and the pushes arrive."""
+    register_recipes()
+    a, b, pa, pb = _stores(tmp_path)
+    chat = Chat(a, pa, pb)
+    chat.share([pa, pb])
+    chat.post("first")
+    sa, sb = core.ChumSession(a, pa, pb, **OPTS), core.ChumSession(b, pb, pa, **OPTS)
+    pump = Pump(sa, sb)
+
+    def old_probe(f: str | bytes) -> str | bytes:
+        if isinstance(f, str) and '"lama"' in f:
+            m = json.loads(f)
+            if isinstance(m.get("data"), dict) and "features" in m["data"]:
+                m["data"]["features"] = ["batch", "children-batch", "push", "roots-since"]
+                return json.dumps(m)
+        return f
+
+    pump.filters[0] = old_probe
+    sa.start(pump.now)
+    sb.start(pump.now)
+    pump.run(max_time=1.0)
+    sent_b = len(pump.sent[1])
+    head = chat.post("second")
+    sa.store_changed(pump.now)
+    pump.run(max_time=1.0)
+    assert b.has(head)
+    assert _requests(pump.sent[1], sent_b) == [102, 105, 101]
+    # the NOTIFY of an exporter not asked for roots carries none
+    notifies = [json.loads(f) for f in pump.sent[0] if isinstance(f, str) and '"serviceId":104' in f.replace(" ", "")]
+    assert notifies and all(n["args"] == [] for n in notifies)
+    _no_holes(b)
+    sa.connection_closed("bye", pump.now)
+    pump.step()
+    a.close()
+    b.close()
