@@ -356,7 +356,8 @@ class CommServer:
                 if recv is None:
                     recv = asyncio.ensure_future(t.recv())
                 due = next_ping if pong_due is None else pong_due
-                done, _ = await asyncio.wait({recv, sp.handover}, timeout=max(0.0, due - loop.time()),
+                waits: set[asyncio.Future[Any]] = {recv, sp.handover}
+                done, _ = await asyncio.wait(waits, timeout=max(0.0, due - loop.time()),
                                              return_when=asyncio.FIRST_COMPLETED)
                 if sp.handover in done:
                     break
@@ -518,7 +519,7 @@ async def comm_server(host: str, port: int, *, ping_interval: float = 25.0, pong
         raise TransportError(f"cannot listen on {addr}: {e}", "LAMA-NET-LISTEN") from None
     server = CommServer.__new__(CommServer)
     server._init(opts)
-    ws_opts = _ws_options(opts["max_message"])
+    ws_opts = _ws_options(int(opts["max_message"]))
     ws_opts["open_timeout"] = max(opts["auth_timeout"], 0.001)
     # a relayed socket holds at most a few unread frames (websockets counts frames, not bytes)
     ws_opts["max_queue"] = 4

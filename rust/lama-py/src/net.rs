@@ -1050,27 +1050,39 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
 // -- comm server and its listener client (docs/connections.md §2) ---------------------------------
 
 /// A non-negative, finite number of seconds (int or float, not bool), else `LAMA-ARG`.
-fn seconds_arg(name: &str, v: &Bound<'_, PyAny>) -> PyResult<Duration> {
-    let bad = || arg_error(format!("{name} must be a non-negative number of seconds, got {}", v.repr().map(|r| r.to_string()).unwrap_or_default()));
-    if v.cast::<PyBool>().is_ok() {
-        return Err(bad());
+struct Secs(Duration);
+
+impl<'a, 'py> FromPyObject<'a, 'py> for Secs {
+    type Error = PyErr;
+
+    fn extract(v: Borrowed<'a, 'py, PyAny>) -> PyResult<Secs> {
+        let bad = || arg_error(format!("a time must be a non-negative number of seconds, got {}", v.repr().map(|r| r.to_string()).unwrap_or_default()));
+        if v.cast::<PyBool>().is_ok() {
+            return Err(bad());
+        }
+        let f: f64 = v.extract().map_err(|_| bad())?;
+        if !f.is_finite() || !(0.0..=1e9).contains(&f) {
+            return Err(bad());
+        }
+        Ok(Secs(Duration::from_secs_f64(f)))
     }
-    let f: f64 = v.extract().map_err(|_| bad())?;
-    if !f.is_finite() || f < 0.0 || f > 1e9 {
-        return Err(bad());
-    }
-    Ok(Duration::from_secs_f64(f))
 }
 
 /// A positive int (not bool), else `LAMA-ARG`.
-fn count_arg(name: &str, v: &Bound<'_, PyAny>) -> PyResult<usize> {
-    let bad = || arg_error(format!("{name} must be a positive int, got {}", v.repr().map(|r| r.to_string()).unwrap_or_default()));
-    if v.cast::<PyBool>().is_ok() || v.cast::<PyInt>().is_err() {
-        return Err(bad());
-    }
-    match v.extract::<i128>() {
-        Ok(n) if n >= 1 => Ok(usize::try_from(n).unwrap_or(usize::MAX)),
-        _ => Err(bad()),
+struct Count(usize);
+
+impl<'a, 'py> FromPyObject<'a, 'py> for Count {
+    type Error = PyErr;
+
+    fn extract(v: Borrowed<'a, 'py, PyAny>) -> PyResult<Count> {
+        let bad = || arg_error(format!("a count must be a positive int, got {}", v.repr().map(|r| r.to_string()).unwrap_or_default()));
+        if v.cast::<PyBool>().is_ok() || v.cast::<PyInt>().is_err() {
+            return Err(bad());
+        }
+        match v.extract::<i128>() {
+            Ok(n) if n >= 1 => Ok(Count(usize::try_from(n).unwrap_or(usize::MAX))),
+            _ => Err(bad()),
+        }
     }
 }
 
@@ -1131,20 +1143,21 @@ impl PyCommServer {
 
 /// Serve the comm-server protocol (conn §3) on `host`:`port` (0: any free port).
 #[pyfunction]
-#[pyo3(signature = (host, port, *, ping_interval = None, pong_timeout = None, auth_timeout = None,
-                    max_message = MaxMessage::default(), max_spares_per_key = None,
-                    max_spares_per_address = None))]
+#[pyo3(signature = (host, port, *, ping_interval = Secs(Duration::from_secs(25)),
+                    pong_timeout = Secs(Duration::from_secs(1)), auth_timeout = Secs(Duration::from_secs(10)),
+                    max_message = MaxMessage::default(), max_spares_per_key = Count(16),
+                    max_spares_per_address = Count(256)))]
 #[allow(clippy::too_many_arguments)]
 fn comm_server<'py>(
     py: Python<'py>,
     host: &Bound<'py, PyAny>,
     port: &Bound<'py, PyAny>,
-    ping_interval: Option<&Bound<'py, PyAny>>,
-    pong_timeout: Option<&Bound<'py, PyAny>>,
-    auth_timeout: Option<&Bound<'py, PyAny>>,
+    ping_interval: Secs,
+    pong_timeout: Secs,
+    auth_timeout: Secs,
     max_message: MaxMessage,
-    max_spares_per_key: Option<&Bound<'py, PyAny>>,
-    max_spares_per_address: Option<&Bound<'py, PyAny>>,
+    max_spares_per_key: Count,
+    max_spares_per_address: Count,
 ) -> PyResult<Bound<'py, PyAny>> {
     let host = str_arg("a host", host)?;
     let bad_port = || arg_error(format!("a port is an int in 0..65535, got {}", port.repr().map(|r| r.to_string()).unwrap_or_default()));
@@ -1152,22 +1165,14 @@ fn comm_server<'py>(
         return Err(bad_port());
     }
     let port: u16 = port.extract().map_err(|_| bad_port())?;
-    let mut opts = lama_net::CommServerOptions { max_message: max_message.0, ..Default::default() };
-    if let Some(v) = ping_interval {
-        opts.ping_interval = seconds_arg("ping_interval", v)?;
-    }
-    if let Some(v) = pong_timeout {
-        opts.pong_timeout = seconds_arg("pong_timeout", v)?;
-    }
-    if let Some(v) = auth_timeout {
-        opts.auth_timeout = seconds_arg("auth_timeout", v)?;
-    }
-    if let Some(v) = max_spares_per_key {
-        opts.max_spares_per_key = count_arg("max_spares_per_key", v)?;
-    }
-    if let Some(v) = max_spares_per_address {
-        opts.max_spares_per_address = count_arg("max_spares_per_address", v)?;
-    }
+    let opts = lama_net::CommServerOptions {
+        ping_interval: ping_interval.0,
+        pong_timeout: pong_timeout.0,
+        auth_timeout: auth_timeout.0,
+        max_message: max_message.0,
+        max_spares_per_key: max_spares_per_key.0,
+        max_spares_per_address: max_spares_per_address.0,
+    };
     py_future(py, async move {
         let s = lama_net::comm_server(&host, port, opts).await.map_err(net_err)?;
         Ok(PyCommServer { inner: Arc::new(s) })
@@ -1210,26 +1215,20 @@ impl PyCommListener {
 
 /// Keep `spares` spare sockets registered at the comm server `url` (conn §3.2, §3.4).
 #[pyfunction]
-#[pyo3(signature = (url, public_key, secret_key, *, spares = None, reconnect_delay = None))]
+#[pyo3(signature = (url, public_key, secret_key, *, spares = Count(2),
+                    reconnect_delay = Secs(Duration::from_secs(10))))]
 fn comm_listen<'py>(
     py: Python<'py>,
     url: &Bound<'py, PyAny>,
     public_key: &Bound<'py, PyAny>,
     secret_key: &Bound<'py, PyAny>,
-    spares: Option<&Bound<'py, PyAny>>,
-    reconnect_delay: Option<&Bound<'py, PyAny>>,
+    spares: Count,
+    reconnect_delay: Secs,
 ) -> PyResult<Bound<'py, PyAny>> {
     let url = str_arg("a URL", url)?;
     let public = key_arg("public_key", public_key)?;
     let secret = key_arg("secret_key", secret_key)?;
-    let spares = match spares {
-        Some(v) => count_arg("spares", v)?,
-        None => 2,
-    };
-    let delay = match reconnect_delay {
-        Some(v) => seconds_arg("reconnect_delay", v)?,
-        None => Duration::from_secs(10),
-    };
+    let (spares, delay) = (spares.0, reconnect_delay.0);
     py_future(py, async move {
         let l = lama_net::comm_listen(&url, &public, &secret, spares, delay).await.map_err(net_err)?;
         Ok(PyCommListener { inner: Arc::new(l) })
