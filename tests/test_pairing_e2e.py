@@ -125,7 +125,11 @@ class Proc:
 
 def comm_server(port: int) -> Proc:
     p = Proc([sys.executable, "-c", COMM_SERVER, str(port)])
-    assert p.readline(30).startswith("ws://127.0.0.1:")
+    try:
+        assert p.readline(30).startswith("ws://127.0.0.1:")
+    except BaseException:
+        p.stop()  # never leave a server process behind
+        raise
     return p
 
 
