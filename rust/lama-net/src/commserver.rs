@@ -331,11 +331,21 @@ fn parse_first(m: &Message) -> std::result::Result<First, String> {
     }
 }
 
+/// The initial WebSocket read buffer of each server socket (see `connection`).
+const SPARE_READ_BUFFER: usize = 4096;
+
 async fn connection(inner: Arc<Inner>, stream: TcpStream, peer: SocketAddr, _done: mpsc::Sender<()>) {
     let c = &inner.counters;
     let deadline = Instant::now() + inner.opts.auth_timeout;
     let max = inner.opts.max_message;
-    let hs = tokio_tungstenite::accept_async_with_config(stream, Some(config(max)));
+    // A comm server holds thousands of idle spares: tungstenite's default 128 KiB read
+    // buffer is allocated and zero-filled per socket (141 KiB RSS per spare measured,
+    // benches/RESULTS.md). A frame whose length is known still gets the whole buffer it
+    // needs (tungstenite reserves the frame length), so relayed large messages lose nothing.
+    let hs = tokio_tungstenite::accept_async_with_config(
+        stream,
+        Some(config(max).read_buffer_size(SPARE_READ_BUFFER)),
+    );
     let ws = tokio::select! {
         _ = shut(inner.shutdown.clone()) => return,
         r = timeout_at(deadline, hs) => match r {
