@@ -205,8 +205,7 @@ def test_restarted_peer_reconnects(two: tuple[Instance, Instance]) -> None:
 
 def test_both_dial_at_once_converge_on_one_connection(two: tuple[Instance, Instance]) -> None:
     """After pairing, both managers restart at the same moment: both dial, both accept; each
-    side ends with exactly one chum connection, the same one (the one initiated by the smaller
-    instance key), and it stays (no flapping)."""
+    side ends with exactly one chum connection, the same one, and it stays (no flapping)."""
     a, b = two
 
     async def main() -> None:
@@ -230,8 +229,9 @@ def test_both_dial_at_once_converge_on_one_connection(two: tuple[Instance, Insta
                 await asyncio.sleep(1.5)  # longer than any retry delay here: flapping shows
                 [ca], [cb] = live_conns(ma), live_conns(mb)
                 assert ca.initiator != cb.initiator
-                smaller_is_a = a.instance_public_key < b.instance_public_key
-                assert ca.initiator == smaller_is_a
+                # (which one depends on timing: when both connections overlap, the one the
+                # smaller instance key initiated stays; a side that is already connected when
+                # its dial would start does not dial at all)
                 stable = len(ups)
                 await asyncio.sleep(1.0)
                 assert len(ups) == stable
