@@ -35,6 +35,7 @@ from .net import (
     REASON_LOST,
     Transport,
     _WsTransport,
+    _bind,
     _max_arg,
     _ws_options,
     size_reason,
@@ -502,21 +503,7 @@ async def comm_server(host: str, port: int, *, ping_interval: float = 25.0, pong
         max_spares_per_key=_count_arg("max_spares_per_key", max_spares_per_key),
         max_spares_per_address=_count_arg("max_spares_per_address", max_spares_per_address),
     )
-    loop = asyncio.get_running_loop()
-    try:
-        infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    except (OSError, UnicodeError) as e:
-        raise _arg(f"cannot resolve host {host!r}: {e}") from None
-    if not infos:
-        raise _arg(f"host {host!r} has no address")
-    family, kind, proto, _, addr = infos[0]
-    sock = socket.socket(family, kind, proto)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(addr)
-    except OSError as e:
-        sock.close()
-        raise TransportError(f"cannot listen on {addr}: {e}", "LAMA-NET-LISTEN") from None
+    sock = await _bind(host, port)
     server = CommServer.__new__(CommServer)
     server._init(opts)
     ws_opts = _ws_options(int(opts["max_message"]))
@@ -526,7 +513,7 @@ async def comm_server(host: str, port: int, *, ping_interval: float = 25.0, pong
     server._server = await serve(server._handle, sock=sock, **ws_opts)
     bound = sock.getsockname()
     server._port = bound[1]
-    server._url = f"ws://[{bound[0]}]:{bound[1]}" if family == socket.AF_INET6 else f"ws://{bound[0]}:{bound[1]}"
+    server._url = f"ws://[{bound[0]}]:{bound[1]}" if sock.family == socket.AF_INET6 else f"ws://{bound[0]}:{bound[1]}"
     return server
 
 

@@ -464,16 +464,10 @@ class Listener:
         await conn.wait_closed()
 
 
-async def ws_listen(host: str, port: int, *, max_message: int = DEFAULT_MAX_MESSAGE) -> Listener:
-    """Listen on exactly ``host`` (the first address it resolves to) and ``port`` (0: any free
-    port)."""
-    from websockets.asyncio.server import serve
-
-    max_message = _max_arg(max_message)
-    if not isinstance(host, str):
-        raise _arg(f"a host is a str, got {type(host).__name__}")
-    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
-        raise _arg(f"a port is an int in 0..65535, got {port!r}")
+async def _bind(host: str, port: int) -> socket.socket:
+    """A socket bound to the first address ``host`` resolves to (ws_listen, comm_server): the
+    caller listens on it. ``LAMA-ARG`` for a host that does not resolve, ``LAMA-NET-LISTEN``
+    for an address that cannot be bound."""
     loop = asyncio.get_running_loop()
     try:
         infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
@@ -489,6 +483,20 @@ async def ws_listen(host: str, port: int, *, max_message: int = DEFAULT_MAX_MESS
     except OSError as e:
         sock.close()
         raise TransportError(f"cannot listen on {addr}: {e}", "LAMA-NET-LISTEN") from None
+    return sock
+
+
+async def ws_listen(host: str, port: int, *, max_message: int = DEFAULT_MAX_MESSAGE) -> Listener:
+    """Listen on exactly ``host`` (the first address it resolves to) and ``port`` (0: any free
+    port)."""
+    from websockets.asyncio.server import serve
+
+    max_message = _max_arg(max_message)
+    if not isinstance(host, str):
+        raise _arg(f"a host is a str, got {type(host).__name__}")
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+        raise _arg(f"a port is an int in 0..65535, got {port!r}")
+    sock = await _bind(host, port)
     listener = Listener.__new__(Listener)
     listener._max = max_message
 
