@@ -124,19 +124,24 @@ def test_chat_graph_both_ways_then_nothing(tmp_path: Path, fast: bool) -> None:
     chat_b.post("b replies")
     ra, rb, _ = sync_pair(a, b, pa, pb, options_a=opts, options_b=opts)
     assert [e for e in ra.errors + rb.errors if e["fatal"]] == []
-    # converge: version nodes are local (objects.md §9.17), the merges settle in a few rounds
+    # converge: each side merged the other's node into one shared version graph, so one more
+    # round carries the merge nodes (identical on both sides) and then nothing moves
     for _ in range(3):
         ra, rb, _ = sync_pair(a, b, pa, pb, options_a=opts, options_b=opts)
         if moved(ra) == 0 and moved(rb) == 0:
             break
     assert moved(ra) == 0 and moved(rb) == 0
-    # both sides hold every version of the document and merged them; the Set converges (the
-    # Register "title" may not: remote versions merge as edges without their history,
-    # objects.md §9.17 -- a versions-layer matter, reported, not CHUM's)
+    # both sides hold every version of the document and merged them to the same value: the
+    # Set unites, and the Register "title" keeps A's edit, which B never touched.  The
+    # reference merges a remote version as a detached edge (objects.md §9 quirk 17), which
+    # makes "title" end as "v1" on A and "from a" on B.
     datas = {h for s in (a, b) for h in (versions.load_node(s, n).data for n in s.version_nodes(d1.id_hash))}
     assert a.missing(sorted(datas)) == [] and b.missing(sorted(datas)) == []
     for s in (a, b):
         assert sorted(versions.current(s, d1.id_hash)["tags"]) == ["a", "b", "x"]
+        assert versions.current(s, d1.id_hash)["title"] == "from a"
+    assert a.get_head(d1.id_hash) == b.get_head(d1.id_hash)
+    assert a.get_head(chat_a.ci) == b.get_head(chat_a.ci)
     assert texts(b, chat_a.ci) == texts(a, chat_a.ci)
     assert sorted(texts(a, chat_a.ci)[:2]) == ["a again", "b replies"]
     assert len(texts(a, chat_a.ci)) == 6

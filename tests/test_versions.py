@@ -476,7 +476,9 @@ def test_custom_algorithm_registration(store: Any) -> None:
         r = versions.store_versioned(store, {**obj, "title": "two", "other": "o2"}, mode="merge", timestamp_ms=T0 + 1)
         cur = versions.current(store, r.id_hash)
         assert cur["title"] == "one+two" and cur["other"] == "o2"
-        assert calls == [(("title",), "string", crdt.ABSENT, "one", "two")]
+        # left is the head with the smaller node hash, whichever is local (versions._plan_merge)
+        assert len(calls) == 1 and calls[0][:3] == (("title",), "string", crdt.ABSENT)
+        assert sorted(calls[0][3:]) == ["one", "two"]
     finally:
         crdt.unregister_algorithm(CUSTOM_ALG)
     assert CUSTOM_ALG not in crdt.algorithm_ids()
@@ -580,3 +582,32 @@ def test_merge_uses_the_cores_resolved_inheritance(store: Any) -> None:
     versions.merge_node(store, branch)
     assert versions.current(store, e0.id_hash) == {
         "$type$": name, "id": "i1", "labels": {"y", "z"}, "plain": "c"}
+
+
+def test_two_peers_merging_the_same_nodes_agree(tmp_path: Path) -> None:
+    """Two stores that share a base version and edit concurrently each merge the other's node
+    (what CHUM's import does, lama.chum.handle_event): both compute the same merged object and
+    the same VersionNodeMerge, whichever head is local, also for an array whose merge order
+    depends on which side is "left" (objects.md §9 quirk 25).  A merge that depended on the
+    local side would make two peers exchange ever-new merge nodes."""
+    a = core.Store(str(tmp_path / "a"))
+    b = core.Store(str(tmp_path / "b"))
+    try:
+        base = versions.store_versioned(a, note(title="t0", items=["x", "y"], tags={"x"}), timestamp_ms=T0)
+        b.put_microdata([(a.get(h), h) for h in (base.hash, base.node_hash)])
+        assert versions.merge_node(b, base.node_hash).head == base.node_hash  # adopted as is
+        ra = versions.store_versioned(a, note(title="from a", items=["a", "x"], tags={"x", "a"}), timestamp_ms=T0 + 10)
+        rb = versions.store_versioned(b, note(title="t0", items=["y", "b"], tags={"x", "b"}), timestamp_ms=T0 + 20)
+        for src, dst, r in ((a, b, ra), (b, a, rb)):
+            dst.put_microdata([(src.get(h), h) for h in (r.hash, r.node_hash)])
+        ma = versions.merge_node(a, rb.node_hash)
+        mb = versions.merge_node(b, ra.node_hash)
+        assert ma.head == mb.head and ma.merged == mb.merged
+        assert a.get(ma.head) == b.get(mb.head)
+        merged = versions.current(a, base.id_hash)
+        assert merged == versions.current(b, base.id_hash)
+        assert merged["title"] == "from a" and sorted(merged["tags"]) == ["a", "b", "x"]
+        assert sorted(merged["items"]) == ["a", "b"]  # both removed one of x, y; each added one
+    finally:
+        a.close()
+        b.close()

@@ -2,7 +2,7 @@
 
 The core's sans-I/O :class:`ChumSession` does the protocol; a driver (``core.spawn_session``)
 moves its frames over a transport.  This layer starts a session, reacts to its events (it
-merges remote versions through :func:`lama.objects.versions.merge_remote_version`, because
+merges remote version nodes through :func:`lama.objects.versions.merge_node`, because
 version merges are CRDT logic in Python) and writes the ``Chum`` log object when the session
 ends.  It never sits in the data path of a running sync.
 """
@@ -45,8 +45,16 @@ def handle_event(store: Store, kind: str, data: dict[str, Any], result: SyncResu
     Returns the :class:`VersionResult` of a merge, else None; fills ``result`` if given."""
     out = None
     if kind == "merge":
-        node = versions.load_node(store, data["node"])
-        out = versions.merge_remote_version(store, node.data, node.creation_time)
+        # The fetched node is stored with its whole ancestry (the importer stores the
+        # dependencies of an object before the object, chum.md §6.3), so lama merges the
+        # remote node itself into its version graph.  The reference instead writes a detached
+        # local VersionNodeEdge for the node's data (objects.md §9 quirk 17): the remote
+        # history is lost, a Register field the remote never touched then counts as changed
+        # (against the empty node), and two peers merging the same concurrent edits can keep
+        # different values.  With the shared graph both peers find the same common history and
+        # compute the same merge.  The wire is unchanged: a ONE peer still fetches lama's
+        # nodes and merges their data as edges on its side.
+        out = versions.merge_node(store, data["node"])
         if result is not None:
             result.merged.append(out)
     elif result is None:

@@ -44,7 +44,8 @@ app-layer.md §2.6).  An algorithm is a callable (or an object with a ``merge`` 
     algorithm(ctx: MergeContext, path: tuple, itemtype: dict, base, left, right) -> value
 
 where ``base``/``left``/``right`` are the values at ``path`` in the common history and the two
-heads (:data:`ABSENT` when missing).  It may return :data:`ABSENT`, read objects with
+heads (:data:`ABSENT` when missing).  "left" is the head with the smaller node hash, not the
+local one, so every peer merging the same two heads gets the same result.  It may return :data:`ABSENT`, read objects with
 ``ctx.load(hash)``, add objects to be stored with the merge result with ``ctx.add_object``,
 and inspect the graph through ``ctx.history`` (``left_head``, ``right_head``,
 ``side("left")``...).

@@ -19,6 +19,10 @@ The store's version head (``vheads``) names the head node; the current version i
   ``creationTime``.
 * :func:`merge_node` merges an already stored version node (another branch's head) into the
   head: nothing if the head contains it, fast-forward if it contains the head, else as above.
+  CHUM's import uses it for the fetched remote node (lama.chum.handle_event), so peers share
+  one version graph and agree on merges where the reference diverges (§9 quirk 17).  A merge
+  depends only on the two heads (the one with the smaller hash is "left"), never on which is
+  local.
 * :func:`current`, :func:`current_hash`, :func:`current_version`, :func:`head_node` read the
   head; :func:`history` lists the versions oldest first, merge nodes excluded (§4.1 walk).
 
@@ -381,7 +385,15 @@ def _plan_merge(store: Store, type_name: str, head: VersionNode, new: VersionNod
     if flags.get(head.hash, 0) & _RIGHT:
         return _Plan([], new.hash, new.data)  # fast-forward
     extra: list[dict[str, Any]] = []
-    history = _history(store, graph, head, new, type_name, 0, extra, painted)
+    # The merge is a function of the two heads, not of which one is local: the head with the
+    # smaller hash is always "left".  Array/bag order (objects.md §9 quirk 25) and every other
+    # asymmetry then come out the same on every peer that merges the same two nodes, so the
+    # merged data and the VersionNodeMerge (nodes is a set, depth max+1, creationTime max) are
+    # byte-identical there, and two peers never ping-pong ever-new merges of one pair.
+    left, right = (head, new) if head.hash < new.hash else (new, head)
+    if left is not head:
+        painted = graph.paint(left.hash, right.hash)
+    history = _history(store, graph, left, right, type_name, 0, extra, painted)
     ctx_store = _OverlayStore(store, data_objects)
     merged, objs = crdt.merge_objects(ctx_store, history, type_name)
     merged_hash: str = core.object_hash(merged)
