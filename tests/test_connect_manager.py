@@ -173,6 +173,50 @@ def test_pair_then_chum_both_ways(two: tuple[Instance, Instance]) -> None:
     run(main)
 
 
+def test_pairing_loop_one_connection_at_once_and_clean_close(tmp_path: Path) -> None:
+    """The pairing path many times (issue 9: "a persistent CHUM connection is up right after
+    pairing on both sides ... no refused first attempt"): each time a fresh pair of instances
+    pairs; the CHUM connection must be up on both sides within 5 s, no dial may have failed,
+    no connection may have gone down, and when B's manager closes right then, A must see the
+    connection end (a connection B accepted while closing was once left open, and A kept it as
+    live for good: the benchmark's 20 s timeouts)."""
+    rounds = 12
+
+    async def main() -> None:
+        server = await core.comm_server("127.0.0.1", 0)
+        try:
+            for i in range(rounds):
+                a, b = make(tmp_path, f"a{i}"), make(tmp_path, f"b{i}")
+                ma = ConnectionManager(a, config(server.url))
+                mb = ConnectionManager(b, config(server.url))
+                events: list[tuple[str, str, dict[str, Any]]] = []
+                ma.subscribe(lambda k, d: events.append(("a", k, d)))
+                mb.subscribe(lambda k, d: events.append(("b", k, d)))
+                try:
+                    await ma.start()
+                    await mb.start()
+                    up = await pair(ma, mb)
+                    assert up < 5.0, up
+                    for m in (ma, mb):
+                        for peer in m.connection_health()["peers"].values():
+                            assert peer["recent_errors"] == [], (i, peer)
+                    downs = [e for e in events if e[1] == "connection_down"]
+                    assert not downs, (i, downs)
+                    await mb.close()
+                    await wait_until(lambda: not ma.connected(b.person_id), 5.0,
+                                     f"A to see B's close (round {i})")
+                    assert not live_conns(mb)
+                finally:
+                    await mb.close()
+                    await ma.close()
+                    a.close()
+                    b.close()
+        finally:
+            await server.close()
+
+    run(main, timeout=180.0)
+
+
 def test_restarted_peer_reconnects(two: tuple[Instance, Instance]) -> None:
     a, b = two
 

@@ -78,6 +78,10 @@ SHUTDOWN = "Connection manager shut down"
 GROUPS = ("chum", "pairing", "debug")
 QUICK_RETRIES = 3  # refusals retried after refused_retry_delay before the backoff applies
 SHORT_LIVED = 5.0  # s: a connection ending sooner counts towards the backoff
+# s: right after a pairing both sides know the other is about to dial; the side with the larger
+# instance key waits this long for the other's connection before dialling itself, so that
+# normally one connection is made, not two that the duplicate rule has to sort out
+PAIRING_YIELD = 1.0
 
 
 @dataclass
@@ -264,6 +268,10 @@ class ConnectionManager:
         self._peers: dict[bytes, _Peer] = {}
         self._unknown: dict[tuple[bytes, str], _Conn] = {}  # catch-all connections (chum/debug)
         self._pairing_conns: set[_Conn] = set()
+        # every connection the manager holds and has not closed yet, whatever its state: close()
+        # closes them all, so none outlives the manager (a chum session of the Rust core does
+        # not end on task cancellation, only when its connection closes)
+        self._conns: set[_Conn] = set()
         self._pairing_in_progress: dict[Any, asyncio.Future[None]] = {}
         self._disabled_persons: set[str] = set()
         self._listeners: list[Any] = []
@@ -275,6 +283,7 @@ class ConnectionManager:
         self._online = False
         self._registry: Any = None
         self._pairing_waiters: list[asyncio.Future[PairingOutcome]] = []
+        self._just_paired: set[bytes] = set()  # keys of peers paired in this scan
         self.pairings: list[PairingOutcome] = []
 
     # ------------------------------------------------------------------ lifecycle
@@ -362,27 +371,44 @@ class ConnectionManager:
         if self._registry is not None:
             with contextlib.suppress(Exception):
                 self._registry.invalidate_all()
-        for peer in self._peers.values():
-            if peer.dial_task is not None:
-                peer.dial_task.cancel()
-        conns = [c for p in self._peers.values() for c in p.active.values()]
-        conns += list(self._unknown.values()) + list(self._pairing_conns)
-        for c in conns:
-            await self._close_conn(c, SHUTDOWN)
+        # Order matters: a connection that completes its handshake while we close must not be
+        # left open (the peer would keep it as live for good). The listeners go first (no new
+        # incoming), every dial is cancelled, then every connection we hold is closed, then the
+        # tasks are cancelled; connections registered meanwhile (a dial or accept that was
+        # already past its last await) are closed in the loop below.
         for listener in self._listeners:
             with contextlib.suppress(Exception):
                 await listener.close()
-        for t in list(self._tasks):
-            t.cancel()
+        tasks = set(self._tasks)
         for peer in self._peers.values():
             if peer.dial_task is not None:
-                self._tasks.add(peer.dial_task)
-        if self._tasks:
-            await asyncio.wait(list(self._tasks), timeout=5.0)
+                peer.dial_task.cancel()
+                tasks.add(peer.dial_task)
+        await self._close_all()
+        for t in tasks:
+            t.cancel()
+        deadline = time.monotonic() + 5.0
+        while True:
+            tasks = {t for t in tasks | self._tasks if not t.done()}
+            if not tasks or time.monotonic() >= deadline:
+                break
+            await asyncio.wait(tasks, timeout=0.05)
+            await self._close_all()
+        await self._close_all()
         for w in self._pairing_waiters:
             if not w.done():
                 w.cancel()
         self._set_online(False)
+
+    async def _close_all(self) -> None:
+        for c in list(self._conns):
+            await self._close_conn(c, SHUTDOWN)
+
+    def _track(self, conn: Any, group: str, initiator: bool, remote_key: bytes) -> _Conn:
+        """A new :class:`_Conn` for an established connection, registered for :meth:`close`."""
+        c = _Conn(conn=conn, group=group, initiator=initiator, remote_key=remote_key)
+        self._conns.add(c)
+        return c
 
     def _spawn(self, coro: Any) -> asyncio.Task[Any]:
         task = asyncio.ensure_future(coro)
@@ -511,7 +537,9 @@ class ConnectionManager:
             peer = _Peer(endpoint=ep, enabled=ep.person_id not in self._disabled_persons)
             self._peers[ep.remote_key] = peer
             self._diag("new endpoint %s person %s url %s", ep.remote_key.hex(), ep.person_id, ep.url)
-            self._ensure_dialling(peer)
+            just_paired = ep.remote_key in self._just_paired
+            self._ensure_dialling(
+                peer, PAIRING_YIELD if just_paired and self._public > ep.remote_key else 0.0)
             return True
         if ep.seq >= peer.endpoint.seq and ep.endpoint_hash != peer.endpoint.endpoint_hash:
             peer.endpoint = ep  # a newer endpoint (e.g. another url) for the same instance
@@ -624,9 +652,11 @@ class ConnectionManager:
                 peer.dial_task = None
 
     async def _sleep_or_wake(self, peer: _Peer, seconds: float) -> None:
-        peer.wake.clear()
+        # the event is cleared after a wake, not before the sleep: a wake that came while the
+        # loop was dialling (an incoming connection took the slot) is not lost
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(peer.wake.wait(), seconds)
+        peer.wake.clear()
 
     async def _dial_once(self, peer: _Peer) -> None:
         cfg = self.config
@@ -636,7 +666,7 @@ class ConnectionManager:
         conn = await core.encrypted_connect(
             ep.url, self._public, self._secret, ep.remote_key, open_timeout=cfg.open_timeout,
             keepalive=cfg.keepalive, dead_after=cfg.dead_after)
-        c = _Conn(conn=conn, group="chum", initiator=True, remote_key=ep.remote_key)
+        c = self._track(conn, "chum", True, ep.remote_key)
         try:
             probe = _RttProbe(conn)
             ident = await asyncio.wait_for(self._initiate(probe, "chum", ep),
@@ -670,6 +700,10 @@ class ConnectionManager:
 
     def _claim(self, peer: _Peer, c: _Conn) -> bool:
         """Give ``c`` the (peer, group) slot or refuse it, deterministically (module doc)."""
+        if self._closing:
+            # close() may already have closed what it found: nothing takes a slot after that
+            self._spawn(self._close_conn(c, SHUTDOWN))
+            return False
         now = time.monotonic()
         old = peer.active.get(c.group)
         if old is not None and not old.closed and old.conn.close_reason is None:
@@ -723,6 +757,7 @@ class ConnectionManager:
         if c.close_reason is None:
             c.close_reason = reason
         c.closed = True
+        self._conns.discard(c)
         with contextlib.suppress(Exception):
             await c.conn.close(reason)
 
@@ -754,7 +789,7 @@ class ConnectionManager:
                 await transport.close(_close_text(e))
             return
         remote_key = bytes(conn.remote_key)
-        c = _Conn(conn=conn, group="", initiator=False, remote_key=remote_key)
+        c = self._track(conn, "", False, remote_key)
         try:
             await self._dispatch(c)
         except asyncio.CancelledError:
@@ -983,7 +1018,7 @@ class ConnectionManager:
                     raise
                 self._diag("pairing connection to %s failed (%s), retrying", inv.url, e)
                 await asyncio.sleep(cfg.retry_delay * (1 + random.random()))
-        c = _Conn(conn=conn, group="pairing", initiator=True, remote_key=target)
+        c = self._track(conn, "pairing", True, target)
         # the inviter dials our chum connection as soon as it stored us, which can be before
         # we stored it: such a connection waits for this pairing (conn §6.3 race, mirrored)
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -1028,8 +1063,13 @@ class ConnectionManager:
             remote_key=_identity_key(result, conn.remote_key), token=getattr(result, "token", ""),
             details=result)
         self.pairings.append(outcome)
-        # the new OneInstanceEndpoint is in the store now: route it and dial at once
-        self._scan_endpoints()
+        # the new OneInstanceEndpoint is in the store now: route it and dial (the side with the
+        # smaller instance key at once, the other after PAIRING_YIELD unless connected by then)
+        self._just_paired.add(outcome.remote_key)
+        try:
+            self._scan_endpoints()
+        finally:
+            self._just_paired.discard(outcome.remote_key)
         self._emit("pairing_success", initiated_locally=initiated_locally,
                    local_person=outcome.local_person, local_instance=outcome.local_instance,
                    remote_person=outcome.remote_person, remote_instance=outcome.remote_instance,
