@@ -24,7 +24,7 @@ from lama.connect.manager import (
     ConnectionManager,
     ManagerConfig,
 )
-from lama.errors import InvalidArgumentError, LamaError, TransportError
+from lama.errors import InvalidArgumentError, LamaError, StoreError, TransportError
 from lama.identity.instance import Instance
 
 T = TypeVar("T")
@@ -377,6 +377,68 @@ def test_disable_and_enable_a_person(two: tuple[Instance, Instance]) -> None:
             await server.close()
 
     run(main)
+
+
+def test_disabled_person_survives_a_restart(two: tuple[Instance, Instance]) -> None:
+    """disable_person is persisted (connections.json in the instance directory,
+    docs/connections.md §3.3): after A's manager and instance are closed and reopened, B is
+    still disabled - A does not dial it and refuses its connections - until enable_person,
+    which is persisted too."""
+    a, b = two
+    a_path = a.path
+
+    async def main() -> None:
+        nonlocal a
+        server = await core.comm_server("127.0.0.1", 0)
+        ma = ConnectionManager(a, config(server.url))
+        mb = ConnectionManager(b, config(server.url))
+        await ma.start()
+        await mb.start()
+        try:
+            await pair(ma, mb)
+            await ma.disable_person(b.person_id)
+            assert ma.disabled_persons == [b.person_id]
+            await ma.close()
+            a.close()
+            a = Instance.open(a_path, SECRET)
+            ma = ConnectionManager(a, config(server.url))
+            assert not ma.is_enabled(b.person_id)
+            await ma.start()
+            h = note(a, "not while disabled", b)
+            await asyncio.sleep(1.5)  # B keeps dialling and is refused; A does not dial
+            assert not ma.connected(b.person_id) and not mb.connected(a.person_id)
+            assert not b.store.has(h)
+            [entry] = [e for e in ma.connections_info() if e["protocolName"] == "chum"]
+            assert not entry["enabled"]
+            errors = mb.connection_health()["peers"][a.instance_public_key.hex()]["recent_errors"]
+            assert any("disabled" in e for e in errors), errors
+            await ma.enable_person(b.person_id)
+            await wait_until(lambda: b.store.has(h), 10.0, "the note after enable")
+            # enabling is persisted as well
+            await ma.close()
+            ma = ConnectionManager(a, config(server.url))
+            assert ma.is_enabled(b.person_id) and ma.disabled_persons == []
+        finally:
+            await ma.close()
+            await mb.close()
+            await server.close()
+
+    run(main)
+
+
+def test_damaged_connection_settings_are_an_error(two: tuple[Instance, Instance]) -> None:
+    a, _ = two
+    path = Path(a.path) / "connections.json"
+    for text in ("{not json", '{"disabledPersons": "x"}', '{"disabledPersons": ["ABC"]}'):
+        path.write_text(text)
+        with pytest.raises(StoreError) as e:
+            ConnectionManager(a, config("ws://127.0.0.1:1"))
+        assert e.value.code == "LAMA-CORRUPT"
+    path.unlink()
+    m = ConnectionManager(a, config("ws://127.0.0.1:1"))
+    with pytest.raises(LamaError):
+        run(lambda: m.disable_person("not a hash"))
+    assert not path.exists()
 
 
 def test_refused_pairings_and_unknown_person_store_nothing(tmp_path: Path) -> None:

@@ -43,14 +43,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
+import os
 import random
 import time
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from .._core import core
-from ..errors import AccessDeniedError, InvalidArgumentError, LamaError, TransportError
+from ..errors import AccessDeniedError, InvalidArgumentError, LamaError, StoreError, TransportError
 
 __all__ = [
     "ConnectionManager",
@@ -78,6 +81,8 @@ SHUTDOWN = "Connection manager shut down"
 GROUPS = ("chum", "pairing", "debug")
 QUICK_RETRIES = 3  # refusals retried after refused_retry_delay before the backoff applies
 SHORT_LIVED = 5.0  # s: a connection ending sooner counts towards the backoff
+# the manager's persisted settings, in the instance directory (docs/connections.md §3.3)
+SETTINGS_FILE = "connections.json"
 # s: right after a pairing both sides know the other is about to dial; the side with the larger
 # instance key waits this long for the other's connection before dialling itself, so that
 # normally one connection is made, not two that the duplicate rule has to sort out
@@ -273,7 +278,7 @@ class ConnectionManager:
         # not end on task cancellation, only when its connection closes)
         self._conns: set[_Conn] = set()
         self._pairing_in_progress: dict[Any, asyncio.Future[None]] = {}
-        self._disabled_persons: set[str] = set()
+        self._disabled_persons: set[str] = set(self._load_settings().get("disabledPersons", []))
         self._listeners: list[Any] = []
         self._tasks: set[asyncio.Task[Any]] = set()
         self._subscribers: list[Callable[[str, dict[str, Any]], Any]] = []
@@ -565,8 +570,12 @@ class ConnectionManager:
 
     async def disable_person(self, person_id: str) -> None:
         """Stop dialling the person's instances and close their connections (conn §7.5);
-        incoming connections from them are refused with ``Route is disabled``."""
-        self._disabled_persons.add(person_id)
+        incoming connections from them are refused with ``Route is disabled``. Persisted in
+        the instance directory (``connections.json``): a restarted manager keeps it."""
+        core.check_hash(person_id, "person id")
+        if person_id not in self._disabled_persons:
+            self._disabled_persons.add(person_id)
+            self._save_settings()
         for peer in self._peer_by_person(person_id):
             peer.enabled = False
             if peer.dial_task is not None:
@@ -577,8 +586,12 @@ class ConnectionManager:
         self._emit("connections_changed")
 
     async def enable_person(self, person_id: str) -> None:
-        """Undo :meth:`disable_person`: dial the person's instances again at once."""
-        self._disabled_persons.discard(person_id)
+        """Undo :meth:`disable_person` (persisted too): dial the person's instances again at
+        once."""
+        core.check_hash(person_id, "person id")
+        if person_id in self._disabled_persons:
+            self._disabled_persons.discard(person_id)
+            self._save_settings()
         for peer in self._peer_by_person(person_id):
             peer.enabled = True
             peer.attempts = 0
@@ -587,6 +600,54 @@ class ConnectionManager:
 
     def is_enabled(self, person_id: str) -> bool:
         return person_id not in self._disabled_persons
+
+    @property
+    def disabled_persons(self) -> list[str]:
+        """The persons disabled with :meth:`disable_person` (persisted), sorted."""
+        return sorted(self._disabled_persons)
+
+    # ------------------------------------------------------------------ persisted settings
+
+    def _settings_path(self) -> Path | None:
+        path = getattr(self.instance, "path", None)
+        return Path(path) / SETTINGS_FILE if path else None
+
+    def _load_settings(self) -> dict[str, Any]:
+        """``connections.json`` of the instance directory: ``{"disabledPersons": [person id
+        hashes]}`` (absent file: nothing disabled). A damaged file is ``StoreError
+        LAMA-CORRUPT`` rather than silently re-enabling everybody."""
+        path = self._settings_path()
+        if path is None or not path.exists():
+            return {}
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError) as e:
+            raise StoreError(f"LAMA-CORRUPT: {path} is unreadable: {e}") from None
+        persons = data.get("disabledPersons") if isinstance(data, dict) else None
+        if not isinstance(persons, list) or not all(
+                isinstance(p, str) and len(p) == 64 and all(ch in "0123456789abcdef" for ch in p)
+                for p in persons):
+            raise StoreError(f"LAMA-CORRUPT: {path}: disabledPersons must be a list of "
+                             "lowercase 64-digit hashes")
+        return data
+
+    def _save_settings(self) -> None:
+        """Write ``connections.json`` atomically (temporary file, fsync, rename), so a crash
+        leaves the old or the new settings, never a torn file."""
+        path = self._settings_path()
+        if path is None:
+            return
+        data = {"disabledPersons": sorted(self._disabled_persons)}
+        tmp = path.with_name(SETTINGS_FILE + ".tmp")
+        try:
+            with open(tmp, "w", encoding="utf-8") as f:
+                json.dump(data, f, indent=2)
+                f.write("\n")
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except OSError as e:
+            raise StoreError(f"LAMA-IO: cannot write {path}: {e.strerror or e}") from None
 
     # ------------------------------------------------------------------ outgoing
 
@@ -718,6 +779,7 @@ class ConnectionManager:
             self._diag("%s connection to %s replaced", c.group, c.remote_key.hex()[:16])
             old.closed = True  # before the close: its end must not free the new slot
             peer.stats_log.append(self._conn_stats(old))
+            del peer.stats_log[:-20]
             self._spawn(self._close_conn(old, REPLACED, force=True))
         c.claimed_at = now
         peer.active[c.group] = c
@@ -922,13 +984,22 @@ class ConnectionManager:
 
             result = await chum.sync(
                 self.store, c.conn, self.instance.person_id, c.remote_person or ZERO_HASH,
-                # the Chum log names the two instances by their `name` (chum.md §7)
-                local_instance=self.instance.instance_name,
-                remote_instance=c.remote_instance_name or c.remote_instance or ZERO_HASH,
                 on_event=on_event, keep_running=True, fast_path=cfg.fast_path,
                 poll_interval=cfg.sync_interval or 5.0, exporter=not cfg.no_export,
-                importer=not cfg.no_import)
+                importer=not cfg.no_import, write_log=False)
             reason = result.reason or reason
+            # A keep-running session only ends when its connection closes, which the
+            # reference's importer counts as a failure; chum.md §3.2 item 5 then writes the Chum
+            # log only if something was transferred. So a connection that was replaced or
+            # dropped before it moved anything adds no version (each version is a merge over
+            # the log's whole history: a reconnect storm would otherwise slow to a crawl).
+            if result.log and any(result.log.get(k) for k in chum.LOG_BAGS):
+                chum.write_chum_log(
+                    self.store, result.log, local_person=self.instance.person_id,
+                    remote_person=c.remote_person or ZERO_HASH,
+                    # the Chum log names the two instances by their `name` (chum.md §7)
+                    local_instance=self.instance.instance_name,
+                    remote_instance=c.remote_instance_name or c.remote_instance or ZERO_HASH)
         except asyncio.CancelledError:
             reason = SHUTDOWN
             raise
