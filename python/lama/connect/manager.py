@@ -277,6 +277,7 @@ class ConnectionManager:
         # closes them all, so none outlives the manager (a chum session of the Rust core does
         # not end on task cancellation, only when its connection closes)
         self._conns: set[_Conn] = set()
+        self._timers: set[asyncio.Task[Any]] = set()  # loops that only sleep: cancelled at once
         self._pairing_in_progress: dict[Any, asyncio.Future[None]] = {}
         self._disabled_persons: set[str] = set(self._load_settings().get("disabledPersons", []))
         self._listeners: list[Any] = []
@@ -305,15 +306,15 @@ class ConnectionManager:
             except (LamaError, OSError) as e:
                 # the comm server may be down now and come back: keep trying in the background
                 log.warning("comm server %s: %s", cfg.comm_server_url, e)
-                self._spawn(self._listen_retry())
+                self._timers.add(self._spawn(self._listen_retry()))
         if cfg.accept_incoming and cfg.direct_host is not None:
             listener = await core.ws_listen(cfg.direct_host, int(cfg.direct_port or 0))
             self._listeners.append(listener)
             self._spawn(self._accept_loop(listener, "direct"))
         self._scan_endpoints()
-        self._spawn(self._discovery_loop())
+        self._timers.add(self._spawn(self._discovery_loop()))
         if cfg.health_checks:
-            self._spawn(self._health_loop())
+            self._timers.add(self._spawn(self._health_loop()))
         if not (cfg.accept_incoming and cfg.comm_server_url):
             self._set_online(True)  # no comm server listener: always online (conn §7.1)
         else:
@@ -381,24 +382,33 @@ class ConnectionManager:
         # incoming), every dial is cancelled, then every connection we hold is closed, then the
         # tasks are cancelled; connections registered meanwhile (a dial or accept that was
         # already past its last await) are closed in the loop below.
+        for t in self._timers:
+            t.cancel()
         for listener in self._listeners:
             with contextlib.suppress(Exception):
                 await listener.close()
         tasks = set(self._tasks)
         for peer in self._peers.values():
+            peer.wake.set()  # a dial loop waiting for its next attempt ends now
             if peer.dial_task is not None:
-                peer.dial_task.cancel()
                 tasks.add(peer.dial_task)
         await self._close_all()
-        for t in tasks:
-            t.cancel()
-        deadline = time.monotonic() + 5.0
-        while True:
-            tasks = {t for t in tasks | self._tasks if not t.done()}
-            if not tasks or time.monotonic() >= deadline:
-                break
-            await asyncio.wait(tasks, timeout=0.05)
-            await self._close_all()
+        # First let the tasks end by themselves (accept loops see their listener closed, dial
+        # loops see _closing, sessions see their connection closed): a task cancelled while it
+        # awaits a core operation leaves that operation running, and its result would arrive
+        # after the caller's event loop is gone. What is still running after a grace period is
+        # cancelled.
+        for grace, cancel in ((1.0, False), (5.0, True)):
+            if cancel:
+                for t in tasks | self._tasks:
+                    t.cancel()
+            deadline = time.monotonic() + grace
+            while True:
+                tasks = {t for t in tasks | self._tasks if not t.done()}
+                if not tasks or time.monotonic() >= deadline:
+                    break
+                await asyncio.wait(tasks, timeout=0.05)
+                await self._close_all()
         await self._close_all()
         for w in self._pairing_waiters:
             if not w.done():
@@ -728,6 +738,9 @@ class ConnectionManager:
             ep.url, self._public, self._secret, ep.remote_key, open_timeout=cfg.open_timeout,
             keepalive=cfg.keepalive, dead_after=cfg.dead_after)
         c = self._track(conn, "chum", True, ep.remote_key)
+        if self._closing:
+            await self._close_conn(c, SHUTDOWN)
+            return
         try:
             probe = _RttProbe(conn)
             ident = await asyncio.wait_for(self._initiate(probe, "chum", ep),
@@ -852,6 +865,9 @@ class ConnectionManager:
             return
         remote_key = bytes(conn.remote_key)
         c = self._track(conn, "", False, remote_key)
+        if self._closing:
+            await self._close_conn(c, SHUTDOWN)
+            return
         try:
             await self._dispatch(c)
         except asyncio.CancelledError:
