@@ -181,6 +181,7 @@ def test_pairing_loop_one_connection_at_once_and_clean_close(tmp_path: Path) -> 
     connection end (a connection B accepted while closing was once left open, and A kept it as
     live for good: the benchmark's 20 s timeouts)."""
     rounds = 12
+    ups: list[float] = []
 
     async def main() -> None:
         server = await core.comm_server("127.0.0.1", 0)
@@ -197,6 +198,7 @@ def test_pairing_loop_one_connection_at_once_and_clean_close(tmp_path: Path) -> 
                     await mb.start()
                     up = await pair(ma, mb)
                     assert up < 5.0, up
+                    ups.append(up)
                     for m in (ma, mb):
                         for peer in m.connection_health()["peers"].values():
                             assert peer["recent_errors"] == [], (i, peer)
@@ -215,6 +217,9 @@ def test_pairing_loop_one_connection_at_once_and_clean_close(tmp_path: Path) -> 
             await server.close()
 
     run(main, timeout=180.0)
+    ups.sort()
+    print(f"pairing -> CHUM up both ways, {rounds} pairings: p50 {ups[len(ups) // 2] * 1000:.0f} ms, "
+          f"max {ups[-1] * 1000:.0f} ms")
 
 
 def test_restarted_peer_reconnects(two: tuple[Instance, Instance]) -> None:
