@@ -670,6 +670,7 @@ class ConnectionManager:
             if delay == 0.0:
                 peer.wake.set()  # cut a pending backoff short
             return
+        peer.wake.clear()  # a wake meant for an earlier loop must not cut this one's delay
         peer.dial_task = asyncio.ensure_future(self._dial_loop(peer, delay))
 
     def _backoff(self, attempts: int) -> float:
