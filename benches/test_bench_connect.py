@@ -249,19 +249,14 @@ def test_connection_manager_dial_to_chum(benchmark: Any, core: ModuleType, tmp_p
     rounds = 3 if benchmark.disabled else 15
     out: list[str] = []
 
-    failed_pairings = 0
-
     def once() -> None:
-        nonlocal failed_pairings
         env = {**os.environ, "LAMA_CORE": core.CORE_NAME}
-        for attempt in range(3):
-            r = subprocess.run([sys.executable, str(SIDE), "reconnect", core.CORE_NAME,
-                                str(tmp_path / str(attempt)), str(rounds)],
-                               env=env, capture_output=True, text=True, timeout=300)
-            if r.returncode != 3:  # 3: the first CHUM connection after pairing never came up
-                break
-            failed_pairings += 1
-        assert r.returncode == 0, r.stderr[-3000:]
+        # no retry: the first CHUM connection after the pairing must come up (exit status 3
+        # if it does not; it once failed in 1 run of 4, docs/connections.md §3.3 "Shutdown")
+        r = subprocess.run([sys.executable, str(SIDE), "reconnect", core.CORE_NAME,
+                            str(tmp_path), str(rounds)],
+                           env=env, capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, (r.returncode, r.stdout[-500:], r.stderr[-3000:])
         out.extend(r.stdout.split("\n"))
 
     benchmark.pedantic(once, rounds=1, iterations=1)
@@ -271,6 +266,5 @@ def test_connection_manager_dial_to_chum(benchmark: Any, core: ModuleType, tmp_p
     sync = [r[1] for r in rows]
     report_line(f"fresh ConnectionManager start -> CHUM up both ways ({core.CORE_NAME}, {rounds} rounds): "
                 f"p50 {pct(up, .5):.1f} ms, max {max(up):.1f} ms; -> first full_sync "
-                f"p50 {pct(sync, .5):.1f} ms, max {max(sync):.1f} ms; first CHUM connection after the "
-                f"pairing not up within 20 s in {failed_pairings} of {failed_pairings + 1} runs")
+                f"p50 {pct(sync, .5):.1f} ms, max {max(sync):.1f} ms")
     record("start -> CHUM up (median, 1/s)", core.CORE_NAME, 1, pct(up, .5) / 1000)

@@ -811,3 +811,47 @@ def test_pairing_then_chum_over_encrypted_websocket(tmp_path: Path) -> None:
                 await listener.close()
 
         run(main, timeout=60)
+
+
+def test_reverse_maps_find_endpoints_stored_before_they_were_enabled(tmp_path: Path) -> None:
+    """An endpoint (and its Profile) stored before lama.connect ever enabled its reverse maps
+    in that store - e.g. imported by CHUM, or written by an older lama - is found afterwards:
+    enabling a map indexes what is already stored (docs/connections.md §3.1)."""
+    store = core.Store(str(tmp_path / "plain-store"))
+    try:
+        person = core.id_hash({"$type$": "Person", "email": "old@example.org"})
+        instance = core.id_hash({"$type$": "Instance", "name": "old", "owner": person})
+        pk = {"$type$": "Keys", "owner": person, "publicKey": "11" * 32, "publicSignKey": "22" * 32}
+        ik = {"$type$": "Keys", "owner": instance, "publicKey": "33" * 32,
+              "publicSignKey": "44" * 32}
+        (pkh, _, _), (ikh, _, _) = store.put_objects([pk, ik])
+        ep = {"$type$": "OneInstanceEndpoint", "personId": person, "instanceId": instance,
+              "personKeys": pkh, "instanceKeys": ikh, "url": "ws://127.0.0.1:1"}
+        (eph, _, _), = store.put_objects([ep])
+        profile = {"$type$": "Profile", "profileId": "default", "personId": person,
+                   "owner": person, "communicationEndpoint": [eph], "personDescription": []}
+        (profh, _, profid), = store.put_objects([profile])
+        assert store.referencing(person, "OneInstanceEndpoint") == []
+        contacts.enable_reverse_maps(store)
+        assert contacts.endpoints_of_person(store, person) == [(eph, ep)]
+        assert contacts.endpoints_of_instance(store, instance) == [(eph, ep)]
+        assert store.referencing(ikh, "OneInstanceEndpoint") == [eph]
+        assert store.referencing(eph, "Profile") == [profh]
+        assert store.referencing(person, "Profile", id_objects=True) == [profid]
+    finally:
+        store.close()
+
+
+def test_instance_enables_the_contact_maps_when_created(tmp_path: Path) -> None:
+    """Instance.create/open enable lama.connect's reverse maps (so nothing needs indexing
+    later and every endpoint is in them from the start)."""
+    inst = Instance.create(tmp_path, email="maps@example.org", instance_name="maps",
+                           secret="maps-secret")
+    try:
+        ep = {"$type$": "OneInstanceEndpoint", "personId": inst.person_id,
+              "instanceId": inst.instance_id, "personKeys": inst.person_keys,
+              "instanceKeys": inst.instance_keys, "url": "ws://127.0.0.1:1"}
+        (eph, _, _), = inst.store.put_objects([ep])
+        assert inst.store.referencing(inst.person_id, "OneInstanceEndpoint") == [eph]
+    finally:
+        inst.close()

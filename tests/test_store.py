@@ -461,16 +461,16 @@ def test_reverse_maps_received_as_microdata(store: Any) -> None:
 def test_enable_reverse_maps_is_persisted(store_path: Path) -> None:
     e1, e2 = edge(ALICE_HASH, 1), edge(ALICE_HASH, 2)
     with core.Store(str(store_path)) as s:
-        s.put_objects([e1])
+        (h1, _, _), = s.put_objects([e1])
         s.enable_reverse_maps("VersionNodeEdge")
         s.enable_reverse_maps("VersionNodeChange", ["prev"])
         s.enable_reverse_maps("Person", ["email"], id_objects=True)
         (h2, _, _), = s.put_objects([e2])
-        # only objects written after enabling are mapped (objects.md §5.3)
-        assert s.referencing(ALICE_HASH, "VersionNodeEdge") == [h2]
+        # objects written before enabling are indexed when the map is enabled
+        assert sorted(s.referencing(ALICE_HASH, "VersionNodeEdge")) == sorted([h1, h2])
     with core.Store(str(store_path)) as s:
         (h3, _, _), = s.put_objects([edge(ALICE_HASH, 3)])
-        assert sorted(s.referencing(ALICE_HASH, "VersionNodeEdge")) == sorted([h2, h3])
+        assert sorted(s.referencing(ALICE_HASH, "VersionNodeEdge")) == sorted([h1, h2, h3])
         # only the enabled itemprop "prev" is mapped, not "data"
         ch = {"$type$": "VersionNodeChange", "prev": h2, "data": ALICE_HASH, "depth": 1,
               "creationTime": 4}
@@ -484,6 +484,32 @@ def test_enable_reverse_maps_is_persisted(store_path: Path) -> None:
         assert raw.get("meta", b"rmap.O.Keys") is None  # built-ins are not stored
         key = (bytes.fromhex(h2) + b"O" + b"VersionNodeChange" + b"\x00" + bytes.fromhex(chh))
         assert raw.get("rmaps", key) == b""
+
+
+def test_enable_reverse_maps_indexes_objects_stored_before(store_path: Path) -> None:
+    """A reverse map is complete whenever it is enabled (docs/core-interface.md): objects of
+    the type already stored get their entries then - for a newly enabled type and for
+    itemprops added to an enabled one - and the store still verifies clean."""
+    with core.Store(str(store_path)) as s:
+        (h1, _, _), (h2, _, _) = s.put_objects([edge(ALICE_HASH, 1), edge(BOB_ID, 2)])
+        ch = {"$type$": "VersionNodeChange", "prev": h1, "data": ALICE_HASH, "depth": 1,
+              "creationTime": 4}
+        (chh, _, _), = s.put_objects([ch])
+        assert s.referencing(ALICE_HASH, "VersionNodeEdge") == []
+        s.enable_reverse_maps("VersionNodeEdge", ["data"])
+        assert s.referencing(ALICE_HASH, "VersionNodeEdge") == [h1]
+        assert s.referencing(BOB_ID, "VersionNodeEdge") == [h2]
+        s.enable_reverse_maps("VersionNodeChange", ["prev"])
+        assert s.referencing(h1, "VersionNodeChange") == [chh]
+        assert s.referencing(ALICE_HASH, "VersionNodeChange") == []  # "data" not enabled yet
+        s.enable_reverse_maps("VersionNodeChange", ["data"])  # widened: indexed now
+        assert s.referencing(ALICE_HASH, "VersionNodeChange") == [chh]
+        s.enable_reverse_maps("VersionNodeChange", ["prev"])  # nothing new: unchanged
+        assert s.referencing(h1, "VersionNodeChange") == [chh]
+        assert s.verify() == []
+    with core.Store(str(store_path)) as s:  # persisted
+        assert s.referencing(ALICE_HASH, "VersionNodeChange") == [chh]
+        assert s.referencing(ALICE_HASH, "VersionNodeEdge") == [h1]
 
 
 # -- verify, lifecycle --------------------------------------------------------------------

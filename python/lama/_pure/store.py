@@ -925,7 +925,8 @@ class Store:
     ) -> None:
         """Enable reverse maps of ``type_name`` for ``props`` (None = all properties), for
         objects or (``id_objects=True``) ID objects; persisted in ``meta`` and added to what is
-        already enabled.  Applies to objects written from now on (objects.md §5.3)."""
+        already enabled (objects.md §5.3).  Objects already stored get their entries at once
+        (one pass over ``objects`` when the setting changes), so a map is always complete."""
         shared = self._s()
         if not _is_text(type_name) or not type_name or "\x00" in type_name:
             raise StoreError(f"invalid type name {type_name!r}", "LAMA-ARG")
@@ -943,19 +944,47 @@ class Store:
                 if old is None:
                     return
                 merged = None if wanted is None else old | wanted
+                if merged == old:
+                    return  # nothing new: no write transaction (no fsync)
             else:
                 merged = wanted
             value = ["*"] if merged is None else sorted(merged)
             key = f"rmap.{kind}.{type_name}".encode("utf-8")
+            old_props = maps.get(type_name, frozenset())
             with _WriteTxn(shared) as txn:
                 txn.put(key, json.dumps(value, separators=(",", ":")).encode("utf-8"),
                         db=shared.meta)
+                # The map is complete from now on: the objects of this type stored before it
+                # was enabled get their entries in the same transaction (store-format.md
+                # "Write rules"; one pass over `objects`, only when the setting changes).
+                self._backfill_rmaps(txn, shared, type_name, kind.encode(), merged, old_props)
             new_maps = dict(maps)
             new_maps[type_name] = merged
             if id_objects:
                 shared.id_maps = new_maps
             else:
                 shared.obj_maps = new_maps
+
+    @staticmethod
+    def _backfill_rmaps(txn: lmdb.Transaction, shared: _Shared, type_name: str, kind: bytes,
+                        props: frozenset[str] | None, old: frozenset[str] | None) -> None:
+        entries = []
+        for h, v in txn.cursor(db=shared.objects):
+            if v[:1] != kind or len(h) != 32:
+                continue
+            try:
+                text = bytes(v[1:]).decode("utf-8")
+                if type_of(text)[0] != type_name:
+                    continue
+                refs = references(text)
+            except (UnicodeDecodeError, LamaError):
+                continue  # a damaged entry is left out; verify() reports it
+            tail = kind + type_name.encode("utf-8") + b"\x00" + bytes(h)
+            for path, _kind, target in refs:
+                if _prop_filter(props, path) and not (old is None or _prop_filter(old, path)):
+                    entries.append(bytes.fromhex(target) + tail)
+        for k in entries:
+            txn.put(k, b"", db=shared.rmaps)
 
     @_lmdb_errors
     def referencing(self, target: str, type_name: str, id_objects: bool = False) -> list[str]:

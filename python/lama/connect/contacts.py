@@ -4,9 +4,11 @@
 The reverse maps are those of app-layer.md §1.2 (Profile on ``communicationEndpoint`` and
 ``personDescription``, its ID object on ``owner`` and ``personId``) plus OneInstanceEndpoint on
 ``personId``, ``instanceId``, ``personKeys`` and ``instanceKeys`` (lama's: the reference finds
-endpoints through its Someone/Profile caches, which lama does not keep). A reverse map covers
-the objects written after it was enabled, so :func:`enable_reverse_maps` runs before anything
-in lama.connect writes or reads these objects.
+endpoints through its Someone/Profile caches, which lama does not keep). Enabling a map indexes
+the objects already stored (docs/core-interface.md), so the maps are complete whenever they
+were enabled; :class:`lama.identity.Instance` enables them when an instance is created or
+opened, and lama.connect calls :func:`enable_reverse_maps` again before it reads them (a
+store opened without an Instance).
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ def _endpoints(store: Store, target: str) -> list[tuple[str, dict[str, Any]]]:
 
 def endpoints_of_person(store: Store, person_id: str) -> list[tuple[str, dict[str, Any]]]:
     """``(hash, object)`` of every stored OneInstanceEndpoint whose ``personId`` is
-    ``person_id`` (written after :func:`enable_reverse_maps`)."""
+    ``person_id`` (whenever it was stored)."""
     core.check_hash(person_id, "person id")
     return [(h, o) for h, o in _endpoints(store, person_id) if o.get("personId") == person_id]
 

@@ -43,14 +43,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
+import os
 import random
 import time
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from .._core import core
-from ..errors import AccessDeniedError, InvalidArgumentError, LamaError, TransportError
+from ..errors import AccessDeniedError, InvalidArgumentError, LamaError, StoreError, TransportError
 
 __all__ = [
     "ConnectionManager",
@@ -78,6 +81,12 @@ SHUTDOWN = "Connection manager shut down"
 GROUPS = ("chum", "pairing", "debug")
 QUICK_RETRIES = 3  # refusals retried after refused_retry_delay before the backoff applies
 SHORT_LIVED = 5.0  # s: a connection ending sooner counts towards the backoff
+# the manager's persisted settings, in the instance directory (docs/connections.md §3.3)
+SETTINGS_FILE = "connections.json"
+# s: right after a pairing both sides know the other is about to dial; the side with the larger
+# instance key waits this long for the other's connection before dialling itself, so that
+# normally one connection is made, not two that the duplicate rule has to sort out
+PAIRING_YIELD = 1.0
 
 
 @dataclass
@@ -264,8 +273,13 @@ class ConnectionManager:
         self._peers: dict[bytes, _Peer] = {}
         self._unknown: dict[tuple[bytes, str], _Conn] = {}  # catch-all connections (chum/debug)
         self._pairing_conns: set[_Conn] = set()
+        # every connection the manager holds and has not closed yet, whatever its state: close()
+        # closes them all, so none outlives the manager (a chum session of the Rust core does
+        # not end on task cancellation, only when its connection closes)
+        self._conns: set[_Conn] = set()
+        self._timers: set[asyncio.Task[Any]] = set()  # loops that only sleep: cancelled at once
         self._pairing_in_progress: dict[Any, asyncio.Future[None]] = {}
-        self._disabled_persons: set[str] = set()
+        self._disabled_persons: set[str] = set(self._load_settings().get("disabledPersons", []))
         self._listeners: list[Any] = []
         self._tasks: set[asyncio.Task[Any]] = set()
         self._subscribers: list[Callable[[str, dict[str, Any]], Any]] = []
@@ -275,6 +289,7 @@ class ConnectionManager:
         self._online = False
         self._registry: Any = None
         self._pairing_waiters: list[asyncio.Future[PairingOutcome]] = []
+        self._just_paired: set[bytes] = set()  # keys of peers paired in this scan
         self.pairings: list[PairingOutcome] = []
 
     # ------------------------------------------------------------------ lifecycle
@@ -291,15 +306,15 @@ class ConnectionManager:
             except (LamaError, OSError) as e:
                 # the comm server may be down now and come back: keep trying in the background
                 log.warning("comm server %s: %s", cfg.comm_server_url, e)
-                self._spawn(self._listen_retry())
+                self._timers.add(self._spawn(self._listen_retry()))
         if cfg.accept_incoming and cfg.direct_host is not None:
             listener = await core.ws_listen(cfg.direct_host, int(cfg.direct_port or 0))
             self._listeners.append(listener)
             self._spawn(self._accept_loop(listener, "direct"))
         self._scan_endpoints()
-        self._spawn(self._discovery_loop())
+        self._timers.add(self._spawn(self._discovery_loop()))
         if cfg.health_checks:
-            self._spawn(self._health_loop())
+            self._timers.add(self._spawn(self._health_loop()))
         if not (cfg.accept_incoming and cfg.comm_server_url):
             self._set_online(True)  # no comm server listener: always online (conn §7.1)
         else:
@@ -362,27 +377,53 @@ class ConnectionManager:
         if self._registry is not None:
             with contextlib.suppress(Exception):
                 self._registry.invalidate_all()
-        for peer in self._peers.values():
-            if peer.dial_task is not None:
-                peer.dial_task.cancel()
-        conns = [c for p in self._peers.values() for c in p.active.values()]
-        conns += list(self._unknown.values()) + list(self._pairing_conns)
-        for c in conns:
-            await self._close_conn(c, SHUTDOWN)
+        # Order matters: a connection that completes its handshake while we close must not be
+        # left open (the peer would keep it as live for good). The listeners go first (no new
+        # incoming), every dial is cancelled, then every connection we hold is closed, then the
+        # tasks are cancelled; connections registered meanwhile (a dial or accept that was
+        # already past its last await) are closed in the loop below.
+        for t in self._timers:
+            t.cancel()
         for listener in self._listeners:
             with contextlib.suppress(Exception):
                 await listener.close()
-        for t in list(self._tasks):
-            t.cancel()
+        tasks = set(self._tasks)
         for peer in self._peers.values():
+            peer.wake.set()  # a dial loop waiting for its next attempt ends now
             if peer.dial_task is not None:
-                self._tasks.add(peer.dial_task)
-        if self._tasks:
-            await asyncio.wait(list(self._tasks), timeout=5.0)
+                tasks.add(peer.dial_task)
+        await self._close_all()
+        # First let the tasks end by themselves (accept loops see their listener closed, dial
+        # loops see _closing, sessions see their connection closed): a task cancelled while it
+        # awaits a core operation leaves that operation running, and its result would arrive
+        # after the caller's event loop is gone. What is still running after a grace period is
+        # cancelled.
+        for grace, cancel in ((1.0, False), (5.0, True)):
+            if cancel:
+                for t in tasks | self._tasks:
+                    t.cancel()
+            deadline = time.monotonic() + grace
+            while True:
+                tasks = {t for t in tasks | self._tasks if not t.done()}
+                if not tasks or time.monotonic() >= deadline:
+                    break
+                await asyncio.wait(tasks, timeout=0.05)
+                await self._close_all()
+        await self._close_all()
         for w in self._pairing_waiters:
             if not w.done():
                 w.cancel()
         self._set_online(False)
+
+    async def _close_all(self) -> None:
+        for c in list(self._conns):
+            await self._close_conn(c, SHUTDOWN)
+
+    def _track(self, conn: Any, group: str, initiator: bool, remote_key: bytes) -> _Conn:
+        """A new :class:`_Conn` for an established connection, registered for :meth:`close`."""
+        c = _Conn(conn=conn, group=group, initiator=initiator, remote_key=remote_key)
+        self._conns.add(c)
+        return c
 
     def _spawn(self, coro: Any) -> asyncio.Task[Any]:
         task = asyncio.ensure_future(coro)
@@ -511,7 +552,9 @@ class ConnectionManager:
             peer = _Peer(endpoint=ep, enabled=ep.person_id not in self._disabled_persons)
             self._peers[ep.remote_key] = peer
             self._diag("new endpoint %s person %s url %s", ep.remote_key.hex(), ep.person_id, ep.url)
-            self._ensure_dialling(peer)
+            just_paired = ep.remote_key in self._just_paired
+            self._ensure_dialling(
+                peer, PAIRING_YIELD if just_paired and self._public > ep.remote_key else 0.0)
             return True
         if ep.seq >= peer.endpoint.seq and ep.endpoint_hash != peer.endpoint.endpoint_hash:
             peer.endpoint = ep  # a newer endpoint (e.g. another url) for the same instance
@@ -537,8 +580,12 @@ class ConnectionManager:
 
     async def disable_person(self, person_id: str) -> None:
         """Stop dialling the person's instances and close their connections (conn §7.5);
-        incoming connections from them are refused with ``Route is disabled``."""
-        self._disabled_persons.add(person_id)
+        incoming connections from them are refused with ``Route is disabled``. Persisted in
+        the instance directory (``connections.json``): a restarted manager keeps it."""
+        core.check_hash(person_id, "person id")
+        if person_id not in self._disabled_persons:
+            self._disabled_persons.add(person_id)
+            self._save_settings()
         for peer in self._peer_by_person(person_id):
             peer.enabled = False
             if peer.dial_task is not None:
@@ -549,8 +596,12 @@ class ConnectionManager:
         self._emit("connections_changed")
 
     async def enable_person(self, person_id: str) -> None:
-        """Undo :meth:`disable_person`: dial the person's instances again at once."""
-        self._disabled_persons.discard(person_id)
+        """Undo :meth:`disable_person` (persisted too): dial the person's instances again at
+        once."""
+        core.check_hash(person_id, "person id")
+        if person_id in self._disabled_persons:
+            self._disabled_persons.discard(person_id)
+            self._save_settings()
         for peer in self._peer_by_person(person_id):
             peer.enabled = True
             peer.attempts = 0
@@ -559,6 +610,54 @@ class ConnectionManager:
 
     def is_enabled(self, person_id: str) -> bool:
         return person_id not in self._disabled_persons
+
+    @property
+    def disabled_persons(self) -> list[str]:
+        """The persons disabled with :meth:`disable_person` (persisted), sorted."""
+        return sorted(self._disabled_persons)
+
+    # ------------------------------------------------------------------ persisted settings
+
+    def _settings_path(self) -> Path | None:
+        path = getattr(self.instance, "path", None)
+        return Path(path) / SETTINGS_FILE if path else None
+
+    def _load_settings(self) -> dict[str, Any]:
+        """``connections.json`` of the instance directory: ``{"disabledPersons": [person id
+        hashes]}`` (absent file: nothing disabled). A damaged file is ``StoreError
+        LAMA-CORRUPT`` rather than silently re-enabling everybody."""
+        path = self._settings_path()
+        if path is None or not path.exists():
+            return {}
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError) as e:
+            raise StoreError(f"LAMA-CORRUPT: {path} is unreadable: {e}") from None
+        persons = data.get("disabledPersons") if isinstance(data, dict) else None
+        if not isinstance(persons, list) or not all(
+                isinstance(p, str) and len(p) == 64 and all(ch in "0123456789abcdef" for ch in p)
+                for p in persons):
+            raise StoreError(f"LAMA-CORRUPT: {path}: disabledPersons must be a list of "
+                             "lowercase 64-digit hashes")
+        return data
+
+    def _save_settings(self) -> None:
+        """Write ``connections.json`` atomically (temporary file, fsync, rename), so a crash
+        leaves the old or the new settings, never a torn file."""
+        path = self._settings_path()
+        if path is None:
+            return
+        data = {"disabledPersons": sorted(self._disabled_persons)}
+        tmp = path.with_name(SETTINGS_FILE + ".tmp")
+        try:
+            with open(tmp, "w", encoding="utf-8") as f:
+                json.dump(data, f, indent=2)
+                f.write("\n")
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except OSError as e:
+            raise StoreError(f"LAMA-IO: cannot write {path}: {e.strerror or e}") from None
 
     # ------------------------------------------------------------------ outgoing
 
@@ -571,6 +670,7 @@ class ConnectionManager:
             if delay == 0.0:
                 peer.wake.set()  # cut a pending backoff short
             return
+        peer.wake.clear()  # a wake meant for an earlier loop must not cut this one's delay
         peer.dial_task = asyncio.ensure_future(self._dial_loop(peer, delay))
 
     def _backoff(self, attempts: int) -> float:
@@ -624,9 +724,11 @@ class ConnectionManager:
                 peer.dial_task = None
 
     async def _sleep_or_wake(self, peer: _Peer, seconds: float) -> None:
-        peer.wake.clear()
+        # the event is cleared after a wake, not before the sleep: a wake that came while the
+        # loop was dialling (an incoming connection took the slot) is not lost
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(peer.wake.wait(), seconds)
+        peer.wake.clear()
 
     async def _dial_once(self, peer: _Peer) -> None:
         cfg = self.config
@@ -636,7 +738,10 @@ class ConnectionManager:
         conn = await core.encrypted_connect(
             ep.url, self._public, self._secret, ep.remote_key, open_timeout=cfg.open_timeout,
             keepalive=cfg.keepalive, dead_after=cfg.dead_after)
-        c = _Conn(conn=conn, group="chum", initiator=True, remote_key=ep.remote_key)
+        c = self._track(conn, "chum", True, ep.remote_key)
+        if self._closing:
+            await self._close_conn(c, SHUTDOWN)
+            return
         try:
             probe = _RttProbe(conn)
             ident = await asyncio.wait_for(self._initiate(probe, "chum", ep),
@@ -670,6 +775,10 @@ class ConnectionManager:
 
     def _claim(self, peer: _Peer, c: _Conn) -> bool:
         """Give ``c`` the (peer, group) slot or refuse it, deterministically (module doc)."""
+        if self._closing:
+            # close() may already have closed what it found: nothing takes a slot after that
+            self._spawn(self._close_conn(c, SHUTDOWN))
+            return False
         now = time.monotonic()
         old = peer.active.get(c.group)
         if old is not None and not old.closed and old.conn.close_reason is None:
@@ -684,6 +793,7 @@ class ConnectionManager:
             self._diag("%s connection to %s replaced", c.group, c.remote_key.hex()[:16])
             old.closed = True  # before the close: its end must not free the new slot
             peer.stats_log.append(self._conn_stats(old))
+            del peer.stats_log[:-20]
             self._spawn(self._close_conn(old, REPLACED, force=True))
         c.claimed_at = now
         peer.active[c.group] = c
@@ -723,6 +833,7 @@ class ConnectionManager:
         if c.close_reason is None:
             c.close_reason = reason
         c.closed = True
+        self._conns.discard(c)
         with contextlib.suppress(Exception):
             await c.conn.close(reason)
 
@@ -754,7 +865,10 @@ class ConnectionManager:
                 await transport.close(_close_text(e))
             return
         remote_key = bytes(conn.remote_key)
-        c = _Conn(conn=conn, group="", initiator=False, remote_key=remote_key)
+        c = self._track(conn, "", False, remote_key)
+        if self._closing:
+            await self._close_conn(c, SHUTDOWN)
+            return
         try:
             await self._dispatch(c)
         except asyncio.CancelledError:
@@ -887,13 +1001,22 @@ class ConnectionManager:
 
             result = await chum.sync(
                 self.store, c.conn, self.instance.person_id, c.remote_person or ZERO_HASH,
-                # the Chum log names the two instances by their `name` (chum.md §7)
-                local_instance=self.instance.instance_name,
-                remote_instance=c.remote_instance_name or c.remote_instance or ZERO_HASH,
                 on_event=on_event, keep_running=True, fast_path=cfg.fast_path,
                 poll_interval=cfg.sync_interval or 5.0, exporter=not cfg.no_export,
-                importer=not cfg.no_import)
+                importer=not cfg.no_import, write_log=False)
             reason = result.reason or reason
+            # A keep-running session only ends when its connection closes, which the
+            # reference's importer counts as a failure; chum.md §3.2 item 5 then writes the Chum
+            # log only if something was transferred. So a connection that was replaced or
+            # dropped before it moved anything adds no version (each version is a merge over
+            # the log's whole history: a reconnect storm would otherwise slow to a crawl).
+            if result.log and any(result.log.get(k) for k in chum.LOG_BAGS):
+                chum.write_chum_log(
+                    self.store, result.log, local_person=self.instance.person_id,
+                    remote_person=c.remote_person or ZERO_HASH,
+                    # the Chum log names the two instances by their `name` (chum.md §7)
+                    local_instance=self.instance.instance_name,
+                    remote_instance=c.remote_instance_name or c.remote_instance or ZERO_HASH)
         except asyncio.CancelledError:
             reason = SHUTDOWN
             raise
@@ -983,7 +1106,7 @@ class ConnectionManager:
                     raise
                 self._diag("pairing connection to %s failed (%s), retrying", inv.url, e)
                 await asyncio.sleep(cfg.retry_delay * (1 + random.random()))
-        c = _Conn(conn=conn, group="pairing", initiator=True, remote_key=target)
+        c = self._track(conn, "pairing", True, target)
         # the inviter dials our chum connection as soon as it stored us, which can be before
         # we stored it: such a connection waits for this pairing (conn §6.3 race, mirrored)
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -1028,8 +1151,13 @@ class ConnectionManager:
             remote_key=_identity_key(result, conn.remote_key), token=getattr(result, "token", ""),
             details=result)
         self.pairings.append(outcome)
-        # the new OneInstanceEndpoint is in the store now: route it and dial at once
-        self._scan_endpoints()
+        # the new OneInstanceEndpoint is in the store now: route it and dial (the side with the
+        # smaller instance key at once, the other after PAIRING_YIELD unless connected by then)
+        self._just_paired.add(outcome.remote_key)
+        try:
+            self._scan_endpoints()
+        finally:
+            self._just_paired.discard(outcome.remote_key)
         self._emit("pairing_success", initiated_locally=initiated_locally,
                    local_person=outcome.local_person, local_instance=outcome.local_instance,
                    remote_person=outcome.remote_person, remote_instance=outcome.remote_instance,

@@ -578,3 +578,8 @@ class Instance:
 
 def _enable_certificate_maps(store: Store) -> None:
     certificates.enable_reverse_maps(store)
+    # lama.connect's maps (OneInstanceEndpoint, Profile) too, from the start: its lookups of
+    # known peers then never depend on when lama.connect first ran (docs/connections.md §3.1)
+    from ..connect import contacts
+
+    contacts.enable_reverse_maps(store)

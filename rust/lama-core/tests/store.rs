@@ -489,15 +489,22 @@ fn enabled_reverse_maps_persist_across_reopen() {
         "VersionNodeChange",
         vec![("prev", s(&hash_of(&e2))), ("data", s(&ph)), ("depth", Value::Int(1)), ("creationTime", Value::Int(3))],
     );
-    // `old` already existed: write-once, no reverse map added for it
+    // `old` was stored before the map was enabled: indexed when it was enabled; writing it
+    // again is write-once (exists)
     let r = st.put_objects(&[old.clone(), e2.clone(), change.clone()]).unwrap();
     assert_eq!(r[0].status, Status::Exists);
-    assert_eq!(st.referencing(&ph, "VersionNodeEdge", false).unwrap(), vec![hash_of(&e2)]);
+    let mut both = vec![hash_of(&old), hash_of(&e2)];
+    both.sort();
+    let mut got = st.referencing(&ph, "VersionNodeEdge", false).unwrap();
+    got.sort();
+    assert_eq!(got, both);
     // only the enabled itemprop `prev` of VersionNodeChange is mapped
     assert_eq!(st.referencing(&hash_of(&e2), "VersionNodeChange", false).unwrap(), vec![hash_of(&change)]);
     assert!(st.referencing(&ph, "VersionNodeChange", false).unwrap().is_empty());
-    // enabling more props merges
+    // enabling more props merges, and indexes the stored change for `data` at once
     st.enable_reverse_maps("VersionNodeChange", Some(&["data".to_string()]), false).unwrap();
+    assert_eq!(st.referencing(&ph, "VersionNodeChange", false).unwrap(), vec![hash_of(&change)]);
+    assert!(st.verify().unwrap().is_empty());
     drop(st);
     with_raw_db(d.path(), "meta", |env, db| {
         let txn = env.read_txn().unwrap();

@@ -9,9 +9,11 @@ use std::collections::HashMap;
 
 use heed::RoTxn;
 
-use super::keys::rmap_prefix;
-use super::{parse_hash, Store};
+use super::keys::{rmap_key, rmap_prefix};
+use super::{parse_hash, Store, K_ID, K_OBJECT};
 use crate::error::{Error, Result};
+use crate::hash::hash_bytes;
+use crate::microdata;
 
 pub(crate) const MAP_OBJECT: u8 = b'O';
 pub(crate) const MAP_ID: u8 = b'I';
@@ -116,13 +118,50 @@ impl Store {
             Some(list) => Props::Some(list.to_vec()),
         };
         let key = meta_key(map_kind, type_name);
-        let meta = self.dbs().meta;
+        let dbs = self.dbs();
+        let meta = dbs.meta;
         let mut txn = self.write_txn()?;
-        let merged = match meta.get(&txn, key.as_bytes())? {
-            Some(v) => Props::from_json(v).ok_or_else(|| corrupt_meta(key.as_bytes()))?.union(new),
+        let old = match meta.get(&txn, key.as_bytes())? {
+            Some(v) => Some(Props::from_json(v).ok_or_else(|| corrupt_meta(key.as_bytes()))?),
+            None => None,
+        };
+        let merged = match old.clone() {
+            Some(o) => o.union(new),
             None => new,
         };
+        if old.as_ref() == Some(&merged) {
+            return Ok(()); // nothing new: no write transaction committed (no fsync)
+        }
         meta.put(&mut txn, key.as_bytes(), merged.to_json().as_bytes())?;
+        // The map is complete from now on: the objects of this type stored before it was
+        // enabled get their entries in the same transaction (docs/store-format.md "Write
+        // rules"; one pass over `objects`, only when the setting changes).
+        let kind = if id_objects { K_ID } else { K_OBJECT };
+        let mut entries = Vec::new();
+        for item in dbs.objects.iter(&txn)? {
+            let (h, v) = item?;
+            let (Some(&k), Ok(referrer)) = (v.first(), <[u8; 32]>::try_from(h)) else { continue };
+            if k != kind {
+                continue;
+            }
+            let Ok(text) = std::str::from_utf8(&v[1..]) else { continue };
+            if !matches!(microdata::type_of(text), Ok((t, _)) if t == type_name) {
+                continue;
+            }
+            // an entry that does not parse is left out, as verify() reports it anyway
+            let Ok(refs) = microdata::references(text) else { continue };
+            for r in refs {
+                if !merged.matches(&r.path) || old.as_ref().is_some_and(|o| o.matches(&r.path)) {
+                    continue;
+                }
+                if let Some(target) = hash_bytes(&r.hash) {
+                    entries.push(rmap_key(&target, map_kind, type_name, &referrer));
+                }
+            }
+        }
+        for k in entries {
+            dbs.rmaps.put(&mut txn, &k, &[])?;
+        }
         txn.commit()?;
         Ok(())
     }
