@@ -239,6 +239,16 @@ def test_chum_log_object_is_shared_by_both_sides(tmp_path: Path) -> None:
     assert sorted(oa["AtoBObjects"]) == sorted(ob["BtoAObjects"]) and oa["BtoAObjects"] == []
     assert oa["highestRemoteTimestamp"] == 0 and oa["BtoAExists"] == 0
     assert oa["statistics"]["requestsReceivedTotal"] == ob["statistics"]["requestsSentTotal"]
+    # each session appends its own log as a change on the head (not a merge over the whole
+    # history, whose cost grows with every session): the current version is the last session
+    head = a.get_head(core.id_hash(oa))
+    again = dict(ra.log, AtoBObjects=ra.log["AtoBObjects"][:1])
+    h2 = write_chum_log(a, again, local_person=pa, remote_person=pb, local_instance="zeta",
+                        remote_instance="alpha")
+    node = versions.head_node(a, core.id_hash(oa))
+    assert node.parents == (head,) and node.data == h2
+    assert a.get_object(h2)["AtoBObjects"] == ra.log["AtoBObjects"][:1]
+    assert [v.hash for v in versions.history(a, core.id_hash(oa))] == [ha, h2]
     # a failed session that moved nothing writes no log (chum.md §3.2 item 5)
     assert write_chum_log(a, {"errors": ["CS-MISMATCH: x"]}, local_person=pa, remote_person=pb,
                           local_instance="zeta", remote_instance="alpha") is None
