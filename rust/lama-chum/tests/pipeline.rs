@@ -71,6 +71,12 @@ fn answered(m: &Message) -> Option<u64> {
 /// Syncs A → B one message at a time; returns (objects asked before B's first commit, most
 /// objects asked and not yet answered at any time, objects B stored).
 fn run(fast: bool, links: usize) -> (usize, usize, u64) {
+    let (before, most, got, _) = run_commits(fast, links);
+    (before, most, got)
+}
+
+/// [`run`], and the objects of each `imported` event (one per store transaction).
+fn run_commits(fast: bool, links: usize) -> (usize, usize, u64, Vec<usize>) {
     let dir = tempfile::tempdir().unwrap();
     let a = new_store(dir.path(), "a");
     let b = new_store(dir.path(), "b");
@@ -89,6 +95,7 @@ fn run(fast: bool, links: usize) -> (usize, usize, u64) {
     let mut out: HashMap<u64, usize> = HashMap::new();
     let (mut outstanding, mut most, mut before_commit) = (0usize, 0usize, None);
     let mut asked_total = 0usize;
+    let mut commits = Vec::new();
     loop {
         let mut moved = false;
         while let Some(m) = sb.poll_transmit() {
@@ -110,8 +117,11 @@ fn run(fast: bool, links: usize) -> (usize, usize, u64) {
             sb.handle_message(m, now);
         }
         while let Some(e) = sb.poll_event() {
-            if matches!(e, Event::Imported { .. }) && before_commit.is_none() {
-                before_commit = Some(asked_total);
+            if let Event::Imported { objects, id_objects, .. } = &e {
+                commits.push(objects.len() + id_objects.len());
+                if before_commit.is_none() {
+                    before_commit = Some(asked_total);
+                }
             }
             assert!(!matches!(e, Event::Error { .. }), "{e:?}");
         }
@@ -122,7 +132,7 @@ fn run(fast: bool, links: usize) -> (usize, usize, u64) {
     }
     assert_eq!(sb.close_reason(), Some("chum finished"));
     assert_eq!(b.verify().unwrap(), Vec::<String>::new());
-    (before_commit.unwrap(), most, sb.stats().objects_received)
+    (before_commit.unwrap(), most, sb.stats().objects_received, commits)
 }
 
 #[test]
@@ -142,4 +152,19 @@ fn fast_path_fetch_keeps_the_next_chunks_out_and_at_most_three() {
     assert_eq!(got as usize, 3 * links);
     assert_eq!(before, AHEAD * CHUNK_FAST);
     assert_eq!(most, AHEAD * CHUNK_FAST);
+}
+
+#[test]
+fn fast_path_commits_the_first_chunk_at_once_then_in_large_transactions() {
+    // issue 8: each LMDB commit rewrites the B-tree pages its random keys touch, so the fast
+    // path commits the first fetched chunk at once (the first objects are visible early) and
+    // then only once 8,192 items are ready, not after every chunk of 2,048
+    let links = 7000; // 21,000 objects: 11 chunks of 2,048
+    let (_, _, got, commits) = run_commits(true, links);
+    assert_eq!(got as usize, 3 * links);
+    assert_eq!(commits.iter().sum::<usize>(), 3 * links);
+    assert_eq!(commits[0], CHUNK_FAST, "{commits:?}");
+    let (last, middle) = commits[1..].split_last().unwrap();
+    assert!(middle.iter().all(|&n| n >= 8192), "{commits:?}");
+    assert!(*last >= 1 && commits.len() <= 4, "{commits:?}");
 }

@@ -37,6 +37,11 @@ VERSION_NODE_TYPES = frozenset({"VersionNodeEdge", "VersionNodeChange", "Version
 
 COMMIT_BATCH = 4096
 """Objects per store transaction when committing a pass."""
+COMMIT_MIN_FAST = 8192
+COMMIT_BATCH_FAST = 16384
+"""With "batch" (docs/chum-fastpath.md): a fetched chunk is committed only once this many items
+are ready (the first chunk of a pass at once, and at the end), up to COMMIT_BATCH_FAST per
+transaction: each commit rewrites the B-tree pages its random keys touch (issue 8)."""
 
 FETCH_CHUNK = 256
 """Object requests per call (v8; with "batch", FETCH_CHUNK_BATCHES requests of BATCH_MAX): after
@@ -446,6 +451,7 @@ class Importer:
         node_types = {g["node"]: g["dataType"] for nodes in groups.values() for g in nodes}
         com = _Committer(self, items, start, node_ids, node_types)
         batched = "batch" in self.features
+        com.max_batch = COMMIT_BATCH_FAST if batched else COMMIT_BATCH
         # Fetched in calls of a bounded size (dependencies first, docs/chum-session.md §2.1);
         # after each call everything that may be stored is committed, so an interrupted pass
         # keeps what it stored and the next session asks only for the rest (issue 8).
@@ -496,7 +502,10 @@ class Importer:
             for it, res in zip(part, results):
                 self._verify(it, res)
             com.received(part)
-            com.flush([], [])
+            # fast path: the first commit of a pass at once, then only once COMMIT_MIN_FAST
+            # items are ready (docs/chum-fastpath.md "Objects"; as the Rust core)
+            if not batched or len(com.ready) >= COMMIT_MIN_FAST or not com.stored:
+                com.flush([], [])
             more = top_up()
             if inflight:
                 # resumed with the answers of the oldest call still out
@@ -795,6 +804,7 @@ class _Committer:
         self.queued: set[str] = set()
         self.ready: deque[str] = deque()
         self.stored: set[str] = set()
+        self.max_batch = COMMIT_BATCH
         for h in start:
             self._reach(h)
 
@@ -895,7 +905,7 @@ class _Committer:
         while self.ready or (first and (blobs or clobs)):
             batch: list[str] = []
             in_batch: set[str] = set()
-            while self.ready and len(batch) < COMMIT_BATCH:
+            while self.ready and len(batch) < self.max_batch:
                 h = self.ready.popleft()
                 # a reference refused by the store in an earlier batch: never a hole
                 if any(r in items and not items[r].stored and r not in in_batch
