@@ -163,7 +163,8 @@ fn fast_path_commits_the_first_chunk_at_once_then_in_large_transactions() {
     let (_, _, got, commits) = run_commits(true, links);
     assert_eq!(got as usize, 3 * links);
     assert_eq!(commits.iter().sum::<usize>(), 3 * links);
-    assert_eq!(commits[0], CHUNK_FAST, "{commits:?}");
+    // the first chunk's ready items at once (its newest entries wait for what references them)
+    assert!((1..=CHUNK_FAST).contains(&commits[0]), "{commits:?}");
     let (last, middle) = commits[1..].split_last().unwrap();
     assert!(middle.iter().all(|&n| n >= 8192), "{commits:?}");
     assert!(*last >= 1 && commits.len() <= 4, "{commits:?}");
