@@ -17,6 +17,8 @@ pub struct Cx {
     pub events: VecDeque<Event>,
     pub log: ChumLog,
     pub stats: Stats,
+    /// The driver's time of the call being handled (the importer's commit interval).
+    pub now: Option<Instant>,
 }
 
 impl Cx {
@@ -108,7 +110,7 @@ impl Session {
         Session {
             store,
             config,
-            cx: Cx { events: VecDeque::new(), log: ChumLog::default(), stats: Stats::default() },
+            cx: Cx { events: VecDeque::new(), log: ChumLog::default(), stats: Stats::default(), now: None },
             exporter: None,
             importer: None,
             exporter_done: false,
@@ -398,6 +400,7 @@ impl Session {
     /// Give the importer the answers of its last call (or nothing) and act on its next step.
     fn advance(&mut self, results: Vec<Outcome>, now: Instant) {
         let Some(imp) = self.importer.as_mut() else { return };
+        self.cx.now = Some(now);
         match imp.resume(results, &mut self.cx) {
             Err((code, message)) => self.fatal(&code, message),
             Ok(Step::Done) => self.importer_done = true,
@@ -500,6 +503,13 @@ impl Session {
                 return;
             }
         }
+        if let Some(imp) = self.importer.as_mut() {
+            if imp.commit_deadline().is_some_and(|t| t <= now) {
+                // verified objects waited COMMIT_INTERVAL for their commit
+                self.cx.now = Some(now);
+                imp.commit_ready(&mut self.cx);
+            }
+        }
         if let Some(t) = self.sleep_until {
             if now >= t {
                 self.sleep_until = None;
@@ -549,7 +559,8 @@ impl Session {
         if self.finished {
             return None;
         }
-        self.pending.values().map(|p| p.deadline).chain(self.sleep_until).min()
+        let commit = self.importer.as_ref().and_then(Importer::commit_deadline);
+        self.pending.values().map(|p| p.deadline).chain(self.sleep_until).chain(commit).min()
     }
 
     pub fn poll_transmit(&mut self) -> Option<Message> {
@@ -573,6 +584,10 @@ impl Session {
     }
 
     fn abort_all(&mut self) {
+        if let Some(imp) = self.importer.as_mut() {
+            // what the pass verified and may store is kept (the next pass asks for the rest)
+            imp.commit_ready(&mut self.cx);
+        }
         for (_, mut p) in self.pending.drain() {
             if let Some(mut w) = p.writer.take() {
                 let _ = w.abort();
