@@ -167,10 +167,27 @@ fn v8_fetch_keeps_the_next_chunks_out_and_at_most_three() {
 
 #[test]
 fn fast_path_fetch_keeps_the_next_chunks_out_and_at_most_three() {
-    let links = 3000; // 9,000 objects: 5 chunks of 2,048
+    let links = 2800; // 8,400 objects: 5 chunks of 2,048
     let r = run(true, links);
+    assert_eq!(r.stored as usize, 3 * links);
+    // the first chunk's commit came at once, with the second and third chunks asked for
+    assert_eq!(r.before_commit, AHEAD * CHUNK_FAST);
     assert_eq!(r.most, AHEAD * CHUNK_FAST);
-    check_commits(&r, 3 * links, CHUNK_FAST);
+}
+
+#[test]
+fn fast_path_commits_the_first_chunk_at_once_then_in_large_transactions() {
+    // issue 8: each LMDB commit rewrites the B-tree pages its random keys touch, so the fast
+    // path commits the first fetched chunk at once (the first objects are visible early) and
+    // then only once 8,192 items are ready, not after every chunk of 2,048
+    let links = 7000; // 21,000 objects: 11 chunks of 2,048
+    let commits = run(true, links).commits;
+    assert_eq!(commits.iter().sum::<usize>(), 3 * links);
+    // the first chunk's ready items at once (its newest entries wait for what references them)
+    assert!((1..=CHUNK_FAST).contains(&commits[0]), "{commits:?}");
+    let (last, middle) = commits[1..].split_last().unwrap();
+    assert!(middle.iter().all(|&n| n >= 8192), "{commits:?}");
+    assert!(*last >= 1 && commits.len() <= 4, "{commits:?}");
 }
 
 /// A v8 session whose exporter answers only the first `answered` object requests; the

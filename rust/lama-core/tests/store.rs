@@ -739,3 +739,20 @@ fn check_mark_does_not_vouch_for_a_file_changed_after_close() {
     assert!(e.to_string().contains("header says page"), "{e}");
     assert!(!dir.path().join("check-mark").exists());
 }
+
+#[test]
+fn texts_reads_objects_and_id_objects_in_one_call() {
+    // Store::texts (the CHUM batch answer, docs/chum-fastpath.md service 101): kind and
+    // microdata per hash, `None` for a missing hash, a BLOB or a malformed hash, input order
+    let d = tmp();
+    let st = Store::open(d.path(), None).unwrap();
+    let alice = person("alice@example.com", "Alice");
+    let r = st.put_objects(&[alice.clone()]).unwrap();
+    let (h, id) = (r[0].hash.clone(), r[0].id_hash.clone().unwrap());
+    let (blob, _) = st.put_blob(b"bytes").unwrap();
+    let missing = sha256_hex(b"nothing stored");
+    let got = st.texts(&[id.as_str(), "not a hash", h.as_str(), blob.as_str(), missing.as_str(), h.as_str()]).unwrap();
+    let want = |k: EntryKind, hash: &str| Some((k, st.get(hash).unwrap()));
+    assert_eq!(got, vec![want(EntryKind::Id, &id), None, want(EntryKind::Object, &h), None, None, want(EntryKind::Object, &h)]);
+    assert_eq!(got[2].as_ref().unwrap().1, microdata::serialize(&alice).unwrap());
+}

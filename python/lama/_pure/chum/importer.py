@@ -45,6 +45,11 @@ COMMIT_INTERVAL = 0.5
 session's timer drives it: :meth:`Importer.commit_deadline`), at the end of the fetch, and when
 the session ends (connection closed, fatal error): a slow or interrupted pass keeps what it
 verified, and ``imported`` events keep coming."""
+COMMIT_MIN_FAST = 8192
+COMMIT_BATCH_FAST = 16384
+"""With "batch" (docs/chum-fastpath.md): a fetched chunk is committed only once this many items
+are ready (the first chunk of a pass at once, and at the end), up to COMMIT_BATCH_FAST per
+transaction: each commit rewrites the B-tree pages its random keys touch (issue 8)."""
 
 FETCH_CHUNK = 256
 """Object requests per call (v8; with "batch", FETCH_CHUNK_BATCHES requests of BATCH_MAX): the
@@ -174,7 +179,13 @@ class Importer:
             return
         late = (self._ready_since is not None and self.now is not None
                 and self.now - self._ready_since >= COMMIT_INTERVAL)
-        if end or late or len(com.ready) + chunk > COMMIT_BATCH:
+        # v8: a full COMMIT_BATCH; fast path: the pass's first chunk at once (the first objects
+        # are visible early), then COMMIT_MIN_FAST
+        if "batch" in self.features:
+            full = not com.stored or len(com.ready) >= COMMIT_MIN_FAST
+        else:
+            full = len(com.ready) + chunk > COMMIT_BATCH
+        if end or late or full:
             com.flush([], [])
             self._ready_since = None
         elif self._ready_since is None:
@@ -489,6 +500,7 @@ class Importer:
         self._com = com
         self._ready_since = None
         batched = "batch" in self.features
+        com.max_batch = COMMIT_BATCH_FAST if batched else COMMIT_BATCH
         # Fetched in calls of a bounded size (dependencies first, docs/chum-session.md §2.1);
         # what may be stored is committed in batches of COMMIT_BATCH, at the latest
         # COMMIT_INTERVAL after it became ready, so an interrupted pass keeps what it verified
@@ -846,6 +858,7 @@ class _Committer:
         self.queued: set[str] = set()
         self.ready: deque[str] = deque()
         self.stored: set[str] = set()
+        self.max_batch = COMMIT_BATCH
         for h in start:
             self._reach(h)
 
@@ -946,7 +959,7 @@ class _Committer:
         while self.ready or (first and (blobs or clobs)):
             batch: list[str] = []
             in_batch: set[str] = set()
-            while self.ready and len(batch) < COMMIT_BATCH:
+            while self.ready and len(batch) < self.max_batch:
                 h = self.ready.popleft()
                 # a reference refused by the store in an earlier batch: never a hole
                 if any(r in items and not items[r].stored and r not in in_batch
