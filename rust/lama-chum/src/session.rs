@@ -7,7 +7,7 @@ use std::time::Instant;
 use lama_core::store::{BlobWriter, Store};
 use serde_json::Value;
 
-use crate::exporter::{Exporter, NEW_ACCESSIBLE_ROOT_EVENT, NOTIFY, SERVICES};
+use crate::exporter::{Exporter, OutStream, NEW_ACCESSIBLE_ROOT_EVENT, NOTIFY, SERVICES};
 use crate::importer::{Importer, Outcome, Req, Step, TIMEOUT};
 use crate::rpc::{self, Incoming};
 use crate::{ChumLog, Config, Event, Message, Stats};
@@ -101,6 +101,9 @@ pub struct Session {
     /// A NOTIFY came while a pass ran: that pass may have read the roots before the write
     /// it announces, so the next pass starts when this one ends instead of at the next poll.
     notified: bool,
+    /// BLOB streams being sent, oldest first: a frame is read from the store only when
+    /// `poll_transmit` has nothing else queued (issue 8: bounded memory for a large BLOB).
+    streams: VecDeque<OutStream>,
 }
 
 impl Session {
@@ -128,6 +131,7 @@ impl Session {
             notify_ids: Default::default(),
             wake: false,
             notified: false,
+            streams: VecDeque::new(),
         }
     }
 
@@ -350,6 +354,7 @@ impl Session {
                     for (code, msg) in std::mem::take(&mut ex.refused) {
                         self.cx.error(&code, &msg, false);
                     }
+                    self.streams.extend(std::mem::take(&mut ex.streams));
                     for f in frames {
                         self.send(f);
                     }
@@ -564,7 +569,21 @@ impl Session {
     }
 
     pub fn poll_transmit(&mut self) -> Option<Message> {
-        self.out.pop_front()
+        if let Some(m) = self.out.pop_front() {
+            return Some(m);
+        }
+        // the next frame of the oldest BLOB stream, read now: the driver pulls a frame only
+        // when the transport takes it, so a stream holds one frame, not the BLOB
+        let s = self.streams.front_mut()?;
+        let (m, done) = s.next_frame(&self.store);
+        if done {
+            self.streams.pop_front();
+        }
+        self.cx.stats.bytes_sent += match &m {
+            Message::Text(t) => t.chars().count(),
+            Message::Binary(b) => b.len(),
+        } as u64;
+        Some(m)
     }
 
     pub fn poll_event(&mut self) -> Option<Event> {
@@ -595,6 +614,7 @@ impl Session {
         }
         self.queue.clear();
         self.calls.clear();
+        self.streams.clear();
         self.importer = None;
         self.sleep_until = None;
     }
