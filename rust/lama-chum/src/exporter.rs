@@ -106,6 +106,32 @@ pub struct Exporter {
     sent_total: usize,
     /// `CES-GO1` refusals inside a batch answer (recorded by the session).
     pub refused: Vec<(String, String)>,
+    /// BLOB streams answered and not sent yet: the session takes them and makes their frames
+    /// one at a time as the driver pulls them (issue 8: a large BLOB in bounded memory).
+    pub streams: Vec<OutStream>,
+}
+
+/// A binary BLOB stream being sent (chum.md §2.6): frames of at most [`BLOB_PAYLOAD`] bytes
+/// read from the store at `offset` when the next one is pulled, then the end marker.
+pub struct OutStream {
+    pub id: u64,
+    pub hash: String,
+    pub offset: u64,
+}
+
+impl OutStream {
+    /// The next frame, and whether the stream is done. A store error mid-stream becomes a
+    /// `stream-error` (chum.md §2.6 sender failure); the receiver drops what it got.
+    pub fn next_frame(&mut self, store: &Store) -> (Message, bool) {
+        match store.read_blob_range(&self.hash, self.offset, BLOB_PAYLOAD) {
+            Ok(p) if p.is_empty() => (Message::Text(rpc::stream_end(self.id)), true),
+            Ok(p) => {
+                self.offset += p.len() as u64;
+                (Message::Binary(rpc::binary_frame(self.id, &p)), false)
+            }
+            Err(_) => (Message::Text(rpc::stream_error(self.id)), true),
+        }
+    }
 }
 
 /// `s` as a JSON string literal, escaped as serde_json (and JSON.stringify) escape it.
@@ -152,6 +178,7 @@ impl Exporter {
             sent: HashMap::default(),
             sent_total: 0,
             refused: Vec::new(),
+            streams: Vec::new(),
         }
     }
 
@@ -527,20 +554,21 @@ impl Exporter {
             // the reference fails while reading the file: a stream error, not an error answer
             return Ok(vec![Message::Text(rpc::stream_error(id))]);
         }
-        let chunks = match self.store.read_blob_chunks(h) {
-            Ok(c) => c,
-            Err(_) => return Ok(vec![Message::Text(rpc::stream_error(id))]),
-        };
         let mut out = Vec::new();
         match encoding {
             None => {
-                for c in &chunks {
-                    for p in c.chunks(BLOB_PAYLOAD) {
-                        out.push(Message::Binary(rpc::binary_frame(id, p)));
-                    }
+                // streamed: the session pulls one frame at a time from the store (the same
+                // frames as cutting each stored chunk into BLOB_PAYLOAD pieces)
+                if self.store.blob_size(h).is_err() {
+                    return Ok(vec![Message::Text(rpc::stream_error(id))]);
                 }
+                self.streams.push(OutStream { id, hash: h.to_string(), offset: 0 });
             }
             Some(enc) => {
+                let chunks = match self.store.read_blob_chunks(h) {
+                    Ok(c) => c,
+                    Err(_) => return Ok(vec![Message::Text(rpc::stream_error(id))]),
+                };
                 let Ok(text) = String::from_utf8(chunks.concat()) else {
                     return Ok(vec![Message::Text(rpc::stream_error(id))]);
                 };
@@ -554,7 +582,9 @@ impl Exporter {
                 }
             }
         }
-        out.push(Message::Text(rpc::stream_end(id)));
+        if encoding.is_some() {
+            out.push(Message::Text(rpc::stream_end(id)));
+        }
         if kind == Some(EntryKind::Clob) {
             log.a_to_b_clob.push(h.to_string());
             stats.clobs_sent += 1;

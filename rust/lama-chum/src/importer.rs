@@ -32,11 +32,19 @@ const ACCEPTED_VERSIONS: [i64; 2] = [8, 9];
 /// chum.md §6.4: remote peers must not alter local access rights.
 const REFUSED_TYPES: [&str; 3] = ["Access", "IdAccess", "Group"];
 const VERSION_NODE_TYPES: [&str; 3] = ["VersionNodeEdge", "VersionNodeChange", "VersionNodeMerge"];
-/// Objects per store transaction: a fetched chunk is committed in one (issue 8: every LMDB
-/// commit of a durable store costs two fsyncs).
-const COMMIT_BATCH: usize = 4096;
+/// Objects per store transaction. The fetch commits what is ready once this many are (or would
+/// be after the next call), not after every call: every commit of a durable store costs an
+/// fsync, and v8's 256-request calls made a 70,000-object sync 273 commits, 40 % of its wall
+/// time (issue 8, benches/RESULTS.md session 4).
+pub const COMMIT_BATCH: usize = 4096;
+/// ... and at the latest this long after the oldest uncommitted item became ready (the
+/// session's timer drives it: [`Importer::commit_deadline`]), at the end of the fetch, and when
+/// the session ends (connection closed, fatal error): a slow or interrupted pass keeps what it
+/// verified, and `imported` events keep coming.
+pub const COMMIT_INTERVAL: Duration = Duration::from_millis(500);
 /// With "batch" (docs/chum-fastpath.md) a fetched chunk is committed only once this many
-/// items are ready (and at the end of the pass), up to `COMMIT_BATCH_FAST` per transaction:
+/// items are ready (the first chunk of a pass at once, at the end, and within
+/// `COMMIT_INTERVAL`), up to `COMMIT_BATCH_FAST` per transaction:
 /// each LMDB commit rewrites every B-tree page its random keys touched, so 35 commits of
 /// 2,048 objects wrote the objects table several times over (issue 8 profile: the commits
 /// were 10 % of the importer's CPU, plus their fsyncs). A crash loses at most what is not
@@ -45,7 +53,7 @@ const COMMIT_BATCH: usize = 4096;
 const COMMIT_MIN_FAST: usize = 8192;
 const COMMIT_BATCH_FAST: usize = 16384;
 /// Object requests per call (v8; with "batch", `FETCH_CHUNK_BATCHES` requests of `BATCH_MAX`):
-/// after each call what may be stored is committed (issue 8), so an interrupted pass keeps it.
+/// the unit the session hands back whole (its answers are verified together).
 const FETCH_CHUNK: usize = 256;
 const FETCH_CHUNK_BATCHES: usize = 8;
 /// Calls of a pass's fetch kept out at once: while the importer verifies and commits one
@@ -175,6 +183,8 @@ struct Pass {
     /// docs/chum-fastpath.md "closure": microdata that came inline with a GET_CLOSURE answer,
     /// verified like a 101 answer when the fetch starts.
     prefetched: HashMap<String, String>,
+    /// Since when items have been ready but not committed (see [`COMMIT_INTERVAL`]).
+    ready_since: Option<std::time::Instant>,
 }
 
 /// The incremental commit state of a pass (see [`Importer::received`]).
@@ -469,20 +479,13 @@ impl Importer {
                 self.children_round(pass, cx)
             }
             Stage::Fetch(mut pass) => {
-                let fetch = pass.inflight.pop_front().unwrap_or_default();
-                let results = if self.features.contains("batch") {
-                    split_objects_batch(&fetch.chunks(BATCH_MAX).map(|c| c.len()).collect::<Vec<_>>(), results)?
-                } else {
-                    results
-                };
-                for (h, res) in fetch.iter().zip(results) {
-                    self.verify(&mut pass, h, res, cx)?;
-                }
-                self.received(&mut pass, &fetch, cx);
-                // the pass's first commit comes at once (the first objects are visible early)
-                if !self.features.contains("batch") || pass.com.ready.len() >= COMMIT_MIN_FAST || pass.com.stored.is_empty() {
+                if let Err(f) = self.fetch_received(&mut pass, results, cx) {
+                    // a fatal answer (a request that timed out for good): what was verified
+                    // before it is kept
                     self.flush(&mut pass, Vec::new(), Vec::new(), false, cx);
+                    return Err(f);
                 }
+                self.commit_if_due(&mut pass, cx);
                 self.fetch_next(pass, cx)
             }
             Stage::Streams(mut pass) => {
@@ -716,11 +719,82 @@ impl Importer {
         }
     }
 
+    /// The answers of the oldest fetch call: verified, then what they allow is made ready.
+    fn fetch_received(&self, pass: &mut Pass, results: Vec<Outcome>, cx: &mut Cx) -> Result<(), Fatal> {
+        let fetch = pass.inflight.pop_front().unwrap_or_default();
+        let results = if self.features.contains("batch") {
+            split_objects_batch(&fetch.chunks(BATCH_MAX).map(|c| c.len()).collect::<Vec<_>>(), results)?
+        } else {
+            results
+        };
+        for (done, (h, res)) in fetch.iter().zip(results).enumerate() {
+            if let Err(f) = self.verify(pass, h, res, cx) {
+                self.received(pass, &fetch[..done], cx);
+                return Err(f);
+            }
+        }
+        self.received(pass, &fetch, cx);
+        Ok(())
+    }
+
+    /// Objects asked for per fetch call.
+    fn fetch_chunk(&self) -> usize {
+        if self.features.contains("batch") { BATCH_MAX * FETCH_CHUNK_BATCHES } else { FETCH_CHUNK }
+    }
+
+    /// After a fetch call was verified: commit what is ready if [`COMMIT_BATCH`] items are
+    /// (or would be after the next call), the fetch is over, or the oldest waited
+    /// [`COMMIT_INTERVAL`]; else remember since when they wait.
+    fn commit_if_due(&self, pass: &mut Pass, cx: &mut Cx) {
+        if pass.com.ready.is_empty() {
+            pass.ready_since = None;
+            return;
+        }
+        let end = pass.next >= pass.texts.len() && pass.inflight.is_empty();
+        let late = matches!((pass.ready_since, cx.now), (Some(t), Some(n)) if n.saturating_duration_since(t) >= COMMIT_INTERVAL);
+        // v8: a full COMMIT_BATCH; fast path: the pass's first chunk at once (the first objects
+        // are visible early), then COMMIT_MIN_FAST
+        let full = if self.features.contains("batch") {
+            pass.com.stored.is_empty() || pass.com.ready.len() >= COMMIT_MIN_FAST
+        } else {
+            pass.com.ready.len() + self.fetch_chunk() > COMMIT_BATCH
+        };
+        if end || late || full {
+            self.flush(pass, Vec::new(), Vec::new(), false, cx);
+            pass.ready_since = None;
+        } else if pass.ready_since.is_none() {
+            pass.ready_since = cx.now;
+        }
+    }
+
+    /// When the session should call [`commit_ready`](Self::commit_ready): verified items wait
+    /// for their commit (at most [`COMMIT_INTERVAL`]).
+    pub fn commit_deadline(&self) -> Option<std::time::Instant> {
+        match &self.stage {
+            Stage::Fetch(p) if !p.com.ready.is_empty() => p.ready_since.map(|t| t + COMMIT_INTERVAL),
+            _ => None,
+        }
+    }
+
+    /// Commit every verified item that may be stored now: the commit interval passed, or the
+    /// session ends (connection closed, a fatal error), so an interrupted pass keeps what it
+    /// verified and the next one fetches only the rest.
+    pub fn commit_ready(&mut self, cx: &mut Cx) {
+        let mut stage = std::mem::replace(&mut self.stage, Stage::Done);
+        if let Stage::Fetch(pass) | Stage::Streams(pass) = &mut stage {
+            if !pass.com.ready.is_empty() {
+                self.flush(pass, Vec::new(), Vec::new(), false, cx);
+            }
+            pass.ready_since = None;
+        }
+        self.stage = stage;
+    }
+
     /// Keep up to [`FETCH_AHEAD`] chunks of objects asked for; when all were asked and
     /// answered, ask for the BLOBs/CLOBs.
     fn fetch_next(&mut self, mut pass: Box<Pass>, cx: &mut Cx) -> Result<Step, Fatal> {
         let batched = self.features.contains("batch");
-        let chunk = if batched { BATCH_MAX * FETCH_CHUNK_BATCHES } else { FETCH_CHUNK };
+        let chunk = self.fetch_chunk();
         let mut calls = Vec::new();
         while pass.inflight.len() < FETCH_AHEAD && pass.next < pass.texts.len() {
             let end = (pass.next + chunk).min(pass.texts.len());
