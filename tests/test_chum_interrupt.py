@@ -1,6 +1,7 @@
 """Issue 8: an interrupted sync keeps what it committed, and the next one transfers only the
-rest.  The importer commits each fetched chunk's storable objects at once (docs/chum-session.md
-§2.1), never a hole (chum.md §5.3)."""
+rest.  The importer commits what it verified and may store in batches, at the latest
+COMMIT_INTERVAL after it became ready and when the session ends (docs/chum-session.md §2.1),
+never a hole (chum.md §5.3)."""
 
 from __future__ import annotations
 
@@ -84,8 +85,8 @@ def test_dropped_transport_then_only_the_rest(tmp_path: Path, fast: bool) -> Non
     pump = Pump(sa, sb)
     chunk = 2048 if fast else 256
     # the importer's requests for objects beyond its first fetch chunk are lost (it keeps the
-    # next chunks asked for while it commits one: issue 8); cut once the first chunk was
-    # answered and committed
+    # next chunks asked for while it verifies one: issue 8); cut once the first chunk was
+    # answered and committed (COMMIT_INTERVAL later: the fake clock jumps to that deadline)
     asked = [0]
 
     def cut(f: str | bytes) -> str | bytes | None:
@@ -171,7 +172,9 @@ def test_importer_killed_mid_transfer_then_only_the_rest(tmp_path: Path) -> None
     b.close()
     progress = tmp_path / "progress"
     asked = [0]
-    stop = 256  # object requests forwarded: the first fetch chunk, then the transfer hangs
+    # object requests forwarded: the first fetch chunk, then the transfer hangs (its objects are
+    # committed COMMIT_INTERVAL after they were verified)
+    stop = 256
 
     async def pipe(src: Any, dst: Any, count: bool) -> None:
         for _ in range(1_000_000):

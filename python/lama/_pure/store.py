@@ -346,9 +346,13 @@ def _create_shared(path: str, key: str, map_size: int, durable: bool,
         raise StoreError(f"cannot create the store directory {path!r}: {e}", "LAMA-OPEN") from e
     creatable = _preflight(key)
     try:
-        # durable=False is LMDB's MDB_NOSYNC: no fsync at commit, still atomic and consistent
-        # (docs/store-format.md "Durability").
-        env = lmdb.open(path, max_dbs=16, map_size=map_size, subdir=True, sync=durable)
+        # durable=False is LMDB's MDB_NOSYNC: no fsync at commit, still atomic and consistent;
+        # durable=True is MDB_NOMETASYNC: the data pages are fsynced at commit, the meta page
+        # is written without its own sync and flushed by the next commit's fsync, sync() or the
+        # close (an OS crash may undo the last commit, never damage the file; a killed process
+        # loses nothing), as the Rust core (docs/store-format.md "Durability").
+        env = lmdb.open(path, max_dbs=16, map_size=map_size, subdir=True, sync=durable,
+                        metasync=False)
     except lmdb.VersionMismatchError as e:
         # The data file's version was checked by _preflight, so this is the lock file: it is
         # in use by the other core's LMDB build (store-format.md "Both cores").
@@ -550,7 +554,7 @@ class Store:
         self._s().env.sync(True)
 
     def close(self) -> None:
-        """Close the store (flushing a non-durable one first); closing twice is harmless.
+        """Close the store (flushing it first); closing twice is harmless.
         Later calls raise StoreError."""
         with self._lock:
             shared, self._shared = self._shared, None
@@ -558,8 +562,8 @@ class Store:
             return
         with _registry_lock:
             try:
-                if not shared.durable:
-                    shared.env.sync(True)
+                # a non-durable store's commits, a durable one's last meta page (NOMETASYNC)
+                shared.env.sync(True)
             except lmdb.Error as e:
                 raise StoreError(f"cannot flush the store {self._path!r}: {e}", "LAMA-LMDB") from e
             finally:
@@ -1629,8 +1633,8 @@ def _release(shared: _Shared) -> None:
         if shared.refs == 0:
             _registry.pop(shared.key, None)
             try:
-                if not shared.durable:
-                    shared.env.sync(True)
+                # a non-durable store's commits, a durable one's last meta page (NOMETASYNC)
+                shared.env.sync(True)
             finally:
                 _close_env(shared)
 

@@ -1,7 +1,9 @@
 //! The exporter half (chum.md §4, §5): serves services 1, 2, 4, 5, 6, 7, 8 and 10 to one
 //! remote person, authorised by the session's accessible set (§5.2).
 
-use std::collections::{HashMap, HashSet};
+// foldhash, not SipHash: the accessible set is asked once per object served (issue 8)
+type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+type HashSet<K> = std::collections::HashSet<K, foldhash::fast::RandomState>;
 
 use lama_core::hash::Hash;
 use lama_core::microdata::RefKind;
@@ -97,13 +99,46 @@ pub struct Exporter {
     notify_base: u64,
     /// docs/chum-fastpath.md "closure": hashes the importer holds with their whole closure
     /// (downward closed: the closure of every member is in it), from its hints this session.
-    known: HashSet<Hash>,
+    known: std::collections::HashSet<Hash>,
     /// Root -> the pruned closure sent for it by 106: when the importer later says it holds
     /// the root, known grows by that list without a walk.
     sent: HashMap<Hash, Vec<Hash>>,
     sent_total: usize,
     /// `CES-GO1` refusals inside a batch answer (recorded by the session).
     pub refused: Vec<(String, String)>,
+    /// BLOB streams answered and not sent yet: the session takes them and makes their frames
+    /// one at a time as the driver pulls them (issue 8: a large BLOB in bounded memory).
+    pub streams: Vec<OutStream>,
+}
+
+/// A binary BLOB stream being sent (chum.md §2.6): frames of at most [`BLOB_PAYLOAD`] bytes
+/// read from the store at `offset` when the next one is pulled, then the end marker.
+pub struct OutStream {
+    pub id: u64,
+    pub hash: String,
+    pub offset: u64,
+}
+
+impl OutStream {
+    /// The next frame, and whether the stream is done. A store error mid-stream becomes a
+    /// `stream-error` (chum.md §2.6 sender failure); the receiver drops what it got.
+    pub fn next_frame(&mut self, store: &Store) -> (Message, bool) {
+        match store.read_blob_range(&self.hash, self.offset, BLOB_PAYLOAD) {
+            Ok(p) if p.is_empty() => (Message::Text(rpc::stream_end(self.id)), true),
+            Ok(p) => {
+                self.offset += p.len() as u64;
+                (Message::Binary(rpc::binary_frame(self.id, &p)), false)
+            }
+            Err(_) => (Message::Text(rpc::stream_error(self.id)), true),
+        }
+    }
+}
+
+/// `s` as a JSON string literal, escaped as serde_json (and JSON.stringify) escape it.
+fn push_json_str(out: &mut String, s: &str) {
+    let mut buf = std::mem::take(out).into_bytes();
+    serde_json::to_writer(&mut buf, s).expect("writing JSON into memory cannot fail");
+    *out = String::from_utf8(buf).expect("serde_json writes UTF-8");
 }
 
 /// The wire form of one accessible root (chum.md §4.2, fields in the reference's order).
@@ -132,17 +167,18 @@ impl Exporter {
         Exporter {
             store,
             remote_person,
-            accessible: HashSet::new(),
+            accessible: HashSet::default(),
             done: false,
             roots_mark: 0,
             subscribed: false,
             notify_mark: 0,
             notify_roots: false,
             notify_base: 0,
-            known: HashSet::new(),
-            sent: HashMap::new(),
+            known: std::collections::HashSet::new(),
+            sent: HashMap::default(),
             sent_total: 0,
             refused: Vec::new(),
+            streams: Vec::new(),
         }
     }
 
@@ -231,34 +267,48 @@ impl Exporter {
 
     fn batch(&mut self, args: &[Data], log: &mut ChumLog, stats: &mut Stats) -> Result<String, ServiceError> {
         let hashes = Self::batch_arg(args)?;
-        let mut out = Vec::with_capacity(hashes.len());
+        // the unlocked hashes, read in one transaction with one lookup each (issue 8)
+        let mut wanted: Vec<&str> = Vec::with_capacity(hashes.len());
         for h in hashes {
-            let Some(h) = h.as_str().filter(|h| lama_core::hash::is_hash(h)) else {
-                out.push(Value::Null);
-                continue;
-            };
+            let Some(h) = h.as_str().filter(|h| lama_core::hash::is_hash(h)) else { continue };
             if !self.accessible.contains(h) {
                 self.refused.push(("CES-GO1".into(), format!("CES-GO1: Unauthorized, obj {h}")));
-                out.push(Value::Null);
                 continue;
             }
-            match self.store.kind(h).map_err(store_err)? {
-                Some(EntryKind::Object) => {
-                    log.a_to_b_objects.push(h.to_string());
-                    stats.objects_sent += 1;
-                }
-                Some(EntryKind::Id) => {
+            wanted.push(h);
+        }
+        let mut texts = self.store.texts(&wanted).map_err(store_err)?.into_iter();
+        let mut wanted = wanted.into_iter().peekable();
+        // written straight as the JSON list (no `Value` per entry): the same text as
+        // `Value::Array(..).to_string()`
+        let mut out = String::with_capacity(hashes.len() * 600);
+        out.push('[');
+        for (i, h) in hashes.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            let h = h.as_str().unwrap_or_default();
+            if wanted.peek() != Some(&h) {
+                out.push_str("null");
+                continue;
+            }
+            wanted.next();
+            match texts.next().flatten() {
+                Some((EntryKind::Id, text)) => {
                     log.a_to_b_id_objects.push(h.to_string());
                     stats.id_objects_sent += 1;
+                    push_json_str(&mut out, &text);
                 }
-                _ => {
-                    out.push(Value::Null);
-                    continue;
+                Some((_, text)) => {
+                    log.a_to_b_objects.push(h.to_string());
+                    stats.objects_sent += 1;
+                    push_json_str(&mut out, &text);
                 }
+                None => out.push_str("null"),
             }
-            out.push(Value::String(self.store.get(h).map_err(store_err)?));
         }
-        Ok(Value::Array(out).to_string())
+        out.push(']');
+        Ok(out)
     }
 
     fn children_batch(&mut self, args: &[Data]) -> Result<String, ServiceError> {
@@ -504,20 +554,21 @@ impl Exporter {
             // the reference fails while reading the file: a stream error, not an error answer
             return Ok(vec![Message::Text(rpc::stream_error(id))]);
         }
-        let chunks = match self.store.read_blob_chunks(h) {
-            Ok(c) => c,
-            Err(_) => return Ok(vec![Message::Text(rpc::stream_error(id))]),
-        };
         let mut out = Vec::new();
         match encoding {
             None => {
-                for c in &chunks {
-                    for p in c.chunks(BLOB_PAYLOAD) {
-                        out.push(Message::Binary(rpc::binary_frame(id, p)));
-                    }
+                // streamed: the session pulls one frame at a time from the store (the same
+                // frames as cutting each stored chunk into BLOB_PAYLOAD pieces)
+                if self.store.blob_size(h).is_err() {
+                    return Ok(vec![Message::Text(rpc::stream_error(id))]);
                 }
+                self.streams.push(OutStream { id, hash: h.to_string(), offset: 0 });
             }
             Some(enc) => {
+                let chunks = match self.store.read_blob_chunks(h) {
+                    Ok(c) => c,
+                    Err(_) => return Ok(vec![Message::Text(rpc::stream_error(id))]),
+                };
                 let Ok(text) = String::from_utf8(chunks.concat()) else {
                     return Ok(vec![Message::Text(rpc::stream_error(id))]);
                 };
@@ -531,7 +582,9 @@ impl Exporter {
                 }
             }
         }
-        out.push(Message::Text(rpc::stream_end(id)));
+        if encoding.is_some() {
+            out.push(Message::Text(rpc::stream_end(id)));
+        }
         if kind == Some(EntryKind::Clob) {
             log.a_to_b_clob.push(h.to_string());
             stats.clobs_sent += 1;

@@ -32,11 +32,28 @@ const ACCEPTED_VERSIONS: [i64; 2] = [8, 9];
 /// chum.md §6.4: remote peers must not alter local access rights.
 const REFUSED_TYPES: [&str; 3] = ["Access", "IdAccess", "Group"];
 const VERSION_NODE_TYPES: [&str; 3] = ["VersionNodeEdge", "VersionNodeChange", "VersionNodeMerge"];
-/// Objects per store transaction: a fetched chunk is committed in one (issue 8: every LMDB
-/// commit of a durable store costs two fsyncs).
-const COMMIT_BATCH: usize = 4096;
+/// Objects per store transaction. The fetch commits what is ready once this many are (or would
+/// be after the next call), not after every call: every commit of a durable store costs an
+/// fsync, and v8's 256-request calls made a 70,000-object sync 273 commits, 40 % of its wall
+/// time (issue 8, benches/RESULTS.md session 4).
+pub const COMMIT_BATCH: usize = 4096;
+/// ... and at the latest this long after the oldest uncommitted item became ready (the
+/// session's timer drives it: [`Importer::commit_deadline`]), at the end of the fetch, and when
+/// the session ends (connection closed, fatal error): a slow or interrupted pass keeps what it
+/// verified, and `imported` events keep coming.
+pub const COMMIT_INTERVAL: Duration = Duration::from_millis(500);
+/// With "batch" (docs/chum-fastpath.md) a fetched chunk is committed only once this many
+/// items are ready (the first chunk of a pass at once, at the end, and within
+/// `COMMIT_INTERVAL`), up to `COMMIT_BATCH_FAST` per transaction:
+/// each LMDB commit rewrites every B-tree page its random keys touched, so 35 commits of
+/// 2,048 objects wrote the objects table several times over (issue 8 profile: the commits
+/// were 10 % of the importer's CPU, plus their fsyncs). A crash loses at most what is not
+/// committed yet; the next session fetches it again. The first chunk of a pass is committed
+/// at once, so the first objects are visible as early as before.
+const COMMIT_MIN_FAST: usize = 8192;
+const COMMIT_BATCH_FAST: usize = 16384;
 /// Object requests per call (v8; with "batch", `FETCH_CHUNK_BATCHES` requests of `BATCH_MAX`):
-/// after each call what may be stored is committed (issue 8), so an interrupted pass keeps it.
+/// the unit the session hands back whole (its answers are verified together).
 const FETCH_CHUNK: usize = 256;
 const FETCH_CHUNK_BATCHES: usize = 8;
 /// Calls of a pass's fetch kept out at once: while the importer verifies and commits one
@@ -166,6 +183,8 @@ struct Pass {
     /// docs/chum-fastpath.md "closure": microdata that came inline with a GET_CLOSURE answer,
     /// verified like a 101 answer when the fetch starts.
     prefetched: HashMap<String, String>,
+    /// Since when items have been ready but not committed (see [`COMMIT_INTERVAL`]).
+    ready_since: Option<std::time::Instant>,
 }
 
 /// The incremental commit state of a pass (see [`Importer::received`]).
@@ -397,20 +416,30 @@ impl Importer {
                 self.after_pass()
             }
             Stage::Roots => {
-                let mut r = results.into_iter().next().unwrap_or(Outcome::Err { code: TIMEOUT.into(), message: "no answer".into() });
+                let r = results.into_iter().next().unwrap_or(Outcome::Err { code: TIMEOUT.into(), message: "no answer".into() });
                 if self.peer_key.is_some() {
-                    // docs/chum-fastpath.md 102: a JSON string of {"mark", "roots"}
+                    // docs/chum-fastpath.md 102: a JSON string of {"mark", "roots"}; the list
+                    // is taken as parsed (it was written back to a string and parsed again:
+                    // 10,000 roots, issue 8)
                     if let Outcome::Ok(v) = &r {
                         let parsed = v.as_ref().and_then(Value::as_str).and_then(|s| serde_json::from_str::<Value>(s).ok());
-                        let mark = parsed.as_ref().and_then(|d| d.get("mark")).and_then(Value::as_u64);
-                        let roots = parsed.as_ref().and_then(|d| d.get("roots")).filter(|x| x.is_array());
-                        match (mark, roots) {
-                            (Some(m), Some(list)) => {
+                        let (mark, roots) = match parsed {
+                            Some(Value::Object(mut d)) => (d.get("mark").and_then(Value::as_u64), d.remove("roots")),
+                            _ => (None, None),
+                        };
+                        self.errors_before = cx.stats.errors;
+                        self.pending_before = self.pending.len();
+                        return match (mark, roots) {
+                            (Some(m), Some(Value::Array(list))) => {
                                 self.pass_mark = Some(m);
-                                r = Outcome::Ok(Some(Value::String(list.to_string())));
+                                let roots = self.root_list(list, cx);
+                                self.start_pass(roots, cx)
                             }
-                            _ => r = Outcome::Ok(None),
-                        }
+                            _ => {
+                                cx.error("DAH-PAO1", "roots answer is not a string", false);
+                                self.end_pass(cx)
+                            }
+                        };
                     }
                 }
                 self.roots_received(r, cx)
@@ -418,7 +447,7 @@ impl Importer {
             Stage::Children(mut pass) => {
                 let calls = std::mem::take(&mut pass.calls);
                 let results: Vec<Children> = if self.pass_closure {
-                    self.split_closure(&mut pass, &calls, results)?.into_iter().map(Children::Raw).collect()
+                    self.split_closure(&mut pass, &calls, results)?
                 } else if self.features.contains("children-batch") {
                     split_children_batch(&calls.chunks(BATCH_MAX).map(|c| c.len()).collect::<Vec<_>>(), results)?
                 } else {
@@ -450,17 +479,13 @@ impl Importer {
                 self.children_round(pass, cx)
             }
             Stage::Fetch(mut pass) => {
-                let fetch = pass.inflight.pop_front().unwrap_or_default();
-                let results = if self.features.contains("batch") {
-                    split_objects_batch(&fetch.chunks(BATCH_MAX).map(|c| c.len()).collect::<Vec<_>>(), results)?
-                } else {
-                    results
-                };
-                for (h, res) in fetch.iter().zip(results) {
-                    self.verify(&mut pass, h, res, cx)?;
+                if let Err(f) = self.fetch_received(&mut pass, results, cx) {
+                    // a fatal answer (a request that timed out for good): what was verified
+                    // before it is kept
+                    self.flush(&mut pass, Vec::new(), Vec::new(), false, cx);
+                    return Err(f);
                 }
-                self.received(&mut pass, &fetch, cx);
-                self.flush(&mut pass, Vec::new(), Vec::new(), false, cx);
+                self.commit_if_due(&mut pass, cx);
                 self.fetch_next(pass, cx)
             }
             Stage::Streams(mut pass) => {
@@ -580,20 +605,20 @@ impl Importer {
     /// children list as a JSON string); keep the inline microdata (only for a listed hash or
     /// the root: anything else an exporter slips in is dropped here, and what is kept is
     /// verified by hash like any fetched object, chum.md §6.4).
-    fn split_closure(&self, pass: &mut Pass, calls: &[Job], results: Vec<Outcome>) -> Result<Vec<Outcome>, Fatal> {
+    fn split_closure(&self, pass: &mut Pass, calls: &[Job], results: Vec<Outcome>) -> Result<Vec<Children>, Fatal> {
         let sizes: Vec<usize> = calls.chunks(BATCH_MAX).map(|c| c.len()).collect();
-        let per_root = split_batch(&sizes, results, "CES-GOC1", |c| c.clone())?;
+        let per_root = split_batch(&sizes, results, "CES-GOC1", |c| c)?;
         let mut out = Vec::with_capacity(per_root.len());
         for (job, res) in calls.iter().zip(per_root) {
             let Outcome::Ok(Some(Value::Object(mut m))) = res else {
-                out.push(match res {
+                out.push(Children::Raw(match res {
                     Outcome::Ok(_) => Outcome::Err { code: "LAMA-CHUM-BATCH".into(), message: "malformed closure answer".into() },
                     other => other,
-                });
+                }));
                 continue;
             };
             let Some(Value::Array(children)) = m.remove("children") else {
-                out.push(Outcome::Err { code: "LAMA-CHUM-BATCH".into(), message: "malformed closure answer".into() });
+                out.push(Children::Raw(Outcome::Err { code: "LAMA-CHUM-BATCH".into(), message: "malformed closure answer".into() }));
                 continue;
             };
             if let Some(Value::String(t)) = m.remove("root") {
@@ -608,7 +633,13 @@ impl Importer {
                 }
                 listed.push(c);
             }
-            out.push(Outcome::Ok(Some(Value::String(Value::Array(listed).to_string()))));
+            // a list of good entries is taken as it is (issue 8: a first sync's 70,000-entry
+            // list was written back to a string and parsed again); anything else goes the
+            // general way of a service 4/5 answer, which reports it
+            match checked_values(&listed) {
+                Some(list) => out.push(Children::Parsed(list)),
+                None => out.push(Children::Raw(Outcome::Ok(Some(Value::String(Value::Array(listed).to_string()))))),
+            }
         }
         Ok(out)
     }
@@ -688,11 +719,82 @@ impl Importer {
         }
     }
 
+    /// The answers of the oldest fetch call: verified, then what they allow is made ready.
+    fn fetch_received(&self, pass: &mut Pass, results: Vec<Outcome>, cx: &mut Cx) -> Result<(), Fatal> {
+        let fetch = pass.inflight.pop_front().unwrap_or_default();
+        let results = if self.features.contains("batch") {
+            split_objects_batch(&fetch.chunks(BATCH_MAX).map(|c| c.len()).collect::<Vec<_>>(), results)?
+        } else {
+            results
+        };
+        for (done, (h, res)) in fetch.iter().zip(results).enumerate() {
+            if let Err(f) = self.verify(pass, h, res, cx) {
+                self.received(pass, &fetch[..done], cx);
+                return Err(f);
+            }
+        }
+        self.received(pass, &fetch, cx);
+        Ok(())
+    }
+
+    /// Objects asked for per fetch call.
+    fn fetch_chunk(&self) -> usize {
+        if self.features.contains("batch") { BATCH_MAX * FETCH_CHUNK_BATCHES } else { FETCH_CHUNK }
+    }
+
+    /// After a fetch call was verified: commit what is ready if [`COMMIT_BATCH`] items are
+    /// (or would be after the next call), the fetch is over, or the oldest waited
+    /// [`COMMIT_INTERVAL`]; else remember since when they wait.
+    fn commit_if_due(&self, pass: &mut Pass, cx: &mut Cx) {
+        if pass.com.ready.is_empty() {
+            pass.ready_since = None;
+            return;
+        }
+        let end = pass.next >= pass.texts.len() && pass.inflight.is_empty();
+        let late = matches!((pass.ready_since, cx.now), (Some(t), Some(n)) if n.saturating_duration_since(t) >= COMMIT_INTERVAL);
+        // v8: a full COMMIT_BATCH; fast path: the pass's first chunk at once (the first objects
+        // are visible early), then COMMIT_MIN_FAST
+        let full = if self.features.contains("batch") {
+            pass.com.stored.is_empty() || pass.com.ready.len() >= COMMIT_MIN_FAST
+        } else {
+            pass.com.ready.len() + self.fetch_chunk() > COMMIT_BATCH
+        };
+        if end || late || full {
+            self.flush(pass, Vec::new(), Vec::new(), false, cx);
+            pass.ready_since = None;
+        } else if pass.ready_since.is_none() {
+            pass.ready_since = cx.now;
+        }
+    }
+
+    /// When the session should call [`commit_ready`](Self::commit_ready): verified items wait
+    /// for their commit (at most [`COMMIT_INTERVAL`]).
+    pub fn commit_deadline(&self) -> Option<std::time::Instant> {
+        match &self.stage {
+            Stage::Fetch(p) if !p.com.ready.is_empty() => p.ready_since.map(|t| t + COMMIT_INTERVAL),
+            _ => None,
+        }
+    }
+
+    /// Commit every verified item that may be stored now: the commit interval passed, or the
+    /// session ends (connection closed, a fatal error), so an interrupted pass keeps what it
+    /// verified and the next one fetches only the rest.
+    pub fn commit_ready(&mut self, cx: &mut Cx) {
+        let mut stage = std::mem::replace(&mut self.stage, Stage::Done);
+        if let Stage::Fetch(pass) | Stage::Streams(pass) = &mut stage {
+            if !pass.com.ready.is_empty() {
+                self.flush(pass, Vec::new(), Vec::new(), false, cx);
+            }
+            pass.ready_since = None;
+        }
+        self.stage = stage;
+    }
+
     /// Keep up to [`FETCH_AHEAD`] chunks of objects asked for; when all were asked and
     /// answered, ask for the BLOBs/CLOBs.
     fn fetch_next(&mut self, mut pass: Box<Pass>, cx: &mut Cx) -> Result<Step, Fatal> {
         let batched = self.features.contains("batch");
-        let chunk = if batched { BATCH_MAX * FETCH_CHUNK_BATCHES } else { FETCH_CHUNK };
+        let chunk = self.fetch_chunk();
         let mut calls = Vec::new();
         while pass.inflight.len() < FETCH_AHEAD && pass.next < pass.texts.len() {
             let end = (pass.next + chunk).min(pass.texts.len());
@@ -835,7 +937,12 @@ impl Importer {
             cx.error("DAH-PAO1", "roots answer is not a list", false);
             return None;
         };
-        let mut out = Vec::new();
+        Some(self.root_list(list, cx))
+    }
+
+    /// The well-formed entries of a roots list (chum.md §4.2); each bad one is an error.
+    fn root_list(&self, list: Vec<Value>, cx: &mut Cx) -> Vec<serde_json::Map<String, Value>> {
+        let mut out = Vec::with_capacity(list.len());
         for r in list {
             // only for an error message: written out when needed (issue 8 profile: writing
             // every entry back to JSON was 8 % of the importer's CPU)
@@ -868,22 +975,36 @@ impl Importer {
             }
             out.push(m);
         }
-        Some(out)
+        out
+    }
+
+    /// The hashes of `hashes` not stored here, in one read transaction; `on_error` says
+    /// what a hash counts as when the store cannot be read (as `has(..).unwrap_or(!on_error)`
+    /// did per hash).
+    fn missing_of<'a>(&self, hashes: &[&'a str], on_error: bool) -> Vec<&'a str> {
+        let parsed: Vec<lama_core::hash::Hash> = hashes.iter().filter_map(|h| lama_core::hash::Hash::parse(h)).collect();
+        match self.store.missing(&parsed) {
+            Ok(gone) => {
+                let gone: HashSet<[u8; 32]> = gone.iter().map(|h| *h.as_bytes()).collect();
+                hashes.iter().copied().filter(|h| lama_core::hash::Hash::parse(h).is_some_and(|x| gone.contains(x.as_bytes()))).collect()
+            }
+            Err(_) => if on_error { hashes.to_vec() } else { Vec::new() },
+        }
     }
 
     fn start_pass(&mut self, roots: Vec<serde_json::Map<String, Value>>, cx: &mut Cx) -> Result<Step, Fatal> {
         let s = |m: &serde_json::Map<String, Value>, k: &str| m.get(k).and_then(Value::as_str).unwrap_or_default().to_string();
         // chum.md §6.2: what is missing decides what is asked for
-        let mut missing = HashSet::default();
+        let mut asked: Vec<&str> = Vec::new();
         for r in &roots {
             for k in ["hash", "idHash", "node"] {
                 if let Some(h) = r.get(k).and_then(Value::as_str) {
-                    if !self.store.has(h).unwrap_or(true) {
-                        missing.insert(h.to_string());
-                    }
+                    asked.push(h);
                 }
             }
         }
+        // one read transaction for all (a `has` each was 30,000 transactions, issue 8)
+        let missing: HashSet<String> = self.missing_of(&asked, false).into_iter().map(str::to_string).collect();
         self.note_hint_candidates(&roots);
         let mut pass = Pass { batch: 1, ..Default::default() };
         let mut jobs = Vec::new();
@@ -993,8 +1114,13 @@ impl Importer {
         }
         // fetch everything that is missing, in dependency order
         let mut fetch = Vec::new();
+        let absent: HashSet<&str> = {
+            let order: Vec<&str> = pass.order.iter().map(String::as_str).collect();
+            self.missing_of(&order, true).into_iter().collect()
+        };
+        let absent: HashSet<String> = absent.into_iter().map(str::to_string).collect();
         for h in &pass.order {
-            let have = self.store.has(h).unwrap_or(false);
+            let have = !absent.contains(h.as_str());
             let it = pass.items.get_mut(h).unwrap();
             if have {
                 it.ok = true;
@@ -1162,7 +1288,10 @@ impl Importer {
             .collect();
         outside.sort();
         outside.dedup();
-        let absent: HashSet<String> = outside.into_iter().filter(|h| !self.store.has(h).unwrap_or(false)).collect();
+        let absent: HashSet<String> = {
+            let outside: Vec<&str> = outside.iter().map(String::as_str).collect();
+            self.missing_of(&outside, true).into_iter().map(str::to_string).collect()
+        };
         for h in part {
             pass.items.get_mut(h).unwrap().fetched = true;
         }
@@ -1241,16 +1370,20 @@ impl Importer {
             Some(("CI-CCI1", format!("{n} is a {}, not a version node", it.type_name)))
         } else {
             let data = it.refs.iter().find(|r| r.0 == "data").map(|r| r.2.clone());
-            let text = data.as_ref().and_then(|d| match pass.items.get(d) {
-                Some(x) if x.ok && x.text.is_some() => x.text.clone(),
+            // (ID microdata, type) of the data: what its verification found when it is in this
+            // pass and not committed yet (no second parse, issue 8), else read from the store
+            let found: Option<(Option<String>, String)> = data.as_ref().and_then(|d| match pass.items.get(d) {
+                // an ID object is its own ID microdata (as `id_microdata_of` gives it)
+                Some(x) if x.ok && x.text.is_some() => Some((if x.kind == Kind::Id { x.text.clone() } else { x.id_microdata.clone() }, x.type_name.clone())),
                 Some(x) if !x.stored => None,
-                _ => self.store.get(d).ok(),
+                _ => self.store.get(d).ok().map(|t| {
+                    (microdata::id_microdata_of(&t).ok().flatten(), microdata::type_of(&t).map(|x| x.0).unwrap_or_default())
+                }),
             });
-            match text {
+            match found {
                 None => Some(("CI-CCI1", format!("version node {n}: its data is not available"))),
-                Some(t) => {
-                    let idh = microdata::id_microdata_of(&t).ok().flatten().map(|m| sha256_hex(m.as_bytes()));
-                    let ty = microdata::type_of(&t).map(|x| x.0).unwrap_or_default();
+                Some((id_microdata, ty)) => {
+                    let idh = id_microdata.map(|m| sha256_hex(m.as_bytes()));
                     if idh.as_deref() != Some(id_hash.as_str()) {
                         Some(("CI-CCI1", format!("version node {n}: data {} does not have ID hash {id_hash}", data.unwrap_or_default())))
                     } else if ty != want {
@@ -1277,7 +1410,8 @@ impl Importer {
         while !pass.com.ready.is_empty() || (first && (!new_blobs.is_empty() || !new_clobs.is_empty())) {
             let mut batch: Vec<String> = Vec::new();
             let mut in_batch: HashSet<String> = HashSet::default();
-            while batch.len() < COMMIT_BATCH {
+            let max = if self.features.contains("batch") { COMMIT_BATCH_FAST } else { COMMIT_BATCH };
+            while batch.len() < max {
                 let Some(h) = pass.com.ready.pop_front() else { break };
                 // a reference refused by the store in an earlier batch: never a hole
                 if pass.items[&h].refs.iter().any(|r| pass.items.get(&r.2).is_some_and(|x| !x.stored) && !in_batch.contains(&r.2)) {
@@ -1439,7 +1573,7 @@ fn report_unreachable(pass: &mut Pass, cx: &mut Cx) {
 
 /// Split batch answers (JSON strings of lists, docs/chum-fastpath.md 101/105) into one outcome
 /// per hash, shaped like the single-hash service's answer; `null` entries fail with `refused`.
-fn split_batch(sizes: &[usize], results: Vec<Outcome>, refused: &str, wrap: impl Fn(&Value) -> Value) -> Result<Vec<Outcome>, Fatal> {
+fn split_batch(sizes: &[usize], results: Vec<Outcome>, refused: &str, wrap: impl Fn(Value) -> Value) -> Result<Vec<Outcome>, Fatal> {
     let mut out = Vec::new();
     for (&n, res) in sizes.iter().zip(results) {
         match res {
@@ -1450,7 +1584,7 @@ fn split_batch(sizes: &[usize], results: Vec<Outcome>, refused: &str, wrap: impl
                         out.push(if v.is_null() {
                             Outcome::Err { code: refused.into(), message: "not served by the exporter".into() }
                         } else {
-                            Outcome::Ok(Some(wrap(&v)))
+                            Outcome::Ok(Some(wrap(v)))
                         });
                     }
                 }
@@ -1487,6 +1621,25 @@ fn checked_children(list: Vec<Child>) -> Option<Vec<(Kind, String)>> {
             return None;
         }
         out.push((kind, c.hash));
+    }
+    Some(out)
+}
+
+/// [`checked_children`] of parsed entries: each exactly `{"type", "hash"}` (the `data` of a
+/// closure entry already taken out).
+fn checked_values(list: &[Value]) -> Option<Vec<(Kind, String)>> {
+    let mut out = Vec::with_capacity(list.len());
+    for c in list.iter().rev() {
+        let Value::Object(e) = c else { return None };
+        if e.len() != 2 {
+            return None;
+        }
+        let kind = Kind::parse(e.get("type")?.as_str()?)?;
+        let h = e.get("hash")?.as_str()?;
+        if !is_hash(h) {
+            return None;
+        }
+        out.push((kind, h.to_string()));
     }
     Some(out)
 }
@@ -1537,7 +1690,7 @@ fn split_objects_batch(sizes: &[usize], results: Vec<Outcome>) -> Result<Vec<Out
                 }
             }
         }
-        out.extend(split_batch(&[n], vec![res], "CES-GO1", |c| c.clone())?);
+        out.extend(split_batch(&[n], vec![res], "CES-GO1", |c| c)?);
     }
     Ok(out)
 }

@@ -15,6 +15,8 @@ mod session;
 use std::time::Duration;
 
 pub use session::Session;
+/// When the importer commits what it fetched (docs/chum-session.md §2.1).
+pub use importer::{COMMIT_BATCH, COMMIT_INTERVAL};
 
 /// One message of the connection (chum.md §1: ordered text and binary messages).
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -7,7 +7,7 @@ use std::time::Instant;
 use lama_core::store::{BlobWriter, Store};
 use serde_json::Value;
 
-use crate::exporter::{Exporter, NEW_ACCESSIBLE_ROOT_EVENT, NOTIFY, SERVICES};
+use crate::exporter::{Exporter, OutStream, NEW_ACCESSIBLE_ROOT_EVENT, NOTIFY, SERVICES};
 use crate::importer::{Importer, Outcome, Req, Step, TIMEOUT};
 use crate::rpc::{self, Incoming};
 use crate::{ChumLog, Config, Event, Message, Stats};
@@ -17,6 +17,8 @@ pub struct Cx {
     pub events: VecDeque<Event>,
     pub log: ChumLog,
     pub stats: Stats,
+    /// The driver's time of the call being handled (the importer's commit interval).
+    pub now: Option<Instant>,
 }
 
 impl Cx {
@@ -99,6 +101,9 @@ pub struct Session {
     /// A NOTIFY came while a pass ran: that pass may have read the roots before the write
     /// it announces, so the next pass starts when this one ends instead of at the next poll.
     notified: bool,
+    /// BLOB streams being sent, oldest first: a frame is read from the store only when
+    /// `poll_transmit` has nothing else queued (issue 8: bounded memory for a large BLOB).
+    streams: VecDeque<OutStream>,
 }
 
 impl Session {
@@ -108,7 +113,7 @@ impl Session {
         Session {
             store,
             config,
-            cx: Cx { events: VecDeque::new(), log: ChumLog::default(), stats: Stats::default() },
+            cx: Cx { events: VecDeque::new(), log: ChumLog::default(), stats: Stats::default(), now: None },
             exporter: None,
             importer: None,
             exporter_done: false,
@@ -126,6 +131,7 @@ impl Session {
             notify_ids: Default::default(),
             wake: false,
             notified: false,
+            streams: VecDeque::new(),
         }
     }
 
@@ -348,6 +354,7 @@ impl Session {
                     for (code, msg) in std::mem::take(&mut ex.refused) {
                         self.cx.error(&code, &msg, false);
                     }
+                    self.streams.extend(std::mem::take(&mut ex.streams));
                     for f in frames {
                         self.send(f);
                     }
@@ -398,6 +405,7 @@ impl Session {
     /// Give the importer the answers of its last call (or nothing) and act on its next step.
     fn advance(&mut self, results: Vec<Outcome>, now: Instant) {
         let Some(imp) = self.importer.as_mut() else { return };
+        self.cx.now = Some(now);
         match imp.resume(results, &mut self.cx) {
             Err((code, message)) => self.fatal(&code, message),
             Ok(Step::Done) => self.importer_done = true,
@@ -500,6 +508,13 @@ impl Session {
                 return;
             }
         }
+        if let Some(imp) = self.importer.as_mut() {
+            if imp.commit_deadline().is_some_and(|t| t <= now) {
+                // verified objects waited COMMIT_INTERVAL for their commit
+                self.cx.now = Some(now);
+                imp.commit_ready(&mut self.cx);
+            }
+        }
         if let Some(t) = self.sleep_until {
             if now >= t {
                 self.sleep_until = None;
@@ -549,11 +564,26 @@ impl Session {
         if self.finished {
             return None;
         }
-        self.pending.values().map(|p| p.deadline).chain(self.sleep_until).min()
+        let commit = self.importer.as_ref().and_then(Importer::commit_deadline);
+        self.pending.values().map(|p| p.deadline).chain(self.sleep_until).chain(commit).min()
     }
 
     pub fn poll_transmit(&mut self) -> Option<Message> {
-        self.out.pop_front()
+        if let Some(m) = self.out.pop_front() {
+            return Some(m);
+        }
+        // the next frame of the oldest BLOB stream, read now: the driver pulls a frame only
+        // when the transport takes it, so a stream holds one frame, not the BLOB
+        let s = self.streams.front_mut()?;
+        let (m, done) = s.next_frame(&self.store);
+        if done {
+            self.streams.pop_front();
+        }
+        self.cx.stats.bytes_sent += match &m {
+            Message::Text(t) => t.chars().count(),
+            Message::Binary(b) => b.len(),
+        } as u64;
+        Some(m)
     }
 
     pub fn poll_event(&mut self) -> Option<Event> {
@@ -573,6 +603,10 @@ impl Session {
     }
 
     fn abort_all(&mut self) {
+        if let Some(imp) = self.importer.as_mut() {
+            // what the pass verified and may store is kept (the next pass asks for the rest)
+            imp.commit_ready(&mut self.cx);
+        }
         for (_, mut p) in self.pending.drain() {
             if let Some(mut w) = p.writer.take() {
                 let _ = w.abort();
@@ -580,6 +614,7 @@ impl Session {
         }
         self.queue.clear();
         self.calls.clear();
+        self.streams.clear();
         self.importer = None;
         self.sleep_until = None;
     }

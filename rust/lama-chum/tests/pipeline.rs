@@ -1,6 +1,8 @@
 //! The fetch of a pass is pipelined (issue 8): the importer keeps the next chunks' requests
 //! out while it verifies and commits one, so the exporter serves while the importer works, and
-//! never more than `FETCH_AHEAD` chunks are out (what the importer holds is bounded).
+//! never more than `FETCH_AHEAD` chunks are out (what the importer holds is bounded). Commits
+//! are decoupled from the chunks: `COMMIT_BATCH` objects per commit, at the latest
+//! `COMMIT_INTERVAL` after they became ready, and what is ready when the session ends.
 mod common;
 
 use std::collections::HashMap;
@@ -21,6 +23,7 @@ const GET_OBJECTS_BATCH: u64 = 101;
 const CHUNK_V8: usize = 256;
 const CHUNK_FAST: usize = 2048;
 const AHEAD: usize = 3;
+use lama_chum::{COMMIT_BATCH, COMMIT_INTERVAL};
 
 /// A chain of `links` posts (ChatMessage, CreationTime, LinkedListEntry each), its newest
 /// entry shared with B by an Access: 3 × links objects to fetch.
@@ -68,9 +71,18 @@ fn answered(m: &Message) -> Option<u64> {
     }
 }
 
-/// Syncs A → B one message at a time; returns (objects asked before B's first commit, most
-/// objects asked and not yet answered at any time, objects B stored).
-fn run(fast: bool, links: usize) -> (usize, usize, u64) {
+struct Run {
+    /// Objects asked for before B's first commit.
+    before_commit: usize,
+    /// Most objects asked and not yet answered at any time.
+    most: usize,
+    /// Objects and ID objects of each `imported` event (one per commit).
+    commits: Vec<usize>,
+    stored: u64,
+}
+
+/// Syncs A → B one message at a time, at one instant (so only the batch size makes B commit).
+fn run(fast: bool, links: usize) -> Run {
     let dir = tempfile::tempdir().unwrap();
     let a = new_store(dir.path(), "a");
     let b = new_store(dir.path(), "b");
@@ -88,6 +100,7 @@ fn run(fast: bool, links: usize) -> (usize, usize, u64) {
     sb.start(now);
     let mut out: HashMap<u64, usize> = HashMap::new();
     let (mut outstanding, mut most, mut before_commit) = (0usize, 0usize, None);
+    let mut commits = Vec::new();
     let mut asked_total = 0usize;
     loop {
         let mut moved = false;
@@ -110,8 +123,9 @@ fn run(fast: bool, links: usize) -> (usize, usize, u64) {
             sb.handle_message(m, now);
         }
         while let Some(e) = sb.poll_event() {
-            if matches!(e, Event::Imported { .. }) && before_commit.is_none() {
-                before_commit = Some(asked_total);
+            if let Event::Imported { objects, id_objects, .. } = &e {
+                before_commit.get_or_insert(asked_total);
+                commits.push(objects.len() + id_objects.len());
             }
             assert!(!matches!(e, Event::Error { .. }), "{e:?}");
         }
@@ -122,24 +136,143 @@ fn run(fast: bool, links: usize) -> (usize, usize, u64) {
     }
     assert_eq!(sb.close_reason(), Some("chum finished"));
     assert_eq!(b.verify().unwrap(), Vec::<String>::new());
-    (before_commit.unwrap(), most, sb.stats().objects_received)
+    Run { before_commit: before_commit.unwrap(), most, commits, stored: sb.stats().objects_received }
+}
+
+/// What commits must look like for `total` objects fetched in chunks of `chunk`: a commit once
+/// `COMMIT_BATCH` are ready or would be after the next chunk, the rest at the end; never one
+/// per chunk.
+fn check_commits(r: &Run, total: usize, chunk: usize) {
+    assert_eq!(r.stored as usize, total);
+    assert_eq!(r.commits.iter().sum::<usize>(), total);
+    assert!(r.commits.iter().all(|&c| c <= COMMIT_BATCH), "{:?}", r.commits);
+    // all but the last commit hold more than COMMIT_BATCH - chunk objects
+    let (last, full) = r.commits.split_last().unwrap();
+    assert!(*last > 0);
+    assert!(full.iter().all(|&c| c > COMMIT_BATCH - chunk), "{:?}", r.commits);
+    assert!(r.commits.len() <= total.div_ceil(COMMIT_BATCH - chunk), "{:?}", r.commits);
+    // the first commit came once that many were ready, with the next chunks already asked for
+    let first_due = (COMMIT_BATCH - chunk) / chunk + 1;
+    assert!(r.before_commit >= ((first_due + AHEAD - 1) * chunk).min(total), "{}", r.before_commit);
 }
 
 #[test]
 fn v8_fetch_keeps_the_next_chunks_out_and_at_most_three() {
-    let links = 400; // 1,200 objects: 5 chunks of 256
-    let (before, most, got) = run(false, links);
-    assert_eq!(got as usize, 3 * links);
-    // the first chunk's commit came with the second and third chunks already asked for
-    assert_eq!(before, AHEAD * CHUNK_V8);
-    assert_eq!(most, AHEAD * CHUNK_V8);
+    let links = 2000; // 6,000 objects: 24 chunks of 256, 2 commits
+    let r = run(false, links);
+    assert_eq!(r.most, AHEAD * CHUNK_V8);
+    check_commits(&r, 3 * links, CHUNK_V8);
+    assert_eq!(r.commits.len(), 2, "{:?}", r.commits);
 }
 
 #[test]
 fn fast_path_fetch_keeps_the_next_chunks_out_and_at_most_three() {
     let links = 2800; // 8,400 objects: 5 chunks of 2,048
-    let (before, most, got) = run(true, links);
-    assert_eq!(got as usize, 3 * links);
-    assert_eq!(before, AHEAD * CHUNK_FAST);
-    assert_eq!(most, AHEAD * CHUNK_FAST);
+    let r = run(true, links);
+    assert_eq!(r.stored as usize, 3 * links);
+    // the first chunk's commit came at once, with the second and third chunks asked for
+    assert_eq!(r.before_commit, AHEAD * CHUNK_FAST);
+    assert_eq!(r.most, AHEAD * CHUNK_FAST);
+}
+
+#[test]
+fn fast_path_commits_the_first_chunk_at_once_then_in_large_transactions() {
+    // issue 8: each LMDB commit rewrites the B-tree pages its random keys touch, so the fast
+    // path commits the first fetched chunk at once (the first objects are visible early) and
+    // then only once 8,192 items are ready, not after every chunk of 2,048
+    let links = 7000; // 21,000 objects: 11 chunks of 2,048
+    let commits = run(true, links).commits;
+    assert_eq!(commits.iter().sum::<usize>(), 3 * links);
+    // the first chunk's ready items at once (its newest entries wait for what references them)
+    assert!((1..=CHUNK_FAST).contains(&commits[0]), "{commits:?}");
+    let (last, middle) = commits[1..].split_last().unwrap();
+    assert!(middle.iter().all(|&n| n >= 8192), "{commits:?}");
+    assert!(*last >= 1 && commits.len() <= 4, "{commits:?}");
+}
+
+/// A v8 session whose exporter answers only the first `answered` object requests; the
+/// importer's other requests stay unanswered.
+fn stalled(dir: &std::path::Path, links: usize, answered: usize) -> (Store, Session, Instant) {
+    let a = new_store(dir, "a");
+    let b = new_store(dir, "b");
+    build(&a, links);
+    let mut ca = Config::new(PA, PB);
+    ca.importer = false;
+    let mut cb = Config::new(PB, PA);
+    cb.exporter = false;
+    cb.fast_path = false;
+    cb.window = 100_000;
+    let (mut sa, mut sb) = (Session::new(a, ca), Session::new(b.clone(), cb));
+    let now = Instant::now();
+    sa.start(now);
+    sb.start(now);
+    let mut asked_total = 0;
+    loop {
+        let mut moved = false;
+        while let Some(m) = sb.poll_transmit() {
+            if let Some((_, n)) = asked(&m) {
+                asked_total += n;
+                if asked_total > answered {
+                    continue; // lost
+                }
+            }
+            moved = true;
+            sa.handle_message(m, now);
+        }
+        while let Some(m) = sa.poll_transmit() {
+            moved = true;
+            sb.handle_message(m, now);
+        }
+        while let Some(e) = sb.poll_event() {
+            assert!(!matches!(e, Event::Imported { .. } | Event::Error { .. }), "{e:?}");
+        }
+        while sa.poll_event().is_some() {}
+        if !moved {
+            break;
+        }
+    }
+    assert!(asked_total > answered);
+    (b, sb, now)
+}
+
+fn imported(s: &mut Session) -> usize {
+    let mut n = 0;
+    while let Some(e) = s.poll_event() {
+        if let Event::Imported { objects, id_objects, .. } = e {
+            n += objects.len() + id_objects.len();
+        }
+    }
+    n
+}
+
+#[test]
+fn verified_objects_are_committed_at_most_commit_interval_later() {
+    let dir = tempfile::tempdir().unwrap();
+    // two chunks answered: 512 objects verified, far below COMMIT_BATCH, then nothing comes
+    let (b, mut sb, now) = stalled(dir.path(), 400, 2 * CHUNK_V8);
+    let before = b.count().unwrap();
+    // the session asks to be woken for the commit (before any request timeout)
+    let due = sb.poll_timeout().unwrap();
+    assert!(due <= now + COMMIT_INTERVAL, "{due:?}");
+    sb.handle_timeout(due - std::time::Duration::from_millis(1));
+    assert_eq!(imported(&mut sb), 0);
+    sb.handle_timeout(due);
+    let n = imported(&mut sb);
+    // what the two chunks allow (an object whose referrer did not come yet is not reached)
+    assert!(n > 0 && n <= 2 * CHUNK_V8, "{n}");
+    assert_eq!(b.count().unwrap() - before, n as u64);
+    assert_eq!(b.verify().unwrap(), Vec::<String>::new());
+    assert!(sb.poll_timeout().unwrap() > due, "no second commit wake-up");
+}
+
+#[test]
+fn what_is_verified_is_committed_when_the_connection_closes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (b, mut sb, now) = stalled(dir.path(), 400, CHUNK_V8 + 10);
+    let before = b.count().unwrap();
+    sb.connection_closed("network gone", now);
+    let n = imported(&mut sb);
+    assert!(n > 0 && n <= CHUNK_V8, "{n}");
+    assert_eq!(b.count().unwrap() - before, n as u64);
+    assert_eq!(b.verify().unwrap(), Vec::<String>::new());
 }

@@ -134,6 +134,38 @@ fn chunked_blobs() {
 }
 
 #[test]
+fn blob_ranges_stop_at_stored_chunk_ends() {
+    let d = tmp();
+    let s = Store::open(d.path(), None).unwrap();
+    let big = bytes(2 * CHUNK + 12345, 2);
+    let (hb, _) = s.put_blob(&big).unwrap();
+    // what a streaming reader asks for: pieces of `max` bytes, none across a chunk's end
+    let max = 65_528;
+    let (mut off, mut got, mut pieces) = (0u64, Vec::new(), Vec::new());
+    loop {
+        let p = s.read_blob_range(&hb, off, max).unwrap();
+        if p.is_empty() {
+            break;
+        }
+        assert!(p.len() <= max);
+        assert_eq!(off / CHUNK as u64, (off + p.len() as u64 - 1) / CHUNK as u64, "across a chunk end at {off}");
+        off += p.len() as u64;
+        pieces.push(p.len());
+        got.extend_from_slice(&p);
+    }
+    assert_eq!(got, big);
+    // each stored chunk cut in pieces of `max` bytes: 17 per full chunk, 1 for the 12,345
+    assert_eq!(pieces.len(), 17 + 17 + 1);
+    let small = bytes(1000, 3);
+    let (hs, _) = s.put_blob(&small).unwrap();
+    assert_eq!(s.read_blob_range(&hs, 10, 20).unwrap(), &small[10..30]);
+    assert!(s.read_blob_range(&hs, 1000, 20).unwrap().is_empty());
+    assert!(s.read_blob_range(&hs, 5000, 20).unwrap().is_empty());
+    let e = s.read_blob_range(&sha256_hex(b"none"), 0, 10).unwrap_err();
+    assert_eq!(e.code, "SB-READ2");
+}
+
+#[test]
 fn staged_writer() {
     let d = tmp();
     let s = Store::open(d.path(), None).unwrap();
@@ -713,4 +745,21 @@ fn check_mark_does_not_vouch_for_a_file_changed_after_close() {
     assert_eq!((e.kind, e.code.as_str()), (ErrorKind::Store, "LAMA-CORRUPT"));
     assert!(e.to_string().contains("header says page"), "{e}");
     assert!(!dir.path().join("check-mark").exists());
+}
+
+#[test]
+fn texts_reads_objects_and_id_objects_in_one_call() {
+    // Store::texts (the CHUM batch answer, docs/chum-fastpath.md service 101): kind and
+    // microdata per hash, `None` for a missing hash, a BLOB or a malformed hash, input order
+    let d = tmp();
+    let st = Store::open(d.path(), None).unwrap();
+    let alice = person("alice@example.com", "Alice");
+    let r = st.put_objects(&[alice.clone()]).unwrap();
+    let (h, id) = (r[0].hash.clone(), r[0].id_hash.clone().unwrap());
+    let (blob, _) = st.put_blob(b"bytes").unwrap();
+    let missing = sha256_hex(b"nothing stored");
+    let got = st.texts(&[id.as_str(), "not a hash", h.as_str(), blob.as_str(), missing.as_str(), h.as_str()]).unwrap();
+    let want = |k: EntryKind, hash: &str| Some((k, st.get(hash).unwrap()));
+    assert_eq!(got, vec![want(EntryKind::Id, &id), None, want(EntryKind::Object, &h), None, None, want(EntryKind::Object, &h)]);
+    assert_eq!(got[2].as_ref().unwrap().1, microdata::serialize(&alice).unwrap());
 }

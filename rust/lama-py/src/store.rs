@@ -167,13 +167,14 @@ impl PyStore {
         py.detach(|| store.sync()).py()
     }
 
-    /// Release this handle (flushing a non-durable store first); the environment closes when
-    /// no handle or writer uses it. Closing twice is harmless.
+    /// Release this handle (flushing the store first: a non-durable store's commits, a durable
+    /// one's last meta page, docs/store-format.md "Durability"); the environment closes when no
+    /// handle or writer uses it. Closing twice is harmless.
     fn close(&self, py: Python<'_>) -> PyResult<()> {
         let store = self.inner.write().unwrap_or_else(|e| e.into_inner()).take();
         py.detach(|| match store {
-            Some(s) if !s.durable() => s.sync(),
-            _ => Ok(()),
+            Some(s) => s.sync(),
+            None => Ok(()),
         })
         .py()
     }

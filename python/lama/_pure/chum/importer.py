@@ -36,11 +36,24 @@ _REF_KINDS = {"obj": "object", "id": "id", "blob": "blob", "clob": "clob"}
 VERSION_NODE_TYPES = frozenset({"VersionNodeEdge", "VersionNodeChange", "VersionNodeMerge"})
 
 COMMIT_BATCH = 4096
-"""Objects per store transaction when committing a pass."""
+"""Objects per store transaction.  The fetch commits what is ready once this many are (or would
+be after the next call), not after every call: every commit of a durable store costs an fsync,
+and v8's 256-request calls made a 70,000-object sync 273 commits (issue 8, benches/RESULTS.md
+session 4)."""
+COMMIT_INTERVAL = 0.5
+"""... and at the latest this many seconds after the oldest uncommitted item became ready (the
+session's timer drives it: :meth:`Importer.commit_deadline`), at the end of the fetch, and when
+the session ends (connection closed, fatal error): a slow or interrupted pass keeps what it
+verified, and ``imported`` events keep coming."""
+COMMIT_MIN_FAST = 8192
+COMMIT_BATCH_FAST = 16384
+"""With "batch" (docs/chum-fastpath.md): a fetched chunk is committed only once this many items
+are ready (the first chunk of a pass at once, and at the end), up to COMMIT_BATCH_FAST per
+transaction: each commit rewrites the B-tree pages its random keys touch (issue 8)."""
 
 FETCH_CHUNK = 256
-"""Object requests per call (v8; with "batch", FETCH_CHUNK_BATCHES requests of BATCH_MAX): after
-each call what may be stored is committed (issue 8), so an interrupted pass keeps it."""
+"""Object requests per call (v8; with "batch", FETCH_CHUNK_BATCHES requests of BATCH_MAX): the
+unit the session hands back whole (its answers are verified together)."""
 FETCH_CHUNK_BATCHES = 8
 FETCH_AHEAD = 3
 """Calls of a pass's fetch kept out at once: while the importer verifies and commits one chunk,
@@ -138,6 +151,45 @@ class Importer:
         self.pass_hints: list[str] = []
         self.pass_closure = False
         self.persisting = False  # a zero sleep before the peer mark is written
+        self.now: float | None = None  # the driver's time of the call being handled (session)
+        self._com: _Committer | None = None  # the commit state of the pass's fetch
+        self._ready_since: float | None = None  # ready items wait uncommitted since then
+
+    def commit_deadline(self) -> float | None:
+        """When the session should call :meth:`commit_ready`: verified items wait for their
+        commit (at most COMMIT_INTERVAL)."""
+        if self._com is None or not self._com.ready or self._ready_since is None:
+            return None
+        return self._ready_since + COMMIT_INTERVAL
+
+    def commit_ready(self) -> None:
+        """Commit every verified item that may be stored now: the commit interval passed, or
+        the session ends (connection closed, a fatal error), so an interrupted pass keeps what
+        it verified and the next one fetches only the rest."""
+        if self._com is not None and self._com.ready:
+            self._com.flush([], [])
+        self._ready_since = None
+
+    def _commit_if_due(self, com: _Committer, end: bool, chunk: int) -> None:
+        """After a fetch call was verified: commit what is ready if COMMIT_BATCH items are (or
+        would be after the next call), the fetch is over, or the oldest waited COMMIT_INTERVAL;
+        else remember since when they wait."""
+        if not com.ready:
+            self._ready_since = None
+            return
+        late = (self._ready_since is not None and self.now is not None
+                and self.now - self._ready_since >= COMMIT_INTERVAL)
+        # v8: a full COMMIT_BATCH; fast path: the pass's first chunk at once (the first objects
+        # are visible early), then COMMIT_MIN_FAST
+        if "batch" in self.features:
+            full = not com.stored or len(com.ready) >= COMMIT_MIN_FAST
+        else:
+            full = len(com.ready) + chunk > COMMIT_BATCH
+        if end or late or full:
+            com.flush([], [])
+            self._ready_since = None
+        elif self._ready_since is None:
+            self._ready_since = self.now
 
     def notified(self, payload: Any) -> None:
         """A NOTIFY came (docs/chum-fastpath.md "Push"); with "notify-roots" its argument is
@@ -445,10 +497,14 @@ class Importer:
         node_ids = {n: id_hash for id_hash, ms in group_missing.items() for n in ms}
         node_types = {g["node"]: g["dataType"] for nodes in groups.values() for g in nodes}
         com = _Committer(self, items, start, node_ids, node_types)
+        self._com = com
+        self._ready_since = None
         batched = "batch" in self.features
+        com.max_batch = COMMIT_BATCH_FAST if batched else COMMIT_BATCH
         # Fetched in calls of a bounded size (dependencies first, docs/chum-session.md §2.1);
-        # after each call everything that may be stored is committed, so an interrupted pass
-        # keeps what it stored and the next session asks only for the rest (issue 8).
+        # what may be stored is committed in batches of COMMIT_BATCH, at the latest
+        # COMMIT_INTERVAL after it became ready, so an interrupted pass keeps what it verified
+        # and the next session asks only for the rest (issue 8).
         chunk = BATCH_MAX * FETCH_CHUNK_BATCHES if batched else FETCH_CHUNK
         offset = 0
         if prefetched:
@@ -493,10 +549,16 @@ class Importer:
                     results.extend(self._batch_result(part[k * BATCH_MAX:(k + 1) * BATCH_MAX], res))
             else:
                 results.extend(raw_results)
-            for it, res in zip(part, results):
-                self._verify(it, res)
+            for k, (it, res) in enumerate(zip(part, results)):
+                try:
+                    self._verify(it, res)
+                except Fatal:
+                    # a request that timed out for good: what was verified before it is kept
+                    # (the session commits it before it ends)
+                    com.received(part[:k])
+                    raise
             com.received(part)
-            com.flush([], [])
+            self._commit_if_due(com, not inflight and offset >= len(texts), chunk)
             more = top_up()
             if inflight:
                 # resumed with the answers of the oldest call still out
@@ -529,6 +591,7 @@ class Importer:
                 self.emit("pending", {"hash": it.hash, "kind": it.kind, "reason": reason})
 
         com.flush(new_blobs, new_clobs, final=True)
+        self._com = None
         com.report_unreachable()
         stored = com.stored
         for id_hash, ms in group_missing.items():
@@ -795,6 +858,7 @@ class _Committer:
         self.queued: set[str] = set()
         self.ready: deque[str] = deque()
         self.stored: set[str] = set()
+        self.max_batch = COMMIT_BATCH
         for h in start:
             self._reach(h)
 
@@ -895,7 +959,7 @@ class _Committer:
         while self.ready or (first and (blobs or clobs)):
             batch: list[str] = []
             in_batch: set[str] = set()
-            while self.ready and len(batch) < COMMIT_BATCH:
+            while self.ready and len(batch) < self.max_batch:
                 h = self.ready.popleft()
                 # a reference refused by the store in an earlier batch: never a hole
                 if any(r in items and not items[r].stored and r not in in_batch

@@ -248,6 +248,12 @@ class ChumSession:
                 self._dispatch()
         if self._finished:
             return
+        if self._imp is not None:
+            due = self._imp.commit_deadline()
+            if due is not None and due <= now:
+                # verified objects waited COMMIT_INTERVAL for their commit
+                self._imp.now = now
+                self._imp.commit_ready()
         if self._sleep_until is not None and now >= self._sleep_until:
             self._sleep_until = None
             self._advance(None)
@@ -275,6 +281,9 @@ class ChumSession:
         self._now = now
         if self._finished:
             return
+        if self._imp is not None and self._task is not None:
+            # what the pass verified and may store is kept (the next pass asks for the rest)
+            self._imp.commit_ready()
         # chum.md §2.7: pending requests are rejected (WSP-ONCL0, not logged)
         for p in list(self._pending.values()):
             self._abort_writer(p)
@@ -290,6 +299,10 @@ class ChumSession:
         ts = [p.deadline for p in self._pending.values()]
         if self._sleep_until is not None:
             ts.append(self._sleep_until)
+        if self._imp is not None and self._task is not None:
+            due = self._imp.commit_deadline()
+            if due is not None:
+                ts.append(due)
         return min(ts) if ts else None
 
     def poll_transmit(self) -> list[str | bytes]:
@@ -371,6 +384,8 @@ class ChumSession:
     def _advance(self, value: Any) -> None:
         """Run the importer until it waits for answers or time."""
         while self._task is not None and not self._finished:
+            if self._imp is not None:
+                self._imp.now = self._now
             try:
                 op = self._task.send(value)
             except StopIteration:
@@ -378,6 +393,9 @@ class ChumSession:
                 self._importer_done = True
                 break
             except Fatal as e:
+                if self._imp is not None:
+                    # what the pass verified before the fatal answer is kept
+                    self._imp.commit_ready()
                 self._task = None
                 self._importer_done = True
                 self._fatal(e.code, str(e))
@@ -533,6 +551,8 @@ class ChumSession:
 
     def _fatal(self, code: str, message: str) -> None:
         self._error(code, message, True)
+        if self._imp is not None and self._task is not None:
+            self._imp.commit_ready()  # as connection_closed
         self._task = None
         for p in list(self._pending.values()):
             self._abort_writer(p)
