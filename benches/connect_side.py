@@ -11,6 +11,12 @@ ROUNDS times B's manager is closed and a fresh one started, and the time from it
 to the CHUM connection being up on both sides, and to B's first CHUM ``full_sync`` event (its first
 full pass ended), is printed
 as ``<ms connected> <ms first sync>``.
+
+``python connect_side.py encrypted CORE``: the receiving end of the encrypted-connection
+throughput benchmark (docs/connections.md §1a) in its own process: listens with ``ws_listen`` on
+127.0.0.1 (prints the port), accepts one ``encrypted_accept`` connection (key "bench B"), then
+for each text message ``<count> <size>`` receives ``count`` messages of ``size`` bytes and
+answers ``done <CPU seconds of this process for them>``, until the connection closes.
 """
 
 from __future__ import annotations
@@ -101,6 +107,28 @@ async def reconnect(base: Path, rounds: int) -> None:
         b.close()
 
 
+async def encrypted(core: Any) -> None:
+    import hashlib
+
+    sk = hashlib.sha256(b"bench B").digest()
+    keys = [(core.box_public_from_secret(sk), sk)]
+    listener = await core.ws_listen("127.0.0.1", 0)
+    print(listener.port, flush=True)
+    conn = await core.encrypted_accept(await listener.accept(), keys)
+    await listener.close()
+    while True:
+        head = await conn.recv()
+        if head is None:
+            break
+        count, size = (int(x) for x in str(head).split())
+        cpu0 = time.process_time()
+        for _ in range(count):
+            m = await conn.recv()
+            assert m is not None and len(m) == size, (m if m is None else len(m), conn.close_reason)
+        await conn.send(f"done {time.process_time() - cpu0}")
+    await conn.close()
+
+
 def main() -> None:
     sys.path.insert(0, str(ROOT / "python"))
     what, core_name = sys.argv[1], sys.argv[2]
@@ -109,6 +137,10 @@ def main() -> None:
         from lama import _lama, _pure  # type: ignore[attr-defined]
 
         asyncio.run(server(_lama if core_name == "rust" else _pure))
+    elif what == "encrypted":
+        from lama import _lama, _pure  # type: ignore[attr-defined]
+
+        asyncio.run(encrypted(_lama if core_name == "rust" else _pure))
     elif what == "reconnect":
         asyncio.run(reconnect(Path(sys.argv[3]), int(sys.argv[4])))
     else:

@@ -5,7 +5,9 @@
    ``comm_listen``), handover latency (``communication_request`` sent -> the listener's
    ``accept()`` returns), relayed throughput (raw WebSocket frames through a handed-over pair).
 2. Encrypted connection over a direct WebSocket on 127.0.0.1: 1 KiB messages/s and 1 MiB
-   messages MiB/s.
+   messages MiB/s, both ends in this process, and with the receiving end in its own process
+   (``connect_side.py encrypted``; the time runs from the first message sent to the receiver's
+   answer after the last one, and each side's CPU seconds are reported).
 3. Time for a fresh ConnectionManager of an already paired instance from ``start()`` to the
    CHUM connection up on both sides and to its first CHUM ``full_sync`` event
    (``connect_side.py reconnect``).
@@ -241,6 +243,49 @@ def test_encrypted_throughput(benchmark: Any, core: ModuleType, size: str) -> No
     benchmark.pedantic(lambda: times.append(_encrypted(core, payload, count)), rounds=3, iterations=1)
     unit = "msg" if size == "1KiB" else "MiB"
     record(f"encrypted {size} messages ({unit})", core.CORE_NAME, count, sorted(times)[len(times) // 2])
+
+
+@pytest.mark.parametrize("size", ["1KiB", "1MiB"])
+def test_encrypted_throughput_two_processes(benchmark: Any, core: ModuleType, size: str) -> None:
+    payload = KIB if size == "1KiB" else MIB
+    count = (1_000 if size == "1KiB" else 8) if benchmark.disabled else (20_000 if size == "1KiB" else 256)
+    A = keypair("bench A", core)
+    B = keypair("bench B", core)
+    p = subprocess.Popen([sys.executable, str(SIDE), "encrypted", core.CORE_NAME],
+                         stdout=subprocess.PIPE, text=True)
+    assert p.stdout is not None
+    port = int(p.stdout.readline())
+    rounds: list[tuple[float, float, float]] = []  # wall s, sender CPU s, receiver CPU s
+
+    async def main() -> None:
+        conn = await core.encrypted_connect(f"ws://127.0.0.1:{port}", A[0], A[1], B[0])
+        try:
+            for _ in range(3):
+                await conn.send(f"{count} {len(payload)}")
+                cpu0 = time.process_time()
+                t0 = time.perf_counter()
+                for _ in range(count):
+                    await conn.send(payload)
+                done = await conn.recv()
+                wall = time.perf_counter() - t0
+                cpu = time.process_time() - cpu0
+                assert isinstance(done, str) and done.startswith("done "), (done, conn.close_reason)
+                rounds.append((wall, cpu, float(done.split()[1])))
+        finally:
+            await conn.close()
+
+    try:
+        benchmark.pedantic(lambda: asyncio.run(asyncio.wait_for(main(), 300)), rounds=1, iterations=1)
+    finally:
+        p.wait(30)
+    wall, cpu_s, cpu_r = sorted(rounds)[len(rounds) // 2]
+    unit = "msg" if size == "1KiB" else "MiB"
+    per = count if size == "1KiB" else count * len(payload) / 2**20
+    report_line(f"encrypted {size} messages, two processes ({core.CORE_NAME}): {per / wall:,.0f} {unit}/s "
+                f"(median of 3); CPU per {unit}: sender {cpu_s / per * 1e6:.1f} us, receiver "
+                f"{cpu_r / per * 1e6:.1f} us; {unit}/s per CPU-second: sender {per / cpu_s:,.0f}, "
+                f"receiver {per / cpu_r:,.0f}")
+    record(f"encrypted {size} messages, two processes ({unit})", core.CORE_NAME, count, wall)
 
 
 # -- 3. fresh dial -> usable CHUM connection -----------------------------------------------------

@@ -8,6 +8,7 @@ Everything listens on 127.0.0.1 only; every wait is bounded in time.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import os
 import signal
@@ -961,3 +962,164 @@ def test_encrypted_connection_through_the_relay_cross_core(combo: str, rust_core
     cores = {"rust": rust_core, "pure": pure_core}
     srv, ini, acc = (cores[n] for n in combo.split("-"))
     run(lambda: _encrypted_through_relay(srv, ini, acc))
+
+
+# -- the pairing transcript's comm-server side, replayed through lama's relay ---------------------
+
+def test_transcript_replayed_through_the_relay() -> None:
+    """Two scripted peers replay their side of transcript-pairing-and-chat.json through lama's
+    comm server, event by event, on the transcript's own sockets (A#1..A#4, B#1..B#5): the
+    registrations (with keys of ours in place of the run's, whose secrets are not recorded, and
+    the real answer to our server's fresh challenge), the communication_request of each
+    connection, the handover and the forwarded request to the newest spare (compared with the
+    recorded text), communication_ready, the 72-byte key frames, then every message of the
+    pairing and CHUM connections as an encrypted binary frame. Every message a peer received in
+    the transcript arrives on the same socket, in the same order, byte for byte."""
+    events = load_vectors("transcript-pairing-and-chat.json")
+    keys = {p: core.box_keypair() for p in "AB"}
+    recorded_key: dict[str, str] = {}
+    for e in events:
+        if e["layer"] == "commserver" and e["message"].get("command") == "register":
+            recorded_key[e["direction"][0]] = e["message"]["publicKey"]
+    swap = {recorded_key[p]: keys[p][0].hex() for p in "AB"}
+
+    def subst(obj: Any) -> Any:
+        if isinstance(obj, str):
+            return swap.get(obj, obj)
+        if isinstance(obj, dict):
+            return {k: subst(v) for k, v in obj.items()}
+        if isinstance(obj, list):
+            return [subst(v) for v in obj]
+        return obj
+
+    session_key = hashlib.sha256(b"transcript relay").digest()
+
+    def payload(m: Any) -> tuple[int, bytes]:
+        if isinstance(m, dict) and "binaryBytes" in m:
+            raw = bytes.fromhex(m["hexPrefix"])
+            return 0, raw + bytes(m["binaryBytes"] - len(raw))
+        return 1, (m if isinstance(m, str) else compact(subst(m))).encode()
+
+    def peer_order(evs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The transcript logs each peer-to-peer message on both sides; where the receiving
+        side's entry came first (same millisecond), it is moved after the sending one."""
+        out: list[dict[str, Any]] = []
+        sent: dict[str, int] = {}
+        held: list[tuple[str, dict[str, Any]]] = []
+        for e in evs:
+            d = e["direction"]
+            if e["layer"] not in ("peer-handshake", "encrypted/connection-setup", "encrypted/pairing",
+                                  "encrypted/chum") or "commserver" in d:
+                out.append(e)
+                continue
+            if "→" in d:
+                k = json.dumps([e["layer"], d[0], e["message"]])
+                sent[k] = sent.get(k, 0) + 1
+                out.append(e)
+                for item in list(held):
+                    if sent.get(item[0], 0) > 0:
+                        sent[item[0]] -= 1
+                        out.append(item[1])
+                        held.remove(item)
+            else:
+                k = json.dumps([e["layer"], d[2], e["message"]])
+                if sent.get(k, 0) > 0:
+                    sent[k] -= 1
+                    out.append(e)
+                else:
+                    held.append((k, e))
+        assert not held
+        return out
+
+    events = peer_order(events)
+
+    async def main() -> None:
+        server = await comm_server("127.0.0.1", 0, ping_interval=60.0)
+        socks: dict[str, Any] = {}
+        counters: dict[str, int] = {}  # per sending socket
+        peer_of: dict[str, str] = {}   # a relayed socket -> the socket at the other end
+        challenges: dict[str, dict[str, Any]] = {}
+        received = 0
+        try:
+            for e in events:
+                layer, d, m, conn = e["layer"], e["direction"], e.get("message"), e.get("conn")
+                if conn is None or conn.startswith("commserver") or layer == "commserver-relay-setup":
+                    continue
+                me = conn[0]
+                if conn not in socks:
+                    socks[conn] = await core.ws_connect(server.url)
+                t = socks[conn]
+                sending = "→" in d
+                if layer == "commserver" and sending:
+                    if m["command"] == "authentication_response":
+                        req = challenges.pop(conn)
+                        plain = core.box_open_embedded(bytes.fromhex(req["challenge"]), keys[me][1],
+                                                       bytes.fromhex(req["publicKey"]))
+                        resp = core.box_seal_embedded(bytes(b ^ 0xFF for b in plain), keys[me][1],
+                                                      bytes.fromhex(req["publicKey"]))
+                        await t.send(compact({"command": "authentication_response", "response": resp.hex()}))
+                    else:
+                        await t.send(compact(subst(m)))
+                    continue
+                if layer == "commserver":
+                    got = json.loads(await asyncio.wait_for(t.recv(), 10))
+                    assert list(got) == list(m), (e, got)
+                    if m["command"] == "authentication_request":
+                        challenges[conn] = got
+                    elif m["command"] == "authentication_success":
+                        assert got["pingInterval"] == 60000 and got["clientIp"] == "127.0.0.1"
+                    else:
+                        assert got == subst(m), e
+                    received += 1
+                    continue
+                if d == "B→commserver (relayed to peer)":
+                    await t.send(compact(subst(m)))
+                    counters[conn] = 1  # the initiator's frame counters (conn §2.4)
+                    continue
+                if d.startswith("A←B (via"):
+                    got = await asyncio.wait_for(t.recv(), 10)
+                    assert got == compact(subst(m)), e
+                    # the request names the source; the newest B socket that sent it is the peer
+                    src = max((c for c in counters if c.startswith("B") and c not in peer_of),
+                              key=lambda c: int(c[2:]))
+                    peer_of[conn], peer_of[src] = src, conn
+                    counters[conn] = 0
+                    received += 1
+                    continue
+                # peer-handshake and encrypted layers between the two peers
+                flags, data = payload(m)
+                plain_frame = layer == "peer-handshake"
+                if sending:
+                    if plain_frame:
+                        await t.send(data.decode() if flags else data)
+                    else:
+                        n = counters[conn]
+                        counters[conn] = n + 2
+                        await t.send(core.secretbox_seal(core.frame_pad(data, flags, 0, b""),
+                                                         core.session_nonce(n), session_key))
+                    continue
+                try:
+                    got = await asyncio.wait_for(t.recv(), 10)
+                except TimeoutError:
+                    raise AssertionError(f"nothing arrived for {e}") from None
+                assert got is not None, (e, t.close_reason)
+                if plain_frame:
+                    assert got == (data.decode() if flags else data), e
+                else:
+                    sender = peer_of[conn]
+                    n = counters.setdefault(f"rx {conn}", 0 if sender.startswith("A") else 1)
+                    counters[f"rx {conn}"] = n + 2
+                    assert isinstance(got, bytes)
+                    plain = core.secretbox_open(got, core.session_nonce(n), session_key)
+                    assert core.frame_unpad(plain) == (flags, data), e
+                received += 1
+            assert received == sum(1 for e in events if e.get("conn", "").startswith(("A#", "B#"))
+                                   and "←" in e["direction"]) == 131
+            c = server.counters()
+            assert c["handovers"] == 3 and c["registrations"] == 7, c
+            for t in socks.values():
+                await t.close()
+        finally:
+            await server.close()
+
+    run(main, timeout=120)

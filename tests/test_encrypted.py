@@ -387,6 +387,104 @@ def test_replay_of_the_recorded_chum_connection_as_initiator() -> None:
     run(main)
 
 
+def test_replay_of_the_recorded_pairing_connection_as_initiator() -> None:
+    """Peer B (invitee, initiator) of the recorded `pairing` connection, over a WebSocket to a
+    scripted acceptor A: B's request is the recorded JSON, its key frame opens to its recorded
+    ephemeral key, A's recorded frames (keepalives included) open to A's messages, and B's
+    messages with the recorded padding, then its two keepalives from the timer, are the
+    recorded B->A frames byte for byte."""
+    rec = CONNS["pairing"]
+    assert rec["initiator"]["peer"] == "B"
+    out_frames = rec["frames"]["B->A"]
+    assert [f["kind"] for f in out_frames[-2:]] == ["keepalive", "keepalive"]
+
+    async def main() -> None:
+        listener = await core.ws_listen("127.0.0.1", 0)
+        try:
+            connect = asyncio.ensure_future(core.encrypted_connect(
+                f"ws://127.0.0.1:{listener.port}", *kp(rec["initiator"]["instance_keypair"]),
+                bytes.fromhex(rec["acceptor"]["instance_keypair"]["publicKey"]), keepalive=1.0,
+                _ephemeral=kp(rec["initiator"]["ephemeral_keypair"]),
+                _padding=[padding(f) for f in out_frames]))
+            peer = await listener.accept()
+        finally:
+            await listener.close()
+        assert await peer.recv() == rec["plaintext_prelude"]["B"][0]["text"]
+        await peer.send(rec["plaintext_prelude"]["B"][1]["text"])
+        frame1 = await peer.recv()
+        assert isinstance(frame1, bytes) and len(frame1) == 72
+        hs_key = bytes.fromhex(rec["handshake"]["handshake_key"])
+        assert core.secretbox_open_embedded(frame1, hs_key).hex() == \
+            rec["handshake"]["frame1_initiator_to_acceptor"]["decrypted_ephemeral_public_key"]
+        await peer.send(bytes.fromhex(rec["handshake"]["frame2_acceptor_to_initiator"]["hex"]))
+        conn = await connect
+        assert conn.initiator and conn.remote_key.hex() == rec["acceptor"]["instance_keypair"]["publicKey"]
+        await feed_and_check(conn, peer, rec, "A->B", "B->A", app_messages(out_frames))
+        await peer.close("done")
+        assert await conn.recv() is None
+        assert conn.close_reason == "done"
+        s = conn.stats()
+        assert s["messages_received"] == len(app_messages(rec["frames"]["A->B"]))
+        assert s["messages_sent"] == len(app_messages(out_frames))
+
+    run(main)
+
+
+def test_replay_of_the_recorded_chum_connection_as_acceptor() -> None:
+    """Peer B (acceptor) of the recorded `chum` connection: A's recorded frames open to A's
+    messages and the recorded fragmented message (fragmentation_start_string, 65536 + 8429
+    bytes, fragmentation_end) is reassembled to the recorded 73,965-byte string; the 26 frames
+    A sent between them were not recorded, so the scripted A sends keepalives sealed with the
+    session key at those counters. B's 20 messages with the recorded padding are the recorded
+    B->A frames byte for byte."""
+    rec = CONNS["chum"]
+    assert rec["acceptor"]["peer"] == "B"
+    in_frames = rec["frames"]["A->B"]
+    out_frames = rec["frames"]["B->A"]
+    key = bytes.fromhex(rec["handshake"]["session_key"])
+    counters = [f["counter"] for f in in_frames]
+    assert counters[:20] == list(range(1, 41, 2)) and counters[20] == 93
+    end = next(f for f in in_frames if f["kind"] == "fragmentation_end")["app_message"]
+
+    async def main() -> None:
+        peer, mine = core.memory_pair()
+        accept = asyncio.ensure_future(core.encrypted_accept(
+            mine, [kp(rec["acceptor"]["instance_keypair"])],
+            _ephemeral=kp(rec["acceptor"]["ephemeral_keypair"]),
+            _padding=[padding(f) for f in out_frames]))
+        await peer.send(rec["plaintext_prelude"]["A"][0]["text"])
+        assert await peer.recv() == '{"command":"communication_ready"}'
+        await peer.send(bytes.fromhex(rec["handshake"]["frame1_initiator_to_acceptor"]["hex"]))
+        frame2 = await peer.recv()
+        assert isinstance(frame2, bytes) and len(frame2) == 72
+        assert core.secretbox_open_embedded(frame2, bytes.fromhex(rec["handshake"]["handshake_key"])).hex() == \
+            rec["handshake"]["frame2_acceptor_to_initiator"]["decrypted_ephemeral_public_key"]
+        conn = await accept
+        assert not conn.initiator
+        filler = [core.secretbox_seal(core.frame_pad(b"keepalive", 1, 0, b""), core.session_nonce(c), key)
+                  for c in range(41, 93, 2)]
+        wires = [whole(f, "frame") for f in in_frames]
+        for w in wires[:20] + filler + wires[20:]:
+            await peer.send(w)
+        expected = app_messages(in_frames)
+        assert len(expected) == 23
+        for m in expected:
+            got = await asyncio.wait_for(conn.recv(), 10)
+            assert got == m
+        big = expected[21]
+        assert isinstance(big, str) and len(big.encode()) == end["reassembled_len"] == 73965
+        assert hashlib.sha256(big.encode()).hexdigest() == end["reassembled_sha256"]
+        for m in app_messages(out_frames):
+            await conn.send(m)
+        for f in out_frames:
+            assert await asyncio.wait_for(peer.recv(), 10) == whole(f, "frame"), f["counter"]
+        await conn.close()
+        assert await peer.recv() is None
+        assert peer.close_reason == "Close called."
+
+    run(main)
+
+
 # -- a relay in the middle: tampered, replayed, reordered, truncated, dropped frames -----------
 
 async def relay(src: Any, dst: Any, mutate: Callable[[str | bytes], list[str | bytes]]) -> None:

@@ -575,15 +575,30 @@ enum Step {
 
 impl Reader {
     fn handle(&mut self, m: Message) -> Step {
-        let wire = match m {
+        let mut wire = match m {
             Message::Text(_) => return Step::Fail(close_text(REASON_STRING)),
             Message::Binary(b) => b,
         };
-        let (flags, data) = match crypto::frame_open(&self.key[..], self.counter, wire) {
+        let (flags, start) = match crypto::frame_open_in_place(&self.key[..], self.counter, &mut wire) {
             Ok(v) => v,
             Err(_) => return Step::Fail(close_text(REASON_DECRYPTION)),
         };
         self.counter += 2;
+        // conn §2.6: a binary fragment is copied once, from the opened frame to the message
+        // being collected (not first moved to the front of its frame)
+        if flags & 1 == 0 {
+            if let Some((_, buf)) = self.collecting.as_mut() {
+                let piece = &wire[start..];
+                if buf.len() + piece.len() > self.max_message {
+                    self.collecting = None;
+                    return Step::Fail(close_text(&size_reason(self.max_message)));
+                }
+                buf.extend_from_slice(piece);
+                return Step::Nothing;
+            }
+        }
+        wire.drain(..start);
+        let data = wire;
         let msg = if flags & 1 == 1 {
             match String::from_utf8(data) {
                 Ok(s) => Message::Text(s),

@@ -62,46 +62,35 @@ pub fn frame_unpad(padded: &[u8]) -> Result<(u8, Vec<u8>)> {
 
 /// The wire frame of one message of an encrypted connection (connections.md §2.4):
 /// `secretbox(pad(data), session_nonce(counter), key)` = 16-byte tag || ciphertext, no nonce.
-/// Built in one buffer (padding, data, then encryption in place): a 64 KiB fragment is copied
-/// once, not once per step. `r` and `filler` as in [`frame_pad`].
+/// Built in one buffer (tag room, padding, data, then encryption in place): a 64 KiB fragment
+/// is copied once, not once per step. `r` and `filler` as in [`frame_pad`].
 pub fn frame_seal(key: &[u8], counter: u64, data: &[u8], flags: u8, r: u8, filler: &[u8]) -> Result<Vec<u8>> {
-    use crypto_secretbox::aead::{AeadInPlace, KeyInit};
-    use salsa20::cipher::generic_array::GenericArray;
-
     let key = super::check_len::<{ super::KEY_LEN }>(key, "secretbox key", "LAMA-KEYLEN")?;
     let padded = frame_pad(b"", flags, r, filler)?;
     let mut out = Vec::with_capacity(super::TAG_LEN + padded.len() + data.len());
     out.extend_from_slice(&[0u8; super::TAG_LEN]);
     out.extend_from_slice(&padded);
     out.extend_from_slice(data);
-    let cipher = crypto_secretbox::XSalsa20Poly1305::new(GenericArray::from_slice(key));
-    let nonce = session_nonce(counter);
-    let tag = cipher
-        .encrypt_in_place_detached(GenericArray::from_slice(&nonce), b"", &mut out[super::TAG_LEN..])
-        .map_err(|_| Error::new(crate::ErrorKind::Internal, "LAMA-INTERNAL", "secretbox encryption failed"))?;
+    let tag = super::xsalsa::seal_in_place(key, &session_nonce(counter), &mut out[super::TAG_LEN..]);
     out[..super::TAG_LEN].copy_from_slice(&tag);
     Ok(out)
 }
 
-/// Opens a [`frame_seal`] output in place: `(flags, data)`. A frame that does not
-/// authenticate (wrong key or counter, tampered, truncated) is `DecryptionError CYENC-SYMDEC`;
-/// malformed padding is `CryptoError LAMA-PADDING`.
-pub fn frame_open(key: &[u8], counter: u64, mut wire: Vec<u8>) -> Result<(u8, Vec<u8>)> {
-    use crypto_secretbox::aead::{AeadInPlace, KeyInit};
-    use salsa20::cipher::generic_array::GenericArray;
-
+/// Opens a [`frame_seal`] output in place: `(flags, start)`, the data being `wire[start..]`
+/// (no bytes moved: a reassembling reader copies the data once, from there). A frame that does
+/// not authenticate (wrong key or counter, tampered, truncated) is `DecryptionError
+/// CYENC-SYMDEC`; malformed padding is `CryptoError LAMA-PADDING`.
+pub fn frame_open_in_place(key: &[u8], counter: u64, wire: &mut [u8]) -> Result<(u8, usize)> {
     let key = super::check_len::<{ super::KEY_LEN }>(key, "secretbox key", "LAMA-KEYLEN")?;
     if wire.len() < super::TAG_LEN {
         return Err(super::decryption_failed());
     }
-    let mut tag = [0u8; super::TAG_LEN];
-    tag.copy_from_slice(&wire[..super::TAG_LEN]);
-    let cipher = crypto_secretbox::XSalsa20Poly1305::new(GenericArray::from_slice(key));
-    let nonce = session_nonce(counter);
-    cipher
-        .decrypt_in_place_detached(GenericArray::from_slice(&nonce), b"", &mut wire[super::TAG_LEN..], GenericArray::from_slice(&tag))
-        .map_err(|_| super::decryption_failed())?;
-    // the padding header, as frame_unpad reads it, then the data moved to the front
+    let (tag, body) = wire.split_at_mut(super::TAG_LEN);
+    let tag: &[u8; super::TAG_LEN] = (&*tag).try_into().expect("split at TAG_LEN");
+    if !super::xsalsa::open_in_place(key, &session_nonce(counter), body, tag) {
+        return Err(super::decryption_failed());
+    }
+    // the padding header, as frame_unpad reads it
     let padded = &wire[super::TAG_LEN..];
     let bad = |what: &str| Error::crypto("LAMA-PADDING", format!("malformed frame padding: {what}"));
     let &byte0 = padded.first().ok_or_else(|| bad("empty plaintext"))?;
@@ -115,6 +104,12 @@ pub fn frame_open(key: &[u8], counter: u64, mut wire: Vec<u8>) -> Result<(u8, Ve
     if start > padded.len() as u64 {
         return Err(bad("filler longer than the plaintext"));
     }
-    wire.drain(..super::TAG_LEN + start as usize);
-    Ok((byte0 >> 4, wire))
+    Ok((byte0 >> 4, super::TAG_LEN + start as usize))
+}
+
+/// Opens a [`frame_seal`] output: `(flags, data)`, errors as [`frame_open_in_place`].
+pub fn frame_open(key: &[u8], counter: u64, mut wire: Vec<u8>) -> Result<(u8, Vec<u8>)> {
+    let (flags, start) = frame_open_in_place(key, counter, &mut wire)?;
+    wire.drain(..start);
+    Ok((flags, wire))
 }

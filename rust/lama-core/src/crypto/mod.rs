@@ -6,6 +6,8 @@
 //! - [`nacl`]: X25519 key pairs and `box.before` (HSalsa20 of the X25519 point), secretbox
 //!   (XSalsa20-Poly1305, output = 16-byte tag || ciphertext), the "embedded nonce" format
 //!   `nonce(24) || secretbox`;
+//! - [`xsalsa`]: XSalsa20-Poly1305 in place with a SIMD Salsa20 (the secretbox of the two
+//!   above and of every encrypted-connection frame);
 //! - [`frame`]: what the encryption plugin adds around a frame (connections.md §2.4): the
 //!   session nonce of a frame counter and the random-length padding of the plaintext;
 //! - [`sign`]: Ed25519 key pairs in the tweetnacl layout (secret = seed || public, 64 bytes)
@@ -25,6 +27,7 @@ pub mod frame;
 pub mod kdf;
 pub mod nacl;
 pub mod sign;
+pub mod xsalsa;
 
 #[cfg(test)]
 mod tests;
@@ -34,7 +37,7 @@ pub use nacl::{
     box_before, box_keypair, box_open_embedded, box_public_from_secret, box_seal_embedded,
     secretbox_open, secretbox_open_embedded, secretbox_seal, secretbox_seal_embedded,
 };
-pub use frame::{frame_open, frame_pad, frame_seal, frame_unpad, session_nonce};
+pub use frame::{frame_open, frame_open_in_place, frame_pad, frame_seal, frame_unpad, session_nonce};
 pub use sign::{sign_detached, sign_keypair, sign_keypair_from_seed, sign_verify_detached};
 
 /// Length of an X25519 public or secret key, a shared key and a secretbox key.

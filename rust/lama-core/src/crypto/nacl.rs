@@ -2,11 +2,9 @@
 //!
 //! `box.before(pk, sk)` = HSalsa20(X25519(sk, pk), 16 zero bytes); `box.after(m, n, k)` is
 //! exactly `secretbox(m, n, k)`, so a box with a precomputed shared key is sealed and opened
-//! with [`secretbox_seal`] / [`secretbox_open`]. Secret X25519 keys are kept unclamped, as
+//! with [`secretbox_seal`] / [`secretbox_open`] (XSalsa20-Poly1305 of `xsalsa.rs`). Secret X25519 keys are kept unclamped, as
 //! tweetnacl stores them; clamping happens inside the scalar multiplication.
 
-use crypto_secretbox::aead::{AeadInPlace, KeyInit};
-use crypto_secretbox::XSalsa20Poly1305;
 use salsa20::cipher::consts::U10;
 use salsa20::cipher::generic_array::GenericArray;
 use zeroize::Zeroizing;
@@ -46,9 +44,8 @@ pub fn box_before(their_public: &[u8], my_secret: &[u8]) -> Result<[u8; KEY_LEN]
     Ok(out)
 }
 
-fn cipher(key: &[u8]) -> Result<XSalsa20Poly1305> {
-    let key = check_len::<KEY_LEN>(key, "secretbox key", "LAMA-KEYLEN")?;
-    Ok(XSalsa20Poly1305::new(GenericArray::from_slice(key)))
+fn key_of(key: &[u8]) -> Result<&[u8; KEY_LEN]> {
+    check_len::<KEY_LEN>(key, "secretbox key", "LAMA-KEYLEN")
 }
 
 fn nonce_of(nonce: &[u8]) -> Result<&[u8; NONCE_LEN]> {
@@ -58,13 +55,12 @@ fn nonce_of(nonce: &[u8]) -> Result<&[u8; NONCE_LEN]> {
 /// `secretbox(msg, nonce, key)`: 16-byte Poly1305 tag followed by the ciphertext
 /// (length `msg.len() + 16`, no nonce). Also tweetnacl `box.after` with a shared key.
 pub fn secretbox_seal(msg: &[u8], nonce: &[u8], key: &[u8]) -> Result<Vec<u8>> {
-    let cipher = cipher(key)?;
+    let key = key_of(key)?;
     let nonce = nonce_of(nonce)?;
-    let mut out = vec![0u8; TAG_LEN + msg.len()];
-    out[TAG_LEN..].copy_from_slice(msg);
-    let tag = cipher
-        .encrypt_in_place_detached(GenericArray::from_slice(nonce), b"", &mut out[TAG_LEN..])
-        .map_err(|_| Error::new(crate::ErrorKind::Internal, "LAMA-INTERNAL", "secretbox encryption failed"))?;
+    let mut out = Vec::with_capacity(TAG_LEN + msg.len());
+    out.extend_from_slice(&[0u8; TAG_LEN]);
+    out.extend_from_slice(msg);
+    let tag = super::xsalsa::seal_in_place(key, nonce, &mut out[TAG_LEN..]);
     out[..TAG_LEN].copy_from_slice(&tag);
     Ok(out)
 }
@@ -72,16 +68,17 @@ pub fn secretbox_seal(msg: &[u8], nonce: &[u8], key: &[u8]) -> Result<Vec<u8>> {
 /// Opens a [`secretbox_seal`] output; `DecryptionError CYENC-SYMDEC` if it does not
 /// authenticate (wrong key or nonce, tampered or truncated data).
 pub fn secretbox_open(boxed: &[u8], nonce: &[u8], key: &[u8]) -> Result<Vec<u8>> {
-    let cipher = cipher(key)?;
+    let key = key_of(key)?;
     let nonce = nonce_of(nonce)?;
     if boxed.len() < TAG_LEN {
         return Err(decryption_failed());
     }
     let (tag, ct) = boxed.split_at(TAG_LEN);
     let mut out = ct.to_vec();
-    cipher
-        .decrypt_in_place_detached(GenericArray::from_slice(nonce), b"", &mut out, GenericArray::from_slice(tag))
-        .map_err(|_| decryption_failed())?;
+    let tag: &[u8; TAG_LEN] = tag.try_into().expect("split at TAG_LEN");
+    if !super::xsalsa::open_in_place(key, nonce, &mut out, tag) {
+        return Err(decryption_failed());
+    }
     Ok(out)
 }
 
@@ -111,7 +108,7 @@ pub fn secretbox_seal_embedded(msg: &[u8], key: &[u8], nonce: Option<&[u8]>) -> 
 /// Opens `nonce(24) || secretbox`; anything shorter than 40 bytes or not authentic is
 /// `DecryptionError CYENC-SYMDEC`.
 pub fn secretbox_open_embedded(data: &[u8], key: &[u8]) -> Result<Vec<u8>> {
-    cipher(key)?;
+    key_of(key)?;
     if data.len() < NONCE_LEN + TAG_LEN {
         return Err(decryption_failed());
     }
