@@ -33,11 +33,6 @@ __all__ = [
 _AFFIRMATION_LICENSE = certificates.license_object("AffirmationCertificate")
 _AFFIRMATION_LICENSE_HASH: str | None = None
 
-# a local clock that is behind the newest entry by less than this (ms) posts just above it, so
-# quick successive posts keep their order (the ordering key is (timestamp, CreationTime hash),
-# §2.5; equal milliseconds would order them by hash); further behind, the clock is trusted
-SKEW_BUMP_MS = 1000
-
 
 def _license_hash() -> str:
     global _AFFIRMATION_LICENSE_HASH
@@ -133,7 +128,10 @@ def post(
     new head entry)``; ``entryHash`` is the entry the post created (entries above it may be
     rewritten by later inserts, §2.5)."""
     lic_hash = _license_hash()
-    t0 = now()
+    # §2.4 step 5: the given timestamp or now, read per message before the transaction (the
+    # build below must be a pure function of the current version).  Posts within one
+    # millisecond order by CreationTime hash (§2.5), as in the reference.
+    stamps = [spec.timestamp if spec.timestamp is not None else now() for spec in specs]
     results: list[tuple[str, str, int, str, str]] = []
 
     def build(cur: dict[str, Any] | None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -155,16 +153,8 @@ def post(
             return h
 
         head = cur.get("head")
-        head_ts: int | float | None = None
-        if head is not None:
-            head_ts = linkedlist.element(load, head).timestamp
-        for spec in specs:
-            if spec.timestamp is not None:
-                ts = spec.timestamp
-            else:
-                ts = t0
-                if head_ts is not None and head_ts >= ts and head_ts - ts < SKEW_BUMP_MS:
-                    ts = int(head_ts) + 1
+        posted = []
+        for spec, ts in zip(specs, stamps):
             msg_hash = put(spec.message)
             ct_hash = put({"$type$": "CreationTime", "timestamp": ts, "data": msg_hash})
             cert_hash = put({"$type$": "AffirmationCertificate", "data": ct_hash,
@@ -172,13 +162,23 @@ def post(
             # app-layer.md §1.7: Ed25519 over the UTF-8 hex string of the certificate hash
             sig_hash = put({"$type$": "Signature", "issuer": author, "data": cert_hash,
                             "signature": core.sign_detached(cert_hash.encode(), sign_secret).hex()})
-            n_before = len(extra)
+            posted.append((ct_hash, msg_hash, ts, sig_hash))
+        n_before = len(extra)
+        if len(posted) == 1:
+            ct_hash, _m, ts, sig_hash = posted[0]
             head = linkedlist.insert(load, put, head, ct_hash, ts, [sig_hash])
-            # the entry holding this post is the first one the insert created
-            entry = str(core.object_hash(extra[n_before])) if len(extra) > n_before else head
-            if head_ts is None or ts >= head_ts:
-                head_ts = ts
-            results.append((ct_hash, msg_hash, ts, sig_hash, entry))
+        else:
+            head = linkedlist.insert_many(load, put, head, [(c, t, [s]) for c, _m, t, s in posted])
+        # the entry of each post: the one the insert created for its CreationTime
+        entry_of = {}
+        for obj in extra[n_before:]:
+            if obj.get("$type$") == "LinkedListEntry":
+                entry_of[obj["data"]] = None
+        for h, obj in pending.items():
+            if obj.get("$type$") == "LinkedListEntry" and obj["data"] in entry_of:
+                entry_of[obj["data"]] = h
+        for ct_hash, msg_hash, ts, sig_hash in posted:
+            results.append((ct_hash, msg_hash, ts, sig_hash, str(entry_of.get(ct_hash) or head)))
         new = {k: v for k, v in cur.items() if k != "$versionHash$"}
         new["head"] = head
         return new, extra

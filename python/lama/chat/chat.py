@@ -465,7 +465,9 @@ class Chat:
         if name is not None:
             obj = {"$type$": "Topic", "name": name, "id": topic_id, "channel": cid}
         [(h, _s, _)] = store.put_objects([obj])
-        t, _new = self._register_topic(obj, str(h))
+        t, new = self._register_topic(obj, str(h))
+        if new:
+            self._emit("topic", {"topic": t})
         return t
 
     def _ensure_one_to_one(self, p: str) -> Topic:
@@ -849,6 +851,7 @@ class Chat:
             new = _ch.head_of(store, cid)
             info[1] = new
             topic_id = info[0]
+            self._republish_merge(cid)
         if not emit or new == old:
             return 0
         try:
@@ -878,6 +881,22 @@ class Chat:
             self._emit("message", {"message": msg, "topic": t})
             n += 1
         return n
+
+    def _republish_merge(self, cid: str) -> None:
+        """A channel whose head is a local merge (of an imported version with ours) gets a
+        change node with the same data on top: merge nodes are not exported (objects.md §6.2
+        item 3, docs/chum-session.md §1), so without it a third replica - my other device -
+        would only ever receive one of the merged branches."""
+        node = versions.head_node(self.store, cid)
+        if node is None or node.kind != "merge":
+            return
+        try:
+            versions.update_versioned(
+                self.store, cid,
+                lambda cur: ({k: v for k, v in (cur or {}).items() if k != "$versionHash$"}, []),
+                force=True)
+        except LamaError as e:
+            log.warning("channel %s: cannot republish the merged version: %s", cid, e)
 
     def process_changes(self, timeout: float = 0.0) -> int:
         """Pump the store's feed by hand (``Chat(..., events=False)``); events dispatched."""

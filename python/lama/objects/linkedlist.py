@@ -28,7 +28,7 @@ from typing import Any, Callable, Iterator
 
 from lama.errors import NotFoundError
 
-__all__ = ["ALGORITHM_ID", "Element", "entries", "insert", "merge_heads", "merge_iterator"]
+__all__ = ["ALGORITHM_ID", "Element", "entries", "insert", "insert_many", "merge_heads", "merge_iterator"]
 
 ALGORITHM_ID = "LinkedListCrdtAlgorithm"
 
@@ -175,6 +175,24 @@ def insert(
     result = _merge(load, put, entries(load, head), iter([new]))
     assert result is not None
     return result
+
+
+
+def insert_many(
+    load: Loader,
+    put: Putter,
+    head: str | None,
+    elements: list[tuple[str, float, list[str] | None]],
+) -> str | None:
+    """Insert several new elements ``(creationTime, timestamp, metadata)`` at once: the same
+    list as inserting them one by one (the order is a pure function of the keys, §2.5), but
+    one merge, so an entry is created once for each element (no intermediate entries that a
+    later insert would rewrite).  A bulk post uses it."""
+    new = [Element(None, ct, ts, None if md is None else tuple(md)) for ct, ts, md in elements]
+    if not new:
+        return head
+    new.sort(key=lambda el: el.key, reverse=True)
+    return _merge(load, put, entries(load, head), iter(new))
 
 
 def _algorithm(ctx: Any, path: tuple, itemtype: dict, base: Any, left: Any, right: Any) -> Any:
