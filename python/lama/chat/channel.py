@@ -133,6 +133,24 @@ def post(
     # millisecond order by CreationTime hash (§2.5), as in the reference.
     stamps = [spec.timestamp if spec.timestamp is not None else now() for spec in specs]
     results: list[tuple[str, str, int, str, str]] = []
+    # the objects of every post, hashed a kind at a time (one core call per kind, not per
+    # object: the chain message -> CreationTime -> certificate -> Signature is sequential
+    # per post but independent between posts)
+    msgs = [spec.message for spec in specs]
+    msg_hashes = _hashes(msgs)
+    cts = [{"$type$": "CreationTime", "timestamp": ts, "data": mh}
+           for ts, mh in zip(stamps, msg_hashes)]
+    ct_hashes = _hashes(cts)
+    certs = [{"$type$": "AffirmationCertificate", "data": ch, "license": lic_hash}
+             for ch in ct_hashes]
+    cert_hashes = _hashes(certs)
+    # app-layer.md §1.7: Ed25519 over the UTF-8 hex string of the certificate hash
+    sigs = [{"$type$": "Signature", "issuer": author, "data": ch,
+             "signature": core.sign_detached(ch.encode(), sign_secret).hex()}
+            for ch in cert_hashes]
+    sig_hashes = _hashes(sigs)
+    objects = [*msgs, *cts, *certs, *sigs]
+    posted = list(zip(ct_hashes, msg_hashes, stamps, sig_hashes))
 
     def build(cur: dict[str, Any] | None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         # a pure function of ``cur`` (update_versioned re-runs it after a lost race)
@@ -146,45 +164,35 @@ def post(
             obj = pending.get(h)
             return obj if obj is not None else store.get_object(h)
 
+        created: dict[str, str] = {}  # CreationTime -> the entry this insert made for it
+
         def put(obj: dict[str, Any]) -> str:
             h = str(core.object_hash(obj))
             pending[h] = obj
             extra.append(obj)
+            created[obj["data"]] = h  # the list merge only puts LinkedListEntry objects
             return h
 
         head = cur.get("head")
-        posted = []
-        for spec, ts in zip(specs, stamps):
-            msg_hash = put(spec.message)
-            ct_hash = put({"$type$": "CreationTime", "timestamp": ts, "data": msg_hash})
-            cert_hash = put({"$type$": "AffirmationCertificate", "data": ct_hash,
-                             "license": lic_hash})
-            # app-layer.md §1.7: Ed25519 over the UTF-8 hex string of the certificate hash
-            sig_hash = put({"$type$": "Signature", "issuer": author, "data": cert_hash,
-                            "signature": core.sign_detached(cert_hash.encode(), sign_secret).hex()})
-            posted.append((ct_hash, msg_hash, ts, sig_hash))
-        n_before = len(extra)
+        extra.extend(objects)
+        pending.update(zip(ct_hashes, cts))
         if len(posted) == 1:
             ct_hash, _m, ts, sig_hash = posted[0]
             head = linkedlist.insert(load, put, head, ct_hash, ts, [sig_hash])
         else:
             head = linkedlist.insert_many(load, put, head, [(c, t, [s]) for c, _m, t, s in posted])
-        # the entry of each post: the one the insert created for its CreationTime
-        entry_of = {}
-        for obj in extra[n_before:]:
-            if obj.get("$type$") == "LinkedListEntry":
-                entry_of[obj["data"]] = None
-        for h, obj in pending.items():
-            if obj.get("$type$") == "LinkedListEntry" and obj["data"] in entry_of:
-                entry_of[obj["data"]] = h
         for ct_hash, msg_hash, ts, sig_hash in posted:
-            results.append((ct_hash, msg_hash, ts, sig_hash, str(entry_of.get(ct_hash) or head)))
+            results.append((ct_hash, msg_hash, ts, sig_hash, created.get(ct_hash) or str(head)))
         new = {k: v for k, v in cur.items() if k != "$versionHash$"}
         new["head"] = head
         return new, extra
 
     v = versions.update_versioned(store, cid, build)
     return list(results), str(store.get_object(v.merged)["head"])
+
+
+def _hashes(objs: list[dict[str, Any]]) -> list[str]:
+    return [str(h) for _md, h in core.serialize_many(objs)]
 
 
 def payload_hash(store: Store, ct_hash: str) -> str:
