@@ -1,7 +1,7 @@
 """One core's lama.chat posting benchmark, in its own process (the core is chosen by
 LAMA_CORE at import, and RSS is per process).  Prints one JSON line per measurement.
 
-    python chat_post_side.py post DIR N_SINGLE N_BULK      # single posts, one send_many batch
+    python chat_post_side.py post DIR N_SINGLE N_BULK [N_CONCURRENT]  # single, bulk, threads
     python chat_post_side.py fill DIR TOTAL                # fill to TOTAL messages (send_many)
     python chat_post_side.py read DIR                      # open, iterate all, report RSS
 """
@@ -50,12 +50,21 @@ def main() -> None:
     cmd, d = sys.argv[1], Path(sys.argv[2])
     if cmd == "post":
         n_single, n_bulk = int(sys.argv[3]), int(sys.argv[4])
+        n_conc = int(sys.argv[5]) if len(sys.argv) > 5 else 0
         ca, cb = setup(d)
         t = time.perf_counter()
         for i in range(n_single):
             ca.send(cb.me, f"single {i}")
         dt = time.perf_counter() - t
         out(what="single", n=n_single, seconds=dt, rate=n_single / dt)
+        if n_conc:
+            from concurrent.futures import ThreadPoolExecutor
+
+            t = time.perf_counter()
+            with ThreadPoolExecutor(16) as ex:
+                list(ex.map(lambda i: ca.send(cb.me, f"concurrent {i}"), range(n_conc)))
+            dt = time.perf_counter() - t
+            out(what="concurrent", n=n_conc, seconds=dt, rate=n_conc / dt)
         t = time.perf_counter()
         ca.send_many(cb.me, [f"bulk message number {i}" for i in range(n_bulk)])
         dt = time.perf_counter() - t

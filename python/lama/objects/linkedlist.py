@@ -191,8 +191,29 @@ def insert_many(
     new = [Element(None, ct, ts, None if md is None else tuple(md)) for ct, ts, md in elements]
     if not new:
         return head
-    new.sort(key=lambda el: el.key, reverse=True)
-    return _merge(load, put, entries(load, head), iter(new))
+    if len(new) == 1:
+        return insert(load, put, head, new[0].creation_time, new[0].timestamp,
+                      None if new[0].metadata is None else list(new[0].metadata))
+    # The two-list merge of §2.5 with a list of new elements: the stored entries newer than
+    # the oldest new element are re-created together with the new ones, oldest first, on top
+    # of the first stored entry below them (H); with no such entry the list is rebuilt from
+    # nothing.  (merge_iterator's terminate-on-single cannot be used here: it would take the
+    # rest of the new list for common history once the stored list runs out.)
+    lowest = min(el.key for el in new)
+    keys = {el.key for el in new}
+    above: list[Element] = []
+    base: str | None = None
+    for el in entries(load, head):
+        if el.key < lowest:
+            base = el.entry
+            break
+        if el.key not in keys:  # the same post in both: the incoming copy wins (§2.5)
+            above.append(el)
+    chain = sorted([*above, *new], key=lambda el: el.key)
+    prev = base
+    for el in chain:
+        prev = put(_entry_object(el, prev))
+    return prev
 
 
 def _algorithm(ctx: Any, path: tuple, itemtype: dict, base: Any, left: Any, right: Any) -> Any:
