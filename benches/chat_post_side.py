@@ -28,15 +28,17 @@ def out(**kw: object) -> None:
     print(json.dumps(kw), flush=True)
 
 
-def rss_mib() -> tuple[float, float]:
-    cur = peak = 0.0
+def rss_mib() -> dict[str, float]:
+    """VmRSS, VmHWM (peak) and the anonymous / file-backed parts of the RSS, in MiB.  The
+    file-backed part is the store's LMDB map: pages of the file read so far, shared with the
+    page cache and dropped by the kernel under memory pressure."""
+    out: dict[str, float] = {}
     with open("/proc/self/status") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
-                cur = int(line.split()[1]) / 1024
-            elif line.startswith("VmHWM:"):
-                peak = int(line.split()[1]) / 1024
-    return cur, peak
+            key = line.split(":")[0]
+            if key in ("VmRSS", "VmHWM", "RssAnon", "RssFile", "RssShmem"):
+                out[key] = int(line.split()[1]) / 1024
+    return out
 
 
 def setup(d: Path) -> tuple[Chat, Chat]:
@@ -86,12 +88,16 @@ def main() -> None:
         t = time.perf_counter()
         newest = list(chat.messages(contact.person_id, limit=50))
         t_page = time.perf_counter() - t
+        m = rss_mib()  # an open instance showing its newest page (what `lama serve` holds)
+        out(what="open", n=len(newest), first_page_s=t_page, rss_mib=m["VmRSS"],
+            anon_mib=m["RssAnon"], file_mib=m["RssFile"])
         t = time.perf_counter()
         n = sum(1 for _ in chat.messages(contact.person_id))
         dt = time.perf_counter() - t
-        cur, peak = rss_mib()
-        out(what="read", n=n, first_page_s=t_page, seconds=dt, rate=n / dt, rss_mib=cur,
-            peak_rss_mib=peak, newest=newest[0].text)
+        m = rss_mib()
+        out(what="read", n=n, first_page_s=t_page, seconds=dt, rate=n / dt, rss_mib=m["VmRSS"],
+            peak_rss_mib=m["VmHWM"], anon_mib=m["RssAnon"], file_mib=m["RssFile"],
+            newest=newest[0].text)
         chat.close()
         inst.close()
 
