@@ -469,7 +469,7 @@ class Chat:
                 # a removed participant is not re-granted until paired again
                 want = [p for p in want if p == self.me or self._is_contact(p)]
             if want:
-                access.grant(store, persons=want, **kw)
+                _grant(store, kw, want)
 
     def _create_topic(self, topic_id: str, name: str | None) -> Topic:
         store = self.store
@@ -517,7 +517,7 @@ class Chat:
             if t is None:
                 t = self._create_topic(tid, name)
             for kw in ({"id": t.channel}, {"object": t.hash}):
-                access.grant(self.store, persons=ps, **kw)
+                _grant(self.store, kw, ps)
             t, _new = self._register_topic(self.store.get_object(t.hash), t.hash)
         return t
 
@@ -704,8 +704,11 @@ class Chat:
 
     def _elements(self, t: Topic) -> Iterator[tuple[str, linkedlist.Element]]:
         chans = sorted(self._topic_channels.get(t.id, set()) | {t.channel})
-        heads = [(c, _ch.head_of(self.store, c)) for c in chans]
-        heads = [(c, h) for c, h in heads if h is not None]
+        heads: list[tuple[str, str]] = []
+        for c in chans:
+            h = _ch.head_of(self.store, c)
+            if h is not None:
+                heads.append((c, h))
         if len(heads) == 1:
             c = heads[0][0]
             for el in _ch.iter_elements(self.store, heads[0][1]):
@@ -989,6 +992,14 @@ class Chat:
             except Exception:  # noqa: BLE001 - the feed must go on
                 log.exception("chat event processing failed")
             self._mark = batch[-1][0]
+
+
+def _grant(store: Any, target: dict[str, str], persons: list[str]) -> None:
+    """One grant, mode add: IdAccess (``{"id": …}``) or Access (``{"object": …}``)."""
+    if "id" in target:
+        access.grant(store, id=target["id"], persons=persons)
+    else:
+        access.grant(store, object=target["object"], persons=persons)
 
 
 def store_missing_channel(store: Any, t: Topic) -> bool:
