@@ -93,7 +93,8 @@ class App:
         self.manager = ConnectionManager(instance, self.config.manager_config())
         self._callbacks: list[Callable[[Any], Any]] = []
         self._followers: list[asyncio.Queue[Any]] = []
-        self._contact_waiters: list[asyncio.Future[Any]] = []
+        self._pairing_log: list[dict[str, Any]] = []
+        self._pairing_changed = asyncio.Event()
         self._unsubscribe: list[Callable[[], Any]] = []
         self._started = False
         self._closed = False
@@ -165,9 +166,6 @@ class App:
                 unsubscribe()
         for q in self._followers:
             q.put_nowait(None)
-        for w in self._contact_waiters:
-            if not w.done():
-                w.cancel()
         with contextlib.suppress(Exception):
             self.chat.close()
         await self.instance.close_async()
@@ -209,11 +207,41 @@ class App:
         outcome = await self.manager.accept_invitation(link)
         return self._paired(outcome.remote_person)
 
-    async def wait_contact(self, timeout: float | None = None) -> Any:
-        """The contact of the next pairing (either side); ``asyncio.TimeoutError`` after
-        ``timeout`` s."""
-        outcome = await self.manager.wait_pairing(timeout)
-        return self._paired(outcome.remote_person)
+    async def wait_contact(self, timeout: float | None = None, *,
+                           invitation: Any = None) -> Any:
+        """The contact of a pairing: the one that used ``invitation`` (a link, an
+        :class:`~lama.connect.pairing.Invitation` or its token) if given, else the first
+        pairing initiated by a peer that no earlier ``wait_contact`` returned. A pairing that
+        finished before this call counts (no race between ``invite`` and this).
+        ``asyncio.TimeoutError`` after ``timeout`` s."""
+        token: str | None = None
+        if invitation is not None:
+            token = invitation if isinstance(invitation, str) and "#" not in invitation \
+                and not invitation.lstrip().startswith("{") else None
+            if token is None:
+                from lama.connect import pairing
+
+                token = pairing.parse_invitation(invitation).token
+
+        def find() -> dict[str, Any] | None:
+            for p in self._pairing_log:
+                if token is not None and p["token"] == token:
+                    return p
+                if token is None and not p["initiated_locally"] and not p["returned"]:
+                    return p
+            return None
+
+        async def wait() -> dict[str, Any]:
+            while True:
+                p = find()
+                if p is not None:
+                    return p
+                self._pairing_changed.clear()
+                await self._pairing_changed.wait()
+
+        p = await asyncio.wait_for(wait(), timeout)
+        p["returned"] = True
+        return self._paired(p["remote_person"])
 
     def _paired(self, person_id: str) -> Any:
         # the chat layer's on-paired hook: contact (Someone, Profile, trust) and the 1-to-1
@@ -225,6 +253,10 @@ class App:
     def _on_manager_event(self, kind: str, data: dict[str, Any]) -> None:
         if kind == "pairing_success":
             self._paired(str(data["remote_person"]))
+            self._pairing_log.append({"token": data.get("token"), "returned": False,
+                                      "remote_person": str(data["remote_person"]),
+                                      "initiated_locally": bool(data.get("initiated_locally"))})
+            self._pairing_changed.set()
 
     # ------------------------------------------------------------------ contacts
 

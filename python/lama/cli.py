@@ -375,6 +375,22 @@ def _build_app() -> Any:
             return
         print("\n".join(_status_lines(st)))
 
+    @app.command()
+    def demo(
+        dir: str = typer.Option(None, "--dir", help="Directory for the two instances "
+                                                    "(default: a temporary one, removed)."),
+        attachment_size: int = typer.Option(1 << 20, "--attachment-size",
+                                            help="Size of the file Alice sends (bytes)."),
+    ) -> None:
+        """Two devices pair and chat through a comm server, each in its own process, on
+        127.0.0.1: every step with its measured time. Exit status 0 if all went well."""
+        from lama import demo as demo_mod
+
+        code = demo_mod.main((["--dir", dir] if dir else [])
+                             + ["--attachment-size", str(attachment_size)])
+        if code:
+            raise SystemExit(code)
+
     @app.command("comm-server")
     def comm_server_cmd(
         host: str = typer.Option("127.0.0.1", "--host", help="Address to bind."),

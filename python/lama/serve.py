@@ -93,7 +93,7 @@ async def handle(app: App, req: dict[str, Any], send: Send, stop: asyncio.Event)
             app.config.pairing_token_lifetime
         await send({"info": {"link": inv.to_link(), "qr": inv.qr_text()}})
         try:
-            contact = await app.wait_contact(life)
+            contact = await app.wait_contact(life, invitation=inv.token)
         except asyncio.TimeoutError:
             raise PairingError(f"the invitation expired after {life:g} s without a pairing",
                                code="LAMA-PAIR-TIMEOUT") from None
