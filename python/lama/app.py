@@ -37,7 +37,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable, Iterable, Sequence
+from typing import Any, AsyncGenerator, Callable, Sequence
 
 from lama.errors import InvalidArgumentError, NotFoundError
 
@@ -309,7 +309,7 @@ class App:
         return list(reversed(list(self.chat.messages(str(c.person_id)))))
 
     async def messages(self, who: Any, *, follow: bool = False,
-                       last: int | None = None) -> AsyncIterator[Any]:
+                       last: int | None = None) -> AsyncGenerator[Any, None]:
         """The messages with ``who`` oldest first (only the ``last`` newest if given); with
         ``follow`` then every new one as it becomes visible, each exactly once, until the app
         closes or the iteration is stopped."""

@@ -542,11 +542,37 @@ async def _serve(dir: str, secret: str, email: str | None, instance_name: str | 
     app = await App.open(dir, secret, email=email, instance_name=instance_name, config=cfg)
     names: dict[str, str] = {}
 
+    # on a terminal, a sync in progress is a live rich progress line per contact (objects
+    # received so far); its result stays as an ordinary line
+    progress: Any = None
+    if not as_json and sys.stdout.isatty():
+        from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+        progress = Progress(SpinnerColumn(), TextColumn("{task.description}"),
+                            TextColumn("{task.completed:,.0f} objects"), TimeElapsedColumn(),
+                            transient=True)
+        progress.start()
+    syncing: dict[str, Any] = {}
+
     def say(kind: str, text: str, **data: Any) -> None:
         if as_json:
             print(json.dumps({"event": kind, "time": time.time(), **data}), flush=True)
+        elif progress is not None:
+            progress.console.print(f"{time.strftime('%H:%M:%S')} {text}", markup=False,
+                                   highlight=False)
         else:
             print(f"{time.strftime('%H:%M:%S')} {text}", flush=True)
+
+    def track(person: Any, state: Any, objects: int) -> None:
+        if progress is None or not person:
+            return
+        task = syncing.get(person)
+        if state == "started" and task is None:
+            syncing[person] = progress.add_task(f"syncing with {name(person)}", total=None)
+        elif state == "imported" and task is not None:
+            progress.advance(task, objects)
+        elif state == "full_sync" and task is not None:
+            progress.remove_task(syncing.pop(person))
 
     def name(person: Any) -> str:
         if person and person not in names:
@@ -556,6 +582,10 @@ async def _serve(dir: str, secret: str, email: str | None, instance_name: str | 
 
     def on_event(kind: str, data: dict[str, Any]) -> None:
         person = data.get("person") or data.get("remote_person")
+        if not person and data.get("peer"):  # connection_down names the instance key only
+            for ep in app.manager.known_endpoints():
+                if ep.remote_key.hex() == data["peer"]:
+                    person = ep.person_id
         if kind == "connection_up":
             say(kind, f"connected to {name(person)}", person=person)
         elif kind == "connection_down":
@@ -566,7 +596,9 @@ async def _serve(dir: str, secret: str, email: str | None, instance_name: str | 
         elif kind == "online_state":
             say("online", "online at the comm server" if data.get("online") else "offline",
                 online=bool(data.get("online")))
-        elif kind == "sync" and data.get("state") == "imported":
+        if kind == "sync":
+            track(person, data.get("state"), int(data.get("objects") or 0))
+        if kind == "sync" and data.get("state") == "imported" and progress is None:
             say("sync", f"received {data.get('objects')} objects from {name(person)}",
                 person=person, objects=data.get("objects"))
 
@@ -583,7 +615,11 @@ async def _serve(dir: str, secret: str, email: str | None, instance_name: str | 
             control_port=server.port, pid=os.getpid())
 
     app.on_message(on_message)
-    await run_server(app, on_ready=ready, on_event=on_event)
+    try:
+        await run_server(app, on_ready=ready, on_event=on_event)
+    finally:
+        if progress is not None:
+            progress.stop()
     say("stopped", "stopped")
 
 
