@@ -25,6 +25,22 @@ Commands:
   §2): prints its URL, serves until SIGINT or SIGTERM, closes every spare and relayed pair and
   prints its counters, one ``name value`` line each.
 
+Chat (issue 10; the asyncio facade :class:`lama.app.App` underneath):
+
+* ``lama serve --dir D [--comm-server URL] [--json]`` runs the instance: the connection manager
+  (one CHUM connection per contact, reconnects), the chat layer's events; prints what happens
+  (connections, pairings, syncs with a rich progress line on a terminal, messages; JSON lines
+  with ``--json``) and serves the control channel (:mod:`lama.control`). SIGINT or SIGTERM:
+  every connection is closed with a reason, the control file removed, exit status 0.
+* ``lama contacts``, ``lama send CONTACT TEXT [--attach FILE]...``, ``lama messages CONTACT
+  [--follow] [--last N]``, ``lama status`` (all ``--dir D [--json]``): through the running
+  ``lama serve`` of that instance (``<instance dir>/control.json``: a port on 127.0.0.1 and a
+  token, readable only by the owner); without one they open the instance themselves (secret
+  needed): ``send`` stores the message, which goes out when the instance next runs;
+  ``messages --follow`` starts the connections itself. CONTACT is a person id (or a prefix of
+  at least 8 hex digits), an email or a name.
+* ``lama demo [--dir D] [--attachment-size N]``: the two-process demo (:mod:`lama.demo`).
+
 The secret comes from the environment variable ``LAMA_SECRET`` or, if that is unset and stdin
 is a terminal, from a hidden prompt (asked twice for ``init``). It is never a command-line
 argument (arguments are visible to other users in the process list). Without either, the
