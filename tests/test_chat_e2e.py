@@ -135,7 +135,9 @@ def test_chat_kill_restart_offline_repair(tmp_path: Path) -> None:
         hb = wait_history(db, B, texts)
         assert [m["id"] for m in ha] == [m["id"] for m in hb]
 
-        # the CLI against the running servers
+        # the CLI against the running servers; a second serve of a served instance is refused
+        r = lama("serve", "--dir", str(tmp_path / "a"), "--comm-server", url)
+        assert r.returncode == 1 and "LAMA-SERVE-RUNNING" in r.stderr, (r.returncode, r.stderr)
         r = lama("contacts", "--dir", str(tmp_path / "a"), "--json")
         assert r.returncode == 0, r.stderr
         assert [c["person_id"] for c in json.loads(r.stdout)] == [A]

@@ -552,10 +552,16 @@ async def _serve(dir: str, secret: str, email: str | None, instance_name: str | 
     happens (connections, syncs, messages) as lines or JSON lines."""
     import time
 
+    from lama import control
     from lama.app import App
+    from lama.errors import StoreError
+    from lama.identity.layout import find_instance_dir
     from lama.serve import run_server
 
-    app = await App.open(dir, secret, email=email, instance_name=instance_name, config=cfg)
+    path = find_instance_dir(dir, email=email, instance_name=instance_name)
+    if control.server_running(path):
+        raise StoreError(f"lama serve runs already for {path}", code="LAMA-SERVE-RUNNING")
+    app = await App.open(path, secret, config=cfg)
     names: dict[str, str] = {}
 
     # on a terminal, a sync in progress is a live rich progress line per contact (objects
