@@ -106,6 +106,14 @@ class PairingError(AuthenticationError):
     (``LAMA-PAIR-IDENTITY``)."""
 
 
+# --- lama.chat (issue 10, docs/chat.md) ----------------------------------------------------
+
+
+class MissingFileError(NotFoundError, FileNotFoundError):
+    """A file to attach to a chat message is missing or unreadable (``LAMA-CHAT-FILE``);
+    nothing was posted."""
+
+
 __all__ = [
     "LamaError",
     "MicrodataError",
@@ -124,4 +132,5 @@ __all__ = [
     "ProtocolError",
     "AuthenticationError",
     "PairingError",
+    "MissingFileError",
 ]
