@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import time
 from dataclasses import dataclass, field
@@ -40,6 +41,8 @@ from pathlib import Path
 from typing import Any, AsyncGenerator, Callable, Sequence
 
 from lama.errors import InvalidArgumentError, NotFoundError
+
+log = logging.getLogger("lama.app")
 
 __all__ = ["App", "AppConfig"]
 
@@ -147,10 +150,18 @@ class App:
         self._unsubscribe.append(self.chat.subscribe(self._on_chat_event))
         self._unsubscribe.append(self.manager.subscribe(self._on_manager_event))
         await self.manager.start()
-        # contacts for pairings recorded before (idempotent: nothing is written twice), e.g.
-        # one that finished while the previous run was stopping
-        for ep in self.manager.known_endpoints():
-            self._paired(ep.person_id)
+        # contacts for pairings recorded before (idempotent: nothing is written twice): one
+        # that finished while the previous run was stopping, or made by `lama invite/accept`
+        # without the chat layer. A removed contact stays removed, and its connections stay
+        # stopped (docs/chat.md §2).
+        known = {str(c.person_id) for c in self.contacts()}
+        for person in {ep.person_id for ep in self.manager.known_endpoints()} - known:
+            if person == self.person_id:
+                continue
+            if self._was_removed(person):
+                await self.manager.disable_person(person)
+            else:
+                self._paired(person)
         if online_timeout > 0:
             await self.manager.wait_online(online_timeout)
 
@@ -167,7 +178,7 @@ class App:
         for q in self._followers:
             q.put_nowait(None)
         with contextlib.suppress(Exception):
-            self.chat.close()
+            await asyncio.to_thread(self.chat.close)  # joins the chat event thread
         await self.instance.close_async()
 
     async def __aenter__(self) -> App:
@@ -245,10 +256,23 @@ class App:
 
     def _paired(self, person_id: str) -> Any:
         # the chat layer's on-paired hook: contact (Someone, Profile, trust) and the 1-to-1
-        # topic with its grants, exactly once however often it runs (app-layer.md §5.2, B9)
-        if person_id == self.person_id:
-            return None  # a second device of the same person is no contact of its own
-        return self.chat.on_paired(person_id)
+        # topic with its grants, exactly once however often it runs (app-layer.md §5.2, B9);
+        # None for a second device of my own person (no contact of its own, docs/chat.md §2)
+        try:
+            return self.chat.on_paired(person_id)
+        except NotFoundError as e:
+            if e.code != "LAMA-CHAT-UNPAIRED":
+                raise
+            log.warning("no contact for %s: %s", person_id, e)
+            return None
+
+    def _was_removed(self, person_id: str) -> bool:
+        """Whether ``person_id`` was a contact once and was removed: its Someone (id a pure
+        function of the person id, docs/chat.md §2) exists but is not in Leute.other."""
+        from lama._core import core
+
+        someone = core.id_hash({"$type$": "Someone", "someoneId": f"someone-for-{person_id}"})
+        return self.instance.store.get_head(someone) is not None
 
     def _on_manager_event(self, kind: str, data: dict[str, Any]) -> None:
         if kind == "pairing_success":
@@ -275,7 +299,7 @@ class App:
             pid = str(c.person_id)
             if who == pid or (len(who) >= 8 and pid.startswith(who.lower())):
                 found.append(c)
-            elif who in (getattr(c, "email", None), getattr(c, "name", None)):
+            elif who in (c.email, c.name):
                 found.append(c)
         if len(found) != 1:
             raise NotFoundError(
@@ -288,7 +312,7 @@ class App:
         stop now and stay stopped (the manager disables the person)."""
         c = self.contact(who)
         await self.manager.disable_person(str(c.person_id))
-        self.chat.remove_contact(str(c.person_id))
+        await asyncio.to_thread(self.chat.remove_contact, str(c.person_id))
 
     # ------------------------------------------------------------------ messages
 
@@ -306,7 +330,7 @@ class App:
     def history(self, who: Any) -> list[Any]:
         """The messages of the 1-to-1 topic with ``who``, oldest first (both authors merged)."""
         c = self.contact(who)
-        return list(reversed(list(self.chat.messages(str(c.person_id)))))
+        return list(self.chat.history(str(c.person_id)))
 
     async def messages(self, who: Any, *, follow: bool = False,
                        last: int | None = None) -> AsyncGenerator[Any, None]:
@@ -346,8 +370,10 @@ class App:
         self._callbacks.append(callback)
         return lambda: self._callbacks.remove(callback) if callback in self._callbacks else None
 
-    def _topic_person(self, message: Any) -> str:
-        return str(message.peer)
+    @staticmethod
+    def _topic_person(message: Any) -> str | None:
+        # 1-to-1 messages carry the other participant, relative to me (docs/chat.md §4)
+        return None if message.peer is None else str(message.peer)
 
     def _on_chat_event(self, kind: str, data: dict[str, Any]) -> None:
         if kind != "message":
@@ -361,9 +387,7 @@ class App:
                 if asyncio.iscoroutine(r):
                     asyncio.ensure_future(r)
             except Exception:  # an app's callback bug must not stop the others
-                import logging
-
-                logging.getLogger("lama.app").exception("on_message callback failed")
+                log.exception("on_message callback failed")
 
     async def save_attachment(self, message_id: str, index: int, path: str) -> dict[str, Any]:
         """Write attachment ``index`` of the message ``message_id`` to ``path`` (streamed from
@@ -399,14 +423,15 @@ class App:
     @staticmethod
     def contact_dict(c: Any) -> dict[str, Any]:
         """A contact as JSON-able data (the control channel, ``--json``)."""
-        return {"person_id": str(c.person_id), "name": getattr(c, "name", None),
-                "email": getattr(c, "email", None)}
+        return {"person_id": str(c.person_id), "name": c.name, "email": c.email,
+                "topic_id": c.topic_id, "instances": list(c.instances)}
 
     @staticmethod
     def message_dict(m: Any) -> dict[str, Any]:
         """A message as JSON-able data."""
-        return {"id": str(m.id), "peer": str(m.peer), "sender": str(m.sender),
-                "sender_name": getattr(m, "sender_name", None), "text": m.text,
+        return {"id": m.id, "topic_id": m.topic_id, "peer": m.peer, "sender": m.sender,
+                "sender_name": m.sender_name, "outgoing": m.outgoing, "text": m.text,
                 "timestamp": m.timestamp,
                 "attachments": [{"name": a.name, "size": a.size, "hash": a.hash,
-                                 "mime": getattr(a, "mime", None)} for a in m.attachments]}
+                                 "mime": a.mime, "available": a.available}
+                                for a in m.attachments]}
