@@ -319,32 +319,48 @@ class App:
     async def send(self, who: Any, text: str, *,
                    attachments: Sequence[str | os.PathLike[str]] = ()) -> Any:
         """Post ``text`` (and the files ``attachments``, streamed into BLOBs with their
-        descriptors) to the 1-to-1 topic with ``who``; returns the stored message. The peer
+        descriptors) to the 1-to-1 topic with ``who`` (a contact) or to a topic; returns the
+        stored message. The peer
         gets it over the live CHUM connection at once, or when it is next connected."""
-        c = self.contact(who)
+        target = self._topic_id(who)
         if not isinstance(text, str):
-            raise InvalidArgumentError("LAMA-ARG: text must be a str")
+            raise InvalidArgumentError("LAMA-CHAT-TEXT: text must be a str")
         paths = [os.fspath(p) for p in attachments]
-        return await asyncio.to_thread(self.chat.send, str(c.person_id), text, paths)
+        return await asyncio.to_thread(self.chat.send, target, text, paths)
+
+    def _topic_id(self, who: Any) -> str:
+        """The topic id of a contact (its 1-to-1 topic) or of a topic (a Topic or its id):
+        a second device of mine has no contact for a conversation it received from my first
+        device, only the topic (docs/chat.md §2, §3)."""
+        if hasattr(who, "topic_id") and hasattr(who, "person_id"):
+            return str(who.topic_id)
+        if hasattr(who, "channel") and hasattr(who, "id"):
+            return str(who.id)
+        try:
+            return str(self.contact(who).topic_id)
+        except NotFoundError:
+            if isinstance(who, str):
+                with contextlib.suppress(NotFoundError):
+                    return str(self.chat.topic(who).id)
+            raise
 
     def history(self, who: Any) -> list[Any]:
-        """The messages of the 1-to-1 topic with ``who``, oldest first (both authors merged)."""
-        c = self.contact(who)
-        return list(self.chat.history(str(c.person_id)))
+        """The conversation with a contact (or in a topic), oldest first, every author and
+        device merged."""
+        return list(self.chat.history(self._topic_id(who)))
 
     async def messages(self, who: Any, *, follow: bool = False,
                        last: int | None = None) -> AsyncGenerator[Any, None]:
-        """The messages with ``who`` oldest first (only the ``last`` newest if given); with
-        ``follow`` then every new one as it becomes visible, each exactly once, until the app
-        closes or the iteration is stopped."""
-        c = self.contact(who)
-        person = str(c.person_id)
+        """The messages with a contact (or in a topic) oldest first (only the ``last`` newest
+        if given); with ``follow`` then every new one as it becomes visible, each exactly once,
+        until the app closes or the iteration is stopped."""
+        topic = self._topic_id(who)
         q: asyncio.Queue[Any] = asyncio.Queue()
         if follow:
             self._followers.append(q)  # before reading the history: nothing falls in between
         try:
             seen: set[str] = set()
-            past = self.history(c)
+            past = list(self.chat.history(topic))
             if last is not None:
                 past = past[-last:] if last > 0 else []
             for m in past:
@@ -356,7 +372,7 @@ class App:
                 item = await q.get()
                 if item is None:
                     return
-                if self._topic_person(item) != person or str(item.id) in seen:
+                if str(item.topic_id) != topic or str(item.id) in seen:
                     continue
                 seen.add(str(item.id))
                 yield item
@@ -369,11 +385,6 @@ class App:
         message, posted here or received; returns an unsubscribe function."""
         self._callbacks.append(callback)
         return lambda: self._callbacks.remove(callback) if callback in self._callbacks else None
-
-    @staticmethod
-    def _topic_person(message: Any) -> str | None:
-        # 1-to-1 messages carry the other participant, relative to me (docs/chat.md §4)
-        return None if message.peer is None else str(message.peer)
 
     def _on_chat_event(self, kind: str, data: dict[str, Any]) -> None:
         if kind != "message":
