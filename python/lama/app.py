@@ -432,8 +432,11 @@ class App:
     # ------------------------------------------------------------------ plain data
 
     @staticmethod
-    def contact_dict(c: Any) -> dict[str, Any]:
-        """A contact as JSON-able data (the control channel, ``--json``)."""
+    def contact_dict(c: Any) -> dict[str, Any] | None:
+        """A contact as JSON-able data (the control channel, ``--json``); None for None (a
+        pairing with a device of my own person)."""
+        if c is None:
+            return None
         return {"person_id": str(c.person_id), "name": c.name, "email": c.email,
                 "topic_id": c.topic_id, "instances": list(c.instances)}
 
