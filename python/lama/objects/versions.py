@@ -62,6 +62,7 @@ __all__ = [
     "merge_remote_version",
     "now_ms",
     "store_versioned",
+    "update_versioned",
 ]
 
 MAX_ATTEMPTS = 32
@@ -430,6 +431,54 @@ def store_versioned(store: Store, obj: dict[str, Any], *, mode: str = "change", 
     h: str = core.object_hash(obj)
     return _store_data(store, str(obj["$type$"]), h, id_hash, obj, mode, ts)
 
+
+
+def update_versioned(
+    store: Store,
+    id_hash: str,
+    build: Any,
+    *,
+    timestamp_ms: int | float | None = None,
+) -> VersionResult:
+    """A local edit derived from the current version, written with other objects in ONE
+    transaction (objects.md §4.2, CHANGE mode).
+
+    ``build(current)`` gets the current version (``None`` if there is none) and returns
+    ``(new_version, extra_objects)``; ``extra_objects`` (e.g. the entries a channel post
+    creates, app-layer.md §2.4) are stored in the same ``write_batch`` as the version and its
+    node.  It runs under the ID's lock and again after a lost compare-and-set race, so it must
+    be a pure function of ``current``.  This is the write path of a chat post: one transaction
+    per post instead of one per object."""
+    core.check_hash(id_hash, "an ID hash")
+    ts = None if timestamp_ms is None else _check_time(timestamp_ms, "timestamp_ms")
+    with _ID_LOCKS.hold(store, id_hash):
+        for _attempt in range(MAX_ATTEMPTS):
+            head_hash = store.get_head(id_hash)
+            head = None if head_hash is None else load_node(store, head_hash)
+            cur = None if head is None else store.get_object(head.data)
+            obj, extra = build(cur)
+            if core.id_hash(obj) != id_hash:
+                raise InvalidArgumentError(f"the new version is not a version of {id_hash}", code="LAMA-ARG")
+            h: str = core.object_hash(obj)
+            if head is not None and head.data == h:
+                if extra:
+                    store.put_objects(list(extra))
+                return VersionResult(h, id_hash, "exists", head.hash, head.creation_time, head.hash, head.data)
+            t = ts if ts is not None else now_ms()
+            if head is None:
+                node = _make_node("edge", h, 0, t)
+            else:
+                node = _make_node("change", h, head.depth + 1, t, (head.hash,))
+            try:
+                results = store.write_batch([*extra, obj, node.to_object()], [(id_hash, head_hash, node.hash)])
+            except ConflictError:
+                continue
+            status = next((r[1] for r in results if r[0] == h), "exists")
+            return VersionResult(h, id_hash, status, node.hash, node.creation_time, node.hash, h)
+    raise ConflictError(
+        f"gave up storing a version of {id_hash} after {MAX_ATTEMPTS} lost compare-and-set races",
+        code="LAMA-CONFLICT",
+    )
 
 def merge_remote_version(store: Store, obj_or_hash: dict[str, Any] | str, creation_time: int | float) -> VersionResult:
     """Merge a version received from a peer (objects.md §6.6, §9 quirk 17).

@@ -1,0 +1,201 @@
+"""Channels: create, post, read newest first, diff two heads (app-layer.md §2).
+
+A channel is a versioned ``ChannelInfo{id, owner?, head?}``; its ``head`` is the newest
+``LinkedListEntry`` of a list ordered by the entries' CreationTimes (§2.5, implemented in
+:mod:`lama.objects.linkedlist`, which also merges concurrent versions through the CRDT engine).
+
+A post (§2.4) stores ChatMessage, CreationTime, the Affirmation License, an
+AffirmationCertificate over the CreationTime, the author's Signature over the certificate, the
+entries the list insert creates, the next ChannelInfo version and its version node - all in ONE
+store transaction (:func:`lama.objects.versions.update_versioned`), which is what makes
+thousands of posts per second possible.  :func:`post` takes several payloads for a bulk post:
+the same objects per message, the list insert repeated in memory, one ChannelInfo version.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Iterable, Iterator
+
+from lama._core import Store, core
+from lama.identity import certificates
+from lama.objects import linkedlist, versions
+from lama.objects.linkedlist import Element
+
+__all__ = [
+    "channel_id",
+    "ensure_channel",
+    "head_of",
+    "iter_elements",
+    "new_elements",
+    "post",
+]
+
+_AFFIRMATION_LICENSE = certificates.license_object("AffirmationCertificate")
+_AFFIRMATION_LICENSE_HASH: str | None = None
+
+# a local clock that is behind the newest entry by less than this (ms) posts just above it, so
+# quick successive posts keep their order (the ordering key is (timestamp, CreationTime hash),
+# §2.5; equal milliseconds would order them by hash); further behind, the clock is trusted
+SKEW_BUMP_MS = 1000
+
+
+def _license_hash() -> str:
+    global _AFFIRMATION_LICENSE_HASH
+    if _AFFIRMATION_LICENSE_HASH is None:
+        _AFFIRMATION_LICENSE_HASH = str(core.object_hash(_AFFIRMATION_LICENSE))
+    return _AFFIRMATION_LICENSE_HASH
+
+
+def channel_object(topic_id: str, owner: str | None = None) -> dict[str, Any]:
+    obj: dict[str, Any] = {"$type$": "ChannelInfo", "id": topic_id}
+    if owner is not None:
+        obj["owner"] = owner
+    return obj
+
+
+def channel_id(topic_id: str, owner: str | None = None) -> str:
+    """The channel identity: the ID hash of ``{ChannelInfo, id, owner?}`` (§2.1)."""
+    return str(core.id_hash(channel_object(topic_id, owner)))
+
+
+def ensure_channel(store: Store, topic_id: str, owner: str | None = None) -> str:
+    """§2.3 createChannel: the first version ``{id, owner?}`` unless one exists; the ID hash."""
+    cid = channel_id(topic_id, owner)
+    if store.get_head(cid) is None:
+        versions.store_versioned(store, channel_object(topic_id, owner))
+    return cid
+
+
+def head_of(store: Store, cid: str) -> str | None:
+    """The head entry of the channel's current version (``None``: empty or unknown)."""
+    h = versions.current_hash(store, cid)
+    if h is None:
+        return None
+    head = store.get_object(h).get("head")
+    return None if head is None else str(head)
+
+
+def iter_elements(store: Store, head: str | None) -> Iterator[Element]:
+    """The channel's list from ``head``, newest first, loading one entry at a time."""
+    return linkedlist.entries(store.get_object, head)
+
+
+def new_elements(store: Store, old: str | None, new: str | None) -> list[Element]:
+    """The elements of the list at ``new`` that the list at ``old`` does not hold, newest
+    first (§2.7 "changed", only the new ones).  Walks both lists together and stops where they
+    reach the same entry (the rest is shared), so the cost is the size of the change, not of
+    the channel.  Entries rewritten by a merge keep their (timestamp, CreationTime) key and are
+    not reported again."""
+    if new is None or old == new:
+        return []
+    load = store.get_object
+    a = linkedlist.entries(load, old)
+    b = linkedlist.entries(load, new)
+    ca = next(a, None)
+    cb = next(b, None)
+    out: list[Element] = []
+    while cb is not None:
+        if ca is not None and ca.entry == cb.entry:
+            break
+        if ca is None or cb.key > ca.key:
+            out.append(cb)
+            cb = next(b, None)
+        elif cb.key == ca.key:
+            cb = next(b, None)
+            ca = next(a, None)
+        else:  # in the old list only (cannot happen for a merged list; skip it)
+            ca = next(a, None)
+    return out
+
+
+class PostSpec:
+    """One message to post: its ChatMessage (without ``sender``) and an optional timestamp."""
+
+    __slots__ = ("message", "timestamp")
+
+    def __init__(self, message: dict[str, Any], timestamp: int | None = None) -> None:
+        self.message = message
+        self.timestamp = timestamp
+
+
+def post(
+    store: Store,
+    cid: str,
+    specs: list[PostSpec],
+    *,
+    author: str,
+    sign_secret: bytes,
+    now: Callable[[], int] = versions.now_ms,
+) -> tuple[list[tuple[str, str, int, str, str]], str]:
+    """Post ``specs`` to the channel ``cid`` as ``author`` in one transaction (§2.4).
+
+    Returns ``([(creationTimeHash, chatMessageHash, timestamp, signatureHash, entryHash)...],
+    new head entry)``; ``entryHash`` is the entry the post created (entries above it may be
+    rewritten by later inserts, §2.5)."""
+    lic_hash = _license_hash()
+    t0 = now()
+    results: list[tuple[str, str, int, str, str]] = []
+
+    def build(cur: dict[str, Any] | None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        # a pure function of ``cur`` (update_versioned re-runs it after a lost race)
+        if cur is None:
+            raise AssertionError("post to a channel without a version")  # ensure_channel first
+        results.clear()
+        pending: dict[str, dict[str, Any]] = {}
+        extra: list[dict[str, Any]] = [_AFFIRMATION_LICENSE]
+
+        def load(h: str) -> dict[str, Any] | None:
+            obj = pending.get(h)
+            return obj if obj is not None else store.get_object(h)
+
+        def put(obj: dict[str, Any]) -> str:
+            h = str(core.object_hash(obj))
+            pending[h] = obj
+            extra.append(obj)
+            return h
+
+        head = cur.get("head")
+        head_ts: int | float | None = None
+        if head is not None:
+            head_ts = linkedlist.element(load, head).timestamp
+        for spec in specs:
+            if spec.timestamp is not None:
+                ts = spec.timestamp
+            else:
+                ts = t0
+                if head_ts is not None and head_ts >= ts and head_ts - ts < SKEW_BUMP_MS:
+                    ts = int(head_ts) + 1
+            msg_hash = put(spec.message)
+            ct_hash = put({"$type$": "CreationTime", "timestamp": ts, "data": msg_hash})
+            cert_hash = put({"$type$": "AffirmationCertificate", "data": ct_hash,
+                             "license": lic_hash})
+            # app-layer.md §1.7: Ed25519 over the UTF-8 hex string of the certificate hash
+            sig_hash = put({"$type$": "Signature", "issuer": author, "data": cert_hash,
+                            "signature": core.sign_detached(cert_hash.encode(), sign_secret).hex()})
+            n_before = len(extra)
+            head = linkedlist.insert(load, put, head, ct_hash, ts, [sig_hash])
+            # the entry holding this post is the first one the insert created
+            entry = str(core.object_hash(extra[n_before])) if len(extra) > n_before else head
+            if head_ts is None or ts >= head_ts:
+                head_ts = ts
+            results.append((ct_hash, msg_hash, ts, sig_hash, entry))
+        new = {k: v for k, v in cur.items() if k != "$versionHash$"}
+        new["head"] = head
+        return new, extra
+
+    v = versions.update_versioned(store, cid, build)
+    return list(results), str(store.get_object(v.merged)["head"])
+
+
+def payload_hash(store: Store, ct_hash: str) -> str:
+    return str(store.get_object(ct_hash)["data"])
+
+
+def iter_many(store: Store, heads: Iterable[str | None]) -> Iterator[Element]:
+    """Several channels' lists merged newest first (§2.9 multi-channel reading)."""
+    lists = [iter_elements(store, h) for h in heads if h is not None]
+    if len(lists) == 1:
+        yield from lists[0]
+        return
+    for el, _i, _n in linkedlist.merge_iterator(lists):
+        yield el

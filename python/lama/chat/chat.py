@@ -1,0 +1,931 @@
+"""The chat layer: contacts, topics, messages, events (docs/chat.md).
+
+Design decisions, each against a failure of the reference app (app-layer.md §5.6):
+
+* a contact is a pure function of the person id (Someone ``someone-for-<personId>``), written
+  by one upsert path (:meth:`Chat.on_paired`), so repeated pairing or sync never duplicates it
+  (B9);
+* the channel of a 1-to-1 message is the topic's ownerless channel, whoever posts from
+  whichever device - a pure function of the topic, never of local state (B6, §3.5);
+* a topic's grants (IdAccess on the channel, Access on the Topic, every participant) are
+  written when it is created, and re-checked idempotently at start (B1, B7, §4.3), never per
+  message;
+* attachments are BlobDescriptors (B2, §4.4);
+* events come from the store's post-commit feed (B8), so imported and local posts raise the
+  same ``message`` event, keyed by the CreationTime hash (B10); sends are never dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import re
+import secrets as _secrets
+import threading
+from collections import OrderedDict
+from typing import Any, Callable, Iterable, Iterator, Sequence
+
+from lama import access
+from lama._core import core
+from lama.chat import attachments as _att
+from lama.chat import channel as _ch
+from lama.chat.model import Attachment, Contact, Message, RemovedContact, Topic
+from lama.connect import contacts as _contacts
+from lama.errors import (
+    InvalidArgumentError,
+    LamaError,
+    MicrodataError,
+    NotFoundError,
+    SignatureError,
+)
+from lama.identity import certificates
+from lama.objects import linkedlist, versions
+
+__all__ = ["Chat", "MAX_ATTACHMENTS", "MAX_TEXT", "one_to_one_id"]
+
+log = logging.getLogger("lama.chat")
+
+MAX_TEXT = 64 * 1024
+"""The largest message text, in UTF-8 bytes."""
+MAX_ATTACHMENTS = 64
+MAX_BATCH = 10_000
+"""The most messages :meth:`Chat.send_many` writes in one transaction (larger inputs are cut
+into batches of this size)."""
+
+_MARK_KEY = "lama.chat"
+_ONE_TO_ONE = re.compile(r"^([0-9a-f]{64})<->([0-9a-f]{64})$")  # app-layer.md §3.3
+_MSG_CACHE = 1024
+
+Callback = Callable[[str, dict[str, Any]], Any]
+
+
+def one_to_one_id(a: str, b: str) -> str:
+    """The reference's 1-to-1 topic id: both person ids sorted, joined by ``<->`` (§3.3)."""
+    a = core.check_hash(a, "person id")
+    b = core.check_hash(b, "person id")
+    lo, hi = sorted([a, b])
+    return f"{lo}<->{hi}"
+
+
+def _person(value: Any, what: str = "person id") -> str:
+    if not isinstance(value, str):
+        raise InvalidArgumentError(f"{what} must be a str of 64 hex digits, not {type(value).__name__}",
+                                   code="LAMA-ARG")
+    try:
+        return str(core.check_hash(value, what))
+    except MicrodataError:
+        raise InvalidArgumentError(f"{what} {value!r} is not 64 lower-case hex digits",
+                                   code="LAMA-ARG") from None
+
+
+def _check_text(text: Any, has_files: bool) -> str:
+    if not isinstance(text, str):
+        raise InvalidArgumentError(f"the text must be a str, not {type(text).__name__}",
+                                   code="LAMA-CHAT-TEXT")
+    try:
+        n = len(text.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise InvalidArgumentError("the text is not valid Unicode (lone surrogate)",
+                                   code="LAMA-CHAT-TEXT") from None
+    if n > MAX_TEXT:
+        raise InvalidArgumentError(f"the text has {n} bytes of UTF-8, more than {MAX_TEXT}",
+                                   code="LAMA-CHAT-TEXT")
+    if not text.strip() and not has_files:
+        raise InvalidArgumentError("the text is empty (and there is no attachment)",
+                                   code="LAMA-CHAT-TEXT")
+    return text
+
+
+class _Subscriber:
+    __slots__ = ("callback", "loop")
+
+    def __init__(self, callback: Callback, loop: asyncio.AbstractEventLoop | None) -> None:
+        self.callback = callback
+        self.loop = loop
+
+
+class Chat:
+    """The chat layer on one open :class:`lama.identity.instance.Instance` (docs/chat.md)."""
+
+    def __init__(self, instance: Any, *, events: bool = True) -> None:
+        self.instance = instance
+        self.store = instance.store
+        self.me: str = str(instance.person_id)
+        self._lock = threading.RLock()
+        self._subs: list[_Subscriber] = []
+        self._closed = False
+        self._names: dict[str, str] = {}
+        self._msg_cache: OrderedDict[str, Message] = OrderedDict()
+        # channel id hash -> (topic id, last head seen by the event feed)
+        self._channels: dict[str, list[Any]] = {}
+        self._topics: dict[str, Topic] = {}      # topic id -> Topic
+        self._topic_channels: dict[str, set[str]] = {}  # topic id -> channel id hashes
+        store = self.store
+        _contacts.enable_reverse_maps(store)
+        certificates.enable_reverse_maps(store)
+        store.enable_reverse_maps("Keys", ["owner"])
+        self._sign_secret = instance.secret_keys("person").sign_secret
+        self._sub = store.subscribe() if events else None
+        self._events_enabled = events
+        self._init_leute()
+        self._load_registries()
+        self._catch_up()
+        for t in list(self._topics.values()):
+            self._share(t)
+        self._thread: threading.Thread | None = None
+        if self._sub is not None:
+            self._thread = threading.Thread(target=self._run_events, name="lama.chat events",
+                                            daemon=True)
+            self._thread.start()
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def close(self) -> None:
+        """Stop the event thread; idempotent (the instance stays open)."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._thread is not None:
+            self._thread.join(timeout=5.0)
+        if self._sub is not None:
+            try:
+                self._sub.close()
+            except LamaError:
+                pass
+        try:
+            self.store.set_peer_mark(_MARK_KEY, self._mark)
+        except LamaError:
+            pass
+
+    def __enter__(self) -> Chat:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ Leute (§1.3, §1.4)
+
+    def _profile(self, person: str, owner: str, descriptions: list[str] | None = None,
+                 endpoints: list[str] | None = None) -> dict[str, Any]:
+        return {"$type$": "Profile", "profileId": "default", "personId": person, "owner": owner,
+                "communicationEndpoint": endpoints or [], "personDescription": descriptions or []}
+
+    def _profile_id(self, person: str, owner: str) -> str:
+        return str(core.id_hash(self._profile(person, owner)))
+
+    def _init_leute(self) -> None:
+        store = self.store
+        self._leute_id = str(core.id_hash({"$type$": "Leute", "appId": "one.leute", "me": "0" * 64,
+                                           "other": [], "group": []}))
+        if versions.current_hash(store, self._leute_id) is not None:
+            return
+        # my default profile (§1.4 step 2): my SignKey
+        my_pid = self._profile_id(self.me, self.me)
+        if versions.current_hash(store, my_pid) is None:
+            key = self.instance.person_public_sign_key.hex()
+            [(sk, _s, _)] = store.put_objects([{"$type$": "SignKey", "key": key}])
+            versions.store_versioned(store, self._profile(self.me, self.me, [sk]))
+        me_someone = versions.store_versioned(store, {
+            "$type$": "Someone", "someoneId": "me", "mainProfile": my_pid,
+            "identities": {self.me: {my_pid}}})
+        versions.store_versioned(store, {"$type$": "Leute", "appId": "one.leute",
+                                         "me": me_someone.id_hash, "other": [], "group": []})
+
+    def _leute(self) -> dict[str, Any]:
+        return versions.current(self.store, self._leute_id)
+
+    @staticmethod
+    def _someone_id_of(person: str) -> str:
+        return f"someone-for-{person}"
+
+    def _someone_hash(self, person: str) -> str:
+        return str(core.id_hash({"$type$": "Someone", "someoneId": self._someone_id_of(person),
+                                 "mainProfile": "0" * 64, "identities": {}}))
+
+    # ------------------------------------------------------------------ contacts
+
+    def on_paired(self, person_id: str, *, readd: bool = True) -> Contact | None:
+        """The hook after a pairing success, both sides (docs/chat.md §2): the contact, trust in
+        its proven keys, its 1-to-1 topic with channel and grants; idempotent. ``None`` for my
+        own person (a second device). With ``readd=False`` a removed contact stays removed
+        (``None``) - for re-running the hook at start over every stored endpoint."""
+        p = _person(person_id)
+        if p == self.me:
+            return None
+        store = self.store
+        with self._lock:
+            keys = [h for h in store.referencing(p, "Keys")
+                    if store.get_object(h).get("owner") == p]
+            if not keys and not _contacts.endpoints_of_person(store, p):
+                raise NotFoundError(f"no pairing stored the keys of person {p}",
+                                    code="LAMA-CHAT-UNPAIRED")
+            sid = self._someone_hash(p)
+            leute = self._leute()
+            listed = sid in leute.get("other", [])
+            if not listed and not readd and store.get_head(sid) is not None:
+                return None
+            their_pid = self._profile_id(p, p)
+            # trust the proven keys (§1.6 step 2) - pairing normally certified them already
+            prof_hash = versions.current_hash(store, their_pid)
+            if prof_hash is not None:
+                certs = [c for c in certificates.certificates_for(store, prof_hash, "TrustKeysCertificate")
+                         if any(store.get_object(s).get("issuer") == self.me
+                                for s in certificates.signatures_for(store, c))]
+                if not certs:
+                    self.instance.trust_keys(prof_hash)
+            idents = [their_pid]
+            mine = self._profile_id(p, self.me)
+            if versions.current_hash(store, mine) is not None:
+                idents.append(mine)
+            if store.get_head(sid) is None or not listed:
+                versions.store_versioned(store, {
+                    "$type$": "Someone", "someoneId": self._someone_id_of(p),
+                    "mainProfile": their_pid, "identities": {p: set(idents)}})
+            if not listed:
+                new = dict(leute)
+                new.pop("$versionHash$", None)
+                new["other"] = sorted({*leute.get("other", []), sid})
+                versions.store_versioned(store, new)
+            self._names.pop(p, None)
+            topic = self._ensure_one_to_one(p)
+            contact = self._contact(p, topic.id)
+        if not listed:
+            self._emit("contact", {"contact": contact, "change": "added"})
+        return contact
+
+    def _contact_persons(self) -> list[str]:
+        out = []
+        for sid in self._leute().get("other", []):
+            h = versions.current_hash(self.store, sid)
+            if h is None:
+                continue
+            someone = self.store.get_object(h)
+            for p in someone.get("identities", {}):
+                if p != self.me and p not in out:
+                    out.append(str(p))
+        return out
+
+    def _is_contact(self, p: str) -> bool:
+        return self._someone_hash(p) in self._leute().get("other", [])
+
+    def _email(self, p: str) -> str | None:
+        try:
+            obj = self.store.get_object(p)
+        except LamaError:
+            return None
+        e = obj.get("email")
+        return str(e) if e is not None else None
+
+    def _person_name(self, p: str) -> str:
+        name = self._names.get(p)
+        if name is not None:
+            return name
+        if p == self.me:
+            name = self.instance.person_name or self.instance.email
+        else:
+            name = None
+            for owner in (self.me, p):
+                h = versions.current_hash(self.store, self._profile_id(p, owner))
+                if h is None:
+                    continue
+                for d in self.store.get_object(h).get("personDescription", []):
+                    obj = self.store.get_object(d)
+                    if obj.get("$type$") == "PersonName" and obj.get("name"):
+                        name = str(obj["name"])
+                        break
+                if name:
+                    break
+            if not name:
+                name = self._email(p) or p[:12]
+        self._names[p] = name
+        return name
+
+    def _contact(self, p: str, topic_id: str | None = None) -> Contact:
+        insts = tuple(sorted({str(o["instanceId"]) for _h, o in _contacts.endpoints_of_person(self.store, p)}))
+        return Contact(person_id=p, email=self._email(p), name=self._person_name(p),
+                       someone_id=self._someone_id_of(p), instances=insts,
+                       topic_id=topic_id or one_to_one_id(self.me, p))
+
+    def contacts(self) -> list[Contact]:
+        """The contacts, sorted by name then person id."""
+        out = [self._contact(p) for p in self._contact_persons()]
+        return sorted(out, key=lambda c: (c.name.casefold(), c.person_id))
+
+    def contact(self, person_id: str) -> Contact:
+        p = _person(person_id)
+        if not self._is_contact(p):
+            raise NotFoundError(f"person {p} is not a contact", code="LAMA-CHAT-NOCONTACT")
+        return self._contact(p)
+
+    def rename(self, person_id: str, name: str) -> Contact:
+        """Name a contact: a PersonName in my own profile about them (local, never shared)."""
+        p = _person(person_id)
+        if not isinstance(name, str) or not name.strip() or len(name) > 256:
+            raise InvalidArgumentError("a contact name must be a non-empty str of at most 256 characters",
+                                       code="LAMA-ARG")
+        with self._lock:
+            if not self._is_contact(p):
+                raise NotFoundError(f"person {p} is not a contact", code="LAMA-CHAT-NOCONTACT")
+            store = self.store
+            mine = self._profile_id(p, self.me)
+            desc: list[str] = []
+            h = versions.current_hash(store, mine)
+            if h is not None:
+                desc = [d for d in store.get_object(h).get("personDescription", [])
+                        if store.get_object(d).get("$type$") != "PersonName"]
+            [(nh, _s, _)] = store.put_objects([{"$type$": "PersonName", "name": name.strip()}])
+            versions.store_versioned(store, self._profile(p, self.me, sorted({*desc, nh})))
+            sid = self._someone_hash(p)
+            someone = versions.current(store, sid)
+            ids = {k: {*v, mine} for k, v in someone.get("identities", {}).items()}
+            versions.store_versioned(store, {"$type$": "Someone", "someoneId": self._someone_id_of(p),
+                                             "mainProfile": someone["mainProfile"], "identities": ids})
+            self._names.pop(p, None)
+            contact = self._contact(p)
+        self._emit("contact", {"contact": contact, "change": "renamed"})
+        return contact
+
+    def remove_contact(self, person_id: str) -> RemovedContact:
+        """Drop the contact and revoke it from the grants of every topic it takes part in;
+        the facade stops its connections (``RemovedContact.instances``)."""
+        p = _person(person_id)
+        with self._lock:
+            if not self._is_contact(p):
+                raise NotFoundError(f"person {p} is not a contact", code="LAMA-CHAT-NOCONTACT")
+            store = self.store
+            leute = self._leute()
+            new = {k: v for k, v in leute.items() if k != "$versionHash$"}
+            sid = self._someone_hash(p)
+            new["other"] = sorted(x for x in leute.get("other", []) if x != sid)
+            versions.store_versioned(store, new)
+            revoked: list[str] = []
+            for t in list(self._topics.values()):
+                if p not in t.participants:
+                    continue
+                for kw in ({"id": t.channel}, {"object": t.hash}):
+                    ps, _gs = access.grants(store, **kw)
+                    if p in ps:
+                        access.revoke(store, persons=[p], **kw)
+                        revoked.append(access.grant_id(**kw))
+            insts = tuple(sorted({str(o["instanceId"]) for _h, o in _contacts.endpoints_of_person(store, p)}))
+            self._names.pop(p, None)
+        removed = RemovedContact(p, insts, tuple(revoked))
+        self._emit("contact_removed", {"removed": removed})
+        return removed
+
+    # ------------------------------------------------------------------ topics (§3)
+
+    one_to_one_id = staticmethod(one_to_one_id)
+
+    def _topic_from(self, obj: dict[str, Any], h: str) -> Topic:
+        tid = str(obj["id"])
+        m = _ONE_TO_ONE.match(tid)
+        if m:
+            parts = (m.group(1), m.group(2))
+            peer = parts[1] if parts[0] == self.me else parts[0] if parts[1] == self.me else None
+            return Topic(tid, obj.get("name"), h, str(obj["channel"]), "one_to_one", parts, peer)
+        ps, _gs = access.grants(self.store, object=h)
+        return Topic(tid, obj.get("name"), h, str(obj["channel"]), "group", tuple(sorted(ps)), None)
+
+    def _register_topic(self, obj: dict[str, Any], h: str, *, write: bool = True) -> tuple[Topic, bool]:
+        """Add a Topic object to the registry (§3.2, last write wins); ``(topic, new)``."""
+        with self._lock:
+            t = self._topic_from(obj, h)
+            old = self._topics.get(t.id)
+            self._topics[t.id] = t
+            self._add_channel(t.channel, t.id)
+            if write and (old is None or old.hash != h):
+                reg = self._registry_obj("TopicAppRegistry")
+                topics = dict(reg.get("topics", {}))
+                if topics.get(t.id) != h:
+                    topics[t.id] = h
+                    versions.store_versioned(self.store, {"$type$": "TopicAppRegistry",
+                                                          "id": "TopicAppRegistry", "topics": topics})
+            return t, old is None
+
+    def _add_channel(self, cid: str, topic_id: str, *, write: bool = True) -> None:
+        if cid in self._channels:
+            return
+        self._channels[cid] = [topic_id, _ch.head_of(self.store, cid)]
+        self._topic_channels.setdefault(topic_id, set()).add(cid)
+        if write:
+            reg = self._registry_obj("ChannelRegistry")
+            chans = set(reg.get("channels", []))
+            if cid not in chans:
+                chans.add(cid)
+                versions.store_versioned(self.store, {"$type$": "ChannelRegistry",
+                                                      "id": "ChannelRegistry", "channels": chans})
+
+    def _registry_obj(self, name: str) -> dict[str, Any]:
+        if name == "TopicAppRegistry":
+            rid = core.id_hash({"$type$": name, "id": name, "topics": {}})
+        else:
+            rid = core.id_hash({"$type$": name, "id": name, "channels": set()})
+        h = versions.current_hash(self.store, rid)
+        return {} if h is None else self.store.get_object(h)
+
+    def _load_registries(self) -> None:
+        store = self.store
+        for tid, h in self._registry_obj("TopicAppRegistry").get("topics", {}).items():
+            try:
+                self._register_topic(store.get_object(h), h, write=False)
+            except LamaError as e:
+                log.warning("topic %s in the registry cannot be read: %s", tid, e)
+        for cid in self._registry_obj("ChannelRegistry").get("channels", []):
+            if cid not in self._channels:
+                try:
+                    info = store.get_object(cid)
+                    self._add_channel(cid, str(info["id"]), write=False)
+                except LamaError as e:
+                    log.warning("channel %s in the registry cannot be read: %s", cid, e)
+
+    def _share(self, t: Topic) -> None:
+        """§4.3: IdAccess on the channel + Access on the Topic for every participant (mode
+        add: writes nothing when complete)."""
+        ps = [p for p in t.participants]
+        if self.me not in ps:
+            ps.append(self.me)
+        if t.kind == "one_to_one" and self.me not in t.participants:
+            return  # a 1-to-1 topic of others that reached me: not mine to share
+        store = self.store
+        for kw in ({"id": t.channel}, {"object": t.hash}):
+            have, _gs = access.grants(store, **kw)
+            want = [p for p in ps if p not in have]
+            if t.kind == "one_to_one":
+                # a removed participant is not re-granted until paired again
+                want = [p for p in want if p == self.me or self._is_contact(p)]
+            if want:
+                access.grant(store, persons=want, **kw)
+
+    def _create_topic(self, topic_id: str, name: str | None) -> Topic:
+        store = self.store
+        cid = _ch.ensure_channel(store, topic_id)
+        obj: dict[str, Any] = {"$type$": "Topic", "id": topic_id, "channel": cid}
+        if name is not None:
+            obj = {"$type$": "Topic", "name": name, "id": topic_id, "channel": cid}
+        [(h, _s, _)] = store.put_objects([obj])
+        t, _new = self._register_topic(obj, str(h))
+        return t
+
+    def _ensure_one_to_one(self, p: str) -> Topic:
+        tid = one_to_one_id(self.me, p)
+        with self._lock:
+            t = self._topics.get(tid)
+            if t is None or store_missing_channel(self.store, t):
+                # §3.3: name = id, ownerless channel (objects.md §8)
+                t = self._create_topic(tid, tid)
+            self._share(t)
+        return t
+
+    def one_to_one(self, person_id: str) -> Topic:
+        """The 1-to-1 topic with a contact (created with channel and grants if missing)."""
+        p = _person(person_id)
+        if p == self.me:
+            raise InvalidArgumentError("a 1-to-1 topic needs another person", code="LAMA-CHAT-SELF")
+        if not self._is_contact(p):
+            raise NotFoundError(f"person {p} is not a contact", code="LAMA-CHAT-NOCONTACT")
+        return self._ensure_one_to_one(p)
+
+    def create_group(self, name: str, participants: Iterable[str], topic_id: str | None = None) -> Topic:
+        """A group topic (§3.3) with an ownerless channel, shared with every participant."""
+        if not isinstance(name, str) or not name:
+            raise InvalidArgumentError("a group topic needs a non-empty name", code="LAMA-ARG")
+        if isinstance(participants, str):
+            raise InvalidArgumentError("participants must be a list of person ids", code="LAMA-ARG")
+        ps = sorted({_person(p) for p in participants} | {self.me})
+        tid = topic_id if topic_id is not None else _secrets.token_hex(16)
+        if not isinstance(tid, str) or not tid or _ONE_TO_ONE.match(tid):
+            raise InvalidArgumentError(f"{tid!r} cannot be a group topic id", code="LAMA-ARG")
+        with self._lock:
+            t = self._topics.get(tid)
+            if t is None:
+                t = self._create_topic(tid, name)
+            for kw in ({"id": t.channel}, {"object": t.hash}):
+                access.grant(self.store, persons=ps, **kw)
+            t, _new = self._register_topic(self.store.get_object(t.hash), t.hash)
+        return t
+
+    def add_participants(self, topic: Topic | str, persons: Iterable[str]) -> Topic:
+        t = self.topic(topic)
+        if t.kind != "group":
+            raise InvalidArgumentError("only group topics take participants", code="LAMA-ARG")
+        return self.create_group(t.name or t.id, [*t.participants, *persons], t.id)
+
+    def topics(self) -> list[Topic]:
+        with self._lock:
+            return sorted(self._topics.values(), key=lambda t: t.id)
+
+    def topic(self, target: Topic | str) -> Topic:
+        """A person id (its 1-to-1 topic), a Topic or a topic id → the Topic."""
+        if isinstance(target, Topic):
+            return self._topics.get(target.id, target)
+        if not isinstance(target, str):
+            raise InvalidArgumentError(f"a topic target must be a person id, topic id or Topic, not "
+                                       f"{type(target).__name__}", code="LAMA-ARG")
+        t = self._topics.get(target)
+        if t is not None:
+            return t
+        if re.fullmatch(r"[0-9a-f]{64}", target):
+            return self.one_to_one(target)
+        raise NotFoundError(f"no topic {target!r}", code="LAMA-CHAT-NOTOPIC")
+
+    # ------------------------------------------------------------------ messages (§2.4, §3.4)
+
+    def _message_object(self, text: str, files: Sequence[Any], thumbs: Sequence[Any]) -> dict[str, Any]:
+        def desc(x: Any) -> str:
+            if isinstance(x, Attachment):
+                if not self.store.has(x.descriptor):
+                    raise NotFoundError(f"attachment {x.descriptor} is not stored", code="LAMA-CHAT-NOATTACH")
+                return x.descriptor
+            return _att.store_file(self.store, x)
+
+        for x in [*files, *thumbs]:  # nothing is written if any file is missing
+            if not isinstance(x, Attachment):
+                if not isinstance(x, (str, os.PathLike)):
+                    raise InvalidArgumentError(f"an attachment must be a path or an Attachment, not "
+                                               f"{type(x).__name__}", code="LAMA-ARG")
+                _att.check_file(x)
+        obj: dict[str, Any] = {"$type$": "ChatMessage", "text": text}
+        if files:
+            obj["attachments"] = [desc(x) for x in files]
+        obj["sender"] = self.me
+        if thumbs:
+            obj["thumbnails"] = [desc(x) for x in thumbs]
+        return obj
+
+    def send(self, target: Topic | str, text: str, attachments: Sequence[Any] = (), *,
+             thumbnails: Sequence[Any] = (), timestamp: int | None = None) -> Message:
+        """Post one message (one transaction; files streamed in first). See docs/chat.md §4."""
+        if isinstance(attachments, (str, os.PathLike)):
+            attachments = [attachments]
+        attachments = list(attachments)
+        thumbnails = list(thumbnails)
+        if len(attachments) > MAX_ATTACHMENTS or len(thumbnails) > MAX_ATTACHMENTS:
+            raise InvalidArgumentError(f"at most {MAX_ATTACHMENTS} attachments per message", code="LAMA-ARG")
+        text = _check_text(text, bool(attachments))
+        if timestamp is not None and (isinstance(timestamp, bool) or not isinstance(timestamp, int)
+                                      or timestamp < 0):
+            raise InvalidArgumentError("timestamp must be an int of ms since the epoch", code="LAMA-ARG")
+        t = self.topic(target)
+        msg = self._message_object(text, attachments, thumbnails)
+        [m] = self._post(t, [_ch.PostSpec(msg, timestamp)])
+        return m
+
+    def send_many(self, target: Topic | str, texts: Iterable[str], *,
+                  timestamp: int | None = None) -> list[Message]:
+        """Bulk post (docs/chat.md §4): the objects of every message, one ChannelInfo version
+        and one transaction per batch of up to MAX_BATCH messages."""
+        t = self.topic(target)
+        specs: list[_ch.PostSpec] = []
+        for text in texts:
+            _check_text(text, False)
+            specs.append(_ch.PostSpec({"$type$": "ChatMessage", "text": text, "sender": self.me},
+                                      timestamp))
+        out: list[Message] = []
+        for i in range(0, len(specs), MAX_BATCH):
+            out.extend(self._post(t, specs[i:i + MAX_BATCH]))
+        return out
+
+    def _post(self, t: Topic, specs: list[_ch.PostSpec]) -> list[Message]:
+        if not specs:
+            return []
+        if t.kind == "one_to_one" and self.me not in t.participants:
+            raise InvalidArgumentError(f"I am not a participant of topic {t.id}", code="LAMA-ARG")
+        store = self.store
+        cid = t.channel
+        if store.get_head(cid) is None:
+            _ch.ensure_channel(store, t.id)
+        results, _head = _ch.post(store, cid, specs, author=self.me, sign_secret=self._sign_secret)
+        out = []
+        name = self._person_name(self.me)
+        for spec, (ct, mh, ts, sig, entry) in zip(specs, results):
+            msg = spec.message
+            atts = tuple(_att.descriptor_of(store, h) for h in msg.get("attachments", []))
+            ths = tuple(_att.descriptor_of(store, h) for h in msg.get("thumbnails", []))
+            m = Message(ct, t.id, t.peer, cid, entry, mh, int(ts), self.me, self.me, sig, name,
+                        msg["text"], atts, ths, True)
+            out.append(m)
+        for m in out[-_MSG_CACHE:]:
+            self._cache(m)
+        return out
+
+    def _cache(self, m: Message) -> None:
+        c = self._msg_cache
+        c[m.id] = m
+        c.move_to_end(m.id)
+        while len(c) > _MSG_CACHE:
+            c.popitem(last=False)
+
+    def _build(self, t: Topic, cid: str, el: linkedlist.Element) -> Message | None:
+        store = self.store
+        ct = store.get_object(el.creation_time)
+        mh = str(ct["data"])
+        try:
+            msg = store.get_object(mh)
+        except LamaError:
+            return None
+        if msg.get("$type$") != "ChatMessage":
+            return None
+        author = sig = None
+        for s in el.metadata or ():
+            try:
+                so = store.get_object(s)
+            except LamaError:
+                continue
+            if so.get("$type$") == "Signature":
+                author, sig = str(so["issuer"]), s
+                break
+        sender = str(msg["sender"])
+        ts = el.timestamp
+        m = Message(el.creation_time, t.id, t.peer, cid, str(el.entry), mh,
+                    int(ts) if float(ts).is_integer() else ts,  # type: ignore[arg-type]
+                    sender, author, sig, self._person_name(sender), str(msg.get("text", "")),
+                    tuple(_att.descriptor_of(store, h) for h in msg.get("attachments", [])),
+                    tuple(_att.descriptor_of(store, h) for h in msg.get("thumbnails", [])),
+                    sender == self.me)
+        return m
+
+    def _elements(self, t: Topic) -> Iterator[tuple[str, linkedlist.Element]]:
+        chans = sorted(self._topic_channels.get(t.id, set()) | {t.channel})
+        heads = [(c, _ch.head_of(self.store, c)) for c in chans]
+        heads = [(c, h) for c, h in heads if h is not None]
+        if len(heads) == 1:
+            c = heads[0][0]
+            for el in _ch.iter_elements(self.store, heads[0][1]):
+                yield c, el
+            return
+        # several channels with this topic id (a peer writing per-owner channels, §3.5):
+        # one newest-first stream (§2.9)
+        entry_chan: dict[str, str] = {}
+
+        def tagged(c: str, h: str) -> Iterator[linkedlist.Element]:
+            for el in _ch.iter_elements(self.store, h):
+                entry_chan[str(el.entry)] = c
+                yield el
+
+        for el, _i, _n in linkedlist.merge_iterator([tagged(c, h) for c, h in heads]):
+            yield entry_chan.get(str(el.entry), t.channel), el
+
+    def messages(self, target: Topic | str, *, limit: int | None = None,
+                 before: str | None = None) -> Iterator[Message]:
+        """Newest first, lazily (docs/chat.md §4)."""
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
+            raise InvalidArgumentError("limit must be an int >= 0", code="LAMA-ARG")
+        if before is not None:
+            before = _person(before, "message id")
+        t = self.topic(target)
+        return self._iter_messages(t, limit, before)
+
+    def _iter_messages(self, t: Topic, limit: int | None, before: str | None) -> Iterator[Message]:
+        if limit == 0:
+            return
+        n = 0
+        key = None
+        if before is not None:
+            ct = self.store.get_object(before)
+            key = (ct["timestamp"], before)
+        for cid, el in self._elements(t):
+            if key is not None and el.key >= key:
+                continue
+            m = self._build(t, cid, el)
+            if m is None:
+                continue
+            yield m
+            n += 1
+            if limit is not None and n >= limit:
+                return
+
+    def history(self, target: Topic | str) -> list[Message]:
+        """Every message, oldest first."""
+        return list(reversed(list(self.messages(target))))
+
+    def message(self, message_id: str) -> Message:
+        """A message by id (its CreationTime hash)."""
+        mid = _person(message_id, "message id")
+        m = self._msg_cache.get(mid)
+        if m is not None:
+            return m
+        for t in self.topics():
+            for cid, el in self._elements(t):
+                if el.creation_time == mid:
+                    m = self._build(t, cid, el)
+                    if m is not None:
+                        self._cache(m)
+                        return m
+        raise NotFoundError(f"no message {mid}", code="LAMA-CHAT-NOMSG")
+
+    def _attachment(self, message_id: str, index: int) -> Attachment:
+        m = self.message(message_id)
+        if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < len(m.attachments):
+            raise NotFoundError(f"message {message_id} has no attachment {index!r} "
+                                f"({len(m.attachments)} attachments)", code="LAMA-CHAT-NOATTACH")
+        return _att.descriptor_of(self.store, m.attachments[index].descriptor)
+
+    def read_attachment(self, att: Attachment) -> bytes:
+        return _att.read_blob(self.store, att)
+
+    def iter_attachment(self, att: Attachment) -> Iterator[bytes]:
+        return _att.iter_blob(self.store, att)
+
+    def save_attachment(self, message_id: str, index: int, path: str | os.PathLike[str]) -> dict[str, Any]:
+        """Stream attachment ``index`` of a message into ``path``, verified (docs/chat.md §4)."""
+        return _att.save_blob(self.store, self._attachment(message_id, index), path)
+
+    def verify(self, message: Message) -> bool:
+        """The entry's signature verifies with a key of its issuer, and the issuer is the
+        ChatMessage's sender (app-layer.md §1.7)."""
+        if message.signature is None or message.author != message.sender:
+            return False
+        try:
+            v = certificates.verify_certificate(self.store, message.signature, "AffirmationCertificate")
+        except (SignatureError, LamaError):
+            return False
+        return str(v.certificate.get("data")) == message.id
+
+    # ------------------------------------------------------------------ events (§2.7, §2.8)
+
+    def subscribe(self, callback: Callback) -> Callable[[], None]:
+        """``callback(kind, data)`` for every event (docs/chat.md §5); returns unsubscribe."""
+        if not callable(callback):
+            raise InvalidArgumentError("the callback must be callable", code="LAMA-ARG")
+        try:
+            loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
+        sub = _Subscriber(callback, loop)
+        with self._lock:
+            self._subs.append(sub)
+
+        def unsubscribe() -> None:
+            with self._lock:
+                if sub in self._subs:
+                    self._subs.remove(sub)
+
+        return unsubscribe
+
+    def _emit(self, kind: str, data: dict[str, Any]) -> None:
+        with self._lock:
+            subs = list(self._subs)
+        for s in subs:
+            if s.loop is not None:
+                try:
+                    s.loop.call_soon_threadsafe(_call, s.callback, kind, data)
+                except RuntimeError:  # the loop is closed
+                    pass
+            else:
+                _call(s.callback, kind, data)
+
+    def _catch_up(self) -> None:
+        """Register the topics and channels the store received since the last run (the
+        persisted mark), without message events (nobody subscribed yet)."""
+        store = self.store
+        mark = store.peer_mark(_MARK_KEY)
+        end = store.last_seq()
+        while mark < end:
+            batch = store.changes(mark, 10_000)
+            if not batch:
+                break
+            self._scan(batch, emit=False)
+            mark = batch[-1][0]
+        self._mark = max(mark, end) if self._sub is None else mark
+        if self._sub is not None:
+            self._mark = end
+        try:
+            store.set_peer_mark(_MARK_KEY, self._mark)
+        except LamaError:
+            pass
+
+    def _scan(self, batch: list[tuple[int, str, str]], *, emit: bool) -> int:
+        """Process committed events: new Topic objects, moved ChannelInfo heads."""
+        store = self.store
+        n = 0
+        heads: list[str] = []
+        for _seq, h, kind in batch:
+            if kind == "object":
+                try:
+                    md = store.get(h)
+                except LamaError:
+                    continue
+                if not md.startswith('<div itemscope itemtype="//refin.io/Topic"'):
+                    continue
+                try:
+                    obj = store.get_object(h)
+                    t, new = self._register_topic(obj, h)
+                except LamaError as e:
+                    log.warning("cannot register topic %s: %s", h, e)
+                    continue
+                if t.kind == "one_to_one" and self.me in t.participants:
+                    try:
+                        self._share(t)
+                    except LamaError as e:
+                        log.warning("cannot share topic %s: %s", t.id, e)
+                if new and emit:
+                    self._emit("topic", {"topic": t})
+                    n += 1
+            elif kind == "head":
+                if h not in heads:
+                    heads.append(h)
+        for cid in heads:
+            n += self._channel_moved(cid, emit)
+        return n
+
+    def _channel_moved(self, cid: str, emit: bool) -> int:
+        store = self.store
+        with self._lock:
+            info = self._channels.get(cid)
+            if info is None:
+                try:
+                    md = store.get(cid)
+                except LamaError:
+                    return 0
+                if 'itemtype="//refin.io/ChannelInfo"' not in md[:80]:
+                    return 0
+                idobj = store.get_object(cid)
+                self._add_channel(cid, str(idobj["id"]))
+                self._channels[cid][1] = None
+                info = self._channels[cid]
+            old = info[1]
+            new = _ch.head_of(store, cid)
+            info[1] = new
+            topic_id = info[0]
+        if not emit or new == old:
+            return 0
+        try:
+            els = _ch.new_elements(store, old, new)
+        except LamaError as e:  # an entry not imported yet: the next head move catches up
+            log.debug("channel %s: %s", cid, e)
+            with self._lock:
+                info[1] = old
+            return 0
+        t = self._topics.get(topic_id)
+        if t is None:
+            m = _ONE_TO_ONE.match(topic_id)
+            if not m:
+                return 0
+            parts = (m.group(1), m.group(2))
+            peer = parts[1] if parts[0] == self.me else parts[0] if parts[1] == self.me else None
+            t = Topic(topic_id, topic_id, "", cid, "one_to_one", parts, peer)
+        n = 0
+        for el in reversed(els):  # oldest first
+            try:
+                msg = self._build(t, cid, el)
+            except LamaError:
+                continue
+            if msg is None:
+                continue
+            self._cache(msg)
+            self._emit("message", {"message": msg, "topic": t})
+            n += 1
+        return n
+
+    def process_changes(self, timeout: float = 0.0) -> int:
+        """Pump the store's feed by hand (``Chat(..., events=False)``); events dispatched."""
+        if self._sub is None:
+            store = self.store
+            batch = store.changes(self._mark, 10_000)
+            if not batch:
+                return 0
+            self._mark = batch[-1][0]
+            return self._scan(batch, emit=True)
+        raise InvalidArgumentError("the event thread pumps the feed (Chat(events=True))", code="LAMA-ARG")
+
+    def _run_events(self) -> None:
+        sub = self._sub
+        assert sub is not None
+        saved = self._mark
+        while not self._closed:
+            try:
+                batch = sub.wait(0.2, 5000)
+            except LamaError as e:
+                if self._closed:
+                    return
+                log.warning("chat event feed: %s", e)
+                return
+            batch = [b for b in batch if b[0] > self._mark]
+            if not batch:
+                if self._mark != saved:
+                    try:
+                        self.store.set_peer_mark(_MARK_KEY, self._mark)
+                        saved = self._mark
+                    except LamaError:
+                        pass
+                continue
+            try:
+                self._scan(batch, emit=True)
+            except Exception:  # noqa: BLE001 - the feed must go on
+                log.exception("chat event processing failed")
+            self._mark = batch[-1][0]
+
+
+def store_missing_channel(store: Any, t: Topic) -> bool:
+    return store.get_head(t.channel) is None
+
+
+def _call(cb: Callback, kind: str, data: dict[str, Any]) -> None:
+    try:
+        r = cb(kind, data)
+        if asyncio.iscoroutine(r):
+            asyncio.ensure_future(r)
+    except Exception:  # noqa: BLE001 - one subscriber's bug must not stop the others
+        log.exception("chat event callback failed")

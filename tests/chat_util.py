@@ -1,0 +1,73 @@
+"""Two (or more) lama instances chatting in one process for the lama.chat tests: pairing
+stores each other's identity (connections.md §6.4, the storage half of a pairing) and runs the
+chat layer's on-paired hook on both sides; CHUM v8 runs between two stores through the
+sans-I/O pump (docs/chum-session.md §2), as tests/test_chum_sync.py does."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from chum_pump import Pump
+from lama._core import core
+from lama.chat import Chat
+from lama.chum import SyncResult, handle_event
+from lama.connect import pairing
+from lama.identity.instance import Instance
+
+URL = "ws://127.0.0.1:1"
+
+
+def make(tmp: Path, name: str, email: str | None = None) -> Instance:
+    return Instance.create(str(tmp / name), email=email or f"{name}@example.com",
+                           person_name=name.capitalize(), instance_name=f"{name}-device",
+                           secret="chat-test-secret-" + name)
+
+
+def store_pairing(a: Instance, b: Instance) -> None:
+    """What a pairing stores on both sides (Person, Instance, Keys, endpoint, Profile, trust)."""
+    pairing.store_identity(a, pairing.identity_of(b, URL))
+    pairing.store_identity(b, pairing.identity_of(a, URL))
+
+
+def pair(ca: Chat, cb: Chat) -> None:
+    store_pairing(ca.instance, cb.instance)
+    ca.on_paired(cb.me)
+    cb.on_paired(ca.me)
+
+
+def sync(a: Chat | Instance, b: Chat | Instance, *, fast: bool = False,
+         rounds: int = 4) -> tuple[SyncResult, SyncResult]:
+    """CHUM between the two stores until a session moves nothing (at most ``rounds``)."""
+    sa_store, sb_store = a.store, b.store
+    pa = str(a.me if isinstance(a, Chat) else a.person_id)
+    pb = str(b.me if isinstance(b, Chat) else b.person_id)
+    for _ in range(rounds):
+        sa = core.ChumSession(sa_store, pa, pb, fast_path=fast)
+        sb = core.ChumSession(sb_store, pb, pa, fast_path=fast)
+        results = (SyncResult(), SyncResult())
+        stores = (sa_store, sb_store)
+
+        def on_event(side: int, kind: str, data: dict[str, Any]) -> None:
+            handle_event(stores[side], kind, data, results[side])
+
+        pump = Pump(sa, sb, on_event=on_event)
+        sa.start(pump.now)
+        sb.start(pump.now)
+        pump.run(max_time=3600.0)
+        for r in results:
+            assert [e for e in r.errors if e.get("fatal")] == [], r.errors
+        moved = sum(len(r.log.get(k, ())) for r in results
+                    for k in ("BtoAObjects", "BtoAIdObjects", "BtoABlob", "BtoAClob"))
+        if moved == 0:
+            break
+    return results
+
+
+def texts(chat: Chat, target: Any) -> list[str]:
+    """The texts oldest first."""
+    return [m.text for m in chat.history(target)]
+
+
+def keys(chat: Chat, target: Any) -> list[tuple[int, str, str, str]]:
+    return [(m.timestamp, m.id, m.sender, m.text) for m in chat.history(target)]
