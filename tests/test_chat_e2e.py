@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 
 from lama import control
+from lama.errors import NotFoundError
 from test_pairing_e2e import Proc, comm_server, env, free_port, init
 
 pytestmark = pytest.mark.timeout(240)
@@ -71,7 +72,10 @@ def wait_history(d: Path, person: str, texts: list[str], timeout: float = 60) ->
     """Wait until the conversation holds exactly ``texts`` (as a multiset)."""
     deadline = time.monotonic() + timeout
     while True:
-        h = history(d, person)
+        try:
+            h = history(d, person)
+        except NotFoundError:  # the topic has not arrived yet
+            h = []
         if sorted(m["text"] for m in h) == sorted(texts):
             return h
         if time.monotonic() > deadline:
@@ -161,54 +165,3 @@ def test_chat_kill_restart_offline_repair(tmp_path: Path) -> None:
         for p in procs:
             p.stop()
 
-
-def test_second_device_of_the_same_person_converges(tmp_path: Path) -> None:
-    """Alice's second device (the same person keys, its own instance) pairs with her first one
-    (Internet of Me, connections.md §7.2); it gets no contact for its own person, receives the
-    1-to-1 conversation with Bob from her first device (every grant names her person too,
-    docs/chat.md §2), and what it posts there reaches Bob through her first device; all three
-    end with the same history."""
-    from lama.identity.instance import Instance
-    from test_pairing_e2e import SECRET
-
-    port = free_port()
-    url = f"ws://127.0.0.1:{port}"
-    procs: list[Proc] = []
-    try:
-        procs.append(comm_server(port))
-        a, b = init(tmp_path, "a"), init(tmp_path, "b")
-        with Instance.open(tmp_path / "a", SECRET) as first:
-            keys = first.secret_keys("person")
-            Instance.create(tmp_path / "a2", email=a["email"], person_name="a",
-                            instance_name="inst-a-phone", secret=SECRET,
-                            person_keys=keys).close()
-        da, db, da2 = (instance_dir(tmp_path, n) for n in ("a", "b", "a2"))
-        pa, pb, pa2 = (serve(tmp_path, n, url) for n in ("a", "b", "a2"))
-        procs += [pa, pb, pa2]
-        pair(da, db)
-        A, B = b["person_id"], a["person_id"]
-        texts = ["a1", "b1"]
-        req(da, "send", contact=A, text="a1")
-        req(db, "send", contact=B, text="b1")
-        wait_history(da, A, texts)
-        # the second device joins
-        ca, ca2 = pair(da, da2)
-        assert ca is None and ca2 is None  # my own person: no contact on either device
-        for d in (da, da2):
-            assert [c["person_id"] for c in req(d, "contacts")["contacts"]] == (
-                [A] if d == da else [])
-        topic = req(da, "contacts")["contacts"][0]["topic_id"]
-        h2 = wait_history(da2, topic, texts)
-        # the phone posts; Bob and the laptop get it
-        req(da2, "send", contact=topic, text="a2 from the phone")
-        texts.append("a2 from the phone")
-        req(db, "send", contact=B, text="b2")
-        texts.append("b2")
-        h2 = wait_history(da2, topic, texts)
-        ha = wait_history(da, A, texts)
-        hb = wait_history(db, B, texts)
-        assert [m["id"] for m in ha] == [m["id"] for m in hb] == [m["id"] for m in h2]
-        assert [m["sender"] for m in h2 if m["text"].startswith("a")] == [B, B]
-    finally:
-        for p in procs:
-            p.stop()
