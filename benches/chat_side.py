@@ -97,11 +97,16 @@ async def main() -> None:
                 if contact is None:
                     contact = app.contacts()[0]
                 sent = []
-                for i in range(cmd["n"]):
-                    sent.append(time.monotonic())
-                    await app.send(contact, f"{cmd['tag']} {i}")
-                    if cmd.get("gap"):
+                if cmd.get("gap"):
+                    for i in range(cmd["n"]):
+                        sent.append(time.monotonic())
+                        await app.send(contact, f"{cmd['tag']} {i}")
                         await asyncio.sleep(cmd["gap"])
+                else:
+                    # as fast as it goes: every send at once (App.send's group commit)
+                    t0 = time.monotonic()
+                    await app.send_many(contact, [f"{cmd['tag']} {i}" for i in range(cmd["n"])])
+                    sent = [t0] * cmd["n"]
                 out(sent=sent, done=time.monotonic())
             elif c == "expect":
                 tag, n = cmd["tag"], cmd["n"]

@@ -84,10 +84,25 @@ def test_app_pair_chat_follow_remove(tmp_path: Path) -> None:
             assert len({str(m.id) for m in seen}) == 3
             assert got_cb == got_async == ["one", "two", "three"]
             assert [m.text for m in alice.history(bob.person_id)] == ["one", "two", "three"]
+            assert [m.text for m in seen] == ["one", "two", "three"]
             # a fresh iteration yields the same history, oldest first
             again = [m async for m in bob.messages(alice.person_id)]
             assert [str(m.id) for m in again] == [str(m.id) for m in seen]
             assert [m.text async for m in bob.messages(alice.person_id, last=1)] == ["three"]
+
+            # group commit: concurrent sends are posted in call order; a bad text fails alone
+            from lama.errors import InvalidArgumentError
+
+            res = await asyncio.gather(*(alice.send(bob.person_id, t)
+                                         for t in ("c1", "c2", "", "c3")),
+                                       return_exceptions=True)
+            assert isinstance(res[2], InvalidArgumentError)
+            assert [m.text for m in res if not isinstance(m, Exception)] == ["c1", "c2", "c3"]
+            await until(lambda: len(seen) == 6)
+            assert [m.text for m in seen][3:] == ["c1", "c2", "c3"]
+            assert [m.text for m in await alice.send_many(bob.person_id, ["d1", "d2"])] == \
+                ["d1", "d2"]
+            await until(lambda: len(seen) == 8)
 
             st = alice.status()
             assert st["total"] == 1 and st["peers"][0]["connected"]
