@@ -115,6 +115,21 @@ async def main() -> None:
                     await arrived.wait()
                 got = seen[tag]
                 out(seen=[got[i] for i in range(n)])
+            elif c == "fill":
+                # n messages from me into the conversation, straight into the store (batches
+                # of Chat.send_many, one transaction each): an instance holding many messages
+                if contact is None:
+                    contact = app.contacts()[0]
+                t0 = time.monotonic()
+                for start in range(0, cmd["n"], 1000):
+                    texts = [f"fill {i}" for i in range(start, min(cmd["n"], start + 1000))]
+                    await asyncio.to_thread(app.chat.send_many, contact.topic_id, texts)
+                out(seconds=time.monotonic() - t0, rss_kib=rss_kib())
+            elif c == "recent":
+                if contact is None:
+                    contact = app.contacts()[0]
+                ms = [m async for m in app.messages(contact, last=cmd.get("n", 50))]
+                out(messages=len(ms), rss_kib=rss_kib())
             elif c == "count":
                 if contact is None:
                     contact = app.contacts()[0]
