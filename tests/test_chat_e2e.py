@@ -121,6 +121,12 @@ def test_chat_kill_restart_offline_repair(tmp_path: Path) -> None:
         r = lama("send", a["email"], "b3 stored offline", "--dir", str(tmp_path / "b"), "--json")
         assert r.returncode == 0, r.stderr
         texts.append("b3 stored offline")
+        r = lama("status", "--dir", str(tmp_path / "b"), "--json")  # no server: from the store
+        assert r.returncode == 0, r.stderr
+        st = json.loads(r.stdout)
+        assert st["serving"] is False and st["contacts"] == 1
+        r = lama("messages", a["email"], "--dir", str(tmp_path / "b"), "--last", "1")
+        assert r.returncode == 0 and "b3 stored offline" in r.stdout, (r.stdout, r.stderr)
         pb = serve(tmp_path, "b", url)
         procs.append(pb)
         hb = wait_history(db, B, texts)
