@@ -159,7 +159,9 @@ def test_chat_rss_100k_messages(benchmark: Any, core_name: str, tmp_path: Path) 
         base = tmp_path / f"run{time.monotonic_ns()}"
         pair = Pair(core_name, base)
         try:
-            # Bob's instance gets n messages of its own in the conversation with Alice
+            # Bob's instance gets n messages of its own in the conversation with Alice, while
+            # Alice is offline (this measures holding them, not the CHUM export)
+            pair.alice.stop()
             fill = pair.bob.ask(cmd="fill", n=n)
         finally:
             pair.stop()
