@@ -197,3 +197,34 @@ def test_concurrent_channel_versions_merge_through_the_version_layer(two: tuple[
     heads = [versions.current(a.store, ra.id_hash)["head"], versions.current(b.store, rb.id_hash)["head"]]
     assert heads[0] == heads[1]
     assert [k[0] for k in a.keys(heads[0])] == [21, 20, 10]
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.integers(0, 40), max_size=12), st.lists(st.integers(0, 40), min_size=1, max_size=12))
+def test_insert_many_equals_one_by_one(existing: list[int], batch: list[int]) -> None:
+    """``insert_many`` (a bulk post) builds exactly the list - the same entry hashes - that
+    inserting the elements one by one does, from an empty or a filled list, with elements
+    older than, between and newer than the stored ones (app-layer.md §2.5)."""
+    objs: dict[str, Any] = {}
+
+    def put(obj: dict[str, Any]) -> str:
+        h = str(core.object_hash(obj))
+        objs[h] = obj
+        return h
+
+    def ct(i: int, tag: str) -> tuple[str, int]:
+        # a distinct CreationTime each time (equal timestamps are frequent: ties order by hash)
+        data = core.sha256_hex(f"{tag}{i}{random.random()}")
+        return put({"$type$": "CreationTime", "timestamp": i, "data": data}), i
+
+    head = None
+    for i in existing:
+        c, t = ct(i, "e")
+        head = linkedlist.insert(objs.get, put, head, c, t, [c])
+    new = [ct(i, "n") for i in batch]
+    one = head
+    for c, t in new:
+        one = linkedlist.insert(objs.get, put, one, c, t, [c])
+    many = linkedlist.insert_many(objs.get, put, head, [(c, t, [c]) for c, t in new])
+    assert many == one
+    assert len(list(linkedlist.entries(objs.get, many))) == len(existing) + len(batch)

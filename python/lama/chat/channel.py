@@ -33,11 +33,6 @@ __all__ = [
 _AFFIRMATION_LICENSE = certificates.license_object("AffirmationCertificate")
 _AFFIRMATION_LICENSE_HASH: str | None = None
 
-# a local clock that is behind the newest entry by less than this (ms) posts just above it, so
-# quick successive posts keep their order (the ordering key is (timestamp, CreationTime hash),
-# §2.5; equal milliseconds would order them by hash); further behind, the clock is trusted
-SKEW_BUMP_MS = 1000
-
 
 def _license_hash() -> str:
     global _AFFIRMATION_LICENSE_HASH
@@ -133,8 +128,29 @@ def post(
     new head entry)``; ``entryHash`` is the entry the post created (entries above it may be
     rewritten by later inserts, §2.5)."""
     lic_hash = _license_hash()
-    t0 = now()
+    # §2.4 step 5: the given timestamp or now, read per message before the transaction (the
+    # build below must be a pure function of the current version).  Posts within one
+    # millisecond order by CreationTime hash (§2.5), as in the reference.
+    stamps = [spec.timestamp if spec.timestamp is not None else now() for spec in specs]
     results: list[tuple[str, str, int, str, str]] = []
+    # the objects of every post, hashed a kind at a time (one core call per kind, not per
+    # object: the chain message -> CreationTime -> certificate -> Signature is sequential
+    # per post but independent between posts)
+    msgs = [spec.message for spec in specs]
+    msg_hashes = _hashes(msgs)
+    cts = [{"$type$": "CreationTime", "timestamp": ts, "data": mh}
+           for ts, mh in zip(stamps, msg_hashes)]
+    ct_hashes = _hashes(cts)
+    certs = [{"$type$": "AffirmationCertificate", "data": ch, "license": lic_hash}
+             for ch in ct_hashes]
+    cert_hashes = _hashes(certs)
+    # app-layer.md §1.7: Ed25519 over the UTF-8 hex string of the certificate hash
+    sigs = [{"$type$": "Signature", "issuer": author, "data": ch,
+             "signature": core.sign_detached(ch.encode(), sign_secret).hex()}
+            for ch in cert_hashes]
+    sig_hashes = _hashes(sigs)
+    objects = [*msgs, *cts, *certs, *sigs]
+    posted = list(zip(ct_hashes, msg_hashes, stamps, sig_hashes))
 
     def build(cur: dict[str, Any] | None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         # a pure function of ``cur`` (update_versioned re-runs it after a lost race)
@@ -148,43 +164,35 @@ def post(
             obj = pending.get(h)
             return obj if obj is not None else store.get_object(h)
 
+        created: dict[str, str] = {}  # CreationTime -> the entry this insert made for it
+
         def put(obj: dict[str, Any]) -> str:
             h = str(core.object_hash(obj))
             pending[h] = obj
             extra.append(obj)
+            created[obj["data"]] = h  # the list merge only puts LinkedListEntry objects
             return h
 
         head = cur.get("head")
-        head_ts: int | float | None = None
-        if head is not None:
-            head_ts = linkedlist.element(load, head).timestamp
-        for spec in specs:
-            if spec.timestamp is not None:
-                ts = spec.timestamp
-            else:
-                ts = t0
-                if head_ts is not None and head_ts >= ts and head_ts - ts < SKEW_BUMP_MS:
-                    ts = int(head_ts) + 1
-            msg_hash = put(spec.message)
-            ct_hash = put({"$type$": "CreationTime", "timestamp": ts, "data": msg_hash})
-            cert_hash = put({"$type$": "AffirmationCertificate", "data": ct_hash,
-                             "license": lic_hash})
-            # app-layer.md §1.7: Ed25519 over the UTF-8 hex string of the certificate hash
-            sig_hash = put({"$type$": "Signature", "issuer": author, "data": cert_hash,
-                            "signature": core.sign_detached(cert_hash.encode(), sign_secret).hex()})
-            n_before = len(extra)
+        extra.extend(objects)
+        pending.update(zip(ct_hashes, cts))
+        if len(posted) == 1:
+            ct_hash, _m, ts, sig_hash = posted[0]
             head = linkedlist.insert(load, put, head, ct_hash, ts, [sig_hash])
-            # the entry holding this post is the first one the insert created
-            entry = str(core.object_hash(extra[n_before])) if len(extra) > n_before else head
-            if head_ts is None or ts >= head_ts:
-                head_ts = ts
-            results.append((ct_hash, msg_hash, ts, sig_hash, entry))
+        else:
+            head = linkedlist.insert_many(load, put, head, [(c, t, [s]) for c, _m, t, s in posted])
+        for ct_hash, msg_hash, ts, sig_hash in posted:
+            results.append((ct_hash, msg_hash, ts, sig_hash, created.get(ct_hash) or str(head)))
         new = {k: v for k, v in cur.items() if k != "$versionHash$"}
         new["head"] = head
         return new, extra
 
     v = versions.update_versioned(store, cid, build)
     return list(results), str(store.get_object(v.merged)["head"])
+
+
+def _hashes(objs: list[dict[str, Any]]) -> list[str]:
+    return [str(h) for _md, h in core.serialize_many(objs)]
 
 
 def payload_hash(store: Store, ct_hash: str) -> str:

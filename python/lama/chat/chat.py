@@ -97,6 +97,16 @@ def _check_text(text: Any, has_files: bool) -> str:
     return text
 
 
+class _PostRequest:
+    __slots__ = ("specs", "done", "results", "error")
+
+    def __init__(self, specs: list[Any]) -> None:
+        self.specs = specs
+        self.done = threading.Event()
+        self.results: list[Any] = []
+        self.error: BaseException | None = None
+
+
 class _Subscriber:
     __slots__ = ("callback", "loop")
 
@@ -113,6 +123,9 @@ class Chat:
         self.store = instance.store
         self.me: str = str(instance.person_id)
         self._lock = threading.RLock()
+        self._gc_lock = threading.Lock()
+        self._gc_queue: dict[str, list[_PostRequest]] = {}
+        self._gc_busy: set[str] = set()
         self._subs: list[_Subscriber] = []
         self._closed = False
         self._names: dict[str, str] = {}
@@ -465,7 +478,9 @@ class Chat:
         if name is not None:
             obj = {"$type$": "Topic", "name": name, "id": topic_id, "channel": cid}
         [(h, _s, _)] = store.put_objects([obj])
-        t, _new = self._register_topic(obj, str(h))
+        t, new = self._register_topic(obj, str(h))
+        if new:
+            self._emit("topic", {"topic": t})
         return t
 
     def _ensure_one_to_one(self, p: str) -> Topic:
@@ -596,7 +611,7 @@ class Chat:
         cid = t.channel
         if store.get_head(cid) is None:
             _ch.ensure_channel(store, t.id)
-        results, _head = _ch.post(store, cid, specs, author=self.me, sign_secret=self._sign_secret)
+        results = self._commit(cid, specs)
         out = []
         name = self._person_name(self.me)
         for spec, (ct, mh, ts, sig, entry) in zip(specs, results):
@@ -609,6 +624,47 @@ class Chat:
         for m in out[-_MSG_CACHE:]:
             self._cache(m)
         return out
+
+    def _commit(self, cid: str, specs: list[_ch.PostSpec]) -> list[tuple[str, str, int, str, str]]:
+        """Group commit: posts to one channel that arrive while another thread's commit is
+        running are written together in the next transaction (a durable commit waits for the
+        disk, so concurrent senders share that wait instead of queueing behind one another).
+        The first waiting thread commits for all; each gets its own results or error."""
+        req = _PostRequest(specs)
+        with self._gc_lock:
+            queue = self._gc_queue.setdefault(cid, [])
+            queue.append(req)
+            leader = cid not in self._gc_busy
+            if leader:
+                self._gc_busy.add(cid)
+        if not leader:
+            req.done.wait()
+            if req.error is not None:
+                raise req.error
+            return req.results
+        while True:
+            with self._gc_lock:
+                batch = self._gc_queue.pop(cid, [])
+                if not batch:
+                    self._gc_busy.discard(cid)
+                    break
+            all_specs = [sp for r in batch for sp in r.specs]
+            try:
+                results, _head = _ch.post(self.store, cid, all_specs, author=self.me,
+                                          sign_secret=self._sign_secret)
+            except BaseException as e:  # noqa: BLE001 - handed to every sender of the batch
+                for r in batch:
+                    r.error = e
+                    r.done.set()
+                continue  # the leader goes on with what was queued meanwhile
+            i = 0
+            for r in batch:
+                r.results = results[i:i + len(r.specs)]
+                i += len(r.specs)
+                r.done.set()
+        if req.error is not None:
+            raise req.error
+        return req.results
 
     def _cache(self, m: Message) -> None:
         c = self._msg_cache
@@ -849,6 +905,7 @@ class Chat:
             new = _ch.head_of(store, cid)
             info[1] = new
             topic_id = info[0]
+            self._republish_merge(cid)
         if not emit or new == old:
             return 0
         try:
@@ -878,6 +935,22 @@ class Chat:
             self._emit("message", {"message": msg, "topic": t})
             n += 1
         return n
+
+    def _republish_merge(self, cid: str) -> None:
+        """A channel whose head is a local merge (of an imported version with ours) gets a
+        change node with the same data on top: merge nodes are not exported (objects.md §6.2
+        item 3, docs/chum-session.md §1), so without it a third replica - my other device -
+        would only ever receive one of the merged branches."""
+        node = versions.head_node(self.store, cid)
+        if node is None or node.kind != "merge":
+            return
+        try:
+            versions.update_versioned(
+                self.store, cid,
+                lambda cur: ({k: v for k, v in (cur or {}).items() if k != "$versionHash$"}, []),
+                force=True)
+        except LamaError as e:
+            log.warning("channel %s: cannot republish the merged version: %s", cid, e)
 
     def process_changes(self, timeout: float = 0.0) -> int:
         """Pump the store's feed by hand (``Chat(..., events=False)``); events dispatched."""

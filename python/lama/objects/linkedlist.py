@@ -28,7 +28,7 @@ from typing import Any, Callable, Iterator
 
 from lama.errors import NotFoundError
 
-__all__ = ["ALGORITHM_ID", "Element", "entries", "insert", "merge_heads", "merge_iterator"]
+__all__ = ["ALGORITHM_ID", "Element", "entries", "insert", "insert_many", "merge_heads", "merge_iterator"]
 
 ALGORITHM_ID = "LinkedListCrdtAlgorithm"
 
@@ -175,6 +175,45 @@ def insert(
     result = _merge(load, put, entries(load, head), iter([new]))
     assert result is not None
     return result
+
+
+
+def insert_many(
+    load: Loader,
+    put: Putter,
+    head: str | None,
+    elements: list[tuple[str, float, list[str] | None]],
+) -> str | None:
+    """Insert several new elements ``(creationTime, timestamp, metadata)`` at once: the same
+    list as inserting them one by one (the order is a pure function of the keys, §2.5), but
+    one merge, so an entry is created once for each element (no intermediate entries that a
+    later insert would rewrite).  A bulk post uses it."""
+    new = [Element(None, ct, ts, None if md is None else tuple(md)) for ct, ts, md in elements]
+    if not new:
+        return head
+    if len(new) == 1:
+        return insert(load, put, head, new[0].creation_time, new[0].timestamp,
+                      None if new[0].metadata is None else list(new[0].metadata))
+    # The two-list merge of §2.5 with a list of new elements: the stored entries newer than
+    # the oldest new element are re-created together with the new ones, oldest first, on top
+    # of the first stored entry below them (H); with no such entry the list is rebuilt from
+    # nothing.  (merge_iterator's terminate-on-single cannot be used here: it would take the
+    # rest of the new list for common history once the stored list runs out.)
+    lowest = min(el.key for el in new)
+    keys = {el.key for el in new}
+    above: list[Element] = []
+    base: str | None = None
+    for el in entries(load, head):
+        if el.key < lowest:
+            base = el.entry
+            break
+        if el.key not in keys:  # the same post in both: the incoming copy wins (§2.5)
+            above.append(el)
+    chain = sorted([*above, *new], key=lambda el: el.key)
+    prev = base
+    for el in chain:
+        prev = put(_entry_object(el, prev))
+    return prev
 
 
 def _algorithm(ctx: Any, path: tuple, itemtype: dict, base: Any, left: Any, right: Any) -> Any:

@@ -439,6 +439,7 @@ def update_versioned(
     build: Any,
     *,
     timestamp_ms: int | float | None = None,
+    force: bool = False,
 ) -> VersionResult:
     """A local edit derived from the current version, written with other objects in ONE
     transaction (objects.md §4.2, CHANGE mode).
@@ -448,7 +449,11 @@ def update_versioned(
     creates, app-layer.md §2.4) are stored in the same ``write_batch`` as the version and its
     node.  It runs under the ID's lock and again after a lost compare-and-set race, so it must
     be a pure function of ``current``.  This is the write path of a chat post: one transaction
-    per post instead of one per object."""
+    per post instead of one per object.
+
+    ``force`` writes the change node even when the data equals the head's: a head that is a
+    local ``VersionNodeMerge`` is never exported (objects.md §6.2 item 3), so a merged state
+    reaches a third replica only through such a change node on top of it."""
     core.check_hash(id_hash, "an ID hash")
     ts = None if timestamp_ms is None else _check_time(timestamp_ms, "timestamp_ms")
     with _ID_LOCKS.hold(store, id_hash):
@@ -460,7 +465,7 @@ def update_versioned(
             if core.id_hash(obj) != id_hash:
                 raise InvalidArgumentError(f"the new version is not a version of {id_hash}", code="LAMA-ARG")
             h: str = core.object_hash(obj)
-            if head is not None and head.data == h:
+            if head is not None and head.data == h and not force:
                 if extra:
                     store.put_objects(list(extra))
                 return VersionResult(h, id_hash, "exists", head.hash, head.creation_time, head.hash, head.data)

@@ -1,0 +1,50 @@
+"""lama.chat events on an asyncio loop (docs/chat.md §5): a callback subscribed while a loop
+runs is called on that loop's thread, for local posts and for messages imported by CHUM."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from pathlib import Path
+from typing import Any
+
+from chat_util import make, pair, sync
+from lama.chat import Chat
+
+
+def test_callbacks_run_on_the_subscribing_loop(tmp_path: Path) -> None:
+    a, b = make(tmp_path, "alice"), make(tmp_path, "bob")
+    ca, cb = Chat(a), Chat(b, events=False)
+
+    async def main() -> list[tuple[str, Any, bool]]:
+        loop_thread = threading.get_ident()
+        seen: list[tuple[str, Any, bool]] = []
+        got = asyncio.Event()
+
+        def on_event(kind: str, data: dict[str, Any]) -> None:
+            seen.append((kind, data, threading.get_ident() == loop_thread))
+            if sum(1 for k, _d, _t in seen if k == "message") >= 2:
+                got.set()
+
+        unsubscribe = ca.subscribe(on_event)
+        await asyncio.to_thread(pair, ca, cb)
+        await asyncio.to_thread(ca.send, cb.me, "mine")
+        await asyncio.to_thread(cb.send, ca.me, "theirs")
+        await asyncio.to_thread(sync, ca, cb)
+        await asyncio.wait_for(got.wait(), 20)
+        unsubscribe()
+        await asyncio.to_thread(ca.send, cb.me, "after unsubscribe")
+        await asyncio.sleep(0.5)
+        return seen
+
+    try:
+        seen = asyncio.run(main())
+    finally:
+        ca.close()
+        cb.close()
+        a.close()
+        b.close()
+    assert all(on_loop for _k, _d, on_loop in seen)
+    msgs = [d["message"].text for k, d, _t in seen if k == "message"]
+    assert sorted(msgs) == ["mine", "theirs"]
+    assert {k for k, _d, _t in seen} == {"contact", "topic", "message"}
