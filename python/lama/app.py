@@ -409,9 +409,11 @@ class App:
             self._followers.append(q)  # before reading the history: nothing falls in between
         try:
             seen: set[str] = set()
-            past = list(self.chat.history(topic))
-            if last is not None:
-                past = past[-last:] if last > 0 else []
+            if last is None:
+                past = list(self.chat.history(topic))
+            else:  # the newest `last`, read lazily from the head (not the whole history)
+                past = list(reversed(list(self.chat.messages(topic, limit=last)))) \
+                    if last > 0 else []
             for m in past:
                 seen.add(str(m.id))
                 yield m

@@ -62,10 +62,7 @@ async def handle(app: App, req: dict[str, Any], send: Send, stop: asyncio.Event)
         limit = req.get("limit")
         contact = _arg(req, "contact", str)
         if not follow:
-            ms = app.history(contact)
-            if isinstance(limit, int) and limit > 0:
-                ms = ms[-limit:]
-            for m in ms:
+            async for m in app.messages(contact, last=limit if isinstance(limit, int) else None):
                 await send({"item": app.message_dict(m)})
             await send({"ok": True})
             return
