@@ -10,6 +10,9 @@ using only the layers below it:
 - :mod:`lama.store` - the LMDB object store (``Store``, ``BlobWriter``)
 - :mod:`lama.identity` - ``keychain``, ``instance`` (``Instance``), ``certificates``
 - :mod:`lama.access` - grants (Access, IdAccess, Group) and the roots a person may see
+- :mod:`lama.app` - ``App``, the asyncio facade for apps and bots (instance, connections,
+  contacts, messages); :mod:`lama.serve` / :mod:`lama.control` - ``lama serve`` and how the
+  other commands reach it
 - :mod:`lama.cli` - the ``lama`` command
 
 The modules and the main classes are re-exported here: ``from lama import microdata, Store,
@@ -47,7 +50,22 @@ from lama.objects import crdt, microdata, recipes, versions
 from lama.store import BlobWriter, Store
 from lama import access
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # loaded lazily by __getattr__ below
+    from lama.app import App, AppConfig
+
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> object:
+    # the asyncio facade (issue 10) loads the chat and connection layers: only on first use,
+    # so that ``import lama`` stays light
+    if name in ("App", "AppConfig"):
+        from lama import app
+
+        return getattr(app, name)
+    raise AttributeError(f"module 'lama' has no attribute {name!r}")
 
 
 def core_name() -> str:
@@ -85,4 +103,6 @@ __all__ = [
     "TransportError",
     "core_name",
     "__version__",
+    "App",
+    "AppConfig",
 ]

@@ -25,6 +25,22 @@ Commands:
   §2): prints its URL, serves until SIGINT or SIGTERM, closes every spare and relayed pair and
   prints its counters, one ``name value`` line each.
 
+Chat (issue 10; the asyncio facade :class:`lama.app.App` underneath):
+
+* ``lama serve --dir D [--comm-server URL] [--json]`` runs the instance: the connection manager
+  (one CHUM connection per contact, reconnects), the chat layer's events; prints what happens
+  (connections, pairings, syncs with a rich progress line on a terminal, messages; JSON lines
+  with ``--json``) and serves the control channel (:mod:`lama.control`). SIGINT or SIGTERM:
+  every connection is closed with a reason, the control file removed, exit status 0.
+* ``lama contacts``, ``lama send CONTACT TEXT [--attach FILE]...``, ``lama messages CONTACT
+  [--follow] [--last N]``, ``lama status`` (all ``--dir D [--json]``): through the running
+  ``lama serve`` of that instance (``<instance dir>/control.json``: a port on 127.0.0.1 and a
+  token, readable only by the owner); without one they open the instance themselves (secret
+  needed): ``send`` stores the message, which goes out when the instance next runs;
+  ``messages --follow`` starts the connections itself. CONTACT is a person id (or a prefix of
+  at least 8 hex digits), an email or a name.
+* ``lama demo [--dir D] [--attachment-size N]``: the two-process demo (:mod:`lama.demo`).
+
 The secret comes from the environment variable ``LAMA_SECRET`` or, if that is unset and stdin
 is a terminal, from a hidden prompt (asked twice for ``init``). It is never a command-line
 argument (arguments are visible to other users in the process list). Without either, the
@@ -291,6 +307,106 @@ def _build_app() -> Any:
         url = comm_server or os.environ.get(COMM_SERVER_ENV) or inv.url
         with Instance.open(dir, read_secret(), email=email, instance_name=instance_name) as inst:
             _run_async(_accept(inst, url, inv, chum_wait, as_json))
+    # ---------------------------------------------------------------- issue 10: chat
+
+    @app.command()
+    def serve(
+        dir: str = typer.Option(..., "--dir", help="Instance or base directory."),
+        comm_server: str = typer.Option(
+            None, "--comm-server",
+            help=f"Comm server URL. Default: ${COMM_SERVER_ENV} or {DEFAULT_COMM_SERVER}."),
+        email: str = typer.Option(None, "--email", help="Choose the instance by email ..."),
+        instance_name: str = typer.Option(None, "--instance-name", help="... and name."),
+        as_json: bool = typer.Option(False, "--json", help="Print events as JSON lines."),
+    ) -> None:
+        """Run the instance: connections to every contact, CHUM sync, events; other lama
+        commands on the same directory talk to it. Stops cleanly on SIGINT/SIGTERM."""
+        from lama.app import App, AppConfig
+
+        cfg = AppConfig(comm_server_url=_comm_server(comm_server))
+        secret = read_secret()
+        _run_async(_serve(dir, secret, email, instance_name, cfg, as_json))
+
+    @app.command()
+    def contacts(
+        dir: str = typer.Option(..., "--dir", help="Instance or base directory."),
+        as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+    ) -> None:
+        """List the contacts (through the running lama serve, else from the store)."""
+        result = _run_async(_client(dir, "contacts"))
+        items = result["contacts"]
+        if as_json:
+            print(json.dumps(items, indent=2, sort_keys=True))
+            return
+        for c in items:
+            print(f"{c['person_id'][:16]}  {escape(c.get('name') or '')}  "
+                  f"<{escape(c.get('email') or '')}>")
+
+    @app.command()
+    def send(
+        contact: str = typer.Argument(..., help="Person id (or 8+ hex digit prefix), email or name."),
+        text: str = typer.Argument(..., help="The message text."),
+        attach: list[str] = typer.Option(None, "--attach", help="Attach a file (repeatable)."),
+        dir: str = typer.Option(..., "--dir", help="Instance or base directory."),
+        as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+    ) -> None:
+        """Send a message (and files) to a contact. Without a running lama serve the message is
+        stored and goes out when the instance next runs."""
+        paths = [os.path.abspath(a) for a in (attach or [])]
+        for p in paths:
+            if not os.path.isfile(p):
+                raise typer.BadParameter(f"not a file: {p}", param_hint="--attach")
+        result = _run_async(_client(dir, "send", contact=contact, text=text, attach=paths))
+        m = result["message"]
+        if as_json:
+            print(json.dumps(m, indent=2, sort_keys=True))
+        else:
+            print(f"sent {m['id'][:16]} {_fmt_message(m)}")
+
+    @app.command()
+    def messages(
+        contact: str = typer.Argument(..., help="Person id (or prefix), email or name."),
+        dir: str = typer.Option(..., "--dir", help="Instance or base directory."),
+        follow: bool = typer.Option(False, "--follow", "-f", help="Then wait for new ones."),
+        last: int = typer.Option(None, "--last", help="Only the N newest of the history."),
+        as_json: bool = typer.Option(False, "--json", help="One JSON object per line."),
+    ) -> None:
+        """The conversation with a contact, oldest first; --follow keeps printing new ones."""
+        def show(m: dict[str, Any]) -> None:
+            print(json.dumps(m, sort_keys=True) if as_json else _fmt_message(m), flush=True)
+
+        _run_async(_client(dir, "messages", contact=contact, follow=follow, limit=last,
+                           on_item=show))
+
+    @app.command()
+    def status(
+        dir: str = typer.Option(..., "--dir", help="Instance or base directory."),
+        as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+    ) -> None:
+        """Connections, health and last sync of the running lama serve."""
+        result = _run_async(_client(dir, "status"))
+        st = result["status"]
+        if as_json:
+            print(json.dumps(st, indent=2, sort_keys=True))
+            return
+        print("\n".join(_status_lines(st)))
+
+    @app.command()
+    def demo(
+        dir: str = typer.Option(None, "--dir", help="Directory for the two instances "
+                                                    "(default: a temporary one, removed)."),
+        attachment_size: int = typer.Option(1 << 20, "--attachment-size",
+                                            help="Size of the file Alice sends (bytes)."),
+    ) -> None:
+        """Two devices pair and chat through a comm server, each in its own process, on
+        127.0.0.1: every step with its measured time. Exit status 0 if all went well."""
+        from lama import demo as demo_mod
+
+        code = demo_mod.main((["--dir", dir] if dir else [])
+                             + ["--attachment-size", str(attachment_size)])
+        if code:
+            raise SystemExit(code)
+
     @app.command("comm-server")
     def comm_server_cmd(
         host: str = typer.Option("127.0.0.1", "--host", help="Address to bind."),
@@ -315,10 +431,218 @@ def _comm_server(option: str | None) -> str:
     return option or os.environ.get(COMM_SERVER_ENV) or DEFAULT_COMM_SERVER
 
 
-def _run_async(coro: Any) -> None:
+def _run_async(coro: Any) -> Any:
     import asyncio
 
-    asyncio.run(coro)
+    return asyncio.run(coro)
+
+
+def _fmt_time(ms: Any) -> str:
+    import datetime
+
+    if not isinstance(ms, (int, float)):
+        return "?"
+    return datetime.datetime.fromtimestamp(ms / 1000).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _fmt_message(m: dict[str, Any]) -> str:
+    """One line per message: time, sender, text (escaped), attachments."""
+    who = m.get("sender_name") or m.get("sender", "")[:16]
+    line = f"{_fmt_time(m.get('timestamp'))}  {escape(who)}: {escape(m.get('text', ''))}"
+    for a in m.get("attachments") or []:
+        line += f"  [{escape(a.get('name') or '')}, {a.get('size')} bytes]"
+    return line
+
+
+def _ago(t: Any) -> str:
+    import time
+
+    if not isinstance(t, (int, float)):
+        return "never"
+    return f"{max(0.0, time.time() - t):.1f} s ago"
+
+
+def _status_lines(st: dict[str, Any]) -> list[str]:
+    rows = [("person", f"{st['person_id']} ({escape(st.get('name') or '')} "
+                       f"<{escape(st.get('email') or '')}>)"),
+            ("instance", f"{st['instance_id']} ({escape(st.get('instance_name') or '')})"),
+            ("serving", "yes" if st.get("serving") else "no (lama serve is not running)"),
+            ("comm server", f"{st.get('comm_server')} "
+                            f"({'online' if st.get('online') else 'offline'})"),
+            ("connections", f"{st['active']} of {st['total']} contacts connected "
+                            f"({st['status']})"),
+            ("last sync", _ago(st.get("last_sync")))]
+    lat = st.get("average_latency")
+    if lat is not None:
+        rows.append(("average latency", f"{lat * 1000:.1f} ms"))
+    out = [f"{label + ':':<18}{value}" for label, value in rows]
+    for p in st.get("peers") or []:
+        state = "connected" if p["connected"] else "disconnected"
+        if not p["enabled"]:
+            state = "disabled"
+        extra = f", latency {p['latency'] * 1000:.1f} ms" if p.get("latency") else ""
+        if p.get("last_error") and not p["connected"]:
+            extra += f", last error: {escape(p['last_error'])}"
+        out.append(f"  {escape(p.get('name') or p['person_id'][:16])}: {state}"
+                   f" (since {_ago(p.get('since'))}, last sync {_ago(p.get('last_sync'))}, "
+                   f"{p['reconnect_attempts']} reconnect attempts{extra})")
+    return out
+
+
+async def _client(dir: str, op: str, *, on_item: Any = None, **args: Any) -> dict[str, Any]:
+    """Run one control request: through the running ``lama serve`` of the instance if there is
+    one (lama.control), else in this process on the instance opened with the secret (the same
+    handler; ``messages --follow`` then starts the connections itself, ``send`` only stores:
+    the message goes out when the instance next runs)."""
+    import asyncio
+    import signal
+
+    from lama import control
+    from lama.identity.layout import find_instance_dir
+
+    path = find_instance_dir(dir)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    result: dict[str, Any] = {}
+
+    async def take(msg: dict[str, Any]) -> None:
+        if "item" in msg and on_item is not None:
+            on_item(msg["item"])
+        elif msg.get("ok"):
+            result.update(msg)
+
+    async def remote() -> None:
+        async for msg in control.stream(path, op, **args):
+            await take(msg)
+
+    if control.server_running(path):
+        task = asyncio.ensure_future(remote())
+        stopper = asyncio.ensure_future(stop.wait())
+        await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        stopper.cancel()
+        if not task.done():
+            task.cancel()
+            with __import__("contextlib").suppress(asyncio.CancelledError):
+                await task
+        else:
+            task.result()
+        if op == "status":
+            result["status"]["serving"] = True
+        return result
+    from lama.app import App, AppConfig
+    from lama.serve import handle
+
+    app = await App.open(path, read_secret(), config=AppConfig(comm_server_url=_comm_server(None)))
+    try:
+        if op == "messages" and args.get("follow"):
+            await app.start()
+        await handle(app, {"op": op, **args}, take, stop)
+    finally:
+        await app.close()
+    if op == "status":
+        result["status"]["serving"] = False
+    return result
+
+
+async def _serve(dir: str, secret: str, email: str | None, instance_name: str | None,
+                 cfg: Any, as_json: bool) -> None:
+    """``lama serve``: the instance with its connections until SIGINT/SIGTERM; prints what
+    happens (connections, syncs, messages) as lines or JSON lines."""
+    import time
+
+    from lama import control
+    from lama.app import App
+    from lama.errors import StoreError
+    from lama.identity.layout import find_instance_dir
+    from lama.serve import run_server
+
+    path = find_instance_dir(dir, email=email, instance_name=instance_name)
+    if control.server_running(path):
+        raise StoreError(f"lama serve runs already for {path}", code="LAMA-SERVE-RUNNING")
+    app = await App.open(path, secret, config=cfg)
+    names: dict[str, str] = {}
+
+    # on a terminal, a sync in progress is a live rich progress line per contact (objects
+    # received so far); its result stays as an ordinary line
+    progress: Any = None
+    if not as_json and sys.stdout.isatty():
+        from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+        progress = Progress(SpinnerColumn(), TextColumn("{task.description}"),
+                            TextColumn("{task.completed:,.0f} objects"), TimeElapsedColumn(),
+                            transient=True)
+        progress.start()
+    syncing: dict[str, Any] = {}
+
+    def say(kind: str, text: str, **data: Any) -> None:
+        if as_json:
+            print(json.dumps({"event": kind, "time": time.time(), **data}), flush=True)
+        elif progress is not None:
+            progress.console.print(f"{time.strftime('%H:%M:%S')} {text}", markup=False,
+                                   highlight=False)
+        else:
+            print(f"{time.strftime('%H:%M:%S')} {text}", flush=True)
+
+    def track(person: Any, state: Any, objects: int) -> None:
+        if progress is None or not person:
+            return
+        task = syncing.get(person)
+        if state == "started" and task is None:
+            syncing[person] = progress.add_task(f"syncing with {name(person)}", total=None)
+        elif state == "imported" and task is not None:
+            progress.advance(task, objects)
+        elif state == "full_sync" and task is not None:
+            progress.remove_task(syncing.pop(person))
+
+    def name(person: Any) -> str:
+        if person and person not in names:
+            with __import__("contextlib").suppress(Exception):
+                names[person] = app.contact(person).name or person[:16]
+        return escape(names.get(person, str(person)[:16]))
+
+    def on_event(kind: str, data: dict[str, Any]) -> None:
+        person = data.get("person") or data.get("remote_person")
+        if not person and data.get("peer"):  # connection_down names the instance key only
+            for ep in app.manager.known_endpoints():
+                if ep.remote_key.hex() == data["peer"]:
+                    person = ep.person_id
+        if kind == "connection_up":
+            say(kind, f"connected to {name(person)}", person=person)
+        elif kind == "connection_down":
+            say(kind, f"disconnected from {name(person)}: {escape(data.get('reason') or '')}",
+                person=person, reason=data.get("reason"))
+        elif kind == "pairing_success":
+            say("paired", f"paired with {name(person)}", person=person)
+        elif kind == "online_state":
+            say("online", "online at the comm server" if data.get("online") else "offline",
+                online=bool(data.get("online")))
+        if kind == "sync":
+            track(person, data.get("state"), int(data.get("objects") or 0))
+        if kind == "sync" and data.get("state") == "imported" and progress is None:
+            say("sync", f"received {data.get('objects')} objects from {name(person)}",
+                person=person, objects=data.get("objects"))
+
+    def on_message(m: Any) -> None:
+        d = app.message_dict(m)
+        say("message", _fmt_message(d), message=d)
+
+    def ready(server: Any) -> None:
+        st = app.status()
+        say("ready", f"serving {escape(st['name'] or '')} <{escape(st['email'])}> "
+                     f"({st['person_id'][:16]}) at {cfg.comm_server_url}; "
+                     f"{st['contacts']} contacts; control port {server.port}",
+            person_id=st["person_id"], instance_id=st["instance_id"],
+            control_port=server.port, pid=os.getpid())
+
+    app.on_message(on_message)
+    try:
+        await run_server(app, on_ready=ready, on_event=on_event)
+    finally:
+        if progress is not None:
+            progress.stop()
+    say("stopped", "stopped")
 
 
 def _contact_lines(outcome: Any, chum_up: float | None, chum_wait: float) -> list[str]:

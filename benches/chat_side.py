@@ -1,0 +1,147 @@
+"""One lama instance for benches/test_bench_chat.py, in its own process, on the core named by
+``LAMA_CORE`` (the bench sets it per process), driven by JSON lines on stdin:
+
+    python chat_side.py DIR URL create EMAIL NAME     # create the instance, then serve
+    python chat_side.py DIR URL open                  # open it, then serve
+
+Commands: ``{"cmd": "invite"}`` -> ``{"link"}``; ``{"cmd": "accept", "link"}`` ->
+``{"contact"}``; ``{"cmd": "wait_contact"}`` -> ``{"contact"}``; ``{"cmd": "synced"}`` ->
+``{"ok"}`` once the contact's CHUM connection is up and through its first pass;
+``{"cmd": "send", "n", "gap", "tag"}`` posts n messages ``"<tag> <i>"`` (``gap`` s apart) and
+answers ``{"sent": [t_i...]}`` (monotonic send times, CLOCK_MONOTONIC is one clock for every
+process on the host); ``{"cmd": "expect", "tag", "n"}`` answers ``{"seen": [t_i...]}`` once
+all n messages of that tag are visible (monotonic times each became visible through
+``on_message``); ``{"cmd": "count"}`` -> ``{"messages"}``; ``{"cmd": "rss"}`` -> ``{"rss_kib"}``;
+``{"cmd": "quit"}``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+import time
+from typing import Any
+
+SECRET = "bench-secret"
+
+
+def rss_kib() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+async def main() -> None:
+    from lama.app import App, AppConfig
+
+    d, url, mode = sys.argv[1], sys.argv[2], sys.argv[3]
+    cfg = AppConfig(comm_server_url=url)
+    if mode == "create":
+        app = await App.create(d, email=sys.argv[4], name=sys.argv[5], secret=SECRET,
+                               instance_name=sys.argv[5].lower(), config=cfg)
+    else:
+        app = await App.open(d, SECRET, config=cfg)
+    seen: dict[str, dict[int, float]] = {}
+    arrived = asyncio.Event()
+
+    def on_message(m: Any) -> None:
+        now = time.monotonic()
+        tag, _, i = str(m.text).rpartition(" ")
+        if str(m.sender) != app.person_id and i.isdigit():
+            seen.setdefault(tag, {}).setdefault(int(i), now)
+            arrived.set()
+
+    app.on_message(on_message)
+    await app.start()
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    contact: Any = None
+
+    def out(**kw: Any) -> None:
+        sys.stdout.write(json.dumps(kw) + "\n")
+        sys.stdout.flush()
+
+    out(ready=True, rss_kib=rss_kib())
+    try:
+        while True:
+            line = await reader.readline()
+            if not line:
+                break
+            cmd = json.loads(line)
+            c = cmd["cmd"]
+            if c == "invite":
+                out(link=await app.invite())
+            elif c == "accept":
+                contact = await app.accept(cmd["link"])
+                out(contact=str(contact.person_id))
+            elif c == "wait_contact":
+                contact = await app.wait_contact(120)
+                out(contact=str(contact.person_id))
+            elif c == "synced":
+                if contact is None:
+                    contact = app.contacts()[0]
+                pid = str(contact.person_id)
+                while True:
+                    peers = app.status()["peers"]
+                    if any(p["person_id"] == pid and p["connected"] and p["last_sync"]
+                           for p in peers):
+                        break
+                    await asyncio.sleep(0.01)
+                out(ok=True)
+            elif c == "send":
+                if contact is None:
+                    contact = app.contacts()[0]
+                sent = []
+                if cmd.get("gap"):
+                    for i in range(cmd["n"]):
+                        sent.append(time.monotonic())
+                        await app.send(contact, f"{cmd['tag']} {i}")
+                        await asyncio.sleep(cmd["gap"])
+                else:
+                    # as fast as it goes: every send at once (App.send's group commit)
+                    t0 = time.monotonic()
+                    await app.send_many(contact, [f"{cmd['tag']} {i}" for i in range(cmd["n"])])
+                    sent = [t0] * cmd["n"]
+                out(sent=sent, done=time.monotonic())
+            elif c == "expect":
+                tag, n = cmd["tag"], cmd["n"]
+                while len(seen.get(tag, {})) < n:
+                    arrived.clear()
+                    await arrived.wait()
+                got = seen[tag]
+                out(seen=[got[i] for i in range(n)])
+            elif c == "fill":
+                # n messages from me into the conversation, straight into the store (batches
+                # of Chat.send_many, one transaction each): an instance holding many messages
+                if contact is None:
+                    contact = app.contacts()[0]
+                t0 = time.monotonic()
+                for start in range(0, cmd["n"], 1000):
+                    texts = [f"fill {i}" for i in range(start, min(cmd["n"], start + 1000))]
+                    await asyncio.to_thread(app.chat.send_many, contact.topic_id, texts)
+                out(seconds=time.monotonic() - t0, rss_kib=rss_kib())
+            elif c == "recent":
+                if contact is None:
+                    contact = app.contacts()[0]
+                ms = [m async for m in app.messages(contact, last=cmd.get("n", 50))]
+                out(messages=len(ms), rss_kib=rss_kib())
+            elif c == "count":
+                if contact is None:
+                    contact = app.contacts()[0]
+                out(messages=len(app.history(contact)))
+            elif c == "rss":
+                out(rss_kib=rss_kib())
+            elif c == "quit":
+                break
+    finally:
+        await app.close()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
+    os._exit(0)

@@ -1,0 +1,502 @@
+"""The asyncio facade: an app or a bot in a few lines (issue 10).
+
+::
+
+    from lama import App
+
+    async with await App.open("/tmp/alice", secret) as app:     # or App.create(...)
+        link = await app.invite()                               # give it to the peer ...
+        bob = await app.wait_contact()                          # ... who calls accept(link)
+        await app.send(bob, "hi", attachments=["photo.jpg"])
+        async for message in app.messages(bob, follow=True):    # history, then live
+            print(message.sender_name, message.text)
+
+``App`` joins the three layers an application needs: the instance (identity, keys, store), the
+connection manager (:mod:`lama.connect.manager`: comm-server listener, one CHUM connection per
+contact, reconnects) and the chat layer (:mod:`lama.chat`: contacts, 1-to-1 topics, messages,
+attachments). It makes sure that
+
+* both sides create the contact and its 1-to-1 topic (with its grants, app-layer.md §5.2 and
+  §5.6 B1/B9) after a pairing, whichever side invited: the pairing-success event of the manager
+  calls the chat layer's on-paired hook, and at start the hook runs again for every known
+  endpoint (idempotent), so a pairing that finished while the app was stopping is not lost;
+* removing a contact also stops its connections (the manager disables the person);
+* ``messages(contact, follow=True)`` yields the stored history oldest first and then every new
+  message exactly once (keyed by the CreationTime hash, app-layer.md §5.6 B10), whether it was
+  posted here or arrived by CHUM.
+
+Everything that touches LMDB or scrypt runs in a worker thread or is short; the event loop is
+never blocked for long.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, AsyncGenerator, Callable, Sequence
+
+from lama.errors import InvalidArgumentError, NotFoundError
+
+log = logging.getLogger("lama.app")
+
+__all__ = ["App", "AppConfig"]
+
+DEFAULT_COMM_SERVER = "ws://localhost:8000"
+
+
+@dataclass
+class AppConfig:
+    """What :class:`App` passes to the connection manager, plus the app's own knobs. Times in
+    seconds."""
+
+    comm_server_url: str | None = DEFAULT_COMM_SERVER
+    direct_host: str | None = None     # optional direct WebSocket listener
+    direct_port: int | None = None
+    pairing_token_lifetime: float = 15 * 60.0
+    # lama's defaults reconnect faster than the manager's general-purpose ones: a chat app
+    # wants its contact back within a second of the network coming back
+    retry_delay: float = 0.2
+    retry_max_delay: float = 5.0
+    reconnect_delay: float = 0.1
+    refused_retry_delay: float = 0.1
+    listener_reconnect_delay: float = 0.5
+    discovery_interval: float = 0.5
+    sync_interval: float = 1.0
+    manager_options: dict[str, Any] = field(default_factory=dict)  # any other ManagerConfig field
+
+    def manager_config(self) -> Any:
+        from lama.connect.manager import ManagerConfig
+
+        return ManagerConfig(
+            comm_server_url=self.comm_server_url, direct_host=self.direct_host,
+            direct_port=self.direct_port, pairing_token_lifetime=self.pairing_token_lifetime,
+            retry_delay=self.retry_delay, retry_max_delay=self.retry_max_delay,
+            reconnect_delay=self.reconnect_delay, refused_retry_delay=self.refused_retry_delay,
+            listener_reconnect_delay=self.listener_reconnect_delay,
+            discovery_interval=self.discovery_interval, sync_interval=self.sync_interval,
+            **self.manager_options)
+
+
+class App:
+    """One running lama instance for an application (see the module doc). Create it with
+    :meth:`open` or :meth:`create`; ``async with`` starts and closes it."""
+
+    def __init__(self, instance: Any, config: AppConfig | None = None) -> None:
+        from lama.chat import Chat
+        from lama.connect.manager import ConnectionManager
+
+        self.instance = instance
+        self.config = config or AppConfig()
+        self.chat = Chat(instance)
+        self.manager = ConnectionManager(instance, self.config.manager_config())
+        self._callbacks: list[Callable[[Any], Any]] = []
+        self._followers: list[asyncio.Queue[Any]] = []
+        self._batches: dict[str, list[tuple[str, asyncio.Future[Any]]]] = {}
+        self._flushing: set[str] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._pairing_log: list[dict[str, Any]] = []
+        self._pairing_changed = asyncio.Event()
+        self._unsubscribe: list[Callable[[], Any]] = []
+        self._started = False
+        self._closed = False
+        self.started_at: float | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    @classmethod
+    async def open(cls, directory: str | os.PathLike[str], secret: str, *,
+                   email: str | None = None, instance_name: str | None = None,
+                   config: AppConfig | None = None,
+                   comm_server: str | None = None) -> App:
+        """Open an existing instance (``directory``: the instance or its base directory)."""
+        from lama.identity.instance import Instance
+
+        inst = await Instance.open_async(directory, secret, email=email,
+                                         instance_name=instance_name)
+        return cls._wrap(inst, config, comm_server)
+
+    @classmethod
+    async def create(cls, directory: str | os.PathLike[str], *, email: str, secret: str,
+                     name: str | None = None, instance_name: str = "lama",
+                     config: AppConfig | None = None, comm_server: str | None = None) -> App:
+        """Create a new instance in ``directory/<instanceIdHash>/`` and open it."""
+        from lama.identity.instance import Instance
+
+        inst = await Instance.create_async(directory, email=email, person_name=name,
+                                           instance_name=instance_name, secret=secret)
+        return cls._wrap(inst, config, comm_server)
+
+    @classmethod
+    def _wrap(cls, inst: Any, config: AppConfig | None, comm_server: str | None) -> App:
+        config = config or AppConfig()
+        if comm_server is not None:
+            config.comm_server_url = comm_server
+        try:
+            return cls(inst, config)
+        except BaseException:
+            inst.close()
+            raise
+
+    async def start(self, *, online_timeout: float = 10.0) -> None:
+        """Start the chat layer's events and the connection manager (listener, one CHUM
+        connection per contact); waits up to ``online_timeout`` s for the comm-server
+        registration (it goes on in the background if that is not enough)."""
+        if self._started:
+            return
+        self._started = True
+        self.started_at = time.time()
+        self._unsubscribe.append(self.chat.subscribe(self._on_chat_event))
+        self._unsubscribe.append(self.manager.subscribe(self._on_manager_event))
+        await self.manager.start()
+        # contacts for pairings recorded before (idempotent: nothing is written twice): one
+        # that finished while the previous run was stopping, or made by `lama invite/accept`
+        # without the chat layer. A removed contact stays removed, and its connections stay
+        # stopped (docs/chat.md §2).
+        known = {str(c.person_id) for c in self.contacts()}
+        for person in {ep.person_id for ep in self.manager.known_endpoints()} - known:
+            if person == self.person_id:
+                continue
+            if self._was_removed(person):
+                await self.manager.disable_person(person)
+            else:
+                self._paired(person)
+        if online_timeout > 0:
+            await self.manager.wait_online(online_timeout)
+
+    async def close(self) -> None:
+        """Close the connections (with a reason), then the instance. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._tasks:  # posts queued for a group commit are committed first
+            await asyncio.wait(list(self._tasks), timeout=60)
+        with contextlib.suppress(Exception):
+            await self.manager.close()
+        for unsubscribe in self._unsubscribe:
+            with contextlib.suppress(Exception):
+                unsubscribe()
+        for q in self._followers:
+            q.put_nowait(None)
+        with contextlib.suppress(Exception):
+            await asyncio.to_thread(self.chat.close)  # joins the chat event thread
+        await self.instance.close_async()
+
+    async def __aenter__(self) -> App:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # ------------------------------------------------------------------ identity
+
+    @property
+    def person_id(self) -> str:
+        return str(self.instance.person_id)
+
+    @property
+    def instance_dir(self) -> Path:
+        return Path(self.instance.path)
+
+    # ------------------------------------------------------------------ pairing
+
+    async def invite(self, lifetime: float | None = None) -> str:
+        """A new invitation link (one-time token; valid ``lifetime`` s, default the config's)
+        for the peer's :meth:`accept`. :meth:`wait_contact` returns the contact it creates."""
+        await self.manager.wait_online(10.0)
+        inv = self.manager.create_invitation(lifetime)
+        return str(inv.to_link())
+
+    def invitation(self, lifetime: float | None = None) -> Any:
+        """The :class:`lama.connect.pairing.Invitation` itself (``to_link()``, ``qr_text()``,
+        ``qr_png()``)."""
+        return self.manager.create_invitation(lifetime)
+
+    async def accept(self, link: str) -> Any:
+        """Pair using an invitation link of the peer; returns the new contact (created on both
+        sides)."""
+        outcome = await self.manager.accept_invitation(link)
+        return self._paired(outcome.remote_person)
+
+    async def wait_contact(self, timeout: float | None = None, *,
+                           invitation: Any = None) -> Any:
+        """The contact of a pairing: the one that used ``invitation`` (a link, an
+        :class:`~lama.connect.pairing.Invitation` or its token) if given, else the first
+        pairing initiated by a peer that no earlier ``wait_contact`` returned. A pairing that
+        finished before this call counts (no race between ``invite`` and this).
+        ``asyncio.TimeoutError`` after ``timeout`` s."""
+        token: str | None = None
+        if invitation is not None:
+            token = invitation if isinstance(invitation, str) and "#" not in invitation \
+                and not invitation.lstrip().startswith("{") else None
+            if token is None:
+                from lama.connect import pairing
+
+                token = pairing.parse_invitation(invitation).token
+
+        def find() -> dict[str, Any] | None:
+            for p in self._pairing_log:
+                if token is not None and p["token"] == token:
+                    return p
+                if token is None and not p["initiated_locally"] and not p["returned"]:
+                    return p
+            return None
+
+        async def wait() -> dict[str, Any]:
+            while True:
+                p = find()
+                if p is not None:
+                    return p
+                self._pairing_changed.clear()
+                await self._pairing_changed.wait()
+
+        p = await asyncio.wait_for(wait(), timeout)
+        p["returned"] = True
+        return self._paired(p["remote_person"])
+
+    def _paired(self, person_id: str) -> Any:
+        # the chat layer's on-paired hook: contact (Someone, Profile, trust) and the 1-to-1
+        # topic with its grants, exactly once however often it runs (app-layer.md §5.2, B9);
+        # None for a second device of my own person (no contact of its own, docs/chat.md §2)
+        try:
+            return self.chat.on_paired(person_id)
+        except NotFoundError as e:
+            if e.code != "LAMA-CHAT-UNPAIRED":
+                raise
+            log.warning("no contact for %s: %s", person_id, e)
+            return None
+
+    def _was_removed(self, person_id: str) -> bool:
+        """Whether ``person_id`` was a contact once and was removed: its Someone (id a pure
+        function of the person id, docs/chat.md §2) exists but is not in Leute.other."""
+        from lama._core import core
+
+        someone = core.id_hash({"$type$": "Someone", "someoneId": f"someone-for-{person_id}"})
+        return self.instance.store.get_head(someone) is not None
+
+    def _on_manager_event(self, kind: str, data: dict[str, Any]) -> None:
+        if kind == "pairing_success":
+            self._paired(str(data["remote_person"]))
+            self._pairing_log.append({"token": data.get("token"), "returned": False,
+                                      "remote_person": str(data["remote_person"]),
+                                      "initiated_locally": bool(data.get("initiated_locally"))})
+            self._pairing_changed.set()
+
+    # ------------------------------------------------------------------ contacts
+
+    def contacts(self) -> list[Any]:
+        """The contacts (one per remote person), sorted by name."""
+        return list(self.chat.contacts())
+
+    def contact(self, who: Any) -> Any:
+        """A contact by person id (or a unique prefix of at least 8 hex digits), email or
+        name; a contact object is returned as is. ``NotFoundError`` (``LAMA-CONTACT``) if none
+        or several match."""
+        if not isinstance(who, str):
+            return who
+        found = []
+        for c in self.contacts():
+            pid = str(c.person_id)
+            if who == pid or (len(who) >= 8 and pid.startswith(who.lower())):
+                found.append(c)
+            elif who in (c.email, c.name):
+                found.append(c)
+        if len(found) != 1:
+            raise NotFoundError(
+                f"{'no' if not found else str(len(found))} contacts match {who!r}",
+                code="LAMA-CONTACT")
+        return found[0]
+
+    async def remove_contact(self, who: Any) -> None:
+        """Remove a contact: the chat layer drops it (and its grants), and its connections
+        stop now and stay stopped (the manager disables the person)."""
+        c = self.contact(who)
+        await self.manager.disable_person(str(c.person_id))
+        await asyncio.to_thread(self.chat.remove_contact, str(c.person_id))
+
+    # ------------------------------------------------------------------ messages
+
+    async def send(self, who: Any, text: str, *,
+                   attachments: Sequence[str | os.PathLike[str]] = ()) -> Any:
+        """Post ``text`` (and the files ``attachments``, streamed into BLOBs with their
+        descriptors) to the 1-to-1 topic with ``who`` (a contact) or to a topic; returns the
+        stored message. The peer gets it over the live CHUM connection at once, or when it is
+        next connected.
+
+        Group commit: a durable commit costs an fsync, so texts sent to one topic while the
+        previous commit is still running are posted together, in call order, in one
+        transaction (``Chat.send_many``: one ChannelInfo version for the batch). A lone send
+        waits for nothing; many concurrent sends (a bot, ``asyncio.gather``) cost one fsync
+        per batch instead of one per message. If a batch fails, its messages are posted one
+        by one, so only a bad one fails."""
+        target = self._topic_id(who)
+        if not isinstance(text, str):
+            raise InvalidArgumentError("LAMA-CHAT-TEXT: text must be a str")
+        if attachments:
+            paths = [os.fspath(p) for p in attachments]
+            return await asyncio.to_thread(self.chat.send, target, text, paths)
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._batches.setdefault(target, []).append((text, fut))
+        if target not in self._flushing:
+            self._flushing.add(target)
+            task = asyncio.ensure_future(self._flush(target))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        return await fut
+
+    async def send_many(self, who: Any, texts: Sequence[str]) -> list[Any]:
+        """Post several texts in order (batched like concurrent :meth:`send` calls)."""
+        return list(await asyncio.gather(*(self.send(who, t) for t in texts)))
+
+    async def _flush(self, target: str) -> None:
+        try:
+            while self._batches.get(target):
+                batch = self._batches.pop(target)
+                try:
+                    msgs = await asyncio.to_thread(self.chat.send_many, target,
+                                                   [t for t, _ in batch])
+                except Exception:
+                    for text, f in batch:
+                        try:
+                            m = await asyncio.to_thread(self.chat.send, target, text)
+                        except Exception as e:
+                            if not f.done():
+                                f.set_exception(e)
+                        else:
+                            if not f.done():
+                                f.set_result(m)
+                    continue
+                for (_, f), m in zip(batch, msgs):
+                    if not f.done():
+                        f.set_result(m)
+        finally:
+            self._flushing.discard(target)
+
+    def _topic_id(self, who: Any) -> str:
+        """The topic id of a contact (its 1-to-1 topic) or of a topic (a Topic or its id):
+        a second device of mine has no contact for a conversation it received from my first
+        device, only the topic (docs/chat.md §2, §3)."""
+        if hasattr(who, "topic_id") and hasattr(who, "person_id"):
+            return str(who.topic_id)
+        if hasattr(who, "channel") and hasattr(who, "id"):
+            return str(who.id)
+        try:
+            return str(self.contact(who).topic_id)
+        except NotFoundError:
+            if isinstance(who, str):
+                with contextlib.suppress(NotFoundError):
+                    return str(self.chat.topic(who).id)
+            raise
+
+    def history(self, who: Any) -> list[Any]:
+        """The conversation with a contact (or in a topic), oldest first, every author and
+        device merged."""
+        return list(self.chat.history(self._topic_id(who)))
+
+    async def messages(self, who: Any, *, follow: bool = False,
+                       last: int | None = None) -> AsyncGenerator[Any, None]:
+        """The messages with a contact (or in a topic) oldest first (only the ``last`` newest
+        if given); with ``follow`` then every new one as it becomes visible, each exactly once,
+        until the app closes or the iteration is stopped."""
+        topic = self._topic_id(who)
+        q: asyncio.Queue[Any] = asyncio.Queue()
+        if follow:
+            self._followers.append(q)  # before reading the history: nothing falls in between
+        try:
+            seen: set[str] = set()
+            if last is None:
+                past = list(self.chat.history(topic))
+            else:  # the newest `last`, read lazily from the head (not the whole history)
+                past = list(reversed(list(self.chat.messages(topic, limit=last)))) \
+                    if last > 0 else []
+            for m in past:
+                seen.add(str(m.id))
+                yield m
+            if not follow:
+                return
+            while True:
+                item = await q.get()
+                if item is None:
+                    return
+                if str(item.topic_id) != topic or str(item.id) in seen:
+                    continue
+                seen.add(str(item.id))
+                yield item
+        finally:
+            if q in self._followers:
+                self._followers.remove(q)
+
+    def on_message(self, callback: Callable[[Any], Any]) -> Callable[[], None]:
+        """Call ``callback(message)`` (a function or a coroutine function) for every new
+        message, posted here or received; returns an unsubscribe function."""
+        self._callbacks.append(callback)
+        return lambda: self._callbacks.remove(callback) if callback in self._callbacks else None
+
+    def _on_chat_event(self, kind: str, data: dict[str, Any]) -> None:
+        if kind != "message":
+            return
+        m = data["message"]
+        for q in list(self._followers):
+            q.put_nowait(m)
+        for cb in list(self._callbacks):
+            try:
+                r = cb(m)
+                if asyncio.iscoroutine(r):
+                    asyncio.ensure_future(r)
+            except Exception:  # an app's callback bug must not stop the others
+                log.exception("on_message callback failed")
+
+    async def save_attachment(self, message_id: str, index: int, path: str) -> dict[str, Any]:
+        """Write attachment ``index`` of the message ``message_id`` to ``path`` (streamed from
+        the store); returns ``{"path", "size", "sha256", "name"}``."""
+        return dict(await asyncio.to_thread(self.chat.save_attachment, message_id, index, path))
+
+    # ------------------------------------------------------------------ status
+
+    def status(self) -> dict[str, Any]:
+        """Identity, online state, connections and health (per contact: connected, since,
+        latency, last sync, reconnect attempts, last error) - what ``lama status`` prints."""
+        health = self.manager.connection_health()
+        names = {str(c.person_id): getattr(c, "name", None) for c in self.contacts()}
+        peers = []
+        for key, p in health["peers"].items():
+            peers.append({"person_id": p["person_id"], "name": names.get(p["person_id"]),
+                          "instance_id": p["instance_id"], "key": key,
+                          "connected": p["connected"], "since": p["since"],
+                          "latency": p["latency"], "last_sync": p["last_sync"],
+                          "last_message": p["last_message"],
+                          "reconnect_attempts": p["reconnect_attempts"],
+                          "last_error": p["last_error"], "enabled": p["enabled"]})
+        return {"person_id": self.person_id, "instance_id": str(self.instance.instance_id),
+                "email": self.instance.email, "name": self.instance.person_name,
+                "instance_name": self.instance.instance_name,
+                "comm_server": self.config.comm_server_url, "online": health["online"],
+                "status": health["status"], "total": health["total"], "active": health["active"],
+                "average_latency": health["average_latency"], "last_sync": health["last_sync"],
+                "started_at": self.started_at, "contacts": len(names), "peers": peers}
+
+    # ------------------------------------------------------------------ plain data
+
+    @staticmethod
+    def contact_dict(c: Any) -> dict[str, Any] | None:
+        """A contact as JSON-able data (the control channel, ``--json``); None for None (a
+        pairing with a device of my own person)."""
+        if c is None:
+            return None
+        return {"person_id": str(c.person_id), "name": c.name, "email": c.email,
+                "topic_id": c.topic_id, "instances": list(c.instances)}
+
+    @staticmethod
+    def message_dict(m: Any) -> dict[str, Any]:
+        """A message as JSON-able data."""
+        return {"id": m.id, "topic_id": m.topic_id, "peer": m.peer, "sender": m.sender,
+                "sender_name": m.sender_name, "outgoing": m.outgoing, "text": m.text,
+                "timestamp": m.timestamp,
+                "attachments": [{"name": a.name, "size": a.size, "hash": a.hash,
+                                 "mime": a.mime, "available": a.available}
+                                for a in m.attachments]}
