@@ -6,7 +6,9 @@ sans-I/O pump (docs/chum-session.md §2), as tests/test_chum_sync.py does."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
+
+import pytest
 
 from chum_pump import Pump
 from lama._core import core
@@ -16,6 +18,18 @@ from lama.connect import pairing
 from lama.identity.instance import Instance
 
 URL = "ws://127.0.0.1:1"
+
+
+@pytest.fixture
+def two(tmp_path: Path) -> Iterator[tuple[Chat, Chat]]:
+    """Alice's and Bob's chat layers on fresh instances, paired (events off); closed after."""
+    a, b = make(tmp_path, "alice"), make(tmp_path, "bob")
+    ca, cb = Chat(a, events=False), Chat(b, events=False)
+    pair(ca, cb)
+    yield ca, cb
+    for c in (ca, cb):
+        c.close()
+        c.instance.close()
 
 
 def make(tmp: Path, name: str, email: str | None = None) -> Instance:

@@ -11,20 +11,9 @@ from typing import Any
 
 import pytest
 
-from chat_util import make, pair, sync, texts
+from chat_util import make, sync, texts, two  # noqa: F401 (two: a fixture)
 from lama.chat import MAX_TEXT, Chat
 from lama.errors import InvalidArgumentError, LamaError, MissingFileError, NotFoundError
-
-
-@pytest.fixture
-def two(tmp_path: Path) -> Any:
-    a, b = make(tmp_path, "alice"), make(tmp_path, "bob")
-    ca, cb = Chat(a, events=False), Chat(b, events=False)
-    pair(ca, cb)
-    yield ca, cb
-    for c in (ca, cb):
-        c.close()
-        c.instance.close()
 
 
 def data(n: int, seed: bytes = b"x") -> bytes:

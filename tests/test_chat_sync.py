@@ -11,22 +11,11 @@ from typing import Any
 
 import pytest
 
-from chat_util import keys, make, pair, store_pairing, sync, texts
+from chat_util import keys, make, pair, store_pairing, sync, texts, two  # noqa: F401 (two: a fixture)
 from lama import access
 from lama._core import core
 from lama.chat import Chat, one_to_one_id
 from lama.objects import versions
-
-
-@pytest.fixture
-def two(tmp_path: Path) -> Any:
-    a, b = make(tmp_path, "alice"), make(tmp_path, "bob")
-    ca, cb = Chat(a, events=False), Chat(b, events=False)
-    pair(ca, cb)
-    yield ca, cb
-    for c in (ca, cb):
-        c.close()
-        c.instance.close()
 
 
 def test_topic_and_channel_are_the_reference_ones(two: Any) -> None:

@@ -943,7 +943,13 @@ class Chat:
         """A channel whose head is a local merge (of an imported version with ours) gets a
         change node with the same data on top: merge nodes are not exported (objects.md §6.2
         item 3, docs/chum-session.md §1), so without it a third replica - my other device -
-        would only ever receive one of the merged branches."""
+        would only ever receive one of the merged branches.
+
+        The change node is a function of the merge node alone (its data, depth + 1, and its
+        creationTime): every peer that merged the same two branches computes the same merge
+        (lama.objects.versions: the merge does not depend on which head is local) and so the
+        same change node, and nothing moves between them afterwards.  A local timestamp here
+        gave each peer its own node, which the other then imported and merged again."""
         node = versions.head_node(self.store, cid)
         if node is None or node.kind != "merge":
             return
@@ -951,7 +957,7 @@ class Chat:
             versions.update_versioned(
                 self.store, cid,
                 lambda cur: ({k: v for k, v in (cur or {}).items() if k != "$versionHash$"}, []),
-                force=True)
+                force=True, timestamp_ms=node.creation_time)
         except LamaError as e:
             log.warning("channel %s: cannot republish the merged version: %s", cid, e)
 
