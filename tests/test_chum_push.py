@@ -70,3 +70,31 @@ def test_notify_during_a_pass_starts_another_pass(tmp_path: Path, extensions: bo
     assert a.verify() == [] and b.verify() == []
     a.close()
     b.close()
+
+
+def test_roots_granted_before_the_subscription_are_notified_at_once(tmp_path: Path) -> None:
+    """A grant written after the exporter answered the roots request but before the
+    importer's SUBSCRIBE (103) arrived raised its store event while nobody had subscribed: the
+    exporter checks once when it accepts the subscription, so the new root is pushed at once
+    instead of waiting for the importer's next poll (found by the chat benchmark: a message
+    posted right after a connection came up waited about 10 s)."""
+    register_recipes()
+    a = core.Store(str(tmp_path / "a"))
+    pa, pb = person_id(a, "alice@a.example"), person_id(a, "bob@b.example")
+    chat = Chat(a, pa, pb)
+    chat.share([pa, pb])
+    session = core.ChumSession(a, pa, pb, importer=False)
+    session.start(0.0)
+    session.receive_text(json.dumps({"requestId": 0, "type": "request", "serviceId": 2, "args": []}), 0.0)
+    roots = json.loads(json.loads(session.poll_transmit()[0])["data"])
+    later = Chat(a, pa, pb, topic="later")
+    later.share([pa, pb])  # no store_changed: the driver's call came before the subscription
+    session.receive_text(json.dumps({"requestId": 1, "type": "request", "serviceId": 103,
+                                     "args": [{"roots": True}]}), 0.0)
+    out = [json.loads(f) for f in session.poll_transmit()]
+    assert out[0]["responseId"] == 1 and out[0]["type"] != "error"
+    notify = [m for m in out if m.get("type") == "request" and m.get("serviceId") == 104]
+    assert len(notify) == 1
+    pushed = {r.get("hash") or r.get("idHash") or r.get("node") for r in notify[0]["args"][0]["roots"]}
+    assert later.topic in pushed and not pushed & {r.get("hash") for r in roots}
+    a.close()

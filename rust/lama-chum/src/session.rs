@@ -7,7 +7,7 @@ use std::time::Instant;
 use lama_core::store::{BlobWriter, Store};
 use serde_json::Value;
 
-use crate::exporter::{Exporter, OutStream, NEW_ACCESSIBLE_ROOT_EVENT, NOTIFY, SERVICES};
+use crate::exporter::{Exporter, OutStream, NEW_ACCESSIBLE_ROOT_EVENT, NOTIFY, SERVICES, SUBSCRIBE};
 use crate::importer::{Importer, Outcome, Req, Step, TIMEOUT};
 use crate::rpc::{self, Incoming};
 use crate::{ChumLog, Config, Event, Message, Stats};
@@ -188,7 +188,7 @@ impl Session {
         match m {
             Incoming::Request { id, service, args } => {
                 self.cx.stats.requests_received += 1;
-                self.serve(id, service, args);
+                self.serve(id, service, args, now);
                 if std::mem::take(&mut self.wake) {
                     self.sleep_until = None;
                     self.advance(Vec::new(), now);
@@ -344,7 +344,7 @@ impl Session {
         }
     }
 
-    fn serve(&mut self, id: u64, service: Value, args: Vec<rpc::Data>) {
+    fn serve(&mut self, id: u64, service: Value, args: Vec<rpc::Data>, now: Instant) {
         let sid = service.as_u64().filter(|s| *s <= u32::MAX as u64).map(|s| s as u32);
         if let Some(s) = sid {
             if SERVICES.contains(&s) && !self.exporter_done {
@@ -366,6 +366,11 @@ impl Session {
                         if e.fatal {
                             self.cx.error(&e.code, &e.message, false);
                         }
+                    } else if s == SUBSCRIBE {
+                        // roots that became accessible between the roots answer and the
+                        // subscription raised their store event while nobody had subscribed:
+                        // check once now, or they would wait for the importer's next poll
+                        self.store_changed(now);
                     }
                     return;
                 }

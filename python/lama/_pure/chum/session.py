@@ -13,7 +13,7 @@ from typing import Any, Generator
 
 from ...errors import HashMismatchError, InvalidArgumentError, LamaError
 from . import rpc
-from .exporter import EXPORTER_SERVICES, NEW_ACCESSIBLE_ROOT_EVENT, NOTIFY, Exporter
+from .exporter import EXPORTER_SERVICES, NEW_ACCESSIBLE_ROOT_EVENT, NOTIFY, SUBSCRIBE, Exporter
 from .importer import Call, Calls, Fatal, Importer, Outcome, Req, Sleep
 
 _HASH = re.compile(r"^[0-9a-f]{64}$")
@@ -334,6 +334,11 @@ class ChumSession:
                 self._emit_frame(f)
             if self._exporter.done:
                 self._exporter_done = True
+            elif service == SUBSCRIBE and self._exporter.subscribed:
+                # roots that became accessible between the roots answer and the subscription
+                # raised their store event while nobody had subscribed: check once now, or
+                # they would wait for the importer's next poll
+                self.store_changed(self._now)
         elif service == NEW_ACCESSIBLE_ROOT_EVENT and self._imp is not None and not self._importer_done:
             self._emit_frame(rpc.data_response(rid, rpc.UNDEF))  # chum.md §4.8: only logged
         elif service == NOTIFY and self._imp is not None and not self._importer_done:
