@@ -22,7 +22,6 @@ Shared semantics (both cores):
 
 from __future__ import annotations
 
-import abc
 import asyncio
 import collections
 import socket
@@ -103,27 +102,27 @@ def _size_error(n: int, max_message: int) -> TransportError:
     return TransportError(f"message of {n} bytes exceeds the limit of {max_message} bytes", "LAMA-NET-SIZE")
 
 
-class Transport(abc.ABC):
+class Transport:
     """Ordered text (``str``) and binary (``bytes``) messages; closes with a reason.
 
     Made by :func:`memory_pair`, :func:`ws_connect` and :meth:`Listener.accept` only."""
 
-    @abc.abstractmethod
     async def send(self, msg: str | bytes) -> None:
         """Send one message, waiting while the peer's buffer is full."""
+        raise NotImplementedError
 
-    @abc.abstractmethod
     async def recv(self) -> str | bytes | None:
         """The next message, or ``None`` once closed."""
+        raise NotImplementedError
 
-    @abc.abstractmethod
     async def close(self, reason: str = "") -> None:
         """Close with ``reason`` (idempotent)."""
+        raise NotImplementedError
 
     @property
-    @abc.abstractmethod
     def close_reason(self) -> str | None:
         """The close reason once closed (by either side), else ``None``."""
+        raise NotImplementedError
 
 
 # -- in-memory pair --------------------------------------------------------------------------
