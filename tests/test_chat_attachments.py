@@ -11,26 +11,18 @@ from typing import Any
 
 import pytest
 
+from chum_graph import deterministic_bytes
 from chat_util import make, sync, texts, two  # noqa: F401 (two: a fixture)
 from lama.chat import MAX_TEXT, Chat
 from lama.errors import InvalidArgumentError, LamaError, MissingFileError, NotFoundError
 
 
-def data(n: int, seed: bytes = b"x") -> bytes:
-    out = bytearray()
-    i = 0
-    while len(out) < n:
-        out += hashlib.sha256(seed + i.to_bytes(8, "big")).digest()
-        i += 1
-    return bytes(out[:n])
-
-
 def test_attachment_arrives_and_verifies(two: Any, tmp_path: Path) -> None:
     ca, cb = two
     photo = tmp_path / "photo.jpg"
-    photo.write_bytes(data(3 * 1024 * 1024 + 17))  # several 1 MiB chunks and a remainder
+    photo.write_bytes(deterministic_bytes(3 * 1024 * 1024 + 17, b"x"))  # several 1 MiB chunks and a remainder
     thumb = tmp_path / "photo-thumb.png"
-    thumb.write_bytes(data(2000, b"t"))
+    thumb.write_bytes(deterministic_bytes(2000, b"t"))
     m = ca.send(cb.me, "a photo", [photo], thumbnails=[thumb])
     [att] = m.attachments
     assert att.name == "photo.jpg" and att.mime == "image/jpeg" and att.size == photo.stat().st_size
