@@ -27,6 +27,7 @@ _PAGE = r"""<!doctype html>
 <meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <meta name="referrer" content="no-referrer">
+<link rel="icon" href="data:,">
 <title>lama diagnostics</title>
 <style nonce="{{NONCE}}">
   body { font: 14px/1.4 "Liberation Sans", Arial, sans-serif; margin: 0; background: #f4f5f7;
@@ -49,7 +50,7 @@ _PAGE = r"""<!doctype html>
            vertical-align: top; }
   th { font-weight: 600; color: #555; font-size: 12px; }
   td.num { text-align: right; font-variant-numeric: tabular-nums; }
-  .mono { font-family: "Liberation Mono", monospace; font-size: 12px; }
+  .mono { font-family: "Liberation Mono", monospace; font-size: 12px; word-break: break-all; }
   .muted { color: #777; }
   .state-up { color: #1d8a55; font-weight: 600; } .state-down { color: #c0392b; font-weight: 600; }
   .status-delivered, .status-received { color: #1d8a55; }
