@@ -342,3 +342,42 @@ def test_cli_comm_server_metrics() -> None:
         out, err = p.communicate(timeout=60)
     assert p.returncode == 0, err
     assert "handovers 0" in out
+
+
+def test_cli_serve_http(tmp_path: Path) -> None:
+    """``lama serve --http 127.0.0.1:0``: the link (with its token) in the ``http`` event and
+    in http.json; the page's data and /metrics through it; SIGTERM removes http.json."""
+    from test_pairing_e2e import Proc, comm_server, free_port, init
+
+    relay = comm_server(free_port())
+    info = init(tmp_path, "carol")
+    p = Proc([sys.executable, "-m", "lama.cli", "serve", "--dir", str(tmp_path / "carol"),
+              "--comm-server", relay_url(relay), "--json", "--http", "127.0.0.1:0"])
+    try:
+        ev = p.event("http", 60)
+        m = re.fullmatch(r"http://127\.0\.0\.1:(\d+)/\?token=([A-Za-z0-9_-]{32})", ev["http_link"])
+        assert m, ev
+        port, token = int(m.group(1)), m.group(2)
+        [d] = [x for x in (tmp_path / "carol").iterdir() if (x / "instance.json").is_file()]
+        assert json.loads((d / HTTP_FILE).read_text())["token"] == token
+
+        async def check() -> None:
+            assert (await get(port, "/api/state"))[0] == 401
+            status, _, body = await get(port, f"/api/state?token={token}")
+            assert status == 200
+            st = json.loads(body)
+            assert st["identity"]["person_id"] == info["person_id"]
+            assert st["contacts"] == [] and st["pid"] == p.p.pid
+            status, _, body = await get(port, "/metrics", {"Authorization": f"Bearer {token}"})
+            assert status == 200 and sample(parse(body.decode()), "lama_contacts") == 0
+        asyncio.run(check())
+        p.p.terminate()
+        assert p.p.wait(30) == 0
+        assert not (d / HTTP_FILE).exists()
+    finally:
+        p.stop()
+        relay.stop()
+
+
+def relay_url(relay: Any) -> str:
+    return relay.lines[0]

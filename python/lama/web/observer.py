@@ -345,7 +345,7 @@ class AppObserver:
             log_ = info.get("connectionStatisticsLog") or []
             cur = log_[-1] if info.get("isConnected") and log_ else {}
             key = info.get("remotePublicKey")
-            health = next((p for p in st["peers"] if p["key"] == key), {})
+            health: dict[str, Any] = next((p for p in st["peers"] if p["key"] == key), {})
             conns.append({
                 "person_id": info.get("remotePersonId"),
                 "name": names.get(str(info.get("remotePersonId"))),
