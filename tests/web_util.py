@@ -7,10 +7,8 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
-from lama import App, AppConfig
-from lama._core import core
-
-SECRET = "web-secret"
+from lama import App
+from test_app import two_apps
 
 
 async def get(port: int, path: str, headers: dict[str, str] | None = None, *,
@@ -45,16 +43,9 @@ async def until(pred: Any, timeout: float = 30.0, what: str = "condition") -> No
 
 
 async def paired_apps(tmp_path: Path) -> tuple[Any, App, App]:
-    """A comm server on 127.0.0.1 and two started apps (Alice, Bob) that paired through it and
-    have their CHUM connection up."""
-    server = await core.comm_server("127.0.0.1", 0)
-    cfg = lambda: AppConfig(comm_server_url=server.url)  # noqa: E731
-    alice = await App.create(tmp_path / "alice", email="alice@example.com", name="Alice",
-                             instance_name="laptop", secret=SECRET, config=cfg())
-    bob = await App.create(tmp_path / "bob", email="bob@example.com", name="Bob",
-                           instance_name="phone", secret=SECRET, config=cfg())
-    await alice.start()
-    await bob.start()
+    """test_app's comm server on 127.0.0.1 and two started apps (Alice, Bob), paired through it
+    and with their CHUM connection up."""
+    server, alice, bob = await two_apps(tmp_path)
     link = await alice.invite()
     await bob.accept(link)
     await alice.wait_contact(30)
