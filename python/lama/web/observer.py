@@ -14,6 +14,7 @@ import asyncio
 import collections
 import contextlib
 import logging
+import math
 import os
 import time
 from typing import Any, Callable
@@ -27,6 +28,7 @@ __all__ = ["AppObserver"]
 
 RECENT_EVENTS = 100
 RECENT_MESSAGES = 30
+SEEN_IDS = 10_000
 RATE_WINDOW = 10.0  # s: the sync rate is the objects received in the last RATE_WINDOW s
 
 
@@ -68,11 +70,14 @@ class AppObserver:
         self._sync: dict[str, _Sync] = {}          # person id (or instance key) -> progress
         self._counts: dict[str, dict[str, int]] = {}   # topic id -> sent/received this run
         self._history_len: dict[str, int] = {}     # topic id -> messages stored (cached)
-        self._seen_messages: set[str] = set()
+        # ids already counted (a message is reported once; bounded: the newest SEEN_IDS)
+        self._seen_messages: collections.OrderedDict[str, None] = collections.OrderedDict()
+        self._names: dict[str, str] = {}
+        self._names_read = -math.inf
         # bytes of connections: live ones read at scrape time, closed ones added up once
         self._conn_last: dict[Any, tuple[int, int]] = {}
         self._bytes_closed = [0, 0]
-        self._delivered: set[str] = set()
+        self._delivered: collections.OrderedDict[str, None] = collections.OrderedDict()
         r = self.registry
         self.m_events = r.counter("lama_events_total", "Events of the connection manager and "
                                   "the chat layer, by kind.", ["kind"])
@@ -186,7 +191,7 @@ class AppObserver:
         mid = str(m.id)
         if mid in self._seen_messages:
             return
-        self._seen_messages.add(mid)
+        _remember(self._seen_messages, mid)
         direction = "out" if m.outgoing else "in"
         self.m_events.inc(kind="message")
         self.m_messages.inc(direction=direction)
@@ -211,7 +216,7 @@ class AppObserver:
             d = t.to_dict() if hasattr(t, "to_dict") else dict(t)
             if d.get("direction") == "out" and d.get("status") == "delivered" \
                     and d["message_id"] not in self._delivered:
-                self._delivered.add(d["message_id"])
+                _remember(self._delivered, d["message_id"])
                 stored = [s["at"] for s in d.get("steps", []) if s.get("step") == "stored"]
                 if stored:
                     self.m_latency.observe(max(0.0, (max(stored) - d["created"]) / 1000.0),
@@ -230,12 +235,14 @@ class AppObserver:
             return []
 
     def _name(self, person: str | None) -> str | None:
+        """The contact name of ``person``, from a cache refreshed at most once a second on a
+        miss (the contact list is read from the store; events come at sync speed)."""
         if not person:
             return None
-        for c in self._contacts():
-            if str(c.person_id) == person:
-                return str(c.name)
-        return None
+        if person not in self._names and time.monotonic() - self._names_read > 1.0:
+            self._names = {str(c.person_id): str(c.name) for c in self._contacts()}
+            self._names_read = time.monotonic()
+        return self._names.get(person)
 
     def _live_conns(self) -> list[Any]:
         # the manager's set of the connections it holds (read only; conn §2.7 statistics)
@@ -394,6 +401,12 @@ class AppObserver:
     def metrics_text(self) -> str:
         """This app's families, then the process-wide ones (lama.metrics.REGISTRY)."""
         return metrics.render(self.registry, metrics.REGISTRY)
+
+
+def _remember(seen: collections.OrderedDict[str, None], key: str) -> None:
+    seen[key] = None
+    if len(seen) > SEEN_IDS:
+        seen.popitem(last=False)
 
 
 def _event_detail(kind: str, data: dict[str, Any]) -> str:
