@@ -28,13 +28,16 @@ CHROMIUM = os.environ.get("LAMA_CHROMIUM", "/usr/bin/chromium")
 CHROMEDRIVER = os.environ.get("LAMA_CHROMEDRIVER", "/usr/bin/chromedriver")
 
 
-def _browser(profile: Path) -> Any:
+def _require_browser() -> None:
     missing = [p for p in (CHROMIUM, CHROMEDRIVER) if not (os.path.isfile(p)
                                                            and os.access(p, os.X_OK))]
     if missing:
         pytest.fail(f"headless Chromium is needed for this test and {missing} is missing: run "
                     "./dev setup (installs Debian's chromium and chromium-driver with apt-get)",
                     pytrace=False)
+
+
+def _browser(profile: Path) -> Any:
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
@@ -64,6 +67,7 @@ return {version: document.body.dataset.version || null, live: t('live'), who: t(
 
 
 def test_page_shows_a_live_conversation_in_chromium(tmp_path: Path) -> None:
+    _require_browser()
     shot = tmp_path / "diagnostics-page.png"
 
     async def main() -> None:
