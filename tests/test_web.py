@@ -231,6 +231,31 @@ def test_diagnostics_endpoints_of_a_live_conversation(tmp_path: Path) -> None:
                     break
             assert ev["messages"][0]["text"] == "live update"
             w.close()
+
+            if st["tracing"]:
+                # a stalled delivery: Bob is gone; the page's trace names the failure point
+                await bob.close()
+                await until(lambda: not alice.manager.connected(bob.person_id), what="down")
+                m = await alice.send(bob.person_id, "while you were out")
+
+                async def trace_of(mid: str) -> dict[str, Any] | None:
+                    st = json.loads((await get(port, "/api/state", auth))[2])
+                    return next((t for t in st["traces"] if t["message_id"] == mid), None)
+
+                t = None
+                for _ in range(100):
+                    t = await trace_of(m.id)
+                    if t and t["failure"]:
+                        break
+                    await asyncio.sleep(0.1)
+                assert t and t["status"] != "delivered", t
+                assert t["failure"]["point"] == "peer_offline", t
+                assert t["failure"]["peer"] == bob.person_id
+                status, _, body = await get(port, "/api/traces?stalled=0&limit=5", auth)
+                assert status == 200 and m.id in {x["message_id"]
+                                                  for x in json.loads(body)["traces"]}
+            else:
+                assert (await get(port, "/api/traces", auth))[0] == 404
         finally:
             await diag.close()
             await alice.close()

@@ -121,6 +121,12 @@ def test_page_shows_a_live_conversation_in_chromium(tmp_path: Path) -> None:
                                and "message" in s["traces"][0]["data"], "the traces")
                 assert {r["data"]["message"] for r in s["traces"]} == \
                     {m.id for m in alice.history(bob.person_id)}
+                # Alice's message: confirmed stored by Bob's lama instance (receipt)
+                s = await page(lambda s: any(r["data"]["status"] == "delivered"
+                                             for r in s["traces"]), "the delivered trace")
+                [out] = [r for r in s["traces"] if r["cells"][1] == "out"]
+                assert out["cells"][2] == "Hello <b>Bob</b>, from Alice"
+                assert out["cells"][5].split(" → ")[-1] == "stored"
             else:
                 assert "not available" in s["tracesNote"]
 

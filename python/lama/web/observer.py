@@ -155,6 +155,10 @@ class AppObserver:
 
     def _on_manager_event(self, kind: str, data: dict[str, Any]) -> None:
         self.m_events.inc(kind=kind)
+        if kind.startswith("chum_"):
+            # a CHUM session's own events (receipts, exports: docs/tracing.md §4), one per
+            # pass: counted only; the page shows their effect through the traces
+            return
         now = time.time()
         if kind in ("connection_up", "connection_down"):
             self._sample_bytes()  # a connection that closes before the next scrape counts too
