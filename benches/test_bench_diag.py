@@ -57,3 +57,58 @@ def test_diagnostics_page_overhead(benchmark: Any, core_name: str, tmp_path: Pat
                     f"({thrb / thra:.2f}x) (best of 3 each, {n_lat} latency + {n_thr} messages)")
 
     benchmark.pedantic(run, rounds=1, iterations=1)
+
+
+def test_observer_costs(benchmark: Any, tmp_path: Path) -> None:
+    """In one process (the core of ``LAMA_CORE``): what the page's observer adds per message
+    (its ``on_message`` handler, against ``App.send`` of one message), and what one page update
+    (``/api/state``) and one ``/metrics`` scrape cost - the work an open page does at most four
+    times a second and a scraper once per scrape."""
+    import asyncio
+    import statistics
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+    from web_util import paired_apps, until
+
+    from lama._core import CORE_NAME
+    from lama.web.observer import AppObserver
+
+    n = 200 if benchmark.disabled else 2_000
+
+    async def main() -> None:
+        server, alice, bob = await paired_apps(tmp_path)
+        try:
+            sends = []
+            for i in range(n):
+                t = time.perf_counter()
+                await alice.send(bob.person_id, f"m {i}")
+                sends.append(time.perf_counter() - t)
+            await until(lambda: len(bob.history(alice.person_id)) == n, 120)
+            msgs = bob.history(alice.person_id)
+            obs = AppObserver(bob)  # not started: its handler is called directly
+            t = time.perf_counter()
+            for m in msgs:
+                obs._on_message(m)
+            per_msg = (time.perf_counter() - t) / n
+            await obs.state()  # the first one counts each conversation's messages once
+            states, scrapes = [], []
+            for _ in range(20):
+                t = time.perf_counter()
+                await obs.state()
+                states.append(time.perf_counter() - t)
+                t = time.perf_counter()
+                obs.metrics_text()
+                scrapes.append(time.perf_counter() - t)
+            send = statistics.median(sends)
+            report_line(f"diagnostics observer {CORE_NAME}: on_message {per_msg * 1e6:.1f} us "
+                        f"per message = {per_msg / send * 100:.3f} % of App.send's median "
+                        f"{send * 1e3:.2f} ms; a page update (state) {statistics.median(states) * 1e3:.2f} ms, "
+                        f"a /metrics scrape {statistics.median(scrapes) * 1e3:.2f} ms (median "
+                        f"of 20; {n} messages in the conversation)")
+        finally:
+            await alice.close()
+            await bob.close()
+            await server.close()
+
+    benchmark.pedantic(lambda: asyncio.run(main()), rounds=1, iterations=1)

@@ -118,15 +118,20 @@ class DiagnosticsServer:
         w.write(head_bytes(200, {"Content-Type": "text/event-stream; charset=utf-8",
                                  "Connection": "close", "X-Accel-Buffering": "no"}))
         version = -1
+        first = True
         last_beat = time.monotonic()
         while not self._closing.is_set():
             if self.observer.version != version:
+                if not first:
+                    # wait before building: a burst of events makes one update, and the work
+                    # that caused the change (a message being exported, say) goes first
+                    await asyncio.sleep(self.min_interval)
+                first = False
                 version = self.observer.version
                 data = json.dumps(await self.observer.state(), separators=(",", ":"))
                 w.write(f"event: state\nid: {version}\ndata: {data}\n\n".encode())
                 await w.drain()
                 last_beat = time.monotonic()
-                await asyncio.sleep(self.min_interval)  # a burst of events: one update
                 continue
             if time.monotonic() - last_beat >= self.keepalive:
                 w.write(b": keepalive\n\n")
