@@ -345,3 +345,60 @@ def test_cli_import_and_export(tmp_path: Path) -> None:
     assert e.returncode == 0, e.stderr
     assert "into:" in e.stdout
     assert (tmp_path / "OneDB" / F.DUMP["instanceIdHash"] / "vheads" / F.DUMP["ownerIdHash"]).is_file()
+
+
+# --------------------------------------------------------------------------------------------
+# lama serve after an import: the imported contact syncs
+
+
+@pytest.mark.timeout(240)
+def test_serve_syncs_with_imported_contacts(tmp_path: Path) -> None:
+    """A pairs with B (``lama serve`` processes through a comm server process), they chat; A
+    stops, is exported to ONE's layout and imported as a new lama instance A'; A' serves and
+    chats with B, who never noticed - same identity, same keys, the contact taken from the
+    imported objects."""
+    from test_chat_e2e import instance_dir, lama, pair, req, serve, wait_history
+    from test_pairing_e2e import Proc, comm_server, free_port, init
+
+    port = free_port()
+    url = f"ws://127.0.0.1:{port}"
+    procs: list[Proc] = []
+    try:
+        procs.append(comm_server(port))
+        a, b = init(tmp_path, "a"), init(tmp_path, "b")
+        da, db = instance_dir(tmp_path, "a"), instance_dir(tmp_path, "b")
+        pa, pb = serve(tmp_path, "a", url), serve(tmp_path, "b", url)
+        procs += [pa, pb]
+        pair(da, db)
+        A, B = b["person_id"], a["person_id"]  # whom A and B talk to
+        req(da, "send", contact=A, text="a1 before")
+        req(db, "send", contact=B, text="b1 before")
+        texts = ["a1 before", "b1 before"]
+        wait_history(da, A, texts)
+        wait_history(db, B, texts)
+        pa.stop()
+        assert pa.p.returncode == 0
+
+        r = lama("export-one", str(tmp_path / "a"), str(tmp_path / "OneDB"), "--json")
+        assert r.returncode == 0, r.stderr
+        assert json.loads(r.stdout)["problems"] == []
+        r = lama("import-one", str(tmp_path / "OneDB"), "--dir", str(tmp_path / "a2"), "--json")
+        assert r.returncode == 0, r.stderr
+        rep = json.loads(r.stdout)
+        assert rep["problems"] == [] and rep["person_id"] == B
+        da2 = instance_dir(tmp_path, "a2")
+        assert da2.name == da.name
+        r = lama("messages", b["email"], "--dir", str(tmp_path / "a2"))  # no server running
+        assert r.returncode == 0 and "a1 before" in r.stdout and "b1 before" in r.stdout, r
+
+        procs.append(serve(tmp_path, "a2", url))
+        assert [c["person_id"] for c in req(da2, "contacts")["contacts"]] == [A]
+        req(da2, "send", contact=A, text="a2 after the import")
+        req(db, "send", contact=B, text="b2 to the imported")
+        texts += ["a2 after the import", "b2 to the imported"]
+        h2 = wait_history(da2, A, texts)
+        hb = wait_history(db, B, texts)
+        assert sorted(m["id"] for m in h2) == sorted(m["id"] for m in hb)
+    finally:
+        for p in reversed(procs):
+            p.stop()
