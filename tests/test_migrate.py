@@ -93,6 +93,44 @@ def test_import_reference_dump(tmp_path: Path, shard: int) -> None:
         one.path / "private" / "keychain_salt").read_bytes()
 
 
+def test_reference_dump_back_to_one_layout(tmp_path: Path) -> None:
+    """ONE -> lama -> ONE: every object file taken comes back under the same name with the same
+    bytes, every head taken comes back, the keychain opens with the spec's formats alone."""
+    one = F.write_dump_store(tmp_path / "one", SECRET, shard=2)
+    rep = import_one(one.path, tmp_path / "lama", SECRET)
+    refused = {p.what.split("/")[-1] for p in rep.problems if p.what.startswith("objects/")}
+    no_head = {p.what.split("/")[-1] for p in rep.problems if p.what.startswith("vheads/")}
+    ex = export_one(rep.path, tmp_path / "OneDB", SECRET)
+    assert ex.problems == []
+    out = Path(ex.path)
+    assert out.name == one.path.name
+    # the files ONE wrote (and the ID objects the versioned ones imply), minus the refused
+    written = {p.name: p.read_bytes() for p in (out / "objects").iterdir()}
+    for h, content in one.files.items():
+        if h in refused:
+            assert h not in written
+        else:
+            assert written[h] == content and F.sha(content) == h
+    assert all(F.sha(c) == h for h, c in written.items())
+    assert set(written) - set(one.files) <= {e["idHash"] for e in ENTRIES if "idHash" in e}
+    heads = {p.name: p.read_bytes() for p in (out / "vheads").iterdir()}
+    assert heads == {i: n.encode() for i, n in one.heads.items() if i not in no_head}
+    # the reverse maps ONE keeps (objects.md §5.2 for a fresh instance)
+    for owner, mine in ((one.person_id, one.person_keys), (one.instance_id, one.instance_keys)):
+        text = (out / "rmaps" / f"{owner}.Object.Keys").read_text()
+        lines = text.split("\n")
+        assert lines[-1] == "" and len(set(lines[:-1])) == len(lines) - 1  # "<hash>\n" each once
+        assert set(lines[:-1]) == {h for h, c in written.items()
+                                   if c.startswith(b'<div itemscope itemtype="//refin.io/Keys">'
+                                                   b'<a itemprop="owner" data-type="id">' + owner.encode())}
+        assert mine in lines
+    assert one.instance_id + "\n" in (out / "rmaps" / f"{one.person_id}.IdObject.Instance").read_text()
+    assert F.open_keychain(out / "private", SECRET) == {
+        one.person_keys: (one.person.box_secret, one.person.sign_secret),
+        one.instance_keys: (one.instance.box_secret, one.instance.sign_secret)}
+    assert (out / "private").stat().st_mode & 0o777 == 0o700
+
+
 def test_import_reports_corrupt_and_stray_files(tmp_path: Path) -> None:
     # a Person of the dump (not on the identity path) with changed content, a BLOB, a CLOB
     # referenced by nothing, a file with a bad name, a head pointing nowhere
