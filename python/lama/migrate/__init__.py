@@ -294,7 +294,7 @@ def _find_identity(inst: Path, keychain: Keychain) -> _Identity:
     )
 
 
-def _is_utf8_file(path: Path) -> bool:
+def _is_utf8_file(path: str) -> bool:
     dec = codecs.getincrementaldecoder("utf-8")()
     try:
         with open(path, "rb") as f:
@@ -318,25 +318,24 @@ class _Importer:
             self.counts[k] = 0
         self.blob_refs: set[str] = set()
         self.clob_refs: set[str] = set()
-        self.data_files: dict[str, Path] = {}  # hash -> path of non-microdata files
-        self.failed_md: dict[str, tuple[Path, str]] = {}  # hash -> (path, parse error)
+        self.data_files: dict[str, str] = {}  # hash -> path of non-microdata files
+        self.failed_md: dict[str, tuple[str, str]] = {}  # hash -> (path, parse error)
         self.types: dict[str, str] = {}  # hash -> type of stored microdata
 
     def problem(self, what: Any, reason: str) -> None:
         self.report.problems.append(Problem(str(what), reason))
 
-    def rel(self, p: Path) -> str:
-        try:
-            return str(p.relative_to(self.inst))
-        except ValueError:
-            return str(p)
+    def rel(self, p: str | Path) -> str:
+        """``p`` relative to the ONE instance directory (``objects/...``) for the report."""
+        rel = os.path.relpath(p, self.inst)
+        return str(p) if rel.startswith("..") else rel
 
     # --- objects ------------------------------------------------------------------------
 
     def objects(self) -> None:
         files = list(onefs.iter_object_files(self.inst / onefs.OBJECTS))
         total = len(files)
-        batch: list[tuple[str, str, Path]] = []
+        batch: list[tuple[str, str, str]] = []
         for i, (path, bad) in enumerate(files):
             if bad is not None:
                 self.problem(self.rel(path), bad)
@@ -349,19 +348,26 @@ class _Importer:
         self._flush(batch)
         self.progress("objects", total, total)
 
-    def _classify(self, path: Path, batch: list[tuple[str, str, Path]]) -> None:
-        h = path.name
+    def _classify(self, path: str, batch: list[tuple[str, str, str]]) -> None:
+        h = os.path.basename(path)
         try:
-            size = path.stat().st_size
-            if size > _MICRODATA_MAX:
-                self.data_files[h] = path
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                size = os.fstat(fd).st_size
+                # too large for microdata: a BLOB or a CLOB (blobs())
+                raw = os.pread(fd, 4096, 0) if size > _MICRODATA_MAX else os.pread(fd, size, 0)
+                while size <= _MICRODATA_MAX and len(raw) < size:
+                    more = os.pread(fd, size - len(raw), len(raw))
+                    if not more:
+                        break
+                    raw += more
+            finally:
+                os.close(fd)
+            if size > _MICRODATA_MAX or not raw.startswith(b"<div "):
+                self.data_files[h] = path  # not microdata: a BLOB or a CLOB (blobs())
                 return
-            raw = path.read_bytes()
         except OSError as e:
             self.problem(self.rel(path), f"unreadable: {e.strerror or e}")
-            return
-        if not raw.startswith(b"<div "):
-            self.data_files[h] = path
             return
         try:
             text = raw.decode("utf-8")
@@ -384,23 +390,28 @@ class _Importer:
                 pass  # the store's parse reports it
         batch.append((text, h, path))
 
-    def _flush(self, batch: list[tuple[str, str, Path]]) -> None:
-        if not batch:
-            return
-        try:
-            results = self.store.put_microdata([(t, h) for t, h, _ in batch])
-            for (text, _, _), res in zip(batch, results):
-                self._count(text, res)
-        except LamaError:
-            # one bad item fails the whole transaction: redo one by one to find it
-            for text, h, path in batch:
-                try:
-                    [res] = self.store.put_microdata([(text, h)])
-                except LamaError as e:
-                    self.failed_md[h] = (path, str(e))
-                else:
-                    self._count(text, res)
+    def _flush(self, batch: list[tuple[str, str, str]]) -> None:
+        if batch:
+            self._put(batch)
         batch.clear()
+
+    def _put(self, items: list[tuple[str, str, str]]) -> None:
+        """One transaction for ``items``; one bad item fails it all (nothing written), so a
+        failed batch is halved until the bad items stand alone (log2(batch) transactions per
+        bad item, not one per item)."""
+        try:
+            results = self.store.put_microdata([(t, h) for t, h, _ in items])
+        except LamaError as e:
+            if len(items) == 1:
+                _, h, path = items[0]
+                self.failed_md[h] = (path, str(e))
+                return
+            mid = len(items) // 2
+            self._put(items[:mid])
+            self._put(items[mid:])
+            return
+        for (text, _, _), res in zip(items, results):
+            self._count(text, res)
 
     def _count(self, text: str, res: tuple[str, str, str | None]) -> None:
         h = res[0]
@@ -430,13 +441,13 @@ class _Importer:
                 clob = True
             else:
                 # nothing says what it is (objects.md §2.3: one namespace); text -> CLOB
-                clob = _is_utf8_file(path) and path.stat().st_size > 0
+                clob = _is_utf8_file(path) and os.path.getsize(path) > 0
             self._store_data(h, path, clob)
             if i % 64 == 0:
                 self.progress("blobs", i, len(items))
         self.progress("blobs", len(items), len(items))
 
-    def _store_data(self, h: str, path: Path, clob: bool) -> None:
+    def _store_data(self, h: str, path: str, clob: bool) -> None:
         writer = self.store.blob_writer(clob=clob)
         try:
             with open(path, "rb") as f:
@@ -616,7 +627,9 @@ def import_one(
         lama_kc = Keychain(path / PRIVATE_DIR)
         try:
             lama_kc.create(secret)
-            store = core.Store(str(path / STORE_DIR))
+            # not durable while it is filled (no fsync per batch): synced once at the end,
+            # before instance.json makes it an instance; a crash before leaves no instance
+            store = core.Store(str(path / STORE_DIR), durable=False)
             imp = _Importer(inst, store, report, progress)
             # maps first: the store writes their entries as objects arrive (enabling a map
             # later costs a pass over every stored object per type)
@@ -637,6 +650,7 @@ def import_one(
                 "instance_keys": ident.instance_keys,
             }
             _check_usable(store, lama_kc, ident)
+            store.sync()
             _info_from(path, data, store)  # the Keys objects are there and fit
             _write_info(path, data)
         except BaseException:

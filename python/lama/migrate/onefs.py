@@ -80,36 +80,35 @@ def find_one_instance(directory: str | os.PathLike[str]) -> Path:
     return found[0]
 
 
-def iter_object_files(objects_dir: Path) -> Iterator[tuple[Path, str | None]]:
+def iter_object_files(objects_dir: str | os.PathLike[str]) -> Iterator[tuple[str, str | None]]:
     """Every file below ``objects/`` as ``(path, problem)``: ``problem`` is None for a file whose
     name is a hash in the right place (flat, or in the shard directory named by its first N hex
-    digits), else why it cannot be an object file. ``tmp``-like leftovers are reported too."""
+    digits), else why it cannot be an object file. Paths are plain strings (a store holds
+    millions of files: no pathlib per file)."""
     with os.scandir(objects_dir) as it:
         entries = sorted(it, key=lambda e: e.name)
     for e in entries:
-        p = Path(e.path)
         if e.is_dir(follow_symlinks=False):
             if not _SHARD_RE.fullmatch(e.name):
-                yield p, "a directory that is not a shard directory (1-4 hex digits)"
+                yield e.path, "a directory that is not a shard directory (1-4 hex digits)"
                 continue
-            with os.scandir(p) as sub:
+            with os.scandir(e.path) as sub:
                 inner = sorted(sub, key=lambda s: s.name)
             for s in inner:
-                sp = Path(s.path)
                 if not s.is_file(follow_symlinks=False):
-                    yield sp, "not a regular file"
+                    yield s.path, "not a regular file"
                 elif not is_hash(s.name):
-                    yield sp, "the file name is not a hash (64 lowercase hex digits)"
+                    yield s.path, "the file name is not a hash (64 lowercase hex digits)"
                 elif not s.name.startswith(e.name):
-                    yield sp, f"in the shard directory {e.name}/ but its name does not start so"
+                    yield s.path, f"in the shard directory {e.name}/ but its name does not start so"
                 else:
-                    yield sp, None
+                    yield s.path, None
         elif not e.is_file(follow_symlinks=False):
-            yield p, "not a regular file"
+            yield e.path, "not a regular file"
         elif not is_hash(e.name):
-            yield p, "the file name is not a hash (64 lowercase hex digits)"
+            yield e.path, "the file name is not a hash (64 lowercase hex digits)"
         else:
-            yield p, None
+            yield e.path, None
 
 
 def write_exclusive(path: Path, data: bytes) -> None:
