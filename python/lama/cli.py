@@ -90,7 +90,7 @@ def read_secret(confirm: bool = False) -> str:
         if not secret:
             raise _SecretUnavailable(f"{SECRET_ENV} is set but empty")
         return secret
-    if not sys.stdin.isatty():
+    if not sys.stdin.isatty() or os.environ.get("CI") == "true":
         raise _SecretUnavailable(
             f"no secret: set the environment variable {SECRET_ENV} or run in a terminal to be "
             "prompted"
@@ -406,6 +406,29 @@ def _build_app() -> Any:
                              + ["--attachment-size", str(attachment_size)])
         if code:
             raise SystemExit(code)
+
+    # --- migration from and to ONE (issue 12, docs/migration.md) ---------------------------
+    @app.command("import-one")
+    def import_one_cmd(
+        one_dir: str = typer.Argument(..., help="ONE instance directory (or its base directory)."),
+        dir: str = typer.Option(..., "--dir", help="Base directory of the new lama instance."),
+        as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+    ) -> None:
+        """Import a ONE instance's file store. Secret: $LAMA_SECRET or a hidden prompt."""
+        from lama.migrate import cli as mig
+
+        mig.run_import(one_dir, dir, read_secret(), as_json)
+
+    @app.command("export-one")
+    def export_one_cmd(
+        lama_dir: str = typer.Argument(..., help="lama instance directory (or its base directory)."),
+        one_dir: str = typer.Argument(..., help="Base directory for the ONE instance."),
+        as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+    ) -> None:
+        """Write a lama instance in ONE's file-store layout. Secret: $LAMA_SECRET or a prompt."""
+        from lama.migrate import cli as mig
+
+        mig.run_export(lama_dir, one_dir, read_secret(), as_json)
 
     @app.command("comm-server")
     def comm_server_cmd(
