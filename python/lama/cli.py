@@ -21,8 +21,8 @@ Commands:
 * ``lama accept LINK --dir D [--comm-server URL] [--chum-wait S]`` pairs using the invitation
   (conn §6.3), waits for the CHUM connection likewise and reports the new contact. A refused
   pairing (expired, used or wrong token) is exit status 1.
-* ``lama comm-server [--host 127.0.0.1] [--port 8000]`` runs a comm server (docs/connections.md
-  §2): prints its URL, serves until SIGINT or SIGTERM, closes every spare and relayed pair and
+* ``lama comm-server [--host 127.0.0.1] [--port 8000] [--mailbox DIR]`` runs a comm server
+  (docs/connections.md §2; with ``--mailbox`` also docs/mailbox.md): prints its URL, serves until SIGINT or SIGTERM, closes every spare and relayed pair and
   prints its counters, one ``name value`` line each.
 
 Chat (issue 10; the asyncio facade :class:`lama.app.App` underneath):
@@ -163,7 +163,7 @@ def _fail(message: str, status: int) -> NoReturn:
 
 
 async def _run_comm_server(host: str, port: int, ping_interval: float, pong_timeout: float,
-                           auth_timeout: float) -> None:
+                           auth_timeout: float, **options: Any) -> None:
     """``lama comm-server``: print the URL, serve until SIGINT/SIGTERM, close cleanly, print the
     counters (one ``name value`` line each)."""
     import asyncio
@@ -172,7 +172,7 @@ async def _run_comm_server(host: str, port: int, ping_interval: float, pong_time
     from lama._core import comm_server
 
     server = await comm_server(host, port, ping_interval=ping_interval, pong_timeout=pong_timeout,
-                               auth_timeout=auth_timeout)
+                               auth_timeout=auth_timeout, **options)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -414,11 +414,19 @@ def _build_app() -> Any:
         ping_interval: float = typer.Option(25.0, "--ping-interval", help="Seconds between pings of a spare."),
         pong_timeout: float = typer.Option(1.0, "--pong-timeout", help="Seconds a pong may take."),
         auth_timeout: float = typer.Option(10.0, "--auth-timeout", help="Seconds to authenticate."),
+        mailbox: str = typer.Option(None, "--mailbox", help="Directory of the store-and-forward "
+                                    "mailbox (docs/mailbox.md); none: no mailbox, as ONE."),
+        mailbox_max_items: int = typer.Option(1000, "--mailbox-max-items", help="Items per recipient."),
+        mailbox_max_bytes: int = typer.Option(64 << 20, "--mailbox-max-bytes", help="Bytes per recipient."),
+        mailbox_ttl: float = typer.Option(7 * 86400.0, "--mailbox-ttl", help="Seconds an item is kept."),
     ) -> None:
         """Run a comm server (the reference's relay protocol) until SIGINT or SIGTERM."""
         import asyncio
 
-        asyncio.run(_run_comm_server(host, port, ping_interval, pong_timeout, auth_timeout))
+        mb = {} if mailbox is None else {
+            "mailbox_dir": mailbox, "mailbox_max_items": mailbox_max_items,
+            "mailbox_max_bytes": mailbox_max_bytes, "mailbox_ttl": mailbox_ttl}
+        asyncio.run(_run_comm_server(host, port, ping_interval, pong_timeout, auth_timeout, **mb))
 
     return app
 

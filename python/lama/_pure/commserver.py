@@ -297,8 +297,9 @@ class CommServer:
         elif cmd == "mailbox_fetch":
             key = _key_field(obj, "publicKey")
             if not await _mailbox.serve_fetch(mb, self._public, self._secret, t, key, self._recv_until,
-                                              deadline, idle, REASON_MALFORMED, REASON_AUTH_FAILED):
+                                              deadline, idle, REASON_MALFORMED):
                 self._c["auth_failures"] += 1
+                await t.close(REASON_AUTH_FAILED)
         else:
             raise _Refuse(REASON_MALFORMED)
 

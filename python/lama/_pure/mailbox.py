@@ -244,7 +244,7 @@ async def serve_deposit(store: MailboxStore, t: Any, first: dict[str, Any], key_
     """docs/mailbox.md §2.2: ``mailbox_deposit`` text + one binary frame, answered; repeated until
     the client closes or is idle for ``idle`` seconds."""
     loop = asyncio.get_running_loop()
-    obj = first
+    obj: Any = first
     while True:
         key = key_field(obj, "targetPublicKey").hex()
         try:
@@ -280,9 +280,9 @@ async def serve_deposit(store: MailboxStore, t: Any, first: dict[str, Any], key_
 
 async def serve_fetch(store: MailboxStore, server_public: bytes, server_secret: bytes, t: Any,
                       key: bytes, recv_until: Any, deadline: float, idle: float,
-                      malformed: str, auth_failed: str) -> bool:
+                      malformed: str) -> bool:
     """docs/mailbox.md §2.3: the register challenge (conn §3.2), then the items, then the
-    confirmation. False if the proof failed (the caller counts it)."""
+    confirmation. False if the proof failed (the caller counts it, then closes)."""
     challenge = crypto.random_bytes(64)
     try:
         sealed = crypto.box_seal_embedded(challenge, server_secret, key)
@@ -310,7 +310,6 @@ async def serve_fetch(store: MailboxStore, server_public: bytes, server_secret: 
     except Exception:
         ok = False
     if not ok:
-        await t.close(auth_failed)
         return False
     items = await asyncio.to_thread(store.fetch, key.hex())
     await t.send(_text({"command": "mailbox_items", "ids": [id for id, _ in items]}))

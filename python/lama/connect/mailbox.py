@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -377,6 +378,7 @@ class MailboxService:
         self._pending: dict[bytes, set[str]] = {}      # peer key -> channels to deposit
         self._workers: dict[bytes, asyncio.Task[Any]] = {}
         self._info: dict[str, dict[str, Any] | None] = {}
+        self._info_retry: dict[str, float] = {}  # url -> when to ask a mailbox-less server again
         self._tasks: set[asyncio.Task[Any]] = set()
         self._fetch_lock: asyncio.Lock | None = None
         self._unsub: list[Callable[[], Any]] = []
@@ -450,7 +452,10 @@ class MailboxService:
             if tg.key not in self._workers:
                 task = asyncio.ensure_future(self._deposit_worker(tg))
                 self._workers[tg.key] = task
-                task.add_done_callback(lambda _t, k=tg.key: self._workers.pop(k, None))
+                task.add_done_callback(functools.partial(self._worker_done, tg.key))
+
+    def _worker_done(self, key: bytes, _task: asyncio.Task[Any]) -> None:
+        self._workers.pop(key, None)
 
     def _on_manager(self, kind: str, data: dict[str, Any]) -> None:
         if self._closed:
@@ -467,13 +472,18 @@ class MailboxService:
                         self._marks[k] = mark
 
     async def _server_info(self, url: str) -> dict[str, Any] | None:
-        if self._info.get(url) is None:
+        """The server's advertisement; a server without a mailbox is remembered for a poll
+        interval (§6.1), one that could not be reached is asked again next time."""
+        now = time.monotonic()
+        if self._info.get(url) is None and now >= self._info_retry.get(url, 0.0):
             try:
                 self._info[url] = await mailbox_info(url)
             except (LamaError, OSError) as e:
                 self._note(op="info", ok=False, url=url, code=getattr(e, "code", "LAMA-NET"), message=str(e))
                 return None
-        return self._info[url]
+            if self._info[url] is None:
+                self._info_retry[url] = now + self.poll_interval
+        return self._info.get(url)
 
     async def _deposit_worker(self, tg: _Target) -> None:
         while self._pending.get(tg.key) and not self.manager.connected(tg.key):
