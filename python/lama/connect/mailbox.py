@@ -91,8 +91,13 @@ async def deposit(url: str, target_key: bytes, envelopes: Iterable[bytes],
     try:
         async with asyncio.timeout(timeout):
             for env in envelopes:
-                await t.send(_text({"command": "mailbox_deposit", "targetPublicKey": target_key.hex()}))
-                await t.send(bytes(env))
+                try:
+                    await t.send(_text({"command": "mailbox_deposit", "targetPublicKey": target_key.hex()}))
+                    await t.send(bytes(env))
+                except TransportError:
+                    if t.close_reason is None or ids:
+                        raise
+                    raise _unsupported(url, t) from None  # closed at once: no mailbox there
                 m = await t.recv()
                 obj = _cmd(m)
                 if obj is None:
