@@ -302,6 +302,10 @@ async def comm_server(
     max_message: int = ...,
     max_spares_per_key: int = ...,
     max_spares_per_address: int = ...,
+    mailbox_dir: str | None = ...,
+    mailbox_max_items: int = ...,
+    mailbox_max_bytes: int = ...,
+    mailbox_ttl: float = ...,
 ) -> CommServer: ...
 @final
 class CommServer:
