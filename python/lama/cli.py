@@ -21,10 +21,11 @@ Commands:
 * ``lama accept LINK --dir D [--comm-server URL] [--chum-wait S]`` pairs using the invitation
   (conn §6.3), waits for the CHUM connection likewise and reports the new contact. A refused
   pairing (expired, used or wrong token) is exit status 1.
-* ``lama comm-server [--host 127.0.0.1] [--port 8000]`` runs a comm server (docs/connections.md
-  §2): prints its URL, serves until SIGINT or SIGTERM, closes every spare and relayed pair and
-  prints its counters, one ``name value`` line each. ``--metrics 127.0.0.1:PORT``: also a
-  Prometheus ``/metrics`` endpoint (docs/metrics.md).
+* ``lama comm-server [--host 127.0.0.1] [--port 8000] [--mailbox DIR]`` runs a comm server
+  (docs/connections.md §2; with ``--mailbox`` also docs/mailbox.md): prints its URL, serves
+  until SIGINT or SIGTERM, closes every spare and relayed pair and prints its counters, one
+  ``name value`` line each. ``--metrics 127.0.0.1:PORT``: also a Prometheus ``/metrics``
+  endpoint (docs/metrics.md).
 
 Chat (issue 10; the asyncio facade :class:`lama.app.App` underneath):
 
@@ -92,7 +93,7 @@ def read_secret(confirm: bool = False) -> str:
         if not secret:
             raise _SecretUnavailable(f"{SECRET_ENV} is set but empty")
         return secret
-    if not sys.stdin.isatty():
+    if not sys.stdin.isatty() or os.environ.get("CI") == "true":
         raise _SecretUnavailable(
             f"no secret: set the environment variable {SECRET_ENV} or run in a terminal to be "
             "prompted"
@@ -165,7 +166,8 @@ def _fail(message: str, status: int) -> NoReturn:
 
 
 async def _run_comm_server(host: str, port: int, ping_interval: float, pong_timeout: float,
-                           auth_timeout: float, metrics: tuple[str, int] | None = None) -> None:
+                           auth_timeout: float, metrics: tuple[str, int] | None = None,
+                           **options: Any) -> None:
     """``lama comm-server``: print the URL (and the metrics URL with ``--metrics``), serve until
     SIGINT/SIGTERM, close cleanly, print the counters (one ``name value`` line each)."""
     import asyncio
@@ -174,7 +176,7 @@ async def _run_comm_server(host: str, port: int, ping_interval: float, pong_time
     from lama._core import comm_server
 
     server = await comm_server(host, port, ping_interval=ping_interval, pong_timeout=pong_timeout,
-                               auth_timeout=auth_timeout)
+                               auth_timeout=auth_timeout, **options)
     exporter = None
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -426,6 +428,29 @@ def _build_app() -> Any:
         if code:
             raise SystemExit(code)
 
+    # --- migration from and to ONE (issue 12, docs/migration.md) ---------------------------
+    @app.command("import-one")
+    def import_one_cmd(
+        one_dir: str = typer.Argument(..., help="ONE instance directory (or its base directory)."),
+        dir: str = typer.Option(..., "--dir", help="Base directory of the new lama instance."),
+        as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+    ) -> None:
+        """Import a ONE instance's file store. Secret: $LAMA_SECRET or a hidden prompt."""
+        from lama.migrate import cli as mig
+
+        mig.run_import(one_dir, dir, read_secret(), as_json)
+
+    @app.command("export-one")
+    def export_one_cmd(
+        lama_dir: str = typer.Argument(..., help="lama instance directory (or its base directory)."),
+        one_dir: str = typer.Argument(..., help="Base directory for the ONE instance."),
+        as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+    ) -> None:
+        """Write a lama instance in ONE's file-store layout. Secret: $LAMA_SECRET or a prompt."""
+        from lama.migrate import cli as mig
+
+        mig.run_export(lama_dir, one_dir, read_secret(), as_json)
+
     @app.command("comm-server")
     def comm_server_cmd(
         host: str = typer.Option("127.0.0.1", "--host", help="Address to bind."),
@@ -439,6 +464,11 @@ def _build_app() -> Any:
         metrics_allow_remote: bool = typer.Option(
             False, "--metrics-allow-remote",
             help="Allow a non-loopback --metrics address (needs $LAMA_METRICS_TOKEN)."),
+        mailbox: str = typer.Option(None, "--mailbox", help="Directory of the store-and-forward "
+                                    "mailbox (docs/mailbox.md); none: no mailbox, as ONE."),
+        mailbox_max_items: int = typer.Option(1000, "--mailbox-max-items", help="Items per recipient."),
+        mailbox_max_bytes: int = typer.Option(64 << 20, "--mailbox-max-bytes", help="Bytes per recipient."),
+        mailbox_ttl: float = typer.Option(7 * 86400.0, "--mailbox-ttl", help="Seconds an item is kept."),
     ) -> None:
         """Run a comm server (the reference's relay protocol) until SIGINT or SIGTERM."""
         import asyncio
@@ -453,8 +483,11 @@ def _build_app() -> Any:
             if not is_loopback(address[0]) and not os.environ.get("LAMA_METRICS_TOKEN"):
                 raise InvalidArgumentError("--metrics on a non-loopback address needs a token "
                                            "in $LAMA_METRICS_TOKEN", code="LAMA-HTTP-ADDRESS")
+        mb = {} if mailbox is None else {
+            "mailbox_dir": mailbox, "mailbox_max_items": mailbox_max_items,
+            "mailbox_max_bytes": mailbox_max_bytes, "mailbox_ttl": mailbox_ttl}
         asyncio.run(_run_comm_server(host, port, ping_interval, pong_timeout, auth_timeout,
-                                     address))
+                                     address, **mb))
 
     return app
 
