@@ -341,9 +341,13 @@ def test_cli_refuses_remote_addresses(tmp_path: Path) -> None:
     assert p.returncode == 1 and "LAMA-HTTP-ADDRESS" in err
 
 
-def test_cli_comm_server_metrics() -> None:
+def test_cli_comm_server_metrics(tmp_path: Path) -> None:
+    """``lama comm-server --mailbox DIR --metrics``: the relay's counters and the mailbox's
+    sizes after two deposits (docs/mailbox.md §5)."""
+    from lama.connect import mailbox
+
     p = _lama("comm-server", "--port", "0", "--metrics", "127.0.0.1:0",
-              env={"LAMA_METRICS_TOKEN": "tok-123"})
+              "--mailbox", str(tmp_path / "mailbox"), env={"LAMA_METRICS_TOKEN": "tok-123"})
     try:
         assert p.stdout is not None
         url = p.stdout.readline().strip()
@@ -361,12 +365,23 @@ def test_cli_comm_server_metrics() -> None:
             assert sample(fams, "lama_commserver_up") == 1
             assert sample(fams, "lama_commserver_handovers",
                           "lama_commserver_handovers_total") == 0
+            assert sample(fams, "lama_commserver_mailbox_items") == 0
+            # two envelopes for one recipient (the server holds ciphertext it cannot read)
+            envs = [mailbox.MAGIC + os.urandom(32 + n) for n in (100, 250)]
+            await mailbox.deposit(url, os.urandom(32), envs)
+            status, _, body = await get(port, "/metrics", {"Authorization": "Bearer tok-123"})
+            fams = parse(body.decode())
+            assert fams["lama_commserver_mailbox_items"].type == "gauge"
+            assert sample(fams, "lama_commserver_mailbox_items") == 2
+            assert sample(fams, "lama_commserver_mailbox_bytes") == sum(map(len, envs))
+            assert sample(fams, "lama_commserver_mailbox_deposits",
+                          "lama_commserver_mailbox_deposits_total") == 2
         asyncio.run(scrape())
     finally:
         p.send_signal(signal.SIGINT)
         out, err = p.communicate(timeout=60)
     assert p.returncode == 0, err
-    assert "handovers 0" in out
+    assert "handovers 0" in out and "mailbox_items 2" in out
 
 
 def test_cli_serve_http(tmp_path: Path) -> None:
