@@ -386,6 +386,7 @@ class MailboxService:
         self._info_retry: dict[str, float] = {}  # url -> when to ask a mailbox-less server again
         self._tasks: set[asyncio.Task[Any]] = set()
         self._fetch_lock: asyncio.Lock | None = None
+        self._poll_task: asyncio.Task[Any] | None = None
         self._unsub: list[Callable[[], Any]] = []
         self._closed = False
 
@@ -395,15 +396,18 @@ class MailboxService:
         self._start_mark = self.store.last_seq()
         self._unsub.append(self.chat.subscribe(self._on_chat))
         self._unsub.append(self.manager.subscribe(self._on_manager))
-        self._spawn(self._poll_loop())
+        self._poll_task = self._spawn(self._poll_loop())
 
     async def close(self) -> None:
         self._closed = True
         for u in self._unsub:
             with contextlib.suppress(Exception):
                 u()
+        # the poll loop is cancelled at once (it sleeps a poll interval, 30 s by default);
+        # deposits and fetches under way finish (a few seconds at most)
+        if self._poll_task is not None:
+            self._poll_task.cancel()
         tasks = list(self._tasks) + list(self._workers.values())
-        # deposits under way finish (a few seconds at most); the poll loop is cancelled
         if tasks:
             await asyncio.wait(tasks, timeout=15)
         for t in tasks:
