@@ -107,6 +107,48 @@ def test_exposition_format_exact_and_parseable() -> None:
         reg.histogram("t_h2", "x", ["le"])
 
 
+# --------------------------------------------------------------------------- the HTTP server
+
+
+def test_http_server_bad_requests_leave_it_serving() -> None:
+    from lama.web.http import MAX_HEAD, HttpServer, Response
+
+    async def handler(req: Any) -> Response:
+        return Response.text(f"{req.method} {req.path} {sorted(req.query.items())}\n")
+
+    async def raw(port: int, data: bytes) -> bytes:
+        r, w = await asyncio.open_connection("127.0.0.1", port)
+        w.write(data)
+        await w.drain()
+        out = await asyncio.wait_for(r.read(), 15)
+        w.close()
+        return out
+
+    async def main() -> None:
+        srv = HttpServer("127.0.0.1", 0, handler, token="t0k")
+        await srv.start()
+        try:
+            port = srv.port
+            assert (await raw(port, b"NONSENSE\r\n\r\n")).startswith(b"HTTP/1.1 400 ")
+            assert (await raw(port, b"GET / HTTP/1.1\r\nno colon here\r\n\r\n")) \
+                .startswith(b"HTTP/1.1 400 ")
+            # a head above the limit: the connection is closed, nothing answered
+            assert await raw(port, b"GET / HTTP/1.1\r\nX: " + b"a" * MAX_HEAD + b"\r\n\r\n") \
+                == b""
+            status, h, body = await get(port, "/x?a=1&token=t0k", method="HEAD")
+            assert status == 200 and body == b"" and int(h["content-length"]) > 0
+            status, _, body = await get(port, "/x?a=1", {"Authorization": "Bearer t0k"})
+            assert status == 200 and body == b"GET /x [('a', '1')]\n"
+            # HTTP/1.0 without Host is allowed (probes); with the token
+            out = await raw(port, b"GET /y?token=t0k HTTP/1.0\r\n\r\n")
+            assert out.startswith(b"HTTP/1.1 200 ") and out.endswith(b"GET /y [('token', 't0k')]\n")
+            assert srv.refused == 0 and srv.requests == 3
+        finally:
+            await srv.close()
+
+    asyncio.run(main())
+
+
 # --------------------------------------------------------------------------- lama serve --http
 
 
