@@ -440,3 +440,47 @@ def test_serve_syncs_with_imported_contacts(tmp_path: Path) -> None:
     finally:
         for p in reversed(procs):
             p.stop()
+
+
+def test_cli_progress_bar_only_on_a_terminal(tmp_path: Path) -> None:
+    """stderr a terminal (a pty): a rich progress bar with the phases; not a terminal: none."""
+    import pty
+    import select
+
+    F.write_dump_store(tmp_path / "one", SECRET)
+    env = {k: v for k, v in os.environ.items() if k != "LAMA_SECRET"}
+    env.update(PYTHONPATH=str(ROOT / "python") + os.pathsep + env.get("PYTHONPATH", ""),
+               LAMA_SECRET=SECRET, COLUMNS="100", TERM="xterm")
+    master, slave = pty.openpty()
+    try:
+        p = subprocess.Popen([sys.executable, "-m", "lama.cli", "import-one",
+                              str(tmp_path / "one"), "--dir", str(tmp_path / "lama")],
+                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=slave,
+                             env=env, start_new_session=True)
+        os.close(slave)
+        slave = -1
+        err = b""
+        while True:  # drain the pty until the child closes it (bounded by the timeout)
+            r, _, _ = select.select([master], [], [], 60)
+            if not r:
+                break
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:  # EIO: the child is gone
+                break
+            if not chunk:
+                break
+            err += chunk
+        out, _ = p.communicate(timeout=60)
+    finally:
+        os.close(master)
+        if slave >= 0:
+            os.close(slave)
+    assert p.returncode == 0, err
+    text = err.decode("utf-8", "replace")
+    assert "objects" in text and "version heads" in text and "keys" in text
+    assert "━" in text or "%" in text or "/" in text  # the bar and its m/n column
+    assert b"imported" in out
+    # not a terminal: the same command prints no bar (test_cli_import_and_export: stderr empty)
+    r = _lama("export-one", str(tmp_path / "lama"), str(tmp_path / "OneDB"), secret=SECRET)
+    assert r.returncode == 0 and r.stderr == "", r.stderr
