@@ -484,3 +484,24 @@ def test_cli_progress_bar_only_on_a_terminal(tmp_path: Path) -> None:
     # not a terminal: the same command prints no bar (test_cli_import_and_export: stderr empty)
     r = _lama("export-one", str(tmp_path / "lama"), str(tmp_path / "OneDB"), secret=SECRET)
     assert r.returncode == 0 and r.stderr == "", r.stderr
+
+
+def test_cli_never_prompts_with_ci_true(tmp_path: Path) -> None:
+    """A terminal on stdin but CI=true and no LAMA_SECRET: a clear error, no prompt, nothing
+    written (without CI=true the same terminal would get the hidden prompt)."""
+    import pty
+
+    F.write_dump_store(tmp_path / "one", SECRET)
+    env = {k: v for k, v in os.environ.items() if k != "LAMA_SECRET"}
+    env.update(PYTHONPATH=str(ROOT / "python") + os.pathsep + env.get("PYTHONPATH", ""), CI="true")
+    master, slave = pty.openpty()
+    try:
+        r = subprocess.run([sys.executable, "-m", "lama.cli", "import-one", str(tmp_path / "one"),
+                            "--dir", str(tmp_path / "lama")], stdin=slave, capture_output=True,
+                           text=True, env=env, timeout=60, start_new_session=True)
+    finally:
+        os.close(slave)
+        os.close(master)
+    assert r.returncode == 2 and "LAMA_SECRET" in r.stderr, r.stderr
+    assert "secret:" not in r.stdout.lower()
+    assert not (tmp_path / "lama").exists()
