@@ -93,6 +93,35 @@ def test_import_reference_dump(tmp_path: Path, shard: int) -> None:
         one.path / "private" / "keychain_salt").read_bytes()
 
 
+def test_import_the_reference_keychain(tmp_path: Path) -> None:
+    """The keychain files one.core wrote for peer A (crypto-and-frames.json) unlock with its
+    secret; the lama instance gets A's identity and exactly the secret keys the vector says
+    the files decrypt to, and is named by A's instance ID hash."""
+    kc = F.write_reference_keychain_store(tmp_path / "one")
+    with pytest.raises(KeychainError) as ei:
+        import_one(tmp_path / "one", tmp_path / "lama", kc["secret"] + "x")
+    assert ei.value.code == "CYENC-SYMDEC" and not (tmp_path / "lama").exists()
+    rep = import_one(tmp_path / "one", tmp_path / "lama", kc["secret"])
+    assert rep.problems == []
+    assert (rep.person_id, rep.instance_id) == (kc["person_id_hash"], kc["instance_id_hash"])
+    assert Path(rep.path).name == kc["instance_id_hash"]
+    assert (rep.email, rep.instance_name) == ("alice@peer-a.example", "peer-A")
+    with Instance.open(rep.path, kc["secret"]) as inst:
+        for who, vec in (("person", kc["person_keys"]), ("instance", kc["instance_keys"])):
+            assert getattr(inst, f"{who}_keys") == vec["keys_object_hash"]
+            sk = inst.secret_keys(who)
+            assert sk.encryption_secret.hex() == vec["file_encrypt"]["plaintext_secret_encryption_key"]
+            assert sk.sign_secret.hex() == vec["file_sign"]["plaintext_secret_sign_key"]
+        assert inst.person_public_sign_key.hex() == kc["person_keys"]["public_sign_key"]
+    # ... and written back as ONE keeps it: the spec's formats open it to the same secrets
+    ex = export_one(tmp_path / "lama", tmp_path / "OneDB", kc["secret"])
+    got = F.open_keychain(Path(ex.path) / "private", kc["secret"])
+    assert {h: (e.hex(), s.hex()) for h, (e, s) in got.items()} == {
+        vec["keys_object_hash"]: (vec["file_encrypt"]["plaintext_secret_encryption_key"],
+                                  vec["file_sign"]["plaintext_secret_sign_key"])
+        for vec in (kc["person_keys"], kc["instance_keys"])}
+
+
 def test_reference_dump_back_to_one_layout(tmp_path: Path) -> None:
     """ONE -> lama -> ONE: every object file taken comes back under the same name with the same
     bytes, every head taken comes back, the keychain opens with the spec's formats alone."""
