@@ -408,7 +408,7 @@ def test_cli_import_and_export(tmp_path: Path) -> None:
     assert "OR-GR1" in reasons or "M2O-PHM1" in reasons or "Harness" in reasons
     w = _lama("whoami", "--dir", str(tmp_path / "lama"), "--check-secret", secret=SECRET)
     assert w.returncode == 0 and F.DUMP["ownerIdHash"] in w.stdout
-    e = _lama("export-one", str(tmp_path / "lama"), str(tmp_path / "OneDB"), secret=SECRET)
+    e = _lama("export-one", str(tmp_path / "OneDB"), "--dir", str(tmp_path / "lama"), secret=SECRET)
     assert e.returncode == 0, e.stderr
     assert "into:" in e.stdout
     assert (tmp_path / "OneDB" / F.DUMP["instanceIdHash"] / "vheads" / F.DUMP["ownerIdHash"]).is_file()
@@ -446,7 +446,7 @@ def test_serve_syncs_with_imported_contacts(tmp_path: Path) -> None:
         pa.stop()
         assert pa.p.returncode == 0
 
-        r = lama("export-one", str(tmp_path / "a"), str(tmp_path / "OneDB"), "--json")
+        r = lama("export-one", str(tmp_path / "OneDB"), "--dir", str(tmp_path / "a"), "--json")
         assert r.returncode == 0, r.stderr
         assert json.loads(r.stdout)["problems"] == []
         r = lama("import-one", str(tmp_path / "OneDB"), "--dir", str(tmp_path / "a2"), "--json")
@@ -511,7 +511,7 @@ def test_cli_progress_bar_only_on_a_terminal(tmp_path: Path) -> None:
     assert "━" in text or "%" in text or "/" in text  # the bar and its m/n column
     assert b"imported" in out
     # not a terminal: the same command prints no bar (test_cli_import_and_export: stderr empty)
-    r = _lama("export-one", str(tmp_path / "lama"), str(tmp_path / "OneDB"), secret=SECRET)
+    r = _lama("export-one", str(tmp_path / "OneDB"), "--dir", str(tmp_path / "lama"), secret=SECRET)
     assert r.returncode == 0 and r.stderr == "", r.stderr
 
 
