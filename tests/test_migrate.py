@@ -166,7 +166,9 @@ def test_import_reports_corrupt_and_stray_files(tmp_path: Path) -> None:
     victim = next(e for e in ENTRIES if e.get("recipe") == "Person" and not e["isIdObject"]
                   and e["file"] != F.DUMP["ownerIdHash"] and "carol" in e["microdata"])
     one = F.write_dump_store(tmp_path / "one", SECRET, extra_files={
-        F.sha(b"\x00\xffblob"): b"\x00\xffblob", F.sha("hello world"): b"hello world"})
+        F.sha(b"\x00\xffblob"): b"\x00\xffblob", F.sha("hello world"): b"hello world",
+        # objects.md §2.3 vector: the BLOB 01 02 03 with a flipped byte under its name
+        "039058c6f2c0cb492c533b0a4d14ef77cc0f78abccced5287d84a1a2011cfb81": b"\x01\x02\x04"})
     F.object_path(one.path, victim["file"]).write_text(victim["microdata"].replace("carol", "mallory"))
     (one.path / "objects" / "README").write_text("x")
     (one.path / "vheads" / ("0" * 64)).write_text("1" * 64)
@@ -175,10 +177,13 @@ def test_import_reports_corrupt_and_stray_files(tmp_path: Path) -> None:
     assert "does not hash to its name" in reasons[f"objects/{victim['file']}"]
     assert "not a hash" in reasons["objects/README"]
     assert "ID object" in reasons["vheads/" + "0" * 64]
+    assert "does not hash to its name" in reasons[
+        "objects/039058c6f2c0cb492c533b0a4d14ef77cc0f78abccced5287d84a1a2011cfb81"]
     assert rep.counts["blobs"] == 1 and rep.counts["clobs"] == 1
     s = _store(rep.path)
     try:
         assert not s.has(victim["file"])
+        assert not s.has("039058c6f2c0cb492c533b0a4d14ef77cc0f78abccced5287d84a1a2011cfb81")
         # objects.md §2.3 vectors: CLOB "hello world", unreferenced -> taken as a CLOB
         assert s.kind("b94d27b9934d3e08a52e52d7da7dabfac484efe37a5380ee9088f7ace2efcde9") == "clob"
         assert s.read_blob(F.sha(b"\x00\xffblob")) == b"\x00\xffblob"
