@@ -68,6 +68,9 @@ class AppConfig:
     discovery_interval: float = 0.5
     sync_interval: float = 1.0
     manager_options: dict[str, Any] = field(default_factory=dict)  # any other ManagerConfig field
+    # store-and-forward through the comm server's mailbox (docs/mailbox.md §6)
+    mailbox: bool = True
+    mailbox_poll_interval: float = 30.0
 
     def manager_config(self) -> Any:
         from lama.connect.manager import ManagerConfig
@@ -105,6 +108,12 @@ class App:
         self._started = False
         self._closed = False
         self.started_at: float | None = None
+        self.mailbox: Any = None  # lama.connect.mailbox.MailboxService (docs/mailbox.md §6)
+        if self.config.mailbox:
+            from lama.connect.mailbox import MailboxService
+
+            self.mailbox = MailboxService(instance, self.chat, self.manager,
+                                          poll_interval=self.config.mailbox_poll_interval)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -152,6 +161,8 @@ class App:
         self.started_at = time.time()
         self._unsubscribe.append(self.chat.subscribe(self._on_chat_event))
         self._unsubscribe.append(self.manager.subscribe(self._on_manager_event))
+        if self.mailbox is not None:
+            await self.mailbox.start()  # before the manager: it fetches on the first online_state
         await self.manager.start()
         # contacts for pairings recorded before (idempotent: nothing is written twice): one
         # that finished while the previous run was stopping, or made by `lama invite/accept`
@@ -175,6 +186,9 @@ class App:
         self._closed = True
         if self._tasks:  # posts queued for a group commit are committed first
             await asyncio.wait(list(self._tasks), timeout=60)
+        if self.mailbox is not None:
+            with contextlib.suppress(Exception):
+                await self.mailbox.close()
         with contextlib.suppress(Exception):
             await self.manager.close()
         for unsubscribe in self._unsubscribe:

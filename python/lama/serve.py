@@ -113,9 +113,12 @@ async def handle(app: App, req: dict[str, Any], send: Send, stop: asyncio.Event)
 
 
 async def run_server(app: App, *, on_ready: Callable[[ControlServer], Any] | None = None,
-                     on_event: Callable[[str, dict[str, Any]], Any] | None = None) -> None:
+                     on_event: Callable[[str, dict[str, Any]], Any] | None = None,
+                     diagnostics: Any = None) -> None:
     """Start ``app``, serve its control channel until SIGINT/SIGTERM (or a ``stop`` request),
-    then close everything cleanly (connections with a reason, control file removed)."""
+    then close everything cleanly (connections with a reason, control file removed).
+    ``diagnostics`` (a :class:`lama.web.diag.DiagnosticsServer`, docs/metrics.md) is started
+    after the app and closed before it."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -126,6 +129,8 @@ async def run_server(app: App, *, on_ready: Callable[[ControlServer], Any] | Non
     try:
         await app.start()
         await server.start()
+        if diagnostics is not None:
+            await diagnostics.start()
         if on_ready is not None:
             on_ready(server)
         await stop.wait()
@@ -133,6 +138,8 @@ async def run_server(app: App, *, on_ready: Callable[[ControlServer], Any] | Non
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(Exception):
                 loop.remove_signal_handler(sig)
+        if diagnostics is not None:
+            await diagnostics.close()
         await server.close()
         await app.close()
         sys.stdout.flush()
