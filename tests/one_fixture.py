@@ -164,6 +164,53 @@ def write_dump_store(base: Path, secret: str, *, shard: int = 0,
                     files, heads)
 
 
+def write_reference_keychain_store(base: Path) -> dict[str, Any]:
+    """Peer A of the reference run in crypto-and-frames.json as a ONE instance directory: its
+    keychain files byte for byte as one.core wrote them (salt, master key, both key sets), its
+    two Keys objects, and its Person and Instance (email and instance name from the pairing
+    transcript's identity message; microdata written by hand in the reference's format, the
+    ID hashes they give checked against the vector's). Returns the vector's keychain section."""
+    kc = json.loads((VECTORS / "crypto-and-frames.json").read_text(encoding="utf-8"))["keychain"]
+    person_id, instance_id = kc["person_id_hash"], kc["instance_id_hash"]
+    person = ('<div itemscope itemtype="//refin.io/Person"><span itemprop="email">'
+              'alice@peer-a.example</span><span itemprop="name">Alice</span></div>')
+    person_idmd = ('<div data-id-object="true" itemscope itemtype="//refin.io/Person">'
+                   '<span itemprop="email">alice@peer-a.example</span></div>')
+    inst_md = ('<div itemscope itemtype="//refin.io/Instance"><span itemprop="name">peer-A</span>'
+               f'<a itemprop="owner" data-type="id">{person_id}</a><ul itemprop="recipe"></ul>'
+               '<dl itemprop="enabledReverseMapTypes"></dl>'
+               '<dl itemprop="enabledReverseMapTypesForIdObjects"></dl></div>')
+    inst_idmd = ('<div data-id-object="true" itemscope itemtype="//refin.io/Instance"><span '
+                 f'itemprop="name">peer-A</span><a itemprop="owner" data-type="id">{person_id}'
+                 '</a></div>')
+    assert (sha(person_idmd), sha(inst_idmd)) == (person_id, instance_id)
+
+    def edge(data: str, t: int) -> str:  # objects.md §4.2
+        return ('<div itemscope itemtype="//refin.io/VersionNodeEdge"><a itemprop="data" '
+                f'data-type="obj">{data}</a><span itemprop="depth">0</span>'
+                f'<span itemprop="creationTime">{t}</span></div>')
+
+    p_edge, i_edge = edge(sha(person), 1764149904000), edge(sha(inst_md), 1764149904001)
+    texts = [person, person_idmd, inst_md, inst_idmd, p_edge, i_edge,
+             kc["person_keys"]["keys_object_microdata"], kc["instance_keys"]["keys_object_microdata"]]
+    inst = base / instance_id
+    for d in ("objects", "vheads", "rmaps", "tmp", "acache"):
+        (inst / d).mkdir(parents=True, exist_ok=True)
+    for t in texts:
+        (inst / "objects" / sha(t)).write_text(t, encoding="utf-8")
+    (inst / "vheads" / person_id).write_text(sha(p_edge))
+    (inst / "vheads" / instance_id).write_text(sha(i_edge))
+    private = inst / "private"
+    private.mkdir(mode=0o700)
+    (private / "keychain_salt").write_bytes(bytes.fromhex(kc["file_keychain_salt"]["bytes_hex"]))
+    (private / "keychain_masterkey").write_bytes(
+        bytes.fromhex(kc["file_keychain_masterkey"]["bytes_hex"]))
+    for who in ("person_keys", "instance_keys"):
+        for f in ("file_encrypt", "file_sign"):
+            (private / kc[who][f]["name"]).write_bytes(bytes.fromhex(kc[who][f]["bytes_hex"]))
+    return kc  # type: ignore[no-any-return]
+
+
 def tree_snapshot(path: Path) -> dict[str, bytes]:
     """Every file below ``path`` with its content (to show that nothing changed)."""
     return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*"))
@@ -172,4 +219,4 @@ def tree_snapshot(path: Path) -> dict[str, bytes]:
 
 __all__ = ["DUMP", "HARNESS", "KeyPair", "OneStore", "dump_heads", "keys_microdata",
            "object_path", "open_keychain", "sha", "tree_snapshot", "write_dump_store",
-           "write_keychain"]
+           "write_keychain", "write_reference_keychain_store"]

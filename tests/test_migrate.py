@@ -93,6 +93,35 @@ def test_import_reference_dump(tmp_path: Path, shard: int) -> None:
         one.path / "private" / "keychain_salt").read_bytes()
 
 
+def test_import_the_reference_keychain(tmp_path: Path) -> None:
+    """The keychain files one.core wrote for peer A (crypto-and-frames.json) unlock with its
+    secret; the lama instance gets A's identity and exactly the secret keys the vector says
+    the files decrypt to, and is named by A's instance ID hash."""
+    kc = F.write_reference_keychain_store(tmp_path / "one")
+    with pytest.raises(KeychainError) as ei:
+        import_one(tmp_path / "one", tmp_path / "lama", kc["secret"] + "x")
+    assert ei.value.code == "CYENC-SYMDEC" and not (tmp_path / "lama").exists()
+    rep = import_one(tmp_path / "one", tmp_path / "lama", kc["secret"])
+    assert rep.problems == []
+    assert (rep.person_id, rep.instance_id) == (kc["person_id_hash"], kc["instance_id_hash"])
+    assert Path(rep.path).name == kc["instance_id_hash"]
+    assert (rep.email, rep.instance_name) == ("alice@peer-a.example", "peer-A")
+    with Instance.open(rep.path, kc["secret"]) as inst:
+        for who, vec in (("person", kc["person_keys"]), ("instance", kc["instance_keys"])):
+            assert getattr(inst, f"{who}_keys") == vec["keys_object_hash"]
+            sk = inst.secret_keys(who)
+            assert sk.encryption_secret.hex() == vec["file_encrypt"]["plaintext_secret_encryption_key"]
+            assert sk.sign_secret.hex() == vec["file_sign"]["plaintext_secret_sign_key"]
+        assert inst.person_public_sign_key.hex() == kc["person_keys"]["public_sign_key"]
+    # ... and written back as ONE keeps it: the spec's formats open it to the same secrets
+    ex = export_one(tmp_path / "lama", tmp_path / "OneDB", kc["secret"])
+    got = F.open_keychain(Path(ex.path) / "private", kc["secret"])
+    assert {h: (e.hex(), s.hex()) for h, (e, s) in got.items()} == {
+        vec["keys_object_hash"]: (vec["file_encrypt"]["plaintext_secret_encryption_key"],
+                                  vec["file_sign"]["plaintext_secret_sign_key"])
+        for vec in (kc["person_keys"], kc["instance_keys"])}
+
+
 def test_reference_dump_back_to_one_layout(tmp_path: Path) -> None:
     """ONE -> lama -> ONE: every object file taken comes back under the same name with the same
     bytes, every head taken comes back, the keychain opens with the spec's formats alone."""
@@ -137,7 +166,9 @@ def test_import_reports_corrupt_and_stray_files(tmp_path: Path) -> None:
     victim = next(e for e in ENTRIES if e.get("recipe") == "Person" and not e["isIdObject"]
                   and e["file"] != F.DUMP["ownerIdHash"] and "carol" in e["microdata"])
     one = F.write_dump_store(tmp_path / "one", SECRET, extra_files={
-        F.sha(b"\x00\xffblob"): b"\x00\xffblob", F.sha("hello world"): b"hello world"})
+        F.sha(b"\x00\xffblob"): b"\x00\xffblob", F.sha("hello world"): b"hello world",
+        # objects.md §2.3 vector: the BLOB 01 02 03 with a flipped byte under its name
+        "039058c6f2c0cb492c533b0a4d14ef77cc0f78abccced5287d84a1a2011cfb81": b"\x01\x02\x04"})
     F.object_path(one.path, victim["file"]).write_text(victim["microdata"].replace("carol", "mallory"))
     (one.path / "objects" / "README").write_text("x")
     (one.path / "vheads" / ("0" * 64)).write_text("1" * 64)
@@ -146,10 +177,13 @@ def test_import_reports_corrupt_and_stray_files(tmp_path: Path) -> None:
     assert "does not hash to its name" in reasons[f"objects/{victim['file']}"]
     assert "not a hash" in reasons["objects/README"]
     assert "ID object" in reasons["vheads/" + "0" * 64]
+    assert "does not hash to its name" in reasons[
+        "objects/039058c6f2c0cb492c533b0a4d14ef77cc0f78abccced5287d84a1a2011cfb81"]
     assert rep.counts["blobs"] == 1 and rep.counts["clobs"] == 1
     s = _store(rep.path)
     try:
         assert not s.has(victim["file"])
+        assert not s.has("039058c6f2c0cb492c533b0a4d14ef77cc0f78abccced5287d84a1a2011cfb81")
         # objects.md §2.3 vectors: CLOB "hello world", unreferenced -> taken as a CLOB
         assert s.kind("b94d27b9934d3e08a52e52d7da7dabfac484efe37a5380ee9088f7ace2efcde9") == "clob"
         assert s.read_blob(F.sha(b"\x00\xffblob")) == b"\x00\xffblob"
@@ -379,7 +413,7 @@ def test_cli_import_and_export(tmp_path: Path) -> None:
     assert "OR-GR1" in reasons or "M2O-PHM1" in reasons or "Harness" in reasons
     w = _lama("whoami", "--dir", str(tmp_path / "lama"), "--check-secret", secret=SECRET)
     assert w.returncode == 0 and F.DUMP["ownerIdHash"] in w.stdout
-    e = _lama("export-one", str(tmp_path / "lama"), str(tmp_path / "OneDB"), secret=SECRET)
+    e = _lama("export-one", str(tmp_path / "OneDB"), "--dir", str(tmp_path / "lama"), secret=SECRET)
     assert e.returncode == 0, e.stderr
     assert "into:" in e.stdout
     assert (tmp_path / "OneDB" / F.DUMP["instanceIdHash"] / "vheads" / F.DUMP["ownerIdHash"]).is_file()
@@ -417,7 +451,7 @@ def test_serve_syncs_with_imported_contacts(tmp_path: Path) -> None:
         pa.stop()
         assert pa.p.returncode == 0
 
-        r = lama("export-one", str(tmp_path / "a"), str(tmp_path / "OneDB"), "--json")
+        r = lama("export-one", str(tmp_path / "OneDB"), "--dir", str(tmp_path / "a"), "--json")
         assert r.returncode == 0, r.stderr
         assert json.loads(r.stdout)["problems"] == []
         r = lama("import-one", str(tmp_path / "OneDB"), "--dir", str(tmp_path / "a2"), "--json")
@@ -440,3 +474,68 @@ def test_serve_syncs_with_imported_contacts(tmp_path: Path) -> None:
     finally:
         for p in reversed(procs):
             p.stop()
+
+
+def test_cli_progress_bar_only_on_a_terminal(tmp_path: Path) -> None:
+    """stderr a terminal (a pty): a rich progress bar with the phases; not a terminal: none."""
+    import pty
+    import select
+
+    F.write_dump_store(tmp_path / "one", SECRET)
+    env = {k: v for k, v in os.environ.items() if k != "LAMA_SECRET"}
+    env.update(PYTHONPATH=str(ROOT / "python") + os.pathsep + env.get("PYTHONPATH", ""),
+               LAMA_SECRET=SECRET, COLUMNS="100", TERM="xterm")
+    master, slave = pty.openpty()
+    try:
+        p = subprocess.Popen([sys.executable, "-m", "lama.cli", "import-one",
+                              str(tmp_path / "one"), "--dir", str(tmp_path / "lama")],
+                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=slave,
+                             env=env, start_new_session=True)
+        os.close(slave)
+        slave = -1
+        err = b""
+        while True:  # drain the pty until the child closes it (bounded by the timeout)
+            r, _, _ = select.select([master], [], [], 60)
+            if not r:
+                break
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:  # EIO: the child is gone
+                break
+            if not chunk:
+                break
+            err += chunk
+        out, _ = p.communicate(timeout=60)
+    finally:
+        os.close(master)
+        if slave >= 0:
+            os.close(slave)
+    assert p.returncode == 0, err
+    text = err.decode("utf-8", "replace")
+    assert "objects" in text and "version heads" in text and "keys" in text
+    assert "━" in text or "%" in text or "/" in text  # the bar and its m/n column
+    assert b"imported" in out
+    # not a terminal: the same command prints no bar (test_cli_import_and_export: stderr empty)
+    r = _lama("export-one", str(tmp_path / "OneDB"), "--dir", str(tmp_path / "lama"), secret=SECRET)
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+
+
+def test_cli_never_prompts_with_ci_true(tmp_path: Path) -> None:
+    """A terminal on stdin but CI=true and no LAMA_SECRET: a clear error, no prompt, nothing
+    written (without CI=true the same terminal would get the hidden prompt)."""
+    import pty
+
+    F.write_dump_store(tmp_path / "one", SECRET)
+    env = {k: v for k, v in os.environ.items() if k != "LAMA_SECRET"}
+    env.update(PYTHONPATH=str(ROOT / "python") + os.pathsep + env.get("PYTHONPATH", ""), CI="true")
+    master, slave = pty.openpty()
+    try:
+        r = subprocess.run([sys.executable, "-m", "lama.cli", "import-one", str(tmp_path / "one"),
+                            "--dir", str(tmp_path / "lama")], stdin=slave, capture_output=True,
+                           text=True, env=env, timeout=60, start_new_session=True)
+    finally:
+        os.close(slave)
+        os.close(master)
+    assert r.returncode == 2 and "LAMA_SECRET" in r.stderr, r.stderr
+    assert "secret:" not in r.stdout.lower()
+    assert not (tmp_path / "lama").exists()

@@ -442,14 +442,14 @@ def _build_app() -> Any:
 
     @app.command("export-one")
     def export_one_cmd(
-        lama_dir: str = typer.Argument(..., help="lama instance directory (or its base directory)."),
         one_dir: str = typer.Argument(..., help="Base directory for the ONE instance."),
+        dir: str = typer.Option(..., "--dir", help="lama instance directory (or its base directory)."),
         as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
     ) -> None:
         """Write a lama instance in ONE's file-store layout. Secret: $LAMA_SECRET or a prompt."""
         from lama.migrate import cli as mig
 
-        mig.run_export(lama_dir, one_dir, read_secret(), as_json)
+        mig.run_export(dir, one_dir, read_secret(), as_json)
 
     @app.command("comm-server")
     def comm_server_cmd(

@@ -47,6 +47,7 @@ import codecs
 import os
 import shutil
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -87,6 +88,8 @@ Progress = Callable[[str, int, int], None]
 (import) and ``"objects"``, ``"heads"``, ``"rmaps"``, ``"keys"`` (export)."""
 
 _BATCH = 1000  # objects per store transaction
+_READERS = 8  # threads reading object files
+_PER_READ = 50  # files per reading task
 _CHUNK = 1 << 20
 _MICRODATA_MAX = 64 << 20  # a microdata file above this is taken as a BLOB/CLOB candidate
 _VERSION_NODES = ("VersionNodeEdge", "VersionNodeChange", "VersionNodeMerge")
@@ -294,6 +297,33 @@ def _find_identity(inst: Path, keychain: Keychain) -> _Identity:
     )
 
 
+def _read_small(path: str | None) -> bytes | OSError | None:
+    """The bytes of a file up to ``_MICRODATA_MAX`` (None: larger, or no path), or the error."""
+    if path is None:
+        return None
+    try:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            size = os.fstat(fd).st_size
+            if size > _MICRODATA_MAX:
+                return None
+            raw = os.pread(fd, size, 0)
+            while len(raw) < size:
+                more = os.pread(fd, size - len(raw), len(raw))
+                if not more:
+                    break
+                raw += more
+            return raw
+        finally:
+            os.close(fd)
+    except OSError as e:
+        return e
+
+
+def _read_many(paths: list[str | None]) -> list[bytes | OSError | None]:
+    return [_read_small(p) for p in paths]
+
+
 def _is_utf8_file(path: str) -> bool:
     dec = codecs.getincrementaldecoder("utf-8")()
     try:
@@ -321,6 +351,7 @@ class _Importer:
         self.data_files: dict[str, str] = {}  # hash -> path of non-microdata files
         self.failed_md: dict[str, tuple[str, str]] = {}  # hash -> (path, parse error)
         self.types: dict[str, str] = {}  # hash -> type of stored microdata
+        self.batch: list[tuple[str, str, str]] = []  # microdata read, not stored yet
 
     def problem(self, what: Any, reason: str) -> None:
         self.report.problems.append(Problem(str(what), reason))
@@ -335,40 +366,32 @@ class _Importer:
     def objects(self) -> None:
         files = list(onefs.iter_object_files(self.inst / onefs.OBJECTS))
         total = len(files)
-        batch: list[tuple[str, str, str]] = []
-        for i, (path, bad) in enumerate(files):
-            if bad is not None:
-                self.problem(self.rel(path), bad)
-            else:
-                self._classify(path, batch)
-                if len(batch) >= _BATCH:
-                    self._flush(batch)
-            if i % 256 == 0:
-                self.progress("objects", i, total)
-        self._flush(batch)
+        # the files are read by a few threads, one slice at a time (pread releases the GIL: a
+        # cold store is bound by the disk's latency per small file, not by the CPU)
+        with ThreadPoolExecutor(_READERS) as pool:
+            for start in range(0, total, _BATCH):
+                part = files[start:start + _BATCH]
+                wanted = [path if bad is None else None for path, bad in part]
+                slices = [wanted[i:i + _PER_READ] for i in range(0, len(wanted), _PER_READ)]
+                got_all = [g for got in pool.map(_read_many, slices) for g in got]
+                for (path, bad), got in zip(part, got_all):
+                    if bad is not None:
+                        self.problem(self.rel(path), bad)
+                    else:
+                        self._classify(path, got)
+                self._flush()
+                self.progress("objects", start + len(part), total)
         self.progress("objects", total, total)
 
-    def _classify(self, path: str, batch: list[tuple[str, str, str]]) -> None:
+    def _classify(self, path: str, got: bytes | OSError | None) -> None:
         h = os.path.basename(path)
-        try:
-            fd = os.open(path, os.O_RDONLY)
-            try:
-                size = os.fstat(fd).st_size
-                # too large for microdata: a BLOB or a CLOB (blobs())
-                raw = os.pread(fd, 4096, 0) if size > _MICRODATA_MAX else os.pread(fd, size, 0)
-                while size <= _MICRODATA_MAX and len(raw) < size:
-                    more = os.pread(fd, size - len(raw), len(raw))
-                    if not more:
-                        break
-                    raw += more
-            finally:
-                os.close(fd)
-            if size > _MICRODATA_MAX or not raw.startswith(b"<div "):
-                self.data_files[h] = path  # not microdata: a BLOB or a CLOB (blobs())
-                return
-        except OSError as e:
-            self.problem(self.rel(path), f"unreadable: {e.strerror or e}")
+        if isinstance(got, OSError):
+            self.problem(self.rel(path), f"unreadable: {got.strerror or got}")
             return
+        if got is None or not got.startswith(b"<div "):
+            self.data_files[h] = path  # not microdata: a BLOB or a CLOB (blobs())
+            return
+        raw = got
         try:
             text = raw.decode("utf-8")
             core.type_of(text)
@@ -388,12 +411,12 @@ class _Importer:
                         self.clob_refs.add(ref)
             except LamaError:
                 pass  # the store's parse reports it
-        batch.append((text, h, path))
+        self.batch.append((text, h, path))
 
-    def _flush(self, batch: list[tuple[str, str, str]]) -> None:
-        if batch:
-            self._put(batch)
-        batch.clear()
+    def _flush(self) -> None:
+        if self.batch:
+            self._put(self.batch)
+        self.batch = []
 
     def _put(self, items: list[tuple[str, str, str]]) -> None:
         """One transaction for ``items``; one bad item fails it all (nothing written), so a
