@@ -318,10 +318,19 @@ def _build_app() -> Any:
         email: str = typer.Option(None, "--email", help="Choose the instance by email ..."),
         instance_name: str = typer.Option(None, "--instance-name", help="... and name."),
         as_json: bool = typer.Option(False, "--json", help="Print events as JSON lines."),
+        log_level: str = typer.Option(
+            None, "--log-level", help="Log level: debug|info|warning|error (default: "
+                                      "$LAMA_LOG_LEVEL or info); logs go to stderr."),
+        log_format: str = typer.Option(
+            None, "--log-format", help="Log format: json (JSON lines) or text (default: "
+                                       "$LAMA_LOG_FORMAT or json)."),
     ) -> None:
         """Run the instance: connections to every contact, CHUM sync, events; other lama
         commands on the same directory talk to it. Stops cleanly on SIGINT/SIGTERM."""
+        from lama import log as lama_log
         from lama.app import App, AppConfig
+
+        lama_log.configure(log_level, log_format)  # docs/tracing.md §7
 
         cfg = AppConfig(comm_server_url=_comm_server(comm_server))
         secret = read_secret()
@@ -392,6 +401,36 @@ def _build_app() -> Any:
         print("\n".join(_status_lines(st)))
 
     @app.command()
+    def trace(
+        message: str = typer.Argument(None, help="Message id (or a unique 8+ hex digit prefix); "
+                                                 "none: list recent traces."),
+        dir: str = typer.Option(..., "--dir", help="Instance or base directory."),
+        last: int = typer.Option(20, "--last", help="List: the N newest traces."),
+        stalled: bool = typer.Option(False, "--stalled", help="List: only stalled traces."),
+        as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+    ) -> None:
+        """The transfer trace of a message: its steps with times, its status and where it
+        stalled (docs/tracing.md). Through the running lama serve, else from the persisted
+        traces."""
+        from lama.trace import format_trace
+
+        if message is not None:
+            t = _run_async(_client(dir, "trace", message=message))["trace"]
+            if as_json:
+                print(json.dumps(t, indent=2, sort_keys=True))
+            else:
+                print("\n".join(escape(line) for line in format_trace(t)))
+            return
+        ts = _run_async(_client(dir, "traces", limit=last, stalled=stalled))["traces"]
+        if as_json:
+            print(json.dumps(ts, indent=2, sort_keys=True))
+            return
+        for t in ts:
+            f = t.get("failure")
+            print(f"{t['message_id'][:16]}  {t['direction']:<3}  {t['status']:<9}  "
+                  f"{(f['point'] if f else ''):<18}  {escape(t['preview'][:40])}")
+
+    @app.command()
     def demo(
         dir: str = typer.Option(None, "--dir", help="Directory for the two instances "
                                                     "(default: a temporary one, removed)."),
@@ -414,9 +453,19 @@ def _build_app() -> Any:
         ping_interval: float = typer.Option(25.0, "--ping-interval", help="Seconds between pings of a spare."),
         pong_timeout: float = typer.Option(1.0, "--pong-timeout", help="Seconds a pong may take."),
         auth_timeout: float = typer.Option(10.0, "--auth-timeout", help="Seconds to authenticate."),
+        log_level: str = typer.Option(
+            None, "--log-level", help="Log level: debug|info|warning|error (default: "
+                                      "$LAMA_LOG_LEVEL or info); logs go to stderr."),
+        log_format: str = typer.Option(
+            None, "--log-format", help="Log format: json (JSON lines) or text (default: "
+                                       "$LAMA_LOG_FORMAT or json)."),
     ) -> None:
         """Run a comm server (the reference's relay protocol) until SIGINT or SIGTERM."""
         import asyncio
+
+        from lama import log as lama_log
+
+        lama_log.configure(log_level, log_format)  # docs/tracing.md §7
 
         asyncio.run(_run_comm_server(host, port, ping_interval, pong_timeout, auth_timeout))
 
