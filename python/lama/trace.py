@@ -36,7 +36,7 @@ FAILURE_POINTS = ("not_granted", "never_connected", "connection_refused", "peer_
                   "import_error", "in_flight")
 _PEER_STEPS = ("granted", "offered", "fetched", "stored")
 _IMPORTS_MAX = 50_000     # object hashes remembered from imports (for the `received` step)
-_FLUSH_DELAY = 0.2        # seconds between a change and its row being handed to the writer
+_FLUSH_DELAY = 0.5        # seconds between a change and its row being handed to the writer
 _RECENT = 64            # session events kept to apply to a post registered after them
 _ONE_TO_ONE = re.compile(r"([0-9a-f]{64})<->([0-9a-f]{64})")
 _ROOT_LOOKUPS = 64        # unknown announced roots read from the store per `exported` event
@@ -381,18 +381,16 @@ class Tracer:
 
     def posted(self, messages: Iterable[Any], topic: Any = None) -> None:
         """The send path: ``messages`` (lama.chat.Message) were committed just now. Costs a
-        few dict operations per message and two store reads per batch; the grant check runs
-        a moment later, off the send path."""
+        few dict operations per message and one ``last_seq`` per batch; the grant check runs
+        a moment later, off the send path; announced channel versions are recognised when
+        they are announced (``_channel_of``)."""
         at = _now()
         seq = self.store.last_seq()
-        version: str | None = None
         for m in messages:
             if m.id in self._recs:
                 continue
-            if version is None:
-                version = self._note_version(m.channel)
             rec = _Rec(m.id, m.topic_id, m.channel, "out", m.sender, m.text[:80],
-                       float(m.timestamp), (m.id, m.hash), seq, version)
+                       float(m.timestamp), (m.id, m.hash), seq)
             rec.add("created", float(m.timestamp))
             rec.add("posted", at)
             self._recs[m.id] = rec
@@ -407,20 +405,6 @@ class Tracer:
             for m in messages:
                 log.info("message posted", extra={"fields": {
                     "event": "message_posted", "message_id": m.id, "topic": m.topic_id}})
-
-    def _note_version(self, cid: str) -> str | None:
-        """The channel's current version: node and data hashes (either may be announced)."""
-        from lama.objects import versions
-
-        try:
-            node = versions.head_node(self.store, cid)
-        except LamaError:
-            return None
-        if node is None:
-            return None
-        self._versions[node.hash] = cid
-        self._versions[node.data] = cid
-        return str(node.data)
 
     def _recipients(self, rec: _Rec, persons: list[str]) -> None:
         """Set the recipients; events seen before the post was registered (the session may
@@ -448,7 +432,7 @@ class Tracer:
             rec = self._recs.get(mid)
             if rec is None:
                 continue
-            key = (rec.channel, rec.version)
+            key = (rec.channel, None)
             if key not in cache:
                 try:
                     persons, groups = access.grants(self.store, id=rec.channel)
@@ -572,7 +556,7 @@ class Tracer:
             if cid is None and lookups < _ROOT_LOOKUPS:
                 lookups += 1
                 cid = self._channel_of(h)
-            if cid is not None:
+            if cid:
                 channels.add(cid)
         served = {self._watch[h] for h in objects if h in self._watch}
         for mid in ([only.message_id] if only is not None else list(ids)):
@@ -585,25 +569,26 @@ class Tracer:
             if changed:
                 self._changed(rec)
 
-    def _channel_of(self, h: str) -> str | None:
-        """The channel id hash if ``h`` is a ChannelInfo version or its version node
-        (remembered), else None."""
+    def _channel_of(self, h: str) -> str:
+        """The channel id hash if ``h`` is a ChannelInfo version or its version node, else
+        "" (both remembered)."""
         from lama._core import core
         from lama.objects import versions
 
+        cid = ""
         try:
-            if self.store.kind(h) != "object":
-                return None
-            data = h
-            head = self.store.get(h)[:100]
-            if "VersionNode" in head:
-                data = str(versions.load_node(self.store, h).data)
-                head = self.store.get(data)[:100]
-            if 'itemtype="//refin.io/ChannelInfo"' not in head:
-                return None
-            cid = str(core.id_hash(self.store.get_object(data)))
+            if self.store.kind(h) == "object":
+                data = h
+                head = self.store.get(h)[:100]
+                if "VersionNode" in head:
+                    data = str(versions.load_node(self.store, h).data)
+                    head = self.store.get(data)[:100]
+                if 'itemtype="//refin.io/ChannelInfo"' in head:
+                    cid = str(core.id_hash(self.store.get_object(data)))
         except (LamaError, KeyError, ValueError):
-            return None
+            pass
+        if len(self._versions) > _IMPORTS_MAX:
+            self._versions.clear()
         self._versions[h] = cid
         return cid
 
