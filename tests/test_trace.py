@@ -307,3 +307,54 @@ def test_trace_off_and_json_logs(tmp_path: Path) -> None:
             lg.removeHandler(x)
         lg.propagate, lg.level = True, logging.NOTSET
         assert h not in lg.handlers
+
+
+def test_persisted_log_limit_damage_and_rewrite(tmp_path: Path, monkeypatch: Any) -> None:
+    """Traces kept across reopen up to ``trace_limit`` (the oldest dropped), a damaged log
+    record skipped, the log rewritten as one record per batch when it grew."""
+    import sqlite3
+
+    from lama import trace as trace_mod
+
+    conf = AppConfig(comm_server_url=None, trace=True, trace_limit=5)
+
+    async def first() -> tuple[list[str], Path]:
+        app = await App.create(tmp_path / "a", email="a@example.com", name="A", secret=SECRET,
+                               config=conf)
+        try:
+            topic = app.chat.create_group("g", ["ab" * 32]).id
+            ids = [(await app.send(topic, f"m{i}")).id for i in range(4)]
+            ids += [m.id for m in await app.send_many(topic, ["b1", "b2", "b3", "b4"])]
+            t = app.trace(ids[-1])
+            assert [s.step for s in t.steps] == ["created", "posted", "granted"]
+            assert t.status == "in_flight" and t.peers[0].failure == "peer_offline"
+            return ids, app.instance_dir
+        finally:
+            await app.close()
+
+    ids, adir = asyncio.run(first())
+    db = sqlite3.connect(str(adir / "traces.sqlite3"))
+    rows = db.execute("SELECT data FROM log ORDER BY id").fetchall()
+    kinds = [json.loads(d)[0] for (d,) in rows]
+    assert "drop" in kinds and kinds.count("new") < len(ids)  # the batch shares one record
+    with db:
+        db.execute("INSERT INTO log (data) VALUES ('[\"new\", \"truncated')")
+    db.close()
+    monkeypatch.setattr(trace_mod, "_COMPACT_AFTER", 10)
+
+    async def again() -> None:
+        app = await App.open(adir, SECRET, config=conf)
+        try:
+            assert [t.message_id for t in app.traces()] == ids[:-6:-1]
+            with pytest.raises(NotFoundError):
+                app.trace(ids[0])
+            assert [s.step for s in app.trace(ids[4]).steps] == ["created", "posted", "granted"]
+            app.tracer.flush()  # the rewrite: the live traces as `new` records
+            db = sqlite3.connect(str(adir / "traces.sqlite3"))
+            kinds = [json.loads(d)[0] for (d,) in db.execute("SELECT data FROM log")]
+            db.close()
+            assert kinds and set(kinds) == {"new"} and len(kinds) <= 2
+        finally:
+            await app.close()
+
+    asyncio.run(again())
