@@ -358,3 +358,41 @@ def test_persisted_log_limit_damage_and_rewrite(tmp_path: Path, monkeypatch: Any
             await app.close()
 
     asyncio.run(again())
+
+
+@pytest.mark.parametrize("how", ["flag", "env"])
+def test_comm_server_json_logs_and_level_switch(how: str) -> None:
+    import signal
+
+    def run(args: list[str], env: dict[str, str]) -> tuple[int, str]:
+        proc = subprocess.Popen([sys.executable, "-m", "lama.cli", "comm-server", "--host",
+                                 "127.0.0.1", "--port", "0", *args], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, env={**os.environ, **env})
+        try:
+            assert proc.stdout is not None
+            assert proc.stdout.readline().startswith("ws://127.0.0.1:")
+            proc.send_signal(signal.SIGTERM)
+            _out, err = proc.communicate(timeout=30)
+            return proc.returncode, err
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+    if how == "flag":
+        code, err = run(["--log-level", "info", "--log-format", "json"], {})
+    else:
+        code, err = run([], {"LAMA_LOG_LEVEL": "info", "LAMA_LOG_FORMAT": "json"})
+    assert code == 0, err
+    recs = [json.loads(line) for line in err.splitlines()]
+    assert [r["event"] for r in recs] == ["listening", "stopped"]
+    assert recs[0]["logger"] == "lama.commserver" and recs[0]["url"].startswith("ws://")
+    assert "registrations" in recs[1] and all(r["level"] == "info" for r in recs)
+    code, err = run(["--log-level", "warning"] if how == "flag" else [],
+                    {} if how == "flag" else {"LAMA_LOG_LEVEL": "warning"})
+    assert code == 0 and err == ""
+    code, err = run(["--log-format", "text", "--log-level", "info"], {})
+    assert code == 0 and "info    lama.commserver: comm server listening event=listening url=ws://" in err
+    bad = subprocess.run([sys.executable, "-m", "lama.cli", "comm-server", "--port", "0",
+                          "--log-level", "loud"], capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 1 and "log level must be one of" in bad.stderr

@@ -167,10 +167,12 @@ async def _run_comm_server(host: str, port: int, ping_interval: float, pong_time
     """``lama comm-server``: print the URL, serve until SIGINT/SIGTERM, close cleanly, print the
     counters (one ``name value`` line each)."""
     import asyncio
+    import logging
     import signal
 
     from lama._core import comm_server
 
+    log = logging.getLogger("lama.commserver")
     server = await comm_server(host, port, ping_interval=ping_interval, pong_timeout=pong_timeout,
                                auth_timeout=auth_timeout)
     stop = asyncio.Event()
@@ -178,10 +180,13 @@ async def _run_comm_server(host: str, port: int, ping_interval: float, pong_time
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     print(server.url, flush=True)
+    log.info("comm server listening", extra={"fields": {"event": "listening", "url": server.url}})
     try:
         await stop.wait()
     finally:
         await server.close()
+        log.info("comm server stopped", extra={"fields": {"event": "stopped",
+                                                           **server.counters()}})
         for name, value in server.counters().items():
             print(f"{name} {value}")
         sys.stdout.flush()

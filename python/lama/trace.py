@@ -199,10 +199,10 @@ def _replay(rows: Iterable[str], recs: dict[str, _Rec]) -> None:
                 _, steps, errors, granted, mids = d
                 tail = [Step(x[0], float(x[1]), x[2], x[3]) for x in steps]
                 for mid in mids:
-                    r = recs.get(mid)
-                    if r is not None:
-                        r.steps.extend(tail)
-                        r.errors, r.granted = dict(errors), dict(granted)
+                    known = recs.get(mid)
+                    if known is not None:
+                        known.steps.extend(tail)
+                        known.errors, known.granted = dict(errors), dict(granted)
             elif d[0] == "drop":
                 for mid in d[1]:
                     recs.pop(mid, None)
@@ -315,7 +315,7 @@ class Tracer:
         self._dirty: dict[str, None] = {}  # changed traces, in the order they changed
         self._dropped: list[str] = []
         self._flush_handle: asyncio.Handle | None = None
-        self._grant_queue: list[str] = []
+        self._grant_queue: list[_Rec] = []
         self._recent: collections.deque[tuple[float, str, str, dict[str, Any]]] = \
             collections.deque(maxlen=_RECENT)
         self._writer: _Writer | None = None
@@ -443,7 +443,7 @@ class Tracer:
         seq = self.store.last_seq()
         recs = self._recs
         watch = self._watch
-        topic: str | None = None
+        topic = ""
         batch: list[_Rec] = []
         for m in messages:
             mid = m.id
@@ -508,9 +508,9 @@ class Tracer:
             try:
                 persons, groups = access.grants(self.store, id=cid)
                 members: set[str] = set(persons)
-                for g in groups:
+                for group in groups:
                     with contextlib.suppress(LamaError):
-                        members.update(_group_members(self.store, g))
+                        members.update(_group_members(self.store, group))
             except LamaError as e:
                 log.warning("grants of %s: %s", cid, e)
                 members = set()
@@ -521,8 +521,8 @@ class Tracer:
             for r in recs:
                 g = shared.get(r.recipients)
                 if g is None:
-                    granted = {p: p in members for p in r.recipients}
-                    g = shared[r.recipients] = (granted, [p for p, ok in granted.items() if ok])
+                    ok = {p: p in members for p in r.recipients}
+                    g = shared[r.recipients] = (ok, [p for p, yes in ok.items() if yes])
                 r.granted = g[0]  # shared: never changed afterwards
                 posted = r.steps[1].at
                 r.steps.extend([Step("granted", posted, p) for p in g[1]])

@@ -1015,7 +1015,7 @@ class ConnectionManager:
                 on_event=on_event, keep_running=True, fast_path=cfg.fast_path,
                 poll_interval=cfg.sync_interval or 5.0, exporter=not cfg.no_export,
                 importer=not cfg.no_import, write_log=False,
-                **({"trace": True} if cfg.trace else {}))
+                **({"trace": True} if cfg.trace else {}))  # type: ignore[arg-type]
             reason = result.reason or reason
             # A keep-running session only ends when its connection closes, which the
             # reference's importer counts as a failure; chum.md §3.2 item 5 then writes the Chum

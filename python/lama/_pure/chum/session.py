@@ -101,6 +101,9 @@ class ChumSession:
     _task: Generator[Call | Calls | Sleep, Any, None] | None
     _notify_ids: set[int]
     _notified: bool
+    _trace: bool
+    _traced_objects: int
+    _traced_id_objects: int
 
     def __new__(cls, store: Any, local_person: str, remote_person: str, *,
                 keep_running: bool = False, poll_interval: float = 5.0, fast_path: bool = True,
