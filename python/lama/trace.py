@@ -117,6 +117,9 @@ class Trace:
             d["updated"])
 
 
+_NONE: dict[Any, Any] = {}  # the shared empty `granted`/`errors` (replaced, never changed)
+
+
 class _Rec:
     """A trace while it is collected (mutable; persisted as the JSON list ``row()``)."""
 
@@ -137,8 +140,8 @@ class _Rec:
         self.hashes = hashes                    # objects whose serving counts as `fetched`
         self.seq = seq                          # our store's write sequence after the post
         self.recipients: tuple[str, ...] = ()
-        self.granted: dict[str, bool] = {}      # shared by the traces of one grant check
-        self.errors: dict[str, str] = {}        # person -> import error text
+        self.granted: dict[str, bool] = _NONE   # shared by the traces of one grant check
+        self.errors: dict[str, str] = _NONE     # person -> import error text (copy on write)
         self.steps: list[Step] = []           # steps[0] is always `created`
         self.updated = created
         self.saved = -1                         # steps persisted (-1: not persisted yet)
@@ -146,12 +149,16 @@ class _Rec:
     def has(self, step: str, peer: str | None = None) -> bool:
         return any(s.step == step and s.peer == peer for s in self.steps)
 
-    def add(self, step: str, at: float, peer: str | None = None, detail: str | None = None) -> bool:
-        if self.has(step, peer):
+    def add(self, step: str | Step, at: float = 0.0, peer: str | None = None,
+            detail: str | None = None) -> bool:
+        """Add a step unless the trace has it (``step`` may be a prebuilt Step: one object
+        for every trace an event touches, so they persist in one record)."""
+        s = step if isinstance(step, Step) else Step(step, at, peer, detail)
+        if self.has(s.step, s.peer):
             return False
-        self.steps.append(Step(step, at, peer, detail))
-        if at > self.updated:
-            self.updated = at
+        self.steps.append(s)
+        if s.at > self.updated:
+            self.updated = s.at
         return True
 
 
@@ -160,22 +167,30 @@ def _encode_records(recs: Iterable[_Rec], full: bool = False) -> list[str]:
     """The log records (docs/tracing.md §5) that persist ``recs``' changes since they were
     last persisted (``full``: all of them, for a compaction). Traces that share what a batch
     shares (topic, recipients, grants, steps) share one record, so a batch of posts costs one
-    record, and one receipt covering many posts one more."""
-    news: dict[tuple[Any, ...], list[Any]] = {}
-    upds: dict[tuple[Any, ...], list[str]] = {}
+    record, and one receipt covering many posts one more. Grouped by the identity of the
+    shared objects (the send path shares them within a batch): cheaper than by value, and
+    equal values in different objects only make more records."""
+    news: dict[tuple[Any, ...], tuple[_Rec, list[Any]]] = {}
+    upds: dict[tuple[Any, ...], tuple[_Rec, int, list[str]]] = {}
     for r in recs:
-        errors = tuple(r.errors.items())
-        granted = tuple(r.granted.items())
         if full or r.saved < 0:
-            key = (r.direction, r.topic_id, r.channel, r.sender, r.seq, r.recipients, granted,
-                   errors, tuple(r.steps[1:]))
-            news.setdefault(key, []).append([r.message_id, r.hashes, r.created, r.preview])
+            key = (r.direction, r.topic_id, r.channel, r.sender, r.seq, r.recipients,
+                   id(r.granted), id(r.errors), *map(id, r.steps[1:]))
+            g = news.get(key)
+            if g is None:
+                g = news[key] = (r, [])
+            g[1].append([r.message_id, r.hashes, r.created, r.preview])
         else:
-            upds.setdefault((tuple(r.steps[r.saved:]), errors, granted), []).append(r.message_id)
+            key = (id(r.granted), id(r.errors), *map(id, r.steps[r.saved:]))
+            u = upds.get(key)
+            if u is None:
+                u = upds[key] = (r, r.saved, [])
+            u[2].append(r.message_id)
         r.saved = len(r.steps)
-    out = [_ENCODE(["new", k[0], k[1], k[2], k[3], k[4], k[5], dict(k[6]), dict(k[7]), k[8], v])
-           for k, v in news.items()]
-    out.extend(_ENCODE(["upd", k[0], dict(k[1]), dict(k[2]), v]) for k, v in upds.items())
+    out = [_ENCODE(["new", r.direction, r.topic_id, r.channel, r.sender, r.seq, r.recipients,
+                    r.granted, r.errors, r.steps[1:], msgs]) for r, msgs in news.values()]
+    out.extend(_ENCODE(["upd", r.steps[saved:], r.errors, r.granted, mids])
+               for r, saved, mids in upds.values())
     return out
 
 
@@ -188,21 +203,23 @@ def _replay(rows: Iterable[str], recs: dict[str, _Rec]) -> None:
                 _, direction, topic, channel, sender, seq, recipients, granted, errors, steps, \
                     msgs = d
                 tail = [Step(x[0], float(x[1]), x[2], x[3]) for x in steps]
+                granted, errors = dict(granted) or _NONE, dict(errors) or _NONE  # shared
                 for mid, hashes, created, preview in msgs:
                     r = _Rec(mid, topic, channel, direction, sender, preview, float(created),
                              tuple(hashes), int(seq))
                     r.recipients = tuple(recipients)
-                    r.granted, r.errors = dict(granted), dict(errors)
+                    r.granted, r.errors = granted, errors
                     r.steps = [Step("created", r.created)] + tail
                     recs[mid] = r
             elif d[0] == "upd":
                 _, steps, errors, granted, mids = d
                 tail = [Step(x[0], float(x[1]), x[2], x[3]) for x in steps]
+                granted, errors = dict(granted) or _NONE, dict(errors) or _NONE  # shared
                 for mid in mids:
                     known = recs.get(mid)
                     if known is not None:
                         known.steps.extend(tail)
-                        known.errors, known.granted = dict(errors), dict(granted)
+                        known.errors, known.granted = errors, granted
             elif d[0] == "drop":
                 for mid in d[1]:
                     recs.pop(mid, None)
@@ -445,6 +462,8 @@ class Tracer:
         watch = self._watch
         topic = ""
         batch: list[_Rec] = []
+        posted_step = Step("posted", at)   # immutable: one object for the batch
+        created_step = Step("created", 0.0)
         for m in messages:
             mid = m.id
             if mid in recs:
@@ -456,7 +475,9 @@ class Tracer:
                 topic = m.topic_id
             rec = _Rec(mid, topic, m.channel, "out", m.sender, m.text[:80],
                        float(m.timestamp), (mid, m.hash), seq)
-            rec.steps = [Step("created", rec.created), Step("posted", at)]
+            if created_step.at != rec.created:  # one batch: mostly one timestamp
+                created_step = Step("created", rec.created)
+            rec.steps = [created_step, posted_step]
             rec.updated = at
             recs[mid] = rec
             watch[mid] = mid
@@ -517,15 +538,16 @@ class Tracer:
             todo = [r for r in recs if not r.recipients]
             if todo:
                 self._recipients(todo, self._participants(todo[0]))
-            shared: dict[tuple[str, ...], tuple[dict[str, bool], list[str]]] = {}
+            shared: dict[tuple[Any, ...], tuple[dict[str, bool], list[Step]]] = {}
             for r in recs:
-                g = shared.get(r.recipients)
+                key = (r.recipients, r.steps[1])  # one batch: one posted step
+                g = shared.get(key)
                 if g is None:
                     ok = {p: p in members for p in r.recipients}
-                    g = shared[r.recipients] = (ok, [p for p, yes in ok.items() if yes])
+                    g = shared[key] = (ok, [Step("granted", r.steps[1].at, p)
+                                            for p, yes in ok.items() if yes])
                 r.granted = g[0]  # shared: never changed afterwards
-                posted = r.steps[1].at
-                r.steps.extend([Step("granted", posted, p) for p in g[1]])
+                r.steps.extend(g[1])
             self._dirty.update(dict.fromkeys(r.message_id for r in recs))
 
     def _participants(self, rec: _Rec) -> list[str]:
@@ -610,7 +632,7 @@ class Tracer:
             text = f"{code}: {msg}" if code and not msg.startswith(f"{code}:") else msg
             for mid in self._pending.get(person, ()):
                 rec = self._recs[mid]
-                rec.errors[person] = text
+                rec.errors = {**rec.errors, person: text}
                 self._changed(rec)
 
     def _exported(self, person: str, data: dict[str, Any],
@@ -633,13 +655,14 @@ class Tracer:
             if cid:
                 channels.add(cid)
         served = {self._watch[h] for h in objects if h in self._watch}
+        offered, fetched = Step("offered", at, person), Step("fetched", at, person)
         for mid in ([r.message_id for r in only] if only is not None else list(ids)):
             rec = self._recs[mid]
             changed = False
             if rec.channel in channels:
-                changed |= rec.add("offered", at, person)
+                changed |= rec.add(offered)
             if mid in served:
-                changed |= rec.add("fetched", at, person)
+                changed |= rec.add(fetched)
             if changed:
                 self._changed(rec)
 
@@ -674,16 +697,18 @@ class Tracer:
         mark = data.get("mark")
         errors = data.get("errors") or []
         at = _now()
+        stored = Step("stored", at, person, f"mark {mark}")
         for mid in ([r.message_id for r in only] if only is not None
                     else list(self._pending.get(person, ()))):
             rec = self._recs[mid]
             changed = False
             if mark is not None and rec.seq <= mark:
-                changed |= rec.add("stored", at, person, f"mark {mark}")
-                rec.errors.pop(person, None)
+                changed |= rec.add(stored)
+                if person in rec.errors:
+                    rec.errors = {k: v for k, v in rec.errors.items() if k != person}
                 self._pending[person].discard(mid)
             elif errors:
-                rec.errors[person] = "; ".join(errors)
+                rec.errors = {**rec.errors, person: "; ".join(errors)}
                 changed = True
             if changed:
                 self._changed(rec)
@@ -691,10 +716,10 @@ class Tracer:
     def _receipt_sent(self, person: str, data: dict[str, Any]) -> None:
         if data.get("mark") is None:
             return
-        at = _now()
+        confirmed = Step("confirmed", _now(), person, f"mark {data['mark']}")
         for mid in list(self._await_confirm.get(person, ())):
             rec = self._recs[mid]
-            if rec.add("confirmed", at, person, f"mark {data['mark']}"):
+            if rec.add(confirmed):
                 self._changed(rec)
             self._await_confirm[person].discard(mid)
 
