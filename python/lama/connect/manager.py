@@ -451,7 +451,8 @@ class ConnectionManager:
         if self.config.event_logging or log.isEnabledFor(logging.DEBUG):
             # docs/tracing.md §7: the event and its data as fields of a structured record
             log.log(logging.INFO if self.config.event_logging else logging.DEBUG,
-                    "event %s", kind, extra={"fields": {"event": kind, **data}})
+                    "event %s", kind, extra={"fields": {"event": kind, **{
+                        k: v for k, v in data.items() if k not in ("token", "details")}}})
         for cb in list(self._subscribers):
             try:
                 cb(kind, data)
