@@ -171,10 +171,12 @@ async def _run_comm_server(host: str, port: int, ping_interval: float, pong_time
     """``lama comm-server``: print the URL (and the metrics URL with ``--metrics``), serve until
     SIGINT/SIGTERM, close cleanly, print the counters (one ``name value`` line each)."""
     import asyncio
+    import logging
     import signal
 
     from lama._core import comm_server
 
+    log = logging.getLogger("lama.commserver")
     server = await comm_server(host, port, ping_interval=ping_interval, pong_timeout=pong_timeout,
                                auth_timeout=auth_timeout, **options)
     exporter = None
@@ -184,6 +186,8 @@ async def _run_comm_server(host: str, port: int, ping_interval: float, pong_time
         loop.add_signal_handler(sig, stop.set)
     try:
         print(server.url, flush=True)
+        log.info("comm server listening",
+                 extra={"fields": {"event": "listening", "url": server.url}})
         if metrics is not None:  # docs/metrics.md
             from lama.web.commmetrics import CommServerMetrics
 
@@ -196,6 +200,8 @@ async def _run_comm_server(host: str, port: int, ping_interval: float, pong_time
         if exporter is not None:
             await exporter.close()
         await server.close()
+        log.info("comm server stopped", extra={"fields": {"event": "stopped",
+                                                           **server.counters()}})
         for name, value in server.counters().items():
             print(f"{name} {value}")
         sys.stdout.flush()
@@ -337,11 +343,20 @@ def _build_app() -> Any:
             "(loopback only; token printed and written to http.json; docs/metrics.md)."),
         http_allow_remote: bool = typer.Option(
             False, "--http-allow-remote", help="Allow a non-loopback --http address."),
+        log_level: str = typer.Option(
+            None, "--log-level", help="Log level: debug|info|warning|error (default: "
+                                      "$LAMA_LOG_LEVEL or info); logs go to stderr."),
+        log_format: str = typer.Option(
+            None, "--log-format", help="Log format: json (JSON lines) or text (default: "
+                                       "$LAMA_LOG_FORMAT or json)."),
     ) -> None:
         """Run the instance: connections to every contact, CHUM sync, events; other lama
         commands on the same directory talk to it. Stops cleanly on SIGINT/SIGTERM."""
+        from lama import log as lama_log
         from lama.app import App, AppConfig
         from lama.web.http import parse_address
+
+        lama_log.configure(log_level, log_format)  # docs/tracing.md §7
 
         cfg = AppConfig(comm_server_url=_comm_server(comm_server))
         address = parse_address(http, allow_remote=http_allow_remote) if http else None
@@ -413,6 +428,36 @@ def _build_app() -> Any:
         print("\n".join(_status_lines(st)))
 
     @app.command()
+    def trace(
+        message: str = typer.Argument(None, help="Message id (or a unique 8+ hex digit prefix); "
+                                                 "none: list recent traces."),
+        dir: str = typer.Option(..., "--dir", help="Instance or base directory."),
+        last: int = typer.Option(20, "--last", help="List: the N newest traces."),
+        stalled: bool = typer.Option(False, "--stalled", help="List: only stalled traces."),
+        as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+    ) -> None:
+        """The transfer trace of a message: its steps with times, its status and where it
+        stalled (docs/tracing.md). Through the running lama serve, else from the persisted
+        traces."""
+        from lama.trace import format_trace
+
+        if message is not None:
+            t = _run_async(_client(dir, "trace", message=message))["trace"]
+            if as_json:
+                print(json.dumps(t, indent=2, sort_keys=True))
+            else:
+                print("\n".join(escape(line) for line in format_trace(t)))
+            return
+        ts = _run_async(_client(dir, "traces", limit=last, stalled=stalled))["traces"]
+        if as_json:
+            print(json.dumps(ts, indent=2, sort_keys=True))
+            return
+        for t in ts:
+            f = t.get("failure")
+            print(f"{t['message_id'][:16]}  {t['direction']:<3}  {t['status']:<9}  "
+                  f"{(f['point'] if f else ''):<18}  {escape(t['preview'][:40])}")
+
+    @app.command()
     def demo(
         dir: str = typer.Option(None, "--dir", help="Directory for the two instances "
                                                     "(default: a temporary one, removed)."),
@@ -469,12 +514,21 @@ def _build_app() -> Any:
         mailbox_max_items: int = typer.Option(1000, "--mailbox-max-items", help="Items per recipient."),
         mailbox_max_bytes: int = typer.Option(64 << 20, "--mailbox-max-bytes", help="Bytes per recipient."),
         mailbox_ttl: float = typer.Option(7 * 86400.0, "--mailbox-ttl", help="Seconds an item is kept."),
+        log_level: str = typer.Option(
+            None, "--log-level", help="Log level: debug|info|warning|error (default: "
+                                      "$LAMA_LOG_LEVEL or info); logs go to stderr."),
+        log_format: str = typer.Option(
+            None, "--log-format", help="Log format: json (JSON lines) or text (default: "
+                                       "$LAMA_LOG_FORMAT or json)."),
     ) -> None:
         """Run a comm server (the reference's relay protocol) until SIGINT or SIGTERM."""
         import asyncio
 
+        from lama import log as lama_log
         from lama.errors import InvalidArgumentError
         from lama.web.http import is_loopback, parse_address
+
+        lama_log.configure(log_level, log_format)  # docs/tracing.md §7
 
         address = None
         if metrics:

@@ -15,6 +15,8 @@ Requests (``op`` and arguments, see lama.control for the framing):
 * ``remove`` ``{contact}`` -> ``{"ok"}``
 * ``attachment`` ``{message, index, path}`` -> writes the attachment's bytes to ``path``
   (``{"ok", "path", "size", "sha256"}``)
+* ``trace`` ``{message}`` -> ``{"ok", "trace": Trace.to_dict()}`` (docs/tracing.md §6)
+* ``traces`` ``{limit, stalled}`` -> ``{"ok", "traces": [Trace.to_dict(), ...]}``
 * ``stop`` -> ``{"ok"}`` and the server stops as after SIGTERM
 """
 
@@ -105,6 +107,13 @@ async def handle(app: App, req: dict[str, Any], send: Send, stop: asyncio.Event)
         info = await app.save_attachment(_arg(req, "message", str), _arg(req, "index", int),
                                          _arg(req, "path", str))
         await send({"ok": True, **info})
+    elif op == "trace":
+        await send({"ok": True, "trace": app.trace(_arg(req, "message", str)).to_dict()})
+    elif op == "traces":
+        limit = req.get("limit")
+        traces = app.traces(50 if limit is None else _arg(req, "limit", int),
+                            stalled=bool(req.get("stalled")))
+        await send({"ok": True, "traces": [t.to_dict() for t in traces]})
     elif op == "stop":
         await send({"ok": True})
         stop.set()
