@@ -531,3 +531,32 @@ def test_cli_comm_server_killed_with_items_loses_nothing(tmp_path: Path) -> None
     counters = dict(line.split() for line in out.splitlines())
     assert (counters["mailbox_confirmed"], counters["mailbox_items"]) == ("3", "0")
     assert item_files(d) == []
+
+
+@pytest.mark.cross_core
+@pytest.mark.parametrize("writer", ["rust", "pure"])
+def test_a_mailbox_directory_moves_between_the_cores(tmp_path: Path, writer: str, rust_core: Any,
+                                                      pure_core: Any) -> None:
+    """docs/mailbox.md §4: the same on-disk format; one core's server serves what the other's
+    stored, and the wire is the same (the client runs on the selected core)."""
+    d = tmp_path / "mbx"
+    first, second = (rust_core, pure_core) if writer == "rust" else (pure_core, rust_core)
+
+    async def main() -> None:
+        alice, bob = Peer(), Peer()
+        envs = [sealed(alice, bob, f"m{i}") for i in range(2)]
+        server = await first.comm_server("127.0.0.1", 0, mailbox_dir=str(d), mailbox_max_items=5)
+        try:
+            ids = await mb.deposit(server.url, bob.public, envs)
+        finally:
+            await server.close()
+        server = await second.comm_server("127.0.0.1", 0, mailbox_dir=str(d), mailbox_max_items=5)
+        try:
+            assert server.counters()["mailbox_items"] == 2
+            got, deleted = await fetch_all(server.url, bob)
+            assert [i for i, _ in got] == ids and [e for _, e in got] == envs and deleted == 2
+        finally:
+            await server.close()
+        assert item_files(d) == []
+
+    run(main())

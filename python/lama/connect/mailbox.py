@@ -529,7 +529,7 @@ class MailboxService:
                               code=getattr(e, "code", "LAMA-NET"), message=str(e))
         self._marks[(tg.key, cid)] = upto
         return self._note(op="deposit", ok=True, peer=tg.key.hex(), channel=cid, id=ids[0],
-                          objects=n, bytes=len(env))
+                          objects=n, bytes=len(env), since=since, upto=upto)
 
     # receiving side
     async def _poll_loop(self) -> None:
