@@ -813,7 +813,7 @@ def _export(inst: Any, target: Path, secret: str, report: ExportReport, progress
         (target / d).mkdir(mode=0o700 if d == onefs.PRIVATE else 0o755, exist_ok=True)
     objects = target / onefs.OBJECTS
     counts = report.counts
-    for k in ("objects", "id_objects", "blobs", "clobs", "heads", "rmaps", "keys"):
+    for k in ("objects", "id_objects", "version_nodes", "blobs", "clobs", "heads", "rmaps", "keys"):
         counts[k] = 0
     obj_maps, id_maps = _enabled_maps(store, inst.instance_id)
     rmaps: dict[str, list[str]] = {}
@@ -840,7 +840,7 @@ def _export(inst: Any, target: Path, secret: str, report: ExportReport, progress
                     for ref in _map_entries(md, id_maps[type_name]):
                         add(f"{ref}.IdObject.{type_name}", h)
             else:
-                counts["objects"] += 1
+                counts["version_nodes" if type_name in _VERSION_NODES else "objects"] += 1
                 if type_name in obj_maps:
                     for ref in _map_entries(md, obj_maps[type_name]):
                         add(f"{ref}.Object.{type_name}", h)
