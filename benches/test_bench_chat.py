@@ -171,14 +171,16 @@ def test_chat_rss_100k_messages(benchmark: Any, core_name: str, tmp_path: Path) 
         try:
             recent = bob.ask(cmd="recent", n=50)
             count = bob.ask(cmd="count")["messages"]
-            rss_full = bob.ask(cmd="rss")["rss_kib"]
+            mem = bob.ask(cmd="rss")
+            rss_full = mem["rss_kib"]
         finally:
             bob.stop()
         assert recent["messages"] == 50 and count == n, (recent, count, n)
         report_line(f"chat RSS {core_name}: instance holding {n:,} messages: opened and "
                     f"started {bob.first['rss_kib'] / 1024:.1f} MiB, after reading the 50 "
                     f"newest {recent['rss_kib'] / 1024:.1f} MiB, after reading the whole history "
-                    f"{rss_full / 1024:.1f} MiB; the process that posted them "
+                    f"{rss_full / 1024:.1f} MiB (anonymous {mem['anon_kib'] / 1024:.1f} MiB, "
+                    f"peak VmRSS {mem['peak_kib'] / 1024:.1f} MiB); the process that posted them "
                     f"{fill['rss_kib'] / 1024:.1f} MiB ({n / fill['seconds']:,.0f} msg/s "
                     f"posted in batches of 1,000)")
 
