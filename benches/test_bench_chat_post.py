@@ -64,13 +64,15 @@ def test_post_rates(core: str) -> None:
 def test_rss_of_100k_messages(core: str) -> None:
     with tempfile.TemporaryDirectory(prefix="lama-bench-chat-rss-") as d:
         [fill] = side("rust", "fill", d, str(TOTAL))
-        [read] = side(core, "read", d)
-    assert read["n"] == TOTAL
+        got = {r["what"]: r for r in side(core, "read", d)}
+    opened, read = got["open"], got["read"]
+    assert read["n"] == TOTAL and opened["n"] == 50
     record(f"chat: read all {TOTAL:,} messages newest first (msg/s)", core, read["n"], read["seconds"])
     report_line(f"{core}: instance with {TOTAL:,} messages: anonymous RSS "
                 f"{read['anon_mib']:.1f} MiB (peak {read['peak_anon_mib']:.1f} MiB), VmRSS "
                 f"{read['rss_mib']:.1f} MiB (peak {read['peak_rss_mib']:.1f} MiB, file pages "
-                f"{read['file_mib']:.1f} MiB) after reading all; newest 50 in "
+                f"{read['file_mib']:.1f} MiB) after reading all; opened with the newest 50: "
+                f"VmRSS {opened['rss_mib']:.1f} MiB (anonymous {opened['anon_mib']:.1f}); newest 50 in "
                 f"{read['first_page_s'] * 1000:.1f} ms; filled (rust, send_many) at "
                 f"{fill['rate']:,.0f} msg/s")
     assert read["peak_anon_mib"] <= 60, read
