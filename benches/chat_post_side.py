@@ -4,6 +4,7 @@ LAMA_CORE at import, and RSS is per process).  Prints one JSON line per measurem
     python chat_post_side.py post DIR N_SINGLE N_BULK [N_CONCURRENT]  # single, bulk, threads
     python chat_post_side.py fill DIR TOTAL                # fill to TOTAL messages (send_many)
     python chat_post_side.py read DIR                      # open, iterate all, report RSS
+    python chat_post_side.py app DIR                       # App.open + start, newest 50, RSS
 """
 
 from __future__ import annotations
@@ -94,14 +95,43 @@ def main() -> None:
         out(what="open", n=len(newest), first_page_s=t_page, rss_mib=m["VmRSS"],
             anon_mib=m["RssAnon"], file_mib=m["RssFile"])
         t = time.perf_counter()
-        n = sum(1 for _ in chat.messages(contact.person_id))
+        n = 0
+        peak_anon = m["RssAnon"]
+        for _ in chat.messages(contact.person_id):
+            n += 1
+            if n % 5_000 == 0:  # the kernel keeps no peak of the anonymous part: sample it
+                peak_anon = max(peak_anon, rss_mib()["RssAnon"])
         dt = time.perf_counter() - t
         m = rss_mib()
+        peak_anon = max(peak_anon, m["RssAnon"])
         out(what="read", n=n, first_page_s=t_page, seconds=dt, rate=n / dt, rss_mib=m["VmRSS"],
-            peak_rss_mib=m["VmHWM"], anon_mib=m["RssAnon"], file_mib=m["RssFile"],
-            newest=newest[0].text)
+            peak_rss_mib=m["VmHWM"], anon_mib=m["RssAnon"], peak_anon_mib=peak_anon,
+            file_mib=m["RssFile"], newest=newest[0].text)
         chat.close()
         inst.close()
+    elif cmd == "app":
+        # the facade on the same instance: open and start it (connection manager, chat
+        # events; the comm server is unreachable, so it retries in the background), then read
+        # the 50 newest messages
+        import asyncio
+
+        from lama.app import App, AppConfig
+
+        async def run() -> None:
+            t = time.perf_counter()
+            app = await App.open(str(d / "alice"), "chat-test-secret-alice",
+                                 config=AppConfig(comm_server_url="ws://127.0.0.1:9"))
+            await app.start(online_timeout=0)
+            await asyncio.sleep(1.0)  # a discovery round and the chat event thread's catch-up
+            t_start = time.perf_counter() - t
+            [contact] = app.contacts()
+            newest = [m async for m in app.messages(contact, last=50)]
+            m = rss_mib()
+            out(what="app", n=len(newest), start_s=t_start, rss_mib=m["VmRSS"],
+                peak_rss_mib=m["VmHWM"], anon_mib=m["RssAnon"], file_mib=m["RssFile"])
+            await app.close()
+
+        asyncio.run(run())
 
 
 if __name__ == "__main__":

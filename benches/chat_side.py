@@ -7,11 +7,12 @@
 Commands: ``{"cmd": "invite"}`` -> ``{"link"}``; ``{"cmd": "accept", "link"}`` ->
 ``{"contact"}``; ``{"cmd": "wait_contact"}`` -> ``{"contact"}``; ``{"cmd": "synced"}`` ->
 ``{"ok"}`` once the contact's CHUM connection is up and through its first pass;
-``{"cmd": "send", "n", "gap", "tag"}`` posts n messages ``"<tag> <i>"`` (``gap`` s apart) and
+``{"cmd": "send", "n", "gap", "tag", "seq"}`` posts n messages ``"<tag> <i>"`` (``gap`` s apart;
+gap 0 = all at once through the group commit, unless ``seq``: one ``App.send`` after the other) and
 answers ``{"sent": [t_i...]}`` (monotonic send times, CLOCK_MONOTONIC is one clock for every
 process on the host); ``{"cmd": "expect", "tag", "n"}`` answers ``{"seen": [t_i...]}`` once
 all n messages of that tag are visible (monotonic times each became visible through
-``on_message``); ``{"cmd": "count"}`` -> ``{"messages"}``; ``{"cmd": "rss"}`` -> ``{"rss_kib"}``;
+``on_message``); ``{"cmd": "count"}`` -> ``{"messages"}``; ``{"cmd": "rss"}`` -> ``{"rss_kib", "peak_kib", "anon_kib"}``;
 ``{"cmd": "quit"}``.
 
 With ``LAMA_BENCH_DIAG=1`` the instance also serves its diagnostics page (docs/metrics.md) and
@@ -31,10 +32,12 @@ from typing import Any
 SECRET = "bench-secret"
 
 
-def rss_kib() -> int:
+def rss_kib(field: str = "VmRSS") -> int:
+    """A memory figure of this process from /proc/self/status (KiB): VmRSS (resident, incl.
+    mapped file pages), VmHWM (peak resident), RssAnon (anonymous memory only)."""
     with open("/proc/self/status") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1])
     return 0
 
@@ -104,11 +107,13 @@ async def main() -> None:
                 if contact is None:
                     contact = app.contacts()[0]
                 sent = []
-                if cmd.get("gap"):
+                if cmd.get("gap") is not None and (cmd["gap"] or cmd.get("seq")):
+                    # one App.send after the other (``seq`` with gap 0: as fast as each returns)
                     for i in range(cmd["n"]):
                         sent.append(time.monotonic())
                         await app.send(contact, f"{cmd['tag']} {i}")
-                        await asyncio.sleep(cmd["gap"])
+                        if cmd["gap"]:
+                            await asyncio.sleep(cmd["gap"])
                 else:
                     # as fast as it goes: every send at once (App.send's group commit)
                     t0 = time.monotonic()
@@ -142,7 +147,7 @@ async def main() -> None:
                     contact = app.contacts()[0]
                 out(messages=len(app.history(contact)))
             elif c == "rss":
-                out(rss_kib=rss_kib())
+                out(rss_kib=rss_kib(), peak_kib=rss_kib("VmHWM"), anon_kib=rss_kib("RssAnon"))
             elif c == "quit":
                 break
     finally:

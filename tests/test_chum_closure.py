@@ -57,12 +57,14 @@ def _no_holes(store: Any) -> None:
 
 
 def _requests(frames: list[str | bytes], since: int = 0) -> list[int]:
-    """Service ids of the requests among ``frames[since:]``."""
+    """Service ids of the requests among ``frames[since:]`` that fetch something: the 107
+    receipt an importer sends after a pass (docs/chum-fastpath.md, tracing) moves no object
+    and is left out."""
     out = []
     for f in frames[since:]:
         if isinstance(f, str):
             m = json.loads(f)
-            if m.get("type") == "request":
+            if m.get("type") == "request" and m["serviceId"] != 107:
                 out.append(m["serviceId"])
     return out
 
@@ -296,3 +298,63 @@ def test_an_older_lama_exporter_without_the_extensions_still_pushes(tmp_path: Pa
     pump.step()
     a.close()
     b.close()
+
+
+def _listed(frames: list[str | bytes], since: int = 0) -> int:
+    """Entries listed in the 106 answers among ``frames[since:]`` (children of every root)."""
+    n = 0
+    for f in frames[since:]:
+        if isinstance(f, str):
+            m = json.loads(f)
+            if m.get("type") == "data" and isinstance(m.get("data"), str) and '"children"' in m["data"]:
+                for r in json.loads(m["data"]):
+                    n += len(r["children"]) if isinstance(r, dict) else 0
+    return n
+
+
+def _push_counts(tmp_path: Path, length: int) -> list[tuple[int, int, int, int]]:
+    """(requests, entries listed, objects sent by A, objects received by B) of pushes on a
+    channel of ``length`` posts: two in the first session, then, after a reconnect with
+    nothing new, two more (the first of them has no hint from this session: only the mark)."""
+    register_recipes()
+    a, b, pa, pb = _stores(tmp_path, str(length))
+    chat = Chat(a, pa, pb)
+    chat.share([pa, pb])
+    for i in range(length):
+        chat.post(f"message {i}")
+    counts = []
+    for session in range(2):
+        sa, sb, pump = _live(a, b, pa, pb)
+        for k in range(2):
+            before_a, before_b = sa.stats(), sb.stats()
+            sent_a, sent_b = len(pump.sent[0]), len(pump.sent[1])
+            head = chat.post(f"live {session} {k}")
+            sa.store_changed(pump.now)
+            pump.run(max_time=1.0)
+            assert b.has(head)
+            after_a, after_b = sa.stats(), sb.stats()
+            counts.append((len(_requests(pump.sent[1], sent_b)), _listed(pump.sent[0], sent_a),
+                           after_a["objects_sent"] - before_a["objects_sent"],
+                           after_b["objects_received"] - before_b["objects_received"]))
+        assert [e for e in pump.events[1] if e[0] == "error"] == []
+        sa.connection_closed("bye", pump.now)
+        pump.step()
+    _no_holes(b)
+    a.close()
+    b.close()
+    return counts
+
+
+def test_the_work_of_a_push_does_not_grow_with_the_channel(tmp_path: Path) -> None:
+    """Issue 10: the CHUM export of a long channel must not be quadratic. Every push, in a
+    live session and as the first push after a reconnect (the importer's mark seeds what the
+    exporter knows it holds, docs/chum-fastpath.md "Mark"), costs the same counts on a channel
+    of 40 and of 400 posts: one request, the new objects listed (the exporter's walk reads
+    exactly the listed objects and the root: it stops at what the importer holds), sent and
+    received once."""
+    short, long_ = _push_counts(tmp_path, 40), _push_counts(tmp_path, 400)
+    assert short == long_, (short, long_)
+    for requests, listed, sent, received in long_:
+        assert requests == 1
+        assert listed <= PER_POST
+        assert sent == received == PER_POST

@@ -600,3 +600,60 @@ def test_unknown_person_accepted_when_configured_and_debug_answers_only_grants(
     finally:
         a.close()
         c.close()
+
+
+class _CountingStore:
+    """The instance's store, counting the objects read through ``get``/``get_object``."""
+
+    def __init__(self, store: Any) -> None:
+        self._store = store
+        self.reads = 0
+
+    def get(self, h: str) -> str:
+        self.reads += 1
+        return str(self._store.get(h))
+
+    def get_object(self, h: str) -> Any:
+        self.reads += 1
+        return self._store.get_object(h)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+
+def test_the_first_endpoint_scan_reads_no_message(tmp_path: Path) -> None:
+    """Issue 10: the manager's first scan found endpoints by reading every object of the
+    change feed (on an instance holding 100,000 messages: every page of the store, ~500 MiB
+    of mapped file, seconds at App.start). It now reads the Person ID objects and the
+    endpoints found through the reverse map: the same number of reads whatever the number of
+    messages, and the later scans read only what was committed since."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from chat_util import pair
+
+    from lama.chat import Chat
+
+    reads = []
+    for n in (10, 400):
+        base = tmp_path / f"n{n}"
+        a, b = make(base, "alice"), make(base, "bob")
+        ca, cb = Chat(a, events=False), Chat(b, events=False)
+        pair(ca, cb)
+        ca.send_many(cb.me, [f"m {i}" for i in range(n)])
+        m = ConnectionManager(a, ManagerConfig(comm_server_url=None, accept_incoming=False))
+        counting = _CountingStore(a.store)
+        m.store = counting
+        m._scan_endpoints()
+        [ep] = m.known_endpoints()
+        assert ep.person_id == cb.me and ep.instance_id == str(b.instance_id)
+        reads.append(counting.reads)
+        # later scans: only the objects committed since the previous one
+        counting.reads = 0
+        ca.send_many(cb.me, ["one more"])
+        m._scan_endpoints()
+        assert 0 < counting.reads <= 10, counting.reads
+        for c in (ca, cb):
+            c.close()
+            c.instance.close()
+    assert reads[0] == reads[1], reads

@@ -377,3 +377,21 @@ def test_malformed_input_same_message_in_both_cores():
                 call(impl)
             texts.append((type(e.value), str(e.value)))
         assert texts[0] == texts[1]
+
+
+@pytest.mark.parametrize("mod", [rust_core, pure_core], ids=["rust", "pure"])
+def test_sign_reuses_a_checked_key_and_still_checks_every_other(mod):
+    """sign_detached keeps the last key whose public half it checked (issue 10: re-deriving
+    the public key was half of a chat send_many); a key with the same seed but another public
+    half, or a flipped byte of the seed, is still refused between uses of the good one."""
+    pk, sk = mod.sign_keypair_from_seed(bytes(range(32)))
+    other_pk, _ = mod.sign_keypair_from_seed(bytes(32))
+    first = mod.sign_detached(b"m", sk)
+    mod.sign_verify_detached(b"m", first, pk)
+    for bad in (sk[:32] + other_pk, bytes([sk[0] ^ 1]) + sk[1:]):
+        with pytest.raises(CryptoError) as e:
+            mod.sign_detached(b"m", bad)
+        assert e.value.code == "LAMA-SIGNKEY"
+        assert mod.sign_detached(b"m", sk) == first
+    with pytest.raises(CryptoError):
+        mod.sign_detached(b"m", sk[:32] + other_pk)

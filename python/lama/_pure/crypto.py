@@ -193,12 +193,21 @@ def sign_keypair_from_seed(seed: bytes) -> tuple[bytes, bytes]:
 
 def sign_detached(msg: bytes, secret: bytes) -> bytes:
     """The 64-byte detached signature of ``msg`` (deterministic)."""
+    global _last_sign_key
     sk = _len(secret, "secret", "sign secret key", SIGN_SECRET_LEN, "LAMA-KEYLEN")
     m = _bytes(msg, "msg")
-    public, _ = _nb.crypto_sign_seed_keypair(sk[:32])
-    if not hmac.compare_digest(public, sk[32:]):
-        raise CryptoError("LAMA-SIGNKEY: sign secret key: public half does not match the seed")
+    # the public-half check derives the public key from the seed (a scalar multiplication):
+    # an instance signs with one key, so the last key that passed is not checked again
+    # (issue 10, as the Rust core)
+    if _last_sign_key is None or not hmac.compare_digest(_last_sign_key, sk):
+        public, _ = _nb.crypto_sign_seed_keypair(sk[:32])
+        if not hmac.compare_digest(public, sk[32:]):
+            raise CryptoError("LAMA-SIGNKEY: sign secret key: public half does not match the seed")
+        _last_sign_key = bytes(sk)
     return _nb.crypto_sign(m, sk)[:SIGNATURE_LEN]
+
+
+_last_sign_key: bytes | None = None
 
 
 def sign_verify_detached(msg: bytes, signature: bytes, public: bytes) -> None:

@@ -54,6 +54,7 @@ from typing import Any, Callable
 
 from .._core import core
 from ..errors import AccessDeniedError, InvalidArgumentError, LamaError, StoreError, TransportError
+from . import contacts
 
 __all__ = [
     "ConnectionManager",
@@ -493,7 +494,18 @@ class ConnectionManager:
     # ------------------------------------------------------------------ endpoints
 
     def _scan_endpoints(self) -> None:
-        """Find OneInstanceEndpoint objects committed since the last scan (conn §7.2)."""
+        """Find OneInstanceEndpoint objects committed since the last scan (conn §7.2).
+
+        The first scan of a manager does not read the objects of the change feed (on an
+        instance holding 100,000 messages that read every page of the store, ~500 MiB of
+        mapped file, and took seconds): it takes the Person ID objects from the feed's ``id``
+        entries (the feed itself, no object read) and each person's endpoints from the store's
+        OneInstanceEndpoint reverse map on ``personId`` (lama.connect.contacts, enabled when
+        the instance opens). Later scans read only the objects committed since the previous
+        scan (fresh pages), in commit order, so the newest endpoint of an instance wins."""
+        if self._scan_seq == 0:
+            self._initial_scan()
+            return
         new = False
         while True:
             changes = self.store.changes(self._scan_seq, 1000)
@@ -507,12 +519,63 @@ class ConnectionManager:
                     text = self.store.get(h)
                     if core.type_of(text)[0] != "OneInstanceEndpoint":
                         continue
-                    ep = self._load_endpoint(h, seq)
                 except LamaError as e:
                     log.warning("unusable OneInstanceEndpoint %s: %s", h, e)
                     continue
-                if ep is not None and self._trusted(ep) and self._add_endpoint(ep):
-                    new = True
+                new = self._route_endpoint(h, seq) or new
+        if new:
+            self._emit("connections_changed")
+
+    def _route_endpoint(self, h: str, seq: int) -> bool:
+        """Load, check and add the endpoint ``h``; True if it is a new peer."""
+        try:
+            ep = self._load_endpoint(h, seq)
+            return ep is not None and self._trusted(ep) and self._add_endpoint(ep)
+        except LamaError as e:
+            log.warning("unusable OneInstanceEndpoint %s: %s", h, e)
+            return False
+
+    def _initial_scan(self) -> None:
+        """The first scan: persons from the feed's ID entries, endpoints from the reverse map
+        (see :meth:`_scan_endpoints`); the feed position is then the last event read."""
+        contacts.enable_reverse_maps(self.store)
+        persons: list[str] = []
+        last = 0
+        while True:
+            changes = self.store.changes(last, 10_000)
+            if not changes:
+                break
+            last = changes[-1][0]
+            for _seq, h, kind in changes:
+                if kind != "id":
+                    continue
+                try:
+                    if core.type_of(self.store.get(h))[0] == "Person":
+                        persons.append(h)
+                except LamaError as e:
+                    log.warning("unusable ID object %s: %s", h, e)
+        if last == 0:
+            return  # an empty store: the next scan starts at the beginning of the feed
+        found = [(h, o) for p in persons for h, o in contacts.endpoints_of_person(self.store, p)]
+        # an instance with several endpoints (another url): the newest wins, so their order
+        # in the feed is needed; read it only for them (rare: a feed pass without object reads)
+        per_instance: dict[str, list[str]] = {}
+        for h, o in found:
+            per_instance.setdefault(str(o.get("instanceId")), []).append(h)
+        order: dict[str, int] = {}
+        wanted = {h for hs in per_instance.values() if len(hs) > 1 for h in hs}
+        if wanted:
+            seq = 0
+            while len(order) < len(wanted):
+                changes = self.store.changes(seq, 10_000)
+                if not changes:
+                    break
+                seq = changes[-1][0]
+                order.update((h, q) for q, h, _k in changes if h in wanted)
+        self._scan_seq = last
+        new = False
+        for h, _o in sorted(found, key=lambda ho: order.get(ho[0], 0)):
+            new = self._route_endpoint(h, order.get(h, 0)) or new
         if new:
             self._emit("connections_changed")
 

@@ -109,6 +109,8 @@ pub struct Exporter {
     /// the root, known grows by that list without a walk.
     sent: HashMap<Hash, Vec<Hash>>,
     sent_total: usize,
+    /// `known` was seeded from the importer's mark (the third argument of its first 106).
+    seeded: bool,
     /// `CES-GO1` refusals inside a batch answer (recorded by the session).
     pub refused: Vec<(String, String)>,
     /// BLOB streams answered and not sent yet: the session takes them and makes their frames
@@ -204,6 +206,7 @@ impl Exporter {
             known: std::collections::HashSet::new(),
             sent: HashMap::default(),
             sent_total: 0,
+            seeded: false,
             refused: Vec::new(),
             streams: Vec::new(),
             receipts: Vec::new(),
@@ -402,7 +405,41 @@ impl Exporter {
         Ok(Some(vec![Some(payload)]))
     }
 
-    /// 106 GET_CLOSURE `[[root…], [hint…]]` (docs/chum-fastpath.md "closure"). Hints are
+    /// docs/chum-fastpath.md "Mark": once per session, `known` gets the closure of the newest
+    /// version node of each ID among the roots that were accessible to the peer at its mark
+    /// `m` (it imported all of them, and holds their closures by its "no holes" invariant), so
+    /// the first push after a reconnect lists only what is new instead of the whole history.
+    /// Only roots accessible to the peer are used: the pruning tells it nothing it may not see.
+    fn seed_known(&mut self, m: u64) -> Result<(), ServiceError> {
+        if self.seeded || m == 0 {
+            return Ok(());
+        }
+        self.seeded = true;
+        let (_, all) = crate::session::accessible_roots(&self.store, &self.remote_person, 0).map_err(store_err)?;
+        let (_, after) = crate::session::accessible_roots(&self.store, &self.remote_person, m).map_err(store_err)?;
+        let after: HashSet<String> = after.into_iter().map(|(_, h, _, _)| h).collect();
+        // newest node per data ID: the roots come in the order they became accessible
+        let mut newest: HashMap<String, String> = HashMap::default();
+        for (kind, h, id_hash, _) in all {
+            if kind == "version_node" && !after.contains(&h) {
+                if let Some(id) = id_hash {
+                    newest.insert(id, h);
+                }
+            }
+        }
+        for h in newest.into_values() {
+            let Some(kh) = Hash::parse(&h) else { continue };
+            if self.known.contains(&kh) {
+                continue;
+            }
+            let walk = self.store.children_tagged_except(&h, &self.known).map_err(store_err)?;
+            self.known.extend(walk.into_iter().map(|(_, c)| c));
+            self.known.insert(kh);
+        }
+        Ok(())
+    }
+
+    /// 106 GET_CLOSURE `[[root…], [hint…], mark?]` (docs/chum-fastpath.md "closure"). Hints are
     /// hashes the importer holds; by its "no holes" invariant it then holds their whole
     /// closure, so they and their closures join `known` (only hints unlocked in this session
     /// count: a hint must not tell the peer whether we hold something it may not see). Each
@@ -416,6 +453,11 @@ impl Exporter {
             Some(Some(Value::Array(l))) if l.len() <= CLOSURE_HINTS_MAX => l.clone(),
             _ => return Err(err("LAMA-CHUM-BATCH", format!("expected a list of at most {CLOSURE_HINTS_MAX} hints"))),
         };
+        // the importer's mark (a write sequence of this store up to which it imported every
+        // root accessible to it), sent with its first 106 of the session
+        if let Some(Some(m)) = args.get(2).map(|v| v.as_ref().and_then(Value::as_u64)) {
+            self.seed_known(m)?;
+        }
         for k in &hints {
             let Some(k) = k.as_str().filter(|k| lama_core::hash::is_hash(k)) else { continue };
             let Some(kh) = Hash::parse(k) else { continue };

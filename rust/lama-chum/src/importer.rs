@@ -241,6 +241,8 @@ pub struct Importer {
     /// `"<remote person>/<epoch>"` when the exporter serves roots since a mark.
     peer_key: Option<String>,
     since: u64,
+    /// The mark was sent with a 106 in this session.
+    mark_told: bool,
     /// The mark of the current roots-since answer, and what the pass started with.
     pass_mark: Option<u64>,
     errors_before: u64,
@@ -290,6 +292,7 @@ impl Importer {
             peer_key: None,
             since: 0,
             pass_mark: None,
+            mark_told: false,
             errors_before: 0,
             pending_before: 0,
             subscribed: false,
@@ -619,7 +622,14 @@ impl Importer {
             let n = self.hints.len().min(CLOSURE_HINTS_MAX);
             let hints: Vec<Value> = self.hints.drain(..n).map(Value::String).collect();
             let roots = Value::Array(c.iter().map(|j| Value::String(j.hash.clone())).collect());
-            reqs.push(req(GET_CLOSURE, vec![Some(roots), Some(Value::Array(hints))]));
+            let mut args = vec![Some(roots), Some(Value::Array(hints))];
+            // the first 106 of the session tells the exporter our mark, so it can seed what it
+            // knows we hold (docs/chum-fastpath.md "Mark")
+            if !self.mark_told && self.peer_key.is_some() && self.since > 0 {
+                self.mark_told = true;
+                args.push(Some(Value::from(self.since)));
+            }
+            reqs.push(req(GET_CLOSURE, args));
         }
         reqs
     }

@@ -123,6 +123,7 @@ class Exporter:
         self.known: set[str] = set()
         self.sent: dict[str, list[str]] = {}
         self.sent_total = 0
+        self.seeded = False  # known was seeded from the importer's mark
         # docs/tracing.md §4: receipts the importer sent (drained by the session into events),
         # and, with the session's `trace` option, the roots announced (else None: no cost)
         self.receipts: list[dict[str, Any]] = []
@@ -316,6 +317,28 @@ class Exporter:
                 stack.append(((tag, c), references(snap.get(c)), 0))
         return out
 
+    def _seed_known(self, snap: Any, mark: int) -> None:
+        """docs/chum-fastpath.md "Mark": once per session, ``known`` gets the closure of the
+        newest version node of each ID among the roots that were accessible to the peer at its
+        ``mark`` (it imported all of them and holds their closures by its "no holes"
+        invariant), so the first push after a reconnect lists only what is new instead of the
+        whole history.  Only roots accessible to the peer are used: the pruning tells it
+        nothing it may not see."""
+        if self.seeded:
+            return
+        self.seeded = True
+        _m, every = self.store.accessible_roots(self.remote_person)
+        _m, after = self.store.accessible_roots(self.remote_person, mark)
+        later = {h for _k, h, _i, _t in after}
+        newest: dict[str, str] = {}  # data ID -> node; roots come in the order they became accessible
+        for kind, h, id_hash, _t in every:
+            if kind == "version_node" and id_hash and h not in later:
+                newest[id_hash] = h
+        for h in newest.values():
+            if h not in self.known:
+                self.known.update(c for _t, c in self._walk_except(snap, h))
+                self.known.add(h)
+
     def _closure(self, args: list[Any]) -> str:
         """106 GET_CLOSURE ``[[root, ...], [hint, ...]]`` (docs/chum-fastpath.md "closure").
         Hints are hashes the importer holds; by its "no holes" invariant it holds their whole
@@ -336,6 +359,11 @@ class Exporter:
         chars_left = CLOSURE_INLINE_CHARS
         out: list[dict[str, Any] | None] = []
         with self.store.snapshot() as snap:
+            # the importer's mark (a write sequence of this store up to which it imported every
+            # root accessible to it), sent with its first 106 of the session
+            mark = args[2] if len(args) > 2 else None
+            if isinstance(mark, int) and not isinstance(mark, bool) and mark > 0:
+                self._seed_known(snap, mark)
             for k in hints:
                 if not isinstance(k, str) or not _HASH.match(k) or k in self.known \
                         or k not in self.accessible:

@@ -130,6 +130,7 @@ class Importer:
         self.features: set[str] = set()
         self.peer_key: str | None = None  # store.peer_mark key of the remote exporter
         self.since = 0  # its write sequence up to which every root was imported
+        self.mark_told = False  # the mark went with a 106 in this session
         self.subscribed = False
         self.keep_running = keep_running
         self.poll_interval = poll_interval
@@ -477,7 +478,13 @@ class Importer:
                 reqs = []
                 for o in range(0, len(calls), BATCH_MAX):
                     hints, self.hints = self.hints[:CLOSURE_HINTS_MAX], self.hints[CLOSURE_HINTS_MAX:]
-                    reqs.append(Req(GET_CLOSURE, [[h for _s, h, _k, _e in calls[o:o + BATCH_MAX]], hints]))
+                    args: list[Any] = [[h for _s, h, _k, _e in calls[o:o + BATCH_MAX]], hints]
+                    # the first 106 of the session tells the exporter our mark, so it can seed
+                    # what it knows we hold (docs/chum-fastpath.md "Mark")
+                    if not self.mark_told and self.peer_key is not None and self.since > 0:
+                        self.mark_told = True
+                        args.append(self.since)
+                    reqs.append(Req(GET_CLOSURE, args))
                 closure_answers = yield Call(reqs)
                 answers = []
                 for k, res in enumerate(closure_answers):

@@ -31,9 +31,30 @@ pub fn sign_keypair_from_seed(seed: &[u8]) -> Result<([u8; SIGN_PUBLIC_LEN], [u8
 /// The 64-byte detached signature of `msg` (tweetnacl `sign.detached`, deterministic).
 pub fn sign_detached(msg: &[u8], secret: &[u8]) -> Result<[u8; SIGNATURE_LEN]> {
     let sk = check_len::<SIGN_SECRET_LEN>(secret, "sign secret key", "LAMA-KEYLEN")?;
-    let key = SigningKey::from_keypair_bytes(sk)
-        .map_err(|_| Error::crypto("LAMA-SIGNKEY", "sign secret key: public half does not match the seed"))?;
-    Ok(ed25519_dalek::Signer::sign(&key, msg).to_bytes())
+    // Checking the public half derives it from the seed (a scalar multiplication, about as
+    // costly as the signature itself: half of a chat `send_many`, issue 10). An instance signs
+    // with one key, so the last checked key of this thread is kept and reused while the same
+    // 64 bytes come again; any other key is checked as before.
+    LAST_KEY.with(|cell| {
+        let mut last = cell.borrow_mut();
+        if let Some((bytes, key)) = last.as_ref() {
+            if bytes.as_slice() == sk.as_slice() {
+                return Ok(ed25519_dalek::Signer::sign(key, msg).to_bytes());
+            }
+        }
+        let key = SigningKey::from_keypair_bytes(sk)
+            .map_err(|_| Error::crypto("LAMA-SIGNKEY", "sign secret key: public half does not match the seed"))?;
+        let sig = ed25519_dalek::Signer::sign(&key, msg).to_bytes();
+        *last = Some((zeroize::Zeroizing::new(*sk), key));
+        Ok(sig)
+    })
+}
+
+thread_local! {
+    /// The last signing key that passed the public-half check on this thread, with its 64
+    /// secret bytes (both wiped when replaced: `Zeroizing`, and `SigningKey` zeroizes on drop).
+    static LAST_KEY: std::cell::RefCell<Option<(zeroize::Zeroizing<[u8; SIGN_SECRET_LEN]>, SigningKey)>> =
+        const { std::cell::RefCell::new(None) };
 }
 
 /// Verifies a detached signature; `SignatureError LAMA-SIGNATURE` if it does not verify.
