@@ -4,6 +4,7 @@ chat-like graph both ways, access rules, and hostile peers."""
 from __future__ import annotations
 
 import json
+import struct
 from pathlib import Path
 from typing import Any, Callable
 
@@ -100,7 +101,10 @@ def test_chat_graph_both_ways_then_nothing(tmp_path: Path, fast: bool) -> None:
     assert ra.log["AtoBBlob"] == rb.log["BtoABlob"]
     assert sorted(ra.log["AtoBObjects"]) == sorted(rb.log["BtoAObjects"])
     # BLOB chunks on the wire: [f64 id][<= 65,528 bytes], never above 65,536 (chum.md §2.6)
-    binary = [f for f in pump.sent[0] if isinstance(f, bytes)]
+    # (the fast path's binary object batches, docs/chum-fastpath.md "batch-binary", are no
+    # BLOB chunks)
+    blob_ids = {json.loads(f)["requestId"] for f in pump.sent[1] if isinstance(f, str) and '"serviceId":8,' in f}
+    binary = [f for f in pump.sent[0] if isinstance(f, bytes) and int(struct.unpack("<d", f[:8])[0]) in blob_ids]
     assert binary and max(len(f) for f in binary) == 65_536
     shared = closure(a, [chat_a.topic, versions.head_node(a, chat_a.ci).hash])
     assert b.missing(sorted(shared - {versions.head_node(a, chat_a.ci).hash})) == []

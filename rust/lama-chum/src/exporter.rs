@@ -33,6 +33,8 @@ pub const GET_CHILDREN_BATCH: u32 = 105;
 /// docs/chum-fastpath.md "closure": children pruned at what the importer holds, with the
 /// microdata inline.
 pub const GET_CLOSURE: u32 = 106;
+/// docs/chum-fastpath.md "batch-binary": 101's answer as one binary message.
+pub const GET_OBJECTS_BINARY: u32 = 107;
 /// Hints (hashes the importer holds with their closure) per GET_CLOSURE request.
 pub const CLOSURE_HINTS_MAX: usize = 4096;
 /// Inline microdata per GET_CLOSURE answer: at most this many objects and characters; the rest
@@ -47,7 +49,7 @@ pub const BATCH_MAX: usize = 256;
 pub const FASTPATH_VERSION: i64 = 1;
 
 /// chum.md §3.1 plus the lama extensions (docs/chum-fastpath.md).
-pub const SERVICES: &[u32] = &[1, 2, 4, 5, 6, 7, 8, 10, 100, 101, 102, 103, 105, 106];
+pub const SERVICES: &[u32] = &[1, 2, 4, 5, 6, 7, 8, 10, 100, 101, 102, 103, 105, 106, 107];
 
 /// chum.md §4.1: always 8, whatever extensions exist (§10.3).
 pub const PROTOCOL_VERSION: i64 = 8;
@@ -142,6 +144,24 @@ fn push_json_str(out: &mut String, s: &str) {
 }
 
 /// The wire form of one accessible root (chum.md §4.2, fields in the reference's order).
+/// A 101 answer's JSON list, written straight (no `Value` per entry): the same text as
+/// `Value::Array(..).to_string()`.
+fn batch_json(texts: &[Option<String>]) -> String {
+    let mut out = String::with_capacity(texts.iter().map(|t| t.as_ref().map_or(4, |t| t.len() + t.len() / 4 + 3)).sum::<usize>() + 2);
+    out.push('[');
+    for (i, t) in texts.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        match t {
+            Some(t) => push_json_str(&mut out, t),
+            None => out.push_str("null"),
+        }
+    }
+    out.push(']');
+    out
+}
+
 fn wire_root(kind: &str, h: &str, id_hash: Option<&str>, type_name: &str) -> Value {
     match kind {
         "unversioned" => json!({"type": "unversioned", "hash": h, "oneType": type_name}),
@@ -199,7 +219,8 @@ impl Exporter {
                 Ok(vec![Message::Text(rpc::data_response(id, &None))])
             }
             LAMA_PROBE => Ok(vec![Message::Text(rpc::data_response(id, &Some(self.probe())))]),
-            GET_OBJECTS_BATCH => self.batch(args, log, stats).map(|s| vec![Message::Text(rpc::data_response(id, &Some(s.into())))]),
+            GET_OBJECTS_BATCH => self.batch(args, log, stats).map(|t| vec![Message::Text(rpc::data_response(id, &Some(batch_json(&t).into())))]),
+            GET_OBJECTS_BINARY => self.batch(args, log, stats).map(|t| vec![Message::Binary(rpc::batch_binary_frame(id, &t))]),
             GET_CHILDREN_BATCH => self.children_batch(args).map(|s| vec![Message::Text(rpc::data_response(id, &Some(s.into())))]),
             GET_CLOSURE => self.closure(args, log, stats).map(|s| vec![Message::Text(rpc::data_response(id, &Some(s.into())))]),
             GET_ROOTS_SINCE => self.roots_since(args).map(|s| vec![Message::Text(rpc::data_response(id, &Some(s.into())))]),
@@ -255,7 +276,7 @@ impl Exporter {
     }
 
     fn probe(&self) -> Value {
-        json!({"lama": FASTPATH_VERSION, "features": ["batch", "children-batch", "push", "roots-since", "closure", "notify-roots"], "epoch": self.epoch()})
+        json!({"lama": FASTPATH_VERSION, "features": ["batch", "children-batch", "push", "roots-since", "closure", "notify-roots", "batch-binary"], "epoch": self.epoch()})
     }
 
     fn batch_arg(args: &[Data]) -> Result<&Vec<Value>, ServiceError> {
@@ -265,7 +286,9 @@ impl Exporter {
         }
     }
 
-    fn batch(&mut self, args: &[Data], log: &mut ChumLog, stats: &mut Stats) -> Result<String, ServiceError> {
+    /// The microdata of a batch request's hashes, in request order (`None`: not unlocked,
+    /// malformed, missing or a BLOB/CLOB), for services 101 and 107.
+    fn batch(&mut self, args: &[Data], log: &mut ChumLog, stats: &mut Stats) -> Result<Vec<Option<String>>, ServiceError> {
         let hashes = Self::batch_arg(args)?;
         // the unlocked hashes, read in one transaction with one lookup each (issue 8)
         let mut wanted: Vec<&str> = Vec::with_capacity(hashes.len());
@@ -279,35 +302,28 @@ impl Exporter {
         }
         let mut texts = self.store.texts(&wanted).map_err(store_err)?.into_iter();
         let mut wanted = wanted.into_iter().peekable();
-        // written straight as the JSON list (no `Value` per entry): the same text as
-        // `Value::Array(..).to_string()`
-        let mut out = String::with_capacity(hashes.len() * 600);
-        out.push('[');
-        for (i, h) in hashes.iter().enumerate() {
-            if i > 0 {
-                out.push(',');
-            }
+        let mut out = Vec::with_capacity(hashes.len());
+        for h in hashes {
             let h = h.as_str().unwrap_or_default();
             if wanted.peek() != Some(&h) {
-                out.push_str("null");
+                out.push(None);
                 continue;
             }
             wanted.next();
-            match texts.next().flatten() {
+            out.push(match texts.next().flatten() {
                 Some((EntryKind::Id, text)) => {
                     log.a_to_b_id_objects.push(h.to_string());
                     stats.id_objects_sent += 1;
-                    push_json_str(&mut out, &text);
+                    Some(text)
                 }
                 Some((_, text)) => {
                     log.a_to_b_objects.push(h.to_string());
                     stats.objects_sent += 1;
-                    push_json_str(&mut out, &text);
+                    Some(text)
                 }
-                None => out.push_str("null"),
-            }
+                None => None,
+            });
         }
-        out.push(']');
         Ok(out)
     }
 
