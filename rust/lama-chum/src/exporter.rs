@@ -113,18 +113,31 @@ pub struct Exporter {
     pub streams: Vec<OutStream>,
 }
 
-/// A binary BLOB stream being sent (chum.md §2.6): frames of at most [`BLOB_PAYLOAD`] bytes
-/// read from the store at `offset` when the next one is pulled, then the end marker.
+/// A BLOB/CLOB stream being sent (chum.md §2.6), read from the store as the session pulls
+/// it: a BLOB as binary frames of at most [`BLOB_PAYLOAD`] bytes, a CLOB (`utf8`) as text
+/// chunks of [`CLOB_CHUNK`] code points (`encoding` on the first); then the end marker.
 pub struct OutStream {
     pub id: u64,
     pub hash: String,
     pub offset: u64,
+    /// A CLOB's read-ahead: bytes read from the store, not sent yet (at most one chunk's worth
+    /// plus one read); `None` for a BLOB.
+    pub text: Option<Vec<u8>>,
+    /// A CLOB chunk was sent (the first one carries the encoding).
+    pub started: bool,
 }
+
+/// Bytes read from the store per CLOB read: a chunk of [`CLOB_CHUNK`] code points is at most
+/// four times that many bytes.
+const CLOB_READ: usize = 4 * CLOB_CHUNK;
 
 impl OutStream {
     /// The next frame, and whether the stream is done. A store error mid-stream becomes a
     /// `stream-error` (chum.md §2.6 sender failure); the receiver drops what it got.
     pub fn next_frame(&mut self, store: &Store) -> (Message, bool) {
+        if self.text.is_some() {
+            return self.next_text(store);
+        }
         match store.read_blob_range(&self.hash, self.offset, BLOB_PAYLOAD) {
             Ok(p) if p.is_empty() => (Message::Text(rpc::stream_end(self.id)), true),
             Ok(p) => {
@@ -134,6 +147,45 @@ impl OutStream {
             Err(_) => (Message::Text(rpc::stream_error(self.id)), true),
         }
     }
+
+    /// A CLOB's next text chunk: the same chunks as cutting the whole text every
+    /// [`CLOB_CHUNK`] code points, with one chunk's bytes in memory, not the CLOB's.
+    fn next_text(&mut self, store: &Store) -> (Message, bool) {
+        let buf = self.text.as_mut().expect("a CLOB stream");
+        let mut eof = false;
+        // read until the buffer holds a whole chunk (more than CLOB_CHUNK code points begin in
+        // it, so the first CLOB_CHUNK are complete) or the end
+        while !eof && char_starts(buf) <= CLOB_CHUNK {
+            match store.read_blob_range(&self.hash, self.offset, CLOB_READ) {
+                Ok(p) if p.is_empty() => eof = true,
+                Ok(p) => {
+                    self.offset += p.len() as u64;
+                    buf.extend_from_slice(&p);
+                }
+                Err(_) => return (Message::Text(rpc::stream_error(self.id)), true),
+            }
+        }
+        let valid = match std::str::from_utf8(buf) {
+            Ok(s) => s.len(),
+            // a character cut by the read ends the buffer; anything else is no UTF-8 text
+            Err(e) if e.error_len().is_none() && !eof => e.valid_up_to(),
+            Err(_) => return (Message::Text(rpc::stream_error(self.id)), true),
+        };
+        if valid == 0 {
+            return (Message::Text(rpc::stream_end(self.id)), true);
+        }
+        let text = std::str::from_utf8(&buf[..valid]).expect("checked above");
+        let cut = text.char_indices().nth(CLOB_CHUNK).map_or(text.len(), |(i, _)| i);
+        let m = rpc::stream_chunk(self.id, &text[..cut], (!self.started).then_some("utf8"));
+        self.started = true;
+        buf.drain(..cut);
+        (Message::Text(m), false)
+    }
+}
+
+/// Code points that begin in `b` (every byte but UTF-8 continuation bytes).
+fn char_starts(b: &[u8]) -> usize {
+    b.iter().filter(|&&x| (x as i8) >= -0x40).count()
 }
 
 /// `s` as a JSON string literal, escaped as serde_json (and JSON.stringify) escape it.
@@ -143,7 +195,6 @@ fn push_json_str(out: &mut String, s: &str) {
     *out = String::from_utf8(buf).expect("serde_json writes UTF-8");
 }
 
-/// The wire form of one accessible root (chum.md §4.2, fields in the reference's order).
 /// A 101 answer's JSON list, written straight (no `Value` per entry): the same text as
 /// `Value::Array(..).to_string()`.
 fn batch_json(texts: &[Option<String>]) -> String {
@@ -162,6 +213,7 @@ fn batch_json(texts: &[Option<String>]) -> String {
     out
 }
 
+/// The wire form of one accessible root (chum.md §4.2, fields in the reference's order).
 fn wire_root(kind: &str, h: &str, id_hash: Option<&str>, type_name: &str) -> Value {
     match kind {
         "unversioned" => json!({"type": "unversioned", "hash": h, "oneType": type_name}),
@@ -570,37 +622,13 @@ impl Exporter {
             // the reference fails while reading the file: a stream error, not an error answer
             return Ok(vec![Message::Text(rpc::stream_error(id))]);
         }
-        let mut out = Vec::new();
-        match encoding {
-            None => {
-                // streamed: the session pulls one frame at a time from the store (the same
-                // frames as cutting each stored chunk into BLOB_PAYLOAD pieces)
-                if self.store.blob_size(h).is_err() {
-                    return Ok(vec![Message::Text(rpc::stream_error(id))]);
-                }
-                self.streams.push(OutStream { id, hash: h.to_string(), offset: 0 });
-            }
-            Some(enc) => {
-                let chunks = match self.store.read_blob_chunks(h) {
-                    Ok(c) => c,
-                    Err(_) => return Ok(vec![Message::Text(rpc::stream_error(id))]),
-                };
-                let Ok(text) = String::from_utf8(chunks.concat()) else {
-                    return Ok(vec![Message::Text(rpc::stream_error(id))]);
-                };
-                let mut first = true;
-                let mut rest = text.as_str();
-                while !rest.is_empty() {
-                    let cut = rest.char_indices().nth(CLOB_CHUNK).map_or(rest.len(), |(i, _)| i);
-                    out.push(Message::Text(rpc::stream_chunk(id, &rest[..cut], first.then_some(enc))));
-                    first = false;
-                    rest = &rest[cut..];
-                }
-            }
+        // streamed: the session pulls one frame at a time from the store (the same frames as
+        // reading the whole BLOB/CLOB and cutting it)
+        if self.store.blob_size(h).is_err() {
+            return Ok(vec![Message::Text(rpc::stream_error(id))]);
         }
-        if encoding.is_some() {
-            out.push(Message::Text(rpc::stream_end(id)));
-        }
+        let text = encoding.map(|_| Vec::new());
+        self.streams.push(OutStream { id, hash: h.to_string(), offset: 0, text, started: false });
         if kind == Some(EntryKind::Clob) {
             log.a_to_b_clob.push(h.to_string());
             stats.clobs_sent += 1;
@@ -608,6 +636,6 @@ impl Exporter {
             log.a_to_b_blob.push(h.to_string());
             stats.blobs_sent += 1;
         }
-        Ok(out)
+        Ok(Vec::new())
     }
 }
