@@ -224,7 +224,7 @@ def test_peer_that_stops_answering_times_out(tmp_path: Path) -> None:
 def test_wrong_bytes_in_a_batch_answer(tmp_path: Path) -> None:
     """The fast path's GET_OBJECTS_BATCH (docs/chum-fastpath.md) is verified like GET_OBJECT:
     a forged entry is refused, the rest of the batch is stored.  The exporter answers the probe
-    as a lama before "batch-binary" did, so the importer asks 101 (not 107)."""
+    as a lama before "batch-binary" did, so the importer asks 101 (not 108)."""
     a, b, pa, pb, chat = setup(tmp_path)
     target = next(h for h in a.children(chat.head) if a.kind(h) == "object" and
                   a.get_object(h)["$type$"] == "ChatMessage")
@@ -272,7 +272,7 @@ def binary_frame(frame: bytes, entries: list[bytes | None]) -> bytes:
 
 
 def test_wrong_bytes_in_a_binary_batch_answer(tmp_path: Path) -> None:
-    """The binary batch (107, docs/chum-fastpath.md "batch-binary") is verified like 101: a
+    """The binary batch (108, docs/chum-fastpath.md "batch-binary") is verified like 101: a
     forged entry is refused, the rest of the batch is stored."""
     a, b, pa, pb, chat = setup(tmp_path)
     target = next(h for h in a.children(chat.head) if a.kind(h) == "object" and
@@ -281,7 +281,7 @@ def test_wrong_bytes_in_a_binary_batch_answer(tmp_path: Path) -> None:
     batches = []
 
     def rewrite(req: dict[str, Any], f: str | bytes) -> str | bytes | None:
-        if req.get("serviceId") == 107 and target in req["args"][0]:
+        if req.get("serviceId") == 108 and target in req["args"][0]:
             assert isinstance(f, bytes)
             entries = binary_entries(f)
             assert entries[req["args"][0].index(target)] == a.get(target).encode()
@@ -307,7 +307,7 @@ def test_malformed_binary_batch_answer(tmp_path: Path, damage: str) -> None:
     hit = []
 
     def rewrite(req: dict[str, Any], f: str | bytes) -> str | bytes | None:
-        if req.get("serviceId") == 107 and not hit:
+        if req.get("serviceId") == 108 and not hit:
             assert isinstance(f, bytes)
             hit.append(req["args"][0])
             if damage == "cut short":

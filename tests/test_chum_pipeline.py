@@ -56,8 +56,8 @@ def _pair(tmp_path: Path, links: int, fast: bool) -> tuple[Any, Any, Any, Any]:
 
 def _asked(f: str | bytes) -> tuple[int, int] | None:
     m = json.loads(f) if isinstance(f, str) else {}
-    if m.get("type") == "request" and m["serviceId"] in (6, 7, 101, 107):
-        return m["requestId"], (len(m["args"][0]) if m["serviceId"] in (101, 107) else 1)
+    if m.get("type") == "request" and m["serviceId"] in (6, 7, 101, 108):
+        return m["requestId"], (len(m["args"][0]) if m["serviceId"] in (101, 108) else 1)
     return None
 
 

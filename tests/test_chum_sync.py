@@ -172,7 +172,7 @@ def test_object_not_granted_is_never_sent(tmp_path: Path) -> None:
     session.receive_text(json.dumps({"requestId": 5, "type": "request", "serviceId": 101,
                                      "args": [[secret, chat.topic]]}), 0.0)
     # ... and its binary twin (docs/chum-fastpath.md "batch-binary")
-    session.receive_text(json.dumps({"requestId": 6, "type": "request", "serviceId": 107,
+    session.receive_text(json.dumps({"requestId": 6, "type": "request", "serviceId": 108,
                                      "args": [[secret, chat.topic]]}), 0.0)
     frames = session.poll_transmit()
     (binary,) = [f for f in frames if isinstance(f, bytes)]

@@ -21,7 +21,7 @@ const GET_OBJECT: u64 = 6;
 const GET_ID_OBJECT: u64 = 7;
 const GET_OBJECTS_BATCH: u64 = 101;
 /// docs/chum-fastpath.md "batch-binary": the same batch, answered by one binary message.
-const GET_OBJECTS_BINARY: u64 = 107;
+const GET_OBJECTS_BINARY: u64 = 108;
 const CHUNK_V8: usize = 256;
 const CHUNK_FAST: usize = 2048;
 const AHEAD: usize = 3;
