@@ -3,6 +3,7 @@ in the fast path, through the sans-I/O pump: each session runs on its own core's
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -66,6 +67,11 @@ def test_rust_and_pure_peers_sync(tmp_path: Path, rust_core: ModuleType, pure_co
     pump = run()
     mode = "fast" if fast else "v8"
     assert ("version", {"remote": 8, "mode": mode}) in pump.events[1]
+    # the fast path fetches objects with the binary batch (108, docs/chum-fastpath.md
+    # "batch-binary") whichever core serves or asks; v8 never asks a lama service
+    asked = {json.loads(f)["serviceId"] for side in (0, 1) for f in pump.sent[side]
+             if isinstance(f, str) and '"type":"request"' in f}
+    assert (108 in asked and 101 not in asked) if fast else not any(s >= 100 for s in asked)
     assert results[1].reason == results[0].reason == "chum finished"
     assert [e for e in results[0].errors + results[1].errors if e["fatal"]] == []
     assert texts(b, chat.ci) == ["note", "file", "one"]

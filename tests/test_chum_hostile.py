@@ -223,7 +223,8 @@ def test_peer_that_stops_answering_times_out(tmp_path: Path) -> None:
 
 def test_wrong_bytes_in_a_batch_answer(tmp_path: Path) -> None:
     """The fast path's GET_OBJECTS_BATCH (docs/chum-fastpath.md) is verified like GET_OBJECT:
-    a forged entry is refused, the rest of the batch is stored."""
+    a forged entry is refused, the rest of the batch is stored.  The exporter answers the probe
+    as a lama before "batch-binary" did, so the importer asks 101 (not 108)."""
     a, b, pa, pb, chat = setup(tmp_path)
     target = next(h for h in a.children(chat.head) if a.kind(h) == "object" and
                   a.get_object(h)["$type$"] == "ChatMessage")
@@ -231,6 +232,10 @@ def test_wrong_bytes_in_a_batch_answer(tmp_path: Path) -> None:
     batches = []
 
     def rewrite(req: dict[str, Any], f: str | bytes) -> str | bytes | None:
+        if req.get("serviceId") == 100:
+            m = json.loads(f)
+            m["data"]["features"].remove("batch-binary")
+            return json.dumps(m)
         if req.get("serviceId") == 101 and target in req["args"][0]:
             texts = json.loads(data_of(f))
             texts[req["args"][0].index(target)] = forged
@@ -244,6 +249,87 @@ def test_wrong_bytes_in_a_batch_answer(tmp_path: Path) -> None:
     assert "CIEC-FO2" in codes(rb)
     assert not b.has(target) and not b.has(core.sha256_hex(forged))
     assert b.has(chat.topic) and b.verify() == []
+
+
+def binary_entries(frame: bytes) -> list[bytes | None]:
+    """docs/chum-fastpath.md "batch-binary": a GET_OBJECTS_BINARY answer's entries."""
+    out: list[bytes | None] = []
+    i = 8
+    while i < len(frame):
+        (n,) = struct.unpack("<I", frame[i:i + 4])
+        i += 4
+        if n == 0xFFFFFFFF:
+            out.append(None)
+        else:
+            out.append(frame[i:i + n])
+            i += n
+    return out
+
+
+def binary_frame(frame: bytes, entries: list[bytes | None]) -> bytes:
+    return frame[:8] + b"".join(struct.pack("<I", 0xFFFFFFFF) if e is None else struct.pack("<I", len(e)) + e
+                                for e in entries)
+
+
+def test_wrong_bytes_in_a_binary_batch_answer(tmp_path: Path) -> None:
+    """The binary batch (108, docs/chum-fastpath.md "batch-binary") is verified like 101: a
+    forged entry is refused, the rest of the batch is stored."""
+    a, b, pa, pb, chat = setup(tmp_path)
+    target = next(h for h in a.children(chat.head) if a.kind(h) == "object" and
+                  a.get_object(h)["$type$"] == "ChatMessage")
+    forged = a.get(target).replace('itemprop="text">', 'itemprop="text">forged ')
+    batches = []
+
+    def rewrite(req: dict[str, Any], f: str | bytes) -> str | bytes | None:
+        if req.get("serviceId") == 108 and target in req["args"][0]:
+            assert isinstance(f, bytes)
+            entries = binary_entries(f)
+            assert entries[req["args"][0].index(target)] == a.get(target).encode()
+            entries[req["args"][0].index(target)] = forged.encode()
+            batches.append(len(entries))
+            return binary_frame(f, entries)
+        return f
+
+    sb, rb, pump = run(a, b, pa, pb, Hostile(rewrite), fast_path=True)
+    assert batches and sb.close_reason == "chum finished"
+    assert not any('"serviceId":101,' in f for f in pump.sent[1] if isinstance(f, str))
+    assert "CIEC-FO2" in codes(rb)
+    assert not b.has(target) and not b.has(core.sha256_hex(forged))
+    assert b.has(chat.topic) and b.verify() == []
+
+
+@pytest.mark.parametrize("damage", ["cut short", "an entry too many", "bad utf-8", "empty"])
+def test_malformed_binary_batch_answer(tmp_path: Path, damage: str) -> None:
+    """A binary batch answer that is not exactly one entry per hash, or not UTF-8, fails every
+    hash of that request with LAMA-CHUM-BATCH; nothing of it is stored, the session ends
+    cleanly, and the next sync (an honest exporter) completes."""
+    a, b, pa, pb, chat = setup(tmp_path)
+    hit = []
+
+    def rewrite(req: dict[str, Any], f: str | bytes) -> str | bytes | None:
+        if req.get("serviceId") == 108 and not hit:
+            assert isinstance(f, bytes)
+            hit.append(req["args"][0])
+            if damage == "cut short":
+                return f[:-1]
+            if damage == "an entry too many":
+                return binary_frame(f, binary_entries(f) + [None])
+            if damage == "bad utf-8":
+                entries = binary_entries(f)
+                entries[0] = b"\xff" + (entries[0] or b"")
+                return binary_frame(f, entries)
+            return f[:8]  # the id alone: no entry at all
+        return f
+
+    sb, rb, pump = run(a, b, pa, pb, Hostile(rewrite), fast_path=True)
+    assert hit and sb.close_reason == "chum finished"
+    assert "LAMA-CHUM-BATCH" in codes(rb)
+    assert not any(b.has(h) for h in hit[0])
+    assert b.verify() == [] and a.verify() == []
+    # the next sync, unharmed, fetches the rest
+    sb2, rb2, _ = run(a, b, pa, pb, None, fast_path=True)
+    assert sb2.close_reason == "chum finished" and rb2.errors == []
+    assert b.has(chat.head) and b.verify() == []
 
 
 def test_object_listed_as_a_blob_is_not_fetched_as_one(tmp_path: Path) -> None:
@@ -285,7 +371,8 @@ def test_pending_blob_keeps_the_fast_path_mark(tmp_path: Path) -> None:
     grant_object(a, msg, [pb])
 
     def rewrite(req: dict[str, Any], f: str | bytes) -> str | bytes | None:
-        return None if isinstance(f, bytes) else f  # chunks lost, stream-end arrives
+        # the BLOB's chunks lost, its stream-end arrives (the binary object batches pass)
+        return None if isinstance(f, bytes) and req.get("serviceId") == 8 else f
 
     sb, rb, pump = run(a, b, pa, pb, Hostile(rewrite), fast_path=True)
     blob = core.sha256_hex(data)

@@ -44,7 +44,7 @@ def _requests(frames: list[str | bytes], services: tuple[int, ...]) -> int:
         if isinstance(f, str) and '"serviceId"' in f:
             m = json.loads(f)
             if m.get("serviceId") in services:
-                n += len(m["args"][0]) if m["serviceId"] == 101 else 1
+                n += len(m["args"][0]) if m["serviceId"] in (101, 108) else 1
     return n
 
 
@@ -91,7 +91,7 @@ def test_dropped_transport_then_only_the_rest(tmp_path: Path, fast: bool) -> Non
 
     def cut(f: str | bytes) -> str | bytes | None:
         if asked[0] <= chunk:
-            asked[0] += _requests([f], (6, 7, 101))
+            asked[0] += _requests([f], (6, 7, 101, 108))
         return f if asked[0] <= chunk else None
 
     pump.filters = [None, cut]
@@ -122,7 +122,7 @@ def test_dropped_transport_then_only_the_rest(tmp_path: Path, fast: bool) -> Non
     # (handle_event's merge and Chum log add b's own objects: not received ones)
     assert got == (set(b.hashes()) - before - kept) & set(a.hashes())
     # only the missing objects were asked for
-    assert _requests(pump2.sent[1], (6, 7, 101)) == len(got)
+    assert _requests(pump2.sent[1], (6, 7, 101, 108)) == len(got)
     assert texts(b, chat.ci) == texts(a, chat.ci) and len(texts(b, chat.ci)) == posts
     _same_objects(a, b)
     assert_no_holes(b)

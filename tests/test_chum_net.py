@@ -114,11 +114,13 @@ def test_two_sessions_sync_over_a_transport(tmp_path: Path, kind: str, fast: boo
 
 
 @pytest.mark.cross_core
+@pytest.mark.parametrize("fast", [False, True])
 @pytest.mark.parametrize("rust_side", [0, 1])
 def test_sessions_sync_between_rust_and_pure_drivers(tmp_path: Path, rust_core: ModuleType,
-                                                     pure_core: ModuleType, rust_side: int) -> None:
+                                                     pure_core: ModuleType, rust_side: int, fast: bool) -> None:
+    """Issue 8: Rust <-> pure over WebSocket, v8 and the fast path."""
     drivers = (rust_core, pure_core) if rust_side == 0 else (pure_core, rust_core)
-    check(tmp_path, "ws", drivers, fast=True)
+    check(tmp_path, "ws", drivers, fast=fast)
 
 
 class Proxy:

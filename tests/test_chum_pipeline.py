@@ -8,6 +8,7 @@ requests, fast-path chunks 8 GET_OBJECTS_BATCH of 256."""
 from __future__ import annotations
 
 import json
+import struct
 from collections import deque
 from pathlib import Path
 from typing import Any
@@ -55,8 +56,8 @@ def _pair(tmp_path: Path, links: int, fast: bool) -> tuple[Any, Any, Any, Any]:
 
 def _asked(f: str | bytes) -> tuple[int, int] | None:
     m = json.loads(f) if isinstance(f, str) else {}
-    if m.get("type") == "request" and m["serviceId"] in (6, 7, 101):
-        return m["requestId"], (len(m["args"][0]) if m["serviceId"] == 101 else 1)
+    if m.get("type") == "request" and m["serviceId"] in (6, 7, 101, 108):
+        return m["requestId"], (len(m["args"][0]) if m["serviceId"] in (101, 108) else 1)
     return None
 
 
@@ -94,6 +95,8 @@ def test_fetch_keeps_the_next_chunks_out_and_commits_in_batches(tmp_path: Path, 
                 outstanding -= out.pop(m.get("responseId", -1), 0)
                 sb.receive_text(f, now)
             else:
+                # a binary object batch (docs/chum-fastpath.md "batch-binary"): [f64 id]...
+                outstanding -= out.pop(int(struct.unpack("<d", f[:8])[0]), 0)
                 sb.receive_binary(f, now)
             for kind, data in sb.poll_events():
                 assert kind != "error", data

@@ -4,6 +4,7 @@ chat-like graph both ways, access rules, and hostile peers."""
 from __future__ import annotations
 
 import json
+import struct
 from pathlib import Path
 from typing import Any, Callable
 
@@ -11,6 +12,7 @@ import pytest
 
 from chum_graph import Chat, assert_no_holes, deterministic_bytes, grant_id, grant_object, person_id, register_recipes, texts
 from chum_pump import Pump
+from lama import access
 from lama._core import core
 from lama.chum import SyncResult, handle_event, write_chum_log
 from lama.objects import versions
@@ -100,7 +102,10 @@ def test_chat_graph_both_ways_then_nothing(tmp_path: Path, fast: bool) -> None:
     assert ra.log["AtoBBlob"] == rb.log["BtoABlob"]
     assert sorted(ra.log["AtoBObjects"]) == sorted(rb.log["BtoAObjects"])
     # BLOB chunks on the wire: [f64 id][<= 65,528 bytes], never above 65,536 (chum.md §2.6)
-    binary = [f for f in pump.sent[0] if isinstance(f, bytes)]
+    # (the fast path's binary object batches, docs/chum-fastpath.md "batch-binary", are no
+    # BLOB chunks)
+    blob_ids = {json.loads(f)["requestId"] for f in pump.sent[1] if isinstance(f, str) and '"serviceId":8,' in f}
+    binary = [f for f in pump.sent[0] if isinstance(f, bytes) and int(struct.unpack("<d", f[:8])[0]) in blob_ids]
     assert binary and max(len(f) for f in binary) == 65_536
     shared = closure(a, [chat_a.topic, versions.head_node(a, chat_a.ci).hash])
     assert b.missing(sorted(shared - {versions.head_node(a, chat_a.ci).hash})) == []
@@ -166,7 +171,16 @@ def test_object_not_granted_is_never_sent(tmp_path: Path) -> None:
     # the fast path's batch fetch obeys the same rule (docs/chum-fastpath.md)
     session.receive_text(json.dumps({"requestId": 5, "type": "request", "serviceId": 101,
                                      "args": [[secret, chat.topic]]}), 0.0)
-    out = [json.loads(f) for f in session.poll_transmit()]
+    # ... and its binary twin (docs/chum-fastpath.md "batch-binary")
+    session.receive_text(json.dumps({"requestId": 6, "type": "request", "serviceId": 108,
+                                     "args": [[secret, chat.topic]]}), 0.0)
+    frames = session.poll_transmit()
+    (binary,) = [f for f in frames if isinstance(f, bytes)]
+    assert struct.unpack("<dI", binary[:12]) == (6.0, 0xFFFFFFFF)  # the secret: null
+    (n,) = struct.unpack("<I", binary[12:16])
+    assert binary[16:16 + n].decode() == a.get(chat.topic) and len(binary) == 16 + n
+    assert a.get(secret).encode() not in binary
+    out = [json.loads(f) for f in frames if isinstance(f, str)]
     assert out[0] == {"responseId": 0, "type": "error", "error": {
         "name": "Error", "message": f"CES-GO1: Unauthorized, obj {secret}", "code": "CES-GO1"}}
     assert secret not in out[1]["data"]
@@ -178,7 +192,32 @@ def test_object_not_granted_is_never_sent(tmp_path: Path) -> None:
     secret_md = a.get(secret)
     assert all(m.get("data") != secret_md for m in out)
     events = session.poll_events()
-    assert [e[1]["code"] for e in events if e[0] == "error"] == ["CES-GO1", "CES-GO1", "CES-GO1"]
+    assert [e[1]["code"] for e in events if e[0] == "error"] == ["CES-GO1"] * 4
+
+
+@pytest.mark.parametrize("fast", [False, True])
+def test_a_group_grant_reaches_members_only(tmp_path: Path, fast: bool) -> None:
+    """Issue 8 "Access": an object granted to a group (lama honours group grants, unlike the
+    reference) is synced to a member, and not to a person outside the group."""
+    a, b, pa, pb = open_pair(tmp_path)
+    c = core.Store(str(tmp_path / "c"))
+    pc = person_id(a, "carol@c.example")
+    for p in ("alice@a.example", "bob@b.example", "carol@c.example"):
+        person_id(c, p)
+    (msg,) = [h for h, _s, _i in a.put_objects([{"$type$": "ChatMessage", "text": "for the team", "sender": pa}])]
+    access.set_group(a, "team", [pa, pb])
+    access.grant(a, object=msg, groups=[access.group_id("team")])
+    opts = {"fast_path": fast}
+    _ra, rb, _ = sync_pair(a, b, pa, pb, options_a=opts, options_b=opts)
+    assert rb.reason == "chum finished" and rb.errors == []
+    assert b.get_object(msg)["text"] == "for the team" and b.verify() == []
+    _ra, rc, _ = sync_pair(a, c, pa, pc, options_a=opts, options_b=opts)
+    assert rc.reason == "chum finished" and rc.errors == []
+    assert not c.has(msg) and moved(rc) == 0
+    # membership is the group's current version: carol joins, and the next sync brings it
+    access.set_group(a, "team", [pa, pb, pc])
+    _ra, rc, _ = sync_pair(a, c, pa, pc, options_a=opts, options_b=opts)
+    assert rc.reason == "chum finished" and c.has(msg) and c.verify() == []
 
 
 @pytest.mark.parametrize("fast", [False, True])

@@ -38,6 +38,8 @@ pub const LAMA_RECEIPT: u32 = 107;
 /// A receipt carries at most this many error texts, each cut to this many characters.
 pub const RECEIPT_ERRORS_MAX: usize = 10;
 pub const RECEIPT_ERROR_CHARS: usize = 300;
+/// docs/chum-fastpath.md "batch-binary": 101's answer as one binary message.
+pub const GET_OBJECTS_BINARY: u32 = 108;
 /// Hints (hashes the importer holds with their closure) per GET_CLOSURE request.
 pub const CLOSURE_HINTS_MAX: usize = 4096;
 /// Inline microdata per GET_CLOSURE answer: at most this many objects and characters; the rest
@@ -52,7 +54,7 @@ pub const BATCH_MAX: usize = 256;
 pub const FASTPATH_VERSION: i64 = 1;
 
 /// chum.md §3.1 plus the lama extensions (docs/chum-fastpath.md).
-pub const SERVICES: &[u32] = &[1, 2, 4, 5, 6, 7, 8, 10, 100, 101, 102, 103, 105, 106, 107];
+pub const SERVICES: &[u32] = &[1, 2, 4, 5, 6, 7, 8, 10, 100, 101, 102, 103, 105, 106, 107, 108];
 
 /// chum.md §4.1: always 8, whatever extensions exist (§10.3).
 pub const PROTOCOL_VERSION: i64 = 8;
@@ -140,18 +142,31 @@ fn parse_receipt(arg: Option<&Value>) -> (Option<u64>, Vec<String>) {
     (mark, errors)
 }
 
-/// A binary BLOB stream being sent (chum.md §2.6): frames of at most [`BLOB_PAYLOAD`] bytes
-/// read from the store at `offset` when the next one is pulled, then the end marker.
+/// A BLOB/CLOB stream being sent (chum.md §2.6), read from the store as the session pulls
+/// it: a BLOB as binary frames of at most [`BLOB_PAYLOAD`] bytes, a CLOB (`utf8`) as text
+/// chunks of [`CLOB_CHUNK`] code points (`encoding` on the first); then the end marker.
 pub struct OutStream {
     pub id: u64,
     pub hash: String,
     pub offset: u64,
+    /// A CLOB's read-ahead: bytes read from the store, not sent yet (at most one chunk's worth
+    /// plus one read); `None` for a BLOB.
+    pub text: Option<Vec<u8>>,
+    /// A CLOB chunk was sent (the first one carries the encoding).
+    pub started: bool,
 }
+
+/// Bytes read from the store per CLOB read: a chunk of [`CLOB_CHUNK`] code points is at most
+/// four times that many bytes.
+const CLOB_READ: usize = 4 * CLOB_CHUNK;
 
 impl OutStream {
     /// The next frame, and whether the stream is done. A store error mid-stream becomes a
     /// `stream-error` (chum.md §2.6 sender failure); the receiver drops what it got.
     pub fn next_frame(&mut self, store: &Store) -> (Message, bool) {
+        if self.text.is_some() {
+            return self.next_text(store);
+        }
         match store.read_blob_range(&self.hash, self.offset, BLOB_PAYLOAD) {
             Ok(p) if p.is_empty() => (Message::Text(rpc::stream_end(self.id)), true),
             Ok(p) => {
@@ -161,6 +176,45 @@ impl OutStream {
             Err(_) => (Message::Text(rpc::stream_error(self.id)), true),
         }
     }
+
+    /// A CLOB's next text chunk: the same chunks as cutting the whole text every
+    /// [`CLOB_CHUNK`] code points, with one chunk's bytes in memory, not the CLOB's.
+    fn next_text(&mut self, store: &Store) -> (Message, bool) {
+        let buf = self.text.as_mut().expect("a CLOB stream");
+        let mut eof = false;
+        // read until the buffer holds a whole chunk (more than CLOB_CHUNK code points begin in
+        // it, so the first CLOB_CHUNK are complete) or the end
+        while !eof && char_starts(buf) <= CLOB_CHUNK {
+            match store.read_blob_range(&self.hash, self.offset, CLOB_READ) {
+                Ok(p) if p.is_empty() => eof = true,
+                Ok(p) => {
+                    self.offset += p.len() as u64;
+                    buf.extend_from_slice(&p);
+                }
+                Err(_) => return (Message::Text(rpc::stream_error(self.id)), true),
+            }
+        }
+        let valid = match std::str::from_utf8(buf) {
+            Ok(s) => s.len(),
+            // a character cut by the read ends the buffer; anything else is no UTF-8 text
+            Err(e) if e.error_len().is_none() && !eof => e.valid_up_to(),
+            Err(_) => return (Message::Text(rpc::stream_error(self.id)), true),
+        };
+        if valid == 0 {
+            return (Message::Text(rpc::stream_end(self.id)), true);
+        }
+        let text = std::str::from_utf8(&buf[..valid]).expect("checked above");
+        let cut = text.char_indices().nth(CLOB_CHUNK).map_or(text.len(), |(i, _)| i);
+        let m = rpc::stream_chunk(self.id, &text[..cut], (!self.started).then_some("utf8"));
+        self.started = true;
+        buf.drain(..cut);
+        (Message::Text(m), false)
+    }
+}
+
+/// Code points that begin in `b` (every byte but UTF-8 continuation bytes).
+fn char_starts(b: &[u8]) -> usize {
+    b.iter().filter(|&&x| (x as i8) >= -0x40).count()
 }
 
 /// `s` as a JSON string literal, escaped as serde_json (and JSON.stringify) escape it.
@@ -168,6 +222,24 @@ fn push_json_str(out: &mut String, s: &str) {
     let mut buf = std::mem::take(out).into_bytes();
     serde_json::to_writer(&mut buf, s).expect("writing JSON into memory cannot fail");
     *out = String::from_utf8(buf).expect("serde_json writes UTF-8");
+}
+
+/// A 101 answer's JSON list, written straight (no `Value` per entry): the same text as
+/// `Value::Array(..).to_string()`.
+fn batch_json(texts: &[Option<String>]) -> String {
+    let mut out = String::with_capacity(texts.iter().map(|t| t.as_ref().map_or(4, |t| t.len() + t.len() / 4 + 3)).sum::<usize>() + 2);
+    out.push('[');
+    for (i, t) in texts.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        match t {
+            Some(t) => push_json_str(&mut out, t),
+            None => out.push_str("null"),
+        }
+    }
+    out.push(']');
+    out
 }
 
 /// The wire form of one accessible root (chum.md §4.2, fields in the reference's order).
@@ -231,7 +303,8 @@ impl Exporter {
                 Ok(vec![Message::Text(rpc::data_response(id, &None))])
             }
             LAMA_PROBE => Ok(vec![Message::Text(rpc::data_response(id, &Some(self.probe())))]),
-            GET_OBJECTS_BATCH => self.batch(args, log, stats).map(|s| vec![Message::Text(rpc::data_response(id, &Some(s.into())))]),
+            GET_OBJECTS_BATCH => self.batch(args, log, stats).map(|t| vec![Message::Text(rpc::data_response(id, &Some(batch_json(&t).into())))]),
+            GET_OBJECTS_BINARY => self.batch(args, log, stats).map(|t| vec![Message::Binary(rpc::batch_binary_frame(id, &t))]),
             GET_CHILDREN_BATCH => self.children_batch(args).map(|s| vec![Message::Text(rpc::data_response(id, &Some(s.into())))]),
             GET_CLOSURE => self.closure(args, log, stats).map(|s| vec![Message::Text(rpc::data_response(id, &Some(s.into())))]),
             GET_ROOTS_SINCE => self.roots_since(args).map(|s| vec![Message::Text(rpc::data_response(id, &Some(s.into())))]),
@@ -294,7 +367,7 @@ impl Exporter {
     }
 
     fn probe(&self) -> Value {
-        json!({"lama": FASTPATH_VERSION, "features": ["batch", "children-batch", "push", "roots-since", "closure", "notify-roots", "receipt"], "epoch": self.epoch()})
+        json!({"lama": FASTPATH_VERSION, "features": ["batch", "children-batch", "push", "roots-since", "closure", "notify-roots", "receipt", "batch-binary"], "epoch": self.epoch()})
     }
 
     fn batch_arg(args: &[Data]) -> Result<&Vec<Value>, ServiceError> {
@@ -304,7 +377,9 @@ impl Exporter {
         }
     }
 
-    fn batch(&mut self, args: &[Data], log: &mut ChumLog, stats: &mut Stats) -> Result<String, ServiceError> {
+    /// The microdata of a batch request's hashes, in request order (`None`: not unlocked,
+    /// malformed, missing or a BLOB/CLOB), for services 101 and 108.
+    fn batch(&mut self, args: &[Data], log: &mut ChumLog, stats: &mut Stats) -> Result<Vec<Option<String>>, ServiceError> {
         let hashes = Self::batch_arg(args)?;
         // the unlocked hashes, read in one transaction with one lookup each (issue 8)
         let mut wanted: Vec<&str> = Vec::with_capacity(hashes.len());
@@ -318,35 +393,28 @@ impl Exporter {
         }
         let mut texts = self.store.texts(&wanted).map_err(store_err)?.into_iter();
         let mut wanted = wanted.into_iter().peekable();
-        // written straight as the JSON list (no `Value` per entry): the same text as
-        // `Value::Array(..).to_string()`
-        let mut out = String::with_capacity(hashes.len() * 600);
-        out.push('[');
-        for (i, h) in hashes.iter().enumerate() {
-            if i > 0 {
-                out.push(',');
-            }
+        let mut out = Vec::with_capacity(hashes.len());
+        for h in hashes {
             let h = h.as_str().unwrap_or_default();
             if wanted.peek() != Some(&h) {
-                out.push_str("null");
+                out.push(None);
                 continue;
             }
             wanted.next();
-            match texts.next().flatten() {
+            out.push(match texts.next().flatten() {
                 Some((EntryKind::Id, text)) => {
                     log.a_to_b_id_objects.push(h.to_string());
                     stats.id_objects_sent += 1;
-                    push_json_str(&mut out, &text);
+                    Some(text)
                 }
                 Some((_, text)) => {
                     log.a_to_b_objects.push(h.to_string());
                     stats.objects_sent += 1;
-                    push_json_str(&mut out, &text);
+                    Some(text)
                 }
-                None => out.push_str("null"),
-            }
+                None => None,
+            });
         }
-        out.push(']');
         Ok(out)
     }
 
@@ -632,37 +700,13 @@ impl Exporter {
             // the reference fails while reading the file: a stream error, not an error answer
             return Ok(vec![Message::Text(rpc::stream_error(id))]);
         }
-        let mut out = Vec::new();
-        match encoding {
-            None => {
-                // streamed: the session pulls one frame at a time from the store (the same
-                // frames as cutting each stored chunk into BLOB_PAYLOAD pieces)
-                if self.store.blob_size(h).is_err() {
-                    return Ok(vec![Message::Text(rpc::stream_error(id))]);
-                }
-                self.streams.push(OutStream { id, hash: h.to_string(), offset: 0 });
-            }
-            Some(enc) => {
-                let chunks = match self.store.read_blob_chunks(h) {
-                    Ok(c) => c,
-                    Err(_) => return Ok(vec![Message::Text(rpc::stream_error(id))]),
-                };
-                let Ok(text) = String::from_utf8(chunks.concat()) else {
-                    return Ok(vec![Message::Text(rpc::stream_error(id))]);
-                };
-                let mut first = true;
-                let mut rest = text.as_str();
-                while !rest.is_empty() {
-                    let cut = rest.char_indices().nth(CLOB_CHUNK).map_or(rest.len(), |(i, _)| i);
-                    out.push(Message::Text(rpc::stream_chunk(id, &rest[..cut], first.then_some(enc))));
-                    first = false;
-                    rest = &rest[cut..];
-                }
-            }
+        // streamed: the session pulls one frame at a time from the store (the same frames as
+        // reading the whole BLOB/CLOB and cutting it)
+        if self.store.blob_size(h).is_err() {
+            return Ok(vec![Message::Text(rpc::stream_error(id))]);
         }
-        if encoding.is_some() {
-            out.push(Message::Text(rpc::stream_end(id)));
-        }
+        let text = encoding.map(|_| Vec::new());
+        self.streams.push(OutStream { id, hash: h.to_string(), offset: 0, text, started: false });
         if kind == Some(EntryKind::Clob) {
             log.a_to_b_clob.push(h.to_string());
             stats.clobs_sent += 1;
@@ -670,6 +714,6 @@ impl Exporter {
             log.a_to_b_blob.push(h.to_string());
             stats.blobs_sent += 1;
         }
-        Ok(out)
+        Ok(Vec::new())
     }
 }

@@ -19,7 +19,7 @@ use lama_core::microdata::{self, RefKind, Value as MdValue};
 use lama_core::store::{Store, Verified};
 use serde_json::Value;
 
-use crate::exporter::{CLOSURE_HINTS_MAX, GET_CLOSURE, BATCH_MAX, FASTPATH_VERSION, GET_CHILDREN_BATCH, GET_OBJECTS_BATCH, GET_ROOTS_SINCE, LAMA_PROBE, SUBSCRIBE, FIN, GET_ACCESSIBLE_ROOTS, GET_BLOB, GET_ID_OBJECT, GET_ID_OBJECT_CHILDREN, GET_OBJECT, GET_OBJECT_CHILDREN, GET_PROTOCOL_VERSION};
+use crate::exporter::{CLOSURE_HINTS_MAX, GET_CLOSURE, GET_OBJECTS_BINARY, BATCH_MAX, FASTPATH_VERSION, GET_CHILDREN_BATCH, GET_OBJECTS_BATCH, GET_ROOTS_SINCE, LAMA_PROBE, SUBSCRIBE, FIN, GET_ACCESSIBLE_ROOTS, GET_BLOB, GET_ID_OBJECT, GET_ID_OBJECT_CHILDREN, GET_OBJECT, GET_OBJECT_CHILDREN, GET_PROTOCOL_VERSION};
 use crate::rpc::Data;
 use crate::session::Cx;
 use crate::Event;
@@ -70,6 +70,8 @@ pub struct Req {
     pub service: u32,
     pub args: Vec<Data>,
     pub stream: Option<bool>,
+    /// GET_OBJECTS_BINARY: the answer is one binary message ([`Outcome::Bytes`]).
+    pub binary: bool,
 }
 
 /// The answer to a [`Req`].
@@ -79,6 +81,8 @@ pub enum Outcome {
     /// A stream stored under this hash (already checked against the requested one).
     #[allow(dead_code)]
     Stored(String),
+    /// The payload of a binary answer (docs/chum-fastpath.md "batch-binary").
+    Bytes(Vec<u8>),
     Err { code: String, message: String },
 }
 
@@ -279,7 +283,7 @@ fn fatal(code: &str, message: String) -> Fatal {
 }
 
 fn req(service: u32, args: Vec<Data>) -> Req {
-    Req { service, args, stream: None }
+    Req { service, args, stream: None, binary: false }
 }
 
 impl Importer {
@@ -376,7 +380,7 @@ impl Importer {
                         let c = if code.is_empty() { "CS-MISMATCH".to_string() } else { code };
                         return Err(fatal(&c, format!("version check failed: {message}")));
                     }
-                    Outcome::Stored(_) => None,
+                    Outcome::Stored(_) | Outcome::Bytes(_) => None,
                 };
                 let n = match &v {
                     Some(Value::Number(n)) => n.as_i64().or_else(|| n.as_f64().filter(|f| f.fract() == 0.0).map(|f| f as i64)),
@@ -542,7 +546,7 @@ impl Importer {
                             self.pending.insert(h.clone(), reason.clone());
                             cx.events.push_back(Event::Pending { hash: h, kind: kind.as_str().into(), reason });
                         }
-                        Outcome::Ok(_) => {
+                        Outcome::Ok(_) | Outcome::Bytes(_) => {
                             let reason = "CIEC-FBL1: the answer is not a stream".to_string();
                             self.pending.insert(h.clone(), reason.clone());
                             cx.events.push_back(Event::Pending { hash: h, kind: kind.as_str().into(), reason });
@@ -607,7 +611,7 @@ impl Importer {
             cx.error(&code, &format!("roots request failed: {message}"), false);
             self.end_pass(cx)
         }
-        Outcome::Stored(_) => {
+        Outcome::Stored(_) | Outcome::Bytes(_) => {
             cx.error("DAH-PAO1", "roots answer is a stream", false);
             self.end_pass(cx)
         }
@@ -834,8 +838,14 @@ impl Importer {
             let fetch: Vec<String> = pass.texts[pass.next..end].to_vec();
             pass.next = end;
             let reqs: Vec<Req> = if batched {
-                // docs/chum-fastpath.md: up to BATCH_MAX microdata per request
-                fetch.chunks(BATCH_MAX).map(|c| req(GET_OBJECTS_BATCH, vec![Some(Value::Array(c.iter().map(|h| Value::String(h.clone())).collect()))])).collect()
+                // docs/chum-fastpath.md: up to BATCH_MAX microdata per request, as one binary
+                // message with "batch-binary"
+                let binary = self.features.contains("batch-binary");
+                let service = if binary { GET_OBJECTS_BINARY } else { GET_OBJECTS_BATCH };
+                fetch
+                    .chunks(BATCH_MAX)
+                    .map(|c| Req { binary, ..req(service, vec![Some(Value::Array(c.iter().map(|h| Value::String(h.clone())).collect()))]) })
+                    .collect()
             } else {
                 fetch
                     .iter()
@@ -875,9 +885,9 @@ impl Importer {
             .map(|h| {
                 let a = Some(Value::String(h.clone()));
                 if pass.items[h].kind == Kind::Blob {
-                    Req { service: GET_BLOB, args: vec![a, None], stream: Some(false) }
+                    Req { service: GET_BLOB, args: vec![a, None], stream: Some(false), binary: false }
                 } else {
-                    Req { service: GET_BLOB, args: vec![a, Some("utf8".into())], stream: Some(true) }
+                    Req { service: GET_BLOB, args: vec![a, Some("utf8".into())], stream: Some(true), binary: false }
                 }
             })
             .collect();
@@ -1243,7 +1253,7 @@ impl Importer {
                 cx.error(&c, &format!("children of {h}: {message}"), false);
                 return Ok(None);
             }
-            Outcome::Stored(_) => None,
+            Outcome::Stored(_) | Outcome::Bytes(_) => None,
         };
         let Some(Value::String(s)) = data else {
             cx.error("DC-PC1", &format!("children of {h}: answer is not a string"), false);
@@ -1747,6 +1757,16 @@ fn split_children_batch(sizes: &[usize], results: Vec<Outcome>) -> Result<Vec<Ch
 fn split_objects_batch(sizes: &[usize], results: Vec<Outcome>) -> Result<Vec<Outcome>, Fatal> {
     let mut out = Vec::with_capacity(sizes.iter().sum());
     for (&n, res) in sizes.iter().zip(results) {
+        if let Outcome::Bytes(b) = &res {
+            match crate::rpc::parse_batch_binary(b, n) {
+                Some(list) => out.extend(list.into_iter().map(|v| match v {
+                    None => Outcome::Err { code: "CES-GO1".into(), message: "not served by the exporter".into() },
+                    Some(t) => Outcome::Ok(Some(Value::String(t))),
+                })),
+                None => out.extend((0..n).map(|_| Outcome::Err { code: "LAMA-CHUM-BATCH".into(), message: "malformed batch answer".into() })),
+            }
+            continue;
+        }
         if let Outcome::Ok(Some(Value::String(s))) = &res {
             if let Ok(list) = serde_json::from_str::<Vec<Option<String>>>(s) {
                 if list.len() == n {

@@ -136,6 +136,48 @@ pub fn binary_frame(id: u64, payload: &[u8]) -> Vec<u8> {
     out
 }
 
+/// docs/chum-fastpath.md "batch-binary": a GET_OBJECTS_BINARY answer, `[f64-LE id]` then per
+/// requested hash, in order, a u32 LE length and that many bytes of UTF-8 microdata, or
+/// `0xFFFFFFFF` for `null`.
+pub fn batch_binary_frame(id: u64, texts: &[Option<String>]) -> Vec<u8> {
+    let len: usize = texts.iter().map(|t| 4 + t.as_ref().map_or(0, String::len)).sum();
+    let mut out = Vec::with_capacity(8 + len);
+    out.extend_from_slice(&(id as f64).to_le_bytes());
+    for t in texts {
+        match t {
+            Some(t) => {
+                out.extend_from_slice(&(t.len() as u32).to_le_bytes());
+                out.extend_from_slice(t.as_bytes());
+            }
+            None => out.extend_from_slice(&u32::MAX.to_le_bytes()),
+        }
+    }
+    out
+}
+
+/// The entries of a GET_OBJECTS_BINARY payload (the frame without its id) for `n` hashes;
+/// `None` if it is malformed (another count, a length past the end, invalid UTF-8).
+pub fn parse_batch_binary(payload: &[u8], n: usize) -> Option<Vec<Option<String>>> {
+    let mut out = Vec::with_capacity(n);
+    let mut rest = payload;
+    while !rest.is_empty() {
+        let (len, tail) = rest.split_first_chunk::<4>()?;
+        let len = u32::from_le_bytes(*len);
+        if len == u32::MAX {
+            out.push(None);
+            rest = tail;
+            continue;
+        }
+        let len = len as usize;
+        if len > tail.len() || out.len() >= n {
+            return None;
+        }
+        out.push(Some(std::str::from_utf8(&tail[..len]).ok()?.to_string()));
+        rest = &tail[len..];
+    }
+    (out.len() == n).then_some(out)
+}
+
 /// The request id of a binary frame; `None` if shorter than 8 bytes or not a whole number.
 pub fn binary_id(frame: &[u8]) -> Option<u64> {
     let b: [u8; 8] = frame.get(..8)?.try_into().ok()?;
@@ -278,6 +320,20 @@ mod tests {
         for t in ["[1]", "nope", r#"{"type":"request","requestId":"1","serviceId":1}"#, r#"{"type":"data"}"#, r#"{"type":"x","responseId":1}"#] {
             assert!(classify(t).is_none(), "{t}");
         }
+    }
+
+    #[test]
+    fn batch_binary_round_trip_and_malformed() {
+        let texts = vec![Some("<div>ä</div>".to_string()), None, Some(String::new())];
+        let f = batch_binary_frame(7, &texts);
+        assert_eq!(binary_id(&f), Some(7));
+        assert_eq!(parse_batch_binary(&f[8..], 3), Some(texts));
+        assert_eq!(parse_batch_binary(&f[8..], 2), None); // another count
+        assert_eq!(parse_batch_binary(&f[8..f.len() - 1], 3), None); // cut short
+        assert_eq!(parse_batch_binary(&[5, 0, 0, 0, b'a'], 1), None); // past the end
+        assert_eq!(parse_batch_binary(&[1, 0, 0, 0, 0xff], 1), None); // not UTF-8
+        assert_eq!(parse_batch_binary(&[1, 0], 1), None); // a partial length
+        assert_eq!(parse_batch_binary(&[], 0), Some(vec![]));
     }
 
     #[test]

@@ -221,6 +221,14 @@ impl Session {
             return;
         }
         let id = rpc::binary_id(&data);
+        if let Some(i) = id.filter(|i| self.pending.get(i).is_some_and(|p| p.req.binary)) {
+            // docs/chum-fastpath.md "batch-binary": the whole answer in one binary message
+            let p = self.pending.remove(&i).unwrap();
+            let mut data = data;
+            data.drain(..8);
+            self.deliver(p.slot, Outcome::Bytes(data), now);
+            return;
+        }
         let ok = id.and_then(|i| self.pending.get(&i)).is_some_and(|p| p.req.stream.is_some());
         if !ok {
             // chum.md §2.6: a short frame or one for no stream of ours is dropped, never fatal

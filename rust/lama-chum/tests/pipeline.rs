@@ -20,6 +20,8 @@ use serde_json::Value;
 const GET_OBJECT: u64 = 6;
 const GET_ID_OBJECT: u64 = 7;
 const GET_OBJECTS_BATCH: u64 = 101;
+/// docs/chum-fastpath.md "batch-binary": the same batch, answered by one binary message.
+const GET_OBJECTS_BINARY: u64 = 108;
 const CHUNK_V8: usize = 256;
 const CHUNK_FAST: usize = 2048;
 const AHEAD: usize = 3;
@@ -53,7 +55,7 @@ fn asked(m: &Message) -> Option<(u64, usize)> {
     match rpc::classify(t)? {
         Incoming::Request { id, service, args } => match service.as_u64()? {
             GET_OBJECT | GET_ID_OBJECT => Some((id, 1)),
-            GET_OBJECTS_BATCH => match args.first() {
+            GET_OBJECTS_BATCH | GET_OBJECTS_BINARY => match args.first() {
                 Some(Some(Value::Array(l))) => Some((id, l.len())),
                 _ => None,
             },
@@ -64,7 +66,10 @@ fn asked(m: &Message) -> Option<(u64, usize)> {
 }
 
 fn answered(m: &Message) -> Option<u64> {
-    let Message::Text(t) = m else { return None };
+    let t = match m {
+        Message::Binary(b) => return rpc::binary_id(b),
+        Message::Text(t) => t,
+    };
     match rpc::classify(t)? {
         Incoming::Data { id, .. } | Incoming::Error { id, .. } => Some(id),
         _ => None,

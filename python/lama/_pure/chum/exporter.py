@@ -8,7 +8,7 @@ import re
 from typing import Any, Callable
 
 from ...errors import LamaError
-from ..microdata import references
+from ..microdata import js_utf8, references
 from . import rpc
 
 PROTOCOL_VERSION = 8
@@ -33,6 +33,7 @@ NOTIFY = 104  # served by the importer
 GET_CHILDREN_BATCH = 105
 GET_CLOSURE = 106  # docs/chum-fastpath.md "closure"
 LAMA_RECEIPT = 107  # docs/tracing.md §4: the importer confirms a pass (called on the exporter)
+GET_OBJECTS_BINARY = 108  # docs/chum-fastpath.md "batch-binary"
 BATCH_MAX = 256
 CLOSURE_HINTS_MAX = 4096
 """Hints (hashes the importer holds with their closure) per GET_CLOSURE request."""
@@ -45,7 +46,7 @@ _SENT_MAX = 4_000_000
 _TAGS = {"obj": "object", "id": "id", "blob": "blob", "clob": "clob"}
 FASTPATH_VERSION = 1
 
-EXPORTER_SERVICES = frozenset({1, 2, 4, 5, 6, 7, 8, 10, 100, 101, 102, 103, 105, 106, 107})
+EXPORTER_SERVICES = frozenset({1, 2, 4, 5, 6, 7, 8, 10, 100, 101, 102, 103, 105, 106, 107, 108})
 
 BLOB_PAYLOAD = 65_528
 """chum.md §2.6/§10.2: 8-byte id + payload ≤ 65,536, so the fragmentation layer never splits a
@@ -57,6 +58,48 @@ fragmentation threshold of 16,384 UTF-16 units (chum.md §1): 4,096 code points 
 8,192 UTF-16 units, twice that escaped."""
 
 _HASH = re.compile(r"^[0-9a-f]{64}$")
+
+
+_NULL = b"\xff\xff\xff\xff"
+
+
+def batch_binary(texts: list[str | None]) -> bytes:
+    """The payload of a GET_OBJECTS_BINARY answer (docs/chum-fastpath.md "batch-binary"): per
+    requested hash, in order, a u32 LE length and that many bytes of UTF-8 microdata, or
+    0xFFFFFFFF for ``null``."""
+    parts: list[bytes] = []
+    for t in texts:
+        if t is None:
+            parts.append(_NULL)
+        else:
+            b = js_utf8(t)
+            parts.append(len(b).to_bytes(4, "little"))
+            parts.append(b)
+    return b"".join(parts)
+
+
+def parse_batch_binary(payload: bytes, n: int) -> list[str | None] | None:
+    """The entries of a GET_OBJECTS_BINARY payload for ``n`` hashes; ``None`` if it is malformed
+    (a wrong count, a length past the end, trailing bytes, invalid UTF-8)."""
+    out: list[str | None] = []
+    view = memoryview(payload)
+    i, end = 0, len(payload)
+    try:
+        while i < end:
+            if end - i < 4:
+                return None
+            length = int.from_bytes(view[i:i + 4], "little")
+            i += 4
+            if length == 0xFFFFFFFF:
+                out.append(None)
+                continue
+            if length > end - i:
+                return None
+            out.append(str(view[i:i + length], "utf-8"))
+            i += length
+    except UnicodeDecodeError:
+        return None
+    return out if len(out) == n else None
 
 
 class ServiceError(Exception):
@@ -153,7 +196,10 @@ class Exporter:
             if service == LAMA_PROBE:
                 return [rpc.data_response(rid, self._probe())]
             if service == GET_OBJECTS_BATCH:
-                return [rpc.data_response(rid, self._batch(args))]
+                return [rpc.data_response(rid, json.dumps(self._batch(args), ensure_ascii=False,
+                                                          separators=(",", ":")))]
+            if service == GET_OBJECTS_BINARY:
+                return [rpc.binary_frame(rid, batch_binary(self._batch(args)))]
             if service == GET_CHILDREN_BATCH:
                 return [rpc.data_response(rid, self._children_batch(args))]
             if service == GET_CLOSURE:
@@ -215,10 +261,10 @@ class Exporter:
 
     def _probe(self) -> dict[str, Any]:
         features = ["batch", "children-batch", "push"] + (["roots-since"] if self.roots_since_supported() else []) \
-            + ["closure", "notify-roots", "receipt"]
+            + ["closure", "notify-roots", "receipt", "batch-binary"]
         return {"lama": FASTPATH_VERSION, "features": features, "epoch": self.epoch()}
 
-    def _batch(self, args: list[Any]) -> str:
+    def _batch(self, args: list[Any]) -> list[str | None]:
         hashes = args[0] if args else None
         if not isinstance(hashes, list) or len(hashes) > BATCH_MAX:
             raise ServiceError("LAMA-CHUM-BATCH", f"expected a list of at most {BATCH_MAX} hashes")
@@ -240,7 +286,7 @@ class Exporter:
                 out.append(None)
                 continue
             out.append(self.store.get(h))
-        return json.dumps(out, ensure_ascii=False, separators=(",", ":"))
+        return out
 
     def _children_batch(self, args: list[Any]) -> str:
         """GET_CHILDREN_BATCH: ``[[h, ...]]`` (objects and ID objects alike) -> JSON string of

@@ -15,9 +15,9 @@ from ..microdata import id_microdata_of, parse, references, sha256_hex, type_of
 from . import rpc
 from .exporter import (BATCH_MAX, CLOSURE_HINTS_MAX, FASTPATH_VERSION, GET_CLOSURE, FIN, GET_ACCESSIBLE_ROOTS, GET_BLOB,
                        GET_ID_OBJECT, GET_ID_OBJECT_CHILDREN, GET_OBJECT, GET_OBJECT_CHILDREN,
-                       GET_CHILDREN_BATCH, GET_OBJECTS_BATCH, GET_PROTOCOL_VERSION,
+                       GET_CHILDREN_BATCH, GET_OBJECTS_BATCH, GET_OBJECTS_BINARY, GET_PROTOCOL_VERSION,
                        GET_ROOTS_SINCE, LAMA_PROBE, LAMA_RECEIPT,
-                       RECEIPT_ERROR_CHARS, RECEIPT_ERRORS_MAX, SUBSCRIBE)
+                       RECEIPT_ERROR_CHARS, RECEIPT_ERRORS_MAX, SUBSCRIBE, parse_batch_binary)
 
 _HASH = re.compile(r"^[0-9a-f]{64}$")
 
@@ -66,6 +66,7 @@ class Req:
     service: int
     args: list[Any]
     stream: str | None = None  # "blob" / "clob": a GET_BLOB stream answer is expected
+    binary: bool = False  # GET_OBJECTS_BINARY: the answer is one binary message
 
 
 @dataclass
@@ -565,8 +566,11 @@ class Importer:
                 part = texts[offset:offset + chunk]
                 offset += chunk
                 if batched:
-                    # docs/chum-fastpath.md: up to BATCH_MAX microdata per request
-                    calls.append([Req(GET_OBJECTS_BATCH, [[it.hash for it in part[o:o + BATCH_MAX]]])
+                    # docs/chum-fastpath.md: up to BATCH_MAX microdata per request, as one
+                    # binary message with "batch-binary"
+                    binary = "batch-binary" in self.features
+                    calls.append([Req(GET_OBJECTS_BINARY if binary else GET_OBJECTS_BATCH,
+                                      [[it.hash for it in part[o:o + BATCH_MAX]]], binary=binary)
                                   for o in range(0, len(part), BATCH_MAX)])
                 else:
                     calls.append([Req(GET_OBJECT if it.kind == "object" else GET_ID_OBJECT, [it.hash])
@@ -703,10 +707,14 @@ class Importer:
             if res.code == "LAMA-CHUM-TIMEOUT":
                 raise Fatal(res.code, res.message)
             return [res] * len(chunk)
-        try:
-            texts = json.loads(res.value) if isinstance(res.value, str) else None
-        except ValueError:
-            texts = None
+        texts: Any
+        if isinstance(res.value, bytes):  # a GET_OBJECTS_BINARY answer
+            texts = parse_batch_binary(res.value, len(chunk))
+        else:
+            try:
+                texts = json.loads(res.value) if isinstance(res.value, str) else None
+            except ValueError:
+                texts = None
         if not isinstance(texts, list) or len(texts) != len(chunk):
             bad = Outcome(False, code="LAMA-CHUM-BATCH", message="malformed batch answer")
             return [bad] * len(chunk)

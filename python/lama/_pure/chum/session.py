@@ -226,6 +226,11 @@ class ChumSession:
             return
         rid = rpc.binary_id(bytes(data[:8]))
         p = None if rid is None else self._pending.get(rid)
+        if p is not None and p.req.binary:
+            # docs/chum-fastpath.md "batch-binary": the whole answer in one binary message
+            self._done(p, Outcome(True, bytes(data[8:])))
+            self._check_done()
+            return
         if p is None or p.req.stream is None:
             # chum.md §2.6: a short frame or one for no stream of ours is dropped, never fatal
             self._error("LAMA-CHUM-FRAME", f"dropped a binary message of {len(data)} bytes "
