@@ -301,6 +301,8 @@ async def comm_server(
     max_message: int = ...,
     max_spares_per_key: int = ...,
     max_spares_per_address: int = ...,
+    nats: str | None = ...,
+    advertise: str | None = ...,
 ) -> CommServer: ...
 @final
 class CommServer:

@@ -163,7 +163,8 @@ def _fail(message: str, status: int) -> NoReturn:
 
 
 async def _run_comm_server(host: str, port: int, ping_interval: float, pong_timeout: float,
-                           auth_timeout: float) -> None:
+                           auth_timeout: float, nats: str | None = None,
+                           advertise: str | None = None) -> None:
     """``lama comm-server``: print the URL, serve until SIGINT/SIGTERM, close cleanly, print the
     counters (one ``name value`` line each)."""
     import asyncio
@@ -171,8 +172,9 @@ async def _run_comm_server(host: str, port: int, ping_interval: float, pong_time
 
     from lama._core import comm_server
 
+    cluster = {"nats": nats, "advertise": advertise} if nats else {}  # docs/cluster.md
     server = await comm_server(host, port, ping_interval=ping_interval, pong_timeout=pong_timeout,
-                               auth_timeout=auth_timeout)
+                               auth_timeout=auth_timeout, **cluster)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -414,11 +416,21 @@ def _build_app() -> Any:
         ping_interval: float = typer.Option(25.0, "--ping-interval", help="Seconds between pings of a spare."),
         pong_timeout: float = typer.Option(1.0, "--pong-timeout", help="Seconds a pong may take."),
         auth_timeout: float = typer.Option(10.0, "--auth-timeout", help="Seconds to authenticate."),
+        nats: str = typer.Option(None, "--nats", help="NATS URL: run as a node of a comm-server "
+                                 "cluster (docs/cluster.md; rust core)."),
+        advertise: str = typer.Option(None, "--advertise", help="URL other cluster nodes reach "
+                                      "this node at (default: its ws://host:port)."),
     ) -> None:
         """Run a comm server (the reference's relay protocol) until SIGINT or SIGTERM."""
         import asyncio
 
-        asyncio.run(_run_comm_server(host, port, ping_interval, pong_timeout, auth_timeout))
+        if advertise and not nats:
+            _fail("--advertise needs --nats", 2)
+        try:
+            asyncio.run(_run_comm_server(host, port, ping_interval, pong_timeout, auth_timeout,
+                                         nats, advertise))
+        except (LamaError, OSError) as e:  # e.g. NATS unreachable at the start
+            _fail(str(e), 1)
 
     return app
 

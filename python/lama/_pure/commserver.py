@@ -69,6 +69,8 @@ _COUNTERS = (
     "connections", "open", "registrations", "spares", "requests", "handovers", "relays",
     "relayed_frames", "relayed_bytes", "refused", "auth_failures", "auth_timeouts", "malformed",
     "oversized", "pings", "ping_timeouts",
+    # a cluster node's (docs/cluster.md; the pure comm server is never one: always 0)
+    "forwarded", "cluster_lookups", "cluster_answers",
 )
 
 
@@ -166,7 +168,7 @@ class CommServer:
     def counters(self) -> dict[str, int]:
         """connections, open, registrations, spares, requests, handovers, relays,
         relayed_frames, relayed_bytes, refused, auth_failures, auth_timeouts, malformed,
-        oversized, pings, ping_timeouts."""
+        oversized, pings, ping_timeouts, forwarded, cluster_lookups, cluster_answers."""
         return dict(self._c)
 
     async def close(self) -> None:
@@ -487,9 +489,15 @@ def _is_pong(m: str | bytes) -> bool:
 
 async def comm_server(host: str, port: int, *, ping_interval: float = 25.0, pong_timeout: float = 1.0,
                       auth_timeout: float = 10.0, max_message: int = DEFAULT_MAX_MESSAGE,
-                      max_spares_per_key: int = 16, max_spares_per_address: int = 256) -> CommServer:
-    """Serve the comm-server protocol (conn §3) on ``host``:``port`` (0: any free port)."""
+                      max_spares_per_key: int = 16, max_spares_per_address: int = 256,
+                      nats: str | None = None, advertise: str | None = None) -> CommServer:
+    """Serve the comm-server protocol (conn §3) on ``host``:``port`` (0: any free port).
+    ``nats``/``advertise``: a cluster node (docs/cluster.md), which only the rust core is."""
     from websockets.asyncio.server import serve
+
+    if nats is not None or advertise is not None:
+        raise _arg("the comm-server cluster (nats=, advertise=) needs the rust core "
+                   "(docs/cluster.md)")
 
     if not isinstance(host, str):
         raise _arg(f"a host is a str, got {type(host).__name__}")

@@ -1122,7 +1122,7 @@ impl PyCommServer {
 
     /// The counters: connections, open, registrations, spares, requests, handovers, relays,
     /// relayed_frames, relayed_bytes, refused, auth_failures, auth_timeouts, malformed,
-    /// oversized, pings, ping_timeouts.
+    /// oversized, pings, ping_timeouts, forwarded, cluster_lookups, cluster_answers.
     fn counters<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let d = PyDict::new(py);
         for (k, v) in self.inner.counters() {
@@ -1146,7 +1146,7 @@ impl PyCommServer {
 #[pyo3(signature = (host, port, *, ping_interval = Secs(Duration::from_secs(25)),
                     pong_timeout = Secs(Duration::from_secs(1)), auth_timeout = Secs(Duration::from_secs(10)),
                     max_message = MaxMessage::default(), max_spares_per_key = Count(16),
-                    max_spares_per_address = Count(256)))]
+                    max_spares_per_address = Count(256), nats = None, advertise = None))]
 #[allow(clippy::too_many_arguments)]
 fn comm_server<'py>(
     py: Python<'py>,
@@ -1158,8 +1158,13 @@ fn comm_server<'py>(
     max_message: MaxMessage,
     max_spares_per_key: Count,
     max_spares_per_address: Count,
+    nats: Option<Bound<'py, PyAny>>,
+    advertise: Option<Bound<'py, PyAny>>,
 ) -> PyResult<Bound<'py, PyAny>> {
     let host = str_arg("a host", host)?;
+    // docs/cluster.md: a cluster node (NATS URL) and the URL other nodes reach it at
+    let nats = nats.map(|v| str_arg("nats (a NATS URL)", &v)).transpose()?;
+    let advertise = advertise.map(|v| str_arg("advertise (a ws:// URL)", &v)).transpose()?;
     let bad_port = || arg_error(format!("a port is an int in 0..65535, got {}", port.repr().map(|r| r.to_string()).unwrap_or_default()));
     if port.cast::<PyBool>().is_ok() || port.cast::<PyInt>().is_err() {
         return Err(bad_port());
@@ -1172,6 +1177,8 @@ fn comm_server<'py>(
         max_message: max_message.0,
         max_spares_per_key: max_spares_per_key.0,
         max_spares_per_address: max_spares_per_address.0,
+        nats,
+        advertise,
     };
     py_future(py, async move {
         let s = lama_net::comm_server(&host, port, opts).await.map_err(net_err)?;
