@@ -21,9 +21,11 @@ Commands:
 * ``lama accept LINK --dir D [--comm-server URL] [--chum-wait S]`` pairs using the invitation
   (conn §6.3), waits for the CHUM connection likewise and reports the new contact. A refused
   pairing (expired, used or wrong token) is exit status 1.
-* ``lama comm-server [--host 127.0.0.1] [--port 8000]`` runs a comm server (docs/connections.md
-  §2): prints its URL, serves until SIGINT or SIGTERM, closes every spare and relayed pair and
-  prints its counters, one ``name value`` line each.
+* ``lama comm-server [--host 127.0.0.1] [--port 8000] [--nats URL [--advertise URL]]`` runs a
+  comm server (docs/connections.md §2): prints its URL, serves until SIGINT or SIGTERM, closes
+  every spare and relayed pair and prints its counters, one ``name value`` line each. With
+  ``--nats`` it is a node of a comm-server cluster (docs/cluster.md). ``--comm-server`` of the
+  other commands takes several comma-separated URLs (nodes of one cluster; failover).
 
 Chat (issue 10; the asyncio facade :class:`lama.app.App` underneath):
 
