@@ -174,9 +174,8 @@ async def _run_comm_server(host: str, port: int, ping_interval: float, pong_time
 
     from lama._core import comm_server
 
-    cluster = {"nats": nats, "advertise": advertise} if nats else {}  # docs/cluster.md
     server = await comm_server(host, port, ping_interval=ping_interval, pong_timeout=pong_timeout,
-                               auth_timeout=auth_timeout, **cluster)
+                               auth_timeout=auth_timeout, nats=nats, advertise=advertise)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
