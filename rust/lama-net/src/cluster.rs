@@ -114,11 +114,9 @@ async fn directory(inner: Weak<Inner>, mut rx: mpsc::UnboundedReceiver<(String, 
         }
         let Some(i) = inner.upgrade() else { break };
         let Some(c) = &i.cluster else { break };
-        match c.client.subscribe(subject(&key)).await {
-            Ok(sub) => {
-                subs.insert(key.clone(), tokio::spawn(answer(Arc::downgrade(&i), key, sub)));
-            }
-            Err(_) => {} // the client is closed: the server is going away
+        // an error: the client is closed, the server is going away
+        if let Ok(sub) = c.client.subscribe(subject(&key)).await {
+            subs.insert(key.clone(), tokio::spawn(answer(Arc::downgrade(&i), key, sub)));
         }
     }
     for (_, task) in subs {
