@@ -13,6 +13,10 @@ process on the host); ``{"cmd": "expect", "tag", "n"}`` answers ``{"seen": [t_i.
 all n messages of that tag are visible (monotonic times each became visible through
 ``on_message``); ``{"cmd": "count"}`` -> ``{"messages"}``; ``{"cmd": "rss"}`` -> ``{"rss_kib"}``;
 ``{"cmd": "quit"}``.
+
+With ``LAMA_BENCH_DIAG=1`` the instance also serves its diagnostics page (docs/metrics.md) and
+a client in this process watches it as an open page does (``/api/events``) and scrapes
+``/metrics`` every second (benches/test_bench_diag.py).
 """
 
 from __future__ import annotations
@@ -57,6 +61,9 @@ async def main() -> None:
 
     app.on_message(on_message)
     await app.start()
+    diag = None
+    if os.environ.get("LAMA_BENCH_DIAG") == "1":
+        diag = await watched_page(app)
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader()
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
@@ -139,7 +146,44 @@ async def main() -> None:
             elif c == "quit":
                 break
     finally:
+        if diag is not None:
+            await diag.close()
         await app.close()
+
+
+async def watched_page(app: Any) -> Any:
+    """The app's diagnostics server, with an event-stream reader and a 1 s /metrics scraper
+    running on this loop (as a browser tab and Prometheus would)."""
+    from lama.web.diag import DiagnosticsServer
+
+    diag = DiagnosticsServer(app, "127.0.0.1", 0, write_file=False)
+    await diag.start()
+    head = f"Host: 127.0.0.1:{diag.http.port}\r\nAuthorization: Bearer {diag.token}\r\n\r\n"
+
+    async def page() -> None:
+        r, w = await asyncio.open_connection("127.0.0.1", diag.http.port)
+        w.write(f"GET /api/events HTTP/1.1\r\n{head}".encode())
+        while await r.read(1 << 16):
+            pass
+
+    async def scrape() -> None:
+        while True:
+            r, w = await asyncio.open_connection("127.0.0.1", diag.http.port)
+            w.write(f"GET /metrics HTTP/1.1\r\n{head}".encode())
+            await r.read()
+            w.close()
+            await asyncio.sleep(1.0)
+
+    tasks = [asyncio.ensure_future(page()), asyncio.ensure_future(scrape())]
+    close = diag.close
+
+    async def close_all() -> None:
+        for t in tasks:
+            t.cancel()
+        await close()
+
+    diag.close = close_all
+    return diag
 
 
 if __name__ == "__main__":

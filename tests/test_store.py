@@ -302,6 +302,37 @@ def test_blob_chunking(store: Any, size: int, chunks: list[int]) -> None:
     assert store.count() == 1 and store.verify() == []
 
 
+
+@pytest.mark.parametrize("size", [0, 5, CHUNK, CHUNK + 1, 2 * CHUNK + 5])
+def test_read_blob_range_reads_in_pieces_within_chunks(store: Any, size: int) -> None:
+    data = os.urandom(size)
+    h, _ = store.put_blob(data)
+    for piece in (1 << 20, 300_000, 7):
+        if piece == 7 and size > CHUNK:
+            continue  # 7-byte pieces of a multi-MiB BLOB: too many calls for a unit test
+        got, offset = [], 0
+        while True:
+            p = store.read_blob_range(h, offset, piece)
+            if not p:
+                break
+            assert len(p) <= piece
+            # a piece never crosses a stored chunk's end
+            assert offset // CHUNK == (offset + len(p) - 1) // CHUNK
+            got.append(p)
+            offset += len(p)
+        assert b"".join(got) == data
+    assert store.read_blob_range(h, size + 10, 100) == b""
+    assert store.read_blob_range(h, 0, 0) == b""
+    for bad in (-1, 1.5, True, "0"):
+        with pytest.raises(StoreError) as e:
+            store.read_blob_range(h, bad, 10)
+        assert e.value.code == "LAMA-ARG"
+        with pytest.raises(StoreError):
+            store.read_blob_range(h, 0, bad)
+    with pytest.raises(NotFoundError) as nf:
+        store.read_blob_range("ab" * 32, 0, 10)
+    assert nf.value.code == "SB-READ2"
+
 def test_chunked_clob_and_on_disk_format(store_path: Path) -> None:
     text = "ä" * (CHUNK // 2 + 7)  # 2 bytes each in UTF-8: > 1 MiB
     data = text.encode()

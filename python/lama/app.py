@@ -68,6 +68,16 @@ class AppConfig:
     discovery_interval: float = 0.5
     sync_interval: float = 1.0
     manager_options: dict[str, Any] = field(default_factory=dict)  # any other ManagerConfig field
+    # store-and-forward through the comm server's mailbox (docs/mailbox.md §6)
+    mailbox: bool = True
+    mailbox_poll_interval: float = 30.0
+    # message transfer tracing (docs/tracing.md): None = on unless $LAMA_TRACE is "0"
+    trace: bool | None = None
+    trace_limit: int = 10_000
+    trace_stall_after: float = 10.0
+
+    def tracing(self) -> bool:
+        return self.trace if self.trace is not None else os.environ.get("LAMA_TRACE") != "0"
 
     def manager_config(self) -> Any:
         from lama.connect.manager import ManagerConfig
@@ -79,7 +89,7 @@ class AppConfig:
             reconnect_delay=self.reconnect_delay, refused_retry_delay=self.refused_retry_delay,
             listener_reconnect_delay=self.listener_reconnect_delay,
             discovery_interval=self.discovery_interval, sync_interval=self.sync_interval,
-            **self.manager_options)
+            **{"trace": self.tracing(), **self.manager_options})
 
 
 class App:
@@ -105,6 +115,21 @@ class App:
         self._started = False
         self._closed = False
         self.started_at: float | None = None
+        self.mailbox: Any = None  # lama.connect.mailbox.MailboxService (docs/mailbox.md §6)
+        if self.config.mailbox:
+            from lama.connect.mailbox import MailboxService
+
+            self.mailbox = MailboxService(instance, self.chat, self.manager,
+                                          poll_interval=self.config.mailbox_poll_interval)
+        self.tracer: Any = None  # lama.trace.Tracer (docs/tracing.md), None with trace off
+        if self.config.tracing():
+            from lama.trace import Tracer, manager_live
+
+            self.tracer = Tracer(
+                instance.store, str(instance.person_id), Path(instance.path) / "traces.sqlite3",
+                limit=self.config.trace_limit, stall_after=self.config.trace_stall_after,
+                names=lambda: {str(c.person_id): c.name for c in self.contacts()},
+                live=manager_live(self.manager, lambda: self._started and not self._closed))
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -152,6 +177,11 @@ class App:
         self.started_at = time.time()
         self._unsubscribe.append(self.chat.subscribe(self._on_chat_event))
         self._unsubscribe.append(self.manager.subscribe(self._on_manager_event))
+        if self.mailbox is not None:
+            await self.mailbox.start()  # before the manager: it fetches on the first online_state
+        if self.tracer is not None:
+            self._unsubscribe.append(self.chat.subscribe(self.tracer.on_chat_event))
+            self._unsubscribe.append(self.manager.subscribe(self.tracer.on_manager_event))
         await self.manager.start()
         # contacts for pairings recorded before (idempotent: nothing is written twice): one
         # that finished while the previous run was stopping, or made by `lama invite/accept`
@@ -175,6 +205,9 @@ class App:
         self._closed = True
         if self._tasks:  # posts queued for a group commit are committed first
             await asyncio.wait(list(self._tasks), timeout=60)
+        if self.mailbox is not None:
+            with contextlib.suppress(Exception):
+                await self.mailbox.close()
         with contextlib.suppress(Exception):
             await self.manager.close()
         for unsubscribe in self._unsubscribe:
@@ -184,6 +217,9 @@ class App:
             q.put_nowait(None)
         with contextlib.suppress(Exception):
             await asyncio.to_thread(self.chat.close)  # joins the chat event thread
+        if self.tracer is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(self.tracer.close)
         await self.instance.close_async()
 
     async def __aenter__(self) -> App:
@@ -339,7 +375,10 @@ class App:
             raise InvalidArgumentError("LAMA-CHAT-TEXT: text must be a str")
         if attachments:
             paths = [os.fspath(p) for p in attachments]
-            return await asyncio.to_thread(self.chat.send, target, text, paths)
+            m = await asyncio.to_thread(self.chat.send, target, text, paths)
+            if self.tracer is not None:
+                self.tracer.posted([m])
+            return m
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._batches.setdefault(target, []).append((text, fut))
         if target not in self._flushing:
@@ -368,9 +407,13 @@ class App:
                             if not f.done():
                                 f.set_exception(e)
                         else:
+                            if self.tracer is not None:
+                                self.tracer.posted([m])
                             if not f.done():
                                 f.set_result(m)
                     continue
+                if self.tracer is not None:
+                    self.tracer.posted(msgs)
                 for (_, f), m in zip(batch, msgs):
                     if not f.done():
                         f.set_result(m)
@@ -455,6 +498,26 @@ class App:
         """Write attachment ``index`` of the message ``message_id`` to ``path`` (streamed from
         the store); returns ``{"path", "size", "sha256", "name"}``."""
         return dict(await asyncio.to_thread(self.chat.save_attachment, message_id, index, path))
+
+    # ------------------------------------------------------------------ traces
+
+    def trace(self, message_id: str) -> Any:
+        """The :class:`lama.trace.Trace` of a message (its id or a unique prefix of at least 8
+        hex digits), report computed now; ``NotFoundError`` ``LAMA-TRACE-NONE`` if none."""
+        if self.tracer is None:
+            raise NotFoundError("tracing is off", code="LAMA-TRACE-NONE")
+        return self.tracer.trace(message_id)
+
+    def traces(self, limit: int = 50, *, stalled: bool = False,
+               peer: str | None = None) -> list[Any]:
+        """Recent traces, newest first (docs/tracing.md §1)."""
+        return [] if self.tracer is None else self.tracer.traces(limit, stalled=stalled, peer=peer)
+
+    def on_trace(self, callback: Callable[[Any], Any]) -> Callable[[], None]:
+        """``callback(trace)`` after every change of any trace; returns the unsubscribe."""
+        if self.tracer is None:
+            return lambda: None
+        return self.tracer.subscribe(callback)
 
     # ------------------------------------------------------------------ status
 

@@ -21,18 +21,22 @@ Commands:
 * ``lama accept LINK --dir D [--comm-server URL] [--chum-wait S]`` pairs using the invitation
   (conn §6.3), waits for the CHUM connection likewise and reports the new contact. A refused
   pairing (expired, used or wrong token) is exit status 1.
-* ``lama comm-server [--host 127.0.0.1] [--port 8000] [--nats URL [--advertise URL]]`` runs a
-  comm server (docs/connections.md §2): prints its URL, serves until SIGINT or SIGTERM, closes
-  every spare and relayed pair and prints its counters, one ``name value`` line each. With
-  ``--nats`` it is a node of a comm-server cluster (docs/cluster.md). ``--comm-server`` of the
-  other commands takes several comma-separated URLs (nodes of one cluster; failover).
+* ``lama comm-server [--host 127.0.0.1] [--port 8000] [--mailbox DIR]`` runs a comm server
+  (docs/connections.md §2; with ``--mailbox`` also docs/mailbox.md): prints its URL, serves
+  until SIGINT or SIGTERM, closes every spare and relayed pair and prints its counters, one
+  ``name value`` line each. ``--metrics 127.0.0.1:PORT``: also a Prometheus ``/metrics``
+  endpoint (docs/metrics.md).
+  With ``--nats URL [--advertise URL]`` it is a node of a comm-server cluster
+  (docs/cluster.md); ``--comm-server`` of the other commands takes several comma-separated URLs
+  (nodes of one cluster; failover).
 
 Chat (issue 10; the asyncio facade :class:`lama.app.App` underneath):
 
 * ``lama serve --dir D [--comm-server URL] [--json]`` runs the instance: the connection manager
   (one CHUM connection per contact, reconnects), the chat layer's events; prints what happens
   (connections, pairings, syncs with a rich progress line on a terminal, messages; JSON lines
-  with ``--json``) and serves the control channel (:mod:`lama.control`). SIGINT or SIGTERM:
+  with ``--json``) and serves the control channel (:mod:`lama.control`); ``--http
+  127.0.0.1:PORT``: also the diagnostics page and ``/metrics`` (loopback, token; docs/metrics.md). SIGINT or SIGTERM:
   every connection is closed with a reason, the control file removed, exit status 0.
 * ``lama contacts``, ``lama send CONTACT TEXT [--attach FILE]...``, ``lama messages CONTACT
   [--follow] [--last N]``, ``lama status`` (all ``--dir D [--json]``): through the running
@@ -92,7 +96,7 @@ def read_secret(confirm: bool = False) -> str:
         if not secret:
             raise _SecretUnavailable(f"{SECRET_ENV} is set but empty")
         return secret
-    if not sys.stdin.isatty():
+    if not sys.stdin.isatty() or os.environ.get("CI") == "true":
         raise _SecretUnavailable(
             f"no secret: set the environment variable {SECRET_ENV} or run in a terminal to be "
             "prompted"
@@ -165,26 +169,42 @@ def _fail(message: str, status: int) -> NoReturn:
 
 
 async def _run_comm_server(host: str, port: int, ping_interval: float, pong_timeout: float,
-                           auth_timeout: float, nats: str | None = None,
-                           advertise: str | None = None) -> None:
-    """``lama comm-server``: print the URL, serve until SIGINT/SIGTERM, close cleanly, print the
-    counters (one ``name value`` line each)."""
+                           auth_timeout: float, metrics: tuple[str, int] | None = None,
+                           **options: Any) -> None:
+    """``lama comm-server``: print the URL (and the metrics URL with ``--metrics``), serve until
+    SIGINT/SIGTERM, close cleanly, print the counters (one ``name value`` line each)."""
     import asyncio
+    import logging
     import signal
 
     from lama._core import comm_server
 
+    log = logging.getLogger("lama.commserver")
     server = await comm_server(host, port, ping_interval=ping_interval, pong_timeout=pong_timeout,
-                               auth_timeout=auth_timeout, nats=nats, advertise=advertise)
+                               auth_timeout=auth_timeout, **options)
+    exporter = None
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    print(server.url, flush=True)
     try:
+        print(server.url, flush=True)
+        log.info("comm server listening",
+                 extra={"fields": {"event": "listening", "url": server.url}})
+        if metrics is not None:  # docs/metrics.md
+            from lama.web.commmetrics import CommServerMetrics
+
+            exporter = CommServerMetrics(server, *metrics,
+                                         token=os.environ.get("LAMA_METRICS_TOKEN") or None)
+            await exporter.start()
+            print(f"metrics at {exporter.url}", flush=True)
         await stop.wait()
     finally:
+        if exporter is not None:
+            await exporter.close()
         await server.close()
+        log.info("comm server stopped", extra={"fields": {"event": "stopped",
+                                                           **server.counters()}})
         for name, value in server.counters().items():
             print(f"{name} {value}")
         sys.stdout.flush()
@@ -321,14 +341,30 @@ def _build_app() -> Any:
         email: str = typer.Option(None, "--email", help="Choose the instance by email ..."),
         instance_name: str = typer.Option(None, "--instance-name", help="... and name."),
         as_json: bool = typer.Option(False, "--json", help="Print events as JSON lines."),
+        http: str = typer.Option(
+            None, "--http", help="Serve the diagnostics page and /metrics on HOST:PORT "
+            "(loopback only; token printed and written to http.json; docs/metrics.md)."),
+        http_allow_remote: bool = typer.Option(
+            False, "--http-allow-remote", help="Allow a non-loopback --http address."),
+        log_level: str = typer.Option(
+            None, "--log-level", help="Log level: debug|info|warning|error (default: "
+                                      "$LAMA_LOG_LEVEL or info); logs go to stderr."),
+        log_format: str = typer.Option(
+            None, "--log-format", help="Log format: json (JSON lines) or text (default: "
+                                       "$LAMA_LOG_FORMAT or json)."),
     ) -> None:
         """Run the instance: connections to every contact, CHUM sync, events; other lama
         commands on the same directory talk to it. Stops cleanly on SIGINT/SIGTERM."""
+        from lama import log as lama_log
         from lama.app import App, AppConfig
+        from lama.web.http import parse_address
+
+        lama_log.configure(log_level, log_format)  # docs/tracing.md §7
 
         cfg = AppConfig(comm_server_url=_comm_server(comm_server))
+        address = parse_address(http, allow_remote=http_allow_remote) if http else None
         secret = read_secret()
-        _run_async(_serve(dir, secret, email, instance_name, cfg, as_json))
+        _run_async(_serve(dir, secret, email, instance_name, cfg, as_json, address))
 
     @app.command()
     def contacts(
@@ -395,6 +431,36 @@ def _build_app() -> Any:
         print("\n".join(_status_lines(st)))
 
     @app.command()
+    def trace(
+        message: str = typer.Argument(None, help="Message id (or a unique 8+ hex digit prefix); "
+                                                 "none: list recent traces."),
+        dir: str = typer.Option(..., "--dir", help="Instance or base directory."),
+        last: int = typer.Option(20, "--last", help="List: the N newest traces."),
+        stalled: bool = typer.Option(False, "--stalled", help="List: only stalled traces."),
+        as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+    ) -> None:
+        """The transfer trace of a message: its steps with times, its status and where it
+        stalled (docs/tracing.md). Through the running lama serve, else from the persisted
+        traces."""
+        from lama.trace import format_trace
+
+        if message is not None:
+            t = _run_async(_client(dir, "trace", message=message))["trace"]
+            if as_json:
+                print(json.dumps(t, indent=2, sort_keys=True))
+            else:
+                print("\n".join(escape(line) for line in format_trace(t)))
+            return
+        ts = _run_async(_client(dir, "traces", limit=last, stalled=stalled))["traces"]
+        if as_json:
+            print(json.dumps(ts, indent=2, sort_keys=True))
+            return
+        for t in ts:
+            f = t.get("failure")
+            print(f"{t['message_id'][:16]}  {t['direction']:<3}  {t['status']:<9}  "
+                  f"{(f['point'] if f else ''):<18}  {escape(t['preview'][:40])}")
+
+    @app.command()
     def demo(
         dir: str = typer.Option(None, "--dir", help="Directory for the two instances "
                                                     "(default: a temporary one, removed)."),
@@ -410,6 +476,29 @@ def _build_app() -> Any:
         if code:
             raise SystemExit(code)
 
+    # --- migration from and to ONE (issue 12, docs/migration.md) ---------------------------
+    @app.command("import-one")
+    def import_one_cmd(
+        one_dir: str = typer.Argument(..., help="ONE instance directory (or its base directory)."),
+        dir: str = typer.Option(..., "--dir", help="Base directory of the new lama instance."),
+        as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+    ) -> None:
+        """Import a ONE instance's file store. Secret: $LAMA_SECRET or a hidden prompt."""
+        from lama.migrate import cli as mig
+
+        mig.run_import(one_dir, dir, read_secret(), as_json)
+
+    @app.command("export-one")
+    def export_one_cmd(
+        one_dir: str = typer.Argument(..., help="Base directory for the ONE instance."),
+        dir: str = typer.Option(..., "--dir", help="lama instance directory (or its base directory)."),
+        as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+    ) -> None:
+        """Write a lama instance in ONE's file-store layout. Secret: $LAMA_SECRET or a prompt."""
+        from lama.migrate import cli as mig
+
+        mig.run_export(dir, one_dir, read_secret(), as_json)
+
     @app.command("comm-server")
     def comm_server_cmd(
         host: str = typer.Option("127.0.0.1", "--host", help="Address to bind."),
@@ -421,15 +510,50 @@ def _build_app() -> Any:
                                  "cluster (docs/cluster.md; rust core)."),
         advertise: str = typer.Option(None, "--advertise", help="URL other cluster nodes reach "
                                       "this node at (default: its ws://host:port)."),
+        metrics: str = typer.Option(
+            None, "--metrics", help="Serve Prometheus /metrics on HOST:PORT (loopback only; "
+            "$LAMA_METRICS_TOKEN, if set, is required as a bearer token; docs/metrics.md)."),
+        metrics_allow_remote: bool = typer.Option(
+            False, "--metrics-allow-remote",
+            help="Allow a non-loopback --metrics address (needs $LAMA_METRICS_TOKEN)."),
+        mailbox: str = typer.Option(None, "--mailbox", help="Directory of the store-and-forward "
+                                    "mailbox (docs/mailbox.md); none: no mailbox, as ONE."),
+        mailbox_max_items: int = typer.Option(1000, "--mailbox-max-items", help="Items per recipient."),
+        mailbox_max_bytes: int = typer.Option(64 << 20, "--mailbox-max-bytes", help="Bytes per recipient."),
+        mailbox_ttl: float = typer.Option(7 * 86400.0, "--mailbox-ttl", help="Seconds an item is kept."),
+        log_level: str = typer.Option(
+            None, "--log-level", help="Log level: debug|info|warning|error (default: "
+                                      "$LAMA_LOG_LEVEL or info); logs go to stderr."),
+        log_format: str = typer.Option(
+            None, "--log-format", help="Log format: json (JSON lines) or text (default: "
+                                       "$LAMA_LOG_FORMAT or json)."),
     ) -> None:
         """Run a comm server (the reference's relay protocol) until SIGINT or SIGTERM."""
         import asyncio
 
+        from lama import log as lama_log
+        from lama.errors import InvalidArgumentError
+        from lama.web.http import is_loopback, parse_address
+
+        lama_log.configure(log_level, log_format)  # docs/tracing.md §7
+
+        address = None
+        if metrics:
+            address = parse_address(metrics, allow_remote=metrics_allow_remote,
+                                    option="--metrics")
+            if not is_loopback(address[0]) and not os.environ.get("LAMA_METRICS_TOKEN"):
+                raise InvalidArgumentError("--metrics on a non-loopback address needs a token "
+                                           "in $LAMA_METRICS_TOKEN", code="LAMA-HTTP-ADDRESS")
+        mb = {} if mailbox is None else {
+            "mailbox_dir": mailbox, "mailbox_max_items": mailbox_max_items,
+            "mailbox_max_bytes": mailbox_max_bytes, "mailbox_ttl": mailbox_ttl}
         if advertise and not nats:
             _fail("--advertise needs --nats", 2)
+        if nats:  # docs/cluster.md
+            mb.update(nats=nats, advertise=advertise)
         try:
             asyncio.run(_run_comm_server(host, port, ping_interval, pong_timeout, auth_timeout,
-                                         nats, advertise))
+                                         address, **mb))
         except (LamaError, OSError) as e:  # e.g. NATS unreachable at the start
             _fail(str(e), 1)
 
@@ -560,7 +684,7 @@ async def _client(dir: str, op: str, *, on_item: Any = None, **args: Any) -> dic
 
 
 async def _serve(dir: str, secret: str, email: str | None, instance_name: str | None,
-                 cfg: Any, as_json: bool) -> None:
+                 cfg: Any, as_json: bool, http: tuple[str, int] | None = None) -> None:
     """``lama serve``: the instance with its connections until SIGINT/SIGTERM; prints what
     happens (connections, syncs, messages) as lines or JSON lines."""
     import time
@@ -575,6 +699,11 @@ async def _serve(dir: str, secret: str, email: str | None, instance_name: str | 
     if control.server_running(path):
         raise StoreError(f"lama serve runs already for {path}", code="LAMA-SERVE-RUNNING")
     app = await App.open(path, secret, config=cfg)
+    diag = None
+    if http is not None:  # the diagnostics page and /metrics (docs/metrics.md)
+        from lama.web.diag import DiagnosticsServer
+
+        diag = DiagnosticsServer(app, *http, token=os.environ.get("LAMA_HTTP_TOKEN") or None)
     names: dict[str, str] = {}
 
     # on a terminal, a sync in progress is a live rich progress line per contact (objects
@@ -648,10 +777,12 @@ async def _serve(dir: str, secret: str, email: str | None, instance_name: str | 
                      f"{st['contacts']} contacts; control port {server.port}",
             person_id=st["person_id"], instance_id=st["instance_id"],
             control_port=server.port, pid=os.getpid())
+        if diag is not None:
+            say("http", f"diagnostics at {diag.link}", http_url=diag.url, http_link=diag.link)
 
     app.on_message(on_message)
     try:
-        await run_server(app, on_ready=ready, on_event=on_event)
+        await run_server(app, on_ready=ready, on_event=on_event, diagnostics=diag)
     finally:
         if progress is not None:
             progress.stop()

@@ -134,3 +134,23 @@ __all__ = [
     "PairingError",
     "MissingFileError",
 ]
+
+
+# --- mailbox (issue 11, docs/mailbox.md) ---------------------------------------------------
+
+
+class MailboxError(TransportError):
+    """The comm server's store-and-forward mailbox (docs/mailbox.md §7): no mailbox at that server
+    (``LAMA-MAILBOX-UNSUPPORTED``), a broken answer (``LAMA-MAILBOX-PROTO``), a server that cannot
+    store (``LAMA-MAILBOX-IO``), refused content (``LAMA-MAILBOX-CONTENT``, ``-FORMAT``), content
+    whose references are not here yet (``LAMA-MAILBOX-INCOMPLETE``). An altered item is a
+    ``DecryptionError LAMA-MAILBOX-TAMPERED``, an unknown sender or bad signature a
+    ``SignatureError LAMA-MAILBOX-SENDER``."""
+
+
+class MailboxFullError(MailboxError):
+    """The recipient's mailbox is full (``LAMA-MAILBOX-FULL``: its item count or byte limit) or
+    the item alone exceeds the byte limit (``LAMA-MAILBOX-TOOBIG``); nothing was stored."""
+
+
+__all__ += ["MailboxError", "MailboxFullError"]

@@ -15,6 +15,8 @@ Requests (``op`` and arguments, see lama.control for the framing):
 * ``remove`` ``{contact}`` -> ``{"ok"}``
 * ``attachment`` ``{message, index, path}`` -> writes the attachment's bytes to ``path``
   (``{"ok", "path", "size", "sha256"}``)
+* ``trace`` ``{message}`` -> ``{"ok", "trace": Trace.to_dict()}`` (docs/tracing.md §6)
+* ``traces`` ``{limit, stalled}`` -> ``{"ok", "traces": [Trace.to_dict(), ...]}``
 * ``stop`` -> ``{"ok"}`` and the server stops as after SIGTERM
 """
 
@@ -105,6 +107,13 @@ async def handle(app: App, req: dict[str, Any], send: Send, stop: asyncio.Event)
         info = await app.save_attachment(_arg(req, "message", str), _arg(req, "index", int),
                                          _arg(req, "path", str))
         await send({"ok": True, **info})
+    elif op == "trace":
+        await send({"ok": True, "trace": app.trace(_arg(req, "message", str)).to_dict()})
+    elif op == "traces":
+        limit = req.get("limit")
+        traces = app.traces(50 if limit is None else _arg(req, "limit", int),
+                            stalled=bool(req.get("stalled")))
+        await send({"ok": True, "traces": [t.to_dict() for t in traces]})
     elif op == "stop":
         await send({"ok": True})
         stop.set()
@@ -113,9 +122,12 @@ async def handle(app: App, req: dict[str, Any], send: Send, stop: asyncio.Event)
 
 
 async def run_server(app: App, *, on_ready: Callable[[ControlServer], Any] | None = None,
-                     on_event: Callable[[str, dict[str, Any]], Any] | None = None) -> None:
+                     on_event: Callable[[str, dict[str, Any]], Any] | None = None,
+                     diagnostics: Any = None) -> None:
     """Start ``app``, serve its control channel until SIGINT/SIGTERM (or a ``stop`` request),
-    then close everything cleanly (connections with a reason, control file removed)."""
+    then close everything cleanly (connections with a reason, control file removed).
+    ``diagnostics`` (a :class:`lama.web.diag.DiagnosticsServer`, docs/metrics.md) is started
+    after the app and closed before it."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -126,6 +138,8 @@ async def run_server(app: App, *, on_ready: Callable[[ControlServer], Any] | Non
     try:
         await app.start()
         await server.start()
+        if diagnostics is not None:
+            await diagnostics.start()
         if on_ready is not None:
             on_ready(server)
         await stop.wait()
@@ -133,6 +147,8 @@ async def run_server(app: App, *, on_ready: Callable[[ControlServer], Any] | Non
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(Exception):
                 loop.remove_signal_handler(sig)
+        if diagnostics is not None:
+            await diagnostics.close()
         await server.close()
         await app.close()
         sys.stdout.flush()

@@ -30,6 +30,7 @@ from typing import Any
 
 from ..errors import InvalidArgumentError, TransportError
 from . import crypto
+from . import mailbox as _mailbox
 from .net import (
     DEFAULT_MAX_MESSAGE,
     REASON_LOST,
@@ -156,6 +157,7 @@ class CommServer:
         self._handlers: set[asyncio.Task[Any]] = set()
         self._closing = asyncio.Event()
         self._server: Any = None
+        self._mailbox: Any = None  # lama's mailbox extension (docs/mailbox.md), if configured
 
     @property
     def port(self) -> int:
@@ -168,7 +170,10 @@ class CommServer:
     def counters(self) -> dict[str, int]:
         """connections, open, registrations, spares, requests, handovers, relays,
         relayed_frames, relayed_bytes, refused, auth_failures, auth_timeouts, malformed,
-        oversized, pings, ping_timeouts, forwarded, cluster_lookups, cluster_answers."""
+        oversized, pings, ping_timeouts, forwarded, cluster_lookups, cluster_answers; with a
+        mailbox also its counters (docs/mailbox.md §5)."""
+        if self._mailbox is not None:
+            return {**self._c, **self._mailbox.counters}
         return dict(self._c)
 
     async def close(self) -> None:
@@ -265,15 +270,41 @@ class CommServer:
                     source = _key_field(obj, "sourcePublicKey")
                     target = _key_field(obj, "targetPublicKey")
                     await self._request(t, source, target)
+                elif self._mailbox is not None and cmd.startswith("mailbox_"):
+                    await self._mailbox_request(t, cmd, obj, deadline)
                 else:
                     raise _Refuse(REASON_MALFORMED)
-            except _Refuse as e:
+            except (_Refuse, _mailbox.Refuse) as e:
                 c["malformed"] += 1
                 await t.close(e.reason)
         finally:
             self._live.discard(t)
             c["open"] -= 1
             self._handlers.discard(task)
+
+    async def _mailbox_request(self, t: Transport, cmd: str, obj: dict[str, Any], deadline: float) -> None:
+        """lama's mailbox extension (docs/mailbox.md §2): only a client that asks for it sees it."""
+        try:
+            await self._mailbox_serve(t, cmd, obj, deadline)
+        except TransportError:
+            pass  # the client went away: nothing to answer
+
+    async def _mailbox_serve(self, t: Transport, cmd: str, obj: dict[str, Any], deadline: float) -> None:
+        mb = self._mailbox
+        idle = self._opts["auth_timeout"]
+        if cmd == "mailbox_info":
+            await t.send(_mailbox.info_message(mb))
+            await t.close(REASON_CLOSED)
+        elif cmd == "mailbox_deposit":
+            await _mailbox.serve_deposit(mb, t, obj, _key_field, self._recv_until, idle, REASON_MALFORMED)
+        elif cmd == "mailbox_fetch":
+            key = _key_field(obj, "publicKey")
+            if not await _mailbox.serve_fetch(mb, self._public, self._secret, t, key, self._recv_until,
+                                              deadline, idle, REASON_MALFORMED):
+                self._c["auth_failures"] += 1
+                await t.close(REASON_AUTH_FAILED)
+        else:
+            raise _Refuse(REASON_MALFORMED)
 
     async def _register(self, t: Transport, key: bytes, peer: Any, deadline: float) -> None:
         c = self._c
@@ -490,9 +521,13 @@ def _is_pong(m: str | bytes) -> bool:
 async def comm_server(host: str, port: int, *, ping_interval: float = 25.0, pong_timeout: float = 1.0,
                       auth_timeout: float = 10.0, max_message: int = DEFAULT_MAX_MESSAGE,
                       max_spares_per_key: int = 16, max_spares_per_address: int = 256,
+                      mailbox_dir: str | None = None, mailbox_max_items: int = _mailbox.DEFAULT_MAX_ITEMS,
+                      mailbox_max_bytes: int = _mailbox.DEFAULT_MAX_BYTES,
+                      mailbox_ttl: float = _mailbox.DEFAULT_TTL,
                       nats: str | None = None, advertise: str | None = None) -> CommServer:
-    """Serve the comm-server protocol (conn §3) on ``host``:``port`` (0: any free port).
-    ``nats``/``advertise``: a cluster node (docs/cluster.md), which only the rust core is."""
+    """Serve the comm-server protocol (conn §3) on ``host``:``port`` (0: any free port); with
+    ``mailbox_dir`` also lama's store-and-forward mailbox (docs/mailbox.md). ``nats``/
+    ``advertise``: a cluster node (docs/cluster.md), which only the rust core is."""
     from websockets.asyncio.server import serve
 
     if nats is not None or advertise is not None:
@@ -511,9 +546,20 @@ async def comm_server(host: str, port: int, *, ping_interval: float = 25.0, pong
         max_spares_per_key=_count_arg("max_spares_per_key", max_spares_per_key),
         max_spares_per_address=_count_arg("max_spares_per_address", max_spares_per_address),
     )
+    mailbox = None
+    if mailbox_dir is not None:
+        if not isinstance(mailbox_dir, str):
+            raise _arg(f"mailbox_dir is a str, got {type(mailbox_dir).__name__}")
+        ttl = _seconds_arg("mailbox_ttl", mailbox_ttl)
+        if ttl <= 0:
+            raise _arg(f"mailbox_ttl must be positive, got {mailbox_ttl!r}")
+        mailbox = await asyncio.to_thread(
+            _mailbox.MailboxStore, mailbox_dir, _count_arg("mailbox_max_items", mailbox_max_items),
+            _count_arg("mailbox_max_bytes", mailbox_max_bytes), ttl)
     sock = await _bind(host, port)
     server = CommServer.__new__(CommServer)
     server._init(opts)
+    server._mailbox = mailbox
     ws_opts = _ws_options(int(opts["max_message"]))
     ws_opts["open_timeout"] = max(opts["auth_timeout"], 0.001)
     # a relayed socket holds at most a few unread frames (websockets counts frames, not bytes)

@@ -848,6 +848,34 @@ class Store:
             return self._chunks(txn, shared, hash, self._content_entry(txn, shared, hash))
 
     @_lmdb_errors
+    def read_blob_range(self, hash: str, offset: int, max: int) -> bytes:
+        """Up to ``max`` bytes of a BLOB/CLOB from byte ``offset``, never across a stored
+        chunk's end; empty at or past the end. One read transaction per call, so a large BLOB
+        is read in bounded memory (docs/core-interface.md)."""
+        offset = _count_arg(offset, "offset")
+        max = _count_arg(max, "max")
+        shared = self._s()
+        with shared.env.begin() as txn:
+            v = self._content_entry(txn, shared, hash)
+            if v[0] in (K_BLOB, K_CLOB):
+                return bytes(v[1 + offset:1 + offset + max]) if offset < len(v) - 1 else b""
+            size, count = _parse_chunked_header(hash, v)
+            if offset >= size:
+                return b""
+            i = offset // CHUNK
+            if i >= count:
+                raise StoreError(f"chunk {i} of {hash} is missing", "LAMA-CORRUPT")
+            c = txn.get(bytes.fromhex(hash) + i.to_bytes(4, "big"), db=shared.chunks)
+            if c is None:
+                raise StoreError(f"chunk {i} of {hash} is missing", "LAMA-CORRUPT")
+            want = min(size - i * CHUNK, CHUNK)
+            if len(c) != want:
+                raise StoreError(f"chunk {i} of {hash} holds {len(c)} bytes, its header says "
+                                 f"{want}", "LAMA-CORRUPT")
+            start = offset - i * CHUNK
+            return bytes(c[start:start + max])
+
+    @_lmdb_errors
     def blob_size(self, hash: str) -> int:
         shared = self._s()
         with shared.env.begin() as txn:

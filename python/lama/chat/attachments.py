@@ -79,12 +79,23 @@ def descriptor_of(store: Store, h: str) -> Attachment:
                       store.has(blob))
 
 
+_PIECE = 1 << 20  # the store's chunk size: each read is one stored chunk
+
+
 def iter_blob(store: Store, att: Attachment) -> Iterator[bytes]:
     """The BLOB's chunks; ``NotFoundError LAMA-CHAT-NOATTACH`` if it is not (yet) here."""
     if not store.has(att.hash):
         raise NotFoundError(f"the data of attachment {att.name!r} ({att.hash}) is not in the store",
                             code="LAMA-CHAT-NOATTACH")
-    yield from store.read_blob_chunks(att.hash)
+    # one stored chunk (1 MiB) per read transaction: a large attachment is saved or
+    # streamed in bounded memory (issue 10), not read whole first
+    offset = 0
+    while True:
+        piece = store.read_blob_range(att.hash, offset, _PIECE)
+        if not piece:
+            return
+        offset += len(piece)
+        yield piece
 
 
 def save_blob(store: Store, att: Attachment, path: str | os.PathLike[str]) -> dict[str, Any]:

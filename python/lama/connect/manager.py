@@ -71,6 +71,7 @@ log = logging.getLogger("lama.connect.manager")
 ZERO_HASH = "0" * 64
 # close reasons in the reference's words (conn §7.3, §7.5)
 GO_AWAY = "I do not want to communicate with you. Go Away!"
+_TRACED = frozenset({"exported", "receipt", "receipt_sent", "imported", "error"})
 DUPLICATE_DROPPED = "Duplicate connection - dropped new connection"
 REPLACED = "New connection replaced old one"
 ROUTE_DISABLED = "Route is disabled"
@@ -135,6 +136,7 @@ class ManagerConfig:
     direct_port: int | None = None
     diagnostics: bool = False             # log every connection step at INFO
     event_logging: bool = False           # log every emitted event at INFO
+    trace: bool = False                   # docs/tracing.md: CHUM `trace` option, chum_* events
 
     def __post_init__(self) -> None:
         for name in ("pairing_token_lifetime", "retry_delay", "retry_max_delay",
@@ -224,6 +226,7 @@ class _Peer:
     errors: list[str] = field(default_factory=list)  # the last 20 failed dials' reasons
     short_lived: int = 0                    # connections in a row that ended within SHORT_LIVED
     connected_since: float | None = None
+    refused: bool = False                   # the last failed dial was a refusal
     last_sync: float | None = None
     stats_log: list[dict[str, Any]] = field(default_factory=list)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
@@ -518,8 +521,11 @@ class ConnectionManager:
         return lambda: self._subscribers.remove(callback) if callback in self._subscribers else None
 
     def _emit(self, kind: str, **data: Any) -> None:
-        if self.config.event_logging:
-            log.info("event %s %s", kind, data)
+        if self.config.event_logging or log.isEnabledFor(logging.DEBUG):
+            # docs/tracing.md §7: the event and its data as fields of a structured record
+            log.log(logging.INFO if self.config.event_logging else logging.DEBUG,
+                    "event %s", kind, extra={"fields": {"event": kind, **{
+                        k: v for k, v in data.items() if k not in ("token", "details")}}})
         for cb in list(self._subscribers):
             try:
                 cb(kind, data)
@@ -808,6 +814,7 @@ class ConnectionManager:
         ep = peer.endpoint
         assert ep.url is not None
         self._diag("dial %s at %s", ep.remote_key.hex()[:16], ep.url)
+        peer.refused = False
         conn = await self._connect(ep.url, ep.remote_key)
         c = self._track(conn, "chum", True, ep.remote_key)
         if self._closing:
@@ -822,6 +829,7 @@ class ConnectionManager:
             c.remote_instance_name = ident.instance_id_object.get("name")
         except BaseException as e:
             await self._close_conn(c, _close_text(e))
+            peer.refused = _refused_by_peer(conn, e)
             if isinstance(e, (LamaError, OSError, EOFError)) and _is_refusal(conn, e):
                 raise _Refused(_reason(e)) from e
             raise
@@ -887,7 +895,8 @@ class ConnectionManager:
             peer.connected_since = None
             peer.stats_log.append(self._conn_stats(c))
             del peer.stats_log[:-20]
-            self._emit("connection_down", peer=c.remote_key.hex(), group=c.group, reason=reason)
+            self._emit("connection_down", peer=c.remote_key.hex(), group=c.group, reason=reason,
+                       person=c.remote_person)
             self._emit("connections_changed")
             if c.group == "chum" and not self._closing and peer.enabled:
                 # a connection that ends soon after it started (a peer that accepts and drops
@@ -1069,12 +1078,16 @@ class ConnectionManager:
                                objects=len(data.get("objects", ())) if kind == "imported" else 0)
                 elif kind == "error":
                     self._emit("error", peer=c.remote_key.hex(), message=data.get("message"))
+                if cfg.trace and kind in _TRACED:  # docs/tracing.md: for the tracer
+                    self._emit("chum_" + kind, peer=c.remote_key.hex(), person=c.remote_person,
+                               data=data)
 
             result = await chum.sync(
                 self.store, c.conn, self.instance.person_id, c.remote_person or ZERO_HASH,
                 on_event=on_event, keep_running=True, fast_path=cfg.fast_path,
                 poll_interval=cfg.sync_interval or 5.0, exporter=not cfg.no_export,
-                importer=not cfg.no_import, write_log=False)
+                importer=not cfg.no_import, write_log=False,
+                **({"trace": True} if cfg.trace else {}))  # type: ignore[arg-type]
             reason = result.reason or reason
             # A keep-running session only ends when its connection closes, which the
             # reference's importer counts as a failure; chum.md §3.2 item 5 then writes the Chum
@@ -1406,6 +1419,8 @@ class ConnectionManager:
                 "latency": c.latency if c else None,
                 "last_sync": peer.last_sync,
                 "enabled": peer.enabled,
+                "refused": peer.refused,
+                "url": peer.endpoint.url,
                 "person_id": peer.endpoint.person_id,
                 "instance_id": peer.endpoint.instance_id,
             }
@@ -1456,6 +1471,14 @@ def _is_refusal(conn: Any, e: BaseException) -> bool:
     reason = getattr(conn, "close_reason", None) or ""
     text = f"{reason} {e}"
     return "unknown" in text or "Duplicate connection" in text or "replaced" in text
+
+
+def _refused_by_peer(conn: Any, e: BaseException) -> bool:
+    """The peer (or its side of the relay) closed our attempt on purpose (docs/tracing.md §3
+    connection_refused): route disabled or stopped, we are unknown, wrong person, duplicate."""
+    text = f"{getattr(conn, 'close_reason', None) or ''} {e}"
+    return any(m in text for m in (ROUTE_DISABLED, ROUTE_STOPPED, "unknown", "does not match",
+                                   "Duplicate connection", "replaced"))
 
 
 def _identity_key(result: Any, default: bytes) -> bytes:

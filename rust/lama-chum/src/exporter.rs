@@ -33,6 +33,11 @@ pub const GET_CHILDREN_BATCH: u32 = 105;
 /// docs/chum-fastpath.md "closure": children pruned at what the importer holds, with the
 /// microdata inline.
 pub const GET_CLOSURE: u32 = 106;
+/// docs/tracing.md §4: the importer confirms a pass (mark, errors); called on the exporter.
+pub const LAMA_RECEIPT: u32 = 107;
+/// A receipt carries at most this many error texts, each cut to this many characters.
+pub const RECEIPT_ERRORS_MAX: usize = 10;
+pub const RECEIPT_ERROR_CHARS: usize = 300;
 /// Hints (hashes the importer holds with their closure) per GET_CLOSURE request.
 pub const CLOSURE_HINTS_MAX: usize = 4096;
 /// Inline microdata per GET_CLOSURE answer: at most this many objects and characters; the rest
@@ -47,7 +52,7 @@ pub const BATCH_MAX: usize = 256;
 pub const FASTPATH_VERSION: i64 = 1;
 
 /// chum.md §3.1 plus the lama extensions (docs/chum-fastpath.md).
-pub const SERVICES: &[u32] = &[1, 2, 4, 5, 6, 7, 8, 10, 100, 101, 102, 103, 105, 106];
+pub const SERVICES: &[u32] = &[1, 2, 4, 5, 6, 7, 8, 10, 100, 101, 102, 103, 105, 106, 107];
 
 /// chum.md §4.1: always 8, whatever extensions exist (§10.3).
 pub const PROTOCOL_VERSION: i64 = 8;
@@ -109,6 +114,28 @@ pub struct Exporter {
     /// BLOB streams answered and not sent yet: the session takes them and makes their frames
     /// one at a time as the driver pulls them (issue 8: a large BLOB in bounded memory).
     pub streams: Vec<OutStream>,
+    /// docs/tracing.md §4: receipts the importer sent, `(mark, errors)` (the session turns
+    /// them into `receipt` events), and with the session's `trace` option the roots announced
+    /// (None otherwise: nothing is collected).
+    pub receipts: Vec<(Option<u64>, Vec<String>)>,
+    pub announced: Option<Vec<String>>,
+}
+
+/// A LAMA_RECEIPT argument read as the pure core reads it: `mark` an integer >= 0 or none,
+/// `errors` the strings of the list (at most 10, each cut to 300 characters).
+fn parse_receipt(arg: Option<&Value>) -> (Option<u64>, Vec<String>) {
+    let Some(Value::Object(m)) = arg else { return (None, Vec::new()) };
+    let mark = m.get("mark").and_then(Value::as_u64);
+    let errors = match m.get("errors") {
+        Some(Value::Array(a)) => a
+            .iter()
+            .filter_map(Value::as_str)
+            .take(RECEIPT_ERRORS_MAX)
+            .map(|e| e.chars().take(RECEIPT_ERROR_CHARS).collect())
+            .collect(),
+        _ => Vec::new(),
+    };
+    (mark, errors)
 }
 
 /// A binary BLOB stream being sent (chum.md §2.6): frames of at most [`BLOB_PAYLOAD`] bytes
@@ -179,6 +206,8 @@ impl Exporter {
             sent_total: 0,
             refused: Vec::new(),
             streams: Vec::new(),
+            receipts: Vec::new(),
+            announced: None,
         }
     }
 
@@ -212,6 +241,10 @@ impl Exporter {
                 self.notify_roots = matches!(args.first(), Some(Some(Value::Object(m))) if m.get("roots") == Some(&Value::Bool(true)));
                 Ok(vec![Message::Text(rpc::data_response(id, &None))])
             }
+            LAMA_RECEIPT => {
+                self.receipts.push(parse_receipt(args.first().and_then(|a| a.as_ref())));
+                Ok(vec![Message::Text(rpc::data_response(id, &None))])
+            }
             s => Ok(vec![Message::Text(rpc::unknown_service(id, &Value::from(s)))]),
         };
         match r {
@@ -237,6 +270,9 @@ impl Exporter {
         let mut out = Vec::with_capacity(roots.len());
         for (kind, h, id_hash, type_name) in roots {
             out.push(wire_root(&kind, &h, id_hash.as_deref(), &type_name));
+            if let Some(a) = self.announced.as_mut() {
+                a.push(h.clone());
+            }
             if kind == "versioned" {
                 if let Some(i) = &id_hash {
                     self.accessible.insert(i.clone());
@@ -255,7 +291,7 @@ impl Exporter {
     }
 
     fn probe(&self) -> Value {
-        json!({"lama": FASTPATH_VERSION, "features": ["batch", "children-batch", "push", "roots-since", "closure", "notify-roots"], "epoch": self.epoch()})
+        json!({"lama": FASTPATH_VERSION, "features": ["batch", "children-batch", "push", "roots-since", "closure", "notify-roots", "receipt"], "epoch": self.epoch()})
     }
 
     fn batch_arg(args: &[Data]) -> Result<&Vec<Value>, ServiceError> {

@@ -227,6 +227,8 @@ enum Stage {
     PersistMark(u64),
     /// SUBSCRIBE (103) is out (docs/chum-fastpath.md "Push").
     Subscribe,
+    /// LAMA_RECEIPT (107) is out (docs/tracing.md §4), with what it says.
+    Receipt(Option<u64>, Vec<String>),
     Done,
 }
 
@@ -262,6 +264,11 @@ pub struct Importer {
     pass_hints: Vec<String>,
     /// The current pass asked 106.
     pass_closure: bool,
+    /// docs/tracing.md §4: roots the current pass listed, the Chum log's error count at its
+    /// start, and the receipt to send when it ended.
+    pass_roots: usize,
+    log_errors_before: usize,
+    receipt: Option<(Option<u64>, Vec<String>)>,
 }
 
 fn fatal(code: &str, message: String) -> Fatal {
@@ -293,6 +300,9 @@ impl Importer {
             hinted: HashSet::default(),
             pass_hints: Vec::new(),
             pass_closure: false,
+            pass_roots: 0,
+            log_errors_before: 0,
+            receipt: None,
         }
     }
 
@@ -411,6 +421,15 @@ impl Importer {
                 Ok(Step::Sleep(self.poll_interval * if self.subscribed { 10 } else { 1 }))
             }
             Stage::PollSleep => self.poll(cx),
+            Stage::Receipt(mark, errors) => {
+                if let Some(Outcome::Err { code, message }) = results.into_iter().next() {
+                    if code == TIMEOUT {
+                        return Err(fatal(&code, message));
+                    }
+                }
+                cx.events.push_back(Event::ReceiptSent { mark, errors });
+                self.after_receipt()
+            }
             Stage::PersistMark(m) => {
                 self.persist_mark(m, cx);
                 self.after_pass()
@@ -429,6 +448,8 @@ impl Importer {
                         };
                         self.errors_before = cx.stats.errors;
                         self.pending_before = self.pending.len();
+                        self.log_errors_before = cx.log.errors.len();
+                        self.pass_roots = 0;
                         return match (mark, roots) {
                             (Some(m), Some(Value::Array(list))) => {
                                 self.pass_mark = Some(m);
@@ -571,6 +592,8 @@ impl Importer {
     fn roots_received(&mut self, r: Outcome, cx: &mut Cx) -> Result<Step, Fatal> {
         self.errors_before = cx.stats.errors;
         self.pending_before = self.pending.len();
+        self.log_errors_before = cx.log.errors.len();
+        self.pass_roots = 0;
         match r {
         Outcome::Ok(v) => match self.parse_roots(v, cx) {
             Some(roots) => self.start_pass(roots, cx),
@@ -865,6 +888,7 @@ impl Importer {
 
     fn end_pass(&mut self, cx: &mut Cx) -> Result<Step, Fatal> {
         self.closure_pass_ended(cx);
+        self.note_receipt(cx);
         // the high-water mark moves only after a pass that imported everything it listed
         if let (Some(m), Some(key)) = (self.pass_mark.take(), &self.peer_key) {
             if cx.stats.errors == self.errors_before && self.pending.is_empty() && self.pending_before == 0 {
@@ -890,6 +914,30 @@ impl Importer {
         self.after_pass()
     }
 
+    /// docs/tracing.md §4: after a pass that listed something or failed, a lama exporter with
+    /// "receipt" learns its mark (everything accessible up to it is stored here) or why not.
+    fn note_receipt(&mut self, cx: &mut Cx) {
+        self.receipt = None;
+        if self.peer_key.is_none() || !self.features.contains("receipt") {
+            return;
+        }
+        let clean = cx.stats.errors == self.errors_before && self.pending.is_empty() && self.pending_before == 0;
+        let mark = if clean { self.pass_mark } else { None };
+        let cut = |e: &String| e.chars().take(crate::exporter::RECEIPT_ERROR_CHARS).collect::<String>();
+        let mut errors: Vec<String> = cx.log.errors.get(self.log_errors_before..).unwrap_or_default().iter().take(crate::exporter::RECEIPT_ERRORS_MAX).map(cut).collect();
+        if self.pass_roots == 0 && errors.is_empty() {
+            return;
+        }
+        if mark.is_none() {
+            // what is still missing (BLOBs retried later)
+            let mut pending: Vec<(&String, &String)> = self.pending.iter().collect();
+            pending.sort();
+            errors.extend(pending.into_iter().map(|(_, r)| cut(r)));
+        }
+        errors.truncate(crate::exporter::RECEIPT_ERRORS_MAX);
+        self.receipt = Some((mark, errors));
+    }
+
     fn persist_mark(&mut self, m: u64, cx: &mut Cx) {
         if let Some(key) = &self.peer_key {
             if let Err(e) = self.store.set_peer_mark(key, m) {
@@ -904,8 +952,17 @@ impl Importer {
         matches!(self.stage, Stage::PersistMark(_))
     }
 
-    /// After a pass: subscribe, sleep until the next poll, or FIN.
+    /// After a pass: the receipt, then subscribe, sleep until the next poll, or FIN.
     fn after_pass(&mut self) -> Result<Step, Fatal> {
+        if let Some((mark, errors)) = self.receipt.take() {
+            let arg = serde_json::json!({"mark": mark, "errors": errors});
+            self.stage = Stage::Receipt(mark, errors);
+            return Ok(Step::Call(vec![req(crate::exporter::LAMA_RECEIPT, vec![Some(arg)])]));
+        }
+        self.after_receipt()
+    }
+
+    fn after_receipt(&mut self) -> Result<Step, Fatal> {
         if self.keep_running {
             if self.features.contains("push") && !self.subscribed {
                 // docs/chum-fastpath.md: the exporter calls our NOTIFY when roots appear
@@ -993,6 +1050,7 @@ impl Importer {
     }
 
     fn start_pass(&mut self, roots: Vec<serde_json::Map<String, Value>>, cx: &mut Cx) -> Result<Step, Fatal> {
+        self.pass_roots = roots.len();
         let s = |m: &serde_json::Map<String, Value>, k: &str| m.get(k).and_then(Value::as_str).unwrap_or_default().to_string();
         // chum.md §6.2: what is missing decides what is asked for
         let mut asked: Vec<&str> = Vec::new();

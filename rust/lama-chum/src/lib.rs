@@ -46,6 +46,8 @@ pub struct Config {
     pub window: usize,
     /// Largest message accepted (characters of a text message, bytes of a binary one).
     pub max_message: usize,
+    /// docs/tracing.md §4: raise `exported` events (roots announced, objects served).
+    pub trace: bool,
 }
 
 impl Config {
@@ -62,6 +64,7 @@ impl Config {
             max_retries: 3,
             window: 64,
             max_message: 64 * 1024 * 1024,
+            trace: false,
         }
     }
 }
@@ -115,6 +118,12 @@ pub enum Event {
     FullSync,
     Error { code: String, message: String, fatal: bool },
     Finished { reason: String, log: ChumLog },
+    /// docs/tracing.md §4 (with `Config::trace`): what the exporter announced and served.
+    Exported { roots: Vec<String>, objects: Vec<String> },
+    /// docs/tracing.md §4: the peer's importer confirmed a pass (exporter side) ...
+    Receipt { mark: Option<u64>, errors: Vec<String> },
+    /// ... and ours sent one (importer side).
+    ReceiptSent { mark: Option<u64>, errors: Vec<String> },
 }
 
 impl Event {
@@ -128,6 +137,9 @@ impl Event {
             Event::FullSync => "full_sync",
             Event::Error { .. } => "error",
             Event::Finished { .. } => "finished",
+            Event::Exported { .. } => "exported",
+            Event::Receipt { .. } => "receipt",
+            Event::ReceiptSent { .. } => "receipt_sent",
         }
     }
 
@@ -144,6 +156,8 @@ impl Event {
             Event::FullSync => json!({}),
             Event::Error { code, message, fatal } => json!({"code": code, "message": message, "fatal": fatal}),
             Event::Finished { reason, log } => json!({"reason": reason, "log": log.to_json()}),
+            Event::Exported { roots, objects } => json!({"roots": roots, "objects": objects}),
+            Event::Receipt { mark, errors } | Event::ReceiptSent { mark, errors } => json!({"mark": mark, "errors": errors}),
         }
     }
 }

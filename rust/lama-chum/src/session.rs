@@ -104,6 +104,9 @@ pub struct Session {
     /// BLOB streams being sent, oldest first: a frame is read from the store only when
     /// `poll_transmit` has nothing else queued (issue 8: bounded memory for a large BLOB).
     streams: VecDeque<OutStream>,
+    /// docs/tracing.md §4: how much of the `AtoB*Objects` logs the `exported` events covered.
+    traced_objects: usize,
+    traced_id_objects: usize,
 }
 
 impl Session {
@@ -132,6 +135,8 @@ impl Session {
             wake: false,
             notified: false,
             streams: VecDeque::new(),
+            traced_objects: 0,
+            traced_id_objects: 0,
         }
     }
 
@@ -143,7 +148,11 @@ impl Session {
         }
         self.started = true;
         if self.config.exporter {
-            self.exporter = Some(Exporter::new(self.store.clone(), self.config.remote_person.clone()));
+            let mut ex = Exporter::new(self.store.clone(), self.config.remote_person.clone());
+            if self.config.trace {
+                ex.announced = Some(Vec::new());
+            }
+            self.exporter = Some(ex);
         } else {
             self.exporter_done = true;
         }
@@ -351,12 +360,18 @@ impl Session {
                 if let Some(ex) = self.exporter.as_mut() {
                     let (frames, err) = ex.handle(id, s, &args, &mut self.cx.log, &mut self.cx.stats);
                     let done = ex.done;
+                    for (mark, errors) in std::mem::take(&mut ex.receipts) {
+                        self.cx.events.push_back(crate::Event::Receipt { mark, errors });
+                    }
                     for (code, msg) in std::mem::take(&mut ex.refused) {
                         self.cx.error(&code, &msg, false);
                     }
                     self.streams.extend(std::mem::take(&mut ex.streams));
                     for f in frames {
                         self.send(f);
+                    }
+                    if self.config.trace {
+                        self.trace_exported();
                     }
                     if done {
                         self.exporter_done = true;
@@ -554,6 +569,26 @@ impl Session {
             Ok(None) => {}
             Err(e) => self.cx.error(&e.code, &format!("computing new roots: {e}"), false),
         }
+        if self.config.trace {
+            self.trace_exported();
+        }
+    }
+
+    /// docs/tracing.md §4: one `exported` event for what the exporter announced (roots
+    /// answers, NOTIFY roots) and served (objects, ID objects) since the last one.
+    fn trace_exported(&mut self) {
+        let Some(ex) = self.exporter.as_mut() else { return };
+        let roots = ex.announced.as_mut().map(std::mem::take).unwrap_or_default();
+        let objs = &self.cx.log.a_to_b_objects;
+        let ids = &self.cx.log.a_to_b_id_objects;
+        if roots.is_empty() && objs.len() == self.traced_objects && ids.len() == self.traced_id_objects {
+            return;
+        }
+        let mut objects: Vec<String> = objs[self.traced_objects..].to_vec();
+        objects.extend_from_slice(&ids[self.traced_id_objects..]);
+        self.traced_objects = objs.len();
+        self.traced_id_objects = ids.len();
+        self.cx.events.push_back(crate::Event::Exported { roots, objects });
     }
 
     /// chum.md §2.7: pending requests are rejected (`WSP-ONCL0`, not logged) and the session ends.

@@ -30,6 +30,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::{sleep_until, timeout_at, Instant};
 
+use crate::mailbox::{self, Mailbox, MailboxOptions};
 use crate::transport::{Message, Transport};
 use crate::ws::{config, spawn_ws};
 use crate::{net_error, size_reason, DEFAULT_MAX_MESSAGE, REASON_LOST};
@@ -62,6 +63,8 @@ pub struct CommServerOptions {
     /// URL other nodes reach this node at (`None`: the bound `ws://host:port`).
     pub nats: Option<String>,
     pub advertise: Option<String>,
+    /// lama's store-and-forward mailbox (docs/mailbox.md); `None`: not offered.
+    pub mailbox: Option<MailboxOptions>,
 }
 
 impl Default for CommServerOptions {
@@ -75,6 +78,7 @@ impl Default for CommServerOptions {
             max_spares_per_address: 256,
             nats: None,
             advertise: None,
+            mailbox: None,
         }
     }
 }
@@ -159,6 +163,7 @@ pub(crate) struct Inner {
     spares: Mutex<Spares>,
     counters: Counters,
     pub(crate) shutdown: watch::Receiver<bool>,
+    mailbox: Option<Arc<Mailbox>>,
     pub(crate) cluster: Option<crate::cluster::Cluster>,
 }
 
@@ -251,6 +256,16 @@ pub async fn comm_server(host: &str, port: u16, opts: CommServerOptions) -> Resu
         IpAddr::V4(ip) => format!("ws://{ip}:{}", local.port()),
     };
     // the server's key pair is fresh at every start (conn §3.2)
+    let mailbox = match &opts.mailbox {
+        Some(m) => {
+            let m = m.clone();
+            let mb = tokio::task::spawn_blocking(move || Mailbox::open(&m))
+                .await
+                .map_err(|e| net_error("LAMA-ARG", format!("mailbox: {e}")))??;
+            Some(Arc::new(mb))
+        }
+        None => None,
+    };
     let (public, secret) = box_keypair();
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let cluster = match &opts.nats {
@@ -266,6 +281,7 @@ pub async fn comm_server(host: &str, port: u16, opts: CommServerOptions) -> Resu
         cluster,
         opts,
         shutdown: shutdown_rx,
+        mailbox,
     });
     crate::cluster::Cluster::start(&inner, advertise);
     let (done_tx, done_rx) = mpsc::channel(1);
@@ -285,7 +301,11 @@ impl CommServer {
 
     /// The counters (see `Counters`), in a fixed order.
     pub fn counters(&self) -> Vec<(&'static str, u64)> {
-        self.inner.counters.snapshot()
+        let mut v = self.inner.counters.snapshot();
+        if let Some(mb) = &self.inner.mailbox {
+            v.extend(mb.counters()); // docs/mailbox.md §5
+        }
+        v
     }
 
     /// Stop accepting, close every spare and relayed pair ([`REASON_SHUTDOWN`]) and wait for
@@ -414,6 +434,14 @@ async fn connection(inner: Arc<Inner>, stream: TcpStream, peer: SocketAddr, _don
         }
         Ok(Some(m)) => m,
     };
+    if let Some(mb) = &inner.mailbox {
+        if let Ok((cmd, obj)) = parse_command(&first) {
+            if cmd.starts_with("mailbox_") {
+                mailbox_request(&inner, mb, t, &cmd, obj, deadline).await;
+                return;
+            }
+        }
+    }
     match parse_first(&first) {
         Err(reason) => {
             add(&c.malformed, 1);
@@ -421,6 +449,53 @@ async fn connection(inner: Arc<Inner>, stream: TcpStream, peer: SocketAddr, _don
         }
         Ok(First::Register(key)) => register(&inner, t, key, peer, deadline).await,
         Ok(First::Request(source, target, hop)) => request(&inner, t, source, target, hop).await,
+    }
+}
+
+/// lama's mailbox extension (docs/mailbox.md §2): only a client that asks for it sees it.
+async fn mailbox_request(
+    inner: &Arc<Inner>,
+    mb: &Arc<Mailbox>,
+    t: Transport,
+    cmd: &str,
+    obj: serde_json::Map<String, Value>,
+    deadline: Instant,
+) {
+    let c = &inner.counters;
+    let idle = inner.opts.auth_timeout;
+    let serve = async {
+        match cmd {
+            "mailbox_info" => {
+                if t.send(Message::Text(mb.info_message())).await.is_ok() {
+                    t.close("Close called.").await;
+                }
+                mailbox::Outcome::Done
+            }
+            "mailbox_deposit" => mailbox::serve_deposit(mb, &t, obj, key_field, idle, REASON_MALFORMED).await,
+            "mailbox_fetch" => match key_field(&obj, "publicKey") {
+                Err(reason) => mailbox::Outcome::Refuse(reason),
+                Ok(key) => {
+                    mailbox::serve_fetch(mb, &inner.public, &inner.secret, &t, key, deadline, idle, REASON_MALFORMED)
+                        .await
+                }
+            },
+            _ => mailbox::Outcome::Refuse(REASON_MALFORMED.to_string()),
+        }
+    };
+    let outcome = tokio::select! {
+        _ = shut(inner.shutdown.clone()) => { t.close(REASON_SHUTDOWN).await; return }
+        o = serve => o,
+    };
+    match outcome {
+        mailbox::Outcome::Done => {}
+        mailbox::Outcome::AuthFailed => {
+            add(&c.auth_failures, 1);
+            t.close(REASON_AUTH_FAILED).await;
+        }
+        mailbox::Outcome::Refuse(reason) => {
+            add(&c.malformed, 1);
+            t.close(&reason).await;
+        }
     }
 }
 

@@ -18,6 +18,7 @@ mod cluster;
 mod commserver;
 mod driver;
 mod encrypted;
+mod mailbox;
 mod pipe;
 mod transport;
 mod ws;
@@ -25,6 +26,7 @@ mod ws;
 pub use commlisten::{comm_listen, CommListener, ListenState};
 pub use cluster::{HOP_FIELD, LOOKUP_TIMEOUT, SUBJECT_PREFIX};
 pub use commserver::{comm_server, CommServer, CommServerOptions};
+pub use mailbox::MailboxOptions;
 pub use driver::{run, run_until_cancelled, Protocol, StoreWatch};
 pub use encrypted::{
     close_text, encrypted_accept, encrypted_connect, terminate_text, EncryptedInfo, EncryptedOptions, EncryptedStats,

@@ -118,8 +118,8 @@ impl PyChumSession {
     #[new]
     #[pyo3(signature = (store, local_person, remote_person, *, keep_running=false, poll_interval=None,
         fast_path=true, exporter=true, importer=true, request_timeout=None, max_retries=None,
-        window=None, max_message=None),
-        text_signature = "(store, local_person, remote_person, *, keep_running=False, poll_interval=5.0, fast_path=True, exporter=True, importer=True, request_timeout=30.0, max_retries=3, window=64, max_message=67108864)")]
+        window=None, max_message=None, trace=false),
+        text_signature = "(store, local_person, remote_person, *, keep_running=False, poll_interval=5.0, fast_path=True, exporter=True, importer=True, request_timeout=30.0, max_retries=3, window=64, max_message=67108864, trace=False)")]
     #[allow(clippy::too_many_arguments)]
     fn new(
         store: &Bound<'_, PyAny>,
@@ -134,6 +134,7 @@ impl PyChumSession {
         max_retries: Option<&Bound<'_, PyAny>>,
         window: Option<&Bound<'_, PyAny>>,
         max_message: Option<&Bound<'_, PyAny>>,
+        trace: bool,
     ) -> PyResult<Self> {
         let store = match store.cast::<PyStore>() {
             Ok(s) => s.get().store()?,
@@ -151,6 +152,7 @@ impl PyChumSession {
         c.fast_path = fast_path;
         c.exporter = exporter;
         c.importer = importer;
+        c.trace = trace;
         if let Some(v) = poll_interval {
             c.poll_interval = Duration::from_secs_f64(number("poll_interval", v, 0.0)?.min(1e12));
         }

@@ -1146,7 +1146,9 @@ impl PyCommServer {
 #[pyo3(signature = (host, port, *, ping_interval = Secs(Duration::from_secs(25)),
                     pong_timeout = Secs(Duration::from_secs(1)), auth_timeout = Secs(Duration::from_secs(10)),
                     max_message = MaxMessage::default(), max_spares_per_key = Count(16),
-                    max_spares_per_address = Count(256), nats = None, advertise = None))]
+                    max_spares_per_address = Count(256), mailbox_dir = None,
+                    mailbox_max_items = Count(1000), mailbox_max_bytes = Count(64 * 1024 * 1024),
+                    mailbox_ttl = Secs(Duration::from_secs(7 * 24 * 3600)), nats = None, advertise = None))]
 #[allow(clippy::too_many_arguments)]
 fn comm_server<'py>(
     py: Python<'py>,
@@ -1158,6 +1160,10 @@ fn comm_server<'py>(
     max_message: MaxMessage,
     max_spares_per_key: Count,
     max_spares_per_address: Count,
+    mailbox_dir: Option<&Bound<'py, PyAny>>,
+    mailbox_max_items: Count,
+    mailbox_max_bytes: Count,
+    mailbox_ttl: Secs,
     nats: Option<Bound<'py, PyAny>>,
     advertise: Option<Bound<'py, PyAny>>,
 ) -> PyResult<Bound<'py, PyAny>> {
@@ -1165,6 +1171,25 @@ fn comm_server<'py>(
     // docs/cluster.md: a cluster node (NATS URL) and the URL other nodes reach it at
     let nats = nats.map(|v| str_arg("nats (a NATS URL)", &v)).transpose()?;
     let advertise = advertise.map(|v| str_arg("advertise (a ws:// URL)", &v)).transpose()?;
+    // lama's mailbox extension (docs/mailbox.md §5)
+    let mailbox = match mailbox_dir {
+        None => None,
+        Some(d) if d.is_none() => None,
+        Some(d) => {
+            let Ok(dir) = d.cast::<PyString>() else {
+                return Err(arg_error(format!("mailbox_dir is a str, got {}", type_name(d))));
+            };
+            if mailbox_ttl.0.is_zero() {
+                return Err(arg_error("mailbox_ttl must be positive, got 0"));
+            }
+            Some(lama_net::MailboxOptions {
+                dir: std::path::PathBuf::from(dir.to_str()?),
+                max_items: mailbox_max_items.0,
+                max_bytes: mailbox_max_bytes.0 as u64,
+                ttl: mailbox_ttl.0,
+            })
+        }
+    };
     let bad_port = || arg_error(format!("a port is an int in 0..65535, got {}", port.repr().map(|r| r.to_string()).unwrap_or_default()));
     if port.cast::<PyBool>().is_ok() || port.cast::<PyInt>().is_err() {
         return Err(bad_port());
@@ -1177,6 +1202,7 @@ fn comm_server<'py>(
         max_message: max_message.0,
         max_spares_per_key: max_spares_per_key.0,
         max_spares_per_address: max_spares_per_address.0,
+        mailbox,
         nats,
         advertise,
     };

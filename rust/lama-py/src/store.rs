@@ -263,6 +263,19 @@ impl PyStore {
         py.detach(|| store.blob_size(hash)).py()
     }
 
+    /// Up to `max` bytes of a BLOB/CLOB from `offset`, never across a stored chunk's end.
+    fn read_blob_range<'py>(
+        &self,
+        py: Python<'py>,
+        hash: &str,
+        offset: &Bound<'py, PyAny>,
+        max: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyBytes>> {
+        let store = self.store()?;
+        let data = crate::store_api::blob_range(py, store, hash, offset, max)?;
+        Ok(PyBytes::new(py, &data))
+    }
+
     fn read_blob_chunks<'py>(&self, py: Python<'py>, hash: &str) -> PyResult<Bound<'py, PyList>> {
         let store = self.store()?;
         let chunks = py.detach(|| store.read_blob_chunks(hash)).py()?;

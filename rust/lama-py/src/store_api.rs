@@ -103,6 +103,13 @@ pub fn changes(
     py.detach(|| store.changes(since, limit)).py().map(event_rows)
 }
 
+/// `Store.read_blob_range`: offset and max are ints >= 0 (`LAMA-ARG` otherwise).
+pub fn blob_range(py: Python<'_>, store: Store, hash: &str, offset: &Bound<'_, PyAny>, max: &Bound<'_, PyAny>) -> PyResult<Vec<u8>> {
+    let offset = count_arg(offset, "offset")?;
+    let max = usize::try_from(count_arg(max, "max")?).unwrap_or(usize::MAX);
+    py.detach(|| store.read_blob_range(hash, offset, max)).py()
+}
+
 /// A root as the Python API shows it: `(kind, hash, id_hash, type_name)`, hex hashes.
 pub type RootRow = (&'static str, String, Option<String>, String);
 

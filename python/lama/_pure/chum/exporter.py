@@ -32,6 +32,7 @@ SUBSCRIBE = 103
 NOTIFY = 104  # served by the importer
 GET_CHILDREN_BATCH = 105
 GET_CLOSURE = 106  # docs/chum-fastpath.md "closure"
+LAMA_RECEIPT = 107  # docs/tracing.md §4: the importer confirms a pass (called on the exporter)
 BATCH_MAX = 256
 CLOSURE_HINTS_MAX = 4096
 """Hints (hashes the importer holds with their closure) per GET_CLOSURE request."""
@@ -44,7 +45,7 @@ _SENT_MAX = 4_000_000
 _TAGS = {"obj": "object", "id": "id", "blob": "blob", "clob": "clob"}
 FASTPATH_VERSION = 1
 
-EXPORTER_SERVICES = frozenset({1, 2, 4, 5, 6, 7, 8, 10, 100, 101, 102, 103, 105, 106})
+EXPORTER_SERVICES = frozenset({1, 2, 4, 5, 6, 7, 8, 10, 100, 101, 102, 103, 105, 106, 107})
 
 BLOB_PAYLOAD = 65_528
 """chum.md §2.6/§10.2: 8-byte id + payload ≤ 65,536, so the fragmentation layer never splits a
@@ -81,6 +82,23 @@ def _wire_root(kind: str, h: str, id_hash: str | None, type_name: str) -> dict[s
     raise ValueError(f"unknown root kind {kind!r}")
 
 
+RECEIPT_ERRORS_MAX = 10
+RECEIPT_ERROR_CHARS = 300
+
+
+def _receipt(arg: Any) -> dict[str, Any]:
+    """A LAMA_RECEIPT argument as the ``receipt`` event's data (docs/tracing.md §4): ``mark``
+    an int >= 0 or None, ``errors`` at most 10 strings of at most 300 characters; anything
+    malformed is read as "no mark" with no errors (a receipt only ever informs)."""
+    mark = arg.get("mark") if isinstance(arg, dict) else None
+    if isinstance(mark, bool) or not isinstance(mark, int) or mark < 0:
+        mark = None
+    errs = arg.get("errors") if isinstance(arg, dict) else None
+    errors = [e[:RECEIPT_ERROR_CHARS] for e in errs if isinstance(e, str)][:RECEIPT_ERRORS_MAX] \
+        if isinstance(errs, list) else []
+    return {"mark": mark, "errors": errors}
+
+
 class Exporter:
     """Serves one connection.  ``handle`` returns the frames to send for one request."""
 
@@ -105,6 +123,10 @@ class Exporter:
         self.known: set[str] = set()
         self.sent: dict[str, list[str]] = {}
         self.sent_total = 0
+        # docs/tracing.md §4: receipts the importer sent (drained by the session into events),
+        # and, with the session's `trace` option, the roots announced (else None: no cost)
+        self.receipts: list[dict[str, Any]] = []
+        self.announced: list[str] | None = None
 
     # -- dispatch ------------------------------------------------------------------------
 
@@ -135,6 +157,9 @@ class Exporter:
                 return [rpc.data_response(rid, self._children_batch(args))]
             if service == GET_CLOSURE:
                 return [rpc.data_response(rid, self._closure(args))]
+            if service == LAMA_RECEIPT:
+                self.receipts.append(_receipt(args[0] if args else None))
+                return [rpc.data_response(rid, rpc.UNDEF)]
             if service == GET_ROOTS_SINCE and self.roots_since_supported():
                 return [rpc.data_response(rid, self._roots_since(args))]
             if service == SUBSCRIBE:
@@ -168,6 +193,8 @@ class Exporter:
         out = []
         for kind, h, id_hash, type_name in roots:
             out.append(_wire_root(kind, h, id_hash, type_name))
+            if self.announced is not None:
+                self.announced.append(h)
             # chum.md §4.2 "unlocks"
             self.accessible.add(h)
             if kind == "versioned" and id_hash:
@@ -187,7 +214,7 @@ class Exporter:
 
     def _probe(self) -> dict[str, Any]:
         features = ["batch", "children-batch", "push"] + (["roots-since"] if self.roots_since_supported() else []) \
-            + ["closure", "notify-roots"]
+            + ["closure", "notify-roots", "receipt"]
         return {"lama": FASTPATH_VERSION, "features": features, "epoch": self.epoch()}
 
     def _batch(self, args: list[Any]) -> str:

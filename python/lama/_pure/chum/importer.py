@@ -16,7 +16,8 @@ from . import rpc
 from .exporter import (BATCH_MAX, CLOSURE_HINTS_MAX, FASTPATH_VERSION, GET_CLOSURE, FIN, GET_ACCESSIBLE_ROOTS, GET_BLOB,
                        GET_ID_OBJECT, GET_ID_OBJECT_CHILDREN, GET_OBJECT, GET_OBJECT_CHILDREN,
                        GET_CHILDREN_BATCH, GET_OBJECTS_BATCH, GET_PROTOCOL_VERSION,
-                       GET_ROOTS_SINCE, LAMA_PROBE, SUBSCRIBE)
+                       GET_ROOTS_SINCE, LAMA_PROBE, LAMA_RECEIPT,
+                       RECEIPT_ERROR_CHARS, RECEIPT_ERRORS_MAX, SUBSCRIBE)
 
 _HASH = re.compile(r"^[0-9a-f]{64}$")
 
@@ -138,6 +139,10 @@ class Importer:
         self.log = log
         self.stats = stats
         self.full_sync = False
+        self.pass_errors = 0
+        self.pass_error_texts: list[str] = []
+        self.pass_roots = 0
+        self.receipt_mark: int | None = None
         self.pending: dict[str, str] = {}  # BLOB/CLOB hash -> reason (chum.md §2.6)
         self.remote_version: int | None = None
         # "notify-roots": (since, mark, roots) carried by NOTIFYs not used yet; notes_bad when
@@ -255,6 +260,9 @@ class Importer:
 
     def _err(self, code: str, message: str, fatal: bool) -> None:
         self.pass_errors += 1
+        if len(self.pass_error_texts) < RECEIPT_ERRORS_MAX:
+            text = message if message.startswith(f"{code}:") else f"{code}: {message}"
+            self.pass_error_texts.append(text[:RECEIPT_ERROR_CHARS])
         self.error(code, message, fatal)
 
     # -- main loop (chum.md §6.1) -------------------------------------------------------------
@@ -311,7 +319,25 @@ class Importer:
     # -- one pass ------------------------------------------------------------------------------
 
     def _pass(self) -> Generator[Call | Calls | Sleep, Any, None]:
+        yield from self._pass_inner()
+        # docs/tracing.md §4: a lama exporter learns what this pass stored (its mark) or why
+        # it did not; only after a pass that listed something or failed
+        if "receipt" in self.features and self.peer_key is not None \
+                and (self.pass_roots or self.pass_error_texts):
+            errors = list(self.pass_error_texts)
+            if self.receipt_mark is None:  # what is still missing (BLOBs retried later)
+                errors.extend(self.pending[h][:RECEIPT_ERROR_CHARS] for h in sorted(self.pending))
+            receipt = {"mark": self.receipt_mark, "errors": errors[:RECEIPT_ERRORS_MAX]}
+            (r,) = yield Call([Req(LAMA_RECEIPT, [receipt])])
+            if not r.ok and r.code == "LAMA-CHUM-TIMEOUT":
+                raise Fatal(r.code, r.message)
+            self.emit("receipt_sent", receipt)
+
+    def _pass_inner(self) -> Generator[Call | Calls | Sleep, Any, None]:
         self.pass_errors = 0
+        self.pass_error_texts = []
+        self.pass_roots = 0
+        self.receipt_mark = None
         pending_before = len(self.pending)
         mark = None
         noted = self._take_notes()
@@ -344,11 +370,13 @@ class Importer:
         roots = self._parse_roots(value)
         if roots is None:
             return
+        self.pass_roots = len(roots)
         self._note_hint_candidates(roots)
         yield from self._import_roots(roots)
         # the high-water mark moves only after a pass that imported everything it listed
         if mark is not None and self.pass_errors == 0 and len(self.pending) == 0 and pending_before == 0:
             self.since = mark
+            self.receipt_mark = mark
             if self.peer_key is not None:
                 if self.keep_running and self.subscribed:
                     # a stale mark on disk is safe (a reconnect re-lists roots it has): yield to

@@ -101,12 +101,15 @@ class ChumSession:
     _task: Generator[Call | Calls | Sleep, Any, None] | None
     _notify_ids: set[int]
     _notified: bool
+    _trace: bool
+    _traced_objects: int
+    _traced_id_objects: int
 
     def __new__(cls, store: Any, local_person: str, remote_person: str, *,
                 keep_running: bool = False, poll_interval: float = 5.0, fast_path: bool = True,
                 exporter: bool = True, importer: bool = True, request_timeout: float = 30.0,
                 max_retries: int = 3, window: int = 64,
-                max_message: int = 64 * 1024 * 1024) -> ChumSession:
+                max_message: int = 64 * 1024 * 1024, trace: bool = False) -> ChumSession:
         self = super().__new__(cls)
         for name, v in (("local_person", local_person), ("remote_person", remote_person)):
             if not isinstance(v, str) or not _HASH.match(v):
@@ -147,6 +150,11 @@ class ChumSession:
         # a NOTIFY that came while a pass ran: that pass may have read the roots before the
         # write it announces, so the next pass starts when this one ends
         self._notified = False
+        # docs/tracing.md §4: `exported` events (what our exporter announced and served);
+        # off by default, so an untraced session builds nothing
+        self._trace = bool(trace)
+        self._traced_objects = 0
+        self._traced_id_objects = 0
         return self
 
     # -- driver API ------------------------------------------------------------------------
@@ -160,6 +168,8 @@ class ChumSession:
         if self._exporter_on:
             self._exporter = Exporter(self._store, self._remote, self._log, self._stats,
                                       self._exporter_error)
+            if self._trace:
+                self._exporter.announced = []
         if self._importer_on:
             self._imp = Importer(self._store, self._keep_running, self._poll_interval,
                                  self._emit, self._error, self._log, self._stats,
@@ -276,6 +286,8 @@ class ChumSession:
             self._stats["requests_sent"] += 1
             self._notify_ids.add(rid)
             self._emit_frame(rpc.request(rid, NOTIFY, fresh))
+        if self._trace:
+            self._trace_exported()
 
     def connection_closed(self, reason: str, now: float) -> None:
         self._now = now
@@ -332,7 +344,14 @@ class ChumSession:
         if service in EXPORTER_SERVICES and self._exporter is not None and not self._exporter_done:
             for f in self._exporter.handle(rid, service, args):
                 self._emit_frame(f)
-            if self._exporter.done:
+            ex = self._exporter
+            if ex.receipts:
+                for r in ex.receipts:
+                    self._emit("receipt", r)
+                ex.receipts = []
+            if self._trace:
+                self._trace_exported()
+            if ex.done:
                 self._exporter_done = True
             elif service == SUBSCRIBE and self._exporter.subscribed:
                 # roots that became accessible between the roots answer and the subscription
@@ -352,6 +371,22 @@ class ChumSession:
                 self._notified = True
         else:
             self._emit_frame(rpc.unknown_service(rid, service))
+
+    def _trace_exported(self) -> None:
+        """docs/tracing.md §4: one ``exported`` event for what the exporter announced (roots
+        answers, NOTIFY roots) and served (objects, ID objects) since the last one."""
+        ex = self._exporter
+        if ex is None:
+            return
+        roots = ex.announced or []
+        objs = self._log["AtoBObjects"]
+        ids = self._log["AtoBIdObjects"]
+        if not roots and len(objs) == self._traced_objects and len(ids) == self._traced_id_objects:
+            return
+        served = objs[self._traced_objects:] + ids[self._traced_id_objects:]
+        self._traced_objects, self._traced_id_objects = len(objs), len(ids)
+        ex.announced = []
+        self._emit("exported", {"roots": roots, "objects": served})
 
     def _exporter_error(self, code: str, message: str) -> None:
         self._error(code, message, False)

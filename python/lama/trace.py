@@ -1,0 +1,883 @@
+"""Message transfer tracing (issue 11, docs/tracing.md).
+
+The :class:`Tracer` only observes: the facade's send path (``posted``), the chat layer's
+``message`` events, the connection manager's connection events and the CHUM session events it
+forwards with ``ManagerConfig.trace`` (``exported``, ``receipt``, ``receipt_sent``,
+``imported``). It never writes to the store. Traces are persisted in
+``<instance dir>/traces.sqlite3`` by a background thread; the event loop only hands it the rows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import json
+import logging
+import re
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, NamedTuple
+
+from lama.errors import LamaError, NotFoundError
+
+log = logging.getLogger("lama.trace")
+
+__all__ = ["Failure", "PeerReport", "Step", "Trace", "Tracer", "STEPS", "FAILURE_POINTS",
+           "format_trace"]
+
+STEPS = ("created", "posted", "granted", "offered", "fetched", "stored",
+         "received", "visible", "confirmed")
+_ORDER = {s: i for i, s in enumerate(STEPS)}
+FAILURE_POINTS = ("not_granted", "never_connected", "connection_refused", "peer_offline",
+                  "import_error", "in_flight")
+_PEER_STEPS = ("granted", "offered", "fetched", "stored")
+_IMPORTS_MAX = 50_000     # object hashes remembered from imports (for the `received` step)
+_FLUSH_DELAY = 0.5        # seconds between a change and its row being handed to the writer
+_ENCODE = json.JSONEncoder(separators=(",", ":")).encode
+_COMPACT_AFTER = 20_000  # log records; then the log is rewritten as one record per batch
+_RECENT = 64            # session events kept to apply to a post registered after them
+_ONE_TO_ONE = re.compile(r"([0-9a-f]{64})<->([0-9a-f]{64})")
+_ROOT_LOOKUPS = 64        # unknown announced roots read from the store per `exported` event
+
+
+def _now() -> float:
+    return time.time() * 1000.0
+
+
+class Step(NamedTuple):
+    """One step (immutable; a named tuple: the send path makes two per message)."""
+
+    step: str
+    at: float
+    peer: str | None = None
+    detail: str | None = None
+
+
+@dataclass(frozen=True)
+class Failure:
+    peer: str
+    point: str
+    detail: str | None = None
+
+
+@dataclass(frozen=True)
+class PeerReport:
+    person_id: str
+    name: str | None
+    kind: str
+    last_step: str | None
+    failure: str | None
+    detail: str | None
+
+
+@dataclass(frozen=True)
+class Trace:
+    message_id: str
+    topic_id: str
+    channel: str
+    direction: str
+    sender: str
+    preview: str
+    created: float
+    steps: tuple[Step, ...]
+    peers: tuple[PeerReport, ...]
+    status: str
+    failure: Failure | None
+    updated: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "message_id": self.message_id, "topic_id": self.topic_id, "channel": self.channel,
+            "direction": self.direction, "sender": self.sender, "preview": self.preview,
+            "created": self.created, "updated": self.updated, "status": self.status,
+            "steps": [{"step": s.step, "at": s.at, "peer": s.peer, "detail": s.detail}
+                      for s in self.steps],
+            "peers": [{"person_id": p.person_id, "name": p.name, "kind": p.kind,
+                       "last_step": p.last_step, "failure": p.failure, "detail": p.detail}
+                      for p in self.peers],
+            "failure": None if self.failure is None else {
+                "peer": self.failure.peer, "point": self.failure.point,
+                "detail": self.failure.detail},
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Trace:
+        f = d.get("failure")
+        return cls(
+            d["message_id"], d["topic_id"], d["channel"], d["direction"], d["sender"],
+            d["preview"], d["created"],
+            tuple(Step(s["step"], s["at"], s.get("peer"), s.get("detail")) for s in d["steps"]),
+            tuple(PeerReport(p["person_id"], p.get("name"), p["kind"], p.get("last_step"),
+                             p.get("failure"), p.get("detail")) for p in d["peers"]),
+            d["status"], None if f is None else Failure(f["peer"], f["point"], f.get("detail")),
+            d["updated"])
+
+
+_NONE: dict[Any, Any] = {}  # the shared empty `granted`/`errors` (replaced, never changed)
+
+
+class _Rec:
+    """A trace while it is collected (mutable; persisted as the JSON list ``row()``)."""
+
+    __slots__ = ("message_id", "topic_id", "channel", "direction", "sender", "preview",
+                 "created", "hashes", "seq", "recipients", "granted", "errors", "steps",
+                 "updated", "saved")
+
+    def __init__(self, message_id: str, topic_id: str, channel: str, direction: str,
+                 sender: str, preview: str, created: float, hashes: tuple[str, ...] = (),
+                 seq: int = 0) -> None:
+        self.message_id = message_id
+        self.topic_id = topic_id
+        self.channel = channel
+        self.direction = direction
+        self.sender = sender
+        self.preview = preview
+        self.created = created
+        self.hashes = hashes                    # objects whose serving counts as `fetched`
+        self.seq = seq                          # our store's write sequence after the post
+        self.recipients: tuple[str, ...] = ()
+        self.granted: dict[str, bool] = _NONE   # shared by the traces of one grant check
+        self.errors: dict[str, str] = _NONE     # person -> import error text (copy on write)
+        self.steps: list[Step] = []           # steps[0] is always `created`
+        self.updated = created
+        self.saved = -1                         # steps persisted (-1: not persisted yet)
+
+    def has(self, step: str, peer: str | None = None) -> bool:
+        return any(s.step == step and s.peer == peer for s in self.steps)
+
+    def add(self, step: str | Step, at: float = 0.0, peer: str | None = None,
+            detail: str | None = None) -> bool:
+        """Add a step unless the trace has it (``step`` may be a prebuilt Step: one object
+        for every trace an event touches, so they persist in one record)."""
+        s = step if isinstance(step, Step) else Step(step, at, peer, detail)
+        if self.has(s.step, s.peer):
+            return False
+        self.steps.append(s)
+        if s.at > self.updated:
+            self.updated = s.at
+        return True
+
+
+
+def _encode_records(recs: Iterable[_Rec], full: bool = False) -> list[str]:
+    """The log records (docs/tracing.md §5) that persist ``recs``' changes since they were
+    last persisted (``full``: all of them, for a compaction). Traces that share what a batch
+    shares (topic, recipients, grants, steps) share one record, so a batch of posts costs one
+    record, and one receipt covering many posts one more. Grouped by the identity of the
+    shared objects (the send path shares them within a batch): cheaper than by value, and
+    equal values in different objects only make more records."""
+    news: dict[tuple[Any, ...], tuple[_Rec, list[Any]]] = {}
+    upds: dict[tuple[Any, ...], tuple[_Rec, int, list[str]]] = {}
+    for r in recs:
+        if full or r.saved < 0:
+            key = (r.direction, r.topic_id, r.channel, r.sender, r.seq, r.recipients,
+                   id(r.granted), id(r.errors), *map(id, r.steps[1:]))
+            g = news.get(key)
+            if g is None:
+                g = news[key] = (r, [])
+            g[1].append([r.message_id, r.hashes, r.created, r.preview])
+        else:
+            key = (id(r.granted), id(r.errors), *map(id, r.steps[r.saved:]))
+            u = upds.get(key)
+            if u is None:
+                u = upds[key] = (r, r.saved, [])
+            u[2].append(r.message_id)
+        r.saved = len(r.steps)
+    out = [_ENCODE(["new", r.direction, r.topic_id, r.channel, r.sender, r.seq, r.recipients,
+                    r.granted, r.errors, r.steps[1:], msgs]) for r, msgs in news.values()]
+    out.extend(_ENCODE(["upd", r.steps[saved:], r.errors, r.granted, mids])
+               for r, saved, mids in upds.values())
+    return out
+
+
+def _replay(rows: Iterable[str], recs: dict[str, _Rec]) -> None:
+    """Rebuild the traces from their log records (in order)."""
+    for data in rows:
+        try:
+            d = json.loads(data)
+            if d[0] == "new":
+                _, direction, topic, channel, sender, seq, recipients, granted, errors, steps, \
+                    msgs = d
+                tail = [Step(x[0], float(x[1]), x[2], x[3]) for x in steps]
+                granted, errors = dict(granted) or _NONE, dict(errors) or _NONE  # shared
+                for mid, hashes, created, preview in msgs:
+                    r = _Rec(mid, topic, channel, direction, sender, preview, float(created),
+                             tuple(hashes), int(seq))
+                    r.recipients = tuple(recipients)
+                    r.granted, r.errors = granted, errors
+                    r.steps = [Step("created", r.created)] + tail
+                    recs[mid] = r
+            elif d[0] == "upd":
+                _, steps, errors, granted, mids = d
+                tail = [Step(x[0], float(x[1]), x[2], x[3]) for x in steps]
+                granted, errors = dict(granted) or _NONE, dict(errors) or _NONE  # shared
+                for mid in mids:
+                    known = recs.get(mid)
+                    if known is not None:
+                        known.steps.extend(tail)
+                        known.errors, known.granted = errors, granted
+            elif d[0] == "drop":
+                for mid in d[1]:
+                    recs.pop(mid, None)
+        except (ValueError, KeyError, TypeError, IndexError) as e:
+            log.warning("skipping a damaged trace record: %s", e)
+    for r in recs.values():
+        r.saved = len(r.steps)
+        r.updated = max([r.created] + [s.at for s in r.steps])
+
+
+class _Writer:
+    """The persisted traces (docs/tracing.md §5): one SQLite connection owned by one thread;
+    the event loop only puts rows on its queue."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._q: collections.deque[tuple[str, Any]] = collections.deque()
+        self._cv = threading.Condition()
+        self._closed = False
+        self.cpu = 0.0  # CPU seconds this thread spent writing (the benchmark reports it)
+        self._thread = threading.Thread(target=self._run, name="lama-trace-writer", daemon=True)
+        self._thread.start()
+
+    @staticmethod
+    def connect(path: Path) -> sqlite3.Connection:
+        db = sqlite3.connect(str(path), timeout=10.0, check_same_thread=False)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
+        db.execute("CREATE TABLE IF NOT EXISTS log (id INTEGER PRIMARY KEY, data TEXT NOT NULL)")
+        return db
+
+    def put(self, records: list[str], compact: bool = False) -> None:
+        """Append ``records`` (``compact``: replace the whole log with them)."""
+        with self._cv:
+            self._q.append(("compact" if compact else "append", records))
+            self._cv.notify()
+
+    def flush(self, timeout: float = 10.0) -> None:
+        done = threading.Event()
+        with self._cv:
+            self._q.append(("sync", done))
+            self._cv.notify()
+        done.wait(timeout)
+
+    def close(self) -> None:
+        with self._cv:
+            self._closed = True
+            self._cv.notify()
+        self._thread.join(30)
+
+    def _run(self) -> None:
+        try:
+            db = self.connect(self.path)
+        except sqlite3.Error as e:
+            log.error("cannot open %s: %s", self.path, e)
+            return
+        try:
+            while True:
+                with self._cv:
+                    while not self._q and not self._closed:
+                        self._cv.wait()
+                    items = list(self._q)
+                    self._q.clear()
+                    closed = self._closed
+                waiters = []
+                t0 = time.thread_time()
+                try:
+                    with db:
+                        for kind, v in items:
+                            if kind == "sync":
+                                waiters.append(v)
+                                continue
+                            if kind == "compact":
+                                db.execute("DELETE FROM log")
+                            db.executemany("INSERT INTO log (data) VALUES (?)",
+                                           [(r,) for r in v])
+                except sqlite3.Error as e:
+                    log.error("cannot write traces: %s", e)
+                self.cpu += time.thread_time() - t0
+                for w in waiters:
+                    w.set()
+                if closed:
+                    return
+        finally:
+            db.close()
+
+
+class Tracer:
+    """Collects the traces of one app (docs/tracing.md). Created by :class:`lama.App` with
+    ``AppConfig.trace``; everything runs on the app's event loop except the writer thread."""
+
+    def __init__(self, store: Any, me: str, path: Path | None, *, limit: int = 10_000,
+                 stall_after: float = 10.0, names: Callable[[], dict[str, str]] | None = None,
+                 live: Callable[[str], dict[str, Any] | None] | None = None) -> None:
+        self.store = store
+        self.me = me
+        self.limit = limit
+        self.stall_after = stall_after
+        self._names = names
+        self._live = live                 # person -> live connection state (None: not running)
+        self._recs: dict[str, _Rec] = {}
+        self._pending: dict[str, set[str]] = {}   # person -> outgoing message ids not stored
+        self._watch: dict[str, str] = {}          # object hash -> outgoing message id
+        self._versions: dict[str, str] = {}       # channel version hash -> channel id hash
+        self._imports: collections.OrderedDict[str, tuple[str, float]] = collections.OrderedDict()
+        self._await_confirm: dict[str, set[str]] = {}  # person -> incoming ids not confirmed
+        self._kind: dict[str, str] = {}           # person -> "lama" once a receipt came
+        self._conn: dict[str, dict[str, Any]] = {}  # person -> {"up", "down", "reason"}
+        self._callbacks: list[Callable[[Trace], Any]] = []
+        self._dirty: dict[str, None] = {}  # changed traces, in the order they changed
+        self._dropped: list[str] = []
+        self._flush_handle: asyncio.Handle | None = None
+        self._grant_queue: list[_Rec] = []
+        self._recent: collections.deque[tuple[float, str, str, dict[str, Any]]] = \
+            collections.deque(maxlen=_RECENT)
+        self._writer: _Writer | None = None
+        self._written = 0              # log records since the last compaction
+        self._compact_due = False
+        self.path = path
+        if path is not None:
+            self._load(path)
+            self._writer = _Writer(path)
+
+    # ------------------------------------------------------------------ persistence
+
+    def _load(self, path: Path) -> None:
+        if not path.exists():
+            return
+        try:
+            db = _Writer.connect(path)
+            try:
+                rows = [d for (d,) in db.execute("SELECT data FROM log ORDER BY id")]
+            finally:
+                db.close()
+        except sqlite3.Error as e:
+            log.error("cannot read %s: %s", path, e)
+            return
+        recs: dict[str, _Rec] = {}
+        _replay(rows, recs)
+        for rec in sorted(recs.values(), key=lambda r: r.created)[-self.limit:]:
+            self._index(rec)
+        self._compact_due = len(rows) > _COMPACT_AFTER // 10
+
+    def _index(self, rec: _Rec) -> None:
+        self._recs[rec.message_id] = rec
+        if rec.direction == "out":
+            for p in rec.recipients:
+                if not rec.has("stored", p):
+                    self._pending.setdefault(p, set()).add(rec.message_id)
+            if any(not rec.has("fetched", p) for p in rec.recipients):
+                for h in rec.hashes:
+                    self._watch[h] = rec.message_id
+        else:
+            src = next((s.peer for s in rec.steps if s.step == "received"), None)
+            if src and not rec.has("confirmed", src):
+                self._await_confirm.setdefault(src, set()).add(rec.message_id)
+
+    def _changed(self, rec: _Rec) -> None:
+        self._dirty[rec.message_id] = None
+        self._schedule()
+
+    def _schedule(self) -> None:
+        if self._flush_handle is None:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                self._flush()
+                return
+            self._flush_handle = loop.call_later(_FLUSH_DELAY, self._flush)
+
+    def _flush(self) -> None:
+        """Hand the changes to the writer (log records) and tell the subscribers."""
+        self._flush_handle = None
+        if self._grant_queue:
+            self._check_grants()
+        dirty, self._dirty = self._dirty, {}
+        recs = self._recs
+        while len(recs) > self.limit:  # insertion order is creation order, near enough
+            self._forget(recs[next(iter(recs))])
+        if self._writer is not None:
+            if self._compact_due or self._written > _COMPACT_AFTER:
+                out = _encode_records(recs.values(), full=True)
+                self._writer.put(out, compact=True)
+                self._compact_due, self._written, self._dropped = False, 0, []
+            else:
+                out = _encode_records([recs[m] for m in dirty if m in recs])
+                if self._dropped:
+                    out.append(_ENCODE(["drop", self._dropped]))
+                    self._dropped = []
+                if out:
+                    self._writer.put(out)
+                    self._written += len(out)
+        if self._callbacks:
+            for m in dirty:
+                if m in self._recs:
+                    t = self.report(self._recs[m])
+                    for cb in list(self._callbacks):
+                        try:
+                            r = cb(t)
+                            if asyncio.iscoroutine(r):
+                                asyncio.ensure_future(r)
+                        except Exception:  # one callback's bug must not stop the others
+                            log.exception("on_trace callback failed")
+
+    def _forget(self, rec: _Rec) -> None:
+        del self._recs[rec.message_id]
+        self._dropped.append(rec.message_id)
+        for s in self._pending.values():
+            s.discard(rec.message_id)
+        for s in self._await_confirm.values():
+            s.discard(rec.message_id)
+        for h in rec.hashes:
+            if self._watch.get(h) == rec.message_id:
+                del self._watch[h]
+
+    def flush(self) -> None:
+        """Write every change now (tests, close)."""
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+        self._flush()
+        if self._writer is not None:
+            self._writer.flush()
+
+    def close(self) -> None:
+        self.flush()
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+    # ------------------------------------------------------------------ observed events
+
+    def posted(self, messages: Iterable[Any]) -> None:
+        """The send path: ``messages`` (lama.chat.Message) were committed just now. Per
+        message a few dict operations; per batch one ``last_seq``. The grant check runs a
+        moment later, off the send path; announced channel versions are recognised when they
+        are announced (``_channel_of``)."""
+        at = _now()
+        seq = self.store.last_seq()
+        recs = self._recs
+        watch = self._watch
+        topic = ""
+        batch: list[_Rec] = []
+        posted_step = Step("posted", at)   # immutable: one object for the batch
+        created_step = Step("created", 0.0)
+        for m in messages:
+            mid = m.id
+            if mid in recs:
+                continue
+            if m.topic_id != topic:
+                if batch:
+                    self._posted_batch(batch, topic)
+                    batch = []
+                topic = m.topic_id
+            rec = _Rec(mid, topic, m.channel, "out", m.sender, m.text[:80],
+                       float(m.timestamp), (mid, m.hash), seq)
+            if created_step.at != rec.created:  # one batch: mostly one timestamp
+                created_step = Step("created", rec.created)
+            rec.steps = [created_step, posted_step]
+            rec.updated = at
+            recs[mid] = rec
+            watch[mid] = mid
+            watch[m.hash] = mid
+            batch.append(rec)
+        if batch:
+            self._posted_batch(batch, topic)
+        if log.isEnabledFor(logging.INFO):
+            for m in messages:
+                log.info("message posted", extra={"fields": {
+                    "event": "message_posted", "message_id": m.id, "topic": m.topic_id}})
+
+    def _posted_batch(self, batch: list[_Rec], topic: Any) -> None:
+        pm = _ONE_TO_ONE.fullmatch(topic)
+        if pm:
+            self._recipients(batch, [p for p in pm.groups() if p != self.me])
+        self._grant_queue.extend(batch)
+        self._dirty.update(dict.fromkeys(r.message_id for r in batch))
+        self._schedule()
+
+    def _recipients(self, batch: list[_Rec], persons: list[str]) -> None:
+        """Set the recipients; session events seen before the posts were registered (the
+        session may serve them before the send path gets back here) are applied again."""
+        recipients = tuple(sorted(persons))
+        ids = [r.message_id for r in batch]
+        for rec in batch:
+            rec.recipients = recipients
+        for p in recipients:
+            self._pending.setdefault(p, set()).update(ids)
+        for _at, kind, person, data in list(self._recent):
+            if person in recipients:
+                if kind == "exported":
+                    self._exported(person, data, only=batch)
+                else:
+                    self._receipt(person, data, only=batch)
+
+    def _check_grants(self) -> None:
+        """``granted`` per recipient (checked at posting, run a moment later off the send
+        path): the topic's participants but me; granted when the channel's IdAccess lists
+        them (directly or through a group). One check per channel and run."""
+        from lama import access
+
+        queue, self._grant_queue = self._grant_queue, []
+        by_channel: dict[str, list[_Rec]] = {}
+        for rec in queue:
+            if rec.message_id in self._recs:
+                by_channel.setdefault(rec.channel, []).append(rec)
+        for cid, recs in by_channel.items():
+            try:
+                persons, groups = access.grants(self.store, id=cid)
+                members: set[str] = set(persons)
+                for group in groups:
+                    with contextlib.suppress(LamaError):
+                        members.update(_group_members(self.store, group))
+            except LamaError as e:
+                log.warning("grants of %s: %s", cid, e)
+                members = set()
+            todo = [r for r in recs if not r.recipients]
+            if todo:
+                self._recipients(todo, self._participants(todo[0]))
+            shared: dict[tuple[Any, ...], tuple[dict[str, bool], list[Step]]] = {}
+            for r in recs:
+                key = (r.recipients, r.steps[1])  # one batch: one posted step
+                g = shared.get(key)
+                if g is None:
+                    ok = {p: p in members for p in r.recipients}
+                    g = shared[key] = (ok, [Step("granted", r.steps[1].at, p)
+                                            for p, yes in ok.items() if yes])
+                r.granted = g[0]  # shared: never changed afterwards
+                r.steps.extend(g[1])
+            self._dirty.update(dict.fromkeys(r.message_id for r in recs))
+
+    def _participants(self, rec: _Rec) -> list[str]:
+        m = _ONE_TO_ONE.fullmatch(rec.topic_id)
+        if m:
+            return [p for p in m.groups() if p != self.me]
+        try:  # a group topic: the persons its channel is shared with
+            from lama import access
+
+            persons, _ = access.grants(self.store, id=rec.channel)
+            return [p for p in persons if p != self.me]
+        except LamaError:
+            return []
+
+    def on_chat_event(self, kind: str, data: dict[str, Any]) -> None:
+        if kind != "message":
+            if log.isEnabledFor(logging.INFO):
+                fields: dict[str, Any] = {"event": kind}
+                if kind == "contact":
+                    c = data["contact"]
+                    fields.update(person=c.person_id, change=data.get("change"))
+                elif kind == "contact_removed":
+                    fields.update(person=data["removed"].person_id)
+                elif kind == "topic":
+                    fields.update(topic=data["topic"].id)
+                log.info(kind.replace("_", " "), extra={"fields": fields})
+            return
+        m = data["message"]
+        at = _now()
+        if m.outgoing:
+            if m.id not in self._recs and m.sender == self.me:
+                # posted by a path other than App.send (Chat.send called directly)
+                self.posted([m])
+            return
+        if m.id in self._recs:
+            return
+        rec = _Rec(m.id, m.topic_id, m.channel, "in", m.sender, m.text[:80], float(m.timestamp))
+        rec.add("created", float(m.timestamp))
+        got = self._imports.get(m.id) or self._imports.get(m.hash)
+        if got is not None:
+            src, t = got
+            rec.add("received", min(t, at), src)
+            rec.recipients = (src,)
+            self._await_confirm.setdefault(src, set()).add(m.id)
+        rec.add("visible", at)
+        self._recs[m.id] = rec
+        if log.isEnabledFor(logging.INFO):
+            log.info("message received", extra={"fields": {
+                "event": "message_received", "message_id": m.id, "topic": m.topic_id,
+                "sender": m.sender, "peer": rec.recipients[0] if rec.recipients else None}})
+        self._changed(rec)
+
+    def on_manager_event(self, kind: str, data: dict[str, Any]) -> None:
+        person = data.get("person")
+        if kind == "connection_up" and data.get("group") == "chum" and person:
+            self._conn.setdefault(person, {})["up"] = _now()
+        elif kind == "connection_down" and data.get("group") == "chum" and person:
+            c = self._conn.setdefault(person, {})
+            c["down"], c["reason"] = _now(), data.get("reason")
+        elif kind == "chum_exported" and person:
+            self._exported(person, data["data"])
+        elif kind == "chum_receipt" and person:
+            self._receipt(person, data["data"])
+        elif kind == "chum_receipt_sent" and person:
+            self._receipt_sent(person, data["data"])
+        elif kind == "chum_imported" and person:
+            at = _now()
+            for h in data["data"].get("objects", ()):
+                self._imports[h] = (person, at)
+                rec = self._recs.get(h)  # the chat event came first
+                if rec is not None and rec.direction == "in" and not rec.recipients:
+                    rec.add("received", at, person)
+                    rec.recipients = (person,)
+                    self._await_confirm.setdefault(person, set()).add(h)
+                    self._changed(rec)
+            while len(self._imports) > _IMPORTS_MAX:
+                self._imports.popitem(last=False)
+        elif kind == "chum_error" and person and data["data"].get("fatal"):
+            # our session with the peer ended with an error (docs/tracing.md §3 import_error)
+            d = data["data"]
+            msg, code = str(d.get("message") or ""), d.get("code")
+            text = f"{code}: {msg}" if code and not msg.startswith(f"{code}:") else msg
+            for mid in self._pending.get(person, ()):
+                rec = self._recs[mid]
+                rec.errors = {**rec.errors, person: text}
+                self._changed(rec)
+
+    def _exported(self, person: str, data: dict[str, Any],
+                  only: list[_Rec] | None = None) -> None:
+        if only is None:
+            self._recent.append((_now(), "exported", person, data))
+        ids = self._pending.get(person)
+        if not ids:
+            return
+        at = _now()
+        roots = data.get("roots") or ()
+        objects = data.get("objects") or ()
+        channels: set[str] = set()
+        lookups = 0
+        for h in roots:
+            cid = self._versions.get(h)
+            if cid is None and lookups < _ROOT_LOOKUPS:
+                lookups += 1
+                cid = self._channel_of(h)
+            if cid:
+                channels.add(cid)
+        served = {self._watch[h] for h in objects if h in self._watch}
+        offered, fetched = Step("offered", at, person), Step("fetched", at, person)
+        for mid in ([r.message_id for r in only] if only is not None else list(ids)):
+            rec = self._recs[mid]
+            changed = False
+            if rec.channel in channels:
+                changed |= rec.add(offered)
+            if mid in served:
+                changed |= rec.add(fetched)
+            if changed:
+                self._changed(rec)
+
+    def _channel_of(self, h: str) -> str:
+        """The channel id hash if ``h`` is a ChannelInfo version or its version node, else
+        "" (both remembered)."""
+        from lama._core import core
+        from lama.objects import versions
+
+        cid = ""
+        try:
+            if self.store.kind(h) == "object":
+                data = h
+                head = self.store.get(h)[:100]
+                if "VersionNode" in head:
+                    data = str(versions.load_node(self.store, h).data)
+                    head = self.store.get(data)[:100]
+                if 'itemtype="//refin.io/ChannelInfo"' in head:
+                    cid = str(core.id_hash(self.store.get_object(data)))
+        except (LamaError, KeyError, ValueError):
+            pass
+        if len(self._versions) > _IMPORTS_MAX:
+            self._versions.clear()
+        self._versions[h] = cid
+        return cid
+
+    def _receipt(self, person: str, data: dict[str, Any],
+                 only: list[_Rec] | None = None) -> None:
+        if only is None:
+            self._kind[person] = "lama"
+            self._recent.append((_now(), "receipt", person, data))
+        mark = data.get("mark")
+        errors = data.get("errors") or []
+        at = _now()
+        stored = Step("stored", at, person, f"mark {mark}")
+        for mid in ([r.message_id for r in only] if only is not None
+                    else list(self._pending.get(person, ()))):
+            rec = self._recs[mid]
+            changed = False
+            if mark is not None and rec.seq <= mark:
+                changed |= rec.add(stored)
+                if person in rec.errors:
+                    rec.errors = {k: v for k, v in rec.errors.items() if k != person}
+                self._pending[person].discard(mid)
+            elif errors:
+                rec.errors = {**rec.errors, person: "; ".join(errors)}
+                changed = True
+            if changed:
+                self._changed(rec)
+
+    def _receipt_sent(self, person: str, data: dict[str, Any]) -> None:
+        if data.get("mark") is None:
+            return
+        confirmed = Step("confirmed", _now(), person, f"mark {data['mark']}")
+        for mid in list(self._await_confirm.get(person, ())):
+            rec = self._recs[mid]
+            if rec.add(confirmed):
+                self._changed(rec)
+            self._await_confirm[person].discard(mid)
+
+    # ------------------------------------------------------------------ reports
+
+    def subscribe(self, callback: Callable[[Trace], Any]) -> Callable[[], None]:
+        self._callbacks.append(callback)
+        return lambda: self._callbacks.remove(callback) if callback in self._callbacks else None
+
+    def find(self, message_id: str) -> _Rec:
+        if self._grant_queue:
+            self._check_grants()
+        key = message_id.lower() if isinstance(message_id, str) else ""
+        rec = self._recs.get(key)
+        if rec is None and len(key) >= 8:
+            found = [r for m, r in self._recs.items() if m.startswith(key)]
+            if len(found) == 1:
+                rec = found[0]
+        if rec is None:
+            raise NotFoundError(f"no trace of message {message_id!r}", code="LAMA-TRACE-NONE")
+        return rec
+
+    def trace(self, message_id: str) -> Trace:
+        return self.report(self.find(message_id))
+
+    def traces(self, limit: int = 50, *, stalled: bool = False,
+               peer: str | None = None) -> list[Trace]:
+        if self._grant_queue:
+            self._check_grants()
+        out: list[Trace] = []
+        # newest first; ties (one batch: the same ms) newest registered first
+        for rec in sorted(reversed(self._recs.values()), key=lambda r: -r.created):
+            if peer is not None and peer not in rec.recipients and rec.sender != peer:
+                continue
+            t = self.report(rec)
+            if stalled and t.status != "stalled":
+                continue
+            out.append(t)
+            if len(out) >= limit:
+                break
+        return out
+
+    def report(self, rec: _Rec) -> Trace:
+        now = _now()
+        names = self._names() if self._names is not None else {}
+        steps = tuple(sorted(rec.steps, key=lambda s: (s.at, _ORDER.get(s.step, 99))))
+        peers: list[PeerReport] = []
+        failure: Failure | None = None
+        if rec.direction == "in":
+            status = "received"
+            for p in rec.recipients:
+                last = _last_step(rec, p)
+                peers.append(PeerReport(p, names.get(p), self._kind.get(p, "unknown"), last,
+                                        None, None))
+        else:
+            posted = next((s.at for s in rec.steps if s.step == "posted"), rec.created)
+            delivered = True
+            for p in rec.recipients:
+                kind = self._kind.get(p, "unknown")
+                done = rec.has("stored", p) or (kind == "one" and rec.has("fetched", p))
+                point = detail = None
+                if not done:
+                    delivered = False
+                    point, detail = self._failure(rec, p, posted)
+                    if failure is None:
+                        failure = Failure(p, point, detail)
+                peers.append(PeerReport(p, names.get(p), kind, _last_step(rec, p), point, detail))
+            if delivered and rec.recipients:
+                status = "delivered"
+            else:
+                status = "in_flight" if now - posted < self.stall_after * 1000 else "stalled"
+        return Trace(rec.message_id, rec.topic_id, rec.channel, rec.direction, rec.sender,
+                     rec.preview, rec.created, steps, tuple(peers), status, failure,
+                     rec.updated)
+
+    def _failure(self, rec: _Rec, person: str, posted: float) -> tuple[str, str | None]:
+        """docs/tracing.md §3, first match wins."""
+        if not rec.granted.get(person, False):
+            return "not_granted", "the channel's IdAccess does not list this person"
+        st = self._live(person) if self._live is not None else None
+        if st is None:
+            return "peer_offline", "instance not running"
+        c = self._conn.get(person, {})
+        if not st["connected"]:
+            connected_since_post = (c.get("up") or 0) >= posted or (c.get("down") or 0) >= posted
+            if not connected_since_post and not st.get("last_error"):
+                return "never_connected", ("no endpoint URL known" if not st.get("url")
+                                           else "no connection yet")
+            if st.get("refused") and st.get("last_error"):
+                return "connection_refused", st["last_error"]
+            if st.get("last_error"):
+                return "peer_offline", st["last_error"]
+            return "peer_offline", f"disconnected: {c.get('reason') or 'unknown reason'}"
+        if person in rec.errors:
+            return "import_error", rec.errors[person]
+        return "in_flight", None
+
+
+def manager_live(manager: Any, started: Callable[[], bool]) -> Callable[[str], dict[str, Any] | None]:
+    """The live connection state of a person for the failure points: ``connected``,
+    ``last_error``, ``refused``, ``url`` over its instances; None when the app is not running.
+    One health sample serves the reports of 0.5 s."""
+    cache: list[Any] = [0.0, None]
+
+    def live(person: str) -> dict[str, Any] | None:
+        if not started():
+            return None
+        now = time.monotonic()
+        if cache[1] is None or now - cache[0] > 0.5:
+            cache[0], cache[1] = now, manager.connection_health()["peers"]
+        peers = [p for p in cache[1].values() if p["person_id"] == person]
+        if not peers:
+            return {"connected": False, "last_error": None, "refused": False, "url": None}
+        up = [p for p in peers if p["connected"]]
+        p = up[0] if up else max(peers, key=lambda p: p["reconnect_attempts"])
+        return {"connected": bool(up), "last_error": p["last_error"],
+                "refused": bool(p.get("refused")), "url": p.get("url")}
+
+    return live
+
+
+def _last_step(rec: _Rec, person: str) -> str | None:
+    mine = [s for s in rec.steps if s.peer == person]
+    if not mine:
+        return None
+    return max(mine, key=lambda s: (_ORDER.get(s.step, 0), s.at)).step
+
+
+def _group_members(store: Any, group_hash: str) -> list[str]:
+    from lama.objects import versions
+
+    h = versions.current_hash(store, group_hash)
+    if h is None:
+        return []
+    return [str(p) for p in store.get_object(h).get("person", [])]
+
+
+def format_trace(d: dict[str, Any], names: dict[str, str] | None = None) -> list[str]:
+    """A trace (``Trace.to_dict()``) as the lines ``lama trace`` prints (docs/tracing.md §6):
+    one line per step ``HH:MM:SS.mmm  step  peer-name  detail``, then status and failure."""
+    names = dict(names or {})
+    for p in d.get("peers", ()):
+        if p.get("name"):
+            names[p["person_id"]] = p["name"]
+
+    def who(pid: str | None) -> str:
+        if pid is None:
+            return "-"
+        return names.get(pid) or pid[:16]
+
+    lines = [f"message {d['message_id']} ({d['direction']}) {d['preview']!r}"]
+    for s in d["steps"]:
+        t = s["at"] / 1000.0
+        stamp = time.strftime("%H:%M:%S", time.localtime(t)) + f".{int(s['at']) % 1000:03d}"
+        lines.append(f"{stamp}  {s['step']:<9}  {who(s['peer']):<16}  {s.get('detail') or ''}".rstrip())
+    lines.append(f"status: {d['status']}")
+    f = d.get("failure")
+    if f:
+        lines.append(f"failure: {f['point']} at {who(f['peer'])}"
+                     + (f" ({f['detail']})" if f.get("detail") else ""))
+    return lines
