@@ -162,12 +162,14 @@ def test_comm_server_handover_latency(benchmark: Any, core: ModuleType,
     record("handover (median, 1/s)", core.CORE_NAME, 1, pct(lat, .5))
 
 
-def _relay(core: ModuleType, url: str, payload: bytes, count: int) -> float:
+def _relay(core: ModuleType, url: str, payload: bytes, count: int, ask_url: str | None = None) -> float:
+    """Seconds to relay ``count`` frames; the listener at ``url``, the initiator at ``ask_url``
+    (another node of a cluster, test_bench_cluster.py) or ``url``."""
     pk, sk = keypair("relay", core)
 
     async def main() -> float:
         listener = await core.comm_listen(url, pk, sk, spares=1)
-        a = await core.ws_connect(url, max_message=2 * len(MIB))
+        a = await core.ws_connect(ask_url or url, max_message=2 * len(MIB))
         await a.send(json.dumps({"command": "communication_request", "sourcePublicKey": pk.hex(),
                                  "targetPublicKey": pk.hex()}))
         b = await listener.accept()

@@ -26,6 +26,9 @@ Commands:
   until SIGINT or SIGTERM, closes every spare and relayed pair and prints its counters, one
   ``name value`` line each. ``--metrics 127.0.0.1:PORT``: also a Prometheus ``/metrics``
   endpoint (docs/metrics.md).
+  With ``--nats URL [--advertise URL]`` it is a node of a comm-server cluster
+  (docs/cluster.md); ``--comm-server`` of the other commands takes several comma-separated URLs
+  (nodes of one cluster; failover).
 
 Chat (issue 10; the asyncio facade :class:`lama.app.App` underneath):
 
@@ -503,6 +506,10 @@ def _build_app() -> Any:
         ping_interval: float = typer.Option(25.0, "--ping-interval", help="Seconds between pings of a spare."),
         pong_timeout: float = typer.Option(1.0, "--pong-timeout", help="Seconds a pong may take."),
         auth_timeout: float = typer.Option(10.0, "--auth-timeout", help="Seconds to authenticate."),
+        nats: str = typer.Option(None, "--nats", help="NATS URL: run as a node of a comm-server "
+                                 "cluster (docs/cluster.md; rust core)."),
+        advertise: str = typer.Option(None, "--advertise", help="URL other cluster nodes reach "
+                                      "this node at (default: its ws://host:port)."),
         metrics: str = typer.Option(
             None, "--metrics", help="Serve Prometheus /metrics on HOST:PORT (loopback only; "
             "$LAMA_METRICS_TOKEN, if set, is required as a bearer token; docs/metrics.md)."),
@@ -540,8 +547,15 @@ def _build_app() -> Any:
         mb = {} if mailbox is None else {
             "mailbox_dir": mailbox, "mailbox_max_items": mailbox_max_items,
             "mailbox_max_bytes": mailbox_max_bytes, "mailbox_ttl": mailbox_ttl}
-        asyncio.run(_run_comm_server(host, port, ping_interval, pong_timeout, auth_timeout,
-                                     address, **mb))
+        if advertise and not nats:
+            _fail("--advertise needs --nats", 2)
+        if nats:  # docs/cluster.md
+            mb.update(nats=nats, advertise=advertise)
+        try:
+            asyncio.run(_run_comm_server(host, port, ping_interval, pong_timeout, auth_timeout,
+                                         address, **mb))
+        except (LamaError, OSError) as e:  # e.g. NATS unreachable at the start
+            _fail(str(e), 1)
 
     return app
 

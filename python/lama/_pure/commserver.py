@@ -70,6 +70,8 @@ _COUNTERS = (
     "connections", "open", "registrations", "spares", "requests", "handovers", "relays",
     "relayed_frames", "relayed_bytes", "refused", "auth_failures", "auth_timeouts", "malformed",
     "oversized", "pings", "ping_timeouts",
+    # a cluster node's (docs/cluster.md; the pure comm server is never one: always 0)
+    "forwarded", "cluster_lookups", "cluster_answers",
 )
 
 
@@ -168,7 +170,8 @@ class CommServer:
     def counters(self) -> dict[str, int]:
         """connections, open, registrations, spares, requests, handovers, relays,
         relayed_frames, relayed_bytes, refused, auth_failures, auth_timeouts, malformed,
-        oversized, pings, ping_timeouts; with a mailbox also its counters (docs/mailbox.md §5)."""
+        oversized, pings, ping_timeouts, forwarded, cluster_lookups, cluster_answers; with a
+        mailbox also its counters (docs/mailbox.md §5)."""
         if self._mailbox is not None:
             return {**self._c, **self._mailbox.counters}
         return dict(self._c)
@@ -520,10 +523,16 @@ async def comm_server(host: str, port: int, *, ping_interval: float = 25.0, pong
                       max_spares_per_key: int = 16, max_spares_per_address: int = 256,
                       mailbox_dir: str | None = None, mailbox_max_items: int = _mailbox.DEFAULT_MAX_ITEMS,
                       mailbox_max_bytes: int = _mailbox.DEFAULT_MAX_BYTES,
-                      mailbox_ttl: float = _mailbox.DEFAULT_TTL) -> CommServer:
+                      mailbox_ttl: float = _mailbox.DEFAULT_TTL,
+                      nats: str | None = None, advertise: str | None = None) -> CommServer:
     """Serve the comm-server protocol (conn §3) on ``host``:``port`` (0: any free port); with
-    ``mailbox_dir`` also lama's store-and-forward mailbox (docs/mailbox.md)."""
+    ``mailbox_dir`` also lama's store-and-forward mailbox (docs/mailbox.md). ``nats``/
+    ``advertise``: a cluster node (docs/cluster.md), which only the rust core is."""
     from websockets.asyncio.server import serve
+
+    if nats is not None or advertise is not None:
+        raise _arg("the comm-server cluster (nats=, advertise=) needs the rust core "
+                   "(docs/cluster.md)")
 
     if not isinstance(host, str):
         raise _arg(f"a host is a str, got {type(host).__name__}")

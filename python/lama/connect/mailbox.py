@@ -548,7 +548,8 @@ class MailboxService:
 
     async def fetch_now(self) -> dict[str, Any]:
         """Fetch, verify, import and confirm what waits at my comm server (docs/mailbox.md §6.2)."""
-        url = self.manager.config.comm_server_url
+        # the home node's mailbox when comm_server_url lists a cluster (docs/cluster.md §5)
+        url = next(iter(self.manager.comm_server_urls), None)
         summary: dict[str, Any] = {"fetched": 0, "imported": 0, "deleted": 0, "errors": []}
         if not url or self._fetch_lock is None:
             return summary

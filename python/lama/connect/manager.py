@@ -99,6 +99,10 @@ class ManagerConfig:
     Times are seconds (the reference's milliseconds / 1000)."""
 
     comm_server_url: str | None = "ws://localhost:8000"  # listen here; put into invitations
+                                          # (several, comma-separated: nodes of one cluster,
+                                          # docs/cluster.md §5; the first is put into them)
+    failover_after: float = 2.0           # a comm-server listener not listening this long moves
+                                          # to the next URL of comm_server_url
     accept_incoming: bool = True          # False: no listener at all (conn §7.1)
     accept_unknown_instances: bool = False  # only widens the catch-all, as in the reference
     accept_unknown_persons: bool = False  # allow `chum` with peers that are not contacts
@@ -141,7 +145,7 @@ class ManagerConfig:
                      "health_check_interval", "sync_interval", "sync_start_gap",
                      "open_timeout", "handshake_timeout", "protocol_timeout", "keepalive",
                      "dead_after", "listener_reconnect_delay", "discovery_interval",
-                     "pairing_wait"):
+                     "pairing_wait", "failover_after"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0 or v != v:
                 raise InvalidArgumentError(f"LAMA-ARG: {name} must be a number >= 0, not {v!r}")
@@ -285,6 +289,7 @@ class ConnectionManager:
         self._pairing_in_progress: dict[Any, asyncio.Future[None]] = {}
         self._disabled_persons: set[str] = set(self._load_settings().get("disabledPersons", []))
         self._listeners: list[Any] = []
+        self._listen_index = 0  # comm_server_urls[i] the comm-server listener registers at
         self._tasks: set[asyncio.Task[Any]] = set()
         self._subscribers: list[Callable[[str, dict[str, Any]], Any]] = []
         self._started = False
@@ -324,17 +329,85 @@ class ConnectionManager:
         else:
             self._sample()
 
+    @property
+    def comm_server_urls(self) -> list[str]:
+        """The comm-server URLs of ``comm_server_url`` (several: one cluster, docs/cluster.md)."""
+        return [u.strip() for u in (self.config.comm_server_url or "").split(",") if u.strip()]
+
     async def _comm_listen(self) -> None:
+        """Register at the first comm-server URL that accepts, starting at the current one
+        (docs/cluster.md §5); the last error when none does."""
         cfg = self.config
-        assert cfg.comm_server_url is not None
-        listener = await core.comm_listen(
-            cfg.comm_server_url, self._public, self._secret, spares=cfg.spares,
-            reconnect_delay=cfg.listener_reconnect_delay)
+        urls = self.comm_server_urls
+        assert urls
+        for n in range(len(urls)):
+            url = urls[(self._listen_index + n) % len(urls)]
+            try:
+                listener = await core.comm_listen(
+                    url, self._public, self._secret, spares=cfg.spares,
+                    reconnect_delay=cfg.listener_reconnect_delay)
+            except (LamaError, OSError) as e:
+                if n + 1 == len(urls):
+                    raise
+                self._diag("comm server %s: %s; trying the next", url, e)
+                continue
+            self._listen_index = (self._listen_index + n) % len(urls)
+            break
         if self._closing:
             await listener.close()
             return
         self._listeners.append(listener)
         self._spawn(self._accept_loop(listener, "commserver"))
+        if len(urls) > 1:
+            self._timers.add(self._spawn(self._failover_watch(listener)))
+
+    async def _failover_watch(self, listener: Any) -> None:
+        """Move the listener to the next cluster node when it stays not-listening for
+        ``failover_after`` seconds (its node died or is unreachable; docs/cluster.md §5)."""
+        step = min(0.25, max(self.config.failover_after / 4, 0.01))
+        down_since: float | None = None
+        while not self._closing and listener in self._listeners:
+            await asyncio.sleep(step)
+            if listener.state == "listening":
+                down_since = None
+                continue
+            now = time.monotonic()
+            down_since = down_since if down_since is not None else now
+            if now - down_since < self.config.failover_after:
+                continue
+            self._listeners.remove(listener)
+            self._set_online(False)
+            await listener.close()
+            self._listen_index += 1
+            self._diag("comm-server listener failing over to %s",
+                       self.comm_server_urls[self._listen_index % len(self.comm_server_urls)])
+            try:
+                await self._comm_listen()
+            except (LamaError, OSError) as e:
+                self._diag("no comm server of the cluster reachable: %s", e)
+                self._timers.add(self._spawn(self._listen_retry()))
+            return
+
+    def _dial_urls(self, url: str) -> list[str]:
+        """``url`` first, then — when it is a node of our cluster — the other nodes."""
+        urls = self.comm_server_urls
+        return [url] + [u for u in urls if u != url] if url in urls else [url]
+
+    async def _connect(self, url: str, target: bytes) -> Any:
+        """``encrypted_connect`` to ``url``, failing over to the other cluster nodes on an
+        error (a dead node, or a node that cannot see the listener while NATS is down)."""
+        cfg = self.config
+        urls = self._dial_urls(url)
+        for i, u in enumerate(urls):
+            try:
+                return await core.encrypted_connect(
+                    u, self._public, self._secret, target, open_timeout=cfg.open_timeout,
+                    keepalive=cfg.keepalive, dead_after=cfg.dead_after)
+            except (LamaError, OSError) as e:
+                if i + 1 == len(urls):
+                    raise
+                self._diag("connect via %s failed (%s), trying %s", u, e, urls[i + 1])
+        raise AssertionError("unreachable")
 
     async def _listen_retry(self) -> None:
         while not self._closing:
@@ -365,8 +438,8 @@ class ConnectionManager:
     def url(self) -> str | None:
         """Where peers reach this instance (put into invitations and into our pairing
         identity): the comm server, else the direct listener's ``ws://host:port``."""
-        if self.config.comm_server_url:
-            return self.config.comm_server_url
+        if self.comm_server_urls:
+            return self.comm_server_urls[0]
         port = self.direct_port
         if port is not None and self.config.direct_host is not None:
             return f"ws://{self.config.direct_host}:{port}"
@@ -805,9 +878,7 @@ class ConnectionManager:
         assert ep.url is not None
         self._diag("dial %s at %s", ep.remote_key.hex()[:16], ep.url)
         peer.refused = False
-        conn = await core.encrypted_connect(
-            ep.url, self._public, self._secret, ep.remote_key, open_timeout=cfg.open_timeout,
-            keepalive=cfg.keepalive, dead_after=cfg.dead_after)
+        conn = await self._connect(ep.url, ep.remote_key)
         c = self._track(conn, "chum", True, ep.remote_key)
         if self._closing:
             await self._close_conn(c, SHUTDOWN)
@@ -918,8 +989,8 @@ class ConnectionManager:
             except asyncio.CancelledError:
                 raise
             except (LamaError, OSError) as e:
-                if self._closing:
-                    return
+                if self._closing or listener not in self._listeners:
+                    return  # closed, or replaced by a failover (docs/cluster.md §5)
                 log.warning("%s listener: %s", kind, e)
                 await asyncio.sleep(1.0)
                 continue
@@ -1172,9 +1243,7 @@ class ConnectionManager:
         target = inv.public_key_bytes
         for attempt in range(connect_attempts):
             try:
-                conn = await core.encrypted_connect(
-                    inv.url, self._public, self._secret, target, open_timeout=cfg.open_timeout,
-                    keepalive=cfg.keepalive, dead_after=cfg.dead_after)
+                conn = await self._connect(inv.url, target)
                 break
             except (TransportError, OSError) as e:
                 # the inviter may not be registered at its comm server yet (or a moment away)
@@ -1339,7 +1408,7 @@ class ConnectionManager:
         ``routes`` and ``connectionStatisticsLog``."""
         out = []
         local = self._public.hex()
-        url = self.config.comm_server_url or ""
+        url = self.url or ""
         for peer in self._peers.values():
             ep = peer.endpoint
             remote = ep.remote_key.hex()

@@ -59,6 +59,10 @@ pub struct CommServerOptions {
     pub max_message: usize,
     pub max_spares_per_key: usize,
     pub max_spares_per_address: usize,
+    /// docs/cluster.md: the NATS URL of the cluster (`None`: a single node, no NATS) and the
+    /// URL other nodes reach this node at (`None`: the bound `ws://host:port`).
+    pub nats: Option<String>,
+    pub advertise: Option<String>,
     /// lama's store-and-forward mailbox (docs/mailbox.md); `None`: not offered.
     pub mailbox: Option<MailboxOptions>,
 }
@@ -72,6 +76,8 @@ impl Default for CommServerOptions {
             max_message: DEFAULT_MAX_MESSAGE,
             max_spares_per_key: 16,
             max_spares_per_address: 256,
+            nats: None,
+            advertise: None,
             mailbox: None,
         }
     }
@@ -107,6 +113,9 @@ counters!(
     oversized,        // connections closed for a frame above max_message
     pings,            // pings sent
     ping_timeouts,    // spares dropped for a missing pong
+    forwarded,        // requests relayed to another cluster node (docs/cluster.md)
+    cluster_lookups,  // NATS lookups of a key without a spare here
+    cluster_answers,  // lookups of other nodes answered with this node's URL
 );
 
 fn add(c: &AtomicU64, n: u64) {
@@ -147,17 +156,37 @@ impl Spares {
     }
 }
 
-struct Inner {
-    opts: CommServerOptions,
+pub(crate) struct Inner {
+    pub(crate) opts: CommServerOptions,
     public: [u8; 32],
     secret: [u8; 32],
     spares: Mutex<Spares>,
     counters: Counters,
-    shutdown: watch::Receiver<bool>,
+    pub(crate) shutdown: watch::Receiver<bool>,
     mailbox: Option<Arc<Mailbox>>,
+    pub(crate) cluster: Option<crate::cluster::Cluster>,
 }
 
 impl Inner {
+    pub(crate) fn count_forwarded(&self) {
+        add(&self.counters.forwarded, 1);
+    }
+
+    pub(crate) fn count_cluster_answer(&self) {
+        add(&self.counters.cluster_answers, 1);
+    }
+
+    /// docs/cluster.md §2: a key's first spare arrived or its last one left.
+    fn note_spares(&self, key: &str, present: bool) {
+        if let Some(c) = &self.cluster {
+            c.spares(key, present);
+        }
+    }
+
+    pub(crate) fn has_spare(&self, key: &str) -> bool {
+        self.lock().by_key.contains_key(key)
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Spares> {
         self.spares.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -169,6 +198,7 @@ impl Inner {
         let spare = list.pop()?;
         if list.is_empty() {
             s.by_key.remove(key);
+            self.note_spares(key, false);
         }
         s.count_ip(spare.ip, -1);
         sub(&self.counters.spares);
@@ -183,6 +213,7 @@ impl Inner {
         let spare = list.remove(i);
         if list.is_empty() {
             s.by_key.remove(key);
+            self.note_spares(key, false);
         }
         s.count_ip(spare.ip, -1);
         sub(&self.counters.spares);
@@ -237,15 +268,22 @@ pub async fn comm_server(host: &str, port: u16, opts: CommServerOptions) -> Resu
     };
     let (public, secret) = box_keypair();
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let cluster = match &opts.nats {
+        Some(nats) => Some(crate::cluster::Cluster::connect(nats).await?),
+        None => None,
+    };
+    let advertise = opts.advertise.clone().unwrap_or_else(|| url.clone());
     let inner = Arc::new(Inner {
-        opts,
         public,
         secret,
         spares: Mutex::new(Spares::default()),
         counters: Counters::default(),
+        cluster,
+        opts,
         shutdown: shutdown_rx,
         mailbox,
     });
+    crate::cluster::Cluster::start(&inner, advertise);
     let (done_tx, done_rx) = mpsc::channel(1);
     tokio::spawn(accept_loop(inner.clone(), tcp, done_tx));
     Ok(CommServer { port: local.port(), url, inner, shutdown: shutdown_tx, done: tokio::sync::Mutex::new(done_rx) })
@@ -285,7 +323,7 @@ impl Drop for CommServer {
     }
 }
 
-async fn shut(mut rx: watch::Receiver<bool>) {
+pub(crate) async fn shut(mut rx: watch::Receiver<bool>) {
     let _ = rx.wait_for(|s| *s).await;
 }
 
@@ -319,7 +357,8 @@ impl Drop for OpenGuard<'_> {
 
 enum First {
     Register([u8; 32]),
-    Request([u8; 32], [u8; 32]),
+    /// source, target, and whether another cluster node forwarded it (docs/cluster.md)
+    Request([u8; 32], [u8; 32], bool),
 }
 
 /// The hex of a key field: a string of hex digits (either case) of exactly 32 bytes.
@@ -345,7 +384,8 @@ fn parse_first(m: &Message) -> std::result::Result<First, String> {
     match cmd.as_str() {
         "register" => Ok(First::Register(key_field(&obj, "publicKey")?)),
         "communication_request" => {
-            Ok(First::Request(key_field(&obj, "sourcePublicKey")?, key_field(&obj, "targetPublicKey")?))
+            let hop = obj.contains_key(crate::cluster::HOP_FIELD);
+            Ok(First::Request(key_field(&obj, "sourcePublicKey")?, key_field(&obj, "targetPublicKey")?, hop))
         }
         _ => Err(REASON_MALFORMED.to_string()),
     }
@@ -408,7 +448,7 @@ async fn connection(inner: Arc<Inner>, stream: TcpStream, peer: SocketAddr, _don
             t.close(&reason).await;
         }
         Ok(First::Register(key)) => register(&inner, t, key, peer, deadline).await,
-        Ok(First::Request(source, target)) => request(&inner, t, source, target).await,
+        Ok(First::Request(source, target, hop)) => request(&inner, t, source, target, hop).await,
     }
 }
 
@@ -557,7 +597,11 @@ async fn register(inner: &Arc<Inner>, t: Transport, key: [u8; 32], peer: SocketA
             Ok(()) => {
                 s.next_id += 1;
                 let id = s.next_id;
-                s.by_key.entry(key_hex.clone()).or_default().push(Spare { id, ip: peer.ip(), tx });
+                let list = s.by_key.entry(key_hex.clone()).or_default();
+                list.push(Spare { id, ip: peer.ip(), tx });
+                if list.len() == 1 {
+                    inner.note_spares(&key_hex, true);
+                }
                 s.count_ip(peer.ip(), 1);
                 Ok(id)
             }
@@ -683,7 +727,7 @@ async fn spare(inner: &Arc<Inner>, t: Transport, key_hex: &str, id: u64, mut rx:
 }
 
 /// conn §3.3: splice the initiator to a spare of the target key, or refuse.
-async fn request(inner: &Arc<Inner>, t: Transport, source: [u8; 32], target: [u8; 32]) {
+async fn request(inner: &Arc<Inner>, t: Transport, source: [u8; 32], target: [u8; 32], hop: bool) {
     let c = &inner.counters;
     add(&c.requests, 1);
     let target_hex = hex::encode(target);
@@ -695,6 +739,14 @@ async fn request(inner: &Arc<Inner>, t: Transport, source: [u8; 32], target: [u8
     );
     loop {
         let Some(spare) = inner.pop(&target_hex) else {
+            if !hop && inner.cluster.is_some() {
+                // docs/cluster.md §3: another node may hold the key's spares
+                add(&c.cluster_lookups, 1);
+                let Err(t) = crate::cluster::forward(inner, t, &request, &target_hex).await else { return };
+                add(&c.refused, 1);
+                t.close(REASON_NO_LISTENER).await;
+                return;
+            }
             add(&c.refused, 1);
             t.close(REASON_NO_LISTENER).await;
             return;
@@ -715,7 +767,7 @@ async fn request(inner: &Arc<Inner>, t: Transport, source: [u8; 32], target: [u8
 }
 
 /// Forward frames both ways until one side closes; close the other with the same reason.
-async fn relay(inner: &Arc<Inner>, a: Transport, b: Transport) {
+pub(crate) async fn relay(inner: &Arc<Inner>, a: Transport, b: Transport) {
     let c = &inner.counters;
     add(&c.handovers, 1);
     add(&c.relays, 1);

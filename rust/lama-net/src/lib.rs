@@ -14,6 +14,7 @@
 //! hand these futures to asyncio.
 
 mod commlisten;
+mod cluster;
 mod commserver;
 mod driver;
 mod encrypted;
@@ -23,6 +24,7 @@ mod transport;
 mod ws;
 
 pub use commlisten::{comm_listen, CommListener, ListenState};
+pub use cluster::{HOP_FIELD, LOOKUP_TIMEOUT, SUBJECT_PREFIX};
 pub use commserver::{comm_server, CommServer, CommServerOptions};
 pub use mailbox::MailboxOptions;
 pub use driver::{run, run_until_cancelled, Protocol, StoreWatch};

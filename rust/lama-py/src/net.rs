@@ -1122,7 +1122,7 @@ impl PyCommServer {
 
     /// The counters: connections, open, registrations, spares, requests, handovers, relays,
     /// relayed_frames, relayed_bytes, refused, auth_failures, auth_timeouts, malformed,
-    /// oversized, pings, ping_timeouts.
+    /// oversized, pings, ping_timeouts, forwarded, cluster_lookups, cluster_answers.
     fn counters<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let d = PyDict::new(py);
         for (k, v) in self.inner.counters() {
@@ -1148,7 +1148,7 @@ impl PyCommServer {
                     max_message = MaxMessage::default(), max_spares_per_key = Count(16),
                     max_spares_per_address = Count(256), mailbox_dir = None,
                     mailbox_max_items = Count(1000), mailbox_max_bytes = Count(64 * 1024 * 1024),
-                    mailbox_ttl = Secs(Duration::from_secs(7 * 24 * 3600))))]
+                    mailbox_ttl = Secs(Duration::from_secs(7 * 24 * 3600)), nats = None, advertise = None))]
 #[allow(clippy::too_many_arguments)]
 fn comm_server<'py>(
     py: Python<'py>,
@@ -1164,8 +1164,13 @@ fn comm_server<'py>(
     mailbox_max_items: Count,
     mailbox_max_bytes: Count,
     mailbox_ttl: Secs,
+    nats: Option<Bound<'py, PyAny>>,
+    advertise: Option<Bound<'py, PyAny>>,
 ) -> PyResult<Bound<'py, PyAny>> {
     let host = str_arg("a host", host)?;
+    // docs/cluster.md: a cluster node (NATS URL) and the URL other nodes reach it at
+    let nats = nats.map(|v| str_arg("nats (a NATS URL)", &v)).transpose()?;
+    let advertise = advertise.map(|v| str_arg("advertise (a ws:// URL)", &v)).transpose()?;
     // lama's mailbox extension (docs/mailbox.md §5)
     let mailbox = match mailbox_dir {
         None => None,
@@ -1198,6 +1203,8 @@ fn comm_server<'py>(
         max_spares_per_key: max_spares_per_key.0,
         max_spares_per_address: max_spares_per_address.0,
         mailbox,
+        nats,
+        advertise,
     };
     py_future(py, async move {
         let s = lama_net::comm_server(&host, port, opts).await.map_err(net_err)?;

@@ -1,0 +1,269 @@
+"""The comm-server cluster over NATS (docs/cluster.md): nats-server and two or three rust
+comm-server nodes on 127.0.0.1. A listener at node 1 is reached through node 2 (frames both
+ways, close reasons, counters); unknown keys are refused; NATS unreachable at start is an
+error; NATS restarted: the directory comes back; two apps pair and chat across nodes, a node
+killed with SIGKILL mid-conversation: both clients fail over to the other node and continue.
+The nodes are the rust core's (the pure comm server refuses ``nats=``); the clients run on
+the core under test."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cluster_util import Nats, NodeProcess, counters_of, free_port, nats_server_path, nodes
+from lama import App, AppConfig
+from lama._core import CORE_NAME, comm_listen, comm_server, core
+from lama.errors import InvalidArgumentError, LamaError
+
+pytestmark = [pytest.mark.timeout(180),
+              pytest.mark.skipif(nats_server_path() is None, reason="nats-server missing (./dev setup)")]
+
+NO_LISTENER = "Close called: No listening connection for the specified publicKey."
+SECRET = "cluster-secret"
+
+
+def request(source: bytes, target: bytes) -> str:
+    return json.dumps({"command": "communication_request", "sourcePublicKey": source.hex(),
+                       "targetPublicKey": target.hex()}, separators=(",", ":"))
+
+
+async def until(pred: Any, timeout: float = 30.0, step: float = 0.02) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not pred():
+        if loop.time() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(step)
+
+
+@pytest.fixture
+def nats() -> Any:
+    n = Nats()
+    yield n
+    n.stop()
+
+
+async def cross_node_exchange(listen_url: str, ask_url: str, pk: bytes, sk: bytes) -> tuple[Any, Any]:
+    """A listener at ``listen_url``; an initiator at ``ask_url`` reaches it; returns both
+    transports after one message each way."""
+    listener = await comm_listen(listen_url, pk, sk, spares=1, reconnect_delay=0.2)
+    try:
+        ipk, _ = core.box_keypair()
+        ini = await core.ws_connect(ask_url)
+        await ini.send(request(ipk, pk))
+        acc = await asyncio.wait_for(listener.accept(), 10)
+        # what the listener sees is what a single node sends: no hop field
+        assert await asyncio.wait_for(acc.recv(), 10) == request(ipk, pk)
+        await acc.send("from the listener")
+        assert await asyncio.wait_for(ini.recv(), 10) == "from the listener"
+        await ini.send(b"\x00binary from the initiator")
+        assert await asyncio.wait_for(acc.recv(), 10) == b"\x00binary from the initiator"
+        return ini, acc
+    finally:
+        await listener.close()
+
+
+def test_listener_at_one_node_is_reached_through_another(nats: Nats) -> None:
+    async def main() -> None:
+        n1, n2, n3 = await nodes(nats.url, 3)
+        try:
+            pk, sk = core.box_keypair()
+            ini, acc = await cross_node_exchange(n1.url, n2.url, pk, sk)
+            # a close travels through both relays with its reason
+            await ini.close("bye from the initiator")
+            assert await asyncio.wait_for(acc.recv(), 10) is None
+            assert acc.close_reason == "bye from the initiator"
+            c1, c2, c3 = n1.counters(), n2.counters(), n3.counters()
+            assert c2["cluster_lookups"] == 1 and c2["forwarded"] == 1 and c2["refused"] == 0
+            assert c1["cluster_answers"] == 1 and c1["handovers"] == 1 and c1["forwarded"] == 0
+            assert c3["cluster_answers"] == 0 and c3["requests"] == 0
+            # within one node nothing goes to NATS
+            ini, acc = await cross_node_exchange(n3.url, n3.url, pk, sk)
+            await acc.close("bye from the listener")
+            assert await asyncio.wait_for(ini.recv(), 10) is None
+            assert ini.close_reason == "bye from the listener"
+            assert n3.counters()["cluster_lookups"] == 0
+        finally:
+            for n in (n1, n2, n3):
+                await n.close()
+
+    asyncio.run(asyncio.wait_for(main(), 120))
+
+
+def test_unknown_key_and_a_departed_listener_are_refused(nats: Nats) -> None:
+    async def main() -> None:
+        n1, n2 = await nodes(nats.url, 2)
+        try:
+            a, _ = core.box_keypair()
+            pk, sk = core.box_keypair()
+            t = await core.ws_connect(n2.url)
+            await t.send(request(a, pk))
+            assert await asyncio.wait_for(t.recv(), 10) is None
+            assert t.close_reason == NO_LISTENER
+            # a listener that left: its node withdrew the key
+            listener = await comm_listen(n1.url, pk, sk, spares=1)
+            await until(lambda: n1.counters()["spares"] == 1)
+            await listener.close()
+            await until(lambda: n1.counters()["spares"] == 0)
+            t = await core.ws_connect(n2.url)
+            await t.send(request(a, pk))
+            assert await asyncio.wait_for(t.recv(), 10) is None
+            assert t.close_reason == NO_LISTENER
+            assert n2.counters()["refused"] == 2 and n2.counters()["forwarded"] == 0
+            # a request that says it was forwarded is never forwarded again (no loops)
+            listener = await comm_listen(n1.url, pk, sk, spares=1)
+            try:
+                t = await core.ws_connect(n2.url)
+                await t.send(request(a, pk)[:-1] + ',"lamaClusterHop":1}')
+                assert await asyncio.wait_for(t.recv(), 10) is None
+                assert t.close_reason == NO_LISTENER
+                assert n2.counters()["cluster_lookups"] == 2
+            finally:
+                await listener.close()
+        finally:
+            await n1.close()
+            await n2.close()
+
+    asyncio.run(asyncio.wait_for(main(), 120))
+
+
+def test_nats_unreachable_at_start_is_an_error() -> None:
+    async def main() -> None:
+        from lama import _lama  # type: ignore[attr-defined]
+
+        with pytest.raises(LamaError, match="NATS"):
+            await _lama.comm_server("127.0.0.1", 0, nats=f"nats://127.0.0.1:{free_port()}")
+
+    asyncio.run(asyncio.wait_for(main(), 60))
+
+
+def test_the_core_under_test_and_cluster_options() -> None:
+    """The pure comm server is never a cluster node: a clear error, nothing started."""
+    async def main() -> None:
+        if CORE_NAME == "pure":
+            with pytest.raises(InvalidArgumentError, match="rust core"):
+                await comm_server("127.0.0.1", 0, nats="nats://127.0.0.1:4222")
+        with pytest.raises(InvalidArgumentError):
+            await comm_server("127.0.0.1", 0, nats=4222)  # type: ignore[arg-type]
+
+    asyncio.run(asyncio.wait_for(main(), 60))
+
+
+def test_nats_restarted(nats: Nats) -> None:
+    async def main() -> None:
+        n1, n2 = await nodes(nats.url, 2)
+        pk, sk = core.box_keypair()
+        try:
+            ini, acc = await cross_node_exchange(n1.url, n2.url, pk, sk)
+            nats.stop()
+            # NATS down: the established conversation goes on (frames never touch NATS)
+            await ini.send("while NATS is down")
+            assert await asyncio.wait_for(acc.recv(), 10) == "while NATS is down"
+            # and a local handover still works
+            ini2, acc2 = await cross_node_exchange(n1.url, n1.url, pk, sk)
+            for t in (ini, acc, ini2, acc2):
+                await t.close()
+            nats.start()
+            # the nodes reconnect and re-subscribe: cross-node requests work again
+            listener = await comm_listen(n1.url, pk, sk, spares=1, reconnect_delay=0.2)
+            try:
+                for attempt in range(100):
+                    ipk, _ = core.box_keypair()
+                    t = await core.ws_connect(n2.url)
+                    await t.send(request(ipk, pk))
+                    try:
+                        acc = await asyncio.wait_for(listener.accept(), 0.5 if attempt < 99 else 10)
+                        break
+                    except asyncio.TimeoutError:
+                        assert await asyncio.wait_for(t.recv(), 10) is None
+                        assert t.close_reason == NO_LISTENER
+                        await asyncio.sleep(0.1)
+                else:
+                    raise AssertionError("the cluster did not recover after the NATS restart")
+                assert await asyncio.wait_for(acc.recv(), 10) == request(ipk, pk)
+                await acc.send("after the restart")
+                assert await asyncio.wait_for(t.recv(), 10) == "after the restart"
+            finally:
+                await listener.close()
+        finally:
+            await n1.close()
+            await n2.close()
+
+    asyncio.run(asyncio.wait_for(main(), 150))
+
+
+def app_config(urls: list[str]) -> AppConfig:
+    return AppConfig(comm_server_url=",".join(urls), manager_options={"failover_after": 1.0})
+
+
+def test_pairing_chat_and_a_killed_node(nats: Nats, tmp_path: Path) -> None:
+    """Three node processes. Alice listens at node 1 (her list: 1, 3, 2), Bob at node 2 (2, 1,
+    3). Bob pairs through node 2 (the invitation as handed out for node 2: any node reaches
+    Alice) and they chat; node 1 is killed (SIGKILL) mid-conversation; Alice fails over to
+    node 3, Bob's dial of node 1 falls back to node 2, which finds Alice at node 3; the
+    conversation continues with nothing lost."""
+    from dataclasses import replace
+
+    from lama.connect import pairing
+
+    n1, n2, n3 = NodeProcess(nats.url), NodeProcess(nats.url), NodeProcess(nats.url)
+
+    async def main() -> None:
+        alice = await App.create(tmp_path / "alice", email="alice@example.com", name="Alice",
+                                 instance_name="laptop", secret=SECRET,
+                                 config=app_config([n1.url, n3.url, n2.url]))
+        bob = await App.create(tmp_path / "bob", email="bob@example.com", name="Bob",
+                               instance_name="phone", secret=SECRET,
+                               config=app_config([n2.url, n1.url, n3.url]))
+        try:
+            await alice.start()
+            await bob.start()
+            inv = pairing.parse_invitation(await alice.invite())
+            assert inv.url == n1.url
+            await bob.accept(replace(inv, url=n2.url).to_link())  # node 2 -> Alice at node 1
+            await alice.wait_contact(30)
+            seen: list[str] = []
+            bob.on_message(lambda m: seen.append(m.text))
+            got_a: list[str] = []
+            alice.on_message(lambda m: got_a.append(m.text))
+            await alice.send(bob.person_id, "one")
+            await until(lambda: "one" in seen)
+            await bob.send(alice.person_id, "two")
+            await until(lambda: "two" in got_a)
+
+            n1.kill()  # mid-conversation: Alice's spares and the relayed CHUM connection die
+            await alice.send(bob.person_id, "three (sent while node 1 is dead)")
+            await bob.send(alice.person_id, "four")
+            await until(lambda: "three (sent while node 1 is dead)" in seen, timeout=60)
+            await until(lambda: "four" in got_a, timeout=60)
+            texts = ["one", "two", "three (sent while node 1 is dead)", "four"]
+            assert [m.text for m in alice.history(bob.person_id)] == texts
+            assert [m.text for m in bob.history(alice.person_id)] == texts
+            # Alice's listener moved to node 3 (failover_after: 1 s without a spare at node 1)
+            mgr = alice.manager
+            await until(lambda: mgr.comm_server_urls[mgr._listen_index % 3] == n3.url  # noqa: SLF001
+                        and mgr.online, timeout=30)
+            # Bob reaches her there through node 2: drop the live connections, both redial
+            for app in (alice, bob):
+                for peer in app.manager._peers.values():  # noqa: SLF001
+                    for c in list(peer.active.values()):
+                        await app.manager._close_conn(c, "test: reconnect")  # noqa: SLF001
+            await bob.send(alice.person_id, "five (after the failover)")
+            await until(lambda: "five (after the failover)" in got_a, timeout=60)
+        finally:
+            await alice.close()
+            await bob.close()
+
+    try:
+        asyncio.run(asyncio.wait_for(main(), 170))
+        c2, c3 = counters_of(n2.stop()), counters_of(n3.stop())
+        assert c2["forwarded"] >= 1  # the pairing at least went from node 2 to node 1
+        assert c3["registrations"] >= 1  # Alice's spares after the failover
+    finally:
+        for n in (n1, n2, n3):
+            n.kill()
