@@ -318,6 +318,9 @@ async def paired(tmp_path: Path, url: str) -> tuple[App, App]:
     link = await alice.invite()
     await bob.accept(link)
     await alice.wait_contact(30)
+    # "hello" goes by CHUM: sent before the connection is up it would (rightly) be deposited
+    # too, and the tests count the mailbox's items
+    await until(lambda: alice.manager.connected(bob.person_id))
     await alice.send(bob.person_id, "hello")
     await until(lambda: [m.text for m in bob.history(alice.person_id)] == ["hello"])
     return alice, bob
