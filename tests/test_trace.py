@@ -396,3 +396,29 @@ def test_comm_server_json_logs_and_level_switch(how: str) -> None:
     bad = subprocess.run([sys.executable, "-m", "lama.cli", "comm-server", "--port", "0",
                           "--log-level", "loud"], capture_output=True, text=True, timeout=60)
     assert bad.returncode == 1 and "log level must be one of" in bad.stderr
+
+
+def test_a_receipt_sent_before_the_chat_event_still_confirms() -> None:
+    """The session's receipt (after the pass that imported the message) can come before the
+    chat layer's message event (its own thread): the message is confirmed all the same."""
+    from types import SimpleNamespace
+
+    from lama.trace import Tracer
+
+    peer, mid = "b" * 64, "c" * 64
+    tracer = Tracer(None, "a" * 64, None)
+    tracer.on_manager_event("chum_imported", {"person": peer, "data": {"objects": [mid]}})
+    tracer.on_manager_event("chum_receipt_sent", {"person": peer, "data": {"mark": 7}})
+    msg = SimpleNamespace(id=mid, hash=mid, outgoing=False, topic_id="t", channel="d" * 64,
+                          sender=peer, text="late event", timestamp=1_000)
+    tracer.on_chat_event("message", {"message": msg})
+    steps = [(s.step, s.peer) for s in tracer.find(mid).steps]
+    assert steps == [("created", None), ("received", peer), ("visible", None),
+                     ("confirmed", peer)]
+    # an import after the last receipt waits for the next one
+    later = SimpleNamespace(**{**vars(msg), "id": "e" * 64, "hash": "e" * 64})
+    tracer.on_manager_event("chum_imported", {"person": peer, "data": {"objects": [later.id]}})
+    tracer.on_chat_event("message", {"message": later})
+    assert [s.step for s in tracer.find(later.id).steps] == ["created", "received", "visible"]
+    tracer.on_manager_event("chum_receipt_sent", {"person": peer, "data": {"mark": 9}})
+    assert tracer.find(later.id).steps[-1].step == "confirmed"

@@ -324,8 +324,14 @@ class Tracer:
         self._pending: dict[str, set[str]] = {}   # person -> outgoing message ids not stored
         self._watch: dict[str, str] = {}          # object hash -> outgoing message id
         self._versions: dict[str, str] = {}       # channel version hash -> channel id hash
-        self._imports: collections.OrderedDict[str, tuple[str, float]] = collections.OrderedDict()
+        # object hash -> (person, time, event number) of its import
+        self._imports: collections.OrderedDict[str, tuple[str, float, int]] = \
+            collections.OrderedDict()
+        self._events = 0  # chum_imported / chum_receipt_sent events seen, in order
         self._await_confirm: dict[str, set[str]] = {}  # person -> incoming ids not confirmed
+        # person -> the last receipt we sent it (event number, mark): it covers every import
+        # from that person before it, also one whose chat event comes after the receipt
+        self._receipt_out: dict[str, tuple[int, int]] = {}
         self._kind: dict[str, str] = {}           # person -> "lama" once a receipt came
         self._conn: dict[str, dict[str, Any]] = {}  # person -> {"up", "down", "reason"}
         self._callbacks: list[Callable[[Trace], Any]] = []
@@ -587,12 +593,19 @@ class Tracer:
         rec = _Rec(m.id, m.topic_id, m.channel, "in", m.sender, m.text[:80], float(m.timestamp))
         rec.add("created", float(m.timestamp))
         got = self._imports.get(m.id) or self._imports.get(m.hash)
+        confirm: Step | None = None
         if got is not None:
-            src, t = got
+            src, t, n = got
             rec.add("received", min(t, at), src)
             rec.recipients = (src,)
-            self._await_confirm.setdefault(src, set()).add(m.id)
+            sent = self._receipt_out.get(src)
+            if sent is not None and sent[0] > n:  # confirmed before the chat event came
+                confirm = Step("confirmed", at, src, f"mark {sent[1]}")
+            else:
+                self._await_confirm.setdefault(src, set()).add(m.id)
         rec.add("visible", at)
+        if confirm is not None:
+            rec.add(confirm)
         self._recs[m.id] = rec
         if log.isEnabledFor(logging.INFO):
             log.info("message received", extra={"fields": {
@@ -616,7 +629,7 @@ class Tracer:
         elif kind == "chum_imported" and person:
             at = _now()
             for h in data["data"].get("objects", ()):
-                self._imports[h] = (person, at)
+                self._imports[h] = (person, at, self._events)
                 rec = self._recs.get(h)  # the chat event came first
                 if rec is not None and rec.direction == "in" and not rec.recipients:
                     rec.add("received", at, person)
@@ -717,6 +730,8 @@ class Tracer:
         if data.get("mark") is None:
             return
         confirmed = Step("confirmed", _now(), person, f"mark {data['mark']}")
+        self._events += 1
+        self._receipt_out[person] = (self._events, data["mark"])
         for mid in list(self._await_confirm.get(person, ())):
             rec = self._recs[mid]
             if rec.add(confirmed):
