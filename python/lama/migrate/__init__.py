@@ -44,6 +44,7 @@ Both take ``progress=callable(phase, done, total)``; the CLI draws a rich progre
 from __future__ import annotations
 
 import codecs
+import dataclasses
 import os
 import shutil
 from collections.abc import Callable
@@ -121,16 +122,7 @@ class ImportReport:
     problems: list[Problem] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
-        return {
-            "source": self.source,
-            "path": self.path,
-            "person_id": self.person_id,
-            "instance_id": self.instance_id,
-            "email": self.email,
-            "instance_name": self.instance_name,
-            "counts": dict(self.counts),
-            "problems": [{"what": p.what, "reason": p.reason} for p in self.problems],
-        }
+        return dataclasses.asdict(self)  # problems as {"what", "reason"} dicts
 
 
 @dataclass
@@ -143,12 +135,7 @@ class ExportReport:
     problems: list[Problem] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
-        return {
-            "source": self.source,
-            "path": self.path,
-            "counts": dict(self.counts),
-            "problems": [{"what": p.what, "reason": p.reason} for p in self.problems],
-        }
+        return dataclasses.asdict(self)
 
 
 def _noop(phase: str, done: int, total: int) -> None:
