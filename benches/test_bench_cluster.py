@@ -21,9 +21,9 @@ from conftest import report_line
 from test_bench_connect import MIB, RELAY_SMALL, _relay, keypair, pct
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from cluster_util import Nats, NodeProcess, nats_server_path  # noqa: E402
+from cluster_util import Nats, NodeProcess, needs_nats  # noqa: E402
 
-pytestmark = pytest.mark.skipif(nats_server_path() is None, reason="nats-server missing (./dev setup)")
+pytestmark = needs_nats()
 
 HANDOVERS_BENCH, HANDOVERS_TEST = 300, 20
 RESULTS: dict[str, dict[str, float]] = {}

@@ -15,13 +15,13 @@ from typing import Any
 
 import pytest
 
-from cluster_util import Nats, NodeProcess, counters_of, free_port, nats_server_path, nodes
+from cluster_util import Nats, NodeProcess, counters_of, free_port, needs_nats, nodes
 from lama import App, AppConfig
 from lama._core import CORE_NAME, comm_listen, comm_server, core
 from lama.errors import InvalidArgumentError, LamaError
 
 pytestmark = [pytest.mark.timeout(180),
-              pytest.mark.skipif(nats_server_path() is None, reason="nats-server missing (./dev setup)")]
+              needs_nats()]
 
 NO_LISTENER = "Close called: No listening connection for the specified publicKey."
 SECRET = "cluster-secret"
