@@ -53,7 +53,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from .._core import core
-from ..errors import AccessDeniedError, InvalidArgumentError, LamaError, StoreError, TransportError
+from ..errors import (AccessDeniedError, InvalidArgumentError, LamaError, NotFoundError, StoreError,
+                      TransportError)
 from . import contacts
 
 __all__ = [
@@ -116,8 +117,9 @@ class ManagerConfig:
     reconnect_delay: float = 0.5          # after a live connection closed (reference 5-10 s)
     refused_retry_delay: float = 0.3      # after "unknown"/duplicate refusals (conn §5.5)
     duplicate_window: float = 2.0         # overlapping connections: deterministic choice
-    health_checks: bool = True            # sample connection statistics periodically
-    health_check_interval: float = 5.0
+    health_checks: bool = True            # sample statistics, ping every CHUM connection
+    health_check_interval: float = 5.0    # ... this often (the ping: ChumSession.ping_interval)
+    ping_timeout: float = 10.0            # a ping unanswered this long: peer not responding
     sync_interval: float = 5.0            # CHUM keep-running roots poll (ChumSession.poll_interval)
     sync_start_gap: float = 0.05          # gap between the peer's `synchronisation` and our
                                           # first CHUM request (conn §5.5 observed)
@@ -142,7 +144,7 @@ class ManagerConfig:
     def __post_init__(self) -> None:
         for name in ("pairing_token_lifetime", "retry_delay", "retry_max_delay",
                      "reconnect_delay", "refused_retry_delay", "duplicate_window",
-                     "health_check_interval", "sync_interval", "sync_start_gap",
+                     "health_check_interval", "ping_timeout", "sync_interval", "sync_start_gap",
                      "open_timeout", "handshake_timeout", "protocol_timeout", "keepalive",
                      "dead_after", "listener_reconnect_delay", "discovery_interval",
                      "pairing_wait", "failover_after"):
@@ -202,7 +204,10 @@ class _Conn:
     remote_person: str | None = None
     remote_instance: str | None = None
     remote_instance_name: str | None = None
-    latency: float | None = None            # seconds, a measured round trip
+    latency: float | None = None            # seconds, the last measured round trip
+    latency_at: float | None = None         # epoch seconds of that measurement
+    pings: int = 0                          # answered pings (docs/chum-session.md "Ping")
+    ping_waiting: float | None = None       # monotonic send time of a ping overdue now
     last_message: float | None = None       # epoch seconds of the last input seen
     bytes_received: int = 0
     task: asyncio.Task[Any] | None = None
@@ -219,7 +224,8 @@ class _Peer:
     """Manager state for one remote instance key (one route group per group name)."""
 
     endpoint: Endpoint
-    enabled: bool = True
+    enabled: bool = True                    # the person is not disabled
+    disabled_groups: set[str] = field(default_factory=set)  # route groups switched off (§7.5)
     active: dict[str, _Conn] = field(default_factory=dict)
     dial_task: asyncio.Task[Any] | None = None
     attempts: int = 0                       # failed dials since the last success
@@ -231,6 +237,10 @@ class _Peer:
     last_sync: float | None = None
     stats_log: list[dict[str, Any]] = field(default_factory=list)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def allows(self, group: str) -> bool:
+        """Whether the (peer, group) route group is enabled: person and group both on."""
+        return self.enabled and group not in self.disabled_groups
 
 
 class _RttProbe:
@@ -750,6 +760,39 @@ class ConnectionManager:
             self._ensure_dialling(peer)
         self._emit("connections_changed")
 
+    async def enable_connection_group(self, entry_id: str, enabled: bool = True) -> None:
+        """The reference's ``connectionsInfo()[i].enable(bool)`` (conn §7.5-7.6): switch the
+        route group named by a :meth:`connections_info` entry's ``id`` on or off. Off: its
+        outgoing routes stop, its live connection closes (``Corresponding route was
+        stopped``) and incoming connections of the group are refused (``Route is disabled``);
+        on: dialled again at once. Kept in memory, as the reference keeps route state (a person
+        disabled with :meth:`disable_person` is what persists). ``NotFoundError`` for an id
+        that names no route group."""
+        local = self._public.hex()
+        for key, peer in self._peers.items():
+            for g in self._groups():
+                if entry_id == f"localKey: {local}, remoteKey: {key.hex()}, groupId: {g}":
+                    if enabled:
+                        peer.disabled_groups.discard(g)
+                        if g == "chum":
+                            peer.attempts = 0
+                            self._ensure_dialling(peer)
+                    else:
+                        peer.disabled_groups.add(g)
+                        if g == "chum" and peer.dial_task is not None:
+                            peer.dial_task.cancel()
+                            peer.dial_task = None
+                        c = peer.active.get(g)
+                        if c is not None:
+                            await self._close_conn(c, ROUTE_STOPPED)
+                    self._emit("connections_changed")
+                    return
+        raise NotFoundError(f"LAMA-NOTFOUND: no route group {entry_id!r}")
+
+    def _groups(self) -> list[str]:
+        """The route groups of a known peer (conn §7.2): ``chum``, and ``debug`` if allowed."""
+        return ["chum"] + (["debug"] if self.config.allow_debug_requests else [])
+
     def is_enabled(self, person_id: str) -> bool:
         return person_id not in self._disabled_persons
 
@@ -805,8 +848,8 @@ class ConnectionManager:
 
     def _ensure_dialling(self, peer: _Peer, delay: float = 0.0) -> None:
         cfg = self.config
-        if (self._closing or not self._started or not cfg.establish_outgoing or not peer.enabled
-                or not peer.endpoint.url or "chum" in peer.active):
+        if (self._closing or not self._started or not cfg.establish_outgoing
+                or not peer.allows("chum") or not peer.endpoint.url or "chum" in peer.active):
             return
         if peer.dial_task is not None and not peer.dial_task.done():
             if delay == 0.0:
@@ -828,7 +871,7 @@ class ConnectionManager:
         try:
             if delay > 0:
                 await self._sleep_or_wake(peer, delay)
-            while (not self._closing and peer.enabled and "chum" not in peer.active
+            while (not self._closing and peer.allows("chum") and "chum" not in peer.active
                    and cfg.establish_outgoing):
                 try:
                     await self._dial_once(peer)
@@ -896,7 +939,7 @@ class ConnectionManager:
             if isinstance(e, (LamaError, OSError, EOFError)) and _is_refusal(conn, e):
                 raise _Refused(_reason(e)) from e
             raise
-        if not peer.enabled:
+        if not peer.allows(c.group):
             await self._close_conn(c, ROUTE_DISABLED)
             return
         if not self._claim(peer, c):
@@ -1047,7 +1090,7 @@ class ConnectionManager:
                 self._scan_endpoints()
                 peer = self._peers.get(c.remote_key)
             if peer is not None:
-                if not peer.enabled:
+                if not peer.allows(group):
                     await self._close_conn(c, ROUTE_DISABLED)
                     return False
                 return protocol.Accept(expected_person=peer.endpoint.person_id,
@@ -1099,7 +1142,7 @@ class ConnectionManager:
                 return
             await self._run_unknown_chum(c)
             return
-        if not peer.enabled:
+        if not peer.allows(c.group):
             await self._close_conn(c, ROUTE_DISABLED)
             return
         if not self._claim(peer, c):
@@ -1139,6 +1182,8 @@ class ConnectionManager:
                     self._emit("sync", peer=c.remote_key.hex(), state=kind,
                                person=c.remote_person,
                                objects=len(data.get("objects", ())) if kind == "imported" else 0)
+                elif kind == "ping":
+                    self._on_ping(peer, c, data)
                 elif kind == "error":
                     self._emit("error", peer=c.remote_key.hex(), message=data.get("message"))
                 if cfg.trace and kind in _TRACED:  # docs/tracing.md: for the tracer
@@ -1150,6 +1195,8 @@ class ConnectionManager:
                 on_event=on_event, keep_running=True, fast_path=cfg.fast_path,
                 poll_interval=cfg.sync_interval or 5.0, exporter=not cfg.no_export,
                 importer=not cfg.no_import, write_log=False,
+                ping_interval=(cfg.health_check_interval or 5.0) if cfg.health_checks else 0.0,
+                ping_timeout=cfg.ping_timeout,
                 **({"trace": True} if cfg.trace else {}))  # type: ignore[arg-type]
             reason = result.reason or reason
             # A keep-running session only ends when its connection closes, which the
@@ -1378,6 +1425,33 @@ class ConnectionManager:
             await asyncio.sleep(self.config.health_check_interval or 5.0)
             self._sample()
 
+    def _on_ping(self, peer: _Peer, c: _Conn, data: dict[str, Any]) -> None:
+        """A CHUM ping's result (docs/chum-session.md "Ping"): the connection's latency, or
+        the start of a silence; health events when the peer stops or starts answering."""
+        rtt = data.get("rtt")
+        if rtt is None:
+            was = c.ping_waiting is not None
+            c.ping_waiting = time.monotonic() - float(data.get("waiting") or 0.0)
+            if not was:
+                self._emit("health", peer=c.remote_key.hex(), person=c.remote_person,
+                           responding=False, waiting=data.get("waiting"))
+            return
+        c.latency = float(rtt)
+        c.latency_at = time.time()
+        c.pings += 1
+        if c.ping_waiting is not None:
+            c.ping_waiting = None
+            self._emit("health", peer=c.remote_key.hex(), person=c.remote_person,
+                       responding=True, latency=c.latency)
+
+    @staticmethod
+    def _latency(c: _Conn) -> float | None:
+        """The connection's current round-trip estimate: the last measured one, or while a ping
+        is overdue how long it has been out (a lower bound of the round trip now)."""
+        if c.ping_waiting is not None:
+            return max(c.latency or 0.0, time.monotonic() - c.ping_waiting)
+        return c.latency
+
     def _sample(self) -> None:
         # online = the comm-server listener is registered (the reference's onlineState; without
         # a comm-server listener it is always true, conn §7.1)
@@ -1413,16 +1487,18 @@ class ConnectionManager:
             ep = peer.endpoint
             remote = ep.remote_key.hex()
             peer_id = f"localKey: {local}, remoteKey: {remote}"
-            groups = ["chum"] + (["debug"] if self.config.allow_debug_requests else [])
-            for g in groups:
+            for g in self._groups():
                 c = peer.active.get(g)
+                if c is not None and c.closed:
+                    c = None  # closed, its task not done yet
+                on = peer.allows(g)
                 routes = []
                 if g == "chum" and ep.url and self.config.establish_outgoing:
                     routes.append({"name": f"OutgoingWebsocketRoute:{ep.url}",
-                                   "active": bool(c and c.initiator), "enabled": peer.enabled})
+                                   "active": bool(c and c.initiator), "enabled": on})
                 if self.config.accept_incoming and url:
                     routes.append({"name": f"IncomingWebsocketRouteCommServer:{url}:{local}",
-                                   "active": bool(c and not c.initiator), "enabled": peer.enabled})
+                                   "active": bool(c and not c.initiator), "enabled": on})
                 log_ = list(peer.stats_log) if g == "chum" else []
                 if c is not None:
                     log_.append(self._conn_stats(c))
@@ -1438,9 +1514,12 @@ class ConnectionManager:
                     "localPersonId": self.instance.person_id,
                     "remoteInstanceId": ep.instance_id,
                     "remotePersonId": ep.person_id,
-                    "enabled": peer.enabled,
+                    "enabled": on,
                     "routes": routes,
                     "connectionStatisticsLog": log_,
+                    # lama: the live connection's round trip (s) and whether it answers pings
+                    "latency": self._latency(c) if c else None,
+                    "responding": c.ping_waiting is None if c else None,
                 })
         for (key, g), c in list(self._unknown.items()):
             remote = key.hex()
@@ -1452,24 +1531,35 @@ class ConnectionManager:
                 "localPersonId": self.instance.person_id,
                 "remoteInstanceId": ZERO_HASH, "remotePersonId": ZERO_HASH, "enabled": True,
                 "routes": [], "connectionStatisticsLog": [self._conn_stats(c)],
+                "latency": self._latency(c), "responding": c.ping_waiting is None,
             })
         return out
 
     def connection_health(self) -> dict[str, Any]:
         """Health of the known peers: ``total``, ``active``, ``ratio``, ``average_latency``
-        (seconds, mean of the measured round trips of the live connections, None if none),
-        ``last_sync`` (epoch seconds), ``status`` (``"healthy"`` all connected,
-        ``"degraded"`` some, ``"offline"`` none, ``"idle"`` no peers) and ``peers``: per
-        remote instance key ``connected``, ``since``, ``last_message``, ``reconnect_attempts``,
-        ``last_error``, ``latency``, ``last_sync``, ``enabled``, ``person_id``, ``instance_id``."""
+        (seconds, mean of the round trips of the live connections, pinged every
+        ``health_check_interval``; None if none), ``last_sync`` (epoch seconds), ``status``
+        (``"healthy"`` all connected and answering, ``"degraded"`` some, ``"offline"`` none,
+        ``"idle"`` no peers) and ``peers``: per remote instance key ``connected``,
+        ``responding``, ``since``, ``last_message``, ``reconnect_attempts``, ``last_error``,
+        ``latency``, ``latency_at``, ``pings``, ``unanswered_for``, ``last_sync``, ``enabled``,
+        ``person_id``, ``instance_id``. A connection whose ping is overdue (``ping_timeout``)
+        is not ``responding`` and not ``active``; its ``latency`` is then how long the ping
+        has been out."""
         self._sample()
         peers = {}
         lat = []
         last_sync = None
+        now = time.monotonic()
+        active = 0
         for key, peer in self._peers.items():
             c = peer.active.get("chum")
-            if c is not None and c.latency is not None:
-                lat.append(c.latency)
+            latency = self._latency(c) if c is not None else None
+            if latency is not None:
+                lat.append(latency)
+            responding = c is not None and c.ping_waiting is None
+            if responding and peer.enabled:
+                active += 1
             if peer.last_sync and (last_sync is None or peer.last_sync > last_sync):
                 last_sync = peer.last_sync
             peers[key.hex()] = {
@@ -1479,7 +1569,11 @@ class ConnectionManager:
                 "reconnect_attempts": peer.attempts,
                 "last_error": peer.last_error,
                 "recent_errors": list(peer.errors),
-                "latency": c.latency if c else None,
+                "responding": responding,
+                "latency": latency,
+                "latency_at": c.latency_at if c else None,
+                "pings": c.pings if c else 0,
+                "unanswered_for": (now - c.ping_waiting) if c and c.ping_waiting else None,
                 "last_sync": peer.last_sync,
                 "enabled": peer.enabled,
                 "refused": peer.refused,
@@ -1488,9 +1582,10 @@ class ConnectionManager:
                 "instance_id": peer.endpoint.instance_id,
             }
         total = sum(1 for p in self._peers.values() if p.enabled)
-        active = sum(1 for p in self._peers.values() if p.enabled and "chum" in p.active)
+        connected = sum(1 for p in self._peers.values() if p.enabled and "chum" in p.active)
+        # offline: nothing connected; degraded: some peers unconnected or not answering pings
         status = ("idle" if total == 0 else "healthy" if active == total
-                  else "offline" if active == 0 else "degraded")
+                  else "offline" if connected == 0 else "degraded")
         return {"total": total, "active": active, "ratio": (active / total) if total else 1.0,
                 "average_latency": (sum(lat) / len(lat)) if lat else None,
                 "last_sync": last_sync, "status": status, "online": self._online,

@@ -48,6 +48,11 @@ pub struct Config {
     pub max_message: usize,
     /// docs/tracing.md §4: raise `exported` events (roots announced, objects served).
     pub trace: bool,
+    /// docs/chum-session.md §2 "Ping": time a GET_PROTOCOL_VERSION round trip this often
+    /// (`ping` events; zero = never). At most one ping is in flight.
+    pub ping_interval: Duration,
+    /// A ping unanswered this long raises a `ping` event with `rtt: None` (once per ping).
+    pub ping_timeout: Duration,
 }
 
 impl Config {
@@ -65,6 +70,8 @@ impl Config {
             window: 64,
             max_message: 64 * 1024 * 1024,
             trace: false,
+            ping_interval: Duration::ZERO,
+            ping_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -124,6 +131,9 @@ pub enum Event {
     Receipt { mark: Option<u64>, errors: Vec<String> },
     /// ... and ours sent one (importer side).
     ReceiptSent { mark: Option<u64>, errors: Vec<String> },
+    /// docs/chum-session.md §2 "Ping": a ping's round trip in seconds (`rtt`), or `None` with
+    /// `waiting` = how long the unanswered ping has been out.
+    Ping { rtt: Option<f64>, waiting: f64 },
 }
 
 impl Event {
@@ -140,6 +150,7 @@ impl Event {
             Event::Exported { .. } => "exported",
             Event::Receipt { .. } => "receipt",
             Event::ReceiptSent { .. } => "receipt_sent",
+            Event::Ping { .. } => "ping",
         }
     }
 
@@ -158,6 +169,7 @@ impl Event {
             Event::Finished { reason, log } => json!({"reason": reason, "log": log.to_json()}),
             Event::Exported { roots, objects } => json!({"roots": roots, "objects": objects}),
             Event::Receipt { mark, errors } | Event::ReceiptSent { mark, errors } => json!({"mark": mark, "errors": errors}),
+            Event::Ping { rtt, waiting } => json!({"rtt": rtt, "waiting": waiting}),
         }
     }
 }

@@ -107,6 +107,10 @@ pub struct Session {
     /// docs/tracing.md §4: how much of the `AtoB*Objects` logs the `exported` events covered.
     traced_objects: usize,
     traced_id_objects: usize,
+    /// docs/chum-session.md §2 "Ping": the ping in flight (request id, sent at, reported
+    /// late already) and when the next one goes out.
+    ping: Option<(u64, Instant, bool)>,
+    next_ping: Option<Instant>,
 }
 
 impl Session {
@@ -137,6 +141,8 @@ impl Session {
             streams: VecDeque::new(),
             traced_objects: 0,
             traced_id_objects: 0,
+            ping: None,
+            next_ping: None,
         }
     }
 
@@ -162,7 +168,39 @@ impl Session {
         } else {
             self.importer_done = true;
         }
+        if !self.config.ping_interval.is_zero() {
+            // the first ping goes out at once: a latency right after the session started
+            self.next_ping = Some(now);
+            self.ping_tick(now);
+        }
         self.check_done();
+    }
+
+    /// docs/chum-session.md §2 "Ping": send the next ping when it is due (none while one is
+    /// out: at most one in flight, so a silent peer costs nothing more), report one that is
+    /// late. A ping is GET_PROTOCOL_VERSION: stateless, answered by every v8 exporter (a
+    /// ONE peer too) and by lama whatever it serves; any answer, an error included, is a round
+    /// trip.
+    fn ping_tick(&mut self, now: Instant) {
+        if self.finished {
+            return;
+        }
+        if let Some((_, sent, reported)) = self.ping.as_mut() {
+            if !*reported && now >= *sent + self.config.ping_timeout {
+                *reported = true;
+                let waiting = now.duration_since(*sent).as_secs_f64();
+                self.cx.events.push_back(Event::Ping { rtt: None, waiting });
+            }
+            return;
+        }
+        if self.next_ping.is_some_and(|t| now >= t) {
+            let id = self.next_id;
+            self.next_id += 1;
+            self.cx.stats.requests_sent += 1;
+            self.send(Message::Text(rpc::request(id, crate::exporter::GET_PROTOCOL_VERSION, &[])));
+            self.ping = Some((id, now, false));
+            self.next_ping = Some(now + self.config.ping_interval);
+        }
     }
 
     pub fn handle_message(&mut self, msg: Message, now: Instant) {
@@ -282,6 +320,18 @@ impl Session {
         };
         if !self.pending.contains_key(&id) && self.notify_ids.remove(&id) {
             return; // the answer to our NOTIFY carries nothing
+        }
+        if let Some((pid, sent, _)) = self.ping {
+            if pid == id {
+                // any answer (8, or an error) is the round trip
+                self.ping = None;
+                let rtt = now.saturating_duration_since(sent).as_secs_f64();
+                self.cx.events.push_back(Event::Ping { rtt: Some(rtt), waiting: 0.0 });
+                if self.next_ping.is_some_and(|t| now >= t) {
+                    self.ping_tick(now);
+                }
+                return;
+            }
         }
         let Some(p) = self.pending.get_mut(&id) else {
             // chum.md §2.1: logged and dropped, before any stream data is written
@@ -515,6 +565,7 @@ impl Session {
         if self.finished {
             return;
         }
+        self.ping_tick(now);
         let mut expired: Vec<u64> = self.pending.iter().filter(|(_, p)| p.deadline <= now).map(|(i, _)| *i).collect();
         expired.sort();
         for id in expired {
@@ -613,7 +664,12 @@ impl Session {
             return None;
         }
         let commit = self.importer.as_ref().and_then(Importer::commit_deadline);
-        self.pending.values().map(|p| p.deadline).chain(self.sleep_until).chain(commit).min()
+        let ping = match self.ping {
+            Some((_, sent, false)) => Some(sent + self.config.ping_timeout),
+            Some(_) => None,
+            None => self.next_ping,
+        };
+        self.pending.values().map(|p| p.deadline).chain(self.sleep_until).chain(commit).chain(ping).min()
     }
 
     pub fn poll_transmit(&mut self) -> Option<Message> {
@@ -687,6 +743,8 @@ impl Session {
         self.finished = true;
         self.close_reason = Some(reason.clone());
         self.sleep_until = None;
+        self.ping = None;
+        self.next_ping = None;
         let mut log = self.cx.log.clone();
         log.statistics = (self.cx.stats.requests_sent, self.cx.stats.requests_received, self.cx.stats.requests_invalid);
         self.cx.events.push_back(Event::Finished { reason, log });

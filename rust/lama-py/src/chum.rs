@@ -118,8 +118,8 @@ impl PyChumSession {
     #[new]
     #[pyo3(signature = (store, local_person, remote_person, *, keep_running=false, poll_interval=None,
         fast_path=true, exporter=true, importer=true, request_timeout=None, max_retries=None,
-        window=None, max_message=None, trace=false),
-        text_signature = "(store, local_person, remote_person, *, keep_running=False, poll_interval=5.0, fast_path=True, exporter=True, importer=True, request_timeout=30.0, max_retries=3, window=64, max_message=67108864, trace=False)")]
+        window=None, max_message=None, trace=false, ping_interval=None, ping_timeout=None),
+        text_signature = "(store, local_person, remote_person, *, keep_running=False, poll_interval=5.0, fast_path=True, exporter=True, importer=True, request_timeout=30.0, max_retries=3, window=64, max_message=67108864, trace=False, ping_interval=0.0, ping_timeout=10.0)")]
     #[allow(clippy::too_many_arguments)]
     fn new(
         store: &Bound<'_, PyAny>,
@@ -135,6 +135,8 @@ impl PyChumSession {
         window: Option<&Bound<'_, PyAny>>,
         max_message: Option<&Bound<'_, PyAny>>,
         trace: bool,
+        ping_interval: Option<&Bound<'_, PyAny>>,
+        ping_timeout: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
         let store = match store.cast::<PyStore>() {
             Ok(s) => s.get().store()?,
@@ -167,6 +169,12 @@ impl PyChumSession {
         }
         if let Some(v) = max_message {
             c.max_message = integer("max_message", v, 1024)?.min(isize::MAX as i64) as usize;
+        }
+        if let Some(v) = ping_interval {
+            c.ping_interval = Duration::from_secs_f64(number("ping_interval", v, 0.0)?.min(1e12));
+        }
+        if let Some(v) = ping_timeout {
+            c.ping_timeout = Duration::from_secs_f64(number("ping_timeout", v, 0.0)?.min(1e12));
         }
         Ok(PyChumSession { inner: Mutex::new(Inner { session: Session::new(store, c), base: Instant::now(), base_f: None }) })
     }

@@ -104,12 +104,17 @@ class ChumSession:
     _trace: bool
     _traced_objects: int
     _traced_id_objects: int
+    _ping_interval: float
+    _ping_timeout: float
+    _ping: list[Any] | None
+    _next_ping: float | None
 
     def __new__(cls, store: Any, local_person: str, remote_person: str, *,
                 keep_running: bool = False, poll_interval: float = 5.0, fast_path: bool = True,
                 exporter: bool = True, importer: bool = True, request_timeout: float = 30.0,
                 max_retries: int = 3, window: int = 64,
-                max_message: int = 64 * 1024 * 1024, trace: bool = False) -> ChumSession:
+                max_message: int = 64 * 1024 * 1024, trace: bool = False,
+                ping_interval: float = 0.0, ping_timeout: float = 10.0) -> ChumSession:
         self = super().__new__(cls)
         for name, v in (("local_person", local_person), ("remote_person", remote_person)):
             if not isinstance(v, str) or not _HASH.match(v):
@@ -124,6 +129,12 @@ class ChumSession:
         self._max_retries = _check_number("max_retries", max_retries, 0, integer=True)
         self._window = _check_number("window", window, 1, integer=True)
         self._max_message = _check_number("max_message", max_message, 1024, integer=True)
+        self._ping_interval = float(_check_number("ping_interval", ping_interval, 0))
+        self._ping_timeout = float(_check_number("ping_timeout", ping_timeout, 0))
+        # docs/chum-session.md §2 "Ping": [request id, sent at, reported late] of the ping in
+        # flight, and when the next one goes out
+        self._ping = None
+        self._next_ping = None
         self._out = []
         self._events = []
         self._log = {k: [] for k in LOG_FIELDS}
@@ -176,7 +187,31 @@ class ChumSession:
                                  fast_path=self._fast_path, remote_person=self._remote)
             self._task = self._imp.run()
             self._advance(None)
+        if self._ping_interval > 0:
+            # the first ping goes out at once: a latency right after the session started
+            self._next_ping = now
+            self._ping_tick(now)
         self._check_done()
+
+    def _ping_tick(self, now: float) -> None:
+        """docs/chum-session.md §2 "Ping": send the next ping when due (none while one is out),
+        report one that is late (once).  A ping is GET_PROTOCOL_VERSION: stateless, answered by
+        every v8 exporter (ONE too); any answer, an error included, is a round trip."""
+        if self._finished:
+            return
+        if self._ping is not None:
+            rid, sent, reported = self._ping
+            if not reported and now >= sent + self._ping_timeout:
+                self._ping[2] = True
+                self._emit("ping", {"rtt": None, "waiting": now - sent})
+            return
+        if self._next_ping is not None and now >= self._next_ping:
+            rid = self._next_id
+            self._next_id += 1
+            self._stats["requests_sent"] += 1
+            self._emit_frame(rpc.request(rid, 1, []))
+            self._ping = [rid, now, False]
+            self._next_ping = now + self._ping_interval
 
     def receive_text(self, text: str, now: float) -> None:
         self._now = now
@@ -247,6 +282,7 @@ class ChumSession:
         self._now = now
         if self._finished:
             return
+        self._ping_tick(now)
         for p in [p for p in self._pending.values() if p.deadline <= now]:
             if p.rid not in self._pending:
                 continue
@@ -320,6 +356,11 @@ class ChumSession:
             due = self._imp.commit_deadline()
             if due is not None:
                 ts.append(due)
+        if self._ping is None:
+            if self._next_ping is not None:
+                ts.append(self._next_ping)
+        elif not self._ping[2]:
+            ts.append(self._ping[1] + self._ping_timeout)
         return min(ts) if ts else None
 
     def poll_transmit(self) -> list[str | bytes]:
@@ -480,6 +521,14 @@ class ChumSession:
         if p is None and rid in self._notify_ids:
             self._notify_ids.discard(rid)  # the answer to our NOTIFY carries nothing
             return
+        if p is None and self._ping is not None and rid == self._ping[0]:
+            # any answer (8, or an error) is the round trip
+            sent = self._ping[1]
+            self._ping = None
+            self._emit("ping", {"rtt": max(0.0, self._now - sent), "waiting": 0.0})
+            if self._next_ping is not None and self._now >= self._next_ping:
+                self._ping_tick(self._now)
+            return
         if p is None:
             # chum.md §2.1: logged and dropped (also a late answer to a retried request)
             self._error("LAMA-CHUM-FRAME", f"dropped a {m['type']} response for unknown "
@@ -616,6 +665,8 @@ class ChumSession:
         self._finished = True
         self._close_reason = reason
         self._sleep_until = None
+        self._ping = None
+        self._next_ping = None
         log: dict[str, Any] = {k: list(v) for k, v in self._log.items()}
         log["errors"] = list(self._errors)
         log["statistics"] = {"requestsSentTotal": self._stats["requests_sent"],

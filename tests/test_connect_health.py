@@ -1,0 +1,237 @@
+"""Connection manager health (issue 9, docs/connections.md §3.3 "Health"): the latency of a live
+CHUM connection is a ping round trip measured again every ``health_check_interval``; a peer that
+stops answering (its network frozen by a proxy on 127.0.0.1) makes the health degrade and it
+recovers when the peer answers again; per route group enable/disable (conn §7.5-7.6) shows in
+``connections_info()``."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from test_connect_manager import config, make, pair, wait_until
+
+from lama._core import core
+from lama.connect.manager import ROUTE_STOPPED, ConnectionManager
+from lama.errors import NotFoundError
+from lama.identity.instance import Instance
+
+
+class FreezingProxy:
+    """A TCP forwarder on 127.0.0.1 in front of the comm server. ``freeze()`` holds every byte
+    in both directions (the sockets stay open, nothing is lost): to the managers behind it
+    the peer has stopped answering; ``thaw()`` lets the held bytes through."""
+
+    def __init__(self, port: int) -> None:
+        self.upstream = port
+        self.flowing = asyncio.Event()
+        self.flowing.set()
+        self.tasks: set[asyncio.Task[Any]] = set()
+        self.server: asyncio.Server | None = None
+
+    async def start(self) -> str:
+        self.server = await asyncio.start_server(self._client, "127.0.0.1", 0)
+        return f"ws://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+
+    async def _client(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        try:
+            ur, uw = await asyncio.open_connection("127.0.0.1", self.upstream)
+        except OSError:
+            w.close()
+            return
+        for a, b in ((r, uw), (ur, w)):
+            t = asyncio.ensure_future(self._pump(a, b))
+            self.tasks.add(t)
+            t.add_done_callback(self.tasks.discard)
+
+    async def _pump(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                data = await r.read(65536)
+                if not data:
+                    break
+                await self.flowing.wait()
+                w.write(data)
+                await w.drain()
+        except (OSError, asyncio.CancelledError):
+            pass
+        finally:
+            w.close()
+
+    def freeze(self) -> None:
+        self.flowing.clear()
+
+    def thaw(self) -> None:
+        self.flowing.set()
+
+    async def close(self) -> None:
+        self.thaw()
+        if self.server is not None:
+            self.server.close()
+        for t in list(self.tasks):
+            t.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+
+
+@pytest.fixture
+def two(tmp_path: Path) -> Any:
+    a, b = make(tmp_path, "a"), make(tmp_path, "b")
+    yield a, b
+    a.close()
+    b.close()
+
+
+def run(fn: Any, timeout: float = 60.0) -> Any:
+    async def main() -> Any:
+        return await asyncio.wait_for(fn(), timeout)
+
+    return asyncio.run(main())
+
+
+def test_latency_is_pinged_and_a_silent_peer_degrades_health(two: tuple[Instance, Instance]) -> None:
+    a, b = two
+
+    async def main() -> None:
+        server = await core.comm_server("127.0.0.1", 0)
+        proxy = FreezingProxy(int(server.url.rsplit(":", 1)[1]))
+        url = await proxy.start()
+        cfg = config(url, health_check_interval=0.2, ping_timeout=0.6)
+        ma, mb = ConnectionManager(a, cfg), ConnectionManager(b, cfg)
+        health_events: list[dict[str, Any]] = []
+        ma.subscribe(lambda k, d: health_events.append(d) if k == "health" else None)
+        key_b = b.instance_public_key.hex()
+        try:
+            await ma.start()
+            await mb.start()
+            await pair(ma, mb)
+
+            def peer() -> dict[str, Any]:
+                p: dict[str, Any] = ma.connection_health()["peers"][key_b]
+                return p
+
+            # pings answered, again and again: the latency is a fresh measurement each time
+            await wait_until(lambda: peer()["pings"] >= 2, 10.0, "two answered pings")
+            first = peer()
+            await wait_until(lambda: (peer()["latency_at"] or 0) > first["latency_at"]
+                             and peer()["pings"] > first["pings"], 5.0, "a newer ping")
+            h = ma.connection_health()
+            assert h["status"] == "healthy" and h["active"] == 1, h
+            assert peer()["responding"] and 0 < peer()["latency"] < 0.6, peer()
+            assert h["average_latency"] == peer()["latency"] or h["average_latency"] is not None
+            [info] = [i for i in ma.connections_info() if i["protocolName"] == "chum"]
+            assert info["isConnected"] and info["responding"] is True
+            assert info["latency"] is not None and info["latency"] < 0.6
+
+            # the peer stops answering: health degrades within ping_timeout and a ping interval
+            proxy.freeze()
+            t_frozen = time.monotonic()
+            await wait_until(lambda: ma.connection_health()["status"] == "degraded", 5.0,
+                             "degraded health")
+            silent = time.monotonic() - t_frozen
+            h = ma.connection_health()
+            assert h["active"] == 0 and h["peers"][key_b]["connected"], h
+            assert not h["peers"][key_b]["responding"]
+            assert h["peers"][key_b]["unanswered_for"] >= 0.6
+            assert h["average_latency"] >= 0.6  # the overdue ping bounds the round trip now
+            assert [e["responding"] for e in health_events] == [False], health_events
+            [info] = [i for i in ma.connections_info() if i["protocolName"] == "chum"]
+            assert info["responding"] is False and info["latency"] >= 0.6
+            await asyncio.sleep(0.5)
+            assert ma.connection_health()["peers"][key_b]["latency"] >= 0.6 + 0.4
+            print(f"degraded {silent * 1000:.0f} ms after the freeze")
+
+            # it answers again: the late answer is the whole round trip, then fresh ones
+            proxy.thaw()
+            await wait_until(lambda: ma.connection_health()["status"] == "healthy", 5.0,
+                             "healthy again")
+            assert [e["responding"] for e in health_events] == [False, True], health_events
+            assert health_events[-1]["latency"] >= 1.0, health_events  # frozen > 1 s
+            n = peer()["pings"]
+            await wait_until(lambda: peer()["pings"] > n + 1, 5.0, "pings after the thaw")
+            assert peer()["latency"] < 0.6 and peer()["responding"], peer()
+            assert ma.connected(b.person_id) and mb.connected(a.person_id)
+        finally:
+            await mb.close()
+            await ma.close()
+            await proxy.close()
+            await server.close()
+
+    run(main)
+
+
+def test_pings_off_without_health_checks(two: tuple[Instance, Instance]) -> None:
+    a, b = two
+
+    async def main() -> None:
+        server = await core.comm_server("127.0.0.1", 0)
+        ma = ConnectionManager(a, config(server.url, health_checks=False))
+        mb = ConnectionManager(b, config(server.url, health_checks=False))
+        try:
+            await ma.start()
+            await mb.start()
+            await pair(ma, mb)
+            await asyncio.sleep(0.5)
+            p = ma.connection_health()["peers"][b.instance_public_key.hex()]
+            assert p["pings"] == 0 and p["latency_at"] is None
+            # the handshake's round trip is the only latency then
+            assert p["latency"] is not None and p["responding"]
+        finally:
+            await mb.close()
+            await ma.close()
+            await server.close()
+
+    run(main)
+
+
+def test_route_group_enable_and_disable_in_connections_info(two: tuple[Instance, Instance]) -> None:
+    a, b = two
+
+    async def main() -> None:
+        server = await core.comm_server("127.0.0.1", 0)
+        ma = ConnectionManager(a, config(server.url, allow_debug_requests=True))
+        mb = ConnectionManager(b, config(server.url))
+        downs: list[str] = []
+        mb.subscribe(lambda k, d: downs.append(str(d.get("reason"))) if k == "connection_down"
+                     else None)
+        try:
+            await ma.start()
+            await mb.start()
+            await pair(ma, mb)
+            info = {i["protocolName"]: i for i in ma.connections_info()}
+            assert set(info) == {"chum", "debug"}
+            chum_id = info["chum"]["id"]
+            assert chum_id.endswith(", groupId: chum")
+            assert info["chum"]["enabled"] and all(r["enabled"] for r in info["chum"]["routes"])
+
+            await ma.enable_connection_group(chum_id, False)
+            info = {i["protocolName"]: i for i in ma.connections_info()}
+            assert not info["chum"]["enabled"] and not info["chum"]["isConnected"]
+            assert info["chum"]["routes"] and not any(r["enabled"] for r in info["chum"]["routes"])
+            assert info["debug"]["enabled"], "only the chum group was switched off"
+            assert ma.is_enabled(b.person_id), "the person stays enabled"
+            await wait_until(lambda: not mb.connected(a.person_id), 5.0, "B sees the close")
+            # B keeps dialling; A refuses the group: no CHUM connection comes up meanwhile
+            await asyncio.sleep(1.0)
+            assert not ma.connected(b.person_id) and not mb.connected(a.person_id)
+            errors = mb.connection_health()["peers"][a.instance_public_key.hex()]["recent_errors"]
+            assert any("Route is disabled" in e for e in errors), errors
+            assert any(ROUTE_STOPPED in d for d in downs), downs
+
+            await ma.enable_connection_group(chum_id, True)
+            await wait_until(lambda: ma.connected(b.person_id) and mb.connected(a.person_id),
+                             10.0, "CHUM back after enabling the group")
+            info = {i["protocolName"]: i for i in ma.connections_info()}
+            assert info["chum"]["enabled"] and info["chum"]["isConnected"]
+            with pytest.raises(NotFoundError):
+                await ma.enable_connection_group("localKey: 00, remoteKey: 00, groupId: chum")
+        finally:
+            with contextlib.suppress(Exception):
+                await mb.close()
+            await ma.close()
+            await server.close()
+
+    run(main)
