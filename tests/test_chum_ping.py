@@ -50,12 +50,14 @@ def test_ping_round_trips_and_a_silent_peer(tmp_path: Path) -> None:
         out = sa.poll_transmit()
         assert sum(map(is_ping, out)) == 2  # the importer's version request and the ping
         for f in out:
+            assert isinstance(f, str)
             sb.receive_text(f, t0 + 0.03)
         exchange(sa, sb, t0 + 0.03)
         p = pings(sa)
         assert len(p) == 1 and p[0]["rtt"] == pytest.approx(0.03, abs=1e-6), p
         assert pings(sb) == []
-        assert sa.poll_timeout() <= t0 + 1.0
+        due = sa.poll_timeout()
+        assert due is not None and due <= t0 + 1.0
         sa.handle_timeout(t0 + 1.0)
         exchange(sa, sb, t0 + 1.005)
         p = pings(sa)
@@ -77,6 +79,7 @@ def test_ping_round_trips_and_a_silent_peer(tmp_path: Path) -> None:
         # goes out at once
         t3 = t2 + 5.0
         for f in held:
+            assert isinstance(f, str)
             sb.receive_text(f, t3)
         exchange(sa, sb, t3)
         p = pings(sa)

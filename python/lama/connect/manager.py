@@ -35,8 +35,9 @@ One :class:`ConnectionManager` per open :class:`lama.identity.instance.Instance`
 
 Events (:meth:`ConnectionManager.subscribe`): ``("connections_changed", {...})``,
 ``("connection_up", {...})``, ``("connection_down", {...})``, ``("pairing_success",
-{...})``, ``("online_state", {"online": bool})``, ``("sync", {...})`` (CHUM progress) and
-``("error", {...})``.
+{...})``, ``("online_state", {"online": bool})``, ``("sync", {...})`` (CHUM progress),
+``("health", {"peer", "person", "responding", ...})`` (a peer stopped or started answering
+pings) and ``("error", {...})``.
 """
 
 from __future__ import annotations
@@ -247,7 +248,8 @@ class _RttProbe:
     """Wraps a connection for the identity steps only: the time from our first message to the
     first message received after it is one round trip (initiator: ``connection_group`` ->
     ``sync``; acceptor: ``sync`` -> the initiator's ``person_id_object``, which it sends as
-    soon as it read ``sync``), the latency ``connection_health`` reports."""
+    soon as it read ``sync``): the latency ``connection_health`` reports until the first CHUM
+    ping of the connection is answered (``_on_ping``)."""
 
     def __init__(self, conn: Any) -> None:
         self.conn = conn
