@@ -649,39 +649,63 @@ impl Importer {
     /// verified by hash like any fetched object, chum.md §6.4).
     fn split_closure(&self, pass: &mut Pass, calls: &[Job], results: Vec<Outcome>) -> Result<Vec<Children>, Fatal> {
         let sizes: Vec<usize> = calls.chunks(BATCH_MAX).map(|c| c.len()).collect();
-        let per_root = split_batch(&sizes, results, "CES-GOC1", |c| c)?;
-        let mut out = Vec::with_capacity(per_root.len());
-        for (job, res) in calls.iter().zip(per_root) {
-            let Outcome::Ok(Some(Value::Object(mut m))) = res else {
-                out.push(Children::Raw(match res {
-                    Outcome::Ok(_) => Outcome::Err { code: "LAMA-CHUM-BATCH".into(), message: "malformed closure answer".into() },
-                    other => other,
-                }));
-                continue;
-            };
-            let Some(Value::Array(children)) = m.remove("children") else {
-                out.push(Children::Raw(Outcome::Err { code: "LAMA-CHUM-BATCH".into(), message: "malformed closure answer".into() }));
-                continue;
-            };
-            if let Some(Value::String(t)) = m.remove("root") {
-                pass.prefetched.insert(job.hash, t);
-            }
-            let mut listed = Vec::with_capacity(children.len());
-            for mut c in children {
-                if let Value::Object(e) = &mut c {
-                    // a bad hash is reported with the list (checked_values fails on it)
-                    if let (Some(h), Some(Value::String(t))) = (e.get("hash").and_then(Value::as_str).and_then(H::parse), e.remove("data")) {
-                        pass.prefetched.insert(h, t);
+        let mut out = Vec::with_capacity(calls.len());
+        let mut jobs = calls.iter();
+        for (&n, res) in sizes.iter().zip(results) {
+            let chunk: Vec<&Job> = jobs.by_ref().take(n).collect();
+            // an answer of good entries only is parsed straight into keys (issue 8: a first
+            // sync's 70,000 entries went through a `Value` each); anything else goes the
+            // general way below, which reports it
+            if let Outcome::Ok(Some(Value::String(s))) = &res {
+                if let Some(parsed) = typed_closure(s, n) {
+                    for (job, r) in chunk.iter().zip(parsed) {
+                        match r {
+                            None => out.push(Children::Raw(Outcome::Err { code: "CES-GOC1".into(), message: "not served by the exporter".into() })),
+                            Some(c) => {
+                                if let Some(t) = c.root {
+                                    pass.prefetched.insert(job.hash, t);
+                                }
+                                pass.prefetched.extend(c.data);
+                                out.push(Children::Parsed(c.list));
+                            }
+                        }
                     }
+                    continue;
                 }
-                listed.push(c);
             }
-            // a list of good entries is taken as it is (issue 8: a first sync's 70,000-entry
-            // list was written back to a string and parsed again); anything else goes the
-            // general way of a service 4/5 answer, which reports it
-            match checked_values(&listed) {
-                Some(list) => out.push(Children::Parsed(list)),
-                None => out.push(Children::Raw(Outcome::Ok(Some(Value::String(Value::Array(listed).to_string()))))),
+            let per_root = split_batch(&[n], vec![res], "CES-GOC1", |c| c)?;
+            for (job, res) in chunk.iter().zip(per_root) {
+                let Outcome::Ok(Some(Value::Object(mut m))) = res else {
+                    out.push(Children::Raw(match res {
+                        Outcome::Ok(_) => Outcome::Err { code: "LAMA-CHUM-BATCH".into(), message: "malformed closure answer".into() },
+                        other => other,
+                    }));
+                    continue;
+                };
+                let Some(Value::Array(children)) = m.remove("children") else {
+                    out.push(Children::Raw(Outcome::Err { code: "LAMA-CHUM-BATCH".into(), message: "malformed closure answer".into() }));
+                    continue;
+                };
+                if let Some(Value::String(t)) = m.remove("root") {
+                    pass.prefetched.insert(job.hash, t);
+                }
+                let mut listed = Vec::with_capacity(children.len());
+                for mut c in children {
+                    if let Value::Object(e) = &mut c {
+                        // a bad hash is reported with the list (checked_values fails on it)
+                        if let (Some(h), Some(Value::String(t))) = (e.get("hash").and_then(Value::as_str).and_then(H::parse), e.remove("data")) {
+                            pass.prefetched.insert(h, t);
+                        }
+                    }
+                    listed.push(c);
+                }
+                // a list of good entries is taken as it is (issue 8: a first sync's 70,000-entry
+                // list was written back to a string and parsed again); anything else goes the
+                // general way of a service 4/5 answer, which reports it
+                match checked_values(&listed) {
+                    Some(list) => out.push(Children::Parsed(list)),
+                    None => out.push(Children::Raw(Outcome::Ok(Some(Value::String(Value::Array(listed).to_string()))))),
+                }
             }
         }
         Ok(out)
@@ -1725,6 +1749,59 @@ fn checked_values(list: &[Value]) -> Option<Vec<(Kind, H)>> {
 /// chum.md §4.3 answer text into a checked list, when every entry is good.
 fn typed_children(s: &str) -> Option<Vec<(Kind, H)>> {
     checked_children(serde_json::from_str::<Vec<Child>>(s).ok()?)
+}
+
+/// One root of a GET_CLOSURE answer (docs/chum-fastpath.md 106), exactly as a lama exporter
+/// writes it; anything else fails the typed parse and takes the general path.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ClosureRoot {
+    root: Option<String>,
+    children: Vec<ClosureChild>,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ClosureChild {
+    #[serde(rename = "type")]
+    kind: String,
+    hash: String,
+    data: Option<String>,
+}
+
+/// A checked closure answer for one root: its inline microdata, the children list reversed
+/// (dependencies first) and the inline microdata of listed hashes.
+struct Closure {
+    root: Option<String>,
+    list: Vec<(Kind, H)>,
+    data: Vec<(H, String)>,
+}
+
+/// A 106 answer of `n` roots, every entry good (`None` per root the exporter refused); `None`
+/// if anything is unusual.
+fn typed_closure(s: &str, n: usize) -> Option<Vec<Option<Closure>>> {
+    let roots = serde_json::from_str::<Vec<Option<ClosureRoot>>>(s).ok()?;
+    if roots.len() != n {
+        return None;
+    }
+    let mut out = Vec::with_capacity(n);
+    for r in roots {
+        let Some(r) = r else {
+            out.push(None);
+            continue;
+        };
+        let mut list = Vec::with_capacity(r.children.len());
+        let mut data = Vec::new();
+        for c in r.children.into_iter().rev() {
+            let h = H::parse(&c.hash)?;
+            list.push((Kind::parse(&c.kind)?, h));
+            if let Some(t) = c.data {
+                data.push((h, t));
+            }
+        }
+        out.push(Some(Closure { root: r.root, list, data }));
+    }
+    Some(out)
 }
 
 /// [`split_batch`] for GET_CHILDREN_BATCH answers: parsed straight into checked lists (issue
