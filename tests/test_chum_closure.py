@@ -261,6 +261,45 @@ def test_an_exporter_that_slips_objects_into_a_closure_stores_nothing_wrong(tmp_
     b.close()
 
 
+def test_a_closure_answer_with_a_malformed_entry_is_refused_whole(tmp_path: Path) -> None:
+    """An entry that is not a hash: the whole list of that root is refused with DC-PC4 (the
+    Rust importer reads good 106 answers straight into typed entries; anything else must
+    still take the general way that reports it), nothing is stored, and the next pass (105)
+    completes the post."""
+    register_recipes()
+    a, b, pa, pb = _stores(tmp_path)
+    chat = Chat(a, pa, pb)
+    chat.share([pa, pb])
+    chat.post("first")
+    sa, sb, pump = _live(a, b, pa, pb)
+
+    def bad_hash(answer: list[Any]) -> list[Any]:
+        for entry in answer:
+            if entry:
+                entry["children"].append({"type": "object", "hash": "AB" * 32})  # uppercase
+        return answer
+
+    rewritten = _rewrite_closure_answers(pump, bad_hash)
+    head = chat.post("second")
+    sa.store_changed(pump.now)
+    pump.run(max_time=1.0)
+    assert rewritten
+    codes = [d["code"] for k, d in pump.events[1] if k == "error"]
+    assert "DC-PC4" in codes
+    assert not b.has(head)
+    _no_holes(b)
+    assert b.verify() == []
+    pump.filters[0] = pump.filters[1] = None
+    pump.run(max_time=60.0)
+    assert b.has(head)
+    _no_holes(b)
+    assert b.verify() == []
+    sa.connection_closed("bye", pump.now)
+    pump.step()
+    a.close()
+    b.close()
+
+
 def test_an_older_lama_exporter_without_the_extensions_still_pushes(tmp_path: Path) -> None:
     """A probe answer without "closure"/"notify-roots" (a lama from before them): the
     importer uses 102, 105 and 101 as before, and the pushes arrive."""

@@ -553,15 +553,20 @@ impl Exporter {
         let inline = !self.known.is_empty();
         let mut inline_left = if inline { CLOSURE_INLINE_MAX } else { 0 };
         let mut chars_left = CLOSURE_INLINE_CHARS;
-        let mut out = Vec::with_capacity(roots.len());
-        for r in &roots {
+        // the answer's JSON text, written straight (no `Value` per entry: a first sync lists
+        // the whole 70,000-object closure here, issue 8); the same text as serde_json writes
+        let mut out = String::from("[");
+        for (i, r) in roots.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
             let Some(r) = r.as_str().filter(|h| lama_core::hash::is_hash(h)) else {
-                out.push(Value::Null);
+                out.push_str("null");
                 continue;
             };
             let kind = self.store.kind(r).map_err(store_err)?;
             if !self.accessible.contains(r) || !matches!(kind, Some(EntryKind::Object | EntryKind::Id)) {
-                out.push(Value::Null);
+                out.push_str("null");
                 continue;
             }
             let walk = self.store.children_tagged_except(r, &self.known).map_err(store_err)?;
@@ -575,23 +580,14 @@ impl Exporter {
                     stats.objects_sent += 1;
                 }
                 chars_left = chars_left.saturating_sub(t.len());
-                Value::String(t)
+                Some(t)
             } else {
-                Value::Null
+                None
             };
             // inline in dependency order (the walk's), listed parents first (chum.md §5.3)
-            let mut entries = Vec::with_capacity(walk.len());
+            let mut data: Vec<Option<String>> = Vec::new();
             for (k, c) in &walk {
                 let hex = c.to_hex();
-                let tag = match k {
-                    RefKind::Obj => "object",
-                    RefKind::Id => "id",
-                    RefKind::Blob => "blob",
-                    RefKind::Clob => "clob",
-                };
-                let mut e = serde_json::Map::new();
-                e.insert("type".into(), tag.into());
-                e.insert("hash".into(), hex.clone().into());
                 if matches!(k, RefKind::Obj | RefKind::Id) && inline_left > 0 && chars_left > 0 {
                     let text = self.store.get(&hex).map_err(store_err)?;
                     inline_left -= 1;
@@ -603,12 +599,42 @@ impl Exporter {
                         log.a_to_b_objects.push(hex.clone());
                         stats.objects_sent += 1;
                     }
-                    e.insert("data".into(), text.into());
+                    data.push(Some(text));
+                } else if inline {
+                    data.push(None);
                 }
                 self.accessible.insert(hex);
-                entries.push(Value::Object(e));
             }
-            entries.reverse();
+            // {"root": …, "children": [{"type", "hash", "data"?}, …]}, parents first
+            out.reserve(walk.len() * 96 + 32);
+            out.push_str("{\"root\":");
+            match &root_text {
+                Some(t) => push_json_str(&mut out, t),
+                None => out.push_str("null"),
+            }
+            out.push_str(",\"children\":[");
+            for (j, (k, c)) in walk.iter().enumerate().rev() {
+                let tag = match k {
+                    RefKind::Obj => "object",
+                    RefKind::Id => "id",
+                    RefKind::Blob => "blob",
+                    RefKind::Clob => "clob",
+                };
+                if j + 1 < walk.len() {
+                    out.push(',');
+                }
+                out.push_str("{\"type\":\"");
+                out.push_str(tag);
+                out.push_str("\",\"hash\":\"");
+                out.push_str(lama_core::hash::hex_str(&lama_core::hash::hash_hex_bytes(c)));
+                out.push('"');
+                if let Some(Some(t)) = data.get(j) {
+                    out.push_str(",\"data\":");
+                    push_json_str(&mut out, t);
+                }
+                out.push('}');
+            }
+            out.push(']');
             if self.sent_total + walk.len() > SENT_MAX {
                 self.sent.clear();
                 self.sent_total = 0;
@@ -617,9 +643,10 @@ impl Exporter {
             if let Some(old) = self.sent.insert(Hash::parse(r).expect("checked"), walk.into_iter().map(|(_, h)| h).collect()) {
                 self.sent_total -= old.len();
             }
-            out.push(json!({"root": root_text, "children": entries}));
+            out.push('}');
         }
-        Ok(Value::Array(out).to_string())
+        out.push(']');
+        Ok(out)
     }
 
     fn children(&mut self, args: &[Data], id_object: bool) -> Result<String, ServiceError> {

@@ -8,13 +8,16 @@
 
 use std::collections::VecDeque;
 
-// Keys are hashes (hex) by the ten thousand per pass: SipHash was 8 % of the importer's CPU
-// (issue 8 profile). foldhash is seeded at random per process.
+// Keys are hashes by the ten thousand per pass: SipHash was 8 % of the importer's CPU
+// (issue 8 profile). foldhash is seeded at random per process. The pass keys its maps with
+// the 32 bytes of a hash ([`H`]), not its 64-character hex `String` (hashing, comparing and
+// allocating those was about a quarter of the importer's CPU, issue 8 session 6): hex exists
+// only at the edges (requests, events, the Chum log, error messages).
 type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 type HashSet<K> = std::collections::HashSet<K, foldhash::fast::RandomState>;
 use std::time::Duration;
 
-use lama_core::hash::{hash_bytes, hash_hex, is_hash, sha256, sha256_hex};
+use lama_core::hash::{hash_hex, is_hash, sha256, Hash as H};
 use lama_core::microdata::{self, RefKind, Value as MdValue};
 use lama_core::store::{Store, Verified};
 use serde_json::Value;
@@ -131,7 +134,8 @@ struct Item {
     expected_type: Option<String>,
     text: Option<String>,
     type_name: String,
-    refs: Vec<(String, RefKind, String)>,
+    /// (is the `data` reference, kind, target)
+    refs: Vec<(bool, RefKind, H)>,
     /// Of a verified object or ID object: its SHA-256, and a versioned object's ID microdata.
     hash: [u8; 32],
     id_microdata: Option<String>,
@@ -143,18 +147,31 @@ struct Item {
     fetched: bool,
     /// Verified, but refused for a reference (CI-ACO) or by the store.
     bad: bool,
+    // The commit bookkeeping of a pass (see [`Importer::received`]), here rather than in a
+    // set or map each: one lookup per step instead of six (issue 8, session 7 profile).
+    /// A listed version node (a key of `Com::nodes`), and its §6.2 check passed.
+    node: bool,
+    checked: bool,
+    /// A root whose children were asked, or a verified item of the pass references it.
+    reached: bool,
+    /// In `Com::ready` (or committed since).
+    queued: bool,
+    /// Once received: its listed references not stored yet.
+    blockers: Option<usize>,
+    /// Committed by this pass.
+    committed: bool,
 }
 
 impl Item {
     fn new(kind: Kind, expected_type: Option<String>) -> Item {
-        Item { kind, expected_type, text: None, type_name: String::new(), refs: Vec::new(), hash: [0; 32], id_microdata: None, depth: None, ok: false, stored: false, fetched: false, bad: false }
+        Item { kind, expected_type, text: None, type_name: String::new(), refs: Vec::new(), hash: [0; 32], id_microdata: None, depth: None, ok: false, stored: false, fetched: false, bad: false, node: false, checked: false, reached: false, queued: false, blockers: None, committed: false }
     }
 }
 
 #[derive(Clone)]
 struct Job {
     service: u32,
-    hash: String,
+    hash: H,
     kind: Kind,
     expected: Option<String>,
 }
@@ -162,31 +179,31 @@ struct Job {
 #[derive(Default)]
 struct Pass {
     /// dataIdHash -> [(node, dataType)], in first-seen order.
-    groups: Vec<(String, Vec<(String, String)>)>,
-    group_missing: Vec<(String, Vec<String>)>,
+    groups: Vec<(H, Vec<(H, String)>)>,
+    group_missing: Vec<(H, Vec<H>)>,
     queue: Vec<Job>,
-    covered: HashSet<String>,
-    seen_jobs: HashSet<(u32, String)>,
+    covered: HashSet<H>,
+    seen_jobs: HashSet<(u32, H)>,
     batch: usize,
-    items: HashMap<String, Item>,
+    items: HashMap<H, Item>,
     /// Dependencies first, over all children lists.
-    order: Vec<String>,
+    order: Vec<H>,
     /// Hashes whose children were asked for (reachability starts).
-    start: Vec<String>,
+    start: Vec<H>,
     calls: Vec<Job>,
-    fetch: Vec<String>,
+    fetch: Vec<H>,
     /// BLOBs/CLOBs that verified objects reference as such (chum.md §6.4): only these are
     /// fetched as streams.
-    streams_wanted: HashSet<(Kind, String)>,
+    streams_wanted: HashSet<(Kind, H)>,
     /// The fetch calls out, oldest first: the hashes each asked for.
-    inflight: VecDeque<Vec<String>>,
+    inflight: VecDeque<Vec<H>>,
     /// Every object / ID object to fetch, dependencies first, and how many were asked.
-    texts: Vec<String>,
+    texts: Vec<H>,
     next: usize,
     com: Com,
     /// docs/chum-fastpath.md "closure": microdata that came inline with a GET_CLOSURE answer,
     /// verified like a 101 answer when the fetch starts.
-    prefetched: HashMap<String, String>,
+    prefetched: HashMap<H, String>,
     /// Since when items have been ready but not committed (see [`COMMIT_INTERVAL`]).
     ready_since: Option<std::time::Instant>,
 }
@@ -195,19 +212,14 @@ struct Pass {
 #[derive(Default)]
 struct Com {
     /// Listed version node -> (dataIdHash, dataType).
-    nodes: HashMap<String, (String, String)>,
-    /// Listed version nodes whose §6.2 check passed.
-    checked: HashSet<String>,
+    nodes: HashMap<H, (H, String)>,
     /// Data hash -> nodes whose check waits for it.
-    wait_data: HashMap<String, Vec<String>>,
-    reached: HashSet<String>,
-    /// Verified item -> its listed references not stored yet.
-    blockers: HashMap<String, usize>,
+    wait_data: HashMap<H, Vec<H>>,
     /// Listed hash -> verified items referencing it.
-    waiters: HashMap<String, Vec<String>>,
-    queued: HashSet<String>,
-    ready: VecDeque<String>,
-    stored: HashSet<String>,
+    waiters: HashMap<H, Vec<H>>,
+    ready: VecDeque<H>,
+    /// Items committed by this pass.
+    committed: usize,
 }
 
 enum Stage {
@@ -483,18 +495,18 @@ impl Importer {
                 };
                 for (job, res) in calls.into_iter().zip(results) {
                     let Some(children) = self.children_result(&job.hash, res, cx)? else { continue };
-                    pass.start.push(job.hash.clone());
+                    pass.start.push(job.hash);
                     for (ckind, ch) in children {
-                        pass.covered.insert(ch.clone());
-                        if !pass.items.contains_key(&ch) {
-                            pass.items.insert(ch.clone(), Item::new(ckind, None));
+                        pass.covered.insert(ch);
+                        if let std::collections::hash_map::Entry::Vacant(e) = pass.items.entry(ch) {
+                            e.insert(Item::new(ckind, None));
                             pass.order.push(ch);
                         }
                     }
                     match pass.items.get_mut(&job.hash) {
                         None => {
-                            pass.items.insert(job.hash.clone(), Item::new(job.kind, job.expected.clone()));
-                            pass.order.push(job.hash.clone());
+                            pass.items.insert(job.hash, Item::new(job.kind, job.expected.clone()));
+                            pass.order.push(job.hash);
                         }
                         Some(it) => {
                             if job.expected.is_some() {
@@ -530,6 +542,7 @@ impl Importer {
                             it.stored = true;
                             it.fetched = true;
                             release(&mut pass, &h);
+                            let h = h.to_string();
                             self.pending.remove(&h);
                             if clob {
                                 cx.log.b_to_a_clob.push(h.clone());
@@ -543,21 +556,20 @@ impl Importer {
                         }
                         Outcome::Err { code, message } => {
                             let reason = if code.is_empty() || message.starts_with(&code) { message } else { format!("{code}: {message}") };
-                            self.pending.insert(h.clone(), reason.clone());
-                            cx.events.push_back(Event::Pending { hash: h, kind: kind.as_str().into(), reason });
+                            self.pending.insert(h.to_string(), reason.clone());
+                            cx.events.push_back(Event::Pending { hash: h.to_string(), kind: kind.as_str().into(), reason });
                         }
                         Outcome::Ok(_) | Outcome::Bytes(_) => {
                             let reason = "CIEC-FBL1: the answer is not a stream".to_string();
-                            self.pending.insert(h.clone(), reason.clone());
-                            cx.events.push_back(Event::Pending { hash: h, kind: kind.as_str().into(), reason });
+                            self.pending.insert(h.to_string(), reason.clone());
+                            cx.events.push_back(Event::Pending { hash: h.to_string(), kind: kind.as_str().into(), reason });
                         }
                     }
                 }
                 self.flush(&mut pass, new_blobs, new_clobs, true, cx);
                 report_unreachable(&mut pass, cx);
-                let stored = std::mem::take(&mut pass.com.stored);
                 for (id_hash, ms) in &pass.group_missing {
-                    let mut best: Option<(f64, &String)> = None;
+                    let mut best: Option<(f64, &H)> = None;
                     for n in ms {
                         let Some(it) = pass.items.get(n) else { continue };
                         let Some(d) = it.depth else { continue };
@@ -569,7 +581,7 @@ impl Importer {
                         }
                     }
                     if let Some((_, n)) = best {
-                        if stored.contains(n) {
+                        if pass.items.get(n).is_some_and(|it| it.committed) {
                             let data_type = pass
                                 .groups
                                 .iter()
@@ -577,7 +589,7 @@ impl Importer {
                                 .and_then(|g| g.1.iter().find(|x| &x.0 == n))
                                 .map(|x| x.1.clone())
                                 .unwrap_or_default();
-                            cx.events.push_back(Event::Merge { id_hash: id_hash.clone(), node: n.clone(), data_type });
+                            cx.events.push_back(Event::Merge { id_hash: id_hash.to_string(), node: n.to_string(), data_type });
                         }
                     }
                 }
@@ -625,7 +637,7 @@ impl Importer {
         for c in calls.chunks(BATCH_MAX) {
             let n = self.hints.len().min(CLOSURE_HINTS_MAX);
             let hints: Vec<Value> = self.hints.drain(..n).map(Value::String).collect();
-            let roots = Value::Array(c.iter().map(|j| Value::String(j.hash.clone())).collect());
+            let roots = Value::Array(c.iter().map(|j| Value::String(j.hash.to_string())).collect());
             let mut args = vec![Some(roots), Some(Value::Array(hints))];
             // the first 106 of the session tells the exporter our mark, so it can seed what it
             // knows we hold (docs/chum-fastpath.md "Mark")
@@ -644,38 +656,63 @@ impl Importer {
     /// verified by hash like any fetched object, chum.md §6.4).
     fn split_closure(&self, pass: &mut Pass, calls: &[Job], results: Vec<Outcome>) -> Result<Vec<Children>, Fatal> {
         let sizes: Vec<usize> = calls.chunks(BATCH_MAX).map(|c| c.len()).collect();
-        let per_root = split_batch(&sizes, results, "CES-GOC1", |c| c)?;
-        let mut out = Vec::with_capacity(per_root.len());
-        for (job, res) in calls.iter().zip(per_root) {
-            let Outcome::Ok(Some(Value::Object(mut m))) = res else {
-                out.push(Children::Raw(match res {
-                    Outcome::Ok(_) => Outcome::Err { code: "LAMA-CHUM-BATCH".into(), message: "malformed closure answer".into() },
-                    other => other,
-                }));
-                continue;
-            };
-            let Some(Value::Array(children)) = m.remove("children") else {
-                out.push(Children::Raw(Outcome::Err { code: "LAMA-CHUM-BATCH".into(), message: "malformed closure answer".into() }));
-                continue;
-            };
-            if let Some(Value::String(t)) = m.remove("root") {
-                pass.prefetched.insert(job.hash.clone(), t);
-            }
-            let mut listed = Vec::with_capacity(children.len());
-            for mut c in children {
-                if let Value::Object(e) = &mut c {
-                    if let (Some(Value::String(h)), Some(Value::String(t))) = (e.get("hash").cloned(), e.remove("data")) {
-                        pass.prefetched.insert(h, t);
+        let mut out = Vec::with_capacity(calls.len());
+        let mut jobs = calls.iter();
+        for (&n, res) in sizes.iter().zip(results) {
+            let chunk: Vec<&Job> = jobs.by_ref().take(n).collect();
+            // an answer of good entries only is parsed straight into keys (issue 8: a first
+            // sync's 70,000 entries went through a `Value` each); anything else goes the
+            // general way below, which reports it
+            if let Outcome::Ok(Some(Value::String(s))) = &res {
+                if let Some(parsed) = typed_closure(s, n) {
+                    for (job, r) in chunk.iter().zip(parsed) {
+                        match r {
+                            None => out.push(Children::Raw(Outcome::Err { code: "CES-GOC1".into(), message: "not served by the exporter".into() })),
+                            Some(c) => {
+                                if let Some(t) = c.root {
+                                    pass.prefetched.insert(job.hash, t);
+                                }
+                                pass.prefetched.extend(c.data);
+                                out.push(Children::Parsed(c.list));
+                            }
+                        }
                     }
+                    continue;
                 }
-                listed.push(c);
             }
-            // a list of good entries is taken as it is (issue 8: a first sync's 70,000-entry
-            // list was written back to a string and parsed again); anything else goes the
-            // general way of a service 4/5 answer, which reports it
-            match checked_values(&listed) {
-                Some(list) => out.push(Children::Parsed(list)),
-                None => out.push(Children::Raw(Outcome::Ok(Some(Value::String(Value::Array(listed).to_string()))))),
+            let per_root = split_batch(&[n], vec![res], "CES-GOC1", |c| c)?;
+            for (job, res) in chunk.iter().zip(per_root) {
+                let Outcome::Ok(Some(Value::Object(mut m))) = res else {
+                    out.push(Children::Raw(match res {
+                        Outcome::Ok(_) => Outcome::Err { code: "LAMA-CHUM-BATCH".into(), message: "malformed closure answer".into() },
+                        other => other,
+                    }));
+                    continue;
+                };
+                let Some(Value::Array(children)) = m.remove("children") else {
+                    out.push(Children::Raw(Outcome::Err { code: "LAMA-CHUM-BATCH".into(), message: "malformed closure answer".into() }));
+                    continue;
+                };
+                if let Some(Value::String(t)) = m.remove("root") {
+                    pass.prefetched.insert(job.hash, t);
+                }
+                let mut listed = Vec::with_capacity(children.len());
+                for mut c in children {
+                    if let Value::Object(e) = &mut c {
+                        // a bad hash is reported with the list (checked_values fails on it)
+                        if let (Some(h), Some(Value::String(t))) = (e.get("hash").and_then(Value::as_str).and_then(H::parse), e.remove("data")) {
+                            pass.prefetched.insert(h, t);
+                        }
+                    }
+                    listed.push(c);
+                }
+                // a list of good entries is taken as it is (issue 8: a first sync's 70,000-entry
+                // list was written back to a string and parsed again); anything else goes the
+                // general way of a service 4/5 answer, which reports it
+                match checked_values(&listed) {
+                    Some(list) => out.push(Children::Parsed(list)),
+                    None => out.push(Children::Raw(Outcome::Ok(Some(Value::String(Value::Array(listed).to_string()))))),
+                }
             }
         }
         Ok(out)
@@ -688,8 +725,8 @@ impl Importer {
         if pass.prefetched.is_empty() {
             return Ok(());
         }
-        let mut pre: Vec<String> = Vec::new();
-        let mut rest: Vec<String> = Vec::new();
+        let mut pre: Vec<H> = Vec::new();
+        let mut rest: Vec<H> = Vec::new();
         for h in std::mem::take(&mut pass.texts) {
             if pass.prefetched.contains_key(&h) { pre.push(h) } else { rest.push(h) }
         }
@@ -792,7 +829,7 @@ impl Importer {
         // v8: a full COMMIT_BATCH; fast path: the pass's first chunk at once (the first objects
         // are visible early), then COMMIT_MIN_FAST
         let full = if self.features.contains("batch") {
-            pass.com.stored.is_empty() || pass.com.ready.len() >= COMMIT_MIN_FAST
+            pass.com.committed == 0 || pass.com.ready.len() >= COMMIT_MIN_FAST
         } else {
             pass.com.ready.len() + self.fetch_chunk() > COMMIT_BATCH
         };
@@ -835,7 +872,7 @@ impl Importer {
         let mut calls = Vec::new();
         while pass.inflight.len() < FETCH_AHEAD && pass.next < pass.texts.len() {
             let end = (pass.next + chunk).min(pass.texts.len());
-            let fetch: Vec<String> = pass.texts[pass.next..end].to_vec();
+            let fetch: Vec<H> = pass.texts[pass.next..end].to_vec();
             pass.next = end;
             let reqs: Vec<Req> = if batched {
                 // docs/chum-fastpath.md: up to BATCH_MAX microdata per request, as one binary
@@ -844,13 +881,13 @@ impl Importer {
                 let service = if binary { GET_OBJECTS_BINARY } else { GET_OBJECTS_BATCH };
                 fetch
                     .chunks(BATCH_MAX)
-                    .map(|c| Req { binary, ..req(service, vec![Some(Value::Array(c.iter().map(|h| Value::String(h.clone())).collect()))]) })
+                    .map(|c| Req { binary, ..req(service, vec![Some(Value::Array(c.iter().map(|h| Value::String(h.to_string())).collect()))]) })
                     .collect()
             } else {
                 fetch
                     .iter()
                     .map(|h| {
-                        let a = Some(Value::String(h.clone()));
+                        let a = Some(Value::String(h.to_string()));
                         if pass.items[h].kind == Kind::Id { req(GET_ID_OBJECT, vec![a]) } else { req(GET_OBJECT, vec![a]) }
                     })
                     .collect()
@@ -871,10 +908,10 @@ impl Importer {
             if !matches!(it.kind, Kind::Blob | Kind::Clob) || it.stored {
                 continue;
             }
-            if wanted.contains(&(it.kind, h.clone())) {
-                streams.push(h.clone());
+            if wanted.contains(&(it.kind, *h)) {
+                streams.push(*h);
             } else {
-                refused.push((h.clone(), it.kind));
+                refused.push((*h, it.kind));
             }
         }
         for (h, k) in refused {
@@ -883,7 +920,7 @@ impl Importer {
         let reqs: Vec<Req> = streams
             .iter()
             .map(|h| {
-                let a = Some(Value::String(h.clone()));
+                let a = Some(Value::String(h.to_string()));
                 if pass.items[h].kind == Kind::Blob {
                     Req { service: GET_BLOB, args: vec![a, None], stream: Some(false), binary: false }
                 } else {
@@ -1058,31 +1095,30 @@ impl Importer {
     /// The hashes of `hashes` not stored here, in one read transaction; `on_error` says
     /// what a hash counts as when the store cannot be read (as `has(..).unwrap_or(!on_error)`
     /// did per hash).
-    fn missing_of<'a>(&self, hashes: &[&'a str], on_error: bool) -> Vec<&'a str> {
-        let parsed: Vec<lama_core::hash::Hash> = hashes.iter().filter_map(|h| lama_core::hash::Hash::parse(h)).collect();
-        match self.store.missing(&parsed) {
-            Ok(gone) => {
-                let gone: HashSet<[u8; 32]> = gone.iter().map(|h| *h.as_bytes()).collect();
-                hashes.iter().copied().filter(|h| lama_core::hash::Hash::parse(h).is_some_and(|x| gone.contains(x.as_bytes()))).collect()
-            }
-            Err(_) => if on_error { hashes.to_vec() } else { Vec::new() },
+    fn missing_of(&self, hashes: &[H], on_error: bool) -> HashSet<H> {
+        match self.store.missing(hashes) {
+            Ok(gone) => gone.into_iter().collect(),
+            Err(_) => if on_error { hashes.iter().copied().collect() } else { HashSet::default() },
         }
     }
 
     fn start_pass(&mut self, roots: Vec<serde_json::Map<String, Value>>, cx: &mut Cx) -> Result<Step, Fatal> {
         self.pass_roots = roots.len();
         let s = |m: &serde_json::Map<String, Value>, k: &str| m.get(k).and_then(Value::as_str).unwrap_or_default().to_string();
+        // root_list checked the hashes each kind of root needs
+        let hk = |m: &serde_json::Map<String, Value>, k: &str| m.get(k).and_then(Value::as_str).and_then(H::parse);
         // chum.md §6.2: what is missing decides what is asked for
-        let mut asked: Vec<&str> = Vec::new();
+        let mut asked: Vec<H> = Vec::new();
         for r in &roots {
             for k in ["hash", "idHash", "node"] {
-                if let Some(h) = r.get(k).and_then(Value::as_str) {
+                if let Some(h) = hk(r, k) {
                     asked.push(h);
                 }
             }
         }
         // one read transaction for all (a `has` each was 30,000 transactions, issue 8)
-        let missing: HashSet<String> = self.missing_of(&asked, false).into_iter().map(str::to_string).collect();
+        let missing: HashSet<H> = self.missing_of(&asked, false);
+        let lacks = |m: &serde_json::Map<String, Value>, k: &str| hk(m, k).filter(|h| missing.contains(h));
         self.note_hint_candidates(&roots);
         let mut pass = Pass { batch: 1, ..Default::default() };
         let mut jobs = Vec::new();
@@ -1090,26 +1126,26 @@ impl Importer {
             let one = Some(s(r, "oneType"));
             match r.get("type").and_then(Value::as_str).unwrap_or_default() {
                 "unversioned" => {
-                    if missing.contains(&s(r, "hash")) {
-                        jobs.push(Job { service: GET_OBJECT_CHILDREN, hash: s(r, "hash"), kind: Kind::Object, expected: one });
+                    if let Some(hash) = lacks(r, "hash") {
+                        jobs.push(Job { service: GET_OBJECT_CHILDREN, hash, kind: Kind::Object, expected: one });
                     }
                 }
                 "versioned" => {
-                    if missing.contains(&s(r, "idHash")) {
-                        jobs.push(Job { service: GET_ID_OBJECT_CHILDREN, hash: s(r, "idHash"), kind: Kind::Id, expected: one.clone() });
+                    if let Some(hash) = lacks(r, "idHash") {
+                        jobs.push(Job { service: GET_ID_OBJECT_CHILDREN, hash, kind: Kind::Id, expected: one.clone() });
                     }
-                    if missing.contains(&s(r, "hash")) {
-                        jobs.push(Job { service: GET_OBJECT_CHILDREN, hash: s(r, "hash"), kind: Kind::Object, expected: one });
+                    if let Some(hash) = lacks(r, "hash") {
+                        jobs.push(Job { service: GET_OBJECT_CHILDREN, hash, kind: Kind::Object, expected: one });
                     }
                 }
                 "id" => {
-                    if missing.contains(&s(r, "idHash")) {
-                        jobs.push(Job { service: GET_ID_OBJECT_CHILDREN, hash: s(r, "idHash"), kind: Kind::Id, expected: one });
+                    if let Some(hash) = lacks(r, "idHash") {
+                        jobs.push(Job { service: GET_ID_OBJECT_CHILDREN, hash, kind: Kind::Id, expected: one });
                     }
                 }
                 _ => {
-                    let id = s(r, "dataIdHash");
-                    let entry = (s(r, "node"), s(r, "dataType"));
+                    let (Some(id), Some(node)) = (hk(r, "dataIdHash"), hk(r, "node")) else { continue };
+                    let entry = (node, s(r, "dataType"));
                     match pass.groups.iter_mut().find(|g| g.0 == id) {
                         Some(g) => g.1.push(entry),
                         None => pass.groups.push((id, vec![entry])),
@@ -1120,15 +1156,15 @@ impl Importer {
         for (id, nodes) in &pass.groups {
             // a set beside the list: a channel with n posts lists n nodes, and a linear
             // `contains` made this n²/2 comparisons (benches/RESULTS.md, CHUM sync)
-            let mut ms: Vec<String> = Vec::new();
-            let mut seen: HashSet<&str> = HashSet::default();
+            let mut ms: Vec<H> = Vec::new();
+            let mut seen: HashSet<H> = HashSet::default();
             for (n, _) in nodes {
-                if missing.contains(n) && seen.insert(n.as_str()) {
-                    ms.push(n.clone());
+                if missing.contains(n) && seen.insert(*n) {
+                    ms.push(*n);
                 }
             }
             if !ms.is_empty() {
-                pass.group_missing.push((id.clone(), ms));
+                pass.group_missing.push((*id, ms));
             }
         }
         // Object roots first: a Topic's closure holds its channel's ID object.
@@ -1146,7 +1182,7 @@ impl Importer {
         let mut calls: Vec<Job> = Vec::new();
         let mut rest = Vec::new();
         for j in std::mem::take(&mut pass.queue) {
-            if pass.seen_jobs.contains(&(j.service, j.hash.clone())) {
+            if pass.seen_jobs.contains(&(j.service, j.hash)) {
                 continue;
             }
             if pass.covered.contains(&j.hash) {
@@ -1156,7 +1192,7 @@ impl Importer {
                 continue;
             }
             if calls.len() < pass.batch {
-                pass.seen_jobs.insert((j.service, j.hash.clone()));
+                pass.seen_jobs.insert((j.service, j.hash));
                 calls.push(j);
             } else {
                 rest.push(j);
@@ -1165,9 +1201,9 @@ impl Importer {
         pass.queue = rest;
         for (_, ms) in &pass.group_missing {
             for n in ms.iter().rev() {
-                if !pass.covered.contains(n) && !pass.seen_jobs.contains(&(GET_OBJECT_CHILDREN, n.clone())) {
-                    pass.seen_jobs.insert((GET_OBJECT_CHILDREN, n.clone()));
-                    calls.push(Job { service: GET_OBJECT_CHILDREN, hash: n.clone(), kind: Kind::Object, expected: None });
+                if !pass.covered.contains(n) && !pass.seen_jobs.contains(&(GET_OBJECT_CHILDREN, *n)) {
+                    pass.seen_jobs.insert((GET_OBJECT_CHILDREN, *n));
+                    calls.push(Job { service: GET_OBJECT_CHILDREN, hash: *n, kind: Kind::Object, expected: None });
                     break;
                 }
             }
@@ -1179,9 +1215,9 @@ impl Importer {
                 self.closure_requests(&calls)
             } else if self.features.contains("children-batch") {
                 // docs/chum-fastpath.md: one request per BATCH_MAX children lists
-                calls.chunks(BATCH_MAX).map(|c| req(GET_CHILDREN_BATCH, vec![Some(Value::Array(c.iter().map(|j| Value::String(j.hash.clone())).collect()))])).collect()
+                calls.chunks(BATCH_MAX).map(|c| req(GET_CHILDREN_BATCH, vec![Some(Value::Array(c.iter().map(|j| Value::String(j.hash.to_string())).collect()))])).collect()
             } else {
-                calls.iter().map(|j| req(j.service, vec![Some(Value::String(j.hash.clone()))])).collect()
+                calls.iter().map(|j| req(j.service, vec![Some(Value::String(j.hash.to_string()))])).collect()
             };
             pass.calls = calls;
             self.stage = Stage::Children(pass);
@@ -1192,19 +1228,15 @@ impl Importer {
         }
         // fetch everything that is missing, in dependency order
         let mut fetch = Vec::new();
-        let absent: HashSet<&str> = {
-            let order: Vec<&str> = pass.order.iter().map(String::as_str).collect();
-            self.missing_of(&order, true).into_iter().collect()
-        };
-        let absent: HashSet<String> = absent.into_iter().map(str::to_string).collect();
+        let absent = self.missing_of(&pass.order, true);
         for h in &pass.order {
-            let have = !absent.contains(h.as_str());
+            let have = !absent.contains(h);
             let it = pass.items.get_mut(h).unwrap();
             if have {
                 it.ok = true;
                 it.stored = true;
             } else {
-                fetch.push(h.clone());
+                fetch.push(*h);
             }
         }
         // Objects first, then only the BLOBs/CLOBs that a verified object references as such:
@@ -1213,22 +1245,27 @@ impl Importer {
         pass.texts = fetch.into_iter().filter(|h| matches!(pass.items[h].kind, Kind::Object | Kind::Id)).collect();
         // a map, not a search per node: a 10,000-post channel lists 10,000 nodes of one ID, and
         // a linear search made this 50 M comparisons (7 % of the importer's CPU, issue 8)
-        let mut types: HashMap<(&str, &str), &str> = HashMap::default();
+        let mut types: HashMap<(H, H), &str> = HashMap::default();
         for (id_hash, nodes) in &pass.groups {
             for (n, t) in nodes {
-                types.entry((id_hash.as_str(), n.as_str())).or_insert(t.as_str());
+                types.entry((*id_hash, *n)).or_insert(t.as_str());
             }
         }
         let mut nodes = HashMap::default();
         for (id_hash, ms) in &pass.group_missing {
             for n in ms {
-                let t = types.get(&(id_hash.as_str(), n.as_str())).copied().unwrap_or_default();
-                nodes.insert(n.clone(), (id_hash.clone(), t.to_string()));
+                let t = types.get(&(*id_hash, *n)).copied().unwrap_or_default();
+                nodes.insert(*n, (*id_hash, t.to_string()));
             }
         }
         drop(types);
+        for n in nodes.keys() {
+            if let Some(it) = pass.items.get_mut(n) {
+                it.node = true;
+            }
+        }
         pass.com.nodes = nodes;
-        for h in pass.start.clone() {
+        for h in std::mem::take(&mut pass.start) {
             reach(&mut pass, &h);
         }
         self.take_prefetched(&mut pass, cx)?;
@@ -1240,7 +1277,7 @@ impl Importer {
 
     /// chum.md §4.3: a string holding a JSON array of `{type, hash}`; returned reversed
     /// (dependencies first). `None` after a recorded error.
-    fn children_result(&self, h: &str, res: Children, cx: &mut Cx) -> Result<Option<Vec<(Kind, String)>>, Fatal> {
+    fn children_result(&self, h: &H, res: Children, cx: &mut Cx) -> Result<Option<Vec<(Kind, H)>>, Fatal> {
         let res = match res {
             Children::Parsed(list) => return Ok(Some(list)),
             Children::Raw(r) => r,
@@ -1274,19 +1311,19 @@ impl Importer {
                 cx.error("DC-PC3", &format!("children of {h}: bad entry {shown}"), false);
                 return Ok(None);
             };
-            let Some(ch) = c.get("hash").and_then(Value::as_str).filter(|x| is_hash(x)) else {
+            let Some(ch) = c.get("hash").and_then(Value::as_str).and_then(H::parse) else {
                 let shown = shown();
                 cx.error("DC-PC4", &format!("children of {h}: bad hash in {shown}"), false);
                 return Ok(None);
             };
-            out.push((kind, ch.to_string()));
+            out.push((kind, ch));
         }
         out.reverse();
         Ok(Some(out))
     }
 
     /// chum.md §6.4 for one GET_OBJECT / GET_ID_OBJECT answer.
-    fn verify(&self, pass: &mut Pass, h: &str, res: Outcome, cx: &mut Cx) -> Result<(), Fatal> {
+    fn verify(&self, pass: &mut Pass, h: &H, res: Outcome, cx: &mut Cx) -> Result<(), Fatal> {
         let it = pass.items.get_mut(h).unwrap();
         let is_id = it.kind == Kind::Id;
         let pre = if is_id { "CIEC-FIDO" } else { "CIEC-FO" };
@@ -1305,7 +1342,7 @@ impl Importer {
         };
         // objects.md §2.1: hashed as Node.js writes it (lone surrogates cannot occur in Rust)
         let got = sha256(text.as_bytes());
-        if hash_bytes(h) != Some(got) {
+        if *h != got {
             cx.error(&format!("{pre}2"), &format!("{h}: the received microdata hashes to {}", hash_hex(&got)), false);
             return Ok(());
         }
@@ -1333,13 +1370,22 @@ impl Importer {
                 return Ok(());
             }
         }
+        let mut keyed = Vec::with_capacity(refs.len());
         for r in &refs {
-            if matches!(r.kind, RefKind::Blob | RefKind::Clob) {
-                pass.streams_wanted.insert((ref_kind(r.kind), r.hash.clone()));
+            // the strict parse checked every reference; a bad one would not be a key
+            let Some(target) = H::parse(&r.hash) else {
+                cx.error(&format!("{pre}2"), &format!("{h}: malformed reference {}", r.hash), false);
+                return Ok(());
+            };
+            keyed.push((r.path == "data", r.kind, target));
+        }
+        for &(_, k, r) in &keyed {
+            if matches!(k, RefKind::Blob | RefKind::Clob) {
+                pass.streams_wanted.insert((ref_kind(k), r));
             }
         }
         let it = pass.items.get_mut(h).unwrap();
-        it.refs = refs.into_iter().map(|r| (r.path, r.kind, r.hash)).collect();
+        it.refs = keyed;
         it.type_name = type_name;
         it.text = Some(text);
         it.id_microdata = id_microdata;
@@ -1357,19 +1403,16 @@ impl Importer {
     /// transaction, while every other reference is already local: dependencies first, never a
     /// hole (chum.md §5.3). Kahn's algorithm, incremental, so a pass costs linear time however
     /// many chunks it takes (issue 8).
-    fn received(&self, pass: &mut Pass, part: &[String], cx: &mut Cx) {
-        let mut outside: Vec<String> = part
+    fn received(&self, pass: &mut Pass, part: &[H], cx: &mut Cx) {
+        let mut outside: Vec<H> = part
             .iter()
             .filter(|h| pass.items[*h].ok)
-            .flat_map(|h| pass.items[h].refs.iter().map(|r| r.2.clone()))
+            .flat_map(|h| pass.items[h].refs.iter().map(|r| r.2))
             .filter(|r| !pass.items.contains_key(r))
             .collect();
-        outside.sort();
+        outside.sort_unstable();
         outside.dedup();
-        let absent: HashSet<String> = {
-            let outside: Vec<&str> = outside.iter().map(String::as_str).collect();
-            self.missing_of(&outside, true).into_iter().map(str::to_string).collect()
-        };
+        let absent = self.missing_of(&outside, true);
         for h in part {
             pass.items.get_mut(h).unwrap().fetched = true;
         }
@@ -1377,7 +1420,7 @@ impl Importer {
             if !pass.items[h].ok {
                 continue;
             }
-            let mut block: HashSet<String> = HashSet::default();
+            let mut block: HashSet<H> = HashSet::default();
             let mut bad = false;
             for (_, k, r) in &pass.items[h].refs {
                 match pass.items.get(r) {
@@ -1396,22 +1439,23 @@ impl Importer {
                         }
                     }
                     Some(t) => {
-                        if !t.stored && block.insert(r.clone()) {
-                            pass.com.waiters.entry(r.clone()).or_default().push(h.clone());
+                        if !t.stored && block.insert(*r) {
+                            pass.com.waiters.entry(*r).or_default().push(*h);
                         }
                     }
                 }
             }
-            pass.items.get_mut(h).unwrap().bad = bad;
-            pass.com.blockers.insert(h.clone(), block.len());
+            let it = pass.items.get_mut(h).unwrap();
+            it.bad = bad;
+            it.blockers = Some(block.len());
         }
         for h in part {
             let ok = pass.items[h].ok;
-            if ok && pass.com.nodes.contains_key(h) {
-                let data = pass.items[h].refs.iter().find(|r| r.0 == "data").map(|r| r.2.clone());
+            if ok && pass.items[h].node {
+                let data = pass.items[h].refs.iter().find(|r| r.0).map(|r| r.2);
                 match data.as_ref().and_then(|d| pass.items.get(d)) {
                     Some(d) if !d.fetched && !d.stored => {
-                        pass.com.wait_data.entry(data.unwrap()).or_default().push(h.clone());
+                        pass.com.wait_data.entry(data.unwrap()).or_default().push(*h);
                     }
                     _ => self.check(pass, h, cx),
                 }
@@ -1426,12 +1470,12 @@ impl Importer {
         }
     }
 
-    fn check(&self, pass: &mut Pass, n: &str, cx: &mut Cx) {
+    fn check(&self, pass: &mut Pass, n: &H, cx: &mut Cx) {
         if !pass.items[n].ok {
             return;
         }
         if self.check_node(pass, n, cx) {
-            pass.com.checked.insert(n.to_string());
+            pass.items.get_mut(n).unwrap().checked = true;
             expand(pass, n);
             consider(pass, n);
         } else {
@@ -1441,31 +1485,31 @@ impl Importer {
 
     /// chum.md §6.2: a fetched listed node's data must have ID hash `dataIdHash` (CI-CCI1)
     /// and type `dataType` (CI-CCI2).
-    fn check_node(&self, pass: &Pass, n: &str, cx: &mut Cx) -> bool {
+    fn check_node(&self, pass: &Pass, n: &H, cx: &mut Cx) -> bool {
         let it = &pass.items[n];
         let (id_hash, want) = pass.com.nodes[n].clone();
         let problem: Option<(&str, String)> = if !VERSION_NODE_TYPES.contains(&it.type_name.as_str()) {
             Some(("CI-CCI1", format!("{n} is a {}, not a version node", it.type_name)))
         } else {
-            let data = it.refs.iter().find(|r| r.0 == "data").map(|r| r.2.clone());
+            let data = it.refs.iter().find(|r| r.0).map(|r| r.2);
             // (ID microdata, type) of the data: what its verification found when it is in this
             // pass and not committed yet (no second parse, issue 8), else read from the store
             let found: Option<(Option<String>, String)> = data.as_ref().and_then(|d| match pass.items.get(d) {
                 // an ID object is its own ID microdata (as `id_microdata_of` gives it)
                 Some(x) if x.ok && x.text.is_some() => Some((if x.kind == Kind::Id { x.text.clone() } else { x.id_microdata.clone() }, x.type_name.clone())),
                 Some(x) if !x.stored => None,
-                _ => self.store.get(d).ok().map(|t| {
+                _ => self.store.get(&d.to_string()).ok().map(|t| {
                     (microdata::id_microdata_of(&t).ok().flatten(), microdata::type_of(&t).map(|x| x.0).unwrap_or_default())
                 }),
             });
             match found {
                 None => Some(("CI-CCI1", format!("version node {n}: its data is not available"))),
                 Some((id_microdata, ty)) => {
-                    let idh = id_microdata.map(|m| sha256_hex(m.as_bytes()));
-                    if idh.as_deref() != Some(id_hash.as_str()) {
-                        Some(("CI-CCI1", format!("version node {n}: data {} does not have ID hash {id_hash}", data.unwrap_or_default())))
+                    let shown = data.map(|d| d.to_string()).unwrap_or_default();
+                    if id_microdata.map(|m| sha256(m.as_bytes())) != Some(id_hash.0) {
+                        Some(("CI-CCI1", format!("version node {n}: data {shown} does not have ID hash {id_hash}")))
                     } else if ty != want {
-                        Some(("CI-CCI2", format!("version node {n}: data {} is a {ty}, not a {want}", data.unwrap_or_default())))
+                        Some(("CI-CCI2", format!("version node {n}: data {shown} is a {ty}, not a {want}")))
                     } else {
                         None
                     }
@@ -1486,8 +1530,8 @@ impl Importer {
     fn flush(&self, pass: &mut Pass, new_blobs: Vec<String>, new_clobs: Vec<String>, last: bool, cx: &mut Cx) {
         let mut first = last;
         while !pass.com.ready.is_empty() || (first && (!new_blobs.is_empty() || !new_clobs.is_empty())) {
-            let mut batch: Vec<String> = Vec::new();
-            let mut in_batch: HashSet<String> = HashSet::default();
+            let mut batch: Vec<H> = Vec::new();
+            let mut in_batch: HashSet<H> = HashSet::default();
             let max = if self.features.contains("batch") { COMMIT_BATCH_FAST } else { COMMIT_BATCH };
             while batch.len() < max {
                 let Some(h) = pass.com.ready.pop_front() else { break };
@@ -1495,7 +1539,7 @@ impl Importer {
                 if pass.items[&h].refs.iter().any(|r| pass.items.get(&r.2).is_some_and(|x| !x.stored) && !in_batch.contains(&r.2)) {
                     continue;
                 }
-                in_batch.insert(h.clone());
+                in_batch.insert(h);
                 release(pass, &h);
                 batch.push(h);
             }
@@ -1507,8 +1551,8 @@ impl Importer {
                 }
             }
             if !done.is_empty() || first {
-                let objects: Vec<String> = done.iter().filter(|h| pass.items[*h].kind != Kind::Id).cloned().collect();
-                let id_objects: Vec<String> = done.iter().filter(|h| pass.items[*h].kind == Kind::Id).cloned().collect();
+                let objects: Vec<String> = done.iter().filter(|h| pass.items[*h].kind != Kind::Id).map(H::to_string).collect();
+                let id_objects: Vec<String> = done.iter().filter(|h| pass.items[*h].kind == Kind::Id).map(H::to_string).collect();
                 cx.events.push_back(Event::Imported {
                     objects,
                     id_objects,
@@ -1516,12 +1560,12 @@ impl Importer {
                     clobs: if first { new_clobs.clone() } else { Vec::new() },
                 });
             }
-            pass.com.stored.extend(done);
+            pass.com.committed += done.len();
             first = false;
         }
     }
 
-    fn put(&self, pass: &mut Pass, batch: &[String], cx: &mut Cx) -> Vec<String> {
+    fn put(&self, pass: &mut Pass, batch: &[H], cx: &mut Cx) -> Vec<H> {
         if batch.is_empty() {
             return Vec::new();
         }
@@ -1530,7 +1574,7 @@ impl Importer {
             let all: Vec<Verified> = batch.iter().map(|h| verified(&pass.items, h)).collect();
             self.store.put_verified(&all)
         };
-        let done: Vec<String> = match result {
+        let done: Vec<H> = match result {
             Ok(_) => batch.to_vec(),
             Err(_) => {
                 // pre-verified, so this is rare: isolate the item the store refuses
@@ -1543,7 +1587,7 @@ impl Importer {
                     match r {
                         Ok(_) => {
                             pass.items.get_mut(h).unwrap().stored = true;
-                            done.push(h.clone());
+                            done.push(*h);
                         }
                         Err(e) => cx.error(&e.code, &format!("storing {h}: {e}"), false),
                     }
@@ -1552,9 +1596,10 @@ impl Importer {
             }
         };
         for h in &done {
-            let listed_node = pass.com.nodes.contains_key(h);
             let it = pass.items.get_mut(h).unwrap();
+            let listed_node = it.node;
             it.stored = true;
+            it.committed = true;
             // a committed item's text is read from the store from now on: the pass holds only
             // what is not committed yet (issue 8: B held the whole pass, 270 MiB for 35 MB)
             let text = it.text.take();
@@ -1564,10 +1609,10 @@ impl Importer {
             it.id_microdata = None;
             it.refs = Vec::new();
             if it.kind == Kind::Id {
-                cx.log.b_to_a_id_objects.push(h.clone());
+                cx.log.b_to_a_id_objects.push(h.to_string());
                 cx.stats.id_objects_received += 1;
             } else {
-                cx.log.b_to_a_objects.push(h.clone());
+                cx.log.b_to_a_objects.push(h.to_string());
                 cx.stats.objects_received += 1;
             }
         }
@@ -1576,56 +1621,53 @@ impl Importer {
 }
 
 /// What `Store::put_verified` takes of a verified item.
-fn verified<'a>(items: &'a HashMap<String, Item>, h: &str) -> Verified<'a> {
+fn verified<'a>(items: &'a HashMap<H, Item>, h: &H) -> Verified<'a> {
     let it = &items[h];
     Verified { text: it.text.as_deref().unwrap_or_default(), hash: it.hash, type_name: &it.type_name, is_id: it.kind == Kind::Id, id_microdata: it.id_microdata.as_deref() }
 }
 
-fn expandable(pass: &Pass, h: &str) -> bool {
+fn expandable(pass: &Pass, h: &H) -> bool {
     let it = &pass.items[h];
-    it.ok && !it.stored && (!pass.com.nodes.contains_key(h) || pass.com.checked.contains(h))
+    it.ok && !it.stored && (!it.node || it.checked)
 }
 
 /// `h` is a root whose children were asked, or a verified item of the pass references it.
-fn reach(pass: &mut Pass, h: &str) {
-    if pass.items.contains_key(h) && pass.com.reached.insert(h.to_string()) {
-        consider(pass, h);
+fn reach(pass: &mut Pass, h: &H) {
+    if let Some(it) = pass.items.get_mut(h) {
+        if !it.reached {
+            it.reached = true;
+            consider(pass, h);
+        }
     }
 }
 
 /// `h` was verified (a listed version node: its check passed): what it references is reached.
 /// Not transitively from the roots: a chain (a channel's entries) is received oldest first, so
 /// its top is the last to arrive, and the commit must not wait for it.
-fn expand(pass: &mut Pass, h: &str) {
+fn expand(pass: &mut Pass, h: &H) {
     if expandable(pass, h) {
-        let refs: Vec<String> = pass.items[h].refs.iter().map(|r| r.2.clone()).collect();
+        let refs: Vec<H> = pass.items[h].refs.iter().map(|r| r.2).collect();
         for r in refs {
             reach(pass, &r);
         }
     }
 }
 
-fn consider(pass: &mut Pass, h: &str) {
-    let it = &pass.items[h];
-    let c = &pass.com;
-    if c.queued.contains(h)
-        || !it.ok
-        || it.stored
-        || it.bad
-        || !c.reached.contains(h)
-        || c.blockers.get(h).copied().unwrap_or(1) != 0
-        || (c.nodes.contains_key(h) && !c.checked.contains(h))
-    {
+fn consider(pass: &mut Pass, h: &H) {
+    let Some(it) = pass.items.get_mut(h) else { return };
+    if it.queued || !it.ok || it.stored || it.bad || !it.reached || it.blockers.unwrap_or(1) != 0 || (it.node && !it.checked) {
         return;
     }
-    pass.com.queued.insert(h.to_string());
-    pass.com.ready.push_back(h.to_string());
+    it.queued = true;
+    pass.com.ready.push_back(*h);
 }
 
 /// `h` is stored (or in the transaction being built): what waited for it may be ready.
-fn release(pass: &mut Pass, h: &str) {
+fn release(pass: &mut Pass, h: &H) {
     for w in pass.com.waiters.remove(h).unwrap_or_default() {
-        *pass.com.blockers.get_mut(&w).unwrap() -= 1;
+        if let Some(b) = pass.items.get_mut(&w).and_then(|it| it.blockers.as_mut()) {
+            *b -= 1;
+        }
         consider(pass, &w);
     }
 }
@@ -1633,14 +1675,14 @@ fn release(pass: &mut Pass, h: &str) {
 /// Every listed child must be reachable from the root it was listed for over the references
 /// of what was received: an exporter must not slip unrelated objects in.
 fn report_unreachable(pass: &mut Pass, cx: &mut Cx) {
-    let mut bad: Vec<String> = pass
+    let mut bad: Vec<H> = pass
         .order
         .iter()
         .filter(|h| {
             let it = &pass.items[*h];
-            it.ok && !it.stored && !it.bad && !pass.com.reached.contains(*h)
+            it.ok && !it.stored && !it.bad && !it.reached
         })
-        .cloned()
+        .copied()
         .collect();
     bad.dedup();
     for h in bad {
@@ -1677,7 +1719,7 @@ fn split_batch(sizes: &[usize], results: Vec<Outcome>, refused: &str, wrap: impl
 
 /// A children answer: checked and parsed already, or as it came.
 enum Children {
-    Parsed(Vec<(Kind, String)>),
+    Parsed(Vec<(Kind, H)>),
     Raw(Outcome),
 }
 
@@ -1691,21 +1733,18 @@ struct Child {
 
 /// A children list of good entries, reversed (dependencies first); `None` if an entry is bad
 /// (the general path then reports it as before).
-fn checked_children(list: Vec<Child>) -> Option<Vec<(Kind, String)>> {
+fn checked_children(list: Vec<Child>) -> Option<Vec<(Kind, H)>> {
     let mut out = Vec::with_capacity(list.len());
     for c in list.into_iter().rev() {
         let kind = Kind::parse(&c.kind)?;
-        if !is_hash(&c.hash) {
-            return None;
-        }
-        out.push((kind, c.hash));
+        out.push((kind, H::parse(&c.hash)?));
     }
     Some(out)
 }
 
 /// [`checked_children`] of parsed entries: each exactly `{"type", "hash"}` (the `data` of a
 /// closure entry already taken out).
-fn checked_values(list: &[Value]) -> Option<Vec<(Kind, String)>> {
+fn checked_values(list: &[Value]) -> Option<Vec<(Kind, H)>> {
     let mut out = Vec::with_capacity(list.len());
     for c in list.iter().rev() {
         let Value::Object(e) = c else { return None };
@@ -1713,18 +1752,67 @@ fn checked_values(list: &[Value]) -> Option<Vec<(Kind, String)>> {
             return None;
         }
         let kind = Kind::parse(e.get("type")?.as_str()?)?;
-        let h = e.get("hash")?.as_str()?;
-        if !is_hash(h) {
-            return None;
-        }
-        out.push((kind, h.to_string()));
+        out.push((kind, H::parse(e.get("hash")?.as_str()?)?));
     }
     Some(out)
 }
 
 /// chum.md §4.3 answer text into a checked list, when every entry is good.
-fn typed_children(s: &str) -> Option<Vec<(Kind, String)>> {
+fn typed_children(s: &str) -> Option<Vec<(Kind, H)>> {
     checked_children(serde_json::from_str::<Vec<Child>>(s).ok()?)
+}
+
+/// One root of a GET_CLOSURE answer (docs/chum-fastpath.md 106), exactly as a lama exporter
+/// writes it; anything else fails the typed parse and takes the general path.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ClosureRoot {
+    root: Option<String>,
+    children: Vec<ClosureChild>,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ClosureChild {
+    #[serde(rename = "type")]
+    kind: String,
+    hash: String,
+    data: Option<String>,
+}
+
+/// A checked closure answer for one root: its inline microdata, the children list reversed
+/// (dependencies first) and the inline microdata of listed hashes.
+struct Closure {
+    root: Option<String>,
+    list: Vec<(Kind, H)>,
+    data: Vec<(H, String)>,
+}
+
+/// A 106 answer of `n` roots, every entry good (`None` per root the exporter refused); `None`
+/// if anything is unusual.
+fn typed_closure(s: &str, n: usize) -> Option<Vec<Option<Closure>>> {
+    let roots = serde_json::from_str::<Vec<Option<ClosureRoot>>>(s).ok()?;
+    if roots.len() != n {
+        return None;
+    }
+    let mut out = Vec::with_capacity(n);
+    for r in roots {
+        let Some(r) = r else {
+            out.push(None);
+            continue;
+        };
+        let mut list = Vec::with_capacity(r.children.len());
+        let mut data = Vec::new();
+        for c in r.children.into_iter().rev() {
+            let h = H::parse(&c.hash)?;
+            list.push((Kind::parse(&c.kind)?, h));
+            if let Some(t) = c.data {
+                data.push((h, t));
+            }
+        }
+        out.push(Some(Closure { root: r.root, list, data }));
+    }
+    Some(out)
 }
 
 /// [`split_batch`] for GET_CHILDREN_BATCH answers: parsed straight into checked lists (issue
