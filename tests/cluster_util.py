@@ -79,11 +79,14 @@ class Nats:
 
 
 class NodeProcess:
-    """``lama comm-server --port 0 --nats URL`` in its own process; ``url`` from its first
-    line. ``kill()`` is SIGKILL (nothing is closed cleanly)."""
+    """``lama comm-server --port 0 --nats URL`` in its own process on ``core`` (default: the
+    core under test); ``url`` from its first line. ``kill()`` is SIGKILL (nothing is closed
+    cleanly)."""
 
-    def __init__(self, nats_url: str) -> None:
-        env = dict(os.environ, PYTHONPATH=str(ROOT / "python"), LAMA_CORE="rust")
+    def __init__(self, nats_url: str, core: str | None = None) -> None:
+        from lama._core import CORE_NAME
+
+        env = dict(os.environ, PYTHONPATH=str(ROOT / "python"), LAMA_CORE=core or CORE_NAME)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "lama.cli", "comm-server", "--host", "127.0.0.1", "--port", "0",
              "--nats", nats_url, "--ping-interval", "1"],
@@ -112,8 +115,8 @@ def counters_of(text: str) -> dict[str, int]:
     return {k: int(v) for k, v in (line.split() for line in text.splitlines() if len(line.split()) == 2)}
 
 
-async def nodes(nats_url: str, n: int, **opts: Any) -> list[Any]:
-    """``n`` in-process cluster nodes (rust core)."""
-    from lama import _lama
-
-    return [await _lama.comm_server("127.0.0.1", 0, nats=nats_url, **opts) for _ in range(n)]
+async def nodes(nats_url: str, n: int, core: Any = None, **opts: Any) -> list[Any]:
+    """``n`` in-process cluster nodes of ``core`` (a core module; default: the one under test)."""
+    if core is None:
+        from lama._core import core
+    return [await core.comm_server("127.0.0.1", 0, nats=nats_url, **opts) for _ in range(n)]

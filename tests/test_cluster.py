@@ -1,10 +1,10 @@
-"""The comm-server cluster over NATS (docs/cluster.md): nats-server and two or three rust
+"""The comm-server cluster over NATS (docs/cluster.md): nats-server and two or three
 comm-server nodes on 127.0.0.1. A listener at node 1 is reached through node 2 (frames both
-ways, close reasons, counters); unknown keys are refused; NATS unreachable at start is an
-error; NATS restarted: the directory comes back; two apps pair and chat across nodes, a node
-killed with SIGKILL mid-conversation: both clients fail over to the other node and continue.
-The nodes are the rust core's (the pure comm server refuses ``nats=``); the clients run on
-the core under test."""
+ways, close reasons, counters); unknown keys are refused; a lookup flood is rate-limited; NATS
+unreachable at start is an error; NATS restarted: the directory comes back; two apps pair and
+chat across nodes, a node killed with SIGKILL mid-conversation: both clients fail over to the
+other node and continue. Nodes and clients run on the core under test; a mixed cluster (a rust
+and a pure node) is tested in both directions."""
 
 from __future__ import annotations
 
@@ -17,8 +17,8 @@ import pytest
 
 from cluster_util import Nats, NodeProcess, counters_of, free_port, needs_nats, nodes
 from lama import App, AppConfig
-from lama._core import CORE_NAME, comm_listen, comm_server, core
-from lama.errors import InvalidArgumentError, LamaError
+from lama._core import comm_listen, comm_server, core
+from lama.errors import InvalidArgumentError, TransportError
 
 pytestmark = [pytest.mark.timeout(180),
               needs_nats()]
@@ -132,24 +132,90 @@ def test_unknown_key_and_a_departed_listener_are_refused(nats: Nats) -> None:
     asyncio.run(asyncio.wait_for(main(), 120))
 
 
+@pytest.mark.cross_core
+def test_a_mixed_cluster_of_a_rust_and_a_pure_node(nats: Nats) -> None:
+    """One protocol (subjects, answers, hop field): a listener at the rust node is reached
+    through the pure node and the reverse."""
+    from lama import _lama, _pure  # type: ignore[attr-defined]
+
+    async def main() -> None:
+        (rust,), (pure,) = await nodes(nats.url, 1, _lama), await nodes(nats.url, 1, _pure)
+        try:
+            for listen, ask in ((rust, pure), (pure, rust)):
+                pk, sk = core.box_keypair()
+                ini, acc = await cross_node_exchange(listen.url, ask.url, pk, sk)
+                await ini.close("bye across cores")
+                assert await asyncio.wait_for(acc.recv(), 10) is None
+                assert acc.close_reason == "bye across cores"
+            for n in (rust, pure):
+                c = n.counters()
+                assert (c["cluster_lookups"], c["forwarded"], c["cluster_answers"]) == (1, 1, 1), c
+        finally:
+            await rust.close()
+            await pure.close()
+
+    asyncio.run(asyncio.wait_for(main(), 120))
+
+
+# docs/cluster.md §4: the lookup rate limit per client address
+LOOKUP_RATE, LOOKUP_BURST = 20, 40
+
+
+def test_a_lookup_flood_is_rate_limited(nats: Nats) -> None:
+    """A client flooding requests for keys held nowhere: past a burst, its requests are refused
+    without a NATS lookup; the others' lookups and the bucket's refill are unaffected."""
+    flood, batch = 300, 50
+
+    async def main() -> None:
+        n1, n2 = await nodes(nats.url, 2)
+        try:
+            loop = asyncio.get_running_loop()
+            a, _ = core.box_keypair()
+
+            async def one() -> None:
+                unknown, _ = core.box_keypair()
+                t = await core.ws_connect(n2.url)
+                await t.send(request(a, unknown))
+                assert await asyncio.wait_for(t.recv(), 20) is None
+                assert t.close_reason == NO_LISTENER
+
+            t0 = loop.time()
+            for _ in range(flood // batch):
+                await asyncio.gather(*(one() for _ in range(batch)))
+            elapsed = loop.time() - t0
+            c = n2.counters()
+            assert c["refused"] == flood
+            assert c["cluster_lookups"] + c["cluster_throttled"] == flood
+            assert c["cluster_throttled"] > 0, c
+            assert c["cluster_lookups"] <= LOOKUP_BURST + LOOKUP_RATE * elapsed + 1, (c, elapsed)
+            # the bucket refills: after a pause a genuine request goes through node 2
+            await asyncio.sleep(0.5)
+            pk, sk = core.box_keypair()
+            ini, acc = await cross_node_exchange(n1.url, n2.url, pk, sk)
+            await ini.close()
+            assert n2.counters()["forwarded"] == 1
+        finally:
+            await n1.close()
+            await n2.close()
+
+    asyncio.run(asyncio.wait_for(main(), 150))
+
+
 def test_nats_unreachable_at_start_is_an_error() -> None:
     async def main() -> None:
-        from lama import _lama  # type: ignore[attr-defined]
-
-        with pytest.raises(LamaError, match="NATS"):
-            await _lama.comm_server("127.0.0.1", 0, nats=f"nats://127.0.0.1:{free_port()}")
+        with pytest.raises(TransportError, match="NATS") as e:
+            await comm_server("127.0.0.1", 0, nats=f"nats://127.0.0.1:{free_port()}")
+        assert e.value.code == "LAMA-NET-CLUSTER"
 
     asyncio.run(asyncio.wait_for(main(), 60))
 
 
-def test_the_core_under_test_and_cluster_options() -> None:
-    """The pure comm server is never a cluster node: a clear error, nothing started."""
+def test_cluster_options_are_checked() -> None:
     async def main() -> None:
-        if CORE_NAME == "pure":
-            with pytest.raises(InvalidArgumentError, match="rust core"):
-                await comm_server("127.0.0.1", 0, nats="nats://127.0.0.1:4222")
         with pytest.raises(InvalidArgumentError):
             await comm_server("127.0.0.1", 0, nats=4222)  # type: ignore[arg-type]
+        with pytest.raises(InvalidArgumentError):
+            await comm_server("127.0.0.1", 0, nats="nats://127.0.0.1:1", advertise=8001)  # type: ignore[arg-type]
 
     asyncio.run(asyncio.wait_for(main(), 60))
 

@@ -507,7 +507,7 @@ def _build_app() -> Any:
         pong_timeout: float = typer.Option(1.0, "--pong-timeout", help="Seconds a pong may take."),
         auth_timeout: float = typer.Option(10.0, "--auth-timeout", help="Seconds to authenticate."),
         nats: str = typer.Option(None, "--nats", help="NATS URL: run as a node of a comm-server "
-                                 "cluster (docs/cluster.md; rust core)."),
+                                 "cluster (docs/cluster.md)."),
         advertise: str = typer.Option(None, "--advertise", help="URL other cluster nodes reach "
                                       "this node at (default: its ws://host:port)."),
         metrics: str = typer.Option(

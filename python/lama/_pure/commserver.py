@@ -29,6 +29,7 @@ import socket
 from typing import Any
 
 from ..errors import InvalidArgumentError, TransportError
+from . import cluster as _cluster
 from . import crypto
 from . import mailbox as _mailbox
 from .net import (
@@ -70,8 +71,8 @@ _COUNTERS = (
     "connections", "open", "registrations", "spares", "requests", "handovers", "relays",
     "relayed_frames", "relayed_bytes", "refused", "auth_failures", "auth_timeouts", "malformed",
     "oversized", "pings", "ping_timeouts",
-    # a cluster node's (docs/cluster.md; the pure comm server is never one: always 0)
-    "forwarded", "cluster_lookups", "cluster_answers",
+    # a cluster node's (docs/cluster.md; always 0 on a single node)
+    "forwarded", "cluster_lookups", "cluster_answers", "cluster_throttled",
 )
 
 
@@ -158,6 +159,7 @@ class CommServer:
         self._closing = asyncio.Event()
         self._server: Any = None
         self._mailbox: Any = None  # lama's mailbox extension (docs/mailbox.md), if configured
+        self._cluster: Any = None  # a cluster node's NATS side (docs/cluster.md), if configured
 
     @property
     def port(self) -> int:
@@ -170,8 +172,8 @@ class CommServer:
     def counters(self) -> dict[str, int]:
         """connections, open, registrations, spares, requests, handovers, relays,
         relayed_frames, relayed_bytes, refused, auth_failures, auth_timeouts, malformed,
-        oversized, pings, ping_timeouts, forwarded, cluster_lookups, cluster_answers; with a
-        mailbox also its counters (docs/mailbox.md §5)."""
+        oversized, pings, ping_timeouts, forwarded, cluster_lookups, cluster_answers,
+        cluster_throttled; with a mailbox also its counters (docs/mailbox.md §5)."""
         if self._mailbox is not None:
             return {**self._c, **self._mailbox.counters}
         return dict(self._c)
@@ -181,6 +183,8 @@ class CommServer:
         self._closing.set()
         if self._server is not None:
             self._server.close(close_connections=False)
+        if self._cluster is not None:
+            await self._cluster.close()  # a lookup under way fails at once
         await asyncio.gather(*(t.close(REASON_SHUTDOWN) for t in list(self._live)), return_exceptions=True)
         while self._handlers:
             await asyncio.gather(*list(self._handlers), return_exceptions=True)
@@ -209,7 +213,7 @@ class CommServer:
             return None
         sp = lst.pop()  # LIFO (conn §3.3)
         if not lst:
-            del self._by_key[key]
+            self._gone(key)
         self._count_ip(sp.ip, -1)
         self._c["spares"] -= 1
         return sp
@@ -222,10 +226,21 @@ class CommServer:
             if sp.id == id:
                 del lst[i]
                 if not lst:
-                    del self._by_key[key]
+                    self._gone(key)
                 self._count_ip(sp.ip, -1)
                 self._c["spares"] -= 1
                 return
+
+    def _gone(self, key: str) -> None:
+        del self._by_key[key]
+        if self._cluster is not None:
+            self._cluster.spares(key, False)
+
+    def _has_spare(self, key: str) -> bool:
+        return bool(self._by_key.get(key))
+
+    def _count_answer(self) -> None:
+        self._c["cluster_answers"] += 1
 
     # -- connections --
 
@@ -269,7 +284,8 @@ class CommServer:
                 elif cmd == "communication_request":
                     source = _key_field(obj, "sourcePublicKey")
                     target = _key_field(obj, "targetPublicKey")
-                    await self._request(t, source, target)
+                    await self._request(t, source, target, _cluster.HOP_FIELD in obj,
+                                        str(conn.remote_address[0]))
                 elif self._mailbox is not None and cmd.startswith("mailbox_"):
                     await self._mailbox_request(t, cmd, obj, deadline)
                 else:
@@ -356,10 +372,16 @@ class CommServer:
             return
         self._next_id += 1
         sp = _Spare(self._next_id, ip, t)
+        subscribed = None
+        if key_hex not in self._by_key and self._cluster is not None:
+            subscribed = self._cluster.spares(key_hex, True)
         self._by_key.setdefault(key_hex, []).append(sp)
         self._count_ip(ip, 1)
         c["spares"] += 1
         c["registrations"] += 1
+        if subscribed is not None:
+            # docs/cluster.md §2: a registered listener is reachable from every node at once
+            await asyncio.wait({subscribed}, timeout=_cluster.SUBSCRIBE_WAIT)
         try:
             addr = ipaddress.ip_address(ip)
             if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
@@ -453,7 +475,7 @@ class CommServer:
         # this handler (and so the socket) lives until the initiator's handler ends the relay
         await sp.done.wait()
 
-    async def _request(self, t: Transport, source: bytes, target: bytes) -> None:
+    async def _request(self, t: Transport, source: bytes, target: bytes, hop: bool, ip: str) -> None:
         c = self._c
         c["requests"] += 1
         # re-serialised from the bytes: lowercase hex (conn §3.3)
@@ -463,6 +485,9 @@ class CommServer:
         while True:
             sp = self._pop(target.hex())
             if sp is None:
+                # docs/cluster.md §3: another node may hold the key's spares
+                if not hop and self._cluster is not None and await self._forward(t, request, target.hex(), ip):
+                    return
                 c["refused"] += 1
                 await t.close(REASON_NO_LISTENER)
                 return
@@ -476,6 +501,39 @@ class CommServer:
                 finally:
                     sp.done.set()
                 return
+
+    async def _forward(self, t: Transport, request: str, key: str, ip: str) -> bool:
+        """docs/cluster.md §3: relay initiator ``t`` through the node that holds ``key``'s
+        spare; ``False`` (the caller refuses) when the lookup is over the rate limit (§4), no
+        node has the key or its node cannot be reached."""
+        c, cl = self._c, self._cluster
+        if not cl.limiter.take(ip):
+            c["cluster_throttled"] += 1
+            return False
+        try:
+            c["cluster_lookups"] += 1
+            url = await cl.lookup(key)
+        finally:
+            cl.limiter.done()
+        if url is None or url == cl.advertise:  # our own stale answer: no spare here any more
+            return False
+        try:
+            async with asyncio.timeout(self._opts["auth_timeout"]):
+                remote = await ws_connect(url, max_message=self._opts["max_message"])
+        except (TransportError, TimeoutError, ValueError, OSError):
+            return False
+        # mark the hop: the remote node answers from its own spares only
+        try:
+            await remote.send(request[:-1] + f',"{_cluster.HOP_FIELD}":1}}')
+        except TransportError:
+            return False
+        self._live.add(remote)
+        c["forwarded"] += 1
+        try:
+            await self._relay(t, remote)
+        finally:
+            self._live.discard(remote)
+        return True
 
     async def _relay(self, a: Transport, b: Transport) -> None:
         """Forward frames both ways until one side closes; close the other with its reason."""
@@ -526,13 +584,15 @@ async def comm_server(host: str, port: int, *, ping_interval: float = 25.0, pong
                       mailbox_ttl: float = _mailbox.DEFAULT_TTL,
                       nats: str | None = None, advertise: str | None = None) -> CommServer:
     """Serve the comm-server protocol (conn §3) on ``host``:``port`` (0: any free port); with
-    ``mailbox_dir`` also lama's store-and-forward mailbox (docs/mailbox.md). ``nats``/
-    ``advertise``: a cluster node (docs/cluster.md), which only the rust core is."""
+    ``mailbox_dir`` also lama's store-and-forward mailbox (docs/mailbox.md). ``nats``: the NATS
+    URL of a cluster (docs/cluster.md); ``advertise``: the URL other nodes reach this one at
+    (default: its own ``url``)."""
     from websockets.asyncio.server import serve
 
-    if nats is not None or advertise is not None:
-        raise _arg("the comm-server cluster (nats=, advertise=) needs the rust core "
-                   "(docs/cluster.md)")
+    if nats is not None and not isinstance(nats, str):
+        raise _arg(f"nats (a NATS URL) is a str, got {type(nats).__name__}")
+    if advertise is not None and not isinstance(advertise, str):
+        raise _arg(f"advertise (a ws:// URL) is a str, got {type(advertise).__name__}")
 
     if not isinstance(host, str):
         raise _arg(f"a host is a str, got {type(host).__name__}")
@@ -557,9 +617,15 @@ async def comm_server(host: str, port: int, *, ping_interval: float = 25.0, pong
             _mailbox.MailboxStore, mailbox_dir, _count_arg("mailbox_max_items", mailbox_max_items),
             _count_arg("mailbox_max_bytes", mailbox_max_bytes), ttl)
     sock = await _bind(host, port)
+    try:
+        cluster = None if nats is None else await _cluster.Cluster.connect(nats)
+    except BaseException:
+        sock.close()
+        raise
     server = CommServer.__new__(CommServer)
     server._init(opts)
     server._mailbox = mailbox
+    server._cluster = cluster
     ws_opts = _ws_options(int(opts["max_message"]))
     ws_opts["open_timeout"] = max(opts["auth_timeout"], 0.001)
     # a relayed socket holds at most a few unread frames (websockets counts frames, not bytes)
@@ -568,6 +634,8 @@ async def comm_server(host: str, port: int, *, ping_interval: float = 25.0, pong
     bound = sock.getsockname()
     server._port = bound[1]
     server._url = f"ws://[{bound[0]}]:{bound[1]}" if sock.family == socket.AF_INET6 else f"ws://{bound[0]}:{bound[1]}"
+    if cluster is not None:
+        cluster.start(advertise or server._url, server._has_spare, server._count_answer)
     return server
 
 

@@ -9,12 +9,14 @@
 //! [`Cluster::start`] at the start.
 
 use std::collections::HashMap;
-use std::sync::{Arc, OnceLock, Weak};
-use std::time::Duration;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use lama_core::Result;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::commserver::Inner;
 use crate::{net_error, Message, Transport};
@@ -30,17 +32,73 @@ pub const SUBJECT_PREFIX: &str = "lama.commserver.key.";
 /// How long a node waits for another node to answer a lookup.
 pub const LOOKUP_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// How long a first registration of a key waits for the node's subscription to reach NATS
+/// (NATS down: not longer; the subscription is sent on reconnect).
+pub const SUBSCRIBE_WAIT: Duration = Duration::from_secs(1);
+
 /// How long the first connection to NATS may take (later ones retry forever).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// docs/cluster.md §4: lookups one client address may cause (a token bucket: `LOOKUP_RATE`
+/// per second, bursts of `LOOKUP_BURST`), and lookups of the whole node in flight at once;
+/// over either, the request is refused without a lookup (counter `cluster_throttled`).
+pub const LOOKUP_RATE: f64 = 20.0;
+pub const LOOKUP_BURST: f64 = 40.0;
+pub const MAX_LOOKUPS_IN_FLIGHT: usize = 64;
+/// Above this many addresses, full (idle) buckets are dropped: the limiter's memory is bounded.
+const MAX_BUCKETS: usize = 4096;
+
+/// Per-address token buckets plus a node-wide cap of lookups in flight.
+#[derive(Default)]
+pub(crate) struct LookupLimiter {
+    buckets: Mutex<HashMap<IpAddr, (f64, Instant)>>,
+    in_flight: AtomicUsize,
+}
+
+/// A lookup allowed by the limiter; dropping it ends it (the in-flight count).
+pub(crate) struct LookupPermit<'a>(&'a LookupLimiter);
+
+impl Drop for LookupPermit<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl LookupLimiter {
+    pub(crate) fn take(&self, ip: IpAddr) -> Option<LookupPermit<'_>> {
+        let now = Instant::now();
+        let refill = |tokens: f64, at: Instant| (tokens + now.duration_since(at).as_secs_f64() * LOOKUP_RATE).min(LOOKUP_BURST);
+        let mut b = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
+        if self.in_flight.load(Ordering::Relaxed) >= MAX_LOOKUPS_IN_FLIGHT {
+            return None;
+        }
+        if b.len() >= MAX_BUCKETS {
+            b.retain(|_, (tokens, at)| refill(*tokens, *at) < LOOKUP_BURST);
+        }
+        let (tokens, at) = b.get(&ip).copied().unwrap_or((LOOKUP_BURST, now));
+        let tokens = refill(tokens, at);
+        if tokens < 1.0 {
+            b.insert(ip, (tokens, now));
+            return None;
+        }
+        b.insert(ip, (tokens - 1.0, now));
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        Some(LookupPermit(self))
+    }
+}
 
 pub(crate) struct Cluster {
     client: async_nats::Client,
     /// The URL other nodes reach this node at (set once the listener is bound).
     advertise: OnceLock<String>,
-    /// `(key, has spares)` in the order they happened; the directory task (un)subscribes.
-    changes: mpsc::UnboundedSender<(String, bool)>,
-    changes_rx: std::sync::Mutex<Option<mpsc::UnboundedReceiver<(String, bool)>>>,
+    /// `(key, has spares, told once subscribed)` in the order they happened; the directory
+    /// task (un)subscribes.
+    changes: mpsc::UnboundedSender<Change>,
+    changes_rx: std::sync::Mutex<Option<mpsc::UnboundedReceiver<Change>>>,
+    limiter: LookupLimiter,
 }
+
+type Change = (String, bool, oneshot::Sender<()>);
 
 fn subject(key: &str) -> String {
     format!("{SUBJECT_PREFIX}{key}")
@@ -65,6 +123,7 @@ impl Cluster {
             advertise: OnceLock::new(),
             changes: tx,
             changes_rx: std::sync::Mutex::new(Some(rx)),
+            limiter: LookupLimiter::default(),
         })
     }
 
@@ -76,9 +135,12 @@ impl Cluster {
         tokio::spawn(directory(Arc::downgrade(inner), rx));
     }
 
-    /// A key got its first spare here (`true`) or lost its last one (`false`).
-    pub(crate) fn spares(&self, key: &str, present: bool) {
-        let _ = self.changes.send((key.to_string(), present));
+    /// A key got its first spare here (`true`) or lost its last one (`false`); the receiver
+    /// is told once the change has reached the NATS server (a flush: its PING answered).
+    pub(crate) fn spares(&self, key: &str, present: bool) -> oneshot::Receiver<()> {
+        let (tx, rx) = oneshot::channel();
+        let _ = self.changes.send((key.to_string(), present, tx));
+        rx
     }
 
     /// The advertised URL of a node holding a spare of `key`, if any answers in time.
@@ -91,7 +153,7 @@ impl Cluster {
 
 /// Keeps one subscription (and its answering task) per key with spares here. Ends with the
 /// server (its `Inner` dropped or shut down).
-async fn directory(inner: Weak<Inner>, mut rx: mpsc::UnboundedReceiver<(String, bool)>) {
+async fn directory(inner: Weak<Inner>, mut rx: mpsc::UnboundedReceiver<Change>) {
     let mut subs: HashMap<String, tokio::task::JoinHandle<()>> = HashMap::new();
     let shutdown = match inner.upgrade() {
         Some(i) => i.shutdown.clone(),
@@ -102,7 +164,7 @@ async fn directory(inner: Weak<Inner>, mut rx: mpsc::UnboundedReceiver<(String, 
             _ = crate::commserver::shut(shutdown.clone()) => break,
             c = rx.recv() => c,
         };
-        let Some((key, present)) = change else { break };
+        let Some((key, present, done)) = change else { break };
         if !present {
             if let Some(task) = subs.remove(&key) {
                 task.abort(); // drops the Subscriber: UNSUB
@@ -110,6 +172,7 @@ async fn directory(inner: Weak<Inner>, mut rx: mpsc::UnboundedReceiver<(String, 
             continue;
         }
         if subs.contains_key(&key) {
+            let _ = done.send(());
             continue;
         }
         let Some(i) = inner.upgrade() else { break };
@@ -117,6 +180,13 @@ async fn directory(inner: Weak<Inner>, mut rx: mpsc::UnboundedReceiver<(String, 
         // an error: the client is closed, the server is going away
         if let Ok(sub) = c.client.subscribe(subject(&key)).await {
             subs.insert(key.clone(), tokio::spawn(answer(Arc::downgrade(&i), key, sub)));
+            // the registration waits for this (bounded there): not the directory
+            let client = c.client.clone();
+            tokio::spawn(async move {
+                if client.flush().await.is_ok() {
+                    let _ = done.send(());
+                }
+            });
         }
     }
     for (_, task) in subs {
@@ -142,13 +212,19 @@ async fn answer(inner: Weak<Inner>, key: String, mut sub: async_nats::Subscriber
 /// docs/cluster.md §3: relay initiator `t` through the node that holds `key`'s spare.
 /// `request` is the re-serialised `communication_request`. `Err(t)` (the initiator back) when
 /// no node has the key or its node cannot be reached: the caller refuses as a single node
-/// would (conn §3.3).
-pub(crate) async fn forward(inner: &Arc<Inner>, t: Transport, request: &str, key: &str) -> std::result::Result<(), Transport> {
+/// would (conn §3.3), also when the client at `ip` is over the lookup rate limit (§4).
+pub(crate) async fn forward(inner: &Arc<Inner>, t: Transport, request: &str, key: &str, ip: IpAddr) -> std::result::Result<(), Transport> {
     let Some(c) = &inner.cluster else { return Err(t) };
+    let Some(permit) = c.limiter.take(ip) else {
+        inner.count_cluster_lookup(false);
+        return Err(t);
+    };
+    inner.count_cluster_lookup(true);
     let url = tokio::select! {
         _ = crate::commserver::shut(inner.shutdown.clone()) => None,
         u = c.lookup(key) => u,
     };
+    drop(permit);
     let Some(url) = url else { return Err(t) };
     if c.advertise.get() == Some(&url) {
         return Err(t); // our own stale answer: no spare here any more
@@ -163,4 +239,35 @@ pub(crate) async fn forward(inner: &Arc<Inner>, t: Transport, request: &str, key
     inner.count_forwarded();
     crate::commserver::relay(inner, t, remote).await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_lookup_limiter_allows_a_burst_per_address_then_the_rate() {
+        let l = LookupLimiter::default();
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        let b: IpAddr = "192.0.2.2".parse().unwrap();
+        let t0 = Instant::now();
+        let mut allowed = 0;
+        for _ in 0..(LOOKUP_BURST as usize * 3) {
+            if l.take(a).is_some() {
+                allowed += 1;
+            }
+        }
+        let refilled = (t0.elapsed().as_secs_f64() * LOOKUP_RATE).ceil() as usize;
+        assert!(allowed >= LOOKUP_BURST as usize && allowed <= LOOKUP_BURST as usize + refilled, "{allowed}");
+        // another address has its own bucket
+        assert!(l.take(b).is_some());
+        // the node-wide cap of lookups in flight: permits held, no more for anyone
+        let held: Vec<_> = (0..MAX_LOOKUPS_IN_FLIGHT)
+            .map_while(|i| l.take(IpAddr::from([198, 51, (i / 256) as u8, (i % 256) as u8])))
+            .collect();
+        assert_eq!(held.len(), MAX_LOOKUPS_IN_FLIGHT);
+        assert!(l.take("203.0.113.9".parse().unwrap()).is_none());
+        drop(held);
+        assert!(l.take("203.0.113.9".parse().unwrap()).is_some());
+    }
 }

@@ -116,6 +116,7 @@ counters!(
     forwarded,        // requests relayed to another cluster node (docs/cluster.md)
     cluster_lookups,  // NATS lookups of a key without a spare here
     cluster_answers,  // lookups of other nodes answered with this node's URL
+    cluster_throttled, // requests refused without a lookup: over the lookup rate limit
 );
 
 fn add(c: &AtomicU64, n: u64) {
@@ -176,11 +177,15 @@ impl Inner {
         add(&self.counters.cluster_answers, 1);
     }
 
-    /// docs/cluster.md §2: a key's first spare arrived or its last one left.
-    fn note_spares(&self, key: &str, present: bool) {
-        if let Some(c) = &self.cluster {
-            c.spares(key, present);
-        }
+    /// A cluster lookup sent (`true`) or refused by the rate limit (`false`).
+    pub(crate) fn count_cluster_lookup(&self, sent: bool) {
+        add(if sent { &self.counters.cluster_lookups } else { &self.counters.cluster_throttled }, 1);
+    }
+
+    /// docs/cluster.md §2: a key's first spare arrived or its last one left. For an arrival,
+    /// what tells when the node's subscription has reached NATS.
+    fn note_spares(&self, key: &str, present: bool) -> Option<oneshot::Receiver<()>> {
+        self.cluster.as_ref().map(|c| c.spares(key, present))
     }
 
     pub(crate) fn has_spare(&self, key: &str) -> bool {
@@ -448,7 +453,7 @@ async fn connection(inner: Arc<Inner>, stream: TcpStream, peer: SocketAddr, _don
             t.close(&reason).await;
         }
         Ok(First::Register(key)) => register(&inner, t, key, peer, deadline).await,
-        Ok(First::Request(source, target, hop)) => request(&inner, t, source, target, hop).await,
+        Ok(First::Request(source, target, hop)) => request(&inner, t, source, target, hop, peer.ip()).await,
     }
 }
 
@@ -590,6 +595,7 @@ async fn register(inner: &Arc<Inner>, t: Transport, key: [u8; 32], peer: SocketA
         return;
     }
     let (tx, rx) = oneshot::channel();
+    let mut subscribed = None;
     let id = {
         let mut s = inner.lock();
         match inner.check_limits(&s, &key_hex, peer.ip()) {
@@ -600,7 +606,7 @@ async fn register(inner: &Arc<Inner>, t: Transport, key: [u8; 32], peer: SocketA
                 let list = s.by_key.entry(key_hex.clone()).or_default();
                 list.push(Spare { id, ip: peer.ip(), tx });
                 if list.len() == 1 {
-                    inner.note_spares(&key_hex, true);
+                    subscribed = inner.note_spares(&key_hex, true);
                 }
                 s.count_ip(peer.ip(), 1);
                 Ok(id)
@@ -617,6 +623,10 @@ async fn register(inner: &Arc<Inner>, t: Transport, key: [u8; 32], peer: SocketA
     };
     add(&c.spares, 1);
     add(&c.registrations, 1);
+    if let Some(ready) = subscribed {
+        // docs/cluster.md §2: a registered listener is reachable from every node at once
+        let _ = tokio::time::timeout(crate::cluster::SUBSCRIBE_WAIT, ready).await;
+    }
     let ms = inner.opts.ping_interval.as_millis();
     let ip = match peer.ip() {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(IpAddr::V6(v6)),
@@ -727,7 +737,7 @@ async fn spare(inner: &Arc<Inner>, t: Transport, key_hex: &str, id: u64, mut rx:
 }
 
 /// conn §3.3: splice the initiator to a spare of the target key, or refuse.
-async fn request(inner: &Arc<Inner>, t: Transport, source: [u8; 32], target: [u8; 32], hop: bool) {
+async fn request(inner: &Arc<Inner>, t: Transport, source: [u8; 32], target: [u8; 32], hop: bool, ip: IpAddr) {
     let c = &inner.counters;
     add(&c.requests, 1);
     let target_hex = hex::encode(target);
@@ -741,8 +751,7 @@ async fn request(inner: &Arc<Inner>, t: Transport, source: [u8; 32], target: [u8
         let Some(spare) = inner.pop(&target_hex) else {
             if !hop && inner.cluster.is_some() {
                 // docs/cluster.md §3: another node may hold the key's spares
-                add(&c.cluster_lookups, 1);
-                let Err(t) = crate::cluster::forward(inner, t, &request, &target_hex).await else { return };
+                let Err(t) = crate::cluster::forward(inner, t, &request, &target_hex, ip).await else { return };
                 add(&c.refused, 1);
                 t.close(REASON_NO_LISTENER).await;
                 return;
