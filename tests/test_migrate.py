@@ -342,6 +342,90 @@ def test_round_trip_with_a_conversation(tmp_path: Path) -> None:
     assert "hello from alice" in r.stdout and "hi alice, bob here" in r.stdout
 
 
+# --------------------------------------------------------------------------------------------
+# the app's own recipes (objects.md §3: Recipe objects in the store, Instance.recipe)
+
+_REOPEN = """
+import json, sys
+from pathlib import Path
+from lama.identity.instance import Instance
+from lama.migrate import export_one, import_one
+from lama.objects import recipes
+lama_dir, out, back, secret = sys.argv[1:5]
+before = set(recipes.names())
+with Instance.open(lama_dir, secret) as inst:
+    notes = [dict(o, tags=sorted(o["tags"])) for o in map(inst.store.get_object, sys.argv[5:])]
+ex = export_one(lama_dir, out, secret)
+rep = import_one(out, back, secret)
+print(json.dumps({"before": sorted(before), "after": sorted(recipes.names()),
+                  "notes": notes, "export": ex.as_dict(), "import": rep.as_dict()}))
+"""
+
+
+def test_app_recipes_round_trip(tmp_path: Path) -> None:
+    """A ONE store of an app with its own recipes: its Recipe objects are loaded (the one
+    Instance.recipe names before the objects, the one only in the store after them - the
+    objects refused for their unknown type are taken then), kept in the lama instance and
+    loaded again when it is opened in a new process; a conflicting and an invalid recipe are
+    reported, their Recipe objects imported all the same. lama -> ONE layout -> lama: the same
+    bytes under the same names, the same heads, and the app's reverse map."""
+    one = F.write_app_store(tmp_path / "one", SECRET)
+    rep = import_one(one.path, tmp_path / "lama", SECRET)
+    reasons = {p.what: p.reason for p in rep.problems}
+    assert set(reasons) == {f"objects/{h}" for h in one.bad.values()}, reasons
+    assert "conflicts with lama's recipe" in reasons[f"objects/{one.bad['conflict']}"]
+    assert "OR-ADDR1" in reasons[f"objects/{one.bad['conflict']}"]
+    assert "not a valid recipe" in reasons[f"objects/{one.bad['invalid']}"]
+    assert rep.counts["recipes"] == 2 and rep.counts["blobs"] == 1
+    info = json.loads((Path(rep.path) / "instance.json").read_text())
+    assert info["recipes"] == sorted(one.recipes.values())
+    s = _store(rep.path)
+    try:
+        objects, heads = _contents(s), _heads(s)
+    finally:
+        s.close()
+    # every file of the ONE store is in the lama store, byte for byte (nothing lost: the bad
+    # Recipe objects too), every head as ONE had it
+    assert {h: c for h, (_, c) in objects.items()} == one.files
+    assert {i: h for i, h in heads.items() if h is not None} == one.heads
+    assert set(one.app_objects) <= set(objects)
+
+    # a new process (nothing registered): open, export, import again
+    notes = sorted(h for h, t in one.app_objects.items()
+                   if t == "MigNote" and objects[h][0] == "object")
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "python") + os.pathsep
+               + os.environ.get("PYTHONPATH", ""))
+    r = subprocess.run([sys.executable, "-c", _REOPEN, rep.path, str(tmp_path / "OneDB"),
+                        str(tmp_path / "back"), SECRET, *notes], capture_output=True, text=True,
+                       env=env, timeout=120, stdin=subprocess.DEVNULL)
+    assert r.returncode == 0, r.stderr
+    got = json.loads(r.stdout)
+    assert "MigNote" not in got["before"] and {"MigNote", "MigTag"} <= set(got["after"])
+    assert sorted((n["text"], n["tags"]) for n in got["notes"]) == [
+        ("final text", ["a", "b", "z"]), ("first & draft", ["a", "b"])]
+    assert got["export"]["problems"] == [] and got["export"]["counts"]["blobs"] == 1
+    assert got["import"]["problems"] == got_problems(rep)
+    out = Path(got["export"]["path"])
+    assert out.name == one.path.name
+    written = {p.name: p.read_bytes() for p in (out / "objects").iterdir()}
+    assert written == one.files
+    assert {p.name: p.read_text() for p in (out / "vheads").iterdir()} == one.heads
+    # the map the Instance enables for the app's type (objects.md §5.3: MigNote by "tag")
+    tag = next(h for h, t in one.app_objects.items() if t == "MigTag"
+               and b"work" in one.files[h])
+    lines = (out / "rmaps" / f"{tag}.Object.MigNote").read_text().split("\n")
+    assert lines[-1] == "" and sorted(lines[:-1]) == notes
+    s2 = _store(got["import"]["path"])
+    try:
+        assert _contents(s2) == objects and _heads(s2) == heads
+    finally:
+        s2.close()
+
+
+def got_problems(rep: Any) -> list[dict[str, str]]:
+    return [{"what": p.what, "reason": p.reason} for p in rep.problems]
+
+
 SECRET_OF = {"alice": "chat-test-secret-alice", "bob": "chat-test-secret-bob"}
 
 

@@ -74,6 +74,7 @@ from lama.identity.layout import (
     check_base_dir,
 )
 from lama.migrate import onefs
+from lama.objects import recipes as _recipes
 
 __all__ = [
     "Problem",
@@ -217,6 +218,7 @@ class _Identity:
     instance_keys: str
     enabled: dict[str, Any]
     enabled_ids: dict[str, Any]
+    recipes: list[str]
 
 
 def _find_identity(inst: Path, keychain: Keychain) -> _Identity:
@@ -281,6 +283,7 @@ def _find_identity(inst: Path, keychain: Keychain) -> _Identity:
         instance_keys=sorted(complete[instance_id])[0],
         enabled=dict(iobj.get("enabledReverseMapTypes") or {}),
         enabled_ids=dict(iobj.get("enabledReverseMapTypesForIdObjects") or {}),
+        recipes=sorted(iobj.get("recipe") or ()),
     )
 
 
@@ -331,7 +334,7 @@ class _Importer:
         self.progress = progress
         self.counts = report.counts
         for k in ("objects", "id_objects", "version_nodes", "blobs", "clobs", "heads", "keys",
-                  "rmaps_rebuilt"):
+                  "recipes", "rmaps_rebuilt"):
             self.counts[k] = 0
         self.blob_refs: set[str] = set()
         self.clob_refs: set[str] = set()
@@ -339,6 +342,9 @@ class _Importer:
         self.failed_md: dict[str, tuple[str, str]] = {}  # hash -> (path, parse error)
         self.types: dict[str, str] = {}  # hash -> type of stored microdata
         self.batch: list[tuple[str, str, str]] = []  # microdata read, not stored yet
+        self.recipe_objs: dict[str, str] = {}  # hash -> microdata of the Recipe objects seen
+        self.recipe_first: dict[str, str] = {}  # name -> the Recipe object tried first for it
+        self.recipes_loaded: list[str] = []  # Recipe objects registered (or known already)
 
     def problem(self, what: Any, reason: str) -> None:
         self.report.problems.append(Problem(str(what), reason))
@@ -388,6 +394,8 @@ class _Importer:
         if core.sha256_hex(raw) != h:
             self.problem(self.rel(path), "its content does not hash to its name (not imported)")
             return
+        if text.startswith('<div itemscope itemtype="//refin.io/Recipe">'):
+            self.recipe_objs[h] = text  # loaded as a recipe after the objects (store_recipes())
         # BLOB/CLOB references decide how the files that are not microdata are stored
         if 'data-type="blob"' in text or 'data-type="clob"' in text:
             try:
@@ -425,6 +433,7 @@ class _Importer:
 
     def _count(self, text: str, res: tuple[str, str, str | None]) -> None:
         h = res[0]
+        self.failed_md.pop(h, None)  # stored on a retry (store_recipes())
         type_name, is_id = core.type_of(text)
         self.types[h] = type_name
         if is_id:
@@ -433,6 +442,70 @@ class _Importer:
             self.counts["version_nodes"] += 1
         else:
             self.counts["objects"] += 1
+
+    # --- the instance's recipes (objects.md §3, §7.3) -------------------------------------
+
+    def _load_recipe(self, h: str, text: str, why: str) -> bool:
+        """Register the Recipe object ``h``; a problem entry if it is invalid or another recipe
+        has its name (the object itself is imported all the same). True if it is usable."""
+        try:
+            obj = core.parse(text)
+            name = obj["name"]
+        except (LamaError, KeyError, TypeError) as e:
+            self.problem(f"objects/{h}", f"a Recipe object that does not parse ({e}): not loaded")
+            return False
+        first = self.recipe_first.setdefault(name, h)
+        if first != h:  # the first one decides; the rest are other versions of it
+            self.problem(f"objects/{h}", f"another version of the recipe {name!r} than {first} "
+                         f"({why}): not loaded")
+            return False
+        try:
+            new = _recipes.load(obj)
+        except LamaError as e:
+            what = ("conflicts with lama's recipe of that name" if e.code == "OR-ADDR1"
+                    else "is not a valid recipe")
+            self.problem(f"objects/{h}", f"the recipe {name!r} {what} ({e}): not loaded; "
+                         f"objects of type {name!r} are read with lama's recipe, if any")
+            return False
+        self.recipes_loaded.append(h)
+        return new
+
+    def instance_recipes(self, ident: _Identity) -> None:
+        """The recipes the ONE instance loads at start (``Instance.recipe``, objects.md §7.3 step
+        4), before any object: objects of these types and maps over them need them."""
+        for h in ident.recipes:
+            text = _read_checked_microdata(self.inst, h)
+            if text is None:
+                self.problem(f"objects/{h}", "a recipe of Instance.recipe is missing or damaged "
+                             "(not loaded)")
+                continue
+            self._load_recipe(h, text, "Instance.recipe")
+
+    def store_recipes(self) -> None:
+        """Recipe objects in the store that ``Instance.recipe`` does not name (registered later
+        by the app): the version a version head names first, then the others by hash. If one of
+        them is new, the microdata refused before (``OR-ET1``, unknown type) is tried again."""
+        heads = {}
+        for h, text in self.recipe_objs.items():
+            if h in self.recipe_first.values():
+                continue
+            id_md = core.id_microdata_of(text)
+            cur = _current_data(self.inst, core.sha256_hex(id_md)) if id_md else None
+            heads[h] = cur is not None and cur[0] == h
+        new = False
+        for h in sorted(heads, key=lambda x: (not heads[x], x)):
+            new = self._load_recipe(h, self.recipe_objs[h], "a version head" if heads[h]
+                                    else "no version head") or new
+        self.counts["recipes"] = len(self.recipes_loaded)
+        if not new:
+            return
+        retry = sorted(self.failed_md.items())
+        for start in range(0, len(retry), _BATCH):
+            part = retry[start:start + _BATCH]
+            for (h, (path, _)), got in zip(part, _read_many([p for _, (p, _) in part])):
+                self.failed_md.pop(h)
+                self._classify(path, got)
+            self._flush()
 
     # --- BLOBs and CLOBs ----------------------------------------------------------------
 
@@ -643,9 +716,11 @@ def import_one(
             imp = _Importer(inst, store, report, progress)
             # maps first: the store writes their entries as objects arrive (enabling a map
             # later costs a pass over every stored object per type)
+            imp.instance_recipes(ident)
             imp.rmaps(ident)
             _enable_lama_maps(store)
             imp.objects()
+            imp.store_recipes()
             imp.blobs()
             imp.heads()
             imp.keys(one_kc, lama_kc)
@@ -658,6 +733,8 @@ def import_one(
                 "instance_id": ident.instance_id,
                 "person_keys": ident.person_keys,
                 "instance_keys": ident.instance_keys,
+                # loaded again by Instance.open (lama.objects.recipes.load_stored)
+                "recipes": sorted(imp.recipes_loaded),
             }
             _check_usable(store, lama_kc, ident)
             store.sync()
