@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +17,7 @@ from typing import Any
 import pytest
 
 import one_fixture as F
+import one_layout as L
 from lama._core import core
 from lama.errors import KeychainError, LamaError, NotFoundError, StoreError
 from lama.identity.instance import Instance, calculate_instance_id_hash
@@ -158,6 +160,7 @@ def test_reference_dump_back_to_one_layout(tmp_path: Path) -> None:
         one.person_keys: (one.person.box_secret, one.person.sign_secret),
         one.instance_keys: (one.instance.box_secret, one.instance.sign_secret)}
     assert (out / "private").stat().st_mode & 0o777 == 0o700
+    assert L.violations(out, SECRET) == []
 
 
 def test_import_reports_corrupt_and_stray_files(tmp_path: Path) -> None:
@@ -314,6 +317,7 @@ def test_round_trip_with_a_conversation(tmp_path: Path) -> None:
         assert inst.instance_id + "\n" in ikeys
     ref_keys = F.open_keychain(one_inst / "private", SECRET_OF["alice"])
     assert ref_keys == keys
+    assert L.violations(one_inst, SECRET_OF["alice"]) == []
 
     # ... and back: identical objects, heads and keys in a fresh lama instance
     rep = import_one(tmp_path / "OneDB", tmp_path / "back", SECRET_OF["alice"])
@@ -415,6 +419,7 @@ def test_app_recipes_round_trip(tmp_path: Path) -> None:
                and b"work" in one.files[h])
     lines = (out / "rmaps" / f"{tag}.Object.MigNote").read_text().split("\n")
     assert lines[-1] == "" and sorted(lines[:-1]) == notes
+    assert L.violations(out, SECRET) == []
     s2 = _store(got["import"]["path"])
     try:
         assert _contents(s2) == objects and _heads(s2) == heads
@@ -439,6 +444,62 @@ def _keys_with(path: Path, secret: str) -> dict[str, tuple[bytes, bytes]]:
         out[h] = (k.encryption_secret, k.sign_secret)
     kc.lock()
     return out
+
+
+def test_export_of_a_new_instance_is_laid_out_as_one_writes_it(tmp_path: Path) -> None:
+    """objects.md §5.2: a freshly initialised instance is exactly these files - and the layout
+    checker (tests/one_layout.py) finds nothing wrong with it."""
+    inst = Instance.create(tmp_path / "lama", email="alice@example.com",
+                           instance_name="alice-laptop", secret=SECRET)
+    pid, iid, pk, ik = inst.person_id, inst.instance_id, inst.person_keys, inst.instance_keys
+    inst.close()
+    out = Path(export_one(tmp_path / "lama", tmp_path / "OneDB", SECRET).path)
+    assert L.violations(out, SECRET) == []
+    objs = {p.name: p.read_text() for p in (out / "objects").iterdir()}
+    kinds = sorted(re.match(r'<div (?:data-id-object="true" )?itemscope itemtype="//refin\.io/'
+                            r'(\w+)"', t).group(1) + ("/id" if "data-id-object" in t else "")
+                   for t in objs.values())
+    assert kinds == ["Instance", "Instance/id", "Keys", "Keys", "Person", "Person/id",
+                     "VersionNodeEdge", "VersionNodeEdge"]
+    assert {pid, iid, pk, ik} <= set(objs)
+    assert sorted(p.name for p in (out / "vheads").iterdir()) == sorted([pid, iid])
+    assert sorted(p.name for p in (out / "rmaps").iterdir()) == sorted(
+        [f"{pid}.Object.Keys", f"{iid}.Object.Keys", f"{pid}.IdObject.Instance"])
+    assert sorted(p.name for p in (out / "private").iterdir()) == sorted(
+        ["keychain_salt", "keychain_masterkey", f"{pk}.encrypt", f"{pk}.sign",
+         f"{ik}.encrypt", f"{ik}.sign"])
+
+
+@pytest.mark.parametrize("damage", ["vhead-newline", "rmap-twice", "rmap-missing", "renamed",
+                                    "short-sign", "private-mode", "tmp-file", "rmap-stray"])
+def test_layout_checker_finds_each_broken_rule(tmp_path: Path, damage: str) -> None:
+    """The layout checker is no rubber stamp: each broken rule of an exported store is found."""
+    inst = Instance.create(tmp_path / "lama", email="e@example.com", instance_name="e",
+                           secret=SECRET)
+    pid, pk = inst.person_id, inst.person_keys
+    inst.close()
+    out = Path(export_one(tmp_path / "lama", tmp_path / "OneDB", SECRET).path)
+    rmap = out / "rmaps" / f"{pid}.Object.Keys"
+    if damage == "vhead-newline":
+        with open(out / "vheads" / pid, "a") as f:
+            f.write("\n")
+    elif damage == "rmap-twice":
+        with open(rmap, "a") as f:
+            f.write(pk + "\n")
+    elif damage == "rmap-missing":
+        rmap.unlink()
+    elif damage == "renamed":
+        (out / "objects" / pk).rename(out / "objects" / ("0" * 64))
+    elif damage == "short-sign":
+        p = out / "private" / f"{pk}.sign"
+        p.write_bytes(p.read_bytes()[:-1])
+    elif damage == "private-mode":
+        (out / "private").chmod(0o755)
+    elif damage == "tmp-file":
+        (out / "tmp" / "x").write_bytes(b"")
+    elif damage == "rmap-stray":
+        (out / "rmaps" / f"{pid}.Object.Person").write_text(pid + "\n")
+    assert L.violations(out, SECRET) != []
 
 
 def test_export_errors_leave_nothing(tmp_path: Path) -> None:
