@@ -392,7 +392,11 @@ def test_app_recipes_round_trip(tmp_path: Path) -> None:
     # Recipe objects too), every head as ONE had it
     assert {h: c for h, (_, c) in objects.items()} == one.files
     assert {i: h for i, h in heads.items() if h is not None} == one.heads
-    assert set(one.app_objects) <= set(objects)
+    # ... the app's objects as objects (MigTag's recipe is loaded after the objects pass: its
+    # objects were refused by type first, then taken), not as CLOBs
+    assert {h: objects[h][0] for h in one.app_objects} == {
+        h: "id" if one.files[h].startswith(b"<div data-id-object") else "object"
+        for h in one.app_objects}
 
     # a new process (nothing registered): open, export, import again
     notes = sorted(h for h, t in one.app_objects.items()

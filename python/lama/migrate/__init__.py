@@ -16,6 +16,10 @@
   (objects.md §9.23) after the store's own hash and parse checks; other files are BLOBs or
   CLOBs - what references them (``data-type="blob"``/``"clob"``) decides, an unreferenced file
   is a CLOB if it is UTF-8 text and a BLOB otherwise;
+* the app's recipes (``Recipe`` objects: those ``Instance.recipe`` names before the objects,
+  the others after them, with a retry of what was refused for its unknown type) are
+  registered, listed in ``instance.json`` and registered again by ``Instance.open``; an
+  invalid or conflicting recipe is reported, its Recipe object imported all the same;
 * ``vheads/`` become version heads once the head node, its data and its ID check out;
 * ``rmaps/`` are not copied: lama's store builds its reverse maps itself (the built-in ones,
   the ones in the Instance's ``enabledReverseMapTypes*`` and lama's own);

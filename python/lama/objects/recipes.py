@@ -13,6 +13,10 @@ a compiled ``re.Pattern`` or a plain string for ``{"$regexp": ..., "flags": ""}`
 and a ``dict`` for ``{"$map": [...]}`` (``crdtConfig``).  A wrapper ``{"recipe": {...}, ...}`` as in
 the vectors file is accepted too.  Registering an identical recipe again is a no-op; a different
 recipe under an existing name raises :class:`lama.RecipeError` (``OR-ADDR1``).
+
+:func:`load` does the same but takes a recipe that differs only in the order of a set (a
+stored ``Recipe`` object's ``allowedTypes``) as the same one; :func:`load_stored` registers
+Recipe objects of a store (an imported ONE instance's app recipes, docs/migration.md).
 """
 
 from __future__ import annotations
@@ -94,7 +98,7 @@ def canonical(recipe: dict[str, Any]) -> dict[str, Any]:
             return [sort_sets(x) for x in v]
         return v
 
-    return sort_sets(normalize(recipe))  # type: ignore[no-any-return]
+    return sort_sets(normalize(recipe))
 
 
 def load(recipe: dict[str, Any]) -> bool:
