@@ -349,6 +349,8 @@ class _Importer:
         self.recipe_objs: dict[str, str] = {}  # hash -> microdata of the Recipe objects seen
         self.recipe_first: dict[str, str] = {}  # name -> the Recipe object tried first for it
         self.recipes_loaded: list[str] = []  # Recipe objects registered (or known already)
+        self.known_types = set(core.recipe_names())
+        self.unknown: dict[str, str] = {}  # hash -> path: microdata of a type without a recipe
 
     def problem(self, what: Any, reason: str) -> None:
         self.report.problems.append(Problem(str(what), reason))
@@ -391,7 +393,7 @@ class _Importer:
         raw = got
         try:
             text = raw.decode("utf-8")
-            core.type_of(text)
+            type_name, _ = core.type_of(text)
         except (UnicodeDecodeError, LamaError):
             self.data_files[h] = path
             return
@@ -400,6 +402,11 @@ class _Importer:
             return
         if text.startswith('<div itemscope itemtype="//refin.io/Recipe">'):
             self.recipe_objs[h] = text  # loaded as a recipe after the objects (store_recipes())
+        if type_name not in self.known_types:
+            # no recipe yet: tried once the store's Recipe objects are loaded (store_recipes()),
+            # not put now (a refused item fails its whole batch)
+            self.unknown[h] = path
+            return
         # BLOB/CLOB references decide how the files that are not microdata are stored
         if 'data-type="blob"' in text or 'data-type="clob"' in text:
             try:
@@ -437,7 +444,6 @@ class _Importer:
 
     def _count(self, text: str, res: tuple[str, str, str | None]) -> None:
         h = res[0]
-        self.failed_md.pop(h, None)  # stored on a retry (store_recipes())
         type_name, is_id = core.type_of(text)
         self.types[h] = type_name
         if is_id:
@@ -487,8 +493,9 @@ class _Importer:
 
     def store_recipes(self) -> None:
         """Recipe objects in the store that ``Instance.recipe`` does not name (registered later
-        by the app): the version a version head names first, then the others by hash. If one of
-        them is new, the microdata refused before (``OR-ET1``, unknown type) is tried again."""
+        by the app): the version a version head names first, then the others by hash. Then the
+        microdata of types that had no recipe in the objects pass is stored; what still has none
+        is refused by the store (``OR-ET1``), one by one."""
         heads = {}
         for h, text in self.recipe_objs.items():
             if h in self.recipe_first.values():
@@ -496,20 +503,22 @@ class _Importer:
             id_md = core.id_microdata_of(text)
             cur = _current_data(self.inst, core.sha256_hex(id_md)) if id_md else None
             heads[h] = cur is not None and cur[0] == h
-        new = False
         for h in sorted(heads, key=lambda x: (not heads[x], x)):
-            new = self._load_recipe(h, self.recipe_objs[h], "a version head" if heads[h]
-                                    else "no version head") or new
+            self._load_recipe(h, self.recipe_objs[h], "a version head" if heads[h]
+                              else "no version head")
         self.counts["recipes"] = len(self.recipes_loaded)
-        if not new:
-            return
-        retry = sorted(self.failed_md.items())
+        self.known_types = set(core.recipe_names())
+        retry = sorted(self.unknown.items())
+        self.unknown = {}
         for start in range(0, len(retry), _BATCH):
             part = retry[start:start + _BATCH]
-            for (h, (path, _)), got in zip(part, _read_many([p for _, (p, _) in part])):
-                self.failed_md.pop(h)
+            for (h, path), got in zip(part, _read_many([p for _, p in part])):
                 self._classify(path, got)
             self._flush()
+        for h, path in sorted(self.unknown.items()):  # still no recipe: the store says why
+            got = _read_small(path)
+            text = got.decode("utf-8") if isinstance(got, bytes) else ""
+            self._put([(text, h, path)])
 
     # --- BLOBs and CLOBs ----------------------------------------------------------------
 
