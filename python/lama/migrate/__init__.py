@@ -490,6 +490,7 @@ class _Importer:
                              "(not loaded)")
                 continue
             self._load_recipe(h, text, "Instance.recipe")
+        self.known_types = set(core.recipe_names())
 
     def store_recipes(self) -> None:
         """Recipe objects in the store that ``Instance.recipe`` does not name (registered later
