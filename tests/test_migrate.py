@@ -376,9 +376,14 @@ def test_app_recipes_round_trip(tmp_path: Path) -> None:
     one = F.write_app_store(tmp_path / "one", SECRET)
     ghost = '<div itemscope itemtype="//refin.io/MigGhost"><span itemprop="x">1</span></div>'
     (one.path / "objects" / F.sha(ghost)).write_text(ghost)  # a type no recipe defines
-    rep = import_one(one.path, tmp_path / "lama", SECRET)
+    seen: list[tuple[str, int, int]] = []
+    rep = import_one(one.path, tmp_path / "lama", SECRET, progress=lambda *a: seen.append(a))
     reasons = {p.what: p.reason for p in rep.problems}
     assert set(reasons) == {f"objects/{h}" for h in [*one.bad.values(), F.sha(ghost)]}, reasons
+    # set aside in the objects pass: the objects of the recipe found in the store, the ghost
+    # (MigNote's recipe is in Instance.recipe: its objects are stored in the objects pass)
+    tags = sum(1 for t in one.app_objects.values() if t == "MigTag")
+    assert [a for a in seen if a[0] == "app_objects"][-1] == ("app_objects", tags + 1, tags + 1)
     assert "not found in recipes" in reasons[f"objects/{F.sha(ghost)}"]  # OR-ET1 / OR-GR1
     assert "conflicts with lama's recipe" in reasons[f"objects/{one.bad['conflict']}"]
     assert "OR-ADDR1" in reasons[f"objects/{one.bad['conflict']}"]

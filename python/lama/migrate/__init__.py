@@ -90,7 +90,8 @@ __all__ = [
 ]
 
 Progress = Callable[[str, int, int], None]
-"""``progress(phase, done, total)``: phases ``"objects"``, ``"blobs"``, ``"heads"``, ``"keys"``
+"""``progress(phase, done, total)``: phases ``"objects"``, ``"app_objects"`` (objects of
+recipes found in the store, stored after the objects pass), ``"blobs"``, ``"heads"``, ``"keys"``
 (import) and ``"objects"``, ``"heads"``, ``"rmaps"``, ``"keys"`` (export)."""
 
 _BATCH = 1000  # objects per store transaction
@@ -516,6 +517,7 @@ class _Importer:
             for (h, path), got in zip(part, _read_many([p for _, p in part])):
                 self._classify(path, got)
             self._flush()
+            self.progress("app_objects", start + len(part), len(retry))
         for h, path in sorted(self.unknown.items()):  # still no recipe: the store says why
             got = _read_small(path)
             text = got.decode("utf-8") if isinstance(got, bytes) else ""
