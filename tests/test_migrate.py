@@ -440,6 +440,32 @@ def test_app_recipes_round_trip(tmp_path: Path) -> None:
         s2.close()
 
 
+_CONFLICT_ON_OPEN = """
+import logging, sys
+from lama.identity.instance import Instance
+from lama.objects import recipes
+logging.basicConfig(level=logging.WARNING, stream=sys.stdout, format="%(name)s %(message)s")
+recipes.register({"name": "MigNote", "rule": [{"itemprop": "other", "isId": True}]})
+with Instance.open(sys.argv[1], sys.argv[2]) as inst:
+    print("open", sorted(n for n in recipes.names() if n.startswith("Mig")))
+"""
+
+
+def test_app_recipe_that_cannot_be_loaded_on_open_is_logged(tmp_path: Path) -> None:
+    """Another recipe of the name registered in the process first: the instance opens, a
+    warning names the Recipe object, the other recipes of the instance are loaded."""
+    one = F.write_app_store(tmp_path / "one", SECRET)
+    rep = import_one(one.path, tmp_path / "lama", SECRET)
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "python") + os.pathsep
+               + os.environ.get("PYTHONPATH", ""))
+    r = subprocess.run([sys.executable, "-c", _CONFLICT_ON_OPEN, rep.path, SECRET],
+                       capture_output=True, text=True, env=env, timeout=120,
+                       stdin=subprocess.DEVNULL)
+    assert r.returncode == 0, r.stderr
+    assert f"lama.instance recipe {one.recipes['MigNote']} of this instance not loaded" in r.stdout
+    assert "OR-ADDR1" in r.stdout and "open ['MigNote', 'MigTag']" in r.stdout
+
+
 def got_problems(rep: Any) -> list[dict[str, str]]:
     return [{"what": p.what, "reason": p.reason} for p in rep.problems]
 
