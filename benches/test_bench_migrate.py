@@ -7,7 +7,10 @@ each in its own process (``benches/migrate_side.py``: the core is chosen at impo
   Rust core's export imported by each core (objects/s: every file re-hashed, stored verbatim,
   heads, keychain re-encrypted);
 * BLOBs: the reference's storage dump plus 16 random BLOBs of 4 MiB, imported by each core
-  (MiB/s: each BLOB read, classified, hashed and stored in chunks).
+  (MiB/s: each BLOB read, classified, hashed and stored in chunks);
+* an app's own recipes: ``LAMA_BENCH_MIGRATE_APP`` (default 20,000) objects of a type whose
+  Recipe object is only in the store (loaded after the objects pass, its objects stored then),
+  imported by each core (objects/s).
 
 Run: ``.venv/bin/python -m pytest benches/test_bench_migrate.py --benchmark-enable -s``.
 """
@@ -28,6 +31,7 @@ from conftest import record, report_line
 
 HERE = Path(__file__).resolve().parent
 MESSAGES = int(os.environ.get("LAMA_BENCH_MIGRATE_MESSAGES", "20000"))
+APP_OBJECTS = int(os.environ.get("LAMA_BENCH_MIGRATE_APP", "20000"))
 
 
 def side(script: str, core: str, *args: str, timeout: float = 1800.0) -> dict[str, Any]:
@@ -81,3 +85,16 @@ def test_import_blobs(work: Path, core: str) -> None:
     record("migrate: import_one with 16 BLOBs of 4 MiB (MiB/s)", core, mib, r["seconds"])
     report_line(f"{core}: import {r['n']:,} objects and BLOBs ({mib:.1f} MiB) in "
                 f"{r['seconds']:.2f} s = {mib / r['seconds']:,.1f} MiB/s")
+
+
+@pytest.mark.parametrize("core", ["rust", "pure"])
+def test_import_app_recipes(core: str) -> None:
+    with tempfile.TemporaryDirectory(prefix="lama-bench-migrate-app-") as d:
+        src = Path(d) / "one"
+        side("migrate_side.py", "rust", "app", str(src), str(APP_OBJECTS))
+        r = side("migrate_side.py", core, "import", str(src), str(Path(d) / "back"))
+    assert r["counts"]["recipes"] == 2 and r["counts"]["objects"] >= APP_OBJECTS
+    record("migrate: import_one, objects of an app recipe found in the store (objects/s)", core,
+           r["n"], r["seconds"])
+    report_line(f"{core}: import {r['n']:,} objects (app recipes) in {r['seconds']:.2f} s = "
+                f"{r['rate']:,.0f} objects/s")

@@ -211,12 +211,156 @@ def write_reference_keychain_store(base: Path) -> dict[str, Any]:
     return kc  # type: ignore[no-any-return]
 
 
+def recipe_microdata(name: str, rules: list[dict[str, Any]]) -> str:
+    """objects.md §3: a Recipe object as the reference stores an app recipe (nested rules in
+    the order itemprop, optional, isId, itemtype; itemtype as JSON with sorted keys)."""
+    lis = []
+    for r in rules:
+        inner = f'<span itemprop="itemprop">{r["itemprop"]}</span>'
+        if r.get("optional"):
+            inner += '<span itemprop="optional">true</span>'
+        if r.get("isId"):
+            inner += '<span itemprop="isId">true</span>'
+        if "itemtype" in r:
+            t = json.dumps(r["itemtype"], sort_keys=True, separators=(",", ":"))
+            inner += f'<span itemprop="itemtype">{t}</span>'
+        lis.append(f"<li><div>{inner}</div></li>")
+    return (f'<div itemscope itemtype="//refin.io/Recipe"><span itemprop="name">{name}</span>'
+            f'<ol itemprop="rule">{"".join(lis)}</ol></div>')
+
+
+def id_microdata(md: str, id_props: list[str]) -> str:
+    """The ID object of a versioned object (objects.md §2.2): its ID properties only (they come
+    first and are single spans/anchors in the objects written here)."""
+    m = re.match(r'<div itemscope itemtype="//refin\.io/(\w+)">', md)
+    assert m is not None
+    inner = "".join(x.group(0) for x in re.finditer(r'<(span|a) itemprop="(\w+)"[^>]*>[^<]*</\1>', md)
+                    if x.group(2) in id_props)
+    return f'<div data-id-object="true" itemscope itemtype="//refin.io/{m.group(1)}">{inner}</div>'
+
+
+def edge_microdata(data: str, t: int) -> str:
+    return ('<div itemscope itemtype="//refin.io/VersionNodeEdge"><a itemprop="data" '
+            f'data-type="obj">{data}</a><span itemprop="depth">0</span>'
+            f'<span itemprop="creationTime">{t}</span></div>')
+
+
+def change_microdata(prev: str, data: str, depth: int, t: int) -> str:
+    return ('<div itemscope itemtype="//refin.io/VersionNodeChange"><a itemprop="prev" '
+            f'data-type="obj">{prev}</a><a itemprop="data" data-type="obj">{data}</a>'
+            f'<span itemprop="depth">{depth}</span><span itemprop="creationTime">{t}</span></div>')
+
+
+# an app's own recipes (names no lama core knows): MigNote is versioned and named by
+# Instance.recipe, MigTag is in the store only (registered later by the app, objects.md §3)
+NOTE_RULES = [
+    {"itemprop": "id", "isId": True, "itemtype": {"type": "string"}},
+    {"itemprop": "text", "itemtype": {"type": "string"}},
+    {"itemprop": "tags", "itemtype": {"type": "set", "item": {"type": "string"}}},
+    {"itemprop": "tag", "optional": True,
+     "itemtype": {"type": "referenceToObj", "allowedTypes": ["MigTag"]}},
+    {"itemprop": "file", "optional": True, "itemtype": {"type": "referenceToBlob"}},
+]
+TAG_RULES = [
+    {"itemprop": "label", "itemtype": {"type": "string", "regexp": "^[a-z]+$"}},
+    {"itemprop": "weight", "optional": True, "itemtype": {"type": "integer"}},
+]
+
+
+@dataclass
+class AppStore(OneStore):
+    recipes: dict[str, str]  # name -> Recipe object hash
+    app_objects: dict[str, str]  # hash -> type of the objects of app types (ID objects too)
+    bad: dict[str, str]  # what -> Recipe object hash of the bad/conflicting recipes
+
+
+def write_app_store(base: Path, secret: str) -> AppStore:
+    """A ONE instance (alice@app.example / app-laptop) of an app with its own recipes, written
+    as the reference lays it out: Recipe objects (one named by ``Instance.recipe``, one only in
+    the store), objects of these types (versioned with two versions, unversioned, a BLOB one
+    refers to), a reverse map the Instance enables for an app type, a conflicting recipe (a
+    different ``Person``) and a recipe a rule of which is invalid (an itemprop with a dot)."""
+    files: dict[str, str | bytes] = {}
+
+    def put(md: str | bytes) -> str:
+        h = sha(md)
+        files[h] = md
+        return h
+
+    heads: dict[str, str] = {}
+
+    def versioned(md: str, id_props: list[str], t: int) -> str:
+        h = put(md)
+        idh = put(id_microdata(md, id_props))
+        prev = heads.get(idh)
+        node = edge_microdata(h, t) if prev is None else change_microdata(prev, h, 1, t)
+        heads[idh] = put(node)
+        return idh
+
+    note_r = recipe_microdata("MigNote", NOTE_RULES)
+    tag_r = recipe_microdata("MigTag", TAG_RULES)
+    conflict_r = recipe_microdata("Person", [{"itemprop": "email", "isId": True},
+                                             {"itemprop": "age", "itemtype": {"type": "integer"}}])
+    invalid_r = recipe_microdata("MigBroken", [{"itemprop": "a.b"}])
+    rec = {}
+    for name, md in (("MigNote", note_r), ("MigTag", tag_r)):
+        rec[name] = put(md)
+        versioned(md, ["name"], 1764149900000)
+    bad = {"conflict": put(conflict_r), "invalid": put(invalid_r)}
+    for md in (conflict_r, invalid_r):  # stored without a head; ONE writes the ID object too
+        put(id_microdata(md, ["name"]))
+    person = ('<div itemscope itemtype="//refin.io/Person"><span itemprop="email">'
+              'alice@app.example</span><span itemprop="name">Alice</span></div>')
+    person_id = versioned(person, ["email"], 1764149901000)
+    inst_md = ('<div itemscope itemtype="//refin.io/Instance"><span itemprop="name">app-laptop'
+               f'</span><a itemprop="owner" data-type="id">{person_id}</a><ul itemprop="recipe">'
+               f'<li><a data-type="obj">{rec["MigNote"]}</a></li></ul>'
+               '<dl itemprop="enabledReverseMapTypes"><dt>MigNote</dt><dd><ul><li>tag</li></ul>'
+               '</dd></dl><dl itemprop="enabledReverseMapTypesForIdObjects"></dl></div>')
+    instance_id = versioned(inst_md, ["name", "owner"], 1764149902000)
+    app: dict[str, str] = {}
+    blob = bytes(range(256)) * 3 + b"\x00\xff"
+    blob_h = put(blob)
+    tag_hashes = []
+    for label, w in (("work", 3), ("home", None)):
+        md = ('<div itemscope itemtype="//refin.io/MigTag">'
+              f'<span itemprop="label">{label}</span>'
+              + (f'<span itemprop="weight">{w}</span>' if w is not None else "") + "</div>")
+        tag_hashes.append(put(md))
+        app[tag_hashes[-1]] = "MigTag"
+    for i, (text, tags) in enumerate((("first &amp; draft", ["a", "b"]),
+                                      ("final text", ["a", "b", "z"]))):
+        lis = "".join(f"<li>{t}</li>" for t in sorted(tags))
+        md = ('<div itemscope itemtype="//refin.io/MigNote"><span itemprop="id">note-1</span>'
+              f'<span itemprop="text">{text}</span><ul itemprop="tags">{lis}</ul>'
+              f'<a itemprop="tag" data-type="obj">{tag_hashes[0]}</a>'
+              f'<a itemprop="file" data-type="blob">{blob_h}</a></div>')
+        idh = versioned(md, ["id"], 1764149910000 + i)
+        app[sha(md)] = app[idh] = "MigNote"
+    inst = base / instance_id  # the directory is named by the Instance ID hash (§5.1)
+    for d in ("objects", "vheads", "rmaps", "tmp", "acache"):
+        (inst / d).mkdir(parents=True, exist_ok=True)
+    pk, ik = KeyPair.generate(), KeyPair.generate()
+    pk_h = put(keys_microdata(person_id, pk.public_key, pk.public_sign_key))
+    ik_h = put(keys_microdata(instance_id, ik.public_key, ik.public_sign_key))
+    raw = {h: (c.encode("utf-8") if isinstance(c, str) else c) for h, c in files.items()}
+    for h, c in raw.items():
+        (inst / "objects" / h).write_bytes(c)
+    for idh, node in heads.items():
+        (inst / "vheads" / idh).write_text(node)
+    for owner, kh in ((person_id, pk_h), (instance_id, ik_h)):
+        (inst / "rmaps" / f"{owner}.Object.Keys").write_text(kh + "\n")
+    write_keychain(inst / "private", secret, {pk_h: pk, ik_h: ik})
+    return AppStore(inst, secret, person_id, instance_id, pk_h, ik_h, pk, ik, raw, heads,
+                    rec, app, bad)
+
+
 def tree_snapshot(path: Path) -> dict[str, bytes]:
     """Every file below ``path`` with its content (to show that nothing changed)."""
     return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*"))
             if p.is_file()} if path.exists() else {}
 
 
-__all__ = ["DUMP", "HARNESS", "KeyPair", "OneStore", "dump_heads", "keys_microdata",
+__all__ = ["AppStore", "write_app_store", "recipe_microdata", "DUMP", "HARNESS", "KeyPair", "OneStore", "dump_heads", "keys_microdata",
            "object_path", "open_keychain", "sha", "tree_snapshot", "write_dump_store",
            "write_keychain", "write_reference_keychain_store"]

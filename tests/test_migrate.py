@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +17,7 @@ from typing import Any
 import pytest
 
 import one_fixture as F
+import one_layout as L
 from lama._core import core
 from lama.errors import KeychainError, LamaError, NotFoundError, StoreError
 from lama.identity.instance import Instance, calculate_instance_id_hash
@@ -158,6 +160,7 @@ def test_reference_dump_back_to_one_layout(tmp_path: Path) -> None:
         one.person_keys: (one.person.box_secret, one.person.sign_secret),
         one.instance_keys: (one.instance.box_secret, one.instance.sign_secret)}
     assert (out / "private").stat().st_mode & 0o777 == 0o700
+    assert L.violations(out, SECRET) == []
 
 
 def test_import_reports_corrupt_and_stray_files(tmp_path: Path) -> None:
@@ -314,6 +317,7 @@ def test_round_trip_with_a_conversation(tmp_path: Path) -> None:
         assert inst.instance_id + "\n" in ikeys
     ref_keys = F.open_keychain(one_inst / "private", SECRET_OF["alice"])
     assert ref_keys == keys
+    assert L.violations(one_inst, SECRET_OF["alice"]) == []
 
     # ... and back: identical objects, heads and keys in a fresh lama instance
     rep = import_one(tmp_path / "OneDB", tmp_path / "back", SECRET_OF["alice"])
@@ -342,6 +346,130 @@ def test_round_trip_with_a_conversation(tmp_path: Path) -> None:
     assert "hello from alice" in r.stdout and "hi alice, bob here" in r.stdout
 
 
+# --------------------------------------------------------------------------------------------
+# the app's own recipes (objects.md §3: Recipe objects in the store, Instance.recipe)
+
+_REOPEN = """
+import json, sys
+from pathlib import Path
+from lama.identity.instance import Instance
+from lama.migrate import export_one, import_one
+from lama.objects import recipes
+lama_dir, out, back, secret = sys.argv[1:5]
+before = set(recipes.names())
+with Instance.open(lama_dir, secret) as inst:
+    notes = [dict(o, tags=sorted(o["tags"])) for o in map(inst.store.get_object, sys.argv[5:])]
+ex = export_one(lama_dir, out, secret)
+rep = import_one(out, back, secret)
+print(json.dumps({"before": sorted(before), "after": sorted(recipes.names()),
+                  "notes": notes, "export": ex.as_dict(), "import": rep.as_dict()}))
+"""
+
+
+def test_app_recipes_round_trip(tmp_path: Path) -> None:
+    """A ONE store of an app with its own recipes: its Recipe objects are loaded (the one
+    Instance.recipe names before the objects, the one only in the store after them - the
+    objects refused for their unknown type are taken then), kept in the lama instance and
+    loaded again when it is opened in a new process; a conflicting and an invalid recipe are
+    reported, their Recipe objects imported all the same. lama -> ONE layout -> lama: the same
+    bytes under the same names, the same heads, and the app's reverse map."""
+    one = F.write_app_store(tmp_path / "one", SECRET)
+    ghost = '<div itemscope itemtype="//refin.io/MigGhost"><span itemprop="x">1</span></div>'
+    (one.path / "objects" / F.sha(ghost)).write_text(ghost)  # a type no recipe defines
+    seen: list[tuple[str, int, int]] = []
+    rep = import_one(one.path, tmp_path / "lama", SECRET, progress=lambda *a: seen.append(a))
+    reasons = {p.what: p.reason for p in rep.problems}
+    assert set(reasons) == {f"objects/{h}" for h in [*one.bad.values(), F.sha(ghost)]}, reasons
+    # set aside in the objects pass: the objects of the recipe found in the store, the ghost
+    # (MigNote's recipe is in Instance.recipe: its objects are stored in the objects pass)
+    tags = sum(1 for t in one.app_objects.values() if t == "MigTag")
+    assert [a for a in seen if a[0] == "app_objects"][-1] == ("app_objects", tags + 1, tags + 1)
+    assert "not found in recipes" in reasons[f"objects/{F.sha(ghost)}"]  # OR-ET1 / OR-GR1
+    assert "conflicts with lama's recipe" in reasons[f"objects/{one.bad['conflict']}"]
+    assert "OR-ADDR1" in reasons[f"objects/{one.bad['conflict']}"]
+    assert "not a valid recipe" in reasons[f"objects/{one.bad['invalid']}"]
+    assert rep.counts["recipes"] == 2 and rep.counts["blobs"] == 1
+    info = json.loads((Path(rep.path) / "instance.json").read_text())
+    assert info["recipes"] == sorted(one.recipes.values())
+    s = _store(rep.path)
+    try:
+        objects, heads = _contents(s), _heads(s)
+    finally:
+        s.close()
+    # every file of the ONE store is in the lama store, byte for byte (nothing lost: the bad
+    # Recipe objects too), every head as ONE had it
+    assert {h: c for h, (_, c) in objects.items()} == one.files
+    assert {i: h for i, h in heads.items() if h is not None} == one.heads
+    # ... the app's objects as objects (MigTag's recipe is loaded after the objects pass: its
+    # objects were refused by type first, then taken), not as CLOBs
+    assert {h: objects[h][0] for h in one.app_objects} == {
+        h: "id" if one.files[h].startswith(b"<div data-id-object") else "object"
+        for h in one.app_objects}
+
+    # a new process (nothing registered): open, export, import again
+    notes = sorted(h for h, t in one.app_objects.items()
+                   if t == "MigNote" and objects[h][0] == "object")
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "python") + os.pathsep
+               + os.environ.get("PYTHONPATH", ""))
+    r = subprocess.run([sys.executable, "-c", _REOPEN, rep.path, str(tmp_path / "OneDB"),
+                        str(tmp_path / "back"), SECRET, *notes], capture_output=True, text=True,
+                       env=env, timeout=120, stdin=subprocess.DEVNULL)
+    assert r.returncode == 0, r.stderr
+    got = json.loads(r.stdout)
+    assert "MigNote" not in got["before"] and {"MigNote", "MigTag"} <= set(got["after"])
+    assert sorted((n["text"], n["tags"]) for n in got["notes"]) == [
+        ("final text", ["a", "b", "z"]), ("first & draft", ["a", "b"])]
+    assert got["export"]["problems"] == [] and got["export"]["counts"]["blobs"] == 1
+    assert got["import"]["problems"] == [p for p in got_problems(rep)
+                                         if p["what"] != f"objects/{F.sha(ghost)}"]
+    out = Path(got["export"]["path"])
+    assert out.name == one.path.name
+    written = {p.name: p.read_bytes() for p in (out / "objects").iterdir()}
+    assert written == one.files
+    assert {p.name: p.read_text() for p in (out / "vheads").iterdir()} == one.heads
+    # the map the Instance enables for the app's type (objects.md §5.3: MigNote by "tag")
+    tag = next(h for h, t in one.app_objects.items() if t == "MigTag"
+               and b"work" in one.files[h])
+    lines = (out / "rmaps" / f"{tag}.Object.MigNote").read_text().split("\n")
+    assert lines[-1] == "" and sorted(lines[:-1]) == notes
+    assert L.violations(out, SECRET) == []
+    s2 = _store(got["import"]["path"])
+    try:
+        assert _contents(s2) == objects and _heads(s2) == heads
+    finally:
+        s2.close()
+
+
+_CONFLICT_ON_OPEN = """
+import logging, sys
+from lama.identity.instance import Instance
+from lama.objects import recipes
+logging.basicConfig(level=logging.WARNING, stream=sys.stdout, format="%(name)s %(message)s")
+recipes.register({"name": "MigNote", "rule": [{"itemprop": "other", "isId": True}]})
+with Instance.open(sys.argv[1], sys.argv[2]) as inst:
+    print("open", sorted(n for n in recipes.names() if n.startswith("Mig")))
+"""
+
+
+def test_app_recipe_that_cannot_be_loaded_on_open_is_logged(tmp_path: Path) -> None:
+    """Another recipe of the name registered in the process first: the instance opens, a
+    warning names the Recipe object, the other recipes of the instance are loaded."""
+    one = F.write_app_store(tmp_path / "one", SECRET)
+    rep = import_one(one.path, tmp_path / "lama", SECRET)
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "python") + os.pathsep
+               + os.environ.get("PYTHONPATH", ""))
+    r = subprocess.run([sys.executable, "-c", _CONFLICT_ON_OPEN, rep.path, SECRET],
+                       capture_output=True, text=True, env=env, timeout=120,
+                       stdin=subprocess.DEVNULL)
+    assert r.returncode == 0, r.stderr
+    assert f"lama.instance recipe {one.recipes['MigNote']} of this instance not loaded" in r.stdout
+    assert "OR-ADDR1" in r.stdout and "open ['MigNote', 'MigTag']" in r.stdout
+
+
+def got_problems(rep: Any) -> list[dict[str, str]]:
+    return [{"what": p.what, "reason": p.reason} for p in rep.problems]
+
+
 SECRET_OF = {"alice": "chat-test-secret-alice", "bob": "chat-test-secret-bob"}
 
 
@@ -355,6 +483,62 @@ def _keys_with(path: Path, secret: str) -> dict[str, tuple[bytes, bytes]]:
         out[h] = (k.encryption_secret, k.sign_secret)
     kc.lock()
     return out
+
+
+def test_export_of_a_new_instance_is_laid_out_as_one_writes_it(tmp_path: Path) -> None:
+    """objects.md §5.2: a freshly initialised instance is exactly these files - and the layout
+    checker (tests/one_layout.py) finds nothing wrong with it."""
+    inst = Instance.create(tmp_path / "lama", email="alice@example.com",
+                           instance_name="alice-laptop", secret=SECRET)
+    pid, iid, pk, ik = inst.person_id, inst.instance_id, inst.person_keys, inst.instance_keys
+    inst.close()
+    out = Path(export_one(tmp_path / "lama", tmp_path / "OneDB", SECRET).path)
+    assert L.violations(out, SECRET) == []
+    objs = {p.name: p.read_text() for p in (out / "objects").iterdir()}
+    kinds = sorted(re.match(r'<div (?:data-id-object="true" )?itemscope itemtype="//refin\.io/'
+                            r'(\w+)"', t).group(1) + ("/id" if "data-id-object" in t else "")
+                   for t in objs.values())
+    assert kinds == ["Instance", "Instance/id", "Keys", "Keys", "Person", "Person/id",
+                     "VersionNodeEdge", "VersionNodeEdge"]
+    assert {pid, iid, pk, ik} <= set(objs)
+    assert sorted(p.name for p in (out / "vheads").iterdir()) == sorted([pid, iid])
+    assert sorted(p.name for p in (out / "rmaps").iterdir()) == sorted(
+        [f"{pid}.Object.Keys", f"{iid}.Object.Keys", f"{pid}.IdObject.Instance"])
+    assert sorted(p.name for p in (out / "private").iterdir()) == sorted(
+        ["keychain_salt", "keychain_masterkey", f"{pk}.encrypt", f"{pk}.sign",
+         f"{ik}.encrypt", f"{ik}.sign"])
+
+
+@pytest.mark.parametrize("damage", ["vhead-newline", "rmap-twice", "rmap-missing", "renamed",
+                                    "short-sign", "private-mode", "tmp-file", "rmap-stray"])
+def test_layout_checker_finds_each_broken_rule(tmp_path: Path, damage: str) -> None:
+    """The layout checker is no rubber stamp: each broken rule of an exported store is found."""
+    inst = Instance.create(tmp_path / "lama", email="e@example.com", instance_name="e",
+                           secret=SECRET)
+    pid, pk = inst.person_id, inst.person_keys
+    inst.close()
+    out = Path(export_one(tmp_path / "lama", tmp_path / "OneDB", SECRET).path)
+    rmap = out / "rmaps" / f"{pid}.Object.Keys"
+    if damage == "vhead-newline":
+        with open(out / "vheads" / pid, "a") as f:
+            f.write("\n")
+    elif damage == "rmap-twice":
+        with open(rmap, "a") as f:
+            f.write(pk + "\n")
+    elif damage == "rmap-missing":
+        rmap.unlink()
+    elif damage == "renamed":
+        (out / "objects" / pk).rename(out / "objects" / ("0" * 64))
+    elif damage == "short-sign":
+        p = out / "private" / f"{pk}.sign"
+        p.write_bytes(p.read_bytes()[:-1])
+    elif damage == "private-mode":
+        (out / "private").chmod(0o755)
+    elif damage == "tmp-file":
+        (out / "tmp" / "x").write_bytes(b"")
+    elif damage == "rmap-stray":
+        (out / "rmaps" / f"{pid}.Object.Person").write_text(pid + "\n")
+    assert L.violations(out, SECRET) != []
 
 
 def test_export_errors_leave_nothing(tmp_path: Path) -> None:

@@ -42,6 +42,7 @@ blocks; small payloads (< :data:`INLINE_LIMIT` bytes) are processed inline.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import shutil
 import threading
@@ -363,6 +364,7 @@ class Instance:
                 info.instance_keys, info.instance_public_key, info.instance_public_sign_key
             )
             _enable_certificate_maps(store)
+            _load_recipes(store, data.get("recipes"))
         except BaseException:
             store.close()
             keychain.lock()
@@ -583,3 +585,17 @@ def _enable_certificate_maps(store: Store) -> None:
     from ..connect import contacts
 
     contacts.enable_reverse_maps(store)
+
+
+def _load_recipes(store: Store, hashes: Any) -> None:
+    """The app recipes an imported ONE instance had (``instance.json`` ``recipes``: Recipe
+    objects in the store, docs/migration.md): registered with the core so that objects of
+    their types can be read, stored and synced. One that cannot be loaded (another recipe of
+    its name is registered in this process) is logged; its objects are refused by type."""
+    if not hashes:
+        return
+    from lama.objects import recipes
+
+    for h, why in recipes.load_stored(store, [str(h) for h in hashes]):
+        logging.getLogger("lama.instance").warning(
+            "recipe %s of this instance not loaded: %s", h, why)

@@ -16,6 +16,10 @@
   (objects.md §9.23) after the store's own hash and parse checks; other files are BLOBs or
   CLOBs - what references them (``data-type="blob"``/``"clob"``) decides, an unreferenced file
   is a CLOB if it is UTF-8 text and a BLOB otherwise;
+* the app's recipes (``Recipe`` objects: those ``Instance.recipe`` names before the objects,
+  the others after them, with a retry of what was refused for its unknown type) are
+  registered, listed in ``instance.json`` and registered again by ``Instance.open``; an
+  invalid or conflicting recipe is reported, its Recipe object imported all the same;
 * ``vheads/`` become version heads once the head node, its data and its ID check out;
 * ``rmaps/`` are not copied: lama's store builds its reverse maps itself (the built-in ones,
   the ones in the Instance's ``enabledReverseMapTypes*`` and lama's own);
@@ -74,6 +78,7 @@ from lama.identity.layout import (
     check_base_dir,
 )
 from lama.migrate import onefs
+from lama.objects import recipes as _recipes
 
 __all__ = [
     "Problem",
@@ -85,7 +90,8 @@ __all__ = [
 ]
 
 Progress = Callable[[str, int, int], None]
-"""``progress(phase, done, total)``: phases ``"objects"``, ``"blobs"``, ``"heads"``, ``"keys"``
+"""``progress(phase, done, total)``: phases ``"objects"``, ``"app_objects"`` (objects of
+recipes found in the store, stored after the objects pass), ``"blobs"``, ``"heads"``, ``"keys"``
 (import) and ``"objects"``, ``"heads"``, ``"rmaps"``, ``"keys"`` (export)."""
 
 _BATCH = 1000  # objects per store transaction
@@ -217,6 +223,7 @@ class _Identity:
     instance_keys: str
     enabled: dict[str, Any]
     enabled_ids: dict[str, Any]
+    recipes: list[str]
 
 
 def _find_identity(inst: Path, keychain: Keychain) -> _Identity:
@@ -281,6 +288,7 @@ def _find_identity(inst: Path, keychain: Keychain) -> _Identity:
         instance_keys=sorted(complete[instance_id])[0],
         enabled=dict(iobj.get("enabledReverseMapTypes") or {}),
         enabled_ids=dict(iobj.get("enabledReverseMapTypesForIdObjects") or {}),
+        recipes=sorted(iobj.get("recipe") or ()),
     )
 
 
@@ -331,7 +339,7 @@ class _Importer:
         self.progress = progress
         self.counts = report.counts
         for k in ("objects", "id_objects", "version_nodes", "blobs", "clobs", "heads", "keys",
-                  "rmaps_rebuilt"):
+                  "recipes", "rmaps_rebuilt"):
             self.counts[k] = 0
         self.blob_refs: set[str] = set()
         self.clob_refs: set[str] = set()
@@ -339,6 +347,11 @@ class _Importer:
         self.failed_md: dict[str, tuple[str, str]] = {}  # hash -> (path, parse error)
         self.types: dict[str, str] = {}  # hash -> type of stored microdata
         self.batch: list[tuple[str, str, str]] = []  # microdata read, not stored yet
+        self.recipe_objs: dict[str, str] = {}  # hash -> microdata of the Recipe objects seen
+        self.recipe_first: dict[str, str] = {}  # name -> the Recipe object tried first for it
+        self.recipes_loaded: list[str] = []  # Recipe objects registered (or known already)
+        self.known_types = set(core.recipe_names())
+        self.unknown: dict[str, str] = {}  # hash -> path: microdata of a type without a recipe
 
     def problem(self, what: Any, reason: str) -> None:
         self.report.problems.append(Problem(str(what), reason))
@@ -381,12 +394,19 @@ class _Importer:
         raw = got
         try:
             text = raw.decode("utf-8")
-            core.type_of(text)
+            type_name, _ = core.type_of(text)
         except (UnicodeDecodeError, LamaError):
             self.data_files[h] = path
             return
         if core.sha256_hex(raw) != h:
             self.problem(self.rel(path), "its content does not hash to its name (not imported)")
+            return
+        if text.startswith('<div itemscope itemtype="//refin.io/Recipe">'):
+            self.recipe_objs[h] = text  # loaded as a recipe after the objects (store_recipes())
+        if type_name not in self.known_types:
+            # no recipe yet: tried once the store's Recipe objects are loaded (store_recipes()),
+            # not put now (a refused item fails its whole batch)
+            self.unknown[h] = path
             return
         # BLOB/CLOB references decide how the files that are not microdata are stored
         if 'data-type="blob"' in text or 'data-type="clob"' in text:
@@ -433,6 +453,75 @@ class _Importer:
             self.counts["version_nodes"] += 1
         else:
             self.counts["objects"] += 1
+
+    # --- the instance's recipes (objects.md §3, §7.3) -------------------------------------
+
+    def _load_recipe(self, h: str, text: str, why: str) -> bool:
+        """Register the Recipe object ``h``; a problem entry if it is invalid or another recipe
+        has its name (the object itself is imported all the same). True if it is usable."""
+        try:
+            obj = core.parse(text)
+            name = obj["name"]
+        except (LamaError, KeyError, TypeError) as e:
+            self.problem(f"objects/{h}", f"a Recipe object that does not parse ({e}): not loaded")
+            return False
+        first = self.recipe_first.setdefault(name, h)
+        if first != h:  # the first one decides; the rest are other versions of it
+            self.problem(f"objects/{h}", f"another version of the recipe {name!r} than {first} "
+                         f"({why}): not loaded")
+            return False
+        try:
+            new = _recipes.load(obj)
+        except LamaError as e:
+            what = ("conflicts with lama's recipe of that name" if e.code == "OR-ADDR1"
+                    else "is not a valid recipe")
+            self.problem(f"objects/{h}", f"the recipe {name!r} {what} ({e}): not loaded; "
+                         f"objects of type {name!r} are read with lama's recipe, if any")
+            return False
+        self.recipes_loaded.append(h)
+        return new
+
+    def instance_recipes(self, ident: _Identity) -> None:
+        """The recipes the ONE instance loads at start (``Instance.recipe``, objects.md §7.3 step
+        4), before any object: objects of these types and maps over them need them."""
+        for h in ident.recipes:
+            text = _read_checked_microdata(self.inst, h)
+            if text is None:
+                self.problem(f"objects/{h}", "a recipe of Instance.recipe is missing or damaged "
+                             "(not loaded)")
+                continue
+            self._load_recipe(h, text, "Instance.recipe")
+        self.known_types = set(core.recipe_names())
+
+    def store_recipes(self) -> None:
+        """Recipe objects in the store that ``Instance.recipe`` does not name (registered later
+        by the app): the version a version head names first, then the others by hash. Then the
+        microdata of types that had no recipe in the objects pass is stored; what still has none
+        is refused by the store (``OR-ET1``), one by one."""
+        heads = {}
+        for h, text in self.recipe_objs.items():
+            if h in self.recipe_first.values():
+                continue
+            id_md = core.id_microdata_of(text)
+            cur = _current_data(self.inst, core.sha256_hex(id_md)) if id_md else None
+            heads[h] = cur is not None and cur[0] == h
+        for h in sorted(heads, key=lambda x: (not heads[x], x)):
+            self._load_recipe(h, self.recipe_objs[h], "a version head" if heads[h]
+                              else "no version head")
+        self.counts["recipes"] = len(self.recipes_loaded)
+        self.known_types = set(core.recipe_names())
+        retry = sorted(self.unknown.items())
+        self.unknown = {}
+        for start in range(0, len(retry), _BATCH):
+            part = retry[start:start + _BATCH]
+            for (h, path), got in zip(part, _read_many([p for _, p in part])):
+                self._classify(path, got)
+            self._flush()
+            self.progress("app_objects", start + len(part), len(retry))
+        for h, path in sorted(self.unknown.items()):  # still no recipe: the store says why
+            got = _read_small(path)
+            text = got.decode("utf-8") if isinstance(got, bytes) else ""
+            self._put([(text, h, path)])
 
     # --- BLOBs and CLOBs ----------------------------------------------------------------
 
@@ -643,9 +732,11 @@ def import_one(
             imp = _Importer(inst, store, report, progress)
             # maps first: the store writes their entries as objects arrive (enabling a map
             # later costs a pass over every stored object per type)
+            imp.instance_recipes(ident)
             imp.rmaps(ident)
             _enable_lama_maps(store)
             imp.objects()
+            imp.store_recipes()
             imp.blobs()
             imp.heads()
             imp.keys(one_kc, lama_kc)
@@ -658,6 +749,8 @@ def import_one(
                 "instance_id": ident.instance_id,
                 "person_keys": ident.person_keys,
                 "instance_keys": ident.instance_keys,
+                # loaded again by Instance.open (lama.objects.recipes.load_stored)
+                "recipes": sorted(imp.recipes_loaded),
             }
             _check_usable(store, lama_kc, ident)
             store.sync()

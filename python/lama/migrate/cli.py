@@ -13,6 +13,7 @@ from lama.migrate import Progress, export_one, import_one
 
 _LABELS = {
     "objects": "objects",
+    "app_objects": "app objects",
     "blobs": "BLOBs/CLOBs",
     "heads": "version heads",
     "rmaps": "reverse maps",

@@ -13,6 +13,10 @@ a compiled ``re.Pattern`` or a plain string for ``{"$regexp": ..., "flags": ""}`
 and a ``dict`` for ``{"$map": [...]}`` (``crdtConfig``).  A wrapper ``{"recipe": {...}, ...}`` as in
 the vectors file is accepted too.  Registering an identical recipe again is a no-op; a different
 recipe under an existing name raises :class:`lama.RecipeError` (``OR-ADDR1``).
+
+:func:`load` does the same but takes a recipe that differs only in the order of a set (a
+stored ``Recipe`` object's ``allowedTypes``) as the same one; :func:`load_stored` registers
+Recipe objects of a store (an imported ONE instance's app recipes, docs/migration.md).
 """
 
 from __future__ import annotations
@@ -81,4 +85,56 @@ def is_versioned(name: str) -> bool:
     return core.is_versioned(name)
 
 
-__all__ = ["register", "names", "get", "is_versioned", "normalize"]
+def canonical(recipe: dict[str, Any]) -> dict[str, Any]:
+    """:func:`normalize` with every ``$set`` sorted: two recipes that differ only in the order
+    of a set (``allowedTypes``: objects.md §3, a set, written sorted in a Recipe object) are
+    the same recipe."""
+
+    def sort_sets(v: Any) -> Any:
+        if isinstance(v, dict):
+            return {k: (sorted(x, key=json.dumps) if k == "$set" and isinstance(x, list)
+                        else sort_sets(x)) for k, x in v.items()}
+        if isinstance(v, list):
+            return [sort_sets(x) for x in v]
+        return v
+
+    return sort_sets(normalize(recipe))
+
+
+def load(recipe: dict[str, Any]) -> bool:
+    """Register ``recipe`` unless the same recipe (:func:`canonical`) is registered already.
+    True if it was new. ``RecipeError OR-ADDR1`` if a different recipe has its name, the
+    core's ``URC-…``/``OR-…`` error if it is no valid recipe."""
+    name = recipe.get("name") if isinstance(recipe, dict) else None
+    if isinstance(name, str) and name in core.recipe_names():
+        if canonical(get(name)) == canonical(recipe):
+            return False
+        raise RecipeError(
+            f"A different recipe named {name!r} is already registered", code="OR-ADDR1"
+        )
+    register(recipe)
+    return True
+
+
+def load_stored(store: Any, hashes: list[str]) -> list[tuple[str, str]]:
+    """Register the ``Recipe`` objects ``hashes`` of ``store`` (objects.md §3: an application's
+    recipes are stored as versioned Recipe objects). Returns ``(hash, reason)`` for each one not
+    loaded (missing, not a Recipe, invalid, or a different recipe has its name); the others are
+    registered (or were already)."""
+    from lama.errors import LamaError
+
+    problems = []
+    for h in hashes:
+        try:
+            obj = store.get_object(h)
+            if obj.get("$type$") != "Recipe":
+                problems.append((h, f"not a Recipe object but {obj.get('$type$')!r}"))
+                continue
+            load(obj)
+        except LamaError as e:
+            problems.append((h, str(e)))
+    return problems
+
+
+__all__ = ["register", "names", "get", "is_versioned", "normalize", "canonical", "load",
+           "load_stored"]
