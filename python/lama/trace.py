@@ -29,12 +29,11 @@ log = logging.getLogger("lama.trace")
 __all__ = ["Failure", "PeerReport", "Step", "Trace", "Tracer", "STEPS", "FAILURE_POINTS",
            "format_trace"]
 
-STEPS = ("created", "posted", "granted", "offered", "fetched", "stored",
-         "received", "visible", "confirmed")
+STEPS = ("created", "posted", "granted", "offered", "deposited", "fetched", "stored",
+         "received", "mailbox_fetched", "visible", "confirmed", "mailbox_confirmed")
 _ORDER = {s: i for i, s in enumerate(STEPS)}
-FAILURE_POINTS = ("not_granted", "never_connected", "connection_refused", "peer_offline",
-                  "import_error", "in_flight")
-_PEER_STEPS = ("granted", "offered", "fetched", "stored")
+FAILURE_POINTS = ("not_granted", "in_mailbox", "never_connected", "connection_refused",
+                  "peer_offline", "import_error", "in_flight")
 _IMPORTS_MAX = 50_000     # object hashes remembered from imports (for the `received` step)
 _FLUSH_DELAY = 0.5        # seconds between a change and its row being handed to the writer
 _ENCODE = json.JSONEncoder(separators=(",", ":")).encode
@@ -324,15 +323,24 @@ class Tracer:
         self._pending: dict[str, set[str]] = {}   # person -> outgoing message ids not stored
         self._watch: dict[str, str] = {}          # object hash -> outgoing message id
         self._versions: dict[str, str] = {}       # channel version hash -> channel id hash
-        # object hash -> (person, time, event number) of its import
-        self._imports: collections.OrderedDict[str, tuple[str, float, int]] = \
+        # object hash -> (person, time, event number, step, detail) of its import (step:
+        # "received" by CHUM, "mailbox_fetched" from the mailbox)
+        self._imports: collections.OrderedDict[str, tuple[str, float, int, str, str | None]] = \
             collections.OrderedDict()
+        # mailbox item id -> the object hashes it brought (until the server confirms deleting)
+        self._mb_items: collections.OrderedDict[str, list[str]] = collections.OrderedDict()
+        # object hash -> the mailbox_confirmed step, when it came before the chat event
+        self._mb_confirmed: collections.OrderedDict[str, tuple[float, str]] = \
+            collections.OrderedDict()
+        self._mb_error: dict[str, str] = {}       # person -> the last refused deposit
         self._events = 0  # chum_imported / chum_receipt_sent events seen, in order
         self._await_confirm: dict[str, set[str]] = {}  # person -> incoming ids not confirmed
         # person -> the last receipt we sent it (event number, mark): it covers every import
         # from that person before it, also one whose chat event comes after the receipt
         self._receipt_out: dict[str, tuple[int, int]] = {}
-        self._kind: dict[str, str] = {}           # person -> "lama" once a receipt came
+        # person -> "lama" (a receipt came, or its importer probed the fast path) or "one"
+        # (its importer fetched from us without probing: a ONE instance)
+        self._kind: dict[str, str] = {}
         self._conn: dict[str, dict[str, Any]] = {}  # person -> {"up", "down", "reason"}
         self._callbacks: list[Callable[[Trace], Any]] = []
         self._dirty: dict[str, None] = {}  # changed traces, in the order they changed
@@ -595,11 +603,15 @@ class Tracer:
         got = self._imports.get(m.id) or self._imports.get(m.hash)
         confirm: Step | None = None
         if got is not None:
-            src, t, n = got
-            rec.add("received", min(t, at), src)
+            src, t, n, via, detail = got
+            rec.add(via, min(t, at), src, detail)
             rec.recipients = (src,)
+            mbc = self._mb_confirmed.pop(m.id, None)
             sent = self._receipt_out.get(src)
-            if sent is not None and sent[0] > n:  # confirmed before the chat event came
+            if via == "mailbox_fetched":
+                if mbc is not None:  # the server deleted the item before the chat event came
+                    confirm = Step("mailbox_confirmed", mbc[0], src, mbc[1])
+            elif sent is not None and sent[0] > n:  # confirmed before the chat event came
                 confirm = Step("confirmed", at, src, f"mark {sent[1]}")
             else:
                 self._await_confirm.setdefault(src, set()).add(m.id)
@@ -627,17 +639,7 @@ class Tracer:
         elif kind == "chum_receipt_sent" and person:
             self._receipt_sent(person, data["data"])
         elif kind == "chum_imported" and person:
-            at = _now()
-            for h in data["data"].get("objects", ()):
-                self._imports[h] = (person, at, self._events)
-                rec = self._recs.get(h)  # the chat event came first
-                if rec is not None and rec.direction == "in" and not rec.recipients:
-                    rec.add("received", at, person)
-                    rec.recipients = (person,)
-                    self._await_confirm.setdefault(person, set()).add(h)
-                    self._changed(rec)
-            while len(self._imports) > _IMPORTS_MAX:
-                self._imports.popitem(last=False)
+            self._imported(person, data["data"].get("objects", ()), "received")
         elif kind == "chum_error" and person and data["data"].get("fatal"):
             # our session with the peer ended with an error (docs/tracing.md §3 import_error)
             d = data["data"]
@@ -648,10 +650,77 @@ class Tracer:
                 rec.errors = {**rec.errors, person: text}
                 self._changed(rec)
 
+    def _imported(self, person: str, hashes: Iterable[str], step: str,
+                  detail: str | None = None) -> None:
+        """Objects imported from ``person`` (by CHUM: ``received``; from the mailbox:
+        ``mailbox_fetched``), remembered for the chat event that follows."""
+        at = _now()
+        for h in hashes:
+            self._imports[h] = (person, at, self._events, step, detail)
+            rec = self._recs.get(h)  # the chat event came first
+            if rec is not None and rec.direction == "in" and not rec.recipients:
+                rec.add(step, at, person, detail)
+                rec.recipients = (person,)
+                if step == "received":
+                    self._await_confirm.setdefault(person, set()).add(h)
+                self._changed(rec)
+        while len(self._imports) > _IMPORTS_MAX:
+            self._imports.popitem(last=False)
+
+    def on_mailbox_event(self, entry: dict[str, Any]) -> None:
+        """The mailbox service's outcomes (docs/mailbox.md §6): a deposit for a peer
+        (``deposited`` in the sender's traces), an item fetched and imported
+        (``mailbox_fetched``) and its deletion confirmed by the server (``mailbox_confirmed``)
+        in the receiver's."""
+        op, ok = entry.get("op"), entry.get("ok")
+        person = entry.get("person")
+        if op == "deposit" and person:
+            if not ok:
+                self._mb_error[person] = f"{entry.get('code')}: {entry.get('message')}"
+                return
+            self._mb_error.pop(person, None)
+            item = str(entry.get("id") or "")
+            step = Step("deposited", _now(), person,
+                        f"item {item[:12]} at {entry.get('url')}")
+            cid, upto = entry.get("channel"), entry.get("upto") or 0
+            for mid in list(self._pending.get(person, ())):
+                rec = self._recs[mid]
+                if rec.channel == cid and rec.seq <= upto and rec.add(step):
+                    self._changed(rec)
+        elif op == "import" and ok and person:
+            item = str(entry.get("id") or "")
+            hashes = list(entry.get("hashes") or ())
+            self._imported(person, hashes, "mailbox_fetched",
+                           f"item {item[:12]} from {entry.get('url')}")
+            self._mb_items[item] = hashes
+            while len(self._mb_items) > 1000:
+                self._mb_items.popitem(last=False)
+        elif op == "fetch" and ok:
+            at = _now()
+            for item in entry.get("confirmed") or ():
+                detail = f"item {str(item)[:12]} deleted at the server"
+                for h in self._mb_items.pop(item, ()):
+                    rec = self._recs.get(h)
+                    if rec is None:
+                        if h in self._imports:  # the chat event has not come yet
+                            self._mb_confirmed[h] = (at, detail)
+                        continue
+                    if rec.direction == "in" and rec.add(
+                            "mailbox_confirmed", at, rec.recipients[0] if rec.recipients else None,
+                            detail):
+                        self._changed(rec)
+            while len(self._mb_confirmed) > _IMPORTS_MAX:
+                self._mb_confirmed.popitem(last=False)
+
     def _exported(self, person: str, data: dict[str, Any],
                   only: list[_Rec] | None = None) -> None:
         if only is None:
             self._recent.append((_now(), "exported", person, data))
+            probed = data.get("probed")
+            if probed is not None and self._kind.get(person) != "lama":
+                # a lama importer probes right after the version check, before any roots
+                # answer; a ONE importer never does (docs/tracing.md §1 kind)
+                self._kind[person] = "lama" if probed else "one"
         ids = self._pending.get(person)
         if not ids:
             return
@@ -796,6 +865,9 @@ class Tracer:
                 kind = self._kind.get(p, "unknown")
                 done = rec.has("stored", p) or (kind == "one" and rec.has("fetched", p))
                 point = detail = None
+                if done and kind == "one" and not rec.has("stored", p):
+                    detail = ("a ONE peer: fetched is the last observable step (ONE sends no "
+                              "receipt)")
                 if not done:
                     delivered = False
                     point, detail = self._failure(rec, p, posted)
@@ -815,6 +887,10 @@ class Tracer:
         if not rec.granted.get(person, False):
             return "not_granted", "the channel's IdAccess does not list this person"
         st = self._live(person) if self._live is not None else None
+        dep = next((s for s in reversed(rec.steps) if s.step == "deposited" and s.peer == person),
+                   None)
+        if dep is not None and (st is None or not st["connected"]):
+            return "in_mailbox", f"deposited ({dep.detail}); the peer has not confirmed it yet"
         if st is None:
             return "peer_offline", "instance not running"
         c = self._conn.get(person, {})
@@ -825,11 +901,14 @@ class Tracer:
                                            else "no connection yet")
             if st.get("refused") and st.get("last_error"):
                 return "connection_refused", st["last_error"]
-            if st.get("last_error"):
-                return "peer_offline", st["last_error"]
-            return "peer_offline", f"disconnected: {c.get('reason') or 'unknown reason'}"
+            mb = self._mb_error.get(person)
+            why = st.get("last_error") or f"disconnected: {c.get('reason') or 'unknown reason'}"
+            return "peer_offline", why if mb is None else f"{why}; mailbox deposit refused: {mb}"
         if person in rec.errors:
             return "import_error", rec.errors[person]
+        if self._kind.get(person) == "one":
+            return "in_flight", (f"a ONE peer (no receipts): the last observable step is "
+                                 f"{_last_step(rec, person) or 'posted'}")
         return "in_flight", None
 
 

@@ -551,11 +551,11 @@ class MailboxService:
         except (LamaError, OSError) as e:
             # nothing is lost: the objects stay in the store, the mark stays, so the next deposit
             # carries them too, and CHUM delivers them once both are online
-            return self._note(op="deposit", ok=False, peer=tg.key.hex(), channel=cid,
-                              code=getattr(e, "code", "LAMA-NET"), message=str(e))
+            return self._note(op="deposit", ok=False, peer=tg.key.hex(), person=tg.person,
+                              url=tg.url, channel=cid, code=getattr(e, "code", "LAMA-NET"), message=str(e))
         self._marks[(tg.key, cid)] = upto
-        return self._note(op="deposit", ok=True, peer=tg.key.hex(), channel=cid, id=ids[0],
-                          objects=n, bytes=len(env), since=since, upto=upto)
+        return self._note(op="deposit", ok=True, peer=tg.key.hex(), person=tg.person, url=tg.url,
+                          channel=cid, id=ids[0], objects=n, bytes=len(env), since=since, upto=upto)
 
     # receiving side
     async def _poll_loop(self) -> None:
@@ -583,8 +583,10 @@ class MailboxService:
             if await self._server_info(url) is None:
                 return summary
 
+            confirmed: list[str] = []
+
             async def handle(items: list[tuple[str, bytes]]) -> list[str]:
-                done: list[str] = []
+                done = confirmed
                 for id, env in items:
                     try:
                         if hashlib.sha256(env).hexdigest() != id:
@@ -602,8 +604,9 @@ class MailboxService:
                         continue
                     summary["imported"] += 1
                     done.append(id)
-                    self._note(op="import", ok=True, id=id, sender=sender.hex(), objects=len(d["objects"]),
-                               heads=[r.head for r in merged])
+                    self._note(op="import", ok=True, id=id, sender=sender.hex(), person=d.get("from"),
+                               url=url, objects=len(d["objects"]), heads=[r.head for r in merged],
+                               hashes=[h for h, _ in d["objects"]])
                 return done
 
             try:
@@ -614,7 +617,9 @@ class MailboxService:
                 return summary
             summary["fetched"], summary["deleted"] = n, deleted
             if n:
-                self._note(op="fetch", ok=True, url=url, fetched=n, imported=summary["imported"], deleted=deleted)
+                # confirmed: the ids the server was asked to delete and answered for
+                self._note(op="fetch", ok=True, url=url, fetched=n, imported=summary["imported"],
+                           deleted=deleted, confirmed=confirmed)
             return summary
 
 
