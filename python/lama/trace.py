@@ -166,19 +166,32 @@ def _encode_records(recs: Iterable[_Rec], full: bool = False) -> list[str]:
     """The log records (docs/tracing.md §5) that persist ``recs``' changes since they were
     last persisted (``full``: all of them, for a compaction). Traces that share what a batch
     shares (topic, recipients, grants, steps) share one record, so a batch of posts costs one
-    record, and one receipt covering many posts one more. Grouped by the identity of the
-    shared objects (the send path shares them within a batch): cheaper than by value, and
-    equal values in different objects only make more records."""
-    news: dict[tuple[Any, ...], tuple[_Rec, list[Any]]] = {}
+    record, and one receipt covering many posts one more. A run of traces equal to the one
+    before (a batch: they share the step and grant objects, compared by identity first) joins
+    its group without building a key; the ids and hashes of a ``newc`` record are concatenated
+    into one string each (64 hex digits per message), so the JSON encoder copies one string
+    instead of encoding a list per message."""
+    news: dict[tuple[Any, ...], tuple[_Rec, list[_Rec]]] = {}
     upds: dict[tuple[Any, ...], tuple[_Rec, int, list[str]]] = {}
+    last: _Rec | None = None
+    group: list[_Rec] | None = None
     for r in recs:
         if full or r.saved < 0:
-            key = (r.direction, r.topic_id, r.channel, r.sender, r.seq, r.recipients,
-                   id(r.granted), id(r.errors), *map(id, r.steps[1:]))
-            g = news.get(key)
-            if g is None:
-                g = news[key] = (r, [])
-            g[1].append([r.message_id, r.hashes, r.created, r.preview])
+            if (last is not None and group is not None and r.granted is last.granted
+                    and r.errors is last.errors and r.seq == last.seq
+                    and r.recipients == last.recipients and r.steps[1:] == last.steps[1:]
+                    and r.channel == last.channel and r.topic_id == last.topic_id
+                    and r.direction == last.direction and r.sender == last.sender):
+                group.append(r)
+            else:
+                key = (r.direction, r.topic_id, r.channel, r.sender, r.seq, r.recipients,
+                       id(r.granted), id(r.errors), *map(id, r.steps[1:]))
+                g = news.get(key)
+                if g is None:
+                    g = news[key] = (r, [])
+                group = g[1]
+                group.append(r)
+                last = r
         else:
             key = (id(r.granted), id(r.errors), *map(id, r.steps[r.saved:]))
             u = upds.get(key)
@@ -186,8 +199,21 @@ def _encode_records(recs: Iterable[_Rec], full: bool = False) -> list[str]:
                 u = upds[key] = (r, r.saved, [])
             u[2].append(r.message_id)
         r.saved = len(r.steps)
-    out = [_ENCODE(["new", r.direction, r.topic_id, r.channel, r.sender, r.seq, r.recipients,
-                    r.granted, r.errors, r.steps[1:], msgs]) for r, msgs in news.values()]
+    out = []
+    for r, members in news.values():
+        head = [r.direction, r.topic_id, r.channel, r.sender, r.seq, r.recipients, r.granted,
+                r.errors, r.steps[1:]]
+        if all(len(m.message_id) == 64 and len(m.hashes) == 2 and m.hashes[0] == m.message_id
+               and len(m.hashes[1]) == 64 for m in members):
+            created: Any = r.created
+            if any(m.created != created for m in members):
+                created = [m.created for m in members]
+            out.append(_ENCODE(["newc", *head, "".join([m.message_id for m in members]),
+                                "".join([m.hashes[1] for m in members]), created,
+                                [m.preview for m in members]]))
+        else:
+            out.append(_ENCODE(["new", *head, [[m.message_id, m.hashes, m.created, m.preview]
+                                               for m in members]]))
     out.extend(_ENCODE(["upd", r.steps[saved:], r.errors, r.granted, mids])
                for r, saved, mids in upds.values())
     return out
@@ -198,6 +224,17 @@ def _replay(rows: Iterable[str], recs: dict[str, _Rec]) -> None:
     for data in rows:
         try:
             d = json.loads(data)
+            if d[0] == "newc":  # the compact form: ids and hashes concatenated
+                _, direction, topic, channel, sender, seq, recipients, granted, errors, steps, \
+                    mids, hashes, created, previews = d
+                n = len(previews)
+                if len(mids) != 64 * n or len(hashes) != 64 * n:
+                    raise ValueError("a newc record's ids do not match its previews")
+                times = created if isinstance(created, list) else [created] * n
+                ids = [mids[i * 64:(i + 1) * 64] for i in range(n)]
+                d = ["new", direction, topic, channel, sender, seq, recipients, granted, errors,
+                     steps, [[m, [m, hashes[i * 64:(i + 1) * 64]], times[i], previews[i]]
+                             for i, m in enumerate(ids)]]
             if d[0] == "new":
                 _, direction, topic, channel, sender, seq, recipients, granted, errors, steps, \
                     msgs = d
@@ -500,9 +537,16 @@ class Tracer:
         if batch:
             self._posted_batch(batch, topic)
         if log.isEnabledFor(logging.INFO):
-            for m in messages:
+            # one record per batch (docs/tracing.md §7): a lone post names its message, a
+            # batch lists its ids
+            ms = list(messages)
+            if len(ms) == 1:
                 log.info("message posted", extra={"fields": {
-                    "event": "message_posted", "message_id": m.id, "topic": m.topic_id}})
+                    "event": "message_posted", "message_id": ms[0].id, "topic": ms[0].topic_id}})
+            elif ms:
+                log.info("messages posted", extra={"fields": {
+                    "event": "message_posted", "message_ids": [m.id for m in ms],
+                    "count": len(ms), "topic": ms[0].topic_id}})
 
     def _posted_batch(self, batch: list[_Rec], topic: Any) -> None:
         pm = _ONE_TO_ONE.fullmatch(topic)
