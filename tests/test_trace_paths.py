@@ -102,9 +102,11 @@ def test_mailbox_steps_in_both_traces(tmp_path: Path) -> None:
             await until(lambda: "mailbox_confirmed" in steps(bob, m.id), 60, "mailbox_confirmed")
             tb = bob.trace(m.id)
             assert tb.direction == "in" and tb.status == "received"
-            assert [s.step for s in tb.steps] == ["created", "mailbox_fetched", "visible",
-                                                  "mailbox_confirmed"]
-            assert tb.steps[1].peer == alice_id and tb.steps[3].peer == alice_id
+            got = [s.step for s in tb.steps]
+            # the chat layer's event and the server's confirmation race (both after the import)
+            assert got[:2] == ["created", "mailbox_fetched"]
+            assert sorted(got[2:]) == ["mailbox_confirmed", "visible"]
+            assert {s.peer for s in tb.steps if s.step.startswith("mailbox")} == {alice_id}
             assert server.counters()["mailbox_items"] == 0
             alice = await App.open(tmp_path / "alice", SECRET, config=conf)
             # not started yet: the persisted trace still says where it is

@@ -381,6 +381,7 @@ class Tracer:
         self._conn: dict[str, dict[str, Any]] = {}  # person -> {"up", "down", "reason"}
         self._callbacks: list[Callable[[Trace], Any]] = []
         self._dirty: dict[str, None] = {}  # changed traces, in the order they changed
+        self._new: list[list[_Rec]] = []   # batches of posts not persisted yet (not in _dirty)
         self._dropped: list[str] = []
         self._flush_handle: asyncio.Handle | None = None
         self._grant_queue: list[_Rec] = []
@@ -447,6 +448,7 @@ class Tracer:
         if self._grant_queue:
             self._check_grants()
         dirty, self._dirty = self._dirty, {}
+        new, self._new = self._new, []
         recs = self._recs
         while len(recs) > self.limit:  # insertion order is creation order, near enough
             self._forget(recs[next(iter(recs))])
@@ -456,7 +458,14 @@ class Tracer:
                 self._writer.put(out, compact=True)
                 self._compact_due, self._written, self._dropped = False, 0, []
             else:
-                out = _encode_records([recs[m] for m in dirty if m in recs])
+                # traces persisted before and changed since, then the new batches' (a trace
+                # in both is new: it is persisted whole once)
+                todo = [r for b in new for r in b if r.saved < 0]
+                older = [recs[m] for m in dirty if m in recs]
+                if any(r.saved < 0 for r in older):  # e.g. incoming ones, or a post's event
+                    seen = {id(r) for r in todo}
+                    older = [r for r in older if r.saved >= 0 or id(r) not in seen]
+                out = _encode_records(older + todo)
                 if self._dropped:
                     out.append(_ENCODE(["drop", self._dropped]))
                     self._dropped = []
@@ -464,6 +473,8 @@ class Tracer:
                     self._writer.put(out)
                     self._written += len(out)
         if self._callbacks:
+            for b in new:
+                dirty.update(dict.fromkeys(r.message_id for r in b))
             for m in dirty:
                 if m in self._recs:
                     t = self.report(self._recs[m])
@@ -477,6 +488,7 @@ class Tracer:
 
     def _forget(self, rec: _Rec) -> None:
         del self._recs[rec.message_id]
+        rec.saved = max(rec.saved, 0)  # a new one is not persisted any more
         self._dropped.append(rec.message_id)
         for s in self._pending.values():
             s.discard(rec.message_id)
@@ -553,7 +565,7 @@ class Tracer:
         if pm:
             self._recipients(batch, [p for p in pm.groups() if p != self.me])
         self._grant_queue.extend(batch)
-        self._dirty.update(dict.fromkeys(r.message_id for r in batch))
+        self._new.append(batch)  # persisted whole at the flush (no per-message mark)
         self._schedule()
 
     def _recipients(self, batch: list[_Rec], persons: list[str]) -> None:
@@ -606,7 +618,8 @@ class Tracer:
                                             for p, yes in ok.items() if yes])
                 r.granted = g[0]  # shared: never changed afterwards
                 r.steps.extend(g[1])
-            self._dirty.update(dict.fromkeys(r.message_id for r in recs))
+            # new traces are persisted whole at the flush; only older ones need a mark
+            self._dirty.update(dict.fromkeys(r.message_id for r in recs if r.saved >= 0))
 
     def _participants(self, rec: _Rec) -> list[str]:
         m = _ONE_TO_ONE.fullmatch(rec.topic_id)
