@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import itertools
 import json
 import logging
 import re
@@ -450,8 +451,9 @@ class Tracer:
         dirty, self._dirty = self._dirty, {}
         new, self._new = self._new, []
         recs = self._recs
-        while len(recs) > self.limit:  # insertion order is creation order, near enough
-            self._forget(recs[next(iter(recs))])
+        excess = len(recs) - self.limit
+        if excess > 0:  # insertion order is creation order, near enough; one scan for all
+            self._forget_many([recs[m] for m in itertools.islice(recs, excess)])
         if self._writer is not None:
             if self._compact_due or self._written > _COMPACT_AFTER:
                 out = _encode_records(recs.values(), full=True)
@@ -486,17 +488,20 @@ class Tracer:
                         except Exception:  # one callback's bug must not stop the others
                             log.exception("on_trace callback failed")
 
-    def _forget(self, rec: _Rec) -> None:
-        del self._recs[rec.message_id]
-        rec.saved = max(rec.saved, 0)  # a new one is not persisted any more
-        self._dropped.append(rec.message_id)
+    def _forget_many(self, old: list[_Rec]) -> None:
+        ids = [r.message_id for r in old]
+        recs, watch = self._recs, self._watch
+        for r in old:
+            del recs[r.message_id]
+            r.saved = max(r.saved, 0)  # a new one is not persisted any more
+            for h in r.hashes:
+                if watch.get(h) == r.message_id:
+                    del watch[h]
+        self._dropped.extend(ids)
         for s in self._pending.values():
-            s.discard(rec.message_id)
+            s.difference_update(ids)
         for s in self._await_confirm.values():
-            s.discard(rec.message_id)
-        for h in rec.hashes:
-            if self._watch.get(h) == rec.message_id:
-                del self._watch[h]
+            s.difference_update(ids)
 
     def flush(self) -> None:
         """Write every change now (tests, close)."""
