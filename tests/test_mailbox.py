@@ -630,8 +630,12 @@ def test_cli_comm_server_killed_with_items_loses_nothing(tmp_path: Path) -> None
     finally:
         proc.kill()  # no clean shutdown: what was answered `stored` is on disk
         proc.communicate(timeout=30)
-    proc, url = _cli_server(d)
+    # restarted with a server-wide bound of 3: the 3 held items fill it (for any recipient)
+    proc, url = _cli_server(d, "--mailbox-total-items", "3")
     try:
+        with pytest.raises(MailboxFullError) as e:
+            run(dep(alice, url, Peer().public, [sealed(alice, bob, "to someone else")]))
+        assert e.value.code == "LAMA-MAILBOX-SERVER-FULL"
         got, deleted = run(fetch_all(url, bob))
         assert [i for i, _ in got] == ids and [e for _, e in got] == envs and deleted == 3
     finally:
