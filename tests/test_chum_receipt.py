@@ -53,6 +53,7 @@ def test_receipt_after_each_pass_and_exported_events(tmp_path: Path) -> None:
     mark1 = got[-1]["mark"]
     exported = [d for k, d in pump.events[0] if k == "exported"]
     assert exported and any(d["roots"] for d in exported)
+    assert all(d["probed"] is True for d in exported)  # a lama importer probes first
     assert first in {h for d in exported for h in d["objects"]}
     # the peer exported nothing traced (its option is off)
     assert not [k for k, _ in pump.events[1] if k == "exported"]
@@ -86,6 +87,8 @@ def test_plain_v8_importer_never_sends_a_receipt(tmp_path: Path) -> None:
     assert not [k for k, _ in pump.events[1] if k == "receipt_sent"]
     # what ONE fetched is still observed on the exporter side
     assert first in {h for k, d in pump.events[0] if k == "exported" for h in d["objects"]}
+    # ... and it never probed: the tracer's kind "one" (docs/tracing.md §1)
+    assert {d["probed"] for k, d in pump.events[0] if k == "exported"} == {False}
     a.close()
     b.close()
 

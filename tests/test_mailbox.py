@@ -10,6 +10,7 @@ server without a mailbox."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 from pathlib import Path
@@ -20,7 +21,8 @@ import pytest
 from lama import App, AppConfig
 from lama._core import core
 from lama.connect import mailbox as mb
-from lama.errors import DecryptionError, MailboxError, MailboxFullError, SignatureError
+from lama.errors import (DecryptionError, MailboxError, MailboxFullError, SignatureError,
+                         TransportError)
 
 pytestmark = pytest.mark.timeout(180)
 SECRET = "mailbox-secret"
@@ -37,6 +39,11 @@ class Peer:
 
 def sealed(sender: Peer, recipient: Peer, text: str) -> bytes:
     return mb.seal(text.encode(), sender.public, sender.secret, sender.sign_secret, recipient.public)
+
+
+def dep(sender: Peer, url: str, target: bytes, envs: list[bytes]) -> Any:
+    """Deposit as ``sender`` (it proves its instance key, docs/mailbox.md §2.2)."""
+    return mb.deposit(url, target, envs, sender.public, sender.secret)
 
 
 async def fetch_all(url: str, who: Peer, keep: set[str] = frozenset()) -> tuple[list[tuple[str, bytes]], int]:  # type: ignore[assignment]
@@ -70,11 +77,11 @@ def test_deposit_fetch_confirm_survives_a_restart(tmp_path: Path) -> None:
             info = await mb.mailbox_info(server.url)
             assert info is not None and info["version"] == 1 and info["maxItems"] == 1000
             envs = [sealed(alice, bob, f"m{i}") for i in range(3)]
-            ids = await mb.deposit(server.url, bob.public, envs)
+            ids = await dep(alice, server.url, bob.public, envs)
             assert ids == [core.sha256_hex(e) for e in envs]
             # depositing the same envelope again stores nothing new
-            assert await mb.deposit(server.url, bob.public, envs[:1]) == ids[:1]
-            await mb.deposit(server.url, carol.public, [sealed(alice, carol, "for carol")])
+            assert await dep(alice, server.url, bob.public, envs[:1]) == ids[:1]
+            await dep(alice, server.url, carol.public, [sealed(alice, carol, "for carol")])
             c = server.counters()
             assert (c["mailbox_items"], c["mailbox_deposits"]) == (4, 4)
             assert c["mailbox_bytes"] == sum(map(len, envs)) + len(sealed(alice, carol, "for carol"))
@@ -119,26 +126,26 @@ def test_mailbox_full_by_count_and_by_bytes(tmp_path: Path) -> None:
         try:
             envs = [sealed(alice, bob, f"m{i}") for i in range(3)]
             with pytest.raises(MailboxFullError) as e:
-                await mb.deposit(server.url, bob.public, envs)
+                await dep(alice, server.url, bob.public, envs)
             assert e.value.code == "LAMA-MAILBOX-FULL"
             assert isinstance(e.value, MailboxError) and isinstance(e.value, ConnectionError)
             assert "2 of 2 items" in str(e.value)
             assert e.value.deposited == [core.sha256_hex(x) for x in envs[:2]]  # type: ignore[attr-defined]
             # another recipient has its own bound; bytes: 3 x ~300 fit, the 4th does not
             big = [sealed(alice, carol, "x" * 200) for _ in range(2)]
-            await mb.deposit(server.url, carol.public, big[:1])
+            await dep(alice, server.url, carol.public, big[:1])
             with pytest.raises(MailboxFullError) as e:
-                await mb.deposit(server.url, carol.public, [sealed(alice, carol, "y" * 700)])
+                await dep(alice, server.url, carol.public, [sealed(alice, carol, "y" * 700)])
             assert e.value.code == "LAMA-MAILBOX-FULL" and "bytes" in str(e.value)
             with pytest.raises(MailboxFullError) as e:
-                await mb.deposit(server.url, Peer().public, [sealed(alice, bob, "z" * 1000)])
+                await dep(alice, server.url, Peer().public, [sealed(alice, bob, "z" * 1000)])
             assert e.value.code == "LAMA-MAILBOX-TOOBIG"
             c = server.counters()
             assert (c["mailbox_items"], c["mailbox_refused"]) == (3, 3)
             # nothing was lost: bob's two items are there; once fetched, there is room again
             got, deleted = await fetch_all(server.url, bob)
             assert [x for _, x in got] == envs[:2] and deleted == 2
-            assert await mb.deposit(server.url, bob.public, envs[2:]) == [core.sha256_hex(envs[2])]
+            assert await dep(alice, server.url, bob.public, envs[2:]) == [core.sha256_hex(envs[2])]
         finally:
             await server.close()
 
@@ -153,11 +160,11 @@ def test_items_expire(tmp_path: Path) -> None:
         server = await core.comm_server("127.0.0.1", 0, mailbox_dir=str(d), mailbox_ttl=0.4)
         try:
             assert (await mb.mailbox_info(server.url) or {})["ttl"] == 0
-            await mb.deposit(server.url, bob.public, [sealed(alice, bob, "soon gone")])
+            await dep(alice, server.url, bob.public, [sealed(alice, bob, "soon gone")])
             await asyncio.sleep(0.6)
             assert await fetch_all(server.url, bob) == ([], 0)
             assert server.counters()["mailbox_expired"] == 1
-            await mb.deposit(server.url, bob.public, [sealed(alice, bob, "gone at restart")])
+            await dep(alice, server.url, bob.public, [sealed(alice, bob, "gone at restart")])
         finally:
             await server.close()
         await asyncio.sleep(0.6)
@@ -177,7 +184,7 @@ def test_fetch_needs_the_key(tmp_path: Path) -> None:
         alice, bob, mallory = Peer(), Peer(), Peer()
         server = await core.comm_server("127.0.0.1", 0, mailbox_dir=str(tmp_path / "m"))
         try:
-            await mb.deposit(server.url, bob.public, [sealed(alice, bob, "for bob only")])
+            await dep(alice, server.url, bob.public, [sealed(alice, bob, "for bob only")])
             # mallory claims bob's key: she cannot open the challenge, so she answers garbage
             t = await core.ws_connect(server.url)
             await t.send(json.dumps({"command": "mailbox_fetch", "publicKey": bob.public.hex()}))
@@ -201,6 +208,105 @@ def test_fetch_needs_the_key(tmp_path: Path) -> None:
     run(main())
 
 
+def test_a_deposit_needs_the_depositors_key_and_its_own_name(tmp_path: Path) -> None:
+    """docs/mailbox.md §2.2: no proof (an older client) or a wrong proof is refused, and a
+    proved depositor cannot deposit an envelope sealed in another instance's name; nothing is
+    stored by them, and an honest deposit afterwards goes through."""
+    async def main() -> None:
+        alice, bob, mallory = Peer(), Peer(), Peer()
+        server = await core.comm_server("127.0.0.1", 0, mailbox_dir=str(tmp_path / "m"))
+        try:
+            info = await mb.mailbox_info(server.url)
+            assert info is not None and info["depositProof"] is True
+            env = sealed(alice, bob, "from alice")
+            # 1. no proof at all: a clear error, then closed
+            t = await core.ws_connect(server.url)
+            await t.send(json.dumps({"command": "mailbox_deposit", "targetPublicKey": bob.public.hex()}))
+            ans = json.loads(await t.recv())
+            assert ans["command"] == "mailbox_error" and ans["code"] == "LAMA-MAILBOX-AUTH"
+            assert "proof" in ans["message"]
+            await t.close("Close called.")
+            # 2. mallory claims alice's key: she cannot open the challenge, answers garbage
+            t = await core.ws_connect(server.url)
+            await t.send(json.dumps({"command": "mailbox_deposit", "publicKey": alice.public.hex(),
+                                     "targetPublicKey": bob.public.hex()}))
+            req = json.loads(await t.recv())
+            assert req["command"] == "authentication_request"
+            fake = core.box_seal_embedded(b"\0" * 64, mallory.secret, bytes.fromhex(req["publicKey"]))
+            await t.send(json.dumps({"command": "authentication_response", "response": fake.hex()}))
+            with contextlib.suppress(TransportError):  # the server may have closed already
+                await t.send(env)
+            assert await t.recv() is None
+            assert t.close_reason == AUTH_FAILED
+            assert server.counters()["auth_failures"] == 1
+            # 3. mallory proves her own key but deposits an envelope that names alice (a replay
+            #    of alice's item, or a forgery in her name): refused by the envelope's prefix
+            with pytest.raises(MailboxError) as e:
+                await dep(mallory, server.url, bob.public, [env])
+            assert e.value.code == "LAMA-MAILBOX-AUTH" and "another instance" in str(e.value)
+            assert not isinstance(e.value, MailboxFullError)
+            forged = env[:4] + mallory.public + env[36:]  # her key in the prefix: breaks the box
+            assert await dep(mallory, server.url, bob.public, [forged]) == [core.sha256_hex(forged)]
+            c = server.counters()
+            assert (c["mailbox_items"], c["mailbox_refused"]) == (1, 2)
+            # the honest deposit works; bob gets both, and only alice's opens as alice's
+            assert await dep(alice, server.url, bob.public, [env]) == [core.sha256_hex(env)]
+            got, deleted = await fetch_all(server.url, bob)
+            assert [x for _, x in got] == [forged, env] and deleted == 2
+            keys = {alice.public: alice.sign_public, mallory.public: mallory.sign_public}
+            with pytest.raises(DecryptionError):
+                mb.open_envelope(forged, bob.public, bob.secret, keys.get)
+            assert mb.open_envelope(env, bob.public, bob.secret, keys.get) == (alice.public, b"from alice")
+        finally:
+            await server.close()
+
+    run(main())
+
+
+def test_server_wide_bound_across_recipients(tmp_path: Path) -> None:
+    """docs/mailbox.md §5: besides each recipient's bound, the whole mailbox holds at most
+    ``mailbox_total_items`` items and ``mailbox_total_bytes`` bytes; beyond that a deposit is
+    refused with LAMA-MAILBOX-SERVER-FULL and nothing held is lost."""
+    async def main() -> None:
+        alice = Peer()
+        rcpts = [Peer() for _ in range(4)]
+        d = str(tmp_path / "m")
+        server = await core.comm_server("127.0.0.1", 0, mailbox_dir=d, mailbox_max_items=10,
+                                        mailbox_total_items=3, mailbox_total_bytes=100_000)
+        try:
+            info = await mb.mailbox_info(server.url)
+            assert info is not None and (info["maxTotalItems"], info["maxTotalBytes"]) == (3, 100_000)
+            envs = [sealed(alice, r, f"for {i}") for i, r in enumerate(rcpts)]
+            for r, e in zip(rcpts[:3], envs):
+                await dep(alice, server.url, r.public, [e])
+            with pytest.raises(MailboxFullError) as e:
+                await dep(alice, server.url, rcpts[3].public, [envs[3]])
+            assert e.value.code == "LAMA-MAILBOX-SERVER-FULL"
+            assert "3 of 3 items" in str(e.value) and "across all recipients" in str(e.value)
+            assert e.value.deposited == []  # type: ignore[attr-defined]
+            c = server.counters()
+            assert (c["mailbox_items"], c["mailbox_refused"]) == (3, 1)
+        finally:
+            await server.close()
+        # bytes: a restarted server counts what it holds
+        size = sum(len(e) for e in envs[:3])
+        server = await core.comm_server("127.0.0.1", 0, mailbox_dir=d, mailbox_max_items=10,
+                                        mailbox_total_bytes=size + 10)
+        try:
+            with pytest.raises(MailboxFullError) as e:
+                await dep(alice, server.url, rcpts[3].public, [envs[3]])
+            assert e.value.code == "LAMA-MAILBOX-SERVER-FULL" and "bytes" in str(e.value)
+            # nothing lost: every held item is served; a confirmation makes room
+            for r, want in zip(rcpts[:3], envs):
+                got, deleted = await fetch_all(server.url, r)
+                assert [x for _, x in got] == [want] and deleted == 1
+            assert await dep(alice, server.url, rcpts[3].public, [envs[3]]) == [core.sha256_hex(envs[3])]
+        finally:
+            await server.close()
+
+    run(main())
+
+
 def test_a_server_without_the_extension(tmp_path: Path) -> None:
     async def main() -> None:
         alice, bob = Peer(), Peer()
@@ -208,7 +314,7 @@ def test_a_server_without_the_extension(tmp_path: Path) -> None:
         try:
             assert await mb.mailbox_info(server.url) is None
             with pytest.raises(MailboxError) as e:
-                await mb.deposit(server.url, bob.public, [sealed(alice, bob, "x")])
+                await dep(alice, server.url, bob.public, [sealed(alice, bob, "x")])
             assert e.value.code == "LAMA-MAILBOX-UNSUPPORTED"
             with pytest.raises(MailboxError) as e:
                 await fetch_all(server.url, bob)
@@ -249,7 +355,7 @@ def test_the_server_can_neither_read_nor_alter_an_item(tmp_path: Path) -> None:
         try:
             envs = [sealed(alice, bob, secret_text), sealed(alice, bob, "second"),
                     sealed(alice, bob, "third")]
-            ids = await mb.deposit(server.url, bob.public, envs)
+            ids = await dep(alice, server.url, bob.public, envs)
         finally:
             await server.close()
         files = {f.name[:64]: f for f in item_files(d)}
@@ -518,14 +624,18 @@ def test_cli_comm_server_killed_with_items_loses_nothing(tmp_path: Path) -> None
     envs = [sealed(alice, bob, f"m{i}") for i in range(3)]
     proc, url = _cli_server(d, "--mailbox-max-items", "3")
     try:
-        ids = run(mb.deposit(url, bob.public, envs))
+        ids = run(dep(alice, url, bob.public, envs))
         with pytest.raises(MailboxFullError):
-            run(mb.deposit(url, bob.public, [sealed(alice, bob, "fourth")]))
+            run(dep(alice, url, bob.public, [sealed(alice, bob, "fourth")]))
     finally:
         proc.kill()  # no clean shutdown: what was answered `stored` is on disk
         proc.communicate(timeout=30)
-    proc, url = _cli_server(d)
+    # restarted with a server-wide bound of 3: the 3 held items fill it (for any recipient)
+    proc, url = _cli_server(d, "--mailbox-total-items", "3")
     try:
+        with pytest.raises(MailboxFullError) as e:
+            run(dep(alice, url, Peer().public, [sealed(alice, bob, "to someone else")]))
+        assert e.value.code == "LAMA-MAILBOX-SERVER-FULL"
         got, deleted = run(fetch_all(url, bob))
         assert [i for i, _ in got] == ids and [e for _, e in got] == envs and deleted == 3
     finally:
@@ -550,7 +660,7 @@ def test_a_mailbox_directory_moves_between_the_cores(tmp_path: Path, writer: str
         envs = [sealed(alice, bob, f"m{i}") for i in range(2)]
         server = await first.comm_server("127.0.0.1", 0, mailbox_dir=str(d), mailbox_max_items=5)
         try:
-            ids = await mb.deposit(server.url, bob.public, envs)
+            ids = await dep(alice, server.url, bob.public, envs)
         finally:
             await server.close()
         server = await second.comm_server("127.0.0.1", 0, mailbox_dir=str(d), mailbox_max_items=5)

@@ -336,7 +336,8 @@ def test_persisted_log_limit_damage_and_rewrite(tmp_path: Path, monkeypatch: Any
     db = sqlite3.connect(str(adir / "traces.sqlite3"))
     rows = db.execute("SELECT data FROM log ORDER BY id").fetchall()
     kinds = [json.loads(d)[0] for (d,) in rows]
-    assert "drop" in kinds and kinds.count("new") < len(ids)  # the batch shares one record
+    # the batch shares one record (the compact form: ids concatenated, docs/tracing.md §5)
+    assert "drop" in kinds and kinds.count("newc") < len(ids) and "new" not in kinds
     with db:
         db.execute("INSERT INTO log (data) VALUES ('[\"new\", \"truncated')")
     db.close()
@@ -353,7 +354,7 @@ def test_persisted_log_limit_damage_and_rewrite(tmp_path: Path, monkeypatch: Any
             db = sqlite3.connect(str(adir / "traces.sqlite3"))
             kinds = [json.loads(d)[0] for (d,) in db.execute("SELECT data FROM log")]
             db.close()
-            assert kinds and set(kinds) == {"new"} and len(kinds) <= 2
+            assert kinds and set(kinds) == {"newc"} and len(kinds) <= 2
         finally:
             await app.close()
 

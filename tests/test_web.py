@@ -410,8 +410,11 @@ def test_cli_comm_server_metrics(tmp_path: Path) -> None:
                           "lama_commserver_handovers_total") == 0
             assert sample(fams, "lama_commserver_mailbox_items") == 0
             # two envelopes for one recipient (the server holds ciphertext it cannot read)
-            envs = [mailbox.MAGIC + os.urandom(32 + n) for n in (100, 250)]
-            await mailbox.deposit(url, os.urandom(32), envs)
+            from lama._core import core
+
+            pk, sk = core.box_keypair()  # the depositor proves its key (docs/mailbox.md §2.2)
+            envs = [mailbox.MAGIC + pk + os.urandom(n) for n in (100, 250)]
+            await mailbox.deposit(url, os.urandom(32), envs, pk, sk)
             status, _, body = await get(port, "/metrics", {"Authorization": "Bearer tok-123"})
             fams = parse(body.decode())
             assert fams["lama_commserver_mailbox_items"].type == "gauge"

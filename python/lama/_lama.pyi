@@ -306,6 +306,8 @@ async def comm_server(
     mailbox_max_items: int = ...,
     mailbox_max_bytes: int = ...,
     mailbox_ttl: float = ...,
+    mailbox_total_items: int = ...,
+    mailbox_total_bytes: int = ...,
     nats: str | None = ...,
     advertise: str | None = ...,
 ) -> CommServer: ...

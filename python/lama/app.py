@@ -182,6 +182,8 @@ class App:
         if self.tracer is not None:
             self._unsubscribe.append(self.chat.subscribe(self.tracer.on_chat_event))
             self._unsubscribe.append(self.manager.subscribe(self.tracer.on_manager_event))
+            if self.mailbox is not None:  # mailbox steps (docs/tracing.md §2)
+                self._unsubscribe.append(self.mailbox.subscribe(self.tracer.on_mailbox_event))
         await self.manager.start()
         # contacts for pairings recorded before (idempotent: nothing is written twice): one
         # that finished while the previous run was stopping, or made by `lama invite/accept`

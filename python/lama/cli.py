@@ -521,6 +521,10 @@ def _build_app() -> Any:
         mailbox_max_items: int = typer.Option(1000, "--mailbox-max-items", help="Items per recipient."),
         mailbox_max_bytes: int = typer.Option(64 << 20, "--mailbox-max-bytes", help="Bytes per recipient."),
         mailbox_ttl: float = typer.Option(7 * 86400.0, "--mailbox-ttl", help="Seconds an item is kept."),
+        mailbox_total_items: int = typer.Option(100_000, "--mailbox-total-items",
+                                                help="Items across all recipients."),
+        mailbox_total_bytes: int = typer.Option(1 << 30, "--mailbox-total-bytes",
+                                                help="Bytes across all recipients."),
         log_level: str = typer.Option(
             None, "--log-level", help="Log level: debug|info|warning|error (default: "
                                       "$LAMA_LOG_LEVEL or info); logs go to stderr."),
@@ -546,7 +550,8 @@ def _build_app() -> Any:
                                            "in $LAMA_METRICS_TOKEN", code="LAMA-HTTP-ADDRESS")
         mb = {} if mailbox is None else {
             "mailbox_dir": mailbox, "mailbox_max_items": mailbox_max_items,
-            "mailbox_max_bytes": mailbox_max_bytes, "mailbox_ttl": mailbox_ttl}
+            "mailbox_max_bytes": mailbox_max_bytes, "mailbox_ttl": mailbox_ttl,
+            "mailbox_total_items": mailbox_total_items, "mailbox_total_bytes": mailbox_total_bytes}
         if advertise and not nats:
             _fail("--advertise needs --nats", 2)
         if nats:  # docs/cluster.md

@@ -142,7 +142,8 @@ __all__ = [
 class MailboxError(TransportError):
     """The comm server's store-and-forward mailbox (docs/mailbox.md §7): no mailbox at that server
     (``LAMA-MAILBOX-UNSUPPORTED``), a broken answer (``LAMA-MAILBOX-PROTO``), a server that cannot
-    store (``LAMA-MAILBOX-IO``), refused content (``LAMA-MAILBOX-CONTENT``, ``-FORMAT``), content
+    store (``LAMA-MAILBOX-IO``), a refused deposit proof or an envelope not in the prover's name
+    (``LAMA-MAILBOX-AUTH``), refused content (``LAMA-MAILBOX-CONTENT``, ``-FORMAT``), content
     whose references are not here yet (``LAMA-MAILBOX-INCOMPLETE``). An altered item is a
     ``DecryptionError LAMA-MAILBOX-TAMPERED``, an unknown sender or bad signature a
     ``SignatureError LAMA-MAILBOX-SENDER``."""
@@ -150,7 +151,8 @@ class MailboxError(TransportError):
 
 class MailboxFullError(MailboxError):
     """The recipient's mailbox is full (``LAMA-MAILBOX-FULL``: its item count or byte limit) or
-    the item alone exceeds the byte limit (``LAMA-MAILBOX-TOOBIG``); nothing was stored."""
+    the item alone exceeds the byte limit (``LAMA-MAILBOX-TOOBIG``), or the whole mailbox is full
+    (``LAMA-MAILBOX-SERVER-FULL``: items or bytes across all recipients); nothing was stored."""
 
 
 __all__ += ["MailboxError", "MailboxFullError"]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import itertools
 import json
 import logging
 import re
@@ -29,12 +30,11 @@ log = logging.getLogger("lama.trace")
 __all__ = ["Failure", "PeerReport", "Step", "Trace", "Tracer", "STEPS", "FAILURE_POINTS",
            "format_trace"]
 
-STEPS = ("created", "posted", "granted", "offered", "fetched", "stored",
-         "received", "visible", "confirmed")
+STEPS = ("created", "posted", "granted", "offered", "deposited", "fetched", "stored",
+         "received", "mailbox_fetched", "visible", "confirmed", "mailbox_confirmed")
 _ORDER = {s: i for i, s in enumerate(STEPS)}
-FAILURE_POINTS = ("not_granted", "never_connected", "connection_refused", "peer_offline",
-                  "import_error", "in_flight")
-_PEER_STEPS = ("granted", "offered", "fetched", "stored")
+FAILURE_POINTS = ("not_granted", "in_mailbox", "never_connected", "connection_refused",
+                  "peer_offline", "import_error", "in_flight")
 _IMPORTS_MAX = 50_000     # object hashes remembered from imports (for the `received` step)
 _FLUSH_DELAY = 0.5        # seconds between a change and its row being handed to the writer
 _ENCODE = json.JSONEncoder(separators=(",", ":")).encode
@@ -167,19 +167,32 @@ def _encode_records(recs: Iterable[_Rec], full: bool = False) -> list[str]:
     """The log records (docs/tracing.md §5) that persist ``recs``' changes since they were
     last persisted (``full``: all of them, for a compaction). Traces that share what a batch
     shares (topic, recipients, grants, steps) share one record, so a batch of posts costs one
-    record, and one receipt covering many posts one more. Grouped by the identity of the
-    shared objects (the send path shares them within a batch): cheaper than by value, and
-    equal values in different objects only make more records."""
-    news: dict[tuple[Any, ...], tuple[_Rec, list[Any]]] = {}
+    record, and one receipt covering many posts one more. A run of traces equal to the one
+    before (a batch: they share the step and grant objects, compared by identity first) joins
+    its group without building a key; the ids and hashes of a ``newc`` record are concatenated
+    into one string each (64 hex digits per message), so the JSON encoder copies one string
+    instead of encoding a list per message."""
+    news: dict[tuple[Any, ...], tuple[_Rec, list[_Rec]]] = {}
     upds: dict[tuple[Any, ...], tuple[_Rec, int, list[str]]] = {}
+    last: _Rec | None = None
+    group: list[_Rec] | None = None
     for r in recs:
         if full or r.saved < 0:
-            key = (r.direction, r.topic_id, r.channel, r.sender, r.seq, r.recipients,
-                   id(r.granted), id(r.errors), *map(id, r.steps[1:]))
-            g = news.get(key)
-            if g is None:
-                g = news[key] = (r, [])
-            g[1].append([r.message_id, r.hashes, r.created, r.preview])
+            if (last is not None and group is not None and r.granted is last.granted
+                    and r.errors is last.errors and r.seq == last.seq
+                    and r.recipients == last.recipients and r.steps[1:] == last.steps[1:]
+                    and r.channel == last.channel and r.topic_id == last.topic_id
+                    and r.direction == last.direction and r.sender == last.sender):
+                group.append(r)
+            else:
+                key = (r.direction, r.topic_id, r.channel, r.sender, r.seq, r.recipients,
+                       id(r.granted), id(r.errors), *map(id, r.steps[1:]))
+                g = news.get(key)
+                if g is None:
+                    g = news[key] = (r, [])
+                group = g[1]
+                group.append(r)
+                last = r
         else:
             key = (id(r.granted), id(r.errors), *map(id, r.steps[r.saved:]))
             u = upds.get(key)
@@ -187,8 +200,21 @@ def _encode_records(recs: Iterable[_Rec], full: bool = False) -> list[str]:
                 u = upds[key] = (r, r.saved, [])
             u[2].append(r.message_id)
         r.saved = len(r.steps)
-    out = [_ENCODE(["new", r.direction, r.topic_id, r.channel, r.sender, r.seq, r.recipients,
-                    r.granted, r.errors, r.steps[1:], msgs]) for r, msgs in news.values()]
+    out = []
+    for r, members in news.values():
+        head = [r.direction, r.topic_id, r.channel, r.sender, r.seq, r.recipients, r.granted,
+                r.errors, r.steps[1:]]
+        if all(len(m.message_id) == 64 and len(m.hashes) == 2 and m.hashes[0] == m.message_id
+               and len(m.hashes[1]) == 64 for m in members):
+            created: Any = r.created
+            if any(m.created != created for m in members):
+                created = [m.created for m in members]
+            out.append(_ENCODE(["newc", *head, "".join([m.message_id for m in members]),
+                                "".join([m.hashes[1] for m in members]), created,
+                                [m.preview for m in members]]))
+        else:
+            out.append(_ENCODE(["new", *head, [[m.message_id, m.hashes, m.created, m.preview]
+                                               for m in members]]))
     out.extend(_ENCODE(["upd", r.steps[saved:], r.errors, r.granted, mids])
                for r, saved, mids in upds.values())
     return out
@@ -199,6 +225,17 @@ def _replay(rows: Iterable[str], recs: dict[str, _Rec]) -> None:
     for data in rows:
         try:
             d = json.loads(data)
+            if d[0] == "newc":  # the compact form: ids and hashes concatenated
+                _, direction, topic, channel, sender, seq, recipients, granted, errors, steps, \
+                    mids, hashes, created, previews = d
+                n = len(previews)
+                if len(mids) != 64 * n or len(hashes) != 64 * n:
+                    raise ValueError("a newc record's ids do not match its previews")
+                times = created if isinstance(created, list) else [created] * n
+                ids = [mids[i * 64:(i + 1) * 64] for i in range(n)]
+                d = ["new", direction, topic, channel, sender, seq, recipients, granted, errors,
+                     steps, [[m, [m, hashes[i * 64:(i + 1) * 64]], times[i], previews[i]]
+                             for i, m in enumerate(ids)]]
             if d[0] == "new":
                 _, direction, topic, channel, sender, seq, recipients, granted, errors, steps, \
                     msgs = d
@@ -324,18 +361,28 @@ class Tracer:
         self._pending: dict[str, set[str]] = {}   # person -> outgoing message ids not stored
         self._watch: dict[str, str] = {}          # object hash -> outgoing message id
         self._versions: dict[str, str] = {}       # channel version hash -> channel id hash
-        # object hash -> (person, time, event number) of its import
-        self._imports: collections.OrderedDict[str, tuple[str, float, int]] = \
+        # object hash -> (person, time, event number, step, detail) of its import (step:
+        # "received" by CHUM, "mailbox_fetched" from the mailbox)
+        self._imports: collections.OrderedDict[str, tuple[str, float, int, str, str | None]] = \
             collections.OrderedDict()
+        # mailbox item id -> the object hashes it brought (until the server confirms deleting)
+        self._mb_items: collections.OrderedDict[str, list[str]] = collections.OrderedDict()
+        # object hash -> the mailbox_confirmed step, when it came before the chat event
+        self._mb_confirmed: collections.OrderedDict[str, tuple[float, str]] = \
+            collections.OrderedDict()
+        self._mb_error: dict[str, str] = {}       # person -> the last refused deposit
         self._events = 0  # chum_imported / chum_receipt_sent events seen, in order
         self._await_confirm: dict[str, set[str]] = {}  # person -> incoming ids not confirmed
         # person -> the last receipt we sent it (event number, mark): it covers every import
         # from that person before it, also one whose chat event comes after the receipt
         self._receipt_out: dict[str, tuple[int, int]] = {}
-        self._kind: dict[str, str] = {}           # person -> "lama" once a receipt came
+        # person -> "lama" (a receipt came, or its importer probed the fast path) or "one"
+        # (its importer fetched from us without probing: a ONE instance)
+        self._kind: dict[str, str] = {}
         self._conn: dict[str, dict[str, Any]] = {}  # person -> {"up", "down", "reason"}
         self._callbacks: list[Callable[[Trace], Any]] = []
         self._dirty: dict[str, None] = {}  # changed traces, in the order they changed
+        self._new: list[list[_Rec]] = []   # batches of posts not persisted yet (not in _dirty)
         self._dropped: list[str] = []
         self._flush_handle: asyncio.Handle | None = None
         self._grant_queue: list[_Rec] = []
@@ -402,16 +449,25 @@ class Tracer:
         if self._grant_queue:
             self._check_grants()
         dirty, self._dirty = self._dirty, {}
+        new, self._new = self._new, []
         recs = self._recs
-        while len(recs) > self.limit:  # insertion order is creation order, near enough
-            self._forget(recs[next(iter(recs))])
+        excess = len(recs) - self.limit
+        if excess > 0:  # insertion order is creation order, near enough; one scan for all
+            self._forget_many([recs[m] for m in itertools.islice(recs, excess)])
         if self._writer is not None:
             if self._compact_due or self._written > _COMPACT_AFTER:
                 out = _encode_records(recs.values(), full=True)
                 self._writer.put(out, compact=True)
                 self._compact_due, self._written, self._dropped = False, 0, []
             else:
-                out = _encode_records([recs[m] for m in dirty if m in recs])
+                # traces persisted before and changed since, then the new batches' (a trace
+                # in both is new: it is persisted whole once)
+                todo = [r for b in new for r in b if r.saved < 0]
+                older = [recs[m] for m in dirty if m in recs]
+                if any(r.saved < 0 for r in older):  # e.g. incoming ones, or a post's event
+                    seen = {id(r) for r in todo}
+                    older = [r for r in older if r.saved >= 0 or id(r) not in seen]
+                out = _encode_records(older + todo)
                 if self._dropped:
                     out.append(_ENCODE(["drop", self._dropped]))
                     self._dropped = []
@@ -419,6 +475,8 @@ class Tracer:
                     self._writer.put(out)
                     self._written += len(out)
         if self._callbacks:
+            for b in new:
+                dirty.update(dict.fromkeys(r.message_id for r in b))
             for m in dirty:
                 if m in self._recs:
                     t = self.report(self._recs[m])
@@ -430,16 +488,20 @@ class Tracer:
                         except Exception:  # one callback's bug must not stop the others
                             log.exception("on_trace callback failed")
 
-    def _forget(self, rec: _Rec) -> None:
-        del self._recs[rec.message_id]
-        self._dropped.append(rec.message_id)
+    def _forget_many(self, old: list[_Rec]) -> None:
+        ids = [r.message_id for r in old]
+        recs, watch = self._recs, self._watch
+        for r in old:
+            del recs[r.message_id]
+            r.saved = max(r.saved, 0)  # a new one is not persisted any more
+            for h in r.hashes:
+                if watch.get(h) == r.message_id:
+                    del watch[h]
+        self._dropped.extend(ids)
         for s in self._pending.values():
-            s.discard(rec.message_id)
+            s.difference_update(ids)
         for s in self._await_confirm.values():
-            s.discard(rec.message_id)
-        for h in rec.hashes:
-            if self._watch.get(h) == rec.message_id:
-                del self._watch[h]
+            s.difference_update(ids)
 
     def flush(self) -> None:
         """Write every change now (tests, close)."""
@@ -492,16 +554,23 @@ class Tracer:
         if batch:
             self._posted_batch(batch, topic)
         if log.isEnabledFor(logging.INFO):
-            for m in messages:
+            # one record per batch (docs/tracing.md §7): a lone post names its message, a
+            # batch lists its ids
+            ms = list(messages)
+            if len(ms) == 1:
                 log.info("message posted", extra={"fields": {
-                    "event": "message_posted", "message_id": m.id, "topic": m.topic_id}})
+                    "event": "message_posted", "message_id": ms[0].id, "topic": ms[0].topic_id}})
+            elif ms:
+                log.info("messages posted", extra={"fields": {
+                    "event": "message_posted", "message_ids": [m.id for m in ms],
+                    "count": len(ms), "topic": ms[0].topic_id}})
 
     def _posted_batch(self, batch: list[_Rec], topic: Any) -> None:
         pm = _ONE_TO_ONE.fullmatch(topic)
         if pm:
             self._recipients(batch, [p for p in pm.groups() if p != self.me])
         self._grant_queue.extend(batch)
-        self._dirty.update(dict.fromkeys(r.message_id for r in batch))
+        self._new.append(batch)  # persisted whole at the flush (no per-message mark)
         self._schedule()
 
     def _recipients(self, batch: list[_Rec], persons: list[str]) -> None:
@@ -554,7 +623,8 @@ class Tracer:
                                             for p, yes in ok.items() if yes])
                 r.granted = g[0]  # shared: never changed afterwards
                 r.steps.extend(g[1])
-            self._dirty.update(dict.fromkeys(r.message_id for r in recs))
+            # new traces are persisted whole at the flush; only older ones need a mark
+            self._dirty.update(dict.fromkeys(r.message_id for r in recs if r.saved >= 0))
 
     def _participants(self, rec: _Rec) -> list[str]:
         m = _ONE_TO_ONE.fullmatch(rec.topic_id)
@@ -595,11 +665,15 @@ class Tracer:
         got = self._imports.get(m.id) or self._imports.get(m.hash)
         confirm: Step | None = None
         if got is not None:
-            src, t, n = got
-            rec.add("received", min(t, at), src)
+            src, t, n, via, detail = got
+            rec.add(via, min(t, at), src, detail)
             rec.recipients = (src,)
+            mbc = self._mb_confirmed.pop(m.id, None)
             sent = self._receipt_out.get(src)
-            if sent is not None and sent[0] > n:  # confirmed before the chat event came
+            if via == "mailbox_fetched":
+                if mbc is not None:  # the server deleted the item before the chat event came
+                    confirm = Step("mailbox_confirmed", mbc[0], src, mbc[1])
+            elif sent is not None and sent[0] > n:  # confirmed before the chat event came
                 confirm = Step("confirmed", at, src, f"mark {sent[1]}")
             else:
                 self._await_confirm.setdefault(src, set()).add(m.id)
@@ -627,17 +701,7 @@ class Tracer:
         elif kind == "chum_receipt_sent" and person:
             self._receipt_sent(person, data["data"])
         elif kind == "chum_imported" and person:
-            at = _now()
-            for h in data["data"].get("objects", ()):
-                self._imports[h] = (person, at, self._events)
-                rec = self._recs.get(h)  # the chat event came first
-                if rec is not None and rec.direction == "in" and not rec.recipients:
-                    rec.add("received", at, person)
-                    rec.recipients = (person,)
-                    self._await_confirm.setdefault(person, set()).add(h)
-                    self._changed(rec)
-            while len(self._imports) > _IMPORTS_MAX:
-                self._imports.popitem(last=False)
+            self._imported(person, data["data"].get("objects", ()), "received")
         elif kind == "chum_error" and person and data["data"].get("fatal"):
             # our session with the peer ended with an error (docs/tracing.md §3 import_error)
             d = data["data"]
@@ -648,10 +712,77 @@ class Tracer:
                 rec.errors = {**rec.errors, person: text}
                 self._changed(rec)
 
+    def _imported(self, person: str, hashes: Iterable[str], step: str,
+                  detail: str | None = None) -> None:
+        """Objects imported from ``person`` (by CHUM: ``received``; from the mailbox:
+        ``mailbox_fetched``), remembered for the chat event that follows."""
+        at = _now()
+        for h in hashes:
+            self._imports[h] = (person, at, self._events, step, detail)
+            rec = self._recs.get(h)  # the chat event came first
+            if rec is not None and rec.direction == "in" and not rec.recipients:
+                rec.add(step, at, person, detail)
+                rec.recipients = (person,)
+                if step == "received":
+                    self._await_confirm.setdefault(person, set()).add(h)
+                self._changed(rec)
+        while len(self._imports) > _IMPORTS_MAX:
+            self._imports.popitem(last=False)
+
+    def on_mailbox_event(self, entry: dict[str, Any]) -> None:
+        """The mailbox service's outcomes (docs/mailbox.md §6): a deposit for a peer
+        (``deposited`` in the sender's traces), an item fetched and imported
+        (``mailbox_fetched``) and its deletion confirmed by the server (``mailbox_confirmed``)
+        in the receiver's."""
+        op, ok = entry.get("op"), entry.get("ok")
+        person = entry.get("person")
+        if op == "deposit" and person:
+            if not ok:
+                self._mb_error[person] = f"{entry.get('code')}: {entry.get('message')}"
+                return
+            self._mb_error.pop(person, None)
+            item = str(entry.get("id") or "")
+            step = Step("deposited", _now(), person,
+                        f"item {item[:12]} at {entry.get('url')}")
+            cid, upto = entry.get("channel"), entry.get("upto") or 0
+            for mid in list(self._pending.get(person, ())):
+                rec = self._recs[mid]
+                if rec.channel == cid and rec.seq <= upto and rec.add(step):
+                    self._changed(rec)
+        elif op == "import" and ok and person:
+            item = str(entry.get("id") or "")
+            hashes = list(entry.get("hashes") or ())
+            self._imported(person, hashes, "mailbox_fetched",
+                           f"item {item[:12]} from {entry.get('url')}")
+            self._mb_items[item] = hashes
+            while len(self._mb_items) > 1000:
+                self._mb_items.popitem(last=False)
+        elif op == "fetch" and ok:
+            at = _now()
+            for item in entry.get("confirmed") or ():
+                detail = f"item {str(item)[:12]} deleted at the server"
+                for h in self._mb_items.pop(item, ()):
+                    rec = self._recs.get(h)
+                    if rec is None:
+                        if h in self._imports:  # the chat event has not come yet
+                            self._mb_confirmed[h] = (at, detail)
+                        continue
+                    if rec.direction == "in" and rec.add(
+                            "mailbox_confirmed", at, rec.recipients[0] if rec.recipients else None,
+                            detail):
+                        self._changed(rec)
+            while len(self._mb_confirmed) > _IMPORTS_MAX:
+                self._mb_confirmed.popitem(last=False)
+
     def _exported(self, person: str, data: dict[str, Any],
                   only: list[_Rec] | None = None) -> None:
         if only is None:
             self._recent.append((_now(), "exported", person, data))
+            probed = data.get("probed")
+            if probed is not None and self._kind.get(person) != "lama":
+                # a lama importer probes right after the version check, before any roots
+                # answer; a ONE importer never does (docs/tracing.md §1 kind)
+                self._kind[person] = "lama" if probed else "one"
         ids = self._pending.get(person)
         if not ids:
             return
@@ -796,6 +927,9 @@ class Tracer:
                 kind = self._kind.get(p, "unknown")
                 done = rec.has("stored", p) or (kind == "one" and rec.has("fetched", p))
                 point = detail = None
+                if done and kind == "one" and not rec.has("stored", p):
+                    detail = ("a ONE peer: fetched is the last observable step (ONE sends no "
+                              "receipt)")
                 if not done:
                     delivered = False
                     point, detail = self._failure(rec, p, posted)
@@ -815,6 +949,10 @@ class Tracer:
         if not rec.granted.get(person, False):
             return "not_granted", "the channel's IdAccess does not list this person"
         st = self._live(person) if self._live is not None else None
+        dep = next((s for s in reversed(rec.steps) if s.step == "deposited" and s.peer == person),
+                   None)
+        if dep is not None and (st is None or not st["connected"]):
+            return "in_mailbox", f"deposited ({dep.detail}); the peer has not confirmed it yet"
         if st is None:
             return "peer_offline", "instance not running"
         c = self._conn.get(person, {})
@@ -825,11 +963,14 @@ class Tracer:
                                            else "no connection yet")
             if st.get("refused") and st.get("last_error"):
                 return "connection_refused", st["last_error"]
-            if st.get("last_error"):
-                return "peer_offline", st["last_error"]
-            return "peer_offline", f"disconnected: {c.get('reason') or 'unknown reason'}"
+            mb = self._mb_error.get(person)
+            why = st.get("last_error") or f"disconnected: {c.get('reason') or 'unknown reason'}"
+            return "peer_offline", why if mb is None else f"{why}; mailbox deposit refused: {mb}"
         if person in rec.errors:
             return "import_error", rec.errors[person]
+        if self._kind.get(person) == "one":
+            return "in_flight", (f"a ONE peer (no receipts): the last observable step is "
+                                 f"{_last_step(rec, person) or 'posted'}")
         return "in_flight", None
 
 

@@ -312,7 +312,10 @@ class CommServer:
             await t.send(_mailbox.info_message(mb))
             await t.close(REASON_CLOSED)
         elif cmd == "mailbox_deposit":
-            await _mailbox.serve_deposit(mb, t, obj, _key_field, self._recv_until, idle, REASON_MALFORMED)
+            if not await _mailbox.serve_deposit(mb, self._public, self._secret, t, obj, _key_field,
+                                                self._recv_until, deadline, idle, REASON_MALFORMED):
+                self._c["auth_failures"] += 1
+                await t.close(REASON_AUTH_FAILED)
         elif cmd == "mailbox_fetch":
             key = _key_field(obj, "publicKey")
             if not await _mailbox.serve_fetch(mb, self._public, self._secret, t, key, self._recv_until,
@@ -582,6 +585,8 @@ async def comm_server(host: str, port: int, *, ping_interval: float = 25.0, pong
                       mailbox_dir: str | None = None, mailbox_max_items: int = _mailbox.DEFAULT_MAX_ITEMS,
                       mailbox_max_bytes: int = _mailbox.DEFAULT_MAX_BYTES,
                       mailbox_ttl: float = _mailbox.DEFAULT_TTL,
+                      mailbox_total_items: int = _mailbox.DEFAULT_TOTAL_ITEMS,
+                      mailbox_total_bytes: int = _mailbox.DEFAULT_TOTAL_BYTES,
                       nats: str | None = None, advertise: str | None = None) -> CommServer:
     """Serve the comm-server protocol (conn §3) on ``host``:``port`` (0: any free port); with
     ``mailbox_dir`` also lama's store-and-forward mailbox (docs/mailbox.md). ``nats``: the NATS
@@ -615,7 +620,9 @@ async def comm_server(host: str, port: int, *, ping_interval: float = 25.0, pong
             raise _arg(f"mailbox_ttl must be positive, got {mailbox_ttl!r}")
         mailbox = await asyncio.to_thread(
             _mailbox.MailboxStore, mailbox_dir, _count_arg("mailbox_max_items", mailbox_max_items),
-            _count_arg("mailbox_max_bytes", mailbox_max_bytes), ttl)
+            _count_arg("mailbox_max_bytes", mailbox_max_bytes), ttl,
+            _count_arg("mailbox_total_items", mailbox_total_items),
+            _count_arg("mailbox_total_bytes", mailbox_total_bytes))
     sock = await _bind(host, port)
     try:
         cluster = None if nats is None else await _cluster.Cluster.connect(nats)

@@ -36,11 +36,16 @@ SUFFIX = ".item"
 DEFAULT_MAX_ITEMS = 1000
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024
 DEFAULT_TTL = 7 * 24 * 3600.0
+DEFAULT_TOTAL_ITEMS = 100_000          # across every recipient (the server-wide bound)
+DEFAULT_TOTAL_BYTES = 1024 * 1024 * 1024
 
 # error codes sent to the depositor (docs/mailbox.md §2.2)
 FULL = "LAMA-MAILBOX-FULL"
 TOOBIG = "LAMA-MAILBOX-TOOBIG"
 IOERR = "LAMA-MAILBOX-IO"
+SERVER_FULL = "LAMA-MAILBOX-SERVER-FULL"
+AUTH = "LAMA-MAILBOX-AUTH"
+ENVELOPE_MAGIC = b"LMB1"  # the envelope's clear prefix: magic || sender instance key (§3.1)
 
 COUNTERS = ("mailbox_deposits", "mailbox_refused", "mailbox_fetches", "mailbox_delivered",
             "mailbox_confirmed", "mailbox_expired", "mailbox_items", "mailbox_bytes")
@@ -55,10 +60,13 @@ def _now_ms() -> int:
 class MailboxStore:
     """The items of every recipient, persisted under ``directory`` (thread-safe)."""
 
-    def __init__(self, directory: str, max_items: int, max_bytes: int, ttl: float) -> None:
+    def __init__(self, directory: str, max_items: int, max_bytes: int, ttl: float,
+                 total_items: int = DEFAULT_TOTAL_ITEMS, total_bytes: int = DEFAULT_TOTAL_BYTES) -> None:
         self.dir = directory
         self.max_items = max_items
         self.max_bytes = max_bytes
+        self.total_items = total_items
+        self.total_bytes = total_bytes
         self.ttl_ms = int(ttl * 1000)
         self._lock = threading.Lock()
         # recipient hex -> {id: (deposited, expires, size)}
@@ -128,9 +136,16 @@ class MailboxStore:
             items = self._items.get(key, {})
             return len(items), sum(v[2] for v in items.values())
 
-    def deposit(self, key: str, envelope: bytes) -> tuple[str, str | None, str]:
-        """(id, error code or None, message). Idempotent for an envelope already held."""
+    def deposit(self, key: str, envelope: bytes, sender: bytes | None = None) -> tuple[str, str | None, str]:
+        """(id, error code or None, message). Idempotent for an envelope already held.
+        ``sender``: the instance key the depositor proved; the envelope's clear prefix must
+        name it (docs/mailbox.md §2.2), so nobody deposits in another instance's name."""
         id = hashlib.sha256(envelope).hexdigest()
+        if sender is not None and envelope[:36] != ENVELOPE_MAGIC + sender:
+            with self._lock:
+                self.counters["mailbox_refused"] += 1
+            return id, AUTH, ("the envelope's sender key is not the key the depositor proved "
+                              "(a deposit in another instance's name)")
         with self._lock:
             now = _now_ms()
             self._expire(key, now)
@@ -146,6 +161,13 @@ class MailboxStore:
                 self.counters["mailbox_refused"] += 1
                 return id, FULL, (f"the recipient's mailbox is full ({len(items)} of {self.max_items} items, "
                                   f"{used} of {self.max_bytes} bytes; this item: {size} bytes)")
+            n_all, b_all = self.counters["mailbox_items"], self.counters["mailbox_bytes"]
+            if n_all >= self.total_items or b_all + size > self.total_bytes:
+                self.counters["mailbox_refused"] += 1
+                return id, SERVER_FULL, (
+                    f"the comm server's mailbox is full ({n_all} of {self.total_items} items, "
+                    f"{b_all} of {self.total_bytes} bytes across all recipients; this item: "
+                    f"{size} bytes)")
             exp = now + self.ttl_ms
             try:
                 os.makedirs(os.path.join(self.dir, key), exist_ok=True)
@@ -236,14 +258,65 @@ class Refuse(Exception):
 
 def info_message(store: MailboxStore) -> str:
     return _text({"command": "mailbox_info", "version": 1, "maxItems": store.max_items,
-                  "maxBytes": store.max_bytes, "ttl": store.ttl_ms // 1000})
+                  "maxBytes": store.max_bytes, "maxTotalItems": store.total_items,
+                  "maxTotalBytes": store.total_bytes, "ttl": store.ttl_ms // 1000,
+                  "depositProof": True})
 
 
-async def serve_deposit(store: MailboxStore, t: Any, first: dict[str, Any], key_field: Any,
-                        recv_until: Any, idle: float, malformed: str) -> None:
-    """docs/mailbox.md §2.2: ``mailbox_deposit`` text + one binary frame, answered; repeated until
-    the client closes or is idle for ``idle`` seconds."""
+async def prove(server_public: bytes, server_secret: bytes, t: Any, key: bytes, recv_until: Any,
+                deadline: float, malformed: str) -> bool | None:
+    """The register challenge (conn §3.2) for ``key``: True if the client proved it holds the
+    key's secret, False if not, None if it went away."""
+    challenge = crypto.random_bytes(64)
+    try:
+        sealed = crypto.box_seal_embedded(challenge, server_secret, key)
+    except Exception as e:  # a key of small order: no shared secret (as register, conn §3.2)
+        raise Refuse(f"Close called: Error: {e}"[:123]) from None
+    await t.send(_text({"command": "authentication_request", "publicKey": server_public.hex(),
+                        "challenge": sealed.hex()}))
+    try:
+        answer = await recv_until(t, deadline)
+    except TimeoutError:
+        raise Refuse("Close called: Authentication timed out.") from None
+    if answer is None:
+        return None
+    try:
+        obj = json.loads(answer) if isinstance(answer, str) else None
+    except ValueError:
+        obj = None
+    if not isinstance(obj, dict) or obj.get("command") != "authentication_response" \
+            or not isinstance(obj.get("response"), str):
+        raise Refuse(malformed)
+    expected = bytes(b ^ 0xFF for b in challenge)  # NOT(challenge), conn §1.3
+    try:
+        return hmac.compare_digest(
+            crypto.box_open_embedded(bytes.fromhex(obj["response"]), server_secret, key), expected)
+    except Exception:
+        return False
+
+
+async def serve_deposit(store: MailboxStore, server_public: bytes, server_secret: bytes, t: Any,
+                        first: dict[str, Any], key_field: Any, recv_until: Any, deadline: float,
+                        idle: float, malformed: str) -> bool:
+    """docs/mailbox.md §2.2: the depositor proves its instance key (the register challenge), then
+    ``mailbox_deposit`` text + one binary frame, answered; repeated until the client closes or is
+    idle for ``idle`` seconds. False if the proof failed (the caller counts it, then closes)."""
     loop = asyncio.get_running_loop()
+    if "publicKey" not in first:
+        # a depositor that does not prove its key (an older client): a clear error, nothing stored
+        await t.send(_text({"command": "mailbox_error", "id": "", "code": AUTH,
+                            "message": "a deposit needs the depositor's key proof: send publicKey "
+                                       "and answer the challenge (docs/mailbox.md §2.2)"}))
+        with store._lock:
+            store.counters["mailbox_refused"] += 1
+        await t.close(REASON_DONE)
+        return True
+    sender = key_field(first, "publicKey")
+    ok = await prove(server_public, server_secret, t, sender, recv_until, deadline, malformed)
+    if ok is None:
+        return True
+    if not ok:
+        return False
     obj: Any = first
     while True:
         key = key_field(obj, "targetPublicKey").hex()
@@ -251,25 +324,25 @@ async def serve_deposit(store: MailboxStore, t: Any, first: dict[str, Any], key_
             blob = await recv_until(t, loop.time() + idle)
         except TimeoutError:
             await t.close(REASON_DONE)
-            return
+            return True
         if blob is None:
-            return
+            return True
         if not isinstance(blob, bytes) or not blob:
             raise Refuse(malformed)
-        id, code, msg = await asyncio.to_thread(store.deposit, key, blob)
+        id, code, msg = await asyncio.to_thread(store.deposit, key, blob, sender)
         reply = ({"command": "mailbox_stored", "id": id} if code is None else
                  {"command": "mailbox_error", "id": id, "code": code, "message": msg})
         try:
             await t.send(_text(reply))
         except TransportError:
-            return
+            return True
         try:
             m = await recv_until(t, loop.time() + idle)
         except TimeoutError:
             await t.close(REASON_DONE)
-            return
+            return True
         if m is None:
-            return
+            return True
         try:
             obj = json.loads(m) if isinstance(m, str) else None
         except ValueError:
@@ -283,32 +356,9 @@ async def serve_fetch(store: MailboxStore, server_public: bytes, server_secret: 
                       malformed: str) -> bool:
     """docs/mailbox.md §2.3: the register challenge (conn §3.2), then the items, then the
     confirmation. False if the proof failed (the caller counts it, then closes)."""
-    challenge = crypto.random_bytes(64)
-    try:
-        sealed = crypto.box_seal_embedded(challenge, server_secret, key)
-    except Exception as e:  # a key of small order: no shared secret (as register, conn §3.2)
-        raise Refuse(f"Close called: Error: {e}"[:123]) from None
-    await t.send(_text({"command": "authentication_request", "publicKey": server_public.hex(),
-                        "challenge": sealed.hex()}))
-    try:
-        answer = await recv_until(t, deadline)
-    except TimeoutError:
-        raise Refuse("Close called: Authentication timed out.") from None
-    if answer is None:
+    ok = await prove(server_public, server_secret, t, key, recv_until, deadline, malformed)
+    if ok is None:
         return True
-    try:
-        obj = json.loads(answer) if isinstance(answer, str) else None
-    except ValueError:
-        obj = None
-    if not isinstance(obj, dict) or obj.get("command") != "authentication_response" \
-            or not isinstance(obj.get("response"), str):
-        raise Refuse(malformed)
-    expected = bytes(b ^ 0xFF for b in challenge)  # NOT(challenge), conn §1.3
-    try:
-        ok = hmac.compare_digest(crypto.box_open_embedded(bytes.fromhex(obj["response"]), server_secret, key),
-                                 expected)
-    except Exception:
-        ok = False
     if not ok:
         return False
     items = await asyncio.to_thread(store.fetch, key.hex())

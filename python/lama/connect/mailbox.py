@@ -3,7 +3,7 @@
 Runs on both cores (``core.ws_connect`` and the core's NaCl primitives only).
 
 - Wire client (§2): :func:`mailbox_info` (the advertisement), :func:`deposit` (no session with
-  the recipient, no proof), :func:`fetch` (the recipient proves its key with the comm server's
+  the recipient; the depositor proves its own instance key), :func:`fetch` (the recipient proves its key with the comm server's
   register challenge, conn §3.2, then confirms what it took).
 - Envelope (§3): :func:`seal` / :func:`open_envelope`, NaCl box from the sender's instance key to
   the recipient's instance key (the key the recipient proves at its comm server) around an
@@ -81,18 +81,50 @@ async def mailbox_info(url: str, timeout: float = _TIMEOUT) -> dict[str, Any] | 
     return obj
 
 
-async def deposit(url: str, target_key: bytes, envelopes: Iterable[bytes],
-                  timeout: float = _TIMEOUT) -> list[str]:
-    """Deposit envelopes for ``target_key`` over one socket; their ids (SHA-256 hex). Raises
-    ``MailboxFullError LAMA-MAILBOX-FULL`` / ``-TOOBIG`` (``.deposited``: the ids stored before),
-    ``MailboxError LAMA-MAILBOX-UNSUPPORTED`` / ``-IO``, ``TransportError``."""
+def _answer_challenge(url: str, obj: dict[str, Any] | None, t: Any, secret: bytes) -> str:
+    """The response to the comm server's register challenge (conn §3.2): box(NOT challenge)."""
+    if obj is None or obj["command"] != "authentication_request":
+        raise _unsupported(url, t)
+    try:
+        server_pk = bytes.fromhex(obj["publicKey"])
+        plain = core.box_open_embedded(bytes.fromhex(obj["challenge"]), secret, server_pk)
+    except (KeyError, TypeError, ValueError, LamaError) as e:
+        raise MailboxError(f"bad challenge from {url}: {e}", "LAMA-MAILBOX-PROTO") from None
+    response = core.box_seal_embedded(bytes(b ^ 0xFF for b in plain), secret, server_pk)
+    return _text({"command": "authentication_response", "response": response.hex()})
+
+
+_FULL_CODES = ("LAMA-MAILBOX-FULL", "LAMA-MAILBOX-TOOBIG", "LAMA-MAILBOX-SERVER-FULL")
+
+
+async def deposit(url: str, target_key: bytes, envelopes: Iterable[bytes], public: bytes,
+                  secret: bytes, timeout: float = _TIMEOUT) -> list[str]:
+    """Deposit envelopes for ``target_key`` over one socket, as the instance ``public`` (proved
+    with ``secret`` by the register challenge; every envelope must be sealed by that key); their
+    ids (SHA-256 hex). Raises ``MailboxFullError LAMA-MAILBOX-FULL`` / ``-TOOBIG`` /
+    ``-SERVER-FULL`` (``.deposited``: the ids stored before), ``MailboxError
+    LAMA-MAILBOX-AUTH`` (the proof or an envelope's sender refused) / ``-UNSUPPORTED`` / ``-IO``,
+    ``TransportError``."""
     ids: list[str] = []
     t = await core.ws_connect(url)
+    first = True
     try:
         async with asyncio.timeout(timeout):
             for env in envelopes:
                 try:
-                    await t.send(_text({"command": "mailbox_deposit", "targetPublicKey": target_key.hex()}))
+                    msg: dict[str, Any] = {"command": "mailbox_deposit", "targetPublicKey": target_key.hex()}
+                    if first:
+                        msg["publicKey"] = public.hex()
+                        await t.send(_text(msg))
+                        m = await t.recv()
+                        obj = _cmd(m)
+                        if obj is not None and obj["command"] == "mailbox_error":
+                            raise MailboxError(str(obj.get("message") or obj.get("code")),
+                                               str(obj.get("code") or "LAMA-MAILBOX-AUTH"))
+                        await t.send(_answer_challenge(url, obj, t, secret))
+                        first = False
+                    else:
+                        await t.send(_text(msg))
                     await t.send(bytes(env))
                 except TransportError:
                     if t.close_reason is None or ids:
@@ -102,6 +134,9 @@ async def deposit(url: str, target_key: bytes, envelopes: Iterable[bytes],
                 obj = _cmd(m)
                 if obj is None:
                     if m is None:
+                        if t.close_reason and "authentication failed" in t.close_reason:
+                            raise MailboxError(f"the mailbox at {url} refused the key proof "
+                                               f"({t.close_reason})", "LAMA-MAILBOX-AUTH")
                         raise _unsupported(url, t)
                     raise MailboxError(f"unexpected answer from {url}", "LAMA-MAILBOX-PROTO")
                 if obj["command"] == "mailbox_stored":
@@ -109,7 +144,7 @@ async def deposit(url: str, target_key: bytes, envelopes: Iterable[bytes],
                     continue
                 if obj["command"] == "mailbox_error":
                     code = str(obj.get("code") or "LAMA-MAILBOX-IO")
-                    cls = MailboxFullError if code in ("LAMA-MAILBOX-FULL", "LAMA-MAILBOX-TOOBIG") else MailboxError
+                    cls = MailboxFullError if code in _FULL_CODES else MailboxError
                     err = cls(str(obj.get("message") or code), code)
                     err.deposited = ids  # type: ignore[attr-defined]
                     raise err
@@ -133,16 +168,7 @@ async def fetch(url: str, public: bytes, secret: bytes, handle: Handler,
     try:
         async with asyncio.timeout(timeout):
             await t.send(_text({"command": "mailbox_fetch", "publicKey": public.hex()}))
-            obj = _cmd(await t.recv())
-            if obj is None or obj["command"] != "authentication_request":
-                raise _unsupported(url, t)
-            try:
-                server_pk = bytes.fromhex(obj["publicKey"])
-                plain = core.box_open_embedded(bytes.fromhex(obj["challenge"]), secret, server_pk)
-            except (KeyError, TypeError, ValueError, LamaError) as e:
-                raise MailboxError(f"bad challenge from {url}: {e}", "LAMA-MAILBOX-PROTO") from None
-            response = core.box_seal_embedded(bytes(b ^ 0xFF for b in plain), secret, server_pk)
-            await t.send(_text({"command": "authentication_response", "response": response.hex()}))
+            await t.send(_answer_challenge(url, _cmd(await t.recv()), t, secret))
             obj = _cmd(await t.recv())
             if obj is None or obj["command"] != "mailbox_items" or not isinstance(obj.get("ids"), list):
                 raise MailboxError(f"the mailbox at {url} refused the fetch ({t.close_reason})",
@@ -521,15 +547,15 @@ class MailboxService:
             self._marks[(tg.key, cid)] = upto
             return None
         try:
-            ids = await deposit(tg.url, tg.key, [env])
+            ids = await deposit(tg.url, tg.key, [env], self._public, self._secret)
         except (LamaError, OSError) as e:
             # nothing is lost: the objects stay in the store, the mark stays, so the next deposit
             # carries them too, and CHUM delivers them once both are online
-            return self._note(op="deposit", ok=False, peer=tg.key.hex(), channel=cid,
-                              code=getattr(e, "code", "LAMA-NET"), message=str(e))
+            return self._note(op="deposit", ok=False, peer=tg.key.hex(), person=tg.person,
+                              url=tg.url, channel=cid, code=getattr(e, "code", "LAMA-NET"), message=str(e))
         self._marks[(tg.key, cid)] = upto
-        return self._note(op="deposit", ok=True, peer=tg.key.hex(), channel=cid, id=ids[0],
-                          objects=n, bytes=len(env), since=since, upto=upto)
+        return self._note(op="deposit", ok=True, peer=tg.key.hex(), person=tg.person, url=tg.url,
+                          channel=cid, id=ids[0], objects=n, bytes=len(env), since=since, upto=upto)
 
     # receiving side
     async def _poll_loop(self) -> None:
@@ -557,8 +583,10 @@ class MailboxService:
             if await self._server_info(url) is None:
                 return summary
 
+            confirmed: list[str] = []
+
             async def handle(items: list[tuple[str, bytes]]) -> list[str]:
-                done: list[str] = []
+                done = confirmed
                 for id, env in items:
                     try:
                         if hashlib.sha256(env).hexdigest() != id:
@@ -576,8 +604,9 @@ class MailboxService:
                         continue
                     summary["imported"] += 1
                     done.append(id)
-                    self._note(op="import", ok=True, id=id, sender=sender.hex(), objects=len(d["objects"]),
-                               heads=[r.head for r in merged])
+                    self._note(op="import", ok=True, id=id, sender=sender.hex(), person=d.get("from"),
+                               url=url, objects=len(d["objects"]), heads=[r.head for r in merged],
+                               hashes=[h for h, _ in d["objects"]])
                 return done
 
             try:
@@ -588,7 +617,9 @@ class MailboxService:
                 return summary
             summary["fetched"], summary["deleted"] = n, deleted
             if n:
-                self._note(op="fetch", ok=True, url=url, fetched=n, imported=summary["imported"], deleted=deleted)
+                # confirmed: the ids the server was asked to delete and answered for
+                self._note(op="fetch", ok=True, url=url, fetched=n, imported=summary["imported"],
+                           deleted=deleted, confirmed=confirmed)
             return summary
 
 

@@ -123,6 +123,8 @@ pub struct Exporter {
     /// (None otherwise: nothing is collected).
     pub receipts: Vec<(Option<u64>, Vec<String>)>,
     pub announced: Option<Vec<String>>,
+    /// The importer called LAMA_PROBE (a lama peer).
+    pub probed: bool,
 }
 
 /// A LAMA_RECEIPT argument read as the pure core reads it: `mark` an integer >= 0 or none,
@@ -283,6 +285,7 @@ impl Exporter {
             streams: Vec::new(),
             receipts: Vec::new(),
             announced: None,
+            probed: false,
         }
     }
 
@@ -302,7 +305,10 @@ impl Exporter {
                 self.done = true;
                 Ok(vec![Message::Text(rpc::data_response(id, &None))])
             }
-            LAMA_PROBE => Ok(vec![Message::Text(rpc::data_response(id, &Some(self.probe())))]),
+            LAMA_PROBE => {
+                self.probed = true;
+                Ok(vec![Message::Text(rpc::data_response(id, &Some(self.probe())))])
+            }
             GET_OBJECTS_BATCH => self.batch(args, log, stats).map(|t| vec![Message::Text(rpc::data_response(id, &Some(batch_json(&t).into())))]),
             GET_OBJECTS_BINARY => self.batch(args, log, stats).map(|t| vec![Message::Binary(rpc::batch_binary_frame(id, &t))]),
             GET_CHILDREN_BATCH => self.children_batch(args).map(|s| vec![Message::Text(rpc::data_response(id, &Some(s.into())))]),

@@ -126,7 +126,9 @@ pub enum Event {
     Error { code: String, message: String, fatal: bool },
     Finished { reason: String, log: ChumLog },
     /// docs/tracing.md §4 (with `Config::trace`): what the exporter announced and served.
-    Exported { roots: Vec<String>, objects: Vec<String> },
+    /// `probed`: the peer's importer called LAMA_PROBE in this session (a lama peer; a ONE
+    /// importer never does, docs/tracing.md §1 `kind`).
+    Exported { roots: Vec<String>, objects: Vec<String>, probed: bool },
     /// docs/tracing.md §4: the peer's importer confirmed a pass (exporter side) ...
     Receipt { mark: Option<u64>, errors: Vec<String> },
     /// ... and ours sent one (importer side).
@@ -167,7 +169,7 @@ impl Event {
             Event::FullSync => json!({}),
             Event::Error { code, message, fatal } => json!({"code": code, "message": message, "fatal": fatal}),
             Event::Finished { reason, log } => json!({"reason": reason, "log": log.to_json()}),
-            Event::Exported { roots, objects } => json!({"roots": roots, "objects": objects}),
+            Event::Exported { roots, objects, probed } => json!({"roots": roots, "objects": objects, "probed": probed}),
             Event::Receipt { mark, errors } | Event::ReceiptSent { mark, errors } => json!({"mark": mark, "errors": errors}),
             Event::Ping { rtt, waiting } => json!({"rtt": rtt, "waiting": waiting}),
         }

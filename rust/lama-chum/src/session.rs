@@ -647,7 +647,8 @@ impl Session {
         objects.extend_from_slice(&ids[self.traced_id_objects..]);
         self.traced_objects = objs.len();
         self.traced_id_objects = ids.len();
-        self.cx.events.push_back(crate::Event::Exported { roots, objects });
+        let probed = ex.probed;
+        self.cx.events.push_back(crate::Event::Exported { roots, objects, probed });
     }
 
     /// chum.md §2.7: pending requests are rejected (`WSP-ONCL0`, not logged) and the session ends.

@@ -476,7 +476,10 @@ async fn mailbox_request(
                 }
                 mailbox::Outcome::Done
             }
-            "mailbox_deposit" => mailbox::serve_deposit(mb, &t, obj, key_field, idle, REASON_MALFORMED).await,
+            "mailbox_deposit" => {
+                mailbox::serve_deposit(mb, &inner.public, &inner.secret, &t, obj, key_field, deadline, idle, REASON_MALFORMED)
+                    .await
+            }
             "mailbox_fetch" => match key_field(&obj, "publicKey") {
                 Err(reason) => mailbox::Outcome::Refuse(reason),
                 Ok(key) => {

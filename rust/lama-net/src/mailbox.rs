@@ -34,6 +34,14 @@ const SUFFIX: &str = ".item";
 pub const FULL: &str = "LAMA-MAILBOX-FULL";
 pub const TOOBIG: &str = "LAMA-MAILBOX-TOOBIG";
 pub const IOERR: &str = "LAMA-MAILBOX-IO";
+pub const SERVER_FULL: &str = "LAMA-MAILBOX-SERVER-FULL";
+pub const AUTH: &str = "LAMA-MAILBOX-AUTH";
+/// The envelope's clear prefix: magic || the sender's instance key (docs/mailbox.md §3.1).
+const ENVELOPE_MAGIC: &[u8; 4] = b"LMB1";
+#[cfg(test)]
+const DEFAULT_TOTAL_ITEMS: usize = 100_000;
+#[cfg(test)]
+const DEFAULT_TOTAL_BYTES: u64 = 1 << 30;
 const REASON_DONE: &str = "Close called.";
 
 /// The mailbox options of a comm server (docs/mailbox.md §5).
@@ -43,6 +51,9 @@ pub struct MailboxOptions {
     pub max_items: usize,
     pub max_bytes: u64,
     pub ttl: Duration,
+    /// The server-wide bound: items and bytes across every recipient.
+    pub total_items: usize,
+    pub total_bytes: u64,
 }
 
 #[derive(Default)]
@@ -63,6 +74,8 @@ pub(crate) struct Mailbox {
     dir: PathBuf,
     max_items: usize,
     max_bytes: u64,
+    total_items: usize,
+    total_bytes: u64,
     ttl_ms: u64,
     state: Mutex<State>,
 }
@@ -91,6 +104,8 @@ impl Mailbox {
             dir: opts.dir.clone(),
             max_items: opts.max_items,
             max_bytes: opts.max_bytes,
+            total_items: opts.total_items,
+            total_bytes: opts.total_bytes,
             ttl_ms: opts.ttl.as_millis() as u64,
             state: Mutex::new(State::default()),
         };
@@ -172,10 +187,21 @@ impl Mailbox {
         }
     }
 
-    /// (id, error code or None, message). Idempotent for an envelope already held.
-    pub(crate) fn deposit(&self, key: &str, env: &[u8]) -> (String, Option<&'static str>, String) {
+    /// (id, error code or None, message). Idempotent for an envelope already held. `sender`: the
+    /// instance key the depositor proved; the envelope's clear prefix must name it.
+    pub(crate) fn deposit(&self, key: &str, env: &[u8], sender: Option<&[u8; 32]>) -> (String, Option<&'static str>, String) {
         let id = sha256_hex(env);
         let mut st = self.lock();
+        if let Some(sender) = sender {
+            if env.len() < 36 || &env[..4] != ENVELOPE_MAGIC || &env[4..36] != sender {
+                st.refused += 1;
+                return (
+                    id,
+                    Some(AUTH),
+                    "the envelope's sender key is not the key the depositor proved (a deposit in another instance's name)".into(),
+                );
+            }
+        }
         let now = now_ms();
         self.expire(&mut st, key, now);
         let (count, used, held) = match st.items.get(key) {
@@ -198,6 +224,17 @@ impl Mailbox {
                 format!(
                     "the recipient's mailbox is full ({count} of {} items, {used} of {} bytes; this item: {size} bytes)",
                     self.max_items, self.max_bytes
+                ),
+            );
+        }
+        if st.n_items >= self.total_items as u64 || st.n_bytes + size > self.total_bytes {
+            st.refused += 1;
+            return (
+                id,
+                Some(SERVER_FULL),
+                format!(
+                    "the comm server's mailbox is full ({} of {} items, {} of {} bytes across all recipients; this item: {size} bytes)",
+                    st.n_items, self.total_items, st.n_bytes, self.total_bytes
                 ),
             );
         }
@@ -278,7 +315,8 @@ impl Mailbox {
 
     pub(crate) fn info_message(&self) -> String {
         json!({"command": "mailbox_info", "version": 1, "maxItems": self.max_items,
-               "maxBytes": self.max_bytes, "ttl": self.ttl_ms / 1000})
+               "maxBytes": self.max_bytes, "maxTotalItems": self.total_items,
+               "maxTotalBytes": self.total_bytes, "ttl": self.ttl_ms / 1000, "depositProof": true})
         .to_string()
     }
 
@@ -320,16 +358,81 @@ async fn recv_until(t: &Transport, deadline: Instant) -> std::result::Result<Opt
 
 type KeyField = fn(&Map<String, Value>, &str) -> std::result::Result<[u8; 32], String>;
 
-/// docs/mailbox.md §2.2: `mailbox_deposit` text + one binary frame, answered; repeated until the
-/// client closes or is idle for `idle`.
+/// The register challenge (conn §3.2) for `key`: `Ok(true)` proved, `Ok(false)` not, `Err`: how
+/// the request ends instead (the client went away, timed out or sent something malformed).
+async fn prove(
+    server_public: &[u8; 32],
+    server_secret: &[u8; 32],
+    t: &Transport,
+    key: &[u8; 32],
+    deadline: Instant,
+    malformed: &str,
+) -> std::result::Result<bool, Outcome> {
+    let Ok(challenge) = random_bytes(64) else { return Err(Outcome::Refuse("Close called: Error: no randomness".into())) };
+    let sealed = match box_seal_embedded(&challenge, server_secret, key, None) {
+        Ok(b) => b,
+        Err(e) => return Err(Outcome::Refuse(crate::truncate_reason(&format!("Close called: Error: {e}")))),
+    };
+    let req = json!({"command": "authentication_request", "publicKey": hex::encode(server_public),
+                     "challenge": hex::encode(&sealed)});
+    if t.send(Message::Text(req.to_string())).await.is_err() {
+        return Err(Outcome::Done);
+    }
+    let answer = match recv_until(t, deadline).await {
+        Err(()) => return Err(Outcome::Refuse("Close called: Authentication timed out.".into())),
+        Ok(None) => return Err(Outcome::Done),
+        Ok(Some(m)) => m,
+    };
+    let response = match parse(&answer) {
+        Some(o) if o.get("command").and_then(Value::as_str) == Some("authentication_response") => {
+            match o.get("response").and_then(Value::as_str) {
+                Some(s) => hex::decode(s).ok(),
+                None => return Err(Outcome::Refuse(malformed.to_string())),
+            }
+        }
+        _ => return Err(Outcome::Refuse(malformed.to_string())),
+    };
+    // NOT(challenge), conn §1.3
+    let expected: Vec<u8> = challenge.iter().map(|b| !b).collect();
+    Ok(response
+        .and_then(|r| box_open_embedded(&r, server_secret, key).ok())
+        .is_some_and(|p| p.len() == expected.len() && p.iter().zip(&expected).fold(0u8, |a, (x, y)| a | (x ^ y)) == 0))
+}
+
+/// docs/mailbox.md §2.2: the depositor proves its instance key (the register challenge), then
+/// `mailbox_deposit` text + one binary frame, answered; repeated until the client closes or is
+/// idle for `idle`.
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn serve_deposit(
     mb: &Arc<Mailbox>,
+    server_public: &[u8; 32],
+    server_secret: &[u8; 32],
     t: &Transport,
     first: Map<String, Value>,
     key_field: KeyField,
+    deadline: Instant,
     idle: Duration,
     malformed: &str,
 ) -> Outcome {
+    if !first.contains_key("publicKey") {
+        // a depositor that does not prove its key (an older client): a clear error, nothing stored
+        mb.lock().refused += 1;
+        let err = json!({"command": "mailbox_error", "id": "", "code": AUTH,
+                         "message": "a deposit needs the depositor's key proof: send publicKey and answer the challenge (docs/mailbox.md §2.2)"});
+        if t.send(Message::Text(err.to_string())).await.is_ok() {
+            t.close(REASON_DONE).await;
+        }
+        return Outcome::Done;
+    }
+    let sender = match key_field(&first, "publicKey") {
+        Ok(k) => k,
+        Err(reason) => return Outcome::Refuse(reason),
+    };
+    match prove(server_public, server_secret, t, &sender, deadline, malformed).await {
+        Ok(true) => {}
+        Ok(false) => return Outcome::AuthFailed,
+        Err(o) => return o,
+    }
     let mut obj = first;
     loop {
         let key = match key_field(&obj, "targetPublicKey") {
@@ -346,7 +449,7 @@ pub(crate) async fn serve_deposit(
             Ok(Some(_)) => return Outcome::Refuse(malformed.to_string()),
         };
         let m2 = mb.clone();
-        let res = tokio::task::spawn_blocking(move || m2.deposit(&key, &blob)).await;
+        let res = tokio::task::spawn_blocking(move || m2.deposit(&key, &blob, Some(&sender))).await;
         let (id, code, msg) = match res {
             Ok(r) => r,
             Err(_) => (String::new(), Some(IOERR), "the mailbox failed to store the item".to_string()),
@@ -384,37 +487,10 @@ pub(crate) async fn serve_fetch(
     idle: Duration,
     malformed: &str,
 ) -> Outcome {
-    let Ok(challenge) = random_bytes(64) else { return Outcome::Refuse("Close called: Error: no randomness".into()) };
-    let sealed = match box_seal_embedded(&challenge, server_secret, &key, None) {
-        Ok(b) => b,
-        Err(e) => return Outcome::Refuse(crate::truncate_reason(&format!("Close called: Error: {e}"))),
-    };
-    let req = json!({"command": "authentication_request", "publicKey": hex::encode(server_public),
-                     "challenge": hex::encode(&sealed)});
-    if t.send(Message::Text(req.to_string())).await.is_err() {
-        return Outcome::Done;
-    }
-    let answer = match recv_until(t, deadline).await {
-        Err(()) => return Outcome::Refuse("Close called: Authentication timed out.".into()),
-        Ok(None) => return Outcome::Done,
-        Ok(Some(m)) => m,
-    };
-    let response = match parse(&answer) {
-        Some(o) if o.get("command").and_then(Value::as_str) == Some("authentication_response") => {
-            match o.get("response").and_then(Value::as_str) {
-                Some(s) => hex::decode(s).ok(),
-                None => return Outcome::Refuse(malformed.to_string()),
-            }
-        }
-        _ => return Outcome::Refuse(malformed.to_string()),
-    };
-    // NOT(challenge), conn §1.3
-    let expected: Vec<u8> = challenge.iter().map(|b| !b).collect();
-    let ok = response
-        .and_then(|r| box_open_embedded(&r, server_secret, &key).ok())
-        .is_some_and(|p| p.len() == expected.len() && p.iter().zip(&expected).fold(0u8, |a, (x, y)| a | (x ^ y)) == 0);
-    if !ok {
-        return Outcome::AuthFailed; // the caller counts it, then closes
+    match prove(server_public, server_secret, t, &key, deadline, malformed).await {
+        Ok(true) => {}
+        Ok(false) => return Outcome::AuthFailed, // the caller counts it, then closes
+        Err(o) => return o,
     }
     let key_hex = hex::encode(key);
     let m2 = mb.clone();
@@ -467,7 +543,7 @@ mod tests {
     }
 
     fn opts(d: &Path, max_items: usize, max_bytes: u64, ttl: Duration) -> MailboxOptions {
-        MailboxOptions { dir: d.to_path_buf(), max_items, max_bytes, ttl }
+        MailboxOptions { dir: d.to_path_buf(), max_items, max_bytes, ttl, total_items: DEFAULT_TOTAL_ITEMS, total_bytes: DEFAULT_TOTAL_BYTES }
     }
 
     fn counter(mb: &Mailbox, name: &str) -> u64 {
@@ -481,14 +557,14 @@ mod tests {
         let d = dir("limits");
         let o = opts(&d, 2, 100, Duration::from_secs(3600));
         let mb = Mailbox::open(&o).unwrap();
-        let (id1, code, _) = mb.deposit(BOB, b"first");
+        let (id1, code, _) = mb.deposit(BOB, b"first", None);
         assert!(code.is_none());
         assert_eq!(id1, sha256_hex(b"first"));
-        assert!(mb.deposit(BOB, b"first").1.is_none()); // idempotent
-        assert_eq!(mb.deposit(BOB, &[7u8; 101]).1, Some(TOOBIG));
-        assert_eq!(mb.deposit(BOB, &[7u8; 96]).1, Some(FULL)); // 5 + 96 > 100 bytes
-        assert!(mb.deposit(BOB, b"second").1.is_none());
-        let (_, code, msg) = mb.deposit(BOB, b"third");
+        assert!(mb.deposit(BOB, b"first", None).1.is_none()); // idempotent
+        assert_eq!(mb.deposit(BOB, &[7u8; 101], None).1, Some(TOOBIG));
+        assert_eq!(mb.deposit(BOB, &[7u8; 96], None).1, Some(FULL)); // 5 + 96 > 100 bytes
+        assert!(mb.deposit(BOB, b"second", None).1.is_none());
+        let (_, code, msg) = mb.deposit(BOB, b"third", None);
         assert_eq!(code, Some(FULL));
         assert!(msg.contains("2 of 2 items"), "{msg}");
         assert_eq!((counter(&mb, "mailbox_items"), counter(&mb, "mailbox_refused")), (2, 3));
@@ -510,16 +586,51 @@ mod tests {
         let d = dir("expire");
         let o = opts(&d, 10, 1000, Duration::from_millis(50));
         let mb = Mailbox::open(&o).unwrap();
-        assert!(mb.deposit(BOB, b"soon gone").1.is_none());
+        assert!(mb.deposit(BOB, b"soon gone", None).1.is_none());
         std::thread::sleep(Duration::from_millis(80));
         assert!(mb.fetch(BOB).is_empty());
         assert_eq!((counter(&mb, "mailbox_expired"), counter(&mb, "mailbox_items")), (1, 0));
-        assert!(mb.deposit(BOB, b"gone at restart").1.is_none());
+        assert!(mb.deposit(BOB, b"gone at restart", None).1.is_none());
         drop(mb);
         std::thread::sleep(Duration::from_millis(80));
         let mb = Mailbox::open(&o).unwrap();
         assert_eq!((counter(&mb, "mailbox_expired"), counter(&mb, "mailbox_items")), (1, 0));
         assert_eq!(fs::read_dir(d.join(BOB)).unwrap().count(), 0);
+        let _ = fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn server_wide_bound_and_the_proved_sender() {
+        const CAROL: &str = "ca0ca0ca0ca0ca0ca0ca0ca0ca0ca0ca0ca0ca0ca0ca0ca0ca0ca0ca0ca0ca0c";
+        let d = dir("total");
+        let mut o = opts(&d, 10, 1000, Duration::from_secs(3600));
+        o.total_items = 3;
+        o.total_bytes = 120;
+        let mb = Mailbox::open(&o).unwrap();
+        let alice = [0xa1u8; 32];
+        let env = |tag: u8, n: usize| -> Vec<u8> {
+            let mut e = ENVELOPE_MAGIC.to_vec();
+            e.extend_from_slice(&alice);
+            e.extend(std::iter::repeat_n(tag, n));
+            e
+        };
+        // an envelope naming another sender than the proved key is refused
+        assert_eq!(mb.deposit(BOB, &env(1, 4), Some(&[0xeeu8; 32])).1, Some(AUTH));
+        assert_eq!(mb.deposit(BOB, b"LMB1short", Some(&alice)).1, Some(AUTH));
+        assert!(mb.deposit(BOB, &env(1, 4), Some(&alice)).1.is_none());
+        assert!(mb.deposit(CAROL, &env(2, 4), Some(&alice)).1.is_none());
+        // bytes across recipients: 40 + 40 held, 41 more would pass 120
+        let (_, code, msg) = mb.deposit(CAROL, &env(3, 5), Some(&alice));
+        assert_eq!(code, Some(SERVER_FULL), "{msg}");
+        assert!(msg.contains("across all recipients"), "{msg}");
+        assert!(mb.deposit(BOB, &env(4, 0), Some(&alice)).1.is_none()); // 36 bytes: 116
+        // items across recipients: 3 of 3
+        assert_eq!(mb.deposit(CAROL, b"x", None).1, Some(SERVER_FULL));
+        assert_eq!((counter(&mb, "mailbox_items"), counter(&mb, "mailbox_refused")), (3, 4));
+        // a confirmation makes room again
+        let id = mb.fetch(BOB)[0].0.clone();
+        assert_eq!(mb.confirm(BOB, &[id]), 1);
+        assert!(mb.deposit(CAROL, b"x", None).1.is_none());
         let _ = fs::remove_dir_all(&d);
     }
 }

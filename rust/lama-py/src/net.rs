@@ -1148,7 +1148,10 @@ impl PyCommServer {
                     max_message = MaxMessage::default(), max_spares_per_key = Count(16),
                     max_spares_per_address = Count(256), mailbox_dir = None,
                     mailbox_max_items = Count(1000), mailbox_max_bytes = Count(64 * 1024 * 1024),
-                    mailbox_ttl = Secs(Duration::from_secs(7 * 24 * 3600)), nats = None, advertise = None))]
+                    mailbox_ttl = Secs(Duration::from_secs(7 * 24 * 3600)),
+                    mailbox_total_items = Count(100_000),
+                    mailbox_total_bytes = Count(1 << 30),
+                    nats = None, advertise = None))]
 #[allow(clippy::too_many_arguments)]
 fn comm_server<'py>(
     py: Python<'py>,
@@ -1164,6 +1167,8 @@ fn comm_server<'py>(
     mailbox_max_items: Count,
     mailbox_max_bytes: Count,
     mailbox_ttl: Secs,
+    mailbox_total_items: Count,
+    mailbox_total_bytes: Count,
     nats: Option<Bound<'py, PyAny>>,
     advertise: Option<Bound<'py, PyAny>>,
 ) -> PyResult<Bound<'py, PyAny>> {
@@ -1187,6 +1192,8 @@ fn comm_server<'py>(
                 max_items: mailbox_max_items.0,
                 max_bytes: mailbox_max_bytes.0 as u64,
                 ttl: mailbox_ttl.0,
+                total_items: mailbox_total_items.0,
+                total_bytes: mailbox_total_bytes.0 as u64,
             })
         }
     };

@@ -171,6 +171,7 @@ class Exporter:
         # and, with the session's `trace` option, the roots announced (else None: no cost)
         self.receipts: list[dict[str, Any]] = []
         self.announced: list[str] | None = None
+        self.probed = False  # the importer called LAMA_PROBE (a lama peer; ONE never does)
 
     # -- dispatch ------------------------------------------------------------------------
 
@@ -194,6 +195,7 @@ class Exporter:
                 self.done = True
                 return [rpc.data_response(rid, rpc.UNDEF)]
             if service == LAMA_PROBE:
+                self.probed = True
                 return [rpc.data_response(rid, self._probe())]
             if service == GET_OBJECTS_BATCH:
                 return [rpc.data_response(rid, json.dumps(self._batch(args), ensure_ascii=False,

@@ -432,7 +432,7 @@ class ChumSession:
         served = objs[self._traced_objects:] + ids[self._traced_id_objects:]
         self._traced_objects, self._traced_id_objects = len(objs), len(ids)
         ex.announced = []
-        self._emit("exported", {"roots": roots, "objects": served})
+        self._emit("exported", {"roots": roots, "objects": served, "probed": ex.probed})
 
     def _exporter_error(self, code: str, message: str) -> None:
         self._error(code, message, False)
