@@ -138,6 +138,8 @@ class Chat:
         _contacts.enable_reverse_maps(store)
         certificates.enable_reverse_maps(store)
         store.enable_reverse_maps("Keys", ["owner"])
+        # the catch-up at open finds Topic objects from their channels (_find_topics)
+        store.enable_reverse_maps("Topic", ["channel"])
         self._sign_secret = instance.secret_keys("person").sign_secret
         self._sub = store.subscribe() if events else None
         self._events_enabled = events
@@ -837,16 +839,31 @@ class Chat:
 
     def _catch_up(self) -> None:
         """Register the topics and channels the store received since the last run (the
-        persisted mark), without message events (nobody subscribed yet)."""
+        persisted mark), without message events (nobody subscribed yet).
+
+        Bounded by what the chat needs, not by what arrived: the feed's ``head``/``id`` entries
+        name the versioned IDs that moved (a handful of IDs for any number of messages), the
+        channels among them are registered, and the Topic objects of every known channel are
+        found through the ``Topic.channel`` reverse map. No message object is read (reading each
+        ``object`` entry, as the live feed does, mapped most of the store after a bulk fill)."""
         store = self.store
         mark = store.peer_mark(_MARK_KEY)
         end = store.last_seq()
+        moved: dict[str, None] = {}
+        ids: dict[str, None] = {}
         while mark < end:
             batch = store.changes(mark, 10_000)
             if not batch:
                 break
-            self._scan(batch, emit=False)
+            for _seq, h, kind in batch:
+                if kind == "head":
+                    moved[h] = None
+                elif kind == "id":
+                    ids[h] = None
             mark = batch[-1][0]
+        for h in moved:
+            self._channel_moved(h, emit=False)
+        self._find_topics(list(ids))
         self._mark = max(mark, end) if self._sub is None else mark
         if self._sub is not None:
             self._mark = end
@@ -854,6 +871,35 @@ class Chat:
             store.set_peer_mark(_MARK_KEY, self._mark)
         except LamaError:
             pass
+
+    def _find_topics(self, ids: list[str]) -> None:
+        """Register the Topic objects of every known channel and of the new ID objects ``ids``
+        (a channel whose head has not arrived) not registered yet: the ``Topic.channel``
+        reverse map, one lookup per ID, no object read but the Topics found."""
+        store = self.store
+        with self._lock:
+            chans = list(dict.fromkeys([*self._channels, *ids]))
+            known = {t.hash for t in self._topics.values()}
+        for cid in chans:
+            for h in sorted(store.referencing(cid, "Topic")):
+                if h in known:
+                    continue
+                try:
+                    self._topic_arrived(store.get_object(h), h, emit=False)
+                except LamaError as e:
+                    log.warning("cannot register topic %s: %s", h, e)
+
+    def _topic_arrived(self, obj: dict[str, Any], h: str, *, emit: bool) -> int:
+        t, new = self._register_topic(obj, h)
+        if t.kind == "one_to_one" and self.me in t.participants:
+            try:
+                self._share(t)
+            except LamaError as e:
+                log.warning("cannot share topic %s: %s", t.id, e)
+        if new and emit:
+            self._emit("topic", {"topic": t})
+            return 1
+        return 0
 
     def _scan(self, batch: list[tuple[int, str, str]], *, emit: bool) -> int:
         """Process committed events: new Topic objects, moved ChannelInfo heads."""
@@ -869,19 +915,9 @@ class Chat:
                 if not md.startswith('<div itemscope itemtype="//refin.io/Topic"'):
                     continue
                 try:
-                    obj = store.get_object(h)
-                    t, new = self._register_topic(obj, h)
+                    n += self._topic_arrived(store.get_object(h), h, emit=emit)
                 except LamaError as e:
                     log.warning("cannot register topic %s: %s", h, e)
-                    continue
-                if t.kind == "one_to_one" and self.me in t.participants:
-                    try:
-                        self._share(t)
-                    except LamaError as e:
-                        log.warning("cannot share topic %s: %s", t.id, e)
-                if new and emit:
-                    self._emit("topic", {"topic": t})
-                    n += 1
             elif kind == "head":
                 if h not in heads:
                     heads.append(h)
