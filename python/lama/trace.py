@@ -339,6 +339,7 @@ class Tracer:
         self._dropped: list[str] = []
         self._flush_handle: asyncio.Handle | None = None
         self._grant_queue: list[_Rec] = []
+        self._unposted: list[Any] = []  # my messages seen as chat events before posted()
         self._recent: collections.deque[tuple[float, str, str, dict[str, Any]]] = \
             collections.deque(maxlen=_RECENT)
         self._writer: _Writer | None = None
@@ -496,6 +497,10 @@ class Tracer:
                 log.info("message posted", extra={"fields": {
                     "event": "message_posted", "message_id": m.id, "topic": m.topic_id}})
 
+    def _post_unposted(self) -> None:
+        batch, self._unposted = self._unposted, []
+        self.posted(batch)
+
     def _posted_batch(self, batch: list[_Rec], topic: Any) -> None:
         pm = _ONE_TO_ONE.fullmatch(topic)
         if pm:
@@ -585,8 +590,16 @@ class Tracer:
         at = _now()
         if m.outgoing:
             if m.id not in self._recs and m.sender == self.me:
-                # posted by a path other than App.send (Chat.send called directly)
-                self.posted([m])
+                # posted by a path other than App.send (Chat.send called directly), or its
+                # event came before App.send's own call: registered as one batch once this
+                # callback round is over (per message, each registration replays the recent
+                # export events: quadratic in a large batch)
+                self._unposted.append(m)
+                if len(self._unposted) == 1:
+                    try:
+                        asyncio.get_running_loop().call_soon(self._post_unposted)
+                    except RuntimeError:  # no loop: at once
+                        self._post_unposted()
             return
         if m.id in self._recs:
             return

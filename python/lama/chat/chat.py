@@ -130,6 +130,8 @@ class Chat:
         self._closed = False
         self._names: dict[str, str] = {}
         self._msg_cache: OrderedDict[str, Message] = OrderedDict()
+        # CreationTime hash -> my message posted here, until the event thread emits it
+        self._posted: dict[str, Message] = {}
         # channel id hash -> (topic id, last head seen by the event feed)
         self._channels: dict[str, list[Any]] = {}
         self._topics: dict[str, Topic] = {}      # topic id -> Topic
@@ -625,6 +627,14 @@ class Chat:
             out.append(m)
         for m in out[-_MSG_CACHE:]:
             self._cache(m)
+        if self._sub is not None:
+            # the event thread emits these when it sees the head move (_channel_moved); a
+            # backlog it never consumes (a post racing close) is bounded
+            posted = self._posted
+            if len(posted) > 2 * MAX_BATCH:
+                posted.clear()
+            for m in out:
+                posted[m.id] = m
         return out
 
     def _commit(self, cid: str, specs: list[_ch.PostSpec]) -> list[tuple[str, str, int, str, str]]:
@@ -826,16 +836,24 @@ class Chat:
         return unsubscribe
 
     def _emit(self, kind: str, data: dict[str, Any]) -> None:
+        self._emit_many([(kind, data)])
+
+    def _emit_many(self, events: list[tuple[str, dict[str, Any]]]) -> None:
+        """Dispatch events in order: one ``call_soon_threadsafe`` per subscribing loop for the
+        whole list (each wakes the loop through its self-pipe: one write per batch, not per
+        message)."""
+        if not events:
+            return
         with self._lock:
             subs = list(self._subs)
         for s in subs:
             if s.loop is not None:
                 try:
-                    s.loop.call_soon_threadsafe(_call, s.callback, kind, data)
+                    s.loop.call_soon_threadsafe(_call_all, s.callback, events)
                 except RuntimeError:  # the loop is closed
                     pass
             else:
-                _call(s.callback, kind, data)
+                _call_all(s.callback, events)
 
     def _catch_up(self) -> None:
         """Register the topics and channels the store received since the last run (the
@@ -962,18 +980,23 @@ class Chat:
             parts = (m.group(1), m.group(2))
             peer = parts[1] if parts[0] == self.me else parts[0] if parts[1] == self.me else None
             t = Topic(topic_id, topic_id, "", cid, "one_to_one", parts, peer)
-        n = 0
+        events: list[tuple[str, dict[str, Any]]] = []
+        posted = self._posted
         for el in reversed(els):  # oldest first
-            try:
-                msg = self._build(t, cid, el)
-            except LamaError:
-                continue
+            # my own posts of this process were built by _post already
+            msg = posted.pop(el.creation_time, None) if posted else None
             if msg is None:
-                continue
-            self._cache(msg)
-            self._emit("message", {"message": msg, "topic": t})
-            n += 1
-        return n
+                try:
+                    msg = self._build(t, cid, el)
+                except LamaError:
+                    continue
+                if msg is None:
+                    continue
+            events.append(("message", {"message": msg, "topic": t}))
+        for _kind, data in events[-_MSG_CACHE:]:
+            self._cache(data["message"])
+        self._emit_many(events)
+        return len(events)
 
     def _republish_merge(self, cid: str) -> None:
         """A channel whose head is a local merge (of an imported version with ours) gets a
@@ -1048,10 +1071,11 @@ def store_missing_channel(store: Any, t: Topic) -> bool:
     return store.get_head(t.channel) is None
 
 
-def _call(cb: Callback, kind: str, data: dict[str, Any]) -> None:
-    try:
-        r = cb(kind, data)
-        if asyncio.iscoroutine(r):
-            asyncio.ensure_future(r)
-    except Exception:  # noqa: BLE001 - one subscriber's bug must not stop the others
-        log.exception("chat event callback failed")
+def _call_all(cb: Callback, events: list[tuple[str, dict[str, Any]]]) -> None:
+    for kind, data in events:
+        try:
+            r = cb(kind, data)
+            if asyncio.iscoroutine(r):
+                asyncio.ensure_future(r)
+        except Exception:  # noqa: BLE001 - one subscriber's bug must not stop the others
+            log.exception("chat event callback failed")
