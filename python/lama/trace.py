@@ -682,7 +682,13 @@ class Tracer:
                 channels.add(cid)
         served = {self._watch[h] for h in objects if h in self._watch}
         offered, fetched = Step("offered", at, person), Step("fetched", at, person)
-        for mid in ([r.message_id for r in only] if only is not None else list(ids)):
+        if only is not None:
+            cand = [r.message_id for r in only]
+        elif channels:
+            cand = list(ids)
+        else:  # an event without a channel root touches only the messages it served
+            cand = [mid for mid in served if mid in ids]
+        for mid in cand:
             rec = self._recs[mid]
             changed = False
             if rec.channel in channels:
