@@ -132,6 +132,9 @@ class Chat:
         self._msg_cache: OrderedDict[str, Message] = OrderedDict()
         # CreationTime hash -> my message posted here, until the event thread emits it
         self._posted: dict[str, Message] = {}
+        # my messages the event thread built itself because it was faster than _post
+        self._built_own: dict[str, None] = {}
+        self._posted_lock = threading.Lock()
         # channel id hash -> (topic id, last head seen by the event feed)
         self._channels: dict[str, list[Any]] = {}
         self._topics: dict[str, Topic] = {}      # topic id -> Topic
@@ -630,11 +633,14 @@ class Chat:
         if self._sub is not None:
             # the event thread emits these when it sees the head move (_channel_moved); a
             # backlog it never consumes (a post racing close) is bounded
-            posted = self._posted
-            if len(posted) > 2 * MAX_BATCH:
-                posted.clear()
-            for m in out:
-                posted[m.id] = m
+            posted, built = self._posted, self._built_own
+            with self._posted_lock:
+                if len(posted) > 2 * MAX_BATCH:
+                    posted.clear()
+                for m in out:
+                    if built.pop(m.id, 0) is None:
+                        continue  # the event thread was first and built it from the store
+                    posted[m.id] = m
         return out
 
     def _commit(self, cid: str, specs: list[_ch.PostSpec]) -> list[tuple[str, str, int, str, str]]:
@@ -981,18 +987,24 @@ class Chat:
             peer = parts[1] if parts[0] == self.me else parts[0] if parts[1] == self.me else None
             t = Topic(topic_id, topic_id, "", cid, "one_to_one", parts, peer)
         events: list[tuple[str, dict[str, Any]]] = []
-        posted = self._posted
-        for el in reversed(els):  # oldest first
-            # my own posts of this process were built by _post already
-            msg = posted.pop(el.creation_time, None) if posted else None
-            if msg is None:
-                try:
-                    msg = self._build(t, cid, el)
-                except LamaError:
-                    continue
+        posted, built = self._posted, self._built_own
+        with self._posted_lock:  # one side or the other for each of my posts, never both
+            for el in reversed(els):  # oldest first
+                # my own posts of this process were built by _post already
+                msg = posted.pop(el.creation_time, None) if posted else None
                 if msg is None:
-                    continue
-            events.append(("message", {"message": msg, "topic": t}))
+                    try:
+                        msg = self._build(t, cid, el)
+                    except LamaError:
+                        continue
+                    if msg is None:
+                        continue
+                    if msg.outgoing:
+                        # seen before _post got to remember it: _post must not keep it
+                        if len(built) > 2 * MAX_BATCH:
+                            built.clear()
+                        built[msg.id] = None
+                events.append(("message", {"message": msg, "topic": t}))
         for _kind, data in events[-_MSG_CACHE:]:
             self._cache(data["message"])
         self._emit_many(events)
