@@ -12,7 +12,8 @@ gap 0 = all at once through the group commit, unless ``seq``: one ``App.send`` a
 answers ``{"sent": [t_i...]}`` (monotonic send times, CLOCK_MONOTONIC is one clock for every
 process on the host); ``{"cmd": "expect", "tag", "n"}`` answers ``{"seen": [t_i...]}`` once
 all n messages of that tag are visible (monotonic times each became visible through
-``on_message``); ``{"cmd": "count"}`` -> ``{"messages"}``; ``{"cmd": "rss"}`` -> ``{"rss_kib", "peak_kib", "anon_kib"}``;
+``on_message``); ``{"cmd": "count"}`` -> ``{"messages"}``; ``{"cmd": "traces", "n"}`` -> ``{"traces"}`` (the
+steps of the n newest message traces, wall-clock ms); ``{"cmd": "rss"}`` -> ``{"rss_kib", "peak_kib", "anon_kib"}``;
 ``{"cmd": "quit"}``.
 
 With ``LAMA_BENCH_DIAG=1`` the instance also serves its diagnostics page (docs/metrics.md) and
@@ -146,6 +147,12 @@ async def main() -> None:
                 if contact is None:
                     contact = app.contacts()[0]
                 out(messages=len(app.history(contact)))
+            elif c == "traces":
+                # the message traces of this instance (docs/tracing.md), newest first: the
+                # steps of each message with their wall-clock times (ms), for per-step latency
+                ts = app.tracer.traces(cmd.get("n", 100)) if app.tracer is not None else []
+                out(traces=[{"preview": t.preview, "direction": t.direction,
+                             "steps": [[s.step, s.at] for s in t.steps]} for t in ts])
             elif c == "rss":
                 out(rss_kib=rss_kib(), peak_kib=rss_kib("VmHWM"), anon_kib=rss_kib("RssAnon"))
             elif c == "quit":

@@ -90,3 +90,22 @@ def texts(chat: Chat, target: Any) -> list[str]:
 
 def keys(chat: Chat, target: Any) -> list[tuple[int, str, str, str]]:
     return [(m.timestamp, m.id, m.sender, m.text) for m in chat.history(target)]
+
+
+class CountingStore:
+    """The instance's store, counting the objects read through ``get``/``get_object``."""
+
+    def __init__(self, store: Any) -> None:
+        self._store = store
+        self.reads = 0
+
+    def get(self, h: str) -> str:
+        self.reads += 1
+        return str(self._store.get(h))
+
+    def get_object(self, h: str) -> Any:
+        self.reads += 1
+        return self._store.get_object(h)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)

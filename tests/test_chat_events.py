@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -48,3 +49,37 @@ def test_callbacks_run_on_the_subscribing_loop(tmp_path: Path) -> None:
     msgs = [d["message"].text for k, d, _t in seen if k == "message"]
     assert sorted(msgs) == ["mine", "theirs"]
     assert {k for k, _d, _t in seen} == {"contact", "topic", "message"}
+
+
+def test_own_posts_are_emitted_once_and_not_kept(tmp_path: Path) -> None:
+    """The event thread emits my posts with the Message objects the post built (no second
+    read); whichever of the two threads comes first, every message is emitted exactly once and
+    neither side keeps them afterwards (Chat._posted / Chat._built_own end empty)."""
+    a, b = make(tmp_path, "alice"), make(tmp_path, "bob")
+    ca, cb = Chat(a), Chat(b, events=False)
+    seen: list[str] = []
+    done = threading.Event()
+    n_single, n_bulk = 30, 600
+
+    def on_event(kind: str, data: dict[str, Any]) -> None:
+        if kind == "message":
+            seen.append(data["message"].text)
+            if len(seen) >= n_single + n_bulk:
+                done.set()
+
+    try:
+        pair(ca, cb)
+        ca.subscribe(on_event)
+        posted = [ca.send(cb.me, f"one {i}") for i in range(n_single)]
+        posted += ca.send_many(cb.me, [f"bulk {i}" for i in range(n_bulk)])
+        assert done.wait(30), len(seen)
+        deadline = time.monotonic() + 5
+        while (ca._posted or ca._built_own) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert sorted(seen) == sorted(m.text for m in posted)
+        assert not ca._posted and not ca._built_own, (len(ca._posted), len(ca._built_own))
+    finally:
+        ca.close()
+        cb.close()
+        a.close()
+        b.close()

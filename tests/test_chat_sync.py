@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from chat_util import keys, make, pair, store_pairing, sync, texts, two  # noqa: F401 (two: a fixture)
+from chat_util import CountingStore, keys, make, pair, store_pairing, sync, texts, two  # noqa: F401 (two: a fixture)
 from lama import access
 from lama._core import core
 from lama.chat import Chat, one_to_one_id
@@ -218,6 +218,54 @@ def test_catch_up_after_reopen(tmp_path: Path) -> None:
         for c in (ca, cb):
             c.close()
             c.instance.close()
+
+
+class _Reopened:
+    """An open instance whose chat layer reads through a :class:`CountingStore`."""
+
+    def __init__(self, inst: Any) -> None:
+        self._inst = inst
+        self.store = CountingStore(inst.store)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inst, name)
+
+
+def test_catch_up_reads_no_message(tmp_path: Path) -> None:
+    """Issue 10: the catch-up at open read every object committed since the persisted mark to
+    find Topic objects (after a bulk fill, most of the store). It now reads the feed's
+    head/id entries and finds Topics through the Topic.channel reverse map: the same number
+    of object reads for 10 and 400 messages behind the mark, and the topics, channels and
+    messages are all there."""
+    reads = []
+    for n in (10, 400):
+        base = tmp_path / f"n{n}"
+        a, b = make(base, "alice"), make(base, "bob")
+        ca, cb = Chat(a, events=False), Chat(b, events=False)
+        store_pairing(a, b)
+        ca.on_paired(cb.me)
+        cb.close()  # Bob's mark stays before everything below
+        ca.create_group("friends", [cb.me], topic_id="friends-topic")
+        ca.send_many(cb.me, [f"m {i}" for i in range(n)])
+        ca.send_many("friends-topic", [f"g {i}" for i in range(n)])
+        sync(ca, b)
+        ca.close()
+        assert b.store.last_seq() - b.store.peer_mark("lama.chat") > 8 * n
+        counted = _Reopened(b)
+        cb = Chat(counted, events=False)
+        try:
+            reads.append(counted.store.reads)
+            ids = sorted(t.id for t in cb.topics())
+            assert ids == sorted([one_to_one_id(ca.me, cb.me), "friends-topic"])
+            assert len(cb.history("friends-topic")) == n
+            got = texts(cb, one_to_one_id(ca.me, cb.me))
+            assert sorted(got) == sorted(f"m {i}" for i in range(n))
+        finally:
+            cb.close()
+            a.close()
+            b.close()
+    assert reads[0] == reads[1], reads
+    assert reads[0] < 60, reads
 
 
 def test_group_topic(tmp_path: Path) -> None:

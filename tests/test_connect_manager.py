@@ -602,25 +602,6 @@ def test_unknown_person_accepted_when_configured_and_debug_answers_only_grants(
         c.close()
 
 
-class _CountingStore:
-    """The instance's store, counting the objects read through ``get``/``get_object``."""
-
-    def __init__(self, store: Any) -> None:
-        self._store = store
-        self.reads = 0
-
-    def get(self, h: str) -> str:
-        self.reads += 1
-        return str(self._store.get(h))
-
-    def get_object(self, h: str) -> Any:
-        self.reads += 1
-        return self._store.get_object(h)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._store, name)
-
-
 def test_the_first_endpoint_scan_reads_no_message(tmp_path: Path) -> None:
     """Issue 10: the manager's first scan found endpoints by reading every object of the
     change feed (on an instance holding 100,000 messages: every page of the store, ~500 MiB
@@ -630,7 +611,7 @@ def test_the_first_endpoint_scan_reads_no_message(tmp_path: Path) -> None:
     import sys
 
     sys.path.insert(0, str(Path(__file__).parent))
-    from chat_util import pair
+    from chat_util import CountingStore, pair
 
     from lama.chat import Chat
 
@@ -642,7 +623,7 @@ def test_the_first_endpoint_scan_reads_no_message(tmp_path: Path) -> None:
         pair(ca, cb)
         ca.send_many(cb.me, [f"m {i}" for i in range(n)])
         m = ConnectionManager(a, ManagerConfig(comm_server_url=None, accept_incoming=False))
-        counting = _CountingStore(a.store)
+        counting = CountingStore(a.store)
         m.store = counting
         m._scan_endpoints()
         [ep] = m.known_endpoints()

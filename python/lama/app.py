@@ -391,7 +391,23 @@ class App:
         return await fut
 
     async def send_many(self, who: Any, texts: Sequence[str]) -> list[Any]:
-        """Post several texts in order (batched like concurrent :meth:`send` calls)."""
+        """Post several texts in order (batched like concurrent :meth:`send` calls).
+
+        With no send to that topic waiting for its commit, the texts go to ``Chat.send_many``
+        in one call (one transaction per ``MAX_BATCH``), without a future and a task per text
+        (for 10,000 texts those were a third of the sender's CPU). A bad text is found before
+        anything is written; then each text is sent on its own, so only the bad one fails."""
+        target = self._topic_id(who)
+        texts = list(texts)
+        if texts and not self._batches.get(target) and all(isinstance(t, str) for t in texts):
+            try:
+                msgs = await asyncio.to_thread(self.chat.send_many, target, texts)
+            except InvalidArgumentError:
+                pass  # checked before any write: per text below
+            else:
+                if self.tracer is not None:
+                    self.tracer.posted(msgs)
+                return msgs
         return list(await asyncio.gather(*(self.send(who, t) for t in texts)))
 
     async def _flush(self, target: str) -> None:

@@ -386,6 +386,7 @@ class Tracer:
         self._dropped: list[str] = []
         self._flush_handle: asyncio.Handle | None = None
         self._grant_queue: list[_Rec] = []
+        self._unposted: list[Any] = []  # my messages seen as chat events before posted()
         self._recent: collections.deque[tuple[float, str, str, dict[str, Any]]] = \
             collections.deque(maxlen=_RECENT)
         self._writer: _Writer | None = None
@@ -565,6 +566,10 @@ class Tracer:
                     "event": "message_posted", "message_ids": [m.id for m in ms],
                     "count": len(ms), "topic": ms[0].topic_id}})
 
+    def _post_unposted(self) -> None:
+        batch, self._unposted = self._unposted, []
+        self.posted(batch)
+
     def _posted_batch(self, batch: list[_Rec], topic: Any) -> None:
         pm = _ONE_TO_ONE.fullmatch(topic)
         if pm:
@@ -655,8 +660,16 @@ class Tracer:
         at = _now()
         if m.outgoing:
             if m.id not in self._recs and m.sender == self.me:
-                # posted by a path other than App.send (Chat.send called directly)
-                self.posted([m])
+                # posted by a path other than App.send (Chat.send called directly), or its
+                # event came before App.send's own call: registered as one batch once this
+                # callback round is over (per message, each registration replays the recent
+                # export events: quadratic in a large batch)
+                self._unposted.append(m)
+                if len(self._unposted) == 1:
+                    try:
+                        asyncio.get_running_loop().call_soon(self._post_unposted)
+                    except RuntimeError:  # no loop: at once
+                        self._post_unposted()
             return
         if m.id in self._recs:
             return
@@ -800,7 +813,13 @@ class Tracer:
                 channels.add(cid)
         served = {self._watch[h] for h in objects if h in self._watch}
         offered, fetched = Step("offered", at, person), Step("fetched", at, person)
-        for mid in ([r.message_id for r in only] if only is not None else list(ids)):
+        if only is not None:
+            cand = [r.message_id for r in only]
+        elif channels:
+            cand = list(ids)
+        else:  # an event without a channel root touches only the messages it served
+            cand = [mid for mid in served if mid in ids]
+        for mid in cand:
             rec = self._recs[mid]
             changed = False
             if rec.channel in channels:

@@ -130,6 +130,11 @@ class Chat:
         self._closed = False
         self._names: dict[str, str] = {}
         self._msg_cache: OrderedDict[str, Message] = OrderedDict()
+        # CreationTime hash -> my message posted here, until the event thread emits it
+        self._posted: dict[str, Message] = {}
+        # my messages the event thread built itself because it was faster than _post
+        self._built_own: dict[str, None] = {}
+        self._posted_lock = threading.Lock()
         # channel id hash -> (topic id, last head seen by the event feed)
         self._channels: dict[str, list[Any]] = {}
         self._topics: dict[str, Topic] = {}      # topic id -> Topic
@@ -138,6 +143,8 @@ class Chat:
         _contacts.enable_reverse_maps(store)
         certificates.enable_reverse_maps(store)
         store.enable_reverse_maps("Keys", ["owner"])
+        # the catch-up at open finds Topic objects from their channels (_find_topics)
+        store.enable_reverse_maps("Topic", ["channel"])
         self._sign_secret = instance.secret_keys("person").sign_secret
         self._sub = store.subscribe() if events else None
         self._events_enabled = events
@@ -623,6 +630,17 @@ class Chat:
             out.append(m)
         for m in out[-_MSG_CACHE:]:
             self._cache(m)
+        if self._sub is not None:
+            # the event thread emits these when it sees the head move (_channel_moved); a
+            # backlog it never consumes (a post racing close) is bounded
+            posted, built = self._posted, self._built_own
+            with self._posted_lock:
+                if len(posted) > 2 * MAX_BATCH:
+                    posted.clear()
+                for m in out:
+                    if built.pop(m.id, 0) is None:
+                        continue  # the event thread was first and built it from the store
+                    posted[m.id] = m
         return out
 
     def _commit(self, cid: str, specs: list[_ch.PostSpec]) -> list[tuple[str, str, int, str, str]]:
@@ -824,29 +842,52 @@ class Chat:
         return unsubscribe
 
     def _emit(self, kind: str, data: dict[str, Any]) -> None:
+        self._emit_many([(kind, data)])
+
+    def _emit_many(self, events: list[tuple[str, dict[str, Any]]]) -> None:
+        """Dispatch events in order: one ``call_soon_threadsafe`` per subscribing loop for the
+        whole list (each wakes the loop through its self-pipe: one write per batch, not per
+        message)."""
+        if not events:
+            return
         with self._lock:
             subs = list(self._subs)
         for s in subs:
             if s.loop is not None:
                 try:
-                    s.loop.call_soon_threadsafe(_call, s.callback, kind, data)
+                    s.loop.call_soon_threadsafe(_call_all, s.callback, events)
                 except RuntimeError:  # the loop is closed
                     pass
             else:
-                _call(s.callback, kind, data)
+                _call_all(s.callback, events)
 
     def _catch_up(self) -> None:
         """Register the topics and channels the store received since the last run (the
-        persisted mark), without message events (nobody subscribed yet)."""
+        persisted mark), without message events (nobody subscribed yet).
+
+        Bounded by what the chat needs, not by what arrived: the feed's ``head``/``id`` entries
+        name the versioned IDs that moved (a handful of IDs for any number of messages), the
+        channels among them are registered, and the Topic objects of every known channel are
+        found through the ``Topic.channel`` reverse map. No message object is read (reading each
+        ``object`` entry, as the live feed does, mapped most of the store after a bulk fill)."""
         store = self.store
         mark = store.peer_mark(_MARK_KEY)
         end = store.last_seq()
+        moved: dict[str, None] = {}
+        ids: dict[str, None] = {}
         while mark < end:
             batch = store.changes(mark, 10_000)
             if not batch:
                 break
-            self._scan(batch, emit=False)
+            for _seq, h, kind in batch:
+                if kind == "head":
+                    moved[h] = None
+                elif kind == "id":
+                    ids[h] = None
             mark = batch[-1][0]
+        for h in moved:
+            self._channel_moved(h, emit=False)
+        self._find_topics(list(ids))
         self._mark = max(mark, end) if self._sub is None else mark
         if self._sub is not None:
             self._mark = end
@@ -854,6 +895,35 @@ class Chat:
             store.set_peer_mark(_MARK_KEY, self._mark)
         except LamaError:
             pass
+
+    def _find_topics(self, ids: list[str]) -> None:
+        """Register the Topic objects of every known channel and of the new ID objects ``ids``
+        (a channel whose head has not arrived) not registered yet: the ``Topic.channel``
+        reverse map, one lookup per ID, no object read but the Topics found."""
+        store = self.store
+        with self._lock:
+            chans = list(dict.fromkeys([*self._channels, *ids]))
+            known = {t.hash for t in self._topics.values()}
+        for cid in chans:
+            for h in sorted(store.referencing(cid, "Topic")):
+                if h in known:
+                    continue
+                try:
+                    self._topic_arrived(store.get_object(h), h, emit=False)
+                except LamaError as e:
+                    log.warning("cannot register topic %s: %s", h, e)
+
+    def _topic_arrived(self, obj: dict[str, Any], h: str, *, emit: bool) -> int:
+        t, new = self._register_topic(obj, h)
+        if t.kind == "one_to_one" and self.me in t.participants:
+            try:
+                self._share(t)
+            except LamaError as e:
+                log.warning("cannot share topic %s: %s", t.id, e)
+        if new and emit:
+            self._emit("topic", {"topic": t})
+            return 1
+        return 0
 
     def _scan(self, batch: list[tuple[int, str, str]], *, emit: bool) -> int:
         """Process committed events: new Topic objects, moved ChannelInfo heads."""
@@ -869,19 +939,9 @@ class Chat:
                 if not md.startswith('<div itemscope itemtype="//refin.io/Topic"'):
                     continue
                 try:
-                    obj = store.get_object(h)
-                    t, new = self._register_topic(obj, h)
+                    n += self._topic_arrived(store.get_object(h), h, emit=emit)
                 except LamaError as e:
                     log.warning("cannot register topic %s: %s", h, e)
-                    continue
-                if t.kind == "one_to_one" and self.me in t.participants:
-                    try:
-                        self._share(t)
-                    except LamaError as e:
-                        log.warning("cannot share topic %s: %s", t.id, e)
-                if new and emit:
-                    self._emit("topic", {"topic": t})
-                    n += 1
             elif kind == "head":
                 if h not in heads:
                     heads.append(h)
@@ -926,18 +986,29 @@ class Chat:
             parts = (m.group(1), m.group(2))
             peer = parts[1] if parts[0] == self.me else parts[0] if parts[1] == self.me else None
             t = Topic(topic_id, topic_id, "", cid, "one_to_one", parts, peer)
-        n = 0
-        for el in reversed(els):  # oldest first
-            try:
-                msg = self._build(t, cid, el)
-            except LamaError:
-                continue
-            if msg is None:
-                continue
-            self._cache(msg)
-            self._emit("message", {"message": msg, "topic": t})
-            n += 1
-        return n
+        events: list[tuple[str, dict[str, Any]]] = []
+        posted, built = self._posted, self._built_own
+        with self._posted_lock:  # one side or the other for each of my posts, never both
+            for el in reversed(els):  # oldest first
+                # my own posts of this process were built by _post already
+                msg = posted.pop(el.creation_time, None) if posted else None
+                if msg is None:
+                    try:
+                        msg = self._build(t, cid, el)
+                    except LamaError:
+                        continue
+                    if msg is None:
+                        continue
+                    if msg.outgoing:
+                        # seen before _post got to remember it: _post must not keep it
+                        if len(built) > 2 * MAX_BATCH:
+                            built.clear()
+                        built[msg.id] = None
+                events.append(("message", {"message": msg, "topic": t}))
+        for _kind, data in events[-_MSG_CACHE:]:
+            self._cache(data["message"])
+        self._emit_many(events)
+        return len(events)
 
     def _republish_merge(self, cid: str) -> None:
         """A channel whose head is a local merge (of an imported version with ours) gets a
@@ -1012,10 +1083,11 @@ def store_missing_channel(store: Any, t: Topic) -> bool:
     return store.get_head(t.channel) is None
 
 
-def _call(cb: Callback, kind: str, data: dict[str, Any]) -> None:
-    try:
-        r = cb(kind, data)
-        if asyncio.iscoroutine(r):
-            asyncio.ensure_future(r)
-    except Exception:  # noqa: BLE001 - one subscriber's bug must not stop the others
-        log.exception("chat event callback failed")
+def _call_all(cb: Callback, events: list[tuple[str, dict[str, Any]]]) -> None:
+    for kind, data in events:
+        try:
+            r = cb(kind, data)
+            if asyncio.iscoroutine(r):
+                asyncio.ensure_future(r)
+        except Exception:  # noqa: BLE001 - one subscriber's bug must not stop the others
+            log.exception("chat event callback failed")
