@@ -1136,9 +1136,18 @@ class ConnectionManager:
             def on_event(kind: str, data: dict[str, Any]) -> None:
                 if kind in ("imported", "full_sync"):
                     peer.last_sync = time.time()
+                    # items: everything the batch stored (objects, ID objects, BLOBs, CLOBs),
+                    # counted against the pass's `listed` total (progress displays)
+                    items = sum(len(data.get(k, ())) for k in ("objects", "id_objects", "blobs",
+                                                               "clobs"))
                     self._emit("sync", peer=c.remote_key.hex(), state=kind,
                                person=c.remote_person,
-                               objects=len(data.get("objects", ())) if kind == "imported" else 0)
+                               objects=len(data.get("objects", ())) if kind == "imported" else 0,
+                               items=items)
+                elif kind == "listed":
+                    self._emit("sync", peer=c.remote_key.hex(), state="listed",
+                               person=c.remote_person,
+                               total=int(data.get("objects", 0)) + int(data.get("streams", 0)))
                 elif kind == "error":
                     self._emit("error", peer=c.remote_key.hex(), message=data.get("message"))
                 if cfg.trace and kind in _TRACED:  # docs/tracing.md: for the tracer
@@ -1461,7 +1470,8 @@ class ConnectionManager:
         ``last_sync`` (epoch seconds), ``status`` (``"healthy"`` all connected,
         ``"degraded"`` some, ``"offline"`` none, ``"idle"`` no peers) and ``peers``: per
         remote instance key ``connected``, ``since``, ``last_message``, ``reconnect_attempts``,
-        ``last_error``, ``latency``, ``last_sync``, ``enabled``, ``person_id``, ``instance_id``."""
+        ``last_error``, ``latency``, ``bytes_sent`` (the live connection's), ``last_sync``,
+        ``enabled``, ``person_id``, ``instance_id``."""
         self._sample()
         peers = {}
         lat = []
@@ -1480,6 +1490,7 @@ class ConnectionManager:
                 "last_error": peer.last_error,
                 "recent_errors": list(peer.errors),
                 "latency": c.latency if c else None,
+                "bytes_sent": self._conn_stats(c).get("bytes_sent") if c else None,
                 "last_sync": peer.last_sync,
                 "enabled": peer.enabled,
                 "refused": peer.refused,
