@@ -215,3 +215,38 @@ def test_cli_send_attach_on_a_pty_and_through_a_pipe(tmp_path: Path) -> None:
     assert ESC not in piped.stdout and ESC not in piped.stderr
     assert "stored 293.0 KiB of attachments" in piped.stdout
     assert "is not connected: it gets them" in piped.stdout and "\nsent " in piped.stdout
+
+
+@pytest.mark.parametrize("fast", [False, True])
+def test_listed_is_the_total_of_the_pass(tmp_path: Path, fast: bool) -> None:
+    """The session's `listed` event announces exactly what the pass then stores (`imported`
+    items: objects, ID objects, BLOBs), v8 and fast path (docs/chum-session.md)."""
+    from chum_pump import Pump
+
+    a, b = make(tmp_path, "alice"), make(tmp_path, "bob")
+    ca, cb = Chat(a, events=False), Chat(b, events=False)
+    try:
+        pair(ca, cb)
+        f = tmp_path / "f.bin"
+        f.write_bytes(os.urandom(100_000))
+        ca.send_many(cb.me, [f"m{i}" for i in range(300)])
+        ca.send(cb.me, "with a file", [str(f)])
+        sa = core.ChumSession(a.store, ca.me, cb.me, fast_path=fast)
+        sb = core.ChumSession(b.store, cb.me, ca.me, fast_path=fast)
+        pump = Pump(sa, sb)
+        sa.start(pump.now)
+        sb.start(pump.now)
+        pump.run(max_time=3600.0)
+        ev = pump.events[1]  # Bob imports
+        listed = [d for k, d in ev if k == "listed"]
+        stored = sum(len(d[k]) for kk, d in ev if kk == "imported"
+                     for k in ("objects", "id_objects", "blobs", "clobs"))
+        assert listed and stored > 300 * 4
+        assert sum(d["objects"] + d["streams"] for d in listed) == stored
+        assert sum(d["streams"] for d in listed) == 1  # the BLOB
+        first = [k for k, _ in ev].index("listed")
+        assert "imported" not in [k for k, _ in ev][:first]
+    finally:
+        for c in (ca, cb):
+            c.close()
+            c.instance.close()
