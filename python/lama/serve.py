@@ -88,8 +88,11 @@ async def handle(app: App, req: dict[str, Any], send: Send, stop: asyncio.Event)
 
         def forward(kind: str, data: dict[str, Any]) -> None:
             if kind in ("sync", "connection_down"):
-                f = asyncio.ensure_future(send({"info": {"event": kind, "data": {
-                    k: v for k, v in data.items() if isinstance(v, (str, int, float, bool))}}}))
+                d = {k: v for k, v in data.items() if isinstance(v, (str, int, float, bool))}
+                if isinstance(d.get("person"), str):
+                    with contextlib.suppress(LamaError):
+                        d["name"] = app.contact(d["person"]).name
+                f = asyncio.ensure_future(send({"info": {"event": kind, "data": d}}))
                 forwards.add(f)
                 f.add_done_callback(forwards.discard)
 
@@ -100,6 +103,10 @@ async def handle(app: App, req: dict[str, Any], send: Send, stop: asyncio.Event)
                 done, _ = await asyncio.wait({nxt, stopper}, return_when=asyncio.FIRST_COMPLETED)
                 if nxt not in done:
                     nxt.cancel()
+                    # let the generator finish its step before aclose() below ("asynchronous
+                    # generator is already running" otherwise: a traceback and status 1)
+                    with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
+                        await nxt
                     break
                 try:
                     m = nxt.result()
