@@ -126,3 +126,59 @@ def test_events_report_the_group_topic(tmp_path: Path) -> None:
         for x in chats:
             x.close()
             x.instance.close()
+
+
+@pytest.mark.timeout(180)
+def test_group_topic_between_three_running_apps(tmp_path: Path) -> None:
+    """Three lama.App instances through a comm server on 127.0.0.1 (their connection managers
+    and chat event threads): Alice makes a group with Bob and Carol, who never paired with each
+    other; everyone posts; all three converge on the same history and participants."""
+    import asyncio
+    import time
+
+    from lama import App, AppConfig
+    from lama._core import core
+
+    async def until(pred: Any, timeout: float = 90.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not pred():
+            assert time.monotonic() < deadline, "condition not met in time"
+            await asyncio.sleep(0.05)
+
+    async def main() -> None:
+        server = await core.comm_server("127.0.0.1", 0)
+        apps: list[App] = []
+        try:
+            for n in ("alice", "bob", "carol"):
+                app = await App.create(tmp_path / n, email=f"{n}@example.com", name=n.title(),
+                                       instance_name=n, secret="group-secret",
+                                       config=AppConfig(comm_server_url=server.url))
+                await app.start()
+                apps.append(app)
+            alice, bob, carol = apps
+            for other in (bob, carol):
+                await other.accept(await alice.invite())
+                await alice.wait_contact(30)
+            t = await alice.create_group("trip", ["bob@example.com", carol.person_id],
+                                         topic_id="trip")
+            everyone = tuple(sorted(a.person_id for a in apps))
+            assert t.participants == everyone
+
+            def has_topic(a: App) -> bool:
+                return any(x.id == "trip" and x.participants == everyone
+                           for x in a.chat.topics())
+
+            await until(lambda: has_topic(bob) and has_topic(carol))
+            for a, text in zip(apps, ("tent?", "I bring it", "I bring the stove")):
+                await a.send("trip", text)
+            want = sorted(["tent?", "I bring it", "I bring the stove"])
+            await until(lambda: all(sorted(m.text for m in a.history("trip")) == want
+                                    for a in apps))
+            ids = [[m.id for m in a.history("trip")] for a in apps]
+            assert ids[0] == ids[1] == ids[2]
+        finally:
+            for a in apps:
+                await a.close()
+            await server.close()
+
+    asyncio.run(main())
