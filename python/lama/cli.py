@@ -674,16 +674,15 @@ async def _client(dir: str, op: str, *, on_item: Any = None, on_info: Any = None
     handler; ``messages --follow`` then starts the connections itself, ``send`` only stores:
     the message goes out when the instance next runs)."""
     import asyncio
-    import signal
 
     from lama import control
     from lama.identity.layout import find_instance_dir
 
+    from lama.serve import stop_on_signals
+
     path = find_instance_dir(dir)
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+    stop_on_signals(stop)  # not loop.add_signal_handler alone: it can lose a Ctrl-C under load
     result: dict[str, Any] = {}
 
     async def take(msg: dict[str, Any]) -> None:

@@ -35,6 +35,14 @@ MIN_TOTAL = 200
 """The smallest pass (objects) that draws a sync bar."""
 
 
+# No refresh thread and no redirection of sys.stdout/stderr: the bars are redrawn on every
+# update, from the one thread that updates them. rich's refresh thread and its stdout proxy
+# deadlocked (Live lock vs Console lock) when a signal handler ran inside a print of the main
+# thread - a Ctrl-C of `lama messages --follow` then hung the CLI.
+_MANUAL: dict[str, Any] = {"auto_refresh": False, "redirect_stdout": False,
+                           "redirect_stderr": False}
+
+
 def use_bars(stream: TextIO | None = None) -> bool:
     """Rich bars on ``stream`` (default stdout): a terminal, and not in CI."""
     stream = sys.stdout if stream is None else stream
@@ -86,7 +94,7 @@ class SyncBars:
             self.progress = Progress(
                 TextColumn("{task.description}"), BarColumn(bar_width=16), MofNCompleteColumn(),
                 TaskProgressColumn(), _rate_column(), TimeElapsedColumn(),
-                console=_console(stream, force_terminal), transient=True)
+                console=_console(stream, force_terminal), transient=True, **_MANUAL)
             self.progress.start()
 
     def line(self, text: str) -> None:
@@ -120,11 +128,13 @@ class SyncBars:
             p[2] += total
             if self.progress is not None:
                 self.progress.update(p[0], total=p[2])
+                self.progress.refresh()
         elif state == "imported" and p is not None:
             n = int(data.get("items") or 0)
             p[1] = min(p[2], p[1] + n)
             if self.progress is not None:
                 self.progress.update(p[0], completed=p[1])
+                self.progress.refresh()
             if p[1] >= p[2]:
                 self._end(person)
         elif state == "full_sync" and p is not None:
@@ -185,7 +195,7 @@ class TransferBar:
             self.progress = Progress(
                 TextColumn("{task.description}"), BarColumn(bar_width=24), DownloadColumn(),
                 TaskProgressColumn(), TransferSpeedColumn(), TimeElapsedColumn(),
-                console=_console(stream, force_terminal), transient=False)
+                console=_console(stream, force_terminal), transient=False, **_MANUAL)
             self.progress.start()
 
     def _line(self, text: str) -> None:
@@ -211,6 +221,7 @@ class TransferBar:
             if self.task is None:
                 self.task = self.progress.add_task(desc, total=total)
             self.progress.update(self.task, description=desc, completed=n, total=total)
+            self.progress.refresh()
         elif phase != "sending":  # plain: one line per phase, not per byte count
             if phase == "stored":
                 self._line(f"stored {_size(total)} of attachments")

@@ -38,7 +38,7 @@ from lama.app import App
 from lama.control import ControlServer
 from lama.errors import InvalidArgumentError, LamaError, PairingError
 
-__all__ = ["run_server", "handle"]
+__all__ = ["run_server", "handle", "deliver", "stop_on_signals"]
 
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 
@@ -156,6 +156,35 @@ async def handle(app: App, req: dict[str, Any], send: Send, stop: asyncio.Event)
         raise InvalidArgumentError(f"LAMA-ARG: unknown control operation {op!r}")
 
 
+def stop_on_signals(stop: asyncio.Event) -> Callable[[], None]:
+    """SIGINT and SIGTERM set ``stop`` (call from the loop's thread, the main thread); returns
+    the function that restores the previous handlers.
+
+    ``loop.add_signal_handler`` alone loses signals under load: it learns of a signal only from
+    a byte the C handler writes to the loop's self-pipe, and that write is dropped while the
+    pipe is full - which a burst of ``call_soon_threadsafe`` calls (the chat event thread
+    during a large sync, one byte each) does after a few hundred pending bytes; a Ctrl-C of
+    ``lama messages --follow`` was then ignored. So a Python-level handler is installed on top
+    (the interpreter runs it in the main thread from a flag, whatever the pipe holds); the
+    loop's handler still wakes an idle loop."""
+    loop = asyncio.get_running_loop()
+
+    def on_signal(signum: int, frame: Any) -> None:
+        loop.call_soon_threadsafe(stop.set)
+
+    sigs = (signal.SIGINT, signal.SIGTERM)
+    for sig in sigs:
+        loop.add_signal_handler(sig, stop.set)
+        signal.signal(sig, on_signal)
+
+    def restore() -> None:
+        for sig in sigs:
+            with contextlib.suppress(Exception):
+                loop.remove_signal_handler(sig)
+
+    return restore
+
+
 def _bytes_sent(app: App, person: str) -> int:
     """Bytes sent so far on the live CHUM connection(s) to ``person`` (0 if none)."""
     return sum(int(p.get("bytes_sent") or 0)
@@ -218,9 +247,7 @@ async def run_server(app: App, *, on_ready: Callable[[ControlServer], Any] | Non
     ``diagnostics`` (a :class:`lama.web.diag.DiagnosticsServer`, docs/metrics.md) is started
     after the app and closed before it."""
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+    restore = stop_on_signals(stop)
     if on_event is not None:
         app.manager.subscribe(on_event)
     server = ControlServer(app.instance_dir, lambda req, send: handle(app, req, send, stop))
@@ -233,9 +260,7 @@ async def run_server(app: App, *, on_ready: Callable[[ControlServer], Any] | Non
             on_ready(server)
         await stop.wait()
     finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(Exception):
-                loop.remove_signal_handler(sig)
+        restore()
         if diagnostics is not None:
             await diagnostics.close()
         await server.close()
