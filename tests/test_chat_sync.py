@@ -283,8 +283,9 @@ def test_group_topic(tmp_path: Path) -> None:
         for x in (cb, cc):
             x.process_changes()
             assert texts(x, "trip-2026") == ["who brings the tent?"]
-        # Bob answers; the topic's creator shared it with everyone, Bob shares his copy with
-        # the participants too so his post reaches Carol through Alice and directly
+        # Bob answers; the participants came with the topic (docs/chat.md §3.1), Bob shares
+        # his copy with them, so his post reaches Carol through Alice (re-adding is a no-op)
+        assert cb.topic("trip-2026").participants == t.participants
         cb.add_participants("trip-2026", [ca.me, cc.me])
         cb.send("trip-2026", "me", timestamp=1_700_000_000_100)
         sync(cb, ca)

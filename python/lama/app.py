@@ -454,6 +454,19 @@ class App:
                     return str(self.chat.topic(who).id)
             raise
 
+    async def create_group(self, name: str, members: Sequence[Any],
+                           topic_id: str | None = None) -> Any:
+        """A group topic with ``members`` (contacts, or person ids of people who need not be
+        contacts) and me, shared with every one of them; its participants travel with it
+        (docs/chat.md §3.1). Idempotent for an existing ``topic_id``."""
+        persons = []
+        for m in members:
+            if isinstance(m, str) and len(m) == 64:
+                persons.append(m)
+            else:
+                persons.append(str(self.contact(m).person_id))
+        return await asyncio.to_thread(self.chat.create_group, name, persons, topic_id)
+
     def history(self, who: Any) -> list[Any]:
         """The conversation with a contact (or in a topic), oldest first, every author and
         device merged."""

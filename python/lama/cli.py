@@ -34,7 +34,8 @@ Chat (issue 10; the asyncio facade :class:`lama.app.App` underneath):
 
 * ``lama serve --dir D [--comm-server URL] [--json]`` runs the instance: the connection manager
   (one CHUM connection per contact, reconnects), the chat layer's events; prints what happens
-  (connections, pairings, syncs with a rich progress line on a terminal, messages; JSON lines
+  (connections, pairings, syncs - a rich progress bar on a terminal for a large sync, objects
+  of the listed total and objects/s (:mod:`lama.progress`) - messages; JSON lines
   with ``--json``) and serves the control channel (:mod:`lama.control`); ``--http
   127.0.0.1:PORT``: also the diagnostics page and ``/metrics`` (loopback, token; docs/metrics.md). SIGINT or SIGTERM:
   every connection is closed with a reason, the control file removed, exit status 0.
@@ -44,7 +45,10 @@ Chat (issue 10; the asyncio facade :class:`lama.app.App` underneath):
   token, readable only by the owner); without one they open the instance themselves (secret
   needed): ``send`` stores the message, which goes out when the instance next runs;
   ``messages --follow`` starts the connections itself. CONTACT is a person id (or a prefix of
-  at least 8 hex digits), an email or a name.
+  at least 8 hex digits), an email or a name. ``send --attach`` shows a transfer bar (bytes,
+  rate) until the peer has the files, or until they are stored and offered if it is not
+  connected; ``messages --follow`` shows sync bars like ``serve``. Bars only on a terminal
+  (not with ``CI=true``); otherwise plain lines (``messages``: on stderr).
 * ``lama demo [--dir D] [--attachment-size N]``: the two-process demo (:mod:`lama.demo`).
 
 The secret comes from the environment variable ``LAMA_SECRET`` or, if that is unset and stdin
@@ -395,7 +399,18 @@ def _build_app() -> Any:
         for p in paths:
             if not os.path.isfile(p):
                 raise typer.BadParameter(f"not a file: {p}", param_hint="--attach")
-        result = _run_async(_client(dir, "send", contact=contact, text=text, attach=paths))
+        from lama.progress import TransferBar
+
+        # attachments: a transfer bar on a terminal (plain lines otherwise) until the peer has
+        # them, or they are stored and offered (lama.serve.deliver)
+        bar = TransferBar(stream=sys.stderr if as_json else sys.stdout) if paths else None
+        try:
+            result = _run_async(_client(dir, "send", contact=contact, text=text, attach=paths,
+                                        progress=bool(paths),
+                                        on_info=bar.update if bar is not None else None))
+        finally:
+            if bar is not None:
+                bar.close()
         m = result["message"]
         if as_json:
             print(json.dumps(m, indent=2, sort_keys=True))
@@ -411,11 +426,37 @@ def _build_app() -> Any:
         as_json: bool = typer.Option(False, "--json", help="One JSON object per line."),
     ) -> None:
         """The conversation with a contact, oldest first; --follow keeps printing new ones."""
-        def show(m: dict[str, Any]) -> None:
-            print(json.dumps(m, sort_keys=True) if as_json else _fmt_message(m), flush=True)
+        from lama.progress import SyncBars, use_bars
 
-        _run_async(_client(dir, "messages", contact=contact, follow=follow, limit=last,
-                           on_item=show))
+        # --follow: sync bars on a terminal; piped, the sync lines go to stderr so stdout
+        # holds only messages
+        bars = None
+        names: dict[str, str] = {}
+        if follow:
+            tty = use_bars(sys.stdout) and not as_json
+            bars = SyncBars(lambda p: escape(names.get(p) or p[:16]), bars=tty,
+                            stream=sys.stdout if tty else sys.stderr)
+
+        def show(m: dict[str, Any]) -> None:
+            text = json.dumps(m, sort_keys=True) if as_json else _fmt_message(m)
+            if bars is not None and bars.progress is not None:
+                bars.line(text)
+            else:
+                print(text, flush=True)
+
+        def info(i: dict[str, Any]) -> None:
+            if bars is not None and isinstance(i.get("data"), dict):
+                d = i["data"]
+                if isinstance(d.get("person"), str) and isinstance(d.get("name"), str):
+                    names[d["person"]] = d["name"]
+                bars.on_event(str(i.get("event")), d)
+
+        try:
+            _run_async(_client(dir, "messages", contact=contact, follow=follow, limit=last,
+                               on_item=show, on_info=info, sync_progress=follow))
+        finally:
+            if bars is not None:
+                bars.close()
 
     @app.command()
     def status(
@@ -631,27 +672,29 @@ def _status_lines(st: dict[str, Any]) -> list[str]:
     return out
 
 
-async def _client(dir: str, op: str, *, on_item: Any = None, **args: Any) -> dict[str, Any]:
+async def _client(dir: str, op: str, *, on_item: Any = None, on_info: Any = None,
+                  **args: Any) -> dict[str, Any]:
     """Run one control request: through the running ``lama serve`` of the instance if there is
     one (lama.control), else in this process on the instance opened with the secret (the same
     handler; ``messages --follow`` then starts the connections itself, ``send`` only stores:
     the message goes out when the instance next runs)."""
     import asyncio
-    import signal
 
     from lama import control
     from lama.identity.layout import find_instance_dir
 
+    from lama.serve import stop_on_signals
+
     path = find_instance_dir(dir)
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+    stop_on_signals(stop)  # not loop.add_signal_handler alone: it can lose a Ctrl-C under load
     result: dict[str, Any] = {}
 
     async def take(msg: dict[str, Any]) -> None:
         if "item" in msg and on_item is not None:
             on_item(msg["item"])
+        elif "info" in msg and on_info is not None:
+            on_info(msg["info"])
         elif msg.get("ok"):
             result.update(msg)
 
@@ -711,37 +754,18 @@ async def _serve(dir: str, secret: str, email: str | None, instance_name: str | 
         diag = DiagnosticsServer(app, *http, token=os.environ.get("LAMA_HTTP_TOKEN") or None)
     names: dict[str, str] = {}
 
-    # on a terminal, a sync in progress is a live rich progress line per contact (objects
-    # received so far); its result stays as an ordinary line
-    progress: Any = None
-    if not as_json and sys.stdout.isatty():
-        from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+    # on a terminal a large sync is a rich progress bar per contact (objects of the total the
+    # CHUM pass listed, objects/s; lama.progress); its result stays as an ordinary line
+    from lama.progress import SyncBars, use_bars
 
-        progress = Progress(SpinnerColumn(), TextColumn("{task.description}"),
-                            TextColumn("{task.completed:,.0f} objects"), TimeElapsedColumn(),
-                            transient=True)
-        progress.start()
-    syncing: dict[str, Any] = {}
+    bars = None if as_json else SyncBars(lambda p: name(p), bars=use_bars(sys.stdout))
+    progress = bars.progress if bars is not None else None
 
     def say(kind: str, text: str, **data: Any) -> None:
         if as_json:
             print(json.dumps({"event": kind, "time": time.time(), **data}), flush=True)
-        elif progress is not None:
-            progress.console.print(f"{time.strftime('%H:%M:%S')} {text}", markup=False,
-                                   highlight=False)
-        else:
-            print(f"{time.strftime('%H:%M:%S')} {text}", flush=True)
-
-    def track(person: Any, state: Any, objects: int) -> None:
-        if progress is None or not person:
-            return
-        task = syncing.get(person)
-        if state == "started" and task is None:
-            syncing[person] = progress.add_task(f"syncing with {name(person)}", total=None)
-        elif state == "imported" and task is not None:
-            progress.advance(task, objects)
-        elif state == "full_sync" and task is not None:
-            progress.remove_task(syncing.pop(person))
+        elif bars is not None:
+            bars.line(f"{time.strftime('%H:%M:%S')} {text}")
 
     def name(person: Any) -> str:
         if person and person not in names:
@@ -765,8 +789,8 @@ async def _serve(dir: str, secret: str, email: str | None, instance_name: str | 
         elif kind == "online_state":
             say("online", "online at the comm server" if data.get("online") else "offline",
                 online=bool(data.get("online")))
-        if kind == "sync":
-            track(person, data.get("state"), int(data.get("objects") or 0))
+        if bars is not None and kind in ("sync", "connection_down"):
+            bars.on_event(kind, {**data, "person": person})
         if kind == "sync" and data.get("state") == "imported" and progress is None:
             say("sync", f"received {data.get('objects')} objects from {name(person)}",
                 person=person, objects=data.get("objects"))
@@ -789,8 +813,8 @@ async def _serve(dir: str, secret: str, email: str | None, instance_name: str | 
     try:
         await run_server(app, on_ready=ready, on_event=on_event, diagnostics=diag)
     finally:
-        if progress is not None:
-            progress.stop()
+        if bars is not None:
+            bars.close()
     say("stopped", "stopped")
 
 

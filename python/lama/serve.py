@@ -6,9 +6,14 @@ Requests (``op`` and arguments, see lama.control for the framing):
 
 * ``status`` -> ``{"ok", "status": App.status()}``
 * ``contacts`` -> ``{"ok", "contacts": [contact, ...]}``
-* ``send`` ``{contact, text, attach: [path, ...]}`` -> ``{"ok", "message": message}``
+* ``send`` ``{contact, text, attach: [path, ...], progress}`` -> ``{"ok", "message": message}``;
+  with ``progress`` and attachments, first ``{"info": {"progress": {...}}}`` items until the
+  peer has the attachments, the peer is not connected or the transfer stalls
+  (:func:`deliver`; lama.progress draws them)
 * ``messages`` ``{contact, follow, limit}`` -> one ``{"item": message}`` per message, oldest
-  first; with ``follow`` then every new one until the client disconnects or the server stops
+  first; with ``follow`` then every new one until the client disconnects or the server stops,
+  and (with ``sync_progress``) the connection manager's ``sync`` and ``connection_down`` events
+  as ``{"info": {"event": kind, "data": {...}}}`` (for lama.progress.SyncBars)
 * ``invite`` ``{lifetime}`` -> ``{"info": {"link", "qr"}}`` at once, then ``{"ok", "contact"}``
   when the invitation was accepted (or an error ``LAMA-PAIR-TIMEOUT``)
 * ``accept`` ``{link}`` -> ``{"ok", "contact"}``
@@ -26,13 +31,14 @@ import asyncio
 import contextlib
 import signal
 import sys
+import time
 from typing import Any, Awaitable, Callable
 
 from lama.app import App
 from lama.control import ControlServer
-from lama.errors import InvalidArgumentError, PairingError
+from lama.errors import InvalidArgumentError, LamaError, PairingError
 
-__all__ = ["run_server", "handle"]
+__all__ = ["run_server", "handle", "deliver", "stop_on_signals"]
 
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 
@@ -57,7 +63,15 @@ async def handle(app: App, req: dict[str, Any], send: Send, stop: asyncio.Event)
         attach = req.get("attach") or []
         if not isinstance(attach, list) or not all(isinstance(a, str) for a in attach):
             raise InvalidArgumentError("LAMA-ARG: attach must be a list of file paths")
-        m = await app.send(_arg(req, "contact", str), _arg(req, "text", str), attachments=attach)
+        contact = _arg(req, "contact", str)
+        watch = bool(req.get("progress")) and bool(attach)
+        base = 0
+        if watch:
+            with contextlib.suppress(LamaError):
+                base = _bytes_sent(app, str(app.contact(contact).person_id))
+        m = await app.send(contact, _arg(req, "text", str), attachments=attach)
+        if watch:
+            await deliver(app, m, send, base)
         await send({"ok": True, "message": app.message_dict(m)})
     elif op == "messages":
         follow = bool(req.get("follow", False))
@@ -70,12 +84,29 @@ async def handle(app: App, req: dict[str, Any], send: Send, stop: asyncio.Event)
             return
         it = app.messages(contact, follow=True, last=limit if isinstance(limit, int) else None)
         stopper = asyncio.ensure_future(stop.wait())
+        forwards: set[asyncio.Future[None]] = set()
+
+        def forward(kind: str, data: dict[str, Any]) -> None:
+            if kind in ("sync", "connection_down"):
+                d = {k: v for k, v in data.items() if isinstance(v, (str, int, float, bool))}
+                if isinstance(d.get("person"), str):
+                    with contextlib.suppress(LamaError):
+                        d["name"] = app.contact(d["person"]).name
+                f = asyncio.ensure_future(send({"info": {"event": kind, "data": d}}))
+                forwards.add(f)
+                f.add_done_callback(forwards.discard)
+
+        unsubscribe = app.manager.subscribe(forward) if req.get("sync_progress") else None
         try:
             while True:
                 nxt = asyncio.ensure_future(it.__anext__())
                 done, _ = await asyncio.wait({nxt, stopper}, return_when=asyncio.FIRST_COMPLETED)
                 if nxt not in done:
                     nxt.cancel()
+                    # let the generator finish its step before aclose() below ("asynchronous
+                    # generator is already running" otherwise: a traceback and status 1)
+                    with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
+                        await nxt
                     break
                 try:
                     m = nxt.result()
@@ -83,6 +114,10 @@ async def handle(app: App, req: dict[str, Any], send: Send, stop: asyncio.Event)
                     break
                 await send({"item": app.message_dict(m)})
         finally:
+            if unsubscribe is not None:
+                unsubscribe()
+            for f in list(forwards):
+                f.cancel()
             stopper.cancel()
             await it.aclose()
     elif op == "invite":
@@ -121,6 +156,89 @@ async def handle(app: App, req: dict[str, Any], send: Send, stop: asyncio.Event)
         raise InvalidArgumentError(f"LAMA-ARG: unknown control operation {op!r}")
 
 
+def stop_on_signals(stop: asyncio.Event) -> Callable[[], None]:
+    """SIGINT and SIGTERM set ``stop`` (call from the loop's thread, the main thread); returns
+    the function that restores the previous handlers.
+
+    ``loop.add_signal_handler`` alone loses signals under load: it learns of a signal only from
+    a byte the C handler writes to the loop's self-pipe, and that write is dropped while the
+    pipe is full - which a burst of ``call_soon_threadsafe`` calls (the chat event thread
+    during a large sync, one byte each) does after a few hundred pending bytes; a Ctrl-C of
+    ``lama messages --follow`` was then ignored. So a Python-level handler is installed on top
+    (the interpreter runs it in the main thread from a flag, whatever the pipe holds); the
+    loop's handler still wakes an idle loop."""
+    loop = asyncio.get_running_loop()
+
+    def on_signal(signum: int, frame: Any) -> None:
+        loop.call_soon_threadsafe(stop.set)
+
+    sigs = (signal.SIGINT, signal.SIGTERM)
+    for sig in sigs:
+        loop.add_signal_handler(sig, stop.set)
+        signal.signal(sig, on_signal)
+
+    def restore() -> None:
+        for sig in sigs:
+            with contextlib.suppress(Exception):
+                loop.remove_signal_handler(sig)
+
+    return restore
+
+
+def _bytes_sent(app: App, person: str) -> int:
+    """Bytes sent so far on the live CHUM connection(s) to ``person`` (0 if none)."""
+    return sum(int(p.get("bytes_sent") or 0)
+               for p in app.manager.connection_health()["peers"].values()
+               if p["person_id"] == person and p["connected"])
+
+
+async def deliver(app: App, m: Any, send: Send, base: int, *, interval: float = 0.1,
+                  stall: float = 15.0) -> str:
+    """Report the transfer of message ``m``'s attachments to its peer as ``{"info":
+    {"progress": {phase, bytes, total, peer, name}}}`` items: ``stored`` at once; ``offered``
+    (and done) if the peer is not connected, or when it disconnects; ``sending`` with the bytes
+    sent on the CHUM connection to it since ``base`` (capped at the attachments' size) while
+    they grow; ``delivered`` when the message's trace says the peer has it (docs/tracing.md:
+    the peer's receipt, or its fetch for a ONE peer); ``in_flight`` if nothing moved for
+    ``stall`` seconds. Returns the last phase. Without tracing, ``sending`` ends with
+    ``in_flight`` once every byte is out."""
+    total = sum(int(a.size) for a in m.attachments)
+    peer = m.peer
+    name = None
+    if peer is not None:
+        with contextlib.suppress(LamaError):
+            name = app.contact(peer).name
+
+    async def info(phase: str, n: int) -> str:
+        await send({"info": {"progress": {"phase": phase, "bytes": min(max(n, 0), total),
+                                          "total": total, "peer": peer, "name": name}}})
+        return phase
+
+    await info("stored", 0)
+    if peer is None or not app.manager.connected(peer):
+        return await info("offered", 0)
+    last, moved = -1, time.monotonic()
+    while True:
+        delivered = False
+        if app.tracer is not None:
+            with contextlib.suppress(LamaError):
+                t = app.trace(m.id)
+                delivered = t.status == "delivered" or any(
+                    r.person_id == peer and r.last_step == "stored" for r in t.peers)
+        if delivered:
+            return await info("delivered", total)
+        if not app.manager.connected(peer):
+            return await info("offered", 0)
+        n = min(_bytes_sent(app, peer) - base, total)
+        now = time.monotonic()
+        if n != last:
+            last, moved = n, now
+            await info("sending", n)
+        if now - moved > stall or (app.tracer is None and n >= total):
+            return await info("in_flight", n)
+        await asyncio.sleep(interval)
+
+
 async def run_server(app: App, *, on_ready: Callable[[ControlServer], Any] | None = None,
                      on_event: Callable[[str, dict[str, Any]], Any] | None = None,
                      diagnostics: Any = None) -> None:
@@ -129,9 +247,7 @@ async def run_server(app: App, *, on_ready: Callable[[ControlServer], Any] | Non
     ``diagnostics`` (a :class:`lama.web.diag.DiagnosticsServer`, docs/metrics.md) is started
     after the app and closed before it."""
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+    restore = stop_on_signals(stop)
     if on_event is not None:
         app.manager.subscribe(on_event)
     server = ControlServer(app.instance_dir, lambda req, send: handle(app, req, send, stop))
@@ -144,9 +260,7 @@ async def run_server(app: App, *, on_ready: Callable[[ControlServer], Any] | Non
             on_ready(server)
         await stop.wait()
     finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(Exception):
-                loop.remove_signal_handler(sig)
+        restore()
         if diagnostics is not None:
             await diagnostics.close()
         await server.close()

@@ -30,6 +30,7 @@ from lama import access
 from lama._core import core
 from lama.chat import attachments as _att
 from lama.chat import channel as _ch
+from lama.chat import groups as _groups
 from lama.chat.model import Attachment, Contact, Message, RemovedContact, Topic
 from lama.connect import contacts as _contacts
 from lama.errors import (
@@ -139,6 +140,7 @@ class Chat:
         self._channels: dict[str, list[Any]] = {}
         self._topics: dict[str, Topic] = {}      # topic id -> Topic
         self._topic_channels: dict[str, set[str]] = {}  # topic id -> channel id hashes
+        self._members_pending: set[str] = set()  # channels: membership without its Signature yet
         store = self.store
         _contacts.enable_reverse_maps(store)
         certificates.enable_reverse_maps(store)
@@ -405,8 +407,11 @@ class Chat:
             parts = (m.group(1), m.group(2))
             peer = parts[1] if parts[0] == self.me else parts[0] if parts[1] == self.me else None
             return Topic(tid, obj.get("name"), h, str(obj["channel"]), "one_to_one", parts, peer)
+        # group: the persons of my grants and of the membership certificates (groups.py)
         ps, _gs = access.grants(self.store, object=h)
-        return Topic(tid, obj.get("name"), h, str(obj["channel"]), "group", tuple(sorted(ps)), None)
+        ms = _groups.members(self.store, str(obj["channel"]))
+        return Topic(tid, obj.get("name"), h, str(obj["channel"]), "group",
+                     tuple(sorted({*ps, *ms})), None)
 
     def _register_topic(self, obj: dict[str, Any], h: str, *, write: bool = True) -> tuple[Topic, bool]:
         """Add a Topic object to the registry (§3.2, last write wins); ``(topic, new)``."""
@@ -469,14 +474,57 @@ class Chat:
         if t.kind == "one_to_one" and self.me not in t.participants:
             return  # a 1-to-1 topic of others that reached me: not mine to share
         store = self.store
-        for kw in ({"id": t.channel}, {"object": t.hash}):
+        targets: list[dict[str, str]] = [{"id": t.channel}, {"object": t.hash}]
+        if t.kind == "group":
+            targets += self._share_membership(t)
+        for kw in targets:
             have, _gs = access.grants(store, **kw)
             want = [p for p in ps if p not in have]
             if t.kind == "one_to_one":
                 # a removed participant is not re-granted until paired again
                 want = [p for p in want if p == self.me or self._is_contact(p)]
+            else:
+                want = [p for p in want if p == self.me or not self._was_removed(p)]
             if want:
                 _grant(store, kw, want)
+
+    def _was_removed(self, p: str) -> bool:
+        """A contact that remove_contact dropped (its Someone exists, not in Leute.other)."""
+        return self.store.get_head(self._someone_hash(p)) is not None and not self._is_contact(p)
+
+    def _share_membership(self, t: Topic) -> list[dict[str, str]]:
+        """Group topics (groups.py): certify the persons of my own grants that nobody
+        certified yet (I added them); the membership Signatures to grant."""
+        store = self.store
+        have = _groups.members(store, t.channel)
+        granted, _gs = access.grants(store, object=t.hash)
+        if any(p not in have for p in granted):
+            have = _groups.certify(store, t.channel, [p for p in granted if p not in have],
+                                   self.me, self._sign_secret, have)
+        return [{"object": s} for sigs in have.values() for s in sorted(sigs)]
+
+    def _members_changed(self, cids: set[str], emit: bool) -> int:
+        """Membership certificates of these channels arrived: the group topics' participants
+        are read again and the topics shared with them (my posts reach every participant)."""
+        n = 0
+        for cid in cids:
+            info = self._channels.get(cid)
+            t = self._topics.get(info[0]) if info is not None else None
+            if t is None or t.kind != "group":
+                continue
+            if not any(certificates.signatures_for(self.store, c) for c in
+                       certificates.certificates_for(self.store, cid, _groups.MEMBERSHIP)):
+                self._members_pending.add(cid)  # the Signature comes in a later commit
+                continue
+            self._members_pending.discard(cid)
+            with self._lock:
+                t2, _new = self._register_topic(self.store.get_object(t.hash), t.hash)
+                if self.me in t2.participants:
+                    self._share(t2)
+            if emit and t2.participants != t.participants:
+                self._emit("topic", {"topic": t2, "change": "participants"})
+                n += 1
+        return n
 
     def _create_topic(self, topic_id: str, name: str | None) -> Topic:
         store = self.store
@@ -525,7 +573,9 @@ class Chat:
                 t = self._create_topic(tid, name)
             for kw in ({"id": t.channel}, {"object": t.hash}):
                 _grant(self.store, kw, ps)
+            self._share_membership(t)  # certify the new participants
             t, _new = self._register_topic(self.store.get_object(t.hash), t.hash)
+            self._share(t)  # and grant the membership to every participant
         return t
 
     def add_participants(self, topic: Topic | str, persons: Iterable[str]) -> Topic:
@@ -915,7 +965,7 @@ class Chat:
 
     def _topic_arrived(self, obj: dict[str, Any], h: str, *, emit: bool) -> int:
         t, new = self._register_topic(obj, h)
-        if t.kind == "one_to_one" and self.me in t.participants:
+        if self.me in t.participants:
             try:
                 self._share(t)
             except LamaError as e:
@@ -930,11 +980,18 @@ class Chat:
         store = self.store
         n = 0
         heads: list[str] = []
+        members = set(self._members_pending)
         for _seq, h, kind in batch:
             if kind == "object":
                 try:
                     md = store.get(h)
                 except LamaError:
+                    continue
+                if md.startswith(_groups.MEMBERSHIP_PREFIX):
+                    try:
+                        members.add(str(store.get_object(h)["data"]))
+                    except (LamaError, KeyError):
+                        pass
                     continue
                 if not md.startswith('<div itemscope itemtype="//refin.io/Topic"'):
                     continue
@@ -945,6 +1002,8 @@ class Chat:
             elif kind == "head":
                 if h not in heads:
                     heads.append(h)
+        if members:
+            n += self._members_changed(members, emit)
         for cid in heads:
             n += self._channel_moved(cid, emit)
         return n

@@ -1185,9 +1185,18 @@ class ConnectionManager:
             def on_event(kind: str, data: dict[str, Any]) -> None:
                 if kind in ("imported", "full_sync"):
                     peer.last_sync = time.time()
+                    # items: everything the batch stored (objects, ID objects, BLOBs, CLOBs),
+                    # counted against the pass's `listed` total (progress displays)
+                    items = sum(len(data.get(k, ())) for k in ("objects", "id_objects", "blobs",
+                                                               "clobs"))
                     self._emit("sync", peer=c.remote_key.hex(), state=kind,
                                person=c.remote_person,
-                               objects=len(data.get("objects", ())) if kind == "imported" else 0)
+                               objects=len(data.get("objects", ())) if kind == "imported" else 0,
+                               items=items)
+                elif kind == "listed":
+                    self._emit("sync", peer=c.remote_key.hex(), state="listed",
+                               person=c.remote_person,
+                               total=int(data.get("objects", 0)) + int(data.get("streams", 0)))
                 elif kind == "ping":
                     self._on_ping(peer, c, data)
                 elif kind == "error":
@@ -1548,7 +1557,8 @@ class ConnectionManager:
         (``"healthy"`` all connected and answering, ``"degraded"`` some, ``"offline"`` none,
         ``"idle"`` no peers) and ``peers``: per remote instance key ``connected``,
         ``responding``, ``since``, ``last_message``, ``reconnect_attempts``, ``last_error``,
-        ``latency``, ``latency_at``, ``pings``, ``unanswered_for``, ``last_sync``, ``enabled``,
+        ``latency``, ``latency_at``, ``bytes_sent`` (the live connection's), ``pings``,
+        ``unanswered_for``, ``last_sync``, ``enabled``,
         ``person_id``, ``instance_id``. A connection whose ping is overdue (``ping_timeout``)
         is not ``responding`` and not ``active``; its ``latency`` is then how long the ping
         has been out."""
@@ -1580,6 +1590,7 @@ class ConnectionManager:
                 "latency_at": c.latency_at if c else None,
                 "pings": c.pings if c else 0,
                 "unanswered_for": (now - c.ping_waiting) if c and c.ping_waiting else None,
+                "bytes_sent": self._conn_stats(c).get("bytes_sent") if c else None,
                 "last_sync": peer.last_sync,
                 "enabled": peer.enabled,
                 "refused": peer.refused,

@@ -1242,7 +1242,11 @@ impl Importer {
         // Objects first, then only the BLOBs/CLOBs that a verified object references as such:
         // a stream is stored as soon as it ends (before the objects are committed), so a hash
         // listed as "blob" that is really an object must never be fetched as one.
+        let listed = fetch.len();
         pass.texts = fetch.into_iter().filter(|h| matches!(pass.items[h].kind, Kind::Object | Kind::Id)).collect();
+        if listed > 0 {
+            cx.events.push_back(Event::Listed { objects: pass.texts.len(), streams: listed - pass.texts.len() });
+        }
         // a map, not a search per node: a 10,000-post channel lists 10,000 nodes of one ID, and
         // a linear search made this 50 M comparisons (7 % of the importer's CPU, issue 8)
         let mut types: HashMap<(H, H), &str> = HashMap::default();

@@ -120,6 +120,9 @@ impl ChumLog {
 pub enum Event {
     Version { remote: i64, mode: String },
     Imported { objects: Vec<String>, id_objects: Vec<String>, blobs: Vec<String>, clobs: Vec<String> },
+    /// A pass knows what it will fetch (objects and ID objects, BLOBs and CLOBs not stored
+    /// here): the total behind the pass's `imported` events, for progress displays.
+    Listed { objects: usize, streams: usize },
     Merge { id_hash: String, node: String, data_type: String },
     Pending { hash: String, kind: String, reason: String },
     FullSync,
@@ -144,6 +147,7 @@ impl Event {
         match self {
             Event::Version { .. } => "version",
             Event::Imported { .. } => "imported",
+            Event::Listed { .. } => "listed",
             Event::Merge { .. } => "merge",
             Event::Pending { .. } => "pending",
             Event::FullSync => "full_sync",
@@ -164,6 +168,7 @@ impl Event {
             Event::Imported { objects, id_objects, blobs, clobs } => {
                 json!({"objects": objects, "id_objects": id_objects, "blobs": blobs, "clobs": clobs})
             }
+            Event::Listed { objects, streams } => json!({"objects": objects, "streams": streams}),
             Event::Merge { id_hash, node, data_type } => json!({"id_hash": id_hash, "node": node, "data_type": data_type}),
             Event::Pending { hash, kind, reason } => json!({"hash": hash, "kind": kind, "reason": reason}),
             Event::FullSync => json!({}),

@@ -530,6 +530,8 @@ class Importer:
         # would hold the right bytes under the wrong kind for good.
         texts = [it for it in fetch if it.kind in ("object", "id")]
         streams = [it for it in fetch if it.kind in ("blob", "clob")]
+        if fetch:  # the total behind this pass's `imported` events (progress displays)
+            self.emit("listed", {"objects": len(texts), "streams": len(streams)})
         node_ids = {n: id_hash for id_hash, ms in group_missing.items() for n in ms}
         node_types = {g["node"]: g["dataType"] for nodes in groups.values() for g in nodes}
         com = _Committer(self, items, start, node_ids, node_types)
