@@ -265,7 +265,9 @@ def test_catch_up_reads_no_message(tmp_path: Path) -> None:
             a.close()
             b.close()
     assert reads[0] == reads[1], reads
-    assert reads[0] < 60, reads
+    # a constant: the feed's head/id entries, the topics, and the group topic's membership
+    # certificates (docs/chat.md §3.1) -- none of the n messages
+    assert reads[0] < 100, reads
 
 
 def test_group_topic(tmp_path: Path) -> None:
