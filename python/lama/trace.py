@@ -775,15 +775,15 @@ class Tracer:
             for item in entry.get("confirmed") or ():
                 detail = f"item {str(item)[:12]} deleted at the server"
                 for h in self._mb_items.pop(item, ()):
-                    rec = self._recs.get(h)
-                    if rec is None:
+                    got = self._recs.get(h)
+                    if got is None:
                         if h in self._imports:  # the chat event has not come yet
                             self._mb_confirmed[h] = (at, detail)
                         continue
-                    if rec.direction == "in" and rec.add(
-                            "mailbox_confirmed", at, rec.recipients[0] if rec.recipients else None,
+                    if got.direction == "in" and got.add(
+                            "mailbox_confirmed", at, got.recipients[0] if got.recipients else None,
                             detail):
-                        self._changed(rec)
+                        self._changed(got)
             while len(self._mb_confirmed) > _IMPORTS_MAX:
                 self._mb_confirmed.popitem(last=False)
 
