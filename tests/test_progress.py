@@ -24,22 +24,16 @@ from lama._core import core
 from lama.chat import Chat
 from lama.progress import SyncBars, TransferBar, use_bars
 from lama.serve import handle
+from test_app import SECRET, two_apps
 
 pytestmark = pytest.mark.timeout(180)
-SECRET = "progress-secret"
 ESC = "\x1b"
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
 
 async def _two_apps(tmp_path: Path) -> tuple[Any, App, App]:
-    server = await core.comm_server("127.0.0.1", 0)
-    cfg = lambda: AppConfig(comm_server_url=server.url)  # noqa: E731
-    alice = await App.create(tmp_path / "alice", email="alice@example.com", name="Alice",
-                             instance_name="laptop", secret=SECRET, config=cfg())
-    bob = await App.create(tmp_path / "bob", email="bob@example.com", name="Bob",
-                           instance_name="phone", secret=SECRET, config=cfg())
-    await alice.start()
-    await bob.start()
+    """test_app's two started apps, paired."""
+    server, alice, bob = await two_apps(tmp_path)
     await bob.accept(await alice.invite())
     await alice.wait_contact(30)
     return server, alice, bob
