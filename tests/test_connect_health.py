@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_connect_manager import config, make, pair, wait_until
+from test_connect_manager import config, make, note, pair, wait_until
 
 from lama._core import core
-from lama.connect.manager import ROUTE_STOPPED, ConnectionManager
+from lama.connect.manager import ROUTE_STOPPED, UNRESPONSIVE, ConnectionManager
 from lama.errors import NotFoundError
 from lama.identity.instance import Instance
 
@@ -161,6 +161,79 @@ def test_latency_is_pinged_and_a_silent_peer_degrades_health(two: tuple[Instance
             await server.close()
 
     run(main)
+
+
+def test_a_silent_peer_is_closed_and_redialled_with_the_backoff(
+        two: tuple[Instance, Instance]) -> None:
+    """A peer that answers nothing while its TCP connection stays open (the proxy holds every
+    byte) is closed by the manager once its ping has been out ``close_unresponsive_after`` s
+    with nothing received - long before the keepalive's 25 s - with the UNRESPONSIVE reason
+    and the events (health not responding, connection_down with that reason); the peer is
+    then redialled with the backoff (failed dials while it stays silent), and once it answers
+    again the connection is back and syncs."""
+    a, b = two
+
+    async def main() -> None:
+        server = await core.comm_server("127.0.0.1", 0)
+        proxy = FreezingProxy(int(server.url.rsplit(":", 1)[1]))
+        url = await proxy.start()
+        # the keepalive keeps its defaults (20 s / 25 s): only the manager can close in time
+        cfg = config(url, health_check_interval=0.2, ping_timeout=0.5,
+                     close_unresponsive_after=1.5, open_timeout=1.0, retry_delay=0.3,
+                     retry_max_delay=2.0)
+        assert (cfg.keepalive, cfg.dead_after) == (20.0, 25.0)
+        ma, mb = ConnectionManager(a, cfg), ConnectionManager(b, cfg)
+        events: list[tuple[str, dict[str, Any]]] = []
+        ma.subscribe(lambda k, d: events.append((k, d)) if k in (
+            "health", "connection_down", "connection_up") else None)
+        key_b = b.instance_public_key.hex()
+        reason = UNRESPONSIVE.format(1.5)
+        try:
+            await ma.start()
+            await mb.start()
+            await pair(ma, mb)
+            await wait_until(lambda: ma.connection_health()["peers"][key_b]["pings"] >= 1, 10.0,
+                             "an answered ping")
+            events.clear()
+
+            proxy.freeze()
+            t_frozen = time.monotonic()
+            await wait_until(lambda: any(k == "connection_down" for k, _ in events), 10.0,
+                             "the silent peer's connection closed")
+            closed_after = time.monotonic() - t_frozen
+            kinds = [k for k, _ in events]
+            assert kinds[:2] == ["health", "connection_down"], events
+            assert events[0][1]["responding"] is False and events[0][1]["peer"] == key_b
+            down = events[1][1]
+            assert down["peer"] == key_b and down["group"] == "chum"
+            assert down["person"] == b.person_id
+            assert reason in down["reason"], down  # not the keepalive's "No lifesign"
+            assert not ma.connected(b.person_id)
+            p = ma.connection_health()["peers"][key_b]
+            assert not p["connected"] and p["last_error"] is not None
+            assert any(reason in e for e in p["recent_errors"]), p
+            # B's manager sees the same silence from its side and closes too
+            await wait_until(lambda: not mb.connected(a.person_id), 10.0, "B's side closed")
+            # redialled with the backoff: the dials through the frozen proxy fail and count
+            await wait_until(
+                lambda: ma.connection_health()["peers"][key_b]["reconnect_attempts"] >= 2,
+                15.0, "failed redials")
+            assert not ma.connected(b.person_id)
+            print(f"closed {closed_after * 1000:.0f} ms after the freeze")
+
+            proxy.thaw()
+            await wait_until(lambda: ma.connected(b.person_id) and mb.connected(a.person_id),
+                             20.0, "the connection back after the peer answers again")
+            assert "connection_up" in [k for k, _ in events[2:]], events
+            h = note(b, "after the silence", a)
+            await wait_until(lambda: a.store.has(h), 10.0, "a note after the silence")
+        finally:
+            await mb.close()
+            await ma.close()
+            await proxy.close()
+            await server.close()
+
+    run(main, timeout=90.0)
 
 
 def test_pings_off_without_health_checks(two: tuple[Instance, Instance]) -> None:
