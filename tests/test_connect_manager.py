@@ -765,3 +765,62 @@ def test_backoff_gives_up_after_retry_attempts_and_logs_when_asked(
     events = [r for r in caplog.records if r.getMessage().startswith("event ")]
     assert any(r.getMessage() == "event error" and r.levelno == logging.INFO for r in events)
     assert any(r.getMessage() == "event connection_down" for r in events)
+
+
+def test_pairing_and_direction_switches(tmp_path: Path) -> None:
+    """The remaining conn §7.1 switches: ``allow_pairing=False`` refuses a pairing (Go Away,
+    nothing stored), ``pairing_token_lifetime`` is the lifetime of the manager's invitations,
+    ``establish_outgoing=False`` never dials (the peer's connection is the one used),
+    ``no_import`` / ``no_export`` stop one direction of CHUM only."""
+    a, b, c = make(tmp_path, "a"), make(tmp_path, "b"), make(tmp_path, "c")
+
+    async def main() -> None:
+        server = await core.comm_server("127.0.0.1", 0)
+        # A: no pairing at all at first
+        ma = ConnectionManager(a, config(server.url, allow_pairing=False))
+        mb = ConnectionManager(b, config(server.url))
+        mc = ConnectionManager(c, config(server.url, no_export=True))
+        for m in (ma, mb, mc):
+            await m.start()
+        try:
+            before = (a.store.count(), b.store.count())
+            with pytest.raises(LamaError) as e:
+                await mb.accept_invitation(ma.create_invitation())
+            assert e.value.code == "LAMA-REFUSED", e.value
+            assert (a.store.count(), b.store.count()) == before
+            await ma.close()
+            # A: invitations live 0.3 s; A never dials and imports nothing
+            ma = ConnectionManager(a, config(server.url, pairing_token_lifetime=0.3,
+                                             establish_outgoing=False, no_import=True))
+            await ma.start()
+            await ma.wait_online(10.0)
+            late = ma.create_invitation()
+            await asyncio.sleep(0.6)
+            with pytest.raises(LamaError) as e:
+                await mb.accept_invitation(late)
+            # the inviter's refusal, as the invitee sees it (docs/connections.md §3.2)
+            assert e.value.code == "LAMA-PROTO-CLOSED" and "token has expired" in str(e.value)
+            assert (a.store.count(), b.store.count()) == before
+            await pair(ma, mb)
+            [conn] = live_conns(ma)
+            assert not conn.initiator, "A does not dial"
+            assert not [r for e in ma.connections_info() for r in e["routes"]
+                        if r["name"].startswith("OutgoingWebsocketRoute")]
+            to_b, to_a = note(a, "a exports", b), note(b, "a does not import", a)
+            await wait_until(lambda: b.store.has(to_b), 10.0, "A's note at B")
+            # C exports nothing, imports
+            await pair(mb, mc)
+            to_c, from_c = note(b, "c imports", c), note(c, "c does not export", b)
+            await wait_until(lambda: c.store.has(to_c), 10.0, "B's note at C")
+            await asyncio.sleep(1.5)  # several sync passes (sync_interval 1 s)
+            assert not a.store.has(to_a) and not b.store.has(from_c)
+        finally:
+            for m in (ma, mb, mc):
+                await m.close()
+            await server.close()
+
+    try:
+        run(main, timeout=90.0)
+    finally:
+        for i in (a, b, c):
+            i.close()
