@@ -769,7 +769,8 @@ def test_backoff_gives_up_after_retry_attempts_and_logs_when_asked(
 
 def test_pairing_and_direction_switches(tmp_path: Path) -> None:
     """The remaining conn §7.1 switches: ``allow_pairing=False`` refuses a pairing (Go Away,
-    nothing stored), ``pairing_token_lifetime`` is the lifetime of the manager's invitations,
+    nothing stored), ``accept_unknown_instances`` widens the catch-all (an unknown peer is
+    identified before it is refused), ``pairing_token_lifetime`` is the lifetime of the manager's invitations,
     ``establish_outgoing=False`` never dials (the peer's connection is the one used),
     ``no_import`` / ``no_export`` stop one direction of CHUM only."""
     a, b, c = make(tmp_path, "a"), make(tmp_path, "b"), make(tmp_path, "c")
@@ -788,6 +789,28 @@ def test_pairing_and_direction_switches(tmp_path: Path) -> None:
                 await mb.accept_invitation(ma.create_invitation())
             assert e.value.code == "LAMA-REFUSED", e.value
             assert (a.store.count(), b.store.count()) == before
+
+            async def unknown_chum() -> str:
+                """C, unknown to A, asks for `chum`; the reason A closes with."""
+                kc = c.secret_keys("instance")
+                conn = await core.encrypted_connect(server.url, c.instance_public_key,
+                                                    kc.encryption_secret, a.instance_public_key)
+                with pytest.raises(LamaError):
+                    await protocol.initiate(conn, c, "chum", timeout=5.0)
+                    await protocol.synchronise(conn, timeout=5.0)
+                    await conn.recv()
+                return conn.close_reason or ""
+
+            # no catch-all without pairing or accept_unknown_instances: refused at once
+            assert protocol.GO_AWAY in await unknown_chum()
+            await ma.close()
+            # accept_unknown_instances widens the catch-all: identified, then refused as unknown
+            ma = ConnectionManager(a, config(server.url, allow_pairing=False,
+                                             accept_unknown_instances=True))
+            await ma.start()
+            await ma.wait_online(10.0)
+            assert "unknown" in await unknown_chum()
+            assert not a.store.has(c.person_id) and a.store.count() == before[0]
             await ma.close()
             # A: invitations live 0.3 s; A never dials and imports nothing
             ma = ConnectionManager(a, config(server.url, pairing_token_lifetime=0.3,
