@@ -112,9 +112,9 @@ def test_config_defaults_and_checks() -> None:
         ManagerConfig(direct_host="127.0.0.1")
     with pytest.raises(InvalidArgumentError):
         ManagerConfig(pairing_token_lifetime=0)
-    # a silent peer is closed by the manager before the keepalive would (docs/connections.md
-    # §3.3 "Health"), never before its ping is overdue
-    assert c.ping_timeout < c.close_unresponsive_after < c.dead_after
+    # a silent socket is the keepalive's; the manager closes a peer whose CHUM stays deaf
+    # (docs/connections.md §3.3 "Health"), never before its ping is overdue
+    assert c.ping_timeout < c.dead_after < c.close_unresponsive_after
     with pytest.raises(InvalidArgumentError):
         ManagerConfig(close_unresponsive_after=-1)
     assert ManagerConfig(close_unresponsive_after=0).close_unresponsive_after == 0

@@ -82,8 +82,8 @@ ROUTE_DISABLED = "Route is disabled"
 ROUTE_STOPPED = "Corresponding route was stopped"
 UNKNOWN_PEER = "Error: Unable to start chum because you are unknown"
 SHUTDOWN = "Connection manager shut down"
-# lama's close of a connection whose peer went silent: a CHUM ping unanswered and no frame at
-# all received for close_unresponsive_after seconds (docs/connections.md §3.3 "Health")
+# lama's close of a connection whose peer stopped answering: a CHUM ping unanswered and no
+# message received for close_unresponsive_after seconds (docs/connections.md §3.3 "Health")
 UNRESPONSIVE = "Ping: the peer did not answer for {:g} s"
 
 GROUPS = ("chum", "pairing", "debug")
@@ -125,11 +125,13 @@ class ManagerConfig:
     health_checks: bool = True            # sample statistics, ping every CHUM connection
     health_check_interval: float = 5.0    # ... this often (the ping: ChumSession.ping_interval)
     ping_timeout: float = 10.0            # a ping unanswered this long: peer not responding
-    close_unresponsive_after: float = 15.0  # a ping unanswered this long while nothing at all
-                                          # arrived (no frame, no keepalive) closes the
+    close_unresponsive_after: float = 60.0  # a ping unanswered this long while no message
+                                          # (keepalives aside) arrived for as long closes the
                                           # connection (UNRESPONSIVE) and the peer is redialled
-                                          # with the backoff; 0 = only report it (the
-                                          # keepalive's dead_after still closes it)
+                                          # with the backoff: a peer that keeps its socket
+                                          # alive but whose CHUM is deaf; 0 = only report it.
+                                          # Longer than dead_after: a silent socket is the
+                                          # keepalive's (docs/connections.md §3.3 "Health")
     sync_interval: float = 5.0            # CHUM keep-running roots poll (ChumSession.poll_interval)
     sync_start_gap: float = 0.05          # gap between the peer's `synchronisation` and our
                                           # first CHUM request (conn §5.5 observed)
@@ -220,9 +222,10 @@ class _Conn:
     pings: int = 0                          # answered pings (docs/chum-session.md "Ping")
     ping_waiting: float | None = None       # monotonic send time of a ping overdue now
     last_message: float | None = None       # epoch seconds of the last input seen
-    input_at: float | None = None           # monotonic time the last input was seen
-    sampled_at: float | None = None         # monotonic time bytes_received was last read
+    active_at: float | None = None          # monotonic time a message last arrived
+    sampled_at: float | None = None         # monotonic time the counters were last read
     bytes_received: int = 0
+    messages_received: int = 0
     silence_task: asyncio.Task[Any] | None = None  # watches an overdue ping (UNRESPONSIVE)
     unresponsive: bool = False              # closed by the manager as not responding
     task: asyncio.Task[Any] | None = None
@@ -1520,40 +1523,47 @@ class ConnectionManager:
             self._emit("health", peer=c.remote_key.hex(), person=c.remote_person,
                        responding=True, latency=c.latency)
 
-    def _input_seen(self, c: _Conn) -> bool:
-        """Note whether input arrived on ``c`` since the last look (its wire byte count grew:
-        any frame, a keepalive too); True if it did."""
+    def _traffic_seen(self, c: _Conn) -> bool:
+        """Sample ``c``'s counters: ``last_message`` when wire bytes arrived (a keepalive too);
+        True (and ``active_at``) if an application message arrived since the last look - a
+        CHUM request, answer or BLOB chunk; keepalives are no messages."""
         with contextlib.suppress(Exception):
-            n = c.conn.stats().get("bytes_received", 0)
+            st = c.conn.stats()
             c.sampled_at = time.monotonic()
-            if n != c.bytes_received:
-                c.bytes_received = n
+            n_bytes, n_msgs = st.get("bytes_received", 0), st.get("messages_received", 0)
+            if n_bytes != c.bytes_received:
+                c.bytes_received = n_bytes
                 c.last_message = time.time()
-                c.input_at = c.sampled_at
+            if n_msgs != c.messages_received:
+                c.messages_received = n_msgs
+                c.active_at = c.sampled_at
                 return True
         return False
 
     async def _watch_silence(self, peer: _Peer, c: _Conn) -> None:
         """A ping of ``c`` is overdue: close the connection once the ping has been out
-        ``close_unresponsive_after`` s *and* nothing at all arrived for as long, then the peer
-        is redialled with the backoff (``_release``). Input (a CHUM frame, a keepalive) is a
-        lifesign as for the keepalive of conn §2.5, so a peer that is busy sending us a large
-        message, whose answer is queued behind it, is not cut off; the keepalive still closes
-        a connection silent for ``dead_after``."""
+        ``close_unresponsive_after`` s *and* no message arrived for as long, then the peer is
+        redialled with the backoff (``_release``). A message is a lifesign, so a peer busy
+        sending us a large BLOB, its answer queued behind it, is kept; keepalives are not:
+        this is for the peer whose socket and keepalive live on while its CHUM answers
+        nothing, which the keepalive never closes (a socket silent for ``dead_after`` is the
+        keepalive's, conn §2.5). What it cannot see: our own ping waiting behind what we
+        queued (socket buffers of megabytes on a slow link) - hence a default well above the
+        time a link needs to drain them (docs/connections.md §3.3 "Health")."""
         limit = self.config.close_unresponsive_after
         step = min(max(limit / 8, 0.02), 1.0)
         last_sample = c.sampled_at
-        if self._input_seen(c) and last_sample is not None:
-            # it arrived after the last sample (a health interval ago at most): a silence that
+        if self._traffic_seen(c) and last_sample is not None:
+            # it moved after the last sample (a health interval ago at most): a silence that
             # began before the ping went out is not counted again from now
-            c.input_at = last_sample
+            c.active_at = last_sample
         while not c.closed and c.ping_waiting is not None:
             now = time.monotonic()
-            quiet_since = max(c.ping_waiting, c.input_at or 0.0)
+            quiet_since = max(c.ping_waiting, c.active_at or 0.0)
             if now - quiet_since >= limit:
                 break
             await asyncio.sleep(min(step, quiet_since + limit - now))
-            self._input_seen(c)
+            self._traffic_seen(c)
         else:
             return  # answered, or closed meanwhile
         if peer.active.get(c.group) is not c:
@@ -1583,7 +1593,7 @@ class ConnectionManager:
                 self._set_online(comm[0].state == "listening")
         for peer in self._peers.values():
             for c in peer.active.values():
-                self._input_seen(c)
+                self._traffic_seen(c)
 
     def _conn_stats(self, c: _Conn) -> dict[str, Any]:
         st: dict[str, Any] = {}
