@@ -22,8 +22,15 @@ import sys
 import time
 
 from lama import access
+from lama.connect import contacts
 from lama.connect.manager import ConnectionManager, ManagerConfig
 from lama.identity.instance import Instance
+
+
+def _profile_versions(inst: Instance, person: str) -> int:
+    """How many Profile objects (versions) name one of ``person``'s endpoints."""
+    return len({p for h, _ in contacts.endpoints_of_person(inst.store, person)
+                for p in inst.store.referencing(h, "Profile")})
 
 
 def out(**kw: object) -> None:
@@ -72,7 +79,12 @@ async def main() -> None:
                     out(event="got", hash=h, ms=round((time.monotonic() - t0) * 1000))
             if not pending and args.expect:
                 out(event="done", endpoints=len(manager.known_endpoints()),
-                    connections=len([i for i in manager.connections_info() if i["isConnected"]]))
+                    connections=len([i for i in manager.connections_info() if i["isConnected"]]),
+                    # the contact's stored OneInstanceEndpoint objects and Profile versions:
+                    # reconnecting must not add any
+                    endpoint_objects=len(contacts.endpoints_of_person(inst.store, args.to))
+                    if args.to else None,
+                    profiles=_profile_versions(inst, args.to) if args.to else None)
                 args.expect = []
                 if args.exit_when_done:
                     return

@@ -13,10 +13,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_connect_manager import config, make, pair, wait_until
+from test_connect_manager import config, make, note, pair, wait_until
 
+from lama import access
 from lama._core import core
-from lama.connect.manager import ROUTE_STOPPED, ConnectionManager
+from lama.connect import protocol
+from lama.connect.manager import ROUTE_STOPPED, UNRESPONSIVE, ConnectionManager
 from lama.errors import NotFoundError
 from lama.identity.instance import Instance
 
@@ -28,6 +30,7 @@ class FreezingProxy:
 
     def __init__(self, port: int) -> None:
         self.upstream = port
+        self.rate: float | None = None  # bytes/s per direction of each connection, None = any
         self.flowing = asyncio.Event()
         self.flowing.set()
         self.tasks: set[asyncio.Task[Any]] = set()
@@ -51,12 +54,14 @@ class FreezingProxy:
     async def _pump(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
         try:
             while True:
-                data = await r.read(65536)
+                data = await r.read(65536 if self.rate is None else 4096)
                 if not data:
                     break
                 await self.flowing.wait()
                 w.write(data)
                 await w.drain()
+                if self.rate is not None:
+                    await asyncio.sleep(len(data) / self.rate)  # throttled: a slow link
         except (OSError, asyncio.CancelledError):
             pass
         finally:
@@ -161,6 +166,193 @@ def test_latency_is_pinged_and_a_silent_peer_degrades_health(two: tuple[Instance
             await server.close()
 
     run(main)
+
+
+def test_a_silent_peer_is_closed_and_redialled_with_the_backoff(
+        two: tuple[Instance, Instance]) -> None:
+    """A peer that answers nothing while its TCP connection stays open (the proxy holds every
+    byte) is closed by the manager once its ping has been out ``close_unresponsive_after`` s
+    with nothing received - long before the keepalive's 25 s - with the UNRESPONSIVE reason
+    and the events (health not responding, connection_down with that reason); the peer is
+    then redialled with the backoff (failed dials while it stays silent), and once it answers
+    again the connection is back and syncs."""
+    a, b = two
+
+    async def main() -> None:
+        server = await core.comm_server("127.0.0.1", 0)
+        proxy = FreezingProxy(int(server.url.rsplit(":", 1)[1]))
+        url = await proxy.start()
+        # the keepalive keeps its defaults (20 s / 25 s): only the manager can close in time
+        cfg = config(url, health_check_interval=0.2, ping_timeout=0.5,
+                     close_unresponsive_after=1.5, open_timeout=1.0, retry_delay=0.3,
+                     retry_max_delay=2.0)
+        assert (cfg.keepalive, cfg.dead_after) == (20.0, 25.0)
+        ma, mb = ConnectionManager(a, cfg), ConnectionManager(b, cfg)
+        events: list[tuple[str, dict[str, Any]]] = []
+        ma.subscribe(lambda k, d: events.append((k, d)) if k in (
+            "health", "connection_down", "connection_up") else None)
+        key_b = b.instance_public_key.hex()
+        reason = UNRESPONSIVE.format(1.5)
+        try:
+            await ma.start()
+            await mb.start()
+            await pair(ma, mb)
+            await wait_until(lambda: ma.connection_health()["peers"][key_b]["pings"] >= 1, 10.0,
+                             "an answered ping")
+            events.clear()
+
+            proxy.freeze()
+            t_frozen = time.monotonic()
+            await wait_until(lambda: any(k == "connection_down" for k, _ in events), 10.0,
+                             "the silent peer's connection closed")
+            closed_after = time.monotonic() - t_frozen
+            kinds = [k for k, _ in events]
+            assert kinds[:2] == ["health", "connection_down"], events
+            assert events[0][1]["responding"] is False and events[0][1]["peer"] == key_b
+            down = events[1][1]
+            assert down["peer"] == key_b and down["group"] == "chum"
+            assert down["person"] == b.person_id
+            assert reason in down["reason"], down  # not the keepalive's "No lifesign"
+            assert not ma.connected(b.person_id)
+            p = ma.connection_health()["peers"][key_b]
+            assert not p["connected"] and p["last_error"] is not None
+            assert any(reason in e for e in p["recent_errors"]), p
+            # B's manager sees the same silence from its side and closes too
+            await wait_until(lambda: not mb.connected(a.person_id), 10.0, "B's side closed")
+            # redialled with the backoff: the dials through the frozen proxy fail and count
+            await wait_until(
+                lambda: ma.connection_health()["peers"][key_b]["reconnect_attempts"] >= 2,
+                15.0, "failed redials")
+            assert not ma.connected(b.person_id)
+            print(f"closed {closed_after * 1000:.0f} ms after the freeze")
+
+            proxy.thaw()
+            await wait_until(lambda: ma.connected(b.person_id) and mb.connected(a.person_id),
+                             20.0, "the connection back after the peer answers again")
+            assert "connection_up" in [k for k, _ in events[2:]], events
+            h = note(b, "after the silence", a)
+            await wait_until(lambda: a.store.has(h), 10.0, "a note after the silence")
+        finally:
+            await mb.close()
+            await ma.close()
+            await proxy.close()
+            await server.close()
+
+    run(main, timeout=90.0)
+
+
+def test_a_peer_whose_chum_is_deaf_is_closed_though_its_keepalives_arrive(
+        two: tuple[Instance, Instance]) -> None:
+    """What the keepalive never closes: B's connection stays alive (its keepalives arrive
+    every 0.3 s) but nothing answers A's CHUM requests. A closes it after
+    close_unresponsive_after with the UNRESPONSIVE reason, which B sees."""
+    a, b = two
+
+    async def main() -> None:
+        server = await core.comm_server("127.0.0.1", 0)
+        cfg = config(server.url, health_check_interval=0.2, ping_timeout=0.5,
+                     close_unresponsive_after=1.5)
+        ma, mb = ConnectionManager(a, cfg), ConnectionManager(b, cfg)
+        downs: list[dict[str, Any]] = []
+        ma.subscribe(lambda k, d: downs.append(d) if k == "connection_down" else None)
+        conn = None
+        try:
+            await ma.start()
+            await mb.start()
+            await pair(ma, mb)
+            await mb.close()  # B's manager is gone; B dials A by hand and then plays deaf
+            await wait_until(lambda: not ma.connected(b.person_id), 10.0, "A sees B leave")
+            downs.clear()
+            kb = b.secret_keys("instance")
+            conn = await core.encrypted_connect(server.url, b.instance_public_key,
+                                                kb.encryption_secret, a.instance_public_key,
+                                                keepalive=0.3)
+            await protocol.initiate(conn, b, "chum", expected_person=a.person_id,
+                                    expected_instance=a.instance_id, timeout=5.0)
+            await protocol.synchronise(conn, timeout=5.0)
+            await wait_until(lambda: ma.connected(b.person_id), 10.0, "A takes the connection")
+            sent = conn.stats()["messages_sent"]
+
+            async def deaf() -> None:
+                while await conn.recv() is not None:
+                    pass  # A's CHUM requests and pings: never answered
+
+            reader = asyncio.ensure_future(deaf())
+            await wait_until(lambda: bool(downs), 15.0, "A to close the deaf connection")
+            await asyncio.wait_for(reader, 10.0)
+            assert UNRESPONSIVE.format(1.5) in downs[0]["reason"], downs
+            assert UNRESPONSIVE.format(1.5) in (conn.close_reason or ""), conn.close_reason
+            st = conn.stats()
+            # B sent no message after the synchronisation, only keepalives (wire bytes)
+            assert st["messages_sent"] == sent
+            assert st["bytes_sent"] > 0 and "Keepalive" not in (conn.close_reason or "")
+        finally:
+            if conn is not None:
+                await conn.close()
+            await mb.close()
+            await ma.close()
+            await server.close()
+
+    run(main, timeout=60.0)
+
+
+def test_a_peer_busy_sending_is_not_closed_for_a_late_ping(
+        two: tuple[Instance, Instance]) -> None:
+    """The other side of close_unresponsive_after: over a slow link (the proxy passes 256 KB/s)
+    B sends A a 4 MiB BLOB; B's answers to A's pings queue behind the BLOB's chunks and come
+    seconds late (longer than A's close_unresponsive_after), but messages keep arriving - a
+    lifesign - so A keeps the connection and the BLOB arrives over it. (B, the sender, only
+    reports: its own pings wait behind the BLOB it queued, which no counter shows - why the
+    default limit is far above such drain times, docs/connections.md §3.3.)"""
+    a, b = two
+
+    async def main() -> None:
+        server = await core.comm_server("127.0.0.1", 0)
+        proxy = FreezingProxy(int(server.url.rsplit(":", 1)[1]))
+        url = await proxy.start()
+        cfg = config(url, health_check_interval=0.2, ping_timeout=0.5,
+                     close_unresponsive_after=1.5)
+        ma = ConnectionManager(a, cfg)
+        mb = ConnectionManager(b, config(url, health_check_interval=0.2, ping_timeout=0.5,
+                                         close_unresponsive_after=0))
+        events: list[tuple[str, dict[str, Any]]] = []
+        ma.subscribe(lambda k, d: events.append((k, d)) if k in (
+            "health", "connection_down", "connection_up") else None)
+        key_b = b.instance_public_key.hex()
+        longest = 0.0
+        try:
+            await ma.start()
+            await mb.start()
+            await pair(ma, mb)
+            events.clear()
+            big = bytes(range(256)) * (4 * 4096)  # 4 MiB
+            blob, _ = b.store.put_blob(big)
+            [(desc, _, _)] = b.store.put_objects([{
+                "$type$": "BlobDescriptor", "data": blob, "lastModified": 1767225600000,
+                "name": "big.bin", "size": len(big), "type": "application/octet-stream"}])
+            proxy.rate = 256_000
+            access.grant(b.store, object=desc, persons=[a.person_id])
+            deadline = time.monotonic() + 60
+            while not a.store.has(blob):
+                assert time.monotonic() < deadline, "the BLOB did not arrive within 60 s"
+                longest = max(longest, ma.connection_health()["peers"][key_b][
+                    "unanswered_for"] or 0.0)
+                await asyncio.sleep(0.05)
+            assert a.store.read_blob(blob) == big
+            # the pings were late beyond the limit, and the connection stayed all along
+            assert longest > 1.5 + 0.5, longest
+            assert [d["responding"] for k, d in events if k == "health"][:1] == [False], events
+            assert not [d for k, d in events if k == "connection_down"], events
+            assert ma.connected(b.person_id)
+            print(f"a ping answered after {longest:.1f} s; connection kept")
+        finally:
+            proxy.rate = None
+            await mb.close()
+            await ma.close()
+            await proxy.close()
+            await server.close()
+
+    run(main, timeout=120.0)
 
 
 def test_pings_off_without_health_checks(two: tuple[Instance, Instance]) -> None:

@@ -10,6 +10,9 @@ unknown person leave nothing behind; connections_info / connection_health."""
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
+import re
 import time
 from pathlib import Path
 from typing import Any, Awaitable, Callable, TypeVar
@@ -109,6 +112,12 @@ def test_config_defaults_and_checks() -> None:
         ManagerConfig(direct_host="127.0.0.1")
     with pytest.raises(InvalidArgumentError):
         ManagerConfig(pairing_token_lifetime=0)
+    # a silent socket is the keepalive's; the manager closes a peer whose CHUM stays deaf
+    # (docs/connections.md §3.3 "Health"), never before its ping is overdue
+    assert c.ping_timeout < c.dead_after < c.close_unresponsive_after
+    with pytest.raises(InvalidArgumentError):
+        ManagerConfig(close_unresponsive_after=-1)
+    assert ManagerConfig(close_unresponsive_after=0).close_unresponsive_after == 0
 
 
 def test_pair_then_chum_both_ways(two: tuple[Instance, Instance]) -> None:
@@ -431,10 +440,70 @@ def test_disabled_person_survives_a_restart(two: tuple[Instance, Instance]) -> N
     run(main)
 
 
+def test_route_group_switch_survives_a_restart(two: tuple[Instance, Instance]) -> None:
+    """enable_connection_group is persisted (connections.json ``disabledGroups``,
+    docs/connections.md §3.3): after A's manager and instance are closed and reopened, A's
+    `chum` group with B is still off - A does not dial B and refuses its connections with
+    ``Route is disabled`` - the person stays enabled; switching it on again is persisted
+    too."""
+    a, b = two
+    a_path = a.path
+    key_b = b.instance_public_key.hex()
+
+    async def main() -> None:
+        nonlocal a
+        server = await core.comm_server("127.0.0.1", 0)
+        ma = ConnectionManager(a, config(server.url))
+        mb = ConnectionManager(b, config(server.url))
+        await ma.start()
+        await mb.start()
+        try:
+            await pair(ma, mb)
+            [entry] = [e for e in ma.connections_info() if e["protocolName"] == "chum"]
+            await ma.enable_connection_group(entry["id"], False)
+            assert ma.disabled_groups == {key_b: ["chum"]}
+            saved = json.loads((Path(a_path) / "connections.json").read_text())
+            assert saved == {"disabledPersons": [], "disabledGroups": {key_b: ["chum"]}}
+            await ma.close()
+            a.close()
+            a = Instance.open(a_path, SECRET)
+            ma = ConnectionManager(a, config(server.url))
+            assert ma.disabled_groups == {key_b: ["chum"]} and ma.is_enabled(b.person_id)
+            await ma.start()
+            h = note(a, "not while the group is off", b)
+            await asyncio.sleep(1.5)  # B keeps dialling and is refused; A does not dial
+            assert not ma.connected(b.person_id) and not mb.connected(a.person_id)
+            assert not b.store.has(h)
+            [entry] = [e for e in ma.connections_info() if e["protocolName"] == "chum"]
+            assert entry["id"].endswith(", groupId: chum") and not entry["enabled"]
+            assert not any(r["enabled"] for r in entry["routes"])
+            errors = mb.connection_health()["peers"][a.instance_public_key.hex()]["recent_errors"]
+            assert any("Route is disabled" in e for e in errors), errors
+            await ma.enable_connection_group(entry["id"], True)
+            assert ma.disabled_groups == {}
+            await wait_until(lambda: b.store.has(h), 10.0, "the note after the group is on")
+            # switching it on is persisted as well
+            await ma.close()
+            ma = ConnectionManager(a, config(server.url))
+            assert ma.disabled_groups == {}
+            assert json.loads((Path(a_path) / "connections.json").read_text())[
+                "disabledGroups"] == {}
+        finally:
+            await ma.close()
+            await mb.close()
+            await server.close()
+
+    run(main)
+
+
 def test_damaged_connection_settings_are_an_error(two: tuple[Instance, Instance]) -> None:
     a, _ = two
     path = Path(a.path) / "connections.json"
-    for text in ("{not json", '{"disabledPersons": "x"}', '{"disabledPersons": ["ABC"]}'):
+    for text in ("{not json", '{"disabledPersons": "x"}', '{"disabledPersons": ["ABC"]}',
+                 '{"disabledPersons": [], "disabledGroups": []}',
+                 '{"disabledPersons": [], "disabledGroups": {"ab": ["chum"]}}',
+                 '{"disabledPersons": [], "disabledGroups": {"%s": "chum"}}' % ("a" * 64),
+                 '{"disabledPersons": [], "disabledGroups": {"%s": [1]}}' % ("a" * 64)):
         path.write_text(text)
         with pytest.raises(StoreError) as e:
             ConnectionManager(a, config("ws://127.0.0.1:1"))
@@ -638,3 +707,143 @@ def test_the_first_endpoint_scan_reads_no_message(tmp_path: Path) -> None:
             c.close()
             c.instance.close()
     assert reads[0] == reads[1], reads
+
+
+def test_backoff_gives_up_after_retry_attempts_and_logs_when_asked(
+        two: tuple[Instance, Instance], caplog: pytest.LogCaptureFixture) -> None:
+    """conn §7.1/§7.4 options: a peer that cannot be reached (its comm server is gone) is
+    redialled with the jittered exponential backoff - each wait within [0.5, 1) of
+    ``retry_delay * 2^(n-1)`` bounded by ``retry_max_delay`` - and with ``retry_attempts``
+    the manager gives up after that many failures (event ``error``) and dials no more until
+    the person is enabled again; ``diagnostics`` logs every connection step and
+    ``event_logging`` every event at INFO."""
+    a, b = two
+    caplog.set_level(logging.INFO, logger="lama.connect.manager")
+
+    async def main() -> None:
+        server = await core.comm_server("127.0.0.1", 0)
+        cfg_a = config(server.url, retry_attempts=4, retry_delay=0.2, retry_max_delay=0.5,
+                       diagnostics=True, event_logging=True)
+        ma = ConnectionManager(a, cfg_a)
+        mb = ConnectionManager(b, config(server.url))
+        errors: list[dict[str, Any]] = []
+        ma.subscribe(lambda k, d: errors.append(d) if k == "error" else None)
+        key_b = b.instance_public_key.hex()
+        try:
+            await ma.start()
+            await mb.start()
+            await pair(ma, mb)
+            await mb.close()
+            await server.close()  # B's url now refuses every connection
+            await wait_until(lambda: bool(errors), 20.0, "A to give up")
+            assert len(errors) == 1 and errors[0]["peer"] == key_b, errors
+            assert errors[0]["message"].startswith("giving up after 4 attempts: "), errors
+            p = ma.connection_health()["peers"][key_b]
+            assert p["reconnect_attempts"] == 4 and len(p["recent_errors"]) == 4, p
+            assert not p["connected"]
+            await asyncio.sleep(1.0)  # more than the longest backoff: no fifth attempt
+            assert ma.connection_health()["peers"][key_b]["reconnect_attempts"] == 4
+            # enabling the person again restarts the dialling at once
+            await ma.enable_person(b.person_id)
+            await wait_until(
+                lambda: ma.connection_health()["peers"][key_b]["reconnect_attempts"] >= 1
+                and len(errors) == 2, 20.0, "a new round of attempts")
+        finally:
+            await ma.close()
+            await mb.close()
+
+    run(main)
+    waits = [float(m.group(2)) for r in caplog.records
+             if (m := re.search(r"failed \(.*\), attempt (\d+), retry in ([0-9.]+)s",
+                                r.getMessage())) and r.levelno == logging.INFO]
+    attempts = [int(m.group(1)) for r in caplog.records
+                if (m := re.search(r"failed \(.*\), attempt (\d+), retry in", r.getMessage()))]
+    assert attempts[:4] == [1, 2, 3, 4], attempts
+    for n, w in zip(attempts[:4], waits[:4]):
+        base = min(0.5, 0.2 * 2 ** (n - 1))
+        assert 0.5 * base - 0.01 <= w < base + 0.01, (n, w)
+    events = [r for r in caplog.records if r.getMessage().startswith("event ")]
+    assert any(r.getMessage() == "event error" and r.levelno == logging.INFO for r in events)
+    assert any(r.getMessage() == "event connection_down" for r in events)
+
+
+def test_pairing_and_direction_switches(tmp_path: Path) -> None:
+    """The remaining conn §7.1 switches: ``allow_pairing=False`` refuses a pairing (Go Away,
+    nothing stored), ``accept_unknown_instances`` widens the catch-all (an unknown peer is
+    identified before it is refused), ``pairing_token_lifetime`` is the lifetime of the manager's invitations,
+    ``establish_outgoing=False`` never dials (the peer's connection is the one used),
+    ``no_import`` / ``no_export`` stop one direction of CHUM only."""
+    a, b, c = make(tmp_path, "a"), make(tmp_path, "b"), make(tmp_path, "c")
+
+    async def main() -> None:
+        server = await core.comm_server("127.0.0.1", 0)
+        # A: no pairing at all at first
+        ma = ConnectionManager(a, config(server.url, allow_pairing=False))
+        mb = ConnectionManager(b, config(server.url))
+        mc = ConnectionManager(c, config(server.url, no_export=True))
+        for m in (ma, mb, mc):
+            await m.start()
+        try:
+            before = (a.store.count(), b.store.count())
+            with pytest.raises(LamaError) as e:
+                await mb.accept_invitation(ma.create_invitation())
+            assert e.value.code == "LAMA-REFUSED", e.value
+            assert (a.store.count(), b.store.count()) == before
+
+            async def unknown_chum() -> str:
+                """C, unknown to A, asks for `chum`; the reason A closes with."""
+                kc = c.secret_keys("instance")
+                conn = await core.encrypted_connect(server.url, c.instance_public_key,
+                                                    kc.encryption_secret, a.instance_public_key)
+                with pytest.raises(LamaError):
+                    await protocol.initiate(conn, c, "chum", timeout=5.0)
+                    await protocol.synchronise(conn, timeout=5.0)
+                    await conn.recv()
+                return conn.close_reason or ""
+
+            # no catch-all without pairing or accept_unknown_instances: refused at once
+            assert protocol.GO_AWAY in await unknown_chum()
+            await ma.close()
+            # accept_unknown_instances widens the catch-all: identified, then refused as unknown
+            ma = ConnectionManager(a, config(server.url, allow_pairing=False,
+                                             accept_unknown_instances=True))
+            await ma.start()
+            await ma.wait_online(10.0)
+            assert "unknown" in await unknown_chum()
+            assert not a.store.has(c.person_id) and a.store.count() == before[0]
+            await ma.close()
+            # A: invitations live 0.3 s; A never dials and imports nothing
+            ma = ConnectionManager(a, config(server.url, pairing_token_lifetime=0.3,
+                                             establish_outgoing=False, no_import=True))
+            await ma.start()
+            await ma.wait_online(10.0)
+            late = ma.create_invitation()
+            await asyncio.sleep(0.6)
+            with pytest.raises(LamaError) as e:
+                await mb.accept_invitation(late)
+            # the inviter's refusal, as the invitee sees it (docs/connections.md §3.2)
+            assert e.value.code == "LAMA-PROTO-CLOSED" and "token has expired" in str(e.value)
+            assert (a.store.count(), b.store.count()) == before
+            await pair(ma, mb)
+            [conn] = live_conns(ma)
+            assert not conn.initiator, "A does not dial"
+            assert not [r for e in ma.connections_info() for r in e["routes"]
+                        if r["name"].startswith("OutgoingWebsocketRoute")]
+            to_b, to_a = note(a, "a exports", b), note(b, "a does not import", a)
+            await wait_until(lambda: b.store.has(to_b), 10.0, "A's note at B")
+            # C exports nothing, imports
+            await pair(mb, mc)
+            to_c, from_c = note(b, "c imports", c), note(c, "c does not export", b)
+            await wait_until(lambda: c.store.has(to_c), 10.0, "B's note at C")
+            await asyncio.sleep(1.5)  # several sync passes (sync_interval 1 s)
+            assert not a.store.has(to_a) and not b.store.has(from_c)
+        finally:
+            for m in (ma, mb, mc):
+                await m.close()
+            await server.close()
+
+    try:
+        run(main, timeout=90.0)
+    finally:
+        for i in (a, b, c):
+            i.close()

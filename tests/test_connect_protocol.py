@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from connect_util import CF, PEER_A, PEER_B, TRANSCRIPT, make, make_a, make_b, pair, run, store_dump
+from connect_util import (CF, PEER_A, PEER_B, SECRET, TRANSCRIPT, make, make_a, make_b, pair, run,
+                          store_dump)
 
 from lama._core import core
 from lama.connect import contacts, protocol
@@ -339,6 +340,31 @@ def test_known_person_with_its_key_is_known(tmp_path: Path) -> None:
         assert isinstance(rb, AuthenticationError) and rb.code == "EP-KEYMISSMATCH"
         ra, rb, _, _ = _both(a, b, "chum", lambda g: True, i_kw={"check_known_keys": False})
         assert isinstance(rb, protocol.PeerIdentity) and rb.known is False
+
+
+def test_known_key_check_finds_an_endpoint_stored_before_the_maps_existed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An endpoint stored in an instance whose store never had lama.connect's reverse maps (an
+    instance made by a lama that enabled them on first use only, the endpoint imported by CHUM
+    before lama.connect ever ran there) is found by the known-key check after the instance is
+    opened again: Instance.open enables the maps, and enabling indexes what is stored."""
+    with monkeypatch.context() as m:
+        # the older lama: Instance.create did not enable the OneInstanceEndpoint maps
+        m.setattr(contacts, "enable_reverse_maps", lambda store: None)
+        a = make(tmp_path, "a")
+        b = make(tmp_path, "b")
+        other_pk, _ = core.box_keypair()
+        _record_endpoint(a, b, other_pk)
+        assert a.store.referencing(b.person_id, "OneInstanceEndpoint") == []
+        a_path = a.path
+        a.close()
+    with b, Instance.open(a_path, SECRET) as a:
+        assert len(contacts.endpoints_of_person(a.store, b.person_id)) == 1
+        before = store_dump(a)
+        ra, rb, ta, tb = _both(a, b, "chum", lambda g: True)
+        assert isinstance(ra, AuthenticationError) and ra.code == "EP-KEYMISSMATCH", ra
+        assert ta.close_reason == protocol.KEY_MISMATCH
+        assert store_dump(a) == before
 
 
 class Liar:

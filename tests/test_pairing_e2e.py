@@ -198,6 +198,8 @@ def test_invite_accept_then_sync_kill_and_restart(tmp_path: Path) -> None:
         t1 = time.monotonic()
         pb.event("got", 30)
         pa.event("got", 30)
+        first_b = pb.event("done", 10)
+        assert first_b["endpoint_objects"] == 1 and first_b["profiles"] >= 1, first_b
         print(f"two processes: notes both ways after {(time.monotonic() - t1) * 1000:.0f} ms")
 
         # kill -9 the comm server and B; restart the server, then B with a new note
@@ -209,7 +211,10 @@ def test_invite_accept_then_sync_kill_and_restart(tmp_path: Path) -> None:
         t2 = time.monotonic()
         pb2 = peer(tmp_path, "b", url, "--write", "b2", "--to", a["person_id"], "--expect", ha1)
         procs.append(pb2)
-        assert pb2.event("done", 30)["endpoints"] == 1  # A's note was there already
+        done_b = pb2.event("done", 30)
+        assert done_b["endpoints"] == 1  # A's note was there already
+        # no duplicate contact objects after the restarts
+        assert (done_b["endpoint_objects"], done_b["profiles"]) == (1, first_b["profiles"])
         pb2.event("connected", 30)
         got = pa.event("got", 30)
         assert got["hash"] == hb2
@@ -217,6 +222,7 @@ def test_invite_accept_then_sync_kill_and_restart(tmp_path: Path) -> None:
         print(f"comm server and B killed and restarted: sync resumed after "
               f"{(time.monotonic() - t2) * 1000:.0f} ms")
         assert done["endpoints"] == 1 and done["connections"] == 1  # no duplicate contact
+        assert done["endpoint_objects"] == 1, done
         pb2.p.terminate()
         assert pb2.p.wait(20) == 0, pb2.stderr()
         pa.p.terminate()

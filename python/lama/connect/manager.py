@@ -82,6 +82,9 @@ ROUTE_DISABLED = "Route is disabled"
 ROUTE_STOPPED = "Corresponding route was stopped"
 UNKNOWN_PEER = "Error: Unable to start chum because you are unknown"
 SHUTDOWN = "Connection manager shut down"
+# lama's close of a connection whose peer stopped answering: a CHUM ping unanswered and no
+# message received for close_unresponsive_after seconds (docs/connections.md §3.3 "Health")
+UNRESPONSIVE = "Ping: the peer did not answer for {:g} s"
 
 GROUPS = ("chum", "pairing", "debug")
 QUICK_RETRIES = 3  # refusals retried after refused_retry_delay before the backoff applies
@@ -122,6 +125,13 @@ class ManagerConfig:
     health_checks: bool = True            # sample statistics, ping every CHUM connection
     health_check_interval: float = 5.0    # ... this often (the ping: ChumSession.ping_interval)
     ping_timeout: float = 10.0            # a ping unanswered this long: peer not responding
+    close_unresponsive_after: float = 60.0  # a ping unanswered this long while no message
+                                          # (keepalives aside) arrived for as long closes the
+                                          # connection (UNRESPONSIVE) and the peer is redialled
+                                          # with the backoff: a peer that keeps its socket
+                                          # alive but whose CHUM is deaf; 0 = only report it.
+                                          # Longer than dead_after: a silent socket is the
+                                          # keepalive's (docs/connections.md §3.3 "Health")
     sync_interval: float = 5.0            # CHUM keep-running roots poll (ChumSession.poll_interval)
     sync_start_gap: float = 0.05          # gap between the peer's `synchronisation` and our
                                           # first CHUM request (conn §5.5 observed)
@@ -146,7 +156,8 @@ class ManagerConfig:
     def __post_init__(self) -> None:
         for name in ("pairing_token_lifetime", "retry_delay", "retry_max_delay",
                      "reconnect_delay", "refused_retry_delay", "duplicate_window",
-                     "health_check_interval", "ping_timeout", "sync_interval", "sync_start_gap",
+                     "health_check_interval", "ping_timeout", "close_unresponsive_after",
+                     "sync_interval", "sync_start_gap",
                      "open_timeout", "handshake_timeout", "protocol_timeout", "keepalive",
                      "dead_after", "listener_reconnect_delay", "discovery_interval",
                      "pairing_wait", "failover_after"):
@@ -211,7 +222,12 @@ class _Conn:
     pings: int = 0                          # answered pings (docs/chum-session.md "Ping")
     ping_waiting: float | None = None       # monotonic send time of a ping overdue now
     last_message: float | None = None       # epoch seconds of the last input seen
+    active_at: float | None = None          # monotonic time a message last arrived
+    sampled_at: float | None = None         # monotonic time the counters were last read
     bytes_received: int = 0
+    messages_received: int = 0
+    silence_task: asyncio.Task[Any] | None = None  # watches an overdue ping (UNRESPONSIVE)
+    unresponsive: bool = False              # closed by the manager as not responding
     task: asyncio.Task[Any] | None = None
     closed: bool = False
     close_reason: str | None = None
@@ -234,6 +250,7 @@ class _Peer:
     last_error: str | None = None
     errors: list[str] = field(default_factory=list)  # the last 20 failed dials' reasons
     short_lived: int = 0                    # connections in a row that ended within SHORT_LIVED
+    unresponsive: int = 0                   # connections in a row closed as not responding
     connected_since: float | None = None
     refused: bool = False                   # the last failed dial was a refusal
     last_sync: float | None = None
@@ -300,7 +317,11 @@ class ConnectionManager:
         self._conns: set[_Conn] = set()
         self._timers: set[asyncio.Task[Any]] = set()  # loops that only sleep: cancelled at once
         self._pairing_in_progress: dict[Any, asyncio.Future[None]] = {}
-        self._disabled_persons: set[str] = set(self._load_settings().get("disabledPersons", []))
+        settings = self._load_settings()
+        self._disabled_persons: set[str] = set(settings.get("disabledPersons", []))
+        # route groups switched off with enable_connection_group, by remote instance key (hex)
+        self._disabled_groups: dict[str, set[str]] = {
+            k: set(v) for k, v in settings.get("disabledGroups", {}).items() if v}
         self._listeners: list[Any] = []
         self._listen_index = 0  # comm_server_urls[i] the comm-server listener registers at
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -707,7 +728,8 @@ class ConnectionManager:
     def _add_endpoint(self, ep: Endpoint) -> bool:
         peer = self._peers.get(ep.remote_key)
         if peer is None:
-            peer = _Peer(endpoint=ep, enabled=ep.person_id not in self._disabled_persons)
+            peer = _Peer(endpoint=ep, enabled=ep.person_id not in self._disabled_persons,
+                         disabled_groups=set(self._disabled_groups.get(ep.remote_key.hex(), ())))
             self._peers[ep.remote_key] = peer
             self._diag("new endpoint %s person %s url %s", ep.remote_key.hex(), ep.person_id, ep.url)
             just_paired = ep.remote_key in self._just_paired
@@ -771,13 +793,27 @@ class ConnectionManager:
         route group named by a :meth:`connections_info` entry's ``id`` on or off. Off: its
         outgoing routes stop, its live connection closes (``Corresponding route was
         stopped``) and incoming connections of the group are refused (``Route is disabled``);
-        on: dialled again at once. Kept in memory, as the reference keeps route state (a person
-        disabled with :meth:`disable_person` is what persists). ``NotFoundError`` for an id
-        that names no route group."""
+        on: dialled again at once. Persisted with the disabled persons (``connections.json``
+        ``disabledGroups``, docs/connections.md §3.3): a restarted manager keeps the group off
+        (the reference keeps route state in memory only). ``NotFoundError`` for an id that
+        names no route group."""
         local = self._public.hex()
         for key, peer in self._peers.items():
             for g in self._groups():
                 if entry_id == f"localKey: {local}, remoteKey: {key.hex()}, groupId: {g}":
+                    groups = set(self._disabled_groups.get(key.hex(), ()))
+                    if enabled:
+                        groups.discard(g)
+                    else:
+                        groups.add(g)
+                    if groups != self._disabled_groups.get(key.hex(), set()):
+                        new = dict(self._disabled_groups)
+                        if groups:
+                            new[key.hex()] = groups
+                        else:
+                            new.pop(key.hex(), None)
+                        self._save_settings(disabled_groups=new)  # first: a failure changes nothing
+                        self._disabled_groups = new
                     if enabled:
                         peer.disabled_groups.discard(g)
                         if g == "chum":
@@ -807,6 +843,12 @@ class ConnectionManager:
         """The persons disabled with :meth:`disable_person` (persisted), sorted."""
         return sorted(self._disabled_persons)
 
+    @property
+    def disabled_groups(self) -> dict[str, list[str]]:
+        """The route groups switched off with :meth:`enable_connection_group` (persisted):
+        remote instance key (hex) -> sorted group names."""
+        return {k: sorted(v) for k, v in sorted(self._disabled_groups.items())}
+
     # ------------------------------------------------------------------ persisted settings
 
     def _settings_path(self) -> Path | None:
@@ -815,8 +857,9 @@ class ConnectionManager:
 
     def _load_settings(self) -> dict[str, Any]:
         """``connections.json`` of the instance directory: ``{"disabledPersons": [person id
-        hashes]}`` (absent file: nothing disabled). A damaged file is ``StoreError
-        LAMA-CORRUPT`` rather than silently re-enabling everybody."""
+        hashes], "disabledGroups": {remote instance key hex: [group names]}}`` (absent file or
+        key: nothing disabled). A damaged file is ``StoreError LAMA-CORRUPT`` rather than
+        silently re-enabling everybody."""
         path = self._settings_path()
         if path is None or not path.exists():
             return {}
@@ -826,19 +869,27 @@ class ConnectionManager:
             raise StoreError(f"LAMA-CORRUPT: {path} is unreadable: {e}") from None
         persons = data.get("disabledPersons") if isinstance(data, dict) else None
         if not isinstance(persons, list) or not all(
-                isinstance(p, str) and len(p) == 64 and all(ch in "0123456789abcdef" for ch in p)
-                for p in persons):
+                _is_hex64(p) for p in persons):
             raise StoreError(f"LAMA-CORRUPT: {path}: disabledPersons must be a list of "
                              "lowercase 64-digit hashes")
+        groups = data.get("disabledGroups", {})
+        if not isinstance(groups, dict) or not all(
+                _is_hex64(k) and isinstance(v, list)
+                and all(isinstance(g, str) and g for g in v) for k, v in groups.items()):
+            raise StoreError(f"LAMA-CORRUPT: {path}: disabledGroups must map lowercase 64-digit "
+                             "instance keys to lists of group names")
         return data
 
-    def _save_settings(self) -> None:
+    def _save_settings(self, *, disabled_groups: dict[str, set[str]] | None = None) -> None:
         """Write ``connections.json`` atomically (temporary file, fsync, rename), so a crash
-        leaves the old or the new settings, never a torn file."""
+        leaves the old or the new settings, never a torn file (``disabled_groups``: to be
+        written instead of the current ones)."""
         path = self._settings_path()
         if path is None:
             return
-        data = {"disabledPersons": sorted(self._disabled_persons)}
+        groups = self._disabled_groups if disabled_groups is None else disabled_groups
+        data = {"disabledPersons": sorted(self._disabled_persons),
+                "disabledGroups": {k: sorted(v) for k, v in sorted(groups.items()) if v}}
         tmp = path.with_name(SETTINGS_FILE + ".tmp")
         try:
             with open(tmp, "w", encoding="utf-8") as f:
@@ -1017,8 +1068,15 @@ class ConnectionManager:
                     peer.short_lived += 1
                 else:
                     peer.short_lived = 0
-                delay = (self._backoff(peer.short_lived) if peer.short_lived > QUICK_RETRIES
-                         else self.config.reconnect_delay * (1 + random.random()))
+                if c.unresponsive:
+                    # a silent peer: redial with the backoff (one more step per connection in
+                    # a row that went silent; an answered ping resets it)
+                    peer.unresponsive += 1
+                    delay = self._backoff(peer.unresponsive)
+                elif peer.short_lived > QUICK_RETRIES:
+                    delay = self._backoff(peer.short_lived)
+                else:
+                    delay = self.config.reconnect_delay * (1 + random.random())
                 self._ensure_dialling(peer, delay)
 
     async def _close_conn(self, c: _Conn, reason: str, force: bool = False) -> None:
@@ -1026,6 +1084,8 @@ class ConnectionManager:
             c.close_reason = reason
         c.closed = True
         self._conns.discard(c)
+        if c.silence_task is not None and c.silence_task is not asyncio.current_task():
+            c.silence_task.cancel()
         with contextlib.suppress(Exception):
             await c.conn.close(reason)
 
@@ -1450,14 +1510,71 @@ class ConnectionManager:
             if not was:
                 self._emit("health", peer=c.remote_key.hex(), person=c.remote_person,
                            responding=False, waiting=data.get("waiting"))
+                if self.config.close_unresponsive_after and not c.closed and (
+                        c.silence_task is None or c.silence_task.done()):
+                    c.silence_task = self._spawn(self._watch_silence(peer, c))
             return
         c.latency = float(rtt)
         c.latency_at = time.time()
         c.pings += 1
+        peer.unresponsive = 0
         if c.ping_waiting is not None:
             c.ping_waiting = None
             self._emit("health", peer=c.remote_key.hex(), person=c.remote_person,
                        responding=True, latency=c.latency)
+
+    def _traffic_seen(self, c: _Conn) -> bool:
+        """Sample ``c``'s counters: ``last_message`` when wire bytes arrived (a keepalive too);
+        True (and ``active_at``) if an application message arrived since the last look - a
+        CHUM request, answer or BLOB chunk; keepalives are no messages."""
+        with contextlib.suppress(Exception):
+            st = c.conn.stats()
+            c.sampled_at = time.monotonic()
+            n_bytes, n_msgs = st.get("bytes_received", 0), st.get("messages_received", 0)
+            if n_bytes != c.bytes_received:
+                c.bytes_received = n_bytes
+                c.last_message = time.time()
+            if n_msgs != c.messages_received:
+                c.messages_received = n_msgs
+                c.active_at = c.sampled_at
+                return True
+        return False
+
+    async def _watch_silence(self, peer: _Peer, c: _Conn) -> None:
+        """A ping of ``c`` is overdue: close the connection once the ping has been out
+        ``close_unresponsive_after`` s *and* no message arrived for as long, then the peer is
+        redialled with the backoff (``_release``). A message is a lifesign, so a peer busy
+        sending us a large BLOB, its answer queued behind it, is kept; keepalives are not:
+        this is for the peer whose socket and keepalive live on while its CHUM answers
+        nothing, which the keepalive never closes (a socket silent for ``dead_after`` is the
+        keepalive's, conn §2.5). What it cannot see: our own ping waiting behind what we
+        queued (socket buffers of megabytes on a slow link) - hence a default well above the
+        time a link needs to drain them (docs/connections.md §3.3 "Health")."""
+        limit = self.config.close_unresponsive_after
+        step = min(max(limit / 8, 0.02), 1.0)
+        last_sample = c.sampled_at
+        if self._traffic_seen(c) and last_sample is not None:
+            # it moved after the last sample (a health interval ago at most): a silence that
+            # began before the ping went out is not counted again from now
+            c.active_at = last_sample
+        while not c.closed and c.ping_waiting is not None:
+            now = time.monotonic()
+            quiet_since = max(c.ping_waiting, c.active_at or 0.0)
+            if now - quiet_since >= limit:
+                break
+            await asyncio.sleep(min(step, quiet_since + limit - now))
+            self._traffic_seen(c)
+        else:
+            return  # answered, or closed meanwhile
+        if peer.active.get(c.group) is not c:
+            return
+        reason = UNRESPONSIVE.format(limit)
+        self._diag("%s connection to %s: %s", c.group, c.remote_key.hex()[:16], reason)
+        c.unresponsive = True
+        peer.last_error = reason
+        peer.errors.append(reason)
+        del peer.errors[:-20]
+        await self._close_conn(c, reason)
 
     @staticmethod
     def _latency(c: _Conn) -> float | None:
@@ -1476,11 +1593,7 @@ class ConnectionManager:
                 self._set_online(comm[0].state == "listening")
         for peer in self._peers.values():
             for c in peer.active.values():
-                with contextlib.suppress(Exception):
-                    st = c.conn.stats()
-                    if st.get("bytes_received", 0) != c.bytes_received:
-                        c.bytes_received = st.get("bytes_received", 0)
-                        c.last_message = time.time()
+                self._traffic_seen(c)
 
     def _conn_stats(self, c: _Conn) -> dict[str, Any]:
         st: dict[str, Any] = {}
@@ -1626,6 +1739,10 @@ class ConnectionManager:
 
 
 # ---------------------------------------------------------------------- helpers
+
+def _is_hex64(s: Any) -> bool:
+    return isinstance(s, str) and len(s) == 64 and all(ch in "0123456789abcdef" for ch in s)
+
 
 def _reason(e: BaseException) -> str:
     return str(e) or type(e).__name__
