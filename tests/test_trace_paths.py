@@ -66,6 +66,19 @@ def test_a_one_peer_is_traced_as_far_as_can_be_observed(tmp_path: Path) -> None:
             await alice.close()
             await bob.close()
             await server.close()
+        # the peers' kinds are persisted with the traces: reopened (not started: no session,
+        # no `exported` event to learn it again), alice still knows bob is a ONE peer, so the
+        # message is still delivered rather than a stall at `fetched`; bob still knows alice
+        # is a lama peer
+        conf = AppConfig(comm_server_url=None, trace=True, trace_stall_after=0.3)
+        for d, mid, kind, status in ((tmp_path / "alice", m.id, "one", "delivered"),
+                                     (tmp_path / "bob", mb.id, "lama", "delivered")):
+            app = await App.open(d, SECRET, config=conf)
+            try:
+                t = app.trace(mid)
+                assert (t.peers[0].kind, t.status, t.failure) == (kind, status, None)
+            finally:
+                await app.close()
 
     asyncio.run(main())
 
