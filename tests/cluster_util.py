@@ -83,13 +83,13 @@ class NodeProcess:
     core under test); ``url`` from its first line. ``kill()`` is SIGKILL (nothing is closed
     cleanly)."""
 
-    def __init__(self, nats_url: str, core: str | None = None) -> None:
+    def __init__(self, nats_url: str, core: str | None = None, args: tuple[str, ...] = ()) -> None:
         from lama._core import CORE_NAME
 
         env = dict(os.environ, PYTHONPATH=str(ROOT / "python"), LAMA_CORE=core or CORE_NAME)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "lama.cli", "comm-server", "--host", "127.0.0.1", "--port", "0",
-             "--nats", nats_url, "--ping-interval", "1"],
+             "--nats", nats_url, "--ping-interval", "1", *args],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
         assert self.proc.stdout is not None
         self.url = self.proc.stdout.readline().strip()

@@ -133,6 +133,103 @@ def test_unknown_key_and_a_departed_listener_are_refused(nats: Nats) -> None:
 
 
 @pytest.mark.cross_core
+class SlowLink:
+    """A TCP proxy on 127.0.0.1 in front of NATS that delays what a node sends to NATS by
+    ``delay`` seconds (in order; NATS's answers are not delayed): a NATS server that is slow to
+    read one node's connection, as on a loaded machine."""
+
+    def __init__(self, target_port: int, delay: float) -> None:
+        self.target_port, self.delay = target_port, delay
+        self.server: asyncio.Server | None = None
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> str:
+        self.server = await asyncio.start_server(self._client, "127.0.0.1", 0)
+        return f"nats://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+
+    async def _client(self, cr: asyncio.StreamReader, cw: asyncio.StreamWriter) -> None:
+        sr, sw = await asyncio.open_connection("127.0.0.1", self.target_port)
+        loop = asyncio.get_running_loop()
+
+        async def pipe(r: asyncio.StreamReader, w: asyncio.StreamWriter, delay: float) -> None:
+            q: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
+
+            async def late() -> None:  # each chunk `delay` after it arrived, in order
+                while True:
+                    at, data = await q.get()
+                    await asyncio.sleep(max(0.0, at + delay - loop.time()))
+                    if not data:
+                        break
+                    w.write(data)
+                    await w.drain()
+
+            writer = asyncio.ensure_future(late())
+            try:
+                while data := await r.read(65536):
+                    q.put_nowait((loop.time(), data))
+                q.put_nowait((loop.time(), b""))
+                await writer
+            except (ConnectionError, asyncio.CancelledError):
+                pass
+            finally:
+                writer.cancel()
+                w.close()
+
+        for t in (pipe(cr, sw, self.delay), pipe(sr, cw, 0.0)):
+            task = asyncio.ensure_future(t)
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+
+    async def close(self) -> None:
+        for t in list(self.tasks):
+            t.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        if self.server is not None:
+            self.server.close()
+
+
+def test_a_registered_listener_is_reachable_through_another_node_at_once(nats: Nats) -> None:
+    """docs/cluster.md §2: a key's first spare gets its ``authentication_success`` only once its
+    node's subscription has been processed by the NATS server, not merely written to the socket
+    (the issue-12 hang: at load 13 a cross-node request right after a registration was refused,
+    the lookup reaching NATS before the SUB did). Node 1 reaches NATS through a link that
+    delays what it sends by 0.3 s (under ``SUBSCRIBE_WAIT``, 1 s); a request sent through node 2
+    right after ``comm_listen`` returns must find the listener, every time."""
+
+    async def main() -> None:
+        link = SlowLink(nats.port, 0.3)
+        slow_url = await link.start()
+        (n1,) = await nodes(slow_url, 1)
+        (n2,) = await nodes(nats.url, 1)
+        try:
+            for i in range(3):
+                pk, sk = core.box_keypair()  # a fresh key: its first spare at node 1
+                listener = await comm_listen(n1.url, pk, sk, spares=1, reconnect_delay=0.2)
+                try:
+                    ipk, _ = core.box_keypair()
+                    ini = await core.ws_connect(n2.url)
+                    await ini.send(request(ipk, pk))
+                    got = asyncio.ensure_future(listener.accept())
+                    gone = asyncio.ensure_future(ini.recv())  # refused: None at once
+                    await asyncio.wait({got, gone}, timeout=15,
+                                       return_when=asyncio.FIRST_COMPLETED)
+                    assert got.done(), (i, ini.close_reason, n2.counters())
+                    gone.cancel()
+                    acc = got.result()
+                    assert await asyncio.wait_for(acc.recv(), 10) == request(ipk, pk)
+                    await ini.close()
+                finally:
+                    await listener.close()
+            c = n2.counters()
+            assert (c["forwarded"], c["refused"]) == (3, 0), c
+        finally:
+            await n1.close()
+            await n2.close()
+            await link.close()
+
+    asyncio.run(asyncio.wait_for(main(), 120))
+
+
 def test_a_mixed_cluster_of_a_rust_and_a_pure_node(nats: Nats) -> None:
     """One protocol (subjects, answers, hop field): a listener at the rust node is reached
     through the pure node and the reverse."""
@@ -201,6 +298,84 @@ def test_a_lookup_flood_is_rate_limited(nats: Nats) -> None:
     asyncio.run(asyncio.wait_for(main(), 150))
 
 
+def test_the_lookup_limits_are_configurable(nats: Nats) -> None:
+    """``lookup_burst``/``lookup_rate`` (a burst of 3, a refill too slow to count) and
+    ``lookups_in_flight`` (2, held by a NATS subscriber that never answers) of a node."""
+    import nats as nats_py
+
+    async def refused(url: str) -> None:
+        unknown, _ = core.box_keypair()
+        t = await core.ws_connect(url)
+        await t.send(request(core.box_keypair()[0], unknown))
+        assert await asyncio.wait_for(t.recv(), 20) is None
+        assert t.close_reason == NO_LISTENER
+
+    async def main() -> None:
+        (n,) = await nodes(nats.url, 1, lookup_rate=0.001, lookup_burst=3)
+        try:
+            for _ in range(6):
+                await refused(n.url)
+            c = n.counters()
+            assert (c["cluster_lookups"], c["cluster_throttled"]) == (3, 3), c
+        finally:
+            await n.close()
+        # two lookups in flight at most: a subscriber holds them (silent until the timeout)
+        silent = await nats_py.connect(nats.url)
+        (n,) = await nodes(nats.url, 1, lookups_in_flight=2)
+        try:
+            async def ignore(_msg: Any) -> None:
+                pass
+
+            await silent.subscribe("lama.commserver.key.*", cb=ignore)
+            await silent.flush()
+            held = [asyncio.ensure_future(refused(n.url)) for _ in range(2)]
+            await until(lambda: n.counters()["cluster_lookups"] == 2, 10)
+            await refused(n.url)  # at once, without a lookup
+            c = n.counters()
+            assert (c["cluster_lookups"], c["cluster_throttled"]) == (2, 1), c
+            await asyncio.gather(*held)  # refused after LOOKUP_TIMEOUT: no node answered
+        finally:
+            await n.close()
+            await silent.close()
+
+    asyncio.run(asyncio.wait_for(main(), 120))
+
+
+def test_the_lookup_limits_on_the_command_line(nats: Nats) -> None:
+    """``lama comm-server --lookup-burst/--lookup-rate`` reach the node; bad values and the
+    options without ``--nats`` are refused with a clear error."""
+    import subprocess
+    import sys
+
+    node = NodeProcess(nats.url, args=("--lookup-burst", "2", "--lookup-rate", "0.001",
+                                       "--lookups-in-flight", "8"))
+
+    async def flood() -> None:
+        for _ in range(4):
+            unknown, _ = core.box_keypair()
+            t = await core.ws_connect(node.url)
+            await t.send(request(core.box_keypair()[0], unknown))
+            assert await asyncio.wait_for(t.recv(), 20) is None
+
+    try:
+        asyncio.run(asyncio.wait_for(flood(), 60))
+    finally:
+        c = counters_of(node.stop())
+    assert (c["cluster_lookups"], c["cluster_throttled"], c["refused"]) == (2, 2, 4), c
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "lama.cli", "comm-server", "--host",
+                               "127.0.0.1", "--port", "0", *args], capture_output=True,
+                              text=True, timeout=60)
+
+    for bad in (["--lookup-burst", "0"], ["--lookup-rate", "0"], ["--lookups-in-flight", "0"],
+                ["--lookup-rate", "nan"]):
+        r = run("--nats", nats.url, *bad)
+        assert r.returncode == 1 and "must be" in r.stderr and r.stdout == "", (bad, r)
+    r = run("--lookup-burst", "5")
+    assert r.returncode == 2 and "need --nats" in r.stderr, r
+
+
 def test_nats_unreachable_at_start_is_an_error() -> None:
     async def main() -> None:
         with pytest.raises(TransportError, match="NATS") as e:
@@ -216,6 +391,10 @@ def test_cluster_options_are_checked() -> None:
             await comm_server("127.0.0.1", 0, nats=4222)  # type: ignore[arg-type]
         with pytest.raises(InvalidArgumentError):
             await comm_server("127.0.0.1", 0, nats="nats://127.0.0.1:1", advertise=8001)  # type: ignore[arg-type]
+        for bad in ({"lookup_rate": 0}, {"lookup_rate": -1.0}, {"lookup_rate": float("inf")},
+                    {"lookup_burst": 0}, {"lookups_in_flight": 0}, {"lookup_burst": 1.5}):
+            with pytest.raises(InvalidArgumentError, match="lookup"):
+                await comm_server("127.0.0.1", 0, nats="nats://127.0.0.1:1", **bad)  # type: ignore[arg-type]
 
     asyncio.run(asyncio.wait_for(main(), 60))
 

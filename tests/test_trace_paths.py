@@ -66,6 +66,19 @@ def test_a_one_peer_is_traced_as_far_as_can_be_observed(tmp_path: Path) -> None:
             await alice.close()
             await bob.close()
             await server.close()
+        # the peers' kinds are persisted with the traces: reopened (not started: no session,
+        # no `exported` event to learn it again), alice still knows bob is a ONE peer, so the
+        # message is still delivered rather than a stall at `fetched`; bob still knows alice
+        # is a lama peer
+        conf = AppConfig(comm_server_url=None, trace=True, trace_stall_after=0.3)
+        for d, mid, kind, status in ((tmp_path / "alice", m.id, "one", "delivered"),
+                                     (tmp_path / "bob", mb.id, "lama", "delivered")):
+            app = await App.open(d, SECRET, config=conf)
+            try:
+                t = app.trace(mid)
+                assert (t.peers[0].kind, t.status, t.failure) == (kind, status, None)
+            finally:
+                await app.close()
 
     asyncio.run(main())
 
@@ -186,3 +199,40 @@ def test_lama_trace_against_a_running_lama_serve(tmp_path: Path) -> None:
     finally:
         for p in reversed(procs):
             p.stop()
+
+
+def test_a_full_mailbox_is_named_in_the_senders_trace(tmp_path: Path) -> None:
+    """docs/tracing.md §3, docs/mailbox.md §6: Bob is away and his mailbox holds one item at
+    most; Alice's first message is deposited (``in_mailbox``), her second is refused by the
+    server (LAMA-MAILBOX-FULL) and her trace of it says so — the clear error to the sender."""
+
+    async def main() -> None:
+        server = await core.comm_server("127.0.0.1", 0, mailbox_dir=str(tmp_path / "mbx"),
+                                        mailbox_max_items=1)
+        alice, bob = await paired(tmp_path, server)
+        bob_id = bob.person_id
+        try:
+            await bob.close()
+            await until(lambda: not alice.manager.connected(bob_id), 30, "bob gone")
+            m1 = await alice.send(bob_id, "fits")
+            await until(lambda: "deposited" in steps(alice, m1.id), 60, "deposited")
+            assert alice.trace(m1.id).failure.point == "in_mailbox"  # type: ignore[union-attr]
+            m2 = await alice.send(bob_id, "does not fit")
+
+            def refused() -> bool:
+                f = alice.trace(m2.id).failure
+                return f is not None and "mailbox deposit refused" in (f.detail or "")
+
+            await until(refused, 60, "the refusal in the trace")
+            t = alice.trace(m2.id)
+            assert "deposited" not in [s.step for s in t.steps]
+            f = t.failure
+            assert f is not None and f.peer == bob_id
+            assert f.point in ("never_connected", "connection_refused", "peer_offline"), f
+            assert "LAMA-MAILBOX-FULL" in (f.detail or ""), f
+            assert server.counters()["mailbox_items"] == 1
+        finally:
+            await alice.close()
+            await server.close()
+
+    asyncio.run(asyncio.wait_for(main(), 200))

@@ -246,6 +246,26 @@ def test_diagnostics_endpoints_of_a_live_conversation(tmp_path: Path) -> None:
             assert inf == 1
             assert "lama_sync_objects_per_second" in fams and "lama_uptime_seconds" in fams
             assert math.isfinite(sample(fams, "lama_uptime_seconds"))
+            if st["tracing"]:
+                # out: creation here to the peer's confirmation (the trace's `stored`), one
+                # observation per delivered message
+                mine = [m.id for m in alice.history(bob.person_id) if m.outgoing]
+                assert len(mine) == 2
+                await until(lambda: all(alice.trace(i).status == "delivered" for i in mine),
+                            what="alice's messages delivered")
+
+                async def out_count() -> float:
+                    fams = parse((await get(port, "/metrics", auth))[2].decode())
+                    hits = [x.value for x in fams["lama_message_delivery_seconds"].samples
+                            if x.name == "lama_message_delivery_seconds_count"
+                            and x.labels.get("direction") == "out"]
+                    return float(hits[0]) if hits else 0.0
+
+                for _ in range(150):  # the tracer tells its subscribers at its flush (0.5 s)
+                    if await out_count() == 2:
+                        break
+                    await asyncio.sleep(0.1)
+                assert await out_count() == 2
             # the token in the query works as well (a browser link)
             assert (await get(port, f"/metrics?token={token}"))[0] == 200
 

@@ -310,6 +310,9 @@ async def comm_server(
     mailbox_total_bytes: int = ...,
     nats: str | None = ...,
     advertise: str | None = ...,
+    lookup_rate: float | None = ...,
+    lookup_burst: int | None = ...,
+    lookups_in_flight: int | None = ...,
 ) -> CommServer: ...
 @final
 class CommServer:

@@ -551,6 +551,12 @@ def _build_app() -> Any:
                                  "cluster (docs/cluster.md)."),
         advertise: str = typer.Option(None, "--advertise", help="URL other cluster nodes reach "
                                       "this node at (default: its ws://host:port)."),
+        lookup_rate: float = typer.Option(20.0, "--lookup-rate", help="Cluster lookups one client "
+                                          "address may cause per second (docs/cluster.md §4)."),
+        lookup_burst: int = typer.Option(40, "--lookup-burst", help="Cluster lookups one client "
+                                         "address may cause in a burst."),
+        lookups_in_flight: int = typer.Option(64, "--lookups-in-flight", help="Cluster lookups "
+                                              "of the whole node at once."),
         metrics: str = typer.Option(
             None, "--metrics", help="Serve Prometheus /metrics on HOST:PORT (loopback only; "
             "$LAMA_METRICS_TOKEN, if set, is required as a bearer token; docs/metrics.md)."),
@@ -595,8 +601,11 @@ def _build_app() -> Any:
             "mailbox_total_items": mailbox_total_items, "mailbox_total_bytes": mailbox_total_bytes}
         if advertise and not nats:
             _fail("--advertise needs --nats", 2)
+        if not nats and (lookup_rate, lookup_burst, lookups_in_flight) != (20.0, 40, 64):
+            _fail("--lookup-rate, --lookup-burst and --lookups-in-flight need --nats", 2)
         if nats:  # docs/cluster.md
-            mb.update(nats=nats, advertise=advertise)
+            mb.update(nats=nats, advertise=advertise, lookup_rate=lookup_rate,
+                      lookup_burst=lookup_burst, lookups_in_flight=lookups_in_flight)
         try:
             asyncio.run(_run_comm_server(host, port, ping_interval, pong_timeout, auth_timeout,
                                          address, **mb))

@@ -220,11 +220,17 @@ def _encode_records(recs: Iterable[_Rec], full: bool = False) -> list[str]:
     return out
 
 
-def _replay(rows: Iterable[str], recs: dict[str, _Rec]) -> None:
-    """Rebuild the traces from their log records (in order)."""
+def _replay(rows: Iterable[str], recs: dict[str, _Rec],
+            kinds: dict[str, str] | None = None) -> None:
+    """Rebuild the traces (and the peers' kinds, into ``kinds``) from their log records (in
+    order)."""
     for data in rows:
         try:
             d = json.loads(data)
+            if d[0] == "kind":  # ["kind", {person: "lama" | "one"}]
+                if kinds is not None:
+                    kinds.update({str(p): k for p, k in d[1].items() if k in ("lama", "one")})
+                continue
             if d[0] == "newc":  # the compact form: ids and hashes concatenated
                 _, direction, topic, channel, sender, seq, recipients, granted, errors, steps, \
                     mids, hashes, created, previews = d
@@ -379,6 +385,7 @@ class Tracer:
         # person -> "lama" (a receipt came, or its importer probed the fast path) or "one"
         # (its importer fetched from us without probing: a ONE instance)
         self._kind: dict[str, str] = {}
+        self._kind_dirty: set[str] = set()  # kinds changed since they were last persisted
         self._conn: dict[str, dict[str, Any]] = {}  # person -> {"up", "down", "reason"}
         self._callbacks: list[Callable[[Trace], Any]] = []
         self._dirty: dict[str, None] = {}  # changed traces, in the order they changed
@@ -412,7 +419,7 @@ class Tracer:
             log.error("cannot read %s: %s", path, e)
             return
         recs: dict[str, _Rec] = {}
-        _replay(rows, recs)
+        _replay(rows, recs, self._kind)
         for rec in sorted(recs.values(), key=lambda r: r.created)[-self.limit:]:
             self._index(rec)
         self._compact_due = len(rows) > _COMPACT_AFTER // 10
@@ -458,6 +465,9 @@ class Tracer:
         if self._writer is not None:
             if self._compact_due or self._written > _COMPACT_AFTER:
                 out = _encode_records(recs.values(), full=True)
+                if self._kind:
+                    out.append(_ENCODE(["kind", self._kind]))
+                self._kind_dirty.clear()
                 self._writer.put(out, compact=True)
                 self._compact_due, self._written, self._dropped = False, 0, []
             else:
@@ -472,6 +482,9 @@ class Tracer:
                 if self._dropped:
                     out.append(_ENCODE(["drop", self._dropped]))
                     self._dropped = []
+                if self._kind_dirty:
+                    out.append(_ENCODE(["kind", {p: self._kind[p] for p in self._kind_dirty}]))
+                    self._kind_dirty.clear()
                 if out:
                     self._writer.put(out)
                     self._written += len(out)
@@ -795,7 +808,7 @@ class Tracer:
             if probed is not None and self._kind.get(person) != "lama":
                 # a lama importer probes right after the version check, before any roots
                 # answer; a ONE importer never does (docs/tracing.md §1 kind)
-                self._kind[person] = "lama" if probed else "one"
+                self._set_kind(person, "lama" if probed else "one")
         ids = self._pending.get(person)
         if not ids:
             return
@@ -829,6 +842,14 @@ class Tracer:
             if changed:
                 self._changed(rec)
 
+    def _set_kind(self, person: str, kind: str) -> None:
+        """A peer's kind changed: persisted (a ``kind`` record at the next flush), so a
+        restarted app still counts a ONE peer's ``fetched`` as delivered."""
+        if self._kind.get(person) != kind:
+            self._kind[person] = kind
+            self._kind_dirty.add(person)
+            self._schedule()
+
     def _channel_of(self, h: str) -> str:
         """The channel id hash if ``h`` is a ChannelInfo version or its version node, else
         "" (both remembered)."""
@@ -855,7 +876,7 @@ class Tracer:
     def _receipt(self, person: str, data: dict[str, Any],
                  only: list[_Rec] | None = None) -> None:
         if only is None:
-            self._kind[person] = "lama"
+            self._set_kind(person, "lama")
             self._recent.append((_now(), "receipt", person, data))
         mark = data.get("mark")
         errors = data.get("errors") or []

@@ -16,7 +16,7 @@ import asyncio
 import time
 from typing import Any, Callable
 
-from ..errors import TransportError
+from ..errors import InvalidArgumentError, TransportError
 
 # Extra field of a forwarded communication_request: the receiving node never forwards it.
 HOP_FIELD = "lamaClusterHop"
@@ -27,7 +27,8 @@ _RECONNECT_WAIT = 0.25
 # how long a first registration of a key waits for the node's subscription to reach NATS
 SUBSCRIBE_WAIT = 1.0
 # docs/cluster.md §4: lookups one client address may cause (a token bucket), and lookups of
-# the whole node in flight at once; over either, the request is refused without a lookup
+# the whole node in flight at once; over either, the request is refused without a lookup.
+# The defaults of `lama comm-server --lookup-rate/--lookup-burst/--lookups-in-flight`.
 LOOKUP_RATE = 20.0
 LOOKUP_BURST = 40
 MAX_LOOKUPS_IN_FLIGHT = 64
@@ -44,9 +45,20 @@ class LookupLimiter:
 
     def __init__(self, rate: float = LOOKUP_RATE, burst: int = LOOKUP_BURST,
                  in_flight: int = MAX_LOOKUPS_IN_FLIGHT) -> None:
-        self.rate, self.burst, self.max_in_flight = rate, float(burst), in_flight
+        self.check(rate, burst, in_flight)
+        self.rate, self.burst, self.max_in_flight = float(rate), float(burst), in_flight
         self._buckets: dict[str, tuple[float, float]] = {}  # ip -> (tokens, at)
         self.in_flight = 0
+
+    @staticmethod
+    def check(rate: object, burst: object, in_flight: object) -> None:
+        """InvalidArgumentError (LAMA-ARG) unless the rate is a positive finite number and
+        burst and in-flight are ints of at least 1 (the Rust core's LookupLimits::check)."""
+        if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 < rate < float("inf"):
+            raise InvalidArgumentError(f"lookup_rate must be a positive number, got {rate!r}", "LAMA-ARG")
+        for name, v in (("lookup_burst", burst), ("lookups_in_flight", in_flight)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise InvalidArgumentError(f"{name} must be at least 1, got {v!r}", "LAMA-ARG")
 
     def take(self, ip: str) -> bool:
         """One lookup for ``ip`` now, if allowed (the caller then calls :meth:`done`)."""
@@ -72,19 +84,20 @@ class LookupLimiter:
 class Cluster:
     """A node's NATS side. Made by :meth:`connect` only."""
 
-    def __init__(self, nc: Any) -> None:
+    def __init__(self, nc: Any, limiter: LookupLimiter | None = None) -> None:
         self._nc = nc
         self.advertise = ""
-        self.limiter = LookupLimiter()
+        self.limiter = limiter or LookupLimiter()
         self._changes: asyncio.Queue[tuple[str, bool, asyncio.Future[None]]] = asyncio.Queue()
         self._flushes: set[asyncio.Task[None]] = set()
         self._subs: dict[str, Any] = {}
         self._task: asyncio.Task[None] | None = None
 
     @classmethod
-    async def connect(cls, url: str) -> Cluster:
+    async def connect(cls, url: str, limiter: LookupLimiter | None = None) -> Cluster:
         """Connect to NATS at ``url``: an error now if it is unreachable; afterwards the client
-        reconnects forever and re-subscribes (docs/cluster.md §4)."""
+        reconnects forever and re-subscribes (docs/cluster.md §4). ``limiter``: the lookup
+        rate limit (default: ``LookupLimiter()``, the documented defaults)."""
         import nats
 
         async def quiet(*_: Any) -> None:
@@ -102,7 +115,7 @@ class Cluster:
         nc.options["allow_reconnect"] = True
         nc.options["max_reconnect_attempts"] = -1
         nc.options["reconnect_time_wait"] = _RECONNECT_WAIT
-        return cls(nc)
+        return cls(nc, limiter)
 
     def start(self, advertise: str, has_spare: Callable[[str], bool], answered: Callable[[], None]) -> None:
         self.advertise = advertise

@@ -587,12 +587,20 @@ async def comm_server(host: str, port: int, *, ping_interval: float = 25.0, pong
                       mailbox_ttl: float = _mailbox.DEFAULT_TTL,
                       mailbox_total_items: int = _mailbox.DEFAULT_TOTAL_ITEMS,
                       mailbox_total_bytes: int = _mailbox.DEFAULT_TOTAL_BYTES,
-                      nats: str | None = None, advertise: str | None = None) -> CommServer:
+                      nats: str | None = None, advertise: str | None = None,
+                      lookup_rate: float | None = None, lookup_burst: int | None = None,
+                      lookups_in_flight: int | None = None) -> CommServer:
     """Serve the comm-server protocol (conn §3) on ``host``:``port`` (0: any free port); with
     ``mailbox_dir`` also lama's store-and-forward mailbox (docs/mailbox.md). ``nats``: the NATS
     URL of a cluster (docs/cluster.md); ``advertise``: the URL other nodes reach this one at
-    (default: its own ``url``)."""
+    (default: its own ``url``); ``lookup_rate``/``lookup_burst``/``lookups_in_flight``: the
+    cluster lookup rate limit (docs/cluster.md §4; ``None``: the default)."""
     from websockets.asyncio.server import serve
+
+    limiter = _cluster.LookupLimiter(
+        _cluster.LOOKUP_RATE if lookup_rate is None else lookup_rate,
+        _cluster.LOOKUP_BURST if lookup_burst is None else lookup_burst,
+        _cluster.MAX_LOOKUPS_IN_FLIGHT if lookups_in_flight is None else lookups_in_flight)
 
     if nats is not None and not isinstance(nats, str):
         raise _arg(f"nats (a NATS URL) is a str, got {type(nats).__name__}")
@@ -625,7 +633,7 @@ async def comm_server(host: str, port: int, *, ping_interval: float = 25.0, pong
             _count_arg("mailbox_total_bytes", mailbox_total_bytes))
     sock = await _bind(host, port)
     try:
-        cluster = None if nats is None else await _cluster.Cluster.connect(nats)
+        cluster = None if nats is None else await _cluster.Cluster.connect(nats, limiter)
     except BaseException:
         sock.close()
         raise

@@ -10,13 +10,13 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use lama_core::Result;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::commserver::Inner;
 use crate::{net_error, Message, Transport};
@@ -39,18 +39,51 @@ pub const SUBSCRIBE_WAIT: Duration = Duration::from_secs(1);
 /// How long the first connection to NATS may take (later ones retry forever).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// docs/cluster.md §4: lookups one client address may cause (a token bucket: `LOOKUP_RATE`
-/// per second, bursts of `LOOKUP_BURST`), and lookups of the whole node in flight at once;
-/// over either, the request is refused without a lookup (counter `cluster_throttled`).
+/// docs/cluster.md §4: the defaults of [`LookupLimits`].
 pub const LOOKUP_RATE: f64 = 20.0;
-pub const LOOKUP_BURST: f64 = 40.0;
+pub const LOOKUP_BURST: u32 = 40;
 pub const MAX_LOOKUPS_IN_FLIGHT: usize = 64;
 /// Above this many addresses, full (idle) buckets are dropped: the limiter's memory is bounded.
 const MAX_BUCKETS: usize = 4096;
 
+/// docs/cluster.md §4: lookups one client address may cause (a token bucket: `rate` per
+/// second, bursts of `burst`), and lookups of the whole node in flight at once (`in_flight`);
+/// over either, the request is refused without a lookup (counter `cluster_throttled`).
+/// `lama comm-server --lookup-rate/--lookup-burst/--lookups-in-flight`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LookupLimits {
+    pub rate: f64,
+    pub burst: u32,
+    pub in_flight: usize,
+}
+
+impl Default for LookupLimits {
+    fn default() -> Self {
+        LookupLimits { rate: LOOKUP_RATE, burst: LOOKUP_BURST, in_flight: MAX_LOOKUPS_IN_FLIGHT }
+    }
+}
+
+impl LookupLimits {
+    /// `Err` (LAMA-ARG) unless the rate is a positive finite number and burst and in-flight
+    /// are at least 1 (a limit of 0 would refuse every cross-node request).
+    pub fn check(&self) -> Result<()> {
+        if !(self.rate.is_finite() && self.rate > 0.0) {
+            return Err(net_error("LAMA-ARG", format!("lookup_rate must be a positive number, got {}", self.rate)));
+        }
+        if self.burst < 1 {
+            return Err(net_error("LAMA-ARG", "lookup_burst must be at least 1, got 0"));
+        }
+        if self.in_flight < 1 {
+            return Err(net_error("LAMA-ARG", "lookups_in_flight must be at least 1, got 0"));
+        }
+        Ok(())
+    }
+}
+
 /// Per-address token buckets plus a node-wide cap of lookups in flight.
 #[derive(Default)]
 pub(crate) struct LookupLimiter {
+    limits: LookupLimits,
     buckets: Mutex<HashMap<IpAddr, (f64, Instant)>>,
     in_flight: AtomicUsize,
 }
@@ -65,17 +98,23 @@ impl Drop for LookupPermit<'_> {
 }
 
 impl LookupLimiter {
+    pub(crate) fn new(limits: LookupLimits) -> LookupLimiter {
+        LookupLimiter { limits, ..Default::default() }
+    }
+
     pub(crate) fn take(&self, ip: IpAddr) -> Option<LookupPermit<'_>> {
+        let LookupLimits { rate, burst, in_flight } = self.limits;
+        let burst = f64::from(burst);
         let now = Instant::now();
-        let refill = |tokens: f64, at: Instant| (tokens + now.duration_since(at).as_secs_f64() * LOOKUP_RATE).min(LOOKUP_BURST);
+        let refill = |tokens: f64, at: Instant| (tokens + now.duration_since(at).as_secs_f64() * rate).min(burst);
         let mut b = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
-        if self.in_flight.load(Ordering::Relaxed) >= MAX_LOOKUPS_IN_FLIGHT {
+        if self.in_flight.load(Ordering::Relaxed) >= in_flight {
             return None;
         }
         if b.len() >= MAX_BUCKETS {
-            b.retain(|_, (tokens, at)| refill(*tokens, *at) < LOOKUP_BURST);
+            b.retain(|_, (tokens, at)| refill(*tokens, *at) < burst);
         }
-        let (tokens, at) = b.get(&ip).copied().unwrap_or((LOOKUP_BURST, now));
+        let (tokens, at) = b.get(&ip).copied().unwrap_or((burst, now));
         let tokens = refill(tokens, at);
         if tokens < 1.0 {
             b.insert(ip, (tokens, now));
@@ -96,6 +135,15 @@ pub(crate) struct Cluster {
     changes: mpsc::UnboundedSender<Change>,
     changes_rx: std::sync::Mutex<Option<mpsc::UnboundedReceiver<Change>>>,
     limiter: LookupLimiter,
+    /// docs/cluster.md §2: a private subject (an inbox) this node subscribes to; a message
+    /// published to it after a SUB comes back only once the NATS server has processed that
+    /// SUB (it handles one connection's operations in order). `Client::flush` of async-nats
+    /// only writes the client's buffer to the socket, which does not tell that.
+    sync_subject: String,
+    sync_sub: std::sync::Mutex<Option<async_nats::Subscriber>>,
+    /// The number of the last sync message published / come back.
+    sync_sent: AtomicU64,
+    sync_seen: watch::Sender<u64>,
 }
 
 type Change = (String, bool, oneshot::Sender<()>);
@@ -107,7 +155,8 @@ fn subject(key: &str) -> String {
 impl Cluster {
     /// Connect to NATS at `url` (an error if it is unreachable now; afterwards the client
     /// reconnects forever and re-subscribes, docs/cluster.md §4).
-    pub(crate) async fn connect(url: &str) -> Result<Cluster> {
+    pub(crate) async fn connect(url: &str, limits: LookupLimits) -> Result<Cluster> {
+        limits.check()?;
         let opts = async_nats::ConnectOptions::new()
             .name("lama comm-server")
             .connection_timeout(CONNECT_TIMEOUT)
@@ -117,14 +166,41 @@ impl Cluster {
             .connect(url)
             .await
             .map_err(|e| net_error("LAMA-NET-CLUSTER", format!("cannot reach NATS at {url}: {e}")))?;
+        let sync_subject = client.new_inbox();
+        let sync_sub = client
+            .subscribe(sync_subject.clone())
+            .await
+            .map_err(|e| net_error("LAMA-NET-CLUSTER", format!("cannot subscribe at NATS at {url}: {e}")))?;
         let (tx, rx) = mpsc::unbounded_channel();
         Ok(Cluster {
             client,
             advertise: OnceLock::new(),
             changes: tx,
             changes_rx: std::sync::Mutex::new(Some(rx)),
-            limiter: LookupLimiter::default(),
+            limiter: LookupLimiter::new(limits),
+            sync_subject,
+            sync_sub: std::sync::Mutex::new(Some(sync_sub)),
+            sync_sent: AtomicU64::new(0),
+            sync_seen: watch::Sender::new(0),
         })
+    }
+
+    /// A round trip through the NATS server: `done` is told once every operation this node
+    /// sent before the call (a SUB) has been processed by the server (at most
+    /// `SUBSCRIBE_WAIT`; NATS down: never).
+    fn synced(&self, done: oneshot::Sender<()>) {
+        let n = self.sync_sent.fetch_add(1, Ordering::Relaxed) + 1;
+        let mut seen = self.sync_seen.subscribe();
+        let client = self.client.clone();
+        let subject = self.sync_subject.clone();
+        tokio::spawn(async move {
+            let trip = async {
+                client.publish(subject, n.to_string().into()).await.is_ok() && seen.wait_for(|s| *s >= n).await.is_ok()
+            };
+            if let Ok(true) = tokio::time::timeout(SUBSCRIBE_WAIT, trip).await {
+                let _ = done.send(());
+            }
+        });
     }
 
     /// Start the directory task once the server is bound and shared.
@@ -132,7 +208,8 @@ impl Cluster {
         let Some(c) = &inner.cluster else { return };
         let _ = c.advertise.set(advertise);
         let Some(rx) = c.changes_rx.lock().unwrap_or_else(|e| e.into_inner()).take() else { return };
-        tokio::spawn(directory(Arc::downgrade(inner), rx));
+        let Some(sync) = c.sync_sub.lock().unwrap_or_else(|e| e.into_inner()).take() else { return };
+        tokio::spawn(directory(Arc::downgrade(inner), rx, sync));
     }
 
     /// A key got its first spare here (`true`) or lost its last one (`false`); the receiver
@@ -153,15 +230,25 @@ impl Cluster {
 
 /// Keeps one subscription (and its answering task) per key with spares here. Ends with the
 /// server (its `Inner` dropped or shut down).
-async fn directory(inner: Weak<Inner>, mut rx: mpsc::UnboundedReceiver<Change>) {
+async fn directory(inner: Weak<Inner>, mut rx: mpsc::UnboundedReceiver<Change>, mut sync: async_nats::Subscriber) {
     let mut subs: HashMap<String, tokio::task::JoinHandle<()>> = HashMap::new();
-    let shutdown = match inner.upgrade() {
-        Some(i) => i.shutdown.clone(),
+    let (shutdown, seen) = match inner.upgrade() {
+        Some(i) => match &i.cluster {
+            Some(c) => (i.shutdown.clone(), c.sync_seen.clone()),
+            None => return,
+        },
         None => return,
     };
     loop {
         let change = tokio::select! {
             _ = crate::commserver::shut(shutdown.clone()) => break,
+            // a sync message came back (Cluster::synced); one publisher: in order
+            Some(m) = sync.next() => {
+                if let Some(n) = std::str::from_utf8(&m.payload).ok().and_then(|t| t.parse::<u64>().ok()) {
+                    seen.send_modify(|s| *s = (*s).max(n));
+                }
+                continue;
+            }
             c = rx.recv() => c,
         };
         let Some((key, present, done)) = change else { break };
@@ -180,13 +267,10 @@ async fn directory(inner: Weak<Inner>, mut rx: mpsc::UnboundedReceiver<Change>) 
         // an error: the client is closed, the server is going away
         if let Ok(sub) = c.client.subscribe(subject(&key)).await {
             subs.insert(key.clone(), tokio::spawn(answer(Arc::downgrade(&i), key, sub)));
-            // the registration waits for this (bounded there): not the directory
-            let client = c.client.clone();
-            tokio::spawn(async move {
-                if client.flush().await.is_ok() {
-                    let _ = done.send(());
-                }
-            });
+            // the registration waits for this (bounded there): not the directory. Not
+            // `client.flush()`: that only writes the SUB to the socket, and a lookup by another
+            // node could reach the NATS server before it has read it (the issue-12 hang)
+            c.synced(done);
         }
     }
     for (_, task) in subs {
@@ -248,6 +332,8 @@ mod tests {
     #[test]
     fn the_lookup_limiter_allows_a_burst_per_address_then_the_rate() {
         let l = LookupLimiter::default();
+        assert_eq!(l.limits, LookupLimits { rate: 20.0, burst: 40, in_flight: 64 });
+        const LOOKUP_BURST: f64 = super::LOOKUP_BURST as f64;
         let a: IpAddr = "192.0.2.1".parse().unwrap();
         let b: IpAddr = "192.0.2.2".parse().unwrap();
         let t0 = Instant::now();
@@ -269,5 +355,33 @@ mod tests {
         assert!(l.take("203.0.113.9".parse().unwrap()).is_none());
         drop(held);
         assert!(l.take("203.0.113.9".parse().unwrap()).is_some());
+    }
+
+    #[test]
+    fn the_lookup_limits_are_configurable_and_checked() {
+        let l = LookupLimiter::new(LookupLimits { rate: 0.001, burst: 3, in_flight: 2 });
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        // a burst of 3 (the refill of 0.001/s adds nothing within the test) ...
+        let p1 = l.take(a).expect("1 of the burst");
+        drop(p1);
+        let p2 = l.take(a).expect("2 of the burst");
+        let p3 = l.take(a).expect("3 of the burst");
+        assert!(l.take(a).is_none(), "over the burst");
+        // ... and two in flight for the whole node: p2 and p3 are still held
+        assert!(l.take("192.0.2.2".parse().unwrap()).is_none(), "over lookups_in_flight");
+        drop(p2);
+        assert!(l.take("192.0.2.2".parse().unwrap()).is_some());
+        drop(p3);
+        for bad in [
+            LookupLimits { rate: 0.0, ..Default::default() },
+            LookupLimits { rate: f64::NAN, ..Default::default() },
+            LookupLimits { rate: f64::INFINITY, ..Default::default() },
+            LookupLimits { burst: 0, ..Default::default() },
+            LookupLimits { in_flight: 0, ..Default::default() },
+        ] {
+            let e = bad.check().unwrap_err().to_string();
+            assert!(e.contains("LAMA-ARG") && e.contains("must be"), "{e}");
+        }
+        assert!(LookupLimits::default().check().is_ok());
     }
 }

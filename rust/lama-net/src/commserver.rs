@@ -63,6 +63,8 @@ pub struct CommServerOptions {
     /// URL other nodes reach this node at (`None`: the bound `ws://host:port`).
     pub nats: Option<String>,
     pub advertise: Option<String>,
+    /// docs/cluster.md §4: the cluster lookup rate limit (used with `nats` only).
+    pub lookup_limits: crate::cluster::LookupLimits,
     /// lama's store-and-forward mailbox (docs/mailbox.md); `None`: not offered.
     pub mailbox: Option<MailboxOptions>,
 }
@@ -78,6 +80,7 @@ impl Default for CommServerOptions {
             max_spares_per_address: 256,
             nats: None,
             advertise: None,
+            lookup_limits: Default::default(),
             mailbox: None,
         }
     }
@@ -274,7 +277,7 @@ pub async fn comm_server(host: &str, port: u16, opts: CommServerOptions) -> Resu
     let (public, secret) = box_keypair();
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let cluster = match &opts.nats {
-        Some(nats) => Some(crate::cluster::Cluster::connect(nats).await?),
+        Some(nats) => Some(crate::cluster::Cluster::connect(nats, opts.lookup_limits).await?),
         None => None,
     };
     let advertise = opts.advertise.clone().unwrap_or_else(|| url.clone());

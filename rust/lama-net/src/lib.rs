@@ -24,7 +24,7 @@ mod transport;
 mod ws;
 
 pub use commlisten::{comm_listen, CommListener, ListenState};
-pub use cluster::{HOP_FIELD, LOOKUP_TIMEOUT, SUBJECT_PREFIX};
+pub use cluster::{LookupLimits, HOP_FIELD, LOOKUP_TIMEOUT, SUBJECT_PREFIX};
 pub use commserver::{comm_server, CommServer, CommServerOptions};
 pub use mailbox::MailboxOptions;
 pub use driver::{run, run_until_cancelled, Protocol, StoreWatch};

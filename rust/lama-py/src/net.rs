@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use lama_core::store::Store;
 use lama_net::{Message, Protocol, StoreWatch, Transport, DEFAULT_MAX_MESSAGE};
 use pyo3::prelude::*;
-use pyo3::types::{PyBool, PyByteArray, PyBytes, PyDict, PyInt, PyList, PyMemoryView, PyString};
+use pyo3::types::{PyBool, PyByteArray, PyBytes, PyDict, PyFloat, PyInt, PyList, PyMemoryView, PyString};
 use pyo3_async_runtimes::tokio::future_into_py;
 use tokio::sync::{mpsc, watch};
 
@@ -1151,7 +1151,8 @@ impl PyCommServer {
                     mailbox_ttl = Secs(Duration::from_secs(7 * 24 * 3600)),
                     mailbox_total_items = Count(100_000),
                     mailbox_total_bytes = Count(1 << 30),
-                    nats = None, advertise = None))]
+                    nats = None, advertise = None, lookup_rate = None, lookup_burst = None,
+                    lookups_in_flight = None))]
 #[allow(clippy::too_many_arguments)]
 fn comm_server<'py>(
     py: Python<'py>,
@@ -1171,11 +1172,39 @@ fn comm_server<'py>(
     mailbox_total_bytes: Count,
     nats: Option<Bound<'py, PyAny>>,
     advertise: Option<Bound<'py, PyAny>>,
+    lookup_rate: Option<Bound<'py, PyAny>>,
+    lookup_burst: Option<Bound<'py, PyAny>>,
+    lookups_in_flight: Option<Bound<'py, PyAny>>,
 ) -> PyResult<Bound<'py, PyAny>> {
     let host = str_arg("a host", host)?;
     // docs/cluster.md: a cluster node (NATS URL) and the URL other nodes reach it at
     let nats = nats.map(|v| str_arg("nats (a NATS URL)", &v)).transpose()?;
     let advertise = advertise.map(|v| str_arg("advertise (a ws:// URL)", &v)).transpose()?;
+    // docs/cluster.md §4: the lookup rate limit (checked here, also without `nats`)
+    // (named in the errors, as the pure core's LookupLimiter.check)
+    let repr = |v: &Bound<'py, PyAny>| v.repr().map(|r| r.to_string()).unwrap_or_default();
+    let limit = |name: &str, v: Option<Bound<'py, PyAny>>, default: usize, max: usize| -> PyResult<usize> {
+        let Some(v) = v else { return Ok(default) };
+        let n = if v.cast::<PyBool>().is_ok() || v.cast::<PyInt>().is_err() { None } else { v.extract::<i128>().ok() };
+        match n {
+            Some(n) if n >= 1 && n <= max as i128 => Ok(n as usize),
+            _ => Err(arg_error(format!("{name} must be at least 1, got {}", repr(&v)))),
+        }
+    };
+    let defaults = lama_net::LookupLimits::default();
+    let rate = match lookup_rate {
+        None => defaults.rate,
+        Some(v) if v.cast::<PyBool>().is_ok() || !(v.cast::<PyInt>().is_ok() || v.cast::<PyFloat>().is_ok()) => {
+            return Err(arg_error(format!("lookup_rate must be a positive number, got {}", repr(&v))));
+        }
+        Some(v) => v.extract::<f64>().map_err(|_| arg_error(format!("lookup_rate must be a positive number, got {}", repr(&v))))?,
+    };
+    let lookup_limits = lama_net::LookupLimits {
+        rate,
+        burst: limit("lookup_burst", lookup_burst, defaults.burst as usize, u32::MAX as usize)? as u32,
+        in_flight: limit("lookups_in_flight", lookups_in_flight, defaults.in_flight, usize::MAX)?,
+    };
+    lookup_limits.check().map_err(net_err)?;
     // lama's mailbox extension (docs/mailbox.md §5)
     let mailbox = match mailbox_dir {
         None => None,
@@ -1212,6 +1241,7 @@ fn comm_server<'py>(
         mailbox,
         nats,
         advertise,
+        lookup_limits,
     };
     py_future(py, async move {
         let s = lama_net::comm_server(&host, port, opts).await.map_err(net_err)?;
