@@ -162,6 +162,14 @@ def test_comm_server_handover_latency(benchmark: Any, core: ModuleType,
     record("handover (median, 1/s)", core.CORE_NAME, 1, pct(lat, .5))
 
 
+async def _pending(ws: Any) -> object:
+    """What the initiator received instead of the handover, if anything (for the error)."""
+    try:
+        return await asyncio.wait_for(ws.recv(), 1)
+    except Exception as e:  # noqa: BLE001 - only for the message
+        return e
+
+
 def _relay(core: ModuleType, url: str, payload: bytes, count: int, ask_url: str | None = None) -> float:
     """Seconds to relay ``count`` frames; the listener at ``url``, the initiator at ``ask_url``
     (another node of a cluster, test_bench_cluster.py) or ``url``."""
@@ -172,8 +180,13 @@ def _relay(core: ModuleType, url: str, payload: bytes, count: int, ask_url: str 
         a = await core.ws_connect(ask_url or url, max_message=2 * len(MIB))
         await a.send(json.dumps({"command": "communication_request", "sourcePublicKey": pk.hex(),
                                  "targetPublicKey": pk.hex()}))
-        b = await listener.accept()
-        await b.recv()
+        # a refused handover (the initiator gets an error, the listener nothing) is an error
+        # here, not a wait until the 300 s limit below
+        try:
+            b = await asyncio.wait_for(listener.accept(), 10)
+            await asyncio.wait_for(b.recv(), 10)
+        except asyncio.TimeoutError:
+            raise AssertionError(f"no handover within 10 s (initiator got: {await _pending(a)!r})")
 
         async def send() -> None:
             for _ in range(count):
