@@ -225,3 +225,60 @@ def test_cli_pairing_without_serve_creates_the_contact(tmp_path: Path) -> None:
     finally:
         for p in procs:
             p.stop()
+
+
+def test_second_device_joins_in_its_own_process_and_converges(tmp_path: Path) -> None:
+    """Issue 10 "a second device of the same person joins and converges", with real processes:
+    Alice's laptop and Bob chat through the comm server (each its own ``lama serve``); then
+    Alice's phone (the same person: same email, its own instance and keys) is paired with the
+    laptop; it receives the conversation, posts into it, and all three end with one history."""
+    from lama.chat import one_to_one_id
+    from test_chat_e2e import instance_dir, pair, req, wait_history
+    from lama.identity.instance import Instance
+    from test_pairing_e2e import SECRET, Proc, comm_server, free_port, init
+
+    port = free_port()
+    url = f"ws://127.0.0.1:{port}"
+    procs: list[Proc] = []
+    try:
+        procs.append(comm_server(port))
+        laptop, bob = init(tmp_path, "alice"), init(tmp_path, "bob")
+        # the phone: the same person with the same person keys (lama's Internet of Me: a
+        # device of my own person proves my person key, lama.connect.protocol post-check 2),
+        # its own instance and instance keys; there is no CLI for this, the Python API does it
+        with Instance.open(str(tmp_path / "alice"), SECRET) as inst:
+            person_keys = inst.secret_keys("person")
+        with Instance.create(str(tmp_path / "phone"), email="alice@example.org", person_name="alice",
+                             instance_name="alice-phone", secret=SECRET, person_keys=person_keys) as ph:
+            phone = {"person_id": str(ph.person_id), "instance_id": str(ph.instance_id)}
+        assert phone["person_id"] == laptop["person_id"] and phone["instance_id"] != laptop["instance_id"]
+        d1, db, d2 = (instance_dir(tmp_path, n) for n in ("alice", "bob", "phone"))
+        for name in ("alice", "bob", "phone"):
+            procs.append(_serve(tmp_path, name, url))
+        A, B = laptop["person_id"], bob["person_id"]
+        topic = one_to_one_id(A, B)
+
+        ca, cb = pair(d1, db)
+        assert ca["person_id"] == B and cb["person_id"] == A
+        req(d1, "send", contact=B, text="from laptop")
+        req(db, "send", contact=A, text="from bob")
+        wait_history(d1, B, ["from laptop", "from bob"])
+        wait_history(db, A, ["from laptop", "from bob"])
+
+        # the phone joins: paired with the laptop (a device of my own person: no contact)
+        c_laptop, c_phone = pair(d1, d2)
+        assert c_laptop is None and c_phone is None
+        assert req(d1, "contacts")["contacts"][0]["person_id"] == B
+        assert req(d2, "contacts")["contacts"] == []
+        wait_history(d2, topic, ["from laptop", "from bob"])
+        req(d2, "send", contact=topic, text="from phone")
+        req(db, "send", contact=A, text="bob again")
+        want = ["from laptop", "from bob", "from phone", "bob again"]
+        h1 = wait_history(d1, B, want)
+        hb = wait_history(db, A, want)
+        h2 = wait_history(d2, topic, want)
+        assert [m["id"] for m in h1] == [m["id"] for m in hb] == [m["id"] for m in h2]
+        assert {m["sender"] for m in h2 if m["text"] in ("from laptop", "from phone")} == {A}
+    finally:
+        for p in procs:
+            p.stop()
