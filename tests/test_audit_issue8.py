@@ -251,3 +251,105 @@ def test_live_grant_between_rust_and_pure(tmp_path: Path, rust_core: ModuleType,
                                           rust_side: int, fast: bool) -> None:
     cores = (rust_core, pure_core) if rust_side == 0 else (pure_core, rust_core)
     check_live_grant(tmp_path, "ws", cores, fast)
+
+
+# -- malicious peer: the kinds the other tests leave out (tests/test_chum_hostile.py forges an
+# -- object and pushes an Access object; here a BLOB, a CLOB, an ID object, IdAccess and Group)
+
+def _hostile_setup(tmp_path: Path) -> tuple[Any, Any, str, str, Chat, bytes, str, str]:
+    a = core.Store(str(tmp_path / "a"))
+    b = core.Store(str(tmp_path / "b"))
+    pa, pb = person_id(a, "alice@a.example"), person_id(a, "bob@b.example")
+    person_id(b, "alice@a.example")
+    person_id(b, "bob@b.example")
+    chat = Chat(a, pa, pb)
+    chat.share([pa, pb])
+    chat.post("one")
+    data = deterministic_bytes(200_000, b"hostile")
+    blob_msg = chat.post("file", attachments=[chat.attach_blob(data)])
+    clob_msg = chat.post("note", attachments=[chat.attach_clob("a CLOB ✓ " * 300)])
+    return a, b, pa, pb, chat, data, blob_msg, clob_msg
+
+
+def _forge(f: str | bytes) -> str | bytes:
+    if isinstance(f, bytes):  # a stream chunk: [f64 id][payload]; flip one payload byte
+        return f[:8] + bytes([f[8] ^ 0x01]) + f[9:] if len(f) > 8 else f
+    m = json.loads(f)
+    for key in ("data", "chunk"):  # an ID object's microdata; a CLOB's text chunk
+        if isinstance(m.get(key), str):
+            m[key] = m[key].replace(">", "> forged", 1) if ">" in m[key] else "forged " + m[key]
+    return json.dumps(m)
+
+
+@pytest.mark.parametrize("what", ["blob", "clob", "id object"])
+def test_wrong_bytes_for_a_stream_or_an_id_object_are_refused(tmp_path: Path, what: str) -> None:
+    """chum.md §6.3: the importer verifies the hash of every ID object, BLOB and CLOB; forged
+    bytes are never stored under the hash, what references them is not stored (no hole), the
+    session ends cleanly, A is intact, and an honest sync afterwards completes."""
+    from test_chum_hostile import Hostile, run
+
+    a, b, pa, pb, chat, data, blob_msg, clob_msg = _hostile_setup(tmp_path)
+    blob = core.sha256_hex(data)
+    clob = next(h for h in a.hashes() if a.kind(h) == "clob")
+    target = {"blob": blob, "clob": clob, "id object": chat.ci}[what]
+    hit: list[int] = []
+
+    def rewrite(req: dict[str, Any], f: str | bytes) -> str | bytes | None:
+        args = req.get("args") or []
+        if args[:1] == [target] and req.get("serviceId") in (5, 7, 8):  # ID object, streams
+            hit.append(1)
+            return _forge(f)
+        return f
+
+    sb, rb, _ = run(a, b, pa, pb, Hostile(rewrite))
+    assert hit, "the forged answer was never asked for"
+    assert sb.close_reason == "chum finished"
+    assert rb.errors or rb.pending, "the forgery went unreported"
+    if what == "id object":  # the genuine one may come with a version: never forged bytes
+        assert not b.has(target) or b.get(target) == a.get(target)
+    else:
+        assert not b.has(target) and b.kind(target) is None
+    assert b.verify() == [] and a.verify() == []
+    assert_no_holes(b)
+    holder = {"blob": blob_msg, "clob": clob_msg, "id object": chat.head}[what]
+    if what != "id object":
+        assert not b.has(holder)
+    # the honest exporter again: everything arrives
+    sb, rb, _ = run(a, b, pa, pb, None)
+    assert sb.close_reason == "chum finished" and [e for e in rb.errors if e["fatal"]] == []
+    assert b.has(target) and b.has(holder) and texts(b, chat.ci) == ["note", "file", "one"]
+    if what == "blob":
+        assert b.read_blob(blob) == data
+    assert b.verify() == []
+
+
+@pytest.mark.parametrize("kind", ["IdAccess", "Group"])
+def test_idaccess_or_group_pushed_as_a_child_is_refused(tmp_path: Path, kind: str) -> None:
+    """chum.md §6.4: Access, IdAccess and Group objects from the remote are refused (the
+    Access case is in tests/test_chum_hostile.py)."""
+    from test_chum_hostile import Hostile, data_of, run, with_data
+
+    a, b, pa, pb, chat, _data, _bm, _cm = _hostile_setup(tmp_path)
+    if kind == "IdAccess":
+        bad = versions.store_versioned(a, {"$type$": "IdAccess", "id": chat.ci, "person": [pb],
+                                           "group": []}).hash
+    else:
+        access.set_group(a, "evil", [pa, pb])
+        bad = versions.current_hash(a, access.group_id("evil"))
+    assert bad is not None
+    bad_md = a.get(bad)
+
+    def rewrite(req: dict[str, Any], f: str | bytes) -> str | bytes | None:
+        if req.get("serviceId") == 4 and req["args"] == [chat.topic]:
+            children = json.loads(data_of(f))
+            return with_data(f, json.dumps([{"type": "object", "hash": bad}] + children))
+        if req.get("serviceId") == 6 and req["args"] == [bad]:
+            m = json.loads(f)  # type: ignore[arg-type]
+            return json.dumps({"responseId": m["responseId"], "type": "data", "data": bad_md})
+        return f
+
+    sb, rb, _ = run(a, b, pa, pb, Hostile(rewrite))
+    assert sb.close_reason == "chum finished"
+    assert "CIEC-FO3" in [e["code"] for e in rb.errors], rb.errors
+    assert not b.has(bad)
+    assert b.verify() == [] and a.verify() == []
