@@ -185,12 +185,52 @@ def test_cli_send_attach_and_messages_follow_through_running_serves(tmp_path: Pa
         r = lama("status", "--dir", str(tmp_path / "a"), "--json")
         st = json.loads(r.stdout)
         assert st["serving"] and st["peers"][0]["connected"] and st["peers"][0]["person_id"] == b["person_id"]
-        for p in (sa, sb):
-            p.p.terminate()
+        # lama serve stops cleanly on SIGINT (Ctrl-C) as on SIGTERM: status 0, control file gone
+        sa.p.send_signal(2)
+        sb.p.terminate()
+        for p, d in ((sa, da), (sb, db)):
             assert p.p.wait(30) == 0, p.stderr()
+            assert not (d / control.CONTROL_FILE).exists()
     finally:
         for p in procs:
             p.stop()
+
+
+def test_grants_once_at_topic_creation_none_per_message(tmp_path: Path) -> None:
+    """Issue 10: "Access is granted when a topic or channel is created, once and completely
+    ... so every later message reaches the peer with no per-message grant": posting messages
+    (with an attachment) writes no Access/IdAccess object, and they all reach the peer."""
+    from chat_util import make, pair, sync, texts
+    from lama.chat import Chat
+
+    a, b = make(tmp_path, "alice"), make(tmp_path, "bob")
+    ca, cb = Chat(a, events=False), Chat(b, events=False)
+    try:
+        pair(ca, cb)
+
+        def grants(store: Any) -> set[str]:
+            return {h for h in store.hashes() if store.kind(h) == "object"
+                    and store.get_object(h)["$type$"] in ("Access", "IdAccess")}
+
+        before = grants(a.store)
+        assert before, "pairing created the topic and its grants"
+        f = tmp_path / "f.bin"
+        f.write_bytes(deterministic_bytes(100_000, b"grant"))
+        ca.send(cb.me, "one")
+        ca.send(cb.me, "two", [str(f)])
+        ca.send_many(cb.me, ["three", "four"])
+        assert grants(a.store) == before
+        sync(ca, cb)
+        # (send_many posts in one millisecond: ordered by CreationTime hash, app-layer.md §2.5)
+        assert texts(cb, ca.me)[:2] == ["one", "two"]
+        assert sorted(texts(cb, ca.me)[2:]) == ["four", "three"]
+        assert grants(a.store) == before
+        [got] = [m for m in cb.history(ca.me) if m.text == "two"]
+        assert cb.read_attachment(got.attachments[0]) == f.read_bytes()
+    finally:
+        for c in (ca, cb):
+            c.close()
+            c.instance.close()
 
 
 def test_cli_pairing_without_serve_creates_the_contact(tmp_path: Path) -> None:
