@@ -142,7 +142,10 @@ def test_cli_send_attach_and_messages_follow_through_running_serves(tmp_path: Pa
         link = next(line for line in iter(lambda: inviter.readline(60), None) if line.startswith("https://"))
         r = lama("accept", link, "--dir", str(tmp_path / "b"), "--comm-server", url, "--json")
         assert r.returncode == 0, (r.stdout, r.stderr)
+        assert json.loads(r.stdout)["person_id"] == a["person_id"]
         assert inviter.p.wait(60) == 0, inviter.stderr()
+        rest = inviter.rest(10)  # the QR code, then the JSON report
+        assert json.loads(rest[rest.index("\n{") + 1:])["person_id"] == b["person_id"]
         for d, other in ((tmp_path / "a", b), (tmp_path / "b", a)):
             r = lama("contacts", "--dir", str(d), "--json")
             assert r.returncode == 0, r.stderr

@@ -981,7 +981,10 @@ def _ensure_contact(inst: Any, person: str) -> None:
 
 def _print_served_contact(contact: dict[str, Any] | None, as_json: bool) -> None:
     if as_json:
-        print(json.dumps({"contact": contact, "via": "lama serve"}, indent=2, sort_keys=True))
+        # person_id at the top as without lama serve; the contact as lama contacts --json
+        # shows it (None for a device of my own person)
+        print(json.dumps({"person_id": contact["person_id"] if contact else None,
+                          "contact": contact, "via": "lama serve"}, indent=2, sort_keys=True))
     elif contact is None:
         print("paired with a device of my own person")
     else:
