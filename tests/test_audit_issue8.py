@@ -353,3 +353,29 @@ def test_idaccess_or_group_pushed_as_a_child_is_refused(tmp_path: Path, kind: st
     assert "CIEC-FO3" in [e["code"] for e in rb.errors], rb.errors
     assert not b.has(bad)
     assert b.verify() == [] and a.verify() == []
+
+
+@pytest.mark.parametrize("service", [4, 6])
+def test_an_error_answer_under_write_load_does_not_drop_the_sync(tmp_path: Path, service: int) -> None:
+    """connections.md §5.5 "The exporter fails under write load": the reference answers a
+    request with an error (SB-READ2, a file-system race); a lama importer must not drop the
+    connection, and the sync still completes. (The roots request, service 2, is not retried
+    in the same pass: see the audit report, session 8.)"""
+    from test_chum_hostile import Hostile, run
+
+    a, b, pa, pb, chat, data, _bm, _cm = _hostile_setup(tmp_path)
+    failed: list[int] = []
+
+    def rewrite(req: dict[str, Any], f: str | bytes) -> str | bytes | None:
+        if req.get("serviceId") == service and not failed and isinstance(f, str):
+            failed.append(req["requestId"])
+            return json.dumps({"responseId": req["requestId"], "type": "error", "error": {
+                "name": "Error", "message": "SB-READ2: Error while reading file", "code": "SB-READ2"}})
+        return f
+
+    sb, rb, _ = run(a, b, pa, pb, Hostile(rewrite), request_timeout=2.0)
+    assert failed
+    assert sb.close_reason == "chum finished", sb.close_reason
+    assert [e for e in rb.errors if e["fatal"]] == [] and "SB-READ2" in [e["code"] for e in rb.errors]
+    assert texts(b, chat.ci) == ["note", "file", "one"] and b.read_blob(core.sha256_hex(data)) == data
+    assert b.verify() == []
