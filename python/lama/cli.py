@@ -307,6 +307,10 @@ def _build_app() -> Any:
 
         if not lifetime > 0:
             raise typer.BadParameter("must be > 0", param_hint="--lifetime")
+        served = _served_dir(dir, email, instance_name)
+        if served is not None:  # through the running lama serve (its chat layer, its listener)
+            _run_async(_invite_served(served, lifetime, png, as_json))
+            return
         url = _comm_server(comm_server)
         with Instance.open(dir, read_secret(), email=email, instance_name=instance_name) as inst:
             _run_async(_invite(inst, url, lifetime, png, chum_wait, as_json))
@@ -331,6 +335,10 @@ def _build_app() -> Any:
         from lama.identity.instance import Instance
 
         inv = pairing.parse_invitation(link)  # a malformed link fails before the secret
+        served = _served_dir(dir, email, instance_name)
+        if served is not None:  # through the running lama serve (its chat layer, its listener)
+            _run_async(_accept_served(served, inv, as_json))
+            return
         url = comm_server or os.environ.get(COMM_SERVER_ENV) or inv.url
         with Instance.open(dir, read_secret(), email=email, instance_name=instance_name) as inst:
             _run_async(_accept(inst, url, inv, chum_wait, as_json))
@@ -932,6 +940,7 @@ async def _invite(inst: Any, url: str, lifetime: float, png: str | None, chum_wa
         except asyncio.TimeoutError:
             raise PairingError(f"the invitation expired after {lifetime:g} s without a pairing",
                                code="LAMA-PAIR-TIMEOUT") from None
+        _ensure_contact(inst, outcome.remote_person)
         chum_up = await watch.wait(outcome.remote_person, chum_wait)
         _report(outcome, chum_up, chum_wait, as_json)
     finally:
@@ -946,10 +955,79 @@ async def _accept(inst: Any, url: str, inv: Any, chum_wait: float, as_json: bool
     try:
         await manager.start()
         outcome = await manager.accept_invitation(inv)
+        _ensure_contact(inst, outcome.remote_person)
         chum_up = await watch.wait(outcome.remote_person, chum_wait)
         _report(outcome, chum_up, chum_wait, as_json)
     finally:
         await manager.close()
+
+
+def _served_dir(dir: str, email: str | None, instance_name: str | None) -> Any:
+    """The instance directory if a ``lama serve`` runs for it, else None. ``invite`` and
+    ``accept`` then pair through it: a second connection manager on the same instance key
+    beside the server's would pair behind its back (the server's chat layer never created
+    the contact, so ``lama send`` found none until the next start)."""
+    from lama import control
+    from lama.identity.layout import find_instance_dir
+
+    path = find_instance_dir(dir, email=email, instance_name=instance_name)
+    return path if control.server_running(path) else None
+
+
+def _ensure_contact(inst: Any, person: str) -> None:
+    """The chat layer's on-paired hook (docs/chat.md §2: contact, 1-to-1 topic, grants) for a
+    pairing made without ``lama serve``, so ``lama contacts``/``send`` find the contact at
+    once and the first sync already carries the topic (``App.start`` runs the same hook for
+    pairings it finds, idempotently)."""
+    from lama.chat import Chat
+
+    chat = Chat(inst, events=False)
+    try:
+        chat.on_paired(person)
+    finally:
+        chat.close()
+
+
+def _print_served_contact(contact: dict[str, Any] | None, as_json: bool) -> None:
+    if as_json:
+        # person_id at the top as without lama serve; the contact as lama contacts --json
+        # shows it (None for a device of my own person)
+        print(json.dumps({"person_id": contact["person_id"] if contact else None,
+                          "contact": contact, "via": "lama serve"}, indent=2, sort_keys=True))
+    elif contact is None:
+        print("paired with a device of my own person")
+    else:
+        print(f"{'paired with person:':<26}{escape(contact['person_id'])}")
+        for key in ("name", "email"):
+            if contact.get(key):
+                print(f"{key + ':':<26}{escape(contact[key])}")
+    sys.stdout.flush()
+
+
+async def _invite_served(path: Any, lifetime: float, png: str | None, as_json: bool) -> None:
+    from lama import control
+    from lama.connect import pairing
+
+    async for msg in control.stream(path, "invite", lifetime=lifetime):
+        if "info" in msg:
+            link = msg["info"]["link"]
+            if png:
+                with open(png, "wb") as f:
+                    f.write(pairing.parse_invitation(link).qr_png())
+            print(link)
+            print(msg["info"]["qr"])
+            print(f"waiting for the invitation to be accepted (token valid {lifetime:g} s; "
+                  f"through lama serve) ...", file=sys.stderr)
+            sys.stdout.flush()
+        elif msg.get("ok"):
+            _print_served_contact(msg.get("contact"), as_json)
+
+
+async def _accept_served(path: Any, inv: Any, as_json: bool) -> None:
+    from lama import control
+
+    res = await control.request(path, "accept", link=json.dumps(inv.to_json()))
+    _print_served_contact(res.get("contact"), as_json)
 
 
 def main(argv: list[str] | None = None) -> None:
