@@ -359,8 +359,7 @@ def test_idaccess_or_group_pushed_as_a_child_is_refused(tmp_path: Path, kind: st
 def test_an_error_answer_under_write_load_does_not_drop_the_sync(tmp_path: Path, service: int) -> None:
     """connections.md §5.5 "The exporter fails under write load": the reference answers a
     request with an error (SB-READ2, a file-system race); a lama importer must not drop the
-    connection, and the sync still completes. (The roots request, service 2, is not retried
-    in the same pass: see the audit report, session 8.)"""
+    connection, and the sync still completes (the roots request: the test below)."""
     from test_chum_hostile import Hostile, run
 
     a, b, pa, pb, chat, data, _bm, _cm = _hostile_setup(tmp_path)
@@ -378,4 +377,35 @@ def test_an_error_answer_under_write_load_does_not_drop_the_sync(tmp_path: Path,
     assert sb.close_reason == "chum finished", sb.close_reason
     assert [e for e in rb.errors if e["fatal"]] == [] and "SB-READ2" in [e["code"] for e in rb.errors]
     assert texts(b, chat.ci) == ["note", "file", "one"] and b.read_blob(core.sha256_hex(data)) == data
+    assert b.verify() == []
+
+
+@pytest.mark.parametrize("answers", [1, 3, 4])
+def test_an_error_answer_to_the_roots_request_is_retried(tmp_path: Path, answers: int) -> None:
+    """connections.md §5.5: "A lama importer treats an error response as a failed request to
+    retry". The roots request (service 2) answered with SB-READ2 once, or three times (the
+    retry limit), is asked again and the same one-shot pass imports everything; a fourth error
+    in a row ends the pass with that (non-fatal) error and nothing imported."""
+    from test_chum_hostile import Hostile, run
+
+    a, b, pa, pb, chat, data, _bm, _cm = _hostile_setup(tmp_path)
+    failed: list[int] = []
+
+    def rewrite(req: dict[str, Any], f: str | bytes) -> str | bytes | None:
+        if req.get("serviceId") == 2 and len(failed) < answers and isinstance(f, str):
+            failed.append(req["requestId"])
+            return json.dumps({"responseId": req["requestId"], "type": "error", "error": {
+                "name": "Error", "message": "SB-READ2: Error while reading file", "code": "SB-READ2"}})
+        return f
+
+    sb, rb, _ = run(a, b, pa, pb, Hostile(rewrite), request_timeout=2.0)
+    assert len(failed) == answers
+    assert sb.close_reason == "chum finished", sb.close_reason
+    assert [e for e in rb.errors if e["fatal"]] == []
+    assert sb.stats()["retries"] == min(answers, 3)
+    if answers <= 3:
+        assert texts(b, chat.ci) == ["note", "file", "one"] and b.read_blob(core.sha256_hex(data)) == data
+    else:
+        assert "SB-READ2" in [e["code"] for e in rb.errors]
+        assert texts(b, chat.ci) == []
     assert b.verify() == []

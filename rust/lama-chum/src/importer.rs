@@ -29,6 +29,10 @@ use crate::Event;
 
 /// chum.md §3.3: UNKNOWN-SERVICE on service 1 means "exporter not ready": retry.
 pub const VERSION_RETRY_DELAY: Duration = Duration::from_millis(300);
+/// An error answer to the roots request is retried this often, after this delay times the
+/// attempt (connections.md §5.5), before the pass ends with the error.
+pub const ROOTS_RETRIES: u32 = 3;
+pub const ROOTS_RETRY_DELAY: Duration = Duration::from_millis(200);
 pub const VERSION_RETRIES: u32 = 15;
 /// chum.md §10.3: 8, and 9 should a v9-note peer ever appear.
 const ACCEPTED_VERSIONS: [i64; 2] = [8, 9];
@@ -230,6 +234,9 @@ enum Stage {
     /// protocol version is kept for the `version` event.
     Probe(i64),
     Roots,
+    /// A pause before the roots request is sent again: the last one was answered with an
+    /// error (connections.md §5.5: the reference answers SB-READ2 under write load).
+    RootsSleep,
     Children(Box<Pass>),
     /// Objects and ID objects are out.
     Fetch(Box<Pass>),
@@ -266,6 +273,8 @@ pub struct Importer {
     subscribed: bool,
     keep_running: bool,
     poll_interval: Duration,
+    /// Error answers to the current roots request so far (reset by an answer).
+    roots_attempts: u32,
     stage: Stage,
     full_sync: bool,
     /// BLOB/CLOB hash -> reason (chum.md §2.6: retried at the next pass).
@@ -312,7 +321,7 @@ impl Importer {
             errors_before: 0,
             pending_before: 0,
             subscribed: false,
-            keep_running, poll_interval, stage: Stage::Start, full_sync: false, pending: HashMap::default(),
+            keep_running, poll_interval, roots_attempts: 0, stage: Stage::Start, full_sync: false, pending: HashMap::default(),
             notes: Vec::new(),
             notes_bad: false,
             hints: Vec::new(),
@@ -440,6 +449,7 @@ impl Importer {
                 Ok(Step::Sleep(self.poll_interval * if self.subscribed { 10 } else { 1 }))
             }
             Stage::PollSleep => self.poll(cx),
+            Stage::RootsSleep => self.roots(),
             Stage::Receipt(mark, errors) => {
                 if let Some(Outcome::Err { code, message }) = results.into_iter().next() {
                     if code == TIMEOUT {
@@ -455,6 +465,9 @@ impl Importer {
             }
             Stage::Roots => {
                 let r = results.into_iter().next().unwrap_or(Outcome::Err { code: TIMEOUT.into(), message: "no answer".into() });
+                if matches!(r, Outcome::Ok(_)) {
+                    self.roots_attempts = 0;
+                }
                 if self.peer_key.is_some() {
                     // docs/chum-fastpath.md 102: a JSON string of {"mark", "roots"}; the list
                     // is taken as parsed (it was written back to a string and parsed again:
@@ -619,7 +632,16 @@ impl Importer {
             None => self.end_pass(cx),
         },
         Outcome::Err { code, message } if code == TIMEOUT => Err(fatal(&code, message)),
+        Outcome::Err { .. } if self.roots_attempts < ROOTS_RETRIES => {
+            // connections.md §5.5: an error answer is a failed request to retry (the pass
+            // has not started: nothing to undo)
+            self.roots_attempts += 1;
+            cx.stats.retries += 1;
+            self.stage = Stage::RootsSleep;
+            Ok(Step::Sleep(ROOTS_RETRY_DELAY * self.roots_attempts))
+        }
         Outcome::Err { code, message } => {
+            self.roots_attempts = 0;
             cx.error(&code, &format!("roots request failed: {message}"), false);
             self.end_pass(cx)
         }

@@ -22,6 +22,9 @@ from .exporter import (BATCH_MAX, CLOSURE_HINTS_MAX, FASTPATH_VERSION, GET_CLOSU
 _HASH = re.compile(r"^[0-9a-f]{64}$")
 
 VERSION_RETRY_DELAY = 0.3
+# an error answer to the roots request: retries, and the pause per attempt (seconds)
+ROOTS_RETRIES = 3
+ROOTS_RETRY_DELAY = 0.2
 VERSION_RETRIES = 15
 """chum.md §3.3: service 1 is retried every 300 ms, 15 times, on UNKNOWN-SERVICE only."""
 
@@ -335,6 +338,19 @@ class Importer:
                 raise Fatal(r.code, r.message)
             self.emit("receipt_sent", receipt)
 
+    def _ask_roots(self, service: int, args: list[Any]) -> Generator[Call | Calls | Sleep, Any, Outcome]:
+        """The roots request; an error answer (not a timeout) is retried ROOTS_RETRIES times
+        after a growing pause (connections.md §5.5: the reference answers SB-READ2 under write
+        load). The last answer is returned."""
+        attempt = 0
+        while True:
+            (r,) = yield Call([Req(service, args)])
+            if r.ok or r.code == "LAMA-CHUM-TIMEOUT" or attempt >= ROOTS_RETRIES:
+                return r
+            attempt += 1
+            self.stats["retries"] += 1
+            yield Sleep(ROOTS_RETRY_DELAY * attempt)
+
     def _pass_inner(self) -> Generator[Call | Calls | Sleep, Any, None]:
         self.pass_errors = 0
         self.pass_error_texts = []
@@ -348,7 +364,7 @@ class Importer:
             r = Outcome(True, json.dumps(noted[1]))
             value = r.value
         elif self.peer_key is not None:
-            (r,) = yield Call([Req(GET_ROOTS_SINCE, [self.since])])
+            r = yield from self._ask_roots(GET_ROOTS_SINCE, [self.since])
             value = r.value
             if r.ok:
                 if not isinstance(value, str):
@@ -362,7 +378,7 @@ class Importer:
                     except (ValueError, KeyError, TypeError):
                         mark = value = None
         else:
-            (r,) = yield Call([Req(GET_ACCESSIBLE_ROOTS, [])])
+            r = yield from self._ask_roots(GET_ACCESSIBLE_ROOTS, [])
             value = r.value
         if not r.ok:
             if r.code == "LAMA-CHUM-TIMEOUT":
