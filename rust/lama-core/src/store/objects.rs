@@ -7,7 +7,7 @@
 
 use std::borrow::Cow;
 
-use heed::{MdbError, PutFlags, RwTxn};
+use heed::{PutFlags, RwTxn};
 
 use super::blob::hash_mismatch;
 use super::feed::{FeedTxn, K_HEAD};
@@ -101,13 +101,17 @@ impl Store {
         let dbs = self.dbs();
         // One B-tree descent: NO_OVERWRITE fails with KEYEXIST for a present entry (write-once,
         // docs/store-format.md "Write rules") instead of a lookup followed by a put.
-        let mut value = Vec::with_capacity(text.len() + 1);
-        value.push(kind);
-        value.extend_from_slice(text.as_bytes());
-        match dbs.objects.put_with_flags(txn, PutFlags::NO_OVERWRITE, h, &value) {
-            Ok(()) => {}
-            Err(heed::Error::Mdb(MdbError::KeyExist)) => return Ok(Status::Exists),
-            Err(e) => return Err(e.into()),
+        // MDB_RESERVE: the entry is written in place (no value buffer to build and copy)
+        let existed = dbs
+            .objects
+            .get_or_put_reserved_with_flags(txn, PutFlags::empty(), h, text.len() + 1, |space| {
+                use std::io::Write;
+                space.write_all(&[kind])?;
+                space.write_all(text.as_bytes())
+            })?
+            .is_some();
+        if existed {
+            return Ok(Status::Exists);
         }
         let map_kind = if kind == K_ID { MAP_ID } else { MAP_OBJECT };
         if let Some(props) = cfg.props(map_kind, type_name) {
