@@ -143,6 +143,8 @@ struct Item {
     /// Of a verified object or ID object: its SHA-256, and a versioned object's ID microdata.
     hash: [u8; 32],
     id_microdata: Option<String>,
+    /// ... and its references with their paths, for the store's reverse maps (until committed).
+    found_refs: Vec<microdata::HashRef>,
     /// A listed version node's depth, kept when it is committed (its text is dropped then).
     depth: Option<f64>,
     ok: bool,
@@ -168,7 +170,7 @@ struct Item {
 
 impl Item {
     fn new(kind: Kind, expected_type: Option<String>) -> Item {
-        Item { kind, expected_type, text: None, type_name: String::new(), refs: Vec::new(), hash: [0; 32], id_microdata: None, depth: None, ok: false, stored: false, fetched: false, bad: false, node: false, checked: false, reached: false, queued: false, blockers: None, committed: false }
+        Item { kind, expected_type, text: None, type_name: String::new(), refs: Vec::new(), hash: [0; 32], id_microdata: None, found_refs: Vec::new(), depth: None, ok: false, stored: false, fetched: false, bad: false, node: false, checked: false, reached: false, queued: false, blockers: None, committed: false }
     }
 }
 
@@ -1396,15 +1398,8 @@ impl Importer {
                 return Ok(());
             }
         }
-        let mut keyed = Vec::with_capacity(refs.len());
-        for r in &refs {
-            // the strict parse checked every reference; a bad one would not be a key
-            let Some(target) = H::parse(&r.hash) else {
-                cx.error(&format!("{pre}2"), &format!("{h}: malformed reference {}", r.hash), false);
-                return Ok(());
-            };
-            keyed.push((r.path == "data", r.kind, target));
-        }
+        // the strict parse checked every reference and gives its 32 bytes
+        let keyed: Vec<(bool, RefKind, H)> = refs.iter().map(|r| (r.path == "data", r.kind, H(r.hash))).collect();
         for &(_, k, r) in &keyed {
             if matches!(k, RefKind::Blob | RefKind::Clob) {
                 pass.streams_wanted.insert((ref_kind(k), r));
@@ -1415,6 +1410,7 @@ impl Importer {
         it.type_name = type_name;
         it.text = Some(text);
         it.id_microdata = id_microdata;
+        it.found_refs = refs;
         it.hash = got;
         it.ok = true;
         Ok(())
@@ -1555,30 +1551,22 @@ impl Importer {
     /// each (the final flush reports the pass's BLOBs/CLOBs in its first).
     fn flush(&self, pass: &mut Pass, new_blobs: Vec<String>, new_clobs: Vec<String>, last: bool, cx: &mut Cx) {
         let mut first = last;
+        let max = if self.features.contains("batch") { COMMIT_BATCH_FAST } else { COMMIT_BATCH };
         while !pass.com.ready.is_empty() || (first && (!new_blobs.is_empty() || !new_clobs.is_empty())) {
-            let mut batch: Vec<H> = Vec::new();
-            let mut in_batch: HashSet<H> = HashSet::default();
-            let max = if self.features.contains("batch") { COMMIT_BATCH_FAST } else { COMMIT_BATCH };
+            let mut batch: Vec<H> = Vec::with_capacity(max.min(pass.com.ready.len()));
             while batch.len() < max {
                 let Some(h) = pass.com.ready.pop_front() else { break };
-                // a reference refused by the store in an earlier batch: never a hole
-                if pass.items[&h].refs.iter().any(|r| pass.items.get(&r.2).is_some_and(|x| !x.stored) && !in_batch.contains(&r.2)) {
+                // a reference refused by the store in an earlier batch: never a hole. A ready
+                // item's listed references were stored or released, i.e. put in this batch or
+                // an earlier one; of an earlier one, what is not stored was refused (`bad`)
+                if pass.items[&h].refs.iter().any(|r| pass.items.get(&r.2).is_some_and(|x| !x.stored && x.bad)) {
                     continue;
                 }
-                in_batch.insert(h);
                 release(pass, &h);
                 batch.push(h);
             }
-            let done = self.put(pass, &batch, cx);
-            for h in &batch {
-                let it = pass.items.get_mut(h).unwrap();
-                if !it.stored {
-                    it.bad = true;
-                }
-            }
-            if !done.is_empty() || first {
-                let objects: Vec<String> = done.iter().filter(|h| pass.items[*h].kind != Kind::Id).map(H::to_string).collect();
-                let id_objects: Vec<String> = done.iter().filter(|h| pass.items[*h].kind == Kind::Id).map(H::to_string).collect();
+            let (done, objects, id_objects) = self.put(pass, &batch, cx);
+            if done > 0 || first {
                 cx.events.push_back(Event::Imported {
                     objects,
                     id_objects,
@@ -1586,43 +1574,45 @@ impl Importer {
                     clobs: if first { new_clobs.clone() } else { Vec::new() },
                 });
             }
-            pass.com.committed += done.len();
+            pass.com.committed += done;
             first = false;
         }
     }
 
-    fn put(&self, pass: &mut Pass, batch: &[H], cx: &mut Cx) -> Vec<H> {
+    /// Store `batch` in one transaction (item by item if the store refuses it); what is not
+    /// stored is `bad`. Returns how many were stored and their hashes as the `imported` event
+    /// lists them (objects, ID objects; each hex string made once, for the event and the log).
+    fn put(&self, pass: &mut Pass, batch: &[H], cx: &mut Cx) -> (usize, Vec<String>, Vec<String>) {
         if batch.is_empty() {
-            return Vec::new();
+            return (0, Vec::new(), Vec::new());
         }
         // verified (hash and one parse, `verify`): stored as they are, one transaction
         let result = {
             let all: Vec<Verified> = batch.iter().map(|h| verified(&pass.items, h)).collect();
             self.store.put_verified(&all)
         };
-        let done: Vec<H> = match result {
-            Ok(_) => batch.to_vec(),
-            Err(_) => {
-                // pre-verified, so this is rare: isolate the item the store refuses
-                let mut done = Vec::new();
-                for h in batch {
-                    if pass.items[h].refs.iter().any(|r| pass.items.get(&r.2).is_some_and(|x| !x.stored)) {
-                        continue;
-                    }
-                    let r = self.store.put_verified(&[verified(&pass.items, h)]);
-                    match r {
-                        Ok(_) => {
-                            pass.items.get_mut(h).unwrap().stored = true;
-                            done.push(*h);
-                        }
-                        Err(e) => cx.error(&e.code, &format!("storing {h}: {e}"), false),
-                    }
+        if result.is_err() {
+            // pre-verified, so this is rare: isolate the item the store refuses
+            for h in batch {
+                if pass.items[h].refs.iter().any(|r| pass.items.get(&r.2).is_some_and(|x| !x.stored)) {
+                    continue;
                 }
-                done
+                match self.store.put_verified(&[verified(&pass.items, h)]) {
+                    Ok(_) => pass.items.get_mut(h).unwrap().stored = true,
+                    Err(e) => cx.error(&e.code, &format!("storing {h}: {e}"), false),
+                }
             }
-        };
-        for h in &done {
+        }
+        let all_stored = result.is_ok();
+        let (mut objects, mut id_objects) = (Vec::new(), Vec::new());
+        let mut done = 0;
+        for h in batch {
             let it = pass.items.get_mut(h).unwrap();
+            if !(all_stored || it.stored) {
+                it.bad = true;
+                continue;
+            }
+            done += 1;
             let listed_node = it.node;
             it.stored = true;
             it.committed = true;
@@ -1633,23 +1623,27 @@ impl Importer {
                 it.depth = Some(text.as_deref().map_or(0.0, node_depth));
             }
             it.id_microdata = None;
+            it.found_refs = Vec::new();
             it.refs = Vec::new();
+            let hex = h.to_hex();
             if it.kind == Kind::Id {
-                cx.log.b_to_a_id_objects.push(h.to_string());
+                cx.log.b_to_a_id_objects.push(hex.clone());
+                id_objects.push(hex);
                 cx.stats.id_objects_received += 1;
             } else {
-                cx.log.b_to_a_objects.push(h.to_string());
+                cx.log.b_to_a_objects.push(hex.clone());
+                objects.push(hex);
                 cx.stats.objects_received += 1;
             }
         }
-        done
+        (done, objects, id_objects)
     }
 }
 
 /// What `Store::put_verified` takes of a verified item.
 fn verified<'a>(items: &'a HashMap<H, Item>, h: &H) -> Verified<'a> {
     let it = &items[h];
-    Verified { text: it.text.as_deref().unwrap_or_default(), hash: it.hash, type_name: &it.type_name, is_id: it.kind == Kind::Id, id_microdata: it.id_microdata.as_deref() }
+    Verified { text: it.text.as_deref().unwrap_or_default(), hash: it.hash, type_name: &it.type_name, is_id: it.kind == Kind::Id, id_microdata: it.id_microdata.as_deref(), refs: Some(&it.found_refs) }
 }
 
 fn expandable(pass: &Pass, h: &H) -> bool {

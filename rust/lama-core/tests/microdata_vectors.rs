@@ -137,6 +137,28 @@ fn same(a: &Value, b: &Value) -> bool {
     }
 }
 
+/// `inspect` (the check without building a value) accepts and refuses exactly what `parse`
+/// does, with the same error as `references` (whose messages name the property path), and
+/// finds the references `references` finds, as 32 bytes.
+fn inspect_agrees(md: &str) {
+    assert_eq!(microdata::parse(md).is_ok(), microdata::references(md).is_ok());
+    match (microdata::references(md), microdata::inspect(md)) {
+        (Ok(refs), Ok(found)) => {
+            let want: Vec<(String, &str, String)> =
+                refs.into_iter().map(|r| (r.path, r.kind.as_str(), r.hash)).collect();
+            let got: Vec<(String, &str, String)> =
+                found.refs.into_iter().map(|r| (r.path, r.kind.as_str(), lama_core::hash::hash_hex(&r.hash))).collect();
+            assert_eq!(got, want, "{md}");
+            let (t, is_id) = microdata::type_of(md).unwrap();
+            assert_eq!((found.type_name, found.is_id), (t, is_id));
+            let want_id = if is_id { None } else { microdata::id_microdata_of(md).unwrap() };
+            assert_eq!(found.id_microdata, want_id, "{md}");
+        }
+        (Err(a), Err(b)) => assert_eq!((a.code.clone(), a.to_string()), (b.code.clone(), b.to_string()), "{md}"),
+        (a, b) => panic!("parse {:?} but inspect {:?}: {md}", a.err(), b.err()),
+    }
+}
+
 #[test]
 fn microdata_json_vectors() {
     setup();
@@ -173,6 +195,10 @@ fn microdata_json_vectors() {
         }
         assert_eq!(microdata::type_of(md).unwrap(), (e["recipe"].as_str().unwrap().to_owned(), false));
 
+        inspect_agrees(md);
+        if let Some(idmd) = e.get("idMicrodata").and_then(J::as_str) {
+            inspect_agrees(idmd);
+        }
         match e.get("parseError") {
             Some(_) => {
                 let err = microdata::parse(md).unwrap_err();
@@ -201,6 +227,7 @@ fn storage_dump_vectors() {
         let file = e["file"].as_str().unwrap();
         let md = e["microdata"].as_str().unwrap();
         assert_eq!(sha256_hex(md.as_bytes()), file);
+        inspect_agrees(md);
         if e.get("parseError").is_some() {
             assert!(microdata::parse(md).is_err(), "{file} should not parse");
             continue;
@@ -288,6 +315,7 @@ fn references_paths() {
         ("nest", d(vec![("c", Value::List(vec![d(vec![("x", Value::Str(h('4')))])]))])),
         ("b", Value::Str(h('5'))),
     ]);
+    inspect_agrees(&microdata::serialize(&obj).unwrap());
     let refs = microdata::references(&microdata::serialize(&obj).unwrap()).unwrap();
     let got: Vec<(String, &str, String)> = refs.iter().map(|r| (r.path.clone(), r.kind.as_str(), r.hash.clone())).collect();
     assert_eq!(
@@ -368,7 +396,10 @@ fn parse_errors() {
     setup();
     let person = "<div itemscope itemtype=\"//refin.io/Person\"><span itemprop=\"email\">a</span></div>";
     assert!(microdata::parse(person).is_ok());
-    let code = |t: &str| microdata::parse(t).unwrap_err().code;
+    let code = |t: &str| {
+        inspect_agrees(t);
+        microdata::parse(t).unwrap_err().code
+    };
     assert_eq!(code("hello"), "M2O-PH1");
     assert_eq!(code(&format!("{person}\n")), "M2O-PCONV2");
     assert_eq!(code("<div itemscope itemtype=\"//refin.io/Person\"></div>"), "M2O-PD1");

@@ -419,12 +419,19 @@ fn put_verified_stores_what_put_microdata_stores() {
     assert_eq!(found[0].id_microdata.as_deref(), Some(microdata::id_microdata(&person("dave@example.com", "Dave")).unwrap().as_str()));
     assert_eq!((found[1].is_id, found[1].id_microdata.as_deref()), (true, None));
     assert_eq!(found[2].id_microdata, None);
-    assert_eq!(found[2].refs, microdata::references(&cert).unwrap());
-    assert_eq!(found[2].refs[0].hash, dh);
+    let r0 = &microdata::references(&cert).unwrap()[0];
+    assert_eq!(found[2].refs.len(), 1);
+    assert_eq!((found[2].refs[0].path.as_str(), found[2].refs[0].kind), (r0.path.as_str(), r0.kind));
+    assert_eq!(lama_core::hash::hash_hex(&found[2].refs[0].hash), dh);
+    // reverse maps from the references put_verified is given (no second parse), as
+    // put_microdata writes them from its own parse
+    for s in [&s1, &s2] {
+        s.enable_reverse_maps("CreationTime", Some(&["data".to_string()]), false).unwrap();
+    }
     let items: Vec<Verified> = texts
         .iter()
         .zip(&found)
-        .map(|(t, f)| Verified { text: t, hash: lama_core::hash::sha256(t.as_bytes()), type_name: &f.type_name, is_id: f.is_id, id_microdata: f.id_microdata.as_deref() })
+        .map(|(t, f)| Verified { text: t, hash: lama_core::hash::sha256(t.as_bytes()), type_name: &f.type_name, is_id: f.is_id, id_microdata: f.id_microdata.as_deref(), refs: Some(&f.refs) })
         .collect();
     let r1 = s1.put_microdata(&texts.iter().map(|t| (t.clone(), None)).collect::<Vec<_>>()).unwrap();
     let r2 = s2.put_verified(&items).unwrap();
@@ -434,6 +441,9 @@ fn put_verified_stores_what_put_microdata_stores() {
     let feed = |s: &Store| s.changes(0, 100).unwrap().into_iter().map(|e| (e.seq, e.hash)).collect::<Vec<_>>();
     assert_eq!(feed(&s1), feed(&s2));
     assert!(s2.verify().unwrap().is_empty());
+    let ch = sha256_hex(cert.as_bytes());
+    assert_eq!(s1.referencing(&dh, "CreationTime", false).unwrap(), vec![ch.clone()]);
+    assert_eq!(s2.referencing(&dh, "CreationTime", false).unwrap(), vec![ch]);
     // a malformed text is refused by inspect (the importer records it; nothing is stored)
     assert!(microdata::inspect(&dave.replace("</div>", "")).is_err());
 }

@@ -19,7 +19,7 @@ use pyo3::types::{PyBool, PyByteArray, PyBytes, PyDict, PyFloat, PyInt, PyList, 
 use pyo3_async_runtimes::tokio::future_into_py;
 use tokio::sync::{mpsc, watch};
 
-use crate::chum::{json_to_py, PyChumSession};
+use crate::chum::PyChumSession;
 use crate::errors::{to_py, LamaError};
 use crate::store::PyStore;
 
@@ -586,7 +586,7 @@ impl Protocol for ChumNative {
 
 impl NativeSession for ChumNative {
     fn event_to_py(ev: lama_chum::Event, py: Python<'_>) -> PyResult<Py<PyAny>> {
-        let data = json_to_py(py, &ev.data())?;
+        let data = crate::chum::event_data_py(py, &ev)?;
         Ok(pyo3::types::PyTuple::new(py, [PyString::new(py, ev.kind()).into_any(), data])?.into_any().unbind())
     }
     fn stats(&self) -> Vec<(String, i64)> {

@@ -65,6 +65,16 @@ pub struct Reference {
     pub hash: String,
 }
 
+/// A reference as [`inspect`] gives it: the hash as its 32 bytes (no hex string to decode
+/// again, issue 8).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HashRef {
+    /// As [`Reference::path`].
+    pub path: String,
+    pub kind: RefKind,
+    pub hash: [u8; 32],
+}
+
 /// Register a recipe (JSON form of tests/vectors/recipes.json "recipe"). `OR-ADDR1` if a
 /// different recipe of that name exists; registering an identical recipe is a no-op.
 pub fn register_recipe_json(json: &str) -> Result<()> {
@@ -133,14 +143,14 @@ pub struct Inspected {
     pub type_name: String,
     pub is_id: bool,
     /// Every reference, in microdata order (§6.4).
-    pub refs: Vec<Reference>,
+    pub refs: Vec<HashRef>,
     /// A versioned object's ID microdata (§2.2); `None` for ID objects and unversioned types.
     pub id_microdata: Option<String>,
 }
 
 /// Type, ID-ness, references and ID microdata of received microdata from one strict parse
 /// (the importer's check, chum.md §6.4, and what `Store::put_verified` needs): the same errors
-/// as [`parse`].
+/// as [`parse`], but no value is built (the check alone), and references come as 32 bytes.
 pub fn inspect(microdata: &str) -> Result<Inspected> {
     parse::inspect(&recipe::snapshot(), microdata)
 }

@@ -9,8 +9,8 @@ use super::number::{js_number, MAX_SAFE};
 use super::recipe::{Registry, Rule, Ty, TyId};
 use super::serialize::{container_tags, unhashable, ID_MICRODATA_START, MICRODATA_START};
 use super::text::unescape;
-use super::{RefKind, Reference, Value};
-use crate::hash::is_hash;
+use super::{HashRef, RefKind, Reference, Value};
+use crate::hash::{hash_bytes_of_hex, is_hash};
 use crate::{Error, Result};
 
 /// (type name, is ID object) from the header (§1.1); `M2O-PH1` if it is not ONE microdata.
@@ -49,10 +49,24 @@ pub(crate) struct Parsed {
     /// Per top-level rule of the recipe: byte span of its complete tag in the text, if present.
     pub spans: Vec<Option<(usize, usize)>>,
     pub refs: Vec<Reference>,
+    /// Of a [`check`]: every reference with its hash as 32 bytes (`refs` stays empty).
+    pub keyed: Vec<HashRef>,
 }
 
 /// Parse `text` (an object or an ID object). With `collect_refs`, also gather every reference.
 pub(crate) fn parse(reg: &Registry, text: &str, collect_refs: bool) -> Result<Parsed> {
+    run(reg, text, collect_refs, true)
+}
+
+/// The strict parse of [`parse`] (the same checks, the same errors) without building the
+/// value: what a receiver checks (chum.md §6.4). Every reference is collected with its hash
+/// decoded to 32 bytes (`Parsed::keyed`); `value` is `Null`. The CHUM importer checks every
+/// received object this way (issue 8: building the dict and its strings was half the parse).
+pub(crate) fn check(reg: &Registry, text: &str) -> Result<Parsed> {
+    run(reg, text, true, false)
+}
+
+fn run(reg: &Registry, text: &str, collect_refs: bool, build: bool) -> Result<Parsed> {
     let (tname, is_id, start) = header(text)?;
     let recipe = reg
         .get(tname)
@@ -60,9 +74,11 @@ pub(crate) fn parse(reg: &Registry, text: &str, collect_refs: bool) -> Result<Pa
     if is_id && !recipe.versioned() {
         return Err(Error::microdata("M2O-PH1", format!("ID object of unversioned type \"{tname}\"")));
     }
-    let mut p = Parser { s: text, pos: start, reg, collect: collect_refs, refs: Vec::new(), path: String::new(), depth: 0 };
-    let mut entries = Vec::with_capacity(recipe.rules.len() + 1);
-    entries.push((Value::Str("$type$".into()), Value::Str(tname.to_owned())));
+    let mut p = Parser { s: text, pos: start, reg, collect: collect_refs, build, refs: Vec::new(), keyed: Vec::new(), path: String::new(), depth: 0 };
+    let mut entries = Vec::with_capacity(if build { recipe.rules.len() + 1 } else { 0 });
+    if build {
+        entries.push((Value::Str("$type$".into()), Value::Str(tname.to_owned())));
+    }
     let mut spans = vec![None; recipe.rules.len()];
     for (i, rule) in recipe.rules.iter().enumerate() {
         if is_id && !rule.is_id {
@@ -76,7 +92,9 @@ pub(crate) fn parse(reg: &Registry, text: &str, collect_refs: bool) -> Result<Pa
         match p.top(rule)? {
             Some(v) => {
                 spans[i] = Some((s, p.pos));
-                entries.push((Value::Str(rule.itemprop.clone()), v));
+                if build {
+                    entries.push((Value::Str(rule.itemprop.clone()), v));
+                }
             }
             None if rule.optional => {}
             None => {
@@ -99,7 +117,8 @@ pub(crate) fn parse(reg: &Registry, text: &str, collect_refs: bool) -> Result<Pa
             format!("Trailing characters after the end of \"{tname}\" microdata at position {}", p.pos),
         ));
     }
-    Ok(Parsed { value: Value::Dict(entries), type_name: tname.to_owned(), is_id, spans, refs: p.refs })
+    let value = if build { Value::Dict(entries) } else { Value::Null };
+    Ok(Parsed { value, type_name: tname.to_owned(), is_id, spans, refs: p.refs, keyed: p.keyed })
 }
 
 /// ID microdata of a concrete object's microdata by copying the ID properties' tags (§2.2).
@@ -122,10 +141,10 @@ pub(crate) fn id_microdata_of(reg: &Registry, text: &str) -> Result<Option<Strin
 /// (chum.md §6.4, objects.md §9.23): type, ID-ness, references, and for a versioned object its
 /// ID microdata (§2.2). Unversioned types are parsed fully too (the body is validated).
 pub(crate) fn inspect(reg: &Registry, text: &str) -> Result<super::Inspected> {
-    let parsed = parse(reg, text, true)?;
+    let parsed = check(reg, text)?;
     let recipe = reg.get(&parsed.type_name).expect("parse found the recipe");
     let id_microdata = if recipe.versioned() && !parsed.is_id { Some(id_from_spans(recipe, &parsed, text)?) } else { None };
-    Ok(super::Inspected { id_microdata, type_name: parsed.type_name, is_id: parsed.is_id, refs: parsed.refs })
+    Ok(super::Inspected { id_microdata, type_name: parsed.type_name, is_id: parsed.is_id, refs: parsed.keyed })
 }
 
 /// The ID microdata of a parsed versioned object's text: its ID properties' tags copied.
@@ -159,7 +178,10 @@ struct Parser<'a> {
     pos: usize,
     reg: &'a Registry,
     collect: bool,
+    /// Build the parsed value (else only check: every value is `Null`, see [`check`]).
+    build: bool,
     refs: Vec<Reference>,
+    keyed: Vec<HashRef>,
     path: String,
     /// Current container nesting (bounded: recursive recipes could otherwise exhaust the stack).
     depth: usize,
@@ -274,6 +296,13 @@ impl<'a> Parser<'a> {
                 format!("Invalid hash in reference \"{}\": {}", self.path, preview(h)),
             ));
         }
+        if !self.build {
+            if self.collect {
+                let hash = hash_bytes_of_hex(h.as_bytes().try_into().expect("is_hash: 64 bytes"));
+                self.keyed.push(HashRef { path: self.path.clone(), kind: k, hash });
+            }
+            return Ok(Value::Null);
+        }
         if self.collect {
             self.refs.push(Reference { path: self.path.clone(), kind: k, hash: h.to_owned() });
         }
@@ -283,7 +312,15 @@ impl<'a> Parser<'a> {
     fn prim(&mut self, ty: &Ty, p: &str) -> Result<Value> {
         let raw = self.text();
         if raw.is_empty() {
-            return Ok(Value::Str(String::new()));
+            return Ok(if self.build { Value::Str(String::new()) } else { Value::Null });
+        }
+        if !self.build {
+            // only what can fail: a string's RegExp and a stringifiable's JSON (numbers and
+            // booleans read any text, like the reference)
+            match ty {
+                Ty::Str(Some(_)) | Ty::Stringifiable => {}
+                _ => return Ok(Value::Null),
+            }
         }
         let text = unescape(raw);
         Ok(match ty {
@@ -296,11 +333,17 @@ impl<'a> Parser<'a> {
                         ));
                     }
                 }
+                if !self.build {
+                    return Ok(Value::Null);
+                }
                 Value::Str(text)
             }
             Ty::Integer | Ty::Number => number_value(js_number(&text)),
             Ty::Boolean => Value::Bool(text == "true"),
-            Ty::Stringifiable => parse_json(&text)?,
+            Ty::Stringifiable => {
+                let v = parse_json(&text)?;
+                if self.build { v } else { Value::Null }
+            }
             _ => unreachable!("prim for non-primitive"),
         })
     }
@@ -364,11 +407,19 @@ impl<'a> Parser<'a> {
         match reg.ty(t) {
             Ty::Array(item) | Ty::Bag(item) | Ty::Set(item) => {
                 let mut items = Vec::new();
+                let mut n = 0;
                 while self.eat("<li>") {
-                    let mark = self.push_idx(items.len());
-                    items.push(self.nested(*item, p)?);
+                    let mark = self.push_idx(n);
+                    n += 1;
+                    let v = self.nested(*item, p)?;
+                    if self.build {
+                        items.push(v);
+                    }
                     self.path.truncate(mark);
                     self.expect("</li>")?;
+                }
+                if !self.build {
+                    return Ok(Value::Null);
                 }
                 Ok(match reg.ty(t) {
                     // sets of sets parse as sets of frozensets; items Python cannot hash
@@ -381,8 +432,10 @@ impl<'a> Parser<'a> {
             }
             Ty::Map(k, v) => {
                 let mut entries = Vec::new();
+                let mut n = 0;
                 while self.eat("<dt>") {
-                    let mark = self.push_idx(entries.len());
+                    let mark = self.push_idx(n);
+                    n += 1;
                     let m2 = self.push_seg("key");
                     let key = self.nested(*k, p)?;
                     self.path.truncate(m2);
@@ -393,16 +446,19 @@ impl<'a> Parser<'a> {
                     self.path.truncate(m2);
                     self.path.truncate(mark);
                     self.expect("</dd>")?;
-                    entries.push((key, val));
+                    if self.build {
+                        entries.push((key, val));
+                    }
                 }
-                Ok(Value::Dict(entries))
+                Ok(if self.build { Value::Dict(entries) } else { Value::Null })
             }
             Ty::Object(rules) => {
-                let mut entries = Vec::with_capacity(rules.len());
+                let mut entries = Vec::with_capacity(if self.build { rules.len() } else { 0 });
                 for rule in rules {
                     let mark = self.push_seg(&rule.itemprop);
                     match self.top(rule)? {
-                        Some(v) => entries.push((Value::Str(rule.itemprop.clone()), v)),
+                        Some(v) if self.build => entries.push((Value::Str(rule.itemprop.clone()), v)),
+                        Some(_) => {}
                         None if rule.optional => {}
                         None => {
                             return Err(Error::microdata(
@@ -413,7 +469,7 @@ impl<'a> Parser<'a> {
                     }
                     self.path.truncate(mark);
                 }
-                Ok(Value::Dict(entries))
+                Ok(if self.build { Value::Dict(entries) } else { Value::Null })
             }
             other => unreachable!("container_body for {}", other.name()),
         }

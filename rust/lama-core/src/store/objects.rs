@@ -7,7 +7,7 @@
 
 use std::borrow::Cow;
 
-use heed::{MdbError, PutFlags, RwTxn};
+use heed::{PutFlags, RwTxn};
 
 use super::blob::hash_mismatch;
 use super::feed::{FeedTxn, K_HEAD};
@@ -16,7 +16,7 @@ use super::rmaps::{RmapConfig, MAP_ID, MAP_OBJECT};
 use super::{parse_hash, Status, Store, K_ID, K_OBJECT};
 use crate::error::{Error, ErrorKind, Result};
 use crate::hash::{hash_bytes, hash_hex, sha256};
-use crate::microdata::{self, Value};
+use crate::microdata::{self, HashRef, Value};
 
 /// Result of storing one object: `(hash, status, id hash of a versioned object)`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,6 +34,9 @@ struct Prepared<'a> {
     text: Cow<'a, str>,
     hash: [u8; 32],
     id: Option<(String, [u8; 32])>,
+    /// The object's references when the caller has them (`put_verified`): the reverse maps
+    /// need no second parse.
+    refs: Option<&'a [HashRef]>,
 }
 
 /// Serialize and hash `objs` (objects.md §2.1, §2.2).
@@ -51,7 +54,7 @@ fn prepare_values(objs: &[Value]) -> Result<Vec<Prepared<'_>>> {
                 let h = sha256(t.as_bytes());
                 (t, h)
             });
-            Ok(Prepared { kind: K_OBJECT, type_name, text: Cow::Owned(text), hash, id })
+            Ok(Prepared { kind: K_OBJECT, type_name, text: Cow::Owned(text), hash, id, refs: None })
         })
         .collect()
 }
@@ -74,6 +77,9 @@ pub struct Verified<'a> {
     pub is_id: bool,
     /// A versioned object's ID microdata (stored beside it, objects.md §2.2).
     pub id_microdata: Option<&'a str>,
+    /// Its references as `inspect` found them, for the reverse maps (objects.md §5.3); `None`:
+    /// the store parses the text for them when its type has reverse maps.
+    pub refs: Option<&'a [HashRef]>,
 }
 
 /// The types a version head may point at.
@@ -90,20 +96,31 @@ impl Store {
         type_name: &str,
         h: &[u8; 32],
         text: &str,
+        refs: Option<&[HashRef]>,
     ) -> Result<Status> {
         let dbs = self.dbs();
         // One B-tree descent: NO_OVERWRITE fails with KEYEXIST for a present entry (write-once,
         // docs/store-format.md "Write rules") instead of a lookup followed by a put.
-        let mut value = Vec::with_capacity(text.len() + 1);
-        value.push(kind);
-        value.extend_from_slice(text.as_bytes());
-        match dbs.objects.put_with_flags(txn, PutFlags::NO_OVERWRITE, h, &value) {
-            Ok(()) => {}
-            Err(heed::Error::Mdb(MdbError::KeyExist)) => return Ok(Status::Exists),
-            Err(e) => return Err(e.into()),
+        // MDB_RESERVE: the entry is written in place (no value buffer to build and copy)
+        let existed = dbs
+            .objects
+            .get_or_put_reserved_with_flags(txn, PutFlags::empty(), h, text.len() + 1, |space| {
+                use std::io::Write;
+                space.write_all(&[kind])?;
+                space.write_all(text.as_bytes())
+            })?
+            .is_some();
+        if existed {
+            return Ok(Status::Exists);
         }
         let map_kind = if kind == K_ID { MAP_ID } else { MAP_OBJECT };
         if let Some(props) = cfg.props(map_kind, type_name) {
+            if let Some(refs) = refs {
+                for r in refs.iter().filter(|r| props.matches(&r.path)) {
+                    dbs.rmaps.put(txn, &rmap_key(&r.hash, map_kind, type_name, h), &[])?;
+                }
+                return Ok(Status::New);
+            }
             for r in microdata::references(text)? {
                 if !props.matches(&r.path) {
                     continue;
@@ -129,7 +146,7 @@ impl Store {
         let mut statuses = vec![Status::Exists; items.len()];
         for &i in &order {
             let p = &items[i];
-            statuses[i] = self.store_text(txn, &cfg, p.kind, &p.type_name, &p.hash, &p.text)?;
+            statuses[i] = self.store_text(txn, &cfg, p.kind, &p.type_name, &p.hash, &p.text, p.refs)?;
         }
         let mut ids: Vec<(usize, &(String, [u8; 32]))> =
             items.iter().enumerate().filter_map(|(i, p)| p.id.as_ref().map(|id| (i, id))).collect();
@@ -137,7 +154,8 @@ impl Store {
         ids.sort_by(|a, b| a.1 .1.cmp(&b.1 .1));
         let mut id_new = vec![false; items.len()];
         for (i, (id_text, id_h)) in ids {
-            id_new[i] = self.store_text(txn, &cfg, K_ID, &items[i].type_name, id_h, id_text)? == Status::New;
+            // an ID object's references are the ID properties' (§2.2): parsed when mapped
+            id_new[i] = self.store_text(txn, &cfg, K_ID, &items[i].type_name, id_h, id_text, None)? == Status::New;
         }
         // Feed order is input order, each object before its ID object (docs/store-format.md
         // "events"), whatever order the puts above used; the pure core writes the same order.
@@ -214,6 +232,7 @@ impl Store {
                 text: stored,
                 hash,
                 id,
+                refs: None,
             });
         }
         let mut txn = self.write_txn()?;
@@ -230,7 +249,7 @@ impl Store {
     /// lone surrogates (objects.md §2.1), and a mismatch is `LAMA-HASH`.
     pub fn put_verified(&self, items: &[Verified<'_>]) -> Result<Vec<PutResult>> {
         let mut prepared = Vec::with_capacity(items.len());
-        for Verified { text, hash, type_name, is_id, id_microdata } in items {
+        for Verified { text, hash, type_name, is_id, id_microdata, refs } in items {
             let stored = microdata::js_utf8(text);
             if let Cow::Owned(t) = &stored {
                 let h = sha256(t.as_bytes());
@@ -249,6 +268,7 @@ impl Store {
                 text: stored,
                 hash: *hash,
                 id,
+                refs: *refs,
             });
         }
         let mut txn = self.write_txn()?;
