@@ -250,7 +250,7 @@ def _ask(sa: Any, now: float, rid: int, service: int, args: list[Any]) -> dict[s
     for f in sa.poll_transmit():
         m = json.loads(f)
         if m.get("responseId") == rid:
-            return m  # type: ignore[no-any-return]
+            return m
     raise AssertionError(f"no answer to {service}")
 
 
@@ -291,8 +291,8 @@ def test_page_tokens_and_the_bound_on_open_walks(tmp_path: Path) -> None:
     # one walk closed: one more may open, then the bound holds again
     assert "more" in json.loads(_ask(sa, now, 20_000, 106, [[nodes[12]], [], None, {"page": 1}])["data"])[0]
     assert "more" not in json.loads(_ask(sa, now, 20_001, 106, [[nodes[11]], [], None, {"page": 1}])["data"])[0]
-    bad = _ask(sa, now, 20_002, 106, [[nodes[11]], [], None, {"page": 0}])
-    assert bad["type"] == "error" and bad["error"]["code"] == "LAMA-CHUM-BATCH"
+    refused = _ask(sa, now, 20_002, 106, [[nodes[11]], [], None, {"page": 0}])
+    assert refused["type"] == "error" and refused["error"]["code"] == "LAMA-CHUM-BATCH"
 
 
 def test_an_interrupted_paged_sync_resumes_and_completes(tmp_path: Path) -> None:

@@ -897,7 +897,8 @@ impl Importer {
             pass.ready_since = None;
             return;
         }
-        let end = pass.next >= pass.texts.len() && pass.inflight.is_empty();
+        // (with "closure-pages" the fetch is over only once no page is left to come)
+        let end = pass.next >= pass.texts.len() && pass.inflight.is_empty() && !pass.closure_out && pass.pages.is_empty();
         let late = matches!((pass.ready_since, cx.now), (Some(t), Some(n)) if n.saturating_duration_since(t) >= COMMIT_INTERVAL);
         // v8: a full COMMIT_BATCH; fast path: the pass's first chunk at once (the first objects
         // are visible early), then COMMIT_MIN_FAST

@@ -511,7 +511,7 @@ class Importer:
             self.pass_closure = "closure" in self.features
             if self.pass_closure:
                 closure_answers = yield Call(closure_reqs(calls, False))
-                answers = []
+                answers: list[Outcome] = []
                 for k, res in enumerate(closure_answers):
                     answers.extend(o for o, _m in self._closure_result(calls[k * BATCH_MAX:(k + 1) * BATCH_MAX], res, prefetched))
             elif "children-batch" in self.features:
@@ -769,7 +769,9 @@ class Importer:
                         com.received(part[:k])
                         raise
                 com.received(part)
-                self._commit_if_due(com, not objects_out and offset >= len(texts), chunk)
+                # the fetch is over only once no page is left to come
+                self._commit_if_due(com, not objects_out and offset >= len(texts) and not closure_out
+                                    and not pages, chunk)
             elif what == "closure":
                 closure_out = False
                 answers: list[tuple[Outcome, str | None]] = []
