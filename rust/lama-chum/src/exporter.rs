@@ -40,6 +40,12 @@ pub const RECEIPT_ERRORS_MAX: usize = 10;
 pub const RECEIPT_ERROR_CHARS: usize = 300;
 /// docs/chum-fastpath.md "batch-binary": 101's answer as one binary message.
 pub const GET_OBJECTS_BINARY: u32 = 108;
+/// docs/chum-fastpath.md "closure-pages": the next page of a paged closure walk.
+pub const GET_CLOSURE_PAGE: u32 = 109;
+/// Entries per page at most (a larger `{"page": L}` is cut to this).
+pub const CLOSURE_PAGE_MAX: usize = 65_536;
+/// Paged walks a session keeps open at once; a root beyond them is answered whole.
+pub const CLOSURE_WALKS_MAX: usize = 8;
 /// Hints (hashes the importer holds with their closure) per GET_CLOSURE request.
 pub const CLOSURE_HINTS_MAX: usize = 4096;
 /// Inline microdata per GET_CLOSURE answer: at most this many objects and characters; the rest
@@ -54,7 +60,7 @@ pub const BATCH_MAX: usize = 256;
 pub const FASTPATH_VERSION: i64 = 1;
 
 /// chum.md §3.1 plus the lama extensions (docs/chum-fastpath.md).
-pub const SERVICES: &[u32] = &[1, 2, 4, 5, 6, 7, 8, 10, 100, 101, 102, 103, 105, 106, 107, 108];
+pub const SERVICES: &[u32] = &[1, 2, 4, 5, 6, 7, 8, 10, 100, 101, 102, 103, 105, 106, 107, 108, 109];
 
 /// chum.md §4.1: always 8, whatever extensions exist (§10.3).
 pub const PROTOCOL_VERSION: i64 = 8;
@@ -125,6 +131,24 @@ pub struct Exporter {
     pub announced: Option<Vec<String>>,
     /// The importer called LAMA_PROBE (a lama peer).
     pub probed: bool,
+    /// docs/chum-fastpath.md "closure-pages": the open paged walks by id (at most
+    /// [`CLOSURE_WALKS_MAX`]), and the next id.
+    walks: HashMap<u64, PageWalk>,
+    next_walk: u64,
+}
+
+/// A paged closure walk (docs/chum-fastpath.md "closure-pages"): its root, the walk's stack
+/// and `seen` set, the page size, what it listed so far (for `sent` once it is done), the
+/// page number its token asks next, and the last page answered (a repeated request for it,
+/// a retry, gets the same text).
+struct PageWalk {
+    root: Hash,
+    kind: EntryKind,
+    walk: lama_core::store::ClosureWalk,
+    page: usize,
+    listed: Vec<Hash>,
+    seq: u64,
+    last: Option<(u64, String)>,
 }
 
 /// A LAMA_RECEIPT argument read as the pure core reads it: `mark` an integer >= 0 or none,
@@ -254,6 +278,49 @@ fn wire_root(kind: &str, h: &str, id_hash: Option<&str>, type_name: &str) -> Val
     }
 }
 
+/// One root's entry of a 106 answer (also a 109 answer): `{"root": …, "children": [{"type",
+/// "hash", "data"?}, …], "more"?: t}`, the children `reversed` (parents first, the 4/5 order)
+/// or in the walk's dependency order; `data[j]` is the inline microdata of `walk[j]`.
+fn write_closure_root(out: &mut String, root_text: Option<&str>, walk: &[(RefKind, Hash)], data: &[Option<String>], reversed: bool, more: Option<&str>) {
+    out.reserve(walk.len() * 96 + 32);
+    out.push_str("{\"root\":");
+    match root_text {
+        Some(t) => push_json_str(out, t),
+        None => out.push_str("null"),
+    }
+    out.push_str(",\"children\":[");
+    let n = walk.len();
+    for i in 0..n {
+        let j = if reversed { n - 1 - i } else { i };
+        let (k, c) = &walk[j];
+        let tag = match k {
+            RefKind::Obj => "object",
+            RefKind::Id => "id",
+            RefKind::Blob => "blob",
+            RefKind::Clob => "clob",
+        };
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str("{\"type\":\"");
+        out.push_str(tag);
+        out.push_str("\",\"hash\":\"");
+        out.push_str(lama_core::hash::hex_str(&lama_core::hash::hash_hex_bytes(c)));
+        out.push('"');
+        if let Some(Some(t)) = data.get(j) {
+            out.push_str(",\"data\":");
+            push_json_str(out, t);
+        }
+        out.push('}');
+    }
+    out.push(']');
+    if let Some(t) = more {
+        out.push_str(",\"more\":");
+        push_json_str(out, t);
+    }
+    out.push('}');
+}
+
 fn arg_hash<'a>(args: &'a [Data], code: &str, what: &str) -> Result<&'a str, ServiceError> {
     match args.first() {
         Some(Some(Value::String(s))) if lama_core::hash::is_hash(s) => Ok(s),
@@ -286,6 +353,8 @@ impl Exporter {
             receipts: Vec::new(),
             announced: None,
             probed: false,
+            walks: HashMap::default(),
+            next_walk: 1,
         }
     }
 
@@ -313,6 +382,7 @@ impl Exporter {
             GET_OBJECTS_BINARY => self.batch(args, log, stats).map(|t| vec![Message::Binary(rpc::batch_binary_frame(id, &t))]),
             GET_CHILDREN_BATCH => self.children_batch(args).map(|s| vec![Message::Text(rpc::data_response(id, &Some(s.into())))]),
             GET_CLOSURE => self.closure(args, log, stats).map(|s| vec![Message::Text(rpc::data_response(id, &Some(s.into())))]),
+            GET_CLOSURE_PAGE => self.closure_page(args, log, stats).map(|s| vec![Message::Text(rpc::data_response(id, &Some(s.into())))]),
             GET_ROOTS_SINCE => self.roots_since(args).map(|s| vec![Message::Text(rpc::data_response(id, &Some(s.into())))]),
             SUBSCRIBE => {
                 self.subscribed = true;
@@ -373,7 +443,7 @@ impl Exporter {
     }
 
     fn probe(&self) -> Value {
-        json!({"lama": FASTPATH_VERSION, "features": ["batch", "children-batch", "push", "roots-since", "closure", "notify-roots", "receipt", "batch-binary"], "epoch": self.epoch()})
+        json!({"lama": FASTPATH_VERSION, "features": ["batch", "children-batch", "push", "roots-since", "closure", "notify-roots", "receipt", "batch-binary", "closure-pages"], "epoch": self.epoch()})
     }
 
     fn batch_arg(args: &[Data]) -> Result<&Vec<Value>, ServiceError> {
@@ -553,12 +623,21 @@ impl Exporter {
             self.known.extend(walk.into_iter().map(|(_, h)| h));
             self.known.insert(kh);
         }
+        // "closure-pages": `{"page": L}` asks for each root's closure in pages of L entries,
+        // listed dependencies first (an importer that does not ask gets whole closures in the
+        // 4/5 order)
+        let page = match args.get(3) {
+            Some(Some(Value::Object(m))) => match m.get("page").and_then(Value::as_u64) {
+                Some(l) if l >= 1 => Some((l as usize).min(CLOSURE_PAGE_MAX)),
+                _ => return Err(err("LAMA-CHUM-BATCH", "expected {\"page\": L} with an integer L >= 1".into())),
+            },
+            _ => None,
+        };
         // inline only once the importer said what it holds: the list is then what it lacks
         // (a push). Without hints (a first or resumed sync) the list is the whole closure, of
         // which it may hold most: it fetches only what it lacks with 101.
         let inline = !self.known.is_empty();
-        let mut inline_left = if inline { CLOSURE_INLINE_MAX } else { 0 };
-        let mut chars_left = CLOSURE_INLINE_CHARS;
+        let mut budget = (if inline { CLOSURE_INLINE_MAX } else { 0 }, CLOSURE_INLINE_CHARS);
         // the answer's JSON text, written straight (no `Value` per entry: a first sync lists
         // the whole 70,000-object closure here, issue 8); the same text as serde_json writes
         let mut out = String::from("[");
@@ -571,87 +650,155 @@ impl Exporter {
                 continue;
             };
             let kind = self.store.kind(r).map_err(store_err)?;
-            if !self.accessible.contains(r) || !matches!(kind, Some(EntryKind::Object | EntryKind::Id)) {
+            let Some(kind) = kind.filter(|k| matches!(k, EntryKind::Object | EntryKind::Id)) else {
+                out.push_str("null");
+                continue;
+            };
+            if !self.accessible.contains(r) {
                 out.push_str("null");
                 continue;
             }
+            let rh = Hash::parse(r).expect("checked");
+            if let (Some(l), true) = (page, self.walks.len() < CLOSURE_WALKS_MAX) {
+                let mut walk = self.store.closure_walk(r).map_err(store_err)?;
+                let first = self.store.closure_walk_next(&mut walk, &self.known, l).map_err(store_err)?;
+                if !walk.done() {
+                    let data = self.closure_data(&first, inline, &mut budget, log, stats)?;
+                    let id = self.next_walk;
+                    self.next_walk += 1;
+                    let token = format!("{id}.1");
+                    write_closure_root(&mut out, None, &first, &data, false, Some(&token));
+                    let listed = first.into_iter().map(|(_, h)| h).collect();
+                    self.walks.insert(id, PageWalk { root: rh, kind, walk, page: l, listed, seq: 1, last: None });
+                    continue;
+                }
+                // the whole closure fit in one page
+                let root_text = self.closure_root_text(r, kind, inline, &mut budget, log, stats)?;
+                let data = self.closure_data(&first, inline, &mut budget, log, stats)?;
+                write_closure_root(&mut out, root_text.as_deref(), &first, &data, false, None);
+                self.remember_sent(rh, first.into_iter().map(|(_, h)| h).collect());
+                continue;
+            }
             let walk = self.store.children_tagged_except(r, &self.known).map_err(store_err)?;
-            let root_text = if inline {
-                let t = self.store.get(r).map_err(store_err)?;
-                if kind == Some(EntryKind::Id) {
-                    log.a_to_b_id_objects.push(r.to_string());
-                    stats.id_objects_sent += 1;
-                } else {
-                    log.a_to_b_objects.push(r.to_string());
-                    stats.objects_sent += 1;
-                }
-                chars_left = chars_left.saturating_sub(t.len());
-                Some(t)
-            } else {
-                None
-            };
-            // inline in dependency order (the walk's), listed parents first (chum.md §5.3)
-            let mut data: Vec<Option<String>> = Vec::new();
-            for (k, c) in &walk {
-                let hex = c.to_hex();
-                if matches!(k, RefKind::Obj | RefKind::Id) && inline_left > 0 && chars_left > 0 {
-                    let text = self.store.get(&hex).map_err(store_err)?;
-                    inline_left -= 1;
-                    chars_left = chars_left.saturating_sub(text.len());
-                    if *k == RefKind::Id {
-                        log.a_to_b_id_objects.push(hex.clone());
-                        stats.id_objects_sent += 1;
-                    } else {
-                        log.a_to_b_objects.push(hex.clone());
-                        stats.objects_sent += 1;
-                    }
-                    data.push(Some(text));
-                } else if inline {
-                    data.push(None);
-                }
-                self.accessible.insert(hex);
-            }
-            // {"root": …, "children": [{"type", "hash", "data"?}, …]}, parents first
-            out.reserve(walk.len() * 96 + 32);
-            out.push_str("{\"root\":");
-            match &root_text {
-                Some(t) => push_json_str(&mut out, t),
-                None => out.push_str("null"),
-            }
-            out.push_str(",\"children\":[");
-            for (j, (k, c)) in walk.iter().enumerate().rev() {
-                let tag = match k {
-                    RefKind::Obj => "object",
-                    RefKind::Id => "id",
-                    RefKind::Blob => "blob",
-                    RefKind::Clob => "clob",
-                };
-                if j + 1 < walk.len() {
-                    out.push(',');
-                }
-                out.push_str("{\"type\":\"");
-                out.push_str(tag);
-                out.push_str("\",\"hash\":\"");
-                out.push_str(lama_core::hash::hex_str(&lama_core::hash::hash_hex_bytes(c)));
-                out.push('"');
-                if let Some(Some(t)) = data.get(j) {
-                    out.push_str(",\"data\":");
-                    push_json_str(&mut out, t);
-                }
-                out.push('}');
-            }
-            out.push(']');
-            if self.sent_total + walk.len() > SENT_MAX {
-                self.sent.clear();
-                self.sent_total = 0;
-            }
-            self.sent_total += walk.len();
-            if let Some(old) = self.sent.insert(Hash::parse(r).expect("checked"), walk.into_iter().map(|(_, h)| h).collect()) {
-                self.sent_total -= old.len();
-            }
-            out.push('}');
+            let root_text = self.closure_root_text(r, kind, inline, &mut budget, log, stats)?;
+            let data = self.closure_data(&walk, inline, &mut budget, log, stats)?;
+            // unpaged: parents first (the 4/5 order); asked for pages: dependencies first
+            write_closure_root(&mut out, root_text.as_deref(), &walk, &data, page.is_none(), None);
+            self.remember_sent(rh, walk.into_iter().map(|(_, h)| h).collect());
         }
         out.push(']');
+        Ok(out)
+    }
+
+    /// The root's own microdata for a closure answer when data goes inline (logged and
+    /// counted like 101).
+    fn closure_root_text(&mut self, r: &str, kind: EntryKind, inline: bool, budget: &mut (usize, usize), log: &mut ChumLog, stats: &mut Stats) -> Result<Option<String>, ServiceError> {
+        if !inline {
+            return Ok(None);
+        }
+        let t = self.store.get(r).map_err(store_err)?;
+        if kind == EntryKind::Id {
+            log.a_to_b_id_objects.push(r.to_string());
+            stats.id_objects_sent += 1;
+        } else {
+            log.a_to_b_objects.push(r.to_string());
+            stats.objects_sent += 1;
+        }
+        budget.1 = budget.1.saturating_sub(t.len());
+        Ok(Some(t))
+    }
+
+    /// Unlock every listed hash, and the inline microdata of the entries (in the walk's
+    /// order, dependencies first) within `budget` (objects, characters); `None` where there
+    /// is none. Empty when nothing goes inline.
+    fn closure_data(&mut self, walk: &[(RefKind, Hash)], inline: bool, budget: &mut (usize, usize), log: &mut ChumLog, stats: &mut Stats) -> Result<Vec<Option<String>>, ServiceError> {
+        let mut data: Vec<Option<String>> = Vec::new();
+        for (k, c) in walk {
+            let hex = c.to_hex();
+            if matches!(k, RefKind::Obj | RefKind::Id) && inline && budget.0 > 0 && budget.1 > 0 {
+                let text = self.store.get(&hex).map_err(store_err)?;
+                budget.0 -= 1;
+                budget.1 = budget.1.saturating_sub(text.len());
+                if *k == RefKind::Id {
+                    log.a_to_b_id_objects.push(hex.clone());
+                    stats.id_objects_sent += 1;
+                } else {
+                    log.a_to_b_objects.push(hex.clone());
+                    stats.objects_sent += 1;
+                }
+                data.push(Some(text));
+            } else if inline {
+                data.push(None);
+            }
+            self.accessible.insert(hex);
+        }
+        Ok(data)
+    }
+
+    /// The pruned closure sent for `root`: when the importer later says it holds the root,
+    /// `known` grows by it without a walk.
+    fn remember_sent(&mut self, root: Hash, list: Vec<Hash>) {
+        if self.sent_total + list.len() > SENT_MAX {
+            self.sent.clear();
+            self.sent_total = 0;
+        }
+        self.sent_total += list.len();
+        if let Some(old) = self.sent.insert(root, list) {
+            self.sent_total -= old.len();
+        }
+    }
+
+    /// 109 GET_CLOSURE_PAGE `[t]` (docs/chum-fastpath.md "closure-pages"): the next page of
+    /// the walk the token names, as a JSON string of one root's 106 entry, dependencies
+    /// first, with `"more": t'` unless it is the last (which carries the root's microdata
+    /// when data goes inline). The previous page's token gets that page again (a retry);
+    /// any other token: `LAMA-CHUM-PAGE`.
+    fn closure_page(&mut self, args: &[Data], log: &mut ChumLog, stats: &mut Stats) -> Result<String, ServiceError> {
+        let token = match args.first() {
+            Some(Some(Value::String(t))) => t.clone(),
+            a => {
+                let shown = a.as_ref().and_then(|x| x.as_ref()).map_or("undefined".into(), |v| v.to_string());
+                let shown: String = shown.chars().take(100).collect();
+                return Err(err("LAMA-CHUM-PAGE", format!("not a page token: {shown}")));
+            }
+        };
+        let parsed = token.split_once('.').and_then(|(w, k)| Some((w.parse::<u64>().ok()?, k.parse::<u64>().ok()?)));
+        let expired = || {
+            let shown: String = token.chars().take(100).collect();
+            err("LAMA-CHUM-PAGE", format!("unknown or expired page token {shown}"))
+        };
+        let Some((id, k)) = parsed else { return Err(expired()) };
+        let Some(w) = self.walks.get_mut(&id) else { return Err(expired()) };
+        if let Some((seq, text)) = &w.last {
+            if *seq == k {
+                return Ok(text.clone());
+            }
+        }
+        if w.seq != k {
+            return Err(expired());
+        }
+        let (root, kind, l) = (w.root, w.kind, w.page);
+        let entries = self.store.closure_walk_next(&mut w.walk, &self.known, l).map_err(store_err)?;
+        let done = w.walk.done();
+        w.listed.extend(entries.iter().map(|(_, h)| *h));
+        let inline = !self.known.is_empty();
+        let mut budget = (if inline { CLOSURE_INLINE_MAX } else { 0 }, CLOSURE_INLINE_CHARS);
+        let mut out = String::new();
+        if done {
+            let w = self.walks.remove(&id).expect("present");
+            let hex = root.to_hex();
+            let root_text = self.closure_root_text(&hex, kind, inline, &mut budget, log, stats)?;
+            let data = self.closure_data(&entries, inline, &mut budget, log, stats)?;
+            write_closure_root(&mut out, root_text.as_deref(), &entries, &data, false, None);
+            self.remember_sent(root, w.listed);
+        } else {
+            let data = self.closure_data(&entries, inline, &mut budget, log, stats)?;
+            let next = format!("{id}.{}", k + 1);
+            write_closure_root(&mut out, None, &entries, &data, false, Some(&next));
+            let w = self.walks.get_mut(&id).expect("present");
+            w.seq = k + 1;
+            w.last = Some((k, out.clone()));
+        }
         Ok(out)
     }
 

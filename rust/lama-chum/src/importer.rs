@@ -22,7 +22,7 @@ use lama_core::microdata::{self, RefKind, Value as MdValue};
 use lama_core::store::{Store, Verified};
 use serde_json::Value;
 
-use crate::exporter::{CLOSURE_HINTS_MAX, GET_CLOSURE, GET_OBJECTS_BINARY, BATCH_MAX, FASTPATH_VERSION, GET_CHILDREN_BATCH, GET_OBJECTS_BATCH, GET_ROOTS_SINCE, LAMA_PROBE, SUBSCRIBE, FIN, GET_ACCESSIBLE_ROOTS, GET_BLOB, GET_ID_OBJECT, GET_ID_OBJECT_CHILDREN, GET_OBJECT, GET_OBJECT_CHILDREN, GET_PROTOCOL_VERSION};
+use crate::exporter::{CLOSURE_HINTS_MAX, GET_CLOSURE, GET_CLOSURE_PAGE, GET_OBJECTS_BINARY, BATCH_MAX, FASTPATH_VERSION, GET_CHILDREN_BATCH, GET_OBJECTS_BATCH, GET_ROOTS_SINCE, LAMA_PROBE, SUBSCRIBE, FIN, GET_ACCESSIBLE_ROOTS, GET_BLOB, GET_ID_OBJECT, GET_ID_OBJECT_CHILDREN, GET_OBJECT, GET_OBJECT_CHILDREN, GET_PROTOCOL_VERSION};
 use crate::rpc::Data;
 use crate::session::Cx;
 use crate::Event;
@@ -67,6 +67,8 @@ const FETCH_CHUNK_BATCHES: usize = 8;
 /// chunk, the exporter serves the next ones (issue 8). Bounds what is held: at most this
 /// many chunks of answers (about `FETCH_AHEAD` × 2,048 objects with "batch").
 pub const FETCH_AHEAD: usize = 3;
+/// docs/chum-fastpath.md "closure-pages": entries per closure page the importer asks for.
+pub const CLOSURE_PAGE: usize = 4096;
 
 
 pub const TIMEOUT: &str = "LAMA-CHUM-TIMEOUT";
@@ -182,6 +184,13 @@ struct Job {
     expected: Option<String>,
 }
 
+/// A call of the fetch stage (see `Pass::out`).
+enum Out {
+    Objects,
+    Closure(Vec<Job>),
+    Page(Job),
+}
+
 #[derive(Default)]
 struct Pass {
     /// dataIdHash -> [(node, dataType)], in first-seen order.
@@ -203,6 +212,17 @@ struct Pass {
     streams_wanted: HashSet<(Kind, H)>,
     /// The fetch calls out, oldest first: the hashes each asked for.
     inflight: VecDeque<Vec<H>>,
+    /// Every call of the fetch stage out, oldest first (object fetches, and with
+    /// "closure-pages" the one closure or page request beside them).
+    out: VecDeque<Out>,
+    /// "closure-pages" (docs/chum-fastpath.md): this pass asks 106 in pages and fetches from
+    /// the first page on; the roots whose walk has more pages and their tokens; a 106 or 109
+    /// call is out; how much of `order` went to the fetch; the expected type of each root.
+    paged: bool,
+    pages: VecDeque<(Job, String)>,
+    closure_out: bool,
+    fed: usize,
+    expects: HashMap<H, String>,
     /// Every object / ID object to fetch, dependencies first, and how many were asked.
     texts: Vec<H>,
     next: usize,
@@ -502,7 +522,7 @@ impl Importer {
             Stage::Children(mut pass) => {
                 let calls = std::mem::take(&mut pass.calls);
                 let results: Vec<Children> = if self.pass_closure {
-                    self.split_closure(&mut pass, &calls, results)?
+                    self.split_closure(&mut pass, &calls, results, false)?.into_iter().map(|c| c.0).collect()
                 } else if self.features.contains("children-batch") {
                     split_children_batch(&calls.chunks(BATCH_MAX).map(|c| c.len()).collect::<Vec<_>>(), results)?
                 } else {
@@ -534,6 +554,36 @@ impl Importer {
                 self.children_round(pass, cx)
             }
             Stage::Fetch(mut pass) => {
+                match pass.out.pop_front() {
+                    Some(Out::Closure(jobs)) => {
+                        pass.closure_out = false;
+                        let r = self.split_closure(&mut pass, &jobs, results, true);
+                        if let Err(f) = r.and_then(|res| self.paged_children(&mut pass, jobs, res, cx)) {
+                            self.flush(&mut pass, Vec::new(), Vec::new(), false, cx);
+                            return Err(f);
+                        }
+                        return self.fetch_next(pass, cx);
+                    }
+                    Some(Out::Page(job)) => {
+                        pass.closure_out = false;
+                        // a 109 answer is one root's entry of a 106 answer
+                        let results: Vec<Outcome> = results
+                            .into_iter()
+                            .map(|r| match r {
+                                Outcome::Ok(Some(Value::String(s))) => Outcome::Ok(Some(Value::String(format!("[{s}]")))),
+                                other => other,
+                            })
+                            .collect();
+                        let jobs = vec![job];
+                        let r = self.split_closure(&mut pass, &jobs, results, true);
+                        if let Err(f) = r.and_then(|res| self.paged_children(&mut pass, jobs, res, cx)) {
+                            self.flush(&mut pass, Vec::new(), Vec::new(), false, cx);
+                            return Err(f);
+                        }
+                        return self.fetch_next(pass, cx);
+                    }
+                    Some(Out::Objects) | None => {}
+                }
                 if let Err(f) = self.fetch_received(&mut pass, results, cx) {
                     // a fatal answer (a request that timed out for good): what was verified
                     // before it is kept
@@ -656,7 +706,7 @@ impl Importer {
 
     /// "closure" (docs/chum-fastpath.md): one 106 request per BATCH_MAX roots; the first
     /// carries the hints not told yet.
-    fn closure_requests(&mut self, calls: &[Job]) -> Vec<Req> {
+    fn closure_requests(&mut self, calls: &[Job], paged: bool) -> Vec<Req> {
         let mut reqs = Vec::new();
         for c in calls.chunks(BATCH_MAX) {
             let n = self.hints.len().min(CLOSURE_HINTS_MAX);
@@ -669,6 +719,13 @@ impl Importer {
                 self.mark_told = true;
                 args.push(Some(Value::from(self.since)));
             }
+            if paged {
+                // "closure-pages": each root's closure in pages, dependencies first
+                if args.len() == 2 {
+                    args.push(Some(Value::Null));
+                }
+                args.push(Some(serde_json::json!({"page": CLOSURE_PAGE})));
+            }
             reqs.push(req(GET_CLOSURE, args));
         }
         reqs
@@ -678,7 +735,10 @@ impl Importer {
     /// children list as a JSON string); keep the inline microdata (only for a listed hash or
     /// the root: anything else an exporter slips in is dropped here, and what is kept is
     /// verified by hash like any fetched object, chum.md §6.4).
-    fn split_closure(&self, pass: &mut Pass, calls: &[Job], results: Vec<Outcome>) -> Result<Vec<Children>, Fatal> {
+    ///
+    /// `paged`: the request asked for pages ("closure-pages"): the lists come dependencies
+    /// first and a root's entry may carry `"more": t` (returned beside its list).
+    fn split_closure(&self, pass: &mut Pass, calls: &[Job], results: Vec<Outcome>, paged: bool) -> Result<Vec<(Children, Option<String>)>, Fatal> {
         let sizes: Vec<usize> = calls.chunks(BATCH_MAX).map(|c| c.len()).collect();
         let mut out = Vec::with_capacity(calls.len());
         let mut jobs = calls.iter();
@@ -688,16 +748,16 @@ impl Importer {
             // sync's 70,000 entries went through a `Value` each); anything else goes the
             // general way below, which reports it
             if let Outcome::Ok(Some(Value::String(s))) = &res {
-                if let Some(parsed) = typed_closure(s, n) {
+                if let Some(parsed) = typed_closure(s, n, paged) {
                     for (job, r) in chunk.iter().zip(parsed) {
                         match r {
-                            None => out.push(Children::Raw(Outcome::Err { code: "CES-GOC1".into(), message: "not served by the exporter".into() })),
+                            None => out.push((Children::Raw(Outcome::Err { code: "CES-GOC1".into(), message: "not served by the exporter".into() }), None)),
                             Some(c) => {
                                 if let Some(t) = c.root {
                                     pass.prefetched.insert(job.hash, t);
                                 }
                                 pass.prefetched.extend(c.data);
-                                out.push(Children::Parsed(c.list));
+                                out.push((Children::Parsed(c.list), c.more));
                             }
                         }
                     }
@@ -707,16 +767,29 @@ impl Importer {
             let per_root = split_batch(&[n], vec![res], "CES-GOC1", |c| c)?;
             for (job, res) in chunk.iter().zip(per_root) {
                 let Outcome::Ok(Some(Value::Object(mut m))) = res else {
-                    out.push(Children::Raw(match res {
+                    out.push((Children::Raw(match res {
                         Outcome::Ok(_) => Outcome::Err { code: "LAMA-CHUM-BATCH".into(), message: "malformed closure answer".into() },
                         other => other,
-                    }));
+                    }), None));
                     continue;
                 };
-                let Some(Value::Array(children)) = m.remove("children") else {
-                    out.push(Children::Raw(Outcome::Err { code: "LAMA-CHUM-BATCH".into(), message: "malformed closure answer".into() }));
+                let more = match m.remove("more") {
+                    Some(Value::String(t)) if paged => Some(t),
+                    None => None,
+                    Some(_) if !paged => None,
+                    Some(_) => {
+                        out.push((Children::Raw(Outcome::Err { code: "LAMA-CHUM-BATCH".into(), message: "malformed closure answer: a page token is not a string".into() }), None));
+                        continue;
+                    }
+                };
+                let Some(Value::Array(mut children)) = m.remove("children") else {
+                    out.push((Children::Raw(Outcome::Err { code: "LAMA-CHUM-BATCH".into(), message: "malformed closure answer".into() }), None));
                     continue;
                 };
+                if paged {
+                    // dependencies first already: the checks below read the 4/5 order
+                    children.reverse();
+                }
                 if let Some(Value::String(t)) = m.remove("root") {
                     pass.prefetched.insert(job.hash, t);
                 }
@@ -734,8 +807,8 @@ impl Importer {
                 // list was written back to a string and parsed again); anything else goes the
                 // general way of a service 4/5 answer, which reports it
                 match checked_values(&listed) {
-                    Some(list) => out.push(Children::Parsed(list)),
-                    None => out.push(Children::Raw(Outcome::Ok(Some(Value::String(Value::Array(listed).to_string()))))),
+                    Some(list) => out.push((Children::Parsed(list), more)),
+                    None => out.push((Children::Raw(Outcome::Ok(Some(Value::String(Value::Array(listed).to_string())))), more)),
                 }
             }
         }
@@ -848,7 +921,8 @@ impl Importer {
             pass.ready_since = None;
             return;
         }
-        let end = pass.next >= pass.texts.len() && pass.inflight.is_empty();
+        // (with "closure-pages" the fetch is over only once no page is left to come)
+        let end = pass.next >= pass.texts.len() && pass.inflight.is_empty() && !pass.closure_out && pass.pages.is_empty();
         let late = matches!((pass.ready_since, cx.now), (Some(t), Some(n)) if n.saturating_duration_since(t) >= COMMIT_INTERVAL);
         // v8: a full COMMIT_BATCH; fast path: the pass's first chunk at once (the first objects
         // are visible early), then COMMIT_MIN_FAST
@@ -894,7 +968,25 @@ impl Importer {
         let batched = self.features.contains("batch");
         let chunk = self.fetch_chunk();
         let mut calls = Vec::new();
-        while pass.inflight.len() < FETCH_AHEAD && pass.next < pass.texts.len() {
+        if pass.paged && !pass.closure_out {
+            // "closure-pages": one closure request out beside the fetch: the next page of a
+            // walk, else the next round of roots once every walk of this one is complete
+            if let Some((job, token)) = pass.pages.pop_front() {
+                calls.push(vec![req(GET_CLOSURE_PAGE, vec![Some(Value::String(token))])]);
+                pass.out.push_back(Out::Page(job));
+                pass.closure_out = true;
+            } else {
+                let jobs = self.next_calls(&mut pass);
+                if !jobs.is_empty() {
+                    calls.push(self.closure_requests(&jobs, true));
+                    pass.out.push_back(Out::Closure(jobs));
+                    pass.closure_out = true;
+                }
+            }
+        }
+        // while pages are coming, a chunk goes out full, or alone (nothing else to do)
+        let listing = pass.closure_out || !pass.pages.is_empty();
+        while pass.inflight.len() < FETCH_AHEAD && pass.next < pass.texts.len() && (pass.texts.len() - pass.next >= chunk || !listing || pass.inflight.is_empty()) {
             let end = (pass.next + chunk).min(pass.texts.len());
             let fetch: Vec<H> = pass.texts[pass.next..end].to_vec();
             pass.next = end;
@@ -917,12 +1009,16 @@ impl Importer {
                     .collect()
             };
             pass.inflight.push_back(fetch);
+            pass.out.push_back(Out::Objects);
             calls.push(reqs);
         }
-        if !pass.inflight.is_empty() {
+        if !pass.out.is_empty() {
             // the answers of the oldest call resume Stage::Fetch; an empty list: just wait
             self.stage = Stage::Fetch(pass);
             return Ok(Step::Calls(calls));
+        }
+        if pass.paged && pass.items.is_empty() {
+            return self.end_pass(cx);
         }
         let wanted = std::mem::take(&mut pass.streams_wanted);
         let mut streams = Vec::new();
@@ -1191,6 +1287,11 @@ impl Importer {
                 pass.group_missing.push((*id, ms));
             }
         }
+        for j in &jobs {
+            if let Some(e) = &j.expected {
+                pass.expects.insert(j.hash, e.clone());
+            }
+        }
         // Object roots first: a Topic's closure holds its channel's ID object.
         pass.queue = jobs.iter().filter(|j| j.service == GET_OBJECT_CHILDREN).cloned().collect();
         pass.queue.extend(jobs.iter().filter(|j| j.service == GET_ID_OBJECT_CHILDREN).cloned());
@@ -1203,6 +1304,52 @@ impl Importer {
     /// take log2(n) rounds. Of the version nodes of an ID only the newest missing one is
     /// asked first: its closure holds the older ones (chum.md §10.2).
     fn children_round(&mut self, mut pass: Box<Pass>, cx: &mut Cx) -> Result<Step, Fatal> {
+        let calls = self.next_calls(&mut pass);
+        if !calls.is_empty() && self.features.contains("closure") && self.features.contains("closure-pages") {
+            // "closure-pages" (docs/chum-fastpath.md): the fetch starts with the first page;
+            // the next pages and rounds go out beside it (fetch_next)
+            pass.paged = true;
+            self.pass_closure = true;
+            self.setup_nodes(&mut pass);
+            let reqs = self.closure_requests(&calls, true);
+            pass.out.push_back(Out::Closure(calls));
+            pass.closure_out = true;
+            self.stage = Stage::Fetch(pass);
+            return Ok(Step::Calls(vec![reqs]));
+        }
+        if !calls.is_empty() {
+            self.pass_closure = self.features.contains("closure");
+            let reqs = if self.pass_closure {
+                self.closure_requests(&calls, false)
+            } else if self.features.contains("children-batch") {
+                // docs/chum-fastpath.md: one request per BATCH_MAX children lists
+                calls.chunks(BATCH_MAX).map(|c| req(GET_CHILDREN_BATCH, vec![Some(Value::Array(c.iter().map(|j| Value::String(j.hash.to_string())).collect()))])).collect()
+            } else {
+                calls.iter().map(|j| req(j.service, vec![Some(Value::String(j.hash.to_string()))])).collect()
+            };
+            pass.calls = calls;
+            self.stage = Stage::Children(pass);
+            return Ok(Step::Call(reqs));
+        }
+        if pass.items.is_empty() {
+            return self.end_pass(cx);
+        }
+        // fetch everything that is missing, in dependency order
+        self.feed(&mut pass, cx);
+        self.setup_nodes(&mut pass);
+        for h in std::mem::take(&mut pass.start) {
+            reach(&mut pass, &h);
+        }
+        self.take_prefetched(&mut pass, cx)?;
+        // Fetched in calls of a bounded size, dependencies first; after each call everything
+        // that may be stored is committed, so an interrupted pass keeps what it stored and the
+        // next session asks only for the rest (issue 8).
+        self.fetch_next(pass, cx)
+    }
+
+    /// The roots of the next children round (the doubling of [`children_round`]); empty when
+    /// every root is covered or asked.
+    fn next_calls(&mut self, pass: &mut Pass) -> Vec<Job> {
         let mut calls: Vec<Job> = Vec::new();
         let mut rest = Vec::new();
         for j in std::mem::take(&mut pass.queue) {
@@ -1234,43 +1381,44 @@ impl Importer {
         }
         if !calls.is_empty() {
             pass.batch *= 2;
-            self.pass_closure = self.features.contains("closure");
-            let reqs = if self.pass_closure {
-                self.closure_requests(&calls)
-            } else if self.features.contains("children-batch") {
-                // docs/chum-fastpath.md: one request per BATCH_MAX children lists
-                calls.chunks(BATCH_MAX).map(|c| req(GET_CHILDREN_BATCH, vec![Some(Value::Array(c.iter().map(|j| Value::String(j.hash.to_string())).collect()))])).collect()
-            } else {
-                calls.iter().map(|j| req(j.service, vec![Some(Value::String(j.hash.to_string()))])).collect()
-            };
-            pass.calls = calls;
-            self.stage = Stage::Children(pass);
-            return Ok(Step::Call(reqs));
         }
-        if pass.items.is_empty() {
-            return self.end_pass(cx);
+        calls
+    }
+
+    /// The items of `order` not fed yet go to the fetch: those stored here are marked so,
+    /// the missing objects and ID objects are appended to the fetch list (BLOBs/CLOBs are
+    /// fetched at the end, from `order`), and a `listed` event says how many.
+    fn feed(&self, pass: &mut Pass, cx: &mut Cx) {
+        let new = &pass.order[pass.fed..];
+        if new.is_empty() {
+            return;
         }
-        // fetch everything that is missing, in dependency order
+        let absent = self.missing_of(new, true);
         let mut fetch = Vec::new();
-        let absent = self.missing_of(&pass.order, true);
-        for h in &pass.order {
-            let have = !absent.contains(h);
+        for h in new {
             let it = pass.items.get_mut(h).unwrap();
-            if have {
+            if !absent.contains(h) {
                 it.ok = true;
                 it.stored = true;
             } else {
                 fetch.push(*h);
             }
         }
+        pass.fed = pass.order.len();
         // Objects first, then only the BLOBs/CLOBs that a verified object references as such:
         // a stream is stored as soon as it ends (before the objects are committed), so a hash
         // listed as "blob" that is really an object must never be fetched as one.
         let listed = fetch.len();
-        pass.texts = fetch.into_iter().filter(|h| matches!(pass.items[h].kind, Kind::Object | Kind::Id)).collect();
+        let texts: Vec<H> = fetch.into_iter().filter(|h| matches!(pass.items[h].kind, Kind::Object | Kind::Id)).collect();
         if listed > 0 {
-            cx.events.push_back(Event::Listed { objects: pass.texts.len(), streams: listed - pass.texts.len() });
+            cx.events.push_back(Event::Listed { objects: texts.len(), streams: listed - texts.len() });
         }
+        pass.texts.extend(texts);
+    }
+
+    /// The listed version nodes of the pass and their (dataIdHash, dataType): their §6.2
+    /// checks run as they are verified.
+    fn setup_nodes(&self, pass: &mut Pass) {
         // a map, not a search per node: a 10,000-post channel lists 10,000 nodes of one ID, and
         // a linear search made this 50 M comparisons (7 % of the importer's CPU, issue 8)
         let mut types: HashMap<(H, H), &str> = HashMap::default();
@@ -1293,14 +1441,72 @@ impl Importer {
             }
         }
         pass.com.nodes = nodes;
-        for h in std::mem::take(&mut pass.start) {
-            reach(&mut pass, &h);
+    }
+
+    /// "closure-pages": the answers of a 106 or 109 call. Each list (dependencies first)
+    /// joins the pass and goes to the fetch at once; a root whose walk has more pages waits
+    /// for them, a complete one is added after its closure and reached (an item is reached
+    /// through a verified referrer, the root arrives last). Inline data is verified as it
+    /// comes, as if a 101 answer had brought it.
+    fn paged_children(&self, pass: &mut Pass, jobs: Vec<Job>, results: Vec<(Children, Option<String>)>, cx: &mut Cx) -> Result<(), Fatal> {
+        for (job, (res, more)) in jobs.into_iter().zip(results) {
+            let Some(children) = self.children_result(&job.hash, res, cx)? else { continue };
+            for (ckind, ch) in children {
+                pass.covered.insert(ch);
+                if let std::collections::hash_map::Entry::Vacant(e) = pass.items.entry(ch) {
+                    let mut it = Item::new(ckind, pass.expects.get(&ch).cloned());
+                    it.node = pass.com.nodes.contains_key(&ch);
+                    e.insert(it);
+                    pass.order.push(ch);
+                }
+            }
+            if let Some(t) = more {
+                pass.pages.push_back((job, t));
+                continue;
+            }
+            match pass.items.get_mut(&job.hash) {
+                None => {
+                    let mut it = Item::new(job.kind, job.expected.clone());
+                    it.node = pass.com.nodes.contains_key(&job.hash);
+                    pass.items.insert(job.hash, it);
+                    pass.order.push(job.hash);
+                }
+                Some(it) => {
+                    if job.expected.is_some() {
+                        it.expected_type = job.expected.clone();
+                    }
+                }
+            }
+            pass.covered.insert(job.hash);
+            reach(pass, &job.hash);
         }
-        self.take_prefetched(&mut pass, cx)?;
-        // Fetched in calls of a bounded size, dependencies first; after each call everything
-        // that may be stored is committed, so an interrupted pass keeps what it stored and the
-        // next session asks only for the rest (issue 8).
-        self.fetch_next(pass, cx)
+        let from = pass.texts.len();
+        self.feed(pass, cx);
+        if pass.prefetched.is_empty() {
+            return Ok(());
+        }
+        // inline data of items this pass fetches: verified now, not asked for; other inline
+        // data is dropped
+        let new: Vec<H> = pass.texts.split_off(from);
+        let mut pre: Vec<H> = Vec::new();
+        for h in new {
+            if pass.prefetched.contains_key(&h) {
+                pre.push(h);
+            } else {
+                pass.texts.push(h);
+            }
+        }
+        for h in &pre {
+            let text = pass.prefetched.remove(h).unwrap_or_default();
+            if let Err(f) = self.verify(pass, h, Outcome::Ok(Some(Value::String(text))), cx) {
+                pass.prefetched.clear();
+                return Err(f);
+            }
+        }
+        pass.prefetched.clear();
+        self.received(pass, &pre, cx);
+        self.commit_if_due(pass, cx);
+        Ok(())
     }
 
     /// chum.md §4.3: a string holding a JSON array of `{type, hash}`; returned reversed
@@ -1789,6 +1995,9 @@ fn typed_children(s: &str) -> Option<Vec<(Kind, H)>> {
 struct ClosureRoot {
     root: Option<String>,
     children: Vec<ClosureChild>,
+    /// "closure-pages": the token of the walk's next page.
+    #[serde(default)]
+    more: Option<String>,
 }
 
 #[derive(serde::Deserialize)]
@@ -1804,13 +2013,16 @@ struct ClosureChild {
 /// (dependencies first) and the inline microdata of listed hashes.
 struct Closure {
     root: Option<String>,
+    more: Option<String>,
     list: Vec<(Kind, H)>,
     data: Vec<(H, String)>,
 }
 
 /// A 106 answer of `n` roots, every entry good (`None` per root the exporter refused); `None`
 /// if anything is unusual.
-fn typed_closure(s: &str, n: usize) -> Option<Vec<Option<Closure>>> {
+///
+/// `paged`: the lists come dependencies first (not reversed), and `more` counts.
+fn typed_closure(s: &str, n: usize, paged: bool) -> Option<Vec<Option<Closure>>> {
     let roots = serde_json::from_str::<Vec<Option<ClosureRoot>>>(s).ok()?;
     if roots.len() != n {
         return None;
@@ -1823,14 +2035,24 @@ fn typed_closure(s: &str, n: usize) -> Option<Vec<Option<Closure>>> {
         };
         let mut list = Vec::with_capacity(r.children.len());
         let mut data = Vec::new();
-        for c in r.children.into_iter().rev() {
+        let mut add = |c: ClosureChild| -> Option<()> {
             let h = H::parse(&c.hash)?;
             list.push((Kind::parse(&c.kind)?, h));
             if let Some(t) = c.data {
                 data.push((h, t));
             }
+            Some(())
+        };
+        if paged {
+            for c in r.children {
+                add(c)?;
+            }
+        } else {
+            for c in r.children.into_iter().rev() {
+                add(c)?;
+            }
         }
-        out.push(Some(Closure { root: r.root, list, data }));
+        out.push(Some(Closure { root: r.root, more: if paged { r.more } else { None }, list, data }));
     }
     Some(out)
 }

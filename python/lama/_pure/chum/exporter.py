@@ -34,6 +34,11 @@ GET_CHILDREN_BATCH = 105
 GET_CLOSURE = 106  # docs/chum-fastpath.md "closure"
 LAMA_RECEIPT = 107  # docs/tracing.md §4: the importer confirms a pass (called on the exporter)
 GET_OBJECTS_BINARY = 108  # docs/chum-fastpath.md "batch-binary"
+GET_CLOSURE_PAGE = 109  # docs/chum-fastpath.md "closure-pages"
+CLOSURE_PAGE_MAX = 65_536
+"""Entries per closure page at most (a larger ``{"page": L}`` is cut to this)."""
+CLOSURE_WALKS_MAX = 8
+"""Paged walks a session keeps open at once; a root beyond them is answered whole."""
 BATCH_MAX = 256
 CLOSURE_HINTS_MAX = 4096
 """Hints (hashes the importer holds with their closure) per GET_CLOSURE request."""
@@ -46,7 +51,7 @@ _SENT_MAX = 4_000_000
 _TAGS = {"obj": "object", "id": "id", "blob": "blob", "clob": "clob"}
 FASTPATH_VERSION = 1
 
-EXPORTER_SERVICES = frozenset({1, 2, 4, 5, 6, 7, 8, 10, 100, 101, 102, 103, 105, 106, 107, 108})
+EXPORTER_SERVICES = frozenset({1, 2, 4, 5, 6, 7, 8, 10, 100, 101, 102, 103, 105, 106, 107, 108, 109})
 
 BLOB_PAYLOAD = 65_528
 """chum.md §2.6/§10.2: 8-byte id + payload ≤ 65,536, so the fragmentation layer never splits a
@@ -142,6 +147,59 @@ def _receipt(arg: Any) -> dict[str, Any]:
     return {"mark": mark, "errors": errors}
 
 
+class _PageWalk:
+    """A paged closure walk (docs/chum-fastpath.md "closure-pages"): the depth-first
+    post-order walk's stack (the entry listed when a frame is done, its references, the next
+    index) and the hashes met, kept between pages; its root, page size, what it listed so far,
+    the page number its token asks next and the last page answered (a retry gets it again)."""
+
+    def __init__(self, root: str, kind: str, refs: list[tuple[str, str, str]], page: int):
+        self.root, self.kind, self.page = root, kind, page
+        self.stack: list[list[Any]] = [[None, refs, 0]]
+        self.seen = {root}
+        self.listed: list[str] = []
+        self.seq = 1
+        self.last: tuple[int, str] | None = None
+
+    def next(self, snap: Any, known: set[str], limit: int) -> list[tuple[str, str]]:
+        """The next at most ``limit`` entries, dependencies first, pruned at ``known``."""
+        out: list[tuple[str, str]] = []
+        stack, seen = self.stack, self.seen
+        while stack and len(out) < limit:
+            frame = stack[-1]
+            done, refs, i = frame
+            if i == len(refs):
+                stack.pop()
+                if done is not None:
+                    out.append(done)
+                continue
+            frame[2] = i + 1
+            _path, kind, c = refs[i]
+            if c in known or c in seen:
+                continue
+            seen.add(c)
+            tag = _TAGS.get(kind, kind)
+            if tag in ("blob", "clob"):
+                out.append((tag, c))
+            else:
+                stack.append([(tag, c), references(snap.get(c)), 0])
+        # the root's frame alone, all its references met: nothing is left
+        if len(stack) == 1 and stack[0][0] is None and stack[0][2] == len(stack[0][1]):
+            stack.clear()
+        return out
+
+    @property
+    def done(self) -> bool:
+        return not self.stack
+
+
+def _closure_entry(root_text: str | None, entries: list[dict[str, str]], more: str | None) -> dict[str, Any]:
+    e: dict[str, Any] = {"root": root_text, "children": entries}
+    if more is not None:
+        e["more"] = more
+    return e
+
+
 class Exporter:
     """Serves one connection.  ``handle`` returns the frames to send for one request."""
 
@@ -172,6 +230,9 @@ class Exporter:
         self.receipts: list[dict[str, Any]] = []
         self.announced: list[str] | None = None
         self.probed = False  # the importer called LAMA_PROBE (a lama peer; ONE never does)
+        # "closure-pages": the open paged walks by id (at most CLOSURE_WALKS_MAX), the next id
+        self.walks: dict[int, _PageWalk] = {}
+        self.next_walk = 1
 
     # -- dispatch ------------------------------------------------------------------------
 
@@ -206,6 +267,8 @@ class Exporter:
                 return [rpc.data_response(rid, self._children_batch(args))]
             if service == GET_CLOSURE:
                 return [rpc.data_response(rid, self._closure(args))]
+            if service == GET_CLOSURE_PAGE:
+                return [rpc.data_response(rid, self._closure_page(args))]
             if service == LAMA_RECEIPT:
                 self.receipts.append(_receipt(args[0] if args else None))
                 return [rpc.data_response(rid, rpc.UNDEF)]
@@ -263,7 +326,7 @@ class Exporter:
 
     def _probe(self) -> dict[str, Any]:
         features = ["batch", "children-batch", "push"] + (["roots-since"] if self.roots_since_supported() else []) \
-            + ["closure", "notify-roots", "receipt", "batch-binary"]
+            + ["closure", "notify-roots", "receipt", "batch-binary", "closure-pages"]
         return {"lama": FASTPATH_VERSION, "features": features, "epoch": self.epoch()}
 
     def _batch(self, args: list[Any]) -> list[str | None]:
@@ -404,6 +467,13 @@ class Exporter:
             hints = []
         if not isinstance(hints, list) or len(hints) > CLOSURE_HINTS_MAX:
             raise ServiceError("LAMA-CHUM-BATCH", f"expected a list of at most {CLOSURE_HINTS_MAX} hints")
+        page = None
+        if len(args) > 3 and isinstance(args[3], dict):
+            # "closure-pages": each root's closure in pages of L entries, dependencies first
+            page = args[3].get("page")
+            if not isinstance(page, int) or isinstance(page, bool) or page < 1:
+                raise ServiceError("LAMA-CHUM-BATCH", 'expected {"page": L} with an integer L >= 1')
+            page = min(page, CLOSURE_PAGE_MAX)
         chars_left = CLOSURE_INLINE_CHARS
         out: list[dict[str, Any] | None] = []
         with self.store.snapshot() as snap:
@@ -437,34 +507,106 @@ class Exporter:
                 if kind not in ("object", "id") or r not in self.accessible:
                     out.append(None)
                     continue
-                walk = self._walk_except(snap, r)
+                if page is not None and len(self.walks) < CLOSURE_WALKS_MAX:
+                    pw = _PageWalk(r, kind, references(snap.get(r)), page)
+                    first = pw.next(snap, self.known, page)
+                    if not pw.done:
+                        entries, inline_left, chars_left = self._entries(snap, first, inline_left, chars_left)
+                        wid = self.next_walk
+                        self.next_walk += 1
+                        pw.listed = [c for _t, c in first]
+                        self.walks[wid] = pw
+                        out.append(_closure_entry(None, entries, f"{wid}.1"))
+                        continue
+                    walk = first  # the whole closure fit in one page
+                else:
+                    walk = self._walk_except(snap, r)
                 root_text = None
                 if inline_left:
                     root_text = snap.get(r)
                     self._log_sent(r, kind)
                     chars_left -= len(root_text)
-                entries: list[dict[str, str]] = []
-                for tag, c in walk:  # inline in dependency order, listed parents first
-                    e = {"type": tag, "hash": c}
-                    if tag in ("object", "id") and inline_left > 0 and chars_left > 0:
-                        text = snap.get(c)
-                        inline_left -= 1
-                        chars_left -= len(text)
-                        self._log_sent(c, tag)
-                        e["data"] = text
-                    self.accessible.add(c)
-                    entries.append(e)
-                entries.reverse()
-                if self.sent_total + len(walk) > _SENT_MAX:
-                    self.sent.clear()
-                    self.sent_total = 0
-                old = self.sent.get(r)
-                if old is not None:
-                    self.sent_total -= len(old)
-                self.sent[r] = [c for _t, c in walk]
-                self.sent_total += len(walk)
+                # inline in dependency order; unpaged, listed parents first (the 4/5 order)
+                entries, inline_left, chars_left = self._entries(snap, walk, inline_left, chars_left)
+                if page is None:
+                    entries.reverse()
+                self._remember_sent(r, [c for _t, c in walk])
                 out.append({"root": root_text, "children": entries})
         return json.dumps(out, ensure_ascii=False, separators=(",", ":"))
+
+    def _entries(self, snap: Any, walk: list[tuple[str, str]], inline_left: int,
+                 chars_left: int) -> tuple[list[dict[str, str]], int, int]:
+        """The wire entries of ``walk`` (in its order), the microdata of objects and ID
+        objects inline within the budget left; every listed hash is unlocked."""
+        entries: list[dict[str, str]] = []
+        for tag, c in walk:
+            e = {"type": tag, "hash": c}
+            if tag in ("object", "id") and inline_left > 0 and chars_left > 0:
+                text = snap.get(c)
+                inline_left -= 1
+                chars_left -= len(text)
+                self._log_sent(c, tag)
+                e["data"] = text
+            self.accessible.add(c)
+            entries.append(e)
+        return entries, inline_left, chars_left
+
+    def _remember_sent(self, r: str, listed: list[str]) -> None:
+        """The pruned closure sent for ``r``: when the importer later says it holds ``r``,
+        ``known`` grows by it without a walk."""
+        if self.sent_total + len(listed) > _SENT_MAX:
+            self.sent.clear()
+            self.sent_total = 0
+        old = self.sent.get(r)
+        if old is not None:
+            self.sent_total -= len(old)
+        self.sent[r] = listed
+        self.sent_total += len(listed)
+
+    def _closure_page(self, args: list[Any]) -> str:
+        """109 GET_CLOSURE_PAGE ``[t]`` (docs/chum-fastpath.md "closure-pages"): the next
+        page of the walk the token names, as a JSON string of one root's 106 entry,
+        dependencies first, with ``"more": t'`` unless it is the last (which carries the
+        root's microdata when data goes inline).  The previous page's token gets that page
+        again (a retry); any other token: LAMA-CHUM-PAGE."""
+        token = args[0] if args else None
+        if not isinstance(token, str):
+            shown = "undefined" if token is None or token is rpc.UNDEF else \
+                json.dumps(token, ensure_ascii=False, separators=(",", ":"))
+            raise ServiceError("LAMA-CHUM-PAGE", f"not a page token: {shown[:100]}")
+        wid_s, _dot, k_s = token.partition(".")
+        pw = None
+        k = -1
+        if wid_s.isdigit() and k_s.isdigit() and wid_s.isascii() and k_s.isascii():
+            pw = self.walks.get(int(wid_s))
+            k = int(k_s)
+        if pw is not None and pw.last is not None and pw.last[0] == k:
+            return pw.last[1]
+        if pw is None or pw.seq != k:
+            raise ServiceError("LAMA-CHUM-PAGE", f"unknown or expired page token {token[:100]}")
+        wid = int(wid_s)
+        with self.store.snapshot() as snap:
+            walk = pw.next(snap, self.known, pw.page)
+            pw.listed.extend(c for _t, c in walk)
+            inline_left = CLOSURE_INLINE_MAX if self.known else 0
+            chars_left = CLOSURE_INLINE_CHARS
+            if pw.done:
+                del self.walks[wid]
+                root_text = None
+                if inline_left:
+                    root_text = snap.get(pw.root)
+                    self._log_sent(pw.root, pw.kind)
+                    chars_left -= len(root_text)
+                entries, _i, _c = self._entries(snap, walk, inline_left, chars_left)
+                self._remember_sent(pw.root, pw.listed)
+                return json.dumps(_closure_entry(root_text, entries, None), ensure_ascii=False,
+                                  separators=(",", ":"))
+            entries, _i, _c = self._entries(snap, walk, inline_left, chars_left)
+            text = json.dumps(_closure_entry(None, entries, f"{wid}.{k + 1}"), ensure_ascii=False,
+                              separators=(",", ":"))
+            pw.seq = k + 1
+            pw.last = (k, text)
+            return text
 
     def _log_sent(self, h: str, kind: str) -> None:
         if kind == "id":

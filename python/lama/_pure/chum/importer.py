@@ -13,7 +13,7 @@ from typing import Any, Callable, Generator
 from ...errors import LamaError
 from ..microdata import id_microdata_of, parse, references, sha256_hex, type_of
 from . import rpc
-from .exporter import (BATCH_MAX, CLOSURE_HINTS_MAX, FASTPATH_VERSION, GET_CLOSURE, FIN, GET_ACCESSIBLE_ROOTS, GET_BLOB,
+from .exporter import (BATCH_MAX, CLOSURE_HINTS_MAX, FASTPATH_VERSION, GET_CLOSURE, GET_CLOSURE_PAGE, FIN, GET_ACCESSIBLE_ROOTS, GET_BLOB,
                        GET_ID_OBJECT, GET_ID_OBJECT_CHILDREN, GET_OBJECT, GET_OBJECT_CHILDREN,
                        GET_CHILDREN_BATCH, GET_OBJECTS_BATCH, GET_OBJECTS_BINARY, GET_PROTOCOL_VERSION,
                        GET_ROOTS_SINCE, LAMA_PROBE, LAMA_RECEIPT,
@@ -49,6 +49,8 @@ COMMIT_INTERVAL = 0.5
 session's timer drives it: :meth:`Importer.commit_deadline`), at the end of the fetch, and when
 the session ends (connection closed, fatal error): a slow or interrupted pass keeps what it
 verified, and ``imported`` events keep coming."""
+CLOSURE_PAGE = 4096
+"""docs/chum-fastpath.md "closure-pages": entries per closure page the importer asks for."""
 COMMIT_MIN_FAST = 8192
 COMMIT_BATCH_FAST = 16384
 """With "batch" (docs/chum-fastpath.md): a fetched chunk is committed only once this many items
@@ -463,7 +465,9 @@ class Importer:
             j for j in jobs if j[0] == GET_ID_OBJECT_CHILDREN]
         covered: set[str] = set()
         batch = 1
-        while True:
+
+        def next_calls() -> list[tuple[int, str, str, str | None]]:
+            nonlocal queue, batch
             calls: list[tuple[int, str, str, str | None]] = []
             rest = []
             for j in queue:
@@ -485,27 +489,47 @@ class Importer:
                         seen_jobs.add((GET_OBJECT_CHILDREN, n))
                         calls.append((GET_OBJECT_CHILDREN, n, "object", None))
                         break
+            if calls:
+                batch *= 2
+            return calls
+
+        def closure_reqs(calls: list[tuple[int, str, str, str | None]], paged: bool) -> list[Req]:
+            # docs/chum-fastpath.md "closure": children pruned at what we told the exporter
+            # we hold, microdata inline; the first request carries the new hints
+            reqs = []
+            for o in range(0, len(calls), BATCH_MAX):
+                hints, self.hints = self.hints[:CLOSURE_HINTS_MAX], self.hints[CLOSURE_HINTS_MAX:]
+                args: list[Any] = [[h for _s, h, _k, _e in calls[o:o + BATCH_MAX]], hints]
+                # the first 106 of the session tells the exporter our mark, so it can seed
+                # what it knows we hold (docs/chum-fastpath.md "Mark")
+                if not self.mark_told and self.peer_key is not None and self.since > 0:
+                    self.mark_told = True
+                    args.append(self.since)
+                if paged:
+                    # "closure-pages": each root's closure in pages, dependencies first
+                    if len(args) == 2:
+                        args.append(None)
+                    args.append({"page": CLOSURE_PAGE})
+                reqs.append(Req(GET_CLOSURE, args))
+            return reqs
+
+        first_calls: list[tuple[int, str, str, str | None]] | None = next_calls()
+        if first_calls and "closure" in self.features and "closure-pages" in self.features:
+            # "closure-pages" (docs/chum-fastpath.md): the fetch starts with the first page
+            yield from self._paged(first_calls, next_calls, closure_reqs, items, order, covered,
+                                   groups, group_missing, {j[1]: j[3] for j in jobs if j[3] is not None})
+            return
+        while True:
+            calls = first_calls if first_calls is not None else next_calls()
+            first_calls = None
             if not calls:
                 break
-            batch *= 2
             self.pass_closure = "closure" in self.features
             if self.pass_closure:
-                # docs/chum-fastpath.md "closure": children pruned at what we told the exporter
-                # we hold, microdata inline; the first request carries the new hints
-                reqs = []
-                for o in range(0, len(calls), BATCH_MAX):
-                    hints, self.hints = self.hints[:CLOSURE_HINTS_MAX], self.hints[CLOSURE_HINTS_MAX:]
-                    args: list[Any] = [[h for _s, h, _k, _e in calls[o:o + BATCH_MAX]], hints]
-                    # the first 106 of the session tells the exporter our mark, so it can seed
-                    # what it knows we hold (docs/chum-fastpath.md "Mark")
-                    if not self.mark_told and self.peer_key is not None and self.since > 0:
-                        self.mark_told = True
-                        args.append(self.since)
-                    reqs.append(Req(GET_CLOSURE, args))
-                closure_answers = yield Call(reqs)
-                answers = []
+                closure_answers = yield Call(closure_reqs(calls, False))
+                answers: list[Outcome] = []
                 for k, res in enumerate(closure_answers):
-                    answers.extend(self._closure_result(calls[k * BATCH_MAX:(k + 1) * BATCH_MAX], res, prefetched))
+                    answers.extend(o for o, _m in self._closure_result(calls[k * BATCH_MAX:(k + 1) * BATCH_MAX], res, prefetched))
             elif "children-batch" in self.features:
                 # docs/chum-fastpath.md: one request per BATCH_MAX children lists
                 batch_answers = yield Call([Req(GET_CHILDREN_BATCH, [[h for _s, h, _k, _e in calls[o:o + BATCH_MAX]]])
@@ -620,6 +644,177 @@ class Importer:
             if inflight:
                 # resumed with the answers of the oldest call still out
                 raw_results = yield Calls(more)
+        yield from self._finish(items, texts, streams, com, groups, group_missing)
+
+    def _paged(self, first_calls: list[tuple[int, str, str, str | None]],
+               next_calls: Callable[[], list[tuple[int, str, str, str | None]]],
+               closure_reqs: Callable[[list[tuple[int, str, str, str | None]], bool], list[Req]],
+               items: dict[str, _Item], order: list[str], covered: set[str],
+               groups: dict[str, list[dict[str, Any]]], group_missing: dict[str, list[str]],
+               expects: dict[str, str]) -> Generator[Call | Calls | Sleep, Any, None]:
+        """docs/chum-fastpath.md "closure-pages": 106 asks for pages of each root's closure
+        (dependencies first); the fetch starts with the first page and one closure request
+        (the next page of a walk, else the next round of roots once every walk of this one is
+        complete) stays out beside the fetch calls.  Each list joins the pass and goes to the
+        fetch at once; a root whose walk is complete is added after its closure and reached
+        (an item is reached through a verified referrer, the root arrives last); the
+        reachability check runs after the last page."""
+        self.pass_closure = True
+        node_ids = {n: id_hash for id_hash, ms in group_missing.items() for n in ms}
+        node_types = {g["node"]: g["dataType"] for nodes in groups.values() for g in nodes}
+        com = _Committer(self, items, [], node_ids, node_types)
+        self._com = com
+        self._ready_since = None
+        batched = "batch" in self.features
+        com.max_batch = COMMIT_BATCH_FAST if batched else COMMIT_BATCH
+        chunk = BATCH_MAX * FETCH_CHUNK_BATCHES if batched else FETCH_CHUNK
+        texts: list[_Item] = []  # objects and ID objects to fetch, dependencies first
+        fetched: list[_Item] = []  # every object and ID object this pass fetched or got inline
+        streams: list[_Item] = []
+        prefetched: dict[str, str] = {}
+        pages: deque[tuple[tuple[int, str, str, str | None], str]] = deque()
+        out: deque[tuple[str, Any]] = deque()  # ("objects", part) | ("closure", calls) | ("page", job)
+        fed = 0
+        offset = 0
+        closure_out = False
+        objects_out = 0
+
+        def feed() -> None:
+            nonlocal fed
+            new = order[fed:]
+            fed = len(order)
+            if not new:
+                return
+            need = set(self.store.missing(new))
+            fetch = []
+            for h in new:
+                if h in need:
+                    fetch.append(items[h])
+                else:
+                    items[h].ok = items[h].stored = True  # already local
+            t = [it for it in fetch if it.kind in ("object", "id")]
+            streams.extend(it for it in fetch if it.kind in ("blob", "clob"))
+            if fetch:  # listed page by page: the totals add up (progress displays)
+                self.emit("listed", {"objects": len(t), "streams": len(fetch) - len(t)})
+            fetched.extend(t)
+            # inline data of items this pass fetches: verified now, not asked for; other
+            # inline data is dropped
+            pre = [it for it in t if it.hash in prefetched]
+            texts.extend(it for it in t if it.hash not in prefetched)
+            for it in pre:
+                self._verify(it, Outcome(True, prefetched[it.hash]))
+            prefetched.clear()
+            if pre:
+                com.received(pre)
+                self._commit_if_due(com, False, chunk)
+
+        def take(calls: list[tuple[int, str, str, str | None]], answers: list[tuple[Outcome, str | None]]) -> None:
+            for job, (res, more) in zip(calls, answers):
+                _s, h, kind, expected = job
+                children = self._children_result(h, res)
+                if children is None:
+                    continue
+                for ckind, ch in children:
+                    covered.add(ch)
+                    if ch not in items:
+                        items[ch] = _Item(ch, ckind, expects.get(ch))
+                        order.append(ch)
+                if more is not None:
+                    pages.append((job, more))
+                    continue
+                if h not in items:
+                    items[h] = _Item(h, kind, expected)
+                    order.append(h)
+                elif expected is not None:
+                    items[h].expected_type = expected
+                covered.add(h)
+                com._reach(h)
+            feed()
+
+        def top_up() -> list[list[Req]]:
+            nonlocal offset, closure_out, objects_out
+            calls: list[list[Req]] = []
+            if not closure_out:
+                if pages:
+                    job, token = pages.popleft()
+                    calls.append([Req(GET_CLOSURE_PAGE, [token])])
+                    out.append(("page", job))
+                    closure_out = True
+                else:
+                    nxt = next_calls()
+                    if nxt:
+                        calls.append(closure_reqs(nxt, True))
+                        out.append(("closure", nxt))
+                        closure_out = True
+            # while pages are coming, a chunk goes out full, or alone (nothing else to do)
+            listing = closure_out or bool(pages)
+            while objects_out < FETCH_AHEAD and offset < len(texts) and (
+                    len(texts) - offset >= chunk or not listing or not objects_out):
+                part = texts[offset:offset + chunk]
+                offset += len(part)
+                if batched:
+                    binary = "batch-binary" in self.features
+                    calls.append([Req(GET_OBJECTS_BINARY if binary else GET_OBJECTS_BATCH,
+                                      [[it.hash for it in part[o:o + BATCH_MAX]]], binary=binary)
+                                  for o in range(0, len(part), BATCH_MAX)])
+                else:
+                    calls.append([Req(GET_OBJECT if it.kind == "object" else GET_ID_OBJECT, [it.hash])
+                                  for it in part])
+                out.append(("objects", part))
+                objects_out += 1
+            return calls
+
+        out.append(("closure", first_calls))
+        closure_out = True
+        raw_results = yield Calls([closure_reqs(first_calls, True)])
+        while out:
+            what, x = out.popleft()
+            if what == "objects":
+                objects_out -= 1
+                part = x
+                results: list[Outcome] = []
+                if batched:
+                    for k, res in enumerate(raw_results):
+                        results.extend(self._batch_result(part[k * BATCH_MAX:(k + 1) * BATCH_MAX], res))
+                else:
+                    results.extend(raw_results)
+                for k, (it, res) in enumerate(zip(part, results)):
+                    try:
+                        self._verify(it, res)
+                    except Fatal:
+                        com.received(part[:k])
+                        raise
+                com.received(part)
+                # the fetch is over only once no page is left to come
+                self._commit_if_due(com, not objects_out and offset >= len(texts) and not closure_out
+                                    and not pages, chunk)
+            elif what == "closure":
+                closure_out = False
+                answers: list[tuple[Outcome, str | None]] = []
+                for k, res in enumerate(raw_results):
+                    answers.extend(self._closure_result(x[k * BATCH_MAX:(k + 1) * BATCH_MAX], res, prefetched, True))
+                take(x, answers)
+            else:
+                closure_out = False
+                # a 109 answer is one root's entry of a 106 answer
+                (res,) = raw_results
+                if res.ok and isinstance(res.value, str):
+                    res = Outcome(True, f"[{res.value}]")
+                take([x], self._closure_result([x], res, prefetched, True))
+            more = top_up()
+            if out:
+                # resumed with the answers of the oldest call still out
+                raw_results = yield Calls(more)
+        if not items:
+            self._com = None
+            return
+        yield from self._finish(items, fetched, streams, com, groups, group_missing)
+
+    def _finish(self, items: dict[str, _Item], texts: list[_Item], streams: list[_Item], com: _Committer,
+                groups: dict[str, list[dict[str, Any]]],
+                group_missing: dict[str, list[str]]) -> Generator[Call | Calls | Sleep, Any, None]:
+        """After the objects of a pass: the BLOBs/CLOBs that verified objects reference as
+        such, the last commit, the reachability check and the ``merge`` events."""
         wanted: set[tuple[str, str]] = {(_REF_KINDS.get(k, k), r) for it in texts if it.ok
                                         for _p, k, r in it.refs}
         streams_ok = []
@@ -683,29 +878,36 @@ class Importer:
                 for c in lists]
 
     def _closure_result(self, calls: list[tuple[int, str, str, str | None]], res: Outcome,
-                        prefetched: dict[str, str]) -> list[Outcome]:
+                        prefetched: dict[str, str], paged: bool = False) -> list[tuple[Outcome, str | None]]:
         """Split a 106 answer into per-root outcomes shaped like service 4's (the children
         list as a JSON string); keep the inline microdata of the root and of listed hashes
-        (verified by hash later, like any fetched object, chum.md §6.4)."""
+        (verified by hash later, like any fetched object, chum.md §6.4).  ``paged``: the
+        request asked for pages ("closure-pages"): the lists come dependencies first and a
+        root's entry may carry ``"more": t`` (returned beside its outcome)."""
         n = len(calls)
         if not res.ok:
             if res.code == "LAMA-CHUM-TIMEOUT":
                 raise Fatal(res.code, res.message)
-            return [res] * n
+            return [(res, None)] * n
         try:
             lists = json.loads(res.value) if isinstance(res.value, str) else None
         except ValueError:
             lists = None
         if not isinstance(lists, list) or len(lists) != n:
-            return [Outcome(False, code="LAMA-CHUM-BATCH", message="malformed batch answer")] * n
-        out = []
+            return [(Outcome(False, code="LAMA-CHUM-BATCH", message="malformed batch answer"), None)] * n
+        out: list[tuple[Outcome, str | None]] = []
         for (_s, h, _k, _e), c in zip(calls, lists):
             if c is None:
-                out.append(Outcome(False, code="CES-GOC1", message="not served by the exporter"))
+                out.append((Outcome(False, code="CES-GOC1", message="not served by the exporter"), None))
                 continue
             children = c.get("children") if isinstance(c, dict) else None
             if not isinstance(children, list):
-                out.append(Outcome(False, code="LAMA-CHUM-BATCH", message="malformed closure answer"))
+                out.append((Outcome(False, code="LAMA-CHUM-BATCH", message="malformed closure answer"), None))
+                continue
+            more = c.get("more") if paged else None
+            if more is not None and not isinstance(more, str):
+                out.append((Outcome(False, code="LAMA-CHUM-BATCH",
+                                    message="malformed closure answer: a page token is not a string"), None))
                 continue
             if isinstance(c.get("root"), str):
                 prefetched[h] = c["root"]
@@ -717,7 +919,9 @@ class Importer:
                     if isinstance(data, str) and isinstance(e.get("hash"), str):
                         prefetched[e["hash"]] = data
                 listed.append(e)
-            out.append(Outcome(True, json.dumps(listed)))
+            if paged:
+                listed.reverse()  # dependencies first already: the 4/5 order is parents first
+            out.append((Outcome(True, json.dumps(listed)), more))
         return out
 
     def _batch_result(self, chunk: list[_Item], res: Outcome) -> list[Outcome]:

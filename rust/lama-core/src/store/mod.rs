@@ -29,7 +29,7 @@ pub use access::{Root, RootKind};
 pub use blob::BlobWriter;
 pub use feed::{Event, Subscription};
 pub use objects::{PutResult, Verified};
-pub use read::Snapshot;
+pub use read::{ClosureWalk, Snapshot};
 pub use rmaps::Props;
 
 use std::collections::HashMap;

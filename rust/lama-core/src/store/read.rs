@@ -300,10 +300,87 @@ impl Store {
         Ok(out)
     }
 
+    /// Start a [`ClosureWalk`] of `hash` (an object or ID object; a BLOB/CLOB has an empty
+    /// closure): [`children_tagged_except`](Self::children_tagged_except) in pages.
+    pub fn closure_walk(&self, hash: &str) -> Result<ClosureWalk> {
+        let root = parse_hash("hash", hash)?;
+        let txn = self.read_txn()?;
+        let refs = match self.entry(&txn, &root)? {
+            None => return Err(not_found(&root.to_string(), "object")),
+            Some([k, rest @ ..]) if *k == K_OBJECT || *k == K_ID => {
+                refs_of(&root, std::str::from_utf8(rest).map_err(|_| corrupt(&root, "is not UTF-8"))?)?
+            }
+            Some([k, ..]) if EntryKind::from_byte(*k).is_some() => Vec::new(),
+            Some(_) => return Err(corrupt(&root, "has an unknown kind byte")),
+        };
+        let mut seen = HashSet::new();
+        seen.insert(root);
+        Ok(ClosureWalk { stack: vec![(None, refs, 0)], seen })
+    }
+
+    /// The next at most `limit` (≥ 1) entries of `walk`, in the order of
+    /// [`children_tagged_except`](Self::children_tagged_except) (dependencies first), pruned
+    /// at `known` (which may grow between calls: the walk stops at what it holds by then).
+    /// Every page is a complete prefix: whatever a listed entry references is listed in this
+    /// or an earlier page, or is in `known`. Objects are immutable, so a walk spanning several
+    /// read transactions stays consistent (docs/chum-fastpath.md "closure-pages").
+    pub fn closure_walk_next(&self, walk: &mut ClosureWalk, known: &HashSet<Hash>, limit: usize) -> Result<Vec<(RefKind, Hash)>> {
+        let txn = self.read_txn()?;
+        let mut out = Vec::new();
+        while let Some(frame) = walk.stack.last_mut() {
+            if out.len() >= limit.max(1) {
+                break;
+            }
+            if frame.2 == frame.1.len() {
+                let done = frame.0;
+                walk.stack.pop();
+                if let Some(h) = done {
+                    out.push(h);
+                }
+                continue;
+            }
+            let (kind, h) = frame.1[frame.2];
+            frame.2 += 1;
+            if known.contains(&h) || !walk.seen.insert(h) {
+                continue;
+            }
+            match kind {
+                RefKind::Blob | RefKind::Clob => out.push((kind, h)),
+                RefKind::Obj | RefKind::Id => {
+                    let text = self.text_in(&txn, &h, if kind == RefKind::Id { K_ID } else { K_OBJECT })?;
+                    walk.stack.push((Some((kind, h)), refs_of(&h, text)?, 0));
+                }
+            }
+        }
+        // the root's frame alone, all its references met: nothing is left
+        if let [(None, refs, i)] = walk.stack.as_slice() {
+            if *i == refs.len() {
+                walk.stack.clear();
+            }
+        }
+        Ok(out)
+    }
+
     /// The version nodes of `id_hash`, newest first (objects.md §4.1; see `version_nodes_in`).
     pub fn version_nodes(&self, id_hash: &str) -> Result<Vec<Hash>> {
         let txn = self.read_txn()?;
         self.version_nodes_in(&txn, id_hash)
+    }
+}
+
+/// A depth-first post-order walk of a closure kept between calls
+/// ([`Store::closure_walk_next`]): the stack of frames (the entry listed when the frame is
+/// done, its references, the next index) and the hashes met.
+pub struct ClosureWalk {
+    #[allow(clippy::type_complexity)]
+    stack: Vec<(Option<(RefKind, Hash)>, Vec<(RefKind, Hash)>, usize)>,
+    seen: HashSet<Hash>,
+}
+
+impl ClosureWalk {
+    /// Nothing is left to list.
+    pub fn done(&self) -> bool {
+        self.stack.is_empty()
     }
 }
 

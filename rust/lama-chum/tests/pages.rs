@@ -1,0 +1,419 @@
+//! docs/chum-fastpath.md "closure-pages": a first sync asks 106 in pages and fetches from the
+//! first page on; interop with a peer without the feature; a hostile exporter's pages; the
+//! exporter's page tokens and its bound on open walks.
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use lama_chum::{rpc, Config, Event, Message, Session};
+use lama_core::store::Store;
+use serde_json::{json, Value};
+
+/// A's channel: `n` versions of a ChannelInfo, each with a ChatMessage, shared with B by an
+/// IdAccess (every version node is a root). Returns the newest node.
+fn build(a: &Store, n: usize) -> String {
+    let tid = format!("{PA}<->{PB}");
+    let mut node = String::new();
+    let mut prev: Option<String> = None;
+    for i in 0..n {
+        let m = obj(vec![("$type$", s("ChatMessage")), ("text", s(&format!("message {i}"))), ("sender", s(PA))]);
+        let mh = hash_of(&m);
+        let mut l = vec![("$type$", s("LinkedListEntry")), ("data", s(&mh))];
+        if let Some(p) = &prev {
+            l.push(("previous", s(p)));
+        }
+        let l = obj(l);
+        let lh = hash_of(&l);
+        a.put_objects(&[m, l]).unwrap();
+        prev = Some(lh.clone());
+        node = store_versioned(a, obj(vec![("$type$", s("ChannelInfo")), ("id", s(&tid)), ("head", s(&lh))]), 1_700_000_000_000 + i as i64).0;
+    }
+    let ci = lama_core::hash::sha256_hex(lama_core::microdata::id_microdata(&obj(vec![("$type$", s("ChannelInfo")), ("id", s(&tid))])).unwrap().as_bytes());
+    store_versioned(a, obj(vec![("$type$", s("IdAccess")), ("id", s(&ci)), ("person", lama_core::microdata::Value::List(vec![s(PB)])), ("group", lama_core::microdata::Value::List(vec![]))]), 1);
+    node
+}
+
+fn sessions(a: &Store, b: &Store) -> (Session, Session) {
+    let mut ca = Config::new(PA, PB);
+    ca.importer = false;
+    let mut cb = Config::new(PB, PA);
+    cb.exporter = false;
+    (Session::new(a.clone(), ca), Session::new(b.clone(), cb))
+}
+
+type Filter<'a> = Box<dyn FnMut(&Value) -> Option<Value> + 'a>;
+
+/// What a run saw: B's events, the service ids B asked, and for every 109 answer without
+/// `more` (a walk's last page) how many objects B had imported when it arrived.
+#[derive(Default)]
+struct Seen {
+    events: Vec<Event>,
+    services: Vec<u64>,
+    imported_at_last_page: Vec<usize>,
+    /// Hashes B asked for with 101/108, and how many when each last page arrived.
+    asked: usize,
+    asked_at_last_page: Vec<usize>,
+}
+
+fn imported(events: &[Event]) -> usize {
+    events.iter().map(|e| match e { Event::Imported { objects, id_objects, .. } => objects.len() + id_objects.len(), _ => 0 }).sum()
+}
+
+/// Run A (exporter) and B (importer) with a fake clock; `to_a` and `to_b` may rewrite (or
+/// drop) the text messages B sends and A sends.
+fn run(a: &mut Session, b: &mut Session, mut to_a: Filter, mut to_b: Filter) -> Seen {
+    let mut seen = Seen::default();
+    let t0 = Instant::now();
+    let mut now = t0;
+    let mut pages: std::collections::HashSet<u64> = Default::default();
+    a.start(now);
+    b.start(now);
+    for _ in 0..100_000 {
+        while let Some(e) = b.poll_event() {
+            seen.events.push(e);
+        }
+        while a.poll_event().is_some() {}
+        if b.is_finished() {
+            break;
+        }
+        let mut moved = false;
+        while let Some(m) = b.poll_transmit() {
+            moved = true;
+            let m = match m {
+                Message::Text(t) => {
+                    let v: Value = serde_json::from_str(&t).unwrap();
+                    if v["type"] == "request" {
+                        seen.services.push(v["serviceId"].as_u64().unwrap());
+                        if v["serviceId"] == 101 || v["serviceId"] == 108 {
+                            seen.asked += v["args"][0].as_array().map_or(0, Vec::len);
+                        }
+                        if v["serviceId"] == 109 {
+                            pages.insert(v["requestId"].as_u64().unwrap());
+                        }
+                    }
+                    match to_a(&v) {
+                        Some(v) => Message::Text(v.to_string()),
+                        None => continue,
+                    }
+                }
+                m => m,
+            };
+            a.handle_message(m, now);
+        }
+        while let Some(m) = a.poll_transmit() {
+            moved = true;
+            let m = match m {
+                Message::Text(t) => {
+                    let v: Value = serde_json::from_str(&t).unwrap();
+                    if v["type"] == "data" && pages.contains(&v["responseId"].as_u64().unwrap_or(0)) {
+                        let page: Value = serde_json::from_str(v["data"].as_str().unwrap()).unwrap();
+                        if page.get("more").is_none() {
+                            while let Some(e) = b.poll_event() {
+                                seen.events.push(e);
+                            }
+                            seen.imported_at_last_page.push(imported(&seen.events));
+                            seen.asked_at_last_page.push(seen.asked);
+                        }
+                    }
+                    match to_b(&v) {
+                        Some(v) => Message::Text(v.to_string()),
+                        None => continue,
+                    }
+                }
+                m => m,
+            };
+            b.handle_message(m, now);
+        }
+        if moved {
+            continue;
+        }
+        let t = [a.poll_timeout(), b.poll_timeout()].into_iter().flatten().min();
+        match t {
+            Some(t) if t <= t0 + Duration::from_secs(600) => {
+                now = now.max(t);
+                a.handle_timeout(now);
+                b.handle_timeout(now);
+            }
+            _ => break,
+        }
+    }
+    while let Some(e) = b.poll_event() {
+        seen.events.push(e);
+    }
+    seen
+}
+
+/// B's 106 requests ask for pages of `l` entries (the importer asks 4,096; small pages make a
+/// small graph take many).
+fn page_size(l: u64) -> Filter<'static> {
+    Box::new(move |v: &Value| {
+        let mut v = v.clone();
+        if v["serviceId"] == 106 {
+            if let Some(p) = v["args"].get_mut(3) {
+                *p = json!({"page": l});
+            }
+        }
+        Some(v)
+    })
+}
+
+fn pass() -> Filter<'static> {
+    Box::new(|v: &Value| Some(v.clone()))
+}
+
+fn codes(seen: &Seen) -> Vec<String> {
+    seen.events.iter().filter_map(|e| match e { Event::Error { code, .. } => Some(code.clone()), _ => None }).collect()
+}
+
+/// Every reference of every object and ID object in `st` is stored (chum.md §5.3).
+fn no_holes(st: &Store) {
+    assert!(st.verify().unwrap().is_empty());
+}
+
+#[test]
+fn a_paged_first_sync_stores_objects_before_the_last_page() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (new_store(dir.path(), "a"), new_store(dir.path(), "b"));
+    let head = build(&a, 40);
+    let (mut sa, mut sb) = sessions(&a, &b);
+    let seen = run(&mut sa, &mut sb, page_size(10), pass());
+    assert_eq!(codes(&seen), Vec::<String>::new());
+    assert!(seen.services.contains(&106));
+    // 40 versions: ~160 objects in pages of 10
+    assert!(seen.services.iter().filter(|s| **s == 109).count() >= 10, "{:?}", seen.services);
+    assert!(!seen.services.contains(&105));
+    // objects were stored before the last page of the walk arrived
+    // (the first fetched chunk of a pass is committed at once, later ones by the thousand)
+    assert_eq!(seen.imported_at_last_page.len(), 1);
+    assert!(seen.imported_at_last_page[0] > 0, "{:?}", seen.imported_at_last_page);
+    assert!(seen.asked_at_last_page[0] >= 100, "{:?} of {}", seen.asked_at_last_page, seen.asked);
+    assert!(b.has(&head).unwrap());
+    for h in a.children(&head).unwrap() {
+        assert!(b.has(&h.to_string()).unwrap(), "{h} missing");
+    }
+    no_holes(&b);
+    // a second sync transfers nothing
+    let (mut sa, mut sb) = sessions(&a, &b);
+    let seen = run(&mut sa, &mut sb, page_size(10), pass());
+    assert_eq!(codes(&seen), Vec::<String>::new());
+    assert_eq!(imported(&seen.events), 0);
+    assert!(!seen.services.contains(&106) && !seen.services.contains(&101) && !seen.services.contains(&108));
+}
+
+#[test]
+fn an_exporter_without_pages_answers_whole_closures() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (new_store(dir.path(), "a"), new_store(dir.path(), "b"));
+    let head = build(&a, 20);
+    let (mut sa, mut sb) = sessions(&a, &b);
+    // the probe answer of a lama from before "closure-pages"
+    let old = Box::new(|v: &Value| {
+        let mut v = v.clone();
+        if let Some(f) = v.pointer_mut("/data/features").and_then(Value::as_array_mut) {
+            f.retain(|x| x != "closure-pages");
+        }
+        Some(v)
+    });
+    let mut args106 = Vec::new();
+    let watch = Box::new(|v: &Value| {
+        if v["serviceId"] == 106 {
+            args106.push(v["args"].as_array().unwrap().len());
+        }
+        Some(v.clone())
+    });
+    let seen = run(&mut sa, &mut sb, watch, old);
+    assert_eq!(codes(&seen), Vec::<String>::new());
+    assert!(!seen.services.contains(&109));
+    assert!(!args106.is_empty() && args106.iter().all(|n| *n <= 3), "{args106:?}");
+    assert!(b.has(&head).unwrap());
+    no_holes(&b);
+}
+
+#[test]
+fn an_importer_that_asks_no_pages_gets_whole_closures() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (new_store(dir.path(), "a"), new_store(dir.path(), "b"));
+    let head = build(&a, 20);
+    let (mut sa, mut sb) = sessions(&a, &b);
+    // B's 106 requests as an importer from before "closure-pages" sends them, and the probe
+    // answer without the feature (so B does not ask 109 either)
+    let strip = Box::new(|v: &Value| {
+        let mut v = v.clone();
+        if v["serviceId"] == 106 {
+            v["args"].as_array_mut().unwrap().truncate(2);
+        }
+        Some(v)
+    });
+    let mut whole = 0;
+    let old = Box::new(|v: &Value| {
+        let mut v = v.clone();
+        if let Some(f) = v.pointer_mut("/data/features").and_then(Value::as_array_mut) {
+            f.retain(|x| x != "closure-pages");
+        }
+        if let Some(d) = v["data"].as_str() {
+            if d.starts_with("[{\"root\"") {
+                let l: Value = serde_json::from_str(d).unwrap();
+                assert!(l.as_array().unwrap().iter().all(|r| r.get("more").is_none()));
+                whole += 1;
+            }
+        }
+        Some(v)
+    });
+    let seen = run(&mut sa, &mut sb, strip, old);
+    assert_eq!(codes(&seen), Vec::<String>::new());
+    assert!(whole > 0 && !seen.services.contains(&109));
+    assert!(b.has(&head).unwrap());
+    no_holes(&b);
+}
+
+#[test]
+fn a_page_that_lists_an_unlisted_reference_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (new_store(dir.path(), "a"), new_store(dir.path(), "b"));
+    let head = build(&a, 30);
+    let (mut sa, mut sb) = sessions(&a, &b);
+    // the exporter leaves the first ChatMessage of its third page out: a later entry references
+    // it though it was neither listed before nor is it held by B
+    let mut n = 0;
+    let a2 = a.clone();
+    let mut dropped = Vec::new();
+    let hostile = Box::new(|v: &Value| {
+        let mut v = v.clone();
+        if let Some(d) = v["data"].as_str() {
+            if d.starts_with("{\"root\"") {
+                n += 1;
+                if n == 2 {
+                    let mut p: Value = serde_json::from_str(d).unwrap();
+                    let c = p["children"].as_array_mut().unwrap();
+                    let i = c.iter().position(|e| a2.get(e["hash"].as_str().unwrap()).unwrap().contains("/ChatMessage\"")).unwrap();
+                    dropped.push(c.remove(i)["hash"].as_str().unwrap().to_string());
+                    v["data"] = Value::String(p.to_string());
+                }
+            }
+        }
+        Some(v)
+    });
+    let seen = run(&mut sa, &mut sb, page_size(8), hostile);
+    assert_eq!(dropped.len(), 1);
+    assert!(codes(&seen).contains(&"CI-ACO".to_string()), "{:?}", codes(&seen));
+    assert!(!b.has(&dropped[0]).unwrap() && !b.has(&head).unwrap());
+    // nothing that references the gap was stored, and what was stored is whole
+    no_holes(&b);
+    assert!(sb.close_reason().is_some());
+    // the next sync (an honest exporter) completes
+    let (mut sa, mut sb) = sessions(&a, &b);
+    let seen = run(&mut sa, &mut sb, page_size(8), pass());
+    assert_eq!(codes(&seen), Vec::<String>::new());
+    assert!(b.has(&head).unwrap() && b.has(&dropped[0]).unwrap());
+    no_holes(&b);
+}
+
+/// Requests to an exporter-only session, answered one by one.
+fn ask(a: &mut Session, id: u64, service: u32, args: Vec<Value>) -> Value {
+    let now = Instant::now();
+    let args: Vec<Option<Value>> = args.into_iter().map(Some).collect();
+    a.handle_message(Message::Text(rpc::request(id, service, &args)), now);
+    while let Some(m) = a.poll_transmit() {
+        if let Message::Text(t) = m {
+            let v: Value = serde_json::from_str(&t).unwrap();
+            if v["responseId"] == id {
+                return v;
+            }
+        }
+    }
+    panic!("no answer to {service}");
+}
+
+#[test]
+fn page_tokens_and_the_bound_on_open_walks() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = new_store(dir.path(), "a");
+    build(&a, 12);
+    let mut ca = Config::new(PA, PB);
+    ca.importer = false;
+    let mut sa = Session::new(a.clone(), ca);
+    sa.start(Instant::now());
+    let roots: Value = serde_json::from_str(ask(&mut sa, 1, 2, vec![])["data"].as_str().unwrap()).unwrap();
+    let nodes: Vec<Value> = roots.as_array().unwrap().iter().filter(|r| r["type"] == "version_node").map(|r| r["node"].clone()).collect();
+    assert_eq!(nodes.len(), 12);
+    // 12 roots with pages of one entry: 8 walks open, the rest answered whole
+    let ans = ask(&mut sa, 2, 106, vec![Value::Array(nodes.clone()), json!([]), Value::Null, json!({"page": 1})]);
+    let list: Value = serde_json::from_str(ans["data"].as_str().unwrap()).unwrap();
+    let list = list.as_array().unwrap();
+    let tokens: Vec<String> = list.iter().filter_map(|r| r.get("more").and_then(Value::as_str).map(str::to_string)).collect();
+    assert_eq!(tokens.len(), 8);
+    assert!(list.iter().all(|r| r["children"].as_array().unwrap().len() == 1 || r.get("more").is_none()));
+    assert!(list[8..].iter().all(|r| r.get("more").is_none() && r["children"].as_array().unwrap().len() > 1));
+    // an unknown token, and a malformed one: a clear error
+    for (i, bad) in [json!("99.1"), json!("nonsense"), json!(7)].into_iter().enumerate() {
+        let e = ask(&mut sa, 10 + i as u64, 109, vec![bad]);
+        assert_eq!(e["type"], "error", "{e}");
+        assert_eq!(e["error"]["code"], "LAMA-CHUM-PAGE", "{e}");
+    }
+    // follow the first walk to its end; a repeated request (a retry) gets the same page
+    let mut t = tokens[0].clone();
+    let mut id = 100;
+    let mut listed = 1;
+    loop {
+        id += 1;
+        let p = ask(&mut sa, id, 109, vec![json!(t)]);
+        let again = ask(&mut sa, id + 1000, 109, vec![json!(t)]);
+        let page: Value = serde_json::from_str(p["data"].as_str().expect("a page")).unwrap();
+        if let Some(more) = page.get("more") {
+            assert_eq!(again["data"], p["data"]);
+            listed += page["children"].as_array().unwrap().len();
+            t = more.as_str().unwrap().to_string();
+        } else {
+            listed += page["children"].as_array().unwrap().len();
+            // the walk is closed: its token expired
+            assert_eq!(again["error"]["code"], "LAMA-CHUM-PAGE");
+            break;
+        }
+        assert!(id < 1000);
+    }
+    // the walk listed the root's whole closure (dependencies first, each once)
+    let whole = a.children(nodes[0].as_str().unwrap()).unwrap().len();
+    assert_eq!(listed, whole);
+    // a walk closed: a new one may open
+    let ans = ask(&mut sa, 5000, 106, vec![json!([nodes[11]]), json!([]), Value::Null, json!({"page": 1})]);
+    let list: Value = serde_json::from_str(ans["data"].as_str().unwrap()).unwrap();
+    assert!(list[0].get("more").is_some());
+    let ans = ask(&mut sa, 5001, 106, vec![json!([nodes[10]]), json!([]), Value::Null, json!({"page": 1})]);
+    let list: Value = serde_json::from_str(ans["data"].as_str().unwrap()).unwrap();
+    assert!(list[0].get("more").is_none());
+}
+
+#[test]
+fn an_interrupted_paged_sync_resumes_and_completes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (new_store(dir.path(), "a"), new_store(dir.path(), "b"));
+    let head = build(&a, 40);
+    let (mut sa, mut sb) = sessions(&a, &b);
+    // the connection goes silent from the fourth page answer on: B's requests time out
+    let mut pages = 0;
+    let cut = Box::new(|v: &Value| {
+        if let Some(d) = v["data"].as_str() {
+            if d.starts_with("{\"root\"") {
+                pages += 1;
+            }
+        }
+        (pages < 4).then(|| v.clone())
+    });
+    let seen = run(&mut sa, &mut sb, page_size(10), cut);
+    assert!(codes(&seen).contains(&"LAMA-CHUM-TIMEOUT".to_string()), "{:?}", codes(&seen));
+    let first = imported(&seen.events);
+    assert!(first > 0 && !b.has(&head).unwrap());
+    no_holes(&b);
+    // the next session fetches only the rest and completes
+    let (mut sa, mut sb) = sessions(&a, &b);
+    let seen = run(&mut sa, &mut sb, page_size(10), pass());
+    assert_eq!(codes(&seen), Vec::<String>::new());
+    assert!(b.has(&head).unwrap());
+    let total = a.children(&head).unwrap().iter().filter(|h| a.kind(&h.to_string()).unwrap().is_some()).count();
+    assert!(imported(&seen.events) + first <= total + 1, "{} + {first} of {total}", imported(&seen.events));
+    for h in a.children(&head).unwrap() {
+        assert!(b.has(&h.to_string()).unwrap(), "{h} missing");
+    }
+    no_holes(&b);
+}
