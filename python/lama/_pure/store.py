@@ -687,6 +687,22 @@ class Store:
         parsing every text; nothing is written unless all items are valid.  An ID object text
         is stored as an ID object (its third result is None); a versioned object also stores
         its ID object, whose hash is the third result."""
+        return self._put_microdata(items, ())[0]
+
+    def _put_microdata_forward(
+        self, items: list[tuple[str, str | None]], forward: list[tuple[str, str]]
+    ) -> tuple[list[tuple[str, str, str | None]], list[str]]:
+        """The pure importer's last commit of a pass (the Rust core's
+        ``Store::put_verified_forward``): ``put_microdata``, and in the same transaction the
+        head of each ``(id_hash, node)`` of ``forward`` becomes ``node`` when that is a
+        fast-forward - ``node`` is a stored version node of that ID and the ID has no head or
+        the head is one of its parents.  Returns the results and the ID hashes moved."""
+        return self._put_microdata(items, forward)
+
+    @_lmdb_errors
+    def _put_microdata(
+        self, items: list[tuple[str, str | None]], forward: Iterable[tuple[str, str]]
+    ) -> tuple[list[tuple[str, str, str | None]], list[str]]:
         shared = self._s()
         if not isinstance(items, (list, tuple)):
             raise StoreError(f"expected a list of (text, hash), got {type(items).__name__}",
@@ -724,12 +740,25 @@ class Store:
                 id_data = js_utf8(id_text)
                 prepared.append(_Prepared(raw, b"O" + data, b"O", type_name, text,
                                           sha(id_data).digest(), b"I" + id_data, id_text))
+        fwd = [(id_hash, _raw(id_hash, "id_hash"), _raw(node, "node")) for id_hash, node in forward]
+        moved: list[str] = []
         feed = _Feed(shared)
         with _WriteTxn(shared) as txn:
             results = self._write_prepared(shared, txn, prepared, feed)
+            base: int | None = None
+            for id_hash, id_raw, node_raw in fwd:
+                current = txn.get(id_raw, db=shared.vheads)
+                if current == node_raw or not _fast_forwards(shared, txn, id_raw, node_raw, current):
+                    continue
+                txn.put(id_raw, node_raw, db=shared.vheads)
+                feed.push(id_raw, b"H")
+                if base is None:
+                    base = _last_seq(txn, shared.events)
+                _access.head_moved(shared, txn, id_raw, node_raw, base + len(feed.pending))
+                moved.append(id_hash)
             feed.flush(txn)
         feed.publish()
-        return results
+        return results, moved
 
     def _get_entry(self, h: str) -> bytes | None:
         raw = _raw(h)
@@ -1268,6 +1297,39 @@ def _check_chunks(shared: _Shared, txn: lmdb.Transaction, problems: list[str]) -
                      and int.from_bytes(k[32:], "big") < int.from_bytes(v[9:13], "big"))
         if not owned:
             problems.append(f"chunks/{k.hex()}: chunk of no chunked BLOB/CLOB")
+
+
+def _fast_forwards(shared: _Shared, txn: lmdb.Transaction, id_raw: bytes, node_raw: bytes,
+                   head: bytes | None) -> bool:
+    """True if ``node_raw`` is a stored version node of the ID ``id_raw`` whose parents include
+    ``head`` (or there is no head): moving the head to it is a fast-forward."""
+    entry = txn.get(node_raw, db=shared.objects)
+    if not _is_version_node(entry):
+        return False
+    try:
+        refs = references(bytes(entry[1:]).decode("utf-8"))  # type: ignore[index]
+    except (LamaError, UnicodeDecodeError):
+        return False
+    head_hex = None if head is None else bytes(head).hex()
+    data = None
+    parent = head is None
+    for path, kind, h in refs:
+        if kind != "obj":
+            continue
+        if path == "data":
+            data = h
+        elif (path == "prev" or path.startswith("nodes.")) and h == head_hex:
+            parent = True
+    if not parent or data is None:
+        return False
+    d = txn.get(bytes.fromhex(data), db=shared.objects)
+    if not d or d[0] != K_OBJECT:
+        return False
+    try:
+        id_md = id_microdata_of(bytes(d[1:]).decode("utf-8"))
+    except (LamaError, UnicodeDecodeError):
+        return False
+    return id_md is not None and hashlib.sha256(js_utf8(id_md)).digest() == bytes(id_raw)
 
 
 def _is_version_node(node: bytes | None) -> bool:

@@ -522,7 +522,7 @@ impl Importer {
                 if let Err(f) = self.fetch_received(&mut pass, results, cx) {
                     // a fatal answer (a request that timed out for good): what was verified
                     // before it is kept
-                    self.flush(&mut pass, Vec::new(), Vec::new(), false, cx);
+                    self.flush(&mut pass, Vec::new(), Vec::new(), false, false, cx);
                     return Err(f);
                 }
                 self.commit_if_due(&mut pass, cx);
@@ -566,7 +566,7 @@ impl Importer {
                         }
                     }
                 }
-                self.flush(&mut pass, new_blobs, new_clobs, true, cx);
+                self.flush(&mut pass, new_blobs, new_clobs, true, true, cx);
                 report_unreachable(&mut pass, cx);
                 for (id_hash, ms) in &pass.group_missing {
                     let mut best: Option<(f64, &H)> = None;
@@ -736,7 +736,8 @@ impl Importer {
         }
         pass.prefetched.clear();
         self.received(pass, &pre, cx);
-        self.flush(pass, Vec::new(), Vec::new(), false, cx);
+        // nothing left to fetch (every object came inline): this may be the pass's last commit
+        self.flush(pass, Vec::new(), Vec::new(), false, rest.is_empty(), cx);
         pass.next = pre.len();
         pre.extend(rest);
         pass.texts = pre;
@@ -834,7 +835,8 @@ impl Importer {
             pass.com.ready.len() + self.fetch_chunk() > COMMIT_BATCH
         };
         if end || late || full {
-            self.flush(pass, Vec::new(), Vec::new(), false, cx);
+            // the fetch is over: this commit may be the pass's last one (no BLOB/CLOB after)
+            self.flush(pass, Vec::new(), Vec::new(), false, end, cx);
             pass.ready_since = None;
         } else if pass.ready_since.is_none() {
             pass.ready_since = cx.now;
@@ -857,7 +859,7 @@ impl Importer {
         let mut stage = std::mem::replace(&mut self.stage, Stage::Done);
         if let Stage::Fetch(pass) | Stage::Streams(pass) = &mut stage {
             if !pass.com.ready.is_empty() {
-                self.flush(pass, Vec::new(), Vec::new(), false, cx);
+                self.flush(pass, Vec::new(), Vec::new(), false, false, cx);
             }
             pass.ready_since = None;
         }
@@ -1531,7 +1533,9 @@ impl Importer {
 
     /// Commit everything ready, `COMMIT_BATCH` items per transaction, one `imported` event
     /// each (the final flush reports the pass's BLOBs/CLOBs in its first).
-    fn flush(&self, pass: &mut Pass, new_blobs: Vec<String>, new_clobs: Vec<String>, last: bool, cx: &mut Cx) {
+    /// With `forward` (the fetch is over), the flush's last commit also fast-forwards heads
+    /// (see [`forward_candidates`]).
+    fn flush(&self, pass: &mut Pass, new_blobs: Vec<String>, new_clobs: Vec<String>, last: bool, forward: bool, cx: &mut Cx) {
         let mut first = last;
         while !pass.com.ready.is_empty() || (first && (!new_blobs.is_empty() || !new_clobs.is_empty())) {
             let mut batch: Vec<H> = Vec::new();
@@ -1547,7 +1551,10 @@ impl Importer {
                 release(pass, &h);
                 batch.push(h);
             }
-            let done = self.put(pass, &batch, cx);
+            // the pass's last commit also fast-forwards the heads of the IDs it imported
+            // nodes of, when that is all the merge would do (Store::put_verified_forward)
+            let ff = if forward && pass.com.ready.is_empty() { forward_candidates(pass, &batch) } else { Vec::new() };
+            let done = self.put(pass, &batch, &ff, cx);
             for h in &batch {
                 let it = pass.items.get_mut(h).unwrap();
                 if !it.stored {
@@ -1569,14 +1576,18 @@ impl Importer {
         }
     }
 
-    fn put(&self, pass: &mut Pass, batch: &[H], cx: &mut Cx) -> Vec<H> {
+    fn put(&self, pass: &mut Pass, batch: &[H], forward: &[([u8; 32], [u8; 32])], cx: &mut Cx) -> Vec<H> {
         if batch.is_empty() {
             return Vec::new();
         }
         // verified (hash and one parse, `verify`): stored as they are, one transaction
         let result = {
             let all: Vec<Verified> = batch.iter().map(|h| verified(&pass.items, h)).collect();
-            self.store.put_verified(&all)
+            if forward.is_empty() {
+                self.store.put_verified(&all)
+            } else {
+                self.store.put_verified_forward(&all, forward).map(|(r, _)| r)
+            }
         };
         let done: Vec<H> = match result {
             Ok(_) => batch.to_vec(),
@@ -1607,7 +1618,7 @@ impl Importer {
             // a committed item's text is read from the store from now on: the pass holds only
             // what is not committed yet (issue 8: B held the whole pass, 270 MiB for 35 MB)
             let text = it.text.take();
-            if listed_node {
+            if listed_node && it.depth.is_none() {
                 it.depth = Some(text.as_deref().map_or(0.0, node_depth));
             }
             it.id_microdata = None;
@@ -1622,6 +1633,42 @@ impl Importer {
         }
         done
     }
+}
+
+/// For the pass's last commit (`batch`): per ID with listed nodes, the deepest node that is
+/// committed or in `batch` - the node its `merge` event will name - as `(ID hash, node)` for
+/// `Store::put_verified_forward`, which moves the head only if that is a fast-forward. Sets the
+/// depth of the batch's nodes (read at commit otherwise).
+fn forward_candidates(pass: &mut Pass, batch: &[H]) -> Vec<([u8; 32], [u8; 32])> {
+    if pass.group_missing.is_empty() {
+        return Vec::new();
+    }
+    let in_batch: HashSet<H> = batch.iter().copied().collect();
+    let mut out = Vec::new();
+    for (id, ms) in &pass.group_missing {
+        let mut best: Option<(f64, H)> = None;
+        for n in ms {
+            let Some(it) = pass.items.get_mut(n) else { continue };
+            let d = if it.committed {
+                it.depth
+            } else if in_batch.contains(n) && it.ok && it.node {
+                let d = it.text.as_deref().map_or(0.0, node_depth);
+                it.depth = Some(d);
+                Some(d)
+            } else {
+                None
+            };
+            if let Some(d) = d {
+                if best.is_none_or(|b| d > b.0) {
+                    best = Some((d, *n));
+                }
+            }
+        }
+        if let Some((_, n)) = best {
+            out.push((id.0, n.0));
+        }
+    }
+    out
 }
 
 /// What `Store::put_verified` takes of a verified item.
