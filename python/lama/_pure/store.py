@@ -1114,6 +1114,19 @@ class Store:
         with shared.env.begin() as txn:
             return _changes(txn, shared.events, since, limit)
 
+    @_lmdb_errors
+    def changes_of(self, types: Any, since: int, limit: int) -> tuple[int, list[tuple[int, str, str]]]:
+        """``(position, events)``: of the (at most ``limit``) events with ``seq > since``, those
+        of objects, ID objects and heads (the ID object's type) whose type is in ``types``;
+        ``position`` = the last event scanned (``since`` if none), where the next call starts
+        (issue 10, the typed change feed)."""
+        wanted = _types_arg(types)
+        since = _count_arg(since, "since")
+        limit = _count_arg(limit, "limit")
+        shared = self._s()
+        with shared.env.begin() as txn:
+            return _changes_of(txn, shared, since, limit, wanted)
+
     def subscribe(self) -> Subscription:
         """Events committed from now on, by any handle of this directory in this process."""
         return Subscription._create(self._s())
@@ -1688,6 +1701,45 @@ def _changes(txn: lmdb.Transaction, events_db: Any, since: int, limit: int) -> l
     return out
 
 
+def _types_arg(types: Any) -> frozenset[str]:
+    if not isinstance(types, (list, tuple, set, frozenset)):
+        raise StoreError(f"types must be a list, tuple or set of str, got {type(types).__name__}",
+                         "LAMA-ARG")
+    for t in types:
+        if not isinstance(t, str):
+            raise StoreError(f"a type name must be a str, got {type(t).__name__}", "LAMA-ARG")
+    return frozenset(types)
+
+
+_TYPE_PREFIXES = (b'<div itemscope itemtype="//refin.io/',
+                  b'<div data-id-object="true" itemscope itemtype="//refin.io/')
+
+
+def _changes_of(txn: lmdb.Transaction, shared: _Shared, since: int, limit: int,
+                types: frozenset[str]) -> tuple[int, list[tuple[int, str, str]]]:
+    """The typed feed: the type of an ``object``/``id`` event is its stored header's, of a
+    ``head`` event its ID object's; BLOB/CLOB events never match."""
+    events = _changes(txn, shared.events, since, limit)
+    if not events:
+        return since, []
+    out = []
+    objects = shared.objects
+    for e in events:
+        if e[2] in ("blob", "clob"):
+            continue
+        v = txn.get(bytes.fromhex(e[1]), db=objects)
+        if not v or v[0] not in (K_OBJECT, K_ID):
+            continue
+        head = bytes(v[1:220])
+        for prefix in _TYPE_PREFIXES:
+            if head.startswith(prefix):
+                end = head.find(b'"', len(prefix))
+                if end > 0 and head[len(prefix):end].decode("utf-8", "replace") in types:
+                    out.append(e)
+                break
+    return events[-1][0], out
+
+
 def _upgrade_feed(txn: lmdb.Transaction, dbs: dict[bytes, Any]) -> None:
     """Give a store created before the feed its events, once: every ``objects`` entry in key
     order, then every version head in key order (docs/store-format.md "events")."""
@@ -1999,13 +2051,17 @@ class Subscription:
         return self._shared is None
 
     @_lmdb_errors
-    def wait(self, timeout: float, limit: int | None = None) -> list[tuple[int, str, str]]:
+    def wait(self, timeout: float, limit: int | None = None,
+             types: Any = None) -> list[tuple[int, str, str]]:
         """The next events (at most ``limit``, default 1000), waiting up to ``timeout`` seconds
-        for one; ``[]`` after the timeout."""
+        for one; ``[]`` after the timeout.  ``types`` (issue 10): only the events of objects,
+        ID objects and heads of these types (``Store.changes_of``); returns as soon as any
+        event was committed, so ``[]`` may come back early while ``position`` moved."""
         if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout >= 0:
             raise StoreError(f"timeout must be a number of seconds >= 0, got {timeout!r}",
                              "LAMA-ARG")
         limit = 1000 if limit is None else _count_arg(limit, "limit")
+        wanted = None if types is None else _types_arg(types)
         deadline = time.monotonic() + timeout
         with self._lock:
             while True:
@@ -2013,10 +2069,13 @@ class Subscription:
                 if shared is None:
                     raise StoreError("the subscription is closed", "LAMA-CLOSED")
                 with shared.env.begin() as txn:
-                    events = _changes(txn, shared.events, self._pos, limit)
-                if events or limit == 0:
-                    if events:
-                        self._pos = events[-1][0]
+                    if wanted is None:
+                        events = _changes(txn, shared.events, self._pos, limit)
+                        pos = events[-1][0] if events else self._pos
+                    else:
+                        pos, events = _changes_of(txn, shared, self._pos, limit, wanted)
+                if pos > self._pos or limit == 0:
+                    self._pos = pos
                     return events
                 with shared.cond:
                     # a writer bumps `committed` after its commit, under this condition's

@@ -55,6 +55,9 @@ MAX_BATCH = 10_000
 into batches of this size)."""
 
 _MARK_KEY = "lama.chat"
+# What the event thread's _scan reads of the feed: Topic objects, group membership
+# certificates (lama.chat.groups) and ChannelInfo head moves (Store.changes_of's types)
+_FEED_TYPES = ("Topic", "AccessVersionedObjectCertificate", "ChannelInfo")
 _ONE_TO_ONE = re.compile(r"^([0-9a-f]{64})<->([0-9a-f]{64})$")  # app-layer.md §3.3
 _MSG_CACHE = 1024
 
@@ -1108,7 +1111,10 @@ class Chat:
         saved = self._mark
         while not self._closed:
             try:
-                batch = sub.wait(0.2, 5000)
+                # the typed feed (issue 10): only the events _scan looks at, so this thread
+                # no longer reads every committed object (five per chat message) to find them
+                batch = sub.wait(0.2, 5000, _FEED_TYPES)
+                pos = sub.position
             except LamaError as e:
                 if self._closed:
                     return
@@ -1116,7 +1122,9 @@ class Chat:
                 return
             batch = [b for b in batch if b[0] > self._mark]
             if not batch:
-                if self._mark != saved:
+                if pos > self._mark:
+                    self._mark = pos
+                elif self._mark != saved:
                     try:
                         self.store.set_peer_mark(_MARK_KEY, self._mark)
                         saved = self._mark
@@ -1127,7 +1135,7 @@ class Chat:
                 self._scan(batch, emit=True)
             except Exception:  # noqa: BLE001 - the feed must go on
                 log.exception("chat event processing failed")
-            self._mark = batch[-1][0]
+            self._mark = max(pos, batch[-1][0])
 
 
 def _grant(store: Any, target: dict[str, str], persons: list[str]) -> None:
