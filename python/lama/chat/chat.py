@@ -648,9 +648,11 @@ class Chat:
         return m
 
     def send_many(self, target: Topic | str, texts: Iterable[str], *,
-                  timestamp: int | None = None) -> list[Message]:
+                  timestamp: int | None = None, batch: int = 0) -> list[Message]:
         """Bulk post (docs/chat.md §4): the objects of every message, one ChannelInfo version
-        and one transaction per batch of up to MAX_BATCH messages."""
+        and one transaction per batch of up to ``batch`` (default and at most MAX_BATCH)
+        messages; every text is checked before anything is written."""
+        size = MAX_BATCH if batch <= 0 else min(batch, MAX_BATCH)
         t = self.topic(target)
         specs: list[_ch.PostSpec] = []
         for text in texts:
@@ -658,8 +660,8 @@ class Chat:
             specs.append(_ch.PostSpec({"$type$": "ChatMessage", "text": text, "sender": self.me},
                                       timestamp))
         out: list[Message] = []
-        for i in range(0, len(specs), MAX_BATCH):
-            out.extend(self._post(t, specs[i:i + MAX_BATCH]))
+        for i in range(0, len(specs), size):
+            out.extend(self._post(t, specs[i:i + size]))
         return out
 
     def _post(self, t: Topic, specs: list[_ch.PostSpec]) -> list[Message]:
