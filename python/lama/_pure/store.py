@@ -1316,11 +1316,12 @@ def _fast_forwards(shared: _Shared, txn: lmdb.Transaction, id_raw: bytes, node_r
                    head: bytes | None) -> bool:
     """True if ``node_raw`` is a stored version node of the ID ``id_raw`` whose parents include
     ``head`` (or there is no head): moving the head to it is a fast-forward."""
-    entry = txn.get(node_raw, db=shared.objects)
-    if not _is_version_node(entry):
+    got = txn.get(node_raw, db=shared.objects)
+    entry = None if got is None else bytes(got)
+    if entry is None or not _is_version_node(entry):
         return False
     try:
-        refs = references(bytes(entry[1:]).decode("utf-8"))  # type: ignore[index]
+        refs = references(entry[1:].decode("utf-8"))
     except (LamaError, UnicodeDecodeError):
         return False
     head_hex = None if head is None else bytes(head).hex()
