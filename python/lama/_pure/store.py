@@ -687,6 +687,22 @@ class Store:
         parsing every text; nothing is written unless all items are valid.  An ID object text
         is stored as an ID object (its third result is None); a versioned object also stores
         its ID object, whose hash is the third result."""
+        return self._put_microdata(items, ())[0]
+
+    def _put_microdata_forward(
+        self, items: list[tuple[str, str | None]], forward: list[tuple[str, str]]
+    ) -> tuple[list[tuple[str, str, str | None]], list[str]]:
+        """The pure importer's last commit of a pass (the Rust core's
+        ``Store::put_verified_forward``): ``put_microdata``, and in the same transaction the
+        head of each ``(id_hash, node)`` of ``forward`` becomes ``node`` when that is a
+        fast-forward - ``node`` is a stored version node of that ID and the ID has no head or
+        the head is one of its parents.  Returns the results and the ID hashes moved."""
+        return self._put_microdata(items, forward)
+
+    @_lmdb_errors
+    def _put_microdata(
+        self, items: list[tuple[str, str | None]], forward: Iterable[tuple[str, str]]
+    ) -> tuple[list[tuple[str, str, str | None]], list[str]]:
         shared = self._s()
         if not isinstance(items, (list, tuple)):
             raise StoreError(f"expected a list of (text, hash), got {type(items).__name__}",
@@ -724,12 +740,25 @@ class Store:
                 id_data = js_utf8(id_text)
                 prepared.append(_Prepared(raw, b"O" + data, b"O", type_name, text,
                                           sha(id_data).digest(), b"I" + id_data, id_text))
+        fwd = [(id_hash, _raw(id_hash, "id_hash"), _raw(node, "node")) for id_hash, node in forward]
+        moved: list[str] = []
         feed = _Feed(shared)
         with _WriteTxn(shared) as txn:
             results = self._write_prepared(shared, txn, prepared, feed)
+            base: int | None = None
+            for id_hash, id_raw, node_raw in fwd:
+                current = txn.get(id_raw, db=shared.vheads)
+                if current == node_raw or not _fast_forwards(shared, txn, id_raw, node_raw, current):
+                    continue
+                txn.put(id_raw, node_raw, db=shared.vheads)
+                feed.push(id_raw, b"H")
+                if base is None:
+                    base = _last_seq(txn, shared.events)
+                _access.head_moved(shared, txn, id_raw, node_raw, base + len(feed.pending))
+                moved.append(id_hash)
             feed.flush(txn)
         feed.publish()
-        return results
+        return results, moved
 
     def _get_entry(self, h: str) -> bytes | None:
         raw = _raw(h)
@@ -1085,6 +1114,19 @@ class Store:
         with shared.env.begin() as txn:
             return _changes(txn, shared.events, since, limit)
 
+    @_lmdb_errors
+    def changes_of(self, types: Any, since: int, limit: int) -> tuple[int, list[tuple[int, str, str]]]:
+        """``(position, events)``: of the (at most ``limit``) events with ``seq > since``, those
+        of objects, ID objects and heads (the ID object's type) whose type is in ``types``;
+        ``position`` = the last event scanned (``since`` if none), where the next call starts
+        (issue 10, the typed change feed)."""
+        wanted = _types_arg(types)
+        since = _count_arg(since, "since")
+        limit = _count_arg(limit, "limit")
+        shared = self._s()
+        with shared.env.begin() as txn:
+            return _changes_of(txn, shared, since, limit, wanted)
+
     def subscribe(self) -> Subscription:
         """Events committed from now on, by any handle of this directory in this process."""
         return Subscription._create(self._s())
@@ -1268,6 +1310,40 @@ def _check_chunks(shared: _Shared, txn: lmdb.Transaction, problems: list[str]) -
                      and int.from_bytes(k[32:], "big") < int.from_bytes(v[9:13], "big"))
         if not owned:
             problems.append(f"chunks/{k.hex()}: chunk of no chunked BLOB/CLOB")
+
+
+def _fast_forwards(shared: _Shared, txn: lmdb.Transaction, id_raw: bytes, node_raw: bytes,
+                   head: bytes | None) -> bool:
+    """True if ``node_raw`` is a stored version node of the ID ``id_raw`` whose parents include
+    ``head`` (or there is no head): moving the head to it is a fast-forward."""
+    got = txn.get(node_raw, db=shared.objects)
+    entry = None if got is None else bytes(got)
+    if entry is None or not _is_version_node(entry):
+        return False
+    try:
+        refs = references(entry[1:].decode("utf-8"))
+    except (LamaError, UnicodeDecodeError):
+        return False
+    head_hex = None if head is None else bytes(head).hex()
+    data = None
+    parent = head is None
+    for path, kind, h in refs:
+        if kind != "obj":
+            continue
+        if path == "data":
+            data = h
+        elif (path == "prev" or path.startswith("nodes.")) and h == head_hex:
+            parent = True
+    if not parent or data is None:
+        return False
+    d = txn.get(bytes.fromhex(data), db=shared.objects)
+    if not d or d[0] != K_OBJECT:
+        return False
+    try:
+        id_md = id_microdata_of(bytes(d[1:]).decode("utf-8"))
+    except (LamaError, UnicodeDecodeError):
+        return False
+    return id_md is not None and hashlib.sha256(js_utf8(id_md)).digest() == bytes(id_raw)
 
 
 def _is_version_node(node: bytes | None) -> bool:
@@ -1626,6 +1702,45 @@ def _changes(txn: lmdb.Transaction, events_db: Any, since: int, limit: int) -> l
     return out
 
 
+def _types_arg(types: Any) -> frozenset[str]:
+    if not isinstance(types, (list, tuple, set, frozenset)):
+        raise StoreError(f"types must be a list, tuple or set of str, got {type(types).__name__}",
+                         "LAMA-ARG")
+    for t in types:
+        if not isinstance(t, str):
+            raise StoreError(f"a type name must be a str, got {type(t).__name__}", "LAMA-ARG")
+    return frozenset(types)
+
+
+_TYPE_PREFIXES = (b'<div itemscope itemtype="//refin.io/',
+                  b'<div data-id-object="true" itemscope itemtype="//refin.io/')
+
+
+def _changes_of(txn: lmdb.Transaction, shared: _Shared, since: int, limit: int,
+                types: frozenset[str]) -> tuple[int, list[tuple[int, str, str]]]:
+    """The typed feed: the type of an ``object``/``id`` event is its stored header's, of a
+    ``head`` event its ID object's; BLOB/CLOB events never match."""
+    events = _changes(txn, shared.events, since, limit)
+    if not events:
+        return since, []
+    out = []
+    objects = shared.objects
+    for e in events:
+        if e[2] in ("blob", "clob"):
+            continue
+        v = txn.get(bytes.fromhex(e[1]), db=objects)
+        if not v or v[0] not in (K_OBJECT, K_ID):
+            continue
+        head = bytes(v[1:220])
+        for prefix in _TYPE_PREFIXES:
+            if head.startswith(prefix):
+                end = head.find(b'"', len(prefix))
+                if end > 0 and head[len(prefix):end].decode("utf-8", "replace") in types:
+                    out.append(e)
+                break
+    return events[-1][0], out
+
+
 def _upgrade_feed(txn: lmdb.Transaction, dbs: dict[bytes, Any]) -> None:
     """Give a store created before the feed its events, once: every ``objects`` entry in key
     order, then every version head in key order (docs/store-format.md "events")."""
@@ -1937,13 +2052,17 @@ class Subscription:
         return self._shared is None
 
     @_lmdb_errors
-    def wait(self, timeout: float, limit: int | None = None) -> list[tuple[int, str, str]]:
+    def wait(self, timeout: float, limit: int | None = None,
+             types: Any = None) -> list[tuple[int, str, str]]:
         """The next events (at most ``limit``, default 1000), waiting up to ``timeout`` seconds
-        for one; ``[]`` after the timeout."""
+        for one; ``[]`` after the timeout.  ``types`` (issue 10): only the events of objects,
+        ID objects and heads of these types (``Store.changes_of``); returns as soon as any
+        event was committed, so ``[]`` may come back early while ``position`` moved."""
         if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout >= 0:
             raise StoreError(f"timeout must be a number of seconds >= 0, got {timeout!r}",
                              "LAMA-ARG")
         limit = 1000 if limit is None else _count_arg(limit, "limit")
+        wanted = None if types is None else _types_arg(types)
         deadline = time.monotonic() + timeout
         with self._lock:
             while True:
@@ -1951,10 +2070,13 @@ class Subscription:
                 if shared is None:
                     raise StoreError("the subscription is closed", "LAMA-CLOSED")
                 with shared.env.begin() as txn:
-                    events = _changes(txn, shared.events, self._pos, limit)
-                if events or limit == 0:
-                    if events:
-                        self._pos = events[-1][0]
+                    if wanted is None:
+                        events = _changes(txn, shared.events, self._pos, limit)
+                        pos = events[-1][0] if events else self._pos
+                    else:
+                        pos, events = _changes_of(txn, shared, self._pos, limit, wanted)
+                if pos > self._pos or limit == 0:
+                    self._pos = pos
                     return events
                 with shared.cond:
                     # a writer bumps `committed` after its commit, under this condition's

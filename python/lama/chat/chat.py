@@ -55,6 +55,9 @@ MAX_BATCH = 10_000
 into batches of this size)."""
 
 _MARK_KEY = "lama.chat"
+# What the event thread's _scan reads of the feed: Topic objects, group membership
+# certificates (lama.chat.groups) and ChannelInfo head moves (Store.changes_of's types)
+_FEED_TYPES = ("Topic", "AccessVersionedObjectCertificate", "ChannelInfo")
 _ONE_TO_ONE = re.compile(r"^([0-9a-f]{64})<->([0-9a-f]{64})$")  # app-layer.md §3.3
 _MSG_CACHE = 1024
 
@@ -645,9 +648,11 @@ class Chat:
         return m
 
     def send_many(self, target: Topic | str, texts: Iterable[str], *,
-                  timestamp: int | None = None) -> list[Message]:
+                  timestamp: int | None = None, batch: int = 0) -> list[Message]:
         """Bulk post (docs/chat.md §4): the objects of every message, one ChannelInfo version
-        and one transaction per batch of up to MAX_BATCH messages."""
+        and one transaction per batch of up to ``batch`` (default and at most MAX_BATCH)
+        messages; every text is checked before anything is written."""
+        size = MAX_BATCH if batch <= 0 else min(batch, MAX_BATCH)
         t = self.topic(target)
         specs: list[_ch.PostSpec] = []
         for text in texts:
@@ -655,8 +660,8 @@ class Chat:
             specs.append(_ch.PostSpec({"$type$": "ChatMessage", "text": text, "sender": self.me},
                                       timestamp))
         out: list[Message] = []
-        for i in range(0, len(specs), MAX_BATCH):
-            out.extend(self._post(t, specs[i:i + MAX_BATCH]))
+        for i in range(0, len(specs), size):
+            out.extend(self._post(t, specs[i:i + size]))
         return out
 
     def _post(self, t: Topic, specs: list[_ch.PostSpec]) -> list[Message]:
@@ -1108,7 +1113,10 @@ class Chat:
         saved = self._mark
         while not self._closed:
             try:
-                batch = sub.wait(0.2, 5000)
+                # the typed feed (issue 10): only the events _scan looks at, so this thread
+                # no longer reads every committed object (five per chat message) to find them
+                batch = sub.wait(0.2, 5000, _FEED_TYPES)
+                pos = sub.position
             except LamaError as e:
                 if self._closed:
                     return
@@ -1116,7 +1124,9 @@ class Chat:
                 return
             batch = [b for b in batch if b[0] > self._mark]
             if not batch:
-                if self._mark != saved:
+                if pos > self._mark:
+                    self._mark = pos
+                elif self._mark != saved:
                     try:
                         self.store.set_peer_mark(_MARK_KEY, self._mark)
                         saved = self._mark
@@ -1127,7 +1137,7 @@ class Chat:
                 self._scan(batch, emit=True)
             except Exception:  # noqa: BLE001 - the feed must go on
                 log.exception("chat event processing failed")
-            self._mark = batch[-1][0]
+            self._mark = max(pos, batch[-1][0])
 
 
 def _grant(store: Any, target: dict[str, str], persons: list[str]) -> None:

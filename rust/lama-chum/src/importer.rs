@@ -559,7 +559,7 @@ impl Importer {
                         pass.closure_out = false;
                         let r = self.split_closure(&mut pass, &jobs, results, true);
                         if let Err(f) = r.and_then(|res| self.paged_children(&mut pass, jobs, res, cx)) {
-                            self.flush(&mut pass, Vec::new(), Vec::new(), false, cx);
+                            self.flush(&mut pass, Vec::new(), Vec::new(), false, false, cx);
                             return Err(f);
                         }
                         return self.fetch_next(pass, cx);
@@ -577,7 +577,7 @@ impl Importer {
                         let jobs = vec![job];
                         let r = self.split_closure(&mut pass, &jobs, results, true);
                         if let Err(f) = r.and_then(|res| self.paged_children(&mut pass, jobs, res, cx)) {
-                            self.flush(&mut pass, Vec::new(), Vec::new(), false, cx);
+                            self.flush(&mut pass, Vec::new(), Vec::new(), false, false, cx);
                             return Err(f);
                         }
                         return self.fetch_next(pass, cx);
@@ -587,7 +587,7 @@ impl Importer {
                 if let Err(f) = self.fetch_received(&mut pass, results, cx) {
                     // a fatal answer (a request that timed out for good): what was verified
                     // before it is kept
-                    self.flush(&mut pass, Vec::new(), Vec::new(), false, cx);
+                    self.flush(&mut pass, Vec::new(), Vec::new(), false, false, cx);
                     return Err(f);
                 }
                 self.commit_if_due(&mut pass, cx);
@@ -631,7 +631,7 @@ impl Importer {
                         }
                     }
                 }
-                self.flush(&mut pass, new_blobs, new_clobs, true, cx);
+                self.flush(&mut pass, new_blobs, new_clobs, true, true, cx);
                 report_unreachable(&mut pass, cx);
                 for (id_hash, ms) in &pass.group_missing {
                     let mut best: Option<(f64, &H)> = None;
@@ -833,7 +833,8 @@ impl Importer {
         }
         pass.prefetched.clear();
         self.received(pass, &pre, cx);
-        self.flush(pass, Vec::new(), Vec::new(), false, cx);
+        // nothing left to fetch (every object came inline): this may be the pass's last commit
+        self.flush(pass, Vec::new(), Vec::new(), false, rest.is_empty(), cx);
         pass.next = pre.len();
         pre.extend(rest);
         pass.texts = pre;
@@ -932,7 +933,8 @@ impl Importer {
             pass.com.ready.len() + self.fetch_chunk() > COMMIT_BATCH
         };
         if end || late || full {
-            self.flush(pass, Vec::new(), Vec::new(), false, cx);
+            // the fetch is over: this commit may be the pass's last one (no BLOB/CLOB after)
+            self.flush(pass, Vec::new(), Vec::new(), false, end, cx);
             pass.ready_since = None;
         } else if pass.ready_since.is_none() {
             pass.ready_since = cx.now;
@@ -955,7 +957,7 @@ impl Importer {
         let mut stage = std::mem::replace(&mut self.stage, Stage::Done);
         if let Stage::Fetch(pass) | Stage::Streams(pass) = &mut stage {
             if !pass.com.ready.is_empty() {
-                self.flush(pass, Vec::new(), Vec::new(), false, cx);
+                self.flush(pass, Vec::new(), Vec::new(), false, false, cx);
             }
             pass.ready_since = None;
         }
@@ -1755,7 +1757,9 @@ impl Importer {
 
     /// Commit everything ready, `COMMIT_BATCH` items per transaction, one `imported` event
     /// each (the final flush reports the pass's BLOBs/CLOBs in its first).
-    fn flush(&self, pass: &mut Pass, new_blobs: Vec<String>, new_clobs: Vec<String>, last: bool, cx: &mut Cx) {
+    /// With `forward` (the fetch is over), the flush's last commit also fast-forwards heads
+    /// (see [`forward_candidates`]).
+    fn flush(&self, pass: &mut Pass, new_blobs: Vec<String>, new_clobs: Vec<String>, last: bool, forward: bool, cx: &mut Cx) {
         let mut first = last;
         let max = if self.features.contains("batch") { COMMIT_BATCH_FAST } else { COMMIT_BATCH };
         while !pass.com.ready.is_empty() || (first && (!new_blobs.is_empty() || !new_clobs.is_empty())) {
@@ -1771,7 +1775,10 @@ impl Importer {
                 release(pass, &h);
                 batch.push(h);
             }
-            let (done, objects, id_objects) = self.put(pass, &batch, cx);
+            // the pass's last commit also fast-forwards the heads of the IDs it imported
+            // nodes of, when that is all the merge would do (Store::put_verified_forward)
+            let ff = if forward && pass.com.ready.is_empty() { forward_candidates(pass, &batch) } else { Vec::new() };
+            let (done, objects, id_objects) = self.put(pass, &batch, &ff, cx);
             if done > 0 || first {
                 cx.events.push_back(Event::Imported {
                     objects,
@@ -1786,16 +1793,21 @@ impl Importer {
     }
 
     /// Store `batch` in one transaction (item by item if the store refuses it); what is not
-    /// stored is `bad`. Returns how many were stored and their hashes as the `imported` event
-    /// lists them (objects, ID objects; each hex string made once, for the event and the log).
-    fn put(&self, pass: &mut Pass, batch: &[H], cx: &mut Cx) -> (usize, Vec<String>, Vec<String>) {
+    /// stored is `bad`. `forward`: heads to fast-forward in the same transaction. Returns how
+    /// many were stored and their hashes as the `imported` event lists them (objects, ID
+    /// objects; each hex string made once, for the event and the log).
+    fn put(&self, pass: &mut Pass, batch: &[H], forward: &[([u8; 32], [u8; 32])], cx: &mut Cx) -> (usize, Vec<String>, Vec<String>) {
         if batch.is_empty() {
             return (0, Vec::new(), Vec::new());
         }
         // verified (hash and one parse, `verify`): stored as they are, one transaction
         let result = {
             let all: Vec<Verified> = batch.iter().map(|h| verified(&pass.items, h)).collect();
-            self.store.put_verified(&all)
+            if forward.is_empty() {
+                self.store.put_verified(&all)
+            } else {
+                self.store.put_verified_forward(&all, forward).map(|(r, _)| r)
+            }
         };
         if result.is_err() {
             // pre-verified, so this is rare: isolate the item the store refuses
@@ -1825,7 +1837,7 @@ impl Importer {
             // a committed item's text is read from the store from now on: the pass holds only
             // what is not committed yet (issue 8: B held the whole pass, 270 MiB for 35 MB)
             let text = it.text.take();
-            if listed_node {
+            if listed_node && it.depth.is_none() {
                 it.depth = Some(text.as_deref().map_or(0.0, node_depth));
             }
             it.id_microdata = None;
@@ -1844,6 +1856,42 @@ impl Importer {
         }
         (done, objects, id_objects)
     }
+}
+
+/// For the pass's last commit (`batch`): per ID with listed nodes, the deepest node that is
+/// committed or in `batch` - the node its `merge` event will name - as `(ID hash, node)` for
+/// `Store::put_verified_forward`, which moves the head only if that is a fast-forward. Sets the
+/// depth of the batch's nodes (read at commit otherwise).
+fn forward_candidates(pass: &mut Pass, batch: &[H]) -> Vec<([u8; 32], [u8; 32])> {
+    if pass.group_missing.is_empty() {
+        return Vec::new();
+    }
+    let in_batch: HashSet<H> = batch.iter().copied().collect();
+    let mut out = Vec::new();
+    for (id, ms) in &pass.group_missing {
+        let mut best: Option<(f64, H)> = None;
+        for n in ms {
+            let Some(it) = pass.items.get_mut(n) else { continue };
+            let d = if it.committed {
+                it.depth
+            } else if in_batch.contains(n) && it.ok && it.node {
+                let d = it.text.as_deref().map_or(0.0, node_depth);
+                it.depth = Some(d);
+                Some(d)
+            } else {
+                None
+            };
+            if let Some(d) = d {
+                if best.is_none_or(|b| d > b.0) {
+                    best = Some((d, *n));
+                }
+            }
+        }
+        if let Some((_, n)) = best {
+            out.push((id.0, n.0));
+        }
+    }
+    out
 }
 
 /// What `Store::put_verified` takes of a verified item.

@@ -376,6 +376,19 @@ impl PyStore {
         crate::store_api::changes(py, self.store()?, since, limit)
     }
 
+    /// `(position, events)`: of the (at most `limit`) events with `seq > since`, those of
+    /// objects, ID objects and heads (the ID object's type) whose type is in `types`;
+    /// `position` = the last event scanned (`since` if none), where the next call starts.
+    fn changes_of(
+        &self,
+        py: Python<'_>,
+        types: &Bound<'_, PyAny>,
+        since: &Bound<'_, PyAny>,
+        limit: &Bound<'_, PyAny>,
+    ) -> PyResult<(u64, Vec<(u64, String, &'static str)>)> {
+        crate::store_api::changes_of(py, self.store()?, types, since, limit)
+    }
+
     /// Events committed from now on, by any handle of this directory in this process.
     fn subscribe(&self, py: Python<'_>) -> PyResult<crate::store_api::PySubscription> {
         crate::store_api::subscribe(py, self.store()?)

@@ -75,6 +75,26 @@ fn event_rows(events: Vec<Event>) -> Vec<(u64, String, &'static str)> {
     events.into_iter().map(|e| (e.seq, e.hash.to_hex(), e.kind)).collect()
 }
 
+/// A type filter: a list, tuple, set or frozenset of type names (str).
+fn types_arg(value: &Bound<'_, PyAny>) -> PyResult<Vec<String>> {
+    let ok = value.is_instance_of::<PyList>()
+        || value.is_instance_of::<pyo3::types::PyTuple>()
+        || value.is_instance_of::<pyo3::types::PySet>()
+        || value.is_instance_of::<pyo3::types::PyFrozenSet>();
+    if !ok {
+        return Err(arg_error(format!("types must be a list, tuple or set of str, got {}", value.get_type().name()?)));
+    }
+    let mut out = Vec::new();
+    for item in value.try_iter()? {
+        let item = item?;
+        match item.cast::<PyString>() {
+            Ok(s) => out.push(s.to_str()?.to_owned()),
+            Err(_) => return Err(arg_error(format!("a type name must be a str, got {}", item.get_type().name()?))),
+        }
+    }
+    Ok(out)
+}
+
 // ---------------------------------------------------------------- Store methods (store.rs)
 
 pub fn missing(py: Python<'_>, store: Store, hashes: &Bound<'_, PyAny>) -> PyResult<Vec<String>> {
@@ -90,6 +110,21 @@ pub fn children(py: Python<'_>, store: Store, hash: &Bound<'_, PyAny>) -> PyResu
 pub fn version_nodes(py: Python<'_>, store: Store, id_hash: &Bound<'_, PyAny>) -> PyResult<Vec<String>> {
     let h = hash_arg(id_hash, "ID hash")?.to_hex();
     py.detach(|| store.version_nodes(&h)).py().map(hex_list)
+}
+
+pub fn changes_of(
+    py: Python<'_>,
+    store: Store,
+    types: &Bound<'_, PyAny>,
+    since: &Bound<'_, PyAny>,
+    limit: &Bound<'_, PyAny>,
+) -> PyResult<(u64, Vec<(u64, String, &'static str)>)> {
+    let types = types_arg(types)?;
+    let since = count_arg(since, "since")?;
+    let limit = usize::try_from(count_arg(limit, "limit")?).unwrap_or(usize::MAX);
+    let refs: Vec<&str> = types.iter().map(String::as_str).collect();
+    let (pos, events) = py.detach(|| store.changes_of(since, limit, &refs)).py()?;
+    Ok((pos, event_rows(events)))
 }
 
 pub fn changes(
@@ -322,18 +357,28 @@ impl PySubscription {
 
     /// The next events (at most `limit`), waiting up to `timeout` seconds for one; `[]` after
     /// the timeout. The GIL is released while waiting.
-    #[pyo3(signature = (timeout, limit = None))]
+    ///
+    /// `types` (issue 10): only the events of objects, ID objects and heads of these types
+    /// (`Store.changes_of`); returns as soon as any event was committed, so `[]` may come
+    /// back before the timeout while `position` moved past events of other types.
+    #[pyo3(signature = (timeout, limit = None, types = None))]
     fn wait(
         &self,
         py: Python<'_>,
         timeout: &Bound<'_, PyAny>,
         limit: Option<&Bound<'_, PyAny>>,
+        types: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Vec<(u64, String, &'static str)>> {
         let timeout = timeout_arg(timeout)?;
         let limit = match limit {
-            Some(l) => usize::try_from(count_arg(l, "limit")?).unwrap_or(usize::MAX),
-            None => WAIT_LIMIT,
+            Some(l) if !l.is_none() => usize::try_from(count_arg(l, "limit")?).unwrap_or(usize::MAX),
+            _ => WAIT_LIMIT,
         };
+        let types = match types {
+            Some(t) if !t.is_none() => Some(types_arg(t)?),
+            _ => None,
+        };
+        let refs: Option<Vec<&str>> = types.as_ref().map(|t| t.iter().map(String::as_str).collect());
         let deadline = Instant::now().checked_add(timeout);
         loop {
             let slice = match deadline {
@@ -344,12 +389,20 @@ impl PySubscription {
                 .detach(|| {
                     let mut guard = self.inner.lock().unwrap_or_else(|e| e.into_inner());
                     match guard.as_mut() {
-                        Some(s) => s.wait(slice, limit),
+                        Some(s) => {
+                            let before = s.position();
+                            let events = match &refs {
+                                Some(t) => s.wait_of(slice, limit, t),
+                                None => s.wait(slice, limit),
+                            };
+                            events.map(|e| (s.position() != before, e))
+                        }
                         None => Err(Error::store("LAMA-CLOSED", "the subscription is closed")),
                     }
                 })
                 .py()?;
-            if !events.is_empty() || deadline.is_some_and(|d| Instant::now() >= d) || limit == 0 {
+            let (moved, events) = events;
+            if moved || !events.is_empty() || deadline.is_some_and(|d| Instant::now() >= d) || limit == 0 {
                 return Ok(event_rows(events));
             }
             py.check_signals()?;

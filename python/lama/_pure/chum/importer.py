@@ -198,7 +198,8 @@ class Importer:
         else:
             full = len(com.ready) + chunk > COMMIT_BATCH
         if end or late or full:
-            com.flush([], [])
+            # the fetch is over: this commit may be the pass's last one (no BLOB/CLOB after)
+            com.flush([], [], forward=end)
             self._ready_since = None
         elif self._ready_since is None:
             self._ready_since = self.now
@@ -574,7 +575,7 @@ class Importer:
             self.emit("listed", {"objects": len(texts), "streams": len(streams)})
         node_ids = {n: id_hash for id_hash, ms in group_missing.items() for n in ms}
         node_types = {g["node"]: g["dataType"] for nodes in groups.values() for g in nodes}
-        com = _Committer(self, items, start, node_ids, node_types)
+        com = _Committer(self, items, start, node_ids, node_types, group_missing)
         self._com = com
         self._ready_since = None
         batched = "batch" in self.features
@@ -593,7 +594,8 @@ class Importer:
                 for it in pre:
                     self._verify(it, Outcome(True, prefetched[it.hash]))
                 com.received(pre)
-                com.flush([], [])
+                # nothing left to fetch: this may be the pass's last commit
+                com.flush([], [], forward=len(pre) == len(texts))
                 pre_set = {it.hash for it in pre}
                 texts = pre + [it for it in texts if it.hash not in pre_set]
                 offset = len(pre)
@@ -842,7 +844,7 @@ class Importer:
                 self.pending[it.hash] = reason
                 self.emit("pending", {"hash": it.hash, "kind": it.kind, "reason": reason})
 
-        com.flush(new_blobs, new_clobs, final=True)
+        com.flush(new_blobs, new_clobs, final=True, forward=True)
         self._com = None
         com.report_unreachable()
         stored = com.stored
@@ -1069,11 +1071,19 @@ class Importer:
             return False
         return True
 
-    def _put(self, items: dict[str, _Item], batch: list[str]) -> list[str]:
+    def _put(self, items: dict[str, _Item], batch: list[str],
+             forward: list[tuple[str, str]] | None = None) -> list[str]:
         if not batch:
             return []
         try:
-            self.store.put_microdata([(items[h].text, h) for h in batch])
+            texts = [(items[h].text, h) for h in batch]
+            put_forward = getattr(self.store, "_put_microdata_forward", None) if forward else None
+            if put_forward is not None:
+                # the pass's last commit also fast-forwards the heads of the IDs it imported
+                # nodes of, when that is all the merge would do (one durable commit less)
+                put_forward(texts, forward)
+            else:
+                self.store.put_microdata(texts)
             done = batch
         except LamaError:
             # pre-verified, so this is rare: isolate the item the store refuses
@@ -1110,8 +1120,10 @@ class _Committer:
     a bounded number of times however often it is called."""
 
     def __init__(self, imp: Importer, items: dict[str, _Item], start: list[str],
-                 node_ids: dict[str, str], node_types: dict[str, str]):
+                 node_ids: dict[str, str], node_types: dict[str, str],
+                 group_missing: dict[str, list[str]] | None = None):
         self.imp = imp
+        self.group_missing = group_missing or {}  # ID hash -> its listed nodes missing here
         self.items = items
         self.node_ids = node_ids  # listed version node -> its dataIdHash
         self.node_types = node_types
@@ -1216,9 +1228,12 @@ class _Committer:
             self.blockers[w] -= 1
             self._consider(w)
 
-    def flush(self, blobs: list[str], clobs: list[str], final: bool = False) -> None:
+    def flush(self, blobs: list[str], clobs: list[str], final: bool = False,
+              forward: bool = False) -> None:
         """Commit everything ready, COMMIT_BATCH items per transaction, with one ``imported``
-        event each (the final flush reports the pass's BLOBs/CLOBs in its first)."""
+        event each (the final flush reports the pass's BLOBs/CLOBs in its first).  ``forward``
+        (the fetch is over): the last commit also fast-forwards the head of each ID with listed
+        nodes to the node its ``merge`` event will name, where that is a fast-forward."""
         items = self.items
         first = final
         while self.ready or (first and (blobs or clobs)):
@@ -1233,7 +1248,8 @@ class _Committer:
                 batch.append(h)
                 in_batch.add(h)
                 self._release(h)
-            done = self.imp._put(items, batch)
+            fwd = self._forward(in_batch) if forward and batch and not self.ready else None
+            done = self.imp._put(items, batch, fwd)
             for h in batch:
                 if not items[h].stored:
                     items[h].bad = True
@@ -1241,7 +1257,7 @@ class _Committer:
                 # a committed item's text is read from the store from now on: the pass holds
                 # only what is not committed yet (issue 8)
                 it = items[h]
-                if h in self.node_ids and it.text is not None:
+                if h in self.node_ids and it.text is not None and it.depth is None:
                     it.depth = _node_depth(it.text)
                 it.text = None
             self.stored.update(done)
@@ -1251,6 +1267,29 @@ class _Committer:
                     "id_objects": [h for h in done if items[h].kind == "id"],
                     "blobs": blobs if first else [], "clobs": clobs if first else []})
             first = False
+
+    def _forward(self, in_batch: set[str]) -> list[tuple[str, str]]:
+        """Per ID, the deepest listed node committed or in the last batch (the node its
+        ``merge`` event names) as ``(ID hash, node)``; sets the depth of the batch's nodes."""
+        items = self.items
+        out = []
+        for id_hash, ms in self.group_missing.items():
+            best: tuple[float, str] | None = None
+            for n in ms:
+                it = items.get(n)
+                if it is None:
+                    continue
+                if n in self.stored:
+                    d = it.depth
+                elif n in in_batch and it.ok and it.text is not None:
+                    d = it.depth = _node_depth(it.text)
+                else:
+                    d = None
+                if d is not None and (best is None or d > best[0]):
+                    best = (d, n)
+            if best is not None:
+                out.append((id_hash, best[1]))
+        return out
 
     def report_unreachable(self) -> None:
         for h, it in self.items.items():

@@ -248,35 +248,7 @@ impl Store {
     /// transaction, keys in order, no second parse. Each item is a [`Verified`]. The text is still hashed as Node.js writes it when it holds encoded
     /// lone surrogates (objects.md §2.1), and a mismatch is `LAMA-HASH`.
     pub fn put_verified(&self, items: &[Verified<'_>]) -> Result<Vec<PutResult>> {
-        let mut prepared = Vec::with_capacity(items.len());
-        for Verified { text, hash, type_name, is_id, id_microdata, refs } in items {
-            let stored = microdata::js_utf8(text);
-            if let Cow::Owned(t) = &stored {
-                let h = sha256(t.as_bytes());
-                if h != *hash {
-                    return Err(hash_mismatch(&hex::encode(hash), &hex::encode(h)));
-                }
-            }
-            let id = id_microdata.map(|t| {
-                let t = microdata::js_utf8(t);
-                let h = sha256(t.as_bytes());
-                (t.into_owned(), h)
-            });
-            prepared.push(Prepared {
-                kind: if *is_id { K_ID } else { K_OBJECT },
-                type_name: Cow::Borrowed(type_name),
-                text: stored,
-                hash: *hash,
-                id,
-                refs: *refs,
-            });
-        }
-        let mut txn = self.write_txn()?;
-        let mut feed = FeedTxn::new();
-        let out = self.store_prepared(&mut txn, &mut feed, &prepared)?;
-        txn.commit()?;
-        self.published(&feed);
-        Ok(out)
+        self.put_verified_forward(items, &[]).map(|(out, _)| out)
     }
 
     /// Parse the object or ID object stored under `hash`.
@@ -343,4 +315,106 @@ impl Store {
         self.published(&feed);
         Ok(out)
     }
+
+    /// [`put_verified`](Self::put_verified), and in the same transaction the *fast-forward*
+    /// of imported version nodes: for each `(id_hash, node)` of `forward`, the head of
+    /// `id_hash` becomes `node` when `node` is a stored version node of that ID (its `data`'s
+    /// ID hash is `id_hash`) and the ID has no head yet or the head is one of the node's
+    /// parents (`prev` of a Change, one of the `nodes` of a Merge). That is exactly the case in
+    /// which `lama.objects.versions.merge_node` would only move the head (objects.md §4.3), so a
+    /// CHUM importer saves the separate durable commit of that move (issue 10: one fsync on
+    /// every chat message's path at the receiver). Any other case is left alone (the caller's
+    /// merge does it). Returns the put results and the IDs whose head moved.
+    pub fn put_verified_forward(
+        &self,
+        items: &[Verified<'_>],
+        forward: &[([u8; 32], [u8; 32])],
+    ) -> Result<(Vec<PutResult>, Vec<[u8; 32]>)> {
+        let prepared = prepare_verified(items)?;
+        let dbs = self.dbs();
+        let mut txn = self.write_txn()?;
+        let mut feed = FeedTxn::new();
+        let out = self.store_prepared(&mut txn, &mut feed, &prepared)?;
+        let mut moved = Vec::new();
+        for (id, node) in forward {
+            let current: Option<[u8; 32]> =
+                dbs.vheads.get(&txn, &id[..])?.and_then(|v| v.try_into().ok());
+            if current == Some(*node) || !fast_forwards(&dbs, &txn, id, node, current)? {
+                continue;
+            }
+            dbs.vheads.put(&mut txn, &id[..], &node[..])?;
+            feed.push(&dbs, &mut txn, id, K_HEAD)?;
+            let seq = feed.last().expect("a head event was just appended");
+            super::access::head_moved(&dbs, &mut txn, id, node, seq)?;
+            moved.push(*id);
+        }
+        txn.commit()?;
+        self.published(&feed);
+        Ok((out, moved))
+    }
+}
+
+/// [`Verified`] items as the store writes them: the text as Node.js writes it (objects.md
+/// §2.1; a lone surrogate changes the bytes, and then the hash is checked again,
+/// `LAMA-HASH`), the ID object's text and hash, the references the caller already has.
+fn prepare_verified<'a>(items: &'a [Verified<'a>]) -> Result<Vec<Prepared<'a>>> {
+    let mut prepared = Vec::with_capacity(items.len());
+    for Verified { text, hash, type_name, is_id, id_microdata, refs } in items {
+        let stored = microdata::js_utf8(text);
+        if let Cow::Owned(t) = &stored {
+            let h = sha256(t.as_bytes());
+            if h != *hash {
+                return Err(hash_mismatch(&hex::encode(hash), &hex::encode(h)));
+            }
+        }
+        let id = id_microdata.map(|t| {
+            let t = microdata::js_utf8(t);
+            let h = sha256(t.as_bytes());
+            (t.into_owned(), h)
+        });
+        prepared.push(Prepared {
+            kind: if *is_id { K_ID } else { K_OBJECT },
+            type_name: Cow::Borrowed(type_name),
+            text: stored,
+            hash: *hash,
+            id,
+            refs: *refs,
+        });
+    }
+    Ok(prepared)
+}
+
+/// True if `node` is a stored version node of `id` whose parents include `head` (or `head` is
+/// `None`): moving the head of `id` to it is a fast-forward. Anything unreadable is `false`.
+fn fast_forwards(dbs: &super::Dbs, txn: &RwTxn, id: &[u8; 32], node: &[u8; 32], head: Option<[u8; 32]>) -> Result<bool> {
+    let text = |h: &[u8; 32]| -> Result<Option<String>> {
+        Ok(match dbs.objects.get(txn, &h[..])? {
+            Some([k, md @ ..]) if *k == K_OBJECT => std::str::from_utf8(md).ok().map(str::to_owned),
+            _ => None,
+        })
+    };
+    let Some(node_text) = text(node)? else { return Ok(false) };
+    match microdata::type_of(&node_text) {
+        Ok((t, false)) if VERSION_NODE_TYPES.contains(&t.as_str()) => {}
+        _ => return Ok(false),
+    }
+    let Ok(refs) = microdata::references(&node_text) else { return Ok(false) };
+    let mut data = None;
+    let mut parent = head.is_none();
+    for r in &refs {
+        if r.kind != microdata::RefKind::Obj {
+            continue;
+        }
+        if r.path == "data" {
+            data = crate::hash::Hash::parse(&r.hash).map(|h| h.0);
+        } else if (r.path == "prev" || r.path.starts_with("nodes.")) && head.is_some_and(|h| hex::encode(h) == r.hash) {
+            parent = true;
+        }
+    }
+    if !parent {
+        return Ok(false);
+    }
+    // the node must belong to `id`: its data's ID hash (a peer's roots list only claims it)
+    let Some(data_text) = data.map(|d| text(&d)).transpose()?.flatten() else { return Ok(false) };
+    Ok(matches!(microdata::id_microdata_of(&data_text), Ok(Some(idm)) if sha256(idm.as_bytes()) == *id))
 }

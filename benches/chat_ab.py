@@ -1,0 +1,153 @@
+"""Alternated before/after pairs for issue 10 (benches/RESULTS.md): each round starts a comm
+server and two ``lama.App`` processes (benches/chat_side.py) from one source tree, measures the
+latency of ``n_lat`` messages 20 ms apart (send -> visible, and the tracer's per-step medians
+relative to ``posted``) and a ``n_thr``-message ``App.send_many`` conversation (wall rates and
+the CPU seconds of each process over it, /proc/<pid>/stat utime + stime).
+
+    python benches/chat_ab.py ROUNDS NAME=TREE [NAME=TREE ...] [--core rust|pure]
+        [--lat N] [--thr N]
+
+TREE is a source checkout whose ``python/`` holds an importable ``lama`` with its native
+module built; the trees are run alternately, one pair each per round. Prints one JSON line
+per pair."""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+COMM = """
+import asyncio
+from lama._core import core
+async def main():
+    s = await core.comm_server("127.0.0.1", 0)
+    print(s.url, flush=True)
+    await asyncio.Event().wait()
+asyncio.run(main())
+"""
+
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_s(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
+class Side:
+    def __init__(self, tree: Path, env: dict[str, str], *args: str) -> None:
+        self.p = subprocess.Popen([sys.executable, str(tree / "benches" / "chat_side.py"), *args],
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+        self.first = self.read()
+
+    def read(self) -> dict[str, Any]:
+        assert self.p.stdout is not None
+        line = self.p.stdout.readline()
+        if not line:
+            raise RuntimeError(f"chat_side exited with {self.p.wait()}")
+        out: dict[str, Any] = json.loads(line)
+        return out
+
+    def ask(self, **cmd: Any) -> dict[str, Any]:
+        assert self.p.stdin is not None
+        self.p.stdin.write(json.dumps(cmd) + "\n")
+        self.p.stdin.flush()
+        return self.read()
+
+    def stop(self) -> None:
+        try:
+            self.ask(cmd="quit")
+            self.p.wait(30)
+        except Exception:  # noqa: BLE001
+            self.p.kill()
+            self.p.wait()
+
+
+def pct(xs: list[float], p: float) -> float:
+    s = sorted(xs)
+    return s[min(len(s) - 1, int(round(p * (len(s) - 1))))]
+
+
+def one_pair(name: str, tree: Path, core_name: str, n_lat: int, n_thr: int, base: Path) -> dict[str, Any]:
+    env = {k: v for k, v in os.environ.items() if k not in ("LAMA_SECRET", "LAMA_COMM_SERVER")}
+    env["LAMA_CORE"] = core_name
+    env["PYTHONPATH"] = str(tree / "python")
+    comm = subprocess.Popen([sys.executable, "-c", COMM], stdout=subprocess.PIPE, text=True, env=env)
+    assert comm.stdout is not None
+    url = comm.stdout.readline().strip()
+    alice = Side(tree, env, str(base / "alice"), url, "create", "alice@example.com", "Alice")
+    bob = Side(tree, env, str(base / "bob"), url, "create", "bob@example.com", "Bob")
+    out: dict[str, Any] = {"name": name, "core": core_name, "load": os.getloadavg()[0]}
+    try:
+        link = alice.ask(cmd="invite")["link"]
+        bob.ask(cmd="accept", link=link)
+        alice.ask(cmd="wait_contact")
+        alice.ask(cmd="synced")
+        bob.ask(cmd="synced")
+        sent = alice.ask(cmd="send", n=n_lat, gap=0.02, tag="lat")["sent"]
+        seen = bob.ask(cmd="expect", tag="lat", n=n_lat)["seen"]
+        lat = [(b - a) * 1000 for a, b in zip(sent, seen)]
+        out.update(lat_p50=pct(lat, 0.5), lat_p90=pct(lat, 0.9), lat_p99=pct(lat, 0.99))
+        # per-step medians relative to `posted`, matched by preview
+        steps: dict[str, dict[str, float]] = {}
+        for side in (alice, bob):
+            for t in side.ask(cmd="traces", n=n_lat)["traces"]:
+                if t["preview"].startswith("lat "):
+                    d = steps.setdefault(t["preview"], {})
+                    for step, at in t["steps"]:
+                        d.setdefault(step, at)
+        rel: dict[str, list[float]] = {}
+        for d in steps.values():
+            if "posted" in d:
+                for k, v in d.items():
+                    rel.setdefault(k, []).append(v - d["posted"])
+        out["steps"] = {k: round(statistics.median(v), 2) for k, v in rel.items()}
+        ca, cb = cpu_s(alice.p.pid), cpu_s(bob.p.pid)
+        r = alice.ask(cmd="send", n=n_thr, gap=0, tag="thr")
+        seen = bob.ask(cmd="expect", tag="thr", n=n_thr)["seen"]
+        t0 = r["sent"][0]
+        out.update(cpu_sender=round(cpu_s(alice.p.pid) - ca, 2), cpu_receiver=round(cpu_s(bob.p.pid) - cb, 2),
+                   posted=round(n_thr / (r["done"] - t0)), delivered=round(n_thr / (max(seen) - t0)),
+                   first_visible=round(min(seen) - t0, 3))
+    finally:
+        for s in (alice, bob):
+            s.stop()
+        comm.kill()
+        comm.wait()
+    return out
+
+
+def main() -> None:
+    args = sys.argv[1:]
+    rounds = int(args.pop(0))
+    core_name, n_lat, n_thr = "rust", 100, 10_000
+    trees: list[tuple[str, Path]] = []
+    while args:
+        a = args.pop(0)
+        if a == "--core":
+            core_name = args.pop(0)
+        elif a == "--lat":
+            n_lat = int(args.pop(0))
+        elif a == "--thr":
+            n_thr = int(args.pop(0))
+        else:
+            name, tree = a.split("=", 1)
+            trees.append((name, Path(tree).resolve()))
+    with tempfile.TemporaryDirectory() as d:
+        for i in range(rounds):
+            for name, tree in trees:
+                base = Path(d) / f"{name}{i}"
+                print(json.dumps(one_pair(name, tree, core_name, n_lat, n_thr, base)), flush=True)
+                time.sleep(1)
+
+
+if __name__ == "__main__":
+    main()
