@@ -609,16 +609,7 @@ class Importer:
             while len(inflight) < FETCH_AHEAD and offset < len(texts):
                 part = texts[offset:offset + chunk]
                 offset += chunk
-                if batched:
-                    # docs/chum-fastpath.md: up to BATCH_MAX microdata per request, as one
-                    # binary message with "batch-binary"
-                    binary = "batch-binary" in self.features
-                    calls.append([Req(GET_OBJECTS_BINARY if binary else GET_OBJECTS_BATCH,
-                                      [[it.hash for it in part[o:o + BATCH_MAX]]], binary=binary)
-                                  for o in range(0, len(part), BATCH_MAX)])
-                else:
-                    calls.append([Req(GET_OBJECT if it.kind == "object" else GET_ID_OBJECT, [it.hash])
-                                  for it in part])
+                calls.append(self._fetch_call(part, batched))
                 inflight.append(part)
             return calls
 
@@ -626,21 +617,7 @@ class Importer:
         raw_results = (yield Calls(first)) if first else []
         while inflight:
             part = inflight.popleft()
-            results: list[Outcome] = []
-            if batched:
-                for k, res in enumerate(raw_results):
-                    results.extend(self._batch_result(part[k * BATCH_MAX:(k + 1) * BATCH_MAX], res))
-            else:
-                results.extend(raw_results)
-            for k, (it, res) in enumerate(zip(part, results)):
-                try:
-                    self._verify(it, res)
-                except Fatal:
-                    # a request that timed out for good: what was verified before it is kept
-                    # (the session commits it before it ends)
-                    com.received(part[:k])
-                    raise
-            com.received(part)
+            self._received_part(part, raw_results, batched, com)
             self._commit_if_due(com, not inflight and offset >= len(texts), chunk)
             more = top_up()
             if inflight:
@@ -664,7 +641,7 @@ class Importer:
         self.pass_closure = True
         node_ids = {n: id_hash for id_hash, ms in group_missing.items() for n in ms}
         node_types = {g["node"]: g["dataType"] for nodes in groups.values() for g in nodes}
-        com = _Committer(self, items, [], node_ids, node_types)
+        com = _Committer(self, items, [], node_ids, node_types, group_missing)
         self._com = com
         self._ready_since = None
         batched = "batch" in self.features
@@ -708,7 +685,9 @@ class Importer:
             prefetched.clear()
             if pre:
                 com.received(pre)
-                self._commit_if_due(com, False, chunk)
+                # as after a fetch call: the fetch is over when nothing is out or left to come
+                self._commit_if_due(com, not objects_out and offset >= len(texts) and not closure_out
+                                    and not pages, chunk)
 
         def take(calls: list[tuple[int, str, str, str | None]], answers: list[tuple[Outcome, str | None]]) -> None:
             for job, (res, more) in zip(calls, answers):
@@ -754,14 +733,7 @@ class Importer:
                     len(texts) - offset >= chunk or not listing or not objects_out):
                 part = texts[offset:offset + chunk]
                 offset += len(part)
-                if batched:
-                    binary = "batch-binary" in self.features
-                    calls.append([Req(GET_OBJECTS_BINARY if binary else GET_OBJECTS_BATCH,
-                                      [[it.hash for it in part[o:o + BATCH_MAX]]], binary=binary)
-                                  for o in range(0, len(part), BATCH_MAX)])
-                else:
-                    calls.append([Req(GET_OBJECT if it.kind == "object" else GET_ID_OBJECT, [it.hash])
-                                  for it in part])
+                calls.append(self._fetch_call(part, batched))
                 out.append(("objects", part))
                 objects_out += 1
             return calls
@@ -774,19 +746,7 @@ class Importer:
             if what == "objects":
                 objects_out -= 1
                 part = x
-                results: list[Outcome] = []
-                if batched:
-                    for k, res in enumerate(raw_results):
-                        results.extend(self._batch_result(part[k * BATCH_MAX:(k + 1) * BATCH_MAX], res))
-                else:
-                    results.extend(raw_results)
-                for k, (it, res) in enumerate(zip(part, results)):
-                    try:
-                        self._verify(it, res)
-                    except Fatal:
-                        com.received(part[:k])
-                        raise
-                com.received(part)
+                self._received_part(part, raw_results, batched, com)
                 # the fetch is over only once no page is left to come
                 self._commit_if_due(com, not objects_out and offset >= len(texts) and not closure_out
                                     and not pages, chunk)
@@ -925,6 +885,36 @@ class Importer:
                 listed.reverse()  # dependencies first already: the 4/5 order is parents first
             out.append((Outcome(True, json.dumps(listed)), more))
         return out
+
+    def _fetch_call(self, part: list[_Item], batched: bool) -> list[Req]:
+        """The requests of one fetch call: batched (docs/chum-fastpath.md: up to BATCH_MAX
+        microdata per request, as one binary message with "batch-binary"), or one request per
+        object / ID object (v8)."""
+        if batched:
+            binary = "batch-binary" in self.features
+            return [Req(GET_OBJECTS_BINARY if binary else GET_OBJECTS_BATCH,
+                        [[it.hash for it in part[o:o + BATCH_MAX]]], binary=binary)
+                    for o in range(0, len(part), BATCH_MAX)]
+        return [Req(GET_OBJECT if it.kind == "object" else GET_ID_OBJECT, [it.hash]) for it in part]
+
+    def _received_part(self, part: list[_Item], raw_results: list[Outcome], batched: bool,
+                       com: _Committer) -> None:
+        """Verify the answers to one fetch call (one batch answer per BATCH_MAX items, or one
+        answer per item) and hand the part to the committer. A request that timed out for good
+        (Fatal): what was verified before it is kept (the session commits it before it ends)."""
+        results: list[Outcome] = []
+        if batched:
+            for k, res in enumerate(raw_results):
+                results.extend(self._batch_result(part[k * BATCH_MAX:(k + 1) * BATCH_MAX], res))
+        else:
+            results.extend(raw_results)
+        for k, (it, res) in enumerate(zip(part, results)):
+            try:
+                self._verify(it, res)
+            except Fatal:
+                com.received(part[:k])
+                raise
+        com.received(part)
 
     def _batch_result(self, chunk: list[_Item], res: Outcome) -> list[Outcome]:
         if not res.ok:
