@@ -134,8 +134,9 @@ def test_pair_then_chum_both_ways(two: tuple[Instance, Instance]) -> None:
             await ma.start()
             await mb.start()
             up = await pair(ma, mb)
+            # how fast is benches/test_bench_connect.py's business; here: up within pair()'s
+            # bound, with no refused first attempt (below)
             print(f"pairing -> CHUM up both ways: {up * 1000:.0f} ms")
-            assert up < 3.0
             assert ("a", "pairing_success") in events and ("b", "pairing_success") in events
             # exactly one chum connection per side, and the same one (when both sides dialled,
             # the loser's close may still be on its way when both report connected)
@@ -206,7 +207,6 @@ def test_pairing_loop_one_connection_at_once_and_clean_close(tmp_path: Path) -> 
                     await ma.start()
                     await mb.start()
                     up = await pair(ma, mb)
-                    assert up < 5.0, up
                     ups.append(up)
                     for m in (ma, mb):
                         for peer in m.connection_health()["peers"].values():
