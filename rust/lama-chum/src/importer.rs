@@ -38,7 +38,7 @@ pub const VERSION_RETRIES: u32 = 15;
 const ACCEPTED_VERSIONS: [i64; 2] = [8, 9];
 /// chum.md §6.4: remote peers must not alter local access rights.
 const REFUSED_TYPES: [&str; 3] = ["Access", "IdAccess", "Group"];
-const VERSION_NODE_TYPES: [&str; 3] = ["VersionNodeEdge", "VersionNodeChange", "VersionNodeMerge"];
+use lama_core::store::VERSION_NODE_TYPES;
 /// Objects per store transaction. The fetch commits what is ready once this many are (or would
 /// be after the next call), not after every call: every commit of a durable store costs an
 /// fsync, and v8's 256-request calls made a 70,000-object sync 273 commits, 40 % of its wall

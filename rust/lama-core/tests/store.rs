@@ -773,3 +773,67 @@ fn texts_reads_objects_and_id_objects_in_one_call() {
     assert_eq!(got, vec![want(EntryKind::Id, &id), None, want(EntryKind::Object, &h), None, None, want(EntryKind::Object, &h)]);
     assert_eq!(got[2].as_ref().unwrap().1, microdata::serialize(&alice).unwrap());
 }
+
+fn change(data: &str, prev: &str, time: i64) -> Value {
+    obj("VersionNodeChange", vec![("prev", s(prev)), ("data", s(data)), ("depth", Value::Int(1)), ("creationTime", Value::Int(time))])
+}
+
+/// `put_verified_forward` (the importer's last commit of a pass, issue 10): the head of an
+/// ID moves to an imported node in the same transaction exactly when that is a fast-forward
+/// (no head yet, or the head is the node's parent) and the node is a version node of that
+/// ID; anything else is left to the caller's merge, and the objects are stored either way.
+#[test]
+fn put_verified_forward_moves_a_head_only_on_a_fast_forward() {
+    let d = tmp();
+    let st = Store::open(d.path(), None).unwrap();
+    let put = |values: &[Value], forward: &[(String, String)]| -> Vec<[u8; 32]> {
+        let texts: Vec<String> = values.iter().map(|v| microdata::serialize(v).unwrap()).collect();
+        let found: Vec<_> = texts.iter().map(|t| microdata::inspect(t).unwrap()).collect();
+        let items: Vec<Verified> = texts
+            .iter()
+            .zip(&found)
+            .map(|(t, f)| Verified { text: t, hash: lama_core::hash::sha256(t.as_bytes()), type_name: &f.type_name, is_id: f.is_id, id_microdata: f.id_microdata.as_deref(), refs: Some(&f.refs) })
+            .collect();
+        let raw = |h: &str| lama_core::hash::Hash::parse(h).unwrap().0;
+        let fw: Vec<([u8; 32], [u8; 32])> = forward.iter().map(|(i, n)| (raw(i), raw(n))).collect();
+        let (results, moved) = st.put_verified_forward(&items, &fw).unwrap();
+        assert!(results.len() >= items.len());
+        moved
+    };
+    let raw = |h: &str| lama_core::hash::Hash::parse(h).unwrap().0;
+    let v1 = person("hana@example.com", "Hana");
+    let id = sha256_hex(microdata::id_microdata(&v1).unwrap().as_bytes());
+    let n1 = edge(&hash_of(&v1), 1);
+    let n1h = hash_of(&n1);
+    // no head yet: the first node becomes it, in the same commit
+    assert_eq!(put(&[v1.clone(), n1], &[(id.clone(), n1h.clone())]), vec![raw(&id)]);
+    assert_eq!(st.get_head(&id).unwrap(), Some(n1h.clone()));
+    // a change whose parent is the head: fast-forward
+    let v2 = person("hana@example.com", "Hana B.");
+    let n2 = change(&hash_of(&v2), &n1h, 2);
+    let n2h = hash_of(&n2);
+    assert_eq!(put(&[v2, n2], &[(id.clone(), n2h.clone())]), vec![raw(&id)]);
+    assert_eq!(st.get_head(&id).unwrap(), Some(n2h.clone()));
+    // a concurrent change (its parent is n1, the head is n2): stored, the head left alone
+    let v3 = person("hana@example.com", "Hana C.");
+    let n3 = change(&hash_of(&v3), &n1h, 3);
+    let n3h = hash_of(&n3);
+    assert_eq!(put(&[v3, n3], &[(id.clone(), n3h.clone())]), Vec::<[u8; 32]>::new());
+    assert!(st.has(&n3h).unwrap());
+    assert_eq!(st.get_head(&id).unwrap(), Some(n2h.clone()));
+    // a node claimed for another ID (a lying roots list): not moved there
+    let other = person("ivan@example.com", "Ivan");
+    let other_id = sha256_hex(microdata::id_microdata(&other).unwrap().as_bytes());
+    let v4 = person("hana@example.com", "Hana D.");
+    let n4 = change(&hash_of(&v4), &n2h, 4);
+    let n4h = hash_of(&n4);
+    assert_eq!(put(&[v4, n4], &[(other_id.clone(), n4h.clone())]), Vec::<[u8; 32]>::new());
+    assert_eq!(st.get_head(&other_id).unwrap(), None);
+    assert_eq!(st.get_head(&id).unwrap(), Some(n2h));
+    // not a version node at all: no head
+    let plain = person("jo@example.com", "Jo");
+    let jo_id = sha256_hex(microdata::id_microdata(&plain).unwrap().as_bytes());
+    assert_eq!(put(&[plain.clone()], &[(jo_id.clone(), hash_of(&plain))]), Vec::<[u8; 32]>::new());
+    assert_eq!(st.get_head(&jo_id).unwrap(), None);
+    assert!(st.verify().unwrap().is_empty());
+}

@@ -44,7 +44,7 @@ const G_GROUP: u8 = b'G';
 const N_NODE: u8 = b'N';
 const N_MERGE: u8 = b'M';
 
-const VERSION_NODE_TYPES: [&str; 3] = ["VersionNodeEdge", "VersionNodeChange", "VersionNodeMerge"];
+use super::VERSION_NODE_TYPES;
 
 /// The kind of an accessible root (chum.md §4.2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -32,6 +32,9 @@ pub use objects::{PutResult, Verified};
 pub use read::{ClosureWalk, Snapshot};
 pub use rmaps::Props;
 
+/// The types of version nodes (objects.md §4): what a head points at.
+pub const VERSION_NODE_TYPES: [&str; 3] = ["VersionNodeEdge", "VersionNodeChange", "VersionNodeMerge"];
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

@@ -83,7 +83,7 @@ pub struct Verified<'a> {
 }
 
 /// The types a version head may point at.
-const VERSION_NODE_TYPES: [&str; 3] = ["VersionNodeEdge", "VersionNodeChange", "VersionNodeMerge"];
+use super::VERSION_NODE_TYPES;
 
 impl Store {
     /// Write one object or ID object text under `h` unless present; reverse maps for a new

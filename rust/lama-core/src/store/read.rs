@@ -19,7 +19,7 @@ use crate::hash::Hash;
 use crate::microdata::{self, RefKind, Value};
 
 /// The version-node types (objects.md §3 items 9-11).
-const VERSION_NODE_TYPES: [&str; 3] = ["VersionNodeEdge", "VersionNodeChange", "VersionNodeMerge"];
+use super::VERSION_NODE_TYPES;
 
 fn corrupt(h: &Hash, what: &str) -> Error {
     Error::store("LAMA-CORRUPT", format!("entry {h} {what}"))

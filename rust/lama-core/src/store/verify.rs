@@ -16,7 +16,7 @@ use crate::microdata;
 type Txn<'e> = heed::RoTxn<'e, heed::WithoutTls>;
 
 /// Version node types (objects.md §4.1): what a `vheads` value must point to.
-const VERSION_NODE_TYPES: [&str; 3] = ["VersionNodeEdge", "VersionNodeChange", "VersionNodeMerge"];
+use super::VERSION_NODE_TYPES;
 
 impl Store {
     /// The problems found (empty = clean). Every message names the table and key concerned.
