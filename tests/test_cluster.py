@@ -230,6 +230,48 @@ def test_a_registered_listener_is_reachable_through_another_node_at_once(nats: N
     asyncio.run(asyncio.wait_for(main(), 120))
 
 
+def test_a_lookup_that_finds_no_subscription_yet_is_asked_again(nats: Nats) -> None:
+    """docs/cluster.md §2: node 1's link to NATS delays what it sends by 1.3 s, longer than a
+    registration waits for its subscription (``SUBSCRIBE_WAIT``, 1 s), so ``comm_listen``
+    returns while the NATS server has not seen the SUB yet; node 2's lookup then gets "no
+    responders" (the residual refusal of session 8 under load 13-18, seen with Rust nodes). The
+    lookup is asked once more after 0.5 s and finds the listener. Rust nodes on both cores' runs:
+    a pure node 1 behind this link does not answer the second lookup within its 3 s (found in
+    session 8, not explained yet; the pure nodes showed no refusal under load)."""
+    from lama import _lama
+
+    async def main() -> None:
+        link = SlowLink(nats.port, 1.3)
+        slow_url = await link.start()
+        (n1,) = await nodes(slow_url, 1, _lama)
+        (n2,) = await nodes(nats.url, 1, _lama)
+        try:
+            pk, sk = core.box_keypair()
+            listener = await comm_listen(n1.url, pk, sk, spares=1, reconnect_delay=0.2)
+            try:
+                ipk, _ = core.box_keypair()
+                ini = await core.ws_connect(n2.url)
+                await ini.send(request(ipk, pk))
+                got = asyncio.ensure_future(listener.accept())
+                gone = asyncio.ensure_future(ini.recv())  # refused: None
+                await asyncio.wait({got, gone}, timeout=15, return_when=asyncio.FIRST_COMPLETED)
+                assert got.done(), (ini.close_reason, n2.counters())
+                gone.cancel()
+                acc = got.result()
+                assert await asyncio.wait_for(acc.recv(), 10) == request(ipk, pk)
+                await ini.close()
+            finally:
+                await listener.close()
+            c = n2.counters()
+            assert (c["forwarded"], c["refused"]) == (1, 0), c
+        finally:
+            await n1.close()
+            await n2.close()
+            await link.close()
+
+    asyncio.run(asyncio.wait_for(main(), 120))
+
+
 def test_a_mixed_cluster_of_a_rust_and_a_pure_node(nats: Nats) -> None:
     """One protocol (subjects, answers, hop field): a listener at the rust node is reached
     through the pure node and the reverse."""
@@ -417,12 +459,14 @@ def test_nats_restarted(nats: Nats) -> None:
             # the nodes reconnect and re-subscribe: cross-node requests work again
             listener = await comm_listen(n1.url, pk, sk, spares=1, reconnect_delay=0.2)
             try:
-                for attempt in range(100):
+                # an attempt waits longer than a lookup's retry after "no responders" (0.5 s,
+                # docs/cluster.md §2), so a late handover is not taken for a refusal
+                for attempt in range(60):
                     ipk, _ = core.box_keypair()
                     t = await core.ws_connect(n2.url)
                     await t.send(request(ipk, pk))
                     try:
-                        acc = await asyncio.wait_for(listener.accept(), 0.5 if attempt < 99 else 10)
+                        acc = await asyncio.wait_for(listener.accept(), 2.0 if attempt < 59 else 10)
                         break
                     except asyncio.TimeoutError:
                         assert await asyncio.wait_for(t.recv(), 10) is None

@@ -22,6 +22,7 @@ from ..errors import InvalidArgumentError, TransportError
 HOP_FIELD = "lamaClusterHop"
 SUBJECT_PREFIX = "lama.commserver.key."
 LOOKUP_TIMEOUT = 3.0
+LOOKUP_RETRY_DELAY = 0.5  # after "no responders", one more lookup (as the Rust node)
 _CONNECT_TIMEOUT = 5.0
 _RECONNECT_WAIT = 0.25
 # how long a first registration of a key waits for the node's subscription to reach NATS
@@ -172,8 +173,16 @@ class Cluster:
 
     async def lookup(self, key: str) -> str | None:
         """The advertised URL of a node holding a spare of ``key``, if any answers in time."""
+        from nats.errors import NoRespondersError  # nats-py: imported with the connection
+
         try:
-            msg = await self._nc.request(subject(key), b"", timeout=LOOKUP_TIMEOUT)
+            try:
+                msg = await self._nc.request(subject(key), b"", timeout=LOOKUP_TIMEOUT)
+            except NoRespondersError:
+                # asked once more (docs/cluster.md §2): a subscription not yet processed by
+                # the NATS server is not an absent listener
+                await asyncio.sleep(LOOKUP_RETRY_DELAY)
+                msg = await self._nc.request(subject(key), b"", timeout=LOOKUP_TIMEOUT)
             url = msg.data.decode("utf-8")
         except Exception:  # no responders, timeout, NATS down or closed
             return None

@@ -32,6 +32,12 @@ pub const SUBJECT_PREFIX: &str = "lama.commserver.key.";
 /// How long a node waits for another node to answer a lookup.
 pub const LOOKUP_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// After "no responders", a lookup is asked once more after this pause (docs/cluster.md §2):
+/// a subscription the NATS server has not processed yet (its node's registration waited
+/// `SUBSCRIBE_WAIT` in vain on a starved host, or interest still propagating inside a NATS
+/// cluster) is not taken for an absent listener.
+pub const LOOKUP_RETRY_DELAY: Duration = Duration::from_millis(500);
+
 /// How long a first registration of a key waits for the node's subscription to reach NATS
 /// (NATS down: not longer; the subscription is sent on reconnect).
 pub const SUBSCRIBE_WAIT: Duration = Duration::from_secs(1);
@@ -222,8 +228,18 @@ impl Cluster {
 
     /// The advertised URL of a node holding a spare of `key`, if any answers in time.
     async fn lookup(&self, key: &str) -> Option<String> {
-        let req = self.client.request(subject(key), "".into());
-        let msg = tokio::time::timeout(LOOKUP_TIMEOUT, req).await.ok()?.ok()?;
+        let mut retried = false;
+        let msg = loop {
+            let req = self.client.request(subject(key), "".into());
+            match tokio::time::timeout(LOOKUP_TIMEOUT, req).await.ok()? {
+                Ok(msg) => break msg,
+                Err(e) if !retried && e.kind() == async_nats::client::RequestErrorKind::NoResponders => {
+                    retried = true;
+                    tokio::time::sleep(LOOKUP_RETRY_DELAY).await;
+                }
+                Err(_) => return None,
+            }
+        };
         String::from_utf8(msg.payload.to_vec()).ok().filter(|u| u.starts_with("ws://") || u.starts_with("wss://"))
     }
 }
