@@ -188,21 +188,18 @@ class SlowLink:
             self.server.close()
 
 
-def test_a_registered_listener_is_reachable_through_another_node_at_once(nats: Nats) -> None:
-    """docs/cluster.md §2: a key's first spare gets its ``authentication_success`` only once its
-    node's subscription has been processed by the NATS server, not merely written to the socket
-    (the issue-12 hang: at load 13 a cross-node request right after a registration was refused,
-    the lookup reaching NATS before the SUB did). Node 1 reaches NATS through a link that
-    delays what it sends by 0.3 s (under ``SUBSCRIBE_WAIT``, 1 s); a request sent through node 2
-    right after ``comm_listen`` returns must find the listener, every time."""
+def _reached_behind_a_slow_nats_link(nats: Nats, delay: float, rounds: int, node_core: Any = None) -> None:
+    """Node 1 reaches NATS through a link delaying what it sends by ``delay`` s; each round, a
+    fresh key's first spare registers at node 1 and a request through node 2 sent right after
+    ``comm_listen`` returns must be handed over (never refused)."""
 
     async def main() -> None:
-        link = SlowLink(nats.port, 0.3)
+        link = SlowLink(nats.port, delay)
         slow_url = await link.start()
-        (n1,) = await nodes(slow_url, 1)
-        (n2,) = await nodes(nats.url, 1)
+        (n1,) = await nodes(slow_url, 1, node_core)
+        (n2,) = await nodes(nats.url, 1, node_core)
         try:
-            for i in range(3):
+            for i in range(rounds):
                 pk, sk = core.box_keypair()  # a fresh key: its first spare at node 1
                 listener = await comm_listen(n1.url, pk, sk, spares=1, reconnect_delay=0.2)
                 try:
@@ -210,7 +207,7 @@ def test_a_registered_listener_is_reachable_through_another_node_at_once(nats: N
                     ini = await core.ws_connect(n2.url)
                     await ini.send(request(ipk, pk))
                     got = asyncio.ensure_future(listener.accept())
-                    gone = asyncio.ensure_future(ini.recv())  # refused: None at once
+                    gone = asyncio.ensure_future(ini.recv())  # refused: None
                     await asyncio.wait({got, gone}, timeout=15,
                                        return_when=asyncio.FIRST_COMPLETED)
                     assert got.done(), (i, ini.close_reason, n2.counters())
@@ -221,13 +218,23 @@ def test_a_registered_listener_is_reachable_through_another_node_at_once(nats: N
                 finally:
                     await listener.close()
             c = n2.counters()
-            assert (c["forwarded"], c["refused"]) == (3, 0), c
+            assert (c["forwarded"], c["refused"]) == (rounds, 0), c
         finally:
             await n1.close()
             await n2.close()
             await link.close()
 
     asyncio.run(asyncio.wait_for(main(), 120))
+
+
+def test_a_registered_listener_is_reachable_through_another_node_at_once(nats: Nats) -> None:
+    """docs/cluster.md §2: a key's first spare gets its ``authentication_success`` only once its
+    node's subscription has been processed by the NATS server, not merely written to the socket
+    (the issue-12 hang: at load 13 a cross-node request right after a registration was refused,
+    the lookup reaching NATS before the SUB did). Node 1 reaches NATS through a link that
+    delays what it sends by 0.3 s (under ``SUBSCRIBE_WAIT``, 1 s); a request sent through node 2
+    right after ``comm_listen`` returns must find the listener, every time."""
+    _reached_behind_a_slow_nats_link(nats, 0.3, 3)
 
 
 def test_a_lookup_that_finds_no_subscription_yet_is_asked_again(nats: Nats) -> None:
@@ -240,36 +247,7 @@ def test_a_lookup_that_finds_no_subscription_yet_is_asked_again(nats: Nats) -> N
     session 8, not explained yet; the pure nodes showed no refusal under load)."""
     from lama import _lama
 
-    async def main() -> None:
-        link = SlowLink(nats.port, 1.3)
-        slow_url = await link.start()
-        (n1,) = await nodes(slow_url, 1, _lama)
-        (n2,) = await nodes(nats.url, 1, _lama)
-        try:
-            pk, sk = core.box_keypair()
-            listener = await comm_listen(n1.url, pk, sk, spares=1, reconnect_delay=0.2)
-            try:
-                ipk, _ = core.box_keypair()
-                ini = await core.ws_connect(n2.url)
-                await ini.send(request(ipk, pk))
-                got = asyncio.ensure_future(listener.accept())
-                gone = asyncio.ensure_future(ini.recv())  # refused: None
-                await asyncio.wait({got, gone}, timeout=15, return_when=asyncio.FIRST_COMPLETED)
-                assert got.done(), (ini.close_reason, n2.counters())
-                gone.cancel()
-                acc = got.result()
-                assert await asyncio.wait_for(acc.recv(), 10) == request(ipk, pk)
-                await ini.close()
-            finally:
-                await listener.close()
-            c = n2.counters()
-            assert (c["forwarded"], c["refused"]) == (1, 0), c
-        finally:
-            await n1.close()
-            await n2.close()
-            await link.close()
-
-    asyncio.run(asyncio.wait_for(main(), 120))
+    _reached_behind_a_slow_nats_link(nats, 1.3, 1, _lama)
 
 
 def test_a_mixed_cluster_of_a_rust_and_a_pure_node(nats: Nats) -> None:
