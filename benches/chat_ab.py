@@ -23,15 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-COMM = """
-import asyncio
-from lama._core import core
-async def main():
-    s = await core.comm_server("127.0.0.1", 0)
-    print(s.url, flush=True)
-    await asyncio.Event().wait()
-asyncio.run(main())
-"""
+from test_bench_chat import COMM, SideProcess, pct  # benches/ is this script's directory
 
 TICK = os.sysconf("SC_CLK_TCK")
 
@@ -42,38 +34,9 @@ def cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICK
 
 
-class Side:
-    def __init__(self, tree: Path, env: dict[str, str], *args: str) -> None:
-        self.p = subprocess.Popen([sys.executable, str(tree / "benches" / "chat_side.py"), *args],
-                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
-        self.first = self.read()
-
-    def read(self) -> dict[str, Any]:
-        assert self.p.stdout is not None
-        line = self.p.stdout.readline()
-        if not line:
-            raise RuntimeError(f"chat_side exited with {self.p.wait()}")
-        out: dict[str, Any] = json.loads(line)
-        return out
-
-    def ask(self, **cmd: Any) -> dict[str, Any]:
-        assert self.p.stdin is not None
-        self.p.stdin.write(json.dumps(cmd) + "\n")
-        self.p.stdin.flush()
-        return self.read()
-
-    def stop(self) -> None:
-        try:
-            self.ask(cmd="quit")
-            self.p.wait(30)
-        except Exception:  # noqa: BLE001
-            self.p.kill()
-            self.p.wait()
-
-
-def pct(xs: list[float], p: float) -> float:
-    s = sorted(xs)
-    return s[min(len(s) - 1, int(round(p * (len(s) - 1))))]
+def Side(tree: Path, env: dict[str, str], *args: str) -> SideProcess:
+    """``tree``'s benches/chat_side.py (the build under test) with ``args``."""
+    return SideProcess([sys.executable, str(tree / "benches" / "chat_side.py"), *args], env)
 
 
 def one_pair(name: str, tree: Path, core_name: str, n_lat: int, n_thr: int, base: Path) -> dict[str, Any]:

@@ -51,10 +51,12 @@ def _env(core_name: str) -> dict[str, str]:
     return e
 
 
-class Side:
-    def __init__(self, core_name: str, *args: str) -> None:
-        self.p = subprocess.Popen([sys.executable, str(SIDE), *args], stdin=subprocess.PIPE,
-                                  stdout=subprocess.PIPE, text=True, env=_env(core_name))
+class SideProcess:
+    """A ``chat_side.py`` process (``cmd``) driven by JSON lines; its first line is ``first``.
+    Also used by benches/chat_ab.py with another tree's script."""
+
+    def __init__(self, cmd: list[str], env: dict[str, str]) -> None:
+        self.p = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
         self.first = self.read()
 
     def read(self) -> dict[str, Any]:
@@ -82,6 +84,11 @@ class Side:
             except subprocess.TimeoutExpired:
                 self.p.kill()
                 self.p.wait()
+
+
+class Side(SideProcess):
+    def __init__(self, core_name: str, *args: str) -> None:
+        super().__init__([sys.executable, str(SIDE), *args], _env(core_name))
 
 
 def pct(xs: list[float], p: float) -> float:
