@@ -222,3 +222,27 @@ def test_bad_tokens_are_refused_and_create_nothing(tmp_path: Path) -> None:
             await server.close()
 
     asyncio.run(asyncio.wait_for(main(), 170))
+
+
+def test_token_kinds_never_cross() -> None:
+    """A partner token never links a device, a device token never makes a contact; a refused
+    kind leaves the token usable for its own kind."""
+    me = core.id_hash({"$type$": "Person", "email": "alice@example.com"})
+    reg = pairing.TokenRegistry()
+    partner = reg.create(me)
+    device = reg.create(me, kind="device")
+    with pytest.raises(PairingError) as e:
+        reg.claim(partner, me, "device")
+    assert e.value.code == "LAMA-PAIR-TOKEN" and "not of a device invitation" in str(e.value)
+    with pytest.raises(PairingError) as e:
+        reg.claim(device, me)
+    assert "device invitation" in str(e.value)
+    assert reg.valid(partner) and reg.valid(device)
+    assert reg.claim(device, me, "device") == device
+    reg.consume(device)
+    with pytest.raises(PairingError) as e:
+        reg.claim(device, me, "device")
+    assert "used already" in str(e.value)
+    assert reg.claim(partner, me) == partner
+    with pytest.raises(InvalidArgumentError):
+        reg.create(me, kind="admin")

@@ -167,7 +167,7 @@ class App:
         device hands over the person's keys inside the end-to-end encrypted connection (the
         token checked: valid, unexpired, unused), the new keychain keeps them encrypted with
         ``secret``, and both devices record each other and the contacts
-        (:mod:`lama.connect.device`, docs/connections.md §6). ``instance_name``: this
+        (:mod:`lama.connect.device`, docs/connections.md §3.4). ``instance_name``: this
         device's (default ``<host>-<random>``; it must differ from the other devices');
         ``comm_server``: this device's (default: the one of the invitation). Returns the App,
         not started; after :meth:`start` the devices connect and CHUM brings the

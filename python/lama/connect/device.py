@@ -1,5 +1,5 @@
 """A second device of my own person (Internet of Me): linking a new instance to an existing
-one by a device invitation (docs/connections.md §6).
+one by a device invitation (docs/connections.md §3.4).
 
 The user's view: on the first device ``lama invite --device`` (``App.invite_device()``) shows
 an own-device invitation, the spec's IoM link ``https://<host>/invites/inviteDevice/?invited=
@@ -51,6 +51,7 @@ import asyncio
 import contextlib
 import hmac
 import json
+import os
 import secrets
 import shutil
 import socket
@@ -254,7 +255,7 @@ def default_instance_name() -> str:
     return f"{socket.gethostname() or 'lama'}-{secrets.token_hex(3)}"
 
 
-async def join_device(directory: str | Path, invitation: Any, *, secret: str,
+async def join_device(directory: str | os.PathLike[str], invitation: Any, *, secret: str,
                       instance_name: str | None = None, url: str | None = None,
                       connect_attempts: int = 3, retry_delay: float = 0.3,
                       open_timeout: float = 10.0,
