@@ -97,6 +97,10 @@ def test_second_device_joins_and_converges(tmp_path: Path) -> None:
             ids = [[m.id for m in app.history(who)] for app, who in
                    ((alice, B), (bob, A), (phone, B))]
             assert ids[0] == ids[1] == ids[2] and len(ids[0]) == 5
+            # the phone's health counts the laptop only: Bob's endpoint (no url) is not missing
+            await until(lambda: phone.manager.connection_health()["status"] == "healthy",
+                        "the phone is healthy")
+            assert phone.manager.connection_health()["total"] == 1
             senders = {m.text: m.sender for m in bob.history(A)}
             assert senders["from phone"] == senders["from laptop"] == A
             assert senders["from bob"] == B

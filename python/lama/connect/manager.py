@@ -1738,7 +1738,10 @@ class ConnectionManager:
                 "person_id": peer.endpoint.person_id,
                 "instance_id": peer.endpoint.instance_id,
             }
-        total = sum(1 for p in self._peers.values() if p.enabled)
+        # a peer without url that is not connected is not missing: it cannot be dialled (the
+        # contacts a joined device got from my other device, lama.connect.device)
+        total = sum(1 for p in self._peers.values()
+                    if p.enabled and (p.endpoint.url or "chum" in p.active))
         connected = sum(1 for p in self._peers.values() if p.enabled and "chum" in p.active)
         # offline: nothing connected; degraded: some peers unconnected or not answering pings
         status = ("idle" if total == 0 else "healthy" if active == total
