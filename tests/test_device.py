@@ -250,3 +250,30 @@ def test_token_kinds_never_cross() -> None:
     assert reg.claim(partner, me) == partner
     with pytest.raises(InvalidArgumentError):
         reg.create(me, kind="admin")
+
+
+def test_a_peer_that_refuses_the_group_refuses_the_join(tmp_path: Path) -> None:
+    """The device group is lama's own: a peer that does not take it (here a lama instance
+    with pairing switched off, refusing it like a ONE peer refuses an unknown group with
+    "Go Away!") ends the join with a clear error and nothing created on either side."""
+    async def main() -> None:
+        server = await core.comm_server("127.0.0.1", 0)
+        alice = await App.create(tmp_path / "alice", email="alice@example.com", name="Alice",
+                                 instance_name="laptop", secret=SECRET,
+                                 config=AppConfig(comm_server_url=server.url,
+                                                  manager_options={"allow_pairing": False}))
+        try:
+            await alice.start()
+            before = sorted(alice.instance.store.hashes())
+            link = alice.device_invitation().to_link(device=True)
+            with pytest.raises(PairingError) as e:
+                await App.join_device(tmp_path / "phone", link, secret=SECRET2)
+            assert e.value.code == "LAMA-DEVICE" and "refused" in str(e.value)
+            assert _empty(tmp_path / "phone")
+            assert sorted(alice.instance.store.hashes()) == before
+            assert not [p for p in alice._pairing_log if p["device"]]
+        finally:
+            await alice.close()
+            await server.close()
+
+    asyncio.run(asyncio.wait_for(main(), 120))

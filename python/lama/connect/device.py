@@ -329,8 +329,13 @@ async def _join(prov: Any, inv: pairing.Invitation, directory: Path, secret: str
     conn = await _open(inv, instance_keys, attempts, delay, open_timeout)
     created: Any = None
     try:
-        peer = await protocol.initiate(conn, prov, DEVICE_GROUP, store_peer=False,
-                                       timeout=timeout)
+        try:
+            peer = await protocol.initiate(conn, prov, DEVICE_GROUP, store_peer=False,
+                                           timeout=timeout)
+        except ProtocolError as e:
+            if e.code == "LAMA-REFUSED":  # a ONE peer, an older lama, pairing switched off
+                raise _err(f"the device of the link refused to link devices: {e}") from None
+            raise
         await protocol.send_json(conn, {"command": "device_token", "token": inv.token})
         try:
             msg = await protocol.recv_command(conn, "device_keys", timeout)
