@@ -11,6 +11,11 @@
         async for message in app.messages(bob, follow=True):    # history, then live
             print(message.sender_name, message.text)
 
+A second device of my person: ``link = await app.invite_device()`` on a running device,
+``phone = await App.join_device(directory, link, secret=...)`` on the new one
+(:mod:`lama.connect.device`: the person's keys and my contacts inside the encrypted
+connection; docs/connections.md §3.4); after ``phone.start()`` both sync and converge.
+
 ``App`` joins the three layers an application needs: the instance (identity, keys, store), the
 connection manager (:mod:`lama.connect.manager`: comm-server listener, one CHUM connection per
 contact, reconnects) and the chat layer (:mod:`lama.chat`: contacts, 1-to-1 topics, messages,
@@ -169,7 +174,8 @@ class App:
         ``secret``, and both devices record each other and the contacts
         (:mod:`lama.connect.device`, docs/connections.md §3.4). ``instance_name``: this
         device's (default ``<host>-<random>``; it must differ from the other devices');
-        ``comm_server``: this device's (default: the one of the invitation). Returns the App,
+        ``comm_server``: this device's (default: ``config``'s if a config is given, else the
+        invitation's). Returns the App,
         not started; after :meth:`start` the devices connect and CHUM brings the
         conversations. A refused or failed join raises (``PairingError LAMA-DEVICE``,
         ``InvalidArgumentError LAMA-PAIR-INVITE``, ...) and leaves nothing in

@@ -228,7 +228,8 @@ def _build_app() -> Any:
         add_completion=False,
         no_args_is_help=True,
         pretty_exceptions_enable=False,
-        help="lama: ONE instances - identity, keys and store.",
+        help="lama: ONE instances - identity, keys and store; pairing, chat, and more devices "
+             "of your person (lama invite --device, lama init --join).",
     )
 
     @app.command()
