@@ -126,10 +126,10 @@ def post(
     """Post ``specs`` to the channel ``cid`` as ``author`` in one transaction (§2.4).
 
     Returns ``([(creationTimeHash, chatMessageHash, timestamp, signatureHash, entryHash)...],
-    new head entry, head entry it replaced)``; ``on_build(old head entry, new head entry,
-    CreationTime hashes)`` is called before the transaction is written (again after a lost
-    race), so a reader that sees the commit finds it recorded; ``entryHash`` is the entry the post created (entries above it may be
-    rewritten by later inserts, §2.5)."""
+    new head entry, head entry it replaced)``; ``entryHash`` is the entry the post created
+    (entries above it may be rewritten by later inserts, §2.5). ``on_build(old head entry,
+    new head entry, CreationTime hashes)`` is called before the transaction is written (again
+    after a lost race), so a reader that sees the commit finds it recorded."""
     lic_hash = _license_hash()
     # §2.4 step 5: the given timestamp or now, read per message before the transaction (the
     # build below must be a pure function of the current version).  Posts within one
