@@ -118,7 +118,12 @@ async def main() -> None:
                 else:
                     # as fast as it goes: every send at once (App.send's group commit)
                     t0 = time.monotonic()
-                    await app.send_many(contact, [f"{cmd['tag']} {i}" for i in range(cmd["n"])])
+                    texts = [f"{cmd['tag']} {i}" for i in range(cmd["n"])]
+                    if os.environ.get("LAMA_BENCH_BATCH"):  # Chat.send_many(batch=) directly
+                        await asyncio.to_thread(app.chat.send_many, contact.topic_id, texts,
+                                                batch=int(os.environ["LAMA_BENCH_BATCH"]))
+                    else:
+                        await app.send_many(contact, texts)
                     sent = [t0] * cmd["n"]
                 out(sent=sent, done=time.monotonic())
             elif c == "expect":

@@ -103,6 +103,27 @@ def test_app_pair_chat_follow_remove(tmp_path: Path) -> None:
             assert [m.text for m in await alice.send_many(bob.person_id, ["d1", "d2"])] == \
                 ["d1", "d2"]
             await until(lambda: len(seen) == 8)
+            # a long list goes in commits of growing size (the first small, so the peer
+            # starts receiving while the rest is posted), in order, each message once
+            from lama import app as app_mod
+
+            sizes: list[int] = []
+            real_send_many = alice.chat.send_many
+
+            def counting(target: Any, texts: Any, **kw: Any) -> Any:
+                sizes.append(len(texts))
+                return real_send_many(target, texts, **kw)
+
+            alice.chat.send_many = counting  # type: ignore[method-assign]
+            texts = [f"bulk {i}" for i in range(app_mod.FIRST_BATCH * 4)]
+            bulk = await alice.send_many(bob.person_id, texts)
+            alice.chat.send_many = real_send_many  # type: ignore[method-assign]
+            assert [m.text for m in bulk] == texts
+            assert sizes == [app_mod.FIRST_BATCH, 2 * app_mod.FIRST_BATCH, app_mod.FIRST_BATCH]
+            await until(lambda: len(seen) == 8 + len(texts))
+            assert sorted(str(m.id) for m in seen[8:]) == sorted(str(m.id) for m in bulk)
+            assert [str(m.id) for m in alice.history(bob.person_id)][-len(texts):] == \
+                [str(m.id) for m in seen[8:]]
 
             st = alice.status()
             assert st["total"] == 1 and st["peers"][0]["connected"]

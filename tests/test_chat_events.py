@@ -83,3 +83,67 @@ def test_own_posts_are_emitted_once_and_not_kept(tmp_path: Path) -> None:
         cb.close()
         a.close()
         b.close()
+
+
+def test_own_commits_are_emitted_without_walking_the_list(tmp_path: Path, monkeypatch: Any) -> None:
+    """A head move made only by my own commits (several, as App.send_many's growing batches
+    make them) is emitted from the posts' own Message objects: the event thread does not walk
+    the channel's list (lama.chat.channel.new_elements), every message comes once, oldest
+    first in list order. A move that also holds an imported message is walked as before."""
+    from lama.chat import channel as ch
+
+    a, b = make(tmp_path, "alice"), make(tmp_path, "bob")
+    ca, cb = Chat(a), Chat(b, events=False)
+    seen: list[Any] = []
+    walks: list[int] = []
+    arrived = threading.Condition()
+    real = ch.new_elements
+
+    def counting(store: Any, old: Any, new: Any) -> Any:
+        els = real(store, old, new)
+        walks.append(len(els))
+        return els
+
+    def on_event(kind: str, data: dict[str, Any]) -> None:
+        if kind == "message":
+            with arrived:
+                seen.append(data["message"])
+                arrived.notify_all()
+
+    def wait_for(n: int) -> None:
+        with arrived:
+            assert arrived.wait_for(lambda: len(seen) >= n, 30), len(seen)
+
+    monkeypatch.setattr(ch, "new_elements", counting)
+    try:
+        pair(ca, cb)
+        ca.subscribe(on_event)
+        first = ca.send(cb.me, "first")
+        wait_for(1)
+        walks.clear()
+        # the event thread waits (it takes Chat._lock first) until all nine commits are in
+        with ca._lock:
+            posted = ca.send_many(cb.me, [f"bulk {i}" for i in range(400)], batch=50)
+            posted.append(ca.send(cb.me, "last"))
+        wait_for(402)
+        assert walks == []  # no list walk for my own commits
+        assert [m.id for m in seen[1:]] == [m.id for m in reversed(list(ca.messages(cb.me, limit=401)))]
+        assert {m.id for m in seen} == {m.id for m in [first, *posted]}
+        # an imported message in between: that move is walked, nothing is lost or doubled
+        cb.send(ca.me, "theirs")
+        sync(ca, cb)
+        ca.send_many(cb.me, ["after 1", "after 2"])
+        wait_for(405)
+        texts = [m.text for m in seen]
+        assert len(texts) == 405 == len(set(m.id for m in seen))
+        assert set(texts[-3:]) == {"theirs", "after 1", "after 2"}
+        assert texts.index("after 1") < texts.index("after 2")
+        deadline = time.monotonic() + 5
+        while (ca._posted or ca._built_own) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not ca._posted and not ca._built_own
+    finally:
+        ca.close()
+        cb.close()
+        a.close()
+        b.close()

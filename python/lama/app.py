@@ -54,6 +54,12 @@ __all__ = ["App", "AppConfig"]
 DEFAULT_COMM_SERVER = "ws://localhost:8000"
 
 
+# App.send_many's commits (issue 10): the first is small so the peer starts receiving at once,
+# each next one twice as large up to MAX_PUSH_BATCH (few commits and pushes for a long list)
+FIRST_BATCH = 500
+MAX_PUSH_BATCH = 4000
+
+
 @dataclass
 class AppConfig:
     """What :class:`App` passes to the connection manager, plus the app's own knobs. Times in
@@ -490,20 +496,46 @@ class App:
         """Post several texts in order (batched like concurrent :meth:`send` calls).
 
         With no send to that topic waiting for its commit, the texts go to ``Chat.send_many``
-        in one call (one transaction per ``MAX_BATCH``), without a future and a task per text
-        (for 10,000 texts those were a third of the sender's CPU). A bad text is found before
-        anything is written; then each text is sent on its own, so only the bad one fails."""
+        without a future and a task per text (for 10,000 texts those were a third of the
+        sender's CPU), in commits of growing size: ``FIRST_BATCH`` texts, then twice as many
+        each time up to ``MAX_PUSH_BATCH``. The first commit is small so the peer receives
+        and shows the first messages while the rest are still being posted (delivery
+        overlaps posting, issue 10); the sizes grow so a long conversation costs only a few
+        commits (each one's fsync and B-tree page writes) and a few pushes. The next commit
+        runs in the worker thread while this loop records the previous one (tracer). Every
+        text is checked before anything is written; a bad one sends each text on its own,
+        so only the bad one fails."""
         target = self._topic_id(who)
         texts = list(texts)
         if texts and not self._batches.get(target) and all(isinstance(t, str) for t in texts):
+            from lama.chat.chat import _check_text
+
             try:
-                msgs = await asyncio.to_thread(self.chat.send_many, target, texts)
+                for t in texts:
+                    _check_text(t, False)
             except InvalidArgumentError:
                 pass  # checked before any write: per text below
             else:
-                if self.tracer is not None:
-                    self.tracer.posted(msgs)
-                return msgs
+                chunks: list[list[str]] = []
+                size, i = FIRST_BATCH, 0
+                while i < len(texts):
+                    chunks.append(texts[i:i + size])
+                    i += size
+                    size = min(2 * size, MAX_PUSH_BATCH)
+
+                def post(chunk: list[str]) -> asyncio.Future[list[Any]]:
+                    return asyncio.ensure_future(asyncio.to_thread(self.chat.send_many, target, chunk))
+
+                out: list[Any] = []
+                pending = post(chunks[0])
+                for nxt in [*chunks[1:], None]:
+                    msgs = await pending
+                    if nxt is not None:
+                        pending = post(nxt)  # the next commit runs while this one is recorded
+                    if self.tracer is not None:
+                        self.tracer.posted(msgs)
+                    out.extend(msgs)
+                return out
         return list(await asyncio.gather(*(self.send(who, t) for t in texts)))
 
     async def _flush(self, target: str) -> None:

@@ -121,18 +121,22 @@ def post(
     author: str,
     sign_secret: bytes,
     now: Callable[[], int] = versions.now_ms,
-) -> tuple[list[tuple[str, str, int, str, str]], str]:
+    on_build: Callable[[str | None, str, list[str]], None] | None = None,
+) -> tuple[list[tuple[str, str, int, str, str]], str, str | None]:
     """Post ``specs`` to the channel ``cid`` as ``author`` in one transaction (§2.4).
 
     Returns ``([(creationTimeHash, chatMessageHash, timestamp, signatureHash, entryHash)...],
-    new head entry)``; ``entryHash`` is the entry the post created (entries above it may be
-    rewritten by later inserts, §2.5)."""
+    new head entry, head entry it replaced)``; ``entryHash`` is the entry the post created
+    (entries above it may be rewritten by later inserts, §2.5). ``on_build(old head entry,
+    new head entry, CreationTime hashes)`` is called before the transaction is written (again
+    after a lost race), so a reader that sees the commit finds it recorded."""
     lic_hash = _license_hash()
     # §2.4 step 5: the given timestamp or now, read per message before the transaction (the
     # build below must be a pure function of the current version).  Posts within one
     # millisecond order by CreationTime hash (§2.5), as in the reference.
     stamps = [spec.timestamp if spec.timestamp is not None else now() for spec in specs]
     results: list[tuple[str, str, int, str, str]] = []
+    before: list[str | None] = [None]  # the head entry the committed build started from
     # the objects of every post, hashed a kind at a time (one core call per kind, not per
     # object: the chain message -> CreationTime -> certificate -> Signature is sequential
     # per post but independent between posts)
@@ -174,6 +178,7 @@ def post(
             return h
 
         head = cur.get("head")
+        before[0] = None if head is None else str(head)
         extra.extend(objects)
         pending.update(zip(ct_hashes, cts))
         if len(posted) == 1:
@@ -185,10 +190,12 @@ def post(
             results.append((ct_hash, msg_hash, ts, sig_hash, created.get(ct_hash) or str(head)))
         new = {k: v for k, v in cur.items() if k != "$versionHash$"}
         new["head"] = head
+        if on_build is not None:
+            on_build(before[0], str(head), [c for c, _m, _t, _s in posted])
         return new, extra
 
     v = versions.update_versioned(store, cid, build)
-    return list(results), str(store.get_object(v.merged)["head"])
+    return list(results), str(store.get_object(v.merged)["head"]), before[0]
 
 
 def _hashes(objs: list[dict[str, Any]]) -> list[str]:

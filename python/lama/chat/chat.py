@@ -24,6 +24,7 @@ import re
 import secrets as _secrets
 import threading
 from collections import OrderedDict
+from functools import partial
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from lama import access
@@ -51,6 +52,8 @@ MAX_TEXT = 64 * 1024
 """The largest message text, in UTF-8 bytes."""
 MAX_ATTACHMENTS = 64
 MAX_BATCH = 10_000
+# how long the event thread waits for _post to hand over the messages of my own commit
+_HANDOVER_WAIT = 2.0
 """The most messages :meth:`Chat.send_many` writes in one transaction (larger inputs are cut
 into batches of this size)."""
 
@@ -139,6 +142,10 @@ class Chat:
         # my messages the event thread built itself because it was faster than _post
         self._built_own: dict[str, None] = {}
         self._posted_lock = threading.Lock()
+        self._posted_cond = threading.Condition(self._posted_lock)  # _post handed over
+        # channel id hash -> {head entry before: (head entry after, [CreationTime hashes])}
+        # of my commits, so the event thread emits my own posts without walking the list
+        self._own_moves: dict[str, dict[str | None, tuple[str, list[str]]]] = {}
         # channel id hash -> (topic id, last head seen by the event feed)
         self._channels: dict[str, list[Any]] = {}
         self._topics: dict[str, Topic] = {}      # topic id -> Topic
@@ -696,6 +703,7 @@ class Chat:
                     if built.pop(m.id, 0) is None:
                         continue  # the event thread was first and built it from the store
                     posted[m.id] = m
+                self._posted_cond.notify_all()
         return out
 
     def _commit(self, cid: str, specs: list[_ch.PostSpec]) -> list[tuple[str, str, int, str, str]]:
@@ -723,8 +731,9 @@ class Chat:
                     break
             all_specs = [sp for r in batch for sp in r.specs]
             try:
-                results, _head = _ch.post(self.store, cid, all_specs, author=self.me,
-                                          sign_secret=self._sign_secret)
+                results, _head, _before = _ch.post(
+                    self.store, cid, all_specs, author=self.me, sign_secret=self._sign_secret,
+                    on_build=None if self._sub is None else partial(self._own_move, cid))
             except BaseException as e:  # noqa: BLE001 - handed to every sender of the batch
                 for r in batch:
                     r.error = e
@@ -748,8 +757,8 @@ class Chat:
 
     def _build(self, t: Topic, cid: str, el: linkedlist.Element) -> Message | None:
         store = self.store
-        ct = store.get_object(el.creation_time)
-        mh = str(ct["data"])
+        # the element carries its CreationTime's data when it was read from the store
+        mh = el.data if el.data is not None else str(store.get_object(el.creation_time)["data"])
         try:
             msg = store.get_object(mh)
         except LamaError:
@@ -1036,7 +1045,9 @@ class Chat:
         if not emit or new == old:
             return 0
         try:
-            els = _ch.new_elements(store, old, new)
+            # a move made by my own commits only: their messages, no list walk (issue 10)
+            own = self._own_posts(cid, old, new)
+            els = [] if own is not None else _ch.new_elements(store, old, new)
         except LamaError as e:  # an entry not imported yet: the next head move catches up
             log.debug("channel %s: %s", cid, e)
             with self._lock:
@@ -1050,7 +1061,8 @@ class Chat:
             parts = (m.group(1), m.group(2))
             peer = parts[1] if parts[0] == self.me else parts[0] if parts[1] == self.me else None
             t = Topic(topic_id, topic_id, "", cid, "one_to_one", parts, peer)
-        events: list[tuple[str, dict[str, Any]]] = []
+        events: list[tuple[str, dict[str, Any]]] = [
+            ("message", {"message": msg, "topic": t}) for msg in own or ()]
         posted, built = self._posted, self._built_own
         with self._posted_lock:  # one side or the other for each of my posts, never both
             for el in reversed(els):  # oldest first
@@ -1073,6 +1085,47 @@ class Chat:
             self._cache(data["message"])
         self._emit_many(events)
         return len(events)
+
+    def _own_move(self, cid: str, before: str | None, head: str, ids: list[str]) -> None:
+        """Record that my commit about to be written moves the head entry of ``cid`` from
+        ``before`` to ``head`` with the posts ``ids`` (before the write, so the event thread
+        finds it when it sees the commit)."""
+        with self._posted_lock:
+            moves = self._own_moves.setdefault(cid, {})
+            if len(moves) > 64:  # moves never consumed (a lost race, a failed write): bounded
+                moves.clear()
+            moves[before] = (head, ids)
+
+    def _own_posts(self, cid: str, old: str | None, new: str | None) -> list[Message] | None:
+        """My posted messages of the commits from ``old`` to ``new``, oldest first in list
+        order (timestamp, CreationTime hash; §2.5), taken out of ``_posted``; ``None`` unless
+        the whole move is my own commits' (then the caller walks the list). The event thread
+        may see a commit before ``_post`` has handed its messages over: it waits for them
+        (``_post`` notifies right after the commit; bounded, then the list is walked)."""
+        moves = self._own_moves.get(cid)
+        if not moves:
+            return None
+        chain: list[tuple[str | None, list[str]]] = []
+        h = old
+        while h != new and len(chain) <= len(moves):
+            step = moves.get(h)
+            if step is None:
+                return None
+            chain.append((h, step[1]))
+            h = step[0]
+        if h != new or not chain:
+            return None
+        posted = self._posted
+        with self._posted_cond:
+            if not self._posted_cond.wait_for(
+                    lambda: all(c in posted for _b, ids in chain for c in ids), _HANDOVER_WAIT):
+                return None
+            out: list[Message] = []
+            for before, ids in chain:
+                moves.pop(before, None)
+                out.extend(posted.pop(c) for c in ids)
+        out.sort(key=lambda m: (m.timestamp, m.id))
+        return out
 
     def _republish_merge(self, cid: str) -> None:
         """A channel whose head is a local merge (of an imported version with ours) gets a

@@ -23,7 +23,7 @@ imports) goes through it; :func:`insert` is the single insert a post performs (Â
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
 from lama.errors import NotFoundError
@@ -46,6 +46,9 @@ class Element:
     timestamp: float
     metadata: tuple[str, ...] | None
     previous: str | None = None
+    #: the CreationTime's ``data`` (the posted object's hash) when the element was read from
+    #: the store; readers use it instead of loading the CreationTime again
+    data: str | None = field(default=None, compare=False)
 
     @property
     def key(self) -> tuple[float, str]:
@@ -65,8 +68,10 @@ def element(load: Loader, entry_hash: str) -> Element:
     ct_hash = e["data"]
     ct = _need(load, ct_hash, "CreationTime")
     md = e.get("metadata")
+    data = ct.get("data")
     return Element(
-        entry_hash, ct_hash, ct["timestamp"], None if md is None else tuple(md), e.get("previous")
+        entry_hash, ct_hash, ct["timestamp"], None if md is None else tuple(md), e.get("previous"),
+        None if data is None else str(data),
     )
 
 
