@@ -756,7 +756,9 @@ class ConnectionManager:
                 return
             data = {"storeId": self.store.store_id, "seq": seq, "hash": at[0][1],
                     "persons": list(self._persons)}
-            tmp = path.with_name(SCAN_CACHE_FILE + ".tmp")
+            # a temporary file of this process: two processes running a manager on one
+            # instance (lama serve and a CLI command) each rename a whole file of their own
+            tmp = path.with_name(f"{SCAN_CACHE_FILE}.{os.getpid()}.tmp")
             tmp.write_text(json.dumps(data) + "\n", encoding="utf-8")
             os.replace(tmp, path)
             self._cache_saved = (seq, len(self._persons))
