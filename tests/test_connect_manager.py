@@ -21,7 +21,7 @@ import pytest
 
 from lama import access
 from lama._core import core
-from lama.connect import protocol
+from lama.connect import contacts, protocol
 from lama.connect.manager import (
     DUPLICATE_DROPPED,
     ConnectionManager,
@@ -772,6 +772,17 @@ def test_a_start_reads_the_feed_only_after_the_scan_cache(tmp_path: Path) -> Non
     assert cd.me in json.loads(cache.read_text())["persons"]
     run(m.close)
     assert json.loads(cache.read_text())["seq"] == a.store.last_seq()
+
+    # bob's instance gets a second endpoint (another url) while no manager runs: the newest
+    # wins; the feed is read from its start once to order the two, not at every start
+    [(_h, old_ep)] = contacts.endpoints_of_person(a.store, cb.me)
+    a.store.put_objects([{**old_ep, "url": "ws://127.0.0.1:1/moved"}])
+    for _ in range(2):
+        m, counting = first_scan()
+        [ep] = [e for e in m.known_endpoints() if e.person_id == cb.me]
+        assert ep.url == "ws://127.0.0.1:1/moved"
+        run(m.close)
+    assert counting.feed <= 1, counting.feed
 
     # a cache whose position names another entry (a store copied back, an undone commit) and
     # a damaged one are not used: the whole feed again, the same endpoints

@@ -336,6 +336,8 @@ class ConnectionManager:
         self._closing = False
         self._scan_seq = 0
         self._persons: dict[str, None] = {}  # Person ID objects of the feed up to _scan_seq
+        # endpoint hash -> its feed position, for the order of an instance's several endpoints
+        self._endpoint_seqs: dict[str, int] = {}
         self._cache_saved: tuple[int, int] = (0, 0)  # (position, persons) the cache file holds
         self._online = False
         self._registry: Any = None
@@ -627,7 +629,7 @@ class ConnectionManager:
             self._initial_scan()
             return
         new = False
-        persons = len(self._persons)
+        persons, endpoints = len(self._persons), len(self._endpoint_seqs)
         while True:
             # the typed feed (issue 10): only OneInstanceEndpoint and Person objects come
             # back, no read of every committed object (a fifth of a chat sender's CPU with the
@@ -642,7 +644,8 @@ class ConnectionManager:
                     # a Person object is no endpoint: _load_endpoint finds no instanceKeys
                     new = self._route_endpoint(h, seq) or new
             self._scan_seq = pos
-        if len(self._persons) != persons or self._scan_seq - self._cache_saved[0] >= SCAN_CACHE_EVERY:
+        if (len(self._persons) != persons or len(self._endpoint_seqs) != endpoints
+                or self._scan_seq - self._cache_saved[0] >= SCAN_CACHE_EVERY):
             self._save_scan_cache()
         if new:
             self._emit("connections_changed")
@@ -651,6 +654,8 @@ class ConnectionManager:
         """Load, check and add the endpoint ``h``; True if it is a new peer."""
         try:
             ep = self._load_endpoint(h, seq)
+            if ep is not None and seq > 0:
+                self._endpoint_seqs[h] = seq
             return ep is not None and self._trusted(ep) and self._add_endpoint(ep)
         except LamaError as e:
             log.warning("unusable OneInstanceEndpoint %s: %s", h, e)
@@ -662,7 +667,7 @@ class ConnectionManager:
         then the last event read."""
         contacts.enable_reverse_maps(self.store)
         cached = self._load_scan_cache()
-        last, persons = cached if cached is not None else (0, {})
+        last, persons, known_seqs = cached if cached is not None else (0, {}, {})
         while True:
             # the untyped feed, and a read of the ID objects only: the typed feed
             # (Store.changes_of) reads the stored header of every event's object, which from
@@ -689,9 +694,10 @@ class ConnectionManager:
         per_instance: dict[str, list[str]] = {}
         for h, o in found:
             per_instance.setdefault(str(o.get("instanceId")), []).append(h)
-        order: dict[str, int] = {}
         wanted = {h for hs in per_instance.values() if len(hs) > 1 for h in hs}
-        if wanted:
+        # their positions as the scan cache has them; a feed pass only for those it lacks
+        order = {h: known_seqs[h] for h in wanted if h in known_seqs}
+        if len(order) < len(wanted):
             seq = 0
             while len(order) < len(wanted):
                 changes = self.store.changes(seq, 10_000)
@@ -700,7 +706,8 @@ class ConnectionManager:
                 seq = changes[-1][0]
                 order.update((h, q) for q, h, _k in changes if h in wanted)
         self._scan_seq = last
-        if cached is None or cached[0] != last:
+        self._endpoint_seqs = {h: q for h, q in order.items() if q > 0}
+        if cached is None or cached[0] != last or set(known_seqs) != set(self._endpoint_seqs):
             self._save_scan_cache()
         else:
             self._cache_saved = (last, len(persons))
@@ -714,14 +721,17 @@ class ConnectionManager:
         path = getattr(self.instance, "path", None)
         return Path(path) / SCAN_CACHE_FILE if path else None
 
-    def _load_scan_cache(self) -> tuple[int, dict[str, None]] | None:
-        """``(position, persons)`` of the scan cache, or None (no file, or one that does not
+    def _load_scan_cache(self) -> tuple[int, dict[str, None], dict[str, int]] | None:
+        """``(position, persons, endpoint positions)`` of the scan cache, or None (no file, or one that does not
         fit this store: written for another store, damaged, or at a position whose feed entry
         is not the one recorded — a store copied back, or a commit an OS crash undid; then the
         first scan reads the whole feed, as without a cache).
 
         The file: ``{"storeId": Store.store_id, "seq": position, "hash": the feed entry's hash
-        at that position, "persons": [every Person ID object in the feed up to it]}``. It is
+        at that position, "persons": [every Person ID object in the feed up to it],
+        "endpoints": {endpoint hash: its feed position, for those whose position is known}}``
+        (an instance with several endpoints: the newest wins, without a pass over the feed to
+        order them). It is
         only ever behind the store (written after the feed was read up to ``seq``); whatever
         was committed after ``seq``, by this build or any other, is read from the feed."""
         path = self._scan_cache_path()
@@ -729,9 +739,12 @@ class ConnectionManager:
             return None
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
-            seq, persons = data["seq"], data["persons"]
+            seq, persons, eps = data["seq"], data["persons"], data.get("endpoints", {})
             if (data["storeId"] != self.store.store_id or not isinstance(seq, int) or seq < 1
-                    or not isinstance(persons, list) or not all(_is_hex64(p) for p in persons)):
+                    or not isinstance(persons, list) or not all(_is_hex64(p) for p in persons)
+                    or not isinstance(eps, dict)
+                    or not all(_is_hex64(h) and isinstance(q, int) and 0 < q <= seq
+                               for h, q in eps.items())):
                 raise ValueError("does not fit")
             at = self.store.changes(seq - 1, 1)
             if not at or at[0][0] != seq or at[0][1] != data["hash"]:
@@ -741,7 +754,7 @@ class ConnectionManager:
         except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, LamaError) as e:
             log.info("%s not used (the first scan reads the whole feed): %s", path, e)
             return None
-        return seq, dict.fromkeys(persons)
+        return seq, dict.fromkeys(persons), dict(eps)
 
     def _save_scan_cache(self) -> None:
         """Write the scan cache (temporary file, rename: the old or the new one, never a torn
@@ -755,7 +768,8 @@ class ConnectionManager:
             if not at or at[0][0] != seq:
                 return
             data = {"storeId": self.store.store_id, "seq": seq, "hash": at[0][1],
-                    "persons": list(self._persons)}
+                    "persons": list(self._persons),
+                    "endpoints": {h: q for h, q in self._endpoint_seqs.items() if q <= seq}}
             # a temporary file of this process: two processes running a manager on one
             # instance (lama serve and a CLI command) each rename a whole file of their own
             tmp = path.with_name(f"{SCAN_CACHE_FILE}.{os.getpid()}.tmp")
