@@ -20,7 +20,6 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "python"))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from chat_util import make, pair  # noqa: E402
 from lama.chat import Chat  # noqa: E402
 from lama.identity.instance import Instance  # noqa: E402
 
@@ -43,6 +42,10 @@ def rss_mib() -> dict[str, float]:
 
 
 def setup(d: Path) -> tuple[Chat, Chat]:
+    # imported here, not at the top: chat_util imports pytest (~10 MiB of anonymous memory),
+    # which the "read" and "app" measurements of an instance's RSS must not count
+    from chat_util import make, pair
+
     a, b = make(d, "alice"), make(d, "bob")
     ca, cb = Chat(a), Chat(b, events=False)
     pair(ca, cb)

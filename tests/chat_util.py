@@ -93,11 +93,23 @@ def keys(chat: Chat, target: Any) -> list[tuple[int, str, str, str]]:
 
 
 class CountingStore:
-    """The instance's store, counting the objects read through ``get``/``get_object``."""
+    """The instance's store, counting the objects read through ``get``/``get_object`` and the
+    change-feed entries read through ``changes``/``changes_of`` (``feed``)."""
 
     def __init__(self, store: Any) -> None:
         self._store = store
         self.reads = 0
+        self.feed = 0
+
+    def changes(self, since: int, limit: int) -> Any:
+        got = self._store.changes(since, limit)
+        self.feed += len(got)
+        return got
+
+    def changes_of(self, types: Any, since: int, limit: int) -> Any:
+        pos, got = self._store.changes_of(types, since, limit)
+        self.feed += max(0, pos - since)  # every entry scanned, whatever its type
+        return pos, got
 
     def get(self, h: str) -> str:
         self.reads += 1

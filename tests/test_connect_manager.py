@@ -21,7 +21,7 @@ import pytest
 
 from lama import access
 from lama._core import core
-from lama.connect import protocol
+from lama.connect import contacts, protocol
 from lama.connect.manager import (
     DUPLICATE_DROPPED,
     ConnectionManager,
@@ -708,6 +708,95 @@ def test_the_first_endpoint_scan_reads_no_message(tmp_path: Path) -> None:
             c.close()
             c.instance.close()
     assert reads[0] == reads[1], reads
+
+
+def test_a_start_reads_the_feed_only_after_the_scan_cache(tmp_path: Path) -> None:
+    """Issue 10: the first scan walked the whole change feed at every start (100,000 messages:
+    700,000 entries, ~45 MiB of mapped file). The persons found up to a position are kept in
+    the instance directory (endpoint-scan.json); the next start reads the feed only after it.
+    A person and an endpoint committed while no manager ran are still found; a cache that
+    does not fit the store (another position's entry) is not used."""
+    import json
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from chat_util import CountingStore, pair
+
+    from lama.chat import Chat
+    from lama.connect.manager import SCAN_CACHE_FILE
+
+    a, b, c = make(tmp_path, "alice"), make(tmp_path, "bob"), make(tmp_path, "carol")
+    ca, cb, cc = Chat(a, events=False), Chat(b, events=False), Chat(c, events=False)
+    pair(ca, cb)
+    n = 300
+    ca.send_many(cb.me, [f"m {i}" for i in range(n)])
+    cfg = ManagerConfig(comm_server_url=None, accept_incoming=False)
+
+    def first_scan() -> tuple[ConnectionManager, CountingStore]:
+        m = ConnectionManager(a, cfg)
+        counting = CountingStore(a.store)
+        m.store = counting
+        m._scan_endpoints()
+        return m, counting
+
+    def persons(m: ConnectionManager) -> set[str]:
+        return {ep.person_id for ep in m.known_endpoints()}
+
+    cache = Path(a.path) / SCAN_CACHE_FILE
+    assert not cache.exists()
+    m, counting = first_scan()  # no cache yet: the whole feed
+    assert persons(m) == {cb.me}
+    assert counting.feed >= 5 * n, counting.feed
+    assert json.loads(cache.read_text())["seq"] == a.store.last_seq()
+    run(m.close)
+
+    m, counting = first_scan()  # the next start: nothing after the cache's position
+    assert persons(m) == {cb.me}
+    assert counting.feed <= 1, counting.feed  # the position's own entry, checked
+    run(m.close)
+
+    # carol pairs while no manager runs (lama invite/accept without serve), then more messages
+    pair(ca, cc)
+    ca.send_many(cc.me, [f"c {i}" for i in range(n)])
+    since = json.loads(cache.read_text())["seq"]
+    m, counting = first_scan()
+    assert persons(m) == {cb.me, cc.me}
+    # the entries since, and the cache's position checked when it is read and written
+    assert counting.feed <= a.store.last_seq() - since + 2, (counting.feed, since)
+    assert since >= 5 * n  # ... and not the entries before the cache's position
+    # the later scans keep the cache's persons: a person arriving while it runs is kept too
+    dave = make(tmp_path, "dave")
+    cd = Chat(dave, events=False)
+    pair(ca, cd)
+    assert persons(m) == {cb.me, cc.me, cd.me}
+    assert cd.me in json.loads(cache.read_text())["persons"]
+    run(m.close)
+    assert json.loads(cache.read_text())["seq"] == a.store.last_seq()
+
+    # bob's instance gets a second endpoint (another url) while no manager runs: the newest
+    # wins; the feed is read from its start once to order the two, not at every start
+    [(_h, old_ep)] = contacts.endpoints_of_person(a.store, cb.me)
+    a.store.put_objects([{**old_ep, "url": "ws://127.0.0.1:1/moved"}])
+    for _ in range(2):
+        m, counting = first_scan()
+        [ep] = [e for e in m.known_endpoints() if e.person_id == cb.me]
+        assert ep.url == "ws://127.0.0.1:1/moved"
+        run(m.close)
+    assert counting.feed <= 1, counting.feed
+
+    # a cache whose position names another entry (a store copied back, an undone commit) and
+    # a damaged one are not used: the whole feed again, the same endpoints
+    data = json.loads(cache.read_text())
+    for bad in (json.dumps({**data, "hash": "0" * 64}), json.dumps({**data, "storeId": "x"}),
+                "{not json"):
+        cache.write_text(bad)
+        m, counting = first_scan()
+        assert persons(m) == {cb.me, cc.me, cd.me}
+        assert counting.feed >= 10 * n, counting.feed
+        run(m.close)
+    for x in (ca, cb, cc, cd):
+        x.close()
+        x.instance.close()
 
 
 def test_backoff_gives_up_after_retry_attempts_and_logs_when_asked(

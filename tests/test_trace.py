@@ -361,6 +361,57 @@ def test_persisted_log_limit_damage_and_rewrite(tmp_path: Path, monkeypatch: Any
     asyncio.run(again())
 
 
+def test_a_long_log_is_read_in_slices_and_rewritten_at_opening(tmp_path: Path) -> None:
+    """Issue 10: opening read the whole trace log, rebuilt every trace in it and only then kept
+    the newest ``trace_limit`` (an instance that posted 100,000 messages: a 21 MB log, ~37 MiB
+    more anonymous memory after every start, 4 s). The traces are now cut to the limit as the
+    log is read, and a log holding more than twice the traces it keeps is rewritten right
+    after opening, so the next start reads only those."""
+    import sqlite3
+
+    n = 2_500
+
+    def log_rows(adir: Path) -> list[str]:
+        db = sqlite3.connect(str(adir / "traces.sqlite3"))
+        try:
+            return [d for (d,) in db.execute("SELECT data FROM log ORDER BY id")]
+        finally:
+            db.close()
+
+    async def first() -> tuple[list[str], Path]:
+        # a limit above n: the log holds every trace (no drop records)
+        app = await App.create(tmp_path / "a", email="a@example.com", name="A", secret=SECRET,
+                               config=AppConfig(comm_server_url=None, trace=True, trace_limit=n))
+        try:
+            topic = app.chat.create_group("g", ["ab" * 32]).id
+            ids: list[str] = []
+            for i in range(0, n, 500):
+                ids += [m.id for m in await app.send_many(topic, [f"m{j}" for j in range(i, i + 500)])]
+            return ids, app.instance_dir
+        finally:
+            await app.close()
+
+    ids, adir = asyncio.run(first())
+    before = log_rows(adir)
+    assert "drop" not in {json.loads(d)[0] for d in before}
+
+    async def again() -> None:
+        app = await App.open(adir, SECRET,
+                             config=AppConfig(comm_server_url=None, trace=True, trace_limit=5))
+        try:
+            assert [t.message_id for t in app.traces()] == ids[:-6:-1]
+            with pytest.raises(NotFoundError):
+                app.trace(ids[-6])
+            app.tracer.flush()
+            after = log_rows(adir)
+            assert {json.loads(d)[0] for d in after} == {"newc"}
+            assert sum(map(len, after)) * 100 < sum(map(len, before)), (len(after), len(before))
+        finally:
+            await app.close()
+
+    asyncio.run(again())
+
+
 @pytest.mark.parametrize("how", ["flag", "env"])
 def test_comm_server_json_logs_and_level_switch(how: str) -> None:
     import signal

@@ -220,10 +220,21 @@ def _encode_records(recs: Iterable[_Rec], full: bool = False) -> list[str]:
     return out
 
 
+def _keep_newest(recs: dict[str, _Rec], limit: int) -> int:
+    """Drop all but the ``limit`` newest traces (by creation time) from ``recs``; how many
+    were dropped."""
+    old = sorted(recs.values(), key=lambda r: r.created)[:-limit]
+    for r in old:
+        del recs[r.message_id]
+    return len(old)
+
+
 def _replay(rows: Iterable[str], recs: dict[str, _Rec],
-            kinds: dict[str, str] | None = None) -> None:
+            kinds: dict[str, str] | None = None, *, finish: bool = True) -> int:
     """Rebuild the traces (and the peers' kinds, into ``kinds``) from their log records (in
-    order)."""
+    order); how many traces the records created. ``finish=False``: more records follow
+    (then :func:`_finish` once at the end)."""
+    made = 0
     for data in rows:
         try:
             d = json.loads(data)
@@ -254,6 +265,7 @@ def _replay(rows: Iterable[str], recs: dict[str, _Rec],
                     r.granted, r.errors = granted, errors
                     r.steps = [Step("created", r.created)] + tail
                     recs[mid] = r
+                    made += 1
             elif d[0] == "upd":
                 _, steps, errors, granted, mids = d
                 tail = [Step(x[0], float(x[1]), x[2], x[3]) for x in steps]
@@ -268,6 +280,13 @@ def _replay(rows: Iterable[str], recs: dict[str, _Rec],
                     recs.pop(mid, None)
         except (ValueError, KeyError, TypeError, IndexError) as e:
             log.warning("skipping a damaged trace record: %s", e)
+    if finish:
+        _finish(recs)
+    return made
+
+
+def _finish(recs: dict[str, _Rec]) -> None:
+    """The replayed traces are persisted as they are; their last change."""
     for r in recs.values():
         r.saved = len(r.steps)
         r.updated = max([r.created] + [s.at for s in r.steps])
@@ -403,26 +422,45 @@ class Tracer:
         if path is not None:
             self._load(path)
             self._writer = _Writer(path)
+            if self._compact_due:
+                self._schedule()  # the rewrite now, not at the next change: a short next start
 
     # ------------------------------------------------------------------ persistence
 
     def _load(self, path: Path) -> None:
         if not path.exists():
             return
+        # The log is streamed and the traces are cut to the newest `limit` as they are rebuilt
+        # (issue 10): the log of an instance that posted 100,000 messages is ~20 MB of JSON
+        # holding all of them, and reading it whole, then every trace, then keeping 10,000
+        # left ~37 MiB of anonymous memory in the process at every start.
+        recs: dict[str, _Rec] = {}
+        kinds: dict[str, str] = {}
+        rows = made = 0
+        bound = self.limit + max(self.limit // 4, 1000)
         try:
             db = _Writer.connect(path)
             try:
-                rows = [d for (d,) in db.execute("SELECT data FROM log ORDER BY id")]
+                cur = db.execute("SELECT data FROM log ORDER BY id")
+                while batch := cur.fetchmany(64):
+                    rows += len(batch)
+                    made += _replay([d for (d,) in batch], recs, kinds, finish=False)
+                    if self.limit > 0 and len(recs) > bound:
+                        _keep_newest(recs, self.limit)
             finally:
                 db.close()
         except sqlite3.Error as e:
             log.error("cannot read %s: %s", path, e)
             return
-        recs: dict[str, _Rec] = {}
-        _replay(rows, recs, self._kind)
-        for rec in sorted(recs.values(), key=lambda r: r.created)[-self.limit:]:
+        self._kind.update(kinds)
+        if self.limit > 0:
+            _keep_newest(recs, self.limit)
+        _finish(recs)
+        for rec in sorted(recs.values(), key=lambda r: r.created):
             self._index(rec)
-        self._compact_due = len(rows) > _COMPACT_AFTER // 10
+        # rewritten (right after the open) when it grew, or when it holds more than twice the
+        # traces it keeps (each start would read them all again)
+        self._compact_due = rows > _COMPACT_AFTER // 10 or made > 2 * max(len(recs), 1000)
 
     def _index(self, rec: _Rec) -> None:
         self._recs[rec.message_id] = rec

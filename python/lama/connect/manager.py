@@ -69,7 +69,9 @@ __all__ = [
     "REPLACED",
 ]
 
-_ENDPOINT_TYPES = ("OneInstanceEndpoint",)
+# what the later scans take from the typed feed: endpoints, and the Person ID objects that the
+# scan cache (SCAN_CACHE_FILE) keeps for the next first scan
+_ENDPOINT_TYPES = ("OneInstanceEndpoint", "Person")
 log = logging.getLogger("lama.connect.manager")
 
 ZERO_HASH = "0" * 64
@@ -92,6 +94,10 @@ QUICK_RETRIES = 3  # refusals retried after refused_retry_delay before the backo
 SHORT_LIVED = 5.0  # s: a connection ending sooner counts towards the backoff
 # the manager's persisted settings, in the instance directory (docs/connections.md §3.3)
 SETTINGS_FILE = "connections.json"
+# the first scan's cache, in the instance directory: the Person ID objects of the change feed
+# up to a position (docs/connections.md §3.3 "Endpoint scan cache")
+SCAN_CACHE_FILE = "endpoint-scan.json"
+SCAN_CACHE_EVERY = 20_000  # feed entries: the cache is rewritten at least this often
 # s: right after a pairing both sides know the other is about to dial; the side with the larger
 # instance key waits this long for the other's connection before dialling itself, so that
 # normally one connection is made, not two that the duplicate rule has to sort out
@@ -330,6 +336,10 @@ class ConnectionManager:
         self._started = False
         self._closing = False
         self._scan_seq = 0
+        self._persons: dict[str, None] = {}  # Person ID objects of the feed up to _scan_seq
+        # endpoint hash -> its feed position, for the order of an instance's several endpoints
+        self._endpoint_seqs: dict[str, int] = {}
+        self._cache_saved: tuple[int, int] = (0, 0)  # (position, persons) the cache file holds
         self._online = False
         self._registry: Any = None
         self._pairing_waiters: list[asyncio.Future[PairingOutcome]] = []
@@ -528,6 +538,8 @@ class ConnectionManager:
         for w in self._pairing_waiters:
             if not w.done():
                 w.cancel()
+        if self._scan_seq > self._cache_saved[0]:
+            self._save_scan_cache()  # the next start reads the feed from here
         self._set_online(False)
 
     async def _close_all(self) -> None:
@@ -612,22 +624,33 @@ class ConnectionManager:
         mapped file, and took seconds): it takes the Person ID objects from the feed's ``id``
         entries (the feed itself, no object read) and each person's endpoints from the store's
         OneInstanceEndpoint reverse map on ``personId`` (lama.connect.contacts, enabled when
-        the instance opens). Later scans read only the objects committed since the previous
-        scan (fresh pages), in commit order, so the newest endpoint of an instance wins."""
+        the instance opens). It reads the feed only after the position of the scan cache
+        (:data:`SCAN_CACHE_FILE`, the persons found up to there by the previous run), so a
+        start no longer walks the whole feed (700,000 entries for 100,000 messages, ~45 MiB
+        of mapped file). Later scans read only the objects committed since the previous scan
+        (fresh pages), in commit order, so the newest endpoint of an instance wins."""
         if self._scan_seq == 0:
             self._initial_scan()
             return
         new = False
+        persons, endpoints = len(self._persons), len(self._endpoint_seqs)
         while True:
-            # the typed feed (issue 10): only OneInstanceEndpoint objects come back, no read
-            # of every committed object (a fifth of a chat sender's CPU with the chat thread)
+            # the typed feed (issue 10): only OneInstanceEndpoint and Person objects come
+            # back, no read of every committed object (a fifth of a chat sender's CPU with the
+            # chat thread)
             pos, changes = self.store.changes_of(_ENDPOINT_TYPES, self._scan_seq, 5000)
             if pos <= self._scan_seq:
                 break
             for seq, h, kind in changes:
-                if kind == "object":
+                if kind == "id":
+                    self._persons[h] = None  # a Person ID object (endpoints are unversioned)
+                elif kind == "object":
+                    # a Person object is no endpoint: _load_endpoint finds no instanceKeys
                     new = self._route_endpoint(h, seq) or new
             self._scan_seq = pos
+        if (len(self._persons) != persons or len(self._endpoint_seqs) != endpoints
+                or self._scan_seq - self._cache_saved[0] >= SCAN_CACHE_EVERY):
+            self._save_scan_cache()
         if new:
             self._emit("connections_changed")
 
@@ -635,17 +658,20 @@ class ConnectionManager:
         """Load, check and add the endpoint ``h``; True if it is a new peer."""
         try:
             ep = self._load_endpoint(h, seq)
+            if ep is not None and seq > 0:
+                self._endpoint_seqs[h] = seq
             return ep is not None and self._trusted(ep) and self._add_endpoint(ep)
         except LamaError as e:
             log.warning("unusable OneInstanceEndpoint %s: %s", h, e)
             return False
 
     def _initial_scan(self) -> None:
-        """The first scan: persons from the feed's ID entries, endpoints from the reverse map
-        (see :meth:`_scan_endpoints`); the feed position is then the last event read."""
+        """The first scan: persons from the scan cache and the feed's ID entries after it,
+        endpoints from the reverse map (see :meth:`_scan_endpoints`); the feed position is
+        then the last event read."""
         contacts.enable_reverse_maps(self.store)
-        persons: list[str] = []
-        last = 0
+        cached = self._load_scan_cache()
+        last, persons, known_seqs = cached if cached is not None else (0, {}, {})
         while True:
             # the untyped feed, and a read of the ID objects only: the typed feed
             # (Store.changes_of) reads the stored header of every event's object, which from
@@ -660,20 +686,22 @@ class ConnectionManager:
                     continue
                 try:
                     if core.type_of(self.store.get(h))[0] == "Person":
-                        persons.append(h)
+                        persons[h] = None
                 except LamaError as e:
                     log.warning("unusable ID object %s: %s", h, e)
         if last == 0:
             return  # an empty store: the next scan starts at the beginning of the feed
+        self._persons = persons
         found = [(h, o) for p in persons for h, o in contacts.endpoints_of_person(self.store, p)]
         # an instance with several endpoints (another url): the newest wins, so their order
         # in the feed is needed; read it only for them (rare: a feed pass without object reads)
         per_instance: dict[str, list[str]] = {}
         for h, o in found:
             per_instance.setdefault(str(o.get("instanceId")), []).append(h)
-        order: dict[str, int] = {}
         wanted = {h for hs in per_instance.values() if len(hs) > 1 for h in hs}
-        if wanted:
+        # their positions as the scan cache has them; a feed pass only for those it lacks
+        order = {h: known_seqs[h] for h in wanted if h in known_seqs}
+        if len(order) < len(wanted):
             seq = 0
             while len(order) < len(wanted):
                 changes = self.store.changes(seq, 10_000)
@@ -682,11 +710,78 @@ class ConnectionManager:
                 seq = changes[-1][0]
                 order.update((h, q) for q, h, _k in changes if h in wanted)
         self._scan_seq = last
+        self._endpoint_seqs = {h: q for h, q in order.items() if q > 0}
+        if cached is None or cached[0] != last or set(known_seqs) != set(self._endpoint_seqs):
+            self._save_scan_cache()
+        else:
+            self._cache_saved = (last, len(persons))
         new = False
         for h, _o in sorted(found, key=lambda ho: order.get(ho[0], 0)):
             new = self._route_endpoint(h, order.get(h, 0)) or new
         if new:
             self._emit("connections_changed")
+
+    def _scan_cache_path(self) -> Path | None:
+        path = getattr(self.instance, "path", None)
+        return Path(path) / SCAN_CACHE_FILE if path else None
+
+    def _load_scan_cache(self) -> tuple[int, dict[str, None], dict[str, int]] | None:
+        """``(position, persons, endpoint positions)`` of the scan cache, or None (no file, or one that does not
+        fit this store: written for another store, damaged, or at a position whose feed entry
+        is not the one recorded — a store copied back, or a commit an OS crash undid; then the
+        first scan reads the whole feed, as without a cache).
+
+        The file: ``{"storeId": Store.store_id, "seq": position, "hash": the feed entry's hash
+        at that position, "persons": [every Person ID object in the feed up to it],
+        "endpoints": {endpoint hash: its feed position, for those whose position is known}}``
+        (an instance with several endpoints: the newest wins, without a pass over the feed to
+        order them). It is
+        only ever behind the store (written after the feed was read up to ``seq``); whatever
+        was committed after ``seq``, by this build or any other, is read from the feed."""
+        path = self._scan_cache_path()
+        if path is None:
+            return None
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            seq, persons, eps = data["seq"], data["persons"], data.get("endpoints", {})
+            if (data["storeId"] != self.store.store_id or not isinstance(seq, int) or seq < 1
+                    or not isinstance(persons, list) or not all(_is_hex64(p) for p in persons)
+                    or not isinstance(eps, dict)
+                    or not all(_is_hex64(h) and isinstance(q, int) and 0 < q <= seq
+                               for h, q in eps.items())):
+                raise ValueError("does not fit")
+            at = self.store.changes(seq - 1, 1)
+            if not at or at[0][0] != seq or at[0][1] != data["hash"]:
+                raise ValueError(f"position {seq} is not the recorded feed entry")
+        except FileNotFoundError:
+            return None
+        except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, LamaError) as e:
+            log.info("%s not used (the first scan reads the whole feed): %s", path, e)
+            return None
+        return seq, dict.fromkeys(persons), dict(eps)
+
+    def _save_scan_cache(self) -> None:
+        """Write the scan cache (temporary file, rename: the old or the new one, never a torn
+        one). A cache, not settings: a failure is logged, the next start reads more feed."""
+        path = self._scan_cache_path()
+        seq = self._scan_seq
+        if path is None or seq < 1:
+            return
+        try:
+            at = self.store.changes(seq - 1, 1)
+            if not at or at[0][0] != seq:
+                return
+            data = {"storeId": self.store.store_id, "seq": seq, "hash": at[0][1],
+                    "persons": list(self._persons),
+                    "endpoints": {h: q for h, q in self._endpoint_seqs.items() if q <= seq}}
+            # a temporary file of this process: two processes running a manager on one
+            # instance (lama serve and a CLI command) each rename a whole file of their own
+            tmp = path.with_name(f"{SCAN_CACHE_FILE}.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(data) + "\n", encoding="utf-8")
+            os.replace(tmp, path)
+            self._cache_saved = (seq, len(self._persons))
+        except (OSError, LamaError) as e:
+            log.warning("cannot write %s: %s", path, e)
 
     def _load_endpoint(self, h: str, seq: int) -> Endpoint | None:
         obj = self.store.get_object(h)
