@@ -52,10 +52,10 @@ MAX_TEXT = 64 * 1024
 """The largest message text, in UTF-8 bytes."""
 MAX_ATTACHMENTS = 64
 MAX_BATCH = 10_000
-# how long the event thread waits for _post to hand over the messages of my own commit
-_HANDOVER_WAIT = 2.0
 """The most messages :meth:`Chat.send_many` writes in one transaction (larger inputs are cut
 into batches of this size)."""
+# how long the event thread waits for _post to hand over the messages of my own commit
+_HANDOVER_WAIT = 2.0
 
 _MARK_KEY = "lama.chat"
 # What the event thread's _scan reads of the feed: Topic objects, group membership
