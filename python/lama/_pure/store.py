@@ -28,8 +28,8 @@ from __future__ import annotations
 
 import codecs
 import functools
-import itertools
 import hashlib
+import itertools
 import json
 import os
 import struct
