@@ -27,7 +27,7 @@ import collections
 import socket
 import threading
 import time
-from typing import Any
+from typing import Any, Callable
 
 from ..errors import InvalidArgumentError, LamaError, TransportError
 
@@ -511,16 +511,35 @@ async def ws_listen(host: str, port: int, *, max_message: int = DEFAULT_MAX_MESS
 # -- the driver --------------------------------------------------------------------------------
 
 class _StoreWatch:
-    """Follows a store's event feed from a thread (Subscription.wait blocks) and sets an
-    asyncio event when it moved."""
+    """Sets an asyncio event when a store's event feed moved. A commit of this process sets it
+    from the committing thread itself (``Store._on_commit``: no hop through a watcher thread,
+    so a NOTIFY of a new root leaves right after the commit, issue 10); a thread following a
+    subscription (``Subscription.wait`` blocks) sees the commits of other processes within its
+    wait slice."""
 
     def __init__(self, store: Any, loop: asyncio.AbstractEventLoop) -> None:
         self.moved = asyncio.Event()
         self._stop = False
+        self._seen = 0  # the newest sequence number reported (a commit wakes the loop once)
+        self._lock = threading.Lock()
         sub = store.subscribe()
+        self._seen = sub.position
+        hook = getattr(store, "_on_commit", None)  # the pure Store's; a stand-in may lack it
+        self._unhook: Callable[[], None] = (hook(lambda seq: self._bump(seq, loop)) if hook
+                                            else (lambda: None))
         self._thread = threading.Thread(target=self._follow, args=(sub, loop), daemon=True,
                                         name="lama-store-watch")
         self._thread.start()
+
+    def _bump(self, seq: int, loop: asyncio.AbstractEventLoop) -> None:
+        with self._lock:
+            if seq <= self._seen or self._stop:
+                return
+            self._seen = seq
+        try:
+            loop.call_soon_threadsafe(self.moved.set)
+        except RuntimeError:  # the loop is closed
+            pass
 
     def _follow(self, sub: Any, loop: asyncio.AbstractEventLoop) -> None:
         try:
@@ -530,15 +549,13 @@ class _StoreWatch:
                 except LamaError:
                     return  # the store is gone or broken: nothing more to watch
                 if events and not self._stop:
-                    try:
-                        loop.call_soon_threadsafe(self.moved.set)
-                    except RuntimeError:  # the loop is closed
-                        return
+                    self._bump(events[-1][0], loop)
         finally:
             sub.close()
 
     def stop(self) -> None:
         self._stop = True
+        self._unhook()
 
 
 class SessionTask:

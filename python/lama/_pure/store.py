@@ -29,6 +29,7 @@ from __future__ import annotations
 import codecs
 import functools
 import hashlib
+import itertools
 import json
 import os
 import struct
@@ -147,6 +148,9 @@ def _prop_filter(props: frozenset[str] | None, path: str) -> bool:
     return any(seg in props for seg in path.split("."))
 
 
+_HOOK_IDS = itertools.count(1)  # keys of Store._on_commit hooks
+
+
 class _Shared:
     """One open LMDB environment and the state every Store on it shares."""
 
@@ -171,6 +175,8 @@ class _Shared:
         # `cond` for it to grow (docs/core-interface.md "Event feed").
         self.cond = threading.Condition()
         self.committed = 0
+        # Commit hooks (Store._on_commit), called by the committing thread after `cond`.
+        self.hooks: dict[int, Callable[[int], None]] = {}
         self.refs = 0
         self.lock = threading.Lock()
         # Enabled reverse maps beyond the built-ins: type -> itemprops (None = all, "*").
@@ -1131,6 +1137,20 @@ class Store:
         """Events committed from now on, by any handle of this directory in this process."""
         return Subscription._create(self._s())
 
+    def _on_commit(self, hook: Callable[[int], None]) -> Callable[[], None]:
+        """Call ``hook(seq)`` in the committing thread after every commit of this process that
+        appended events (``seq``: its last event), until the returned function is called. The
+        hook must not block or write (a waker). The Rust core's ``Store::on_commit``; not part
+        of the Python interface (the session driver uses it)."""
+        shared = self._s()
+        key = next(_HOOK_IDS)
+        shared.hooks[key] = hook
+
+        def remove() -> None:
+            shared.hooks.pop(key, None)
+
+        return remove
+
     # -- access index (docs/chum-session.md §1; access.py) ---------------------------------
 
     @_lmdb_errors
@@ -1673,6 +1693,9 @@ class _Feed:
                 if self.last > shared.committed:
                     shared.committed = self.last
                 shared.cond.notify_all()
+            # in the committing thread, no hop through a watcher thread (issue 10)
+            for hook in list(shared.hooks.values()):
+                hook(self.last)
 
 
 def _last_seq(txn: lmdb.Transaction, events_db: Any) -> int:

@@ -97,6 +97,32 @@ fn snapshot_isolation_and_subscription() {
 }
 
 #[test]
+fn commit_hooks_run_in_the_committing_thread_until_dropped() {
+    use std::sync::{Arc, Mutex};
+    let d = tempfile::tempdir().unwrap();
+    let st = Store::open(d.path(), None).unwrap();
+    let seen: Arc<Mutex<Vec<(u64, std::thread::ThreadId)>>> = Arc::default();
+    let s2 = seen.clone();
+    let hook = st.on_commit(move |seq| s2.lock().unwrap().push((seq, std::thread::current().id())));
+    st.put_blob(b"one").unwrap();
+    // a commit from another handle in another thread: called there, with its last sequence
+    let other = Store::open(d.path(), None).unwrap();
+    let t = std::thread::spawn(move || {
+        other.put_blob(b"two").unwrap();
+        std::thread::current().id()
+    })
+    .join()
+    .unwrap();
+    // a commit that appends no event (the blob is already there) calls no hook
+    st.put_blob(b"one").unwrap();
+    let last = st.last_seq().unwrap();
+    assert_eq!(*seen.lock().unwrap(), vec![(last - 1, std::thread::current().id()), (last, t)]);
+    drop(hook);
+    st.put_blob(b"three").unwrap();
+    assert_eq!(seen.lock().unwrap().len(), 2);
+}
+
+#[test]
 fn version_nodes_newest_first() {
     let d = tempfile::tempdir().unwrap();
     let st = Store::open(d.path(), None).unwrap();

@@ -46,12 +46,17 @@ pub trait Protocol: Send + 'static {
     fn close_reason(&self) -> Option<&str>;
 }
 
-/// Watches a store's event feed without blocking a tokio worker: one blocking-pool thread
-/// waits on a [`lama_core::store::Subscription`] (which wakes at every commit in this process)
-/// and bumps a watch channel; the driver awaits the channel. The thread ends (within its wait
-/// slice) once the watch is dropped.
+/// Watches a store's event feed without blocking a tokio worker and bumps a watch channel that
+/// the driver awaits. A commit of this process bumps it from the committing thread itself
+/// ([`lama_core::store::Store::on_commit`]), so a CHUM session's NOTIFY of a new root leaves
+/// right after the commit (issue 10: it used to wait until a watcher thread was scheduled,
+/// about 0.1 ms idle and several ms on a loaded host). One blocking-pool thread still waits on
+/// a [`lama_core::store::Subscription`] for the commits of other processes on the same store,
+/// which it sees within its wait slice. The thread ends (within its wait slice) once the watch
+/// is dropped.
 pub struct StoreWatch {
     rx: watch::Receiver<u64>,
+    _hook: lama_core::store::CommitHook,
 }
 
 /// How long the watching thread waits in one call before checking that it is still wanted.
@@ -59,24 +64,40 @@ const WATCH_SLICE: Duration = Duration::from_millis(200);
 /// Events read per wake-up: the thread follows the feed, it does not need each event.
 const WATCH_BATCH: usize = 4096;
 
+/// Move the watch to `seq` if that is newer (a commit is reported once, whether the hook or
+/// the thread sees it first).
+fn bump(tx: &watch::Sender<u64>, seq: u64) {
+    tx.send_if_modified(|v| {
+        if seq > *v {
+            *v = seq;
+            true
+        } else {
+            false
+        }
+    });
+}
+
 impl StoreWatch {
     /// Start watching `store` from its current end. Needs a tokio runtime context.
     pub fn new(store: &Store) -> lama_core::Result<StoreWatch> {
         let mut sub = store.subscribe()?;
         let (tx, rx) = watch::channel(sub.position());
+        let tx = Arc::new(tx);
+        let hook_tx = tx.clone();
+        let hook = store.on_commit(move |seq| bump(&hook_tx, seq));
         tokio::task::spawn_blocking(move || {
             while !tx.is_closed() {
                 match sub.wait(WATCH_SLICE, WATCH_BATCH) {
                     Ok(events) => {
                         if let Some(e) = events.last() {
-                            tx.send_replace(e.seq);
+                            bump(&tx, e.seq);
                         }
                     }
                     Err(_) => return, // the store is gone or broken: nothing more to watch
                 }
             }
         });
-        Ok(StoreWatch { rx })
+        Ok(StoreWatch { rx, _hook: hook })
     }
 
     /// Wait until the feed moved past what was seen. `false` if the watch ended.

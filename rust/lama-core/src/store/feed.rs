@@ -14,7 +14,8 @@
 //! `Store` handle wrote. Writes by other processes land in the table too (a waiting
 //! subscription sees them at its next wake-up or call), but do not wake it.
 
-use std::sync::{Condvar, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use heed::{PutFlags, RoTxn, RwTxn};
@@ -216,11 +217,29 @@ impl FeedTxn {
 pub(crate) struct Notifier {
     committed: Mutex<u64>,
     cond: Condvar,
+    /// Commit hooks ([`Store::on_commit`]), called by the committing thread.
+    hooks: Mutex<Vec<(u64, Hook)>>,
+    next_hook: AtomicU64,
 }
+
+type Hook = Arc<dyn Fn(u64) + Send + Sync>;
 
 impl Notifier {
     pub(crate) fn new(last: u64) -> Notifier {
-        Notifier { committed: Mutex::new(last), cond: Condvar::new() }
+        Notifier { committed: Mutex::new(last), cond: Condvar::new(), hooks: Mutex::new(Vec::new()), next_hook: AtomicU64::new(1) }
+    }
+}
+
+/// A registered commit hook ([`Store::on_commit`]); dropping it unregisters the hook.
+pub struct CommitHook {
+    store: Store,
+    id: u64,
+}
+
+impl Drop for CommitHook {
+    fn drop(&mut self) {
+        let mut hooks = self.store.shared.feed.hooks.lock().unwrap_or_else(|e| e.into_inner());
+        hooks.retain(|(id, _)| *id != self.id);
     }
 }
 
@@ -262,7 +281,30 @@ impl Store {
                 *c = last;
             }
             n.cond.notify_all();
+            drop(c);
+            // the hooks run in the committing thread, right after the commit (no thread hop:
+            // a CHUM session's NOTIFY of a new root leaves without waiting for a watcher
+            // thread to be scheduled, issue 10)
+            let hooks: Vec<Hook> = {
+                let h = n.hooks.lock().unwrap_or_else(|e| e.into_inner());
+                h.iter().map(|(_, f)| f.clone()).collect()
+            };
+            for f in hooks {
+                f(last);
+            }
         }
+    }
+
+    /// Call `hook(seq)` in the committing thread after every commit of this process that
+    /// appended events (`seq`: its last event's sequence number), until the returned
+    /// [`CommitHook`] is dropped. The hook must not block and must not write to the store
+    /// (a waker: e.g. a tokio watch). Commits of other processes call no hook (a
+    /// [`Subscription`] sees them within its wait slice).
+    pub fn on_commit(&self, hook: impl Fn(u64) + Send + Sync + 'static) -> CommitHook {
+        let n = &self.shared.feed;
+        let id = n.next_hook.fetch_add(1, Ordering::Relaxed);
+        n.hooks.lock().unwrap_or_else(|e| e.into_inner()).push((id, Arc::new(hook)));
+        CommitHook { store: self.clone(), id }
     }
 
     /// The sequence number of the last committed event (0 if none).

@@ -27,7 +27,7 @@ mod verify;
 
 pub use access::{Root, RootKind};
 pub use blob::BlobWriter;
-pub use feed::{Event, Subscription};
+pub use feed::{CommitHook, Event, Subscription};
 pub use objects::{PutResult, Verified};
 pub use read::{ClosureWalk, Snapshot};
 pub use rmaps::Props;
