@@ -253,6 +253,50 @@ def test_a_lookup_that_finds_no_subscription_yet_is_asked_again(nats: Nats, node
 
 
 @pytest.mark.cross_core
+@pytest.mark.parametrize("node_core", ["rust", "pure"])
+def test_a_lookup_routed_to_a_dropped_subscription_is_asked_again(nats: Nats, node_core: str) -> None:
+    """docs/cluster.md §4: a key's last spare leaves node 1 (it drops the subscription and
+    sends UNSUB, 1.3 s on its way through the slow link) and the same key registers there
+    again at once. Node 2's lookup reaches the NATS server while it still holds only the old
+    subscription: node 1 discards the request, no answer and no "no responders" (the pure
+    loop's refusal after 3 s at load ~20, session 9). The lookup is asked once more after
+    its timeout and finds the listener."""
+    from lama import _lama, _pure  # type: ignore[attr-defined]
+
+    async def main() -> None:
+        link = SlowLink(nats.port, 1.3)
+        slow_url = await link.start()
+        (n1,) = await nodes(slow_url, 1, {"rust": _lama, "pure": _pure}[node_core])
+        (n2,) = await nodes(nats.url, 1, {"rust": _lama, "pure": _pure}[node_core])
+        try:
+            pk, sk = core.box_keypair()
+            # a listener at node 1, reached through node 2 (its SUB is at the server), leaves
+            ini, _ = await cross_node_exchange(n1.url, n2.url, pk, sk)
+            await ini.close()
+            await until(lambda: n1.counters()["spares"] == 0, 10)  # the UNSUB is on its way
+            again = await comm_listen(n1.url, pk, sk, spares=1, reconnect_delay=0.2)
+            try:
+                ipk, _ = core.box_keypair()
+                ini = await core.ws_connect(n2.url)
+                await ini.send(request(ipk, pk))
+                got = asyncio.ensure_future(again.accept())
+                gone = asyncio.ensure_future(ini.recv())  # refused: None
+                await asyncio.wait({got, gone}, timeout=20, return_when=asyncio.FIRST_COMPLETED)
+                assert got.done(), (ini.close_reason, n1.counters(), n2.counters())
+                gone.cancel()
+                assert await asyncio.wait_for(got.result().recv(), 10) == request(ipk, pk)
+                await ini.close()
+            finally:
+                await again.close()
+        finally:
+            await n1.close()
+            await n2.close()
+            await link.close()
+
+    asyncio.run(asyncio.wait_for(main(), 120))
+
+
+@pytest.mark.cross_core
 def test_a_mixed_cluster_of_a_rust_and_a_pure_node(nats: Nats) -> None:
     """One protocol (subjects, answers, hop field): a listener at the rust node is reached
     through the pure node and the reverse."""

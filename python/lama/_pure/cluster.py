@@ -215,14 +215,19 @@ class Cluster:
     async def lookup(self, key: str) -> str | None:
         """The advertised URL of a node holding a spare of ``key``, if any answers in time."""
         from nats.errors import NoRespondersError  # nats-py: imported with the connection
+        from nats.errors import TimeoutError as NatsTimeout
 
         try:
             try:
                 msg = await self._nc.request(subject(key), b"", timeout=LOOKUP_TIMEOUT)
             except NoRespondersError:
-                # asked once more (docs/cluster.md §2): a subscription not yet processed by
-                # the NATS server is not an absent listener
+                # asked once more (docs/cluster.md §3 step 2): a subscription not yet
+                # processed by the NATS server is not an absent listener
                 await asyncio.sleep(LOOKUP_RETRY_DELAY)
+                msg = await self._nc.request(subject(key), b"", timeout=LOOKUP_TIMEOUT)
+            except (NatsTimeout, asyncio.TimeoutError):
+                # and at once after no answer in time: the server may have routed the request
+                # to a subscription its node had already dropped (docs/cluster.md §4)
                 msg = await self._nc.request(subject(key), b"", timeout=LOOKUP_TIMEOUT)
             url = msg.data.decode("utf-8")
         except Exception:  # no responders, timeout, NATS down or closed
