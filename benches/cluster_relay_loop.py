@@ -1,7 +1,9 @@
 """Loop the cross-node 1 MiB relay of benches/test_bench_cluster.py with step bounds, to catch
 the issue-12 refusal ("1 MiB relay hang", benches/RESULTS.md session 8): where a round stops
 (no handover / a frame) and why (the initiator's close reason, the registration's and the
-refusal's timing, the nodes' counters at the end). Not a pytest file; run it by hand, e.g.
+refusal's timing, the nodes' counters at the end), and how many cross-node handovers took
+longer than the lookup's retry delay (0.5 s after "no responders", docs/cluster.md §3: a
+handover that slow most likely needed the second lookup). Not a pytest file; run it by hand, e.g.
 under load:
 
     .venv/bin/python benches/cluster_relay_loop.py rust 100000 8 300   # NODE_CORE ROUNDS FRAMES SECONDS
@@ -36,6 +38,7 @@ async def one(n1, ask, i):
     await asyncio.wait({acc, gone}, timeout=15, return_when=asyncio.FIRST_COMPLETED)
     if acc.done():
         b = acc.result()
+        handover.setdefault(ask != n1, []).append(time.monotonic() - t1)
         gone.cancel()
     else:
         acc.cancel()
@@ -64,6 +67,7 @@ async def one(n1, ask, i):
     await listener.close()
     return True
 
+handover: dict[bool, list[float]] = {}  # cross-node? -> request sent .. accept() returned
 nats = Nats()
 n1, n2 = NodeProcess(nats.url, node_core), NodeProcess(nats.url, node_core)
 ok = bad = 0
@@ -83,3 +87,8 @@ finally:
 keys = ("requests", "handovers", "refused", "forwarded", "cluster_lookups", "cluster_answers", "cluster_throttled")
 print(f"{node_core}: {ok} ok, {bad} bad in {time.monotonic()-t0:.0f}s, load {os.getloadavg()}")
 print("n1", {k: c1.get(k) for k in keys}); print("n2", {k: c2.get(k) for k in keys})
+for cross, times in sorted(handover.items()):
+    times.sort()
+    print(f"{'cross-node' if cross else 'one node'} handovers: {len(times)}, p50 {times[len(times) // 2] * 1e3:.1f} ms, "
+          f"p99 {times[int(len(times) * .99)] * 1e3:.1f} ms, max {times[-1] * 1e3:.0f} ms, "
+          f"{sum(t >= 0.5 for t in times)} took >= 0.5 s (the lookup's retry delay)")

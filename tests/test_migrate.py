@@ -704,6 +704,69 @@ def test_cli_progress_bar_only_on_a_terminal(tmp_path: Path) -> None:
     assert r.returncode == 0 and r.stderr == "", r.stderr
 
 
+def _at_a_prompt(args: list[str], typed: str) -> tuple[subprocess.CompletedProcess[str], bytes]:
+    """``lama *args`` with a terminal (a pty) on stdin, no LAMA_SECRET and no CI: ``typed`` and
+    a newline are written to the terminal once the hidden prompt is on stderr. Returns the
+    result and what the terminal showed (the echo, if any) after the prompt."""
+    import pty
+    import select
+
+    env = {k: v for k, v in os.environ.items() if k not in ("LAMA_SECRET", "CI")}
+    env["PYTHONPATH"] = str(ROOT / "python") + os.pathsep + env.get("PYTHONPATH", "")
+    master, slave = pty.openpty()
+    try:
+        # a new session without a controlling terminal: getpass turns the echo off on stdin
+        p = subprocess.Popen([sys.executable, "-m", "lama.cli", *args], stdin=slave,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                             start_new_session=True)
+        assert p.stderr is not None
+        err = ""
+        while "Instance secret: " not in err:  # bounded: 60 s without output ends it
+            r, _, _ = select.select([p.stderr], [], [], 60)
+            assert r, f"no prompt: {err!r}"
+            chunk = os.read(p.stderr.fileno(), 4096).decode()
+            assert chunk, f"no prompt: {err!r}"
+            err += chunk
+        os.write(master, typed.encode() + b"\n")
+        out, rest = p.communicate(timeout=120)
+        shown = b""
+        while select.select([master], [], [], 0.2)[0]:
+            try:
+                chunk = os.read(master, 4096)
+            except OSError:
+                break
+            if not chunk:
+                break
+            shown += chunk
+    finally:
+        os.close(slave)
+        os.close(master)
+    return subprocess.CompletedProcess(p.args, p.returncode, out, err + rest), shown
+
+
+def test_cli_import_and_export_with_the_secret_at_a_prompt(tmp_path: Path) -> None:
+    """Without LAMA_SECRET, on a terminal, ``import-one`` and ``export-one`` ask for the
+    secret with a hidden prompt, as ``lama init`` does: a wrong one is refused and writes
+    nothing, the right one imports; the typed secret is never echoed."""
+    F.write_dump_store(tmp_path / "one", SECRET)
+    r, shown = _at_a_prompt(["import-one", str(tmp_path / "one"), "--dir", str(tmp_path / "lama")],
+                            "wrong")
+    assert r.returncode == 1 and "CYENC-SYMDEC" in r.stderr, r.stderr
+    assert not (tmp_path / "lama").exists()
+    assert b"wrong" not in shown
+    r, shown = _at_a_prompt(["import-one", str(tmp_path / "one"), "--dir", str(tmp_path / "lama"),
+                             "--json"], SECRET)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["instance_id"] == F.DUMP["instanceIdHash"]
+    assert SECRET.encode() not in shown
+    w = _lama("whoami", "--dir", str(tmp_path / "lama"), "--check-secret", secret=SECRET)
+    assert w.returncode == 0 and F.DUMP["ownerIdHash"] in w.stdout
+    r, _ = _at_a_prompt(["export-one", str(tmp_path / "OneDB"), "--dir", str(tmp_path / "lama")],
+                        SECRET)
+    assert r.returncode == 0 and "into:" in r.stdout, r.stderr
+    assert (tmp_path / "OneDB" / F.DUMP["instanceIdHash"] / "vheads" / F.DUMP["ownerIdHash"]).is_file()
+
+
 def test_cli_never_prompts_with_ci_true(tmp_path: Path) -> None:
     """A terminal on stdin but CI=true and no LAMA_SECRET: a clear error, no prompt, nothing
     written (without CI=true the same terminal would get the hidden prompt)."""

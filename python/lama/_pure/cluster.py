@@ -90,9 +90,19 @@ class Cluster:
         self.advertise = ""
         self.limiter = limiter or LookupLimiter()
         self._changes: asyncio.Queue[tuple[str, bool, asyncio.Future[None]]] = asyncio.Queue()
-        self._flushes: set[asyncio.Task[None]] = set()
+        self._syncs: set[asyncio.Task[None]] = set()
         self._subs: dict[str, Any] = {}
         self._task: asyncio.Task[None] | None = None
+        # docs/cluster.md §2: a private subject this node subscribes to at the start; a
+        # numbered message published there after a SUB comes back only once the NATS server
+        # has processed that SUB (it handles one connection's operations in order). Not
+        # nats-py's ``flush(timeout=)``: when its PONG comes after the timeout, nats-py sets
+        # the result of the future it has cancelled, the InvalidStateError ends its read loop,
+        # and the node hears nothing from NATS any more (no lookups answered) until the
+        # stale-connection check reconnects, minutes later (nats-py 2.16).
+        self._sync_subject = ""
+        self._sync_sent = 0
+        self._sync_waiting: dict[int, asyncio.Future[None]] = {}
 
     @classmethod
     async def connect(cls, url: str, limiter: LookupLimiter | None = None) -> Cluster:
@@ -116,7 +126,15 @@ class Cluster:
         nc.options["allow_reconnect"] = True
         nc.options["max_reconnect_attempts"] = -1
         nc.options["reconnect_time_wait"] = _RECONNECT_WAIT
-        return cls(nc, limiter)
+        cluster = cls(nc, limiter)
+        cluster._sync_subject = nc.new_inbox()
+        try:
+            await nc.subscribe(cluster._sync_subject, cb=cluster._came_back)
+        except Exception as e:
+            await cluster.close()
+            raise TransportError(f"cannot subscribe at NATS at {url}: {e or type(e).__name__}",
+                                 "LAMA-NET-CLUSTER") from None
+        return cluster
 
     def start(self, advertise: str, has_spare: Callable[[str], bool], answered: Callable[[], None]) -> None:
         self.advertise = advertise
@@ -124,17 +142,40 @@ class Cluster:
 
     def spares(self, key: str, present: bool) -> asyncio.Future[None]:
         """A key got its first spare here (``True``) or lost its last one (``False``); the
-        future is done once the change has reached the NATS server (a flush: its PING answered)."""
+        future is done once the change has been processed by the NATS server (a round trip of
+        a message through it, :meth:`_synced`)."""
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._changes.put_nowait((key, present, done))
         return done
 
-    async def _flush(self, done: asyncio.Future[None]) -> None:
+    async def _came_back(self, msg: Any) -> None:
+        """A sync message of :meth:`_synced` came back (one publisher: in order)."""
         try:
-            await self._nc.flush(timeout=SUBSCRIBE_WAIT)
+            n = int(msg.data)
+        except ValueError:
+            return
+        for k in [k for k in self._sync_waiting if k <= n]:
+            back = self._sync_waiting.pop(k)
+            if not back.done():
+                back.set_result(None)
+
+    async def _synced(self, done: asyncio.Future[None]) -> None:
+        """``done`` is set once every operation this node sent before the call (a SUB) has
+        been processed by the NATS server; waits at most ``SUBSCRIBE_WAIT`` (NATS slow or
+        down: ``done`` stays open, the registration does not wait longer)."""
+        self._sync_sent += 1
+        n = self._sync_sent
+        back: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._sync_waiting[n] = back
+        try:
+            await self._nc.publish(self._sync_subject, str(n).encode())
+            # our own future: nothing inside nats-py is cancelled when this gives up
+            await asyncio.wait({back}, timeout=SUBSCRIBE_WAIT)
         except Exception:
             return
-        if not done.done():
+        finally:
+            self._sync_waiting.pop(n, None)
+        if back.done() and not done.done():
             done.set_result(None)
 
     async def _directory(self, has_spare: Callable[[str], bool], answered: Callable[[], None]) -> None:
@@ -152,9 +193,9 @@ class Cluster:
                 else:
                     self._subs[key] = await nc.subscribe(subject(key), cb=self._answerer(key, has_spare, answered))
                     # the registration waits for this (bounded there), not the directory
-                    task = asyncio.get_running_loop().create_task(self._flush(done))
-                    self._flushes.add(task)
-                    task.add_done_callback(self._flushes.discard)
+                    task = asyncio.get_running_loop().create_task(self._synced(done))
+                    self._syncs.add(task)
+                    task.add_done_callback(self._syncs.discard)
             except Exception:
                 pass  # the connection is closed: the server is going away
 
@@ -174,14 +215,19 @@ class Cluster:
     async def lookup(self, key: str) -> str | None:
         """The advertised URL of a node holding a spare of ``key``, if any answers in time."""
         from nats.errors import NoRespondersError  # nats-py: imported with the connection
+        from nats.errors import TimeoutError as NatsTimeout
 
         try:
             try:
                 msg = await self._nc.request(subject(key), b"", timeout=LOOKUP_TIMEOUT)
             except NoRespondersError:
-                # asked once more (docs/cluster.md §2): a subscription not yet processed by
-                # the NATS server is not an absent listener
+                # asked once more (docs/cluster.md §3 step 2): a subscription not yet
+                # processed by the NATS server is not an absent listener
                 await asyncio.sleep(LOOKUP_RETRY_DELAY)
+                msg = await self._nc.request(subject(key), b"", timeout=LOOKUP_TIMEOUT)
+            except (NatsTimeout, asyncio.TimeoutError):
+                # and at once after no answer in time: the server may have routed the request
+                # to a subscription its node had already dropped (docs/cluster.md §4)
                 msg = await self._nc.request(subject(key), b"", timeout=LOOKUP_TIMEOUT)
             url = msg.data.decode("utf-8")
         except Exception:  # no responders, timeout, NATS down or closed
@@ -189,7 +235,7 @@ class Cluster:
         return url if url.startswith(("ws://", "wss://")) else None
 
     async def close(self) -> None:
-        for task in (self._task, *self._flushes):
+        for task in (self._task, *self._syncs):
             if task is not None:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)

@@ -219,7 +219,7 @@ impl Cluster {
     }
 
     /// A key got its first spare here (`true`) or lost its last one (`false`); the receiver
-    /// is told once the change has reached the NATS server (a flush: its PING answered).
+    /// is told once the change has been processed by the NATS server (`Cluster::synced`).
     pub(crate) fn spares(&self, key: &str, present: bool) -> oneshot::Receiver<()> {
         let (tx, rx) = oneshot::channel();
         let _ = self.changes.send((key.to_string(), present, tx));
@@ -227,17 +227,22 @@ impl Cluster {
     }
 
     /// The advertised URL of a node holding a spare of `key`, if any answers in time.
+    /// Asked once more (docs/cluster.md §3 step 2) after "no responders" (after
+    /// `LOOKUP_RETRY_DELAY`) or no answer within `LOOKUP_TIMEOUT` (at once: the server may
+    /// have routed the request to a subscription its node had already dropped, §4).
     async fn lookup(&self, key: &str) -> Option<String> {
         let mut retried = false;
         let msg = loop {
             let req = self.client.request(subject(key), "".into());
-            match tokio::time::timeout(LOOKUP_TIMEOUT, req).await.ok()? {
-                Ok(msg) => break msg,
-                Err(e) if !retried && e.kind() == async_nats::client::RequestErrorKind::NoResponders => {
+            match tokio::time::timeout(LOOKUP_TIMEOUT, req).await {
+                Ok(Ok(msg)) => break msg,
+                Ok(Err(e)) if !retried && e.kind() == async_nats::client::RequestErrorKind::NoResponders => {
                     retried = true;
                     tokio::time::sleep(LOOKUP_RETRY_DELAY).await;
                 }
-                Err(_) => return None,
+                Ok(Err(e)) if !retried && e.kind() == async_nats::client::RequestErrorKind::TimedOut => retried = true,
+                Err(_) if !retried => retried = true,
+                _ => return None,
             }
         };
         String::from_utf8(msg.payload.to_vec()).ok().filter(|u| u.starts_with("ws://") || u.starts_with("wss://"))
