@@ -621,8 +621,12 @@ fn plain_ascii(source: &str, flags: &str) -> Option<regex::Regex> {
 #[derive(Debug, Clone)]
 pub(crate) struct JsRegex {
     re: regress::Regex,
-    /// [`plain_ascii`]: the same test without backtracking, for the patterns it covers.
-    fast: Option<regex::Regex>,
+    /// [`plain_ascii`]: the same test without backtracking, for the patterns it covers; built
+    /// at the first test (a process registers every builtin recipe at start, and compiling
+    /// them all cost more than the tests of a sync saved).
+    fast: std::sync::OnceLock<Option<regex::Regex>>,
+    /// No flags (what [`plain_ascii`] covers).
+    plain_flags: bool,
     pub source: String,
     unicode: bool,
     sticky: bool,
@@ -646,8 +650,12 @@ impl JsRegex {
         let (rewritten, unsafe_) = scan(source, unicode, seen.contains('i'))?;
         let rflags: String = flags.chars().filter(|f| "imsuv".contains(*f)).collect();
         let re = regress::Regex::with_flags(&rewritten, rflags.as_str()).map_err(|e| e.to_string())?;
-        let fast = if unsafe_ { None } else { plain_ascii(source, flags) };
-        Ok(JsRegex { re, fast, source: source.to_owned(), unicode, sticky: seen.contains('y'), unsafe_ })
+        Ok(JsRegex { re, fast: std::sync::OnceLock::new(), plain_flags: flags.is_empty(), source: source.to_owned(), unicode, sticky: seen.contains('y'), unsafe_ })
+    }
+
+    /// The [`plain_ascii`] form, built once (`None`: regress decides).
+    fn fast(&self) -> Option<&regex::Regex> {
+        self.fast.get_or_init(|| if self.unsafe_ || !self.plain_flags { None } else { plain_ascii(&self.source, "") }).as_ref()
     }
 
     /// `RegExp.prototype.test(value)`, or `LAMA-REGEXP-UNSAFE` for a pattern flagged unsafe.
@@ -658,7 +666,7 @@ impl JsRegex {
                 format!("RegExp /{}/ may need exponential backtracking; lama does not evaluate it", self.source),
             ));
         }
-        if let Some(fast) = &self.fast {
+        if let Some(fast) = self.fast() {
             return Ok(fast.is_match(value));
         }
         self.backtracking(value)
@@ -783,7 +791,7 @@ mod tests {
     #[test]
     fn plain_ascii_patterns_answer_as_regress() {
         let mut patterns = recipe_patterns();
-        let covered_recipes = patterns.iter().filter(|(p, f)| JsRegex::new(p, f).unwrap().fast.is_some()).count();
+        let covered_recipes = patterns.iter().filter(|(p, f)| JsRegex::new(p, f).unwrap().fast().is_some()).count();
         // all but the one with class escapes (`\s*(\S|\s)*`)
         assert_eq!(covered_recipes, patterns.len() - 1, "{patterns:?}");
         for p in ["a|", "(|a)b", "()", "[--/]x", "[a-]", "[-a]", "[\\]\\-]+", "a{2,}$", "^a{0,3}?b", "(?:ab)+c", "x\\/y", "^$", "",
@@ -793,7 +801,7 @@ mod tests {
         let mut seed = 7;
         for (p, f) in &patterns {
             let re = JsRegex::new(p, f).unwrap();
-            if re.fast.is_none() {
+            if re.fast().is_none() {
                 continue;
             }
             seed += 1;
@@ -805,7 +813,7 @@ mod tests {
         for (p, f) in [("^.$", ""), ("\\d", ""), ("\\w+", ""), ("\\s", ""), ("a\\b", ""), ("[^a]", ""), ("[]", ""), ("a{,2}", ""),
             ("a", "i"), ("^a$", "m"), ("a", "y"), ("a", "u"), ("(?=a)a", ""), ("(a)\\1", ""), ("é", ""), ("\\u0041", ""), ("a{1", ""),
             ("\\cJ", ""), ("[\\d]", ""), ("]", ""), ("a}", ""), ("^(a+)+$", "")] {
-            assert!(JsRegex::new(p, f).unwrap().fast.is_none(), "/{p}/{f}");
+            assert!(JsRegex::new(p, f).unwrap().fast().is_none(), "/{p}/{f}");
         }
     }
 
