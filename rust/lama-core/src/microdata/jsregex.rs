@@ -792,8 +792,9 @@ mod tests {
     fn plain_ascii_patterns_answer_as_regress() {
         let mut patterns = recipe_patterns();
         let covered_recipes = patterns.iter().filter(|(p, f)| JsRegex::new(p, f).unwrap().fast().is_some()).count();
-        // all but the one with class escapes (`\s*(\S|\s)*`)
-        assert_eq!(covered_recipes, patterns.len() - 1, "{patterns:?}");
+        // all but the one with class escapes (`\s*(\S|\s)*`) and the two with `.` (`^one.leute$`,
+        // `^one.iom$`)
+        assert_eq!(covered_recipes, patterns.len() - 3, "{patterns:?}");
         for p in ["a|", "(|a)b", "()", "[--/]x", "[a-]", "[-a]", "[\\]\\-]+", "a{2,}$", "^a{0,3}?b", "(?:ab)+c", "x\\/y", "^$", "",
             "a+?", "[a-c][x-z]{2}", "\\.", "ab|cd|", "^(ab|a)(bc|c)$"] {
             patterns.push((p.to_owned(), String::new()));
