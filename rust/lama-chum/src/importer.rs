@@ -246,6 +246,9 @@ struct Com {
     ready: VecDeque<H>,
     /// Items committed by this pass.
     committed: usize,
+    /// Some item of the pass is `bad` (refused for a reference or by the store): only then
+    /// can a ready item reference one, and `flush` looks.
+    any_bad: bool,
 }
 
 enum Stage {
@@ -1646,11 +1649,14 @@ impl Importer {
         for h in part {
             pass.items.get_mut(h).unwrap().fetched = true;
         }
+        // an item's listed references not stored yet, each once (a few per item: sorted, not
+        // hashed, one buffer for the whole part)
+        let mut block: Vec<H> = Vec::new();
         for h in part {
             if !pass.items[h].ok {
                 continue;
             }
-            let mut block: HashSet<H> = HashSet::default();
+            block.clear();
             let mut bad = false;
             for (_, k, r) in &pass.items[h].refs {
                 match pass.items.get(r) {
@@ -1669,14 +1675,20 @@ impl Importer {
                         }
                     }
                     Some(t) => {
-                        if !t.stored && block.insert(*r) {
-                            pass.com.waiters.entry(*r).or_default().push(*h);
+                        if !t.stored {
+                            block.push(*r);
                         }
                     }
                 }
             }
+            block.sort_unstable();
+            block.dedup();
+            for r in &block {
+                pass.com.waiters.entry(*r).or_default().push(*h);
+            }
             let it = pass.items.get_mut(h).unwrap();
             it.bad = bad;
+            pass.com.any_bad |= bad;
             it.blockers = Some(block.len());
         }
         for h in part {
@@ -1769,7 +1781,7 @@ impl Importer {
                 // a reference refused by the store in an earlier batch: never a hole. A ready
                 // item's listed references were stored or released, i.e. put in this batch or
                 // an earlier one; of an earlier one, what is not stored was refused (`bad`)
-                if pass.items[&h].refs.iter().any(|r| pass.items.get(&r.2).is_some_and(|x| !x.stored && x.bad)) {
+                if pass.com.any_bad && pass.items[&h].refs.iter().any(|r| pass.items.get(&r.2).is_some_and(|x| !x.stored && x.bad)) {
                     continue;
                 }
                 release(pass, &h);
@@ -1828,6 +1840,7 @@ impl Importer {
             let it = pass.items.get_mut(h).unwrap();
             if !(all_stored || it.stored) {
                 it.bad = true;
+                pass.com.any_bad = true;
                 continue;
             }
             done += 1;

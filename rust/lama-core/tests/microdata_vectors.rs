@@ -142,6 +142,16 @@ fn same(a: &Value, b: &Value) -> bool {
 /// finds the references `references` finds, as 32 bytes.
 fn inspect_agrees(md: &str) {
     assert_eq!(microdata::parse(md).is_ok(), microdata::references(md).is_ok());
+    // reference_hashes (the store's closure walks): the same check, the same references
+    match (microdata::references(md), microdata::reference_hashes(md)) {
+        (Ok(refs), Ok(found)) => {
+            let want: Vec<(&str, String)> = refs.into_iter().map(|r| (r.kind.as_str(), r.hash)).collect();
+            let got: Vec<(&str, String)> = found.into_iter().map(|(k, h)| (k.as_str(), lama_core::hash::hash_hex(&h))).collect();
+            assert_eq!(got, want, "{md}");
+        }
+        (Err(a), Err(b)) => assert_eq!((a.code.clone(), a.to_string()), (b.code.clone(), b.to_string()), "{md}"),
+        (a, b) => panic!("references {:?} but reference_hashes {:?}: {md}", a.err(), b.err()),
+    }
     match (microdata::references(md), microdata::inspect(md)) {
         (Ok(refs), Ok(found)) => {
             let want: Vec<(String, &str, String)> =

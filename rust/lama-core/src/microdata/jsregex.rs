@@ -475,10 +475,158 @@ fn map_value(s: &str, unicode: bool) -> std::borrow::Cow<'_, str> {
     std::borrow::Cow::Owned(out)
 }
 
+/// The same test as regress for a pattern of the *plain ASCII subset*, on the `regex` crate's
+/// automata (no backtracking: linear in the value), or `None` for any other pattern or flags.
+///
+/// The subset: flags `""`; ASCII literal characters; `\` followed by an ASCII punctuation
+/// character of the syntax (`^$\.*+?()[]{}|/-`) as that literal; classes `[...]` (not negated,
+/// not empty) of such literals and ranges; groups `(...)` and `(?:...)`; alternation; the
+/// quantifiers `* + ? {n} {n,} {n,m}` (also lazy); the assertions `^` and `$`. Nothing in it
+/// can match a non-ASCII character, a surrogate or a line terminator differently from
+/// JavaScript: there is no `.`, no negated class, no class escape (`\d \s \w \b`...), no
+/// case folding, no multiline, no backreference and no lookaround; without `m`, `^`/`$` are
+/// the start/end of the value in both. For such a pattern (a regular language) "some match
+/// starts somewhere" does not depend on the order backtracking tries the alternatives, so
+/// `test` gives the same answer. Anything else (or a pattern the crate refuses, e.g. too
+/// large) returns `None` and keeps regress. The recipes' own patterns (`^([0-9a-fA-F]{2})*$` of
+/// Signature, the FHIR dates and times...) are in the subset; regress's backtracking over a
+/// 128-digit signature was 4.4 % of a CHUM importer's CPU (issue 8).
+fn plain_ascii(source: &str, flags: &str) -> Option<regex::Regex> {
+    if !flags.is_empty() || !source.is_ascii() {
+        return None;
+    }
+    const SYNTAX: &[u8] = b"^$\\.*+?()[]{}|/-";
+    let b = source.as_bytes();
+    let mut out = String::with_capacity(source.len() + 8);
+    let lit = |out: &mut String, c: u8| out.push_str(&regex::escape(&(c as char).to_string()));
+    // one class or escaped atom: the literal byte, and where it ends
+    let atom = |i: usize| -> Option<(u8, usize)> {
+        match *b.get(i)? {
+            b'\\' => b.get(i + 1).filter(|c| SYNTAX.contains(c)).map(|&c| (c, i + 2)),
+            c => Some((c, i + 1)),
+        }
+    };
+    let mut depth = 0usize;
+    // may a quantifier follow (an atom or a group just ended)?
+    let mut quantifiable = false;
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'(' => {
+                if b.get(i + 1) == Some(&b'?') {
+                    if b.get(i + 2) != Some(&b':') {
+                        return None;
+                    }
+                    out.push_str("(?:");
+                    i += 3;
+                } else {
+                    out.push('(');
+                    i += 1;
+                }
+                depth += 1;
+                quantifiable = false;
+            }
+            b')' => {
+                depth = depth.checked_sub(1)?;
+                out.push(')');
+                i += 1;
+                quantifiable = true;
+            }
+            b'|' => {
+                out.push('|');
+                i += 1;
+                quantifiable = false;
+            }
+            b'^' | b'$' => {
+                out.push(b[i] as char);
+                i += 1;
+                quantifiable = false;
+            }
+            b'*' | b'+' | b'?' | b'{' => {
+                if !quantifiable {
+                    return None;
+                }
+                if b[i] == b'{' {
+                    // {n}, {n,} or {n,m}; anything else is a literal brace in JavaScript
+                    // (Annex B): not in the subset
+                    let end = i + b[i..].iter().position(|&c| c == b'}')?;
+                    let body = &source[i + 1..end];
+                    let (lo, hi) = match body.split_once(',') {
+                        None => (body, None),
+                        Some((lo, hi)) => (lo, Some(hi)),
+                    };
+                    let digits = |s: &str| !s.is_empty() && s.len() <= 4 && s.bytes().all(|c| c.is_ascii_digit());
+                    if !digits(lo) || hi.is_some_and(|h| !h.is_empty() && !digits(h)) {
+                        return None;
+                    }
+                    out.push_str(&source[i..=end]);
+                    i = end + 1;
+                } else {
+                    out.push(b[i] as char);
+                    i += 1;
+                }
+                if b.get(i) == Some(&b'?') {
+                    out.push('?');
+                    i += 1;
+                }
+                quantifiable = false;
+            }
+            b'[' => {
+                i += 1;
+                if matches!(b.get(i), Some(b'^' | b']')) {
+                    return None;
+                }
+                out.push('[');
+                loop {
+                    match b.get(i)? {
+                        b']' => break,
+                        b'[' => return None,
+                        _ => {}
+                    }
+                    let (lo, j) = atom(i)?;
+                    i = j;
+                    if b.get(i) == Some(&b'-') && b.get(i + 1).is_some_and(|&c| c != b']') {
+                        let (hi, j) = atom(i + 1)?;
+                        if hi < lo {
+                            return None;
+                        }
+                        i = j;
+                        lit(&mut out, lo);
+                        out.push('-');
+                        lit(&mut out, hi);
+                    } else {
+                        lit(&mut out, lo);
+                    }
+                }
+                out.push(']');
+                i += 1;
+                quantifiable = true;
+            }
+            b']' | b'}' | b'.' => return None,
+            _ => {
+                let (c, j) = atom(i)?;
+                lit(&mut out, c);
+                i = j;
+                quantifiable = true;
+            }
+        }
+    }
+    if depth != 0 {
+        return None;
+    }
+    regex::Regex::new(&out).ok()
+}
+
 /// A compiled recipe regexp.
 #[derive(Debug, Clone)]
 pub(crate) struct JsRegex {
     re: regress::Regex,
+    /// [`plain_ascii`]: the same test without backtracking, for the patterns it covers; built
+    /// at the first test (a process registers every builtin recipe at start, and compiling
+    /// them all cost more than the tests of a sync saved).
+    fast: std::sync::OnceLock<Option<regex::Regex>>,
+    /// No flags (what [`plain_ascii`] covers).
+    plain_flags: bool,
     pub source: String,
     unicode: bool,
     sticky: bool,
@@ -502,7 +650,12 @@ impl JsRegex {
         let (rewritten, unsafe_) = scan(source, unicode, seen.contains('i'))?;
         let rflags: String = flags.chars().filter(|f| "imsuv".contains(*f)).collect();
         let re = regress::Regex::with_flags(&rewritten, rflags.as_str()).map_err(|e| e.to_string())?;
-        Ok(JsRegex { re, source: source.to_owned(), unicode, sticky: seen.contains('y'), unsafe_ })
+        Ok(JsRegex { re, fast: std::sync::OnceLock::new(), plain_flags: flags.is_empty(), source: source.to_owned(), unicode, sticky: seen.contains('y'), unsafe_ })
+    }
+
+    /// The [`plain_ascii`] form, built once (`None`: regress decides).
+    fn fast(&self) -> Option<&regex::Regex> {
+        self.fast.get_or_init(|| if self.unsafe_ || !self.plain_flags { None } else { plain_ascii(&self.source, "") }).as_ref()
     }
 
     /// `RegExp.prototype.test(value)`, or `LAMA-REGEXP-UNSAFE` for a pattern flagged unsafe.
@@ -513,6 +666,14 @@ impl JsRegex {
                 format!("RegExp /{}/ may need exponential backtracking; lama does not evaluate it", self.source),
             ));
         }
+        if let Some(fast) = self.fast() {
+            return Ok(fast.is_match(value));
+        }
+        self.backtracking(value)
+    }
+
+    /// The test on regress (see the module documentation).
+    fn backtracking(&self, value: &str) -> Result<bool> {
         let text = map_value(value, self.unicode);
         Ok(match self.re.find(&text) {
             None => false,
@@ -566,6 +727,94 @@ mod tests {
         }
         for (p, f) in [("(", ""), ("a**", ""), ("\\-", "u"), ("a", "gg"), ("a", "uv"), ("a", "x")] {
             assert!(JsRegex::new(p, f).is_err(), "/{p}/{f}");
+        }
+    }
+
+    /// Every pattern of the builtin recipes, as (source, flags).
+    fn recipe_patterns() -> Vec<(String, String)> {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../python/lama/data/builtin_recipes.json");
+        let all: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        fn walk(v: &serde_json::Value, out: &mut Vec<(String, String)>) {
+            match v {
+                serde_json::Value::Object(m) => {
+                    if let Some(re) = m.get("regexp") {
+                        let src = re.get("$regexp").and_then(|s| s.as_str()).unwrap_or_default();
+                        out.push((src.to_owned(), re.get("flags").and_then(|s| s.as_str()).unwrap_or_default().to_owned()));
+                    }
+                    m.values().for_each(|x| walk(x, out));
+                }
+                serde_json::Value::Array(l) => l.iter().for_each(|x| walk(x, out)),
+                _ => {}
+            }
+        }
+        let mut out = Vec::new();
+        walk(&all, &mut out);
+        out.sort();
+        out.dedup();
+        out
+    }
+
+    /// Values for a pattern: random strings over its own characters and a few others (digits,
+    /// separators, non-ASCII, an astral character, a lone surrogate as the core carries it,
+    /// line terminators), and the strings that match the patterns of the recipes.
+    fn values(source: &str, seed: u64) -> Vec<String> {
+        let mut alphabet: Vec<char> = source.chars().filter(|c| !"\\^$()|*+?{}[]".contains(*c)).collect();
+        alphabet.extend(['0', '1', '9', 'a', 'f', 'F', 'Z', 'T', '-', ':', '.', '+', ' ', '\n', '\r', 'é', '٣', '😀', '\u{2028}', char::from_u32(MAP_BASE + 5).unwrap()]);
+        alphabet.sort();
+        alphabet.dedup();
+        let mut x = seed | 1;
+        let mut next = |n: u64| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x % n
+        };
+        let mut out: Vec<String> = ["", "2024", "2024-02-29", "2024-13-01", "23:59:60", "23:59:60.5", "24:00:00", "2024-02-29T12:00:00Z",
+            "2024-02-29T12:00:00+14:00", "2024-02-29T12:00:00+14:01", "-0.5e+10", "01", "+12", "-0", "now", "draft", "retired!", "image/png",
+            "image/pngx", "ChannelRegistry", "xChannelRegistry", "one.leute", "one-leute", "oneXiom", "full", "lightx", "undefined"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        out.push("0123456789abcdef".repeat(8));
+        out.push("0123456789abcdef".repeat(8) + "0");
+        out.push("0123456789abcdef".repeat(8) + "\n");
+        out.push("0123456789ABCDEF".repeat(4));
+        out.push("A".repeat(64));
+        out.push("A".repeat(64) + "😀");
+        for _ in 0..400 {
+            let len = next(24) as usize;
+            out.push((0..len).map(|_| alphabet[next(alphabet.len() as u64) as usize]).collect());
+        }
+        out
+    }
+
+    #[test]
+    fn plain_ascii_patterns_answer_as_regress() {
+        let mut patterns = recipe_patterns();
+        let covered_recipes = patterns.iter().filter(|(p, f)| JsRegex::new(p, f).unwrap().fast().is_some()).count();
+        // all but the one with class escapes (`\s*(\S|\s)*`) and the two with `.` (`^one.leute$`,
+        // `^one.iom$`)
+        assert_eq!(covered_recipes, patterns.len() - 3, "{patterns:?}");
+        for p in ["a|", "(|a)b", "()", "[--/]x", "[a-]", "[-a]", "[\\]\\-]+", "a{2,}$", "^a{0,3}?b", "(?:ab)+c", "x\\/y", "^$", "",
+            "a+?", "[a-c][x-z]{2}", "\\.", "ab|cd|", "^(ab|a)(bc|c)$"] {
+            patterns.push((p.to_owned(), String::new()));
+        }
+        let mut seed = 7;
+        for (p, f) in &patterns {
+            let re = JsRegex::new(p, f).unwrap();
+            if re.fast().is_none() {
+                continue;
+            }
+            seed += 1;
+            for v in values(p, seed) {
+                assert_eq!(re.is_match(&v).unwrap(), re.backtracking(&v).unwrap(), "/{p}/{f} on {v:?}");
+            }
+        }
+        // outside the subset: regress decides (what differs from the `regex` crate, or could)
+        for (p, f) in [("^.$", ""), ("\\d", ""), ("\\w+", ""), ("\\s", ""), ("a\\b", ""), ("[^a]", ""), ("[]", ""), ("a{,2}", ""),
+            ("a", "i"), ("^a$", "m"), ("a", "y"), ("a", "u"), ("(?=a)a", ""), ("(a)\\1", ""), ("é", ""), ("\\u0041", ""), ("a{1", ""),
+            ("\\cJ", ""), ("[\\d]", ""), ("]", ""), ("a}", ""), ("^(a+)+$", "")] {
+            assert!(JsRegex::new(p, f).unwrap().fast().is_none(), "/{p}/{f}");
         }
     }
 

@@ -160,6 +160,14 @@ pub fn references(microdata: &str) -> Result<Vec<Reference>> {
     Ok(parse::parse(&recipe::snapshot(), microdata, true)?.refs)
 }
 
+/// `(kind, hash)` of every reference of the object in `microdata`, in microdata order: the
+/// strict parse of [`references`] (the same checks and errors) without building the value, the
+/// hashes as 32 bytes. The store's closure walks take this (issue 8: an exporter serving a
+/// first sync parsed every object of the closure into a value only to read its references).
+pub fn reference_hashes(microdata: &str) -> Result<Vec<(RefKind, [u8; 32])>> {
+    Ok(parse::check(&recipe::snapshot(), microdata)?.keyed.into_iter().map(|r| (r.kind, r.hash)).collect())
+}
+
 /// JSON* (§1.6) of a serde_json value, for messages about recipe rules.
 pub(crate) fn json_star_of_json(v: &serde_json::Value) -> String {
     let mut s = String::new();
