@@ -1,0 +1,90 @@
+"""The chat sender's post path in the core (issue 10), pure core: the same functions as the
+native module's ``chat_posts`` / ``chat_commit`` (rust/lama-py/src/chat.rs).
+
+Per message (app-layer.md §2.4): ``ChatMessage{text, attachments?, sender, thumbnails?}``,
+``CreationTime{timestamp, data: message}``, ``AffirmationCertificate{data: creationTime,
+license}`` and the author's ``Signature{issuer, data: certificate, signature}`` (Ed25519 over
+the UTF-8 hex string of the certificate hash, §1.7).  :func:`chat_commit` writes them with the
+caller's objects and head moves in one ``write_batch`` transaction.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .crypto import sign_detached
+from .microdata import serialize_many
+from .store import Store
+
+__all__ = ["ChatPosts", "chat_commit", "chat_posts"]
+
+
+class ChatPosts:
+    """The objects of a batch of posts and their hashes (written by :func:`chat_commit`)."""
+
+    __slots__ = ("_hashes", "_objects")
+
+    def __init__(self, objects: list[dict[str, Any]], hashes: list[tuple[str, str, str, str]]) -> None:
+        self._objects = objects
+        self._hashes = hashes
+
+    @property
+    def hashes(self) -> list[tuple[str, str, str, str]]:
+        """``[(message, creationTime, certificate, signature)]`` hashes, one row per message."""
+        return list(self._hashes)
+
+    def __len__(self) -> int:
+        return len(self._hashes)
+
+
+def _hashes(objs: list[dict[str, Any]]) -> list[str]:
+    return [h for _md, h in serialize_many(objs)]
+
+
+def chat_posts(
+    messages: list[tuple[str, list[str], list[str]]],
+    timestamps: list[int],
+    sender: str,
+    author: str,
+    sign_secret: bytes,
+    license: str,
+) -> ChatPosts:
+    """Build, serialise, hash and sign the objects of a batch of chat posts. ``messages`` are
+    ``(text, attachment hashes, thumbnail hashes)`` (an empty list: no such property)."""
+    from lama.errors import MicrodataError
+
+    messages = list(messages)
+    if len(messages) != len(timestamps):
+        raise MicrodataError(f"{len(messages)} messages but {len(timestamps)} timestamps",
+                             code="O2M-RTYC1")
+    msgs: list[dict[str, Any]] = []
+    for text, atts, thumbs in messages:
+        m: dict[str, Any] = {"$type$": "ChatMessage", "text": text}
+        if atts:
+            m["attachments"] = list(atts)
+        m["sender"] = sender
+        if thumbs:
+            m["thumbnails"] = list(thumbs)
+        msgs.append(m)
+    msg_hashes = _hashes(msgs)
+    cts = [{"$type$": "CreationTime", "timestamp": ts, "data": mh}
+           for ts, mh in zip(timestamps, msg_hashes)]
+    ct_hashes = _hashes(cts)
+    certs = [{"$type$": "AffirmationCertificate", "data": ch, "license": license} for ch in ct_hashes]
+    cert_hashes = _hashes(certs)
+    sigs = [{"$type$": "Signature", "issuer": author, "data": ch,
+             "signature": sign_detached(ch.encode(), sign_secret).hex()} for ch in cert_hashes]
+    sig_hashes = _hashes(sigs)
+    return ChatPosts([*msgs, *cts, *certs, *sigs],
+                     list(zip(msg_hashes, ct_hashes, cert_hashes, sig_hashes)))
+
+
+def chat_commit(
+    store: Store,
+    posts: ChatPosts,
+    objs: list[dict[str, Any]],
+    heads: list[tuple[str, str | None, str]],
+) -> list[tuple[str, str, str | None]]:
+    """One transaction (``Store.write_batch``): the objects of ``posts``, then ``objs``, then
+    the compare-and-set of each head."""
+    return store.write_batch([*posts._objects, *objs], heads)
