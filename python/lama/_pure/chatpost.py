@@ -24,9 +24,16 @@ class ChatPosts:
 
     __slots__ = ("_hashes", "_objects")
 
-    def __init__(self, objects: list[dict[str, Any]], hashes: list[tuple[str, str, str, str]]) -> None:
-        self._objects = objects
-        self._hashes = hashes
+    _objects: list[dict[str, Any]]
+    _hashes: list[tuple[str, str, str, str]]
+
+    @classmethod
+    def _of(cls, objects: list[dict[str, Any]], hashes: list[tuple[str, str, str, str]]) -> ChatPosts:
+        # not a constructor of the interface: the native ChatPosts comes from chat_posts only
+        out = cls.__new__(cls)
+        out._objects = objects
+        out._hashes = hashes
+        return out
 
     @property
     def hashes(self) -> list[tuple[str, str, str, str]]:
@@ -75,7 +82,7 @@ def chat_posts(
     sigs = [{"$type$": "Signature", "issuer": author, "data": ch,
              "signature": sign_detached(ch.encode(), sign_secret).hex()} for ch in cert_hashes]
     sig_hashes = _hashes(sigs)
-    return ChatPosts([*msgs, *cts, *certs, *sigs],
+    return ChatPosts._of([*msgs, *cts, *certs, *sigs],
                      list(zip(msg_hashes, ct_hashes, cert_hashes, sig_hashes)))
 
 
