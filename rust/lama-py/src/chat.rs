@@ -68,7 +68,11 @@ fn obj(type_name: &str, props: Vec<(&str, Value)>) -> Value {
 /// Serialise `v`; its hash as Node.js computes it (encoded text hashed as JS UTF-8).
 fn hashed(v: &Value, encoded: bool) -> Result<String, Error> {
     let md = microdata::serialize(v)?;
-    let h = if encoded { sha256(microdata::js_utf8(&md).as_bytes()) } else { sha256(md.as_bytes()) };
+    let h = if encoded {
+        sha256(microdata::js_utf8(&md).as_bytes())
+    } else {
+        sha256(md.as_bytes())
+    };
     Ok(hash_hex(&h))
 }
 
@@ -77,11 +81,18 @@ fn str_list(items: &Bound<'_, PyAny>, encoded: &mut bool) -> PyResult<Option<Val
     for x in items.try_iter()? {
         let x = x?;
         let t = x.cast::<PyString>().map_err(|_| {
-            crate::errors::to_py(Error::microdata("O2M-RTYC1", "an attachment hash must be a str"))
+            crate::errors::to_py(Error::microdata(
+                "O2M-RTYC1",
+                "an attachment hash must be a str",
+            ))
         })?;
         out.push(Value::Str(py_str_flagged(t, encoded)?));
     }
-    Ok(if out.is_empty() { None } else { Some(Value::List(out)) })
+    Ok(if out.is_empty() {
+        None
+    } else {
+        Some(Value::List(out))
+    })
 }
 
 /// Build, serialise, hash and sign the objects of a batch of chat posts (see the module doc).
@@ -100,10 +111,14 @@ fn chat_posts(
     let mut msgs: Vec<(Value, bool)> = Vec::with_capacity(timestamps.len());
     for m in messages.try_iter()? {
         let m = m?;
-        let (text, atts, thumbs): (Bound<'_, PyAny>, Bound<'_, PyAny>, Bound<'_, PyAny>) = m.extract()?;
+        let (text, atts, thumbs): (Bound<'_, PyAny>, Bound<'_, PyAny>, Bound<'_, PyAny>) =
+            m.extract()?;
         let mut encoded = false;
         let text = text.cast::<PyString>().map_err(|_| {
-            crate::errors::to_py(Error::microdata("O2M-RTYC1", "a message text must be a str"))
+            crate::errors::to_py(Error::microdata(
+                "O2M-RTYC1",
+                "a message text must be a str",
+            ))
         })?;
         let mut props = vec![("text", Value::Str(py_str_flagged(text, &mut encoded)?))];
         if let Some(a) = str_list(&atts, &mut encoded)? {
@@ -118,7 +133,11 @@ fn chat_posts(
     if msgs.len() != timestamps.len() {
         return Err(crate::errors::to_py(Error::microdata(
             "O2M-RTYC1",
-            format!("{} messages but {} timestamps", msgs.len(), timestamps.len()),
+            format!(
+                "{} messages but {} timestamps",
+                msgs.len(),
+                timestamps.len()
+            ),
         )));
     }
     py.detach(move || {
@@ -130,14 +149,24 @@ fn chat_posts(
         let mut hashes = Vec::with_capacity(n);
         for ((msg, encoded), ts) in msgs.into_iter().zip(timestamps) {
             let mh = hashed(&msg, encoded)?;
-            let ct = obj("CreationTime", vec![("timestamp", Value::Int(ts)), ("data", s(&mh))]);
+            let ct = obj(
+                "CreationTime",
+                vec![("timestamp", Value::Int(ts)), ("data", s(&mh))],
+            );
             let ch = hashed(&ct, false)?;
-            let cert = obj("AffirmationCertificate", vec![("data", s(&ch)), ("license", s(license))]);
+            let cert = obj(
+                "AffirmationCertificate",
+                vec![("data", s(&ch)), ("license", s(license))],
+            );
             let cert_h = hashed(&cert, false)?;
             let sig = c::sign_detached(cert_h.as_bytes(), sign_secret)?;
             let sig = obj(
                 "Signature",
-                vec![("issuer", s(author)), ("data", s(&cert_h)), ("signature", Value::Str(hex(&sig)))],
+                vec![
+                    ("issuer", s(author)),
+                    ("data", s(&cert_h)),
+                    ("signature", Value::Str(hex(&sig))),
+                ],
             );
             let sh = hashed(&sig, false)?;
             vals.push(msg);
@@ -150,7 +179,10 @@ fn chat_posts(
         vals.extend(cts);
         vals.extend(certs);
         vals.extend(sigs);
-        Ok::<_, Error>(ChatPosts { values: Arc::new(vals), hashes })
+        Ok::<_, Error>(ChatPosts {
+            values: Arc::new(vals),
+            hashes,
+        })
     })
     .py()
 }
