@@ -156,3 +156,59 @@ def test_channel_post_refuses_other_objects(tmp_path: Path) -> None:
         assert store.get_head(cid) == head  # nothing was written
     finally:
         store.close()
+
+
+def test_the_list_insert_is_insert_many_s(tmp_path: Path) -> None:
+    """A batch that lands between stored posts (older timestamps than the newest stored one,
+    one timestamp equal to a stored one) and a batch with two identical posts: the entries
+    chat_posts/chain build are the ones linkedlist.insert_many builds from dict entries."""
+    from lama.objects import linkedlist
+
+    _pub, secret = core.sign_keypair_from_seed(SEED)
+    store = core.Store(tmp_path / "s", durable=False)
+    try:
+        cid = ch.ensure_channel(store, "topic")
+
+        def spec(text: str, ts: int) -> ch.PostSpec:
+            return ch.PostSpec({"$type$": "ChatMessage", "text": text, "sender": SENDER}, ts)
+
+        ch.post(store, cid, [spec(f"first {i}", 1000 + 10 * i) for i in range(6)],
+                author=AUTHOR, sign_secret=secret)
+        for batch in ([spec("between a", 1015), spec("between b", 1030), spec("oldest", 5),
+                       spec("newest", 2000)],
+                      [spec("twice", 3000), spec("twice", 3000), spec("single", 1)]):
+            head = ch.head_of(store, cid)
+            posts = core.chat_posts([(s.message["text"], [], []) for s in batch],
+                                    [int(s.timestamp or 0) for s in batch], SENDER, AUTHOR, secret, LICENSE)
+            elements = [(c, float(s.timestamp or 0), [sig]) for (_m, c, _ce, sig), s in zip(posts.hashes, batch)]
+            made: dict[str, dict[str, Any]] = {}
+
+            def put(obj: dict[str, Any]) -> str:
+                h = str(core.object_hash(obj))
+                made[h] = obj
+                return h
+
+            expected = linkedlist.insert_many(store.get_object, put, head, elements)
+            results, new_head, _before = ch.post(store, cid, batch, author=AUTHOR, sign_secret=secret)
+            assert new_head == expected
+            for h, obj in made.items():  # every entry stored, byte for byte
+                assert store.get(h) == core.serialize(obj)
+            listed = [el.key for el in ch.iter_elements(store, new_head)]
+            assert listed == sorted(listed, reverse=True)
+            assert {r[4] for r in results} <= set(made)
+    finally:
+        store.close()
+
+
+def test_the_cores_chain_the_same_entries() -> None:
+    from lama import _lama
+
+    _pub, secret = core.sign_keypair_from_seed(SEED)
+    above = [("e" * 64, 1_700_000_000_001.0, ["f" * 64]), ("9" * 64, 1_700_000_000_003.0, None)]
+    chains = []
+    for mod in (_lama, _pure):
+        posts = mod.chat_posts(MESSAGES, STAMPS, SENDER, AUTHOR, secret, LICENSE)
+        chains.append((posts.chain("1" * 64, above), posts.chain(None, [])))
+    assert chains[0] == chains[1]
+    with_above, alone = chains[0]
+    assert len(with_above) == len(MESSAGES) + 2 and len(alone) == len(MESSAGES)

@@ -395,6 +395,9 @@ class ChatPosts:
     @property
     def hashes(self) -> list[tuple[str, str, str, str]]: ...
     def __len__(self) -> int: ...
+    def chain(
+        self, base: str | None, above: list[tuple[str, float, list[str] | None]]
+    ) -> list[tuple[str, str]]: ...
 
 def chat_posts(
     messages: list[tuple[str, list[str], list[str]]],

@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from .crypto import sign_detached
-from .microdata import serialize_many
+from .microdata import object_hash, serialize_many
 from .store import Store
 
 __all__ = ["ChatPosts", "chat_commit", "chat_posts"]
@@ -22,17 +22,22 @@ __all__ = ["ChatPosts", "chat_commit", "chat_posts"]
 class ChatPosts:
     """The objects of a batch of posts and their hashes (written by :func:`chat_commit`)."""
 
-    __slots__ = ("_hashes", "_objects")
+    __slots__ = ("_entries", "_hashes", "_objects", "_timestamps")
 
     _objects: list[dict[str, Any]]
     _hashes: list[tuple[str, str, str, str]]
+    _timestamps: list[int]
+    _entries: list[dict[str, Any]]
 
     @classmethod
-    def _of(cls, objects: list[dict[str, Any]], hashes: list[tuple[str, str, str, str]]) -> ChatPosts:
+    def _of(cls, objects: list[dict[str, Any]], hashes: list[tuple[str, str, str, str]],
+            timestamps: list[int]) -> ChatPosts:
         # not a constructor of the interface: the native ChatPosts comes from chat_posts only
         out = cls.__new__(cls)
         out._objects = objects
         out._hashes = hashes
+        out._timestamps = timestamps
+        out._entries = []
         return out
 
     @property
@@ -42,6 +47,32 @@ class ChatPosts:
 
     def __len__(self) -> int:
         return len(self._hashes)
+
+    def chain(self, base: str | None,
+              above: list[tuple[str, float, list[str] | None]]) -> list[tuple[str, str]]:
+        """The list insert of the posts (app-layer.md §2.5, ``linkedlist.insert_many``): the
+        stored elements ``above`` (``(creationTime, timestamp, metadata or None)``, newer than
+        the oldest post) and the posts (metadata: their Signature), sorted oldest first by
+        ``(timestamp, creationTime)``, each a new LinkedListEntry on top of the previous one,
+        the first on ``base``.  ``[(creationTime, entry)]`` in that order (the last entry is
+        the new head); :func:`chat_commit` writes the entries of the last call."""
+        els: list[tuple[float, str, list[str] | None]] = [(ts, ct, md) for ct, ts, md in above]
+        els += [(ts, ct, [sig]) for (_m, ct, _c, sig), ts in zip(self._hashes, self._timestamps)]
+        els.sort(key=lambda e: (e[0], e[1]))
+        prev = base
+        out: list[tuple[str, str]] = []
+        entries: list[dict[str, Any]] = []
+        for _ts, ct, md in els:
+            obj: dict[str, Any] = {"$type$": "LinkedListEntry", "data": ct}
+            if md is not None:
+                obj["metadata"] = list(md)
+            if prev is not None:
+                obj["previous"] = prev
+            prev = object_hash(obj)
+            entries.append(obj)
+            out.append((ct, prev))
+        self._entries = entries
+        return out
 
 
 def _hashes(objs: list[dict[str, Any]]) -> list[str]:
@@ -83,7 +114,7 @@ def chat_posts(
              "signature": sign_detached(ch.encode(), sign_secret).hex()} for ch in cert_hashes]
     sig_hashes = _hashes(sigs)
     return ChatPosts._of([*msgs, *cts, *certs, *sigs],
-                     list(zip(msg_hashes, ct_hashes, cert_hashes, sig_hashes)))
+                         list(zip(msg_hashes, ct_hashes, cert_hashes, sig_hashes)), list(timestamps))
 
 
 def chat_commit(
@@ -92,6 +123,6 @@ def chat_commit(
     objs: list[dict[str, Any]],
     heads: list[tuple[str, str | None, str]],
 ) -> list[tuple[str, str, str | None]]:
-    """One transaction (``Store.write_batch``): the objects of ``posts``, then ``objs``, then
-    the compare-and-set of each head."""
-    return store.write_batch([*posts._objects, *objs], heads)
+    """One transaction (``Store.write_batch``): the objects of ``posts`` and the entries of its
+    last :meth:`ChatPosts.chain`, then ``objs``, then the compare-and-set of each head."""
+    return store.write_batch([*posts._objects, *posts._entries, *objs], heads)

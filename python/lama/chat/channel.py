@@ -150,29 +150,20 @@ def post(
         if cur is None:
             raise AssertionError("post to a channel without a version")  # ensure_channel first
         results.clear()
-        pending: dict[str, dict[str, Any]] = {}
-        extra: list[dict[str, Any]] = [_AFFIRMATION_LICENSE]
-
-        def load(h: str) -> dict[str, Any] | None:
-            obj = pending.get(h)
-            return obj if obj is not None else store.get_object(h)
-
-        created: dict[str, str] = {}  # CreationTime -> the entry this insert made for it
-
-        def put(obj: dict[str, Any]) -> str:
-            h = str(core.object_hash(obj))
-            pending[h] = obj
-            extra.append(obj)
-            created[obj["data"]] = h  # the list merge only puts LinkedListEntry objects
-            return h
-
         head = cur.get("head")
         before[0] = None if head is None else str(head)
-        if len(posted) == 1:
-            ct_hash, _m, ts, sig_hash = posted[0]
-            head = linkedlist.insert(load, put, head, ct_hash, ts, [sig_hash])
-        else:
-            head = linkedlist.insert_many(load, put, head, [(c, t, [s]) for c, _m, t, s in posted])
+        # §2.4 step 7, the list insert of every post at once (linkedlist.insert_many: the
+        # same list as inserting them one by one); the entries are built in the core
+        keys = {(ts, ct) for ct, _m, ts, _s in posted}
+        base, above = (linkedlist.stored_above(store.get_object, before[0], min(keys), keys)
+                       if keys else (before[0], []))
+        chain = batch.chain(base, [(el.creation_time, el.timestamp,
+                                    None if el.metadata is None else list(el.metadata))
+                                   for el in above])
+        created = dict(chain)  # CreationTime -> the entry this insert made for it
+        if chain:
+            head = chain[-1][1]
+        extra: list[dict[str, Any]] = [_AFFIRMATION_LICENSE]
         for ct_hash, msg_hash, ts, sig_hash in posted:
             results.append((ct_hash, msg_hash, ts, sig_hash, created.get(ct_hash) or str(head)))
         new = {k: v for k, v in cur.items() if k != "$versionHash$"}

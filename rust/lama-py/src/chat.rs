@@ -8,7 +8,7 @@
 //! signature over the UTF-8 hex string of the certificate hash (§1.7). The objects are the ones
 //! `lama.chat.channel.post` built as dicts before, byte for byte (the pure core builds those
 //! dicts still, tests/test_chat_post_core.py compares both).
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use lama_core::crypto as c;
 use lama_core::hash::{hash_hex, sha256};
@@ -27,6 +27,9 @@ use crate::store::{rows, values, PyStore};
 pub struct ChatPosts {
     values: Arc<Vec<Value>>,
     hashes: Vec<(String, String, String, String)>,
+    timestamps: Vec<i64>,
+    /// the LinkedListEntry objects of the last [`ChatPosts::chain`], written by [`chat_commit`]
+    entries: Mutex<Arc<Vec<Value>>>,
 }
 
 #[pymethods]
@@ -39,6 +42,61 @@ impl ChatPosts {
 
     fn __len__(&self) -> usize {
         self.hashes.len()
+    }
+
+    /// The list insert of the posts (app-layer.md §2.5, `lama.objects.linkedlist.insert_many`):
+    /// the stored elements `above` (`(creationTime, timestamp, metadata or None)`, newer than
+    /// the oldest post) and the posts (metadata: their Signature), sorted oldest first by
+    /// `(timestamp, creationTime)`, each a new LinkedListEntry on top of the previous one,
+    /// the first on `base`. Returns `[(creationTime, entry)]` in that order (the last entry is
+    /// the new head); [`chat_commit`] writes the entries of the last call.
+    #[pyo3(signature = (base, above))]
+    fn chain(
+        &self,
+        py: Python<'_>,
+        base: Option<String>,
+        above: Vec<(String, f64, Option<Vec<String>>)>,
+    ) -> PyResult<Vec<(String, String)>> {
+        let (out, vals) = py
+            .detach(|| {
+                let mut els: Vec<(f64, &str, Option<Vec<String>>)> = above
+                    .iter()
+                    .map(|(c, ts, md)| (*ts, c.as_str(), md.clone()))
+                    .collect();
+                for ((_m, c, _cert, sig), ts) in self.hashes.iter().zip(&self.timestamps) {
+                    els.push((*ts as f64, c.as_str(), Some(vec![sig.clone()])));
+                }
+                // stable, as Python's sorted: equal keys keep their order
+                els.sort_by(|a, b| {
+                    a.0.partial_cmp(&b.0)
+                        .unwrap_or(std::cmp::Ordering::Equal)
+                        .then(a.1.cmp(b.1))
+                });
+                let mut prev = base;
+                let mut out = Vec::with_capacity(els.len());
+                let mut vals = Vec::with_capacity(els.len());
+                for (_ts, ct, md) in els {
+                    let mut props = vec![("data", s(ct))];
+                    if let Some(md) = md {
+                        props.push((
+                            "metadata",
+                            Value::List(md.into_iter().map(Value::Str).collect()),
+                        ));
+                    }
+                    if let Some(p) = prev.take() {
+                        props.push(("previous", Value::Str(p)));
+                    }
+                    let v = obj("LinkedListEntry", props);
+                    let h = hashed(&v, false)?;
+                    out.push((ct.to_owned(), h.clone()));
+                    vals.push(v);
+                    prev = Some(h);
+                }
+                Ok::<_, Error>((out, vals))
+            })
+            .py()?;
+        *self.entries.lock().unwrap_or_else(|e| e.into_inner()) = Arc::new(vals);
+        Ok(out)
     }
 }
 
@@ -147,6 +205,7 @@ fn chat_posts(
         let mut certs = Vec::with_capacity(n);
         let mut sigs = Vec::with_capacity(n);
         let mut hashes = Vec::with_capacity(n);
+        let stamps = timestamps.clone();
         for ((msg, encoded), ts) in msgs.into_iter().zip(timestamps) {
             let mh = hashed(&msg, encoded)?;
             let ct = obj(
@@ -182,12 +241,15 @@ fn chat_posts(
         Ok::<_, Error>(ChatPosts {
             values: Arc::new(vals),
             hashes,
+            timestamps: stamps,
+            entries: Mutex::new(Arc::new(Vec::new())),
         })
     })
     .py()
 }
 
-/// One transaction (like `Store.write_batch`): the objects of `posts`, then `objs`, then the
+/// One transaction (like `Store.write_batch`): the objects of `posts` and the entries of its
+/// last [`ChatPosts::chain`], then `objs`, then the
 /// compare-and-set of each head in `heads`. Durable when it returns (a durable store).
 #[pyfunction]
 fn chat_commit<'py>(
@@ -200,11 +262,19 @@ fn chat_commit<'py>(
     let store = store.get().store()?;
     let extra = values(objs)?;
     let pv = Arc::clone(&posts.get().values);
+    let ev = Arc::clone(
+        &posts
+            .get()
+            .entries
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()),
+    );
     rows(
         py,
         py.detach(move || {
-            let mut vals = Vec::with_capacity(pv.len() + extra.len());
+            let mut vals = Vec::with_capacity(pv.len() + ev.len() + extra.len());
             vals.extend(pv.iter().cloned());
+            vals.extend(ev.iter().cloned());
             vals.extend(extra);
             store.write_batch(&vals, &heads)
         })
