@@ -154,7 +154,7 @@ def post(
         before[0] = None if head is None else str(head)
         # §2.4 step 7, the list insert of every post at once (linkedlist.insert_many: the
         # same list as inserting them one by one); the entries are built in the core
-        keys = {(ts, ct) for ct, _m, ts, _s in posted}
+        keys: set[tuple[float, str]] = {(ts, ct) for ct, _m, ts, _s in posted}
         base, above = (linkedlist.stored_above(store.get_object, before[0], min(keys), keys)
                        if keys else (before[0], []))
         chain = batch.chain(base, [(el.creation_time, el.timestamp,
