@@ -186,7 +186,7 @@ def _plain_messages(specs: list[PostSpec]) -> tuple[str, list[tuple[str, list[st
     out: list[tuple[str, list[str], list[str]]] = []
     for spec in specs:
         m = spec.message
-        if m.get("$type$") != "ChatMessage" or not _MESSAGE_KEYS.issuperset(m) or "sender" not in m:
+        if m.get("$type$") != "ChatMessage" or not m.keys() <= _MESSAGE_KEYS or "sender" not in m:
             raise InvalidArgumentError(f"a post must be a ChatMessage with a sender, got {m!r}",
                                        code="LAMA-ARG")
         if sender is None:
