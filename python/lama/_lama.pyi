@@ -67,6 +67,10 @@ __all__ = [
     "CommServer",
     "comm_listen",
     "comm_server",
+    # issue 10: the chat sender's post path in the core
+    "ChatPosts",
+    "chat_posts",
+    "chat_commit",
 ]
 
 # -- recipes (objects.md §3) --------------------------------------------------------------
@@ -383,3 +387,29 @@ class ChumSession:
     @property
     def close_reason(self) -> str | None: ...
     def stats(self) -> dict[str, int]: ...
+
+# -- chat posts (issue 10; app-layer.md §2.4) ---------------------------------------------
+
+@final
+class ChatPosts:
+    @property
+    def hashes(self) -> list[tuple[str, str, str, str]]: ...
+    def __len__(self) -> int: ...
+    def chain(
+        self, base: str | None, above: list[tuple[str, float, list[str] | None]]
+    ) -> list[tuple[str, str]]: ...
+
+def chat_posts(
+    messages: list[tuple[str, list[str], list[str]]],
+    timestamps: list[int],
+    sender: str,
+    author: str,
+    sign_secret: bytes,
+    license: str,
+) -> ChatPosts: ...
+def chat_commit(
+    store: Store,
+    posts: ChatPosts,
+    objs: list[dict[str, Any]],
+    heads: list[tuple[str, str | None, str]],
+) -> list[tuple[str, str, str | None]]: ...

@@ -27,6 +27,7 @@ from . import crypto as _crypto
 from .chum import ChumSession
 from .encrypted import EncryptedConnection, encrypted_accept, encrypted_connect
 from .commserver import CommListener, CommServer, comm_listen, comm_server
+from .chatpost import ChatPosts, chat_commit, chat_posts
 
 CORE_NAME = "pure"
 
@@ -68,5 +69,9 @@ __all__ = [
     "CommListener",
     "comm_server",
     "comm_listen",
+    # issue 10: the chat sender's post path in the core
+    "ChatPosts",
+    "chat_posts",
+    "chat_commit",
     *_crypto.__all__,
 ]

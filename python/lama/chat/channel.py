@@ -17,6 +17,7 @@ from __future__ import annotations
 from typing import Any, Callable, Iterable, Iterator
 
 from lama._core import Store, core
+from lama.errors import InvalidArgumentError
 from lama.identity import certificates
 from lama.objects import linkedlist, versions
 from lama.objects.linkedlist import Element
@@ -137,55 +138,32 @@ def post(
     stamps = [spec.timestamp if spec.timestamp is not None else now() for spec in specs]
     results: list[tuple[str, str, int, str, str]] = []
     before: list[str | None] = [None]  # the head entry the committed build started from
-    # the objects of every post, hashed a kind at a time (one core call per kind, not per
-    # object: the chain message -> CreationTime -> certificate -> Signature is sequential
-    # per post but independent between posts)
-    msgs = [spec.message for spec in specs]
-    msg_hashes = _hashes(msgs)
-    cts = [{"$type$": "CreationTime", "timestamp": ts, "data": mh}
-           for ts, mh in zip(stamps, msg_hashes)]
-    ct_hashes = _hashes(cts)
-    certs = [{"$type$": "AffirmationCertificate", "data": ch, "license": lic_hash}
-             for ch in ct_hashes]
-    cert_hashes = _hashes(certs)
-    # app-layer.md §1.7: Ed25519 over the UTF-8 hex string of the certificate hash
-    sigs = [{"$type$": "Signature", "issuer": author, "data": ch,
-             "signature": core.sign_detached(ch.encode(), sign_secret).hex()}
-            for ch in cert_hashes]
-    sig_hashes = _hashes(sigs)
-    objects = [*msgs, *cts, *certs, *sigs]
-    posted = list(zip(ct_hashes, msg_hashes, stamps, sig_hashes))
+    # ChatMessage, CreationTime, AffirmationCertificate and Signature of every post built,
+    # serialised, hashed and signed in one core call (issue 10; the GIL is released in the
+    # native core); core.chat_commit writes them with the entries and the version below
+    sender, messages = _plain_messages(specs)
+    batch = core.chat_posts(messages, stamps, sender, author, sign_secret, lic_hash)
+    posted = [(ch, mh, ts, sh) for (mh, ch, _cert, sh), ts in zip(batch.hashes, stamps)]
 
     def build(cur: dict[str, Any] | None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         # a pure function of ``cur`` (update_versioned re-runs it after a lost race)
         if cur is None:
             raise AssertionError("post to a channel without a version")  # ensure_channel first
         results.clear()
-        pending: dict[str, dict[str, Any]] = {}
-        extra: list[dict[str, Any]] = [_AFFIRMATION_LICENSE]
-
-        def load(h: str) -> dict[str, Any] | None:
-            obj = pending.get(h)
-            return obj if obj is not None else store.get_object(h)
-
-        created: dict[str, str] = {}  # CreationTime -> the entry this insert made for it
-
-        def put(obj: dict[str, Any]) -> str:
-            h = str(core.object_hash(obj))
-            pending[h] = obj
-            extra.append(obj)
-            created[obj["data"]] = h  # the list merge only puts LinkedListEntry objects
-            return h
-
         head = cur.get("head")
         before[0] = None if head is None else str(head)
-        extra.extend(objects)
-        pending.update(zip(ct_hashes, cts))
-        if len(posted) == 1:
-            ct_hash, _m, ts, sig_hash = posted[0]
-            head = linkedlist.insert(load, put, head, ct_hash, ts, [sig_hash])
-        else:
-            head = linkedlist.insert_many(load, put, head, [(c, t, [s]) for c, _m, t, s in posted])
+        # §2.4 step 7, the list insert of every post at once (linkedlist.insert_many: the
+        # same list as inserting them one by one); the entries are built in the core
+        keys: set[tuple[float, str]] = {(ts, ct) for ct, _m, ts, _s in posted}
+        base, above = (linkedlist.stored_above(store.get_object, before[0], min(keys), keys)
+                       if keys else (before[0], []))
+        chain = batch.chain(base, [(el.creation_time, el.timestamp,
+                                    None if el.metadata is None else list(el.metadata))
+                                   for el in above])
+        created = dict(chain)  # CreationTime -> the entry this insert made for it
+        if chain:
+            head = chain[-1][1]
+        extra: list[dict[str, Any]] = [_AFFIRMATION_LICENSE]
         for ct_hash, msg_hash, ts, sig_hash in posted:
             results.append((ct_hash, msg_hash, ts, sig_hash, created.get(ct_hash) or str(head)))
         new = {k: v for k, v in cur.items() if k != "$versionHash$"}
@@ -194,12 +172,29 @@ def post(
             on_build(before[0], str(head), [c for c, _m, _t, _s in posted])
         return new, extra
 
-    v = versions.update_versioned(store, cid, build)
+    v = versions.update_versioned(store, cid, build, posts=batch)
     return list(results), str(store.get_object(v.merged)["head"]), before[0]
 
 
-def _hashes(objs: list[dict[str, Any]]) -> list[str]:
-    return [str(h) for _md, h in core.serialize_many(objs)]
+_MESSAGE_KEYS = frozenset(("$type$", "text", "attachments", "sender", "thumbnails"))
+
+
+def _plain_messages(specs: list[PostSpec]) -> tuple[str, list[tuple[str, list[str], list[str]]]]:
+    """The sender and ``(text, attachments, thumbnails)`` of ChatMessage posts of one sender
+    (what ``core.chat_posts`` builds the ChatMessage objects from)."""
+    sender: str | None = None
+    out: list[tuple[str, list[str], list[str]]] = []
+    for spec in specs:
+        m = spec.message
+        if m.get("$type$") != "ChatMessage" or not m.keys() <= _MESSAGE_KEYS or "sender" not in m:
+            raise InvalidArgumentError(f"a post must be a ChatMessage with a sender, got {m!r}",
+                                       code="LAMA-ARG")
+        if sender is None:
+            sender = str(m["sender"])
+        elif m["sender"] != sender:
+            raise InvalidArgumentError("the posts of one batch have one sender", code="LAMA-ARG")
+        out.append((m["text"], list(m.get("attachments") or ()), list(m.get("thumbnails") or ())))
+    return sender or "", out
 
 
 def payload_hash(store: Store, ct_hash: str) -> str:

@@ -28,7 +28,8 @@ from typing import Any, Callable, Iterator
 
 from lama.errors import NotFoundError
 
-__all__ = ["ALGORITHM_ID", "Element", "entries", "insert", "insert_many", "merge_heads", "merge_iterator"]
+__all__ = ["ALGORITHM_ID", "Element", "entries", "insert", "insert_many", "merge_heads", "merge_iterator",
+           "stored_above"]
 
 ALGORITHM_ID = "LinkedListCrdtAlgorithm"
 
@@ -204,21 +205,27 @@ def insert_many(
     # of the first stored entry below them (H); with no such entry the list is rebuilt from
     # nothing.  (merge_iterator's terminate-on-single cannot be used here: it would take the
     # rest of the new list for common history once the stored list runs out.)
-    lowest = min(el.key for el in new)
-    keys = {el.key for el in new}
-    above: list[Element] = []
-    base: str | None = None
-    for el in entries(load, head):
-        if el.key < lowest:
-            base = el.entry
-            break
-        if el.key not in keys:  # the same post in both: the incoming copy wins (§2.5)
-            above.append(el)
+    base, above = stored_above(load, head, min(el.key for el in new), {el.key for el in new})
     chain = sorted([*above, *new], key=lambda el: el.key)
     prev = base
     for el in chain:
         prev = put(_entry_object(el, prev))
     return prev
+
+
+def stored_above(
+    load: Loader, head: str | None, lowest: tuple[float, str], keys: set[tuple[float, str]],
+) -> tuple[str | None, list[Element]]:
+    """The walk of :func:`insert_many`: the first stored entry older than ``lowest`` (the new
+    elements go on top of it; ``None``: none) and the stored elements above it, newest first,
+    without those whose key is in ``keys`` (the same post in both: the new copy wins, §2.5)."""
+    above: list[Element] = []
+    for el in entries(load, head):
+        if el.key < lowest:
+            return el.entry, above
+        if el.key not in keys:
+            above.append(el)
+    return None, above
 
 
 def _algorithm(ctx: Any, path: tuple, itemtype: dict, base: Any, left: Any, right: Any) -> Any:

@@ -452,6 +452,7 @@ def update_versioned(
     *,
     timestamp_ms: int | float | None = None,
     force: bool = False,
+    posts: Any = None,
 ) -> VersionResult:
     """A local edit derived from the current version, written with other objects in ONE
     transaction (objects.md §4.2, CHANGE mode).
@@ -465,7 +466,10 @@ def update_versioned(
 
     ``force`` writes the change node even when the data equals the head's: a head that is a
     local ``VersionNodeMerge`` is never exported (objects.md §6.2 item 3), so a merged state
-    reaches a third replica only through such a change node on top of it."""
+    reaches a third replica only through such a change node on top of it.
+
+    ``posts`` (a ``core.chat_posts`` batch, issue 10) is written first in the same transaction
+    (``core.chat_commit``): the objects of a chat post built in the core, not as dicts."""
     core.check_hash(id_hash, "an ID hash")
     ts = None if timestamp_ms is None else _check_time(timestamp_ms, "timestamp_ms")
     with _ID_LOCKS.hold(store, id_hash):
@@ -478,7 +482,9 @@ def update_versioned(
                 raise InvalidArgumentError(f"the new version is not a version of {id_hash}", code="LAMA-ARG")
             h: str = core.object_hash(obj)
             if head is not None and head.data == h and not force:
-                if extra:
+                if posts is not None:
+                    core.chat_commit(store, posts, list(extra), [])
+                elif extra:
                     store.put_objects(list(extra))
                 return VersionResult(h, id_hash, "exists", head.hash, head.creation_time, head.hash, head.data)
             t = ts if ts is not None else now_ms()
@@ -487,7 +493,12 @@ def update_versioned(
             else:
                 node = _make_node("change", h, head.depth + 1, t, (head.hash,))
             try:
-                results = store.write_batch([*extra, obj, node.to_object()], [(id_hash, head_hash, node.hash)])
+                objs = [*extra, obj, node.to_object()]
+                heads = [(id_hash, head_hash, node.hash)]
+                if posts is not None:
+                    results = core.chat_commit(store, posts, objs, heads)
+                else:
+                    results = store.write_batch(objs, heads)
             except ConflictError:
                 continue
             status = next((r[1] for r in results if r[0] == h), "exists")

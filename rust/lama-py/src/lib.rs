@@ -11,6 +11,7 @@ use pyo3::prelude::*;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+mod chat;
 mod chum;
 mod crypto;
 mod errors;
@@ -42,5 +43,6 @@ fn _lama(m: &Bound<'_, PyModule>) -> PyResult<()> {
     crypto::register(m)?;
     net::register(m)?;
     chum::register(m)?;
+    chat::register(m)?;
     Ok(())
 }

@@ -36,7 +36,7 @@ pub(crate) fn py_str(s: &Bound<'_, PyString>) -> PyResult<String> {
 
 /// [`py_str`], setting `encoded` if the result holds encoded characters (only then can text
 /// built from it need decoding on the way out).
-fn py_str_flagged(s: &Bound<'_, PyString>, encoded: &mut bool) -> PyResult<String> {
+pub(crate) fn py_str_flagged(s: &Bound<'_, PyString>, encoded: &mut bool) -> PyResult<String> {
     match s.to_str() {
         // (a test and a plain copy: matching on encode_str's Cow made the compiler move the
         // String through misaligned stack slots, a store-forwarding stall on every string)

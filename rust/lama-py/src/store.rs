@@ -18,7 +18,7 @@ use crate::microdata::py_to_value;
 
 /// The Python list `[(hash, status, id_hash or None)]` of a batch write, built with a short
 /// GIL release every CONVERT_CHUNK rows so a large batch does not block other threads.
-fn rows<'py>(py: Python<'py>, results: Vec<PutResult>) -> PyResult<Bound<'py, PyList>> {
+pub(crate) fn rows<'py>(py: Python<'py>, results: Vec<PutResult>) -> PyResult<Bound<'py, PyList>> {
     let out = PyList::empty(py);
     for (i, r) in results.into_iter().enumerate() {
         out.append((r.hash, r.status.as_str(), r.id_hash))?;
@@ -78,7 +78,7 @@ const CONVERT_CHUNK: usize = 1024;
 
 /// Convert a Python sequence of dicts into core values (GIL held, handed over every
 /// [`CONVERT_CHUNK`] objects).
-fn values(objs: &Bound<'_, PyAny>) -> PyResult<Vec<Value>> {
+pub(crate) fn values(objs: &Bound<'_, PyAny>) -> PyResult<Vec<Value>> {
     let py = objs.py();
     let mut out = Vec::with_capacity(objs.len().unwrap_or(0));
     for item in objs.try_iter()? {

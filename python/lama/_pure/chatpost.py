@@ -1,0 +1,128 @@
+"""The chat sender's post path in the core (issue 10), pure core: the same functions as the
+native module's ``chat_posts`` / ``chat_commit`` (rust/lama-py/src/chat.rs).
+
+Per message (app-layer.md §2.4): ``ChatMessage{text, attachments?, sender, thumbnails?}``,
+``CreationTime{timestamp, data: message}``, ``AffirmationCertificate{data: creationTime,
+license}`` and the author's ``Signature{issuer, data: certificate, signature}`` (Ed25519 over
+the UTF-8 hex string of the certificate hash, §1.7).  :func:`chat_commit` writes them with the
+caller's objects and head moves in one ``write_batch`` transaction.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .crypto import sign_detached
+from .microdata import object_hash, serialize_many
+from .store import Store
+
+__all__ = ["ChatPosts", "chat_commit", "chat_posts"]
+
+
+class ChatPosts:
+    """The objects of a batch of posts and their hashes (written by :func:`chat_commit`)."""
+
+    __slots__ = ("_entries", "_hashes", "_objects", "_timestamps")
+
+    _objects: list[dict[str, Any]]
+    _hashes: list[tuple[str, str, str, str]]
+    _timestamps: list[int]
+    _entries: list[dict[str, Any]]
+
+    @classmethod
+    def _of(cls, objects: list[dict[str, Any]], hashes: list[tuple[str, str, str, str]],
+            timestamps: list[int]) -> ChatPosts:
+        # not a constructor of the interface: the native ChatPosts comes from chat_posts only
+        out = cls.__new__(cls)
+        out._objects = objects
+        out._hashes = hashes
+        out._timestamps = timestamps
+        out._entries = []
+        return out
+
+    @property
+    def hashes(self) -> list[tuple[str, str, str, str]]:
+        """``[(message, creationTime, certificate, signature)]`` hashes, one row per message."""
+        return list(self._hashes)
+
+    def __len__(self) -> int:
+        return len(self._hashes)
+
+    def chain(self, base: str | None,
+              above: list[tuple[str, float, list[str] | None]]) -> list[tuple[str, str]]:
+        """The list insert of the posts (app-layer.md §2.5, ``linkedlist.insert_many``): the
+        stored elements ``above`` (``(creationTime, timestamp, metadata or None)``, newer than
+        the oldest post) and the posts (metadata: their Signature), sorted oldest first by
+        ``(timestamp, creationTime)``, each a new LinkedListEntry on top of the previous one,
+        the first on ``base``.  ``[(creationTime, entry)]`` in that order (the last entry is
+        the new head); :func:`chat_commit` writes the entries of the last call."""
+        els: list[tuple[float, str, list[str] | None]] = [(ts, ct, md) for ct, ts, md in above]
+        els += [(ts, ct, [sig]) for (_m, ct, _c, sig), ts in zip(self._hashes, self._timestamps)]
+        els.sort(key=lambda e: (e[0], e[1]))
+        prev = base
+        out: list[tuple[str, str]] = []
+        entries: list[dict[str, Any]] = []
+        for _ts, ct, md in els:
+            obj: dict[str, Any] = {"$type$": "LinkedListEntry", "data": ct}
+            if md is not None:
+                obj["metadata"] = list(md)
+            if prev is not None:
+                obj["previous"] = prev
+            prev = object_hash(obj)
+            entries.append(obj)
+            out.append((ct, prev))
+        self._entries = entries
+        return out
+
+
+def _hashes(objs: list[dict[str, Any]]) -> list[str]:
+    return [h for _md, h in serialize_many(objs)]
+
+
+def chat_posts(
+    messages: list[tuple[str, list[str], list[str]]],
+    timestamps: list[int],
+    sender: str,
+    author: str,
+    sign_secret: bytes,
+    license: str,
+) -> ChatPosts:
+    """Build, serialise, hash and sign the objects of a batch of chat posts. ``messages`` are
+    ``(text, attachment hashes, thumbnail hashes)`` (an empty list: no such property)."""
+    from lama.errors import MicrodataError
+
+    messages = list(messages)
+    if len(messages) != len(timestamps):
+        raise MicrodataError(f"{len(messages)} messages but {len(timestamps)} timestamps",
+                             code="O2M-RTYC1")
+    msgs: list[dict[str, Any]] = []
+    for text, atts, thumbs in messages:
+        m: dict[str, Any] = {"$type$": "ChatMessage", "text": text}
+        if atts:
+            m["attachments"] = list(atts)
+        m["sender"] = sender
+        if thumbs:
+            m["thumbnails"] = list(thumbs)
+        msgs.append(m)
+    msg_hashes = _hashes(msgs)
+    cts = [{"$type$": "CreationTime", "timestamp": ts, "data": mh}
+           for ts, mh in zip(timestamps, msg_hashes)]
+    ct_hashes = _hashes(cts)
+    certs = [{"$type$": "AffirmationCertificate", "data": ch, "license": license} for ch in ct_hashes]
+    cert_hashes = _hashes(certs)
+    sigs = [{"$type$": "Signature", "issuer": author, "data": ch,
+             "signature": sign_detached(ch.encode(), sign_secret).hex()} for ch in cert_hashes]
+    sig_hashes = _hashes(sigs)
+    return ChatPosts._of([*msgs, *cts, *certs, *sigs],
+                         list(zip(msg_hashes, ct_hashes, cert_hashes, sig_hashes)), list(timestamps))
+
+
+def chat_commit(
+    store: Store,
+    posts: ChatPosts,
+    objs: list[dict[str, Any]],
+    heads: list[tuple[str, str | None, str]],
+) -> list[tuple[str, str, str | None]]:
+    """One transaction (``Store.write_batch``): the objects of ``posts`` and the entries of its
+    last :meth:`ChatPosts.chain`, then ``objs``, then the compare-and-set of each head."""
+    return store.write_batch([*posts._objects, *posts._entries, *objs], heads)

@@ -1,0 +1,290 @@
+//! The chat sender's post path in the core (issue 10): the objects of a batch of chat posts
+//! built, serialised, hashed and signed in one call with the GIL released, and written with
+//! the channel's list entries and version in one transaction.
+//!
+//! Per message (app-layer.md §2.4): `ChatMessage{text, attachments?, sender, thumbnails?}`,
+//! `CreationTime{timestamp, data: message}`, `AffirmationCertificate{data: creationTime,
+//! license}` and the author's `Signature{issuer, data: certificate, signature}`, the Ed25519
+//! signature over the UTF-8 hex string of the certificate hash (§1.7). The objects are the ones
+//! `lama.chat.channel.post` built as dicts before, byte for byte (the pure core builds those
+//! dicts still, tests/test_chat_post_core.py compares both).
+use std::sync::{Arc, Mutex};
+
+use lama_core::crypto as c;
+use lama_core::hash::{hash_hex, sha256};
+use lama_core::microdata::{self, Value};
+use lama_core::Error;
+use pyo3::prelude::*;
+use pyo3::types::{PyList, PyString};
+
+use crate::errors::IntoPyResult;
+use crate::microdata::py_str_flagged;
+use crate::store::{rows, values, PyStore};
+
+/// The objects of a batch of posts (see the module doc) and their hashes; written by
+/// [`chat_commit`] (again after a lost compare-and-set race, so they are kept).
+#[pyclass(frozen, name = "ChatPosts", module = "lama._lama")]
+pub struct ChatPosts {
+    values: Arc<Vec<Value>>,
+    hashes: Vec<(String, String, String, String)>,
+    timestamps: Vec<i64>,
+    /// the LinkedListEntry objects of the last [`ChatPosts::chain`], written by [`chat_commit`]
+    entries: Mutex<Arc<Vec<Value>>>,
+}
+
+#[pymethods]
+impl ChatPosts {
+    /// `[(message, creationTime, certificate, signature)]` hashes, one row per message.
+    #[getter]
+    fn hashes(&self) -> Vec<(String, String, String, String)> {
+        self.hashes.clone()
+    }
+
+    fn __len__(&self) -> usize {
+        self.hashes.len()
+    }
+
+    /// The list insert of the posts (app-layer.md §2.5, `lama.objects.linkedlist.insert_many`):
+    /// the stored elements `above` (`(creationTime, timestamp, metadata or None)`, newer than
+    /// the oldest post) and the posts (metadata: their Signature), sorted oldest first by
+    /// `(timestamp, creationTime)`, each a new LinkedListEntry on top of the previous one,
+    /// the first on `base`. Returns `[(creationTime, entry)]` in that order (the last entry is
+    /// the new head); [`chat_commit`] writes the entries of the last call.
+    #[pyo3(signature = (base, above))]
+    fn chain(
+        &self,
+        py: Python<'_>,
+        base: Option<String>,
+        above: Vec<(String, f64, Option<Vec<String>>)>,
+    ) -> PyResult<Vec<(String, String)>> {
+        let (out, vals) = py
+            .detach(|| {
+                let mut els: Vec<(f64, &str, Option<Vec<String>>)> = above
+                    .iter()
+                    .map(|(c, ts, md)| (*ts, c.as_str(), md.clone()))
+                    .collect();
+                for ((_m, c, _cert, sig), ts) in self.hashes.iter().zip(&self.timestamps) {
+                    els.push((*ts as f64, c.as_str(), Some(vec![sig.clone()])));
+                }
+                // stable, as Python's sorted: equal keys keep their order
+                els.sort_by(|a, b| {
+                    a.0.partial_cmp(&b.0)
+                        .unwrap_or(std::cmp::Ordering::Equal)
+                        .then(a.1.cmp(b.1))
+                });
+                let mut prev = base;
+                let mut out = Vec::with_capacity(els.len());
+                let mut vals = Vec::with_capacity(els.len());
+                for (_ts, ct, md) in els {
+                    let mut props = vec![("data", s(ct))];
+                    if let Some(md) = md {
+                        props.push((
+                            "metadata",
+                            Value::List(md.into_iter().map(Value::Str).collect()),
+                        ));
+                    }
+                    if let Some(p) = prev.take() {
+                        props.push(("previous", Value::Str(p)));
+                    }
+                    let v = obj("LinkedListEntry", props);
+                    let h = hashed(&v, false)?;
+                    out.push((ct.to_owned(), h.clone()));
+                    vals.push(v);
+                    prev = Some(h);
+                }
+                Ok::<_, Error>((out, vals))
+            })
+            .py()?;
+        *self.entries.lock().unwrap_or_else(|e| e.into_inner()) = Arc::new(vals);
+        Ok(out)
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(2 * bytes.len());
+    for b in bytes {
+        out.push(DIGITS[(b >> 4) as usize] as char);
+        out.push(DIGITS[(b & 15) as usize] as char);
+    }
+    out
+}
+
+fn s(v: &str) -> Value {
+    Value::Str(v.to_owned())
+}
+
+fn obj(type_name: &str, props: Vec<(&str, Value)>) -> Value {
+    let mut d = Vec::with_capacity(props.len() + 1);
+    d.push((s("$type$"), s(type_name)));
+    for (k, v) in props {
+        d.push((s(k), v));
+    }
+    Value::Dict(d)
+}
+
+/// Serialise `v`; its hash as Node.js computes it (encoded text hashed as JS UTF-8).
+fn hashed(v: &Value, encoded: bool) -> Result<String, Error> {
+    let md = microdata::serialize(v)?;
+    let h = if encoded {
+        sha256(microdata::js_utf8(&md).as_bytes())
+    } else {
+        sha256(md.as_bytes())
+    };
+    Ok(hash_hex(&h))
+}
+
+fn str_list(items: &Bound<'_, PyAny>, encoded: &mut bool) -> PyResult<Option<Value>> {
+    let mut out = Vec::new();
+    for x in items.try_iter()? {
+        let x = x?;
+        let t = x.cast::<PyString>().map_err(|_| {
+            crate::errors::to_py(Error::microdata(
+                "O2M-RTYC1",
+                "an attachment hash must be a str",
+            ))
+        })?;
+        out.push(Value::Str(py_str_flagged(t, encoded)?));
+    }
+    Ok(if out.is_empty() {
+        None
+    } else {
+        Some(Value::List(out))
+    })
+}
+
+/// Build, serialise, hash and sign the objects of a batch of chat posts (see the module doc).
+/// `messages` are `(text, attachment hashes, thumbnail hashes)` (an empty list: no such
+/// property), `timestamps` the CreationTimes' ms, one per message.
+#[pyfunction]
+fn chat_posts(
+    py: Python<'_>,
+    messages: &Bound<'_, PyAny>,
+    timestamps: Vec<i64>,
+    sender: &str,
+    author: &str,
+    sign_secret: &[u8],
+    license: &str,
+) -> PyResult<ChatPosts> {
+    let mut msgs: Vec<(Value, bool)> = Vec::with_capacity(timestamps.len());
+    for m in messages.try_iter()? {
+        let m = m?;
+        let (text, atts, thumbs): (Bound<'_, PyAny>, Bound<'_, PyAny>, Bound<'_, PyAny>) =
+            m.extract()?;
+        let mut encoded = false;
+        let text = text.cast::<PyString>().map_err(|_| {
+            crate::errors::to_py(Error::microdata(
+                "O2M-RTYC1",
+                "a message text must be a str",
+            ))
+        })?;
+        let mut props = vec![("text", Value::Str(py_str_flagged(text, &mut encoded)?))];
+        if let Some(a) = str_list(&atts, &mut encoded)? {
+            props.push(("attachments", a));
+        }
+        props.push(("sender", s(sender)));
+        if let Some(t) = str_list(&thumbs, &mut encoded)? {
+            props.push(("thumbnails", t));
+        }
+        msgs.push((obj("ChatMessage", props), encoded));
+    }
+    if msgs.len() != timestamps.len() {
+        return Err(crate::errors::to_py(Error::microdata(
+            "O2M-RTYC1",
+            format!(
+                "{} messages but {} timestamps",
+                msgs.len(),
+                timestamps.len()
+            ),
+        )));
+    }
+    py.detach(move || {
+        let n = msgs.len();
+        let mut vals: Vec<Value> = Vec::with_capacity(4 * n);
+        let mut cts = Vec::with_capacity(n);
+        let mut certs = Vec::with_capacity(n);
+        let mut sigs = Vec::with_capacity(n);
+        let mut hashes = Vec::with_capacity(n);
+        let stamps = timestamps.clone();
+        for ((msg, encoded), ts) in msgs.into_iter().zip(timestamps) {
+            let mh = hashed(&msg, encoded)?;
+            let ct = obj(
+                "CreationTime",
+                vec![("timestamp", Value::Int(ts)), ("data", s(&mh))],
+            );
+            let ch = hashed(&ct, false)?;
+            let cert = obj(
+                "AffirmationCertificate",
+                vec![("data", s(&ch)), ("license", s(license))],
+            );
+            let cert_h = hashed(&cert, false)?;
+            let sig = c::sign_detached(cert_h.as_bytes(), sign_secret)?;
+            let sig = obj(
+                "Signature",
+                vec![
+                    ("issuer", s(author)),
+                    ("data", s(&cert_h)),
+                    ("signature", Value::Str(hex(&sig))),
+                ],
+            );
+            let sh = hashed(&sig, false)?;
+            vals.push(msg);
+            cts.push(ct);
+            certs.push(cert);
+            sigs.push(sig);
+            hashes.push((mh, ch, cert_h, sh));
+        }
+        // the order the dict path wrote them in: messages, CreationTimes, certificates, signatures
+        vals.extend(cts);
+        vals.extend(certs);
+        vals.extend(sigs);
+        Ok::<_, Error>(ChatPosts {
+            values: Arc::new(vals),
+            hashes,
+            timestamps: stamps,
+            entries: Mutex::new(Arc::new(Vec::new())),
+        })
+    })
+    .py()
+}
+
+/// One transaction (like `Store.write_batch`): the objects of `posts` and the entries of its
+/// last [`ChatPosts::chain`], then `objs`, then the
+/// compare-and-set of each head in `heads`. Durable when it returns (a durable store).
+#[pyfunction]
+fn chat_commit<'py>(
+    py: Python<'py>,
+    store: &Bound<'py, PyStore>,
+    posts: &Bound<'py, ChatPosts>,
+    objs: &Bound<'py, PyAny>,
+    heads: Vec<(String, Option<String>, String)>,
+) -> PyResult<Bound<'py, PyList>> {
+    let store = store.get().store()?;
+    let extra = values(objs)?;
+    let pv = Arc::clone(&posts.get().values);
+    let ev = Arc::clone(
+        &posts
+            .get()
+            .entries
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()),
+    );
+    rows(
+        py,
+        py.detach(move || {
+            let mut vals = Vec::with_capacity(pv.len() + ev.len() + extra.len());
+            vals.extend(pv.iter().cloned());
+            vals.extend(ev.iter().cloned());
+            vals.extend(extra);
+            store.write_batch(&vals, &heads)
+        })
+        .py()?,
+    )
+}
+
+pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<ChatPosts>()?;
+    m.add_function(wrap_pyfunction!(chat_posts, m)?)?;
+    m.add_function(wrap_pyfunction!(chat_commit, m)?)?;
+    Ok(())
+}
