@@ -367,14 +367,7 @@ class App:
         pairing initiated by a peer that no earlier ``wait_contact`` returned. A pairing that
         finished before this call counts (no race between ``invite`` and this).
         ``asyncio.TimeoutError`` after ``timeout`` s."""
-        token: str | None = None
-        if invitation is not None:
-            token = invitation if isinstance(invitation, str) and "#" not in invitation \
-                and not invitation.lstrip().startswith("{") else None
-            if token is None:
-                from lama.connect import pairing
-
-                token = pairing.parse_invitation(invitation).token
+        token = self._token_of(invitation)
 
         def find() -> dict[str, Any] | None:
             for p in self._pairing_log:
@@ -385,15 +378,7 @@ class App:
                     return p
             return None
 
-        async def wait() -> dict[str, Any]:
-            while True:
-                p = find()
-                if p is not None:
-                    return p
-                self._pairing_changed.clear()
-                await self._pairing_changed.wait()
-
-        p = await asyncio.wait_for(wait(), timeout)
+        p = await asyncio.wait_for(self._wait_log(find), timeout)
         p["returned"] = True
         return self._paired(p["remote_person"])
 
