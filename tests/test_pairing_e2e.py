@@ -58,18 +58,30 @@ def lama(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
 class Proc:
     """A child process whose stdout lines are read (by a thread) with a deadline."""
 
-    def __init__(self, args: list[str]) -> None:
+    def __init__(self, args: list[str], environ: dict[str, str] | None = None) -> None:
         self.p = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                  stderr=subprocess.PIPE, text=True, env=env())
+                                  stderr=subprocess.PIPE, text=True,
+                                  env=env() if environ is None else environ)
         self.q: queue.Queue[str | None] = queue.Queue()
         self.lines: list[str] = []
+        # stderr is read all the time too: a pipe nobody reads fills (64 KiB of logs) and then
+        # blocks the child at its next log line, which looks like a peer that stopped answering
+        self._err: list[str] = []
         threading.Thread(target=self._pump, daemon=True).start()
+        threading.Thread(target=self._pump_err, daemon=True).start()
 
     def _pump(self) -> None:
         assert self.p.stdout is not None
         for line in self.p.stdout:
             self.q.put(line.rstrip("\n"))
         self.q.put(None)
+
+    def _pump_err(self) -> None:
+        assert self.p.stderr is not None
+        for line in self.p.stderr:
+            self._err.append(line)
+            if len(self._err) > 400:
+                del self._err[:200]
 
     def readline(self, timeout: float) -> str:
         try:
@@ -105,9 +117,15 @@ class Proc:
                 return json.loads(line)  # type: ignore[no-any-return]
 
     def stderr(self) -> str:
+        """The end of what it wrote to stderr ("(running)" while it runs)."""
         if self.p.poll() is None:
             return "(running)"
-        return (self.p.stderr.read() or "")[-2000:]  # type: ignore[union-attr]
+        try:
+            self.p.wait(5)
+        except subprocess.TimeoutExpired:
+            pass
+        time.sleep(0.05)  # the pump thread reads what was left in the pipe
+        return "".join(self._err)[-2000:]
 
     def kill(self) -> None:
         if self.p.poll() is None:
