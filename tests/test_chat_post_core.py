@@ -37,18 +37,24 @@ MESSAGES: list[tuple[str, list[str], list[str]]] = [
 STAMPS = [1_700_000_000_000 + i // 2 for i in range(len(MESSAGES))]
 
 
+def chat_message(text: str, atts: list[str], thumbs: list[str]) -> dict[str, Any]:
+    """A ChatMessage dict in the key order the old dict path wrote it."""
+    msg: dict[str, Any] = {"$type$": "ChatMessage", "text": text}
+    if atts:
+        msg["attachments"] = atts
+    msg["sender"] = SENDER
+    if thumbs:
+        msg["thumbnails"] = thumbs
+    return msg
+
+
 def dict_objects(messages: list[tuple[str, list[str], list[str]]], stamps: list[int], secret: bytes,
                  ) -> tuple[list[dict[str, Any]], list[tuple[str, str, str, str]]]:
     """The objects as the dict path of lama.chat.channel.post (before issue 10) built them."""
     objs: list[dict[str, Any]] = []
     rows = []
     for (text, atts, thumbs), ts in zip(messages, stamps):
-        msg: dict[str, Any] = {"$type$": "ChatMessage", "text": text}
-        if atts:
-            msg["attachments"] = atts
-        msg["sender"] = SENDER
-        if thumbs:
-            msg["thumbnails"] = thumbs
+        msg = chat_message(text, atts, thumbs)
         mh = core.object_hash(msg)
         ct = {"$type$": "CreationTime", "timestamp": ts, "data": mh}
         cth = core.object_hash(ct)
@@ -109,13 +115,7 @@ def test_channel_post_stores_the_dict_path_objects_and_the_list(tmp_path: Path) 
         cid = ch.ensure_channel(store, "topic")
         specs = []
         for (text, atts, thumbs), ts in zip(MESSAGES, STAMPS):
-            m: dict[str, Any] = {"$type$": "ChatMessage", "text": text}
-            if atts:
-                m["attachments"] = atts
-            m["sender"] = SENDER
-            if thumbs:
-                m["thumbnails"] = thumbs
-            specs.append(ch.PostSpec(m, ts))
+            specs.append(ch.PostSpec(chat_message(text, atts, thumbs), ts))
         head0 = store.get_head(cid)
         results, head, before = ch.post(store, cid, specs, author=AUTHOR, sign_secret=secret)
         assert before is None and store.get_head(cid) != head0
