@@ -410,6 +410,7 @@ class MailboxService:
         self._workers: dict[bytes, asyncio.Task[Any]] = {}
         self._info: dict[str, dict[str, Any] | None] = {}
         self._info_retry: dict[str, float] = {}  # url -> when to ask a mailbox-less server again
+        self._unsupported_noted: dict[str, float] = {}  # url -> the _info_retry its note was for
         self._tasks: set[asyncio.Task[Any]] = set()
         self._fetch_lock: asyncio.Lock | None = None
         self._poll_task: asyncio.Task[Any] | None = None
@@ -524,8 +525,12 @@ class MailboxService:
         while self._pending.get(tg.key) and not self.manager.connected(tg.key):
             channels = self._pending.pop(tg.key)
             if await self._server_info(tg.url) is None:
-                self._note(op="deposit", ok=False, peer=tg.key.hex(), code="LAMA-MAILBOX-UNSUPPORTED",
-                           message=f"{tg.url} offers no mailbox: the messages go by CHUM when both are online")
+                # said once per server and poll interval, not at every commit while the peer is away
+                retry = self._info_retry.get(tg.url)
+                if retry is not None and self._unsupported_noted.get(tg.url) != retry:
+                    self._unsupported_noted[tg.url] = retry
+                    self._note(op="deposit", ok=False, peer=tg.key.hex(), code="LAMA-MAILBOX-UNSUPPORTED",
+                               message=f"{tg.url} offers no mailbox: the messages go by CHUM when both are online")
                 return
             for cid in sorted(channels):
                 await self.deposit_channel(tg, cid)
