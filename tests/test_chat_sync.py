@@ -143,6 +143,50 @@ def test_second_device_converges(tmp_path: Path) -> None:
             c.instance.close()
 
 
+
+def test_two_devices_and_a_contact_stop_merging_once_converged(tmp_path: Path) -> None:
+    """Laptop and phone of Alice and Bob, the laptop in the middle (its CHUM sessions with both
+    end before its chat layer sees the imports, as with a running ``lama serve``, whose event
+    thread republishes after the importer merged). Once all three hold the same messages, a
+    round of sessions writes nothing more. Before, every merge of two branches with the same
+    data was republished as a new change node, which the other two merged with their own
+    branches again: six new version nodes a round, for ever - a running laptop spent its time
+    in that exchange and answered a new connection's identity steps too late (issue 10,
+    test_device_cli)."""
+    a1, a2, b = (make(tmp_path, "alice"), make(tmp_path, "alice2", "alice@example.com"),
+                 make(tmp_path, "bob"))
+    laptop, phone, cb = Chat(a1, events=False), Chat(a2, events=False), Chat(b, events=False)
+    chats = (laptop, phone, cb)
+    try:
+        pair(laptop, cb)
+        store_pairing(a1, a2)
+        laptop.on_paired(phone.me)
+        phone.on_paired(laptop.me)
+        laptop.send(cb.me, "from laptop", timestamp=1_700_000_000_000)
+        cb.send(laptop.me, "from bob", timestamp=1_700_000_000_100)
+        sync(laptop, cb)
+        sync(laptop, phone)
+        topic = one_to_one_id(laptop.me, cb.me)
+        cid = laptop.one_to_one(cb.me).channel
+        # one post on each at once: three branches
+        phone.send(topic, "from phone", timestamp=1_700_000_000_200)
+        cb.send(laptop.me, "bob again", timestamp=1_700_000_000_300)
+        laptop.send(cb.me, "laptop again", timestamp=1_700_000_000_400)
+        want = ["from laptop", "from bob", "from phone", "bob again", "laptop again"]
+        nodes: list[int] = []
+        for _ in range(10):
+            sync(a1, a2, rounds=1)  # the instances: the chat layers have not looked yet
+            sync(a1, b, rounds=1)
+            for c in chats:
+                c.process_changes()  # now the chat layers (the event threads) catch up
+            nodes.append(sum(len(c.store.version_nodes(cid)) for c in chats))
+        assert texts(laptop, cb.me) == texts(cb, laptop.me) == texts(phone, topic) == want
+        assert nodes[-1] == nodes[-4], f"version nodes still growing after convergence: {nodes}"
+    finally:
+        for c in chats:
+            c.close()
+            c.instance.close()
+
 def test_events_for_imported_and_local_messages(tmp_path: Path) -> None:
     a, b = make(tmp_path, "alice"), make(tmp_path, "bob")
     ca, cb = Chat(a), Chat(b)  # with the event threads

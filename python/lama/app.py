@@ -11,6 +11,11 @@
         async for message in app.messages(bob, follow=True):    # history, then live
             print(message.sender_name, message.text)
 
+A second device of my person: ``link = await app.invite_device()`` on a running device,
+``phone = await App.join_device(directory, link, secret=...)`` on the new one
+(:mod:`lama.connect.device`: the person's keys and my contacts inside the encrypted
+connection; docs/connections.md §3.4); after ``phone.start()`` both sync and converge.
+
 ``App`` joins the three layers an application needs: the instance (identity, keys, store), the
 connection manager (:mod:`lama.connect.manager`: comm-server listener, one CHUM connection per
 contact, reconnects) and the chat layer (:mod:`lama.chat`: contacts, 1-to-1 topics, messages,
@@ -110,6 +115,8 @@ class App:
         self.config = config or AppConfig()
         self.chat = Chat(instance)
         self.manager = ConnectionManager(instance, self.config.manager_config())
+        # a device of my person that joins gets my contacts (lama.connect.device)
+        self.manager.device_contacts = lambda: [str(c.person_id) for c in self.contacts()]
         self._callbacks: list[Callable[[Any], Any]] = []
         self._followers: list[asyncio.Queue[Any]] = []
         self._batches: dict[str, list[tuple[str, asyncio.Future[Any]]]] = {}
@@ -161,6 +168,39 @@ class App:
         inst = await Instance.create_async(directory, email=email, person_name=name,
                                            instance_name=instance_name, secret=secret)
         return cls._wrap(inst, config, comm_server)
+
+    @classmethod
+    async def join_device(cls, directory: str | os.PathLike[str], link: str, *, secret: str,
+                          instance_name: str | None = None, config: AppConfig | None = None,
+                          comm_server: str | None = None) -> App:
+        """Create a new device of the person whose device invitation ``link`` is (made by
+        :meth:`invite_device` on one of its running devices), in ``directory``: the first
+        device hands over the person's keys inside the end-to-end encrypted connection (the
+        token checked: valid, unexpired, unused), the new keychain keeps them encrypted with
+        ``secret``, and both devices record each other and the contacts
+        (:mod:`lama.connect.device`, docs/connections.md §3.4). ``instance_name``: this
+        device's (default ``<host>-<random>``; it must differ from the other devices');
+        ``comm_server``: this device's (default: ``config``'s if a config is given, else the
+        invitation's). Returns the App,
+        not started; after :meth:`start` the devices connect and CHUM brings the
+        conversations. A refused or failed join raises (``PairingError LAMA-DEVICE``,
+        ``InvalidArgumentError LAMA-PAIR-INVITE``, ...) and leaves nothing in
+        ``directory``."""
+        from lama.connect import device, pairing
+
+        inv = pairing.parse_invitation(link) if "/invitePartner/" not in str(link) else None
+        url = comm_server or (config.comm_server_url if config is not None else None) \
+            or (inv.url if inv is not None else None)
+        joined = await device.join_device(directory, link, secret=secret,
+                                          instance_name=instance_name, url=url)
+        app = cls._wrap(joined.instance, config, url)
+        try:
+            for person in joined.contacts:  # their contacts and 1-to-1 topics, as on device 1
+                await asyncio.to_thread(app._paired, person)
+        except BaseException:
+            await app.close()
+            raise
+        return app
 
     @classmethod
     def _wrap(cls, inst: Any, config: AppConfig | None, comm_server: str | None) -> App:
@@ -261,6 +301,59 @@ class App:
         ``qr_png()``)."""
         return self.manager.create_invitation(lifetime)
 
+    async def invite_device(self, lifetime: float | None = None) -> str:
+        """A device invitation link (``.../invites/inviteDevice/?invited=true#...``, one-time
+        token valid ``lifetime`` s) for a new device of my person: give it to
+        :meth:`join_device` (``lama init --join``) on the new device, while this app runs.
+        :meth:`wait_device` returns when the device joined."""
+        await self.manager.wait_online(10.0)
+        return str(self.device_invitation(lifetime).to_link(device=True))
+
+    def device_invitation(self, lifetime: float | None = None) -> Any:
+        """The device :class:`lama.connect.pairing.Invitation` itself (for
+        ``to_link(device=True)``, ``qr_text(device=True)``, ``qr_png(device=True)``)."""
+        return self.manager.create_invitation(lifetime, device=True)
+
+    async def wait_device(self, timeout: float | None = None, *,
+                          invitation: Any = None) -> dict[str, Any]:
+        """The device that joined with ``invitation`` (link, Invitation or token), else the
+        first device that joined and no earlier call returned: ``{"person_id",
+        "instance_id", "token"}``. ``asyncio.TimeoutError`` after ``timeout`` s."""
+        token = self._token_of(invitation)
+
+        def find() -> dict[str, Any] | None:
+            for p in self._pairing_log:
+                if not p.get("device"):
+                    continue
+                if (token is not None and p["token"] == token) or \
+                        (token is None and not p["returned"]):
+                    return p
+            return None
+
+        p = await asyncio.wait_for(self._wait_log(find), timeout)
+        p["returned"] = True
+        return {"person_id": p["remote_person"], "instance_id": p["remote_instance"],
+                "token": p["token"]}
+
+    @staticmethod
+    def _token_of(invitation: Any) -> str | None:
+        if invitation is None:
+            return None
+        if isinstance(invitation, str) and "#" not in invitation \
+                and not invitation.lstrip().startswith("{"):
+            return invitation
+        from lama.connect import pairing
+
+        return pairing.parse_invitation(invitation).token
+
+    async def _wait_log(self, find: Callable[[], dict[str, Any] | None]) -> dict[str, Any]:
+        while True:
+            p = find()
+            if p is not None:
+                return p
+            self._pairing_changed.clear()
+            await self._pairing_changed.wait()
+
     async def accept(self, link: str) -> Any:
         """Pair using an invitation link of the peer; returns the new contact (created on both
         sides)."""
@@ -274,32 +367,18 @@ class App:
         pairing initiated by a peer that no earlier ``wait_contact`` returned. A pairing that
         finished before this call counts (no race between ``invite`` and this).
         ``asyncio.TimeoutError`` after ``timeout`` s."""
-        token: str | None = None
-        if invitation is not None:
-            token = invitation if isinstance(invitation, str) and "#" not in invitation \
-                and not invitation.lstrip().startswith("{") else None
-            if token is None:
-                from lama.connect import pairing
-
-                token = pairing.parse_invitation(invitation).token
+        token = self._token_of(invitation)
 
         def find() -> dict[str, Any] | None:
             for p in self._pairing_log:
                 if token is not None and p["token"] == token:
                     return p
-                if token is None and not p["initiated_locally"] and not p["returned"]:
+                if token is None and not p["initiated_locally"] and not p["returned"] \
+                        and not p.get("device"):
                     return p
             return None
 
-        async def wait() -> dict[str, Any]:
-            while True:
-                p = find()
-                if p is not None:
-                    return p
-                self._pairing_changed.clear()
-                await self._pairing_changed.wait()
-
-        p = await asyncio.wait_for(wait(), timeout)
+        p = await asyncio.wait_for(self._wait_log(find), timeout)
         p["returned"] = True
         return self._paired(p["remote_person"])
 
@@ -327,6 +406,8 @@ class App:
         if kind == "pairing_success":
             self._paired(str(data["remote_person"]))
             self._pairing_log.append({"token": data.get("token"), "returned": False,
+                                      "device": bool(data.get("device")),
+                                      "remote_instance": str(data.get("remote_instance")),
                                       "remote_person": str(data["remote_person"]),
                                       "initiated_locally": bool(data.get("initiated_locally"))})
             self._pairing_changed.set()

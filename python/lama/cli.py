@@ -6,6 +6,12 @@ Commands:
   (objects.md §7.3) in ``D/<instanceIdHash>/``: Person ``{email: E, name: N}``, Instance
   ``I`` (default: the host name), random person and instance keys, the keychain protected by
   the secret. Prints the identity as ``whoami`` does.
+* ``lama init --join LINK --dir D [--instance-name I] [--comm-server URL]`` creates a new
+  device of your person from the device invitation ``LINK`` of a running device of yours
+  (``lama invite --device`` there): that device hands over the person's keys and the contacts
+  inside the encrypted connection (:mod:`lama.connect.device`); the new keychain keeps them
+  encrypted with this device's secret. A wrong, expired or used token: exit status 1, nothing
+  created.
 * ``lama whoami --dir D [--email E --instance-name I] [--json] [--check-secret]`` prints the
   person ID, instance ID, email, names, Keys hashes and public keys. It reads only public data
   (``instance.json`` and the Keys objects in the store), so it needs **no secret**; with
@@ -17,7 +23,8 @@ Commands:
   token lifetime, default 15 minutes; then exit status 1, ``LAMA-PAIR-TIMEOUT``), waits up to
   ``--chum-wait`` seconds for the CHUM connection with the new contact (and its first full
   sync pass) and reports the
-  contact.
+  contact. ``--device``: an invitation for a new device of your own person instead
+  (``.../invites/inviteDevice/...``, for ``lama init --join``); reports the new device.
 * ``lama accept LINK --dir D [--comm-server URL] [--chum-wait S]`` pairs using the invitation
   (conn §6.3), waits for the CHUM connection likewise and reports the new contact. A refused
   pairing (expired, used or wrong token) is exit status 1.
@@ -221,15 +228,19 @@ def _build_app() -> Any:
         add_completion=False,
         no_args_is_help=True,
         pretty_exceptions_enable=False,
-        help="lama: ONE instances - identity, keys and store.",
+        help="lama: ONE instances - identity, keys and store; pairing, chat, and more devices "
+             "of your person (lama invite --device, lama init --join).",
     )
 
     @app.command()
     def init(
         dir: str = typer.Option(..., "--dir", help="Base directory of the instance(s)."),
-        name: str = typer.Option(..., "--name", help="Person name, one non-blank line."),
+        name: str = typer.Option(
+            None, "--name",
+            help="Person name, one non-blank line (required; not with --join: the person "
+                 "comes from the first device)."),
         email: str = typer.Option(
-            ...,
+            None,
             "--email",
             help=(
                 "Person email (the person's identity): local@domain, one line, at most 254 "
@@ -237,18 +248,58 @@ def _build_app() -> Any:
                 "letters, digits, non-ASCII and !#$%&'*+-/=?^_`{|}~ with dots only between "
                 "them; domain: "
                 "dot-separated labels of letters, digits and inner hyphens (a dot is optional)."
+                " Required; not with --join."
             ),
         ),
         instance_name: str = typer.Option(
             None,
             "--instance-name",
-            help="Instance name, one non-blank line (default: the host name).",
+            help="Instance name, one non-blank line (default: the host name; with --join "
+                 "the host name and 6 random hex digits). Each device of a person needs its "
+                 "own.",
         ),
+        join: str = typer.Option(
+            None, "--join",
+            help="Make this instance a new device of your person: the device invitation link "
+                 "of a running device of yours (`lama invite --device` there). That device "
+                 "hands over the person's keys inside the end-to-end encrypted connection "
+                 "(one-time, expiring token) together with your contacts; this keychain keeps "
+                 "them encrypted with this device's secret. Then run `lama serve` here."),
+        comm_server: str = typer.Option(
+            None, "--comm-server",
+            help=f"With --join: this device's comm server (told to the first device). "
+                 f"Default: ${COMM_SERVER_ENV}, else the invitation's."),
         as_json: bool = typer.Option(False, "--json", help="Print JSON."),
     ) -> None:
-        """Create a new instance. Secret: $LAMA_SECRET or a hidden prompt."""
+        """Create a new instance (--name, --email), or a new device of your person
+        (--join LINK from `lama invite --device`). Secret: $LAMA_SECRET or a hidden prompt."""
         from lama.identity.instance import Instance, check_base_dir, check_email, check_name
 
+        if join is not None:
+            for value, opt in ((name, "--name"), (email, "--email")):
+                if value is not None:
+                    raise typer.BadParameter(
+                        "not with --join (the person comes from the first device)",
+                        param_hint=opt)
+            from lama.connect import device, pairing
+
+            if pairing.PARTNER_PATH.split("?")[0] in join:
+                raise typer.BadParameter(
+                    "this is an invitation to pair with a person (use `lama accept`); "
+                    "`lama invite --device` makes a device invitation", param_hint="--join")
+            inv = pairing.parse_invitation(join)  # a malformed link fails before the secret
+            if instance_name is None:
+                instance_name = device.default_instance_name()
+            check_name(instance_name, "instance name (--instance-name)")
+            check_base_dir(dir)
+            url = comm_server or os.environ.get(COMM_SERVER_ENV) or inv.url
+            secret = read_secret(confirm=True)
+            _run_async(_join(dir, inv, secret, instance_name, url, as_json))
+            return
+        for value, opt in ((name, "--name"), (email, "--email")):
+            if value is None:
+                raise typer.BadParameter("is required (unless --join is given)",
+                                         param_hint=opt)
         if instance_name is None:  # only a missing option defaults; "" is an error
             instance_name = socket.gethostname() or "lama"
         # check the arguments before asking for the secret (Instance.create checks them again)
@@ -299,21 +350,29 @@ def _build_app() -> Any:
             help="After pairing, wait up to this many seconds for the CHUM connection (0: no)."),
         email: str = typer.Option(None, "--email", help="Choose the instance by email ..."),
         instance_name: str = typer.Option(None, "--instance-name", help="... and name."),
+        device: bool = typer.Option(
+            False, "--device",
+            help="Invite a new device of your own person instead of a contact: the link "
+                 "(.../invites/inviteDevice/...) is for `lama init --join LINK` on the new "
+                 "device, which then gets your person's keys and contacts over the encrypted "
+                 "connection. Anyone holding the link before it is used or expires can become "
+                 "you: show it only to yourself."),
         as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
     ) -> None:
         """Create an invitation, print its link and QR code, wait for one pairing (bounded by
-        the token lifetime) and report the new contact. Secret: $LAMA_SECRET or a prompt."""
+        the token lifetime) and report the new contact (with --device: the new device of
+        yours). Secret: $LAMA_SECRET or a prompt."""
         from lama.identity.instance import Instance
 
         if not lifetime > 0:
             raise typer.BadParameter("must be > 0", param_hint="--lifetime")
         served = _served_dir(dir, email, instance_name)
         if served is not None:  # through the running lama serve (its chat layer, its listener)
-            _run_async(_invite_served(served, lifetime, png, as_json))
+            _run_async(_invite_served(served, lifetime, png, as_json, device))
             return
         url = _comm_server(comm_server)
         with Instance.open(dir, read_secret(), email=email, instance_name=instance_name) as inst:
-            _run_async(_invite(inst, url, lifetime, png, chum_wait, as_json))
+            _run_async(_invite(inst, url, lifetime, png, chum_wait, as_json, device))
 
     @app.command()
     def accept(
@@ -801,6 +860,10 @@ async def _serve(dir: str, secret: str, email: str | None, instance_name: str | 
         elif kind == "connection_down":
             say(kind, f"disconnected from {name(person)}: {escape(data.get('reason') or '')}",
                 person=person, reason=data.get("reason"))
+        elif kind == "pairing_success" and data.get("device"):
+            say("device", f"a new device of mine joined: instance "
+                          f"{escape(str(data.get('remote_instance'))[:16])}",
+                person=person, instance=data.get("remote_instance"))
         elif kind == "pairing_success":
             say("paired", f"paired with {name(person)}", person=person)
         elif kind == "online_state":
@@ -911,7 +974,7 @@ class _ChumWatch:
 
 
 async def _invite(inst: Any, url: str, lifetime: float, png: str | None, chum_wait: float,
-                  as_json: bool) -> None:
+                  as_json: bool, device: bool = False) -> None:
     import asyncio
 
     from lama.connect.manager import ConnectionManager, ManagerConfig
@@ -920,18 +983,27 @@ async def _invite(inst: Any, url: str, lifetime: float, png: str | None, chum_wa
     manager = ConnectionManager(inst, ManagerConfig(comm_server_url=url,
                                                     pairing_token_lifetime=lifetime))
     watch = _ChumWatch(manager)
+    chat = None
+    if device:  # the new device gets my contacts (lama.connect.device)
+        from lama.chat import Chat
+
+        chat = Chat(inst, events=False)
+        manager.device_contacts = lambda: [str(c.person_id) for c in chat.contacts()]
     try:
         await manager.start()
         if not await manager.wait_online(10.0):
             print(f"warning: not yet registered at the comm server {url}; the invitation "
                   "works once it is", file=sys.stderr)
-        inv = manager.create_invitation()
-        link = inv.to_link()
+        inv = manager.create_invitation(device=device)
+        link = inv.to_link(device=device)
         if png:
             with open(png, "wb") as f:
-                f.write(inv.qr_png())
+                f.write(inv.qr_png(device=device))
         print(link)
-        print(inv.qr_text())
+        print(inv.qr_text(device=device))
+        if device:
+            print("this link makes its holder a device of yours: give it to nobody else",
+                  file=sys.stderr)
         print(f"waiting for the invitation to be accepted (token valid {lifetime:g} s) ...",
               file=sys.stderr)
         sys.stdout.flush()
@@ -940,11 +1012,56 @@ async def _invite(inst: Any, url: str, lifetime: float, png: str | None, chum_wa
         except asyncio.TimeoutError:
             raise PairingError(f"the invitation expired after {lifetime:g} s without a pairing",
                                code="LAMA-PAIR-TIMEOUT") from None
+        if device:  # the new device is not running yet: nothing to wait for
+            _report_device(outcome.remote_person, outcome.remote_instance, as_json)
+            return
         _ensure_contact(inst, outcome.remote_person)
         chum_up = await watch.wait(outcome.remote_person, chum_wait)
         _report(outcome, chum_up, chum_wait, as_json)
     finally:
         await manager.close()
+        if chat is not None:
+            chat.close()
+
+
+def _report_device(person: str, instance: str, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps({"device": True, "person_id": person, "instance_id": instance},
+                         indent=2, sort_keys=True))
+    else:
+        print(f"{'new device of person:':<26}{escape(person)}")
+        print(f"{'instance:':<26}{escape(instance)}")
+    sys.stdout.flush()
+
+
+async def _join(dir: str, inv: Any, secret: str, instance_name: str, url: str,
+                as_json: bool) -> None:
+    """``lama init --join``: the new device's side of lama.connect.device, then the chat
+    layer's contacts for the contacts that came along."""
+    from lama.connect import device
+
+    print(f"joining the device at {inv.url} ...", file=sys.stderr)
+    joined = await device.join_device(dir, inv, secret=secret, instance_name=instance_name,
+                                      url=url)
+    inst = joined.instance
+    try:
+        for person in joined.contacts:
+            _ensure_contact(inst, person)
+        if as_json:
+            print(json.dumps({**inst.info.as_dict(), "joined": {
+                "device": joined.inviter_instance,
+                "device_name": joined.inviter_instance_name,
+                "contacts": joined.contacts}}, indent=2, sort_keys=True))
+        else:
+            print("\n".join(_identity_lines(inst.info)))
+            print(f"{'joined the device:':<26}{escape(joined.inviter_instance_name)} "
+                  f"({escape(joined.inviter_instance[:16])})")
+            print(f"{'contacts:':<26}{len(joined.contacts)}")
+            print("run `lama serve` on this device: it connects to your other devices and "
+                  "receives your conversations", file=sys.stderr)
+        sys.stdout.flush()
+    finally:
+        inst.close()
 
 
 async def _accept(inst: Any, url: str, inv: Any, chum_wait: float, as_json: bool) -> None:
@@ -1004,21 +1121,26 @@ def _print_served_contact(contact: dict[str, Any] | None, as_json: bool) -> None
     sys.stdout.flush()
 
 
-async def _invite_served(path: Any, lifetime: float, png: str | None, as_json: bool) -> None:
+async def _invite_served(path: Any, lifetime: float, png: str | None, as_json: bool,
+                         device: bool = False) -> None:
     from lama import control
     from lama.connect import pairing
 
-    async for msg in control.stream(path, "invite", lifetime=lifetime):
+    extra = {"device": True} if device else {}
+    async for msg in control.stream(path, "invite", lifetime=lifetime, **extra):
         if "info" in msg:
             link = msg["info"]["link"]
             if png:
                 with open(png, "wb") as f:
-                    f.write(pairing.parse_invitation(link).qr_png())
+                    f.write(pairing.parse_invitation(link).qr_png(device=device))
             print(link)
             print(msg["info"]["qr"])
             print(f"waiting for the invitation to be accepted (token valid {lifetime:g} s; "
                   f"through lama serve) ...", file=sys.stderr)
             sys.stdout.flush()
+        elif msg.get("ok") and device:
+            d = msg.get("device") or {}
+            _report_device(str(d.get("person_id")), str(d.get("instance_id")), as_json)
         elif msg.get("ok"):
             _print_served_contact(msg.get("contact"), as_json)
 

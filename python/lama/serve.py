@@ -15,7 +15,9 @@ Requests (``op`` and arguments, see lama.control for the framing):
   and (with ``sync_progress``) the connection manager's ``sync`` and ``connection_down`` events
   as ``{"info": {"event": kind, "data": {...}}}`` (for lama.progress.SyncBars)
 * ``invite`` ``{lifetime}`` -> ``{"info": {"link", "qr"}}`` at once, then ``{"ok", "contact"}``
-  when the invitation was accepted (or an error ``LAMA-PAIR-TIMEOUT``)
+  when the invitation was accepted (or an error ``LAMA-PAIR-TIMEOUT``); with ``"device":
+  true`` a device invitation and ``{"ok", "device": {"person_id", "instance_id"}}`` when the
+  new device joined (lama.connect.device)
 * ``accept`` ``{link}`` -> ``{"ok", "contact"}``
 * ``remove`` ``{contact}`` -> ``{"ok"}``
 * ``attachment`` ``{message, index, path}`` -> writes the attachment's bytes to ``path``
@@ -120,6 +122,21 @@ async def handle(app: App, req: dict[str, Any], send: Send, stop: asyncio.Event)
                 f.cancel()
             stopper.cancel()
             await it.aclose()
+    elif op == "invite" and req.get("device") is True:  # a new device of my person
+        lifetime = req.get("lifetime")
+        inv = app.device_invitation(
+            float(lifetime) if isinstance(lifetime, (int, float)) else None)
+        life = float(lifetime) if isinstance(lifetime, (int, float)) else \
+            app.config.pairing_token_lifetime
+        await send({"info": {"link": inv.to_link(device=True),
+                             "qr": inv.qr_text(device=True)}})
+        try:
+            joined = await app.wait_device(life, invitation=inv.token)
+        except asyncio.TimeoutError:
+            raise PairingError(f"the device invitation expired after {life:g} s unused",
+                               code="LAMA-PAIR-TIMEOUT") from None
+        await send({"ok": True, "device": {"person_id": joined["person_id"],
+                                           "instance_id": joined["instance_id"]}})
     elif op == "invite":
         lifetime = req.get("lifetime")
         inv = app.invitation(float(lifetime) if isinstance(lifetime, (int, float)) else None)

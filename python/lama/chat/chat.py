@@ -1137,10 +1137,23 @@ class Chat:
         creationTime): every peer that merged the same two branches computes the same merge
         (lama.objects.versions: the merge does not depend on which head is local) and so the
         same change node, and nothing moves between them afterwards.  A local timestamp here
-        gave each peer its own node, which the other then imported and merged again."""
+        gave each peer its own node, which the other then imported and merged again.
+
+        A merge whose data is the data of every branch it joins is not republished: each of
+        those branches' nodes is exported already and carries that data, so a third replica
+        loses nothing.  Republishing it anyway never ends with three replicas or more (two
+        devices and a contact): the middle one merges the others' branches in its own order,
+        each republished node is a new branch for the other two, and they keep merging and
+        republishing the same data for ever (issue 10: a running ``lama serve`` was so busy
+        with that exchange that a new connection's identity steps timed out)."""
         node = versions.head_node(self.store, cid)
         if node is None or node.kind != "merge":
             return
+        try:
+            if all(versions.load_node(self.store, p).data == node.data for p in node.parents):
+                return  # nothing new to carry: every merged branch has this data already
+        except LamaError:
+            pass
         try:
             versions.update_versioned(
                 self.store, cid,

@@ -89,6 +89,7 @@ SHUTDOWN = "Connection manager shut down"
 UNRESPONSIVE = "Ping: the peer did not answer for {:g} s"
 
 GROUPS = ("chum", "pairing", "debug")
+_DEVICE_GROUP = "lama-device"  # lama.connect.device.DEVICE_GROUP (lama to lama only)
 QUICK_RETRIES = 3  # refusals retried after refused_retry_delay before the backoff applies
 SHORT_LIVED = 5.0  # s: a connection ending sooner counts towards the backoff
 # the manager's persisted settings, in the instance directory (docs/connections.md §3.3)
@@ -344,6 +345,9 @@ class ConnectionManager:
         self._pairing_waiters: list[asyncio.Future[PairingOutcome]] = []
         self._just_paired: set[bytes] = set()  # keys of peers paired in this scan
         self.pairings: list[PairingOutcome] = []
+        # the contacts (person ids) passed on to a device of my person that joins
+        # (lama.connect.device); the App sets it to its chat layer's contact list
+        self.device_contacts: Callable[[], Any] | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -1238,6 +1242,8 @@ class ConnectionManager:
                 pairing_fut = asyncio.get_running_loop().create_future()
                 self._pairing_in_progress.setdefault(c.remote_key, pairing_fut)
                 return protocol.Accept(store_peer=False)  # pairing stores §6.4 on success only
+            if group == _DEVICE_GROUP:  # linking a device of my person (lama.connect.device)
+                return protocol.Accept(store_peer=False) if cfg.allow_pairing else False
             if group not in ("chum", "debug") or (group == "debug" and not cfg.allow_debug_requests):
                 return False
             peer = self._peers.get(c.remote_key)
@@ -1272,6 +1278,9 @@ class ConnectionManager:
                 if pairing_fut is not None:
                     self._pairing_in_progress.setdefault(ident.person_id, pairing_fut)
                 await self._serve_pairing(c, ident)
+                return
+            if c.group == _DEVICE_GROUP:
+                await self._serve_device(c, ident)
                 return
         finally:
             if pairing_fut is not None:
@@ -1412,8 +1421,10 @@ class ConnectionManager:
             self._registry = pairing.TokenRegistry(lifetime=self.config.pairing_token_lifetime)
         return self._registry
 
-    def create_invitation(self, lifetime: float | None = None) -> Any:
-        """A fresh invitation ``{token, publicKey, url}`` (conn §6.1) for this instance."""
+    def create_invitation(self, lifetime: float | None = None, *, device: bool = False) -> Any:
+        """A fresh invitation ``{token, publicKey, url}`` (conn §6.1) for this instance;
+        ``device``: for a new device of my own person (:mod:`lama.connect.device`; give it
+        out as ``to_link(device=True)``)."""
         from . import pairing
 
         if not self.url:
@@ -1421,7 +1432,27 @@ class ConnectionManager:
                 "LAMA-ARG: an invitation needs comm_server_url or a direct listener")
         return pairing.create_invitation(
             self._token_registry(), self.instance, url=self.url,
-            lifetime=lifetime)
+            lifetime=lifetime, device=device)
+
+    async def _serve_device(self, c: _Conn, ident: Any) -> None:
+        """The first device's side of device linking (:mod:`lama.connect.device`) on an
+        incoming ``lama-device`` connection; on success the new device is a peer like a
+        paired one (``pairing_success`` with ``device=True``) and is dialled at once."""
+        from . import device
+
+        persons: list[str] = []
+        if self.device_contacts is not None:
+            persons = list(self.device_contacts())
+        self._pairing_conns.add(c)
+        try:
+            result = await device.serve_device(
+                c.conn, self.instance, self._token_registry(), ident, url=self.url,
+                handshake_key=c.remote_key, contact_persons=persons,
+                timeout=self.config.protocol_timeout)
+            self._after_pairing(result, initiated_locally=False, conn=c, device=True)
+        finally:
+            self._pairing_conns.discard(c)
+        await self._drain_and_close(c, self.config.protocol_timeout)
 
     async def _serve_pairing(self, c: _Conn, ident: Any) -> None:
         """Inviter side of conn §6.3 on an incoming ``pairing`` connection, after
@@ -1499,7 +1530,8 @@ class ConnectionManager:
             await asyncio.wait_for(drain(), timeout)
         await self._close_conn(c, "Close called.")
 
-    def _after_pairing(self, result: Any, *, initiated_locally: bool, conn: _Conn) -> PairingOutcome:
+    def _after_pairing(self, result: Any, *, initiated_locally: bool, conn: _Conn,
+                       device: bool = False) -> PairingOutcome:
         # result: lama.connect.pairing.PairingResult (remote ids as proven in conn §5.3-5.4)
         outcome = PairingOutcome(
             initiated_locally=initiated_locally, local_person=self.instance.person_id,
@@ -1518,7 +1550,7 @@ class ConnectionManager:
         self._emit("pairing_success", initiated_locally=initiated_locally,
                    local_person=outcome.local_person, local_instance=outcome.local_instance,
                    remote_person=outcome.remote_person, remote_instance=outcome.remote_instance,
-                   token=outcome.token)
+                   token=outcome.token, **({"device": True} if device else {}))
         for w in self._pairing_waiters:
             if not w.done():
                 w.set_result(outcome)
@@ -1801,7 +1833,10 @@ class ConnectionManager:
                 "person_id": peer.endpoint.person_id,
                 "instance_id": peer.endpoint.instance_id,
             }
-        total = sum(1 for p in self._peers.values() if p.enabled)
+        # a peer without url that is not connected is not missing: it cannot be dialled (the
+        # contacts a joined device got from my other device, lama.connect.device)
+        total = sum(1 for p in self._peers.values()
+                    if p.enabled and (p.endpoint.url or "chum" in p.active))
         connected = sum(1 for p in self._peers.values() if p.enabled and "chum" in p.active)
         # offline: nothing connected; degraded: some peers unconnected or not answering pings
         status = ("idle" if total == 0 else "healthy" if active == total

@@ -69,6 +69,7 @@ __all__ = [
     "PairingResult",
     "StoredContact",
     "TOKEN_ALPHABET",
+    "TOKEN_KINDS",
     "TokenRegistry",
     "accept_pairing",
     "check_identity",
@@ -89,6 +90,7 @@ TOKEN_LEN = 64
 DEFAULT_HOST = "edda.dev.refinio.one"  # the Lama app's hard-coded domain (app-layer.md §5.3)
 PARTNER_PATH = "/invites/invitePartner/?invited=true#"
 DEVICE_PATH = "/invites/inviteDevice/?invited=true#"
+TOKEN_KINDS = ("partner", "device")
 _HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")
 
 
@@ -237,6 +239,7 @@ class _Entry:
     person_id: str
     expires: float
     busy: bool = False
+    kind: str = "partner"
 
 
 class TokenRegistry:
@@ -262,9 +265,14 @@ class TokenRegistry:
             del self._used[t]
 
     def create(self, person_id: str, token: str | None = None,
-               lifetime: float | None = None) -> str:
-        """Register a token (a fresh random one unless given) for ``person_id``."""
+               lifetime: float | None = None, *, kind: str = "partner") -> str:
+        """Register a token (a fresh random one unless given) for ``person_id``. ``kind``:
+        ``"partner"`` (pairing with another person, §6.3) or ``"device"`` (a device of my own
+        person, :mod:`lama.connect.device`); a token is only good for its own kind."""
         core.check_hash(person_id, "person id")
+        if kind not in TOKEN_KINDS:
+            raise InvalidArgumentError(f"a token kind is one of {TOKEN_KINDS}, not {kind!r}",
+                                       code="LAMA-ARG")
         life = self.lifetime if lifetime is None else lifetime
         if not isinstance(life, (int, float)) or not life > 0:
             raise InvalidArgumentError("the token lifetime must be > 0 seconds", code="LAMA-ARG")
@@ -277,7 +285,7 @@ class TokenRegistry:
             self._purge(now)
             if token in self._entries or token in self._used:
                 raise InvalidArgumentError("this token is registered already", code="LAMA-ARG")
-            self._entries[token] = _Entry(token, person_id, now + float(life))
+            self._entries[token] = _Entry(token, person_id, now + float(life), kind=kind)
         return token
 
     def valid(self, token: str) -> bool:
@@ -292,11 +300,13 @@ class TokenRegistry:
             self._purge(self.clock())
             return len(self._entries)
 
-    def claim(self, token: Any, person_id: str) -> str:
+    def claim(self, token: Any, person_id: str, kind: str = "partner") -> str:
         """Take ``token`` for one pairing of ``person_id`` (§6.3: the token must exist and
         belong to the person that owns the invited instance key). ``PairingError
-        LAMA-PAIR-TOKEN`` if it is unknown, expired, used, in use or someone else's. Follow
-        with :meth:`consume` (success) or :meth:`release` (failure)."""
+        LAMA-PAIR-TOKEN`` if it is unknown, expired, used, in use, someone else's or of
+        another ``kind`` (a partner invitation never links a device, a device invitation never
+        makes a contact). Follow with :meth:`consume` (success) or :meth:`release`
+        (failure)."""
         if not isinstance(token, str) or not token:
             raise PairingError("the pairing token is missing", code="LAMA-PAIR-TOKEN")
         with self._lock:
@@ -318,6 +328,12 @@ class TokenRegistry:
             if not hmac.compare_digest(e.person_id, person_id):
                 raise PairingError("the pairing token belongs to another person",
                                    code="LAMA-PAIR-TOKEN")
+            if e.kind != kind:
+                raise PairingError(
+                    "the token is of a device invitation (use it with `lama init --join`)"
+                    if e.kind == "device" else
+                    "the token is of an invitation to pair with a person, not of a device "
+                    "invitation (`lama invite --device` makes one)", code="LAMA-PAIR-TOKEN")
             e.busy = True
             return token
 
@@ -348,13 +364,17 @@ class TokenRegistry:
 
 
 def create_invitation(registry: TokenRegistry, instance: Any, url: str, *,
-                      token: str | None = None, lifetime: float | None = None) -> Invitation:
+                      token: str | None = None, lifetime: float | None = None,
+                      device: bool = False) -> Invitation:
     """A new invitation of ``instance`` (its person owns the token; ``publicKey`` = its
-    instance encryption key, §1.1) to be reached at ``url`` (its comm server)."""
+    instance encryption key, §1.1) to be reached at ``url`` (its comm server). ``device``:
+    an invitation for a new device of my own person (token kind ``device``; give it out as
+    ``to_link(device=True)``)."""
     if not isinstance(url, str) or not url:
         raise InvalidArgumentError("an invitation needs the url of a comm server",
                                    code="LAMA-ARG")
-    tok = registry.create(instance.person_id, token, lifetime)
+    tok = registry.create(instance.person_id, token, lifetime,
+                          kind="device" if device else "partner")
     return Invitation(tok, instance.instance_public_key.hex(), url)
 
 
