@@ -182,6 +182,18 @@ def test_two_devices_and_a_contact_stop_merging_once_converged(tmp_path: Path) -
             nodes.append(sum(len(c.store.version_nodes(cid)) for c in chats))
         assert texts(laptop, cb.me) == texts(cb, laptop.me) == texts(phone, topic) == want
         assert nodes[-1] == nodes[-4], f"version nodes still growing after convergence: {nodes}"
+        # each replica's head may now be a merge it did not republish: posts made on top of it
+        # still reach the other two, and the three converge again
+        laptop.send(cb.me, "laptop 3", timestamp=1_700_000_000_500)
+        phone.send(topic, "phone 3", timestamp=1_700_000_000_600)
+        cb.send(laptop.me, "bob 3", timestamp=1_700_000_000_700)
+        for _ in range(4):
+            sync(a1, a2, rounds=1)
+            sync(a1, b, rounds=1)
+            for c in chats:
+                c.process_changes()
+        want += ["laptop 3", "phone 3", "bob 3"]
+        assert texts(laptop, cb.me) == texts(cb, laptop.me) == texts(phone, topic) == want
     finally:
         for c in chats:
             c.close()
