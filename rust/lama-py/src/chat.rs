@@ -11,9 +11,9 @@
 use std::sync::{Arc, Mutex};
 
 use lama_core::crypto as c;
-use lama_core::hash::{hash_hex, sha256};
-use lama_core::microdata::{self, Value};
-use lama_core::store::Snapshot;
+use lama_core::hash::hash_hex;
+use lama_core::microdata::Value;
+use lama_core::store::{Serialized, Snapshot};
 use lama_core::Error;
 use pyo3::prelude::*;
 use pyo3::types::{PyList, PyString, PyTuple};
@@ -26,11 +26,12 @@ use crate::store::{rows, values, PyStore};
 /// [`chat_commit`] (again after a lost compare-and-set race, so they are kept).
 #[pyclass(frozen, name = "ChatPosts", module = "lama._lama")]
 pub struct ChatPosts {
-    values: Arc<Vec<Value>>,
+    /// the objects, serialised and hashed (written as they are, not serialised again)
+    values: Arc<Vec<Serialized>>,
     hashes: Vec<(String, String, String, String)>,
     timestamps: Vec<i64>,
     /// the LinkedListEntry objects of the last [`ChatPosts::chain`], written by [`chat_commit`]
-    entries: Mutex<Arc<Vec<Value>>>,
+    entries: Mutex<Arc<Vec<Serialized>>>,
 }
 
 #[pymethods]
@@ -87,8 +88,8 @@ impl ChatPosts {
                     if let Some(p) = prev.take() {
                         props.push(("previous", Value::Str(p)));
                     }
-                    let v = obj("LinkedListEntry", props);
-                    let h = hashed(&v, false)?;
+                    let v = Serialized::of(&obj("LinkedListEntry", props))?;
+                    let h = hash_hex(v.hash());
                     out.push((ct.to_owned(), h.clone()));
                     vals.push(v);
                     prev = Some(h);
@@ -124,15 +125,12 @@ fn obj(type_name: &str, props: Vec<(&str, Value)>) -> Value {
     Value::Dict(d)
 }
 
-/// Serialise `v`; its hash as Node.js computes it (encoded text hashed as JS UTF-8).
-fn hashed(v: &Value, encoded: bool) -> Result<String, Error> {
-    let md = microdata::serialize(v)?;
-    let h = if encoded {
-        sha256(microdata::js_utf8(&md).as_bytes())
-    } else {
-        sha256(md.as_bytes())
-    };
-    Ok(hash_hex(&h))
+/// Serialise `v` as it is stored (Node.js's UTF-8, so encoded text is hashed as JS UTF-8), and
+/// its hash.
+fn serialized(v: &Value) -> Result<(Serialized, String), Error> {
+    let ser = Serialized::of(v)?;
+    let h = hash_hex(ser.hash());
+    Ok((ser, h))
 }
 
 fn str_list(items: &Bound<'_, PyAny>, encoded: &mut bool) -> PyResult<Option<Value>> {
@@ -201,34 +199,31 @@ fn chat_posts(
     }
     py.detach(move || {
         let n = msgs.len();
-        let mut vals: Vec<Value> = Vec::with_capacity(4 * n);
+        let mut vals: Vec<Serialized> = Vec::with_capacity(4 * n);
         let mut cts = Vec::with_capacity(n);
         let mut certs = Vec::with_capacity(n);
         let mut sigs = Vec::with_capacity(n);
         let mut hashes = Vec::with_capacity(n);
         let stamps = timestamps.clone();
-        for ((msg, encoded), ts) in msgs.into_iter().zip(timestamps) {
-            let mh = hashed(&msg, encoded)?;
-            let ct = obj(
+        for ((msg, _encoded), ts) in msgs.into_iter().zip(timestamps) {
+            let (msg, mh) = serialized(&msg)?;
+            let (ct, ch) = serialized(&obj(
                 "CreationTime",
                 vec![("timestamp", Value::Int(ts)), ("data", s(&mh))],
-            );
-            let ch = hashed(&ct, false)?;
-            let cert = obj(
+            ))?;
+            let (cert, cert_h) = serialized(&obj(
                 "AffirmationCertificate",
                 vec![("data", s(&ch)), ("license", s(license))],
-            );
-            let cert_h = hashed(&cert, false)?;
+            ))?;
             let sig = c::sign_detached(cert_h.as_bytes(), sign_secret)?;
-            let sig = obj(
+            let (sig, sh) = serialized(&obj(
                 "Signature",
                 vec![
                     ("issuer", s(author)),
                     ("data", s(&cert_h)),
                     ("signature", Value::Str(hex(&sig))),
                 ],
-            );
-            let sh = hashed(&sig, false)?;
+            ))?;
             vals.push(msg);
             cts.push(ct);
             certs.push(cert);
@@ -273,11 +268,11 @@ fn chat_commit<'py>(
     rows(
         py,
         py.detach(move || {
-            let mut vals = Vec::with_capacity(pv.len() + ev.len() + extra.len());
-            vals.extend(pv.iter().cloned());
-            vals.extend(ev.iter().cloned());
-            vals.extend(extra);
-            store.write_batch(&vals, &heads)
+            // the posts' objects and entries as chat_posts and chain serialised them
+            let mut pre = Vec::with_capacity(pv.len() + ev.len());
+            pre.extend(pv.iter());
+            pre.extend(ev.iter());
+            store.write_batch_serialized(&pre, &extra, &heads)
         })
         .py()?,
     )
