@@ -71,6 +71,7 @@ __all__ = [
     "ChatPosts",
     "chat_posts",
     "chat_commit",
+    "chat_elements",
 ]
 
 # -- recipes (objects.md §3) --------------------------------------------------------------
@@ -413,3 +414,16 @@ def chat_commit(
     objs: list[dict[str, Any]],
     heads: list[tuple[str, str | None, str]],
 ) -> list[tuple[str, str, str | None]]: ...
+def chat_elements(
+    store: Store, old: str | None, new: str | None
+) -> list[
+    tuple[
+        str,
+        str,
+        int | float,
+        list[str] | None,
+        str | None,
+        str | None,
+        tuple[str, str, list[str], list[str], str | None, str | None] | None,
+    ]
+]: ...

@@ -27,7 +27,7 @@ from . import crypto as _crypto
 from .chum import ChumSession
 from .encrypted import EncryptedConnection, encrypted_accept, encrypted_connect
 from .commserver import CommListener, CommServer, comm_listen, comm_server
-from .chatpost import ChatPosts, chat_commit, chat_posts
+from .chatpost import ChatPosts, chat_commit, chat_elements, chat_posts
 
 CORE_NAME = "pure"
 
@@ -73,5 +73,6 @@ __all__ = [
     "ChatPosts",
     "chat_posts",
     "chat_commit",
+    "chat_elements",
     *_crypto.__all__,
 ]

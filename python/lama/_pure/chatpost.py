@@ -16,7 +16,7 @@ from .crypto import sign_detached
 from .microdata import object_hash, serialize_many
 from .store import Store
 
-__all__ = ["ChatPosts", "chat_commit", "chat_posts"]
+__all__ = ["ChatPosts", "chat_commit", "chat_elements", "chat_posts"]
 
 
 class ChatPosts:
@@ -126,3 +126,96 @@ def chat_commit(
     """One transaction (``Store.write_batch``): the objects of ``posts`` and the entries of its
     last :meth:`ChatPosts.chain`, then ``objs``, then the compare-and-set of each head."""
     return store.write_batch([*posts._objects, *posts._entries, *objs], heads)
+
+
+ElementRow = tuple[str, str, Any, "list[str] | None", "str | None", "str | None",
+                   "tuple[str, str, list[str], list[str], str | None, str | None] | None"]
+
+
+def _element(get: Any, h: str) -> tuple[ElementRow, tuple[float, str]]:
+    from lama.errors import MicrodataError
+
+    e = get(h)
+    ct_hash = e.get("data")
+    md = e.get("metadata")
+    prev = e.get("previous")
+    if (not isinstance(ct_hash, str) or (prev is not None and not isinstance(prev, str))
+            or (md is not None and not (isinstance(md, list)
+                                        and all(isinstance(x, str) for x in md)))):
+        raise MicrodataError(f"LinkedListEntry {h} of a channel list is malformed", code="O2M-RTYC1")
+    ct = get(ct_hash)
+    ts = ct.get("timestamp")
+    data = ct.get("data")
+    if isinstance(ts, bool) or not isinstance(ts, (int, float)) or (
+            data is not None and not isinstance(data, str)):
+        raise MicrodataError(f"CreationTime {ct_hash} of a channel list is malformed", code="O2M-RTYC1")
+    row: ElementRow = (h, ct_hash, ts, None if md is None else list(md), prev, data, None)
+    return row, (float(ts), ct_hash)
+
+
+def _post_of(get: Any, data: str | None, metadata: list[str] | None
+             ) -> tuple[str, str, list[str], list[str], str | None, str | None] | None:
+    from lama.errors import LamaError
+
+    if data is None:
+        return None
+    try:
+        msg = get(data)
+    except LamaError:
+        return None
+    text = msg.get("text", "")
+    sender = msg.get("sender")
+    atts = msg.get("attachments", [])
+    thumbs = msg.get("thumbnails", [])
+    if (msg.get("$type$") != "ChatMessage" or not isinstance(sender, str) or not isinstance(text, str)
+            or not isinstance(atts, list) or not isinstance(thumbs, list)
+            or not all(isinstance(x, str) for x in [*atts, *thumbs])):
+        return None
+    sig = issuer = None
+    for s in metadata or ():
+        try:
+            so = get(s)
+        except LamaError:
+            continue
+        if so.get("$type$") == "Signature" and isinstance(so.get("issuer"), str):
+            sig, issuer = s, so["issuer"]
+            break
+    return (text, sender, list(atts), list(thumbs), sig, issuer)
+
+
+def chat_elements(store: Store, old: str | None, new: str | None) -> list[ElementRow]:
+    """The elements of the channel list at entry ``new`` that the list at ``old`` does not
+    hold, newest first (``lama.chat.channel.new_elements``: both lists walked together until
+    they reach the same entry; an element whose key is in both is not new), each with its post
+    read, in one call: ``(entry, creationTime, timestamp, metadata or None, previous or None,
+    the CreationTime's data or None, post)``; ``post`` is ``(text, sender, attachment hashes,
+    thumbnail hashes, Signature hash, its issuer)`` (the first Signature among the metadata;
+    ``None, None`` without one) for a stored ChatMessage with a sender, else ``None``. A
+    missing entry or CreationTime: NotFoundError; a malformed one: MicrodataError."""
+    if new is None or old == new:
+        return []
+    get = store.get_object
+
+    def walk(head: str | None) -> Any:
+        seen: set[str] = set()
+        h = head
+        while h is not None and h not in seen:
+            seen.add(h)
+            el = _element(get, h)
+            yield el
+            h = el[0][4]
+
+    a, b = walk(old), walk(new)
+    ca, cb = next(a, None), next(b, None)
+    out: list[ElementRow] = []
+    while cb is not None:
+        if ca is not None and ca[0][0] == cb[0][0]:
+            break
+        if ca is None or cb[1] > ca[1]:
+            out.append(cb[0])
+            cb = next(b, None)
+        elif cb[1] == ca[1]:
+            cb, ca = next(b, None), next(a, None)
+        else:
+            ca = next(a, None)
+    return [(*row[:6], _post_of(get, row[5], row[3])) for row in out]

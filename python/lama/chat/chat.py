@@ -755,6 +755,21 @@ class Chat:
         while len(c) > _MSG_CACHE:
             c.popitem(last=False)
 
+    def _message(self, t: Topic, cid: str, row: Any) -> Message | None:
+        """The Message of a ``core.chat_elements`` row (``None``: not a ChatMessage); the
+        same Message as :meth:`_build` makes of that element."""
+        entry, ct, ts, _md, _prev, mh, post = row
+        if post is None:
+            return None
+        text, sender, atts, thumbs, sig, author = post
+        store = self.store
+        return Message(ct, t.id, t.peer, cid, entry, mh,
+                       int(ts) if float(ts).is_integer() else ts,
+                       sender, author, sig, self._person_name(sender), text,
+                       tuple(_att.descriptor_of(store, h) for h in atts),
+                       tuple(_att.descriptor_of(store, h) for h in thumbs),
+                       sender == self.me)
+
     def _build(self, t: Topic, cid: str, el: linkedlist.Element) -> Message | None:
         store = self.store
         # the element carries its CreationTime's data when it was read from the store
@@ -1045,13 +1060,17 @@ class Chat:
         if not emit or new == old:
             return 0
         try:
-            # a move made by my own commits only: their messages, no list walk (issue 10)
+            # a move made by my own commits only: their messages, no list walk (issue 10);
+            # else the new elements with their posts, read by the core in one call
             own = self._own_posts(cid, old, new)
-            els = [] if own is not None else _ch.new_elements(store, old, new)
-        except LamaError as e:  # an entry not imported yet: the next head move catches up
+            els = [] if own is not None else core.chat_elements(store, old, new)
+        except NotFoundError as e:  # an entry not imported yet: the next head move catches up
             log.debug("channel %s: %s", cid, e)
             with self._lock:
                 info[1] = old
+            return 0
+        except LamaError as e:  # a malformed entry or CreationTime: this move is passed
+            log.warning("channel %s: %s", cid, e)
             return 0
         t = self._topics.get(topic_id)
         if t is None:
@@ -1065,12 +1084,12 @@ class Chat:
             ("message", {"message": msg, "topic": t}) for msg in own or ()]
         posted, built = self._posted, self._built_own
         with self._posted_lock:  # one side or the other for each of my posts, never both
-            for el in reversed(els):  # oldest first
+            for row in reversed(els):  # oldest first
                 # my own posts of this process were built by _post already
-                msg = posted.pop(el.creation_time, None) if posted else None
+                msg = posted.pop(row[1], None) if posted else None
                 if msg is None:
                     try:
-                        msg = self._build(t, cid, el)
+                        msg = self._message(t, cid, row)
                     except LamaError:
                         continue
                     if msg is None:

@@ -486,6 +486,35 @@ fn write_batch_compare_and_set() {
 }
 
 #[test]
+fn write_batch_serialized_is_write_batch() {
+    use lama_core::store::Serialized;
+    // objects serialised by the caller (the chat sender's post objects), then values, then a
+    // head move: the same results, rows, feed and hashes as write_batch of the values
+    let msg = obj("ChatMessage", vec![("text", s("hi \u{2028} <b>")), ("sender", s(&"b".repeat(64)))]);
+    let ct = obj("CreationTime", vec![("timestamp", Value::Int(1_700_000_000_000)), ("data", s(&hash_of(&msg)))]);
+    let v1 = person("ida@example.com", "Ida");
+    let n1 = edge(&hash_of(&v1), 1);
+    let n1h = hash_of(&n1);
+    let id = sha256_hex(microdata::id_microdata(&v1).unwrap().as_bytes());
+    let heads = [(id.clone(), None, n1h.clone())];
+    let (d1, d2) = (tmp(), tmp());
+    let (s1, s2) = (Store::open(d1.path(), None).unwrap(), Store::open(d2.path(), None).unwrap());
+    let r1 = s1.write_batch(&[msg.clone(), ct.clone(), v1.clone(), n1.clone()], &heads).unwrap();
+    let pre = [Serialized::of(&msg).unwrap(), Serialized::of(&ct).unwrap()];
+    assert_eq!(hex::encode(pre[0].hash()), hash_of(&msg));
+    let r2 = s2.write_batch_serialized(&[&pre[0], &pre[1]], &[v1.clone(), n1], &heads).unwrap();
+    assert_eq!(r1, r2);
+    assert_eq!(s1.get(&hash_of(&msg)).unwrap(), s2.get(&hash_of(&msg)).unwrap());
+    assert_eq!(s2.get(&hash_of(&ct)).unwrap(), microdata::serialize(&ct).unwrap());
+    let feed = |s: &Store| s.changes(0, 100).unwrap().into_iter().map(|e| (e.seq, e.hash, e.kind)).collect::<Vec<_>>();
+    assert_eq!(feed(&s1), feed(&s2));
+    assert_eq!(s2.get_head(&id).unwrap(), Some(n1h));
+    assert!(s2.verify().unwrap().is_empty());
+    // a versioned object is not an item of this path
+    assert!(Serialized::of(&v1).is_err());
+}
+
+#[test]
 fn builtin_reverse_maps_for_access_and_keys() {
     let d = tmp();
     let st = Store::open(d.path(), None).unwrap();

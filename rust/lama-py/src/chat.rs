@@ -11,25 +11,27 @@
 use std::sync::{Arc, Mutex};
 
 use lama_core::crypto as c;
-use lama_core::hash::{hash_hex, sha256};
-use lama_core::microdata::{self, Value};
+use lama_core::hash::hash_hex;
+use lama_core::microdata::Value;
+use lama_core::store::{Serialized, Snapshot};
 use lama_core::Error;
 use pyo3::prelude::*;
-use pyo3::types::{PyList, PyString};
+use pyo3::types::{PyList, PyString, PyTuple};
 
 use crate::errors::IntoPyResult;
-use crate::microdata::py_str_flagged;
+use crate::microdata::{py_str_flagged, str_to_py, value_to_py};
 use crate::store::{rows, values, PyStore};
 
 /// The objects of a batch of posts (see the module doc) and their hashes; written by
 /// [`chat_commit`] (again after a lost compare-and-set race, so they are kept).
 #[pyclass(frozen, name = "ChatPosts", module = "lama._lama")]
 pub struct ChatPosts {
-    values: Arc<Vec<Value>>,
+    /// the objects, serialised and hashed (written as they are, not serialised again)
+    values: Arc<Vec<Serialized>>,
     hashes: Vec<(String, String, String, String)>,
     timestamps: Vec<i64>,
     /// the LinkedListEntry objects of the last [`ChatPosts::chain`], written by [`chat_commit`]
-    entries: Mutex<Arc<Vec<Value>>>,
+    entries: Mutex<Arc<Vec<Serialized>>>,
 }
 
 #[pymethods]
@@ -86,8 +88,8 @@ impl ChatPosts {
                     if let Some(p) = prev.take() {
                         props.push(("previous", Value::Str(p)));
                     }
-                    let v = obj("LinkedListEntry", props);
-                    let h = hashed(&v, false)?;
+                    let v = Serialized::of(&obj("LinkedListEntry", props))?;
+                    let h = hash_hex(v.hash());
                     out.push((ct.to_owned(), h.clone()));
                     vals.push(v);
                     prev = Some(h);
@@ -123,15 +125,12 @@ fn obj(type_name: &str, props: Vec<(&str, Value)>) -> Value {
     Value::Dict(d)
 }
 
-/// Serialise `v`; its hash as Node.js computes it (encoded text hashed as JS UTF-8).
-fn hashed(v: &Value, encoded: bool) -> Result<String, Error> {
-    let md = microdata::serialize(v)?;
-    let h = if encoded {
-        sha256(microdata::js_utf8(&md).as_bytes())
-    } else {
-        sha256(md.as_bytes())
-    };
-    Ok(hash_hex(&h))
+/// Serialise `v` as it is stored (Node.js's UTF-8, so encoded text is hashed as JS UTF-8), and
+/// its hash.
+fn serialized(v: &Value) -> Result<(Serialized, String), Error> {
+    let ser = Serialized::of(v)?;
+    let h = hash_hex(ser.hash());
+    Ok((ser, h))
 }
 
 fn str_list(items: &Bound<'_, PyAny>, encoded: &mut bool) -> PyResult<Option<Value>> {
@@ -200,34 +199,31 @@ fn chat_posts(
     }
     py.detach(move || {
         let n = msgs.len();
-        let mut vals: Vec<Value> = Vec::with_capacity(4 * n);
+        let mut vals: Vec<Serialized> = Vec::with_capacity(4 * n);
         let mut cts = Vec::with_capacity(n);
         let mut certs = Vec::with_capacity(n);
         let mut sigs = Vec::with_capacity(n);
         let mut hashes = Vec::with_capacity(n);
         let stamps = timestamps.clone();
-        for ((msg, encoded), ts) in msgs.into_iter().zip(timestamps) {
-            let mh = hashed(&msg, encoded)?;
-            let ct = obj(
+        for ((msg, _encoded), ts) in msgs.into_iter().zip(timestamps) {
+            let (msg, mh) = serialized(&msg)?;
+            let (ct, ch) = serialized(&obj(
                 "CreationTime",
                 vec![("timestamp", Value::Int(ts)), ("data", s(&mh))],
-            );
-            let ch = hashed(&ct, false)?;
-            let cert = obj(
+            ))?;
+            let (cert, cert_h) = serialized(&obj(
                 "AffirmationCertificate",
                 vec![("data", s(&ch)), ("license", s(license))],
-            );
-            let cert_h = hashed(&cert, false)?;
+            ))?;
             let sig = c::sign_detached(cert_h.as_bytes(), sign_secret)?;
-            let sig = obj(
+            let (sig, sh) = serialized(&obj(
                 "Signature",
                 vec![
                     ("issuer", s(author)),
                     ("data", s(&cert_h)),
                     ("signature", Value::Str(hex(&sig))),
                 ],
-            );
-            let sh = hashed(&sig, false)?;
+            ))?;
             vals.push(msg);
             cts.push(ct);
             certs.push(cert);
@@ -272,19 +268,296 @@ fn chat_commit<'py>(
     rows(
         py,
         py.detach(move || {
-            let mut vals = Vec::with_capacity(pv.len() + ev.len() + extra.len());
-            vals.extend(pv.iter().cloned());
-            vals.extend(ev.iter().cloned());
-            vals.extend(extra);
-            store.write_batch(&vals, &heads)
+            // the posts' objects and entries as chat_posts and chain serialised them
+            let mut pre = Vec::with_capacity(pv.len() + ev.len());
+            pre.extend(pv.iter());
+            pre.extend(ev.iter());
+            store.write_batch_serialized(&pre, &extra, &heads)
         })
         .py()?,
     )
+}
+
+// -- the receiver's read of new list elements (issue 10) -------------------------------------
+
+fn field<'a>(v: &'a Value, key: &str) -> Option<&'a Value> {
+    match v {
+        Value::Dict(d) => d
+            .iter()
+            .find(|(k, _)| matches!(k, Value::Str(s) if s == key))
+            .map(|(_, v)| v),
+        _ => None,
+    }
+}
+
+fn str_of(v: Option<&Value>) -> Option<&str> {
+    match v {
+        Some(Value::Str(s)) => Some(s.as_str()),
+        _ => None,
+    }
+}
+
+/// A list of str (`Ok(None)`: not a list of str).
+fn str_items(v: &Value) -> Option<Vec<String>> {
+    match v {
+        Value::List(items) => items
+            .iter()
+            .map(|x| match x {
+                Value::Str(s) => Some(s.clone()),
+                _ => None,
+            })
+            .collect(),
+        _ => None,
+    }
+}
+
+/// One element of a channel list: entry, CreationTime, timestamp (as stored), metadata,
+/// previous, the CreationTime's data; `key` = (timestamp, CreationTime) for the order.
+struct ReadEl {
+    entry: String,
+    ct: String,
+    ts: Value,
+    key: f64,
+    metadata: Option<Vec<String>>,
+    previous: Option<String>,
+    data: Option<String>,
+}
+
+/// The post of an element: text, sender, attachments, thumbnails, Signature, its issuer.
+type ReadPost = (
+    String,
+    String,
+    Vec<String>,
+    Vec<String>,
+    Option<String>,
+    Option<String>,
+);
+
+fn malformed(what: &str, h: &str) -> Error {
+    Error::microdata(
+        "O2M-RTYC1",
+        format!("{what} {h} of a channel list is malformed"),
+    )
+}
+
+fn read_element(snap: &Snapshot, h: &str) -> Result<ReadEl, Error> {
+    let e = snap.get_object(h)?;
+    let ct = str_of(field(&e, "data")).ok_or_else(|| malformed("LinkedListEntry", h))?;
+    let metadata = match field(&e, "metadata") {
+        None => None,
+        Some(v) => Some(str_items(v).ok_or_else(|| malformed("LinkedListEntry", h))?),
+    };
+    let previous = match field(&e, "previous") {
+        None => None,
+        Some(Value::Str(p)) => Some(p.clone()),
+        Some(_) => return Err(malformed("LinkedListEntry", h)),
+    };
+    let c = snap.get_object(ct)?;
+    let (ts, key) = match field(&c, "timestamp") {
+        Some(Value::Int(i)) => (Value::Int(*i), *i as f64),
+        Some(Value::Float(f)) => (Value::Float(*f), *f),
+        _ => return Err(malformed("CreationTime", ct)),
+    };
+    let data = match field(&c, "data") {
+        None => None,
+        Some(Value::Str(d)) => Some(d.clone()),
+        Some(_) => return Err(malformed("CreationTime", ct)),
+    };
+    Ok(ReadEl {
+        entry: h.to_owned(),
+        ct: ct.to_owned(),
+        ts,
+        key,
+        metadata,
+        previous,
+        data,
+    })
+}
+
+/// The list from `head`, newest first (stops at a repeated entry, as `linkedlist.entries`).
+struct Walk<'a> {
+    snap: &'a Snapshot,
+    next: Option<String>,
+    seen: std::collections::HashSet<String>,
+}
+
+impl Walk<'_> {
+    fn step(&mut self) -> Result<Option<ReadEl>, Error> {
+        let Some(h) = self.next.take() else {
+            return Ok(None);
+        };
+        if !self.seen.insert(h.clone()) {
+            return Ok(None);
+        }
+        let el = read_element(self.snap, &h)?;
+        self.next = el.previous.clone();
+        Ok(Some(el))
+    }
+}
+
+fn key_cmp(a: &ReadEl, b: &ReadEl) -> std::cmp::Ordering {
+    a.key
+        .partial_cmp(&b.key)
+        .unwrap_or(std::cmp::Ordering::Equal)
+        .then_with(|| a.ct.cmp(&b.ct))
+}
+
+fn read_post(snap: &Snapshot, el: &ReadEl) -> Option<ReadPost> {
+    let msg = snap.get_object(el.data.as_deref()?).ok()?;
+    if str_of(field(&msg, "$type$")) != Some("ChatMessage") {
+        return None;
+    }
+    let sender = str_of(field(&msg, "sender"))?.to_owned();
+    let text = match field(&msg, "text") {
+        None => String::new(),
+        Some(Value::Str(t)) => t.clone(),
+        Some(_) => return None,
+    };
+    let list = |k: &str| match field(&msg, k) {
+        None => Some(Vec::new()),
+        Some(v) => str_items(v),
+    };
+    let (atts, thumbs) = (list("attachments")?, list("thumbnails")?);
+    let mut sig = (None, None);
+    for s in el.metadata.iter().flatten() {
+        let Ok(so) = snap.get_object(s) else { continue };
+        if str_of(field(&so, "$type$")) == Some("Signature") {
+            if let Some(issuer) = str_of(field(&so, "issuer")) {
+                sig = (Some(s.clone()), Some(issuer.to_owned()));
+                break;
+            }
+        }
+    }
+    Some((text, sender, atts, thumbs, sig.0, sig.1))
+}
+
+/// `new_elements` of lama.chat.channel with each element's post read (see the stub).
+fn read_new(
+    snap: &Snapshot,
+    old: Option<String>,
+    new: Option<String>,
+) -> Result<Vec<(ReadEl, Option<ReadPost>)>, Error> {
+    let mut out = Vec::new();
+    if new.is_none() || old == new {
+        return Ok(out);
+    }
+    let mut a = Walk {
+        snap,
+        next: old,
+        seen: Default::default(),
+    };
+    let mut b = Walk {
+        snap,
+        next: new,
+        seen: Default::default(),
+    };
+    let mut ca = a.step()?;
+    let mut cb = b.step()?;
+    let mut els = Vec::new();
+    while let Some(eb) = cb.take() {
+        match &ca {
+            Some(ea) if ea.entry == eb.entry => break,
+            None => {
+                els.push(eb);
+                cb = b.step()?;
+            }
+            Some(ea) => match key_cmp(&eb, ea) {
+                std::cmp::Ordering::Greater => {
+                    els.push(eb);
+                    cb = b.step()?;
+                }
+                std::cmp::Ordering::Equal => {
+                    cb = b.step()?;
+                    ca = a.step()?;
+                }
+                std::cmp::Ordering::Less => {
+                    cb = Some(eb);
+                    ca = a.step()?;
+                }
+            },
+        }
+    }
+    for el in els {
+        let post = read_post(snap, &el);
+        out.push((el, post));
+    }
+    Ok(out)
+}
+
+fn opt_str<'py>(py: Python<'py>, s: &Option<String>) -> PyResult<Bound<'py, PyAny>> {
+    Ok(match s {
+        None => py.None().into_bound(py),
+        Some(s) => str_to_py(py, s)?.into_any(),
+    })
+}
+
+fn str_list_py<'py>(py: Python<'py>, items: &[String]) -> PyResult<Bound<'py, PyList>> {
+    let out = PyList::empty(py);
+    for x in items {
+        out.append(str_to_py(py, x)?)?;
+    }
+    Ok(out)
+}
+
+/// The elements of the channel list at entry `new` that the list at `old` does not hold,
+/// newest first, each with its post read, in one read transaction with the GIL released (the
+/// receiver's chat event thread; see `_lama.pyi`).
+#[pyfunction]
+#[pyo3(signature = (store, old, new))]
+fn chat_elements<'py>(
+    py: Python<'py>,
+    store: &Bound<'py, PyStore>,
+    old: Option<String>,
+    new: Option<String>,
+) -> PyResult<Bound<'py, PyList>> {
+    let store = store.get().store()?;
+    let rows = py
+        .detach(move || {
+            let snap = store.snapshot()?;
+            read_new(&snap, old, new)
+        })
+        .py()?;
+    let out = PyList::empty(py);
+    for (el, post) in rows {
+        let md = match &el.metadata {
+            None => py.None().into_bound(py),
+            Some(m) => str_list_py(py, m)?.into_any(),
+        };
+        let post = match post {
+            None => py.None().into_bound(py),
+            Some((text, sender, atts, thumbs, sig, issuer)) => PyTuple::new(
+                py,
+                [
+                    str_to_py(py, &text)?.into_any(),
+                    str_to_py(py, &sender)?.into_any(),
+                    str_list_py(py, &atts)?.into_any(),
+                    str_list_py(py, &thumbs)?.into_any(),
+                    opt_str(py, &sig)?,
+                    opt_str(py, &issuer)?,
+                ],
+            )?
+            .into_any(),
+        };
+        out.append(PyTuple::new(
+            py,
+            [
+                str_to_py(py, &el.entry)?.into_any(),
+                str_to_py(py, &el.ct)?.into_any(),
+                value_to_py(py, &el.ts)?,
+                md,
+                opt_str(py, &el.previous)?,
+                opt_str(py, &el.data)?,
+                post,
+            ],
+        )?)?;
+    }
+    Ok(out)
 }
 
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<ChatPosts>()?;
     m.add_function(wrap_pyfunction!(chat_posts, m)?)?;
     m.add_function(wrap_pyfunction!(chat_commit, m)?)?;
+    m.add_function(wrap_pyfunction!(chat_elements, m)?)?;
     Ok(())
 }

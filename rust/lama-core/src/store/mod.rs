@@ -28,7 +28,7 @@ mod verify;
 pub use access::{Root, RootKind};
 pub use blob::BlobWriter;
 pub use feed::{CommitHook, Event, Subscription};
-pub use objects::{PutResult, Verified};
+pub use objects::{PutResult, Serialized, Verified};
 pub use read::{ClosureWalk, Snapshot};
 pub use rmaps::Props;
 

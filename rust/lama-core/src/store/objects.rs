@@ -59,6 +59,35 @@ fn prepare_values(objs: &[Value]) -> Result<Vec<Prepared<'_>>> {
         .collect()
 }
 
+/// An unversioned object serialised by the caller: `text` its microdata as stored (Node.js's
+/// UTF-8: [`microdata::js_utf8`] of [`microdata::serialize`]), `hash` = SHA-256 of `text`,
+/// `type_name` its `$type$` (see [`Store::write_batch_serialized`]). Built by [`Serialized::of`].
+#[derive(Clone, Debug)]
+pub struct Serialized {
+    text: String,
+    hash: [u8; 32],
+    type_name: String,
+}
+
+impl Serialized {
+    /// Serialise and hash `obj` (an unversioned object: the microdata without an ID part).
+    pub fn of(obj: &Value) -> Result<Serialized> {
+        let (text, id_text) = microdata::serialize_with_id(obj)?;
+        if id_text.is_some() {
+            return Err(Error::store("LAMA-ARG", "a serialised batch item must be an unversioned object"));
+        }
+        let text = utf8_owned(text);
+        let type_name = obj.get("$type$").and_then(Value::as_str).unwrap_or_default().to_owned();
+        let hash = sha256(text.as_bytes());
+        Ok(Serialized { text, hash, type_name })
+    }
+
+    /// The SHA-256 of the stored microdata (the object's hash).
+    pub fn hash(&self) -> &[u8; 32] {
+        &self.hash
+    }
+}
+
 /// The UTF-8 Node.js writes for a core string (lone surrogates as U+FFFD; microdata/text.rs).
 fn utf8_owned(s: String) -> String {
     match microdata::js_utf8(&s) {
@@ -265,7 +294,38 @@ impl Store {
         objs: &[Value],
         heads: &[(String, Option<String>, String)],
     ) -> Result<Vec<PutResult>> {
-        let items = prepare_values(objs)?;
+        self.write_prepared(prepare_values(objs)?, heads)
+    }
+
+    /// [`write_batch`](Self::write_batch) of objects the caller serialised and hashed already
+    /// (`serialized`, written first), then `objs`: the chat sender's post objects (issue 10),
+    /// which `lama-py`'s `chat_posts` serialises to hash them, are not serialised a second time.
+    pub fn write_batch_serialized(
+        &self,
+        serialized: &[&Serialized],
+        objs: &[Value],
+        heads: &[(String, Option<String>, String)],
+    ) -> Result<Vec<PutResult>> {
+        let mut items: Vec<Prepared<'_>> = serialized
+            .iter()
+            .map(|p| Prepared {
+                kind: K_OBJECT,
+                type_name: Cow::Borrowed(p.type_name.as_str()),
+                text: Cow::Borrowed(p.text.as_str()),
+                hash: p.hash,
+                id: None,
+                refs: None,
+            })
+            .collect();
+        items.extend(prepare_values(objs)?);
+        self.write_prepared(items, heads)
+    }
+
+    fn write_prepared(
+        &self,
+        items: Vec<Prepared<'_>>,
+        heads: &[(String, Option<String>, String)],
+    ) -> Result<Vec<PutResult>> {
         let mut parsed = Vec::with_capacity(heads.len());
         for (id, expected, new_head) in heads {
             let exp = match expected {
