@@ -258,12 +258,17 @@ def _replay(rows: Iterable[str], recs: dict[str, _Rec],
                     msgs = d
                 tail = [Step(x[0], float(x[1]), x[2], x[3]) for x in steps]
                 granted, errors = dict(granted) or _NONE, dict(errors) or _NONE  # shared
+                # what the record's messages have in common is one object for all of them
+                # (a batch's are mostly one `created` too), as when they were posted
+                seq, recipients, first = int(seq), tuple(recipients), Step("created", -1.0)
                 for mid, hashes, created, preview in msgs:
                     r = _Rec(mid, topic, channel, direction, sender, preview, float(created),
-                             tuple(hashes), int(seq))
-                    r.recipients = tuple(recipients)
+                             tuple(hashes), seq)
+                    r.recipients = recipients
                     r.granted, r.errors = granted, errors
-                    r.steps = [Step("created", r.created)] + tail
+                    if first.at != r.created:
+                        first = Step("created", r.created)
+                    r.steps = [first, *tail]
                     recs[mid] = r
                     made += 1
             elif d[0] == "upd":
@@ -310,6 +315,9 @@ class _Writer:
         db = sqlite3.connect(str(path), timeout=10.0, check_same_thread=False)
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")
+        # 256 KiB of page cache instead of SQLite's default 2 MiB: the writer appends (the
+        # rightmost leaf) and the opening replay streams the log once (issue 10)
+        db.execute("PRAGMA cache_size=-256")
         db.execute("CREATE TABLE IF NOT EXISTS log (id INTEGER PRIMARY KEY, data TEXT NOT NULL)")
         return db
 
@@ -441,10 +449,11 @@ class Tracer:
         try:
             db = _Writer.connect(path)
             try:
-                cur = db.execute("SELECT data FROM log ORDER BY id")
-                while batch := cur.fetchmany(64):
-                    rows += len(batch)
-                    made += _replay([d for (d,) in batch], recs, kinds, finish=False)
+                # one record at a time: a batch's record is ~150 KB of JSON, and a window
+                # of them (fetchmany(64): ~10 MB) left the heap that much larger for good
+                for (data,) in db.execute("SELECT data FROM log ORDER BY id"):
+                    rows += 1
+                    made += _replay((data,), recs, kinds, finish=False)
                     if self.limit > 0 and len(recs) > bound:
                         _keep_newest(recs, self.limit)
             finally:
