@@ -412,6 +412,39 @@ def test_a_long_log_is_read_in_slices_and_rewritten_at_opening(tmp_path: Path) -
     asyncio.run(again())
 
 
+def test_a_reopened_batch_shares_what_its_posts_share(tmp_path: Path) -> None:
+    """Issue 10: the traces rebuilt from one batch's log record share its recipients and its
+    `created` step (one object per distinct time), as the posted ones do, instead of one
+    copy per message (10,000 kept traces cost ~1 MiB more with copies)."""
+
+    async def first() -> Path:
+        app = await App.create(tmp_path / "a", email="a@example.com", name="A", secret=SECRET,
+                               config=AppConfig(comm_server_url=None, trace=True))
+        try:
+            topic = app.chat.create_group("g", ["ab" * 32, "cd" * 32]).id
+            await app.send_many(topic, [f"m{j}" for j in range(300)])
+            return app.instance_dir
+        finally:
+            await app.close()
+
+    adir = asyncio.run(first())
+
+    async def again() -> None:
+        app = await App.open(adir, SECRET, config=AppConfig(comm_server_url=None, trace=True))
+        try:
+            recs = list(app.tracer._recs.values())
+            assert len(recs) == 300
+            assert sorted(recs[0].recipients) == ["ab" * 32, "cd" * 32]
+            assert len({id(r.recipients) for r in recs}) == 1
+            firsts = {id(r.steps[0]) for r in recs}
+            assert all(r.steps[0] == ("created", r.created, None, None) for r in recs)
+            assert len(firsts) == len({r.created for r in recs}) < 300
+        finally:
+            await app.close()
+
+    asyncio.run(again())
+
+
 @pytest.mark.parametrize("how", ["flag", "env"])
 def test_comm_server_json_logs_and_level_switch(how: str) -> None:
     import signal

@@ -123,8 +123,10 @@ _NONE: dict[Any, Any] = {}  # the shared empty `granted`/`errors` (replaced, nev
 class _Rec:
     """A trace while it is collected (mutable; persisted as the JSON list ``row()``)."""
 
+    # (issue 10: 10,000 kept traces are ~700 B each; ``steps`` is a tuple and ``hashes`` of a
+    # chat post keeps only its ChatMessage hash, ~100 B less per trace than a list and a pair)
     __slots__ = ("message_id", "topic_id", "channel", "direction", "sender", "preview",
-                 "created", "hashes", "seq", "recipients", "granted", "errors", "steps",
+                 "created", "_hashes", "seq", "recipients", "granted", "errors", "steps",
                  "updated", "saved")
 
     def __init__(self, message_id: str, topic_id: str, channel: str, direction: str,
@@ -142,9 +144,22 @@ class _Rec:
         self.recipients: tuple[str, ...] = ()
         self.granted: dict[str, bool] = _NONE   # shared by the traces of one grant check
         self.errors: dict[str, str] = _NONE     # person -> import error text (copy on write)
-        self.steps: list[Step] = []           # steps[0] is always `created`
+        self.steps: tuple[Step, ...] = ()     # steps[0] is always `created`
         self.updated = created
         self.saved = -1                         # steps persisted (-1: not persisted yet)
+
+    @property
+    def hashes(self) -> tuple[str, ...]:
+        """The objects whose serving counts as `fetched`: a post's (message id, ChatMessage
+        hash)."""
+        h = self._hashes
+        return (self.message_id, h) if isinstance(h, str) else h
+
+    @hashes.setter
+    def hashes(self, hashes: tuple[str, ...]) -> None:
+        hashes = tuple(hashes)
+        self._hashes = hashes[1] if len(hashes) == 2 and hashes[0] == self.message_id \
+            else hashes
 
     def has(self, step: str, peer: str | None = None) -> bool:
         return any(s.step == step and s.peer == peer for s in self.steps)
@@ -156,7 +171,7 @@ class _Rec:
         s = step if isinstance(step, Step) else Step(step, at, peer, detail)
         if self.has(s.step, s.peer):
             return False
-        self.steps.append(s)
+        self.steps = (*self.steps, s)
         if s.at > self.updated:
             self.updated = s.at
         return True
@@ -204,13 +219,13 @@ def _encode_records(recs: Iterable[_Rec], full: bool = False) -> list[str]:
     for r, members in news.values():
         head = [r.direction, r.topic_id, r.channel, r.sender, r.seq, r.recipients, r.granted,
                 r.errors, r.steps[1:]]
-        if all(len(m.message_id) == 64 and len(m.hashes) == 2 and m.hashes[0] == m.message_id
-               and len(m.hashes[1]) == 64 for m in members):
+        if all(len(m.message_id) == 64 and isinstance(m._hashes, str) and len(m._hashes) == 64
+               for m in members):  # (message id, ChatMessage hash) each
             created: Any = r.created
             if any(m.created != created for m in members):
                 created = [m.created for m in members]
             out.append(_ENCODE(["newc", *head, "".join([m.message_id for m in members]),
-                                "".join([m.hashes[1] for m in members]), created,
+                                "".join([str(m._hashes) for m in members]), created,
                                 [m.preview for m in members]]))
         else:
             out.append(_ENCODE(["new", *head, [[m.message_id, m.hashes, m.created, m.preview]
@@ -256,24 +271,29 @@ def _replay(rows: Iterable[str], recs: dict[str, _Rec],
             if d[0] == "new":
                 _, direction, topic, channel, sender, seq, recipients, granted, errors, steps, \
                     msgs = d
-                tail = [Step(x[0], float(x[1]), x[2], x[3]) for x in steps]
+                tail = tuple(Step(x[0], float(x[1]), x[2], x[3]) for x in steps)
                 granted, errors = dict(granted) or _NONE, dict(errors) or _NONE  # shared
+                # what the record's messages have in common is one object for all of them
+                # (a batch's are mostly one `created` too), as when they were posted
+                seq, recipients, first = int(seq), tuple(recipients), Step("created", -1.0)
                 for mid, hashes, created, preview in msgs:
                     r = _Rec(mid, topic, channel, direction, sender, preview, float(created),
-                             tuple(hashes), int(seq))
-                    r.recipients = tuple(recipients)
+                             hashes, seq)
+                    r.recipients = recipients
                     r.granted, r.errors = granted, errors
-                    r.steps = [Step("created", r.created)] + tail
+                    if first.at != r.created:
+                        first = Step("created", r.created)
+                    r.steps = (first, *tail)
                     recs[mid] = r
                     made += 1
             elif d[0] == "upd":
                 _, steps, errors, granted, mids = d
-                tail = [Step(x[0], float(x[1]), x[2], x[3]) for x in steps]
+                more = tuple(Step(x[0], float(x[1]), x[2], x[3]) for x in steps)
                 granted, errors = dict(granted) or _NONE, dict(errors) or _NONE  # shared
                 for mid in mids:
                     known = recs.get(mid)
                     if known is not None:
-                        known.steps.extend(tail)
+                        known.steps += more
                         known.errors, known.granted = errors, granted
             elif d[0] == "drop":
                 for mid in d[1]:
@@ -310,6 +330,9 @@ class _Writer:
         db = sqlite3.connect(str(path), timeout=10.0, check_same_thread=False)
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")
+        # 256 KiB of page cache instead of SQLite's default 2 MiB: the writer appends (the
+        # rightmost leaf) and the opening replay streams the log once (issue 10)
+        db.execute("PRAGMA cache_size=-256")
         db.execute("CREATE TABLE IF NOT EXISTS log (id INTEGER PRIMARY KEY, data TEXT NOT NULL)")
         return db
 
@@ -441,10 +464,11 @@ class Tracer:
         try:
             db = _Writer.connect(path)
             try:
-                cur = db.execute("SELECT data FROM log ORDER BY id")
-                while batch := cur.fetchmany(64):
-                    rows += len(batch)
-                    made += _replay([d for (d,) in batch], recs, kinds, finish=False)
+                # one record at a time: a batch's record is ~150 KB of JSON, and a window
+                # of them (fetchmany(64): ~10 MB) left the heap that much larger for good
+                for (data,) in db.execute("SELECT data FROM log ORDER BY id"):
+                    rows += 1
+                    made += _replay((data,), recs, kinds, finish=False)
                     if self.limit > 0 and len(recs) > bound:
                         _keep_newest(recs, self.limit)
             finally:
@@ -597,7 +621,7 @@ class Tracer:
                        float(m.timestamp), (mid, m.hash), seq)
             if created_step.at != rec.created:  # one batch: mostly one timestamp
                 created_step = Step("created", rec.created)
-            rec.steps = [created_step, posted_step]
+            rec.steps = (created_step, posted_step)
             rec.updated = at
             recs[mid] = rec
             watch[mid] = mid
@@ -669,16 +693,16 @@ class Tracer:
             todo = [r for r in recs if not r.recipients]
             if todo:
                 self._recipients(todo, self._participants(todo[0]))
-            shared: dict[tuple[Any, ...], tuple[dict[str, bool], list[Step]]] = {}
+            shared: dict[tuple[Any, ...], tuple[dict[str, bool], tuple[Step, ...]]] = {}
             for r in recs:
                 key = (r.recipients, r.steps[1])  # one batch: one posted step
                 g = shared.get(key)
                 if g is None:
                     ok = {p: p in members for p in r.recipients}
-                    g = shared[key] = (ok, [Step("granted", r.steps[1].at, p)
-                                            for p, yes in ok.items() if yes])
+                    g = shared[key] = (ok, tuple(Step("granted", r.steps[1].at, p)
+                                                 for p, yes in ok.items() if yes))
                 r.granted = g[0]  # shared: never changed afterwards
-                r.steps.extend(g[1])
+                r.steps += g[1]
             # new traces are persisted whole at the flush; only older ones need a mark
             self._dirty.update(dict.fromkeys(r.message_id for r in recs if r.saved >= 0))
 

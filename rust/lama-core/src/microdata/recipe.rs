@@ -81,10 +81,15 @@ pub(crate) struct Recipe {
     pub json: String,
     /// The recipe with inheritance applied, normalized (`resolved_recipe`).
     pub resolved: String,
-    pub raw: J,
 }
 
 impl Recipe {
+    /// The recipe as registered, parsed again from `json` (issue 10: keeping the parsed value
+    /// of every recipe cost more than its text; it is only needed to register another recipe).
+    pub(crate) fn raw(&self) -> J {
+        serde_json::from_str(&self.json).expect("a registered recipe's JSON parses")
+    }
+
     pub(crate) fn versioned(&self) -> bool {
         !self.id_rules.is_empty()
     }
@@ -135,7 +140,7 @@ impl Registry {
             }
         }
         if let Some(existing) = self.get(&name) {
-            if existing.raw == raw {
+            if existing.raw() == raw {
                 return Ok(());
             }
             return Err(Error::recipe(
@@ -189,7 +194,7 @@ impl Registry {
             resolved_json["crdtConfig"] = c.clone();
         }
         let resolved = serde_json::to_string(&resolved_json).unwrap_or_default();
-        let recipe = Recipe { name: name.clone(), rules, id_rules, json, resolved, raw };
+        let recipe = Recipe { name: name.clone(), rules, id_rules, json, resolved };
         self.recipes.push(Arc::new(recipe));
         self.by_name.insert(name, self.recipes.len() - 1);
         Ok(())
@@ -310,11 +315,13 @@ impl Inheritance<'_> {
         };
         let (tname, tprop) =
             path.rsplit_once('.').ok_or_else(|| self.fail(format!("inheritFrom \"{path}\" is not \"Type.itemprop\"")))?;
+        let parent: J;
         let candidates: &[J] = if tname == self.name {
             self.top
         } else {
             let r = self.reg.get(tname).ok_or_else(|| self.fail(format!("inheritFrom type \"{tname}\" not found")))?;
-            r.raw.get("rule").and_then(J::as_array).map(Vec::as_slice).unwrap_or_default()
+            parent = r.raw();
+            parent.get("rule").and_then(J::as_array).map(Vec::as_slice).unwrap_or_default()
         };
         let target = candidates
             .iter()
@@ -579,7 +586,7 @@ pub(crate) fn register_json(json: &str) -> Result<()> {
     let mut lock = global().write().unwrap_or_else(|p| p.into_inner());
     if let Some(name) = raw.get("name").and_then(J::as_str) {
         if let Some(existing) = lock.get(name) {
-            if existing.raw == raw {
+            if existing.raw() == raw {
                 return Ok(());
             }
         }
