@@ -617,7 +617,7 @@ impl Session {
             return;
         }
         let Some(ex) = self.exporter.as_mut() else { return };
-        match ex.changed_roots() {
+        match ex.changed_roots(&mut self.cx.log, &mut self.cx.stats) {
             Ok(Some(args)) => {
                 let id = self.next_id;
                 self.next_id += 1;
