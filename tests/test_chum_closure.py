@@ -23,7 +23,7 @@ PER_POST = 6
 """New objects per Chat.post: ChatMessage, CreationTime, Signature, LinkedListEntry, the
 ChannelInfo version and its version node."""
 
-OPTS = {"keep_running": True, "poll_interval": 5.0, "fast_path": True}
+OPTS: dict[str, Any] = {"keep_running": True, "poll_interval": 5.0, "fast_path": True}
 
 
 def _stores(tmp_path: Path, name: str = "") -> tuple[Any, Any, str, str]:

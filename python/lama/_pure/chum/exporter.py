@@ -296,10 +296,11 @@ class Exporter:
                 first = args[0] if args else None
                 self.notify_roots = isinstance(first, dict) and first.get("roots") is True
                 # "notify-closure": {"roots": true, "closure": true} also asks for the closures
-                self.notify_closure = self.notify_roots and first.get("closure") is True
+                self.notify_closure = isinstance(first, dict) and self.notify_roots \
+                    and first.get("closure") is True
                 # with it the importer's mark, if it has one: it holds every root accessible
                 # up to it (as a receipt says)
-                held = first.get("mark") if self.notify_closure else None
+                held = first.get("mark") if isinstance(first, dict) and self.notify_closure else None
                 if isinstance(held, int) and not isinstance(held, bool) and held > 0:
                     self.receipt_mark = max(self.receipt_mark, held)
                 return [rpc.data_response(rid, rpc.UNDEF)]
