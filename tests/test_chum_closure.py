@@ -82,7 +82,7 @@ def test_a_push_on_a_long_channel_moves_only_the_new_objects(tmp_path: Path) -> 
 
     for k in range(3):  # the first push, and pushes whose hints extend what A knows for free
         before_a, before_b = sa.stats(), sb.stats()
-        sent_b = len(pump.sent[1])
+        sent_a, sent_b = len(pump.sent[0]), len(pump.sent[1])
         head = chat.post(f"live {k}")
         sa.store_changed(pump.now)  # A's driver saw the write
         pump.run(max_time=1.0)
@@ -91,6 +91,12 @@ def test_a_push_on_a_long_channel_moves_only_the_new_objects(tmp_path: Path) -> 
         # no request for the whole push: the roots and their pruned closures came with the
         # NOTIFY ("notify-closure"; A seeded what B holds from its receipt)
         assert _requests(pump.sent[1], sent_b) == [], _requests(pump.sent[1], sent_b)
+        # B's import made the post accessible to A at B: B's NOTIFY back to A carries no
+        # closure (A sent it all, so B knows A holds it), and A asks for nothing: A only
+        # sends the NOTIFY of the push
+        echoes = _notifies(pump.sent[1], sent_b)
+        assert all("closure" not in n for n in echoes), echoes
+        assert _requests(pump.sent[0], sent_a) == [104]  # the push itself
         assert after_a["objects_sent"] - before_a["objects_sent"] == PER_POST
         assert after_b["objects_received"] - before_b["objects_received"] == PER_POST
         # the whole-history list alone would be ~1 MB

@@ -593,9 +593,11 @@ impl Exporter {
             // hint or mark): seed `known` from the receipt's mark as from a 106 mark ("Mark")
             let _ = self.seed_known(self.receipt_mark);
         }
-        if self.notify_closure && !self.known.is_empty() {
+        // the importer lacks at most the roots not in `known`: only theirs are needed
+        let lacking: Vec<String> = hashes.iter().filter(|h| Hash::parse(h).is_none_or(|k| !self.known.contains(&k))).cloned().collect();
+        if self.notify_closure && !self.known.is_empty() && !lacking.is_empty() {
             // a store error here only leaves the closures out (the importer asks 106)
-            if let Ok(Some(c)) = self.notify_closure_entries(&hashes, log, stats) {
+            if let Ok(Some(c)) = self.notify_closure_entries(&lacking, log, stats) {
                 payload["closure"] = c;
             }
         }
@@ -654,6 +656,20 @@ impl Exporter {
         stats.objects_sent += tmp_stats.objects_sent;
         stats.id_objects_sent += tmp_stats.id_objects_sent;
         Ok(Some(Value::Object(out)))
+    }
+
+    /// "notify-closure" is on: the session tells [`peer_holds`](Self::peer_holds) what the
+    /// importer received from the peer.
+    pub fn wants_held(&self) -> bool {
+        self.notify_closure
+    }
+
+    /// Objects and ID objects the peer sent us (verified by hash): it holds them and, by its
+    /// "no holes" invariant, their closures, so they join `known`; a lying peer only shortens
+    /// its own lists. A NOTIFY whose roots all came from the peer (our import made them
+    /// accessible to it again) then carries no closure, and the peer asks for nothing.
+    pub fn peer_holds<'a>(&mut self, hashes: impl Iterator<Item = &'a String>) {
+        self.known.extend(hashes.filter_map(|h| Hash::parse(h)));
     }
 
     /// A receipt with mark `m` and no error: the importer holds everything accessible up to

@@ -429,9 +429,11 @@ class Exporter:
                     self._seed_known(snap, self.receipt_mark)
         except LamaError:
             pass  # `known` only stays smaller
-        if self.notify_closure and self.known:
+        # the importer lacks at most the roots not in `known`: only theirs are needed
+        lacking = [h for h in hashes if h not in self.known]
+        if self.notify_closure and self.known and lacking:
             try:
-                closure = self._notify_closure(hashes)
+                closure = self._notify_closure(lacking)
             except LamaError:
                 closure = None  # a store error only leaves the closures out (the importer asks 106)
             if closure is not None:
