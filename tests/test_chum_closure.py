@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 from typing import Any, Callable
 
+import pytest
 from chum_graph import Chat, grant_object, person_id, register_recipes
 from chum_pump import Pump
 from lama._core import core
@@ -22,7 +23,7 @@ PER_POST = 6
 """New objects per Chat.post: ChatMessage, CreationTime, Signature, LinkedListEntry, the
 ChannelInfo version and its version node."""
 
-OPTS = {"keep_running": True, "poll_interval": 5.0, "fast_path": True}
+OPTS: dict[str, Any] = {"keep_running": True, "poll_interval": 5.0, "fast_path": True}
 
 
 def _stores(tmp_path: Path, name: str = "") -> tuple[Any, Any, str, str]:
@@ -81,14 +82,21 @@ def test_a_push_on_a_long_channel_moves_only_the_new_objects(tmp_path: Path) -> 
 
     for k in range(3):  # the first push, and pushes whose hints extend what A knows for free
         before_a, before_b = sa.stats(), sb.stats()
-        sent_b = len(pump.sent[1])
+        sent_a, sent_b = len(pump.sent[0]), len(pump.sent[1])
         head = chat.post(f"live {k}")
         sa.store_changed(pump.now)  # A's driver saw the write
         pump.run(max_time=1.0)
         assert b.has(head)
         after_a, after_b = sa.stats(), sb.stats()
-        # one request for the whole push: GET_CLOSURE (the roots came with the NOTIFY)
-        assert _requests(pump.sent[1], sent_b) == [106], _requests(pump.sent[1], sent_b)
+        # no request for the whole push: the roots and their pruned closures came with the
+        # NOTIFY ("notify-closure"; A seeded what B holds from its receipt)
+        assert _requests(pump.sent[1], sent_b) == [], _requests(pump.sent[1], sent_b)
+        # B's import made the post accessible to A at B: B's NOTIFY back to A carries no
+        # closure (A sent it all, so B knows A holds it), and A asks for nothing: A only
+        # sends the NOTIFY of the push
+        echoes = _notifies(pump.sent[1], sent_b)
+        assert all("closure" not in n for n in echoes), echoes
+        assert _requests(pump.sent[0], sent_a) == [104]  # the push itself
         assert after_a["objects_sent"] - before_a["objects_sent"] == PER_POST
         assert after_b["objects_received"] - before_b["objects_received"] == PER_POST
         # the whole-history list alone would be ~1 MB
@@ -129,8 +137,9 @@ def test_pushes_after_a_reconnect_arrive_complete(tmp_path: Path) -> None:
         sa.store_changed(pump.now)
         pump.run(max_time=1.0)
         assert b.has(live[-1])
-    # the first push of a session walks nothing A was not told of; each push is one request
-    assert _requests(pump.sent[1], sent_b) == [106, 106, 106]
+    # the first push of a session walks nothing A was not told of; each push needs no request
+    # (the closures come with the NOTIFY)
+    assert _requests(pump.sent[1], sent_b) == []
     assert [e for e in pump.events[1] if e[0] == "error"] == []
     # the whole history up to the last post is here
     assert all(b.has(h) for h in a.children(live[-1]))
@@ -142,9 +151,38 @@ def test_pushes_after_a_reconnect_arrive_complete(tmp_path: Path) -> None:
     b.close()
 
 
+def _without_notify_closure(f: str | bytes) -> str | bytes:
+    """A's probe answer as an exporter from before "notify-closure" sends it (the NOTIFY then
+    carries no closure and B asks 106)."""
+    if isinstance(f, str) and '"lama"' in f:
+        m = json.loads(f)
+        if isinstance(m.get("data"), dict) and "features" in m["data"]:
+            m["data"]["features"] = [x for x in m["data"]["features"] if x != "notify-closure"]
+            return json.dumps(m)
+    return f
+
+
+def _live_without_notify_closure(a: Any, b: Any, pa: str, pb: str) -> tuple[Any, Any, Pump]:
+    sa, sb = core.ChumSession(a, pa, pb, **OPTS), core.ChumSession(b, pb, pa, **OPTS)
+    pump = Pump(sa, sb)
+    pump.filters[0] = _without_notify_closure
+    sa.start(pump.now)
+    sb.start(pump.now)
+    pump.run(max_time=1.0)
+    assert ("full_sync", {}) in pump.events[1]
+    pump.filters[0] = None
+    return sa, sb, pump
+
+
+LIVE = {"notify-closure": _live, "106": _live_without_notify_closure}
+"""The two ways a push's closure reaches the importer: inline in the NOTIFY, or (an exporter
+without "notify-closure") in the answer to a 106 request."""
+
+
 def _rewrite_closure_answers(pump: Pump, rewrite: Callable[[list[Any]], list[Any]]) -> list[int]:
-    """Make A's answers to B's GET_CLOSURE requests pass through ``rewrite`` (a hostile or
-    broken exporter); returns the list of rewritten request ids."""
+    """Make A's answers to B's GET_CLOSURE requests, and the closures A's NOTIFYs carry
+    ("notify-closure"), pass through ``rewrite`` (a hostile or broken exporter); returns the
+    ids of the rewritten answers and NOTIFYs."""
     ids: set[int] = set()
     done: list[int] = []
 
@@ -158,6 +196,13 @@ def _rewrite_closure_answers(pump: Pump, rewrite: Callable[[list[Any]], list[Any
     def rewrite_a(f: str | bytes) -> str | bytes:
         if isinstance(f, str):
             m = json.loads(f)
+            if m.get("type") == "request" and m.get("serviceId") == 104 and m["args"] \
+                    and isinstance(m["args"][0], dict) and "closure" in m["args"][0]:
+                closure = m["args"][0]["closure"]
+                keys = list(closure)
+                m["args"][0]["closure"] = dict(zip(keys, rewrite([closure[k] for k in keys])))
+                done.append(m["requestId"])
+                return json.dumps(m, separators=(",", ":"))
             if m.get("type") == "data" and m.get("responseId") in ids:
                 ids.discard(m["responseId"])
                 done.append(m["responseId"])
@@ -170,14 +215,15 @@ def _rewrite_closure_answers(pump: Pump, rewrite: Callable[[list[Any]], list[Any
     return done
 
 
-def test_an_exporter_that_claims_an_object_is_present_stores_nothing_wrong(tmp_path: Path) -> None:
+@pytest.mark.parametrize("way", sorted(LIVE))
+def test_an_exporter_that_claims_an_object_is_present_stores_nothing_wrong(tmp_path: Path, way: str) -> None:
     register_recipes()
     a, b, pa, pb = _stores(tmp_path)
     chat = Chat(a, pa, pb)
     chat.share([pa, pb])
     for i in range(20):
         chat.post(f"message {i}")
-    sa, sb, pump = _live(a, b, pa, pb)
+    sa, sb, pump = LIVE[way](a, b, pa, pb)
     msg_hash: list[str] = []
 
     def omit_message(answer: list[Any]) -> list[Any]:
@@ -221,7 +267,8 @@ def test_an_exporter_that_claims_an_object_is_present_stores_nothing_wrong(tmp_p
     b.close()
 
 
-def test_an_exporter_that_slips_objects_into_a_closure_stores_nothing_wrong(tmp_path: Path) -> None:
+@pytest.mark.parametrize("way", sorted(LIVE))
+def test_an_exporter_that_slips_objects_into_a_closure_stores_nothing_wrong(tmp_path: Path, way: str) -> None:
     register_recipes()
     a, b, pa, pb = _stores(tmp_path)
     chat = Chat(a, pa, pb)
@@ -230,7 +277,7 @@ def test_an_exporter_that_slips_objects_into_a_closure_stores_nothing_wrong(tmp_
     # objects B must never get: a private message not granted, and A's Access grant object
     (secret,) = [h for h, _s, _i in a.put_objects([{"$type$": "ChatMessage", "text": "private", "sender": pa}])]
     grant = grant_object(a, secret, [pa])
-    sa, sb, pump = _live(a, b, pa, pb)
+    sa, sb, pump = LIVE[way](a, b, pa, pb)
     wrong = core.object_hash({"$type$": "ChatMessage", "text": "forged", "sender": pa})
 
     def slip(answer: list[Any]) -> list[Any]:
@@ -261,7 +308,8 @@ def test_an_exporter_that_slips_objects_into_a_closure_stores_nothing_wrong(tmp_
     b.close()
 
 
-def test_a_closure_answer_with_a_malformed_entry_is_refused_whole(tmp_path: Path) -> None:
+@pytest.mark.parametrize("way", sorted(LIVE))
+def test_a_closure_answer_with_a_malformed_entry_is_refused_whole(tmp_path: Path, way: str) -> None:
     """An entry that is not a hash: the whole list of that root is refused with DC-PC4 (the
     Rust importer reads good 106 answers straight into typed entries; anything else must
     still take the general way that reports it), nothing is stored, and the next pass (105)
@@ -271,7 +319,7 @@ def test_a_closure_answer_with_a_malformed_entry_is_refused_whole(tmp_path: Path
     chat = Chat(a, pa, pb)
     chat.share([pa, pb])
     chat.post("first")
-    sa, sb, pump = _live(a, b, pa, pb)
+    sa, sb, pump = LIVE[way](a, b, pa, pb)
 
     def bad_hash(answer: list[Any]) -> list[Any]:
         for entry in answer:
@@ -340,11 +388,15 @@ def test_an_older_lama_exporter_without_the_extensions_still_pushes(tmp_path: Pa
 
 
 def _listed(frames: list[str | bytes], since: int = 0) -> int:
-    """Entries listed in the 106 answers among ``frames[since:]`` (children of every root)."""
+    """Entries listed in the 106 answers and NOTIFY closures among ``frames[since:]`` (children of every root)."""
     n = 0
     for f in frames[since:]:
         if isinstance(f, str):
             m = json.loads(f)
+            if m.get("type") == "request" and m.get("serviceId") == 104 and m["args"] \
+                    and isinstance(m["args"][0], dict):
+                # "notify-closure": the closures the NOTIFY carries
+                n += sum(len(r["children"]) for r in m["args"][0].get("closure", {}).values())
             if m.get("type") == "data" and isinstance(m.get("data"), str) and '"children"' in m["data"]:
                 for r in json.loads(m["data"]):
                     n += len(r["children"]) if isinstance(r, dict) else 0
@@ -388,12 +440,112 @@ def test_the_work_of_a_push_does_not_grow_with_the_channel(tmp_path: Path) -> No
     """Issue 10: the CHUM export of a long channel must not be quadratic. Every push, in a
     live session and as the first push after a reconnect (the importer's mark seeds what the
     exporter knows it holds, docs/chum-fastpath.md "Mark"), costs the same counts on a channel
-    of 40 and of 400 posts: one request, the new objects listed (the exporter's walk reads
+    of 40 and of 400 posts: no request (the NOTIFY carries the closures), the new objects listed (the exporter's walk reads
     exactly the listed objects and the root: it stops at what the importer holds), sent and
     received once."""
     short, long_ = _push_counts(tmp_path, 40), _push_counts(tmp_path, 400)
     assert short == long_, (short, long_)
     for requests, listed, sent, received in long_:
-        assert requests == 1
+        # the closures came with the NOTIFY ("notify-closure"; the first push after the
+        # reconnect too: B's SUBSCRIBE told A its mark)
+        assert requests == 0
         assert listed <= PER_POST
         assert sent == received == PER_POST
+
+
+def _notifies(frames: list[str | bytes], since: int = 0) -> list[dict[str, Any]]:
+    """The NOTIFY payloads among ``frames[since:]``."""
+    out = []
+    for f in frames[since:]:
+        if isinstance(f, str):
+            m = json.loads(f)
+            if m.get("type") == "request" and m.get("serviceId") == 104:
+                out.append(m["args"][0] if m["args"] else {})
+    return out
+
+
+def test_a_push_too_large_for_the_notify_is_fetched_with_106(tmp_path: Path) -> None:
+    """docs/chum-fastpath.md "notify-closure": the exporter inlines a NOTIFY's closures only
+    within its bounds (64 entries); 30 posts written between two NOTIFYs list more, so that
+    NOTIFY carries the roots alone and the importer asks 106 as before. The next push is
+    inline again."""
+    register_recipes()
+    a, b, pa, pb = _stores(tmp_path)
+    chat = Chat(a, pa, pb)
+    chat.share([pa, pb])
+    chat.post("first")
+    sa, sb, pump = _live(a, b, pa, pb)
+    sent_a, sent_b = len(pump.sent[0]), len(pump.sent[1])
+    heads = [chat.post(f"burst {i}") for i in range(30)]
+    sa.store_changed(pump.now)
+    pump.run(max_time=1.0)
+    assert all(b.has(h) for h in heads)
+    (note,) = _notifies(pump.sent[0], sent_a)
+    assert "closure" not in note and note["roots"]
+    assert 106 in _requests(pump.sent[1], sent_b)
+    sent_a, sent_b = len(pump.sent[0]), len(pump.sent[1])
+    head = chat.post("after the burst")
+    sa.store_changed(pump.now)
+    pump.run(max_time=1.0)
+    assert b.has(head)
+    (note,) = _notifies(pump.sent[0], sent_a)
+    assert "closure" in note
+    assert _requests(pump.sent[1], sent_b) == []
+    assert [e for e in pump.events[1] if e[0] == "error"] == []
+    _no_holes(b)
+    assert b.verify() == []
+    sa.connection_closed("bye", pump.now)
+    pump.step()
+    a.close()
+    b.close()
+
+
+@pytest.mark.parametrize("attack", ["oversized", "extra-root", "page-token"])
+def test_a_hostile_notify_closure_is_dropped_and_nothing_wrong_is_stored(tmp_path: Path, attack: str) -> None:
+    """A NOTIFY whose closure breaks the rules is not used at all: one larger than the 106
+    inline bounds (more than 1,024 listed entries), or with a page token, is dropped whole and
+    the importer asks 106; an entry for a hash that is not a root of this round (a private
+    object the exporter slips in, with its data) is never asked for, so nothing of it is
+    stored. The real post arrives either way."""
+    register_recipes()
+    a, b, pa, pb = _stores(tmp_path)
+    chat = Chat(a, pa, pb)
+    chat.share([pa, pb])
+    chat.post("first")
+    (secret,) = [h for h, _s, _i in a.put_objects([{"$type$": "ChatMessage", "text": "private", "sender": pa}])]
+    sa, sb, pump = _live(a, b, pa, pb)
+    rewritten: list[int] = []
+
+    def hostile(f: str | bytes) -> str | bytes:
+        if isinstance(f, str):
+            m = json.loads(f)
+            if m.get("type") == "request" and m.get("serviceId") == 104 and "closure" in m["args"][0]:
+                closure = m["args"][0]["closure"]
+                entry = next(iter(closure.values()))
+                if attack == "oversized":
+                    entry["children"][:0] = [{"type": "object", "hash": f"{i:064x}"} for i in range(1100)]
+                elif attack == "page-token":
+                    entry["more"] = "1.1"
+                else:
+                    closure[secret] = {"root": a.get(secret), "children": []}
+                rewritten.append(m["requestId"])
+                return json.dumps(m, separators=(",", ":"))
+        return f
+
+    pump.filters[0] = hostile
+    sent_b = len(pump.sent[1])
+    head = chat.post("second")
+    sa.store_changed(pump.now)
+    pump.run(max_time=1.0)
+    assert rewritten
+    assert b.has(head)
+    assert not b.has(secret)
+    expected = [] if attack == "extra-root" else [106]  # a dropped closure: asked as before
+    assert _requests(pump.sent[1], sent_b) == expected
+    assert [e for e in pump.events[1] if e[0] == "error"] == []
+    _no_holes(b)
+    assert b.verify() == []
+    sa.connection_closed("bye", pump.now)
+    pump.step()
+    a.close()
+    b.close()

@@ -52,6 +52,13 @@ pub const CLOSURE_HINTS_MAX: usize = 4096;
 /// is listed without `data` and fetched with 101.
 pub const CLOSURE_INLINE_MAX: usize = 1024;
 pub const CLOSURE_INLINE_CHARS: usize = 4 * 1024 * 1024;
+/// docs/chum-fastpath.md "notify-closure": a NOTIFY carries the roots' pruned closures inline
+/// only if they list at most this many entries and this many characters of microdata, with
+/// no BLOB/CLOB (else the importer asks 106 as before).
+pub const NOTIFY_INLINE_ENTRIES: usize = 64;
+pub const NOTIFY_INLINE_CHARS: usize = 256 * 1024;
+/// Inline NOTIFYs remembered until a receipt confirms them (the oldest is dropped beyond).
+const NOTIFIED_MAX: usize = 256;
 /// Hashes remembered in sent closures (to extend the known set without a walk) before the
 /// memory is dropped.
 const SENT_MAX: usize = 4_000_000;
@@ -110,6 +117,15 @@ pub struct Exporter {
     /// `notify_base` (the mark up to which the peer was told every root).
     notify_roots: bool,
     notify_base: u64,
+    /// The peer subscribed with `{"closure": true}` too ("notify-closure"): a NOTIFY also
+    /// carries the roots' pruned closures with their microdata; `notified` holds, per
+    /// NOTIFY, its mark and roots until a receipt with a mark at least as high confirms the
+    /// importer holds them (they then join `known`).
+    notify_closure: bool,
+    notified: std::collections::VecDeque<(u64, Vec<String>)>,
+    /// The highest mark of a receipt without errors (the importer holds every root accessible
+    /// up to it).
+    receipt_mark: u64,
     /// docs/chum-fastpath.md "closure": hashes the importer holds with their whole closure
     /// (downward closed: the closure of every member is in it), from its hints this session.
     known: std::collections::HashSet<Hash>,
@@ -344,6 +360,9 @@ impl Exporter {
             notify_mark: 0,
             notify_roots: false,
             notify_base: 0,
+            notify_closure: false,
+            notified: std::collections::VecDeque::new(),
+            receipt_mark: 0,
             known: std::collections::HashSet::new(),
             sent: HashMap::default(),
             sent_total: 0,
@@ -391,10 +410,21 @@ impl Exporter {
                 // docs/chum-fastpath.md "notify-roots": `[{"roots": true}]` asks for the roots in
                 // the NOTIFY itself (an older lama sends `[]`)
                 self.notify_roots = matches!(args.first(), Some(Some(Value::Object(m))) if m.get("roots") == Some(&Value::Bool(true)));
+                // "notify-closure": `{"roots": true, "closure": true}` also asks for the closures
+                self.notify_closure = self.notify_roots && matches!(args.first(), Some(Some(Value::Object(m))) if m.get("closure") == Some(&Value::Bool(true)));
+                // with it the importer's mark, if it has one: it holds every root accessible
+                // up to it (as a receipt says)
+                if let (true, Some(Some(Value::Object(m)))) = (self.notify_closure, args.first()) {
+                    self.receipt_mark = self.receipt_mark.max(m.get("mark").and_then(Value::as_u64).unwrap_or(0));
+                }
                 Ok(vec![Message::Text(rpc::data_response(id, &None))])
             }
             LAMA_RECEIPT => {
-                self.receipts.push(parse_receipt(args.first().and_then(|a| a.as_ref())));
+                let (mark, errors) = parse_receipt(args.first().and_then(|a| a.as_ref()));
+                if let (Some(m), true) = (mark, errors.is_empty()) {
+                    self.receipt_mark(m);
+                }
+                self.receipts.push((mark, errors));
                 Ok(vec![Message::Text(rpc::data_response(id, &None))])
             }
             s => Ok(vec![Message::Text(rpc::unknown_service(id, &Value::from(s)))]),
@@ -443,7 +473,7 @@ impl Exporter {
     }
 
     fn probe(&self) -> Value {
-        json!({"lama": FASTPATH_VERSION, "features": ["batch", "children-batch", "push", "roots-since", "closure", "notify-roots", "receipt", "batch-binary", "closure-pages"], "epoch": self.epoch()})
+        json!({"lama": FASTPATH_VERSION, "features": ["batch", "children-batch", "push", "roots-since", "closure", "notify-roots", "receipt", "batch-binary", "closure-pages", "notify-closure"], "epoch": self.epoch()})
     }
 
     fn batch_arg(args: &[Data]) -> Result<&Vec<Value>, ServiceError> {
@@ -531,7 +561,13 @@ impl Exporter {
     /// `mark`, unlocked as by a roots answer; `since` is the mark of the previous NOTIFY (or
     /// of the subscription): a write that made nothing accessible moves no base, so the
     /// importer can chain them (docs/chum-fastpath.md "Push").
-    pub fn changed_roots(&mut self) -> lama_core::Result<Option<Vec<Data>>> {
+    ///
+    /// With "notify-closure" the payload also has `"closure": {hash: entry}`: for every hash a
+    /// 106 would be asked for (each root's object, ID object or node), its paged 106 entry
+    /// (pruned at `known`, dependencies first, the microdata inline), if `known` is not empty
+    /// and all of them fit [`NOTIFY_INLINE_ENTRIES`] / [`NOTIFY_INLINE_CHARS`] without a
+    /// BLOB/CLOB. The importer then needs no 106 round trip.
+    pub fn changed_roots(&mut self, log: &mut ChumLog, stats: &mut Stats) -> lama_core::Result<Option<Vec<Data>>> {
         if !self.subscribed || self.done {
             return Ok(None);
         }
@@ -543,10 +579,138 @@ impl Exporter {
         if !self.notify_roots {
             return Ok(Some(Vec::new()));
         }
+        let hashes: Vec<String> = roots.iter().flat_map(|(kind, h, id_hash, _)| {
+            let mut v = vec![h.clone()];
+            if kind == "versioned" {
+                v.extend(id_hash.clone());
+            }
+            v
+        }).collect();
         let wire = self.unlock_rows(roots);
-        let payload = json!({"since": self.notify_base, "mark": self.notify_mark, "roots": wire});
+        let mut payload = json!({"since": self.notify_base, "mark": self.notify_mark, "roots": wire});
+        if self.notify_closure && self.known.is_empty() && self.receipt_mark > 0 {
+            // the importer said what it holds only by its receipts (its first pass sent no
+            // hint or mark): seed `known` from the receipt's mark as from a 106 mark ("Mark")
+            let _ = self.seed_known(self.receipt_mark);
+        }
+        // the importer lacks at most the roots not in `known`: only theirs are needed
+        let lacking: Vec<String> = hashes.iter().filter(|h| Hash::parse(h).is_none_or(|k| !self.known.contains(&k))).cloned().collect();
+        if self.notify_closure && !self.known.is_empty() && !lacking.is_empty() {
+            // a store error here only leaves the closures out (the importer asks 106)
+            if let Ok(Some(c)) = self.notify_closure_entries(&lacking, log, stats) {
+                payload["closure"] = c;
+            }
+        }
+        if self.notify_closure {
+            // with or without closures: a receipt up to this mark says the importer holds them
+            self.notified.push_back((self.notify_mark, hashes));
+            if self.notified.len() > NOTIFIED_MAX {
+                self.notified.pop_front();
+            }
+        }
         self.notify_base = self.notify_mark;
         Ok(Some(vec![Some(payload)]))
+    }
+
+    /// "notify-closure": the paged 106 entry of each of `hashes` (pruned at `known`,
+    /// dependencies first, microdata inline), or `None` when they do not fit the NOTIFY
+    /// bounds or list a BLOB/CLOB. Inline objects are logged and counted like 101's, only
+    /// when they are sent.
+    fn notify_closure_entries(&mut self, hashes: &[String], log: &mut ChumLog, stats: &mut Stats) -> Result<Option<Value>, ServiceError> {
+        let mut walks = Vec::with_capacity(hashes.len());
+        let mut entries = 0usize;
+        for h in hashes {
+            let Some(kind) = self.store.kind(h).map_err(store_err)?.filter(|k| matches!(k, EntryKind::Object | EntryKind::Id)) else {
+                return Ok(None);
+            };
+            let walk = self.store.children_tagged_except(h, &self.known).map_err(store_err)?;
+            entries += walk.len() + 1;
+            if entries > NOTIFY_INLINE_ENTRIES || walk.iter().any(|(k, _)| matches!(k, RefKind::Blob | RefKind::Clob)) {
+                return Ok(None);
+            }
+            walks.push((h, kind, walk));
+        }
+        let mut budget = (NOTIFY_INLINE_ENTRIES, NOTIFY_INLINE_CHARS);
+        let mut tmp_log = ChumLog::default();
+        let mut tmp_stats = Stats::default();
+        let mut out = serde_json::Map::new();
+        let mut sent = Vec::with_capacity(walks.len());
+        for (h, kind, walk) in walks {
+            let root_text = self.closure_root_text(h, kind, true, &mut budget, &mut tmp_log, &mut tmp_stats)?;
+            let data = self.closure_data(&walk, true, &mut budget, &mut tmp_log, &mut tmp_stats)?;
+            if budget.1 == 0 || data.iter().any(Option::is_none) {
+                // over the character bound: nothing inline (the listed hashes stay unlocked,
+                // as a 106 answer would have unlocked them)
+                return Ok(None);
+            }
+            let mut text = String::new();
+            write_closure_root(&mut text, root_text.as_deref(), &walk, &data, false, None);
+            out.insert(h.clone(), serde_json::from_str(&text).map_err(|e| err("LAMA-CHUM-BATCH", e.to_string()))?);
+            sent.push((Hash::parse(h).expect("a root hash"), walk.into_iter().map(|(_, c)| c).collect::<Vec<_>>()));
+        }
+        for (h, list) in sent {
+            self.remember_sent(h, list);
+        }
+        log.a_to_b_objects.extend(tmp_log.a_to_b_objects);
+        log.a_to_b_id_objects.extend(tmp_log.a_to_b_id_objects);
+        stats.objects_sent += tmp_stats.objects_sent;
+        stats.id_objects_sent += tmp_stats.id_objects_sent;
+        Ok(Some(Value::Object(out)))
+    }
+
+    /// "notify-closure" is on: the session tells [`peer_holds`](Self::peer_holds) what the
+    /// importer received from the peer.
+    pub fn wants_held(&self) -> bool {
+        self.notify_closure
+    }
+
+    /// Objects and ID objects the peer sent us (verified by hash): it holds them and, by its
+    /// "no holes" invariant, their closures, so they join `known`; a lying peer only shortens
+    /// its own lists. A NOTIFY whose roots all came from the peer (our import made them
+    /// accessible to it again) then carries no closure, and the peer asks for nothing.
+    pub fn peer_holds<'a>(&mut self, hashes: impl Iterator<Item = &'a String>) {
+        self.known.extend(hashes.filter_map(|h| Hash::parse(h)));
+    }
+
+    /// A receipt with mark `m` and no error: the importer holds everything accessible up to
+    /// `m`, so the roots of every NOTIFY up to `m` join `known` (without a walk when their
+    /// closure was sent, inline or by 106), and the next NOTIFY's closures list only what is
+    /// new.
+    fn receipt_mark(&mut self, m: u64) {
+        self.receipt_mark = self.receipt_mark.max(m);
+        while self.notified.front().is_some_and(|(nm, _)| *nm <= m) {
+            let (_, hashes) = self.notified.pop_front().expect("present");
+            // newest first: the newest node's closure (often a sent list) holds the older ones
+            for h in hashes.into_iter().rev() {
+                // an error here only leaves `known` smaller (a longer list next time)
+                let _ = self.hold(&h);
+            }
+        }
+    }
+
+    /// The importer holds `k` (a hint, or a root a receipt confirmed): `k` and its closure join
+    /// `known`, from the list sent for it if there is one, else by one walk stopped at `known`.
+    /// Only a hash unlocked in this session counts.
+    fn hold(&mut self, k: &str) -> Result<(), ServiceError> {
+        let Some(kh) = Hash::parse(k) else { return Ok(()) };
+        if self.known.contains(&kh) || !self.accessible.contains(k) {
+            return Ok(());
+        }
+        if let Some(list) = self.sent.remove(&kh) {
+            // known was downward closed when the list was cut from the closure, so the
+            // list plus known is the whole closure of the hint
+            self.sent_total -= list.len();
+            self.known.extend(list);
+            self.known.insert(kh);
+            return Ok(());
+        }
+        if !matches!(self.store.kind(k).map_err(store_err)?, Some(EntryKind::Object | EntryKind::Id)) {
+            return Ok(());
+        }
+        let walk = self.store.children_tagged_except(k, &self.known).map_err(store_err)?;
+        self.known.extend(walk.into_iter().map(|(_, h)| h));
+        self.known.insert(kh);
+        Ok(())
     }
 
     /// docs/chum-fastpath.md "Mark": once per session, `known` gets the closure of the newest
@@ -604,24 +768,7 @@ impl Exporter {
         }
         for k in &hints {
             let Some(k) = k.as_str().filter(|k| lama_core::hash::is_hash(k)) else { continue };
-            let Some(kh) = Hash::parse(k) else { continue };
-            if self.known.contains(&kh) || !self.accessible.contains(k) {
-                continue;
-            }
-            if let Some(list) = self.sent.remove(&kh) {
-                // known was downward closed when the list was cut from the closure, so the
-                // list plus known is the whole closure of the hint
-                self.sent_total -= list.len();
-                self.known.extend(list);
-                self.known.insert(kh);
-                continue;
-            }
-            if !matches!(self.store.kind(k).map_err(store_err)?, Some(EntryKind::Object | EntryKind::Id)) {
-                continue;
-            }
-            let walk = self.store.children_tagged_except(k, &self.known).map_err(store_err)?;
-            self.known.extend(walk.into_iter().map(|(_, h)| h));
-            self.known.insert(kh);
+            self.hold(k)?;
         }
         // "closure-pages": `{"page": L}` asks for each root's closure in pages of L entries,
         // listed dependencies first (an importer that does not ask gets whole closures in the

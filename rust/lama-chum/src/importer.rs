@@ -22,7 +22,7 @@ use lama_core::microdata::{self, RefKind, Value as MdValue};
 use lama_core::store::{Store, Verified};
 use serde_json::Value;
 
-use crate::exporter::{CLOSURE_HINTS_MAX, GET_CLOSURE, GET_CLOSURE_PAGE, GET_OBJECTS_BINARY, BATCH_MAX, FASTPATH_VERSION, GET_CHILDREN_BATCH, GET_OBJECTS_BATCH, GET_ROOTS_SINCE, LAMA_PROBE, SUBSCRIBE, FIN, GET_ACCESSIBLE_ROOTS, GET_BLOB, GET_ID_OBJECT, GET_ID_OBJECT_CHILDREN, GET_OBJECT, GET_OBJECT_CHILDREN, GET_PROTOCOL_VERSION};
+use crate::exporter::{CLOSURE_INLINE_CHARS, CLOSURE_INLINE_MAX, CLOSURE_HINTS_MAX, GET_CLOSURE, GET_CLOSURE_PAGE, GET_OBJECTS_BINARY, BATCH_MAX, FASTPATH_VERSION, GET_CHILDREN_BATCH, GET_OBJECTS_BATCH, GET_ROOTS_SINCE, LAMA_PROBE, SUBSCRIBE, FIN, GET_ACCESSIBLE_ROOTS, GET_BLOB, GET_ID_OBJECT, GET_ID_OBJECT_CHILDREN, GET_OBJECT, GET_OBJECT_CHILDREN, GET_PROTOCOL_VERSION};
 use crate::rpc::Data;
 use crate::session::Cx;
 use crate::Event;
@@ -308,6 +308,11 @@ pub struct Importer {
     /// when one could not be read (the next pass then asks 102).
     notes: Vec<(u64, u64, Vec<Value>)>,
     notes_bad: bool,
+    /// "notify-closure": the closures those NOTIFYs carried (hash -> a paged 106 entry), and
+    /// those of the notes the current pass took: a children round whose every root is here
+    /// uses them instead of asking 106.
+    note_closure: HashMap<H, Value>,
+    inline: HashMap<H, Value>,
     /// "closure" hints: roots of earlier passes of this session that are stored here (so is
     /// their closure), not yet told to the exporter; the hashes told or queued.
     hints: Vec<String>,
@@ -349,6 +354,8 @@ impl Importer {
             keep_running, poll_interval, roots_attempts: 0, stage: Stage::Start, full_sync: false, pending: HashMap::default(),
             notes: Vec::new(),
             notes_bad: false,
+            note_closure: HashMap::default(),
+            inline: HashMap::default(),
             hints: Vec::new(),
             hinted: HashSet::default(),
             pass_hints: Vec::new(),
@@ -375,12 +382,29 @@ impl Importer {
             Some(n) => self.notes.push(n),
             None => self.notes_bad = true,
         }
+        if self.features.contains("notify-closure") {
+            if let Some(c) = payload.as_ref().and_then(|p| p.get("closure")).and_then(notify_closure) {
+                self.note_closure.extend(c);
+            }
+        }
+    }
+
+    /// "notify-closure": the entries of the closures a NOTIFY carried for a children round
+    /// whose every root has one, as a paged 106 answer text (in `jobs`' order); `None` (ask
+    /// 106) otherwise. What is taken is verified exactly like a 106 answer.
+    fn take_inline(&mut self, jobs: &[Job]) -> Option<String> {
+        if self.inline.is_empty() || jobs.is_empty() || !jobs.iter().all(|j| self.inline.contains_key(&j.hash)) {
+            return None;
+        }
+        let list: Vec<Value> = jobs.iter().map(|j| self.inline.remove(&j.hash).expect("checked")).collect();
+        Some(Value::Array(list).to_string())
     }
 
     /// The next pass: from the roots the NOTIFYs carried when they chain onto our mark (every
     /// root that became accessible after it is among them), else with a roots request.
     fn poll(&mut self, cx: &mut Cx) -> Result<Step, Fatal> {
         let notes = std::mem::take(&mut self.notes);
+        let closures = std::mem::take(&mut self.note_closure);
         if !std::mem::take(&mut self.notes_bad) && !notes.is_empty() && self.peer_key.is_some() {
             let mut upto = self.since;
             let mut roots = Vec::new();
@@ -396,6 +420,7 @@ impl Importer {
             if chained {
                 self.stage = Stage::Roots;
                 self.pass_mark = Some(upto);
+                self.inline = closures;
                 return self.roots_received(Outcome::Ok(Some(Value::String(Value::Array(roots).to_string()))), cx);
             }
         }
@@ -469,6 +494,7 @@ impl Importer {
             }
             Stage::Subscribe => {
                 self.notes.clear();
+                self.note_closure.clear();
                 self.subscribed = matches!(results.first(), Some(Outcome::Ok(_)));
                 self.stage = Stage::PollSleep;
                 Ok(Step::Sleep(self.poll_interval * if self.subscribed { 10 } else { 1 }))
@@ -882,6 +908,7 @@ impl Importer {
     /// exporter may have pruned wrongly, or our store lost something: the whole-closure walk
     /// of 105 fetches whatever is missing).
     fn closure_pass_ended(&mut self, cx: &mut Cx) {
+        self.inline.clear();
         for h in std::mem::take(&mut self.pass_hints) {
             if !self.hinted.contains(&h) && self.store.has(&h).unwrap_or(false) {
                 // told once: `hinted` also marks the queued ones
@@ -982,6 +1009,9 @@ impl Importer {
                 pass.closure_out = true;
             } else {
                 let jobs = self.next_calls(&mut pass);
+                if let Some(answer) = self.take_inline(&jobs) {
+                    return self.inline_round(pass, jobs, answer, cx);
+                }
                 if !jobs.is_empty() {
                     calls.push(self.closure_requests(&jobs, true));
                     pass.out.push_back(Out::Closure(jobs));
@@ -1150,7 +1180,16 @@ impl Importer {
                 // docs/chum-fastpath.md: the exporter calls our NOTIFY when roots appear
                 self.stage = Stage::Subscribe;
                 // "notify-roots": the NOTIFYs carry the new roots (an older lama ignores this)
-                let args = if self.features.contains("notify-roots") { vec![Some(serde_json::json!({"roots": true}))] } else { vec![] };
+                // "notify-closure": and the new roots' closures, when the pass can use them
+                let closure = ["notify-closure", "closure", "closure-pages"].iter().all(|f| self.features.contains(*f));
+                let args = if !self.features.contains("notify-roots") {
+                    vec![]
+                } else if closure {
+                    // with our mark: the exporter seeds what we hold from it ("Mark")
+                    vec![Some(serde_json::json!({"roots": true, "closure": true, "mark": self.since}))]
+                } else {
+                    vec![Some(serde_json::json!({"roots": true}))]
+                };
                 return Ok(Step::Call(vec![req(SUBSCRIBE, args)]));
             }
             self.stage = Stage::PollSleep;
@@ -1316,6 +1355,9 @@ impl Importer {
             pass.paged = true;
             self.pass_closure = true;
             self.setup_nodes(&mut pass);
+            if let Some(answer) = self.take_inline(&calls) {
+                return self.inline_round(pass, calls, answer, cx);
+            }
             let reqs = self.closure_requests(&calls, true);
             pass.out.push_back(Out::Closure(calls));
             pass.closure_out = true;
@@ -1349,6 +1391,17 @@ impl Importer {
         // Fetched in calls of a bounded size, dependencies first; after each call everything
         // that may be stored is committed, so an interrupted pass keeps what it stored and the
         // next session asks only for the rest (issue 8).
+        self.fetch_next(pass, cx)
+    }
+
+    /// "notify-closure": a children round answered by the closures the NOTIFY carried, taken
+    /// as the answer of a paged 106 (no request goes out), then the fetch goes on.
+    fn inline_round(&mut self, mut pass: Box<Pass>, jobs: Vec<Job>, answer: String, cx: &mut Cx) -> Result<Step, Fatal> {
+        let r = self.split_closure(&mut pass, &jobs, vec![Outcome::Ok(Some(Value::String(answer)))], true);
+        if let Err(f) = r.and_then(|res| self.paged_children(&mut pass, jobs, res, cx)) {
+            self.flush(&mut pass, Vec::new(), Vec::new(), false, false, cx);
+            return Err(f);
+        }
         self.fetch_next(pass, cx)
     }
 
@@ -2047,6 +2100,37 @@ fn checked_values(list: &[Value]) -> Option<Vec<(Kind, H)>> {
 /// chum.md §4.3 answer text into a checked list, when every entry is good.
 fn typed_children(s: &str) -> Option<Vec<(Kind, H)>> {
     checked_children(serde_json::from_str::<Vec<Child>>(s).ok()?)
+}
+
+/// "notify-closure": a NOTIFY's `closure` read as the pure core reads it: an object of at most
+/// [`BATCH_MAX`] hashes, each an object with a `children` list (no page token), at most
+/// [`CLOSURE_INLINE_MAX`] children in all and [`CLOSURE_INLINE_CHARS`] characters of
+/// microdata; anything else is dropped whole (the pass then asks 106 as before).
+fn notify_closure(v: &Value) -> Option<HashMap<H, Value>> {
+    let m = v.as_object()?;
+    if m.len() > BATCH_MAX {
+        return None;
+    }
+    let (mut entries, mut chars) = (0usize, 0usize);
+    let mut out = HashMap::default();
+    for (k, e) in m {
+        let h = H::parse(k)?;
+        let e_obj = e.as_object()?;
+        if e_obj.contains_key("more") {
+            return None;
+        }
+        let children = e_obj.get("children")?.as_array()?;
+        entries += children.len();
+        chars += e_obj.get("root").and_then(Value::as_str).map_or(0, str::len);
+        for c in children {
+            chars += c.get("data").and_then(Value::as_str).map_or(0, str::len);
+        }
+        if entries > CLOSURE_INLINE_MAX || chars > CLOSURE_INLINE_CHARS {
+            return None;
+        }
+        out.insert(h, e.clone());
+    }
+    Some(out)
 }
 
 /// One root of a GET_CLOSURE answer (docs/chum-fastpath.md 106), exactly as a lama exporter

@@ -106,6 +106,10 @@ pub struct Session {
     streams: VecDeque<OutStream>,
     /// docs/tracing.md §4: how much of the `AtoB*Objects` logs the `exported` events covered.
     traced_objects: usize,
+    /// How far the Chum log's received objects / ID objects were told to the exporter as
+    /// held by the peer ("notify-closure").
+    held_objects: usize,
+    held_id_objects: usize,
     traced_id_objects: usize,
     /// docs/chum-session.md §2 "Ping": the ping in flight (request id, sent at, reported
     /// late already) and when the next one goes out.
@@ -140,6 +144,8 @@ impl Session {
             notified: false,
             streams: VecDeque::new(),
             traced_objects: 0,
+            held_objects: 0,
+            held_id_objects: 0,
             traced_id_objects: 0,
             ping: None,
             next_ping: None,
@@ -617,7 +623,15 @@ impl Session {
             return;
         }
         let Some(ex) = self.exporter.as_mut() else { return };
-        match ex.changed_roots() {
+        if ex.wants_held() {
+            // what our importer received from the peer, the peer holds (with its closure): a
+            // NOTIFY for those roots (our import made them accessible) needs no closure
+            let log = &self.cx.log;
+            ex.peer_holds(log.b_to_a_objects[self.held_objects..].iter().chain(&log.b_to_a_id_objects[self.held_id_objects..]));
+            self.held_objects = log.b_to_a_objects.len();
+            self.held_id_objects = log.b_to_a_id_objects.len();
+        }
+        match ex.changed_roots(&mut self.cx.log, &mut self.cx.stats) {
             Ok(Some(args)) => {
                 let id = self.next_id;
                 self.next_id += 1;

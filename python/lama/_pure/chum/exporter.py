@@ -47,6 +47,12 @@ CLOSURE_INLINE_CHARS = 4 * 1024 * 1024
 """Inline microdata per GET_CLOSURE answer (objects, characters); the rest is listed without
 ``data`` and fetched with 101."""
 _SENT_MAX = 4_000_000
+NOTIFY_INLINE_ENTRIES = 64
+NOTIFY_INLINE_CHARS = 256 * 1024
+"""docs/chum-fastpath.md "notify-closure": a NOTIFY carries the roots' pruned closures inline
+only if they list at most this many entries and characters of microdata, with no BLOB/CLOB
+(else the importer asks 106 as before)."""
+_NOTIFIED_MAX = 256  # inline NOTIFYs remembered until a receipt confirms them
 """Hashes remembered in sent closures before that memory is dropped."""
 _TAGS = {"obj": "object", "id": "id", "blob": "blob", "clob": "clob"}
 FASTPATH_VERSION = 1
@@ -219,6 +225,11 @@ class Exporter:
         # NOTIFY or of the subscription)
         self.notify_roots = False
         self.notify_base = 0
+        # "notify-closure": a NOTIFY also carries the roots' pruned closures; per NOTIFY its
+        # mark and roots until a receipt with a mark at least as high confirms them
+        self.notify_closure = False
+        self.notified: list[tuple[int, list[str]]] = []
+        self.receipt_mark = 0  # the highest mark of a receipt without errors
         # "closure": hashes the importer holds with their whole closure (downward closed),
         # and root -> the pruned closure sent for it (extends `known` without a walk)
         self.known: set[str] = set()
@@ -270,7 +281,10 @@ class Exporter:
             if service == GET_CLOSURE_PAGE:
                 return [rpc.data_response(rid, self._closure_page(args))]
             if service == LAMA_RECEIPT:
-                self.receipts.append(_receipt(args[0] if args else None))
+                receipt = _receipt(args[0] if args else None)
+                if receipt["mark"] is not None and not receipt["errors"]:
+                    self._receipt_mark(receipt["mark"])
+                self.receipts.append(receipt)
                 return [rpc.data_response(rid, rpc.UNDEF)]
             if service == GET_ROOTS_SINCE and self.roots_since_supported():
                 return [rpc.data_response(rid, self._roots_since(args))]
@@ -281,6 +295,14 @@ class Exporter:
                 # "notify-roots": [{"roots": true}] asks for the roots in the NOTIFY itself
                 first = args[0] if args else None
                 self.notify_roots = isinstance(first, dict) and first.get("roots") is True
+                # "notify-closure": {"roots": true, "closure": true} also asks for the closures
+                self.notify_closure = isinstance(first, dict) and self.notify_roots \
+                    and first.get("closure") is True
+                # with it the importer's mark, if it has one: it holds every root accessible
+                # up to it (as a receipt says)
+                held = first.get("mark") if isinstance(first, dict) and self.notify_closure else None
+                if isinstance(held, int) and not isinstance(held, bool) and held > 0:
+                    self.receipt_mark = max(self.receipt_mark, held)
                 return [rpc.data_response(rid, rpc.UNDEF)]
         except ServiceError as e:
             return [rpc.error_response(rid, e.name, e.text, e.code)]
@@ -326,7 +348,7 @@ class Exporter:
 
     def _probe(self) -> dict[str, Any]:
         features = ["batch", "children-batch", "push"] + (["roots-since"] if self.roots_since_supported() else []) \
-            + ["closure", "notify-roots", "receipt", "batch-binary", "closure-pages"]
+            + ["closure", "notify-roots", "receipt", "batch-binary", "closure-pages", "notify-closure"]
         return {"lama": FASTPATH_VERSION, "features": features, "epoch": self.epoch()}
 
     def _batch(self, args: list[Any]) -> list[str | None]:
@@ -395,10 +417,111 @@ class Exporter:
             return None
         if not self.notify_roots:
             return []
+        hashes = [h for kind, h, id_hash, _t in roots
+                  for h in ([h, id_hash] if kind == "versioned" and id_hash else [h])]
         payload = {"since": self.notify_base, "mark": self.notify_mark,
                    "roots": self._unlock_rows(roots)}
+        try:
+            if self.notify_closure and not self.known and self.receipt_mark > 0:
+                # the importer said what it holds only by its receipts (its first pass sent
+                # no hint or mark): seed `known` from the receipt's mark as from a 106 mark
+                with self.store.snapshot() as snap:
+                    self._seed_known(snap, self.receipt_mark)
+        except LamaError:
+            pass  # `known` only stays smaller
+        # the importer lacks at most the roots not in `known`: only theirs are needed
+        lacking = [h for h in hashes if h not in self.known]
+        if self.notify_closure and self.known and lacking:
+            try:
+                closure = self._notify_closure(lacking)
+            except LamaError:
+                closure = None  # a store error only leaves the closures out (the importer asks 106)
+            if closure is not None:
+                payload["closure"] = closure
+        if self.notify_closure:
+            # with or without closures: a receipt up to this mark says the importer holds them
+            self.notified.append((self.notify_mark, hashes))
+            del self.notified[:-_NOTIFIED_MAX]
         self.notify_base = self.notify_mark
         return [payload]
+
+    def _notify_closure(self, hashes: list[str]) -> dict[str, Any] | None:
+        """"notify-closure": the paged 106 entry of each of ``hashes`` (pruned at ``known``,
+        dependencies first, microdata inline), or None when they do not fit the NOTIFY bounds
+        or list a BLOB/CLOB.  Inline objects are logged like 101's, only when sent."""
+        out: dict[str, Any] = {}
+        sent: list[tuple[str, str]] = []
+        listed: list[tuple[str, list[str]]] = []
+        entries_n = 0
+        chars = 0
+        with self.store.snapshot() as snap:
+            walks = []
+            for h in hashes:
+                kind = snap.kind(h)
+                if kind not in ("object", "id"):
+                    return None
+                walk = self._walk_except(snap, h)
+                entries_n += len(walk) + 1
+                if entries_n > NOTIFY_INLINE_ENTRIES or any(t in ("blob", "clob") for t, _c in walk):
+                    return None
+                walks.append((h, kind, walk))
+            for h, kind, walk in walks:
+                root_text = snap.get(h)
+                chars += len(root_text)
+                sent.append((h, kind))
+                entries = []
+                for tag, c in walk:
+                    text = snap.get(c)
+                    chars += len(text)
+                    sent.append((c, tag))
+                    entries.append({"type": tag, "hash": c, "data": text})
+                if chars > NOTIFY_INLINE_CHARS:
+                    return None
+                out[h] = {"root": root_text, "children": entries}
+                listed.append((h, [c for _t, c in walk]))
+        for _h, entries in ((h, e["children"]) for h, e in out.items()):
+            self.accessible.update(e["hash"] for e in entries)
+        for h, lst in listed:
+            self._remember_sent(h, lst)
+        for h, kind in sent:
+            self._log_sent(h, kind)
+        return out
+
+    def _receipt_mark(self, mark: int) -> None:
+        """A receipt with ``mark`` and no error: the importer holds everything accessible up
+        to it, so the roots of every NOTIFY up to ``mark`` join ``known`` (without a walk when
+        their closure was sent, inline or by 106), and the next NOTIFY's closures list only
+        what is new."""
+        self.receipt_mark = max(self.receipt_mark, mark)
+        confirmed = [hs for m, hs in self.notified if m <= mark]
+        self.notified = [(m, hs) for m, hs in self.notified if m > mark]
+        if not confirmed:
+            return
+        with self.store.snapshot() as snap:
+            for hs in confirmed:
+                # newest first: the newest node's closure (often a sent list) holds the rest
+                for h in reversed(hs):
+                    self._hold(snap, h)
+
+    def _hold(self, snap: Any, k: Any) -> None:
+        """The importer holds ``k`` (a hint, or a root a receipt confirmed): ``k`` and its
+        closure join ``known``, from the list sent for it if there is one, else by one walk
+        stopped at ``known``.  Only a hash unlocked in this session counts."""
+        if not isinstance(k, str) or not _HASH.match(k) or k in self.known \
+                or k not in self.accessible:
+            return
+        sent = self.sent.pop(k, None)
+        if sent is not None:
+            # known was downward closed when the list was cut from the closure, so the
+            # list plus known is the whole closure of the hint
+            self.sent_total -= len(sent)
+            self.known.update(sent)
+            self.known.add(k)
+            return
+        if snap.kind(k) not in ("object", "id"):
+            return
+        self.known.update(c for _t, c in self._walk_except(snap, k))
+        self.known.add(k)
 
     def _walk_except(self, snap: Any, h: str) -> list[tuple[str, str]]:
         """chum.md §5.3 children of ``h`` as ``(tag, hash)``, dependencies first, pruned at
@@ -483,21 +606,7 @@ class Exporter:
             if isinstance(mark, int) and not isinstance(mark, bool) and mark > 0:
                 self._seed_known(snap, mark)
             for k in hints:
-                if not isinstance(k, str) or not _HASH.match(k) or k in self.known \
-                        or k not in self.accessible:
-                    continue
-                sent = self.sent.pop(k, None)
-                if sent is not None:
-                    # known was downward closed when the list was cut from the closure, so the
-                    # list plus known is the whole closure of the hint
-                    self.sent_total -= len(sent)
-                    self.known.update(sent)
-                    self.known.add(k)
-                    continue
-                if snap.kind(k) not in ("object", "id"):
-                    continue
-                self.known.update(c for _t, c in self._walk_except(snap, k))
-                self.known.add(k)
+                self._hold(snap, k)
             # inline only once the importer said what it holds: the list is then what it lacks
             # (a push).  Without hints (a first or resumed sync) the list is the whole closure,
             # of which it may hold most: it fetches only what it lacks with 101.

@@ -13,7 +13,7 @@ from typing import Any, Callable, Generator
 from ...errors import LamaError
 from ..microdata import id_microdata_of, parse, references, sha256_hex, type_of
 from . import rpc
-from .exporter import (BATCH_MAX, CLOSURE_HINTS_MAX, FASTPATH_VERSION, GET_CLOSURE, GET_CLOSURE_PAGE, FIN, GET_ACCESSIBLE_ROOTS, GET_BLOB,
+from .exporter import (BATCH_MAX, CLOSURE_HINTS_MAX, CLOSURE_INLINE_CHARS, CLOSURE_INLINE_MAX, FASTPATH_VERSION, GET_CLOSURE, GET_CLOSURE_PAGE, FIN, GET_ACCESSIBLE_ROOTS, GET_BLOB,
                        GET_ID_OBJECT, GET_ID_OBJECT_CHILDREN, GET_OBJECT, GET_OBJECT_CHILDREN,
                        GET_CHILDREN_BATCH, GET_OBJECTS_BATCH, GET_OBJECTS_BINARY, GET_PROTOCOL_VERSION,
                        GET_ROOTS_SINCE, LAMA_PROBE, LAMA_RECEIPT,
@@ -156,6 +156,11 @@ class Importer:
         # one could not be read (the next pass then asks 102)
         self.notes: list[tuple[int, int, list[Any]]] = []
         self.notes_bad = False
+        # "notify-closure": the closures those NOTIFYs carried (hash -> a paged 106 entry), and
+        # those of the notes the current pass took (a children round whose every root is here
+        # uses them instead of asking 106)
+        self.note_closure: dict[str, Any] = {}
+        self.inline: dict[str, Any] = {}
         # "closure" hints: roots of earlier passes of this session stored here (so is their
         # closure), not told to the exporter yet; the hashes told or queued
         self.hints: list[str] = []
@@ -218,12 +223,26 @@ class Importer:
             self.notes.append((since, mark, roots))  # type: ignore[arg-type]
         else:
             self.notes_bad = True
+        if "notify-closure" in self.features and isinstance(payload, dict):
+            closure = _notify_closure(payload.get("closure"))
+            if closure is not None:
+                self.note_closure.update(closure)
+
+    def _take_inline(self, calls: list[tuple[int, str, str, str | None]]) -> str | None:
+        """"notify-closure": the entries the NOTIFYs carried for a children round whose every
+        root has one, as a paged 106 answer text (in ``calls``' order); None (ask 106)
+        otherwise.  What is taken is verified exactly like a 106 answer."""
+        if not self.inline or not calls or not all(h in self.inline for _s, h, _k, _e in calls):
+            return None
+        return json.dumps([self.inline.pop(h) for _s, h, _k, _e in calls], ensure_ascii=False,
+                          separators=(",", ":"))
 
     def _take_notes(self) -> tuple[int, list[Any]] | None:
         """The roots the NOTIFYs carried, with their mark, when they chain onto our mark
         (every root that became accessible after it is among them); else None."""
         notes, self.notes = self.notes, []
         bad, self.notes_bad = self.notes_bad, False
+        closures, self.note_closure = self.note_closure, {}
         if bad or not notes or self.peer_key is None:
             return None
         upto = self.since
@@ -233,6 +252,7 @@ class Importer:
                 return None
             upto = max(upto, mark)
             roots.extend(lst)
+        self.inline = closures
         return upto, roots
 
     def _closure_pass_ended(self) -> None:
@@ -240,6 +260,7 @@ class Importer:
         recorded an error stops using 106 for this session (the exporter may have pruned
         wrongly, or our store lost something: 105's whole-closure walk fetches what is
         missing)."""
+        self.inline = {}
         cand = [h for h in self.pass_hints if h not in self.hinted]
         self.pass_hints = []
         if cand:
@@ -291,9 +312,16 @@ class Importer:
             if "push" in self.features and not self.subscribed:
                 # docs/chum-fastpath.md: the exporter calls our NOTIFY when roots appear
                 # "notify-roots": the NOTIFYs carry the new roots (an older lama ignores this)
-                (sub,) = yield Call([Req(SUBSCRIBE, [{"roots": True}] if "notify-roots" in self.features else [])])
+                # "notify-closure": and the new roots' closures, when the pass can use them
+                arg: dict[str, Any] = {"roots": True}
+                if {"notify-closure", "closure", "closure-pages"} <= self.features:
+                    # with our mark: the exporter seeds what we hold from it ("Mark")
+                    arg["closure"] = True
+                    arg["mark"] = self.since
+                (sub,) = yield Call([Req(SUBSCRIBE, [arg] if "notify-roots" in self.features else [])])
                 self.subscribed = sub.ok
                 self.notes = []
+                self.note_closure = {}
             # with pushes, polling is only the fallback (the uvc note: 10 x pollInterval)
             yield Sleep(self.poll_interval * (10 if self.subscribed else 1))
 
@@ -712,6 +740,14 @@ class Importer:
                 com._reach(h)
             feed()
 
+        def inline(calls: list[tuple[int, str, str, str | None]]) -> bool:
+            # "notify-closure": a round the NOTIFY's closures answer needs no 106
+            answer = self._take_inline(calls)
+            if answer is None:
+                return False
+            take(calls, self._closure_result(calls, Outcome(True, answer), prefetched, True))
+            return True
+
         def top_up() -> list[list[Req]]:
             nonlocal offset, closure_out, objects_out
             calls: list[list[Req]] = []
@@ -723,6 +759,8 @@ class Importer:
                     closure_out = True
                 else:
                     nxt = next_calls()
+                    while nxt and inline(nxt):
+                        nxt = next_calls()
                     if nxt:
                         calls.append(closure_reqs(nxt, True))
                         out.append(("closure", nxt))
@@ -738,9 +776,15 @@ class Importer:
                 objects_out += 1
             return calls
 
-        out.append(("closure", first_calls))
-        closure_out = True
-        raw_results = yield Calls([closure_reqs(first_calls, True)])
+        raw_results: list[Outcome] = []
+        if inline(first_calls):
+            more = top_up()
+            if out:
+                raw_results = yield Calls(more)
+        else:
+            out.append(("closure", first_calls))
+            closure_out = True
+            raw_results = yield Calls([closure_reqs(first_calls, True)])
         while out:
             what, x = out.popleft()
             if what == "objects":
@@ -1288,6 +1332,29 @@ class _Committer:
                 self.imp._err("LAMA-CHUM-NOTREACHABLE",
                               f"{h} was listed but is not reachable from the root it was listed for",
                               False)
+
+
+def _notify_closure(v: Any) -> dict[str, Any] | None:
+    """"notify-closure": a NOTIFY's ``closure`` as the Rust core reads it: an object of at most
+    BATCH_MAX hashes, each an object with a ``children`` list (no page token), at most
+    CLOSURE_INLINE_MAX children in all and CLOSURE_INLINE_CHARS (UTF-8 bytes) of microdata;
+    anything else is dropped whole (the pass then asks 106 as before)."""
+    if not isinstance(v, dict) or len(v) > BATCH_MAX:
+        return None
+    entries = chars = 0
+    for k, e in v.items():
+        if not _HASH.match(k) or not isinstance(e, dict) or "more" in e \
+                or not isinstance(e.get("children"), list):
+            return None
+        entries += len(e["children"])
+        root = e.get("root")
+        chars += len(root.encode("utf-8", "surrogatepass")) if isinstance(root, str) else 0
+        for c in e["children"]:
+            d = c.get("data") if isinstance(c, dict) else None
+            chars += len(d.encode("utf-8", "surrogatepass")) if isinstance(d, str) else 0
+        if entries > CLOSURE_INLINE_MAX or chars > CLOSURE_INLINE_CHARS:
+            return None
+    return v
 
 
 def _node_depth(text: str) -> float:

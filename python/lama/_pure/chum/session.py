@@ -104,6 +104,7 @@ class ChumSession:
     _trace: bool
     _traced_objects: int
     _traced_id_objects: int
+    _held: tuple[int, int]
     _ping_interval: float
     _ping_timeout: float
     _ping: list[Any] | None
@@ -165,6 +166,9 @@ class ChumSession:
         # off by default, so an untraced session builds nothing
         self._trace = bool(trace)
         self._traced_objects = 0
+        # how far the Chum log's received objects / ID objects were told to the exporter as
+        # held by the peer ("notify-closure")
+        self._held = (0, 0)
         self._traced_id_objects = 0
         return self
 
@@ -316,6 +320,13 @@ class ChumSession:
         self._now = now
         if self._finished or self._exporter is None or self._exporter_done:
             return
+        if self._exporter.notify_closure:
+            # what our importer received from the peer, the peer holds (with its closure): a
+            # NOTIFY for those roots (our import made them accessible) needs no closure
+            objs, ids = self._log["BtoAObjects"], self._log["BtoAIdObjects"]
+            self._exporter.known.update(objs[self._held[0]:])
+            self._exporter.known.update(ids[self._held[1]:])
+            self._held = (len(objs), len(ids))
         try:
             fresh = self._exporter.changed_roots()
         except LamaError as e:
