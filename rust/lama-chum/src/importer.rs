@@ -19,10 +19,11 @@ use std::time::Duration;
 
 use lama_core::hash::{hash_hex, is_hash, sha256, Hash as H};
 use lama_core::microdata::{self, RefKind, Value as MdValue};
-use lama_core::store::{Store, Verified};
+use lama_core::store::Store;
 use serde_json::Value;
 
 use crate::exporter::{CLOSURE_INLINE_CHARS, CLOSURE_INLINE_MAX, CLOSURE_HINTS_MAX, GET_CLOSURE, GET_CLOSURE_PAGE, GET_OBJECTS_BINARY, BATCH_MAX, FASTPATH_VERSION, GET_CHILDREN_BATCH, GET_OBJECTS_BATCH, GET_ROOTS_SINCE, LAMA_PROBE, SUBSCRIBE, FIN, GET_ACCESSIBLE_ROOTS, GET_BLOB, GET_ID_OBJECT, GET_ID_OBJECT_CHILDREN, GET_OBJECT, GET_OBJECT_CHILDREN, GET_PROTOCOL_VERSION};
+use crate::commit::{Committer, Fate, Owned};
 use crate::rpc::Data;
 use crate::session::Cx;
 use crate::Event;
@@ -168,11 +169,14 @@ struct Item {
     blockers: Option<usize>,
     /// Committed by this pass.
     committed: bool,
+    /// Handed to the commit thread, its fate not known yet (it counts as stored meanwhile;
+    /// its type and ID microdata stay here for the §6.2 checks of listed nodes).
+    inflight: bool,
 }
 
 impl Item {
     fn new(kind: Kind, expected_type: Option<String>) -> Item {
-        Item { kind, expected_type, text: None, type_name: String::new(), refs: Vec::new(), hash: [0; 32], id_microdata: None, found_refs: Vec::new(), depth: None, ok: false, stored: false, fetched: false, bad: false, node: false, checked: false, reached: false, queued: false, blockers: None, committed: false }
+        Item { kind, expected_type, text: None, type_name: String::new(), refs: Vec::new(), hash: [0; 32], id_microdata: None, found_refs: Vec::new(), depth: None, ok: false, stored: false, fetched: false, bad: false, node: false, checked: false, reached: false, queued: false, blockers: None, committed: false, inflight: false }
     }
 }
 
@@ -232,6 +236,8 @@ struct Pass {
     prefetched: HashMap<H, String>,
     /// Since when items have been ready but not committed (see [`COMMIT_INTERVAL`]).
     ready_since: Option<std::time::Instant>,
+    /// The importer's number of this pass (the commit thread's refusals count per pass).
+    no: u64,
 }
 
 /// The incremental commit state of a pass (see [`Importer::received`]).
@@ -246,10 +252,28 @@ struct Com {
     ready: VecDeque<H>,
     /// Items committed by this pass.
     committed: usize,
+    /// Items handed to the commit thread by this pass.
+    handed: usize,
+    /// The batches handed to the commit thread whose fates are not known yet, oldest first.
+    sent: VecDeque<Sent>,
+    /// When the session should look for finished commits again (their `imported` events).
+    poll_at: Option<std::time::Instant>,
     /// Some item of the pass is `bad` (refused for a reference or by the store): only then
     /// can a ready item reference one, and `flush` looks.
     any_bad: bool,
 }
+
+/// A batch handed to the commit thread: its items in order, and whether its `imported` event
+/// is the flush's first (it then reports the pass's BLOBs/CLOBs).
+struct Sent {
+    hashes: Vec<H>,
+    first: Option<(Vec<String>, Vec<String>)>,
+}
+
+/// How often the session looks for finished commits while some are out.
+const COMMIT_POLL: Duration = Duration::from_millis(20);
+/// Smaller batches are committed on the session thread (when no batch is out).
+const COMMIT_HERE_MAX: usize = 1024;
 
 enum Stage {
     Start,
@@ -326,6 +350,9 @@ pub struct Importer {
     pass_roots: usize,
     log_errors_before: usize,
     receipt: Option<(Option<u64>, Vec<String>)>,
+    /// The store transactions of the passes, on a thread of their own (commit.rs).
+    committer: Committer,
+    passes: u64,
 }
 
 fn fatal(code: &str, message: String) -> Fatal {
@@ -339,6 +366,7 @@ fn req(service: u32, args: Vec<Data>) -> Req {
 
 impl Importer {
     pub fn new(store: Store, keep_running: bool, poll_interval: Duration, fast_path: bool, remote_person: String) -> Importer {
+        let store_clone = store.clone();
         Importer {
             store,
             fast_path,
@@ -363,6 +391,8 @@ impl Importer {
             pass_roots: 0,
             log_errors_before: 0,
             receipt: None,
+            committer: Committer::new(store_clone, node_depth),
+            passes: 0,
         }
     }
 
@@ -589,6 +619,7 @@ impl Importer {
                         let r = self.split_closure(&mut pass, &jobs, results, true);
                         if let Err(f) = r.and_then(|res| self.paged_children(&mut pass, jobs, res, cx)) {
                             self.flush(&mut pass, Vec::new(), Vec::new(), false, false, cx);
+                            self.settle(&mut pass, cx);
                             return Err(f);
                         }
                         return self.fetch_next(pass, cx);
@@ -607,6 +638,7 @@ impl Importer {
                         let r = self.split_closure(&mut pass, &jobs, results, true);
                         if let Err(f) = r.and_then(|res| self.paged_children(&mut pass, jobs, res, cx)) {
                             self.flush(&mut pass, Vec::new(), Vec::new(), false, false, cx);
+                            self.settle(&mut pass, cx);
                             return Err(f);
                         }
                         return self.fetch_next(pass, cx);
@@ -617,6 +649,7 @@ impl Importer {
                     // a fatal answer (a request that timed out for good): what was verified
                     // before it is kept
                     self.flush(&mut pass, Vec::new(), Vec::new(), false, false, cx);
+                    self.settle(&mut pass, cx);
                     return Err(f);
                 }
                 self.commit_if_due(&mut pass, cx);
@@ -948,6 +981,7 @@ impl Importer {
     /// (or would be after the next call), the fetch is over, or the oldest waited
     /// [`COMMIT_INTERVAL`]; else remember since when they wait.
     fn commit_if_due(&self, pass: &mut Pass, cx: &mut Cx) {
+        self.reap(pass, false, cx);
         if pass.com.ready.is_empty() {
             pass.ready_since = None;
             return;
@@ -958,7 +992,7 @@ impl Importer {
         // v8: a full COMMIT_BATCH; fast path: the pass's first chunk at once (the first objects
         // are visible early), then COMMIT_MIN_FAST
         let full = if self.features.contains("batch") {
-            pass.com.committed == 0 || pass.com.ready.len() >= COMMIT_MIN_FAST
+            pass.com.handed == 0 || pass.com.ready.len() >= COMMIT_MIN_FAST
         } else {
             pass.com.ready.len() + self.fetch_chunk() > COMMIT_BATCH
         };
@@ -973,9 +1007,18 @@ impl Importer {
 
     /// When the session should call [`commit_ready`](Self::commit_ready): verified items wait
     /// for their commit (at most [`COMMIT_INTERVAL`]).
+    /// Also while batches are out on the commit thread: their `imported` events are handed out
+    /// within [`COMMIT_POLL`] of their commit.
     pub fn commit_deadline(&self) -> Option<std::time::Instant> {
         match &self.stage {
-            Stage::Fetch(p) if !p.com.ready.is_empty() => p.ready_since.map(|t| t + COMMIT_INTERVAL),
+            Stage::Fetch(p) => {
+                let ready = if p.com.ready.is_empty() { None } else { p.ready_since.map(|t| t + COMMIT_INTERVAL) };
+                let sent = if p.com.sent.is_empty() { None } else { p.com.poll_at };
+                match (ready, sent) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                }
+            }
             _ => None,
         }
     }
@@ -986,9 +1029,26 @@ impl Importer {
     pub fn commit_ready(&mut self, cx: &mut Cx) {
         let mut stage = std::mem::replace(&mut self.stage, Stage::Done);
         if let Stage::Fetch(pass) | Stage::Streams(pass) = &mut stage {
+            self.reap(pass, false, cx);
+            let late = matches!((pass.ready_since, cx.now), (Some(t), Some(n)) if n.saturating_duration_since(t) >= COMMIT_INTERVAL);
+            if !pass.com.ready.is_empty() && (late || pass.ready_since.is_none() || cx.now.is_none()) {
+                self.flush(pass, Vec::new(), Vec::new(), false, false, cx);
+                pass.ready_since = None;
+            }
+            pass.com.poll_at = cx.now.map(|n| n + COMMIT_POLL);
+        }
+        self.stage = stage;
+    }
+
+    /// The session ends (connection closed, a fatal error): every verified item that may be
+    /// stored is committed and its `imported` event handed out.
+    pub fn commit_all(&mut self, cx: &mut Cx) {
+        let mut stage = std::mem::replace(&mut self.stage, Stage::Done);
+        if let Stage::Fetch(pass) | Stage::Streams(pass) = &mut stage {
             if !pass.com.ready.is_empty() {
                 self.flush(pass, Vec::new(), Vec::new(), false, false, cx);
             }
+            self.settle(pass, cx);
             pass.ready_since = None;
         }
         self.stage = stage;
@@ -1284,7 +1344,8 @@ impl Importer {
         let missing: HashSet<H> = self.missing_of(&asked, false);
         let lacks = |m: &serde_json::Map<String, Value>, k: &str| hk(m, k).filter(|h| missing.contains(h));
         self.note_hint_candidates(&roots);
-        let mut pass = Pass { batch: 1, ..Default::default() };
+        self.passes += 1;
+        let mut pass = Pass { batch: 1, no: self.passes, ..Default::default() };
         let mut jobs = Vec::new();
         for r in &roots {
             let one = Some(s(r, "oneType"));
@@ -1792,6 +1853,8 @@ impl Importer {
             let found: Option<(Option<String>, String)> = data.as_ref().and_then(|d| match pass.items.get(d) {
                 // an ID object is its own ID microdata (as `id_microdata_of` gives it)
                 Some(x) if x.ok && x.text.is_some() => Some((if x.kind == Kind::Id { x.text.clone() } else { x.id_microdata.clone() }, x.type_name.clone())),
+                // handed to the commit thread, not known committed yet (hand_over kept these)
+                Some(x) if x.inflight => Some((x.id_microdata.clone(), x.type_name.clone())),
                 Some(x) if !x.stored => None,
                 _ => self.store.get(&d.to_string()).ok().map(|t| {
                     (microdata::id_microdata_of(&t).ok().flatten(), microdata::type_of(&t).map(|x| x.0).unwrap_or_default())
@@ -1824,16 +1887,25 @@ impl Importer {
     /// each (the final flush reports the pass's BLOBs/CLOBs in its first).
     /// With `forward` (the fetch is over), the flush's last commit also fast-forwards heads
     /// (see [`forward_candidates`]).
+    ///
+    /// The batches go to the commit thread (commit.rs); with `last` or `forward` (the pass's
+    /// fetch is over) the flush waits for every batch out, so what follows (BLOBs, `merge`
+    /// events, the high-water mark) sees them committed.
     fn flush(&self, pass: &mut Pass, new_blobs: Vec<String>, new_clobs: Vec<String>, last: bool, forward: bool, cx: &mut Cx) {
         let mut first = last;
         let max = if self.features.contains("batch") { COMMIT_BATCH_FAST } else { COMMIT_BATCH };
+        if forward {
+            // the last commit names the deepest committed nodes: every earlier batch's fate first
+            self.settle(pass, cx);
+        }
         while !pass.com.ready.is_empty() || (first && (!new_blobs.is_empty() || !new_clobs.is_empty())) {
             let mut batch: Vec<H> = Vec::with_capacity(max.min(pass.com.ready.len()));
             while batch.len() < max {
                 let Some(h) = pass.com.ready.pop_front() else { break };
                 // a reference refused by the store in an earlier batch: never a hole. A ready
                 // item's listed references were stored or released, i.e. put in this batch or
-                // an earlier one; of an earlier one, what is not stored was refused (`bad`)
+                // an earlier one; of an earlier one, what is not stored was refused (`bad`).
+                // (What the commit thread refuses later, it skips the referrers of itself.)
                 if pass.com.any_bad && pass.items[&h].refs.iter().any(|r| pass.items.get(&r.2).is_some_and(|x| !x.stored && x.bad)) {
                     continue;
                 }
@@ -1843,84 +1915,136 @@ impl Importer {
             // the pass's last commit also fast-forwards the heads of the IDs it imported
             // nodes of, when that is all the merge would do (Store::put_verified_forward)
             let ff = if forward && pass.com.ready.is_empty() { forward_candidates(pass, &batch) } else { Vec::new() };
-            let (done, objects, id_objects) = self.put(pass, &batch, &ff, cx);
-            if done > 0 || first {
-                cx.events.push_back(Event::Imported {
-                    objects,
-                    id_objects,
-                    blobs: if first { new_blobs.clone() } else { Vec::new() },
-                    clobs: if first { new_clobs.clone() } else { Vec::new() },
-                });
-            }
-            pass.com.committed += done;
+            let blobs = if first { Some((new_blobs.clone(), new_clobs.clone())) } else { None };
             first = false;
+            if batch.is_empty() {
+                if let Some((blobs, clobs)) = blobs {
+                    // nothing to commit: the BLOBs/CLOBs alone, after what is out
+                    self.settle(pass, cx);
+                    cx.events.push_back(Event::Imported { objects: Vec::new(), id_objects: Vec::new(), blobs, clobs });
+                }
+                continue;
+            }
+            let owned: Vec<Owned> = batch.iter().map(|h| hand_over(pass, h)).collect();
+            // on this thread while nothing is out: the pass's first batch (its first objects are
+            // visible and reported at once), its last one, and small ones (a push: a thread hop
+            // would cost more than the commit); else on the commit thread
+            let here = pass.com.sent.is_empty() && (pass.com.handed == 0 || last || forward || batch.len() < COMMIT_HERE_MAX);
+            pass.com.handed += batch.len();
+            if here {
+                let fates = self.committer.commit_here(pass.no, owned, ff);
+                self.settled(pass, Sent { hashes: batch, first: blobs }, Some(fates), cx);
+                continue;
+            }
+            self.committer.submit(pass.no, owned, ff);
+            pass.com.sent.push_back(Sent { hashes: batch, first: blobs });
+            if pass.com.poll_at.is_none() {
+                pass.com.poll_at = Some(cx.now.unwrap_or_else(std::time::Instant::now) + COMMIT_POLL);
+            }
+        }
+        if last || forward {
+            self.settle(pass, cx);
         }
     }
 
-    /// Store `batch` in one transaction (item by item if the store refuses it); what is not
-    /// stored is `bad`. `forward`: heads to fast-forward in the same transaction. Returns how
-    /// many were stored and their hashes as the `imported` event lists them (objects, ID
-    /// objects; each hex string made once, for the event and the log).
-    fn put(&self, pass: &mut Pass, batch: &[H], forward: &[([u8; 32], [u8; 32])], cx: &mut Cx) -> (usize, Vec<String>, Vec<String>) {
-        if batch.is_empty() {
-            return (0, Vec::new(), Vec::new());
-        }
-        // verified (hash and one parse, `verify`): stored as they are, one transaction
-        let result = {
-            let all: Vec<Verified> = batch.iter().map(|h| verified(&pass.items, h)).collect();
-            if forward.is_empty() {
-                self.store.put_verified(&all)
+    /// Wait for every batch out on the commit thread and take in their fates.
+    fn settle(&self, pass: &mut Pass, cx: &mut Cx) {
+        self.reap(pass, true, cx);
+    }
+
+    /// Take in the fates of the batches the commit thread finished (`wait`: of every batch out,
+    /// waiting for them): what was stored is committed (`imported` event, log, stats), what the
+    /// store refused is `bad`.
+    fn reap(&self, pass: &mut Pass, wait: bool, cx: &mut Cx) {
+        while !pass.com.sent.is_empty() {
+            let fates = if wait {
+                self.committer.wait()
             } else {
-                self.store.put_verified_forward(&all, forward).map(|(r, _)| r)
-            }
-        };
-        if result.is_err() {
-            // pre-verified, so this is rare: isolate the item the store refuses
-            for h in batch {
-                if pass.items[h].refs.iter().any(|r| pass.items.get(&r.2).is_some_and(|x| !x.stored)) {
-                    continue;
+                match self.committer.try_done() {
+                    Some(f) => Some(f),
+                    None => break,
                 }
-                match self.store.put_verified(&[verified(&pass.items, h)]) {
-                    Ok(_) => pass.items.get_mut(h).unwrap().stored = true,
-                    Err(e) => cx.error(&e.code, &format!("storing {h}: {e}"), false),
+            };
+            let sent = pass.com.sent.pop_front().expect("a batch is out");
+            self.settled(pass, sent, fates, cx);
+        }
+        if pass.com.sent.is_empty() {
+            pass.com.poll_at = None;
+        }
+    }
+
+    /// The fates of a batch (`None`: the commit thread is gone).
+    fn settled(&self, pass: &mut Pass, sent: Sent, fates: Option<Vec<Fate>>, cx: &mut Cx) {
+        {
+            let fates = fates.unwrap_or_else(|| {
+                sent.hashes.iter().map(|_| Fate::Refused("LAMA-BUG".into(), "the CHUM commit thread ended".into())).collect()
+            });
+            let (mut objects, mut id_objects) = (Vec::new(), Vec::new());
+            let mut done = 0;
+            for (h, fate) in sent.hashes.iter().zip(fates) {
+                let it = pass.items.get_mut(h).unwrap();
+                it.inflight = false;
+                it.id_microdata = None;
+                let depth = match fate {
+                    Fate::Stored(d) => d,
+                    Fate::Refused(code, message) => {
+                        it.stored = false;
+                        it.bad = true;
+                        pass.com.any_bad = true;
+                        cx.error(&code, &message, false);
+                        continue;
+                    }
+                    Fate::Skipped => {
+                        it.stored = false;
+                        it.bad = true;
+                        pass.com.any_bad = true;
+                        continue;
+                    }
+                };
+                done += 1;
+                it.committed = true;
+                if it.node && it.depth.is_none() {
+                    it.depth = Some(depth.unwrap_or(0.0));
+                }
+                let hex = h.to_hex();
+                if it.kind == Kind::Id {
+                    cx.log.b_to_a_id_objects.push(hex.clone());
+                    id_objects.push(hex);
+                    cx.stats.id_objects_received += 1;
+                } else {
+                    cx.log.b_to_a_objects.push(hex.clone());
+                    objects.push(hex);
+                    cx.stats.objects_received += 1;
                 }
             }
+            if done > 0 || sent.first.is_some() {
+                let (blobs, clobs) = sent.first.unwrap_or_default();
+                cx.events.push_back(Event::Imported { objects, id_objects, blobs, clobs });
+            }
+            pass.com.committed += done;
         }
-        let all_stored = result.is_ok();
-        let (mut objects, mut id_objects) = (Vec::new(), Vec::new());
-        let mut done = 0;
-        for h in batch {
-            let it = pass.items.get_mut(h).unwrap();
-            if !(all_stored || it.stored) {
-                it.bad = true;
-                pass.com.any_bad = true;
-                continue;
-            }
-            done += 1;
-            let listed_node = it.node;
-            it.stored = true;
-            it.committed = true;
-            // a committed item's text is read from the store from now on: the pass holds only
-            // what is not committed yet (issue 8: B held the whole pass, 270 MiB for 35 MB)
-            let text = it.text.take();
-            if listed_node && it.depth.is_none() {
-                it.depth = Some(text.as_deref().map_or(0.0, node_depth));
-            }
-            it.id_microdata = None;
-            it.found_refs = Vec::new();
-            it.refs = Vec::new();
-            let hex = h.to_hex();
-            if it.kind == Kind::Id {
-                cx.log.b_to_a_id_objects.push(hex.clone());
-                id_objects.push(hex);
-                cx.stats.id_objects_received += 1;
-            } else {
-                cx.log.b_to_a_objects.push(hex.clone());
-                objects.push(hex);
-                cx.stats.objects_received += 1;
-            }
-        }
-        (done, objects, id_objects)
+    }
+}
+
+/// Hand a ready item to the commit thread: its text and references move into the batch
+/// (the pass holds only what is not committed yet: issue 8, B held the whole pass, 270 MiB for
+/// 35 MB); it counts as stored from now on. Its type and ID microdata stay until its fate is
+/// known (a listed node's §6.2 check may still read them).
+fn hand_over(pass: &mut Pass, h: &H) -> Owned {
+    let it = pass.items.get_mut(h).unwrap();
+    it.stored = true;
+    it.inflight = true;
+    let text = it.text.take().unwrap_or_default();
+    let id_microdata = if it.kind == Kind::Id { Some(text.clone()) } else { it.id_microdata.clone() };
+    it.refs = Vec::new();
+    Owned {
+        id_microdata: std::mem::replace(&mut it.id_microdata, id_microdata),
+        text,
+        hash: it.hash,
+        type_name: it.type_name.clone(),
+        is_id: it.kind == Kind::Id,
+        refs: std::mem::take(&mut it.found_refs),
+        want_depth: it.node && it.depth.is_none(),
     }
 }
 
@@ -1958,12 +2082,6 @@ fn forward_candidates(pass: &mut Pass, batch: &[H]) -> Vec<([u8; 32], [u8; 32])>
         }
     }
     out
-}
-
-/// What `Store::put_verified` takes of a verified item.
-fn verified<'a>(items: &'a HashMap<H, Item>, h: &H) -> Verified<'a> {
-    let it = &items[h];
-    Verified { text: it.text.as_deref().unwrap_or_default(), hash: it.hash, type_name: &it.type_name, is_id: it.kind == Kind::Id, id_microdata: it.id_microdata.as_deref(), refs: Some(&it.found_refs) }
 }
 
 fn expandable(pass: &Pass, h: &H) -> bool {

@@ -8,6 +8,7 @@
 //! chum.md §4-§5) and the local importer (§6) over it.
 
 pub mod rpc;
+mod commit;
 mod exporter;
 mod importer;
 mod session;

@@ -724,7 +724,7 @@ impl Session {
     fn abort_all(&mut self) {
         if let Some(imp) = self.importer.as_mut() {
             // what the pass verified and may store is kept (the next pass asks for the rest)
-            imp.commit_ready(&mut self.cx);
+            imp.commit_all(&mut self.cx);
         }
         for (_, mut p) in self.pending.drain() {
             if let Some(mut w) = p.writer.take() {
