@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any, Callable
+from typing import Any, Callable, overload
 
 from ...errors import LamaError
 from ..microdata import js_utf8, references
@@ -460,7 +460,9 @@ class Exporter:
                 kind = snap.kind(h)
                 if kind not in ("object", "id"):
                     return None
-                walk = self._walk_except(snap, h)
+                walk = self._walk_except(snap, h, NOTIFY_INLINE_ENTRIES - entries_n)
+                if walk is None:
+                    return None  # more than a NOTIFY carries: found without walking all of it
                 entries_n += len(walk) + 1
                 if entries_n > NOTIFY_INLINE_ENTRIES or any(t in ("blob", "clob") for t, _c in walk):
                     return None
@@ -523,10 +525,16 @@ class Exporter:
         self.known.update(c for _t, c in self._walk_except(snap, k))
         self.known.add(k)
 
-    def _walk_except(self, snap: Any, h: str) -> list[tuple[str, str]]:
+    @overload
+    def _walk_except(self, snap: Any, h: str) -> list[tuple[str, str]]: ...
+    @overload
+    def _walk_except(self, snap: Any, h: str, limit: int) -> list[tuple[str, str]] | None: ...
+
+    def _walk_except(self, snap: Any, h: str, limit: int | None = None) -> list[tuple[str, str]] | None:
         """chum.md §5.3 children of ``h`` as ``(tag, hash)``, dependencies first, pruned at
         ``known``: a known hash is neither listed nor descended into (as ``known`` is downward
-        closed, this is the closure minus ``known``)."""
+        closed, this is the closure minus ``known``).  With ``limit``: None as soon as more than
+        ``limit`` hashes are found (a NOTIFY's bound: a big closure is not walked twice)."""
         known = self.known
         seen = {h}
         out: list[tuple[str, str]] = []
@@ -544,6 +552,8 @@ class Exporter:
             if c in known or c in seen:
                 continue
             seen.add(c)
+            if limit is not None and len(seen) > limit + 1:
+                return None
             tag = _TAGS.get(kind, kind)
             if tag in ("blob", "clob"):
                 out.append((tag, c))
