@@ -5,6 +5,7 @@ without sockets, threads or real time."""
 
 from __future__ import annotations
 
+import json
 from typing import Any, Callable, Protocol
 
 
@@ -101,3 +102,14 @@ class Pump:
                     p.handle_timeout(self.now)
             self._drain_events()
         raise AssertionError("pump did not settle")
+
+
+def without_notify_closure(f: str | bytes) -> str | bytes:
+    """A pump filter: the exporter's probe answer as an exporter from before "notify-closure"
+    sends it (its NOTIFY then carries no closure and the importer asks 106)."""
+    if isinstance(f, str) and '"lama"' in f:
+        m = json.loads(f)
+        if isinstance(m.get("data"), dict) and "features" in m["data"]:
+            m["data"]["features"] = [x for x in m["data"]["features"] if x != "notify-closure"]
+            return json.dumps(m)
+    return f

@@ -12,7 +12,7 @@ from typing import Any, Callable
 
 import pytest
 from chum_graph import Chat, grant_object, person_id, register_recipes
-from chum_pump import Pump
+from chum_pump import Pump, without_notify_closure
 from lama._core import core
 
 LONG = 2000
@@ -55,6 +55,16 @@ def _no_holes(store: Any) -> None:
         if store.kind(h) in ("object", "id"):
             for _path, _kind, r in core.references(store.get(h)):
                 assert r in hashes, f"{h} references {r}, which is not stored"
+
+
+def _end_clean(a: Any, b: Any, sa: Any, pump: Pump) -> None:
+    """The end of a test: B has no holes and verifies clean, A's session closes, both close."""
+    _no_holes(b)
+    assert b.verify() == []
+    sa.connection_closed("bye", pump.now)
+    pump.step()
+    a.close()
+    b.close()
 
 
 def _requests(frames: list[str | bytes], since: int = 0) -> list[int]:
@@ -103,12 +113,7 @@ def test_a_push_on_a_long_channel_moves_only_the_new_objects(tmp_path: Path) -> 
         moved = after_a["bytes_sent"] - before_a["bytes_sent"]
         assert moved < 8_000, moved
     assert [e for e in pump.events[1] if e[0] == "error"] == []
-    _no_holes(b)
-    assert b.verify() == []
-    sa.connection_closed("bye", pump.now)
-    pump.step()
-    a.close()
-    b.close()
+    _end_clean(a, b, sa, pump)
 
 
 def test_pushes_after_a_reconnect_arrive_complete(tmp_path: Path) -> None:
@@ -143,29 +148,13 @@ def test_pushes_after_a_reconnect_arrive_complete(tmp_path: Path) -> None:
     assert [e for e in pump.events[1] if e[0] == "error"] == []
     # the whole history up to the last post is here
     assert all(b.has(h) for h in a.children(live[-1]))
-    _no_holes(b)
-    assert b.verify() == []
-    sa.connection_closed("bye", pump.now)
-    pump.step()
-    a.close()
-    b.close()
-
-
-def _without_notify_closure(f: str | bytes) -> str | bytes:
-    """A's probe answer as an exporter from before "notify-closure" sends it (the NOTIFY then
-    carries no closure and B asks 106)."""
-    if isinstance(f, str) and '"lama"' in f:
-        m = json.loads(f)
-        if isinstance(m.get("data"), dict) and "features" in m["data"]:
-            m["data"]["features"] = [x for x in m["data"]["features"] if x != "notify-closure"]
-            return json.dumps(m)
-    return f
+    _end_clean(a, b, sa, pump)
 
 
 def _live_without_notify_closure(a: Any, b: Any, pa: str, pb: str) -> tuple[Any, Any, Pump]:
     sa, sb = core.ChumSession(a, pa, pb, **OPTS), core.ChumSession(b, pb, pa, **OPTS)
     pump = Pump(sa, sb)
-    pump.filters[0] = _without_notify_closure
+    pump.filters[0] = without_notify_closure
     sa.start(pump.now)
     sb.start(pump.now)
     pump.run(max_time=1.0)
@@ -259,12 +248,7 @@ def test_an_exporter_that_claims_an_object_is_present_stores_nothing_wrong(tmp_p
     pump.run(max_time=60.0)
     assert 105 in _requests(pump.sent[1], sent_b) and 106 not in _requests(pump.sent[1], sent_b)
     assert b.has(m) and b.has(head)
-    _no_holes(b)
-    assert b.verify() == []
-    sa.connection_closed("bye", pump.now)
-    pump.step()
-    a.close()
-    b.close()
+    _end_clean(a, b, sa, pump)
 
 
 @pytest.mark.parametrize("way", sorted(LIVE))
@@ -300,12 +284,7 @@ def test_an_exporter_that_slips_objects_into_a_closure_stores_nothing_wrong(tmp_
     codes = {d["code"] for k, d in pump.events[1] if k == "error"}
     assert "CIEC-FO2" in codes  # wrong bytes for a hash
     assert "LAMA-CHUM-NOTREACHABLE" in codes or "CIEC-FO3" in codes
-    _no_holes(b)
-    assert b.verify() == []
-    sa.connection_closed("bye", pump.now)
-    pump.step()
-    a.close()
-    b.close()
+    _end_clean(a, b, sa, pump)
 
 
 @pytest.mark.parametrize("way", sorted(LIVE))
@@ -340,12 +319,7 @@ def test_a_closure_answer_with_a_malformed_entry_is_refused_whole(tmp_path: Path
     pump.filters[0] = pump.filters[1] = None
     pump.run(max_time=60.0)
     assert b.has(head)
-    _no_holes(b)
-    assert b.verify() == []
-    sa.connection_closed("bye", pump.now)
-    pump.step()
-    a.close()
-    b.close()
+    _end_clean(a, b, sa, pump)
 
 
 def test_an_older_lama_exporter_without_the_extensions_still_pushes(tmp_path: Path) -> None:
@@ -492,12 +466,7 @@ def test_a_push_too_large_for_the_notify_is_fetched_with_106(tmp_path: Path) -> 
     assert "closure" in note
     assert _requests(pump.sent[1], sent_b) == []
     assert [e for e in pump.events[1] if e[0] == "error"] == []
-    _no_holes(b)
-    assert b.verify() == []
-    sa.connection_closed("bye", pump.now)
-    pump.step()
-    a.close()
-    b.close()
+    _end_clean(a, b, sa, pump)
 
 
 @pytest.mark.parametrize("attack", ["oversized", "extra-root", "page-token"])
@@ -543,9 +512,4 @@ def test_a_hostile_notify_closure_is_dropped_and_nothing_wrong_is_stored(tmp_pat
     expected = [] if attack == "extra-root" else [106]  # a dropped closure: asked as before
     assert _requests(pump.sent[1], sent_b) == expected
     assert [e for e in pump.events[1] if e[0] == "error"] == []
-    _no_holes(b)
-    assert b.verify() == []
-    sa.connection_closed("bye", pump.now)
-    pump.step()
-    a.close()
-    b.close()
+    _end_clean(a, b, sa, pump)

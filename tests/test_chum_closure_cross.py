@@ -13,22 +13,12 @@ from types import ModuleType
 import pytest
 
 from chum_graph import Chat, person_id, register_recipes
-from chum_pump import Pump
+from chum_pump import Pump, without_notify_closure
 
 pytestmark = pytest.mark.cross_core
 
 POSTS = 400
 PER_POST = 6  # ChatMessage, CreationTime, Signature, LinkedListEntry, ChannelInfo version, node
-
-
-def _without_notify_closure(f: str | bytes) -> str | bytes:
-    """A's probe answer as an exporter from before "notify-closure" sends it."""
-    if isinstance(f, str) and '"lama"' in f:
-        m = json.loads(f)
-        if isinstance(m.get("data"), dict) and "features" in m["data"]:
-            m["data"]["features"] = [x for x in m["data"]["features"] if x != "notify-closure"]
-            return json.dumps(m)
-    return f
 
 
 @pytest.mark.parametrize("rust_side", [0, 1])
@@ -52,7 +42,7 @@ def test_rust_and_pure_push_only_the_new_objects(tmp_path: Path, rust_core: Modu
     sb = cores[1].ChumSession(b, pb, pa, **opts)
     pump = Pump(sa, sb)
     if not notify_closure:
-        pump.filters[0] = _without_notify_closure
+        pump.filters[0] = without_notify_closure
     sa.start(pump.now)
     sb.start(pump.now)
     pump.run(max_time=1.0)
