@@ -34,6 +34,7 @@ from lama.chat import channel as _ch
 from lama.chat import groups as _groups
 from lama.chat.model import Attachment, Contact, Message, RemovedContact, Topic
 from lama.connect import contacts as _contacts
+from lama.connect import profile as _profile
 from lama.errors import (
     InvalidArgumentError,
     LamaError,
@@ -165,6 +166,8 @@ class Chat:
         self._catch_up()
         for t in list(self._topics.values()):
             self._share(t)
+        # my profile (the endpoints of my devices) with my contacts (docs/chat.md §2)
+        _profile.share_own_profile(instance, self._contact_persons())
         self._thread: threading.Thread | None = None
         if self._sub is not None:
             self._thread = threading.Thread(target=self._run_events, name="lama.chat events",
@@ -281,6 +284,8 @@ class Chat:
                 versions.store_versioned(store, new)
             self._names.pop(p, None)
             topic = self._ensure_one_to_one(p)
+            # my profile, so the contact learns of every device of mine (docs/chat.md §2)
+            _profile.share_own_profile(self.instance, [p])
             contact = self._contact(p, topic.id)
         if not listed:
             self._emit("contact", {"contact": contact, "change": "added"})
@@ -334,10 +339,18 @@ class Chat:
         return name
 
     def _contact(self, p: str, topic_id: str | None = None) -> Contact:
-        insts = tuple(sorted({str(o["instanceId"]) for _h, o in _contacts.endpoints_of_person(self.store, p)}))
+        insts = self._instances_of(p)
         return Contact(person_id=p, email=self._email(p), name=self._person_name(p),
                        someone_id=self._someone_id_of(p), instances=insts,
                        topic_id=topic_id or one_to_one_id(self.me, p))
+
+    def _instances_of(self, p: str) -> tuple[str, ...]:
+        """The contact's instances: those of its endpoints that are proven (docs/connections.md
+        §3.5) - a forged endpoint names no instance of it."""
+        me_key = bytes(self.instance.person_public_sign_key)
+        return tuple(sorted({str(o["instanceId"])
+                             for _h, o in _contacts.endpoints_of_person(self.store, p)
+                             if _contacts.endpoint_proven(self.store, self.me, me_key, o)}))
 
     def contacts(self) -> list[Contact]:
         """The contacts, sorted by name then person id."""
@@ -400,7 +413,8 @@ class Chat:
                     if p in ps:
                         access.revoke(store, persons=[p], **kw)
                         revoked.append(access.grant_id(**kw))
-            insts = tuple(sorted({str(o["instanceId"]) for _h, o in _contacts.endpoints_of_person(store, p)}))
+            _profile.unshare_own_profile(self.instance, [p])
+            insts = self._instances_of(p)
             self._names.pop(p, None)
         removed = RemovedContact(p, insts, tuple(revoked))
         self._emit("contact_removed", {"removed": removed})
