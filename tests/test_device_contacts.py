@@ -16,9 +16,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from test_device import SECRET2, alice_and_bob, texts, until  # noqa: E402
+from test_device import SECRET, SECRET2, alice_and_bob, texts, until  # noqa: E402
 
-from lama import App  # noqa: E402
+from lama import App, AppConfig  # noqa: E402
 from lama._core import core  # noqa: E402
 from lama import access  # noqa: E402
 from lama.chat import one_to_one_id  # noqa: E402
@@ -122,10 +122,22 @@ def test_a_contact_learns_of_my_new_device_and_talks_to_it(tmp_path: Path) -> No
             await until(lambda: "bob to the phone" in texts(phone, topic),
                         "bob's reply reached the phone")
 
+            # Bob restarts while the laptop is still off: the stored, proven endpoint of the
+            # phone is routed at start (its proof persisted with it)
+            await bob.close()
+            bob = await App.open(tmp_path / "bob", SECRET,
+                                 config=AppConfig(comm_server_url=server.url))
+            await bob.start()
+            await until(lambda: bob.manager.connected(phone_key), "bob reconnected to the phone")
+            await phone.send(B, "phone after bob's restart")
+            await until(lambda: "phone after bob's restart" in texts(bob, A),
+                        "the phone's message reached the restarted bob")
+
             # nothing duplicated: one contact each side, each message once, same order
             assert [str(c.person_id) for c in bob.contacts()] == [A]
             assert [str(c.person_id) for c in phone.contacts()] == [B]
-            want = ["from laptop", "from phone, laptop off", "bob to the phone"]
+            want = ["from laptop", "from phone, laptop off", "bob to the phone",
+                    "phone after bob's restart"]
             assert texts(bob, A) == want
             await until(lambda: texts(phone, topic) == want, "the phone converged")
             assert [m.id for m in bob.history(A)] == [m.id for m in phone.history(topic)]
