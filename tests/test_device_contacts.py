@@ -226,3 +226,49 @@ def test_endpoint_proofs(tmp_path: Path) -> None:
         for c in (ca, cb):
             c.close()
             c.instance.close()
+
+
+def test_an_endpoint_whose_proof_comes_later_is_routed_then(tmp_path: Path) -> None:
+    """CHUM may store a device's endpoint before its proof (another root, another batch): the
+    manager looks at an unproven endpoint again when what its proof depends on changed, and
+    routes it once a valid proof is there - a Signature that does not verify changes nothing."""
+    from chat_util import pair
+
+    from lama.chat import Chat
+    from lama.connect.manager import ConnectionManager, ManagerConfig
+    from lama.identity.instance import Instance
+
+    mk = lambda n: Instance.create(tmp_path / n, email=f"{n}@example.org",  # noqa: E731
+                                   instance_name=f"inst-{n}", secret="s")
+    a, b = mk("alice"), mk("bob")
+    ca, cb = Chat(a, events=False), Chat(b, events=False)
+    m = ConnectionManager(b, ManagerConfig(comm_server_url=None, accept_incoming=False))
+    try:
+        pair(ca, cb)
+        store = b.store
+
+        def keys() -> set[bytes]:
+            m._scan_endpoints()
+            return {e.remote_key for e in m.known_endpoints()}
+
+        assert keys() == {bytes(a.instance_public_key)}
+        dev = SecretKeys.generate()
+        inst = {"$type$": "Instance", "name": "dev", "owner": str(a.person_id)}
+        iid = core.id_hash(inst)
+        store.put_microdata([(core.id_microdata(inst), iid)])
+        [(ik, _s, _)] = store.put_objects([dev.keys_object(iid)])
+        [(ep, _s, _)] = store.put_objects([{
+            "$type$": "OneInstanceEndpoint", "personId": str(a.person_id), "instanceId": iid,
+            "personKeys": str(a.person_keys), "instanceKeys": ik, "url": "ws://127.0.0.1:1"}])
+        assert bytes(dev.public_key) not in keys()
+        assert ep in m._unproven
+        certificates.create_signature(store, str(a.person_id), ik, dev)  # not alice's key
+        assert bytes(dev.public_key) not in keys()
+        certificates.create_signature(store, str(a.person_id), ik, a.secret_keys("person"))
+        assert bytes(dev.public_key) in keys()
+        assert ep not in m._unproven
+    finally:
+        asyncio.run(m.close())
+        for c in (ca, cb):
+            c.close()
+            c.instance.close()

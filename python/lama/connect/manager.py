@@ -105,7 +105,7 @@ PAIRING_YIELD = 1.0
 # endpoints without a proof (docs/connections.md §3.5) the manager looks at again when more
 # objects arrive; beyond this many the oldest are forgotten (a peer shipping forged endpoints
 # must not make every scan longer)
-MAX_UNPROVEN = 256
+MAX_UNPROVEN = 64
 
 
 @dataclass
@@ -354,7 +354,7 @@ class ConnectionManager:
         self.device_contacts: Callable[[], Any] | None = None
         # endpoints not proven (yet) -> feed position, and Signatures known not to verify
         # (docs/connections.md §3.5)
-        self._unproven: dict[str, int] = {}
+        self._unproven: dict[str, tuple[int, tuple[Any, Any], tuple[Any, ...]]] = {}
         self._bad_signatures: set[str] = set()
 
     # ------------------------------------------------------------------ lifecycle
@@ -839,16 +839,36 @@ class ConnectionManager:
         if ok:
             self._unproven.pop(ep.endpoint_hash, None)
         else:
-            self._unproven[ep.endpoint_hash] = ep.seq
+            keys = (obj.get("personKeys"), obj.get("instanceKeys"))
+            self._unproven[ep.endpoint_hash] = (ep.seq, keys, self._proof_state(keys))
             while len(self._unproven) > MAX_UNPROVEN:
                 del self._unproven[next(iter(self._unproven))]
         return ok
 
+    def _proof_state(self, keys: tuple[Any, Any]) -> tuple[Any, ...]:
+        """What an endpoint's proof depends on: its Keys objects (person, instance) and the
+        Signatures over them (reverse-map reads only). The verdict can change only when this
+        does."""
+        from ..identity import certificates
+
+        out: list[Any] = []
+        for k in keys:
+            if not isinstance(k, str):
+                out.append(None)
+                continue
+            try:
+                out += [self.store.has(k), tuple(certificates.signatures_for(self.store, k))]
+            except LamaError:
+                out.append(None)
+        return tuple(out)
+
     def _recheck_unproven(self) -> bool:
-        """Route the endpoints whose proof was missing if it arrived since; True if a new peer."""
+        """Route the endpoints whose proof was missing if something it depends on arrived
+        since (a Keys object, a Signature over one); True if a new peer."""
         new = False
-        for h, seq in list(self._unproven.items()):
-            new = self._route_endpoint(h, seq) or new
+        for h, (seq, keys, state) in list(self._unproven.items()):
+            if self._proof_state(keys) != state:
+                new = self._route_endpoint(h, seq) or new
         return new
 
     def _add_endpoint(self, ep: Endpoint) -> bool:
