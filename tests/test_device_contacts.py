@@ -272,3 +272,36 @@ def test_an_endpoint_whose_proof_comes_later_is_routed_then(tmp_path: Path) -> N
         for c in (ca, cb):
             c.close()
             c.instance.close()
+
+
+def test_own_endpoint_and_profile_are_the_reference_objects() -> None:
+    """Byte compatibility with the reference (vectors/microdata.json, checked against a ONE
+    instance's store): this instance's endpoint as lama.connect.profile builds it is the
+    reference's OneInstanceEndpoint of the same ids, Keys and url (same microdata, same hash),
+    with and without url; my profile is the reference's default Profile (same ID object, so
+    a contact merges their versions; the same microdata without the fork's ``nickname``,
+    which lama never emits)."""
+    import json
+    from types import SimpleNamespace
+
+    vectors = {v["name"]: v for v in json.loads(
+        (Path(__file__).parent / "vectors" / "microdata.json").read_text(encoding="utf-8"))}
+    ref_prof = vectors["Profile/full"]
+    for name, url in (("OneInstanceEndpoint/with-url", "ws://127.0.0.1:8000"),
+                      ("OneInstanceEndpoint/no-url", None)):
+        ref = vectors[name]
+        o = ref["object"]
+        me = SimpleNamespace(person_id=o["personId"], instance_id=o["instanceId"],
+                             person_keys=o["personKeys"], instance_keys=o["instanceKeys"])
+        ep = profile.own_endpoint(me, url)
+        assert core.serialize(ep) == ref["microdata"], name
+        assert core.object_hash(ep) == ref["hash"], name
+        assert profile.own_profile_id(me) == ref_prof["idHash"]
+    po = ref_prof["object"]
+    p = profile._profile(po["personId"], sorted(po["communicationEndpoint"]),
+                         sorted(po["personDescription"]))
+    assert core.id_microdata(p) == ref_prof["idMicrodata"]
+    without_nickname = ref_prof["microdata"].replace(
+        '<span itemprop="nickname">Nicky ✨</span>', "")
+    assert without_nickname != ref_prof["microdata"]
+    assert core.serialize(p) == without_nickname
