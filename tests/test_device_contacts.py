@@ -305,3 +305,44 @@ def test_own_endpoint_and_profile_are_the_reference_objects() -> None:
         '<span itemprop="nickname">Nicky ✨</span>', "")
     assert without_nickname != ref_prof["microdata"]
     assert core.serialize(p) == without_nickname
+
+
+def test_a_contact_that_shares_no_profile_still_reaches_the_new_device(tmp_path: Path) -> None:
+    """Interop with a contact that lacks the feature's other half (an older lama, or a peer
+    that shares no profile): Bob revokes the grants on his profile, so the phone never learns
+    where Bob listens (the contacts passed on at the join carry no url) and cannot dial him;
+    Bob still learns of the phone from Alice's profile and dials it, so with the laptop off
+    they talk over Bob's connection. Alice's side writes nothing Bob would not import (the
+    reference's recipes only)."""
+    async def main() -> None:
+        server = await core.comm_server("127.0.0.1", 0)
+        alice, bob = await alice_and_bob(tmp_path, server)
+        phone: App | None = None
+        try:
+            A, B = alice.person_id, bob.person_id
+            profile.unshare_own_profile(bob.instance, [A])
+            topic = one_to_one_id(A, B)
+            link = await alice.invite_device()
+            phone = await App.join_device(tmp_path / "phone", link, secret=SECRET2,
+                                          instance_name="alice-phone")
+            await alice.wait_device(30, invitation=link)
+            phone_key = bytes(phone.instance.instance_public_key)
+            await phone.start()
+            await until(lambda: bob.manager.connected(phone_key), "bob connected to the phone")
+            await alice.close()
+            await phone.send(B, "phone to bob")
+            await until(lambda: texts(bob, A) == ["phone to bob"], "bob got the phone's message")
+            await bob.send(A, "bob to phone")
+            await until(lambda: texts(phone, topic) == ["phone to bob", "bob to phone"],
+                        "the phone got bob's reply")
+            # the phone knows Bob only without url: it never dialled him
+            bob_key = bytes(bob.instance.instance_public_key)
+            assert [e.url for e in phone.manager.known_endpoints()
+                    if e.remote_key == bob_key] == [None]
+        finally:
+            for app in (phone, bob, alice):
+                if app is not None:
+                    await app.close()
+            await server.close()
+
+    asyncio.run(asyncio.wait_for(main(), 200))
