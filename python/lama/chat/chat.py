@@ -152,6 +152,8 @@ class Chat:
         self._topics: dict[str, Topic] = {}      # topic id -> Topic
         self._topic_channels: dict[str, set[str]] = {}  # topic id -> channel id hashes
         self._members_pending: set[str] = set()  # channels: membership without its Signature yet
+        self._proven: set[str] = set()  # endpoints proven (docs/connections.md §3.5)
+        self._bad_signatures: set[str] = set()  # Signatures over Keys that did not verify
         store = self.store
         _contacts.enable_reverse_maps(store)
         certificates.enable_reverse_maps(store)
@@ -348,9 +350,15 @@ class Chat:
         """The contact's instances: those of its endpoints that are proven (docs/connections.md
         §3.5) - a forged endpoint names no instance of it."""
         me_key = bytes(self.instance.person_public_sign_key)
-        return tuple(sorted({str(o["instanceId"])
-                             for _h, o in _contacts.endpoints_of_person(self.store, p)
-                             if _contacts.endpoint_proven(self.store, self.me, me_key, o)}))
+        out = set()
+        for h, o in _contacts.endpoints_of_person(self.store, p):
+            # a proven endpoint stays proven (its objects are immutable): verified once, not at
+            # every contact lookup (App.send by person id looks the contact up)
+            if h in self._proven or _contacts.endpoint_proven(self.store, self.me, me_key, o,
+                                                              self._bad_signatures):
+                self._proven.add(h)
+                out.add(str(o["instanceId"]))
+        return tuple(sorted(out))
 
     def contacts(self) -> list[Contact]:
         """The contacts, sorted by name then person id."""
