@@ -367,6 +367,26 @@ def test_known_key_check_finds_an_endpoint_stored_before_the_maps_existed(
         assert store_dump(a) == before
 
 
+def test_a_shipped_endpoint_adds_no_person_key_to_a_vouched_record(tmp_path: Path) -> None:
+    """docs/connections.md §3.5: with person Keys I signed for a person (pairing), an endpoint
+    with other person Keys for that person - which anyone could ship by CHUM - does not make
+    those keys "on record": someone proving them as that person is refused (EP-KEYMISSMATCH),
+    the person with its real keys is known."""
+    from lama.connect import pairing
+
+    a, b = make(tmp_path, "a"), make(tmp_path, "b")
+    mallory = Instance.create(tmp_path / "m", email=b.email, instance_name="inst-m",
+                              secret=SECRET)
+    with a, b, mallory:
+        assert mallory.person_id == b.person_id and mallory.person_public_key != b.person_public_key
+        pairing.store_identity(a, pairing.identity_of(b, "ws://127.0.0.1:1"))
+        _record_endpoint(a, mallory, mallory.person_public_key)  # shipped, nobody signed it
+        ra, rb, ta, tb = _both(a, mallory, "chum", lambda g: True)
+        assert isinstance(ra, AuthenticationError) and ra.code == "EP-KEYMISSMATCH", ra
+        ra, rb, _, _ = _both(a, b, "chum", lambda g: True)
+        assert isinstance(ra, protocol.PeerIdentity) and ra.known is True
+
+
 class Liar:
     """A scripted initiator: runs §5.1-5.3 by hand with chosen objects and answers."""
 

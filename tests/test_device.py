@@ -97,10 +97,13 @@ def test_second_device_joins_and_converges(tmp_path: Path) -> None:
             ids = [[m.id for m in app.history(who)] for app, who in
                    ((alice, B), (bob, A), (phone, B))]
             assert ids[0] == ids[1] == ids[2] and len(ids[0]) == 5
-            # the phone's health counts the laptop only: Bob's endpoint (no url) is not missing
-            await until(lambda: phone.manager.connection_health()["status"] == "healthy",
-                        "the phone is healthy")
-            assert phone.manager.connection_health()["total"] == 1
+            # the phone's health counts the laptop and Bob: Bob's endpoint came without url
+            # at the join, his own profile told where he listens (docs/connections.md §3.5)
+            def healthy() -> bool:
+                h = phone.manager.connection_health()
+                return h["status"] == "healthy" and h["total"] == 2
+
+            await until(healthy, "the phone is healthy, connected to the laptop and bob")
             senders = {m.text: m.sender for m in bob.history(A)}
             assert senders["from phone"] == senders["from laptop"] == A
             assert senders["from bob"] == B

@@ -3,7 +3,9 @@ second device of the same person joins and converges"; lama.connect.device): Ali
 and Bob chat, each its own ``lama serve``; ``lama invite --device`` (through the laptop's
 running serve) prints a device link; ``lama init --join LINK`` creates the phone with its own
 secret; the phone's ``lama serve`` receives the conversation, its messages reach Bob, and all
-three converge on one history. The used link is refused afterwards and creates nothing.
+three converge on one history. The used link is refused afterwards and creates nothing. Bob
+learns of the phone from Alice's profile (docs/connections.md §3.5): with the laptop's serve
+stopped, the phone and Bob still exchange messages.
 CI=true, no stdin, secrets only in LAMA_SECRET."""
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -62,7 +65,8 @@ def test_cli_invite_device_init_join_serve_converge(tmp_path: Path) -> None:
         procs.append(comm_server(port))
         laptop, bob = init(tmp_path, "alice"), init(tmp_path, "bob")
         d1, db = instance_dir(tmp_path, "alice"), instance_dir(tmp_path, "bob")
-        procs += [serve(tmp_path, "alice", url), serve(tmp_path, "bob", url)]
+        laptop_serve = serve(tmp_path, "alice", url)
+        procs += [laptop_serve, serve(tmp_path, "bob", url)]
         A, B = laptop["person_id"], bob["person_id"]
         pair(d1, db)
         req(d1, "send", contact=B, text="from laptop")
@@ -128,6 +132,26 @@ def test_cli_invite_device_init_join_serve_converge(tmp_path: Path) -> None:
                        "--dir", str(tmp_path / "t3"))
         assert r.returncode == 2 and "lama accept" in r.stderr
         assert not (tmp_path / "t2").exists() and not (tmp_path / "t3").exists()
+
+        # Bob learnt of the phone from Alice's profile (docs/connections.md §3.5): his contact
+        # lists both of her instances; with the laptop stopped the phone and Bob still talk
+        deadline = time.monotonic() + 60
+        while True:
+            [alice_at_bob] = req(db, "contacts")["contacts"]
+            if len(alice_at_bob["instances"]) == 2:
+                break
+            assert time.monotonic() < deadline, alice_at_bob
+            time.sleep(0.1)
+        assert sorted(alice_at_bob["instances"]) == sorted([laptop["instance_id"],
+                                                            phone["instance_id"]])
+        laptop_serve.stop()
+        req(d2, "send", contact=B, text="phone, laptop off")
+        wait_history(db, A, [*want, "phone, laptop off"])
+        req(db, "send", contact=A, text="bob to the phone")
+        want += ["phone, laptop off", "bob to the phone"]
+        hb = wait_history(db, A, want)
+        h2 = wait_history(d2, one_to_one_id(A, B), want)
+        assert [m["id"] for m in hb] == [m["id"] for m in h2]
     finally:
         for p in procs:
             p.stop()

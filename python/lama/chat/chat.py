@@ -34,6 +34,7 @@ from lama.chat import channel as _ch
 from lama.chat import groups as _groups
 from lama.chat.model import Attachment, Contact, Message, RemovedContact, Topic
 from lama.connect import contacts as _contacts
+from lama.connect import profile as _profile
 from lama.errors import (
     InvalidArgumentError,
     LamaError,
@@ -151,6 +152,8 @@ class Chat:
         self._topics: dict[str, Topic] = {}      # topic id -> Topic
         self._topic_channels: dict[str, set[str]] = {}  # topic id -> channel id hashes
         self._members_pending: set[str] = set()  # channels: membership without its Signature yet
+        self._proven: set[str] = set()  # endpoints proven (docs/connections.md §3.5)
+        self._bad_signatures: set[str] = set()  # Signatures over Keys that did not verify
         store = self.store
         _contacts.enable_reverse_maps(store)
         certificates.enable_reverse_maps(store)
@@ -165,6 +168,8 @@ class Chat:
         self._catch_up()
         for t in list(self._topics.values()):
             self._share(t)
+        # my profile (the endpoints of my devices) with my contacts (docs/chat.md §2)
+        _profile.share_own_profile(instance, self._contact_persons())
         self._thread: threading.Thread | None = None
         if self._sub is not None:
             self._thread = threading.Thread(target=self._run_events, name="lama.chat events",
@@ -281,6 +286,8 @@ class Chat:
                 versions.store_versioned(store, new)
             self._names.pop(p, None)
             topic = self._ensure_one_to_one(p)
+            # my profile, so the contact learns of every device of mine (docs/chat.md §2)
+            _profile.share_own_profile(self.instance, [p])
             contact = self._contact(p, topic.id)
         if not listed:
             self._emit("contact", {"contact": contact, "change": "added"})
@@ -334,10 +341,24 @@ class Chat:
         return name
 
     def _contact(self, p: str, topic_id: str | None = None) -> Contact:
-        insts = tuple(sorted({str(o["instanceId"]) for _h, o in _contacts.endpoints_of_person(self.store, p)}))
+        insts = self._instances_of(p)
         return Contact(person_id=p, email=self._email(p), name=self._person_name(p),
                        someone_id=self._someone_id_of(p), instances=insts,
                        topic_id=topic_id or one_to_one_id(self.me, p))
+
+    def _instances_of(self, p: str) -> tuple[str, ...]:
+        """The contact's instances: those of its endpoints that are proven (docs/connections.md
+        §3.5) - a forged endpoint names no instance of it."""
+        me_key = bytes(self.instance.person_public_sign_key)
+        out = set()
+        for h, o in _contacts.endpoints_of_person(self.store, p):
+            # a proven endpoint stays proven (its objects are immutable): verified once, not at
+            # every contact lookup (App.send by person id looks the contact up)
+            if h in self._proven or _contacts.endpoint_proven(self.store, self.me, me_key, o,
+                                                              self._bad_signatures):
+                self._proven.add(h)
+                out.add(str(o["instanceId"]))
+        return tuple(sorted(out))
 
     def contacts(self) -> list[Contact]:
         """The contacts, sorted by name then person id."""
@@ -400,7 +421,8 @@ class Chat:
                     if p in ps:
                         access.revoke(store, persons=[p], **kw)
                         revoked.append(access.grant_id(**kw))
-            insts = tuple(sorted({str(o["instanceId"]) for _h, o in _contacts.endpoints_of_person(store, p)}))
+            _profile.unshare_own_profile(self.instance, [p])
+            insts = self._instances_of(p)
             self._names.pop(p, None)
         removed = RemovedContact(p, insts, tuple(revoked))
         self._emit("contact_removed", {"removed": removed})

@@ -37,12 +37,14 @@ server relays only ciphertext, §4) and the identity steps §5.1-5.4:
   pairing does (§6.4: an endpoint of my own person, which the connection manager dials at
   once), uses the token up and answers ``{"command": "device_done"}``;
 * the new device stores the first device's Identity (its endpoint) and the contacts' (no url:
-  they are contacts, the chat layer makes their 1-to-1 topics, but the new device does not
-  dial them - their instances do not know it; its messages reach them through the first
-  device, which re-publishes the merged channel). If anything fails after its instance was
-  created, the new instance directory is removed again.
+  they are contacts, the chat layer makes their 1-to-1 topics; the contacts' own profiles
+  tell later where they listen). If anything fails after its instance was created, the new
+  instance directory is removed again.
 
-Then both devices connect by themselves (``chum``) and CHUM brings the conversations.
+Then both devices connect by themselves (``chum``) and CHUM brings the conversations. Each
+device's endpoint is in my profile (``pairing.store_identity`` for my own person,
+:mod:`lama.connect.profile`), proven by my person's Signature over its instance Keys and
+shared with my contacts, whose managers then dial the new device (docs/connections.md §3.5).
 """
 
 from __future__ import annotations

@@ -102,6 +102,10 @@ SCAN_CACHE_EVERY = 20_000  # feed entries: the cache is rewritten at least this 
 # instance key waits this long for the other's connection before dialling itself, so that
 # normally one connection is made, not two that the duplicate rule has to sort out
 PAIRING_YIELD = 1.0
+# endpoints without a proof (docs/connections.md §3.5) the manager looks at again when more
+# objects arrive; beyond this many the oldest are forgotten (a peer shipping forged endpoints
+# must not make every scan longer)
+MAX_UNPROVEN = 64
 
 
 @dataclass
@@ -348,6 +352,10 @@ class ConnectionManager:
         # the contacts (person ids) passed on to a device of my person that joins
         # (lama.connect.device); the App sets it to its chat layer's contact list
         self.device_contacts: Callable[[], Any] | None = None
+        # endpoints not proven (yet) -> feed position, and Signatures known not to verify
+        # (docs/connections.md §3.5)
+        self._unproven: dict[str, tuple[int, tuple[Any, Any], tuple[Any, ...]]] = {}
+        self._bad_signatures: set[str] = set()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -368,6 +376,7 @@ class ConnectionManager:
             listener = await core.ws_listen(cfg.direct_host, int(cfg.direct_port or 0))
             self._listeners.append(listener)
             self._spawn(self._accept_loop(listener, "direct"))
+        self._publish_own_endpoint()
         self._scan_endpoints()
         self._timers.add(self._spawn(self._discovery_loop()))
         if cfg.health_checks:
@@ -481,6 +490,18 @@ class ConnectionManager:
             if isinstance(port, int) and not hasattr(listener, "state"):
                 return port
         return None
+
+    def _publish_own_endpoint(self) -> None:
+        """This instance's endpoint into my profile (where peers reach it), shared with my
+        contacts (``device_contacts``) and my devices (docs/connections.md §3.5)."""
+        from . import profile
+
+        try:
+            profile.publish_own_endpoint(self.instance, self.url)
+            persons = list(self.device_contacts()) if self.device_contacts is not None else []
+            profile.share_own_profile(self.instance, persons)
+        except LamaError as e:
+            log.warning("cannot publish this instance's endpoint: %s", e)
 
     @property
     def url(self) -> str | None:
@@ -634,6 +655,7 @@ class ConnectionManager:
             return
         new = False
         persons, endpoints = len(self._persons), len(self._endpoint_seqs)
+        seq0 = self._scan_seq
         while True:
             # the typed feed (issue 10): only OneInstanceEndpoint and Person objects come
             # back, no read of every committed object (a fifth of a chat sender's CPU with the
@@ -651,6 +673,8 @@ class ConnectionManager:
         if (len(self._persons) != persons or len(self._endpoint_seqs) != endpoints
                 or self._scan_seq - self._cache_saved[0] >= SCAN_CACHE_EVERY):
             self._save_scan_cache()
+        if self._unproven and self._scan_seq != seq0:
+            new = self._recheck_unproven() or new
         if new:
             self._emit("connections_changed")
 
@@ -801,23 +825,51 @@ class ConnectionManager:
                         url=obj.get("url"), endpoint_hash=h, seq=seq)
 
     def _trusted(self, ep: Endpoint) -> bool:
-        """Only contacts are dialled: my own other instances (Internet of Me) and peers whose
-        Keys I signed when pairing (conn §6.4 item 5). Endpoints that merely arrived through
-        CHUM (someone else's contacts) are not routed (conn §7.2 routes only "others" and IoM)."""
-        if ep.person_id == self.instance.person_id:
-            return True
+        """Only proven endpoints of contacts and of my own person are dialled
+        (docs/connections.md §3.5, :func:`lama.connect.contacts.endpoint_proven`): person
+        Keys I signed when pairing (conn §6.4 item 5) - or my own - and instance Keys signed
+        by me or by that person (a contact's new device, from the contact's profile).
+        Endpoints that merely arrived through CHUM (someone else's contacts, a forged device)
+        are not routed (conn §7.2 routes only "others" and IoM); one that is not proven yet
+        is looked at again when more objects arrive (its proof may come in a later batch)."""
+        obj = self.store.get_object(ep.endpoint_hash)
+        ok = contacts.endpoint_proven(self.store, str(self.instance.person_id),
+                                      bytes(self.instance.person_public_sign_key), obj,
+                                      self._bad_signatures)
+        if ok:
+            self._unproven.pop(ep.endpoint_hash, None)
+        else:
+            keys = (obj.get("personKeys"), obj.get("instanceKeys"))
+            self._unproven[ep.endpoint_hash] = (ep.seq, keys, self._proof_state(keys))
+            while len(self._unproven) > MAX_UNPROVEN:
+                del self._unproven[next(iter(self._unproven))]
+        return ok
+
+    def _proof_state(self, keys: tuple[Any, Any]) -> tuple[Any, ...]:
+        """What an endpoint's proof depends on: its Keys objects (person, instance) and the
+        Signatures over them (reverse-map reads only). The verdict can change only when this
+        does."""
         from ..identity import certificates
 
-        obj = self.store.get_object(ep.endpoint_hash)
-        me = self.instance.person_id
-        for keys in (obj.get("instanceKeys"), obj.get("personKeys")):
-            if not keys:
+        out: list[Any] = []
+        for k in keys:
+            if not isinstance(k, str):
+                out.append(None)
                 continue
-            for s in certificates.signatures_for(self.store, keys):
-                with contextlib.suppress(LamaError):
-                    if self.store.get_object(s).get("issuer") == me:
-                        return True
-        return False
+            try:
+                out += [self.store.has(k), tuple(certificates.signatures_for(self.store, k))]
+            except LamaError:
+                out.append(None)
+        return tuple(out)
+
+    def _recheck_unproven(self) -> bool:
+        """Route the endpoints whose proof was missing if something it depends on arrived
+        since (a Keys object, a Signature over one); True if a new peer."""
+        new = False
+        for h, (seq, keys, state) in list(self._unproven.items()):
+            if self._proof_state(keys) != state:
+                new = self._route_endpoint(h, seq) or new
+        return new
 
     def _add_endpoint(self, ep: Endpoint) -> bool:
         peer = self._peers.get(ep.remote_key)
@@ -831,7 +883,12 @@ class ConnectionManager:
                 peer, PAIRING_YIELD if just_paired and self._public > ep.remote_key else 0.0)
             return True
         if ep.seq >= peer.endpoint.seq and ep.endpoint_hash != peer.endpoint.endpoint_hash:
+            had_url = peer.endpoint.url
             peer.endpoint = ep  # a newer endpoint (e.g. another url) for the same instance
+            if ep.url and not had_url:
+                # a contact passed on without url (a device that joined) whose own profile
+                # now says where it listens: dial it too (docs/connections.md §3.5)
+                self._ensure_dialling(peer)
         return False
 
     async def _discovery_loop(self) -> None:
@@ -1450,6 +1507,12 @@ class ConnectionManager:
                 handshake_key=c.remote_key, contact_persons=persons,
                 timeout=self.config.protocol_timeout)
             self._after_pairing(result, initiated_locally=False, conn=c, device=True)
+            # my profile lists the new device now (pairing.store_identity): its proof goes to
+            # every contact my profile is shared with (docs/connections.md §3.5)
+            with contextlib.suppress(LamaError):
+                from . import profile
+
+                profile.share_own_profile(self.instance, persons)
         finally:
             self._pairing_conns.discard(c)
         await self._drain_and_close(c, self.config.protocol_timeout)

@@ -529,7 +529,17 @@ def store_identity(instance: Any, ident: dict[str, Any]) -> StoredContact:
     profile = {"$type$": "Profile", "profileId": "default", "personId": person_id,
                "owner": person_id, "communicationEndpoint": [ep_hash],
                "personDescription": [sk_hash]}
-    if versions.current_hash(store, core.id_hash(profile)) == core.object_hash(profile):
+    if person_id == me:
+        # a device of my own person (lama.connect.device): my profile gains its endpoint
+        # next to the others, proven and shared with my contacts (docs/connections.md §3.5)
+        from . import profile as _own
+
+        before = versions.current_hash(store, core.id_hash(profile))
+        profile_hash = _own.add_own_endpoints(instance, [ep_hash])
+        profile_id = core.id_hash(profile)
+        if profile_hash != before:
+            written.append(profile_hash)
+    elif versions.current_hash(store, core.id_hash(profile)) == core.object_hash(profile):
         profile_hash, profile_id = core.object_hash(profile), core.id_hash(profile)
     else:
         v = versions.store_versioned(store, profile)

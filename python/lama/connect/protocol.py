@@ -424,10 +424,18 @@ async def _exchange_person(
     if store.has(person_id):
         if check_known_keys:
             on_record: list[bytes] = []
+            # lama: person Keys I signed (pairing, conn §6.4 step 5) are the record when there
+            # are any; an endpoint anyone could have shipped by CHUM with other person Keys
+            # then adds no key (docs/connections.md §3.5). Without such Keys, every endpoint's
+            # (the reference's rule).
+            vouched: list[bytes] = []
+            seen: set[str] = set()
+            me, my_sign = str(instance.person_id), bytes(instance.person_public_sign_key)
             for _, ep in contacts.endpoints_of_person(store, person_id):
                 pk_hash = ep.get("personKeys")
-                if not pk_hash:
+                if not pk_hash or pk_hash in seen:
                     continue
+                seen.add(pk_hash)
                 try:
                     rec = contacts.load_keys(store, pk_hash)
                 except LamaError as e:
@@ -436,6 +444,10 @@ async def _exchange_person(
                         code="LAMA-AUTH-KEYS")) from None
                 k = _hex_key(rec.get("publicKey"))
                 on_record.append(k if k is not None else b"")
+                if k is not None and contacts.signed_by(store, pk_hash, me, my_sign) is not None:
+                    vouched.append(k)
+            if vouched:
+                on_record = vouched
             if person_id == instance.person_id:
                 on_record.append(instance.person_public_key)  # my own person (Internet of Me)
             if on_record:
