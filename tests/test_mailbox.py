@@ -535,19 +535,25 @@ def test_without_a_mailbox_chum_still_delivers(tmp_path: Path) -> None:
     async def main() -> None:
         server = await core.comm_server("127.0.0.1", 0)  # as ONE's: no extension
         alice, bob = await paired(tmp_path, server.url)
+        loop = asyncio.get_running_loop()
         try:
             bob_id, alice_id = bob.person_id, alice.person_id
             await bob.close()
             await until(lambda: not alice.manager.connected(bob_id))
+            first = loop.time()  # before the probe whose answer starts the poll interval
             await alice.send(bob_id, "later")
             await until(lambda: any(e["op"] == "deposit" for e in alice.mailbox.log))
             e = [e for e in alice.mailbox.log if e["op"] == "deposit"][-1]
             assert (e["ok"], e["code"]) == (False, "LAMA-MAILBOX-UNSUPPORTED")
-            # more messages while Bob is away: the server's answer is known, so it is not said again
+            # more messages while Bob is away: the server's answer is known, so it is said again
+            # at most once per poll interval (1 s here), not at every commit (which was 4 notes
+            # in a few milliseconds); a loaded host may let one interval pass during the sends
             for i in range(3):
                 await alice.send(bob_id, f"later {i}")
             await asyncio.sleep(0.3)
-            assert [e["code"] for e in alice.mailbox.log if e["op"] == "deposit"] == ["LAMA-MAILBOX-UNSUPPORTED"]
+            notes = [e["code"] for e in alice.mailbox.log if e["op"] == "deposit"]
+            allowed = 1 + int((loop.time() - first) / alice.mailbox.poll_interval)
+            assert set(notes) == {"LAMA-MAILBOX-UNSUPPORTED"} and len(notes) <= min(allowed, 3), (notes, allowed)
             bob = await reopen(tmp_path, "bob", server.url)
             await until(lambda: texts(bob, alice_id) == ["hello", "later", "later 0", "later 1", "later 2"])
         finally:

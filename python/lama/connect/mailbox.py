@@ -411,6 +411,7 @@ class MailboxService:
         self._info: dict[str, dict[str, Any] | None] = {}
         self._info_retry: dict[str, float] = {}  # url -> when to ask a mailbox-less server again
         self._unsupported_noted: dict[str, float] = {}  # url -> the _info_retry its note was for
+        self._info_probes: dict[str, asyncio.Future[None]] = {}  # url -> the probe in flight
         self._tasks: set[asyncio.Task[Any]] = set()
         self._fetch_lock: asyncio.Lock | None = None
         self._poll_task: asyncio.Task[Any] | None = None
@@ -510,13 +511,21 @@ class MailboxService:
     async def _server_info(self, url: str) -> dict[str, Any] | None:
         """The server's advertisement; a server without a mailbox is remembered for a poll
         interval (§6.1), one that could not be reached is asked again next time."""
+        probe = self._info_probes.get(url)
+        if probe is not None:  # a deposit worker and the poller asking at once share one probe
+            await asyncio.shield(probe)
+            return self._info.get(url)
         now = time.monotonic()
         if self._info.get(url) is None and now >= self._info_retry.get(url, 0.0):
+            self._info_probes[url] = probe = asyncio.get_running_loop().create_future()
             try:
                 self._info[url] = await mailbox_info(url)
             except (LamaError, OSError) as e:
                 self._note(op="info", ok=False, url=url, code=getattr(e, "code", "LAMA-NET"), message=str(e))
                 return None
+            finally:
+                del self._info_probes[url]
+                probe.set_result(None)
             if self._info[url] is None:
                 self._info_retry[url] = now + self.poll_interval
         return self._info.get(url)
