@@ -192,3 +192,36 @@ def test_session_events_before_the_registration_apply_to_the_posts_they_served()
     store.seq = 9
     t.posted([m2])
     assert [s[0] for s in _steps(t, m2.id)] == ["created", "posted"]
+
+
+def test_kept_posts_share_their_steps_and_keep_their_hash_as_bytes(tmp_path: Path) -> None:
+    """Issue 10 (memory of 10,000 kept traces): the posts of one batch share one steps tuple,
+    when posted, after the grant check, after a receipt and when reopened; a post's
+    ChatMessage hash is kept as 32 bytes and still reported as hex."""
+    path = tmp_path / "traces.sqlite3"
+    store = _Store()
+    t = Tracer(store, ME, path)
+    msgs = [_msg(i, outgoing=True) for i in range(50)]
+
+    async def events() -> None:
+        store.seq = 60
+        t.posted(msgs)
+        t.flush()  # the grant check: no grant found (the store has none)
+        t.on_manager_event("chum_receipt", {"person": PEER, "data": {"mark": 60, "errors": []}})
+        t.flush()
+
+    asyncio.run(events())
+    recs = [t.find(m.id) for m in msgs]
+    assert len({id(r.steps) for r in recs}) == 1
+    assert [s.step for s in recs[0].steps] == ["created", "posted", "stored"]
+    assert all(isinstance(r._hashes, bytes) and r.hashes == (m.id, m.hash)
+               for r, m in zip(recs, msgs))
+    t.close()
+    again = Tracer(store, ME, path)
+    try:
+        recs = [again.find(m.id) for m in msgs]
+        assert len({id(r.steps) for r in recs}) == 1
+        assert [s.step for s in recs[0].steps] == ["created", "posted", "stored"]
+        assert all(r.hashes == (m.id, m.hash) for r, m in zip(recs, msgs))
+    finally:
+        again.close()

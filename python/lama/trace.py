@@ -44,6 +44,14 @@ _ONE_TO_ONE = re.compile(r"([0-9a-f]{64})<->([0-9a-f]{64})")
 _ROOT_LOOKUPS = 64        # unknown announced roots read from the store per `exported` event
 
 
+def _watch_key(h: str) -> bytes | str:
+    """The key of an object hash in ``Tracer._watch``: its 32 bytes (or the text itself)."""
+    try:
+        return bytes.fromhex(h)
+    except (ValueError, TypeError):
+        return h
+
+
 def _now() -> float:
     return time.time() * 1000.0
 
@@ -153,13 +161,16 @@ class _Rec:
         """The objects whose serving counts as `fetched`: a post's (message id, ChatMessage
         hash)."""
         h = self._hashes
-        return (self.message_id, h) if isinstance(h, str) else h
+        return (self.message_id, h.hex()) if isinstance(h, bytes) else h
 
     @hashes.setter
     def hashes(self, hashes: tuple[str, ...]) -> None:
         hashes = tuple(hashes)
-        self._hashes = hashes[1] if len(hashes) == 2 and hashes[0] == self.message_id \
-            else hashes
+        self._hashes: tuple[str, ...] | bytes = hashes
+        if len(hashes) == 2 and hashes[0] == self.message_id and len(hashes[1]) == 64:
+            # a post's: its ChatMessage hash as 32 bytes (72 B instead of a 113 B string)
+            with contextlib.suppress(ValueError, TypeError):
+                self._hashes = bytes.fromhex(hashes[1])
 
     def has(self, step: str, peer: str | None = None) -> bool:
         return any(s.step == step and s.peer == peer for s in self.steps)
@@ -176,9 +187,17 @@ class _Rec:
             self.updated = s.at
         return True
 
-    def push(self, s: Step) -> None:
-        """Add a step the caller knows the trace lacks (no search of the steps)."""
-        self.steps = (*self.steps, s)
+    def push(self, s: Step, memo: dict[int, tuple[Any, ...]] | None = None) -> None:
+        """Add a step the caller knows the trace lacks (no search of the steps). ``memo``
+        (one per event): traces that shared their steps tuple share the longer one too."""
+        old = self.steps
+        if memo is None:
+            self.steps = (*old, s)
+        else:
+            got = memo.get(id(old))
+            if got is None:
+                got = memo[id(old)] = (old, (*old, s))  # (old kept: its id stays unique)
+            self.steps = got[1]
         if s.at > self.updated:
             self.updated = s.at
 
@@ -220,7 +239,7 @@ def _encode_records(recs: Iterable[_Rec], full: bool = False) -> list[str]:
     for r in recs:
         if full or r.saved < 0:
             h = r._hashes
-            if len(r.message_id) != 64 or not (h == () or (isinstance(h, str) and len(h) == 64)):
+            if len(r.message_id) != 64 or not (h == () or isinstance(h, bytes)):
                 odd.append(r)
             elif (last is not None and group is not None and r.granted is last.granted
                     and r.errors is last.errors and r.seq == last.seq
@@ -258,7 +277,8 @@ def _encode_records(recs: Iterable[_Rec], full: bool = False) -> list[str]:
                 break
         rec = ["newc", r.direction, r.topic_id, r.channel, r.sender, r.seq, r.recipients,
                r.granted, r.errors, steps, "".join([m.message_id for m in members]),
-               "" if r._hashes == () else "".join([str(m._hashes) for m in members]), created,
+               "" if r._hashes == () else b"".join([m._hashes for m in members]).hex(),  # type: ignore[misc]
+               created,
                [m.preview for m in members]]
         if cols:
             rec.append(cols)
@@ -319,10 +339,15 @@ def _replay(rows: Iterable[str], recs: dict[str, _Rec],
                 _, steps, errors, granted, mids = d
                 more = tuple(Step(x[0], float(x[1]), x[2], x[3]) for x in steps)
                 granted, errors = dict(granted) or _NONE, dict(errors) or _NONE  # shared
+                longer: dict[int, tuple[Any, ...]] = {}  # traces sharing steps share these
                 for mid in mids:
                     known = recs.get(mid)
                     if known is not None:
-                        known.steps += more
+                        old = known.steps
+                        got = longer.get(id(old))
+                        if got is None:
+                            got = longer[id(old)] = (old, old + more)
+                        known.steps = got[1]
                         known.errors, known.granted = errors, granted
             elif d[0] == "drop":
                 for mid in d[1]:
@@ -344,6 +369,7 @@ def _rebuild(recs: dict[str, _Rec], direction: str, topic: str, channel: str, se
     # what the record's messages have in common is one object for all of them (a batch's
     # are mostly one `created` too), as when they were posted
     seq, recipients, first = int(seq), tuple(recipients), Step("created", -1.0)
+    shared: tuple[Step, ...] = (first, *tail)
     made = 0
     for i, (mid, hashes, created, preview) in enumerate(msgs):
         r = _Rec(mid, topic, channel, direction, sender, preview, float(created), hashes, seq)
@@ -351,11 +377,12 @@ def _rebuild(recs: dict[str, _Rec], direction: str, topic: str, channel: str, se
         r.granted, r.errors = granted, errors
         if first.at != r.created:
             first = Step("created", r.created)
-        own = tail
+            shared = (first, *tail)
         if cols:
-            own = tuple(Step(s.step, float(cols[k][i]), s.peer, s.detail) if k in cols else s
-                        for k, s in enumerate(tail))
-        r.steps = (first, *own)
+            r.steps = (first, *(Step(s.step, float(cols[k][i]), s.peer, s.detail)
+                                if k in cols else s for k, s in enumerate(tail)))
+        else:  # one tuple for the traces of the record that share `created` (issue 10)
+            r.steps = shared
         recs[mid] = r
         made += 1
     return made
@@ -471,7 +498,8 @@ class Tracer:
         self._unoffered: dict[str, dict[str, list[_Rec]]] = {}
         # object hash -> outgoing message id, for the objects of a post other than its
         # CreationTime (whose hash is the message id: a pending id is looked up directly)
-        self._watch: dict[str, str] = {}
+        # (keyed by the hash's 32 bytes: a post's hash is kept so, see _Rec.hashes)
+        self._watch: dict[bytes | str, str] = {}
         # incoming traces whose chat event came before their import (rare): id -> trace
         self._early: dict[str, _Rec] = {}
         self._versions: dict[str, str] = {}       # channel version hash -> channel id hash
@@ -567,9 +595,12 @@ class Tracer:
                     if not rec.has("offered", p):
                         self._unoffered.setdefault(p, {}).setdefault(rec.channel, []).append(rec)
             if any(not rec.has("fetched", p) for p in rec.recipients):
-                for h in rec.hashes:
-                    if h != mid:
-                        self._watch[h] = mid
+                if isinstance(rec._hashes, bytes):  # the trace's own bytes object is the key
+                    self._watch[rec._hashes] = mid
+                else:
+                    for h in rec.hashes:
+                        if h != mid:
+                            self._watch[_watch_key(h)] = mid
         else:
             src = next((s.peer for s in rec.steps if s.step == "received"), None)
             if src and not rec.has("confirmed", src):
@@ -660,8 +691,9 @@ class Tracer:
             del recs[r.message_id]
             r.saved = max(r.saved, 0)  # a new one is not persisted any more
             for h in r.hashes:
-                if watch.get(h) == r.message_id:
-                    del watch[h]
+                k = _watch_key(h)
+                if watch.get(k) == r.message_id:
+                    del watch[k]
         self._dropped.extend(ids)
         for pend in self._pending.values():
             for mid in ids:
@@ -707,6 +739,7 @@ class Tracer:
         batch: list[_Rec] = []
         posted_step = Step("posted", at)   # immutable: one object for the batch
         created_step = Step("created", 0.0)
+        steps = (created_step, posted_step)  # one tuple per `created` too
         for m in messages:
             mid = m.id
             if mid in recs:
@@ -720,10 +753,13 @@ class Tracer:
                        float(m.timestamp), (mid, m.hash), seq)
             if created_step.at != rec.created:  # one batch: mostly one timestamp
                 created_step = Step("created", rec.created)
-            rec.steps = (created_step, posted_step)
+                steps = (created_step, posted_step)
+            rec.steps = steps
             rec.updated = at
             recs[mid] = rec
-            watch[m.hash] = mid  # (the message id itself is found among the pending ids)
+            # (the message id itself is found among the pending ids)
+            h = rec._hashes
+            watch[h if isinstance(h, bytes) else _watch_key(m.hash)] = mid
             batch.append(rec)
         if batch:
             self._posted_batch(batch, topic)
@@ -802,6 +838,7 @@ class Tracer:
             if todo:
                 self._recipients(todo, self._participants(todo[0]))
             shared: dict[tuple[Any, ...], tuple[dict[str, bool], tuple[Step, ...]]] = {}
+            longer: dict[tuple[int, int], tuple[Any, ...]] = {}  # shared steps: shared again
             for r in recs:
                 key = (r.recipients, r.steps[1])  # one batch: one posted step
                 g = shared.get(key)
@@ -810,7 +847,11 @@ class Tracer:
                     g = shared[key] = (ok, tuple(Step("granted", r.steps[1].at, p)
                                                  for p, yes in ok.items() if yes))
                 r.granted = g[0]  # shared: never changed afterwards
-                r.steps += g[1]
+                old = r.steps
+                got = longer.get((id(old), id(g[1])))
+                if got is None:
+                    got = longer[(id(old), id(g[1]))] = (old, old + g[1])
+                r.steps = got[1]
             # new traces are persisted whole at the flush; only older ones need a mark
             self._dirty.update(dict.fromkeys(r.message_id for r in recs if r.saved >= 0))
 
@@ -1024,7 +1065,8 @@ class Tracer:
                 channels.add(cid)
         watch = self._watch
         # a served CreationTime is a pending message id itself; other objects via _watch
-        served = {watch.get(h) or h for h in objects if h in watch or h in ids}
+        served = {mid for mid in (h if h in ids else watch.get(_watch_key(h)) for h in objects)
+                  if mid is not None}
         offered, fetched = Step("offered", at, person), Step("fetched", at, person)
         recs = self._recs
         if only is not None:
@@ -1038,13 +1080,14 @@ class Tracer:
                     self._changed(rec)
             return channels
         touched: dict[str, _Rec] = {}
+        memo: dict[int, tuple[Any, ...]] = {}
         un = self._unoffered.get(person) if channels else None
         if un:  # the traces of these channels not offered yet: all of them at once
             for cid in channels:
                 for rec in un.pop(cid, ()):
                     mid = rec.message_id
                     if mid in ids and recs.get(mid) is rec:
-                        rec.push(offered)
+                        rec.push(offered, memo)
                         touched[mid] = rec
         for mid in served:
             got = recs.get(mid)
@@ -1102,12 +1145,13 @@ class Tracer:
         if only is None:
             # live: the pending ids are in the order of seq, a receipt covers a prefix
             done: list[str] = []
+            memo: dict[int, tuple[Any, ...]] = {}
             if mark is not None:
                 for mid in pend:
                     rec = recs[mid]
                     if rec.seq > mark:
                         break
-                    rec.push(stored)
+                    rec.push(stored, memo)
                     if person in rec.errors:
                         rec.errors = {k: v for k, v in rec.errors.items() if k != person}
                     done.append(mid)
