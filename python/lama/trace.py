@@ -918,7 +918,10 @@ class Tracer:
             elif sent is not None and sent[0] > n:  # confirmed before the chat event came
                 confirm = Step("confirmed", at, src, f"mark {sent[1]}")
             else:
-                self._await_confirm.setdefault(src, set()).add(m.id)
+                waiting = self._await_confirm.get(src)
+                if waiting is None:
+                    waiting = self._await_confirm[src] = set()
+                waiting.add(m.id)
             steps: tuple[Step, ...] = (first, got_step, visible)
             if confirm is not None:
                 steps += (confirm,)
@@ -1187,11 +1190,18 @@ class Tracer:
         confirmed = Step("confirmed", _now(), person, f"mark {data['mark']}")
         self._events += 1
         self._receipt_out[person] = (self._events, data["mark"])
-        for mid in list(self._await_confirm.get(person, ())):
-            rec = self._recs[mid]
-            if rec.add(confirmed):
-                self._changed(rec)
-            self._await_confirm[person].discard(mid)
+        waiting = self._await_confirm.pop(person, None)
+        if not waiting:
+            return
+        recs = self._recs
+        done = []
+        for mid in waiting:
+            rec = recs.get(mid)
+            if rec is not None and rec.add(confirmed):
+                done.append(mid)
+        if done:
+            self._dirty.update(dict.fromkeys(done))
+            self._schedule()
 
     # ------------------------------------------------------------------ reports
 
