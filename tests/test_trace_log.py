@@ -225,3 +225,26 @@ def test_kept_posts_share_their_steps_and_keep_their_hash_as_bytes(tmp_path: Pat
         assert all(r.hashes == (m.id, m.hash) for r, m in zip(recs, msgs))
     finally:
         again.close()
+
+
+def test_a_chat_event_before_its_import_gets_the_received_step_from_the_import() -> None:
+    """The chat layer's event can come before the session's ``imported`` event (two threads):
+    the import that brought the message then adds `received` (and the peer); an import that
+    did not bring it adds nothing."""
+    t = Tracer(None, ME, None)
+    first, other = _msg(1, outgoing=False), _msg(2, outgoing=False)
+    t.on_chat_event("message", {"message": first})
+    assert [s[0] for s in _steps(t, first.id)] == ["created", "visible"]
+    t.on_manager_event("chum_imported", {"person": PEER, "data": {"objects": [other.id]}})
+    assert [s[0] for s in _steps(t, first.id)] == ["created", "visible"]
+    t.on_manager_event("chum_imported", {"person": PEER, "data": {
+        "objects": [first.hash, first.id]}})
+    assert [(s[0], s[2]) for s in _steps(t, first.id)] == [
+        ("created", None), ("visible", None), ("received", PEER)]
+    assert t.trace(first.id).peers[0].person_id == PEER
+    t.on_manager_event("chum_receipt_sent", {"person": PEER, "data": {"mark": 5}})
+    assert _steps(t, first.id)[-1][0] == "confirmed"
+    # the other message's chat event finds its import among the recent ones
+    t.on_chat_event("message", {"message": other})
+    assert [s[0] for s in _steps(t, other.id)] == ["created", "received", "visible",
+                                                   "confirmed"]

@@ -125,7 +125,11 @@ class Trace:
             d["updated"])
 
 
-_NONE: dict[Any, Any] = {}  # the shared empty `granted`/`errors` (replaced, never changed)
+_NONE: dict[Any, Any] = {}
+# an import: (person, time, event number, step, detail, the step)
+_Import = tuple[str, float, int, str, "str | None", Step]
+_IMPORT_EVENTS = 1024  # imports remembered (besides _IMPORTS_MAX hashes)
+_EARLY_MAX = 1000      # incoming traces waiting for their import event  # the shared empty `granted`/`errors` (replaced, never changed)
 
 
 class _Rec:
@@ -503,10 +507,12 @@ class Tracer:
         # incoming traces whose chat event came before their import (rare): id -> trace
         self._early: dict[str, _Rec] = {}
         self._versions: dict[str, str] = {}       # channel version hash -> channel id hash
-        # object hash -> (person, time, event number, step, detail, the step) of its import
-        # (step: "received" by CHUM, "mailbox_fetched" from the mailbox; one tuple per import)
-        self._imports: collections.OrderedDict[
-            str, tuple[str, float, int, str, str | None, Step]] = collections.OrderedDict()
+        # the recent imports, oldest first: ((person, time, event number, step, detail, the
+        # step), the object hashes it brought) (step: "received" by CHUM, "mailbox_fetched"
+        # from the mailbox). One frozenset per import, searched newest first: an import of
+        # thousands of objects cost ~1 µs per object as entries of one large dict.
+        self._imports: collections.deque[tuple[_Import, frozenset[str]]] = collections.deque()
+        self._imports_n = 0  # hashes in _imports (at most _IMPORTS_MAX, newest kept)
         # mailbox item id -> the object hashes it brought (until the server confirms deleting)
         self._mb_items: collections.OrderedDict[str, list[str]] = collections.OrderedDict()
         # object hash -> the mailbox_confirmed step, when it came before the chat event
@@ -902,7 +908,7 @@ class Tracer:
         first = self._created_step
         if first.at != ts:  # messages of one batch mostly share their timestamp
             first = self._created_step = Step("created", ts)
-        got = self._imports.get(m.id) or self._imports.get(m.hash)
+        got = self._import_of(m.id) or self._import_of(m.hash)
         confirm: Step | None = None
         visible = Step("visible", at)
         if got is not None:
@@ -928,6 +934,8 @@ class Tracer:
         else:
             steps = (first, visible)
             self._early[m.id] = rec
+            if len(self._early) > _EARLY_MAX:  # (their import event never came)
+                del self._early[next(iter(self._early))]
         rec.steps = steps
         rec.updated = max(ts, at, confirm.at if confirm is not None else at)
         self._recs[m.id] = rec
@@ -968,23 +976,30 @@ class Tracer:
         ``mailbox_fetched``), remembered for the chat event that follows."""
         at = _now()
         # one entry (and one step object) for every object of the import
-        entry = (person, at, self._events, step, detail, Step(step, at, person, detail))
-        if not isinstance(hashes, (list, tuple)):
-            hashes = list(hashes)
-        self._imports.update(dict.fromkeys(hashes, entry))
+        entry: _Import = (person, at, self._events, step, detail, Step(step, at, person, detail))
+        got = frozenset(hashes)
+        imports = self._imports
+        imports.append((entry, got))
+        self._imports_n += len(got)
+        while len(imports) > 1 and (self._imports_n > _IMPORTS_MAX
+                                    or len(imports) > _IMPORT_EVENTS):
+            self._imports_n -= len(imports.popleft()[1])
         if self._early:  # a chat event that came first
-            for h in hashes:
-                rec = self._early.pop(h, None)
-                if rec is not None and not rec.recipients:
+            for h in [h for h in self._early if h in got]:
+                rec = self._early.pop(h)
+                if not rec.recipients:
                     rec.add(step, at, person, detail)
                     rec.recipients = (person,)
                     if step == "received":
                         self._await_confirm.setdefault(person, set()).add(h)
                     self._changed(rec)
-        excess = len(self._imports) - _IMPORTS_MAX
-        if excess > 0:
-            for k in list(itertools.islice(self._imports, excess)):
-                del self._imports[k]
+
+    def _import_of(self, h: str) -> _Import | None:
+        """The newest import that brought the object ``h``."""
+        for entry, hashes in reversed(self._imports):
+            if h in hashes:
+                return entry
+        return None
 
     def on_mailbox_event(self, entry: dict[str, Any]) -> None:
         """The mailbox service's outcomes (docs/mailbox.md §6): a deposit for a peer
@@ -1021,7 +1036,7 @@ class Tracer:
                 for h in self._mb_items.pop(item, ()):
                     got = self._recs.get(h)
                     if got is None:
-                        if h in self._imports:  # the chat event has not come yet
+                        if self._import_of(h) is not None:  # no chat event yet
                             self._mb_confirmed[h] = (at, detail)
                         continue
                     if got.direction == "in" and got.add(
