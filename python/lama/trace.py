@@ -238,6 +238,7 @@ def _encode_records(recs: Iterable[_Rec], full: bool = False) -> list[str]:
     news: dict[tuple[Any, ...], list[_Rec]] = {}
     odd: list[_Rec] = []  # not in the compact form (an id or hash that is not 64 digits)
     upds: dict[tuple[Any, ...], tuple[_Rec, int, list[str]]] = {}
+    seen: dict[tuple[int, int], tuple[Any, tuple[int, ...]]] = {}  # (the tuple kept: its id)
     last: _Rec | None = None
     group: list[_Rec] | None = None
     for r in recs:
@@ -247,7 +248,8 @@ def _encode_records(recs: Iterable[_Rec], full: bool = False) -> list[str]:
                 odd.append(r)
             elif (last is not None and group is not None and r.granted is last.granted
                     and r.errors is last.errors and r.seq == last.seq
-                    and r.recipients == last.recipients and _same_shape(r.steps, last.steps)
+                    and r.recipients == last.recipients
+                    and (r.steps is last.steps or _same_shape(r.steps, last.steps))
                     and r.channel == last.channel and r.topic_id == last.topic_id
                     and r.direction == last.direction and r.sender == last.sender
                     and (h == ()) == (last._hashes == ())):
@@ -257,7 +259,12 @@ def _encode_records(recs: Iterable[_Rec], full: bool = False) -> list[str]:
                 group.append(r)
                 last = r
         else:
-            key = (id(r.granted), id(r.errors), *map(id, r.steps[r.saved:]))
+            # traces that share their steps (a batch) share the key too: built once
+            sk = (id(r.steps), r.saved)
+            steps_key = seen.get(sk)
+            if steps_key is None:
+                steps_key = seen[sk] = (r.steps, tuple(map(id, r.steps[r.saved:])))
+            key = (id(r.granted), id(r.errors), steps_key[1])
             u = upds.get(key)
             if u is None:
                 u = upds[key] = (r, r.saved, [])
@@ -1083,8 +1090,12 @@ class Tracer:
                 channels.add(cid)
         watch = self._watch
         # a served CreationTime is a pending message id itself; other objects via _watch
-        served = {mid for mid in (h if h in ids else watch.get(_watch_key(h)) for h in objects)
-                  if mid is not None}
+        try:
+            served = {mid for mid in (h if h in ids else watch.get(bytes.fromhex(h))
+                                      for h in objects) if mid is not None}
+        except (ValueError, TypeError):  # (not a hash: looked up as it is)
+            served = {mid for mid in (h if h in ids else watch.get(_watch_key(h))
+                                      for h in objects) if mid is not None}
         offered, fetched = Step("offered", at, person), Step("fetched", at, person)
         recs = self._recs
         if only is not None:
