@@ -173,8 +173,10 @@ class _Rec:
         self._hashes: tuple[str, ...] | bytes = hashes
         if len(hashes) == 2 and hashes[0] == self.message_id and len(hashes[1]) == 64:
             # a post's: its ChatMessage hash as 32 bytes (72 B instead of a 113 B string)
-            with contextlib.suppress(ValueError, TypeError):
+            try:
                 self._hashes = bytes.fromhex(hashes[1])
+            except (ValueError, TypeError):
+                pass
 
     def has(self, step: str, peer: str | None = None) -> bool:
         return any(s.step == step and s.peer == peer for s in self.steps)
@@ -249,7 +251,8 @@ def _encode_records(recs: Iterable[_Rec], full: bool = False) -> list[str]:
             elif (last is not None and group is not None and r.granted is last.granted
                     and r.errors is last.errors and r.seq == last.seq
                     and r.recipients == last.recipients
-                    and (r.steps is last.steps or _same_shape(r.steps, last.steps))
+                    and (r.steps is last.steps or r.steps[1:] == last.steps[1:]
+                         or _same_shape(r.steps, last.steps))
                     and r.channel == last.channel and r.topic_id == last.topic_id
                     and r.direction == last.direction and r.sender == last.sender
                     and (h == ()) == (last._hashes == ())):
