@@ -179,7 +179,10 @@ class _Rec:
                 pass
 
     def has(self, step: str, peer: str | None = None) -> bool:
-        return any(s.step == step and s.peer == peer for s in self.steps)
+        for s in self.steps:  # (a loop: no generator per call)
+            if s.step == step and s.peer == peer:
+                return True
+        return False
 
     def add(self, step: str | Step, at: float = 0.0, peer: str | None = None,
             detail: str | None = None) -> bool:
