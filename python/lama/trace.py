@@ -1096,12 +1096,18 @@ class Tracer:
                 channels.add(cid)
         watch = self._watch
         # a served CreationTime is a pending message id itself; other objects via _watch
-        try:
-            served = {mid for mid in (h if h in ids else watch.get(bytes.fromhex(h))
-                                      for h in objects) if mid is not None}
-        except (ValueError, TypeError):  # (not a hash: looked up as it is)
-            served = {mid for mid in (h if h in ids else watch.get(_watch_key(h))
-                                      for h in objects) if mid is not None}
+        served: set[str] = set()
+        add, get = served.add, watch.get
+        for h in objects:  # (a plain loop: the cheapest per served object)
+            if h in ids:
+                add(h)
+                continue
+            try:
+                mid = get(bytes.fromhex(h))
+            except (ValueError, TypeError):  # (not a hash: looked up as it is)
+                mid = get(h)
+            if mid is not None:
+                add(mid)
         offered, fetched = Step("offered", at, person), Step("fetched", at, person)
         recs = self._recs
         if only is not None:
