@@ -597,6 +597,8 @@ class Tracer:
         _finish(recs)
         for rec in sorted(recs.values(), key=lambda r: r.created):
             self._index(rec)
+        for mid in list(itertools.islice(self._early, max(len(self._early) - _EARLY_MAX, 0))):
+            del self._early[mid]  # (the newest wait for their import event, as when running)
         for p, pend in self._pending.items():  # in the order of their seq (see _pending)
             self._pending[p] = dict.fromkeys(sorted(pend, key=lambda m: self._recs[m].seq))
             self._pend_seq[p] = max([self._recs[m].seq for m in pend], default=0)
