@@ -44,6 +44,14 @@ _ONE_TO_ONE = re.compile(r"([0-9a-f]{64})<->([0-9a-f]{64})")
 _ROOT_LOOKUPS = 64        # unknown announced roots read from the store per `exported` event
 
 
+def _watch_key(h: str) -> bytes | str:
+    """The key of an object hash in ``Tracer._watch``: its 32 bytes (or the text itself)."""
+    try:
+        return bytes.fromhex(h)
+    except (ValueError, TypeError):
+        return h
+
+
 def _now() -> float:
     return time.time() * 1000.0
 
@@ -117,7 +125,11 @@ class Trace:
             d["updated"])
 
 
-_NONE: dict[Any, Any] = {}  # the shared empty `granted`/`errors` (replaced, never changed)
+_NONE: dict[Any, Any] = {}
+# an import: (person, time, event number, step, detail, the step)
+_Import = tuple[str, float, int, str, "str | None", Step]
+_IMPORT_EVENTS = 1024  # imports remembered (besides _IMPORTS_MAX hashes)
+_EARLY_MAX = 1000      # incoming traces waiting for their import event  # the shared empty `granted`/`errors` (replaced, never changed)
 
 
 class _Rec:
@@ -153,16 +165,24 @@ class _Rec:
         """The objects whose serving counts as `fetched`: a post's (message id, ChatMessage
         hash)."""
         h = self._hashes
-        return (self.message_id, h) if isinstance(h, str) else h
+        return (self.message_id, h.hex()) if isinstance(h, bytes) else h
 
     @hashes.setter
     def hashes(self, hashes: tuple[str, ...]) -> None:
         hashes = tuple(hashes)
-        self._hashes = hashes[1] if len(hashes) == 2 and hashes[0] == self.message_id \
-            else hashes
+        self._hashes: tuple[str, ...] | bytes = hashes
+        if len(hashes) == 2 and hashes[0] == self.message_id and len(hashes[1]) == 64:
+            # a post's: its ChatMessage hash as 32 bytes (72 B instead of a 113 B string)
+            try:
+                self._hashes = bytes.fromhex(hashes[1])
+            except (ValueError, TypeError):
+                pass
 
     def has(self, step: str, peer: str | None = None) -> bool:
-        return any(s.step == step and s.peer == peer for s in self.steps)
+        for s in self.steps:  # (a loop: no generator per call)
+            if s.step == step and s.peer == peer:
+                return True
+        return False
 
     def add(self, step: str | Step, at: float = 0.0, peer: str | None = None,
             detail: str | None = None) -> bool:
@@ -176,60 +196,114 @@ class _Rec:
             self.updated = s.at
         return True
 
+    def push(self, s: Step, memo: dict[int, tuple[Any, ...]] | None = None) -> None:
+        """Add a step the caller knows the trace lacks (no search of the steps). ``memo``
+        (one per event): traces that shared their steps tuple share the longer one too."""
+        old = self.steps
+        if memo is None:
+            self.steps = (*old, s)
+        else:
+            got = memo.get(id(old))
+            if got is None:
+                got = memo[id(old)] = (old, (*old, s))  # (old kept: its id stays unique)
+            self.steps = got[1]
+        if s.at > self.updated:
+            self.updated = s.at
+
+
+
+def _loose(r: _Rec) -> tuple[Any, ...]:
+    """What a trace shares with the others of its ``newc`` record: everything but its id,
+    hashes, preview and the times of its steps."""
+    return (r.direction, r.topic_id, r.channel, r.sender, r.seq, r.recipients, id(r.granted),
+            id(r.errors), *[(s.step, s.peer, s.detail) for s in r.steps[1:]])
+
+
+def _same_shape(a: tuple[Step, ...], b: tuple[Step, ...]) -> bool:
+    """The steps after `created` have the same names, peers and details (times may differ)."""
+    if len(a) != len(b):
+        return False
+    for x, y in zip(a[1:], b[1:]):
+        if x is not y and (x.step != y.step or x.peer != y.peer or x.detail != y.detail):
+            return False
+    return True
 
 
 def _encode_records(recs: Iterable[_Rec], full: bool = False) -> list[str]:
     """The log records (docs/tracing.md §5) that persist ``recs``' changes since they were
     last persisted (``full``: all of them, for a compaction). Traces that share what a batch
-    shares (topic, recipients, grants, steps) share one record, so a batch of posts costs one
-    record, and one receipt covering many posts one more. A run of traces equal to the one
-    before (a batch: they share the step and grant objects, compared by identity first) joins
-    its group without building a key; the ids and hashes of a ``newc`` record are concatenated
-    into one string each (64 hex digits per message), so the JSON encoder copies one string
+    shares (topic, recipients, grants, the names, peers and details of their steps) share one
+    record, so a batch of posts costs one record, and one receipt covering many posts one
+    more; a step whose time differs between them (e.g. the `visible` of received messages)
+    is a column of times in the record. A run of traces equal to the one before (a batch:
+    they share the step and grant objects, compared by identity first) joins its group
+    without building a key; the ids and hashes of a ``newc`` record are concatenated into
+    one string each (64 hex digits per message), so the JSON encoder copies one string
     instead of encoding a list per message."""
-    news: dict[tuple[Any, ...], tuple[_Rec, list[_Rec]]] = {}
+    news: dict[tuple[Any, ...], list[_Rec]] = {}
+    odd: list[_Rec] = []  # not in the compact form (an id or hash that is not 64 digits)
     upds: dict[tuple[Any, ...], tuple[_Rec, int, list[str]]] = {}
+    seen: dict[tuple[int, int], tuple[Any, tuple[int, ...]]] = {}  # (the tuple kept: its id)
     last: _Rec | None = None
     group: list[_Rec] | None = None
     for r in recs:
         if full or r.saved < 0:
-            if (last is not None and group is not None and r.granted is last.granted
+            h = r._hashes
+            if len(r.message_id) != 64 or not (h == () or isinstance(h, bytes)):
+                odd.append(r)
+            elif (last is not None and group is not None and r.granted is last.granted
                     and r.errors is last.errors and r.seq == last.seq
-                    and r.recipients == last.recipients and r.steps[1:] == last.steps[1:]
+                    and r.recipients == last.recipients
+                    and (r.steps is last.steps or r.steps[1:] == last.steps[1:]
+                         or _same_shape(r.steps, last.steps))
                     and r.channel == last.channel and r.topic_id == last.topic_id
-                    and r.direction == last.direction and r.sender == last.sender):
+                    and r.direction == last.direction and r.sender == last.sender
+                    and (h == ()) == (last._hashes == ())):
                 group.append(r)
             else:
-                key = (r.direction, r.topic_id, r.channel, r.sender, r.seq, r.recipients,
-                       id(r.granted), id(r.errors), *map(id, r.steps[1:]))
-                g = news.get(key)
-                if g is None:
-                    g = news[key] = (r, [])
-                group = g[1]
+                group = news.setdefault((h == (), *_loose(r)), [])
                 group.append(r)
                 last = r
         else:
-            key = (id(r.granted), id(r.errors), *map(id, r.steps[r.saved:]))
+            # traces that share their steps (a batch) share the key too: built once
+            sk = (id(r.steps), r.saved)
+            steps_key = seen.get(sk)
+            if steps_key is None:
+                steps_key = seen[sk] = (r.steps, tuple(map(id, r.steps[r.saved:])))
+            key = (id(r.granted), id(r.errors), steps_key[1])
             u = upds.get(key)
             if u is None:
                 u = upds[key] = (r, r.saved, [])
             u[2].append(r.message_id)
         r.saved = len(r.steps)
     out = []
-    for r, members in news.values():
-        head = [r.direction, r.topic_id, r.channel, r.sender, r.seq, r.recipients, r.granted,
-                r.errors, r.steps[1:]]
-        if all(len(m.message_id) == 64 and isinstance(m._hashes, str) and len(m._hashes) == 64
-               for m in members):  # (message id, ChatMessage hash) each
-            created: Any = r.created
-            if any(m.created != created for m in members):
+    for members in news.values():
+        r = members[0]
+        steps: list[Any] = list(r.steps[1:])
+        cols = []
+        for k, s in enumerate(steps, 1):
+            at = s.at
+            for m in members:
+                if m.steps[k].at != at:
+                    cols.append([k - 1, [m.steps[k].at for m in members]])
+                    break
+        created: Any = r.created
+        for m in members:
+            if m.created != created:
                 created = [m.created for m in members]
-            out.append(_ENCODE(["newc", *head, "".join([m.message_id for m in members]),
-                                "".join([str(m._hashes) for m in members]), created,
-                                [m.preview for m in members]]))
-        else:
-            out.append(_ENCODE(["new", *head, [[m.message_id, m.hashes, m.created, m.preview]
-                                               for m in members]]))
+                break
+        rec = ["newc", r.direction, r.topic_id, r.channel, r.sender, r.seq, r.recipients,
+               r.granted, r.errors, steps, "".join([m.message_id for m in members]),
+               "" if r._hashes == () else b"".join([m._hashes for m in members]).hex(),  # type: ignore[misc]
+               created,
+               [m.preview for m in members]]
+        if cols:
+            rec.append(cols)
+        out.append(_ENCODE(rec))
+    if odd:
+        out.extend(_ENCODE(["new", r.direction, r.topic_id, r.channel, r.sender, r.seq,
+                            r.recipients, r.granted, r.errors, r.steps[1:],
+                            [[r.message_id, r.hashes, r.created, r.preview]]]) for r in odd)
     out.extend(_ENCODE(["upd", r.steps[saved:], r.errors, r.granted, mids])
                for r, saved, mids in upds.values())
     return out
@@ -259,41 +333,38 @@ def _replay(rows: Iterable[str], recs: dict[str, _Rec],
                 continue
             if d[0] == "newc":  # the compact form: ids and hashes concatenated
                 _, direction, topic, channel, sender, seq, recipients, granted, errors, steps, \
-                    mids, hashes, created, previews = d
+                    mids, hashes, created, previews, *more = d
                 n = len(previews)
-                if len(mids) != 64 * n or len(hashes) != 64 * n:
+                if len(mids) != 64 * n or len(hashes) not in (0, 64 * n) or len(more) > 1:
                     raise ValueError("a newc record's ids do not match its previews")
                 times = created if isinstance(created, list) else [created] * n
-                ids = [mids[i * 64:(i + 1) * 64] for i in range(n)]
-                d = ["new", direction, topic, channel, sender, seq, recipients, granted, errors,
-                     steps, [[m, [m, hashes[i * 64:(i + 1) * 64]], times[i], previews[i]]
-                             for i, m in enumerate(ids)]]
-            if d[0] == "new":
+                cols = {int(k): v for k, v in more[0]} if more else {}
+                if len(times) != n or any(len(v) != n for v in cols.values()):
+                    raise ValueError("a newc record's times do not match its previews")
+                made += _rebuild(recs, direction, topic, channel, sender, seq, recipients,
+                                 granted, errors, steps, cols,
+                                 [(m, (m, hashes[i * 64:(i + 1) * 64]) if hashes else (),
+                                   times[i], previews[i])
+                                  for i, m in enumerate(mids[j:j + 64]
+                                                        for j in range(0, 64 * n, 64))])
+            elif d[0] == "new":
                 _, direction, topic, channel, sender, seq, recipients, granted, errors, steps, \
                     msgs = d
-                tail = tuple(Step(x[0], float(x[1]), x[2], x[3]) for x in steps)
-                granted, errors = dict(granted) or _NONE, dict(errors) or _NONE  # shared
-                # what the record's messages have in common is one object for all of them
-                # (a batch's are mostly one `created` too), as when they were posted
-                seq, recipients, first = int(seq), tuple(recipients), Step("created", -1.0)
-                for mid, hashes, created, preview in msgs:
-                    r = _Rec(mid, topic, channel, direction, sender, preview, float(created),
-                             hashes, seq)
-                    r.recipients = recipients
-                    r.granted, r.errors = granted, errors
-                    if first.at != r.created:
-                        first = Step("created", r.created)
-                    r.steps = (first, *tail)
-                    recs[mid] = r
-                    made += 1
+                made += _rebuild(recs, direction, topic, channel, sender, seq, recipients,
+                                 granted, errors, steps, {}, msgs)
             elif d[0] == "upd":
                 _, steps, errors, granted, mids = d
                 more = tuple(Step(x[0], float(x[1]), x[2], x[3]) for x in steps)
                 granted, errors = dict(granted) or _NONE, dict(errors) or _NONE  # shared
+                longer: dict[int, tuple[Any, ...]] = {}  # traces sharing steps share these
                 for mid in mids:
                     known = recs.get(mid)
                     if known is not None:
-                        known.steps += more
+                        old = known.steps
+                        got = longer.get(id(old))
+                        if got is None:
+                            got = longer[id(old)] = (old, old + more)
+                        known.steps = got[1]
                         known.errors, known.granted = errors, granted
             elif d[0] == "drop":
                 for mid in d[1]:
@@ -302,6 +373,35 @@ def _replay(rows: Iterable[str], recs: dict[str, _Rec],
             log.warning("skipping a damaged trace record: %s", e)
     if finish:
         _finish(recs)
+    return made
+
+
+def _rebuild(recs: dict[str, _Rec], direction: str, topic: str, channel: str, sender: str,
+             seq: Any, recipients: Any, granted: Any, errors: Any, steps: list[Any],
+             cols: dict[int, list[Any]], msgs: Iterable[Any]) -> int:
+    """The traces of one ``new``/``newc`` record; ``cols``: step index -> the time of that
+    step per message (a step whose time differs between them)."""
+    tail = tuple(Step(x[0], float(x[1]), x[2], x[3]) for x in steps)
+    granted, errors = dict(granted) or _NONE, dict(errors) or _NONE  # shared
+    # what the record's messages have in common is one object for all of them (a batch's
+    # are mostly one `created` too), as when they were posted
+    seq, recipients, first = int(seq), tuple(recipients), Step("created", -1.0)
+    shared: tuple[Step, ...] = (first, *tail)
+    made = 0
+    for i, (mid, hashes, created, preview) in enumerate(msgs):
+        r = _Rec(mid, topic, channel, direction, sender, preview, float(created), hashes, seq)
+        r.recipients = recipients
+        r.granted, r.errors = granted, errors
+        if first.at != r.created:
+            first = Step("created", r.created)
+            shared = (first, *tail)
+        if cols:
+            r.steps = (first, *(Step(s.step, float(cols[k][i]), s.peer, s.detail)
+                                if k in cols else s for k, s in enumerate(tail)))
+        else:  # one tuple for the traces of the record that share `created` (issue 10)
+            r.steps = shared
+        recs[mid] = r
+        made += 1
     return made
 
 
@@ -406,13 +506,26 @@ class Tracer:
         self._names = names
         self._live = live                 # person -> live connection state (None: not running)
         self._recs: dict[str, _Rec] = {}
-        self._pending: dict[str, set[str]] = {}   # person -> outgoing message ids not stored
-        self._watch: dict[str, str] = {}          # object hash -> outgoing message id
+        # person -> outgoing message ids not stored, in the order of their `seq` (a receipt
+        # covers a prefix: its walk stops at the first post it does not cover)
+        self._pending: dict[str, dict[str, None]] = {}
+        self._pend_seq: dict[str, int] = {}       # person -> the highest seq in _pending
+        # person -> channel -> outgoing traces not offered yet (registration order; the
+        # announcement of a channel version offers them all at once)
+        self._unoffered: dict[str, dict[str, list[_Rec]]] = {}
+        # object hash -> outgoing message id, for the objects of a post other than its
+        # CreationTime (whose hash is the message id: a pending id is looked up directly)
+        # (keyed by the hash's 32 bytes: a post's hash is kept so, see _Rec.hashes)
+        self._watch: dict[bytes | str, str] = {}
+        # incoming traces whose chat event came before their import (rare): id -> trace
+        self._early: dict[str, _Rec] = {}
         self._versions: dict[str, str] = {}       # channel version hash -> channel id hash
-        # object hash -> (person, time, event number, step, detail) of its import (step:
-        # "received" by CHUM, "mailbox_fetched" from the mailbox)
-        self._imports: collections.OrderedDict[str, tuple[str, float, int, str, str | None]] = \
-            collections.OrderedDict()
+        # the recent imports, oldest first: ((person, time, event number, step, detail, the
+        # step), the object hashes it brought) (step: "received" by CHUM, "mailbox_fetched"
+        # from the mailbox). One frozenset per import, searched newest first: an import of
+        # thousands of objects cost ~1 µs per object as entries of one large dict.
+        self._imports: collections.deque[tuple[_Import, frozenset[str]]] = collections.deque()
+        self._imports_n = 0  # hashes in _imports (at most _IMPORTS_MAX, newest kept)
         # mailbox item id -> the object hashes it brought (until the server confirms deleting)
         self._mb_items: collections.OrderedDict[str, list[str]] = collections.OrderedDict()
         # object hash -> the mailbox_confirmed step, when it came before the chat event
@@ -436,7 +549,9 @@ class Tracer:
         self._flush_handle: asyncio.Handle | None = None
         self._grant_queue: list[_Rec] = []
         self._unposted: list[Any] = []  # my messages seen as chat events before posted()
-        self._recent: collections.deque[tuple[float, str, str, dict[str, Any]]] = \
+        self._created_step = Step("created", -1.0)  # the last incoming one (shared)
+        # (the store's write sequence when it was seen, kind, person, data)
+        self._recent: collections.deque[tuple[int, str, str, dict[str, Any]]] = \
             collections.deque(maxlen=_RECENT)
         self._writer: _Writer | None = None
         self._written = 0              # log records since the last compaction
@@ -482,23 +597,49 @@ class Tracer:
         _finish(recs)
         for rec in sorted(recs.values(), key=lambda r: r.created):
             self._index(rec)
+        for mid in list(itertools.islice(self._early, max(len(self._early) - _EARLY_MAX, 0))):
+            del self._early[mid]  # (the newest wait for their import event, as when running)
+        for p, pend in self._pending.items():  # in the order of their seq (see _pending)
+            self._pending[p] = dict.fromkeys(sorted(pend, key=lambda m: self._recs[m].seq))
+            self._pend_seq[p] = max([self._recs[m].seq for m in pend], default=0)
         # rewritten (right after the open) when it grew, or when it holds more than twice the
         # traces it keeps (each start would read them all again)
         self._compact_due = rows > _COMPACT_AFTER // 10 or made > 2 * max(len(recs), 1000)
 
     def _index(self, rec: _Rec) -> None:
-        self._recs[rec.message_id] = rec
+        mid = rec.message_id
+        self._recs[mid] = rec
         if rec.direction == "out":
             for p in rec.recipients:
                 if not rec.has("stored", p):
-                    self._pending.setdefault(p, set()).add(rec.message_id)
+                    self._pending.setdefault(p, {})[mid] = None
+                    if not rec.has("offered", p):
+                        self._unoffered.setdefault(p, {}).setdefault(rec.channel, []).append(rec)
             if any(not rec.has("fetched", p) for p in rec.recipients):
-                for h in rec.hashes:
-                    self._watch[h] = rec.message_id
+                if isinstance(rec._hashes, bytes):  # the trace's own bytes object is the key
+                    self._watch[rec._hashes] = mid
+                else:
+                    for h in rec.hashes:
+                        if h != mid:
+                            self._watch[_watch_key(h)] = mid
         else:
             src = next((s.peer for s in rec.steps if s.step == "received"), None)
             if src and not rec.has("confirmed", src):
-                self._await_confirm.setdefault(src, set()).add(rec.message_id)
+                self._await_confirm.setdefault(src, set()).add(mid)
+            if not rec.recipients:
+                self._early[mid] = rec
+
+    def _add_pending(self, person: str, batch: list[_Rec]) -> None:
+        """``batch`` waits for ``person``'s receipt (kept in the order of seq)."""
+        pend = self._pending.setdefault(person, {})
+        pend.update(dict.fromkeys([r.message_id for r in batch]))
+        last = self._pend_seq.get(person, -1)
+        top = max([r.seq for r in batch], default=last)
+        if any(r.seq < last for r in batch):  # registered late (a group's grant check)
+            recs = self._recs
+            self._pending[person] = dict.fromkeys(
+                sorted(pend, key=lambda m: recs[m].seq if m in recs else 0))
+        self._pend_seq[person] = max(last, top)
 
     def _changed(self, rec: _Rec) -> None:
         self._dirty[rec.message_id] = None
@@ -571,13 +712,24 @@ class Tracer:
             del recs[r.message_id]
             r.saved = max(r.saved, 0)  # a new one is not persisted any more
             for h in r.hashes:
-                if watch.get(h) == r.message_id:
-                    del watch[h]
+                k = _watch_key(h)
+                if watch.get(k) == r.message_id:
+                    del watch[k]
         self._dropped.extend(ids)
-        for s in self._pending.values():
-            s.difference_update(ids)
+        for pend in self._pending.values():
+            for mid in ids:
+                pend.pop(mid, None)
         for s in self._await_confirm.values():
             s.difference_update(ids)
+        for mid in ids:
+            self._early.pop(mid, None)
+        for per in self._unoffered.values():
+            for cid, lst in list(per.items()):
+                keep = [r for r in lst if recs.get(r.message_id) is r]
+                if keep:
+                    per[cid] = keep
+                else:
+                    del per[cid]
 
     def flush(self) -> None:
         """Write every change now (tests, close)."""
@@ -608,6 +760,7 @@ class Tracer:
         batch: list[_Rec] = []
         posted_step = Step("posted", at)   # immutable: one object for the batch
         created_step = Step("created", 0.0)
+        steps = (created_step, posted_step)  # one tuple per `created` too
         for m in messages:
             mid = m.id
             if mid in recs:
@@ -621,11 +774,13 @@ class Tracer:
                        float(m.timestamp), (mid, m.hash), seq)
             if created_step.at != rec.created:  # one batch: mostly one timestamp
                 created_step = Step("created", rec.created)
-            rec.steps = (created_step, posted_step)
+                steps = (created_step, posted_step)
+            rec.steps = steps
             rec.updated = at
             recs[mid] = rec
-            watch[mid] = mid
-            watch[m.hash] = mid
+            # (the message id itself is found among the pending ids)
+            h = rec._hashes
+            watch[h if isinstance(h, bytes) else _watch_key(m.hash)] = mid
             batch.append(rec)
         if batch:
             self._posted_batch(batch, topic)
@@ -655,19 +810,29 @@ class Tracer:
 
     def _recipients(self, batch: list[_Rec], persons: list[str]) -> None:
         """Set the recipients; session events seen before the posts were registered (the
-        session may serve them before the send path gets back here) are applied again."""
+        session may serve them before the send path gets back here) are applied again: those
+        seen after the posts' commit (the store's write sequence at the event is at least
+        the posts' ``seq``; an event seen before it cannot have served or covered them)."""
         recipients = tuple(sorted(persons))
-        ids = [r.message_id for r in batch]
         for rec in batch:
             rec.recipients = recipients
+        lo = min([r.seq for r in batch], default=0)
         for p in recipients:
-            self._pending.setdefault(p, set()).update(ids)
-        for _at, kind, person, data in list(self._recent):
-            if person in recipients:
-                if kind == "exported":
-                    self._exported(person, data, only=batch)
-                else:
-                    self._receipt(person, data, only=batch)
+            self._add_pending(p, batch)
+            offered: set[str] = set()
+            for seq, kind, person, data in list(self._recent):
+                if person == p and seq >= lo:
+                    if kind == "exported":
+                        offered |= self._exported(person, data, only=batch)
+                    else:
+                        self._receipt(person, data, only=batch)
+            un = self._unoffered.setdefault(p, {})
+            for rec in batch:
+                if rec.channel not in offered:
+                    lst = un.get(rec.channel)
+                    if lst is None:
+                        lst = un[rec.channel] = []
+                    lst.append(rec)
 
     def _check_grants(self) -> None:
         """``granted`` per recipient (checked at posting, run a moment later off the send
@@ -694,6 +859,7 @@ class Tracer:
             if todo:
                 self._recipients(todo, self._participants(todo[0]))
             shared: dict[tuple[Any, ...], tuple[dict[str, bool], tuple[Step, ...]]] = {}
+            longer: dict[tuple[int, int], tuple[Any, ...]] = {}  # shared steps: shared again
             for r in recs:
                 key = (r.recipients, r.steps[1])  # one batch: one posted step
                 g = shared.get(key)
@@ -702,7 +868,11 @@ class Tracer:
                     g = shared[key] = (ok, tuple(Step("granted", r.steps[1].at, p)
                                                  for p, yes in ok.items() if yes))
                 r.granted = g[0]  # shared: never changed afterwards
-                r.steps += g[1]
+                old = r.steps
+                got = longer.get((id(old), id(g[1])))
+                if got is None:
+                    got = longer[(id(old), id(g[1]))] = (old, old + g[1])
+                r.steps = got[1]
             # new traces are persisted whole at the flush; only older ones need a mark
             self._dirty.update(dict.fromkeys(r.message_id for r in recs if r.saved >= 0))
 
@@ -748,15 +918,20 @@ class Tracer:
             return
         if m.id in self._recs:
             return
-        rec = _Rec(m.id, m.topic_id, m.channel, "in", m.sender, m.text[:80], float(m.timestamp))
-        rec.add("created", float(m.timestamp))
-        got = self._imports.get(m.id) or self._imports.get(m.hash)
+        ts = float(m.timestamp)
+        rec = _Rec(m.id, m.topic_id, m.channel, "in", m.sender, m.text[:80], ts)
+        first = self._created_step
+        if first.at != ts:  # messages of one batch mostly share their timestamp
+            first = self._created_step = Step("created", ts)
+        got = self._import_of(m.id) or self._import_of(m.hash)
         confirm: Step | None = None
+        visible = Step("visible", at)
         if got is not None:
-            src, t, n, via, detail = got
-            rec.add(via, min(t, at), src, detail)
+            src, t, n, via, detail, got_step = got
+            if t > at:  # (the clock went back)
+                got_step = Step(via, at, src, detail)
             rec.recipients = (src,)
-            mbc = self._mb_confirmed.pop(m.id, None)
+            mbc = self._mb_confirmed.pop(m.id, None) if self._mb_confirmed else None
             sent = self._receipt_out.get(src)
             if via == "mailbox_fetched":
                 if mbc is not None:  # the server deleted the item before the chat event came
@@ -764,10 +939,20 @@ class Tracer:
             elif sent is not None and sent[0] > n:  # confirmed before the chat event came
                 confirm = Step("confirmed", at, src, f"mark {sent[1]}")
             else:
-                self._await_confirm.setdefault(src, set()).add(m.id)
-        rec.add("visible", at)
-        if confirm is not None:
-            rec.add(confirm)
+                waiting = self._await_confirm.get(src)
+                if waiting is None:
+                    waiting = self._await_confirm[src] = set()
+                waiting.add(m.id)
+            steps: tuple[Step, ...] = (first, got_step, visible)
+            if confirm is not None:
+                steps += (confirm,)
+        else:
+            steps = (first, visible)
+            self._early[m.id] = rec
+            if len(self._early) > _EARLY_MAX:  # (their import event never came)
+                del self._early[next(iter(self._early))]
+        rec.steps = steps
+        rec.updated = max(ts, at, confirm.at if confirm is not None else at)
         self._recs[m.id] = rec
         if log.isEnabledFor(logging.INFO):
             log.info("message received", extra={"fields": {
@@ -805,17 +990,31 @@ class Tracer:
         """Objects imported from ``person`` (by CHUM: ``received``; from the mailbox:
         ``mailbox_fetched``), remembered for the chat event that follows."""
         at = _now()
-        for h in hashes:
-            self._imports[h] = (person, at, self._events, step, detail)
-            rec = self._recs.get(h)  # the chat event came first
-            if rec is not None and rec.direction == "in" and not rec.recipients:
-                rec.add(step, at, person, detail)
-                rec.recipients = (person,)
-                if step == "received":
-                    self._await_confirm.setdefault(person, set()).add(h)
-                self._changed(rec)
-        while len(self._imports) > _IMPORTS_MAX:
-            self._imports.popitem(last=False)
+        # one entry (and one step object) for every object of the import
+        entry: _Import = (person, at, self._events, step, detail, Step(step, at, person, detail))
+        got = frozenset(hashes)
+        imports = self._imports
+        imports.append((entry, got))
+        self._imports_n += len(got)
+        while len(imports) > 1 and (self._imports_n > _IMPORTS_MAX
+                                    or len(imports) > _IMPORT_EVENTS):
+            self._imports_n -= len(imports.popleft()[1])
+        if self._early:  # a chat event that came first
+            for h in [h for h in self._early if h in got]:
+                rec = self._early.pop(h)
+                if not rec.recipients:
+                    rec.add(step, at, person, detail)
+                    rec.recipients = (person,)
+                    if step == "received":
+                        self._await_confirm.setdefault(person, set()).add(h)
+                    self._changed(rec)
+
+    def _import_of(self, h: str) -> _Import | None:
+        """The newest import that brought the object ``h``."""
+        for entry, hashes in reversed(self._imports):
+            if h in hashes:
+                return entry
+        return None
 
     def on_mailbox_event(self, entry: dict[str, Any]) -> None:
         """The mailbox service's outcomes (docs/mailbox.md §6): a deposit for a peer
@@ -852,7 +1051,7 @@ class Tracer:
                 for h in self._mb_items.pop(item, ()):
                     got = self._recs.get(h)
                     if got is None:
-                        if h in self._imports:  # the chat event has not come yet
+                        if self._import_of(h) is not None:  # no chat event yet
                             self._mb_confirmed[h] = (at, detail)
                         continue
                     if got.direction == "in" and got.add(
@@ -862,10 +1061,21 @@ class Tracer:
             while len(self._mb_confirmed) > _IMPORTS_MAX:
                 self._mb_confirmed.popitem(last=False)
 
+    def _seq_now(self) -> int:
+        """The store's write sequence now (no store: every recent event is replayed)."""
+        if self.store is None:
+            return 1 << 62
+        try:
+            return int(self.store.last_seq())
+        except LamaError:
+            return 1 << 62
+
     def _exported(self, person: str, data: dict[str, Any],
-                  only: list[_Rec] | None = None) -> None:
+                  only: list[_Rec] | None = None) -> set[str]:
+        """The steps of an ``exported`` event (``only``: replayed on those traces); the
+        channels it announced."""
         if only is None:
-            self._recent.append((_now(), "exported", person, data))
+            self._recent.append((self._seq_now(), "exported", person, data))
             probed = data.get("probed")
             if probed is not None and self._kind.get(person) != "lama":
                 # a lama importer probes right after the version check, before any roots
@@ -873,7 +1083,7 @@ class Tracer:
                 self._set_kind(person, "lama" if probed else "one")
         ids = self._pending.get(person)
         if not ids:
-            return
+            return set()
         at = _now()
         roots = data.get("roots") or ()
         objects = data.get("objects") or ()
@@ -886,23 +1096,50 @@ class Tracer:
                 cid = self._channel_of(h)
             if cid:
                 channels.add(cid)
-        served = {self._watch[h] for h in objects if h in self._watch}
+        watch = self._watch
+        # a served CreationTime is a pending message id itself; other objects via _watch
+        served: set[str] = set()
+        add, get = served.add, watch.get
+        for h in objects:  # (a plain loop: the cheapest per served object)
+            if h in ids:
+                add(h)
+                continue
+            try:
+                mid = get(bytes.fromhex(h))
+            except (ValueError, TypeError):  # (not a hash: looked up as it is)
+                mid = get(h)
+            if mid is not None:
+                add(mid)
         offered, fetched = Step("offered", at, person), Step("fetched", at, person)
+        recs = self._recs
         if only is not None:
-            cand = [r.message_id for r in only]
-        elif channels:
-            cand = list(ids)
-        else:  # an event without a channel root touches only the messages it served
-            cand = [mid for mid in served if mid in ids]
-        for mid in cand:
-            rec = self._recs[mid]
-            changed = False
-            if rec.channel in channels:
-                changed |= rec.add(offered)
-            if mid in served:
-                changed |= rec.add(fetched)
-            if changed:
-                self._changed(rec)
+            for rec in only:
+                changed = False
+                if rec.channel in channels:
+                    changed |= rec.add(offered)
+                if rec.message_id in served:
+                    changed |= rec.add(fetched)
+                if changed:
+                    self._changed(rec)
+            return channels
+        touched: dict[str, _Rec] = {}
+        memo: dict[int, tuple[Any, ...]] = {}
+        un = self._unoffered.get(person) if channels else None
+        if un:  # the traces of these channels not offered yet: all of them at once
+            for cid in channels:
+                for rec in un.pop(cid, ()):
+                    mid = rec.message_id
+                    if mid in ids and recs.get(mid) is rec:
+                        rec.push(offered, memo)
+                        touched[mid] = rec
+        for mid in served:
+            got = recs.get(mid)
+            if got is not None and mid in ids and got.add(fetched):
+                touched[mid] = got
+        if touched:
+            self._dirty.update(dict.fromkeys(touched))
+            self._schedule()
+        return channels
 
     def _set_kind(self, person: str, kind: str) -> None:
         """A peer's kind changed: persisted (a ``kind`` record at the next flush), so a
@@ -939,20 +1176,48 @@ class Tracer:
                  only: list[_Rec] | None = None) -> None:
         if only is None:
             self._set_kind(person, "lama")
-            self._recent.append((_now(), "receipt", person, data))
+            self._recent.append((self._seq_now(), "receipt", person, data))
         mark = data.get("mark")
         errors = data.get("errors") or []
         at = _now()
         stored = Step("stored", at, person, f"mark {mark}")
-        for mid in ([r.message_id for r in only] if only is not None
-                    else list(self._pending.get(person, ()))):
-            rec = self._recs[mid]
+        pend = self._pending.get(person)
+        if pend is None:
+            return
+        recs = self._recs
+        if only is None:
+            # live: the pending ids are in the order of seq, a receipt covers a prefix
+            done: list[str] = []
+            memo: dict[int, tuple[Any, ...]] = {}
+            if mark is not None:
+                for mid in pend:
+                    rec = recs[mid]
+                    if rec.seq > mark:
+                        break
+                    rec.push(stored, memo)
+                    if person in rec.errors:
+                        rec.errors = {k: v for k, v in rec.errors.items() if k != person}
+                    done.append(mid)
+                for mid in done:
+                    del pend[mid]
+            if errors:
+                text = "; ".join(errors)
+                for mid in pend:
+                    rec = recs[mid]
+                    rec.errors = {**rec.errors, person: text}
+                    done.append(mid)
+            if done:
+                self._dirty.update(dict.fromkeys(done))
+                self._schedule()
+            return
+        for rec in only:
+            mid = rec.message_id
             changed = False
             if mark is not None and rec.seq <= mark:
                 changed |= rec.add(stored)
                 if person in rec.errors:
                     rec.errors = {k: v for k, v in rec.errors.items() if k != person}
-                self._pending[person].discard(mid)
+                pend.pop(mid, None)
             elif errors:
                 rec.errors = {**rec.errors, person: "; ".join(errors)}
                 changed = True
@@ -965,11 +1230,18 @@ class Tracer:
         confirmed = Step("confirmed", _now(), person, f"mark {data['mark']}")
         self._events += 1
         self._receipt_out[person] = (self._events, data["mark"])
-        for mid in list(self._await_confirm.get(person, ())):
-            rec = self._recs[mid]
-            if rec.add(confirmed):
-                self._changed(rec)
-            self._await_confirm[person].discard(mid)
+        waiting = self._await_confirm.pop(person, None)
+        if not waiting:
+            return
+        recs = self._recs
+        done = []
+        for mid in waiting:
+            rec = recs.get(mid)
+            if rec is not None and rec.add(confirmed):
+                done.append(mid)
+        if done:
+            self._dirty.update(dict.fromkeys(done))
+            self._schedule()
 
     # ------------------------------------------------------------------ reports
 

@@ -1,0 +1,250 @@
+"""The tracer's bookkeeping and log without a network (issue 10: its work per message and
+per batch, docs/tracing.md §5): received messages persisted as one record per import with
+their own times, the old record forms still read, receipts covering the posts up to their
+mark whatever order the posts were registered in, and session events seen before a post's
+registration applied to it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+from lama.errors import NotFoundError
+from lama.trace import Tracer
+
+ME, PEER = "a" * 64, "b" * 64
+TOPIC = f"{ME}<->{PEER}"
+CHANNEL = "c" * 64
+
+
+def _hex(i: int, tag: str) -> str:
+    return f"{tag}{i:063x}"
+
+
+def _msg(i: int, *, outgoing: bool, ts: int = 1_000) -> SimpleNamespace:
+    return SimpleNamespace(id=_hex(i, "1"), hash=_hex(i, "2"), topic_id=TOPIC, channel=CHANNEL,
+                           sender=ME if outgoing else PEER, text=f"message {i}", timestamp=ts,
+                           outgoing=outgoing)
+
+
+def _log(path: Path) -> list[list[Any]]:
+    db = sqlite3.connect(str(path))
+    try:
+        return [json.loads(d) for (d,) in db.execute("SELECT data FROM log ORDER BY id")]
+    finally:
+        db.close()
+
+
+def _steps(t: Tracer, mid: str) -> list[tuple[str, float, str | None, str | None]]:
+    return [tuple(s) for s in t.find(mid).steps]  # type: ignore[misc]
+
+
+def test_received_messages_share_one_record_per_import_and_come_back_the_same(
+        tmp_path: Path) -> None:
+    """Each received message used to be a log record of its own (its `visible` step has its
+    own time): 40 messages from two imports are now two ``newc`` records whose differing
+    step times are a column, and a reopened tracer rebuilds the same traces."""
+    path = tmp_path / "traces.sqlite3"
+    t = Tracer(None, ME, path)
+    msgs = [_msg(i, outgoing=False, ts=1_000 + i // 7) for i in range(40)]
+
+    async def events() -> None:  # on a loop, as in an app: changes are flushed together
+        for part in (msgs[:20], msgs[20:]):
+            t.on_manager_event("chum_imported", {"person": PEER, "data": {
+                "objects": [h for m in part for h in (m.id, m.hash)]}})
+            for m in part:
+                t.on_chat_event("message", {"message": m})
+            t.flush()
+        t.on_manager_event("chum_receipt_sent", {"person": PEER, "data": {"mark": 3}})
+        t.flush()
+
+    asyncio.run(events())
+    before = {m.id: t.trace(m.id).to_dict() for m in msgs}
+    assert [s["step"] for s in before[msgs[0].id]["steps"]] == [
+        "created", "received", "visible", "confirmed"]
+    t.close()
+    records = _log(path)
+    news = [r for r in records if r[0] in ("new", "newc")]
+    assert len(news) == 2 and {r[0] for r in news} == {"newc"}, [r[0] for r in records]
+    assert all(r[11] == "" and len(r[13]) == 20 for r in news)  # no hashes, 20 previews each
+    visible = [msgs[i].id for i in range(20)]
+    times = [before[m]["steps"][2]["at"] for m in visible]
+    if len(set(times)) > 1:  # (the clock's resolution: equal times need no column)
+        assert news[0][14] == [[1, times]]
+    assert [r[0] for r in records].count("upd") == 1  # one receipt: one record for all
+    assert len(records) == 3
+
+    again = Tracer(None, ME, path)
+    try:
+        assert {m.id: again.trace(m.id).to_dict() for m in msgs} == before
+        # the traces of one record share their `received` step
+        assert len({id(again.find(m.id).steps[1]) for m in msgs[:20]}) == 1
+    finally:
+        again.close()
+
+
+def test_the_older_record_forms_are_still_read(tmp_path: Path) -> None:
+    """A log written before (one ``new`` record listing each message, a ``newc`` record of
+    14 fields with hashes) opens with every trace and step."""
+    path = tmp_path / "traces.sqlite3"
+    mid, h = _hex(1, "1"), _hex(1, "2")
+    mid2, h2 = _hex(2, "1"), _hex(2, "2")
+    rows = [
+        ["new", "out", TOPIC, CHANNEL, ME, 7, [PEER], {PEER: True}, {},
+         [["posted", 2.0, None, None], ["granted", 2.0, PEER, None]],
+         [[mid, [mid, h], 1.0, "first"]]],
+        ["newc", "out", TOPIC, CHANNEL, ME, 9, [PEER], {PEER: True}, {},
+         [["posted", 4.0, None, None]], mid2, h2, 3.0, ["second"]],
+        ["upd", [["stored", 5.0, PEER, "mark 7"]], {}, {PEER: True}, [mid]],
+        ["kind", {PEER: "lama"}],
+    ]
+    db = sqlite3.connect(str(path))
+    db.execute("CREATE TABLE log (id INTEGER PRIMARY KEY, data TEXT NOT NULL)")
+    with db:
+        db.executemany("INSERT INTO log (data) VALUES (?)", [(json.dumps(r),) for r in rows])
+    db.close()
+    t = Tracer(None, ME, path)
+    try:
+        assert _steps(t, mid) == [("created", 1.0, None, None), ("posted", 2.0, None, None),
+                                  ("granted", 2.0, PEER, None), ("stored", 5.0, PEER, "mark 7")]
+        assert t.trace(mid).status == "delivered" and t.find(mid).hashes == (mid, h)
+        assert _steps(t, mid2) == [("created", 3.0, None, None), ("posted", 4.0, None, None)]
+        assert t.find(mid2).hashes == (mid2, h2) and t.trace(mid2).preview == "second"
+    finally:
+        t.close()
+
+
+class _Store:
+    """The store as the tracer sees it: its write sequence (set by the test); anything else
+    is not there (the grant check then finds no grant)."""
+
+    def __init__(self) -> None:
+        self.seq = 0
+
+    def last_seq(self) -> int:
+        return self.seq
+
+    def __getattr__(self, name: str) -> Any:
+        def missing(*_a: Any, **_k: Any) -> Any:
+            raise NotFoundError(f"no {name} here")
+        return missing
+
+
+def test_receipts_cover_posts_up_to_their_mark_in_any_order_of_registration() -> None:
+    """A receipt stores the pending posts up to its mark (a walk in the order of the posts'
+    write sequence that stops at the first one it does not cover), also when a batch with
+    a lower sequence was registered after one with a higher sequence; an announced channel
+    version offers every pending post of the channel once."""
+    store = _Store()
+    t = Tracer(store, ME, None)
+    store.seq = 12
+    late = [_msg(i, outgoing=True) for i in range(3)]
+    t.posted(late)
+    store.seq = 10  # registered after, committed before (as a group's grant check does)
+    early = [_msg(i, outgoing=True) for i in range(3, 6)]
+    t.posted(early)
+    t._versions["f" * 64] = CHANNEL  # a version of the channel (no store to read it from)
+    t.on_manager_event("chum_exported", {"person": PEER, "data": {
+        "roots": ["f" * 64], "objects": [late[0].id, early[0].hash], "probed": True}})
+    t.on_manager_event("chum_receipt", {"person": PEER, "data": {"mark": 11, "errors": []}})
+    for m in early:
+        names = [s[0] for s in _steps(t, m.id)]
+        assert names[-1] == "stored" and names.count("offered") == 1
+    for m in late:
+        assert "stored" not in [s[0] for s in _steps(t, m.id)]
+        assert [s[0] for s in _steps(t, m.id)].count("offered") == 1
+    assert "fetched" in [s[0] for s in _steps(t, late[0].id)]
+    assert "fetched" in [s[0] for s in _steps(t, early[0].id)]
+    assert "fetched" not in [s[0] for s in _steps(t, late[1].id)]
+    t.on_manager_event("chum_receipt", {"person": PEER, "data": {"mark": None,
+                                                                 "errors": ["X: broken"]}})
+    assert t.trace(late[2].id).failure is not None
+    assert t.find(late[2].id).errors == {PEER: "X: broken"}
+    assert t.find(early[2].id).errors == {}
+    t.on_manager_event("chum_receipt", {"person": PEER, "data": {"mark": 12, "errors": []}})
+    for m in early + late:
+        assert [s[0] for s in _steps(t, m.id)].count("stored") == 1
+        assert t.find(m.id).errors == {}
+    # a second announcement offers nothing again
+    t.on_manager_event("chum_exported", {"person": PEER, "data": {"roots": ["f" * 64],
+                                                                  "objects": []}})
+    assert all([s[0] for s in _steps(t, m.id)].count("offered") == 1 for m in early + late)
+
+
+def test_session_events_before_the_registration_apply_to_the_posts_they_served() -> None:
+    """The session may serve and even confirm a post before the send path registers it: such
+    events (seen once the store held the post) are applied at the registration; an event
+    seen before the post's commit is not."""
+    store = _Store()
+    t = Tracer(store, ME, None)
+    m1, m2 = _msg(1, outgoing=True), _msg(2, outgoing=True)
+    store.seq = 4  # before m1's commit: cannot be about m1
+    t.on_manager_event("chum_exported", {"person": PEER, "data": {"objects": [m1.id]}})
+    store.seq = 8  # m1 committed (seq 8): served and confirmed before posted() runs
+    t.on_manager_event("chum_exported", {"person": PEER, "data": {"objects": [m1.hash]}})
+    t.on_manager_event("chum_receipt", {"person": PEER, "data": {"mark": 8, "errors": []}})
+    t.posted([m1])
+    assert [s[0] for s in _steps(t, m1.id)] == ["created", "posted", "fetched", "stored"]
+    store.seq = 9
+    t.posted([m2])
+    assert [s[0] for s in _steps(t, m2.id)] == ["created", "posted"]
+
+
+def test_kept_posts_share_their_steps_and_keep_their_hash_as_bytes(tmp_path: Path) -> None:
+    """Issue 10 (memory of 10,000 kept traces): the posts of one batch share one steps tuple,
+    when posted, after the grant check, after a receipt and when reopened; a post's
+    ChatMessage hash is kept as 32 bytes and still reported as hex."""
+    path = tmp_path / "traces.sqlite3"
+    store = _Store()
+    t = Tracer(store, ME, path)
+    msgs = [_msg(i, outgoing=True) for i in range(50)]
+
+    async def events() -> None:
+        store.seq = 60
+        t.posted(msgs)
+        t.flush()  # the grant check: no grant found (the store has none)
+        t.on_manager_event("chum_receipt", {"person": PEER, "data": {"mark": 60, "errors": []}})
+        t.flush()
+
+    asyncio.run(events())
+    recs = [t.find(m.id) for m in msgs]
+    assert len({id(r.steps) for r in recs}) == 1
+    assert [s.step for s in recs[0].steps] == ["created", "posted", "stored"]
+    assert all(isinstance(r._hashes, bytes) and r.hashes == (m.id, m.hash)
+               for r, m in zip(recs, msgs))
+    t.close()
+    again = Tracer(store, ME, path)
+    try:
+        recs = [again.find(m.id) for m in msgs]
+        assert len({id(r.steps) for r in recs}) == 1
+        assert [s.step for s in recs[0].steps] == ["created", "posted", "stored"]
+        assert all(r.hashes == (m.id, m.hash) for r, m in zip(recs, msgs))
+    finally:
+        again.close()
+
+
+def test_a_chat_event_before_its_import_gets_the_received_step_from_the_import() -> None:
+    """The chat layer's event can come before the session's ``imported`` event (two threads):
+    the import that brought the message then adds `received` (and the peer); an import that
+    did not bring it adds nothing."""
+    t = Tracer(None, ME, None)
+    first, other = _msg(1, outgoing=False), _msg(2, outgoing=False)
+    t.on_chat_event("message", {"message": first})
+    assert [s[0] for s in _steps(t, first.id)] == ["created", "visible"]
+    t.on_manager_event("chum_imported", {"person": PEER, "data": {"objects": [other.id]}})
+    assert [s[0] for s in _steps(t, first.id)] == ["created", "visible"]
+    t.on_manager_event("chum_imported", {"person": PEER, "data": {
+        "objects": [first.hash, first.id]}})
+    assert [(s[0], s[2]) for s in _steps(t, first.id)] == [
+        ("created", None), ("visible", None), ("received", PEER)]
+    assert t.trace(first.id).peers[0].person_id == PEER
+    t.on_manager_event("chum_receipt_sent", {"person": PEER, "data": {"mark": 5}})
+    assert _steps(t, first.id)[-1][0] == "confirmed"
+    # the other message's chat event finds its import among the recent ones
+    t.on_chat_event("message", {"message": other})
+    assert [s[0] for s in _steps(t, other.id)] == ["created", "received", "visible",
+                                                   "confirmed"]
