@@ -623,7 +623,11 @@ impl Exporter {
             let Some(kind) = self.store.kind(h).map_err(store_err)?.filter(|k| matches!(k, EntryKind::Object | EntryKind::Id)) else {
                 return Ok(None);
             };
-            let walk = self.store.children_tagged_except(h, &self.known).map_err(store_err)?;
+            // bounded: stops as soon as the closure is known to be more than a NOTIFY carries
+            // (a big commit's closure is then walked once, by the importer's 106, not twice)
+            let Some(walk) = self.store.children_tagged_except_within(h, &self.known, NOTIFY_INLINE_ENTRIES.saturating_sub(entries)).map_err(store_err)? else {
+                return Ok(None);
+            };
             entries += walk.len() + 1;
             if entries > NOTIFY_INLINE_ENTRIES || walk.iter().any(|(k, _)| matches!(k, RefKind::Blob | RefKind::Clob)) {
                 return Ok(None);

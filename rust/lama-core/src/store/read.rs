@@ -260,6 +260,15 @@ impl Store {
     /// with their whole closure (downward closed), so the result is exactly the closure of
     /// `hash` minus `known`, in the same dependencies-first order.
     pub fn children_tagged_except(&self, hash: &str, known: &HashSet<Hash>) -> Result<Vec<(RefKind, Hash)>> {
+        Ok(self.children_tagged_except_within(hash, known, usize::MAX)?.unwrap_or_default())
+    }
+
+    /// [`children_tagged_except`](Self::children_tagged_except), or `None` as soon as the walk
+    /// has met more than `limit` hashes outside `known` (the closure minus `known` is then
+    /// longer than `limit`): a CHUM NOTIFY carries at most 64 entries, and a big commit's
+    /// closure is not walked to the end only to learn that it does not fit (issue 8; the pure
+    /// core's `_walk_except` with a `limit`). At most `limit` objects are read below the root.
+    pub fn children_tagged_except_within(&self, hash: &str, known: &HashSet<Hash>, limit: usize) -> Result<Option<Vec<(RefKind, Hash)>>> {
         let root = parse_hash("hash", hash)?;
         let txn = self.read_txn()?;
         let text = match self.entry(&txn, &root)? {
@@ -267,7 +276,7 @@ impl Store {
             Some([k, rest @ ..]) if *k == K_OBJECT || *k == K_ID => {
                 std::str::from_utf8(rest).map_err(|_| corrupt(&root, "is not UTF-8"))?
             }
-            Some([k, ..]) if EntryKind::from_byte(*k).is_some() => return Ok(Vec::new()),
+            Some([k, ..]) if EntryKind::from_byte(*k).is_some() => return Ok(Some(Vec::new())),
             Some(_) => return Err(corrupt(&root, "has an unknown kind byte")),
         };
         let mut seen: HashSet<Hash> = HashSet::new();
@@ -289,6 +298,10 @@ impl Store {
             if known.contains(&h) || !seen.insert(h) {
                 continue;
             }
+            // `seen` holds the root too
+            if seen.len() > limit.saturating_add(1) {
+                return Ok(None);
+            }
             match kind {
                 RefKind::Blob | RefKind::Clob => out.push((kind, h)),
                 RefKind::Obj | RefKind::Id => {
@@ -297,7 +310,7 @@ impl Store {
                 }
             }
         }
-        Ok(out)
+        Ok(Some(out))
     }
 
     /// Start a [`ClosureWalk`] of `hash` (an object or ID object; a BLOB/CLOB has an empty
