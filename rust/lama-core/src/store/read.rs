@@ -6,6 +6,7 @@
 //! snapshot's answers all come from the same committed state.
 
 use std::collections::HashSet;
+use std::ops::Bound;
 
 use heed::{RoTxn, WithoutTls};
 
@@ -99,15 +100,60 @@ impl Store {
     }
 
     /// The hashes of `hashes` with no `objects` entry, in input order (duplicates kept).
+    ///
+    /// Many hashes, dense among the store's keys (issue 8: the CHUM importer asks this for
+    /// every hash a closure lists, up to 70,000 at a time, while its store grows from nothing):
+    /// looked up in key order with one cursor, which steps forward from one hash to the next
+    /// while the store's keys between them are few and seeks again when they are not; once it
+    /// is past the store's last key, every hash left is missing without a lookup. Few or
+    /// sparse hashes: one B-tree lookup each.
     pub(crate) fn missing_in(&self, txn: &RoTxn, hashes: &[Hash]) -> Result<Vec<Hash>> {
+        /// Keys stepped over before seeking again.
+        const STEPS: usize = 8;
         let objects = self.dbs().objects;
-        let mut out = Vec::new();
-        for h in hashes {
-            if objects.get(txn, &h[..])?.is_none() {
-                out.push(*h);
+        // point lookups when the hashes are few, or sparse among the store's keys (on
+        // average more than STEPS / 2 keys between two of them: the cursor would seek for
+        // most, and a seek through a new cursor costs more than a lookup)
+        if hashes.len() < 16 || objects.len(txn)? > (hashes.len() * STEPS / 2) as u64 {
+            let mut out = Vec::new();
+            for h in hashes {
+                if objects.get(txn, &h[..])?.is_none() {
+                    out.push(*h);
+                }
+            }
+            return Ok(out);
+        }
+        let mut order: Vec<u32> = (0..hashes.len() as u32).collect();
+        order.sort_unstable_by(|&a, &b| hashes[a as usize].0.cmp(&hashes[b as usize].0));
+        let mut absent = vec![false; hashes.len()];
+        let seek = |from: &[u8]| objects.range(txn, &(Bound::Included(from), Bound::Unbounded));
+        let mut iter = seek(&hashes[order[0] as usize][..])?;
+        let mut cur: Option<&[u8]> = iter.next().transpose()?.map(|(k, _)| k);
+        for &i in &order {
+            let want = &hashes[i as usize][..];
+            let mut steps = 0;
+            loop {
+                match cur {
+                    None => {
+                        absent[i as usize] = true;
+                        break;
+                    }
+                    Some(k) if k >= want => {
+                        absent[i as usize] = k != want;
+                        break;
+                    }
+                    Some(_) if steps < STEPS => {
+                        cur = iter.next().transpose()?.map(|(k, _)| k);
+                        steps += 1;
+                    }
+                    Some(_) => {
+                        iter = seek(want)?;
+                        cur = iter.next().transpose()?.map(|(k, _)| k);
+                    }
+                }
             }
         }
-        Ok(out)
+        Ok(hashes.iter().zip(absent).filter(|(_, a)| *a).map(|(h, _)| *h).collect())
     }
 
     /// chum.md §5.3: the transitive closure of everything `root` references, without `root`,
