@@ -384,6 +384,20 @@ impl Store {
     /// or an earlier page, or is in `known`. Objects are immutable, so a walk spanning several
     /// read transactions stays consistent (docs/chum-fastpath.md "closure-pages").
     pub fn closure_walk_next(&self, walk: &mut ClosureWalk, known: &HashSet<Hash>, limit: usize) -> Result<Vec<(RefKind, Hash)>> {
+        self.closure_walk_next_texts(walk, known, limit, None)
+    }
+
+    /// [`closure_walk_next`](Self::closure_walk_next), and with `texts` the microdata of every
+    /// object and ID object the walk read (it reads each to find its references), appended as
+    /// `(hash, is an ID object, microdata)`: the CHUM exporter answers the batch fetches that
+    /// follow a closure page from them instead of reading every object a second time (issue 8).
+    pub fn closure_walk_next_texts(
+        &self,
+        walk: &mut ClosureWalk,
+        known: &HashSet<Hash>,
+        limit: usize,
+        mut texts: Option<&mut Vec<(Hash, bool, String)>>,
+    ) -> Result<Vec<(RefKind, Hash)>> {
         let txn = self.read_txn()?;
         let mut out = Vec::new();
         while let Some(frame) = walk.stack.last_mut() {
@@ -408,6 +422,9 @@ impl Store {
                 RefKind::Obj | RefKind::Id => {
                     let text = self.text_in(&txn, &h, if kind == RefKind::Id { K_ID } else { K_OBJECT })?;
                     walk.stack.push((Some((kind, h)), refs_of(&h, text)?, 0));
+                    if let Some(t) = texts.as_deref_mut() {
+                        t.push((h, kind == RefKind::Id, text.to_string()));
+                    }
                 }
             }
         }
