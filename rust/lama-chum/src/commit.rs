@@ -197,3 +197,108 @@ fn commit(store: &Store, refused: &mut HashSet<[u8; 32]>, job: &Job, depth: fn(&
     }
     fates.into_iter().map(|f| f.unwrap_or(Fate::Skipped)).collect()
 }
+
+#[cfg(test)]
+mod tests {
+    //! The commit thread's refusal path (issue 8): the store refuses an already-verified item
+    //! in the middle of a pass; whatever references it, directly or through a skipped item, in
+    //! the same batch or a later one, is skipped; nothing else is lost.
+
+    use lama_core::hash::sha256;
+    use lama_core::microdata::{self, Value};
+
+    use super::*;
+
+    fn s(v: &str) -> Value {
+        Value::Str(v.to_string())
+    }
+
+    /// A verified item as the importer hands it over (as `Importer::verify` checks it: the
+    /// SHA-256 of the received text, one strict parse).
+    fn item(ty: &str, props: Vec<(&str, Value)>) -> (Owned, String) {
+        let mut entries = vec![(s("$type$"), s(ty))];
+        entries.extend(props.into_iter().map(|(k, v)| (s(k), v)));
+        let text = microdata::serialize(&Value::Dict(entries)).unwrap();
+        let x = microdata::inspect(&text).unwrap();
+        let hash = sha256(text.as_bytes());
+        let owned = Owned { text, hash, type_name: x.type_name, is_id: x.is_id, id_microdata: x.id_microdata, refs: x.refs, want_depth: false };
+        (owned, lama_core::hash::hash_hex(&hash))
+    }
+
+    fn node(prev: Option<&str>, data: &str, depth: i64) -> (Owned, String) {
+        let mut p = vec![("data", s(data)), ("depth", Value::Int(depth)), ("creationTime", Value::Int(depth + 1))];
+        match prev {
+            Some(prev) => {
+                p.insert(0, ("prev", s(prev)));
+                item("VersionNodeChange", p)
+            }
+            None => item("VersionNodeEdge", p),
+        }
+    }
+
+    fn no_depth(_: &str) -> f64 {
+        0.0
+    }
+
+    fn stored(f: &Fate) -> bool {
+        matches!(f, Fate::Stored(_))
+    }
+
+    #[test]
+    fn a_refused_item_skips_its_referrers_on_the_thread_and_nothing_else() {
+        let d = tempfile::tempdir().unwrap();
+        let store = Store::open(d.path(), None).unwrap();
+        let c = Committer::new(store.clone(), no_depth);
+        let (good, good_h) = item("Person", vec![("email", s("good@x")), ("name", s("Good"))]);
+        // U+10F800 is the core's encoding of a lone surrogate (microdata/text.rs): the importer
+        // hashes the text as received and accepts it, the store hashes it as Node.js writes it
+        // (U+FFFD) and refuses it with LAMA-HASH
+        let (bad, bad_h) = item("Person", vec![("email", s("bad@x")), ("name", s("\u{10F800}"))]);
+        let (r1, r1_h) = node(None, &bad_h, 0); // references the refused item
+        let (r2, r2_h) = node(Some(&r1_h), &good_h, 1); // through a skipped item
+        let (u1, u1_h) = node(None, &good_h, 0); // unrelated, after them in the same batch
+        let (r3, r3_h) = node(Some(&r2_h), &good_h, 2); // a later batch
+        let (u2, u2_h) = node(Some(&u1_h), &good_h, 1);
+
+        // the pass's first batch, in place; the next ones on the thread
+        let f = c.commit_here(1, vec![good], Vec::new());
+        assert!(stored(&f[0]));
+        c.submit(1, vec![bad, r1, r2, u1], Vec::new());
+        c.submit(1, vec![r3, u2], Vec::new());
+        let f2 = c.wait().expect("the thread runs");
+        match &f2[0] {
+            Fate::Refused(code, message) => {
+                assert_eq!(code, "LAMA-HASH");
+                assert!(message.contains(&bad_h), "{message}");
+            }
+            _ => panic!("the store took an item it must refuse"),
+        }
+        assert!(matches!(f2[1], Fate::Skipped), "r1 references the refused item");
+        assert!(matches!(f2[2], Fate::Skipped), "r2 references a skipped item");
+        assert!(stored(&f2[3]), "an unrelated item is not lost");
+        let f3 = c.wait().expect("the thread runs");
+        assert!(matches!(f3[0], Fate::Skipped), "r3 references a skipped item of an earlier batch");
+        assert!(stored(&f3[1]));
+        for h in [&good_h, &u1_h, &u2_h] {
+            assert!(store.has(h).unwrap(), "{h} is stored");
+        }
+        for h in [&bad_h, &r1_h, &r2_h, &r3_h] {
+            assert!(!store.has(h).unwrap(), "{h} is not stored");
+        }
+        // a refusal counts within its pass only: in the next one, r1 (whose reference the
+        // importer now found stored, say) is committed
+        let (fixed, _) = item("Person", vec![("email", s("bad@x")), ("name", s("\u{FFFD}"))]);
+        let (r1b, r1b_h) = node(None, &lama_core::hash::hash_hex(&fixed.hash), 0);
+        c.submit(2, vec![fixed, r1b], Vec::new());
+        let f4 = c.wait().expect("the thread runs");
+        assert!(f4.iter().all(stored));
+        assert!(store.has(&r1b_h).unwrap());
+        // a batch handed over and never waited for is committed when the committer ends
+        let (last, last_h) = node(Some(&u2_h), &good_h, 2);
+        let big: Vec<Owned> = vec![last];
+        c.submit(2, big, Vec::new());
+        drop(c);
+        assert!(store.has(&last_h).unwrap());
+        assert!(store.verify().unwrap().is_empty(), "{:?}", store.verify().unwrap());
+    }
+}

@@ -151,6 +151,57 @@ pub struct Exporter {
     /// [`CLOSURE_WALKS_MAX`]), and the next id.
     walks: HashMap<u64, PageWalk>,
     next_walk: u64,
+    /// The microdata the paged walks read, for the batch fetches that follow them.
+    walk_texts: WalkTexts,
+}
+
+/// Characters of microdata [`WalkTexts`] keeps at most.
+const WALK_TEXTS_CHARS: usize = 16 << 20;
+
+/// The microdata of the objects and ID objects a paged closure walk read to find their
+/// references (issue 8: the exporter read every object twice, once in the walk and once for
+/// the 101/108 that fetches it): a batch answer takes them from here, each once, instead of
+/// the store. Bounded by [`WALK_TEXTS_CHARS`], the oldest dropped first; objects are immutable,
+/// so what is kept is what the store holds under the hash.
+#[derive(Default)]
+struct WalkTexts {
+    map: HashMap<Hash, (bool, String)>,
+    order: std::collections::VecDeque<Hash>,
+    chars: usize,
+}
+
+impl WalkTexts {
+    fn add(&mut self, texts: Vec<(Hash, bool, String)>) {
+        for (h, is_id, text) in texts {
+            if text.len() > WALK_TEXTS_CHARS / 4 || self.map.contains_key(&h) {
+                continue;
+            }
+            while self.chars + text.len() > WALK_TEXTS_CHARS {
+                let Some(old) = self.order.pop_front() else { break };
+                if let Some((_, t)) = self.map.remove(&old) {
+                    self.chars -= t.len();
+                }
+            }
+            self.chars += text.len();
+            self.map.insert(h, (is_id, text));
+            self.order.push_back(h);
+        }
+        // hashes taken out stay in `order` until they reach its front: drop them when they
+        // outnumber the kept ones
+        if self.order.len() > 2 * self.map.len() + 4096 {
+            let map = &self.map;
+            self.order.retain(|h| map.contains_key(h));
+        }
+    }
+
+    fn take(&mut self, h: &str) -> Option<(EntryKind, String)> {
+        if self.map.is_empty() {
+            return None;
+        }
+        let (is_id, text) = self.map.remove(&Hash::parse(h)?)?;
+        self.chars -= text.len();
+        Some((if is_id { EntryKind::Id } else { EntryKind::Object }, text))
+    }
 }
 
 /// A paged closure walk (docs/chum-fastpath.md "closure-pages"): its root, the walk's stack
@@ -374,6 +425,7 @@ impl Exporter {
             probed: false,
             walks: HashMap::default(),
             next_walk: 1,
+            walk_texts: WalkTexts::default(),
         }
     }
 
@@ -497,7 +549,11 @@ impl Exporter {
             }
             wanted.push(h);
         }
-        let mut texts = self.store.texts(&wanted).map_err(store_err)?.into_iter();
+        // what a page walk read is taken from there (each once), the rest read from the store
+        let cached: Vec<Option<(EntryKind, String)>> = wanted.iter().map(|h| self.walk_texts.take(h)).collect();
+        let rest: Vec<&str> = wanted.iter().zip(&cached).filter(|(_, c)| c.is_none()).map(|(h, _)| *h).collect();
+        let mut read = if rest.is_empty() { Vec::new() } else { self.store.texts(&rest).map_err(store_err)? }.into_iter();
+        let mut texts = cached.into_iter().map(|c| c.or_else(|| read.next().flatten()));
         let mut wanted = wanted.into_iter().peekable();
         let mut out = Vec::with_capacity(hashes.len());
         for h in hashes {
@@ -623,7 +679,11 @@ impl Exporter {
             let Some(kind) = self.store.kind(h).map_err(store_err)?.filter(|k| matches!(k, EntryKind::Object | EntryKind::Id)) else {
                 return Ok(None);
             };
-            let walk = self.store.children_tagged_except(h, &self.known).map_err(store_err)?;
+            // bounded: stops as soon as the closure is known to be more than a NOTIFY carries
+            // (a big commit's closure is then walked once, by the importer's 106, not twice)
+            let Some(walk) = self.store.children_tagged_except_within(h, &self.known, NOTIFY_INLINE_ENTRIES.saturating_sub(entries)).map_err(store_err)? else {
+                return Ok(None);
+            };
             entries += walk.len() + 1;
             if entries > NOTIFY_INLINE_ENTRIES || walk.iter().any(|(k, _)| matches!(k, RefKind::Blob | RefKind::Clob)) {
                 return Ok(None);
@@ -808,7 +868,9 @@ impl Exporter {
             let rh = Hash::parse(r).expect("checked");
             if let (Some(l), true) = (page, self.walks.len() < CLOSURE_WALKS_MAX) {
                 let mut walk = self.store.closure_walk(r).map_err(store_err)?;
-                let first = self.store.closure_walk_next(&mut walk, &self.known, l).map_err(store_err)?;
+                let mut read = Vec::new();
+                let first = self.store.closure_walk_next_texts(&mut walk, &self.known, l, Some(&mut read)).map_err(store_err)?;
+                self.walk_texts.add(read);
                 if !walk.done() {
                     let data = self.closure_data(&first, inline, &mut budget, log, stats)?;
                     let id = self.next_walk;
@@ -863,7 +925,10 @@ impl Exporter {
         for (k, c) in walk {
             let hex = c.to_hex();
             if matches!(k, RefKind::Obj | RefKind::Id) && inline && budget.0 > 0 && budget.1 > 0 {
-                let text = self.store.get(&hex).map_err(store_err)?;
+                let text = match self.walk_texts.take(&hex) {
+                    Some((_, t)) => t,
+                    None => self.store.get(&hex).map_err(store_err)?,
+                };
                 budget.0 -= 1;
                 budget.1 = budget.1.saturating_sub(text.len());
                 if *k == RefKind::Id {
@@ -925,7 +990,9 @@ impl Exporter {
             return Err(expired());
         }
         let (root, kind, l) = (w.root, w.kind, w.page);
-        let entries = self.store.closure_walk_next(&mut w.walk, &self.known, l).map_err(store_err)?;
+        let mut read = Vec::new();
+        let entries = self.store.closure_walk_next_texts(&mut w.walk, &self.known, l, Some(&mut read)).map_err(store_err)?;
+        self.walk_texts.add(read);
         let done = w.walk.done();
         w.listed.extend(entries.iter().map(|(_, h)| *h));
         let inline = !self.known.is_empty();

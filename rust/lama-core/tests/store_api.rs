@@ -143,3 +143,42 @@ fn version_nodes_newest_first() {
     let last = st.changes(0, 100).unwrap().pop().unwrap();
     assert_eq!((last.kind, last.hash.to_string()), ("head", id));
 }
+
+/// `children_tagged_except_within` (the CHUM exporter's NOTIFY walk, issue 8): the same list
+/// as `children_tagged_except` when the closure has at most `limit` entries, else `None` as
+/// soon as the walk has met more than `limit` hashes, without reading the rest. The chain's
+/// deepest reference is not stored, so a walk that reads past the bound fails with SB-READ2.
+#[test]
+fn closure_walk_within_a_limit_stops_at_the_limit() {
+    use std::collections::HashSet;
+    let d = tempfile::tempdir().unwrap();
+    let st = Store::open(d.path(), None).unwrap();
+    let p = obj("Person", vec![("email", s("c@x")), ("name", s("C"))]);
+    let data = st.put_objects(&[p]).unwrap().remove(0).hash;
+    // never stored: the bottom of the chain
+    let edge = obj("VersionNodeEdge", vec![("data", s(&data)), ("depth", Value::Int(0)), ("creationTime", Value::Int(1))]);
+    let mut prev = hash_of(&edge);
+    let mut chain = Vec::new();
+    for i in 1..=100 {
+        let c = obj(
+            "VersionNodeChange",
+            vec![("prev", s(&prev)), ("data", s(&data)), ("depth", Value::Int(i)), ("creationTime", Value::Int(i + 1))],
+        );
+        prev = st.put_objects(&[c]).unwrap().remove(0).hash;
+        chain.push(prev.clone());
+    }
+    let none = HashSet::new();
+    let top = chain.last().unwrap();
+    // the whole walk reaches the hole
+    assert_eq!(st.children_tagged_except(top, &none).unwrap_err().code, "SB-READ2");
+    // bounded: more than 64 entries found long before the hole
+    assert!(st.children_tagged_except_within(top, &none, 64).unwrap().is_none());
+    assert!(st.children_tagged_except_within(top, &none, 0).unwrap().is_none());
+    // pruned at `known` above the hole: the closure is the data and 10 nodes
+    let known: HashSet<Hash> = chain[..89].iter().map(|h| Hash::parse(h).unwrap()).collect();
+    let all = st.children_tagged_except(top, &known).unwrap();
+    assert_eq!(all.len(), 11);
+    assert_eq!(st.children_tagged_except_within(top, &known, 11).unwrap(), Some(all.clone()));
+    assert_eq!(st.children_tagged_except_within(top, &known, 64).unwrap(), Some(all));
+    assert!(st.children_tagged_except_within(top, &known, 10).unwrap().is_none());
+}

@@ -6,6 +6,7 @@
 //! snapshot's answers all come from the same committed state.
 
 use std::collections::HashSet;
+use std::ops::Bound;
 
 use heed::{RoTxn, WithoutTls};
 
@@ -99,15 +100,60 @@ impl Store {
     }
 
     /// The hashes of `hashes` with no `objects` entry, in input order (duplicates kept).
+    ///
+    /// Many hashes, dense among the store's keys (issue 8: the CHUM importer asks this for
+    /// every hash a closure lists, up to 70,000 at a time, while its store grows from nothing):
+    /// looked up in key order with one cursor, which steps forward from one hash to the next
+    /// while the store's keys between them are few and seeks again when they are not; once it
+    /// is past the store's last key, every hash left is missing without a lookup. Few or
+    /// sparse hashes: one B-tree lookup each.
     pub(crate) fn missing_in(&self, txn: &RoTxn, hashes: &[Hash]) -> Result<Vec<Hash>> {
+        /// Keys stepped over before seeking again.
+        const STEPS: usize = 8;
         let objects = self.dbs().objects;
-        let mut out = Vec::new();
-        for h in hashes {
-            if objects.get(txn, &h[..])?.is_none() {
-                out.push(*h);
+        // point lookups when the hashes are few, or sparse among the store's keys (on
+        // average more than STEPS / 2 keys between two of them: the cursor would seek for
+        // most, and a seek through a new cursor costs more than a lookup)
+        if hashes.len() < 16 || objects.len(txn)? > (hashes.len() * STEPS / 2) as u64 {
+            let mut out = Vec::new();
+            for h in hashes {
+                if objects.get(txn, &h[..])?.is_none() {
+                    out.push(*h);
+                }
+            }
+            return Ok(out);
+        }
+        let mut order: Vec<u32> = (0..hashes.len() as u32).collect();
+        order.sort_unstable_by(|&a, &b| hashes[a as usize].0.cmp(&hashes[b as usize].0));
+        let mut absent = vec![false; hashes.len()];
+        let seek = |from: &[u8]| objects.range(txn, &(Bound::Included(from), Bound::Unbounded));
+        let mut iter = seek(&hashes[order[0] as usize][..])?;
+        let mut cur: Option<&[u8]> = iter.next().transpose()?.map(|(k, _)| k);
+        for &i in &order {
+            let want = &hashes[i as usize][..];
+            let mut steps = 0;
+            loop {
+                match cur {
+                    None => {
+                        absent[i as usize] = true;
+                        break;
+                    }
+                    Some(k) if k >= want => {
+                        absent[i as usize] = k != want;
+                        break;
+                    }
+                    Some(_) if steps < STEPS => {
+                        cur = iter.next().transpose()?.map(|(k, _)| k);
+                        steps += 1;
+                    }
+                    Some(_) => {
+                        iter = seek(want)?;
+                        cur = iter.next().transpose()?.map(|(k, _)| k);
+                    }
+                }
             }
         }
-        Ok(out)
+        Ok(hashes.iter().zip(absent).filter(|(_, a)| *a).map(|(h, _)| *h).collect())
     }
 
     /// chum.md §5.3: the transitive closure of everything `root` references, without `root`,
@@ -260,6 +306,15 @@ impl Store {
     /// with their whole closure (downward closed), so the result is exactly the closure of
     /// `hash` minus `known`, in the same dependencies-first order.
     pub fn children_tagged_except(&self, hash: &str, known: &HashSet<Hash>) -> Result<Vec<(RefKind, Hash)>> {
+        Ok(self.children_tagged_except_within(hash, known, usize::MAX)?.unwrap_or_default())
+    }
+
+    /// [`children_tagged_except`](Self::children_tagged_except), or `None` as soon as the walk
+    /// has met more than `limit` hashes outside `known` (the closure minus `known` is then
+    /// longer than `limit`): a CHUM NOTIFY carries at most 64 entries, and a big commit's
+    /// closure is not walked to the end only to learn that it does not fit (issue 8; the pure
+    /// core's `_walk_except` with a `limit`). At most `limit` objects are read below the root.
+    pub fn children_tagged_except_within(&self, hash: &str, known: &HashSet<Hash>, limit: usize) -> Result<Option<Vec<(RefKind, Hash)>>> {
         let root = parse_hash("hash", hash)?;
         let txn = self.read_txn()?;
         let text = match self.entry(&txn, &root)? {
@@ -267,7 +322,7 @@ impl Store {
             Some([k, rest @ ..]) if *k == K_OBJECT || *k == K_ID => {
                 std::str::from_utf8(rest).map_err(|_| corrupt(&root, "is not UTF-8"))?
             }
-            Some([k, ..]) if EntryKind::from_byte(*k).is_some() => return Ok(Vec::new()),
+            Some([k, ..]) if EntryKind::from_byte(*k).is_some() => return Ok(Some(Vec::new())),
             Some(_) => return Err(corrupt(&root, "has an unknown kind byte")),
         };
         let mut seen: HashSet<Hash> = HashSet::new();
@@ -289,6 +344,10 @@ impl Store {
             if known.contains(&h) || !seen.insert(h) {
                 continue;
             }
+            // `seen` holds the root too
+            if seen.len() > limit.saturating_add(1) {
+                return Ok(None);
+            }
             match kind {
                 RefKind::Blob | RefKind::Clob => out.push((kind, h)),
                 RefKind::Obj | RefKind::Id => {
@@ -297,7 +356,7 @@ impl Store {
                 }
             }
         }
-        Ok(out)
+        Ok(Some(out))
     }
 
     /// Start a [`ClosureWalk`] of `hash` (an object or ID object; a BLOB/CLOB has an empty
@@ -325,6 +384,20 @@ impl Store {
     /// or an earlier page, or is in `known`. Objects are immutable, so a walk spanning several
     /// read transactions stays consistent (docs/chum-fastpath.md "closure-pages").
     pub fn closure_walk_next(&self, walk: &mut ClosureWalk, known: &HashSet<Hash>, limit: usize) -> Result<Vec<(RefKind, Hash)>> {
+        self.closure_walk_next_texts(walk, known, limit, None)
+    }
+
+    /// [`closure_walk_next`](Self::closure_walk_next), and with `texts` the microdata of every
+    /// object and ID object the walk read (it reads each to find its references), appended as
+    /// `(hash, is an ID object, microdata)`: the CHUM exporter answers the batch fetches that
+    /// follow a closure page from them instead of reading every object a second time (issue 8).
+    pub fn closure_walk_next_texts(
+        &self,
+        walk: &mut ClosureWalk,
+        known: &HashSet<Hash>,
+        limit: usize,
+        mut texts: Option<&mut Vec<(Hash, bool, String)>>,
+    ) -> Result<Vec<(RefKind, Hash)>> {
         let txn = self.read_txn()?;
         let mut out = Vec::new();
         while let Some(frame) = walk.stack.last_mut() {
@@ -349,6 +422,9 @@ impl Store {
                 RefKind::Obj | RefKind::Id => {
                     let text = self.text_in(&txn, &h, if kind == RefKind::Id { K_ID } else { K_OBJECT })?;
                     walk.stack.push((Some((kind, h)), refs_of(&h, text)?, 0));
+                    if let Some(t) = texts.as_deref_mut() {
+                        t.push((h, kind == RefKind::Id, text.to_string()));
+                    }
                 }
             }
         }
