@@ -150,3 +150,106 @@ def test_own_commits_are_emitted_without_walking_the_list(tmp_path: Path, monkey
         cb.close()
         a.close()
         b.close()
+
+
+def test_attach_loop_reads_the_feed_on_the_loop(tmp_path: Path, monkeypatch: Any) -> None:
+    """Chat.attach_loop (issue 10, what App.start does): the event thread ends, and the loop
+    itself reads the feed when the store's commit signal wakes it. Own posts (committed by a
+    worker thread) and imported messages (committed by the CHUM import in another thread)
+    reach a subscriber on the loop's thread, each exactly once, in list order; after
+    detach_loop nothing more is dispatched. The loop's poll for other processes' commits is
+    set beyond the test's waits: only the commit signal can deliver here."""
+    from lama.chat import chat as chat_module
+
+    monkeypatch.setattr(chat_module, "_LOOP_POLL", 600.0)
+    a, b = make(tmp_path, "alice"), make(tmp_path, "bob")
+    ca, cb = Chat(a), Chat(b, events=False)
+    pair(ca, cb)
+    posted_before = ca.send(cb.me, "before attach")  # the thread's, or the loop's first pump
+
+    async def main() -> tuple[list[tuple[str, bool]], bool, bool, list[str]]:
+        loop_thread = threading.get_ident()
+        seen: list[tuple[str, bool]] = []
+        changed = asyncio.Event()
+
+        def on_event(kind: str, data: dict[str, Any]) -> None:
+            if kind == "message":
+                seen.append((data["message"].text, threading.get_ident() == loop_thread))
+                changed.set()
+
+        async def wait_for(n: int) -> None:
+            while len(seen) < n:
+                changed.clear()
+                await asyncio.wait_for(changed.wait(), 20)
+
+        ca.subscribe(on_event)
+        attached = ca.attach_loop()
+        again = ca.attach_loop()  # already attached
+        thread = ca._thread
+        assert thread is not None
+        await asyncio.to_thread(thread.join, 5.0)
+        await asyncio.to_thread(ca.send, cb.me, "mine 1")
+        await asyncio.to_thread(ca.send_many, cb.me, ["mine 2", "mine 3"])
+        await wait_for(3)
+        await asyncio.to_thread(cb.send, ca.me, "theirs")
+        await asyncio.to_thread(sync, ca, cb)
+        await wait_for(4)
+        ca.detach_loop()
+        await asyncio.to_thread(ca.send, cb.me, "after detach")
+        await asyncio.sleep(0.5)  # the signal would have delivered it by now
+        listed = [m.text for m in ca.history(cb.me)]
+        return seen, attached and not thread.is_alive(), again, listed
+
+    try:
+        seen, attached, again, listed = asyncio.run(main())
+    finally:
+        ca.close()
+        cb.close()
+        a.close()
+        b.close()
+    assert attached and not again
+    assert all(on_loop for _t, on_loop in seen)
+    texts = [t for t, _l in seen if t != posted_before.text]
+    assert len(texts) == 4 and set(texts) == {"mine 1", "mine 2", "mine 3", "theirs"}
+    # in list order (timestamp, then CreationTime hash: one millisecond may hold two posts)
+    assert [t for t in listed if t not in ("after detach", posted_before.text)] == texts
+
+
+def test_attach_loop_sees_commits_of_another_process(tmp_path: Path) -> None:
+    """Commits of another process do not signal this one: the loop finds them by its poll
+    (as the thread did by its wait slice). Here the other process is a second ``Instance``
+    handle's writes made invisible to the signal: the Chat's poll must still find them."""
+    a, b = make(tmp_path, "alice"), make(tmp_path, "bob")
+    ca, cb = Chat(a), Chat(b, events=False)
+    pair(ca, cb)
+
+    async def main() -> list[str]:
+        seen: list[str] = []
+        changed = asyncio.Event()
+
+        def on_event(kind: str, data: dict[str, Any]) -> None:
+            if kind == "message":
+                seen.append(data["message"].text)
+                changed.set()
+
+        ca.subscribe(on_event)
+        assert ca.attach_loop()
+        # the signal is gone (as for a commit by another process): only the poll can see it
+        sig = ca._signal
+        assert sig is not None
+        asyncio.get_running_loop().remove_reader(sig.fileno())
+        await asyncio.to_thread(cb.send, ca.me, "from elsewhere")
+        await asyncio.to_thread(sync, ca, cb)
+        while not seen:
+            changed.clear()
+            await asyncio.wait_for(changed.wait(), 20)
+        return seen
+
+    try:
+        seen = asyncio.run(main())
+    finally:
+        ca.close()
+        cb.close()
+        a.close()
+        b.close()
+    assert seen == ["from elsewhere"]
