@@ -253,3 +253,33 @@ def test_attach_loop_sees_commits_of_another_process(tmp_path: Path) -> None:
         a.close()
         b.close()
     assert seen == ["from elsewhere"]
+
+
+def test_attach_loop_persists_the_mark_when_idle(tmp_path: Path) -> None:
+    """On the loop the chat's feed mark (Store.peer_mark("lama.chat"), where the next open's
+    catch-up starts) is persisted once the feed has been quiet for a poll, off the loop."""
+    a, b = make(tmp_path, "alice"), make(tmp_path, "bob")
+    ca, cb = Chat(a), Chat(b, events=False)
+    pair(ca, cb)
+
+    async def main() -> tuple[int, int]:
+        got = asyncio.Event()
+        ca.subscribe(lambda kind, data: got.set() if kind == "message" else None)
+        assert ca.attach_loop()
+        await asyncio.to_thread(ca.send, cb.me, "one")
+        await asyncio.wait_for(got.wait(), 20)
+        end = a.store.last_seq()
+        for _ in range(200):  # at most 20 s
+            if a.store.peer_mark("lama.chat") >= end:
+                break
+            await asyncio.sleep(0.1)
+        return a.store.peer_mark("lama.chat"), end
+
+    try:
+        mark, end = asyncio.run(main())
+    finally:
+        ca.close()
+        cb.close()
+        a.close()
+        b.close()
+    assert mark >= end

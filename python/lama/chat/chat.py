@@ -179,6 +179,7 @@ class Chat:
         self._signal: Any = None  # the store's CommitSignal while on the loop
         self._poll: asyncio.TimerHandle | None = None
         self._saved_mark = -1  # the mark the loop's poll persisted last
+        self._signalled = False  # a commit signalled the loop since its last poll
         if self._sub is not None:
             self._thread = threading.Thread(target=self._run_events, name="lama.chat events",
                                             daemon=True)
@@ -260,6 +261,7 @@ class Chat:
         if signal is None:
             return
         signal.clear()
+        self._signalled = True
         self._pump()
 
     def _on_poll(self) -> None:
@@ -267,8 +269,12 @@ class Chat:
         if self._signal is None or self._closed:
             return
         loop = self._loop
-        if not self._pump() and self._mark != self._saved_mark and loop is not None:
-            # idle: persist the mark (a store write) off the loop, as the thread did
+        quiet = not self._signalled  # no commit of this process since the last poll
+        self._signalled = False
+        if not self._pump() and quiet and self._mark != self._saved_mark and loop is not None:
+            # idle for a whole poll: persist the mark (a store write, off the loop). Not
+            # while commits come: its write transaction and fsync would queue the next
+            # post's commit behind them (the store has one writer at a time)
             mark = self._mark
             self._saved_mark = mark
             loop.run_in_executor(None, self._save_mark, mark)
