@@ -283,3 +283,62 @@ def test_attach_loop_persists_the_mark_when_idle(tmp_path: Path) -> None:
         a.close()
         b.close()
     assert mark >= end
+
+
+def test_attach_loop_does_not_block_on_the_posting_thread(tmp_path: Path, monkeypatch: Any) -> None:
+    """On the loop, a head move of my own post whose Message the posting thread has not handed
+    over yet is deferred, not waited for (the loop stays free); the post's hand-over wakes the
+    loop, which then emits the message once, from the post's own Message."""
+    from lama.chat import chat as chat_module
+
+    monkeypatch.setattr(chat_module, "_LOOP_POLL", 600.0)  # only the hand-over can wake it
+    a, b = make(tmp_path, "alice"), make(tmp_path, "bob")
+    ca, cb = Chat(a), Chat(b, events=False)
+    pair(ca, cb)
+    release = threading.Event()
+    real_cache = ca._cache
+
+    def held_cache(m: Any) -> None:  # in _post, after the commit, before the hand-over
+        if m.text == "held":
+            release.wait(30)
+        real_cache(m)
+
+    ca._cache = held_cache  # type: ignore[method-assign]
+
+    async def main() -> tuple[list[Any], bool, Any]:
+        seen: list[Any] = []
+        changed = asyncio.Event()
+
+        def on_event(kind: str, data: dict[str, Any]) -> None:
+            if kind == "message":
+                seen.append(data["message"])
+                changed.set()
+
+        ca.subscribe(on_event)
+        assert ca.attach_loop()
+        sending = asyncio.ensure_future(asyncio.to_thread(ca.send, cb.me, "held"))
+        for _ in range(400):  # the loop runs while the post is held: it deferred the move
+            if ca._deferred:
+                break
+            await asyncio.sleep(0.05)
+        deferred = bool(ca._deferred) and not seen
+        release.set()
+        m = await sending
+        while not seen:
+            changed.clear()
+            await asyncio.wait_for(changed.wait(), 20)
+        await asyncio.sleep(0.2)  # nothing more comes
+        return seen, deferred, m
+
+    try:
+        seen, deferred, m = asyncio.run(main())
+    finally:
+        release.set()
+        ca.close()
+        cb.close()
+        a.close()
+        b.close()
+    assert deferred
+    assert [x.id for x in seen] == [m.id]
+    assert seen[0] is m  # the post's own Message: no list walk
+    assert not ca._deferred and not ca._posted and not ca._built_own

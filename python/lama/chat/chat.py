@@ -24,6 +24,7 @@ import os
 import re
 import secrets as _secrets
 import threading
+import time
 from collections import OrderedDict
 from functools import partial
 from typing import Any, Callable, Iterable, Iterator, Sequence
@@ -108,6 +109,11 @@ def _check_text(text: Any, has_files: bool) -> str:
     return text
 
 
+class _Deferred(Exception):
+    """On the loop: a head move of my own posts whose Messages _post has not handed over yet
+    (Chat._own_posts); the move is taken again when they are."""
+
+
 class _PostRequest:
     __slots__ = ("specs", "done", "results", "error")
 
@@ -165,6 +171,11 @@ class Chat:
         self._sub = store.subscribe() if events else None
         self._events_enabled = events
         self._mark: int = 0  # the feed position read up to (_catch_up sets it)
+        # on the loop (attach_loop): channel -> when its move of my posts was first deferred
+        # because _post had not handed their Messages over yet
+        self._deferred: dict[str, float] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread = 0
         self._init_leute()
         self._load_registries()
         self._catch_up()
@@ -174,8 +185,6 @@ class Chat:
         # the feed is read by the event thread, or on an event loop once attach_loop() ran;
         # _scan_lock: one reader at a time, each from self._mark (no event twice)
         self._scan_lock = threading.Lock()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._loop_thread = 0
         self._signal: Any = None  # the store's CommitSignal while on the loop
         self._poll: asyncio.TimerHandle | None = None
         self._saved_mark = -1  # the mark the loop's poll persisted last
@@ -292,6 +301,12 @@ class Chat:
         if there were any."""
         any_ = False
         with self._scan_lock:
+            for cid in list(self._deferred):  # moves of my posts now handed over
+                try:
+                    self._channel_moved(cid, True)
+                except Exception:  # noqa: BLE001 - the feed must go on
+                    self._deferred.pop(cid, None)
+                    log.exception("chat event processing failed")
             while self._signal is not None:
                 try:
                     pos, batch = self.store.changes_of(_FEED_TYPES, self._mark, 5000)
@@ -844,6 +859,14 @@ class Chat:
                         continue  # the event thread was first and built it from the store
                     posted[m.id] = m
                 self._posted_cond.notify_all()
+                # the loop deferred a move of these posts (_own_posts): wake it (the check is
+                # under the lock the loop defers under, so no wake is missed)
+                loop = self._loop if self._deferred else None
+            if loop is not None and threading.get_ident() != self._loop_thread:
+                try:
+                    loop.call_soon_threadsafe(self._pump)
+                except RuntimeError:  # the loop is closed
+                    pass
         return out
 
     def _commit(self, cid: str, specs: list[_ch.PostSpec]) -> list[tuple[str, str, int, str, str]]:
@@ -1201,12 +1224,18 @@ class Chat:
             topic_id = info[0]
             self._republish_merge(cid)
         if not emit or new == old:
+            self._deferred.pop(cid, None)
             return 0
         try:
             # a move made by my own commits only: their messages, no list walk (issue 10);
             # else the new elements with their posts, read by the core in one call
             own = self._own_posts(cid, old, new)
             els = [] if own is not None else core.chat_elements(store, old, new)
+            self._deferred.pop(cid, None)
+        except _Deferred:  # my posts' Messages not handed over yet: again when they are
+            with self._lock:
+                info[1] = old
+            return 0
         except NotFoundError as e:  # an entry not imported yet: the next head move catches up
             log.debug("channel %s: %s", cid, e)
             with self._lock:
@@ -1279,8 +1308,17 @@ class Chat:
             return None
         posted = self._posted
         with self._posted_cond:
-            if not self._posted_cond.wait_for(
-                    lambda: all(c in posted for _b, ids in chain for c in ids), _HANDOVER_WAIT):
+            ready = lambda: all(c in posted for _b, ids in chain for c in ids)  # noqa: E731
+            if threading.get_ident() == self._loop_thread and self._loop is not None:
+                # on the loop: never block it on the posting thread; _post wakes the loop
+                # when it hands over (_pump retries the deferred channel), and after
+                # _HANDOVER_WAIT the list is walked as the thread would
+                if not ready():
+                    since = self._deferred.setdefault(cid, time.monotonic())
+                    if time.monotonic() - since < _HANDOVER_WAIT:
+                        raise _Deferred
+                    return None
+            elif not self._posted_cond.wait_for(ready, _HANDOVER_WAIT):
                 return None
             out: list[Message] = []
             for before, ids in chain:
