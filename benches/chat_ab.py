@@ -61,12 +61,15 @@ def one_pair(name: str, tree: Path, core_name: str, n_lat: int, n_thr: int, base
         out.update(lat_p50=pct(lat, 0.5), lat_p90=pct(lat, 0.9), lat_p99=pct(lat, 0.99))
         # per-step medians relative to `posted`, matched by preview
         steps: dict[str, dict[str, float]] = {}
-        for side in (alice, bob):
+        for side, who in ((alice, "a."), (bob, "b.")):
             for t in side.ask(cmd="traces", n=n_lat)["traces"]:
                 if t["preview"].startswith("lat "):
                     d = steps.setdefault(t["preview"], {})
                     for step, at in t["steps"]:
-                        d.setdefault(step, at)
+                        d.setdefault(who + step, at)
+        for d in steps.values():  # relative to Alice's `posted`
+            if "a.posted" in d:
+                d["posted"] = d["a.posted"]
         rel: dict[str, list[float]] = {}
         for d in steps.values():
             if "posted" in d:

@@ -150,3 +150,195 @@ def test_own_commits_are_emitted_without_walking_the_list(tmp_path: Path, monkey
         cb.close()
         a.close()
         b.close()
+
+
+def test_attach_loop_reads_the_feed_on_the_loop(tmp_path: Path, monkeypatch: Any) -> None:
+    """Chat.attach_loop (issue 10, what App.start does): the event thread ends, and the loop
+    itself reads the feed when the store's commit signal wakes it. Own posts (committed by a
+    worker thread) and imported messages (committed by the CHUM import in another thread)
+    reach a subscriber on the loop's thread, each exactly once, in list order; after
+    detach_loop nothing more is dispatched. The loop's poll for other processes' commits is
+    set beyond the test's waits: only the commit signal can deliver here."""
+    from lama.chat import chat as chat_module
+
+    monkeypatch.setattr(chat_module, "_LOOP_POLL", 600.0)
+    a, b = make(tmp_path, "alice"), make(tmp_path, "bob")
+    ca, cb = Chat(a), Chat(b, events=False)
+    pair(ca, cb)
+    posted_before = ca.send(cb.me, "before attach")  # the thread's, or the loop's first pump
+
+    async def main() -> tuple[list[tuple[str, bool]], bool, bool, list[str]]:
+        loop_thread = threading.get_ident()
+        seen: list[tuple[str, bool]] = []
+        changed = asyncio.Event()
+
+        def on_event(kind: str, data: dict[str, Any]) -> None:
+            if kind == "message":
+                seen.append((data["message"].text, threading.get_ident() == loop_thread))
+                changed.set()
+
+        async def wait_for(n: int) -> None:
+            while len(seen) < n:
+                changed.clear()
+                await asyncio.wait_for(changed.wait(), 20)
+
+        ca.subscribe(on_event)
+        attached = ca.attach_loop()
+        again = ca.attach_loop()  # already attached
+        thread = ca._thread
+        assert thread is not None
+        await asyncio.to_thread(thread.join, 5.0)
+        await asyncio.to_thread(ca.send, cb.me, "mine 1")
+        await asyncio.to_thread(ca.send_many, cb.me, ["mine 2", "mine 3"])
+        await wait_for(3)
+        await asyncio.to_thread(cb.send, ca.me, "theirs")
+        await asyncio.to_thread(sync, ca, cb)
+        await wait_for(4)
+        ca.detach_loop()
+        await asyncio.to_thread(ca.send, cb.me, "after detach")
+        await asyncio.sleep(0.5)  # the signal would have delivered it by now
+        listed = [m.text for m in ca.history(cb.me)]
+        return seen, attached and not thread.is_alive(), again, listed
+
+    try:
+        seen, attached, again, listed = asyncio.run(main())
+    finally:
+        ca.close()
+        cb.close()
+        a.close()
+        b.close()
+    assert attached and not again
+    assert all(on_loop for _t, on_loop in seen)
+    texts = [t for t, _l in seen if t != posted_before.text]
+    assert len(texts) == 4 and set(texts) == {"mine 1", "mine 2", "mine 3", "theirs"}
+    # in list order (timestamp, then CreationTime hash: one millisecond may hold two posts)
+    assert [t for t in listed if t not in ("after detach", posted_before.text)] == texts
+
+
+def test_attach_loop_sees_commits_of_another_process(tmp_path: Path) -> None:
+    """Commits of another process do not signal this one: the loop finds them by its poll
+    (as the thread did by its wait slice). Here the other process is a second ``Instance``
+    handle's writes made invisible to the signal: the Chat's poll must still find them."""
+    a, b = make(tmp_path, "alice"), make(tmp_path, "bob")
+    ca, cb = Chat(a), Chat(b, events=False)
+    pair(ca, cb)
+
+    async def main() -> list[str]:
+        seen: list[str] = []
+        changed = asyncio.Event()
+
+        def on_event(kind: str, data: dict[str, Any]) -> None:
+            if kind == "message":
+                seen.append(data["message"].text)
+                changed.set()
+
+        ca.subscribe(on_event)
+        assert ca.attach_loop()
+        # the signal is gone (as for a commit by another process): only the poll can see it
+        sig = ca._signal
+        assert sig is not None
+        asyncio.get_running_loop().remove_reader(sig.fileno())
+        await asyncio.to_thread(cb.send, ca.me, "from elsewhere")
+        await asyncio.to_thread(sync, ca, cb)
+        while not seen:
+            changed.clear()
+            await asyncio.wait_for(changed.wait(), 20)
+        return seen
+
+    try:
+        seen = asyncio.run(main())
+    finally:
+        ca.close()
+        cb.close()
+        a.close()
+        b.close()
+    assert seen == ["from elsewhere"]
+
+
+def test_attach_loop_persists_the_mark_when_idle(tmp_path: Path) -> None:
+    """On the loop the chat's feed mark (Store.peer_mark("lama.chat"), where the next open's
+    catch-up starts) is persisted once the feed has been quiet for a poll, off the loop."""
+    a, b = make(tmp_path, "alice"), make(tmp_path, "bob")
+    ca, cb = Chat(a), Chat(b, events=False)
+    pair(ca, cb)
+
+    async def main() -> tuple[int, int]:
+        got = asyncio.Event()
+        ca.subscribe(lambda kind, data: got.set() if kind == "message" else None)
+        assert ca.attach_loop()
+        await asyncio.to_thread(ca.send, cb.me, "one")
+        await asyncio.wait_for(got.wait(), 20)
+        end = a.store.last_seq()
+        for _ in range(200):  # at most 20 s
+            if a.store.peer_mark("lama.chat") >= end:
+                break
+            await asyncio.sleep(0.1)
+        return a.store.peer_mark("lama.chat"), end
+
+    try:
+        mark, end = asyncio.run(main())
+    finally:
+        ca.close()
+        cb.close()
+        a.close()
+        b.close()
+    assert mark >= end
+
+
+def test_attach_loop_does_not_block_on_the_posting_thread(tmp_path: Path, monkeypatch: Any) -> None:
+    """On the loop, a head move of my own post whose Message the posting thread has not handed
+    over yet is deferred, not waited for (the loop stays free); the post's hand-over wakes the
+    loop, which then emits the message once, from the post's own Message."""
+    from lama.chat import chat as chat_module
+
+    monkeypatch.setattr(chat_module, "_LOOP_POLL", 600.0)  # only the hand-over can wake it
+    a, b = make(tmp_path, "alice"), make(tmp_path, "bob")
+    ca, cb = Chat(a), Chat(b, events=False)
+    pair(ca, cb)
+    release = threading.Event()
+    real_cache = ca._cache
+
+    def held_cache(m: Any) -> None:  # in _post, after the commit, before the hand-over
+        if m.text == "held":
+            release.wait(30)
+        real_cache(m)
+
+    ca._cache = held_cache  # type: ignore[method-assign]
+
+    async def main() -> tuple[list[Any], bool, Any]:
+        seen: list[Any] = []
+        changed = asyncio.Event()
+
+        def on_event(kind: str, data: dict[str, Any]) -> None:
+            if kind == "message":
+                seen.append(data["message"])
+                changed.set()
+
+        ca.subscribe(on_event)
+        assert ca.attach_loop()
+        sending = asyncio.ensure_future(asyncio.to_thread(ca.send, cb.me, "held"))
+        for _ in range(400):  # the loop runs while the post is held: it deferred the move
+            if ca._deferred:
+                break
+            await asyncio.sleep(0.05)
+        deferred = bool(ca._deferred) and not seen
+        release.set()
+        m = await sending
+        while not seen:
+            changed.clear()
+            await asyncio.wait_for(changed.wait(), 20)
+        await asyncio.sleep(0.2)  # nothing more comes
+        return seen, deferred, m
+
+    try:
+        seen, deferred, m = asyncio.run(main())
+    finally:
+        release.set()
+        ca.close()
+        cb.close()
+        a.close()
+        b.close()
+    assert deferred
+    assert [x.id for x in seen] == [m.id]
+    assert seen[0] is m  # the post's own Message: no list walk
+    assert not ca._deferred and not ca._posted and not ca._built_own

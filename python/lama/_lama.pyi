@@ -14,6 +14,7 @@ CORE_NAME: str
 __all__ = [
     "BlobWriter",
     "CORE_NAME",
+    "CommitSignal",
     "ChumSession",
     "Listener",
     "SessionTask",
@@ -182,6 +183,7 @@ class Store:
         self, types: list[str] | tuple[str, ...] | set[str] | frozenset[str], since: int, limit: int
     ) -> tuple[int, list[tuple[int, str, str]]]: ...
     def subscribe(self) -> Subscription: ...
+    def commit_signal(self) -> CommitSignal: ...
     def accessible_roots(
         self, person: str, since: int = 0
     ) -> tuple[int, list[tuple[str, str, str | None, str]]]: ...
@@ -235,6 +237,14 @@ class Subscription:
         exc: BaseException | None = ...,
         tb: types.TracebackType | None = ...,
     ) -> bool: ...
+
+@final
+class CommitSignal:
+    def fileno(self) -> int: ...
+    def clear(self) -> bool: ...
+    @property
+    def closed(self) -> bool: ...
+    def close(self) -> None: ...
 
 @final
 class BlobWriter:

@@ -222,6 +222,8 @@ class App:
         self._started = True
         self.started_at = time.time()
         self._unsubscribe.append(self.chat.subscribe(self._on_chat_event))
+        # the chat events are read on this loop, woken right after each commit (issue 10)
+        self.chat.attach_loop()
         self._unsubscribe.append(self.manager.subscribe(self._on_manager_event))
         if self.mailbox is not None:
             await self.mailbox.start()  # before the manager: it fetches on the first online_state
@@ -263,6 +265,8 @@ class App:
                 unsubscribe()
         for q in self._followers:
             q.put_nowait(None)
+        with contextlib.suppress(Exception):
+            self.chat.detach_loop()  # on this loop's thread (close below is not)
         with contextlib.suppress(Exception):
             await asyncio.to_thread(self.chat.close)  # joins the chat event thread
         if self.tracer is not None:

@@ -20,7 +20,7 @@ from .microdata import (
     type_of,
 )
 from .recipes import is_versioned, recipe_json, recipe_names, register_recipe, resolved_recipe
-from .store import BlobWriter, Snapshot, Store, Subscription, check_hash
+from .store import BlobWriter, CommitSignal, Snapshot, Store, Subscription, check_hash
 from .net import Listener, SessionTask, Transport, memory_pair, spawn_session, ws_connect, ws_listen
 from .crypto import *  # noqa: F401,F403  (crypto primitives, listed in crypto.__all__)
 from . import crypto as _crypto
@@ -53,6 +53,7 @@ __all__ = [
     "BlobWriter",
     "Snapshot",
     "Subscription",
+    "CommitSignal",
     "Transport",
     "memory_pair",
     "ws_connect",

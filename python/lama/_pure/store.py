@@ -1137,6 +1137,11 @@ class Store:
         """Events committed from now on, by any handle of this directory in this process."""
         return Subscription._create(self._s())
 
+    def commit_signal(self) -> CommitSignal:
+        """A :class:`CommitSignal`: a file descriptor made readable right after every commit
+        of this process (issue 10: an event loop reads the feed without a thread hop)."""
+        return CommitSignal._create(self)
+
     def _on_commit(self, hook: Callable[[int], None]) -> Callable[[], None]:
         """Call ``hook(seq)`` in the committing thread after every commit of this process that
         appended events (``seq``: its last event), until the returned function is called. The
@@ -2035,6 +2040,67 @@ class Snapshot:
         shared = self._shared
         return self._run(lambda txn: _access.accessible_roots(
             shared, txn, raw, since, _last_seq(txn, shared.events)))
+
+
+class CommitSignal:
+    """A file descriptor (Linux eventfd) made readable by the committing thread right after
+    every commit of this process that appended events (``Store._on_commit``), until
+    :meth:`clear`: an event loop waits on it with ``add_reader`` instead of a thread waiting
+    on a :class:`Subscription` and handing over (issue 10). Commits of other processes do not
+    signal it. The native ``CommitSignal``."""
+
+    # Made by Store.commit_signal() only (no public constructor, as the native class).
+    @classmethod
+    def _create(cls, store: Store) -> CommitSignal:
+        self = cls.__new__(cls)
+        self._init(store)
+        return self
+
+    def _init(self, store: Store) -> None:
+        try:
+            fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        except (AttributeError, OSError) as e:
+            raise StoreError(f"cannot make the commit signal: {e}", "LAMA-IO") from e
+        self._lock = threading.Lock()  # a hook call in flight keeps the fd open
+        self._fd: int | None = fd
+        self._remove = store._on_commit(self._signal)
+
+    def _signal(self, _seq: int) -> None:
+        with self._lock:
+            if self._fd is not None:
+                try:
+                    os.eventfd_write(self._fd, 1)
+                except BlockingIOError:  # the counter's maximum: it stays readable
+                    pass
+
+    def fileno(self) -> int:
+        """The file descriptor to wait on for reading (``LAMA-CLOSED`` once closed)."""
+        fd = self._fd
+        if fd is None:
+            raise StoreError("the commit signal is closed", "LAMA-CLOSED")
+        return fd
+
+    def clear(self) -> bool:
+        """Make it unreadable until the next commit; ``True`` if a commit had signalled it."""
+        with self._lock:
+            if self._fd is None:
+                return False
+            try:
+                return os.eventfd_read(self._fd) > 0
+            except BlockingIOError:
+                return False
+
+    @property
+    def closed(self) -> bool:
+        return self._fd is None
+
+    def close(self) -> None:
+        """Stop signalling and close the descriptor; closing twice is harmless."""
+        self._remove()
+        with self._lock:
+            fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)
 
 
 _WAIT_SLICE = 1.0  # longest single Condition.wait (below threading.TIMEOUT_MAX, any timeout)

@@ -18,11 +18,13 @@ Design decisions, each against a failure of the reference app (app-layer.md §5.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import re
 import secrets as _secrets
 import threading
+import time
 from collections import OrderedDict
 from functools import partial
 from typing import Any, Callable, Iterable, Iterator, Sequence
@@ -64,6 +66,9 @@ _MARK_KEY = "lama.chat"
 _FEED_TYPES = ("Topic", "AccessVersionedObjectCertificate", "ChannelInfo")
 _ONE_TO_ONE = re.compile(r"^([0-9a-f]{64})<->([0-9a-f]{64})$")  # app-layer.md §3.3
 _MSG_CACHE = 1024
+# on an event loop (Chat.attach_loop): how often the loop looks for commits of other
+# processes (this process's commits wake it at once), as the event thread's wait slice
+_LOOP_POLL = 0.2
 
 Callback = Callable[[str, dict[str, Any]], Any]
 
@@ -103,6 +108,11 @@ def _check_text(text: Any, has_files: bool) -> str:
         raise InvalidArgumentError("the text is empty (and there is no attachment)",
                                    code="LAMA-CHAT-TEXT")
     return text
+
+
+class _Deferred(Exception):
+    """On the loop: a head move of my own posts whose Messages _post has not handed over yet
+    (Chat._own_posts); the move is taken again when they are."""
 
 
 class _PostRequest:
@@ -163,6 +173,12 @@ class Chat:
         self._sign_secret = instance.secret_keys("person").sign_secret
         self._sub = store.subscribe() if events else None
         self._events_enabled = events
+        self._mark: int = 0  # the feed position read up to (_catch_up sets it)
+        # on the loop (attach_loop): channel -> when its move of my posts was first deferred
+        # because _post had not handed their Messages over yet
+        self._deferred: dict[str, float] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread = 0
         self._init_leute()
         self._load_registries()
         self._catch_up()
@@ -171,6 +187,13 @@ class Chat:
         # my profile (the endpoints of my devices) with my contacts (docs/chat.md §2)
         _profile.share_own_profile(instance, self._contact_persons())
         self._thread: threading.Thread | None = None
+        # the feed is read by the event thread, or on an event loop once attach_loop() ran;
+        # _scan_lock: one reader at a time, each from self._mark (no event twice)
+        self._scan_lock = threading.Lock()
+        self._signal: Any = None  # the store's CommitSignal while on the loop
+        self._poll: asyncio.TimerHandle | None = None
+        self._saved_mark = -1  # the mark the loop's poll persisted last
+        self._signalled = False  # a commit signalled the loop since its last poll
         if self._sub is not None:
             self._thread = threading.Thread(target=self._run_events, name="lama.chat events",
                                             daemon=True)
@@ -178,11 +201,141 @@ class Chat:
 
     # ------------------------------------------------------------------ lifecycle
 
+    # ------------------------------------------------------------------ on an event loop
+
+    def attach_loop(self) -> bool:
+        """Read the event feed on the running event loop from now on, instead of the event
+        thread (issue 10): the store's :class:`CommitSignal` makes the loop readable right
+        after a commit of this process (an import by a CHUM session, my own post), and the
+        loop reads the feed and queues the events for its subscribers there: one wake-up
+        between the commit and ``on_message`` instead of two (the event thread's, then the
+        loop's through ``call_soon_threadsafe``). Commits of other processes are found by a
+        look every 0.2 s, as the thread's wait slice did. The event thread ends.
+
+        Call it on the loop's thread; ``False`` (and the thread goes on) without an event
+        feed (``events=False``), when already attached, or when the core cannot make a commit
+        signal."""
+        if self._sub is None or self._closed or self._loop is not None:
+            return False
+        loop = asyncio.get_running_loop()
+        try:
+            signal = self.store.commit_signal()
+        except (LamaError, AttributeError) as e:
+            log.debug("no commit signal, the event thread stays: %s", e)
+            return False
+        # the thread ends at its next wake-up without scanning (it looks under _scan_lock)
+        self._loop_thread, self._signal, self._loop = threading.get_ident(), signal, loop
+        loop.add_reader(signal.fileno(), self._on_signal)
+        self._poll = loop.call_later(_LOOP_POLL, self._on_poll)
+        loop.call_soon(self._pump)  # what committed before the signal existed
+        return True
+
+    def detach_loop(self) -> None:
+        """Stop reading the feed on the event loop (on any thread; idempotent). The events
+        of later commits are no longer dispatched (:meth:`close` calls it)."""
+        loop = self._loop
+        if loop is None:
+            return
+        if threading.get_ident() == self._loop_thread:
+            self._detach_here()
+            return
+        done = threading.Event()
+
+        def detach() -> None:
+            self._detach_here()
+            done.set()
+
+        try:
+            loop.call_soon_threadsafe(detach)
+        except RuntimeError:  # the loop is closed: its selector is gone with it
+            pass
+        else:
+            if done.wait(5.0):
+                return
+        with self._scan_lock:
+            signal, self._signal = self._signal, None
+        if signal is not None:
+            signal.close()
+
+    def _detach_here(self) -> None:
+        loop = self._loop
+        with self._scan_lock:
+            signal, self._signal = self._signal, None
+        if self._poll is not None:
+            self._poll.cancel()
+            self._poll = None
+        if signal is not None:
+            if loop is not None and not loop.is_closed():
+                with contextlib.suppress(Exception):
+                    loop.remove_reader(signal.fileno())
+            signal.close()
+
+    def _on_signal(self) -> None:
+        signal = self._signal
+        if signal is None:
+            return
+        signal.clear()
+        self._signalled = True
+        self._pump()
+
+    def _on_poll(self) -> None:
+        self._poll = None
+        if self._signal is None or self._closed:
+            return
+        loop = self._loop
+        quiet = not self._signalled  # no commit of this process since the last poll
+        self._signalled = False
+        if not self._pump() and quiet and self._mark != self._saved_mark and loop is not None:
+            # idle for a whole poll: persist the mark (a store write, off the loop). Not
+            # while commits come: its write transaction and fsync would queue the next
+            # post's commit behind them (the store has one writer at a time)
+            mark = self._mark
+            self._saved_mark = mark
+            loop.run_in_executor(None, self._save_mark, mark)
+        if loop is not None and self._signal is not None:
+            self._poll = loop.call_later(_LOOP_POLL, self._on_poll)
+
+    def _save_mark(self, mark: int) -> None:
+        try:
+            self.store.set_peer_mark(_MARK_KEY, mark)
+        except LamaError:
+            pass
+
+    def _pump(self) -> bool:
+        """Read the feed after ``self._mark`` and dispatch its events (on the loop); ``True``
+        if there were any."""
+        any_ = False
+        with self._scan_lock:
+            for cid in list(self._deferred):  # moves of my posts now handed over
+                try:
+                    self._channel_moved(cid, True)
+                except Exception:  # noqa: BLE001 - the feed must go on
+                    self._deferred.pop(cid, None)
+                    log.exception("chat event processing failed")
+            while self._signal is not None:
+                try:
+                    pos, batch = self.store.changes_of(_FEED_TYPES, self._mark, 5000)
+                except LamaError as e:  # the store closed or broke: nothing more to read
+                    log.warning("chat event feed: %s", e)
+                    return any_
+                if pos <= self._mark:
+                    return any_
+                any_ = True
+                if batch:
+                    try:
+                        self._scan(batch, emit=True)
+                    except Exception:  # noqa: BLE001 - the feed must go on
+                        log.exception("chat event processing failed")
+                self._mark = pos
+        return any_
+
     def close(self) -> None:
-        """Stop the event thread; idempotent (the instance stays open)."""
+        """Stop the event thread (or the reading on the event loop); idempotent (the instance
+        stays open)."""
         if self._closed:
             return
         self._closed = True
+        self.detach_loop()
         if self._thread is not None:
             self._thread.join(timeout=5.0)
         if self._sub is not None:
@@ -190,8 +343,10 @@ class Chat:
                 self._sub.close()
             except LamaError:
                 pass
+        with self._scan_lock:
+            mark = self._mark
         try:
-            self.store.set_peer_mark(_MARK_KEY, self._mark)
+            self.store.set_peer_mark(_MARK_KEY, mark)
         except LamaError:
             pass
 
@@ -726,6 +881,14 @@ class Chat:
                         continue  # the event thread was first and built it from the store
                     posted[m.id] = m
                 self._posted_cond.notify_all()
+                # the loop deferred a move of these posts (_own_posts): wake it (the check is
+                # under the lock the loop defers under, so no wake is missed)
+                loop = self._loop if self._deferred else None
+            if loop is not None and threading.get_ident() != self._loop_thread:
+                try:
+                    loop.call_soon_threadsafe(self._pump)
+                except RuntimeError:  # the loop is closed
+                    pass
         return out
 
     def _commit(self, cid: str, specs: list[_ch.PostSpec]) -> list[tuple[str, str, int, str, str]]:
@@ -953,8 +1116,11 @@ class Chat:
             return
         with self._lock:
             subs = list(self._subs)
+        here = self._loop if threading.get_ident() == self._loop_thread else None
         for s in subs:
-            if s.loop is not None:
+            if s.loop is not None and s.loop is here:  # read on this loop: no wake-up
+                s.loop.call_soon(_call_all, s.callback, events)
+            elif s.loop is not None:
                 try:
                     s.loop.call_soon_threadsafe(_call_all, s.callback, events)
                 except RuntimeError:  # the loop is closed
@@ -1080,12 +1246,18 @@ class Chat:
             topic_id = info[0]
             self._republish_merge(cid)
         if not emit or new == old:
+            self._deferred.pop(cid, None)
             return 0
         try:
             # a move made by my own commits only: their messages, no list walk (issue 10);
             # else the new elements with their posts, read by the core in one call
             own = self._own_posts(cid, old, new)
             els = [] if own is not None else core.chat_elements(store, old, new)
+            self._deferred.pop(cid, None)
+        except _Deferred:  # my posts' Messages not handed over yet: again when they are
+            with self._lock:
+                info[1] = old
+            return 0
         except NotFoundError as e:  # an entry not imported yet: the next head move catches up
             log.debug("channel %s: %s", cid, e)
             with self._lock:
@@ -1158,8 +1330,17 @@ class Chat:
             return None
         posted = self._posted
         with self._posted_cond:
-            if not self._posted_cond.wait_for(
-                    lambda: all(c in posted for _b, ids in chain for c in ids), _HANDOVER_WAIT):
+            ready = lambda: all(c in posted for _b, ids in chain for c in ids)  # noqa: E731
+            if threading.get_ident() == self._loop_thread and self._loop is not None:
+                # on the loop: never block it on the posting thread; _post wakes the loop
+                # when it hands over (_pump retries the deferred channel), and after
+                # _HANDOVER_WAIT the list is walked as the thread would
+                if not ready():
+                    since = self._deferred.setdefault(cid, time.monotonic())
+                    if time.monotonic() - since < _HANDOVER_WAIT:
+                        raise _Deferred
+                    return None
+            elif not self._posted_cond.wait_for(ready, _HANDOVER_WAIT):
                 return None
             out: list[Message] = []
             for before, ids in chain:
@@ -1218,7 +1399,7 @@ class Chat:
         sub = self._sub
         assert sub is not None
         saved = self._mark
-        while not self._closed:
+        while not self._closed and self._loop is None:
             try:
                 # the typed feed (issue 10): only the events _scan looks at, so this thread
                 # no longer reads every committed object (five per chat message) to find them
@@ -1229,22 +1410,25 @@ class Chat:
                     return
                 log.warning("chat event feed: %s", e)
                 return
-            batch = [b for b in batch if b[0] > self._mark]
-            if not batch:
-                if pos > self._mark:
-                    self._mark = pos
-                elif self._mark != saved:
-                    try:
-                        self.store.set_peer_mark(_MARK_KEY, self._mark)
-                        saved = self._mark
-                    except LamaError:
-                        pass
-                continue
-            try:
-                self._scan(batch, emit=True)
-            except Exception:  # noqa: BLE001 - the feed must go on
-                log.exception("chat event processing failed")
-            self._mark = max(pos, batch[-1][0])
+            with self._scan_lock:
+                if self._loop is not None:
+                    return  # the loop reads the feed from self._mark on (attach_loop)
+                batch = [b for b in batch if b[0] > self._mark]
+                if not batch:
+                    if pos > self._mark:
+                        self._mark = pos
+                    elif self._mark != saved:
+                        try:
+                            self.store.set_peer_mark(_MARK_KEY, self._mark)
+                            saved = self._mark
+                        except LamaError:
+                            pass
+                    continue
+                try:
+                    self._scan(batch, emit=True)
+                except Exception:  # noqa: BLE001 - the feed must go on
+                    log.exception("chat event processing failed")
+                self._mark = max(pos, batch[-1][0])
 
 
 def _grant(store: Any, target: dict[str, str], persons: list[str]) -> None:

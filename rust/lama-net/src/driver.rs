@@ -164,8 +164,10 @@ pub async fn run_until_cancelled<P: Protocol>(
                 }
             }
         }
+        let mut handed = false;
         while let Some(ev) = p.poll_event() {
             let _ = events.send(ev);
+            handed = true;
         }
         if p.is_finished() {
             break;
@@ -174,10 +176,17 @@ pub async fn run_until_cancelled<P: Protocol>(
         if let Some(d) = deadline {
             // tokio's timer has a 1 ms grain: a deadline already due is handled now (but a
             // protocol that keeps giving past deadlines still lets the transport in)
-            let now = Instant::now();
-            if d <= now && due_in_a_row < 64 {
+            if d <= Instant::now() && due_in_a_row < 64 {
+                if handed {
+                    // the task these events woke (the application's receiver: Python's
+                    // `events()`) waits in this worker's queue; let it run before the due
+                    // work, which may block the worker (issue 8: the importer's zero sleep
+                    // before it writes the peer mark with an fsync, "right after the driver
+                    // handed out this pass's events", kept the `imported` event behind it)
+                    tokio::task::yield_now().await;
+                }
                 due_in_a_row += 1;
-                p.handle_timeout(now);
+                p.handle_timeout(Instant::now());
                 continue;
             }
         }

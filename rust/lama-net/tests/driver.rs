@@ -216,3 +216,70 @@ async fn store_writes_wake_the_protocol() {
     let e = tokio::time::timeout(Duration::from_secs(5), echo).await.unwrap().unwrap();
     assert_eq!(e.store_changes, 3);
 }
+
+/// On a message: hands out an event and makes a deadline due at once (as the CHUM importer's
+/// zero sleep before it writes the peer mark); the due work records whether the event's
+/// receiver had it already, then finishes.
+struct EventThenDueWork {
+    received: Arc<std::sync::atomic::AtomicBool>,
+    seen_before_work: Option<bool>,
+    due: Option<Instant>,
+    events: Vec<&'static str>,
+}
+
+impl Protocol for EventThenDueWork {
+    type Event = &'static str;
+    fn start(&mut self, _now: Instant) {}
+    fn handle_message(&mut self, _msg: Message, now: Instant) {
+        self.events.push("imported");
+        self.due = Some(now);
+    }
+    fn handle_timeout(&mut self, _now: Instant) {
+        self.seen_before_work = Some(self.received.load(std::sync::atomic::Ordering::SeqCst));
+        self.due = None;
+    }
+    fn store_changed(&mut self, _now: Instant) {}
+    fn connection_closed(&mut self, _reason: &str, _now: Instant) {}
+    fn poll_timeout(&self) -> Option<Instant> {
+        self.due
+    }
+    fn poll_transmit(&mut self) -> Option<Message> {
+        None
+    }
+    fn poll_event(&mut self) -> Option<&'static str> {
+        self.events.pop()
+    }
+    fn is_finished(&self) -> bool {
+        self.seen_before_work.is_some()
+    }
+    fn close_reason(&self) -> Option<&str> {
+        Some("done")
+    }
+}
+
+/// Issue 8: the task an event wakes (the application's receiver: Python's `events()`) runs
+/// before a deadline that is already due is handled, so blocking due work (the importer's
+/// peer-mark fsync) does not keep the `imported` event behind it. One worker thread: without
+/// the driver yielding, the receiver cannot run before the due work.
+#[test]
+fn handed_out_events_reach_their_receiver_before_due_work() {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    rt.block_on(async {
+        let (a, b) = memory_pair(None);
+        let (a, b) = (Arc::new(a), Arc::new(b));
+        let received = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let flag = received.clone();
+        let receiver = tokio::spawn(async move {
+            let ev = rx.recv().await;
+            flag.store(true, std::sync::atomic::Ordering::SeqCst);
+            ev
+        });
+        let p = EventThenDueWork { received: received.clone(), seen_before_work: None, due: None, events: vec![] };
+        let driver = tokio::spawn(run(p, a, tx, None));
+        b.send(Message::Text("go".into())).await.unwrap();
+        let p = tokio::time::timeout(Duration::from_secs(30), driver).await.expect("the driver finished").unwrap();
+        assert_eq!(receiver.await.unwrap(), Some("imported"));
+        assert_eq!(p.seen_before_work, Some(true), "the event's receiver ran only after the due work");
+    });
+}

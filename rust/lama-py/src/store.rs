@@ -394,6 +394,12 @@ impl PyStore {
         crate::store_api::subscribe(py, self.store()?)
     }
 
+    /// A `CommitSignal`: a file descriptor made readable right after every commit of this
+    /// process (issue 10: an event loop reads the feed without a thread hop).
+    fn commit_signal(&self) -> PyResult<crate::store_api::PyCommitSignal> {
+        crate::store_api::commit_signal(&self.store()?)
+    }
+
     // ---- access index (docs/chum-session.md §1; store_api.rs)
 
     /// `(mark, roots)`: the roots accessible to `person` that became accessible after `since`.

@@ -3,7 +3,8 @@
 //! helpers behind `Store.missing/children/version_nodes/last_seq/changes/subscribe`.
 //!
 //! Hashes are hex `str` only at this boundary; inside the core they are `lama_core::hash::Hash`.
-use std::sync::Mutex;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use lama_core::hash::{bad_hash, check_hash as core_check_hash, Hash};
@@ -190,6 +191,26 @@ pub fn snapshot(py: Python<'_>, store: Store) -> PyResult<PySnapshot> {
 pub fn subscribe(py: Python<'_>, store: Store) -> PyResult<PySubscription> {
     let sub = py.detach(|| store.subscribe()).py()?;
     Ok(PySubscription { inner: Mutex::new(Some(sub)) })
+}
+
+pub fn commit_signal(store: &Store) -> PyResult<PyCommitSignal> {
+    // SAFETY: eventfd has no memory arguments; a valid fd is owned below
+    let raw = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+    if raw < 0 {
+        let e = std::io::Error::last_os_error();
+        return Err(to_py(Error::store("LAMA-IO", format!("cannot make the commit signal: {e}"))));
+    }
+    // SAFETY: `raw` is a new fd nobody else owns
+    let fd = Arc::new(unsafe { OwnedFd::from_raw_fd(raw) });
+    let hook_fd = fd.clone(); // a hook call in flight keeps the fd open (no write to a reused number)
+    let hook = store.on_commit(move |_seq| {
+        let one: u64 = 1;
+        // SAFETY: writes 8 bytes from a valid u64 to an fd this closure keeps open; an eventfd
+        // write does not block (EFD_NONBLOCK: at worst EAGAIN at the counter's maximum, which
+        // leaves it readable anyway)
+        unsafe { libc::write(hook_fd.as_raw_fd(), (&one as *const u64).cast(), 8) };
+    });
+    Ok(PyCommitSignal { inner: Mutex::new(Some((hook, fd))) })
 }
 
 // ---------------------------------------------------------------- Snapshot
@@ -426,6 +447,53 @@ impl PySubscription {
     }
 }
 
+// ---------------------------------------------------------------- CommitSignal
+
+/// A file descriptor (Linux eventfd) made readable by the committing thread right after every
+/// commit of this process that appended events (`Store::on_commit`), until `clear()`: an event
+/// loop waits on it with `add_reader` instead of a thread waiting on a `Subscription` and
+/// handing over (issue 10). Commits of other processes do not signal it.
+#[pyclass(frozen, name = "CommitSignal", module = "lama._lama")]
+pub struct PyCommitSignal {
+    inner: Mutex<Option<(lama_core::store::CommitHook, Arc<OwnedFd>)>>,
+}
+
+#[pymethods]
+impl PyCommitSignal {
+    /// The file descriptor to wait on for reading (`LAMA-CLOSED` once closed).
+    fn fileno(&self) -> PyResult<i32> {
+        match self.inner.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+            Some((_, fd)) => Ok(fd.as_raw_fd()),
+            None => Err(to_py(Error::store("LAMA-CLOSED", "the commit signal is closed"))),
+        }
+    }
+
+    /// Make it unreadable until the next commit; `True` if a commit had signalled it.
+    fn clear(&self) -> bool {
+        match self.inner.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+            Some((_, fd)) => {
+                let mut n: u64 = 0;
+                // SAFETY: reads 8 bytes into a valid u64 from an fd we own; never blocks
+                let r = unsafe { libc::read(fd.as_raw_fd(), (&mut n as *mut u64).cast(), 8) };
+                r == 8 && n > 0
+            }
+            None => false,
+        }
+    }
+
+    #[getter]
+    fn closed(&self) -> bool {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner()).is_none()
+    }
+
+    /// Stop signalling and close the descriptor (once no commit is calling the hook);
+    /// closing twice is harmless.
+    fn close(&self, py: Python<'_>) {
+        let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner()).take();
+        py.detach(move || drop(inner));
+    }
+}
+
 // ---------------------------------------------------------------- check_hash
 
 /// `value` if it is exactly 64 lowercase hex characters, else `MicrodataError LAMA-BADHASH`
@@ -442,5 +510,6 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(check_hash, m)?)?;
     m.add_class::<PySnapshot>()?;
     m.add_class::<PySubscription>()?;
+    m.add_class::<PyCommitSignal>()?;
     Ok(())
 }
