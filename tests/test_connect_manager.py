@@ -784,6 +784,19 @@ def test_a_start_reads_the_feed_only_after_the_scan_cache(tmp_path: Path) -> Non
         run(m.close)
     assert counting.feed <= 1, counting.feed
 
+    # this instance publishes its own endpoint at start (lama.connect.profile), with another
+    # url each time its comm server changes: never dialled, so no feed pass to order them
+    from lama.connect import profile
+
+    for url in ("ws://127.0.0.1:2/first", "ws://127.0.0.1:3/second"):
+        profile.publish_own_endpoint(a, url)
+        m, counting = first_scan()
+        assert persons(m) == {cb.me, cc.me, cd.me}
+        assert counting.feed <= a.store.last_seq() - since + 2, counting.feed
+        run(m.close)
+        since = json.loads(cache.read_text())["seq"]
+    assert len(contacts.endpoints_of_person(a.store, a.person_id)) >= 2
+
     # a cache whose position names another entry (a store copied back, an undone commit) and
     # a damaged one are not used: the whole feed again, the same endpoints
     data = json.loads(cache.read_text())
