@@ -193,6 +193,14 @@ pub fn subscribe(py: Python<'_>, store: Store) -> PyResult<PySubscription> {
     Ok(PySubscription { inner: Mutex::new(Some(sub)) })
 }
 
+/// Without Linux's eventfd there is no commit signal: `Chat.attach_loop` then keeps its event
+/// thread (it treats this LamaError as "not available").
+#[cfg(not(target_os = "linux"))]
+pub fn commit_signal(_store: &Store) -> PyResult<PyCommitSignal> {
+    Err(to_py(Error::store("LAMA-IO", "the commit signal needs Linux (eventfd)")))
+}
+
+#[cfg(target_os = "linux")]
 pub fn commit_signal(store: &Store) -> PyResult<PyCommitSignal> {
     // SAFETY: eventfd has no memory arguments; a valid fd is owned below
     let raw = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
