@@ -737,6 +737,7 @@ class CommListener:
                 if kind == "registered":
                     connecting = False
                     registered += 1
+                    self._state = "listening"  # before comm_listen's caller reads it
                     self._first.set()
                 elif kind == "failed":
                     connecting = False

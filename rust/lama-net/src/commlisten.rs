@@ -195,7 +195,15 @@ async fn manage(
             _ = is_closed(&mut closed) => break,
             ev = ev_rx.recv() => match ev {
                 None => break,
-                Some(Event::Registered) => { connecting = false; registered += 1; first.send_replace(true); }
+                Some(Event::Registered) => {
+                    connecting = false;
+                    registered += 1;
+                    // the state before `first`: comm_listen returns on `first`, and its caller
+                    // reads the state at once (it said "connecting" when this task had not run
+                    // its next turn yet)
+                    state.send_replace(ListenState::Listening);
+                    first.send_replace(true);
+                }
                 Some(Event::Failed) => {
                     connecting = false;
                     retry_at = Some(Instant::now() + delay);
