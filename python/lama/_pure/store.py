@@ -149,6 +149,10 @@ def _prop_filter(props: frozenset[str] | None, path: str) -> bool:
 
 
 _HOOK_IDS = itertools.count(1)  # keys of Store._on_commit hooks
+# The reserve's bounds and its zeros (docs/store-format.md "Reserve"; RESERVE_MIN/MAX in Rust).
+_RESERVE_MIN = 256 << 10
+_RESERVE_MAX = 4 << 20
+_ZEROS = memoryview(bytes(64 << 10))
 
 
 class _Shared:
@@ -189,6 +193,46 @@ class _Shared:
         self.opened: lmdbcheck.FileState | None = None
         self.own_txnid = 0
         self.damaged = False
+        # The reserve (docs/store-format.md "Reserve"): a write descriptor of data.mdb and
+        # LMDB's page size, for a durable store; None: no reserve is kept.
+        self.reserve_fd: int | None = None
+        self.psize = 0
+
+    def open_reserve(self) -> None:
+        if not self.durable or not hasattr(os, "pwrite"):
+            return
+        try:
+            self.reserve_fd = os.open(os.path.join(self.key, "data.mdb"), os.O_WRONLY | os.O_CLOEXEC)
+        except OSError:
+            return
+        self.psize = self.env.stat()["psize"]
+
+    def grow_reserve(self) -> None:
+        """Keep data.mdb zero-filled past LMDB's last page (as Shared::grow_reserve in
+        store/mod.rs): a commit then writes into blocks the file already has, and its
+        fdatasync does not also commit the file system's journal for a grown file. Called in
+        a write transaction before its commit, under LMDB's writer lock; a failure (a full
+        disk) only leaves a smaller reserve."""
+        fd = self.reserve_fd
+        if fd is None:
+            return
+        used = (self.env.info()["last_pgno"] + 1) * self.psize
+        try:
+            size = os.fstat(fd).st_size
+            target = min(max(used // 8, _RESERVE_MIN), _RESERVE_MAX)
+            if size >= used + target // 2:
+                return
+            end = -(-(used + target) // self.psize) * self.psize
+            while size < end:
+                n = min(end - size, len(_ZEROS))
+                size += os.pwrite(fd, _ZEROS[:n], size)
+        except OSError:
+            return
+
+    def close_reserve(self) -> None:
+        if self.reserve_fd is not None:
+            os.close(self.reserve_fd)
+            self.reserve_fd = None
 
 
 class _WriteTxn:
@@ -212,6 +256,7 @@ class _WriteTxn:
             txn.abort()
             return False
         tid = txn.id()
+        self.shared.grow_reserve()
         txn.commit()
         # LMDB does not advance the transaction id for a commit that wrote nothing; then the
         # id is not ours (another process may commit it next).
@@ -226,6 +271,7 @@ def _close_env(shared: _Shared) -> None:
     (docs/store-format.md "Check mark"): it is the state checked at open, or its newest
     transaction is one this process committed, and no check here found damage."""
     shared.env.close()
+    shared.close_reserve()
     try:
         if shared.damaged:
             checkmark.remove(shared.key, False)
@@ -420,6 +466,7 @@ def _create_shared(path: str, key: str, map_size: int, durable: bool,
         shared.opened = opened
         shared.own_txnid = own if env.info()["last_txnid"] == own else 0
         _load_rmap_config(shared)
+        shared.open_reserve()
         return shared, open_check
     except BaseException as e:
         env.close()

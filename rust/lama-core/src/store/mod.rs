@@ -150,6 +150,57 @@ struct Shared {
     own_txnid: AtomicU64,
     /// A structural check in this process found damage: never vouch for this file.
     damaged: AtomicBool,
+    /// Zero-filled space past LMDB's last page, for a durable store (None: not kept).
+    reserve: Option<Reserve>,
+}
+
+/// The reserve (docs/store-format.md "Reserve"): `data.mdb` is kept zero-filled for a while
+/// past the pages LMDB uses, so a commit writes into blocks the file already has. An fdatasync
+/// of a file that grew must also commit the file system's journal (the new size, the new
+/// blocks): on ext4 that is the difference between a fraction of a millisecond and several
+/// (issue 10: the two durable commits on a chat message's way). LMDB reads only pages up to
+/// its meta's last page, and both cores' checks only require the file to be long enough, so a
+/// longer file is the same store.
+struct Reserve {
+    file: std::fs::File,
+    psize: u64,
+}
+
+/// At least this much reserve, and never more (a store keeps about an eighth of its size).
+const RESERVE_MIN: u64 = 256 << 10;
+const RESERVE_MAX: u64 = 4 << 20;
+
+impl Shared {
+    /// Grow the reserve if it fell below half its target. Called in a write transaction
+    /// before its commit: LMDB's writer lock (across processes) is held, so no other writer
+    /// can be writing past the old end of the file while the zeros go there, and this
+    /// transaction's own pages are written after them. A failure (a full disk) only leaves a
+    /// smaller reserve: LMDB's own writes then grow the file as before.
+    #[cfg(unix)]
+    fn grow_reserve(&self) {
+        use std::os::unix::fs::FileExt;
+        static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
+        let Some(r) = &self.reserve else { return };
+        let used = (self.env.info().last_page_number as u64 + 1) * r.psize;
+        let Ok(meta) = r.file.metadata() else { return };
+        let size = meta.len();
+        let target = (used / 8).clamp(RESERVE_MIN, RESERVE_MAX);
+        if size >= used + target / 2 {
+            return;
+        }
+        let end = (used + target).div_ceil(r.psize) * r.psize;
+        let mut off = size;
+        while off < end {
+            let n = (end - off).min(ZEROS.len() as u64) as usize;
+            if r.file.write_all_at(&ZEROS[..n], off).is_err() {
+                return;
+            }
+            off += n as u64;
+        }
+    }
+
+    #[cfg(not(unix))]
+    fn grow_reserve(&self) {}
 }
 
 impl Drop for Shared {
@@ -254,6 +305,7 @@ impl<'e> std::ops::DerefMut for WriteTxn<'e> {
 impl WriteTxn<'_> {
     pub(crate) fn commit(self) -> heed::Result<()> {
         let id = self.txn.id() as u64;
+        self.shared.grow_reserve();
         self.txn.commit()?;
         // LMDB does not advance the transaction id for a commit that wrote nothing; then the
         // id is not ours (another process may commit it next).
@@ -745,6 +797,7 @@ fn open_env(
     txn.commit()?;
     // as WriteTxn::commit: the id is ours only if the commit wrote something
     let own_txnid = if env.info().last_txn_id as u64 == id { id } else { 0 };
+    let reserve = if durable { open_reserve(dir) } else { None };
     let shared = Shared {
         env,
         dir: dir.to_path_buf(),
@@ -754,8 +807,24 @@ fn open_env(
         opened,
         own_txnid: AtomicU64::new(own_txnid),
         damaged: AtomicBool::new(false),
+        reserve,
     };
     Ok((shared, open_check))
+}
+
+/// The reserve's handle on `data.mdb` and LMDB's page size (from the meta page, checked at
+/// open); None where the platform has no positioned writes or the file cannot be opened for
+/// writing (then commits simply grow the file, as without a reserve).
+#[cfg(unix)]
+fn open_reserve(dir: &Path) -> Option<Reserve> {
+    let check::Header::Meta(m) = check::inspect(dir).ok()? else { return None };
+    let file = std::fs::OpenOptions::new().write(true).open(dir.join("data.mdb")).ok()?;
+    Some(Reserve { file, psize: m.psize })
+}
+
+#[cfg(not(unix))]
+fn open_reserve(_dir: &Path) -> Option<Reserve> {
+    None
 }
 
 #[cfg(test)]
