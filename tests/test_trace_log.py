@@ -240,7 +240,7 @@ def test_a_chat_event_before_its_import_gets_the_received_step_from_the_import()
     t.on_manager_event("chum_imported", {"person": PEER, "data": {
         "objects": [first.hash, first.id]}})
     assert [(s[0], s[2]) for s in _steps(t, first.id)] == [
-        ("created", None), ("visible", None), ("received", PEER)]
+        ("created", None), ("received", PEER), ("visible", None)]
     assert t.trace(first.id).peers[0].person_id == PEER
     t.on_manager_event("chum_receipt_sent", {"person": PEER, "data": {"mark": 5}})
     assert _steps(t, first.id)[-1][0] == "confirmed"
@@ -248,3 +248,116 @@ def test_a_chat_event_before_its_import_gets_the_received_step_from_the_import()
     t.on_chat_event("message", {"message": other})
     assert [s[0] for s in _steps(t, other.id)] == ["created", "received", "visible",
                                                    "confirmed"]
+
+
+def _clock(monkeypatch: Any, start: float = 1_000.0) -> list[float]:
+    """The tracer's clock (ms) as the test sets it: ``now[0]``."""
+    now = [start]
+    monkeypatch.setattr("lama.trace._now", lambda: now[0])
+    return now
+
+
+def _mailbox(t: Tracer, m: SimpleNamespace, op: str) -> None:
+    if op == "import":
+        t.on_mailbox_event({"op": "import", "ok": True, "person": PEER, "id": "9" * 64,
+                            "url": "ws://127.0.0.1:1", "hashes": [m.id, m.hash]})
+    else:
+        t.on_mailbox_event({"op": "fetch", "ok": True, "confirmed": ["9" * 64]})
+
+
+def test_an_import_seen_after_visible_takes_its_causal_place(
+        tmp_path: Path, monkeypatch: Any) -> None:
+    """Since session 11 the chat event comes from the loop right after the import's commit,
+    often before the session's (or the mailbox's) own import event. The import step then
+    goes before `visible`, in the trace, in its report and after a reopen, keeping the time
+    its event was seen (later than visible's: the report lists steps by causal rank, then
+    time). The events are fed in that late order directly."""
+    now = _clock(monkeypatch)
+    path = tmp_path / "traces.sqlite3"
+    t = Tracer(None, ME, path)
+    by_chum, by_mail = _msg(1, outgoing=False), _msg(2, outgoing=False)
+
+    async def events() -> None:
+        now[0] = 1_010.0
+        t.on_chat_event("message", {"message": by_chum})
+        now[0] = 1_012.0
+        t.on_manager_event("chum_imported", {"person": PEER, "data": {
+            "objects": [by_chum.hash, by_chum.id]}})
+        now[0] = 1_015.0
+        t.on_manager_event("chum_receipt_sent", {"person": PEER, "data": {"mark": 5}})
+        now[0] = 1_020.0
+        t.on_chat_event("message", {"message": by_mail})
+        now[0] = 1_021.0
+        _mailbox(t, by_mail, "import")
+        now[0] = 1_030.0
+        _mailbox(t, by_mail, "fetch")
+        t.flush()
+
+    asyncio.run(events())
+    want = {
+        by_chum.id: [("created", 1_000.0), ("received", 1_012.0), ("visible", 1_010.0),
+                     ("confirmed", 1_015.0)],
+        by_mail.id: [("created", 1_000.0), ("mailbox_fetched", 1_021.0), ("visible", 1_020.0),
+                     ("mailbox_confirmed", 1_030.0)],
+    }
+    for mid, steps in want.items():
+        assert [(s[0], s[1]) for s in _steps(t, mid)] == steps
+        assert [(s.step, s.at) for s in t.trace(mid).steps] == steps
+        assert t.trace(mid).peers[0].person_id == PEER
+        assert t.trace(mid).updated == steps[-1][1]
+    before = {mid: t.trace(mid).to_dict() for mid in want}
+    t.close()
+    again = Tracer(None, ME, path)
+    try:
+        for mid, steps in want.items():
+            assert [(s[0], s[1]) for s in _steps(again, mid)] == steps
+            assert again.trace(mid).to_dict() == before[mid]
+    finally:
+        again.close()
+
+
+def test_an_import_seen_after_visible_was_persisted_is_placed_after_a_reopen(
+        tmp_path: Path, monkeypatch: Any) -> None:
+    """The late import event comes after the trace was persisted without it (a flush between
+    the chat event and the import event): the trace is persisted whole again and a reopen
+    rebuilds it in causal order; a log written before session 12 (the import step in an
+    ``upd`` record after `visible`) is read in causal order too."""
+    now = _clock(monkeypatch)
+    path = tmp_path / "traces.sqlite3"
+    t = Tracer(None, ME, path)
+    m = _msg(1, outgoing=False)
+    now[0] = 1_010.0
+    t.on_chat_event("message", {"message": m})
+    t.flush()
+    now[0] = 1_500.0
+    t.on_manager_event("chum_imported", {"person": PEER, "data": {"objects": [m.id]}})
+    t.flush()
+    steps = [("created", 1_000.0), ("received", 1_500.0), ("visible", 1_010.0)]
+    assert [(s[0], s[1]) for s in _steps(t, m.id)] == steps
+    t.close()
+    records = _log(path)
+    assert [r[0] for r in records] == ["newc", "newc"]  # the second replaces the first
+    assert [s[0] for s in records[1][9]] == ["received", "visible"]
+    again = Tracer(None, ME, path)
+    try:
+        assert [(s[0], s[1]) for s in _steps(again, m.id)] == steps
+        assert [(s.step, s.at) for s in again.trace(m.id).steps] == steps
+        assert again.trace(m.id).peers[0].person_id == PEER
+    finally:
+        again.close()
+
+    old = tmp_path / "old.sqlite3"  # as the build before wrote the same events
+    rows = [["newc", "in", TOPIC, CHANNEL, PEER, 0, [], {}, {}, [["visible", 1_010.0, None, None]],
+             m.id, "", 1_000.0, ["message 1"]],
+            ["upd", [["received", 1_500.0, PEER, None]], {}, {}, [m.id]]]
+    db = sqlite3.connect(str(old))
+    db.execute("CREATE TABLE log (id INTEGER PRIMARY KEY, data TEXT NOT NULL)")
+    with db:
+        db.executemany("INSERT INTO log (data) VALUES (?)", [(json.dumps(r),) for r in rows])
+    db.close()
+    t = Tracer(None, ME, old)
+    try:
+        assert [(s[0], s[1]) for s in _steps(t, m.id)] == steps
+        assert [(s.step, s.at) for s in t.trace(m.id).steps] == steps
+    finally:
+        t.close()

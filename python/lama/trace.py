@@ -33,6 +33,11 @@ __all__ = ["Failure", "PeerReport", "Step", "Trace", "Tracer", "STEPS", "FAILURE
 STEPS = ("created", "posted", "granted", "offered", "deposited", "fetched", "stored",
          "received", "mailbox_fetched", "visible", "confirmed", "mailbox_confirmed")
 _ORDER = {s: i for i, s in enumerate(STEPS)}
+# the causal rank of a step (docs/tracing.md §1 `steps`): a trace's steps are listed by rank,
+# then by time; a step of a higher rank can only have happened after every step of a lower
+# one (`created` before all; `posted`, or the import that brought an incoming message, before
+# what follows from it), whatever order their events were seen in
+_RANK = {"created": 0, "posted": 1, "received": 1, "mailbox_fetched": 1}
 FAILURE_POINTS = ("not_granted", "in_mailbox", "never_connected", "connection_refused",
                   "peer_offline", "import_error", "in_flight")
 _IMPORTS_MAX = 50_000     # object hashes remembered from imports (for the `received` step)
@@ -212,6 +217,36 @@ class _Rec:
 
 
 
+def _order_key(s: Step) -> tuple[int, float, int]:
+    """How a trace's steps are listed: by causal rank (``_RANK``), then time, then §2."""
+    return (_RANK.get(s.step, 2), s.at, _ORDER.get(s.step, 99))
+
+
+def _placed(steps: tuple[Step, ...], s: Step) -> tuple[Step, ...]:
+    """``steps`` with ``s`` at its causal place: after every step of its rank or a lower one
+    (an import step seen after the message's ``visible`` goes before it)."""
+    rank = _RANK.get(s.step, 2)
+    for i, x in enumerate(steps):
+        if _RANK.get(x.step, 2) > rank:
+            return (*steps[:i], s, *steps[i:])
+    return (*steps, s)
+
+
+def _appended(steps: tuple[Step, ...], more: tuple[Step, ...]) -> tuple[Step, ...]:
+    """``steps`` and then ``more`` (an ``upd`` record's), each at its causal place: a log
+    written before session 12 may hold an import step recorded after `visible`."""
+    top = max([_RANK.get(s.step, 2) for s in steps], default=0)
+    for i, s in enumerate(more):
+        rank = _RANK.get(s.step, 2)
+        if rank < top:
+            out = steps + more[:i]
+            for x in more[i:]:
+                out = _placed(out, x)
+            return out
+        top = rank
+    return steps + more
+
+
 def _loose(r: _Rec) -> tuple[Any, ...]:
     """What a trace shares with the others of its ``newc`` record: everything but its id,
     hashes, preview and the times of its steps."""
@@ -363,7 +398,7 @@ def _replay(rows: Iterable[str], recs: dict[str, _Rec],
                         old = known.steps
                         got = longer.get(id(old))
                         if got is None:
-                            got = longer[id(old)] = (old, old + more)
+                            got = longer[id(old)] = (old, _appended(old, more))
                         known.steps = got[1]
                         known.errors, known.granted = errors, granted
             elif d[0] == "drop":
@@ -928,8 +963,6 @@ class Tracer:
         visible = Step("visible", at)
         if got is not None:
             src, t, n, via, detail, got_step = got
-            if t > at:  # (the clock went back)
-                got_step = Step(via, at, src, detail)
             rec.recipients = (src,)
             mbc = self._mb_confirmed.pop(m.id, None) if self._mb_confirmed else None
             sent = self._receipt_out.get(src)
@@ -952,7 +985,7 @@ class Tracer:
             if len(self._early) > _EARLY_MAX:  # (their import event never came)
                 del self._early[next(iter(self._early))]
         rec.steps = steps
-        rec.updated = max(ts, at, confirm.at if confirm is not None else at)
+        rec.updated = max([ts, *[s.at for s in steps[1:]]])
         self._recs[m.id] = rec
         if log.isEnabledFor(logging.INFO):
             log.info("message received", extra={"fields": {
@@ -1003,7 +1036,16 @@ class Tracer:
             for h in [h for h in self._early if h in got]:
                 rec = self._early.pop(h)
                 if not rec.recipients:
-                    rec.add(step, at, person, detail)
+                    # the import step at its causal place, before `visible` (with the time its
+                    # event was seen, later than visible's: docs/tracing.md §2)
+                    rec.steps = _placed(rec.steps, entry[5])
+                    if at > rec.updated:
+                        rec.updated = at
+                    if rec.saved >= 0:
+                        # persisted without it (a flush came between the two events): the
+                        # trace is persisted whole again, its new record replaces the old
+                        # one at the replay (an `upd` record only appends)
+                        rec.saved = -1
                     rec.recipients = (person,)
                     if step == "received":
                         self._await_confirm.setdefault(person, set()).add(h)
@@ -1285,7 +1327,7 @@ class Tracer:
     def report(self, rec: _Rec) -> Trace:
         now = _now()
         names = self._names() if self._names is not None else {}
-        steps = tuple(sorted(rec.steps, key=lambda s: (s.at, _ORDER.get(s.step, 99))))
+        steps = tuple(sorted(rec.steps, key=_order_key))
         peers: list[PeerReport] = []
         failure: Failure | None = None
         if rec.direction == "in":
