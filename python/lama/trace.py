@@ -201,6 +201,27 @@ class _Rec:
             self.updated = s.at
         return True
 
+    def add_shared(self, s: Step, memo: dict[int, tuple[Any, ...]]) -> bool:
+        """:meth:`add` for the many traces of one event (``memo``, one per event and step):
+        traces that shared their steps tuple share the longer one too, and the search for
+        the step is made once per tuple, not per trace (issue 10: a `fetched` built a tuple
+        per post, so the receipt and the flush then handled every post on its own)."""
+        old = self.steps
+        got = memo.get(id(old))
+        if got is None:
+            lacks = True
+            for x in old:
+                if x.step == s.step and x.peer == s.peer:
+                    lacks = False
+                    break
+            got = memo[id(old)] = (old, (*old, s) if lacks else None)  # (old kept: its id)
+        if got[1] is None:
+            return False
+        self.steps = got[1]
+        if s.at > self.updated:
+            self.updated = s.at
+        return True
+
     def push(self, s: Step, memo: dict[int, tuple[Any, ...]] | None = None) -> None:
         """Add a step the caller knows the trace lacks (no search of the steps). ``memo``
         (one per event): traces that shared their steps tuple share the longer one too."""
@@ -316,12 +337,15 @@ def _encode_records(recs: Iterable[_Rec], full: bool = False) -> list[str]:
         r = members[0]
         steps: list[Any] = list(r.steps[1:])
         cols = []
-        for k, s in enumerate(steps, 1):
-            at = s.at
-            for m in members:
-                if m.steps[k].at != at:
-                    cols.append([k - 1, [m.steps[k].at for m in members]])
-                    break
+        own = r.steps
+        odd_steps = [m.steps for m in members if m.steps is not own]  # (a batch: mostly none)
+        if odd_steps:
+            for k, s in enumerate(steps, 1):
+                at = s.at
+                for ms in odd_steps:
+                    if ms[k].at != at:
+                        cols.append([k - 1, [m.steps[k].at for m in members]])
+                        break
         created: Any = r.created
         for m in members:
             if m.created != created:
@@ -796,6 +820,7 @@ class Tracer:
         posted_step = Step("posted", at)   # immutable: one object for the batch
         created_step = Step("created", 0.0)
         steps = (created_step, posted_step)  # one tuple per `created` too
+        new, fromhex = _Rec.__new__, bytes.fromhex
         for m in messages:
             mid = m.id
             if mid in recs:
@@ -805,17 +830,27 @@ class Tracer:
                     self._posted_batch(batch, topic)
                     batch = []
                 topic = m.topic_id
-            rec = _Rec(mid, topic, m.channel, "out", m.sender, m.text[:80],
-                       float(m.timestamp), (mid, m.hash), seq)
-            if created_step.at != rec.created:  # one batch: mostly one timestamp
-                created_step = Step("created", rec.created)
+            # (what _Rec(...) does, without its call and the hashes setter's checks: the
+            # send path's per-message part, issue 10)
+            rec = new(_Rec)
+            rec.message_id, rec.topic_id, rec.channel, rec.direction = mid, topic, m.channel, "out"
+            rec.sender, rec.preview = m.sender, m.text[:80]
+            rec.created = created = float(m.timestamp)
+            h = m.hash
+            try:  # a post's ChatMessage hash as 32 bytes (see _Rec.hashes)
+                rec._hashes = key = fromhex(h) if len(h) == 64 else (mid, h)
+            except (ValueError, TypeError):
+                rec._hashes = key = (mid, h)
+            rec.seq, rec.recipients, rec.granted, rec.errors = seq, (), _NONE, _NONE
+            rec.saved = -1
+            if created_step.at != created:  # one batch: mostly one timestamp
+                created_step = Step("created", created)
                 steps = (created_step, posted_step)
             rec.steps = steps
             rec.updated = at
             recs[mid] = rec
             # (the message id itself is found among the pending ids)
-            h = rec._hashes
-            watch[h if isinstance(h, bytes) else _watch_key(m.hash)] = mid
+            watch[key if isinstance(key, bytes) else _watch_key(h)] = mid
             batch.append(rec)
         if batch:
             self._posted_batch(batch, topic)
@@ -895,19 +930,27 @@ class Tracer:
                 self._recipients(todo, self._participants(todo[0]))
             shared: dict[tuple[Any, ...], tuple[dict[str, bool], tuple[Step, ...]]] = {}
             longer: dict[tuple[int, int], tuple[Any, ...]] = {}  # shared steps: shared again
+            last_old: tuple[Step, ...] | None = None
+            last_to: tuple[Any, ...] = ()
+            g: tuple[dict[str, bool], tuple[Step, ...]] = (_NONE, ())
+            new_steps: tuple[Step, ...] = ()
             for r in recs:
-                key = (r.recipients, r.steps[1])  # one batch: one posted step
-                g = shared.get(key)
+                old = r.steps
+                if old is last_old and r.recipients is last_to:  # a batch: as the one before
+                    r.granted, r.steps = g[0], new_steps
+                    continue
+                key = (r.recipients, old[1])  # one batch: one posted step
+                g = shared.get(key)  # type: ignore[assignment]
                 if g is None:
                     ok = {p: p in members for p in r.recipients}
-                    g = shared[key] = (ok, tuple(Step("granted", r.steps[1].at, p)
+                    g = shared[key] = (ok, tuple(Step("granted", old[1].at, p)
                                                  for p, yes in ok.items() if yes))
                 r.granted = g[0]  # shared: never changed afterwards
-                old = r.steps
                 got = longer.get((id(old), id(g[1])))
                 if got is None:
                     got = longer[(id(old), id(g[1]))] = (old, old + g[1])
-                r.steps = got[1]
+                r.steps = new_steps = got[1]
+                last_old, last_to = old, r.recipients
             # new traces are persisted whole at the flush; only older ones need a mark
             self._dirty.update(dict.fromkeys(r.message_id for r in recs if r.saved >= 0))
 
@@ -937,7 +980,6 @@ class Tracer:
                 log.info(kind.replace("_", " "), extra={"fields": fields})
             return
         m = data["message"]
-        at = _now()
         if m.outgoing:
             if m.id not in self._recs and m.sender == self.me:
                 # posted by a path other than App.send (Chat.send called directly), or its
@@ -953,6 +995,7 @@ class Tracer:
             return
         if m.id in self._recs:
             return
+        at = _now()
         ts = float(m.timestamp)
         rec = _Rec(m.id, m.topic_id, m.channel, "in", m.sender, m.text[:80], ts)
         first = self._created_step
@@ -1074,9 +1117,10 @@ class Tracer:
             step = Step("deposited", _now(), person,
                         f"item {item[:12]} at {entry.get('url')}")
             cid, upto = entry.get("channel"), entry.get("upto") or 0
+            memo: dict[int, tuple[Any, ...]] = {}
             for mid in list(self._pending.get(person, ())):
                 rec = self._recs[mid]
-                if rec.channel == cid and rec.seq <= upto and rec.add(step):
+                if rec.channel == cid and rec.seq <= upto and rec.add_shared(step, memo):
                     self._changed(rec)
         elif op == "import" and ok and person:
             item = str(entry.get("id") or "")
@@ -1155,14 +1199,18 @@ class Tracer:
         offered, fetched = Step("offered", at, person), Step("fetched", at, person)
         recs = self._recs
         if only is not None:
+            m_off: dict[int, tuple[Any, ...]] = {}
+            m_fetch: dict[int, tuple[Any, ...]] = {}
+            changed: list[str] = []
             for rec in only:
-                changed = False
-                if rec.channel in channels:
-                    changed |= rec.add(offered)
-                if rec.message_id in served:
-                    changed |= rec.add(fetched)
-                if changed:
-                    self._changed(rec)
+                c = rec.channel in channels and rec.add_shared(offered, m_off)
+                if rec.message_id in served and rec.add_shared(fetched, m_fetch):
+                    c = True
+                if c:
+                    changed.append(rec.message_id)
+            if changed:
+                self._dirty.update(dict.fromkeys(changed))
+                self._schedule()
             return channels
         touched: dict[str, _Rec] = {}
         memo: dict[int, tuple[Any, ...]] = {}
@@ -1174,9 +1222,10 @@ class Tracer:
                     if mid in ids and recs.get(mid) is rec:
                         rec.push(offered, memo)
                         touched[mid] = rec
+        m_fetch = {}
         for mid in served:
             got = recs.get(mid)
-            if got is not None and mid in ids and got.add(fetched):
+            if got is not None and mid in ids and got.add_shared(fetched, m_fetch):
                 touched[mid] = got
         if touched:
             self._dirty.update(dict.fromkeys(touched))
@@ -1252,11 +1301,12 @@ class Tracer:
                 self._dirty.update(dict.fromkeys(done))
                 self._schedule()
             return
+        m_stored: dict[int, tuple[Any, ...]] = {}
         for rec in only:
             mid = rec.message_id
             changed = False
             if mark is not None and rec.seq <= mark:
-                changed |= rec.add(stored)
+                changed |= rec.add_shared(stored, m_stored)
                 if person in rec.errors:
                     rec.errors = {k: v for k, v in rec.errors.items() if k != person}
                 pend.pop(mid, None)
@@ -1277,9 +1327,10 @@ class Tracer:
             return
         recs = self._recs
         done = []
+        memo: dict[int, tuple[Any, ...]] = {}
         for mid in waiting:
             rec = recs.get(mid)
-            if rec is not None and rec.add(confirmed):
+            if rec is not None and rec.add_shared(confirmed, memo):
                 done.append(mid)
         if done:
             self._dirty.update(dict.fromkeys(done))
