@@ -285,6 +285,15 @@ def _same_shape(a: tuple[Step, ...], b: tuple[Step, ...]) -> bool:
     return True
 
 
+def _shape_of(a: tuple[Step, ...], b: tuple[Step, ...],
+              memo: dict[int, tuple[tuple[Step, ...], bool]]) -> bool:
+    """:func:`_same_shape` of ``a`` and the fixed ``b``, once per tuple ``a`` (``memo``)."""
+    got = memo.get(id(a))
+    if got is None:
+        got = memo[id(a)] = (a, _same_shape(a, b))  # (a kept: its id stays unique)
+    return got[1]
+
+
 def _encode_records(recs: Iterable[_Rec], full: bool = False) -> list[str]:
     """The log records (docs/tracing.md §5) that persist ``recs``' changes since they were
     last persisted (``full``: all of them, for a compaction). Traces that share what a batch
@@ -302,6 +311,9 @@ def _encode_records(recs: Iterable[_Rec], full: bool = False) -> list[str]:
     seen: dict[tuple[int, int], tuple[Any, tuple[int, ...]]] = {}  # (the tuple kept: its id)
     last: _Rec | None = None
     group: list[_Rec] | None = None
+    # id of a steps tuple -> (it, whether it has the shape of the group's first one's): the
+    # traces fetched by one event share a tuple, compared once
+    shapes: dict[int, tuple[tuple[Step, ...], bool]] = {}
     for r in recs:
         if full or r.saved < 0:
             h = r._hashes
@@ -310,8 +322,7 @@ def _encode_records(recs: Iterable[_Rec], full: bool = False) -> list[str]:
             elif (last is not None and group is not None and r.granted is last.granted
                     and r.errors is last.errors and r.seq == last.seq
                     and r.recipients == last.recipients
-                    and (r.steps is last.steps or r.steps[1:] == last.steps[1:]
-                         or _same_shape(r.steps, last.steps))
+                    and (r.steps is last.steps or _shape_of(r.steps, last.steps, shapes))
                     and r.channel == last.channel and r.topic_id == last.topic_id
                     and r.direction == last.direction and r.sender == last.sender
                     and (h == ()) == (last._hashes == ())):
@@ -320,6 +331,7 @@ def _encode_records(recs: Iterable[_Rec], full: bool = False) -> list[str]:
                 group = news.setdefault((h == (), *_loose(r)), [])
                 group.append(r)
                 last = r
+                shapes = {}
         else:
             # traces that share their steps (a batch) share the key too: built once
             sk = (id(r.steps), r.saved)
