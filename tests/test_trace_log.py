@@ -227,6 +227,54 @@ def test_kept_posts_share_their_steps_and_keep_their_hash_as_bytes(tmp_path: Pat
         again.close()
 
 
+def test_the_posts_one_event_reaches_keep_sharing_their_steps(tmp_path: Path) -> None:
+    """Session 12 (the sender's tracer cost): the posts whose objects one `exported` event
+    served, or that an event replayed at their registration served, get one `fetched` step
+    and keep sharing one steps tuple (before, each got a tuple of its own, and the receipt and
+    the flushes then handled each post alone); their log records and reports are as before."""
+    path = tmp_path / "traces.sqlite3"
+    store = _Store()
+    t = Tracer(store, ME, path)
+    msgs = [_msg(i, outgoing=True) for i in range(60)]
+
+    async def events() -> None:
+        store.seq = 70
+        # the session served the first ten before the send path registered them
+        t.on_manager_event("chum_exported", {"person": PEER, "data": {
+            "objects": [m.hash for m in msgs[:10]], "probed": True}})
+        t.posted(msgs)
+        t.flush()
+        # one chunk serves the CreationTimes of the next 30 and the ChatMessages of the last 20
+        t.on_manager_event("chum_exported", {"person": PEER, "data": {
+            "objects": [m.id for m in msgs[10:40]] + [m.hash for m in msgs[40:]]}})
+        t.on_manager_event("chum_receipt", {"person": PEER, "data": {"mark": 70, "errors": []}})
+        t.flush()
+
+    asyncio.run(events())
+    first, rest = [t.find(m.id) for m in msgs[:10]], [t.find(m.id) for m in msgs[10:]]
+    assert len({id(r.steps) for r in first}) == 1 and len({id(r.steps) for r in rest}) == 1
+    assert [s.step for s in first[0].steps] == ["created", "posted", "fetched", "stored"]
+    assert [s.step for s in rest[0].steps] == ["created", "posted", "fetched", "stored"]
+    assert all(t.trace(m.id).peers[0].last_step == "stored" for m in msgs)
+    before = {m.id: t.trace(m.id).to_dict() for m in msgs}
+    t.close()
+    records = _log(path)
+    # the batch (two shapes: ten were fetched before the flush), the peer's kind, then one
+    # record per shared tuple: the fifty's fetched and stored, the ten's stored
+    assert [r[0] for r in records] == ["newc", "newc", "kind", "upd", "upd"], records
+    assert sorted(len(r[4]) for r in records[3:]) == [10, 50]
+    again = Tracer(store, ME, path)
+    try:
+        after = {m.id: again.trace(m.id).to_dict() for m in msgs}
+        for d in (before, after):
+            for v in d.values():
+                v.pop("status"), v.pop("peers"), v.pop("failure")  # (live state: not started)
+        assert after == before
+        assert len({id(again.find(m.id).steps) for m in msgs[10:]}) == 1
+    finally:
+        again.close()
+
+
 def test_a_chat_event_before_its_import_gets_the_received_step_from_the_import() -> None:
     """The chat layer's event can come before the session's ``imported`` event (two threads):
     the import that brought the message then adds `received` (and the peer); an import that
