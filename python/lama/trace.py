@@ -21,7 +21,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, NamedTuple
+from typing import Any, Callable, Iterable, NamedTuple, cast
 
 from lama.errors import LamaError, NotFoundError
 
@@ -314,7 +314,26 @@ def _encode_records(recs: Iterable[_Rec], full: bool = False) -> list[str]:
     # id of a steps tuple -> (it, whether it has the shape of the group's first one's): the
     # traces fetched by one event share a tuple, compared once
     shapes: dict[int, tuple[tuple[Step, ...], bool]] = {}
+    # the trace before and where it went (a run of a batch's traces shares its steps,
+    # grants and strings: it joins the same list on identity checks alone)
+    p: _Rec | None = None
+    p_saved, p_list, p_empty = 0, cast(list[Any], []), False
     for r in recs:
+        if (p is not None and r.steps is p.steps and r.saved == p_saved
+                and r.granted is p.granted and r.errors is p.errors
+                and r.recipients is p.recipients and r.seq == p.seq
+                and r.channel is p.channel and r.topic_id is p.topic_id
+                and r.sender is p.sender and r.direction is p.direction):
+            if not (full or p_saved < 0):
+                p_list.append(r.message_id)
+                r.saved = len(r.steps)
+                continue
+            h = r._hashes
+            if len(r.message_id) == 64 and (h == () if p_empty else isinstance(h, bytes)):
+                p_list.append(r)
+                r.saved = len(r.steps)
+                continue
+        p = None
         if full or r.saved < 0:
             h = r._hashes
             if len(r.message_id) != 64 or not (h == () or isinstance(h, bytes)):
@@ -332,6 +351,8 @@ def _encode_records(recs: Iterable[_Rec], full: bool = False) -> list[str]:
                 group.append(r)
                 last = r
                 shapes = {}
+            if group is not None and group[-1] is r:
+                p, p_saved, p_list, p_empty = r, r.saved, group, h == ()
         else:
             # traces that share their steps (a batch) share the key too: built once
             sk = (id(r.steps), r.saved)
@@ -343,6 +364,7 @@ def _encode_records(recs: Iterable[_Rec], full: bool = False) -> list[str]:
             if u is None:
                 u = upds[key] = (r, r.saved, [])
             u[2].append(r.message_id)
+            p, p_saved, p_list = r, r.saved, u[2]
         r.saved = len(r.steps)
     out = []
     for members in news.values():
