@@ -1054,15 +1054,18 @@ class Tracer:
                     waiting = self._await_confirm[src] = set()
                 waiting.add(m.id)
             steps: tuple[Step, ...] = (first, got_step, visible)
+            updated = max(ts, at, got_step.at)  # (the import's time can be the later one, §2)
             if confirm is not None:
                 steps += (confirm,)
+                updated = max(updated, confirm.at)
         else:
             steps = (first, visible)
+            updated = max(ts, at)
             self._early[m.id] = rec
             if len(self._early) > _EARLY_MAX:  # (their import event never came)
                 del self._early[next(iter(self._early))]
         rec.steps = steps
-        rec.updated = max([ts, *[s.at for s in steps[1:]]])
+        rec.updated = updated
         self._recs[m.id] = rec
         if log.isEnabledFor(logging.INFO):
             log.info("message received", extra={"fields": {
