@@ -21,7 +21,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, NamedTuple
+from typing import Any, Callable, Iterable, NamedTuple, cast
 
 from lama.errors import LamaError, NotFoundError
 
@@ -33,6 +33,11 @@ __all__ = ["Failure", "PeerReport", "Step", "Trace", "Tracer", "STEPS", "FAILURE
 STEPS = ("created", "posted", "granted", "offered", "deposited", "fetched", "stored",
          "received", "mailbox_fetched", "visible", "confirmed", "mailbox_confirmed")
 _ORDER = {s: i for i, s in enumerate(STEPS)}
+# the causal rank of a step (docs/tracing.md §1 `steps`): a trace's steps are listed by rank,
+# then by time; a step of a higher rank can only have happened after every step of a lower
+# one (`created` before all; `posted`, or the import that brought an incoming message, before
+# what follows from it), whatever order their events were seen in
+_RANK = {"created": 0, "posted": 1, "received": 1, "mailbox_fetched": 1}
 FAILURE_POINTS = ("not_granted", "in_mailbox", "never_connected", "connection_refused",
                   "peer_offline", "import_error", "in_flight")
 _IMPORTS_MAX = 50_000     # object hashes remembered from imports (for the `received` step)
@@ -196,6 +201,27 @@ class _Rec:
             self.updated = s.at
         return True
 
+    def add_shared(self, s: Step, memo: dict[int, tuple[Any, ...]]) -> bool:
+        """:meth:`add` for the many traces of one event (``memo``, one per event and step):
+        traces that shared their steps tuple share the longer one too, and the search for
+        the step is made once per tuple, not per trace (issue 10: a `fetched` built a tuple
+        per post, so the receipt and the flush then handled every post on its own)."""
+        old = self.steps
+        got = memo.get(id(old))
+        if got is None:
+            lacks = True
+            for x in old:
+                if x.step == s.step and x.peer == s.peer:
+                    lacks = False
+                    break
+            got = memo[id(old)] = (old, (*old, s) if lacks else None)  # (old kept: its id)
+        if got[1] is None:
+            return False
+        self.steps = got[1]
+        if s.at > self.updated:
+            self.updated = s.at
+        return True
+
     def push(self, s: Step, memo: dict[int, tuple[Any, ...]] | None = None) -> None:
         """Add a step the caller knows the trace lacks (no search of the steps). ``memo``
         (one per event): traces that shared their steps tuple share the longer one too."""
@@ -210,6 +236,36 @@ class _Rec:
         if s.at > self.updated:
             self.updated = s.at
 
+
+
+def _order_key(s: Step) -> tuple[int, float, int]:
+    """How a trace's steps are listed: by causal rank (``_RANK``), then time, then §2."""
+    return (_RANK.get(s.step, 2), s.at, _ORDER.get(s.step, 99))
+
+
+def _placed(steps: tuple[Step, ...], s: Step) -> tuple[Step, ...]:
+    """``steps`` with ``s`` at its causal place: after every step of its rank or a lower one
+    (an import step seen after the message's ``visible`` goes before it)."""
+    rank = _RANK.get(s.step, 2)
+    for i, x in enumerate(steps):
+        if _RANK.get(x.step, 2) > rank:
+            return (*steps[:i], s, *steps[i:])
+    return (*steps, s)
+
+
+def _appended(steps: tuple[Step, ...], more: tuple[Step, ...]) -> tuple[Step, ...]:
+    """``steps`` and then ``more`` (an ``upd`` record's), each at its causal place: a log
+    written before session 12 may hold an import step recorded after `visible`."""
+    top = max([_RANK.get(s.step, 2) for s in steps], default=0)
+    for i, s in enumerate(more):
+        rank = _RANK.get(s.step, 2)
+        if rank < top:
+            out = steps + more[:i]
+            for x in more[i:]:
+                out = _placed(out, x)
+            return out
+        top = rank
+    return steps + more
 
 
 def _loose(r: _Rec) -> tuple[Any, ...]:
@@ -229,6 +285,15 @@ def _same_shape(a: tuple[Step, ...], b: tuple[Step, ...]) -> bool:
     return True
 
 
+def _shape_of(a: tuple[Step, ...], b: tuple[Step, ...],
+              memo: dict[int, tuple[tuple[Step, ...], bool]]) -> bool:
+    """:func:`_same_shape` of ``a`` and the fixed ``b``, once per tuple ``a`` (``memo``)."""
+    got = memo.get(id(a))
+    if got is None:
+        got = memo[id(a)] = (a, _same_shape(a, b))  # (a kept: its id stays unique)
+    return got[1]
+
+
 def _encode_records(recs: Iterable[_Rec], full: bool = False) -> list[str]:
     """The log records (docs/tracing.md §5) that persist ``recs``' changes since they were
     last persisted (``full``: all of them, for a compaction). Traces that share what a batch
@@ -246,7 +311,29 @@ def _encode_records(recs: Iterable[_Rec], full: bool = False) -> list[str]:
     seen: dict[tuple[int, int], tuple[Any, tuple[int, ...]]] = {}  # (the tuple kept: its id)
     last: _Rec | None = None
     group: list[_Rec] | None = None
+    # id of a steps tuple -> (it, whether it has the shape of the group's first one's): the
+    # traces fetched by one event share a tuple, compared once
+    shapes: dict[int, tuple[tuple[Step, ...], bool]] = {}
+    # the trace before and where it went (a run of a batch's traces shares its steps,
+    # grants and strings: it joins the same list on identity checks alone)
+    p: _Rec | None = None
+    p_saved, p_list, p_empty = 0, cast(list[Any], []), False
     for r in recs:
+        if (p is not None and r.steps is p.steps and r.saved == p_saved
+                and r.granted is p.granted and r.errors is p.errors
+                and r.recipients is p.recipients and r.seq == p.seq
+                and r.channel is p.channel and r.topic_id is p.topic_id
+                and r.sender is p.sender and r.direction is p.direction):
+            if not (full or p_saved < 0):
+                p_list.append(r.message_id)
+                r.saved = len(r.steps)
+                continue
+            h = r._hashes
+            if len(r.message_id) == 64 and (h == () if p_empty else isinstance(h, bytes)):
+                p_list.append(r)
+                r.saved = len(r.steps)
+                continue
+        p = None
         if full or r.saved < 0:
             h = r._hashes
             if len(r.message_id) != 64 or not (h == () or isinstance(h, bytes)):
@@ -254,8 +341,7 @@ def _encode_records(recs: Iterable[_Rec], full: bool = False) -> list[str]:
             elif (last is not None and group is not None and r.granted is last.granted
                     and r.errors is last.errors and r.seq == last.seq
                     and r.recipients == last.recipients
-                    and (r.steps is last.steps or r.steps[1:] == last.steps[1:]
-                         or _same_shape(r.steps, last.steps))
+                    and (r.steps is last.steps or _shape_of(r.steps, last.steps, shapes))
                     and r.channel == last.channel and r.topic_id == last.topic_id
                     and r.direction == last.direction and r.sender == last.sender
                     and (h == ()) == (last._hashes == ())):
@@ -264,6 +350,9 @@ def _encode_records(recs: Iterable[_Rec], full: bool = False) -> list[str]:
                 group = news.setdefault((h == (), *_loose(r)), [])
                 group.append(r)
                 last = r
+                shapes = {}
+            if group is not None and group[-1] is r:
+                p, p_saved, p_list, p_empty = r, r.saved, group, h == ()
         else:
             # traces that share their steps (a batch) share the key too: built once
             sk = (id(r.steps), r.saved)
@@ -275,18 +364,22 @@ def _encode_records(recs: Iterable[_Rec], full: bool = False) -> list[str]:
             if u is None:
                 u = upds[key] = (r, r.saved, [])
             u[2].append(r.message_id)
+            p, p_saved, p_list = r, r.saved, u[2]
         r.saved = len(r.steps)
     out = []
     for members in news.values():
         r = members[0]
         steps: list[Any] = list(r.steps[1:])
         cols = []
-        for k, s in enumerate(steps, 1):
-            at = s.at
-            for m in members:
-                if m.steps[k].at != at:
-                    cols.append([k - 1, [m.steps[k].at for m in members]])
-                    break
+        own = r.steps
+        odd_steps = [m.steps for m in members if m.steps is not own]  # (a batch: mostly none)
+        if odd_steps:
+            for k, s in enumerate(steps, 1):
+                at = s.at
+                for ms in odd_steps:
+                    if ms[k].at != at:
+                        cols.append([k - 1, [m.steps[k].at for m in members]])
+                        break
         created: Any = r.created
         for m in members:
             if m.created != created:
@@ -363,7 +456,7 @@ def _replay(rows: Iterable[str], recs: dict[str, _Rec],
                         old = known.steps
                         got = longer.get(id(old))
                         if got is None:
-                            got = longer[id(old)] = (old, old + more)
+                            got = longer[id(old)] = (old, _appended(old, more))
                         known.steps = got[1]
                         known.errors, known.granted = errors, granted
             elif d[0] == "drop":
@@ -761,6 +854,7 @@ class Tracer:
         posted_step = Step("posted", at)   # immutable: one object for the batch
         created_step = Step("created", 0.0)
         steps = (created_step, posted_step)  # one tuple per `created` too
+        new, fromhex = _Rec.__new__, bytes.fromhex
         for m in messages:
             mid = m.id
             if mid in recs:
@@ -770,17 +864,27 @@ class Tracer:
                     self._posted_batch(batch, topic)
                     batch = []
                 topic = m.topic_id
-            rec = _Rec(mid, topic, m.channel, "out", m.sender, m.text[:80],
-                       float(m.timestamp), (mid, m.hash), seq)
-            if created_step.at != rec.created:  # one batch: mostly one timestamp
-                created_step = Step("created", rec.created)
+            # (what _Rec(...) does, without its call and the hashes setter's checks: the
+            # send path's per-message part, issue 10)
+            rec = new(_Rec)
+            rec.message_id, rec.topic_id, rec.channel, rec.direction = mid, topic, m.channel, "out"
+            rec.sender, rec.preview = m.sender, m.text[:80]
+            rec.created = created = float(m.timestamp)
+            h = m.hash
+            try:  # a post's ChatMessage hash as 32 bytes (see _Rec.hashes)
+                rec._hashes = key = fromhex(h) if len(h) == 64 else (mid, h)
+            except (ValueError, TypeError):
+                rec._hashes = key = (mid, h)
+            rec.seq, rec.recipients, rec.granted, rec.errors = seq, (), _NONE, _NONE
+            rec.saved = -1
+            if created_step.at != created:  # one batch: mostly one timestamp
+                created_step = Step("created", created)
                 steps = (created_step, posted_step)
             rec.steps = steps
             rec.updated = at
             recs[mid] = rec
             # (the message id itself is found among the pending ids)
-            h = rec._hashes
-            watch[h if isinstance(h, bytes) else _watch_key(m.hash)] = mid
+            watch[key if isinstance(key, bytes) else _watch_key(h)] = mid
             batch.append(rec)
         if batch:
             self._posted_batch(batch, topic)
@@ -860,19 +964,27 @@ class Tracer:
                 self._recipients(todo, self._participants(todo[0]))
             shared: dict[tuple[Any, ...], tuple[dict[str, bool], tuple[Step, ...]]] = {}
             longer: dict[tuple[int, int], tuple[Any, ...]] = {}  # shared steps: shared again
+            last_old: tuple[Step, ...] | None = None
+            last_to: tuple[Any, ...] = ()
+            g: tuple[dict[str, bool], tuple[Step, ...]] = (_NONE, ())
+            new_steps: tuple[Step, ...] = ()
             for r in recs:
-                key = (r.recipients, r.steps[1])  # one batch: one posted step
-                g = shared.get(key)
+                old = r.steps
+                if old is last_old and r.recipients is last_to:  # a batch: as the one before
+                    r.granted, r.steps = g[0], new_steps
+                    continue
+                key = (r.recipients, old[1])  # one batch: one posted step
+                g = shared.get(key)  # type: ignore[assignment]
                 if g is None:
                     ok = {p: p in members for p in r.recipients}
-                    g = shared[key] = (ok, tuple(Step("granted", r.steps[1].at, p)
+                    g = shared[key] = (ok, tuple(Step("granted", old[1].at, p)
                                                  for p, yes in ok.items() if yes))
                 r.granted = g[0]  # shared: never changed afterwards
-                old = r.steps
                 got = longer.get((id(old), id(g[1])))
                 if got is None:
                     got = longer[(id(old), id(g[1]))] = (old, old + g[1])
-                r.steps = got[1]
+                r.steps = new_steps = got[1]
+                last_old, last_to = old, r.recipients
             # new traces are persisted whole at the flush; only older ones need a mark
             self._dirty.update(dict.fromkeys(r.message_id for r in recs if r.saved >= 0))
 
@@ -902,7 +1014,6 @@ class Tracer:
                 log.info(kind.replace("_", " "), extra={"fields": fields})
             return
         m = data["message"]
-        at = _now()
         if m.outgoing:
             if m.id not in self._recs and m.sender == self.me:
                 # posted by a path other than App.send (Chat.send called directly), or its
@@ -918,6 +1029,7 @@ class Tracer:
             return
         if m.id in self._recs:
             return
+        at = _now()
         ts = float(m.timestamp)
         rec = _Rec(m.id, m.topic_id, m.channel, "in", m.sender, m.text[:80], ts)
         first = self._created_step
@@ -928,8 +1040,6 @@ class Tracer:
         visible = Step("visible", at)
         if got is not None:
             src, t, n, via, detail, got_step = got
-            if t > at:  # (the clock went back)
-                got_step = Step(via, at, src, detail)
             rec.recipients = (src,)
             mbc = self._mb_confirmed.pop(m.id, None) if self._mb_confirmed else None
             sent = self._receipt_out.get(src)
@@ -944,15 +1054,18 @@ class Tracer:
                     waiting = self._await_confirm[src] = set()
                 waiting.add(m.id)
             steps: tuple[Step, ...] = (first, got_step, visible)
+            updated = max(ts, at, got_step.at)  # (the import's time can be the later one, §2)
             if confirm is not None:
                 steps += (confirm,)
+                updated = max(updated, confirm.at)
         else:
             steps = (first, visible)
+            updated = max(ts, at)
             self._early[m.id] = rec
             if len(self._early) > _EARLY_MAX:  # (their import event never came)
                 del self._early[next(iter(self._early))]
         rec.steps = steps
-        rec.updated = max(ts, at, confirm.at if confirm is not None else at)
+        rec.updated = updated
         self._recs[m.id] = rec
         if log.isEnabledFor(logging.INFO):
             log.info("message received", extra={"fields": {
@@ -1003,7 +1116,16 @@ class Tracer:
             for h in [h for h in self._early if h in got]:
                 rec = self._early.pop(h)
                 if not rec.recipients:
-                    rec.add(step, at, person, detail)
+                    # the import step at its causal place, before `visible` (with the time its
+                    # event was seen, later than visible's: docs/tracing.md §2)
+                    rec.steps = _placed(rec.steps, entry[5])
+                    if at > rec.updated:
+                        rec.updated = at
+                    if rec.saved >= 0:
+                        # persisted without it (a flush came between the two events): the
+                        # trace is persisted whole again, its new record replaces the old
+                        # one at the replay (an `upd` record only appends)
+                        rec.saved = -1
                     rec.recipients = (person,)
                     if step == "received":
                         self._await_confirm.setdefault(person, set()).add(h)
@@ -1032,9 +1154,10 @@ class Tracer:
             step = Step("deposited", _now(), person,
                         f"item {item[:12]} at {entry.get('url')}")
             cid, upto = entry.get("channel"), entry.get("upto") or 0
+            memo: dict[int, tuple[Any, ...]] = {}
             for mid in list(self._pending.get(person, ())):
                 rec = self._recs[mid]
-                if rec.channel == cid and rec.seq <= upto and rec.add(step):
+                if rec.channel == cid and rec.seq <= upto and rec.add_shared(step, memo):
                     self._changed(rec)
         elif op == "import" and ok and person:
             item = str(entry.get("id") or "")
@@ -1113,14 +1236,18 @@ class Tracer:
         offered, fetched = Step("offered", at, person), Step("fetched", at, person)
         recs = self._recs
         if only is not None:
+            m_off: dict[int, tuple[Any, ...]] = {}
+            m_fetch: dict[int, tuple[Any, ...]] = {}
+            changed: list[str] = []
             for rec in only:
-                changed = False
-                if rec.channel in channels:
-                    changed |= rec.add(offered)
-                if rec.message_id in served:
-                    changed |= rec.add(fetched)
-                if changed:
-                    self._changed(rec)
+                c = rec.channel in channels and rec.add_shared(offered, m_off)
+                if rec.message_id in served and rec.add_shared(fetched, m_fetch):
+                    c = True
+                if c:
+                    changed.append(rec.message_id)
+            if changed:
+                self._dirty.update(dict.fromkeys(changed))
+                self._schedule()
             return channels
         touched: dict[str, _Rec] = {}
         memo: dict[int, tuple[Any, ...]] = {}
@@ -1132,9 +1259,10 @@ class Tracer:
                     if mid in ids and recs.get(mid) is rec:
                         rec.push(offered, memo)
                         touched[mid] = rec
+        m_fetch = {}
         for mid in served:
             got = recs.get(mid)
-            if got is not None and mid in ids and got.add(fetched):
+            if got is not None and mid in ids and got.add_shared(fetched, m_fetch):
                 touched[mid] = got
         if touched:
             self._dirty.update(dict.fromkeys(touched))
@@ -1210,11 +1338,12 @@ class Tracer:
                 self._dirty.update(dict.fromkeys(done))
                 self._schedule()
             return
+        m_stored: dict[int, tuple[Any, ...]] = {}
         for rec in only:
             mid = rec.message_id
             changed = False
             if mark is not None and rec.seq <= mark:
-                changed |= rec.add(stored)
+                changed |= rec.add_shared(stored, m_stored)
                 if person in rec.errors:
                     rec.errors = {k: v for k, v in rec.errors.items() if k != person}
                 pend.pop(mid, None)
@@ -1235,9 +1364,10 @@ class Tracer:
             return
         recs = self._recs
         done = []
+        memo: dict[int, tuple[Any, ...]] = {}
         for mid in waiting:
             rec = recs.get(mid)
-            if rec is not None and rec.add(confirmed):
+            if rec is not None and rec.add_shared(confirmed, memo):
                 done.append(mid)
         if done:
             self._dirty.update(dict.fromkeys(done))
@@ -1285,7 +1415,7 @@ class Tracer:
     def report(self, rec: _Rec) -> Trace:
         now = _now()
         names = self._names() if self._names is not None else {}
-        steps = tuple(sorted(rec.steps, key=lambda s: (s.at, _ORDER.get(s.step, 99))))
+        steps = tuple(sorted(rec.steps, key=_order_key))
         peers: list[PeerReport] = []
         failure: Failure | None = None
         if rec.direction == "in":
