@@ -509,6 +509,10 @@ class Chat:
         for h, o in _contacts.endpoints_of_person(self.store, p):
             # a proven endpoint stays proven (its objects are immutable): verified once, not at
             # every contact lookup (App.send by person id looks the contact up)
+            # ... unless its person removed the device since (a revocation, §3.5)
+            if h in self._proven and self.store.has(
+                    _contacts.revocation_hash(p, str(o.get("instanceKeys")))):
+                self._proven.discard(h)
             if h in self._proven or _contacts.endpoint_proven(self.store, self.me, me_key, o,
                                                               self._bad_signatures):
                 self._proven.add(h)
@@ -1074,12 +1078,22 @@ class Chat:
         return _att.save_blob(self.store, self._attachment(message_id, index), path)
 
     def verify(self, message: Message) -> bool:
-        """The entry's signature verifies with a key of its issuer, and the issuer is the
-        ChatMessage's sender (app-layer.md §1.7)."""
+        """The entry's signature verifies with a key *trusted* for its issuer, and the issuer
+        is the ChatMessage's sender (app-layer.md §1.7, docs/chat.md §4): my own person key,
+        a person's Keys that I signed (pairing), or instance Keys of a proven, unrevoked
+        device of that person (:func:`lama.connect.contacts.trusted_sign_keys`). A Keys
+        object that merely names the issuer as its owner (anyone can write one) counts for
+        nothing."""
         if message.signature is None or message.author != message.sender:
             return False
         try:
-            v = certificates.verify_certificate(self.store, message.signature, "AffirmationCertificate")
+            keys = _contacts.trusted_sign_keys(
+                self.store, self.me, bytes(self.instance.person_public_sign_key),
+                str(message.author), self._bad_signatures)
+            if not keys:
+                return False
+            v = certificates.verify_certificate(self.store, message.signature,
+                                                "AffirmationCertificate", keys)
         except (SignatureError, LamaError):
             return False
         return str(v.certificate.get("data")) == message.id
