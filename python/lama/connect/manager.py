@@ -852,6 +852,9 @@ class ConnectionManager:
                                       self._bad_signatures)
         if ok:
             self._unproven.pop(ep.endpoint_hash, None)
+            # what check_revoked looks up for this peer (no object read at each scan)
+            self._revocation_of.setdefault(ep.remote_key, contacts.revocation_hash(
+                ep.person_id, str(obj.get("instanceKeys"))))
         elif contacts.endpoint_revoked(self.store, str(self.instance.person_id),
                                        bytes(self.instance.person_public_sign_key), obj,
                                        self._bad_signatures):
