@@ -164,6 +164,7 @@ class Chat:
         self._members_pending: set[str] = set()  # channels: membership without its Signature yet
         self._proven: set[str] = set()  # endpoints proven (docs/connections.md §3.5)
         self._bad_signatures: set[str] = set()  # Signatures over Keys that did not verify
+        self._good_signatures: set[tuple[str, str, bytes]] = set()  # ... that did (verify)
         store = self.store
         _contacts.enable_reverse_maps(store)
         certificates.enable_reverse_maps(store)
@@ -1089,7 +1090,7 @@ class Chat:
         try:
             keys = _contacts.trusted_sign_keys(
                 self.store, self.me, bytes(self.instance.person_public_sign_key),
-                str(message.author), self._bad_signatures)
+                str(message.author), self._bad_signatures, self._good_signatures)
             if not keys:
                 return False
             v = certificates.verify_certificate(self.store, message.signature,

@@ -85,22 +85,31 @@ def load_keys(store: Store, keys_hash: str) -> dict[str, Any]:
 
 
 def signed_by(store: Store, data_hash: str, issuer: str, sign_key: bytes,
-              bad: set[str] | None = None) -> str | None:
+              bad: set[str] | None = None,
+              good: set[tuple[str, str, bytes]] | None = None) -> str | None:
     """The hash of a stored Signature by ``issuer`` over ``data_hash`` that verifies with
     ``sign_key`` (app-layer.md §1.7 signing rule), or None. ``bad``: Signature hashes known
     not to verify (skipped; those that fail here are added), so a forged one is verified
-    once, however often the question is asked again."""
+    once, however often the question is asked again; ``good``: ``(Signature, issuer, key)``
+    known to verify (a Signature is immutable: checked once; those that verify here are
+    added)."""
     from lama.errors import LamaError
     from lama.identity import certificates
 
     for s in certificates.signatures_for(store, data_hash):
         if bad is not None and s in bad:
             continue
+        if good is not None and (s, issuer, sign_key) in good:
+            return s
         try:
             obj = store.get_object(s)
             if obj.get("issuer") != issuer:
                 continue
             certificates.verify_signature_object(store, obj, [sign_key], s)
+            if good is not None:
+                if len(good) > 100_000:
+                    good.clear()
+                good.add((s, issuer, sign_key))
             return s
         except LamaError:
             if bad is not None:
@@ -144,11 +153,11 @@ def revocation_hash(person: str, keys_hash: str) -> str:
 
 
 def revoked(store: Store, person: str, keys_hash: str, sign_key: bytes,
-            bad: set[str] | None = None) -> bool:
+            bad: set[str] | None = None, good: set[tuple[str, str, bytes]] | None = None) -> bool:
     """Whether ``person`` revoked the instance Keys ``keys_hash``: its revocation certificate
     is stored with a Signature by ``person`` that verifies with ``sign_key``."""
     cert = revocation_hash(person, keys_hash)
-    return store.has(cert) and signed_by(store, cert, person, sign_key, bad) is not None
+    return store.has(cert) and signed_by(store, cert, person, sign_key, bad, good) is not None
 
 
 def endpoint_revoked(store: Store, me: str, my_sign_key: bytes, endpoint: dict[str, Any],
@@ -175,7 +184,8 @@ def endpoint_revoked(store: Store, me: str, my_sign_key: bytes, endpoint: dict[s
 
 
 def trusted_sign_keys(store: Store, me: str, my_sign_key: bytes, person: str,
-                      bad: set[str] | None = None) -> list[bytes]:
+                      bad: set[str] | None = None,
+                      good: set[tuple[str, str, bytes]] | None = None) -> list[bytes]:
     """The sign keys whose signatures count as ``person``'s (``Chat.verify``, docs/chat.md
     §4): for me my own person sign key; for another person the sign keys of its Keys objects
     that I vouched for (a verified Signature by me: pairing, connections.md §6.4 step 5) - the
@@ -193,7 +203,7 @@ def trusted_sign_keys(store: Store, me: str, my_sign_key: bytes, person: str,
                 k = store.get_object(h)
                 if k.get("$type$") != "Keys" or k.get("owner") != person:
                     continue
-                if signed_by(store, h, me, my_sign_key, bad) is not None:
+                if signed_by(store, h, me, my_sign_key, bad, good) is not None:
                     key = bytes.fromhex(str(k["publicSignKey"]))
                     if key not in out:
                         out.append(key)
@@ -203,7 +213,7 @@ def trusted_sign_keys(store: Store, me: str, my_sign_key: bytes, person: str,
         return out
     for _h, ep in endpoints_of_person(store, person):
         try:
-            if endpoint_proven(store, me, my_sign_key, ep, bad):
+            if endpoint_proven(store, me, my_sign_key, ep, bad, good):
                 key = bytes.fromhex(str(load_keys(store, str(ep["instanceKeys"]))["publicSignKey"]))
                 if key not in out:
                     out.append(key)
@@ -213,7 +223,8 @@ def trusted_sign_keys(store: Store, me: str, my_sign_key: bytes, person: str,
 
 
 def endpoint_proven(store: Store, me: str, my_sign_key: bytes, endpoint: dict[str, Any],
-                    bad: set[str] | None = None) -> bool:
+                    bad: set[str] | None = None,
+                    good: set[tuple[str, str, bytes]] | None = None) -> bool:
     """Whether the keys of a OneInstanceEndpoint are proven to belong to its person, so that
     it may be dialled (docs/connections.md §3.5). An endpoint is an unsigned claim that
     anyone can write and ship by CHUM; it counts only if
@@ -243,13 +254,13 @@ def endpoint_proven(store: Store, me: str, my_sign_key: bytes, endpoint: dict[st
         if person == me:
             if person_sign_key != my_sign_key:
                 return False
-        elif signed_by(store, pk_hash, me, my_sign_key, bad) is None:
+        elif signed_by(store, pk_hash, me, my_sign_key, bad, good) is None:
             return False
-        if signed_by(store, ik_hash, me, my_sign_key, bad) is None and (
+        if signed_by(store, ik_hash, me, my_sign_key, bad, good) is None and (
                 person == me
-                or signed_by(store, ik_hash, person, person_sign_key, bad) is None):
+                or signed_by(store, ik_hash, person, person_sign_key, bad, good) is None):
             return False
         return not (store.has(revocation_hash(person, ik_hash))
-                    and revoked(store, person, ik_hash, person_sign_key, bad))
+                    and revoked(store, person, ik_hash, person_sign_key, bad, good))
     except (LamaError, KeyError, ValueError, TypeError):
         return False
