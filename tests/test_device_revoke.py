@@ -45,6 +45,7 @@ def test_removing_a_device(tmp_path: Path) -> None:
         server = await core.comm_server("127.0.0.1", 0)
         alice, bob = await alice_and_bob(tmp_path, server)
         phone: App | None = None
+        tablet: App | None = None
         try:
             A, B = alice.person_id, bob.person_id
             topic = one_to_one_id(A, B)
@@ -53,15 +54,24 @@ def test_removing_a_device(tmp_path: Path) -> None:
             phone = await App.join_device(tmp_path / "phone", link, secret=SECRET2,
                                           instance_name="alice-phone")
             await alice.wait_device(30, invitation=link)
+            link = await alice.invite_device()
+            tablet = await App.join_device(tmp_path / "tablet", link, secret=SECRET2,
+                                           instance_name="alice-tablet")
+            await alice.wait_device(30, invitation=link)
             phone_key = bytes(phone.instance.instance_public_key)
             phone_inst = str(phone.instance.instance_id)
+            tablet_inst = str(tablet.instance.instance_id)
             await phone.start()
+            await tablet.start()
             await until(lambda: bob.manager.connected(phone_key), "bob connected to the phone")
             await until(lambda: alice.manager.connected(phone_key), "the laptop has the phone")
+            # my third device learnt of the phone from my profile and connects to it
+            await until(lambda: tablet.manager.connected(phone_key), "the tablet has the phone")
             sent = await phone.send(B, "from the phone")
             await until(lambda: "from the phone" in texts(bob, A), "bob got the phone's message")
             await until(lambda: "from the phone" in texts(alice, B), "the laptop has it")
-            assert {d["instance_id"] for d in alice.devices()} == {laptop_inst, phone_inst}
+            assert {d["instance_id"] for d in alice.devices()} \
+                == {laptop_inst, phone_inst, tablet_inst}
             assert [d["this"] for d in alice.devices() if d["instance_id"] == laptop_inst] \
                 == [True]
 
@@ -84,8 +94,8 @@ def test_removing_a_device(tmp_path: Path) -> None:
             assert r.instance_id == phone_inst and r.instance_name == "alice-phone"
             assert r.instance_keys == (str(phone.instance.instance_keys),)
             assert r.profile != before and r.endpoints
-            assert _listed(alice) == {laptop_inst}
-            assert [d["instance_id"] for d in alice.devices()] == [laptop_inst]
+            assert _listed(alice) == {laptop_inst, tablet_inst}
+            assert {d["instance_id"] for d in alice.devices()} == {laptop_inst, tablet_inst}
             # the revocation is verifiable by anyone who vouches for Alice's person key
             for e in r.endpoints:
                 ep = astore.get_object(e)
@@ -107,8 +117,17 @@ def test_removing_a_device(tmp_path: Path) -> None:
                         "bob dropped the phone's endpoint")
             await until(lambda: not bob.manager.connected(phone_key),
                         "bob closed the phone's connection")
-            assert bob.contact(A).instances == (laptop_inst,)
+            assert bob.contact(A).instances == tuple(sorted([laptop_inst, tablet_inst]))
             assert str(bytes(phone_key).hex()) not in bob.manager.connection_health()["peers"]
+            # my other device receives the revocation too: it drops the phone, and its
+            # profile (merged with the laptop's version) lists the phone no more
+            await until(lambda: phone_key not in {e.remote_key for e in
+                                                   tablet.manager.known_endpoints()},
+                        "the tablet dropped the phone's endpoint")
+            await until(lambda: not tablet.manager.connected(phone_key),
+                        "the tablet closed the phone's connection")
+            await until(lambda: phone_inst not in _listed(tablet), "the tablet's profile")
+            assert {d["instance_id"] for d in tablet.devices()} == {laptop_inst, tablet_inst}
             # the phone, still running, is refused when it calls Bob or the laptop
             await until(lambda: any(DEVICE_REMOVED in str(p.get("last_error") or "")
                                     for p in phone.manager.connection_health()["peers"]
@@ -134,9 +153,9 @@ def test_removing_a_device(tmp_path: Path) -> None:
                                                             .instance_public_key)),
                         "the restarted bob reconnected to the laptop")
             assert phone_key not in {e.remote_key for e in bob.manager.known_endpoints()}
-            assert bob.contact(A).instances == (laptop_inst,)
+            assert bob.contact(A).instances == tuple(sorted([laptop_inst, tablet_inst]))
         finally:
-            for app in (phone, bob, alice):
+            for app in (tablet, phone, bob, alice):
                 if app is not None:
                     await app.close()
             await server.close()
