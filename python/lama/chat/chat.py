@@ -165,6 +165,8 @@ class Chat:
         self._proven: set[str] = set()  # endpoints proven (docs/connections.md §3.5)
         self._bad_signatures: set[str] = set()  # Signatures over Keys that did not verify
         self._good_signatures: set[tuple[str, str, bytes]] = set()  # ... that did (verify)
+        # verify: person -> (Store.last_seq when computed, the sign keys trusted for it)
+        self._trusted_keys: dict[str, tuple[int, list[bytes]]] = {}
         store = self.store
         _contacts.enable_reverse_maps(store)
         certificates.enable_reverse_maps(store)
@@ -1088,9 +1090,20 @@ class Chat:
         if message.signature is None or message.author != message.sender:
             return False
         try:
-            keys = _contacts.trusted_sign_keys(
-                self.store, self.me, bytes(self.instance.person_public_sign_key),
-                str(message.author), self._bad_signatures, self._good_signatures)
+            # the trusted keys follow from the stored objects: reused while nothing was
+            # committed since (a history verified message by message computes them once)
+            author = str(message.author)
+            seq = self.store.last_seq()
+            hit = self._trusted_keys.get(author)
+            if hit is not None and hit[0] == seq:
+                keys = hit[1]
+            else:
+                keys = _contacts.trusted_sign_keys(
+                    self.store, self.me, bytes(self.instance.person_public_sign_key),
+                    author, self._bad_signatures, self._good_signatures)
+                if len(self._trusted_keys) > 256:
+                    self._trusted_keys.clear()
+                self._trusted_keys[author] = (seq, keys)
             if not keys:
                 return False
             v = certificates.verify_certificate(self.store, message.signature,
