@@ -144,6 +144,22 @@ def test_removing_a_device(tmp_path: Path) -> None:
                 assert len(old) == 1 and app.chat.verify(old[0])
             assert "bob after the removal" not in texts(phone, topic)
 
+            # a new phone may take the removed one's name: it joins with new keys
+            link = await alice.invite_device()
+            phone2 = await App.join_device(tmp_path / "phone2", link, secret=SECRET2,
+                                           instance_name="alice-phone")
+            try:
+                await alice.wait_device(30, invitation=link)
+                assert str(phone2.instance.instance_id) == phone_inst
+                assert bytes(phone2.instance.instance_public_key) != phone_key
+                assert {d["instance_id"] for d in alice.devices()} \
+                    == {laptop_inst, tablet_inst, phone_inst}
+                new_key = bytes(phone2.instance.instance_public_key)
+                assert new_key in {e.remote_key for e in alice.manager.known_endpoints()}
+                assert phone_key not in {e.remote_key for e in alice.manager.known_endpoints()}
+            finally:
+                await phone2.close()
+
             # a restarted Bob never routes the phone again
             await bob.close()
             bob = await App.open(tmp_path / "bob", SECRET,
@@ -153,7 +169,13 @@ def test_removing_a_device(tmp_path: Path) -> None:
                                                             .instance_public_key)),
                         "the restarted bob reconnected to the laptop")
             assert phone_key not in {e.remote_key for e in bob.manager.known_endpoints()}
-            assert bob.contact(A).instances == tuple(sorted([laptop_inst, tablet_inst]))
+            # ... and learns of the new phone (the same instance id, new keys) as of any device
+            await until(lambda: new_key in {e.remote_key for e in
+                                             bob.manager.known_endpoints()},
+                        "bob learnt the new phone")
+            assert phone_key not in {e.remote_key for e in bob.manager.known_endpoints()}
+            assert bob.contact(A).instances == tuple(sorted([laptop_inst, tablet_inst,
+                                                             phone_inst]))
         finally:
             for app in (tablet, phone, bob, alice):
                 if app is not None:

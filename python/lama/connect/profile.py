@@ -296,7 +296,8 @@ def find_own_device(instance: Any, which: str) -> str:
         hits = [d for d in devs if d["name"] == which]
     if len(hits) != 1:
         what = "no" if not hits else f"{len(hits)}"
-        raise NotFoundError(f"{what} device of mine matches {which!r} (lama device list)",
+        raise NotFoundError(f"{what} device of mine matches {which!r} (lama device list "
+                            "lists them; a removed device is not listed)",
                             code="LAMA-DEVICE-UNKNOWN")
     return str(hits[0]["instance_id"])
 
