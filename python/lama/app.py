@@ -448,6 +448,31 @@ class App:
         await self.manager.disable_person(str(c.person_id))
         await asyncio.to_thread(self.chat.remove_contact, str(c.person_id))
 
+    # ------------------------------------------------------------------ my devices
+
+    def devices(self) -> list[dict[str, Any]]:
+        """The devices of my person as my profile lists them (docs/connections.md §3.5):
+        ``{"instance_id", "name", "url", "this", "endpoint"}``, sorted by name."""
+        from lama.connect import profile
+
+        return profile.own_devices(self.instance)
+
+    async def remove_device(self, which: str) -> Any:
+        """Remove a device of mine (a lost phone; docs/connections.md §3.5 "Removing a
+        device"): ``which`` is its instance id, an 8+ hex digit prefix or its instance name.
+        My person revokes the device's instance Keys (a signed certificate my contacts and my
+        other devices receive), my profile lists it no more, and the connection managers -
+        this one at once, the others when the revocation arrives - stop dialling it, close its
+        connections and refuse it. Its earlier messages stay. Returns the
+        :class:`lama.connect.profile.RevokedDevice`. ``NotFoundError`` (a LookupError) for an
+        unknown or already removed device, ``InvalidArgumentError`` (a ValueError) for this
+        device; both change nothing."""
+        from lama.connect import profile
+
+        revoked = await asyncio.to_thread(profile.revoke_own_device, self.instance, which)
+        self.manager.check_revoked()
+        return revoked
+
     # ------------------------------------------------------------------ messages
 
     async def send(self, who: Any, text: str, *,

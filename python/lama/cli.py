@@ -56,6 +56,8 @@ Chat (issue 10; the asyncio facade :class:`lama.app.App` underneath):
   rate) until the peer has the files, or until they are stored and offered if it is not
   connected; ``messages --follow`` shows sync bars like ``serve``. Bars only on a terminal
   (not with ``CI=true``); otherwise plain lines (``messages``: on stderr).
+* ``lama device list --dir D [--json]``, ``lama device remove DEVICE --dir D [--json]``: the
+  devices of my person; remove one (a lost phone: its keys revoked, docs/connections.md §3.5).
 * ``lama demo [--dir D] [--attachment-size N]``: the two-process demo (:mod:`lama.demo`).
 
 The secret comes from the environment variable ``LAMA_SECRET`` or, if that is unset and stdin
@@ -451,6 +453,42 @@ def _build_app() -> Any:
         for c in items:
             print(f"{c['person_id'][:16]}  {escape(c.get('name') or '')}  "
                   f"<{escape(c.get('email') or '')}>")
+
+    device_app = typer.Typer(no_args_is_help=True,
+                             help="The devices of your person: list, remove (a lost phone).")
+    app.add_typer(device_app, name="device")
+
+    @device_app.command("list")
+    def device_list(
+        dir: str = typer.Option(..., "--dir", help="Instance or base directory."),
+        as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+    ) -> None:
+        """The devices of your person as your profile lists them (through the running lama
+        serve, else from the store)."""
+        items = _run_async(_client(dir, "devices"))["devices"]
+        if as_json:
+            print(json.dumps(items, indent=2, sort_keys=True))
+            return
+        for d in items:
+            print(f"{d['instance_id'][:16]}  {escape(d.get('name') or '')}"
+                  f"{'  (this device)' if d.get('this') else ''}  {escape(d.get('url') or '')}")
+
+    @device_app.command("remove")
+    def device_remove(
+        device: str = typer.Argument(..., help="Instance id (or 8+ hex digit prefix) or "
+                                               "instance name of the device (lama device list)."),
+        dir: str = typer.Option(..., "--dir", help="Instance or base directory."),
+        as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+    ) -> None:
+        """Remove a device of yours (a lost phone): your person revokes its keys, your profile
+        lists it no more, and your other devices and your contacts stop connecting to it. Its
+        earlier messages stay. Run it on another device of yours."""
+        d = _run_async(_client(dir, "remove_device", device=device))["device"]
+        if as_json:
+            print(json.dumps(d, indent=2, sort_keys=True))
+            return
+        print(f"{'removed device:':<26}{escape(d.get('name') or '')} {d['instance_id']}")
+        print(f"{'revoked instance keys:':<26}{', '.join(d['instance_keys'])}")
 
     @app.command()
     def send(

@@ -20,6 +20,9 @@ Requests (``op`` and arguments, see lama.control for the framing):
   new device joined (lama.connect.device)
 * ``accept`` ``{link}`` -> ``{"ok", "contact"}``
 * ``remove`` ``{contact}`` -> ``{"ok"}``
+* ``devices`` -> ``{"ok", "devices": App.devices()}``; ``remove_device`` ``{device}`` ->
+  ``{"ok", "device": {"instance_id", "name", "instance_keys", "revocation", "endpoints",
+  "profile"}}`` (App.remove_device; docs/connections.md §3.5)
 * ``attachment`` ``{message, index, path}`` -> writes the attachment's bytes to ``path``
   (``{"ok", "path", "size", "sha256"}``)
 * ``trace`` ``{message}`` -> ``{"ok", "trace": Trace.to_dict()}`` (docs/tracing.md §6)
@@ -155,6 +158,14 @@ async def handle(app: App, req: dict[str, Any], send: Send, stop: asyncio.Event)
     elif op == "remove":
         await app.remove_contact(_arg(req, "contact", str))
         await send({"ok": True})
+    elif op == "devices":  # my devices (docs/connections.md §3.5)
+        await send({"ok": True, "devices": app.devices()})
+    elif op == "remove_device":
+        r = await app.remove_device(_arg(req, "device", str))
+        await send({"ok": True, "device": {
+            "instance_id": r.instance_id, "name": r.instance_name,
+            "instance_keys": list(r.instance_keys), "revocation": list(r.revocation),
+            "endpoints": list(r.endpoints), "profile": r.profile}})
     elif op == "attachment":
         info = await app.save_attachment(_arg(req, "message", str), _arg(req, "index", int),
                                          _arg(req, "path", str))

@@ -164,6 +164,9 @@ class Chat:
         self._members_pending: set[str] = set()  # channels: membership without its Signature yet
         self._proven: set[str] = set()  # endpoints proven (docs/connections.md §3.5)
         self._bad_signatures: set[str] = set()  # Signatures over Keys that did not verify
+        self._good_signatures: set[tuple[str, str, bytes]] = set()  # ... that did (verify)
+        # verify: person -> (Store.last_seq when computed, the sign keys trusted for it)
+        self._trusted_keys: dict[str, tuple[int, list[bytes]]] = {}
         store = self.store
         _contacts.enable_reverse_maps(store)
         certificates.enable_reverse_maps(store)
@@ -509,6 +512,10 @@ class Chat:
         for h, o in _contacts.endpoints_of_person(self.store, p):
             # a proven endpoint stays proven (its objects are immutable): verified once, not at
             # every contact lookup (App.send by person id looks the contact up)
+            # ... unless its person removed the device since (a revocation, §3.5)
+            if h in self._proven and self.store.has(
+                    _contacts.revocation_hash(p, str(o.get("instanceKeys")))):
+                self._proven.discard(h)
             if h in self._proven or _contacts.endpoint_proven(self.store, self.me, me_key, o,
                                                               self._bad_signatures):
                 self._proven.add(h)
@@ -1074,12 +1081,33 @@ class Chat:
         return _att.save_blob(self.store, self._attachment(message_id, index), path)
 
     def verify(self, message: Message) -> bool:
-        """The entry's signature verifies with a key of its issuer, and the issuer is the
-        ChatMessage's sender (app-layer.md §1.7)."""
+        """The entry's signature verifies with a key *trusted* for its issuer, and the issuer
+        is the ChatMessage's sender (app-layer.md §1.7, docs/chat.md §4): my own person key,
+        a person's Keys that I signed (pairing), or instance Keys of a proven, unrevoked
+        device of that person (:func:`lama.connect.contacts.trusted_sign_keys`). A Keys
+        object that merely names the issuer as its owner (anyone can write one) counts for
+        nothing."""
         if message.signature is None or message.author != message.sender:
             return False
         try:
-            v = certificates.verify_certificate(self.store, message.signature, "AffirmationCertificate")
+            # the trusted keys follow from the stored objects: reused while nothing was
+            # committed since (a history verified message by message computes them once)
+            author = str(message.author)
+            seq = self.store.last_seq()
+            hit = self._trusted_keys.get(author)
+            if hit is not None and hit[0] == seq:
+                keys = hit[1]
+            else:
+                keys = _contacts.trusted_sign_keys(
+                    self.store, self.me, bytes(self.instance.person_public_sign_key),
+                    author, self._bad_signatures, self._good_signatures)
+                if len(self._trusted_keys) > 256:
+                    self._trusted_keys.clear()
+                self._trusted_keys[author] = (seq, keys)
+            if not keys:
+                return False
+            v = certificates.verify_certificate(self.store, message.signature,
+                                                "AffirmationCertificate", keys)
         except (SignatureError, LamaError):
             return False
         return str(v.certificate.get("data")) == message.id

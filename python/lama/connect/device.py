@@ -240,6 +240,9 @@ def _check_device_identity(instance: Any, ident: Any, peer: PeerIdentity,
         raise _err(f"the new device has the instance name of this device "
                    f"({instance.instance_name!r}); choose another instance name")
     for _, ep in _contacts.endpoints_of_instance(instance.store, instance_id):
+        if _contacts.endpoint_revoked(instance.store, str(instance.person_id),
+                                      bytes(instance.person_public_sign_key), ep):
+            continue  # a removed device's name may be used again (docs/connections.md §3.5)
         with contextlib.suppress(LamaError, KeyError):
             if _contacts.load_keys(instance.store, ep["instanceKeys"])["publicKey"] \
                     != out["instanceKeyPublic"]:

@@ -84,6 +84,8 @@ ROUTE_DISABLED = "Route is disabled"
 ROUTE_STOPPED = "Corresponding route was stopped"
 UNKNOWN_PEER = "Error: Unable to start chum because you are unknown"
 SHUTDOWN = "Connection manager shut down"
+# lama: the peer is a device its person removed (docs/connections.md §3.5 "Removing a device")
+DEVICE_REMOVED = "Error: this device was removed by its person"
 # lama's close of a connection whose peer stopped answering: a CHUM ping unanswered and no
 # message received for close_unresponsive_after seconds (docs/connections.md §3.3 "Health")
 UNRESPONSIVE = "Ping: the peer did not answer for {:g} s"
@@ -356,6 +358,10 @@ class ConnectionManager:
         # (docs/connections.md §3.5)
         self._unproven: dict[str, tuple[int, tuple[Any, Any], tuple[Any, ...]]] = {}
         self._bad_signatures: set[str] = set()
+        # removed devices (docs/connections.md §3.5): instance keys never dialled nor accepted,
+        # and each peer's revocation certificate hash (its arrival is one store lookup)
+        self._revoked_keys: set[bytes] = set()
+        self._revocation_of: dict[bytes, str] = {}
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -675,6 +681,8 @@ class ConnectionManager:
             self._save_scan_cache()
         if self._unproven and self._scan_seq != seq0:
             new = self._recheck_unproven() or new
+        if self._peers and self._scan_seq != seq0:
+            self.check_revoked()
         if new:
             self._emit("connections_changed")
 
@@ -844,6 +852,14 @@ class ConnectionManager:
                                       self._bad_signatures)
         if ok:
             self._unproven.pop(ep.endpoint_hash, None)
+            # what check_revoked looks up for this peer (no object read at each scan)
+            self._revocation_of.setdefault(ep.remote_key, contacts.revocation_hash(
+                ep.person_id, str(obj.get("instanceKeys"))))
+        elif contacts.endpoint_revoked(self.store, str(self.instance.person_id),
+                                       bytes(self.instance.person_public_sign_key), obj,
+                                       self._bad_signatures):
+            self._revoked_keys.add(ep.remote_key)  # a removed device: refused when it calls
+            self._unproven.pop(ep.endpoint_hash, None)
         else:
             keys = (obj.get("personKeys"), obj.get("instanceKeys"))
             self._unproven[ep.endpoint_hash] = (ep.seq, keys, self._proof_state(keys))
@@ -896,6 +912,52 @@ class ConnectionManager:
                 # now says where it listens: dial it too (docs/connections.md §3.5)
                 self._ensure_dialling(peer)
         return False
+
+    def check_revoked(self) -> list[bytes]:
+        """Drop the peers that are devices their person removed (docs/connections.md §3.5
+        "Removing a device"): no more dialling, their connections closed
+        (:data:`DEVICE_REMOVED`), incoming connections from their keys refused. The scan calls
+        it whenever objects arrived; per peer one store lookup (its revocation certificate)
+        unless one is there. Returns the dropped instance keys."""
+        me, my_key = str(self.instance.person_id), bytes(self.instance.person_public_sign_key)
+        dropped = []
+        for key, peer in list(self._peers.items()):
+            cert = self._revocation_of.get(key)
+            if cert is None:
+                try:
+                    ik = self.store.get_object(peer.endpoint.endpoint_hash).get("instanceKeys")
+                    cert = contacts.revocation_hash(peer.endpoint.person_id, str(ik))
+                except LamaError:
+                    continue
+                self._revocation_of[key] = cert
+            if not self.store.has(cert):
+                continue
+            try:
+                obj = self.store.get_object(peer.endpoint.endpoint_hash)
+            except LamaError:
+                continue
+            if contacts.endpoint_revoked(self.store, me, my_key, obj, self._bad_signatures):
+                self._drop_peer(key, peer)
+                dropped.append(key)
+        if dropped:
+            self._emit("connections_changed")
+        return dropped
+
+    def _drop_peer(self, key: bytes, peer: _Peer) -> None:
+        self._diag("removed device %s of person %s dropped", key.hex()[:16],
+                   peer.endpoint.person_id)
+        self._revoked_keys.add(key)
+        peer.enabled = False  # its connections' ends must not redial it (_release)
+        if peer.dial_task is not None:
+            peer.dial_task.cancel()
+            peer.dial_task = None
+        for c in list(peer.active.values()):
+            self._spawn(self._close_conn(c, DEVICE_REMOVED))
+        for (k, _g), c in list(self._unknown.items()):
+            if k == key:
+                self._spawn(self._close_conn(c, DEVICE_REMOVED))
+        del self._peers[key]
+        self._revocation_of.pop(key, None)
 
     async def _discovery_loop(self) -> None:
         while True:
@@ -1308,6 +1370,9 @@ class ConnectionManager:
             if group == _DEVICE_GROUP:  # linking a device of my person (lama.connect.device)
                 return protocol.Accept(store_peer=False) if cfg.allow_pairing else False
             if group not in ("chum", "debug") or (group == "debug" and not cfg.allow_debug_requests):
+                return False
+            if c.remote_key in self._revoked_keys:  # a removed device (§3.5)
+                await self._close_conn(c, DEVICE_REMOVED)
                 return False
             peer = self._peers.get(c.remote_key)
             if peer is None and group == "chum":

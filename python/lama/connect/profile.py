@@ -22,20 +22,24 @@ reference's LeuteConnectionsModule (connections.md §7.2), routes to every endpo
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Iterable
 
 from lama import access
 from lama._core import core
-from lama.errors import InvalidArgumentError, LamaError
+from lama.errors import InvalidArgumentError, LamaError, NotFoundError
 from lama.objects import versions
 
 from . import contacts
 
 __all__ = [
+    "RevokedDevice",
     "add_own_endpoints",
+    "own_devices",
     "own_endpoint",
     "own_profile_id",
     "publish_own_endpoint",
+    "revoke_own_device",
     "share_own_profile",
     "unshare_own_profile",
 ]
@@ -99,6 +103,8 @@ def add_own_endpoints(instance: Any, endpoint_hashes: Iterable[str], *,
         if obj.get("$type$") != "OneInstanceEndpoint" or obj.get("personId") != me:
             raise InvalidArgumentError(f"{h} is not a OneInstanceEndpoint of my person",
                                        code="LAMA-ARG")
+        if _revoked(instance, str(obj.get("instanceKeys"))):
+            continue  # a removed device never comes back into my profile
         new[h] = obj
     pid = own_profile_id(instance)
     cur_hash = versions.current_hash(store, pid)
@@ -145,8 +151,8 @@ def publish_own_endpoint(instance: Any, url: str | None) -> str | None:
     """Store this instance's endpoint (with ``url``, where peers reach it) and put it into my
     profile in place of an older one of this instance (:func:`add_own_endpoints`); None
     without a url (nothing to dial)."""
-    if not url:
-        return None
+    if not url or _revoked(instance, str(instance.instance_keys)):
+        return None  # nothing to dial, or this device was removed (by another of mine)
     [(h, _s, _)] = instance.store.put_objects([own_endpoint(instance, url)])
     add_own_endpoints(instance, [str(h)], replace_instance=True)
     return str(h)
@@ -175,6 +181,9 @@ def share_own_profile(instance: Any, persons: Iterable[str]) -> None:
         s = _proof(instance, str(obj["instanceKeys"]), create=False)
         if s is not None and not set(ps) <= set(access.grants(store, object=s)[0]):
             access.grant(store, object=s, persons=ps)
+    for s in _revocations(instance):  # removed devices: whoever reads my profile learns it
+        if not set(ps) <= set(access.grants(store, object=s)[0]):
+            access.grant(store, object=s, persons=ps)
 
 
 def unshare_own_profile(instance: Any, persons: Iterable[str]) -> None:
@@ -199,3 +208,147 @@ def unshare_own_profile(instance: Any, persons: Iterable[str]) -> None:
         have, _g = access.grants(store, **kw)
         if gone & set(have):
             access.revoke(store, persons=sorted(gone & set(have)), **kw)
+
+
+# --------------------------------------------------------------------------------------------
+# Removing a device (docs/connections.md §3.5 "Removing a device")
+
+
+def _revoked(instance: Any, keys_hash: str) -> bool:
+    return contacts.revoked(instance.store, str(instance.person_id), keys_hash,
+                            bytes(instance.person_public_sign_key))
+
+
+def _revocations(instance: Any) -> list[str]:
+    """The Signatures of my revocation certificates (found through the RelationCertificate
+    reverse map on ``person1``)."""
+    store = instance.store
+    me = str(instance.person_id)
+    out = []
+    for c in sorted(store.referencing(me, "RelationCertificate")):
+        try:
+            cert = store.get_object(c)
+        except LamaError:
+            continue
+        rel = cert.get("relation")
+        if (cert.get("app") != contacts.REVOKED_APP or not isinstance(rel, str)
+                or not rel.startswith(contacts.REVOKED_RELATION) or cert.get("person2") != me):
+            continue
+        s = contacts.signed_by(store, c, me, bytes(instance.person_public_sign_key))
+        if s is not None:
+            out.append(s)
+    return out
+
+
+@dataclass(frozen=True)
+class RevokedDevice:
+    """What :func:`revoke_own_device` did: the device's ``instance_id`` and name, its
+    ``instance_keys`` (the Keys hash the revocation names), the revocation certificate's
+    Signature (``revocation``), the endpoints that left my profile and its new version."""
+
+    instance_id: str
+    instance_name: str | None
+    instance_keys: tuple[str, ...]
+    revocation: tuple[str, ...]
+    endpoints: tuple[str, ...]
+    profile: str
+
+
+def own_devices(instance: Any) -> list[dict[str, Any]]:
+    """The devices of my person as my profile lists them: ``{"instance_id", "name", "url",
+    "this", "endpoint"}`` sorted by name (the newest endpoint of an instance)."""
+    store = instance.store
+    cur_hash = versions.current_hash(store, own_profile_id(instance))
+    out: dict[str, dict[str, Any]] = {}
+    eps = store.get_object(cur_hash).get("communicationEndpoint", []) if cur_hash else []
+    for e in sorted(str(x) for x in eps):
+        try:
+            obj = store.get_object(e)
+        except LamaError:
+            continue
+        if obj.get("personId") != str(instance.person_id) \
+                or _revoked(instance, str(obj.get("instanceKeys"))):
+            continue
+        inst = str(obj.get("instanceId"))
+        name = None
+        try:
+            name = store.get_object(inst).get("name")
+        except LamaError:
+            pass
+        out[inst] = {"instance_id": inst, "name": name, "url": obj.get("url"),
+                     "this": inst == str(instance.instance_id), "endpoint": e}
+    return sorted(out.values(), key=lambda d: (str(d["name"] or ""), d["instance_id"]))
+
+
+def find_own_device(instance: Any, which: str) -> str:
+    """The instance id of my device ``which``: an instance id, a prefix of at least 8 hex
+    digits or an instance name. ``NotFoundError LAMA-DEVICE-UNKNOWN`` if no device of my
+    profile matches (or several do)."""
+    if not isinstance(which, str) or not which:
+        raise InvalidArgumentError("a device is an instance id, an 8+ hex digit prefix or an "
+                                   "instance name", code="LAMA-ARG")
+    devs = own_devices(instance)
+    w = which.lower()
+    hits = [d for d in devs if d["instance_id"] == w]
+    if not hits and len(w) >= 8 and all(c in "0123456789abcdef" for c in w):
+        hits = [d for d in devs if d["instance_id"].startswith(w)]
+    if not hits:
+        hits = [d for d in devs if d["name"] == which]
+    if len(hits) != 1:
+        what = "no" if not hits else f"{len(hits)}"
+        raise NotFoundError(f"{what} device of mine matches {which!r} (lama device list "
+                            "lists them; a removed device is not listed)",
+                            code="LAMA-DEVICE-UNKNOWN")
+    return str(hits[0]["instance_id"])
+
+
+def revoke_own_device(instance: Any, which: str) -> RevokedDevice:
+    """Remove my device ``which`` (:func:`find_own_device`; a lost phone): my person
+    certifies that the device's instance Keys are revoked (a RelationCertificate, signed,
+    shared with whoever reads my profile), and a new version of my profile lists the device
+    no more. My contacts' and my other devices' managers stop dialling it and close its
+    connections when the revocation arrives (:func:`lama.connect.contacts.endpoint_proven`);
+    the device's earlier messages stay. ``NotFoundError`` for a device that my profile does
+    not list (unknown, or removed already), ``InvalidArgumentError LAMA-DEVICE-SELF`` for
+    this device; both change nothing."""
+    from lama.identity import certificates
+
+    store = instance.store
+    me = str(instance.person_id)
+    inst = find_own_device(instance, which)
+    if inst == str(instance.instance_id):
+        raise InvalidArgumentError("this is the device you are using; remove it from another "
+                                   "device of yours", code="LAMA-DEVICE-SELF")
+    contacts.enable_reverse_maps(store)
+    certificates.enable_reverse_maps(store)
+    eps = [(h, o) for h, o in contacts.endpoints_of_instance(store, inst)
+           if o.get("personId") == me and isinstance(o.get("instanceKeys"), str)]
+    keys = sorted({str(o["instanceKeys"]) for _h, o in eps})
+    if str(instance.instance_keys) in keys:  # the same keys as mine: never revoke myself
+        raise InvalidArgumentError("that device has this device's keys", code="LAMA-DEVICE-SELF")
+    name = None
+    try:
+        name = store.get_object(inst).get("name")
+    except LamaError:
+        pass
+    pid = own_profile_id(instance)
+    readers = sorted({me, *_readers(store, pid)})
+    secret = instance.secret_keys("person")
+    sigs = []
+    for k in keys:
+        r = certificates.certify(store, "RelationCertificate",
+                                 contacts.revocation_certificate(me, k), me, secret)
+        access.grant(store, object=r.signature, persons=readers)
+        sigs.append(str(r.signature))
+    cur_hash = versions.current_hash(store, pid)
+    cur = store.get_object(cur_hash) if cur_hash is not None else {}
+    gone = {h for h, _o in eps}
+    listed = [str(e) for e in cur.get("communicationEndpoint", [])]
+    removed = sorted(gone & set(listed))
+    profile_hash = str(cur_hash)
+    if removed:
+        v = versions.store_versioned(store, _profile(
+            me, sorted(set(listed) - gone), sorted(str(d) for d in cur.get("personDescription", []))))
+        profile_hash = str(v.hash)
+    return RevokedDevice(inst, name if isinstance(name, str) else None, tuple(keys),
+                         tuple(sigs), tuple(removed), profile_hash)
