@@ -342,3 +342,30 @@ def test_attach_loop_does_not_block_on_the_posting_thread(tmp_path: Path, monkey
     assert [x.id for x in seen] == [m.id]
     assert seen[0] is m  # the post's own Message: no list walk
     assert not ca._deferred and not ca._posted and not ca._built_own
+
+
+def test_a_chat_left_open_does_not_abort_the_process_at_exit(tmp_path: Path) -> None:
+    """A program that ends without closing its Chat exits normally (issue 10): the event thread
+    is closed at interpreter exit, before Python stops daemon threads; stopped while it
+    waited in the native core's feed, it aborted the process ("FATAL: exception not
+    rethrown", exit code 134, in about two runs of three before the fix)."""
+    import os
+    import subprocess
+    import sys
+
+    script = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from chat_util import make, pair\n"
+        "from lama.chat import Chat\n"
+        "d = Path(sys.argv[1])\n"
+        "ca, cb = Chat(make(d, 'alice')), Chat(make(d, 'bob'))\n"
+        "pair(ca, cb)\n"
+        "ca.send(cb.me, 'left open')\n"
+        "print('end', flush=True)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), *sys.path])}
+    for i in range(6):
+        p = subprocess.run([sys.executable, "-c", script, str(tmp_path / str(i))], env=env,
+                           capture_output=True, text=True, timeout=120)
+        assert (p.returncode, p.stdout.strip()) == (0, "end"), p.stderr[-2000:]

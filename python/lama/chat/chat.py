@@ -18,6 +18,7 @@ Design decisions, each against a failure of the reference app (app-layer.md §5.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import logging
 import os
@@ -25,6 +26,7 @@ import re
 import secrets as _secrets
 import threading
 import time
+import weakref
 from collections import OrderedDict
 from functools import partial
 from typing import Any, Callable, Iterable, Iterator, Sequence
@@ -133,6 +135,22 @@ class _Subscriber:
         self.loop = loop
 
 
+
+# Chats whose event thread runs: closed at interpreter exit (before daemon threads are
+# stopped). A daemon thread that Python stops at finalization while it waits in the native
+# core's feed (the GIL released) aborts the process ("FATAL: exception not rethrown",
+# exit code 134): its unwind meets the Rust frames of the call. Closing also persists the mark.
+_OPEN: weakref.WeakSet[Chat] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_open_chats() -> None:
+    for chat in list(_OPEN):
+        try:
+            chat.close()
+        except Exception:  # noqa: BLE001 - at exit, each chat gets its chance
+            log.debug("closing a chat at exit", exc_info=True)
+
 class Chat:
     """The chat layer on one open :class:`lama.identity.instance.Instance` (docs/chat.md)."""
 
@@ -200,6 +218,7 @@ class Chat:
         if self._sub is not None:
             self._thread = threading.Thread(target=self._run_events, name="lama.chat events",
                                             daemon=True)
+            _OPEN.add(self)
             self._thread.start()
 
     # ------------------------------------------------------------------ lifecycle
@@ -338,6 +357,7 @@ class Chat:
         if self._closed:
             return
         self._closed = True
+        _OPEN.discard(self)
         self.detach_loop()
         if self._thread is not None:
             self._thread.join(timeout=5.0)
