@@ -39,6 +39,7 @@ Timestamps are integers, milliseconds since the epoch.
 from __future__ import annotations
 
 import heapq
+import functools
 import os
 import threading
 import time
@@ -73,6 +74,13 @@ MAX_ATTEMPTS = 32
 """How often a write re-reads the head and retries after losing a compare-and-set race."""
 
 _NODE_KINDS = {"VersionNodeEdge": "edge", "VersionNodeChange": "change", "VersionNodeMerge": "merge"}
+
+
+@functools.lru_cache(maxsize=256)
+def _real_path(path: str) -> str:
+    """The store's real path (a few lstat calls), once per path: it was a tenth of a single
+    post's Python time (issue 10)."""
+    return os.path.realpath(path)
 
 
 @dataclass(frozen=True)
@@ -131,7 +139,7 @@ class _IdLocks:
 
     @contextmanager
     def hold(self, store: Store, id_hash: str) -> Iterator[None]:
-        key = (os.path.realpath(store.path), id_hash)
+        key = (_real_path(store.path), id_hash)
         with self._guard:
             entry = self._held.get(key)
             if entry is None:
