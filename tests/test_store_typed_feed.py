@@ -184,3 +184,33 @@ def test_changes_of_alike_in_the_writing_process_and_another(tmp_path: Path) -> 
         core.id_microdata({"$type$": "Person", "email": "zed@z.example"})))
     assert json.loads(_other_process(path, json.dumps(all_types))) == mine
     store.close()
+
+
+def test_changes_of_refuses_a_damaged_feed_entry(tmp_path: Path) -> None:
+    """A feed entry that is not ``hash ‖ kind`` (written by another program) is LAMA-CORRUPT for
+    the typed feed as for the plain one (the pure core's typed feed walks the feed itself)."""
+    import lmdb
+
+    path = tmp_path / "s"
+    store = core.Store(str(path))
+    _fill(store)
+    n = store.last_seq()
+    store.close()
+    env = lmdb.open(str(path), max_dbs=16, subdir=True)
+    try:
+        events = env.open_db(b"events")
+        with env.begin(write=True) as txn:
+            txn.put((2).to_bytes(8, "big"), b"\x00" * 34, db=events)
+    finally:
+        env.close()
+    store = core.Store(str(path))
+    try:
+        for call in (lambda: store.changes(0, 100), lambda: store.changes_of(["Person"], 0, 100),
+                     lambda: store.changes_of(["Person"], 1, 100)):
+            with pytest.raises(LamaError) as e:
+                call()
+            assert e.value.code == "LAMA-CORRUPT"
+        # past the damaged entry the feed reads on
+        assert store.changes_of(["NoSuchType"], 2, 100) == (n, [])
+    finally:
+        store.close()
