@@ -8,6 +8,7 @@ first device is off. An endpoint whose keys are not proven for Alice is never di
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -210,9 +211,17 @@ def test_endpoint_proofs(tmp_path: Path) -> None:
         head = store.get_head(profile.own_profile_id(b))
         profile.publish_own_endpoint(b, "ws://127.0.0.1:1")
         assert store.get_head(profile.own_profile_id(b)) == head
+        # the new endpoint is written in the commit of the profile version that lists it
+        # (one write transaction at the first start after a url change, issue 10): the
+        # commit signal counts the commits that appended events
+        signal = store.commit_signal()
+        signal.clear()
         h2 = profile.publish_own_endpoint(b, "ws://127.0.0.1:2")
+        assert os.eventfd_read(signal.fileno()) == 1
+        signal.close()
         mine = versions.current(store, profile.own_profile_id(b))
         assert mine["communicationEndpoint"] == [h2]
+        assert store.get_object(h2) == profile.own_endpoint(b, "ws://127.0.0.1:2")
         # shared with the contact (chat's on_paired) and my person, proofs too
         readers, _g = access.grants(store, id=profile.own_profile_id(b))
         assert set(readers) == {str(a.person_id), str(b.person_id)}

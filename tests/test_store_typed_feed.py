@@ -5,6 +5,10 @@ the next call starts, so a consumer that wants a few types reads no other object
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -116,3 +120,97 @@ def test_subscription_wait_with_types(tmp_path: Path) -> None:
     assert plain.position == store.last_seq()
     sub.close()
     plain.close()
+
+
+_OTHER = """
+import json, sys
+sys.path.insert(0, sys.argv[2])
+from chum_graph import person_id, register_recipes
+from lama._core import core
+register_recipes()
+store = core.Store(sys.argv[1])
+if sys.argv[3] == "write":
+    person_id(store, "zed@z.example")
+    store.put_objects([{"$type$": "LamaChumTestNote", "title": "other",
+                        "body": store.put_clob("other body")[0]}])
+else:
+    out = {}
+    for types in json.loads(sys.argv[3]):
+        out[",".join(types)] = [list(e) for e in store.changes_of(types, 0, 100_000)[1]]
+    print(json.dumps(out))
+store.close()
+"""
+
+
+def _other_process(path: Path, what: str) -> str:
+    here = Path(__file__).resolve().parent
+    env = dict(os.environ, LAMA_CORE=core.CORE_NAME,
+               PYTHONPATH=str(here.parent / "python") + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.run([sys.executable, "-c", _OTHER, str(path), str(here), what], env=env,
+                          stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+def test_changes_of_alike_in_the_writing_process_and_another(tmp_path: Path) -> None:
+    """The writing process types its own newest events from memory (the cores' type memo, no
+    read of the object); a process that did not write them reads their headers. Both give the
+    same events, also when another process committed in between (a gap in the memo), at any
+    limit."""
+    path = tmp_path / "s"
+    store = core.Store(str(path))
+    _fill(store)
+    _other_process(path, "write")  # committed while this process holds the store open
+    _fill(store)
+    person_id(store, "bob@b.example")
+    everything = store.changes(0, 10_000)
+    all_types = [["Person"], ["LamaChumTestDoc"], ["LamaChumTestNote", "VersionNodeEdge"],
+                 ["VersionNodeChange", "Person"], ["NoSuchType"]]
+    mine: dict[str, list[list[Any]]] = {}
+    for types in all_types:
+        want = [e for e in everything if _type(store, e) in set(types)]
+        assert store.changes_of(types, 0, 10_000) == (everything[-1][0], want)
+        for limit in (1, 3, 7):
+            pos, seen = 0, []
+            while True:
+                nxt, hits = store.changes_of(types, pos, limit)
+                if nxt == pos:
+                    break
+                seen.extend(hits)
+                pos = nxt
+            assert seen == want, (types, limit)
+        mine[",".join(types)] = [list(e) for e in want]
+    assert any(h for e in mine["Person"] for h in e if h == core.sha256_hex(
+        core.id_microdata({"$type$": "Person", "email": "zed@z.example"})))
+    assert json.loads(_other_process(path, json.dumps(all_types))) == mine
+    store.close()
+
+
+def test_changes_of_refuses_a_damaged_feed_entry(tmp_path: Path) -> None:
+    """A feed entry that is not ``hash ‖ kind`` (written by another program) is LAMA-CORRUPT for
+    the typed feed as for the plain one (the pure core's typed feed walks the feed itself)."""
+    import lmdb
+
+    path = tmp_path / "s"
+    store = core.Store(str(path))
+    _fill(store)
+    n = store.last_seq()
+    store.close()
+    env = lmdb.open(str(path), max_dbs=16, subdir=True)
+    try:
+        events = env.open_db(b"events")
+        with env.begin(write=True) as txn:
+            txn.put((2).to_bytes(8, "big"), b"\x00" * 34, db=events)
+    finally:
+        env.close()
+    store = core.Store(str(path))
+    try:
+        for call in (lambda: store.changes(0, 100), lambda: store.changes_of(["Person"], 0, 100),
+                     lambda: store.changes_of(["Person"], 1, 100)):
+            with pytest.raises(LamaError) as e:
+                call()
+            assert e.value.code == "LAMA-CORRUPT"
+        # past the damaged entry the feed reads on
+        assert store.changes_of(["NoSuchType"], 2, 100) == (n, [])
+    finally:
+        store.close()

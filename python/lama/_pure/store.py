@@ -181,6 +181,8 @@ class _Shared:
         self.committed = 0
         # Commit hooks (Store._on_commit), called by the committing thread after `cond`.
         self.hooks: dict[int, Callable[[int], None]] = {}
+        # The types of this process's newest events (_TypeMemo; Store.changes_of).
+        self.types = _TypeMemo()
         self.refs = 0
         self.lock = threading.Lock()
         # Enabled reverse maps beyond the built-ins: type -> itemprops (None = all, "*").
@@ -683,11 +685,13 @@ class Store:
         results: list[tuple[str, str, str | None]] = []
         append = results.append
         event = feed.pending.append  # feed order: input order, object then its ID object
+        typed = feed.types.append  # with its type (an ID object's is its object's): _TypeMemo
         for p in items:
             new = put(p.raw, p.data, overwrite=False, db=objects_db)
             t = p.type_name
             if new:
                 event(p.raw + p.kind)
+                typed(t)
                 maps = id_maps if p.kind == b"I" else obj_maps
                 if t in maps:
                     self._put_rmaps(txn, rmaps_db, p.text, t, maps[t], p.kind, p.raw)
@@ -697,6 +701,7 @@ class Store:
                 id_new = put(p.id_raw, cast(bytes, p.id_data), overwrite=False, db=objects_db)
                 if id_new:
                     event(p.id_raw + b"I")
+                    typed(t)
                 if id_new and t in id_maps:
                     self._put_rmaps(txn, rmaps_db, p.id_text, t, id_maps[t], b"I", p.id_raw)
             append((p.raw.hex(), "new" if new else "exists", id_hex))
@@ -1714,15 +1719,19 @@ class _Feed:
     and writes them with one ``putmulti(append=True)`` (``MDB_APPEND``: keys only grow), which
     keeps the per-object cost on the batch path to a list append."""
 
-    __slots__ = ("shared", "pending", "last")
+    __slots__ = ("shared", "pending", "types", "last")
 
     def __init__(self, shared: _Shared) -> None:
         self.shared = shared
         self.pending: list[bytes] = []
+        # the type name of each event (None: a head, a BLOB/CLOB), for this process's
+        # _TypeMemo after the commit; appended with each pending event
+        self.types: list[str | None] = []
         self.last = 0
 
     def push(self, raw: bytes, kind: bytes) -> None:
         self.pending.append(raw + kind)
+        self.types.append(None)
 
     def flush(self, txn: lmdb.Transaction) -> None:
         pending = self.pending
@@ -1741,6 +1750,7 @@ class _Feed:
         """After the commit: wake this process's subscriptions."""
         if self.last:
             shared = self.shared
+            shared.types.record(self.last - len(self.types) + 1, self.types)
             with shared.cond:
                 if self.last > shared.committed:
                     shared.committed = self.last
@@ -1794,26 +1804,94 @@ _TYPE_PREFIXES = (b'<div itemscope itemtype="//refin.io/',
 def _changes_of(txn: lmdb.Transaction, shared: _Shared, since: int, limit: int,
                 types: frozenset[str]) -> tuple[int, list[tuple[int, str, str]]]:
     """The typed feed: the type of an ``object``/``id`` event is its stored header's, of a
-    ``head`` event its ID object's; BLOB/CLOB events never match."""
-    events = _changes(txn, shared.events, since, limit)
-    if not events:
+    ``head`` event its ID object's; BLOB/CLOB events never match. The ``object``/``id`` events
+    this process committed recently take their type from its _TypeMemo: no read of the object
+    (the connection manager's endpoint scan and the chat feed on a receiver, issue 10)."""
+    if limit == 0 or since + 1 >= 1 << 64:
         return since, []
+    known_from, known = shared.types.slice(since + 1, limit)
+    n_known = len(known)
     out = []
     objects = shared.objects
-    for e in events:
-        if e[2] in ("blob", "clob"):
-            continue
-        v = txn.get(bytes.fromhex(e[1]), db=objects)
-        if not v or v[0] not in (K_OBJECT, K_ID):
-            continue
-        head = bytes(v[1:220])
-        for prefix in _TYPE_PREFIXES:
-            if head.startswith(prefix):
-                end = head.find(b'"', len(prefix))
-                if end > 0 and head[len(prefix):end].decode("utf-8", "replace") in types:
-                    out.append(e)
-                break
-    return events[-1][0], out
+    cur = txn.cursor(db=shared.events)
+    if not cur.set_range((since + 1).to_bytes(8, "big")):
+        return since, []
+    seq = since
+    n = 0
+    for k, v in cur:
+        if len(v) != 33 or len(k) != 8 or v[32] not in _FEED_KINDS:
+            raise StoreError(f"malformed events entry {bytes(k).hex()}", "LAMA-CORRUPT")
+        seq = int.from_bytes(k, "big")
+        n += 1
+        kb = v[32]
+        if kb == 0x4F or kb == 0x49:  # 'O', 'I': typed by this process's memo if it has them
+            i = seq - known_from
+            if 0 <= i < n_known:
+                t = known[i]
+                if t is not None:
+                    if t in types:
+                        out.append((seq, bytes(v[:32]).hex(), _FEED_KINDS[kb]))
+                    if n >= limit:
+                        break
+                    continue
+        if kb == 0x4F or kb == 0x49 or kb == 0x48:  # else (and heads) by the stored header
+            e = v[:32]
+            ov = txn.get(bytes(e), db=objects)
+            if ov and ov[0] in (K_OBJECT, K_ID):
+                head = bytes(ov[1:220])
+                for prefix in _TYPE_PREFIXES:
+                    if head.startswith(prefix):
+                        end = head.find(b'"', len(prefix))
+                        if end > 0 and head[len(prefix):end].decode("utf-8", "replace") in types:
+                            out.append((seq, bytes(e).hex(), _FEED_KINDS[kb]))
+                        break
+        if n >= limit:
+            break
+    return seq, out
+
+
+_TYPE_MEMO_EVENTS = 1 << 16  # how many of the newest events a _TypeMemo keeps
+
+
+class _TypeMemo:
+    """The types of the newest events this process committed (per environment, in memory
+    only; the Rust core's ``TypeMemo``): ``ids[i]`` is the type name of event ``base + i``
+    (None: unknown - a head, a BLOB/CLOB). Recorded after the commit, so every entry is a
+    committed event's; an event committed by another process (or a commit recorded out of
+    order) is not in it and :func:`_changes_of` reads its type from the store. Nothing on disk
+    changes."""
+
+    __slots__ = ("lock", "base", "ids")
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.base = 0
+        self.ids: list[str | None] = []
+
+    def record(self, first: int, ids: list[str | None]) -> None:
+        """Record the types of events ``first, first + 1, ...``."""
+        if not ids:
+            return
+        with self.lock:
+            end = self.base + len(self.ids)
+            if first != end or not self.ids:
+                if first < end and self.ids:
+                    return  # an older commit recorded after a newer one: left to the reads
+                # the first record, or a gap (another process's or thread's commit between)
+                self.ids = []
+                self.base = first
+            self.ids.extend(ids)
+            if len(self.ids) > 2 * _TYPE_MEMO_EVENTS:  # trimmed in halves: amortised
+                drop = len(self.ids) - _TYPE_MEMO_EVENTS
+                del self.ids[:drop]
+                self.base += drop
+
+    def slice(self, start: int, limit: int) -> tuple[int, list[str | None]]:
+        """``(first seq, types)``: the entries for at most ``limit`` events from ``start``."""
+        with self.lock:
+            start = max(start, self.base)
+            i = start - self.base
+            return start, self.ids[i:i + limit]
 
 
 def _upgrade_feed(txn: lmdb.Transaction, dbs: dict[bytes, Any]) -> None:

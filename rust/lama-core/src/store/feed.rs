@@ -14,6 +14,7 @@
 //! `Store` handle wrote. Writes by other processes land in the table too (a waiting
 //! subscription sees them at its next wake-up or call), but do not wake it.
 
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -122,13 +123,34 @@ fn header_type(md: &str) -> Option<&str> {
 /// `limit`) events with `seq > since`, those whose type ([`event_type_in`]) is in `types`,
 /// and the sequence number of the last event scanned (`since` if none), where the next call
 /// starts. One read transaction; the type comes from the stored header, so a consumer that
-/// wants a few types no longer reads every committed object itself.
-pub(crate) fn changes_of_in(dbs: &Dbs, txn: &RoTxn, since: u64, limit: usize, types: &[&str]) -> Result<(u64, Vec<Event>)> {
+/// wants a few types no longer reads every committed object itself. The `object`/`id` events
+/// this process committed recently take their type from `memo` ([`TypeMemo`]) instead: no
+/// read of the object at all (the connection manager's endpoint scan and the chat feed on a
+/// receiver, issue 10).
+pub(crate) fn changes_of_in(
+    dbs: &Dbs,
+    txn: &RoTxn,
+    since: u64,
+    limit: usize,
+    types: &[&str],
+    memo: Option<&Mutex<TypeMemo>>,
+) -> Result<(u64, Vec<Event>)> {
     let mut out = Vec::new();
     let mut pos = since;
     if limit == 0 {
         return Ok((pos, out));
     }
+    // the memo's part of (since, since + limit], copied (the committing thread records into
+    // it right after its commit: never held while reading the store)
+    let (wanted, known_from, known) = match memo {
+        Some(m) => {
+            let wanted = type_ids(types);
+            let m = m.lock().unwrap_or_else(|e| e.into_inner());
+            let (from, ids) = m.slice(since.saturating_add(1), limit);
+            (wanted, from, ids)
+        }
+        None => (Vec::new(), 0, Vec::new()),
+    };
     let start = since.saturating_add(1).to_be_bytes();
     let range = (std::ops::Bound::Included(&start[..]), std::ops::Bound::Unbounded);
     let mut n = 0usize;
@@ -137,7 +159,15 @@ pub(crate) fn changes_of_in(dbs: &Dbs, txn: &RoTxn, since: u64, limit: usize, ty
         let e = decode(k, v)?;
         pos = e.seq;
         n += 1;
-        if event_type_in(dbs, txn, &e)?.is_some_and(|t| types.contains(&t)) {
+        let memo_id = match e.seq.checked_sub(known_from).and_then(|i| known.get(i as usize)) {
+            Some(&id) if id != 0 && matches!(e.kind, "object" | "id") => Some(id),
+            _ => None,
+        };
+        let matched = match memo_id {
+            Some(id) => wanted.contains(&id),
+            None => event_type_in(dbs, txn, &e)?.is_some_and(|t| types.contains(&t)),
+        };
+        if matched {
             out.push(e);
         }
         if n >= limit {
@@ -147,6 +177,100 @@ pub(crate) fn changes_of_in(dbs: &Dbs, txn: &RoTxn, since: u64, limit: usize, ty
     Ok((pos, out))
 }
 
+/// Type names as small numbers, for [`TypeMemo`] (0: unknown). Names come from stored,
+/// parsed objects, so they are the registered types (a bounded set); past [`MAX_TYPE_NAMES`]
+/// a name gets 0, and its events are typed by a read as before.
+struct TypeNames {
+    names: Vec<&'static str>,
+    ids: HashMap<&'static str, u16>,
+}
+
+const MAX_TYPE_NAMES: usize = 4096;
+
+static TYPE_NAMES: Mutex<Option<TypeNames>> = Mutex::new(None);
+
+/// The ids of `names` known so far (a name never seen has no id, and no event of it is in a
+/// memo).
+fn type_ids(names: &[&str]) -> Vec<u16> {
+    let g = TYPE_NAMES.lock().unwrap_or_else(|e| e.into_inner());
+    match g.as_ref() {
+        Some(t) => names.iter().filter_map(|n| t.ids.get(n).copied()).collect(),
+        None => Vec::new(),
+    }
+}
+
+/// The id of each name (0 for `None`), registering new names.
+fn intern_all<'a>(names: impl Iterator<Item = Option<&'a str>>) -> Vec<u16> {
+    let mut g = TYPE_NAMES.lock().unwrap_or_else(|e| e.into_inner());
+    let t = g.get_or_insert_with(|| TypeNames { names: vec![""], ids: HashMap::new() });
+    names
+        .map(|n| match n {
+            None => 0,
+            Some(n) => match t.ids.get(n) {
+                Some(&id) => id,
+                None if t.names.len() < MAX_TYPE_NAMES => {
+                    let name: &'static str = Box::leak(n.to_owned().into_boxed_str());
+                    let id = t.names.len() as u16;
+                    t.names.push(name);
+                    t.ids.insert(name, id);
+                    id
+                }
+                None => 0,
+            },
+        })
+        .collect()
+}
+
+/// How many of the newest events a [`TypeMemo`] keeps (2 bytes each).
+pub(crate) const TYPE_MEMO_EVENTS: usize = 1 << 16;
+
+/// The types of the newest events this process committed (per environment, in memory only):
+/// `ids[i]` is the type id of event `base + i` (0: unknown - a head, a BLOB, or an event
+/// typed by no writer). Recorded after the commit, so every entry is a committed event's; an
+/// event committed by another process (or a commit recorded out of order) is simply not in
+/// it, and [`changes_of_in`] reads its type from the store. Nothing on disk changes.
+#[derive(Default)]
+pub(crate) struct TypeMemo {
+    base: u64,
+    ids: VecDeque<u16>,
+}
+
+impl TypeMemo {
+    /// Record the type ids of events `first, first + 1, ...`.
+    fn record(&mut self, first: u64, ids: &[u16]) {
+        if ids.is_empty() {
+            return;
+        }
+        let end = self.base + self.ids.len() as u64;
+        if first != end || self.ids.is_empty() {
+            if first < end && !self.ids.is_empty() {
+                return; // an older commit recorded after a newer one: left to the reads
+            }
+            // the first record, or a gap (another process's or thread's commit in between)
+            self.ids.clear();
+            self.base = first;
+        }
+        self.ids.extend(ids.iter().copied());
+        if self.ids.len() > TYPE_MEMO_EVENTS {
+            let drop = self.ids.len() - TYPE_MEMO_EVENTS;
+            self.ids.drain(..drop);
+            self.base += drop as u64;
+        }
+    }
+
+    /// `(first seq, ids)`: the memo's entries for at most `limit` events from `from`.
+    fn slice(&self, from: u64, limit: usize) -> (u64, Vec<u16>) {
+        let end = self.base + self.ids.len() as u64;
+        let start = from.max(self.base);
+        if start >= end {
+            return (start, Vec::new());
+        }
+        let i = (start - self.base) as usize;
+        let n = ((end - start) as usize).min(limit);
+        (start, self.ids.range(i..i + n).copied().collect())
+    }
+}
+
 /// The events appended by one write transaction. The next sequence number is read lazily at
 /// the first append (one lookup of the right-most key), so a transaction that writes nothing
 /// new costs nothing.
@@ -154,6 +278,8 @@ pub(crate) fn changes_of_in(dbs: &Dbs, txn: &RoTxn, since: u64, limit: usize, ty
 pub(crate) struct FeedTxn {
     next: Option<u64>,
     appended: u64,
+    /// The type id of each appended event ([`TypeMemo`]), recorded after the commit.
+    types: Vec<u16>,
 }
 
 impl FeedTxn {
@@ -173,6 +299,7 @@ impl FeedTxn {
         dbs.events.put_with_flags(txn, PutFlags::APPEND, &seq.to_be_bytes(), &value)?;
         self.next = Some(seq + 1);
         self.appended += 1;
+        self.types.push(0);
         Ok(())
     }
 
@@ -180,7 +307,9 @@ impl FeedTxn {
     /// cursor: the batch path (`store_prepared`), one event per new object. Same rows and
     /// numbers as calling `push` for each; one lookup of the next number, one cursor and one
     /// key/value buffer for the whole batch instead of a `mdb_put` (cursor set-up) per event.
-    pub(crate) fn push_all(&mut self, dbs: &Dbs, txn: &mut RwTxn, events: &[(&[u8; 32], u8)]) -> Result<()> {
+    /// The third item is the entry's type name (object or ID object), for this process's
+    /// [`TypeMemo`].
+    pub(crate) fn push_all(&mut self, dbs: &Dbs, txn: &mut RwTxn, events: &[(&[u8; 32], u8, Option<&str>)]) -> Result<()> {
         if events.is_empty() {
             return Ok(());
         }
@@ -190,7 +319,7 @@ impl FeedTxn {
         };
         let mut cursor = dbs.events.iter_mut(txn)?;
         let mut value = [0u8; 33];
-        for &(hash, kind) in events {
+        for &(hash, kind, _) in events {
             value[..32].copy_from_slice(hash);
             value[32] = feed_kind(kind);
             // SAFETY: nothing borrowed from the database is alive while the cursor writes (key
@@ -202,6 +331,7 @@ impl FeedTxn {
         }
         self.appended += events.len() as u64;
         self.next = Some(seq);
+        self.types.extend(intern_all(events.iter().map(|e| e.2)));
         Ok(())
     }
 
@@ -209,6 +339,11 @@ impl FeedTxn {
     /// under the sequence number of its event).
     pub(crate) fn last(&self) -> Option<u64> {
         self.next.filter(|_| self.appended > 0).map(|n| n - 1)
+    }
+
+    /// The first sequence number appended, if any.
+    fn first(&self) -> Option<u64> {
+        self.next.filter(|_| self.appended > 0).map(|n| n - self.appended)
     }
 }
 
@@ -220,13 +355,21 @@ pub(crate) struct Notifier {
     /// Commit hooks ([`Store::on_commit`]), called by the committing thread.
     hooks: Mutex<Vec<(u64, Hook)>>,
     next_hook: AtomicU64,
+    /// The types of this process's newest events ([`TypeMemo`]).
+    pub(crate) types: Mutex<TypeMemo>,
 }
 
 type Hook = Arc<dyn Fn(u64) + Send + Sync>;
 
 impl Notifier {
     pub(crate) fn new(last: u64) -> Notifier {
-        Notifier { committed: Mutex::new(last), cond: Condvar::new(), hooks: Mutex::new(Vec::new()), next_hook: AtomicU64::new(1) }
+        Notifier {
+            committed: Mutex::new(last),
+            cond: Condvar::new(),
+            hooks: Mutex::new(Vec::new()),
+            next_hook: AtomicU64::new(1),
+            types: Mutex::new(TypeMemo::default()),
+        }
     }
 }
 
@@ -276,6 +419,9 @@ impl Store {
     pub(crate) fn published(&self, feed: &FeedTxn) {
         if let Some(last) = feed.last() {
             let n = &self.shared.feed;
+            if let Some(first) = feed.first() {
+                n.types.lock().unwrap_or_else(|e| e.into_inner()).record(first, &feed.types);
+            }
             let mut c = n.committed.lock().unwrap_or_else(|e| e.into_inner());
             if last > *c {
                 *c = last;
@@ -323,7 +469,7 @@ impl Store {
     /// [`changes_of_in`]).
     pub fn changes_of(&self, since: u64, limit: usize, types: &[&str]) -> Result<(u64, Vec<Event>)> {
         let txn = self.read_txn()?;
-        changes_of_in(&self.shared.dbs, &txn, since, limit, types)
+        changes_of_in(&self.shared.dbs, &txn, since, limit, types, Some(&self.shared.feed.types))
     }
 
     /// A subscription to the events committed from now on.
@@ -398,5 +544,94 @@ impl Subscription {
                 return Ok(events);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::microdata::Value;
+
+    fn s(v: &str) -> Value {
+        Value::Str(v.to_string())
+    }
+
+    fn person(email: &str) -> Value {
+        Value::Dict(vec![(s("$type$"), s("Person")), (s("email"), s(email))])
+    }
+
+    fn edge(data: &str, time: i64) -> Value {
+        Value::Dict(vec![
+            (s("$type$"), s("VersionNodeEdge")),
+            (s("data"), s(data)),
+            (s("depth"), Value::Int(0)),
+            (s("creationTime"), Value::Int(time)),
+        ])
+    }
+
+    #[test]
+    fn type_memo_records_in_order_and_keeps_the_newest() {
+        let mut m = TypeMemo::default();
+        m.record(5, &[1, 2]);
+        m.record(7, &[3]);
+        assert_eq!(m.slice(1, 100), (5, vec![1, 2, 3]));
+        assert_eq!(m.slice(6, 1), (6, vec![2]));
+        assert_eq!(m.slice(8, 10), (8, vec![]));
+        // an older commit recorded late is left out; a gap starts over
+        m.record(3, &[9, 9]);
+        assert_eq!(m.slice(0, 100), (5, vec![1, 2, 3]));
+        m.record(10, &[4]);
+        assert_eq!(m.slice(0, 100), (10, vec![4]));
+        // bounded: the oldest entries go
+        let many = vec![7u16; TYPE_MEMO_EVENTS];
+        m.record(11, &many);
+        let (from, ids) = m.slice(0, usize::MAX);
+        assert_eq!((from, ids.len()), (11, TYPE_MEMO_EVENTS));
+        assert!(ids.iter().all(|&i| i == 7));
+    }
+
+    /// This process's commits are typed from the memo, and give exactly what the stored
+    /// headers give (a process without a memo: another one, or this one after a restart);
+    /// an event past the memo (another process's commit) is typed by a read.
+    #[test]
+    fn changes_of_from_the_memo_equals_the_headers() {
+        let d = tempfile::tempdir().unwrap();
+        let st = Store::open(d.path(), None).unwrap();
+        let p = st.put_objects(&[person("a@example.com"), person("b@example.com")]).unwrap();
+        st.put_objects(&[edge(&p[0].hash, 1), edge(&p[1].hash, 2)]).unwrap();
+        st.put_blob(b"bytes").unwrap();
+        // a head event: typed by its ID object, read from the store
+        let node = st.put_objects(&[edge(&p[0].hash, 3)]).unwrap()[0].hash.clone();
+        st.write_batch(&[], &[(p[0].id_hash.clone().unwrap(), None, node)]).unwrap();
+        let dbs = st.dbs();
+        let txn = st.read_txn().unwrap();
+        let memo = &st.shared.feed.types;
+        assert!(!memo.lock().unwrap().ids.is_empty(), "the commits above were recorded");
+        for types in [&["Person"][..], &["VersionNodeEdge"], &["Person", "VersionNodeEdge"], &[], &["Nope"]] {
+            for limit in [1, 3, 100] {
+                let mut since = 0;
+                loop {
+                    let a = changes_of_in(&dbs, &txn, since, limit, types, Some(memo)).unwrap();
+                    let b = changes_of_in(&dbs, &txn, since, limit, types, None).unwrap();
+                    assert_eq!(a, b, "{types:?} since {since} limit {limit}");
+                    if a.0 == since {
+                        break;
+                    }
+                    since = a.0;
+                }
+            }
+        }
+        let persons = changes_of_in(&dbs, &txn, 0, 100, &["Person"], Some(memo)).unwrap().1;
+        assert_eq!(persons.len(), 5, "two objects, their ID objects, a head: {persons:?}");
+        // the memo decides for the events it holds: a memo that (falsely) calls every event a
+        // Person shows that no object was read for them
+        let last = last_seq_in(&dbs, &txn).unwrap();
+        let id = intern_all([Some("Person")].into_iter())[0];
+        let fake = Mutex::new(TypeMemo { base: 1, ids: vec![id; last as usize].into() });
+        let all = changes_of_in(&dbs, &txn, 0, 100, &["Person"], Some(&fake)).unwrap().1;
+        let objects_and_ids = changes_in(&dbs, &txn, 0, 100).unwrap().into_iter().filter(|e| matches!(e.kind, "object" | "id")).count();
+        assert_eq!(all.iter().filter(|e| e.kind != "head").count(), objects_and_ids);
+        // a head event is typed by its ID object, whatever the memo holds for its number
+        assert_eq!(all.iter().filter(|e| e.kind == "head").count(), 1);
     }
 }

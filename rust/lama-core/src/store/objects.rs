@@ -190,11 +190,12 @@ impl Store {
         // "events"), whatever order the puts above used; the pure core writes the same order.
         let mut events = Vec::with_capacity(items.len());
         for (i, p) in items.iter().enumerate() {
+            // with the type (the ID object's is its object's), for this process's type memo
             if statuses[i] == Status::New {
-                events.push((&p.hash, p.kind));
+                events.push((&p.hash, p.kind, Some(&*p.type_name)));
             }
             if let (true, Some((_, id_h))) = (id_new[i], &p.id) {
-                events.push((id_h, K_ID));
+                events.push((id_h, K_ID, Some(&*p.type_name)));
             }
         }
         feed.push_all(&self.dbs(), txn, &events)?;
