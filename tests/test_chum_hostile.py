@@ -386,3 +386,75 @@ def test_pending_blob_keeps_the_fast_path_mark(tmp_path: Path) -> None:
     assert sb.close_reason == "chum finished" and rb.pending == {} and b.read_blob(blob) == data
     assert b.has(msg)
     assert b.peer_mark(f"{pa}/{epoch}") > 0
+
+
+def test_hostile_exporter_in_a_large_paged_pass(tmp_path: Path) -> None:
+    """A pass of about 10,800 objects (more than a 4,096-entry page, and enough ready items for
+    a mid-pass commit batch, COMMIT_MIN_FAST): the exporter sends wrong bytes for a message
+    late in the chain in a 101 answer, and slips an object no granted root reaches into its
+    second page (with its bytes in a 101 answer).  B refuses both, keeps every good object
+    (the chain before the forged message, every other message), nothing that needs the forged
+    one, ends the session with the errors, and verifies clean; an honest sync then completes."""
+    register_recipes()
+    a = core.Store(str(tmp_path / "a"), durable=False)
+    b = core.Store(str(tmp_path / "b"), durable=False)
+    pa = person_id(a, "alice@a.example")
+    pb = person_id(a, "bob@b.example")
+    person_id(b, "alice@a.example")
+    person_id(b, "bob@b.example")
+    chat = Chat(a, pa, pb)
+    chat.share([pa, pb])
+    posts, k = 1800, 1500
+    heads = [chat.post(f"message {i}") for i in range(posts)]
+    entry = a.get_object(heads[k])
+    target = a.get_object(entry["data"])["data"]  # the ChatMessage of post k
+    forged = a.get(target).replace(f"message {k}<", f"message {k} forged<")
+    assert forged != a.get(target)
+    (stray,) = [h for h, _s, _i in a.put_objects([{"$type$": "ChatMessage", "text": "stray", "sender": pa}])]
+    stray_md = a.get(stray)
+    hits = {"forged": 0, "listed": 0, "stray": 0}
+
+    def rewrite(req: dict[str, Any], f: str | bytes) -> str | bytes | None:
+        if req.get("serviceId") == 100:
+            m = json.loads(f)
+            m["data"]["features"].remove("batch-binary")  # 101 answers (JSON), not 108
+            return json.dumps(m)
+        if req.get("serviceId") == 109 and not hits["listed"]:
+            page = json.loads(data_of(f))
+            page["children"].insert(0, {"type": "object", "hash": stray})
+            hits["listed"] += 1
+            return with_data(f, json.dumps(page))
+        if req.get("serviceId") == 101:
+            asked = req["args"][0]
+            if target in asked or stray in asked:
+                texts_ = json.loads(data_of(f))
+                if target in asked:
+                    texts_[asked.index(target)] = forged
+                    hits["forged"] += 1
+                if stray in asked:
+                    texts_[asked.index(stray)] = stray_md
+                    hits["stray"] += 1
+                return with_data(f, json.dumps(texts_))
+        return f
+
+    sb, rb, pump = run(a, b, pa, pb, Hostile(rewrite), fast_path=True)
+    assert hits == {"forged": 1, "listed": 1, "stray": 1}
+    assert ("version", {"remote": 8, "mode": "fast"}) in pump.events[1]
+    assert sb.close_reason == "chum finished"
+    assert "CIEC-FO2" in codes(rb) and "LAMA-CHUM-NOTREACHABLE" in codes(rb)
+    # nothing bad kept
+    assert not b.has(target) and not b.has(core.sha256_hex(forged)) and not b.has(stray)
+    assert not b.has(heads[-1])
+    # the good ones kept
+    for i, h in enumerate(heads):
+        e = a.get_object(h)
+        msg = a.get_object(e["data"])["data"]
+        assert b.has(h) == (i < k), i
+        assert b.has(msg) == (i != k), i
+    assert sum(len(d["objects"]) + len(d["id_objects"]) for k_, d in pump.events[1] if k_ == "imported") > 4 * k
+    assert b.verify() == [] and a.verify() == []
+    # an honest exporter then completes the sync
+    sb, rb, _ = run(a, b, pa, pb, None, fast_path=True)
+    assert sb.close_reason == "chum finished" and rb.errors == []
+    assert all(b.has(h) for h in heads) and b.has(target) and not b.has(stray)
+    assert b.verify() == []

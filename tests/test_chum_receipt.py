@@ -118,3 +118,67 @@ def test_malformed_receipts_only_inform(tmp_path: Path) -> None:
     assert all(len(e) == 300 for e in got[5]["errors"])
     assert not [k for k, _ in s.poll_events() if k == "exported"]  # trace is off
     a.close()
+
+
+def _run_until(pump: Pump, done: Any, max_time: float = 60.0) -> None:
+    """Pump.run, stopping as soon as ``done()`` holds (a B "killed" there does nothing more)."""
+    end = pump.now + max_time
+    for _ in range(100_000):
+        if done() or all(p.finished for p in pump.peers):
+            return
+        if pump.step():
+            continue
+        deadlines = [t for t in (p.poll_timeout() for p in pump.peers if not p.finished) if t is not None]
+        if not deadlines or min(deadlines) > end:
+            return
+        pump.now = max(pump.now, min(deadlines))
+        for p in pump.peers:
+            if not p.finished:
+                p.handle_timeout(pump.now)
+    raise AssertionError("pump did not settle")
+
+
+def test_receipt_goes_out_before_the_peer_mark_and_a_crash_between_loses_nothing(tmp_path: Path) -> None:
+    """docs/chum-fastpath.md "Receipt before the mark": when B's receipt leaves, its imported
+    objects are stored and its peer mark is still the old one; a B that stops right there (a
+    kill between the two) keeps the old mark, and its next session lists again, fetches
+    nothing, and writes the mark once its receipt is answered.  One-shot and keep-running."""
+    a, b, _, _, chat, pa, pb = _pair(tmp_path)
+    first = chat.post("first")
+    key = f"{pa}/{a.store_id}"
+    for keep_running in (False, True):
+        bs = b if not keep_running else core.Store(str(tmp_path / "b2"))
+        if keep_running:
+            person_id(bs, "alice@a.example")
+            person_id(bs, "bob@b.example")
+        opts: dict[str, Any] = {"keep_running": True, "poll_interval": 5.0} if keep_running else {}
+        sa = core.ChumSession(a, pa, pb, **opts)
+        sb = core.ChumSession(bs, pb, pa, **opts)
+        pump = Pump(sa, sb)
+        at_receipt: list[int] = []
+
+        def watch(f: str | bytes, store: Any = bs, seen: list[int] = at_receipt) -> str | bytes | None:
+            if isinstance(f, str) and json.loads(f).get("serviceId") == 107 and not seen:
+                seen.append(store.peer_mark(key))
+            return f
+
+        pump.filters = [None, watch]
+        sa.start(pump.now)
+        sb.start(pump.now)
+        _run_until(pump, lambda seen=at_receipt: bool(seen))  # type: ignore[misc]
+        assert at_receipt == [0], keep_running
+        assert bs.has(first) and bs.peer_mark(key) == 0
+        # B is gone here: its next session (one-shot) re-lists, fetches nothing, writes the mark
+        sa = core.ChumSession(a, pa, pb)
+        sb = core.ChumSession(bs, pb, pa)
+        pump = Pump(sa, sb)
+        sa.start(pump.now)
+        sb.start(pump.now)
+        pump.run(max_time=60.0)
+        assert sb.close_reason == "chum finished"
+        assert [k for k, _ in pump.events[1] if k == "error"] == []
+        assert not any(d["objects"] or d["id_objects"] for k, d in pump.events[1] if k == "imported")
+        sent = [d for k, d in pump.events[1] if k == "receipt_sent"]
+        assert len(sent) == 1 and sent[0]["mark"] >= 1
+        assert bs.peer_mark(key) == sent[0]["mark"]
+        assert bs.verify() == []

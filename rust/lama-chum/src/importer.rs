@@ -172,11 +172,89 @@ struct Item {
     /// Handed to the commit thread, its fate not known yet (it counts as stored meanwhile;
     /// its type and ID microdata stay here for the §6.2 checks of listed nodes).
     inflight: bool,
+    /// Listed as a child, or a root whose children list came (the children rounds).
+    covered: bool,
+    /// Once received: the items of the pass it references (until handed over).
+    links: Vec<Ix>,
+    /// Verified items of the pass that wait for this one to be stored.
+    waiters: Vec<Ix>,
+    /// Listed nodes whose §6.2 check waits for this item (their data) to be received.
+    wait_data: Vec<Ix>,
+}
+
+/// An item's index in its pass (issue 8: the pass was a map keyed by hash, the largest item
+/// of the importer's profile; a hash is now looked up once, when it is listed or referenced).
+type Ix = u32;
+
+/// The items of a pass: each listed hash gets an index once; everything after works on
+/// indices.
+#[derive(Default)]
+struct Items {
+    ix: HashMap<H, Ix>,
+    keys: Vec<H>,
+    v: Vec<Item>,
+}
+
+impl Items {
+    fn find(&self, h: &H) -> Option<Ix> {
+        self.ix.get(h).copied()
+    }
+    fn get(&self, h: &H) -> Option<&Item> {
+        self.ix.get(h).map(|&i| &self.v[i as usize])
+    }
+    fn get_mut(&mut self, h: &H) -> Option<&mut Item> {
+        match self.ix.get(h) {
+            Some(&i) => Some(&mut self.v[i as usize]),
+            None => None,
+        }
+    }
+    fn contains_key(&self, h: &H) -> bool {
+        self.ix.contains_key(h)
+    }
+    fn is_empty(&self) -> bool {
+        self.v.is_empty()
+    }
+    /// `h`'s index, adding it (made by `make`) if it is new; and whether it was.
+    fn add(&mut self, h: H, make: impl FnOnce() -> Item) -> (Ix, bool) {
+        match self.ix.entry(h) {
+            std::collections::hash_map::Entry::Occupied(e) => (*e.get(), false),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                let i = self.v.len() as Ix;
+                e.insert(i);
+                self.keys.push(h);
+                self.v.push(make());
+                (i, true)
+            }
+        }
+    }
+    fn key(&self, i: Ix) -> H {
+        self.keys[i as usize]
+    }
+}
+
+impl std::ops::Index<Ix> for Items {
+    type Output = Item;
+    fn index(&self, i: Ix) -> &Item {
+        &self.v[i as usize]
+    }
+}
+
+impl std::ops::IndexMut<Ix> for Items {
+    fn index_mut(&mut self, i: Ix) -> &mut Item {
+        &mut self.v[i as usize]
+    }
+}
+
+impl std::ops::Index<&H> for Items {
+    type Output = Item;
+    fn index(&self, h: &H) -> &Item {
+        &self.v[self.ix[h] as usize]
+    }
 }
 
 impl Item {
     fn new(kind: Kind, expected_type: Option<String>) -> Item {
-        Item { kind, expected_type, text: None, type_name: String::new(), refs: Vec::new(), hash: [0; 32], id_microdata: None, found_refs: Vec::new(), depth: None, ok: false, stored: false, fetched: false, bad: false, node: false, checked: false, reached: false, queued: false, blockers: None, committed: false, inflight: false }
+        Item { kind, expected_type, text: None, type_name: String::new(), refs: Vec::new(), hash: [0; 32], id_microdata: None, found_refs: Vec::new(), depth: None, ok: false, stored: false, fetched: false, bad: false, node: false, checked: false, reached: false, queued: false, blockers: None, committed: false, inflight: false, covered: false, links: Vec::new(), waiters: Vec::new(), wait_data: Vec::new() }
     }
 }
 
@@ -201,21 +279,20 @@ struct Pass {
     groups: Vec<(H, Vec<(H, String)>)>,
     group_missing: Vec<(H, Vec<H>)>,
     queue: Vec<Job>,
-    covered: HashSet<H>,
     seen_jobs: HashSet<(u32, H)>,
     batch: usize,
-    items: HashMap<H, Item>,
+    items: Items,
     /// Dependencies first, over all children lists.
-    order: Vec<H>,
+    order: Vec<Ix>,
     /// Hashes whose children were asked for (reachability starts).
     start: Vec<H>,
     calls: Vec<Job>,
-    fetch: Vec<H>,
+    fetch: Vec<Ix>,
     /// BLOBs/CLOBs that verified objects reference as such (chum.md §6.4): only these are
     /// fetched as streams.
     streams_wanted: HashSet<(Kind, H)>,
     /// The fetch calls out, oldest first: the hashes each asked for.
-    inflight: VecDeque<Vec<H>>,
+    inflight: VecDeque<Vec<Ix>>,
     /// Every call of the fetch stage out, oldest first (object fetches, and with
     /// "closure-pages" the one closure or page request beside them).
     out: VecDeque<Out>,
@@ -228,7 +305,7 @@ struct Pass {
     fed: usize,
     expects: HashMap<H, String>,
     /// Every object / ID object to fetch, dependencies first, and how many were asked.
-    texts: Vec<H>,
+    texts: Vec<Ix>,
     next: usize,
     com: Com,
     /// docs/chum-fastpath.md "closure": microdata that came inline with a GET_CLOSURE answer,
@@ -245,11 +322,7 @@ struct Pass {
 struct Com {
     /// Listed version node -> (dataIdHash, dataType).
     nodes: HashMap<H, (H, String)>,
-    /// Data hash -> nodes whose check waits for it.
-    wait_data: HashMap<H, Vec<H>>,
-    /// Listed hash -> verified items referencing it.
-    waiters: HashMap<H, Vec<H>>,
-    ready: VecDeque<H>,
+    ready: VecDeque<Ix>,
     /// Items committed by this pass.
     committed: usize,
     /// Items handed to the commit thread by this pass.
@@ -266,7 +339,7 @@ struct Com {
 /// A batch handed to the commit thread: its items in order, and whether its `imported` event
 /// is the flush's first (it then reports the pass's BLOBs/CLOBs).
 struct Sent {
-    hashes: Vec<H>,
+    hashes: Vec<Ix>,
     first: Option<(Vec<String>, Vec<String>)>,
 }
 
@@ -297,6 +370,8 @@ enum Stage {
     /// sessions): the driver hands the pass's `imported` events out first, so a push's
     /// latency does not include that second commit (docs/chum-fastpath.md "Push").
     PersistMark(u64),
+    /// The same zero sleep before the receipt goes out, when the mark is written after it.
+    ReceiptFirst,
     /// SUBSCRIBE (103) is out (docs/chum-fastpath.md "Push").
     Subscribe,
     /// LAMA_RECEIPT (107) is out (docs/tracing.md §4), with what it says.
@@ -350,6 +425,8 @@ pub struct Importer {
     pass_roots: usize,
     log_errors_before: usize,
     receipt: Option<(Option<u64>, Vec<String>)>,
+    /// The pass's mark, to be written once its receipt is out (see `end_pass`).
+    mark_due: Option<u64>,
     /// The store transactions of the passes, on a thread of their own (commit.rs).
     committer: Committer,
     passes: u64,
@@ -393,6 +470,7 @@ impl Importer {
             receipt: None,
             committer: Committer::new(store_clone, node_depth),
             passes: 0,
+            mark_due: None,
         }
     }
 
@@ -532,6 +610,11 @@ impl Importer {
             Stage::PollSleep => self.poll(cx),
             Stage::RootsSleep => self.roots(),
             Stage::Receipt(mark, errors) => {
+                // the pass's mark, held back so the receipt went out before this commit (its
+                // answer, or a timeout: the objects are stored either way)
+                if let Some(m) = self.mark_due.take() {
+                    self.persist_mark(m, cx);
+                }
                 if let Some(Outcome::Err { code, message }) = results.into_iter().next() {
                     if code == TIMEOUT {
                         return Err(fatal(&code, message));
@@ -544,6 +627,7 @@ impl Importer {
                 self.persist_mark(m, cx);
                 self.after_pass()
             }
+            Stage::ReceiptFirst => self.after_pass(),
             Stage::Roots => {
                 let r = results.into_iter().next().unwrap_or(Outcome::Err { code: TIMEOUT.into(), message: "no answer".into() });
                 if matches!(r, Outcome::Ok(_)) {
@@ -591,24 +675,19 @@ impl Importer {
                     let Some(children) = self.children_result(&job.hash, res, cx)? else { continue };
                     pass.start.push(job.hash);
                     for (ckind, ch) in children {
-                        pass.covered.insert(ch);
-                        if let std::collections::hash_map::Entry::Vacant(e) = pass.items.entry(ch) {
-                            e.insert(Item::new(ckind, None));
-                            pass.order.push(ch);
+                        let (i, new) = pass.items.add(ch, || Item::new(ckind, None));
+                        pass.items[i].covered = true;
+                        if new {
+                            pass.order.push(i);
                         }
                     }
-                    match pass.items.get_mut(&job.hash) {
-                        None => {
-                            pass.items.insert(job.hash, Item::new(job.kind, job.expected.clone()));
-                            pass.order.push(job.hash);
-                        }
-                        Some(it) => {
-                            if job.expected.is_some() {
-                                it.expected_type = job.expected.clone();
-                            }
-                        }
+                    let (i, new) = pass.items.add(job.hash, || Item::new(job.kind, job.expected.clone()));
+                    if new {
+                        pass.order.push(i);
+                    } else if job.expected.is_some() {
+                        pass.items[i].expected_type = job.expected.clone();
                     }
-                    pass.covered.insert(job.hash);
+                    pass.items[i].covered = true;
                 }
                 self.children_round(pass, cx)
             }
@@ -659,16 +738,17 @@ impl Importer {
                 let fetch = std::mem::take(&mut pass.fetch);
                 let mut new_blobs = Vec::new();
                 let mut new_clobs = Vec::new();
-                for (h, res) in fetch.into_iter().zip(results) {
-                    let kind = pass.items[&h].kind;
+                for (i, res) in fetch.into_iter().zip(results) {
+                    let h = pass.items.key(i);
+                    let kind = pass.items[i].kind;
                     let clob = kind == Kind::Clob;
                     match res {
                         Outcome::Stored(_) => {
-                            let it = pass.items.get_mut(&h).unwrap();
+                            let it = &mut pass.items[i];
                             it.ok = true;
                             it.stored = true;
                             it.fetched = true;
-                            release(&mut pass, &h);
+                            release(&mut pass, i);
                             let h = h.to_string();
                             self.pending.remove(&h);
                             if clob {
@@ -884,14 +964,14 @@ impl Importer {
         if pass.prefetched.is_empty() {
             return Ok(());
         }
-        let mut pre: Vec<H> = Vec::new();
-        let mut rest: Vec<H> = Vec::new();
-        for h in std::mem::take(&mut pass.texts) {
-            if pass.prefetched.contains_key(&h) { pre.push(h) } else { rest.push(h) }
+        let mut pre: Vec<Ix> = Vec::new();
+        let mut rest: Vec<Ix> = Vec::new();
+        for i in std::mem::take(&mut pass.texts) {
+            if pass.prefetched.contains_key(&pass.items.key(i)) { pre.push(i) } else { rest.push(i) }
         }
-        for h in &pre {
-            let text = pass.prefetched.remove(h).unwrap_or_default();
-            self.verify(pass, h, Outcome::Ok(Some(Value::String(text))), cx)?;
+        for &i in &pre {
+            let text = pass.prefetched.remove(&pass.items.key(i)).unwrap_or_default();
+            self.verify(pass, i, Outcome::Ok(Some(Value::String(text))), cx)?;
         }
         pass.prefetched.clear();
         self.received(pass, &pre, cx);
@@ -962,8 +1042,8 @@ impl Importer {
         } else {
             results
         };
-        for (done, (h, res)) in fetch.iter().zip(results).enumerate() {
-            if let Err(f) = self.verify(pass, h, res, cx) {
+        for (done, (&i, res)) in fetch.iter().zip(results).enumerate() {
+            if let Err(f) = self.verify(pass, i, res, cx) {
                 self.received(pass, &fetch[..done], cx);
                 return Err(f);
             }
@@ -1083,7 +1163,7 @@ impl Importer {
         let listing = pass.closure_out || !pass.pages.is_empty();
         while pass.inflight.len() < FETCH_AHEAD && pass.next < pass.texts.len() && (pass.texts.len() - pass.next >= chunk || !listing || pass.inflight.is_empty()) {
             let end = (pass.next + chunk).min(pass.texts.len());
-            let fetch: Vec<H> = pass.texts[pass.next..end].to_vec();
+            let fetch: Vec<Ix> = pass.texts[pass.next..end].to_vec();
             pass.next = end;
             let reqs: Vec<Req> = if batched {
                 // docs/chum-fastpath.md: up to BATCH_MAX microdata per request, as one binary
@@ -1092,14 +1172,14 @@ impl Importer {
                 let service = if binary { GET_OBJECTS_BINARY } else { GET_OBJECTS_BATCH };
                 fetch
                     .chunks(BATCH_MAX)
-                    .map(|c| Req { binary, ..req(service, vec![Some(Value::Array(c.iter().map(|h| Value::String(h.to_string())).collect()))]) })
+                    .map(|c| Req { binary, ..req(service, vec![Some(Value::Array(c.iter().map(|&i| Value::String(pass.items.key(i).to_string())).collect()))]) })
                     .collect()
             } else {
                 fetch
                     .iter()
-                    .map(|h| {
-                        let a = Some(Value::String(h.to_string()));
-                        if pass.items[h].kind == Kind::Id { req(GET_ID_OBJECT, vec![a]) } else { req(GET_OBJECT, vec![a]) }
+                    .map(|&i| {
+                        let a = Some(Value::String(pass.items.key(i).to_string()));
+                        if pass.items[i].kind == Kind::Id { req(GET_ID_OBJECT, vec![a]) } else { req(GET_OBJECT, vec![a]) }
                     })
                     .collect()
             };
@@ -1118,15 +1198,15 @@ impl Importer {
         let wanted = std::mem::take(&mut pass.streams_wanted);
         let mut streams = Vec::new();
         let mut refused = Vec::new();
-        for h in &pass.order {
-            let it = &pass.items[h];
+        for &i in &pass.order {
+            let it = &pass.items[i];
             if !matches!(it.kind, Kind::Blob | Kind::Clob) || it.stored {
                 continue;
             }
-            if wanted.contains(&(it.kind, *h)) {
-                streams.push(*h);
+            if wanted.contains(&(it.kind, pass.items.key(i))) {
+                streams.push(i);
             } else {
-                refused.push((*h, it.kind));
+                refused.push((pass.items.key(i), it.kind));
             }
         }
         for (h, k) in refused {
@@ -1134,9 +1214,9 @@ impl Importer {
         }
         let reqs: Vec<Req> = streams
             .iter()
-            .map(|h| {
-                let a = Some(Value::String(h.to_string()));
-                if pass.items[h].kind == Kind::Blob {
+            .map(|&i| {
+                let a = Some(Value::String(pass.items.key(i).to_string()));
+                if pass.items[i].kind == Kind::Blob {
                     Req { service: GET_BLOB, args: vec![a, None], stream: Some(false), binary: false }
                 } else {
                     Req { service: GET_BLOB, args: vec![a, Some("utf8".into())], stream: Some(true), binary: false }
@@ -1165,7 +1245,23 @@ impl Importer {
         if let (Some(m), Some(key)) = (self.pass_mark.take(), &self.peer_key) {
             if cx.stats.errors == self.errors_before && self.pending.is_empty() && self.pending_before == 0 {
                 self.since = m;
-                if self.keep_running && self.subscribed {
+                if self.receipt.is_some() {
+                    // docs/chum-fastpath.md "Receipt before the mark": the receipt goes out
+                    // first (the objects it vouches for are committed durably already); the
+                    // mark is written when its answer comes. A crash in between leaves the
+                    // older mark on disk: the next session re-lists roots B holds, nothing lost.
+                    self.mark_due = Some(m);
+                    if self.keep_running && self.subscribed {
+                        // the zero sleep as below: the driver hands the pass's `imported`
+                        // events out before the receipt's answer can bring the mark's fsync
+                        if !self.full_sync {
+                            self.full_sync = true;
+                            cx.events.push_back(Event::FullSync);
+                        }
+                        self.stage = Stage::ReceiptFirst;
+                        return Ok(Step::Sleep(Duration::ZERO));
+                    }
+                } else if self.keep_running && self.subscribed {
                     // a stale mark on disk is safe (a reconnect re-lists roots it has); it is
                     // written right after the driver handed out this pass's events
                     if !self.full_sync {
@@ -1174,9 +1270,10 @@ impl Importer {
                     }
                     self.stage = Stage::PersistMark(m);
                     return Ok(Step::Sleep(Duration::ZERO));
+                } else {
+                    let _ = key;
+                    self.persist_mark(m, cx);
                 }
-                let _ = key;
-                self.persist_mark(m, cx);
             }
         }
         if !self.full_sync {
@@ -1221,7 +1318,7 @@ impl Importer {
     /// A zero sleep is pending before the peer mark is written: a NOTIFY that arrives now
     /// must not wake the importer out of it (it would skip the pass the NOTIFY asks for).
     pub fn persisting(&self) -> bool {
-        matches!(self.stage, Stage::PersistMark(_))
+        matches!(self.stage, Stage::PersistMark(_) | Stage::ReceiptFirst)
     }
 
     /// After a pass: the receipt, then subscribe, sleep until the next poll, or FIN.
@@ -1446,7 +1543,9 @@ impl Importer {
         self.feed(&mut pass, cx);
         self.setup_nodes(&mut pass);
         for h in std::mem::take(&mut pass.start) {
-            reach(&mut pass, &h);
+            if let Some(i) = pass.items.find(&h) {
+                reach(&mut pass, i);
+            }
         }
         self.take_prefetched(&mut pass, cx)?;
         // Fetched in calls of a bounded size, dependencies first; after each call everything
@@ -1475,8 +1574,8 @@ impl Importer {
             if pass.seen_jobs.contains(&(j.service, j.hash)) {
                 continue;
             }
-            if pass.covered.contains(&j.hash) {
-                if let (Some(e), Some(it)) = (&j.expected, pass.items.get_mut(&j.hash)) {
+            if let Some(it) = pass.items.get_mut(&j.hash).filter(|it| it.covered) {
+                if let Some(e) = &j.expected {
                     it.expected_type = Some(e.clone());
                 }
                 continue;
@@ -1491,7 +1590,7 @@ impl Importer {
         pass.queue = rest;
         for (_, ms) in &pass.group_missing {
             for n in ms.iter().rev() {
-                if !pass.covered.contains(n) && !pass.seen_jobs.contains(&(GET_OBJECT_CHILDREN, *n)) {
+                if !pass.items.get(n).is_some_and(|it| it.covered) && !pass.seen_jobs.contains(&(GET_OBJECT_CHILDREN, *n)) {
                     pass.seen_jobs.insert((GET_OBJECT_CHILDREN, *n));
                     calls.push(Job { service: GET_OBJECT_CHILDREN, hash: *n, kind: Kind::Object, expected: None });
                     break;
@@ -1512,15 +1611,26 @@ impl Importer {
         if new.is_empty() {
             return;
         }
-        let absent = self.missing_of(new, true);
+        let hashes: Vec<H> = new.iter().map(|&i| pass.items.key(i)).collect();
+        // `Store::missing` answers in input order: a walk beside it, no set (an error: all absent)
+        let gone = self.store.missing(&hashes).ok();
+        let mut g = 0;
         let mut fetch = Vec::new();
-        for h in new {
-            let it = pass.items.get_mut(h).unwrap();
-            if !absent.contains(h) {
+        for (&i, h) in new.iter().zip(&hashes) {
+            let absent = match &gone {
+                None => true,
+                Some(gone) => {
+                    let a = gone.get(g) == Some(h);
+                    g += a as usize;
+                    a
+                }
+            };
+            if absent {
+                fetch.push(i);
+            } else {
+                let it = &mut pass.items[i];
                 it.ok = true;
                 it.stored = true;
-            } else {
-                fetch.push(*h);
             }
         }
         pass.fed = pass.order.len();
@@ -1528,7 +1638,7 @@ impl Importer {
         // a stream is stored as soon as it ends (before the objects are committed), so a hash
         // listed as "blob" that is really an object must never be fetched as one.
         let listed = fetch.len();
-        let texts: Vec<H> = fetch.into_iter().filter(|h| matches!(pass.items[h].kind, Kind::Object | Kind::Id)).collect();
+        let texts: Vec<Ix> = fetch.into_iter().filter(|&i| matches!(pass.items[i].kind, Kind::Object | Kind::Id)).collect();
         if listed > 0 {
             cx.events.push_back(Event::Listed { objects: texts.len(), streams: listed - texts.len() });
         }
@@ -1570,34 +1680,34 @@ impl Importer {
     fn paged_children(&self, pass: &mut Pass, jobs: Vec<Job>, results: Vec<(Children, Option<String>)>, cx: &mut Cx) -> Result<(), Fatal> {
         for (job, (res, more)) in jobs.into_iter().zip(results) {
             let Some(children) = self.children_result(&job.hash, res, cx)? else { continue };
+            let (expects, nodes) = (&pass.expects, &pass.com.nodes);
             for (ckind, ch) in children {
-                pass.covered.insert(ch);
-                if let std::collections::hash_map::Entry::Vacant(e) = pass.items.entry(ch) {
-                    let mut it = Item::new(ckind, pass.expects.get(&ch).cloned());
-                    it.node = pass.com.nodes.contains_key(&ch);
-                    e.insert(it);
-                    pass.order.push(ch);
+                let (i, new) = pass.items.add(ch, || {
+                    let mut it = Item::new(ckind, if expects.is_empty() { None } else { expects.get(&ch).cloned() });
+                    it.node = !nodes.is_empty() && nodes.contains_key(&ch);
+                    it
+                });
+                pass.items[i].covered = true;
+                if new {
+                    pass.order.push(i);
                 }
             }
             if let Some(t) = more {
                 pass.pages.push_back((job, t));
                 continue;
             }
-            match pass.items.get_mut(&job.hash) {
-                None => {
-                    let mut it = Item::new(job.kind, job.expected.clone());
-                    it.node = pass.com.nodes.contains_key(&job.hash);
-                    pass.items.insert(job.hash, it);
-                    pass.order.push(job.hash);
-                }
-                Some(it) => {
-                    if job.expected.is_some() {
-                        it.expected_type = job.expected.clone();
-                    }
-                }
+            let (i, new) = pass.items.add(job.hash, || {
+                let mut it = Item::new(job.kind, job.expected.clone());
+                it.node = nodes.contains_key(&job.hash);
+                it
+            });
+            if new {
+                pass.order.push(i);
+            } else if job.expected.is_some() {
+                pass.items[i].expected_type = job.expected.clone();
             }
-            pass.covered.insert(job.hash);
-            reach(pass, &job.hash);
+            pass.items[i].covered = true;
+            reach(pass, i);
         }
         let from = pass.texts.len();
         self.feed(pass, cx);
@@ -1606,18 +1716,18 @@ impl Importer {
         }
         // inline data of items this pass fetches: verified now, not asked for; other inline
         // data is dropped
-        let new: Vec<H> = pass.texts.split_off(from);
-        let mut pre: Vec<H> = Vec::new();
-        for h in new {
-            if pass.prefetched.contains_key(&h) {
-                pre.push(h);
+        let new: Vec<Ix> = pass.texts.split_off(from);
+        let mut pre: Vec<Ix> = Vec::new();
+        for i in new {
+            if pass.prefetched.contains_key(&pass.items.key(i)) {
+                pre.push(i);
             } else {
-                pass.texts.push(h);
+                pass.texts.push(i);
             }
         }
-        for h in &pre {
-            let text = pass.prefetched.remove(h).unwrap_or_default();
-            if let Err(f) = self.verify(pass, h, Outcome::Ok(Some(Value::String(text))), cx) {
+        for &i in &pre {
+            let text = pass.prefetched.remove(&pass.items.key(i)).unwrap_or_default();
+            if let Err(f) = self.verify(pass, i, Outcome::Ok(Some(Value::String(text))), cx) {
                 pass.prefetched.clear();
                 return Err(f);
             }
@@ -1676,8 +1786,9 @@ impl Importer {
     }
 
     /// chum.md §6.4 for one GET_OBJECT / GET_ID_OBJECT answer.
-    fn verify(&self, pass: &mut Pass, h: &H, res: Outcome, cx: &mut Cx) -> Result<(), Fatal> {
-        let it = pass.items.get_mut(h).unwrap();
+    fn verify(&self, pass: &mut Pass, i: Ix, res: Outcome, cx: &mut Cx) -> Result<(), Fatal> {
+        let h = &pass.items.key(i);
+        let it = &pass.items[i];
         let is_id = it.kind == Kind::Id;
         let pre = if is_id { "CIEC-FIDO" } else { "CIEC-FO" };
         let text = match res {
@@ -1730,7 +1841,7 @@ impl Importer {
                 pass.streams_wanted.insert((ref_kind(k), r));
             }
         }
-        let it = pass.items.get_mut(h).unwrap();
+        let it = &mut pass.items[i];
         it.refs = keyed;
         it.type_name = type_name;
         it.text = Some(text);
@@ -1750,99 +1861,108 @@ impl Importer {
     /// transaction, while every other reference is already local: dependencies first, never a
     /// hole (chum.md §5.3). Kahn's algorithm, incremental, so a pass costs linear time however
     /// many chunks it takes (issue 8).
-    fn received(&self, pass: &mut Pass, part: &[H], cx: &mut Cx) {
+    fn received(&self, pass: &mut Pass, part: &[Ix], cx: &mut Cx) {
         let mut outside: Vec<H> = part
             .iter()
-            .filter(|h| pass.items[*h].ok)
-            .flat_map(|h| pass.items[h].refs.iter().map(|r| r.2))
+            .filter(|&&i| pass.items[i].ok)
+            .flat_map(|&i| pass.items[i].refs.iter().map(|r| r.2))
             .filter(|r| !pass.items.contains_key(r))
             .collect();
         outside.sort_unstable();
         outside.dedup();
         let absent = self.missing_of(&outside, true);
-        for h in part {
-            pass.items.get_mut(h).unwrap().fetched = true;
+        for &i in part {
+            pass.items[i].fetched = true;
         }
         // an item's listed references not stored yet, each once (a few per item: sorted, not
         // hashed, one buffer for the whole part)
-        let mut block: Vec<H> = Vec::new();
-        for h in part {
-            if !pass.items[h].ok {
+        let mut block: Vec<Ix> = Vec::new();
+        let mut links: Vec<Ix> = Vec::new();
+        for &i in part {
+            if !pass.items[i].ok {
                 continue;
             }
             block.clear();
+            links.clear();
             let mut bad = false;
-            for (_, k, r) in &pass.items[h].refs {
-                match pass.items.get(r) {
+            let refs = std::mem::take(&mut pass.items[i].refs);
+            for (_, k, r) in &refs {
+                match pass.items.find(r) {
                     None => {
                         if absent.contains(r) && !bad {
                             bad = true;
+                            let h = pass.items.key(i);
                             cx.error("CI-ACO", &format!("{h} references {r}, which is neither stored nor listed among the children"), false);
                         }
                     }
-                    Some(t) if t.kind != ref_kind(*k) && !t.stored => {
-                        // listed as another kind than it is referenced as: the reference
-                        // would point at the wrong thing
-                        if !bad {
-                            bad = true;
-                            cx.error("CI-ACO", &format!("{h} references {r} as {}, but it was listed as {}", k.as_str(), t.kind.as_str()), false);
-                        }
-                    }
-                    Some(t) => {
-                        if !t.stored {
-                            block.push(*r);
+                    Some(ri) => {
+                        links.push(ri);
+                        let t = &pass.items[ri];
+                        if t.kind != ref_kind(*k) && !t.stored {
+                            // listed as another kind than it is referenced as: the reference
+                            // would point at the wrong thing
+                            if !bad {
+                                bad = true;
+                                let h = pass.items.key(i);
+                                cx.error("CI-ACO", &format!("{h} references {r} as {}, but it was listed as {}", k.as_str(), t.kind.as_str()), false);
+                            }
+                        } else if !t.stored {
+                            block.push(ri);
                         }
                     }
                 }
             }
             block.sort_unstable();
             block.dedup();
-            for r in &block {
-                pass.com.waiters.entry(*r).or_default().push(*h);
+            for &r in &block {
+                pass.items[r].waiters.push(i);
             }
-            let it = pass.items.get_mut(h).unwrap();
+            let it = &mut pass.items[i];
+            it.refs = refs;
+            it.links = links.clone();
             it.bad = bad;
             pass.com.any_bad |= bad;
             it.blockers = Some(block.len());
         }
-        for h in part {
-            let ok = pass.items[h].ok;
-            if ok && pass.items[h].node {
-                let data = pass.items[h].refs.iter().find(|r| r.0).map(|r| r.2);
-                match data.as_ref().and_then(|d| pass.items.get(d)) {
-                    Some(d) if !d.fetched && !d.stored => {
-                        pass.com.wait_data.entry(data.unwrap()).or_default().push(*h);
+        for &i in part {
+            let ok = pass.items[i].ok;
+            if ok && pass.items[i].node {
+                let data = pass.items[i].refs.iter().find(|r| r.0).map(|r| r.2);
+                match data.as_ref().and_then(|d| pass.items.find(d)) {
+                    Some(d) if !pass.items[d].fetched && !pass.items[d].stored => {
+                        pass.items[d].wait_data.push(i);
                     }
-                    _ => self.check(pass, h, cx),
+                    _ => self.check(pass, i, cx),
                 }
             }
-            for n in pass.com.wait_data.remove(h).unwrap_or_default() {
-                self.check(pass, &n, cx);
+            for n in std::mem::take(&mut pass.items[i].wait_data) {
+                self.check(pass, n, cx);
             }
             if ok {
-                expand(pass, h);
-                consider(pass, h);
+                expand(pass, i);
+                consider(pass, i);
             }
         }
     }
 
-    fn check(&self, pass: &mut Pass, n: &H, cx: &mut Cx) {
+    fn check(&self, pass: &mut Pass, n: Ix, cx: &mut Cx) {
         if !pass.items[n].ok {
             return;
         }
         if self.check_node(pass, n, cx) {
-            pass.items.get_mut(n).unwrap().checked = true;
+            pass.items[n].checked = true;
             expand(pass, n);
             consider(pass, n);
         } else {
-            pass.items.get_mut(n).unwrap().ok = false;
+            pass.items[n].ok = false;
         }
     }
 
     /// chum.md §6.2: a fetched listed node's data must have ID hash `dataIdHash` (CI-CCI1)
     /// and type `dataType` (CI-CCI2).
-    fn check_node(&self, pass: &Pass, n: &H, cx: &mut Cx) -> bool {
-        let it = &pass.items[n];
+    fn check_node(&self, pass: &Pass, ni: Ix, cx: &mut Cx) -> bool {
+        let n = &pass.items.key(ni);
+        let it = &pass.items[ni];
         let (id_hash, want) = pass.com.nodes[n].clone();
         let problem: Option<(&str, String)> = if !VERSION_NODE_TYPES.contains(&it.type_name.as_str()) {
             Some(("CI-CCI1", format!("{n} is a {}, not a version node", it.type_name)))
@@ -1899,17 +2019,17 @@ impl Importer {
             self.settle(pass, cx);
         }
         while !pass.com.ready.is_empty() || (first && (!new_blobs.is_empty() || !new_clobs.is_empty())) {
-            let mut batch: Vec<H> = Vec::with_capacity(max.min(pass.com.ready.len()));
+            let mut batch: Vec<Ix> = Vec::with_capacity(max.min(pass.com.ready.len()));
             while batch.len() < max {
                 let Some(h) = pass.com.ready.pop_front() else { break };
                 // a reference refused by the store in an earlier batch: never a hole. A ready
                 // item's listed references were stored or released, i.e. put in this batch or
                 // an earlier one; of an earlier one, what is not stored was refused (`bad`).
                 // (What the commit thread refuses later, it skips the referrers of itself.)
-                if pass.com.any_bad && pass.items[&h].refs.iter().any(|r| pass.items.get(&r.2).is_some_and(|x| !x.stored && x.bad)) {
+                if pass.com.any_bad && pass.items[h].links.iter().any(|&r| !pass.items[r].stored && pass.items[r].bad) {
                     continue;
                 }
-                release(pass, &h);
+                release(pass, h);
                 batch.push(h);
             }
             // the pass's last commit also fast-forwards the heads of the IDs it imported
@@ -1925,7 +2045,7 @@ impl Importer {
                 }
                 continue;
             }
-            let owned: Vec<Owned> = batch.iter().map(|h| hand_over(pass, h)).collect();
+            let owned: Vec<Owned> = batch.iter().map(|&i| hand_over(pass, i)).collect();
             // on this thread while nothing is out: the pass's first batch (its first objects are
             // visible and reported at once), its last one, and small ones (a push: a thread hop
             // would cost more than the commit); else on the commit thread
@@ -1981,8 +2101,9 @@ impl Importer {
             });
             let (mut objects, mut id_objects) = (Vec::new(), Vec::new());
             let mut done = 0;
-            for (h, fate) in sent.hashes.iter().zip(fates) {
-                let it = pass.items.get_mut(h).unwrap();
+            for (&i, fate) in sent.hashes.iter().zip(fates) {
+                let h = pass.items.key(i);
+                let it = &mut pass.items[i];
                 it.inflight = false;
                 it.id_microdata = None;
                 let depth = match fate {
@@ -2030,13 +2151,14 @@ impl Importer {
 /// (the pass holds only what is not committed yet: issue 8, B held the whole pass, 270 MiB for
 /// 35 MB); it counts as stored from now on. Its type and ID microdata stay until its fate is
 /// known (a listed node's §6.2 check may still read them).
-fn hand_over(pass: &mut Pass, h: &H) -> Owned {
-    let it = pass.items.get_mut(h).unwrap();
+fn hand_over(pass: &mut Pass, i: Ix) -> Owned {
+    let it = &mut pass.items[i];
     it.stored = true;
     it.inflight = true;
     let text = it.text.take().unwrap_or_default();
     let id_microdata = if it.kind == Kind::Id { Some(text.clone()) } else { it.id_microdata.clone() };
     it.refs = Vec::new();
+    it.links = Vec::new();
     Owned {
         id_microdata: std::mem::replace(&mut it.id_microdata, id_microdata),
         text,
@@ -2052,11 +2174,11 @@ fn hand_over(pass: &mut Pass, h: &H) -> Owned {
 /// committed or in `batch` - the node its `merge` event will name - as `(ID hash, node)` for
 /// `Store::put_verified_forward`, which moves the head only if that is a fast-forward. Sets the
 /// depth of the batch's nodes (read at commit otherwise).
-fn forward_candidates(pass: &mut Pass, batch: &[H]) -> Vec<([u8; 32], [u8; 32])> {
+fn forward_candidates(pass: &mut Pass, batch: &[Ix]) -> Vec<([u8; 32], [u8; 32])> {
     if pass.group_missing.is_empty() {
         return Vec::new();
     }
-    let in_batch: HashSet<H> = batch.iter().copied().collect();
+    let in_batch: HashSet<H> = batch.iter().map(|&i| pass.items.key(i)).collect();
     let mut out = Vec::new();
     for (id, ms) in &pass.group_missing {
         let mut best: Option<(f64, H)> = None;
@@ -2084,67 +2206,68 @@ fn forward_candidates(pass: &mut Pass, batch: &[H]) -> Vec<([u8; 32], [u8; 32])>
     out
 }
 
-fn expandable(pass: &Pass, h: &H) -> bool {
-    let it = &pass.items[h];
+fn expandable(pass: &Pass, i: Ix) -> bool {
+    let it = &pass.items[i];
     it.ok && !it.stored && (!it.node || it.checked)
 }
 
-/// `h` is a root whose children were asked, or a verified item of the pass references it.
-fn reach(pass: &mut Pass, h: &H) {
-    if let Some(it) = pass.items.get_mut(h) {
-        if !it.reached {
-            it.reached = true;
-            consider(pass, h);
-        }
+/// `i` is a root whose children were asked, or a verified item of the pass references it.
+fn reach(pass: &mut Pass, i: Ix) {
+    let it = &mut pass.items[i];
+    if !it.reached {
+        it.reached = true;
+        consider(pass, i);
     }
 }
 
-/// `h` was verified (a listed version node: its check passed): what it references is reached.
+/// `i` was verified (a listed version node: its check passed): what it references is reached.
 /// Not transitively from the roots: a chain (a channel's entries) is received oldest first, so
 /// its top is the last to arrive, and the commit must not wait for it.
-fn expand(pass: &mut Pass, h: &H) {
-    if expandable(pass, h) {
-        let refs: Vec<H> = pass.items[h].refs.iter().map(|r| r.2).collect();
-        for r in refs {
-            reach(pass, &r);
+fn expand(pass: &mut Pass, i: Ix) {
+    if expandable(pass, i) {
+        let links = std::mem::take(&mut pass.items[i].links);
+        for &r in &links {
+            reach(pass, r);
         }
+        pass.items[i].links = links;
     }
 }
 
-fn consider(pass: &mut Pass, h: &H) {
-    let Some(it) = pass.items.get_mut(h) else { return };
+fn consider(pass: &mut Pass, i: Ix) {
+    let it = &mut pass.items[i];
     if it.queued || !it.ok || it.stored || it.bad || !it.reached || it.blockers.unwrap_or(1) != 0 || (it.node && !it.checked) {
         return;
     }
     it.queued = true;
-    pass.com.ready.push_back(*h);
+    pass.com.ready.push_back(i);
 }
 
-/// `h` is stored (or in the transaction being built): what waited for it may be ready.
-fn release(pass: &mut Pass, h: &H) {
-    for w in pass.com.waiters.remove(h).unwrap_or_default() {
-        if let Some(b) = pass.items.get_mut(&w).and_then(|it| it.blockers.as_mut()) {
+/// `i` is stored (or in the transaction being built): what waited for it may be ready.
+fn release(pass: &mut Pass, i: Ix) {
+    for w in std::mem::take(&mut pass.items[i].waiters) {
+        if let Some(b) = pass.items[w].blockers.as_mut() {
             *b -= 1;
         }
-        consider(pass, &w);
+        consider(pass, w);
     }
 }
 
 /// Every listed child must be reachable from the root it was listed for over the references
 /// of what was received: an exporter must not slip unrelated objects in.
 fn report_unreachable(pass: &mut Pass, cx: &mut Cx) {
-    let mut bad: Vec<H> = pass
+    let mut bad: Vec<Ix> = pass
         .order
         .iter()
-        .filter(|h| {
-            let it = &pass.items[*h];
+        .filter(|&&i| {
+            let it = &pass.items[i];
             it.ok && !it.stored && !it.bad && !it.reached
         })
         .copied()
         .collect();
     bad.dedup();
-    for h in bad {
-        pass.items.get_mut(&h).unwrap().ok = false;
+    for i in bad {
+        pass.items[i].ok = false;
+        let h = pass.items.key(i);
         cx.error("LAMA-CHUM-NOTREACHABLE", &format!("{h} was listed but is not reachable from the root it was listed for"), false);
     }
 }

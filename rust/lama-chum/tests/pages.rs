@@ -417,3 +417,116 @@ fn an_interrupted_paged_sync_resumes_and_completes() {
     }
     no_holes(&b);
 }
+
+/// The ChatMessage and LinkedListEntry hashes of `build`'s chain, in order.
+fn chain(n: usize) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut prev: Option<String> = None;
+    for i in 0..n {
+        let m = obj(vec![("$type$", s("ChatMessage")), ("text", s(&format!("message {i}"))), ("sender", s(PA))]);
+        let mh = hash_of(&m);
+        let mut l = vec![("$type$", s("LinkedListEntry")), ("data", s(&mh))];
+        if let Some(p) = &prev {
+            l.push(("previous", s(p)));
+        }
+        let lh = hash_of(&obj(l));
+        prev = Some(lh.clone());
+        out.push((mh, lh));
+    }
+    out
+}
+
+/// A hostile exporter in a pass of 12,000 objects (more than a page of 4,096, and enough
+/// ready items for batches on the commit thread, `COMMIT_MIN_FAST`): in its 101 answers it
+/// sends wrong bytes for a ChatMessage late in the chain, and it slips an object that no
+/// granted root reaches into a page (with its bytes in the 101 answer). B refuses both,
+/// stores every good object (the chain up to the forged message, every other message), none
+/// that needs the forged one, ends the session with the errors, and its store verifies clean;
+/// the next sync from an honest exporter completes.
+#[test]
+fn a_hostile_exporter_in_a_large_paged_pass_is_refused_and_the_good_objects_kept() {
+    const N: usize = 3000;
+    const K: usize = 2600;
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (new_store(dir.path(), "a"), new_store(dir.path(), "b"));
+    let head = build(&a, N);
+    let links = chain(N);
+    let target = links[K].0.clone();
+    let good = a.get(&target).unwrap();
+    let forged = good.replace("message 2600", "message 2600 forged");
+    assert_ne!(forged, good);
+    let stray = r#"<div itemscope itemtype="//refin.io/License"><span itemprop="name">Stray</span><span itemprop="description">not referenced</span></div>"#;
+    let sh = lama_core::hash::sha256_hex(stray.as_bytes());
+    let (mut sa, mut sb) = sessions(&a, &b);
+    // B's 101 requests: request id -> the hashes asked
+    let asked = std::cell::RefCell::new(std::collections::HashMap::<u64, Vec<String>>::new());
+    let watch = Box::new(|v: &Value| {
+        if v["serviceId"] == 101 {
+            let hs = v["args"][0].as_array().unwrap().iter().map(|h| h.as_str().unwrap().to_string()).collect();
+            asked.borrow_mut().insert(v["requestId"].as_u64().unwrap(), hs);
+        }
+        Some(v.clone())
+    });
+    let (mut forged_sent, mut stray_listed, mut stray_sent) = (0, 0, 0);
+    let mut pages = 0;
+    let hostile = Box::new(|v: &Value| {
+        let mut v = v.clone();
+        // a lama exporter from before "batch-binary": B asks 101, whose answers are JSON
+        if let Some(f) = v.pointer_mut("/data/features").and_then(Value::as_array_mut) {
+            f.retain(|x| x != "batch-binary");
+        }
+        let Some(d) = v["data"].as_str().map(str::to_string) else { return Some(v) };
+        if d.starts_with("{\"root\"") {
+            pages += 1;
+            if pages == 1 {
+                let mut p: Value = serde_json::from_str(&d).unwrap();
+                p["children"].as_array_mut().unwrap().insert(0, json!({"type": "object", "hash": sh}));
+                v["data"] = Value::String(p.to_string());
+                stray_listed += 1;
+            }
+        } else if let Some(hs) = v["responseId"].as_u64().and_then(|id| asked.borrow().get(&id).cloned()) {
+            let mut texts: Vec<Value> = serde_json::from_str(&d).unwrap();
+            assert_eq!(texts.len(), hs.len());
+            for (t, h) in texts.iter_mut().zip(&hs) {
+                if *h == target {
+                    *t = json!(forged);
+                    forged_sent += 1;
+                } else if *h == sh {
+                    *t = json!(stray);
+                    stray_sent += 1;
+                }
+            }
+            v["data"] = Value::String(Value::Array(texts).to_string());
+        }
+        Some(v)
+    });
+    let seen = run(&mut sa, &mut sb, watch, hostile);
+    assert_eq!((forged_sent, stray_listed, stray_sent), (1, 1, 1));
+    assert!(seen.services.contains(&109) && seen.services.contains(&101) && !seen.services.contains(&108));
+    let got = codes(&seen);
+    assert!(got.contains(&"CIEC-FO2".to_string()), "{got:?}");
+    assert!(got.contains(&"LAMA-CHUM-NOTREACHABLE".to_string()), "{got:?}");
+    // the session ended (one-shot), with its errors in the Chum log
+    assert_eq!(sb.close_reason(), Some("chum finished"));
+    let log = seen.events.iter().find_map(|e| match e { Event::Finished { log, .. } => Some(log.clone()), _ => None }).unwrap();
+    assert!(log.errors.iter().any(|e| e.contains("CIEC-FO2")), "{:?}", log.errors);
+    // nothing bad kept
+    assert!(!b.has(&target).unwrap() && !b.has(&lama_core::hash::sha256_hex(forged.as_bytes())).unwrap());
+    assert!(!b.has(&sh).unwrap());
+    assert!(!b.has(&head).unwrap());
+    // the good ones kept: the chain before the forged message, every other message
+    for (i, (m, l)) in links.iter().enumerate() {
+        assert_eq!(b.has(m).unwrap(), i != K, "message {i}");
+        assert_eq!(b.has(l).unwrap(), i < K, "entry {i}");
+    }
+    assert!(imported(&seen.events) > 4 * K, "{}", imported(&seen.events));
+    no_holes(&b);
+    assert!(a.verify().unwrap().is_empty());
+    // an honest exporter then completes the sync
+    let (mut sa, mut sb) = sessions(&a, &b);
+    let seen = run(&mut sa, &mut sb, pass(), pass());
+    assert_eq!(codes(&seen), Vec::<String>::new());
+    assert!(b.has(&head).unwrap() && !b.has(&sh).unwrap());
+    assert!(links.iter().all(|(m, l)| b.has(m).unwrap() && b.has(l).unwrap()));
+    no_holes(&b);
+}

@@ -71,3 +71,107 @@ fn a_plain_v8_importer_sends_no_receipt() {
     assert!(!rb.events.iter().any(|e| matches!(e, Event::ReceiptSent { .. })));
     assert!(ra.events.iter().any(|e| matches!(e, Event::Exported { objects, .. } if objects.contains(&h))));
 }
+
+/// Run A and B until B's first receipt (107) request, or until both finish when `crash` is
+/// false. Returns B's peer mark on disk at the moment the receipt left B (`None` if none
+/// left), and B's events.
+fn run_to_receipt(sa: &mut Session, sb: &mut Session, b: &Store, key: &str, crash: bool) -> (Option<u64>, Vec<Event>) {
+    let t0 = Instant::now();
+    let mut now = t0;
+    let mut events = Vec::new();
+    let mut at_receipt = None;
+    sa.start(now);
+    sb.start(now);
+    for _ in 0..100_000 {
+        while let Some(e) = sb.poll_event() {
+            events.push(e);
+        }
+        while sa.poll_event().is_some() {}
+        if sb.is_finished() && sa.is_finished() {
+            break;
+        }
+        let mut moved = false;
+        while let Some(m) = sb.poll_transmit() {
+            moved = true;
+            if let lama_chum::Message::Text(t) = &m {
+                let v: serde_json::Value = serde_json::from_str(t).unwrap();
+                if v["type"] == "request" && v["serviceId"] == 107 && at_receipt.is_none() {
+                    at_receipt = Some(b.peer_mark(key).unwrap());
+                    if crash {
+                        // B dies here: the receipt is on the wire, nothing after it happens
+                        while let Some(e) = sb.poll_event() {
+                            events.push(e);
+                        }
+                        return (at_receipt, events);
+                    }
+                }
+            }
+            sa.handle_message(m, now);
+        }
+        while let Some(m) = sa.poll_transmit() {
+            moved = true;
+            sb.handle_message(m, now);
+        }
+        if sa.is_finished() && !sb.is_finished() {
+            sb.connection_closed(sa.close_reason().unwrap_or(""), now);
+        }
+        if sb.is_finished() && !sa.is_finished() {
+            sa.connection_closed(sb.close_reason().unwrap_or(""), now);
+        }
+        if moved {
+            continue;
+        }
+        match [sa.poll_timeout(), sb.poll_timeout()].into_iter().flatten().min() {
+            Some(t) if t <= t0 + Duration::from_secs(60) => {
+                now = now.max(t);
+                sa.handle_timeout(now);
+                sb.handle_timeout(now);
+            }
+            _ => break,
+        }
+    }
+    while let Some(e) = sb.poll_event() {
+        events.push(e);
+    }
+    (at_receipt, events)
+}
+
+/// docs/chum-fastpath.md "Receipt before the mark": B's receipt leaves before B writes its peer
+/// mark; a B that dies right after sending it keeps the older mark, and its next session
+/// re-lists, fetches nothing, and then writes the mark.
+#[test]
+fn the_receipt_goes_out_before_the_peer_mark_and_a_crash_between_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = new_store(dir.path(), "a");
+    let b = new_store(dir.path(), "b");
+    let h = shared_message(&a);
+    let key = format!("{PA}/{}", a.store_id().unwrap());
+    for keep_running in [false, true] {
+        // a fresh B for each mode
+        let b = if keep_running { new_store(dir.path(), "b2") } else { b.clone() };
+        let mut cb = config(PB, PA, true, false);
+        cb.keep_running = keep_running;
+        let mut sa = Session::new(a.clone(), config(PA, PB, true, false));
+        let mut sb = Session::new(b.clone(), cb);
+        let (at_receipt, events) = run_to_receipt(&mut sa, &mut sb, &b, &key, true);
+        // the objects the receipt vouches for are stored; the mark is not written yet
+        assert_eq!(at_receipt, Some(0), "keep_running {keep_running}");
+        assert!(b.has(&h).unwrap());
+        assert!(events.iter().any(|e| matches!(e, Event::Imported { objects, .. } if objects.contains(&h))));
+        assert_eq!(b.peer_mark(&key).unwrap(), 0);
+        drop(sb);
+        // the next session (one-shot) lists again, fetches nothing, and writes the mark
+        let mut sa = Session::new(a.clone(), config(PA, PB, true, false));
+        let mut sb = Session::new(b.clone(), config(PB, PA, true, false));
+        let (at_receipt, events) = run_to_receipt(&mut sa, &mut sb, &b, &key, false);
+        assert_eq!(at_receipt, Some(0));
+        assert!(!events.iter().any(|e| matches!(e, Event::Error { .. })), "{events:?}");
+        assert!(!events.iter().any(|e| matches!(e, Event::Imported { objects, id_objects, .. } if !objects.is_empty() || !id_objects.is_empty())), "{events:?}");
+        let sent: Vec<_> = events.iter().filter_map(|e| match e { Event::ReceiptSent { mark, .. } => Some(*mark), _ => None }).collect();
+        assert_eq!(sent.len(), 1);
+        let m = sent[0].unwrap();
+        assert!(m >= 1);
+        assert_eq!(b.peer_mark(&key).unwrap(), m, "the mark is written once the receipt is answered");
+        assert_eq!(b.verify().unwrap(), Vec::<String>::new());
+    }
+}

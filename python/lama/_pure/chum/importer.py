@@ -168,6 +168,7 @@ class Importer:
         self.pass_hints: list[str] = []
         self.pass_closure = False
         self.persisting = False  # a zero sleep before the peer mark is written
+        self.mark_due: int | None = None  # the pass's mark, written after its receipt
         self.now: float | None = None  # the driver's time of the call being handled (session)
         self._com: _Committer | None = None  # the commit state of the pass's fetch
         self._ready_since: float | None = None  # ready items wait uncommitted since then
@@ -355,7 +356,9 @@ class Importer:
     # -- one pass ------------------------------------------------------------------------------
 
     def _pass(self) -> Generator[Call | Calls | Sleep, Any, None]:
+        self.mark_due = None
         yield from self._pass_inner()
+        due, self.mark_due = self.mark_due, None
         # docs/tracing.md §4: a lama exporter learns what this pass stored (its mark) or why
         # it did not; only after a pass that listed something or failed
         if "receipt" in self.features and self.peer_key is not None \
@@ -364,10 +367,33 @@ class Importer:
             if self.receipt_mark is None:  # what is still missing (BLOBs retried later)
                 errors.extend(self.pending[h][:RECEIPT_ERROR_CHARS] for h in sorted(self.pending))
             receipt = {"mark": self.receipt_mark, "errors": errors[:RECEIPT_ERRORS_MAX]}
+            # docs/chum-fastpath.md "Receipt before the mark": the receipt goes out before the
+            # peer mark is written (the objects it vouches for are durable already); a crash
+            # in between leaves the older mark, and the next session re-lists what B holds
+            if due is not None and self.keep_running and self.subscribed:
+                # the zero sleep of a push (below): this pass's events go out first
+                self.persisting = True
+                try:
+                    yield Sleep(0.0)
+                finally:
+                    self.persisting = False
             (r,) = yield Call([Req(LAMA_RECEIPT, [receipt])])
+            if due is not None and self.peer_key is not None:
+                self.store.set_peer_mark(self.peer_key, due)
             if not r.ok and r.code == "LAMA-CHUM-TIMEOUT":
                 raise Fatal(r.code, r.message)
             self.emit("receipt_sent", receipt)
+        elif due is not None and self.peer_key is not None:
+            if self.keep_running and self.subscribed:
+                # a stale mark on disk is safe (a reconnect re-lists roots it has): yield to
+                # the driver first, so this pass's `imported` events go out before this
+                # second commit (docs/chum-fastpath.md "Push")
+                self.persisting = True
+                try:
+                    yield Sleep(0.0)
+                finally:
+                    self.persisting = False
+            self.store.set_peer_mark(self.peer_key, due)
 
     def _ask_roots(self, service: int, args: list[Any]) -> Generator[Call | Calls | Sleep, Any, Outcome]:
         """The roots request; an error answer (not a timeout) is retried ROOTS_RETRIES times
@@ -427,19 +453,10 @@ class Importer:
             self.since = mark
             self.receipt_mark = mark
             if self.peer_key is not None:
-                if self.keep_running and self.subscribed:
-                    # a stale mark on disk is safe (a reconnect re-lists roots it has): yield to
-                    # the driver first, so this pass's `imported` events go out before this
-                    # second commit (docs/chum-fastpath.md "Push")
-                    if not self.full_sync:
-                        self.full_sync = True
-                        self.emit("full_sync", {})
-                    self.persisting = True
-                    try:
-                        yield Sleep(0.0)
-                    finally:
-                        self.persisting = False
-                self.store.set_peer_mark(self.peer_key, mark)
+                if self.keep_running and self.subscribed and not self.full_sync:
+                    self.full_sync = True
+                    self.emit("full_sync", {})
+                self.mark_due = mark  # written by _pass, after the receipt (if any)
 
     def _import_roots(self, roots: list[dict[str, Any]]) -> Generator[Call | Calls | Sleep, Any, None]:
 
