@@ -33,11 +33,17 @@ DOC_RECIPE = {"$type$": "Recipe", "name": "LamaChumTestDoc",
 
 
 def register_recipes() -> None:
-    names = recipes.names()
-    if "LamaChumTestNote" not in names:
-        recipes.register(NOTE_RECIPE)
-    if "LamaChumTestDoc" not in names:
-        recipes.register(DOC_RECIPE)
+    """The test recipes in both cores (``recipes.register`` registers with the active core
+    only, and the cross-core tests run a peer on each)."""
+    import json
+
+    from lama import _lama, _pure  # type: ignore[attr-defined]
+
+    for c in {id(m): m for m in (core, _lama, _pure)}.values():
+        names = c.recipe_names()
+        for r in (NOTE_RECIPE, DOC_RECIPE):
+            if r["name"] not in names:
+                c.register_recipe(json.dumps(recipes.normalize(r), ensure_ascii=False))
 
 
 def grant_object(store: Any, target: str, persons: list[str]) -> str:

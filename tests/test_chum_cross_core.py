@@ -18,19 +18,8 @@ pytestmark = pytest.mark.cross_core
 
 
 @pytest.fixture(autouse=True)
-def _recipes(rust_core: ModuleType, pure_core: ModuleType) -> None:
-    # both peers' cores need the test recipes, not only the active one (recipes.register
-    # registers with the active core)
-    import json
-
-    from chum_graph import DOC_RECIPE, NOTE_RECIPE
-    from lama.objects.recipes import normalize
-
-    register_recipes()
-    for c in (rust_core, pure_core):
-        for r in (NOTE_RECIPE, DOC_RECIPE):
-            if r["name"] not in c.recipe_names():
-                c.register_recipe(json.dumps(normalize(r), ensure_ascii=False))
+def _recipes() -> None:
+    register_recipes()  # in both cores: a peer runs on each
 
 
 @pytest.mark.parametrize("fast", [False, True])

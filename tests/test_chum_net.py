@@ -22,16 +22,7 @@ MOVED = ("BtoAObjects", "BtoAIdObjects", "BtoABlob", "BtoAClob")
 
 @pytest.fixture(autouse=True)
 def _recipes() -> None:
-    register_recipes()
-    if core is not _pure:  # the cross-core tests need them in the pure core too
-        import json
-
-        from chum_graph import DOC_RECIPE, NOTE_RECIPE
-        from lama.objects.recipes import normalize
-
-        for r in (NOTE_RECIPE, DOC_RECIPE):
-            if r["name"] not in _pure.recipe_names():
-                _pure.register_recipe(json.dumps(normalize(r), ensure_ascii=False))
+    register_recipes()  # in both cores (the cross-core tests)
 
 
 async def connect(kind: str, cores: tuple[ModuleType, ModuleType]) -> tuple[Any, Any]:
