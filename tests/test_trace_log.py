@@ -416,3 +416,43 @@ def test_an_import_seen_after_visible_was_persisted_is_placed_after_a_reopen(
         assert [(s.step, s.at) for s in t.trace(m.id).steps] == steps
     finally:
         t.close()
+
+
+def test_a_running_tracer_rewrites_a_log_that_outgrew_what_it_keeps(tmp_path: Path) -> None:
+    """Issue 10 (RSS at the first start): an instance that posted far more messages than its
+    trace limit left a log creating every one of them (100,000 posts: 20 MB), which the next
+    start read whole and rewrote. The running tracer now rewrites its log once it creates more
+    than twice the traces kept, so the log stays bounded and a reopen has nothing to rewrite."""
+    path = tmp_path / "traces.sqlite3"
+    store = _Store()
+    limit, batch = 1_000, 500
+    t = Tracer(store, ME, path, limit=limit)
+    created: list[int] = []
+
+    def made() -> int:
+        return sum(len(d[13]) if d[0] == "newc" else len(d[10]) if d[0] == "new" else 0
+                   for d in _log(path))
+
+    async def events() -> None:
+        for b in range(12):
+            store.seq = (b + 1) * batch
+            t.posted([_msg(b * batch + i, outgoing=True) for i in range(batch)])
+            t.flush()
+            await asyncio.sleep(0)
+
+    try:
+        asyncio.run(events())
+    finally:
+        t.close()
+    created.append(made())
+    # 6,000 posted; the log was rewritten on the way: it creates at most twice the kept
+    # traces plus the batch that passed the bound
+    assert limit <= created[0] <= 2 * limit + batch, created
+    again = Tracer(store, ME, path, limit=limit)
+    try:
+        assert not again._compact_due
+        assert len(again._recs) == limit
+        newest = _msg(12 * batch - 1, outgoing=True).id
+        assert again.find(newest).message_id == newest
+    finally:
+        again.close()
