@@ -1,7 +1,7 @@
 """Alternated before/after pairs for issue 10 (benches/RESULTS.md): each round starts a comm
 server and two ``lama.App`` processes (benches/chat_side.py) from one source tree, measures the
-latency of ``n_lat`` messages 20 ms apart (send -> visible, and the tracer's per-step medians
-relative to ``posted``) and a ``n_thr``-message ``App.send_many`` conversation (wall rates and
+latency of ``n_lat`` messages 20 ms apart (send -> visible, the tracer's per-step medians
+relative to ``posted``, and each process's CPU ms per message over them) and a ``n_thr``-message ``App.send_many`` conversation (wall rates and
 the CPU seconds of each process over it, /proc/<pid>/stat utime + stime).
 
     python benches/chat_ab.py ROUNDS NAME=TREE [NAME=TREE ...] [--core rust|pure]
@@ -55,8 +55,12 @@ def one_pair(name: str, tree: Path, core_name: str, n_lat: int, n_thr: int, base
         alice.ask(cmd="wait_contact")
         alice.ask(cmd="synced")
         bob.ask(cmd="synced")
+        ca, cb = cpu_s(alice.p.pid), cpu_s(bob.p.pid)
         sent = alice.ask(cmd="send", n=n_lat, gap=0.02, tag="lat")["sent"]
         seen = bob.ask(cmd="expect", tag="lat", n=n_lat)["seen"]
+        # CPU ms per latency message (one post at a time; includes the 20 ms gaps' idle work)
+        out.update(cpu_lat_sender_ms=round((cpu_s(alice.p.pid) - ca) * 1000 / n_lat, 2),
+                   cpu_lat_receiver_ms=round((cpu_s(bob.p.pid) - cb) * 1000 / n_lat, 2))
         lat = [(b - a) * 1000 for a, b in zip(sent, seen)]
         out.update(lat_p50=pct(lat, 0.5), lat_p90=pct(lat, 0.9), lat_p99=pct(lat, 0.99))
         # per-step medians relative to `posted`, matched by preview

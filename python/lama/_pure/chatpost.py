@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from .crypto import sign_detached
-from .microdata import object_hash, serialize_many
+from .microdata import serialize_many
 from .store import Store
 
 __all__ = ["ChatPosts", "chat_commit", "chat_elements", "chat_posts"]
@@ -24,13 +24,15 @@ class ChatPosts:
 
     __slots__ = ("_entries", "_hashes", "_objects", "_timestamps")
 
-    _objects: list[dict[str, Any]]
+    # (type, microdata) of the objects and of the entries of the last chain: written as they
+    # were serialized (Store._prepare_texts), as the native core writes its serialized values
+    _objects: list[tuple[str, str]]
     _hashes: list[tuple[str, str, str, str]]
     _timestamps: list[int]
-    _entries: list[dict[str, Any]]
+    _entries: list[tuple[str, str]]
 
     @classmethod
-    def _of(cls, objects: list[dict[str, Any]], hashes: list[tuple[str, str, str, str]],
+    def _of(cls, objects: list[tuple[str, str]], hashes: list[tuple[str, str, str, str]],
             timestamps: list[int]) -> ChatPosts:
         # not a constructor of the interface: the native ChatPosts comes from chat_posts only
         out = cls.__new__(cls)
@@ -61,22 +63,27 @@ class ChatPosts:
         els.sort(key=lambda e: (e[0], e[1]))
         prev = base
         out: list[tuple[str, str]] = []
-        entries: list[dict[str, Any]] = []
+        entries: list[tuple[str, str]] = []
         for _ts, ct, md in els:
             obj: dict[str, Any] = {"$type$": "LinkedListEntry", "data": ct}
             if md is not None:
                 obj["metadata"] = list(md)
             if prev is not None:
                 obj["previous"] = prev
-            prev = object_hash(obj)
-            entries.append(obj)
+            [(text, prev)] = serialize_many([obj])
+            entries.append(("LinkedListEntry", text))
             out.append((ct, prev))
         self._entries = entries
         return out
 
 
-def _hashes(objs: list[dict[str, Any]]) -> list[str]:
-    return [h for _md, h in serialize_many(objs)]
+def _hashes(objs: list[dict[str, Any]], texts: list[tuple[str, str]]) -> list[str]:
+    """The objects' hashes; their (type, microdata) appended to ``texts``."""
+    out = []
+    for obj, (md, h) in zip(objs, serialize_many(objs)):
+        texts.append((obj["$type$"], md))
+        out.append(h)
+    return out
 
 
 def chat_posts(
@@ -104,17 +111,18 @@ def chat_posts(
         if thumbs:
             m["thumbnails"] = list(thumbs)
         msgs.append(m)
-    msg_hashes = _hashes(msgs)
+    texts: list[tuple[str, str]] = []
+    msg_hashes = _hashes(msgs, texts)
     cts = [{"$type$": "CreationTime", "timestamp": ts, "data": mh}
            for ts, mh in zip(timestamps, msg_hashes)]
-    ct_hashes = _hashes(cts)
+    ct_hashes = _hashes(cts, texts)
     certs = [{"$type$": "AffirmationCertificate", "data": ch, "license": license} for ch in ct_hashes]
-    cert_hashes = _hashes(certs)
+    cert_hashes = _hashes(certs, texts)
     sigs = [{"$type$": "Signature", "issuer": author, "data": ch,
              "signature": sign_detached(ch.encode(), sign_secret).hex()} for ch in cert_hashes]
-    sig_hashes = _hashes(sigs)
-    return ChatPosts._of([*msgs, *cts, *certs, *sigs],
-                         list(zip(msg_hashes, ct_hashes, cert_hashes, sig_hashes)), list(timestamps))
+    sig_hashes = _hashes(sigs, texts)
+    return ChatPosts._of(texts, list(zip(msg_hashes, ct_hashes, cert_hashes, sig_hashes)),
+                         list(timestamps))
 
 
 def chat_commit(
@@ -124,8 +132,11 @@ def chat_commit(
     heads: list[tuple[str, str | None, str]],
 ) -> list[tuple[str, str, str | None]]:
     """One transaction (``Store.write_batch``): the objects of ``posts`` and the entries of its
-    last :meth:`ChatPosts.chain`, then ``objs``, then the compare-and-set of each head."""
-    return store.write_batch([*posts._objects, *posts._entries, *objs], heads)
+    last :meth:`ChatPosts.chain` (as they were serialized, not serialized again), then
+    ``objs``, then the compare-and-set of each head."""
+    items = store._prepare_texts([*posts._objects, *posts._entries])
+    items += store._prepare_objects(objs)
+    return store._write_batch(items, heads)
 
 
 ElementRow = tuple[str, str, Any, "list[str] | None", "str | None", "str | None",

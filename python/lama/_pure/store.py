@@ -674,6 +674,21 @@ class Store:
                 append(_Prepared(sha(data).digest(), b"O" + data, b"O", type_name, text))
         return out
 
+    def _prepare_texts(self, texts: list[tuple[str, str]]) -> list[_Prepared]:
+        """``(type, microdata)`` of unversioned objects serialized by the caller (the chat
+        post's objects, lama._pure.chatpost): the items ``_prepare_objects`` makes of them."""
+        sha = hashlib.sha256
+        out: list[_Prepared] = []
+        for type_name, text in texts:
+            if _versioned(type_name):
+                raise StoreError(f"{type_name} is versioned: write it as an object", "LAMA-ARG")
+            try:
+                data = text.encode()
+            except UnicodeEncodeError:
+                data = js_utf8(text)
+            out.append(_Prepared(sha(data).digest(), b"O" + data, b"O", type_name, text))
+        return out
+
     def _write_prepared(
         self, shared: _Shared, txn: lmdb.Transaction, items: list[_Prepared], feed: _Feed
     ) -> list[tuple[str, str, str | None]]:
@@ -992,8 +1007,14 @@ class Store:
         compare-and-set.  If a current head differs from its expected value: ConflictError
         LAMA-CONFLICT and nothing at all is written.  A new head must be a version node stored
         in the store or in this batch."""
+        return self._write_batch(self._prepare_objects(objs), heads)
+
+    @_lmdb_errors
+    def _write_batch(
+        self, items: list[_Prepared], heads: list[tuple[str, str | None, str]]
+    ) -> list[tuple[str, str, str | None]]:
+        """:meth:`write_batch` of prepared items."""
         shared = self._s()
-        items = self._prepare_objects(objs)
         if not isinstance(heads, (list, tuple)):
             raise StoreError(f"expected a list of heads, got {type(heads).__name__}", "LAMA-ARG")
         checked: list[tuple[str, bytes, bytes | None, bytes]] = []

@@ -104,6 +104,21 @@ def new_elements(store: Store, old: str | None, new: str | None) -> list[Element
     return out
 
 
+class PostCache:
+    """What one sender's last post to a channel wrote, kept by the sender for the next post
+    (issue 10): the channel's version node and ChannelInfo (``versions.update_versioned``'s
+    ``known``) and the list's head element. Everything in it is content-addressed (a node,
+    an object, an entry and its CreationTime by their hashes), so it is used only while the
+    channel's head is still that node and the list's head still that entry, and then it is
+    what the store holds; any other writer moves the head, and then the store is read."""
+
+    __slots__ = ("head", "versions")
+
+    def __init__(self) -> None:
+        self.versions: dict[str, tuple[versions.VersionNode, dict[str, Any]]] = {}
+        self.head: Element | None = None
+
+
 class PostSpec:
     """One message to post: its ChatMessage (without ``sender``) and an optional timestamp."""
 
@@ -123,6 +138,7 @@ def post(
     sign_secret: bytes,
     now: Callable[[], int] = versions.now_ms,
     on_build: Callable[[str | None, str, list[str]], None] | None = None,
+    cache: PostCache | None = None,
 ) -> tuple[list[tuple[str, str, int, str, str]], str, str | None]:
     """Post ``specs`` to the channel ``cid`` as ``author`` in one transaction (§2.4).
 
@@ -130,7 +146,9 @@ def post(
     new head entry, head entry it replaced)``; ``entryHash`` is the entry the post created
     (entries above it may be rewritten by later inserts, §2.5). ``on_build(old head entry,
     new head entry, CreationTime hashes)`` is called before the transaction is written (again
-    after a lost race), so a reader that sees the commit finds it recorded."""
+    after a lost race), so a reader that sees the commit finds it recorded. ``cache`` (the
+    caller's, one per channel) spares the next post to ``cid`` the reads of what this one
+    wrote (:class:`PostCache`)."""
     lic_hash = _license_hash()
     # §2.4 step 5: the given timestamp or now, read per message before the transaction (the
     # build below must be a pure function of the current version).  Posts within one
@@ -138,6 +156,7 @@ def post(
     stamps = [spec.timestamp if spec.timestamp is not None else now() for spec in specs]
     results: list[tuple[str, str, int, str, str]] = []
     before: list[str | None] = [None]  # the head entry the committed build started from
+    built: list[Element | None] = [None]  # the new head element of the last build
     # ChatMessage, CreationTime, AffirmationCertificate and Signature of every post built,
     # serialised, hashed and signed in one core call (issue 10; the GIL is released in the
     # native core); core.chat_commit writes them with the entries and the version below
@@ -155,14 +174,24 @@ def post(
         # §2.4 step 7, the list insert of every post at once (linkedlist.insert_many: the
         # same list as inserting them one by one); the entries are built in the core
         keys: set[tuple[float, str]] = {(ts, ct) for ct, _m, ts, _s in posted}
-        base, above = (linkedlist.stored_above(store.get_object, before[0], min(keys), keys)
-                       if keys else (before[0], []))
+        known = None if cache is None else cache.head
+        above: list[Element]
+        if not keys:
+            base, above = before[0], []
+        elif known is not None and known.entry == before[0] and known.key < min(keys):
+            # the walk's first step (stored_above) with the head element this sender wrote
+            base, above = before[0], []
+        else:
+            base, above = linkedlist.stored_above(store.get_object, before[0], min(keys), keys)
         chain = batch.chain(base, [(el.creation_time, el.timestamp,
                                     None if el.metadata is None else list(el.metadata))
                                    for el in above])
         created = dict(chain)  # CreationTime -> the entry this insert made for it
+        built[0] = None
         if chain:
             head = chain[-1][1]
+            if cache is not None:
+                built[0] = _head_element(chain, base, above, posted)
         extra: list[dict[str, Any]] = [_AFFIRMATION_LICENSE]
         for ct_hash, msg_hash, ts, sig_hash in posted:
             results.append((ct_hash, msg_hash, ts, sig_hash, created.get(ct_hash) or str(head)))
@@ -172,8 +201,26 @@ def post(
             on_build(before[0], str(head), [c for c, _m, _t, _s in posted])
         return new, extra
 
-    v = versions.update_versioned(store, cid, build, posts=batch)
+    v = versions.update_versioned(store, cid, build, posts=batch,
+                                  known=None if cache is None else cache.versions)
+    if cache is not None:
+        cache.head = built[0]
+        if built[0] is not None:  # the version just written holds it (v.merged is the build's)
+            return list(results), str(built[0].entry), before[0]
     return list(results), str(store.get_object(v.merged)["head"]), before[0]
+
+
+def _head_element(chain: list[tuple[str, str]], base: str | None, above: list[Element],
+                  posted: list[tuple[str, str, int, str]]) -> Element:
+    """The element of ``chain``'s last entry (the new head), as ``linkedlist.element`` reads
+    it from the store: its CreationTime, timestamp, metadata, previous entry and data."""
+    ct, entry = chain[-1]
+    previous = chain[-2][1] if len(chain) > 1 else base
+    for c, mh, ts, sig in posted:
+        if c == ct:
+            return Element(entry, ct, ts, (sig,), previous, mh)
+    el = next(el for el in above if el.creation_time == ct)
+    return Element(entry, ct, el.timestamp, el.metadata, previous, el.data)
 
 
 _MESSAGE_KEYS = frozenset(("$type$", "text", "attachments", "sender", "thumbnails"))

@@ -122,7 +122,9 @@ class _PostRequest:
 
     def __init__(self, specs: list[Any]) -> None:
         self.specs = specs
-        self.done = threading.Event()
+        # set only for a sender that waits for another thread's commit (the leader of a
+        # batch, most often the only sender, never waits)
+        self.done: threading.Event | None = None
         self.results: list[Any] = []
         self.error: BaseException | None = None
 
@@ -162,6 +164,9 @@ class Chat:
         self._gc_lock = threading.Lock()
         self._gc_queue: dict[str, list[_PostRequest]] = {}
         self._gc_busy: set[str] = set()
+        # per channel: what my last post wrote, read again by the next one only if another
+        # writer moved the channel (channel.PostCache; used by the batch leader only)
+        self._post_caches: dict[str, _ch.PostCache] = {}
         self._subs: list[_Subscriber] = []
         self._closed = False
         self._names: dict[str, str] = {}
@@ -882,8 +887,8 @@ class Chat:
             raise InvalidArgumentError(f"I am not a participant of topic {t.id}", code="LAMA-ARG")
         store = self.store
         cid = t.channel
-        if store.get_head(cid) is None:
-            _ch.ensure_channel(store, t.id)
+        if cid not in self._post_caches and store.get_head(cid) is None:
+            _ch.ensure_channel(store, t.id)  # (a channel I posted to has a version)
         results = self._commit(cid, specs)
         out = []
         name = self._person_name(self.me)
@@ -930,7 +935,10 @@ class Chat:
             leader = cid not in self._gc_busy
             if leader:
                 self._gc_busy.add(cid)
+            else:  # before the lock is let go: the leader takes the request after that
+                req.done = threading.Event()
         if not leader:
+            assert req.done is not None
             req.done.wait()
             if req.error is not None:
                 raise req.error
@@ -942,20 +950,26 @@ class Chat:
                     self._gc_busy.discard(cid)
                     break
             all_specs = [sp for r in batch for sp in r.specs]
+            cache = self._post_caches.get(cid)
+            if cache is None:
+                cache = self._post_caches[cid] = _ch.PostCache()
             try:
                 results, _head, _before = _ch.post(
                     self.store, cid, all_specs, author=self.me, sign_secret=self._sign_secret,
-                    on_build=None if self._sub is None else partial(self._own_move, cid))
+                    on_build=None if self._sub is None else partial(self._own_move, cid),
+                    cache=cache)
             except BaseException as e:  # noqa: BLE001 - handed to every sender of the batch
                 for r in batch:
                     r.error = e
-                    r.done.set()
+                    if r.done is not None:
+                        r.done.set()
                 continue  # the leader goes on with what was queued meanwhile
             i = 0
             for r in batch:
                 r.results = results[i:i + len(r.specs)]
                 i += len(r.specs)
-                r.done.set()
+                if r.done is not None:
+                    r.done.set()
         if req.error is not None:
             raise req.error
         return req.results
