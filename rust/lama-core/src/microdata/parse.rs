@@ -325,7 +325,8 @@ impl<'a> Parser<'a> {
         let text = unescape(raw);
         Ok(match ty {
             Ty::Str(re) => {
-                if let Some((re, src)) = re {
+                if let Some(pat) = re {
+                    let (re, src) = &**pat;
                     if !re.is_match(&text)? {
                         return Err(Error::microdata(
                             "M2O-PV3",

@@ -264,7 +264,8 @@ impl Writer<'_> {
                     Value::Str(s) => s,
                     _ => return Err(rtyc1(p, "string", v)),
                 };
-                if let Some((re, src)) = re {
+                if let Some(pat) = re {
+                    let (re, src) = &**pat;
                     if !re.is_match(s)? {
                         return Err(Error::microdata(
                             "O2M-RTYC3",
