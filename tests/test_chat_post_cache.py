@@ -104,3 +104,32 @@ def test_the_cache_holds_what_the_store_holds(tmp_path: Path) -> None:
                 store.get_object, head).data
     finally:
         store.close()
+
+
+def test_chat_knows_the_channel_of_the_version_its_last_post_wrote(tmp_path: Path) -> None:
+    """Chat.own_channel_of (what the tracer asks instead of reading the store): the version
+    node and the ChannelInfo my last post to a channel wrote give that channel; an older
+    version, another object or an unknown hash give None."""
+    from chat_util import make
+
+    from lama.chat import Chat
+
+    a, b = make(tmp_path, "alice"), make(tmp_path, "bob")
+    ca = Chat(a, events=False)
+    try:
+        topic = ca.create_group("g", [str(b.person_id)]).id
+        ca.send(topic, "one")
+        m = ca.send(topic, "two")
+        node = a.store.get_head(m.channel)
+        assert node is not None
+        info = versions.load_node(a.store, node).data
+        assert ca.own_channel_of(node) == m.channel
+        assert ca.own_channel_of(info) == m.channel
+        older = versions.load_node(a.store, node).parents[0]
+        assert ca.own_channel_of(older) is None
+        assert ca.own_channel_of(m.hash) is None
+        assert ca.own_channel_of("0" * 64) is None
+    finally:
+        ca.close()
+        a.close()
+        b.close()

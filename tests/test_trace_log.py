@@ -456,3 +456,28 @@ def test_a_running_tracer_rewrites_a_log_that_outgrew_what_it_keeps(tmp_path: Pa
         assert again.find(newest).message_id == newest
     finally:
         again.close()
+
+
+def test_the_announcement_of_my_own_post_is_recognised_without_reading_the_store() -> None:
+    """Issue 10 (the sender's CPU per message): the channel version my own post wrote is
+    recognised through ``own_version`` (the chat layer's Chat.own_channel_of), not read back
+    from the store (4-5 reads per announcement). This store answers no read at all."""
+    store = _Store()
+    node = "e" * 64
+    asked: list[str] = []
+
+    def own_version(h: str) -> str | None:
+        asked.append(h)
+        return CHANNEL if h == node else None
+
+    t = Tracer(store, ME, None, own_version=own_version)
+    store.seq = 5
+    msgs = [_msg(i, outgoing=True) for i in range(3)]
+    t.posted(msgs)
+    t.on_manager_event("chum_exported", {"person": PEER, "data": {
+        "roots": ["d" * 64, node], "objects": [], "probed": True}})
+    assert asked == ["d" * 64, node]
+    for m in msgs:
+        assert [s[0] for s in _steps(t, m.id)].count("offered") == 1
+    t.on_manager_event("chum_exported", {"person": PEER, "data": {"roots": [node]}})
+    assert asked == ["d" * 64, node]  # remembered

@@ -142,7 +142,8 @@ class App:
                 instance.store, str(instance.person_id), Path(instance.path) / "traces.sqlite3",
                 limit=self.config.trace_limit, stall_after=self.config.trace_stall_after,
                 names=lambda: {str(c.person_id): c.name for c in self.contacts()},
-                live=manager_live(self.manager, lambda: self._started and not self._closed))
+                live=manager_live(self.manager, lambda: self._started and not self._closed),
+                own_version=self.chat.own_channel_of)
 
     # ------------------------------------------------------------------ lifecycle
 

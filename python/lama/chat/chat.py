@@ -974,6 +974,16 @@ class Chat:
             raise req.error
         return req.results
 
+    def own_channel_of(self, h: str) -> str | None:
+        """The channel whose version ``h`` is (its version node or ChannelInfo), if my last post
+        to that channel wrote it; else None (the tracer recognises the announcement of my own
+        post without reading the store)."""
+        for cid, cache in list(self._post_caches.items()):
+            for node_hash, (node, _obj) in list(cache.versions.items()):
+                if h == node_hash or h == node.data:
+                    return cid
+        return None
+
     def _cache(self, m: Message) -> None:
         c = self._msg_cache
         c[m.id] = m
