@@ -5,6 +5,49 @@
 type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 type HashSet<K> = std::collections::HashSet<K, foldhash::fast::RandomState>;
 
+/// A map/set state for keys that are hashes of this store's own entries (SHA-256 outputs, not
+/// chosen by the peer): the first 8 bytes with a random per-map seed, one multiply. foldhash
+/// hashed all 32 bytes, and the exporter's two sets of a closure's hashes (unlocked, walk
+/// texts) were ~9 % of its samples in the initial sync (issue 8, session 13 profile). Never for hashes a peer lists: a hostile peer could pick keys that collide.
+#[derive(Clone)]
+struct OwnHashes(u64);
+
+impl Default for OwnHashes {
+    fn default() -> OwnHashes {
+        use std::hash::BuildHasher;
+        OwnHashes(foldhash::fast::RandomState::default().hash_one(0x6c61_6d61_u64) | 1)
+    }
+}
+
+impl std::hash::BuildHasher for OwnHashes {
+    type Hasher = OwnHasher;
+    fn build_hasher(&self) -> OwnHasher {
+        OwnHasher(self.0)
+    }
+}
+
+struct OwnHasher(u64);
+
+impl std::hash::Hasher for OwnHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        // a `Hash` writes its 32 bytes once (after its length, ignored below); any other
+        // input is folded in 8 bytes at a time, so equal keys always hash equal
+        for c in bytes.chunks(8) {
+            let mut b = [0u8; 8];
+            b[..c.len()].copy_from_slice(c);
+            let full = u128::from(self.0 ^ u64::from_le_bytes(b)) * 0x9E37_79B9_7F4A_7C15_u128;
+            self.0 = (full as u64) ^ ((full >> 64) as u64);
+            if bytes.len() == 32 {
+                break;
+            }
+        }
+    }
+    fn write_usize(&mut self, _: usize) {}
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
 use lama_core::hash::Hash;
 use lama_core::microdata::RefKind;
 use lama_core::store::{EntryKind, Store};
@@ -108,7 +151,7 @@ pub struct Exporter {
     /// chum.md §5.2: filled by roots and children answers, never shrinks. Keyed by the 32
     /// bytes (a hash string is lowercase hex, so this is the same set as of strings): a closure
     /// unlocks every entry, 70,000 in the initial-sync benchmark, without a string each.
-    accessible: HashSet<Hash>,
+    accessible: std::collections::HashSet<Hash, OwnHashes>,
     pub done: bool,
     /// Highest write sequence of a roots answer (docs/chum-fastpath.md).
     roots_mark: u64,
@@ -167,7 +210,7 @@ const WALK_TEXTS_CHARS: usize = 16 << 20;
 /// so what is kept is what the store holds under the hash.
 #[derive(Default)]
 struct WalkTexts {
-    map: HashMap<Hash, (bool, String)>,
+    map: std::collections::HashMap<Hash, (bool, String), OwnHashes>,
     order: std::collections::VecDeque<Hash>,
     chars: usize,
 }
@@ -409,7 +452,7 @@ impl Exporter {
         Exporter {
             store,
             remote_person,
-            accessible: HashSet::default(),
+            accessible: Default::default(),
             done: false,
             roots_mark: 0,
             subscribed: false,
@@ -1127,5 +1170,37 @@ impl Exporter {
             stats.blobs_sent += 1;
         }
         Ok(Vec::new())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The sets keyed by `OwnHashes` behave as sets of hashes: every inserted hash is found,
+    /// equal hashes hash equal (also in two maps with different seeds), hashes that share
+    /// their first 8 bytes stay distinct, and absent ones are not found.
+    #[test]
+    fn own_hash_sets_are_sets_of_hashes() {
+        let mut a: std::collections::HashSet<Hash, OwnHashes> = Default::default();
+        let mut b: std::collections::HashMap<Hash, usize, OwnHashes> = Default::default();
+        let hs: Vec<Hash> = (0u32..20_000).map(|i| Hash::of(&i.to_le_bytes())).collect();
+        for (i, h) in hs.iter().enumerate() {
+            assert!(a.insert(*h));
+            b.insert(*h, i);
+        }
+        assert!(!a.insert(hs[7]), "a hash inserted twice is one entry");
+        for (i, h) in hs.iter().enumerate() {
+            assert!(a.contains(h));
+            assert_eq!(b.get(h), Some(&i));
+        }
+        let mut same_prefix = hs[3];
+        same_prefix.0[31] ^= 1;
+        assert!(!a.contains(&same_prefix), "only the first 8 bytes are hashed; the whole key is compared");
+        assert!(a.insert(same_prefix));
+        assert!(a.contains(&hs[3]) && a.contains(&same_prefix));
+        for i in 20_000u32..21_000 {
+            assert!(!a.contains(&Hash::of(&i.to_le_bytes())));
+        }
     }
 }
