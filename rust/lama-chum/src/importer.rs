@@ -60,7 +60,7 @@ pub const COMMIT_INTERVAL: Duration = Duration::from_millis(500);
 /// at once, so the first objects are visible as early as before. Items become ready in bursts
 /// (a chain's entries once its oldest is stored), so with 16,384 per transaction the 70,000
 /// objects of the initial-sync benchmark took 7 commits, a full batch and its 6,144-item rest
-/// back to back three times; with 32,768 they take 4 (issue 8, session 13).
+/// back to back three times; with 32,768 they take 5 (issue 8, session 13).
 const COMMIT_MIN_FAST: usize = 8192;
 const COMMIT_BATCH_FAST: usize = 32768;
 /// Object requests per call (v8; with "batch", `FETCH_CHUNK_BATCHES` requests of `BATCH_MAX`):
