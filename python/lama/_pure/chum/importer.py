@@ -52,7 +52,7 @@ verified, and ``imported`` events keep coming."""
 CLOSURE_PAGE = 4096
 """docs/chum-fastpath.md "closure-pages": entries per closure page the importer asks for."""
 COMMIT_MIN_FAST = 8192
-COMMIT_BATCH_FAST = 16384
+COMMIT_BATCH_FAST = 32768
 """With "batch" (docs/chum-fastpath.md): a fetched chunk is committed only once this many items
 are ready (the first chunk of a pass at once, and at the end), up to COMMIT_BATCH_FAST per
 transaction: each commit rewrites the B-tree pages its random keys touch (issue 8)."""
