@@ -575,7 +575,26 @@ struct PyEventsReady {
 
 #[pymethods]
 impl PyEventsReady {
-    fn __call__(&self, py: Python<'_>) -> PyResult<()> {
+    /// The fd is readable: clear it, and deliver on the loop's next round. A commit's events
+    /// and its commit signal (`Store.commit_signal`, the chat's feed) wake the loop together;
+    /// the chat reads its feed in the signal's callback and queues its callbacks with
+    /// `call_soon`, so delivering the batch after them lets the application see the message
+    /// before the session's consumer (merge, manager, tracer) runs.
+    fn __call__(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let pipe = &slf.get().pipe;
+        pipe.clear();
+        let lp = pipe.reader.lock().unwrap_or_else(|e| e.into_inner()).as_ref().map(|l| l.clone_ref(py));
+        match lp {
+            Some(lp) => {
+                lp.bind(py).call_method1("call_soon", (slf.getattr("deliver")?,))?;
+                Ok(())
+            }
+            None => pipe.deliver(py),
+        }
+    }
+
+    fn deliver(&self, py: Python<'_>) -> PyResult<()> {
         self.pipe.deliver(py)
     }
 }
