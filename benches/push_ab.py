@@ -83,8 +83,8 @@ def main() -> None:
         elif a == "--b":
             b_mode = args.pop(0)
         else:
-            name, tree = a.split("=", 1)
-            trees.append((name, Path(tree).resolve()))
+            name, root = a.split("=", 1)
+            trees.append((name, Path(root).resolve()))
     with tempfile.TemporaryDirectory() as work:
         src = os.path.join(work, "built")
         p = _side(trees[0][1], core_name, ["build", src, "10"])
