@@ -408,10 +408,250 @@ trait Session: Protocol<Event = SessionEvent> {
     fn outcome(self) -> Outcome;
 }
 
+/// The events of a running session on their way to Python (issue 8/10: the hand-over).
+///
+/// The driver sends each event into `rx`'s channel and, once a batch is sent, bumps `signal`
+/// (an eventfd, from the driver's thread, without the GIL). The event loop that awaits
+/// `events()` watches that fd (`loop.add_reader`): its callback takes the batch and resolves
+/// the waiting future on the loop's own thread. Before, each `events()` went through
+/// pyo3-async-runtimes: two tokio tasks, a blocking-pool thread that took the GIL and a
+/// `call_soon_threadsafe` (three thread wake-ups between the import and the application,
+/// 1-1.4 ms at load 5-8 in the live push's per-step timestamps); now the loop's wake-up is
+/// the only one. A loop without `add_reader` (or a system without eventfd) waits on `notify`
+/// through pyo3-async-runtimes, as before.
+struct EventPipe {
+    rx: std::sync::Mutex<mpsc::UnboundedReceiver<SessionEvent>>,
+    /// Bumped with `signal` (the fallback's wake-up).
+    notify: tokio::sync::Notify,
+    #[cfg(target_os = "linux")]
+    fd: Option<std::os::fd::OwnedFd>,
+    /// Touched with the GIL only: the futures of pending `events()` calls (oldest first) and
+    /// the loop `fd` is registered with.
+    waiters: std::sync::Mutex<VecDeque<Py<PyAny>>>,
+    reader: std::sync::Mutex<Option<Py<PyAny>>>,
+}
+
+impl EventPipe {
+    fn new(rx: mpsc::UnboundedReceiver<SessionEvent>) -> EventPipe {
+        #[cfg(target_os = "linux")]
+        let fd = {
+            use std::os::fd::FromRawFd;
+            // SAFETY: eventfd has no memory arguments; a valid fd is owned below
+            let raw = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+            // SAFETY: `raw` is a new fd nobody else owns
+            (raw >= 0).then(|| unsafe { std::os::fd::OwnedFd::from_raw_fd(raw) })
+        };
+        EventPipe {
+            rx: std::sync::Mutex::new(rx),
+            notify: tokio::sync::Notify::new(),
+            #[cfg(target_os = "linux")]
+            fd,
+            waiters: std::sync::Mutex::new(VecDeque::new()),
+            reader: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// Events were sent (or the channel closed): wake whoever waits. Any thread, no GIL.
+    fn signal(&self) {
+        #[cfg(target_os = "linux")]
+        if let Some(fd) = &self.fd {
+            use std::os::fd::AsRawFd;
+            let one: u64 = 1;
+            // SAFETY: writes 8 bytes from a valid u64 to an fd this pipe owns; EFD_NONBLOCK (at
+            // worst EAGAIN at the counter's maximum, which leaves it readable anyway)
+            unsafe { libc::write(fd.as_raw_fd(), (&one as *const u64).cast(), 8) };
+        }
+        self.notify.notify_one();
+    }
+
+    #[cfg(target_os = "linux")]
+    fn raw_fd(&self) -> Option<i32> {
+        use std::os::fd::AsRawFd;
+        self.fd.as_ref().map(|f| f.as_raw_fd())
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    fn raw_fd(&self) -> Option<i32> {
+        None
+    }
+
+    fn clear(&self) {
+        #[cfg(target_os = "linux")]
+        if let Some(fd) = &self.fd {
+            use std::os::fd::AsRawFd;
+            let mut v: u64 = 0;
+            // SAFETY: reads 8 bytes into a valid u64 from an fd this pipe owns (non-blocking)
+            unsafe { libc::read(fd.as_raw_fd(), (&mut v as *mut u64).cast(), 8) };
+        }
+    }
+
+    /// What has come: `Some(batch)`, `Some(None)` once the session ended and everything was
+    /// taken, `None` when nothing is there yet.
+    fn take(&self) -> Option<Option<EventBatch>> {
+        let mut rx = self.rx.lock().unwrap_or_else(|e| e.into_inner());
+        let mut batch = Vec::new();
+        loop {
+            match rx.try_recv() {
+                Ok(ev) => batch.push(ev),
+                Err(mpsc::error::TryRecvError::Empty) => break,
+                Err(mpsc::error::TryRecvError::Disconnected) => {
+                    return Some(if batch.is_empty() { None } else { Some(EventBatch(batch)) });
+                }
+            }
+        }
+        if batch.is_empty() { None } else { Some(Some(EventBatch(batch))) }
+    }
+
+    fn ended(&self) -> bool {
+        let rx = self.rx.lock().unwrap_or_else(|e| e.into_inner());
+        rx.is_closed() && rx.is_empty()
+    }
+
+    /// With the GIL, on the loop's thread: hand what came to the oldest waiting futures; stop
+    /// watching the fd once the session ended and that was said.
+    fn deliver(&self, py: Python<'_>) -> PyResult<()> {
+        self.clear();
+        loop {
+            let fut = {
+                let mut w = self.waiters.lock().unwrap_or_else(|e| e.into_inner());
+                // a cancelled `events()` took nothing: its events go to the next call
+                while let Some(f) = w.front() {
+                    if f.bind(py).call_method0("done")?.is_truthy()? {
+                        w.pop_front();
+                    } else {
+                        break;
+                    }
+                }
+                match w.front() {
+                    Some(f) => f.clone_ref(py),
+                    None => break,
+                }
+            };
+            let Some(got) = self.take() else { break };
+            self.waiters.lock().unwrap_or_else(|e| e.into_inner()).pop_front();
+            fut.bind(py).call_method1("set_result", (got.into_pyobject(py)?,))?;
+        }
+        if self.ended() && self.waiters.lock().unwrap_or_else(|e| e.into_inner()).is_empty() {
+            self.unwatch(py);
+        }
+        Ok(())
+    }
+
+    fn unwatch(&self, py: Python<'_>) {
+        let old = self.reader.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let (Some(old), Some(fd)) = (old, self.raw_fd()) {
+            let old = old.bind(py);
+            if !old.call_method0("is_closed").and_then(|c| c.is_truthy()).unwrap_or(true) {
+                let _ = old.call_method1("remove_reader", (fd,));
+            }
+        }
+    }
+
+    /// Watch the fd on `lp` (the running loop); `false` if this loop cannot (no `add_reader`,
+    /// no eventfd).
+    fn watch(self: &Arc<Self>, py: Python<'_>, lp: &Bound<'_, PyAny>) -> PyResult<bool> {
+        let Some(fd) = self.raw_fd() else { return Ok(false) };
+        if self.reader.lock().unwrap_or_else(|e| e.into_inner()).as_ref().is_some_and(|r| r.bind(py).is(lp)) {
+            return Ok(true);
+        }
+        self.unwatch(py);
+        let ready = Py::new(py, PyEventsReady { pipe: self.clone() })?;
+        match lp.call_method1("add_reader", (fd, ready)) {
+            Ok(_) => {
+                *self.reader.lock().unwrap_or_else(|e| e.into_inner()) = Some(lp.clone().unbind());
+                Ok(true)
+            }
+            Err(e) if e.is_instance_of::<pyo3::exceptions::PyNotImplementedError>(py) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// The callback the event loop runs when a session's event fd is readable.
+#[pyclass(frozen, name = "_EventsReady", module = "lama._lama")]
+struct PyEventsReady {
+    pipe: Arc<EventPipe>,
+}
+
+#[pymethods]
+impl PyEventsReady {
+    /// The fd is readable: clear it, and deliver on the loop's next round. A commit's events
+    /// and its commit signal (`Store.commit_signal`, the chat's feed) wake the loop together;
+    /// the chat reads its feed in the signal's callback and queues its callbacks with
+    /// `call_soon`, so delivering the batch after them lets the application see the message
+    /// before the session's consumer (merge, manager, tracer) runs.
+    fn __call__(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let pipe = &slf.get().pipe;
+        pipe.clear();
+        let lp = pipe.reader.lock().unwrap_or_else(|e| e.into_inner()).as_ref().map(|l| l.clone_ref(py));
+        match lp {
+            Some(lp) => {
+                lp.bind(py).call_method1("call_soon", (slf.getattr("deliver")?,))?;
+                Ok(())
+            }
+            None => pipe.deliver(py),
+        }
+    }
+
+    fn deliver(&self, py: Python<'_>) -> PyResult<()> {
+        self.pipe.deliver(py)
+    }
+}
+
+/// Forwards a protocol's events and signals the [`EventPipe`] once per batch: the driver
+/// hands out events by calling `poll_event` until it returns `None`, so that `None` comes
+/// right after the batch's last send.
+struct Signalled<P> {
+    inner: P,
+    pipe: Arc<EventPipe>,
+    handed: bool,
+}
+
+impl<P: Session> Protocol for Signalled<P> {
+    type Event = SessionEvent;
+    fn start(&mut self, now: Instant) {
+        self.inner.start(now)
+    }
+    fn handle_message(&mut self, msg: Message, now: Instant) {
+        self.inner.handle_message(msg, now)
+    }
+    fn handle_timeout(&mut self, now: Instant) {
+        self.inner.handle_timeout(now)
+    }
+    fn store_changed(&mut self, now: Instant) {
+        self.inner.store_changed(now)
+    }
+    fn connection_closed(&mut self, reason: &str, now: Instant) {
+        self.inner.connection_closed(reason, now)
+    }
+    fn poll_timeout(&self) -> Option<Instant> {
+        self.inner.poll_timeout()
+    }
+    fn poll_transmit(&mut self) -> Option<Message> {
+        self.inner.poll_transmit()
+    }
+    fn poll_event(&mut self) -> Option<SessionEvent> {
+        let ev = self.inner.poll_event();
+        if ev.is_some() {
+            self.handed = true;
+        } else if std::mem::take(&mut self.handed) {
+            self.pipe.signal();
+        }
+        ev
+    }
+    fn is_finished(&self) -> bool {
+        self.inner.is_finished()
+    }
+    fn close_reason(&self) -> Option<&str> {
+        self.inner.close_reason()
+    }
+}
+
 /// A running session (made by `spawn_session`).
 #[pyclass(frozen, name = "SessionTask", module = "lama._lama")]
 pub struct PySessionTask {
-    events: Arc<tokio::sync::Mutex<mpsc::UnboundedReceiver<SessionEvent>>>,
+    pipe: Arc<EventPipe>,
     outcome: watch::Receiver<Option<Arc<Outcome>>>,
     cancel: watch::Sender<bool>,
 }
@@ -421,15 +661,33 @@ impl PySessionTask {
     /// The events since the last call (waits for one); `None` once the session ended and every
     /// event was returned.
     fn events<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        let events = self.events.clone();
-        py_future(py, async move {
-            let mut rx = events.lock().await;
-            let Some(first) = rx.recv().await else { return Ok(None) };
-            let mut batch = vec![first];
-            while let Ok(ev) = rx.try_recv() {
-                batch.push(ev);
+        let lp = py.import("asyncio")?.call_method0("get_running_loop")?;
+        let pipe = self.pipe.clone();
+        if pipe.watch(py, &lp)? {
+            let fut = lp.call_method0("create_future")?;
+            let none_waiting = pipe.waiters.lock().unwrap_or_else(|e| e.into_inner()).is_empty();
+            if none_waiting {
+                if let Some(got) = pipe.take() {
+                    // already there: a done future (awaiting it does not go through the loop)
+                    fut.call_method1("set_result", (got.into_pyobject(py)?,))?;
+                    if pipe.ended() {
+                        pipe.unwatch(py);
+                    }
+                    return Ok(fut);
+                }
             }
-            Ok(Some(EventBatch(batch)))
+            pipe.waiters.lock().unwrap_or_else(|e| e.into_inner()).push_back(fut.clone().unbind());
+            return Ok(fut);
+        }
+        // this loop cannot watch a fd: a tokio task waits for the signal (the former way)
+        py_future(py, async move {
+            loop {
+                let notified = pipe.notify.notified();
+                if let Some(got) = pipe.take() {
+                    return Ok(got);
+                }
+                notified.await;
+            }
         })
     }
 
@@ -465,11 +723,16 @@ fn spawn<P: Session>(protocol: P, transport: Arc<Transport>, store: Option<Store
     let (events_tx, events_rx) = mpsc::unbounded_channel();
     let (outcome_tx, outcome_rx) = watch::channel(None);
     let (cancel_tx, cancel_rx) = watch::channel(false);
+    let pipe = Arc::new(EventPipe::new(events_rx));
+    let protocol = Signalled { inner: protocol, pipe: pipe.clone(), handed: false };
+    let end = pipe.clone();
     rt.spawn(async move {
         let p = lama_net::run_until_cancelled(protocol, transport, events_tx, store_watch, cancel_rx).await;
-        outcome_tx.send_replace(Some(Arc::new(p.outcome())));
+        outcome_tx.send_replace(Some(Arc::new(p.inner.outcome())));
+        // the events channel closed with the driver: `events()` returns None once it is empty
+        end.signal();
     });
-    Ok(PySessionTask { events: Arc::new(tokio::sync::Mutex::new(events_rx)), outcome: outcome_rx, cancel: cancel_tx })
+    Ok(PySessionTask { pipe, outcome: outcome_rx, cancel: cancel_tx })
 }
 
 /// Drive `session` over `transport` in a tokio task.
