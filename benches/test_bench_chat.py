@@ -17,6 +17,7 @@ Small sizes in the plain test run; the real ones with ``--benchmark-enable``."""
 
 from __future__ import annotations
 
+import compileall
 import json
 import os
 import subprocess
@@ -160,6 +161,11 @@ def test_chat_latency_and_throughput(benchmark: Any, core_name: str, tmp_path: P
 
 def test_chat_rss_100k_messages(benchmark: Any, core_name: str, tmp_path: Path) -> None:
     n = 2_000 if benchmark.disabled else 100_000
+    # lama's bytecode compiled first, as installing the wheel does (pip compiles it): this
+    # checkout is installed editable and this environment sets PYTHONDONTWRITEBYTECODE=1, so
+    # every process would otherwise compile lama from source, ~1.6 MiB more resident at start
+    # that an installed lama never has (session 12-13, benches/RESULTS.md)
+    compileall.compile_dir(str(ROOT / "python" / "lama"), quiet=1)
 
     def run() -> None:
         base = tmp_path / f"run{time.monotonic_ns()}"
