@@ -1313,10 +1313,11 @@ class Chat:
                 self._channels[cid][1] = None
                 info = self._channels[cid]
             old = info[1]
-            new = _ch.head_of(store, cid)
+            new, own_head = self._cached_head(cid)
             info[1] = new
             topic_id = info[0]
-            self._republish_merge(cid)
+            if not own_head:  # my own post's change node is never a merge
+                self._republish_merge(cid)
         if not emit or new == old:
             self._deferred.pop(cid, None)
             return 0
@@ -1370,6 +1371,25 @@ class Chat:
             self._cache(data["message"])
         self._emit_many(events)
         return len(events)
+
+    def _cached_head(self, cid: str) -> tuple[str | None, bool]:
+        """The head entry of ``cid``'s current version, and whether that version is the one my
+        last post wrote (its node and ChannelInfo are in the channel's PostCache: no store
+        read but the head; content-addressed, so they are what the store holds)."""
+        cache = self._post_caches.get(cid)
+        if cache is None:
+            return _ch.head_of(self.store, cid), False
+        store = self.store
+        node_hash = store.get_head(cid)
+        if node_hash is None:
+            return None, False
+        hit = cache.versions.get(node_hash)
+        if hit is not None and hit[0].kind != "merge":
+            info, own = hit[1], True
+        else:
+            info, own = store.get_object(versions.load_node(store, node_hash).data), False
+        head = info.get("head")
+        return (None if head is None else str(head)), own
 
     def _own_move(self, cid: str, before: str | None, head: str, ids: list[str]) -> None:
         """Record that my commit about to be written moves the head entry of ``cid`` from
