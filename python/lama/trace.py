@@ -621,8 +621,11 @@ class Tracer:
         # step), the object hashes it brought) (step: "received" by CHUM, "mailbox_fetched"
         # from the mailbox). One frozenset per import, searched newest first: an import of
         # thousands of objects cost ~1 µs per object as entries of one large dict.
-        self._imports: collections.deque[tuple[_Import, frozenset[str]]] = collections.deque()
+        self._imports: collections.deque[tuple[_Import, tuple[str, ...]]] = collections.deque()
         self._imports_n = 0  # hashes in _imports (at most _IMPORTS_MAX, newest kept)
+        # hash -> the newest import that brought it (the objects of the imports kept): a chat
+        # event looks its message up here, also when its import event has not come yet
+        self._import_index: dict[str, _Import] = {}
         # mailbox item id -> the object hashes it brought (until the server confirms deleting)
         self._mb_items: collections.OrderedDict[str, list[str]] = collections.OrderedDict()
         # object hash -> the mailbox_confirmed step, when it came before the chat event
@@ -1122,15 +1125,21 @@ class Tracer:
         at = _now()
         # one entry (and one step object) for every object of the import
         entry: _Import = (person, at, self._events, step, detail, Step(step, at, person, detail))
-        got = frozenset(hashes)
-        imports = self._imports
+        got = tuple(hashes)
+        imports, index = self._imports, self._import_index
         imports.append((entry, got))
         self._imports_n += len(got)
+        for h in got:
+            index[h] = entry
         while len(imports) > 1 and (self._imports_n > _IMPORTS_MAX
                                     or len(imports) > _IMPORT_EVENTS):
-            self._imports_n -= len(imports.popleft()[1])
+            old, gone = imports.popleft()
+            self._imports_n -= len(gone)
+            for h in gone:
+                if index.get(h) is old:  # not brought again by a newer import
+                    del index[h]
         if self._early:  # a chat event that came first
-            for h in [h for h in self._early if h in got]:
+            for h in [h for h in self._early if index.get(h) is entry]:
                 rec = self._early.pop(h)
                 if not rec.recipients:
                     # the import step at its causal place, before `visible` (with the time its
@@ -1150,10 +1159,7 @@ class Tracer:
 
     def _import_of(self, h: str) -> _Import | None:
         """The newest import that brought the object ``h``."""
-        for entry, hashes in reversed(self._imports):
-            if h in hashes:
-                return entry
-        return None
+        return self._import_index.get(h)
 
     def on_mailbox_event(self, entry: dict[str, Any]) -> None:
         """The mailbox service's outcomes (docs/mailbox.md §6): a deposit for a peer
