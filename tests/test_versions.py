@@ -303,6 +303,25 @@ def test_already_merged_and_fast_forward(store: Any) -> None:
     assert [v.node_hash for v in versions.history(store, r0.id_hash)] == [r0.node_hash, r1.node_hash, c2]
 
 
+def test_merge_node_with_the_importers_id_hint(store: Any) -> None:
+    """The importer's ``merge`` event names the ID: a node that already is that ID's head (the
+    import fast-forwarded it) gives the same result as the full merge; a node that is not the
+    head, or a wrong hint, still merges by the node's own ID."""
+    r0 = versions.store_versioned(store, note(title="a"), timestamp_ms=T0)
+    r1 = versions.store_versioned(store, note(title="b"), timestamp_ms=T0 + 1)
+    assert versions.merge_node(store, r1.node_hash, r0.id_hash) == versions.merge_node(store, r1.node_hash)
+    other = versions.store_versioned(store, note(id="n2", title="x"), timestamp_ms=T0)
+    # a branch off r0 concurrent with r1, hinted with its own ID and with a wrong one
+    c = fork(store, r0.node_hash, note(title="c"), T0 + 2)
+    res = versions.merge_node(store, c, other.id_hash)
+    assert res.id_hash == r0.id_hash and res.head not in (c, r1.node_hash)
+    assert store.get_head(other.id_hash) == other.node_hash
+    assert store.get_head(r0.id_hash) == res.head
+    assert versions.merge_node(store, res.head, r0.id_hash).head == res.head
+    with pytest.raises(ValueError):
+        versions.merge_node(store, c, "not a hash")
+
+
 def test_register_last_writer_wins_by_creation_time(store: Any) -> None:
     versions.store_versioned(store, note(title="base"), timestamp_ms=T0)
     versions.store_versioned(store, note(title="local"), timestamp_ms=T0 + 30)

@@ -1313,11 +1313,11 @@ class Chat:
                 self._channels[cid][1] = None
                 info = self._channels[cid]
             old = info[1]
-            new, own_head = self._cached_head(cid)
+            new, node = self._cached_head(cid)
             info[1] = new
             topic_id = info[0]
-            if not own_head:  # my own post's change node is never a merge
-                self._republish_merge(cid)
+            if node is not None and node.kind == "merge":  # (never my own post's node)
+                self._republish_merge(cid, node)
         if not emit or new == old:
             self._deferred.pop(cid, None)
             return 0
@@ -1372,24 +1372,25 @@ class Chat:
         self._emit_many(events)
         return len(events)
 
-    def _cached_head(self, cid: str) -> tuple[str | None, bool]:
-        """The head entry of ``cid``'s current version, and whether that version is the one my
-        last post wrote (its node and ChannelInfo are in the channel's PostCache: no store
-        read but the head; content-addressed, so they are what the store holds)."""
-        cache = self._post_caches.get(cid)
-        if cache is None:
-            return _ch.head_of(self.store, cid), False
+    def _cached_head(self, cid: str) -> tuple[str | None, versions.VersionNode | None]:
+        """The head entry of ``cid``'s current version and its head version node, which is
+        ``None`` if that version is the one my last post wrote (its node and ChannelInfo are
+        in the channel's PostCache: no store read but the head; content-addressed, so they
+        are what the store holds) or if the channel has no version."""
         store = self.store
         node_hash = store.get_head(cid)
         if node_hash is None:
-            return None, False
-        hit = cache.versions.get(node_hash)
+            return None, None
+        cache = self._post_caches.get(cid)
+        hit = None if cache is None else cache.versions.get(node_hash)
+        node: versions.VersionNode | None
         if hit is not None and hit[0].kind != "merge":
-            info, own = hit[1], True
+            info, node = hit[1], None
         else:
-            info, own = store.get_object(versions.load_node(store, node_hash).data), False
+            node = versions.load_node(store, node_hash)
+            info = store.get_object(node.data)
         head = info.get("head")
-        return (None if head is None else str(head)), own
+        return (None if head is None else str(head)), node
 
     def _own_move(self, cid: str, before: str | None, head: str, ids: list[str]) -> None:
         """Record that my commit about to be written moves the head entry of ``cid`` from
@@ -1441,7 +1442,7 @@ class Chat:
         out.sort(key=lambda m: (m.timestamp, m.id))
         return out
 
-    def _republish_merge(self, cid: str) -> None:
+    def _republish_merge(self, cid: str, node: versions.VersionNode | None = None) -> None:
         """A channel whose head is a local merge (of an imported version with ours) gets a
         change node with the same data on top: merge nodes are not exported (objects.md §6.2
         item 3, docs/chum-session.md §1), so without it a third replica - my other device -
@@ -1460,7 +1461,8 @@ class Chat:
         each republished node is a new branch for the other two, and they keep merging and
         republishing the same data for ever (issue 10: a running ``lama serve`` was so busy
         with that exchange that a new connection's identity steps timed out)."""
-        node = versions.head_node(self.store, cid)
+        if node is None:
+            node = versions.head_node(self.store, cid)
         if node is None or node.kind != "merge":
             return
         try:

@@ -54,7 +54,7 @@ def handle_event(store: Store, kind: str, data: dict[str, Any], result: SyncResu
         # different values.  With the shared graph both peers find the same common history and
         # compute the same merge.  The wire is unchanged: a ONE peer still fetches lama's
         # nodes and merges their data as edges on its side.
-        out = versions.merge_node(store, data["node"])
+        out = versions.merge_node(store, data["node"], data.get("id_hash") or None)
         if result is not None:
             result.merged.append(out)
     elif result is None:

@@ -552,10 +552,18 @@ def merge_remote_version(store: Store, obj_or_hash: dict[str, Any] | str, creati
     return _store_data(store, type_name, h, core.sha256_hex(id_md), None, "merge", ct)
 
 
-def merge_node(store: Store, node_hash: str) -> VersionResult:
+def merge_node(store: Store, node_hash: str, id_hint: str | None = None) -> VersionResult:
     """Merge an already stored version node (e.g. the head of another branch) into the head
     of its ID hash (objects.md §4.3): nothing if the head contains it, fast-forward if it
-    contains the head, otherwise a CRDT merge recorded in a ``VersionNodeMerge``."""
+    contains the head, otherwise a CRDT merge recorded in a ``VersionNodeMerge``.
+
+    ``id_hint`` (the CHUM importer's ``merge`` event names the ID) is only a hint: when that
+    ID's head already is the node - the importer fast-forwarded it in the import's
+    transaction, the common case of a live push - nothing is read but the node (a node that
+    is an ID's head is a version of that ID); otherwise the ID is computed from the data."""
+    if id_hint is not None and store.get_head(core.check_hash(id_hint, "an ID hash")) == node_hash:
+        node = load_node(store, node_hash)
+        return VersionResult(node.data, id_hint, "exists", node.hash, node.creation_time, node.hash, node.data)
     node = load_node(store, node_hash)
     microdata = store.get(node.data)
     id_md = core.id_microdata_of(microdata)
