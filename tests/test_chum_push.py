@@ -98,3 +98,65 @@ def test_roots_granted_before_the_subscription_are_notified_at_once(tmp_path: Pa
     pushed = {r.get("hash") or r.get("idHash") or r.get("node") for r in notify[0]["args"][0]["roots"]}
     assert later.topic in pushed and not pushed & {r.get("hash") for r in roots}
     a.close()
+
+
+def _notifies(frames: list[str | bytes]) -> int:
+    return sum(1 for f in frames if isinstance(f, str)
+               and (m := json.loads(f)).get("type") == "request" and m.get("serviceId") == 104)
+
+
+def test_no_echo_of_what_the_peer_sent(tmp_path: Path) -> None:
+    """docs/chum-fastpath.md "No echo": B grants A's channel to A too (as the chat layer does
+    for both channels of a 1:1 topic), so B's import of A's post makes it accessible to A in
+    B's store. B's exporter must not announce it back: that NOTIFY only cost A a pass, a
+    receipt and a mark commit per message. A root A lacks is still pushed, and its NOTIFY
+    chains onto A's mark across the roots left out."""
+    from chum_graph import grant_id
+
+    register_recipes()
+    a, b = core.Store(str(tmp_path / "a")), core.Store(str(tmp_path / "b"))
+    pa, pb = person_id(a, "alice@a.example"), person_id(a, "bob@b.example")
+    person_id(b, "alice@a.example")
+    person_id(b, "bob@b.example")
+    chat = Chat(a, pa, pb)
+    chat.share([pa, pb])
+    first = chat.post("first")
+    own = Chat(b, pb, pa, topic="b")
+    own.share([pa, pb])
+    opts = {"keep_running": True, "poll_interval": 5.0, "fast_path": True}
+    sa, sb = core.ChumSession(a, pa, pb, **opts), core.ChumSession(b, pb, pa, **opts)
+    pump = Pump(sa, sb)
+    sa.start(pump.now)
+    sb.start(pump.now)
+    pump.run(max_time=1.0)
+    assert b.has(first) and a.has(own.topic)
+    grant_id(b, chat.ci, [pa, pb])  # B's grant of A's channel, once it arrived
+    sb.store_changed(pump.now)
+    pump.run(max_time=1.0)
+
+    for i in range(3):  # A's posts: each reaches B, and nothing comes back
+        sent_b, passes_a = _notifies(pump.sent[1]), len([k for k, _ in pump.events[0] if k == "receipt_sent"])
+        post = chat.post(f"post {i}")
+        sa.store_changed(pump.now)
+        pump.run(max_time=1.0)
+        assert b.has(post)
+        sb.store_changed(pump.now)  # B's driver sees its import
+        pump.run(max_time=1.0)
+        assert _notifies(pump.sent[1]) == sent_b, "B announced A's own post back to A"
+        assert len([k for k, _ in pump.events[0] if k == "receipt_sent"]) == passes_a
+
+    # a root A lacks: pushed at once, and the NOTIFY chains over the roots left out
+    mine = own.post("from b")
+    sb.store_changed(pump.now)
+    pump.run(max_time=1.0)
+    assert _notifies(pump.sent[1]) >= 1 and a.has(mine)
+    receipts = [d for k, d in pump.events[0] if k == "receipt_sent"]
+    assert receipts[-1]["mark"] == b.last_seq() and receipts[-1]["errors"] == []
+    roots_asked = [f for f in pump.sent[0] if isinstance(f, str)
+                   and (m := json.loads(f)).get("type") == "request" and m.get("serviceId") == 102]
+    assert len(roots_asked) == 1, "the NOTIFY did not chain onto A's mark (A asked for its roots)"
+    sa.connection_closed("bye", pump.now)
+    pump.step()
+    assert a.verify() == [] and b.verify() == []
+    a.close()
+    b.close()

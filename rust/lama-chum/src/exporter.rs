@@ -704,6 +704,15 @@ impl Exporter {
             }
             v
         }).collect();
+        if self.notify_closure && hashes.iter().all(|h| Hash::parse(h).is_some_and(|k| self.known.contains(&k))) {
+            // docs/chum-fastpath.md "No echo": the importer holds every one of these roots
+            // (typically what our importer just received from it, made accessible to it again
+            // by our import). No NOTIFY: it would only move the importer's mark, at the cost of
+            // a pass, a receipt and a mark commit on its side for every message it sends. The
+            // base stays, so the next NOTIFY's `since..mark` covers these roots too and still
+            // chains onto the importer's mark.
+            return Ok(None);
+        }
         let wire = self.unlock_rows(roots);
         let mut payload = json!({"since": self.notify_base, "mark": self.notify_mark, "roots": wire});
         if self.notify_closure && self.known.is_empty() && self.receipt_mark > 0 {

@@ -419,6 +419,14 @@ class Exporter:
             return []
         hashes = [h for kind, h, id_hash, _t in roots
                   for h in ([h, id_hash] if kind == "versioned" and id_hash else [h])]
+        if self.notify_closure and all(h in self.known for h in hashes):
+            # docs/chum-fastpath.md "No echo": the importer holds every one of these roots
+            # (typically what our importer just received from it, made accessible to it again
+            # by our import). No NOTIFY: it would only move the importer's mark, at the cost
+            # of a pass, a receipt and a mark commit on its side for every message it sends.
+            # The base stays, so the next NOTIFY's since..mark covers these roots too and
+            # still chains onto the importer's mark.
+            return None
         payload = {"since": self.notify_base, "mark": self.notify_mark,
                    "roots": self._unlock_rows(roots)}
         try:
