@@ -74,9 +74,11 @@ def note(inst: Instance, text: str, to: Instance) -> str:
     return h
 
 
-async def pair(ma: ConnectionManager, mb: ConnectionManager) -> float:
-    """B accepts A's invitation; returns seconds from the pairing's end to CHUM up both ways."""
-    inv = ma.create_invitation()
+async def pair(ma: ConnectionManager, mb: ConnectionManager,
+               lifetime: float | None = None) -> float:
+    """B accepts A's invitation (``lifetime``: its own, else the manager's); returns seconds
+    from the pairing's end to CHUM up both ways."""
+    inv = ma.create_invitation(lifetime)
     outcome = await mb.accept_invitation(inv)
     t0 = time.monotonic()
     assert outcome.remote_person == ma.instance.person_id
@@ -927,7 +929,9 @@ def test_pairing_and_direction_switches(tmp_path: Path) -> None:
             # the inviter's refusal, as the invitee sees it (docs/connections.md §3.2)
             assert e.value.code == "LAMA-PROTO-CLOSED" and "token has expired" in str(e.value)
             assert (a.store.count(), b.store.count()) == before
-            await pair(ma, mb)
+            # (an invitation of its own lifetime: a pairing on a loaded host can take longer
+            # than the manager's 0.3 s, and then failed here with "token has expired")
+            await pair(ma, mb, lifetime=60.0)
             [conn] = live_conns(ma)
             assert not conn.initiator, "A does not dial"
             assert not [r for e in ma.connections_info() for r in e["routes"]
