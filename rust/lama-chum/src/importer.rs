@@ -444,6 +444,8 @@ pub struct Importer {
     receipt: Option<(Option<u64>, Vec<String>)>,
     /// The pass's mark, to be written once its receipt is out (see `end_pass`).
     mark_due: Option<u64>,
+    /// The mark the pass's last commit wrote with its objects (see [`Importer::commit_mark`]).
+    mark_committed: std::cell::Cell<Option<u64>>,
     /// The store transactions of the passes, on a thread of their own (commit.rs).
     committer: Committer,
     passes: u64,
@@ -488,6 +490,7 @@ impl Importer {
             committer: Committer::new(store_clone, node_depth),
             passes: 0,
             mark_due: None,
+            mark_committed: std::cell::Cell::new(None),
         }
     }
 
@@ -1259,8 +1262,26 @@ impl Importer {
         self.closure_pass_ended(cx);
         self.note_receipt(cx);
         // the high-water mark moves only after a pass that imported everything it listed
+        let committed = self.mark_committed.take();
         if let (Some(m), Some(key)) = (self.pass_mark.take(), &self.peer_key) {
-            if cx.stats.errors == self.errors_before && self.pending.is_empty() && self.pending_before == 0 {
+            let clean = cx.stats.errors == self.errors_before && self.pending.is_empty() && self.pending_before == 0;
+            if clean && committed == Some(m) {
+                // written with the pass's last commit (`commit_mark`): the receipt still goes
+                // out after the zero sleep, with no mark commit after it
+                self.since = m;
+                if self.receipt.is_some() {
+                    if !self.full_sync {
+                        self.full_sync = true;
+                        cx.events.push_back(Event::FullSync);
+                    }
+                    self.stage = Stage::ReceiptFirst;
+                    return Ok(Step::Sleep(Duration::ZERO));
+                }
+            } else if committed.is_some() {
+                // not reached (`commit_mark` lets nothing follow that commit); should it be,
+                // the mark on disk goes back to where this pass started
+                self.persist_mark(self.since, cx);
+            } else if clean {
                 self.since = m;
                 if self.receipt.is_some() {
                     // docs/chum-fastpath.md "Receipt before the mark": the receipt goes out
@@ -2069,7 +2090,12 @@ impl Importer {
             let here = pass.com.sent.is_empty() && (pass.com.handed == 0 || last || forward || batch.len() < COMMIT_HERE_MAX);
             pass.com.handed += batch.len();
             if here {
-                let fates = self.committer.commit_here(pass.no, owned, ff);
+                let mark = if forward && pass.com.ready.is_empty() { self.commit_mark(pass, cx) } else { None };
+                let m = mark.as_ref().map(|(_, m)| *m);
+                let (fates, marked) = self.committer.commit_here_marked(pass.no, owned, ff, mark);
+                if marked {
+                    self.mark_committed.set(m);
+                }
                 self.settled(pass, Sent { hashes: batch, first: blobs }, Some(fates), cx);
                 continue;
             }
@@ -2082,6 +2108,39 @@ impl Importer {
         if last || forward {
             self.settle(pass, cx);
         }
+    }
+
+    /// docs/chum-fastpath.md "Peer mark after a push": the peer mark for the commit being made
+    /// when it is the last thing of a pass that will end clean, so the mark is written in the
+    /// objects' transaction (one fsync per push, not two). Only in a keep-running session that
+    /// has subscribed (its pushes; the first pass keeps "receipt before the mark"), and only when
+    /// nothing can follow the commit: the fetch is over, no closure request is out or would go
+    /// out, no BLOB/CLOB is left to fetch, every item of the pass is stored or in this batch
+    /// (`hand_over` marks them), and the pass has no error or pending BLOB so far. Anything
+    /// else keeps the separate mark commit of `end_pass`.
+    fn commit_mark(&self, pass: &Pass, cx: &Cx) -> Option<(String, u64)> {
+        let key = self.peer_key.as_ref()?;
+        let m = self.pass_mark?;
+        let clean = cx.stats.errors == self.errors_before && self.pending.is_empty() && self.pending_before == 0;
+        if !(self.keep_running && self.subscribed && clean) || pass.com.any_bad || !pass.com.sent.is_empty() || !pass.com.ready.is_empty() {
+            return None;
+        }
+        if !pass.inflight.is_empty() || pass.closure_out || !pass.pages.is_empty() || pass.next < pass.texts.len() {
+            return None;
+        }
+        // no further children round (as `next_calls` would ask one)
+        let asked = |service: u32, h: &H| pass.seen_jobs.contains(&(service, *h));
+        let covered = |h: &H| pass.items.get(h).is_some_and(|it| it.covered);
+        if pass.queue.iter().any(|j| !asked(j.service, &j.hash) && !covered(&j.hash)) {
+            return None;
+        }
+        if pass.group_missing.iter().any(|(_, ms)| ms.iter().any(|n| !covered(n) && !asked(GET_OBJECT_CHILDREN, n))) {
+            return None;
+        }
+        if !pass.items.v.iter().flatten().all(|it| it.stored) {
+            return None;
+        }
+        Some((key.clone(), m))
     }
 
     /// Wait for every batch out on the commit thread and take in their fates.
