@@ -520,12 +520,11 @@ impl Importer {
     /// "notify-closure": the entries of the closures a NOTIFY carried for a children round
     /// whose every root has one, as a paged 106 answer text (in `jobs`' order); `None` (ask
     /// 106) otherwise. What is taken is verified exactly like a 106 answer.
-    fn take_inline(&mut self, jobs: &[Job]) -> Option<String> {
+    fn take_inline(&mut self, jobs: &[Job]) -> Option<Vec<Value>> {
         if self.inline.is_empty() || jobs.is_empty() || !jobs.iter().all(|j| self.inline.contains_key(&j.hash)) {
             return None;
         }
-        let list: Vec<Value> = jobs.iter().map(|j| self.inline.remove(&j.hash).expect("checked")).collect();
-        Some(Value::Array(list).to_string())
+        Some(jobs.iter().map(|j| self.inline.remove(&j.hash).expect("checked")).collect())
     }
 
     /// The next pass: from the roots the NOTIFYs carried when they chain onto our mark (every
@@ -911,18 +910,7 @@ impl Importer {
             // general way below, which reports it
             if let Outcome::Ok(Some(Value::String(s))) = &res {
                 if let Some(parsed) = typed_closure(s, n, paged) {
-                    for (job, r) in chunk.iter().zip(parsed) {
-                        match r {
-                            None => out.push((Children::Raw(Outcome::Err { code: "CES-GOC1".into(), message: "not served by the exporter".into() }), None)),
-                            Some(c) => {
-                                if let Some(t) = c.root {
-                                    pass.prefetched.insert(job.hash, t);
-                                }
-                                pass.prefetched.extend(c.data);
-                                out.push((Children::Parsed(c.list), c.more));
-                            }
-                        }
-                    }
+                    take_closures(pass, chunk.into_iter(), parsed, &mut out);
                     continue;
                 }
             }
@@ -1594,8 +1582,23 @@ impl Importer {
 
     /// "notify-closure": a children round answered by the closures the NOTIFY carried, taken
     /// as the answer of a paged 106 (no request goes out), then the fetch goes on.
-    fn inline_round(&mut self, mut pass: Box<Pass>, jobs: Vec<Job>, answer: String, cx: &mut Cx) -> Result<Step, Fatal> {
-        let r = self.split_closure(&mut pass, &jobs, vec![Outcome::Ok(Some(Value::String(answer)))], true);
+    fn inline_round(&mut self, mut pass: Box<Pass>, jobs: Vec<Job>, answer: Vec<Value>, cx: &mut Cx) -> Result<Step, Fatal> {
+        // the NOTIFY's entries are read as the parsed values they are (issue 8: a push wrote
+        // them back to a string and parsed that again); anything unusual goes the general way
+        let typed = answer
+            .iter()
+            .map(<Option<ClosureRoot> as serde::Deserialize>::deserialize)
+            .collect::<Result<Vec<_>, _>>()
+            .ok()
+            .and_then(|roots| closures_of(roots, jobs.len(), true));
+        let r = match typed {
+            Some(parsed) => {
+                let mut out = Vec::with_capacity(jobs.len());
+                take_closures(&mut pass, jobs.iter(), parsed, &mut out);
+                Ok(out)
+            }
+            None => self.split_closure(&mut pass, &jobs, vec![Outcome::Ok(Some(Value::String(Value::Array(answer).to_string())))], true),
+        };
         if let Err(f) = r.and_then(|res| self.paged_children(&mut pass, jobs, res, cx)) {
             self.flush(&mut pass, Vec::new(), Vec::new(), false, false, cx);
             return Err(f);
@@ -2485,7 +2488,28 @@ struct Closure {
 ///
 /// `paged`: the lists come dependencies first (not reversed), and `more` counts.
 fn typed_closure(s: &str, n: usize, paged: bool) -> Option<Vec<Option<Closure>>> {
-    let roots = serde_json::from_str::<Vec<Option<ClosureRoot>>>(s).ok()?;
+    closures_of(serde_json::from_str::<Vec<Option<ClosureRoot>>>(s).ok()?, n, paged)
+}
+
+/// The children of each job from a typed closure answer (`parsed`, in the jobs' order): the
+/// inline microdata goes to `prefetched`, each list to `out`.
+fn take_closures<'a>(pass: &mut Pass, jobs: impl Iterator<Item = &'a Job>, parsed: Vec<Option<Closure>>, out: &mut Vec<(Children, Option<String>)>) {
+    for (job, r) in jobs.zip(parsed) {
+        match r {
+            None => out.push((Children::Raw(Outcome::Err { code: "CES-GOC1".into(), message: "not served by the exporter".into() }), None)),
+            Some(c) => {
+                if let Some(t) = c.root {
+                    pass.prefetched.insert(job.hash, t);
+                }
+                pass.prefetched.extend(c.data);
+                out.push((Children::Parsed(c.list), c.more));
+            }
+        }
+    }
+}
+
+/// [`typed_closure`] of the parsed roots.
+fn closures_of(roots: Vec<Option<ClosureRoot>>, n: usize, paged: bool) -> Option<Vec<Option<Closure>>> {
     if roots.len() != n {
         return None;
     }
