@@ -52,6 +52,8 @@ struct Job {
     pass: u64,
     items: Vec<Owned>,
     forward: Vec<([u8; 32], [u8; 32])>,
+    /// The peer mark to write in the batch's transaction (only a pass's last commit, in place).
+    mark: Option<(String, u64)>,
 }
 
 struct Running {
@@ -96,18 +98,21 @@ impl Committer {
     pub(crate) fn submit(&self, pass: u64, items: Vec<Owned>, forward: Vec<([u8; 32], [u8; 32])>) {
         // if the thread is gone (it panicked), `wait` says so: nothing of the batch is stored
         if let Some(tx) = self.running().tx.as_ref() {
-            let _ = tx.send(Job { pass, items, forward });
+            let _ = tx.send(Job { pass, items, forward, mark: None });
         }
     }
 
     /// Commit a batch on this thread, now (only while no batch is out: small batches, where a
     /// thread hop would cost more than the commit, and a pass's first and last ones).
-    pub(crate) fn commit_here(&self, pass: u64, items: Vec<Owned>, forward: Vec<([u8; 32], [u8; 32])>) -> Vec<Fate> {
+    /// With `mark = (peer, m)` the peer mark goes into the same transaction
+    /// (`Store::put_verified_forward_mark`), written only if every item of the batch is
+    /// committed in it; the second value says whether it was.
+    pub(crate) fn commit_here_marked(&self, pass: u64, items: Vec<Owned>, forward: Vec<([u8; 32], [u8; 32])>, mark: Option<(String, u64)>) -> (Vec<Fate>, bool) {
         let mut r = self.refused.lock().unwrap_or_else(|e| e.into_inner());
         if r.0 != pass {
             *r = (pass, HashSet::default());
         }
-        commit(&self.store, &mut r.1, &Job { pass, items, forward }, self.depth)
+        commit(&self.store, &mut r.1, &Job { pass, items, forward, mark }, self.depth)
     }
 
     /// The fates of the oldest batch not reported yet, waiting for its commit; `None` if the
@@ -141,7 +146,7 @@ fn run(store: Store, jobs: mpsc::Receiver<Job>, done: mpsc::Sender<Vec<Fate>>, d
             if r.0 != job.pass {
                 *r = (job.pass, HashSet::default());
             }
-            commit(&store, &mut r.1, &job, depth)
+            commit(&store, &mut r.1, &job, depth).0
         };
         // the importer may be gone (the session was dropped): the commit is done all the same
         let _ = done.send(fates);
@@ -149,8 +154,10 @@ fn run(store: Store, jobs: mpsc::Receiver<Job>, done: mpsc::Sender<Vec<Fate>>, d
 }
 
 /// One batch: one transaction for every item whose references were not refused; if the store
-/// refuses it (pre-verified, so this is rare), item by item, dependencies first.
-fn commit(store: &Store, refused: &mut HashSet<[u8; 32]>, job: &Job, depth: fn(&str) -> f64) -> Vec<Fate> {
+/// refuses it (pre-verified, so this is rare), item by item, dependencies first. The job's peer
+/// mark goes into that one transaction only when it holds every item (nothing skipped); the
+/// second value says whether it was written.
+fn commit(store: &Store, refused: &mut HashSet<[u8; 32]>, job: &Job, depth: fn(&str) -> f64) -> (Vec<Fate>, bool) {
     let mut fates: Vec<Option<Fate>> = (0..job.items.len()).map(|_| None).collect();
     let mut keep: Vec<usize> = Vec::with_capacity(job.items.len());
     for (i, it) in job.items.iter().enumerate() {
@@ -161,14 +168,18 @@ fn commit(store: &Store, refused: &mut HashSet<[u8; 32]>, job: &Job, depth: fn(&
             keep.push(i);
         }
     }
+    let mark = job.mark.as_ref().filter(|_| keep.len() == job.items.len()).map(|(p, m)| (p.as_str(), *m));
     let result = {
         let all: Vec<Verified> = keep.iter().map(|&i| job.items[i].verified()).collect();
-        if job.forward.is_empty() {
+        if mark.is_some() {
+            store.put_verified_forward_mark(&all, &job.forward, mark).map(|_| ())
+        } else if job.forward.is_empty() {
             store.put_verified(&all).map(|_| ())
         } else {
             store.put_verified_forward(&all, &job.forward).map(|_| ())
         }
     };
+    let marked = mark.is_some() && result.is_ok();
     let stored = |it: &Owned| Fate::Stored(if it.want_depth { Some(depth(&it.text)) } else { None });
     match result {
         Ok(()) => {
@@ -195,7 +206,7 @@ fn commit(store: &Store, refused: &mut HashSet<[u8; 32]>, job: &Job, depth: fn(&
             }
         }
     }
-    fates.into_iter().map(|f| f.unwrap_or(Fate::Skipped)).collect()
+    (fates.into_iter().map(|f| f.unwrap_or(Fate::Skipped)).collect(), marked)
 }
 
 #[cfg(test)]
@@ -261,7 +272,7 @@ mod tests {
         let (u2, u2_h) = node(Some(&u1_h), &good_h, 1);
 
         // the pass's first batch, in place; the next ones on the thread
-        let f = c.commit_here(1, vec![good], Vec::new());
+        let (f, _) = c.commit_here_marked(1, vec![good], Vec::new(), None);
         assert!(stored(&f[0]));
         c.submit(1, vec![bad, r1, r2, u1], Vec::new());
         c.submit(1, vec![r3, u2], Vec::new());
@@ -299,6 +310,41 @@ mod tests {
         c.submit(2, big, Vec::new());
         drop(c);
         assert!(store.has(&last_h).unwrap());
+        assert!(store.verify().unwrap().is_empty(), "{:?}", store.verify().unwrap());
+    }
+
+    /// A pass's last commit with the peer mark (issue 8, docs/chum-fastpath.md "Peer mark after
+    /// a push"): written with the objects when the one transaction holds every item, and not
+    /// at all when an item is refused or skipped (that pass is not clean).
+    #[test]
+    fn the_peer_mark_is_written_with_the_batch_only_when_every_item_is() {
+        let d = tempfile::tempdir().unwrap();
+        let store = Store::open(d.path(), None).unwrap();
+        let c = Committer::new(store.clone(), no_depth);
+        let key = "peer/epoch";
+        let (good, good_h) = item("Person", vec![("email", s("good@x")), ("name", s("Good"))]);
+        let (n1, n1_h) = node(None, &good_h, 0);
+        let (f, marked) = c.commit_here_marked(1, vec![good, n1], Vec::new(), Some((key.to_string(), 7)));
+        assert!(f.iter().all(stored) && marked);
+        assert!(store.has(&n1_h).unwrap());
+        assert_eq!(store.peer_mark(key).unwrap(), 7);
+        // a refused item: the rest is stored item by item, the mark stays
+        let (bad, bad_h) = item("Person", vec![("email", s("bad@x")), ("name", s("\u{10F800}"))]);
+        let (n2, n2_h) = node(Some(&n1_h), &bad_h, 1);
+        let (other, other_h) = item("Person", vec![("email", s("other@x")), ("name", s("Other"))]);
+        let (f, marked) = c.commit_here_marked(2, vec![bad, n2, other], Vec::new(), Some((key.to_string(), 9)));
+        assert!(!marked);
+        assert!(matches!(f[0], Fate::Refused(..)) && matches!(f[1], Fate::Skipped) && stored(&f[2]));
+        assert!(!store.has(&n2_h).unwrap() && store.has(&other_h).unwrap());
+        assert_eq!(store.peer_mark(key).unwrap(), 7);
+        // an item skipped before the transaction (its reference was refused earlier in the
+        // pass): the others are committed, the mark is not
+        let (n3, _) = node(Some(&n2_h), &good_h, 2);
+        let (more, more_h) = item("Person", vec![("email", s("more@x")), ("name", s("More"))]);
+        let (f, marked) = c.commit_here_marked(2, vec![n3, more], Vec::new(), Some((key.to_string(), 9)));
+        assert!(!marked && matches!(f[0], Fate::Skipped) && stored(&f[1]));
+        assert!(store.has(&more_h).unwrap());
+        assert_eq!(store.peer_mark(key).unwrap(), 7);
         assert!(store.verify().unwrap().is_empty(), "{:?}", store.verify().unwrap());
     }
 }

@@ -444,6 +444,8 @@ pub struct Importer {
     receipt: Option<(Option<u64>, Vec<String>)>,
     /// The pass's mark, to be written once its receipt is out (see `end_pass`).
     mark_due: Option<u64>,
+    /// The mark the pass's last commit wrote with its objects (see [`Importer::commit_mark`]).
+    mark_committed: std::cell::Cell<Option<u64>>,
     /// The store transactions of the passes, on a thread of their own (commit.rs).
     committer: Committer,
     passes: u64,
@@ -488,6 +490,7 @@ impl Importer {
             committer: Committer::new(store_clone, node_depth),
             passes: 0,
             mark_due: None,
+            mark_committed: std::cell::Cell::new(None),
         }
     }
 
@@ -517,12 +520,11 @@ impl Importer {
     /// "notify-closure": the entries of the closures a NOTIFY carried for a children round
     /// whose every root has one, as a paged 106 answer text (in `jobs`' order); `None` (ask
     /// 106) otherwise. What is taken is verified exactly like a 106 answer.
-    fn take_inline(&mut self, jobs: &[Job]) -> Option<String> {
+    fn take_inline(&mut self, jobs: &[Job]) -> Option<Vec<Value>> {
         if self.inline.is_empty() || jobs.is_empty() || !jobs.iter().all(|j| self.inline.contains_key(&j.hash)) {
             return None;
         }
-        let list: Vec<Value> = jobs.iter().map(|j| self.inline.remove(&j.hash).expect("checked")).collect();
-        Some(Value::Array(list).to_string())
+        Some(jobs.iter().map(|j| self.inline.remove(&j.hash).expect("checked")).collect())
     }
 
     /// The next pass: from the roots the NOTIFYs carried when they chain onto our mark (every
@@ -908,18 +910,7 @@ impl Importer {
             // general way below, which reports it
             if let Outcome::Ok(Some(Value::String(s))) = &res {
                 if let Some(parsed) = typed_closure(s, n, paged) {
-                    for (job, r) in chunk.iter().zip(parsed) {
-                        match r {
-                            None => out.push((Children::Raw(Outcome::Err { code: "CES-GOC1".into(), message: "not served by the exporter".into() }), None)),
-                            Some(c) => {
-                                if let Some(t) = c.root {
-                                    pass.prefetched.insert(job.hash, t);
-                                }
-                                pass.prefetched.extend(c.data);
-                                out.push((Children::Parsed(c.list), c.more));
-                            }
-                        }
-                    }
+                    take_closures(pass, chunk.into_iter(), parsed, &mut out);
                     continue;
                 }
             }
@@ -1259,8 +1250,26 @@ impl Importer {
         self.closure_pass_ended(cx);
         self.note_receipt(cx);
         // the high-water mark moves only after a pass that imported everything it listed
+        let committed = self.mark_committed.take();
         if let (Some(m), Some(key)) = (self.pass_mark.take(), &self.peer_key) {
-            if cx.stats.errors == self.errors_before && self.pending.is_empty() && self.pending_before == 0 {
+            let clean = cx.stats.errors == self.errors_before && self.pending.is_empty() && self.pending_before == 0;
+            if clean && committed == Some(m) {
+                // written with the pass's last commit (`commit_mark`): the receipt still goes
+                // out after the zero sleep, with no mark commit after it
+                self.since = m;
+                if self.receipt.is_some() {
+                    if !self.full_sync {
+                        self.full_sync = true;
+                        cx.events.push_back(Event::FullSync);
+                    }
+                    self.stage = Stage::ReceiptFirst;
+                    return Ok(Step::Sleep(Duration::ZERO));
+                }
+            } else if committed.is_some() {
+                // not reached (`commit_mark` lets nothing follow that commit); should it be,
+                // the mark on disk goes back to where this pass started
+                self.persist_mark(self.since, cx);
+            } else if clean {
                 self.since = m;
                 if self.receipt.is_some() {
                     // docs/chum-fastpath.md "Receipt before the mark": the receipt goes out
@@ -1573,8 +1582,23 @@ impl Importer {
 
     /// "notify-closure": a children round answered by the closures the NOTIFY carried, taken
     /// as the answer of a paged 106 (no request goes out), then the fetch goes on.
-    fn inline_round(&mut self, mut pass: Box<Pass>, jobs: Vec<Job>, answer: String, cx: &mut Cx) -> Result<Step, Fatal> {
-        let r = self.split_closure(&mut pass, &jobs, vec![Outcome::Ok(Some(Value::String(answer)))], true);
+    fn inline_round(&mut self, mut pass: Box<Pass>, jobs: Vec<Job>, answer: Vec<Value>, cx: &mut Cx) -> Result<Step, Fatal> {
+        // the NOTIFY's entries are read as the parsed values they are (issue 8: a push wrote
+        // them back to a string and parsed that again); anything unusual goes the general way
+        let typed = answer
+            .iter()
+            .map(<Option<ClosureRoot> as serde::Deserialize>::deserialize)
+            .collect::<Result<Vec<_>, _>>()
+            .ok()
+            .and_then(|roots| closures_of(roots, jobs.len(), true));
+        let r = match typed {
+            Some(parsed) => {
+                let mut out = Vec::with_capacity(jobs.len());
+                take_closures(&mut pass, jobs.iter(), parsed, &mut out);
+                Ok(out)
+            }
+            None => self.split_closure(&mut pass, &jobs, vec![Outcome::Ok(Some(Value::String(Value::Array(answer).to_string())))], true),
+        };
         if let Err(f) = r.and_then(|res| self.paged_children(&mut pass, jobs, res, cx)) {
             self.flush(&mut pass, Vec::new(), Vec::new(), false, false, cx);
             return Err(f);
@@ -2069,7 +2093,12 @@ impl Importer {
             let here = pass.com.sent.is_empty() && (pass.com.handed == 0 || last || forward || batch.len() < COMMIT_HERE_MAX);
             pass.com.handed += batch.len();
             if here {
-                let fates = self.committer.commit_here(pass.no, owned, ff);
+                let mark = if forward && pass.com.ready.is_empty() { self.commit_mark(pass, cx) } else { None };
+                let m = mark.as_ref().map(|(_, m)| *m);
+                let (fates, marked) = self.committer.commit_here_marked(pass.no, owned, ff, mark);
+                if marked {
+                    self.mark_committed.set(m);
+                }
                 self.settled(pass, Sent { hashes: batch, first: blobs }, Some(fates), cx);
                 continue;
             }
@@ -2082,6 +2111,39 @@ impl Importer {
         if last || forward {
             self.settle(pass, cx);
         }
+    }
+
+    /// docs/chum-fastpath.md "Peer mark after a push": the peer mark for the commit being made
+    /// when it is the last thing of a pass that will end clean, so the mark is written in the
+    /// objects' transaction (one fsync per push, not two). Only in a keep-running session that
+    /// has subscribed (its pushes; the first pass keeps "receipt before the mark"), and only when
+    /// nothing can follow the commit: the fetch is over, no closure request is out or would go
+    /// out, no BLOB/CLOB is left to fetch, every item of the pass is stored or in this batch
+    /// (`hand_over` marks them), and the pass has no error or pending BLOB so far. Anything
+    /// else keeps the separate mark commit of `end_pass`.
+    fn commit_mark(&self, pass: &Pass, cx: &Cx) -> Option<(String, u64)> {
+        let key = self.peer_key.as_ref()?;
+        let m = self.pass_mark?;
+        let clean = cx.stats.errors == self.errors_before && self.pending.is_empty() && self.pending_before == 0;
+        if !(self.keep_running && self.subscribed && clean) || pass.com.any_bad || !pass.com.sent.is_empty() || !pass.com.ready.is_empty() {
+            return None;
+        }
+        if !pass.inflight.is_empty() || pass.closure_out || !pass.pages.is_empty() || pass.next < pass.texts.len() {
+            return None;
+        }
+        // no further children round (as `next_calls` would ask one)
+        let asked = |service: u32, h: &H| pass.seen_jobs.contains(&(service, *h));
+        let covered = |h: &H| pass.items.get(h).is_some_and(|it| it.covered);
+        if pass.queue.iter().any(|j| !asked(j.service, &j.hash) && !covered(&j.hash)) {
+            return None;
+        }
+        if pass.group_missing.iter().any(|(_, ms)| ms.iter().any(|n| !covered(n) && !asked(GET_OBJECT_CHILDREN, n))) {
+            return None;
+        }
+        if !pass.items.v.iter().flatten().all(|it| it.stored) {
+            return None;
+        }
+        Some((key.clone(), m))
     }
 
     /// Wait for every batch out on the commit thread and take in their fates.
@@ -2426,7 +2488,28 @@ struct Closure {
 ///
 /// `paged`: the lists come dependencies first (not reversed), and `more` counts.
 fn typed_closure(s: &str, n: usize, paged: bool) -> Option<Vec<Option<Closure>>> {
-    let roots = serde_json::from_str::<Vec<Option<ClosureRoot>>>(s).ok()?;
+    closures_of(serde_json::from_str::<Vec<Option<ClosureRoot>>>(s).ok()?, n, paged)
+}
+
+/// The children of each job from a typed closure answer (`parsed`, in the jobs' order): the
+/// inline microdata goes to `prefetched`, each list to `out`.
+fn take_closures<'a>(pass: &mut Pass, jobs: impl Iterator<Item = &'a Job>, parsed: Vec<Option<Closure>>, out: &mut Vec<(Children, Option<String>)>) {
+    for (job, r) in jobs.zip(parsed) {
+        match r {
+            None => out.push((Children::Raw(Outcome::Err { code: "CES-GOC1".into(), message: "not served by the exporter".into() }), None)),
+            Some(c) => {
+                if let Some(t) = c.root {
+                    pass.prefetched.insert(job.hash, t);
+                }
+                pass.prefetched.extend(c.data);
+                out.push((Children::Parsed(c.list), c.more));
+            }
+        }
+    }
+}
+
+/// [`typed_closure`] of the parsed roots.
+fn closures_of(roots: Vec<Option<ClosureRoot>>, n: usize, paged: bool) -> Option<Vec<Option<Closure>>> {
     if roots.len() != n {
         return None;
     }

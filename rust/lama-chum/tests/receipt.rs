@@ -77,11 +77,16 @@ fn a_plain_v8_importer_sends_no_receipt() {
 /// left), and B's events.
 fn run_to_receipt(sa: &mut Session, sb: &mut Session, b: &Store, key: &str, crash: bool) -> (Option<u64>, Vec<Event>) {
     let t0 = Instant::now();
+    sa.start(t0);
+    sb.start(t0);
+    drive_to_receipt(sa, sb, b, key, crash, t0)
+}
+
+/// [`run_to_receipt`] of sessions already running, from `t0`.
+fn drive_to_receipt(sa: &mut Session, sb: &mut Session, b: &Store, key: &str, crash: bool, t0: Instant) -> (Option<u64>, Vec<Event>) {
     let mut now = t0;
     let mut events = Vec::new();
     let mut at_receipt = None;
-    sa.start(now);
-    sb.start(now);
     for _ in 0..100_000 {
         while let Some(e) = sb.poll_event() {
             events.push(e);
@@ -174,4 +179,54 @@ fn the_receipt_goes_out_before_the_peer_mark_and_a_crash_between_loses_nothing()
         assert_eq!(b.peer_mark(&key).unwrap(), m, "the mark is written once the receipt is answered");
         assert_eq!(b.verify().unwrap(), Vec::<String>::new());
     }
+}
+
+/// docs/chum-fastpath.md "Peer mark after a push": in a keep-running session that has
+/// subscribed, a push pass whose last commit ends it cleanly writes the peer mark in that
+/// commit's transaction: when its receipt leaves B the new mark is on disk already (no second
+/// commit follows), while the session's first pass still writes it after the receipt. The
+/// next session lists nothing new.
+#[test]
+fn a_push_pass_writes_the_peer_mark_with_its_objects() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = new_store(dir.path(), "a");
+    let b = new_store(dir.path(), "b");
+    let first = shared_message(&a);
+    let key = format!("{PA}/{}", a.store_id().unwrap());
+    let mut ca = config(PA, PB, true, false);
+    ca.keep_running = true;
+    let mut cb = config(PB, PA, true, false);
+    cb.keep_running = true;
+    cb.poll_interval = Duration::from_secs(5);
+    let mut sa = Session::new(a.clone(), ca);
+    let mut sb = Session::new(b.clone(), cb);
+    let (_ra, rb, now) = pump_pair(&mut sa, &mut sb, Instant::now(), Duration::from_secs(3));
+    assert!(b.has(&first).unwrap() && !sb.is_finished());
+    let marks = |events: &[Event]| -> Vec<Option<u64>> { events.iter().filter_map(|e| match e { Event::ReceiptSent { mark, .. } => Some(*mark), _ => None }).collect() };
+    let m1 = marks(&rb.events)[0].expect("a clean first pass");
+    assert_eq!(b.peer_mark(&key).unwrap(), m1, "written after the first pass's receipt");
+
+    // a push: A shares a second message and its driver reports the write
+    let m = obj(vec![("$type$", s("ChatMessage")), ("text", s("pushed")), ("sender", s(PA))]);
+    let second = a.put_objects(&[m]).unwrap()[0].hash.clone();
+    store_versioned(&a, obj(vec![("$type$", s("Access")), ("object", s(&second)), ("person", V::List(vec![s(PB)])), ("group", V::List(vec![]))]), 2);
+    sa.store_changed(now);
+    let (at_receipt, events) = drive_to_receipt(&mut sa, &mut sb, &b, &key, false, now);
+    assert!(events.iter().any(|e| matches!(e, Event::Imported { objects, .. } if objects.contains(&second))), "{events:?}");
+    let sent = marks(&events);
+    let m2 = sent.last().copied().flatten().expect("the push's receipt names its mark");
+    assert!(m2 > m1, "{m2} > {m1}");
+    assert_eq!(at_receipt, Some(m2), "the push's mark is on disk when its receipt leaves");
+    assert!(!events.iter().any(|e| matches!(e, Event::Error { .. })), "{events:?}");
+    sb.connection_closed("test over", now);
+    sa.connection_closed("test over", now);
+
+    // the next session lists nothing new and fetches nothing
+    let mut sa = Session::new(a.clone(), config(PA, PB, true, false));
+    let mut sb = Session::new(b.clone(), config(PB, PA, true, false));
+    let (_, events) = run_to_receipt(&mut sa, &mut sb, &b, &key, false);
+    assert!(!events.iter().any(|e| matches!(e, Event::Imported { objects, id_objects, .. } if !objects.is_empty() || !id_objects.is_empty())), "{events:?}");
+    assert!(!events.iter().any(|e| matches!(e, Event::Error { .. })), "{events:?}");
+    assert!(b.peer_mark(&key).unwrap() >= m2);
+    assert_eq!(b.verify().unwrap(), Vec::<String>::new());
 }

@@ -391,6 +391,23 @@ impl Store {
         items: &[Verified<'_>],
         forward: &[([u8; 32], [u8; 32])],
     ) -> Result<(Vec<PutResult>, Vec<[u8; 32]>)> {
+        self.put_verified_forward_mark(items, forward, None)
+    }
+
+    /// [`put_verified_forward`](Self::put_verified_forward), and with `mark = (peer, m)` also
+    /// [`set_peer_mark`](Self::set_peer_mark)`(peer, m)` in the same transaction: a CHUM
+    /// importer's push pass whose last commit is known to end it cleanly writes its high-water
+    /// mark with its objects, one durable commit instead of two (issue 8,
+    /// docs/chum-fastpath.md "Peer mark after a push").
+    pub fn put_verified_forward_mark(
+        &self,
+        items: &[Verified<'_>],
+        forward: &[([u8; 32], [u8; 32])],
+        mark: Option<(&str, u64)>,
+    ) -> Result<(Vec<PutResult>, Vec<[u8; 32]>)> {
+        if let Some((peer, _)) = mark {
+            super::access::check_peer(peer)?;
+        }
         let prepared = prepare_verified(items)?;
         let dbs = self.dbs();
         let mut txn = self.write_txn()?;
@@ -408,6 +425,9 @@ impl Store {
             let seq = feed.last().expect("a head event was just appended");
             super::access::head_moved(&dbs, &mut txn, id, node, seq)?;
             moved.push(*id);
+        }
+        if let Some((peer, m)) = mark {
+            dbs.peers.put(&mut txn, peer.as_bytes(), &m.to_be_bytes())?;
         }
         txn.commit()?;
         self.published(&feed);
