@@ -704,8 +704,6 @@ impl Exporter {
             }
             v
         }).collect();
-        let wire = self.unlock_rows(roots);
-        let mut payload = json!({"since": self.notify_base, "mark": self.notify_mark, "roots": wire});
         if self.notify_closure && self.known.is_empty() && self.receipt_mark > 0 {
             // the importer said what it holds only by its receipts (its first pass sent no
             // hint or mark): seed `known` from the receipt's mark as from a 106 mark ("Mark")
@@ -713,6 +711,16 @@ impl Exporter {
         }
         // the importer lacks at most the roots not in `known`: only theirs are needed
         let lacking: Vec<String> = hashes.iter().filter(|h| Hash::parse(h).is_none_or(|k| !self.known.contains(&k))).cloned().collect();
+        if self.notify_closure && lacking.is_empty() {
+            // "No echo" (docs/chum-fastpath.md): the importer holds every new root (our import
+            // of its own post made them accessible to it again). A NOTIFY would only make it
+            // run an empty pass, write its mark and send a receipt: four frames and a commit
+            // per chat message on the sender. The base stays, so the next NOTIFY's `since`
+            // still chains onto the importer's mark, and its `mark` covers these roots.
+            return Ok(None);
+        }
+        let wire = self.unlock_rows(roots);
+        let mut payload = json!({"since": self.notify_base, "mark": self.notify_mark, "roots": wire});
         if self.notify_closure && !self.known.is_empty() && !lacking.is_empty() {
             // a store error here only leaves the closures out (the importer asks 106)
             if let Ok(Some(c)) = self.notify_closure_entries(&lacking, log, stats) {
