@@ -142,8 +142,8 @@ def main() -> None:
             perf = Path(args.pop(0)).resolve()
             perf.mkdir(parents=True, exist_ok=True)
         else:
-            tname, tree = a.split("=", 1)
-            trees.append((tname, Path(tree).resolve()))
+            tname, tdir = a.split("=", 1)
+            trees.append((tname, Path(tdir).resolve()))
     with tempfile.TemporaryDirectory() as d:
         for i in range(rounds):
             for tname, tree in trees:
