@@ -116,6 +116,48 @@ def test_a_push_on_a_long_channel_moves_only_the_new_objects(tmp_path: Path) -> 
     _end_clean(a, b, sa, pump)
 
 
+def test_no_echo_notify_and_the_next_notify_still_chains(tmp_path: Path) -> None:
+    """docs/chum-fastpath.md "No echo": when B's import of A's push makes the push's roots
+    accessible to A at B (B shares the channel with A too), B's exporter sends no NOTIFY back:
+    A holds every one of those roots (it sent them). Before, that NOTIFY made A run an empty
+    pass and send a receipt: four frames per chat message, and a durable write of A's mark.
+    B's next NOTIFY (its own post) still chains onto A's mark: A asks for nothing, neither
+    roots (102) nor closures (106), and its mark covers the roots never announced."""
+    register_recipes()
+    a, b, pa, pb = _stores(tmp_path)
+    chat = Chat(a, pa, pb)
+    chat.share([pa, pb])
+    chat.post("first")
+    sa, sb, pump = _live(a, b, pa, pb)
+    theirs = Chat.joined(b, pb, chat)
+    theirs.share([pa, pb])  # B's own grants (an App's chat writes them on both sides)
+    sb.store_changed(pump.now)
+    pump.run(max_time=1.0)
+    for k in range(3):
+        sent_a, sent_b = len(pump.sent[0]), len(pump.sent[1])
+        head = chat.post(f"live {k}")
+        sa.store_changed(pump.now)
+        pump.run(max_time=1.0)
+        assert b.has(head)
+        sb.store_changed(pump.now)  # B's driver saw its import commit
+        pump.run(max_time=1.0)
+        assert _notifies(pump.sent[1], sent_b) == [], _notifies(pump.sent[1], sent_b)
+        # A sent its NOTIFY and the answer to B's receipt, nothing else
+        assert [json.loads(f)["type"] for f in pump.sent[0][sent_a:] if isinstance(f, str)] == ["request", "data"]
+    sent_a, sent_b = len(pump.sent[0]), len(pump.sent[1])
+    theirs.head = chat.head
+    reply = theirs.post("reply")
+    sb.store_changed(pump.now)
+    pump.run(max_time=1.0)
+    assert a.has(reply)
+    (note,) = _notifies(pump.sent[1], sent_b)
+    assert "closure" in note
+    assert _requests(pump.sent[0], sent_a) == []  # no 102, no 106: the NOTIFY chained
+    for side in (0, 1):
+        assert [e for e in pump.events[side] if e[0] == "error"] == []
+    _end_clean(a, b, sa, pump)
+
+
 def test_pushes_after_a_reconnect_arrive_complete(tmp_path: Path) -> None:
     register_recipes()
     a, b, pa, pb = _stores(tmp_path)

@@ -685,7 +685,11 @@ impl Exporter {
     /// (pruned at `known`, dependencies first, the microdata inline), if `known` is not empty
     /// and all of them fit [`NOTIFY_INLINE_ENTRIES`] / [`NOTIFY_INLINE_CHARS`] without a
     /// BLOB/CLOB. The importer then needs no 106 round trip.
-    pub fn changed_roots(&mut self, log: &mut ChumLog, stats: &mut Stats) -> lama_core::Result<Option<Vec<Data>>> {
+    ///
+    /// The args are returned as their JSON text (`[payload]`, `[]` without "notify-roots"),
+    /// for [`rpc::request_text`](crate::rpc::request_text): the closures' entries are written
+    /// once, as a 106 answer writes them, not parsed back into values and written again.
+    pub fn changed_roots(&mut self, log: &mut ChumLog, stats: &mut Stats) -> lama_core::Result<Option<String>> {
         if !self.subscribed || self.done {
             return Ok(None);
         }
@@ -695,7 +699,7 @@ impl Exporter {
             return Ok(None);
         }
         if !self.notify_roots {
-            return Ok(Some(Vec::new()));
+            return Ok(Some("[]".to_string()));
         }
         let hashes: Vec<String> = roots.iter().flat_map(|(kind, h, id_hash, _)| {
             let mut v = vec![h.clone()];
@@ -704,17 +708,6 @@ impl Exporter {
             }
             v
         }).collect();
-        if self.notify_closure && hashes.iter().all(|h| Hash::parse(h).is_some_and(|k| self.known.contains(&k))) {
-            // docs/chum-fastpath.md "No echo": the importer holds every one of these roots
-            // (typically what our importer just received from it, made accessible to it again
-            // by our import). No NOTIFY: it would only move the importer's mark, at the cost of
-            // a pass, a receipt and a mark commit on its side for every message it sends. The
-            // base stays, so the next NOTIFY's `since..mark` covers these roots too and still
-            // chains onto the importer's mark.
-            return Ok(None);
-        }
-        let wire = self.unlock_rows(roots);
-        let mut payload = json!({"since": self.notify_base, "mark": self.notify_mark, "roots": wire});
         if self.notify_closure && self.known.is_empty() && self.receipt_mark > 0 {
             // the importer said what it holds only by its receipts (its first pass sent no
             // hint or mark): seed `known` from the receipt's mark as from a 106 mark ("Mark")
@@ -722,12 +715,35 @@ impl Exporter {
         }
         // the importer lacks at most the roots not in `known`: only theirs are needed
         let lacking: Vec<String> = hashes.iter().filter(|h| Hash::parse(h).is_none_or(|k| !self.known.contains(&k))).cloned().collect();
+        if self.notify_closure && lacking.is_empty() {
+            // "No echo" (docs/chum-fastpath.md): the importer holds every new root (our import
+            // of its own post made them accessible to it again). A NOTIFY would only make it
+            // run an empty pass, write its mark and send a receipt: four frames and a commit
+            // per chat message on the sender. The base stays, so the next NOTIFY's `since`
+            // still chains onto the importer's mark, and its `mark` covers these roots.
+            return Ok(None);
+        }
+        let wire = self.unlock_rows(roots);
+        // `{"since","mark","roots"[,"closure"]}` in this order, as a `Value` object writes it
+        let mut args = String::from("[");
+        args.push_str(&json!({"since": self.notify_base, "mark": self.notify_mark, "roots": wire}).to_string());
         if self.notify_closure && !self.known.is_empty() && !lacking.is_empty() {
             // a store error here only leaves the closures out (the importer asks 106)
             if let Ok(Some(c)) = self.notify_closure_entries(&lacking, log, stats) {
-                payload["closure"] = c;
+                args.pop(); // the payload's closing brace
+                args.push_str(",\"closure\":{");
+                for (i, (h, entry)) in c.iter().enumerate() {
+                    if i > 0 {
+                        args.push(',');
+                    }
+                    push_json_str(&mut args, h);
+                    args.push(':');
+                    args.push_str(entry);
+                }
+                args.push_str("}}");
             }
         }
+        args.push(']');
         if self.notify_closure {
             // with or without closures: a receipt up to this mark says the importer holds them
             self.notified.push_back((self.notify_mark, hashes));
@@ -736,14 +752,15 @@ impl Exporter {
             }
         }
         self.notify_base = self.notify_mark;
-        Ok(Some(vec![Some(payload)]))
+        Ok(Some(args))
     }
 
     /// "notify-closure": the paged 106 entry of each of `hashes` (pruned at `known`,
     /// dependencies first, microdata inline), or `None` when they do not fit the NOTIFY
     /// bounds or list a BLOB/CLOB. Inline objects are logged and counted like 101's, only
-    /// when they are sent.
-    fn notify_closure_entries(&mut self, hashes: &[String], log: &mut ChumLog, stats: &mut Stats) -> Result<Option<Value>, ServiceError> {
+    /// when they are sent. Each entry comes as its JSON text, with its hash, in `hashes`'
+    /// order.
+    fn notify_closure_entries(&mut self, hashes: &[String], log: &mut ChumLog, stats: &mut Stats) -> Result<Option<Vec<(String, String)>>, ServiceError> {
         let mut walks = Vec::with_capacity(hashes.len());
         let mut entries = 0usize;
         for h in hashes {
@@ -764,7 +781,7 @@ impl Exporter {
         let mut budget = (NOTIFY_INLINE_ENTRIES, NOTIFY_INLINE_CHARS);
         let mut tmp_log = ChumLog::default();
         let mut tmp_stats = Stats::default();
-        let mut out = serde_json::Map::new();
+        let mut out: Vec<(String, String)> = Vec::with_capacity(walks.len());
         let mut sent = Vec::with_capacity(walks.len());
         for (h, kind, walk) in walks {
             let root_text = self.closure_root_text(h, kind, true, &mut budget, &mut tmp_log, &mut tmp_stats)?;
@@ -776,7 +793,12 @@ impl Exporter {
             }
             let mut text = String::new();
             write_closure_root(&mut text, root_text.as_deref(), &walk, &data, false, None);
-            out.insert(h.clone(), serde_json::from_str(&text).map_err(|e| err("LAMA-CHUM-BATCH", e.to_string()))?);
+            // a hash listed twice (a versioned root's ID hash that is another root's too)
+            // keeps one entry, in its first place, as a JSON object built from them would
+            match out.iter_mut().find(|(k, _)| k == h) {
+                Some(e) => e.1 = text,
+                None => out.push((h.clone(), text)),
+            }
             sent.push((Hash::parse(h).expect("a root hash"), walk.into_iter().map(|(_, c)| c).collect::<Vec<_>>()));
         }
         for (h, list) in sent {
@@ -786,7 +808,7 @@ impl Exporter {
         log.a_to_b_id_objects.extend(tmp_log.a_to_b_id_objects);
         stats.objects_sent += tmp_stats.objects_sent;
         stats.id_objects_sent += tmp_stats.id_objects_sent;
-        Ok(Some(Value::Object(out)))
+        Ok(Some(out))
     }
 
     /// "notify-closure" is on: the session tells [`peer_holds`](Self::peer_holds) what the

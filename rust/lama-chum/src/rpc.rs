@@ -58,6 +58,11 @@ pub fn request(id: u64, service: u32, args: &[Data]) -> String {
     ])
 }
 
+/// [`request`] with the args already written as a JSON array: the same text.
+pub fn request_text(id: u64, service: u32, args: &str) -> String {
+    format!(r#"{{"requestId":{id},"type":"request","serviceId":{service},"args":{args}}}"#)
+}
+
 pub fn data_response(id: u64, data: &Data) -> String {
     // written around the borrowed data, the same bytes as `obj` gives: a batch answer (up to
     // 256 objects' microdata) is not copied into a fresh Value first (issue 8)
@@ -298,6 +303,8 @@ mod tests {
             r#"{"requestId":3,"type":"request","serviceId":8,"args":["ab","$__undefined$"]}"#
         );
         assert_eq!(data_response(1, &None), r#"{"responseId":1,"type":"data","data":"$__undefined$"}"#);
+        let p = serde_json::json!({"since": 2, "mark": 5, "roots": [{"type": "x"}], "closure": {"ab": {"root": "<d>"}}});
+        assert_eq!(request_text(9, 104, &format!("[{p}]")), request(9, 104, &[Some(p)]));
         let v: Data = Some(serde_json::json!({"b": ["x\"y</div>", 1.5, null], "a": "\u{2028}"}));
         assert_eq!(data_response(7, &v), obj(vec![("responseId", 7.into()), ("type", "data".into()), ("data", wire(&v))]));
         match classify(r#"{"responseId":2,"type":"data","data":{"a":"$__undefined$","b":["$__undefined$",1]}}"#) {

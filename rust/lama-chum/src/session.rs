@@ -637,7 +637,7 @@ impl Session {
                 self.next_id += 1;
                 self.cx.stats.requests_sent += 1;
                 self.notify_ids.insert(id);
-                self.send(Message::Text(rpc::request(id, NOTIFY, &args)));
+                self.send(Message::Text(rpc::request_text(id, NOTIFY, &args)));
             }
             Ok(None) => {}
             Err(e) => self.cx.error(&e.code, &format!("computing new roots: {e}"), false),

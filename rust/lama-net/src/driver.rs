@@ -50,19 +50,21 @@ pub trait Protocol: Send + 'static {
 /// the driver awaits. A commit of this process bumps it from the committing thread itself
 /// ([`lama_core::store::Store::on_commit`]), so a CHUM session's NOTIFY of a new root leaves
 /// right after the commit (issue 10: it used to wait until a watcher thread was scheduled,
-/// about 0.1 ms idle and several ms on a loaded host). One blocking-pool thread still waits on
-/// a [`lama_core::store::Subscription`] for the commits of other processes on the same store,
-/// which it sees within its wait slice. The thread ends (within its wait slice) once the watch
-/// is dropped.
+/// about 0.1 ms idle and several ms on a loaded host). One blocking-pool thread looks at the
+/// store's last sequence number once per slice for the commits of other processes on the same
+/// store (they notify nobody here), so it sees them within its slice. It does not wait on the
+/// store's feed: that woke it at every commit of this process too, to read the commit's events
+/// while the hook had already reported it (a thread wake and a read per chat message on the
+/// sender, right when the driver has the NOTIFY to send; issue 10). The thread ends (within
+/// its slice) once the watch is dropped.
 pub struct StoreWatch {
     rx: watch::Receiver<u64>,
     _hook: lama_core::store::CommitHook,
 }
 
-/// How long the watching thread waits in one call before checking that it is still wanted.
+/// How often the watching thread looks for other processes' commits (and checks that it is
+/// still wanted).
 const WATCH_SLICE: Duration = Duration::from_millis(200);
-/// Events read per wake-up: the thread follows the feed, it does not need each event.
-const WATCH_BATCH: usize = 4096;
 
 /// Move the watch to `seq` if that is newer (a commit is reported once, whether the hook or
 /// the thread sees it first).
@@ -80,21 +82,19 @@ fn bump(tx: &watch::Sender<u64>, seq: u64) {
 impl StoreWatch {
     /// Start watching `store` from its current end. Needs a tokio runtime context.
     pub fn new(store: &Store) -> lama_core::Result<StoreWatch> {
-        let mut sub = store.subscribe()?;
-        let (tx, rx) = watch::channel(sub.position());
+        let (tx, rx) = watch::channel(store.last_seq()?);
         let tx = Arc::new(tx);
         let hook_tx = tx.clone();
         let hook = store.on_commit(move |seq| bump(&hook_tx, seq));
-        tokio::task::spawn_blocking(move || {
-            while !tx.is_closed() {
-                match sub.wait(WATCH_SLICE, WATCH_BATCH) {
-                    Ok(events) => {
-                        if let Some(e) = events.last() {
-                            bump(&tx, e.seq);
-                        }
-                    }
-                    Err(_) => return, // the store is gone or broken: nothing more to watch
-                }
+        let store = store.clone();
+        tokio::task::spawn_blocking(move || loop {
+            std::thread::sleep(WATCH_SLICE);
+            if tx.is_closed() {
+                return;
+            }
+            match store.last_seq() {
+                Ok(seq) => bump(&tx, seq),
+                Err(_) => return, // the store is gone or broken: nothing more to watch
             }
         });
         Ok(StoreWatch { rx, _hook: hook })

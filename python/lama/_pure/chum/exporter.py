@@ -419,16 +419,6 @@ class Exporter:
             return []
         hashes = [h for kind, h, id_hash, _t in roots
                   for h in ([h, id_hash] if kind == "versioned" and id_hash else [h])]
-        if self.notify_closure and all(h in self.known for h in hashes):
-            # docs/chum-fastpath.md "No echo": the importer holds every one of these roots
-            # (typically what our importer just received from it, made accessible to it again
-            # by our import). No NOTIFY: it would only move the importer's mark, at the cost
-            # of a pass, a receipt and a mark commit on its side for every message it sends.
-            # The base stays, so the next NOTIFY's since..mark covers these roots too and
-            # still chains onto the importer's mark.
-            return None
-        payload = {"since": self.notify_base, "mark": self.notify_mark,
-                   "roots": self._unlock_rows(roots)}
         try:
             if self.notify_closure and not self.known and self.receipt_mark > 0:
                 # the importer said what it holds only by its receipts (its first pass sent
@@ -439,6 +429,13 @@ class Exporter:
             pass  # `known` only stays smaller
         # the importer lacks at most the roots not in `known`: only theirs are needed
         lacking = [h for h in hashes if h not in self.known]
+        if self.notify_closure and not lacking:
+            # "No echo" (docs/chum-fastpath.md): the importer holds every new root (our import
+            # of its own post made them accessible to it again); the base stays, so the next
+            # NOTIFY still chains onto the importer's mark and its `mark` covers these roots
+            return None
+        payload = {"since": self.notify_base, "mark": self.notify_mark,
+                   "roots": self._unlock_rows(roots)}
         if self.notify_closure and self.known and lacking:
             try:
                 closure = self._notify_closure(lacking)
