@@ -23,7 +23,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from test_bench_chat import COMM, SideProcess, pct  # benches/ is this script's directory
+from ab_util import pair_sides, parse_ab_args  # benches/ is this script's directory
+from test_bench_chat import COMM, SideProcess, pct
 
 TICK = os.sysconf("SC_CLK_TCK")
 
@@ -50,11 +51,7 @@ def one_pair(name: str, tree: Path, core_name: str, n_lat: int, n_thr: int, base
     bob = Side(tree, env, str(base / "bob"), url, "create", "bob@example.com", "Bob")
     out: dict[str, Any] = {"name": name, "core": core_name, "load": os.getloadavg()[0]}
     try:
-        link = alice.ask(cmd="invite")["link"]
-        bob.ask(cmd="accept", link=link)
-        alice.ask(cmd="wait_contact")
-        alice.ask(cmd="synced")
-        bob.ask(cmd="synced")
+        pair_sides(alice, bob)
         ca, cb = cpu_s(alice.p.pid), cpu_s(bob.p.pid)
         sent = alice.ask(cmd="send", n=n_lat, gap=0.02, tag="lat")["sent"]
         seen = bob.ask(cmd="expect", tag="lat", n=n_lat)["seen"]
@@ -96,21 +93,8 @@ def one_pair(name: str, tree: Path, core_name: str, n_lat: int, n_thr: int, base
 
 
 def main() -> None:
-    args = sys.argv[1:]
-    rounds = int(args.pop(0))
-    core_name, n_lat, n_thr = "rust", 100, 10_000
-    trees: list[tuple[str, Path]] = []
-    while args:
-        a = args.pop(0)
-        if a == "--core":
-            core_name = args.pop(0)
-        elif a == "--lat":
-            n_lat = int(args.pop(0))
-        elif a == "--thr":
-            n_thr = int(args.pop(0))
-        else:
-            name, tree = a.split("=", 1)
-            trees.append((name, Path(tree).resolve()))
+    rounds, opts, trees = parse_ab_args(sys.argv[1:], {"core": "rust", "lat": 100, "thr": 10_000})
+    core_name, n_lat, n_thr = opts["core"], opts["lat"], opts["thr"]
     with tempfile.TemporaryDirectory() as d:
         for i in range(rounds):
             for name, tree in trees:

@@ -26,7 +26,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from test_bench_chat import SideProcess, pct  # benches/ is this script's directory
+from ab_util import pair_sides, parse_ab_args  # benches/ is this script's directory
+from test_bench_chat import SideProcess, pct
 
 TICK = os.sysconf("SC_CLK_TCK")
 
@@ -79,7 +80,7 @@ def one(name: str, tree: Path, core_name: str, n: int, base: Path, perf: Path | 
     def counters() -> dict[str, int]:
         comm.stdin.write("\n")  # type: ignore[union-attr]
         comm.stdin.flush()  # type: ignore[union-attr]
-        return json.loads(comm.stdout.readline())  # type: ignore[union-attr,no-any-return]
+        return json.loads(comm.stdout.readline())  # type: ignore[union-attr]
 
     url = comm.stdout.readline().strip()
     side = [sys.executable, str(tree / "benches" / "chat_side.py")]
@@ -87,11 +88,7 @@ def one(name: str, tree: Path, core_name: str, n: int, base: Path, perf: Path | 
     bob = SideProcess([*side, str(base / "bob"), url, "create", "bob@example.com", "Bob"], env)
     out: dict[str, Any] = {"name": name, "core": core_name, "load": round(os.getloadavg()[0], 2)}
     try:
-        link = alice.ask(cmd="invite")["link"]
-        bob.ask(cmd="accept", link=link)
-        alice.ask(cmd="wait_contact")
-        alice.ask(cmd="synced")
-        bob.ask(cmd="synced")
+        pair_sides(alice, bob)
         alice.ask(cmd="send", n=20, gap=0.02, tag="warm")
         bob.ask(cmd="expect", tag="warm", n=20)
         time.sleep(0.2)
@@ -127,23 +124,10 @@ def one(name: str, tree: Path, core_name: str, n: int, base: Path, perf: Path | 
 
 
 def main() -> None:
-    args = sys.argv[1:]
-    rounds = int(args.pop(0))
-    core_name, n = "rust", 200
-    perf: Path | None = None
-    trees: list[tuple[str, Path]] = []
-    while args:
-        a = args.pop(0)
-        if a == "--core":
-            core_name = args.pop(0)
-        elif a == "--lat":
-            n = int(args.pop(0))
-        elif a == "--perf":
-            perf = Path(args.pop(0)).resolve()
-            perf.mkdir(parents=True, exist_ok=True)
-        else:
-            tname, tdir = a.split("=", 1)
-            trees.append((tname, Path(tdir).resolve()))
+    rounds, opts, trees = parse_ab_args(sys.argv[1:], {"core": "rust", "lat": 200, "perf": None})
+    core_name, n, perf = opts["core"], opts["lat"], opts["perf"]
+    if perf is not None:
+        perf.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as d:
         for i in range(rounds):
             for tname, tree in trees:

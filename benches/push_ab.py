@@ -25,6 +25,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from ab_util import parse_ab_args  # benches/ is this script's directory
+
 
 def _side(tree: Path, core_name: str, args: list[str], **kw: object) -> subprocess.Popen[str]:
     env = dict(os.environ, LAMA_CORE=core_name, PYTHONPATH=str(tree / "python"))
@@ -70,21 +72,8 @@ def one_run(name: str, tree: Path, core_name: str, src: str, posts: int, b_mode:
 
 
 def main() -> None:
-    args = sys.argv[1:]
-    rounds = int(args.pop(0))
-    core_name, posts, b_mode = "rust", 300, "durable"
-    trees: list[tuple[str, Path]] = []
-    while args:
-        a = args.pop(0)
-        if a == "--core":
-            core_name = args.pop(0)
-        elif a == "--posts":
-            posts = int(args.pop(0))
-        elif a == "--b":
-            b_mode = args.pop(0)
-        else:
-            name, root = a.split("=", 1)
-            trees.append((name, Path(root).resolve()))
+    rounds, opts, trees = parse_ab_args(sys.argv[1:], {"core": "rust", "posts": 300, "b": "durable"})
+    core_name, posts, b_mode = opts["core"], opts["posts"], opts["b"]
     with tempfile.TemporaryDirectory() as work:
         src = os.path.join(work, "built")
         p = _side(trees[0][1], core_name, ["build", src, "10"])
