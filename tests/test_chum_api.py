@@ -12,7 +12,7 @@ import pytest
 
 from chum_graph import Chat, deterministic_bytes, person_id, register_recipes, texts
 from lama._core import core
-from lama.chum import SyncResult, sync
+from lama.chum import LOG_BAGS, SyncResult, sync
 from lama.objects import versions
 
 
@@ -47,6 +47,14 @@ def test_sync_over_a_memory_pair_writes_the_chum_log(tmp_path: Path) -> None:
     assert rb.full_sync and len(rb.merged) == 1 and rb.pending == {}
     assert texts(b, chat.ci) == ["file", "hello"] and b.read_blob(core.sha256_hex(data)) == data
     assert rb.stats["objects_received"] == len(rb.log["BtoAObjects"]) > 0
+    # the finished event's log as both cores give it (the Rust core builds it directly, not
+    # through JSON, issue 8): the same keys in the same order, lists of hex strings
+    for r in (ra, rb):
+        assert list(r.log) == ["AtoBObjects", "AtoBIdObjects", "AtoBBlob", "AtoBClob", "BtoAObjects",
+                               "BtoAIdObjects", "BtoABlob", "BtoAClob", "errors", "statistics"]
+        assert list(r.log["statistics"]) == ["requestsSentTotal", "requestsReceivedTotal", "requestsReceivedInvalid"]
+        assert all(type(v) is int for v in r.log["statistics"].values())
+        assert all(type(h) is str and len(h) == 64 for k in LOG_BAGS for h in r.log[k])
     assert seen[0] == "version" and seen[-1] == "finished"
     # the Chum log objects: one ID for both sides, "A" is the writer (chum.md §7)
     assert ra.chum and rb.chum

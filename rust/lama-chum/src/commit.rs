@@ -93,7 +93,7 @@ impl Committer {
     }
 
     /// Hand a batch over (`forward`: heads to fast-forward in its transaction,
-    /// `Store::put_verified_forward`). `pass` numbers the importer's passes: a refusal counts
+    /// `Store::put_verified_batch`). `pass` numbers the importer's passes: a refusal counts
     /// within its pass only.
     pub(crate) fn submit(&self, pass: u64, items: Vec<Owned>, forward: Vec<([u8; 32], [u8; 32])>) {
         // if the thread is gone (it panicked), `wait` says so: nothing of the batch is stored
@@ -171,13 +171,9 @@ fn commit(store: &Store, refused: &mut HashSet<[u8; 32]>, job: &Job, depth: fn(&
     let mark = job.mark.as_ref().filter(|_| keep.len() == job.items.len()).map(|(p, m)| (p.as_str(), *m));
     let result = {
         let all: Vec<Verified> = keep.iter().map(|&i| job.items[i].verified()).collect();
-        if mark.is_some() {
-            store.put_verified_forward_mark(&all, &job.forward, mark).map(|_| ())
-        } else if job.forward.is_empty() {
-            store.put_verified(&all).map(|_| ())
-        } else {
-            store.put_verified_forward(&all, &job.forward).map(|_| ())
-        }
+        // no put results: the fates below need none (issue 8); the peer mark, if any, in
+        // the same transaction
+        store.put_verified_batch(&all, &job.forward, mark).map(|_| ())
     };
     let marked = mark.is_some() && result.is_ok();
     let stored = |it: &Owned| Fate::Stored(if it.want_depth { Some(depth(&it.text)) } else { None });

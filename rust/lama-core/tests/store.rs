@@ -866,3 +866,55 @@ fn put_verified_forward_moves_a_head_only_on_a_fast_forward() {
     assert_eq!(st.get_head(&jo_id).unwrap(), None);
     assert!(st.verify().unwrap().is_empty());
 }
+
+/// `put_verified_batch` (the CHUM importer's commits, issue 8) is `put_verified_forward`
+/// without the put results: the same entries, the same event feed (input order, each object
+/// before its new ID object, a duplicate within the batch once, then the head change) and the
+/// same moved heads, whatever order its sorted puts use.
+#[test]
+fn put_verified_batch_writes_what_put_verified_forward_writes() {
+    let v1 = person("kim@example.com", "Kim");
+    let id = sha256_hex(microdata::id_microdata(&v1).unwrap().as_bytes());
+    let n1 = edge(&hash_of(&v1), 1);
+    let others: Vec<Value> = (0..40).map(|i| person(&format!("p{i}@example.com"), &format!("P {i}"))).collect();
+    // dependencies first, the hashes in no particular order, one object twice
+    let mut values = others.clone();
+    values.insert(7, v1.clone());
+    values.push(n1.clone());
+    values.push(others[3].clone());
+    let texts: Vec<String> = values.iter().map(|v| microdata::serialize(v).unwrap()).collect();
+    let found: Vec<_> = texts.iter().map(|t| microdata::inspect(t).unwrap()).collect();
+    let items: Vec<Verified> = texts
+        .iter()
+        .zip(&found)
+        .map(|(t, f)| Verified { text: t, hash: lama_core::hash::sha256(t.as_bytes()), type_name: &f.type_name, is_id: f.is_id, id_microdata: f.id_microdata.as_deref(), refs: Some(&f.refs) })
+        .collect();
+    let raw = |h: &str| lama_core::hash::Hash::parse(h).unwrap().0;
+    let fw = vec![(raw(&id), raw(&hash_of(&n1)))];
+    let (d1, d2) = (tmp(), tmp());
+    let (s1, s2) = (Store::open(d1.path(), None).unwrap(), Store::open(d2.path(), None).unwrap());
+    let (results, moved1) = s1.put_verified_forward(&items, &fw).unwrap();
+    let moved2 = s2.put_verified_batch(&items, &fw, None).unwrap();
+    assert_eq!(moved1, vec![raw(&id)]);
+    assert_eq!(moved2, moved1);
+    // the duplicate's second copy exists, everything else is new
+    let statuses: Vec<&str> = results.iter().map(|r| r.status.as_str()).collect();
+    assert_eq!(statuses.iter().filter(|s| **s == "exists").count(), 1);
+    assert_eq!(statuses.last(), Some(&"exists"));
+    let e1 = s1.changes(0, 1000).unwrap();
+    let e2 = s2.changes(0, 1000).unwrap();
+    assert_eq!(e1, e2);
+    // input order, each Person directly followed by its ID object: v1 (the 8th object) at 14
+    // and 15; the edge, no second event for the duplicate, the head last
+    let kinds: Vec<&str> = e2.iter().map(|e| e.kind).collect();
+    assert_eq!(kinds.len(), 2 * 41 + 1 + 1);
+    assert_eq!((kinds[14], kinds[15]), ("object", "id"));
+    assert_eq!(e2[14].hash.to_string(), hash_of(&v1));
+    assert_eq!(e2[15].hash.to_string(), id);
+    assert_eq!(kinds.last(), Some(&"head"));
+    assert_eq!(s2.get_head(&id).unwrap(), Some(hash_of(&n1)));
+    for h in values.iter().map(hash_of) {
+        assert_eq!(s2.get(&h).unwrap(), s1.get(&h).unwrap());
+    }
+    assert!(s2.verify().unwrap().is_empty());
+}
