@@ -98,4 +98,3 @@ def test_roots_granted_before_the_subscription_are_notified_at_once(tmp_path: Pa
     pushed = {r.get("hash") or r.get("idHash") or r.get("node") for r in notify[0]["args"][0]["roots"]}
     assert later.topic in pushed and not pushed & {r.get("hash") for r in roots}
     a.close()
-
