@@ -481,3 +481,39 @@ def test_the_announcement_of_my_own_post_is_recognised_without_reading_the_store
         assert [s[0] for s in _steps(t, m.id)].count("offered") == 1
     t.on_manager_event("chum_exported", {"person": PEER, "data": {"roots": [node]}})
     assert asked == ["d" * 64, node]  # remembered
+
+
+def test_the_newest_import_brings_a_message_whether_it_was_large_or_small() -> None:
+    """Imports of thousands of objects are kept as one set each, small ones indexed by hash
+    (python/lama/trace.py, _imports): a message's `received` step names the newest import that
+    brought it in every order of the two kinds, and an import pushed out of the window is
+    forgotten."""
+    from lama import trace
+
+    other = "d" * 64
+    t = Tracer(None, ME, None)
+    filler = [f"{i:064x}" for i in range(trace._INDEXED + 10)]
+    a, b, c = (_msg(i, outgoing=False) for i in (1, 2, 3))
+    # small (PEER) then large (other): the large one is newer
+    t.on_manager_event("chum_imported", {"person": PEER, "data": {"objects": [b.id]}})
+    t.on_manager_event("chum_imported", {"person": other, "data": {
+        "objects": [*filler, a.id, b.id]}})
+    # large (other, above) then small (PEER): the small one is newer
+    t.on_manager_event("chum_imported", {"person": PEER, "data": {"objects": [a.id]}})
+    for m in (a, b):
+        t.on_chat_event("message", {"message": m})
+    assert [(s[0], s[2]) for s in _steps(t, a.id)][:2] == [("created", None), ("received", PEER)]
+    assert [(s[0], s[2]) for s in _steps(t, b.id)][:2] == [("created", None), ("received", other)]
+    # a chat event before its large import: the import adds `received`
+    t.on_chat_event("message", {"message": c})
+    t.on_manager_event("chum_imported", {"person": other, "data": {"objects": [*filler, c.id]}})
+    assert [(s[0], s[2]) for s in _steps(t, c.id)][:2] == [("created", None), ("received", other)]
+    # imports beyond the window push the first ones out (the large ones and the small)
+    n = trace._IMPORTS_MAX // len(filler) + 2
+    for i in range(n):
+        t.on_manager_event("chum_imported", {"person": other, "data": {
+            "objects": [f"{i:08x}{j:056x}" for j in range(len(filler))]}})
+    assert t._import_of(a.id) is None and t._import_of(b.id) is None
+    assert t._import_of(c.id) is None
+    assert t._imports_n <= trace._IMPORTS_MAX and len(t._large) == len(t._imports)
+    assert t._import_index == {}

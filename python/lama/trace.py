@@ -134,6 +134,7 @@ _NONE: dict[Any, Any] = {}
 # an import: (person, time, event number, step, detail, the step)
 _Import = tuple[str, float, int, str, "str | None", Step]
 _IMPORT_EVENTS = 1024  # imports remembered (besides _IMPORTS_MAX hashes)
+_INDEXED = 4096        # an import of at most so many objects is indexed by hash (see _imports)
 _EARLY_MAX = 1000      # incoming traces waiting for their import event  # the shared empty `granted`/`errors` (replaced, never changed)
 
 
@@ -617,15 +618,22 @@ class Tracer:
         # incoming traces whose chat event came before their import (rare): id -> trace
         self._early: dict[str, _Rec] = {}
         self._versions: dict[str, str] = {}       # channel version hash -> channel id hash
-        # the recent imports, oldest first: ((person, time, event number, step, detail, the
-        # step), the object hashes it brought) (step: "received" by CHUM, "mailbox_fetched"
-        # from the mailbox). One frozenset per import, searched newest first: an import of
-        # thousands of objects cost ~1 µs per object as entries of one large dict.
-        self._imports: collections.deque[tuple[_Import, tuple[str, ...]]] = collections.deque()
+        # the recent imports, oldest first: (its serial number, (person, time, event number,
+        # step, detail, the step), the object hashes it brought) (step: "received" by CHUM,
+        # "mailbox_fetched" from the mailbox). A small import (at most _INDEXED objects: a live
+        # push, a chat message) enters each of its hashes in _import_index; a large one (an
+        # initial sync of thousands of objects) is kept as one frozenset in _large instead and
+        # scanned there: one dict entry per object costs ~0.5 µs to add and to remove, a
+        # frozenset a tenth of it, and at most _IMPORTS_MAX / _INDEXED large ones are kept.
+        self._imports: collections.deque[
+            tuple[int, _Import, tuple[str, ...] | frozenset[str]]] = collections.deque()
         self._imports_n = 0  # hashes in _imports (at most _IMPORTS_MAX, newest kept)
-        # hash -> the newest import that brought it (the objects of the imports kept): a chat
-        # event looks its message up here, also when its import event has not come yet
-        self._import_index: dict[str, _Import] = {}
+        self._import_serial = 0
+        # hash -> (serial, import): the newest small import that brought it
+        self._import_index: dict[str, tuple[int, _Import]] = {}
+        # the large imports among _imports, oldest first
+        self._large: collections.deque[tuple[int, _Import, frozenset[str]]] = \
+            collections.deque()
         # mailbox item id -> the object hashes it brought (until the server confirms deleting)
         self._mb_items: collections.OrderedDict[str, list[str]] = collections.OrderedDict()
         # object hash -> the mailbox_confirmed step, when it came before the chat event
@@ -1126,20 +1134,31 @@ class Tracer:
         # one entry (and one step object) for every object of the import
         entry: _Import = (person, at, self._events, step, detail, Step(step, at, person, detail))
         got = tuple(hashes)
+        self._import_serial = n = self._import_serial + 1
         imports, index = self._imports, self._import_index
-        imports.append((entry, got))
+        if len(got) <= _INDEXED:
+            ne = (n, entry)
+            imports.append((n, entry, got))
+            for h in got:
+                index[h] = ne
+        else:
+            fs = frozenset(got)
+            imports.append((n, entry, fs))
+            self._large.append((n, entry, fs))
         self._imports_n += len(got)
-        for h in got:
-            index[h] = entry
         while len(imports) > 1 and (self._imports_n > _IMPORTS_MAX
                                     or len(imports) > _IMPORT_EVENTS):
-            old, gone = imports.popleft()
+            old_n, _, gone = imports.popleft()
             self._imports_n -= len(gone)
-            for h in gone:
-                if index.get(h) is old:  # not brought again by a newer import
-                    del index[h]
+            if type(gone) is frozenset:
+                self._large.popleft()  # the oldest large import is the oldest import here
+            else:
+                for h in gone:
+                    hit = index.get(h)
+                    if hit is not None and hit[0] == old_n:  # not brought by a newer import
+                        del index[h]
         if self._early:  # a chat event that came first
-            for h in [h for h in self._early if index.get(h) is entry]:
+            for h in [h for h in self._early if self._import_of(h) is entry]:
                 rec = self._early.pop(h)
                 if not rec.recipients:
                     # the import step at its causal place, before `visible` (with the time its
@@ -1159,7 +1178,13 @@ class Tracer:
 
     def _import_of(self, h: str) -> _Import | None:
         """The newest import that brought the object ``h``."""
-        return self._import_index.get(h)
+        hit = self._import_index.get(h)
+        for n, entry, fs in reversed(self._large):  # newest first, only those newer than hit
+            if hit is not None and n < hit[0]:
+                break
+            if h in fs:
+                return entry
+        return None if hit is None else hit[1]
 
     def on_mailbox_event(self, entry: dict[str, Any]) -> None:
         """The mailbox service's outcomes (docs/mailbox.md §6): a deposit for a peer
