@@ -182,3 +182,57 @@ def test_receipt_goes_out_before_the_peer_mark_and_a_crash_between_loses_nothing
         assert len(sent) == 1 and sent[0]["mark"] >= 1
         assert bs.peer_mark(key) == sent[0]["mark"]
         assert bs.verify() == []
+
+
+def test_a_push_pass_writes_the_peer_mark_with_its_objects(tmp_path: Path) -> None:
+    """docs/chum-fastpath.md "The mark in a push's commit", both cores: in a keep-running
+    session that has subscribed, a push pass that ends clean writes its peer mark in the
+    transaction of its last commit, so when its receipt leaves B the new mark is on disk
+    already; the session's first pass still writes it after its receipt. The next session
+    lists nothing new."""
+    a, b, _, _, chat, pa, pb = _pair(tmp_path)
+    chat.post("first")
+    key = f"{pa}/{a.store_id}"
+    opts: dict[str, Any] = {"keep_running": True, "poll_interval": 5.0}
+    sa = core.ChumSession(a, pa, pb, **opts)
+    sb = core.ChumSession(b, pb, pa, **opts)
+    pump = Pump(sa, sb)
+    at_receipt: list[int] = []
+
+    def watch(f: str | bytes) -> str | bytes | None:
+        if isinstance(f, str) and json.loads(f).get("serviceId") == 107:
+            at_receipt.append(b.peer_mark(key))
+        return f
+
+    pump.filters = [None, watch]
+    sa.start(pump.now)
+    sb.start(pump.now)
+    pump.run(max_time=1.0)
+    sent = [d["mark"] for k, d in pump.events[1] if k == "receipt_sent"]
+    assert at_receipt[:1] == [0] and sent[0] >= 1  # the first pass: the receipt first
+    assert b.peer_mark(key) == sent[-1]
+    for i in range(3):  # pushes
+        n = len(at_receipt)
+        second = chat.post(f"pushed {i}")
+        sa.store_changed(pump.now)
+        pump.run(max_time=1.0)
+        assert b.has(second)
+        sent = [d["mark"] for k, d in pump.events[1] if k == "receipt_sent"]
+        assert len(at_receipt) == n + 1 and sent[-1] > sent[-2]
+        assert at_receipt[-1] == sent[-1], "the push's mark is on disk when its receipt leaves"
+        assert b.peer_mark(key) == sent[-1]
+    assert [k for k, _ in pump.events[1] if k == "error"] == []
+    sa.connection_closed("bye", pump.now)
+    pump.step()
+    # the next session lists nothing new and fetches nothing
+    sa, sb = core.ChumSession(a, pa, pb), core.ChumSession(b, pb, pa)
+    pump = Pump(sa, sb)
+    sa.start(pump.now)
+    sb.start(pump.now)
+    pump.run(max_time=60.0)
+    assert sb.close_reason == "chum finished"
+    assert not any(d["objects"] or d["id_objects"] for k, d in pump.events[1] if k == "imported")
+    assert [k for k, _ in pump.events[1] if k == "error"] == []
+    assert b.verify() == []
+    a.close()
+    b.close()

@@ -763,20 +763,26 @@ class Store:
         return self._put_microdata(items, ())[0]
 
     def _put_microdata_forward(
-        self, items: list[tuple[str, str | None]], forward: list[tuple[str, str]]
+        self, items: list[tuple[str, str | None]], forward: list[tuple[str, str]],
+        mark: tuple[str, int] | None = None,
     ) -> tuple[list[tuple[str, str, str | None]], list[str]]:
         """The pure importer's last commit of a pass (the Rust core's
-        ``Store::put_verified_forward``): ``put_microdata``, and in the same transaction the
+        ``Store::put_verified_batch``): ``put_microdata``, and in the same transaction the
         head of each ``(id_hash, node)`` of ``forward`` becomes ``node`` when that is a
         fast-forward - ``node`` is a stored version node of that ID and the ID has no head or
-        the head is one of its parents.  Returns the results and the ID hashes moved."""
-        return self._put_microdata(items, forward)
+        the head is one of its parents - and, with ``mark = (peer, m)``, the peer mark of
+        ``peer`` becomes ``m`` (docs/chum-fastpath.md "The mark in a push's commit"). Returns
+        the results and the ID hashes moved."""
+        return self._put_microdata(items, forward, mark)
 
     @_lmdb_errors
     def _put_microdata(
-        self, items: list[tuple[str, str | None]], forward: Iterable[tuple[str, str]]
+        self, items: list[tuple[str, str | None]], forward: Iterable[tuple[str, str]],
+        mark: tuple[str, int] | None = None,
     ) -> tuple[list[tuple[str, str, str | None]], list[str]]:
         shared = self._s()
+        marked = None if mark is None else (_access.check_peer(mark[0]),
+                                            _count_arg(mark[1], "mark"))
         if not isinstance(items, (list, tuple)):
             raise StoreError(f"expected a list of (text, hash), got {type(items).__name__}",
                              "LAMA-ARG")
@@ -829,6 +835,8 @@ class Store:
                     base = _last_seq(txn, shared.events)
                 _access.head_moved(shared, txn, id_raw, node_raw, base + len(feed.pending))
                 moved.append(id_hash)
+            if marked is not None:
+                txn.put(marked[0], marked[1].to_bytes(8, "big"), db=shared.peers)
             feed.flush(txn)
         feed.publish()
         return results, moved

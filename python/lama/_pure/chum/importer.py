@@ -169,6 +169,12 @@ class Importer:
         self.pass_closure = False
         self.persisting = False  # a zero sleep before the peer mark is written
         self.mark_due: int | None = None  # the pass's mark, written after its receipt
+        # docs/chum-fastpath.md "The mark in a push's commit": the mark of the running pass (if
+        # its roots request gave one), the pending BLOBs/CLOBs when it started, and the mark
+        # written in the transaction of its last commit (then no separate mark commit follows)
+        self.pass_mark: int | None = None
+        self.pending_before = 0
+        self.mark_committed: int | None = None
         self.now: float | None = None  # the driver's time of the call being handled (session)
         self._com: _Committer | None = None  # the commit state of the pass's fetch
         self._ready_since: float | None = None  # ready items wait uncommitted since then
@@ -188,6 +194,26 @@ class Importer:
             self._com.flush([], [])
         self._ready_since = None
 
+    def _mark_in_commit(self) -> tuple[str, int] | None:
+        """docs/chum-fastpath.md "The mark in a push's commit": ``(peer key, mark)`` when the
+        running pass may write its mark in the transaction of its last commit - a keep-running
+        session that has subscribed (its pushes; the first pass keeps "Receipt before the
+        mark"), a mark from the roots request, and no error or pending BLOB/CLOB so far. The
+        commit then adds it only if every item of the pass is stored or in that batch."""
+        if self.peer_key is None or self.pass_mark is None or not (self.keep_running and self.subscribed):
+            return None
+        if self.pass_errors or self.pending or self.pending_before:
+            return None
+        return self.peer_key, self.pass_mark
+
+    def _end_flush(self, com: _Committer) -> None:
+        """The fetch is over: commit what is ready, fast-forwarding heads - unless the pass
+        may write its mark with its last commit; then that commit is ``_finish``'s (nothing
+        can follow it: BLOBs/CLOBs come before it, the paged walk's rounds are over)."""
+        if self._mark_in_commit() is None:
+            com.flush([], [], forward=True)
+        self._ready_since = None
+
     def _commit_if_due(self, com: _Committer, end: bool, chunk: int) -> None:
         """After a fetch call was verified: commit what is ready if COMMIT_BATCH items are (or
         would be after the next call), the fetch is over, or the oldest waited COMMIT_INTERVAL;
@@ -203,9 +229,11 @@ class Importer:
             full = not com.stored or len(com.ready) >= COMMIT_MIN_FAST
         else:
             full = len(com.ready) + chunk > COMMIT_BATCH
-        if end or late or full:
+        if end:
             # the fetch is over: this commit may be the pass's last one (no BLOB/CLOB after)
-            com.flush([], [], forward=end)
+            self._end_flush(com)
+        elif late or full:
+            com.flush([], [])
             self._ready_since = None
         elif self._ready_since is None:
             self._ready_since = self.now
@@ -356,9 +384,12 @@ class Importer:
     # -- one pass ------------------------------------------------------------------------------
 
     def _pass(self) -> Generator[Call | Calls | Sleep, Any, None]:
-        self.mark_due = None
+        self.mark_due = self.mark_committed = None
         yield from self._pass_inner()
         due, self.mark_due = self.mark_due, None
+        # written with the pass's last commit: the receipt still goes out (after the zero
+        # sleep), and no mark commit follows it
+        in_commit, self.mark_committed = due is not None and self.mark_committed == due, None
         # docs/tracing.md §4: a lama exporter learns what this pass stored (its mark) or why
         # it did not; only after a pass that listed something or failed
         if "receipt" in self.features and self.peer_key is not None \
@@ -378,12 +409,12 @@ class Importer:
                 finally:
                     self.persisting = False
             (r,) = yield Call([Req(LAMA_RECEIPT, [receipt])])
-            if due is not None and self.peer_key is not None:
+            if due is not None and self.peer_key is not None and not in_commit:
                 self.store.set_peer_mark(self.peer_key, due)
             if not r.ok and r.code == "LAMA-CHUM-TIMEOUT":
                 raise Fatal(r.code, r.message)
             self.emit("receipt_sent", receipt)
-        elif due is not None and self.peer_key is not None:
+        elif due is not None and self.peer_key is not None and not in_commit:
             if self.keep_running and self.subscribed:
                 # a stale mark on disk is safe (a reconnect re-lists roots it has): yield to
                 # the driver first, so this pass's `imported` events go out before this
@@ -447,8 +478,18 @@ class Importer:
             return
         self.pass_roots = len(roots)
         self._note_hint_candidates(roots)
-        yield from self._import_roots(roots)
+        self.pass_mark, self.pending_before = mark, pending_before
+        try:
+            yield from self._import_roots(roots)
+        finally:
+            self.pass_mark = None
         # the high-water mark moves only after a pass that imported everything it listed
+        if self.mark_committed is not None and (self.pass_errors or self.pending or pending_before):
+            # not reached (_mark_in_commit lets nothing follow that commit); should it be, the
+            # mark on disk goes back to where this pass started
+            if self.peer_key is not None:
+                self.store.set_peer_mark(self.peer_key, self.since)
+            self.mark_committed = None
         if mark is not None and self.pass_errors == 0 and len(self.pending) == 0 and pending_before == 0:
             self.since = mark
             self.receipt_mark = mark
@@ -639,8 +680,11 @@ class Importer:
                 for it in pre:
                     self._verify(it, Outcome(True, prefetched[it.hash]))
                 com.received(pre)
-                # nothing left to fetch: this may be the pass's last commit
-                com.flush([], [], forward=len(pre) == len(texts))
+                if len(pre) == len(texts):
+                    # nothing left to fetch: this may be the pass's last commit
+                    self._end_flush(com)
+                else:
+                    com.flush([], [])
                 pre_set = {it.hash for it in pre}
                 texts = pre + [it for it in texts if it.hash not in pre_set]
                 offset = len(pre)
@@ -865,7 +909,7 @@ class Importer:
                 self.pending[it.hash] = reason
                 self.emit("pending", {"hash": it.hash, "kind": it.kind, "reason": reason})
 
-        com.flush(new_blobs, new_clobs, final=True, forward=True)
+        com.flush(new_blobs, new_clobs, final=True, forward=True, mark=self._mark_in_commit())
         self._com = None
         com.report_unreachable()
         stored = com.stored
@@ -1123,16 +1167,20 @@ class Importer:
         return True
 
     def _put(self, items: dict[str, _Item], batch: list[str],
-             forward: list[tuple[str, str]] | None = None) -> list[str]:
+             forward: list[tuple[str, str]] | None = None,
+             mark: tuple[str, int] | None = None) -> list[str]:
         if not batch:
             return []
         try:
             texts = [(items[h].text, h) for h in batch]
-            put_forward = getattr(self.store, "_put_microdata_forward", None) if forward else None
+            put_forward = getattr(self.store, "_put_microdata_forward", None) if forward or mark else None
             if put_forward is not None:
                 # the pass's last commit also fast-forwards the heads of the IDs it imported
-                # nodes of, when that is all the merge would do (one durable commit less)
-                put_forward(texts, forward)
+                # nodes of, when that is all the merge would do (one durable commit less), and
+                # may carry the pass's peer mark (_mark_in_commit)
+                put_forward(texts, forward or [], mark)
+                if mark is not None:
+                    self.mark_committed = mark[1]
             else:
                 self.store.put_microdata(texts)
             done = batch
@@ -1280,11 +1328,13 @@ class _Committer:
             self._consider(w)
 
     def flush(self, blobs: list[str], clobs: list[str], final: bool = False,
-              forward: bool = False) -> None:
+              forward: bool = False, mark: tuple[str, int] | None = None) -> None:
         """Commit everything ready, COMMIT_BATCH items per transaction, with one ``imported``
         event each (the final flush reports the pass's BLOBs/CLOBs in its first).  ``forward``
         (the fetch is over): the last commit also fast-forwards the head of each ID with listed
-        nodes to the node its ``merge`` event will name, where that is a fast-forward."""
+        nodes to the node its ``merge`` event will name, where that is a fast-forward.
+        ``mark`` (the pass's last commit, Importer._mark_in_commit): written in the last
+        commit's transaction if every item of the pass is stored or in that batch."""
         items = self.items
         first = final
         while self.ready or (first and (blobs or clobs)):
@@ -1300,7 +1350,11 @@ class _Committer:
                 in_batch.add(h)
                 self._release(h)
             fwd = self._forward(in_batch) if forward and batch and not self.ready else None
-            done = self.imp._put(items, batch, fwd)
+            last_mark = None
+            if mark is not None and batch and not self.ready and all(
+                    it.stored or h in in_batch for h, it in items.items()):
+                last_mark = mark
+            done = self.imp._put(items, batch, fwd, last_mark)
             for h in batch:
                 if not items[h].stored:
                     items[h].bad = True
