@@ -517,3 +517,19 @@ def test_the_newest_import_brings_a_message_whether_it_was_large_or_small() -> N
     assert t._import_of(c.id) is None
     assert t._imports_n <= trace._IMPORTS_MAX and len(t._large) == len(t._imports)
     assert t._import_index == {}
+
+
+def test_thousands_of_chat_events_before_their_import_all_get_received() -> None:
+    """A large import's chat events can all come before the import's own event (issue 10's
+    10,000-message run: 4,732 messages lost `received` and `confirmed` when only 1,000 could
+    wait): every one gets its `received` step, and the receipt confirms them all."""
+    t = Tracer(None, ME, None)
+    msgs = [_msg(i, outgoing=False) for i in range(3000)]
+    for m in msgs:
+        t.on_chat_event("message", {"message": m})
+    t.on_manager_event("chum_imported", {"person": PEER, "data": {
+        "objects": [h for m in msgs for h in (m.hash, m.id)]}})
+    t.on_manager_event("chum_receipt_sent", {"person": PEER, "data": {"mark": 5}})
+    shapes = {tuple(s[0] for s in _steps(t, m.id)) for m in msgs}
+    assert shapes == {("created", "received", "visible", "confirmed")}
+    assert t._early == {}
