@@ -123,6 +123,28 @@ fn commit_hooks_run_in_the_committing_thread_until_dropped() {
 }
 
 #[test]
+fn commit_hooks_first_run_before_the_others() {
+    use std::sync::{Arc, Mutex};
+    let d = tempfile::tempdir().unwrap();
+    let st = Store::open(d.path(), None).unwrap();
+    let order: Arc<Mutex<Vec<&str>>> = Arc::default();
+    let hook = |name: &'static str| {
+        let o = order.clone();
+        move |_seq: u64| o.lock().unwrap().push(name)
+    };
+    let _a = st.on_commit(hook("a"));
+    let _first = st.on_commit_first(hook("first"));
+    let _b = st.on_commit(hook("b"));
+    let _newer_first = st.on_commit_first(hook("newer first"));
+    st.put_blob(b"one").unwrap();
+    assert_eq!(*order.lock().unwrap(), vec!["newer first", "first", "a", "b"]);
+    drop(_first);
+    order.lock().unwrap().clear();
+    st.put_blob(b"two").unwrap();
+    assert_eq!(*order.lock().unwrap(), vec!["newer first", "a", "b"]);
+}
+
+#[test]
 fn version_nodes_newest_first() {
     let d = tempfile::tempdir().unwrap();
     let st = Store::open(d.path(), None).unwrap();

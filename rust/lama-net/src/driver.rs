@@ -85,7 +85,8 @@ impl StoreWatch {
         let (tx, rx) = watch::channel(store.last_seq()?);
         let tx = Arc::new(tx);
         let hook_tx = tx.clone();
-        let hook = store.on_commit(move |seq| bump(&hook_tx, seq));
+        // before the hooks that wake this process's event loops: the NOTIFY leaves first
+        let hook = store.on_commit_first(move |seq| bump(&hook_tx, seq));
         let store = store.clone();
         tokio::task::spawn_blocking(move || loop {
             std::thread::sleep(WATCH_SLICE);

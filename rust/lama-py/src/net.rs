@@ -575,16 +575,22 @@ struct PyEventsReady {
 
 #[pymethods]
 impl PyEventsReady {
-    /// The fd is readable: clear it, and deliver on the loop's next round. A commit's events
-    /// and its commit signal (`Store.commit_signal`, the chat's feed) wake the loop together;
-    /// the chat reads its feed in the signal's callback and queues its callbacks with
-    /// `call_soon`, so delivering the batch after them lets the application see the message
-    /// before the session's consumer (merge, manager, tracer) runs.
+    /// The fd is readable: clear it, and deliver on the loop's next round when a commit
+    /// signal is open in this process, else at once. A commit's events and its commit signal
+    /// (`Store.commit_signal`, the chat's feed) wake the loop together; the chat reads its
+    /// feed in the signal's callback and queues its callbacks with `call_soon`, so delivering
+    /// the batch after them lets the application see the message before the session's
+    /// consumer (merge, manager, tracer) runs. With no commit signal nothing is queued that
+    /// way, and the round would only delay the consumer (B of the live push, issue 8).
     fn __call__(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         let pipe = &slf.get().pipe;
         pipe.clear();
-        let lp = pipe.reader.lock().unwrap_or_else(|e| e.into_inner()).as_ref().map(|l| l.clone_ref(py));
+        let lp = if crate::store_api::commit_signals_open() {
+            pipe.reader.lock().unwrap_or_else(|e| e.into_inner()).as_ref().map(|l| l.clone_ref(py))
+        } else {
+            None
+        };
         match lp {
             Some(lp) => {
                 lp.bind(py).call_method1("call_soon", (slf.getattr("deliver")?,))?;

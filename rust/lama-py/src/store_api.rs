@@ -218,7 +218,33 @@ pub fn commit_signal(store: &Store) -> PyResult<PyCommitSignal> {
         // leaves it readable anyway)
         unsafe { libc::write(hook_fd.as_raw_fd(), (&one as *const u64).cast(), 8) };
     });
-    Ok(PyCommitSignal { inner: Mutex::new(Some((hook, fd))) })
+    Ok(PyCommitSignal { inner: Mutex::new(Some((hook, fd, OpenSignal::new()))) })
+}
+
+/// How many commit signals of this process are open (made and not closed or dropped).
+static OPEN_SIGNALS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Counts one open commit signal while it lives.
+struct OpenSignal;
+
+impl OpenSignal {
+    fn new() -> OpenSignal {
+        OPEN_SIGNALS.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        OpenSignal
+    }
+}
+
+impl Drop for OpenSignal {
+    fn drop(&mut self) {
+        OPEN_SIGNALS.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
+/// Whether a commit signal is open in this process: something (the chat on an event loop,
+/// `Chat.attach_loop`) reads the event feed when a commit wakes its loop. A session's event
+/// batch is then delivered a loop round later, after what that reader queued (net.rs).
+pub fn commit_signals_open() -> bool {
+    OPEN_SIGNALS.load(std::sync::atomic::Ordering::Acquire) > 0
 }
 
 // ---------------------------------------------------------------- Snapshot
@@ -463,7 +489,7 @@ impl PySubscription {
 /// handing over (issue 10). Commits of other processes do not signal it.
 #[pyclass(frozen, name = "CommitSignal", module = "lama._lama")]
 pub struct PyCommitSignal {
-    inner: Mutex<Option<(lama_core::store::CommitHook, Arc<OwnedFd>)>>,
+    inner: Mutex<Option<(lama_core::store::CommitHook, Arc<OwnedFd>, OpenSignal)>>,
 }
 
 #[pymethods]
@@ -471,7 +497,7 @@ impl PyCommitSignal {
     /// The file descriptor to wait on for reading (`LAMA-CLOSED` once closed).
     fn fileno(&self) -> PyResult<i32> {
         match self.inner.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
-            Some((_, fd)) => Ok(fd.as_raw_fd()),
+            Some((_, fd, _)) => Ok(fd.as_raw_fd()),
             None => Err(to_py(Error::store("LAMA-CLOSED", "the commit signal is closed"))),
         }
     }
@@ -479,7 +505,7 @@ impl PyCommitSignal {
     /// Make it unreadable until the next commit; `True` if a commit had signalled it.
     fn clear(&self) -> bool {
         match self.inner.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
-            Some((_, fd)) => {
+            Some((_, fd, _)) => {
                 let mut n: u64 = 0;
                 // SAFETY: reads 8 bytes into a valid u64 from an fd we own; never blocks
                 let r = unsafe { libc::read(fd.as_raw_fd(), (&mut n as *mut u64).cast(), 8) };

@@ -453,6 +453,18 @@ impl Store {
         CommitHook { store: self.clone(), id }
     }
 
+    /// [`on_commit`](Self::on_commit), but called before the hooks registered with
+    /// `on_commit` (those registered with `on_commit_first` run newest first). For the waker
+    /// of work another process waits for: a CHUM session's driver, whose NOTIFY of a new root
+    /// is on the peer's path, is woken before an event loop of this process is made readable
+    /// (`Store.commit_signal`), which would compete with it for a CPU (issue 10).
+    pub fn on_commit_first(&self, hook: impl Fn(u64) + Send + Sync + 'static) -> CommitHook {
+        let n = &self.shared.feed;
+        let id = n.next_hook.fetch_add(1, Ordering::Relaxed);
+        n.hooks.lock().unwrap_or_else(|e| e.into_inner()).insert(0, (id, Arc::new(hook)));
+        CommitHook { store: self.clone(), id }
+    }
+
     /// The sequence number of the last committed event (0 if none).
     pub fn last_seq(&self) -> Result<u64> {
         let txn = self.read_txn()?;
