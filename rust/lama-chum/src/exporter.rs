@@ -359,10 +359,21 @@ fn char_starts(b: &[u8]) -> usize {
 }
 
 /// `s` as a JSON string literal, escaped as serde_json (and JSON.stringify) escape it.
+///
+/// Appended, never rewritten: it took the whole `out` apart and checked it again as UTF-8
+/// at every call, which made a text of n entries cost n² (a roots answer of 10,001 version
+/// nodes: a second; issue 8, session 15). serde_json escapes only `"`, `\` and the control
+/// characters below U+0020, so a string without them (a hash, most type names) is copied as
+/// it is.
 fn push_json_str(out: &mut String, s: &str) {
-    let mut buf = std::mem::take(out).into_bytes();
-    serde_json::to_writer(&mut buf, s).expect("writing JSON into memory cannot fail");
-    *out = String::from_utf8(buf).expect("serde_json writes UTF-8");
+    if s.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\') {
+        out.push_str(&serde_json::to_string(s).expect("writing JSON into memory cannot fail"));
+    } else {
+        out.reserve(s.len() + 2);
+        out.push('"');
+        out.push_str(s);
+        out.push('"');
+    }
 }
 
 /// A 101 answer's JSON list, written straight (no `Value` per entry): the same text as
@@ -381,6 +392,56 @@ fn batch_json(texts: &[Option<String>]) -> String {
     }
     out.push(']');
     out
+}
+
+/// A roots list as `Value::Array(rows.map(wire_root)).to_string()` writes it.
+fn write_roots(out: &mut String, rows: &[crate::session::RootRow]) {
+    out.push('[');
+    for (i, (kind, h, id_hash, type_name)) in rows.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        write_root(out, kind, h, id_hash.as_deref(), type_name);
+    }
+    out.push(']');
+}
+
+/// One root as `wire_root(..).to_string()` writes it.
+fn write_root(out: &mut String, kind: &str, h: &str, id_hash: Option<&str>, type_name: &str) {
+    let field = |out: &mut String, first: bool, k: &str, v: Option<&str>| {
+        out.push_str(if first { "{\"" } else { ",\"" });
+        out.push_str(k);
+        out.push_str("\":");
+        match v {
+            Some(v) => push_json_str(out, v),
+            None => out.push_str("null"),
+        }
+    };
+    match kind {
+        "unversioned" => {
+            field(out, true, "type", Some("unversioned"));
+            field(out, false, "hash", Some(h));
+            field(out, false, "oneType", Some(type_name));
+        }
+        "versioned" => {
+            field(out, true, "type", Some("versioned"));
+            field(out, false, "hash", Some(h));
+            field(out, false, "idHash", id_hash);
+            field(out, false, "oneType", Some(type_name));
+        }
+        "id" => {
+            field(out, true, "type", Some("id"));
+            field(out, false, "idHash", Some(h));
+            field(out, false, "oneType", Some(type_name));
+        }
+        _ => {
+            field(out, true, "type", Some("version_node"));
+            field(out, false, "node", Some(h));
+            field(out, false, "dataIdHash", id_hash);
+            field(out, false, "dataType", Some(type_name));
+        }
+    }
+    out.push('}');
 }
 
 /// The wire form of one accessible root (chum.md §4.2, fields in the reference's order).
@@ -537,32 +598,38 @@ impl Exporter {
 
     fn roots(&mut self) -> Result<String, ServiceError> {
         // chum.md §2.5: double-encoded
-        Ok(Value::Array(self.unlock_roots(0)?).to_string())
+        let rows = self.unlocked_roots(0)?;
+        let mut out = String::new();
+        write_roots(&mut out, &rows);
+        Ok(out)
     }
 
     /// The roots accessible to the remote person that became so after `since` (0: all),
     /// unlocked (chum.md §4.2 "unlocks").
-    fn unlock_roots(&mut self, since: u64) -> Result<Vec<Value>, ServiceError> {
+    fn unlocked_roots(&mut self, since: u64) -> Result<Vec<crate::session::RootRow>, ServiceError> {
         let (mark, roots) = crate::session::accessible_roots(&self.store, &self.remote_person, since).map_err(store_err)?;
         self.roots_mark = self.roots_mark.max(mark);
-        Ok(self.unlock_rows(roots))
+        self.unlock_row_hashes(&roots);
+        Ok(roots)
     }
 
-    fn unlock_rows(&mut self, roots: Vec<crate::session::RootRow>) -> Vec<Value> {
-        let mut out = Vec::with_capacity(roots.len());
-        for (kind, h, id_hash, type_name) in roots {
-            out.push(wire_root(&kind, &h, id_hash.as_deref(), &type_name));
+    fn unlock_row_hashes(&mut self, roots: &[crate::session::RootRow]) {
+        for (kind, h, id_hash, _) in roots {
             if let Some(a) = self.announced.as_mut() {
                 a.push(h.clone());
             }
             if kind == "versioned" {
-                if let Some(i) = &id_hash {
+                if let Some(i) = id_hash {
                     self.unlock(i);
                 }
             }
-            self.unlock(&h);
+            self.unlock(h);
         }
-        out
+    }
+
+    fn unlock_rows(&mut self, roots: Vec<crate::session::RootRow>) -> Vec<Value> {
+        self.unlock_row_hashes(&roots);
+        roots.iter().map(|(kind, h, id_hash, type_name)| wire_root(kind, h, id_hash.as_deref(), type_name)).collect()
     }
 
     /// Names this store's write-sequence space, so a peer keeps one mark per exporter store
@@ -669,8 +736,18 @@ impl Exporter {
             let shown = args.first().cloned().flatten().map_or("undefined".into(), |v| v.to_string());
             return Err(err("LAMA-CHUM-BATCH", format!("expected a write sequence, got {shown}")));
         };
-        let roots = self.unlock_roots(since)?;
-        Ok(json!({"mark": self.roots_mark, "roots": roots}).to_string())
+        // written straight, the same text as `json!({"mark": m, "roots": [wire_root…]})`: a
+        // first sync's answer lists every version node of a channel (10,001 roots in the
+        // benchmark), and a `Value` map per root was most of the answer's time, on the path
+        // before the first closure request (issue 8, session 15)
+        let rows = self.unlocked_roots(since)?;
+        let mut out = String::with_capacity(rows.len() * 200 + 32);
+        out.push_str("{\"mark\":");
+        out.push_str(&self.roots_mark.to_string());
+        out.push_str(",\"roots\":");
+        write_roots(&mut out, &rows);
+        out.push('}');
+        Ok(out)
     }
 
     /// After a local write: `Some(NOTIFY args)` if roots became accessible to the peer since
@@ -1207,6 +1284,41 @@ impl Exporter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `push_json_str` appends exactly what serde_json writes for the string, escapes or not.
+    #[test]
+    fn json_strings_are_appended_as_serde_json_writes_them() {
+        for t in ["", "abc", "ab\"c", "a\\b", "tab\there", "nl\n", "\u{1f}\u{7f}", "é ü 😀", "</script>", "\u{2028}"] {
+            let mut out = String::from("[1,");
+            push_json_str(&mut out, t);
+            assert_eq!(out, format!("[1,{}", serde_json::to_string(t).unwrap()), "{t:?}");
+        }
+    }
+
+    /// The roots lists written straight are the text `serde_json` writes for the same
+    /// `Value`s, for every kind of root, a missing ID hash and a type name that needs escaping.
+    #[test]
+    fn roots_written_straight_are_what_serde_json_writes() {
+        let h = "ab".repeat(32);
+        let i = "cd".repeat(32);
+        let rows: Vec<crate::session::RootRow> = vec![
+            ("unversioned".into(), h.clone(), None, "Topic".into()),
+            ("versioned".into(), h.clone(), Some(i.clone()), "Chat\"Info\\ é\u{1}".into()),
+            ("versioned".into(), h.clone(), None, "X".into()),
+            ("id".into(), i.clone(), None, "ChannelInfo".into()),
+            ("version_node".into(), h.clone(), Some(i.clone()), "ChannelInfo".into()),
+            ("version_node".into(), h.clone(), None, "".into()),
+        ];
+        let want = Value::Array(rows.iter().map(|(k, h, id, t)| wire_root(k, h, id.as_deref(), t)).collect()).to_string();
+        let mut got = String::new();
+        write_roots(&mut got, &rows);
+        assert_eq!(got, want);
+        let mut empty = String::new();
+        write_roots(&mut empty, &[]);
+        assert_eq!(empty, "[]");
+        let v: Value = serde_json::from_str(&got).unwrap();
+        assert_eq!(v[1]["oneType"], "Chat\"Info\\ é\u{1}");
+    }
 
     /// The sets keyed by `OwnHashes` behave as sets of hashes: every inserted hash is found,
     /// equal hashes hash equal (also in two maps with different seeds), hashes that share

@@ -348,6 +348,8 @@ struct Com {
     /// Some item of the pass is `bad` (refused for a reference or by the store): only then
     /// can a ready item reference one, and `flush` looks.
     any_bad: bool,
+    /// The worklist of [`release`] (kept for its buffer).
+    cascade: Vec<Ix>,
 }
 
 /// A batch handed to the commit thread: its items in order, and whether its `imported` event
@@ -1082,9 +1084,16 @@ impl Importer {
             pass.com.ready.len() + self.fetch_chunk() > COMMIT_BATCH
         };
         if end || late || full {
+            // while the fetch goes on, whole transactions only: what is left over (less than
+            // one, the newest ready items) waits for the next commit instead of making a small
+            // one of its own (`ready` stays in dependency order)
+            let max = if self.features.contains("batch") { COMMIT_BATCH_FAST } else { COMMIT_BATCH };
+            let n = pass.com.ready.len();
+            let rest = if !end && n > max { pass.com.ready.split_off(n - n % max) } else { VecDeque::new() };
             // the fetch is over: this commit may be the pass's last one (no BLOB/CLOB after)
             self.flush(pass, Vec::new(), Vec::new(), false, end, cx);
-            pass.ready_since = None;
+            pass.com.ready.extend(rest);
+            pass.ready_since = if pass.com.ready.is_empty() { None } else { cx.now };
         } else if pass.ready_since.is_none() {
             pass.ready_since = cx.now;
         }
@@ -1956,7 +1965,9 @@ impl Importer {
                                 let h = pass.items.key(i);
                                 cx.error("CI-ACO", &format!("{h} references {r} as {}, but it was listed as {}", k.as_str(), t.kind.as_str()), false);
                             }
-                        } else if !t.stored {
+                        } else if !t.stored && !t.queued {
+                            // (a queued item is as good as stored for its referrers: it goes
+                            // into this transaction or an earlier one, before them)
                             block.push(ri);
                         }
                     }
@@ -2073,13 +2084,15 @@ impl Importer {
             while batch.len() < max {
                 let Some(h) = pass.com.ready.pop_front() else { break };
                 // a reference refused by the store in an earlier batch: never a hole. A ready
-                // item's listed references were stored or released, i.e. put in this batch or
-                // an earlier one; of an earlier one, what is not stored was refused (`bad`).
-                // (What the commit thread refuses later, it skips the referrers of itself.)
+                // item's listed references were queued before it (`ready` is in dependency
+                // order), so they were put in this batch or an earlier one, or skipped here;
+                // what is not stored of them was refused or skipped (`bad`), and so is this
+                // item then, for its own referrers further down `ready`. (What the commit
+                // thread refuses later, it skips the referrers of itself.)
                 if pass.com.any_bad && pass.items[h].links.iter().any(|&r| !pass.items[r].stored && pass.items[r].bad) {
+                    pass.items[h].bad = true;
                     continue;
                 }
-                release(pass, h);
                 batch.push(h);
             }
             // the pass's last commit also fast-forwards the heads of the IDs it imported
@@ -2321,23 +2334,49 @@ fn expand(pass: &mut Pass, i: Ix) {
     }
 }
 
+/// `i` may be committed once what it waits for is: queued in `ready`, and what waited for it
+/// (its referrers of the pass) no longer waits for it.
+///
+/// An item is released when it is queued, not when its batch is made (issue 8, session 15:
+/// the items became ready only as fast as batches were made, and since a batch waited for
+/// `COMMIT_MIN_FAST` ready items, only the frontier of the dependency graph was ever ready,
+/// ~15 % of what was received: nothing was committed between the pass's first chunk and
+/// the end of its fetch, where the whole pass then went in three transactions, after the
+/// wire was idle). `ready` stays in dependency order: an item is queued only after every
+/// listed reference of it.
 fn consider(pass: &mut Pass, i: Ix) {
+    if !queue(pass, i) {
+        return;
+    }
+    release(pass, i);
+}
+
+fn queue(pass: &mut Pass, i: Ix) -> bool {
     let it = &mut pass.items[i];
     if it.queued || !it.ok || it.stored || it.bad || !it.reached || it.blockers.unwrap_or(1) != 0 || (it.node && !it.checked) {
-        return;
+        return false;
     }
     it.queued = true;
     pass.com.ready.push_back(i);
+    true
 }
 
-/// `i` is stored (or in the transaction being built): what waited for it may be ready.
+/// `i` is queued or stored: what waited for it may be ready (a worklist, not recursion: a
+/// chain of 10,000 entries can become ready at once).
 fn release(pass: &mut Pass, i: Ix) {
-    for w in std::mem::take(&mut pass.items[i].waiters) {
-        if let Some(b) = pass.items[w].blockers.as_mut() {
-            *b -= 1;
+    let mut work = std::mem::take(&mut pass.com.cascade);
+    work.push(i);
+    while let Some(j) = work.pop() {
+        for w in std::mem::take(&mut pass.items[j].waiters) {
+            if let Some(b) = pass.items[w].blockers.as_mut() {
+                *b -= 1;
+            }
+            if queue(pass, w) {
+                work.push(w);
+            }
         }
-        consider(pass, w);
     }
+    pass.com.cascade = work;
 }
 
 /// Every listed child must be reachable from the root it was listed for over the references

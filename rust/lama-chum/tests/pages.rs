@@ -530,3 +530,35 @@ fn a_hostile_exporter_in_a_large_paged_pass_is_refused_and_the_good_objects_kept
     assert!(links.iter().all(|(m, l)| b.has(m).unwrap() && b.has(l).unwrap()));
     no_holes(&b);
 }
+
+/// Issue 8 (session 15): in a large paged first sync the objects are committed while the
+/// fetch goes on, in batches of about `COMMIT_MIN_FAST` (8,192), not all at the end. An item
+/// lets its referrers become ready once it is queued for a commit, not once its batch is
+/// made: before, only the frontier of the dependency graph was ever ready (a few hundred
+/// items per fetched chunk), the 8,192 were reached only at the end of the fetch, and the
+/// whole pass went into transactions of up to 32,768 after the wire was idle (here one
+/// `imported` event of ~22,000 objects after the first chunk's).
+#[test]
+fn a_large_paged_sync_commits_during_the_fetch_in_bounded_batches() {
+    const N: usize = 6000; // 4 objects per version: ~24,000 objects, 6 pages of 4,096
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (new_store(dir.path(), "a"), new_store(dir.path(), "b"));
+    let head = build(&a, N);
+    let (mut sa, mut sb) = sessions(&a, &b);
+    let seen = run(&mut sa, &mut sb, pass(), pass());
+    assert_eq!(codes(&seen), Vec::<String>::new());
+    assert!(seen.services.iter().filter(|s| **s == 109).count() >= 4, "{:?}", seen.services);
+    let sizes: Vec<usize> = seen
+        .events
+        .iter()
+        .filter_map(|e| match e { Event::Imported { objects, id_objects, .. } => Some(objects.len() + id_objects.len()), _ => None })
+        .collect();
+    let total: usize = sizes.iter().sum();
+    assert!(total >= 4 * N, "{sizes:?}");
+    // the first chunk at once, then batches of 8,192 ready items (plus what one fetched
+    // chunk of 2,048 adds), the rest at the end: none near the whole pass
+    assert!(sizes.len() >= 4, "{sizes:?}");
+    assert!(sizes.iter().all(|&n| n <= 8192 + 2 * 2048), "{sizes:?}");
+    assert!(b.has(&head).unwrap());
+    no_holes(&b);
+}
