@@ -149,3 +149,15 @@ def assert_no_holes(store: Any) -> None:
     for h in store.hashes():
         if store.kind(h) in ("object", "id"):
             store.children(h)
+
+
+def chat_pair(base: Any) -> tuple[Any, Any, str, str, Chat]:
+    """Stores ``base/a`` and ``base/b``, both knowing Alice and Bob, and Alice's chat with Bob
+    in ``a`` shared with both: ``(a, b, alice, bob, chat)``."""
+    a, b = core.Store(str(base / "a")), core.Store(str(base / "b"))
+    pa, pb = person_id(a, "alice@a.example"), person_id(a, "bob@b.example")
+    person_id(b, "alice@a.example")
+    person_id(b, "bob@b.example")
+    chat = Chat(a, pa, pb)
+    chat.share([pa, pb])
+    return a, b, pa, pb, chat

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from chum_graph import Chat, person_id, register_recipes
+from chum_graph import chat_pair, register_recipes
 from lama._core import CORE_NAME, core
 
 pytestmark = pytest.mark.skipif(CORE_NAME == "pure", reason="the native module's event-fd hand-over")
@@ -54,13 +54,7 @@ def gaps(tmp_path: Path, signal_open: bool) -> list[int]:
     """B's rounds from each reader callback to its batch's ``events()`` resuming, over a full
     sync from A (A's session runs on another thread's loop, so every reader callback on B's
     loop is B's event fd)."""
-    a = core.Store(str(tmp_path / "a"))
-    b = core.Store(str(tmp_path / "b"))
-    pa, pb = person_id(a, "alice@a.example"), person_id(a, "bob@b.example")
-    person_id(b, "alice@a.example")
-    person_id(b, "bob@b.example")
-    chat = Chat(a, pa, pb)
-    chat.share([pa, pb])
+    a, b, pa, pb, chat = chat_pair(tmp_path)
     for i in range(20):
         chat.post(f"message {i}")
     ta, tb = core.memory_pair()

@@ -9,19 +9,14 @@ import json
 from pathlib import Path
 from typing import Any
 
-from chum_graph import Chat, person_id, register_recipes
+from chum_graph import Chat, chat_pair, person_id, register_recipes
 from chum_pump import Pump
 from lama._core import core
 
 
 def _pair(tmp_path: Path, **a_opts: Any) -> tuple[Any, Any, Any, Any, Chat, str, str]:
     register_recipes()
-    a, b = core.Store(str(tmp_path / "a")), core.Store(str(tmp_path / "b"))
-    pa, pb = person_id(a, "alice@a.example"), person_id(a, "bob@b.example")
-    person_id(b, "alice@a.example")
-    person_id(b, "bob@b.example")
-    chat = Chat(a, pa, pb)
-    chat.share([pa, pb])
+    a, b, pa, pb, chat = chat_pair(tmp_path)
     return a, b, None, None, chat, pa, pb
 
 
