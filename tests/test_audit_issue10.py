@@ -220,11 +220,13 @@ def test_grants_once_at_topic_creation_none_per_message(tmp_path: Path) -> None:
         f = tmp_path / "f.bin"
         f.write_bytes(deterministic_bytes(100_000, b"grant"))
         ca.send(cb.me, "one")
-        ca.send(cb.me, "two", [str(f)])
+        time.sleep(0.002)  # each send its own millisecond (one millisecond's posts are
+        ca.send(cb.me, "two", [str(f)])  # ordered by CreationTime hash, app-layer.md §2.5)
+        time.sleep(0.002)
         ca.send_many(cb.me, ["three", "four"])
         assert grants(a.store) == before
         sync(ca, cb)
-        # (send_many posts in one millisecond: ordered by CreationTime hash, app-layer.md §2.5)
+        # (send_many posts in one millisecond: ordered by CreationTime hash)
         assert texts(cb, ca.me)[:2] == ["one", "two"]
         assert sorted(texts(cb, ca.me)[2:]) == ["four", "three"]
         assert grants(a.store) == before
