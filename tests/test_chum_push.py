@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from chum_graph import Chat, person_id, register_recipes
+from chum_graph import Chat, chat_pair, person_id, register_recipes
 from chum_pump import Pump
 from lama._core import core
 
@@ -32,12 +32,7 @@ def test_notify_during_a_pass_starts_another_pass(tmp_path: Path, extensions: bo
     NOTIFY arrives while the importer yields before writing its peer mark; without them (an
     older lama exporter) it arrives while the pass waits for the objects."""
     register_recipes()
-    a, b = core.Store(str(tmp_path / "a")), core.Store(str(tmp_path / "b"))
-    pa, pb = person_id(a, "alice@a.example"), person_id(a, "bob@b.example")
-    person_id(b, "alice@a.example")
-    person_id(b, "bob@b.example")
-    chat = Chat(a, pa, pb)
-    chat.share([pa, pb])
+    a, b, pa, pb, chat = chat_pair(tmp_path)
     chat.post("first")
     opts = {"keep_running": True, "poll_interval": 5.0, "fast_path": True}
     sa, sb = core.ChumSession(a, pa, pb, **opts), core.ChumSession(b, pb, pa, **opts)
