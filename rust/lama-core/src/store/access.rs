@@ -8,8 +8,8 @@
 //!
 //! - `agrants`: grant ID → what its current version grants (kind, target, principals).
 //! - `amembers`: person ‖ group → sequence number at which the person joined the group.
-//! - `anodes`: granted ID → IdAccess grant ID (a marker), and granted ID ‖
-//!   version node → when it was indexed, so a head move only walks the nodes that are new.
+//! - `anodes`: granted ID → IdAccess grant ID (a marker), and granted ID ‖ version node →
+//!   when it was indexed, so a head move only walks the nodes that are new.
 //! - `aseq`: granted ID ‖ seq ‖ pos → version node (non-merge nodes only): the nodes of a
 //!   granted ID in the order indexed, so the nodes added after S are one range scan per ID.
 //! - `aroots`: principal ‖ seq ‖ idx → root (`u`/`v` of an Access, `i` of an IdAccess; the
