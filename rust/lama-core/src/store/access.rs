@@ -631,14 +631,17 @@ fn scan_nodes(dbs: &Dbs, txn: &RoTxn, x: &Hash, from: u64) -> Result<Vec<(u64, u
     Ok(out)
 }
 
+/// Sort key of a principal's roots: (seq, after the `aroots` entries of seq, idx, after the
+/// entry idx, node seq, position).
+type RootOrder = (u64, u8, u32, u8, u64, u32);
+
 /// The roots principal `p` got at a sequence number ≥ `from`, as `(seq, root)` in the order
 /// they became accessible: its `aroots` entries by `(seq, idx)`, and for each ID granted to it
 /// (granted at `g`, its `i` root at `(g, i)`) the version nodes of that ID (`aseq`): a node
 /// indexed at `s ≤ g` counts from `g`, right after the `i` root (in `aseq` order), a node
 /// indexed later counts from `s`, after the `aroots` entries of `s`.
 fn source_roots(dbs: &Dbs, txn: &RoTxn, p: &Hash, from: u64) -> Result<Vec<(u64, Root)>> {
-    // sort key: (seq, after the aroots entries of seq, idx, after the entry idx, node seq, pos)
-    let mut rows: Vec<((u64, u8, u32, u8, u64, u32), Root)> =
+    let mut rows: Vec<(RootOrder, Root)> =
         scan_roots(dbs, txn, p, from)?.into_iter().map(|(s, i, r)| ((s, 0, i, 0, 0, 0), r)).collect();
     for (x, g, i) in granted_ids(dbs, txn, p)? {
         let nodes = scan_nodes(dbs, txn, &x, if g >= from { 0 } else { from })?;
