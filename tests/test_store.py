@@ -343,7 +343,7 @@ def test_chunked_clob_and_on_disk_format(store_path: Path) -> None:
         small, _ = s.put_blob(b"\x01\x02\x03")
         s.put_objects([ALICE])
     with RawEnv(store_path) as raw:
-        assert raw.get("meta", b"format") == b"lama-store-1"
+        assert raw.get("meta", b"format") == b"lama-store-2"
         assert raw.get("objects", bytes.fromhex(h)) == (
             b"c" + len(data).to_bytes(8, "big") + (2).to_bytes(4, "big"))
         assert raw.get("chunks", bytes.fromhex(h) + (0).to_bytes(4, "big")) == data[:CHUNK]

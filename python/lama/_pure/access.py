@@ -8,10 +8,13 @@ one's head counts.  The index is updated in the write transaction that moves a h
 
 * ``agrants``: grant ID → kind byte ‖ target (Access/IdAccess) ‖ sorted principals;
 * ``amembers``: person ‖ group → sequence number of joining;
-* ``anodes``: granted ID → IdAccess grant ID (marker); granted ID ‖ node → seq ‖ idx ‖ flag;
-* ``aroots``: principal ‖ seq ‖ idx → root (one range scan per principal for "since S");
+* ``anodes``: granted ID → IdAccess grant ID (marker); granted ID ‖ node → seq ‖ pos ‖ flag;
+* ``aseq``: granted ID ‖ seq ‖ pos → node (non-merge nodes, one range scan per ID for "since S");
+* ``aroots``: principal ‖ seq ‖ idx → ``u``/``v``/``i`` root (one range scan per principal);
 * ``arefs``: principal ‖ root hash → seq ‖ idx ‖ count (a root granted twice stays until both
   grants are revoked);
+* ``aids``: principal ‖ granted ID → seq ‖ idx of its ``i`` root: the version-node roots of a
+  granted ID are its ``aseq`` entries, from the later of the grant's and the node's seq;
 * ``peers``: per-peer high-water marks.
 
 Group grants are honoured (objects.md §6.2 item 4 describes the reference ignoring them).
@@ -264,6 +267,8 @@ def _add_ref(shared: Any, txn: lmdb.Transaction, p: bytes, root: Root, seq: int,
     else:
         pos = seq.to_bytes(8, "big") + idx.next(p).to_bytes(4, "big")
         txn.put(p + pos, encode_root(root), db=shared.aroots)
+        if root[0] == "id":
+            txn.put(rk, pos, db=shared.aids)
         value = pos + (1).to_bytes(4, "big")
     txn.put(rk, value, db=shared.arefs)
 
@@ -282,6 +287,7 @@ def _drop_ref(shared: Any, txn: lmdb.Transaction, p: bytes, h: bytes) -> None:
     else:
         txn.delete(rk, db=shared.arefs)
         txn.delete(p + v[:12], db=shared.aroots)
+        txn.delete(rk, db=shared.aids)
 
 
 def _prefix(txn: lmdb.Transaction, db: Any, prefix: bytes) -> list[tuple[bytes, bytes]]:
@@ -297,28 +303,24 @@ def _prefix(txn: lmdb.Transaction, db: Any, prefix: bytes) -> list[tuple[bytes, 
     return out
 
 
-def _indexed_nodes(shared: Any, txn: lmdb.Transaction, x: bytes) -> list[tuple[bytes, bool]]:
-    rows: list[tuple[bytes, bytes, bool]] = []
-    for k, v in _prefix(txn, shared.anodes, x):
-        if len(k) != 64:
-            continue
-        if len(v) != 13:
-            raise _corrupt(f"malformed anodes entry {k.hex()}")
-        rows.append((v[:12], k[32:], v[12] == N_MERGE))
-    rows.sort(key=lambda r: r[0])
-    return [(h, m) for _, h, m in rows]
-
-
 def _index_new_nodes(shared: Any, txn: lmdb.Transaction, x: bytes, seq: int) -> list[tuple[bytes, bool]]:
     head = txn.get(x, db=shared.vheads)
     if head is None or len(head) != 32:
         return []
     anodes = shared.anodes
     fresh = walk_nodes(shared, txn, bytes(head), lambda n: txn.get(x + n, db=anodes) is not None)
+    aseq = shared.aseq
     for i, (n, merge) in enumerate(fresh):
-        txn.put(x + n, seq.to_bytes(8, "big") + i.to_bytes(4, "big")
-                + bytes((N_MERGE if merge else N_NODE,)), db=anodes)
+        pos = seq.to_bytes(8, "big") + i.to_bytes(4, "big")
+        txn.put(x + n, pos + bytes((N_MERGE if merge else N_NODE,)), db=anodes)
+        if not merge:
+            txn.put(x + pos, n, db=aseq)
     return fresh
+
+
+def _delete_prefix(txn: lmdb.Transaction, db: Any, prefix: bytes) -> None:
+    for k, _v in _prefix(txn, db, prefix):
+        txn.delete(k, db=db)
 
 
 def _apply_grant(shared: Any, txn: lmdb.Transaction, gid: bytes, kind: int, old: Grant | None,
@@ -344,27 +346,19 @@ def _apply_grant(shared: Any, txn: lmdb.Transaction, gid: bytes, kind: int, old:
     else:
         assert target is not None
         x = target
-        if removed:
-            nodes = _indexed_nodes(shared, txn, x)
-            for p in removed:
-                _drop_ref(shared, txn, p, x)
-                for n, merge in nodes:
-                    if not merge:
-                        _drop_ref(shared, txn, p, n)
+        for p in removed:
+            _drop_ref(shared, txn, p, x)
         if new is None:
-            for k, _v in _prefix(txn, shared.anodes, x):
-                txn.delete(k, db=shared.anodes)
+            # nobody is granted the ID any more: forget its nodes
+            _delete_prefix(txn, shared.anodes, x)
+            _delete_prefix(txn, shared.aseq, x)
         else:
             txn.put(x, gid, db=shared.anodes)
             if added:
                 _index_new_nodes(shared, txn, x, seq)
-                nodes = _indexed_nodes(shared, txn, x)
                 t = _id_type(shared, txn, x)
                 for p in added:
                     _add_ref(shared, txn, p, ("id", x, None, t), seq, idx)
-                    for n, merge in nodes:
-                        if not merge:
-                            _add_ref(shared, txn, p, ("version_node", n, x, t), seq, idx)
     if new is not None:
         txn.put(gid, encode_grant(new), db=shared.agrants)
     else:
@@ -390,18 +384,9 @@ def head_moved(shared: Any, txn: lmdb.Transaction, id_raw: bytes, head: bytes, s
         old = _stored_grant(shared, txn, id_raw)
         if old != new:
             _apply_grant(shared, txn, id_raw, kind, old, new, seq, idx)
-    gid = txn.get(id_raw, db=shared.anodes)
-    if gid is None or len(gid) != 32:
-        return
-    g = _stored_grant(shared, txn, bytes(gid))
-    principals = g[2] if g else ()
-    fresh = _index_new_nodes(shared, txn, id_raw, seq)
-    if any(not m for _, m in fresh):
-        t = _id_type(shared, txn, id_raw)
-        for p in principals:
-            for n, merge in fresh:
-                if not merge:
-                    _add_ref(shared, txn, p, ("version_node", n, id_raw, t), seq, idx)
+    if txn.get(id_raw, db=shared.anodes) is not None:
+        # a granted ID: its new nodes become roots of every principal it is granted to
+        _index_new_nodes(shared, txn, id_raw, seq)
 
 
 def current_grants(shared: Any, txn: lmdb.Transaction) -> list[tuple[bytes, int, Grant]]:
@@ -424,10 +409,21 @@ def current_grants(shared: Any, txn: lmdb.Transaction) -> list[tuple[bytes, int,
     return out
 
 
+INDEX_DBS = ("agrants", "amembers", "anodes", "aroots", "arefs", "aids", "aseq")
+
+
+def clear(shared: Any, txn: lmdb.Transaction) -> None:
+    """Drop the access index of a format-1 store (another layout): ``upgrade`` builds it again."""
+    txn.delete(META_ACCESS, db=shared.meta)
+
+
 def upgrade(shared: Any, txn: lmdb.Transaction, last_seq: int) -> None:
     """Build the index of a store created before it, once (see access.rs upgrade)."""
     if txn.get(META_ACCESS, db=shared.meta) is not None:
         return
+    # whatever an older layout left in the tables goes first
+    for name in INDEX_DBS:
+        txn.drop(getattr(shared, name), delete=False)
     grants = current_grants(shared, txn)
     idx = Idx()
     for pass_kind in (G_GROUP, G_ACCESS, G_IDACCESS):
@@ -437,8 +433,8 @@ def upgrade(shared: Any, txn: lmdb.Transaction, last_seq: int) -> None:
     txn.put(META_ACCESS, b"1", db=shared.meta)
 
 
-def _scan_roots(shared: Any, txn: lmdb.Transaction, p: bytes, frm: int) -> list[tuple[int, Root]]:
-    out: list[tuple[int, Root]] = []
+def _scan_roots(shared: Any, txn: lmdb.Transaction, p: bytes, frm: int) -> list[tuple[int, int, Root]]:
+    out: list[tuple[int, int, Root]] = []
     if frm >= 1 << 64:
         return out
     cur = txn.cursor(db=shared.aroots)
@@ -450,13 +446,59 @@ def _scan_roots(shared: Any, txn: lmdb.Transaction, p: bytes, frm: int) -> list[
         r = decode_root(bytes(v)) if len(k) == 44 else None
         if r is None:
             raise _corrupt(f"malformed aroots entry {bytes(k).hex()}")
-        out.append((int.from_bytes(k[32:40], "big"), r))
+        out.append((int.from_bytes(k[32:40], "big"), int.from_bytes(k[40:44], "big"), r))
     return out
+
+
+def _granted_ids(shared: Any, txn: lmdb.Transaction, p: bytes) -> list[tuple[bytes, int, int]]:
+    out: list[tuple[bytes, int, int]] = []
+    for k, v in _prefix(txn, shared.aids, p):
+        if len(k) != 64 or len(v) != 12:
+            raise _corrupt(f"malformed aids entry {k.hex()}")
+        out.append((k[32:], int.from_bytes(v[:8], "big"), int.from_bytes(v[8:], "big")))
+    return out
+
+
+def _scan_nodes(shared: Any, txn: lmdb.Transaction, x: bytes, frm: int) -> list[tuple[int, int, bytes]]:
+    out: list[tuple[int, int, bytes]] = []
+    if frm >= 1 << 64:
+        return out
+    cur = txn.cursor(db=shared.aseq)
+    if not cur.set_range(x + frm.to_bytes(8, "big")):
+        return out
+    for k, v in cur:
+        if k[:32] != x:
+            break
+        if len(k) != 44 or len(v) != 32:
+            raise _corrupt(f"malformed aseq entry {bytes(k).hex()}")
+        out.append((int.from_bytes(k[32:40], "big"), int.from_bytes(k[40:44], "big"), bytes(v)))
+    return out
+
+
+def _source_roots(shared: Any, txn: lmdb.Transaction, p: bytes, frm: int) -> list[tuple[int, Root]]:
+    """The roots principal ``p`` got at a seq >= ``frm``, in order (see access.rs source_roots)."""
+    rows: list[tuple[tuple[int, int, int, int, int, int], Root]] = [
+        ((s, 0, i, 0, 0, 0), r) for s, i, r in _scan_roots(shared, txn, p, frm)]
+    for x, g, i in _granted_ids(shared, txn, p):
+        nodes = _scan_nodes(shared, txn, x, 0 if g >= frm else frm)
+        if not nodes:
+            continue
+        t = _id_type(shared, txn, x)
+        for s, pos, n in nodes:
+            key = (g, 0, i, 1, s, pos) if s <= g else (s, 1, 0, 0, s, pos)
+            rows.append((key, ("version_node", n, x, t)))
+    rows.sort(key=lambda e: e[0])
+    return [(k[0], r) for k, r in rows]
 
 
 def _ref_seq(shared: Any, txn: lmdb.Transaction, p: bytes, h: bytes) -> int | None:
     v = txn.get(p + h, db=shared.arefs)
     return None if v is None or len(v) < 8 else int.from_bytes(v[:8], "big")
+
+
+def _node_seq(shared: Any, txn: lmdb.Transaction, x: bytes, n: bytes) -> int | None:
+    v = txn.get(x + n, db=shared.anodes)
+    return None if v is None or len(v) != 13 or v[12] != N_NODE else int.from_bytes(v[:8], "big")
 
 
 def _groups_of(shared: Any, txn: lmdb.Transaction, person: bytes) -> list[tuple[bytes, int]]:
@@ -472,10 +514,10 @@ def accessible_roots(shared: Any, txn: lmdb.Transaction, person: bytes, since: i
                      mark: int) -> tuple[int, list[tuple[str, str, str | None, str]]]:
     """docs/chum-session.md §1 inside one read transaction (see access.rs)."""
     frm = since + 1
-    groups = _groups_of(shared, txn, person)
-    cands = _scan_roots(shared, txn, person, frm)
-    for g, joined in groups:
-        rows = _scan_roots(shared, txn, g, 0 if joined > since else frm)
+    sources = [(person, 0)] + _groups_of(shared, txn, person)
+    cands: list[tuple[int, Root]] = []
+    for n, (src, joined) in enumerate(sources):
+        rows = _source_roots(shared, txn, src, 0 if n > 0 and joined > since else frm)
         cands.extend((max(s, joined), r) for s, r in rows)
     best: dict[bytes, int] = {}
     keep: list[tuple[int, Root]] = []
@@ -486,16 +528,27 @@ def accessible_roots(shared: Any, txn: lmdb.Transaction, person: bytes, since: i
             keep.append((s, r))
         elif s < keep[i][0]:
             keep[i] = (s, r)
+    old_ids: list[list[tuple[bytes, int]]] = []
+    if since > 0:
+        for src, joined in sources:
+            ids = [(x, max(g, joined)) for x, g, _i in _granted_ids(shared, txn, src)]
+            old_ids.append([(x, g) for x, g in ids if g <= since])
     out: list[tuple[int, Root]] = []
     for s, r in keep:
         if since > 0:
-            x = _ref_seq(shared, txn, person, r[1])
-            old = x is not None and x <= since
-            for g, joined in groups:
+            old = False
+            for (src, joined), ids in zip(sources, old_ids):
+                x = _ref_seq(shared, txn, src, r[1])
+                if x is not None and max(x, joined) <= since:
+                    old = True
+                else:
+                    for xid, g in ids:
+                        ns = _node_seq(shared, txn, xid, r[1])
+                        if ns is not None and max(ns, g) <= since:
+                            old = True
+                            break
                 if old:
                     break
-                x = _ref_seq(shared, txn, g, r[1])
-                old = x is not None and max(x, joined) <= since
             if old:
                 continue
         out.append((s, r))
@@ -528,7 +581,7 @@ def peer_mark(shared: Any, txn: lmdb.Transaction, raw: bytes) -> int:
 
 
 def check_index(shared: Any, txn: lmdb.Transaction, last: int, problems: list[str]) -> None:
-    """verify() items 7-12 (see access.rs check_index; the same messages)."""
+    """verify() items 7-14 (see access.rs check_index; the same messages)."""
     grants = current_grants(shared, txn)
     # agrants
     expected = {gid: encode_grant(g) for gid, _k, g in grants}
@@ -594,6 +647,21 @@ def check_index(shared: Any, txn: lmdb.Transaction, last: int, problems: list[st
                 problems.append(f"anodes/{k.hex()}: merge flag does not match the node")
     for k in sorted(exp_n - seen):
         problems.append(f"anodes/{k.hex()}: missing")
+    # aseq
+    exp_s: dict[bytes, bytes] = {}
+    for k, v in txn.cursor(db=shared.anodes):
+        if len(k) == 64 and len(v) == 13 and v[12] == N_NODE:
+            exp_s[bytes(k[:32]) + bytes(v[:12])] = bytes(k[32:])
+    seen = set()
+    for k, v in txn.cursor(db=shared.aseq):
+        k = bytes(k)
+        seen.add(k)
+        if len(k) != 44 or len(v) != 32:
+            problems.append(f"aseq/{k.hex()}: malformed entry")
+        elif exp_s.get(k) != bytes(v):
+            problems.append(f"aseq/{k.hex()}: no anodes entry of this node here")
+    for k in sorted(set(exp_s) - seen):
+        problems.append(f"aseq/{k.hex()}: missing")
     # arefs
     want: dict[bytes, list[Any]] = {}
     for _gid, kind, g in grants:
@@ -610,9 +678,6 @@ def check_index(shared: Any, txn: lmdb.Transaction, last: int, problems: list[st
             except LamaError:
                 t = None
             roots.append(None if t is None else ("id", x, None, t))
-            for k, v in _prefix(txn, shared.anodes, x):
-                if len(k) == 64 and len(v) == 13 and v[12] == N_NODE:
-                    roots.append(None if t is None else ("version_node", k[32:], x, t))
         for p in g[2]:
             for r in roots:
                 if r is None:
@@ -651,6 +716,22 @@ def check_index(shared: Any, txn: lmdb.Transaction, last: int, problems: list[st
             problems.append(f"aroots/{k.hex()}: no arefs entry points here")
         elif rk in want and want[rk][1] is not None and want[rk][1] != root:
             problems.append(f"aroots/{k.hex()}: root does not match the grant")
+    # aids
+    exp_i: dict[bytes, bytes] = {}
+    for k, v in txn.cursor(db=shared.aroots):
+        root = decode_root(bytes(v)) if len(k) == 44 else None
+        if root is not None and root[0] == "id":
+            exp_i[bytes(k[:32]) + root[1]] = bytes(k[32:44])
+    seen = set()
+    for k, v in txn.cursor(db=shared.aids):
+        k = bytes(k)
+        seen.add(k)
+        if len(k) != 64 or len(v) != 12:
+            problems.append(f"aids/{k.hex()}: malformed entry")
+        elif exp_i.get(k) != bytes(v):
+            problems.append(f"aids/{k.hex()}: no id root in aroots there")
+    for k in sorted(set(exp_i) - seen):
+        problems.append(f"aids/{k.hex()}: missing")
     # peers
     for k, v in txn.cursor(db=shared.peers):
         ok = len(v) == 8

@@ -1,4 +1,4 @@
-"""The LMDB object store of the pure-Python core (docs/store-format.md, ``lama-store-1``).
+"""The LMDB object store of the pure-Python core (docs/store-format.md, ``lama-store-2``).
 
 It keeps the semantics of the reference's file store (objects.md §5) in one LMDB environment
 with the named databases ``meta``, ``objects``, ``chunks``, ``vheads``, ``rmaps`` and ``tmp``,
@@ -63,7 +63,9 @@ from .recipes import is_versioned
 
 __all__ = ["Store", "BlobWriter", "Snapshot", "Subscription", "check_hash", "CHUNK", "FORMAT"]
 
-FORMAT = b"lama-store-1"
+FORMAT = b"lama-store-2"
+# the previous format, upgraded on open (docs/store-format.md "Upgrade from lama-store-1")
+FORMAT_1 = b"lama-store-1"
 CHUNK = 1 << 20  # BLOB/CLOB chunk size; content of at most CHUNK bytes is stored inline
 DEFAULT_MAP_SIZE = 1 << 36  # 64 GiB, sparse
 STALE_TMP_MS = 3_600_000  # staged BLOB chunks older than one hour are garbage
@@ -94,7 +96,7 @@ VERSION_NODE_TYPES = frozenset({"VersionNodeEdge", "VersionNodeChange", "Version
 _HEX = frozenset("0123456789abcdef")
 _DB_NAMES = (b"meta", b"objects", b"chunks", b"vheads", b"rmaps", b"tmp", b"events",
              # the access index (access.py; docs/store-format.md "access index")
-             b"agrants", b"amembers", b"anodes", b"aroots", b"arefs", b"peers")
+             b"agrants", b"amembers", b"anodes", b"aroots", b"arefs", b"aids", b"aseq", b"peers")
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 _T = TypeVar("_T")
@@ -174,6 +176,8 @@ class _Shared:
         self.anodes = dbs[b"anodes"]
         self.aroots = dbs[b"aroots"]
         self.arefs = dbs[b"arefs"]
+        self.aids = dbs[b"aids"]
+        self.aseq = dbs[b"aseq"]
         self.peers = dbs[b"peers"]
         # Highest event sequence number committed in this process; subscriptions wait on
         # `cond` for it to grow (docs/core-interface.md "Event feed").
@@ -446,7 +450,7 @@ def _create_shared(path: str, key: str, map_size: int, durable: bool,
                 raise StoreError(
                     f"the store at {key} has data but no format record (meta \"format\"): it is "
                     "not a lama store or it lost its format record", "LAMA-FORMAT")
-            elif fmt != FORMAT:
+            elif fmt != FORMAT and fmt != FORMAT_1:
                 raise StoreError(
                     f"{path!r} is a store of format {fmt!r}, expected {FORMAT.decode()!r}",
                     "LAMA-FORMAT",
@@ -461,6 +465,10 @@ def _create_shared(path: str, key: str, map_size: int, durable: bool,
             last = _last_seq(txn, dbs[b"events"])
             # a store created before the access index gets it built from its grants
             shared = _Shared(key, env, dbs, durable)
+            if fmt == FORMAT_1:
+                # a format-1 store: its access index is rebuilt in the layout of format 2
+                _access.clear(shared, txn)
+                txn.put(b"format", FORMAT, db=dbs[b"meta"])
             _access.upgrade(shared, txn, last)
             own = txn.id()
         # as _WriteTxn: the id is ours only if the commit wrote something

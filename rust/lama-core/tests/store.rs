@@ -38,7 +38,7 @@ fn format_is_written_and_checked() {
     drop(Store::open(d.path(), None).unwrap());
     with_raw_db(d.path(), "meta", |env, db| {
         let txn = env.read_txn().unwrap();
-        assert_eq!(db.get(&txn, b"format").unwrap(), Some(&b"lama-store-1"[..]));
+        assert_eq!(db.get(&txn, b"format").unwrap(), Some(&b"lama-store-2"[..]));
         drop(txn);
         let mut w = env.write_txn().unwrap();
         db.put(&mut w, b"format", b"lama-store-0").unwrap();

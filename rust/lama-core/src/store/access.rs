@@ -10,11 +10,18 @@
 //! - `amembers`: person ‖ group → sequence number at which the person joined the group.
 //! - `anodes`: granted ID → IdAccess grant ID (a marker), and granted ID ‖ version node →
 //!   when it was indexed, so a head move only walks the nodes that are new.
-//! - `aroots`: principal ‖ seq ‖ idx → root. A principal is a person or a group ID hash; `seq`
-//!   is the event-feed sequence number of the head move that made the root accessible, so the
-//!   roots added after S are one range scan per principal.
+//! - `aseq`: granted ID ‖ seq ‖ pos → version node (non-merge nodes only): the nodes of a
+//!   granted ID in the order indexed, so the nodes added after S are one range scan per ID.
+//! - `aroots`: principal ‖ seq ‖ idx → root (`u`/`v` of an Access, `i` of an IdAccess; the
+//!   version-node roots are not stored per principal, see `aids`). A principal is a person or
+//!   a group ID hash; `seq` is the event-feed sequence number of the head move that made the
+//!   root accessible, so the roots added after S are one range scan per principal.
 //! - `arefs`: principal ‖ root hash → seq ‖ idx ‖ count: where the root sits in `aroots`, and
 //!   how many grants give it (a root granted twice stays until both are revoked).
+//! - `aids`: principal ‖ granted ID → seq ‖ idx of its `i` root: the IDs an IdAccess grants to
+//!   the principal. Its version-node roots are the `aseq` entries of the ID, each accessible
+//!   from the later of the grant's and the node's sequence number (a head move of a granted
+//!   ID writes `anodes` and `aseq` only, nothing per principal).
 //! - `peers`: per-peer high-water marks (`Store::peer_mark`).
 //!
 //! lama honours group grants (the reference ignores them without an objectFilter, objects.md
@@ -43,6 +50,11 @@ const G_GROUP: u8 = b'G';
 /// (objects.md §4.1).
 const N_NODE: u8 = b'N';
 const N_MERGE: u8 = b'M';
+
+/// Every table of the access index (cleared when a format-1 store is upgraded).
+fn index_dbs(dbs: &Dbs) -> [super::Db; 7] {
+    [dbs.agrants, dbs.amembers, dbs.anodes, dbs.aroots, dbs.arefs, dbs.aids, dbs.aseq]
+}
 
 use super::VERSION_NODE_TYPES;
 
@@ -356,6 +368,9 @@ fn add_ref(dbs: &Dbs, txn: &mut RwTxn, p: &Hash, root: &Root, seq: u64, idx: &mu
         None => {
             let i = idx.next(p);
             dbs.aroots.put(txn, &cat(&[&p.0, &seq.to_be_bytes(), &i.to_be_bytes()]), &root.encode())?;
+            if root.kind == RootKind::Id {
+                dbs.aids.put(txn, &rk, &cat(&[&seq.to_be_bytes(), &i.to_be_bytes()]))?;
+            }
             cat(&[&seq.to_be_bytes(), &i.to_be_bytes(), &1u32.to_be_bytes()])
         }
     };
@@ -378,26 +393,9 @@ fn drop_ref(dbs: &Dbs, txn: &mut RwTxn, p: &Hash, h: &Hash) -> Result<()> {
     } else {
         dbs.arefs.delete(txn, &rk)?;
         dbs.aroots.delete(txn, &cat(&[&p.0, &v[..12]]))?;
+        dbs.aids.delete(txn, &rk)?;
     }
     Ok(())
-}
-
-/// The indexed version nodes of the granted ID `x`: `(node, is_merge)` in the order indexed
-/// (seq, idx).
-fn indexed_nodes(dbs: &Dbs, txn: &RoTxn, x: &Hash) -> Result<Vec<(Hash, bool)>> {
-    let mut rows: Vec<([u8; 12], Hash, bool)> = Vec::new();
-    for item in dbs.anodes.prefix_iter(txn, &x.0)? {
-        let (k, v) = item?;
-        if k.len() != 64 {
-            continue;
-        }
-        if v.len() != 13 {
-            return Err(corrupt(format!("malformed anodes entry {}", hex::encode(k))));
-        }
-        rows.push((v[..12].try_into().unwrap(), Hash::from_slice(&k[32..]).unwrap(), v[12] == N_MERGE));
-    }
-    rows.sort_by(|a, b| a.0.cmp(&b.0));
-    Ok(rows.into_iter().map(|(_, h, m)| (h, m)).collect())
 }
 
 /// Index the version nodes of `x` reachable from its head that are not indexed yet, at `seq`;
@@ -410,13 +408,28 @@ fn index_new_nodes(dbs: &Dbs, txn: &mut RwTxn, x: &Hash, seq: u64) -> Result<Vec
         walk_nodes(dbs, ro, &head, &mut |n: &Hash| Ok(anodes.get(ro, &cat(&[&x.0, &n.0]))?.is_some()))?
     };
     for (i, (n, merge)) in fresh.iter().enumerate() {
-        let v = cat(&[&seq.to_be_bytes(), &(i as u32).to_be_bytes(), &[if *merge { N_MERGE } else { N_NODE }]]);
-        dbs.anodes.put(txn, &cat(&[&x.0, &n.0]), &v)?;
+        let pos = cat(&[&seq.to_be_bytes(), &(i as u32).to_be_bytes()]);
+        dbs.anodes.put(txn, &cat(&[&x.0, &n.0]), &cat(&[&pos, &[if *merge { N_MERGE } else { N_NODE }]]))?;
+        if !merge {
+            dbs.aseq.put(txn, &cat(&[&x.0, &pos]), &n.0)?;
+        }
     }
     Ok(fresh)
 }
 
-/// Apply the change of the grant `id` (of kind `kind`) from `old` to `new` at `seq`.
+/// Delete every key of `db` that starts with `prefix`.
+fn delete_prefix(db: super::Db, txn: &mut RwTxn, prefix: &[u8]) -> Result<()> {
+    let keys: Vec<Vec<u8>> =
+        db.prefix_iter(txn, prefix)?.map(|i| i.map(|(k, _)| k.to_vec())).collect::<heed::Result<_>>()?;
+    for k in keys {
+        db.delete(txn, &k)?;
+    }
+    Ok(())
+}
+
+/// Apply the change of the grant `id` (of kind `kind`) from `old` to `new` at `seq` (the
+/// target is the grant's ID property: it never changes).
+#[allow(clippy::too_many_arguments)]
 fn apply_grant(
     dbs: &Dbs,
     txn: &mut RwTxn,
@@ -455,42 +468,21 @@ fn apply_grant(
         }
         _ => {
             let x = target.expect("an IdAccess grant has a target");
-            if !removed.is_empty() {
-                let nodes = indexed_nodes(dbs, txn, &x)?;
-                for p in &removed {
-                    drop_ref(dbs, txn, p, &x)?;
-                    for (n, merge) in &nodes {
-                        if !merge {
-                            drop_ref(dbs, txn, p, n)?;
-                        }
-                    }
-                }
+            for p in &removed {
+                drop_ref(dbs, txn, p, &x)?;
             }
             if new.is_none() {
                 // nobody is granted the ID any more: forget its nodes
-                let keys: Vec<Vec<u8>> = dbs
-                    .anodes
-                    .prefix_iter(txn, &x.0)?
-                    .map(|i| i.map(|(k, _)| k.to_vec()))
-                    .collect::<heed::Result<_>>()?;
-                for k in keys {
-                    dbs.anodes.delete(txn, &k)?;
-                }
+                delete_prefix(dbs.anodes, txn, &x.0)?;
+                delete_prefix(dbs.aseq, txn, &x.0)?;
             } else {
                 dbs.anodes.put(txn, &x.0, &id.0)?;
                 if !added.is_empty() {
                     index_new_nodes(dbs, txn, &x, seq)?;
-                    let nodes = indexed_nodes(dbs, txn, &x)?;
                     let t = id_type(dbs, txn, &x)?;
-                    let id_root = Root { kind: RootKind::Id, hash: x, id_hash: None, type_name: t.clone() };
+                    let id_root = Root { kind: RootKind::Id, hash: x, id_hash: None, type_name: t };
                     for p in &added {
                         add_ref(dbs, txn, p, &id_root, seq, idx)?;
-                        for (n, merge) in &nodes {
-                            if !merge {
-                                let r = Root { kind: RootKind::VersionNode, hash: *n, id_hash: Some(x), type_name: t.clone() };
-                                add_ref(dbs, txn, p, &r, seq, idx)?;
-                            }
-                        }
                     }
                 }
             }
@@ -525,19 +517,9 @@ pub(crate) fn head_moved(dbs: &Dbs, txn: &mut RwTxn, id: &[u8; 32], head: &[u8; 
             apply_grant(dbs, txn, &id, kind, old, new, seq, &mut idx)?;
         }
     }
-    let Some(grant_id) = dbs.anodes.get(txn, &id.0)?.and_then(Hash::from_slice) else { return Ok(()) };
-    let principals = stored_grant(dbs, txn, &grant_id)?.map(|g| g.principals).unwrap_or_default();
-    let fresh = index_new_nodes(dbs, txn, &id, seq)?;
-    if fresh.iter().any(|(_, m)| !m) {
-        let t = id_type(dbs, txn, &id)?;
-        for p in &principals {
-            for (n, merge) in &fresh {
-                if !merge {
-                    let r = Root { kind: RootKind::VersionNode, hash: *n, id_hash: Some(id), type_name: t.clone() };
-                    add_ref(dbs, txn, p, &r, seq, &mut idx)?;
-                }
-            }
-        }
+    if dbs.anodes.get(txn, &id.0)?.is_some() {
+        // a granted ID: its new nodes become roots of every principal it is granted to
+        index_new_nodes(dbs, txn, &id, seq)?;
     }
     Ok(())
 }
@@ -565,9 +547,19 @@ fn current_grants(dbs: &Dbs, txn: &RoTxn) -> Result<Vec<(Hash, u8, Grant)>> {
 /// Build the index of a store created before it (docs/store-format.md "access index"): every
 /// current Group, then every current Access and IdAccess, in ID-hash order, all at the current
 /// last sequence number; then mark the store. Runs in the open transaction, once.
+/// Drop the access index of a format-1 store (another layout): [`upgrade`] builds it again.
+pub(crate) fn clear(dbs: &Dbs, txn: &mut RwTxn) -> Result<()> {
+    dbs.meta.delete(txn, META_ACCESS)?;
+    Ok(())
+}
+
 pub(crate) fn upgrade(dbs: &Dbs, txn: &mut RwTxn) -> Result<()> {
     if dbs.meta.get(txn, META_ACCESS)?.is_some() {
         return Ok(());
+    }
+    // whatever an older layout left in the tables goes first
+    for db in index_dbs(dbs) {
+        db.clear(txn)?;
     }
     let seq = last_seq_in(dbs, txn)?;
     let grants = current_grants(dbs, txn)?;
@@ -581,8 +573,8 @@ pub(crate) fn upgrade(dbs: &Dbs, txn: &mut RwTxn) -> Result<()> {
     Ok(())
 }
 
-/// `aroots` entries of principal `p` with seq ≥ `from`: `(seq, root)` in key order.
-fn scan_roots(dbs: &Dbs, txn: &RoTxn, p: &Hash, from: u64) -> Result<Vec<(u64, Root)>> {
+/// `aroots` entries of principal `p` with seq ≥ `from`: `(seq, idx, root)` in key order.
+fn scan_roots(dbs: &Dbs, txn: &RoTxn, p: &Hash, from: u64) -> Result<Vec<(u64, u32, Root)>> {
     let start = cat(&[&p.0, &from.to_be_bytes()]);
     let range = (std::ops::Bound::Included(&start[..]), std::ops::Bound::Unbounded);
     let mut out = Vec::new();
@@ -596,14 +588,89 @@ fn scan_roots(dbs: &Dbs, txn: &RoTxn, p: &Hash, from: u64) -> Result<Vec<(u64, R
             return Err(bad());
         }
         let seq = u64::from_be_bytes(k[32..40].try_into().unwrap());
-        out.push((seq, Root::decode(v).ok_or_else(bad)?));
+        let i = u32::from_be_bytes(k[40..44].try_into().unwrap());
+        out.push((seq, i, Root::decode(v).ok_or_else(bad)?));
     }
     Ok(out)
+}
+
+/// The IDs granted to principal `p` by IdAccess grants: `(id, seq, idx)` of its `i` root, in
+/// ID order.
+fn granted_ids(dbs: &Dbs, txn: &RoTxn, p: &Hash) -> Result<Vec<(Hash, u64, u32)>> {
+    let mut out = Vec::new();
+    for item in dbs.aids.prefix_iter(txn, &p.0)? {
+        let (k, v) = item?;
+        let bad = || corrupt(format!("malformed aids entry {}", hex::encode(k)));
+        let x = k.get(32..).and_then(Hash::from_slice).ok_or_else(bad)?;
+        if v.len() != 12 {
+            return Err(bad());
+        }
+        out.push((x, u64::from_be_bytes(v[..8].try_into().unwrap()), u32::from_be_bytes(v[8..].try_into().unwrap())));
+    }
+    Ok(out)
+}
+
+/// `aseq` entries of the granted ID `x` with seq ≥ `from`: `(seq, pos, node)` in key order.
+fn scan_nodes(dbs: &Dbs, txn: &RoTxn, x: &Hash, from: u64) -> Result<Vec<(u64, u32, Hash)>> {
+    let start = cat(&[&x.0, &from.to_be_bytes()]);
+    let range = (std::ops::Bound::Included(&start[..]), std::ops::Bound::Unbounded);
+    let mut out = Vec::new();
+    for item in dbs.aseq.range(txn, &range)? {
+        let (k, v) = item?;
+        if k.len() < 32 || k[..32] != x.0 {
+            break;
+        }
+        let bad = || corrupt(format!("malformed aseq entry {}", hex::encode(k)));
+        if k.len() != 44 {
+            return Err(bad());
+        }
+        let seq = u64::from_be_bytes(k[32..40].try_into().unwrap());
+        let pos = u32::from_be_bytes(k[40..44].try_into().unwrap());
+        out.push((seq, pos, Hash::from_slice(v).ok_or_else(bad)?));
+    }
+    Ok(out)
+}
+
+/// Sort key of a principal's roots: (seq, after the `aroots` entries of seq, idx, after the
+/// entry idx, node seq, position).
+type RootOrder = (u64, u8, u32, u8, u64, u32);
+
+/// The roots principal `p` got at a sequence number ≥ `from`, as `(seq, root)` in the order
+/// they became accessible: its `aroots` entries by `(seq, idx)`, and for each ID granted to it
+/// (granted at `g`, its `i` root at `(g, i)`) the version nodes of that ID (`aseq`): a node
+/// indexed at `s ≤ g` counts from `g`, right after the `i` root (in `aseq` order), a node
+/// indexed later counts from `s`, after the `aroots` entries of `s`.
+fn source_roots(dbs: &Dbs, txn: &RoTxn, p: &Hash, from: u64) -> Result<Vec<(u64, Root)>> {
+    let mut rows: Vec<(RootOrder, Root)> =
+        scan_roots(dbs, txn, p, from)?.into_iter().map(|(s, i, r)| ((s, 0, i, 0, 0, 0), r)).collect();
+    for (x, g, i) in granted_ids(dbs, txn, p)? {
+        let nodes = scan_nodes(dbs, txn, &x, if g >= from { 0 } else { from })?;
+        if nodes.is_empty() {
+            continue;
+        }
+        let t = id_type(dbs, txn, &x)?;
+        for (s, pos, n) in nodes {
+            let key = if s <= g { (g, 0, i, 1, s, pos) } else { (s, 1, 0, 0, s, pos) };
+            rows.push((key, Root { kind: RootKind::VersionNode, hash: n, id_hash: Some(x), type_name: t.clone() }));
+        }
+    }
+    rows.sort_by_key(|(k, _)| *k);
+    Ok(rows.into_iter().map(|(k, r)| (k.0, r)).collect())
 }
 
 /// The sequence number at which principal `p` got the root `h`, if it has it.
 fn ref_seq(dbs: &Dbs, txn: &RoTxn, p: &Hash, h: &Hash) -> Result<Option<u64>> {
     Ok(dbs.arefs.get(txn, &cat(&[&p.0, &h.0]))?.and_then(|v| v.get(..8)).map(|b| u64::from_be_bytes(b.try_into().unwrap())))
+}
+
+/// The sequence number at which the version node `n` of the ID `x` was indexed, if it is a
+/// (non-merge) node of `x`.
+fn node_seq(dbs: &Dbs, txn: &RoTxn, x: &Hash, n: &Hash) -> Result<Option<u64>> {
+    Ok(dbs
+        .anodes
+        .get(txn, &cat(&[&x.0, &n.0]))?
+        .filter(|v| v.len() == 13 && v[12] == N_NODE)
+        .map(|v| u64::from_be_bytes(v[..8].try_into().unwrap())))
 }
 
 /// The groups `person` is a member of: `(group, joined at)` in group order.
@@ -623,13 +690,15 @@ fn groups_of(dbs: &Dbs, txn: &RoTxn, person: &Hash) -> Result<Vec<(Hash, u64)>> 
 pub(crate) fn accessible_roots_in(dbs: &Dbs, txn: &RoTxn, person: &Hash, since: u64) -> Result<(u64, Vec<Root>)> {
     let mark = last_seq_in(dbs, txn)?;
     let from = since.saturating_add(1);
-    let groups = groups_of(dbs, txn, person)?;
+    // the sources: the person (from 0), then each group, from the joining
+    let mut sources: Vec<(Hash, u64)> = vec![(*person, 0)];
+    sources.extend(groups_of(dbs, txn, person)?);
     // (effective seq, root) from every source: the person's own roots, then each group's;
     // a group's roots count for the person from the later of their seq and the joining.
-    let mut cands: Vec<(u64, Root)> = scan_roots(dbs, txn, person, from)?;
-    for (g, joined) in &groups {
-        let rows = if *joined > since { scan_roots(dbs, txn, g, 0)? } else { scan_roots(dbs, txn, g, from)? };
-        cands.extend(rows.into_iter().map(|(s, r)| (s.max(*joined), r)));
+    let mut cands: Vec<(u64, Root)> = Vec::new();
+    for (i, (s, joined)) in sources.iter().enumerate() {
+        let rows = if i > 0 && *joined > since { source_roots(dbs, txn, s, 0)? } else { source_roots(dbs, txn, s, from)? };
+        cands.extend(rows.into_iter().map(|(q, r)| (q.max(*joined), r)));
     }
     // Deduplicate by hash, keeping the earliest (first on ties). A root that some other source
     // already gave at or before `since` is not new.
@@ -648,15 +717,32 @@ pub(crate) fn accessible_roots_in(dbs: &Dbs, txn: &RoTxn, person: &Hash, since: 
             }
         }
     }
+    // for that test, the IDs each source was granted at or before `since`
+    let mut old_ids: Vec<Vec<(Hash, u64)>> = Vec::new();
+    if since > 0 {
+        for (s, joined) in &sources {
+            let ids = granted_ids(dbs, txn, s)?;
+            old_ids.push(ids.into_iter().map(|(x, g, _)| (x, g.max(*joined))).filter(|(_, g)| *g <= since).collect());
+        }
+    }
     let mut out: Vec<(u64, Root)> = Vec::with_capacity(keep.len());
     for (s, r) in keep.into_iter().flatten() {
         if since > 0 {
-            let mut old = ref_seq(dbs, txn, person, &r.hash)?.is_some_and(|x| x <= since);
-            for (g, joined) in &groups {
+            let mut old = false;
+            for ((src, joined), ids) in sources.iter().zip(&old_ids) {
+                if ref_seq(dbs, txn, src, &r.hash)?.is_some_and(|x| x.max(*joined) <= since) {
+                    old = true;
+                } else {
+                    for (x, g) in ids {
+                        if node_seq(dbs, txn, x, &r.hash)?.is_some_and(|n| n.max(*g) <= since) {
+                            old = true;
+                            break;
+                        }
+                    }
+                }
                 if old {
                     break;
                 }
-                old = ref_seq(dbs, txn, g, &r.hash)?.is_some_and(|x| x.max(*joined) <= since);
             }
             if old {
                 continue;
@@ -810,6 +896,27 @@ pub(crate) fn check_index(dbs: &Dbs, txn: &RoTxn, problems: &mut Vec<String>) ->
     for k in expected.iter().filter(|k| !seen.contains(*k)) {
         problems.push(format!("anodes/{}: missing", kx(k)));
     }
+    // aseq: one entry per non-merge anodes node entry, at its seq ‖ pos
+    let mut expected: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
+    for item in dbs.anodes.iter(txn)? {
+        let (k, v) = item?;
+        if k.len() == 64 && v.len() == 13 && v[12] == N_NODE {
+            expected.insert(cat(&[&k[..32], &v[..12]]), k[32..].to_vec());
+        }
+    }
+    let mut seen = BTreeSet::new();
+    for item in dbs.aseq.iter(txn)? {
+        let (k, v) = item?;
+        seen.insert(k.to_vec());
+        if k.len() != 44 || v.len() != 32 {
+            problems.push(format!("aseq/{}: malformed entry", kx(k)));
+        } else if expected.get(k).is_none_or(|n| n.as_slice() != v) {
+            problems.push(format!("aseq/{}: no anodes entry of this node here", kx(k)));
+        }
+    }
+    for k in expected.keys().filter(|k| !seen.contains(*k)) {
+        problems.push(format!("aseq/{}: missing", kx(k)));
+    }
     // arefs: expected count and root per (principal, hash)
     let mut want: BTreeMap<Vec<u8>, (u32, Option<Root>)> = BTreeMap::new();
     for (_, kind, g) in &grants {
@@ -818,15 +925,7 @@ pub(crate) fn check_index(dbs: &Dbs, txn: &RoTxn, problems: &mut Vec<String>) ->
             G_IDACCESS => {
                 let x = g.target.unwrap();
                 let t = id_type(dbs, txn, &x).ok();
-                let mut rs = vec![t.clone().map(|t| Root { kind: RootKind::Id, hash: x, id_hash: None, type_name: t })];
-                for item in dbs.anodes.prefix_iter(txn, &x.0)? {
-                    let (k, v) = item?;
-                    if k.len() == 64 && v.len() == 13 && v[12] == N_NODE {
-                        let n = Hash::from_slice(&k[32..]).unwrap();
-                        rs.push(t.clone().map(|t| Root { kind: RootKind::VersionNode, hash: n, id_hash: Some(x), type_name: t }));
-                    }
-                }
-                rs
+                vec![t.map(|t| Root { kind: RootKind::Id, hash: x, id_hash: None, type_name: t })]
             }
             _ => Vec::new(),
         };
@@ -873,6 +972,29 @@ pub(crate) fn check_index(dbs: &Dbs, txn: &RoTxn, problems: &mut Vec<String>) ->
         } else if want.get(&rk).and_then(|w| w.1.as_ref()).is_some_and(|w| *w != root) {
             problems.push(format!("aroots/{}: root does not match the grant", kx(k)));
         }
+    }
+    // aids: one per `i` root in aroots, pointing at it
+    let mut expected: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
+    for item in dbs.aroots.iter(txn)? {
+        let (k, v) = item?;
+        if let Some(root) = if k.len() == 44 { Root::decode(v) } else { None } {
+            if root.kind == RootKind::Id {
+                expected.insert(cat(&[&k[..32], &root.hash.0]), k[32..44].to_vec());
+            }
+        }
+    }
+    let mut seen = BTreeSet::new();
+    for item in dbs.aids.iter(txn)? {
+        let (k, v) = item?;
+        seen.insert(k.to_vec());
+        if k.len() != 64 || v.len() != 12 {
+            problems.push(format!("aids/{}: malformed entry", kx(k)));
+        } else if expected.get(k).is_none_or(|e| e.as_slice() != v) {
+            problems.push(format!("aids/{}: no id root in aroots there", kx(k)));
+        }
+    }
+    for k in expected.keys().filter(|k| !seen.contains(*k)) {
+        problems.push(format!("aids/{}: missing", kx(k)));
     }
     // peers
     for item in dbs.peers.iter(txn)? {

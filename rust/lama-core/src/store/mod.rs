@@ -48,7 +48,9 @@ use crate::error::{Error, Result};
 use crate::hash::Hash;
 
 /// The value of `meta["format"]`.
-pub const FORMAT: &str = "lama-store-1";
+pub const FORMAT: &str = "lama-store-2";
+/// The previous format, upgraded on open (docs/store-format.md "Upgrade from lama-store-1").
+pub const FORMAT_1: &str = "lama-store-1";
 /// Largest BLOB/CLOB stored inline; larger ones are cut into chunks of exactly this size.
 pub const CHUNK: usize = 1_048_576;
 /// Default LMDB map size (64 GiB, sparse).
@@ -130,6 +132,8 @@ pub(crate) struct Dbs {
     pub anodes: Db,
     pub aroots: Db,
     pub arefs: Db,
+    pub aids: Db,
+    pub aseq: Db,
     /// Per-peer high-water marks (`Store::peer_mark`).
     pub peers: Db,
 }
@@ -738,8 +742,11 @@ fn open_env(
         anodes: env.create_database(&mut txn, Some("anodes"))?,
         aroots: env.create_database(&mut txn, Some("aroots"))?,
         arefs: env.create_database(&mut txn, Some("arefs"))?,
+        aids: env.create_database(&mut txn, Some("aids"))?,
+        aseq: env.create_database(&mut txn, Some("aseq"))?,
         peers: env.create_database(&mut txn, Some("peers"))?,
     };
+    let mut upgrade_1 = false;
     match dbs.meta.get(&txn, b"format")? {
         None if creatable => dbs.meta.put(&mut txn, b"format", FORMAT.as_bytes())?,
         None => {
@@ -753,6 +760,7 @@ fn open_env(
             )))
         }
         Some(v) if v == FORMAT.as_bytes() => {}
+        Some(v) if v == FORMAT_1.as_bytes() => upgrade_1 = true,
         Some(v) => {
             return Err(OpenError::Other(Error::store(
                 "LAMA-FORMAT",
@@ -790,6 +798,11 @@ fn open_env(
     }
     // A store created before the event feed gets sequence numbers for what it holds.
     feed::upgrade(&dbs, &mut txn)?;
+    // A store of format 1 gets its access index rebuilt in the layout of format 2.
+    if upgrade_1 {
+        access::clear(&dbs, &mut txn)?;
+        dbs.meta.put(&mut txn, b"format", FORMAT.as_bytes())?;
+    }
     // A store created before the access index gets it built from its current grants.
     access::upgrade(&dbs, &mut txn)?;
     let last = feed::last_seq_in(&dbs, &txn)?;
