@@ -541,8 +541,13 @@ def accessible_roots(shared: Any, txn: lmdb.Transaction, person: bytes, since: i
                 x = _ref_seq(shared, txn, src, r[1])
                 if x is not None and max(x, joined) <= since:
                     old = True
-                else:
+                elif r[0] in ("version_node", "unversioned"):
+                    # a node of an ID granted at or before `since`: an `n` root under its own
+                    # ID only, a `u` root under every one (see access.rs)
+                    own = r[2] if r[0] == "version_node" else None
                     for xid, g in ids:
+                        if own is not None and xid != own:
+                            continue
                         ns = _node_seq(shared, txn, xid, r[1])
                         if ns is not None and max(ns, g) <= since:
                             old = True

@@ -732,8 +732,14 @@ pub(crate) fn accessible_roots_in(dbs: &Dbs, txn: &RoTxn, person: &Hash, since: 
             for ((src, joined), ids) in sources.iter().zip(&old_ids) {
                 if ref_seq(dbs, txn, src, &r.hash)?.is_some_and(|x| x.max(*joined) <= since) {
                     old = true;
-                } else {
-                    for (x, g) in ids {
+                } else if matches!(r.kind, RootKind::VersionNode | RootKind::Unversioned) {
+                    // a version node of an ID granted at or before `since`: an `n` root is
+                    // looked up under its own ID only (one lookup, not one per granted ID: a
+                    // node reachable from two IDs' heads is a malformed history, and counting
+                    // it as new only sends a root once more); a `u` root (an Access on a
+                    // node) under every one. `v`/`i` roots are never version nodes.
+                    let own = if r.kind == RootKind::VersionNode { r.id_hash } else { None };
+                    for (x, g) in ids.iter().filter(|(x, _)| own.is_none_or(|o| o == *x)) {
                         if node_seq(dbs, txn, x, &r.hash)?.is_some_and(|n| n.max(*g) <= since) {
                             old = true;
                             break;
