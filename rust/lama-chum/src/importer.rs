@@ -61,6 +61,10 @@ pub const COMMIT_INTERVAL: Duration = Duration::from_millis(500);
 /// (a chain's entries once its oldest is stored), so with 16,384 per transaction the 70,000
 /// objects of the initial-sync benchmark took 7 commits, a full batch and its 6,144-item rest
 /// back to back three times; with 32,768 they take 5 (issue 8, session 13).
+/// A batch goes to the commit thread only while none is out there: when the thread is behind
+/// (a durable store's page writes and fsync), the ready items wait and go as one bigger
+/// transaction once it is free, instead of batches of 8,192 queueing behind each other and
+/// being committed one by one after the wire has gone idle (issue 8, session 16).
 const COMMIT_MIN_FAST: usize = 8192;
 const COMMIT_BATCH_FAST: usize = 32768;
 /// Object requests per call (v8; with "batch", `FETCH_CHUNK_BATCHES` requests of `BATCH_MAX`):
@@ -1078,8 +1082,11 @@ impl Importer {
         let late = matches!((pass.ready_since, cx.now), (Some(t), Some(n)) if n.saturating_duration_since(t) >= COMMIT_INTERVAL);
         // v8: a full COMMIT_BATCH; fast path: the pass's first chunk at once (the first objects
         // are visible early), then COMMIT_MIN_FAST
+        // (fast path: only while no batch is out on the commit thread; when it is behind, the
+        // ready items wait and go into one bigger transaction when it is free: see
+        // COMMIT_MIN_FAST)
         let full = if self.features.contains("batch") {
-            pass.com.handed == 0 || pass.com.ready.len() >= COMMIT_MIN_FAST
+            pass.com.handed == 0 || (pass.com.ready.len() >= COMMIT_MIN_FAST && pass.com.sent.is_empty())
         } else {
             pass.com.ready.len() + self.fetch_chunk() > COMMIT_BATCH
         };
@@ -1122,10 +1129,15 @@ impl Importer {
     /// verified and the next one fetches only the rest.
     pub fn commit_ready(&mut self, cx: &mut Cx) {
         let mut stage = std::mem::replace(&mut self.stage, Stage::Done);
+        let fetch = matches!(stage, Stage::Fetch(_));
         if let Stage::Fetch(pass) | Stage::Streams(pass) = &mut stage {
             self.reap(pass, false, cx);
             let late = matches!((pass.ready_since, cx.now), (Some(t), Some(n)) if n.saturating_duration_since(t) >= COMMIT_INTERVAL);
-            if !pass.com.ready.is_empty() && (late || pass.ready_since.is_none() || cx.now.is_none()) {
+            if fetch && self.features.contains("batch") && pass.com.sent.is_empty() && pass.com.ready.len() >= COMMIT_MIN_FAST {
+                // the commit thread finished while a batch's worth waited for it (commit_if_due
+                // holds them back while a batch is out): hand them over now, not at the next answer
+                self.commit_if_due(pass, cx);
+            } else if !pass.com.ready.is_empty() && (late || pass.ready_since.is_none() || cx.now.is_none()) {
                 self.flush(pass, Vec::new(), Vec::new(), false, false, cx);
                 pass.ready_since = None;
             }
@@ -2664,5 +2676,87 @@ fn node_depth(text: &str) -> f64 {
             _ => 0.0,
         },
         Err(_) => 0.0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A fast-path importer (its store in `dir`) whose pass has committed its first chunk and
+    /// has `n` verified ID objects ready, the fetch still going on (a call out).
+    fn fetching(dir: &std::path::Path, n: usize) -> (Importer, Box<Pass>) {
+        let store = Store::open(dir.join("b"), Some(1 << 28)).unwrap();
+        let mut imp = Importer::new(store, false, Duration::from_secs(1), true, "p".into());
+        imp.features.insert("batch".into());
+        let mut pass = Box::new(Pass { batch: 1, no: 1, ..Default::default() });
+        for k in 0..n {
+            let text = format!(r#"<div data-id-object="true" itemscope itemtype="//refin.io/Person"><span itemprop="email">p{k}@x.example</span></div>"#);
+            let hash = sha256(text.as_bytes());
+            let (i, _) = pass.items.add(H(hash), || Item::new(Kind::Id, None));
+            let it = &mut pass.items[i];
+            (it.text, it.hash, it.type_name, it.ok, it.queued) = (Some(text), hash, "Person".into(), true, true);
+            pass.com.ready.push_back(i);
+        }
+        pass.com.handed = 2048;
+        pass.inflight.push_back(Vec::new());
+        (imp, pass)
+    }
+
+    fn cx(now: std::time::Instant) -> Cx {
+        Cx { events: VecDeque::new(), log: Default::default(), stats: Default::default(), now: Some(now) }
+    }
+
+    /// docs/chum-fastpath.md "Commits": while a batch is out on the commit thread, the next
+    /// batch's worth of ready items is not queued behind it (each LMDB commit rewrites the
+    /// B-tree pages its keys touch, and queued batches of 8,192 were committed one after the
+    /// other after the wire had gone idle); it waits, and goes to the commit thread as one
+    /// transaction when the thread is free.
+    #[test]
+    fn ready_items_wait_while_a_batch_is_out_and_go_when_it_is_done() {
+        let dir = tempfile::tempdir().unwrap();
+        let (imp, mut pass) = fetching(dir.path(), COMMIT_MIN_FAST + 100);
+        let now = std::time::Instant::now();
+        let mut cx = cx(now);
+        // a batch out whose fate is not known yet
+        pass.com.sent.push_back(Sent { hashes: Vec::new(), first: None });
+        imp.commit_if_due(&mut pass, &mut cx);
+        assert_eq!(pass.com.ready.len(), COMMIT_MIN_FAST + 100);
+        assert_eq!(pass.com.sent.len(), 1);
+        assert_eq!(pass.ready_since, Some(now));
+        // that batch done: the next answer's commit_if_due hands every ready item over, in one
+        pass.com.sent.clear();
+        imp.commit_if_due(&mut pass, &mut cx);
+        assert!(pass.com.ready.is_empty());
+        assert_eq!(pass.com.sent.len(), 1);
+        assert_eq!(pass.com.sent[0].hashes.len(), COMMIT_MIN_FAST + 100);
+        imp.settle(&mut pass, &mut cx);
+        let stored: usize = cx.events.iter().map(|e| match e { Event::Imported { id_objects, .. } => id_objects.len(), _ => 0 }).sum();
+        assert_eq!(stored, COMMIT_MIN_FAST + 100);
+    }
+
+    /// ... and when the commit thread finishes between two answers, the session's commit poll
+    /// hands the waiting items over (before the commit interval is up).
+    #[test]
+    fn the_commit_poll_hands_over_what_waited_for_the_commit_thread() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut imp, pass) = fetching(dir.path(), COMMIT_MIN_FAST);
+        let now = std::time::Instant::now();
+        let mut cx = cx(now + Duration::from_millis(20));
+        let mut pass = pass;
+        pass.ready_since = Some(now);
+        imp.stage = Stage::Fetch(pass);
+        imp.commit_ready(&mut cx);
+        let Stage::Fetch(pass) = &mut imp.stage else { panic!("still fetching") };
+        assert!(pass.com.ready.is_empty());
+        assert_eq!(pass.com.sent.iter().map(|s| s.hashes.len()).sum::<usize>(), COMMIT_MIN_FAST);
+        // fewer than a batch's worth keep waiting for the next answer or the interval
+        let dir2 = tempfile::tempdir().unwrap();
+        let (mut imp, mut pass) = fetching(dir2.path(), 10);
+        pass.ready_since = Some(now);
+        imp.stage = Stage::Fetch(pass);
+        imp.commit_ready(&mut cx);
+        let Stage::Fetch(pass) = &imp.stage else { panic!("still fetching") };
+        assert_eq!(pass.com.ready.len(), 10);
     }
 }
