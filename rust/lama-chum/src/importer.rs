@@ -660,6 +660,17 @@ impl Importer {
                     // is taken as parsed (it was written back to a string and parsed again:
                     // 10,000 roots, issue 8)
                     if let Outcome::Ok(v) = &r {
+                        // typed first (no `Value` map per root: 10,000 of them were most of B's
+                        // ~40 ms between the roots answer and its first 106, issue 8); anything
+                        // unusual goes the general way, with its errors
+                        if let Some((m, roots)) = v.as_ref().and_then(Value::as_str).and_then(typed_roots_since) {
+                            self.errors_before = cx.stats.errors;
+                            self.pending_before = self.pending.len();
+                            self.log_errors_before = cx.log.errors.len();
+                            self.pass_roots = 0;
+                            self.pass_mark = Some(m);
+                            return self.start_pass(roots, cx);
+                        }
                         let parsed = v.as_ref().and_then(Value::as_str).and_then(|s| serde_json::from_str::<Value>(s).ok());
                         let (mark, roots) = match parsed {
                             Some(Value::Object(mut d)) => (d.get("mark").and_then(Value::as_u64), d.remove("roots")),
@@ -996,34 +1007,31 @@ impl Importer {
 
     /// Remember the roots of this pass worth a hint: per version-node ID the newest listed
     /// node (its closure holds the older ones), every other root itself.
-    fn note_hint_candidates(&mut self, roots: &[serde_json::Map<String, Value>]) {
+    fn note_hint_candidates(&mut self, roots: &[Root]) {
         self.pass_hints.clear();
         if !self.features.contains("closure") {
             return;
         }
-        let mut newest: HashMap<&str, &str> = HashMap::default();
-        let mut order: Vec<&str> = Vec::new();
+        let mut newest: HashMap<H, H> = HashMap::default();
+        let mut order: Vec<H> = Vec::new();
         for r in roots {
-            let g = |k: &str| r.get(k).and_then(Value::as_str);
-            match g("type") {
-                Some("version_node") => {
-                    if let (Some(id), Some(n)) = (g("dataIdHash"), g("node")) {
+            match r.kind {
+                RootKind::Node => {
+                    if let (Some(id), Some(n)) = (r.data_id_hash, r.node) {
                         if newest.insert(id, n).is_none() {
                             order.push(id);
                         }
                     }
                 }
                 _ => {
-                    for k in ["hash", "idHash"] {
-                        if let Some(h) = g(k) {
-                            self.pass_hints.push(h.to_string());
-                        }
+                    for h in [r.hash, r.id_hash].into_iter().flatten() {
+                        self.pass_hints.push(h.to_hex());
                     }
                 }
             }
         }
         for id in order {
-            self.pass_hints.push(newest[id].to_string());
+            self.pass_hints.push(newest[&id].to_hex());
         }
     }
 
@@ -1403,11 +1411,14 @@ impl Importer {
     }
 
     /// chum.md §4.2: a string holding a JSON array of AccessibleObject.
-    fn parse_roots(&self, data: Data, cx: &mut Cx) -> Option<Vec<serde_json::Map<String, Value>>> {
+    fn parse_roots(&self, data: Data, cx: &mut Cx) -> Option<Vec<Root>> {
         let Some(Value::String(s)) = data else {
             cx.error("DAH-PAO1", "roots answer is not a string", false);
             return None;
         };
+        if let Some(roots) = typed_roots(&s) {
+            return Some(roots);
+        }
         let Ok(v) = serde_json::from_str::<Value>(&s) else {
             cx.error("DAH-PAO1", "roots answer is not JSON", false);
             return None;
@@ -1420,7 +1431,7 @@ impl Importer {
     }
 
     /// The well-formed entries of a roots list (chum.md §4.2); each bad one is an error.
-    fn root_list(&self, list: Vec<Value>, cx: &mut Cx) -> Vec<serde_json::Map<String, Value>> {
+    fn root_list(&self, list: Vec<Value>, cx: &mut Cx) -> Vec<Root> {
         let mut out = Vec::with_capacity(list.len());
         for r in list {
             // only for an error message: written out when needed (issue 8 profile: writing
@@ -1452,7 +1463,7 @@ impl Importer {
                 cx.error("DAH-PAO3", &format!("malformed accessible object {shown}"), false);
                 continue;
             }
-            out.push(m);
+            out.push(Root::of_map(&m));
         }
         out
     }
@@ -1467,52 +1478,46 @@ impl Importer {
         }
     }
 
-    fn start_pass(&mut self, roots: Vec<serde_json::Map<String, Value>>, cx: &mut Cx) -> Result<Step, Fatal> {
+    fn start_pass(&mut self, roots: Vec<Root>, cx: &mut Cx) -> Result<Step, Fatal> {
         self.pass_roots = roots.len();
-        let s = |m: &serde_json::Map<String, Value>, k: &str| m.get(k).and_then(Value::as_str).unwrap_or_default().to_string();
-        // root_list checked the hashes each kind of root needs
-        let hk = |m: &serde_json::Map<String, Value>, k: &str| m.get(k).and_then(Value::as_str).and_then(H::parse);
         // chum.md §6.2: what is missing decides what is asked for
-        let mut asked: Vec<H> = Vec::new();
+        let mut asked: Vec<H> = Vec::with_capacity(roots.len());
         for r in &roots {
-            for k in ["hash", "idHash", "node"] {
-                if let Some(h) = hk(r, k) {
-                    asked.push(h);
-                }
-            }
+            asked.extend([r.hash, r.id_hash, r.node].into_iter().flatten());
         }
         // one read transaction for all (a `has` each was 30,000 transactions, issue 8)
         let missing: HashSet<H> = self.missing_of(&asked, false);
-        let lacks = |m: &serde_json::Map<String, Value>, k: &str| hk(m, k).filter(|h| missing.contains(h));
+        let lacks = |h: Option<H>| h.filter(|h| missing.contains(h));
         self.note_hint_candidates(&roots);
         self.passes += 1;
         let mut pass = Pass { batch: 1, no: self.passes, ..Default::default() };
         let mut jobs = Vec::new();
-        for r in &roots {
-            let one = Some(s(r, "oneType"));
-            match r.get("type").and_then(Value::as_str).unwrap_or_default() {
-                "unversioned" => {
-                    if let Some(hash) = lacks(r, "hash") {
+        for r in roots {
+            let one = Some(r.one_type);
+            match r.kind {
+                RootKind::Unversioned => {
+                    if let Some(hash) = lacks(r.hash) {
                         jobs.push(Job { service: GET_OBJECT_CHILDREN, hash, kind: Kind::Object, expected: one });
                     }
                 }
-                "versioned" => {
-                    if let Some(hash) = lacks(r, "idHash") {
+                RootKind::Versioned => {
+                    if let Some(hash) = lacks(r.id_hash) {
                         jobs.push(Job { service: GET_ID_OBJECT_CHILDREN, hash, kind: Kind::Id, expected: one.clone() });
                     }
-                    if let Some(hash) = lacks(r, "hash") {
+                    if let Some(hash) = lacks(r.hash) {
                         jobs.push(Job { service: GET_OBJECT_CHILDREN, hash, kind: Kind::Object, expected: one });
                     }
                 }
-                "id" => {
-                    if let Some(hash) = lacks(r, "idHash") {
+                RootKind::Id => {
+                    if let Some(hash) = lacks(r.id_hash) {
                         jobs.push(Job { service: GET_ID_OBJECT_CHILDREN, hash, kind: Kind::Id, expected: one });
                     }
                 }
-                _ => {
-                    let (Some(id), Some(node)) = (hk(r, "dataIdHash"), hk(r, "node")) else { continue };
-                    let entry = (node, s(r, "dataType"));
-                    match pass.groups.iter_mut().find(|g| g.0 == id) {
+                RootKind::Node => {
+                    let (Some(id), Some(node)) = (r.data_id_hash, r.node) else { continue };
+                    let entry = (node, r.data_type);
+                    // the last group first: a channel's nodes come one after the other
+                    match pass.groups.iter_mut().rev().find(|g| g.0 == id) {
                         Some(g) => g.1.push(entry),
                         None => pass.groups.push((id, vec![entry])),
                     }
@@ -2477,6 +2482,137 @@ fn checked_values(list: &[Value]) -> Option<Vec<(Kind, H)>> {
     Some(out)
 }
 
+/// The kinds of accessible root (chum.md §4.2).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum RootKind {
+    Unversioned,
+    Versioned,
+    Id,
+    Node,
+}
+
+/// A well-formed accessible root as the importer uses it: its hashes (those that are hashes),
+/// `oneType` and `dataType` ("" when absent).
+#[derive(Debug, PartialEq)]
+struct Root {
+    kind: RootKind,
+    hash: Option<H>,
+    id_hash: Option<H>,
+    node: Option<H>,
+    data_id_hash: Option<H>,
+    one_type: String,
+    data_type: String,
+}
+
+impl Root {
+    fn kind_of(t: Option<&str>) -> Option<RootKind> {
+        match t? {
+            "unversioned" => Some(RootKind::Unversioned),
+            "versioned" => Some(RootKind::Versioned),
+            "id" => Some(RootKind::Id),
+            "version_node" => Some(RootKind::Node),
+            _ => None,
+        }
+    }
+
+    /// The fields each kind needs (`Importer::root_list`): hashes must be hashes.
+    fn needs(kind: RootKind) -> &'static [&'static str] {
+        match kind {
+            RootKind::Unversioned => &["hash", "oneType"],
+            RootKind::Versioned => &["hash", "idHash", "oneType"],
+            RootKind::Id => &["idHash", "oneType"],
+            RootKind::Node => &["node", "dataIdHash", "dataType"],
+        }
+    }
+
+    /// An entry `root_list` found well-formed.
+    fn of_map(m: &serde_json::Map<String, Value>) -> Root {
+        let st = |k: &str| m.get(k).and_then(Value::as_str);
+        let h = |k: &str| st(k).and_then(H::parse);
+        Root {
+            kind: Root::kind_of(st("type")).unwrap_or(RootKind::Unversioned),
+            hash: h("hash"),
+            id_hash: h("idHash"),
+            node: h("node"),
+            data_id_hash: h("dataIdHash"),
+            one_type: st("oneType").unwrap_or_default().to_string(),
+            data_type: st("dataType").unwrap_or_default().to_string(),
+        }
+    }
+}
+
+/// One entry of a roots list as serde reads it straight from the text: the fields the importer
+/// uses, each a string or absent/null (anything else fails the typed parse, and the list
+/// goes through `Importer::root_list`).
+#[derive(serde::Deserialize)]
+struct WireRoot<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow)]
+    hash: Option<std::borrow::Cow<'a, str>>,
+    #[serde(rename = "idHash", borrow)]
+    id_hash: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow)]
+    node: Option<std::borrow::Cow<'a, str>>,
+    #[serde(rename = "dataIdHash", borrow)]
+    data_id_hash: Option<std::borrow::Cow<'a, str>>,
+    #[serde(rename = "oneType", borrow)]
+    one_type: Option<std::borrow::Cow<'a, str>>,
+    #[serde(rename = "dataType", borrow)]
+    data_type: Option<std::borrow::Cow<'a, str>>,
+}
+
+impl WireRoot<'_> {
+    /// As `Importer::root_list` takes a well-formed entry; `None` for one it reports.
+    fn root(self) -> Option<Root> {
+        let kind = Root::kind_of(self.kind.as_deref())?;
+        let field = |k: &str| match k {
+            "hash" => self.hash.as_deref(),
+            "idHash" => self.id_hash.as_deref(),
+            "node" => self.node.as_deref(),
+            "dataIdHash" => self.data_id_hash.as_deref(),
+            "oneType" => self.one_type.as_deref(),
+            _ => self.data_type.as_deref(),
+        };
+        let good = Root::needs(kind).iter().all(|k| match field(k) {
+            Some(v) => *k == "oneType" || *k == "dataType" || is_hash(v),
+            None => false,
+        });
+        if !good {
+            return None;
+        }
+        let h = |v: &Option<std::borrow::Cow<'_, str>>| v.as_deref().and_then(H::parse);
+        Some(Root {
+            kind,
+            hash: h(&self.hash),
+            id_hash: h(&self.id_hash),
+            node: h(&self.node),
+            data_id_hash: h(&self.data_id_hash),
+            one_type: self.one_type.as_deref().unwrap_or_default().to_string(),
+            data_type: self.data_type.as_deref().unwrap_or_default().to_string(),
+        })
+    }
+}
+
+/// A roots list (chum.md §4.2) read straight into [`Root`]s when every entry is well formed;
+/// `None` otherwise (the general way then reports each bad entry).
+fn typed_roots(s: &str) -> Option<Vec<Root>> {
+    let list: Vec<WireRoot<'_>> = serde_json::from_str(s).ok()?;
+    list.into_iter().map(WireRoot::root).collect()
+}
+
+/// A 102 answer `{"mark": m, "roots": [...]}` read as [`typed_roots`] does.
+fn typed_roots_since(s: &str) -> Option<(u64, Vec<Root>)> {
+    #[derive(serde::Deserialize)]
+    struct Since<'a> {
+        mark: u64,
+        #[serde(borrow)]
+        roots: Vec<WireRoot<'a>>,
+    }
+    let d: Since<'_> = serde_json::from_str(s).ok()?;
+    Some((d.mark, d.roots.into_iter().map(WireRoot::root).collect::<Option<Vec<_>>>()?))
+}
+
 /// chum.md §4.3 answer text into a checked list, when every entry is good.
 fn typed_children(s: &str) -> Option<Vec<(Kind, H)>> {
     checked_children(serde_json::from_str::<Vec<Child>>(s).ok()?)
@@ -2758,5 +2894,44 @@ mod tests {
         imp.commit_ready(&mut cx);
         let Stage::Fetch(pass) = &imp.stage else { panic!("still fetching") };
         assert_eq!(pass.com.ready.len(), 10);
+    }
+
+    /// The typed read of a roots list (B's start of a sync, issue 8) gives exactly what the
+    /// general way (`root_list` over parsed `Value`s) gives, and leaves to it every list with
+    /// an entry it would report or a field that is not a string.
+    #[test]
+    fn roots_read_typed_are_what_the_general_way_reads() {
+        let h = |c: char| c.to_string().repeat(64);
+        let (a, b, c, d) = (h('a'), h('b'), h('c'), h('d'));
+        let good = format!(
+            r#"[{{"type":"unversioned","hash":"{a}","oneType":"Topic"}},{{"type":"versioned","hash":"{b}","idHash":"{c}","oneType":"Chan\"n\u00e9l"}},{{"oneType":"Person","type":"id","idHash":"{c}","extra":[1,{{"x":2}}]}},{{"type":"version_node","node":"{d}","dataIdHash":"{c}","dataType":"ChannelInfo"}},{{"type":"unversioned","hash":"{a}","idHash":null,"node":"nothash","oneType":"X"}}]"#
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let (imp, _) = fetching(dir.path(), 0);
+        let mut cx = cx(std::time::Instant::now());
+        let typed = typed_roots(&good).expect("read typed");
+        let Value::Array(list) = serde_json::from_str::<Value>(&good).unwrap() else { panic!("a list") };
+        let general = imp.root_list(list, &mut cx);
+        assert_eq!(typed, general);
+        assert_eq!(general.len(), 5);
+        assert_eq!(general[1].one_type, "Chan\"n\u{e9}l");
+        assert_eq!((general[3].kind, general[3].node, general[3].data_id_hash), (RootKind::Node, H::parse(&d), H::parse(&c)));
+        assert!(cx.events.is_empty());
+        assert_eq!(typed_roots_since(&format!(r#"{{"mark":7,"roots":{good}}}"#)), Some((7, general)));
+        assert_eq!(typed_roots("[]"), Some(Vec::new()));
+        for bad in [
+            "[1]".to_string(),
+            format!(r#"[{{"type":"other","hash":"{a}","oneType":"T"}}]"#),
+            format!(r#"[{{"type":"unversioned","hash":"{}","oneType":"T"}}]"#, a.to_uppercase()),
+            format!(r#"[{{"type":"versioned","hash":"{a}","oneType":"T"}}]"#),
+            format!(r#"[{{"type":"unversioned","hash":"{a}","oneType":5}}]"#),
+            format!(r#"[{{"type":"unversioned","hash":"{a}","hash":"{b}","oneType":"T"}}]"#),
+            "{}".to_string(),
+        ] {
+            assert!(typed_roots(&bad).is_none(), "{bad}");
+        }
+        for bad in [r#"{"mark":-1,"roots":[]}"#, r#"{"roots":[]}"#, r#"{"mark":1,"roots":{}}"#, r#"[]"#] {
+            assert!(typed_roots_since(bad).is_none(), "{bad}");
+        }
     }
 }
