@@ -198,6 +198,22 @@ pub struct Exporter {
     next_walk: u64,
     /// The microdata the paged walks read, for the batch fetches that follow them.
     walk_texts: WalkTexts,
+    /// docs/chum-fastpath.md "Paged closure", *Early first page*: the walk begun before its 106.
+    prewalk: Option<Prewalk>,
+}
+
+/// A roots answer that lists at least this many version nodes of one ID: the closure of its
+/// newest node is worth beginning before the importer asks for it.
+const PREWALK_MIN_NODES: usize = 256;
+
+/// The first page of the walk that a lama importer's first 106 after a roots answer asks
+/// for (docs/chum-fastpath.md "Paged closure", *Early first page*).
+enum Prewalk {
+    /// To walk when the session is idle: the newest node of the longest history answered.
+    Due(Hash),
+    /// Walked: its first page of `crate::importer::CLOSURE_PAGE` entries, pruned at `known`
+    /// as it was with `known_len` entries (it only grows).
+    Walked { root: Hash, known_len: usize, walk: lama_core::store::ClosureWalk, first: Vec<(RefKind, Hash)>, read: Vec<(Hash, bool, String)> },
 }
 
 /// Characters of microdata [`WalkTexts`] keeps at most.
@@ -444,6 +460,26 @@ fn write_root(out: &mut String, kind: &str, h: &str, id_hash: Option<&str>, type
     out.push('}');
 }
 
+/// The newest version node of the ID with the most version nodes among `rows`, if it has at
+/// least [`PREWALK_MIN_NODES`]: what a lama importer's first 106 asks for (the last listed
+/// node of each ID it lacks; its closure holds the older ones).
+fn prewalk_root(rows: &[crate::session::RootRow]) -> Option<Hash> {
+    let mut per_id: HashMap<&str, (usize, &str)> = HashMap::default();
+    for (kind, h, id_hash, _) in rows {
+        if kind == "version_node" {
+            if let Some(id) = id_hash.as_deref() {
+                let e = per_id.entry(id).or_insert((0, h));
+                *e = (e.0 + 1, h);
+            }
+        }
+    }
+    let (n, node) = per_id.into_values().max_by_key(|(n, _)| *n)?;
+    if n < PREWALK_MIN_NODES {
+        return None;
+    }
+    Hash::parse(node)
+}
+
 /// The wire form of one accessible root (chum.md §4.2, fields in the reference's order).
 fn wire_root(kind: &str, h: &str, id_hash: Option<&str>, type_name: &str) -> Value {
     match kind {
@@ -535,6 +571,7 @@ impl Exporter {
             walks: HashMap::default(),
             next_walk: 1,
             walk_texts: WalkTexts::default(),
+            prewalk: None,
         }
     }
 
@@ -741,6 +778,7 @@ impl Exporter {
         // benchmark), and a `Value` map per root was most of the answer's time, on the path
         // before the first closure request (issue 8, session 15)
         let rows = self.unlocked_roots(since)?;
+        self.prewalk = prewalk_root(&rows).map(Prewalk::Due);
         let mut out = String::with_capacity(rows.len() * 200 + 32);
         out.push_str("{\"mark\":");
         out.push_str(&self.roots_mark.to_string());
@@ -1037,9 +1075,21 @@ impl Exporter {
             }
             let rh = Hash::parse(r).expect("checked");
             if let (Some(l), true) = (page, self.walks.len() < CLOSURE_WALKS_MAX) {
-                let mut walk = self.store.closure_walk(r).map_err(store_err)?;
-                let mut read = Vec::new();
-                let first = self.store.closure_walk_next_texts(&mut walk, &self.known, l, Some(&mut read)).map_err(store_err)?;
+                // the first page walked while the importer read the roots answer, if it is
+                // exactly the one asked: same root, page size and `known`
+                let early = match &self.prewalk {
+                    Some(Prewalk::Walked { root, known_len, .. }) if *root == rh && *known_len == self.known.len() && l == crate::importer::CLOSURE_PAGE => self.prewalk.take(),
+                    _ => None,
+                };
+                let (walk, first, read) = match early {
+                    Some(Prewalk::Walked { walk, first, read, .. }) => (walk, first, read),
+                    _ => {
+                        let mut walk = self.store.closure_walk(r).map_err(store_err)?;
+                        let mut read = Vec::new();
+                        let first = self.store.closure_walk_next_texts(&mut walk, &self.known, l, Some(&mut read)).map_err(store_err)?;
+                        (walk, first, read)
+                    }
+                };
                 self.walk_texts.add(read);
                 if !walk.done() {
                     let data = self.closure_data(&first, inline, &mut budget, log, stats)?;
@@ -1066,7 +1116,26 @@ impl Exporter {
             self.remember_sent(rh, walk.into_iter().map(|(_, h)| h).collect());
         }
         out.push(']');
+        // the first closure request after the roots answer came: a walk begun early that it
+        // did not take is of no more use
+        self.prewalk = None;
         Ok(out)
+    }
+
+    /// Work worth doing while the session has nothing else to do: the early first page.
+    pub fn idle_due(&self) -> bool {
+        matches!(self.prewalk, Some(Prewalk::Due(_)))
+    }
+
+    /// Walk the first page of the closure a lama importer asks for first after a roots answer
+    /// (docs/chum-fastpath.md "Paged closure", *Early first page*), while it reads that answer.
+    /// A store error only leaves it to be walked when asked.
+    pub fn idle(&mut self) {
+        let Some(Prewalk::Due(root)) = self.prewalk.take() else { return };
+        let Ok(mut walk) = self.store.closure_walk(&root.to_hex()) else { return };
+        let mut read = Vec::new();
+        let Ok(first) = self.store.closure_walk_next_texts(&mut walk, &self.known, crate::importer::CLOSURE_PAGE, Some(&mut read)) else { return };
+        self.prewalk = Some(Prewalk::Walked { root, known_len: self.known.len(), walk, first, read });
     }
 
     /// The root's own microdata for a closure answer when data goes inline (logged and

@@ -61,6 +61,10 @@ pub const COMMIT_INTERVAL: Duration = Duration::from_millis(500);
 /// (a chain's entries once its oldest is stored), so with 16,384 per transaction the 70,000
 /// objects of the initial-sync benchmark took 7 commits, a full batch and its 6,144-item rest
 /// back to back three times; with 32,768 they take 5 (issue 8, session 13).
+/// A batch goes to the commit thread only while none is out there: when the thread is behind
+/// (a durable store's page writes and fsync), the ready items wait and go as one bigger
+/// transaction once it is free, instead of batches of 8,192 queueing behind each other and
+/// being committed one by one after the wire has gone idle (issue 8, session 16).
 const COMMIT_MIN_FAST: usize = 8192;
 const COMMIT_BATCH_FAST: usize = 32768;
 /// Object requests per call (v8; with "batch", `FETCH_CHUNK_BATCHES` requests of `BATCH_MAX`):
@@ -656,6 +660,17 @@ impl Importer {
                     // is taken as parsed (it was written back to a string and parsed again:
                     // 10,000 roots, issue 8)
                     if let Outcome::Ok(v) = &r {
+                        // typed first (no `Value` map per root: 10,000 of them were most of B's
+                        // ~40 ms between the roots answer and its first 106, issue 8); anything
+                        // unusual goes the general way, with its errors
+                        if let Some((m, roots)) = v.as_ref().and_then(Value::as_str).and_then(typed_roots_since) {
+                            self.errors_before = cx.stats.errors;
+                            self.pending_before = self.pending.len();
+                            self.log_errors_before = cx.log.errors.len();
+                            self.pass_roots = 0;
+                            self.pass_mark = Some(m);
+                            return self.start_pass(roots, cx);
+                        }
                         let parsed = v.as_ref().and_then(Value::as_str).and_then(|s| serde_json::from_str::<Value>(s).ok());
                         let (mark, roots) = match parsed {
                             Some(Value::Object(mut d)) => (d.get("mark").and_then(Value::as_u64), d.remove("roots")),
@@ -992,34 +1007,31 @@ impl Importer {
 
     /// Remember the roots of this pass worth a hint: per version-node ID the newest listed
     /// node (its closure holds the older ones), every other root itself.
-    fn note_hint_candidates(&mut self, roots: &[serde_json::Map<String, Value>]) {
+    fn note_hint_candidates(&mut self, roots: &[Root]) {
         self.pass_hints.clear();
         if !self.features.contains("closure") {
             return;
         }
-        let mut newest: HashMap<&str, &str> = HashMap::default();
-        let mut order: Vec<&str> = Vec::new();
+        let mut newest: HashMap<H, H> = HashMap::default();
+        let mut order: Vec<H> = Vec::new();
         for r in roots {
-            let g = |k: &str| r.get(k).and_then(Value::as_str);
-            match g("type") {
-                Some("version_node") => {
-                    if let (Some(id), Some(n)) = (g("dataIdHash"), g("node")) {
+            match r.kind {
+                RootKind::Node => {
+                    if let (Some(id), Some(n)) = (r.data_id_hash, r.node) {
                         if newest.insert(id, n).is_none() {
                             order.push(id);
                         }
                     }
                 }
                 _ => {
-                    for k in ["hash", "idHash"] {
-                        if let Some(h) = g(k) {
-                            self.pass_hints.push(h.to_string());
-                        }
+                    for h in [r.hash, r.id_hash].into_iter().flatten() {
+                        self.pass_hints.push(h.to_hex());
                     }
                 }
             }
         }
         for id in order {
-            self.pass_hints.push(newest[id].to_string());
+            self.pass_hints.push(newest[&id].to_hex());
         }
     }
 
@@ -1078,8 +1090,11 @@ impl Importer {
         let late = matches!((pass.ready_since, cx.now), (Some(t), Some(n)) if n.saturating_duration_since(t) >= COMMIT_INTERVAL);
         // v8: a full COMMIT_BATCH; fast path: the pass's first chunk at once (the first objects
         // are visible early), then COMMIT_MIN_FAST
+        // (fast path: only while no batch is out on the commit thread; when it is behind, the
+        // ready items wait and go into one bigger transaction when it is free: see
+        // COMMIT_MIN_FAST)
         let full = if self.features.contains("batch") {
-            pass.com.handed == 0 || pass.com.ready.len() >= COMMIT_MIN_FAST
+            pass.com.handed == 0 || (pass.com.ready.len() >= COMMIT_MIN_FAST && pass.com.sent.is_empty())
         } else {
             pass.com.ready.len() + self.fetch_chunk() > COMMIT_BATCH
         };
@@ -1122,10 +1137,15 @@ impl Importer {
     /// verified and the next one fetches only the rest.
     pub fn commit_ready(&mut self, cx: &mut Cx) {
         let mut stage = std::mem::replace(&mut self.stage, Stage::Done);
+        let fetch = matches!(stage, Stage::Fetch(_));
         if let Stage::Fetch(pass) | Stage::Streams(pass) = &mut stage {
             self.reap(pass, false, cx);
             let late = matches!((pass.ready_since, cx.now), (Some(t), Some(n)) if n.saturating_duration_since(t) >= COMMIT_INTERVAL);
-            if !pass.com.ready.is_empty() && (late || pass.ready_since.is_none() || cx.now.is_none()) {
+            if fetch && self.features.contains("batch") && pass.com.sent.is_empty() && pass.com.ready.len() >= COMMIT_MIN_FAST {
+                // the commit thread finished while a batch's worth waited for it (commit_if_due
+                // holds them back while a batch is out): hand them over now, not at the next answer
+                self.commit_if_due(pass, cx);
+            } else if !pass.com.ready.is_empty() && (late || pass.ready_since.is_none() || cx.now.is_none()) {
                 self.flush(pass, Vec::new(), Vec::new(), false, false, cx);
                 pass.ready_since = None;
             }
@@ -1391,11 +1411,14 @@ impl Importer {
     }
 
     /// chum.md §4.2: a string holding a JSON array of AccessibleObject.
-    fn parse_roots(&self, data: Data, cx: &mut Cx) -> Option<Vec<serde_json::Map<String, Value>>> {
+    fn parse_roots(&self, data: Data, cx: &mut Cx) -> Option<Vec<Root>> {
         let Some(Value::String(s)) = data else {
             cx.error("DAH-PAO1", "roots answer is not a string", false);
             return None;
         };
+        if let Some(roots) = typed_roots(&s) {
+            return Some(roots);
+        }
         let Ok(v) = serde_json::from_str::<Value>(&s) else {
             cx.error("DAH-PAO1", "roots answer is not JSON", false);
             return None;
@@ -1408,7 +1431,7 @@ impl Importer {
     }
 
     /// The well-formed entries of a roots list (chum.md §4.2); each bad one is an error.
-    fn root_list(&self, list: Vec<Value>, cx: &mut Cx) -> Vec<serde_json::Map<String, Value>> {
+    fn root_list(&self, list: Vec<Value>, cx: &mut Cx) -> Vec<Root> {
         let mut out = Vec::with_capacity(list.len());
         for r in list {
             // only for an error message: written out when needed (issue 8 profile: writing
@@ -1440,7 +1463,7 @@ impl Importer {
                 cx.error("DAH-PAO3", &format!("malformed accessible object {shown}"), false);
                 continue;
             }
-            out.push(m);
+            out.push(Root::of_map(&m));
         }
         out
     }
@@ -1455,52 +1478,46 @@ impl Importer {
         }
     }
 
-    fn start_pass(&mut self, roots: Vec<serde_json::Map<String, Value>>, cx: &mut Cx) -> Result<Step, Fatal> {
+    fn start_pass(&mut self, roots: Vec<Root>, cx: &mut Cx) -> Result<Step, Fatal> {
         self.pass_roots = roots.len();
-        let s = |m: &serde_json::Map<String, Value>, k: &str| m.get(k).and_then(Value::as_str).unwrap_or_default().to_string();
-        // root_list checked the hashes each kind of root needs
-        let hk = |m: &serde_json::Map<String, Value>, k: &str| m.get(k).and_then(Value::as_str).and_then(H::parse);
         // chum.md §6.2: what is missing decides what is asked for
-        let mut asked: Vec<H> = Vec::new();
+        let mut asked: Vec<H> = Vec::with_capacity(roots.len());
         for r in &roots {
-            for k in ["hash", "idHash", "node"] {
-                if let Some(h) = hk(r, k) {
-                    asked.push(h);
-                }
-            }
+            asked.extend([r.hash, r.id_hash, r.node].into_iter().flatten());
         }
         // one read transaction for all (a `has` each was 30,000 transactions, issue 8)
         let missing: HashSet<H> = self.missing_of(&asked, false);
-        let lacks = |m: &serde_json::Map<String, Value>, k: &str| hk(m, k).filter(|h| missing.contains(h));
+        let lacks = |h: Option<H>| h.filter(|h| missing.contains(h));
         self.note_hint_candidates(&roots);
         self.passes += 1;
         let mut pass = Pass { batch: 1, no: self.passes, ..Default::default() };
         let mut jobs = Vec::new();
-        for r in &roots {
-            let one = Some(s(r, "oneType"));
-            match r.get("type").and_then(Value::as_str).unwrap_or_default() {
-                "unversioned" => {
-                    if let Some(hash) = lacks(r, "hash") {
+        for r in roots {
+            let one = Some(r.one_type);
+            match r.kind {
+                RootKind::Unversioned => {
+                    if let Some(hash) = lacks(r.hash) {
                         jobs.push(Job { service: GET_OBJECT_CHILDREN, hash, kind: Kind::Object, expected: one });
                     }
                 }
-                "versioned" => {
-                    if let Some(hash) = lacks(r, "idHash") {
+                RootKind::Versioned => {
+                    if let Some(hash) = lacks(r.id_hash) {
                         jobs.push(Job { service: GET_ID_OBJECT_CHILDREN, hash, kind: Kind::Id, expected: one.clone() });
                     }
-                    if let Some(hash) = lacks(r, "hash") {
+                    if let Some(hash) = lacks(r.hash) {
                         jobs.push(Job { service: GET_OBJECT_CHILDREN, hash, kind: Kind::Object, expected: one });
                     }
                 }
-                "id" => {
-                    if let Some(hash) = lacks(r, "idHash") {
+                RootKind::Id => {
+                    if let Some(hash) = lacks(r.id_hash) {
                         jobs.push(Job { service: GET_ID_OBJECT_CHILDREN, hash, kind: Kind::Id, expected: one });
                     }
                 }
-                _ => {
-                    let (Some(id), Some(node)) = (hk(r, "dataIdHash"), hk(r, "node")) else { continue };
-                    let entry = (node, s(r, "dataType"));
-                    match pass.groups.iter_mut().find(|g| g.0 == id) {
+                RootKind::Node => {
+                    let (Some(id), Some(node)) = (r.data_id_hash, r.node) else { continue };
+                    let entry = (node, r.data_type);
+                    // the last group first: a channel's nodes come one after the other
+                    match pass.groups.iter_mut().rev().find(|g| g.0 == id) {
                         Some(g) => g.1.push(entry),
                         None => pass.groups.push((id, vec![entry])),
                     }
@@ -2465,6 +2482,137 @@ fn checked_values(list: &[Value]) -> Option<Vec<(Kind, H)>> {
     Some(out)
 }
 
+/// The kinds of accessible root (chum.md §4.2).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum RootKind {
+    Unversioned,
+    Versioned,
+    Id,
+    Node,
+}
+
+/// A well-formed accessible root as the importer uses it: its hashes (those that are hashes),
+/// `oneType` and `dataType` ("" when absent).
+#[derive(Debug, PartialEq)]
+struct Root {
+    kind: RootKind,
+    hash: Option<H>,
+    id_hash: Option<H>,
+    node: Option<H>,
+    data_id_hash: Option<H>,
+    one_type: String,
+    data_type: String,
+}
+
+impl Root {
+    fn kind_of(t: Option<&str>) -> Option<RootKind> {
+        match t? {
+            "unversioned" => Some(RootKind::Unversioned),
+            "versioned" => Some(RootKind::Versioned),
+            "id" => Some(RootKind::Id),
+            "version_node" => Some(RootKind::Node),
+            _ => None,
+        }
+    }
+
+    /// The fields each kind needs (`Importer::root_list`): hashes must be hashes.
+    fn needs(kind: RootKind) -> &'static [&'static str] {
+        match kind {
+            RootKind::Unversioned => &["hash", "oneType"],
+            RootKind::Versioned => &["hash", "idHash", "oneType"],
+            RootKind::Id => &["idHash", "oneType"],
+            RootKind::Node => &["node", "dataIdHash", "dataType"],
+        }
+    }
+
+    /// An entry `root_list` found well-formed.
+    fn of_map(m: &serde_json::Map<String, Value>) -> Root {
+        let st = |k: &str| m.get(k).and_then(Value::as_str);
+        let h = |k: &str| st(k).and_then(H::parse);
+        Root {
+            kind: Root::kind_of(st("type")).unwrap_or(RootKind::Unversioned),
+            hash: h("hash"),
+            id_hash: h("idHash"),
+            node: h("node"),
+            data_id_hash: h("dataIdHash"),
+            one_type: st("oneType").unwrap_or_default().to_string(),
+            data_type: st("dataType").unwrap_or_default().to_string(),
+        }
+    }
+}
+
+/// One entry of a roots list as serde reads it straight from the text: the fields the importer
+/// uses, each a string or absent/null (anything else fails the typed parse, and the list
+/// goes through `Importer::root_list`).
+#[derive(serde::Deserialize)]
+struct WireRoot<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow)]
+    hash: Option<std::borrow::Cow<'a, str>>,
+    #[serde(rename = "idHash", borrow)]
+    id_hash: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow)]
+    node: Option<std::borrow::Cow<'a, str>>,
+    #[serde(rename = "dataIdHash", borrow)]
+    data_id_hash: Option<std::borrow::Cow<'a, str>>,
+    #[serde(rename = "oneType", borrow)]
+    one_type: Option<std::borrow::Cow<'a, str>>,
+    #[serde(rename = "dataType", borrow)]
+    data_type: Option<std::borrow::Cow<'a, str>>,
+}
+
+impl WireRoot<'_> {
+    /// As `Importer::root_list` takes a well-formed entry; `None` for one it reports.
+    fn root(self) -> Option<Root> {
+        let kind = Root::kind_of(self.kind.as_deref())?;
+        let field = |k: &str| match k {
+            "hash" => self.hash.as_deref(),
+            "idHash" => self.id_hash.as_deref(),
+            "node" => self.node.as_deref(),
+            "dataIdHash" => self.data_id_hash.as_deref(),
+            "oneType" => self.one_type.as_deref(),
+            _ => self.data_type.as_deref(),
+        };
+        let good = Root::needs(kind).iter().all(|k| match field(k) {
+            Some(v) => *k == "oneType" || *k == "dataType" || is_hash(v),
+            None => false,
+        });
+        if !good {
+            return None;
+        }
+        let h = |v: &Option<std::borrow::Cow<'_, str>>| v.as_deref().and_then(H::parse);
+        Some(Root {
+            kind,
+            hash: h(&self.hash),
+            id_hash: h(&self.id_hash),
+            node: h(&self.node),
+            data_id_hash: h(&self.data_id_hash),
+            one_type: self.one_type.as_deref().unwrap_or_default().to_string(),
+            data_type: self.data_type.as_deref().unwrap_or_default().to_string(),
+        })
+    }
+}
+
+/// A roots list (chum.md §4.2) read straight into [`Root`]s when every entry is well formed;
+/// `None` otherwise (the general way then reports each bad entry).
+fn typed_roots(s: &str) -> Option<Vec<Root>> {
+    let list: Vec<WireRoot<'_>> = serde_json::from_str(s).ok()?;
+    list.into_iter().map(WireRoot::root).collect()
+}
+
+/// A 102 answer `{"mark": m, "roots": [...]}` read as [`typed_roots`] does.
+fn typed_roots_since(s: &str) -> Option<(u64, Vec<Root>)> {
+    #[derive(serde::Deserialize)]
+    struct Since<'a> {
+        mark: u64,
+        #[serde(borrow)]
+        roots: Vec<WireRoot<'a>>,
+    }
+    let d: Since<'_> = serde_json::from_str(s).ok()?;
+    Some((d.mark, d.roots.into_iter().map(WireRoot::root).collect::<Option<Vec<_>>>()?))
+}
+
 /// chum.md §4.3 answer text into a checked list, when every entry is good.
 fn typed_children(s: &str) -> Option<Vec<(Kind, H)>> {
     checked_children(serde_json::from_str::<Vec<Child>>(s).ok()?)
@@ -2664,5 +2812,126 @@ fn node_depth(text: &str) -> f64 {
             _ => 0.0,
         },
         Err(_) => 0.0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A fast-path importer (its store in `dir`) whose pass has committed its first chunk and
+    /// has `n` verified ID objects ready, the fetch still going on (a call out).
+    fn fetching(dir: &std::path::Path, n: usize) -> (Importer, Box<Pass>) {
+        let store = Store::open(dir.join("b"), Some(1 << 28)).unwrap();
+        let mut imp = Importer::new(store, false, Duration::from_secs(1), true, "p".into());
+        imp.features.insert("batch".into());
+        let mut pass = Box::new(Pass { batch: 1, no: 1, ..Default::default() });
+        for k in 0..n {
+            let text = format!(r#"<div data-id-object="true" itemscope itemtype="//refin.io/Person"><span itemprop="email">p{k}@x.example</span></div>"#);
+            let hash = sha256(text.as_bytes());
+            let (i, _) = pass.items.add(H(hash), || Item::new(Kind::Id, None));
+            let it = &mut pass.items[i];
+            (it.text, it.hash, it.type_name, it.ok, it.queued) = (Some(text), hash, "Person".into(), true, true);
+            pass.com.ready.push_back(i);
+        }
+        pass.com.handed = 2048;
+        pass.inflight.push_back(Vec::new());
+        (imp, pass)
+    }
+
+    fn cx(now: std::time::Instant) -> Cx {
+        Cx { events: VecDeque::new(), log: Default::default(), stats: Default::default(), now: Some(now) }
+    }
+
+    /// docs/chum-fastpath.md "Commits": while a batch is out on the commit thread, the next
+    /// batch's worth of ready items is not queued behind it (each LMDB commit rewrites the
+    /// B-tree pages its keys touch, and queued batches of 8,192 were committed one after the
+    /// other after the wire had gone idle); it waits, and goes to the commit thread as one
+    /// transaction when the thread is free.
+    #[test]
+    fn ready_items_wait_while_a_batch_is_out_and_go_when_it_is_done() {
+        let dir = tempfile::tempdir().unwrap();
+        let (imp, mut pass) = fetching(dir.path(), COMMIT_MIN_FAST + 100);
+        let now = std::time::Instant::now();
+        let mut cx = cx(now);
+        // a batch out whose fate is not known yet
+        pass.com.sent.push_back(Sent { hashes: Vec::new(), first: None });
+        imp.commit_if_due(&mut pass, &mut cx);
+        assert_eq!(pass.com.ready.len(), COMMIT_MIN_FAST + 100);
+        assert_eq!(pass.com.sent.len(), 1);
+        assert_eq!(pass.ready_since, Some(now));
+        // that batch done: the next answer's commit_if_due hands every ready item over, in one
+        pass.com.sent.clear();
+        imp.commit_if_due(&mut pass, &mut cx);
+        assert!(pass.com.ready.is_empty());
+        assert_eq!(pass.com.sent.len(), 1);
+        assert_eq!(pass.com.sent[0].hashes.len(), COMMIT_MIN_FAST + 100);
+        imp.settle(&mut pass, &mut cx);
+        let stored: usize = cx.events.iter().map(|e| match e { Event::Imported { id_objects, .. } => id_objects.len(), _ => 0 }).sum();
+        assert_eq!(stored, COMMIT_MIN_FAST + 100);
+    }
+
+    /// ... and when the commit thread finishes between two answers, the session's commit poll
+    /// hands the waiting items over (before the commit interval is up).
+    #[test]
+    fn the_commit_poll_hands_over_what_waited_for_the_commit_thread() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut imp, pass) = fetching(dir.path(), COMMIT_MIN_FAST);
+        let now = std::time::Instant::now();
+        let mut cx = cx(now + Duration::from_millis(20));
+        let mut pass = pass;
+        pass.ready_since = Some(now);
+        imp.stage = Stage::Fetch(pass);
+        imp.commit_ready(&mut cx);
+        let Stage::Fetch(pass) = &mut imp.stage else { panic!("still fetching") };
+        assert!(pass.com.ready.is_empty());
+        assert_eq!(pass.com.sent.iter().map(|s| s.hashes.len()).sum::<usize>(), COMMIT_MIN_FAST);
+        // fewer than a batch's worth keep waiting for the next answer or the interval
+        let dir2 = tempfile::tempdir().unwrap();
+        let (mut imp, mut pass) = fetching(dir2.path(), 10);
+        pass.ready_since = Some(now);
+        imp.stage = Stage::Fetch(pass);
+        imp.commit_ready(&mut cx);
+        let Stage::Fetch(pass) = &imp.stage else { panic!("still fetching") };
+        assert_eq!(pass.com.ready.len(), 10);
+    }
+
+    /// The typed read of a roots list (B's start of a sync, issue 8) gives exactly what the
+    /// general way (`root_list` over parsed `Value`s) gives, and leaves to it every list with
+    /// an entry it would report or a field that is not a string.
+    #[test]
+    fn roots_read_typed_are_what_the_general_way_reads() {
+        let h = |c: char| c.to_string().repeat(64);
+        let (a, b, c, d) = (h('a'), h('b'), h('c'), h('d'));
+        let good = format!(
+            r#"[{{"type":"unversioned","hash":"{a}","oneType":"Topic"}},{{"type":"versioned","hash":"{b}","idHash":"{c}","oneType":"Chan\"n\u00e9l"}},{{"oneType":"Person","type":"id","idHash":"{c}","extra":[1,{{"x":2}}]}},{{"type":"version_node","node":"{d}","dataIdHash":"{c}","dataType":"ChannelInfo"}},{{"type":"unversioned","hash":"{a}","idHash":null,"node":"nothash","oneType":"X"}}]"#
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let (imp, _) = fetching(dir.path(), 0);
+        let mut cx = cx(std::time::Instant::now());
+        let typed = typed_roots(&good).expect("read typed");
+        let Value::Array(list) = serde_json::from_str::<Value>(&good).unwrap() else { panic!("a list") };
+        let general = imp.root_list(list, &mut cx);
+        assert_eq!(typed, general);
+        assert_eq!(general.len(), 5);
+        assert_eq!(general[1].one_type, "Chan\"n\u{e9}l");
+        assert_eq!((general[3].kind, general[3].node, general[3].data_id_hash), (RootKind::Node, H::parse(&d), H::parse(&c)));
+        assert!(cx.events.is_empty());
+        assert_eq!(typed_roots_since(&format!(r#"{{"mark":7,"roots":{good}}}"#)), Some((7, general)));
+        assert_eq!(typed_roots("[]"), Some(Vec::new()));
+        for bad in [
+            "[1]".to_string(),
+            format!(r#"[{{"type":"other","hash":"{a}","oneType":"T"}}]"#),
+            format!(r#"[{{"type":"unversioned","hash":"{}","oneType":"T"}}]"#, a.to_uppercase()),
+            format!(r#"[{{"type":"versioned","hash":"{a}","oneType":"T"}}]"#),
+            format!(r#"[{{"type":"unversioned","hash":"{a}","oneType":5}}]"#),
+            format!(r#"[{{"type":"unversioned","hash":"{a}","hash":"{b}","oneType":"T"}}]"#),
+            "{}".to_string(),
+        ] {
+            assert!(typed_roots(&bad).is_none(), "{bad}");
+        }
+        for bad in [r#"{"mark":-1,"roots":[]}"#, r#"{"roots":[]}"#, r#"{"mark":1,"roots":{}}"#, r#"[]"#] {
+            assert!(typed_roots_since(bad).is_none(), "{bad}");
+        }
     }
 }

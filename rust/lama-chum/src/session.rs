@@ -687,6 +687,19 @@ impl Session {
         self.pending.values().map(|p| p.deadline).chain(self.sleep_until).chain(commit).chain(ping).min()
     }
 
+    /// Work that may wait until the driver has sent everything and has nothing else to do
+    /// (docs/chum-fastpath.md "Paged closure", *Early first page*).
+    pub fn idle_due(&self) -> bool {
+        !self.finished && !self.exporter_done && self.exporter.as_ref().is_some_and(Exporter::idle_due)
+    }
+
+    /// Do the work of [`idle_due`](Self::idle_due).
+    pub fn idle(&mut self, _now: Instant) {
+        if let Some(ex) = self.exporter.as_mut() {
+            ex.idle();
+        }
+    }
+
     pub fn poll_transmit(&mut self) -> Option<Message> {
         if let Some(m) = self.out.pop_front() {
             return Some(m);

@@ -562,3 +562,104 @@ fn a_large_paged_sync_commits_during_the_fetch_in_bounded_batches() {
     assert!(b.has(&head).unwrap());
     no_holes(&b);
 }
+
+/// A first sync between `a` and a new store `b`; with `early`, A's idle work runs before B's
+/// messages reach it (as the driver does once everything is sent, lama-net driver.rs).
+/// Returns B's events, A's answers to B's 106 requests, and whether A had work due after its
+/// roots answer and before the first 106 came.
+fn first_sync(a: &Store, b: &Store, early: bool) -> (Vec<Event>, Vec<String>, bool) {
+    let (mut sa, mut sb) = sessions(a, b);
+    let (mut events, mut answers, mut due_after_roots) = (Vec::new(), Vec::new(), false);
+    let (mut roots_id, mut closure_ids, mut roots_answered) = (None, std::collections::HashSet::new(), false);
+    let mut now = Instant::now();
+    let t0 = now;
+    sa.start(now);
+    sb.start(now);
+    for _ in 0..100_000 {
+        while let Some(e) = sb.poll_event() {
+            events.push(e);
+        }
+        while sa.poll_event().is_some() {}
+        if sb.is_finished() {
+            break;
+        }
+        if early && sa.idle_due() {
+            due_after_roots |= roots_answered && closure_ids.is_empty();
+            sa.idle(now);
+        }
+        let mut moved = false;
+        while let Some(m) = sb.poll_transmit() {
+            moved = true;
+            if let Message::Text(t) = &m {
+                let v: Value = serde_json::from_str(t).unwrap();
+                match v["serviceId"].as_u64() {
+                    Some(102) => roots_id = v["requestId"].as_u64(),
+                    Some(106) => {
+                        closure_ids.insert(v["requestId"].as_u64().unwrap());
+                    }
+                    _ => {}
+                }
+            }
+            sa.handle_message(m, now);
+        }
+        while let Some(m) = sa.poll_transmit() {
+            moved = true;
+            if let Message::Text(t) = &m {
+                let v: Value = serde_json::from_str(t).unwrap();
+                let rid = v["responseId"].as_u64();
+                roots_answered |= rid.is_some() && rid == roots_id;
+                if rid.is_some_and(|r| closure_ids.contains(&r)) {
+                    answers.push(v["data"].as_str().unwrap().to_string());
+                }
+            }
+            sb.handle_message(m, now);
+        }
+        if moved {
+            continue;
+        }
+        match [sa.poll_timeout(), sb.poll_timeout()].into_iter().flatten().min() {
+            Some(t) if t <= t0 + Duration::from_secs(600) => {
+                now = now.max(t);
+                sa.handle_timeout(now);
+                sb.handle_timeout(now);
+            }
+            _ => break,
+        }
+    }
+    while let Some(e) = sb.poll_event() {
+        events.push(e);
+    }
+    (events, answers, due_after_roots)
+}
+
+/// docs/chum-fastpath.md "Paged closure", *Early first page*: after a roots answer that lists
+/// a long history, A walks the first page of its newest node's closure while B reads the
+/// answer, and answers B's first 106 with it: the same answer as walked when asked.
+#[test]
+fn the_first_page_is_walked_while_the_importer_reads_the_roots() {
+    const N: usize = 1100; // ~4,400 objects: two pages of 4,096
+    let dir = tempfile::tempdir().unwrap();
+    let a = new_store(dir.path(), "a");
+    let head = build(&a, N);
+    let mut answers = Vec::new();
+    for (name, early) in [("b1", true), ("b2", false)] {
+        let b = new_store(dir.path(), name);
+        let (events, got, due) = first_sync(&a, &b, early);
+        let errors: Vec<&Event> = events.iter().filter(|e| matches!(e, Event::Error { .. })).collect();
+        assert!(errors.is_empty(), "{errors:?}");
+        assert!(b.has(&head).unwrap());
+        no_holes(&b);
+        assert_eq!(due, early, "work due after the roots answer");
+        let first = got.first().expect("a 106 answer").clone();
+        assert!(first.contains("\"more\""), "paged: {}", &first[..200.min(first.len())]);
+        answers.push(first);
+    }
+    assert_eq!(answers[0], answers[1]);
+    // a short history is not walked early
+    let dir = tempfile::tempdir().unwrap();
+    let a = new_store(dir.path(), "a");
+    build(&a, 20);
+    let b = new_store(dir.path(), "b");
+    let (_, _, due) = first_sync(&a, &b, true);
+    assert!(!due);
+}

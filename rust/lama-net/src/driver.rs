@@ -44,6 +44,12 @@ pub trait Protocol: Send + 'static {
     fn is_finished(&self) -> bool;
     /// The reason to close the transport with when finished.
     fn close_reason(&self) -> Option<&str>;
+    /// Work that may wait until everything is sent (`idle` then does it).
+    fn idle_due(&self) -> bool {
+        false
+    }
+    /// Called when `idle_due` and no send is waiting for the peer.
+    fn idle(&mut self, _now: Instant) {}
 }
 
 /// Watches a store's event feed without blocking a tokio worker and bumps a watch channel that
@@ -172,6 +178,12 @@ pub async fn run_until_cancelled<P: Protocol>(
         }
         if p.is_finished() {
             break;
+        }
+        if pending.is_none() && open && p.idle_due() {
+            // everything is sent (a large answer waiting for the peer's buffer would wait
+            // behind the work): do the protocol's idle work, then look again
+            p.idle(Instant::now());
+            continue;
         }
         let deadline = p.poll_timeout();
         if let Some(d) = deadline {

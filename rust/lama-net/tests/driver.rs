@@ -283,3 +283,80 @@ fn handed_out_events_reach_their_receiver_before_due_work() {
         assert_eq!(p.seen_before_work, Some(true), "the event's receiver ran only after the due work");
     });
 }
+
+/// Queues messages larger than the transport takes at once and has idle work; records
+/// whether the peer had read all of them when the idle work ran.
+struct SendThenIdle {
+    out: Vec<Message>,
+    read: Arc<std::sync::atomic::AtomicBool>,
+    idle_ran: Arc<std::sync::atomic::AtomicBool>,
+    read_before_idle: Option<bool>,
+}
+
+impl Protocol for SendThenIdle {
+    type Event = ();
+    fn start(&mut self, _now: Instant) {
+        // 3 MiB: more than the memory pipe's 1 MiB of credits, so a send waits for the peer
+        self.out = (0..6).map(|i| Message::Text(format!("{i}").repeat(512 << 10))).collect();
+    }
+    fn handle_message(&mut self, _msg: Message, _now: Instant) {}
+    fn handle_timeout(&mut self, _now: Instant) {}
+    fn store_changed(&mut self, _now: Instant) {}
+    fn connection_closed(&mut self, _reason: &str, _now: Instant) {}
+    fn poll_timeout(&self) -> Option<Instant> {
+        None
+    }
+    fn poll_transmit(&mut self) -> Option<Message> {
+        if self.out.is_empty() {
+            None
+        } else {
+            Some(self.out.remove(0))
+        }
+    }
+    fn poll_event(&mut self) -> Option<()> {
+        None
+    }
+    fn is_finished(&self) -> bool {
+        self.read_before_idle.is_some()
+    }
+    fn close_reason(&self) -> Option<&str> {
+        Some("done")
+    }
+    fn idle_due(&self) -> bool {
+        self.read_before_idle.is_none()
+    }
+    fn idle(&mut self, _now: Instant) {
+        self.idle_ran.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.read_before_idle = Some(self.read.load(std::sync::atomic::Ordering::SeqCst));
+    }
+}
+
+/// docs/chum-fastpath.md *Early first page*: the protocol's idle work waits until every queued
+/// message is sent (a large answer waiting for the peer's buffer is not held up behind it).
+#[test]
+fn idle_work_runs_once_everything_is_sent() {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    rt.block_on(async {
+        let (a, b) = memory_pair(None);
+        let (a, b) = (Arc::new(a), Arc::new(b));
+        let read = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let idle_ran = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let p = SendThenIdle { out: vec![], read: read.clone(), idle_ran: idle_ran.clone(), read_before_idle: None };
+        let (tx, _rx) = mpsc::unbounded_channel();
+        let driver = tokio::spawn(run(p, a, tx, None));
+        // the peer reads nothing for a while: the sends wait, and so does the idle work
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(!idle_ran.load(std::sync::atomic::Ordering::SeqCst), "idle work ran while a send waited");
+        // one 512 KiB message fits the pipe's credits at a time: the last is queued only
+        // after the one before it was read
+        for _ in 0..4 {
+            b.recv().await.expect("a message");
+        }
+        read.store(true, std::sync::atomic::Ordering::SeqCst);
+        for _ in 0..2 {
+            b.recv().await.expect("a message");
+        }
+        let p = tokio::time::timeout(Duration::from_secs(30), driver).await.expect("the driver finished").unwrap();
+        assert_eq!(p.read_before_idle, Some(true));
+    });
+}

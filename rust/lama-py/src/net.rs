@@ -652,6 +652,12 @@ impl<P: Session> Protocol for Signalled<P> {
     fn close_reason(&self) -> Option<&str> {
         self.inner.close_reason()
     }
+    fn idle_due(&self) -> bool {
+        self.inner.idle_due()
+    }
+    fn idle(&mut self, now: Instant) {
+        self.inner.idle(now)
+    }
 }
 
 /// A running session (made by `spawn_session`).
@@ -835,6 +841,12 @@ impl Protocol for ChumNative {
     }
     fn poll_timeout(&self) -> Option<Instant> {
         self.obj.get().lock().session.poll_timeout()
+    }
+    fn idle_due(&self) -> bool {
+        self.obj.get().lock().session.idle_due()
+    }
+    fn idle(&mut self, now: Instant) {
+        self.with(|s| s.idle(now))
     }
     fn poll_transmit(&mut self) -> Option<Message> {
         self.with(|s| s.poll_transmit()).map(|m| match m {
@@ -1076,6 +1088,12 @@ impl<S: NativeSession> Protocol for Native<S> {
     }
     fn close_reason(&self) -> Option<&str> {
         self.0.close_reason()
+    }
+    fn idle_due(&self) -> bool {
+        self.0.idle_due()
+    }
+    fn idle(&mut self, now: Instant) {
+        self.0.idle(now)
     }
 }
 
