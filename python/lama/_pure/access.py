@@ -433,21 +433,28 @@ def upgrade(shared: Any, txn: lmdb.Transaction, last_seq: int) -> None:
     txn.put(META_ACCESS, b"1", db=shared.meta)
 
 
-def _scan_roots(shared: Any, txn: lmdb.Transaction, p: bytes, frm: int) -> list[tuple[int, int, Root]]:
-    out: list[tuple[int, int, Root]] = []
+def _scan_seq(txn: lmdb.Transaction, db: Any, owner: bytes, frm: int, name: str,
+              dec: Callable[[bytes], Any]) -> list[tuple[int, int, Any]]:
+    """The entries ``owner ‖ u64 seq ‖ u32 n`` of ``db`` (aroots, aseq) with seq >= ``frm``:
+    ``(seq, n, dec(value))`` in key order (see access.rs scan_seq)."""
+    out: list[tuple[int, int, Any]] = []
     if frm >= 1 << 64:
         return out
-    cur = txn.cursor(db=shared.aroots)
-    if not cur.set_range(p + frm.to_bytes(8, "big")):
+    cur = txn.cursor(db=db)
+    if not cur.set_range(owner + frm.to_bytes(8, "big")):
         return out
     for k, v in cur:
-        if k[:32] != p:
+        if k[:32] != owner:
             break
-        r = decode_root(bytes(v)) if len(k) == 44 else None
+        r = dec(bytes(v)) if len(k) == 44 else None
         if r is None:
-            raise _corrupt(f"malformed aroots entry {bytes(k).hex()}")
+            raise _corrupt(f"malformed {name} entry {bytes(k).hex()}")
         out.append((int.from_bytes(k[32:40], "big"), int.from_bytes(k[40:44], "big"), r))
     return out
+
+
+def _scan_roots(shared: Any, txn: lmdb.Transaction, p: bytes, frm: int) -> list[tuple[int, int, Root]]:
+    return _scan_seq(txn, shared.aroots, p, frm, "aroots", decode_root)
 
 
 def _granted_ids(shared: Any, txn: lmdb.Transaction, p: bytes) -> list[tuple[bytes, int, int]]:
@@ -460,19 +467,7 @@ def _granted_ids(shared: Any, txn: lmdb.Transaction, p: bytes) -> list[tuple[byt
 
 
 def _scan_nodes(shared: Any, txn: lmdb.Transaction, x: bytes, frm: int) -> list[tuple[int, int, bytes]]:
-    out: list[tuple[int, int, bytes]] = []
-    if frm >= 1 << 64:
-        return out
-    cur = txn.cursor(db=shared.aseq)
-    if not cur.set_range(x + frm.to_bytes(8, "big")):
-        return out
-    for k, v in cur:
-        if k[:32] != x:
-            break
-        if len(k) != 44 or len(v) != 32:
-            raise _corrupt(f"malformed aseq entry {bytes(k).hex()}")
-        out.append((int.from_bytes(k[32:40], "big"), int.from_bytes(k[40:44], "big"), bytes(v)))
-    return out
+    return _scan_seq(txn, shared.aseq, x, frm, "aseq", lambda v: v if len(v) == 32 else None)
 
 
 def _source_roots(shared: Any, txn: lmdb.Transaction, p: bytes, frm: int) -> list[tuple[int, Root]]:

@@ -573,25 +573,38 @@ pub(crate) fn upgrade(dbs: &Dbs, txn: &mut RwTxn) -> Result<()> {
     Ok(())
 }
 
-/// `aroots` entries of principal `p` with seq ≥ `from`: `(seq, idx, root)` in key order.
-fn scan_roots(dbs: &Dbs, txn: &RoTxn, p: &Hash, from: u64) -> Result<Vec<(u64, u32, Root)>> {
-    let start = cat(&[&p.0, &from.to_be_bytes()]);
+/// The entries `owner ‖ u64 seq ‖ u32 n` of `db` (`aroots`, `aseq`) with seq ≥ `from`:
+/// `(seq, n, value decoded by dec)` in key order; `name` for the error on a malformed entry.
+fn scan_seq<T>(
+    db: super::Db,
+    txn: &RoTxn,
+    owner: &Hash,
+    from: u64,
+    name: &str,
+    dec: impl Fn(&[u8]) -> Option<T>,
+) -> Result<Vec<(u64, u32, T)>> {
+    let start = cat(&[&owner.0, &from.to_be_bytes()]);
     let range = (std::ops::Bound::Included(&start[..]), std::ops::Bound::Unbounded);
     let mut out = Vec::new();
-    for item in dbs.aroots.range(txn, &range)? {
+    for item in db.range(txn, &range)? {
         let (k, v) = item?;
-        if k.len() < 32 || k[..32] != p.0 {
+        if k.len() < 32 || k[..32] != owner.0 {
             break;
         }
-        let bad = || corrupt(format!("malformed aroots entry {}", hex::encode(k)));
+        let bad = || corrupt(format!("malformed {name} entry {}", hex::encode(k)));
         if k.len() != 44 {
             return Err(bad());
         }
         let seq = u64::from_be_bytes(k[32..40].try_into().unwrap());
-        let i = u32::from_be_bytes(k[40..44].try_into().unwrap());
-        out.push((seq, i, Root::decode(v).ok_or_else(bad)?));
+        let n = u32::from_be_bytes(k[40..44].try_into().unwrap());
+        out.push((seq, n, dec(v).ok_or_else(bad)?));
     }
     Ok(out)
+}
+
+/// `aroots` entries of principal `p` with seq ≥ `from`: `(seq, idx, root)` in key order.
+fn scan_roots(dbs: &Dbs, txn: &RoTxn, p: &Hash, from: u64) -> Result<Vec<(u64, u32, Root)>> {
+    scan_seq(dbs.aroots, txn, p, from, "aroots", Root::decode)
 }
 
 /// The IDs granted to principal `p` by IdAccess grants: `(id, seq, idx)` of its `i` root, in
@@ -612,23 +625,7 @@ fn granted_ids(dbs: &Dbs, txn: &RoTxn, p: &Hash) -> Result<Vec<(Hash, u64, u32)>
 
 /// `aseq` entries of the granted ID `x` with seq ≥ `from`: `(seq, pos, node)` in key order.
 fn scan_nodes(dbs: &Dbs, txn: &RoTxn, x: &Hash, from: u64) -> Result<Vec<(u64, u32, Hash)>> {
-    let start = cat(&[&x.0, &from.to_be_bytes()]);
-    let range = (std::ops::Bound::Included(&start[..]), std::ops::Bound::Unbounded);
-    let mut out = Vec::new();
-    for item in dbs.aseq.range(txn, &range)? {
-        let (k, v) = item?;
-        if k.len() < 32 || k[..32] != x.0 {
-            break;
-        }
-        let bad = || corrupt(format!("malformed aseq entry {}", hex::encode(k)));
-        if k.len() != 44 {
-            return Err(bad());
-        }
-        let seq = u64::from_be_bytes(k[32..40].try_into().unwrap());
-        let pos = u32::from_be_bytes(k[40..44].try_into().unwrap());
-        out.push((seq, pos, Hash::from_slice(v).ok_or_else(bad)?));
-    }
-    Ok(out)
+    scan_seq(dbs.aseq, txn, x, from, "aseq", Hash::from_slice)
 }
 
 /// Sort key of a principal's roots: (seq, after the `aroots` entries of seq, idx, after the
