@@ -563,6 +563,9 @@ mod tests {
         assert!(mb.deposit(BOB, b"first", None).1.is_none()); // idempotent
         assert_eq!(mb.deposit(BOB, &[7u8; 101], None).1, Some(TOOBIG));
         assert_eq!(mb.deposit(BOB, &[7u8; 96], None).1, Some(FULL)); // 5 + 96 > 100 bytes
+        // fetch orders by deposit millisecond, then by id: the second item gets its own
+        // millisecond (sha256("second") sorts before sha256("first"))
+        std::thread::sleep(Duration::from_millis(2));
         assert!(mb.deposit(BOB, b"second", None).1.is_none());
         let (_, code, msg) = mb.deposit(BOB, b"third", None);
         assert_eq!(code, Some(FULL));
