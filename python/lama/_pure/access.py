@@ -580,6 +580,23 @@ def peer_mark(shared: Any, txn: lmdb.Transaction, raw: bytes) -> int:
 # -- verify() -----------------------------------------------------------------------------
 
 
+def _check_derived(txn: lmdb.Transaction, db: Any, name: str, expected: dict[bytes, bytes],
+                   sizes: tuple[int, int], mismatch: str, problems: list[str]) -> None:
+    """Check a table derived from others (aseq, aids) against ``expected`` (key -> value): each
+    entry of ``sizes`` (key, value) must be expected with that value (``mismatch`` otherwise),
+    and each expected key present (see access.rs check_derived)."""
+    seen: set[bytes] = set()
+    for k, v in txn.cursor(db=db):
+        k = bytes(k)
+        seen.add(k)
+        if (len(k), len(v)) != sizes:
+            problems.append(f"{name}/{k.hex()}: malformed entry")
+        elif expected.get(k) != bytes(v):
+            problems.append(f"{name}/{k.hex()}: {mismatch}")
+    for k in sorted(set(expected) - seen):
+        problems.append(f"{name}/{k.hex()}: missing")
+
+
 def check_index(shared: Any, txn: lmdb.Transaction, last: int, problems: list[str]) -> None:
     """verify() items 7-14 (see access.rs check_index; the same messages)."""
     grants = current_grants(shared, txn)
@@ -652,16 +669,7 @@ def check_index(shared: Any, txn: lmdb.Transaction, last: int, problems: list[st
     for k, v in txn.cursor(db=shared.anodes):
         if len(k) == 64 and len(v) == 13 and v[12] == N_NODE:
             exp_s[bytes(k[:32]) + bytes(v[:12])] = bytes(k[32:])
-    seen = set()
-    for k, v in txn.cursor(db=shared.aseq):
-        k = bytes(k)
-        seen.add(k)
-        if len(k) != 44 or len(v) != 32:
-            problems.append(f"aseq/{k.hex()}: malformed entry")
-        elif exp_s.get(k) != bytes(v):
-            problems.append(f"aseq/{k.hex()}: no anodes entry of this node here")
-    for k in sorted(set(exp_s) - seen):
-        problems.append(f"aseq/{k.hex()}: missing")
+    _check_derived(txn, shared.aseq, "aseq", exp_s, (44, 32), "no anodes entry of this node here", problems)
     # arefs
     want: dict[bytes, list[Any]] = {}
     for _gid, kind, g in grants:
@@ -703,7 +711,8 @@ def check_index(shared: Any, txn: lmdb.Transaction, last: int, problems: list[st
                 problems.append(f"arefs/{k.hex()}: no aroots entry")
     for k in sorted(set(want) - seen):
         problems.append(f"arefs/{k.hex()}: missing (expected count {want[k][0]})")
-    # aroots
+    # aroots; and what aids must hold: one entry per `i` root, pointing at it
+    exp_i: dict[bytes, bytes] = {}
     for k, v in txn.cursor(db=shared.aroots):
         k = bytes(k)
         root = decode_root(bytes(v)) if len(k) == 44 else None
@@ -711,27 +720,14 @@ def check_index(shared: Any, txn: lmdb.Transaction, last: int, problems: list[st
             problems.append(f"aroots/{k.hex()}: malformed entry")
             continue
         rk = k[:32] + root[1]
+        if root[0] == "id":
+            exp_i[rk] = k[32:44]
         pos = txn.get(rk, db=shared.arefs)
         if pos is None or bytes(pos[:12]) != k[32:44]:
             problems.append(f"aroots/{k.hex()}: no arefs entry points here")
         elif rk in want and want[rk][1] is not None and want[rk][1] != root:
             problems.append(f"aroots/{k.hex()}: root does not match the grant")
-    # aids
-    exp_i: dict[bytes, bytes] = {}
-    for k, v in txn.cursor(db=shared.aroots):
-        root = decode_root(bytes(v)) if len(k) == 44 else None
-        if root is not None and root[0] == "id":
-            exp_i[bytes(k[:32]) + root[1]] = bytes(k[32:44])
-    seen = set()
-    for k, v in txn.cursor(db=shared.aids):
-        k = bytes(k)
-        seen.add(k)
-        if len(k) != 64 or len(v) != 12:
-            problems.append(f"aids/{k.hex()}: malformed entry")
-        elif exp_i.get(k) != bytes(v):
-            problems.append(f"aids/{k.hex()}: no id root in aroots there")
-    for k in sorted(set(exp_i) - seen):
-        problems.append(f"aids/{k.hex()}: missing")
+    _check_derived(txn, shared.aids, "aids", exp_i, (64, 12), "no id root in aroots there", problems)
     # peers
     for k, v in txn.cursor(db=shared.peers):
         ok = len(v) == 8

@@ -807,6 +807,34 @@ fn kx(k: &[u8]) -> String {
     hex::encode(k)
 }
 
+/// Check a table that is derived from others (`aseq`, `aids`) against `expected` (key →
+/// value): each entry of sizes `sizes` (key, value) must be expected with that value
+/// (`mismatch` otherwise), and each expected key present.
+fn check_derived(
+    db: super::Db,
+    txn: &RoTxn,
+    name: &str,
+    expected: &BTreeMap<Vec<u8>, Vec<u8>>,
+    sizes: (usize, usize),
+    mismatch: &str,
+    problems: &mut Vec<String>,
+) -> Result<()> {
+    let mut seen = BTreeSet::new();
+    for item in db.iter(txn)? {
+        let (k, v) = item?;
+        seen.insert(k.to_vec());
+        if (k.len(), v.len()) != sizes {
+            problems.push(format!("{name}/{}: malformed entry", kx(k)));
+        } else if expected.get(k).is_none_or(|e| e.as_slice() != v) {
+            problems.push(format!("{name}/{}: {mismatch}", kx(k)));
+        }
+    }
+    for k in expected.keys().filter(|k| !seen.contains(*k)) {
+        problems.push(format!("{name}/{}: missing", kx(k)));
+    }
+    Ok(())
+}
+
 /// The index checks of `verify()` (docs/store-format.md "verify()" items 7-12): the index is
 /// recomputed from the current grants and compared. Each table: the stored entries in key
 /// order, then what is missing, in key order.
@@ -907,19 +935,7 @@ pub(crate) fn check_index(dbs: &Dbs, txn: &RoTxn, problems: &mut Vec<String>) ->
             expected.insert(cat(&[&k[..32], &v[..12]]), k[32..].to_vec());
         }
     }
-    let mut seen = BTreeSet::new();
-    for item in dbs.aseq.iter(txn)? {
-        let (k, v) = item?;
-        seen.insert(k.to_vec());
-        if k.len() != 44 || v.len() != 32 {
-            problems.push(format!("aseq/{}: malformed entry", kx(k)));
-        } else if expected.get(k).is_none_or(|n| n.as_slice() != v) {
-            problems.push(format!("aseq/{}: no anodes entry of this node here", kx(k)));
-        }
-    }
-    for k in expected.keys().filter(|k| !seen.contains(*k)) {
-        problems.push(format!("aseq/{}: missing", kx(k)));
-    }
+    check_derived(dbs.aseq, txn, "aseq", &expected, (44, 32), "no anodes entry of this node here", problems)?;
     // arefs: expected count and root per (principal, hash)
     let mut want: BTreeMap<Vec<u8>, (u32, Option<Root>)> = BTreeMap::new();
     for (_, kind, g) in &grants {
@@ -961,7 +977,8 @@ pub(crate) fn check_index(dbs: &Dbs, txn: &RoTxn, problems: &mut Vec<String>) ->
     for (k, (n, _)) in want.iter().filter(|(k, _)| !seen.contains(*k)) {
         problems.push(format!("arefs/{}: missing (expected count {n})", kx(k)));
     }
-    // aroots
+    // aroots; and what aids must hold: one entry per `i` root, pointing at it
+    let mut expected: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
     for item in dbs.aroots.iter(txn)? {
         let (k, v) = item?;
         let root = if k.len() == 44 { Root::decode(v) } else { None };
@@ -970,35 +987,16 @@ pub(crate) fn check_index(dbs: &Dbs, txn: &RoTxn, problems: &mut Vec<String>) ->
             continue;
         };
         let rk = cat(&[&k[..32], &root.hash.0]);
+        if root.kind == RootKind::Id {
+            expected.insert(rk.clone(), k[32..44].to_vec());
+        }
         if dbs.arefs.get(txn, &rk)?.is_none_or(|r| r.get(..12) != Some(&k[32..44])) {
             problems.push(format!("aroots/{}: no arefs entry points here", kx(k)));
         } else if want.get(&rk).and_then(|w| w.1.as_ref()).is_some_and(|w| *w != root) {
             problems.push(format!("aroots/{}: root does not match the grant", kx(k)));
         }
     }
-    // aids: one per `i` root in aroots, pointing at it
-    let mut expected: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
-    for item in dbs.aroots.iter(txn)? {
-        let (k, v) = item?;
-        if let Some(root) = if k.len() == 44 { Root::decode(v) } else { None } {
-            if root.kind == RootKind::Id {
-                expected.insert(cat(&[&k[..32], &root.hash.0]), k[32..44].to_vec());
-            }
-        }
-    }
-    let mut seen = BTreeSet::new();
-    for item in dbs.aids.iter(txn)? {
-        let (k, v) = item?;
-        seen.insert(k.to_vec());
-        if k.len() != 64 || v.len() != 12 {
-            problems.push(format!("aids/{}: malformed entry", kx(k)));
-        } else if expected.get(k).is_none_or(|e| e.as_slice() != v) {
-            problems.push(format!("aids/{}: no id root in aroots there", kx(k)));
-        }
-    }
-    for k in expected.keys().filter(|k| !seen.contains(*k)) {
-        problems.push(format!("aids/{}: missing", kx(k)));
-    }
+    check_derived(dbs.aids, txn, "aids", &expected, (64, 12), "no id root in aroots there", problems)?;
     // peers
     for item in dbs.peers.iter(txn)? {
         let (k, v) = item?;
