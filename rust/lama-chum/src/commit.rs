@@ -20,9 +20,55 @@ use lama_core::store::{Store, Verified};
 
 type HashSet<K> = std::collections::HashSet<K, foldhash::fast::RandomState>;
 
+/// Received microdata: a string of its own, or its range of a binary batch answer, which the
+/// items of that answer share (issue 8, session 17: each entry was copied out of the answer
+/// into a string of its own, and freed on the commit thread; a quarter of the session
+/// thread's memmove, and most of the commit thread's frees).
+#[derive(Clone, Debug)]
+pub(crate) enum Text {
+    Own(String),
+    Shared(Arc<Vec<u8>>, std::ops::Range<usize>),
+}
+
+impl Text {
+    /// `buf[range]`, if that is in `buf` and UTF-8.
+    pub(crate) fn shared(buf: &Arc<Vec<u8>>, range: std::ops::Range<usize>) -> Option<Text> {
+        std::str::from_utf8(buf.get(range.clone())?).ok()?;
+        Some(Text::Shared(buf.clone(), range))
+    }
+
+    pub(crate) fn as_str(&self) -> &str {
+        match self {
+            Text::Own(s) => s,
+            // SAFETY: `shared` checked that the range is in the buffer and UTF-8, and the buffer
+            // is never changed (it is only reachable through shared `Arc`s)
+            Text::Shared(b, r) => unsafe { std::str::from_utf8_unchecked(b.get_unchecked(r.clone())) },
+        }
+    }
+}
+
+impl std::ops::Deref for Text {
+    type Target = str;
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl Default for Text {
+    fn default() -> Text {
+        Text::Own(String::new())
+    }
+}
+
+impl From<String> for Text {
+    fn from(s: String) -> Text {
+        Text::Own(s)
+    }
+}
+
 /// A verified item as the store takes it, owned by the batch.
 pub(crate) struct Owned {
-    pub text: String,
+    pub text: Text,
     pub hash: [u8; 32],
     pub type_name: String,
     pub is_id: bool,
@@ -228,7 +274,7 @@ mod tests {
         let text = microdata::serialize(&Value::Dict(entries)).unwrap();
         let x = microdata::inspect(&text).unwrap();
         let hash = sha256(text.as_bytes());
-        let owned = Owned { text, hash, type_name: x.type_name, is_id: x.is_id, id_microdata: x.id_microdata, refs: x.refs, want_depth: false };
+        let owned = Owned { text: text.into(), hash, type_name: x.type_name, is_id: x.is_id, id_microdata: x.id_microdata, refs: x.refs, want_depth: false };
         (owned, lama_core::hash::hash_hex(&hash))
     }
 

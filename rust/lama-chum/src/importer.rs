@@ -23,7 +23,7 @@ use lama_core::store::Store;
 use serde_json::Value;
 
 use crate::exporter::{CLOSURE_INLINE_CHARS, CLOSURE_INLINE_MAX, CLOSURE_HINTS_MAX, GET_CLOSURE, GET_CLOSURE_PAGE, GET_OBJECTS_BINARY, BATCH_MAX, FASTPATH_VERSION, GET_CHILDREN_BATCH, GET_OBJECTS_BATCH, GET_ROOTS_SINCE, LAMA_PROBE, SUBSCRIBE, FIN, GET_ACCESSIBLE_ROOTS, GET_BLOB, GET_ID_OBJECT, GET_ID_OBJECT_CHILDREN, GET_OBJECT, GET_OBJECT_CHILDREN, GET_PROTOCOL_VERSION};
-use crate::commit::{Committer, Fate, Owned};
+use crate::commit::{Committer, Fate, Owned, Text};
 use crate::rpc::Data;
 use crate::session::Cx;
 use crate::Event;
@@ -98,8 +98,11 @@ pub enum Outcome {
     /// A stream stored under this hash (already checked against the requested one).
     #[allow(dead_code)]
     Stored(String),
-    /// The payload of a binary answer (docs/chum-fastpath.md "batch-binary").
+    /// A binary answer (docs/chum-fastpath.md "batch-binary"): the whole message, its 8-byte
+    /// request id first (taken off where it is read, not by moving the payload).
     Bytes(Vec<u8>),
+    /// One microdata text of a binary batch answer.
+    Text(Text),
     Err { code: String, message: String },
 }
 
@@ -146,7 +149,7 @@ impl Kind {
 struct Item {
     kind: Kind,
     expected_type: Option<String>,
-    text: Option<String>,
+    text: Option<Text>,
     type_name: String,
     /// (is the `data` reference, kind, target)
     refs: Vec<(bool, RefKind, H)>,
@@ -296,6 +299,9 @@ struct Pass {
     /// dataIdHash -> [(node, dataType)], in first-seen order.
     groups: Vec<(H, Vec<(H, String)>)>,
     group_missing: Vec<(H, Vec<H>)>,
+    /// Per entry of `group_missing`: how many of its newest nodes `next_calls` found covered
+    /// or asked (they stay so).
+    group_scan: Vec<usize>,
     queue: Vec<Job>,
     seen_jobs: HashSet<(u32, H)>,
     batch: usize,
@@ -581,7 +587,7 @@ impl Importer {
                         let c = if code.is_empty() { "CS-MISMATCH".to_string() } else { code };
                         return Err(fatal(&c, format!("version check failed: {message}")));
                     }
-                    Outcome::Stored(_) | Outcome::Bytes(_) => None,
+                    Outcome::Stored(_) | Outcome::Bytes(_) | Outcome::Text(_) => None,
                 };
                 let n = match &v {
                     Some(Value::Number(n)) => n.as_i64().or_else(|| n.as_f64().filter(|f| f.fract() == 0.0).map(|f| f as i64)),
@@ -799,7 +805,7 @@ impl Importer {
                             self.pending.insert(h.to_string(), reason.clone());
                             cx.events.push_back(Event::Pending { hash: h.to_string(), kind: kind.as_str().into(), reason });
                         }
-                        Outcome::Ok(_) | Outcome::Bytes(_) => {
+                        Outcome::Ok(_) | Outcome::Bytes(_) | Outcome::Text(_) => {
                             let reason = "CIEC-FBL1: the answer is not a stream".to_string();
                             self.pending.insert(h.to_string(), reason.clone());
                             cx.events.push_back(Event::Pending { hash: h.to_string(), kind: kind.as_str().into(), reason });
@@ -872,7 +878,7 @@ impl Importer {
             cx.error(&code, &format!("roots request failed: {message}"), false);
             self.end_pass(cx)
         }
-        Outcome::Stored(_) | Outcome::Bytes(_) => {
+        Outcome::Stored(_) | Outcome::Bytes(_) | Outcome::Text(_) => {
             cx.error("DAH-PAO1", "roots answer is a stream", false);
             self.end_pass(cx)
         }
@@ -1652,10 +1658,15 @@ impl Importer {
             }
         }
         pass.queue = rest;
-        for (_, ms) in &pass.group_missing {
-            for n in ms.iter().rev() {
-                if !pass.items.get(n).is_some_and(|it| it.covered) && !pass.seen_jobs.contains(&(GET_OBJECT_CHILDREN, *n)) {
-                    pass.seen_jobs.insert((GET_OBJECT_CHILDREN, *n));
+        // per ID the newest node neither covered nor asked: a node that is either stays so, so
+        // each round goes on where the last one stopped (every round rescanned a channel's
+        // 10,000 nodes, and with "closure-pages" a round is looked for after every fetched
+        // chunk: issue 8, session 17)
+        pass.group_scan.resize(pass.group_missing.len(), 0);
+        for ((_, ms), done) in pass.group_missing.iter().zip(pass.group_scan.iter_mut()) {
+            for n in ms.iter().rev().skip(*done) {
+                *done += 1;
+                if !pass.items.get(n).is_some_and(|it| it.covered) && pass.seen_jobs.insert((GET_OBJECT_CHILDREN, *n)) {
                     calls.push(Job { service: GET_OBJECT_CHILDREN, hash: *n, kind: Kind::Object, expected: None });
                     break;
                 }
@@ -1817,7 +1828,7 @@ impl Importer {
                 cx.error(&c, &format!("children of {h}: {message}"), false);
                 return Ok(None);
             }
-            Outcome::Stored(_) | Outcome::Bytes(_) => None,
+            Outcome::Stored(_) | Outcome::Bytes(_) | Outcome::Text(_) => None,
         };
         let Some(Value::String(s)) = data else {
             cx.error("DC-PC1", &format!("children of {h}: answer is not a string"), false);
@@ -1862,7 +1873,8 @@ impl Importer {
                 cx.error(&c, &format!("fetching {h}: {message}"), false);
                 return Ok(());
             }
-            Outcome::Ok(Some(Value::String(s))) => s,
+            Outcome::Ok(Some(Value::String(s))) => Text::Own(s),
+            Outcome::Text(t) => t,
             _ => {
                 cx.error(&format!("{pre}1"), &format!("{h}: the answer is not a microdata string"), false);
                 return Ok(());
@@ -2048,21 +2060,24 @@ impl Importer {
             let data = it.refs.iter().find(|r| r.0).map(|r| r.2);
             // (ID microdata, type) of the data: what its verification found when it is in this
             // pass and not committed yet (no second parse, issue 8), else read from the store
-            let found: Option<(Option<String>, String)> = data.as_ref().and_then(|d| match pass.items.get(d) {
+            // (the ID hash of the data's ID microdata, its type), read where they are, not
+            // copied (issue 8: two strings per node)
+            let of = |m: Option<&str>| m.map(|m| sha256(m.as_bytes()));
+            let found: Option<(Option<[u8; 32]>, std::borrow::Cow<'_, str>)> = data.as_ref().and_then(|d| match pass.items.get(d) {
                 // an ID object is its own ID microdata (as `id_microdata_of` gives it)
-                Some(x) if x.ok && x.text.is_some() => Some((if x.kind == Kind::Id { x.text.clone() } else { x.id_microdata.clone() }, x.type_name.clone())),
+                Some(x) if x.ok && x.text.is_some() => Some((of(if x.kind == Kind::Id { x.text.as_deref() } else { x.id_microdata.as_deref() }), x.type_name.as_str().into())),
                 // handed to the commit thread, not known committed yet (hand_over kept these)
-                Some(x) if x.inflight => Some((x.id_microdata.clone(), x.type_name.clone())),
+                Some(x) if x.inflight => Some((of(x.id_microdata.as_deref()), x.type_name.as_str().into())),
                 Some(x) if !x.stored => None,
                 _ => self.store.get(&d.to_string()).ok().map(|t| {
-                    (microdata::id_microdata_of(&t).ok().flatten(), microdata::type_of(&t).map(|x| x.0).unwrap_or_default())
+                    (of(microdata::id_microdata_of(&t).ok().flatten().as_deref()), microdata::type_of(&t).map(|x| x.0).unwrap_or_default().into())
                 }),
             });
             match found {
                 None => Some(("CI-CCI1", format!("version node {n}: its data is not available"))),
-                Some((id_microdata, ty)) => {
+                Some((id_of_data, ty)) => {
                     let shown = data.map(|d| d.to_string()).unwrap_or_default();
-                    if id_microdata.map(|m| sha256(m.as_bytes())) != Some(id_hash.0) {
+                    if id_of_data != Some(id_hash.0) {
                         Some(("CI-CCI1", format!("version node {n}: data {shown} does not have ID hash {id_hash}")))
                     } else if ty != want {
                         Some(("CI-CCI2", format!("version node {n}: data {shown} is a {ty}, not a {want}")))
@@ -2274,7 +2289,7 @@ fn hand_over(pass: &mut Pass, i: Ix) -> Owned {
     it.stored = true;
     it.inflight = true;
     let text = it.text.take().unwrap_or_default();
-    let id_microdata = if it.kind == Kind::Id { Some(text.clone()) } else { it.id_microdata.clone() };
+    let id_microdata = if it.kind == Kind::Id { Some(text.to_string()) } else { it.id_microdata.clone() };
     it.refs = Vec::new();
     it.links = Vec::new();
     Owned {
@@ -2769,11 +2784,17 @@ fn split_children_batch(sizes: &[usize], results: Vec<Outcome>) -> Result<Vec<Ch
 fn split_objects_batch(sizes: &[usize], results: Vec<Outcome>) -> Result<Vec<Outcome>, Fatal> {
     let mut out = Vec::with_capacity(sizes.iter().sum());
     for (&n, res) in sizes.iter().zip(results) {
-        if let Outcome::Bytes(b) = &res {
-            match crate::rpc::parse_batch_binary(b, n) {
+        if let Outcome::Bytes(b) = res {
+            // the entries stay in the message (its id first), shared by their texts
+            let list = b.get(8..).and_then(|p| crate::rpc::batch_binary_ranges(p, n));
+            let b = std::sync::Arc::new(b);
+            let texts = list.and_then(|list| {
+                list.into_iter().map(|r| r.map(|r| Text::shared(&b, r.start + 8..r.end + 8)).map_or(Some(None), |t| t.map(Some))).collect::<Option<Vec<_>>>()
+            });
+            match texts {
                 Some(list) => out.extend(list.into_iter().map(|v| match v {
                     None => Outcome::Err { code: "CES-GO1".into(), message: "not served by the exporter".into() },
-                    Some(t) => Outcome::Ok(Some(Value::String(t))),
+                    Some(t) => Outcome::Text(t),
                 })),
                 None => out.extend((0..n).map(|_| Outcome::Err { code: "LAMA-CHUM-BATCH".into(), message: "malformed batch answer".into() })),
             }
@@ -2804,7 +2825,17 @@ fn ref_kind(k: RefKind) -> Kind {
     }
 }
 
+/// A version node's `depth` (0 if it has none). A node of the pass was verified and checked
+/// (§6.2: one of the three version node types, whose recipes hold only references and
+/// numbers): its depth is read off the text, the one `<span itemprop="depth">` of such a node,
+/// when it is a plain integer; anything else goes through the full parse. The pass's last
+/// commit read every node of its batch with the full parse on the session thread, after the
+/// wire was idle (issue 8, session 17: ~7 ms of the initial sync's tail), and the commit thread
+/// each node it committed.
 fn node_depth(text: &str) -> f64 {
+    if let Some(d) = plain_depth(text) {
+        return d;
+    }
     match microdata::parse(text) {
         Ok(v) => match v.get("depth") {
             Some(MdValue::Int(i)) => *i as f64,
@@ -2815,9 +2846,61 @@ fn node_depth(text: &str) -> f64 {
     }
 }
 
+/// [`node_depth`] read off the text of a version node: `None` unless the text is one of the
+/// version node types and its depth a plain integer of at most 15 digits (exact as an f64).
+fn plain_depth(text: &str) -> Option<f64> {
+    const HEAD: &str = "<div itemscope itemtype=\"//refin.io/VersionNode";
+    const DEPTH: &str = "<span itemprop=\"depth\">";
+    let rest = text.strip_prefix(HEAD)?;
+    if !["Edge\">", "Change\">", "Merge\">"].iter().any(|t| rest.starts_with(t)) {
+        return None;
+    }
+    let at = rest.find(DEPTH)? + DEPTH.len();
+    let digits = &rest[at..at + rest[at..].find("</span>")?];
+    if digits.is_empty() || digits.len() > 15 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse::<u64>().ok().map(|d| d as f64)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The depth read off a node's text is what the full parse reads, for every version node
+    /// type; a depth that is not a plain integer, or a text of another type, is parsed.
+    #[test]
+    fn plain_depths_are_the_parsed_depths() {
+        use lama_core::microdata::{serialize, Value as V};
+        let s = |v: &str| V::Str(v.to_string());
+        let h = "ab".repeat(32);
+        let node = |ty: &str, depth: V| {
+            let mut e = vec![(s("$type$"), s(ty))];
+            match ty {
+                "VersionNodeChange" => e.push((s("prev"), s(&h))),
+                "VersionNodeMerge" => e.push((s("nodes"), V::Set(vec![s(&h), s(&"cd".repeat(32))]))),
+                _ => {}
+            }
+            e.extend([(s("data"), s(&h)), (s("depth"), depth), (s("creationTime"), V::Int(1_700_000_000_000))]);
+            serialize(&V::Dict(e)).unwrap()
+        };
+        for ty in VERSION_NODE_TYPES {
+            for d in [0i64, 7, 2081, 999_999_999_999_999] {
+                let t = node(ty, V::Int(d));
+                assert_eq!(plain_depth(&t), Some(d as f64), "{t}");
+                assert_eq!(node_depth(&t), d as f64);
+            }
+            // a large or fractional depth: the full parse
+            for d in [1e300, 2.5] {
+                let t = node(ty, V::Float(d));
+                assert_eq!(plain_depth(&t), None, "{t}");
+                assert_eq!(node_depth(&t), d);
+            }
+        }
+        let person = serialize(&V::Dict(vec![(s("$type$"), s("Person")), (s("email"), s("<span itemprop=\"depth\">5</span>"))])).unwrap();
+        assert_eq!(plain_depth(&person), None);
+        assert_eq!(node_depth(&person), 0.0);
+    }
 
     /// A fast-path importer (its store in `dir`) whose pass has committed its first chunk and
     /// has `n` verified ID objects ready, the fetch still going on (a call out).
@@ -2831,7 +2914,7 @@ mod tests {
             let hash = sha256(text.as_bytes());
             let (i, _) = pass.items.add(H(hash), || Item::new(Kind::Id, None));
             let it = &mut pass.items[i];
-            (it.text, it.hash, it.type_name, it.ok, it.queued) = (Some(text), hash, "Person".into(), true, true);
+            (it.text, it.hash, it.type_name, it.ok, it.queued) = (Some(text.into()), hash, "Person".into(), true, true);
             pass.com.ready.push_back(i);
         }
         pass.com.handed = 2048;

@@ -163,22 +163,34 @@ pub fn batch_binary_frame(id: u64, texts: &[Option<String>]) -> Vec<u8> {
 /// The entries of a GET_OBJECTS_BINARY payload (the frame without its id) for `n` hashes;
 /// `None` if it is malformed (another count, a length past the end, invalid UTF-8).
 pub fn parse_batch_binary(payload: &[u8], n: usize) -> Option<Vec<Option<String>>> {
+    batch_binary_ranges(payload, n)?
+        .into_iter()
+        .map(|r| match r {
+            None => Some(None),
+            Some(r) => std::str::from_utf8(&payload[r]).ok().map(|t| Some(t.to_string())),
+        })
+        .collect()
+}
+
+/// [`parse_batch_binary`] without copies: where each entry is in `payload` (its byte range),
+/// its UTF-8 not checked yet; `None` if the framing is malformed (another count, a length past
+/// the end).
+pub fn batch_binary_ranges(payload: &[u8], n: usize) -> Option<Vec<Option<std::ops::Range<usize>>>> {
     let mut out = Vec::with_capacity(n);
-    let mut rest = payload;
-    while !rest.is_empty() {
-        let (len, tail) = rest.split_first_chunk::<4>()?;
-        let len = u32::from_le_bytes(*len);
+    let mut at = 0;
+    while at < payload.len() {
+        let len = u32::from_le_bytes(payload.get(at..at + 4)?.try_into().ok()?);
+        at += 4;
         if len == u32::MAX {
             out.push(None);
-            rest = tail;
             continue;
         }
         let len = len as usize;
-        if len > tail.len() || out.len() >= n {
+        if len > payload.len() - at || out.len() >= n {
             return None;
         }
-        out.push(Some(std::str::from_utf8(&tail[..len]).ok()?.to_string()));
-        rest = &tail[len..];
+        out.push(Some(at..at + len));
+        at += len;
     }
     (out.len() == n).then_some(out)
 }

@@ -267,9 +267,8 @@ impl Session {
         let id = rpc::binary_id(&data);
         if let Some(i) = id.filter(|i| self.pending.get(i).is_some_and(|p| p.req.binary)) {
             // docs/chum-fastpath.md "batch-binary": the whole answer in one binary message
+            // (with its id: taking the 8 bytes off moved the whole payload, issue 8)
             let p = self.pending.remove(&i).unwrap();
-            let mut data = data;
-            data.drain(..8);
             self.deliver(p.slot, Outcome::Bytes(data), now);
             return;
         }
