@@ -617,7 +617,7 @@ impl Session {
         }
         if self.catch_up_at.is_some_and(|t| now >= t) {
             self.catch_up_at = None;
-            self.notify_with(now, |ex, cx| ex.catch_up(&mut cx.log, &mut cx.stats));
+            self.notify_with(now, true, |ex, cx| ex.catch_up(&mut cx.log, &mut cx.stats));
         }
         self.check_done();
     }
@@ -632,7 +632,7 @@ impl Session {
     /// lama importer that subscribed (service 103, docs/chum-fastpath.md) gets a NOTIFY request
     /// when roots became accessible to it.
     pub fn store_changed(&mut self, now: Instant) {
-        self.notify_with(now, |ex, cx| ex.changed_roots(&mut cx.log, &mut cx.stats));
+        self.notify_with(now, false, |ex, cx| ex.changed_roots(&mut cx.log, &mut cx.stats));
     }
 
     /// docs/chum-fastpath.md "Speculative push": a write of this process is about to commit
@@ -640,11 +640,11 @@ impl Session {
     /// gets its new roots now, if the exporter can send them whole (else the NOTIFY after the
     /// commit carries them, as before).
     pub fn store_pending(&mut self, pending: &std::sync::Arc<lama_core::store::PendingCommit>, now: Instant) {
-        self.notify_with(now, |ex, cx| ex.speculate(pending, &mut cx.log, &mut cx.stats));
+        self.notify_with(now, false, |ex, cx| ex.speculate(pending, &mut cx.log, &mut cx.stats));
     }
 
     /// Send the NOTIFY `make` builds, if any; keep the catch-up deadline.
-    fn notify_with(&mut self, now: Instant, make: impl FnOnce(&mut Exporter, &mut Cx) -> lama_core::Result<Option<String>>) {
+    fn notify_with(&mut self, now: Instant, catch_up: bool, make: impl FnOnce(&mut Exporter, &mut Cx) -> lama_core::Result<Option<String>>) {
         if self.finished || self.exporter_done {
             return;
         }
@@ -672,8 +672,11 @@ impl Session {
                 false
             }
         };
+        // the catch-up is armed by a NOTIFY (or a commit after one), never by the catch-up
+        // itself: a peer that does not confirm gets the roots again with the next NOTIFY, not
+        // every MARK_CATCHUP
         let due = self.exporter.as_ref().is_some_and(Exporter::catch_up_due);
-        if !due {
+        if !due || catch_up {
             self.catch_up_at = None;
         } else if sent || self.catch_up_at.is_none() {
             self.catch_up_at = Some(now + MARK_CATCHUP);
