@@ -56,6 +56,10 @@ use serde_json::{json, Value};
 use crate::rpc::{self, Data};
 use crate::{ChumLog, Message, Stats};
 
+/// docs/chum-fastpath.md "Speculative push" (the exporter's part, in a file of its own).
+#[path = "speculate.rs"]
+mod speculate;
+
 pub const GET_PROTOCOL_VERSION: u32 = 1;
 pub const GET_ACCESSIBLE_ROOTS: u32 = 2;
 pub const NEW_ACCESSIBLE_ROOT_EVENT: u32 = 3;
@@ -200,6 +204,9 @@ pub struct Exporter {
     walk_texts: WalkTexts,
     /// docs/chum-fastpath.md "Paged closure", *Early first page*: the walk begun before its 106.
     prewalk: Option<Prewalk>,
+    /// docs/chum-fastpath.md "Speculative push": roots pushed before their commit, until
+    /// confirmed (speculate.rs).
+    spec: speculate::Spec,
 }
 
 /// A roots answer that lists at least this many version nodes of one ID: the closure of its
@@ -572,6 +579,7 @@ impl Exporter {
             next_walk: 1,
             walk_texts: WalkTexts::default(),
             prewalk: None,
+            spec: Default::default(),
         }
     }
 
@@ -838,6 +846,14 @@ impl Exporter {
             // still chains onto the importer's mark, and its `mark` covers these roots.
             return Ok(None);
         }
+        // "Speculative push": roots pushed before their commit and not confirmed yet, which
+        // this NOTIFY's mark covers, are listed again (speculate.rs)
+        let mut roots = roots;
+        for r in self.spec_relisted()? {
+            if !roots.iter().any(|x| x.1 == r.1) {
+                roots.push(r);
+            }
+        }
         let wire = self.unlock_rows(roots);
         // `{"since","mark","roots"[,"closure"]}` in this order, as a `Value` object writes it
         let mut args = String::from("[");
@@ -946,6 +962,7 @@ impl Exporter {
     /// new.
     fn receipt_mark(&mut self, m: u64) {
         self.receipt_mark = self.receipt_mark.max(m);
+        self.spec_confirm(m);
         while self.notified.front().is_some_and(|(nm, _)| *nm <= m) {
             let (_, hashes) = self.notified.pop_front().expect("present");
             // newest first: the newest node's closure (often a sent list) holds the older ones

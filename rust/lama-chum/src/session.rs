@@ -115,7 +115,15 @@ pub struct Session {
     /// late already) and when the next one goes out.
     ping: Option<(u64, Instant, bool)>,
     next_ping: Option<Instant>,
+    /// docs/chum-fastpath.md "Speculative push": when the NOTIFY that lets the peer's mark
+    /// catch up with speculated roots goes out (none while NOTIFYs keep coming).
+    catch_up_at: Option<Instant>,
 }
+
+/// How long after the last NOTIFY the catch-up NOTIFY of speculated roots goes out
+/// (docs/chum-fastpath.md "Speculative push": a burst of posts needs none, each NOTIFY carries
+/// the previous post's mark; it costs the peer a pass and a durable write of its mark).
+pub const MARK_CATCHUP: std::time::Duration = std::time::Duration::from_millis(250);
 
 impl Session {
     pub fn new(store: Store, config: Config) -> Session {
@@ -149,6 +157,7 @@ impl Session {
             traced_id_objects: 0,
             ping: None,
             next_ping: None,
+            catch_up_at: None,
         }
     }
 
@@ -605,6 +614,10 @@ impl Session {
                 self.advance(Vec::new(), now);
             }
         }
+        if self.catch_up_at.is_some_and(|t| now >= t) {
+            self.catch_up_at = None;
+            self.notify_with(now, true, |ex, cx| ex.catch_up(&mut cx.log, &mut cx.stats));
+        }
         self.check_done();
     }
 
@@ -617,7 +630,20 @@ impl Session {
     /// The driver saw new store events. v8 has no push (chum.md §8): a ONE importer polls. A
     /// lama importer that subscribed (service 103, docs/chum-fastpath.md) gets a NOTIFY request
     /// when roots became accessible to it.
-    pub fn store_changed(&mut self, _now: Instant) {
+    pub fn store_changed(&mut self, now: Instant) {
+        self.notify_with(now, false, |ex, cx| ex.changed_roots(&mut cx.log, &mut cx.stats));
+    }
+
+    /// docs/chum-fastpath.md "Speculative push": a write of this process is about to commit
+    /// (its pre-commit record `pending`): a lama importer subscribed with "notify-closure"
+    /// gets its new roots now, if the exporter can send them whole (else the NOTIFY after the
+    /// commit carries them, as before).
+    pub fn store_pending(&mut self, pending: &std::sync::Arc<lama_core::store::PendingCommit>, now: Instant) {
+        self.notify_with(now, false, |ex, cx| ex.speculate(pending, &mut cx.log, &mut cx.stats));
+    }
+
+    /// Send the NOTIFY `make` builds, if any; keep the catch-up deadline.
+    fn notify_with(&mut self, now: Instant, catch_up: bool, make: impl FnOnce(&mut Exporter, &mut Cx) -> lama_core::Result<Option<String>>) {
         if self.finished || self.exporter_done {
             return;
         }
@@ -630,16 +656,29 @@ impl Session {
             self.held_objects = log.b_to_a_objects.len();
             self.held_id_objects = log.b_to_a_id_objects.len();
         }
-        match ex.changed_roots(&mut self.cx.log, &mut self.cx.stats) {
+        let sent = match make(ex, &mut self.cx) {
             Ok(Some(args)) => {
                 let id = self.next_id;
                 self.next_id += 1;
                 self.cx.stats.requests_sent += 1;
                 self.notify_ids.insert(id);
                 self.send(Message::Text(rpc::request_text(id, NOTIFY, &args)));
+                true
             }
-            Ok(None) => {}
-            Err(e) => self.cx.error(&e.code, &format!("computing new roots: {e}"), false),
+            Ok(None) => false,
+            Err(e) => {
+                self.cx.error(&e.code, &format!("computing new roots: {e}"), false);
+                false
+            }
+        };
+        // the catch-up is armed by a NOTIFY (or a commit after one), never by the catch-up
+        // itself: a peer that does not confirm gets the roots again with the next NOTIFY, not
+        // every MARK_CATCHUP
+        let due = self.exporter.as_ref().is_some_and(Exporter::catch_up_due);
+        if !due || catch_up {
+            self.catch_up_at = None;
+        } else if sent || self.catch_up_at.is_none() {
+            self.catch_up_at = Some(now + MARK_CATCHUP);
         }
         if self.config.trace {
             self.trace_exported();
@@ -650,6 +689,11 @@ impl Session {
     /// answers, NOTIFY roots) and served (objects, ID objects) since the last one.
     fn trace_exported(&mut self) {
         let Some(ex) = self.exporter.as_mut() else { return };
+        if ex.spec_unsettled() {
+            // a speculative NOTIFY's roots and objects are reported once their commit is done
+            // (docs/tracing.md counts from the commit; the NOTIFY after it reports them)
+            return;
+        }
         let roots = ex.announced.as_mut().map(std::mem::take).unwrap_or_default();
         let objs = &self.cx.log.a_to_b_objects;
         let ids = &self.cx.log.a_to_b_id_objects;
@@ -683,7 +727,7 @@ impl Session {
             Some(_) => None,
             None => self.next_ping,
         };
-        self.pending.values().map(|p| p.deadline).chain(self.sleep_until).chain(commit).chain(ping).min()
+        self.pending.values().map(|p| p.deadline).chain(self.sleep_until).chain(commit).chain(ping).chain(self.catch_up_at).min()
     }
 
     /// Work that may wait until the driver has sent everything and has nothing else to do

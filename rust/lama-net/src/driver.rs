@@ -15,7 +15,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use lama_core::store::Store;
+use lama_core::store::{PendingCommit, Store};
 use tokio::sync::{mpsc, watch};
 
 use crate::transport::{Message, Transport};
@@ -50,6 +50,9 @@ pub trait Protocol: Send + 'static {
     }
     /// Called when `idle_due` and no send is waiting for the peer.
     fn idle(&mut self, _now: Instant) {}
+    /// A write transaction of this process is about to commit (lama-core store/pending.rs):
+    /// the protocol may push its new roots now (docs/chum-fastpath.md "Speculative push").
+    fn store_pending(&mut self, _pending: &Arc<PendingCommit>, _now: Instant) {}
 }
 
 /// Watches a store's event feed without blocking a tokio worker and bumps a watch channel that
@@ -63,9 +66,25 @@ pub trait Protocol: Send + 'static {
 /// while the hook had already reported it (a thread wake and a read per chat message on the
 /// sender, right when the driver has the NOTIFY to send; issue 10). The thread ends (within
 /// its slice) once the watch is dropped.
+///
+/// It also takes the store's pre-commit records ([`Store::on_pre_commit`]): a write of this
+/// process that is about to commit new roots hands its record to the driver before its commit
+/// (and fsync) runs, and the driver gives it to the protocol (`store_pending`).
 pub struct StoreWatch {
     rx: watch::Receiver<u64>,
+    pending: mpsc::UnboundedReceiver<Arc<PendingCommit>>,
     _hook: lama_core::store::CommitHook,
+    _pre: lama_core::store::PreCommitHook,
+}
+
+/// What [`StoreWatch::next`] saw.
+pub enum Watched {
+    /// The feed moved.
+    Changed,
+    /// A write is about to commit.
+    Pending(Arc<PendingCommit>),
+    /// The watch ended.
+    Ended,
 }
 
 /// How often the watching thread looks for other processes' commits (and checks that it is
@@ -93,6 +112,11 @@ impl StoreWatch {
         let hook_tx = tx.clone();
         // before the hooks that wake this process's event loops: the NOTIFY leaves first
         let hook = store.on_commit_first(move |seq| bump(&hook_tx, seq));
+        // the pre-commit record: a channel send from the committing thread (never blocks)
+        let (ptx, prx) = mpsc::unbounded_channel();
+        let pre = store.on_pre_commit(move |p| {
+            let _ = ptx.send(p.clone());
+        });
         let store = store.clone();
         tokio::task::spawn_blocking(move || loop {
             std::thread::sleep(WATCH_SLICE);
@@ -104,12 +128,25 @@ impl StoreWatch {
                 Err(_) => return, // the store is gone or broken: nothing more to watch
             }
         });
-        Ok(StoreWatch { rx, _hook: hook })
+        Ok(StoreWatch { rx, pending: prx, _hook: hook, _pre: pre })
     }
 
     /// Wait until the feed moved past what was seen. `false` if the watch ended.
     pub async fn changed(&mut self) -> bool {
         self.rx.changed().await.is_ok()
+    }
+
+    /// Wait until the feed moved or a write is about to commit (that first, when both are
+    /// there: the record of a commit that is done already is then seen as such).
+    pub async fn next(&mut self) -> Watched {
+        tokio::select! {
+            biased;
+            p = self.pending.recv() => match p {
+                Some(p) => Watched::Pending(p),
+                None => Watched::Ended,
+            },
+            ok = self.rx.changed() => if ok.is_ok() { Watched::Changed } else { Watched::Ended },
+        }
     }
 }
 
@@ -226,13 +263,11 @@ pub async fn run_until_cancelled<P: Protocol>(
             _ = tokio::time::sleep_until(deadline.map(tokio::time::Instant::from_std).unwrap_or_else(tokio::time::Instant::now)), if deadline.is_some() => {
                 p.handle_timeout(Instant::now());
             }
-            alive = async { store_watch.as_mut().expect("guarded").changed().await }, if store_watch.is_some() => {
-                if alive {
-                    p.store_changed(Instant::now());
-                } else {
-                    store_watch = None;
-                }
-            }
+            w = async { store_watch.as_mut().expect("guarded").next().await }, if store_watch.is_some() => match w {
+                Watched::Changed => p.store_changed(Instant::now()),
+                Watched::Pending(rec) => p.store_pending(&rec, Instant::now()),
+                Watched::Ended => store_watch = None,
+            },
             asked = async { cancel.wait_for(|c| *c).await.is_ok() }, if cancellable => {
                 cancellable = false;
                 if asked {

@@ -27,7 +27,7 @@ pub use commlisten::{comm_listen, CommListener, ListenState};
 pub use cluster::{LookupLimits, HOP_FIELD, LOOKUP_TIMEOUT, SUBJECT_PREFIX};
 pub use commserver::{comm_server, CommServer, CommServerOptions};
 pub use mailbox::MailboxOptions;
-pub use driver::{run, run_until_cancelled, Protocol, StoreWatch};
+pub use driver::{run, run_until_cancelled, Protocol, StoreWatch, Watched};
 pub use encrypted::{
     close_text, encrypted_accept, encrypted_connect, terminate_text, EncryptedInfo, EncryptedOptions, EncryptedStats,
     REASON_DECRYPTION, REASON_KEEPALIVE, REASON_NOT_ACCEPTED, REASON_STRING,

@@ -625,6 +625,9 @@ impl<P: Session> Protocol for Signalled<P> {
     fn handle_timeout(&mut self, now: Instant) {
         self.inner.handle_timeout(now)
     }
+    fn store_pending(&mut self, pending: &std::sync::Arc<lama_core::store::PendingCommit>, now: Instant) {
+        self.inner.store_pending(pending, now)
+    }
     fn store_changed(&mut self, now: Instant) {
         self.inner.store_changed(now)
     }
@@ -832,6 +835,9 @@ impl Protocol for ChumNative {
     }
     fn handle_timeout(&mut self, now: Instant) {
         self.with(|s| s.handle_timeout(now))
+    }
+    fn store_pending(&mut self, pending: &std::sync::Arc<lama_core::store::PendingCommit>, now: Instant) {
+        self.with(|s| s.store_pending(pending, now))
     }
     fn store_changed(&mut self, now: Instant) {
         self.with(|s| s.store_changed(now))
@@ -1066,6 +1072,9 @@ impl<S: NativeSession> Protocol for Native<S> {
     }
     fn handle_timeout(&mut self, now: Instant) {
         self.0.handle_timeout(now)
+    }
+    fn store_pending(&mut self, pending: &std::sync::Arc<lama_core::store::PendingCommit>, now: Instant) {
+        self.0.store_pending(pending, now)
     }
     fn store_changed(&mut self, now: Instant) {
         self.0.store_changed(now)

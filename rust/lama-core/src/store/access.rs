@@ -504,13 +504,23 @@ fn stored_grant(dbs: &Dbs, txn: &RoTxn, id: &Hash) -> Result<Option<Grant>> {
     }
 }
 
+/// What a head move changed in the access index (pending.rs): whether `id` is a grant ID,
+/// and the version nodes (not merges) that became roots because `id` is granted.
+#[derive(Default)]
+pub(crate) struct Moved {
+    pub grant: bool,
+    pub nodes: Vec<Hash>,
+}
+
 /// The hook of `write_batch`: the head of `id` moved to `head`, recorded in the event feed
 /// as `seq`. Updates the grant if `id` is a grant ID, and indexes the new version nodes if `id`
 /// is granted by an IdAccess. For any other ID this costs two point lookups.
-pub(crate) fn head_moved(dbs: &Dbs, txn: &mut RwTxn, id: &[u8; 32], head: &[u8; 32], seq: u64) -> Result<()> {
+pub(crate) fn head_moved(dbs: &Dbs, txn: &mut RwTxn, id: &[u8; 32], head: &[u8; 32], seq: u64) -> Result<Moved> {
     let id = Hash(*id);
     let mut idx = Idx::default();
+    let mut moved = Moved::default();
     if let Some(kind) = grant_kind_of(dbs, txn, &id.0)? {
+        moved.grant = true;
         let new = parse_grant(dbs, txn, kind, &id, head)?;
         let old = stored_grant(dbs, txn, &id)?;
         if old != new {
@@ -519,9 +529,31 @@ pub(crate) fn head_moved(dbs: &Dbs, txn: &mut RwTxn, id: &[u8; 32], head: &[u8; 
     }
     if dbs.anodes.get(txn, &id.0)?.is_some() {
         // a granted ID: its new nodes become roots of every principal it is granted to
-        index_new_nodes(dbs, txn, &id, seq)?;
+        let fresh = index_new_nodes(dbs, txn, &id, seq)?;
+        moved.nodes = fresh.into_iter().filter(|(_, merge)| !merge).map(|(n, _)| n).collect();
     }
-    Ok(())
+    Ok(moved)
+}
+
+/// For each of `ids`: the type of its ID object if it is granted to `person` by an IdAccess
+/// (to the person or a group it is a member of), else `None` (docs/chum-fastpath.md
+/// "Speculative push": a new version node of such an ID is a new root of the person, exactly
+/// as [`accessible_roots_in`] decides). One read transaction.
+pub(crate) fn granted_id_types_in(dbs: &Dbs, txn: &RoTxn, person: &Hash, ids: &[Hash]) -> Result<Vec<Option<String>>> {
+    let mut principals = vec![*person];
+    principals.extend(groups_of(dbs, txn, person)?.into_iter().map(|(g, _)| g));
+    let mut out = Vec::with_capacity(ids.len());
+    for x in ids {
+        let mut granted = false;
+        for p in &principals {
+            if dbs.aids.get(txn, &cat(&[&p.0, &x.0]))?.is_some() {
+                granted = true;
+                break;
+            }
+        }
+        out.push(if granted { Some(id_type(dbs, txn, x)?) } else { None });
+    }
+    Ok(out)
 }
 
 /// The current grants of a store, from its heads: grant ID → (kind, grant). Bad grants (only a
@@ -782,6 +814,12 @@ impl Store {
     pub fn accessible_roots(&self, person: &Hash, since: u64) -> Result<(u64, Vec<Root>)> {
         let txn = self.read_txn()?;
         accessible_roots_in(&self.dbs(), &txn, person, since)
+    }
+
+    /// [`granted_id_types_in`]: per ID, its type if it is granted to `person` by an IdAccess.
+    pub fn granted_id_types(&self, person: &Hash, ids: &[Hash]) -> Result<Vec<Option<String>>> {
+        let txn = self.read_txn()?;
+        granted_id_types_in(&self.dbs(), &txn, person, ids)
     }
 
     /// The high-water mark stored for `peer` (0 if never set).

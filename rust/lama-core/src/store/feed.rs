@@ -357,6 +357,8 @@ pub(crate) struct Notifier {
     next_hook: AtomicU64,
     /// The types of this process's newest events ([`TypeMemo`]).
     pub(crate) types: Mutex<TypeMemo>,
+    /// Pre-commit hooks (pending.rs).
+    pub(crate) pre: super::pending::PreHooks,
 }
 
 type Hook = Arc<dyn Fn(u64) + Send + Sync>;
@@ -369,6 +371,7 @@ impl Notifier {
             hooks: Mutex::new(Vec::new()),
             next_hook: AtomicU64::new(1),
             types: Mutex::new(TypeMemo::default()),
+            pre: Default::default(),
         }
     }
 }

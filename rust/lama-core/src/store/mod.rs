@@ -21,6 +21,7 @@ mod feed;
 mod keys;
 mod mark;
 mod objects;
+mod pending;
 mod read;
 mod rmaps;
 mod verify;
@@ -29,6 +30,7 @@ pub use access::{Root, RootKind};
 pub use blob::BlobWriter;
 pub use feed::{CommitHook, Event, Subscription};
 pub use objects::{PutResult, Serialized, Verified};
+pub use pending::{PendingCommit, PendingState, PreCommitHook};
 pub use read::{ClosureWalk, Snapshot};
 pub use rmaps::Props;
 

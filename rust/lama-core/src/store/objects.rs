@@ -11,11 +11,12 @@ use heed::{PutFlags, RwTxn};
 
 use super::blob::hash_mismatch;
 use super::feed::{FeedTxn, K_HEAD};
+use super::pending::{PendingCommit, GRANT_TYPES};
 use super::keys::rmap_key;
 use super::rmaps::{RmapConfig, MAP_ID, MAP_OBJECT};
 use super::{parse_hash, Status, Store, K_ID, K_OBJECT};
 use crate::error::{Error, ErrorKind, Result};
-use crate::hash::{hash_bytes, hash_hex, sha256};
+use crate::hash::{hash_bytes, hash_hex, sha256, Hash};
 use crate::microdata::{self, HashRef, Value};
 
 /// Result of storing one object: `(hash, status, id hash of a versioned object)`.
@@ -349,6 +350,10 @@ impl Store {
         let mut txn = self.write_txn()?;
         let mut feed = FeedTxn::new();
         let out = self.store_prepared(&mut txn, &mut feed, &items)?;
+        // pending.rs: a record for the pre-commit hooks, only when one waits and the
+        // transaction writes no grant object (nor moves a grant's head, below)
+        let mut speculate = self.wants_pending() && !items.iter().any(|p| GRANT_TYPES.contains(&&*p.type_name));
+        let mut spec_nodes: Vec<(Hash, Hash)> = Vec::new();
         for ((id, exp, new), (id_s, _, new_s)) in parsed.iter().zip(heads) {
             let current: Option<[u8; 32]> =
                 dbs.vheads.get(&txn, &id[..])?.and_then(|v| v.try_into().ok());
@@ -379,10 +384,34 @@ impl Store {
                 feed.push(&dbs, &mut txn, id, K_HEAD)?;
                 // the access index follows grant heads and granted IDs (access.rs)
                 let seq = feed.last().expect("a head event was just appended");
-                super::access::head_moved(&dbs, &mut txn, id, new, seq)?;
+                let moved = super::access::head_moved(&dbs, &mut txn, id, new, seq)?;
+                speculate &= !moved.grant;
+                spec_nodes.extend(moved.nodes.into_iter().map(|n| (*id, n)));
             }
         }
-        txn.commit()?;
+        let pending = if speculate && !spec_nodes.is_empty() {
+            let mut objects = std::collections::HashMap::new();
+            for (p, r) in items.iter().zip(&out) {
+                if r.status == Status::New {
+                    objects.insert(Hash(p.hash), (p.kind == K_ID, p.text.to_string()));
+                    if let Some((t, h)) = &p.id {
+                        objects.entry(Hash(*h)).or_insert_with(|| (true, t.clone()));
+                    }
+                }
+            }
+            Some(self.publish_pending(PendingCommit::new(objects, spec_nodes)))
+        } else {
+            None
+        };
+        if let Err(e) = txn.commit() {
+            if let Some(p) = &pending {
+                p.failed();
+            }
+            return Err(e.into());
+        }
+        if let Some(p) = &pending {
+            p.committed(feed.last().unwrap_or(0));
+        }
         self.published(&feed);
         Ok(out)
     }
