@@ -1301,8 +1301,10 @@ impl Exporter {
                     self.walks.remove(&id);
                     return Err(err("LAMA-CHUM-PAGE", format!("the walk of page token {token} failed")));
                 };
-                let (mut entries, mut read) = r.map_err(store_err)?;
+                // the walk first: after a store error a retried 109 walks on from here, as
+                // after an error of a page walked when asked
                 let walk = w.walk.insert(walk);
+                let (mut entries, mut read) = r.map_err(store_err)?;
                 if self.known.len() != a.known_len {
                     // `known` grew while the thread walked: the page is pruned at it as it is
                     // now, and filled up to `l` from there
