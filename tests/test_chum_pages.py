@@ -295,6 +295,35 @@ def test_page_tokens_and_the_bound_on_open_walks(tmp_path: Path) -> None:
     assert refused["type"] == "error" and refused["error"]["code"] == "LAMA-CHUM-BATCH"
 
 
+def test_a_page_lists_nothing_the_importer_said_it_holds_meanwhile(tmp_path: Path) -> None:
+    """docs/chum-fastpath.md "Walk ahead": when ``known`` grows between two pages of a walk (a
+    hint in a 106), the next page lists nothing in it, not even the older version nodes the
+    walk had entered before (until session 17 they were listed), is full to the page size and
+    holds the next entries of the closure in dependency order (the Rust exporter also walks
+    that page ahead on a thread, with the ``known`` of before the hint)."""
+    page = 20
+    a, _b, pa, pb = _stores(tmp_path)
+    _chat(a, pa, pb, 30)
+    sa = core.ChumSession(a, pa, pb, fast_path=True, importer=False)
+    now = 1000.0
+    sa.start(now)
+    roots = json.loads(_ask(sa, now, 1, 2, [])["data"])
+    nodes = [r["node"] for r in roots if r["type"] == "version_node"]
+    assert len(nodes) == 31
+    newest = nodes[-1]
+    first = json.loads(_ask(sa, now, 2, 106, [[newest], [], None, {"page": page}])["data"])[0]
+    page1 = [c["hash"] for c in first["children"]]
+    assert len(page1) == page and "more" in first
+    hint = nodes[15]
+    assert json.loads(_ask(sa, now, 3, 106, [[], [hint], None, {"page": page}])["data"]) == []
+    known = set(a.children(hint)) | {hint}
+    p = json.loads(_ask(sa, now, 4, 109, [first["more"]])["data"])
+    page2 = [c["hash"] for c in p["children"]]
+    assert not [h for h in page2 if h in known], "a page lists nothing the importer holds"
+    want = [h for h in a.children(newest) if h not in known and h not in page1][:page]
+    assert page2 == want
+
+
 def test_an_interrupted_paged_sync_resumes_and_completes(tmp_path: Path) -> None:
     a, b, pa, pb = _stores(tmp_path)
     chat = _chat(a, pa, pb)

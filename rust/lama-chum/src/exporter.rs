@@ -282,11 +282,72 @@ impl WalkTexts {
 struct PageWalk {
     root: Hash,
     kind: EntryKind,
-    walk: lama_core::store::ClosureWalk,
+    /// The walk's state; `None` while [`ahead`](Self::ahead) walks it.
+    walk: Option<lama_core::store::ClosureWalk>,
+    /// The next page, walked ahead on a thread of its own (see [`WalkAhead`]).
+    ahead: Option<WalkAhead>,
     page: usize,
     listed: Vec<Hash>,
     seq: u64,
     last: Option<(u64, String)>,
+}
+
+/// Fill `entries` up to `l` with the next entries of `walk` that are not in `known` (their
+/// microdata read appended to `read`). The walk prunes at `known` only where it first meets
+/// a hash; an entry it had entered before `known` grew (a frame on its stack: an older node
+/// of a version chain) would still be listed when its frame is done, so such entries are
+/// dropped here: a page lists nothing in `known` as it is when the page is cut. `known` is
+/// downward closed, so the entries outside it come in the same order as in a walk pruned at
+/// it from the start, and the page stays a complete prefix (what it leaves out is held).
+fn walk_page(store: &Store, walk: &mut lama_core::store::ClosureWalk, known: &std::collections::HashSet<Hash>, l: usize, entries: &mut Vec<(RefKind, Hash)>, read: &mut Vec<(Hash, bool, String)>) -> lama_core::Result<()> {
+    while entries.len() < l && !walk.done() {
+        let more = store.closure_walk_next_texts(walk, known, l - entries.len(), Some(&mut *read))?;
+        entries.extend(more.into_iter().filter(|(_, h)| !known.contains(h)));
+    }
+    Ok(())
+}
+
+/// What a walk-ahead thread hands back: the walk, and its next page with the microdata it
+/// read (or the store error that stopped it).
+type AheadResult = (lama_core::store::ClosureWalk, lama_core::Result<(Vec<(RefKind, Hash)>, Vec<(Hash, bool, String)>)>);
+
+/// The next page of an open paged walk, walked on a thread of its own as soon as the page
+/// before it is answered (docs/chum-fastpath.md "Paged closure", *Walk ahead*): a lama
+/// importer asks for it next, and meanwhile its 108 fetches keep coming. Walked on the
+/// session's thread, each page (~10-30 ms for 4,096 entries of the benchmark's chat) held back
+/// every fetch answer queued behind its 109 (issue 8). Pruned at a copy of `known` as it
+/// was when the thread began; `known_len` is its size then (it only grows: entries that
+/// joined it since are dropped from the page when it is answered).
+struct WalkAhead {
+    thread: std::thread::JoinHandle<AheadResult>,
+    known_len: usize,
+}
+
+/// `known` is copied for a walk-ahead thread only up to this size (a larger one: the page is
+/// walked when asked, as before).
+const AHEAD_KNOWN_MAX: usize = 65_536;
+
+impl WalkAhead {
+    /// Begin walking the next `l` entries of `walk` pruned at `known`; `Err(walk)` (the walk
+    /// back) when no thread can be started or `known` is too large to copy.
+    fn start(store: &Store, walk: lama_core::store::ClosureWalk, known: &std::collections::HashSet<Hash>, l: usize) -> Result<WalkAhead, lama_core::store::ClosureWalk> {
+        if known.len() > AHEAD_KNOWN_MAX {
+            return Err(walk);
+        }
+        let slot = std::sync::Arc::new(std::sync::Mutex::new(Some(walk)));
+        let (store, theirs, known_copy) = (store.clone(), slot.clone(), known.clone());
+        let spawned = std::thread::Builder::new().name("lama-walk-ahead".into()).spawn(move || {
+            let mut walk = theirs.lock().expect("not poisoned").take().expect("the walk is handed over");
+            let (mut entries, mut read) = (Vec::new(), Vec::new());
+            let r = walk_page(&store, &mut walk, &known_copy, l, &mut entries, &mut read);
+            (walk, r.map(|()| (entries, read)))
+        });
+        match spawned {
+            Ok(thread) => Ok(WalkAhead { thread, known_len: known.len() }),
+            // the closure was dropped unrun: the walk is still in the slot
+            Err(_) => Err(slot.lock().expect("not poisoned").take().expect("not taken")),
+        }
+    }
 }
 
 /// A LAMA_RECEIPT argument read as the pure core reads it: `mark` an integer >= 0 or none,
@@ -1115,7 +1176,11 @@ impl Exporter {
                     let token = format!("{id}.1");
                     write_closure_root(&mut out, None, &first, &data, false, Some(&token));
                     let listed = first.into_iter().map(|(_, h)| h).collect();
-                    self.walks.insert(id, PageWalk { root: rh, kind, walk, page: l, listed, seq: 1, last: None });
+                    let (walk, ahead) = match WalkAhead::start(&self.store, walk, &self.known, l) {
+                        Ok(a) => (None, Some(a)),
+                        Err(walk) => (Some(walk), None),
+                    };
+                    self.walks.insert(id, PageWalk { root: rh, kind, walk, ahead, page: l, listed, seq: 1, last: None });
                     continue;
                 }
                 // the whole closure fit in one page
@@ -1246,10 +1311,34 @@ impl Exporter {
             return Err(expired());
         }
         let (root, kind, l) = (w.root, w.kind, w.page);
-        let mut read = Vec::new();
-        let entries = self.store.closure_walk_next_texts(&mut w.walk, &self.known, l, Some(&mut read)).map_err(store_err)?;
+        let (entries, read) = match w.ahead.take() {
+            Some(a) => {
+                let Ok((walk, r)) = a.thread.join() else {
+                    // the thread panicked: the walk is lost
+                    self.walks.remove(&id);
+                    return Err(err("LAMA-CHUM-PAGE", format!("the walk of page token {token} failed")));
+                };
+                // the walk first: after a store error a retried 109 walks on from here, as
+                // after an error of a page walked when asked
+                let walk = w.walk.insert(walk);
+                let (mut entries, mut read) = r.map_err(store_err)?;
+                if self.known.len() != a.known_len {
+                    // `known` grew while the thread walked: the page is pruned at it as it is
+                    // now, and filled up to `l` from there
+                    entries.retain(|(_, h)| !self.known.contains(h));
+                    walk_page(&self.store, walk, &self.known, l, &mut entries, &mut read).map_err(store_err)?;
+                }
+                (entries, read)
+            }
+            None => {
+                let walk = w.walk.as_mut().expect("a walk not walked ahead is here");
+                let (mut entries, mut read) = (Vec::new(), Vec::new());
+                walk_page(&self.store, walk, &self.known, l, &mut entries, &mut read).map_err(store_err)?;
+                (entries, read)
+            }
+        };
         self.walk_texts.add(read);
-        let done = w.walk.done();
+        let done = w.walk.as_ref().expect("here").done();
         w.listed.extend(entries.iter().map(|(_, h)| *h));
         let inline = !self.known.is_empty();
         let mut budget = (if inline { CLOSURE_INLINE_MAX } else { 0 }, CLOSURE_INLINE_CHARS);
@@ -1268,6 +1357,13 @@ impl Exporter {
             let w = self.walks.get_mut(&id).expect("present");
             w.seq = k + 1;
             w.last = Some((k, out.clone()));
+            // the importer asks for the next page next: walk it now, beside the fetches
+            if let Some(walk) = w.walk.take() {
+                match WalkAhead::start(&self.store, walk, &self.known, l) {
+                    Ok(a) => w.ahead = Some(a),
+                    Err(walk) => w.walk = Some(walk),
+                }
+            }
         }
         Ok(out)
     }

@@ -663,3 +663,46 @@ fn the_first_page_is_walked_while_the_importer_reads_the_roots() {
     let (_, _, due) = first_sync(&a, &b, true);
     assert!(!due);
 }
+
+/// docs/chum-fastpath.md "Paged closure", *Walk ahead*: A walks a walk's next page on a thread
+/// of its own as soon as it answered the page before, pruned at `known` as it was then. When
+/// `known` grows before the page is asked (here a hint in a 106 between two 109s), the page
+/// answered lists nothing in `known`, not even the older version nodes the walk had entered
+/// before (they were listed until session 17), is full to the page size, and holds the next
+/// entries of the closure in dependency order.
+#[test]
+fn a_page_walked_ahead_is_pruned_at_what_the_importer_said_it_holds_meanwhile() {
+    const L: usize = 20;
+    let dir = tempfile::tempdir().unwrap();
+    let a = new_store(dir.path(), "a");
+    let newest = build(&a, 40);
+    let mut ca = Config::new(PA, PB);
+    ca.importer = false;
+    let mut sa = Session::new(a.clone(), ca);
+    sa.start(Instant::now());
+    let roots: Value = serde_json::from_str(ask(&mut sa, 1, 2, vec![])["data"].as_str().unwrap()).unwrap();
+    let nodes: Vec<String> = roots.as_array().unwrap().iter().filter(|r| r["type"] == "version_node").map(|r| r["node"].as_str().unwrap().to_string()).collect();
+    assert_eq!(nodes.len(), 40);
+    assert_eq!(nodes[39], newest, "the roots come oldest first");
+    let entries = |page: &Value| -> Vec<String> { page["children"].as_array().unwrap().iter().map(|c| c["hash"].as_str().unwrap().to_string()).collect() };
+    let ans = ask(&mut sa, 2, 106, vec![json!([newest]), json!([]), Value::Null, json!({"page": L})]);
+    let first: Value = serde_json::from_str(ans["data"].as_str().unwrap()).unwrap();
+    let first = &first[0];
+    let page1 = entries(first);
+    assert_eq!(page1.len(), L);
+    // B says it holds a node from the middle of the history (a hint): its closure joins
+    // `known`, most of it not listed yet
+    let hint = &nodes[20];
+    let ans = ask(&mut sa, 3, 106, vec![json!([]), json!([hint]), Value::Null, json!({"page": L})]);
+    assert_eq!(ans["data"], "[]", "{ans}");
+    let mut known: std::collections::HashSet<String> = a.children(hint).unwrap().iter().map(|h| h.to_hex()).collect();
+    known.insert(hint.clone());
+    let p = ask(&mut sa, 4, 109, vec![first["more"].clone()]);
+    let page2 = entries(&serde_json::from_str::<Value>(p["data"].as_str().unwrap()).unwrap());
+    let whole: Vec<String> = a.children(&newest).unwrap().iter().map(|h| h.to_hex()).collect();
+    let want: Vec<String> = whole.iter().filter(|h| !known.contains(*h) && !page1.contains(h)).take(L).cloned().collect();
+    let bad: Vec<usize> = page2.iter().enumerate().filter(|(_, h)| known.contains(*h)).map(|(i, _)| i).collect();
+    let p1k = page1.iter().filter(|h| known.contains(*h)).count();
+    assert!(bad.is_empty(), "a page lists nothing the importer holds: {bad:?} of {}, known {}, page1 in known {p1k}", page2.len(), known.len());
+    assert_eq!(page2, want);
+}

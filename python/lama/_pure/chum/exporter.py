@@ -168,7 +168,9 @@ class _PageWalk:
         self.last: tuple[int, str] | None = None
 
     def next(self, snap: Any, known: set[str], limit: int) -> list[tuple[str, str]]:
-        """The next at most ``limit`` entries, dependencies first, pruned at ``known``."""
+        """The next at most ``limit`` entries, dependencies first, pruned at ``known``: nothing
+        in ``known`` is listed, not even an entry the walk had entered before ``known`` grew
+        (a frame on its stack, docs/chum-fastpath.md "Walk ahead")."""
         out: list[tuple[str, str]] = []
         stack, seen = self.stack, self.seen
         while stack and len(out) < limit:
@@ -176,7 +178,7 @@ class _PageWalk:
             done, refs, i = frame
             if i == len(refs):
                 stack.pop()
-                if done is not None:
+                if done is not None and done[1] not in known:
                     out.append(done)
                 continue
             frame[2] = i + 1
