@@ -204,6 +204,9 @@ pub struct Exporter {
     walk_texts: WalkTexts,
     /// docs/chum-fastpath.md "Paged closure", *Early first page*: the walk begun before its 106.
     prewalk: Option<Prewalk>,
+    /// Begin the early first page on a thread of its own at the roots answer (else as idle
+    /// work after it is sent): `Config::early_walk_thread`.
+    pub early_walk_thread: bool,
     /// docs/chum-fastpath.md "Speculative push": roots pushed before their commit, until
     /// confirmed (speculate.rs).
     spec: speculate::Spec,
@@ -221,6 +224,10 @@ enum Prewalk {
     /// Walked: its first page of `crate::importer::CLOSURE_PAGE` entries, pruned at `known`
     /// as it was with `known_len` entries (it only grows).
     Walked { root: Hash, known_len: usize, walk: lama_core::store::ClosureWalk, first: Vec<(RefKind, Hash)>, read: Vec<(Hash, bool, String)> },
+    /// Being walked on a thread of its own, begun when the roots answer was built (before it
+    /// is sent; the importer's first 106 came while an idle walk of a 10,000-node history was
+    /// still running, issue 8, session 17).
+    Ahead { root: Hash, ahead: WalkAhead },
 }
 
 /// Characters of microdata [`WalkTexts`] keeps at most.
@@ -640,6 +647,7 @@ impl Exporter {
             next_walk: 1,
             walk_texts: WalkTexts::default(),
             prewalk: None,
+            early_walk_thread: true,
             spec: Default::default(),
         }
     }
@@ -847,7 +855,7 @@ impl Exporter {
         // benchmark), and a `Value` map per root was most of the answer's time, on the path
         // before the first closure request (issue 8, session 15)
         let rows = self.unlocked_roots(since)?;
-        self.prewalk = prewalk_root(&rows).map(Prewalk::Due);
+        self.prewalk = prewalk_root(&rows).map(|root| self.begin_prewalk(root));
         let mut out = String::with_capacity(rows.len() * 200 + 32);
         out.push_str("{\"mark\":");
         out.push_str(&self.roots_mark.to_string());
@@ -1157,11 +1165,21 @@ impl Exporter {
                 // exactly the one asked: same root, page size and `known`
                 let early = match &self.prewalk {
                     Some(Prewalk::Walked { root, known_len, .. }) if *root == rh && *known_len == self.known.len() && l == crate::importer::CLOSURE_PAGE => self.prewalk.take(),
+                    Some(Prewalk::Ahead { root, ahead }) if *root == rh && ahead.known_len == self.known.len() && l == crate::importer::CLOSURE_PAGE => self.prewalk.take(),
+                    _ => None,
+                };
+                let early = match early {
+                    Some(Prewalk::Walked { walk, first, read, .. }) => Some((walk, first, read)),
+                    // a thread that panicked or met a store error: walked here, as when asked
+                    Some(Prewalk::Ahead { ahead, .. }) => match ahead.thread.join() {
+                        Ok((walk, Ok((first, read)))) => Some((walk, first, read)),
+                        _ => None,
+                    },
                     _ => None,
                 };
                 let (walk, first, read) = match early {
-                    Some(Prewalk::Walked { walk, first, read, .. }) => (walk, first, read),
-                    _ => {
+                    Some(w) => w,
+                    None => {
                         let mut walk = self.store.closure_walk(r).map_err(store_err)?;
                         let mut read = Vec::new();
                         let first = self.store.closure_walk_next_texts(&mut walk, &self.known, l, Some(&mut read)).map_err(store_err)?;
@@ -1202,6 +1220,24 @@ impl Exporter {
         // did not take is of no more use
         self.prewalk = None;
         Ok(out)
+    }
+
+    /// The early first page of a roots answer: on a thread of its own (see [`Prewalk::Ahead`])
+    /// unless `early_walk_thread` is off or no thread can be started; then as idle work.
+    fn begin_prewalk(&self, root: Hash) -> Prewalk {
+        if !self.early_walk_thread {
+            return Prewalk::Due(root);
+        }
+        let Ok(walk) = self.store.closure_walk(&root.to_hex()) else { return Prewalk::Due(root) };
+        match WalkAhead::start(&self.store, walk, &self.known, crate::importer::CLOSURE_PAGE) {
+            Ok(ahead) => Prewalk::Ahead { root, ahead },
+            Err(_) => Prewalk::Due(root),
+        }
+    }
+
+    /// The early first page of the last roots answer is being walked on a thread of its own.
+    pub fn prewalk_on_thread(&self) -> bool {
+        matches!(self.prewalk, Some(Prewalk::Ahead { .. }))
     }
 
     /// Work worth doing while the session has nothing else to do: the early first page.

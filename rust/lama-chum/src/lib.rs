@@ -54,6 +54,10 @@ pub struct Config {
     pub ping_interval: Duration,
     /// A ping unanswered this long raises a `ping` event with `rtt: None` (once per ping).
     pub ping_timeout: Duration,
+    /// docs/chum-fastpath.md "Paged closure", *Early first page*: after a roots answer with a
+    /// long history, walk the first page of its newest node on a thread of its own at once
+    /// (true, the default) or only as idle work once the answer is sent (false).
+    pub early_walk_thread: bool,
 }
 
 impl Config {
@@ -73,6 +77,7 @@ impl Config {
             trace: false,
             ping_interval: Duration::ZERO,
             ping_timeout: Duration::from_secs(10),
+            early_walk_thread: true,
         }
     }
 }

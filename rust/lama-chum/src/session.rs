@@ -170,6 +170,7 @@ impl Session {
         self.started = true;
         if self.config.exporter {
             let mut ex = Exporter::new(self.store.clone(), self.config.remote_person.clone());
+            ex.early_walk_thread = self.config.early_walk_thread;
             if self.config.trace {
                 ex.announced = Some(Vec::new());
             }
@@ -728,6 +729,12 @@ impl Session {
             None => self.next_ping,
         };
         self.pending.values().map(|p| p.deadline).chain(self.sleep_until).chain(commit).chain(ping).chain(self.catch_up_at).min()
+    }
+
+    /// The early first page of the last roots answer is being walked on a thread of its own
+    /// (docs/chum-fastpath.md "Paged closure", *Early first page*).
+    pub fn prewalk_on_thread(&self) -> bool {
+        self.exporter.as_ref().is_some_and(Exporter::prewalk_on_thread)
     }
 
     /// Work that may wait until the driver has sent everything and has nothing else to do

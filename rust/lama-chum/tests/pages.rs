@@ -563,12 +563,30 @@ fn a_large_paged_sync_commits_during_the_fetch_in_bounded_batches() {
     no_holes(&b);
 }
 
-/// A first sync between `a` and a new store `b`; with `early`, A's idle work runs before B's
-/// messages reach it (as the driver does once everything is sent, lama-net driver.rs).
-/// Returns B's events, A's answers to B's 106 requests, and whether A had work due after its
-/// roots answer and before the first 106 came.
-fn first_sync(a: &Store, b: &Store, early: bool) -> (Vec<Event>, Vec<String>, bool) {
+/// How A walks the early first page in [`first_sync`].
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum Early {
+    /// On a thread of its own begun at the roots answer (the default).
+    Thread,
+    /// As idle work, run before B's messages reach A (as the driver does once everything is
+    /// sent, lama-net driver.rs).
+    Idle,
+    /// Not at all: walked when asked.
+    Off,
+}
+
+/// A first sync between `a` and a new store `b`, A walking the early first page as `early`
+/// says. Returns B's events, A's answers to B's 106 requests, and whether A had the early
+/// walk going (on its thread, or as idle work due) after its roots answer and before the
+/// first 106 came.
+fn first_sync(a: &Store, b: &Store, early: Early) -> (Vec<Event>, Vec<String>, bool) {
     let (mut sa, mut sb) = sessions(a, b);
+    if early != Early::Thread {
+        let mut ca = Config::new(PA, PB);
+        ca.importer = false;
+        ca.early_walk_thread = false;
+        sa = Session::new(a.clone(), ca);
+    }
     let (mut events, mut answers, mut due_after_roots) = (Vec::new(), Vec::new(), false);
     let (mut roots_id, mut closure_ids, mut roots_answered) = (None, std::collections::HashSet::new(), false);
     let mut now = Instant::now();
@@ -583,7 +601,10 @@ fn first_sync(a: &Store, b: &Store, early: bool) -> (Vec<Event>, Vec<String>, bo
         if sb.is_finished() {
             break;
         }
-        if early && sa.idle_due() {
+        if early == Early::Thread && sa.prewalk_on_thread() {
+            due_after_roots |= roots_answered && closure_ids.is_empty();
+        }
+        if early == Early::Idle && sa.idle_due() {
             due_after_roots |= roots_answered && closure_ids.is_empty();
             sa.idle(now);
         }
@@ -634,7 +655,8 @@ fn first_sync(a: &Store, b: &Store, early: bool) -> (Vec<Event>, Vec<String>, bo
 
 /// docs/chum-fastpath.md "Paged closure", *Early first page*: after a roots answer that lists
 /// a long history, A walks the first page of its newest node's closure while B reads the
-/// answer, and answers B's first 106 with it: the same answer as walked when asked.
+/// answer (on a thread of its own begun with the answer, or as idle work), and answers B's
+/// first 106 with it: the same answer as walked when asked.
 #[test]
 fn the_first_page_is_walked_while_the_importer_reads_the_roots() {
     const N: usize = 1100; // ~4,400 objects: two pages of 4,096
@@ -642,26 +664,29 @@ fn the_first_page_is_walked_while_the_importer_reads_the_roots() {
     let a = new_store(dir.path(), "a");
     let head = build(&a, N);
     let mut answers = Vec::new();
-    for (name, early) in [("b1", true), ("b2", false)] {
+    for (name, early) in [("b1", Early::Thread), ("b2", Early::Idle), ("b3", Early::Off)] {
         let b = new_store(dir.path(), name);
         let (events, got, due) = first_sync(&a, &b, early);
         let errors: Vec<&Event> = events.iter().filter(|e| matches!(e, Event::Error { .. })).collect();
         assert!(errors.is_empty(), "{errors:?}");
         assert!(b.has(&head).unwrap());
         no_holes(&b);
-        assert_eq!(due, early, "work due after the roots answer");
+        assert_eq!(due, early != Early::Off, "{early:?}: the early walk going after the roots answer");
         let first = got.first().expect("a 106 answer").clone();
         assert!(first.contains("\"more\""), "paged: {}", &first[..200.min(first.len())]);
         answers.push(first);
     }
-    assert_eq!(answers[0], answers[1]);
+    assert_eq!(answers[0], answers[2]);
+    assert_eq!(answers[1], answers[2]);
     // a short history is not walked early
     let dir = tempfile::tempdir().unwrap();
     let a = new_store(dir.path(), "a");
     build(&a, 20);
-    let b = new_store(dir.path(), "b");
-    let (_, _, due) = first_sync(&a, &b, true);
-    assert!(!due);
+    for early in [Early::Thread, Early::Idle] {
+        let b = new_store(dir.path(), &format!("b{early:?}"));
+        let (_, _, due) = first_sync(&a, &b, early);
+        assert!(!due, "{early:?}");
+    }
 }
 
 /// docs/chum-fastpath.md "Paged closure", *Walk ahead*: A walks a walk's next page on a thread
