@@ -254,15 +254,22 @@ def _ask(sa: Any, now: float, rid: int, service: int, args: list[Any]) -> dict[s
     raise AssertionError(f"no answer to {service}")
 
 
-def test_page_tokens_and_the_bound_on_open_walks(tmp_path: Path) -> None:
+def _exporter(tmp_path: Path, posts: int) -> tuple[Any, Any, float, list[str]]:
+    """A's store with ``posts`` chat posts, an exporter-only session on it and the version
+    nodes its roots answer lists (oldest first)."""
     a, _b, pa, pb = _stores(tmp_path)
-    _chat(a, pa, pb, 12)
+    _chat(a, pa, pb, posts)
     sa = core.ChumSession(a, pa, pb, fast_path=True, importer=False)
     now = 1000.0
     sa.start(now)
     roots = json.loads(_ask(sa, now, 1, 2, [])["data"])
     nodes = [r["node"] for r in roots if r["type"] == "version_node"]
-    assert len(nodes) == 13
+    assert len(nodes) == posts + 1
+    return a, sa, now, nodes
+
+
+def test_page_tokens_and_the_bound_on_open_walks(tmp_path: Path) -> None:
+    a, sa, now, nodes = _exporter(tmp_path, 12)
     # pages of one entry: 8 walks open, the other roots are answered whole
     ans = json.loads(_ask(sa, now, 2, 106, [nodes, [], None, {"page": 1}])["data"])
     tokens = [(r["more"], nodes[i]) for i, r in enumerate(ans) if "more" in r]
@@ -302,14 +309,7 @@ def test_a_page_lists_nothing_the_importer_said_it_holds_meanwhile(tmp_path: Pat
     holds the next entries of the closure in dependency order (the Rust exporter also walks
     that page ahead on a thread, with the ``known`` of before the hint)."""
     page = 20
-    a, _b, pa, pb = _stores(tmp_path)
-    _chat(a, pa, pb, 30)
-    sa = core.ChumSession(a, pa, pb, fast_path=True, importer=False)
-    now = 1000.0
-    sa.start(now)
-    roots = json.loads(_ask(sa, now, 1, 2, [])["data"])
-    nodes = [r["node"] for r in roots if r["type"] == "version_node"]
-    assert len(nodes) == 31
+    a, sa, now, nodes = _exporter(tmp_path, 30)
     newest = nodes[-1]
     first = json.loads(_ask(sa, now, 2, 106, [[newest], [], None, {"page": page}])["data"])[0]
     page1 = [c["hash"] for c in first["children"]]

@@ -555,6 +555,17 @@ fn prewalk_root(rows: &[crate::session::RootRow]) -> Option<Hash> {
     Hash::parse(node)
 }
 
+/// An object (`id` false) or ID object sent to the peer: logged (chum.md §7) and counted.
+fn note_sent(log: &mut ChumLog, stats: &mut Stats, id: bool, hex: String) {
+    if id {
+        log.a_to_b_id_objects.push(hex);
+        stats.id_objects_sent += 1;
+    } else {
+        log.a_to_b_objects.push(hex);
+        stats.objects_sent += 1;
+    }
+}
+
 /// The wire form of one accessible root (chum.md §4.2, fields in the reference's order).
 fn wire_root(kind: &str, h: &str, id_hash: Option<&str>, type_name: &str) -> Value {
     match kind {
@@ -807,14 +818,8 @@ impl Exporter {
             }
             wanted.next();
             out.push(match texts.next().flatten() {
-                Some((EntryKind::Id, text)) => {
-                    log.a_to_b_id_objects.push(h.to_string());
-                    stats.id_objects_sent += 1;
-                    Some(text)
-                }
-                Some((_, text)) => {
-                    log.a_to_b_objects.push(h.to_string());
-                    stats.objects_sent += 1;
+                Some((kind, text)) => {
+                    note_sent(log, stats, kind == EntryKind::Id, h.to_string());
                     Some(text)
                 }
                 None => None,
@@ -1263,13 +1268,7 @@ impl Exporter {
             return Ok(None);
         }
         let t = self.store.get(r).map_err(store_err)?;
-        if kind == EntryKind::Id {
-            log.a_to_b_id_objects.push(r.to_string());
-            stats.id_objects_sent += 1;
-        } else {
-            log.a_to_b_objects.push(r.to_string());
-            stats.objects_sent += 1;
-        }
+        note_sent(log, stats, kind == EntryKind::Id, r.to_string());
         budget.1 = budget.1.saturating_sub(t.len());
         Ok(Some(t))
     }
@@ -1288,13 +1287,7 @@ impl Exporter {
                 };
                 budget.0 -= 1;
                 budget.1 = budget.1.saturating_sub(text.len());
-                if *k == RefKind::Id {
-                    log.a_to_b_id_objects.push(hex.clone());
-                    stats.id_objects_sent += 1;
-                } else {
-                    log.a_to_b_objects.push(hex.clone());
-                    stats.objects_sent += 1;
-                }
+                note_sent(log, stats, *k == RefKind::Id, hex.clone());
                 data.push(Some(text));
             } else if inline {
                 data.push(None);
@@ -1456,13 +1449,7 @@ impl Exporter {
             return Err(err("CES-GO2", format!("Not an object: {h}")));
         }
         let text = self.store.get(h).map_err(store_err)?;
-        if id_object {
-            log.a_to_b_id_objects.push(h.to_string());
-            stats.id_objects_sent += 1;
-        } else {
-            log.a_to_b_objects.push(h.to_string());
-            stats.objects_sent += 1;
-        }
+        note_sent(log, stats, id_object, h.to_string());
         Ok(text)
     }
 

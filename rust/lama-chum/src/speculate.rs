@@ -25,7 +25,7 @@ use lama_core::microdata::RefKind;
 use lama_core::store::{EntryKind, PendingCommit, PendingState};
 use serde_json::json;
 
-use super::{push_json_str, write_closure_root, Exporter, NOTIFY_INLINE_CHARS, NOTIFY_INLINE_ENTRIES};
+use super::{note_sent, push_json_str, write_closure_root, Exporter, NOTIFY_INLINE_CHARS, NOTIFY_INLINE_ENTRIES};
 use crate::session::RootRow;
 use crate::{ChumLog, Stats};
 
@@ -159,16 +159,9 @@ impl Exporter {
         args.push_str(",\"closure\":{");
         for (i, (node, root_text, walk, texts)) in walks.into_iter().enumerate() {
             let h = node.to_hex();
-            log.a_to_b_objects.push(h.clone());
-            stats.objects_sent += 1;
+            note_sent(log, stats, false, h.clone());
             for (k, c) in &walk {
-                if *k == RefKind::Id {
-                    log.a_to_b_id_objects.push(c.to_hex());
-                    stats.id_objects_sent += 1;
-                } else {
-                    log.a_to_b_objects.push(c.to_hex());
-                    stats.objects_sent += 1;
-                }
+                note_sent(log, stats, *k == RefKind::Id, c.to_hex());
                 self.accessible.insert(*c);
             }
             if i > 0 {
