@@ -49,6 +49,20 @@ def pair(root: str, src: str, mode: str) -> dict[str, float]:
         shutil.rmtree(d, ignore_errors=True)
 
 
+def writeback(work: str, mb: int) -> subprocess.Popen[bytes] | None:
+    """`mb` MiB written to a scratch file and a background `sync` started (which then removes
+    it): the disk is busy writing them back while the next pair runs."""
+    if mb <= 0:
+        return None
+    path = os.path.join(work, "writeback")
+    block = bytes(1 << 20)
+    with open(path, "wb") as f:
+        for _ in range(mb):
+            f.write(block)
+    # removed after the pair (an unlinked file's dirty pages would be dropped, not written)
+    return subprocess.Popen(["sh", "-c", f"sync; rm -f '{path}'"])
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("before")
@@ -56,6 +70,10 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--n", type=int, default=10000)
     p.add_argument("--mode", default="fast")
+    p.add_argument("--writeback", type=int, default=0, metavar="MB",
+                   help="before each pair, write MB MiB to a scratch file and start `sync` in the "
+                        "background, so the pair runs while the disk writes them back (the state "
+                        "the 100,000-message RSS benchmark leaves behind)")
     o = p.parse_args()
     work = tempfile.mkdtemp(prefix="lama-chum-ab-built-")
     try:
@@ -66,7 +84,10 @@ def main() -> None:
         builds = [("before", o.before), ("after", o.after)]
         for r in range(o.rounds):
             for name, root in (builds if r % 2 == 0 else builds[::-1]):
+                flush = writeback(work, o.writeback)
                 x = pair(root, src, o.mode)
+                if flush is not None:
+                    flush.wait(timeout=600)
                 print(json.dumps({"round": r, "build": name, **x}), flush=True)
                 print(f"round {r} {name:6}: {x['objects']} objects, wall B {x['wall_b']:.2f} s "
                       f"({x['objects'] / x['wall_b']:,.0f}/s), CPU A {x['cpu_a']:.2f} s B {x['cpu_b']:.2f} s, "

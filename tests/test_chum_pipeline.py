@@ -117,8 +117,10 @@ def test_fetch_keeps_the_next_chunks_out_and_commits_in_batches(tmp_path: Path, 
     # at the end: not one per chunk (issue 8: each commit of a durable store costs an fsync)
     assert sum(commits) == total
     if fast:
-        # the first chunk at once, then 8,192 ready (test_fast_path_commits_... below)
-        assert before_commit == AHEAD * chunk, (before_commit, commits)
+        # the first chunk alone, at once, then 8,192 ready (test_fast_path_commits_... below);
+        # its event comes with a later answer where a commit thread makes it (the Rust core)
+        assert 1 <= commits[0] <= chunk, commits
+        assert before_commit is not None and before_commit >= AHEAD * chunk, (before_commit, commits)
     else:
         assert all(c <= COMMIT_BATCH for c in commits), commits
         assert all(c > COMMIT_BATCH - chunk for c in commits[:-1]), commits

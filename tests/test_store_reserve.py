@@ -67,6 +67,32 @@ def test_a_durable_store_keeps_a_zero_filled_reserve(tmp_path: Path) -> None:
         s.close()
 
 
+def test_a_commit_larger_than_the_reserve_skips_the_next_refill(tmp_path: Path) -> None:
+    """A commit that grows the file past the reserve's target (a bulk write: an initial sync's
+    batches) writes its own pages over the zeros and has its fsync commit the journal anyway,
+    so the next commit does not write zeros; a commit that fits brings the reserve back."""
+    s = core.Store(str(tmp_path / "s"))
+    try:
+        _messages(s, 5, 100, "small")
+        used0, size0, _ = _layout(tmp_path / "s")
+        assert size0 - used0 >= MIN // 4
+        sender = "0f69db43a925bc5509c37143ffe18e9c11895ad6ec7c50386bcd4c87100b7152"
+        bulk = [{"$type$": "ChatMessage", "text": f"bulk {i} " + "y" * 3000, "sender": sender} for i in range(400)]
+        assert all(st == "new" for _h, st, _i in s.put_objects(bulk))
+        used1, size1, _ = _layout(tmp_path / "s")
+        assert used1 - used0 > MIN  # it grew by more than the reserve
+        _messages(s, 1, 100, "after")  # no refill before this one
+        used2, size2, _ = _layout(tmp_path / "s")
+        assert size2 == used2, (used2, size2)
+        _messages(s, 1, 100, "again")  # the last one fitted: refilled
+        used3, size3, rest = _layout(tmp_path / "s")
+        target = min(max(used3 // 8, MIN), MAX)
+        assert target // 4 <= size3 - used3 <= target + 4 * KIB and rest == bytes(len(rest))
+        assert s.verify() == []
+    finally:
+        s.close()
+
+
 def test_a_non_durable_store_keeps_none(tmp_path: Path) -> None:
     s = core.Store(str(tmp_path / "s"), durable=False)
     _messages(s, 40, 100, "nosync")

@@ -157,6 +157,11 @@ _RESERVE_MAX = 4 << 20
 _ZEROS = memoryview(bytes(64 << 10))
 
 
+def _reserve_target(used: int) -> int:
+    """The reserve kept past ``used`` bytes (docs/store-format.md "Reserve")."""
+    return min(max(used // 8, _RESERVE_MIN), _RESERVE_MAX)
+
+
 class _Shared:
     """One open LMDB environment and the state every Store on it shares."""
 
@@ -203,6 +208,9 @@ class _Shared:
         # LMDB's page size, for a durable store; None: no reserve is kept.
         self.reserve_fd: int | None = None
         self.psize = 0
+        # The last commit grew the file past the reserve's target (a bulk write): the next one
+        # does not refill it (as Shared::note_growth).
+        self.past_reserve = False
 
     def open_reserve(self) -> None:
         if not self.durable or not hasattr(os, "pwrite"):
@@ -225,7 +233,7 @@ class _Shared:
         used = (self.env.info()["last_pgno"] + 1) * self.psize
         try:
             size = os.fstat(fd).st_size
-            target = min(max(used // 8, _RESERVE_MIN), _RESERVE_MAX)
+            target = _reserve_target(used)
             if size >= used + target // 2:
                 return
             end = -(-(used + target) // self.psize) * self.psize
@@ -234,6 +242,16 @@ class _Shared:
                 size += os.pwrite(fd, _ZEROS[:n], size)
         except OSError:
             return
+
+    def note_growth(self, before: int, after: int) -> None:
+        """After a commit that moved LMDB's last page from ``before`` to ``after``: one that
+        grew the file by more than the reserve's target overwrote the zeros with its own pages
+        and had its fsync commit the journal anyway, so the next commit skips the refill; one
+        that fits brings it back (docs/store-format.md "Reserve")."""
+        if self.reserve_fd is None:
+            return
+        grown = max(after - before, 0) * self.psize
+        self.past_reserve = grown > _reserve_target((after + 1) * self.psize)
 
     def close_reserve(self) -> None:
         if self.reserve_fd is not None:
@@ -262,11 +280,17 @@ class _WriteTxn:
             txn.abort()
             return False
         tid = txn.id()
-        self.shared.grow_reserve()
+        shared = self.shared
+        before = shared.env.info()["last_pgno"] if shared.reserve_fd is not None else None
+        if not shared.past_reserve:
+            shared.grow_reserve()
         txn.commit()
+        info = shared.env.info()
+        if before is not None:
+            shared.note_growth(before, info["last_pgno"])
         # LMDB does not advance the transaction id for a commit that wrote nothing; then the
         # id is not ours (another process may commit it next).
-        if self.shared.env.info()["last_txnid"] == tid and tid > self.shared.own_txnid:
+        if info["last_txnid"] == tid and tid > self.shared.own_txnid:
             self.shared.own_txnid = tid
         return False
 

@@ -175,8 +175,11 @@ fn fast_path_fetch_keeps_the_next_chunks_out_and_at_most_three() {
     let links = 2800; // 8,400 objects: 5 chunks of 2,048
     let r = run(true, links);
     assert_eq!(r.stored as usize, 3 * links);
-    // the first chunk's commit came at once, with the second and third chunks asked for
-    assert_eq!(r.before_commit, AHEAD * CHUNK_FAST);
+    // the first chunk was committed alone (handed to the commit thread at once, not held for
+    // a larger transaction), with the second and third chunks asked for before its event
+    // (which comes with a later answer, once the commit thread is done)
+    assert!((1..=CHUNK_FAST).contains(&r.commits[0]), "{:?}", r.commits);
+    assert!(r.before_commit >= AHEAD * CHUNK_FAST, "{}", r.before_commit);
     assert_eq!(r.most, AHEAD * CHUNK_FAST);
 }
 

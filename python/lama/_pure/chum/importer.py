@@ -414,7 +414,9 @@ class Importer:
             if not r.ok and r.code == "LAMA-CHUM-TIMEOUT":
                 raise Fatal(r.code, r.message)
             self.emit("receipt_sent", receipt)
-        elif due is not None and self.peer_key is not None and not in_commit:
+        elif due is not None and self.peer_key is not None and not in_commit and self.pass_roots:
+            # (a pass that listed nothing writes no mark: the roots between the lower mark on
+            # disk and `due` are none, so it re-lists no more; as the Rust core)
             if self.keep_running and self.subscribed:
                 # a stale mark on disk is safe (a reconnect re-lists roots it has): yield to
                 # the driver first, so this pass's `imported` events go out before this
