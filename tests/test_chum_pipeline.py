@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from chum_graph import grant_object, person_id
-from lama._core import core
+from lama._core import CORE_NAME, core
 
 AHEAD = 3
 COMMIT_BATCH = 4096
@@ -197,8 +197,11 @@ def test_what_is_verified_is_committed_when_the_connection_closes(tmp_path: Path
 
 def test_fast_path_commits_the_first_chunk_at_once_then_in_large_transactions(tmp_path: Path) -> None:
     """docs/chum-fastpath.md "Commits": the first fetched chunk of a pass is committed at once,
-    later ones only once 8,192 items are ready (each LMDB commit rewrites the B-tree pages its
-    random keys touch, issue 8): one ``imported`` event per transaction, both cores."""
+    later ones in large transactions (each LMDB commit rewrites the B-tree pages its random
+    keys touch, issue 8): the pure core commits once 8,192 items are ready (one ``imported``
+    event per transaction); the Rust core hands over 512 at a time into its commit thread's
+    open group, which commits several in one transaction (one event per batch; the grouping
+    itself is timing-dependent and pinned down by commit.rs's tests)."""
     links = 7000  # 21,000 objects: 11 chunks of 2,048
     a = core.Store(str(tmp_path / "a"), durable=False)
     b = core.Store(str(tmp_path / "b"), durable=False)
@@ -231,7 +234,10 @@ def test_fast_path_commits_the_first_chunk_at_once_then_in_large_transactions(tm
     assert sum(commits) == 3 * links == sb.stats()["objects_received"]
     # the first chunk's ready items at once (its newest entries wait for what references them)
     assert 0 < commits[0] <= 2048, commits
-    assert all(n >= 8192 for n in commits[1:-1]) and len(commits) <= 4, commits
+    if CORE_NAME == "pure":
+        assert all(n >= 8192 for n in commits[1:-1]) and len(commits) <= 4, commits
+    else:
+        assert all(n >= 512 for n in commits[1:-1]), commits
     assert b.verify() == []
     a.close()
     b.close()

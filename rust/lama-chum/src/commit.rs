@@ -14,6 +14,7 @@
 
 use std::sync::{mpsc, Arc, Mutex};
 use std::thread;
+use std::time::{Duration, Instant};
 
 use lama_core::microdata::HashRef;
 use lama_core::store::{Store, Verified};
@@ -100,10 +101,30 @@ struct Job {
     forward: Vec<([u8; 32], [u8; 32])>,
     /// The peer mark to write in the batch's transaction (only a pass's last commit, in place).
     mark: Option<(String, u64)>,
+    /// May share its transaction with the batches of its pass handed over right before and
+    /// after it (a group, [`Committer::submit_merged`]).
+    merge: bool,
 }
 
+enum Msg {
+    Job(Job),
+    /// Commit the open group now (someone waits for its fates).
+    Flush,
+}
+
+/// A group's transaction is committed once it is this old, holds this many items, or no batch
+/// came for `GROUP_IDLE` (issue 8, session 18: each LMDB commit copies and writes every
+/// B-tree page its random keys touched, nearly all of the objects table's leaves for a few
+/// thousand objects, so batches of 2,048 committed one by one would write it once per batch;
+/// put as they come and committed together, the pages are copied and written once per group,
+/// and the puts are done by the time the wire goes idle: what is left after it is the last
+/// group's page writes and fsync).
+const GROUP_AGE: Duration = Duration::from_millis(100);
+const GROUP_IDLE: Duration = Duration::from_millis(20);
+const GROUP_MAX: usize = 32768;
+
 struct Running {
-    tx: Option<mpsc::Sender<Job>>,
+    tx: Option<mpsc::Sender<Msg>>,
     rx: mpsc::Receiver<Vec<Fate>>,
     thread: Option<thread::JoinHandle<()>>,
 }
@@ -125,7 +146,7 @@ impl Committer {
 
     fn running(&self) -> &Running {
         self.running.get_or_init(|| {
-            let (tx, jobs) = mpsc::channel::<Job>();
+            let (tx, jobs) = mpsc::channel::<Msg>();
             let (done, rx) = mpsc::channel::<Vec<Fate>>();
             let store = self.store.clone();
             let depth = self.depth;
@@ -144,7 +165,16 @@ impl Committer {
     pub(crate) fn submit(&self, pass: u64, items: Vec<Owned>, forward: Vec<([u8; 32], [u8; 32])>) {
         // if the thread is gone (it panicked), `wait` says so: nothing of the batch is stored
         if let Some(tx) = self.running().tx.as_ref() {
-            let _ = tx.send(Job { pass, items, forward, mark: None });
+            let _ = tx.send(Msg::Job(Job { pass, items, forward, mark: None, merge: false }));
+        }
+    }
+
+    /// [`submit`](Self::submit) a batch that may be committed in one transaction with the
+    /// batches of the same pass handed over right before and after it (a group, see
+    /// [`GROUP_AGE`]). Its fates come as for any batch, one message per batch, in order.
+    pub(crate) fn submit_merged(&self, pass: u64, items: Vec<Owned>) {
+        if let Some(tx) = self.running().tx.as_ref() {
+            let _ = tx.send(Msg::Job(Job { pass, items, forward: Vec::new(), mark: None, merge: true }));
         }
     }
 
@@ -158,13 +188,17 @@ impl Committer {
         if r.0 != pass {
             *r = (pass, HashSet::default());
         }
-        commit(&self.store, &mut r.1, &Job { pass, items, forward, mark }, self.depth)
+        commit(&self.store, &mut r.1, &Job { pass, items, forward, mark, merge: false }, self.depth)
     }
 
-    /// The fates of the oldest batch not reported yet, waiting for its commit; `None` if the
-    /// thread is gone.
+    /// The fates of the oldest batch not reported yet, waiting for its commit (an open group
+    /// is committed now); `None` if the thread is gone.
     pub(crate) fn wait(&self) -> Option<Vec<Fate>> {
-        self.running().rx.recv().ok()
+        let r = self.running();
+        if let Some(tx) = r.tx.as_ref() {
+            let _ = tx.send(Msg::Flush);
+        }
+        r.rx.recv().ok()
     }
 
     /// ... without waiting: `Some` once its commit is done.
@@ -185,18 +219,115 @@ impl Drop for Committer {
     }
 }
 
-fn run(store: Store, jobs: mpsc::Receiver<Job>, done: mpsc::Sender<Vec<Fate>>, depth: fn(&str) -> f64, refused: Arc<Mutex<(u64, HashSet<[u8; 32]>)>>) {
-    for job in jobs {
-        let fates = {
-            let mut r = refused.lock().unwrap_or_else(|e| e.into_inner());
-            if r.0 != job.pass {
-                *r = (job.pass, HashSet::default());
-            }
-            commit(&store, &mut r.1, &job, depth).0
+type Refused = Arc<Mutex<(u64, HashSet<[u8; 32]>)>>;
+
+/// The refusals of `pass` (a new pass starts with none).
+fn refusals(refused: &Refused, pass: u64) -> std::sync::MutexGuard<'_, (u64, HashSet<[u8; 32]>)> {
+    let mut r = refused.lock().unwrap_or_else(|e| e.into_inner());
+    if r.0 != pass {
+        *r = (pass, HashSet::default());
+    }
+    r
+}
+
+fn run(store: Store, jobs: mpsc::Receiver<Msg>, done: mpsc::Sender<Vec<Fate>>, depth: fn(&str) -> f64, refused: Refused) {
+    let mut carry: Option<Job> = None;
+    loop {
+        let job = match carry.take() {
+            Some(j) => j,
+            None => match jobs.recv() {
+                Ok(Msg::Job(j)) => j,
+                Ok(Msg::Flush) => continue,
+                Err(_) => return,
+            },
         };
         // the importer may be gone (the session was dropped): the commit is done all the same
-        let _ = done.send(fates);
+        if !job.merge {
+            let fates = commit(&store, &mut refusals(&refused, job.pass).1, &job, depth).0;
+            let _ = done.send(fates);
+            continue;
+        }
+        let (group, stop) = group(&store, &jobs, job, depth, &refused);
+        carry = stop;
+        for fates in group {
+            let _ = done.send(fates);
+        }
     }
+}
+
+/// A group: `first` and the merge batches of its pass that follow it while the transaction is
+/// young (see [`GROUP_AGE`]), put as they come and committed together. The fates of each batch,
+/// in order, and the batch that ended the group, if one did (another pass's, or one that may
+/// not be merged). If the store refuses anything (pre-verified, so this is rare), the group's
+/// transaction is dropped and each batch committed as [`commit`] does, one by one.
+fn group(store: &Store, jobs: &mpsc::Receiver<Msg>, first: Job, depth: fn(&str) -> f64, refused: &Refused) -> (Vec<Vec<Fate>>, Option<Job>) {
+    let opened = Instant::now();
+    let pass = first.pass;
+    let mut batches: Vec<(Job, Vec<usize>)> = Vec::new();
+    let mut items = 0usize;
+    let mut txn = store.begin_verified().ok();
+    let mut ok = txn.is_some();
+    let mut next = Some(first);
+    let mut stop = None;
+    loop {
+        if let Some(job) = next.take() {
+            // as `commit`: an item whose reference was refused (or skipped) in this pass is
+            // skipped, and so are its own referrers
+            let keep: Vec<usize> = {
+                let mut r = refusals(refused, pass);
+                let mut keep = Vec::with_capacity(job.items.len());
+                for (i, it) in job.items.iter().enumerate() {
+                    if !r.1.is_empty() && it.refs.iter().any(|x| r.1.contains(&x.hash)) {
+                        r.1.insert(it.hash);
+                    } else {
+                        keep.push(i);
+                    }
+                }
+                keep
+            };
+            if let (true, Some(t)) = (ok, txn.as_mut()) {
+                let all: Vec<Verified> = keep.iter().map(|&i| job.items[i].verified()).collect();
+                ok = t.put(&all, &job.forward, None).is_ok();
+            }
+            items += job.items.len();
+            batches.push((job, keep));
+        }
+        let age = opened.elapsed();
+        if !ok || items >= GROUP_MAX || age >= GROUP_AGE {
+            break;
+        }
+        match jobs.recv_timeout(GROUP_IDLE.min(GROUP_AGE - age)) {
+            Ok(Msg::Job(j)) if j.merge && j.pass == pass => next = Some(j),
+            Ok(Msg::Job(j)) => {
+                stop = Some(j);
+                break;
+            }
+            // a flush, no batch for a while, or the importer is gone: commit now
+            Ok(Msg::Flush) | Err(_) => break,
+        }
+    }
+    if ok {
+        ok = txn.take().is_some_and(|t| t.commit().is_ok());
+    }
+    drop(txn);
+    let out = if ok {
+        let stored = |it: &Owned| Fate::Stored(if it.want_depth { Some(depth(&it.text)) } else { None });
+        batches
+            .iter()
+            .map(|(job, keep)| {
+                let mut fates: Vec<Fate> = (0..job.items.len()).map(|_| Fate::Skipped).collect();
+                for &i in keep {
+                    fates[i] = stored(&job.items[i]);
+                }
+                fates
+            })
+            .collect()
+    } else {
+        // nothing of the group was committed: each batch on its own (the skips above are in
+        // `refused` already, and are found again)
+        batches.iter().map(|(job, _)| commit(store, &mut refusals(refused, pass).1, job, depth).0).collect()
+    };
+    (out, stop)
 }
 
 /// One batch: one transaction for every item whose references were not refused; if the store
@@ -352,6 +483,62 @@ mod tests {
         c.submit(2, big, Vec::new());
         drop(c);
         assert!(store.has(&last_h).unwrap());
+        assert!(store.verify().unwrap().is_empty(), "{:?}", store.verify().unwrap());
+    }
+
+    /// Merged batches (issue 8, session 18): handed over back to back, they share one
+    /// transaction, and each gets its own fates in order; a batch that may not be merged, or
+    /// one of another pass, ends the group; a refusal inside a group drops its transaction and
+    /// commits its batches one by one, with the same fates as unmerged batches would get.
+    #[test]
+    fn merged_batches_share_a_transaction_and_a_refusal_falls_back_to_one_by_one() {
+        let d = tempfile::tempdir().unwrap();
+        let store = Store::open(d.path(), None).unwrap();
+        let c = Committer::new(store.clone(), no_depth);
+        let people: Vec<(Owned, String)> = (0..6).map(|k| item("Person", vec![("email", s(&format!("p{k}@x"))), ("name", s("P"))])).collect();
+        let (owned, hashes): (Vec<Owned>, Vec<String>) = people.into_iter().unzip();
+        let mut owned = owned.into_iter();
+        let txn0 = store.last_txn_id();
+        // three batches back to back (the thread takes them as they come), then the fates
+        c.submit_merged(1, vec![owned.next().unwrap(), owned.next().unwrap()]);
+        c.submit_merged(1, vec![owned.next().unwrap()]);
+        c.submit_merged(1, vec![owned.next().unwrap(), owned.next().unwrap()]);
+        let sizes: Vec<usize> = (0..3).map(|_| c.wait().expect("the thread runs")).map(|f| { assert!(f.iter().all(stored)); f.len() }).collect();
+        assert_eq!(sizes, vec![2, 1, 2]);
+        // (a pause of 20 ms between two of the sends above would split them: at most two)
+        assert!(store.last_txn_id() - txn0 <= 2, "{} transactions", store.last_txn_id() - txn0);
+        assert!(hashes[..5].iter().all(|h| store.has(h).unwrap()));
+        // an unmerged batch ends a group: committed on its own, after it
+        let txn1 = store.last_txn_id();
+        c.submit_merged(2, vec![owned.next().unwrap()]);
+        let (solo, solo_h) = item("Person", vec![("email", s("solo@x")), ("name", s("S"))]);
+        c.submit(2, vec![solo], Vec::new());
+        assert!(c.wait().unwrap().iter().all(stored) && c.wait().unwrap().iter().all(stored));
+        assert_eq!(store.last_txn_id() - txn1, 2);
+        assert!(store.has(&hashes[5]).unwrap() && store.has(&solo_h).unwrap());
+        // a refusal in a group: the other batches are committed all the same, and what
+        // references the refused item (in its batch or a later one) is skipped
+        let (good, good_h) = item("Person", vec![("email", s("good@x")), ("name", s("Good"))]);
+        let (bad, bad_h) = item("Person", vec![("email", s("bad@x")), ("name", s("\u{10F800}"))]);
+        let (r1, r1_h) = node(None, &bad_h, 0);
+        let (u1, u1_h) = node(None, &good_h, 0);
+        let (r2, r2_h) = node(Some(&r1_h), &good_h, 1);
+        c.submit_merged(3, vec![good]);
+        c.submit_merged(3, vec![bad, r1, u1]);
+        c.submit_merged(3, vec![r2]);
+        let f1 = c.wait().unwrap();
+        let f2 = c.wait().unwrap();
+        let f3 = c.wait().unwrap();
+        assert!(stored(&f1[0]));
+        assert!(matches!(&f2[0], Fate::Refused(code, _) if code == "LAMA-HASH"));
+        assert!(matches!(f2[1], Fate::Skipped) && stored(&f2[2]));
+        assert!(matches!(f3[0], Fate::Skipped));
+        for h in [&good_h, &u1_h] {
+            assert!(store.has(h).unwrap(), "{h} is stored");
+        }
+        for h in [&bad_h, &r1_h, &r2_h] {
+            assert!(!store.has(h).unwrap(), "{h} is not stored");
+        }
         assert!(store.verify().unwrap().is_empty(), "{:?}", store.verify().unwrap());
     }
 

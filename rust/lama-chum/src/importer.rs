@@ -50,8 +50,8 @@ pub const COMMIT_BATCH: usize = 4096;
 /// the session ends (connection closed, fatal error): a slow or interrupted pass keeps what it
 /// verified, and `imported` events keep coming.
 pub const COMMIT_INTERVAL: Duration = Duration::from_millis(500);
-/// With "batch" (docs/chum-fastpath.md) a fetched chunk is committed only once this many
-/// items are ready (the first chunk of a pass at once, at the end, and within
+/// With "batch" (docs/chum-fastpath.md) a fetched chunk was committed only once this many
+/// items were ready (the first chunk of a pass at once, at the end, and within
 /// `COMMIT_INTERVAL`), up to `COMMIT_BATCH_FAST` per transaction:
 /// each LMDB commit rewrites every B-tree page its random keys touched, so 35 commits of
 /// 2,048 objects wrote the objects table several times over (issue 8 profile: the commits
@@ -61,11 +61,17 @@ pub const COMMIT_INTERVAL: Duration = Duration::from_millis(500);
 /// (a chain's entries once its oldest is stored), so with 16,384 per transaction the 70,000
 /// objects of the initial-sync benchmark took 7 commits, a full batch and its 6,144-item rest
 /// back to back three times; with 32,768 they take 5 (issue 8, session 13).
-/// A batch goes to the commit thread only while none is out there: when the thread is behind
-/// (a durable store's page writes and fsync), the ready items wait and go as one bigger
-/// transaction once it is free, instead of batches of 8,192 queueing behind each other and
-/// being committed one by one after the wire has gone idle (issue 8, session 16).
+/// Session 16 handed a batch over only while none was out. Since session 18 ready items go
+/// over as soon as [`MERGE_MIN`] are, into the commit thread's open group (commit.rs), which
+/// puts each batch as it comes and commits several in one transaction: the pages are
+/// written once per group, and the puts are done when the wire goes idle. (The pure core,
+/// with no commit thread, keeps batches of 8,192; the tests below use that size.)
+#[cfg(test)]
 const COMMIT_MIN_FAST: usize = 8192;
+/// With "batch", ready items are handed to the commit thread's open group once this many
+/// are ready (or the fetch is over, or they waited `COMMIT_INTERVAL`): commit.rs `GROUP_AGE`
+/// decides when its transaction commits (issue 8, session 18).
+pub const MERGE_MIN: usize = 512;
 const COMMIT_BATCH_FAST: usize = 32768;
 /// Object requests per call (v8; with "batch", `FETCH_CHUNK_BATCHES` requests of `BATCH_MAX`):
 /// the unit the session hands back whole (its answers are verified together).
@@ -1095,12 +1101,10 @@ impl Importer {
         let end = pass.next >= pass.texts.len() && pass.inflight.is_empty() && !pass.closure_out && pass.pages.is_empty();
         let late = matches!((pass.ready_since, cx.now), (Some(t), Some(n)) if n.saturating_duration_since(t) >= COMMIT_INTERVAL);
         // v8: a full COMMIT_BATCH; fast path: the pass's first chunk at once (the first objects
-        // are visible early), then COMMIT_MIN_FAST
-        // (fast path: only while no batch is out on the commit thread; when it is behind, the
-        // ready items wait and go into one bigger transaction when it is free: see
-        // COMMIT_MIN_FAST)
+        // are visible early), then MERGE_MIN at a time, into the commit thread's open group
+        // (commit.rs)
         let full = if self.features.contains("batch") {
-            pass.com.handed == 0 || (pass.com.ready.len() >= COMMIT_MIN_FAST && pass.com.sent.is_empty())
+            pass.com.handed == 0 || pass.com.ready.len() >= MERGE_MIN
         } else {
             pass.com.ready.len() + self.fetch_chunk() > COMMIT_BATCH
         };
@@ -1147,9 +1151,8 @@ impl Importer {
         if let Stage::Fetch(pass) | Stage::Streams(pass) = &mut stage {
             self.reap(pass, false, cx);
             let late = matches!((pass.ready_since, cx.now), (Some(t), Some(n)) if n.saturating_duration_since(t) >= COMMIT_INTERVAL);
-            if fetch && self.features.contains("batch") && pass.com.sent.is_empty() && pass.com.ready.len() >= COMMIT_MIN_FAST {
-                // the commit thread finished while a batch's worth waited for it (commit_if_due
-                // holds them back while a batch is out): hand them over now, not at the next answer
+            if fetch && self.features.contains("batch") && pass.com.ready.len() >= MERGE_MIN {
+                // a batch's worth is ready (as commit_if_due hands it over after an answer)
                 self.commit_if_due(pass, cx);
             } else if !pass.com.ready.is_empty() && (late || pass.ready_since.is_none() || cx.now.is_none()) {
                 self.flush(pass, Vec::new(), Vec::new(), false, false, cx);
@@ -2147,11 +2150,14 @@ impl Importer {
                 continue;
             }
             let owned: Vec<Owned> = batch.iter().map(|&i| hand_over(pass, i)).collect();
+            // fast path, while the fetch goes on: into the commit thread's group, after the
+            // pass's first batch (committed alone, so its objects are visible at once)
+            let merge = self.features.contains("batch") && pass.com.handed > 0 && !last && !forward;
             // on this thread while nothing is out: the pass's last batch, and small ones (a
             // push: a thread hop would cost more than the commit); else on the commit thread,
             // the pass's first batch too: committed here, its fsync held the session thread
             // (69 ms when the disk was busy writing back) while the next answers waited
-            let here = pass.com.sent.is_empty() && (last || forward || batch.len() < COMMIT_HERE_MAX);
+            let here = pass.com.sent.is_empty() && !merge && (last || forward || batch.len() < COMMIT_HERE_MAX);
             pass.com.handed += batch.len();
             if here {
                 let mark = if forward && pass.com.ready.is_empty() { self.commit_mark(pass, cx) } else { None };
@@ -2163,7 +2169,11 @@ impl Importer {
                 self.settled(pass, Sent { hashes: batch, first: blobs }, Some(fates), cx);
                 continue;
             }
-            self.committer.submit(pass.no, owned, ff);
+            if merge && ff.is_empty() {
+                self.committer.submit_merged(pass.no, owned);
+            } else {
+                self.committer.submit(pass.no, owned, ff);
+            }
             pass.com.sent.push_back(Sent { hashes: batch, first: blobs });
             if pass.com.poll_at.is_none() {
                 pass.com.poll_at = Some(cx.now.unwrap_or_else(std::time::Instant::now) + COMMIT_POLL);
@@ -2933,36 +2943,56 @@ mod tests {
         Cx { events: VecDeque::new(), log: Default::default(), stats: Default::default(), now: Some(now) }
     }
 
-    /// docs/chum-fastpath.md "Commits": while a batch is out on the commit thread, the next
-    /// batch's worth of ready items is not queued behind it (each LMDB commit rewrites the
-    /// B-tree pages its keys touch, and queued batches of 8,192 were committed one after the
-    /// other after the wire had gone idle); it waits, and goes to the commit thread as one
-    /// transaction when the thread is free.
+    /// docs/chum-fastpath.md "Commits": with "batch", ready items go to the commit thread as
+    /// soon as `MERGE_MIN` are, even while batches are out: they join its open group (one
+    /// transaction for several batches, commit.rs), instead of waiting for a large batch and
+    /// being committed after the wire has gone idle; fewer wait for the next answer.
     #[test]
-    fn ready_items_wait_while_a_batch_is_out_and_go_when_it_is_done() {
+    fn ready_items_join_the_commit_threads_group_while_batches_are_out() {
         let dir = tempfile::tempdir().unwrap();
-        let (imp, mut pass) = fetching(dir.path(), COMMIT_MIN_FAST + 100);
+        let (imp, mut pass) = fetching(dir.path(), MERGE_MIN + 100);
         let now = std::time::Instant::now();
         let mut cx = cx(now);
-        // a batch out whose fate is not known yet
-        pass.com.sent.push_back(Sent { hashes: Vec::new(), first: None });
-        imp.commit_if_due(&mut pass, &mut cx);
-        assert_eq!(pass.com.ready.len(), COMMIT_MIN_FAST + 100);
-        assert_eq!(pass.com.sent.len(), 1);
-        assert_eq!(pass.ready_since, Some(now));
-        // that batch done: the next answer's commit_if_due hands every ready item over, in one
-        pass.com.sent.clear();
+        let txn0 = imp.store.last_txn_id();
+        // (the texts made first: the two batches go within the group's idle time)
+        let texts: Vec<(String, [u8; 32])> = (0..MERGE_MIN)
+            .map(|k| format!(r#"<div data-id-object="true" itemscope itemtype="//refin.io/Person"><span itemprop="email">q{k}@x.example</span></div>"#))
+            .map(|t| {
+                let h = sha256(t.as_bytes());
+                (t, h)
+            })
+            .collect();
+        let more = |pass: &mut Pass, from: usize, n: usize| {
+            for (text, hash) in &texts[from..from + n] {
+                let (i, _) = pass.items.add(H(*hash), || Item::new(Kind::Id, None));
+                let it = &mut pass.items[i];
+                (it.text, it.hash, it.type_name, it.ok, it.queued) = (Some(text.clone().into()), *hash, "Person".into(), true, true);
+                pass.com.ready.push_back(i);
+            }
+        };
         imp.commit_if_due(&mut pass, &mut cx);
         assert!(pass.com.ready.is_empty());
         assert_eq!(pass.com.sent.len(), 1);
-        assert_eq!(pass.com.sent[0].hashes.len(), COMMIT_MIN_FAST + 100);
+        // more ready items while that batch is out: fewer than MERGE_MIN wait ...
+        more(&mut pass, 0, MERGE_MIN - 1);
+        imp.commit_if_due(&mut pass, &mut cx);
+        assert_eq!(pass.com.ready.len(), MERGE_MIN - 1);
+        assert_eq!(pass.com.sent.len(), 1);
+        assert_eq!(pass.ready_since, Some(now));
+        // ... MERGE_MIN go, while the first is still out
+        more(&mut pass, MERGE_MIN - 1, 1);
+        imp.commit_if_due(&mut pass, &mut cx);
+        assert!(pass.com.ready.is_empty());
+        assert_eq!(pass.com.sent.len(), 2);
         imp.settle(&mut pass, &mut cx);
-        let stored: usize = cx.events.iter().map(|e| match e { Event::Imported { id_objects, .. } => id_objects.len(), _ => 0 }).sum();
-        assert_eq!(stored, COMMIT_MIN_FAST + 100);
+        let stored: Vec<usize> = cx.events.iter().filter_map(|e| match e { Event::Imported { id_objects, .. } => Some(id_objects.len()), _ => None }).collect();
+        assert_eq!(stored, vec![MERGE_MIN + 100, MERGE_MIN]);
+        // the two batches, handed over within the group's age, took one transaction
+        assert_eq!(imp.store.last_txn_id(), txn0 + 1);
     }
 
-    /// ... and when the commit thread finishes between two answers, the session's commit poll
-    /// hands the waiting items over (before the commit interval is up).
+    /// ... and the session's commit poll hands a batch's worth of ready items over too (before
+    /// the commit interval is up).
     #[test]
     fn the_commit_poll_hands_over_what_waited_for_the_commit_thread() {
         let dir = tempfile::tempdir().unwrap();

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 pub use session::Session;
 /// When the importer commits what it fetched (docs/chum-session.md §2.1).
-pub use importer::{COMMIT_BATCH, COMMIT_INTERVAL};
+pub use importer::{COMMIT_BATCH, COMMIT_INTERVAL, MERGE_MIN};
 
 /// One message of the connection (chum.md §1: ordered text and binary messages).
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -29,7 +29,7 @@ mod verify;
 pub use access::{Root, RootKind};
 pub use blob::BlobWriter;
 pub use feed::{CommitHook, Event, Subscription};
-pub use objects::{PutResult, Serialized, Verified};
+pub use objects::{PutResult, Serialized, Verified, VerifiedTxn};
 pub use pending::{PendingCommit, PendingState, PreCommitHook};
 pub use read::{ClosureWalk, Snapshot};
 pub use rmaps::Props;
@@ -470,6 +470,12 @@ impl Store {
     /// a non-durable store; harmless (one fsync) for a durable one.
     pub fn sync(&self) -> Result<()> {
         Ok(self.shared.env.force_sync()?)
+    }
+
+    /// The id of the newest committed LMDB write transaction (any process): how many commits a
+    /// piece of work took, for tests and diagnostics.
+    pub fn last_txn_id(&self) -> u64 {
+        self.shared.env.info().last_txn_id as u64
     }
 
     /// This store's identity: 32 hex digits, random, fixed at its first open (meta `store_id`).

@@ -479,29 +479,74 @@ impl Store {
         forward: &[([u8; 32], [u8; 32])],
         mark: Option<(&str, u64)>,
     ) -> Result<(Vec<Status>, Vec<[u8; 32]>)> {
-        let dbs = self.dbs();
-        let mut txn = self.write_txn()?;
-        let mut feed = FeedTxn::new();
-        let out = self.store_prepared_statuses(&mut txn, &mut feed, prepared)?;
+        let mut t = self.begin_verified()?;
+        let r = t.put_prepared(prepared, forward, mark)?;
+        t.commit()?;
+        Ok(r)
+    }
+
+    /// A write transaction that takes several [`put_verified_batch`](Self::put_verified_batch)
+    /// calls and commits them as one (the CHUM importer's commit thread, issue 8: it puts each
+    /// batch as it arrives and commits every ~100 ms, so the B-tree pages that random keys
+    /// touch are copied and written once per commit, not once per batch). It holds LMDB's
+    /// writer lock until it is committed or dropped (dropping aborts it, nothing is written).
+    /// After an error from [`VerifiedTxn::put`] drop it: nothing of it is committed.
+    pub fn begin_verified(&self) -> Result<VerifiedTxn<'_>> {
+        Ok(VerifiedTxn { store: self, txn: self.write_txn()?, feed: FeedTxn::new() })
+    }
+}
+
+/// See [`Store::begin_verified`].
+pub struct VerifiedTxn<'s> {
+    store: &'s Store,
+    txn: super::WriteTxn<'s>,
+    feed: FeedTxn,
+}
+
+impl VerifiedTxn<'_> {
+    /// [`Store::put_verified_batch`] into this transaction: returns the IDs whose head moved.
+    pub fn put(&mut self, items: &[Verified<'_>], forward: &[([u8; 32], [u8; 32])], mark: Option<(&str, u64)>) -> Result<Vec<[u8; 32]>> {
+        if let Some((peer, _)) = mark {
+            super::access::check_peer(peer)?;
+        }
+        let prepared = prepare_verified(items)?;
+        Ok(self.put_prepared(&prepared, forward, mark)?.1)
+    }
+
+    fn put_prepared(
+        &mut self,
+        prepared: &[Prepared<'_>],
+        forward: &[([u8; 32], [u8; 32])],
+        mark: Option<(&str, u64)>,
+    ) -> Result<(Vec<Status>, Vec<[u8; 32]>)> {
+        let dbs = self.store.dbs();
+        let (txn, feed) = (&mut self.txn, &mut self.feed);
+        let out = self.store.store_prepared_statuses(txn, feed, prepared)?;
         let mut moved = Vec::new();
         for (id, node) in forward {
             let current: Option<[u8; 32]> =
-                dbs.vheads.get(&txn, &id[..])?.and_then(|v| v.try_into().ok());
-            if current == Some(*node) || !fast_forwards(&dbs, &txn, id, node, current)? {
+                dbs.vheads.get(txn, &id[..])?.and_then(|v| v.try_into().ok());
+            if current == Some(*node) || !fast_forwards(&dbs, txn, id, node, current)? {
                 continue;
             }
-            dbs.vheads.put(&mut txn, &id[..], &node[..])?;
-            feed.push(&dbs, &mut txn, id, K_HEAD)?;
+            dbs.vheads.put(txn, &id[..], &node[..])?;
+            feed.push(&dbs, txn, id, K_HEAD)?;
             let seq = feed.last().expect("a head event was just appended");
-            super::access::head_moved(&dbs, &mut txn, id, node, seq)?;
+            super::access::head_moved(&dbs, txn, id, node, seq)?;
             moved.push(*id);
         }
         if let Some((peer, m)) = mark {
-            dbs.peers.put(&mut txn, peer.as_bytes(), &m.to_be_bytes())?;
+            dbs.peers.put(txn, peer.as_bytes(), &m.to_be_bytes())?;
         }
-        txn.commit()?;
-        self.published(&feed);
         Ok((out, moved))
+    }
+
+    /// Commit everything put (one fsync on a durable store), then wake the store's
+    /// subscribers.
+    pub fn commit(self) -> Result<()> {
+        self.txn.commit()?;
+        self.store.published(&self.feed);
+        Ok(())
     }
 }
 
