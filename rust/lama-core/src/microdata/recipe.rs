@@ -102,7 +102,9 @@ impl Recipe {
 pub(crate) struct Registry {
     pub types: Vec<Ty>,
     pub recipes: Vec<Arc<Recipe>>,
-    pub by_name: HashMap<String, usize>,
+    /// (foldhash: looked up twice per received object, by `inspect` and the strict parse; the
+    /// default SipHash was ~1 % of a CHUM importer's session thread, issue 8)
+    pub by_name: HashMap<String, usize, foldhash::fast::RandomState>,
     /// The compiled regexps by (source, flags), shared by every type that uses one.
     patterns: HashMap<(String, String), Arc<(JsRegex, String)>>,
     /// The one plain `string` type (a rule without itemtype), shared by all such rules.
