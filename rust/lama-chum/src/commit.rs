@@ -290,18 +290,7 @@ fn group(store: &Store, jobs: &mpsc::Receiver<Msg>, first: Job, depth: fn(&str) 
         if let Some(job) = next.take() {
             // as `commit`: an item whose reference was refused (or skipped) in this pass is
             // skipped, and so are its own referrers
-            let keep: Vec<usize> = {
-                let mut r = refusals(refused, pass);
-                let mut keep = Vec::with_capacity(job.items.len());
-                for (i, it) in job.items.iter().enumerate() {
-                    if !r.1.is_empty() && it.refs.iter().any(|x| r.1.contains(&x.hash)) {
-                        r.1.insert(it.hash);
-                    } else {
-                        keep.push(i);
-                    }
-                }
-                keep
-            };
+            let keep = kept(&mut refusals(refused, pass).1, &job.items);
             if let (true, Some(t)) = (ok, txn.as_mut()) {
                 let all: Vec<Verified> = keep.iter().map(|&i| job.items[i].verified()).collect();
                 ok = t.put(&all, &job.forward, None).is_ok();
@@ -328,13 +317,12 @@ fn group(store: &Store, jobs: &mpsc::Receiver<Msg>, first: Job, depth: fn(&str) 
     }
     drop(txn);
     let out = if ok {
-        let stored = |it: &Owned| Fate::Stored(if it.want_depth { Some(depth(&it.text)) } else { None });
         batches
             .iter()
             .map(|(job, keep)| {
                 let mut fates: Vec<Fate> = (0..job.items.len()).map(|_| Fate::Skipped).collect();
                 for &i in keep {
-                    fates[i] = stored(&job.items[i]);
+                    fates[i] = stored(&job.items[i], depth);
                 }
                 fates
             })
@@ -347,21 +335,34 @@ fn group(store: &Store, jobs: &mpsc::Receiver<Msg>, first: Job, depth: fn(&str) 
     (out, stop)
 }
 
+/// The indexes of the items of a batch that may be committed: not those that reference an
+/// item refused (or skipped) in this pass, which join `refused` themselves, so their own
+/// referrers are skipped too.
+fn kept(refused: &mut HashSet<[u8; 32]>, items: &[Owned]) -> Vec<usize> {
+    let mut keep = Vec::with_capacity(items.len());
+    for (i, it) in items.iter().enumerate() {
+        if !refused.is_empty() && it.refs.iter().any(|r| refused.contains(&r.hash)) {
+            refused.insert(it.hash);
+        } else {
+            keep.push(i);
+        }
+    }
+    keep
+}
+
+/// The fate of a committed item (a listed node's depth read now, off the session thread).
+fn stored(it: &Owned, depth: fn(&str) -> f64) -> Fate {
+    Fate::Stored(if it.want_depth { Some(depth(&it.text)) } else { None })
+}
+
 /// One batch: one transaction for every item whose references were not refused; if the store
 /// refuses it (pre-verified, so this is rare), item by item, dependencies first. The job's peer
 /// mark goes into that one transaction only when it holds every item (nothing skipped); the
 /// second value says whether it was written.
 fn commit(store: &Store, refused: &mut HashSet<[u8; 32]>, job: &Job, depth: fn(&str) -> f64) -> (Vec<Fate>, bool) {
+    let keep = kept(refused, &job.items);
+    // (what `kept` left out is skipped: the fates not set below)
     let mut fates: Vec<Option<Fate>> = (0..job.items.len()).map(|_| None).collect();
-    let mut keep: Vec<usize> = Vec::with_capacity(job.items.len());
-    for (i, it) in job.items.iter().enumerate() {
-        if !refused.is_empty() && it.refs.iter().any(|r| refused.contains(&r.hash)) {
-            refused.insert(it.hash);
-            fates[i] = Some(Fate::Skipped);
-        } else {
-            keep.push(i);
-        }
-    }
     let mark = job.mark.as_ref().filter(|_| keep.len() == job.items.len()).map(|(p, m)| (p.as_str(), *m));
     let result = {
         let all: Vec<Verified> = keep.iter().map(|&i| job.items[i].verified()).collect();
@@ -370,11 +371,10 @@ fn commit(store: &Store, refused: &mut HashSet<[u8; 32]>, job: &Job, depth: fn(&
         store.put_verified_batch(&all, &job.forward, mark).map(|_| ())
     };
     let marked = mark.is_some() && result.is_ok();
-    let stored = |it: &Owned| Fate::Stored(if it.want_depth { Some(depth(&it.text)) } else { None });
     match result {
         Ok(()) => {
             for i in keep {
-                fates[i] = Some(stored(&job.items[i]));
+                fates[i] = Some(stored(&job.items[i], depth));
             }
         }
         Err(_) => {
@@ -386,7 +386,7 @@ fn commit(store: &Store, refused: &mut HashSet<[u8; 32]>, job: &Job, depth: fn(&
                     continue;
                 }
                 fates[i] = Some(match store.put_verified(&[it.verified()]) {
-                    Ok(_) => stored(it),
+                    Ok(_) => stored(it, depth),
                     Err(e) => {
                         refused.insert(it.hash);
                         let h = lama_core::hash::hash_hex(&it.hash);

@@ -2169,7 +2169,8 @@ impl Importer {
                 self.settled(pass, Sent { hashes: batch, first: blobs }, Some(fates), cx);
                 continue;
             }
-            if merge && ff.is_empty() {
+            if merge {
+                // (never with heads to fast-forward: those come with the pass's last batch)
                 self.committer.submit_merged(pass.no, owned);
             } else {
                 self.committer.submit(pass.no, owned, ff);
